@@ -1,0 +1,37 @@
+# Herald: `make demo` and `make test` do all set-up on a fresh machine.
+SHELL := /bin/bash
+export CARGO_TARGET_DIR := $(shell deploy/local/target-dir.sh)
+export KAFKA_PORT ?= 9092
+export HERALD_BROKERS ?= 127.0.0.1:$(KAFKA_PORT)
+HERALD := $(CARGO_TARGET_DIR)/debug/herald
+
+.PHONY: bootstrap kafka-up kafka-down build demo test lint fmt
+
+bootstrap: ## install missing system packages
+	@deploy/local/bootstrap.sh
+
+kafka-up: bootstrap ## install (once) and start the local Apache Kafka broker
+	@deploy/local/kafka.sh up
+
+kafka-down: ## stop the local broker
+	@deploy/local/kafka.sh down
+
+build: bootstrap
+	cargo build --workspace --bins
+
+demo: kafka-up build ## start Kafka, create the topics, produce sample events, read them back decoded
+	$(HERALD) topics apply --topology topologies/default.toml
+	@start=$$(date +%s%3N); \
+	$(HERALD) produce --topic herald.events --schema AppEvent --file deploy/demo/events.jsonl && \
+	echo "--- decoded from herald.events ---" && \
+	$(HERALD) consume --topic herald.events --since-ms $$start --max $$(grep -c . deploy/demo/events.jsonl) --idle-secs 10
+
+test: kafka-up ## the full test suite against the local broker
+	cargo test --workspace
+
+lint: ## formatting and clippy, warnings are errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all

@@ -1,0 +1,7 @@
+//! Herald engine: records and schemas, topology files, Kafka administration, and (in later
+//! modules) the streaming runtime, campaign operators and senders.
+
+pub mod kafka;
+pub mod model;
+pub mod runtime;
+pub mod topology;

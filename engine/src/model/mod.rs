@@ -1,0 +1,17 @@
+//! Records on Herald's topics, their Avro schemas, and their wire encodings.
+
+mod error;
+mod ingest;
+mod records;
+mod registry;
+mod single_object;
+
+pub use error::CodecError;
+pub use ingest::{IngestDecoder, IngestFormat};
+pub use records::{
+    AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats, Candidate,
+    DeadLetter, Device, Engagement, EngagementKind, LifecycleKind, Platform, ProfileUpdate,
+    Properties, PropertyValue, Receipt, ReceiptStatus, Record, SendCommand, VariantStats,
+};
+pub use registry::{SchemaError, SchemaRegistry};
+pub use single_object::Fingerprint;

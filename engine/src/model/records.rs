@@ -1,0 +1,447 @@
+//! Rust types of the records on Herald's topics; field names match `schemas/*.avsc` exactly, so
+//! the same serde derive serves Avro and JSON.
+
+use std::collections::BTreeMap;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// A record type with a schema under `schemas/`.
+pub trait Record: Serialize + DeserializeOwned {
+    /// Full Avro name of the record's schema, e.g. `io.herald.AppEvent`.
+    const FULL_NAME: &'static str;
+}
+
+/// A property value: what profiles and event properties hold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PropertyValue {
+    /// Explicitly empty.
+    Null,
+    /// true / false.
+    Bool(bool),
+    /// Whole number.
+    Long(i64),
+    /// Floating-point number.
+    Double(f64),
+    /// Text, including dates in RFC 3339.
+    String(String),
+}
+
+/// Named property values, ordered by name so encodings are deterministic.
+pub type Properties = BTreeMap<String, PropertyValue>;
+
+/// Mobile platform of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Platform {
+    /// Apple, delivered through APNs.
+    Ios,
+    /// Android, delivered through FCM.
+    Android,
+}
+
+/// One of a user's devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    /// Stable id of the app installation.
+    pub device_id: String,
+    /// Which provider delivers to it.
+    pub platform: Platform,
+    /// APNs device token or FCM registration token.
+    pub token: String,
+    /// Installed app version.
+    #[serde(default)]
+    pub app_version: Option<String>,
+    /// Operating system version.
+    #[serde(default)]
+    pub os_version: Option<String>,
+    /// Manufacturer.
+    #[serde(default)]
+    pub make: Option<String>,
+    /// Device model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Herald SDK version on the device.
+    #[serde(default)]
+    pub sdk_version: Option<String>,
+}
+
+/// An app event from an SDK (`herald.events`, keyed by user id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppEvent {
+    /// Unique id assigned by the SDK pipeline.
+    pub event_id: String,
+    /// App the event belongs to.
+    pub app_id: String,
+    /// User who did it.
+    pub user_id: String,
+    /// Event name, e.g. `Added To Cart`.
+    pub name: String,
+    /// Event time in milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Event properties.
+    #[serde(default)]
+    pub properties: Properties,
+    /// SDK version that sent the event (schema version 2).
+    #[serde(default)]
+    pub sdk_version: Option<String>,
+}
+
+impl Record for AppEvent {
+    const FULL_NAME: &'static str = "io.herald.AppEvent";
+}
+
+/// A change to one user's profile (`herald.profiles`, keyed by user id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileUpdate {
+    /// App the profile belongs to.
+    pub app_id: String,
+    /// Whose profile.
+    pub user_id: String,
+    /// When the change happened, epoch milliseconds.
+    pub timestamp_ms: i64,
+    /// Properties to set.
+    #[serde(default)]
+    pub set: Properties,
+    /// Property names to remove.
+    #[serde(default)]
+    pub unset: Vec<String>,
+    /// Devices registered (or re-registered with a new token).
+    #[serde(default)]
+    pub devices_added: Vec<Device>,
+    /// Tokens no longer valid.
+    #[serde(default)]
+    pub tokens_removed: Vec<String>,
+}
+
+impl Record for ProfileUpdate {
+    const FULL_NAME: &'static str = "io.herald.ProfileUpdate";
+}
+
+/// What a campaign envelope asks the engine to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CampaignCommand {
+    /// Install or replace the definition.
+    Define,
+    /// Hold sends (outbox kept).
+    Pause,
+    /// Continue after a pause.
+    Resume,
+    /// End the campaign (outbox dropped).
+    Stop,
+}
+
+/// A campaign definition or operator command (`herald.campaigns`, compacted, keyed by campaign).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CampaignEnvelope {
+    /// Campaign the envelope is about.
+    pub campaign_id: String,
+    /// App of the campaign.
+    pub app_id: String,
+    /// What to do.
+    pub command: CampaignCommand,
+    /// Definition as JSON text, for `Define`.
+    #[serde(default)]
+    pub definition: Option<String>,
+    /// Monotonic revision of the definition.
+    #[serde(default)]
+    pub revision: i64,
+    /// When it was issued, epoch milliseconds.
+    pub issued_at_ms: i64,
+    /// Who issued it.
+    #[serde(default)]
+    pub issued_by: Option<String>,
+}
+
+impl Record for CampaignEnvelope {
+    const FULL_NAME: &'static str = "io.herald.CampaignEnvelope";
+}
+
+/// Kind of campaign lifecycle event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LifecycleKind {
+    /// A scheduled run began.
+    RunStarted,
+    /// A scheduled run ended.
+    RunFinished,
+    /// The campaign ended (end date or total limit).
+    Completed,
+    /// A reach limit was reached.
+    LimitReached,
+    /// An A/B test picked its winner.
+    WinnerDeclared,
+    /// A run qualified more users than the safety limit and sent nothing.
+    SafetyCheckTripped,
+    /// Paused by an operator.
+    Paused,
+    /// Resumed by an operator.
+    Resumed,
+    /// Stopped by an operator.
+    Stopped,
+}
+
+/// What the engine decided about a campaign (`herald.campaign-events`, keyed by campaign).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CampaignLifecycleEvent {
+    /// Campaign concerned.
+    pub campaign_id: String,
+    /// App of the campaign.
+    pub app_id: String,
+    /// What happened.
+    pub kind: LifecycleKind,
+    /// Run concerned, for scheduled campaigns.
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// When, epoch milliseconds.
+    pub timestamp_ms: i64,
+    /// Kind-specific facts.
+    #[serde(default)]
+    pub details: BTreeMap<String, String>,
+}
+
+impl Record for CampaignLifecycleEvent {
+    const FULL_NAME: &'static str = "io.herald.CampaignLifecycleEvent";
+}
+
+/// A user who qualified for a campaign in the user stage (`herald.campaign-flow`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// Campaign qualified for.
+    pub campaign_id: String,
+    /// App of the campaign.
+    pub app_id: String,
+    /// Run (or trigger occurrence) the candidate belongs to.
+    pub run_id: String,
+    /// Who qualified.
+    pub user_id: String,
+    /// When, epoch milliseconds.
+    pub qualified_at_ms: i64,
+    /// Name of the triggering event, if any.
+    #[serde(default)]
+    pub trigger_event: Option<String>,
+    /// Properties of the triggering event.
+    #[serde(default)]
+    pub event_properties: Properties,
+    /// Profile properties the campaign's templates use.
+    #[serde(default)]
+    pub profile: Properties,
+    /// Reachable devices.
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    /// User's timezone (IANA name).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// User's language (BCP 47).
+    #[serde(default)]
+    pub language: Option<String>,
+}
+
+impl Record for Candidate {
+    const FULL_NAME: &'static str = "io.herald.Candidate";
+}
+
+/// Kind of engagement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EngagementKind {
+    /// Notification viewed.
+    Impression,
+    /// Notification clicked.
+    Click,
+    /// Conversion event within the conversion window.
+    Conversion,
+    /// Provider accepted the notification.
+    Delivered,
+    /// Provider refused the notification.
+    Failed,
+    /// The device token is dead.
+    TokenInvalid,
+}
+
+/// An engagement attributed to a campaign (`herald.campaign-flow`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Engagement {
+    /// Campaign credited.
+    pub campaign_id: String,
+    /// Variant credited.
+    #[serde(default)]
+    pub variant_id: Option<String>,
+    /// Who engaged.
+    pub user_id: String,
+    /// Message engaged with.
+    #[serde(default)]
+    pub message_id: Option<String>,
+    /// What happened.
+    pub kind: EngagementKind,
+    /// When, epoch milliseconds.
+    pub timestamp_ms: i64,
+    /// Conversion value.
+    #[serde(default)]
+    pub value: Option<f64>,
+}
+
+impl Record for Engagement {
+    const FULL_NAME: &'static str = "io.herald.Engagement";
+}
+
+/// A fully rendered notification for one device (`herald.push`, keyed by user id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendCommand {
+    /// Deterministic id; senders de-duplicate on it.
+    pub message_id: String,
+    /// Campaign sending.
+    pub campaign_id: String,
+    /// Variant sent.
+    pub variant_id: String,
+    /// Run of the campaign.
+    pub run_id: String,
+    /// App sending.
+    pub app_id: String,
+    /// Recipient.
+    pub user_id: String,
+    /// Recipient device.
+    pub device_id: String,
+    /// Provider to use.
+    pub platform: Platform,
+    /// Device token.
+    pub token: String,
+    /// Platform payload as JSON text.
+    pub payload: String,
+    /// Provider headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// When rendered, epoch milliseconds.
+    pub created_at_ms: i64,
+    /// Do not send after this instant.
+    #[serde(default)]
+    pub expires_at_ms: Option<i64>,
+}
+
+impl Record for SendCommand {
+    const FULL_NAME: &'static str = "io.herald.SendCommand";
+}
+
+/// Outcome of a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReceiptStatus {
+    /// Provider accepted it.
+    Accepted,
+    /// Provider refused it, or retries ran out.
+    Failed,
+    /// The token is dead; remove it.
+    TokenInvalid,
+    /// Past its expiry; not sent.
+    Expired,
+}
+
+/// A sender outcome (`herald.receipts`, keyed by user id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Message concerned.
+    pub message_id: String,
+    /// Campaign of the message.
+    pub campaign_id: String,
+    /// Variant of the message.
+    pub variant_id: String,
+    /// App of the message.
+    pub app_id: String,
+    /// Recipient.
+    pub user_id: String,
+    /// Recipient device.
+    pub device_id: String,
+    /// Token used.
+    pub token: String,
+    /// Outcome.
+    pub status: ReceiptStatus,
+    /// Provider reason, when not accepted.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// apns-id or FCM message name.
+    #[serde(default)]
+    pub provider_id: Option<String>,
+    /// Provider round trip in milliseconds.
+    #[serde(default)]
+    pub latency_ms: Option<i64>,
+    /// When, epoch milliseconds.
+    pub timestamp_ms: i64,
+}
+
+impl Record for Receipt {
+    const FULL_NAME: &'static str = "io.herald.Receipt";
+}
+
+/// Counters of one variant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VariantStats {
+    /// Variant counted.
+    pub variant_id: String,
+    /// Send commands produced.
+    #[serde(default)]
+    pub sent: i64,
+    /// Accepted by the provider.
+    #[serde(default)]
+    pub delivered: i64,
+    /// Refused by the provider.
+    #[serde(default)]
+    pub failed: i64,
+    /// Viewed.
+    #[serde(default)]
+    pub impressions: i64,
+    /// Clicked.
+    #[serde(default)]
+    pub clicks: i64,
+    /// Converted.
+    #[serde(default)]
+    pub conversions: i64,
+}
+
+/// A snapshot of a campaign's counters (`herald.stats`, compacted, keyed by campaign).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CampaignStats {
+    /// Campaign counted.
+    pub campaign_id: String,
+    /// App of the campaign.
+    pub app_id: String,
+    /// Snapshot time, epoch milliseconds.
+    pub as_of_ms: i64,
+    /// Per-variant counters.
+    #[serde(default)]
+    pub variants: Vec<VariantStats>,
+    /// Users not sent to, by reason.
+    #[serde(default)]
+    pub skipped: BTreeMap<String, i64>,
+}
+
+impl Record for CampaignStats {
+    const FULL_NAME: &'static str = "io.herald.CampaignStats";
+}
+
+/// Input that could not be decoded or was rejected (`herald.dead-letter`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Topic the input came from.
+    pub source_topic: String,
+    /// Partition it came from.
+    pub source_partition: i32,
+    /// Its offset.
+    pub source_offset: i64,
+    /// Original key bytes.
+    #[serde(default, with = "apache_avro::serde_avro_bytes_opt")]
+    pub key: Option<Vec<u8>>,
+    /// Original value bytes.
+    #[serde(default, with = "apache_avro::serde_avro_bytes_opt")]
+    pub value: Option<Vec<u8>>,
+    /// Why it was rejected.
+    pub reason: String,
+    /// Which processor rejected it.
+    pub stage: String,
+    /// When, epoch milliseconds.
+    pub timestamp_ms: i64,
+}
+
+impl Record for DeadLetter {
+    const FULL_NAME: &'static str = "io.herald.DeadLetter";
+}

@@ -1,0 +1,215 @@
+//! In-process schema registry: every schema version under `schemas/`, looked up by writer
+//! fingerprint, with each record type's current version as the reader schema.
+
+use std::{collections::HashMap, sync::OnceLock};
+
+use apache_avro::{rabin::Rabin, types::Value, Schema};
+use thiserror::Error;
+
+use super::{single_object, CodecError, Fingerprint, Record};
+
+include!(concat!(env!("OUT_DIR"), "/schema_sources.rs"));
+
+/// Largest allocation the Avro decoder may make for one value, so corrupt length prefixes
+/// cannot exhaust memory.
+const MAX_AVRO_ALLOCATION: usize = 16 * 1024 * 1024;
+
+/// A schema file under `schemas/` that is not a valid, unambiguous Avro record schema.
+#[derive(Debug, Error)]
+pub enum SchemaError {
+    /// The file does not parse as an Avro schema.
+    #[error("schemas/{path}: {reason}")]
+    Invalid {
+        /// Path relative to `schemas/`.
+        path: String,
+        /// Parser message.
+        reason: String,
+    },
+    /// The schema is not a named record.
+    #[error("schemas/{path}: top-level schema must be a named record")]
+    NotARecord {
+        /// Path relative to `schemas/`.
+        path: String,
+    },
+    /// Two current (top-level) files define the same record name.
+    #[error("schemas/{first} and schemas/{second} both define the current {name}")]
+    DuplicateCurrent {
+        /// Full record name.
+        name: String,
+        /// One file.
+        first: String,
+        /// The other file.
+        second: String,
+    },
+    /// A historical version has no current version to resolve to.
+    #[error("schemas/{path}: {name} has no current version at the top of schemas/")]
+    NoCurrentVersion {
+        /// Path of the historical file.
+        path: String,
+        /// Its full record name.
+        name: String,
+    },
+}
+
+struct Version {
+    name: String,
+    schema: Schema,
+}
+
+struct Current {
+    fingerprint: Fingerprint,
+    schema: Schema,
+}
+
+/// Resolves writer fingerprints to schemas and encodes/decodes single-object records.
+pub struct SchemaRegistry {
+    versions: HashMap<Fingerprint, Version>,
+    current: HashMap<String, Current>,
+}
+
+impl SchemaRegistry {
+    /// The registry of the schemas compiled into this build (every file under `schemas/`).
+    pub fn builtin() -> &'static SchemaRegistry {
+        static REGISTRY: OnceLock<SchemaRegistry> = OnceLock::new();
+        REGISTRY.get_or_init(|| {
+            apache_avro::util::max_allocation_bytes(MAX_AVRO_ALLOCATION);
+            SchemaRegistry::from_sources(SCHEMA_SOURCES)
+                .expect("schemas/ compiled into this build are valid (checked by tests)")
+        })
+    }
+
+    /// Builds a registry from (path relative to `schemas/`, schema JSON) pairs. Files at the
+    /// top level are the current versions; files in sub-folders are older versions.
+    pub fn from_sources(sources: &[(&str, &str)]) -> Result<Self, SchemaError> {
+        let mut versions = HashMap::new();
+        let mut current: HashMap<String, (String, Current)> = HashMap::new();
+        let mut historical = Vec::new();
+        for (path, text) in sources {
+            let schema = Schema::parse_str(text).map_err(|e| SchemaError::Invalid {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })?;
+            let name = match &schema {
+                Schema::Record(record) => record.name.fullname(None),
+                _ => return Err(SchemaError::NotARecord { path: path.to_string() }),
+            };
+            let fingerprint = fingerprint_of(&schema);
+            if path.contains('/') {
+                historical.push((path.to_string(), name.clone()));
+            } else {
+                let entry = Current { fingerprint, schema: schema.clone() };
+                if let Some((first, _)) = current.insert(name.clone(), (path.to_string(), entry)) {
+                    return Err(SchemaError::DuplicateCurrent {
+                        name,
+                        first,
+                        second: path.to_string(),
+                    });
+                }
+            }
+            versions.insert(fingerprint, Version { name, schema });
+        }
+        for (path, name) in historical {
+            if !current.contains_key(&name) {
+                return Err(SchemaError::NoCurrentVersion { path, name });
+            }
+        }
+        let current = current.into_iter().map(|(name, (_, c))| (name, c)).collect();
+        Ok(Self { versions, current })
+    }
+
+    /// Full names of the current record schemas, sorted.
+    pub fn record_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.current.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The full name of a record type given by its full name (`io.herald.AppEvent`) or its
+    /// short name (`AppEvent`).
+    pub fn full_name(&self, name: &str) -> Result<&str, CodecError> {
+        self.current
+            .keys()
+            .find(|full| *full == name || full.rsplit('.').next() == Some(name))
+            .map(String::as_str)
+            .ok_or_else(|| {
+                CodecError::UnknownSchema(format!(
+                    "{name} (known: {})",
+                    self.record_names().join(", ")
+                ))
+            })
+    }
+
+    /// Encodes a JSON object with the schema's field names as the current version of record
+    /// type `name` (full or short name).
+    pub fn encode_json(&self, name: &str, json: serde_json::Value) -> Result<Vec<u8>, CodecError> {
+        let full_name = self.full_name(name)?;
+        self.encode_value(full_name, Value::from(json))
+    }
+
+    /// The current schema of a record type.
+    pub fn current_schema(&self, full_name: &str) -> Result<&Schema, CodecError> {
+        self.current_entry(full_name).map(|c| &c.schema)
+    }
+
+    /// Encodes a typed record with its current schema.
+    pub fn encode<T: Record>(&self, record: &T) -> Result<Vec<u8>, CodecError> {
+        let value = apache_avro::to_value(record).map_err(|e| CodecError::Encode {
+            schema: T::FULL_NAME.to_string(),
+            reason: e.to_string(),
+        })?;
+        self.encode_value(T::FULL_NAME, value)
+    }
+
+    /// Encodes a generic Avro value with the current schema named `full_name`. Plain values are
+    /// resolved against the schema first (maps become records, bare values become union branches).
+    pub fn encode_value(&self, full_name: &str, value: Value) -> Result<Vec<u8>, CodecError> {
+        let current = self.current_entry(full_name)?;
+        let encode_error = |e: apache_avro::Error| CodecError::Encode {
+            schema: full_name.to_string(),
+            reason: e.to_string(),
+        };
+        let resolved = value.resolve(&current.schema).map_err(encode_error)?;
+        let datum = apache_avro::to_avro_datum(&current.schema, resolved).map_err(encode_error)?;
+        Ok(single_object::frame(current.fingerprint, &datum))
+    }
+
+    /// Decodes a single-object record into its current-version typed form.
+    pub fn decode<T: Record>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        let (name, value) = self.decode_value(bytes)?;
+        if name != T::FULL_NAME {
+            return Err(CodecError::WrongRecordType {
+                expected: T::FULL_NAME.to_string(),
+                found: name.to_string(),
+            });
+        }
+        apache_avro::from_value(&value)
+            .map_err(|e| CodecError::Corrupt { schema: name.to_string(), reason: e.to_string() })
+    }
+
+    /// Decodes a single-object record of any known type, resolved to the current version of its
+    /// record type. Returns the record's full name and value.
+    pub fn decode_value<'a>(&'a self, bytes: &[u8]) -> Result<(&'a str, Value), CodecError> {
+        let (fingerprint, mut datum) = single_object::split(bytes)?;
+        let writer =
+            self.versions.get(&fingerprint).ok_or(CodecError::UnknownFingerprint(fingerprint))?;
+        let reader = self.current_entry(&writer.name)?;
+        let corrupt = |reason: String| CodecError::Corrupt { schema: writer.name.clone(), reason };
+        let value = apache_avro::from_avro_datum(&writer.schema, &mut datum, Some(&reader.schema))
+            .map_err(|e| corrupt(e.to_string()))?;
+        if !datum.is_empty() {
+            return Err(corrupt(format!("{} trailing bytes after the datum", datum.len())));
+        }
+        Ok((writer.name.as_str(), value))
+    }
+
+    fn current_entry(&self, full_name: &str) -> Result<&Current, CodecError> {
+        self.current.get(full_name).ok_or_else(|| CodecError::UnknownSchema(full_name.to_string()))
+    }
+}
+
+fn fingerprint_of(schema: &Schema) -> Fingerprint {
+    let bytes = schema.fingerprint::<Rabin>().bytes;
+    let mut fingerprint = [0u8; 8];
+    fingerprint.copy_from_slice(&bytes[..8]);
+    Fingerprint(fingerprint)
+}

@@ -1,0 +1,98 @@
+//! Runtime errors, and what a processor may return.
+
+use thiserror::Error;
+
+/// Something the runtime could not do. Kafka and RocksDB failures carry what was being done.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    /// A Kafka client call failed.
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        /// What was being done.
+        context: String,
+        /// librdkafka's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// A RocksDB call failed.
+    #[error("state store: {context}: {source}")]
+    Store {
+        /// What was being done.
+        context: String,
+        /// RocksDB's error.
+        source: rocksdb::Error,
+    },
+    /// A file could not be read or written.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The consumer has not joined its group yet, so offsets cannot join a transaction.
+    #[error("the consumer has no group metadata yet")]
+    NoGroupMetadata,
+    /// A typed store value could not be (de)serialised.
+    #[error("state store {store}: bad value: {reason}")]
+    StateValue {
+        /// Store name.
+        store: String,
+        /// Serialiser message.
+        reason: String,
+    },
+    /// The topology or configuration is inconsistent.
+    #[error("invalid topology: {0}")]
+    Topology(String),
+    /// Replay input is malformed.
+    #[error("replay input {location}: {reason}")]
+    ReplayInput {
+        /// File and line, or topic/partition/offset.
+        location: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl RuntimeError {
+    pub(crate) fn kafka(
+        context: impl Into<String>,
+    ) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+        let context = context.into();
+        move |source| Self::Kafka { context, source }
+    }
+
+    pub(crate) fn store(context: impl Into<String>) -> impl FnOnce(rocksdb::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Store { context, source }
+    }
+
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+}
+
+/// Why a processor did not process a record or timer.
+#[derive(Debug, Error)]
+pub enum ProcessError {
+    /// The input is bad: it goes to the dead-letter topic with this reason and processing
+    /// continues with the next record.
+    #[error("rejected: {0}")]
+    Reject(String),
+    /// The runtime failed underneath the processor: the transaction is aborted and retried.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+impl ProcessError {
+    /// A rejection with `reason`.
+    pub fn reject(reason: impl Into<String>) -> Self {
+        Self::Reject(reason.into())
+    }
+}
+
+impl From<crate::model::CodecError> for ProcessError {
+    fn from(error: crate::model::CodecError) -> Self {
+        Self::Reject(error.to_string())
+    }
+}

@@ -1,0 +1,828 @@
+//! The live runtime: one consumer in the application's group, one transactional producer, and
+//! the tasks of the assigned partitions, committed together every commit interval.
+//!
+//! Each commit atomically contains the outputs, the changelog writes and the input offsets
+//! (`send_offsets_to_transaction` with the consumer's current group metadata). Before partitions
+//! are revoked the open transaction is committed; if a commit fails, the transaction is aborted,
+//! the tasks' stores are rebuilt from their changelogs and the inputs rewound to the committed
+//! offsets, so nothing is lost or duplicated.
+//!
+//! Partitions are assigned with the `range` assignor: it gives the same partition number of
+//! every co-partitioned source topic to the same instance, which a task needs (librdkafka's
+//! `cooperative-sticky` does not guarantee that, and librdkafka has no pluggable assignor).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance},
+    error::KafkaError,
+    producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
+    types::RDKafkaErrorCode,
+    ClientContext, Message, Offset, TopicPartitionList,
+};
+
+use super::{
+    checkpoint,
+    clock::wall_now_ms,
+    global::GlobalTables,
+    output::Output,
+    restore::restore,
+    store::{StoreMemory, TaskState},
+    task::{Task, TaskEnv},
+    Clock, RuntimeConfig, RuntimeError, RuntimeMetrics, SourceRecord, StreamTopology, TaskId,
+};
+use crate::{
+    kafka::{apply_topology, TopicOutcome},
+    topology::{CleanupPolicy, TopicSpec, Topology},
+};
+
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+const TIMER_CHECK: Duration = Duration::from_millis(10);
+const GAUGE_REFRESH: Duration = Duration::from_secs(5);
+
+/// Set to stop a running instance gracefully (finish the transaction, checkpoint, leave).
+#[derive(Clone, Default)]
+pub struct ShutdownFlag(Arc<AtomicBool>);
+
+impl ShutdownFlag {
+    /// A flag that SIGTERM and SIGINT set.
+    pub fn on_signals() -> Result<Self, RuntimeError> {
+        let flag = Self::default();
+        for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register(signal, Arc::clone(&flag.0))
+                .map_err(RuntimeError::io("installing signal handlers"))?;
+        }
+        Ok(flag)
+    }
+
+    /// Asks the instance to stop.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    fn requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+type Producer_ = ThreadedProducer<DefaultProducerContext>;
+
+/// Transaction state shared with the rebalance callback, which runs inside `poll`.
+struct TxnState {
+    producer: Producer_,
+    open: bool,
+    /// Anything produced or consumed since the transaction began.
+    touched: bool,
+    /// Next offset to consume, per input partition, for the open transaction.
+    offsets: BTreeMap<(String, i32), i64>,
+    /// A commit failed: the open tasks' stores are ahead of the committed state.
+    dirty: bool,
+    events: Vec<RebalanceEvent>,
+    metrics: Arc<RuntimeMetrics>,
+    transaction_timeout: Duration,
+    transactional_id: String,
+    kafka_config: rdkafka::ClientConfig,
+}
+
+enum RebalanceEvent {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+impl TxnState {
+    fn begin(&mut self) -> Result<(), RuntimeError> {
+        if !self.open {
+            self.producer
+                .begin_transaction()
+                .map_err(RuntimeError::kafka("beginning a transaction"))?;
+            self.open = true;
+        }
+        Ok(())
+    }
+
+    /// Commits outputs and offsets. On failure the transaction is aborted, the state marked
+    /// dirty, and the error returned for the caller to rewind.
+    fn commit(&mut self, consumer: &BaseConsumer<RebalanceHook>) -> Result<(), RuntimeError> {
+        if !self.open {
+            return Ok(());
+        }
+        if !self.touched {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let result = self.try_commit(consumer);
+        match result {
+            Ok(()) => {
+                self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+                self.open = false;
+                self.touched = false;
+                self.offsets.clear();
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(%error, "commit failed; aborting the transaction");
+                self.abort();
+                Err(error)
+            }
+        }
+    }
+
+    fn try_commit(&mut self, consumer: &BaseConsumer<RebalanceHook>) -> Result<(), RuntimeError> {
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.offsets {
+            offsets
+                .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .map_err(RuntimeError::kafka("listing offsets"))?;
+        }
+        if offsets.count() > 0 {
+            let metadata = consumer.group_metadata().ok_or(RuntimeError::NoGroupMetadata)?;
+            self.producer
+                .send_offsets_to_transaction(&offsets, &metadata, KAFKA_TIMEOUT)
+                .map_err(RuntimeError::kafka("adding offsets to the transaction"))?;
+        }
+        self.producer.commit_transaction(KAFKA_TIMEOUT).map_err(RuntimeError::kafka("committing"))
+    }
+
+    /// Aborts the open transaction; if the producer is fenced or broken, replaces it.
+    fn abort(&mut self) {
+        self.metrics.transaction_aborts.inc();
+        self.dirty = true;
+        self.open = false;
+        self.touched = false;
+        self.offsets.clear();
+        if let Err(error) = self.producer.abort_transaction(KAFKA_TIMEOUT) {
+            tracing::warn!(%error, "abort failed; recreating the transactional producer");
+            match create_producer(
+                &self.kafka_config,
+                &self.transactional_id,
+                self.transaction_timeout,
+            ) {
+                Ok(producer) => self.producer = producer,
+                Err(error) => tracing::error!(%error, "cannot recreate the producer; will retry"),
+            }
+        }
+    }
+}
+
+/// Consumer context committing the open transaction before partitions are revoked.
+struct RebalanceHook {
+    txn: Arc<Mutex<TxnState>>,
+}
+
+impl ClientContext for RebalanceHook {}
+
+impl ConsumerContext for RebalanceHook {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            let mut txn = self.txn.lock().expect("txn lock");
+            if let Err(error) = txn.commit(consumer) {
+                tracing::warn!(%error, "commit before revocation failed; tasks will be rebuilt");
+            }
+            txn.events.push(RebalanceEvent::Revoked(list(partitions)));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            self.txn
+                .lock()
+                .expect("txn lock")
+                .events
+                .push(RebalanceEvent::Assigned(list(partitions)));
+        }
+    }
+}
+
+fn list(partitions: &TopicPartitionList) -> Vec<(String, i32)> {
+    partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+}
+
+fn create_producer(
+    config: &rdkafka::ClientConfig,
+    transactional_id: &str,
+    transaction_timeout: Duration,
+) -> Result<Producer_, RuntimeError> {
+    let producer: Producer_ = config
+        .clone()
+        .set("transactional.id", transactional_id)
+        .set("transaction.timeout.ms", transaction_timeout.as_millis().to_string())
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .create()
+        .map_err(RuntimeError::kafka("creating the transactional producer"))?;
+    producer
+        .init_transactions(KAFKA_TIMEOUT)
+        .map_err(RuntimeError::kafka("initialising transactions"))?;
+    Ok(producer)
+}
+
+/// Output into the open transaction.
+struct TxnOutput<'a> {
+    txn: &'a mut TxnState,
+}
+
+impl TxnOutput<'_> {
+    fn send(&mut self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), RuntimeError> {
+        self.txn.touched = true;
+        loop {
+            match self.txn.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((error, returned)) => {
+                    return Err(RuntimeError::Kafka {
+                        context: format!("producing to {}", returned.topic),
+                        source: error,
+                    })
+                }
+            }
+        }
+    }
+}
+
+impl Output for TxnOutput<'_> {
+    fn emit(
+        &mut self,
+        topic: &str,
+        key: &[u8],
+        value: &[u8],
+        timestamp_ms: i64,
+    ) -> Result<(), RuntimeError> {
+        self.txn.metrics.records_out.with_label_values(&[topic]).inc();
+        self.send(BaseRecord::to(topic).key(key).payload(value).timestamp(timestamp_ms))
+    }
+
+    fn changelog(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+        timestamp_ms: i64,
+    ) -> Result<(), RuntimeError> {
+        self.txn.metrics.changelog_out.with_label_values(&[topic]).inc();
+        let mut record =
+            BaseRecord::to(topic).key(key).partition(partition).timestamp(timestamp_ms);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        self.send(record)
+    }
+}
+
+/// Reads global tables: in full before processing starts, then as they change. One consumer
+/// per table, so a partition-end event names its partition unambiguously.
+struct GlobalReader {
+    /// (table name, consumer of its topic).
+    tables: Vec<(String, BaseConsumer)>,
+}
+
+impl GlobalReader {
+    fn start(
+        topology: &StreamTopology,
+        config: &RuntimeConfig,
+        globals: &mut GlobalTables,
+    ) -> Result<Self, RuntimeError> {
+        let mut tables = Vec::new();
+        for spec in &topology.globals {
+            let consumer: BaseConsumer = config
+                .kafka
+                .client_config()
+                .set("group.id", format!("{}-global", topology.app_id))
+                .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", "true")
+                .set("isolation.level", "read_committed")
+                .create()
+                .map_err(RuntimeError::kafka("creating the global table consumer"))?;
+            let mut assignment = TopicPartitionList::new();
+            let mut pending = BTreeSet::new();
+            for partition in 0..partition_count(&consumer, &spec.topic)? {
+                assignment
+                    .add_partition_offset(&spec.topic, partition, Offset::Beginning)
+                    .map_err(RuntimeError::kafka("assigning global table partitions"))?;
+                pending.insert(partition);
+            }
+            consumer
+                .assign(&assignment)
+                .map_err(RuntimeError::kafka("assigning global table partitions"))?;
+            // Bootstrap: read every partition to its end before any task processes.
+            while !pending.is_empty() {
+                match consumer.poll(Duration::from_millis(500)) {
+                    None => {}
+                    Some(Err(KafkaError::PartitionEOF(partition))) => {
+                        pending.remove(&partition);
+                    }
+                    Some(Err(error)) => {
+                        return Err(RuntimeError::Kafka {
+                            context: format!("reading global table {}", spec.topic),
+                            source: error,
+                        })
+                    }
+                    Some(Ok(message)) => apply_global(&spec.name, &message, globals, &mut []),
+                }
+            }
+            tables.push((spec.name.clone(), consumer));
+        }
+        Ok(Self { tables })
+    }
+
+    /// Applies whatever arrived since the last call, without waiting.
+    fn poll(
+        &self,
+        globals: &mut GlobalTables,
+        tasks: &mut [&mut Task],
+    ) -> Result<(), RuntimeError> {
+        for (name, consumer) in &self.tables {
+            while let Some(result) = consumer.poll(Duration::ZERO) {
+                match result {
+                    Ok(message) => apply_global(name, &message, globals, tasks),
+                    Err(KafkaError::PartitionEOF(_)) => {}
+                    Err(error) => {
+                        return Err(RuntimeError::Kafka {
+                            context: format!("reading global table {name}"),
+                            source: error,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn apply_global(
+    name: &str,
+    message: &rdkafka::message::BorrowedMessage<'_>,
+    globals: &mut GlobalTables,
+    tasks: &mut [&mut Task],
+) {
+    let key = message.key().unwrap_or_default();
+    globals.table_mut(name).apply(key, message.payload());
+    for task in tasks.iter_mut() {
+        task.global_changed(name, key, message.payload());
+    }
+}
+
+fn partition_count<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> Result<i32, RuntimeError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
+        .map_err(RuntimeError::kafka(format!("reading metadata of {topic}")))?;
+    match metadata.topics().first() {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+            Ok(t.partitions().len() as i32)
+        }
+        _ => Err(RuntimeError::Topology(format!(
+            "topic {topic} does not exist; create it first (herald topics apply)"
+        ))),
+    }
+}
+
+/// A running instance of a topology.
+pub struct LiveRuntime {
+    topology: StreamTopology,
+    config: RuntimeConfig,
+    metrics: Arc<RuntimeMetrics>,
+}
+
+impl LiveRuntime {
+    /// Prepares an instance; nothing connects until [`LiveRuntime::run`].
+    pub fn new(topology: StreamTopology, config: RuntimeConfig) -> Self {
+        Self { topology, config, metrics: RuntimeMetrics::new() }
+    }
+
+    /// The instance's metrics.
+    pub fn metrics(&self) -> &Arc<RuntimeMetrics> {
+        &self.metrics
+    }
+
+    /// Runs until `shutdown` is requested, then commits, checkpoints and leaves the group.
+    /// Blocking: call it from a dedicated thread, not from an async executor.
+    pub fn run(&self, shutdown: &ShutdownFlag) -> Result<(), RuntimeError> {
+        if let Some(addr) = self.config.metrics_addr {
+            let bound = self.metrics.serve(addr)?;
+            tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+        }
+        let probe: BaseConsumer = self
+            .config
+            .kafka
+            .client_config()
+            .create()
+            .map_err(RuntimeError::kafka("connecting to Kafka"))?;
+        let partitions = self.check_copartitioning(&probe)?;
+        self.ensure_changelogs(&partitions)?;
+
+        let mut globals = GlobalTables::default();
+        let global_reader = GlobalReader::start(&self.topology, &self.config, &mut globals)?;
+
+        let transactional_id = format!("{}-{}", self.topology.app_id, self.config.instance_id);
+        let kafka_config = self.config.kafka.client_config();
+        let producer =
+            create_producer(&kafka_config, &transactional_id, self.config.transaction_timeout)?;
+        let txn = Arc::new(Mutex::new(TxnState {
+            producer,
+            open: false,
+            touched: false,
+            offsets: BTreeMap::new(),
+            dirty: false,
+            events: Vec::new(),
+            metrics: Arc::clone(&self.metrics),
+            transaction_timeout: self.config.transaction_timeout,
+            transactional_id,
+            kafka_config,
+        }));
+        let consumer: BaseConsumer<RebalanceHook> = self
+            .config
+            .kafka
+            .client_config()
+            .set("group.id", &self.topology.app_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .create_with_context(RebalanceHook { txn: Arc::clone(&txn) })
+            .map_err(RuntimeError::kafka("creating the consumer"))?;
+        consumer
+            .subscribe(&self.topology.source_topics())
+            .map_err(RuntimeError::kafka("subscribing"))?;
+
+        let mut worker = Worker {
+            runtime: self,
+            memory: StoreMemory::new(self.config.block_cache_bytes, self.config.write_buffer_bytes),
+            tasks: BTreeMap::new(),
+            globals,
+            global_reader,
+            consumer,
+            txn,
+        };
+        let result = worker.run_loop(shutdown);
+        worker.shutdown(result.is_ok());
+        result
+    }
+
+    /// Partition count of each sub-topology; its sources must agree.
+    fn check_copartitioning(&self, probe: &BaseConsumer) -> Result<Vec<i32>, RuntimeError> {
+        self.topology
+            .sub_topologies
+            .iter()
+            .map(|sub| {
+                let counts = sub
+                    .sources
+                    .iter()
+                    .map(|topic| partition_count(probe, topic).map(|n| (topic, n)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let first = counts[0].1;
+                if let Some((topic, n)) = counts.iter().find(|(_, n)| *n != first) {
+                    return Err(RuntimeError::Topology(format!(
+                        "sources of {} are not co-partitioned: {} has {first} partitions, {topic} has {n}",
+                        sub.name, sub.sources[0]
+                    )));
+                }
+                Ok(first)
+            })
+            .collect()
+    }
+
+    /// Creates missing changelog topics (compacted, one partition per task).
+    fn ensure_changelogs(&self, partitions: &[i32]) -> Result<(), RuntimeError> {
+        let topics = self
+            .topology
+            .sub_topologies
+            .iter()
+            .zip(partitions)
+            .flat_map(|(sub, n)| {
+                sub.all_stores().into_iter().map(move |store| TopicSpec {
+                    name: self.topology.changelog_topic(&store),
+                    partitions: *n,
+                    cleanup_policy: CleanupPolicy::Compact,
+                    retention_ms: None,
+                    description: format!("changelog of store {store}"),
+                })
+            })
+            .collect();
+        let changelogs = Topology { replication_factor: 1, topics };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(RuntimeError::io("starting an admin runtime"))?;
+        let report = runtime
+            .block_on(apply_topology(&self.config.kafka, &changelogs))
+            .map_err(|e| RuntimeError::Topology(format!("creating changelog topics: {e}")))?;
+        for (topic, outcome) in report.topics {
+            if let TopicOutcome::Differs(drift) = outcome {
+                if drift.iter().any(|d| d.setting == "partitions") {
+                    return Err(RuntimeError::Topology(format!(
+                        "changelog {topic} has a different partition count than its sources"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The state of a running instance's processing thread.
+struct Worker<'a> {
+    runtime: &'a LiveRuntime,
+    memory: StoreMemory,
+    tasks: BTreeMap<TaskId, Task>,
+    globals: GlobalTables,
+    global_reader: GlobalReader,
+    consumer: BaseConsumer<RebalanceHook>,
+    txn: Arc<Mutex<TxnState>>,
+}
+
+impl Worker<'_> {
+    fn run_loop(&mut self, shutdown: &ShutdownFlag) -> Result<(), RuntimeError> {
+        let config = &self.runtime.config;
+        let metrics = Arc::clone(&self.runtime.metrics);
+        let mut txn_started = Instant::now();
+        let mut last_timer_check = Instant::now();
+        let mut last_gauges = Instant::now();
+        metrics.set_ready(true);
+        while !shutdown.requested() {
+            let polled = self.consumer.poll(Duration::from_millis(20));
+            let message = match polled {
+                None => None,
+                Some(Ok(message)) => Some(message.detach()),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "consumer error");
+                    None
+                }
+            };
+            self.handle_rebalance_events()?;
+            if !self.global_reader.tables.is_empty() {
+                let mut tasks: Vec<&mut Task> = self.tasks.values_mut().collect();
+                self.global_reader.poll(&mut self.globals, &mut tasks)?;
+            }
+            let mut txn = self.txn.lock().expect("txn lock");
+            if let Some(message) = &message {
+                let Some(sub) = self.runtime.topology.sub_topology_of(message.topic()) else {
+                    continue;
+                };
+                let id = TaskId { sub_topology: sub, partition: message.partition() };
+                let Some(task) = self.tasks.get_mut(&id) else {
+                    // Not (or no longer) ours: a message fetched before a revocation.
+                    continue;
+                };
+                if !txn.open {
+                    txn.begin()?;
+                    txn_started = Instant::now();
+                }
+                txn.touched = true;
+                txn.offsets.insert(
+                    (message.topic().to_string(), message.partition()),
+                    message.offset() + 1,
+                );
+                metrics.records_in.with_label_values(&[message.topic()]).inc();
+                let record = SourceRecord {
+                    topic: message.topic(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key(),
+                    value: message.payload(),
+                    timestamp_ms: message.timestamp().to_millis().unwrap_or_else(wall_now_ms),
+                };
+                let env = TaskEnv {
+                    clock: config.clock,
+                    globals: &self.globals,
+                    dead_letter_topic: &self.runtime.topology.dead_letter_topic,
+                    metrics: &metrics,
+                };
+                if let Err(error) = task.process(&record, &env, &mut TxnOutput { txn: &mut txn }) {
+                    tracing::warn!(%error, task = %id, "processing failed; aborting the transaction");
+                    txn.abort();
+                    drop(txn);
+                    self.rewind()?;
+                    continue;
+                }
+            }
+            if config.clock == Clock::Wall && last_timer_check.elapsed() >= TIMER_CHECK {
+                last_timer_check = Instant::now();
+                let now = wall_now_ms();
+                let env = TaskEnv {
+                    clock: config.clock,
+                    globals: &self.globals,
+                    dead_letter_topic: &self.runtime.topology.dead_letter_topic,
+                    metrics: &metrics,
+                };
+                for task in self.tasks.values_mut() {
+                    if !txn.open {
+                        txn.begin()?;
+                        txn_started = Instant::now();
+                    }
+                    task.fire_due(now, &env, &mut TxnOutput { txn: &mut txn })?;
+                }
+            }
+            let due = txn.open && txn.touched && txn_started.elapsed() >= config.commit_interval;
+            if due && txn.commit(&self.consumer).is_err() {
+                drop(txn);
+                self.rewind()?;
+                continue;
+            }
+            drop(txn);
+            if last_gauges.elapsed() >= GAUGE_REFRESH {
+                last_gauges = Instant::now();
+                self.refresh_gauges();
+            }
+        }
+        let mut txn = self.txn.lock().expect("txn lock");
+        txn.commit(&self.consumer)
+    }
+
+    /// Opens tasks for assigned partitions and closes tasks of revoked ones.
+    fn handle_rebalance_events(&mut self) -> Result<(), RuntimeError> {
+        let (events, dirty) = {
+            let mut txn = self.txn.lock().expect("txn lock");
+            (std::mem::take(&mut txn.events), txn.dirty)
+        };
+        for event in events {
+            match event {
+                RebalanceEvent::Revoked(partitions) => {
+                    for id in self.task_ids(&partitions) {
+                        if let Some(task) = self.tasks.remove(&id) {
+                            self.close_task(task, !dirty);
+                        }
+                    }
+                    if self.tasks.is_empty() {
+                        self.txn.lock().expect("txn lock").dirty = false;
+                    }
+                }
+                RebalanceEvent::Assigned(partitions) => {
+                    self.runtime.metrics.set_ready(false);
+                    for id in self.task_ids(&partitions) {
+                        if !self.tasks.contains_key(&id) {
+                            let task = self.open_task(id)?;
+                            self.tasks.insert(id, task);
+                        }
+                    }
+                    self.runtime.metrics.set_ready(true);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn task_ids(&self, partitions: &[(String, i32)]) -> BTreeSet<TaskId> {
+        partitions
+            .iter()
+            .filter_map(|(topic, partition)| {
+                self.runtime
+                    .topology
+                    .sub_topology_of(topic)
+                    .map(|sub| TaskId { sub_topology: sub, partition: *partition })
+            })
+            .collect()
+    }
+
+    fn task_dir(&self, id: TaskId) -> PathBuf {
+        self.runtime.config.state_dir.join(&self.runtime.topology.app_id).join(id.to_string())
+    }
+
+    /// Opens a task's stores, restoring them from the changelog: from the checkpoint after a
+    /// clean close, from scratch otherwise.
+    fn open_task(&self, id: TaskId) -> Result<Task, RuntimeError> {
+        let topology = &self.runtime.topology;
+        let sub = &topology.sub_topologies[id.sub_topology];
+        let dir = self.task_dir(id);
+        let checkpoint = checkpoint::take(&dir);
+        if checkpoint.is_none() && dir.exists() {
+            tracing::info!(task = %id, "no checkpoint (unclean stop): wiping the local store");
+            std::fs::remove_dir_all(&dir)
+                .map_err(RuntimeError::io(format!("wiping {}", dir.display())))?;
+        }
+        let changelogs = sub
+            .all_stores()
+            .into_iter()
+            .map(|s| (topology.changelog_topic(&s), s))
+            .map(|(t, s)| (s, t))
+            .collect();
+        let state = TaskState::open(&dir, id.partition, changelogs, &self.memory)?;
+        let started = Instant::now();
+        let restored = restore(
+            &self.runtime.config.kafka,
+            &state,
+            id.partition,
+            &checkpoint.unwrap_or_default(),
+            &self.runtime.metrics,
+        )?;
+        tracing::info!(task = %id, restored, elapsed_ms = started.elapsed().as_millis() as u64, "task restored");
+        let task = Task::new(id, sub, state)?;
+        Ok(task)
+    }
+
+    /// Closes a task; a clean close flushes and checkpoints, a dirty one wipes the store.
+    fn close_task(&self, task: Task, clean: bool) {
+        let dir = task.state.dir().to_path_buf();
+        if !clean {
+            drop(task);
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+        let result = task.state.flush().and_then(|()| {
+            let mut checkpoint = checkpoint::Checkpoint::new();
+            for topic in task.state.changelog_topics() {
+                let (_, high) = self
+                    .consumer
+                    .fetch_watermarks(topic, task.id.partition, KAFKA_TIMEOUT)
+                    .map_err(RuntimeError::kafka(format!("reading the end of {topic}")))?;
+                checkpoint.insert(topic.to_string(), high);
+            }
+            checkpoint::write(&dir, &checkpoint)
+        });
+        if let Err(error) = result {
+            tracing::warn!(task = %task.id, %error, "could not checkpoint; the store will be rebuilt");
+        }
+    }
+
+    /// After an aborted transaction: rebuild every task from its changelog and rewind inputs
+    /// to the committed offsets.
+    fn rewind(&mut self) -> Result<(), RuntimeError> {
+        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        for id in &ids {
+            if let Some(task) = self.tasks.remove(id) {
+                self.close_task(task, false);
+            }
+        }
+        for id in &ids {
+            let task = self.open_task(*id)?;
+            self.tasks.insert(*id, task);
+        }
+        self.txn.lock().expect("txn lock").dirty = false;
+        let assignment =
+            self.consumer.assignment().map_err(RuntimeError::kafka("reading the assignment"))?;
+        let committed = self
+            .consumer
+            .committed_offsets(assignment, KAFKA_TIMEOUT)
+            .map_err(RuntimeError::kafka("reading committed offsets"))?;
+        for element in committed.elements() {
+            let offset = match element.offset() {
+                Offset::Invalid => Offset::Beginning,
+                other => other,
+            };
+            if let Err(error) =
+                self.consumer.seek(element.topic(), element.partition(), offset, KAFKA_TIMEOUT)
+            {
+                tracing::warn!(%error, topic = element.topic(), partition = element.partition(), "seek failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn refresh_gauges(&self) {
+        let metrics = &self.runtime.metrics;
+        metrics.timers_pending.set(self.tasks.values().map(Task::timers_pending).sum());
+        for task in self.tasks.values() {
+            let partition = task.id.partition.to_string();
+            for store in &self.runtime.topology.sub_topologies[task.id.sub_topology].stores {
+                metrics
+                    .store_keys
+                    .with_label_values(&[store, &partition])
+                    .set(task.state.estimated_keys(store) as i64);
+            }
+        }
+        if let Ok(positions) = self.consumer.position() {
+            for element in positions.elements() {
+                let end = self.consumer.fetch_watermarks(
+                    element.topic(),
+                    element.partition(),
+                    Duration::from_secs(1),
+                );
+                if let (Some(position), Ok((_, high))) = (element.offset().to_raw(), end) {
+                    metrics
+                        .consumer_lag
+                        .with_label_values(&[element.topic(), &element.partition().to_string()])
+                        .set((high - position).max(0));
+                }
+            }
+        }
+    }
+
+    /// Leaves the group and closes every task: cleanly (checkpointed) after a successful final
+    /// commit, dirty otherwise.
+    fn shutdown(&mut self, committed: bool) {
+        self.runtime.metrics.set_ready(false);
+        self.consumer.unsubscribe();
+        let tasks = std::mem::take(&mut self.tasks);
+        let dirty = self.txn.lock().expect("txn lock").dirty;
+        for task in tasks.into_values() {
+            self.close_task(task, committed && !dirty);
+        }
+    }
+}

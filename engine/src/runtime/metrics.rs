@@ -1,0 +1,177 @@
+//! Prometheus metrics of the runtime and the `/metrics`, `/healthz`, `/readyz` endpoint.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use super::RuntimeError;
+
+/// The runtime's metrics, registered in their own registry.
+pub struct RuntimeMetrics {
+    /// Registry to expose (also usable to register further metrics).
+    pub registry: Registry,
+    /// Records read, by topic.
+    pub records_in: IntCounterVec,
+    /// Records written to sinks, by topic.
+    pub records_out: IntCounterVec,
+    /// Changelog records written, by topic.
+    pub changelog_out: IntCounterVec,
+    /// Time to commit a transaction.
+    pub commit_seconds: Histogram,
+    /// Transactions aborted (fencing, rebalance, errors).
+    pub transaction_aborts: IntCounter,
+    /// Changelog records restored, by store.
+    pub restored_records: IntCounterVec,
+    /// Duration of each task restore.
+    pub restore_seconds: Histogram,
+    /// Tasks currently restoring.
+    pub restoring_tasks: IntGauge,
+    /// Estimated keys per store and partition.
+    pub store_keys: IntGaugeVec,
+    /// Records behind the end of each assigned input partition.
+    pub consumer_lag: IntGaugeVec,
+    /// Timers scheduled and not yet fired or cancelled.
+    pub timers_pending: IntGauge,
+    /// Timers fired.
+    pub timers_fired: IntCounter,
+    /// Records sent to the dead-letter topic, by source topic.
+    pub dead_letters: IntCounterVec,
+    ready: AtomicBool,
+}
+
+impl RuntimeMetrics {
+    /// Creates and registers every metric (prefixed `herald_runtime_`).
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new_custom(Some("herald_runtime".into()), None)
+            .expect("static registry prefix is valid");
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let metric = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
+        let counter = |name: &str, help: &str| {
+            let metric = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
+        let gauge = |name: &str, help: &str| {
+            let metric = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
+        Arc::new(Self {
+            records_in: counter_vec("records_in_total", "Records read, by topic", "topic"),
+            records_out: counter_vec(
+                "records_out_total",
+                "Records written to sinks, by topic",
+                "topic",
+            ),
+            changelog_out: counter_vec(
+                "changelog_records_total",
+                "Changelog records written, by topic",
+                "topic",
+            ),
+            commit_seconds: histogram(
+                "commit_seconds",
+                "Time to commit one transaction",
+                prometheus::exponential_buckets(0.001, 2.0, 14).expect("valid buckets"),
+            ),
+            transaction_aborts: counter("transaction_aborts_total", "Transactions aborted"),
+            restored_records: counter_vec(
+                "restored_records_total",
+                "Changelog records restored, by store",
+                "store",
+            ),
+            restore_seconds: histogram(
+                "restore_seconds",
+                "Duration of one task restore",
+                prometheus::exponential_buckets(0.01, 2.0, 14).expect("valid buckets"),
+            ),
+            restoring_tasks: gauge("restoring_tasks", "Tasks restoring their stores"),
+            store_keys: gauge_vec(
+                "store_keys",
+                "Estimated keys per store and partition",
+                &["store", "partition"],
+            ),
+            consumer_lag: gauge_vec(
+                "consumer_lag",
+                "Records behind the partition end",
+                &["topic", "partition"],
+            ),
+            timers_pending: gauge("timers_pending", "Timers scheduled and not yet fired"),
+            timers_fired: counter("timers_fired_total", "Timers fired"),
+            dead_letters: counter_vec(
+                "dead_letters_total",
+                "Records sent to the dead-letter topic",
+                "topic",
+            ),
+            ready: AtomicBool::new(false),
+            registry,
+        })
+    }
+
+    /// Marks the instance ready (restored and processing) or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// True once every assigned task is restored.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding gathered metric families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` from a background thread.
+    pub fn serve(self: &Arc<Self>, addr: SocketAddr) -> Result<SocketAddr, RuntimeError> {
+        let server = tiny_http::Server::http(addr).map_err(|e| RuntimeError::Io {
+            context: format!("listening for metrics on {addr}"),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let bound = server.server_addr().to_ip().unwrap_or(addr);
+        let metrics = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("herald-metrics".into())
+            .spawn(move || {
+                for request in server.incoming_requests() {
+                    let (status, body) = match request.url() {
+                        "/metrics" => (200, metrics.render()),
+                        "/healthz" => (200, "ok\n".to_string()),
+                        "/readyz" if metrics.is_ready() => (200, "ready\n".to_string()),
+                        "/readyz" => (503, "restoring\n".to_string()),
+                        _ => (404, "not found\n".to_string()),
+                    };
+                    let _ = request
+                        .respond(tiny_http::Response::from_string(body).with_status_code(status));
+                }
+            })
+            .map_err(RuntimeError::io("starting the metrics thread"))?;
+        Ok(bound)
+    }
+}

@@ -1,0 +1,35 @@
+//! The streaming runtime: exactly-once consume → process → produce over Kafka, with RocksDB
+//! state stores backed by changelog topics, durable timers, global tables and a replay driver.
+//!
+//! It knows nothing about push notifications: operators are written against [`Processor`] and
+//! [`ProcessorContext`], declared in a [`StreamTopology`], and run either live
+//! ([`LiveRuntime`]) or over a bounded input on event time ([`replay`]). Both drive the same
+//! [`task`] code, so a replay runs exactly the operator code that runs in production.
+
+mod checkpoint;
+mod clock;
+mod config;
+mod error;
+pub mod example;
+mod global;
+mod live;
+mod metrics;
+mod output;
+mod partitioner;
+mod processor;
+pub mod replay;
+mod restore;
+mod store;
+mod task;
+mod timers;
+mod topology;
+
+pub use clock::Clock;
+pub use config::RuntimeConfig;
+pub use error::{ProcessError, RuntimeError};
+pub use global::GlobalTable;
+pub use live::{LiveRuntime, ShutdownFlag};
+pub use metrics::RuntimeMetrics;
+pub use processor::{Processor, ProcessorContext, SourceRecord, Timer};
+pub use store::{Entry, Store};
+pub use topology::{StreamTopology, SubTopologyBuilder, TaskId, TopologyBuilder};

@@ -1,0 +1,133 @@
+//! The operator API: a [`Processor`] handles records and timers through a [`ProcessorContext`].
+
+use super::{
+    global::GlobalTables, output::Output, store::TaskState, timers, ProcessError, RuntimeError,
+    Store, TaskId,
+};
+
+/// One input record as the processor sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceRecord<'a> {
+    /// Topic it was read from.
+    pub topic: &'a str,
+    /// Partition it was read from.
+    pub partition: i32,
+    /// Its offset (replay: line number or source offset).
+    pub offset: i64,
+    /// Message key.
+    pub key: Option<&'a [u8]>,
+    /// Message value; `None` for tombstones.
+    pub value: Option<&'a [u8]>,
+    /// Record timestamp, epoch milliseconds.
+    pub timestamp_ms: i64,
+}
+
+/// A due timer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timer {
+    /// When it was due, epoch milliseconds.
+    pub at_ms: i64,
+    /// The key it was scheduled with.
+    pub key: Vec<u8>,
+}
+
+/// An operator. One instance exists per task; it keeps its state in the task's stores, never in
+/// its own fields (those are lost on a crash or when the task moves).
+pub trait Processor: Send {
+    /// Handles one input record.
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        record: &SourceRecord<'_>,
+    ) -> Result<(), ProcessError>;
+
+    /// Handles a due timer. The timer is already removed when this runs.
+    fn on_timer(
+        &mut self,
+        _ctx: &mut ProcessorContext<'_>,
+        _timer: &Timer,
+    ) -> Result<(), ProcessError> {
+        Ok(())
+    }
+
+    /// Called in every task after a global table changed (`value` is `None` for a deletion), so
+    /// the processor can refresh what it derives from the table (e.g. compiled campaigns).
+    fn on_global_change(&mut self, _table: &str, _key: &[u8], _value: Option<&[u8]>) {}
+}
+
+/// What a processor can do while handling a record or a timer: use its task's stores, write to
+/// its sinks, schedule and cancel timers, read global tables. Every effect is part of the current
+/// transaction.
+pub struct ProcessorContext<'a> {
+    pub(crate) task: TaskId,
+    pub(crate) state: &'a TaskState,
+    pub(crate) out: &'a mut dyn Output,
+    pub(crate) sinks: &'a [String],
+    pub(crate) globals: &'a GlobalTables,
+    pub(crate) timer_store: &'a str,
+    pub(crate) timestamp_ms: i64,
+    pub(crate) now_ms: i64,
+    pub(crate) timers_delta: i64,
+}
+
+impl<'a> ProcessorContext<'a> {
+    /// The task this processor instance serves.
+    pub fn task(&self) -> TaskId {
+        self.task
+    }
+
+    /// Timestamp of the record or timer being handled; outputs carry it.
+    pub fn timestamp_ms(&self) -> i64 {
+        self.timestamp_ms
+    }
+
+    /// Current time of the task's clock (wall time, or stream time on the event-time clock).
+    pub fn now_ms(&self) -> i64 {
+        self.now_ms
+    }
+
+    /// The store `name`, declared in this sub-topology.
+    pub fn store(&mut self, name: &str) -> Result<Store<'_>, RuntimeError> {
+        self.state.store(name, &mut *self.out, self.timestamp_ms)
+    }
+
+    /// Writes a record to sink `topic` (declared in this sub-topology); Kafka partitions it by key.
+    pub fn send(&mut self, topic: &str, key: &[u8], value: &[u8]) -> Result<(), RuntimeError> {
+        if !self.sinks.iter().any(|s| s == topic) {
+            return Err(RuntimeError::Topology(format!(
+                "{topic} is not a sink of task {}",
+                self.task
+            )));
+        }
+        self.out.emit(topic, key, value, self.timestamp_ms)
+    }
+
+    /// Schedules a timer for `key` at `at_ms`; scheduling the same (time, key) twice is one timer.
+    pub fn schedule(&mut self, at_ms: i64, key: &[u8]) -> Result<(), RuntimeError> {
+        let store_name = self.timer_store;
+        let added = timers::schedule(
+            &mut self.state.store(store_name, &mut *self.out, self.timestamp_ms)?,
+            at_ms,
+            key,
+        )?;
+        self.timers_delta += i64::from(added);
+        Ok(())
+    }
+
+    /// Cancels the timer for `key` at `at_ms`, if pending.
+    pub fn cancel(&mut self, at_ms: i64, key: &[u8]) -> Result<(), RuntimeError> {
+        let store_name = self.timer_store;
+        let removed = timers::cancel(
+            &mut self.state.store(store_name, &mut *self.out, self.timestamp_ms)?,
+            at_ms,
+            key,
+        )?;
+        self.timers_delta -= i64::from(removed);
+        Ok(())
+    }
+
+    /// The global table `name`, as of the latest update this instance has read.
+    pub fn global(&self, name: &str) -> Option<&super::GlobalTable> {
+        self.globals.get(name)
+    }
+}

@@ -1,0 +1,206 @@
+//! Topology files (`topologies/*.toml`): the topics a deployment needs, with partitions,
+//! cleanup policy and retention.
+
+use std::{collections::HashSet, fmt, path::Path};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// A topology file could not be read or is invalid.
+#[derive(Debug, Error)]
+pub enum TopologyError {
+    /// The file could not be read.
+    #[error("cannot read topology {path}: {source}")]
+    Read {
+        /// File path.
+        path: String,
+        /// I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("invalid topology {path}: {reason}")]
+    Parse {
+        /// File path.
+        path: String,
+        /// Parser message with line and column.
+        reason: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid topology {path}: {field}: {reason}")]
+    Invalid {
+        /// File path.
+        path: String,
+        /// Field path, e.g. `topic[2].partitions`.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How Kafka cleans a topic's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CleanupPolicy {
+    /// Segments are deleted after the retention time.
+    Delete,
+    /// Only the latest record per key is kept.
+    Compact,
+}
+
+impl CleanupPolicy {
+    /// The value of the `cleanup.policy` topic config.
+    pub fn as_config(self) -> &'static str {
+        match self {
+            Self::Delete => "delete",
+            Self::Compact => "compact",
+        }
+    }
+}
+
+impl fmt::Display for CleanupPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_config())
+    }
+}
+
+/// One topic of the topology.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpec {
+    /// Topic name.
+    pub name: String,
+    /// Number of partitions.
+    pub partitions: i32,
+    /// Log cleanup policy.
+    pub cleanup_policy: CleanupPolicy,
+    /// Retention in milliseconds (`-1` keeps forever); only meaningful for `delete`.
+    #[serde(default)]
+    pub retention_ms: Option<i64>,
+    /// What the topic carries.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A deployment's topics.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// Replication factor of every topic.
+    #[serde(default = "default_replication")]
+    pub replication_factor: i32,
+    /// The topics.
+    #[serde(rename = "topic")]
+    pub topics: Vec<TopicSpec>,
+}
+
+fn default_replication() -> i32 {
+    1
+}
+
+impl Topology {
+    /// Reads and validates a topology file.
+    pub fn load(path: &Path) -> Result<Self, TopologyError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| TopologyError::Read { path: shown.clone(), source })?;
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses and validates topology TOML; `origin` names the source in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, TopologyError> {
+        let topology: Topology = toml::from_str(text).map_err(|e| TopologyError::Parse {
+            path: origin.to_string(),
+            reason: e.to_string(),
+        })?;
+        topology.validate(origin)?;
+        Ok(topology)
+    }
+
+    /// The topic named `name`, if the topology has it.
+    pub fn topic(&self, name: &str) -> Option<&TopicSpec> {
+        self.topics.iter().find(|t| t.name == name)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), TopologyError> {
+        let invalid = |field: String, reason: &str| TopologyError::Invalid {
+            path: origin.to_string(),
+            field,
+            reason: reason.to_string(),
+        };
+        if self.replication_factor < 1 {
+            return Err(invalid("replication_factor".into(), "must be at least 1"));
+        }
+        let mut seen = HashSet::new();
+        for (i, topic) in self.topics.iter().enumerate() {
+            if topic.name.is_empty() || topic.name.len() > 249 {
+                return Err(invalid(format!("topic[{i}].name"), "must be 1 to 249 characters"));
+            }
+            if !topic.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                return Err(invalid(
+                    format!("topic[{i}].name"),
+                    "may contain only ASCII letters, digits, '.', '_' and '-'",
+                ));
+            }
+            if !seen.insert(topic.name.as_str()) {
+                return Err(invalid(format!("topic[{i}].name"), "duplicate topic name"));
+            }
+            if topic.partitions < 1 {
+                return Err(invalid(format!("topic[{i}].partitions"), "must be at least 1"));
+            }
+            if matches!(topic.retention_ms, Some(ms) if ms < -1 || ms == 0) {
+                return Err(invalid(
+                    format!("topic[{i}].retention_ms"),
+                    "must be positive, or -1 to keep forever",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_topology_is_valid_and_names_every_designed_topic() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
+        let topology = Topology::load(&path).unwrap();
+        for name in [
+            "herald.events",
+            "herald.profiles",
+            "herald.campaigns",
+            "herald.campaign-events",
+            "herald.campaign-flow",
+            "herald.push",
+            "herald.receipts",
+            "herald.stats",
+            "herald.dead-letter",
+        ] {
+            assert!(topology.topic(name).is_some(), "{name} missing");
+        }
+        for compacted in ["herald.campaigns", "herald.stats"] {
+            assert_eq!(topology.topic(compacted).unwrap().cleanup_policy, CleanupPolicy::Compact);
+        }
+        assert_eq!(
+            topology.topic("herald.campaign-events").unwrap().cleanup_policy,
+            CleanupPolicy::Delete,
+            "lifecycle events never go to a compacted topic"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let text = "[[topic]]\nname = \"a\"\npartitions = 0\ncleanup_policy = \"delete\"\n";
+        let err = Topology::parse(text, "t.toml").unwrap_err().to_string();
+        assert_eq!(err, "invalid topology t.toml: topic[0].partitions: must be at least 1");
+
+        let text = "[[topic]]\nname = \"a\"\npartitions = 1\ncleanup_policy = \"shred\"\n";
+        let err = Topology::parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("shred"), "{err}");
+
+        let dup = "[[topic]]\nname = \"a\"\npartitions = 1\ncleanup_policy = \"delete\"\n";
+        let err = Topology::parse(&dup.repeat(2), "t.toml").unwrap_err().to_string();
+        assert!(err.contains("topic[1].name: duplicate"), "{err}");
+    }
+}

@@ -1,0 +1,340 @@
+//! Every schema round-trips; old writer versions resolve to the current reader; bad bytes give
+//! typed errors, never panics.
+
+use std::collections::BTreeMap;
+
+use apache_avro::types::Value;
+use herald_engine::model::*;
+
+fn registry() -> &'static SchemaRegistry {
+    SchemaRegistry::builtin()
+}
+
+fn props(pairs: &[(&str, PropertyValue)]) -> Properties {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+fn device() -> Device {
+    Device {
+        device_id: "dev-1".into(),
+        platform: Platform::Ios,
+        token: "a1b2c3".into(),
+        app_version: Some("5.2.0".into()),
+        os_version: None,
+        make: Some("Apple".into()),
+        model: Some("iPhone15,2".into()),
+        sdk_version: None,
+    }
+}
+
+fn round_trip<T: Record + PartialEq + std::fmt::Debug>(record: T) {
+    let bytes = registry().encode(&record).expect("encode");
+    assert_eq!(&bytes[..2], &[0xC3, 0x01], "single-object marker");
+    let back: T = registry().decode(&bytes).expect("decode");
+    assert_eq!(back, record);
+}
+
+#[test]
+fn app_event_round_trips_with_unicode_and_every_property_type() {
+    round_trip(AppEvent {
+        event_id: "e-1".into(),
+        app_id: "shop".into(),
+        user_id: "ユーザー-42".into(),
+        name: "Added To Cart 🛒".into(),
+        timestamp_ms: 1_764_000_000_000,
+        properties: props(&[
+            ("item", PropertyValue::String("Crème brûlée 🍮".into())),
+            ("price", PropertyValue::Double(4.5)),
+            ("quantity", PropertyValue::Long(2)),
+            ("gift", PropertyValue::Bool(false)),
+            ("coupon", PropertyValue::Null),
+        ]),
+        sdk_version: Some("ios-3.1".into()),
+    });
+}
+
+#[test]
+fn records_with_empty_maps_and_lists_round_trip() {
+    round_trip(AppEvent {
+        event_id: String::new(),
+        app_id: "a".into(),
+        user_id: "u".into(),
+        name: "Opened".into(),
+        timestamp_ms: 0,
+        properties: Properties::new(),
+        sdk_version: None,
+    });
+    round_trip(ProfileUpdate {
+        app_id: "a".into(),
+        user_id: "u".into(),
+        timestamp_ms: 1,
+        set: Properties::new(),
+        unset: vec![],
+        devices_added: vec![],
+        tokens_removed: vec![],
+    });
+    round_trip(CampaignStats {
+        campaign_id: "c".into(),
+        app_id: "a".into(),
+        as_of_ms: 5,
+        variants: vec![],
+        skipped: BTreeMap::new(),
+    });
+}
+
+#[test]
+fn profile_update_round_trips() {
+    round_trip(ProfileUpdate {
+        app_id: "shop".into(),
+        user_id: "u-1".into(),
+        timestamp_ms: 10,
+        set: props(&[
+            ("city", PropertyValue::String("São Paulo".into())),
+            ("lat", PropertyValue::Double(-23.55)),
+        ]),
+        unset: vec!["nickname".into()],
+        devices_added: vec![device(), Device { platform: Platform::Android, ..device() }],
+        tokens_removed: vec!["dead-token".into()],
+    });
+}
+
+#[test]
+fn campaign_records_round_trip() {
+    round_trip(CampaignEnvelope {
+        campaign_id: "cart-reminder".into(),
+        app_id: "shop".into(),
+        command: CampaignCommand::Define,
+        definition: Some(r#"{"name":"Panier oublié ✨"}"#.into()),
+        revision: 3,
+        issued_at_ms: 99,
+        issued_by: None,
+    });
+    round_trip(CampaignEnvelope {
+        campaign_id: "c".into(),
+        app_id: "shop".into(),
+        command: CampaignCommand::Stop,
+        definition: None,
+        revision: 0,
+        issued_at_ms: 100,
+        issued_by: Some("ops@example.com".into()),
+    });
+    round_trip(CampaignLifecycleEvent {
+        campaign_id: "c".into(),
+        app_id: "shop".into(),
+        kind: LifecycleKind::WinnerDeclared,
+        run_id: Some("r1".into()),
+        timestamp_ms: 7,
+        details: [("winner".to_string(), "B".to_string()), ("p_value".into(), "0.01".into())]
+            .into(),
+    });
+    round_trip(Candidate {
+        campaign_id: "c".into(),
+        app_id: "shop".into(),
+        run_id: "trigger".into(),
+        user_id: "u".into(),
+        qualified_at_ms: 8,
+        trigger_event: Some("Added To Cart".into()),
+        event_properties: props(&[("sku", PropertyValue::String("X-1".into()))]),
+        profile: props(&[("first_name", PropertyValue::String("Zoë".into()))]),
+        devices: vec![device()],
+        timezone: Some("Europe/Paris".into()),
+        language: Some("fr".into()),
+    });
+    round_trip(Engagement {
+        campaign_id: "c".into(),
+        variant_id: Some("A".into()),
+        user_id: "u".into(),
+        message_id: Some("m".into()),
+        kind: EngagementKind::Conversion,
+        timestamp_ms: 9,
+        value: Some(19.99),
+    });
+    round_trip(CampaignStats {
+        campaign_id: "c".into(),
+        app_id: "shop".into(),
+        as_of_ms: 11,
+        variants: vec![VariantStats {
+            variant_id: "A".into(),
+            sent: 10,
+            clicks: 2,
+            ..Default::default()
+        }],
+        skipped: [("dnd".to_string(), 4)].into(),
+    });
+}
+
+#[test]
+fn delivery_records_round_trip() {
+    round_trip(SendCommand {
+        message_id: "m-1".into(),
+        campaign_id: "c".into(),
+        variant_id: "A".into(),
+        run_id: "r".into(),
+        app_id: "shop".into(),
+        user_id: "u".into(),
+        device_id: "d".into(),
+        platform: Platform::Android,
+        token: "fcm-token".into(),
+        payload: r#"{"message":{"notification":{"title":"Hé 👋"}}}"#.into(),
+        headers: BTreeMap::new(),
+        created_at_ms: 12,
+        expires_at_ms: Some(13),
+    });
+    round_trip(Receipt {
+        message_id: "m-1".into(),
+        campaign_id: "c".into(),
+        variant_id: "A".into(),
+        app_id: "shop".into(),
+        user_id: "u".into(),
+        device_id: "d".into(),
+        token: "t".into(),
+        status: ReceiptStatus::TokenInvalid,
+        reason: Some("Unregistered".into()),
+        provider_id: None,
+        latency_ms: Some(35),
+        timestamp_ms: 14,
+    });
+    round_trip(DeadLetter {
+        source_topic: "herald.events".into(),
+        source_partition: 3,
+        source_offset: 1234,
+        key: Some(b"u-1".to_vec()),
+        value: Some(vec![0, 159, 146, 150, 255]),
+        reason: "not an Avro single-object record".into(),
+        stage: "user".into(),
+        timestamp_ms: 15,
+    });
+}
+
+#[test]
+fn every_current_schema_has_a_rust_type_that_round_trips() {
+    // Guards against a schema added under schemas/ without a record type and test above.
+    assert_eq!(
+        registry().record_names(),
+        vec![
+            "io.herald.AppEvent",
+            "io.herald.CampaignEnvelope",
+            "io.herald.CampaignLifecycleEvent",
+            "io.herald.CampaignStats",
+            "io.herald.Candidate",
+            "io.herald.DeadLetter",
+            "io.herald.Engagement",
+            "io.herald.ProfileUpdate",
+            "io.herald.Receipt",
+            "io.herald.SendCommand",
+        ]
+    );
+}
+
+/// Encodes an app event with the version-1 schema kept under `schemas/history/`.
+fn app_event_v1_bytes() -> Vec<u8> {
+    let v1 =
+        apache_avro::Schema::parse_str(include_str!("../../schemas/history/app_event.v1.avsc"))
+            .unwrap();
+    let fingerprint = v1.fingerprint::<apache_avro::rabin::Rabin>().bytes;
+    let value = Value::Record(vec![
+        ("event_id".into(), Value::String("e-old".into())),
+        ("app_id".into(), Value::String("shop".into())),
+        ("user_id".into(), Value::String("u-7".into())),
+        ("name".into(), Value::String("Purchased".into())),
+        ("timestamp_ms".into(), Value::Long(42)),
+        (
+            "properties".into(),
+            Value::Map(
+                [("total".to_string(), Value::Union(3, Box::new(Value::Double(9.5))))].into(),
+            ),
+        ),
+    ]);
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&fingerprint);
+    bytes.extend(apache_avro::to_avro_datum(&v1, value).unwrap());
+    bytes
+}
+
+#[test]
+fn record_written_with_older_schema_decodes_with_defaults_filled() {
+    let event: AppEvent = registry().decode(&app_event_v1_bytes()).expect("v1 resolves to v2");
+    assert_eq!(event.user_id, "u-7");
+    assert_eq!(event.properties["total"], PropertyValue::Double(9.5));
+    assert_eq!(event.sdk_version, None, "field added in v2 takes its default");
+}
+
+#[test]
+fn unknown_fingerprint_is_a_typed_error() {
+    let mut bytes = app_event_v1_bytes();
+    bytes[2..10].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 1]);
+    let err = registry().decode::<AppEvent>(&bytes).unwrap_err();
+    assert!(matches!(err, CodecError::UnknownFingerprint(_)), "{err:?}");
+    assert_eq!(err.to_string(), "unknown writer schema fingerprint deadbeef00000001");
+}
+
+#[test]
+fn wrong_record_type_is_a_typed_error() {
+    let err = registry().decode::<Receipt>(&app_event_v1_bytes()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "expected a io.herald.Receipt record, found a io.herald.AppEvent record"
+    );
+}
+
+#[test]
+fn corrupt_bytes_are_typed_errors_never_panics() {
+    let good = app_event_v1_bytes();
+    // Every truncation of a valid record.
+    for len in 0..good.len() {
+        let result = registry().decode::<AppEvent>(&good[..len]);
+        assert!(result.is_err(), "truncated to {len} bytes decoded");
+    }
+    // Trailing garbage.
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(b"xx");
+    let err = registry().decode::<AppEvent>(&trailing).unwrap_err();
+    assert!(err.to_string().contains("2 trailing bytes"), "{err}");
+    // Random datum bytes behind a valid header: deterministic pseudo-random sequence.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..2_000 {
+        let mut bytes = good[..10].to_vec();
+        let len = (state % 64) as usize;
+        for _ in 0..len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            bytes.push(state as u8);
+        }
+        let _ = registry().decode::<AppEvent>(&bytes); // must return, Ok or Err, not panic
+    }
+    let err = registry().decode::<AppEvent>(b"{\"user_id\":\"u\"}").unwrap_err();
+    assert!(matches!(err, CodecError::NotSingleObject { .. }), "{err:?}");
+}
+
+#[test]
+fn huge_length_prefix_is_refused_not_allocated() {
+    // A map block count of ~2^62 right after the strings: must fail cleanly.
+    let mut bytes = app_event_v1_bytes()[..10].to_vec();
+    for s in ["e", "a", "u", "n"] {
+        bytes.push(2); // zig-zag length 1
+        bytes.extend_from_slice(s.as_bytes());
+    }
+    bytes.push(0); // timestamp 0
+    bytes.extend_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+    assert!(registry().decode::<AppEvent>(&bytes).is_err());
+}
+
+#[test]
+fn ingest_accepts_json_only_when_switched_on() {
+    let json = br#"{"event_id":"e","app_id":"a","user_id":"u","name":"Opened","timestamp_ms":5,
+                    "properties":{"n":3,"s":"x"}}"#;
+    let strict = IngestDecoder::new(IngestFormat::Avro);
+    assert!(matches!(strict.decode::<AppEvent>(json), Err(CodecError::NotSingleObject { .. })));
+
+    let lenient = IngestDecoder::new(IngestFormat::AvroOrJson);
+    let event: AppEvent = lenient.decode(json).unwrap();
+    assert_eq!(event.properties["n"], PropertyValue::Long(3));
+    assert_eq!(event.sdk_version, None);
+    // Avro still decodes on a JSON-enabled topic.
+    let avro: AppEvent = lenient.decode(&app_event_v1_bytes()).unwrap();
+    assert_eq!(avro.event_id, "e-old");
+    // Bad JSON names the record and the position.
+    let err = lenient.decode::<AppEvent>(br#"{"event_id": 5}"#).unwrap_err().to_string();
+    assert!(err.starts_with("invalid JSON io.herald.AppEvent:") && err.contains("column"), "{err}");
+}

@@ -1,0 +1,42 @@
+//! Command-line arguments and dispatch to one module per command.
+
+mod consume;
+mod produce;
+mod topics;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use herald_engine::kafka::{KafkaConfig, DEFAULT_BROKERS};
+
+/// Herald: Kafka-native push-notification campaigns.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about)]
+pub struct Cli {
+    /// Kafka bootstrap servers.
+    #[arg(long, global = true, env = "HERALD_BROKERS", default_value = DEFAULT_BROKERS)]
+    brokers: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the topics of a topology file.
+    #[command(subcommand)]
+    Topics(topics::TopicsCommand),
+    /// Produce JSON lines from a file to a topic as Avro single-object records.
+    Produce(produce::ProduceArgs),
+    /// Read a topic and print its records decoded, one JSON object per line.
+    Consume(consume::ConsumeArgs),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let kafka = KafkaConfig::new(cli.brokers);
+    match cli.command {
+        Command::Topics(command) => topics::run(&kafka, command),
+        Command::Produce(args) => produce::run(&kafka, args),
+        Command::Consume(args) => consume::run(&kafka, args),
+    }
+}
