@@ -1,6 +1,7 @@
 //! Command-line arguments and dispatch to one module per command.
 
 mod consume;
+mod example;
 mod produce;
 mod topics;
 
@@ -29,6 +30,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Read a topic and print its records decoded, one JSON object per line.
     Consume(consume::ConsumeArgs),
+    /// Run an example topology of the streaming runtime.
+    #[command(subcommand)]
+    Example(example::ExampleCommand),
 }
 
 /// Runs the parsed command line.
@@ -38,5 +42,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topics(command) => topics::run(&kafka, command),
         Command::Produce(args) => produce::run(&kafka, args),
         Command::Consume(args) => consume::run(&kafka, args),
+        Command::Example(command) => example::run(&kafka, command),
     }
 }

@@ -1,9 +1,24 @@
 //! Shared helpers of the integration tests: they talk to the real broker that `make test`
 //! starts (`HERALD_BROKERS`, default 127.0.0.1:9092).
+#![allow(dead_code)] // each test binary uses a different subset
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
-use herald_engine::kafka::{KafkaConfig, DEFAULT_BROKERS};
+use herald_engine::{
+    kafka::{apply_topology, KafkaConfig, DEFAULT_BROKERS},
+    topology::{CleanupPolicy, TopicSpec, Topology},
+};
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    error::KafkaError,
+    producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
+    types::RDKafkaErrorCode,
+    Message, Offset, TopicPartitionList,
+};
 
 /// Connection settings for the test broker.
 pub fn kafka() -> KafkaConfig {
@@ -14,4 +29,168 @@ pub fn kafka() -> KafkaConfig {
 pub fn unique(prefix: &str) -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
     format!("it-{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// Creates `topics` as (name, partitions), deleted-retention.
+pub fn create_topics(topics: &[(&str, i32)]) {
+    let topology = Topology {
+        replication_factor: 1,
+        topics: topics
+            .iter()
+            .map(|(name, partitions)| TopicSpec {
+                name: name.to_string(),
+                partitions: *partitions,
+                cleanup_policy: CleanupPolicy::Delete,
+                retention_ms: None,
+                description: String::new(),
+            })
+            .collect(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(apply_topology(&kafka(), &topology)).unwrap();
+}
+
+/// Produces (key, value) records to `topic`, partitioned by Kafka's murmur2 partitioner.
+pub fn produce(topic: &str, records: impl IntoIterator<Item = (String, Vec<u8>)>) {
+    let producer: ThreadedProducer<DefaultProducerContext> = kafka()
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    for (key, value) in records {
+        let mut record = BaseRecord::to(topic).key(&key).payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => panic!("produce failed: {e}"),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// One consumed record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumed {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Reads `topic` from the beginning with `read_committed` until at least `expected` records
+/// arrived and the topic has been quiet for `settle`, or `limit` passed (then returns what it
+/// has; the caller's assertions report the shortfall).
+pub fn read_committed(
+    topic: &str,
+    expected: usize,
+    settle: Duration,
+    limit: Duration,
+) -> Vec<Consumed> {
+    let consumer: BaseConsumer = kafka()
+        .client_config()
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics()[0].partitions() {
+        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let mut records = Vec::new();
+    while started.elapsed() < limit && (records.len() < expected || last.elapsed() < settle) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last = Instant::now();
+                records.push(Consumed {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().unwrap_or_default().to_vec(),
+                    value: m.payload().map(<[u8]>::to_vec),
+                });
+            }
+            Some(Err(e)) => panic!("consume failed: {e}"),
+            None => {}
+        }
+    }
+    records
+}
+
+/// Starts `herald example count` with `args`, logging to `log`.
+pub fn spawn_counter(args: &[&str], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["example", "count"])
+        .args(args)
+        .env("HERALD_BROKERS", kafka().brokers)
+        .env("RUST_LOG", "info,librdkafka=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start herald")
+}
+
+/// Sends SIGTERM and waits for a clean exit.
+pub fn stop_gracefully(mut child: Child) {
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "instance exited with {status} after SIGTERM");
+}
+
+/// Kills with SIGKILL: no transaction commit, no checkpoint.
+pub fn kill_hard(mut child: Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// A small deterministic pseudo-random sequence (xorshift), seeded and printed by each test.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next() % (high - low)
+    }
+}
+
+/// Sum over partitions of `topic`'s high watermarks (records, aborted ones and transaction
+/// markers included): a cheap progress indicator.
+pub fn end_offsets(topic: &str) -> i64 {
+    let consumer: BaseConsumer = kafka().client_config().create().unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).unwrap().1)
+        .sum()
+}
+
+/// The last `lines` lines of a log file, for assertion messages.
+pub fn tail(log: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

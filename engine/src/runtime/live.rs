@@ -34,7 +34,7 @@ use super::{
     clock::wall_now_ms,
     global::GlobalTables,
     output::Output,
-    restore::restore,
+    restore::{restore, RestoreRequest},
     store::{StoreMemory, TaskState},
     task::{Task, TaskEnv},
     Clock, RuntimeConfig, RuntimeError, RuntimeMetrics, SourceRecord, StreamTopology, TaskId,
@@ -449,6 +449,12 @@ impl LiveRuntime {
             .kafka
             .client_config()
             .set("group.id", &self.topology.app_id)
+            // Static membership: a restarted instance takes its partitions back at once instead
+            // of waiting for the group to time its previous incarnation out.
+            .set(
+                "group.instance.id",
+                format!("{}-{}", self.topology.app_id, self.config.instance_id),
+            )
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -458,6 +464,11 @@ impl LiveRuntime {
             .set("heartbeat.interval.ms", "1000")
             .create_with_context(RebalanceHook { txn: Arc::clone(&txn) })
             .map_err(RuntimeError::kafka("creating the consumer"))?;
+        tracing::info!(
+            app = %self.topology.app_id,
+            instance = %self.config.instance_id,
+            "joining the consumer group"
+        );
         consumer
             .subscribe(&self.topology.source_topics())
             .map_err(RuntimeError::kafka("subscribing"))?;
@@ -666,11 +677,13 @@ impl Worker<'_> {
                 }
                 RebalanceEvent::Assigned(partitions) => {
                     self.runtime.metrics.set_ready(false);
-                    for id in self.task_ids(&partitions) {
-                        if !self.tasks.contains_key(&id) {
-                            let task = self.open_task(id)?;
-                            self.tasks.insert(id, task);
-                        }
+                    let new: Vec<TaskId> = self
+                        .task_ids(&partitions)
+                        .into_iter()
+                        .filter(|id| !self.tasks.contains_key(id))
+                        .collect();
+                    for task in self.open_tasks(&new)? {
+                        self.tasks.insert(task.id, task);
                     }
                     self.runtime.metrics.set_ready(true);
                 }
@@ -695,36 +708,52 @@ impl Worker<'_> {
         self.runtime.config.state_dir.join(&self.runtime.topology.app_id).join(id.to_string())
     }
 
-    /// Opens a task's stores, restoring them from the changelog: from the checkpoint after a
+    /// Opens tasks' stores and restores them from their changelogs: from the checkpoint after a
     /// clean close, from scratch otherwise.
-    fn open_task(&self, id: TaskId) -> Result<Task, RuntimeError> {
+    fn open_tasks(&self, ids: &[TaskId]) -> Result<Vec<Task>, RuntimeError> {
         let topology = &self.runtime.topology;
-        let sub = &topology.sub_topologies[id.sub_topology];
-        let dir = self.task_dir(id);
-        let checkpoint = checkpoint::take(&dir);
-        if checkpoint.is_none() && dir.exists() {
-            tracing::info!(task = %id, "no checkpoint (unclean stop): wiping the local store");
-            std::fs::remove_dir_all(&dir)
-                .map_err(RuntimeError::io(format!("wiping {}", dir.display())))?;
-        }
-        let changelogs = sub
-            .all_stores()
-            .into_iter()
-            .map(|s| (topology.changelog_topic(&s), s))
-            .map(|(t, s)| (s, t))
-            .collect();
-        let state = TaskState::open(&dir, id.partition, changelogs, &self.memory)?;
         let started = Instant::now();
-        let restored = restore(
-            &self.runtime.config.kafka,
-            &state,
-            id.partition,
-            &checkpoint.unwrap_or_default(),
-            &self.runtime.metrics,
-        )?;
-        tracing::info!(task = %id, restored, elapsed_ms = started.elapsed().as_millis() as u64, "task restored");
-        let task = Task::new(id, sub, state)?;
-        Ok(task)
+        let mut opened = Vec::with_capacity(ids.len());
+        for id in ids {
+            let dir = self.task_dir(*id);
+            let checkpoint = checkpoint::take(&dir);
+            if checkpoint.is_none() && dir.exists() {
+                tracing::info!(task = %id, "no checkpoint (unclean stop): wiping the local store");
+                std::fs::remove_dir_all(&dir)
+                    .map_err(RuntimeError::io(format!("wiping {}", dir.display())))?;
+            }
+            let sub = &topology.sub_topologies[id.sub_topology];
+            let changelogs = sub
+                .all_stores()
+                .into_iter()
+                .map(|store| {
+                    let topic = topology.changelog_topic(&store);
+                    (store, topic)
+                })
+                .collect();
+            let state = TaskState::open(&dir, id.partition, changelogs, &self.memory)?;
+            opened.push((*id, state, checkpoint.unwrap_or_default()));
+        }
+        let requests: Vec<RestoreRequest<'_>> = opened
+            .iter()
+            .map(|(id, state, from)| RestoreRequest {
+                state,
+                partition: id.partition,
+                from: from.clone(),
+            })
+            .collect();
+        let restored = restore(&self.runtime.config.kafka, &requests, &self.runtime.metrics)?;
+        drop(requests);
+        tracing::info!(
+            tasks = ids.len(),
+            restored,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "tasks restored"
+        );
+        opened
+            .into_iter()
+            .map(|(id, state, _)| Task::new(id, &topology.sub_topologies[id.sub_topology], state))
+            .collect()
     }
 
     /// Closes a task; a clean close flushes and checkpoints, a dirty one wipes the store.
@@ -760,9 +789,8 @@ impl Worker<'_> {
                 self.close_task(task, false);
             }
         }
-        for id in &ids {
-            let task = self.open_task(*id)?;
-            self.tasks.insert(*id, task);
+        for task in self.open_tasks(&ids)? {
+            self.tasks.insert(task.id, task);
         }
         self.txn.lock().expect("txn lock").dirty = false;
         let assignment =

@@ -1,6 +1,10 @@
-//! Restoring a task's stores from their changelog partitions before it processes.
+//! Restoring tasks' stores from their changelog partitions before they process. All changelog
+//! partitions of the tasks being opened are read at once by one consumer.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
@@ -11,69 +15,121 @@ use rdkafka::{
 use super::{checkpoint::Checkpoint, store::TaskState, RuntimeError, RuntimeMetrics};
 use crate::kafka::KafkaConfig;
 
-/// Reads each changelog partition of `state` from its checkpointed offset (or the beginning)
-/// to its end, with `read_committed`, applying every record. Returns the records applied.
+const TIMEOUT: Duration = Duration::from_secs(30);
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// A task to restore: its stores, its partition, and where its checkpoint says to start.
+pub(crate) struct RestoreRequest<'a> {
+    pub(crate) state: &'a TaskState,
+    pub(crate) partition: i32,
+    pub(crate) from: Checkpoint,
+}
+
+/// Where one changelog partition's records go, and how far to read.
+struct Target<'a> {
+    state: &'a TaskState,
+    store: String,
+    end: i64,
+}
+
+/// Reads each changelog partition of the requested tasks from its checkpointed offset (or the
+/// beginning) to its end as of now, with `read_committed`, applying every record. Returns the
+/// number of records applied.
 pub(crate) fn restore(
     kafka: &KafkaConfig,
-    state: &TaskState,
-    partition: i32,
-    from: &Checkpoint,
+    requests: &[RestoreRequest<'_>],
     metrics: &RuntimeMetrics,
 ) -> Result<u64, RuntimeError> {
     let started = Instant::now();
-    metrics.restoring_tasks.inc();
-    let result = restore_all(kafka, state, partition, from, metrics);
-    metrics.restoring_tasks.dec();
+    metrics.restoring_tasks.add(requests.len() as i64);
+    let result = restore_all(kafka, requests, metrics);
+    metrics.restoring_tasks.sub(requests.len() as i64);
     metrics.restore_seconds.observe(started.elapsed().as_secs_f64());
     result
 }
 
 fn restore_all(
     kafka: &KafkaConfig,
-    state: &TaskState,
-    partition: i32,
-    from: &Checkpoint,
+    requests: &[RestoreRequest<'_>],
     metrics: &RuntimeMetrics,
 ) -> Result<u64, RuntimeError> {
     let consumer: BaseConsumer = kafka
         .client_config()
         .set("group.id", "herald-restore")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "20")
         .create()
         .map_err(RuntimeError::kafka("creating the restore consumer"))?;
-    let mut total = 0;
-    let topics: Vec<String> = state.changelog_topics().map(str::to_string).collect();
-    for topic in topics {
-        let store =
-            state.store_of_changelog(&topic).expect("topic listed by the state").to_string();
-        let start = from.get(&topic).map_or(Offset::Beginning, |o| Offset::Offset(*o));
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(&topic, partition, start)
-            .map_err(RuntimeError::kafka(format!("assigning {topic}/{partition}")))?;
-        consumer
-            .assign(&assignment)
-            .map_err(RuntimeError::kafka(format!("assigning {topic}/{partition}")))?;
-        let restored = metrics.restored_records.with_label_values(&[&store]);
-        loop {
-            match consumer.poll(Duration::from_millis(500)) {
-                None => continue,
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(error)) => {
-                    return Err(RuntimeError::Kafka {
-                        context: format!("restoring {topic}/{partition}"),
-                        source: error,
-                    })
-                }
-                Some(Ok(message)) => {
-                    state.restore(&store, message.key().unwrap_or_default(), message.payload())?;
-                    restored.inc();
-                    total += 1;
-                }
+    let mut targets: HashMap<(String, i32), Target<'_>> = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for request in requests {
+        for topic in request.state.changelog_topics() {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, request.partition, TIMEOUT)
+                .map_err(RuntimeError::kafka(format!("reading the end of {topic}")))?;
+            let start = request.from.get(topic).copied().unwrap_or(low).max(low);
+            if start >= high {
+                continue;
             }
+            assignment
+                .add_partition_offset(topic, request.partition, Offset::Offset(start))
+                .map_err(RuntimeError::kafka(format!("assigning {topic}/{}", request.partition)))?;
+            let store = request.state.store_of_changelog(topic).expect("own topic").to_string();
+            targets.insert(
+                (topic.to_string(), request.partition),
+                Target { state: request.state, store, end: high },
+            );
         }
     }
-    Ok(total)
+    if targets.is_empty() {
+        return Ok(0);
+    }
+    consumer.assign(&assignment).map_err(RuntimeError::kafka("assigning changelog partitions"))?;
+    let mut applied = 0u64;
+    let mut last_report = Instant::now();
+    while !targets.is_empty() {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let key = (message.topic().to_string(), message.partition());
+                if let Some(target) = targets.get(&key) {
+                    if message.offset() < target.end {
+                        target.state.restore(
+                            &target.store,
+                            message.key().unwrap_or_default(),
+                            message.payload(),
+                        )?;
+                        metrics.restored_records.with_label_values(&[&target.store]).inc();
+                        applied += 1;
+                    }
+                }
+                if applied % 10_000 != 0 {
+                    continue;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(error)) => {
+                return Err(RuntimeError::Kafka {
+                    context: "restoring changelogs".into(),
+                    source: error,
+                })
+            }
+        }
+        // A partition is done once its position passed the end seen at the start; trailing
+        // transaction markers are not messages, so the position is the reliable test.
+        let positions =
+            consumer.position().map_err(RuntimeError::kafka("reading restore positions"))?;
+        targets.retain(|(topic, partition), target| {
+            let position = positions
+                .find_partition(topic, *partition)
+                .and_then(|e| e.offset().to_raw())
+                .unwrap_or(-1);
+            position < target.end
+        });
+        if last_report.elapsed() >= PROGRESS_EVERY {
+            last_report = Instant::now();
+            tracing::info!(applied, partitions_left = targets.len(), "restoring state stores");
+        }
+    }
+    Ok(applied)
 }

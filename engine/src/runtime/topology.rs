@@ -74,6 +74,12 @@ impl StreamTopology {
         }
     }
 
+    /// The same topology writing dead letters to `topic`.
+    pub fn with_dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
+        self.dead_letter_topic = topic.into();
+        self
+    }
+
     /// The application id.
     pub fn app_id(&self) -> &str {
         &self.app_id

@@ -1,0 +1,247 @@
+//! The runtime's guarantees against the real broker, with the example counting topology
+//! (`herald example count`): exactly-once across SIGKILLs, state handed over on rebalance,
+//! dead letters for bad input.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+    time::Duration,
+};
+
+use common::{Consumed, Rng};
+use herald_engine::model::{DeadLetter, SchemaRegistry};
+
+/// Topics and settings of one scenario.
+struct Scenario {
+    input: String,
+    output: String,
+    dead_letters: String,
+    app_id: String,
+    state: tempfile::TempDir,
+}
+
+impl Scenario {
+    fn new(name: &str, partitions: i32) -> Self {
+        let scenario = Self {
+            input: common::unique(&format!("{name}-in")),
+            output: common::unique(&format!("{name}-out")),
+            dead_letters: common::unique(&format!("{name}-dlq")),
+            app_id: common::unique(name),
+            state: tempfile::tempdir().unwrap(),
+        };
+        common::create_topics(&[
+            (&scenario.input, partitions),
+            (&scenario.output, partitions),
+            (&scenario.dead_letters, 1),
+        ]);
+        scenario
+    }
+
+    fn spawn(&self, instance: &str) -> std::process::Child {
+        let state_dir = self.state.path().join(instance);
+        common::spawn_counter(
+            &[
+                "--input",
+                &self.input,
+                "--output",
+                &self.output,
+                "--app-id",
+                &self.app_id,
+                "--dead-letter-topic",
+                &self.dead_letters,
+                "--instance-id",
+                instance,
+                "--state-dir",
+                state_dir.to_str().unwrap(),
+                "--transaction-timeout-ms",
+                "5000",
+            ],
+            &self.log(),
+        )
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.state.path().join("instances.log")
+    }
+
+    fn outputs(&self, expected: usize) -> Vec<Consumed> {
+        common::read_committed(
+            &self.output,
+            expected,
+            Duration::from_secs(3),
+            Duration::from_secs(300),
+        )
+    }
+
+    /// Counts per key in the RocksDB store of every task dir under `instance`'s state.
+    fn store_counts(&self, instance: &str) -> BTreeMap<String, u64> {
+        let app_dir = self.state.path().join(instance).join(&self.app_id);
+        let mut counts = BTreeMap::new();
+        for task in std::fs::read_dir(&app_dir).unwrap() {
+            let db_path = task.unwrap().path().join("rocksdb");
+            let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), &db_path).unwrap();
+            let db = rocksdb::DB::open_cf_for_read_only(
+                &rocksdb::Options::default(),
+                &db_path,
+                &families,
+                false,
+            )
+            .unwrap();
+            let cf = db.cf_handle("counts").unwrap();
+            for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+                let (key, value) = item.unwrap();
+                let count: u64 = postcard::from_bytes(&value).unwrap();
+                assert!(
+                    counts.insert(String::from_utf8(key.to_vec()).unwrap(), count).is_none(),
+                    "key in two tasks"
+                );
+            }
+        }
+        counts
+    }
+}
+
+/// `records` inputs over `keys` keys: key `k{i % keys}`, value `v{i}`.
+fn inputs(records: usize, keys: usize) -> Vec<(String, Vec<u8>)> {
+    (0..records).map(|i| (format!("k{}", i % keys), format!("v{i}").into_bytes())).collect()
+}
+
+/// Asserts that the outputs are exactly one `v{i}:{n}` per input, with per-key counts 1..=n.
+fn assert_exactly_once(outputs: &[Consumed], records: usize, keys: usize, log: &Path) {
+    let mut seen_values = HashMap::new();
+    let mut counts_per_key: HashMap<String, Vec<u64>> = HashMap::new();
+    for output in outputs {
+        let key = String::from_utf8(output.key.clone()).unwrap();
+        let text = String::from_utf8(output.value.clone().unwrap()).unwrap();
+        let (value, count) = text.rsplit_once(':').unwrap();
+        *seen_values.entry(value.to_string()).or_insert(0) += 1;
+        counts_per_key.entry(key).or_default().push(count.parse().unwrap());
+    }
+    let duplicates: Vec<_> = seen_values.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(
+        duplicates.is_empty(),
+        "duplicated outputs, e.g. {duplicates:?}\n{}",
+        common::tail(log, 40)
+    );
+    let missing: Vec<_> = (0..records)
+        .map(|i| format!("v{i}"))
+        .filter(|v| !seen_values.contains_key(v))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lost outputs, e.g. {missing:?} of {} seen\n{}",
+        seen_values.len(),
+        common::tail(log, 40)
+    );
+    assert_eq!(outputs.len(), records);
+    for (key, mut counts) in counts_per_key {
+        counts.sort_unstable();
+        let expected: Vec<u64> = (1..=(records / keys) as u64).collect();
+        assert_eq!(counts, expected, "counts of {key}");
+    }
+}
+
+#[test]
+fn sigkill_at_random_points_never_duplicates_or_loses_an_output() {
+    const RECORDS: usize = 200_000;
+    const KEYS: usize = 1_000;
+    let scenario = Scenario::new("crash", 4);
+    // The input arrives over several seconds while instances are started and killed.
+    let input = scenario.input.clone();
+    let producer = std::thread::spawn(move || {
+        let all = inputs(RECORDS, KEYS);
+        for chunk in all.chunks(RECORDS / 20) {
+            common::produce(&input, chunk.to_vec());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+
+    let seed = common::now_ms() as u64 | 1;
+    let mut rng = Rng(seed);
+    println!("crash test seed {seed}; instance log {}", scenario.log().display());
+    // Each kill lands at a random moment after the instance has visibly resumed producing, so
+    // it interrupts work in progress (restores, open transactions, pending commits).
+    let mut progress = common::end_offsets(&scenario.output);
+    let mut kills = 0;
+    while kills < 6 {
+        let instance = scenario.spawn("a");
+        let resumed = (0..300).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            common::end_offsets(&scenario.output) > progress
+        });
+        assert!(resumed, "instance made no progress\n{}", common::tail(&scenario.log(), 40));
+        std::thread::sleep(Duration::from_millis(rng.between(50, 1_500)));
+        common::kill_hard(instance);
+        kills += 1;
+        progress = common::end_offsets(&scenario.output);
+        println!("kill {kills}: output end offsets {progress}");
+    }
+    producer.join().unwrap();
+    let instance = scenario.spawn("a");
+    let outputs = scenario.outputs(RECORDS);
+    common::stop_gracefully(instance);
+
+    assert_exactly_once(&outputs, RECORDS, KEYS, &scenario.log());
+    let counts = scenario.store_counts("a");
+    assert_eq!(counts.len(), KEYS);
+    assert!(
+        counts.values().all(|c| *c == (RECORDS / KEYS) as u64),
+        "store counts differ from inputs"
+    );
+}
+
+#[test]
+fn a_stopped_instances_partitions_and_state_move_to_the_survivor() {
+    const RECORDS: usize = 40_000;
+    const KEYS: usize = 200;
+    let scenario = Scenario::new("rebalance", 4);
+    let mut first = inputs(RECORDS, KEYS);
+    let second = first.split_off(RECORDS / 2);
+
+    let a = scenario.spawn("a");
+    let b = scenario.spawn("b");
+    common::produce(&scenario.input, first);
+    // Both instances have processed and committed the first half.
+    assert_eq!(scenario.outputs(RECORDS / 2).len(), RECORDS / 2);
+    let b_tasks =
+        std::fs::read_dir(scenario.state.path().join("b").join(&scenario.app_id)).unwrap().count();
+    assert!(b_tasks > 0, "the second instance owned partitions before it stopped");
+    common::kill_hard(b);
+    common::produce(&scenario.input, second);
+    let outputs = scenario.outputs(RECORDS);
+    common::stop_gracefully(a);
+
+    assert_exactly_once(&outputs, RECORDS, KEYS, &scenario.log());
+    let counts = scenario.store_counts("a");
+    assert_eq!(counts.len(), KEYS, "the survivor holds every key's state");
+    assert!(counts.values().all(|c| *c == (RECORDS / KEYS) as u64), "restored counts are exact");
+}
+
+#[test]
+fn corrupt_records_go_to_the_dead_letter_topic_and_processing_continues() {
+    let scenario = Scenario::new("dlq", 1);
+    let mut records = inputs(10, 2);
+    records.insert(4, ("k0".into(), vec![0xff, 0xfe, 0x00]));
+    common::produce(&scenario.input, records);
+    let instance = scenario.spawn("a");
+    let outputs = scenario.outputs(10);
+    let letters = common::read_committed(
+        &scenario.dead_letters,
+        1,
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+    );
+    common::stop_gracefully(instance);
+
+    assert_exactly_once(&outputs, 10, 2, &scenario.log());
+    assert_eq!(letters.len(), 1);
+    let letter: DeadLetter =
+        SchemaRegistry::builtin().decode(letters[0].value.as_deref().unwrap()).unwrap();
+    assert_eq!(letter.source_topic, scenario.input);
+    assert_eq!((letter.source_partition, letter.source_offset), (0, 4));
+    assert!(letter.reason.contains("not UTF-8"), "{}", letter.reason);
+    assert_eq!(letter.value, Some(vec![0xff, 0xfe, 0x00]), "the original bytes are kept");
+}
