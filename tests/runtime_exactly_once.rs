@@ -40,26 +40,29 @@ impl Scenario {
     }
 
     fn spawn(&self, instance: &str) -> std::process::Child {
+        self.spawn_with(instance, &[])
+    }
+
+    fn spawn_with(&self, instance: &str, extra: &[&str]) -> std::process::Child {
         let state_dir = self.state.path().join(instance);
-        common::spawn_counter(
-            &[
-                "--input",
-                &self.input,
-                "--output",
-                &self.output,
-                "--app-id",
-                &self.app_id,
-                "--dead-letter-topic",
-                &self.dead_letters,
-                "--instance-id",
-                instance,
-                "--state-dir",
-                state_dir.to_str().unwrap(),
-                "--transaction-timeout-ms",
-                "5000",
-            ],
-            &self.log(),
-        )
+        let mut args = vec![
+            "--input",
+            &self.input,
+            "--output",
+            &self.output,
+            "--app-id",
+            &self.app_id,
+            "--dead-letter-topic",
+            &self.dead_letters,
+            "--instance-id",
+            instance,
+            "--state-dir",
+            state_dir.to_str().unwrap(),
+            "--transaction-timeout-ms",
+            "5000",
+        ];
+        args.extend_from_slice(extra);
+        common::spawn_counter(&args, &self.log())
     }
 
     fn log(&self) -> std::path::PathBuf {
@@ -215,6 +218,14 @@ fn a_stopped_instances_partitions_and_state_move_to_the_survivor() {
     common::stop_gracefully(a);
 
     assert_exactly_once(&outputs, RECORDS, KEYS, &scenario.log());
+    for task in std::fs::read_dir(scenario.state.path().join("a").join(&scenario.app_id)).unwrap() {
+        let task = task.unwrap().path();
+        assert!(
+            task.join("checkpoint.json").exists(),
+            "graceful stop checkpoints {}",
+            task.display()
+        );
+    }
     let counts = scenario.store_counts("a");
     assert_eq!(counts.len(), KEYS, "the survivor holds every key's state");
     assert!(counts.values().all(|c| *c == (RECORDS / KEYS) as u64), "restored counts are exact");
@@ -244,4 +255,20 @@ fn corrupt_records_go_to_the_dead_letter_topic_and_processing_continues() {
     assert_eq!((letter.source_partition, letter.source_offset), (0, 4));
     assert!(letter.reason.contains("not UTF-8"), "{}", letter.reason);
     assert_eq!(letter.value, Some(vec![0xff, 0xfe, 0x00]), "the original bytes are kept");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A minimal HTTP/1.0 GET returning (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
 }
