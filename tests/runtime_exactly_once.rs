@@ -237,7 +237,8 @@ fn corrupt_records_go_to_the_dead_letter_topic_and_processing_continues() {
     let mut records = inputs(10, 2);
     records.insert(4, ("k0".into(), vec![0xff, 0xfe, 0x00]));
     common::produce(&scenario.input, records);
-    let instance = scenario.spawn("a");
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let instance = scenario.spawn_with("a", &["--metrics-addr", &metrics_addr]);
     let outputs = scenario.outputs(10);
     let letters = common::read_committed(
         &scenario.dead_letters,
@@ -245,7 +246,25 @@ fn corrupt_records_go_to_the_dead_letter_topic_and_processing_continues() {
         Duration::from_secs(1),
         Duration::from_secs(60),
     );
+    let (ready, _) = http_get(&metrics_addr, "/readyz");
+    let (_, metrics) = http_get(&metrics_addr, "/metrics");
     common::stop_gracefully(instance);
+
+    assert_eq!(ready, 200, "ready once restored and processing");
+    let input_label = format!("topic=\"{}\"", scenario.input);
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(&input_label))
+            .unwrap_or_else(|| panic!("{name} missing from\n{metrics}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(metric("herald_runtime_records_in_total"), "11");
+    assert_eq!(metric("herald_runtime_dead_letters_total"), "1");
+    assert!(metrics.contains("herald_runtime_commit_seconds_bucket"), "{metrics}");
 
     assert_exactly_once(&outputs, 10, 2, &scenario.log());
     assert_eq!(letters.len(), 1);
