@@ -5,7 +5,7 @@ export KAFKA_PORT ?= 9092
 export HERALD_BROKERS ?= 127.0.0.1:$(KAFKA_PORT)
 HERALD := $(CARGO_TARGET_DIR)/debug/herald
 
-.PHONY: bootstrap kafka-up kafka-down build demo test lint fmt
+.PHONY: bootstrap kafka-up kafka-down build demo test bench bench-runtime lint fmt
 
 bootstrap: ## install missing system packages
 	@deploy/local/bootstrap.sh
@@ -28,6 +28,12 @@ demo: kafka-up build ## start Kafka, create the topics, produce sample events, r
 
 test: kafka-up ## the full test suite against the local broker
 	cargo test --workspace
+
+bench: bench-runtime ## every benchmark (release build)
+
+bench-runtime: kafka-up ## runtime throughput (raw vs exactly-once vs stateful) and latency
+	cargo build --release --bins
+	$(CARGO_TARGET_DIR)/release/herald bench runtime $(BENCH_ARGS)
 
 lint: ## formatting and clippy, warnings are errors
 	cargo fmt --all -- --check

@@ -1,7 +1,11 @@
 //! Topology files (`topologies/*.toml`): the topics a deployment needs, with partitions,
 //! cleanup policy and retention.
 
-use std::{collections::HashSet, fmt, path::Path};
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt,
+    path::Path,
+};
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -79,6 +83,9 @@ pub struct TopicSpec {
     /// What the topic carries.
     #[serde(default)]
     pub description: String,
+    /// Further topic configs, e.g. `"min.insync.replicas" = "2"`.
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
 }
 
 /// A deployment's topics.

@@ -1,5 +1,6 @@
 //! Command-line arguments and dispatch to one module per command.
 
+mod bench;
 mod consume;
 mod example;
 mod produce;
@@ -30,6 +31,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Read a topic and print its records decoded, one JSON object per line.
     Consume(consume::ConsumeArgs),
+    /// Benchmarks; each prints a table and one JSON line.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Run an example topology of the streaming runtime.
     #[command(subcommand)]
     Example(example::ExampleCommand),
@@ -43,5 +47,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Produce(args) => produce::run(&kafka, args),
         Command::Consume(args) => consume::run(&kafka, args),
         Command::Example(command) => example::run(&kafka, command),
+        Command::Bench(command) => bench::run(&kafka, command),
     }
 }

@@ -48,6 +48,7 @@ pub fn create_topics(topics: &[(&str, i32)]) {
                 cleanup_policy: CleanupPolicy::Delete,
                 retention_ms: None,
                 description: String::new(),
+                configs: Default::default(),
             })
             .collect(),
     };

@@ -115,10 +115,11 @@ pub async fn apply_topology(
                 TopicReplication::Fixed(topology.replication_factor),
             )
             .set("cleanup.policy", spec.cleanup_policy.as_config());
-            match retention {
+            let topic = match retention {
                 Some(ms) => topic.set("retention.ms", ms),
                 None => topic,
-            }
+            };
+            spec.configs.iter().fold(topic, |topic, (name, value)| topic.set(name, value))
         })
         .collect();
     if !new_topics.is_empty() {
@@ -183,6 +184,9 @@ async fn compare(
     expect("cleanup.policy", spec.cleanup_policy.as_config().to_string());
     if let Some(ms) = spec.retention_ms {
         expect("retention.ms", ms.to_string());
+    }
+    for (name, value) in &spec.configs {
+        expect(name, value.clone());
     }
     Ok(drift)
 }

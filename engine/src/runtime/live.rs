@@ -524,6 +524,7 @@ impl LiveRuntime {
                     cleanup_policy: CleanupPolicy::Compact,
                     retention_ms: None,
                     description: format!("changelog of store {store}"),
+                    configs: Default::default(),
                 })
             })
             .collect();

@@ -442,6 +442,7 @@ fn create_shadow_topics(
             cleanup_policy: CleanupPolicy::Delete,
             retention_ms: None,
             description: format!("replay output for {name}"),
+            configs: Default::default(),
         })
         .collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
