@@ -185,12 +185,12 @@ fn create_topics(kafka: &KafkaConfig, names: &[String], partitions: i32) -> anyh
 }
 
 fn producer(kafka: &KafkaConfig) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
-    Ok(kafka
+    kafka
         .client_config()
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
         .create()
-        .context("creating a producer")?)
+        .context("creating a producer")
 }
 
 fn send(
