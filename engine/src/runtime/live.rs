@@ -12,7 +12,7 @@
 //! `cooperative-sticky` does not guarantee that, and librdkafka has no pluggable assignor).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -83,6 +83,9 @@ struct TxnState {
     touched: bool,
     /// Next offset to consume, per input partition, for the open transaction.
     offsets: BTreeMap<(String, i32), i64>,
+    /// Latest store write per (changelog topic, partition, key) in the open transaction, sent
+    /// when it commits: a key updated many times in one commit interval is logged once.
+    changelog: HashMap<(String, i32, Vec<u8>), (Option<Vec<u8>>, i64)>,
     /// A commit failed: the open tasks' stores are ahead of the committed state.
     dirty: bool,
     events: Vec<RebalanceEvent>,
@@ -136,6 +139,18 @@ impl TxnState {
     }
 
     fn try_commit(&mut self, consumer: &BaseConsumer<RebalanceHook>) -> Result<(), RuntimeError> {
+        for ((topic, partition, key), (value, timestamp_ms)) in std::mem::take(&mut self.changelog)
+        {
+            self.metrics.changelog_out.with_label_values(&[&topic]).inc();
+            let mut record = BaseRecord::to(&topic)
+                .key(key.as_slice())
+                .partition(partition)
+                .timestamp(timestamp_ms);
+            if let Some(value) = &value {
+                record = record.payload(value.as_slice());
+            }
+            send_record(&self.producer, record)?;
+        }
         let mut offsets = TopicPartitionList::new();
         for ((topic, partition), offset) in &self.offsets {
             offsets
@@ -158,6 +173,7 @@ impl TxnState {
         self.open = false;
         self.touched = false;
         self.offsets.clear();
+        self.changelog.clear();
         if let Err(error) = self.producer.abort_transaction(KAFKA_TIMEOUT) {
             tracing::warn!(%error, "abort failed; recreating the transactional producer");
             match create_producer(
@@ -230,22 +246,23 @@ struct TxnOutput<'a> {
     txn: &'a mut TxnState,
 }
 
-impl TxnOutput<'_> {
-    fn send(&mut self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), RuntimeError> {
-        self.txn.touched = true;
-        loop {
-            match self.txn.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    record = returned;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((error, returned)) => {
-                    return Err(RuntimeError::Kafka {
-                        context: format!("producing to {}", returned.topic),
-                        source: error,
-                    })
-                }
+/// Sends one record, waiting while the producer's queue is full.
+fn send_record(
+    producer: &Producer_,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> Result<(), RuntimeError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((error, returned)) => {
+                return Err(RuntimeError::Kafka {
+                    context: format!("producing to {}", returned.topic),
+                    source: error,
+                })
             }
         }
     }
@@ -259,8 +276,12 @@ impl Output for TxnOutput<'_> {
         value: &[u8],
         timestamp_ms: i64,
     ) -> Result<(), RuntimeError> {
+        self.txn.touched = true;
         self.txn.metrics.records_out.with_label_values(&[topic]).inc();
-        self.send(BaseRecord::to(topic).key(key).payload(value).timestamp(timestamp_ms))
+        send_record(
+            &self.txn.producer,
+            BaseRecord::to(topic).key(key).payload(value).timestamp(timestamp_ms),
+        )
     }
 
     fn changelog(
@@ -271,13 +292,12 @@ impl Output for TxnOutput<'_> {
         value: Option<&[u8]>,
         timestamp_ms: i64,
     ) -> Result<(), RuntimeError> {
-        self.txn.metrics.changelog_out.with_label_values(&[topic]).inc();
-        let mut record =
-            BaseRecord::to(topic).key(key).partition(partition).timestamp(timestamp_ms);
-        if let Some(value) = value {
-            record = record.payload(value);
-        }
-        self.send(record)
+        self.txn.touched = true;
+        self.txn.changelog.insert(
+            (topic.to_string(), partition, key.to_vec()),
+            (value.map(<[u8]>::to_vec), timestamp_ms),
+        );
+        Ok(())
     }
 }
 
@@ -437,6 +457,7 @@ impl LiveRuntime {
             open: false,
             touched: false,
             offsets: BTreeMap::new(),
+            changelog: HashMap::new(),
             dirty: false,
             events: Vec::new(),
             metrics: Arc::clone(&self.metrics),
