@@ -75,6 +75,9 @@ impl ShutdownFlag {
 
 type Producer_ = ThreadedProducer<DefaultProducerContext>;
 
+/// (changelog topic, partition, store key).
+type ChangelogKey = (String, i32, Vec<u8>);
+
 /// Transaction state shared with the rebalance callback, which runs inside `poll`.
 struct TxnState {
     producer: Producer_,
@@ -85,7 +88,7 @@ struct TxnState {
     offsets: BTreeMap<(String, i32), i64>,
     /// Latest store write per (changelog topic, partition, key) in the open transaction, sent
     /// when it commits: a key updated many times in one commit interval is logged once.
-    changelog: HashMap<(String, i32, Vec<u8>), (Option<Vec<u8>>, i64)>,
+    changelog: HashMap<ChangelogKey, (Option<Vec<u8>>, i64)>,
     /// A commit failed: the open tasks' stores are ahead of the committed state.
     dirty: bool,
     events: Vec<RebalanceEvent>,
