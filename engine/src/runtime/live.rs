@@ -91,6 +91,8 @@ struct TxnState {
     changelog: HashMap<ChangelogKey, (Option<Vec<u8>>, i64)>,
     /// A commit failed: the open tasks' stores are ahead of the committed state.
     dirty: bool,
+    /// The producer is fenced or in a fatal state and must be recreated before the next begin.
+    producer_broken: bool,
     events: Vec<RebalanceEvent>,
     metrics: Arc<RuntimeMetrics>,
     transaction_timeout: Duration,
@@ -105,6 +107,7 @@ enum RebalanceEvent {
 
 impl TxnState {
     fn begin(&mut self) -> Result<(), RuntimeError> {
+        self.repair_producer()?;
         if !self.open {
             self.producer
                 .begin_transaction()
@@ -171,23 +174,32 @@ impl TxnState {
 
     /// Aborts the open transaction; if the producer is fenced or broken, replaces it.
     fn abort(&mut self) {
-        self.metrics.transaction_aborts.inc();
         self.dirty = true;
+        if !self.open {
+            return;
+        }
+        self.metrics.transaction_aborts.inc();
         self.open = false;
         self.touched = false;
         self.offsets.clear();
         self.changelog.clear();
         if let Err(error) = self.producer.abort_transaction(KAFKA_TIMEOUT) {
-            tracing::warn!(%error, "abort failed; recreating the transactional producer");
-            match create_producer(
+            tracing::warn!(%error, "abort failed (fenced or fatal); recreating the producer");
+            self.producer_broken = true;
+        }
+    }
+
+    /// Replaces a fenced or broken producer; `init_transactions` fences older incarnations.
+    fn repair_producer(&mut self) -> Result<(), RuntimeError> {
+        if self.producer_broken {
+            self.producer = create_producer(
                 &self.kafka_config,
                 &self.transactional_id,
                 self.transaction_timeout,
-            ) {
-                Ok(producer) => self.producer = producer,
-                Err(error) => tracing::error!(%error, "cannot recreate the producer; will retry"),
-            }
+            )?;
+            self.producer_broken = false;
         }
+        Ok(())
     }
 }
 
@@ -462,6 +474,7 @@ impl LiveRuntime {
             offsets: BTreeMap::new(),
             changelog: HashMap::new(),
             dirty: false,
+            producer_broken: false,
             events: Vec::new(),
             metrics: Arc::clone(&self.metrics),
             transaction_timeout: self.config.transaction_timeout,
@@ -573,6 +586,20 @@ impl LiveRuntime {
     }
 }
 
+/// When the loop last began a transaction, checked wall-clock timers and refreshed gauges.
+struct LoopClocks {
+    transaction: Instant,
+    timers: Instant,
+    gauges: Instant,
+}
+
+impl LoopClocks {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self { transaction: now, timers: now, gauges: now }
+    }
+}
+
 /// The state of a running instance's processing thread.
 struct Worker<'a> {
     runtime: &'a LiveRuntime,
@@ -585,41 +612,63 @@ struct Worker<'a> {
 }
 
 impl Worker<'_> {
+    /// Processes until shutdown. Kafka errors (fencing, a failed commit, a lost group
+    /// generation) abort the transaction and rewind to the last commit; other errors end the run.
     fn run_loop(&mut self, shutdown: &ShutdownFlag) -> Result<(), RuntimeError> {
+        let mut clocks = LoopClocks::new();
+        self.runtime.metrics.set_ready(true);
+        while !shutdown.requested() {
+            match self.step(&mut clocks) {
+                Ok(()) => {}
+                Err(error @ (RuntimeError::Kafka { .. } | RuntimeError::NoGroupMetadata)) => {
+                    tracing::warn!(%error, "aborting the transaction and rewinding to the last commit");
+                    self.txn.lock().expect("txn lock").abort();
+                    self.rewind()?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let mut txn = self.txn.lock().expect("txn lock");
+        txn.commit(&self.consumer)
+    }
+
+    /// Polls once; processes the record, due wall-clock timers, and commits when due.
+    fn step(&mut self, clocks: &mut LoopClocks) -> Result<(), RuntimeError> {
         let config = &self.runtime.config;
         let metrics = Arc::clone(&self.runtime.metrics);
-        let mut txn_started = Instant::now();
-        let mut last_timer_check = Instant::now();
-        let mut last_gauges = Instant::now();
-        metrics.set_ready(true);
-        while !shutdown.requested() {
-            let polled = self.consumer.poll(Duration::from_millis(20));
-            let message = match polled {
-                None => None,
-                Some(Ok(message)) => Some(message.detach()),
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "consumer error");
-                    None
-                }
-            };
-            self.handle_rebalance_events()?;
-            if !self.global_reader.tables.is_empty() {
-                let mut tasks: Vec<&mut Task> = self.tasks.values_mut().collect();
-                self.global_reader.poll(&mut self.globals, &mut tasks)?;
+        let message = match self.consumer.poll(Duration::from_millis(20)) {
+            None => None,
+            Some(Ok(message)) => Some(message.detach()),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "consumer error");
+                None
             }
-            let mut txn = self.txn.lock().expect("txn lock");
-            if let Some(message) = &message {
-                let Some(sub) = self.runtime.topology.sub_topology_of(message.topic()) else {
-                    continue;
-                };
-                let id = TaskId { sub_topology: sub, partition: message.partition() };
-                let Some(task) = self.tasks.get_mut(&id) else {
-                    // Not (or no longer) ours: a message fetched before a revocation.
-                    continue;
-                };
+        };
+        self.handle_rebalance_events()?;
+        if !self.global_reader.tables.is_empty() {
+            let mut tasks: Vec<&mut Task> = self.tasks.values_mut().collect();
+            self.global_reader.poll(&mut self.globals, &mut tasks)?;
+        }
+        let env = TaskEnv {
+            clock: config.clock,
+            globals: &self.globals,
+            dead_letter_topic: &self.runtime.topology.dead_letter_topic,
+            metrics: &metrics,
+        };
+        let mut txn = self.txn.lock().expect("txn lock");
+        if let Some(message) = &message {
+            let task = self
+                .runtime
+                .topology
+                .sub_topology_of(message.topic())
+                .map(|sub| TaskId { sub_topology: sub, partition: message.partition() })
+                .and_then(|id| self.tasks.get_mut(&id));
+            // No task: the partition is not (or no longer) ours, a message fetched before a
+            // revocation; its new owner reads it from the committed offset.
+            if let Some(task) = task {
                 if !txn.open {
                     txn.begin()?;
-                    txn_started = Instant::now();
+                    clocks.transaction = Instant::now();
                 }
                 txn.touched = true;
                 txn.offsets.insert(
@@ -635,51 +684,29 @@ impl Worker<'_> {
                     value: message.payload(),
                     timestamp_ms: message.timestamp().to_millis().unwrap_or_else(wall_now_ms),
                 };
-                let env = TaskEnv {
-                    clock: config.clock,
-                    globals: &self.globals,
-                    dead_letter_topic: &self.runtime.topology.dead_letter_topic,
-                    metrics: &metrics,
-                };
-                if let Err(error) = task.process(&record, &env, &mut TxnOutput { txn: &mut txn }) {
-                    tracing::warn!(%error, task = %id, "processing failed; aborting the transaction");
-                    txn.abort();
-                    drop(txn);
-                    self.rewind()?;
-                    continue;
-                }
-            }
-            if config.clock == Clock::Wall && last_timer_check.elapsed() >= TIMER_CHECK {
-                last_timer_check = Instant::now();
-                let now = wall_now_ms();
-                let env = TaskEnv {
-                    clock: config.clock,
-                    globals: &self.globals,
-                    dead_letter_topic: &self.runtime.topology.dead_letter_topic,
-                    metrics: &metrics,
-                };
-                for task in self.tasks.values_mut() {
-                    if !txn.open {
-                        txn.begin()?;
-                        txn_started = Instant::now();
-                    }
-                    task.fire_due(now, &env, &mut TxnOutput { txn: &mut txn })?;
-                }
-            }
-            let due = txn.open && txn.touched && txn_started.elapsed() >= config.commit_interval;
-            if due && txn.commit(&self.consumer).is_err() {
-                drop(txn);
-                self.rewind()?;
-                continue;
-            }
-            drop(txn);
-            if last_gauges.elapsed() >= GAUGE_REFRESH {
-                last_gauges = Instant::now();
-                self.refresh_gauges();
+                task.process(&record, &env, &mut TxnOutput { txn: &mut txn })?;
             }
         }
-        let mut txn = self.txn.lock().expect("txn lock");
-        txn.commit(&self.consumer)
+        if config.clock == Clock::Wall && clocks.timers.elapsed() >= TIMER_CHECK {
+            clocks.timers = Instant::now();
+            let now = wall_now_ms();
+            for task in self.tasks.values_mut() {
+                if !txn.open {
+                    txn.begin()?;
+                    clocks.transaction = Instant::now();
+                }
+                task.fire_due(now, &env, &mut TxnOutput { txn: &mut txn })?;
+            }
+        }
+        if txn.open && txn.touched && clocks.transaction.elapsed() >= config.commit_interval {
+            txn.commit(&self.consumer)?;
+        }
+        drop(txn);
+        if clocks.gauges.elapsed() >= GAUGE_REFRESH {
+            clocks.gauges = Instant::now();
+            self.refresh_gauges();
+        }
+        Ok(())
     }
 
     /// Opens tasks for assigned partitions and closes tasks of revoked ones.

@@ -1,0 +1,177 @@
+//! A two-stage topology with a global table, run live against the real broker: the first
+//! sub-topology looks records up in a global table and repartitions them through an internal
+//! topic to the second, which keeps totals in a store.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use herald_engine::runtime::{
+    replay::{self, ReplayInput, ReplayOptions, ReplaySink},
+    LiveRuntime, ProcessError, Processor, ProcessorContext, RuntimeConfig, ShutdownFlag,
+    SourceRecord, StreamTopology,
+};
+
+/// `<currency>:<amount>` → amount × rate of the currency (global table), keyed by currency.
+struct Convert {
+    internal: String,
+    global_changes: Arc<AtomicUsize>,
+}
+
+impl Processor for Convert {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        record: &SourceRecord<'_>,
+    ) -> Result<(), ProcessError> {
+        let text = std::str::from_utf8(record.value.unwrap_or_default())
+            .map_err(|e| ProcessError::reject(e.to_string()))?;
+        let (currency, amount) =
+            text.split_once(':').ok_or_else(|| ProcessError::reject("expected currency:amount"))?;
+        let rate = ctx
+            .global("rates")
+            .and_then(|rates| rates.get(currency.as_bytes()))
+            .ok_or_else(|| ProcessError::reject(format!("no rate for {currency}")))?;
+        let rate: i64 = std::str::from_utf8(rate).unwrap().parse().unwrap();
+        let amount: i64 = amount.parse().map_err(|_| ProcessError::reject("bad amount"))?;
+        ctx.send(&self.internal, currency.as_bytes(), (amount * rate).to_string().as_bytes())?;
+        Ok(())
+    }
+
+    fn on_global_change(&mut self, table: &str, _key: &[u8], _value: Option<&[u8]>) {
+        assert_eq!(table, "rates");
+        self.global_changes.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Running total per currency.
+struct Total {
+    output: String,
+}
+
+impl Processor for Total {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        record: &SourceRecord<'_>,
+    ) -> Result<(), ProcessError> {
+        let key = record.key.unwrap_or_default();
+        let value: i64 =
+            std::str::from_utf8(record.value.unwrap_or_default()).unwrap().parse().unwrap();
+        let mut totals = ctx.store("totals")?;
+        let total = totals.get_as::<i64>(key)?.unwrap_or(0) + value;
+        totals.put_as(key, &total)?;
+        ctx.send(&self.output, key, total.to_string().as_bytes())?;
+        Ok(())
+    }
+}
+
+#[test]
+fn global_table_lookups_and_repartitioning_feed_a_second_stateful_stage() {
+    let rates = common::unique("rates");
+    let input = common::unique("payments");
+    let internal = common::unique("by-currency");
+    let output = common::unique("totals");
+    let dead_letters = common::unique("pipeline-dlq");
+    common::create_topics(&[
+        (&rates, 1),
+        (&input, 2),
+        (&internal, 3),
+        (&output, 3),
+        (&dead_letters, 1),
+    ]);
+    common::produce(
+        &rates,
+        [("EUR".to_string(), b"2".to_vec()), ("USD".to_string(), b"1".to_vec())],
+    );
+
+    let global_changes = Arc::new(AtomicUsize::new(0));
+    let topology = StreamTopology::builder(common::unique("pipeline"))
+        .dead_letter_topic(&dead_letters)
+        .global_table("rates", &rates)
+        .sub_topology(
+            "convert",
+            {
+                let (internal, changes) = (internal.clone(), Arc::clone(&global_changes));
+                move |_| Convert {
+                    internal: internal.clone(),
+                    global_changes: Arc::clone(&changes),
+                }
+            },
+            |s| s.source(&input).sink(&internal),
+        )
+        .sub_topology(
+            "total",
+            {
+                let output = output.clone();
+                move |_| Total { output: output.clone() }
+            },
+            |s| s.source(&internal).store("totals").sink(&output),
+        )
+        .build()
+        .unwrap();
+    let topology_for_replay = topology.clone();
+    let state = tempfile::tempdir().unwrap();
+    let shutdown = ShutdownFlag::default();
+    let runtime = {
+        let shutdown = shutdown.clone();
+        let config = RuntimeConfig::new(common::kafka(), "a", state.path());
+        std::thread::spawn(move || LiveRuntime::new(topology, config).run(&shutdown))
+    };
+
+    common::produce(
+        &input,
+        [("u1", "EUR:10"), ("u2", "USD:5"), ("u3", "EUR:1"), ("u4", "GBP:3")]
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())),
+    );
+    let totals = |expected: usize| {
+        let mut last = BTreeMap::new();
+        let records = common::read_committed(
+            &output,
+            expected,
+            Duration::from_secs(2),
+            Duration::from_secs(60),
+        );
+        for r in &records {
+            last.insert(
+                String::from_utf8(r.key.clone()).unwrap(),
+                String::from_utf8(r.value.clone().unwrap()).unwrap(),
+            );
+        }
+        (records.len(), last)
+    };
+    let (count, last) = totals(3);
+    assert_eq!(count, 3);
+    assert_eq!(
+        last,
+        BTreeMap::from([
+            ("EUR".to_string(), "22".to_string()),
+            ("USD".to_string(), "5".to_string())
+        ])
+    );
+    let letters =
+        common::read_committed(&dead_letters, 1, Duration::from_secs(1), Duration::from_secs(30));
+    assert_eq!(letters.len(), 1, "GBP has no rate yet: rejected");
+
+    // The global table changes while running; new records see the new rate.
+    common::produce(&rates, [("GBP".to_string(), b"3".to_vec())]);
+    std::thread::sleep(Duration::from_secs(2));
+    common::produce(&input, [("u5".to_string(), b"GBP:3".to_vec())]);
+    let (count, last) = totals(4);
+    shutdown.request();
+    runtime.join().unwrap().unwrap();
+
+    assert_eq!(count, 4);
+    assert_eq!(last["GBP"], "9");
+    assert!(
+        global_changes.load(Ordering::SeqCst) >= 1,
+        "tasks are told about global table changes"
+    );
+}
