@@ -1,6 +1,7 @@
 //! Command-line arguments and dispatch to one module per command.
 
 mod bench;
+mod campaign;
 mod consume;
 mod example;
 mod produce;
@@ -31,6 +32,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Read a topic and print its records decoded, one JSON object per line.
     Consume(consume::ConsumeArgs),
+    /// Validate and publish campaign definitions.
+    #[command(subcommand)]
+    Campaign(campaign::CampaignCommandArgs),
     /// Benchmarks; each prints a table and one JSON line.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -48,5 +52,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Consume(args) => consume::run(&kafka, args),
         Command::Example(command) => example::run(&kafka, command),
         Command::Bench(command) => bench::run(&kafka, command),
+        Command::Campaign(command) => campaign::run(&kafka, command),
     }
 }

@@ -1,0 +1,13 @@
+//! Campaign definitions: the documented YAML format (`docs/campaigns.md`), its validation with
+//! every error reported by field path, and the compiled form operators evaluate.
+
+mod filter;
+mod model;
+mod parse;
+
+pub use filter::{ProfileView, Scalar};
+pub use model::{
+    Behaviour, Campaign, CampaignStatus, Conversion, Dnd, DndAction, Filter, Inaction, Limits,
+    Message, Op, Options, Place, PropertyCondition, Trigger, When,
+};
+pub use parse::{parse_campaign, FieldError, ValidationErrors};

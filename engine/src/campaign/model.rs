@@ -1,0 +1,255 @@
+//! The validated campaign model. Values of these types only come out of [`super::parse_campaign`],
+//! which has checked every field.
+
+use chrono::{DateTime, NaiveTime, Utc};
+use chrono_tz::Tz;
+
+use super::Scalar;
+use crate::model::Platform;
+
+/// Lifecycle status set in the definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CampaignStatus {
+    /// Saved, not running.
+    Draft,
+    /// Running.
+    Active,
+    /// Holding sends.
+    Paused,
+    /// Ended.
+    Stopped,
+}
+
+/// A comparison of one property.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Equal (strings case-sensitive, numbers numerically).
+    Equals(Scalar),
+    /// Not equal, or absent.
+    NotEquals(Scalar),
+    /// Equal to one of.
+    In(Vec<Scalar>),
+    /// Equal to none of, or absent.
+    NotIn(Vec<Scalar>),
+    /// Number within `[low, high]`.
+    Between(f64, f64),
+    /// Number greater than.
+    Gt(f64),
+    /// Number greater than or equal to.
+    Gte(f64),
+    /// Number less than.
+    Lt(f64),
+    /// Number less than or equal to.
+    Lte(f64),
+    /// Present (any value).
+    Exists,
+    /// Absent.
+    NotExists,
+    /// Text contains.
+    Contains(String),
+    /// Text starts with.
+    StartsWith(String),
+    /// Date strictly before.
+    Before(DateTime<Utc>),
+    /// Date strictly after.
+    After(DateTime<Utc>),
+    /// Date within the last N days before now.
+    WithinLastDays(u32),
+}
+
+/// `property` compared with `op`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PropertyCondition {
+    /// Property name.
+    pub property: String,
+    /// Comparison.
+    pub op: Op,
+}
+
+/// A place and a radius around it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Place {
+    /// Latitude in degrees.
+    pub lat: f64,
+    /// Longitude in degrees.
+    pub lon: f64,
+    /// Radius in kilometres.
+    pub radius_km: f64,
+}
+
+/// A past-behaviour predicate over the user's event history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Behaviour {
+    /// Event name.
+    pub event: String,
+    /// Matching occurrences must be at least this many (`did` = 1, `did_not` uses `at_most: 0`).
+    pub at_least: u32,
+    /// ... and at most this many.
+    pub at_most: Option<u32>,
+    /// Window: the last N days.
+    pub in_last_days: u32,
+    /// Event-property conditions an occurrence must meet.
+    pub conditions: Vec<PropertyCondition>,
+}
+
+/// Who a campaign targets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    /// Every sub-filter holds (an empty list: everyone).
+    All(Vec<Filter>),
+    /// At least one holds.
+    Any(Vec<Filter>),
+    /// The sub-filter does not hold.
+    Not(Box<Filter>),
+    /// A profile property condition.
+    Property(PropertyCondition),
+    /// A device field condition that holds for at least one of the user's devices.
+    Device(PropertyCondition),
+    /// The user's location is within the radius of at least one place.
+    Near(Vec<Place>),
+    /// A past-behaviour predicate.
+    Behaviour(Behaviour),
+}
+
+/// "E happened and F did not happen within T".
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inaction {
+    /// The event that must not follow.
+    pub event: String,
+    /// How long to wait for it, milliseconds.
+    pub within_ms: i64,
+}
+
+/// What makes a user qualify.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trigger {
+    /// On an event (with property conditions), optionally only if another event does not
+    /// follow within a time.
+    Event {
+        /// Event name.
+        event: String,
+        /// Conditions on the event's properties.
+        conditions: Vec<PropertyCondition>,
+        /// Inaction window, if any.
+        unless: Option<Inaction>,
+    },
+    /// At a time relative to a date property of an event (e.g. 24 h before `departure`).
+    DateReminder {
+        /// Event carrying the date.
+        event: String,
+        /// Name of the date property (RFC 3339 text or epoch milliseconds).
+        property: String,
+        /// Offset from the date, milliseconds (negative: before).
+        offset_ms: i64,
+    },
+}
+
+/// When a campaign runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct When {
+    /// What qualifies a user.
+    pub trigger: Trigger,
+    /// Not before.
+    pub start: Option<DateTime<Utc>>,
+    /// Not after.
+    pub end: Option<DateTime<Utc>>,
+}
+
+/// One message variant; texts are Liquid templates (already checked to parse).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Variant id (`A`, `B`, `C` by default).
+    pub id: String,
+    /// Title template.
+    pub title: String,
+    /// Body template.
+    pub body: String,
+    /// Subtitle template.
+    pub subtitle: Option<String>,
+    /// Deep link template.
+    pub deep_link: Option<String>,
+    /// Image URL template.
+    pub image_url: Option<String>,
+}
+
+/// Reach limits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    /// Deliver to at most this many users over the campaign's life.
+    pub total: Option<u64>,
+    /// At most this many per day (campaign timezone).
+    pub daily: Option<u64>,
+    /// At most this many per scheduled run.
+    pub per_run: Option<u64>,
+    /// A run qualifying more users than this sends nothing.
+    pub safety: Option<u64>,
+}
+
+/// What to do with a send due during do-not-disturb hours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DndAction {
+    /// Drop it (counted).
+    Discard,
+    /// Send it when the window ends.
+    Delay,
+}
+
+/// Do-not-disturb hours in the user's timezone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dnd {
+    /// Window start (local time).
+    pub start: NaiveTime,
+    /// Window end (local time); before `start` means the window spans midnight.
+    pub end: NaiveTime,
+    /// Discard or delay.
+    pub action: DndAction,
+}
+
+/// Conversion tracking.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conversion {
+    /// The conversion event.
+    pub event: String,
+    /// Window after a delivery, milliseconds.
+    pub within_ms: i64,
+}
+
+/// Campaign options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// Not subject to the app's global frequency caps.
+    pub ignore_global_caps: bool,
+    /// Do-not-disturb hours.
+    pub dnd: Option<Dnd>,
+    /// Percentage of qualifying users who receive it (deterministic per user).
+    pub sample_percent: f64,
+    /// Platforms targeted.
+    pub platforms: Vec<Platform>,
+    /// Conversion tracking.
+    pub conversion: Option<Conversion>,
+    /// Campaign timezone (daily limits; DND for users without a timezone).
+    pub timezone: Tz,
+}
+
+/// A validated campaign definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Campaign {
+    /// Unique id.
+    pub id: String,
+    /// App it belongs to.
+    pub app: String,
+    /// Human name.
+    pub name: String,
+    /// Status.
+    pub status: CampaignStatus,
+    /// Target users.
+    pub who: Filter,
+    /// Trigger and window.
+    pub when: When,
+    /// Message variants (1 to 3).
+    pub what: Vec<Message>,
+    /// Reach limits.
+    pub limits: Limits,
+    /// Options.
+    pub options: Options,
+}

@@ -1,0 +1,809 @@
+//! Parsing and validating campaign definitions. Every problem is collected with its field path
+//! (`when.unless.within`, `who.all[2].between`) so a file is fixed in one pass.
+
+use std::fmt;
+
+use chrono::{DateTime, NaiveTime, Utc};
+use serde_json::{Map, Value};
+
+use super::{
+    Behaviour, Campaign, CampaignStatus, Conversion, Dnd, DndAction, Filter, Inaction, Limits,
+    Message, Op, Options, Place, PropertyCondition, Scalar, Trigger, When,
+};
+use crate::model::Platform;
+
+/// Most A/B variants a campaign may have.
+pub const MAX_VARIANTS: usize = 3;
+const DEVICE_FIELDS: &[&str] =
+    &["platform", "app_version", "os_version", "make", "model", "sdk_version"];
+const OPERATORS: &[&str] = &[
+    "equals",
+    "not_equals",
+    "in",
+    "not_in",
+    "between",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
+    "exists",
+    "not_exists",
+    "contains",
+    "starts_with",
+    "before",
+    "after",
+    "within_last_days",
+];
+
+/// One problem in a definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Field path, e.g. `when.unless.within` or `who.all[1].between`.
+    pub path: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Every problem found in one definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationErrors {
+    /// Where the definition came from (file name).
+    pub source: String,
+    /// The problems, in document order.
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.errors.len();
+        write!(f, "{}: {count} error{}", self.source, if count == 1 { "" } else { "s" })?;
+        for error in &self.errors {
+            write!(f, "\n  {}: {}", error.path, error.reason)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidationErrors {}
+
+/// Parses a YAML (or JSON, a subset of YAML) campaign definition; `source` names it in errors.
+pub fn parse_campaign(text: &str, source: &str) -> Result<Campaign, ValidationErrors> {
+    let fail = |errors| ValidationErrors { source: source.to_string(), errors };
+    let document: Value = serde_norway::from_str(text)
+        .map_err(|e| fail(vec![FieldError { path: "(document)".into(), reason: e.to_string() }]))?;
+    let mut parser = Parser::default();
+    let campaign = parser.campaign(&document);
+    match campaign {
+        Some(campaign) if parser.errors.is_empty() => Ok(campaign),
+        _ => Err(fail(parser.errors)),
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+#[derive(Default)]
+struct Parser {
+    errors: Vec<FieldError>,
+}
+
+impl Parser {
+    fn error<T>(&mut self, path: impl Into<String>, reason: impl Into<String>) -> Option<T> {
+        self.errors.push(FieldError { path: path.into(), reason: reason.into() });
+        None
+    }
+
+    fn object<'v>(
+        &mut self,
+        value: &'v Value,
+        path: &str,
+        allowed: &[&str],
+    ) -> Option<&'v Map<String, Value>> {
+        let Some(map) = value.as_object() else {
+            return self.error(path, format!("expected a mapping, found {}", kind(value)));
+        };
+        for key in map.keys().filter(|k| !allowed.contains(&k.as_str())) {
+            self.error::<()>(
+                join(path, key),
+                format!("unknown field; expected one of {}", allowed.join(", ")),
+            );
+        }
+        Some(map)
+    }
+
+    fn required<'v>(
+        &mut self,
+        map: &'v Map<String, Value>,
+        key: &str,
+        path: &str,
+    ) -> Option<&'v Value> {
+        match map.get(key) {
+            Some(Value::Null) | None => self.error(join(path, key), "is required"),
+            Some(value) => Some(value),
+        }
+    }
+
+    fn text(&mut self, value: &Value, path: &str) -> Option<String> {
+        match value {
+            Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
+            Value::String(_) => self.error(path, "must not be empty"),
+            other => self.error(path, format!("expected text, found {}", kind(other))),
+        }
+    }
+
+    fn required_text(&mut self, map: &Map<String, Value>, key: &str, path: &str) -> Option<String> {
+        let value = self.required(map, key, path)?;
+        self.text(value, &join(path, key))
+    }
+
+    fn optional_text(&mut self, map: &Map<String, Value>, key: &str, path: &str) -> Option<String> {
+        map.get(key).filter(|v| !v.is_null()).and_then(|v| self.text(v, &join(path, key)))
+    }
+
+    fn count(&mut self, value: &Value, path: &str) -> Option<u64> {
+        match value.as_u64() {
+            Some(n) if n > 0 => Some(n),
+            _ => self.error(path, format!("expected a positive whole number, found {value}")),
+        }
+    }
+
+    fn optional_count(&mut self, map: &Map<String, Value>, key: &str, path: &str) -> Option<u64> {
+        map.get(key).filter(|v| !v.is_null()).and_then(|v| self.count(v, &join(path, key)))
+    }
+
+    fn number(&mut self, value: &Value, path: &str) -> Option<f64> {
+        match value.as_f64() {
+            Some(n) => Some(n),
+            None => self.error(path, format!("expected a number, found {}", kind(value))),
+        }
+    }
+
+    fn duration(&mut self, value: &Value, path: &str) -> Option<i64> {
+        let text = self.text(value, path)?;
+        match parse_duration(&text) {
+            Ok(ms) => Some(ms),
+            Err(reason) => self.error(path, reason),
+        }
+    }
+
+    fn timestamp(&mut self, value: &Value, path: &str) -> Option<DateTime<Utc>> {
+        let text = self.text(value, path)?;
+        match DateTime::parse_from_rfc3339(&text) {
+            Ok(t) => Some(t.with_timezone(&Utc)),
+            Err(e) => self.error(
+                path,
+                format!("bad date-time {text:?} ({e}); use RFC 3339, e.g. 2026-11-26T10:00:00Z"),
+            ),
+        }
+    }
+
+    fn campaign(&mut self, document: &Value) -> Option<Campaign> {
+        let fields = ["id", "app", "name", "status", "who", "when", "what", "limits", "options"];
+        let map = self.object(document, "", &fields)?;
+        let id = self.required_text(map, "id", "");
+        if let Some(id) = &id {
+            if !id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                self.error::<()>("id", "may contain only ASCII letters, digits, '.', '_' and '-'");
+            }
+        }
+        let app = self.required_text(map, "app", "");
+        let name = self.required_text(map, "name", "");
+        let status = match map.get("status").map(|v| (v.as_str(), v)) {
+            None => Some(CampaignStatus::Active),
+            Some((Some("draft"), _)) => Some(CampaignStatus::Draft),
+            Some((Some("active"), _)) => Some(CampaignStatus::Active),
+            Some((Some("paused"), _)) => Some(CampaignStatus::Paused),
+            Some((Some("stopped"), _)) => Some(CampaignStatus::Stopped),
+            Some((_, other)) => self.error(
+                "status",
+                format!("unknown status {other}; expected draft, active, paused or stopped"),
+            ),
+        };
+        let who = match map.get("who") {
+            None | Some(Value::Null) => Some(Filter::All(Vec::new())),
+            Some(value) => self.filter(value, "who"),
+        };
+        let when = self.required(map, "when", "").and_then(|v| self.when(v));
+        let what = self.required(map, "what", "").and_then(|v| self.what(v));
+        let limits = match map.get("limits") {
+            None | Some(Value::Null) => Some(Limits::default()),
+            Some(value) => self.limits(value),
+        };
+        let options = self.options(map.get("options").unwrap_or(&Value::Null));
+        Some(Campaign {
+            id: id?,
+            app: app?,
+            name: name?,
+            status: status?,
+            who: who?,
+            when: when?,
+            what: what?,
+            limits: limits?,
+            options: options?,
+        })
+    }
+
+    fn filter(&mut self, value: &Value, path: &str) -> Option<Filter> {
+        let Some(map) = value.as_object() else {
+            return self.error(path, format!("expected a filter mapping, found {}", kind(value)));
+        };
+        if let Some(list) = map.get("all").or_else(|| map.get("any")) {
+            let all = map.contains_key("all");
+            let key = if all { "all" } else { "any" };
+            self.object(value, path, &[key])?;
+            let Some(items) = list.as_array() else {
+                return self.error(join(path, key), "expected a list of filters");
+            };
+            let filters: Vec<Option<Filter>> = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| self.filter(item, &format!("{}[{i}]", join(path, key))))
+                .collect();
+            let filters: Option<Vec<Filter>> = filters.into_iter().collect();
+            return filters.map(|f| if all { Filter::All(f) } else { Filter::Any(f) });
+        }
+        if let Some(inner) = map.get("not") {
+            self.object(value, path, &["not"])?;
+            return self.filter(inner, &join(path, "not")).map(|f| Filter::Not(Box::new(f)));
+        }
+        if let Some(places) = map.get("near") {
+            self.object(value, path, &["near"])?;
+            return self.places(places, &join(path, "near")).map(Filter::Near);
+        }
+        if map.contains_key("did") || map.contains_key("did_not") {
+            return self.behaviour(map, path).map(Filter::Behaviour);
+        }
+        if let Some(field) = map.get("device") {
+            let condition = self.condition(map, path, "device")?;
+            let name = field.as_str().unwrap_or_default();
+            if !DEVICE_FIELDS.contains(&name) {
+                return self.error(
+                    join(path, "device"),
+                    format!(
+                        "unknown device field {field}; expected one of {}",
+                        DEVICE_FIELDS.join(", ")
+                    ),
+                );
+            }
+            return Some(Filter::Device(condition));
+        }
+        if map.contains_key("property") {
+            return self.condition(map, path, "property").map(Filter::Property);
+        }
+        self.error(path, "expected one of all, any, not, property, device, near, did, did_not")
+    }
+
+    /// `{<subject_key>: name, <operator>: value}`.
+    fn condition(
+        &mut self,
+        map: &Map<String, Value>,
+        path: &str,
+        subject_key: &str,
+    ) -> Option<PropertyCondition> {
+        let property = self.required_text(map, subject_key, path);
+        let operators: Vec<(&String, &Value)> =
+            map.iter().filter(|(k, _)| k.as_str() != subject_key).collect();
+        let mut op = None;
+        match operators.as_slice() {
+            [] => {
+                self.error::<()>(
+                    path,
+                    format!("needs an operator: one of {}", OPERATORS.join(", ")),
+                );
+            }
+            [(name, value)] => op = self.operator(name, value, &join(path, name)),
+            _ => {
+                for (name, _) in &operators[1..] {
+                    self.error::<()>(join(path, name), "a condition takes exactly one operator");
+                }
+            }
+        }
+        Some(PropertyCondition { property: property?, op: op? })
+    }
+
+    fn scalar(&mut self, value: &Value, path: &str) -> Option<Scalar> {
+        match value {
+            Value::Bool(b) => Some(Scalar::Bool(*b)),
+            Value::Number(n) => n.as_f64().map(Scalar::Number),
+            Value::String(s) => Some(Scalar::Text(s.clone())),
+            other => self.error(
+                path,
+                format!("expected text, a number or true/false, found {}", kind(other)),
+            ),
+        }
+    }
+
+    fn scalars(&mut self, value: &Value, path: &str) -> Option<Vec<Scalar>> {
+        let Some(items) = value.as_array().filter(|items| !items.is_empty()) else {
+            return self.error(path, "expected a non-empty list");
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| self.scalar(v, &format!("{path}[{i}]")))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    fn operator(&mut self, name: &str, value: &Value, path: &str) -> Option<Op> {
+        let flag = |parser: &mut Self, op: Op| match value {
+            Value::Bool(true) => Some(op),
+            _ => parser.error(path, "expected true"),
+        };
+        match name {
+            "equals" => self.scalar(value, path).map(Op::Equals),
+            "not_equals" => self.scalar(value, path).map(Op::NotEquals),
+            "in" => self.scalars(value, path).map(Op::In),
+            "not_in" => self.scalars(value, path).map(Op::NotIn),
+            "between" => match value.as_array().map(Vec::as_slice) {
+                Some([low, high]) => {
+                    let (low, high) = (
+                        self.number(low, &format!("{path}[0]"))?,
+                        self.number(high, &format!("{path}[1]"))?,
+                    );
+                    if low > high {
+                        return self
+                            .error(path, format!("low bound {low} is above high bound {high}"));
+                    }
+                    Some(Op::Between(low, high))
+                }
+                _ => self.error(path, "expected [low, high]"),
+            },
+            "gt" => self.number(value, path).map(Op::Gt),
+            "gte" => self.number(value, path).map(Op::Gte),
+            "lt" => self.number(value, path).map(Op::Lt),
+            "lte" => self.number(value, path).map(Op::Lte),
+            "exists" => flag(self, Op::Exists),
+            "not_exists" => flag(self, Op::NotExists),
+            "contains" => self.text(value, path).map(Op::Contains),
+            "starts_with" => self.text(value, path).map(Op::StartsWith),
+            "before" => self.timestamp(value, path).map(Op::Before),
+            "after" => self.timestamp(value, path).map(Op::After),
+            "within_last_days" => {
+                self.count(value, path).map(|d| Op::WithinLastDays(d.min(u32::MAX as u64) as u32))
+            }
+            other => self.error(
+                path,
+                format!(
+                    "unknown property operator {other:?}; expected one of {}",
+                    OPERATORS.join(", ")
+                ),
+            ),
+        }
+    }
+
+    fn conditions(
+        &mut self,
+        map: &Map<String, Value>,
+        path: &str,
+    ) -> Option<Vec<PropertyCondition>> {
+        let Some(list) = map.get("where").filter(|v| !v.is_null()) else {
+            return Some(Vec::new());
+        };
+        let path = join(path, "where");
+        let Some(items) = list.as_array() else {
+            return self.error(path, "expected a list of property conditions");
+        };
+        let parsed: Vec<Option<PropertyCondition>> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let item_path = format!("{path}[{i}]");
+                let map = self.object(item, &item_path, &[&["property"], OPERATORS].concat())?;
+                self.condition(map, &item_path, "property")
+            })
+            .collect();
+        parsed.into_iter().collect()
+    }
+
+    fn places(&mut self, value: &Value, path: &str) -> Option<Vec<Place>> {
+        let Some(items) = value.as_array().filter(|items| !items.is_empty()) else {
+            return self.error(path, "expected a non-empty list of {lat, lon, radius_km}");
+        };
+        let parsed: Vec<Option<Place>> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let item_path = format!("{path}[{i}]");
+                let map = self.object(item, &item_path, &["name", "lat", "lon", "radius_km"])?;
+                let lat = self
+                    .required(map, "lat", &item_path)
+                    .and_then(|v| self.number(v, &join(&item_path, "lat")));
+                let lon = self
+                    .required(map, "lon", &item_path)
+                    .and_then(|v| self.number(v, &join(&item_path, "lon")));
+                let radius = self
+                    .required(map, "radius_km", &item_path)
+                    .and_then(|v| self.number(v, &join(&item_path, "radius_km")));
+                if lat.is_some_and(|l| !(-90.0..=90.0).contains(&l)) {
+                    return self.error(join(&item_path, "lat"), "must be between -90 and 90");
+                }
+                if lon.is_some_and(|l| !(-180.0..=180.0).contains(&l)) {
+                    return self.error(join(&item_path, "lon"), "must be between -180 and 180");
+                }
+                if radius.is_some_and(|r| r <= 0.0) {
+                    return self.error(join(&item_path, "radius_km"), "must be positive");
+                }
+                Some(Place { lat: lat?, lon: lon?, radius_km: radius? })
+            })
+            .collect();
+        parsed.into_iter().collect()
+    }
+
+    fn behaviour(&mut self, map: &Map<String, Value>, path: &str) -> Option<Behaviour> {
+        let did = map.contains_key("did");
+        let key = if did { "did" } else { "did_not" };
+        let allowed: &[&str] = if did {
+            &["did", "at_least", "at_most", "in_last_days", "where"]
+        } else {
+            &["did_not", "in_last_days", "where"]
+        };
+        self.object(&Value::Object(map.clone()), path, allowed)?;
+        let event = self.required_text(map, key, path);
+        let days = match map.get("in_last_days") {
+            None => Some(90),
+            Some(v) => {
+                self.count(v, &join(path, "in_last_days")).map(|d| d.min(u32::MAX as u64) as u32)
+            }
+        };
+        let at_least =
+            if did { self.optional_count(map, "at_least", path).unwrap_or(1) as u32 } else { 0 };
+        let at_most = if did {
+            map.get("at_most").and_then(|v| match v.as_u64() {
+                Some(n) => Some(n as u32),
+                None => self.error(join(path, "at_most"), "expected a whole number"),
+            })
+        } else {
+            Some(0)
+        };
+        if at_most.is_some_and(|most| most < at_least) {
+            return self.error(join(path, "at_most"), format!("is below at_least ({at_least})"));
+        }
+        let conditions = self.conditions(map, path);
+        Some(Behaviour {
+            event: event?,
+            at_least,
+            at_most,
+            in_last_days: days?,
+            conditions: conditions?,
+        })
+    }
+
+    fn when(&mut self, value: &Value) -> Option<When> {
+        let map =
+            self.object(value, "when", &["event", "where", "unless", "reminder", "start", "end"])?;
+        let trigger = match (map.get("event"), map.get("reminder")) {
+            (Some(_), Some(_)) => {
+                self.error("when", "has both event and reminder; a campaign has one trigger")
+            }
+            (None, None) => self.error("when", "needs a trigger: event or reminder"),
+            (Some(_), None) => self.event_trigger(map),
+            (None, Some(reminder)) => {
+                if map.contains_key("where") || map.contains_key("unless") {
+                    self.error::<()>(
+                        "when",
+                        "where and unless apply to event triggers, not reminders",
+                    );
+                }
+                self.reminder(reminder)
+            }
+        };
+        let start =
+            map.get("start").filter(|v| !v.is_null()).map(|v| self.timestamp(v, "when.start"));
+        let end = map.get("end").filter(|v| !v.is_null()).map(|v| self.timestamp(v, "when.end"));
+        if let (Some(Some(start)), Some(Some(end))) = (start, end) {
+            if end <= start {
+                self.error::<()>("when.end", format!("{end} is not after when.start ({start})"));
+            }
+        }
+        Some(When { trigger: trigger?, start: start.flatten(), end: end.flatten() })
+    }
+
+    fn event_trigger(&mut self, map: &Map<String, Value>) -> Option<Trigger> {
+        let event = self.required_text(map, "event", "when");
+        let conditions = self.conditions(map, "when");
+        let unless = match map.get("unless") {
+            None | Some(Value::Null) => Some(None),
+            Some(value) => self.inaction(value).map(Some),
+        };
+        Some(Trigger::Event { event: event?, conditions: conditions?, unless: unless? })
+    }
+
+    fn inaction(&mut self, value: &Value) -> Option<Inaction> {
+        let map = self.object(value, "when.unless", &["event", "within"])?;
+        let event = self.required_text(map, "event", "when.unless");
+        let within = self
+            .required(map, "within", "when.unless")
+            .and_then(|v| self.duration(v, "when.unless.within"));
+        if within.is_some_and(|ms| ms <= 0) {
+            return self.error("when.unless.within", "must be positive");
+        }
+        Some(Inaction { event: event?, within_ms: within? })
+    }
+
+    fn reminder(&mut self, value: &Value) -> Option<Trigger> {
+        let map = self.object(value, "when.reminder", &["event", "date_property", "offset"])?;
+        let event = self.required_text(map, "event", "when.reminder");
+        let property = self.required_text(map, "date_property", "when.reminder");
+        let offset = self
+            .required(map, "offset", "when.reminder")
+            .and_then(|v| self.duration(v, "when.reminder.offset"));
+        Some(Trigger::DateReminder { event: event?, property: property?, offset_ms: offset? })
+    }
+
+    fn what(&mut self, value: &Value) -> Option<Vec<Message>> {
+        let message_fields = ["id", "title", "body", "subtitle", "deep_link", "image_url"];
+        let map = value.as_object();
+        if let Some(variants) = map.and_then(|m| m.get("variants")) {
+            self.object(value, "what", &["variants"])?;
+            let Some(items) = variants.as_array().filter(|v| !v.is_empty()) else {
+                return self.error("what.variants", "expected a non-empty list of messages");
+            };
+            if items.len() > MAX_VARIANTS {
+                self.error::<()>(
+                    "what.variants",
+                    format!("has {} variants; an A/B test has at most {MAX_VARIANTS}", items.len()),
+                );
+            }
+            let parsed: Vec<Option<Message>> = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    let path = format!("what.variants[{i}]");
+                    let default_id = ((b'A' + i as u8) as char).to_string();
+                    self.object(item, &path, &message_fields)
+                        .and_then(|m| self.message(m, &path, default_id))
+                })
+                .collect();
+            let messages: Vec<Message> = parsed.into_iter().collect::<Option<_>>()?;
+            let mut ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+            ids.sort_unstable();
+            if ids.windows(2).any(|w| w[0] == w[1]) {
+                return self.error("what.variants", "variant ids must be unique");
+            }
+            return Some(messages);
+        }
+        let map = self.object(value, "what", &message_fields)?;
+        self.message(map, "what", "A".into()).map(|m| vec![m])
+    }
+
+    fn message(
+        &mut self,
+        map: &Map<String, Value>,
+        path: &str,
+        default_id: String,
+    ) -> Option<Message> {
+        let id = self.optional_text(map, "id", path).unwrap_or(default_id);
+        let template = |parser: &mut Self, key: &str, required: bool| -> Option<Option<String>> {
+            let text = if required {
+                parser.required_text(map, key, path).map(Some)
+            } else {
+                Some(parser.optional_text(map, key, path))
+            };
+            if let Some(Some(source)) = &text {
+                if let Err(error) = crate::render::check_template(source) {
+                    return parser
+                        .error(join(path, key), format!("template syntax error: {error}"));
+                }
+            }
+            text
+        };
+        let title = template(self, "title", true);
+        let body = template(self, "body", true);
+        let subtitle = template(self, "subtitle", false);
+        let deep_link = template(self, "deep_link", false);
+        let image_url = template(self, "image_url", false);
+        Some(Message {
+            id,
+            title: title??,
+            body: body??,
+            subtitle: subtitle?,
+            deep_link: deep_link?,
+            image_url: image_url?,
+        })
+    }
+
+    fn limits(&mut self, value: &Value) -> Option<Limits> {
+        let map = self.object(value, "limits", &["total", "daily", "per_run", "safety"])?;
+        Some(Limits {
+            total: self.optional_count(map, "total", "limits"),
+            daily: self.optional_count(map, "daily", "limits"),
+            per_run: self.optional_count(map, "per_run", "limits"),
+            safety: self.optional_count(map, "safety", "limits"),
+        })
+    }
+
+    fn options(&mut self, value: &Value) -> Option<Options> {
+        let empty = Map::new();
+        let map = match value {
+            Value::Null => &empty,
+            other => self.object(
+                other,
+                "options",
+                &[
+                    "ignore_global_caps",
+                    "dnd",
+                    "sample_percent",
+                    "platforms",
+                    "conversion",
+                    "timezone",
+                ],
+            )?,
+        };
+        let ignore_global_caps = match map.get("ignore_global_caps") {
+            None => Some(false),
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => self.error(
+                "options.ignore_global_caps",
+                format!("expected true or false, found {other}"),
+            ),
+        };
+        let dnd = match map.get("dnd") {
+            None | Some(Value::Null) => Some(None),
+            Some(value) => self.dnd(value).map(Some),
+        };
+        let sample_percent = match map.get("sample_percent") {
+            None => Some(100.0),
+            Some(v) => match v.as_f64() {
+                Some(p) if p > 0.0 && p <= 100.0 => Some(p),
+                _ => self.error(
+                    "options.sample_percent",
+                    format!("expected a percentage above 0 and at most 100, found {v}"),
+                ),
+            },
+        };
+        let platforms = match map.get("platforms") {
+            None => Some(vec![Platform::Ios, Platform::Android]),
+            Some(value) => self.platforms(value),
+        };
+        let conversion = match map.get("conversion") {
+            None | Some(Value::Null) => Some(None),
+            Some(value) => {
+                self.object(value, "options.conversion", &["event", "within"]).and_then(|c| {
+                    let event = self.required_text(c, "event", "options.conversion");
+                    let within = self
+                        .required(c, "within", "options.conversion")
+                        .and_then(|v| self.duration(v, "options.conversion.within"));
+                    Some(Some(Conversion { event: event?, within_ms: within? }))
+                })
+            }
+        };
+        let timezone = match map.get("timezone") {
+            None => Some(chrono_tz::UTC),
+            Some(value) => {
+                self.text(value, "options.timezone").and_then(|name| match name.parse() {
+                    Ok(tz) => Some(tz),
+                    Err(_) => self.error(
+                        "options.timezone",
+                        format!("unknown timezone {name:?}; use an IANA name such as Europe/Paris"),
+                    ),
+                })
+            }
+        };
+        Some(Options {
+            ignore_global_caps: ignore_global_caps?,
+            dnd: dnd?,
+            sample_percent: sample_percent?,
+            platforms: platforms?,
+            conversion: conversion?,
+            timezone: timezone?,
+        })
+    }
+
+    fn dnd(&mut self, value: &Value) -> Option<Dnd> {
+        let map = self.object(value, "options.dnd", &["start", "end", "action"])?;
+        let time = |parser: &mut Self, key: &str| {
+            let path = join("options.dnd", key);
+            let text =
+                parser.required(map, key, "options.dnd").and_then(|v| parser.text(v, &path))?;
+            match NaiveTime::parse_from_str(&text, "%H:%M") {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    parser.error(path, format!("bad time of day {text:?}; use HH:MM, e.g. 21:00"))
+                }
+            }
+        };
+        let start = time(self, "start");
+        let end = time(self, "end");
+        let action = match map.get("action").and_then(Value::as_str) {
+            None => Some(DndAction::Delay),
+            Some("delay") => Some(DndAction::Delay),
+            Some("discard") => Some(DndAction::Discard),
+            Some(other) => self.error(
+                "options.dnd.action",
+                format!("unknown action {other:?}; expected delay or discard"),
+            ),
+        };
+        if start.is_some() && start == end {
+            return self.error("options.dnd.end", "equals start: the window would be empty");
+        }
+        Some(Dnd { start: start?, end: end?, action: action? })
+    }
+
+    fn platforms(&mut self, value: &Value) -> Option<Vec<Platform>> {
+        let Some(items) = value.as_array().filter(|v| !v.is_empty()) else {
+            return self.error("options.platforms", "expected a non-empty list of ios, android");
+        };
+        let parsed: Vec<Option<Platform>> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item.as_str() {
+                Some("ios") => Some(Platform::Ios),
+                Some("android") => Some(Platform::Android),
+                _ => self.error(
+                    format!("options.platforms[{i}]"),
+                    format!("unknown platform {item}; expected ios or android"),
+                ),
+            })
+            .collect();
+        parsed.into_iter().collect()
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "true/false",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// Parses `90s`, `10m`, `24h`, `7d`, `1w`, `1h30m`, `250ms`, optionally negative (`-24h`).
+pub(crate) fn parse_duration(text: &str) -> Result<i64, String> {
+    let bad = || {
+        format!(
+            "bad duration {text:?}; use a number and a unit (ms, s, m, h, d, w), e.g. 10m or 1h30m"
+        )
+    };
+    let (sign, mut rest) = match text.trim().strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, text.trim()),
+    };
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total: i64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let number: i64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            _ => return Err(bad()),
+        };
+        total = number.checked_mul(unit).and_then(|n| total.checked_add(n)).ok_or_else(bad)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(sign * total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10m"), Ok(600_000));
+        assert_eq!(parse_duration("1h30m"), Ok(5_400_000));
+        assert_eq!(parse_duration("-24h"), Ok(-86_400_000));
+        assert_eq!(parse_duration("250ms"), Ok(250));
+        for bad in ["", "10", "m", "10 minutes", "1.5h", "-"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}

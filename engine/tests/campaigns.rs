@@ -1,0 +1,112 @@
+//! Campaign definitions: every example in docs/campaigns.md is valid; invalid files list every
+//! error with its field path.
+
+use herald_engine::campaign::{parse_campaign, DndAction, Filter, Op, Trigger};
+
+fn doc_examples() -> Vec<String> {
+    let doc = include_str!("../../docs/campaigns.md");
+    doc.split("```yaml\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn every_example_in_the_documentation_is_valid() {
+    let examples = doc_examples();
+    assert!(examples.len() >= 7, "found {} examples", examples.len());
+    for (i, example) in examples.iter().enumerate() {
+        if let Err(errors) = parse_campaign(example, &format!("docs example {i}")) {
+            panic!("{errors}\n---\n{example}");
+        }
+    }
+}
+
+#[test]
+fn the_cart_example_compiles_to_an_inaction_trigger() {
+    let cart = parse_campaign(&doc_examples()[0], "cart").unwrap();
+    let Trigger::Event { event, conditions, unless } = &cart.when.trigger else {
+        panic!("event trigger")
+    };
+    assert_eq!(event, "Added To Cart");
+    assert_eq!(conditions[0].op, Op::Gt(10.0));
+    let unless = unless.as_ref().unwrap();
+    assert_eq!((unless.event.as_str(), unless.within_ms), ("Charged", 600_000));
+    assert_eq!(cart.who, Filter::All(vec![]), "no who: everyone");
+
+    let coupons = parse_campaign(&doc_examples()[6], "coupons").unwrap();
+    assert_eq!(coupons.limits.total, Some(1000));
+    assert_eq!(coupons.options.dnd.as_ref().unwrap().action, DndAction::Delay);
+    assert_eq!(coupons.options.timezone, chrono_tz::America::Los_Angeles);
+}
+
+#[test]
+fn an_invalid_file_reports_every_error_with_its_field_path() {
+    let text = r#"
+id: "bad id!"
+app: shop
+status: running
+who:
+  all:
+    - { property: age, older_than: 30 }
+    - { property: age, between: [40, 25] }
+    - { device: colour, equals: red }
+when:
+  event: Added To Cart
+  unless: { event: Charged, within: 10 minutes }
+  start: 2026-12-01T00:00:00Z
+  end: 2026-11-01T00:00:00Z
+what:
+  variants:
+    - { title: "Hi {{ profile.name ", body: b }
+    - { title: t, body: b }
+    - { title: t, body: b }
+    - { title: t, body: b }
+options:
+  sample_percent: 150
+  dnd: { start: "9pm", end: "09:00" }
+  timezone: Mars/Olympus
+  colour: blue
+"#;
+    let errors = parse_campaign(text, "bad.yaml").unwrap_err();
+    let paths: Vec<&str> = errors.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "id",
+            "name",
+            "status",
+            "who.all[0].older_than",
+            "who.all[1].between",
+            "who.all[2].device",
+            "when.unless.within",
+            "when.end",
+            "what.variants",
+            "what.variants[0].title",
+            "options.colour",
+            "options.dnd.start",
+            "options.sample_percent",
+            "options.timezone",
+        ],
+        "{errors}"
+    );
+    let text = errors.to_string();
+    assert!(text.starts_with("bad.yaml: 14 errors"), "{text}");
+    for reason in [
+        "who.all[0].older_than: unknown property operator \"older_than\"",
+        "when.unless.within: bad duration \"10 minutes\"",
+        "when.end: 2026-11-01 00:00:00 UTC is not after when.start",
+        "what.variants: has 4 variants; an A/B test has at most 3",
+        "what.variants[0].title: template syntax error",
+        "name: is required",
+    ] {
+        assert!(text.contains(reason), "missing {reason:?} in\n{text}");
+    }
+}
+
+#[test]
+fn yaml_syntax_errors_name_the_position() {
+    let errors = parse_campaign("id: [unclosed", "broken.yaml").unwrap_err();
+    assert_eq!(errors.errors.len(), 1);
+    assert!(errors.to_string().contains("line"), "{errors}");
+}
