@@ -95,7 +95,7 @@ impl Scenario {
             let cf = db.cf_handle("counts").unwrap();
             for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
                 let (key, value) = item.unwrap();
-                let count: u64 = postcard::from_bytes(&value).unwrap();
+                let count: u64 = serde_json::from_slice(&value).unwrap();
                 assert!(
                     counts.insert(String::from_utf8(key.to_vec()).unwrap(), count).is_none(),
                     "key in two tasks"

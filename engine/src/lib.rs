@@ -1,9 +1,11 @@
 //! Herald engine: records and schemas, topology files, Kafka administration, and (in later
 //! modules) the streaming runtime, campaign operators and senders.
 
+pub mod backtest;
 pub mod campaign;
 pub mod kafka;
 pub mod model;
 pub mod render;
 pub mod runtime;
+pub mod stage_user;
 pub mod topology;

@@ -207,6 +207,17 @@ fn delivery_records_round_trip() {
 }
 
 #[test]
+fn skip_round_trips() {
+    round_trip(Skip {
+        campaign_id: "c".into(),
+        app_id: "shop".into(),
+        user_id: "u".into(),
+        reason: "capped_daily".into(),
+        timestamp_ms: 16,
+    });
+}
+
+#[test]
 fn every_current_schema_has_a_rust_type_that_round_trips() {
     // Guards against a schema added under schemas/ without a record type and test above.
     assert_eq!(
@@ -222,6 +233,7 @@ fn every_current_schema_has_a_rust_type_that_round_trips() {
             "io.herald.ProfileUpdate",
             "io.herald.Receipt",
             "io.herald.SendCommand",
+            "io.herald.Skip",
         ]
     );
 }

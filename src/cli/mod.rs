@@ -5,6 +5,7 @@ mod campaign;
 mod consume;
 mod example;
 mod produce;
+mod replay;
 mod topics;
 
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ enum Command {
     /// Benchmarks; each prints a table and one JSON line.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Backtest campaigns over a JSON lines file of profiles and events, on event time.
+    Replay(replay::ReplayArgs),
     /// Run an example topology of the streaming runtime.
     #[command(subcommand)]
     Example(example::ExampleCommand),
@@ -53,5 +56,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Example(command) => example::run(&kafka, command),
         Command::Bench(command) => bench::run(&kafka, command),
         Command::Campaign(command) => campaign::run(&kafka, command),
+        Command::Replay(args) => replay::run(args),
     }
 }

@@ -123,6 +123,11 @@ fn as_time(value: &PropertyValue) -> Option<DateTime<Utc>> {
     }
 }
 
+/// Milliseconds since the epoch of a date property (RFC 3339, `YYYY-MM-DD`, or epoch ms).
+pub fn time_ms(value: &PropertyValue) -> Option<i64> {
+    as_time(value).map(|t| t.timestamp_millis())
+}
+
 fn equals(value: &PropertyValue, scalar: &Scalar) -> bool {
     match (value, scalar) {
         (PropertyValue::Bool(a), Scalar::Bool(b)) => a == b,

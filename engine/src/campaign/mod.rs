@@ -5,9 +5,9 @@ mod filter;
 mod model;
 mod parse;
 
-pub use filter::{ProfileView, Scalar};
+pub use filter::{time_ms, ProfileView, Scalar};
 pub use model::{
     Behaviour, Campaign, CampaignStatus, Conversion, Dnd, DndAction, Filter, Inaction, Limits,
     Message, Op, Options, Place, PropertyCondition, Trigger, When,
 };
-pub use parse::{parse_campaign, FieldError, ValidationErrors};
+pub use parse::{parse_campaign, parse_duration, FieldError, ValidationErrors};

@@ -758,7 +758,7 @@ fn kind(value: &Value) -> &'static str {
 }
 
 /// Parses `90s`, `10m`, `24h`, `7d`, `1w`, `1h30m`, `250ms`, optionally negative (`-24h`).
-pub(crate) fn parse_duration(text: &str) -> Result<i64, String> {
+pub fn parse_duration(text: &str) -> Result<i64, String> {
     let bad = || {
         format!(
             "bad duration {text:?}; use a number and a unit (ms, s, m, h, d, w), e.g. 10m or 1h30m"

@@ -5,13 +5,14 @@ mod ingest;
 mod records;
 mod registry;
 mod single_object;
+pub mod topics;
 
 pub use error::CodecError;
 pub use ingest::{IngestDecoder, IngestFormat};
 pub use records::{
     AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats, Candidate,
     DeadLetter, Device, Engagement, EngagementKind, LifecycleKind, Platform, ProfileUpdate,
-    Properties, PropertyValue, Receipt, ReceiptStatus, Record, SendCommand, VariantStats,
+    Properties, PropertyValue, Receipt, ReceiptStatus, Record, SendCommand, Skip, VariantStats,
 };
 pub use registry::{SchemaError, SchemaRegistry};
 pub use single_object::Fingerprint;

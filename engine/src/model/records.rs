@@ -419,6 +419,25 @@ impl Record for CampaignStats {
     const FULL_NAME: &'static str = "io.herald.CampaignStats";
 }
 
+/// A qualified user who was not sent to, and why (`herald.campaign-flow`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skip {
+    /// Campaign concerned.
+    pub campaign_id: String,
+    /// App of the campaign.
+    pub app_id: String,
+    /// User not sent to.
+    pub user_id: String,
+    /// The gate that stopped it, e.g. `capped_daily`.
+    pub reason: String,
+    /// When, epoch milliseconds.
+    pub timestamp_ms: i64,
+}
+
+impl Record for Skip {
+    const FULL_NAME: &'static str = "io.herald.Skip";
+}
+
 /// Input that could not be decoded or was rejected (`herald.dead-letter`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {

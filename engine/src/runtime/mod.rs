@@ -15,7 +15,7 @@ mod global;
 mod live;
 mod metrics;
 mod output;
-mod partitioner;
+pub(crate) mod partitioner;
 mod processor;
 pub mod replay;
 mod restore;

@@ -37,6 +37,8 @@ use crate::{kafka::KafkaConfig, model::SchemaRegistry};
 pub enum ReplayInput {
     /// A JSON lines file (format in the module documentation).
     Jsonl(PathBuf),
+    /// Records already read by the caller (e.g. from a format of its own), in order.
+    Records(Vec<ReplayRecord>),
     /// Records of `topics` between two bounds, merged in timestamp order.
     Topics {
         /// The cluster to read.
@@ -50,8 +52,14 @@ pub enum ReplayInput {
     },
 }
 
+/// Receives each replay output: (topic, key, value, timestamp).
+pub type OutputCallback<'a> =
+    Box<dyn FnMut(&str, &[u8], &[u8], i64) -> Result<(), RuntimeError> + 'a>;
+
 /// Where the replay's outputs go.
-pub enum ReplaySink {
+pub enum ReplaySink<'a> {
+    /// Each output is handed to this function.
+    Callback(OutputCallback<'a>),
     /// One `<topic>.jsonl` file per output topic in this directory.
     JsonlDir(PathBuf),
     /// Topic `<prefix><topic>` per output topic (created when missing).
@@ -91,25 +99,33 @@ pub struct ReplaySummary {
     pub timers_fired: u64,
 }
 
-/// One input record, owned.
-struct InputRecord {
-    topic: String,
-    partition: Option<i32>,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    timestamp_ms: i64,
+/// One input record of a replay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayRecord {
+    /// Topic it belongs to (a source or a global table's topic).
+    pub topic: String,
+    /// Partition, or `None` to partition by key.
+    pub partition: Option<i32>,
+    /// Offset or line number, reported in dead letters.
+    pub offset: i64,
+    /// Message key.
+    pub key: Option<Vec<u8>>,
+    /// Message value; `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// Event time, epoch milliseconds.
+    pub timestamp_ms: i64,
 }
 
 /// Replays `input` through `topology` into `sink`.
 pub fn run(
     topology: &StreamTopology,
     input: ReplayInput,
-    sink: ReplaySink,
+    sink: ReplaySink<'_>,
     options: &ReplayOptions,
 ) -> Result<ReplaySummary, RuntimeError> {
     let records = match input {
         ReplayInput::Jsonl(path) => read_jsonl(&path)?,
+        ReplayInput::Records(records) => records,
         ReplayInput::Topics { kafka, topics, from_ms, until_ms } => {
             read_topics(&kafka, &topics, from_ms, until_ms)?
         }
@@ -151,7 +167,7 @@ pub fn run(
     Ok(replay.summary)
 }
 
-struct Replay<'a> {
+struct Replay<'a, 's> {
     topology: &'a StreamTopology,
     options: &'a ReplayOptions,
     state_dir: PathBuf,
@@ -159,15 +175,15 @@ struct Replay<'a> {
     tasks: BTreeMap<TaskId, Task>,
     globals: GlobalTables,
     metrics: std::sync::Arc<RuntimeMetrics>,
-    writer: SinkWriter,
-    internal: VecDeque<InputRecord>,
+    writer: SinkWriter<'s>,
+    internal: VecDeque<ReplayRecord>,
     internal_offsets: HashMap<(String, i32), i64>,
     summary: ReplaySummary,
 }
 
-impl Replay<'_> {
+impl Replay<'_, '_> {
     /// Processes one record, then everything it sent to internal topics, in order.
-    fn feed(&mut self, record: InputRecord) -> Result<(), RuntimeError> {
+    fn feed(&mut self, record: ReplayRecord) -> Result<(), RuntimeError> {
         self.process(record)?;
         while let Some(next) = self.internal.pop_front() {
             self.process(next)?;
@@ -175,7 +191,7 @@ impl Replay<'_> {
         Ok(())
     }
 
-    fn process(&mut self, record: InputRecord) -> Result<(), RuntimeError> {
+    fn process(&mut self, record: ReplayRecord) -> Result<(), RuntimeError> {
         if let Some(global) = self.topology.globals.iter().find(|g| g.topic == record.topic) {
             let key = record.key.as_deref().unwrap_or_default();
             self.globals.table_mut(&global.name).apply(key, record.value.as_deref());
@@ -269,15 +285,15 @@ impl Replay<'_> {
 }
 
 /// Output of a replay: to the sink, and back into the replay for internal topics.
-struct ReplayOutput<'a> {
+struct ReplayOutput<'a, 's> {
     topology: &'a StreamTopology,
-    writer: &'a mut SinkWriter,
-    internal: &'a mut VecDeque<InputRecord>,
+    writer: &'a mut SinkWriter<'s>,
+    internal: &'a mut VecDeque<ReplayRecord>,
     internal_offsets: &'a mut HashMap<(String, i32), i64>,
     summary: &'a mut ReplaySummary,
 }
 
-impl Output for ReplayOutput<'_> {
+impl Output for ReplayOutput<'_, '_> {
     fn emit(
         &mut self,
         topic: &str,
@@ -289,7 +305,7 @@ impl Output for ReplayOutput<'_> {
         self.writer.write(topic, key, value, timestamp_ms)?;
         if self.topology.sub_topology_of(topic).is_some() {
             let offset = self.internal_offsets.entry((topic.to_string(), 0)).or_default();
-            self.internal.push_back(InputRecord {
+            self.internal.push_back(ReplayRecord {
                 topic: topic.to_string(),
                 partition: None,
                 offset: *offset,
@@ -316,14 +332,16 @@ impl Output for ReplayOutput<'_> {
 }
 
 /// Writes replay outputs.
-enum SinkWriter {
+enum SinkWriter<'s> {
+    Callback(OutputCallback<'s>),
     Files { dir: PathBuf, files: HashMap<String, BufWriter<File>> },
     Topics { producer: ThreadedProducer<DefaultProducerContext>, prefix: String },
 }
 
-impl SinkWriter {
-    fn new(sink: ReplaySink, topology: &StreamTopology) -> Result<Self, RuntimeError> {
+impl<'s> SinkWriter<'s> {
+    fn new(sink: ReplaySink<'s>, topology: &StreamTopology) -> Result<Self, RuntimeError> {
         match sink {
+            ReplaySink::Callback(callback) => Ok(Self::Callback(callback)),
             ReplaySink::JsonlDir(dir) => {
                 std::fs::create_dir_all(&dir)
                     .map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
@@ -350,6 +368,7 @@ impl SinkWriter {
         timestamp_ms: i64,
     ) -> Result<(), RuntimeError> {
         match self {
+            Self::Callback(callback) => callback(topic, key, value, timestamp_ms),
             Self::Files { dir, files } => {
                 let file = match files.get_mut(topic) {
                     Some(file) => file,
@@ -397,6 +416,7 @@ impl SinkWriter {
 
     fn finish(self) -> Result<(), RuntimeError> {
         match self {
+            Self::Callback(_) => Ok(()),
             Self::Files { files, .. } => {
                 for (topic, mut file) in files {
                     file.flush().map_err(RuntimeError::io(format!("writing {topic}.jsonl")))?;
@@ -455,7 +475,7 @@ fn create_shadow_topics(
     Ok(())
 }
 
-fn read_jsonl(path: &Path) -> Result<Vec<InputRecord>, RuntimeError> {
+fn read_jsonl(path: &Path) -> Result<Vec<ReplayRecord>, RuntimeError> {
     let file = File::open(path).map_err(RuntimeError::io(format!("opening {}", path.display())))?;
     let registry = SchemaRegistry::builtin();
     let mut records = Vec::new();
@@ -498,7 +518,7 @@ fn read_jsonl(path: &Path) -> Result<Vec<InputRecord>, RuntimeError> {
             (Some(serde_json::Value::String(text)), None) => Some(text.into_bytes()),
             (Some(other), None) => Some(other.to_string().into_bytes()),
         };
-        records.push(InputRecord {
+        records.push(ReplayRecord {
             topic,
             partition,
             offset: index as i64,
@@ -515,7 +535,7 @@ fn read_topics(
     topics: &[String],
     from_ms: Option<i64>,
     until_ms: Option<i64>,
-) -> Result<Vec<InputRecord>, RuntimeError> {
+) -> Result<Vec<ReplayRecord>, RuntimeError> {
     let consumer: BaseConsumer = kafka
         .client_config()
         .set("group.id", "herald-replay")
@@ -580,7 +600,7 @@ fn read_topics(
                 if until_ms.is_some_and(|until| timestamp_ms >= until) {
                     continue;
                 }
-                records.push(InputRecord {
+                records.push(ReplayRecord {
                     topic: topic.clone(),
                     partition: Some(partition),
                     offset: message.offset(),

@@ -223,11 +223,11 @@ impl Store<'_> {
         self.range(prefix, &prefix_end(prefix), limit)
     }
 
-    /// The value of `key`, deserialised (values written with [`Store::put_as`]).
+    /// The value of `key`, deserialised from JSON (values written with [`Store::put_as`]).
     pub fn get_as<V: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<V>, RuntimeError> {
         self.get(key)?
             .map(|bytes| {
-                postcard::from_bytes(&bytes).map_err(|e| RuntimeError::StateValue {
+                serde_json::from_slice(&bytes).map_err(|e| RuntimeError::StateValue {
                     store: self.name.to_string(),
                     reason: e.to_string(),
                 })
@@ -235,9 +235,10 @@ impl Store<'_> {
             .transpose()
     }
 
-    /// Sets `key` to the serialised `value`.
+    /// Sets `key` to `value` serialised as JSON (self-describing, so stored values stay readable
+    /// and evolve with `#[serde(default)]` fields).
     pub fn put_as<V: Serialize>(&mut self, key: &[u8], value: &V) -> Result<(), RuntimeError> {
-        let bytes = postcard::to_allocvec(value).map_err(|e| RuntimeError::StateValue {
+        let bytes = serde_json::to_vec(value).map_err(|e| RuntimeError::StateValue {
             store: self.name.to_string(),
             reason: e.to_string(),
         })?;

@@ -1,0 +1,382 @@
+//! Campaign backtesting (`herald replay`): run campaigns over a JSON lines file of profiles and
+//! events on event time, with the same operators as the live engine, and write what they would
+//! have done. Format in `docs/replay.md`.
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, BufWriter, Write},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use chrono::DateTime;
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::{
+    campaign::{parse_campaign, ValidationErrors},
+    model::{
+        topics, AppEvent, CampaignCommand, CampaignEnvelope, Candidate, Device, Engagement,
+        IngestFormat, Platform, ProfileUpdate, Record, SchemaRegistry, Skip,
+    },
+    runtime::{
+        replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
+        RuntimeError,
+    },
+    stage_user::{user_stage_topology, Settings},
+};
+
+/// Why a backtest could not run.
+#[derive(Debug, Error)]
+pub enum BacktestError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A campaign file is invalid.
+    #[error(transparent)]
+    Campaign(#[from] ValidationErrors),
+    /// An input line is malformed.
+    #[error("{path}:{line}: {reason}")]
+    Input {
+        /// The input file.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The replay failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// What a backtest wrote.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BacktestSummary {
+    /// Input lines replayed.
+    pub records: u64,
+    /// Candidates written to `candidates.jsonl`.
+    pub candidates: u64,
+    /// Skips written to `skips.jsonl`.
+    pub skips: u64,
+    /// Engagements written to `engagements.jsonl`.
+    pub engagements: u64,
+    /// Rejected input records (in `dead-letters.jsonl`).
+    pub dead_letters: u64,
+}
+
+/// A backtest to run.
+pub struct Backtest {
+    /// Campaign files, or directories of `*.yaml`/`*.yml`/`*.json` files.
+    pub campaigns: Vec<PathBuf>,
+    /// The input JSON lines file.
+    pub input: PathBuf,
+    /// Output directory.
+    pub out: PathBuf,
+    /// App settings (caps, timezone).
+    pub settings: Settings,
+    /// App of input lines that name none (default: the first campaign's app).
+    pub app: Option<String>,
+    /// Fire timers due up to this time after the input (default: the last input time).
+    pub until_ms: Option<i64>,
+}
+
+impl Backtest {
+    /// Runs the backtest, writing `candidates.jsonl`, `skips.jsonl`, `engagements.jsonl` and
+    /// `dead-letters.jsonl` into the output directory.
+    pub fn run(&self) -> Result<BacktestSummary, BacktestError> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| BacktestError::Io { path, source }
+        };
+        let mut campaigns = Vec::new();
+        for path in self.campaign_files()? {
+            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+            let campaign = parse_campaign(&text, &path.display().to_string())?;
+            let definition: Value =
+                serde_norway::from_str(&text).map_err(|e| ValidationErrors {
+                    source: path.display().to_string(),
+                    errors: vec![crate::campaign::FieldError {
+                        path: "(document)".into(),
+                        reason: e.to_string(),
+                    }],
+                })?;
+            campaigns.push((campaign, definition.to_string()));
+        }
+        let app = self
+            .app
+            .clone()
+            .or_else(|| campaigns.first().map(|(c, _)| c.app.clone()))
+            .unwrap_or_default();
+        let mut records = read_input(&self.input, &app)?;
+        let start = records.first().map_or(0, |r| r.timestamp_ms);
+        let last = records.last().map_or(0, |r| r.timestamp_ms);
+        let registry = SchemaRegistry::builtin();
+        let definitions = campaigns.iter().map(|(campaign, definition)| {
+            let envelope = CampaignEnvelope {
+                campaign_id: campaign.id.clone(),
+                app_id: campaign.app.clone(),
+                command: CampaignCommand::Define,
+                definition: Some(definition.clone()),
+                revision: 0,
+                issued_at_ms: start,
+                issued_by: None,
+            };
+            registry.encode(&envelope).map(|bytes| ReplayRecord {
+                topic: topics::CAMPAIGNS.into(),
+                partition: None,
+                offset: 0,
+                key: Some(campaign.id.clone().into_bytes()),
+                value: Some(bytes),
+                timestamp_ms: start,
+            })
+        });
+        let mut input: Vec<ReplayRecord> = definitions
+            .collect::<Result<_, _>>()
+            .map_err(|e| RuntimeError::Topology(e.to_string()))?;
+        let replayed = records.len() as u64;
+        input.append(&mut records);
+
+        std::fs::create_dir_all(&self.out).map_err(io(&self.out))?;
+        let mut writers = Writers::create(&self.out)?;
+        let topology = user_stage_topology(
+            "herald-replay",
+            Arc::new(self.settings.clone()),
+            IngestFormat::Avro,
+        )?;
+        let options = ReplayOptions {
+            fire_timers_until: Some(self.until_ms.unwrap_or(last)),
+            ..ReplayOptions::default()
+        };
+        let sink =
+            ReplaySink::Callback(Box::new(|topic, _key, value, _ts| writers.write(topic, value)));
+        replay::run(&topology, ReplayInput::Records(input), sink, &options)?;
+        let mut summary = writers.finish()?;
+        summary.records = replayed;
+        Ok(summary)
+    }
+
+    fn campaign_files(&self) -> Result<Vec<PathBuf>, BacktestError> {
+        let mut files = Vec::new();
+        for path in &self.campaigns {
+            if path.is_dir() {
+                let io = |source| BacktestError::Io { path: path.display().to_string(), source };
+                let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                    .map_err(io)?
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+                    })
+                    .collect();
+                found.sort();
+                files.extend(found);
+            } else {
+                files.push(path.clone());
+            }
+        }
+        Ok(files)
+    }
+}
+
+/// The output files of a backtest.
+struct Writers {
+    candidates: BufWriter<File>,
+    skips: BufWriter<File>,
+    engagements: BufWriter<File>,
+    dead_letters: BufWriter<File>,
+    summary: BacktestSummary,
+    dir: PathBuf,
+}
+
+impl Writers {
+    fn create(dir: &Path) -> Result<Self, BacktestError> {
+        let open = |name: &str| {
+            let path = dir.join(name);
+            File::create(&path)
+                .map(BufWriter::new)
+                .map_err(|source| BacktestError::Io { path: path.display().to_string(), source })
+        };
+        Ok(Self {
+            candidates: open("candidates.jsonl")?,
+            skips: open("skips.jsonl")?,
+            engagements: open("engagements.jsonl")?,
+            dead_letters: open("dead-letters.jsonl")?,
+            summary: BacktestSummary::default(),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn write(&mut self, topic: &str, value: &[u8]) -> Result<(), RuntimeError> {
+        let registry = SchemaRegistry::builtin();
+        let decode_error =
+            |e: crate::model::CodecError| RuntimeError::Topology(format!("replay output: {e}"));
+        let (name, _) = registry.decode_value(value).map_err(decode_error)?;
+        let (file, line, count) = match (topic, name) {
+            (topics::CAMPAIGN_FLOW, Candidate::FULL_NAME) => {
+                let record: Candidate = registry.decode(value).map_err(decode_error)?;
+                (&mut self.candidates, serde_json::to_string(&record), &mut self.summary.candidates)
+            }
+            (topics::CAMPAIGN_FLOW, Skip::FULL_NAME) => {
+                let record: Skip = registry.decode(value).map_err(decode_error)?;
+                (&mut self.skips, serde_json::to_string(&record), &mut self.summary.skips)
+            }
+            (topics::CAMPAIGN_FLOW, Engagement::FULL_NAME) => {
+                let record: Engagement = registry.decode(value).map_err(decode_error)?;
+                (
+                    &mut self.engagements,
+                    serde_json::to_string(&record),
+                    &mut self.summary.engagements,
+                )
+            }
+            (_, _) => {
+                let (_, decoded) = registry.decode_value(value).map_err(decode_error)?;
+                let json = serde_json::Value::try_from(decoded)
+                    .map_err(|e| RuntimeError::Topology(e.to_string()))?;
+                (
+                    &mut self.dead_letters,
+                    serde_json::to_string(&json),
+                    &mut self.summary.dead_letters,
+                )
+            }
+        };
+        *count += 1;
+        let line = line.map_err(|e| RuntimeError::Topology(e.to_string()))?;
+        writeln!(file, "{line}")
+            .map_err(RuntimeError::io(format!("writing to {}", self.dir.display())))
+    }
+
+    fn finish(mut self) -> Result<BacktestSummary, BacktestError> {
+        for file in
+            [&mut self.candidates, &mut self.skips, &mut self.engagements, &mut self.dead_letters]
+        {
+            file.flush().map_err(|source| BacktestError::Io {
+                path: self.dir.display().to_string(),
+                source,
+            })?;
+        }
+        Ok(self.summary)
+    }
+}
+
+/// Reads the backtest input format into replay records (profiles and events, Avro encoded),
+/// ordered by time (stable for equal times).
+fn read_input(path: &Path, default_app: &str) -> Result<Vec<ReplayRecord>, BacktestError> {
+    let shown = path.display().to_string();
+    let file =
+        File::open(path).map_err(|source| BacktestError::Io { path: shown.clone(), source })?;
+    let registry = SchemaRegistry::builtin();
+    let mut records = Vec::new();
+    for (index, line) in BufReader::new(file).lines().enumerate() {
+        let bad =
+            |reason: String| BacktestError::Input { path: shown.clone(), line: index + 1, reason };
+        let line = line.map_err(|e| bad(e.to_string()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let object: Map<String, Value> =
+            serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        let text = |key: &str| object.get(key).and_then(Value::as_str).map(str::to_string);
+        let user = text("user").ok_or_else(|| bad("missing string field \"user\"".into()))?;
+        let app = text("app").unwrap_or_else(|| default_app.to_string());
+        let timestamp_ms = match object.get("ts") {
+            Some(Value::String(ts)) => DateTime::parse_from_rfc3339(ts)
+                .map_err(|e| bad(format!("bad \"ts\" {ts:?}: {e}")))?
+                .timestamp_millis(),
+            Some(Value::Number(ms)) => {
+                ms.as_i64().ok_or_else(|| bad("\"ts\" must be whole milliseconds".into()))?
+            }
+            _ => return Err(bad("missing \"ts\" (RFC 3339 text or epoch milliseconds)".into())),
+        };
+        let properties = |key: &str| -> Result<crate::model::Properties, BacktestError> {
+            match object.get(key) {
+                None | Some(Value::Null) => Ok(Default::default()),
+                Some(value) => serde_json::from_value(value.clone())
+                    .map_err(|e| bad(format!("\"{key}\": {e}"))),
+            }
+        };
+        let (topic, bytes) = match text("type").as_deref() {
+            Some("event") => {
+                let name = text("name").ok_or_else(|| bad("event without \"name\"".into()))?;
+                let event = AppEvent {
+                    event_id: format!("{}:{}", shown, index + 1),
+                    app_id: app,
+                    user_id: user.clone(),
+                    name,
+                    timestamp_ms,
+                    properties: properties("props")?,
+                    sdk_version: None,
+                };
+                (topics::EVENTS, registry.encode(&event))
+            }
+            Some("profile") => {
+                let unset = match object.get("unset") {
+                    None => Vec::new(),
+                    Some(value) => serde_json::from_value(value.clone())
+                        .map_err(|e| bad(format!("\"unset\": {e}")))?,
+                };
+                let devices = match object.get("devices") {
+                    None => Vec::new(),
+                    Some(Value::Array(items)) => items
+                        .iter()
+                        .map(|item| {
+                            device(item).map_err(|reason| bad(format!("\"devices\": {reason}")))
+                        })
+                        .collect::<Result<_, _>>()?,
+                    Some(_) => return Err(bad("\"devices\" must be a list".into())),
+                };
+                let update = ProfileUpdate {
+                    app_id: app,
+                    user_id: user.clone(),
+                    timestamp_ms,
+                    set: properties("set")?,
+                    unset,
+                    devices_added: devices,
+                    tokens_removed: Vec::new(),
+                };
+                (topics::PROFILES, registry.encode(&update))
+            }
+            other => {
+                return Err(bad(format!(
+                    "\"type\" must be \"event\" or \"profile\", found {other:?}"
+                )))
+            }
+        };
+        let bytes = bytes.map_err(|e| bad(e.to_string()))?;
+        records.push(ReplayRecord {
+            topic: topic.into(),
+            partition: None,
+            offset: index as i64,
+            key: Some(user.into_bytes()),
+            value: Some(bytes),
+            timestamp_ms,
+        });
+    }
+    records.sort_by_key(|r| r.timestamp_ms);
+    Ok(records)
+}
+
+fn device(item: &Value) -> Result<Device, String> {
+    let text = |key: &str| item.get(key).and_then(Value::as_str).map(str::to_string);
+    let platform = match text("platform").as_deref() {
+        Some("ios") => Platform::Ios,
+        Some("android") => Platform::Android,
+        other => return Err(format!("platform must be ios or android, found {other:?}")),
+    };
+    let token = text("token").ok_or("a device needs a token")?;
+    Ok(Device {
+        device_id: text("device_id").unwrap_or_else(|| token.clone()),
+        platform,
+        token,
+        app_version: text("app_version"),
+        os_version: text("os_version"),
+        make: text("make"),
+        model: text("model"),
+        sdk_version: text("sdk_version"),
+    })
+}

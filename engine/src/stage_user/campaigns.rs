@@ -1,0 +1,89 @@
+//! The campaigns the user stage evaluates, compiled from the campaigns global table.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use crate::{
+    campaign::{parse_campaign, Behaviour, Campaign, CampaignStatus, Filter},
+    model::{CampaignCommand, CampaignEnvelope, SchemaRegistry},
+    runtime::GlobalTable,
+};
+
+/// Compiled campaigns by id, and the behaviour predicates their filters reference.
+#[derive(Default)]
+pub struct CampaignBook {
+    campaigns: BTreeMap<String, Arc<Campaign>>,
+    behaviours: Vec<Behaviour>,
+}
+
+impl CampaignBook {
+    /// Compiles every campaign of the global table. Envelopes that do not decode or whose
+    /// definition is invalid are skipped with a warning (`herald campaign apply` never
+    /// publishes those).
+    pub fn from_table(table: &GlobalTable) -> Self {
+        let mut campaigns = BTreeMap::new();
+        for (key, value) in table.iter() {
+            match compile(value) {
+                Ok(campaign) => {
+                    campaigns.insert(campaign.id.clone(), Arc::new(campaign));
+                }
+                Err(reason) => tracing::warn!(
+                    campaign = %String::from_utf8_lossy(key),
+                    %reason,
+                    "ignoring campaign"
+                ),
+            }
+        }
+        let mut behaviours = Vec::new();
+        for campaign in campaigns.values() {
+            collect_behaviours(&campaign.who, &mut behaviours);
+        }
+        Self { campaigns, behaviours }
+    }
+
+    /// Campaigns of `app` that are active.
+    pub fn active_for<'a>(&'a self, app: &'a str) -> impl Iterator<Item = &'a Arc<Campaign>> + 'a {
+        self.campaigns.values().filter(move |c| c.app == app && c.status == CampaignStatus::Active)
+    }
+
+    /// The campaign `id`, whatever its status.
+    pub fn get(&self, id: &str) -> Option<&Arc<Campaign>> {
+        self.campaigns.get(id)
+    }
+
+    /// Behaviour predicates referenced by any campaign.
+    pub fn behaviours(&self) -> &[Behaviour] {
+        &self.behaviours
+    }
+}
+
+fn compile(value: &[u8]) -> Result<Campaign, String> {
+    let envelope: CampaignEnvelope =
+        SchemaRegistry::builtin().decode(value).map_err(|e| e.to_string())?;
+    let definition = envelope
+        .definition
+        .as_deref()
+        .ok_or_else(|| format!("{:?} envelope without a definition", envelope.command))?;
+    let mut campaign =
+        parse_campaign(definition, &envelope.campaign_id).map_err(|e| e.to_string())?;
+    campaign.status = match envelope.command {
+        CampaignCommand::Define | CampaignCommand::Resume => campaign.status,
+        CampaignCommand::Pause => CampaignStatus::Paused,
+        CampaignCommand::Stop => CampaignStatus::Stopped,
+    };
+    Ok(campaign)
+}
+
+fn collect_behaviours(filter: &Filter, out: &mut Vec<Behaviour>) {
+    match filter {
+        Filter::All(filters) | Filter::Any(filters) => {
+            filters.iter().for_each(|f| collect_behaviours(f, out));
+        }
+        Filter::Not(filter) => collect_behaviours(filter, out),
+        Filter::Behaviour(behaviour) => {
+            if !out.contains(behaviour) {
+                out.push(behaviour.clone());
+            }
+        }
+        Filter::Property(_) | Filter::Device(_) | Filter::Near(_) => {}
+    }
+}

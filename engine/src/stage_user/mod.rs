@@ -1,0 +1,596 @@
+//! The user stage (partitioned by user id): keeps profiles, devices and event history; turns
+//! events into campaign candidates through live triggers, inaction windows and date reminders;
+//! applies per-user gates; forwards engagements. Written against the runtime's processor API.
+
+mod campaigns;
+mod gates;
+mod history;
+mod profile;
+mod settings;
+
+use std::sync::Arc;
+
+pub use campaigns::CampaignBook;
+pub use gates::{dnd_window_end, in_sample, Capped, SendLog};
+pub use profile::{Profile, UserView};
+use serde::{Deserialize, Serialize};
+pub use settings::{AppSettings, Settings};
+
+use crate::{
+    campaign::{Campaign, DndAction, Trigger},
+    model::{
+        topics, AppEvent, Candidate, Engagement, EngagementKind, IngestDecoder, IngestFormat,
+        ProfileUpdate, Properties, PropertyValue, Receipt, ReceiptStatus, Record, SchemaRegistry,
+        Skip,
+    },
+    runtime::{
+        ProcessError, Processor, ProcessorContext, RuntimeError, SourceRecord, StreamTopology,
+        Timer,
+    },
+};
+
+const PROFILES: &str = "profiles";
+const HISTORY: &str = "history";
+const SEND_LOG: &str = "sendlog";
+const PENDING: &str = "pending";
+const DELIVERIES: &str = "deliveries";
+/// Name of the campaigns global table.
+pub const CAMPAIGNS_TABLE: &str = "campaigns";
+/// Days of event history kept.
+const LOOK_BACK_DAYS: i64 = 90;
+
+/// The user-stage topology: events, profiles and receipts in, campaign flow out.
+pub fn user_stage_topology(
+    app_id: &str,
+    settings: Arc<Settings>,
+    ingest: IngestFormat,
+) -> Result<StreamTopology, RuntimeError> {
+    StreamTopology::builder(app_id)
+        .dead_letter_topic(topics::DEAD_LETTER)
+        .global_table(CAMPAIGNS_TABLE, topics::CAMPAIGNS)
+        .sub_topology(
+            "user",
+            move |_| UserStage::new(Arc::clone(&settings), ingest),
+            |s| {
+                s.source(topics::EVENTS)
+                    .source(topics::PROFILES)
+                    .source(topics::RECEIPTS)
+                    .store(PROFILES)
+                    .store(HISTORY)
+                    .store(SEND_LOG)
+                    .store(PENDING)
+                    .store(DELIVERIES)
+                    .sink(topics::CAMPAIGN_FLOW)
+            },
+        )
+        .build()
+}
+
+/// Why a trigger is waiting on a timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Waiting {
+    /// For the inaction window to pass.
+    Inaction,
+    /// For a date reminder's time.
+    Reminder,
+    /// For the end of do-not-disturb hours.
+    Dnd,
+}
+
+/// A trigger waiting on a timer (`pending` store, keyed like its timer).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pending {
+    campaign: String,
+    user: String,
+    app: String,
+    waiting: Waiting,
+    trigger_event: String,
+    #[serde(default)]
+    event_properties: Properties,
+    due_ms: i64,
+}
+
+impl Pending {
+    fn key(&self) -> Vec<u8> {
+        let at =
+            if self.waiting == Waiting::Reminder { self.due_ms.to_string() } else { String::new() };
+        format!("{}\u{0}{}\u{0}{:?}{at}", self.user, self.campaign, self.waiting).into_bytes()
+    }
+}
+
+/// A delivery kept for conversion attribution (`deliveries` store, keyed by user).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Delivery {
+    campaign: String,
+    variant: String,
+    message: String,
+    at_ms: i64,
+}
+
+/// The user-stage processor of one task.
+pub struct UserStage {
+    settings: Arc<Settings>,
+    decoder: IngestDecoder,
+    campaigns: CampaignBook,
+    /// False when the campaigns table changed since `campaigns` was compiled.
+    campaigns_current: bool,
+}
+
+impl UserStage {
+    /// A processor using `settings` and accepting `ingest` encodings on events and profiles.
+    pub fn new(settings: Arc<Settings>, ingest: IngestFormat) -> Self {
+        Self {
+            settings,
+            decoder: IngestDecoder::new(ingest),
+            campaigns: CampaignBook::default(),
+            campaigns_current: false,
+        }
+    }
+
+    fn refresh_campaigns(&mut self, ctx: &ProcessorContext<'_>) {
+        if !self.campaigns_current {
+            self.campaigns =
+                ctx.global(CAMPAIGNS_TABLE).map(CampaignBook::from_table).unwrap_or_default();
+            self.campaigns_current = true;
+        }
+    }
+
+    fn on_profile(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        update: ProfileUpdate,
+    ) -> Result<(), ProcessError> {
+        let mut profiles = ctx.store(PROFILES)?;
+        let mut profile =
+            profiles.get_as::<Profile>(update.user_id.as_bytes())?.unwrap_or_default();
+        profile.apply(&update);
+        profiles.put_as(update.user_id.as_bytes(), &profile)?;
+        Ok(())
+    }
+
+    fn on_receipt(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        receipt: Receipt,
+    ) -> Result<(), ProcessError> {
+        let kind = match receipt.status {
+            ReceiptStatus::Accepted => EngagementKind::Delivered,
+            ReceiptStatus::Failed | ReceiptStatus::Expired => EngagementKind::Failed,
+            ReceiptStatus::TokenInvalid => EngagementKind::TokenInvalid,
+        };
+        let user = receipt.user_id.as_bytes();
+        if kind == EngagementKind::TokenInvalid {
+            let mut profiles = ctx.store(PROFILES)?;
+            if let Some(mut profile) = profiles.get_as::<Profile>(user)? {
+                profile.remove_token(&receipt.token);
+                profiles.put_as(user, &profile)?;
+            }
+        }
+        if kind == EngagementKind::Delivered {
+            let mut deliveries = ctx.store(DELIVERIES)?;
+            let mut list = deliveries.get_as::<Vec<Delivery>>(user)?.unwrap_or_default();
+            list.retain(|d| receipt.timestamp_ms - d.at_ms < 30 * history::DAY_MS);
+            list.push(Delivery {
+                campaign: receipt.campaign_id.clone(),
+                variant: receipt.variant_id.clone(),
+                message: receipt.message_id.clone(),
+                at_ms: receipt.timestamp_ms,
+            });
+            deliveries.put_as(user, &list)?;
+        }
+        emit(
+            ctx,
+            &receipt.campaign_id,
+            &Engagement {
+                campaign_id: receipt.campaign_id.clone(),
+                variant_id: Some(receipt.variant_id.clone()),
+                user_id: receipt.user_id.clone(),
+                message_id: Some(receipt.message_id.clone()),
+                kind,
+                timestamp_ms: receipt.timestamp_ms,
+                value: None,
+            },
+        )
+    }
+
+    fn on_event(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        event: AppEvent,
+    ) -> Result<(), ProcessError> {
+        self.record_history(ctx, &event)?;
+        self.forward_notification_engagement(ctx, &event)?;
+        self.attribute_conversions(ctx, &event)?;
+        let campaigns: Vec<Arc<Campaign>> =
+            self.campaigns.active_for(&event.app_id).cloned().collect();
+        for campaign in campaigns {
+            self.cancel_inaction(ctx, &campaign, &event)?;
+            self.trigger(ctx, &campaign, &event)?;
+        }
+        Ok(())
+    }
+
+    fn record_history(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        event: &AppEvent,
+    ) -> Result<(), ProcessError> {
+        let mut store = ctx.store(HISTORY)?;
+        history::record(
+            &mut store,
+            &event.user_id,
+            &event.name,
+            event.timestamp_ms,
+            LOOK_BACK_DAYS,
+        )?;
+        for behaviour in self.campaigns.behaviours() {
+            let matches = behaviour.event == event.name
+                && !behaviour.conditions.is_empty()
+                && behaviour
+                    .conditions
+                    .iter()
+                    .all(|c| c.matches_in(&event.properties, event.timestamp_ms));
+            if matches {
+                let key = history::behaviour_key(behaviour);
+                history::record(
+                    &mut store,
+                    &event.user_id,
+                    &key,
+                    event.timestamp_ms,
+                    LOOK_BACK_DAYS,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn forward_notification_engagement(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        event: &AppEvent,
+    ) -> Result<(), ProcessError> {
+        let kind = match event.name.as_str() {
+            "Notification Viewed" => EngagementKind::Impression,
+            "Notification Clicked" => EngagementKind::Click,
+            _ => return Ok(()),
+        };
+        let text = |name: &str| match event.properties.get(name) {
+            Some(PropertyValue::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let campaign = text("campaign_id").ok_or_else(|| {
+            ProcessError::reject(format!("{} event without a campaign_id property", event.name))
+        })?;
+        emit(
+            ctx,
+            &campaign,
+            &Engagement {
+                campaign_id: campaign.clone(),
+                variant_id: text("variant_id"),
+                user_id: event.user_id.clone(),
+                message_id: text("message_id"),
+                kind,
+                timestamp_ms: event.timestamp_ms,
+                value: None,
+            },
+        )
+    }
+
+    fn attribute_conversions(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        event: &AppEvent,
+    ) -> Result<(), ProcessError> {
+        let user = event.user_id.as_bytes();
+        let Some(mut list) = ctx.store(DELIVERIES)?.get_as::<Vec<Delivery>>(user)? else {
+            return Ok(());
+        };
+        let mut converted = Vec::new();
+        list.retain(|delivery| {
+            let window = self
+                .campaigns
+                .get(&delivery.campaign)
+                .and_then(|c| c.options.conversion.as_ref())
+                .filter(|conversion| conversion.event == event.name)
+                .map(|conversion| conversion.within_ms);
+            let converts = window.is_some_and(|within| {
+                event.timestamp_ms >= delivery.at_ms
+                    && event.timestamp_ms - delivery.at_ms <= within
+            });
+            if converts {
+                converted.push(delivery.clone());
+            }
+            !converts
+        });
+        if converted.is_empty() {
+            return Ok(());
+        }
+        ctx.store(DELIVERIES)?.put_as(user, &list)?;
+        let value = match event.properties.get("value").or_else(|| event.properties.get("amount")) {
+            Some(PropertyValue::Double(v)) => Some(*v),
+            Some(PropertyValue::Long(v)) => Some(*v as f64),
+            _ => None,
+        };
+        for delivery in converted {
+            emit(
+                ctx,
+                &delivery.campaign,
+                &Engagement {
+                    campaign_id: delivery.campaign.clone(),
+                    variant_id: Some(delivery.variant),
+                    user_id: event.user_id.clone(),
+                    message_id: Some(delivery.message),
+                    kind: EngagementKind::Conversion,
+                    timestamp_ms: event.timestamp_ms,
+                    value,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// An `unless` event cancels the campaign's open inaction window for the user.
+    fn cancel_inaction(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        event: &AppEvent,
+    ) -> Result<(), ProcessError> {
+        let Trigger::Event { unless: Some(unless), .. } = &campaign.when.trigger else {
+            return Ok(());
+        };
+        if unless.event != event.name {
+            return Ok(());
+        }
+        let probe = Pending {
+            campaign: campaign.id.clone(),
+            user: event.user_id.clone(),
+            app: event.app_id.clone(),
+            waiting: Waiting::Inaction,
+            trigger_event: String::new(),
+            event_properties: Properties::new(),
+            due_ms: 0,
+        };
+        let key = probe.key();
+        let Some(pending) = ctx.store(PENDING)?.get_as::<Pending>(&key)? else { return Ok(()) };
+        if event.timestamp_ms <= pending.due_ms {
+            ctx.store(PENDING)?.delete(&key)?;
+            ctx.cancel(pending.due_ms, &key)?;
+        }
+        Ok(())
+    }
+
+    fn trigger(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Arc<Campaign>,
+        event: &AppEvent,
+    ) -> Result<(), ProcessError> {
+        if !in_window(campaign, event.timestamp_ms) {
+            return Ok(());
+        }
+        let waiting = match &campaign.when.trigger {
+            Trigger::Event { event: name, conditions, unless } => {
+                if *name != event.name
+                    || !conditions
+                        .iter()
+                        .all(|c| c.matches_in(&event.properties, event.timestamp_ms))
+                {
+                    return Ok(());
+                }
+                match unless {
+                    None => {
+                        return self.qualify(
+                            ctx,
+                            campaign,
+                            &event.user_id,
+                            &event.name,
+                            &event.properties,
+                            event.timestamp_ms,
+                            false,
+                        )
+                    }
+                    Some(unless) => (Waiting::Inaction, event.timestamp_ms + unless.within_ms),
+                }
+            }
+            Trigger::DateReminder { event: name, property, offset_ms } => {
+                if *name != event.name {
+                    return Ok(());
+                }
+                let Some(date) = event.properties.get(property).and_then(crate::campaign::time_ms)
+                else {
+                    return Ok(());
+                };
+                let due = date + offset_ms;
+                if due <= event.timestamp_ms {
+                    return Ok(());
+                }
+                (Waiting::Reminder, due)
+            }
+        };
+        let pending = Pending {
+            campaign: campaign.id.clone(),
+            user: event.user_id.clone(),
+            app: event.app_id.clone(),
+            waiting: waiting.0,
+            trigger_event: event.name.clone(),
+            event_properties: event.properties.clone(),
+            due_ms: waiting.1,
+        };
+        let key = pending.key();
+        let mut store = ctx.store(PENDING)?;
+        if store.get(&key)?.is_some() {
+            return Ok(()); // a window is already open (or the same reminder is set)
+        }
+        store.put_as(&key, &pending)?;
+        ctx.schedule(pending.due_ms, &key)?;
+        Ok(())
+    }
+
+    /// Checks who, sample, reachability, do-not-disturb and caps; emits a candidate or a skip.
+    #[allow(clippy::too_many_arguments)]
+    fn qualify(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        user: &str,
+        trigger_event: &str,
+        event_properties: &Properties,
+        at_ms: i64,
+        after_dnd: bool,
+    ) -> Result<(), ProcessError> {
+        let profile = ctx.store(PROFILES)?.get_as::<Profile>(user.as_bytes())?.unwrap_or_default();
+        let history = history::load(&ctx.store(HISTORY)?, user)?;
+        if !campaign.who.matches(&UserView { profile: &profile, history: &history }, at_ms) {
+            return Ok(());
+        }
+        let skip = |ctx: &mut ProcessorContext<'_>, reason: &str| {
+            emit(
+                ctx,
+                &campaign.id,
+                &Skip {
+                    campaign_id: campaign.id.clone(),
+                    app_id: campaign.app.clone(),
+                    user_id: user.to_string(),
+                    reason: reason.to_string(),
+                    timestamp_ms: at_ms,
+                },
+            )
+        };
+        if !in_sample(&campaign.id, user, campaign.options.sample_percent) {
+            return skip(ctx, "sampled_out");
+        }
+        let devices = profile.reachable_devices(&campaign.options.platforms);
+        if devices.is_empty() {
+            return skip(ctx, "not_reachable");
+        }
+        let app = self.settings.app(&campaign.app);
+        let tz = profile.timezone().unwrap_or(app.timezone);
+        if let (Some(dnd), false) = (&campaign.options.dnd, after_dnd) {
+            if let Some(window_end) = dnd_window_end(dnd, tz, at_ms) {
+                if dnd.action == DndAction::Discard {
+                    return skip(ctx, "dnd_discarded");
+                }
+                let pending = Pending {
+                    campaign: campaign.id.clone(),
+                    user: user.to_string(),
+                    app: campaign.app.clone(),
+                    waiting: Waiting::Dnd,
+                    trigger_event: trigger_event.to_string(),
+                    event_properties: event_properties.clone(),
+                    due_ms: window_end,
+                };
+                let key = pending.key();
+                ctx.store(PENDING)?.put_as(&key, &pending)?;
+                ctx.schedule(window_end, &key)?;
+                return Ok(());
+            }
+        }
+        let mut send_log = ctx.store(SEND_LOG)?;
+        let mut log = send_log.get_as::<SendLog>(user.as_bytes())?.unwrap_or_default();
+        if !campaign.options.ignore_global_caps {
+            if let Some(capped) = log.check(app, tz, at_ms) {
+                return skip(ctx, capped.reason());
+            }
+        }
+        log.record(at_ms);
+        send_log.put_as(user.as_bytes(), &log)?;
+        let text = |name: &str| match profile.properties.get(name) {
+            Some(PropertyValue::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        emit(
+            ctx,
+            &campaign.id,
+            &Candidate {
+                campaign_id: campaign.id.clone(),
+                app_id: campaign.app.clone(),
+                run_id: "trigger".into(),
+                user_id: user.to_string(),
+                qualified_at_ms: at_ms,
+                trigger_event: Some(trigger_event.to_string()),
+                event_properties: event_properties.clone(),
+                profile: profile.properties.clone(),
+                devices,
+                timezone: Some(tz.name().to_string()),
+                language: text("language"),
+            },
+        )
+    }
+}
+
+fn in_window(campaign: &Campaign, at_ms: i64) -> bool {
+    campaign.when.start.is_none_or(|start| at_ms >= start.timestamp_millis())
+        && campaign.when.end.is_none_or(|end| at_ms <= end.timestamp_millis())
+}
+
+fn emit<R: Record>(
+    ctx: &mut ProcessorContext<'_>,
+    campaign: &str,
+    record: &R,
+) -> Result<(), ProcessError> {
+    let bytes = SchemaRegistry::builtin()
+        .encode(record)
+        .map_err(|e| RuntimeError::Topology(format!("cannot encode {}: {e}", R::FULL_NAME)))?;
+    ctx.send(topics::CAMPAIGN_FLOW, campaign.as_bytes(), &bytes)?;
+    Ok(())
+}
+
+impl Processor for UserStage {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        record: &SourceRecord<'_>,
+    ) -> Result<(), ProcessError> {
+        self.refresh_campaigns(ctx);
+        let value =
+            record.value.ok_or_else(|| ProcessError::reject("tombstone on an input topic"))?;
+        match record.topic {
+            topics::EVENTS => {
+                let event: AppEvent = self.decoder.decode(value)?;
+                self.on_event(ctx, event)
+            }
+            topics::PROFILES => {
+                let update: ProfileUpdate = self.decoder.decode(value)?;
+                self.on_profile(ctx, update)
+            }
+            topics::RECEIPTS => {
+                let receipt: Receipt = SchemaRegistry::builtin().decode(value)?;
+                self.on_receipt(ctx, receipt)
+            }
+            other => Err(ProcessError::reject(format!("unexpected topic {other}"))),
+        }
+    }
+
+    fn on_timer(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        timer: &Timer,
+    ) -> Result<(), ProcessError> {
+        self.refresh_campaigns(ctx);
+        let Some(pending) = ctx.store(PENDING)?.get_as::<Pending>(&timer.key)? else {
+            return Ok(());
+        };
+        ctx.store(PENDING)?.delete(&timer.key)?;
+        let Some(campaign) = self.campaigns.get(&pending.campaign).cloned() else { return Ok(()) };
+        if campaign.status != crate::campaign::CampaignStatus::Active
+            || !in_window(&campaign, timer.at_ms)
+        {
+            return Ok(());
+        }
+        let after_dnd = pending.waiting == Waiting::Dnd;
+        self.qualify(
+            ctx,
+            &campaign,
+            &pending.user,
+            &pending.trigger_event,
+            &pending.event_properties,
+            timer.at_ms,
+            after_dnd,
+        )
+    }
+
+    fn on_global_change(&mut self, _table: &str, _key: &[u8], _value: Option<&[u8]>) {
+        self.campaigns_current = false;
+    }
+}

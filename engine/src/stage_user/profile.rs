@@ -1,0 +1,95 @@
+//! A user's profile as the user stage keeps it, and the view filters evaluate.
+
+use std::collections::HashMap;
+
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    campaign::{Behaviour, ProfileView},
+    model::{Device, Platform, ProfileUpdate, Properties, PropertyValue},
+};
+
+/// Properties and devices of one user.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// Custom, demographic, location, reachability, timezone and language properties.
+    #[serde(default)]
+    pub properties: Properties,
+    /// Devices, one per installation.
+    #[serde(default)]
+    pub devices: Vec<Device>,
+}
+
+impl Profile {
+    /// Applies a profile update: set, unset, devices added (replacing the same device id or
+    /// token), tokens removed.
+    pub fn apply(&mut self, update: &ProfileUpdate) {
+        for (name, value) in &update.set {
+            self.properties.insert(name.clone(), value.clone());
+        }
+        for name in &update.unset {
+            self.properties.remove(name);
+        }
+        for device in &update.devices_added {
+            self.devices.retain(|d| d.device_id != device.device_id && d.token != device.token);
+            self.devices.push(device.clone());
+        }
+        for token in &update.tokens_removed {
+            self.remove_token(token);
+        }
+    }
+
+    /// Forgets the device with `token` (e.g. after a `token invalid` receipt).
+    pub fn remove_token(&mut self, token: &str) {
+        self.devices.retain(|d| d.token != token);
+    }
+
+    /// The user's timezone, if the profile names a valid one.
+    pub fn timezone(&self) -> Option<Tz> {
+        match self.properties.get("timezone") {
+            Some(PropertyValue::String(name)) => name.parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// Devices a push can reach on `platforms`: with a token, and the user not opted out.
+    pub fn reachable_devices(&self, platforms: &[Platform]) -> Vec<Device> {
+        let opted_out =
+            matches!(self.properties.get("push_opt_out"), Some(PropertyValue::Bool(true)));
+        if opted_out {
+            return Vec::new();
+        }
+        self.devices
+            .iter()
+            .filter(|d| !d.token.is_empty() && platforms.contains(&d.platform))
+            .cloned()
+            .collect()
+    }
+}
+
+/// A profile with its event history, as filters see it.
+pub struct UserView<'a> {
+    /// The profile.
+    pub profile: &'a Profile,
+    /// Daily counts per history key: (day number, count).
+    pub history: &'a HashMap<String, Vec<(i64, u32)>>,
+}
+
+impl ProfileView for UserView<'_> {
+    fn property(&self, name: &str) -> Option<&PropertyValue> {
+        self.profile.properties.get(name)
+    }
+
+    fn devices(&self) -> &[Device] {
+        &self.profile.devices
+    }
+
+    fn occurrences(&self, behaviour: &Behaviour, since_ms: i64) -> u32 {
+        let first_day = since_ms.div_euclid(super::history::DAY_MS);
+        self.history
+            .get(&super::history::behaviour_key(behaviour))
+            .map(|days| days.iter().filter(|(day, _)| *day >= first_day).map(|(_, n)| n).sum())
+            .unwrap_or(0)
+    }
+}
