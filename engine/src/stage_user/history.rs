@@ -64,8 +64,9 @@ pub fn load(
     prefix.push(0);
     let mut history: HashMap<String, Vec<(i64, u32)>> = HashMap::new();
     for (entry, value) in store.prefix(&prefix, 100_000)? {
+        // <key> 0x00 <8-byte day>: the day is fixed-width and may itself contain zero bytes.
         let rest = &entry[prefix.len()..];
-        let Some(split) = rest.iter().rposition(|b| *b == 0) else { continue };
+        let Some(split) = rest.len().checked_sub(9) else { continue };
         let (Ok(key), Ok(day)) =
             (std::str::from_utf8(&rest[..split]), <[u8; 8]>::try_from(&rest[split + 1..]))
         else {

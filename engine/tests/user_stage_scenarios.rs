@@ -1,0 +1,402 @@
+//! Scenarios of the user stage, read like the product reference, run with `herald replay`'s
+//! backtest on event time (the same operator code as the live engine).
+
+use std::path::Path;
+
+use herald_engine::{
+    backtest::{Backtest, BacktestSummary},
+    model::{Candidate, Skip},
+    stage_user::Settings,
+};
+
+struct Run {
+    dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn campaign(&self, name: &str, yaml: &str) -> &Self {
+        std::fs::create_dir_all(self.dir.path().join("campaigns")).unwrap();
+        std::fs::write(self.dir.path().join("campaigns").join(format!("{name}.yaml")), yaml)
+            .unwrap();
+        self
+    }
+
+    fn replay(&self, lines: &[String], settings: &str, until: Option<&str>) -> BacktestSummary {
+        let input = self.dir.path().join("input.jsonl");
+        std::fs::write(&input, lines.join("\n")).unwrap();
+        Backtest {
+            campaigns: vec![self.dir.path().join("campaigns")],
+            input,
+            out: self.dir.path().join("out"),
+            settings: Settings::parse(settings, "settings").unwrap(),
+            app: None,
+            until_ms: until.map(ms),
+        }
+        .run()
+        .unwrap()
+    }
+
+    fn candidates(&self) -> Vec<Candidate> {
+        read(&self.dir.path().join("out/candidates.jsonl"))
+    }
+
+    fn skips(&self) -> Vec<Skip> {
+        read(&self.dir.path().join("out/skips.jsonl"))
+    }
+}
+
+fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn ms(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp_millis()
+}
+
+fn profile(user: &str, ts: &str, set: &str) -> String {
+    format!(
+        r#"{{"type":"profile","user":"{user}","ts":"{ts}","set":{set},"devices":[{{"platform":"ios","token":"tok-{user}"}}]}}"#
+    )
+}
+
+fn event(user: &str, ts: &str, name: &str, props: &str) -> String {
+    format!(r#"{{"type":"event","user":"{user}","ts":"{ts}","name":"{name}","props":{props}}}"#)
+}
+
+const CART: &str = r#"
+id: cart
+app: shop
+name: Cart reminder
+when:
+  event: Added To Cart
+  unless: { event: Charged, within: 10m }
+what: { title: "You forgot {{ event.item }}", body: "Come back" }
+"#;
+
+#[test]
+fn added_to_cart_without_charged_within_10_minutes_gives_one_candidate_at_t_plus_10() {
+    let run = Run::new();
+    run.campaign("cart", CART);
+    run.replay(
+        &[
+            profile("u1", "2026-11-26T09:00:00Z", "{}"),
+            event("u1", "2026-11-26T10:00:00Z", "Added To Cart", r#"{"item":"tea"}"#),
+            event("u9", "2026-11-26T11:00:00Z", "App Opened", "{}"),
+        ],
+        "",
+        None,
+    );
+    let candidates = run.candidates();
+    assert_eq!(candidates.len(), 1);
+    assert_eq!(candidates[0].user_id, "u1");
+    assert_eq!(candidates[0].qualified_at_ms, ms("2026-11-26T10:10:00Z"));
+}
+
+#[test]
+fn charged_at_t_plus_9_minutes_cancels_the_window() {
+    let run = Run::new();
+    run.campaign("cart", CART);
+    run.replay(
+        &[
+            profile("u1", "2026-11-26T09:00:00Z", "{}"),
+            event("u1", "2026-11-26T10:00:00Z", "Added To Cart", r#"{"item":"tea"}"#),
+            event("u1", "2026-11-26T10:09:00Z", "Charged", "{}"),
+        ],
+        "",
+        Some("2026-11-26T12:00:00Z"),
+    );
+    assert!(run.candidates().is_empty());
+}
+
+/// A generated population: user i lives in one of three regions, speaks one of two languages,
+/// and is 18 + (i % 40) years old.
+fn population() -> (Vec<String>, usize) {
+    let regions = ["California", "Texas", "Bavaria"];
+    let languages = ["en", "de"];
+    let mut lines = Vec::new();
+    let mut expected = 0;
+    for i in 0..600 {
+        let (region, language, age) = (regions[i % 3], languages[i % 2], 18 + (i % 40));
+        if region == "California" && language == "en" && (25..=40).contains(&age) {
+            expected += 1;
+        }
+        let set = format!(r#"{{"region":"{region}","language":"{language}","age":{age}}}"#);
+        lines.push(profile(&format!("u{i}"), "2026-11-26T08:00:00Z", &set));
+        lines.push(event(&format!("u{i}"), "2026-11-26T09:00:00Z", "App Opened", "{}"));
+    }
+    (lines, expected)
+}
+
+#[test]
+fn lives_in_california_speaks_english_aged_25_to_40_selects_exactly_the_matching_users() {
+    let run = Run::new();
+    run.campaign(
+        "ca",
+        r#"
+id: ca
+app: shop
+name: Californians
+who:
+  all:
+    - { property: region, equals: California }
+    - { property: language, equals: en }
+    - { property: age, between: [25, 40] }
+when: { event: App Opened }
+what: { title: t, body: b }
+"#,
+    );
+    let (lines, expected) = population();
+    run.replay(&lines, "", None);
+    let candidates = run.candidates();
+    assert!(expected > 10);
+    assert_eq!(candidates.len(), expected);
+    for c in &candidates {
+        let i: usize = c.user_id[1..].parse().unwrap();
+        assert!(
+            i % 3 == 0 && i % 2 == 0 && (25..=40).contains(&(18 + i % 40)),
+            "{} should not match",
+            c.user_id
+        );
+    }
+}
+
+#[test]
+fn geography_radius_around_san_francisco_and_paris_selects_by_distance() {
+    let run = Run::new();
+    run.campaign(
+        "geo",
+        r#"
+id: geo
+app: shop
+name: Near stores
+who:
+  near:
+    - { lat: 37.7749, lon: -122.4194, radius_km: 25 }
+    - { lat: 48.8566, lon: 2.3522, radius_km: 10 }
+when: { event: App Opened }
+what: { title: t, body: b }
+"#,
+    );
+    let places = [
+        ("oakland", 37.8044, -122.2712, true),   // ~13 km from SF
+        ("san_jose", 37.3382, -121.8863, false), // ~68 km
+        ("versailles", 48.8049, 2.1204, false),  // ~17 km from Paris
+        ("montmartre", 48.8867, 2.3431, true),   // ~3 km
+        ("nowhere", 0.0, 0.0, false),
+    ];
+    let mut lines = Vec::new();
+    for (user, lat, lon, _) in places {
+        lines.push(profile(
+            user,
+            "2026-11-26T08:00:00Z",
+            &format!(r#"{{"lat":{lat},"lon":{lon}}}"#),
+        ));
+        lines.push(event(user, "2026-11-26T09:00:00Z", "App Opened", "{}"));
+    }
+    run.replay(&lines, "", None);
+    let mut selected: Vec<String> = run.candidates().into_iter().map(|c| c.user_id).collect();
+    selected.sort();
+    assert_eq!(selected, vec!["montmartre", "oakland"]);
+}
+
+#[test]
+fn global_cap_of_two_a_day_caps_the_third_trigger_and_the_next_day_passes() {
+    let run = Run::new();
+    run.campaign(
+        "capped",
+        "id: capped\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\n",
+    );
+    run.campaign(
+        "exempt",
+        "id: exempt\napp: shop\nname: n\nwhen: { event: Pong }\nwhat: { title: t, body: b }\noptions: { ignore_global_caps: true }\n",
+    );
+    let settings = "apps:\n  shop:\n    caps: { per_day: 2 }\n    timezone: Europe/Paris\n";
+    run.replay(
+        &[
+            profile("u1", "2026-11-26T07:00:00Z", "{}"),
+            event("u1", "2026-11-26T08:00:00Z", "Ping", "{}"),
+            event("u1", "2026-11-26T09:00:00Z", "Ping", "{}"),
+            event("u1", "2026-11-26T10:00:00Z", "Ping", "{}"), // third today: capped
+            event("u1", "2026-11-26T11:00:00Z", "Pong", "{}"), // opted out: passes
+            event("u1", "2026-11-27T08:00:00Z", "Ping", "{}"), // next local day: passes
+        ],
+        settings,
+        None,
+    );
+    let sent: Vec<(String, i64)> =
+        run.candidates().into_iter().map(|c| (c.campaign_id, c.qualified_at_ms)).collect();
+    assert_eq!(
+        sent,
+        vec![
+            ("capped".to_string(), ms("2026-11-26T08:00:00Z")),
+            ("capped".to_string(), ms("2026-11-26T09:00:00Z")),
+            ("exempt".to_string(), ms("2026-11-26T11:00:00Z")),
+            ("capped".to_string(), ms("2026-11-27T08:00:00Z")),
+        ]
+    );
+    let skips = run.skips();
+    assert_eq!(skips.len(), 1);
+    assert_eq!(
+        (skips[0].reason.as_str(), skips[0].timestamp_ms),
+        ("capped_daily", ms("2026-11-26T10:00:00Z"))
+    );
+}
+
+fn dnd_campaign(action: &str) -> String {
+    format!(
+        "id: dnd\napp: shop\nname: n\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\noptions:\n  dnd: {{ start: \"21:00\", end: \"09:00\", action: {action} }}\n"
+    )
+}
+
+#[test]
+fn dnd_discard_drops_and_counts_sends_in_the_users_night() {
+    let run = Run::new();
+    run.campaign("dnd", &dnd_campaign("discard"));
+    run.replay(
+        &[
+            profile("paris", "2026-11-26T00:00:00Z", r#"{"timezone":"Europe/Paris"}"#),
+            profile("la", "2026-11-26T00:00:00Z", r#"{"timezone":"America/Los_Angeles"}"#),
+            // 22:00 in Paris (night), 13:00 in Los Angeles (day).
+            event("paris", "2026-11-26T21:00:00Z", "Ping", "{}"),
+            event("la", "2026-11-26T21:00:00Z", "Ping", "{}"),
+        ],
+        "",
+        None,
+    );
+    let sent: Vec<String> = run.candidates().into_iter().map(|c| c.user_id).collect();
+    assert_eq!(sent, vec!["la"]);
+    let skips = run.skips();
+    assert_eq!(skips.len(), 1);
+    assert_eq!((skips[0].user_id.as_str(), skips[0].reason.as_str()), ("paris", "dnd_discarded"));
+}
+
+#[test]
+fn dnd_delay_sends_at_nine_local_time_in_each_users_timezone() {
+    let run = Run::new();
+    run.campaign("dnd", &dnd_campaign("delay"));
+    run.replay(
+        &[
+            profile("paris", "2026-11-26T00:00:00Z", r#"{"timezone":"Europe/Paris"}"#),
+            profile("tokyo", "2026-11-26T00:00:00Z", r#"{"timezone":"Asia/Tokyo"}"#),
+            // 23:00 Paris; 07:00 next morning in Tokyo: both in the window.
+            event("paris", "2026-11-26T22:00:00Z", "Ping", "{}"),
+            event("tokyo", "2026-11-26T22:00:00Z", "Ping", "{}"),
+        ],
+        "",
+        Some("2026-11-28T00:00:00Z"),
+    );
+    let mut sent: Vec<(String, i64)> =
+        run.candidates().into_iter().map(|c| (c.user_id, c.qualified_at_ms)).collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        vec![
+            ("paris".to_string(), ms("2026-11-27T08:00:00Z")), // 09:00 Paris (UTC+1)
+            ("tokyo".to_string(), ms("2026-11-27T00:00:00Z")), // 09:00 Tokyo (UTC+9)
+        ]
+    );
+    assert!(run.skips().is_empty());
+}
+
+#[test]
+fn date_property_reminder_fires_24_hours_before_the_departure_once() {
+    let run = Run::new();
+    run.campaign(
+        "flight",
+        r#"
+id: flight
+app: travel
+name: Check-in
+when:
+  reminder: { event: Flight Booked, date_property: departure, offset: -24h }
+what: { title: "Flight to {{ event.destination }} tomorrow", body: b }
+"#,
+    );
+    let booked = r#"{"departure":"2026-12-01T15:00:00Z","destination":"Lisbon"}"#;
+    run.replay(
+        &[
+            profile("u1", "2026-11-26T00:00:00Z", "{}"),
+            event("u1", "2026-11-26T10:00:00Z", "Flight Booked", booked),
+            event("u1", "2026-11-27T10:00:00Z", "Flight Booked", booked), // the same booking again
+        ],
+        "",
+        Some("2026-12-02T00:00:00Z"),
+    );
+    let candidates = run.candidates();
+    assert_eq!(candidates.len(), 1, "{candidates:?}");
+    assert_eq!(candidates[0].qualified_at_ms, ms("2026-11-30T15:00:00Z"));
+}
+
+#[test]
+fn users_without_a_token_for_the_targeted_platforms_are_skipped_as_not_reachable() {
+    let run = Run::new();
+    run.campaign(
+        "android-only",
+        "id: a\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\noptions: { platforms: [android] }\n",
+    );
+    run.replay(
+        &[
+            profile("u1", "2026-11-26T00:00:00Z", "{}"),
+            event("u1", "2026-11-26T01:00:00Z", "Ping", "{}"),
+        ],
+        "",
+        None,
+    );
+    assert!(run.candidates().is_empty());
+    assert_eq!(run.skips()[0].reason, "not_reachable");
+}
+
+#[test]
+fn past_behaviour_viewed_twice_in_30_days_with_price_over_50() {
+    let run = Run::new();
+    run.campaign(
+        "browsers",
+        r#"
+id: browsers
+app: shop
+name: Still thinking
+who:
+  did: Viewed Product
+  at_least: 2
+  in_last_days: 30
+  where: [ { property: price, gt: 50 } ]
+when: { event: App Opened }
+what: { title: t, body: b }
+"#,
+    );
+    let view = |user: &str, day: &str, price: u32| {
+        event(
+            user,
+            &format!("2026-11-{day}T10:00:00Z"),
+            "Viewed Product",
+            &format!(r#"{{"price":{price}}}"#),
+        )
+    };
+    run.replay(
+        &[
+            profile("twice", "2026-11-01T00:00:00Z", "{}"),
+            profile("cheap", "2026-11-01T00:00:00Z", "{}"),
+            profile("once", "2026-11-01T00:00:00Z", "{}"),
+            view("twice", "10", 80),
+            view("twice", "20", 60),
+            view("cheap", "10", 20),
+            view("cheap", "20", 30),
+            view("once", "20", 99),
+            event("twice", "2026-11-26T10:00:00Z", "App Opened", "{}"),
+            event("cheap", "2026-11-26T10:00:00Z", "App Opened", "{}"),
+            event("once", "2026-11-26T10:00:00Z", "App Opened", "{}"),
+        ],
+        "",
+        None,
+    );
+    let selected: Vec<String> = run.candidates().into_iter().map(|c| c.user_id).collect();
+    assert_eq!(selected, vec!["twice"]);
+}
