@@ -16,8 +16,9 @@ use thiserror::Error;
 use crate::{
     campaign::{parse_campaign, ValidationErrors},
     model::{
-        topics, AppEvent, CampaignCommand, CampaignEnvelope, Candidate, Device, Engagement,
-        IngestFormat, Platform, ProfileUpdate, Record, SchemaRegistry, Skip,
+        topics::{self, TopicNames},
+        AppEvent, CampaignCommand, CampaignEnvelope, Candidate, Device, Engagement, IngestFormat,
+        Platform, ProfileUpdate, Record, SchemaRegistry, Skip,
     },
     runtime::{
         replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
@@ -146,6 +147,7 @@ impl Backtest {
         let mut writers = Writers::create(&self.out)?;
         let topology = user_stage_topology(
             "herald-replay",
+            TopicNames::default(),
             Arc::new(self.settings.clone()),
             IngestFormat::Avro,
         )?;

@@ -3,6 +3,7 @@
 mod bench;
 mod campaign;
 mod consume;
+mod engine;
 mod example;
 mod produce;
 mod replay;
@@ -39,6 +40,8 @@ enum Command {
     /// Benchmarks; each prints a table and one JSON line.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run the campaign engine live (the user stage).
+    Engine(engine::EngineArgs),
     /// Backtest campaigns over a JSON lines file of profiles and events, on event time.
     Replay(replay::ReplayArgs),
     /// Run an example topology of the streaming runtime.
@@ -57,5 +60,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(command) => bench::run(&kafka, command),
         Command::Campaign(command) => campaign::run(&kafka, command),
         Command::Replay(args) => replay::run(args),
+        Command::Engine(args) => engine::run(&kafka, args),
     }
 }

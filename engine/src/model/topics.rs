@@ -1,4 +1,5 @@
-//! Names of Herald's topics (see `topologies/default.toml`).
+//! Names of Herald's topics (see `topologies/default.toml`), optionally prefixed so several
+//! deployments (or test runs) can share a cluster.
 
 /// App events from SDKs.
 pub const EVENTS: &str = "herald.events";
@@ -16,3 +17,41 @@ pub const PUSH: &str = "herald.push";
 pub const RECEIPTS: &str = "herald.receipts";
 /// Undecodable or rejected input.
 pub const DEAD_LETTER: &str = "herald.dead-letter";
+
+/// The topic names a deployment uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicNames {
+    /// App events.
+    pub events: String,
+    /// Profile updates.
+    pub profiles: String,
+    /// Campaign definitions.
+    pub campaigns: String,
+    /// User stage → campaign stage.
+    pub campaign_flow: String,
+    /// Sender outcomes.
+    pub receipts: String,
+    /// Rejected input.
+    pub dead_letter: String,
+}
+
+impl TopicNames {
+    /// The standard names, each preceded by `prefix` (empty for the standard names).
+    pub fn with_prefix(prefix: &str) -> Self {
+        let name = |topic: &str| format!("{prefix}{topic}");
+        Self {
+            events: name(EVENTS),
+            profiles: name(PROFILES),
+            campaigns: name(CAMPAIGNS),
+            campaign_flow: name(CAMPAIGN_FLOW),
+            receipts: name(RECEIPTS),
+            dead_letter: name(DEAD_LETTER),
+        }
+    }
+}
+
+impl Default for TopicNames {
+    fn default() -> Self {
+        Self::with_prefix("")
+    }
+}

@@ -19,9 +19,9 @@ pub use settings::{AppSettings, Settings};
 use crate::{
     campaign::{Campaign, DndAction, Trigger},
     model::{
-        topics, AppEvent, Candidate, Engagement, EngagementKind, IngestDecoder, IngestFormat,
-        ProfileUpdate, Properties, PropertyValue, Receipt, ReceiptStatus, Record, SchemaRegistry,
-        Skip,
+        topics::TopicNames, AppEvent, Candidate, Engagement, EngagementKind, IngestDecoder,
+        IngestFormat, ProfileUpdate, Properties, PropertyValue, Receipt, ReceiptStatus, Record,
+        SchemaRegistry, Skip,
     },
     runtime::{
         ProcessError, Processor, ProcessorContext, RuntimeError, SourceRecord, StreamTopology,
@@ -42,25 +42,28 @@ const LOOK_BACK_DAYS: i64 = 90;
 /// The user-stage topology: events, profiles and receipts in, campaign flow out.
 pub fn user_stage_topology(
     app_id: &str,
+    topics: TopicNames,
     settings: Arc<Settings>,
     ingest: IngestFormat,
 ) -> Result<StreamTopology, RuntimeError> {
+    let topics = Arc::new(topics);
+    let names = Arc::clone(&topics);
     StreamTopology::builder(app_id)
-        .dead_letter_topic(topics::DEAD_LETTER)
-        .global_table(CAMPAIGNS_TABLE, topics::CAMPAIGNS)
+        .dead_letter_topic(&topics.dead_letter)
+        .global_table(CAMPAIGNS_TABLE, &topics.campaigns)
         .sub_topology(
             "user",
-            move |_| UserStage::new(Arc::clone(&settings), ingest),
+            move |_| UserStage::new(Arc::clone(&names), Arc::clone(&settings), ingest),
             |s| {
-                s.source(topics::EVENTS)
-                    .source(topics::PROFILES)
-                    .source(topics::RECEIPTS)
+                s.source(&topics.events)
+                    .source(&topics.profiles)
+                    .source(&topics.receipts)
                     .store(PROFILES)
                     .store(HISTORY)
                     .store(SEND_LOG)
                     .store(PENDING)
                     .store(DELIVERIES)
-                    .sink(topics::CAMPAIGN_FLOW)
+                    .sink(&topics.campaign_flow)
             },
         )
         .build()
@@ -109,6 +112,7 @@ struct Delivery {
 
 /// The user-stage processor of one task.
 pub struct UserStage {
+    topics: Arc<TopicNames>,
     settings: Arc<Settings>,
     decoder: IngestDecoder,
     campaigns: CampaignBook,
@@ -118,13 +122,18 @@ pub struct UserStage {
 
 impl UserStage {
     /// A processor using `settings` and accepting `ingest` encodings on events and profiles.
-    pub fn new(settings: Arc<Settings>, ingest: IngestFormat) -> Self {
+    pub fn new(topics: Arc<TopicNames>, settings: Arc<Settings>, ingest: IngestFormat) -> Self {
         Self {
+            topics,
             settings,
             decoder: IngestDecoder::new(ingest),
             campaigns: CampaignBook::default(),
             campaigns_current: false,
         }
+    }
+
+    fn flow(&self) -> Flow<'_> {
+        Flow(&self.topics.campaign_flow)
     }
 
     fn refresh_campaigns(&mut self, ctx: &ProcessorContext<'_>) {
@@ -178,7 +187,7 @@ impl UserStage {
             });
             deliveries.put_as(user, &list)?;
         }
-        emit(
+        self.flow().emit(
             ctx,
             &receipt.campaign_id,
             &Engagement {
@@ -261,7 +270,7 @@ impl UserStage {
         let campaign = text("campaign_id").ok_or_else(|| {
             ProcessError::reject(format!("{} event without a campaign_id property", event.name))
         })?;
-        emit(
+        self.flow().emit(
             ctx,
             &campaign,
             &Engagement {
@@ -312,7 +321,7 @@ impl UserStage {
             _ => None,
         };
         for delivery in converted {
-            emit(
+            self.flow().emit(
                 ctx,
                 &delivery.campaign,
                 &Engagement {
@@ -445,7 +454,7 @@ impl UserStage {
             return Ok(());
         }
         let skip = |ctx: &mut ProcessorContext<'_>, reason: &str| {
-            emit(
+            self.flow().emit(
                 ctx,
                 &campaign.id,
                 &Skip {
@@ -499,7 +508,7 @@ impl UserStage {
             Some(PropertyValue::String(s)) => Some(s.clone()),
             _ => None,
         };
-        emit(
+        self.flow().emit(
             ctx,
             &campaign.id,
             &Candidate {
@@ -524,16 +533,22 @@ fn in_window(campaign: &Campaign, at_ms: i64) -> bool {
         && campaign.when.end.is_none_or(|end| at_ms <= end.timestamp_millis())
 }
 
-fn emit<R: Record>(
-    ctx: &mut ProcessorContext<'_>,
-    campaign: &str,
-    record: &R,
-) -> Result<(), ProcessError> {
-    let bytes = SchemaRegistry::builtin()
-        .encode(record)
-        .map_err(|e| RuntimeError::Topology(format!("cannot encode {}: {e}", R::FULL_NAME)))?;
-    ctx.send(topics::CAMPAIGN_FLOW, campaign.as_bytes(), &bytes)?;
-    Ok(())
+/// Sends records to the campaign flow topic, keyed by campaign.
+struct Flow<'t>(&'t str);
+
+impl Flow<'_> {
+    fn emit<R: Record>(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &str,
+        record: &R,
+    ) -> Result<(), ProcessError> {
+        let bytes = SchemaRegistry::builtin()
+            .encode(record)
+            .map_err(|e| RuntimeError::Topology(format!("cannot encode {}: {e}", R::FULL_NAME)))?;
+        ctx.send(self.0, campaign.as_bytes(), &bytes)?;
+        Ok(())
+    }
 }
 
 impl Processor for UserStage {
@@ -545,20 +560,18 @@ impl Processor for UserStage {
         self.refresh_campaigns(ctx);
         let value =
             record.value.ok_or_else(|| ProcessError::reject("tombstone on an input topic"))?;
-        match record.topic {
-            topics::EVENTS => {
-                let event: AppEvent = self.decoder.decode(value)?;
-                self.on_event(ctx, event)
-            }
-            topics::PROFILES => {
-                let update: ProfileUpdate = self.decoder.decode(value)?;
-                self.on_profile(ctx, update)
-            }
-            topics::RECEIPTS => {
-                let receipt: Receipt = SchemaRegistry::builtin().decode(value)?;
-                self.on_receipt(ctx, receipt)
-            }
-            other => Err(ProcessError::reject(format!("unexpected topic {other}"))),
+        let topic = record.topic;
+        if topic == self.topics.events {
+            let event: AppEvent = self.decoder.decode(value)?;
+            self.on_event(ctx, event)
+        } else if topic == self.topics.profiles {
+            let update: ProfileUpdate = self.decoder.decode(value)?;
+            self.on_profile(ctx, update)
+        } else if topic == self.topics.receipts {
+            let receipt: Receipt = SchemaRegistry::builtin().decode(value)?;
+            self.on_receipt(ctx, receipt)
+        } else {
+            Err(ProcessError::reject(format!("unexpected topic {topic}")))
         }
     }
 

@@ -1,0 +1,63 @@
+//! `herald engine`: run the campaign engine live (this milestone: the user stage).
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::Args;
+use herald_engine::{
+    kafka::KafkaConfig,
+    model::{topics::TopicNames, IngestFormat},
+    runtime::{LiveRuntime, RuntimeConfig, ShutdownFlag},
+    stage_user::{user_stage_topology, Settings},
+};
+
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// App settings file (global caps, minimum gap, default timezone).
+    #[arg(long)]
+    app_config: Option<PathBuf>,
+    /// Application id: consumer group and changelog prefix.
+    #[arg(long, default_value = "herald-engine")]
+    app_id: String,
+    /// Prefix of every topic name (to share a cluster between deployments).
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
+    /// Stable id of this instance (defaults to the host name).
+    #[arg(long, env = "HOSTNAME", default_value = "0")]
+    instance_id: String,
+    /// Directory of the local state stores.
+    #[arg(long, default_value = ".local/state")]
+    state_dir: PathBuf,
+    /// Encodings accepted on the ingest topics: avro or avro-or-json.
+    #[arg(long, default_value = "avro")]
+    ingest_format: IngestFormat,
+    /// Commit interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    commit_interval_ms: u64,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+}
+
+pub fn run(kafka: &KafkaConfig, args: EngineArgs) -> anyhow::Result<ExitCode> {
+    let settings = match &args.app_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Settings::parse(&text, &path.display().to_string())?
+        }
+        None => Settings::default(),
+    };
+    let topology = user_stage_topology(
+        &args.app_id,
+        TopicNames::with_prefix(&args.topic_prefix),
+        Arc::new(settings),
+        args.ingest_format,
+    )?;
+    let mut config = RuntimeConfig::new(kafka.clone(), args.instance_id, args.state_dir);
+    config.commit_interval = Duration::from_millis(args.commit_interval_ms);
+    config.metrics_addr = args.metrics_addr;
+    let shutdown = ShutdownFlag::on_signals()?;
+    LiveRuntime::new(topology, config).run(&shutdown).context("running the engine")?;
+    Ok(ExitCode::SUCCESS)
+}
