@@ -400,3 +400,163 @@ what: { title: t, body: b }
     let selected: Vec<String> = run.candidates().into_iter().map(|c| c.user_id).collect();
     assert_eq!(selected, vec!["twice"]);
 }
+
+/// Engagements: a delivered receipt, a click, and a purchase within the conversion window
+/// become DELIVERED, CLICK and CONVERSION records keyed by campaign; a token-invalid receipt
+/// removes the device, so the next trigger finds the user unreachable.
+#[test]
+fn receipts_clicks_and_conversions_become_engagements() {
+    use herald_engine::{
+        model::{
+            topics::{self, TopicNames},
+            Engagement, EngagementKind, IngestFormat, Receipt, ReceiptStatus, SchemaRegistry,
+        },
+        runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
+        stage_user::user_stage_topology,
+    };
+    use std::{cell::RefCell, sync::Arc};
+
+    let registry = SchemaRegistry::builtin();
+    let campaign = r#"{"id":"promo","app":"shop","name":"n","when":{"event":"Ping"},"what":{"title":"t","body":"b"},"options":{"conversion":{"event":"Charged","within":"1h"}}}"#;
+    let envelope = herald_engine::model::CampaignEnvelope {
+        campaign_id: "promo".into(),
+        app_id: "shop".into(),
+        command: herald_engine::model::CampaignCommand::Define,
+        definition: Some(campaign.into()),
+        revision: 1,
+        issued_at_ms: 0,
+        issued_by: None,
+    };
+    let t0 = ms("2026-11-26T10:00:00Z");
+    let record = |topic: &str, key: &str, value: Vec<u8>, at: i64| ReplayRecord {
+        topic: topic.into(),
+        partition: None,
+        offset: 0,
+        key: Some(key.as_bytes().to_vec()),
+        value: Some(value),
+        timestamp_ms: at,
+    };
+    let receipt = |status: ReceiptStatus, at: i64| Receipt {
+        message_id: "m1".into(),
+        campaign_id: "promo".into(),
+        variant_id: "A".into(),
+        app_id: "shop".into(),
+        user_id: "u1".into(),
+        device_id: "tok-u1".into(),
+        token: "tok-u1".into(),
+        status,
+        reason: None,
+        provider_id: None,
+        latency_ms: None,
+        timestamp_ms: at,
+    };
+    let app_event = |name: &str, props: &str, at: i64| herald_engine::model::AppEvent {
+        event_id: format!("{name}-{at}"),
+        app_id: "shop".into(),
+        user_id: "u1".into(),
+        name: name.into(),
+        timestamp_ms: at,
+        properties: serde_json::from_str(props).unwrap(),
+        sdk_version: None,
+    };
+    let profile = herald_engine::model::ProfileUpdate {
+        app_id: "shop".into(),
+        user_id: "u1".into(),
+        timestamp_ms: t0,
+        set: Default::default(),
+        unset: vec![],
+        devices_added: vec![herald_engine::model::Device {
+            device_id: "tok-u1".into(),
+            platform: herald_engine::model::Platform::Ios,
+            token: "tok-u1".into(),
+            app_version: None,
+            os_version: None,
+            make: None,
+            model: None,
+            sdk_version: None,
+        }],
+        tokens_removed: vec![],
+    };
+    let input = vec![
+        record(topics::CAMPAIGNS, "promo", registry.encode(&envelope).unwrap(), t0),
+        record(topics::PROFILES, "u1", registry.encode(&profile).unwrap(), t0),
+        record(
+            topics::RECEIPTS,
+            "u1",
+            registry.encode(&receipt(ReceiptStatus::Accepted, t0 + 1_000)).unwrap(),
+            t0 + 1_000,
+        ),
+        record(
+            topics::EVENTS,
+            "u1",
+            registry
+                .encode(&app_event(
+                    "Notification Clicked",
+                    r#"{"campaign_id":"promo","variant_id":"A","message_id":"m1"}"#,
+                    t0 + 2_000,
+                ))
+                .unwrap(),
+            t0 + 2_000,
+        ),
+        record(
+            topics::EVENTS,
+            "u1",
+            registry.encode(&app_event("Charged", r#"{"value":25.5}"#, t0 + 60_000)).unwrap(),
+            t0 + 60_000,
+        ),
+        record(
+            topics::EVENTS,
+            "u1",
+            registry.encode(&app_event("Charged", r#"{"value":9.0}"#, t0 + 70_000)).unwrap(),
+            t0 + 70_000,
+        ),
+        record(
+            topics::RECEIPTS,
+            "u1",
+            registry.encode(&receipt(ReceiptStatus::TokenInvalid, t0 + 80_000)).unwrap(),
+            t0 + 80_000,
+        ),
+        record(
+            topics::EVENTS,
+            "u1",
+            registry.encode(&app_event("Ping", "{}", t0 + 90_000)).unwrap(),
+            t0 + 90_000,
+        ),
+    ];
+    let topology = user_stage_topology(
+        "engagements",
+        TopicNames::default(),
+        Arc::new(Settings::default()),
+        IngestFormat::Avro,
+    )
+    .unwrap();
+    let outputs = RefCell::new(Vec::new());
+    replay::run(
+        &topology,
+        ReplayInput::Records(input),
+        ReplaySink::Callback(Box::new(|_, _, value, _| {
+            outputs.borrow_mut().push(value.to_vec());
+            Ok(())
+        })),
+        &ReplayOptions::default(),
+    )
+    .unwrap();
+    let outputs = outputs.into_inner();
+    let engagements: Vec<(EngagementKind, Option<f64>)> = outputs
+        .iter()
+        .filter_map(|v| registry.decode::<Engagement>(v).ok())
+        .map(|e| (e.kind, e.value))
+        .collect();
+    assert_eq!(
+        engagements,
+        vec![
+            (EngagementKind::Delivered, None),
+            (EngagementKind::Click, None),
+            (EngagementKind::Conversion, Some(25.5)), // once per delivery: the second Charged is not attributed
+            (EngagementKind::TokenInvalid, None),
+        ]
+    );
+    let skips: Vec<String> =
+        outputs.iter().filter_map(|v| registry.decode::<Skip>(v).ok()).map(|s| s.reason).collect();
+    assert_eq!(skips, vec!["not_reachable"], "the invalid token was removed from the profile");
+}
