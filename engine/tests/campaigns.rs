@@ -33,8 +33,13 @@ fn the_cart_example_compiles_to_an_inaction_trigger() {
     let unless = unless.as_ref().unwrap();
     assert_eq!((unless.event.as_str(), unless.within_ms), ("Charged", 600_000));
     assert_eq!(cart.who, Filter::All(vec![]), "no who: everyone");
+    assert_eq!(
+        cart.profile_variables.iter().map(String::as_str).collect::<Vec<_>>(),
+        vec!["first_name"],
+        "templates are scanned for the profile properties they use"
+    );
 
-    let coupons = parse_campaign(&doc_examples()[6], "coupons").unwrap();
+    let coupons = parse_campaign(&doc_examples()[7], "coupons").unwrap();
     assert_eq!(coupons.limits.total, Some(1000));
     assert_eq!(coupons.options.dnd.as_ref().unwrap().action, DndAction::Delay);
     assert_eq!(coupons.options.timezone, chrono_tz::America::Los_Angeles);

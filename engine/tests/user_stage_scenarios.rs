@@ -78,7 +78,7 @@ name: Cart reminder
 when:
   event: Added To Cart
   unless: { event: Charged, within: 10m }
-what: { title: "You forgot {{ event.item }}", body: "Come back" }
+what: { title: "{{ profile.first_name }}, you forgot {{ event.item }}", body: "Come back" }
 "#;
 
 #[test]
@@ -87,7 +87,7 @@ fn added_to_cart_without_charged_within_10_minutes_gives_one_candidate_at_t_plus
     run.campaign("cart", CART);
     run.replay(
         &[
-            profile("u1", "2026-11-26T09:00:00Z", "{}"),
+            profile("u1", "2026-11-26T09:00:00Z", r#"{"first_name":"Ana","secret":"x"}"#),
             event("u1", "2026-11-26T10:00:00Z", "Added To Cart", r#"{"item":"tea"}"#),
             event("u9", "2026-11-26T11:00:00Z", "App Opened", "{}"),
         ],
@@ -98,6 +98,12 @@ fn added_to_cart_without_charged_within_10_minutes_gives_one_candidate_at_t_plus
     assert_eq!(candidates.len(), 1);
     assert_eq!(candidates[0].user_id, "u1");
     assert_eq!(candidates[0].qualified_at_ms, ms("2026-11-26T10:10:00Z"));
+    assert_eq!(
+        candidates[0].event_properties["item"],
+        herald_engine::model::PropertyValue::String("tea".into())
+    );
+    let carried: Vec<&String> = candidates[0].profile.keys().collect();
+    assert_eq!(carried, vec!["first_name"], "only the properties the templates use travel on");
 }
 
 #[test]
@@ -559,4 +565,28 @@ fn receipts_clicks_and_conversions_become_engagements() {
     let skips: Vec<String> =
         outputs.iter().filter_map(|v| registry.decode::<Skip>(v).ok()).map(|s| s.reason).collect();
     assert_eq!(skips, vec!["not_reachable"], "the invalid token was removed from the profile");
+}
+
+#[test]
+fn first_time_after_a_date_selects_newcomers() {
+    let run = Run::new();
+    run.campaign(
+        "newcomers",
+        "id: n\napp: shop\nname: n\nwho: { did: App Opened, first_after: 2026-11-15T00:00:00Z }\nwhen: { event: Ping }\nwhat: { title: t, body: b }\n",
+    );
+    run.replay(
+        &[
+            profile("old", "2026-11-01T00:00:00Z", "{}"),
+            profile("new", "2026-11-01T00:00:00Z", "{}"),
+            event("old", "2026-11-10T10:00:00Z", "App Opened", "{}"),
+            event("old", "2026-11-20T10:00:00Z", "App Opened", "{}"),
+            event("new", "2026-11-20T10:00:00Z", "App Opened", "{}"),
+            event("old", "2026-11-26T10:00:00Z", "Ping", "{}"),
+            event("new", "2026-11-26T10:00:00Z", "Ping", "{}"),
+        ],
+        "",
+        None,
+    );
+    let selected: Vec<String> = run.candidates().into_iter().map(|c| c.user_id).collect();
+    assert_eq!(selected, vec!["new"]);
 }

@@ -24,6 +24,9 @@ pub trait ProfileView {
     fn devices(&self) -> &[Device];
     /// Occurrences of the behaviour's event meeting its conditions since `since_ms`.
     fn occurrences(&self, behaviour: &Behaviour, since_ms: i64) -> u32;
+    /// Start (epoch ms) of the first and of the last day with such an occurrence since
+    /// `since_ms`.
+    fn first_and_last(&self, behaviour: &Behaviour, since_ms: i64) -> Option<(i64, i64)>;
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -48,7 +51,17 @@ impl Filter {
             Filter::Behaviour(behaviour) => {
                 let since = now_ms - i64::from(behaviour.in_last_days) * DAY_MS;
                 let count = user.occurrences(behaviour, since);
-                count >= behaviour.at_least && behaviour.at_most.is_none_or(|most| count <= most)
+                let counted = count >= behaviour.at_least
+                    && behaviour.at_most.is_none_or(|most| count <= most);
+                let timed = behaviour.first.is_none() && behaviour.last.is_none()
+                    || user.first_and_last(behaviour, since).is_some_and(|(first, last)| {
+                        let holds = |op: &Option<Op>, at: i64| {
+                            op.as_ref()
+                                .is_none_or(|op| op.matches(Some(&PropertyValue::Long(at)), now_ms))
+                        };
+                        holds(&behaviour.first, first) && holds(&behaviour.last, last)
+                    });
+                counted && timed
             }
         }
     }

@@ -1,6 +1,8 @@
 //! The validated campaign model. Values of these types only come out of [`super::parse_campaign`],
 //! which has checked every field.
 
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, NaiveTime, Utc};
 use chrono_tz::Tz;
 
@@ -90,6 +92,11 @@ pub struct Behaviour {
     pub in_last_days: u32,
     /// Event-property conditions an occurrence must meet.
     pub conditions: Vec<PropertyCondition>,
+    /// Condition on the first matching occurrence in the window (`before` / `after`, day
+    /// precision).
+    pub first: Option<Op>,
+    /// Condition on the last matching occurrence in the window.
+    pub last: Option<Op>,
 }
 
 /// Who a campaign targets.
@@ -252,4 +259,37 @@ pub struct Campaign {
     pub limits: Limits,
     /// Options.
     pub options: Options,
+    /// Profile properties the message templates reference (`{{ profile.first_name }}`), the
+    /// only ones candidates carry to the campaign stage.
+    pub profile_variables: BTreeSet<String>,
+}
+
+impl Message {
+    /// Names of the profile properties the message's templates reference as `profile.<name>`.
+    pub fn profile_variables(&self) -> BTreeSet<String> {
+        let texts = [
+            Some(&self.title),
+            Some(&self.body),
+            self.subtitle.as_ref(),
+            self.deep_link.as_ref(),
+            self.image_url.as_ref(),
+        ];
+        let mut names = BTreeSet::new();
+        for text in texts.into_iter().flatten() {
+            for (at, _) in text.match_indices("profile.") {
+                let preceded_by_word = text[..at]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.');
+                let name: String = text[at + "profile.".len()..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !preceded_by_word && !name.is_empty() {
+                    names.insert(name);
+                }
+            }
+        }
+        names
+    }
 }

@@ -215,6 +215,8 @@ impl Parser {
             Some(value) => self.limits(value),
         };
         let options = self.options(map.get("options").unwrap_or(&Value::Null));
+        let profile_variables =
+            what.iter().flatten().flat_map(Message::profile_variables).collect();
         Some(Campaign {
             id: id?,
             app: app?,
@@ -225,6 +227,7 @@ impl Parser {
             what: what?,
             limits: limits?,
             options: options?,
+            profile_variables,
         })
     }
 
@@ -440,7 +443,17 @@ impl Parser {
         let did = map.contains_key("did");
         let key = if did { "did" } else { "did_not" };
         let allowed: &[&str] = if did {
-            &["did", "at_least", "at_most", "in_last_days", "where"]
+            &[
+                "did",
+                "at_least",
+                "at_most",
+                "in_last_days",
+                "where",
+                "first_before",
+                "first_after",
+                "last_before",
+                "last_after",
+            ]
         } else {
             &["did_not", "in_last_days", "where"]
         };
@@ -466,12 +479,32 @@ impl Parser {
             return self.error(join(path, "at_most"), format!("is below at_least ({at_least})"));
         }
         let conditions = self.conditions(map, path);
+        let moment = |parser: &mut Self, which: &str| -> Option<Option<Op>> {
+            let before = map
+                .get(&format!("{which}_before"))
+                .map(|v| parser.timestamp(v, &join(path, &format!("{which}_before"))));
+            let after = map
+                .get(&format!("{which}_after"))
+                .map(|v| parser.timestamp(v, &join(path, &format!("{which}_after"))));
+            match (before, after) {
+                (Some(_), Some(_)) => {
+                    parser.error(path, format!("use {which}_before or {which}_after, not both"))
+                }
+                (Some(before), None) => Some(Some(Op::Before(before?))),
+                (None, Some(after)) => Some(Some(Op::After(after?))),
+                (None, None) => Some(None),
+            }
+        };
+        let first = moment(self, "first");
+        let last = moment(self, "last");
         Some(Behaviour {
             event: event?,
             at_least,
             at_most,
             in_last_days: days?,
             conditions: conditions?,
+            first: first?,
+            last: last?,
         })
     }
 

@@ -519,7 +519,12 @@ impl UserStage {
                 qualified_at_ms: at_ms,
                 trigger_event: Some(trigger_event.to_string()),
                 event_properties: event_properties.clone(),
-                profile: profile.properties.clone(),
+                profile: profile
+                    .properties
+                    .iter()
+                    .filter(|(name, _)| campaign.profile_variables.contains(*name))
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect(),
                 devices,
                 timezone: Some(tz.name().to_string()),
                 language: text("language"),

@@ -76,6 +76,19 @@ pub struct UserView<'a> {
     pub history: &'a HashMap<String, Vec<(i64, u32)>>,
 }
 
+impl UserView<'_> {
+    /// (day number, count) entries of the behaviour's history key since `since_ms`.
+    fn days(&self, behaviour: &Behaviour, since_ms: i64) -> impl Iterator<Item = (i64, u32)> + '_ {
+        let first_day = since_ms.div_euclid(super::history::DAY_MS);
+        self.history
+            .get(&super::history::behaviour_key(behaviour))
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(move |(day, count)| *day >= first_day && *count > 0)
+    }
+}
+
 impl ProfileView for UserView<'_> {
     fn property(&self, name: &str) -> Option<&PropertyValue> {
         self.profile.properties.get(name)
@@ -86,10 +99,12 @@ impl ProfileView for UserView<'_> {
     }
 
     fn occurrences(&self, behaviour: &Behaviour, since_ms: i64) -> u32 {
-        let first_day = since_ms.div_euclid(super::history::DAY_MS);
-        self.history
-            .get(&super::history::behaviour_key(behaviour))
-            .map(|days| days.iter().filter(|(day, _)| *day >= first_day).map(|(_, n)| n).sum())
-            .unwrap_or(0)
+        self.days(behaviour, since_ms).map(|(_, n)| n).sum()
+    }
+
+    fn first_and_last(&self, behaviour: &Behaviour, since_ms: i64) -> Option<(i64, i64)> {
+        let days: Vec<i64> = self.days(behaviour, since_ms).map(|(day, _)| day).collect();
+        let (first, last) = (days.iter().min()?, days.iter().max()?);
+        Some((first * super::history::DAY_MS, last * super::history::DAY_MS))
     }
 }
