@@ -29,6 +29,7 @@ use rdkafka::{
     ClientContext, Message, Offset, TopicPartitionList,
 };
 
+use super::metrics::LabelledCounter;
 use super::{
     checkpoint,
     clock::wall_now_ms,
@@ -47,6 +48,8 @@ use crate::{
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 const TIMER_CHECK: Duration = Duration::from_millis(10);
 const GAUGE_REFRESH: Duration = Duration::from_secs(5);
+/// Records taken from the consumer per loop step at most.
+const MAX_BATCH: usize = 1_000;
 
 /// Set to stop a running instance gracefully (finish the transaction, checkpoint, leave).
 #[derive(Clone, Default)]
@@ -85,7 +88,7 @@ struct TxnState {
     /// Anything produced or consumed since the transaction began.
     touched: bool,
     /// Next offset to consume, per input partition, for the open transaction.
-    offsets: BTreeMap<(String, i32), i64>,
+    offsets: HashMap<String, BTreeMap<i32, i64>>,
     /// Latest store write per (changelog topic, partition, key) in the open transaction, sent
     /// when it commits: a key updated many times in one commit interval is logged once.
     changelog: HashMap<ChangelogKey, (Option<Vec<u8>>, i64)>,
@@ -95,6 +98,7 @@ struct TxnState {
     producer_broken: bool,
     events: Vec<RebalanceEvent>,
     metrics: Arc<RuntimeMetrics>,
+    records_out: LabelledCounter,
     transaction_timeout: Duration,
     transactional_id: String,
     kafka_config: rdkafka::ClientConfig,
@@ -106,6 +110,18 @@ enum RebalanceEvent {
 }
 
 impl TxnState {
+    /// Notes that `offset` of `topic`/`partition` was consumed in the open transaction.
+    fn consumed(&mut self, topic: &str, partition: i32, offset: i64) {
+        match self.offsets.get_mut(topic) {
+            Some(partitions) => {
+                partitions.insert(partition, offset + 1);
+            }
+            None => {
+                self.offsets.insert(topic.to_string(), BTreeMap::from([(partition, offset + 1)]));
+            }
+        }
+    }
+
     fn begin(&mut self) -> Result<(), RuntimeError> {
         self.repair_producer()?;
         if !self.open {
@@ -158,7 +174,9 @@ impl TxnState {
             send_record(&self.producer, record)?;
         }
         let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), offset) in &self.offsets {
+        for (topic, partition, offset) in
+            self.offsets.iter().flat_map(|(t, ps)| ps.iter().map(move |(p, o)| (t, p, o)))
+        {
             offsets
                 .add_partition_offset(topic, *partition, Offset::Offset(*offset))
                 .map_err(RuntimeError::kafka("listing offsets"))?;
@@ -292,7 +310,7 @@ impl Output for TxnOutput<'_> {
         timestamp_ms: i64,
     ) -> Result<(), RuntimeError> {
         self.txn.touched = true;
-        self.txn.metrics.records_out.with_label_values(&[topic]).inc();
+        self.txn.records_out.inc(topic);
         send_record(
             &self.txn.producer,
             BaseRecord::to(topic).key(key).payload(value).timestamp(timestamp_ms),
@@ -471,12 +489,13 @@ impl LiveRuntime {
             producer,
             open: false,
             touched: false,
-            offsets: BTreeMap::new(),
+            offsets: HashMap::new(),
             changelog: HashMap::new(),
             dirty: false,
             producer_broken: false,
             events: Vec::new(),
             metrics: Arc::clone(&self.metrics),
+            records_out: LabelledCounter::new(self.metrics.records_out.clone()),
             transaction_timeout: self.config.transaction_timeout,
             transactional_id,
             kafka_config,
@@ -512,6 +531,7 @@ impl LiveRuntime {
 
         let mut worker = Worker {
             runtime: self,
+            records_in: LabelledCounter::new(self.metrics.records_in.clone()),
             memory: StoreMemory::new(self.config.block_cache_bytes, self.config.write_buffer_bytes),
             tasks: BTreeMap::new(),
             globals,
@@ -603,6 +623,7 @@ impl LoopClocks {
 /// The state of a running instance's processing thread.
 struct Worker<'a> {
     runtime: &'a LiveRuntime,
+    records_in: LabelledCounter,
     memory: StoreMemory,
     tasks: BTreeMap<TaskId, Task>,
     globals: GlobalTables,
@@ -632,31 +653,40 @@ impl Worker<'_> {
         txn.commit(&self.consumer)
     }
 
-    /// Polls once; processes the record, due wall-clock timers, and commits when due.
+    /// Polls a batch (waiting up to 20 ms for the first record, then taking what is already
+    /// fetched); processes it, due wall-clock timers, and commits when due. The transaction lock
+    /// is never held while polling, because rebalance callbacks run inside `poll`.
     fn step(&mut self, clocks: &mut LoopClocks) -> Result<(), RuntimeError> {
         let config = &self.runtime.config;
         let metrics = Arc::clone(&self.runtime.metrics);
-        let message = match self.consumer.poll(Duration::from_millis(20)) {
-            None => None,
-            Some(Ok(message)) => Some(message.detach()),
-            Some(Err(error)) => {
-                tracing::warn!(%error, "consumer error");
-                None
+        let mut batch = Vec::new();
+        let mut wait = Duration::from_millis(20);
+        while batch.len() < MAX_BATCH {
+            match self.consumer.poll(wait) {
+                None => break,
+                Some(Ok(message)) => batch.push(message.detach()),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "consumer error");
+                    break;
+                }
             }
-        };
+            wait = Duration::ZERO;
+        }
         self.handle_rebalance_events()?;
         if !self.global_reader.tables.is_empty() {
             let mut tasks: Vec<&mut Task> = self.tasks.values_mut().collect();
             self.global_reader.poll(&mut self.globals, &mut tasks)?;
         }
+        let now = wall_now_ms();
         let env = TaskEnv {
             clock: config.clock,
+            wall_now_ms: now,
             globals: &self.globals,
             dead_letter_topic: &self.runtime.topology.dead_letter_topic,
             metrics: &metrics,
         };
         let mut txn = self.txn.lock().expect("txn lock");
-        if let Some(message) = &message {
+        for message in &batch {
             let task = self
                 .runtime
                 .topology
@@ -665,45 +695,44 @@ impl Worker<'_> {
                 .and_then(|id| self.tasks.get_mut(&id));
             // No task: the partition is not (or no longer) ours, a message fetched before a
             // revocation; its new owner reads it from the committed offset.
-            if let Some(task) = task {
-                if !txn.open {
-                    txn.begin()?;
-                    clocks.transaction = Instant::now();
-                }
-                txn.touched = true;
-                txn.offsets.insert(
-                    (message.topic().to_string(), message.partition()),
-                    message.offset() + 1,
-                );
-                metrics.records_in.with_label_values(&[message.topic()]).inc();
-                let record = SourceRecord {
-                    topic: message.topic(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message.key(),
-                    value: message.payload(),
-                    timestamp_ms: message.timestamp().to_millis().unwrap_or_else(wall_now_ms),
-                };
-                task.process(&record, &env, &mut TxnOutput { txn: &mut txn })?;
+            let Some(task) = task else { continue };
+            if !txn.open {
+                txn.begin()?;
+                clocks.transaction = Instant::now();
             }
+            txn.touched = true;
+            txn.consumed(message.topic(), message.partition(), message.offset());
+            self.records_in.inc(message.topic());
+            let record = SourceRecord {
+                topic: message.topic(),
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key(),
+                value: message.payload(),
+                timestamp_ms: message.timestamp().to_millis().unwrap_or(now),
+            };
+            task.process(&record, &env, &mut TxnOutput { txn: &mut txn })?;
         }
-        if config.clock == Clock::Wall && clocks.timers.elapsed() >= TIMER_CHECK {
-            clocks.timers = Instant::now();
-            let now = wall_now_ms();
+        let tick = Instant::now();
+        if config.clock == Clock::Wall && tick.duration_since(clocks.timers) >= TIMER_CHECK {
+            clocks.timers = tick;
             for task in self.tasks.values_mut() {
                 if !txn.open {
                     txn.begin()?;
-                    clocks.transaction = Instant::now();
+                    clocks.transaction = tick;
                 }
                 task.fire_due(now, &env, &mut TxnOutput { txn: &mut txn })?;
             }
         }
-        if txn.open && txn.touched && clocks.transaction.elapsed() >= config.commit_interval {
+        if txn.open
+            && txn.touched
+            && tick.duration_since(clocks.transaction) >= config.commit_interval
+        {
             txn.commit(&self.consumer)?;
         }
         drop(txn);
-        if clocks.gauges.elapsed() >= GAUGE_REFRESH {
-            clocks.gauges = Instant::now();
+        if tick.duration_since(clocks.gauges) >= GAUGE_REFRESH {
+            clocks.gauges = tick;
             self.refresh_gauges();
         }
         Ok(())

@@ -175,3 +175,28 @@ impl RuntimeMetrics {
         Ok(bound)
     }
 }
+
+/// A counter vector with one label whose per-label counters are looked up once and cached,
+/// for hot paths (the vector's own lookup hashes the label and takes a lock every time).
+pub(crate) struct LabelledCounter {
+    vec: IntCounterVec,
+    cache: std::collections::HashMap<String, IntCounter>,
+}
+
+impl LabelledCounter {
+    pub(crate) fn new(vec: IntCounterVec) -> Self {
+        Self { vec, cache: std::collections::HashMap::new() }
+    }
+
+    /// Adds one to the counter of `label`.
+    pub(crate) fn inc(&mut self, label: &str) {
+        match self.cache.get(label) {
+            Some(counter) => counter.inc(),
+            None => {
+                let counter = self.vec.with_label_values(&[label]);
+                counter.inc();
+                self.cache.insert(label.to_string(), counter);
+            }
+        }
+    }
+}

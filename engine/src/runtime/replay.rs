@@ -227,6 +227,7 @@ impl Replay<'_, '_> {
         };
         let env = TaskEnv {
             clock: Clock::EventTime,
+            wall_now_ms: 0,
             globals: &self.globals,
             dead_letter_topic: &self.topology.dead_letter_topic,
             metrics: &self.metrics,
@@ -245,6 +246,7 @@ impl Replay<'_, '_> {
     fn fire_timers(&mut self, id: TaskId, until: i64) -> Result<(), RuntimeError> {
         let env = TaskEnv {
             clock: Clock::EventTime,
+            wall_now_ms: 0,
             globals: &self.globals,
             dead_letter_topic: &self.topology.dead_letter_topic,
             metrics: &self.metrics,

@@ -2,9 +2,9 @@
 //! sub-topology. The live runtime and the replay driver both run records through this code.
 
 use super::{
-    clock::wall_now_ms, global::GlobalTables, metrics::RuntimeMetrics, output::Output,
-    store::TaskState, timers, topology::SubTopology, Clock, ProcessError, Processor,
-    ProcessorContext, RuntimeError, SourceRecord, TaskId, Timer,
+    global::GlobalTables, metrics::RuntimeMetrics, output::Output, store::TaskState, timers,
+    topology::SubTopology, Clock, ProcessError, Processor, ProcessorContext, RuntimeError,
+    SourceRecord, TaskId, Timer,
 };
 use crate::model::{DeadLetter, SchemaRegistry};
 
@@ -14,6 +14,8 @@ const TIMER_BATCH: usize = 1_000;
 /// What every task of an instance shares while processing.
 pub(crate) struct TaskEnv<'a> {
     pub(crate) clock: Clock,
+    /// The wall clock read once per batch (used on [`Clock::Wall`]).
+    pub(crate) wall_now_ms: i64,
     pub(crate) globals: &'a GlobalTables,
     pub(crate) dead_letter_topic: &'a str,
     pub(crate) metrics: &'a RuntimeMetrics,
@@ -69,7 +71,7 @@ impl Task {
                 self.fire_due(self.stream_time, env, out)?;
                 self.stream_time
             }
-            Clock::Wall => wall_now_ms(),
+            Clock::Wall => env.wall_now_ms,
         };
         let mut ctx = ProcessorContext {
             task: self.id,
