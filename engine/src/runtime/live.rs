@@ -78,8 +78,8 @@ impl ShutdownFlag {
 
 type Producer_ = ThreadedProducer<DefaultProducerContext>;
 
-/// (changelog topic, partition, store key).
-type ChangelogKey = (String, i32, Vec<u8>);
+/// Latest value (or deletion) and timestamp per (partition, store key) of one changelog topic.
+type ChangelogWrites = HashMap<(i32, Vec<u8>), (Option<Vec<u8>>, i64)>;
 
 /// Transaction state shared with the rebalance callback, which runs inside `poll`.
 struct TxnState {
@@ -91,7 +91,7 @@ struct TxnState {
     offsets: HashMap<String, BTreeMap<i32, i64>>,
     /// Latest store write per (changelog topic, partition, key) in the open transaction, sent
     /// when it commits: a key updated many times in one commit interval is logged once.
-    changelog: HashMap<ChangelogKey, (Option<Vec<u8>>, i64)>,
+    changelog: HashMap<String, ChangelogWrites>,
     /// A commit failed: the open tasks' stores are ahead of the committed state.
     dirty: bool,
     /// The producer is fenced or in a fatal state and must be recreated before the next begin.
@@ -161,17 +161,18 @@ impl TxnState {
     }
 
     fn try_commit(&mut self, consumer: &BaseConsumer<RebalanceHook>) -> Result<(), RuntimeError> {
-        for ((topic, partition, key), (value, timestamp_ms)) in std::mem::take(&mut self.changelog)
-        {
-            self.metrics.changelog_out.with_label_values(&[&topic]).inc();
-            let mut record = BaseRecord::to(&topic)
-                .key(key.as_slice())
-                .partition(partition)
-                .timestamp(timestamp_ms);
-            if let Some(value) = &value {
-                record = record.payload(value.as_slice());
+        for (topic, writes) in std::mem::take(&mut self.changelog) {
+            self.metrics.changelog_out.with_label_values(&[&topic]).inc_by(writes.len() as u64);
+            for ((partition, key), (value, timestamp_ms)) in writes {
+                let mut record = BaseRecord::to(&topic)
+                    .key(key.as_slice())
+                    .partition(partition)
+                    .timestamp(timestamp_ms);
+                if let Some(value) = &value {
+                    record = record.payload(value.as_slice());
+                }
+                send_record(&self.producer, record)?;
             }
-            send_record(&self.producer, record)?;
         }
         let mut offsets = TopicPartitionList::new();
         for (topic, partition, offset) in
@@ -326,10 +327,16 @@ impl Output for TxnOutput<'_> {
         timestamp_ms: i64,
     ) -> Result<(), RuntimeError> {
         self.txn.touched = true;
-        self.txn.changelog.insert(
-            (topic.to_string(), partition, key.to_vec()),
-            (value.map(<[u8]>::to_vec), timestamp_ms),
-        );
+        let write = (value.map(<[u8]>::to_vec), timestamp_ms);
+        match self.txn.changelog.get_mut(topic) {
+            Some(writes) => {
+                writes.insert((partition, key.to_vec()), write);
+            }
+            None => {
+                let writes = HashMap::from([((partition, key.to_vec()), write)]);
+                self.txn.changelog.insert(topic.to_string(), writes);
+            }
+        }
         Ok(())
     }
 }
@@ -536,7 +543,7 @@ impl LiveRuntime {
             tasks: BTreeMap::new(),
             globals,
             global_reader,
-            consumer,
+            consumer: Arc::new(consumer),
             txn,
         };
         let result = worker.run_loop(shutdown);
@@ -628,7 +635,7 @@ struct Worker<'a> {
     tasks: BTreeMap<TaskId, Task>,
     globals: GlobalTables,
     global_reader: GlobalReader,
-    consumer: BaseConsumer<RebalanceHook>,
+    consumer: Arc<BaseConsumer<RebalanceHook>>,
     txn: Arc<Mutex<TxnState>>,
 }
 
@@ -659,12 +666,14 @@ impl Worker<'_> {
     fn step(&mut self, clocks: &mut LoopClocks) -> Result<(), RuntimeError> {
         let config = &self.runtime.config;
         let metrics = Arc::clone(&self.runtime.metrics);
+        // Messages borrow this handle, not `self`, so tasks can be opened and closed meanwhile.
+        let consumer = Arc::clone(&self.consumer);
         let mut batch = Vec::new();
         let mut wait = Duration::from_millis(20);
         while batch.len() < MAX_BATCH {
-            match self.consumer.poll(wait) {
+            match consumer.poll(wait) {
                 None => break,
-                Some(Ok(message)) => batch.push(message.detach()),
+                Some(Ok(message)) => batch.push(message),
                 Some(Err(error)) => {
                     tracing::warn!(%error, "consumer error");
                     break;
