@@ -8,7 +8,7 @@ use herald_engine::{
     kafka::KafkaConfig,
     model::{topics::TopicNames, IngestFormat},
     runtime::{LiveRuntime, RuntimeConfig, ShutdownFlag},
-    stage_user::{user_stage_topology, Settings},
+    stage_user::user_stage_topology,
 };
 
 #[derive(Debug, Args)]
@@ -40,14 +40,7 @@ pub struct EngineArgs {
 }
 
 pub fn run(kafka: &KafkaConfig, args: EngineArgs) -> anyhow::Result<ExitCode> {
-    let settings = match &args.app_config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            Settings::parse(&text, &path.display().to_string())?
-        }
-        None => Settings::default(),
-    };
+    let settings = super::load_settings(args.app_config.as_deref())?;
     let topology = user_stage_topology(
         &args.app_id,
         TopicNames::with_prefix(&args.topic_prefix),

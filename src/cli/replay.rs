@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::Args;
-use herald_engine::{backtest::Backtest, stage_user::Settings};
+use herald_engine::backtest::Backtest;
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
@@ -29,14 +29,7 @@ pub struct ReplayArgs {
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let settings = match &args.app_config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            Settings::parse(&text, &path.display().to_string())?
-        }
-        None => Settings::default(),
-    };
+    let settings = super::load_settings(args.app_config.as_deref())?;
     let until_ms = args
         .until
         .as_deref()
