@@ -19,12 +19,19 @@ kafka-down: ## stop the local broker
 build: bootstrap
 	cargo build --workspace --bins
 
-demo: kafka-up build ## start Kafka, create the topics, produce sample events, read them back decoded
+demo: kafka-up build ## start Kafka, create the topics, round-trip sample events, replay a sample campaign
 	$(HERALD) topics apply --topology topologies/default.toml
 	@start=$$(date +%s%3N); \
 	$(HERALD) produce --topic herald.events --schema AppEvent --file deploy/demo/events.jsonl && \
 	echo "--- decoded from herald.events ---" && \
 	$(HERALD) consume --topic herald.events --since-ms $$start --max $$(grep -c . deploy/demo/events.jsonl) --idle-secs 10
+	@echo "--- campaigns ---"
+	$(HERALD) campaign validate deploy/demo/campaigns/*.yaml
+	@echo "--- replay: what the campaigns would have done with deploy/demo/replay-input.jsonl ---"
+	$(HERALD) replay --campaigns deploy/demo/campaigns --input deploy/demo/replay-input.jsonl \
+		--app-config deploy/demo/apps.yaml --out .local/demo-replay
+	@echo "candidates (.local/demo-replay/candidates.jsonl):"
+	@jq -c '{campaign: .campaign_id, user: .user_id, at: (.qualified_at_ms / 1000 | todate), item: .event_properties.item}' .local/demo-replay/candidates.jsonl 2>/dev/null || cat .local/demo-replay/candidates.jsonl
 
 test: kafka-up ## the full test suite against the local broker
 	cargo test --workspace
