@@ -274,22 +274,13 @@ impl Message {
             self.deep_link.as_ref(),
             self.image_url.as_ref(),
         ];
-        let mut names = BTreeSet::new();
-        for text in texts.into_iter().flatten() {
-            for (at, _) in text.match_indices("profile.") {
-                let preceded_by_word = text[..at]
-                    .chars()
-                    .next_back()
-                    .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.');
-                let name: String = text[at + "profile.".len()..]
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                if !preceded_by_word && !name.is_empty() {
-                    names.insert(name);
-                }
-            }
-        }
-        names
+        texts
+            .into_iter()
+            .flatten()
+            .filter_map(|text| crate::render::MessageTemplate::compile(text).ok())
+            .flat_map(|template| {
+                template.profile_variables().map(str::to_string).collect::<Vec<_>>()
+            })
+            .collect()
     }
 }
