@@ -5,6 +5,7 @@ pub mod backtest;
 pub mod campaign;
 pub mod kafka;
 pub mod model;
+pub mod payload;
 pub mod render;
 pub mod runtime;
 pub mod stage_user;

@@ -3,6 +3,13 @@
 
 use herald_engine::campaign::{parse_campaign, DndAction, Filter, Op, Trigger};
 
+fn doc_example(id: &str) -> String {
+    doc_examples()
+        .into_iter()
+        .find(|e| e.starts_with(&format!("id: {id}\n")))
+        .expect("documented example")
+}
+
 fn doc_examples() -> Vec<String> {
     let doc = include_str!("../../docs/campaigns.md");
     doc.split("```yaml\n")
@@ -24,7 +31,7 @@ fn every_example_in_the_documentation_is_valid() {
 
 #[test]
 fn the_cart_example_compiles_to_an_inaction_trigger() {
-    let cart = parse_campaign(&doc_examples()[0], "cart").unwrap();
+    let cart = parse_campaign(&doc_example("cart-abandon"), "cart").unwrap();
     let Trigger::Event { event, conditions, unless } = &cart.when.trigger else {
         panic!("event trigger")
     };
@@ -39,7 +46,7 @@ fn the_cart_example_compiles_to_an_inaction_trigger() {
         "templates are scanned for the profile properties they use"
     );
 
-    let coupons = parse_campaign(&doc_examples()[7], "coupons").unwrap();
+    let coupons = parse_campaign(&doc_example("coupons"), "coupons").unwrap();
     assert_eq!(coupons.limits.total, Some(1000));
     assert_eq!(coupons.options.dnd.as_ref().unwrap().action, DndAction::Delay);
     assert_eq!(coupons.options.timezone, chrono_tz::America::Los_Angeles);
@@ -114,4 +121,28 @@ fn yaml_syntax_errors_name_the_position() {
     let errors = parse_campaign("id: [unclosed", "broken.yaml").unwrap_err();
     assert_eq!(errors.errors.len(), 1);
     assert!(errors.to_string().contains("line"), "{errors}");
+}
+
+#[test]
+fn push_options_are_parsed_and_checked() {
+    use herald_engine::campaign::{InterruptionLevel, Priority};
+    let rich = parse_campaign(&doc_example("rich"), "rich").unwrap();
+    let push = &rich.what[0].push;
+    assert_eq!(push.collapse_id.as_deref(), Some("cart-reminder"));
+    assert_eq!(push.ttl_ms, Some(6 * 3_600_000));
+    assert_eq!(push.priority, Priority::High);
+    assert_eq!(push.interruption_level, Some(InterruptionLevel::TimeSensitive));
+    assert_eq!(push.carousel.len(), 2);
+    assert_eq!(push.actions[1].link, None);
+
+    let long_collapse = doc_example("rich")
+        .replace("collapse_id: cart-reminder", &format!("collapse_id: {}", "x".repeat(65)));
+    let five_actions = doc_example("rich").replace(
+        "      - { id: later, title: Remind me later }",
+        &"      - { id: a, title: A }\n".repeat(4),
+    );
+    let errors = parse_campaign(&long_collapse, "a").unwrap_err().to_string();
+    assert!(errors.contains("what.push.collapse_id: is longer than 64 bytes"), "{errors}");
+    let errors = parse_campaign(&five_actions, "b").unwrap_err().to_string();
+    assert!(errors.contains("what.push.actions: has more than 4 actions"), "{errors}");
 }

@@ -7,7 +7,8 @@ mod parse;
 
 pub use filter::{time_ms, ProfileView, Scalar};
 pub use model::{
-    Behaviour, Campaign, CampaignStatus, Conversion, Dnd, DndAction, Filter, Inaction, Limits,
-    Message, Op, Options, Place, PropertyCondition, Trigger, When,
+    Action, Behaviour, Campaign, CampaignStatus, CarouselItem, Conversion, Dnd, DndAction, Filter,
+    Inaction, InterruptionLevel, Limits, Message, Op, Options, Place, Priority, PropertyCondition,
+    PushOptions, Trigger, When,
 };
 pub use parse::{parse_campaign, parse_duration, FieldError, ValidationErrors};

@@ -177,6 +177,108 @@ pub struct Message {
     pub deep_link: Option<String>,
     /// Image URL template.
     pub image_url: Option<String>,
+    /// Platform delivery options.
+    pub push: PushOptions,
+}
+
+/// How urgently Android delivers (FCM `android.priority`) and iOS interrupts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Priority {
+    /// Android high priority; iOS priority 10.
+    Max,
+    /// Android high priority; iOS priority 10.
+    High,
+    /// Android normal priority; iOS priority 10 (5 when silent).
+    #[default]
+    Default,
+}
+
+/// iOS interruption level (`aps.interruption-level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterruptionLevel {
+    /// Silent delivery to the notification list.
+    Passive,
+    /// The default.
+    Active,
+    /// Breaks through Focus.
+    TimeSensitive,
+    /// Plays a sound even when muted (needs an entitlement).
+    Critical,
+}
+
+impl InterruptionLevel {
+    /// The APNs value.
+    pub fn as_apns(self) -> &'static str {
+        match self {
+            Self::Passive => "passive",
+            Self::Active => "active",
+            Self::TimeSensitive => "time-sensitive",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+/// One card of an iOS carousel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CarouselItem {
+    /// Image URL.
+    pub image_url: String,
+    /// Caption.
+    pub caption: Option<String>,
+    /// Sub-caption.
+    pub sub_caption: Option<String>,
+    /// Link opened when the card is tapped.
+    pub link: Option<String>,
+}
+
+/// An action button (iOS category action or Android custom action).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Action {
+    /// Action identifier reported back on click.
+    pub id: String,
+    /// Button title.
+    pub title: String,
+    /// Deep link or URL it opens.
+    pub link: Option<String>,
+}
+
+/// Platform delivery options of a message.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PushOptions {
+    /// Sound name.
+    pub sound: Option<String>,
+    /// iOS badge count.
+    pub badge: Option<u32>,
+    /// iOS category.
+    pub category: Option<String>,
+    /// iOS thread id.
+    pub thread_id: Option<String>,
+    /// iOS `mutable-content` (rich media through a service extension).
+    pub mutable_content: bool,
+    /// Silent (background, `content-available`) push: no alert, priority 5.
+    pub silent: bool,
+    /// iOS interruption level.
+    pub interruption_level: Option<InterruptionLevel>,
+    /// Collapse id (APNs `apns-collapse-id`, at most 64 bytes; FCM collapse key).
+    pub collapse_id: Option<String>,
+    /// Time to live, milliseconds (APNs expiration, FCM ttl).
+    pub ttl_ms: Option<i64>,
+    /// Delivery priority.
+    pub priority: Priority,
+    /// Android notification channel.
+    pub channel_id: Option<String>,
+    /// Android click action.
+    pub click_action: Option<String>,
+    /// iOS video URL.
+    pub video_url: Option<String>,
+    /// iOS carousel.
+    pub carousel: Vec<CarouselItem>,
+    /// Action buttons (at most 4).
+    pub actions: Vec<Action>,
+    /// External URL opened on tap (instead of a deep link).
+    pub external_url: Option<String>,
+    /// Custom key-value data.
+    pub data: std::collections::BTreeMap<String, String>,
 }
 
 /// Reach limits.

@@ -7,8 +7,9 @@ use chrono::{DateTime, NaiveTime, Utc};
 use serde_json::{Map, Value};
 
 use super::{
-    Behaviour, Campaign, CampaignStatus, Conversion, Dnd, DndAction, Filter, Inaction, Limits,
-    Message, Op, Options, Place, PropertyCondition, Scalar, Trigger, When,
+    Action, Behaviour, Campaign, CampaignStatus, CarouselItem, Conversion, Dnd, DndAction, Filter,
+    Inaction, InterruptionLevel, Limits, Message, Op, Options, Place, Priority, PropertyCondition,
+    PushOptions, Scalar, Trigger, When,
 };
 use crate::model::Platform;
 
@@ -571,7 +572,7 @@ impl Parser {
     }
 
     fn what(&mut self, value: &Value) -> Option<Vec<Message>> {
-        let message_fields = ["id", "title", "body", "subtitle", "deep_link", "image_url"];
+        let message_fields = ["id", "title", "body", "subtitle", "deep_link", "image_url", "push"];
         let map = value.as_object();
         if let Some(variants) = map.and_then(|m| m.get("variants")) {
             self.object(value, "what", &["variants"])?;
@@ -632,6 +633,10 @@ impl Parser {
         let subtitle = template(self, "subtitle", false);
         let deep_link = template(self, "deep_link", false);
         let image_url = template(self, "image_url", false);
+        let push = match map.get("push") {
+            None | Some(Value::Null) => Some(PushOptions::default()),
+            Some(value) => self.push_options(value, &join(path, "push")),
+        };
         Some(Message {
             id,
             title: title??,
@@ -639,7 +644,166 @@ impl Parser {
             subtitle: subtitle?,
             deep_link: deep_link?,
             image_url: image_url?,
+            push: push?,
         })
+    }
+
+    fn flag(&mut self, map: &Map<String, Value>, key: &str, path: &str) -> Option<bool> {
+        match map.get(key) {
+            None => Some(false),
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                self.error(join(path, key), format!("expected true or false, found {other}"))
+            }
+        }
+    }
+
+    fn push_options(&mut self, value: &Value, path: &str) -> Option<PushOptions> {
+        let fields = [
+            "sound",
+            "badge",
+            "category",
+            "thread_id",
+            "mutable_content",
+            "silent",
+            "interruption_level",
+            "collapse_id",
+            "ttl",
+            "priority",
+            "channel_id",
+            "click_action",
+            "video_url",
+            "carousel",
+            "actions",
+            "external_url",
+            "data",
+        ];
+        let map = self.object(value, path, &fields)?;
+        let badge = match map.get("badge") {
+            None => Some(None),
+            Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) => Some(Some(n)),
+                None => {
+                    self.error(join(path, "badge"), format!("expected a whole number, found {v}"))
+                }
+            },
+        };
+        let interruption_level = match map.get("interruption_level").map(|v| (v.as_str(), v)) {
+            None => Some(None),
+            Some((Some("passive"), _)) => Some(Some(InterruptionLevel::Passive)),
+            Some((Some("active"), _)) => Some(Some(InterruptionLevel::Active)),
+            Some((Some("time-sensitive"), _)) => Some(Some(InterruptionLevel::TimeSensitive)),
+            Some((Some("critical"), _)) => Some(Some(InterruptionLevel::Critical)),
+            Some((_, other)) => self.error(
+                join(path, "interruption_level"),
+                format!(
+                    "unknown level {other}; expected passive, active, time-sensitive or critical"
+                ),
+            ),
+        };
+        let collapse_id = self.optional_text(map, "collapse_id", path);
+        if collapse_id.as_ref().is_some_and(|id| id.len() > 64) {
+            self.error::<()>(join(path, "collapse_id"), "is longer than 64 bytes (the APNs limit)");
+        }
+        let ttl = map.get("ttl").map(|v| self.duration(v, &join(path, "ttl")));
+        if ttl.flatten().is_some_and(|ms| ms <= 0) {
+            self.error::<()>(join(path, "ttl"), "must be positive");
+        }
+        let priority = match map.get("priority").map(|v| (v.as_str(), v)) {
+            None => Some(Priority::Default),
+            Some((Some("max"), _)) => Some(Priority::Max),
+            Some((Some("high"), _)) => Some(Priority::High),
+            Some((Some("default"), _)) => Some(Priority::Default),
+            Some((_, other)) => self.error(
+                join(path, "priority"),
+                format!("unknown priority {other}; expected max, high or default"),
+            ),
+        };
+        let carousel = match map.get("carousel") {
+            None => Some(Vec::new()),
+            Some(value) => self.list(value, &join(path, "carousel"), |parser, item, item_path| {
+                let card = parser.object(
+                    item,
+                    item_path,
+                    &["image_url", "caption", "sub_caption", "link"],
+                )?;
+                let image_url = parser.required_text(card, "image_url", item_path);
+                Some(CarouselItem {
+                    image_url: image_url?,
+                    caption: parser.optional_text(card, "caption", item_path),
+                    sub_caption: parser.optional_text(card, "sub_caption", item_path),
+                    link: parser.optional_text(card, "link", item_path),
+                })
+            }),
+        };
+        let actions = match map.get("actions") {
+            None => Some(Vec::new()),
+            Some(value) => self.list(value, &join(path, "actions"), |parser, item, item_path| {
+                let action = parser.object(item, item_path, &["id", "title", "link"])?;
+                let id = parser.required_text(action, "id", item_path);
+                let title = parser.required_text(action, "title", item_path);
+                Some(Action {
+                    id: id?,
+                    title: title?,
+                    link: parser.optional_text(action, "link", item_path),
+                })
+            }),
+        };
+        if actions.as_ref().is_some_and(|a| a.len() > 4) {
+            self.error::<()>(
+                join(path, "actions"),
+                "has more than 4 actions (the iOS category limit)",
+            );
+        }
+        let data = match map.get("data") {
+            None => Some(Default::default()),
+            Some(Value::Object(entries)) => entries
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Some((k.clone(), s.clone())),
+                    other => Some((k.clone(), other.to_string())),
+                })
+                .collect(),
+            Some(other) => {
+                self.error(join(path, "data"), format!("expected a mapping, found {}", kind(other)))
+            }
+        };
+        let mutable_content = self.flag(map, "mutable_content", path);
+        let silent = self.flag(map, "silent", path);
+        Some(PushOptions {
+            sound: self.optional_text(map, "sound", path),
+            badge: badge?,
+            category: self.optional_text(map, "category", path),
+            thread_id: self.optional_text(map, "thread_id", path),
+            mutable_content: mutable_content?,
+            silent: silent?,
+            interruption_level: interruption_level?,
+            collapse_id,
+            ttl_ms: ttl.flatten(),
+            priority: priority?,
+            channel_id: self.optional_text(map, "channel_id", path),
+            click_action: self.optional_text(map, "click_action", path),
+            video_url: self.optional_text(map, "video_url", path),
+            carousel: carousel?,
+            actions: actions?,
+            external_url: self.optional_text(map, "external_url", path),
+            data: data?,
+        })
+    }
+
+    /// Parses every item of a list with `item`, reporting `path[i]` paths.
+    fn list<T>(
+        &mut self,
+        value: &Value,
+        path: &str,
+        mut item: impl FnMut(&mut Self, &Value, &str) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let Some(items) = value.as_array() else {
+            return self.error(path, format!("expected a list, found {}", kind(value)));
+        };
+        let parsed: Vec<Option<T>> =
+            items.iter().enumerate().map(|(i, v)| item(self, v, &format!("{path}[{i}]"))).collect();
+        parsed.into_iter().collect()
     }
 
     fn limits(&mut self, value: &Value) -> Option<Limits> {
