@@ -8,5 +8,6 @@ pub mod model;
 pub mod payload;
 pub mod render;
 pub mod runtime;
+pub mod stage_campaign;
 pub mod stage_user;
 pub mod topology;

@@ -1,0 +1,241 @@
+//! A/B tests and split delivery: deterministic assignment, test groups, winner selection.
+
+/// The variant for the `n`-th user (0-based) to qualify for a triggered test: strict
+/// alternation A, B, C, A, B, C, …
+pub fn alternate(n: u64, variants: usize) -> usize {
+    (n % variants.max(1) as u64) as usize
+}
+
+/// Deterministic weighted round robin (the "smooth" variant): over any run of assignments the
+/// counts stay within one of the exact proportions, with no coin flips.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitDelivery {
+    weights: Vec<i64>,
+    current: Vec<i64>,
+}
+
+impl SplitDelivery {
+    /// Splits by `percentages` (any positive weights; they need not sum to 100).
+    pub fn new(percentages: &[u32]) -> Self {
+        let weights: Vec<i64> = percentages.iter().map(|p| i64::from(*p)).collect();
+        Self { current: vec![0; weights.len()], weights }
+    }
+
+    /// The variant of the next user.
+    pub fn next_variant(&mut self) -> usize {
+        let total: i64 = self.weights.iter().sum();
+        for (current, weight) in self.current.iter_mut().zip(&self.weights) {
+            *current += weight;
+        }
+        let (best, _) = self
+            .current
+            .iter()
+            .enumerate()
+            .max_by(|(i, a), (j, b)| a.cmp(b).then(j.cmp(i)))
+            .expect("at least one variant");
+        self.current[best] -= total;
+        best
+    }
+}
+
+/// Size of a scheduled test population.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TestPopulation {
+    /// A percentage of the campaign's reach.
+    Percent(f64),
+    /// An absolute number of users.
+    Users(u64),
+}
+
+/// How a scheduled audience is divided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestPlan {
+    /// Users per variant in the test.
+    pub per_variant: u64,
+    /// Users who get the winner afterwards.
+    pub remainder: u64,
+}
+
+/// Divides `reach` users: equal test groups (rounded down), the rest for the winner.
+pub fn test_plan(reach: u64, population: TestPopulation, variants: usize) -> TestPlan {
+    let test = match population {
+        TestPopulation::Percent(p) => ((reach as f64) * p / 100.0).floor() as u64,
+        TestPopulation::Users(n) => n,
+    }
+    .min(reach);
+    let per_variant = test / variants.max(1) as u64;
+    TestPlan { per_variant, remainder: reach - per_variant * variants as u64 }
+}
+
+/// What a variant achieved in the test.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VariantResult {
+    /// Notifications sent.
+    pub sent: u64,
+    /// Clicks.
+    pub clicks: u64,
+}
+
+/// How the winner is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WinnerRule {
+    /// The most clicks.
+    MostClicks,
+    /// The highest click-through rate, reported with the p-value of a chi-squared test of
+    /// independence (for two variants, the two-proportion z-test).
+    ClickThroughRate,
+}
+
+/// The chosen variant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Winner {
+    /// Index of the variant.
+    pub variant: usize,
+    /// p-value of the difference, with [`WinnerRule::ClickThroughRate`].
+    pub p_value: Option<f64>,
+}
+
+/// Picks the winner. Ties go to the variant listed first (A before B before C), so a test
+/// without a difference keeps the original message.
+pub fn pick_winner(results: &[VariantResult], rule: WinnerRule) -> Winner {
+    let rate = |r: &VariantResult| if r.sent == 0 { 0.0 } else { r.clicks as f64 / r.sent as f64 };
+    let better = |a: &VariantResult, b: &VariantResult| match rule {
+        WinnerRule::MostClicks => a.clicks > b.clicks,
+        WinnerRule::ClickThroughRate => rate(a) > rate(b),
+    };
+    let mut best = 0;
+    for (i, result) in results.iter().enumerate().skip(1) {
+        if better(result, &results[best]) {
+            best = i;
+        }
+    }
+    let p_value = (rule == WinnerRule::ClickThroughRate).then(|| chi_squared_p_value(results));
+    Winner { variant: best, p_value }
+}
+
+/// p-value of Pearson's chi-squared test that click-through does not depend on the variant
+/// (clicked / not clicked × variants). Degrees of freedom k − 1 ∈ {1, 2} have closed forms.
+fn chi_squared_p_value(results: &[VariantResult]) -> f64 {
+    let sent: f64 = results.iter().map(|r| r.sent as f64).sum();
+    let clicks: f64 = results.iter().map(|r| r.clicks as f64).sum();
+    if sent == 0.0 || clicks == 0.0 || clicks == sent || results.len() < 2 {
+        return 1.0;
+    }
+    let mut statistic = 0.0;
+    for r in results.iter().filter(|r| r.sent > 0) {
+        let n = r.sent as f64;
+        for (observed, share) in
+            [(r.clicks as f64, clicks / sent), ((r.sent - r.clicks) as f64, 1.0 - clicks / sent)]
+        {
+            let expected = n * share;
+            statistic += (observed - expected).powi(2) / expected;
+        }
+    }
+    match results.len() - 1 {
+        1 => erfc((statistic / 2.0).sqrt()),
+        _ => (-statistic / 2.0).exp(), // df = 2; more variants are not allowed
+    }
+}
+
+/// Complementary error function (Abramowitz & Stegun 7.1.26, absolute error < 1.5e-7),
+/// hand-written because the standard library has none.
+fn erfc(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let value = poly * (-x * x).exp();
+    if x >= 0.0 {
+        value
+    } else {
+        2.0 - value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_million_reach_15_percent_3_variants_gives_100000_each() {
+        let plan = test_plan(2_000_000, TestPopulation::Percent(15.0), 3);
+        assert_eq!(plan, TestPlan { per_variant: 100_000, remainder: 1_700_000 });
+        // Scaled down proportionally.
+        assert_eq!(
+            test_plan(20_000, TestPopulation::Percent(15.0), 3),
+            TestPlan { per_variant: 1_000, remainder: 17_000 }
+        );
+        assert_eq!(
+            test_plan(1_000, TestPopulation::Users(500), 2),
+            TestPlan { per_variant: 250, remainder: 500 }
+        );
+    }
+
+    #[test]
+    fn alternation_is_strict() {
+        let assigned: Vec<usize> = (0..7).map(|n| alternate(n, 3)).collect();
+        assert_eq!(assigned, vec![0, 1, 2, 0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn split_delivery_keeps_exact_proportions_at_every_point() {
+        let mut split = SplitDelivery::new(&[50, 30, 20]);
+        let mut counts = [0u64; 3];
+        for sent in 1..=1_000u64 {
+            counts[split.next_variant()] += 1;
+            for (count, share) in counts.iter().zip([0.5, 0.3, 0.2]) {
+                let exact = sent as f64 * share;
+                assert!((*count as f64 - exact).abs() < 1.0 + 1e-9, "after {sent}: {counts:?}");
+            }
+        }
+        assert_eq!(counts, [500, 300, 200]);
+    }
+
+    #[test]
+    fn most_clicks_wins_and_ties_go_to_the_first_variant() {
+        let results =
+            [VariantResult { sent: 250, clicks: 10 }, VariantResult { sent: 250, clicks: 30 }];
+        assert_eq!(
+            pick_winner(&results, WinnerRule::MostClicks),
+            Winner { variant: 1, p_value: None }
+        );
+        let tie =
+            [VariantResult { sent: 250, clicks: 20 }, VariantResult { sent: 250, clicks: 20 }];
+        assert_eq!(pick_winner(&tie, WinnerRule::MostClicks).variant, 0);
+    }
+
+    #[test]
+    fn ctr_winner_reports_a_p_value() {
+        // 4% vs 12% over 250 each: a clear difference.
+        let clear =
+            [VariantResult { sent: 250, clicks: 10 }, VariantResult { sent: 250, clicks: 30 }];
+        let winner = pick_winner(&clear, WinnerRule::ClickThroughRate);
+        assert_eq!(winner.variant, 1);
+        let p = winner.p_value.unwrap();
+        // chi² = 10.87 with 1 df → p ≈ 0.00098.
+        assert!((p - 0.00098).abs() < 0.0002, "{p}");
+        // No difference: p = 1.
+        let same =
+            [VariantResult { sent: 100, clicks: 10 }, VariantResult { sent: 100, clicks: 10 }];
+        assert!(
+            (pick_winner(&same, WinnerRule::ClickThroughRate).p_value.unwrap() - 1.0).abs() < 1e-6
+        );
+        // Three variants (df = 2).
+        let three = [
+            VariantResult { sent: 100, clicks: 10 },
+            VariantResult { sent: 100, clicks: 10 },
+            VariantResult { sent: 100, clicks: 25 },
+        ];
+        let winner = pick_winner(&three, WinnerRule::ClickThroughRate);
+        assert_eq!(winner.variant, 2);
+        assert!(winner.p_value.unwrap() < 0.01);
+    }
+
+    #[test]
+    fn erfc_matches_reference_values() {
+        assert!((erfc(0.0) - 1.0).abs() < 1e-6);
+        assert!((erfc(1.0) - 0.157_299_207).abs() < 1e-6);
+        assert!((erfc(-1.0) - 1.842_700_793).abs() < 1e-6);
+    }
+}
