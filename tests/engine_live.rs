@@ -7,7 +7,7 @@ mod common;
 use std::{process::Command, time::Duration};
 
 use herald_engine::model::{
-    AppEvent, Candidate, DeadLetter, Device, Platform, ProfileUpdate, SchemaRegistry,
+    AppEvent, Candidate, DeadLetter, Device, Platform, ProfileUpdate, SchemaRegistry, SendCommand,
 };
 
 fn spawn_engine(
@@ -38,6 +38,9 @@ fn inaction_window_survives_a_restart_and_yields_exactly_one_candidate() {
         (&topic("receipts"), 2),
         (&topic("campaigns"), 1),
         (&topic("campaign-flow"), 2),
+        (&topic("push"), 2),
+        (&topic("stats"), 1),
+        (&topic("campaign-events"), 1),
         (&topic("dead-letter"), 1),
     ]);
     let dir = tempfile::tempdir().unwrap();
@@ -121,6 +124,8 @@ fn inaction_window_survives_a_restart_and_yields_exactly_one_candidate() {
         Duration::from_secs(1),
         Duration::from_secs(30),
     );
+    let sends =
+        common::read_committed(&topic("push"), 1, Duration::from_secs(1), Duration::from_secs(30));
     common::stop_gracefully(engine);
 
     let candidates: Vec<Candidate> = flow
@@ -131,6 +136,10 @@ fn inaction_window_survives_a_restart_and_yields_exactly_one_candidate() {
     assert_eq!(candidates[0].user_id, "u1");
     assert_eq!(candidates[0].qualified_at_ms, now + 8_000);
     assert_eq!(flow.len(), 1, "nothing else in the flow");
+    assert_eq!(sends.len(), 1, "one send command for u1's one device");
+    let command: SendCommand = registry.decode(sends[0].value.as_deref().unwrap()).unwrap();
+    assert_eq!((command.user_id.as_str(), command.platform), ("u1", Platform::Android));
+    assert!(command.payload.contains("\"token\":\"tok-u1\""), "{}", command.payload);
 
     assert_eq!(letters.len(), 1);
     let letter: DeadLetter = registry.decode(letters[0].value.as_deref().unwrap()).unwrap();

@@ -3,6 +3,7 @@
 //! have done. Format in `docs/replay.md`.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     io::{BufRead, BufReader, BufWriter, Write},
     path::{Path, PathBuf},
@@ -17,14 +18,15 @@ use crate::{
     campaign::{parse_campaign, ValidationErrors},
     model::{
         topics::{self, TopicNames},
-        AppEvent, CampaignCommand, CampaignEnvelope, Candidate, Device, Engagement, IngestFormat,
-        Platform, ProfileUpdate, Record, SchemaRegistry, Skip,
+        AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats,
+        Candidate, Device, Engagement, IngestFormat, Platform, ProfileUpdate, Record,
+        SchemaRegistry, SendCommand, Skip,
     },
     runtime::{
         replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
         RuntimeError,
     },
-    stage_user::{user_stage_topology, Settings},
+    {pipeline::engine_topology, stage_user::Settings},
 };
 
 /// Why a backtest could not run.
@@ -67,6 +69,10 @@ pub struct BacktestSummary {
     pub skips: u64,
     /// Engagements written to `engagements.jsonl`.
     pub engagements: u64,
+    /// Send commands written to `sends.jsonl`.
+    pub sends: u64,
+    /// Lifecycle events written to `campaign-events.jsonl`.
+    pub campaign_events: u64,
     /// Rejected input records (in `dead-letters.jsonl`).
     pub dead_letters: u64,
 }
@@ -145,7 +151,7 @@ impl Backtest {
 
         std::fs::create_dir_all(&self.out).map_err(io(&self.out))?;
         let mut writers = Writers::create(&self.out)?;
-        let topology = user_stage_topology(
+        let topology = engine_topology(
             "herald-replay",
             TopicNames::default(),
             Arc::new(self.settings.clone()),
@@ -191,7 +197,11 @@ struct Writers {
     candidates: BufWriter<File>,
     skips: BufWriter<File>,
     engagements: BufWriter<File>,
+    sends: BufWriter<File>,
+    campaign_events: BufWriter<File>,
     dead_letters: BufWriter<File>,
+    /// Latest stats snapshot per campaign, written to `stats.json` at the end.
+    stats: BTreeMap<String, serde_json::Value>,
     summary: BacktestSummary,
     dir: PathBuf,
 }
@@ -208,7 +218,10 @@ impl Writers {
             candidates: open("candidates.jsonl")?,
             skips: open("skips.jsonl")?,
             engagements: open("engagements.jsonl")?,
+            sends: open("sends.jsonl")?,
+            campaign_events: open("campaign-events.jsonl")?,
             dead_letters: open("dead-letters.jsonl")?,
+            stats: BTreeMap::new(),
             summary: BacktestSummary::default(),
             dir: dir.to_path_buf(),
         })
@@ -236,6 +249,29 @@ impl Writers {
                     &mut self.summary.engagements,
                 )
             }
+            (topics::PUSH, SendCommand::FULL_NAME) => {
+                let command: SendCommand = registry.decode(value).map_err(decode_error)?;
+                (
+                    &mut self.sends,
+                    serde_json::to_string(&send_line(&command)),
+                    &mut self.summary.sends,
+                )
+            }
+            (topics::STATS, CampaignStats::FULL_NAME) => {
+                let stats: CampaignStats = registry.decode(value).map_err(decode_error)?;
+                let json = serde_json::to_value(&stats)
+                    .map_err(|e| RuntimeError::Topology(e.to_string()))?;
+                self.stats.insert(stats.campaign_id, json);
+                return Ok(());
+            }
+            (topics::CAMPAIGN_EVENTS, CampaignLifecycleEvent::FULL_NAME) => {
+                let event: CampaignLifecycleEvent = registry.decode(value).map_err(decode_error)?;
+                (
+                    &mut self.campaign_events,
+                    serde_json::to_string(&event),
+                    &mut self.summary.campaign_events,
+                )
+            }
             (_, _) => {
                 let (_, decoded) = registry.decode_value(value).map_err(decode_error)?;
                 let json = serde_json::Value::try_from(decoded)
@@ -254,9 +290,20 @@ impl Writers {
     }
 
     fn finish(mut self) -> Result<BacktestSummary, BacktestError> {
-        for file in
-            [&mut self.candidates, &mut self.skips, &mut self.engagements, &mut self.dead_letters]
-        {
+        let stats_path = self.dir.join("stats.json");
+        let stats = serde_json::to_string_pretty(&self.stats).expect("JSON values serialise");
+        std::fs::write(&stats_path, stats + "\n").map_err(|source| BacktestError::Io {
+            path: stats_path.display().to_string(),
+            source,
+        })?;
+        for file in [
+            &mut self.candidates,
+            &mut self.skips,
+            &mut self.engagements,
+            &mut self.sends,
+            &mut self.campaign_events,
+            &mut self.dead_letters,
+        ] {
             file.flush().map_err(|source| BacktestError::Io {
                 path: self.dir.display().to_string(),
                 source,
@@ -380,5 +427,29 @@ fn device(item: &Value) -> Result<Device, String> {
         make: text("make"),
         model: text("model"),
         sdk_version: text("sdk_version"),
+    })
+}
+
+/// One line of `sends.jsonl`: who gets what, with the rendered title and body read back from
+/// the platform payload.
+fn send_line(command: &SendCommand) -> serde_json::Value {
+    let payload: serde_json::Value = serde_json::from_str(&command.payload).unwrap_or_default();
+    let (title, body) = match command.platform {
+        Platform::Ios => (&payload["aps"]["alert"]["title"], &payload["aps"]["alert"]["body"]),
+        Platform::Android => (
+            &payload["message"]["notification"]["title"],
+            &payload["message"]["notification"]["body"],
+        ),
+    };
+    serde_json::json!({
+        "campaign_id": command.campaign_id,
+        "variant_id": command.variant_id,
+        "user_id": command.user_id,
+        "platform": command.platform,
+        "token": command.token,
+        "title": title,
+        "body": body,
+        "message_id": command.message_id,
+        "send_time": chrono::DateTime::from_timestamp_millis(command.created_at_ms).map(|t| t.to_rfc3339()),
     })
 }

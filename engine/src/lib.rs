@@ -6,6 +6,7 @@ pub mod campaign;
 pub mod kafka;
 pub mod model;
 pub mod payload;
+pub mod pipeline;
 pub mod render;
 pub mod runtime;
 pub mod stage_campaign;

@@ -417,8 +417,8 @@ fn receipts_clicks_and_conversions_become_engagements() {
             topics::{self, TopicNames},
             Engagement, EngagementKind, IngestFormat, Receipt, ReceiptStatus, SchemaRegistry,
         },
+        pipeline::engine_topology,
         runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
-        stage_user::user_stage_topology,
     };
     use std::{cell::RefCell, sync::Arc};
 
@@ -529,7 +529,7 @@ fn receipts_clicks_and_conversions_become_engagements() {
             t0 + 90_000,
         ),
     ];
-    let topology = user_stage_topology(
+    let topology = engine_topology(
         "engagements",
         TopicNames::default(),
         Arc::new(Settings::default()),

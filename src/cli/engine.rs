@@ -7,8 +7,8 @@ use clap::Args;
 use herald_engine::{
     kafka::KafkaConfig,
     model::{topics::TopicNames, IngestFormat},
+    pipeline::engine_topology,
     runtime::{LiveRuntime, RuntimeConfig, ShutdownFlag},
-    stage_user::user_stage_topology,
 };
 
 #[derive(Debug, Args)]
@@ -41,7 +41,7 @@ pub struct EngineArgs {
 
 pub fn run(kafka: &KafkaConfig, args: EngineArgs) -> anyhow::Result<ExitCode> {
     let settings = super::load_settings(args.app_config.as_deref())?;
-    let topology = user_stage_topology(
+    let topology = engine_topology(
         &args.app_id,
         TopicNames::with_prefix(&args.topic_prefix),
         Arc::new(settings),

@@ -1,14 +1,16 @@
 //! Campaign definitions: the documented YAML format (`docs/campaigns.md`), its validation with
 //! every error reported by field path, and the compiled form operators evaluate.
 
+mod book;
 mod filter;
 mod model;
 mod parse;
 
+pub use book::CampaignBook;
 pub use filter::{time_ms, ProfileView, Scalar};
 pub use model::{
-    Action, Behaviour, Campaign, CampaignStatus, CarouselItem, Conversion, Dnd, DndAction, Filter,
-    Inaction, InterruptionLevel, Limits, Message, Op, Options, Place, Priority, PropertyCondition,
-    PushOptions, Trigger, When,
+    AbTest, Action, Assignment, Behaviour, Campaign, CampaignStatus, CarouselItem, Conversion, Dnd,
+    DndAction, Filter, Inaction, InterruptionLevel, Limits, Message, Op, Options, Place, Priority,
+    PropertyCondition, PushOptions, Trigger, When, WinnerBy,
 };
 pub use parse::{parse_campaign, parse_duration, FieldError, ValidationErrors};

@@ -281,6 +281,40 @@ pub struct PushOptions {
     pub data: std::collections::BTreeMap<String, String>,
 }
 
+/// How the A/B winner is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WinnerBy {
+    /// Most clicks (ties: the earlier variant).
+    Clicks,
+    /// Highest click-through rate, reported with a chi-squared p-value.
+    ClickThroughRate,
+}
+
+/// A triggered A/B test: alternate until `test_audience` users got a variant, wait
+/// `evaluate_after` for clicks, then send the winner only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AbTest {
+    /// Users in the test.
+    pub test_audience: u64,
+    /// Wait after the last test user before choosing, milliseconds.
+    pub evaluate_after_ms: i64,
+    /// Rule.
+    pub winner_by: WinnerBy,
+}
+
+/// How users are spread over a campaign's variants.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Assignment {
+    /// One message.
+    Single,
+    /// Strict alternation, for ever.
+    Alternate,
+    /// An A/B test, then the winner.
+    AbTest(AbTest),
+    /// Fixed percentages per variant (adding up to 100), by weighted round robin.
+    Split(Vec<u32>),
+}
+
 /// Reach limits.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Limits {
@@ -357,6 +391,8 @@ pub struct Campaign {
     pub when: When,
     /// Message variants (1 to 3).
     pub what: Vec<Message>,
+    /// How users are spread over the variants.
+    pub assignment: Assignment,
     /// Reach limits.
     pub limits: Limits,
     /// Options.

@@ -7,9 +7,9 @@ use chrono::{DateTime, NaiveTime, Utc};
 use serde_json::{Map, Value};
 
 use super::{
-    Action, Behaviour, Campaign, CampaignStatus, CarouselItem, Conversion, Dnd, DndAction, Filter,
-    Inaction, InterruptionLevel, Limits, Message, Op, Options, Place, Priority, PropertyCondition,
-    PushOptions, Scalar, Trigger, When,
+    AbTest, Action, Assignment, Behaviour, Campaign, CampaignStatus, CarouselItem, Conversion, Dnd,
+    DndAction, Filter, Inaction, InterruptionLevel, Limits, Message, Op, Options, Place, Priority,
+    PropertyCondition, PushOptions, Scalar, Trigger, When, WinnerBy,
 };
 use crate::model::Platform;
 
@@ -216,8 +216,8 @@ impl Parser {
             Some(value) => self.limits(value),
         };
         let options = self.options(map.get("options").unwrap_or(&Value::Null));
-        let profile_variables =
-            what.iter().flatten().flat_map(Message::profile_variables).collect();
+        let (what, assignment) = what?;
+        let profile_variables = what.iter().flat_map(Message::profile_variables).collect();
         Some(Campaign {
             id: id?,
             app: app?,
@@ -225,7 +225,8 @@ impl Parser {
             status: status?,
             who: who?,
             when: when?,
-            what: what?,
+            what,
+            assignment,
             limits: limits?,
             options: options?,
             profile_variables,
@@ -571,11 +572,11 @@ impl Parser {
         Some(Trigger::DateReminder { event: event?, property: property?, offset_ms: offset? })
     }
 
-    fn what(&mut self, value: &Value) -> Option<Vec<Message>> {
+    fn what(&mut self, value: &Value) -> Option<(Vec<Message>, Assignment)> {
         let message_fields = ["id", "title", "body", "subtitle", "deep_link", "image_url", "push"];
         let map = value.as_object();
         if let Some(variants) = map.and_then(|m| m.get("variants")) {
-            self.object(value, "what", &["variants"])?;
+            let what = self.object(value, "what", &["variants", "ab", "split"])?;
             let Some(items) = variants.as_array().filter(|v| !v.is_empty()) else {
                 return self.error("what.variants", "expected a non-empty list of messages");
             };
@@ -595,16 +596,69 @@ impl Parser {
                         .and_then(|m| self.message(m, &path, default_id))
                 })
                 .collect();
+            let assignment = self.assignment(what, items.len());
             let messages: Vec<Message> = parsed.into_iter().collect::<Option<_>>()?;
             let mut ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
             ids.sort_unstable();
             if ids.windows(2).any(|w| w[0] == w[1]) {
                 return self.error("what.variants", "variant ids must be unique");
             }
-            return Some(messages);
+            return Some((messages, assignment?));
         }
         let map = self.object(value, "what", &message_fields)?;
-        self.message(map, "what", "A".into()).map(|m| vec![m])
+        self.message(map, "what", "A".into()).map(|m| (vec![m], Assignment::Single))
+    }
+
+    /// How users are spread over `variants`: `ab` (test, then the winner), `split` (fixed
+    /// percentages) or, by default, strict alternation.
+    fn assignment(&mut self, what: &Map<String, Value>, variants: usize) -> Option<Assignment> {
+        match (what.get("ab"), what.get("split")) {
+            (Some(_), Some(_)) => self.error("what", "use ab or split, not both"),
+            (None, None) if variants == 1 => Some(Assignment::Single),
+            (None, None) => Some(Assignment::Alternate),
+            (Some(ab), None) => {
+                let map =
+                    self.object(ab, "what.ab", &["test_audience", "evaluate_after", "winner_by"])?;
+                let audience = self
+                    .required(map, "test_audience", "what.ab")
+                    .and_then(|v| self.count(v, "what.ab.test_audience"));
+                let after = self
+                    .required(map, "evaluate_after", "what.ab")
+                    .and_then(|v| self.duration(v, "what.ab.evaluate_after"));
+                let winner_by = match map.get("winner_by").and_then(Value::as_str) {
+                    None | Some("clicks") => Some(WinnerBy::Clicks),
+                    Some("ctr") => Some(WinnerBy::ClickThroughRate),
+                    Some(other) => self.error(
+                        "what.ab.winner_by",
+                        format!("unknown rule {other:?}; expected clicks or ctr"),
+                    ),
+                };
+                Some(Assignment::AbTest(AbTest {
+                    test_audience: audience?,
+                    evaluate_after_ms: after?,
+                    winner_by: winner_by?,
+                }))
+            }
+            (None, Some(split)) => {
+                let shares = self.list(split, "what.split", |parser, item, path| {
+                    match item.as_u64().and_then(|n| u32::try_from(n).ok()).filter(|n| *n > 0) {
+                        Some(n) => Some(n),
+                        None => parser
+                            .error(path, format!("expected a positive percentage, found {item}")),
+                    }
+                })?;
+                if shares.len() != variants {
+                    return self.error(
+                        "what.split",
+                        format!("has {} shares for {variants} variants", shares.len()),
+                    );
+                }
+                if shares.iter().sum::<u32>() != 100 {
+                    return self.error("what.split", "shares must add up to 100");
+                }
+                Some(Assignment::Split(shares))
+            }
+        }
     }
 
     fn message(

@@ -13,6 +13,8 @@ pub const CAMPAIGN_EVENTS: &str = "herald.campaign-events";
 pub const CAMPAIGN_FLOW: &str = "herald.campaign-flow";
 /// Send commands.
 pub const PUSH: &str = "herald.push";
+/// Campaign stats snapshots (compacted).
+pub const STATS: &str = "herald.stats";
 /// Sender outcomes.
 pub const RECEIPTS: &str = "herald.receipts";
 /// Undecodable or rejected input.
@@ -29,6 +31,12 @@ pub struct TopicNames {
     pub campaigns: String,
     /// User stage → campaign stage.
     pub campaign_flow: String,
+    /// Send commands.
+    pub push: String,
+    /// Campaign stats snapshots.
+    pub stats: String,
+    /// Campaign lifecycle events.
+    pub campaign_events: String,
     /// Sender outcomes.
     pub receipts: String,
     /// Rejected input.
@@ -44,6 +52,9 @@ impl TopicNames {
             profiles: name(PROFILES),
             campaigns: name(CAMPAIGNS),
             campaign_flow: name(CAMPAIGN_FLOW),
+            push: name(PUSH),
+            stats: name(STATS),
+            campaign_events: name(CAMPAIGN_EVENTS),
             receipts: name(RECEIPTS),
             dead_letter: name(DEAD_LETTER),
         }

@@ -21,6 +21,20 @@ impl SplitDelivery {
         Self { current: vec![0; weights.len()], weights }
     }
 
+    /// Continues a split from a saved [`SplitDelivery::state`].
+    pub fn resume(percentages: &[u32], state: Vec<i64>) -> Self {
+        let mut split = Self::new(percentages);
+        if state.len() == split.current.len() {
+            split.current = state;
+        }
+        split
+    }
+
+    /// The position to save and [`SplitDelivery::resume`] from.
+    pub fn state(&self) -> &[i64] {
+        &self.current
+    }
+
     /// The variant of the next user.
     pub fn next_variant(&mut self) -> usize {
         let total: i64 = self.weights.iter().sum();

@@ -1,5 +1,483 @@
-//! The campaign stage (partitioned by campaign id). This milestone holds its decision logic:
-//! A/B assignment and winner selection, split delivery. The operator that applies them to the
-//! candidate flow (limits, rendering, outbox throttling, stats) builds on these.
+//! The campaign stage (partitioned by campaign id): turns candidates into rendered send
+//! commands. It applies reach limits (exact, since one task owns a campaign), assigns variants
+//! (alternation, A/B test then winner, split), renders the templates, builds the platform
+//! payloads and keeps per-variant stats from skips and engagements.
+//!
+//! Not yet here (see the issue): scheduled runs with the safety check, multi-message by
+//! property, throttling through the outbox.
 
 pub mod ab;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+
+use ab::{pick_winner, SplitDelivery, VariantResult, WinnerRule};
+
+use crate::{
+    campaign::{Assignment, Campaign, CampaignBook, CampaignStatus, WinnerBy},
+    model::{
+        topics::TopicNames, CampaignLifecycleEvent, CampaignStats, Candidate, Engagement,
+        EngagementKind, LifecycleKind, Platform, Record, SchemaRegistry, SendCommand, Skip,
+        VariantStats,
+    },
+    payload::{self, Addressing, RenderedMessage},
+    render::{MessageTemplate, RenderError},
+    runtime::{
+        ProcessError, Processor, ProcessorContext, RuntimeError, SourceRecord, Timer,
+        TopologyBuilder,
+    },
+};
+
+const STATE: &str = "campaign-state";
+const ASSIGNMENTS: &str = "assignments";
+use crate::pipeline::CAMPAIGNS_TABLE;
+
+/// Adds the campaign stage (campaign flow in; send commands, stats and lifecycle events out)
+/// to a topology that has the campaigns global table.
+pub fn add_campaign_stage(builder: TopologyBuilder, topics: &Arc<TopicNames>) -> TopologyBuilder {
+    let names = Arc::clone(topics);
+    builder.sub_topology(
+        "campaign",
+        move |_| CampaignStage::new(Arc::clone(&names)),
+        |s| {
+            s.source(&topics.campaign_flow)
+                .store(STATE)
+                .store(ASSIGNMENTS)
+                .sink(&topics.push)
+                .sink(&topics.stats)
+                .sink(&topics.campaign_events)
+        },
+    )
+}
+
+/// Everything the stage remembers about one campaign.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct CampaignState {
+    /// Users sent to over the campaign's life.
+    sent: u64,
+    /// (day in the campaign timezone, users sent to that day).
+    day: (String, u64),
+    /// The total limit was reached and announced.
+    completed: bool,
+    /// Users assigned a variant so far (alternation position).
+    assigned: u64,
+    /// Weighted round robin state of a split.
+    split: Option<Vec<i64>>,
+    /// When the A/B test audience was full.
+    test_full_at: Option<i64>,
+    /// The A/B winner, once chosen.
+    winner: Option<usize>,
+    /// Per-variant counters, by variant index.
+    variants: Vec<VariantStats>,
+    /// Users not sent to, by reason.
+    skipped: BTreeMap<String, i64>,
+}
+
+/// Compiled templates of one variant.
+struct CompiledVariant {
+    title: MessageTemplate,
+    body: MessageTemplate,
+    subtitle: Option<MessageTemplate>,
+    deep_link: Option<MessageTemplate>,
+    image_url: Option<MessageTemplate>,
+}
+
+/// The campaign-stage processor of one task.
+pub struct CampaignStage {
+    topics: Arc<TopicNames>,
+    campaigns: CampaignBook,
+    compiled: BTreeMap<String, Vec<CompiledVariant>>,
+    campaigns_current: bool,
+}
+
+impl CampaignStage {
+    /// A processor writing to `topics`.
+    pub fn new(topics: Arc<TopicNames>) -> Self {
+        Self {
+            topics,
+            campaigns: CampaignBook::default(),
+            compiled: BTreeMap::new(),
+            campaigns_current: false,
+        }
+    }
+
+    fn refresh_campaigns(&mut self, ctx: &ProcessorContext<'_>) {
+        if self.campaigns_current {
+            return;
+        }
+        self.campaigns =
+            ctx.global(CAMPAIGNS_TABLE).map(CampaignBook::from_table).unwrap_or_default();
+        self.compiled.clear();
+        for campaign in self.campaigns.all() {
+            let compile = |source: &str| MessageTemplate::compile(source).ok();
+            let variants: Option<Vec<CompiledVariant>> = campaign
+                .what
+                .iter()
+                .map(|m| {
+                    Some(CompiledVariant {
+                        title: compile(&m.title)?,
+                        body: compile(&m.body)?,
+                        subtitle: m.subtitle.as_deref().and_then(compile),
+                        deep_link: m.deep_link.as_deref().and_then(compile),
+                        image_url: m.image_url.as_deref().and_then(compile),
+                    })
+                })
+                .collect();
+            if let Some(variants) = variants {
+                self.compiled.insert(campaign.id.clone(), variants);
+            }
+        }
+        self.campaigns_current = true;
+    }
+
+    fn emit<R: Record>(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        topic: &str,
+        key: &str,
+        record: &R,
+    ) -> Result<(), ProcessError> {
+        let bytes = SchemaRegistry::builtin()
+            .encode(record)
+            .map_err(|e| RuntimeError::Topology(format!("cannot encode {}: {e}", R::FULL_NAME)))?;
+        ctx.send(topic, key.as_bytes(), &bytes)?;
+        Ok(())
+    }
+
+    fn lifecycle(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        kind: LifecycleKind,
+        details: BTreeMap<String, String>,
+    ) -> Result<(), ProcessError> {
+        let event = CampaignLifecycleEvent {
+            campaign_id: campaign.id.clone(),
+            app_id: campaign.app.clone(),
+            kind,
+            run_id: None,
+            timestamp_ms: ctx.timestamp_ms(),
+            details,
+        };
+        self.emit(ctx, &self.topics.campaign_events, &campaign.id, &event)
+    }
+
+    fn publish_stats(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &CampaignState,
+    ) -> Result<(), ProcessError> {
+        let stats = CampaignStats {
+            campaign_id: campaign.id.clone(),
+            app_id: campaign.app.clone(),
+            as_of_ms: ctx.timestamp_ms(),
+            variants: state.variants.clone(),
+            skipped: state.skipped.clone(),
+        };
+        self.emit(ctx, &self.topics.stats, &campaign.id, &stats)
+    }
+
+    fn load(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+    ) -> Result<CampaignState, ProcessError> {
+        let mut state =
+            ctx.store(STATE)?.get_as::<CampaignState>(campaign.id.as_bytes())?.unwrap_or_default();
+        if state.variants.len() != campaign.what.len() {
+            state.variants = campaign
+                .what
+                .iter()
+                .map(|m| VariantStats { variant_id: m.id.clone(), ..Default::default() })
+                .collect();
+        }
+        Ok(state)
+    }
+
+    fn save(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &CampaignState,
+    ) -> Result<(), ProcessError> {
+        ctx.store(STATE)?.put_as(campaign.id.as_bytes(), state)?;
+        self.publish_stats(ctx, campaign, state)
+    }
+
+    fn on_candidate(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        candidate: Candidate,
+    ) -> Result<(), ProcessError> {
+        let Some(campaign) = self.campaigns.get(&candidate.campaign_id).cloned() else {
+            return Err(ProcessError::reject(format!(
+                "candidate for unknown campaign {}",
+                candidate.campaign_id
+            )));
+        };
+        let mut state = self.load(ctx, &campaign)?;
+        let at = candidate.qualified_at_ms;
+        let skip = |state: &mut CampaignState, reason: &str| {
+            *state.skipped.entry(reason.to_string()).or_default() += 1;
+        };
+        if campaign.status != CampaignStatus::Active {
+            skip(&mut state, "campaign_inactive");
+            return self.save(ctx, &campaign, &state);
+        }
+        if state.completed {
+            skip(&mut state, "total_limit");
+            return self.save(ctx, &campaign, &state);
+        }
+        let today = day_in(&campaign, at);
+        if state.day.0 != today {
+            state.day = (today, 0);
+        }
+        if campaign.limits.daily.is_some_and(|limit| state.day.1 >= limit) {
+            skip(&mut state, "daily_limit");
+            return self.save(ctx, &campaign, &state);
+        }
+        self.maybe_declare_winner(ctx, &campaign, &mut state, at)?;
+        let variant = self.assign(ctx, &campaign, &mut state, &candidate.user_id, at)?;
+        let compiled = &self.compiled[&campaign.id][variant];
+        let strict = true;
+        let render =
+            |t: &MessageTemplate| t.render(&candidate.profile, &candidate.event_properties, strict);
+        let optional = |t: &Option<MessageTemplate>| t.as_ref().map(render).transpose();
+        let rendered = (|| -> Result<RenderedMessage, RenderError> {
+            Ok(RenderedMessage {
+                title: render(&compiled.title)?,
+                body: render(&compiled.body)?,
+                subtitle: optional(&compiled.subtitle)?,
+                deep_link: optional(&compiled.deep_link)?,
+                image_url: optional(&compiled.image_url)?,
+            })
+        })();
+        let rendered = match rendered {
+            Ok(rendered) => rendered,
+            Err(error) => {
+                tracing::debug!(campaign = %campaign.id, user = %candidate.user_id, %error, "template error");
+                skip(&mut state, "template_error");
+                return self.save(ctx, &campaign, &state);
+            }
+        };
+        let message = &campaign.what[variant];
+        let mut commands = Vec::new();
+        for device in &candidate.devices {
+            let message_id = payload::message_id(
+                &campaign.id,
+                &candidate.run_id,
+                &candidate.user_id,
+                &device.device_id,
+            );
+            let to = Addressing {
+                campaign: &campaign.id,
+                variant: &message.id,
+                message_id: &message_id,
+                token: &device.token,
+            };
+            let built =
+                match device.platform {
+                    Platform::Ios => payload::apns(&rendered, &message.push, &to, at)
+                        .map(|r| (r.body, r.headers)),
+                    Platform::Android => payload::fcm(&rendered, &message.push, &to)
+                        .map(|body| (body, BTreeMap::new())),
+                };
+            match built {
+                Ok((body, headers)) => commands.push(SendCommand {
+                    message_id,
+                    campaign_id: campaign.id.clone(),
+                    variant_id: message.id.clone(),
+                    run_id: candidate.run_id.clone(),
+                    app_id: campaign.app.clone(),
+                    user_id: candidate.user_id.clone(),
+                    device_id: device.device_id.clone(),
+                    platform: device.platform,
+                    token: device.token.clone(),
+                    payload: body,
+                    headers,
+                    created_at_ms: at,
+                    expires_at_ms: message.push.ttl_ms.map(|ttl| at + ttl),
+                }),
+                Err(error) => skip(&mut state, error.reason()),
+            }
+        }
+        if commands.is_empty() {
+            return self.save(ctx, &campaign, &state);
+        }
+        for command in &commands {
+            self.emit(ctx, &self.topics.push, &command.user_id, command)?;
+        }
+        state.sent += 1;
+        state.day.1 += 1;
+        state.variants[variant].sent += commands.len() as i64;
+        if campaign.limits.total.is_some_and(|limit| state.sent >= limit) {
+            state.completed = true;
+            let details = BTreeMap::from([("sent".to_string(), state.sent.to_string())]);
+            self.lifecycle(ctx, &campaign, LifecycleKind::Completed, details)?;
+        }
+        self.save(ctx, &campaign, &state)
+    }
+
+    /// The user's variant: sticky once assigned; else the winner, the split, or alternation.
+    fn assign(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        user: &str,
+        at: i64,
+    ) -> Result<usize, ProcessError> {
+        let key = format!("{}\u{0}{user}", campaign.id);
+        if let Some(variant) = ctx.store(ASSIGNMENTS)?.get_as::<usize>(key.as_bytes())? {
+            if variant < campaign.what.len() {
+                return Ok(variant);
+            }
+        }
+        let variants = campaign.what.len();
+        let variant = match (&campaign.assignment, state.winner) {
+            (Assignment::Single, _) => 0,
+            (Assignment::AbTest(_), Some(winner)) => winner,
+            (Assignment::Split(shares), _) => {
+                let mut split = SplitDelivery::new(shares);
+                if let Some(current) = &state.split {
+                    split = SplitDelivery::resume(shares, current.clone());
+                }
+                let variant = split.next_variant();
+                state.split = Some(split.state().to_vec());
+                variant
+            }
+            (Assignment::Alternate, _) | (Assignment::AbTest(_), None) => {
+                ab::alternate(state.assigned, variants)
+            }
+        };
+        state.assigned += 1;
+        if let Assignment::AbTest(test) = &campaign.assignment {
+            if state.winner.is_none()
+                && state.test_full_at.is_none()
+                && state.assigned >= test.test_audience
+            {
+                state.test_full_at = Some(at);
+                ctx.schedule(at + test.evaluate_after_ms, campaign.id.as_bytes())?;
+            }
+        }
+        ctx.store(ASSIGNMENTS)?.put_as(key.as_bytes(), &variant)?;
+        Ok(variant)
+    }
+
+    /// Declares the A/B winner once the test audience is full and the wait has passed.
+    fn maybe_declare_winner(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        now: i64,
+    ) -> Result<(), ProcessError> {
+        let Assignment::AbTest(test) = &campaign.assignment else { return Ok(()) };
+        let Some(full_at) = state.test_full_at else { return Ok(()) };
+        if state.winner.is_some() || now < full_at + test.evaluate_after_ms {
+            return Ok(());
+        }
+        let results: Vec<VariantResult> = state
+            .variants
+            .iter()
+            .map(|v| VariantResult { sent: v.sent.max(0) as u64, clicks: v.clicks.max(0) as u64 })
+            .collect();
+        let rule = match test.winner_by {
+            WinnerBy::Clicks => WinnerRule::MostClicks,
+            WinnerBy::ClickThroughRate => WinnerRule::ClickThroughRate,
+        };
+        let winner = pick_winner(&results, rule);
+        state.winner = Some(winner.variant);
+        let mut details = BTreeMap::from([
+            ("winner".to_string(), campaign.what[winner.variant].id.clone()),
+            ("rule".to_string(), format!("{:?}", test.winner_by)),
+        ]);
+        for (variant, result) in campaign.what.iter().zip(&results) {
+            details.insert(format!("clicks_{}", variant.id), result.clicks.to_string());
+            details.insert(format!("sent_{}", variant.id), result.sent.to_string());
+        }
+        if let Some(p) = winner.p_value {
+            details.insert("p_value".into(), format!("{p:.6}"));
+        }
+        self.lifecycle(ctx, campaign, LifecycleKind::WinnerDeclared, details)
+    }
+
+    fn on_skip(&mut self, ctx: &mut ProcessorContext<'_>, skip: Skip) -> Result<(), ProcessError> {
+        let Some(campaign) = self.campaigns.get(&skip.campaign_id).cloned() else { return Ok(()) };
+        let mut state = self.load(ctx, &campaign)?;
+        *state.skipped.entry(skip.reason).or_default() += 1;
+        self.save(ctx, &campaign, &state)
+    }
+
+    fn on_engagement(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        engagement: Engagement,
+    ) -> Result<(), ProcessError> {
+        let Some(campaign) = self.campaigns.get(&engagement.campaign_id).cloned() else {
+            return Ok(());
+        };
+        let mut state = self.load(ctx, &campaign)?;
+        let variant = engagement
+            .variant_id
+            .as_deref()
+            .and_then(|id| state.variants.iter().position(|v| v.variant_id == id));
+        if let Some(stats) = variant.map(|i| &mut state.variants[i]) {
+            match engagement.kind {
+                EngagementKind::Impression => stats.impressions += 1,
+                EngagementKind::Click => stats.clicks += 1,
+                EngagementKind::Conversion => stats.conversions += 1,
+                EngagementKind::Delivered => stats.delivered += 1,
+                EngagementKind::Failed | EngagementKind::TokenInvalid => stats.failed += 1,
+            }
+        }
+        self.maybe_declare_winner(ctx, &campaign, &mut state, engagement.timestamp_ms)?;
+        self.save(ctx, &campaign, &state)
+    }
+}
+
+/// The calendar day of `at_ms` in the campaign's timezone.
+fn day_in(campaign: &Campaign, at_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(at_ms)
+        .map(|t| t.with_timezone(&campaign.options.timezone).date_naive().to_string())
+        .unwrap_or_default()
+}
+
+impl Processor for CampaignStage {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        record: &SourceRecord<'_>,
+    ) -> Result<(), ProcessError> {
+        self.refresh_campaigns(ctx);
+        let value =
+            record.value.ok_or_else(|| ProcessError::reject("tombstone in the campaign flow"))?;
+        let registry = SchemaRegistry::builtin();
+        let (name, _) = registry.decode_value(value)?;
+        match name {
+            Candidate::FULL_NAME => self.on_candidate(ctx, registry.decode(value)?),
+            Skip::FULL_NAME => self.on_skip(ctx, registry.decode(value)?),
+            Engagement::FULL_NAME => self.on_engagement(ctx, registry.decode(value)?),
+            other => Err(ProcessError::reject(format!("unexpected {other} in the campaign flow"))),
+        }
+    }
+
+    fn on_timer(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        timer: &Timer,
+    ) -> Result<(), ProcessError> {
+        self.refresh_campaigns(ctx);
+        let id = String::from_utf8_lossy(&timer.key).into_owned();
+        let Some(campaign) = self.campaigns.get(&id).cloned() else { return Ok(()) };
+        let mut state = self.load(ctx, &campaign)?;
+        self.maybe_declare_winner(ctx, &campaign, &mut state, timer.at_ms)?;
+        self.save(ctx, &campaign, &state)
+    }
+
+    fn on_global_change(&mut self, _table: &str, _key: &[u8], _value: Option<&[u8]>) {
+        self.campaigns_current = false;
+    }
+}

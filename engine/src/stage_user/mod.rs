@@ -2,7 +2,6 @@
 //! events into campaign candidates through live triggers, inaction windows and date reminders;
 //! applies per-user gates; forwards engagements. Written against the runtime's processor API.
 
-mod campaigns;
 mod gates;
 mod history;
 mod profile;
@@ -10,22 +9,21 @@ mod settings;
 
 use std::sync::Arc;
 
-pub use campaigns::CampaignBook;
 pub use gates::{dnd_window_end, in_sample, Capped, SendLog};
 pub use profile::{Profile, UserView};
 use serde::{Deserialize, Serialize};
 pub use settings::{AppSettings, Settings};
 
 use crate::{
-    campaign::{Campaign, DndAction, Trigger},
+    campaign::{Campaign, CampaignBook, DndAction, Trigger},
     model::{
         topics::TopicNames, AppEvent, Candidate, Engagement, EngagementKind, IngestDecoder,
         IngestFormat, ProfileUpdate, Properties, PropertyValue, Receipt, ReceiptStatus, Record,
         SchemaRegistry, Skip,
     },
     runtime::{
-        ProcessError, Processor, ProcessorContext, RuntimeError, SourceRecord, StreamTopology,
-        Timer,
+        ProcessError, Processor, ProcessorContext, RuntimeError, SourceRecord, Timer,
+        TopologyBuilder,
     },
 };
 
@@ -34,39 +32,34 @@ const HISTORY: &str = "history";
 const SEND_LOG: &str = "sendlog";
 const PENDING: &str = "pending";
 const DELIVERIES: &str = "deliveries";
-/// Name of the campaigns global table.
-pub const CAMPAIGNS_TABLE: &str = "campaigns";
+use crate::pipeline::CAMPAIGNS_TABLE;
 /// Days of event history kept.
 const LOOK_BACK_DAYS: i64 = 90;
 
-/// The user-stage topology: events, profiles and receipts in, campaign flow out.
-pub fn user_stage_topology(
-    app_id: &str,
-    topics: TopicNames,
+/// Adds the user stage (events, profiles and receipts in; campaign flow out) to a topology
+/// that has the campaigns global table.
+pub fn add_user_stage(
+    builder: TopologyBuilder,
+    topics: &Arc<TopicNames>,
     settings: Arc<Settings>,
     ingest: IngestFormat,
-) -> Result<StreamTopology, RuntimeError> {
-    let topics = Arc::new(topics);
-    let names = Arc::clone(&topics);
-    StreamTopology::builder(app_id)
-        .dead_letter_topic(&topics.dead_letter)
-        .global_table(CAMPAIGNS_TABLE, &topics.campaigns)
-        .sub_topology(
-            "user",
-            move |_| UserStage::new(Arc::clone(&names), Arc::clone(&settings), ingest),
-            |s| {
-                s.source(&topics.events)
-                    .source(&topics.profiles)
-                    .source(&topics.receipts)
-                    .store(PROFILES)
-                    .store(HISTORY)
-                    .store(SEND_LOG)
-                    .store(PENDING)
-                    .store(DELIVERIES)
-                    .sink(&topics.campaign_flow)
-            },
-        )
-        .build()
+) -> TopologyBuilder {
+    let names = Arc::clone(topics);
+    builder.sub_topology(
+        "user",
+        move |_| UserStage::new(Arc::clone(&names), Arc::clone(&settings), ingest),
+        |s| {
+            s.source(&topics.events)
+                .source(&topics.profiles)
+                .source(&topics.receipts)
+                .store(PROFILES)
+                .store(HISTORY)
+                .store(SEND_LOG)
+                .store(PENDING)
+                .store(DELIVERIES)
+                .sink(&topics.campaign_flow)
+        },
+    )
 }
 
 /// Why a trigger is waiting on a timer.

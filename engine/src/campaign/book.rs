@@ -1,4 +1,4 @@
-//! The campaigns the user stage evaluates, compiled from the campaigns global table.
+//! The campaigns an operator evaluates, compiled from the campaigns global table.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -43,6 +43,11 @@ impl CampaignBook {
     /// Campaigns of `app` that are active.
     pub fn active_for<'a>(&'a self, app: &'a str) -> impl Iterator<Item = &'a Arc<Campaign>> + 'a {
         self.campaigns.values().filter(move |c| c.app == app && c.status == CampaignStatus::Active)
+    }
+
+    /// Every campaign, whatever its status.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Campaign>> {
+        self.campaigns.values()
     }
 
     /// The campaign `id`, whatever its status.
