@@ -1,0 +1,177 @@
+//! Scenarios of the campaign stage, read like the product reference, on the replay driver
+//! (`herald replay`): limits, A/B tests, split delivery, payload limits.
+
+use std::path::Path;
+
+use herald_engine::{backtest::Backtest, model::CampaignLifecycleEvent, stage_user::Settings};
+use serde_json::Value;
+
+fn ts(second: i64) -> String {
+    chrono::DateTime::from_timestamp(1_795_000_000 + second, 0).unwrap().to_rfc3339()
+}
+
+fn profile(user: &str) -> String {
+    format!(
+        r#"{{"type":"profile","user":"{user}","ts":"{}","set":{{"first_name":"N{user}"}},"devices":[{{"platform":"ios","token":"tok-{user}"}}]}}"#,
+        ts(0)
+    )
+}
+
+fn event(user: &str, second: i64, name: &str, props: &str) -> String {
+    format!(
+        r#"{{"type":"event","user":"{user}","ts":"{}","name":"{name}","props":{props}}}"#,
+        ts(second)
+    )
+}
+
+struct Outcome {
+    dir: tempfile::TempDir,
+}
+
+impl Outcome {
+    fn run(campaign: &str, lines: &[String]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.yaml"), campaign).unwrap();
+        std::fs::write(dir.path().join("in.jsonl"), lines.join("\n")).unwrap();
+        Backtest {
+            campaigns: vec![dir.path().join("c.yaml")],
+            input: dir.path().join("in.jsonl"),
+            out: dir.path().join("out"),
+            settings: Settings::default(),
+            app: None,
+            until_ms: None,
+        }
+        .run()
+        .unwrap();
+        Self { dir }
+    }
+
+    fn lines(&self, file: &str) -> Vec<Value> {
+        read(&self.dir.path().join("out").join(file))
+    }
+
+    fn variants(&self) -> Vec<String> {
+        self.lines("sends.jsonl")
+            .iter()
+            .map(|s| s["variant_id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn events(&self) -> Vec<CampaignLifecycleEvent> {
+        self.lines("campaign-events.jsonl")
+            .into_iter()
+            .map(|v| serde_json::from_value(v).unwrap())
+            .collect()
+    }
+
+    fn stats(&self) -> Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(self.dir.path().join("out/stats.json")).unwrap(),
+        )
+        .unwrap()
+    }
+}
+
+fn read(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn coupon_limit_10000_qualify_total_1000_gives_exactly_1000_sends_and_completes() {
+    let campaign = "id: coupons\napp: shop\nname: Coupons\nwhen: { event: App Opened }\nwhat: { title: \"Coupon for {{ profile.first_name }}\", body: b }\nlimits: { total: 1000 }\n";
+    let mut lines: Vec<String> = (0..10_000).map(|i| profile(&format!("u{i}"))).collect();
+    lines.extend((0..10_000).map(|i| event(&format!("u{i}"), 10 + i, "App Opened", "{}")));
+    let outcome = Outcome::run(campaign, &lines);
+
+    let sends = outcome.lines("sends.jsonl");
+    assert_eq!(sends.len(), 1_000);
+    assert_eq!(sends[0]["title"], "Coupon for Nu0", "rendered per user");
+    let events = outcome.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(format!("{:?}", events[0].kind), "Completed");
+    assert_eq!(events[0].details["sent"], "1000");
+    assert_eq!(outcome.stats()["coupons"]["skipped"]["total_limit"], 9_000);
+}
+
+const AB: &str = r#"
+id: ab
+app: shop
+name: A/B
+when: { event: Ping }
+what:
+  variants:
+    - { title: "A", body: a }
+    - { title: "B", body: b }
+  ab: { test_audience: 500, evaluate_after: 1h }
+"#;
+
+#[test]
+fn triggered_ab_test_alternates_250_250_then_sends_the_clicked_winner_b() {
+    let mut lines: Vec<String> = (0..1_000).map(|i| profile(&format!("u{i}"))).collect();
+    // 500 users qualify, alternating A, B, A, B …
+    lines.extend((0..500).map(|i| event(&format!("u{i}"), 10 + i, "Ping", "{}")));
+    // Clicks arrive meanwhile: 40 on B, 10 on A.
+    let click = |variant: &str| format!(r#"{{"campaign_id":"ab","variant_id":"{variant}"}}"#);
+    lines.extend((0..40).map(|i| {
+        event(&format!("u{}", 2 * i + 1), 1_000 + i, "Notification Clicked", &click("B"))
+    }));
+    lines
+        .extend((0..10).map(|i| {
+            event(&format!("u{}", 2 * i), 1_100 + i, "Notification Clicked", &click("A"))
+        }));
+    // After the evaluation window, 500 more users qualify.
+    lines.extend((500..1_000).map(|i| event(&format!("u{i}"), 10_000 + i, "Ping", "{}")));
+    let outcome = Outcome::run(AB, &lines);
+
+    let variants = outcome.variants();
+    assert_eq!(variants.len(), 1_000);
+    let (test, rest) = variants.split_at(500);
+    assert!(
+        test.iter().enumerate().all(|(i, v)| v == if i % 2 == 0 { "A" } else { "B" }),
+        "strict alternation"
+    );
+    assert!(rest.iter().all(|v| v == "B"), "everything after the 500th goes to the winner");
+    let events = outcome.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(format!("{:?}", events[0].kind), "WinnerDeclared");
+    assert_eq!(events[0].details["winner"], "B");
+    assert_eq!(
+        (events[0].details["clicks_A"].as_str(), events[0].details["clicks_B"].as_str()),
+        ("10", "40")
+    );
+}
+
+#[test]
+fn with_fewer_users_than_the_test_audience_alternation_continues_throughout() {
+    let mut lines: Vec<String> = (0..300).map(|i| profile(&format!("u{i}"))).collect();
+    lines.extend((0..300).map(|i| event(&format!("u{i}"), 10 + i * 60, "Ping", "{}")));
+    let outcome = Outcome::run(AB, &lines);
+    let variants = outcome.variants();
+    assert_eq!(variants.len(), 300);
+    assert!(variants.iter().enumerate().all(|(i, v)| v == if i % 2 == 0 { "A" } else { "B" }));
+    assert!(outcome.events().is_empty(), "no winner without a full test audience");
+}
+
+#[test]
+fn split_delivery_sends_exactly_the_configured_proportions() {
+    let campaign = "id: split\napp: shop\nname: n\nwhen: { event: Ping }\nwhat:\n  variants:\n    - { title: A, body: a }\n    - { title: B, body: b }\n    - { title: C, body: c }\n  split: [50, 30, 20]\n";
+    let mut lines: Vec<String> = (0..1_000).map(|i| profile(&format!("u{i}"))).collect();
+    lines.extend((0..1_000).map(|i| event(&format!("u{i}"), 10 + i, "Ping", "{}")));
+    let variants = Outcome::run(campaign, &lines).variants();
+    let count = |v: &str| variants.iter().filter(|x| *x == v).count();
+    assert_eq!((count("A"), count("B"), count("C")), (500, 300, 200));
+}
+
+#[test]
+fn a_5_kb_payload_is_rejected_and_counted() {
+    let body = "x".repeat(5 * 1024);
+    let campaign = format!("id: big\napp: shop\nname: n\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: {body} }}\n");
+    let lines = vec![profile("u1"), event("u1", 10, "Ping", "{}")];
+    let outcome = Outcome::run(&campaign, &lines);
+    assert!(outcome.lines("sends.jsonl").is_empty());
+    assert_eq!(outcome.stats()["big"]["skipped"]["payload_too_large"], 1);
+}
