@@ -30,8 +30,8 @@ demo: kafka-up build ## start Kafka, create the topics, round-trip sample events
 	@echo "--- replay: what the campaigns would have done with deploy/demo/replay-input.jsonl ---"
 	$(HERALD) replay --campaigns deploy/demo/campaigns --input deploy/demo/replay-input.jsonl \
 		--app-config deploy/demo/apps.yaml --out .local/demo-replay
-	@echo "candidates (.local/demo-replay/candidates.jsonl):"
-	@jq -c '{campaign: .campaign_id, user: .user_id, at: (.qualified_at_ms / 1000 | todate), item: .event_properties.item}' .local/demo-replay/candidates.jsonl 2>/dev/null || cat .local/demo-replay/candidates.jsonl
+	@echo "what would have been sent (.local/demo-replay/sends.jsonl):"
+	@jq -c '{user: .user_id, platform, at: .send_time, title, body}' .local/demo-replay/sends.jsonl 2>/dev/null || cat .local/demo-replay/sends.jsonl
 
 test: kafka-up ## the full test suite against the local broker
 	cargo test --workspace

@@ -46,11 +46,14 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     .run()?;
     println!(
-        "replayed {} records: {} candidates, {} skips, {} engagements, {} dead letters; files in {}",
+        "replayed {} records: {} candidates, {} sends, {} skips, {} engagements, {} campaign events, \
+         {} dead letters; files in {}",
         summary.records,
         summary.candidates,
+        summary.sends,
         summary.skips,
         summary.engagements,
+        summary.campaign_events,
         summary.dead_letters,
         args.out.display()
     );
