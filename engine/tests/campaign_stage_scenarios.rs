@@ -175,3 +175,38 @@ fn a_5_kb_payload_is_rejected_and_counted() {
     assert!(outcome.lines("sends.jsonl").is_empty());
     assert_eq!(outcome.stats()["big"]["skipped"]["payload_too_large"], 1);
 }
+
+#[test]
+fn multi_message_picks_the_variant_of_the_users_language_with_a_default() {
+    let campaign = "id: multi\napp: shop\nname: n\nwhen: { event: Ping }\nwhat:\n  choose_by: language\n  variants:\n    - { id: en, title: Hello, body: b }\n    - { id: fr, title: Bonjour, body: b }\n    - { id: default, title: Hi, body: b }\n";
+    let with_language = |user: &str, language: &str| {
+        format!(
+            r#"{{"type":"profile","user":"{user}","ts":"{}","set":{{"language":"{language}"}},"devices":[{{"platform":"android","token":"t-{user}"}}]}}"#,
+            ts(0)
+        )
+    };
+    let lines = vec![
+        with_language("anne", "fr"),
+        with_language("bob", "en"),
+        with_language("carl", "de"),
+        event("anne", 10, "Ping", "{}"),
+        event("bob", 11, "Ping", "{}"),
+        event("carl", 12, "Ping", "{}"),
+    ];
+    let outcome = Outcome::run(campaign, &lines);
+    let titles: Vec<(String, String)> = outcome
+        .lines("sends.jsonl")
+        .iter()
+        .map(|s| {
+            (s["user_id"].as_str().unwrap().to_string(), s["title"].as_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(
+        titles,
+        vec![
+            ("anne".to_string(), "Bonjour".to_string()),
+            ("bob".to_string(), "Hello".to_string()),
+            ("carl".to_string(), "Hi".to_string()),
+        ]
+    );
+}

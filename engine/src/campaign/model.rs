@@ -313,6 +313,9 @@ pub enum Assignment {
     AbTest(AbTest),
     /// Fixed percentages per variant (adding up to 100), by weighted round robin.
     Split(Vec<u32>),
+    /// Multi-message: the variant whose id equals the user's value of this profile property
+    /// (e.g. `language` → variants `en`, `fr`), else the variant `default`, else the first.
+    ByProperty(String),
 }
 
 /// Reach limits.

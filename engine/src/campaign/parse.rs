@@ -217,7 +217,11 @@ impl Parser {
         };
         let options = self.options(map.get("options").unwrap_or(&Value::Null));
         let (what, assignment) = what?;
-        let profile_variables = what.iter().flat_map(Message::profile_variables).collect();
+        let mut profile_variables: std::collections::BTreeSet<String> =
+            what.iter().flat_map(Message::profile_variables).collect();
+        if let Assignment::ByProperty(property) = &assignment {
+            profile_variables.insert(property.clone());
+        }
         Some(Campaign {
             id: id?,
             app: app?,
@@ -576,7 +580,7 @@ impl Parser {
         let message_fields = ["id", "title", "body", "subtitle", "deep_link", "image_url", "push"];
         let map = value.as_object();
         if let Some(variants) = map.and_then(|m| m.get("variants")) {
-            let what = self.object(value, "what", &["variants", "ab", "split"])?;
+            let what = self.object(value, "what", &["variants", "ab", "split", "choose_by"])?;
             let Some(items) = variants.as_array().filter(|v| !v.is_empty()) else {
                 return self.error("what.variants", "expected a non-empty list of messages");
             };
@@ -612,6 +616,12 @@ impl Parser {
     /// How users are spread over `variants`: `ab` (test, then the winner), `split` (fixed
     /// percentages) or, by default, strict alternation.
     fn assignment(&mut self, what: &Map<String, Value>, variants: usize) -> Option<Assignment> {
+        if let Some(property) = what.get("choose_by") {
+            if what.contains_key("ab") || what.contains_key("split") {
+                return self.error("what.choose_by", "chooses variants itself: drop ab and split");
+            }
+            return self.text(property, "what.choose_by").map(Assignment::ByProperty);
+        }
         match (what.get("ab"), what.get("split")) {
             (Some(_), Some(_)) => self.error("what", "use ab or split, not both"),
             (None, None) if variants == 1 => Some(Assignment::Single),

@@ -239,7 +239,8 @@ impl CampaignStage {
             return self.save(ctx, &campaign, &state);
         }
         self.maybe_declare_winner(ctx, &campaign, &mut state, at)?;
-        let variant = self.assign(ctx, &campaign, &mut state, &candidate.user_id, at)?;
+        let variant =
+            self.assign(ctx, &campaign, &mut state, &candidate.user_id, &candidate.profile, at)?;
         let compiled = &self.compiled[&campaign.id][variant];
         let strict = true;
         let render =
@@ -327,6 +328,7 @@ impl CampaignStage {
         campaign: &Campaign,
         state: &mut CampaignState,
         user: &str,
+        profile: &crate::model::Properties,
         at: i64,
     ) -> Result<usize, ProcessError> {
         let key = format!("{}\u{0}{user}", campaign.id);
@@ -337,6 +339,14 @@ impl CampaignStage {
         }
         let variants = campaign.what.len();
         let variant = match (&campaign.assignment, state.winner) {
+            (Assignment::ByProperty(property), _) => {
+                let value = match profile.get(property) {
+                    Some(crate::model::PropertyValue::String(value)) => Some(value.as_str()),
+                    _ => None,
+                };
+                let position = |id: &str| campaign.what.iter().position(|m| m.id == id);
+                value.and_then(position).or_else(|| position("default")).unwrap_or(0)
+            }
             (Assignment::Single, _) => 0,
             (Assignment::AbTest(_), Some(winner)) => winner,
             (Assignment::Split(shares), _) => {
