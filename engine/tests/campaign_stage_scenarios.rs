@@ -30,6 +30,10 @@ struct Outcome {
 
 impl Outcome {
     fn run(campaign: &str, lines: &[String]) -> Self {
+        Self::run_until(campaign, lines, None)
+    }
+
+    fn run_until(campaign: &str, lines: &[String], until_ms: Option<i64>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("c.yaml"), campaign).unwrap();
         std::fs::write(dir.path().join("in.jsonl"), lines.join("\n")).unwrap();
@@ -39,7 +43,7 @@ impl Outcome {
             out: dir.path().join("out"),
             settings: Settings::default(),
             app: None,
-            until_ms: None,
+            until_ms,
         }
         .run()
         .unwrap();
@@ -208,5 +212,36 @@ fn multi_message_picks_the_variant_of_the_users_language_with_a_default() {
             ("bob".to_string(), "Hello".to_string()),
             ("carl".to_string(), "Hi".to_string()),
         ]
+    );
+}
+
+#[test]
+fn throttle_of_100_per_15_minutes_over_500_candidates_sends_5_windows_of_100() {
+    let campaign = "id: slow\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\noptions: { throttle: { max: 100, per: 15m } }\n";
+    let mut lines: Vec<String> = (0..500).map(|i| profile(&format!("u{i}"))).collect();
+    lines.extend((0..500).map(|i| event(&format!("u{i}"), 10 + i, "Ping", "{}")));
+    let until = chrono::DateTime::parse_from_rfc3339(&ts(3 * 3600)).unwrap().timestamp_millis();
+    let outcome = Outcome::run_until(campaign, &lines, Some(until));
+
+    let sends = outcome.lines("sends.jsonl");
+    assert_eq!(sends.len(), 500);
+    let times: Vec<String> =
+        sends.iter().map(|s| s["send_time"].as_str().unwrap().to_string()).collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted, "in send-time order");
+    let users: Vec<&str> = sends.iter().map(|s| s["user_id"].as_str().unwrap()).collect();
+    assert_eq!(users[100], "u100", "the outbox keeps arrival order");
+    // Windows: the first 100 right away, then one window of 100 every 15 minutes.
+    let mut per_window = std::collections::BTreeMap::new();
+    for send in &sends {
+        let at = chrono::DateTime::parse_from_rfc3339(send["send_time"].as_str().unwrap())
+            .unwrap()
+            .timestamp();
+        *per_window.entry((at - (1_795_000_000 + 10)) / 900).or_insert(0) += 1;
+    }
+    assert_eq!(
+        per_window.into_iter().collect::<Vec<_>>(),
+        vec![(0, 100), (1, 100), (2, 100), (3, 100), (4, 100)]
     );
 }

@@ -360,9 +360,20 @@ pub struct Conversion {
     pub within_ms: i64,
 }
 
+/// "At most `max` notifications per `per`": sends beyond wait in a durable outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    /// Notifications (users) per window.
+    pub max: u64,
+    /// Window length, milliseconds.
+    pub per_ms: i64,
+}
+
 /// Campaign options.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
+    /// Delivery rate limit of the campaign.
+    pub throttle: Option<Throttle>,
     /// Not subject to the app's global frequency caps.
     pub ignore_global_caps: bool,
     /// Do-not-disturb hours.

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::{
     AbTest, Action, Assignment, Behaviour, Campaign, CampaignStatus, CarouselItem, Conversion, Dnd,
     DndAction, Filter, Inaction, InterruptionLevel, Limits, Message, Op, Options, Place, Priority,
-    PropertyCondition, PushOptions, Scalar, Trigger, When, WinnerBy,
+    PropertyCondition, PushOptions, Scalar, Throttle, Trigger, When, WinnerBy,
 };
 use crate::model::Platform;
 
@@ -889,6 +889,7 @@ impl Parser {
                 "options",
                 &[
                     "ignore_global_caps",
+                    "throttle",
                     "dnd",
                     "sample_percent",
                     "platforms",
@@ -947,7 +948,23 @@ impl Parser {
                 })
             }
         };
+        let throttle = match map.get("throttle") {
+            None | Some(Value::Null) => Some(None),
+            Some(value) => self.object(value, "options.throttle", &["max", "per"]).and_then(|t| {
+                let max = self
+                    .required(t, "max", "options.throttle")
+                    .and_then(|v| self.count(v, "options.throttle.max"));
+                let per = self
+                    .required(t, "per", "options.throttle")
+                    .and_then(|v| self.duration(v, "options.throttle.per"));
+                if per.is_some_and(|ms| ms <= 0) {
+                    return self.error("options.throttle.per", "must be positive");
+                }
+                Some(Some(Throttle { max: max?, per_ms: per? }))
+            }),
+        };
         Some(Options {
+            throttle: throttle?,
             ignore_global_caps: ignore_global_caps?,
             dnd: dnd?,
             sample_percent: sample_percent?,

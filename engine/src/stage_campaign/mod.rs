@@ -3,8 +3,8 @@
 //! (alternation, A/B test then winner, split), renders the templates, builds the platform
 //! payloads and keeps per-variant stats from skips and engagements.
 //!
-//! Not yet here (see the issue): scheduled runs with the safety check, multi-message by
-//! property, throttling through the outbox.
+//! Not yet here (see the issue): scheduled runs with the safety check and per-run limits, a
+//! global per-app throttle across campaigns.
 
 pub mod ab;
 
@@ -31,6 +31,22 @@ use crate::{
 
 const STATE: &str = "campaign-state";
 const ASSIGNMENTS: &str = "assignments";
+const OUTBOX: &str = "outbox";
+const AB_TIMER: &str = "ab";
+const OUTBOX_TIMER: &str = "outbox";
+
+/// Timer key `<kind>:<campaign>`.
+fn timer_key(kind: &str, campaign: &str) -> Vec<u8> {
+    format!("{kind}:{campaign}").into_bytes()
+}
+
+/// Outbox key: campaign, then the big-endian sequence number (arrival order).
+fn outbox_key(campaign: &str, sequence: u64) -> Vec<u8> {
+    let mut key = campaign.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&sequence.to_be_bytes());
+    key
+}
 use crate::pipeline::CAMPAIGNS_TABLE;
 
 /// Adds the campaign stage (campaign flow in; send commands, stats and lifecycle events out)
@@ -44,6 +60,7 @@ pub fn add_campaign_stage(builder: TopologyBuilder, topics: &Arc<TopicNames>) ->
             s.source(&topics.campaign_flow)
                 .store(STATE)
                 .store(ASSIGNMENTS)
+                .store(OUTBOX)
                 .sink(&topics.push)
                 .sink(&topics.stats)
                 .sink(&topics.campaign_events)
@@ -72,6 +89,24 @@ struct CampaignState {
     variants: Vec<VariantStats>,
     /// Users not sent to, by reason.
     skipped: BTreeMap<String, i64>,
+    /// Throttle window and outbox positions.
+    #[serde(default)]
+    outbox: OutboxState,
+}
+
+/// The throttle window and the queue of users waiting for the next one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct OutboxState {
+    /// Start of the current window.
+    window_start: i64,
+    /// Users sent in it.
+    window_sent: u64,
+    /// Sequence number of the oldest queued user.
+    head: u64,
+    /// Sequence number the next queued user gets.
+    tail: u64,
+    /// When the release timer fires, if scheduled.
+    release_at: Option<i64>,
 }
 
 /// Compiled templates of one variant.
@@ -307,18 +342,109 @@ impl CampaignStage {
         if commands.is_empty() {
             return self.save(ctx, &campaign, &state);
         }
-        for command in &commands {
-            self.emit(ctx, &self.topics.push, &command.user_id, command)?;
-        }
+        self.dispatch(ctx, &campaign, &mut state, commands, at)?;
         state.sent += 1;
         state.day.1 += 1;
-        state.variants[variant].sent += commands.len() as i64;
         if campaign.limits.total.is_some_and(|limit| state.sent >= limit) {
             state.completed = true;
             let details = BTreeMap::from([("sent".to_string(), state.sent.to_string())]);
             self.lifecycle(ctx, &campaign, LifecycleKind::Completed, details)?;
         }
         self.save(ctx, &campaign, &state)
+    }
+
+    /// Sends one user's commands now, or queues them in the outbox when the campaign's throttle
+    /// window is full (or others are already waiting: the outbox keeps arrival order).
+    fn dispatch(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        commands: Vec<SendCommand>,
+        at: i64,
+    ) -> Result<(), ProcessError> {
+        let Some(throttle) = campaign.options.throttle else {
+            return self.send(ctx, state, &commands);
+        };
+        let outbox = &mut state.outbox;
+        if outbox.head == outbox.tail {
+            if at >= outbox.window_start + throttle.per_ms {
+                outbox.window_start = at;
+                outbox.window_sent = 0;
+            }
+            if outbox.window_sent < throttle.max {
+                outbox.window_sent += 1;
+                return self.send(ctx, state, &commands);
+            }
+        }
+        let key = outbox_key(&campaign.id, outbox.tail);
+        outbox.tail += 1;
+        if outbox.release_at.is_none() {
+            let due = outbox.window_start + throttle.per_ms;
+            outbox.release_at = Some(due);
+            ctx.schedule(due, &timer_key(OUTBOX_TIMER, &campaign.id))?;
+        }
+        ctx.store(OUTBOX)?.put_as(&key, &commands)?;
+        Ok(())
+    }
+
+    /// A throttle window opened at `at`: sends up to `max` queued users in arrival order. A
+    /// paused campaign holds its outbox; a stopped one drops it (counted).
+    fn release(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        at: i64,
+    ) -> Result<(), ProcessError> {
+        state.outbox.release_at = None;
+        let Some(throttle) = campaign.options.throttle else { return Ok(()) };
+        let stopped = campaign.status == CampaignStatus::Stopped;
+        if campaign.status == CampaignStatus::Active || stopped {
+            state.outbox.window_start = at;
+            state.outbox.window_sent = 0;
+            while state.outbox.head < state.outbox.tail
+                && (stopped || state.outbox.window_sent < throttle.max)
+            {
+                let key = outbox_key(&campaign.id, state.outbox.head);
+                let commands =
+                    ctx.store(OUTBOX)?.get_as::<Vec<SendCommand>>(&key)?.unwrap_or_default();
+                ctx.store(OUTBOX)?.delete(&key)?;
+                state.outbox.head += 1;
+                if stopped {
+                    *state.skipped.entry("stopped".to_string()).or_default() += 1;
+                    continue;
+                }
+                state.outbox.window_sent += 1;
+                let released: Vec<SendCommand> =
+                    commands.into_iter().map(|c| SendCommand { created_at_ms: at, ..c }).collect();
+                self.send(ctx, state, &released)?;
+            }
+        }
+        if state.outbox.head < state.outbox.tail {
+            let due = at + throttle.per_ms;
+            state.outbox.release_at = Some(due);
+            ctx.schedule(due, &timer_key(OUTBOX_TIMER, &campaign.id))?;
+        }
+        Ok(())
+    }
+
+    /// Produces one user's send commands and counts them for their variant.
+    fn send(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        state: &mut CampaignState,
+        commands: &[SendCommand],
+    ) -> Result<(), ProcessError> {
+        for command in commands {
+            self.emit(ctx, &self.topics.push, &command.user_id, command)?;
+            if let Some(stats) =
+                state.variants.iter_mut().find(|v| v.variant_id == command.variant_id)
+            {
+                stats.sent += 1;
+            }
+        }
+        Ok(())
     }
 
     /// The user's variant: sticky once assigned; else the winner, the split, or alternation.
@@ -369,7 +495,7 @@ impl CampaignStage {
                 && state.assigned >= test.test_audience
             {
                 state.test_full_at = Some(at);
-                ctx.schedule(at + test.evaluate_after_ms, campaign.id.as_bytes())?;
+                ctx.schedule(at + test.evaluate_after_ms, &timer_key(AB_TIMER, &campaign.id))?;
             }
         }
         ctx.store(ASSIGNMENTS)?.put_as(key.as_bytes(), &variant)?;
@@ -480,10 +606,15 @@ impl Processor for CampaignStage {
         timer: &Timer,
     ) -> Result<(), ProcessError> {
         self.refresh_campaigns(ctx);
-        let id = String::from_utf8_lossy(&timer.key).into_owned();
-        let Some(campaign) = self.campaigns.get(&id).cloned() else { return Ok(()) };
+        let key = String::from_utf8_lossy(&timer.key).into_owned();
+        let Some((kind, id)) = key.split_once(':') else { return Ok(()) };
+        let Some(campaign) = self.campaigns.get(id).cloned() else { return Ok(()) };
         let mut state = self.load(ctx, &campaign)?;
-        self.maybe_declare_winner(ctx, &campaign, &mut state, timer.at_ms)?;
+        match kind {
+            AB_TIMER => self.maybe_declare_winner(ctx, &campaign, &mut state, timer.at_ms)?,
+            OUTBOX_TIMER => self.release(ctx, &campaign, &mut state, timer.at_ms)?,
+            _ => {}
+        }
         self.save(ctx, &campaign, &state)
     }
 
