@@ -147,3 +147,112 @@ fn inaction_window_survives_a_restart_and_yields_exactly_one_candidate() {
     assert!(letter.reason.contains("not an Avro single-object record"), "{}", letter.reason);
     assert_eq!(letter.value.as_deref(), Some(&b"{not avro"[..]));
 }
+
+#[test]
+fn coupon_limit_holds_exactly_across_four_user_partitions_and_a_restart() {
+    const USERS: usize = 2_000;
+    const LIMIT: usize = 300;
+    let prefix = format!("{}-", common::unique("coupon"));
+    let topic = |name: &str| format!("{prefix}herald.{name}");
+    common::create_topics(&[
+        (&topic("events"), 4),
+        (&topic("profiles"), 4),
+        (&topic("receipts"), 4),
+        (&topic("campaigns"), 1),
+        (&topic("campaign-flow"), 2),
+        (&topic("push"), 2),
+        (&topic("stats"), 1),
+        (&topic("campaign-events"), 1),
+        (&topic("dead-letter"), 1),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let campaign = dir.path().join("coupons.yaml");
+    std::fs::write(
+        &campaign,
+        format!("id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: App Opened }}\nwhat: {{ title: t, body: b }}\nlimits: {{ total: {LIMIT} }}\n"),
+    )
+    .unwrap();
+    let applied = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["campaign", "apply", "--topic", &topic("campaigns")])
+        .arg(&campaign)
+        .env("HERALD_BROKERS", common::kafka().brokers)
+        .output()
+        .unwrap();
+    assert!(applied.status.success());
+
+    let registry = SchemaRegistry::builtin();
+    let now = common::now_ms();
+    let profiles = (0..USERS).map(|i| {
+        let user = format!("u{i}");
+        let update = ProfileUpdate {
+            app_id: "shop".into(),
+            user_id: user.clone(),
+            timestamp_ms: now,
+            set: Default::default(),
+            unset: vec![],
+            devices_added: vec![Device {
+                device_id: format!("d-{user}"),
+                platform: Platform::Ios,
+                token: format!("tok-{user}"),
+                app_version: None,
+                os_version: None,
+                make: None,
+                model: None,
+                sdk_version: None,
+            }],
+            tokens_removed: vec![],
+        };
+        (user, registry.encode(&update).unwrap())
+    });
+    common::produce(&topic("profiles"), profiles);
+    let app_id = common::unique("coupon-app");
+    let log = dir.path().join("engine.log");
+    let engine = spawn_engine(&prefix, &app_id, &dir.path().join("state"), &log);
+    // Events arrive while the engine runs; it is killed once sends have started.
+    let events = (0..USERS).map(|i| {
+        let event = AppEvent {
+            event_id: format!("e{i}"),
+            app_id: "shop".into(),
+            user_id: format!("u{i}"),
+            name: "App Opened".into(),
+            timestamp_ms: now + i as i64,
+            properties: Default::default(),
+            sdk_version: None,
+        };
+        (format!("u{i}"), registry.encode(&event).unwrap())
+    });
+    common::produce(&topic("events"), events);
+    let started = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        common::end_offsets(&topic("push")) > 0
+    });
+    assert!(started, "no sends\n{}", common::tail(&log, 30));
+    common::kill_hard(engine);
+    let engine = spawn_engine(&prefix, &app_id, &dir.path().join("state"), &log);
+    let sends = common::read_committed(
+        &topic("push"),
+        LIMIT,
+        Duration::from_secs(8),
+        Duration::from_secs(90),
+    );
+    let events = common::read_committed(
+        &topic("campaign-events"),
+        1,
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    );
+    common::stop_gracefully(engine);
+
+    let mut users: Vec<String> = sends
+        .iter()
+        .map(|r| registry.decode::<SendCommand>(r.value.as_deref().unwrap()).unwrap().user_id)
+        .collect();
+    users.sort();
+    users.dedup();
+    assert_eq!(sends.len(), LIMIT, "exactly the limit\n{}", common::tail(&log, 20));
+    assert_eq!(users.len(), LIMIT, "one send per user");
+    assert_eq!(events.len(), 1, "one completion event");
+    let event: herald_engine::model::CampaignLifecycleEvent =
+        registry.decode(events[0].value.as_deref().unwrap()).unwrap();
+    assert_eq!(format!("{:?}", event.kind), "Completed");
+}
