@@ -255,4 +255,15 @@ fn coupon_limit_holds_exactly_across_four_user_partitions_and_a_restart() {
     let event: herald_engine::model::CampaignLifecycleEvent =
         registry.decode(events[0].value.as_deref().unwrap()).unwrap();
     assert_eq!(format!("{:?}", event.kind), "Completed");
+
+    let printed = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["campaign", "stats", "coupons", "--topic", &topic("stats")])
+        .env("HERALD_BROKERS", common::kafka().brokers)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&printed.stdout);
+    assert!(printed.status.success(), "{table}");
+    let row = table.lines().find(|l| l.starts_with("A ")).expect("variant row");
+    assert_eq!(row.split_whitespace().nth(1), Some("300"), "{table}");
+    assert!(table.contains("total_limit"), "{table}");
 }

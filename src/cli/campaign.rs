@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use herald_engine::{
     campaign::parse_campaign,
     kafka::KafkaConfig,
-    model::{CampaignCommand, CampaignEnvelope, SchemaRegistry},
+    model::{CampaignCommand, CampaignEnvelope, CampaignStats, SchemaRegistry},
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -18,6 +18,17 @@ pub enum CampaignCommandArgs {
     /// Check definition files and publish the valid ones to the campaigns topic. Nothing is
     /// published if any file is invalid.
     Apply(ApplyArgs),
+    /// Print a campaign's latest stats snapshot as a table.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Campaign id.
+    id: String,
+    /// Topic of stats snapshots.
+    #[arg(long, default_value = "herald.stats")]
+    topic: String,
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +72,7 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Option<Vec<(String, String, String)
 
 pub fn run(kafka: &KafkaConfig, command: CampaignCommandArgs) -> anyhow::Result<ExitCode> {
     match command {
+        CampaignCommandArgs::Stats(args) => stats(kafka, &args),
         CampaignCommandArgs::Validate(args) => {
             Ok(if load(&args.files)?.is_some() { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
@@ -99,4 +111,85 @@ pub fn run(kafka: &KafkaConfig, command: CampaignCommandArgs) -> anyhow::Result<
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Reads the stats topic to its end and prints the latest snapshot of the campaign.
+fn stats(kafka: &KafkaConfig, args: &StatsArgs) -> anyhow::Result<ExitCode> {
+    use rdkafka::{
+        consumer::{BaseConsumer, Consumer},
+        Message, Offset, TopicPartitionList,
+    };
+    let consumer: BaseConsumer = kafka
+        .client_config()
+        .set("group.id", "herald-cli-stats")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .context("creating the Kafka consumer")?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(&args.topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    anyhow::ensure!(!partitions.is_empty(), "topic {} not found", args.topic);
+    let mut latest: Option<CampaignStats> = None;
+    for partition in partitions {
+        let (low, high) = consumer.fetch_watermarks(&args.topic, partition, timeout)?;
+        if low >= high {
+            continue;
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&args.topic, partition, Offset::Beginning)?;
+        consumer.assign(&assignment)?;
+        let mut idle = 0;
+        while idle < 20 {
+            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                idle += 1;
+                continue;
+            };
+            let message = message?;
+            idle = 0;
+            if message.key() == Some(args.id.as_bytes()) {
+                if let Some(stats) = message
+                    .payload()
+                    .and_then(|v| SchemaRegistry::builtin().decode::<CampaignStats>(v).ok())
+                {
+                    latest = Some(stats);
+                }
+            }
+            if message.offset() + 1 >= high {
+                break;
+            }
+        }
+    }
+    let Some(stats) = latest else {
+        eprintln!("no stats for campaign {} in {}", args.id, args.topic);
+        return Ok(ExitCode::from(2));
+    };
+    println!(
+        "campaign {} (as of {})",
+        stats.campaign_id,
+        chrono::DateTime::from_timestamp_millis(stats.as_of_ms)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default()
+    );
+    println!(
+        "{:<10} {:>10} {:>10} {:>10} {:>12} {:>10} {:>12}",
+        "variant", "sent", "delivered", "failed", "impressions", "clicks", "conversions"
+    );
+    for v in &stats.variants {
+        println!(
+            "{:<10} {:>10} {:>10} {:>10} {:>12} {:>10} {:>12}",
+            v.variant_id, v.sent, v.delivered, v.failed, v.impressions, v.clicks, v.conversions
+        );
+    }
+    if !stats.skipped.is_empty() {
+        println!("skipped:");
+        for (reason, count) in &stats.skipped {
+            println!("  {reason:<20} {count:>10}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
