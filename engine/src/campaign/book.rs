@@ -92,3 +92,33 @@ fn collect_behaviours(filter: &Filter, out: &mut Vec<Behaviour>) {
         Filter::Property(_) | Filter::Device(_) | Filter::Near(_) => {}
     }
 }
+
+/// A [`CampaignBook`] kept in step with the campaigns global table: rebuilt on first use after
+/// the table changed.
+#[derive(Default)]
+pub struct CampaignCache {
+    book: CampaignBook,
+    current: bool,
+}
+
+impl CampaignCache {
+    /// Rebuilds the book from `table` if it changed since; returns whether it did.
+    pub fn refresh(&mut self, table: Option<&GlobalTable>) -> bool {
+        if self.current {
+            return false;
+        }
+        self.book = table.map(CampaignBook::from_table).unwrap_or_default();
+        self.current = true;
+        true
+    }
+
+    /// Marks the book stale (call from `on_global_change`).
+    pub fn invalidate(&mut self) {
+        self.current = false;
+    }
+
+    /// The campaigns as of the last refresh.
+    pub fn book(&self) -> &CampaignBook {
+        &self.book
+    }
+}

@@ -102,6 +102,19 @@ impl<'a> ProcessorContext<'a> {
         self.out.emit(topic, key, value, self.timestamp_ms)
     }
 
+    /// Encodes `record` (Avro single-object) and writes it to sink `topic` under `key`.
+    pub fn send_record<R: crate::model::Record>(
+        &mut self,
+        topic: &str,
+        key: &[u8],
+        record: &R,
+    ) -> Result<(), RuntimeError> {
+        let bytes = crate::model::SchemaRegistry::builtin().encode(record).map_err(|e| {
+            RuntimeError::Topology(format!("cannot encode a {} for {topic}: {e}", R::FULL_NAME))
+        })?;
+        self.send(topic, key, &bytes)
+    }
+
     /// Schedules a timer for `key` at `at_ms`; scheduling the same (time, key) twice is one timer.
     pub fn schedule(&mut self, at_ms: i64, key: &[u8]) -> Result<(), RuntimeError> {
         let store_name = self.timer_store;

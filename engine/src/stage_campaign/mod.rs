@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use ab::{pick_winner, SplitDelivery, VariantResult, WinnerRule};
 
 use crate::{
-    campaign::{Assignment, Campaign, CampaignBook, CampaignStatus, WinnerBy},
+    campaign::{Assignment, Campaign, CampaignCache, CampaignStatus, WinnerBy},
     model::{
         topics::TopicNames, CampaignLifecycleEvent, CampaignStats, Candidate, Engagement,
         EngagementKind, LifecycleKind, Platform, Record, SchemaRegistry, SendCommand, Skip,
@@ -23,10 +23,7 @@ use crate::{
     },
     payload::{self, Addressing, RenderedMessage},
     render::{MessageTemplate, RenderError},
-    runtime::{
-        ProcessError, Processor, ProcessorContext, RuntimeError, SourceRecord, Timer,
-        TopologyBuilder,
-    },
+    runtime::{ProcessError, Processor, ProcessorContext, SourceRecord, Timer, TopologyBuilder},
 };
 
 const STATE: &str = "campaign-state";
@@ -121,30 +118,22 @@ struct CompiledVariant {
 /// The campaign-stage processor of one task.
 pub struct CampaignStage {
     topics: Arc<TopicNames>,
-    campaigns: CampaignBook,
+    campaigns: CampaignCache,
     compiled: BTreeMap<String, Vec<CompiledVariant>>,
-    campaigns_current: bool,
 }
 
 impl CampaignStage {
     /// A processor writing to `topics`.
     pub fn new(topics: Arc<TopicNames>) -> Self {
-        Self {
-            topics,
-            campaigns: CampaignBook::default(),
-            compiled: BTreeMap::new(),
-            campaigns_current: false,
-        }
+        Self { topics, campaigns: CampaignCache::default(), compiled: BTreeMap::new() }
     }
 
     fn refresh_campaigns(&mut self, ctx: &ProcessorContext<'_>) {
-        if self.campaigns_current {
+        if !self.campaigns.refresh(ctx.global(CAMPAIGNS_TABLE)) {
             return;
         }
-        self.campaigns =
-            ctx.global(CAMPAIGNS_TABLE).map(CampaignBook::from_table).unwrap_or_default();
         self.compiled.clear();
-        for campaign in self.campaigns.all() {
+        for campaign in self.campaigns.book().all() {
             let compile = |source: &str| MessageTemplate::compile(source).ok();
             let variants: Option<Vec<CompiledVariant>> = campaign
                 .what
@@ -163,7 +152,6 @@ impl CampaignStage {
                 self.compiled.insert(campaign.id.clone(), variants);
             }
         }
-        self.campaigns_current = true;
     }
 
     fn emit<R: Record>(
@@ -173,11 +161,7 @@ impl CampaignStage {
         key: &str,
         record: &R,
     ) -> Result<(), ProcessError> {
-        let bytes = SchemaRegistry::builtin()
-            .encode(record)
-            .map_err(|e| RuntimeError::Topology(format!("cannot encode {}: {e}", R::FULL_NAME)))?;
-        ctx.send(topic, key.as_bytes(), &bytes)?;
-        Ok(())
+        Ok(ctx.send_record(topic, key.as_bytes(), record)?)
     }
 
     fn lifecycle(
@@ -246,7 +230,7 @@ impl CampaignStage {
         ctx: &mut ProcessorContext<'_>,
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
-        let Some(campaign) = self.campaigns.get(&candidate.campaign_id).cloned() else {
+        let Some(campaign) = self.campaigns.book().get(&candidate.campaign_id).cloned() else {
             return Err(ProcessError::reject(format!(
                 "candidate for unknown campaign {}",
                 candidate.campaign_id
@@ -541,7 +525,9 @@ impl CampaignStage {
     }
 
     fn on_skip(&mut self, ctx: &mut ProcessorContext<'_>, skip: Skip) -> Result<(), ProcessError> {
-        let Some(campaign) = self.campaigns.get(&skip.campaign_id).cloned() else { return Ok(()) };
+        let Some(campaign) = self.campaigns.book().get(&skip.campaign_id).cloned() else {
+            return Ok(());
+        };
         let mut state = self.load(ctx, &campaign)?;
         *state.skipped.entry(skip.reason).or_default() += 1;
         self.save(ctx, &campaign, &state)
@@ -552,7 +538,7 @@ impl CampaignStage {
         ctx: &mut ProcessorContext<'_>,
         engagement: Engagement,
     ) -> Result<(), ProcessError> {
-        let Some(campaign) = self.campaigns.get(&engagement.campaign_id).cloned() else {
+        let Some(campaign) = self.campaigns.book().get(&engagement.campaign_id).cloned() else {
             return Ok(());
         };
         let mut state = self.load(ctx, &campaign)?;
@@ -608,7 +594,7 @@ impl Processor for CampaignStage {
         self.refresh_campaigns(ctx);
         let key = String::from_utf8_lossy(&timer.key).into_owned();
         let Some((kind, id)) = key.split_once(':') else { return Ok(()) };
-        let Some(campaign) = self.campaigns.get(id).cloned() else { return Ok(()) };
+        let Some(campaign) = self.campaigns.book().get(id).cloned() else { return Ok(()) };
         let mut state = self.load(ctx, &campaign)?;
         match kind {
             AB_TIMER => self.maybe_declare_winner(ctx, &campaign, &mut state, timer.at_ms)?,
@@ -619,6 +605,6 @@ impl Processor for CampaignStage {
     }
 
     fn on_global_change(&mut self, _table: &str, _key: &[u8], _value: Option<&[u8]>) {
-        self.campaigns_current = false;
+        self.campaigns.invalidate();
     }
 }

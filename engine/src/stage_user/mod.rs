@@ -15,16 +15,13 @@ use serde::{Deserialize, Serialize};
 pub use settings::{AppSettings, Settings};
 
 use crate::{
-    campaign::{Campaign, CampaignBook, DndAction, Trigger},
+    campaign::{Campaign, CampaignCache, DndAction, Trigger},
     model::{
         topics::TopicNames, AppEvent, Candidate, Engagement, EngagementKind, IngestDecoder,
         IngestFormat, ProfileUpdate, Properties, PropertyValue, Receipt, ReceiptStatus, Record,
         SchemaRegistry, Skip,
     },
-    runtime::{
-        ProcessError, Processor, ProcessorContext, RuntimeError, SourceRecord, Timer,
-        TopologyBuilder,
-    },
+    runtime::{ProcessError, Processor, ProcessorContext, SourceRecord, Timer, TopologyBuilder},
 };
 
 const PROFILES: &str = "profiles";
@@ -108,9 +105,7 @@ pub struct UserStage {
     topics: Arc<TopicNames>,
     settings: Arc<Settings>,
     decoder: IngestDecoder,
-    campaigns: CampaignBook,
-    /// False when the campaigns table changed since `campaigns` was compiled.
-    campaigns_current: bool,
+    campaigns: CampaignCache,
 }
 
 impl UserStage {
@@ -120,21 +115,12 @@ impl UserStage {
             topics,
             settings,
             decoder: IngestDecoder::new(ingest),
-            campaigns: CampaignBook::default(),
-            campaigns_current: false,
+            campaigns: CampaignCache::default(),
         }
     }
 
     fn flow(&self) -> Flow<'_> {
         Flow(&self.topics.campaign_flow)
-    }
-
-    fn refresh_campaigns(&mut self, ctx: &ProcessorContext<'_>) {
-        if !self.campaigns_current {
-            self.campaigns =
-                ctx.global(CAMPAIGNS_TABLE).map(CampaignBook::from_table).unwrap_or_default();
-            self.campaigns_current = true;
-        }
     }
 
     fn on_profile(
@@ -204,7 +190,7 @@ impl UserStage {
         self.forward_notification_engagement(ctx, &event)?;
         self.attribute_conversions(ctx, &event)?;
         let campaigns: Vec<Arc<Campaign>> =
-            self.campaigns.active_for(&event.app_id).cloned().collect();
+            self.campaigns.book().active_for(&event.app_id).cloned().collect();
         for campaign in campaigns {
             self.cancel_inaction(ctx, &campaign, &event)?;
             self.trigger(ctx, &campaign, &event)?;
@@ -225,7 +211,7 @@ impl UserStage {
             event.timestamp_ms,
             LOOK_BACK_DAYS,
         )?;
-        for behaviour in self.campaigns.behaviours() {
+        for behaviour in self.campaigns.book().behaviours() {
             let matches = behaviour.event == event.name
                 && !behaviour.conditions.is_empty()
                 && behaviour
@@ -291,6 +277,7 @@ impl UserStage {
         list.retain(|delivery| {
             let window = self
                 .campaigns
+                .book()
                 .get(&delivery.campaign)
                 .and_then(|c| c.options.conversion.as_ref())
                 .filter(|conversion| conversion.event == event.name)
@@ -541,11 +528,7 @@ impl Flow<'_> {
         campaign: &str,
         record: &R,
     ) -> Result<(), ProcessError> {
-        let bytes = SchemaRegistry::builtin()
-            .encode(record)
-            .map_err(|e| RuntimeError::Topology(format!("cannot encode {}: {e}", R::FULL_NAME)))?;
-        ctx.send(self.0, campaign.as_bytes(), &bytes)?;
-        Ok(())
+        Ok(ctx.send_record(self.0, campaign.as_bytes(), record)?)
     }
 }
 
@@ -555,7 +538,7 @@ impl Processor for UserStage {
         ctx: &mut ProcessorContext<'_>,
         record: &SourceRecord<'_>,
     ) -> Result<(), ProcessError> {
-        self.refresh_campaigns(ctx);
+        self.campaigns.refresh(ctx.global(CAMPAIGNS_TABLE));
         let value =
             record.value.ok_or_else(|| ProcessError::reject("tombstone on an input topic"))?;
         let topic = record.topic;
@@ -578,12 +561,14 @@ impl Processor for UserStage {
         ctx: &mut ProcessorContext<'_>,
         timer: &Timer,
     ) -> Result<(), ProcessError> {
-        self.refresh_campaigns(ctx);
+        self.campaigns.refresh(ctx.global(CAMPAIGNS_TABLE));
         let Some(pending) = ctx.store(PENDING)?.get_as::<Pending>(&timer.key)? else {
             return Ok(());
         };
         ctx.store(PENDING)?.delete(&timer.key)?;
-        let Some(campaign) = self.campaigns.get(&pending.campaign).cloned() else { return Ok(()) };
+        let Some(campaign) = self.campaigns.book().get(&pending.campaign).cloned() else {
+            return Ok(());
+        };
         if campaign.status != crate::campaign::CampaignStatus::Active
             || !in_window(&campaign, timer.at_ms)
         {
@@ -602,6 +587,6 @@ impl Processor for UserStage {
     }
 
     fn on_global_change(&mut self, _table: &str, _key: &[u8], _value: Option<&[u8]>) {
-        self.campaigns_current = false;
+        self.campaigns.invalidate();
     }
 }
