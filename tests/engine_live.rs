@@ -1,99 +1,143 @@
-//! The user stage live against the real broker: an inaction window survives a SIGKILL of the
-//! engine and yields exactly one candidate; an event that does not decode goes to the
-//! dead-letter topic with its offset and reason.
+//! The engine live against the real broker: an inaction window survives a SIGKILL and yields
+//! exactly one candidate and one send; an undecodable event goes to the dead-letter topic; the
+//! total limit holds exactly across user partitions and a restart.
 
 mod common;
 
-use std::{process::Command, time::Duration};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use herald_engine::model::{
     AppEvent, Candidate, DeadLetter, Device, Platform, ProfileUpdate, SchemaRegistry, SendCommand,
 };
 
-fn spawn_engine(
-    prefix: &str,
-    app_id: &str,
-    state: &std::path::Path,
-    log: &std::path::Path,
-) -> std::process::Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["engine", "--topic-prefix", prefix, "--app-id", app_id, "--instance-id", "a"])
-        .arg("--state-dir")
-        .arg(state)
-        .env("HERALD_BROKERS", common::kafka().brokers)
-        .env("RUST_LOG", "info,librdkafka=warn")
-        .stderr(log)
-        .spawn()
-        .unwrap()
+/// An engine deployment on topics of its own (a unique prefix) with one campaign applied.
+struct Deployment {
+    prefix: String,
+    app_id: String,
+    dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    fn new(name: &str, user_partitions: i32, campaign_yaml: &str) -> Self {
+        let deployment = Self {
+            prefix: format!("{}-", common::unique(name)),
+            app_id: common::unique(&format!("{name}-app")),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let topic = |name: &str| deployment.topic(name);
+        common::create_topics(&[
+            (&topic("events"), user_partitions),
+            (&topic("profiles"), user_partitions),
+            (&topic("receipts"), user_partitions),
+            (&topic("campaigns"), 1),
+            (&topic("campaign-flow"), 2),
+            (&topic("push"), 2),
+            (&topic("stats"), 1),
+            (&topic("campaign-events"), 1),
+            (&topic("dead-letter"), 1),
+        ]);
+        let file = deployment.dir.path().join("campaign.yaml");
+        std::fs::write(&file, campaign_yaml).unwrap();
+        let applied = deployment.herald(&[
+            "campaign",
+            "apply",
+            "--topic",
+            &topic("campaigns"),
+            file.to_str().unwrap(),
+        ]);
+        assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stdout));
+        deployment
+    }
+
+    fn topic(&self, name: &str) -> String {
+        format!("{}herald.{name}", self.prefix)
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("engine.log")
+    }
+
+    fn herald(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .env("HERALD_BROKERS", common::kafka().brokers)
+            .output()
+            .unwrap()
+    }
+
+    fn spawn_engine(&self) -> std::process::Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log()).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args([
+                "engine",
+                "--topic-prefix",
+                &self.prefix,
+                "--app-id",
+                &self.app_id,
+                "--instance-id",
+                "a",
+            ])
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .env("HERALD_BROKERS", common::kafka().brokers)
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// A profile update giving `user` one device on `platform`, keyed by user.
+fn profile(user: &str, platform: Platform, at: i64) -> (String, Vec<u8>) {
+    let update = ProfileUpdate {
+        app_id: "shop".into(),
+        user_id: user.into(),
+        timestamp_ms: at,
+        set: Default::default(),
+        unset: vec![],
+        devices_added: vec![Device {
+            device_id: format!("d-{user}"),
+            platform,
+            token: format!("tok-{user}"),
+            app_version: None,
+            os_version: None,
+            make: None,
+            model: None,
+            sdk_version: None,
+        }],
+        tokens_removed: vec![],
+    };
+    (user.to_string(), SchemaRegistry::builtin().encode(&update).unwrap())
+}
+
+/// An app event, keyed by user.
+fn event(user: &str, name: &str, at: i64) -> (String, Vec<u8>) {
+    let event = AppEvent {
+        event_id: format!("{user}-{name}-{at}"),
+        app_id: "shop".into(),
+        user_id: user.into(),
+        name: name.into(),
+        timestamp_ms: at,
+        properties: Default::default(),
+        sdk_version: None,
+    };
+    (user.to_string(), SchemaRegistry::builtin().encode(&event).unwrap())
 }
 
 #[test]
 fn inaction_window_survives_a_restart_and_yields_exactly_one_candidate() {
-    let prefix = format!("{}-", common::unique("engine"));
-    let topic = |name: &str| format!("{prefix}herald.{name}");
-    common::create_topics(&[
-        (&topic("events"), 2),
-        (&topic("profiles"), 2),
-        (&topic("receipts"), 2),
-        (&topic("campaigns"), 1),
-        (&topic("campaign-flow"), 2),
-        (&topic("push"), 2),
-        (&topic("stats"), 1),
-        (&topic("campaign-events"), 1),
-        (&topic("dead-letter"), 1),
-    ]);
-    let dir = tempfile::tempdir().unwrap();
-    let campaign = dir.path().join("cart.yaml");
-    std::fs::write(
-        &campaign,
+    let deployment = Deployment::new(
+        "engine",
+        2,
         "id: cart\napp: shop\nname: Cart\nwhen:\n  event: Added To Cart\n  unless: { event: Charged, within: 8s }\nwhat: { title: t, body: b }\n",
-    )
-    .unwrap();
-    let applied = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["campaign", "apply", "--topic", &topic("campaigns")])
-        .arg(&campaign)
-        .env("HERALD_BROKERS", common::kafka().brokers)
-        .output()
-        .unwrap();
-    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stdout));
-
+    );
+    let topic = |name: &str| deployment.topic(name);
     let registry = SchemaRegistry::builtin();
     let now = common::now_ms();
-    let profile = |user: &str| {
-        let update = ProfileUpdate {
-            app_id: "shop".into(),
-            user_id: user.into(),
-            timestamp_ms: now,
-            set: Default::default(),
-            unset: vec![],
-            devices_added: vec![Device {
-                device_id: format!("d-{user}"),
-                platform: Platform::Android,
-                token: format!("tok-{user}"),
-                app_version: None,
-                os_version: None,
-                make: None,
-                model: None,
-                sdk_version: None,
-            }],
-            tokens_removed: vec![],
-        };
-        (user.to_string(), registry.encode(&update).unwrap())
-    };
-    let event = |user: &str, name: &str, at: i64| {
-        let event = AppEvent {
-            event_id: format!("{user}-{name}"),
-            app_id: "shop".into(),
-            user_id: user.into(),
-            name: name.into(),
-            timestamp_ms: at,
-            properties: Default::default(),
-            sdk_version: None,
-        };
-        (user.to_string(), registry.encode(&event).unwrap())
-    };
-    common::produce(&topic("profiles"), [profile("u1"), profile("u2")]);
+    common::produce(
+        &topic("profiles"),
+        [profile("u1", Platform::Android, now), profile("u2", Platform::Android, now)],
+    );
     common::produce(
         &topic("events"),
         [
@@ -104,14 +148,13 @@ fn inaction_window_survives_a_restart_and_yields_exactly_one_candidate() {
         ],
     );
 
-    let app_id = common::unique("engine-app");
-    let log = dir.path().join("engine.log");
-    let engine = spawn_engine(&prefix, &app_id, &dir.path().join("state"), &log);
+    let log = deployment.log();
+    let engine = deployment.spawn_engine();
     std::thread::sleep(Duration::from_secs(4));
     common::kill_hard(engine);
     assert!(common::now_ms() < now + 8_000, "killed before the window closed");
 
-    let engine = spawn_engine(&prefix, &app_id, &dir.path().join("state"), &log);
+    let engine = deployment.spawn_engine();
     let flow = common::read_committed(
         &topic("campaign-flow"),
         1,
@@ -152,83 +195,32 @@ fn inaction_window_survives_a_restart_and_yields_exactly_one_candidate() {
 fn coupon_limit_holds_exactly_across_four_user_partitions_and_a_restart() {
     const USERS: usize = 2_000;
     const LIMIT: usize = 300;
-    let prefix = format!("{}-", common::unique("coupon"));
-    let topic = |name: &str| format!("{prefix}herald.{name}");
-    common::create_topics(&[
-        (&topic("events"), 4),
-        (&topic("profiles"), 4),
-        (&topic("receipts"), 4),
-        (&topic("campaigns"), 1),
-        (&topic("campaign-flow"), 2),
-        (&topic("push"), 2),
-        (&topic("stats"), 1),
-        (&topic("campaign-events"), 1),
-        (&topic("dead-letter"), 1),
-    ]);
-    let dir = tempfile::tempdir().unwrap();
-    let campaign = dir.path().join("coupons.yaml");
-    std::fs::write(
-        &campaign,
-        format!("id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: App Opened }}\nwhat: {{ title: t, body: b }}\nlimits: {{ total: {LIMIT} }}\n"),
-    )
-    .unwrap();
-    let applied = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["campaign", "apply", "--topic", &topic("campaigns")])
-        .arg(&campaign)
-        .env("HERALD_BROKERS", common::kafka().brokers)
-        .output()
-        .unwrap();
-    assert!(applied.status.success());
-
+    let deployment = Deployment::new(
+        "coupon",
+        4,
+        &format!("id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: App Opened }}\nwhat: {{ title: t, body: b }}\nlimits: {{ total: {LIMIT} }}\n"),
+    );
+    let topic = |name: &str| deployment.topic(name);
     let registry = SchemaRegistry::builtin();
     let now = common::now_ms();
-    let profiles = (0..USERS).map(|i| {
-        let user = format!("u{i}");
-        let update = ProfileUpdate {
-            app_id: "shop".into(),
-            user_id: user.clone(),
-            timestamp_ms: now,
-            set: Default::default(),
-            unset: vec![],
-            devices_added: vec![Device {
-                device_id: format!("d-{user}"),
-                platform: Platform::Ios,
-                token: format!("tok-{user}"),
-                app_version: None,
-                os_version: None,
-                make: None,
-                model: None,
-                sdk_version: None,
-            }],
-            tokens_removed: vec![],
-        };
-        (user, registry.encode(&update).unwrap())
-    });
-    common::produce(&topic("profiles"), profiles);
-    let app_id = common::unique("coupon-app");
-    let log = dir.path().join("engine.log");
-    let engine = spawn_engine(&prefix, &app_id, &dir.path().join("state"), &log);
+    common::produce(
+        &topic("profiles"),
+        (0..USERS).map(|i| profile(&format!("u{i}"), Platform::Ios, now)),
+    );
+    let log = deployment.log();
+    let engine = deployment.spawn_engine();
     // Events arrive while the engine runs; it is killed once sends have started.
-    let events = (0..USERS).map(|i| {
-        let event = AppEvent {
-            event_id: format!("e{i}"),
-            app_id: "shop".into(),
-            user_id: format!("u{i}"),
-            name: "App Opened".into(),
-            timestamp_ms: now + i as i64,
-            properties: Default::default(),
-            sdk_version: None,
-        };
-        (format!("u{i}"), registry.encode(&event).unwrap())
-    });
-    common::produce(&topic("events"), events);
+    common::produce(
+        &topic("events"),
+        (0..USERS).map(|i| event(&format!("u{i}"), "App Opened", now + i as i64)),
+    );
     let started = (0..300).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
         common::end_offsets(&topic("push")) > 0
     });
     assert!(started, "no sends\n{}", common::tail(&log, 30));
     common::kill_hard(engine);
-    let engine = spawn_engine(&prefix, &app_id, &dir.path().join("state"), &log);
+    let engine = deployment.spawn_engine();
     let sends = common::read_committed(
         &topic("push"),
         LIMIT,
@@ -256,11 +248,7 @@ fn coupon_limit_holds_exactly_across_four_user_partitions_and_a_restart() {
         registry.decode(events[0].value.as_deref().unwrap()).unwrap();
     assert_eq!(format!("{:?}", event.kind), "Completed");
 
-    let printed = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["campaign", "stats", "coupons", "--topic", &topic("stats")])
-        .env("HERALD_BROKERS", common::kafka().brokers)
-        .output()
-        .unwrap();
+    let printed = deployment.herald(&["campaign", "stats", "coupons", "--topic", &topic("stats")]);
     let table = String::from_utf8_lossy(&printed.stdout);
     assert!(printed.status.success(), "{table}");
     let row = table.lines().find(|l| l.starts_with("A ")).expect("variant row");
