@@ -430,6 +430,8 @@ impl UserStage {
     ) -> Result<(), ProcessError> {
         let profile = ctx.store(PROFILES)?.get_as::<Profile>(user.as_bytes())?.unwrap_or_default();
         let history = history::load(&ctx.store(HISTORY)?, user)?;
+        let mut profile = profile;
+        profile.derive_age(at_ms);
         if !campaign.who.matches(&UserView { profile: &profile, history: &history }, at_ms) {
             return Ok(());
         }

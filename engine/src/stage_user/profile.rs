@@ -40,6 +40,29 @@ impl Profile {
         }
     }
 
+    /// Adds `age` (whole years at `now_ms`) from `date_of_birth` when the profile has a date of
+    /// birth and no age, so filters on age work with either.
+    pub fn derive_age(&mut self, now_ms: i64) {
+        if self.properties.contains_key("age") {
+            return;
+        }
+        let born = self.properties.get("date_of_birth").and_then(crate::campaign::time_ms);
+        let (Some(born), Some(now)) = (
+            born.and_then(chrono::DateTime::from_timestamp_millis),
+            chrono::DateTime::from_timestamp_millis(now_ms),
+        ) else {
+            return;
+        };
+        use chrono::Datelike;
+        let mut years = now.year() - born.year();
+        if (now.month(), now.day()) < (born.month(), born.day()) {
+            years -= 1;
+        }
+        if years >= 0 {
+            self.properties.insert("age".into(), PropertyValue::Long(i64::from(years)));
+        }
+    }
+
     /// Forgets the device with `token` (e.g. after a `token invalid` receipt).
     pub fn remove_token(&mut self, token: &str) {
         self.devices.retain(|d| d.token != token);
@@ -106,5 +129,34 @@ impl ProfileView for UserView<'_> {
         let days: Vec<i64> = self.days(behaviour, since_ms).map(|(day, _)| day).collect();
         let (first, last) = (days.iter().min()?, days.iter().max()?);
         Some((first * super::history::DAY_MS, last * super::history::DAY_MS))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn age_is_derived_from_the_date_of_birth() {
+        let mut profile = Profile::default();
+        profile
+            .properties
+            .insert("date_of_birth".into(), PropertyValue::String("1990-11-27".into()));
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z")
+            .unwrap()
+            .timestamp_millis();
+        profile.derive_age(now);
+        assert_eq!(
+            profile.properties["age"],
+            PropertyValue::Long(35),
+            "birthday tomorrow: still 35"
+        );
+        let mut explicit = Profile::default();
+        explicit.properties.insert("age".into(), PropertyValue::Long(20));
+        explicit
+            .properties
+            .insert("date_of_birth".into(), PropertyValue::String("1990-01-01".into()));
+        explicit.derive_age(now);
+        assert_eq!(explicit.properties["age"], PropertyValue::Long(20), "an explicit age wins");
     }
 }
