@@ -349,11 +349,13 @@ struct GlobalReader {
 }
 
 impl GlobalReader {
+    /// Bootstraps every global table; `None` when shutdown was requested meanwhile.
     fn start(
         topology: &StreamTopology,
         config: &RuntimeConfig,
         globals: &mut GlobalTables,
-    ) -> Result<Self, RuntimeError> {
+        shutdown: &ShutdownFlag,
+    ) -> Result<Option<Self>, RuntimeError> {
         let mut tables = Vec::new();
         for spec in &topology.globals {
             let consumer: BaseConsumer = config
@@ -361,40 +363,53 @@ impl GlobalReader {
                 .client_config()
                 .set("group.id", format!("{}-global", topology.app_id))
                 .set("enable.auto.commit", "false")
-                .set("enable.partition.eof", "true")
                 .set("isolation.level", "read_committed")
                 .create()
                 .map_err(RuntimeError::kafka("creating the global table consumer"))?;
+            // Bootstrap: read every partition to its end as of now before any task processes.
+            // A partition is done when the consumer's position reaches that end (transaction
+            // markers are not messages, so message offsets alone would never get there).
             let mut assignment = TopicPartitionList::new();
-            let mut pending = BTreeSet::new();
+            let mut ends = BTreeMap::new();
             for partition in 0..partition_count(&consumer, &spec.topic)? {
                 assignment
                     .add_partition_offset(&spec.topic, partition, Offset::Beginning)
                     .map_err(RuntimeError::kafka("assigning global table partitions"))?;
-                pending.insert(partition);
+                let (low, high) = consumer
+                    .fetch_watermarks(&spec.topic, partition, KAFKA_TIMEOUT)
+                    .map_err(RuntimeError::kafka(format!("reading the end of {}", spec.topic)))?;
+                if low < high {
+                    ends.insert(partition, high);
+                }
             }
             consumer
                 .assign(&assignment)
                 .map_err(RuntimeError::kafka("assigning global table partitions"))?;
-            // Bootstrap: read every partition to its end before any task processes.
-            while !pending.is_empty() {
-                match consumer.poll(Duration::from_millis(500)) {
-                    None => {}
-                    Some(Err(KafkaError::PartitionEOF(partition))) => {
-                        pending.remove(&partition);
-                    }
-                    Some(Err(error)) => {
-                        return Err(RuntimeError::Kafka {
-                            context: format!("reading global table {}", spec.topic),
-                            source: error,
-                        })
-                    }
-                    Some(Ok(message)) => apply_global(&spec.name, &message, globals, &mut []),
+            while !ends.is_empty() {
+                if shutdown.requested() {
+                    return Ok(None);
                 }
+                if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                    let message = message.map_err(RuntimeError::kafka(format!(
+                        "reading global table {}",
+                        spec.topic
+                    )))?;
+                    apply_global(&spec.name, &message, globals, &mut []);
+                }
+                let positions = consumer
+                    .position()
+                    .map_err(RuntimeError::kafka("reading global table positions"))?;
+                ends.retain(|partition, end| {
+                    let position = positions
+                        .find_partition(&spec.topic, *partition)
+                        .and_then(|e| e.offset().to_raw())
+                        .unwrap_or(-1);
+                    position < *end
+                });
             }
             tables.push((spec.name.clone(), consumer));
         }
-        Ok(Self { tables })
+        Ok(Some(Self { tables }))
     }
 
     /// Applies whatever arrived since the last call, without waiting.
@@ -407,7 +422,6 @@ impl GlobalReader {
             while let Some(result) = consumer.poll(Duration::ZERO) {
                 match result {
                     Ok(message) => apply_global(name, &message, globals, tasks),
-                    Err(KafkaError::PartitionEOF(_)) => {}
                     Err(error) => {
                         return Err(RuntimeError::Kafka {
                             context: format!("reading global table {name}"),
@@ -486,7 +500,11 @@ impl LiveRuntime {
         self.ensure_changelogs(&partitions)?;
 
         let mut globals = GlobalTables::default();
-        let global_reader = GlobalReader::start(&self.topology, &self.config, &mut globals)?;
+        let Some(global_reader) =
+            GlobalReader::start(&self.topology, &self.config, &mut globals, shutdown)?
+        else {
+            return Ok(());
+        };
 
         let transactional_id = format!("{}-{}", self.topology.app_id, self.config.instance_id);
         let kafka_config = self.config.kafka.client_config();
