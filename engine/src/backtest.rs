@@ -156,6 +156,7 @@ impl Backtest {
             TopicNames::default(),
             Arc::new(self.settings.clone()),
             IngestFormat::Avro,
+            0,
         )?;
         let options = ReplayOptions {
             fire_timers_until: Some(self.until_ms.unwrap_or(last)),

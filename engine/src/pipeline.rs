@@ -13,17 +13,22 @@ use crate::{
 /// Name of the campaigns global table.
 pub const CAMPAIGNS_TABLE: &str = "campaigns";
 
-/// The full engine topology for application `app_id`.
+/// How often a campaign's stats snapshot is published while it changes, live.
+pub const LIVE_STATS_INTERVAL_MS: i64 = 1_000;
+
+/// The full engine topology for application `app_id`; stats snapshots at most every
+/// `stats_interval_ms` per campaign (0 in replays: every change).
 pub fn engine_topology(
     app_id: &str,
     topics: TopicNames,
     settings: Arc<Settings>,
     ingest: IngestFormat,
+    stats_interval_ms: i64,
 ) -> Result<StreamTopology, RuntimeError> {
     let topics = Arc::new(topics);
     let builder = StreamTopology::builder(app_id)
         .dead_letter_topic(&topics.dead_letter)
         .global_table(CAMPAIGNS_TABLE, &topics.campaigns);
     let builder = add_user_stage(builder, &topics, settings, ingest);
-    add_campaign_stage(builder, &topics).build()
+    add_campaign_stage(builder, &topics, stats_interval_ms).build()
 }

@@ -534,6 +534,7 @@ fn receipts_clicks_and_conversions_become_engagements() {
         TopicNames::default(),
         Arc::new(Settings::default()),
         IngestFormat::Avro,
+        0,
     )
     .unwrap();
     let outputs = RefCell::new(Vec::new());

@@ -7,7 +7,7 @@ use clap::Args;
 use herald_engine::{
     kafka::KafkaConfig,
     model::{topics::TopicNames, IngestFormat},
-    pipeline::engine_topology,
+    pipeline::{engine_topology, LIVE_STATS_INTERVAL_MS},
     runtime::{LiveRuntime, RuntimeConfig, ShutdownFlag},
 };
 
@@ -46,6 +46,7 @@ pub fn run(kafka: &KafkaConfig, args: EngineArgs) -> anyhow::Result<ExitCode> {
         TopicNames::with_prefix(&args.topic_prefix),
         Arc::new(settings),
         args.ingest_format,
+        LIVE_STATS_INTERVAL_MS,
     )?;
     let mut config = RuntimeConfig::new(kafka.clone(), args.instance_id, args.state_dir);
     config.commit_interval = Duration::from_millis(args.commit_interval_ms);

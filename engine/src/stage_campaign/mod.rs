@@ -31,6 +31,7 @@ const ASSIGNMENTS: &str = "assignments";
 const OUTBOX: &str = "outbox";
 const AB_TIMER: &str = "ab";
 const OUTBOX_TIMER: &str = "outbox";
+const STATS_TIMER: &str = "stats";
 
 /// Timer key `<kind>:<campaign>`.
 fn timer_key(kind: &str, campaign: &str) -> Vec<u8> {
@@ -48,11 +49,15 @@ use crate::pipeline::CAMPAIGNS_TABLE;
 
 /// Adds the campaign stage (campaign flow in; send commands, stats and lifecycle events out)
 /// to a topology that has the campaigns global table.
-pub fn add_campaign_stage(builder: TopologyBuilder, topics: &Arc<TopicNames>) -> TopologyBuilder {
+pub fn add_campaign_stage(
+    builder: TopologyBuilder,
+    topics: &Arc<TopicNames>,
+    stats_interval_ms: i64,
+) -> TopologyBuilder {
     let names = Arc::clone(topics);
     builder.sub_topology(
         "campaign",
-        move |_| CampaignStage::new(Arc::clone(&names)),
+        move |_| CampaignStage::new(Arc::clone(&names), stats_interval_ms),
         |s| {
             s.source(&topics.campaign_flow)
                 .store(STATE)
@@ -89,6 +94,12 @@ struct CampaignState {
     /// Throttle window and outbox positions.
     #[serde(default)]
     outbox: OutboxState,
+    /// When stats were last published.
+    #[serde(default)]
+    stats_published_at: i64,
+    /// When the pending stats timer fires, if one is scheduled.
+    #[serde(default)]
+    stats_due: Option<i64>,
 }
 
 /// The throttle window and the queue of users waiting for the next one.
@@ -118,14 +129,21 @@ struct CompiledVariant {
 /// The campaign-stage processor of one task.
 pub struct CampaignStage {
     topics: Arc<TopicNames>,
+    stats_interval_ms: i64,
     campaigns: CampaignCache,
     compiled: BTreeMap<String, Vec<CompiledVariant>>,
 }
 
 impl CampaignStage {
-    /// A processor writing to `topics`.
-    pub fn new(topics: Arc<TopicNames>) -> Self {
-        Self { topics, campaigns: CampaignCache::default(), compiled: BTreeMap::new() }
+    /// A processor writing to `topics` and publishing stats at most every
+    /// `stats_interval_ms` per campaign (0: on every change).
+    pub fn new(topics: Arc<TopicNames>, stats_interval_ms: i64) -> Self {
+        Self {
+            topics,
+            stats_interval_ms,
+            campaigns: CampaignCache::default(),
+            compiled: BTreeMap::new(),
+        }
     }
 
     fn refresh_campaigns(&mut self, ctx: &ProcessorContext<'_>) {
@@ -215,14 +233,27 @@ impl CampaignStage {
         Ok(state)
     }
 
+    /// Stores the campaign's state and publishes a stats snapshot at most once per stats
+    /// interval (a timer publishes the last changes of an interval).
     fn save(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
         state: &CampaignState,
     ) -> Result<(), ProcessError> {
-        ctx.store(STATE)?.put_as(campaign.id.as_bytes(), state)?;
-        self.publish_stats(ctx, campaign, state)
+        let mut state = state.clone();
+        let now = ctx.timestamp_ms();
+        if now - state.stats_published_at >= self.stats_interval_ms {
+            state.stats_published_at = now;
+            state.stats_due = None;
+            self.publish_stats(ctx, campaign, &state)?;
+        } else if state.stats_due.is_none() {
+            let due = state.stats_published_at + self.stats_interval_ms;
+            state.stats_due = Some(due);
+            ctx.schedule(due, &timer_key(STATS_TIMER, &campaign.id))?;
+        }
+        ctx.store(STATE)?.put_as(campaign.id.as_bytes(), &state)?;
+        Ok(())
     }
 
     fn on_candidate(
@@ -598,6 +629,7 @@ impl Processor for CampaignStage {
         let mut state = self.load(ctx, &campaign)?;
         match kind {
             AB_TIMER => self.maybe_declare_winner(ctx, &campaign, &mut state, timer.at_ms)?,
+            STATS_TIMER => state.stats_published_at = i64::MIN / 2, // publish in save below
             OUTBOX_TIMER => self.release(ctx, &campaign, &mut state, timer.at_ms)?,
             _ => {}
         }

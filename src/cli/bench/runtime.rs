@@ -12,30 +12,24 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{bail, Context};
-use clap::{Args, Subcommand};
+use clap::Args;
 use herald_engine::{
-    kafka::{apply_topology, KafkaConfig},
+    kafka::KafkaConfig,
     runtime::{
-        example::counting_topology, LiveRuntime, ProcessError, Processor, ProcessorContext,
-        RuntimeConfig, ShutdownFlag, SourceRecord, StreamTopology,
+        example::counting_topology, ProcessError, Processor, ProcessorContext, SourceRecord,
+        StreamTopology,
     },
-    topology::{CleanupPolicy, TopicSpec, Topology},
 };
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
-    error::KafkaError,
-    producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
-    types::RDKafkaErrorCode,
+    producer::Producer,
     Message,
 };
 use serde_json::json;
 
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Runtime throughput (raw vs exactly-once vs stateful) and latency.
-    Runtime(RuntimeArgs),
-}
+use super::support::{
+    create_topics, measure_rate, now_ms, output_consumer, producer, send, with_runtime,
+};
 
 #[derive(Debug, Args)]
 pub struct RuntimeArgs {
@@ -53,12 +47,11 @@ pub struct RuntimeArgs {
     latency_seconds: u64,
 }
 
-pub fn run(kafka: &KafkaConfig, command: BenchCommand) -> anyhow::Result<ExitCode> {
-    let BenchCommand::Runtime(args) = command;
+pub fn run(kafka: &KafkaConfig, args: RuntimeArgs) -> anyhow::Result<ExitCode> {
     let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
     let topic = |name: &str| format!("bench-{run_id}-{name}");
     let topics = ["in", "t-out-raw", "t-out-eos", "t-out-count", "lat-in", "lat-out", "dlq"];
-    create_topics(kafka, &topics.map(topic), args.partitions)?;
+    create_topics(kafka, &topics.map(topic), args.partitions, |name| name.contains("-out-"))?;
     let state = tempfile::tempdir()?;
 
     eprintln!("producing {} input records to {}", args.records, topic("in"));
@@ -161,61 +154,6 @@ impl Processor for Passthrough {
     }
 }
 
-/// Creates the benchmark's topics; output topics of throughput runs stamp records with the
-/// broker's append time, so rates are measured where records land, not where they are read.
-fn create_topics(kafka: &KafkaConfig, names: &[String], partitions: i32) -> anyhow::Result<()> {
-    let topics = names
-        .iter()
-        .map(|name| TopicSpec {
-            name: name.clone(),
-            partitions,
-            cleanup_policy: CleanupPolicy::Delete,
-            retention_ms: Some(3_600_000),
-            description: "benchmark".into(),
-            configs: if name.contains("-out-") {
-                [("message.timestamp.type".to_string(), "LogAppendTime".to_string())].into()
-            } else {
-                Default::default()
-            },
-        })
-        .collect();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(apply_topology(kafka, &Topology { replication_factor: 1, topics }))?;
-    Ok(())
-}
-
-fn producer(kafka: &KafkaConfig) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
-    kafka
-        .client_config()
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "5")
-        .create()
-        .context("creating a producer")
-}
-
-fn send(
-    producer: &ThreadedProducer<DefaultProducerContext>,
-    topic: &str,
-    key: &[u8],
-    value: &[u8],
-    timestamp_ms: Option<i64>,
-) -> anyhow::Result<()> {
-    let mut record = BaseRecord::to(topic).key(key).payload(value);
-    if let Some(ms) = timestamp_ms {
-        record = record.timestamp(ms);
-    }
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                thread::sleep(Duration::from_millis(1));
-            }
-            Err((error, _)) => return Err(error.into()),
-        }
-    }
-}
-
 /// Consume → produce each record unchanged, no state, no transactions.
 fn raw_passthrough(
     kafka: &KafkaConfig,
@@ -244,58 +182,6 @@ fn raw_passthrough(
     }
     producer.flush(Duration::from_secs(30))?;
     Ok(())
-}
-
-/// Runs `topology` live in a thread while `measure` runs, then shuts it down.
-fn with_runtime<T>(
-    kafka: &KafkaConfig,
-    topology: StreamTopology,
-    state_dir: std::path::PathBuf,
-    measure: impl FnOnce() -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let shutdown = ShutdownFlag::default();
-    let config = RuntimeConfig::new(kafka.clone(), "bench", state_dir);
-    let worker = {
-        let shutdown = shutdown.clone();
-        thread::spawn(move || LiveRuntime::new(topology, config).run(&shutdown))
-    };
-    let result = measure();
-    shutdown.request();
-    worker.join().expect("runtime thread")?;
-    result
-}
-
-fn output_consumer(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<BaseConsumer> {
-    let consumer: BaseConsumer = kafka
-        .client_config()
-        .set("group.id", format!("{topic}-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .create()?;
-    consumer.subscribe(&[topic])?;
-    Ok(consumer)
-}
-
-/// Records per second written to `topic`: `expected` committed records over the span of their
-/// broker append times.
-fn measure_rate(kafka: &KafkaConfig, topic: &str, expected: usize) -> anyhow::Result<f64> {
-    let consumer = output_consumer(kafka, topic)?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let (mut first, mut last) = (i64::MAX, i64::MIN);
-    let mut seen = 0usize;
-    while seen < expected {
-        if Instant::now() > deadline {
-            bail!("only {seen} of {expected} records reached {topic} in 10 minutes");
-        }
-        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            let appended = message?.timestamp().to_millis().unwrap_or_default();
-            first = first.min(appended);
-            last = last.max(appended);
-            seen += 1;
-        }
-    }
-    let span_seconds = ((last - first) as f64 / 1000.0).max(1e-3);
-    Ok(expected as f64 / span_seconds)
 }
 
 /// Produces at `rate` for the configured time and returns input timestamp → committed output
@@ -340,10 +226,6 @@ fn measure_latency(
     let mut latencies = reader.join().expect("latency reader")?;
     latencies.sort_unstable();
     Ok(latencies)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }
 
 fn percentile(sorted: &[i64], q: f64) -> i64 {

@@ -1,0 +1,25 @@
+//! `herald bench …`: benchmarks that print a table and one JSON line.
+
+mod campaign;
+mod runtime;
+mod support;
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use herald_engine::kafka::KafkaConfig;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Runtime throughput (raw vs exactly-once vs stateful) and latency.
+    Runtime(runtime::RuntimeArgs),
+    /// One campaign to many users through the campaign stage, replayed and live.
+    Campaign(campaign::CampaignArgs),
+}
+
+pub fn run(kafka: &KafkaConfig, command: BenchCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BenchCommand::Runtime(args) => runtime::run(kafka, args),
+        BenchCommand::Campaign(args) => campaign::run(kafka, args),
+    }
+}
