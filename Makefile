@@ -5,7 +5,7 @@ export KAFKA_PORT ?= 9092
 export HERALD_BROKERS ?= 127.0.0.1:$(KAFKA_PORT)
 HERALD := $(CARGO_TARGET_DIR)/debug/herald
 
-.PHONY: bootstrap kafka-up kafka-down build demo test bench bench-runtime lint fmt
+.PHONY: bootstrap kafka-up kafka-down build demo test bench bench-runtime bench-campaign lint fmt
 
 bootstrap: ## install missing system packages
 	@deploy/local/bootstrap.sh
@@ -36,11 +36,15 @@ demo: kafka-up build ## start Kafka, create the topics, round-trip sample events
 test: kafka-up ## the full test suite against the local broker
 	cargo test --workspace
 
-bench: bench-runtime ## every benchmark (release build)
+bench: bench-runtime bench-campaign ## every benchmark (release build)
 
 bench-runtime: kafka-up ## runtime throughput (raw vs exactly-once vs stateful) and latency
 	cargo build --release --bins
 	$(CARGO_TARGET_DIR)/release/herald bench runtime $(BENCH_ARGS)
+
+bench-campaign: kafka-up ## one campaign to 1,000,000 users through the campaign stage
+	cargo build --release --bins
+	$(CARGO_TARGET_DIR)/release/herald bench campaign $(BENCH_ARGS)
 
 lint: ## formatting and clippy, warnings are errors
 	cargo fmt --all -- --check
