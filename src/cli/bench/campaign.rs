@@ -107,8 +107,9 @@ pub fn run(kafka: &KafkaConfig, args: CampaignArgs) -> anyhow::Result<ExitCode> 
     drop(candidates);
 
     eprintln!("live: running the engine");
+    // A fresh application id: no state or offsets from an earlier run.
     let topology = engine_topology(
-        "bench-live",
+        &format!("{prefix}engine"),
         live.clone(),
         Arc::default(),
         IngestFormat::Avro,

@@ -173,7 +173,11 @@ impl LiveRuntime {
             .set("partition.assignment.strategy", "range")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
-            .create_with_context(RebalanceHook { txn: Arc::clone(&txn) })
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(RebalanceHook {
+                txn: Arc::clone(&txn),
+                metrics: Arc::clone(&self.metrics),
+            })
             .map_err(RuntimeError::kafka("creating the consumer"))?;
         tracing::info!(
             app = %self.topology.app_id,
@@ -563,21 +567,8 @@ impl Worker<'_> {
                     .set(task.state.estimated_keys(store) as i64);
             }
         }
-        if let Ok(positions) = self.consumer.position() {
-            for element in positions.elements() {
-                let end = self.consumer.fetch_watermarks(
-                    element.topic(),
-                    element.partition(),
-                    Duration::from_secs(1),
-                );
-                if let (Some(position), Ok((_, high))) = (element.offset().to_raw(), end) {
-                    metrics
-                        .consumer_lag
-                        .with_label_values(&[element.topic(), &element.partition().to_string()])
-                        .set((high - position).max(0));
-                }
-            }
-        }
+        // Consumer lag comes from librdkafka's statistics (see `RebalanceHook::stats`): asking
+        // the broker for watermarks here would block the processing loop.
     }
 
     /// Leaves the group and closes every task: cleanly (checkpointed) after a successful final

@@ -171,9 +171,24 @@ impl TxnState {
 /// Consumer context committing the open transaction before partitions are revoked.
 pub(super) struct RebalanceHook {
     pub(super) txn: Arc<Mutex<TxnState>>,
+    pub(super) metrics: Arc<RuntimeMetrics>,
 }
 
-impl ClientContext for RebalanceHook {}
+impl ClientContext for RebalanceHook {
+    /// Publishes the consumer lag librdkafka reports (every `statistics.interval.ms`).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for (partition, partition_stats) in &stats.partitions {
+                if *partition >= 0 && partition_stats.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic, &partition.to_string()])
+                        .set(partition_stats.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceHook {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
