@@ -10,7 +10,10 @@ use std::{
 
 use anyhow::Context;
 use clap::Args;
-use herald_engine::{kafka::KafkaConfig, model::SchemaRegistry};
+use herald_engine::{
+    kafka::{send_waiting, KafkaConfig},
+    model::SchemaRegistry,
+};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 #[derive(Debug, Args)]
@@ -56,24 +59,11 @@ pub fn run(kafka: &KafkaConfig, args: ProduceArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("{}: no string field {:?} for the key", at(), args.key_field))?
             .to_string();
         let bytes = registry.encode_json(schema, json).with_context(at)?;
-        let mut record = BaseRecord::to(&args.topic).key(&key).payload(&bytes);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((error, returned)) if is_queue_full(&error) => {
-                    record = returned;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err((error, _)) => return Err(error).with_context(at),
-            }
-        }
+        let record = BaseRecord::to(&args.topic).key(&key).payload(&bytes);
+        send_waiting(&producer, record).with_context(at)?;
         produced += 1;
     }
     producer.flush(Duration::from_secs(30)).context("flushing the producer")?;
     eprintln!("produced {produced} {schema} records to {}", args.topic);
     Ok(ExitCode::SUCCESS)
-}
-
-fn is_queue_full(error: &rdkafka::error::KafkaError) -> bool {
-    error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
 }

@@ -9,14 +9,12 @@ use std::{
 };
 
 use herald_engine::{
-    kafka::{apply_topology, KafkaConfig, DEFAULT_BROKERS},
+    kafka::{apply_topology, send_waiting, KafkaConfig, DEFAULT_BROKERS},
     topology::{CleanupPolicy, TopicSpec, Topology},
 };
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
-    error::KafkaError,
     producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
-    types::RDKafkaErrorCode,
     Message, Offset, TopicPartitionList,
 };
 
@@ -66,17 +64,8 @@ pub fn produce(topic: &str, records: impl IntoIterator<Item = (String, Vec<u8>)>
         .create()
         .unwrap();
     for (key, value) in records {
-        let mut record = BaseRecord::to(topic).key(&key).payload(&value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => panic!("produce failed: {e}"),
-            }
-        }
+        let record = BaseRecord::to(topic).key(&key).payload(&value);
+        send_waiting(&producer, record).expect("produce");
     }
     producer.flush(Duration::from_secs(60)).unwrap();
 }

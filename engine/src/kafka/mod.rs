@@ -6,7 +6,12 @@ pub use admin::{apply_topology, AdminError, TopicDrift, TopicOutcome, TopologyRe
 
 use std::collections::BTreeMap;
 
-use rdkafka::ClientConfig;
+use rdkafka::{
+    error::KafkaError,
+    producer::{BaseRecord, ProducerContext, ThreadedProducer},
+    types::RDKafkaErrorCode,
+    ClientConfig,
+};
 
 /// Default bootstrap servers: the local broker started by `make kafka-up`.
 pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
@@ -40,5 +45,27 @@ impl KafkaConfig {
             config.set(key, value);
         }
         config
+    }
+}
+
+/// Hands `record` to `producer`, waiting while its local queue is full (the producer's
+/// background thread drains it), so a burst never fails with `QueueFull`.
+pub fn send_waiting<
+    C: ProducerContext + 'static,
+    K: ?Sized + rdkafka::message::ToBytes,
+    V: ?Sized + rdkafka::message::ToBytes,
+>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, K, V, C::DeliveryOpaque>,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err((error, _)) => return Err(error),
+        }
     }
 }

@@ -390,28 +390,12 @@ impl<'s> SinkWriter<'s> {
             }
             Self::Topics { producer, prefix } => {
                 let shadow = format!("{prefix}{topic}");
-                let mut record =
+                let record =
                     BaseRecord::to(&shadow).key(key).payload(value).timestamp(timestamp_ms);
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => return Ok(()),
-                        Err((
-                            rdkafka::error::KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull,
-                            ),
-                            returned,
-                        )) => {
-                            record = returned;
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        Err((error, _)) => {
-                            return Err(RuntimeError::Kafka {
-                                context: format!("producing to {shadow}"),
-                                source: error,
-                            })
-                        }
-                    }
-                }
+                crate::kafka::send_waiting(producer, record).map_err(|source| RuntimeError::Kafka {
+                    context: format!("producing to {shadow}"),
+                    source,
+                })
             }
         }
     }

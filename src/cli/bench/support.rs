@@ -8,15 +8,13 @@ use std::{
 
 use anyhow::{bail, Context};
 use herald_engine::{
-    kafka::{apply_topology, KafkaConfig},
+    kafka::{apply_topology, send_waiting, KafkaConfig},
     runtime::{LiveRuntime, RuntimeConfig, ShutdownFlag, StreamTopology},
     topology::{CleanupPolicy, TopicSpec, Topology},
 };
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
-    error::KafkaError,
     producer::{BaseRecord, DefaultProducerContext, ThreadedProducer},
-    types::RDKafkaErrorCode,
     Message,
 };
 
@@ -71,16 +69,7 @@ pub(super) fn send(
     if let Some(ms) = timestamp_ms {
         record = record.timestamp(ms);
     }
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                thread::sleep(Duration::from_millis(1));
-            }
-            Err((error, _)) => return Err(error.into()),
-        }
-    }
+    Ok(send_waiting(producer, record)?)
 }
 
 /// Runs `topology` live in a thread while `measure` runs, then shuts it down.

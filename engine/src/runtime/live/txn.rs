@@ -10,9 +10,7 @@ use std::{
 
 use rdkafka::{
     consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance},
-    error::KafkaError,
     producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
-    types::RDKafkaErrorCode,
     ClientContext, Offset, TopicPartitionList,
 };
 
@@ -241,26 +239,14 @@ pub(super) struct TxnOutput<'a> {
     pub(super) txn: &'a mut TxnState,
 }
 
-/// Sends one record, waiting while the producer's queue is full.
+/// Sends one record into the transaction, waiting while the producer's queue is full.
 fn send_record(
     producer: &Producer_,
-    mut record: BaseRecord<'_, [u8], [u8]>,
+    record: BaseRecord<'_, [u8], [u8]>,
 ) -> Result<(), RuntimeError> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                record = returned;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((error, returned)) => {
-                return Err(RuntimeError::Kafka {
-                    context: format!("producing to {}", returned.topic),
-                    source: error,
-                })
-            }
-        }
-    }
+    let topic = record.topic.to_string();
+    crate::kafka::send_waiting(producer, record)
+        .map_err(|source| RuntimeError::Kafka { context: format!("producing to {topic}"), source })
 }
 
 impl Output for TxnOutput<'_> {
