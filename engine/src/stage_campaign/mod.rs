@@ -239,20 +239,19 @@ impl CampaignStage {
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
-        state: &CampaignState,
+        state: &mut CampaignState,
     ) -> Result<(), ProcessError> {
-        let mut state = state.clone();
         let now = ctx.timestamp_ms();
         if now - state.stats_published_at >= self.stats_interval_ms {
             state.stats_published_at = now;
             state.stats_due = None;
-            self.publish_stats(ctx, campaign, &state)?;
+            self.publish_stats(ctx, campaign, state)?;
         } else if state.stats_due.is_none() {
             let due = state.stats_published_at + self.stats_interval_ms;
             state.stats_due = Some(due);
             ctx.schedule(due, &timer_key(STATS_TIMER, &campaign.id))?;
         }
-        ctx.store(STATE)?.put_as(campaign.id.as_bytes(), &state)?;
+        ctx.store(STATE)?.put_as(campaign.id.as_bytes(), state)?;
         Ok(())
     }
 
@@ -274,11 +273,11 @@ impl CampaignStage {
         };
         if campaign.status != CampaignStatus::Active {
             skip(&mut state, "campaign_inactive");
-            return self.save(ctx, &campaign, &state);
+            return self.save(ctx, &campaign, &mut state);
         }
         if state.completed {
             skip(&mut state, "total_limit");
-            return self.save(ctx, &campaign, &state);
+            return self.save(ctx, &campaign, &mut state);
         }
         let today = day_in(&campaign, at);
         if state.day.0 != today {
@@ -286,7 +285,7 @@ impl CampaignStage {
         }
         if campaign.limits.daily.is_some_and(|limit| state.day.1 >= limit) {
             skip(&mut state, "daily_limit");
-            return self.save(ctx, &campaign, &state);
+            return self.save(ctx, &campaign, &mut state);
         }
         self.maybe_declare_winner(ctx, &campaign, &mut state, at)?;
         let variant =
@@ -310,7 +309,7 @@ impl CampaignStage {
             Err(error) => {
                 tracing::debug!(campaign = %campaign.id, user = %candidate.user_id, %error, "template error");
                 skip(&mut state, "template_error");
-                return self.save(ctx, &campaign, &state);
+                return self.save(ctx, &campaign, &mut state);
             }
         };
         let message = &campaign.what[variant];
@@ -355,7 +354,7 @@ impl CampaignStage {
             }
         }
         if commands.is_empty() {
-            return self.save(ctx, &campaign, &state);
+            return self.save(ctx, &campaign, &mut state);
         }
         self.dispatch(ctx, &campaign, &mut state, commands, at)?;
         state.sent += 1;
@@ -365,7 +364,7 @@ impl CampaignStage {
             let details = BTreeMap::from([("sent".to_string(), state.sent.to_string())]);
             self.lifecycle(ctx, &campaign, LifecycleKind::Completed, details)?;
         }
-        self.save(ctx, &campaign, &state)
+        self.save(ctx, &campaign, &mut state)
     }
 
     /// Sends one user's commands now, or queues them in the outbox when the campaign's throttle
@@ -561,7 +560,7 @@ impl CampaignStage {
         };
         let mut state = self.load(ctx, &campaign)?;
         *state.skipped.entry(skip.reason).or_default() += 1;
-        self.save(ctx, &campaign, &state)
+        self.save(ctx, &campaign, &mut state)
     }
 
     fn on_engagement(
@@ -587,7 +586,7 @@ impl CampaignStage {
             }
         }
         self.maybe_declare_winner(ctx, &campaign, &mut state, engagement.timestamp_ms)?;
-        self.save(ctx, &campaign, &state)
+        self.save(ctx, &campaign, &mut state)
     }
 }
 
@@ -633,7 +632,7 @@ impl Processor for CampaignStage {
             OUTBOX_TIMER => self.release(ctx, &campaign, &mut state, timer.at_ms)?,
             _ => {}
         }
-        self.save(ctx, &campaign, &state)
+        self.save(ctx, &campaign, &mut state)
     }
 
     fn on_global_change(&mut self, _table: &str, _key: &[u8], _value: Option<&[u8]>) {
