@@ -91,6 +91,8 @@ pub struct Backtest {
     pub app: Option<String>,
     /// Fire timers due up to this time after the input (default: the last input time).
     pub until_ms: Option<i64>,
+    /// Partitions (tasks) per stage, as on the live topics; results do not depend on it.
+    pub partitions: i32,
 }
 
 impl Backtest {
@@ -160,6 +162,7 @@ impl Backtest {
         )?;
         let options = ReplayOptions {
             fire_timers_until: Some(self.until_ms.unwrap_or(last)),
+            partitions: self.partitions.max(1),
             ..ReplayOptions::default()
         };
         let sink =

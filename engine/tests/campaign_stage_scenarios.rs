@@ -34,6 +34,10 @@ impl Outcome {
     }
 
     fn run_until(campaign: &str, lines: &[String], until_ms: Option<i64>) -> Self {
+        Self::run_on(campaign, lines, until_ms, 1)
+    }
+
+    fn run_on(campaign: &str, lines: &[String], until_ms: Option<i64>, partitions: i32) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("c.yaml"), campaign).unwrap();
         std::fs::write(dir.path().join("in.jsonl"), lines.join("\n")).unwrap();
@@ -44,6 +48,7 @@ impl Outcome {
             settings: Settings::default(),
             app: None,
             until_ms,
+            partitions,
         }
         .run()
         .unwrap();
@@ -244,4 +249,106 @@ fn throttle_of_100_per_15_minutes_over_500_candidates_sends_5_windows_of_100() {
         per_window.into_iter().collect::<Vec<_>>(),
         vec![(0, 100), (1, 100), (2, 100), (3, 100), (4, 100)]
     );
+}
+
+fn ms(second: i64) -> i64 {
+    (1_795_000_000 + second) * 1000
+}
+
+/// A scheduled campaign running once at second 100, for everyone with a device.
+fn scheduled(id: &str, extra: &str) -> String {
+    format!(
+        "id: {id}\napp: shop\nname: n\nwhen: {{ schedule: {{ at: \"{}\" }} }}\nwhat: {{ title: t, body: b }}\n{extra}",
+        ts(100)
+    )
+}
+
+/// `users` profiles, then one event after the run time (moving event time past it).
+fn audience(users: usize) -> Vec<String> {
+    let mut lines: Vec<String> = (0..users).map(|i| profile(&format!("u{i}"))).collect();
+    lines.push(event("u0", 200, "App Opened", "{}"));
+    lines
+}
+
+fn kinds(events: &[CampaignLifecycleEvent]) -> Vec<String> {
+    events.iter().map(|e| format!("{:?}", e.kind)).collect()
+}
+
+#[test]
+fn safety_check_10000_qualify_with_limit_1000_sends_nothing_and_alerts_with_the_count() {
+    let campaign = scheduled("coupons", "limits: { safety: 1000 }\n");
+    let outcome = Outcome::run_on(&campaign, &audience(10_000), None, 4);
+
+    assert!(outcome.lines("sends.jsonl").is_empty(), "a tripped run sends nothing");
+    let events = outcome.events();
+    assert_eq!(kinds(&events), ["SafetyCheckTripped"]);
+    assert_eq!(events[0].details["qualified"], "10000", "counted across the 4 partitions");
+    assert_eq!(events[0].details["safety_limit"], "1000");
+    assert_eq!(outcome.stats()["coupons"]["skipped"]["safety_check"], 10_000);
+}
+
+#[test]
+fn per_run_limit_1000_of_10000_qualified_sends_exactly_1000_across_4_partitions() {
+    let campaign = scheduled("run", "limits: { per_run: 1000, safety: 20000 }\n");
+    let outcome = Outcome::run_on(&campaign, &audience(10_000), None, 4);
+
+    let sends = outcome.lines("sends.jsonl");
+    assert_eq!(sends.len(), 1_000);
+    let mut users: Vec<&str> = sends.iter().map(|s| s["user_id"].as_str().unwrap()).collect();
+    users.sort_unstable();
+    users.dedup();
+    assert_eq!(users.len(), 1_000, "no user twice");
+    let events = outcome.events();
+    assert_eq!(kinds(&events), ["RunStarted", "RunFinished"]);
+    assert_eq!(events[0].details["qualified"], "10000");
+    assert_eq!(events[1].details["sent"], "1000");
+    assert_eq!(outcome.stats()["run"]["skipped"]["run_limit"], 9_000);
+}
+
+#[test]
+fn scheduled_ab_reach_20000_test_15_percent_3_variants_1000_each_then_winner_to_17000() {
+    let campaign = format!(
+        "id: sab\napp: shop\nname: n\nwhen: {{ schedule: {{ at: \"{}\" }} }}\nwhat:\n  variants:\n    - {{ title: A, body: a }}\n    - {{ title: B, body: b }}\n    - {{ title: C, body: c }}\n  ab: {{ test_audience: \"15%\", evaluate_after: 1h }}\n",
+        ts(100)
+    );
+    let mut lines = audience(20_000);
+    // During the wait, clicks favour C.
+    let click = |variant: &str| format!(r#"{{"campaign_id":"sab","variant_id":"{variant}"}}"#);
+    for (i, variant) in ["A", "B", "C", "C", "C", "B"].iter().cycle().take(60).enumerate() {
+        lines.push(event(&format!("u{i}"), 300 + i as i64, "Notification Clicked", &click(variant)));
+    }
+    let outcome = Outcome::run_on(&campaign, &lines, Some(ms(100 + 3_600 + 60)), 2);
+
+    let variants = outcome.variants();
+    assert_eq!(variants.len(), 20_000);
+    let (test, rest) = variants.split_at(3_000);
+    let count = |group: &[String], v: &str| group.iter().filter(|x| *x == v).count();
+    assert_eq!((count(test, "A"), count(test, "B"), count(test, "C")), (1_000, 1_000, 1_000));
+    assert!(rest.iter().all(|v| v == "C"), "the remaining 17,000 get the winner");
+    let events = outcome.events();
+    assert_eq!(kinds(&events), ["RunStarted", "WinnerDeclared", "RunFinished"]);
+    assert_eq!(events[0].details["test_per_variant"], "1000");
+    assert_eq!(events[0].details["after_winner"], "17000");
+    assert_eq!(events[1].details["winner"], "C");
+}
+
+#[test]
+fn a_daily_recurring_run_reaches_the_audience_once_per_run() {
+    let campaign = format!(
+        "id: daily\napp: shop\nname: n\nwhen: {{ schedule: {{ at: \"{}\", every: 1d }} }}\nwhat: {{ title: t, body: b }}\noptions: {{ ignore_global_caps: true }}\n",
+        ts(100)
+    );
+    let mut lines = audience(10);
+    lines.push(event("u0", 86_400 + 200, "App Opened", "{}"));
+    let outcome = Outcome::run_on(&campaign, &lines, None, 2);
+
+    let runs: Vec<String> = outcome
+        .lines("sends.jsonl")
+        .iter()
+        .map(|s| s["message_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(runs.len(), 20, "10 users, 2 runs");
+    let events = outcome.events();
+    assert_eq!(kinds(&events), ["RunStarted", "RunFinished", "RunStarted", "RunFinished"]);
+    assert_ne!(events[0].details["run_id"], events[2].details["run_id"]);
 }

@@ -218,6 +218,19 @@ fn skip_round_trips() {
 }
 
 #[test]
+fn run_tally_round_trips() {
+    round_trip(RunTally {
+        campaign_id: "c".into(),
+        app_id: "shop".into(),
+        run_id: "run-1764237600000".into(),
+        partition: 2,
+        partitions: 4,
+        qualified: 2_500,
+        timestamp_ms: 17,
+    });
+}
+
+#[test]
 fn every_current_schema_has_a_rust_type_that_round_trips() {
     // Guards against a schema added under schemas/ without a record type and test above.
     assert_eq!(
@@ -232,6 +245,7 @@ fn every_current_schema_has_a_rust_type_that_round_trips() {
             "io.herald.Engagement",
             "io.herald.ProfileUpdate",
             "io.herald.Receipt",
+            "io.herald.RunTally",
             "io.herald.SendCommand",
             "io.herald.Skip",
         ]

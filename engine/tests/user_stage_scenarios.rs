@@ -35,6 +35,7 @@ impl Run {
             settings: Settings::parse(settings, "settings").unwrap(),
             app: None,
             until_ms: until.map(ms),
+            partitions: 1,
         }
         .run()
         .unwrap()

@@ -26,6 +26,9 @@ pub struct ReplayArgs {
     /// Fire timers due up to this RFC 3339 time (default: the last input time).
     #[arg(long)]
     until: Option<String>,
+    /// Tasks per stage, as partitions of the live topics (the outcome does not depend on it).
+    #[arg(long, default_value_t = 1)]
+    partitions: i32,
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -43,6 +46,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         settings,
         app: args.app,
         until_ms,
+        partitions: args.partitions,
     }
     .run()?;
     println!(

@@ -11,6 +11,6 @@ pub use filter::{time_ms, ProfileView, Scalar};
 pub use model::{
     AbTest, Action, Assignment, Behaviour, Campaign, CampaignStatus, CarouselItem, Conversion, Dnd,
     DndAction, Filter, Inaction, InterruptionLevel, Limits, Message, Op, Options, Place, Priority,
-    PropertyCondition, PushOptions, Throttle, Trigger, When, WinnerBy,
+    PropertyCondition, PushOptions, Schedule, TestPopulation, Throttle, Trigger, When, WinnerBy,
 };
 pub use parse::{parse_campaign, parse_duration, FieldError, ValidationErrors};

@@ -149,6 +149,33 @@ pub enum Trigger {
         /// Offset from the date, milliseconds (negative: before).
         offset_ms: i64,
     },
+    /// Past-behaviour audience evaluated at scheduled times (one run each).
+    Scheduled(Schedule),
+}
+
+/// When a scheduled campaign runs: at fixed times, then optionally every `every_ms` after the
+/// last of them (until the campaign's end).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    /// Run times, epoch milliseconds, ascending and distinct.
+    pub at_ms: Vec<i64>,
+    /// Recurrence period after the last fixed time, milliseconds.
+    pub every_ms: Option<i64>,
+}
+
+impl Schedule {
+    /// The latest run time at or before `now_ms` (not after `end_ms`), if any run is due.
+    pub fn latest_run(&self, now_ms: i64, end_ms: Option<i64>) -> Option<i64> {
+        let limit = end_ms.map_or(now_ms, |end| end.min(now_ms));
+        let fixed = self.at_ms.iter().rev().find(|at| **at <= limit).copied()?;
+        let last_fixed = *self.at_ms.last()?;
+        match self.every_ms {
+            Some(every) if every > 0 && limit >= last_fixed => {
+                Some(last_fixed + (limit - last_fixed) / every * every)
+            }
+            _ => Some(fixed),
+        }
+    }
 }
 
 /// When a campaign runs.
@@ -290,12 +317,23 @@ pub enum WinnerBy {
     ClickThroughRate,
 }
 
-/// A triggered A/B test: alternate until `test_audience` users got a variant, wait
-/// `evaluate_after` for clicks, then send the winner only.
+/// Size of an A/B test population.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TestPopulation {
+    /// A percentage of a scheduled run's reach.
+    Percent(f64),
+    /// An absolute number of users.
+    Users(u64),
+}
+
+/// An A/B test. Triggered: alternate until `test_audience` users got a variant, wait
+/// `evaluate_after` for clicks, then send the winner only. Scheduled: the test population of
+/// each run is split equally between the variants; the rest of the run gets the winner after
+/// the wait.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AbTest {
-    /// Users in the test.
-    pub test_audience: u64,
+    /// Users in the test (a percentage only for scheduled campaigns).
+    pub test_audience: TestPopulation,
     /// Wait after the last test user before choosing, milliseconds.
     pub evaluate_after_ms: i64,
     /// Rule.

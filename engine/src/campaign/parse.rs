@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 use super::{
     AbTest, Action, Assignment, Behaviour, Campaign, CampaignStatus, CarouselItem, Conversion, Dnd,
     DndAction, Filter, Inaction, InterruptionLevel, Limits, Message, Op, Options, Place, Priority,
-    PropertyCondition, PushOptions, Scalar, Throttle, Trigger, When, WinnerBy,
+    PropertyCondition, PushOptions, Scalar, Schedule, TestPopulation, Throttle, Trigger, When,
+    WinnerBy,
 };
 use crate::model::Platform;
 
@@ -217,6 +218,22 @@ impl Parser {
         };
         let options = self.options(map.get("options").unwrap_or(&Value::Null));
         let (what, assignment) = what?;
+        let scheduled = matches!(&when, Some(When { trigger: Trigger::Scheduled(_), .. }));
+        if let Assignment::AbTest(AbTest { test_audience: TestPopulation::Percent(_), .. }) =
+            &assignment
+        {
+            if !scheduled {
+                self.error::<()>(
+                    "what.ab.test_audience",
+                    "a percentage needs a scheduled campaign (a triggered one has no known reach)",
+                );
+            }
+        }
+        if let Some(limits) = &limits {
+            if !scheduled && (limits.per_run.is_some() || limits.safety.is_some()) {
+                self.error::<()>("limits", "per_run and safety apply to scheduled campaigns");
+            }
+        }
         let mut profile_variables: std::collections::BTreeSet<String> =
             what.iter().flat_map(Message::profile_variables).collect();
         if let Assignment::ByProperty(property) = &assignment {
@@ -515,23 +532,34 @@ impl Parser {
     }
 
     fn when(&mut self, value: &Value) -> Option<When> {
-        let map =
-            self.object(value, "when", &["event", "where", "unless", "reminder", "start", "end"])?;
-        let trigger = match (map.get("event"), map.get("reminder")) {
-            (Some(_), Some(_)) => {
-                self.error("when", "has both event and reminder; a campaign has one trigger")
-            }
-            (None, None) => self.error("when", "needs a trigger: event or reminder"),
-            (Some(_), None) => self.event_trigger(map),
-            (None, Some(reminder)) => {
+        let map = self.object(
+            value,
+            "when",
+            &["event", "where", "unless", "reminder", "schedule", "start", "end"],
+        )?;
+        let triggers: Vec<&str> = ["event", "reminder", "schedule"]
+            .into_iter()
+            .filter(|key| map.contains_key(*key))
+            .collect();
+        let trigger = match triggers.as_slice() {
+            [] => self.error("when", "needs a trigger: event, reminder or schedule"),
+            ["event"] => self.event_trigger(map),
+            [other] => {
                 if map.contains_key("where") || map.contains_key("unless") {
                     self.error::<()>(
                         "when",
-                        "where and unless apply to event triggers, not reminders",
+                        format!("where and unless apply to event triggers, not to {other}"),
                     );
                 }
-                self.reminder(reminder)
+                match *other {
+                    "reminder" => self.reminder(&map["reminder"]),
+                    _ => self.schedule(&map["schedule"]),
+                }
             }
+            several => self.error(
+                "when",
+                format!("has {}; a campaign has one trigger", several.join(" and ")),
+            ),
         };
         let start =
             map.get("start").filter(|v| !v.is_null()).map(|v| self.timestamp(v, "when.start"));
@@ -574,6 +602,51 @@ impl Parser {
             .required(map, "offset", "when.reminder")
             .and_then(|v| self.duration(v, "when.reminder.offset"));
         Some(Trigger::DateReminder { event: event?, property: property?, offset_ms: offset? })
+    }
+
+    /// `schedule: {at: <time or list of times>, every: <duration>}`.
+    fn schedule(&mut self, value: &Value) -> Option<Trigger> {
+        let map = self.object(value, "when.schedule", &["at", "every"])?;
+        let at = self.required(map, "at", "when.schedule")?;
+        let times = match at {
+            Value::Array(_) => self.list(at, "when.schedule.at", |parser, item, path| {
+                parser.timestamp(item, path)
+            }),
+            single => self.timestamp(single, "when.schedule.at").map(|t| vec![t]),
+        };
+        let mut at_ms: Vec<i64> = times?.iter().map(DateTime::timestamp_millis).collect();
+        if at_ms.is_empty() {
+            return self.error("when.schedule.at", "needs at least one run time");
+        }
+        at_ms.sort_unstable();
+        if at_ms.windows(2).any(|w| w[0] == w[1]) {
+            return self.error("when.schedule.at", "lists the same run time twice");
+        }
+        let every = match map.get("every").filter(|v| !v.is_null()) {
+            None => Some(None),
+            Some(v) => match self.duration(v, "when.schedule.every") {
+                Some(ms) if ms < 60_000 => {
+                    self.error("when.schedule.every", "must be at least one minute")
+                }
+                other => other.map(Some),
+            },
+        };
+        Some(Trigger::Scheduled(Schedule { at_ms, every_ms: every? }))
+    }
+
+    /// A test audience: a whole number of users, or a percentage (`"15%"`) of a run's reach.
+    fn test_population(&mut self, value: &Value, path: &str) -> Option<TestPopulation> {
+        if let Some(text) = value.as_str() {
+            let percent = text.trim().strip_suffix('%').and_then(|n| n.trim().parse::<f64>().ok());
+            return match percent {
+                Some(p) if p > 0.0 && p <= 100.0 => Some(TestPopulation::Percent(p)),
+                _ => self.error(
+                    path,
+                    format!("expected a number of users or a percentage like \"15%\", found {text:?}"),
+                ),
+            };
+        }
+        self.count(value, path).map(TestPopulation::Users)
     }
 
     fn what(&mut self, value: &Value) -> Option<(Vec<Message>, Assignment)> {
@@ -631,7 +704,7 @@ impl Parser {
                     self.object(ab, "what.ab", &["test_audience", "evaluate_after", "winner_by"])?;
                 let audience = self
                     .required(map, "test_audience", "what.ab")
-                    .and_then(|v| self.count(v, "what.ab.test_audience"));
+                    .and_then(|v| self.test_population(v, "what.ab.test_audience"));
                 let after = self
                     .required(map, "evaluate_after", "what.ab")
                     .and_then(|v| self.duration(v, "what.ab.evaluate_after"));

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use rdkafka::{
     error::KafkaError,
-    producer::{BaseRecord, ProducerContext, ThreadedProducer},
+    producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer},
     types::RDKafkaErrorCode,
     ClientConfig,
 };
@@ -68,4 +68,23 @@ pub fn send_waiting<
             Err((error, _)) => return Err(error),
         }
     }
+}
+
+/// Waits until every record handed to `producer` is acknowledged or has failed, checking every
+/// millisecond. rust-rdkafka's `flush` (also called by `commit_transaction`) polls in 100 ms
+/// slices that run to their end while the background thread serves the delivery reports, so it
+/// never returns in under 100 ms when anything is in flight; waiting here first makes that flush
+/// return at once.
+pub fn wait_delivered<C: ProducerContext + 'static>(
+    producer: &ThreadedProducer<C>,
+    timeout: std::time::Duration,
+) -> Result<(), KafkaError> {
+    let deadline = std::time::Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        if std::time::Instant::now() >= deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Ok(())
 }

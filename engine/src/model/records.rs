@@ -438,6 +438,29 @@ impl Record for Skip {
     const FULL_NAME: &'static str = "io.herald.Skip";
 }
 
+/// A user-stage task's count of a scheduled run's audience (`herald.campaign-flow`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunTally {
+    /// Campaign concerned.
+    pub campaign_id: String,
+    /// App of the campaign.
+    pub app_id: String,
+    /// The run, e.g. `run-1764237600000`.
+    pub run_id: String,
+    /// User-stage partition that scanned.
+    pub partition: i32,
+    /// User-stage partitions in all.
+    pub partitions: i32,
+    /// Users of the partition matching the campaign's audience.
+    pub qualified: i64,
+    /// When the scan ended, epoch milliseconds.
+    pub timestamp_ms: i64,
+}
+
+impl Record for RunTally {
+    const FULL_NAME: &'static str = "io.herald.RunTally";
+}
+
 /// Input that could not be decoded or was rejected (`herald.dead-letter`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {

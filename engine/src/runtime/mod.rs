@@ -30,6 +30,6 @@ pub use error::{ProcessError, RuntimeError};
 pub use global::GlobalTable;
 pub use live::{LiveRuntime, ShutdownFlag};
 pub use metrics::RuntimeMetrics;
-pub use processor::{Processor, ProcessorContext, SourceRecord, Timer};
+pub use processor::{Processor, ProcessorContext, SourceRecord, Tick, Timer};
 pub use store::{Entry, Store};
 pub use topology::{StreamTopology, SubTopologyBuilder, TaskId, TopologyBuilder};

@@ -31,6 +31,15 @@ pub struct Timer {
     pub key: Vec<u8>,
 }
 
+/// What a processor's [`Processor::on_tick`] left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    /// Nothing pending.
+    Idle,
+    /// More steps of the current work remain.
+    More,
+}
+
 /// An operator. One instance exists per task; it keeps its state in the task's stores, never in
 /// its own fields (those are lost on a crash or when the task moves).
 pub trait Processor: Send {
@@ -50,6 +59,15 @@ pub trait Processor: Send {
         Ok(())
     }
 
+    /// Called whenever the task's clock advances (live: every few milliseconds, idle or not;
+    /// replay: after due timers, and whenever the latest input time of the whole replay moves,
+    /// so every task ticks on one clock like live tasks on the wall clock). For work a processor does in bounded
+    /// steps, such as scanning its store for a scheduled run; return [`Tick::More`] to be called
+    /// again at once on the event-time clock (live: at the next tick).
+    fn on_tick(&mut self, _ctx: &mut ProcessorContext<'_>) -> Result<Tick, ProcessError> {
+        Ok(Tick::Idle)
+    }
+
     /// Called in every task after a global table changed (`value` is `None` for a deletion), so
     /// the processor can refresh what it derives from the table (e.g. compiled campaigns).
     fn on_global_change(&mut self, _table: &str, _key: &[u8], _value: Option<&[u8]>) {}
@@ -60,6 +78,7 @@ pub trait Processor: Send {
 /// transaction.
 pub struct ProcessorContext<'a> {
     pub(crate) task: TaskId,
+    pub(crate) partitions: i32,
     pub(crate) state: &'a TaskState,
     pub(crate) out: &'a mut dyn Output,
     pub(crate) sinks: &'a [String],
@@ -74,6 +93,11 @@ impl<'a> ProcessorContext<'a> {
     /// The task this processor instance serves.
     pub fn task(&self) -> TaskId {
         self.task
+    }
+
+    /// How many partitions (so tasks) the processor's sub-topology has.
+    pub fn partitions(&self) -> i32 {
+        self.partitions
     }
 
     /// Timestamp of the record or timer being handled; outputs carry it.

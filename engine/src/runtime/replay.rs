@@ -151,7 +151,15 @@ pub fn run(
         internal: VecDeque::new(),
         internal_offsets: HashMap::new(),
         summary: ReplaySummary::default(),
+        clock: i64::MIN,
     };
+    // Every task exists from the start, so each one ticks and fires its timers even when no
+    // input record lands in its partition.
+    for sub_topology in 0..topology.sub_topologies.len() {
+        for partition in 0..options.partitions {
+            replay.ensure_task(TaskId { sub_topology, partition })?;
+        }
+    }
     for record in records {
         replay.summary.records_in += 1;
         replay.feed(record)?;
@@ -179,12 +187,44 @@ struct Replay<'a, 's> {
     internal: VecDeque<ReplayRecord>,
     internal_offsets: HashMap<(String, i32), i64>,
     summary: ReplaySummary,
+    /// The latest input time so far.
+    clock: i64,
 }
 
 impl Replay<'_, '_> {
     /// Processes one record, then everything it sent to internal topics, in order.
+    /// Then, when the input moved the replay's clock (the latest input time, the analogue of
+    /// the wall clock), every task ticks at it.
     fn feed(&mut self, record: ReplayRecord) -> Result<(), RuntimeError> {
+        let time = record.timestamp_ms;
         self.process(record)?;
+        self.drain_internal()?;
+        if time > self.clock {
+            self.clock = time;
+            let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+            for id in ids {
+                let env = TaskEnv {
+                    clock: Clock::EventTime,
+                    wall_now_ms: 0,
+                    globals: &self.globals,
+                    dead_letter_topic: &self.topology.dead_letter_topic,
+                    metrics: &self.metrics,
+                };
+                let mut out = ReplayOutput {
+                    topology: self.topology,
+                    writer: &mut self.writer,
+                    internal: &mut self.internal,
+                    internal_offsets: &mut self.internal_offsets,
+                    summary: &mut self.summary,
+                };
+                self.tasks.get_mut(&id).expect("existing task").tick(time, &env, &mut out)?;
+                self.drain_internal()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_internal(&mut self) -> Result<(), RuntimeError> {
         while let Some(next) = self.internal.pop_front() {
             self.process(next)?;
         }
@@ -281,7 +321,7 @@ impl Replay<'_, '_> {
         let dir = self.state_dir.join(id.to_string());
         let _ = std::fs::remove_dir_all(&dir);
         let state = TaskState::open(&dir, id.partition, changelogs, &self.memory)?;
-        self.tasks.insert(id, Task::new(id, sub, state)?);
+        self.tasks.insert(id, Task::new(id, self.options.partitions, sub, state)?);
         Ok(())
     }
 }

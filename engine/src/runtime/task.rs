@@ -4,7 +4,7 @@
 use super::{
     global::GlobalTables, metrics::RuntimeMetrics, output::Output, store::TaskState, timers,
     topology::SubTopology, Clock, ProcessError, Processor, ProcessorContext, RuntimeError,
-    SourceRecord, TaskId, Timer,
+    SourceRecord, TaskId, Tick, Timer,
 };
 use crate::model::{DeadLetter, SchemaRegistry};
 
@@ -24,6 +24,7 @@ pub(crate) struct TaskEnv<'a> {
 /// One processor instance and its state.
 pub(crate) struct Task {
     pub(crate) id: TaskId,
+    partitions: i32,
     processor: Box<dyn Processor>,
     pub(crate) state: TaskState,
     sinks: Vec<String>,
@@ -33,9 +34,11 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    /// Creates the task's processor over already restored `state`.
+    /// Creates the task's processor over already restored `state`; its sub-topology has
+    /// `partitions` partitions.
     pub(crate) fn new(
         id: TaskId,
+        partitions: i32,
         sub: &SubTopology,
         state: TaskState,
     ) -> Result<Self, RuntimeError> {
@@ -43,6 +46,7 @@ impl Task {
         let timers_pending = state.count(&timer_store)? as i64;
         Ok(Self {
             id,
+            partitions,
             processor: (sub.factory)(id),
             state,
             sinks: sub.sinks.clone(),
@@ -75,6 +79,7 @@ impl Task {
         };
         let mut ctx = ProcessorContext {
             task: self.id,
+            partitions: self.partitions,
             state: &self.state,
             out: &mut *out,
             sinks: &self.sinks,
@@ -120,6 +125,7 @@ impl Task {
                 timers::take_due(&mut store, now_ms, TIMER_BATCH)?
             };
             if due.is_empty() {
+                self.tick(now_ms, env, out)?;
                 return Ok(fired);
             }
             for timer in due {
@@ -127,6 +133,50 @@ impl Task {
                 fired += 1;
                 env.metrics.timers_fired.inc();
                 self.fire(&timer, now_ms, env, out)?;
+            }
+        }
+    }
+
+    /// Lets the processor do pending stepwise work: one step on the wall clock, every step on
+    /// the event-time clock (a replay has no later tick to wait for).
+    pub(crate) fn tick(
+        &mut self,
+        now_ms: i64,
+        env: &TaskEnv<'_>,
+        out: &mut dyn Output,
+    ) -> Result<(), RuntimeError> {
+        loop {
+            let mut ctx = ProcessorContext {
+                task: self.id,
+                partitions: self.partitions,
+                state: &self.state,
+                out: &mut *out,
+                sinks: &self.sinks,
+                globals: env.globals,
+                timer_store: &self.timer_store,
+                timestamp_ms: now_ms,
+                now_ms,
+                timers_delta: 0,
+            };
+            let result = self.processor.on_tick(&mut ctx);
+            self.timers_pending += ctx.timers_delta;
+            match result {
+                Ok(Tick::More) if env.clock == Clock::EventTime => continue,
+                Ok(_) => return Ok(()),
+                Err(ProcessError::Runtime(error)) => return Err(error),
+                Err(ProcessError::Reject(reason)) => {
+                    let letter = DeadLetter {
+                        source_topic: self.timer_store.clone(),
+                        source_partition: self.id.partition,
+                        source_offset: -1,
+                        key: None,
+                        value: None,
+                        reason,
+                        stage: format!("tick of task {}", self.id),
+                        timestamp_ms: now_ms,
+                    };
+                    return dead_letter(&letter, env, out);
+                }
             }
         }
     }
@@ -140,6 +190,7 @@ impl Task {
     ) -> Result<(), RuntimeError> {
         let mut ctx = ProcessorContext {
             task: self.id,
+            partitions: self.partitions,
             state: &self.state,
             out: &mut *out,
             sinks: &self.sinks,

@@ -1,5 +1,7 @@
 //! A/B tests and split delivery: deterministic assignment, test groups, winner selection.
 
+pub use crate::campaign::TestPopulation;
+
 /// The variant for the `n`-th user (0-based) to qualify for a triggered test: strict
 /// alternation A, B, C, A, B, C, …
 pub fn alternate(n: u64, variants: usize) -> usize {
@@ -50,15 +52,6 @@ impl SplitDelivery {
         self.current[best] -= total;
         best
     }
-}
-
-/// Size of a scheduled test population.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum TestPopulation {
-    /// A percentage of the campaign's reach.
-    Percent(f64),
-    /// An absolute number of users.
-    Users(u64),
 }
 
 /// How a scheduled audience is divided.

@@ -2,11 +2,10 @@
 //! commands. It applies reach limits (exact, since one task owns a campaign), assigns variants
 //! (alternation, A/B test then winner, split), renders the templates, builds the platform
 //! payloads and keeps per-variant stats from skips and engagements.
-//!
-//! Not yet here (see the issue): scheduled runs with the safety check and per-run limits, a
-//! global per-app throttle across campaigns.
+//! Scheduled runs (safety check, per-run limit, A/B test population) are decided in `runs`.
 
 pub mod ab;
+mod runs;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -15,15 +14,19 @@ use serde::{Deserialize, Serialize};
 use ab::{pick_winner, SplitDelivery, VariantResult, WinnerRule};
 
 use crate::{
-    campaign::{Assignment, Campaign, CampaignCache, CampaignStatus, WinnerBy},
+    campaign::{
+        AbTest, Assignment, Campaign, CampaignCache, CampaignStatus, TestPopulation, Trigger,
+        WinnerBy,
+    },
     model::{
         topics::TopicNames, CampaignLifecycleEvent, CampaignStats, Candidate, Engagement,
-        EngagementKind, LifecycleKind, Platform, Record, SchemaRegistry, SendCommand, Skip,
-        VariantStats,
+        EngagementKind, LifecycleKind, Platform, Record, RunTally, SchemaRegistry, SendCommand,
+        Skip, VariantStats,
     },
     payload::{self, Addressing, RenderedMessage},
     render::{MessageTemplate, RenderError},
     runtime::{ProcessError, Processor, ProcessorContext, SourceRecord, Timer, TopologyBuilder},
+    stage_user::TRIGGERED_RUN,
 };
 
 const STATE: &str = "campaign-state";
@@ -32,6 +35,8 @@ const OUTBOX: &str = "outbox";
 const AB_TIMER: &str = "ab";
 const OUTBOX_TIMER: &str = "outbox";
 const STATS_TIMER: &str = "stats";
+const RUN_TIMER: &str = "run";
+const RUN_BUFFER: &str = "run-buffer";
 
 /// Timer key `<kind>:<campaign>`.
 fn timer_key(kind: &str, campaign: &str) -> Vec<u8> {
@@ -63,6 +68,7 @@ pub fn add_campaign_stage(
                 .store(STATE)
                 .store(ASSIGNMENTS)
                 .store(OUTBOX)
+                .store(RUN_BUFFER)
                 .sink(&topics.push)
                 .sink(&topics.stats)
                 .sink(&topics.campaign_events)
@@ -100,6 +106,16 @@ struct CampaignState {
     /// When the pending stats timer fires, if one is scheduled.
     #[serde(default)]
     stats_due: Option<i64>,
+    /// The latest scheduled run.
+    #[serde(default)]
+    run: Option<runs::RunState>,
+}
+
+impl CampaignState {
+    /// Counts a user not sent to, by reason.
+    fn skip(&mut self, reason: &str) {
+        *self.skipped.entry(reason.to_string()).or_default() += 1;
+    }
 }
 
 /// The throttle window and the queue of users waiting for the next one.
@@ -267,29 +283,44 @@ impl CampaignStage {
             )));
         };
         let mut state = self.load(ctx, &campaign)?;
+        if candidate.run_id != TRIGGERED_RUN {
+            self.on_run_candidate(ctx, &campaign, &mut state, candidate)?;
+        } else {
+            self.deliver(ctx, &campaign, &mut state, &candidate, None)?;
+        }
+        self.save(ctx, &campaign, &mut state)
+    }
+
+    /// Applies the campaign's limits to one candidate, gives it a variant (`variant`, when the
+    /// run already chose one, else by the campaign's assignment), renders its message and
+    /// dispatches the commands.
+    fn deliver(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        candidate: &Candidate,
+        variant: Option<usize>,
+    ) -> Result<(), ProcessError> {
         let at = candidate.qualified_at_ms;
-        let skip = |state: &mut CampaignState, reason: &str| {
-            *state.skipped.entry(reason.to_string()).or_default() += 1;
-        };
         if campaign.status != CampaignStatus::Active {
-            skip(&mut state, "campaign_inactive");
-            return self.save(ctx, &campaign, &mut state);
+            state.skip("campaign_inactive");
+            return Ok(());
         }
         if state.completed {
-            skip(&mut state, "total_limit");
-            return self.save(ctx, &campaign, &mut state);
+            state.skip("total_limit");
+            return Ok(());
         }
-        let today = day_in(&campaign, at);
+        let today = day_in(campaign, at);
         if state.day.0 != today {
             state.day = (today, 0);
         }
         if campaign.limits.daily.is_some_and(|limit| state.day.1 >= limit) {
-            skip(&mut state, "daily_limit");
-            return self.save(ctx, &campaign, &mut state);
+            state.skip("daily_limit");
+            return Ok(());
         }
-        self.maybe_declare_winner(ctx, &campaign, &mut state, at)?;
-        let variant =
-            self.assign(ctx, &campaign, &mut state, &candidate.user_id, &candidate.profile, at)?;
+        self.maybe_declare_winner(ctx, campaign, state, at)?;
+        let variant = self.assign(ctx, campaign, state, candidate, variant)?;
         let compiled = &self.compiled[&campaign.id][variant];
         let strict = true;
         let render =
@@ -308,8 +339,8 @@ impl CampaignStage {
             Ok(rendered) => rendered,
             Err(error) => {
                 tracing::debug!(campaign = %campaign.id, user = %candidate.user_id, %error, "template error");
-                skip(&mut state, "template_error");
-                return self.save(ctx, &campaign, &mut state);
+                state.skip("template_error");
+                return Ok(());
             }
         };
         let message = &campaign.what[variant];
@@ -350,21 +381,21 @@ impl CampaignStage {
                     created_at_ms: at,
                     expires_at_ms: message.push.ttl_ms.map(|ttl| at + ttl),
                 }),
-                Err(error) => skip(&mut state, error.reason()),
+                Err(error) => state.skip(error.reason()),
             }
         }
         if commands.is_empty() {
-            return self.save(ctx, &campaign, &mut state);
+            return Ok(());
         }
-        self.dispatch(ctx, &campaign, &mut state, commands, at)?;
+        self.dispatch(ctx, campaign, state, commands, at)?;
         state.sent += 1;
         state.day.1 += 1;
         if campaign.limits.total.is_some_and(|limit| state.sent >= limit) {
             state.completed = true;
             let details = BTreeMap::from([("sent".to_string(), state.sent.to_string())]);
-            self.lifecycle(ctx, &campaign, LifecycleKind::Completed, details)?;
+            self.lifecycle(ctx, campaign, LifecycleKind::Completed, details)?;
         }
-        self.save(ctx, &campaign, &mut state)
+        Ok(())
     }
 
     /// Sends one user's commands now, or queues them in the outbox when the campaign's throttle
@@ -461,16 +492,18 @@ impl CampaignStage {
         Ok(())
     }
 
-    /// The user's variant: sticky once assigned; else the winner, the split, or alternation.
+    /// The user's variant: sticky once assigned; else `chosen` (a scheduled run's test plan),
+    /// the winner, the split, or alternation.
     fn assign(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
         state: &mut CampaignState,
-        user: &str,
-        profile: &crate::model::Properties,
-        at: i64,
+        candidate: &Candidate,
+        chosen: Option<usize>,
     ) -> Result<usize, ProcessError> {
+        let (user, profile, at) =
+            (&candidate.user_id, &candidate.profile, candidate.qualified_at_ms);
         let key = format!("{}\u{0}{user}", campaign.id);
         if let Some(variant) = ctx.store(ASSIGNMENTS)?.get_as::<usize>(key.as_bytes())? {
             if variant < campaign.what.len() {
@@ -479,6 +512,7 @@ impl CampaignStage {
         }
         let variants = campaign.what.len();
         let variant = match (&campaign.assignment, state.winner) {
+            _ if chosen.is_some_and(|v| v < variants) => chosen.unwrap_or_default(),
             (Assignment::ByProperty(property), _) => {
                 let value = match profile.get(property) {
                     Some(crate::model::PropertyValue::String(value)) => Some(value.as_str()),
@@ -503,17 +537,34 @@ impl CampaignStage {
             }
         };
         state.assigned += 1;
-        if let Assignment::AbTest(test) = &campaign.assignment {
-            if state.winner.is_none()
+        if let Assignment::AbTest(AbTest { test_audience: TestPopulation::Users(audience), .. }) =
+            &campaign.assignment
+        {
+            let triggered = !matches!(campaign.when.trigger, Trigger::Scheduled(_));
+            if triggered
+                && state.winner.is_none()
                 && state.test_full_at.is_none()
-                && state.assigned >= test.test_audience
+                && state.assigned >= *audience
             {
-                state.test_full_at = Some(at);
-                ctx.schedule(at + test.evaluate_after_ms, &timer_key(AB_TIMER, &campaign.id))?;
+                self.start_evaluation(ctx, campaign, state, at)?;
             }
         }
         ctx.store(ASSIGNMENTS)?.put_as(key.as_bytes(), &variant)?;
         Ok(variant)
+    }
+
+    /// The A/B test audience is complete at `at`: the winner is chosen after the wait.
+    fn start_evaluation(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        at: i64,
+    ) -> Result<(), ProcessError> {
+        let Assignment::AbTest(test) = &campaign.assignment else { return Ok(()) };
+        state.test_full_at = Some(at);
+        ctx.schedule(at + test.evaluate_after_ms, &timer_key(AB_TIMER, &campaign.id))?;
+        Ok(())
     }
 
     /// Declares the A/B winner once the test audience is full and the wait has passed.
@@ -559,7 +610,7 @@ impl CampaignStage {
             return Ok(());
         };
         let mut state = self.load(ctx, &campaign)?;
-        *state.skipped.entry(skip.reason).or_default() += 1;
+        state.skip(&skip.reason);
         self.save(ctx, &campaign, &mut state)
     }
 
@@ -612,6 +663,7 @@ impl Processor for CampaignStage {
             Candidate::FULL_NAME => self.on_candidate(ctx, registry.decode(value)?),
             Skip::FULL_NAME => self.on_skip(ctx, registry.decode(value)?),
             Engagement::FULL_NAME => self.on_engagement(ctx, registry.decode(value)?),
+            RunTally::FULL_NAME => self.on_run_tally(ctx, registry.decode(value)?),
             other => Err(ProcessError::reject(format!("unexpected {other} in the campaign flow"))),
         }
     }
@@ -627,9 +679,13 @@ impl Processor for CampaignStage {
         let Some(campaign) = self.campaigns.book().get(id).cloned() else { return Ok(()) };
         let mut state = self.load(ctx, &campaign)?;
         match kind {
-            AB_TIMER => self.maybe_declare_winner(ctx, &campaign, &mut state, timer.at_ms)?,
+            AB_TIMER => {
+                self.maybe_declare_winner(ctx, &campaign, &mut state, timer.at_ms)?;
+                self.release_run(ctx, &campaign, &mut state, timer.at_ms)?;
+            }
             STATS_TIMER => state.stats_published_at = i64::MIN / 2, // publish in save below
             OUTBOX_TIMER => self.release(ctx, &campaign, &mut state, timer.at_ms)?,
+            RUN_TIMER => self.release_run(ctx, &campaign, &mut state, timer.at_ms)?,
             _ => {}
         }
         self.save(ctx, &campaign, &mut state)

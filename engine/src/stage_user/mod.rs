@@ -5,6 +5,7 @@
 mod gates;
 mod history;
 mod profile;
+mod runs;
 mod settings;
 
 use std::sync::Arc;
@@ -21,7 +22,9 @@ use crate::{
         IngestFormat, ProfileUpdate, Properties, PropertyValue, Receipt, ReceiptStatus, Record,
         SchemaRegistry, Skip,
     },
-    runtime::{ProcessError, Processor, ProcessorContext, SourceRecord, Timer, TopologyBuilder},
+    runtime::{
+        ProcessError, Processor, ProcessorContext, SourceRecord, Tick, Timer, TopologyBuilder,
+    },
 };
 
 const PROFILES: &str = "profiles";
@@ -29,6 +32,7 @@ const HISTORY: &str = "history";
 const SEND_LOG: &str = "sendlog";
 const PENDING: &str = "pending";
 const DELIVERIES: &str = "deliveries";
+const RUNS: &str = "runs";
 use crate::pipeline::CAMPAIGNS_TABLE;
 /// Days of event history kept.
 const LOOK_BACK_DAYS: i64 = 90;
@@ -54,6 +58,7 @@ pub fn add_user_stage(
                 .store(SEND_LOG)
                 .store(PENDING)
                 .store(DELIVERIES)
+                .store(RUNS)
                 .sink(&topics.campaign_flow)
         },
     )
@@ -81,6 +86,16 @@ struct Pending {
     #[serde(default)]
     event_properties: Properties,
     due_ms: i64,
+    /// The run the user qualified in (waiting out do-not-disturb hours).
+    #[serde(default = "triggered_run")]
+    run_id: String,
+}
+
+/// Run id of candidates from live triggers.
+pub const TRIGGERED_RUN: &str = "trigger";
+
+fn triggered_run() -> String {
+    TRIGGERED_RUN.to_string()
 }
 
 impl Pending {
@@ -339,6 +354,7 @@ impl UserStage {
             trigger_event: String::new(),
             event_properties: Properties::new(),
             due_ms: 0,
+            run_id: triggered_run(),
         };
         let key = probe.key();
         let Some(pending) = ctx.store(PENDING)?.get_as::<Pending>(&key)? else { return Ok(()) };
@@ -369,15 +385,15 @@ impl UserStage {
                 }
                 match unless {
                     None => {
-                        return self.qualify(
-                            ctx,
-                            campaign,
-                            &event.user_id,
-                            &event.name,
-                            &event.properties,
-                            event.timestamp_ms,
-                            false,
-                        )
+                        let occasion = Occasion {
+                            user: &event.user_id,
+                            run_id: TRIGGERED_RUN,
+                            trigger_event: &event.name,
+                            event_properties: &event.properties,
+                            at_ms: event.timestamp_ms,
+                            after_dnd: false,
+                        };
+                        return self.qualify(ctx, campaign, &occasion).map(|_| ());
                     }
                     Some(unless) => (Waiting::Inaction, event.timestamp_ms + unless.within_ms),
                 }
@@ -396,6 +412,7 @@ impl UserStage {
                 }
                 (Waiting::Reminder, due)
             }
+            Trigger::Scheduled(_) => return Ok(()), // runs scan the store: see `runs`
         };
         let pending = Pending {
             campaign: campaign.id.clone(),
@@ -405,6 +422,7 @@ impl UserStage {
             trigger_event: event.name.clone(),
             event_properties: event.properties.clone(),
             due_ms: waiting.1,
+            run_id: triggered_run(),
         };
         let key = pending.key();
         let mut store = ctx.store(PENDING)?;
@@ -417,23 +435,21 @@ impl UserStage {
     }
 
     /// Checks who, sample, reachability, do-not-disturb and caps; emits a candidate or a skip.
-    #[allow(clippy::too_many_arguments)]
+    /// Returns whether the user matched the campaign's audience (`who`).
     fn qualify(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
-        user: &str,
-        trigger_event: &str,
-        event_properties: &Properties,
-        at_ms: i64,
-        after_dnd: bool,
-    ) -> Result<(), ProcessError> {
+        occasion: &Occasion<'_>,
+    ) -> Result<bool, ProcessError> {
+        let Occasion { user, run_id, trigger_event, event_properties, at_ms, after_dnd } =
+            *occasion;
         let profile = ctx.store(PROFILES)?.get_as::<Profile>(user.as_bytes())?.unwrap_or_default();
         let history = history::load(&ctx.store(HISTORY)?, user)?;
         let mut profile = profile;
         profile.derive_age(at_ms);
         if !campaign.who.matches(&UserView { profile: &profile, history: &history }, at_ms) {
-            return Ok(());
+            return Ok(false);
         }
         let skip = |ctx: &mut ProcessorContext<'_>, reason: &str| {
             self.flow().emit(
@@ -447,6 +463,7 @@ impl UserStage {
                     timestamp_ms: at_ms,
                 },
             )
+            .map(|()| true)
         };
         if !in_sample(&campaign.id, user, campaign.options.sample_percent) {
             return skip(ctx, "sampled_out");
@@ -470,11 +487,12 @@ impl UserStage {
                     trigger_event: trigger_event.to_string(),
                     event_properties: event_properties.clone(),
                     due_ms: window_end,
+                    run_id: run_id.to_string(),
                 };
                 let key = pending.key();
                 ctx.store(PENDING)?.put_as(&key, &pending)?;
                 ctx.schedule(window_end, &key)?;
-                return Ok(());
+                return Ok(true);
             }
         }
         let mut send_log = ctx.store(SEND_LOG)?;
@@ -496,7 +514,7 @@ impl UserStage {
             &Candidate {
                 campaign_id: campaign.id.clone(),
                 app_id: campaign.app.clone(),
-                run_id: "trigger".into(),
+                run_id: run_id.to_string(),
                 user_id: user.to_string(),
                 qualified_at_ms: at_ms,
                 trigger_event: Some(trigger_event.to_string()),
@@ -511,8 +529,23 @@ impl UserStage {
                 timezone: Some(tz.name().to_string()),
                 language: text("language"),
             },
-        )
+        )?;
+        Ok(true)
     }
+}
+
+/// Why a user is checked against a campaign: its trigger fired for them, a timer they waited
+/// on fired, or a scheduled run reached them.
+#[derive(Clone, Copy)]
+struct Occasion<'a> {
+    user: &'a str,
+    /// [`TRIGGERED_RUN`] or the scheduled run's id.
+    run_id: &'a str,
+    trigger_event: &'a str,
+    event_properties: &'a Properties,
+    at_ms: i64,
+    /// Do-not-disturb hours were already waited out.
+    after_dnd: bool,
 }
 
 fn in_window(campaign: &Campaign, at_ms: i64) -> bool {
@@ -576,16 +609,20 @@ impl Processor for UserStage {
         {
             return Ok(());
         }
-        let after_dnd = pending.waiting == Waiting::Dnd;
-        self.qualify(
-            ctx,
-            &campaign,
-            &pending.user,
-            &pending.trigger_event,
-            &pending.event_properties,
-            timer.at_ms,
-            after_dnd,
-        )
+        let occasion = Occasion {
+            user: &pending.user,
+            run_id: &pending.run_id,
+            trigger_event: &pending.trigger_event,
+            event_properties: &pending.event_properties,
+            at_ms: timer.at_ms,
+            after_dnd: pending.waiting == Waiting::Dnd,
+        };
+        self.qualify(ctx, &campaign, &occasion).map(|_| ())
+    }
+
+    fn on_tick(&mut self, ctx: &mut ProcessorContext<'_>) -> Result<Tick, ProcessError> {
+        self.campaigns.refresh(ctx.global(CAMPAIGNS_TABLE));
+        self.step_scheduled_runs(ctx)
     }
 
     fn on_global_change(&mut self, _table: &str, _key: &[u8], _value: Option<&[u8]>) {

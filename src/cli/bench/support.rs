@@ -81,13 +81,18 @@ pub(super) fn with_runtime<T>(
 ) -> anyhow::Result<T> {
     let shutdown = ShutdownFlag::default();
     let config = RuntimeConfig::new(kafka.clone(), "bench", state_dir);
+    let runtime = LiveRuntime::new(topology, config);
+    let metrics = std::sync::Arc::clone(runtime.metrics());
     let worker = {
         let shutdown = shutdown.clone();
-        thread::spawn(move || LiveRuntime::new(topology, config).run(&shutdown))
+        thread::spawn(move || runtime.run(&shutdown))
     };
     let result = measure();
     shutdown.request();
     worker.join().expect("runtime thread")?;
+    let commits = metrics.commit_seconds.get_sample_count();
+    let mean_ms = metrics.commit_seconds.get_sample_sum() * 1000.0 / commits.max(1) as f64;
+    eprintln!("  {commits} transactions, mean commit {mean_ms:.1} ms");
     result
 }
 

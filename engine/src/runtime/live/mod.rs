@@ -190,6 +190,7 @@ impl LiveRuntime {
 
         let mut worker = Worker {
             runtime: self,
+            partition_counts: partitions,
             records_in: LabelledCounter::new(self.metrics.records_in.clone()),
             memory: StoreMemory::new(self.config.block_cache_bytes, self.config.write_buffer_bytes),
             tasks: BTreeMap::new(),
@@ -282,6 +283,8 @@ impl LoopClocks {
 /// The state of a running instance's processing thread.
 struct Worker<'a> {
     runtime: &'a LiveRuntime,
+    /// Partitions of each sub-topology.
+    partition_counts: Vec<i32>,
     records_in: LabelledCounter,
     memory: StoreMemory,
     tasks: BTreeMap<TaskId, Task>,
@@ -494,7 +497,10 @@ impl Worker<'_> {
         );
         opened
             .into_iter()
-            .map(|(id, state, _)| Task::new(id, &topology.sub_topologies[id.sub_topology], state))
+            .map(|(id, state, _)| {
+                let partitions = self.partition_counts[id.sub_topology];
+                Task::new(id, partitions, &topology.sub_topologies[id.sub_topology], state)
+            })
             .collect()
     }
 

@@ -15,7 +15,10 @@ use rdkafka::{
 };
 
 use super::KAFKA_TIMEOUT;
-use crate::runtime::{metrics::LabelledCounter, output::Output, RuntimeError, RuntimeMetrics};
+use crate::{
+    kafka::wait_delivered,
+    runtime::{metrics::LabelledCounter, output::Output, RuntimeError, RuntimeMetrics},
+};
 
 pub(super) type Producer_ = ThreadedProducer<DefaultProducerContext>;
 
@@ -132,6 +135,8 @@ impl TxnState {
                 .send_offsets_to_transaction(&offsets, &metadata, KAFKA_TIMEOUT)
                 .map_err(RuntimeError::kafka("adding offsets to the transaction"))?;
         }
+        wait_delivered(&self.producer, KAFKA_TIMEOUT)
+            .map_err(RuntimeError::kafka("waiting for the transaction's records"))?;
         self.producer.commit_transaction(KAFKA_TIMEOUT).map_err(RuntimeError::kafka("committing"))
     }
 

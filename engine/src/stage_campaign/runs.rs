@@ -1,0 +1,269 @@
+//! Scheduled runs in the campaign stage. Candidates of a run are buffered until every user-stage
+//! partition has reported its [`RunTally`]; then the run is decided at once for the whole
+//! audience: a qualified count above the safety limit sends nothing and raises an alert; the
+//! per-run limit caps the users sent to; an A/B test sends its test population (split equally
+//! between the variants) first and the remainder after the winner is chosen. Buffered users
+//! leave in steps on a timer, so no transaction holds a whole broadcast.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ab, timer_key, CampaignStage, CampaignState, ProcessError, RUN_BUFFER, RUN_TIMER,
+};
+use crate::{
+    campaign::{Assignment, Campaign},
+    model::{Candidate, LifecycleKind, RunTally},
+    runtime::ProcessorContext,
+};
+
+/// Buffered users released per timer firing.
+const RELEASE_STEP: u64 = 2_000;
+
+/// Where a scheduled run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum RunPhase {
+    /// Buffering candidates until every partition reported.
+    Collecting,
+    /// Sending buffered users.
+    Releasing,
+    /// The A/B test population is out; the rest waits for the winner.
+    AwaitingWinner,
+    /// The safety check stopped the run.
+    Tripped,
+    /// Everyone was released.
+    Done,
+}
+
+/// The latest scheduled run of a campaign.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct RunState {
+    id: String,
+    /// Audience counts reported so far, by user-stage partition.
+    tallies: BTreeMap<i32, i64>,
+    /// User-stage partitions that must report.
+    partitions: i32,
+    /// Candidates buffered so far (sequence numbers `0..buffered`).
+    buffered: u64,
+    /// Sequence number of the next candidate to release.
+    next: u64,
+    phase: RunPhase,
+    /// Users sent to in this run (per-run limit).
+    sent: u64,
+    /// The first `test_users` released make up the A/B test population.
+    test_users: u64,
+}
+
+impl RunState {
+    fn new(id: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            tallies: BTreeMap::new(),
+            partitions: i32::MAX,
+            buffered: 0,
+            next: 0,
+            phase: RunPhase::Collecting,
+            sent: 0,
+            test_users: 0,
+        }
+    }
+}
+
+/// Buffer key: campaign, run, then the big-endian sequence number.
+fn buffer_key(campaign: &str, run: &str, sequence: u64) -> Vec<u8> {
+    [campaign.as_bytes(), &[0], run.as_bytes(), &[0], &sequence.to_be_bytes()].concat()
+}
+
+impl CampaignStage {
+    /// A candidate of a scheduled run: buffered until the run is released; after it, sent
+    /// within the per-run limit (users whose do-not-disturb hours delayed them).
+    pub(super) fn on_run_candidate(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        candidate: Candidate,
+    ) -> Result<(), ProcessError> {
+        let mut run = self.current_run(ctx, campaign, state, &candidate.run_id)?;
+        match run.phase {
+            RunPhase::Collecting | RunPhase::Releasing | RunPhase::AwaitingWinner => {
+                let key = buffer_key(&campaign.id, &run.id, run.buffered);
+                ctx.store(RUN_BUFFER)?.put_as(&key, &candidate)?;
+                run.buffered += 1;
+            }
+            RunPhase::Tripped => state.skip("safety_check"),
+            RunPhase::Done => self.deliver_in_run(ctx, campaign, state, &mut run, &candidate, None)?,
+        }
+        state.run = Some(run);
+        Ok(())
+    }
+
+    /// A user-stage partition finished its scan; the last one decides the run.
+    pub(super) fn on_run_tally(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        tally: RunTally,
+    ) -> Result<(), ProcessError> {
+        let Some(campaign) = self.campaigns.book().get(&tally.campaign_id).cloned() else {
+            return Ok(());
+        };
+        let mut state = self.load(ctx, &campaign)?;
+        let mut run = self.current_run(ctx, &campaign, &mut state, &tally.run_id)?;
+        run.partitions = tally.partitions;
+        run.tallies.insert(tally.partition, tally.qualified);
+        if run.phase == RunPhase::Collecting && run.tallies.len() >= run.partitions as usize {
+            self.decide(ctx, &campaign, &mut state, &mut run, tally.timestamp_ms)?;
+        }
+        state.run = Some(run);
+        self.save(ctx, &campaign, &mut state)
+    }
+
+    /// Releases the next step of buffered users (a timer, or the A/B winner being chosen).
+    pub(super) fn release_run(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        at: i64,
+    ) -> Result<(), ProcessError> {
+        let Some(mut run) = state.run.take() else { return Ok(()) };
+        if run.phase == RunPhase::AwaitingWinner && state.winner.is_some() {
+            run.phase = RunPhase::Releasing;
+        }
+        if run.phase == RunPhase::Releasing {
+            self.release_step(ctx, campaign, state, &mut run, at)?;
+        }
+        state.run = Some(run);
+        Ok(())
+    }
+
+    fn release_step(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        run: &mut RunState,
+        at: i64,
+    ) -> Result<(), ProcessError> {
+        let variants = campaign.what.len();
+        let step_end = run.next + RELEASE_STEP;
+        while run.next < run.buffered.min(step_end) {
+            if run.next == run.test_users && run.test_users > 0 && state.winner.is_none() {
+                run.phase = RunPhase::AwaitingWinner;
+                return self.start_evaluation(ctx, campaign, state, at);
+            }
+            let key = buffer_key(&campaign.id, &run.id, run.next);
+            let candidate = ctx.store(RUN_BUFFER)?.get_as::<Candidate>(&key)?;
+            ctx.store(RUN_BUFFER)?.delete(&key)?;
+            let chosen = (run.next < run.test_users).then(|| ab::alternate(run.next, variants));
+            run.next += 1;
+            if let Some(candidate) = candidate {
+                self.deliver_in_run(ctx, campaign, state, run, &candidate, chosen)?;
+            }
+        }
+        if run.next < run.buffered {
+            ctx.schedule(at, &timer_key(RUN_TIMER, &campaign.id))?;
+        } else {
+            run.phase = RunPhase::Done;
+            let details = BTreeMap::from([
+                ("run_id".to_string(), run.id.clone()),
+                ("sent".to_string(), run.sent.to_string()),
+            ]);
+            self.lifecycle(ctx, campaign, LifecycleKind::RunFinished, details)?;
+        }
+        Ok(())
+    }
+
+    /// Sends one user of the run unless the per-run limit is reached.
+    fn deliver_in_run(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        run: &mut RunState,
+        candidate: &Candidate,
+        chosen: Option<usize>,
+    ) -> Result<(), ProcessError> {
+        if campaign.limits.per_run.is_some_and(|limit| run.sent >= limit) {
+            state.skip("run_limit");
+            return Ok(());
+        }
+        let before = state.sent;
+        self.deliver(ctx, campaign, state, candidate, chosen)?;
+        if state.sent > before {
+            run.sent += 1;
+        }
+        Ok(())
+    }
+
+    /// Every partition reported: applies the safety check, plans the A/B test and starts
+    /// releasing.
+    fn decide(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        run: &mut RunState,
+        at: i64,
+    ) -> Result<(), ProcessError> {
+        let qualified: i64 = run.tallies.values().sum();
+        let mut details = BTreeMap::from([
+            ("run_id".to_string(), run.id.clone()),
+            ("qualified".to_string(), qualified.to_string()),
+            ("reachable".to_string(), run.buffered.to_string()),
+        ]);
+        if let Some(limit) = campaign.limits.safety.filter(|limit| qualified > *limit as i64) {
+            run.phase = RunPhase::Tripped;
+            details.insert("safety_limit".into(), limit.to_string());
+            tracing::warn!(campaign = %campaign.id, run = %run.id, qualified, limit, "safety check tripped: the run sends nothing");
+            self.drop_buffer(ctx, campaign, state, run, "safety_check")?;
+            return self.lifecycle(ctx, campaign, LifecycleKind::SafetyCheckTripped, details);
+        }
+        let reach = campaign.limits.per_run.map_or(run.buffered, |limit| limit.min(run.buffered));
+        if let (Assignment::AbTest(test), None) = (&campaign.assignment, state.winner) {
+            let plan = ab::test_plan(reach, test.test_audience, campaign.what.len());
+            run.test_users = plan.per_variant * campaign.what.len() as u64;
+            details.insert("test_per_variant".into(), plan.per_variant.to_string());
+            details.insert("after_winner".into(), plan.remainder.to_string());
+        }
+        run.phase = RunPhase::Releasing;
+        self.lifecycle(ctx, campaign, LifecycleKind::RunStarted, details)?;
+        self.release_step(ctx, campaign, state, run, at)
+    }
+
+    /// The run `run_id`: the current one, or a new one replacing it (users still buffered in
+    /// an unfinished older run are dropped and counted).
+    fn current_run(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        run_id: &str,
+    ) -> Result<RunState, ProcessError> {
+        match state.run.take() {
+            Some(run) if run.id == run_id => Ok(run),
+            Some(mut old) => {
+                self.drop_buffer(ctx, campaign, state, &mut old, "run_superseded")?;
+                Ok(RunState::new(run_id))
+            }
+            None => Ok(RunState::new(run_id)),
+        }
+    }
+
+    fn drop_buffer(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        run: &mut RunState,
+        reason: &str,
+    ) -> Result<(), ProcessError> {
+        while run.next < run.buffered {
+            ctx.store(RUN_BUFFER)?.delete(&buffer_key(&campaign.id, &run.id, run.next))?;
+            state.skip(reason);
+            run.next += 1;
+        }
+        Ok(())
+    }
+}
