@@ -255,3 +255,63 @@ fn coupon_limit_holds_exactly_across_four_user_partitions_and_a_restart() {
     assert_eq!(row.split_whitespace().nth(1), Some("300"), "{table}");
     assert!(table.contains("total_limit"), "{table}");
 }
+
+#[test]
+fn scheduled_run_per_run_limit_holds_across_four_user_partitions_and_a_restart() {
+    const USERS: usize = 12_000;
+    const PER_RUN: usize = 5_000;
+    let run_at = chrono::DateTime::from_timestamp_millis(common::now_ms() + 8_000).unwrap();
+    let deployment = Deployment::new(
+        "scheduled",
+        4,
+        &format!(
+            "id: weekly\napp: shop\nname: Weekly\nwhen: {{ schedule: {{ at: \"{}\" }} }}\nwhat: {{ title: t, body: b }}\nlimits: {{ per_run: {PER_RUN}, safety: 50000 }}\noptions: {{ ignore_global_caps: true }}\n",
+            run_at.to_rfc3339()
+        ),
+    );
+    let topic = |name: &str| deployment.topic(name);
+    let registry = SchemaRegistry::builtin();
+    let now = common::now_ms();
+    common::produce(
+        &topic("profiles"),
+        (0..USERS).map(|i| profile(&format!("u{i}"), Platform::Android, now)),
+    );
+    let log = deployment.log();
+    let engine = deployment.spawn_engine();
+    // Killed once the run has started sending.
+    let started = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        common::end_offsets(&topic("push")) > 0
+    });
+    assert!(started, "no sends\n{}", common::tail(&log, 30));
+    common::kill_hard(engine);
+    let engine = deployment.spawn_engine();
+    let sends = common::read_committed(
+        &topic("push"),
+        PER_RUN,
+        Duration::from_secs(8),
+        Duration::from_secs(120),
+    );
+    let events = common::read_committed(
+        &topic("campaign-events"),
+        2,
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    );
+    common::stop_gracefully(engine);
+
+    let mut users: Vec<String> = sends
+        .iter()
+        .map(|r| registry.decode::<SendCommand>(r.value.as_deref().unwrap()).unwrap().user_id)
+        .collect();
+    users.sort();
+    users.dedup();
+    assert_eq!(sends.len(), PER_RUN, "exactly the per-run limit\n{}", common::tail(&log, 20));
+    assert_eq!(users.len(), PER_RUN, "one send per user");
+    let events: Vec<herald_engine::model::CampaignLifecycleEvent> =
+        events.iter().map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap()).collect();
+    let kinds: Vec<String> = events.iter().map(|e| format!("{:?}", e.kind)).collect();
+    assert_eq!(kinds, ["RunStarted", "RunFinished"]);
+    assert_eq!(events[0].details["qualified"], USERS.to_string(), "all 4 partitions counted");
+    assert_eq!(events[1].details["sent"], PER_RUN.to_string());
+}

@@ -315,7 +315,12 @@ fn scheduled_ab_reach_20000_test_15_percent_3_variants_1000_each_then_winner_to_
     // During the wait, clicks favour C.
     let click = |variant: &str| format!(r#"{{"campaign_id":"sab","variant_id":"{variant}"}}"#);
     for (i, variant) in ["A", "B", "C", "C", "C", "B"].iter().cycle().take(60).enumerate() {
-        lines.push(event(&format!("u{i}"), 300 + i as i64, "Notification Clicked", &click(variant)));
+        lines.push(event(
+            &format!("u{i}"),
+            300 + i as i64,
+            "Notification Clicked",
+            &click(variant),
+        ));
     }
     let outcome = Outcome::run_on(&campaign, &lines, Some(ms(100 + 3_600 + 60)), 2);
 

@@ -1,7 +1,9 @@
 //! Campaign definitions: every example in docs/campaigns.md is valid; invalid files list every
 //! error with its field path.
 
-use herald_engine::campaign::{parse_campaign, DndAction, Filter, Op, Trigger};
+use herald_engine::campaign::{
+    parse_campaign, Assignment, DndAction, Filter, Op, TestPopulation, Trigger,
+};
 
 fn doc_example(id: &str) -> String {
     doc_examples()
@@ -50,6 +52,38 @@ fn the_cart_example_compiles_to_an_inaction_trigger() {
     assert_eq!(coupons.limits.total, Some(1000));
     assert_eq!(coupons.options.dnd.as_ref().unwrap().action, DndAction::Delay);
     assert_eq!(coupons.options.timezone, chrono_tz::America::Los_Angeles);
+}
+
+#[test]
+fn the_winback_example_is_a_weekly_schedule_with_a_percentage_test() {
+    let winback = parse_campaign(&doc_example("winback"), "winback").unwrap();
+    let Trigger::Scheduled(schedule) = &winback.when.trigger else { panic!("scheduled") };
+    let first = chrono::DateTime::parse_from_rfc3339("2026-12-01T17:00:00Z").unwrap();
+    let week = 7 * 24 * 3_600_000;
+    assert_eq!(schedule.at_ms, vec![first.timestamp_millis(), first.timestamp_millis() + week]);
+    assert_eq!(schedule.every_ms, Some(week));
+    let Assignment::AbTest(test) = &winback.assignment else { panic!("A/B test") };
+    assert_eq!(test.test_audience, TestPopulation::Percent(15.0));
+    assert_eq!((winback.limits.per_run, winback.limits.safety), (Some(500_000), Some(2_000_000)));
+    // Four weeks after the first run, the latest run is the fourth.
+    let end = winback.when.end.map(|t| t.timestamp_millis());
+    let now = first.timestamp_millis() + 3 * week + 3_600_000;
+    assert_eq!(schedule.latest_run(now, end), Some(first.timestamp_millis() + 3 * week));
+    assert_eq!(schedule.latest_run(first.timestamp_millis() - 1, end), None, "not yet");
+}
+
+#[test]
+fn run_limits_and_percentage_tests_need_a_schedule() {
+    let text = "id: t\napp: shop\nname: n\nwhen: { event: Ping }\nwhat:\n  variants:\n    - { title: a, body: a }\n    - { title: b, body: b }\n  ab: { test_audience: \"15%\", evaluate_after: 1h }\nlimits: { safety: 10 }\n";
+    let errors = parse_campaign(text, "t").unwrap_err().to_string();
+    assert!(
+        errors.contains("what.ab.test_audience: a percentage needs a scheduled campaign"),
+        "{errors}"
+    );
+    assert!(errors.contains("limits: per_run and safety apply to scheduled campaigns"), "{errors}");
+    let text = "id: t\napp: shop\nname: n\nwhen: { schedule: { at: [\"2026-12-01T00:00:00Z\", \"2026-12-01T00:00:00Z\"], every: 10s } }\nwhat: { title: a, body: b }\n";
+    let errors = parse_campaign(text, "t").unwrap_err().to_string();
+    assert!(errors.contains("when.schedule.at: lists the same run time twice"), "{errors}");
 }
 
 #[test]

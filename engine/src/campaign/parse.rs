@@ -609,9 +609,9 @@ impl Parser {
         let map = self.object(value, "when.schedule", &["at", "every"])?;
         let at = self.required(map, "at", "when.schedule")?;
         let times = match at {
-            Value::Array(_) => self.list(at, "when.schedule.at", |parser, item, path| {
-                parser.timestamp(item, path)
-            }),
+            Value::Array(_) => {
+                self.list(at, "when.schedule.at", |parser, item, path| parser.timestamp(item, path))
+            }
             single => self.timestamp(single, "when.schedule.at").map(|t| vec![t]),
         };
         let mut at_ms: Vec<i64> = times?.iter().map(DateTime::timestamp_millis).collect();
@@ -642,7 +642,9 @@ impl Parser {
                 Some(p) if p > 0.0 && p <= 100.0 => Some(TestPopulation::Percent(p)),
                 _ => self.error(
                     path,
-                    format!("expected a number of users or a percentage like \"15%\", found {text:?}"),
+                    format!(
+                        "expected a number of users or a percentage like \"15%\", found {text:?}"
+                    ),
                 ),
             };
         }

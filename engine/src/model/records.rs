@@ -438,6 +438,9 @@ impl Record for Skip {
     const FULL_NAME: &'static str = "io.herald.Skip";
 }
 
+/// [`Candidate::run_id`] of users qualified by a live trigger (scheduled runs have their own).
+pub const TRIGGERED_RUN: &str = "trigger";
+
 /// A user-stage task's count of a scheduled run's audience (`herald.campaign-flow`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunTally {

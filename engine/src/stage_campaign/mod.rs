@@ -21,12 +21,11 @@ use crate::{
     model::{
         topics::TopicNames, CampaignLifecycleEvent, CampaignStats, Candidate, Engagement,
         EngagementKind, LifecycleKind, Platform, Record, RunTally, SchemaRegistry, SendCommand,
-        Skip, VariantStats,
+        Skip, VariantStats, TRIGGERED_RUN,
     },
     payload::{self, Addressing, RenderedMessage},
     render::{MessageTemplate, RenderError},
     runtime::{ProcessError, Processor, ProcessorContext, SourceRecord, Timer, TopologyBuilder},
-    stage_user::TRIGGERED_RUN,
 };
 
 const STATE: &str = "campaign-state";
@@ -537,8 +536,9 @@ impl CampaignStage {
             }
         };
         state.assigned += 1;
-        if let Assignment::AbTest(AbTest { test_audience: TestPopulation::Users(audience), .. }) =
-            &campaign.assignment
+        if let Assignment::AbTest(AbTest {
+            test_audience: TestPopulation::Users(audience), ..
+        }) = &campaign.assignment
         {
             let triggered = !matches!(campaign.when.trigger, Trigger::Scheduled(_));
             if triggered

@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    ab, timer_key, CampaignStage, CampaignState, ProcessError, RUN_BUFFER, RUN_TIMER,
-};
+use super::{ab, timer_key, CampaignStage, CampaignState, ProcessError, RUN_BUFFER, RUN_TIMER};
 use crate::{
     campaign::{Assignment, Campaign},
     model::{Candidate, LifecycleKind, RunTally},
@@ -93,7 +91,9 @@ impl CampaignStage {
                 run.buffered += 1;
             }
             RunPhase::Tripped => state.skip("safety_check"),
-            RunPhase::Done => self.deliver_in_run(ctx, campaign, state, &mut run, &candidate, None)?,
+            RunPhase::Done => {
+                self.deliver_in_run(ctx, campaign, state, &mut run, &candidate, None)?
+            }
         }
         state.run = Some(run);
         Ok(())

@@ -20,7 +20,7 @@ use crate::{
     model::{
         topics::TopicNames, AppEvent, Candidate, Engagement, EngagementKind, IngestDecoder,
         IngestFormat, ProfileUpdate, Properties, PropertyValue, Receipt, ReceiptStatus, Record,
-        SchemaRegistry, Skip,
+        SchemaRegistry, Skip, TRIGGERED_RUN,
     },
     runtime::{
         ProcessError, Processor, ProcessorContext, SourceRecord, Tick, Timer, TopologyBuilder,
@@ -90,9 +90,6 @@ struct Pending {
     #[serde(default = "triggered_run")]
     run_id: String,
 }
-
-/// Run id of candidates from live triggers.
-pub const TRIGGERED_RUN: &str = "trigger";
 
 fn triggered_run() -> String {
     TRIGGERED_RUN.to_string()
@@ -452,18 +449,19 @@ impl UserStage {
             return Ok(false);
         }
         let skip = |ctx: &mut ProcessorContext<'_>, reason: &str| {
-            self.flow().emit(
-                ctx,
-                &campaign.id,
-                &Skip {
-                    campaign_id: campaign.id.clone(),
-                    app_id: campaign.app.clone(),
-                    user_id: user.to_string(),
-                    reason: reason.to_string(),
-                    timestamp_ms: at_ms,
-                },
-            )
-            .map(|()| true)
+            self.flow()
+                .emit(
+                    ctx,
+                    &campaign.id,
+                    &Skip {
+                        campaign_id: campaign.id.clone(),
+                        app_id: campaign.app.clone(),
+                        user_id: user.to_string(),
+                        reason: reason.to_string(),
+                        timestamp_ms: at_ms,
+                    },
+                )
+                .map(|()| true)
         };
         if !in_sample(&campaign.id, user, campaign.options.sample_percent) {
             return skip(ctx, "sampled_out");
