@@ -31,6 +31,7 @@ impl Deployment {
             (&topic("receipts"), user_partitions),
             (&topic("campaigns"), 1),
             (&topic("campaign-flow"), 2),
+            (&topic("app-throttle"), 1),
             (&topic("push"), 2),
             (&topic("stats"), 1),
             (&topic("campaign-events"), 1),

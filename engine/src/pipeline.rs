@@ -1,11 +1,13 @@
 //! The engine's topology: the user stage and the campaign stage joined by the campaign-flow
-//! topic, with campaign definitions as a global table.
+//! topic, then the app stage (global per-app throttle) for apps that have one; campaign
+//! definitions are a global table.
 
 use std::sync::Arc;
 
 use crate::{
     model::{topics::TopicNames, IngestFormat},
     runtime::{RuntimeError, StreamTopology},
+    stage_app::add_app_stage,
     stage_campaign::add_campaign_stage,
     stage_user::{add_user_stage, Settings},
 };
@@ -29,6 +31,7 @@ pub fn engine_topology(
     let builder = StreamTopology::builder(app_id)
         .dead_letter_topic(&topics.dead_letter)
         .global_table(CAMPAIGNS_TABLE, &topics.campaigns);
-    let builder = add_user_stage(builder, &topics, settings, ingest);
-    add_campaign_stage(builder, &topics, stats_interval_ms).build()
+    let builder = add_user_stage(builder, &topics, Arc::clone(&settings), ingest);
+    let builder = add_campaign_stage(builder, &topics, Arc::clone(&settings), stats_interval_ms);
+    add_app_stage(builder, &topics, settings).build()
 }

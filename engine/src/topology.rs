@@ -179,6 +179,7 @@ mod tests {
             "herald.campaigns",
             "herald.campaign-events",
             "herald.campaign-flow",
+            "herald.app-throttle",
             "herald.push",
             "herald.receipts",
             "herald.stats",

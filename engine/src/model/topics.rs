@@ -11,6 +11,8 @@ pub const CAMPAIGNS: &str = "herald.campaigns";
 pub const CAMPAIGN_EVENTS: &str = "herald.campaign-events";
 /// Candidates, skips and engagements, user stage → campaign stage.
 pub const CAMPAIGN_FLOW: &str = "herald.campaign-flow";
+/// Send commands of apps with a global throttle, campaign stage → app stage.
+pub const APP_THROTTLE: &str = "herald.app-throttle";
 /// Send commands.
 pub const PUSH: &str = "herald.push";
 /// Campaign stats snapshots (compacted).
@@ -31,6 +33,8 @@ pub struct TopicNames {
     pub campaigns: String,
     /// User stage → campaign stage.
     pub campaign_flow: String,
+    /// Campaign stage → app stage (apps with a global throttle).
+    pub app_throttle: String,
     /// Send commands.
     pub push: String,
     /// Campaign stats snapshots.
@@ -52,12 +56,31 @@ impl TopicNames {
             profiles: name(PROFILES),
             campaigns: name(CAMPAIGNS),
             campaign_flow: name(CAMPAIGN_FLOW),
+            app_throttle: name(APP_THROTTLE),
             push: name(PUSH),
             stats: name(STATS),
             campaign_events: name(CAMPAIGN_EVENTS),
             receipts: name(RECEIPTS),
             dead_letter: name(DEAD_LETTER),
         }
+    }
+}
+
+impl TopicNames {
+    /// Every name, in declaration order.
+    pub fn all(&self) -> [&str; 10] {
+        [
+            &self.events,
+            &self.profiles,
+            &self.campaigns,
+            &self.campaign_flow,
+            &self.app_throttle,
+            &self.push,
+            &self.stats,
+            &self.campaign_events,
+            &self.receipts,
+            &self.dead_letter,
+        ]
     }
 }
 

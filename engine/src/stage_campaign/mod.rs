@@ -23,9 +23,11 @@ use crate::{
         EngagementKind, LifecycleKind, Platform, Record, RunTally, SchemaRegistry, SendCommand,
         Skip, VariantStats, TRIGGERED_RUN,
     },
+    outbox::{Drain, Outbox, OutboxState},
     payload::{self, Addressing, RenderedMessage},
     render::{MessageTemplate, RenderError},
     runtime::{ProcessError, Processor, ProcessorContext, SourceRecord, Timer, TopologyBuilder},
+    stage_user::Settings,
 };
 
 const STATE: &str = "campaign-state";
@@ -42,13 +44,6 @@ fn timer_key(kind: &str, campaign: &str) -> Vec<u8> {
     format!("{kind}:{campaign}").into_bytes()
 }
 
-/// Outbox key: campaign, then the big-endian sequence number (arrival order).
-fn outbox_key(campaign: &str, sequence: u64) -> Vec<u8> {
-    let mut key = campaign.as_bytes().to_vec();
-    key.push(0);
-    key.extend_from_slice(&sequence.to_be_bytes());
-    key
-}
 use crate::pipeline::CAMPAIGNS_TABLE;
 
 /// Adds the campaign stage (campaign flow in; send commands, stats and lifecycle events out)
@@ -56,12 +51,13 @@ use crate::pipeline::CAMPAIGNS_TABLE;
 pub fn add_campaign_stage(
     builder: TopologyBuilder,
     topics: &Arc<TopicNames>,
+    settings: Arc<Settings>,
     stats_interval_ms: i64,
 ) -> TopologyBuilder {
     let names = Arc::clone(topics);
     builder.sub_topology(
         "campaign",
-        move |_| CampaignStage::new(Arc::clone(&names), stats_interval_ms),
+        move |_| CampaignStage::new(Arc::clone(&names), Arc::clone(&settings), stats_interval_ms),
         |s| {
             s.source(&topics.campaign_flow)
                 .store(STATE)
@@ -69,6 +65,7 @@ pub fn add_campaign_stage(
                 .store(OUTBOX)
                 .store(RUN_BUFFER)
                 .sink(&topics.push)
+                .sink(&topics.app_throttle)
                 .sink(&topics.stats)
                 .sink(&topics.campaign_events)
         },
@@ -117,21 +114,6 @@ impl CampaignState {
     }
 }
 
-/// The throttle window and the queue of users waiting for the next one.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct OutboxState {
-    /// Start of the current window.
-    window_start: i64,
-    /// Users sent in it.
-    window_sent: u64,
-    /// Sequence number of the oldest queued user.
-    head: u64,
-    /// Sequence number the next queued user gets.
-    tail: u64,
-    /// When the release timer fires, if scheduled.
-    release_at: Option<i64>,
-}
-
 /// Compiled templates of one variant.
 struct CompiledVariant {
     title: MessageTemplate,
@@ -144,17 +126,20 @@ struct CompiledVariant {
 /// The campaign-stage processor of one task.
 pub struct CampaignStage {
     topics: Arc<TopicNames>,
+    settings: Arc<Settings>,
     stats_interval_ms: i64,
     campaigns: CampaignCache,
     compiled: BTreeMap<String, Vec<CompiledVariant>>,
 }
 
 impl CampaignStage {
-    /// A processor writing to `topics` and publishing stats at most every
+    /// A processor writing to `topics`, routing through the app stage the commands of apps
+    /// whose `settings` have a global throttle, and publishing stats at most every
     /// `stats_interval_ms` per campaign (0: on every change).
-    pub fn new(topics: Arc<TopicNames>, stats_interval_ms: i64) -> Self {
+    pub fn new(topics: Arc<TopicNames>, settings: Arc<Settings>, stats_interval_ms: i64) -> Self {
         Self {
             topics,
+            settings,
             stats_interval_ms,
             campaigns: CampaignCache::default(),
             compiled: BTreeMap::new(),
@@ -397,6 +382,16 @@ impl CampaignStage {
         Ok(())
     }
 
+    /// The campaign's throttle outbox, if it has a throttle.
+    fn outbox<'k>(campaign: &'k Campaign, timer: &'k [u8]) -> Option<Outbox<'k>> {
+        campaign.options.throttle.map(|throttle| Outbox {
+            store: OUTBOX,
+            owner: &campaign.id,
+            timer,
+            throttle,
+        })
+    }
+
     /// Sends one user's commands now, or queues them in the outbox when the campaign's throttle
     /// window is full (or others are already waiting: the outbox keeps arrival order).
     fn dispatch(
@@ -407,29 +402,14 @@ impl CampaignStage {
         commands: Vec<SendCommand>,
         at: i64,
     ) -> Result<(), ProcessError> {
-        let Some(throttle) = campaign.options.throttle else {
-            return self.send(ctx, state, &commands);
+        let timer = timer_key(OUTBOX_TIMER, &campaign.id);
+        let Some(outbox) = Self::outbox(campaign, &timer) else {
+            return self.send(ctx, campaign, state, &commands);
         };
-        let outbox = &mut state.outbox;
-        if outbox.head == outbox.tail {
-            if at >= outbox.window_start + throttle.per_ms {
-                outbox.window_start = at;
-                outbox.window_sent = 0;
-            }
-            if outbox.window_sent < throttle.max {
-                outbox.window_sent += 1;
-                return self.send(ctx, state, &commands);
-            }
+        match outbox.offer(ctx, &mut state.outbox, commands, at)? {
+            Some(commands) => self.send(ctx, campaign, state, &commands),
+            None => Ok(()),
         }
-        let key = outbox_key(&campaign.id, outbox.tail);
-        outbox.tail += 1;
-        if outbox.release_at.is_none() {
-            let due = outbox.window_start + throttle.per_ms;
-            outbox.release_at = Some(due);
-            ctx.schedule(due, &timer_key(OUTBOX_TIMER, &campaign.id))?;
-        }
-        ctx.store(OUTBOX)?.put_as(&key, &commands)?;
-        Ok(())
     }
 
     /// A throttle window opened at `at`: sends up to `max` queued users in arrival order. A
@@ -441,47 +421,49 @@ impl CampaignStage {
         state: &mut CampaignState,
         at: i64,
     ) -> Result<(), ProcessError> {
-        state.outbox.release_at = None;
-        let Some(throttle) = campaign.options.throttle else { return Ok(()) };
-        let stopped = campaign.status == CampaignStatus::Stopped;
-        if campaign.status == CampaignStatus::Active || stopped {
-            state.outbox.window_start = at;
-            state.outbox.window_sent = 0;
-            while state.outbox.head < state.outbox.tail
-                && (stopped || state.outbox.window_sent < throttle.max)
-            {
-                let key = outbox_key(&campaign.id, state.outbox.head);
-                let commands =
-                    ctx.store(OUTBOX)?.get_as::<Vec<SendCommand>>(&key)?.unwrap_or_default();
-                ctx.store(OUTBOX)?.delete(&key)?;
-                state.outbox.head += 1;
-                if stopped {
-                    *state.skipped.entry("stopped".to_string()).or_default() += 1;
-                    continue;
+        let timer = timer_key(OUTBOX_TIMER, &campaign.id);
+        let Some(outbox) = Self::outbox(campaign, &timer) else { return Ok(()) };
+        let drain = match campaign.status {
+            CampaignStatus::Active => Drain::Send,
+            CampaignStatus::Stopped => Drain::Drop,
+            CampaignStatus::Paused | CampaignStatus::Draft => Drain::Hold,
+        };
+        let mut queue = std::mem::take(&mut state.outbox);
+        let released = outbox.release(
+            ctx,
+            &mut queue,
+            at,
+            drain,
+            |ctx, commands: Vec<SendCommand>, dropped| {
+                if dropped {
+                    state.skip("stopped");
+                    return Ok(());
                 }
-                state.outbox.window_sent += 1;
                 let released: Vec<SendCommand> =
                     commands.into_iter().map(|c| SendCommand { created_at_ms: at, ..c }).collect();
-                self.send(ctx, state, &released)?;
-            }
-        }
-        if state.outbox.head < state.outbox.tail {
-            let due = at + throttle.per_ms;
-            state.outbox.release_at = Some(due);
-            ctx.schedule(due, &timer_key(OUTBOX_TIMER, &campaign.id))?;
-        }
-        Ok(())
+                self.send(ctx, campaign, state, &released)
+            },
+        );
+        state.outbox = queue;
+        released
     }
 
     /// Produces one user's send commands and counts them for their variant.
+    /// Commands of an app with a global throttle go through the app stage's outbox first.
     fn send(
         &self,
         ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
         state: &mut CampaignState,
         commands: &[SendCommand],
     ) -> Result<(), ProcessError> {
+        let app_throttled = self.settings.app(&campaign.app).throttle.is_some();
         for command in commands {
-            self.emit(ctx, &self.topics.push, &command.user_id, command)?;
+            if app_throttled {
+                self.emit(ctx, &self.topics.app_throttle, &command.app_id, command)?;
+            } else {
+                self.emit(ctx, &self.topics.push, &command.user_id, command)?;
+            }
             if let Some(stats) =
                 state.variants.iter_mut().find(|v| v.variant_id == command.variant_id)
             {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use chrono_tz::Tz;
 use serde::Deserialize;
 
-use crate::campaign::ValidationErrors;
+use crate::campaign::{Throttle, ValidationErrors};
 
 /// Caps and defaults of one app.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,11 +18,19 @@ pub struct AppSettings {
     pub min_gap_ms: Option<i64>,
     /// Timezone of users who have none.
     pub timezone: Tz,
+    /// At most this many notifications per interval across all the app's campaigns.
+    pub throttle: Option<Throttle>,
 }
 
 impl Default for AppSettings {
     fn default() -> Self {
-        Self { max_per_day: None, max_per_week: None, min_gap_ms: None, timezone: chrono_tz::UTC }
+        Self {
+            max_per_day: None,
+            max_per_week: None,
+            min_gap_ms: None,
+            timezone: chrono_tz::UTC,
+            throttle: None,
+        }
     }
 }
 
@@ -47,6 +55,14 @@ struct RawApp {
     caps: RawCaps,
     min_gap: Option<String>,
     timezone: Option<String>,
+    throttle: Option<RawThrottle>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThrottle {
+    max: u64,
+    per: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -65,6 +81,7 @@ impl Settings {
     ///     caps: { per_day: 2, per_week: 5 }
     ///     min_gap: 1h
     ///     timezone: America/Los_Angeles
+    ///     throttle: { max: 100000, per: 15m }   # across all the app's campaigns
     /// ```
     pub fn parse(text: &str, source: &str) -> Result<Self, ValidationErrors> {
         let error = |path: String, reason: String| ValidationErrors {
@@ -88,11 +105,24 @@ impl Settings {
                     error(format!("apps.{name}.timezone"), format!("unknown timezone {tz:?}"))
                 })?,
             };
+            let throttle = match &app.throttle {
+                None => None,
+                Some(raw) => {
+                    let path = format!("apps.{name}.throttle");
+                    let per_ms = crate::campaign::parse_duration(&raw.per)
+                        .map_err(|reason| error(format!("{path}.per"), reason))?;
+                    if raw.max == 0 || per_ms <= 0 {
+                        return Err(error(path, "max and per must be positive".into()));
+                    }
+                    Some(Throttle { max: raw.max, per_ms })
+                }
+            };
             let settings = AppSettings {
                 max_per_day: app.caps.per_day,
                 max_per_week: app.caps.per_week,
                 min_gap_ms,
                 timezone,
+                throttle,
             };
             apps.insert(name, settings);
         }

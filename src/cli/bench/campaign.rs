@@ -85,18 +85,7 @@ pub fn run(kafka: &KafkaConfig, args: CampaignArgs) -> anyhow::Result<ExitCode> 
     let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
     let prefix = format!("bench-{run_id}-");
     let live = TopicNames::with_prefix(&prefix);
-    let names = [
-        &live.events,
-        &live.profiles,
-        &live.receipts,
-        &live.campaigns,
-        &live.campaign_flow,
-        &live.push,
-        &live.stats,
-        &live.campaign_events,
-        &live.dead_letter,
-    ]
-    .map(String::clone);
+    let names = live.all().map(str::to_string);
     create_topics(kafka, &names, args.partitions, |name| name == live.push)?;
     let producer = producer(kafka)?;
     send(&producer, &live.campaigns, b"bench", &envelope, None)?;

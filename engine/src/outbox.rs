@@ -1,0 +1,121 @@
+//! A durable, time-ordered outbox behind a rate limit ("at most N per interval"). Items beyond
+//! the current window wait in a state store in arrival order and leave on a timer when the next
+//! window opens. The campaign stage keeps one per throttled campaign, the app stage one per
+//! throttled app.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::{
+    campaign::Throttle,
+    runtime::{ProcessError, ProcessorContext},
+};
+
+/// The rate window and the queue positions of one outbox; its owner persists it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OutboxState {
+    /// Start of the current window.
+    window_start: i64,
+    /// Items sent in it.
+    window_sent: u64,
+    /// Sequence number of the oldest queued item.
+    head: u64,
+    /// Sequence number the next queued item gets.
+    tail: u64,
+    /// When the release timer fires, if scheduled.
+    release_at: Option<i64>,
+}
+
+/// What a release does with the queued items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Send up to the window's limit.
+    Send,
+    /// Keep everything queued (a paused campaign).
+    Hold,
+    /// Drop everything (a stopped campaign).
+    Drop,
+}
+
+/// One outbox: where its items live and how fast they may leave.
+pub struct Outbox<'a> {
+    /// Store holding the queued items.
+    pub store: &'a str,
+    /// Owner id (campaign or app), the prefix of its item keys.
+    pub owner: &'a str,
+    /// Key of its release timer.
+    pub timer: &'a [u8],
+    /// The rate limit.
+    pub throttle: Throttle,
+}
+
+impl Outbox<'_> {
+    /// Offers `item` at `at`: returns it if it may leave now (the window has room and nothing
+    /// waits before it), else queues it and makes sure the release timer is set.
+    pub fn offer<T: Serialize>(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        state: &mut OutboxState,
+        item: T,
+        at: i64,
+    ) -> Result<Option<T>, ProcessError> {
+        if state.head == state.tail {
+            if at >= state.window_start + self.throttle.per_ms {
+                state.window_start = at;
+                state.window_sent = 0;
+            }
+            if state.window_sent < self.throttle.max {
+                state.window_sent += 1;
+                return Ok(Some(item));
+            }
+        }
+        ctx.store(self.store)?.put_as(&self.key(state.tail), &item)?;
+        state.tail += 1;
+        if state.release_at.is_none() {
+            let due = state.window_start + self.throttle.per_ms;
+            state.release_at = Some(due);
+            ctx.schedule(due, self.timer)?;
+        }
+        Ok(None)
+    }
+
+    /// The release timer fired at `at`: opens a window and hands queued items, oldest first, to
+    /// `each` (with `true` when they are dropped rather than sent); reschedules while any wait.
+    pub fn release<T: DeserializeOwned>(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        state: &mut OutboxState,
+        at: i64,
+        drain: Drain,
+        mut each: impl FnMut(&mut ProcessorContext<'_>, T, bool) -> Result<(), ProcessError>,
+    ) -> Result<(), ProcessError> {
+        state.release_at = None;
+        if drain != Drain::Hold {
+            state.window_start = at;
+            state.window_sent = 0;
+            let dropping = drain == Drain::Drop;
+            while state.head < state.tail && (dropping || state.window_sent < self.throttle.max) {
+                let key = self.key(state.head);
+                let item = ctx.store(self.store)?.get_as::<T>(&key)?;
+                ctx.store(self.store)?.delete(&key)?;
+                state.head += 1;
+                if !dropping {
+                    state.window_sent += 1;
+                }
+                if let Some(item) = item {
+                    each(ctx, item, dropping)?;
+                }
+            }
+        }
+        if state.head < state.tail {
+            let due = at + self.throttle.per_ms;
+            state.release_at = Some(due);
+            ctx.schedule(due, self.timer)?;
+        }
+        Ok(())
+    }
+
+    /// Item key: owner, then the big-endian sequence number (arrival order).
+    fn key(&self, sequence: u64) -> Vec<u8> {
+        [self.owner.as_bytes(), &[0], &sequence.to_be_bytes()].concat()
+    }
+}
