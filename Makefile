@@ -5,7 +5,7 @@ export KAFKA_PORT ?= 9092
 export HERALD_BROKERS ?= 127.0.0.1:$(KAFKA_PORT)
 HERALD := $(CARGO_TARGET_DIR)/debug/herald
 
-.PHONY: bootstrap kafka-up kafka-down build demo test bench bench-runtime bench-campaign lint fmt
+.PHONY: bootstrap kafka-up kafka-down build demo demo-down test bench bench-runtime bench-campaign lint fmt
 
 bootstrap: ## install missing system packages
 	@deploy/local/bootstrap.sh
@@ -19,19 +19,17 @@ kafka-down: ## stop the local broker
 build: bootstrap
 	cargo build --workspace --bins
 
-demo: kafka-up build ## start Kafka, create the topics, round-trip sample events, replay a sample campaign
-	$(HERALD) topics apply --topology topologies/default.toml
-	@start=$$(date +%s%3N); \
-	$(HERALD) produce --topic herald.events --schema AppEvent --file deploy/demo/events.jsonl && \
-	echo "--- decoded from herald.events ---" && \
-	$(HERALD) consume --topic herald.events --since-ms $$start --max $$(grep -c . deploy/demo/events.jsonl) --idle-secs 10
-	@echo "--- campaigns ---"
-	$(HERALD) campaign validate deploy/demo/campaigns/*.yaml
-	@echo "--- replay: what the campaigns would have done with deploy/demo/replay-input.jsonl ---"
+demo: kafka-up build ## the whole pipeline on sample data: Kafka, simulator, engine, sender, campaigns, traffic, stats
+	$(HERALD) campaign validate examples/campaigns/*.yaml
+	@echo "--- replay: what deploy/demo's campaigns would have done with deploy/demo/replay-input.jsonl ---"
 	$(HERALD) replay --campaigns deploy/demo/campaigns --input deploy/demo/replay-input.jsonl \
 		--app-config deploy/demo/apps.yaml --out .local/demo-replay
-	@echo "what would have been sent (.local/demo-replay/sends.jsonl):"
 	@jq -c '{user: .user_id, platform, at: .send_time, title, body}' .local/demo-replay/sends.jsonl 2>/dev/null || cat .local/demo-replay/sends.jsonl
+	@echo "--- live: the closed loop ---"
+	HERALD=$(HERALD) deploy/demo/run.sh
+
+demo-down: ## stop what make demo started (simulator, engine, sender, Kafka)
+	deploy/demo/down.sh
 
 test: kafka-up ## the full test suite against the local broker
 	cargo test --workspace

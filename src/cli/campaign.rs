@@ -175,6 +175,9 @@ fn stats(kafka: &KafkaConfig, args: &StatsArgs) -> anyhow::Result<ExitCode> {
             .map(|t| t.to_rfc3339())
             .unwrap_or_default()
     );
+    let qualified: i64 =
+        stats.variants.iter().map(|v| v.sent).sum::<i64>() + stats.skipped.values().sum::<i64>();
+    println!("qualified {qualified}");
     println!(
         "{:<10} {:>10} {:>10} {:>10} {:>12} {:>10} {:>12}",
         "variant", "sent", "delivered", "failed", "impressions", "clicks", "conversions"

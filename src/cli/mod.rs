@@ -7,7 +7,10 @@ mod engine;
 mod example;
 mod produce;
 mod replay;
+mod send;
+mod sim;
 mod topics;
+mod traffic;
 
 use std::process::ExitCode;
 
@@ -44,6 +47,12 @@ enum Command {
     Engine(engine::EngineArgs),
     /// Backtest campaigns over a JSON lines file of profiles and events, on event time.
     Replay(replay::ReplayArgs),
+    /// Deliver send commands to APNs and FCM and produce receipts (a sender instance).
+    Send(send::SendArgs),
+    /// Run the APNs/FCM provider simulator.
+    Sim(sim::SimArgs),
+    /// Produce synthetic app events for the simulator's population (the demo).
+    Traffic(traffic::TrafficArgs),
     /// Run an example topology of the streaming runtime.
     #[command(subcommand)]
     Example(example::ExampleCommand),
@@ -61,6 +70,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Campaign(command) => campaign::run(&kafka, command),
         Command::Replay(args) => replay::run(args),
         Command::Engine(args) => engine::run(&kafka, args),
+        Command::Send(args) => send::run(&kafka, args),
+        Command::Sim(args) => sim::run(&kafka, args),
+        Command::Traffic(args) => traffic::run(&kafka, args),
     }
 }
 

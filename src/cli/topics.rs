@@ -23,11 +23,17 @@ pub struct ApplyArgs {
     /// Exit with status 2 when an existing topic differs from the topology.
     #[arg(long)]
     fail_on_drift: bool,
+    /// Prefix every topic name (a deployment sharing the cluster, like `--topic-prefix`).
+    #[arg(long, default_value = "")]
+    prefix: String,
 }
 
 pub fn run(kafka: &KafkaConfig, command: TopicsCommand) -> anyhow::Result<ExitCode> {
     let TopicsCommand::Apply(args) = command;
-    let topology = Topology::load(&args.topology)?;
+    let mut topology = Topology::load(&args.topology)?;
+    for topic in &mut topology.topics {
+        topic.name = format!("{}{}", args.prefix, topic.name);
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime.block_on(apply_topology(kafka, &topology))?;
     for (topic, outcome) in &report.topics {

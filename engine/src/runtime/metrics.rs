@@ -150,30 +150,37 @@ impl RuntimeMetrics {
 
     /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` from a background thread.
     pub fn serve(self: &Arc<Self>, addr: SocketAddr) -> Result<SocketAddr, RuntimeError> {
-        let server = tiny_http::Server::http(addr).map_err(|e| RuntimeError::Io {
-            context: format!("listening for metrics on {addr}"),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let bound = server.server_addr().to_ip().unwrap_or(addr);
-        let metrics = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("herald-metrics".into())
-            .spawn(move || {
-                for request in server.incoming_requests() {
-                    let (status, body) = match request.url() {
-                        "/metrics" => (200, metrics.render()),
-                        "/healthz" => (200, "ok\n".to_string()),
-                        "/readyz" if metrics.is_ready() => (200, "ready\n".to_string()),
-                        "/readyz" => (503, "restoring\n".to_string()),
-                        _ => (404, "not found\n".to_string()),
-                    };
-                    let _ = request
-                        .respond(tiny_http::Response::from_string(body).with_status_code(status));
-                }
-            })
-            .map_err(RuntimeError::io("starting the metrics thread"))?;
-        Ok(bound)
+        let (render, ready) = (Arc::clone(self), Arc::clone(self));
+        serve_http(addr, move || render.render(), move || ready.is_ready()).map_err(|source| {
+            RuntimeError::Io { context: format!("serving metrics on {addr}"), source }
+        })
     }
+}
+
+/// Serves `/metrics` (what `render` returns), `/healthz` and `/readyz` (200 once `ready`) on a
+/// thread of its own; returns the bound address.
+pub fn serve_http(
+    addr: SocketAddr,
+    render: impl Fn() -> String + Send + 'static,
+    ready: impl Fn() -> bool + Send + 'static,
+) -> std::io::Result<SocketAddr> {
+    let server = tiny_http::Server::http(addr)
+        .map_err(|e| std::io::Error::other(format!("listening on {addr}: {e}")))?;
+    let bound = server.server_addr().to_ip().unwrap_or(addr);
+    std::thread::Builder::new().name("herald-metrics".into()).spawn(move || {
+        for request in server.incoming_requests() {
+            let (status, body) = match request.url() {
+                "/metrics" => (200, render()),
+                "/healthz" => (200, "ok\n".to_string()),
+                "/readyz" if ready() => (200, "ready\n".to_string()),
+                "/readyz" => (503, "not ready\n".to_string()),
+                _ => (404, "not found\n".to_string()),
+            };
+            let _ =
+                request.respond(tiny_http::Response::from_string(body).with_status_code(status));
+        }
+    })?;
+    Ok(bound)
 }
 
 /// A counter vector with one label whose per-label counters are looked up once and cached,

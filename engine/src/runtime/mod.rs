@@ -29,7 +29,7 @@ pub use config::RuntimeConfig;
 pub use error::{ProcessError, RuntimeError};
 pub use global::GlobalTable;
 pub use live::{LiveRuntime, ShutdownFlag};
-pub use metrics::RuntimeMetrics;
+pub use metrics::{serve_http, RuntimeMetrics};
 pub use processor::{Processor, ProcessorContext, SourceRecord, Tick, Timer};
 pub use store::{Entry, Store};
 pub use topology::{StreamTopology, SubTopologyBuilder, TaskId, TopologyBuilder};

@@ -73,7 +73,8 @@ impl ShutdownFlag {
         self.0.store(true, Ordering::SeqCst);
     }
 
-    fn requested(&self) -> bool {
+    /// Whether a stop was asked for.
+    pub fn requested(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
 }

@@ -1,0 +1,194 @@
+//! FCM HTTP v1 client: `POST /v1/projects/<project>/messages:send` with OAuth2 access tokens
+//! obtained from a service account (an RS256 JWT grant posted to the account's `token_uri`),
+//! cached and renewed before they expire.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, StatusCode};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use super::{
+    h2::H2Pool,
+    outcome::{retry_after, Attempt},
+};
+use crate::model::SendCommand;
+
+/// OAuth scope of FCM sends.
+const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
+/// Tokens are renewed this long before they expire.
+const RENEW_BEFORE: Duration = Duration::from_secs(300);
+
+/// The fields of a service-account JSON file the sender needs.
+#[derive(Deserialize)]
+pub struct ServiceAccount {
+    /// Firebase project id.
+    pub project_id: String,
+    /// Service account e-mail (JWT issuer).
+    pub client_email: String,
+    /// RSA private key, PKCS#8 PEM.
+    pub private_key: String,
+    /// OAuth token endpoint.
+    pub token_uri: String,
+}
+
+impl std::fmt::Debug for ServiceAccount {
+    /// Never prints the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceAccount")
+            .field("project_id", &self.project_id)
+            .field("client_email", &self.client_email)
+            .field("token_uri", &self.token_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize)]
+struct GrantClaims<'a> {
+    iss: &'a str,
+    scope: &'a str,
+    aud: &'a str,
+    iat: i64,
+    exp: i64,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: u64,
+}
+
+/// Access tokens of one service account.
+pub struct AccessTokens {
+    account: ServiceAccount,
+    key: EncodingKey,
+    endpoint: H2Pool,
+    current: Mutex<Option<(String, Instant)>>,
+}
+
+impl AccessTokens {
+    /// Token source for `account`, fetching through `endpoint` (the pool of its `token_uri`).
+    pub fn new(account: ServiceAccount, endpoint: H2Pool) -> Result<Self, String> {
+        let key = EncodingKey::from_rsa_pem(account.private_key.as_bytes())
+            .map_err(|e| format!("private_key is not an RSA key in PEM: {e}"))?;
+        Ok(Self { account, key, endpoint, current: Mutex::new(None) })
+    }
+
+    /// A valid access token; fetches one when none is cached or it expires soon. Returns the
+    /// token and whether it was just fetched.
+    pub async fn bearer(&self) -> Result<(String, bool), String> {
+        let mut current = self.current.lock().await;
+        if let Some((token, expires)) = current.as_ref() {
+            if Instant::now() + RENEW_BEFORE < *expires {
+                return Ok((token.clone(), false));
+            }
+        }
+        let (token, lifetime) = self.fetch().await?;
+        *current = Some((token.clone(), Instant::now() + lifetime));
+        Ok((token, true))
+    }
+
+    /// Forgets the cached token (FCM refused it).
+    pub async fn invalidate(&self) {
+        *self.current.lock().await = None;
+    }
+
+    async fn fetch(&self) -> Result<(String, Duration), String> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = GrantClaims {
+            iss: &self.account.client_email,
+            scope: SCOPE,
+            aud: &self.account.token_uri,
+            iat: now,
+            exp: now + 3600,
+        };
+        let assertion = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key)
+            .map_err(|e| format!("signing the OAuth grant: {e}"))?;
+        let form = format!(
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}"
+        );
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(&self.account.token_uri)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(form)))
+            .map_err(|e| format!("building the token request: {e}"))?;
+        let response = self.endpoint.send(request).await.map_err(|e| e.to_string())?;
+        if response.status != StatusCode::OK {
+            return Err(format!(
+                "token endpoint {} answered {}: {}",
+                self.account.token_uri,
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            ));
+        }
+        let token: TokenResponse = serde_json::from_slice(&response.body)
+            .map_err(|e| format!("unexpected token response: {e}"))?;
+        Ok((token.access_token, Duration::from_secs(token.expires_in)))
+    }
+}
+
+/// One app's FCM client.
+pub struct FcmClient {
+    pool: H2Pool,
+    project: String,
+    /// Its access tokens.
+    pub tokens: Arc<AccessTokens>,
+}
+
+impl FcmClient {
+    /// A client for `project` sending through `pool`.
+    pub fn new(pool: H2Pool, project: &str, tokens: Arc<AccessTokens>) -> Self {
+        Self { pool, project: project.to_string(), tokens }
+    }
+
+    /// Sends one command.
+    pub async fn send(&self, command: &SendCommand) -> Result<Attempt, String> {
+        let bearer = match self.tokens.bearer().await {
+            Ok((bearer, _)) => bearer,
+            Err(reason) => return Ok(Attempt::Credentials { reason }),
+        };
+        let uri = format!("{}/v1/projects/{}/messages:send", self.pool.origin(), self.project);
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header("authorization", format!("Bearer {bearer}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(command.payload.clone())))
+            .map_err(|e| format!("building the FCM request: {e}"))?;
+        let response = match self.pool.send(request).await {
+            Ok(response) => response,
+            Err(error) => return Ok(Attempt::Retry { reason: error.to_string(), after: None }),
+        };
+        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap_or_default();
+        if response.status == StatusCode::OK {
+            let provider_id = body["name"].as_str().map(str::to_string);
+            return Ok(Attempt::Accepted { provider_id });
+        }
+        let status = body["error"]["status"].as_str().unwrap_or_default().to_string();
+        let code = body["error"]["details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|detail| detail["errorCode"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        let reason = [code.as_str(), status.as_str()]
+            .into_iter()
+            .find(|r| !r.is_empty())
+            .map_or_else(|| response.status.to_string(), str::to_string);
+        let after = retry_after(&response.headers);
+        Ok(match (response.status.as_u16(), code.as_str()) {
+            (_, "UNREGISTERED" | "SENDER_ID_MISMATCH") => Attempt::TokenInvalid { reason },
+            (_, "THIRD_PARTY_AUTH_ERROR") | (401, _) => Attempt::Credentials { reason },
+            (429 | 500 | 503, _) => Attempt::Retry { reason, after },
+            _ => Attempt::Failed { reason },
+        })
+    }
+}

@@ -1,0 +1,183 @@
+//! `herald sim`: the provider simulator. It serves the APNs provider API, FCM HTTP v1 and the
+//! OAuth token endpoint over HTTP/2 with TLS, checks provider tokens, access tokens, required
+//! headers and payload limits, answers with the providers' statuses and error bodies, injects
+//! faults, and records what each device received.
+
+pub mod credentials;
+mod faults;
+mod handlers;
+pub mod population;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use hyper::{body::Incoming, service::service_fn, Request};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use jsonwebtoken::DecodingKey;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+pub use credentials::CredentialFiles;
+pub use faults::Faults;
+pub use population::{Population, PopulationOptions};
+
+/// How to run the simulator.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Certificate, keys and public keys to verify with.
+    pub files: CredentialFiles,
+    /// Required `iss` of APNs provider tokens, if any.
+    pub apns_team_id: Option<String>,
+    /// Lifetime of the FCM access tokens it issues.
+    pub fcm_token_ttl: Duration,
+    /// Errors and latency to inject.
+    pub faults: Faults,
+    /// A device population to publish and to react to deliveries, if any.
+    pub population: Option<PopulationOptions>,
+}
+
+/// What the simulator saw, served at `GET /sim/stats`.
+#[derive(Default)]
+struct Stats {
+    accepted: AtomicU64,
+    rejected: Mutex<BTreeMap<String, u64>>,
+    /// Deliveries per message id.
+    deliveries: Mutex<HashMap<String, u32>>,
+    token_grants: AtomicU64,
+    provider_tokens: Mutex<HashSet<String>>,
+}
+
+/// The simulator's state.
+pub(crate) struct Sim {
+    options: SimOptions,
+    apns_key: DecodingKey,
+    fcm_key: DecodingKey,
+    /// FCM access tokens issued, with their expiry.
+    access_tokens: Mutex<HashMap<String, Instant>>,
+    stats: Stats,
+    started: Instant,
+    population: Option<Arc<Population>>,
+}
+
+impl Sim {
+    fn new(options: SimOptions) -> Result<Self, String> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))
+        };
+        let apns_key = DecodingKey::from_ec_pem(&read(&options.files.apns_public_key)?)
+            .map_err(|e| format!("{}: {e}", options.files.apns_public_key.display()))?;
+        let fcm_key = DecodingKey::from_rsa_pem(&read(&options.files.fcm_public_key)?)
+            .map_err(|e| format!("{}: {e}", options.files.fcm_public_key.display()))?;
+        let population = match &options.population {
+            Some(population) => Some(Arc::new(Population::new(population.clone())?)),
+            None => None,
+        };
+        Ok(Self {
+            population,
+            options,
+            apns_key,
+            fcm_key,
+            access_tokens: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+            started: Instant::now(),
+        })
+    }
+
+    fn reject(&self, reason: &str) {
+        *self.stats.rejected.lock().expect("stats lock").entry(reason.to_string()).or_default() +=
+            1;
+    }
+
+    /// Records a delivery; the device's user may react to it.
+    fn delivered(&self, token: &str, herald: &serde_json::Value, message_id: &str) {
+        if let Some(population) = &self.population {
+            let field = |name: &str| herald[name].as_str().unwrap_or_default();
+            population.delivered(token, field("campaign_id"), field("variant_id"), message_id);
+        }
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        *self
+            .stats
+            .deliveries
+            .lock()
+            .expect("stats lock")
+            .entry(message_id.to_string())
+            .or_default() += 1;
+    }
+
+    fn stats_json(&self) -> serde_json::Value {
+        let deliveries = self.stats.deliveries.lock().expect("stats lock");
+        let duplicates: u64 = deliveries.values().map(|n| u64::from(n.saturating_sub(1))).sum();
+        json!({
+            "accepted": self.stats.accepted.load(Ordering::Relaxed),
+            "messages": deliveries.len(),
+            "duplicates": duplicates,
+            "rejected": *self.stats.rejected.lock().expect("stats lock"),
+            "token_grants": self.stats.token_grants.load(Ordering::Relaxed),
+            "provider_tokens": self.stats.provider_tokens.lock().expect("stats lock").len(),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+        })
+    }
+}
+
+/// Starts the simulator; returns the bound address. It serves until the process ends.
+pub async fn start(options: SimOptions) -> Result<SocketAddr, String> {
+    let tls = crate::tls::server_config(&options.files.certificate, &options.files.server_key)
+        .map_err(|e| e.to_string())?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| format!("listening on {}: {e}", options.listen))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let sim = Arc::new(Sim::new(options)?);
+    if let Some(population) = &sim.population {
+        population.publish_profiles().await?;
+        tracing::info!(
+            users = sim.options.population.as_ref().map_or(0, |p| p.users),
+            "population profiles published"
+        );
+    }
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, sim) = (acceptor.clone(), Arc::clone(&sim));
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else { return };
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let sim = Arc::clone(&sim);
+                    async move {
+                        Ok::<_, std::convert::Infallible>(handlers::handle(&sim, request).await)
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(1_000)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+/// Reads a running simulator's `GET /sim/stats` (at `origin`, trusting `certificate`).
+pub async fn fetch_stats(
+    origin: &str,
+    certificate: &std::path::Path,
+) -> Result<serde_json::Value, String> {
+    let tls = crate::tls::client_config(Some(certificate)).map_err(|e| e.to_string())?;
+    let pool = crate::sender::h2::H2Pool::new(origin, 1, tls, Duration::from_secs(10))?;
+    let request = Request::get(format!("{origin}/sim/stats"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let response = pool.send(request).await.map_err(|e| e.to_string())?;
+    serde_json::from_slice(&response.body).map_err(|e| format!("bad stats: {e}"))
+}

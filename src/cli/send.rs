@@ -1,0 +1,54 @@
+//! `herald send`: a sender instance in the consumer group on `herald.push`.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::Args;
+use herald_engine::{
+    kafka::KafkaConfig,
+    model::topics::TopicNames,
+    runtime::ShutdownFlag,
+    sender::{self, config::SenderConfig, SenderOptions},
+};
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Sender configuration (apps, credentials, endpoints, limits).
+    #[arg(long)]
+    config: PathBuf,
+    /// Prefix of the topic names.
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
+    /// Consumer group of the senders.
+    #[arg(long, default_value = "herald-senders")]
+    group: String,
+    /// This instance's id (stable across restarts: it keeps its shards and dedup memory).
+    #[arg(long, default_value = "0")]
+    instance_id: String,
+    /// Local state (dedup store).
+    #[arg(long, default_value = ".local/sender")]
+    state_dir: PathBuf,
+    /// Serve /metrics on this address.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+}
+
+pub fn run(kafka: &KafkaConfig, args: SendArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?;
+    let config = SenderConfig::parse(&text, &args.config.display().to_string())?;
+    let topics = TopicNames::with_prefix(&args.topic_prefix);
+    let options = SenderOptions {
+        kafka: kafka.clone(),
+        push_topic: topics.push,
+        receipts_topic: topics.receipts,
+        dead_letter_topic: topics.dead_letter,
+        group: args.group,
+        state_dir: args.state_dir.join(&args.instance_id),
+        instance_id: args.instance_id,
+        metrics_addr: args.metrics_addr,
+    };
+    let shutdown = ShutdownFlag::on_signals()?;
+    sender::run(config, options, shutdown)?;
+    Ok(ExitCode::SUCCESS)
+}

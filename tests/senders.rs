@@ -1,0 +1,278 @@
+//! Senders against the real broker and the simulator over real HTTP/2 + TLS: every command
+//! ends in exactly one final receipt despite injected errors and a SIGKILL; dead tokens come
+//! back as token-invalid; Retry-After holds the app's sends; credentials are fetched once per
+//! expiry; a broken credential file is a clear error.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use herald_engine::model::{Platform, Receipt, ReceiptStatus, SchemaRegistry, SendCommand};
+
+/// A simulator, its credentials, and topics of a sender deployment.
+struct Setup {
+    dir: tempfile::TempDir,
+    origin: String,
+    sim: Child,
+    prefix: String,
+}
+
+impl Setup {
+    fn new(name: &str, partitions: i32, faults: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let origin = format!("https://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("sim.log")).unwrap();
+        let mut sim = Command::new(env!("CARGO_BIN_EXE_herald"));
+        sim.args(["sim", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--dir")
+            .arg(dir.path().join("sim"));
+        for fault in faults {
+            sim.args(["--fault", fault]);
+        }
+        let sim = sim.stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        let setup = Self { dir, origin, sim, prefix: format!("{}-", common::unique(name)) };
+        let ready = (0..600).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            setup.stats().is_some()
+        });
+        assert!(ready, "simulator not up\n{}", common::tail(&setup.path("sim.log"), 20));
+        common::create_topics(&[
+            (&setup.topic("push"), partitions),
+            (&setup.topic("receipts"), 4),
+            (&setup.topic("dead-letter"), 1),
+        ]);
+        setup
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn topic(&self, name: &str) -> String {
+        format!("{}herald.{name}", self.prefix)
+    }
+
+    fn stats(&self) -> Option<serde_json::Value> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime
+            .block_on(herald_engine::sim::fetch_stats(&self.origin, &self.path("sim/sim-cert.pem")))
+            .ok()
+    }
+
+    /// A sender configuration for app `shop` on the simulator; `apns_key` overrides the key.
+    fn sender_config(&self, apns_key: Option<&Path>, extra: &str) -> PathBuf {
+        let sim = self.path("sim");
+        let key = apns_key.map_or_else(|| sim.join("apns-key.p8"), Path::to_path_buf);
+        let config = format!(
+            "apps:\n  shop:\n    apns:\n      topic: com.example.shop\n      key_file: {}\n      key_id: KEY1234567\n      team_id: TEAM123456\n      endpoint: {origin}\n    fcm:\n      service_account_file: {}\n      endpoint: {origin}\n    ca_file: {}\n{extra}retry_deadline: 60s\n",
+            key.display(),
+            sim.join("fcm-service-account.json").display(),
+            sim.join("sim-cert.pem").display(),
+            origin = self.origin,
+        );
+        let path = self.path("senders.yaml");
+        std::fs::write(&path, config).unwrap();
+        path
+    }
+
+    fn spawn_sender(&self, config: &Path, instance: &str) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("sender-{instance}.log")))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args([
+                "send",
+                "--topic-prefix",
+                &self.prefix,
+                "--group",
+                &format!("{}senders", self.prefix),
+            ])
+            .args(["--instance-id", instance])
+            .arg("--config")
+            .arg(config)
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .env("HERALD_BROKERS", common::kafka().brokers)
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Final receipts by message id, read until `expected` distinct ones arrived.
+    fn receipts(&self, expected: usize, limit: Duration) -> Vec<Receipt> {
+        common::read_committed(&self.topic("receipts"), expected, Duration::from_secs(5), limit)
+            .iter()
+            .map(|r| SchemaRegistry::builtin().decode(r.value.as_deref().unwrap()).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = self.sim.kill();
+        let _ = self.sim.wait();
+    }
+}
+
+/// `count` commands for app `shop`, half iOS and half Android, keyed by user.
+fn commands(count: usize) -> Vec<(String, Vec<u8>)> {
+    (0..count)
+        .map(|i| {
+            let user = format!("u{i}");
+            let message_id = herald_engine::payload::message_id("c", "run", &user, "d");
+            let token = format!("token-{i}");
+            let (platform, payload, headers) = if i % 2 == 0 {
+                let headers = [
+                    ("apns-push-type", "alert"),
+                    ("apns-priority", "10"),
+                    ("apns-id", message_id.as_str()),
+                ]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into();
+                (Platform::Ios, r#"{"aps":{"alert":{"title":"t","body":"b"}}}"#.to_string(), headers)
+            } else {
+                let body = serde_json::json!({"message": {"token": token, "notification": {"title": "t"}, "data": {"herald_message_id": message_id}}});
+                (Platform::Android, body.to_string(), Default::default())
+            };
+            let command = SendCommand {
+                message_id,
+                campaign_id: "c".into(),
+                variant_id: "A".into(),
+                run_id: "run".into(),
+                app_id: "shop".into(),
+                user_id: user.clone(),
+                device_id: "d".into(),
+                platform,
+                token,
+                payload,
+                headers,
+                created_at_ms: common::now_ms(),
+                expires_at_ms: None,
+            };
+            (user, SchemaRegistry::builtin().encode(&command).unwrap())
+        })
+        .collect()
+}
+
+/// Asserts one final receipt per command and returns them by message id.
+fn one_receipt_each(receipts: &[Receipt], count: usize) -> HashMap<String, Receipt> {
+    let mut by_message: HashMap<String, Receipt> = HashMap::new();
+    let mut duplicates = 0;
+    for receipt in receipts {
+        if by_message.insert(receipt.message_id.clone(), receipt.clone()).is_some() {
+            duplicates += 1;
+        }
+    }
+    assert_eq!(by_message.len(), count, "every command has a final receipt");
+    assert_eq!(duplicates, 0, "no command has two receipts");
+    by_message
+}
+
+#[test]
+fn hundred_thousand_commands_two_senders_5_percent_503_1_percent_unregistered() {
+    const COUNT: usize = 100_000;
+    let setup = Setup::new("senders", 8, &["unavailable=0.05", "unregistered=0.01"]);
+    common::produce(&setup.topic("push"), commands(COUNT));
+    let config = setup.sender_config(None, "    max_per_second: 20000\n");
+    let senders = [setup.spawn_sender(&config, "a"), setup.spawn_sender(&config, "b")];
+    let receipts = setup.receipts(COUNT, Duration::from_secs(600));
+    for sender in senders {
+        common::stop_gracefully(sender);
+    }
+    let by_message = one_receipt_each(&receipts, COUNT);
+    let invalid: Vec<&Receipt> =
+        by_message.values().filter(|r| r.status == ReceiptStatus::TokenInvalid).collect();
+    assert!((700..1_300).contains(&invalid.len()), "{} token-invalid receipts", invalid.len());
+    assert!(invalid
+        .iter()
+        .all(|r| ["Unregistered", "UNREGISTERED"].contains(&r.reason.as_deref().unwrap())));
+    let accepted = by_message.values().filter(|r| r.status == ReceiptStatus::Accepted).count();
+    assert_eq!(accepted + invalid.len(), COUNT, "503s were retried, never final");
+    let stats = setup.stats().unwrap();
+    assert_eq!(stats["duplicates"], 0, "no device received a message twice: {stats}");
+    assert_eq!(stats["accepted"], accepted as u64, "{stats}");
+    assert!(stats["rejected"]["ServiceUnavailable"].as_u64().unwrap() > 1_000, "{stats}");
+    assert!(
+        stats["token_grants"].as_u64().unwrap() <= 2,
+        "one FCM access token per sender, not per message: {stats}"
+    );
+}
+
+#[test]
+fn a_sender_killed_mid_run_restarts_without_losing_a_command() {
+    const COUNT: usize = 20_000;
+    let setup = Setup::new("kill", 4, &["latency_ms=1..5"]);
+    common::produce(&setup.topic("push"), commands(COUNT));
+    let config = setup.sender_config(None, "    max_per_second: 4000\n    max_in_flight: 100\n");
+    let sender = setup.spawn_sender(&config, "a");
+    let started = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        common::end_offsets(&setup.topic("receipts")) > 2_000
+    });
+    assert!(started, "no receipts\n{}", common::tail(&setup.path("sender-a.log"), 20));
+    common::kill_hard(sender);
+    let sender = setup.spawn_sender(&config, "a");
+    let receipts = setup.receipts(COUNT, Duration::from_secs(300));
+    common::stop_gracefully(sender);
+
+    let mut distinct: HashMap<&str, usize> = HashMap::new();
+    for receipt in &receipts {
+        *distinct.entry(receipt.message_id.as_str()).or_default() += 1;
+    }
+    assert_eq!(distinct.len(), COUNT, "no command without a final receipt");
+    let stats = setup.stats().unwrap();
+    let duplicates = stats["duplicates"].as_u64().unwrap();
+    assert!(duplicates <= 100, "duplicates limited to the 100 requests in flight: {stats}");
+    let receipt_duplicates = receipts.len() - COUNT;
+    assert!(receipt_duplicates <= 100, "{receipt_duplicates} duplicate receipts");
+}
+
+#[test]
+fn retry_after_2_seconds_holds_the_apps_sends_and_loses_nothing() {
+    const COUNT: usize = 40;
+    let setup = Setup::new("retry-after", 1, &["too_many_requests=0.3", "retry_after=2"]);
+    common::produce(&setup.topic("push"), commands(COUNT));
+    let config = setup.sender_config(None, "    max_in_flight: 4\n");
+    let started = Instant::now();
+    let sender = setup.spawn_sender(&config, "a");
+    let receipts = setup.receipts(COUNT, Duration::from_secs(120));
+    common::stop_gracefully(sender);
+    let by_message = one_receipt_each(&receipts, COUNT);
+    assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted), "nothing lost");
+    let slowest = by_message.values().filter_map(|r| r.latency_ms).max().unwrap();
+    assert!(slowest >= 2_000, "a 429 held its command for the Retry-After: {slowest} ms");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}
+
+#[test]
+fn a_broken_credential_file_is_a_clear_error_naming_the_app_and_the_file() {
+    let setup = Setup::new("broken", 1, &[]);
+    let broken = setup.path("broken.p8");
+    std::fs::write(&broken, "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+        .unwrap();
+    let config = setup.sender_config(Some(&broken), "");
+    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["send", "--topic-prefix", &setup.prefix, "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(setup.path("state"))
+        .env("HERALD_BROKERS", common::kafka().brokers)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("app shop"), "{stderr}");
+    assert!(stderr.contains(&broken.display().to_string()), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
