@@ -335,7 +335,7 @@ fn scheduled_ab_reach_20000_test_15_percent_3_variants_1000_each_then_winner_to_
             &click(variant),
         ));
     }
-    let outcome = Outcome::run_on(&campaign, &lines, Some(ms(100 + 3_600 + 60)), 2);
+    let outcome = Outcome::run_on(&campaign, &lines, Some(ms(200 + 3_600 + 60)), 2);
 
     let variants = outcome.variants();
     assert_eq!(variants.len(), 20_000);

@@ -60,8 +60,8 @@ pub trait Processor: Send {
     }
 
     /// Called whenever the task's clock advances (live: every few milliseconds, idle or not;
-    /// replay: after due timers, and whenever the latest input time of the whole replay moves,
-    /// so every task ticks on one clock like live tasks on the wall clock). For work a processor does in bounded
+    /// replay: whenever the latest input time of the whole replay moves, so every task fires
+    /// timers and ticks on one clock, like live tasks on the wall clock), after due timers. For work a processor does in bounded
     /// steps, such as scanning its store for a scheduled run; return [`Tick::More`] to be called
     /// again at once on the event-time clock (live: at the next tick).
     fn on_tick(&mut self, _ctx: &mut ProcessorContext<'_>) -> Result<Tick, ProcessError> {

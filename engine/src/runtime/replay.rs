@@ -194,7 +194,7 @@ struct Replay<'a, 's> {
 impl Replay<'_, '_> {
     /// Processes one record, then everything it sent to internal topics, in order.
     /// Then, when the input moved the replay's clock (the latest input time, the analogue of
-    /// the wall clock), every task ticks at it.
+    /// the wall clock), every task fires its due timers and ticks at it.
     fn feed(&mut self, record: ReplayRecord) -> Result<(), RuntimeError> {
         let time = record.timestamp_ms;
         self.process(record)?;
@@ -217,7 +217,7 @@ impl Replay<'_, '_> {
                     internal_offsets: &mut self.internal_offsets,
                     summary: &mut self.summary,
                 };
-                self.tasks.get_mut(&id).expect("existing task").tick(time, &env, &mut out)?;
+                self.tasks.get_mut(&id).expect("existing task").fire_due(time, &env, &mut out)?;
                 self.drain_internal()?;
             }
         }

@@ -139,7 +139,7 @@ impl Task {
 
     /// Lets the processor do pending stepwise work: one step on the wall clock, every step on
     /// the event-time clock (a replay has no later tick to wait for).
-    pub(crate) fn tick(
+    fn tick(
         &mut self,
         now_ms: i64,
         env: &TaskEnv<'_>,

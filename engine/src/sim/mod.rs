@@ -139,7 +139,7 @@ pub async fn start(options: SimOptions) -> Result<SocketAddr, String> {
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let sim = Arc::new(Sim::new(options)?);
     if let Some(population) = &sim.population {
-        population.publish_profiles().await?;
+        population.publish_profiles()?;
         tracing::info!(
             users = sim.options.population.as_ref().map_or(0, |p| p.users),
             "population profiles published"

@@ -5,10 +5,10 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 use crate::{
-    kafka::KafkaConfig,
+    kafka::{send_waiting, KafkaConfig},
     model::{AppEvent, Device, Platform, ProfileUpdate, PropertyValue, Record, SchemaRegistry},
 };
 
@@ -65,7 +65,7 @@ pub fn member(i: usize) -> (String, Device) {
 /// The population and its producer.
 pub struct Population {
     options: PopulationOptions,
-    producer: FutureProducer,
+    producer: ThreadedProducer<DefaultProducerContext>,
     /// User of each token.
     users: std::collections::HashMap<String, String>,
 }
@@ -73,7 +73,7 @@ pub struct Population {
 impl Population {
     /// Creates the population (its producer connects lazily).
     pub fn new(options: PopulationOptions) -> Result<Self, String> {
-        let producer: FutureProducer = options
+        let producer: ThreadedProducer<DefaultProducerContext> = options
             .kafka
             .client_config()
             .set("linger.ms", "20")
@@ -83,8 +83,8 @@ impl Population {
         Ok(Self { options, producer, users })
     }
 
-    /// Publishes every user's profile.
-    pub async fn publish_profiles(&self) -> Result<(), String> {
+    /// Publishes every user's profile and waits until the broker has them.
+    pub fn publish_profiles(&self) -> Result<(), String> {
         let now = chrono::Utc::now().timestamp_millis();
         for i in 0..self.options.users {
             let (user, device) = member(i);
@@ -103,9 +103,11 @@ impl Population {
                 devices_added: vec![device],
                 tokens_removed: Vec::new(),
             };
-            self.send(&self.options.profiles_topic, &user, &update).await?;
+            self.send(&self.options.profiles_topic, &user, &update)?;
         }
-        Ok(())
+        self.producer
+            .flush(Duration::from_secs(60))
+            .map_err(|e| format!("publishing the population's profiles: {e}"))
     }
 
     /// A notification reached `token`: its user may view it and then click it, a moment later.
@@ -144,8 +146,7 @@ impl Population {
                     properties: properties.clone(),
                     sdk_version: Some("herald-sim".into()),
                 };
-                if let Err(error) =
-                    population.send(&population.options.events_topic, &user, &event).await
+                if let Err(error) = population.send(&population.options.events_topic, &user, &event)
                 {
                     tracing::warn!(%error, "producing a simulated engagement");
                 }
@@ -153,13 +154,9 @@ impl Population {
         });
     }
 
-    async fn send<R: Record>(&self, topic: &str, key: &str, record: &R) -> Result<(), String> {
+    fn send<R: Record>(&self, topic: &str, key: &str, record: &R) -> Result<(), String> {
         let bytes = SchemaRegistry::builtin().encode(record).map_err(|e| e.to_string())?;
-        let message = FutureRecord::to(topic).key(key).payload(&bytes);
-        self.producer
-            .send(message, Duration::from_secs(30))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| format!("producing to {topic}: {e}"))
+        send_waiting(&self.producer, BaseRecord::to(topic).key(key).payload(&bytes))
+            .map_err(|e| format!("producing to {topic}: {e}"))
     }
 }

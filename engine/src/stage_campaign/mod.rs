@@ -535,7 +535,9 @@ impl CampaignStage {
         Ok(variant)
     }
 
-    /// The A/B test audience is complete at `at`: the winner is chosen after the wait.
+    /// The A/B test audience is complete at `at`: the winner is chosen after the wait, counted
+    /// from when the last test sends leave (never from a qualifying event's time in the past:
+    /// clicks only come after the sends).
     fn start_evaluation(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -544,6 +546,7 @@ impl CampaignStage {
         at: i64,
     ) -> Result<(), ProcessError> {
         let Assignment::AbTest(test) = &campaign.assignment else { return Ok(()) };
+        let at = at.max(ctx.now_ms());
         state.test_full_at = Some(at);
         ctx.schedule(at + test.evaluate_after_ms, &timer_key(AB_TIMER, &campaign.id))?;
         Ok(())
