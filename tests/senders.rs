@@ -276,3 +276,24 @@ fn a_broken_credential_file_is_a_clear_error_naming_the_app_and_the_file() {
     assert!(stderr.contains(&broken.display().to_string()), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn dropped_connections_and_goaway_lose_nothing() {
+    const COUNT: usize = 5_000;
+    let setup = Setup::new("connections", 2, &["drop_connection=0.01", "goaway_after=300"]);
+    common::produce(&setup.topic("push"), commands(COUNT));
+    let config = setup.sender_config(None, "    max_in_flight: 50\n");
+    let sender = setup.spawn_sender(&config, "a");
+    let receipts = setup.receipts(COUNT, Duration::from_secs(300));
+    common::stop_gracefully(sender);
+    let by_message = one_receipt_each(&receipts, COUNT);
+    assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted), "all retried");
+    let stats = setup.stats().unwrap();
+    let dropped = stats["rejected"]["connection_dropped"].as_u64().unwrap();
+    assert!(dropped > 10, "{stats}");
+    // A dropped connection loses the answers of the other requests on it that the provider
+    // had already accepted; their retries are the only duplicates.
+    let duplicates = stats["duplicates"].as_u64().unwrap();
+    assert!(duplicates <= dropped * 50, "at most the in-flight requests per drop: {stats}");
+    assert_eq!(stats["messages"], COUNT as u64, "{stats}");
+}

@@ -1,11 +1,11 @@
 //! The sender's Prometheus metrics.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Sends by provider and outcome, provider latency, in-flight requests, retries, credential
-/// refreshes, dedup hits.
+/// refreshes, dedup hits, consumer lag.
 pub struct SenderMetrics {
     /// Registry to expose.
     pub registry: Registry,
@@ -23,6 +23,8 @@ pub struct SenderMetrics {
     pub dedup_hits: IntCounter,
     /// Apps whose sending stopped on a refused credential.
     pub apps_stopped: IntGauge,
+    /// Commands not yet read, by partition of `herald.push` (from librdkafka statistics).
+    pub consumer_lag: IntGaugeVec,
 }
 
 impl SenderMetrics {
@@ -56,6 +58,10 @@ impl SenderMetrics {
         };
         let in_flight = gauge("in_flight", "Requests in flight");
         let apps_stopped = gauge("apps_stopped", "Apps stopped on a refused credential");
+        let consumer_lag =
+            IntGaugeVec::new(Opts::new("consumer_lag", "Commands not yet read"), &["partition"])
+                .expect("valid metric");
+        registry.register(Box::new(consumer_lag.clone())).expect("unique metric");
         let dedup_hits = IntCounter::new("dedup_hits_total", "Commands already receipted")
             .expect("valid metric");
         registry.register(Box::new(dedup_hits.clone())).expect("unique metric");
@@ -68,6 +74,7 @@ impl SenderMetrics {
             credential_refreshes,
             dedup_hits,
             apps_stopped,
+            consumer_lag,
         }
     }
 

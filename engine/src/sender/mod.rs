@@ -130,9 +130,11 @@ pub fn run(
         .set("isolation.level", "read_committed")
         .set("session.timeout.ms", "10000")
         .set("queued.max.messages.kbytes", "16384")
+        .set("statistics.interval.ms", "5000")
         .create_with_context(RevocationDrain {
             progress: Arc::clone(&progress),
             topic: options.push_topic.clone(),
+            metrics: Arc::clone(&metrics),
         })
         .map_err(kafka("creating the consumer"))?;
     consumer.subscribe(&[&options.push_topic]).map_err(kafka("subscribing"))?;
@@ -399,9 +401,23 @@ fn commit(consumer: &BaseConsumer<RevocationDrain>, shared: &Shared, topic: &str
 struct RevocationDrain {
     progress: Arc<std::sync::Mutex<Progress>>,
     topic: String,
+    metrics: Arc<SenderMetrics>,
 }
 
-impl rdkafka::ClientContext for RevocationDrain {}
+impl rdkafka::ClientContext for RevocationDrain {
+    /// Publishes the consumer lag librdkafka reports (every `statistics.interval.ms`).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else { return };
+        for (partition, stats) in &topic.partitions {
+            if *partition >= 0 && stats.consumer_lag >= 0 {
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[&partition.to_string()])
+                    .set(stats.consumer_lag);
+            }
+        }
+    }
+}
 
 impl rdkafka::consumer::ConsumerContext for RevocationDrain {
     fn pre_rebalance(

@@ -20,6 +20,10 @@ pub struct Faults {
     pub retry_after_secs: u64,
     /// Latency added to every request: uniformly between the two, milliseconds.
     pub latency_ms: (u64, u64),
+    /// Share of requests on which the connection is dropped without an answer.
+    pub drop_connection: f64,
+    /// A connection is sent GOAWAY after this many requests (0: never).
+    pub goaway_after: u64,
 }
 
 /// What the simulator does with one request.
@@ -35,7 +39,7 @@ pub(crate) enum Fault {
 impl Faults {
     /// Sets one fault from `name=value` (`unregistered=0.01`, `unavailable=0.05`,
     /// `internal=0.01`, `too_many_requests=0.02`, `bad_device_token=0.01`, `retry_after=2`,
-    /// `latency_ms=5..20`).
+    /// `latency_ms=5..20`, `drop_connection=0.01`, `goaway_after=1000`).
     pub fn set(&mut self, spec: &str) -> Result<(), String> {
         let (name, value) =
             spec.split_once('=').ok_or_else(|| format!("fault {spec:?}: expected name=value"))?;
@@ -49,6 +53,11 @@ impl Faults {
             "unavailable" => self.unavailable = rate()?,
             "internal" => self.internal = rate()?,
             "too_many_requests" => self.too_many_requests = rate()?,
+            "drop_connection" => self.drop_connection = rate()?,
+            "goaway_after" => {
+                self.goaway_after =
+                    value.parse().map_err(|_| format!("goaway_after: {value:?} is not a count"))?
+            }
             "retry_after" => {
                 self.retry_after_secs =
                     value.parse().map_err(|_| format!("retry_after: {value:?} is not seconds"))?

@@ -7,7 +7,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::{body::Incoming, HeaderMap, Method, Request, Response, StatusCode};
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
@@ -32,22 +32,60 @@ fn reply(status: StatusCode, body: Value, headers: &[(&str, String)]) -> Reply {
     response.body(Full::new(Bytes::from(body.to_string()))).expect("valid response")
 }
 
+/// One client connection: its request count, and the signals that end it.
+#[derive(Default)]
+pub(super) struct Connection {
+    requests: std::sync::atomic::AtomicU64,
+    /// Send GOAWAY (finish the streams in flight, accept no new ones).
+    pub(super) goaway: tokio::sync::Notify,
+    /// Close the socket at once.
+    pub(super) drop: tokio::sync::Notify,
+}
+
+/// Injects the connection faults: GOAWAY after the configured number of requests, and dropped
+/// connections (the request never gets an answer and is not delivered).
+async fn connection_faults(sim: &Sim, connection: &Connection) {
+    let faults = &sim.options.faults;
+    let served = connection.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    if faults.goaway_after > 0 && served == faults.goaway_after {
+        connection.goaway.notify_one();
+    }
+    if faults.drop_connection > 0.0 && fastrand::f64() < faults.drop_connection {
+        sim.reject("connection_dropped");
+        connection.drop.notify_one();
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Routes one request.
-pub(super) async fn handle(sim: &Sim, request: Request<Incoming>) -> Reply {
+pub(super) async fn handle(
+    sim: &Sim,
+    connection: &Connection,
+    request: Request<Incoming>,
+) -> Reply {
     let (parts, body) = request.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
-        Err(_) => Bytes::from(vec![0; MAX_BODY + 1]),
+        // Larger than any valid request: the endpoint answers "too large".
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Bytes::from(vec![0; MAX_BODY + 1])
+        }
+        Err(_) => {
+            sim.reject("incomplete_request");
+            return reply(StatusCode::BAD_REQUEST, json!({"reason": "IncompleteRequest"}), &[]);
+        }
     };
     let path = parts.uri.path().to_string();
     match (&parts.method, path.as_str()) {
         (&Method::GET, "/sim/stats") => reply(StatusCode::OK, sim.stats_json(), &[]),
         (&Method::POST, "/token") => token(sim, &body),
         (&Method::POST, p) if p.starts_with("/3/device/") => {
+            connection_faults(sim, connection).await;
             let device = p.trim_start_matches("/3/device/");
             apns(sim, device, &parts.headers, &body).await
         }
         (&Method::POST, p) if p.starts_with("/v1/projects/") && p.ends_with("/messages:send") => {
+            connection_faults(sim, connection).await;
             let project = p.trim_start_matches("/v1/projects/").trim_end_matches("/messages:send");
             fcm(sim, project, &parts.headers, &body).await
         }

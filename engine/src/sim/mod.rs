@@ -152,16 +152,29 @@ pub async fn start(options: SimOptions) -> Result<SocketAddr, String> {
             let (acceptor, sim) = (acceptor.clone(), Arc::clone(&sim));
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(tcp).await else { return };
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let sim = Arc::clone(&sim);
-                    async move {
-                        Ok::<_, std::convert::Infallible>(handlers::handle(&sim, request).await)
-                    }
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                let control = Arc::new(handlers::Connection::default());
+                let service = {
+                    let control = Arc::clone(&control);
+                    service_fn(move |request: Request<Incoming>| {
+                        let (sim, control) = (Arc::clone(&sim), Arc::clone(&control));
+                        async move {
+                            let reply = handlers::handle(&sim, &control, request).await;
+                            Ok::<_, std::convert::Infallible>(reply)
+                        }
+                    })
+                };
+                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .max_concurrent_streams(1_000)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                loop {
+                    tokio::select! {
+                        _ = connection.as_mut() => break,
+                        _ = control.goaway.notified() => connection.as_mut().graceful_shutdown(),
+                        // Dropping the connection closes the socket: no answer, no GOAWAY.
+                        _ = control.drop.notified() => break,
+                    }
+                }
             });
         }
     });
