@@ -62,19 +62,26 @@ impl Setup {
     fn stats(&self) -> Option<serde_json::Value> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime
-            .block_on(herald_engine::sim::fetch_stats(&self.origin, &self.path("sim/sim-cert.pem")))
+            .block_on(herald_engine::sim::fetch_stats(&self.origin, &self.path("sim/sim-ca.pem")))
             .ok()
     }
 
-    /// A sender configuration for app `shop` on the simulator; `apns_key` overrides the key.
-    fn sender_config(&self, apns_key: Option<&Path>, extra: &str) -> PathBuf {
+    /// APNs provider-token settings with the simulator's key, or `key` instead.
+    fn token_auth(&self, key: Option<&Path>) -> String {
+        let default = self.path("sim/apns-key.p8");
+        format!(
+            "      key_file: {}\n      key_id: KEY1234567\n      team_id: TEAM123456\n",
+            key.unwrap_or(&default).display()
+        )
+    }
+
+    /// A sender configuration for app `shop` on the simulator, with `apns_auth` settings.
+    fn sender_config(&self, apns_auth: &str, extra: &str) -> PathBuf {
         let sim = self.path("sim");
-        let key = apns_key.map_or_else(|| sim.join("apns-key.p8"), Path::to_path_buf);
         let config = format!(
-            "apps:\n  shop:\n    apns:\n      topic: com.example.shop\n      key_file: {}\n      key_id: KEY1234567\n      team_id: TEAM123456\n      endpoint: {origin}\n    fcm:\n      service_account_file: {}\n      endpoint: {origin}\n    ca_file: {}\n{extra}retry_deadline: 60s\n",
-            key.display(),
+            "apps:\n  shop:\n    apns:\n      topic: com.example.shop\n{apns_auth}      endpoint: {origin}\n    fcm:\n      service_account_file: {}\n      endpoint: {origin}\n    ca_file: {}\n{extra}retry_deadline: 60s\n",
             sim.join("fcm-service-account.json").display(),
-            sim.join("sim-cert.pem").display(),
+            sim.join("sim-ca.pem").display(),
             origin = self.origin,
         );
         let path = self.path("senders.yaml");
@@ -184,7 +191,7 @@ fn hundred_thousand_commands_two_senders_5_percent_503_1_percent_unregistered() 
     const COUNT: usize = 100_000;
     let setup = Setup::new("senders", 8, &["unavailable=0.05", "unregistered=0.01"]);
     common::produce(&setup.topic("push"), commands(COUNT));
-    let config = setup.sender_config(None, "    max_per_second: 20000\n");
+    let config = setup.sender_config(&setup.token_auth(None), "    max_per_second: 20000\n");
     let senders = [setup.spawn_sender(&config, "a"), setup.spawn_sender(&config, "b")];
     let receipts = setup.receipts(COUNT, Duration::from_secs(600));
     for sender in senders {
@@ -214,7 +221,10 @@ fn a_sender_killed_mid_run_restarts_without_losing_a_command() {
     const COUNT: usize = 20_000;
     let setup = Setup::new("kill", 4, &["latency_ms=1..5"]);
     common::produce(&setup.topic("push"), commands(COUNT));
-    let config = setup.sender_config(None, "    max_per_second: 4000\n    max_in_flight: 100\n");
+    let config = setup.sender_config(
+        &setup.token_auth(None),
+        "    max_per_second: 4000\n    max_in_flight: 100\n",
+    );
     let sender = setup.spawn_sender(&config, "a");
     let started = (0..600).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
@@ -243,7 +253,7 @@ fn retry_after_2_seconds_holds_the_apps_sends_and_loses_nothing() {
     const COUNT: usize = 40;
     let setup = Setup::new("retry-after", 1, &["too_many_requests=0.3", "retry_after=2"]);
     common::produce(&setup.topic("push"), commands(COUNT));
-    let config = setup.sender_config(None, "    max_in_flight: 4\n");
+    let config = setup.sender_config(&setup.token_auth(None), "    max_in_flight: 4\n");
     let started = Instant::now();
     let sender = setup.spawn_sender(&config, "a");
     let receipts = setup.receipts(COUNT, Duration::from_secs(120));
@@ -261,7 +271,7 @@ fn a_broken_credential_file_is_a_clear_error_naming_the_app_and_the_file() {
     let broken = setup.path("broken.p8");
     std::fs::write(&broken, "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
         .unwrap();
-    let config = setup.sender_config(Some(&broken), "");
+    let config = setup.sender_config(&setup.token_auth(Some(&broken)), "");
     let output = Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["send", "--topic-prefix", &setup.prefix, "--config"])
         .arg(&config)
@@ -282,7 +292,7 @@ fn dropped_connections_and_goaway_lose_nothing() {
     const COUNT: usize = 5_000;
     let setup = Setup::new("connections", 2, &["drop_connection=0.01", "goaway_after=300"]);
     common::produce(&setup.topic("push"), commands(COUNT));
-    let config = setup.sender_config(None, "    max_in_flight: 50\n");
+    let config = setup.sender_config(&setup.token_auth(None), "    max_in_flight: 50\n");
     let sender = setup.spawn_sender(&config, "a");
     let receipts = setup.receipts(COUNT, Duration::from_secs(300));
     common::stop_gracefully(sender);
@@ -296,4 +306,25 @@ fn dropped_connections_and_goaway_lose_nothing() {
     let duplicates = stats["duplicates"].as_u64().unwrap();
     assert!(duplicates <= dropped * 50, "at most the in-flight requests per drop: {stats}");
     assert_eq!(stats["messages"], COUNT as u64, "{stats}");
+}
+
+#[test]
+fn an_apns_client_certificate_is_an_alternative_to_provider_tokens() {
+    const COUNT: usize = 200;
+    let setup = Setup::new("certificate", 1, &[]);
+    common::produce(&setup.topic("push"), commands(COUNT));
+    let certificate = format!(
+        "      certificate_file: {}\n      certificate_password_file: {}\n",
+        setup.path("sim/apns-cert.p12").display(),
+        setup.path("sim/apns-cert.password").display()
+    );
+    let config = setup.sender_config(&certificate, "");
+    let sender = setup.spawn_sender(&config, "a");
+    let receipts = setup.receipts(COUNT, Duration::from_secs(120));
+    common::stop_gracefully(sender);
+    let by_message = one_receipt_each(&receipts, COUNT);
+    assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted));
+    let stats = setup.stats().unwrap();
+    assert_eq!(stats["provider_tokens"], 0, "iOS sends authenticated by certificate: {stats}");
+    assert_eq!(stats["accepted"], COUNT as u64, "{stats}");
 }

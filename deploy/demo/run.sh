@@ -54,7 +54,7 @@ apps:
     fcm:
       service_account_file: $dir/sim/fcm-service-account.json
       endpoint: https://127.0.0.1:$port
-    ca_file: $dir/sim/sim-cert.pem
+    ca_file: $dir/sim/sim-ca.pem
 YAML
 
 echo "== engine and sender"

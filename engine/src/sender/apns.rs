@@ -1,6 +1,6 @@
-//! APNs provider API client: `POST /3/device/<token>` over HTTP/2 with ES256 provider tokens
-//! (JWT with `kid`, `iss`, `iat`) shared by all connections of an app and refreshed within
-//! Apple's 20 to 60 minute window.
+//! APNs provider API client: `POST /3/device/<token>` over HTTP/2, authenticated with ES256
+//! provider tokens (JWT with `kid`, `iss`, `iat`) shared by all connections of an app and
+//! refreshed within Apple's 20 to 60 minute window, or with a client certificate.
 
 use std::{
     sync::Mutex,
@@ -85,26 +85,27 @@ impl ProviderToken {
 pub struct ApnsClient {
     pool: H2Pool,
     topic: String,
-    /// The provider token.
-    pub token: ProviderToken,
+    /// The provider token (none: the connections authenticate with a client certificate).
+    pub token: Option<ProviderToken>,
 }
 
 impl ApnsClient {
-    /// A client sending for bundle id `topic` through `pool`.
-    pub fn new(pool: H2Pool, topic: &str, token: ProviderToken) -> Self {
+    /// A client sending for bundle id `topic` through `pool`, with provider tokens from
+    /// `token` or, without one, the client certificate of the pool's TLS configuration.
+    pub fn new(pool: H2Pool, topic: &str, token: Option<ProviderToken>) -> Self {
         Self { pool, topic: topic.to_string(), token }
     }
 
     /// Sends one command.
     pub async fn send(&self, command: &SendCommand) -> Result<Attempt, String> {
-        let (bearer, _) = self.token.bearer()?;
         let uri = format!("{}/3/device/{}", self.pool.origin(), command.token);
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .header("authorization", format!("bearer {bearer}"))
-            .header("apns-topic", &self.topic)
-            .header("content-type", "application/json");
+        let mut request = Request::builder().method(Method::POST).uri(uri);
+        if let Some(token) = &self.token {
+            let (bearer, _) = token.bearer()?;
+            request = request.header("authorization", format!("bearer {bearer}"));
+        }
+        request =
+            request.header("apns-topic", &self.topic).header("content-type", "application/json");
         for (name, value) in &command.headers {
             request = request.header(name.as_str(), value.as_str());
         }

@@ -17,7 +17,7 @@ use tokio::{
 
 use super::{
     apns::{ApnsClient, ProviderToken},
-    config::{AppConfig, ConfigError},
+    config::{ApnsAuth, AppConfig, ConfigError},
     fcm::{AccessTokens, FcmClient, ServiceAccount},
     h2::H2Pool,
     outcome::Attempt,
@@ -51,23 +51,39 @@ impl AppSender {
             context: format!("app {name}: {field}"),
             reason,
         };
-        let tls = tls::client_config(config.ca_file.as_deref())
-            .map_err(|e| fail("ca_file", e.to_string()))?;
+        let ca = config.ca_file.as_deref();
+        let tls = tls::client_config(ca, None).map_err(|e| fail("ca_file", e.to_string()))?;
         let apns = match &config.apns {
             None => None,
             Some(apns) => {
-                let field = format!("apns key ({})", apns.key.describe());
-                let pem = apns.key.read().map_err(|reason| fail(&field, reason))?;
-                let token =
-                    ProviderToken::new(&pem, &apns.key_id, &apns.team_id, apns.token_refresh)
-                        .map_err(|reason| fail(&field, reason))?;
-                let pool = H2Pool::new(
-                    &apns.endpoint,
-                    apns.connections,
-                    Arc::clone(&tls),
-                    request_timeout,
-                )
-                .map_err(|reason| fail("apns.endpoint", reason))?;
+                let (token, apns_tls) = match &apns.auth {
+                    ApnsAuth::Token { key, key_id, team_id, refresh } => {
+                        let field = format!("apns key ({})", key.describe());
+                        let pem = key.read().map_err(|reason| fail(&field, reason))?;
+                        let token = ProviderToken::new(&pem, key_id, team_id, *refresh)
+                            .map_err(|reason| fail(&field, reason))?;
+                        (Some(token), Arc::clone(&tls))
+                    }
+                    ApnsAuth::Certificate { p12, password } => {
+                        let field = format!("apns certificate ({})", p12.describe());
+                        let der = p12.read().map_err(|reason| fail(&field, reason))?;
+                        let password = match password {
+                            Some(secret) => secret.read().map_err(|reason| {
+                                let source = secret.describe();
+                                fail(&format!("apns certificate password ({source})"), reason)
+                            })?,
+                            None => Vec::new(),
+                        };
+                        let password = String::from_utf8_lossy(&password).trim().to_string();
+                        let identity = tls::read_pkcs12(&der, &password)
+                            .map_err(|reason| fail(&field, reason))?;
+                        let tls = tls::client_config(ca, Some(identity))
+                            .map_err(|e| fail(&field, e.to_string()))?;
+                        (None, tls)
+                    }
+                };
+                let pool = H2Pool::new(&apns.endpoint, apns.connections, apns_tls, request_timeout)
+                    .map_err(|reason| fail("apns.endpoint", reason))?;
                 Some(ApnsClient::new(pool, &apns.topic, token))
             }
         };
@@ -145,8 +161,8 @@ impl AppSender {
     pub async fn refresh_credentials(&self, platform: Platform) {
         match platform {
             Platform::Ios => {
-                if let Some(apns) = &self.apns {
-                    apns.token.invalidate();
+                if let Some(token) = self.apns.as_ref().and_then(|apns| apns.token.as_ref()) {
+                    token.invalidate();
                 }
             }
             Platform::Android => {

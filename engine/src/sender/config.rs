@@ -10,6 +10,8 @@
 //!       key_file: /etc/herald/apns.p8    # or key_env: SHOP_APNS_KEY (the PEM text)
 //!       key_id: ABC123DEFG
 //!       team_id: DEF123GHIJ
+//!       # or a client certificate: certificate_file: /etc/herald/apns.p12 (or
+//!       # certificate_env), certificate_password_file (or certificate_password_env)
 //!       endpoint: https://api.push.apple.com
 //!       connections: 2
 //!       token_refresh: 50m               # 20m to 60m
@@ -86,23 +88,40 @@ impl Secret {
     }
 }
 
+/// How an app authenticates to APNs.
+#[derive(Debug, Clone)]
+pub enum ApnsAuth {
+    /// Provider tokens signed with a `.p8` key.
+    Token {
+        /// The signing key.
+        key: Secret,
+        /// Key id (`kid`).
+        key_id: String,
+        /// Team id (`iss`).
+        team_id: String,
+        /// Token age at which a new one is signed.
+        refresh: Duration,
+    },
+    /// A client certificate with its key, in PKCS#12.
+    Certificate {
+        /// The `.p12` file.
+        p12: Secret,
+        /// Its password (none: empty).
+        password: Option<Secret>,
+    },
+}
+
 /// APNs settings of an app.
 #[derive(Debug, Clone)]
 pub struct ApnsConfig {
     /// Bundle id, sent as `apns-topic`.
     pub topic: String,
-    /// The `.p8` signing key.
-    pub key: Secret,
-    /// Key id (`kid`).
-    pub key_id: String,
-    /// Team id (`iss`).
-    pub team_id: String,
+    /// Provider token or certificate.
+    pub auth: ApnsAuth,
     /// Provider API origin.
     pub endpoint: String,
     /// HTTP/2 connections.
     pub connections: usize,
-    /// Provider token age at which a new one is signed.
-    pub token_refresh: Duration,
 }
 
 /// FCM settings of an app.
@@ -169,11 +188,61 @@ struct RawApns {
     topic: String,
     key_file: Option<PathBuf>,
     key_env: Option<String>,
-    key_id: String,
-    team_id: String,
+    key_id: Option<String>,
+    team_id: Option<String>,
+    certificate_file: Option<PathBuf>,
+    certificate_env: Option<String>,
+    certificate_password_file: Option<PathBuf>,
+    certificate_password_env: Option<String>,
     endpoint: Option<String>,
     connections: Option<usize>,
     token_refresh: Option<String>,
+}
+
+impl RawApns {
+    /// A provider-token key with its ids, or a certificate; never both.
+    fn auth(
+        &self,
+        refresh: Duration,
+        context: &dyn Fn(&str) -> String,
+    ) -> Result<ApnsAuth, ConfigError> {
+        let key = self.key_file.is_some() || self.key_env.is_some();
+        let certificate = self.certificate_file.is_some() || self.certificate_env.is_some();
+        match (key, certificate, &self.key_id, &self.team_id) {
+            (true, false, Some(key_id), Some(team_id)) => Ok(ApnsAuth::Token {
+                key: Secret::from_fields(
+                    self.key_file.clone(),
+                    self.key_env.clone(),
+                    &context("apns.key"),
+                )?,
+                key_id: key_id.clone(),
+                team_id: team_id.clone(),
+                refresh,
+            }),
+            (false, true, None, None) => {
+                let password =
+                    match (&self.certificate_password_file, &self.certificate_password_env) {
+                        (None, None) => None,
+                        (file, env) => Some(Secret::from_fields(
+                            file.clone(),
+                            env.clone(),
+                            &context("apns.certificate_password"),
+                        )?),
+                    };
+                let p12 = Secret::from_fields(
+                    self.certificate_file.clone(),
+                    self.certificate_env.clone(),
+                    &context("apns.certificate"),
+                )?;
+                Ok(ApnsAuth::Certificate { p12, password })
+            }
+            _ => Err(error(
+                context("apns"),
+                "give key_file (or key_env) with key_id and team_id, or certificate_file (or \
+                 certificate_env), not both",
+            )),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -214,20 +283,14 @@ impl SenderConfig {
                     {
                         return Err(error(context("apns.token_refresh"), "must be 20m to 60m"));
                     }
+                    let auth = apns.auth(token_refresh, &context)?;
                     Some(ApnsConfig {
                         topic: apns.topic,
-                        key: Secret::from_fields(
-                            apns.key_file,
-                            apns.key_env,
-                            &context("apns.key"),
-                        )?,
-                        key_id: apns.key_id,
-                        team_id: apns.team_id,
+                        auth,
                         endpoint: apns
                             .endpoint
                             .unwrap_or_else(|| "https://api.push.apple.com".into()),
                         connections: apns.connections.unwrap_or(2),
-                        token_refresh,
                     })
                 }
             };
@@ -276,5 +339,41 @@ impl SenderConfig {
                 &format!("{source}: dedup_window"),
             )?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "apps:\n  shop:\n    apns: { topic: t, key_file: k.p8, key_id: K, team_id: T }\n    fcm: { service_account_env: FCM_JSON }\n";
+
+    #[test]
+    fn apns_takes_a_provider_token_key_or_a_certificate() {
+        let config = SenderConfig::parse(TOKEN, "senders.yaml").unwrap();
+        let shop = &config.apps["shop"];
+        assert!(matches!(shop.apns.as_ref().unwrap().auth, ApnsAuth::Token { .. }));
+        assert_eq!(shop.fcm.as_ref().unwrap().service_account, Secret::Env("FCM_JSON".into()));
+        let certificate = "apps:\n  shop:\n    apns: { topic: t, certificate_file: c.p12, certificate_password_env: P }\n";
+        let config = SenderConfig::parse(certificate, "senders.yaml").unwrap();
+        let ApnsAuth::Certificate { p12, password } =
+            &config.apps["shop"].apns.as_ref().unwrap().auth
+        else {
+            panic!("certificate")
+        };
+        assert_eq!(
+            (p12, password),
+            (&Secret::File("c.p12".into()), &Some(Secret::Env("P".into())))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_the_app_and_the_field() {
+        let both = "apps:\n  shop:\n    apns: { topic: t, key_file: k.p8, key_id: K, team_id: T, certificate_file: c.p12 }\n";
+        let error = SenderConfig::parse(both, "senders.yaml").unwrap_err().to_string();
+        assert!(error.starts_with("senders.yaml: app shop: apns:"), "{error}");
+        let refresh = TOKEN.replace("team_id: T", "team_id: T, token_refresh: 5m");
+        let error = SenderConfig::parse(&refresh, "senders.yaml").unwrap_err().to_string();
+        assert!(error.contains("apns.token_refresh: must be 20m to 60m"), "{error}");
     }
 }

@@ -1,6 +1,8 @@
-//! Credentials for a simulator deployment: the server's self-signed certificate (which clients
-//! add as a trust root), an APNs signing key (`.p8`) and an FCM service-account JSON whose
-//! `token_uri` points at the simulator, each with the public half the simulator verifies with.
+//! Credentials for a simulator deployment: a certificate authority (which clients add as a trust
+//! root) and the server certificate it signs, an APNs signing key (`.p8`), an APNs client
+//! certificate in PKCS#12 (the certificate alternative to provider tokens) and an FCM
+//! service-account JSON whose `token_uri` points at the simulator, each with the public half the
+//! simulator verifies with.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +12,9 @@ use serde_json::json;
 /// Files written by [`write`] into one directory.
 #[derive(Debug, Clone)]
 pub struct CredentialFiles {
-    /// The server certificate (trust root for clients).
+    /// The certificate authority (trust root for clients; it also signs client certificates).
+    pub ca_certificate: PathBuf,
+    /// The server certificate, signed by the authority.
     pub certificate: PathBuf,
     /// The server's TLS key.
     pub server_key: PathBuf,
@@ -22,18 +26,25 @@ pub struct CredentialFiles {
     pub fcm_service_account: PathBuf,
     /// Its public key.
     pub fcm_public_key: PathBuf,
+    /// APNs client certificate and key, PKCS#12.
+    pub apns_p12: PathBuf,
+    /// The PKCS#12 file's password.
+    pub apns_p12_password: PathBuf,
 }
 
 impl CredentialFiles {
     /// The file names under `dir`.
     pub fn in_dir(dir: &Path) -> Self {
         Self {
+            ca_certificate: dir.join("sim-ca.pem"),
             certificate: dir.join("sim-cert.pem"),
             server_key: dir.join("sim-key.pem"),
             apns_key: dir.join("apns-key.p8"),
             apns_public_key: dir.join("apns-key.pub.pem"),
             fcm_service_account: dir.join("fcm-service-account.json"),
             fcm_public_key: dir.join("fcm-key.pub.pem"),
+            apns_p12: dir.join("apns-cert.p12"),
+            apns_p12_password: dir.join("apns-cert.password"),
         }
     }
 }
@@ -47,16 +58,40 @@ pub const FCM_PROJECT: &str = "herald-sim";
 /// a certificate for `hosts`, unless the files already exist.
 pub fn write(dir: &Path, origin: &str, hosts: &[String]) -> Result<CredentialFiles, String> {
     let files = CredentialFiles::in_dir(dir);
-    if files.fcm_public_key.exists() {
+    if files.apns_p12_password.exists() {
         return Ok(files);
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let write = |path: &Path, text: &str| {
         std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
     };
-    let (certificate, key) = crate::tls::self_signed(hosts).map_err(|e| e.to_string())?;
-    write(&files.certificate, &certificate)?;
-    write(&files.server_key, &key)?;
+    let fail = |e: rcgen::Error| e.to_string();
+    let ca_key = rcgen::KeyPair::generate().map_err(fail)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Herald simulator CA");
+    let ca = ca_params.self_signed(&ca_key).map_err(fail)?;
+    write(&files.ca_certificate, &ca.pem())?;
+
+    let server_key = rcgen::KeyPair::generate().map_err(fail)?;
+    let server = rcgen::CertificateParams::new(hosts.to_vec())
+        .map_err(fail)?
+        .signed_by(&server_key, &ca, &ca_key)
+        .map_err(fail)?;
+    write(&files.certificate, &server.pem())?;
+    write(&files.server_key, &server_key.serialize_pem())?;
+
+    let client_key = rcgen::KeyPair::generate().map_err(fail)?;
+    let mut client_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+    client_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Apple Push Services: com.example.shop");
+    let client = client_params.signed_by(&client_key, &ca, &ca_key).map_err(fail)?;
+    let password = format!("{:016x}", fastrand::u64(..));
+    let p12 = crate::tls::pkcs12(&client.pem(), &client_key.serialize_pem(), &password)
+        .map_err(|e| e.to_string())?;
+    std::fs::write(&files.apns_p12, p12)
+        .map_err(|e| format!("writing {}: {e}", files.apns_p12.display()))?;
 
     let apns = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     write(&files.apns_key, &apns.serialize_pem())?;
@@ -78,5 +113,7 @@ pub fn write(dir: &Path, origin: &str, hosts: &[String]) -> Result<CredentialFil
     });
     write(&files.fcm_service_account, &serde_json::to_string_pretty(&account).unwrap_or_default())?;
     write(&files.fcm_public_key, &public)?;
+    // Last: its presence marks a complete set.
+    write(&files.apns_p12_password, &password)?;
     Ok(files)
 }

@@ -32,14 +32,27 @@ fn reply(status: StatusCode, body: Value, headers: &[(&str, String)]) -> Reply {
     response.body(Full::new(Bytes::from(body.to_string()))).expect("valid response")
 }
 
-/// One client connection: its request count, and the signals that end it.
-#[derive(Default)]
+/// One client connection: whether it presented a client certificate, its request count, and
+/// the signals that end it.
 pub(super) struct Connection {
+    /// The client authenticated with a certificate the simulator's authority issued.
+    client_certificate: bool,
     requests: std::sync::atomic::AtomicU64,
     /// Send GOAWAY (finish the streams in flight, accept no new ones).
     pub(super) goaway: tokio::sync::Notify,
     /// Close the socket at once.
     pub(super) drop: tokio::sync::Notify,
+}
+
+impl Connection {
+    pub(super) fn new(client_certificate: bool) -> Self {
+        Self {
+            client_certificate,
+            requests: Default::default(),
+            goaway: Default::default(),
+            drop: Default::default(),
+        }
+    }
 }
 
 /// Injects the connection faults: GOAWAY after the configured number of requests, and dropped
@@ -82,7 +95,7 @@ pub(super) async fn handle(
         (&Method::POST, p) if p.starts_with("/3/device/") => {
             connection_faults(sim, connection).await;
             let device = p.trim_start_matches("/3/device/");
-            apns(sim, device, &parts.headers, &body).await
+            apns(sim, connection, device, &parts.headers, &body).await
         }
         (&Method::POST, p) if p.starts_with("/v1/projects/") && p.ends_with("/messages:send") => {
             connection_faults(sim, connection).await;
@@ -99,30 +112,29 @@ struct ProviderClaims {
     iat: i64,
 }
 
-async fn apns(sim: &Sim, device: &str, headers: &HeaderMap, body: &[u8]) -> Reply {
+async fn apns(
+    sim: &Sim,
+    connection: &Connection,
+    device: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Reply {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let error = |status: u16, reason: &str| {
         sim.reject(reason);
         let status = StatusCode::from_u16(status).expect("valid status");
         reply(status, json!({"reason": reason}), &[])
     };
-    let Some(bearer) = header("authorization").and_then(|v| v.strip_prefix("bearer ")) else {
-        return error(403, "MissingProviderToken");
-    };
-    let mut validation = Validation::new(Algorithm::ES256);
-    validation.required_spec_claims.clear();
-    validation.validate_exp = false;
-    let claims = match jsonwebtoken::decode::<ProviderClaims>(bearer, &sim.apns_key, &validation) {
-        Ok(token) if token.header.kid.is_some() => token.claims,
-        _ => return error(403, "InvalidProviderToken"),
-    };
-    if sim.options.apns_team_id.as_deref().is_some_and(|team| team != claims.iss) {
-        return error(403, "InvalidProviderToken");
+    match header("authorization").and_then(|v| v.strip_prefix("bearer ")) {
+        Some(bearer) => {
+            if let Err(reason) = check_provider_token(sim, bearer) {
+                return error(403, reason);
+            }
+        }
+        // Certificate-based authentication: the TLS handshake verified the client.
+        None if connection.client_certificate => {}
+        None => return error(403, "MissingProviderToken"),
     }
-    if chrono::Utc::now().timestamp() - claims.iat > PROVIDER_TOKEN_MAX_AGE_SECS {
-        return error(403, "ExpiredProviderToken");
-    }
-    sim.stats.provider_tokens.lock().expect("stats lock").insert(bearer.to_string());
     if header("apns-topic").is_none() {
         return error(400, "MissingTopic");
     }
@@ -186,6 +198,25 @@ async fn apns(sim: &Sim, device: &str, headers: &HeaderMap, body: &[u8]) -> Repl
         .header("apns-id", id)
         .body(Full::new(Bytes::new()))
         .expect("valid response")
+}
+
+/// Verifies an APNs provider token: ES256 signature, `kid`, team, age under an hour.
+fn check_provider_token(sim: &Sim, bearer: &str) -> Result<(), &'static str> {
+    let mut validation = Validation::new(Algorithm::ES256);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    let claims = match jsonwebtoken::decode::<ProviderClaims>(bearer, &sim.apns_key, &validation) {
+        Ok(token) if token.header.kid.is_some() => token.claims,
+        _ => return Err("InvalidProviderToken"),
+    };
+    if sim.options.apns_team_id.as_deref().is_some_and(|team| team != claims.iss) {
+        return Err("InvalidProviderToken");
+    }
+    if chrono::Utc::now().timestamp() - claims.iat > PROVIDER_TOKEN_MAX_AGE_SECS {
+        return Err("ExpiredProviderToken");
+    }
+    sim.stats.provider_tokens.lock().expect("stats lock").insert(bearer.to_string());
+    Ok(())
 }
 
 fn is_uuid(id: &str) -> bool {

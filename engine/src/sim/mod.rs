@@ -130,8 +130,10 @@ impl Sim {
 
 /// Starts the simulator; returns the bound address. It serves until the process ends.
 pub async fn start(options: SimOptions) -> Result<SocketAddr, String> {
-    let tls = crate::tls::server_config(&options.files.certificate, &options.files.server_key)
-        .map_err(|e| e.to_string())?;
+    let files = &options.files;
+    let tls =
+        crate::tls::server_config(&files.certificate, &files.server_key, &files.ca_certificate)
+            .map_err(|e| e.to_string())?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let listener = TcpListener::bind(options.listen)
         .await
@@ -152,7 +154,8 @@ pub async fn start(options: SimOptions) -> Result<SocketAddr, String> {
             let (acceptor, sim) = (acceptor.clone(), Arc::clone(&sim));
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(tcp).await else { return };
-                let control = Arc::new(handlers::Connection::default());
+                let client_certificate = stream.get_ref().1.peer_certificates().is_some();
+                let control = Arc::new(handlers::Connection::new(client_certificate));
                 let service = {
                     let control = Arc::clone(&control);
                     service_fn(move |request: Request<Incoming>| {
@@ -181,12 +184,12 @@ pub async fn start(options: SimOptions) -> Result<SocketAddr, String> {
     Ok(bound)
 }
 
-/// Reads a running simulator's `GET /sim/stats` (at `origin`, trusting `certificate`).
+/// Reads a running simulator's `GET /sim/stats` (at `origin`, trusting `ca_certificate`).
 pub async fn fetch_stats(
     origin: &str,
-    certificate: &std::path::Path,
+    ca_certificate: &std::path::Path,
 ) -> Result<serde_json::Value, String> {
-    let tls = crate::tls::client_config(Some(certificate)).map_err(|e| e.to_string())?;
+    let tls = crate::tls::client_config(Some(ca_certificate), None).map_err(|e| e.to_string())?;
     let pool = crate::sender::h2::H2Pool::new(origin, 1, tls, Duration::from_secs(10))?;
     let request = Request::get(format!("{origin}/sim/stats"))
         .body(http_body_util::Full::new(bytes::Bytes::new()))
