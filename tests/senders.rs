@@ -25,6 +25,12 @@ struct Setup {
 
 impl Setup {
     fn new(name: &str, partitions: i32, faults: &[&str]) -> Self {
+        let args: Vec<String> =
+            faults.iter().flat_map(|f| ["--fault".to_string(), f.to_string()]).collect();
+        Self::with_sim_args(name, partitions, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    fn with_sim_args(name: &str, partitions: i32, sim_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let origin = format!("https://127.0.0.1:{port}");
@@ -33,9 +39,7 @@ impl Setup {
         sim.args(["sim", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--dir")
             .arg(dir.path().join("sim"));
-        for fault in faults {
-            sim.args(["--fault", fault]);
-        }
+        sim.args(sim_args);
         let sim = sim.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         let setup = Self { dir, origin, sim, prefix: format!("{}-", common::unique(name)) };
         let ready = (0..600).any(|_| {
@@ -327,4 +331,32 @@ fn an_apns_client_certificate_is_an_alternative_to_provider_tokens() {
     let stats = setup.stats().unwrap();
     assert_eq!(stats["provider_tokens"], 0, "iOS sends authenticated by certificate: {stats}");
     assert_eq!(stats["accepted"], COUNT as u64, "{stats}");
+}
+
+#[test]
+fn a_refused_credential_is_renewed_once_then_stops_the_app_without_failing_its_commands() {
+    const COUNT: usize = 100;
+    // The simulator expects another team: every provider token is refused.
+    let setup = Setup::with_sim_args("refused", 1, &["--apns-team-id", "OTHERTEAM1"]);
+    common::produce(&setup.topic("push"), commands(COUNT));
+    let config = setup.sender_config(&setup.token_auth(None), "    max_in_flight: 4\n");
+    let sender = setup.spawn_sender(&config, "a");
+    let log = setup.path("sender-a.log");
+    let stopped = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::read_to_string(&log).unwrap_or_default().contains("sending for this app stopped")
+    });
+    assert!(stopped, "{}", common::tail(&log, 20));
+    std::thread::sleep(Duration::from_secs(2));
+    common::stop_gracefully(sender);
+    let receipts = setup.receipts(0, Duration::from_secs(5));
+    let ios_failed = receipts
+        .iter()
+        .filter(|r| r.status != ReceiptStatus::Accepted)
+        .filter(|r| r.user_id.trim_start_matches('u').parse::<usize>().unwrap() % 2 == 0)
+        .count();
+    assert_eq!(ios_failed, 0, "the queue is not burnt: no iOS command failed");
+    assert!(receipts.len() < COUNT, "the stopped app's commands wait, unreceipted");
+    let stats = setup.stats().unwrap();
+    assert!(stats["rejected"]["InvalidProviderToken"].as_u64().unwrap() >= 2, "{stats}");
 }

@@ -79,6 +79,7 @@ fn records_with_empty_maps_and_lists_round_trip() {
         as_of_ms: 5,
         variants: vec![],
         skipped: BTreeMap::new(),
+        failed: [("Unregistered".to_string(), 3)].into(),
     });
 }
 
@@ -148,6 +149,7 @@ fn campaign_records_round_trip() {
         kind: EngagementKind::Conversion,
         timestamp_ms: 9,
         value: Some(19.99),
+        reason: Some("Unregistered".into()),
     });
     round_trip(CampaignStats {
         campaign_id: "c".into(),
@@ -160,6 +162,7 @@ fn campaign_records_round_trip() {
             ..Default::default()
         }],
         skipped: [("dnd".to_string(), 4)].into(),
+        failed: [("Unregistered".to_string(), 3)].into(),
     });
 }
 

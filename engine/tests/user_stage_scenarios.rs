@@ -452,7 +452,7 @@ fn receipts_clicks_and_conversions_become_engagements() {
         device_id: "tok-u1".into(),
         token: "tok-u1".into(),
         status,
-        reason: None,
+        reason: (status == ReceiptStatus::TokenInvalid).then(|| "Unregistered".to_string()),
         provider_id: None,
         latency_ms: None,
         timestamp_ms: at,
@@ -567,6 +567,12 @@ fn receipts_clicks_and_conversions_become_engagements() {
     let skips: Vec<String> =
         outputs.iter().filter_map(|v| registry.decode::<Skip>(v).ok()).map(|s| s.reason).collect();
     assert_eq!(skips, vec!["not_reachable"], "the invalid token was removed from the profile");
+    let stats = outputs
+        .iter()
+        .rev()
+        .find_map(|v| registry.decode::<herald_engine::model::CampaignStats>(v).ok())
+        .expect("stats snapshots");
+    assert_eq!(stats.failed["Unregistered"], 1, "failures are counted by the provider's reason");
 }
 
 #[test]

@@ -188,10 +188,12 @@ fn stats(kafka: &KafkaConfig, args: &StatsArgs) -> anyhow::Result<ExitCode> {
             v.variant_id, v.sent, v.delivered, v.failed, v.impressions, v.clicks, v.conversions
         );
     }
-    if !stats.skipped.is_empty() {
-        println!("skipped:");
-        for (reason, count) in &stats.skipped {
-            println!("  {reason:<20} {count:>10}");
+    for (title, counts) in [("skipped:", &stats.skipped), ("failed:", &stats.failed)] {
+        if !counts.is_empty() {
+            println!("{title}");
+            for (reason, count) in counts {
+                println!("  {reason:<20} {count:>10}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

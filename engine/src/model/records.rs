@@ -280,6 +280,9 @@ pub struct Engagement {
     /// Conversion value.
     #[serde(default)]
     pub value: Option<f64>,
+    /// Why a delivery failed or the token is invalid (the provider's reason).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 impl Record for Engagement {
@@ -413,6 +416,9 @@ pub struct CampaignStats {
     /// Users not sent to, by reason.
     #[serde(default)]
     pub skipped: BTreeMap<String, i64>,
+    /// Sends the provider refused or that never reached it, counted by reason.
+    #[serde(default)]
+    pub failed: BTreeMap<String, i64>,
 }
 
 impl Record for CampaignStats {

@@ -93,6 +93,9 @@ struct CampaignState {
     variants: Vec<VariantStats>,
     /// Users not sent to, by reason.
     skipped: BTreeMap<String, i64>,
+    /// Failed sends, by the provider's reason.
+    #[serde(default)]
+    failed: BTreeMap<String, i64>,
     /// Throttle window and outbox positions.
     #[serde(default)]
     outbox: OutboxState,
@@ -212,6 +215,7 @@ impl CampaignStage {
             as_of_ms: ctx.timestamp_ms(),
             variants: state.variants.clone(),
             skipped: state.skipped.clone(),
+            failed: state.failed.clone(),
         };
         self.emit(ctx, &self.topics.stats, &campaign.id, &stats)
     }
@@ -620,6 +624,10 @@ impl CampaignStage {
                 EngagementKind::Delivered => stats.delivered += 1,
                 EngagementKind::Failed | EngagementKind::TokenInvalid => stats.failed += 1,
             }
+        }
+        if matches!(engagement.kind, EngagementKind::Failed | EngagementKind::TokenInvalid) {
+            let reason = engagement.reason.as_deref().unwrap_or("unknown");
+            *state.failed.entry(reason.to_string()).or_default() += 1;
         }
         self.maybe_declare_winner(ctx, &campaign, &mut state, engagement.timestamp_ms)?;
         self.save(ctx, &campaign, &mut state)

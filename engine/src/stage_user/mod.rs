@@ -189,6 +189,7 @@ impl UserStage {
                 kind,
                 timestamp_ms: receipt.timestamp_ms,
                 value: None,
+                reason: receipt.reason.clone(),
             },
         )
     }
@@ -272,6 +273,7 @@ impl UserStage {
                 kind,
                 timestamp_ms: event.timestamp_ms,
                 value: None,
+                reason: None,
             },
         )
     }
@@ -324,6 +326,7 @@ impl UserStage {
                     kind: EngagementKind::Conversion,
                     timestamp_ms: event.timestamp_ms,
                     value,
+                    reason: None,
                 },
             )?;
         }
