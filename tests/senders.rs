@@ -64,10 +64,13 @@ impl Setup {
     }
 
     fn stats(&self) -> Option<serde_json::Value> {
+        self.fetch("/sim/stats")
+    }
+
+    fn fetch(&self, path: &str) -> Option<serde_json::Value> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime
-            .block_on(herald_engine::sim::fetch_stats(&self.origin, &self.path("sim/sim-ca.pem")))
-            .ok()
+        let ca = self.path("sim/sim-ca.pem");
+        runtime.block_on(herald_engine::sim::fetch_json(&self.origin, &ca, path)).ok()
     }
 
     /// APNs provider-token settings with the simulator's key, or `key` instead.
@@ -331,6 +334,9 @@ fn an_apns_client_certificate_is_an_alternative_to_provider_tokens() {
     let stats = setup.stats().unwrap();
     assert_eq!(stats["provider_tokens"], 0, "iOS sends authenticated by certificate: {stats}");
     assert_eq!(stats["accepted"], COUNT as u64, "{stats}");
+    let device = setup.fetch("/sim/devices/token-0").unwrap();
+    let expected = herald_engine::payload::message_id("c", "run", "u0", "d");
+    assert_eq!(device["messages"], serde_json::json!([expected]), "what the device received");
 }
 
 #[test]

@@ -71,6 +71,10 @@ pub enum ReplaySink<'a> {
     },
 }
 
+/// Event time between two ticks of every task: the replay's analogue of the live runtime's
+/// timer check on the wall clock (every 10 ms).
+const REPLAY_TICK_MS: i64 = 10;
+
 /// How to replay.
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
@@ -194,12 +198,12 @@ struct Replay<'a, 's> {
 impl Replay<'_, '_> {
     /// Processes one record, then everything it sent to internal topics, in order.
     /// Then, when the input moved the replay's clock (the latest input time, the analogue of
-    /// the wall clock), every task fires its due timers and ticks at it.
+    /// the wall clock) by a tick, every task fires its due timers and ticks at it.
     fn feed(&mut self, record: ReplayRecord) -> Result<(), RuntimeError> {
         let time = record.timestamp_ms;
         self.process(record)?;
         self.drain_internal()?;
-        if time > self.clock {
+        if time >= self.clock.saturating_add(REPLAY_TICK_MS) {
             self.clock = time;
             let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
             for id in ids {

@@ -1,5 +1,6 @@
 //! The simulator's endpoints: APNs `POST /3/device/<token>`, FCM
-//! `POST /v1/projects/<project>/messages:send`, OAuth `POST /token`, and `GET /sim/stats`.
+//! `POST /v1/projects/<project>/messages:send`, OAuth `POST /token`, `GET /sim/stats` and
+//! `GET /sim/devices/<token>` (what a device received).
 
 use std::{
     sync::atomic::Ordering,
@@ -91,6 +92,9 @@ pub(super) async fn handle(
     let path = parts.uri.path().to_string();
     match (&parts.method, path.as_str()) {
         (&Method::GET, "/sim/stats") => reply(StatusCode::OK, sim.stats_json(), &[]),
+        (&Method::GET, p) if p.starts_with("/sim/devices/") => {
+            reply(StatusCode::OK, sim.device_json(p.trim_start_matches("/sim/devices/")), &[])
+        }
         (&Method::POST, "/token") => token(sim, &body),
         (&Method::POST, p) if p.starts_with("/3/device/") => {
             connection_faults(sim, connection).await;

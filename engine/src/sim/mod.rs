@@ -52,6 +52,8 @@ struct Stats {
     rejected: Mutex<BTreeMap<String, u64>>,
     /// Deliveries per message id.
     deliveries: Mutex<HashMap<String, u32>>,
+    /// Message ids each device token received, in order.
+    received: Mutex<HashMap<String, Vec<String>>>,
     token_grants: AtomicU64,
     provider_tokens: Mutex<HashSet<String>>,
 }
@@ -111,6 +113,20 @@ impl Sim {
             .expect("stats lock")
             .entry(message_id.to_string())
             .or_default() += 1;
+        self.stats
+            .received
+            .lock()
+            .expect("stats lock")
+            .entry(token.to_string())
+            .or_default()
+            .push(message_id.to_string());
+    }
+
+    /// What `token` received: `GET /sim/devices/<token>`.
+    fn device_json(&self, token: &str) -> serde_json::Value {
+        let received = self.stats.received.lock().expect("stats lock");
+        let messages = received.get(token).cloned().unwrap_or_default();
+        json!({ "token": token, "messages": messages })
     }
 
     fn stats_json(&self) -> serde_json::Value {
@@ -184,16 +200,18 @@ pub async fn start(options: SimOptions) -> Result<SocketAddr, String> {
     Ok(bound)
 }
 
-/// Reads a running simulator's `GET /sim/stats` (at `origin`, trusting `ca_certificate`).
-pub async fn fetch_stats(
+/// Reads a running simulator's JSON endpoint `path` (`/sim/stats`, `/sim/devices/<token>`) at
+/// `origin`, trusting `ca_certificate`.
+pub async fn fetch_json(
     origin: &str,
     ca_certificate: &std::path::Path,
+    path: &str,
 ) -> Result<serde_json::Value, String> {
     let tls = crate::tls::client_config(Some(ca_certificate), None).map_err(|e| e.to_string())?;
     let pool = crate::sender::h2::H2Pool::new(origin, 1, tls, Duration::from_secs(10))?;
-    let request = Request::get(format!("{origin}/sim/stats"))
+    let request = Request::get(format!("{origin}{path}"))
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .map_err(|e| e.to_string())?;
     let response = pool.send(request).await.map_err(|e| e.to_string())?;
-    serde_json::from_slice(&response.body).map_err(|e| format!("bad stats: {e}"))
+    serde_json::from_slice(&response.body).map_err(|e| format!("bad answer from {path}: {e}"))
 }
