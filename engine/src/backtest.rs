@@ -455,5 +455,6 @@ fn send_line(command: &SendCommand) -> serde_json::Value {
         "body": body,
         "message_id": command.message_id,
         "send_time": chrono::DateTime::from_timestamp_millis(command.created_at_ms).map(|t| t.to_rfc3339()),
+        "expires_at": command.expires_at_ms.and_then(chrono::DateTime::from_timestamp_millis).map(|t| t.to_rfc3339()),
     })
 }

@@ -400,3 +400,19 @@ fn app_throttle_of_100_per_15_minutes_spans_campaigns_150_plus_150_leave_in_3_wi
         sends[..100].iter().map(|s| s["campaign_id"].as_str().unwrap()).collect();
     assert!(campaigns.iter().all(|c| *c == "first"), "arrival order across campaigns");
 }
+
+#[test]
+fn commands_expire_at_the_campaigns_end_or_their_ttl_whichever_is_first() {
+    let campaign = |id: &str, ttl: &str| {
+        format!(
+            "id: {id}\napp: shop\nname: n\nwhen: {{ event: Ping, end: \"{}\" }}\nwhat: {{ title: t, body: b{ttl} }}\n",
+            ts(3_600)
+        )
+    };
+    let lines = vec![profile("u1"), event("u1", 10, "Ping", "{}")];
+    let expiry = |outcome: &Outcome| outcome.lines("sends.jsonl")[0]["expires_at"].clone();
+    let cut_off = Outcome::run(&campaign("cut", ""), &lines);
+    assert_eq!(expiry(&cut_off), ts(3_600), "no TTL: the campaign's end");
+    let ttl = Outcome::run(&campaign("ttl", ", push: { ttl: 10m }"), &lines);
+    assert_eq!(expiry(&ttl), ts(10 + 600), "a TTL ending before the campaign");
+}

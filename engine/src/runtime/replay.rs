@@ -207,22 +207,7 @@ impl Replay<'_, '_> {
             self.clock = time;
             let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
             for id in ids {
-                let env = TaskEnv {
-                    clock: Clock::EventTime,
-                    wall_now_ms: 0,
-                    globals: &self.globals,
-                    dead_letter_topic: &self.topology.dead_letter_topic,
-                    metrics: &self.metrics,
-                };
-                let mut out = ReplayOutput {
-                    topology: self.topology,
-                    writer: &mut self.writer,
-                    internal: &mut self.internal,
-                    internal_offsets: &mut self.internal_offsets,
-                    summary: &mut self.summary,
-                };
-                self.tasks.get_mut(&id).expect("existing task").fire_due(time, &env, &mut out)?;
-                self.drain_internal()?;
+                self.fire_timers(id, time)?;
             }
         }
         Ok(())
@@ -303,10 +288,7 @@ impl Replay<'_, '_> {
             summary: &mut self.summary,
         };
         self.tasks.get_mut(&id).expect("existing task").fire_due(until, &env, &mut out)?;
-        while let Some(next) = self.internal.pop_front() {
-            self.process(next)?;
-        }
-        Ok(())
+        self.drain_internal()
     }
 
     fn ensure_task(&mut self, id: TaskId) -> Result<(), RuntimeError> {

@@ -367,7 +367,7 @@ impl CampaignStage {
                     payload: body,
                     headers,
                     created_at_ms: at,
-                    expires_at_ms: message.push.ttl_ms.map(|ttl| at + ttl),
+                    expires_at_ms: expiry(campaign, message.push.ttl_ms, at),
                 }),
                 Err(error) => state.skip(error.reason()),
             }
@@ -631,6 +631,16 @@ impl CampaignStage {
         }
         self.maybe_declare_winner(ctx, &campaign, &mut state, engagement.timestamp_ms)?;
         self.save(ctx, &campaign, &mut state)
+    }
+}
+
+/// When a command created at `at` stops being worth sending: after the message's time to
+/// live, and never after the campaign's end (its delivery cut-off).
+fn expiry(campaign: &Campaign, ttl_ms: Option<i64>, at: i64) -> Option<i64> {
+    let cut_off = campaign.when.end.map(|end| end.timestamp_millis());
+    match (ttl_ms.map(|ttl| at + ttl), cut_off) {
+        (Some(ttl), Some(end)) => Some(ttl.min(end)),
+        (ttl, end) => ttl.or(end),
     }
 }
 
