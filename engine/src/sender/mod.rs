@@ -56,9 +56,9 @@ pub enum SenderError {
         /// The client error.
         source: rdkafka::error::KafkaError,
     },
-    /// The local dedup store failed.
+    /// A local resource (async runtime, metrics endpoint, dedup store) could not be set up.
     #[error("{0}")]
-    Store(String),
+    Setup(String),
 }
 
 fn kafka(context: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> SenderError + '_ {
@@ -109,16 +109,16 @@ pub fn run(
         apps.insert(name.clone(), AppSender::build(name, app, config.request_timeout)?);
     }
     let runtime = tokio::runtime::Runtime::new()
-        .map_err(|e| SenderError::Store(format!("starting the async runtime: {e}")))?;
+        .map_err(|e| SenderError::Setup(format!("starting the async runtime: {e}")))?;
     let metrics = Arc::new(SenderMetrics::new());
     if let Some(addr) = options.metrics_addr {
         let render = Arc::clone(&metrics);
         let bound = crate::runtime::serve_http(addr, move || render.render(), || true)
-            .map_err(|e| SenderError::Store(format!("serving metrics: {e}")))?;
+            .map_err(|e| SenderError::Setup(format!("serving metrics: {e}")))?;
         tracing::info!(%bound, "serving /metrics");
     }
     let dedup = DedupStore::open(&options.state_dir.join("dedup"), config.dedup_window)
-        .map_err(SenderError::Store)?;
+        .map_err(SenderError::Setup)?;
     let progress = Arc::new(std::sync::Mutex::new(Progress::default()));
     let consumer: BaseConsumer<RevocationDrain> = options
         .kafka
