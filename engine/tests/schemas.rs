@@ -367,3 +367,10 @@ fn ingest_accepts_json_only_when_switched_on() {
     let err = lenient.decode::<AppEvent>(br#"{"event_id": 5}"#).unwrap_err().to_string();
     assert!(err.starts_with("invalid JSON io.herald.AppEvent:") && err.contains("column"), "{err}");
 }
+
+#[test]
+fn scheduled_run_ids_carry_their_time() {
+    let id = scheduled_run_id(1_764_237_600_000);
+    assert_eq!(scheduled_run_time(&id), Some(1_764_237_600_000));
+    assert_eq!(scheduled_run_time(TRIGGERED_RUN), None, "live triggers are not a scheduled run");
+}

@@ -10,10 +10,10 @@ pub mod topics;
 pub use error::CodecError;
 pub use ingest::{IngestDecoder, IngestFormat};
 pub use records::{
-    AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats, Candidate,
-    DeadLetter, Device, Engagement, EngagementKind, LifecycleKind, Platform, ProfileUpdate,
-    Properties, PropertyValue, Receipt, ReceiptStatus, Record, RunTally, SendCommand, Skip,
-    VariantStats, TRIGGERED_RUN,
+    scheduled_run_id, scheduled_run_time, AppEvent, CampaignCommand, CampaignEnvelope,
+    CampaignLifecycleEvent, CampaignStats, Candidate, DeadLetter, Device, Engagement,
+    EngagementKind, LifecycleKind, Platform, ProfileUpdate, Properties, PropertyValue, Receipt,
+    ReceiptStatus, Record, RunTally, SendCommand, Skip, VariantStats, TRIGGERED_RUN,
 };
 pub use registry::{SchemaError, SchemaRegistry};
 pub use single_object::Fingerprint;

@@ -447,6 +447,16 @@ impl Record for Skip {
 /// [`Candidate::run_id`] of users qualified by a live trigger (scheduled runs have their own).
 pub const TRIGGERED_RUN: &str = "trigger";
 
+/// The id of a scheduled run at `run_at_ms`.
+pub fn scheduled_run_id(run_at_ms: i64) -> String {
+    format!("run-{run_at_ms}")
+}
+
+/// The time of the scheduled run `run_id` (see [`scheduled_run_id`]).
+pub fn scheduled_run_time(run_id: &str) -> Option<i64> {
+    run_id.strip_prefix("run-")?.parse().ok()
+}
+
 /// A user-stage task's count of a scheduled run's audience (`herald.campaign-flow`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunTally {

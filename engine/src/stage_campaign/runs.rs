@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{ab, timer_key, CampaignStage, CampaignState, ProcessError, RUN_BUFFER, RUN_TIMER};
 use crate::{
     campaign::{Assignment, Campaign},
-    model::{Candidate, LifecycleKind, RunTally},
+    model::{scheduled_run_time, Candidate, LifecycleKind, RunTally},
     runtime::ProcessorContext,
 };
 
@@ -83,7 +83,10 @@ impl CampaignStage {
         state: &mut CampaignState,
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
-        let mut run = self.current_run(ctx, campaign, state, &candidate.run_id)?;
+        let Some(mut run) = self.current_run(ctx, campaign, state, &candidate.run_id)? else {
+            state.skip("run_over"); // a newer run has started
+            return Ok(());
+        };
         match run.phase {
             RunPhase::Collecting | RunPhase::Releasing | RunPhase::AwaitingWinner => {
                 let key = buffer_key(&campaign.id, &run.id, run.buffered);
@@ -109,7 +112,9 @@ impl CampaignStage {
             return Ok(());
         };
         let mut state = self.load(ctx, &campaign)?;
-        let mut run = self.current_run(ctx, &campaign, &mut state, &tally.run_id)?;
+        let Some(mut run) = self.current_run(ctx, &campaign, &mut state, &tally.run_id)? else {
+            return Ok(()); // the tally of a run a newer one replaced
+        };
         run.partitions = tally.partitions;
         run.tallies.insert(tally.partition, tally.qualified);
         if run.phase == RunPhase::Collecting && run.tallies.len() >= run.partitions as usize {
@@ -232,22 +237,27 @@ impl CampaignStage {
         self.release_step(ctx, campaign, state, run, at)
     }
 
-    /// The run `run_id`: the current one, or a new one replacing it (users still buffered in
-    /// an unfinished older run are dropped and counted).
+    /// The run `run_id`: the current one, or a new one replacing an older current one (users
+    /// still buffered in an unfinished older run are dropped and counted). `None` for a run
+    /// older than the current one (a late tally or candidate), which must not replace it.
     fn current_run(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
         state: &mut CampaignState,
         run_id: &str,
-    ) -> Result<RunState, ProcessError> {
+    ) -> Result<Option<RunState>, ProcessError> {
         match state.run.take() {
-            Some(run) if run.id == run_id => Ok(run),
+            Some(run) if run.id == run_id => Ok(Some(run)),
+            Some(run) if scheduled_run_time(run_id) < scheduled_run_time(&run.id) => {
+                state.run = Some(run);
+                Ok(None)
+            }
             Some(mut old) => {
                 self.drop_buffer(ctx, campaign, state, &mut old, "run_superseded")?;
-                Ok(RunState::new(run_id))
+                Ok(Some(RunState::new(run_id)))
             }
-            None => Ok(RunState::new(run_id)),
+            None => Ok(Some(RunState::new(run_id))),
         }
     }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{Occasion, UserStage, PROFILES, RUNS};
 use crate::{
     campaign::{Campaign, CampaignStatus, Trigger},
-    model::{Properties, RunTally},
+    model::{scheduled_run_id, Properties, RunTally},
     runtime::{ProcessError, ProcessorContext, Tick},
 };
 
@@ -32,11 +32,6 @@ struct RunCursor {
     qualified: i64,
     /// The scan ended (and was reported) or the run was skipped.
     done: bool,
-}
-
-/// The id of the run at `run_at_ms`.
-pub fn run_id(run_at_ms: i64) -> String {
-    format!("run-{run_at_ms}")
 }
 
 impl UserStage {
@@ -94,7 +89,7 @@ impl UserStage {
             .into_iter()
             .map(|(key, _)| String::from_utf8_lossy(&key).into_owned())
             .collect();
-        let run = run_id(cursor.run_at);
+        let run = scheduled_run_id(cursor.run_at);
         let no_properties = Properties::new();
         for user in &users {
             let occasion = Occasion {
