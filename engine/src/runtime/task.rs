@@ -77,36 +77,72 @@ impl Task {
             }
             Clock::Wall => env.wall_now_ms,
         };
+        let result =
+            self.invoke(env, out, record.timestamp_ms, now, |p, ctx| p.process(ctx, record))?;
+        let Err(reason) = result else { return Ok(()) };
+        let letter = DeadLetter {
+            source_topic: record.topic.to_string(),
+            source_partition: record.partition,
+            source_offset: record.offset,
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.map(<[u8]>::to_vec),
+            reason,
+            stage: format!("task {}", self.id),
+            timestamp_ms: record.timestamp_ms,
+        };
+        dead_letter(&letter, env, out)
+    }
+
+    /// Runs `call` on the processor with a context at `timestamp_ms` and `now_ms`, counting the
+    /// timers it scheduled or cancelled. A rejection comes back as `Ok(Err(reason))`; runtime
+    /// failures as errors.
+    fn invoke<T>(
+        &mut self,
+        env: &TaskEnv<'_>,
+        out: &mut dyn Output,
+        timestamp_ms: i64,
+        now_ms: i64,
+        call: impl FnOnce(&mut dyn Processor, &mut ProcessorContext<'_>) -> Result<T, ProcessError>,
+    ) -> Result<Result<T, String>, RuntimeError> {
         let mut ctx = ProcessorContext {
             task: self.id,
             partitions: self.partitions,
             state: &self.state,
-            out: &mut *out,
+            out,
             sinks: &self.sinks,
             globals: env.globals,
             timer_store: &self.timer_store,
-            timestamp_ms: record.timestamp_ms,
-            now_ms: now,
+            timestamp_ms,
+            now_ms,
             timers_delta: 0,
         };
-        let result = self.processor.process(&mut ctx, record);
+        let result = call(self.processor.as_mut(), &mut ctx);
         self.timers_pending += ctx.timers_delta;
         match result {
-            Ok(()) => Ok(()),
+            Ok(value) => Ok(Ok(value)),
             Err(ProcessError::Runtime(error)) => Err(error),
-            Err(ProcessError::Reject(reason)) => {
-                let letter = DeadLetter {
-                    source_topic: record.topic.to_string(),
-                    source_partition: record.partition,
-                    source_offset: record.offset,
-                    key: record.key.map(<[u8]>::to_vec),
-                    value: record.value.map(<[u8]>::to_vec),
-                    reason,
-                    stage: format!("task {}", self.id),
-                    timestamp_ms: record.timestamp_ms,
-                };
-                dead_letter(&letter, env, out)
-            }
+            Err(ProcessError::Reject(reason)) => Ok(Err(reason)),
+        }
+    }
+
+    /// A dead letter for a rejection by a timer or tick (no input record; the timer store is
+    /// named as the source).
+    fn internal_letter(
+        &self,
+        what: &str,
+        key: Option<Vec<u8>>,
+        reason: String,
+        at: i64,
+    ) -> DeadLetter {
+        DeadLetter {
+            source_topic: self.timer_store.clone(),
+            source_partition: self.id.partition,
+            source_offset: -1,
+            key,
+            value: None,
+            reason,
+            stage: format!("{what} of task {}", self.id),
+            timestamp_ms: at,
         }
     }
 
@@ -146,35 +182,11 @@ impl Task {
         out: &mut dyn Output,
     ) -> Result<(), RuntimeError> {
         loop {
-            let mut ctx = ProcessorContext {
-                task: self.id,
-                partitions: self.partitions,
-                state: &self.state,
-                out: &mut *out,
-                sinks: &self.sinks,
-                globals: env.globals,
-                timer_store: &self.timer_store,
-                timestamp_ms: now_ms,
-                now_ms,
-                timers_delta: 0,
-            };
-            let result = self.processor.on_tick(&mut ctx);
-            self.timers_pending += ctx.timers_delta;
-            match result {
+            match self.invoke(env, out, now_ms, now_ms, |p, ctx| p.on_tick(ctx))? {
                 Ok(Tick::More) if env.clock == Clock::EventTime => continue,
                 Ok(_) => return Ok(()),
-                Err(ProcessError::Runtime(error)) => return Err(error),
-                Err(ProcessError::Reject(reason)) => {
-                    let letter = DeadLetter {
-                        source_topic: self.timer_store.clone(),
-                        source_partition: self.id.partition,
-                        source_offset: -1,
-                        key: None,
-                        value: None,
-                        reason,
-                        stage: format!("tick of task {}", self.id),
-                        timestamp_ms: now_ms,
-                    };
+                Err(reason) => {
+                    let letter = self.internal_letter("tick", None, reason, now_ms);
                     return dead_letter(&letter, env, out);
                 }
             }
@@ -188,34 +200,11 @@ impl Task {
         env: &TaskEnv<'_>,
         out: &mut dyn Output,
     ) -> Result<(), RuntimeError> {
-        let mut ctx = ProcessorContext {
-            task: self.id,
-            partitions: self.partitions,
-            state: &self.state,
-            out: &mut *out,
-            sinks: &self.sinks,
-            globals: env.globals,
-            timer_store: &self.timer_store,
-            timestamp_ms: timer.at_ms,
-            now_ms,
-            timers_delta: 0,
-        };
-        let result = self.processor.on_timer(&mut ctx, timer);
-        self.timers_pending += ctx.timers_delta;
-        match result {
+        match self.invoke(env, out, timer.at_ms, now_ms, |p, ctx| p.on_timer(ctx, timer))? {
             Ok(()) => Ok(()),
-            Err(ProcessError::Runtime(error)) => Err(error),
-            Err(ProcessError::Reject(reason)) => {
-                let letter = DeadLetter {
-                    source_topic: self.timer_store.clone(),
-                    source_partition: self.id.partition,
-                    source_offset: -1,
-                    key: Some(timer.key.clone()),
-                    value: None,
-                    reason,
-                    stage: format!("timer of task {}", self.id),
-                    timestamp_ms: timer.at_ms,
-                };
+            Err(reason) => {
+                let letter =
+                    self.internal_letter("timer", Some(timer.key.clone()), reason, timer.at_ms);
                 dead_letter(&letter, env, out)
             }
         }
