@@ -320,6 +320,8 @@ fn an_apns_client_certificate_is_an_alternative_to_provider_tokens() {
     const COUNT: usize = 200;
     let setup = Setup::new("certificate", 1, &[]);
     common::produce(&setup.topic("push"), commands(COUNT));
+    // Bad input among the commands: it goes to the dead-letter topic, the rest is sent.
+    common::produce(&setup.topic("push"), [("u-bad".to_string(), b"not avro".to_vec())]);
     let certificate = format!(
         "      certificate_file: {}\n      certificate_password_file: {}\n",
         setup.path("sim/apns-cert.p12").display(),
@@ -334,6 +336,16 @@ fn an_apns_client_certificate_is_an_alternative_to_provider_tokens() {
     let stats = setup.stats().unwrap();
     assert_eq!(stats["provider_tokens"], 0, "iOS sends authenticated by certificate: {stats}");
     assert_eq!(stats["accepted"], COUNT as u64, "{stats}");
+    let letters = common::read_committed(
+        &setup.topic("dead-letter"),
+        1,
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+    );
+    let letter: herald_engine::model::DeadLetter =
+        SchemaRegistry::builtin().decode(letters[0].value.as_deref().unwrap()).unwrap();
+    assert!(letter.reason.starts_with("undecodable send command"), "{}", letter.reason);
+    assert_eq!((letter.source_offset, letters.len()), (COUNT as i64, 1));
     let device = setup.fetch("/sim/devices/token-0").unwrap();
     let expected = herald_engine::payload::message_id("c", "run", "u0", "d");
     assert_eq!(device["messages"], serde_json::json!([expected]), "what the device received");
