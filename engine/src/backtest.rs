@@ -17,9 +17,10 @@ use thiserror::Error;
 use crate::{
     campaign::{parse_campaign, ValidationErrors},
     model::{
+        check_timestamp,
         topics::{self, TopicNames},
         AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats,
-        Candidate, Device, Engagement, IngestFormat, Platform, ProfileUpdate, Record,
+        Candidate, DeadLetter, Device, Engagement, IngestFormat, Platform, ProfileUpdate, Record,
         SchemaRegistry, SendCommand, Skip,
     },
     runtime::{
@@ -73,7 +74,8 @@ pub struct BacktestSummary {
     pub sends: u64,
     /// Lifecycle events written to `campaign-events.jsonl`.
     pub campaign_events: u64,
-    /// Rejected input records (in `dead-letters.jsonl`).
+    /// Rejected input: malformed lines and records the engine refused (in
+    /// `dead-letters.jsonl`).
     pub dead_letters: u64,
 }
 
@@ -96,9 +98,21 @@ pub struct Backtest {
 }
 
 impl Backtest {
-    /// Runs the backtest, writing `candidates.jsonl`, `skips.jsonl`, `engagements.jsonl` and
-    /// `dead-letters.jsonl` into the output directory.
+    /// Runs the backtest, writing `candidates.jsonl`, `skips.jsonl`, `engagements.jsonl`,
+    /// `sends.jsonl`, `campaign-events.jsonl`, `stats.json` and `dead-letters.jsonl` into the
+    /// output directory. A malformed input line is reported in `dead-letters.jsonl` with its line
+    /// number and the other lines are replayed.
     pub fn run(&self) -> Result<BacktestSummary, BacktestError> {
+        self.execute(false)
+    }
+
+    /// Like [`Backtest::run`], but the first malformed input line stops the backtest with
+    /// [`BacktestError::Input`] before anything is replayed.
+    pub fn run_strict(&self) -> Result<BacktestSummary, BacktestError> {
+        self.execute(true)
+    }
+
+    fn execute(&self, strict: bool) -> Result<BacktestSummary, BacktestError> {
         let io = |path: &Path| {
             let path = path.display().to_string();
             move |source| BacktestError::Io { path, source }
@@ -122,7 +136,14 @@ impl Backtest {
             .clone()
             .or_else(|| campaigns.first().map(|(c, _)| c.app.clone()))
             .unwrap_or_default();
-        let mut records = read_input(&self.input, &app)?;
+        let (mut records, bad_lines) = read_input(&self.input, &app)?;
+        if let (true, Some(bad)) = (strict, bad_lines.first()) {
+            return Err(BacktestError::Input {
+                path: self.input.display().to_string(),
+                line: bad.line,
+                reason: bad.reason.clone(),
+            });
+        }
         let start = records.first().map_or(0, |r| r.timestamp_ms);
         let last = records.last().map_or(0, |r| r.timestamp_ms);
         let registry = SchemaRegistry::builtin();
@@ -153,6 +174,9 @@ impl Backtest {
 
         std::fs::create_dir_all(&self.out).map_err(io(&self.out))?;
         let mut writers = Writers::create(&self.out)?;
+        for bad in &bad_lines {
+            writers.reject_line(&self.input, bad)?;
+        }
         let topology = engine_topology(
             "herald-replay",
             TopicNames::default(),
@@ -276,7 +300,7 @@ impl Writers {
                     &mut self.summary.campaign_events,
                 )
             }
-            (_, _) => {
+            (topics::DEAD_LETTER, DeadLetter::FULL_NAME) => {
                 let (_, decoded) = registry.decode_value(value).map_err(decode_error)?;
                 let json = serde_json::Value::try_from(decoded)
                     .map_err(|e| RuntimeError::Topology(e.to_string()))?;
@@ -286,11 +310,29 @@ impl Writers {
                     &mut self.summary.dead_letters,
                 )
             }
+            // Internal records between stages (run tallies, app-throttle hand-offs) are not
+            // outcomes of the backtest.
+            (_, _) => return Ok(()),
         };
         *count += 1;
         let line = line.map_err(|e| RuntimeError::Topology(e.to_string()))?;
         writeln!(file, "{line}")
             .map_err(RuntimeError::io(format!("writing to {}", self.dir.display())))
+    }
+
+    /// Reports a malformed input line in `dead-letters.jsonl`.
+    fn reject_line(&mut self, input: &Path, bad: &BadLine) -> Result<(), BacktestError> {
+        let line = serde_json::json!({
+            "source_file": input.display().to_string(),
+            "line": bad.line,
+            "reason": bad.reason,
+            "stage": "replay-input",
+        });
+        self.summary.dead_letters += 1;
+        writeln!(self.dead_letters, "{line}").map_err(|source| BacktestError::Io {
+            path: self.dir.join("dead-letters.jsonl").display().to_string(),
+            source,
+        })
     }
 
     fn finish(mut self) -> Result<BacktestSummary, BacktestError> {
@@ -317,101 +359,122 @@ impl Writers {
     }
 }
 
+/// A malformed input line.
+#[derive(Debug)]
+struct BadLine {
+    /// 1-based line number.
+    line: usize,
+    /// What is wrong with it.
+    reason: String,
+}
+
 /// Reads the backtest input format into replay records (profiles and events, Avro encoded),
-/// ordered by time (stable for equal times).
-fn read_input(path: &Path, default_app: &str) -> Result<Vec<ReplayRecord>, BacktestError> {
+/// ordered by time (stable for equal times), and the malformed lines.
+fn read_input(
+    path: &Path,
+    default_app: &str,
+) -> Result<(Vec<ReplayRecord>, Vec<BadLine>), BacktestError> {
     let shown = path.display().to_string();
-    let file =
-        File::open(path).map_err(|source| BacktestError::Io { path: shown.clone(), source })?;
-    let registry = SchemaRegistry::builtin();
+    let io = |source| BacktestError::Io { path: shown.clone(), source };
+    let file = File::open(path).map_err(io)?;
     let mut records = Vec::new();
-    for (index, line) in BufReader::new(file).lines().enumerate() {
-        let bad =
-            |reason: String| BacktestError::Input { path: shown.clone(), line: index + 1, reason };
-        let line = line.map_err(|e| bad(e.to_string()))?;
-        if line.trim().is_empty() {
-            continue;
+    let mut bad_lines = Vec::new();
+    for (index, line) in BufReader::new(file).split(b'\n').enumerate() {
+        let line = line.map_err(io)?;
+        let parsed = String::from_utf8(line)
+            .map_err(|e| format!("not UTF-8: {e}"))
+            .and_then(|line| input_record(&line, &shown, index, default_app));
+        match parsed {
+            Ok(Some(record)) => records.push(record),
+            Ok(None) => {}
+            Err(reason) => bad_lines.push(BadLine { line: index + 1, reason }),
         }
-        let object: Map<String, Value> =
-            serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
-        let text = |key: &str| object.get(key).and_then(Value::as_str).map(str::to_string);
-        let user = text("user").ok_or_else(|| bad("missing string field \"user\"".into()))?;
-        let app = text("app").unwrap_or_else(|| default_app.to_string());
-        let timestamp_ms = match object.get("ts") {
-            Some(Value::String(ts)) => DateTime::parse_from_rfc3339(ts)
-                .map_err(|e| bad(format!("bad \"ts\" {ts:?}: {e}")))?
-                .timestamp_millis(),
-            Some(Value::Number(ms)) => {
-                ms.as_i64().ok_or_else(|| bad("\"ts\" must be whole milliseconds".into()))?
-            }
-            _ => return Err(bad("missing \"ts\" (RFC 3339 text or epoch milliseconds)".into())),
-        };
-        let properties = |key: &str| -> Result<crate::model::Properties, BacktestError> {
-            match object.get(key) {
-                None | Some(Value::Null) => Ok(Default::default()),
-                Some(value) => serde_json::from_value(value.clone())
-                    .map_err(|e| bad(format!("\"{key}\": {e}"))),
-            }
-        };
-        let (topic, bytes) = match text("type").as_deref() {
-            Some("event") => {
-                let name = text("name").ok_or_else(|| bad("event without \"name\"".into()))?;
-                let event = AppEvent {
-                    event_id: format!("{}:{}", shown, index + 1),
-                    app_id: app,
-                    user_id: user.clone(),
-                    name,
-                    timestamp_ms,
-                    properties: properties("props")?,
-                    sdk_version: None,
-                };
-                (topics::EVENTS, registry.encode(&event))
-            }
-            Some("profile") => {
-                let unset = match object.get("unset") {
-                    None => Vec::new(),
-                    Some(value) => serde_json::from_value(value.clone())
-                        .map_err(|e| bad(format!("\"unset\": {e}")))?,
-                };
-                let devices = match object.get("devices") {
-                    None => Vec::new(),
-                    Some(Value::Array(items)) => items
-                        .iter()
-                        .map(|item| {
-                            device(item).map_err(|reason| bad(format!("\"devices\": {reason}")))
-                        })
-                        .collect::<Result<_, _>>()?,
-                    Some(_) => return Err(bad("\"devices\" must be a list".into())),
-                };
-                let update = ProfileUpdate {
-                    app_id: app,
-                    user_id: user.clone(),
-                    timestamp_ms,
-                    set: properties("set")?,
-                    unset,
-                    devices_added: devices,
-                    tokens_removed: Vec::new(),
-                };
-                (topics::PROFILES, registry.encode(&update))
-            }
-            other => {
-                return Err(bad(format!(
-                    "\"type\" must be \"event\" or \"profile\", found {other:?}"
-                )))
-            }
-        };
-        let bytes = bytes.map_err(|e| bad(e.to_string()))?;
-        records.push(ReplayRecord {
-            topic: topic.into(),
-            partition: None,
-            offset: index as i64,
-            key: Some(user.into_bytes()),
-            value: Some(bytes),
-            timestamp_ms,
-        });
     }
     records.sort_by_key(|r| r.timestamp_ms);
-    Ok(records)
+    Ok((records, bad_lines))
+}
+
+/// The replay record of line `index` (0-based) of input file `shown`; `None` for a blank line.
+fn input_record(
+    line: &str,
+    shown: &str,
+    index: usize,
+    default_app: &str,
+) -> Result<Option<ReplayRecord>, String> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let object: Map<String, Value> = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let text = |key: &str| object.get(key).and_then(Value::as_str).map(str::to_string);
+    let user = text("user").ok_or("missing string field \"user\"")?;
+    let app = text("app").unwrap_or_else(|| default_app.to_string());
+    let timestamp_ms = match object.get("ts") {
+        Some(Value::String(ts)) => DateTime::parse_from_rfc3339(ts)
+            .map_err(|e| format!("bad \"ts\" {ts:?}: {e}"))?
+            .timestamp_millis(),
+        Some(Value::Number(ms)) => ms.as_i64().ok_or("\"ts\" must be whole milliseconds")?,
+        _ => return Err("missing \"ts\" (RFC 3339 text or epoch milliseconds)".into()),
+    };
+    check_timestamp("ts", timestamp_ms).map_err(|e| format!("bad \"ts\": {}", e.reason))?;
+    let properties = |key: &str| -> Result<crate::model::Properties, String> {
+        match object.get(key) {
+            None | Some(Value::Null) => Ok(Default::default()),
+            Some(value) => {
+                serde_json::from_value(value.clone()).map_err(|e| format!("\"{key}\": {e}"))
+            }
+        }
+    };
+    let registry = SchemaRegistry::builtin();
+    let (topic, bytes) = match text("type").as_deref() {
+        Some("event") => {
+            let name = text("name").ok_or("event without \"name\"")?;
+            let event = AppEvent {
+                event_id: format!("{}:{}", shown, index + 1),
+                app_id: app,
+                user_id: user.clone(),
+                name,
+                timestamp_ms,
+                properties: properties("props")?,
+                sdk_version: None,
+            };
+            (topics::EVENTS, registry.encode(&event))
+        }
+        Some("profile") => {
+            let unset = match object.get("unset") {
+                None => Vec::new(),
+                Some(value) => {
+                    serde_json::from_value(value.clone()).map_err(|e| format!("\"unset\": {e}"))?
+                }
+            };
+            let devices = match object.get("devices") {
+                None => Vec::new(),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|item| device(item).map_err(|reason| format!("\"devices\": {reason}")))
+                    .collect::<Result<_, _>>()?,
+                Some(_) => return Err("\"devices\" must be a list".into()),
+            };
+            let update = ProfileUpdate {
+                app_id: app,
+                user_id: user.clone(),
+                timestamp_ms,
+                set: properties("set")?,
+                unset,
+                devices_added: devices,
+                tokens_removed: Vec::new(),
+            };
+            (topics::PROFILES, registry.encode(&update))
+        }
+        other => return Err(format!("\"type\" must be \"event\" or \"profile\", found {other:?}")),
+    };
+    Ok(Some(ReplayRecord {
+        topic: topic.into(),
+        partition: None,
+        offset: index as i64,
+        key: Some(user.into_bytes()),
+        value: Some(bytes.map_err(|e| e.to_string())?),
+        timestamp_ms,
+    }))
 }
 
 fn device(item: &Value) -> Result<Device, String> {

@@ -192,10 +192,11 @@ fn delivery_records_round_trip() {
         device_id: "d".into(),
         token: "t".into(),
         status: ReceiptStatus::TokenInvalid,
-        reason: Some("Unregistered".into()),
+        reason: Some("unregistered".into()),
         provider_id: None,
         latency_ms: Some(35),
         timestamp_ms: 14,
+        provider_reason: Some("Unregistered".into()),
     });
     round_trip(DeadLetter {
         source_topic: "herald.events".into(),
@@ -286,6 +287,70 @@ fn record_written_with_older_schema_decodes_with_defaults_filled() {
     assert_eq!(event.user_id, "u-7");
     assert_eq!(event.properties["total"], PropertyValue::Double(9.5));
     assert_eq!(event.sdk_version, None, "field added in v2 takes its default");
+}
+
+#[test]
+fn a_receipt_written_before_provider_reason_decodes_without_one() {
+    let v1 = apache_avro::Schema::parse_str(include_str!("../../schemas/history/receipt.v1.avsc"))
+        .unwrap();
+    let text = |s: &str| Value::String(s.into());
+    let value = Value::Record(vec![
+        ("message_id".into(), text("m-old")),
+        ("campaign_id".into(), text("c")),
+        ("variant_id".into(), text("A")),
+        ("app_id".into(), text("shop")),
+        ("user_id".into(), text("u")),
+        ("device_id".into(), text("d")),
+        ("token".into(), text("t")),
+        ("status".into(), Value::Enum(1, "FAILED".into())),
+        ("reason".into(), Value::Union(1, Box::new(text("PayloadTooLarge")))),
+        ("provider_id".into(), Value::Union(0, Box::new(Value::Null))),
+        ("latency_ms".into(), Value::Union(0, Box::new(Value::Null))),
+        ("timestamp_ms".into(), Value::Long(14)),
+    ]);
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&v1.fingerprint::<apache_avro::rabin::Rabin>().bytes[..8]);
+    bytes.extend(apache_avro::to_avro_datum(&v1, value).unwrap());
+    let receipt: Receipt = registry().decode(&bytes).expect("v1 resolves to v2");
+    assert_eq!(
+        (receipt.message_id.as_str(), receipt.reason.as_deref(), receipt.provider_reason),
+        ("m-old", Some("PayloadTooLarge"), None)
+    );
+}
+
+#[test]
+fn a_timestamp_outside_1970_to_9999_is_refused_at_decode_naming_the_field() {
+    let event = |timestamp_ms| AppEvent {
+        event_id: "e".into(),
+        app_id: "a".into(),
+        user_id: "u".into(),
+        name: "n".into(),
+        timestamp_ms,
+        properties: Properties::new(),
+        sdk_version: None,
+    };
+    for ts in [i64::MIN, -1, MAX_TIMESTAMP_MS + 1, i64::MAX] {
+        let bytes = registry().encode(&event(ts)).unwrap();
+        let err = registry().decode::<AppEvent>(&bytes).unwrap_err();
+        assert!(
+            matches!(&err, CodecError::Invalid { field, .. } if field == "timestamp_ms"),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with(&format!("invalid io.herald.AppEvent: timestamp_ms: {ts} is outside")),
+            "{err}"
+        );
+        let json = serde_json::to_vec(&event(ts)).unwrap();
+        let err =
+            IngestDecoder::new(IngestFormat::AvroOrJson).decode::<AppEvent>(&json).unwrap_err();
+        assert!(
+            matches!(&err, CodecError::Invalid { field, .. } if field == "timestamp_ms"),
+            "{err:?}"
+        );
+    }
+    let bytes = registry().encode(&event(MAX_TIMESTAMP_MS)).unwrap();
+    assert_eq!(registry().decode::<AppEvent>(&bytes).unwrap().timestamp_ms, MAX_TIMESTAMP_MS);
 }
 
 #[test]

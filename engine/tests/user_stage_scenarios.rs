@@ -456,6 +456,7 @@ fn receipts_clicks_and_conversions_become_engagements() {
         provider_id: None,
         latency_ms: None,
         timestamp_ms: at,
+        provider_reason: None,
     };
     let app_event = |name: &str, props: &str, at: i64| herald_engine::model::AppEvent {
         event_id: format!("{name}-{at}"),

@@ -29,6 +29,9 @@ pub struct ReplayArgs {
     /// Tasks per stage, as partitions of the live topics (the outcome does not depend on it).
     #[arg(long, default_value_t = 1)]
     partitions: i32,
+    /// Stop at the first malformed input line instead of reporting it in dead-letters.jsonl.
+    #[arg(long)]
+    strict: bool,
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -39,7 +42,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .map(|t| chrono::DateTime::parse_from_rfc3339(t).map(|t| t.timestamp_millis()))
         .transpose()
         .context("--until must be an RFC 3339 time")?;
-    let summary = Backtest {
+    let backtest = Backtest {
         campaigns: args.campaigns,
         input: args.input,
         out: args.out.clone(),
@@ -47,8 +50,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         app: args.app,
         until_ms,
         partitions: args.partitions,
-    }
-    .run()?;
+    };
+    let summary = if args.strict { backtest.run_strict()? } else { backtest.run()? };
     println!(
         "replayed {} records: {} candidates, {} sends, {} skips, {} engagements, {} campaign events, \
          {} dead letters; files in {}",

@@ -13,4 +13,7 @@ pub use model::{
     DndAction, Filter, Inaction, InterruptionLevel, Limits, Message, Op, Options, Place, Priority,
     PropertyCondition, PushOptions, Schedule, TestPopulation, Throttle, Trigger, When, WinnerBy,
 };
-pub use parse::{parse_campaign, parse_duration, FieldError, ValidationErrors};
+pub use parse::{
+    parse_campaign, parse_duration, FieldError, ValidationErrors, MAX_COUNT, MAX_DAYS,
+    MAX_DURATION_MS,
+};

@@ -16,6 +16,14 @@ use crate::model::Platform;
 
 /// Most A/B variants a campaign may have.
 pub const MAX_VARIANTS: usize = 3;
+/// Longest duration accepted anywhere (windows, offsets, TTLs, intervals): ten years, so that
+/// adding one to a timestamp stays far inside the accepted range of times.
+pub const MAX_DURATION_MS: i64 = 3_660 * DAY_MS;
+/// Longest look-back in days (`in_last_days`, `within_last_days`): ten years.
+pub const MAX_DAYS: u64 = 3_660;
+/// Largest count accepted (limits, test audiences, throttles): a trillion.
+pub const MAX_COUNT: u64 = 1_000_000_000_000;
+const DAY_MS: i64 = 86_400_000;
 const DEVICE_FIELDS: &[&str] =
     &["platform", "app_version", "os_version", "make", "model", "sdk_version"];
 const OPERATORS: &[&str] = &[
@@ -149,8 +157,30 @@ impl Parser {
 
     fn count(&mut self, value: &Value, path: &str) -> Option<u64> {
         match value.as_u64() {
+            Some(n) if n > MAX_COUNT => self.error(path, format!("{n} is above {MAX_COUNT}")),
             Some(n) if n > 0 => Some(n),
             _ => self.error(path, format!("expected a positive whole number, found {value}")),
+        }
+    }
+
+    /// A number of days back, at most [`MAX_DAYS`].
+    fn days(&mut self, value: &Value, path: &str) -> Option<u32> {
+        match self.count(value, path)? {
+            days if days > MAX_DAYS => {
+                self.error(path, format!("{days} days is more than {MAX_DAYS} (ten years)"))
+            }
+            days => u32::try_from(days).ok(),
+        }
+    }
+
+    /// A whole number of occurrences, zero included.
+    fn occurrences(&mut self, value: &Value, path: &str) -> Option<u32> {
+        match value.as_u64().map(u32::try_from) {
+            Some(Ok(n)) => Some(n),
+            _ => self.error(
+                path,
+                format!("expected a whole number from 0 to {}, found {value}", u32::MAX),
+            ),
         }
     }
 
@@ -170,6 +200,14 @@ impl Parser {
         match parse_duration(&text) {
             Ok(ms) => Some(ms),
             Err(reason) => self.error(path, reason),
+        }
+    }
+
+    /// A duration above zero.
+    fn positive_duration(&mut self, value: &Value, path: &str) -> Option<i64> {
+        match self.duration(value, path)? {
+            ms if ms <= 0 => self.error(path, "must be positive"),
+            ms => Some(ms),
         }
     }
 
@@ -391,9 +429,7 @@ impl Parser {
             "starts_with" => self.text(value, path).map(Op::StartsWith),
             "before" => self.timestamp(value, path).map(Op::Before),
             "after" => self.timestamp(value, path).map(Op::After),
-            "within_last_days" => {
-                self.count(value, path).map(|d| Op::WithinLastDays(d.min(u32::MAX as u64) as u32))
-            }
+            "within_last_days" => self.days(value, path).map(Op::WithinLastDays),
             other => self.error(
                 path,
                 format!(
@@ -453,7 +489,7 @@ impl Parser {
                 if lon.is_some_and(|l| !(-180.0..=180.0).contains(&l)) {
                     return self.error(join(&item_path, "lon"), "must be between -180 and 180");
                 }
-                if radius.is_some_and(|r| r <= 0.0) {
+                if radius.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
                     return self.error(join(&item_path, "radius_km"), "must be positive");
                 }
                 Some(Place { lat: lat?, lon: lon?, radius_km: radius? })
@@ -484,22 +520,24 @@ impl Parser {
         let event = self.required_text(map, key, path);
         let days = match map.get("in_last_days") {
             None => Some(90),
-            Some(v) => {
-                self.count(v, &join(path, "in_last_days")).map(|d| d.min(u32::MAX as u64) as u32)
-            }
+            Some(v) => self.days(v, &join(path, "in_last_days")),
         };
-        let at_least =
-            if did { self.optional_count(map, "at_least", path).unwrap_or(1) as u32 } else { 0 };
+        let at_least = match map.get("at_least").filter(|_| did) {
+            None => Some(if did { 1 } else { 0 }),
+            Some(v) => match self.occurrences(v, &join(path, "at_least")) {
+                Some(0) => self.error(join(path, "at_least"), "must be positive"),
+                other => other,
+            },
+        };
         let at_most = if did {
-            map.get("at_most").and_then(|v| match v.as_u64() {
-                Some(n) => Some(n as u32),
-                None => self.error(join(path, "at_most"), "expected a whole number"),
-            })
+            map.get("at_most").and_then(|v| self.occurrences(v, &join(path, "at_most")))
         } else {
             Some(0)
         };
-        if at_most.is_some_and(|most| most < at_least) {
-            return self.error(join(path, "at_most"), format!("is below at_least ({at_least})"));
+        if let (Some(least), Some(most)) = (at_least, at_most) {
+            if most < least {
+                return self.error(join(path, "at_most"), format!("is below at_least ({least})"));
+            }
         }
         let conditions = self.conditions(map, path);
         let moment = |parser: &mut Self, which: &str| -> Option<Option<Op>> {
@@ -522,7 +560,7 @@ impl Parser {
         let last = moment(self, "last");
         Some(Behaviour {
             event: event?,
-            at_least,
+            at_least: at_least?,
             at_most,
             in_last_days: days?,
             conditions: conditions?,
@@ -587,10 +625,7 @@ impl Parser {
         let event = self.required_text(map, "event", "when.unless");
         let within = self
             .required(map, "within", "when.unless")
-            .and_then(|v| self.duration(v, "when.unless.within"));
-        if within.is_some_and(|ms| ms <= 0) {
-            return self.error("when.unless.within", "must be positive");
-        }
+            .and_then(|v| self.positive_duration(v, "when.unless.within"));
         Some(Inaction { event: event?, within_ms: within? })
     }
 
@@ -709,7 +744,7 @@ impl Parser {
                     .and_then(|v| self.test_population(v, "what.ab.test_audience"));
                 let after = self
                     .required(map, "evaluate_after", "what.ab")
-                    .and_then(|v| self.duration(v, "what.ab.evaluate_after"));
+                    .and_then(|v| self.positive_duration(v, "what.ab.evaluate_after"));
                 let winner_by = match map.get("winner_by").and_then(Value::as_str) {
                     None | Some("clicks") => Some(WinnerBy::Clicks),
                     Some("ctr") => Some(WinnerBy::ClickThroughRate),
@@ -726,10 +761,12 @@ impl Parser {
             }
             (None, Some(split)) => {
                 let shares = self.list(split, "what.split", |parser, item, path| {
-                    match item.as_u64().and_then(|n| u32::try_from(n).ok()).filter(|n| *n > 0) {
-                        Some(n) => Some(n),
-                        None => parser
-                            .error(path, format!("expected a positive percentage, found {item}")),
+                    match item.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                        Some(n @ 1..=100) => Some(n),
+                        _ => parser.error(
+                            path,
+                            format!("expected a percentage from 1 to 100, found {item}"),
+                        ),
                     }
                 })?;
                 if shares.len() != variants {
@@ -844,10 +881,7 @@ impl Parser {
         if collapse_id.as_ref().is_some_and(|id| id.len() > 64) {
             self.error::<()>(join(path, "collapse_id"), "is longer than 64 bytes (the APNs limit)");
         }
-        let ttl = map.get("ttl").map(|v| self.duration(v, &join(path, "ttl")));
-        if ttl.flatten().is_some_and(|ms| ms <= 0) {
-            self.error::<()>(join(path, "ttl"), "must be positive");
-        }
+        let ttl = map.get("ttl").map(|v| self.positive_duration(v, &join(path, "ttl")));
         let priority = match map.get("priority").map(|v| (v.as_str(), v)) {
             None => Some(Priority::Default),
             Some((Some("max"), _)) => Some(Priority::Max),
@@ -1006,16 +1040,16 @@ impl Parser {
                     let event = self.required_text(c, "event", "options.conversion");
                     let within = self
                         .required(c, "within", "options.conversion")
-                        .and_then(|v| self.duration(v, "options.conversion.within"));
+                        .and_then(|v| self.positive_duration(v, "options.conversion.within"));
                     Some(Some(Conversion { event: event?, within_ms: within? }))
                 })
             }
         };
         let timezone = match map.get("timezone") {
-            None => Some(chrono_tz::UTC),
+            None => Some(None),
             Some(value) => {
                 self.text(value, "options.timezone").and_then(|name| match name.parse() {
-                    Ok(tz) => Some(tz),
+                    Ok(tz) => Some(Some(tz)),
                     Err(_) => self.error(
                         "options.timezone",
                         format!("unknown timezone {name:?}; use an IANA name such as Europe/Paris"),
@@ -1031,10 +1065,7 @@ impl Parser {
                     .and_then(|v| self.count(v, "options.throttle.max"));
                 let per = self
                     .required(t, "per", "options.throttle")
-                    .and_then(|v| self.duration(v, "options.throttle.per"));
-                if per.is_some_and(|ms| ms <= 0) {
-                    return self.error("options.throttle.per", "must be positive");
-                }
+                    .and_then(|v| self.positive_duration(v, "options.throttle.per"));
                 Some(Some(Throttle { max: max?, per_ms: per? }))
             }),
         };
@@ -1110,8 +1141,10 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-/// Parses `90s`, `10m`, `24h`, `7d`, `1w`, `1h30m`, `250ms`, optionally negative (`-24h`).
+/// Parses `90s`, `10m`, `24h`, `7d`, `1w`, `1h30m`, `250ms`, optionally negative (`-24h`), of at
+/// most [`MAX_DURATION_MS`] either way.
 pub fn parse_duration(text: &str) -> Result<i64, String> {
+    let too_long = || format!("duration {text:?} is longer than 3660d (ten years)");
     let bad = || {
         format!(
             "bad duration {text:?}; use a number and a unit (ms, s, m, h, d, w), e.g. 10m or 1h30m"
@@ -1127,7 +1160,10 @@ pub fn parse_duration(text: &str) -> Result<i64, String> {
     let mut total: i64 = 0;
     while !rest.is_empty() {
         let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        let number: i64 = rest[..digits].parse().map_err(|_| bad())?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let number: i64 = rest[..digits].parse().map_err(|_| too_long())?;
         rest = &rest[digits..];
         let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
@@ -1139,7 +1175,11 @@ pub fn parse_duration(text: &str) -> Result<i64, String> {
             "w" => 604_800_000,
             _ => return Err(bad()),
         };
-        total = number.checked_mul(unit).and_then(|n| total.checked_add(n)).ok_or_else(bad)?;
+        total = number
+            .checked_mul(unit)
+            .and_then(|n| total.checked_add(n))
+            .filter(|total| *total <= MAX_DURATION_MS)
+            .ok_or_else(too_long)?;
         rest = &rest[unit_len..];
     }
     Ok(sign * total)
@@ -1157,6 +1197,11 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(250));
         for bad in ["", "10", "m", "10 minutes", "1.5h", "-"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_duration("3660d"), Ok(super::MAX_DURATION_MS));
+        for long in ["9999999999999d", "3661d", "-3661d", "99999999999999999999999ms", "3660d1ms"] {
+            let error = parse_duration(long).unwrap_err();
+            assert!(error.contains("longer than 3660d"), "{long}: {error}");
         }
     }
 }

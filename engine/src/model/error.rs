@@ -50,6 +50,16 @@ pub enum CodecError {
         /// What does not fit.
         reason: String,
     },
+    /// The record decodes but a value is out of range (e.g. a timestamp of `i64::MIN`).
+    #[error("invalid {schema}: {field}: {reason}")]
+    Invalid {
+        /// Full name of the record.
+        schema: String,
+        /// The field.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// JSON input does not parse as the expected record.
     #[error("invalid JSON {schema}: {reason}")]
     Json {

@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-use super::{single_object, CodecError, Record, SchemaRegistry};
+use super::{registry, single_object, CodecError, Record, SchemaRegistry};
 
 /// Which encodings an ingest topic accepts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -47,9 +47,10 @@ impl IngestDecoder {
         if single_object::has_magic(bytes) || self.format == IngestFormat::Avro {
             return self.registry.decode(bytes);
         }
-        serde_json::from_slice(bytes).map_err(|e| CodecError::Json {
+        let record = serde_json::from_slice(bytes).map_err(|e| CodecError::Json {
             schema: T::FULL_NAME.to_string(),
             reason: e.to_string(),
-        })
+        })?;
+        registry::checked(record)
     }
 }

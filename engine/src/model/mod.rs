@@ -1,5 +1,6 @@
 //! Records on Herald's topics, their Avro schemas, and their wire encodings.
 
+mod checks;
 mod error;
 mod ingest;
 mod records;
@@ -7,6 +8,7 @@ mod registry;
 mod single_object;
 pub mod topics;
 
+pub use checks::{check_timestamp, Checked, InvalidField, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS};
 pub use error::CodecError;
 pub use ingest::{IngestDecoder, IngestFormat};
 pub use records::{

@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-/// A record type with a schema under `schemas/`.
-pub trait Record: Serialize + DeserializeOwned {
+use super::checks::Checked;
+
+/// A record type with a schema under `schemas/`; decoding checks its values (see [`Checked`]).
+pub trait Record: Serialize + DeserializeOwned + Checked {
     /// Full Avro name of the record's schema, e.g. `io.herald.AppEvent`.
     const FULL_NAME: &'static str;
 }
@@ -359,7 +361,8 @@ pub struct Receipt {
     pub token: String,
     /// Outcome.
     pub status: ReceiptStatus,
-    /// Provider reason, when not accepted.
+    /// Why it was not accepted, in Herald's vocabulary for every provider (`docs/senders.md`),
+    /// e.g. `unregistered`.
     #[serde(default)]
     pub reason: Option<String>,
     /// apns-id or FCM message name.
@@ -370,6 +373,9 @@ pub struct Receipt {
     pub latency_ms: Option<i64>,
     /// When, epoch milliseconds.
     pub timestamp_ms: i64,
+    /// What the provider (or the sender) said, verbatim, e.g. `Unregistered` (schema version 2).
+    #[serde(default)]
+    pub provider_reason: Option<String>,
 }
 
 impl Record for Receipt {

@@ -182,8 +182,9 @@ impl SchemaRegistry {
                 found: name.to_string(),
             });
         }
-        apache_avro::from_value(&value)
-            .map_err(|e| CodecError::Corrupt { schema: name.to_string(), reason: e.to_string() })
+        let record: T = apache_avro::from_value(&value)
+            .map_err(|e| CodecError::Corrupt { schema: name.to_string(), reason: e.to_string() })?;
+        checked(record)
     }
 
     /// Decodes a single-object record of any known type, resolved to the current version of its
@@ -204,6 +205,18 @@ impl SchemaRegistry {
 
     fn current_entry(&self, full_name: &str) -> Result<&Current, CodecError> {
         self.current.get(full_name).ok_or_else(|| CodecError::UnknownSchema(full_name.to_string()))
+    }
+}
+
+/// `record` if its values are in range (see [`super::Checked`]), else the field and reason.
+pub(super) fn checked<T: Record>(record: T) -> Result<T, CodecError> {
+    match record.check() {
+        Ok(()) => Ok(record),
+        Err(invalid) => Err(CodecError::Invalid {
+            schema: T::FULL_NAME.to_string(),
+            field: invalid.field.to_string(),
+            reason: invalid.reason,
+        }),
     }
 }
 

@@ -5,19 +5,56 @@
 //! user lacks renders as nil, so `{{ profile.first_name | default: 'there' }}` works; in strict
 //! mode a missing variable referenced in an output tag *without* `default` is an error, so the
 //! user is skipped instead of receiving "Hi !".
+//!
+//! Templates are bounded (see [`budget`]): loop ranges when compiled, steps, time and output
+//! size when rendered.
 
-use std::{collections::BTreeSet, sync::OnceLock};
+pub mod budget;
+
+use std::{collections::BTreeSet, panic::AssertUnwindSafe, sync::OnceLock};
 
 use liquid::model::{Object, Value};
+use liquid_core::parser::{ParseBlock, ParseTag};
+use liquid_lib::stdlib;
 use thiserror::Error;
 
+use self::budget::Metered;
 use crate::model::{Properties, PropertyValue};
 
-/// The Liquid parser with the standard filters (`default`, `upcase`, …).
+/// The Liquid parser with the standard tags, blocks and filters (`default`, `upcase`, …), every
+/// tag and block metered against the render budget.
 fn parser() -> &'static liquid::Parser {
     static PARSER: OnceLock<liquid::Parser> = OnceLock::new();
     PARSER.get_or_init(|| {
-        liquid::ParserBuilder::with_stdlib().build().expect("the standard Liquid library builds")
+        let tags: [Box<dyn ParseTag>; 8] = [
+            Box::new(stdlib::AssignTag),
+            Box::new(stdlib::BreakTag),
+            Box::new(stdlib::ContinueTag),
+            Box::new(stdlib::CycleTag),
+            Box::new(stdlib::IncludeTag),
+            Box::new(stdlib::IncrementTag),
+            Box::new(stdlib::DecrementTag),
+            Box::new(stdlib::RenderTag),
+        ];
+        let blocks: [Box<dyn ParseBlock>; 9] = [
+            Box::new(stdlib::RawBlock),
+            Box::new(stdlib::IfBlock),
+            Box::new(stdlib::UnlessBlock),
+            Box::new(stdlib::IfChangedBlock),
+            Box::new(stdlib::ForBlock),
+            Box::new(stdlib::TableRowBlock),
+            Box::new(stdlib::CommentBlock),
+            Box::new(stdlib::CaptureBlock),
+            Box::new(stdlib::CaseBlock),
+        ];
+        let builder = tags
+            .into_iter()
+            .fold(liquid::ParserBuilder::with_stdlib(), |b, tag| b.tag(Metered(tag)));
+        blocks
+            .into_iter()
+            .fold(builder, |b, block| b.block(Metered(block)))
+            .build()
+            .expect("the standard Liquid library builds")
     })
 }
 
@@ -35,6 +72,9 @@ pub enum RenderError {
     /// Liquid failed while rendering.
     #[error("template error: {0}")]
     Liquid(String),
+    /// The rendering went past a bound of [`budget`].
+    #[error("template over its render budget: {0}")]
+    OverBudget(budget::Exceeded),
 }
 
 /// The two objects templates read.
@@ -73,13 +113,17 @@ impl std::fmt::Debug for MessageTemplate {
 }
 
 impl MessageTemplate {
-    /// Parses `source`; the error is Liquid's message on one line.
+    /// Parses `source`; the error is Liquid's message on one line, or names a loop range that
+    /// is not bounded (see [`budget::check_loop_ranges`]).
     pub fn compile(source: &str) -> Result<Self, String> {
         let template =
             parser().parse(source).map_err(|e| e.to_string().trim().replace('\n', " "))?;
         let mut referenced = BTreeSet::new();
         let mut required = BTreeSet::new();
         for (block, is_output) in blocks(source) {
+            if !is_output {
+                budget::check_loop_ranges(block)?;
+            }
             let defaulted = block.contains("default");
             for variable in variables(block) {
                 if is_output && !defaulted {
@@ -125,9 +169,15 @@ impl MessageTemplate {
         let mut globals = Object::new();
         globals.insert("profile".into(), Value::Object(profile_object));
         globals.insert("event".into(), Value::Object(event_object));
-        self.template
-            .render(&globals)
-            .map_err(|e| RenderError::Liquid(e.to_string().trim().replace('\n', " ")))
+        let rendered = budget::metered(|out| {
+            // A panic inside the Liquid library on hostile input must not stop the engine.
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.template.render_to(out, &globals)))
+                .unwrap_or_else(|_| Err(liquid::Error::with_msg("the template library panicked")))
+        });
+        let bytes = rendered
+            .map_err(RenderError::OverBudget)?
+            .map_err(|e| RenderError::Liquid(e.to_string().trim().replace('\n', " ")))?;
+        String::from_utf8(bytes).map_err(|e| RenderError::Liquid(e.to_string()))
     }
 }
 
@@ -242,6 +292,53 @@ mod tests {
     fn syntax_errors_are_reported_at_compile_time() {
         let error = MessageTemplate::compile("Hi {{ profile.name ").unwrap_err();
         assert!(error.contains("liquid"), "{error}");
+    }
+
+    #[test]
+    fn a_huge_loop_range_is_refused_at_compile_time() {
+        let error =
+            MessageTemplate::compile("{% for i in (1..9999999999) %}x{% endfor %}").unwrap_err();
+        assert!(error.contains("loop range (1..9999999999)"), "{error}");
+        let error =
+            MessageTemplate::compile("{% for i in (1..event.n) %}x{% endfor %}").unwrap_err();
+        assert!(error.contains("whole-number bounds"), "{error}");
+    }
+
+    #[test]
+    fn nested_loops_stop_at_the_step_budget() {
+        let template = MessageTemplate::compile(
+            "{% for a in (1..1000) %}{% for b in (1..1000) %}{% for c in (1..1000) %}\
+             {% assign x = c %}{% endfor %}{% endfor %}{% endfor %}",
+        )
+        .unwrap();
+        assert_eq!(
+            template.render(&Properties::new(), &Properties::new(), false),
+            Err(RenderError::OverBudget(budget::Exceeded::Steps))
+        );
+    }
+
+    #[test]
+    fn output_stops_at_its_bound() {
+        let template = MessageTemplate::compile(
+            "{% for a in (1..1000) %}{{ event.text }}{{ event.text }}{% endfor %}",
+        )
+        .unwrap();
+        let event = props(&[("text", PropertyValue::String("x".repeat(100)))]);
+        assert_eq!(
+            template.render(&Properties::new(), &event, false),
+            Err(RenderError::OverBudget(budget::Exceeded::Output))
+        );
+    }
+
+    #[test]
+    fn a_growing_string_stops_at_the_budget() {
+        let template = MessageTemplate::compile(
+            "{% assign s = 'xxxxxxxxxxxxxxxx' %}{% for a in (1..100) %}\
+             {% assign s = s | append: s %}{% endfor %}{{ s | size }}",
+        )
+        .unwrap();
+        let error = template.render(&Properties::new(), &Properties::new(), false).unwrap_err();
+        assert!(matches!(error, RenderError::OverBudget(_)), "{error}");
     }
 
     #[test]

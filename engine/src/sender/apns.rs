@@ -16,11 +16,9 @@ use serde::Serialize;
 use super::{
     h2::H2Pool,
     outcome::{retry_after, Attempt},
+    reason::{Reason, Refusal},
 };
 use crate::model::SendCommand;
-
-/// APNs reasons meaning the token can never receive this app's notifications.
-const DEAD_TOKEN_REASONS: &[&str] = &["BadDeviceToken", "Unregistered", "DeviceTokenNotForTopic"];
 
 /// The provider token of one app, re-signed when older than the refresh period.
 pub struct ProviderToken {
@@ -114,7 +112,10 @@ impl ApnsClient {
             .map_err(|e| format!("building the APNs request: {e}"))?;
         let response = match self.pool.send(request).await {
             Ok(response) => response,
-            Err(error) => return Ok(Attempt::Retry { reason: error.to_string(), after: None }),
+            Err(error) => {
+                let refusal = Refusal::new(Reason::Unreachable, error.to_string());
+                return Ok(Attempt::Retry { refusal, after: None });
+            }
         };
         if response.status == StatusCode::OK {
             let provider_id =
@@ -130,12 +131,7 @@ impl ApnsClient {
 }
 
 fn classify(status: StatusCode, reason: String, after: Option<Duration>) -> Attempt {
-    match status.as_u16() {
-        _ if DEAD_TOKEN_REASONS.contains(&reason.as_str()) => Attempt::TokenInvalid { reason },
-        403 if reason.ends_with("ProviderToken") => Attempt::Credentials { reason },
-        429 | 500 | 503 => Attempt::Retry { reason, after },
-        _ => Attempt::Failed { reason },
-    }
+    Attempt::refused(Refusal::new(Reason::from_apns(status.as_u16(), &reason), reason), after)
 }
 
 #[cfg(test)]
@@ -168,11 +164,14 @@ mod tests {
         let classify = |status: u16, reason: &str| {
             classify(StatusCode::from_u16(status).unwrap(), reason.into(), None)
         };
-        assert!(matches!(classify(410, "Unregistered"), Attempt::TokenInvalid { .. }));
-        assert!(matches!(classify(400, "BadDeviceToken"), Attempt::TokenInvalid { .. }));
-        assert!(matches!(classify(400, "DeviceTokenNotForTopic"), Attempt::TokenInvalid { .. }));
-        assert!(matches!(classify(413, "PayloadTooLarge"), Attempt::Failed { .. }));
-        assert!(matches!(classify(403, "ExpiredProviderToken"), Attempt::Credentials { .. }));
+        assert!(matches!(classify(410, "Unregistered"), Attempt::TokenInvalid(_)));
+        assert!(matches!(classify(400, "BadDeviceToken"), Attempt::TokenInvalid(_)));
+        assert!(matches!(classify(400, "DeviceTokenNotForTopic"), Attempt::TokenInvalid(_)));
+        assert_eq!(
+            classify(413, "PayloadTooLarge"),
+            Attempt::Failed(Refusal::new(Reason::PayloadTooLarge, "PayloadTooLarge"))
+        );
+        assert!(matches!(classify(403, "ExpiredProviderToken"), Attempt::Credentials(_)));
         assert!(matches!(classify(429, "TooManyRequests"), Attempt::Retry { .. }));
         assert!(matches!(classify(503, "ServiceUnavailable"), Attempt::Retry { .. }));
     }

@@ -21,6 +21,7 @@ use super::{
     fcm::{AccessTokens, FcmClient, ServiceAccount},
     h2::H2Pool,
     outcome::Attempt,
+    reason::{Reason, Refusal},
 };
 use crate::{
     model::{Platform, SendCommand},
@@ -144,17 +145,21 @@ impl AppSender {
 
     /// One attempt at sending `command`.
     pub async fn attempt(&self, command: &SendCommand) -> Attempt {
+        let not_configured = |provider: &str| {
+            let text = format!("no {provider} configuration for the app");
+            Attempt::Failed(Refusal::new(Reason::NotConfigured, text))
+        };
         let result = match command.platform {
             Platform::Ios => match &self.apns {
                 Some(apns) => apns.send(command).await,
-                None => Err("no APNs configuration for the app".into()),
+                None => return not_configured("APNs"),
             },
             Platform::Android => match &self.fcm {
                 Some(fcm) => fcm.send(command).await,
-                None => Err("no FCM configuration for the app".into()),
+                None => return not_configured("FCM"),
             },
         };
-        result.unwrap_or_else(|reason| Attempt::Failed { reason })
+        result.unwrap_or_else(|text| Attempt::Failed(Refusal::new(Reason::InvalidRequest, text)))
     }
 
     /// Drops the platform's cached credential so the next attempt signs or fetches a new one.

@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 use super::{
     h2::H2Pool,
     outcome::{retry_after, Attempt},
+    reason::{Reason, Refusal},
 };
 use crate::model::SendCommand;
 
@@ -24,6 +25,9 @@ use crate::model::SendCommand;
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 /// Tokens are renewed this long before they expire.
 const RENEW_BEFORE: Duration = Duration::from_secs(300);
+/// Longest token lifetime believed: a larger `expires_in` (up to 2^64−1 from a hostile or broken
+/// endpoint) is clamped to it. Google's tokens live an hour.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3_600);
 
 /// The fields of a service-account JSON file the sender needs.
 #[derive(Deserialize)]
@@ -130,7 +134,7 @@ impl AccessTokens {
         }
         let token: TokenResponse = serde_json::from_slice(&response.body)
             .map_err(|e| format!("unexpected token response: {e}"))?;
-        Ok((token.access_token, Duration::from_secs(token.expires_in)))
+        Ok((token.access_token, Duration::from_secs(token.expires_in).min(MAX_TOKEN_LIFETIME)))
     }
 }
 
@@ -152,7 +156,9 @@ impl FcmClient {
     pub async fn send(&self, command: &SendCommand) -> Result<Attempt, String> {
         let bearer = match self.tokens.bearer().await {
             Ok((bearer, _)) => bearer,
-            Err(reason) => return Ok(Attempt::Credentials { reason }),
+            Err(text) => {
+                return Ok(Attempt::Credentials(Refusal::new(Reason::CredentialsRefused, text)))
+            }
         };
         let uri = format!("{}/v1/projects/{}/messages:send", self.pool.origin(), self.project);
         let request = Request::builder()
@@ -164,31 +170,79 @@ impl FcmClient {
             .map_err(|e| format!("building the FCM request: {e}"))?;
         let response = match self.pool.send(request).await {
             Ok(response) => response,
-            Err(error) => return Ok(Attempt::Retry { reason: error.to_string(), after: None }),
+            Err(error) => {
+                let refusal = Refusal::new(Reason::Unreachable, error.to_string());
+                return Ok(Attempt::Retry { refusal, after: None });
+            }
         };
         let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap_or_default();
         if response.status == StatusCode::OK {
             let provider_id = body["name"].as_str().map(str::to_string);
             return Ok(Attempt::Accepted { provider_id });
         }
-        let status = body["error"]["status"].as_str().unwrap_or_default().to_string();
-        let code = body["error"]["details"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find_map(|detail| detail["errorCode"].as_str())
-            .unwrap_or_default()
-            .to_string();
-        let reason = [code.as_str(), status.as_str()]
-            .into_iter()
-            .find(|r| !r.is_empty())
-            .map_or_else(|| response.status.to_string(), str::to_string);
-        let after = retry_after(&response.headers);
-        Ok(match (response.status.as_u16(), code.as_str()) {
-            (_, "UNREGISTERED" | "SENDER_ID_MISMATCH") => Attempt::TokenInvalid { reason },
-            (_, "THIRD_PARTY_AUTH_ERROR") | (401, _) => Attempt::Credentials { reason },
-            (429 | 500 | 503, _) => Attempt::Retry { reason, after },
-            _ => Attempt::Failed { reason },
-        })
+        Ok(classify(response.status, &body, retry_after(&response.headers)))
+    }
+}
+
+/// The next step after an FCM error response with `status` and JSON `body`.
+fn classify(status: StatusCode, body: &serde_json::Value, after: Option<Duration>) -> Attempt {
+    let grpc_status = body["error"]["status"].as_str().unwrap_or_default();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    let code = body["error"]["details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|detail| detail["errorCode"].as_str())
+        .unwrap_or_default();
+    let reason = Reason::from_fcm(status.as_u16(), code, grpc_status, message);
+    let name = [code, grpc_status].into_iter().find(|r| !r.is_empty());
+    let text = match (name, message) {
+        (Some(name), "") => name.to_string(),
+        (Some(name), message) => format!("{name}: {message}"),
+        (None, _) => status.to_string(),
+    };
+    Attempt::refused(Refusal::new(reason, text), after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(code: &str, status: &str, message: &str) -> serde_json::Value {
+        serde_json::json!({"error": {"status": status, "message": message,
+            "details": [{"errorCode": code}]}})
+    }
+
+    #[test]
+    fn fcm_errors_are_classified_with_the_providers_text_kept() {
+        let classify = |status: u16, body: serde_json::Value| {
+            classify(StatusCode::from_u16(status).unwrap(), &body, None)
+        };
+        assert_eq!(
+            classify(404, error("UNREGISTERED", "NOT_FOUND", "")),
+            Attempt::TokenInvalid(Refusal::new(Reason::Unregistered, "UNREGISTERED"))
+        );
+        assert_eq!(
+            classify(400, error("INVALID_ARGUMENT", "INVALID_ARGUMENT", "Message is too big")),
+            Attempt::Failed(Refusal::new(
+                Reason::PayloadTooLarge,
+                "INVALID_ARGUMENT: Message is too big"
+            ))
+        );
+        assert!(matches!(
+            classify(401, error("THIRD_PARTY_AUTH_ERROR", "UNAUTHENTICATED", "")),
+            Attempt::Credentials(_)
+        ));
+        assert!(matches!(
+            classify(429, error("QUOTA_EXCEEDED", "RESOURCE_EXHAUSTED", "")),
+            Attempt::Retry { .. }
+        ));
+        assert_eq!(
+            classify(502, serde_json::Value::Null),
+            Attempt::Retry {
+                refusal: Refusal::new(Reason::ProviderError, "502 Bad Gateway"),
+                after: None
+            }
+        );
     }
 }

@@ -13,6 +13,7 @@ pub mod h2;
 pub mod metrics;
 pub mod outcome;
 mod progress;
+pub mod reason;
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -30,6 +31,7 @@ use self::{
     metrics::SenderMetrics,
     outcome::Attempt,
     progress::Progress,
+    reason::{Reason, Refusal},
 };
 use crate::{
     kafka::KafkaConfig,
@@ -246,13 +248,11 @@ async fn handle(shared: &Shared, command: &SendCommand) -> bool {
                     Some(receipt) => receipt,
                     None => return false,
                 },
-                None => receipt(
-                    command,
-                    ReceiptStatus::Failed,
-                    Some(format!("unknown app {}", command.app_id)),
-                    None,
-                    None,
-                ),
+                None => {
+                    let text = format!("unknown app {}", command.app_id);
+                    let refusal = Refusal::new(Reason::NotConfigured, text);
+                    receipt(command, ReceiptStatus::Failed, Some(&refusal), None, None)
+                }
             };
             if let Err(error) = shared.dedup.outcome(&receipt) {
                 tracing::error!(%error, "dedup store");
@@ -293,16 +293,17 @@ async fn deliver(shared: &Shared, app: &AppSender, command: &SendCommand) -> Opt
     let deadline = started + shared.config.retry_deadline;
     let mut refreshed = false;
     let mut backoff = Duration::from_millis(100);
-    let finish = |status: ReceiptStatus, reason: Option<String>, provider_id: Option<String>| {
+    let finish = |status: ReceiptStatus, refusal: Option<&Refusal>, provider_id: Option<String>| {
         let outcome = format!("{status:?}").to_lowercase();
         shared.metrics.sends.with_label_values(&[provider, &outcome]).inc();
-        let latency = started.elapsed().as_millis() as i64;
-        Some(receipt(command, status, reason, provider_id, Some(latency)))
+        let latency = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        Some(receipt(command, status, refusal, provider_id, Some(latency)))
     };
     loop {
         let now_ms = chrono::Utc::now().timestamp_millis();
         if command.expires_at_ms.is_some_and(|expires| expires <= now_ms) {
-            return finish(ReceiptStatus::Expired, Some("expired before delivery".into()), None);
+            let refusal = Refusal::new(Reason::Expired, "expired before delivery");
+            return finish(ReceiptStatus::Expired, Some(&refusal), None);
         }
         if app.is_stopped() {
             return None;
@@ -319,24 +320,24 @@ async fn deliver(shared: &Shared, app: &AppSender, command: &SendCommand) -> Opt
             Attempt::Accepted { provider_id } => {
                 return finish(ReceiptStatus::Accepted, None, provider_id)
             }
-            Attempt::TokenInvalid { reason } => {
-                return finish(ReceiptStatus::TokenInvalid, Some(reason), None)
+            Attempt::TokenInvalid(refusal) => {
+                return finish(ReceiptStatus::TokenInvalid, Some(&refusal), None)
             }
-            Attempt::Failed { reason } => return finish(ReceiptStatus::Failed, Some(reason), None),
-            Attempt::Credentials { reason } if !refreshed => {
+            Attempt::Failed(refusal) => return finish(ReceiptStatus::Failed, Some(&refusal), None),
+            Attempt::Credentials(refusal) if !refreshed => {
                 refreshed = true;
                 shared.metrics.credential_refreshes.with_label_values(&[provider]).inc();
-                tracing::warn!(app = %app.name, provider, %reason, "credential refused; renewing it once");
+                tracing::warn!(app = %app.name, provider, reason = %refusal, "credential refused; renewing it once");
                 app.refresh_credentials(command.platform).await;
             }
-            Attempt::Credentials { reason } => {
+            Attempt::Credentials(refusal) => {
                 if !app.is_stopped() {
                     shared.metrics.apps_stopped.inc();
                 }
-                app.stop(&reason);
+                app.stop(&refusal.to_string());
                 return None;
             }
-            Attempt::Retry { reason, after } => {
+            Attempt::Retry { refusal, after } => {
                 shared.metrics.retries.with_label_values(&[provider]).inc();
                 let jitter =
                     Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
@@ -345,11 +346,9 @@ async fn deliver(shared: &Shared, app: &AppSender, command: &SendCommand) -> Opt
                     app.pause_for(after).await;
                 }
                 if Instant::now() + delay > deadline {
-                    return finish(
-                        ReceiptStatus::Failed,
-                        Some(format!("retries exhausted: {reason}")),
-                        None,
-                    );
+                    let text = format!("retries exhausted: {}", refusal.provider_text);
+                    let refusal = Refusal::new(refusal.reason, text);
+                    return finish(ReceiptStatus::Failed, Some(&refusal), None);
                 }
                 tokio::time::sleep(delay).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -358,10 +357,12 @@ async fn deliver(shared: &Shared, app: &AppSender, command: &SendCommand) -> Opt
     }
 }
 
+/// The receipt of `command`: its outcome, and for a refusal Herald's reason and the provider's
+/// text.
 fn receipt(
     command: &SendCommand,
     status: ReceiptStatus,
-    reason: Option<String>,
+    refusal: Option<&Refusal>,
     provider_id: Option<String>,
     latency_ms: Option<i64>,
 ) -> Receipt {
@@ -374,10 +375,11 @@ fn receipt(
         device_id: command.device_id.clone(),
         token: command.token.clone(),
         status,
-        reason,
+        reason: refusal.map(|r| r.reason.as_str().to_string()),
         provider_id,
         latency_ms,
         timestamp_ms: chrono::Utc::now().timestamp_millis(),
+        provider_reason: refusal.map(|r| r.provider_text.clone()),
     }
 }
 

@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 
 use chrono_tz::Tz;
-use serde::Deserialize;
+use serde_json::{Map, Value};
 
-use crate::campaign::{Throttle, ValidationErrors};
+use crate::campaign::{parse_duration, FieldError, Throttle, ValidationErrors, MAX_COUNT};
 
 /// Caps and defaults of one app.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,39 +41,9 @@ pub struct Settings {
     fallback: AppSettings,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    apps: HashMap<String, RawApp>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawApp {
-    #[serde(default)]
-    caps: RawCaps,
-    min_gap: Option<String>,
-    timezone: Option<String>,
-    throttle: Option<RawThrottle>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawThrottle {
-    max: u64,
-    per: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawCaps {
-    per_day: Option<u32>,
-    per_week: Option<u32>,
-}
-
 impl Settings {
-    /// Parses an app settings file:
+    /// Parses an app settings file; every problem is reported with its field path
+    /// (`apps.shop.caps.per_day`):
     ///
     /// ```yaml
     /// apps:
@@ -84,47 +54,29 @@ impl Settings {
     ///     throttle: { max: 100000, per: 15m }   # across all the app's campaigns
     /// ```
     pub fn parse(text: &str, source: &str) -> Result<Self, ValidationErrors> {
-        let error = |path: String, reason: String| ValidationErrors {
-            source: source.to_string(),
-            errors: vec![crate::campaign::FieldError { path, reason }],
-        };
-        let raw: RawFile =
-            serde_norway::from_str(text).map_err(|e| error("(document)".into(), e.to_string()))?;
+        let mut errors = Vec::new();
         let mut apps = HashMap::new();
-        for (name, app) in raw.apps {
-            let min_gap_ms = match &app.min_gap {
-                None => None,
-                Some(text) => Some(
-                    crate::campaign::parse_duration(text)
-                        .map_err(|reason| error(format!("apps.{name}.min_gap"), reason))?,
-                ),
-            };
-            let timezone = match &app.timezone {
-                None => chrono_tz::UTC,
-                Some(tz) => tz.parse().map_err(|_| {
-                    error(format!("apps.{name}.timezone"), format!("unknown timezone {tz:?}"))
-                })?,
-            };
-            let throttle = match &app.throttle {
-                None => None,
-                Some(raw) => {
-                    let path = format!("apps.{name}.throttle");
-                    let per_ms = crate::campaign::parse_duration(&raw.per)
-                        .map_err(|reason| error(format!("{path}.per"), reason))?;
-                    if raw.max == 0 || per_ms <= 0 {
-                        return Err(error(path, "max and per must be positive".into()));
+        match serde_norway::from_str::<Value>(text) {
+            Err(e) => errors.push(FieldError { path: "(document)".into(), reason: e.to_string() }),
+            Ok(Value::Null) => {}
+            Ok(document) => {
+                let mut fields = Fields { errors: &mut errors };
+                if let Some(file) = fields.object(&document, "", &["apps"]) {
+                    let none = Map::new();
+                    let listed = match file.get("apps") {
+                        None | Some(Value::Null) => Some(&none),
+                        Some(value) => fields.object(value, "apps", &[]),
+                    };
+                    for (name, app) in listed.into_iter().flatten() {
+                        if let Some(settings) = fields.app(app, &format!("apps.{name}")) {
+                            apps.insert(name.clone(), settings);
+                        }
                     }
-                    Some(Throttle { max: raw.max, per_ms })
                 }
-            };
-            let settings = AppSettings {
-                max_per_day: app.caps.per_day,
-                max_per_week: app.caps.per_week,
-                min_gap_ms,
-                timezone,
-                throttle,
-            };
-            apps.insert(name, settings);
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ValidationErrors { source: source.to_string(), errors });
         }
         Ok(Self { apps, fallback: AppSettings::default() })
     }
@@ -132,5 +84,115 @@ impl Settings {
     /// Settings of `app`.
     pub fn app(&self, app: &str) -> &AppSettings {
         self.apps.get(app).unwrap_or(&self.fallback)
+    }
+}
+
+/// Reads the fields of a settings document, collecting errors with their paths.
+struct Fields<'e> {
+    errors: &'e mut Vec<FieldError>,
+}
+
+impl Fields<'_> {
+    fn error<T>(&mut self, path: &str, reason: impl Into<String>) -> Option<T> {
+        self.errors.push(FieldError { path: path.to_string(), reason: reason.into() });
+        None
+    }
+
+    /// A mapping whose keys are among `allowed` (any key when `allowed` is empty).
+    fn object<'v>(
+        &mut self,
+        value: &'v Value,
+        path: &str,
+        allowed: &[&str],
+    ) -> Option<&'v Map<String, Value>> {
+        let Some(map) = value.as_object() else {
+            let path = if path.is_empty() { "(document)" } else { path };
+            return self.error(path, "expected a mapping");
+        };
+        for key in map.keys().filter(|k| !allowed.is_empty() && !allowed.contains(&k.as_str())) {
+            let path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            let reason = format!("unknown field; expected one of {}", allowed.join(", "));
+            self.error::<()>(&path, reason);
+        }
+        Some(map)
+    }
+
+    fn app(&mut self, value: &Value, path: &str) -> Option<AppSettings> {
+        let map = self.object(value, path, &["caps", "min_gap", "timezone", "throttle"])?;
+        let empty = Map::new();
+        let caps = match map.get("caps") {
+            None | Some(Value::Null) => Some(&empty),
+            Some(caps) => self.object(caps, &format!("{path}.caps"), &["per_day", "per_week"]),
+        };
+        let cap = |fields: &mut Self, key: &str| -> Option<Option<u32>> {
+            match caps?.get(key) {
+                None | Some(Value::Null) => Some(None),
+                Some(v) => match v.as_u64().map(u32::try_from) {
+                    Some(Ok(n)) => Some(Some(n)),
+                    _ => fields.error(
+                        &format!("{path}.caps.{key}"),
+                        format!("expected a whole number from 0 to {}, found {v}", u32::MAX),
+                    ),
+                },
+            }
+        };
+        let max_per_day = cap(self, "per_day");
+        let max_per_week = cap(self, "per_week");
+        let min_gap_ms = match map.get("min_gap") {
+            None | Some(Value::Null) => Some(None),
+            Some(v) => self.duration(v, &format!("{path}.min_gap")).map(Some),
+        };
+        let timezone = match map.get("timezone") {
+            None | Some(Value::Null) => Some(chrono_tz::UTC),
+            Some(v) => match v.as_str().map(str::parse::<Tz>) {
+                Some(Ok(tz)) => Some(tz),
+                _ => self.error(
+                    &format!("{path}.timezone"),
+                    format!("unknown timezone {v}; use an IANA name such as Europe/Paris"),
+                ),
+            },
+        };
+        let throttle = match map.get("throttle") {
+            None | Some(Value::Null) => Some(None),
+            Some(v) => self.throttle(v, &format!("{path}.throttle")).map(Some),
+        };
+        Some(AppSettings {
+            max_per_day: max_per_day?,
+            max_per_week: max_per_week?,
+            min_gap_ms: min_gap_ms?,
+            timezone: timezone?,
+            throttle: throttle?,
+        })
+    }
+
+    fn throttle(&mut self, value: &Value, path: &str) -> Option<Throttle> {
+        let map = self.object(value, path, &["max", "per"])?;
+        let max = match map.get("max") {
+            Some(v) => match v.as_u64() {
+                Some(n @ 1..=MAX_COUNT) => Some(n),
+                _ => self.error(
+                    &format!("{path}.max"),
+                    format!("expected a whole number from 1 to {MAX_COUNT}, found {v}"),
+                ),
+            },
+            None => self.error(&format!("{path}.max"), "is required"),
+        };
+        let per = match map.get("per") {
+            Some(v) => self.duration(v, &format!("{path}.per")),
+            None => self.error(&format!("{path}.per"), "is required"),
+        };
+        Some(Throttle { max: max?, per_ms: per? })
+    }
+
+    /// A positive duration such as `15m`.
+    fn duration(&mut self, value: &Value, path: &str) -> Option<i64> {
+        let Some(text) = value.as_str() else {
+            return self.error(path, format!("expected a duration such as 15m, found {value}"));
+        };
+        match parse_duration(text) {
+            Ok(ms) if ms > 0 => Some(ms),
+            Ok(_) => self.error(path, "must be positive"),
+            Err(reason) => self.error(path, reason),
+        }
     }
 }
