@@ -291,3 +291,49 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
+
+#[test]
+fn changelogs_are_created_with_the_topology_files_changelog_settings() {
+    let scenario = Scenario::new("changelog-settings", 2);
+    let file = scenario.state.path().join("topology.toml");
+    std::fs::write(
+        &file,
+        "replication_factor = 1\n\
+         [changelog]\n\
+         configs = { \"min.compaction.lag.ms\" = \"4321\", \"segment.ms\" = \"7200000\" }\n\
+         [[topic]]\nname = \"unused\"\npartitions = 1\ncleanup_policy = \"delete\"\n",
+    )
+    .unwrap();
+    let instance = scenario.spawn_with("a", &["--topology", file.to_str().unwrap()]);
+    let changelog = format!("{}-counts-changelog", scenario.app_id);
+    let configs = (0..300).find_map(|_| {
+        let configs = topic_configs(&changelog);
+        if configs.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        configs
+    });
+    common::stop_gracefully(instance);
+
+    let configs = configs.unwrap_or_else(|| {
+        panic!("{changelog} was not created\n{}", common::tail(&scenario.log(), 20))
+    });
+    assert_eq!(configs["cleanup.policy"], "compact");
+    assert_eq!(configs["min.compaction.lag.ms"], "4321", "from the topology file");
+    assert_eq!(configs["segment.ms"], "7200000", "from the topology file");
+}
+
+/// The configs of `topic` as the broker describes them; `None` while it does not exist.
+fn topic_configs(topic: &str) -> Option<BTreeMap<String, String>> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        common::kafka().client_config().create().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let described = runtime
+        .block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new()))
+        .unwrap();
+    let resource = described.into_iter().next()?.ok()?;
+    let configs: BTreeMap<String, String> =
+        resource.entries.into_iter().filter_map(|entry| Some((entry.name, entry.value?))).collect();
+    (!configs.is_empty()).then_some(configs)
+}

@@ -216,3 +216,39 @@ fn global_table_lookups_and_repartitioning_feed_a_second_stateful_stage() {
     );
     assert_eq!(shadow_letters.len(), 1, "the replay rejects u4 like the live run");
 }
+
+#[test]
+fn the_runtime_refuses_to_start_and_names_a_missing_sink_topic() {
+    let input = common::unique("present-in");
+    let dead_letters = common::unique("present-dlq");
+    let output = common::unique("missing-out");
+    common::create_topics(&[(&input, 1), (&dead_letters, 1)]);
+    let topology = herald_engine::runtime::example::counting_topology(
+        &common::unique("missing-sink"),
+        &input,
+        &output,
+    )
+    .unwrap()
+    .with_dead_letter_topic(&dead_letters);
+    let state = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig::new(common::kafka(), "a", state.path());
+    let shutdown = ShutdownFlag::default();
+    let (done, result) = std::sync::mpsc::channel();
+    {
+        let shutdown = shutdown.clone();
+        std::thread::spawn(move || {
+            done.send(LiveRuntime::new(topology, config).run(&shutdown).map_err(|e| e.to_string()))
+        });
+    }
+    let outcome = result.recv_timeout(Duration::from_secs(60));
+    shutdown.request();
+    let error = match outcome {
+        Ok(Err(error)) => error,
+        other => panic!("the runtime started without its sink topic {output}: {other:?}"),
+    };
+    assert!(
+        error.contains(&format!("missing topics: {output} (written by count)")),
+        "the error names the missing sink: {error}"
+    );
+    assert!(!error.contains(&input), "present topics are not reported: {error}");
+}

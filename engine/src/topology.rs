@@ -89,22 +89,68 @@ pub struct TopicSpec {
 }
 
 /// A deployment's topics.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     /// Replication factor of every topic.
-    #[serde(default = "default_replication")]
     pub replication_factor: i32,
     /// The topics.
-    #[serde(rename = "topic")]
     pub topics: Vec<TopicSpec>,
+}
+
+/// How the runtime creates its state stores' changelog topics (`<app>-<store>-changelog`):
+/// compacted (the latest value of every key is kept), one partition per task, with this
+/// replication factor and these configs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangelogSpec {
+    /// Replication factor of each changelog.
+    pub replication_factor: i32,
+    /// Further topic configs, e.g. `"min.insync.replicas" = "2"`, `"delete.retention.ms"`.
+    pub configs: BTreeMap<String, String>,
+}
+
+impl Default for ChangelogSpec {
+    /// Replication factor 1 (a single local broker), no further configs.
+    fn default() -> Self {
+        Self { replication_factor: 1, configs: BTreeMap::new() }
+    }
+}
+
+/// A topology file: the topics `herald topics apply` creates, and how the engine creates its
+/// changelogs (the `[changelog]` table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopologyFile {
+    /// The topics.
+    pub topology: Topology,
+    /// The changelogs' settings; unset ones take the file's `replication_factor`.
+    pub changelogs: ChangelogSpec,
+}
+
+/// The file as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default = "default_replication")]
+    replication_factor: i32,
+    #[serde(default)]
+    changelog: RawChangelog,
+    #[serde(rename = "topic")]
+    topics: Vec<TopicSpec>,
+}
+
+/// The `[changelog]` table as written.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChangelog {
+    replication_factor: Option<i32>,
+    #[serde(default)]
+    configs: BTreeMap<String, String>,
 }
 
 fn default_replication() -> i32 {
     1
 }
 
-impl Topology {
+impl TopologyFile {
     /// Reads and validates a topology file.
     pub fn load(path: &Path) -> Result<Self, TopologyError> {
         let shown = path.display().to_string();
@@ -115,12 +161,43 @@ impl Topology {
 
     /// Parses and validates topology TOML; `origin` names the source in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, TopologyError> {
-        let topology: Topology = toml::from_str(text).map_err(|e| TopologyError::Parse {
+        let raw: RawFile = toml::from_str(text).map_err(|e| TopologyError::Parse {
             path: origin.to_string(),
             reason: e.to_string(),
         })?;
+        let invalid = |field: &str, reason: &str| TopologyError::Invalid {
+            path: origin.to_string(),
+            field: field.to_string(),
+            reason: reason.to_string(),
+        };
+        if matches!(raw.changelog.replication_factor, Some(n) if n < 1) {
+            return Err(invalid("changelog.replication_factor", "must be at least 1"));
+        }
+        if raw.changelog.configs.contains_key("cleanup.policy") {
+            return Err(invalid(
+                "changelog.configs.cleanup.policy",
+                "changelogs are always compacted",
+            ));
+        }
+        let topology = Topology { replication_factor: raw.replication_factor, topics: raw.topics };
         topology.validate(origin)?;
-        Ok(topology)
+        let changelogs = ChangelogSpec {
+            replication_factor: raw.changelog.replication_factor.unwrap_or(raw.replication_factor),
+            configs: raw.changelog.configs,
+        };
+        Ok(Self { topology, changelogs })
+    }
+}
+
+impl Topology {
+    /// Reads and validates a topology file's topics.
+    pub fn load(path: &Path) -> Result<Self, TopologyError> {
+        TopologyFile::load(path).map(|file| file.topology)
+    }
+
+    /// Parses and validates topology TOML; `origin` names the source in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, TopologyError> {
+        TopologyFile::parse(text, origin).map(|file| file.topology)
     }
 
     /// The topic named `name`, if the topology has it.
@@ -195,6 +272,27 @@ mod tests {
             CleanupPolicy::Delete,
             "lifecycle events never go to a compacted topic"
         );
+    }
+
+    #[test]
+    fn changelogs_take_the_replication_factor_and_configs_of_the_file() {
+        let topic = "[[topic]]\nname = \"a\"\npartitions = 1\ncleanup_policy = \"delete\"\n";
+        let inherited =
+            TopologyFile::parse(&format!("replication_factor = 3\n{topic}"), "t.toml").unwrap();
+        assert_eq!(inherited.changelogs.replication_factor, 3, "the file's by default");
+        assert!(inherited.changelogs.configs.is_empty());
+
+        let own = "replication_factor = 3\n[changelog]\nreplication_factor = 2\n\
+                   configs = { \"min.insync.replicas\" = \"2\" }\n";
+        let file = TopologyFile::parse(&format!("{own}{topic}"), "t.toml").unwrap();
+        assert_eq!(file.changelogs.replication_factor, 2);
+        assert_eq!(file.changelogs.configs["min.insync.replicas"], "2");
+        assert_eq!(file.topology.replication_factor, 3, "topics keep the file's factor");
+
+        let bad =
+            format!("{own}{topic}").replace("replication_factor = 2", "replication_factor = 0");
+        let err = TopologyFile::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("changelog.replication_factor: must be at least 1"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,8 @@ use herald_engine::{
     kafka::KafkaConfig,
     model::{topics::TopicNames, IngestFormat},
     pipeline::{engine_topology, LIVE_STATS_INTERVAL_MS},
-    runtime::{LiveRuntime, RuntimeConfig, ShutdownFlag},
+    runtime::{instance_id, LiveRuntime, RuntimeConfig, ShutdownFlag},
+    topology::TopologyFile,
 };
 
 #[derive(Debug, Args)]
@@ -22,9 +23,13 @@ pub struct EngineArgs {
     /// Prefix of every topic name (to share a cluster between deployments).
     #[arg(long, default_value = "")]
     topic_prefix: String,
-    /// Stable id of this instance (defaults to the host name).
-    #[arg(long, env = "HOSTNAME", default_value = "0")]
-    instance_id: String,
+    /// Unique, stable id of this instance; without it, the id generated on first start and
+    /// kept in the state directory.
+    #[arg(long, env = "HERALD_INSTANCE_ID")]
+    instance_id: Option<String>,
+    /// Topology file: the replication factor and configs of the changelog topics.
+    #[arg(long, default_value = "topologies/default.toml")]
+    topology: PathBuf,
     /// Directory of the local state stores.
     #[arg(long, default_value = ".local/state")]
     state_dir: PathBuf,
@@ -48,7 +53,9 @@ pub fn run(kafka: &KafkaConfig, args: EngineArgs) -> anyhow::Result<ExitCode> {
         args.ingest_format,
         LIVE_STATS_INTERVAL_MS,
     )?;
-    let mut config = RuntimeConfig::new(kafka.clone(), args.instance_id, args.state_dir);
+    let instance_id = instance_id(args.instance_id.as_deref(), &args.state_dir)?;
+    let mut config = RuntimeConfig::new(kafka.clone(), instance_id, args.state_dir);
+    config.changelogs = TopologyFile::load(&args.topology)?.changelogs;
     config.commit_interval = Duration::from_millis(args.commit_interval_ms);
     config.metrics_addr = args.metrics_addr;
     let shutdown = ShutdownFlag::on_signals()?;

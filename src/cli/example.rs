@@ -8,9 +8,11 @@ use herald_engine::{
     kafka::KafkaConfig,
     runtime::{
         example::counting_topology,
+        instance_id,
         replay::{self, ReplayInput, ReplayOptions, ReplaySink},
         LiveRuntime, RuntimeConfig, ShutdownFlag,
     },
+    topology::TopologyFile,
 };
 
 #[derive(Debug, Subcommand)]
@@ -33,9 +35,13 @@ pub struct CountArgs {
     /// Dead-letter topic.
     #[arg(long, default_value = "herald.dead-letter")]
     dead_letter_topic: String,
-    /// Stable id of this instance.
-    #[arg(long, default_value = "0")]
-    instance_id: String,
+    /// Unique, stable id of this instance; without it, the id generated on first start and
+    /// kept in the state directory.
+    #[arg(long, env = "HERALD_INSTANCE_ID")]
+    instance_id: Option<String>,
+    /// Topology file: the replication factor and configs of the changelog topics.
+    #[arg(long, default_value = "topologies/default.toml")]
+    topology: PathBuf,
     /// Directory of the local state stores.
     #[arg(long, default_value = ".local/state")]
     state_dir: PathBuf,
@@ -76,7 +82,9 @@ pub fn run(kafka: &KafkaConfig, command: ExampleCommand) -> anyhow::Result<ExitC
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let mut config = RuntimeConfig::new(kafka.clone(), args.instance_id, args.state_dir);
+    let instance_id = instance_id(args.instance_id.as_deref(), &args.state_dir)?;
+    let mut config = RuntimeConfig::new(kafka.clone(), instance_id, args.state_dir);
+    config.changelogs = TopologyFile::load(&args.topology)?.changelogs;
     config.commit_interval = Duration::from_millis(args.commit_interval_ms);
     config.transaction_timeout = Duration::from_millis(args.transaction_timeout_ms);
     config.metrics_addr = args.metrics_addr;

@@ -7,7 +7,7 @@ use clap::Args;
 use herald_engine::{
     kafka::KafkaConfig,
     model::topics::TopicNames,
-    runtime::ShutdownFlag,
+    runtime::{instance_id, ShutdownFlag},
     sender::{self, config::SenderConfig, SenderOptions},
 };
 
@@ -22,9 +22,10 @@ pub struct SendArgs {
     /// Consumer group of the senders.
     #[arg(long, default_value = "herald-senders")]
     group: String,
-    /// This instance's id (stable across restarts: it keeps its shards and dedup memory).
-    #[arg(long, default_value = "0")]
-    instance_id: String,
+    /// This instance's unique id (stable across restarts: it keeps its shards and dedup
+    /// memory); without it, the id generated on first start and kept in the state directory.
+    #[arg(long, env = "HERALD_INSTANCE_ID")]
+    instance_id: Option<String>,
     /// Local state (dedup store).
     #[arg(long, default_value = ".local/sender")]
     state_dir: PathBuf,
@@ -38,14 +39,15 @@ pub fn run(kafka: &KafkaConfig, args: SendArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("reading {}", args.config.display()))?;
     let config = SenderConfig::parse(&text, &args.config.display().to_string())?;
     let topics = TopicNames::with_prefix(&args.topic_prefix);
+    let instance_id = instance_id(args.instance_id.as_deref(), &args.state_dir)?;
     let options = SenderOptions {
         kafka: kafka.clone(),
         push_topic: topics.push,
         receipts_topic: topics.receipts,
         dead_letter_topic: topics.dead_letter,
         group: args.group,
-        state_dir: args.state_dir.join(&args.instance_id),
-        instance_id: args.instance_id,
+        state_dir: args.state_dir.join(&instance_id),
+        instance_id,
         metrics_addr: args.metrics_addr,
     };
     let shutdown = ShutdownFlag::on_signals()?;

@@ -1,17 +1,28 @@
-//! Settings of a live runtime instance.
+//! Settings of a live runtime instance, and the instance's id.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use super::Clock;
-use crate::kafka::KafkaConfig;
+use super::{Clock, RuntimeError};
+use crate::{kafka::KafkaConfig, topology::ChangelogSpec};
+
+/// File under the state directory holding a generated instance id.
+const INSTANCE_ID_FILE: &str = "instance-id";
+
+/// librdkafka's default `message.max.bytes`, below the broker's default limit (1 MiB + 12 B).
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
 
 /// How a live instance runs. [`RuntimeConfig::new`] gives production defaults.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// The cluster.
     pub kafka: KafkaConfig,
-    /// Stable id of this instance; with the app id it forms the transactional id, so a
-    /// restarted instance fences its previous incarnation.
+    /// Unique, stable id of this instance (see [`instance_id`]); with the app id it forms the
+    /// transactional id and the static group member id, so a restarted instance fences its
+    /// previous incarnation and two live instances must never share it.
     pub instance_id: String,
     /// Where task stores live (`<state_dir>/<app>/<task>/`).
     pub state_dir: PathBuf,
@@ -28,6 +39,13 @@ pub struct RuntimeConfig {
     pub write_buffer_bytes: usize,
     /// Address of `/metrics`, `/healthz`, `/readyz`, if any.
     pub metrics_addr: Option<SocketAddr>,
+    /// Largest record (key and value) the producer sends, its `message.max.bytes` (default
+    /// [`DEFAULT_MAX_RECORD_BYTES`]; keep it at or below the broker's `message.max.bytes`).
+    /// A larger output or store value is refused: the input that caused it is dead-lettered.
+    pub max_record_bytes: usize,
+    /// How changelog topics are created (default: replication factor 1, no further configs;
+    /// the engine takes them from its topology file).
+    pub changelogs: ChangelogSpec,
 }
 
 impl RuntimeConfig {
@@ -47,6 +65,60 @@ impl RuntimeConfig {
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 8 << 20,
             metrics_addr: None,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            changelogs: ChangelogSpec::default(),
         }
+    }
+}
+
+/// This process's instance id: `given` (a flag or the environment) when set, otherwise the id
+/// kept in `<state_dir>/instance-id`, generated and saved there on first use, so a restart
+/// with the same state directory keeps it and instances with their own state directories never
+/// share one.
+pub fn instance_id(given: Option<&str>, state_dir: &Path) -> Result<String, RuntimeError> {
+    if let Some(id) = given {
+        return valid_instance_id(id, "the given instance id").map(str::to_string);
+    }
+    let path = state_dir.join(INSTANCE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => valid_instance_id(text.trim(), &path.display().to_string()).map(str::to_string),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let id = format!("i-{:016x}", fastrand::u64(..));
+            std::fs::create_dir_all(state_dir)
+                .map_err(RuntimeError::io(format!("creating {}", state_dir.display())))?;
+            std::fs::write(&path, format!("{id}\n"))
+                .map_err(RuntimeError::io(format!("writing {}", path.display())))?;
+            tracing::info!(instance = %id, file = %path.display(), "generated this instance's id");
+            Ok(id)
+        }
+        Err(error) => Err(RuntimeError::io(format!("reading {}", path.display()))(error)),
+    }
+}
+
+/// `id` when it is 1 to 100 ASCII letters, digits, '.', '_' or '-'; `origin` names its source.
+fn valid_instance_id<'a>(id: &'a str, origin: &str) -> Result<&'a str, RuntimeError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    if id.is_empty() || id.len() > 100 || !id.chars().all(allowed) {
+        return Err(RuntimeError::Config(format!(
+            "instance id {id:?} from {origin} must be 1 to 100 ASCII letters, digits, '.', '_' or '-'"
+        )));
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_instance_id_is_kept_in_the_state_dir() {
+        let one = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let first = instance_id(None, one.path()).unwrap();
+        assert_eq!(instance_id(None, one.path()).unwrap(), first, "a restart keeps its id");
+        assert_ne!(instance_id(None, other.path()).unwrap(), first, "another state dir differs");
+        assert_eq!(instance_id(Some("a-1"), one.path()).unwrap(), "a-1", "a given id wins");
+        let err = instance_id(Some("a b"), one.path()).unwrap_err().to_string();
+        assert!(err.contains("\"a b\""), "{err}");
     }
 }

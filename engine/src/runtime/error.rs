@@ -43,6 +43,23 @@ pub enum RuntimeError {
     /// The topology or configuration is inconsistent.
     #[error("invalid topology: {0}")]
     Topology(String),
+    /// A setting of the instance is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A record is larger than the producer may send (`message.max.bytes`).
+    #[error("a record for {topic} is {bytes} bytes (key and value), over the limit of {limit} bytes (message.max.bytes)")]
+    RecordTooLarge {
+        /// The topic it was for (an output or a changelog).
+        topic: String,
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Another process took over this instance's work: a newer member with the same instance
+    /// id joined the group, or the producer was fenced. The instance stops.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// Replay input is malformed.
     #[error("replay input {location}: {reason}")]
     ReplayInput {
@@ -81,7 +98,18 @@ pub enum ProcessError {
     Reject(String),
     /// The runtime failed underneath the processor: the transaction is aborted and retried.
     #[error(transparent)]
-    Runtime(#[from] RuntimeError),
+    Runtime(RuntimeError),
+}
+
+impl From<RuntimeError> for ProcessError {
+    /// A record too large to produce rejects the input that caused it (it would fail every
+    /// retry); other runtime failures abort the transaction.
+    fn from(error: RuntimeError) -> Self {
+        match error {
+            RuntimeError::RecordTooLarge { .. } => Self::Reject(error.to_string()),
+            other => Self::Runtime(other),
+        }
+    }
 }
 
 impl ProcessError {

@@ -25,7 +25,7 @@ mod timers;
 mod topology;
 
 pub use clock::Clock;
-pub use config::RuntimeConfig;
+pub use config::{instance_id, RuntimeConfig, DEFAULT_MAX_RECORD_BYTES};
 pub use error::{ProcessError, RuntimeError};
 pub use global::GlobalTable;
 pub use live::{LiveRuntime, ShutdownFlag};

@@ -178,19 +178,20 @@ impl Store<'_> {
             .map_err(RuntimeError::store(format!("reading {}", self.name)))
     }
 
-    /// Sets `key` to `value`.
+    /// Sets `key` to `value`. The changelog write comes first: a value the changelog refuses
+    /// (too large) leaves the store unchanged.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), RuntimeError> {
-        self.state
-            .db
-            .put_cf_opt(self.cf, key, value, &self.state.write_options)
-            .map_err(RuntimeError::store(format!("writing {}", self.name)))?;
         self.out.changelog(
             self.changelog,
             self.state.partition,
             key,
             Some(value),
             self.timestamp_ms,
-        )
+        )?;
+        self.state
+            .db
+            .put_cf_opt(self.cf, key, value, &self.state.write_options)
+            .map_err(RuntimeError::store(format!("writing {}", self.name)))
     }
 
     /// Removes `key`.

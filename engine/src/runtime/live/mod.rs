@@ -11,6 +11,7 @@
 //! every co-partitioned source topic to the same instance, which a task needs (librdkafka's
 //! `cooperative-sticky` does not guarantee that, and librdkafka has no pluggable assignor).
 
+mod checks;
 mod global_reader;
 mod txn;
 
@@ -29,7 +30,7 @@ use std::{
 
 use rdkafka::{
     consumer::{BaseConsumer, Consumer, ConsumerContext},
-    Message, Offset,
+    Message, Offset, TopicPartitionList,
 };
 
 use super::{
@@ -127,7 +128,7 @@ impl LiveRuntime {
             .client_config()
             .create()
             .map_err(RuntimeError::kafka("connecting to Kafka"))?;
-        let partitions = self.check_copartitioning(&probe)?;
+        let partitions = checks::check_topics(&self.topology, &probe)?;
         self.ensure_changelogs(&partitions)?;
 
         let mut globals = GlobalTables::default();
@@ -139,17 +140,26 @@ impl LiveRuntime {
 
         let transactional_id = format!("{}-{}", self.topology.app_id, self.config.instance_id);
         let kafka_config = self.config.kafka.client_config();
-        let producer =
-            create_producer(&kafka_config, &transactional_id, self.config.transaction_timeout)?;
+        let delivered = Arc::new(Mutex::new(HashMap::new()));
+        let producer = create_producer(
+            &kafka_config,
+            &transactional_id,
+            self.config.transaction_timeout,
+            self.config.max_record_bytes,
+            Arc::clone(&delivered),
+        )?;
         let txn = Arc::new(Mutex::new(TxnState {
             producer,
             open: false,
             touched: false,
-            offsets: HashMap::new(),
+            positions: HashMap::new(),
             changelog: HashMap::new(),
             dirty: false,
             producer_broken: false,
             events: Vec::new(),
+            delivered,
+            changelog_ends: HashMap::new(),
+            max_record_bytes: self.config.max_record_bytes,
             metrics: Arc::clone(&self.metrics),
             records_out: LabelledCounter::new(self.metrics.records_out.clone()),
             transaction_timeout: self.config.transaction_timeout,
@@ -205,30 +215,9 @@ impl LiveRuntime {
         result
     }
 
-    /// Partition count of each sub-topology; its sources must agree.
-    fn check_copartitioning(&self, probe: &BaseConsumer) -> Result<Vec<i32>, RuntimeError> {
-        self.topology
-            .sub_topologies
-            .iter()
-            .map(|sub| {
-                let counts = sub
-                    .sources
-                    .iter()
-                    .map(|topic| partition_count(probe, topic).map(|n| (topic, n)))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let first = counts[0].1;
-                if let Some((topic, n)) = counts.iter().find(|(_, n)| *n != first) {
-                    return Err(RuntimeError::Topology(format!(
-                        "sources of {} are not co-partitioned: {} has {first} partitions, {topic} has {n}",
-                        sub.name, sub.sources[0]
-                    )));
-                }
-                Ok(first)
-            })
-            .collect()
-    }
-
-    /// Creates missing changelog topics (compacted, one partition per task).
+    /// Creates missing changelog topics (compacted, one partition per task, with the configured
+    /// replication factor and configs); an existing one with another partition count is an
+    /// error, other differences are logged.
     fn ensure_changelogs(&self, partitions: &[i32]) -> Result<(), RuntimeError> {
         let topics = self
             .topology
@@ -242,11 +231,12 @@ impl LiveRuntime {
                     cleanup_policy: CleanupPolicy::Compact,
                     retention_ms: None,
                     description: format!("changelog of store {store}"),
-                    configs: Default::default(),
+                    configs: self.config.changelogs.configs.clone(),
                 })
             })
             .collect();
-        let changelogs = Topology { replication_factor: 1, topics };
+        let changelogs =
+            Topology { replication_factor: self.config.changelogs.replication_factor, topics };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -255,12 +245,18 @@ impl LiveRuntime {
             .block_on(apply_topology(&self.config.kafka, &changelogs))
             .map_err(|e| RuntimeError::Topology(format!("creating changelog topics: {e}")))?;
         for (topic, outcome) in report.topics {
-            if let TopicOutcome::Differs(drift) = outcome {
-                if drift.iter().any(|d| d.setting == "partitions") {
+            let TopicOutcome::Differs(drift) = outcome else { continue };
+            for d in drift {
+                if d.setting == "partitions" {
                     return Err(RuntimeError::Topology(format!(
-                        "changelog {topic} has a different partition count than its sources"
+                        "changelog {topic} has {} partitions, its sources {}",
+                        d.actual, d.expected
                     )));
                 }
+                tracing::warn!(
+                    %topic, setting = %d.setting, actual = %d.actual, expected = %d.expected,
+                    "changelog differs from the configured settings (left unchanged)"
+                );
             }
         }
         Ok(())
@@ -302,6 +298,7 @@ impl Worker<'_> {
         let mut clocks = LoopClocks::new();
         self.runtime.metrics.set_ready(true);
         while !shutdown.requested() {
+            self.check_not_fenced()?;
             match self.step(&mut clocks) {
                 Ok(()) => {}
                 Err(error @ (RuntimeError::Kafka { .. } | RuntimeError::NoGroupMetadata)) => {
@@ -431,6 +428,7 @@ impl Worker<'_> {
                     for task in self.open_tasks(&new)? {
                         self.tasks.insert(task.id, task);
                     }
+                    self.seed_positions(&partitions, false)?;
                     self.runtime.metrics.set_ready(true);
                 }
             }
@@ -480,6 +478,23 @@ impl Worker<'_> {
             let state = TaskState::open(&dir, id.partition, changelogs, &self.memory)?;
             opened.push((*id, state, checkpoint.unwrap_or_default()));
         }
+        // The restore reads at least up to the ends seen now: until this instance commits
+        // changelog records of its own, they are what the tasks' checkpoints may claim.
+        let mut ends = Vec::new();
+        for (id, state, _) in &opened {
+            for topic in state.changelog_topics() {
+                let (_, high) = self
+                    .consumer
+                    .fetch_watermarks(topic, id.partition, KAFKA_TIMEOUT)
+                    .map_err(RuntimeError::kafka(format!("reading the end of {topic}")))?;
+                ends.push((topic.to_string(), id.partition, high));
+            }
+        }
+        let mut txn = self.txn.lock().expect("txn lock");
+        for (topic, partition, high) in ends {
+            txn.changelog_ends.entry(topic).or_default().insert(partition, high);
+        }
+        drop(txn);
         let requests: Vec<RestoreRequest<'_>> = opened
             .iter()
             .map(|(id, state, from)| RestoreRequest {
@@ -506,60 +521,108 @@ impl Worker<'_> {
     }
 
     /// Closes a task; a clean close flushes and checkpoints, a dirty one wipes the store.
+    /// The checkpoint is what this instance committed or restored, never the changelogs' current
+    /// ends: another owner may have written there since (after an eviction from the group).
     fn close_task(&self, task: Task, clean: bool) {
         let dir = task.state.dir().to_path_buf();
+        let mut checkpoint = checkpoint::Checkpoint::new();
+        let mut txn = self.txn.lock().expect("txn lock");
+        for topic in task.state.changelog_topics() {
+            let ends = txn.changelog_ends.get_mut(topic);
+            if let Some(end) = ends.and_then(|ends| ends.remove(&task.id.partition)) {
+                checkpoint.insert(topic.to_string(), end);
+            }
+        }
+        drop(txn);
         if !clean {
             drop(task);
             let _ = std::fs::remove_dir_all(&dir);
             return;
         }
-        let result = task.state.flush().and_then(|()| {
-            let mut checkpoint = checkpoint::Checkpoint::new();
-            for topic in task.state.changelog_topics() {
-                let (_, high) = self
-                    .consumer
-                    .fetch_watermarks(topic, task.id.partition, KAFKA_TIMEOUT)
-                    .map_err(RuntimeError::kafka(format!("reading the end of {topic}")))?;
-                checkpoint.insert(topic.to_string(), high);
-            }
-            checkpoint::write(&dir, &checkpoint)
-        });
+        let result = task.state.flush().and_then(|()| checkpoint::write(&dir, &checkpoint));
         if let Err(error) = result {
             tracing::warn!(task = %task.id, %error, "could not checkpoint; the store will be rebuilt");
         }
     }
 
-    /// After an aborted transaction: rebuild every task from its changelog and rewind inputs
-    /// to the committed offsets.
+    /// After an aborted transaction: rebuild the tasks of the partitions still assigned from
+    /// their changelogs and rewind their inputs to the committed offsets. Tasks the group gave
+    /// away meanwhile (an eviction) stay closed, their timers unfired, until assigned again.
     fn rewind(&mut self) -> Result<(), RuntimeError> {
-        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
-        for id in &ids {
-            if let Some(task) = self.tasks.remove(id) {
-                self.close_task(task, false);
-            }
+        for task in std::mem::take(&mut self.tasks).into_values() {
+            self.close_task(task, false);
         }
+        let assignment =
+            self.consumer.assignment().map_err(RuntimeError::kafka("reading the assignment"))?;
+        let partitions: Vec<(String, i32)> =
+            assignment.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let ids: Vec<TaskId> = self.task_ids(&partitions).into_iter().collect();
         for task in self.open_tasks(&ids)? {
             self.tasks.insert(task.id, task);
         }
-        self.txn.lock().expect("txn lock").dirty = false;
-        let assignment =
-            self.consumer.assignment().map_err(RuntimeError::kafka("reading the assignment"))?;
+        {
+            let mut txn = self.txn.lock().expect("txn lock");
+            txn.dirty = false;
+            txn.positions.clear();
+        }
+        self.seed_positions(&partitions, true)
+    }
+
+    /// Sets the positions of `partitions` that are not known yet (all of them when `rewind`,
+    /// which also seeks the consumer there) to their committed offsets, or to their start when
+    /// nothing is committed, so that the next commit names them.
+    fn seed_positions(
+        &self,
+        partitions: &[(String, i32)],
+        rewind: bool,
+    ) -> Result<(), RuntimeError> {
+        let mut list = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            list.add_partition(topic, *partition);
+        }
         let committed = self
             .consumer
-            .committed_offsets(assignment, KAFKA_TIMEOUT)
+            .committed_offsets(list, KAFKA_TIMEOUT)
             .map_err(RuntimeError::kafka("reading committed offsets"))?;
+        let mut seeded = Vec::new();
         for element in committed.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
             let offset = match element.offset() {
-                Offset::Invalid => Offset::Beginning,
-                other => other,
+                Offset::Offset(offset) => offset,
+                _ => {
+                    self.consumer
+                        .fetch_watermarks(topic, partition, KAFKA_TIMEOUT)
+                        .map_err(RuntimeError::kafka(format!("reading the start of {topic}")))?
+                        .0
+                }
             };
-            if let Err(error) =
-                self.consumer.seek(element.topic(), element.partition(), offset, KAFKA_TIMEOUT)
-            {
-                tracing::warn!(%error, topic = element.topic(), partition = element.partition(), "seek failed");
+            if rewind {
+                if let Err(error) =
+                    self.consumer.seek(topic, partition, Offset::Offset(offset), KAFKA_TIMEOUT)
+                {
+                    tracing::warn!(%error, topic, partition, "seek failed");
+                }
             }
+            seeded.push((topic.to_string(), partition, offset));
+        }
+        let mut txn = self.txn.lock().expect("txn lock");
+        for (topic, partition, offset) in seeded {
+            txn.positions.entry(topic).or_default().entry(partition).or_insert(offset);
         }
         Ok(())
+    }
+
+    /// Fails once the consumer is fenced for good: a newer member with this instance id joined
+    /// the group (librdkafka's only fatal consumer error), so this process must stop working.
+    fn check_not_fenced(&self) -> Result<(), RuntimeError> {
+        match self.consumer.client().fatal_error() {
+            None => Ok(()),
+            Some((code, reason)) => Err(RuntimeError::Fenced(format!(
+                "another process joined {} with this instance's id {:?}; every instance needs \
+                 its own id (--instance-id, or a state directory of its own): {reason} ({code:?})",
+                self.runtime.topology.app_id, self.runtime.config.instance_id
+            ))),
+        }
     }
 
     fn refresh_gauges(&self) {

@@ -1,6 +1,13 @@
 //! The instance's transaction: the transactional producer, the offsets and changelog writes of
 //! the open transaction, and the consumer context that commits it before partitions are
 //! revoked.
+//!
+//! Every commit sends the positions of all owned input partitions, even in a transaction of
+//! timers and ticks only: the broker then checks this instance's group generation, so an
+//! instance evicted from the group (or fenced by a newer member with its id) cannot commit
+//! work for tasks it no longer owns. The offsets of the changelog records that committed
+//! transactions hold are tracked from delivery reports, so a task's checkpoint names only what
+//! this instance wrote or restored, never another owner's later writes.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -10,8 +17,9 @@ use std::{
 
 use rdkafka::{
     consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance},
-    producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
-    ClientContext, Offset, TopicPartitionList,
+    message::DeliveryResult,
+    producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer},
+    ClientContext, Message, Offset, TopicPartitionList,
 };
 
 use super::KAFKA_TIMEOUT;
@@ -20,10 +28,42 @@ use crate::{
     runtime::{metrics::LabelledCounter, output::Output, RuntimeError, RuntimeMetrics},
 };
 
-pub(super) type Producer_ = ThreadedProducer<DefaultProducerContext>;
+pub(super) type Producer_ = ThreadedProducer<DeliveryTracker>;
 
 /// Latest value (or deletion) and timestamp per (partition, store key) of one changelog topic.
 type ChangelogWrites = HashMap<(i32, Vec<u8>), (Option<Vec<u8>>, i64)>;
+
+/// Next offset after a record, per topic and partition.
+pub(super) type EndOffsets = HashMap<String, HashMap<i32, i64>>;
+
+/// Delivery opaque of a record whose offset is not tracked (an output).
+const UNTRACKED: usize = 0;
+/// Delivery opaque of a changelog record: its offset is tracked.
+const CHANGELOG: usize = 1;
+
+/// Producer context noting where delivered changelog records landed (until their transaction
+/// commits, when they join [`TxnState::changelog_ends`], or aborts).
+pub(super) struct DeliveryTracker {
+    delivered: Arc<Mutex<EndOffsets>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let (Ok(message), CHANGELOG) = (result, opaque) else { return };
+        let end = message.offset() + 1;
+        let mut delivered = self.delivered.lock().expect("delivery lock");
+        let partitions = match delivered.get_mut(message.topic()) {
+            Some(partitions) => partitions,
+            None => delivered.entry(message.topic().to_string()).or_default(),
+        };
+        let known = partitions.entry(message.partition()).or_insert(end);
+        *known = (*known).max(end);
+    }
+}
 
 /// Transaction state shared with the rebalance callback, which runs inside `poll`.
 pub(super) struct TxnState {
@@ -31,8 +71,9 @@ pub(super) struct TxnState {
     pub(super) open: bool,
     /// Anything produced or consumed since the transaction began.
     pub(super) touched: bool,
-    /// Next offset to consume, per input partition, for the open transaction.
-    pub(super) offsets: HashMap<String, BTreeMap<i32, i64>>,
+    /// Next offset to consume of every owned input partition, as far as processed; every
+    /// commit sends them all (see the module docs).
+    pub(super) positions: HashMap<String, BTreeMap<i32, i64>>,
     /// Latest store write per (changelog topic, partition, key) in the open transaction, sent
     /// when it commits: a key updated many times in one commit interval is logged once.
     pub(super) changelog: HashMap<String, ChangelogWrites>,
@@ -41,6 +82,13 @@ pub(super) struct TxnState {
     /// The producer is fenced or in a fatal state and must be recreated before the next begin.
     pub(super) producer_broken: bool,
     pub(super) events: Vec<RebalanceEvent>,
+    /// Changelog records of the open transaction delivered so far (filled by the producer).
+    pub(super) delivered: Arc<Mutex<EndOffsets>>,
+    /// Per changelog partition of the open tasks: the offset after the last record this
+    /// instance committed there, or up to which it restored the task.
+    pub(super) changelog_ends: EndOffsets,
+    /// Largest record (key and value) the producer sends.
+    pub(super) max_record_bytes: usize,
     pub(super) metrics: Arc<RuntimeMetrics>,
     pub(super) records_out: LabelledCounter,
     pub(super) transaction_timeout: Duration,
@@ -56,14 +104,28 @@ pub(super) enum RebalanceEvent {
 impl TxnState {
     /// Notes that `offset` of `topic`/`partition` was consumed in the open transaction.
     pub(super) fn consumed(&mut self, topic: &str, partition: i32, offset: i64) {
-        match self.offsets.get_mut(topic) {
+        match self.positions.get_mut(topic) {
             Some(partitions) => {
                 partitions.insert(partition, offset + 1);
             }
             None => {
-                self.offsets.insert(topic.to_string(), BTreeMap::from([(partition, offset + 1)]));
+                self.positions.insert(topic.to_string(), BTreeMap::from([(partition, offset + 1)]));
             }
         }
+    }
+
+    /// Refuses a record whose key and value exceed the producer's `message.max.bytes`: it
+    /// would fail the transaction, and every retry of it.
+    fn check_size(&self, topic: &str, key: &[u8], value: &[u8]) -> Result<(), RuntimeError> {
+        let bytes = key.len() + value.len();
+        if bytes > self.max_record_bytes {
+            return Err(RuntimeError::RecordTooLarge {
+                topic: topic.to_string(),
+                bytes,
+                limit: self.max_record_bytes,
+            });
+        }
+        Ok(())
     }
 
     pub(super) fn begin(&mut self) -> Result<(), RuntimeError> {
@@ -96,7 +158,14 @@ impl TxnState {
                 self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
                 self.open = false;
                 self.touched = false;
-                self.offsets.clear();
+                let delivered = std::mem::take(&mut *self.delivered.lock().expect("delivery lock"));
+                for (topic, partitions) in delivered {
+                    let ends = self.changelog_ends.entry(topic).or_default();
+                    for (partition, end) in partitions {
+                        let known = ends.entry(partition).or_insert(end);
+                        *known = (*known).max(end);
+                    }
+                }
                 Ok(())
             }
             Err(error) => {
@@ -111,7 +180,7 @@ impl TxnState {
         for (topic, writes) in std::mem::take(&mut self.changelog) {
             self.metrics.changelog_out.with_label_values(&[&topic]).inc_by(writes.len() as u64);
             for ((partition, key), (value, timestamp_ms)) in writes {
-                let mut record = BaseRecord::to(&topic)
+                let mut record = BaseRecord::with_opaque_to(&topic, CHANGELOG)
                     .key(key.as_slice())
                     .partition(partition)
                     .timestamp(timestamp_ms);
@@ -123,7 +192,7 @@ impl TxnState {
         }
         let mut offsets = TopicPartitionList::new();
         for (topic, partition, offset) in
-            self.offsets.iter().flat_map(|(t, ps)| ps.iter().map(move |(p, o)| (t, p, o)))
+            self.positions.iter().flat_map(|(t, ps)| ps.iter().map(move |(p, o)| (t, p, o)))
         {
             offsets
                 .add_partition_offset(topic, *partition, Offset::Offset(*offset))
@@ -149,8 +218,8 @@ impl TxnState {
         self.metrics.transaction_aborts.inc();
         self.open = false;
         self.touched = false;
-        self.offsets.clear();
         self.changelog.clear();
+        self.delivered.lock().expect("delivery lock").clear();
         if let Err(error) = self.producer.abort_transaction(KAFKA_TIMEOUT) {
             tracing::warn!(%error, "abort failed (fenced or fatal); recreating the producer");
             self.producer_broken = true;
@@ -164,6 +233,8 @@ impl TxnState {
                 &self.kafka_config,
                 &self.transactional_id,
                 self.transaction_timeout,
+                self.max_record_bytes,
+                Arc::clone(&self.delivered),
             )?;
             self.producer_broken = false;
         }
@@ -200,7 +271,13 @@ impl ConsumerContext for RebalanceHook {
             if let Err(error) = txn.commit(consumer) {
                 tracing::warn!(%error, "commit before revocation failed; tasks will be rebuilt");
             }
-            txn.events.push(RebalanceEvent::Revoked(list(partitions)));
+            let revoked = list(partitions);
+            for (topic, partition) in &revoked {
+                if let Some(positions) = txn.positions.get_mut(topic) {
+                    positions.remove(partition);
+                }
+            }
+            txn.events.push(RebalanceEvent::Revoked(revoked));
         }
     }
 
@@ -219,10 +296,13 @@ fn list(partitions: &TopicPartitionList) -> Vec<(String, i32)> {
     partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
 }
 
+/// A transactional producer whose delivered changelog records are noted in `delivered`.
 pub(super) fn create_producer(
     config: &rdkafka::ClientConfig,
     transactional_id: &str,
     transaction_timeout: Duration,
+    max_record_bytes: usize,
+    delivered: Arc<Mutex<EndOffsets>>,
 ) -> Result<Producer_, RuntimeError> {
     let producer: Producer_ = config
         .clone()
@@ -231,7 +311,8 @@ pub(super) fn create_producer(
         .set("enable.idempotence", "true")
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
-        .create()
+        .set("message.max.bytes", max_record_bytes.to_string())
+        .create_with_context(DeliveryTracker { delivered })
         .map_err(RuntimeError::kafka("creating the transactional producer"))?;
     producer
         .init_transactions(KAFKA_TIMEOUT)
@@ -247,7 +328,7 @@ pub(super) struct TxnOutput<'a> {
 /// Sends one record into the transaction, waiting while the producer's queue is full.
 fn send_record(
     producer: &Producer_,
-    record: BaseRecord<'_, [u8], [u8]>,
+    record: BaseRecord<'_, [u8], [u8], usize>,
 ) -> Result<(), RuntimeError> {
     let topic = record.topic.to_string();
     crate::kafka::send_waiting(producer, record)
@@ -262,11 +343,15 @@ impl Output for TxnOutput<'_> {
         value: &[u8],
         timestamp_ms: i64,
     ) -> Result<(), RuntimeError> {
+        self.txn.check_size(topic, key, value)?;
         self.txn.touched = true;
         self.txn.records_out.inc(topic);
         send_record(
             &self.txn.producer,
-            BaseRecord::to(topic).key(key).payload(value).timestamp(timestamp_ms),
+            BaseRecord::with_opaque_to(topic, UNTRACKED)
+                .key(key)
+                .payload(value)
+                .timestamp(timestamp_ms),
         )
     }
 
@@ -278,6 +363,7 @@ impl Output for TxnOutput<'_> {
         value: Option<&[u8]>,
         timestamp_ms: i64,
     ) -> Result<(), RuntimeError> {
+        self.txn.check_size(topic, key, value.unwrap_or_default())?;
         self.txn.touched = true;
         let write = (value.map(<[u8]>::to_vec), timestamp_ms);
         match self.txn.changelog.get_mut(topic) {
