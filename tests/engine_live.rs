@@ -7,7 +7,8 @@ mod common;
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use herald_engine::model::{
-    AppEvent, Candidate, DeadLetter, Device, Platform, ProfileUpdate, SchemaRegistry, SendCommand,
+    AppEvent, CampaignLifecycleEvent, CampaignStats, Candidate, DeadLetter, Device, LifecycleKind,
+    Platform, ProfileUpdate, SchemaRegistry, SendCommand,
 };
 
 /// An engine deployment on topics of its own (a unique prefix) with one campaign applied.
@@ -29,6 +30,7 @@ impl Deployment {
             (&topic("events"), user_partitions),
             (&topic("profiles"), user_partitions),
             (&topic("receipts"), user_partitions),
+            (&topic("send-gate"), user_partitions),
             (&topic("campaigns"), 1),
             (&topic("campaign-flow"), 2),
             (&topic("app-throttle"), 1),
@@ -67,24 +69,12 @@ impl Deployment {
     }
 
     fn spawn_engine(&self) -> std::process::Child {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log()).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args([
-                "engine",
-                "--topic-prefix",
-                &self.prefix,
-                "--app-id",
-                &self.app_id,
-                "--instance-id",
-                "a",
-            ])
-            .arg("--state-dir")
-            .arg(self.dir.path().join("state"))
-            .env("HERALD_BROKERS", common::kafka().brokers)
-            .env("RUST_LOG", "info,librdkafka=warn")
-            .stderr(log)
-            .spawn()
-            .unwrap()
+        common::spawn_engine(
+            &self.prefix,
+            &self.app_id,
+            &self.dir.path().join("state"),
+            &self.log(),
+        )
     }
 }
 
@@ -315,4 +305,186 @@ fn scheduled_run_per_run_limit_holds_across_four_user_partitions_and_a_restart()
     assert_eq!(kinds, ["RunStarted", "RunFinished"]);
     assert_eq!(events[0].details["qualified"], USERS.to_string(), "all 4 partitions counted");
     assert_eq!(events[1].details["sent"], PER_RUN.to_string());
+}
+
+/// The lifecycle events of the deployment's campaigns so far, in order.
+fn lifecycle_kinds(deployment: &Deployment, expected: usize) -> Vec<LifecycleKind> {
+    let registry = SchemaRegistry::builtin();
+    common::read_committed(
+        &deployment.topic("campaign-events"),
+        expected,
+        Duration::from_millis(500),
+        Duration::from_secs(60),
+    )
+    .iter()
+    .map(|r| registry.decode::<CampaignLifecycleEvent>(r.value.as_deref().unwrap()).unwrap().kind)
+    .collect()
+}
+
+/// The users of the send commands on the deployment's push topic.
+fn push_users(deployment: &Deployment, expected: usize, settle: Duration) -> Vec<String> {
+    let registry = SchemaRegistry::builtin();
+    common::read_committed(&deployment.topic("push"), expected, settle, Duration::from_secs(60))
+        .iter()
+        .map(|r| registry.decode::<SendCommand>(r.value.as_deref().unwrap()).unwrap().user_id)
+        .collect()
+}
+
+/// Polls until `topic`'s end offsets reach `at_least` (observable progress of the engine).
+fn wait_for_offsets(topic: &str, at_least: i64, log: &std::path::Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while common::end_offsets(topic) < at_least {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{topic} did not grow\n{}",
+            common::tail(log, 30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_paused_campaign_holds_its_due_inaction_timers_and_releases_them_on_resume_stop_drops_them() {
+    let deployment = Deployment::new(
+        "pause",
+        2,
+        "id: cart\napp: shop\nname: Cart\nwhen:\n  event: Added To Cart\n  unless: { event: Charged, within: 12s }\nwhat: { title: t, body: b }\n",
+    );
+    let topic = |name: &str| deployment.topic(name);
+    let changelog = |store: &str| format!("{}-{store}-changelog", deployment.app_id);
+    let campaign_command = |command: &str| {
+        let out = deployment.herald(&["campaign", command, "cart", "--topic", &topic("campaigns")]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let log = deployment.log();
+    let engine = deployment.spawn_engine();
+    let now = common::now_ms();
+    common::produce(
+        &topic("profiles"),
+        [profile("u1", Platform::Android, now), profile("u2", Platform::Android, now)],
+    );
+    common::produce(&topic("events"), [event("u1", "Added To Cart", common::now_ms())]);
+    // u1's window is open (its pending entry is written), then the campaign is paused.
+    wait_for_offsets(&changelog("pending"), 1, &log);
+    campaign_command("pause");
+    assert_eq!(lifecycle_kinds(&deployment, 1), vec![LifecycleKind::Paused]);
+    // The window ends during the pause: the timer fires and u1 is held, not dropped.
+    wait_for_offsets(&changelog("held"), 1, &log);
+    assert_eq!(push_users(&deployment, 0, Duration::from_secs(1)), Vec::<String>::new());
+    campaign_command("resume");
+    assert_eq!(push_users(&deployment, 1, Duration::from_secs(1)), vec!["u1"]);
+
+    // u2's window ends during a pause too; stopping the campaign drops u2, counted.
+    let pending_writes = common::end_offsets(&changelog("pending"));
+    common::produce(&topic("events"), [event("u2", "Added To Cart", common::now_ms())]);
+    wait_for_offsets(&changelog("pending"), pending_writes + 1, &log);
+    campaign_command("pause");
+    let held_writes = common::end_offsets(&changelog("held"));
+    wait_for_offsets(&changelog("held"), held_writes + 1, &log);
+    campaign_command("stop");
+    assert_eq!(
+        lifecycle_kinds(&deployment, 4),
+        vec![
+            LifecycleKind::Paused,
+            LifecycleKind::Resumed,
+            LifecycleKind::Paused,
+            LifecycleKind::Stopped
+        ]
+    );
+    let registry = SchemaRegistry::builtin();
+    let stopped = (0..600).find_map(|_| {
+        let snapshots = common::read_committed(
+            &topic("stats"),
+            1,
+            Duration::from_millis(200),
+            Duration::from_secs(5),
+        );
+        let latest = snapshots.last()?;
+        let stats: CampaignStats = registry.decode(latest.value.as_deref()?).ok()?;
+        stats.skipped.get("stopped").copied().filter(|n| *n > 0)
+    });
+    common::stop_gracefully(engine);
+    assert_eq!(stopped, Some(1), "{}", common::tail(&log, 30));
+    assert_eq!(push_users(&deployment, 1, Duration::from_secs(1)), vec!["u1"]);
+}
+
+#[test]
+fn re_applying_an_ab_test_without_its_winner_keeps_sending_and_keeps_the_removed_variants_stats() {
+    let ab = |variants: &str| {
+        format!(
+            "id: ab\napp: shop\nname: AB\nwhen: {{ event: Ping }}\nwhat:\n  variants:\n{variants}  ab: {{ test_audience: 3, evaluate_after: 1s }}\n"
+        )
+    };
+    let three = "    - { id: A, title: a, body: a }\n    - { id: B, title: b, body: b }\n    - { id: C, title: c, body: c }\n";
+    let deployment = Deployment::new("edit", 2, &ab(three));
+    let topic = |name: &str| deployment.topic(name);
+    let log = deployment.log();
+    let engine = deployment.spawn_engine();
+    let now = common::now_ms();
+    let users: Vec<String> = (1..=5).map(|i| format!("u{i}")).collect();
+    common::produce(&topic("profiles"), users.iter().map(|u| profile(u, Platform::Ios, now)));
+    // Three test users, then (after the wait) u4 gets the winner: A, on a tie of no clicks.
+    common::produce(&topic("events"), users[..3].iter().map(|u| event(u, "Ping", now)));
+    assert_eq!(push_users(&deployment, 3, Duration::from_millis(200)).len(), 3);
+    // The evaluation timer declares the winner (A, on a tie of no clicks); u4 then gets it.
+    let winner = (0..100)
+        .find_map(|_| {
+            lifecycle_events(&deployment)
+                .into_iter()
+                .find(|e| e.kind == LifecycleKind::WinnerDeclared)
+                .map(|e| e.details["winner"].clone())
+        })
+        .expect("a winner is declared");
+    assert_eq!(winner, "A");
+    common::produce(&topic("events"), [event("u4", "Ping", common::now_ms())]);
+    assert_eq!(push_users(&deployment, 4, Duration::from_millis(200)).len(), 4);
+    // The winner is removed by an edit: the next user is still sent (a remaining variant wins).
+    let file = deployment.dir.path().join("edited.yaml");
+    std::fs::write(
+        &file,
+        ab("    - { id: B, title: b, body: b }\n    - { id: C, title: c, body: c }\n"),
+    )
+    .unwrap();
+    let out = deployment.herald(&[
+        "campaign",
+        "apply",
+        "--topic",
+        &topic("campaigns"),
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    // The edit has no observable effect until the next user: give the engine's global table
+    // reader time to see it (it reads the campaigns topic continuously).
+    std::thread::sleep(Duration::from_secs(2));
+    common::produce(&topic("events"), [event("u5", "Ping", common::now_ms())]);
+    let sent = push_users(&deployment, 5, Duration::from_secs(1));
+    let registry = SchemaRegistry::builtin();
+    let latest_stats =
+        common::read_committed(&topic("stats"), 1, Duration::from_secs(2), Duration::from_secs(30));
+    common::stop_gracefully(engine);
+    assert_eq!(sent.len(), 5, "u5 was sent after the edit\n{}", common::tail(&log, 30));
+    assert_eq!(sent[4], "u5");
+    let stats: CampaignStats =
+        registry.decode(latest_stats.last().unwrap().value.as_deref().unwrap()).unwrap();
+    let sent_by_variant: Vec<(String, i64)> =
+        stats.variants.iter().map(|v| (v.variant_id.clone(), v.sent)).collect();
+    // A (removed) keeps its test send and u4's winner send; u5 got the new winner B.
+    assert_eq!(
+        sent_by_variant,
+        vec![("A".to_string(), 2), ("B".to_string(), 2), ("C".to_string(), 1)]
+    );
+}
+
+/// Every lifecycle event so far.
+fn lifecycle_events(deployment: &Deployment) -> Vec<CampaignLifecycleEvent> {
+    let registry = SchemaRegistry::builtin();
+    common::read_committed(
+        &deployment.topic("campaign-events"),
+        1,
+        Duration::from_millis(300),
+        Duration::from_secs(5),
+    )
+    .iter()
+    .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
+    .collect()
 }

@@ -404,3 +404,115 @@ fn a_refused_credential_is_renewed_once_then_stops_the_app_without_failing_its_c
     assert_eq!(by_message.keys().cloned().collect::<BTreeSet<_>>(), message_ids(COUNT));
     assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted), "none failed");
 }
+
+/// The closed loop, as the product promises it: 2,000 users each trigger an instant campaign
+/// 3 times an hour apart (event time) → the simulator receives exactly 6,000 distinct message
+/// ids, none twice, and the campaign's stats say 6,000 sent.
+#[test]
+fn two_thousand_users_triggering_three_times_an_hour_apart_get_six_thousand_notifications() {
+    use herald_engine::model::{AppEvent, CampaignStats, Device, ProfileUpdate};
+    const USERS: usize = 2_000;
+    let setup = Setup::new("loop", 4, &[]);
+    let topic = |name: &str| setup.topic(name);
+    common::create_topics(&[
+        (&topic("events"), 4),
+        (&topic("profiles"), 4),
+        (&topic("send-gate"), 4),
+        (&topic("campaigns"), 1),
+        (&topic("campaign-flow"), 2),
+        (&topic("app-throttle"), 1),
+        (&topic("stats"), 1),
+        (&topic("campaign-events"), 1),
+    ]);
+    let campaign = setup.path("ping.yaml");
+    std::fs::write(
+        &campaign,
+        "id: ping\napp: shop\nname: Ping\nwhen: { event: Ping }\nwhat: { title: t, body: b }\n",
+    )
+    .unwrap();
+    let applied = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["campaign", "apply", "--topic", &topic("campaigns")])
+        .arg(&campaign)
+        .env("HERALD_BROKERS", common::kafka().brokers)
+        .output()
+        .unwrap();
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let engine_log = setup.path("engine.log");
+    let engine = common::spawn_engine(
+        &setup.prefix,
+        &common::unique("loop-app"),
+        &setup.path("engine-state"),
+        &engine_log,
+    );
+    let config = setup.sender_config(&setup.token_auth(None), "    max_per_second: 20000\n");
+    let sender = setup.spawn_sender(&config, "s1");
+
+    let registry = SchemaRegistry::builtin();
+    let now = common::now_ms();
+    let users: Vec<String> = (0..USERS).map(|i| format!("u{i}")).collect();
+    common::produce(
+        &topic("profiles"),
+        users.iter().map(|user| {
+            let update = ProfileUpdate {
+                app_id: "shop".into(),
+                user_id: user.clone(),
+                timestamp_ms: now - 3 * 3_600_000,
+                set: Default::default(),
+                unset: vec![],
+                devices_added: vec![Device {
+                    device_id: format!("d-{user}"),
+                    platform: Platform::Android,
+                    token: format!("tok-{user}"),
+                    app_version: None,
+                    os_version: None,
+                    make: None,
+                    model: None,
+                    sdk_version: None,
+                }],
+                tokens_removed: vec![],
+            };
+            (user.clone(), registry.encode(&update).unwrap())
+        }),
+    );
+    common::produce(
+        &topic("events"),
+        (0..3i64).flat_map(|hour| {
+            users.iter().map(move |user| {
+                let event = AppEvent {
+                    event_id: format!("{user}-ping-{hour}"),
+                    app_id: "shop".into(),
+                    user_id: user.clone(),
+                    name: "Ping".into(),
+                    timestamp_ms: now - (2 - hour) * 3_600_000,
+                    properties: Default::default(),
+                    sdk_version: None,
+                };
+                (user.clone(), SchemaRegistry::builtin().encode(&event).unwrap())
+            })
+        }),
+    );
+
+    let started = Instant::now();
+    let mut stats = setup.stats().unwrap_or_default();
+    while stats["messages"].as_u64().unwrap_or(0) < 3 * USERS as u64
+        && started.elapsed() < Duration::from_secs(180)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        stats = setup.stats().unwrap_or_default();
+    }
+    let receipts = setup.receipts(3 * USERS, Duration::from_secs(60));
+    let snapshots =
+        common::read_committed(&topic("stats"), 1, Duration::from_secs(3), Duration::from_secs(30));
+    common::stop_gracefully(sender);
+    common::stop_gracefully(engine);
+    assert_eq!(stats["messages"], 3 * USERS, "{stats}\n{}", common::tail(&engine_log, 20));
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+    let mut receipted: Vec<&str> = receipts.iter().map(|r| r.message_id.as_str()).collect();
+    receipted.sort_unstable();
+    receipted.dedup();
+    assert_eq!(receipted.len(), 3 * USERS, "one final receipt per message id");
+    let latest: CampaignStats =
+        registry.decode(snapshots.last().unwrap().value.as_deref().unwrap()).unwrap();
+    let sent: i64 = latest.variants.iter().map(|v| v.sent).sum();
+    assert_eq!(sent, 3 * USERS as i64, "{latest:?}");
+}

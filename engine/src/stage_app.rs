@@ -10,7 +10,7 @@ use crate::{
     model::{topics::TopicNames, Record, SchemaRegistry, SendCommand},
     outbox::{Drain, Outbox, OutboxState},
     runtime::{ProcessError, Processor, ProcessorContext, SourceRecord, Timer, TopologyBuilder},
-    stage_user::Settings,
+    stage_user::{send_topic, Settings},
 };
 
 const OUTBOX: &str = "app-outbox";
@@ -26,7 +26,13 @@ pub fn add_app_stage(
     builder.sub_topology(
         "app",
         move |_| AppStage { topics: Arc::clone(&names), settings: Arc::clone(&settings) },
-        |s| s.source(&topics.app_throttle).store(OUTBOX).store(WINDOWS).sink(&topics.push),
+        |s| {
+            s.source(&topics.app_throttle)
+                .store(OUTBOX)
+                .store(WINDOWS)
+                .sink(&topics.push)
+                .sink(&topics.send_gate)
+        },
     )
 }
 
@@ -42,7 +48,8 @@ impl AppStage {
         ctx: &mut ProcessorContext<'_>,
         command: &SendCommand,
     ) -> Result<(), ProcessError> {
-        Ok(ctx.send_record(&self.topics.push, command.user_id.as_bytes(), command)?)
+        let topic = send_topic(&self.topics, self.settings.app(&command.app_id));
+        Ok(ctx.send_record(topic, command.user_id.as_bytes(), command)?)
     }
 
     /// The app's outbox with `throttle`, and its stored window.

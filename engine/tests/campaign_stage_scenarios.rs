@@ -113,9 +113,11 @@ fn coupon_limit_10000_qualify_total_1000_gives_exactly_1000_sends_and_completes(
     assert_eq!(sends.len(), 1_000);
     assert_eq!(sends[0]["title"], "Coupon for Nu0", "rendered per user");
     let events = outcome.events();
-    assert_eq!(events.len(), 1);
-    assert_eq!(format!("{:?}", events[0].kind), "Completed");
-    assert_eq!(events[0].details["sent"], "1000");
+    let kinds: Vec<String> = events.iter().map(|e| format!("{:?}", e.kind)).collect();
+    assert_eq!(kinds, ["LimitReached", "Completed"]);
+    assert_eq!(events[0].details["limit"], "total");
+    assert_eq!(events[1].details["reason"], "total_limit");
+    assert_eq!(events[1].details["sent"], "1000");
     assert_eq!(outcome.stats()["coupons"]["skipped"]["total_limit"], 9_000);
 }
 

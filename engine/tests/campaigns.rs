@@ -51,7 +51,7 @@ fn the_cart_example_compiles_to_an_inaction_trigger() {
     let coupons = parse_campaign(&doc_example("coupons"), "coupons").unwrap();
     assert_eq!(coupons.limits.total, Some(1000));
     assert_eq!(coupons.options.dnd.as_ref().unwrap().action, DndAction::Delay);
-    assert_eq!(coupons.options.timezone, chrono_tz::America::Los_Angeles);
+    assert_eq!(coupons.options.timezone, Some(chrono_tz::America::Los_Angeles));
 }
 
 #[test]

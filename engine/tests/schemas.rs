@@ -218,6 +218,8 @@ fn skip_round_trips() {
         user_id: "u".into(),
         reason: "capped_daily".into(),
         timestamp_ms: 16,
+        variant_id: Some("B".into()),
+        returns_place: true,
     });
 }
 

@@ -599,3 +599,158 @@ fn first_time_after_a_date_selects_newcomers() {
     let selected: Vec<String> = run.candidates().into_iter().map(|c| c.user_id).collect();
     assert_eq!(selected, vec!["new"]);
 }
+
+impl Run {
+    fn sends(&self) -> Vec<serde_json::Value> {
+        read(&self.dir.path().join("out/sends.jsonl"))
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.dir.path().join("out/stats.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// (campaign, user) of every send, in order.
+    fn sent_pairs(&self) -> Vec<(String, String)> {
+        self.sends()
+            .iter()
+            .map(|s| {
+                (s["campaign_id"].as_str().unwrap().into(), s["user_id"].as_str().unwrap().into())
+            })
+            .collect()
+    }
+}
+
+/// The `sent` count of `campaign`'s variant `variant` in the final stats.
+fn sent_stat(stats: &serde_json::Value, campaign: &str, variant: &str) -> i64 {
+    stats[campaign]["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["variant_id"] == variant)
+        .map(|v| v["sent"].as_i64().unwrap())
+        .unwrap()
+}
+
+const PING: &str =
+    "id: ping\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\n";
+
+#[test]
+fn two_pings_an_hour_apart_are_two_notifications_with_their_own_message_ids() {
+    let lines = [
+        profile("u1", "2026-11-26T07:00:00Z", "{}"),
+        event("u1", "2026-11-26T08:00:00Z", "Ping", "{}"),
+        event("u1", "2026-11-26T09:00:00Z", "Ping", "{}"),
+    ];
+    let ids = |run: &Run| -> Vec<String> {
+        run.sends().iter().map(|s| s["message_id"].as_str().unwrap().to_string()).collect()
+    };
+    let run = Run::new();
+    run.campaign("ping", PING);
+    run.replay(&lines, "", None);
+    let first = ids(&run);
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert_ne!(first[0], first[1], "two occurrences share a message id");
+    assert_eq!(sent_stat(&run.stats(), "ping", "A"), 2);
+    // The same occurrences processed again keep their ids (the senders' dedup relies on it).
+    run.replay(&lines, "", None);
+    assert_eq!(ids(&run), first);
+}
+
+#[test]
+fn a_total_limit_of_3_spends_the_daily_cap_of_only_the_3_users_sent_to() {
+    let run = Run::new();
+    run.campaign(
+        "coupon",
+        "id: coupon\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\nlimits: { total: 3 }\n",
+    );
+    run.campaign(
+        "news",
+        "id: news\napp: shop\nname: n\nwhen: { event: Pong }\nwhat: { title: t, body: b }\n",
+    );
+    let users: Vec<String> = (0..10).map(|i| format!("u{i}")).collect();
+    let mut lines: Vec<String> =
+        users.iter().map(|u| profile(u, "2026-11-26T07:00:00Z", "{}")).collect();
+    for (i, user) in users.iter().enumerate() {
+        lines.push(event(user, &format!("2026-11-26T08:{i:02}:00Z"), "Ping", "{}"));
+    }
+    for (i, user) in users.iter().enumerate() {
+        lines.push(event(user, &format!("2026-11-26T12:{i:02}:00Z"), "Pong", "{}"));
+    }
+    run.replay(&lines, "apps:\n  shop:\n    caps: { per_day: 1 }\n", None);
+    let pair = |c: &str, u: &str| (c.to_string(), u.to_string());
+    let mut expected: Vec<(String, String)> =
+        users[..3].iter().map(|u| pair("coupon", u)).collect();
+    expected.extend(users[3..].iter().map(|u| pair("news", u)));
+    assert_eq!(run.sent_pairs(), expected);
+    let capped: Vec<(String, String, String)> = run
+        .skips()
+        .into_iter()
+        .filter(|s| s.campaign_id == "news")
+        .map(|s| (s.campaign_id, s.user_id, s.reason))
+        .collect();
+    let capped_expected: Vec<(String, String, String)> =
+        users[..3].iter().map(|u| ("news".into(), u.clone(), "capped_daily".into())).collect();
+    assert_eq!(capped, capped_expected);
+    let stats = run.stats();
+    assert_eq!(sent_stat(&stats, "coupon", "A"), 3);
+    assert_eq!(sent_stat(&stats, "news", "A"), 7);
+}
+
+#[test]
+fn a_throttled_send_counts_against_caps_when_it_leaves_and_is_skipped_if_capped_by_then() {
+    let run = Run::new();
+    run.campaign(
+        "slow",
+        "id: slow\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\noptions: { throttle: { max: 1, per: 1h } }\n",
+    );
+    run.campaign(
+        "fast",
+        "id: fast\napp: shop\nname: n\nwhen: { event: Pong }\nwhat: { title: t, body: b }\n",
+    );
+    run.replay(
+        &[
+            profile("u1", "2026-11-26T07:00:00Z", "{}"),
+            profile("u2", "2026-11-26T07:00:00Z", "{}"),
+            profile("clock", "2026-11-26T07:00:00Z", "{}"),
+            event("u1", "2026-11-26T08:00:00Z", "Ping", "{}"), // leaves at once
+            event("u2", "2026-11-26T08:00:01Z", "Ping", "{}"), // waits for 09:00
+            event("u2", "2026-11-26T08:30:00Z", "Pong", "{}"), // u2's first notification today
+            event("clock", "2026-11-26T10:00:00Z", "Tick", "{}"),
+        ],
+        "apps:\n  shop:\n    caps: { per_day: 1 }\n",
+        None,
+    );
+    let pair = |c: &str, u: &str| (c.to_string(), u.to_string());
+    assert_eq!(run.sent_pairs(), vec![pair("slow", "u1"), pair("fast", "u2")]);
+    let skipped: Vec<(String, String, String, i64)> = run
+        .skips()
+        .into_iter()
+        .map(|s| (s.campaign_id, s.user_id, s.reason, s.timestamp_ms))
+        .collect();
+    assert_eq!(
+        skipped,
+        vec![("slow".into(), "u2".into(), "capped_daily".into(), ms("2026-11-26T09:00:00Z"))]
+    );
+    assert_eq!(sent_stat(&run.stats(), "slow", "A"), 1);
+}
+
+#[test]
+fn dnd_of_a_user_without_a_timezone_uses_the_campaigns_timezone_before_the_apps() {
+    let run = Run::new();
+    run.campaign(
+        "dnd",
+        "id: dnd\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\noptions:\n  timezone: America/Los_Angeles\n  dnd: { start: \"21:00\", end: \"09:00\", action: delay }\n",
+    );
+    // 22:00 in Paris (the app's timezone) is 13:00 in Los Angeles: outside the campaign's DND.
+    run.replay(
+        &[
+            profile("u1", "2026-11-26T00:00:00Z", "{}"),
+            event("u1", "2026-11-26T21:00:00Z", "Ping", "{}"),
+        ],
+        "apps:\n  shop:\n    timezone: Europe/Paris\n",
+        None,
+    );
+    let at: Vec<i64> = run.candidates().into_iter().map(|c| c.qualified_at_ms).collect();
+    assert_eq!(at, vec![ms("2026-11-26T21:00:00Z")]);
+}

@@ -1,4 +1,5 @@
-//! `herald campaign validate|apply`: check campaign definition files, publish them.
+//! `herald campaign validate|apply|pause|resume|stop|stats`: check campaign definition files,
+//! publish them, issue operator commands, show stats.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -7,7 +8,7 @@ use clap::{Args, Subcommand};
 use herald_engine::{
     campaign::parse_campaign,
     kafka::KafkaConfig,
-    model::{CampaignCommand, CampaignEnvelope, CampaignStats, SchemaRegistry},
+    model::{CampaignCommand, CampaignEnvelope, CampaignStats, Record, SchemaRegistry},
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -20,6 +21,21 @@ pub enum CampaignCommandArgs {
     Apply(ApplyArgs),
     /// Print a campaign's latest stats snapshot as a table.
     Stats(StatsArgs),
+    /// Hold a campaign: no new triggers; due timers, pending users and throttled sends wait.
+    Pause(OperatorArgs),
+    /// Continue a paused campaign: what waited is released.
+    Resume(OperatorArgs),
+    /// End a campaign for good: what waited is dropped (counted `stopped`).
+    Stop(OperatorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    /// Campaign id.
+    id: String,
+    /// Topic of campaign definitions.
+    #[arg(long, default_value = "herald.campaigns")]
+    topic: String,
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +89,9 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Option<Vec<(String, String, String)
 pub fn run(kafka: &KafkaConfig, command: CampaignCommandArgs) -> anyhow::Result<ExitCode> {
     match command {
         CampaignCommandArgs::Stats(args) => stats(kafka, &args),
+        CampaignCommandArgs::Pause(args) => operate(kafka, &args, CampaignCommand::Pause),
+        CampaignCommandArgs::Resume(args) => operate(kafka, &args, CampaignCommand::Resume),
+        CampaignCommandArgs::Stop(args) => operate(kafka, &args, CampaignCommand::Stop),
         CampaignCommandArgs::Validate(args) => {
             Ok(if load(&args.files)?.is_some() { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
@@ -81,12 +100,6 @@ pub fn run(kafka: &KafkaConfig, command: CampaignCommandArgs) -> anyhow::Result<
                 eprintln!("nothing published: fix the errors above first");
                 return Ok(ExitCode::from(2));
             };
-            let producer: FutureProducer = kafka
-                .client_config()
-                .set("enable.idempotence", "true")
-                .create()
-                .context("creating the Kafka producer")?;
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let now_ms = chrono::Utc::now().timestamp_millis();
             for (id, app, definition) in campaigns {
                 let envelope = CampaignEnvelope {
@@ -98,14 +111,7 @@ pub fn run(kafka: &KafkaConfig, command: CampaignCommandArgs) -> anyhow::Result<
                     issued_at_ms: now_ms,
                     issued_by: std::env::var("USER").ok(),
                 };
-                let bytes = SchemaRegistry::builtin().encode(&envelope)?;
-                runtime
-                    .block_on(producer.send(
-                        FutureRecord::to(&args.topic).key(&id).payload(&bytes),
-                        Duration::from_secs(30),
-                    ))
-                    .map_err(|(e, _)| e)
-                    .with_context(|| format!("publishing {id} to {}", args.topic))?;
+                publish(kafka, &args.topic, &envelope)?;
                 println!("published {id} to {}", args.topic);
             }
             Ok(ExitCode::SUCCESS)
@@ -113,35 +119,35 @@ pub fn run(kafka: &KafkaConfig, command: CampaignCommandArgs) -> anyhow::Result<
     }
 }
 
-/// Reads the stats topic to its end and prints the latest snapshot of the campaign.
-fn stats(kafka: &KafkaConfig, args: &StatsArgs) -> anyhow::Result<ExitCode> {
+/// Reads `topic` to its end and returns the last record keyed `key` that decodes as `R`.
+fn latest<R: Record>(kafka: &KafkaConfig, topic: &str, key: &str) -> anyhow::Result<Option<R>> {
     use rdkafka::{
         consumer::{BaseConsumer, Consumer},
         Message, Offset, TopicPartitionList,
     };
     let consumer: BaseConsumer = kafka
         .client_config()
-        .set("group.id", "herald-cli-stats")
+        .set("group.id", "herald-cli")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .create()
         .context("creating the Kafka consumer")?;
     let timeout = Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some(&args.topic), timeout)?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = metadata
         .topics()
         .first()
         .map(|t| t.partitions().iter().map(|p| p.id()).collect())
         .unwrap_or_default();
-    anyhow::ensure!(!partitions.is_empty(), "topic {} not found", args.topic);
-    let mut latest: Option<CampaignStats> = None;
+    anyhow::ensure!(!partitions.is_empty(), "topic {topic} not found");
+    let mut latest = None;
     for partition in partitions {
-        let (low, high) = consumer.fetch_watermarks(&args.topic, partition, timeout)?;
+        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
         if low >= high {
             continue;
         }
         let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(&args.topic, partition, Offset::Beginning)?;
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
         consumer.assign(&assignment)?;
         let mut idle = 0;
         while idle < 20 {
@@ -151,12 +157,11 @@ fn stats(kafka: &KafkaConfig, args: &StatsArgs) -> anyhow::Result<ExitCode> {
             };
             let message = message?;
             idle = 0;
-            if message.key() == Some(args.id.as_bytes()) {
-                if let Some(stats) = message
-                    .payload()
-                    .and_then(|v| SchemaRegistry::builtin().decode::<CampaignStats>(v).ok())
+            if message.key() == Some(key.as_bytes()) {
+                if let Some(record) =
+                    message.payload().and_then(|v| SchemaRegistry::builtin().decode::<R>(v).ok())
                 {
-                    latest = Some(stats);
+                    latest = Some(record);
                 }
             }
             if message.offset() + 1 >= high {
@@ -164,7 +169,59 @@ fn stats(kafka: &KafkaConfig, args: &StatsArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let Some(stats) = latest else {
+    Ok(latest)
+}
+
+/// Publishes an operator `command` for a campaign: its current definition under the command,
+/// so the compacted topic keeps a complete envelope.
+fn operate(
+    kafka: &KafkaConfig,
+    args: &OperatorArgs,
+    command: CampaignCommand,
+) -> anyhow::Result<ExitCode> {
+    let Some(current) = latest::<CampaignEnvelope>(kafka, &args.topic, &args.id)? else {
+        eprintln!("campaign {} not found in {}", args.id, args.topic);
+        return Ok(ExitCode::from(2));
+    };
+    if current.command == CampaignCommand::Stop {
+        eprintln!("campaign {} is stopped; apply its definition again to restart it", args.id);
+        return Ok(ExitCode::from(2));
+    }
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let envelope = CampaignEnvelope {
+        command,
+        revision: now_ms,
+        issued_at_ms: now_ms,
+        issued_by: std::env::var("USER").ok(),
+        ..current
+    };
+    publish(kafka, &args.topic, &envelope)?;
+    println!("{:?} {} published to {}", command, args.id, args.topic);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Publishes `envelope` to `topic`, keyed by its campaign, and waits for the broker's ack.
+fn publish(kafka: &KafkaConfig, topic: &str, envelope: &CampaignEnvelope) -> anyhow::Result<()> {
+    let producer: FutureProducer = kafka
+        .client_config()
+        .set("enable.idempotence", "true")
+        .create()
+        .context("creating the Kafka producer")?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let bytes = SchemaRegistry::builtin().encode(envelope)?;
+    let id = &envelope.campaign_id;
+    runtime
+        .block_on(
+            producer.send(FutureRecord::to(topic).key(id).payload(&bytes), Duration::from_secs(30)),
+        )
+        .map_err(|(e, _)| e)
+        .with_context(|| format!("publishing {id} to {topic}"))?;
+    Ok(())
+}
+
+/// Reads the stats topic to its end and prints the latest snapshot of the campaign.
+fn stats(kafka: &KafkaConfig, args: &StatsArgs) -> anyhow::Result<ExitCode> {
+    let Some(stats) = latest::<CampaignStats>(kafka, &args.topic, &args.id)? else {
         eprintln!("no stats for campaign {} in {}", args.id, args.topic);
         return Ok(ExitCode::from(2));
     };

@@ -52,6 +52,8 @@ pub fn run(kafka: &KafkaConfig, args: TrafficArgs) -> anyhow::Result<ExitCode> {
         kafka.client_config().set("linger.ms", "10").create().context("creating a producer")?;
     let registry = SchemaRegistry::builtin();
     let started = Instant::now();
+    // Event ids are unique across invocations: the engine derives message ids from them.
+    let session = fastrand::u64(..);
     let total = args.rate * args.seconds;
     let (mut carts, mut purchases) = (0u64, 0u64);
     for n in 0..total {
@@ -80,7 +82,7 @@ pub fn run(kafka: &KafkaConfig, args: TrafficArgs) -> anyhow::Result<ExitCode> {
         }
         for (name, timestamp_ms, properties) in events {
             let event = AppEvent {
-                event_id: format!("traffic-{n}-{name}"),
+                event_id: format!("traffic-{session:016x}-{n}-{name}"),
                 app_id: args.app.clone(),
                 user_id: user.clone(),
                 name: name.to_string(),

@@ -184,3 +184,18 @@ pub fn tail(log: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// Starts `herald engine` on the topics under `prefix` as application `app_id` (instance `a`),
+/// keeping its state in `state_dir` and appending its log to `log`.
+pub fn spawn_engine(prefix: &str, app_id: &str, state_dir: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["engine", "--topic-prefix", prefix, "--app-id", app_id, "--instance-id", "a"])
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env("HERALD_BROKERS", kafka().brokers)
+        .env("RUST_LOG", "info,librdkafka=warn")
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}

@@ -10,7 +10,7 @@ use super::Scalar;
 use crate::model::Platform;
 
 /// Lifecycle status set in the definition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CampaignStatus {
     /// Saved, not running.
     Draft,
@@ -422,8 +422,9 @@ pub struct Options {
     pub platforms: Vec<Platform>,
     /// Conversion tracking.
     pub conversion: Option<Conversion>,
-    /// Campaign timezone (daily limits; DND for users without a timezone).
-    pub timezone: Tz,
+    /// Campaign timezone, if set: daily limits count days in it (else UTC), and DND hours use it
+    /// for users without a timezone (before the app's).
+    pub timezone: Option<Tz>,
 }
 
 /// A validated campaign definition.

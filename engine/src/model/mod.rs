@@ -12,10 +12,11 @@ pub use checks::{check_timestamp, Checked, InvalidField, MAX_TIMESTAMP_MS, MIN_T
 pub use error::CodecError;
 pub use ingest::{IngestDecoder, IngestFormat};
 pub use records::{
-    scheduled_run_id, scheduled_run_time, AppEvent, CampaignCommand, CampaignEnvelope,
-    CampaignLifecycleEvent, CampaignStats, Candidate, DeadLetter, Device, Engagement,
-    EngagementKind, LifecycleKind, Platform, ProfileUpdate, Properties, PropertyValue, Receipt,
-    ReceiptStatus, Record, RunTally, SendCommand, Skip, VariantStats, TRIGGERED_RUN,
+    is_triggered_run, scheduled_run_id, scheduled_run_time, triggered_run_id, AppEvent,
+    CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats, Candidate,
+    DeadLetter, Device, Engagement, EngagementKind, LifecycleKind, Platform, ProfileUpdate,
+    Properties, PropertyValue, Receipt, ReceiptStatus, Record, RunTally, SendCommand, Skip,
+    VariantStats, TRIGGERED_RUN,
 };
 pub use registry::{SchemaError, SchemaRegistry};
 pub use single_object::Fingerprint;

@@ -444,14 +444,35 @@ pub struct Skip {
     pub reason: String,
     /// When, epoch milliseconds.
     pub timestamp_ms: i64,
+    /// Set when the send gate refused a send command as it left for a sender: the variant whose
+    /// sent count the command takes back (schema version 2).
+    #[serde(default)]
+    pub variant_id: Option<String>,
+    /// The first refused command of a notification: it also gives back the user's place in the
+    /// campaign's limits and counts the skip (schema version 2).
+    #[serde(default)]
+    pub returns_place: bool,
 }
 
 impl Record for Skip {
     const FULL_NAME: &'static str = "io.herald.Skip";
 }
 
-/// [`Candidate::run_id`] of users qualified by a live trigger (scheduled runs have their own).
+/// Prefix of the [`Candidate::run_id`] of users qualified by a live trigger (scheduled runs
+/// have their own ids, see [`scheduled_run_id`]).
 pub const TRIGGERED_RUN: &str = "trigger";
+
+/// The run id of one trigger occurrence: `trigger:<occurrence>`, where `occurrence` names what
+/// caused it (the triggering event). Message ids derive from it, so two occurrences never share
+/// one and the same occurrence reprocessed after a crash keeps its ids.
+pub fn triggered_run_id(occurrence: &str) -> String {
+    format!("{TRIGGERED_RUN}:{occurrence}")
+}
+
+/// Whether `run_id` belongs to a live trigger (not a scheduled run).
+pub fn is_triggered_run(run_id: &str) -> bool {
+    run_id.strip_prefix(TRIGGERED_RUN).is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+}
 
 /// The id of a scheduled run at `run_at_ms`.
 pub fn scheduled_run_id(run_at_ms: i64) -> String {

@@ -13,6 +13,8 @@ pub const CAMPAIGN_EVENTS: &str = "herald.campaign-events";
 pub const CAMPAIGN_FLOW: &str = "herald.campaign-flow";
 /// Send commands of apps with a global throttle, campaign stage → app stage.
 pub const APP_THROTTLE: &str = "herald.app-throttle";
+/// Send commands of apps with frequency caps on their way out, campaign/app stage → user stage.
+pub const SEND_GATE: &str = "herald.send-gate";
 /// Send commands.
 pub const PUSH: &str = "herald.push";
 /// Campaign stats snapshots (compacted).
@@ -35,6 +37,8 @@ pub struct TopicNames {
     pub campaign_flow: String,
     /// Campaign stage → app stage (apps with a global throttle).
     pub app_throttle: String,
+    /// Campaign/app stage → user stage: caps are checked where a notification leaves.
+    pub send_gate: String,
     /// Send commands.
     pub push: String,
     /// Campaign stats snapshots.
@@ -57,6 +61,7 @@ impl TopicNames {
             campaigns: name(CAMPAIGNS),
             campaign_flow: name(CAMPAIGN_FLOW),
             app_throttle: name(APP_THROTTLE),
+            send_gate: name(SEND_GATE),
             push: name(PUSH),
             stats: name(STATS),
             campaign_events: name(CAMPAIGN_EVENTS),
@@ -68,13 +73,14 @@ impl TopicNames {
 
 impl TopicNames {
     /// Every name, in declaration order.
-    pub fn all(&self) -> [&str; 10] {
+    pub fn all(&self) -> [&str; 11] {
         [
             &self.events,
             &self.profiles,
             &self.campaigns,
             &self.campaign_flow,
             &self.app_throttle,
+            &self.send_gate,
             &self.push,
             &self.stats,
             &self.campaign_events,

@@ -95,6 +95,12 @@ impl<'a> ProcessorContext<'a> {
         self.task
     }
 
+    /// Whether records keyed `key` on this sub-topology's sources come to this task (the
+    /// producers' murmur2 partitioning), e.g. to let exactly one task act for a global table's row.
+    pub fn owns_key(&self, key: &[u8]) -> bool {
+        super::partitioner::partition_for(key, self.partitions) == self.task.partition
+    }
+
     /// How many partitions (so tasks) the processor's sub-topology has.
     pub fn partitions(&self) -> i32 {
         self.partitions

@@ -5,6 +5,7 @@
 //! Scheduled runs (safety check, per-run limit, A/B test population) are decided in `runs`.
 
 pub mod ab;
+mod lifecycle;
 mod runs;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -19,15 +20,17 @@ use crate::{
         WinnerBy,
     },
     model::{
-        topics::TopicNames, CampaignLifecycleEvent, CampaignStats, Candidate, Engagement,
-        EngagementKind, LifecycleKind, Platform, Record, RunTally, SchemaRegistry, SendCommand,
-        Skip, VariantStats, TRIGGERED_RUN,
+        is_triggered_run, topics::TopicNames, CampaignLifecycleEvent, CampaignStats, Candidate,
+        Engagement, EngagementKind, LifecycleKind, Platform, Record, RunTally, SchemaRegistry,
+        SendCommand, Skip, VariantStats,
     },
     outbox::{Drain, Outbox, OutboxState},
     payload::{self, Addressing, RenderedMessage},
     render::{MessageTemplate, RenderError},
-    runtime::{ProcessError, Processor, ProcessorContext, SourceRecord, Timer, TopologyBuilder},
-    stage_user::Settings,
+    runtime::{
+        ProcessError, Processor, ProcessorContext, SourceRecord, Tick, Timer, TopologyBuilder,
+    },
+    stage_user::{send_topic, Settings},
 };
 
 const STATE: &str = "campaign-state";
@@ -66,6 +69,7 @@ pub fn add_campaign_stage(
                 .store(RUN_BUFFER)
                 .sink(&topics.push)
                 .sink(&topics.app_throttle)
+                .sink(&topics.send_gate)
                 .sink(&topics.stats)
                 .sink(&topics.campaign_events)
         },
@@ -79,17 +83,17 @@ struct CampaignState {
     sent: u64,
     /// (day in the campaign timezone, users sent to that day).
     day: (String, u64),
-    /// The total limit was reached and announced.
-    completed: bool,
     /// Users assigned a variant so far (alternation position).
     assigned: u64,
     /// Weighted round robin state of a split.
     split: Option<Vec<i64>>,
     /// When the A/B test audience was full.
     test_full_at: Option<i64>,
-    /// The A/B winner, once chosen.
-    winner: Option<usize>,
-    /// Per-variant counters, by variant index.
+    /// The id of the A/B winner, once chosen.
+    #[serde(default)]
+    winner_id: Option<String>,
+    /// Per-variant counters, in the order variants first appeared; variants removed from the
+    /// campaign keep theirs.
     variants: Vec<VariantStats>,
     /// Users not sent to, by reason.
     skipped: BTreeMap<String, i64>,
@@ -108,9 +112,49 @@ struct CampaignState {
     /// The latest scheduled run.
     #[serde(default)]
     run: Option<runs::RunState>,
+    /// The status last announced as a lifecycle event (see `lifecycle`).
+    #[serde(default)]
+    announced_status: Option<CampaignStatus>,
+    /// The end date passed and was announced.
+    #[serde(default)]
+    ended: bool,
+    /// The day whose daily limit was reached and announced.
+    #[serde(default)]
+    daily_limit_announced: Option<String>,
 }
 
 impl CampaignState {
+    /// Adds counters for variants the campaign gained since the state was saved.
+    fn track_variants(&mut self, campaign: &Campaign) {
+        for message in &campaign.what {
+            if !self.variants.iter().any(|v| v.variant_id == message.id) {
+                self.variants
+                    .push(VariantStats { variant_id: message.id.clone(), ..Default::default() });
+            }
+        }
+    }
+
+    /// The counters of variant `id`.
+    fn variant_stats(&mut self, id: &str) -> Option<&mut VariantStats> {
+        self.variants.iter_mut().find(|v| v.variant_id == id)
+    }
+
+    /// The winner's position among the campaign's variants; `None` before a winner is chosen or
+    /// when an edit removed it.
+    fn winner(&self, campaign: &Campaign) -> Option<usize> {
+        let id = self.winner_id.as_deref()?;
+        campaign.what.iter().position(|m| m.id == id)
+    }
+
+    /// Gives back the place in the campaign's limits of a user counted as sent at `at_ms` whose
+    /// notification did not leave (a campaign completed by its total limit reopens).
+    fn return_place(&mut self, campaign: &Campaign, at_ms: i64) {
+        self.sent = self.sent.saturating_sub(1);
+        if self.day.0 == day_in(campaign, at_ms) {
+            self.day.1 = self.day.1.saturating_sub(1);
+        }
+    }
+
     /// Counts a user not sent to, by reason.
     fn skip(&mut self, reason: &str) {
         *self.skipped.entry(reason.to_string()).or_default() += 1;
@@ -133,6 +177,10 @@ pub struct CampaignStage {
     stats_interval_ms: i64,
     campaigns: CampaignCache,
     compiled: BTreeMap<String, Vec<CompiledVariant>>,
+    /// The campaigns table changed since lifecycle changes were last looked for.
+    table_changed: bool,
+    /// When (task clock) to look for passed end dates next.
+    next_end_check: i64,
 }
 
 impl CampaignStage {
@@ -146,6 +194,8 @@ impl CampaignStage {
             stats_interval_ms,
             campaigns: CampaignCache::default(),
             compiled: BTreeMap::new(),
+            table_changed: true,
+            next_end_check: i64::MIN,
         }
     }
 
@@ -227,13 +277,7 @@ impl CampaignStage {
     ) -> Result<CampaignState, ProcessError> {
         let mut state =
             ctx.store(STATE)?.get_as::<CampaignState>(campaign.id.as_bytes())?.unwrap_or_default();
-        if state.variants.len() != campaign.what.len() {
-            state.variants = campaign
-                .what
-                .iter()
-                .map(|m| VariantStats { variant_id: m.id.clone(), ..Default::default() })
-                .collect();
-        }
+        state.track_variants(campaign);
         Ok(state)
     }
 
@@ -271,7 +315,7 @@ impl CampaignStage {
             )));
         };
         let mut state = self.load(ctx, &campaign)?;
-        if candidate.run_id != TRIGGERED_RUN {
+        if !is_triggered_run(&candidate.run_id) {
             self.on_run_candidate(ctx, &campaign, &mut state, candidate)?;
         } else {
             self.deliver(ctx, &campaign, &mut state, &candidate, None)?;
@@ -295,7 +339,8 @@ impl CampaignStage {
             state.skip("campaign_inactive");
             return Ok(());
         }
-        if state.completed {
+        // Against the limit as it is now: an edit may have raised or lowered it.
+        if campaign.limits.total.is_some_and(|limit| state.sent >= limit) {
             state.skip("total_limit");
             return Ok(());
         }
@@ -303,13 +348,25 @@ impl CampaignStage {
         if state.day.0 != today {
             state.day = (today, 0);
         }
-        if campaign.limits.daily.is_some_and(|limit| state.day.1 >= limit) {
+        if let Some(limit) = campaign.limits.daily.filter(|limit| state.day.1 >= *limit) {
             state.skip("daily_limit");
+            if state.daily_limit_announced.as_ref() != Some(&state.day.0) {
+                state.daily_limit_announced = Some(state.day.0.clone());
+                let details = BTreeMap::from([
+                    ("limit".to_string(), "daily".to_string()),
+                    ("day".to_string(), state.day.0.clone()),
+                    ("sent".to_string(), limit.to_string()),
+                ]);
+                self.lifecycle(ctx, campaign, LifecycleKind::LimitReached, details)?;
+            }
             return Ok(());
         }
         self.maybe_declare_winner(ctx, campaign, state, at)?;
         let variant = self.assign(ctx, campaign, state, candidate, variant)?;
-        let compiled = &self.compiled[&campaign.id][variant];
+        let Some(compiled) = self.compiled.get(&campaign.id).and_then(|c| c.get(variant)) else {
+            state.skip("template_error");
+            return Ok(());
+        };
         let strict = true;
         let render =
             |t: &MessageTemplate| t.render(&candidate.profile, &candidate.event_properties, strict);
@@ -378,10 +435,17 @@ impl CampaignStage {
         self.dispatch(ctx, campaign, state, commands, at)?;
         state.sent += 1;
         state.day.1 += 1;
-        if campaign.limits.total.is_some_and(|limit| state.sent >= limit) {
-            state.completed = true;
-            let details = BTreeMap::from([("sent".to_string(), state.sent.to_string())]);
-            self.lifecycle(ctx, campaign, LifecycleKind::Completed, details)?;
+        if campaign.limits.total.is_some_and(|limit| state.sent == limit) {
+            let sent = ("sent".to_string(), state.sent.to_string());
+            let limit = BTreeMap::from([("limit".to_string(), "total".to_string()), sent.clone()]);
+            self.lifecycle(ctx, campaign, LifecycleKind::LimitReached, limit)?;
+            let reason = ("reason".to_string(), "total_limit".to_string());
+            self.lifecycle(
+                ctx,
+                campaign,
+                LifecycleKind::Completed,
+                BTreeMap::from([reason, sent]),
+            )?;
         }
         Ok(())
     }
@@ -453,7 +517,8 @@ impl CampaignStage {
     }
 
     /// Produces one user's send commands and counts them for their variant.
-    /// Commands of an app with a global throttle go through the app stage's outbox first.
+    /// Commands of an app with a global throttle go through the app stage's outbox first; those
+    /// of an app with frequency caps leave through the user stage's send gate.
     fn send(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -461,16 +526,15 @@ impl CampaignStage {
         state: &mut CampaignState,
         commands: &[SendCommand],
     ) -> Result<(), ProcessError> {
-        let app_throttled = self.settings.app(&campaign.app).throttle.is_some();
+        let app = self.settings.app(&campaign.app);
+        let (topic, by_app) = match app.throttle {
+            Some(_) => (self.topics.app_throttle.as_str(), true),
+            None => (send_topic(&self.topics, app), false),
+        };
         for command in commands {
-            if app_throttled {
-                self.emit(ctx, &self.topics.app_throttle, &command.app_id, command)?;
-            } else {
-                self.emit(ctx, &self.topics.push, &command.user_id, command)?;
-            }
-            if let Some(stats) =
-                state.variants.iter_mut().find(|v| v.variant_id == command.variant_id)
-            {
+            let key = if by_app { &command.app_id } else { &command.user_id };
+            self.emit(ctx, topic, key, command)?;
+            if let Some(stats) = state.variant_stats(&command.variant_id) {
                 stats.sent += 1;
             }
         }
@@ -490,13 +554,14 @@ impl CampaignStage {
         let (user, profile, at) =
             (&candidate.user_id, &candidate.profile, candidate.qualified_at_ms);
         let key = format!("{}\u{0}{user}", campaign.id);
-        if let Some(variant) = ctx.store(ASSIGNMENTS)?.get_as::<usize>(key.as_bytes())? {
-            if variant < campaign.what.len() {
-                return Ok(variant);
-            }
+        // Sticky by variant id; a variant an edit removed (or an unreadable entry) reassigns.
+        let sticky = ctx.store(ASSIGNMENTS)?.get(key.as_bytes())?;
+        let sticky = sticky.and_then(|bytes| serde_json::from_slice::<String>(&bytes).ok());
+        if let Some(variant) = sticky.and_then(|id| campaign.what.iter().position(|m| m.id == id)) {
+            return Ok(variant);
         }
         let variants = campaign.what.len();
-        let variant = match (&campaign.assignment, state.winner) {
+        let variant = match (&campaign.assignment, state.winner(campaign)) {
             _ if chosen.is_some_and(|v| v < variants) => chosen.unwrap_or_default(),
             (Assignment::ByProperty(property), _) => {
                 let value = match profile.get(property) {
@@ -510,7 +575,8 @@ impl CampaignStage {
             (Assignment::AbTest(_), Some(winner)) => winner,
             (Assignment::Split(shares), _) => {
                 let mut split = SplitDelivery::new(shares);
-                if let Some(current) = &state.split {
+                // An edit that changed the number of shares starts the rotation over.
+                if let Some(current) = state.split.as_ref().filter(|c| c.len() == shares.len()) {
                     split = SplitDelivery::resume(shares, current.clone());
                 }
                 let variant = split.next_variant();
@@ -528,14 +594,14 @@ impl CampaignStage {
         {
             let triggered = !matches!(campaign.when.trigger, Trigger::Scheduled(_));
             if triggered
-                && state.winner.is_none()
+                && state.winner_id.is_none()
                 && state.test_full_at.is_none()
                 && state.assigned >= *audience
             {
                 self.start_evaluation(ctx, campaign, state, at)?;
             }
         }
-        ctx.store(ASSIGNMENTS)?.put_as(key.as_bytes(), &variant)?;
+        ctx.store(ASSIGNMENTS)?.put_as(key.as_bytes(), &campaign.what[variant].id)?;
         Ok(variant)
     }
 
@@ -556,7 +622,8 @@ impl CampaignStage {
         Ok(())
     }
 
-    /// Declares the A/B winner once the test audience is full and the wait has passed.
+    /// Declares the A/B winner once the test audience is full and the wait has passed; declares
+    /// it again among the remaining variants when an edit removed the winner.
     fn maybe_declare_winner(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -566,20 +633,23 @@ impl CampaignStage {
     ) -> Result<(), ProcessError> {
         let Assignment::AbTest(test) = &campaign.assignment else { return Ok(()) };
         let Some(full_at) = state.test_full_at else { return Ok(()) };
-        if state.winner.is_some() || now < full_at + test.evaluate_after_ms {
+        if state.winner(campaign).is_some() || now < full_at + test.evaluate_after_ms {
             return Ok(());
         }
-        let results: Vec<VariantResult> = state
-            .variants
+        let results: Vec<VariantResult> = campaign
+            .what
             .iter()
-            .map(|v| VariantResult { sent: v.sent.max(0) as u64, clicks: v.clicks.max(0) as u64 })
+            .map(|m| {
+                let stats = state.variant_stats(&m.id).cloned().unwrap_or_default();
+                VariantResult { sent: stats.sent.max(0) as u64, clicks: stats.clicks.max(0) as u64 }
+            })
             .collect();
         let rule = match test.winner_by {
             WinnerBy::Clicks => WinnerRule::MostClicks,
             WinnerBy::ClickThroughRate => WinnerRule::ClickThroughRate,
         };
         let winner = pick_winner(&results, rule);
-        state.winner = Some(winner.variant);
+        state.winner_id = Some(campaign.what[winner.variant].id.clone());
         let mut details = BTreeMap::from([
             ("winner".to_string(), campaign.what[winner.variant].id.clone()),
             ("rule".to_string(), format!("{:?}", test.winner_by)),
@@ -599,7 +669,17 @@ impl CampaignStage {
             return Ok(());
         };
         let mut state = self.load(ctx, &campaign)?;
-        state.skip(&skip.reason);
+        // A command the send gate refused takes back its variant's sent count; the first of its
+        // notification also gives back the user's place in the limits.
+        if let Some(stats) = skip.variant_id.as_deref().and_then(|id| state.variant_stats(id)) {
+            stats.sent -= 1;
+        }
+        if skip.variant_id.is_none() || skip.returns_place {
+            state.skip(&skip.reason);
+        }
+        if skip.returns_place {
+            state.return_place(&campaign, skip.timestamp_ms);
+        }
         self.save(ctx, &campaign, &mut state)
     }
 
@@ -612,11 +692,8 @@ impl CampaignStage {
             return Ok(());
         };
         let mut state = self.load(ctx, &campaign)?;
-        let variant = engagement
-            .variant_id
-            .as_deref()
-            .and_then(|id| state.variants.iter().position(|v| v.variant_id == id));
-        if let Some(stats) = variant.map(|i| &mut state.variants[i]) {
+        let variant = engagement.variant_id.as_deref();
+        if let Some(stats) = variant.and_then(|id| state.variant_stats(id)) {
             match engagement.kind {
                 EngagementKind::Impression => stats.impressions += 1,
                 EngagementKind::Click => stats.clicks += 1,
@@ -647,7 +724,10 @@ fn expiry(campaign: &Campaign, ttl_ms: Option<i64>, at: i64) -> Option<i64> {
 /// The calendar day of `at_ms` in the campaign's timezone.
 fn day_in(campaign: &Campaign, at_ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(at_ms)
-        .map(|t| t.with_timezone(&campaign.options.timezone).date_naive().to_string())
+        .map(|t| {
+            let tz = campaign.options.timezone.unwrap_or(chrono_tz::UTC);
+            t.with_timezone(&tz).date_naive().to_string()
+        })
         .unwrap_or_default()
 }
 
@@ -694,7 +774,14 @@ impl Processor for CampaignStage {
         self.save(ctx, &campaign, &mut state)
     }
 
+    fn on_tick(&mut self, ctx: &mut ProcessorContext<'_>) -> Result<Tick, ProcessError> {
+        self.refresh_campaigns(ctx);
+        self.announce_lifecycle(ctx)?;
+        Ok(Tick::Idle)
+    }
+
     fn on_global_change(&mut self, _table: &str, _key: &[u8], _value: Option<&[u8]>) {
         self.campaigns.invalidate();
+        self.table_changed = true;
     }
 }

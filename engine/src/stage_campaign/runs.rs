@@ -133,7 +133,7 @@ impl CampaignStage {
         at: i64,
     ) -> Result<(), ProcessError> {
         let Some(mut run) = state.run.take() else { return Ok(()) };
-        if run.phase == RunPhase::AwaitingWinner && state.winner.is_some() {
+        if run.phase == RunPhase::AwaitingWinner && state.winner_id.is_some() {
             run.phase = RunPhase::Releasing;
         }
         if run.phase == RunPhase::Releasing {
@@ -154,7 +154,7 @@ impl CampaignStage {
         let variants = campaign.what.len();
         let step_end = run.next + RELEASE_STEP;
         while run.next < run.buffered.min(step_end) {
-            if run.next == run.test_users && run.test_users > 0 && state.winner.is_none() {
+            if run.next == run.test_users && run.test_users > 0 && state.winner_id.is_none() {
                 run.phase = RunPhase::AwaitingWinner;
                 return self.start_evaluation(ctx, campaign, state, at);
             }
@@ -226,7 +226,7 @@ impl CampaignStage {
             return self.lifecycle(ctx, campaign, LifecycleKind::SafetyCheckTripped, details);
         }
         let reach = campaign.limits.per_run.map_or(run.buffered, |limit| limit.min(run.buffered));
-        if let (Assignment::AbTest(test), None) = (&campaign.assignment, state.winner) {
+        if let (Assignment::AbTest(test), None) = (&campaign.assignment, &state.winner_id) {
             let plan = ab::test_plan(reach, test.test_audience, campaign.what.len());
             run.test_users = plan.per_variant * campaign.what.len() as u64;
             details.insert("test_per_variant".into(), plan.per_variant.to_string());

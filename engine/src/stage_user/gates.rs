@@ -48,12 +48,28 @@ fn local_instant(tz: Tz, local: chrono::NaiveDateTime) -> Option<i64> {
         .map(|t| t.timestamp_millis())
 }
 
-/// When the user was last sent to (kept for a week and a day).
+/// When the user was last sent to (kept for a week and a day), and what the send gate decided
+/// for each recent notification.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SendLog {
     /// Send times, epoch ms, oldest first.
     #[serde(default)]
     pub sends: Vec<i64>,
+    /// The send gate's decisions, so every device command of one notification gets the same.
+    #[serde(default)]
+    pub gated: Vec<GateDecision>,
+}
+
+/// The send gate's decision on one notification (a campaign's trigger occurrence or run for
+/// this user).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateDecision {
+    /// `<campaign>\0<run id>`.
+    pub notification: String,
+    /// When it reached the gate, epoch ms.
+    pub at_ms: i64,
+    /// Why it was refused; `None` when it left for a sender.
+    pub refused: Option<String>,
 }
 
 /// Why a cap stopped a send.
@@ -109,11 +125,21 @@ impl SendLog {
         None
     }
 
-    /// Records a send at `at_ms` and forgets sends too old to matter.
-    pub fn record(&mut self, at_ms: i64) {
+    /// The gate's earlier decision on `notification`, if it saw one of its commands.
+    pub fn decision(&self, notification: &str) -> Option<&GateDecision> {
+        self.gated.iter().find(|d| d.notification == notification)
+    }
+
+    /// Keeps the gate's decision on a notification; one that left (`refused` is `None`) counts
+    /// against the caps from `at_ms`. Forgets what is too old to matter.
+    pub fn decide(&mut self, notification: String, at_ms: i64, refused: Option<String>) {
         self.sends.retain(|ms| at_ms - ms < SEND_LOG_MS);
-        self.sends.push(at_ms);
-        self.sends.sort_unstable();
+        self.gated.retain(|d| at_ms - d.at_ms < SEND_LOG_MS);
+        if refused.is_none() {
+            self.sends.push(at_ms);
+            self.sends.sort_unstable();
+        }
+        self.gated.push(GateDecision { notification, at_ms, refused });
     }
 }
 

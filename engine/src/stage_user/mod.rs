@@ -3,24 +3,27 @@
 //! applies per-user gates; forwards engagements. Written against the runtime's processor API.
 
 mod gates;
+mod held;
 mod history;
 mod profile;
 mod runs;
+mod send_gate;
 mod settings;
 
 use std::sync::Arc;
 
 pub use gates::{dnd_window_end, in_sample, Capped, SendLog};
 pub use profile::{Profile, UserView};
+pub use send_gate::send_topic;
 use serde::{Deserialize, Serialize};
 pub use settings::{AppSettings, Settings};
 
 use crate::{
-    campaign::{Campaign, CampaignCache, DndAction, Trigger},
+    campaign::{Campaign, CampaignCache, CampaignStatus, DndAction, Trigger},
     model::{
-        topics::TopicNames, AppEvent, Candidate, Engagement, EngagementKind, IngestDecoder,
-        IngestFormat, ProfileUpdate, Properties, PropertyValue, Receipt, ReceiptStatus, Record,
-        SchemaRegistry, Skip, TRIGGERED_RUN,
+        topics::TopicNames, triggered_run_id, AppEvent, Candidate, Engagement, EngagementKind,
+        IngestDecoder, IngestFormat, ProfileUpdate, Properties, PropertyValue, Receipt,
+        ReceiptStatus, Record, SchemaRegistry, SendCommand, Skip, TRIGGERED_RUN,
     },
     runtime::{
         ProcessError, Processor, ProcessorContext, SourceRecord, Tick, Timer, TopologyBuilder,
@@ -33,6 +36,7 @@ const SEND_LOG: &str = "sendlog";
 const PENDING: &str = "pending";
 const DELIVERIES: &str = "deliveries";
 const RUNS: &str = "runs";
+const HELD: &str = "held";
 use crate::pipeline::CAMPAIGNS_TABLE;
 /// Days of event history kept.
 const LOOK_BACK_DAYS: i64 = 90;
@@ -53,13 +57,16 @@ pub fn add_user_stage(
             s.source(&topics.events)
                 .source(&topics.profiles)
                 .source(&topics.receipts)
+                .source(&topics.send_gate)
                 .store(PROFILES)
                 .store(HISTORY)
                 .store(SEND_LOG)
                 .store(PENDING)
                 .store(DELIVERIES)
                 .store(RUNS)
+                .store(HELD)
                 .sink(&topics.campaign_flow)
+                .sink(&topics.push)
         },
     )
 }
@@ -86,7 +93,7 @@ struct Pending {
     #[serde(default)]
     event_properties: Properties,
     due_ms: i64,
-    /// The run the user qualified in (waiting out do-not-disturb hours).
+    /// The run or trigger occurrence the user qualifies in (see [`triggered_run_id`]).
     #[serde(default = "triggered_run")]
     run_id: String,
 }
@@ -118,6 +125,7 @@ pub struct UserStage {
     settings: Arc<Settings>,
     decoder: IngestDecoder,
     campaigns: CampaignCache,
+    held: held::HeldPass,
 }
 
 impl UserStage {
@@ -128,11 +136,33 @@ impl UserStage {
             settings,
             decoder: IngestDecoder::new(ingest),
             campaigns: CampaignCache::default(),
+            held: held::HeldPass::due(),
         }
     }
 
     fn flow(&self) -> Flow<'_> {
         Flow(&self.topics.campaign_flow)
+    }
+
+    /// Reports to the campaign stage that `user` was not sent `campaign`, and why.
+    fn skip(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        user: &str,
+        reason: &str,
+        at_ms: i64,
+    ) -> Result<(), ProcessError> {
+        let skip = Skip {
+            campaign_id: campaign.id.clone(),
+            app_id: campaign.app.clone(),
+            user_id: user.to_string(),
+            reason: reason.to_string(),
+            timestamp_ms: at_ms,
+            variant_id: None,
+            returns_place: false,
+        };
+        self.flow().emit(ctx, &campaign.id, &skip)
     }
 
     fn on_profile(
@@ -194,11 +224,14 @@ impl UserStage {
         )
     }
 
+    /// Handles one app event; `occurrence` names it (its event id, else its source position).
     fn on_event(
         &mut self,
         ctx: &mut ProcessorContext<'_>,
         event: AppEvent,
+        occurrence: &str,
     ) -> Result<(), ProcessError> {
+        let run_id = triggered_run_id(occurrence);
         self.record_history(ctx, &event)?;
         self.forward_notification_engagement(ctx, &event)?;
         self.attribute_conversions(ctx, &event)?;
@@ -206,7 +239,7 @@ impl UserStage {
             self.campaigns.book().active_for(&event.app_id).cloned().collect();
         for campaign in campaigns {
             self.cancel_inaction(ctx, &campaign, &event)?;
-            self.trigger(ctx, &campaign, &event)?;
+            self.trigger(ctx, &campaign, &event, &run_id)?;
         }
         Ok(())
     }
@@ -365,11 +398,14 @@ impl UserStage {
         Ok(())
     }
 
+    /// Starts what `event` triggers in `campaign`: a candidate now, an inaction window or a
+    /// reminder; `run_id` names this trigger occurrence.
     fn trigger(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Arc<Campaign>,
         event: &AppEvent,
+        run_id: &str,
     ) -> Result<(), ProcessError> {
         if !in_window(campaign, event.timestamp_ms) {
             return Ok(());
@@ -387,7 +423,7 @@ impl UserStage {
                     None => {
                         let occasion = Occasion {
                             user: &event.user_id,
-                            run_id: TRIGGERED_RUN,
+                            run_id,
                             trigger_event: &event.name,
                             event_properties: &event.properties,
                             at_ms: event.timestamp_ms,
@@ -422,7 +458,7 @@ impl UserStage {
             trigger_event: event.name.clone(),
             event_properties: event.properties.clone(),
             due_ms: waiting.1,
-            run_id: triggered_run(),
+            run_id: run_id.to_string(),
         };
         let key = pending.key();
         let mut store = ctx.store(PENDING)?;
@@ -452,19 +488,7 @@ impl UserStage {
             return Ok(false);
         }
         let skip = |ctx: &mut ProcessorContext<'_>, reason: &str| {
-            self.flow()
-                .emit(
-                    ctx,
-                    &campaign.id,
-                    &Skip {
-                        campaign_id: campaign.id.clone(),
-                        app_id: campaign.app.clone(),
-                        user_id: user.to_string(),
-                        reason: reason.to_string(),
-                        timestamp_ms: at_ms,
-                    },
-                )
-                .map(|()| true)
+            self.skip(ctx, campaign, user, reason, at_ms).map(|()| true)
         };
         if !in_sample(&campaign.id, user, campaign.options.sample_percent) {
             return skip(ctx, "sampled_out");
@@ -476,7 +500,9 @@ impl UserStage {
         let app = self.settings.app(&campaign.app);
         let tz = profile.timezone().unwrap_or(app.timezone);
         if let (Some(dnd), false) = (&campaign.options.dnd, after_dnd) {
-            if let Some(window_end) = dnd_window_end(dnd, tz, at_ms) {
+            // The user's timezone, else the campaign's, else the app's.
+            let dnd_tz = profile.timezone().or(campaign.options.timezone).unwrap_or(app.timezone);
+            if let Some(window_end) = dnd_window_end(dnd, dnd_tz, at_ms) {
                 if dnd.action == DndAction::Discard {
                     return skip(ctx, "dnd_discarded");
                 }
@@ -496,15 +522,14 @@ impl UserStage {
                 return Ok(true);
             }
         }
-        let mut send_log = ctx.store(SEND_LOG)?;
-        let mut log = send_log.get_as::<SendLog>(user.as_bytes())?.unwrap_or_default();
+        // An early look at the caps; they are spent (and checked again) at the send gate, where
+        // the notification leaves.
         if !campaign.options.ignore_global_caps {
+            let log = ctx.store(SEND_LOG)?.get_as::<SendLog>(user.as_bytes())?.unwrap_or_default();
             if let Some(capped) = log.check(app, tz, at_ms) {
                 return skip(ctx, capped.reason());
             }
         }
-        log.record(at_ms);
-        send_log.put_as(user.as_bytes(), &log)?;
         let text = |name: &str| match profile.properties.get(name) {
             Some(PropertyValue::String(s)) => Some(s.clone()),
             _ => None,
@@ -540,7 +565,7 @@ impl UserStage {
 #[derive(Clone, Copy)]
 struct Occasion<'a> {
     user: &'a str,
-    /// [`TRIGGERED_RUN`] or the scheduled run's id.
+    /// The trigger occurrence's run id (see [`triggered_run_id`]) or the scheduled run's id.
     run_id: &'a str,
     trigger_event: &'a str,
     event_properties: &'a Properties,
@@ -580,13 +605,21 @@ impl Processor for UserStage {
         let topic = record.topic;
         if topic == self.topics.events {
             let event: AppEvent = self.decoder.decode(value)?;
-            self.on_event(ctx, event)
+            let occurrence = if event.event_id.is_empty() {
+                format!("{topic}/{}/{}", record.partition, record.offset)
+            } else {
+                event.event_id.clone()
+            };
+            self.on_event(ctx, event, &occurrence)
         } else if topic == self.topics.profiles {
             let update: ProfileUpdate = self.decoder.decode(value)?;
             self.on_profile(ctx, update)
         } else if topic == self.topics.receipts {
             let receipt: Receipt = SchemaRegistry::builtin().decode(value)?;
             self.on_receipt(ctx, receipt)
+        } else if topic == self.topics.send_gate {
+            let command: SendCommand = SchemaRegistry::builtin().decode(value)?;
+            self.on_send_gate(ctx, command)
         } else {
             Err(ProcessError::reject(format!("unexpected topic {topic}")))
         }
@@ -603,12 +636,17 @@ impl Processor for UserStage {
         };
         ctx.store(PENDING)?.delete(&timer.key)?;
         let Some(campaign) = self.campaigns.book().get(&pending.campaign).cloned() else {
-            return Ok(());
+            return Ok(()); // deleted: nothing left to count
         };
-        if campaign.status != crate::campaign::CampaignStatus::Active
-            || !in_window(&campaign, timer.at_ms)
-        {
-            return Ok(());
+        match campaign.status {
+            CampaignStatus::Paused | CampaignStatus::Draft => return self.hold(ctx, &pending),
+            CampaignStatus::Stopped => {
+                return self.skip(ctx, &campaign, &pending.user, "stopped", timer.at_ms);
+            }
+            CampaignStatus::Active if !in_window(&campaign, timer.at_ms) => {
+                return self.skip(ctx, &campaign, &pending.user, "expired", timer.at_ms);
+            }
+            CampaignStatus::Active => {}
         }
         let occasion = Occasion {
             user: &pending.user,
@@ -623,10 +661,14 @@ impl Processor for UserStage {
 
     fn on_tick(&mut self, ctx: &mut ProcessorContext<'_>) -> Result<Tick, ProcessError> {
         self.campaigns.refresh(ctx.global(CAMPAIGNS_TABLE));
+        if self.step_held(ctx)? == Tick::More {
+            return Ok(Tick::More);
+        }
         self.step_scheduled_runs(ctx)
     }
 
     fn on_global_change(&mut self, _table: &str, _key: &[u8], _value: Option<&[u8]>) {
         self.campaigns.invalidate();
+        self.held = held::HeldPass::due();
     }
 }

@@ -22,6 +22,13 @@ pub struct AppSettings {
     pub throttle: Option<Throttle>,
 }
 
+impl AppSettings {
+    /// Whether any per-user frequency cap applies (daily, weekly or minimum gap).
+    pub fn has_caps(&self) -> bool {
+        self.max_per_day.is_some() || self.max_per_week.is_some() || self.min_gap_ms.is_some()
+    }
+}
+
 impl Default for AppSettings {
     fn default() -> Self {
         Self {

@@ -1,0 +1,72 @@
+//! Lifecycle events of a campaign that no record causes: an operator paused, resumed or stopped
+//! it (a change of the campaigns table), or its end date passed. The task that owns the
+//! campaign's partition announces each once, and remembers in the campaign's state what it
+//! announced, so a restart or a moved task does not repeat it.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use super::CampaignStage;
+use crate::{
+    campaign::{Campaign, CampaignStatus},
+    model::LifecycleKind,
+    runtime::{ProcessError, ProcessorContext},
+};
+
+/// How often, on the task's clock, campaigns are checked for a passed end date.
+const END_CHECK_MS: i64 = 1_000;
+
+impl CampaignStage {
+    /// Announces status changes and passed end dates of the campaigns this task owns: on every
+    /// change of the campaigns table, and every [`END_CHECK_MS`] of the clock.
+    pub(super) fn announce_lifecycle(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> Result<(), ProcessError> {
+        let now = ctx.now_ms();
+        if !self.table_changed && now < self.next_end_check {
+            return Ok(());
+        }
+        self.table_changed = false;
+        self.next_end_check = now.saturating_add(END_CHECK_MS);
+        let owned: Vec<Arc<Campaign>> = self
+            .campaigns
+            .book()
+            .all()
+            .filter(|campaign| ctx.owns_key(campaign.id.as_bytes()))
+            .cloned()
+            .collect();
+        for campaign in owned {
+            let mut state = self.load(ctx, &campaign)?;
+            let mut changed = false;
+            if state.announced_status != Some(campaign.status) {
+                let kind = match (state.announced_status, campaign.status) {
+                    (_, CampaignStatus::Paused) => Some(LifecycleKind::Paused),
+                    (Some(CampaignStatus::Paused), CampaignStatus::Active) => {
+                        Some(LifecycleKind::Resumed)
+                    }
+                    (_, CampaignStatus::Stopped) => Some(LifecycleKind::Stopped),
+                    _ => None,
+                };
+                if let Some(kind) = kind {
+                    self.lifecycle(ctx, &campaign, kind, BTreeMap::new())?;
+                }
+                state.announced_status = Some(campaign.status);
+                changed = true;
+            }
+            let ended = campaign.when.end.is_some_and(|end| now > end.timestamp_millis());
+            if ended && !state.ended {
+                state.ended = true;
+                let details = BTreeMap::from([
+                    ("reason".to_string(), "end_date".to_string()),
+                    ("sent".to_string(), state.sent.to_string()),
+                ]);
+                self.lifecycle(ctx, &campaign, LifecycleKind::Completed, details)?;
+                changed = true;
+            }
+            if changed {
+                self.save(ctx, &campaign, &mut state)?;
+            }
+        }
+        Ok(())
+    }
+}

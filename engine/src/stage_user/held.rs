@@ -1,0 +1,98 @@
+//! Triggers of paused campaigns. A timer (inaction window, reminder, end of do-not-disturb
+//! hours) that comes due while its campaign is paused is held, not dropped; when the campaign
+//! resumes the held users are checked as of the resume. A stopped campaign drops what it held
+//! (counted `stopped`); users held past the campaign's end are counted `expired`. Release runs in
+//! bounded steps on ticks, so a transaction never carries a whole partition's held users.
+
+use super::{in_window, Occasion, Pending, UserStage, Waiting, HELD};
+use crate::{
+    campaign::CampaignStatus,
+    runtime::{ProcessError, ProcessorContext, Tick},
+};
+
+/// Held users looked at per step.
+const RELEASE_STEP: usize = 500;
+
+/// Where the held-users pass of a task stands (in memory: after a restart a new pass starts,
+/// which is safe because releasing is idempotent per stored entry).
+#[derive(Debug, Default)]
+pub(super) struct HeldPass {
+    /// The campaigns table changed (or the task just started): look at the held users.
+    pending: bool,
+    /// The next key to look at in the current pass.
+    from: Vec<u8>,
+}
+
+impl HeldPass {
+    /// A pass that starts at the next tick.
+    pub(super) fn due() -> Self {
+        Self { pending: true, from: Vec::new() }
+    }
+}
+
+impl UserStage {
+    /// Keeps `pending`, whose timer came due while its campaign is paused.
+    pub(super) fn hold(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        pending: &Pending,
+    ) -> Result<(), ProcessError> {
+        let key = [pending.campaign.as_bytes(), &[0], &pending.key()].concat();
+        Ok(ctx.store(HELD)?.put_as(&key, pending)?)
+    }
+
+    /// Releases, drops or expires a bounded step of held users whose campaign is no longer
+    /// paused.
+    pub(super) fn step_held(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> Result<Tick, ProcessError> {
+        if !self.held.pending {
+            return Ok(Tick::Idle);
+        }
+        let entries = ctx.store(HELD)?.range(&self.held.from, &[], RELEASE_STEP)?;
+        let now = ctx.now_ms();
+        for (key, value) in &entries {
+            let pending: Pending = match serde_json::from_slice(value) {
+                Ok(pending) => pending,
+                Err(error) => {
+                    tracing::warn!(%error, "dropping an unreadable held trigger");
+                    ctx.store(HELD)?.delete(key)?;
+                    continue;
+                }
+            };
+            let campaign = self.campaigns.book().get(&pending.campaign).cloned();
+            let status = campaign.as_ref().map(|c| c.status);
+            if matches!(status, Some(CampaignStatus::Paused | CampaignStatus::Draft)) {
+                continue;
+            }
+            ctx.store(HELD)?.delete(key)?;
+            let Some(campaign) = campaign else { continue }; // deleted: nothing left to count
+            if status == Some(CampaignStatus::Stopped) {
+                self.skip(ctx, &campaign, &pending.user, "stopped", now)?;
+            } else if !in_window(&campaign, now) {
+                self.skip(ctx, &campaign, &pending.user, "expired", now)?;
+            } else {
+                let occasion = Occasion {
+                    user: &pending.user,
+                    run_id: &pending.run_id,
+                    trigger_event: &pending.trigger_event,
+                    event_properties: &pending.event_properties,
+                    at_ms: now,
+                    after_dnd: pending.waiting == Waiting::Dnd,
+                };
+                self.qualify(ctx, &campaign, &occasion)?;
+            }
+        }
+        match entries.last() {
+            Some((last, _)) if entries.len() == RELEASE_STEP => {
+                self.held.from = [last.as_slice(), &[0]].concat();
+                Ok(Tick::More)
+            }
+            _ => {
+                self.held = HeldPass::default();
+                Ok(Tick::Idle)
+            }
+        }
+    }
+}
