@@ -1,6 +1,7 @@
-//! Bad input against the real broker: `campaign apply` with one invalid file among several
-//! publishes nothing; a click without `campaign_id` and an event timed `i64::MIN` go to the
-//! dead-letter topic with their offsets and reasons while the engine goes on sending.
+//! Bad input against the real broker: `campaign apply` with one invalid file among several (or
+//! two files of one campaign) publishes nothing; a click without `campaign_id` and an event timed
+//! `i64::MIN` go to the dead-letter topic with their offsets and reasons while the engine goes on
+//! sending.
 
 mod common;
 
@@ -53,6 +54,14 @@ fn campaign_apply_with_one_invalid_file_among_three_publishes_nothing() {
         "{stdout}"
     );
     assert!(String::from_utf8_lossy(&refused.stderr).contains("nothing published"));
+
+    // Two files defining the same campaign are refused the same way.
+    let again = dir.path().join("a-again.yaml");
+    std::fs::write(&again, campaign("a", "5m")).unwrap();
+    let refused = apply(&topic, &[&files[0], &files[2], &again]);
+    let stdout = String::from_utf8_lossy(&refused.stdout);
+    assert_eq!(refused.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("campaign a is already defined in"), "{stdout}");
 
     // The valid files alone are published: the topic shows exactly them, so nothing of the
     // refused apply was there before.

@@ -310,3 +310,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_yaml_alias_bomb_or_deep_nesting_is_an_error_not_a_hang() {
+    let mut bomb = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    for (name, previous) in ["b", "c", "d", "e", "f", "g", "h", "i"]
+        .iter()
+        .zip(["a", "b", "c", "d", "e", "f", "g", "h"])
+    {
+        bomb.push_str(&format!("{name}: &{name} [*{previous},*{previous},*{previous},*{previous},*{previous},*{previous},*{previous},*{previous},*{previous}]\n"));
+    }
+    let errors = parse_campaign(&bomb, "bomb.yaml").unwrap_err();
+    assert_eq!(errors.errors[0].path, "(document)", "{errors}");
+    assert!(Settings::parse(&bomb, "bomb.yaml").is_err());
+    let deep = format!("who: {}{}", "[".repeat(10_000), "]".repeat(10_000));
+    assert!(parse_campaign(&deep, "deep.yaml").is_err());
+    assert!(Settings::parse(&deep, "deep.yaml").is_err());
+}

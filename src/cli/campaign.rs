@@ -64,15 +64,26 @@ pub struct ApplyArgs {
 }
 
 /// Reads and validates every file; returns (id, app, definition as JSON) per file, or prints
-/// all errors of all files.
+/// all errors of all files (two files defining the same campaign id is one).
 fn load(files: &[PathBuf]) -> anyhow::Result<Option<Vec<(String, String, String)>>> {
     let mut valid = Vec::new();
     let mut failed = false;
+    let mut defined_in = std::collections::HashMap::new();
     for path in files {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         match parse_campaign(&text, &path.display().to_string()) {
+            Ok(campaign) if defined_in.contains_key(&campaign.id) => {
+                failed = true;
+                println!(
+                    "INVALID  {}: id: campaign {} is already defined in {}",
+                    path.display(),
+                    campaign.id,
+                    defined_in[&campaign.id]
+                );
+            }
             Ok(campaign) => {
+                defined_in.insert(campaign.id.clone(), path.display().to_string());
                 println!("ok       {} ({}: {})", path.display(), campaign.id, campaign.name);
                 let document: serde_json::Value = serde_norway::from_str(&text)?;
                 valid.push((campaign.id, campaign.app, document.to_string()));
