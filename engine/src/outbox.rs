@@ -78,8 +78,10 @@ impl Outbox<'_> {
         Ok(None)
     }
 
-    /// The release timer fired at `at`: opens a window and hands queued items, oldest first, to
-    /// `each` (with `true` when they are dropped rather than sent); reschedules while any wait.
+    /// The release timer due at `at` fired: opens a window and hands queued items, oldest
+    /// first, to `each` (with `true` when they are dropped rather than sent); reschedules while
+    /// any wait. The window opens when the release happens ([`ProcessorContext::effective_ms`]),
+    /// never at a past due time: an outbox catching up after downtime leaves at its rate.
     pub fn release<T: DeserializeOwned>(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -88,6 +90,7 @@ impl Outbox<'_> {
         drain: Drain,
         mut each: impl FnMut(&mut ProcessorContext<'_>, T, bool) -> Result<(), ProcessError>,
     ) -> Result<(), ProcessError> {
+        let at = at.max(ctx.effective_ms());
         state.release_at = None;
         if drain != Drain::Hold {
             state.window_start = at;

@@ -96,7 +96,8 @@ impl Processor for AppStage {
         timer: &Timer,
     ) -> Result<(), ProcessError> {
         let app = String::from_utf8_lossy(&timer.key).into_owned();
-        let at = timer.at_ms;
+        // Commands leave now, not at a past due time (an outbox catching up after downtime).
+        let at = timer.at_ms.max(ctx.effective_ms());
         // A throttle removed from the settings since: everything still waiting leaves now.
         let throttle =
             self.settings.app(&app).throttle.unwrap_or(Throttle { max: u64::MAX, per_ms: 1 });

@@ -33,6 +33,13 @@ pub struct RuntimeConfig {
     /// Broker-side transaction timeout: how long a crashed instance's open transaction blocks
     /// readers of its partitions (default 10 s).
     pub transaction_timeout: Duration,
+    /// Work one transaction does at most before it commits and the rest continues in the next
+    /// (default 20,000): each input record processed, timer fired and processor step counts
+    /// one, and so does each record they write (outputs and changelog entries). It keeps timer
+    /// bursts, scheduled-run releases and backlogs from holding a transaction past
+    /// `transaction_timeout`: the default is about 7,000 released users (three records each),
+    /// a fraction of a second of work. Lower it when the machine is slow or the timeout short.
+    pub max_work_per_transaction: u64,
     /// RocksDB block cache shared by all tasks (default 64 MiB).
     pub block_cache_bytes: usize,
     /// RocksDB memtable size per store (default 8 MiB, two at most).
@@ -62,6 +69,7 @@ impl RuntimeConfig {
             commit_interval: Duration::from_millis(100),
             clock: Clock::Wall,
             transaction_timeout: Duration::from_secs(10),
+            max_work_per_transaction: 20_000,
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 8 << 20,
             metrics_addr: None,

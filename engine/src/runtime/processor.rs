@@ -61,9 +61,10 @@ pub trait Processor: Send {
 
     /// Called whenever the task's clock advances (live: every few milliseconds, idle or not;
     /// replay: whenever the latest input time of the whole replay moves, so every task fires
-    /// timers and ticks on one clock, like live tasks on the wall clock), after due timers. For work a processor does in bounded
-    /// steps, such as scanning its store for a scheduled run; return [`Tick::More`] to be called
-    /// again at once on the event-time clock (live: at the next tick).
+    /// timers and ticks on one clock, like live tasks on the wall clock), after due timers. For
+    /// work a processor does in bounded steps, such as scanning its store for a scheduled run;
+    /// return [`Tick::More`] to be called again at once, while the transaction's work budget
+    /// lasts (then in the next transaction).
     fn on_tick(&mut self, _ctx: &mut ProcessorContext<'_>) -> Result<Tick, ProcessError> {
         Ok(Tick::Idle)
     }
@@ -86,6 +87,7 @@ pub struct ProcessorContext<'a> {
     pub(crate) timer_store: &'a str,
     pub(crate) timestamp_ms: i64,
     pub(crate) now_ms: i64,
+    pub(crate) effective_ms: i64,
     pub(crate) timers_delta: i64,
 }
 
@@ -114,6 +116,15 @@ impl<'a> ProcessorContext<'a> {
     /// Current time of the task's clock (wall time, or stream time on the event-time clock).
     pub fn now_ms(&self) -> i64 {
         self.now_ms
+    }
+
+    /// When the effects of this call take place, e.g. when a released notification leaves: on
+    /// the wall clock the current time (a timer firing late, after downtime or behind a backlog,
+    /// acts now, not at its past due time); on the event-time clock the record's or timer's own
+    /// time (the clock passes through every timer in order, so a replay acts as a live engine
+    /// that was running would have).
+    pub fn effective_ms(&self) -> i64 {
+        self.effective_ms
     }
 
     /// The store `name`, declared in this sub-topology.

@@ -28,7 +28,7 @@ use super::{
     output::Output,
     partitioner::partition_for,
     store::{StoreMemory, TaskState},
-    task::{Task, TaskEnv},
+    task::{Budget, Task, TaskEnv},
     Clock, RuntimeError, RuntimeMetrics, SourceRecord, StreamTopology, TaskId,
 };
 use crate::{kafka::KafkaConfig, model::SchemaRegistry};
@@ -80,7 +80,8 @@ const REPLAY_TICK_MS: i64 = 10;
 pub struct ReplayOptions {
     /// Partitions per sub-topology (default 1: every key in one task).
     pub partitions: i32,
-    /// After the input, fire timers due up to this time (epoch ms).
+    /// After the input, fire timers due up to this time (epoch ms); timers due up to the
+    /// latest input time fire in any case.
     pub fire_timers_until: Option<i64>,
     /// Where task stores live; a temporary directory when `None`.
     pub state_dir: Option<PathBuf>,
@@ -156,6 +157,7 @@ pub fn run(
         internal_offsets: HashMap::new(),
         summary: ReplaySummary::default(),
         clock: i64::MIN,
+        ticked: i64::MIN,
     };
     // Every task exists from the start, so each one ticks and fires its timers even when no
     // input record lands in its partition.
@@ -168,11 +170,10 @@ pub fn run(
         replay.summary.records_in += 1;
         replay.feed(record)?;
     }
-    if let Some(until) = options.fire_timers_until {
-        let ids: Vec<TaskId> = replay.tasks.keys().copied().collect();
-        for id in ids {
-            replay.fire_timers(id, until)?;
-        }
+    // The end of the input: timers due at the latest input time fire after its records.
+    let until = options.fire_timers_until.map_or(replay.clock, |until| until.max(replay.clock));
+    if until > i64::MIN {
+        replay.fire_all(until)?;
     }
     replay.summary.timers_fired = replay.metrics.timers_fired.get();
     replay.writer.finish()?;
@@ -193,22 +194,33 @@ struct Replay<'a, 's> {
     summary: ReplaySummary,
     /// The latest input time so far.
     clock: i64,
+    /// The input time of the last tick of every task.
+    ticked: i64,
 }
 
 impl Replay<'_, '_> {
     /// Processes one record, then everything it sent to internal topics, in order.
     /// Then, when the input moved the replay's clock (the latest input time, the analogue of
-    /// the wall clock) by a tick, every task fires its due timers and ticks at it.
+    /// the wall clock) by a tick, every task fires the timers due before it and ticks: timers
+    /// due at the latest input time wait for the records of that time, whichever task they
+    /// land in (like a live engine's, which fire once the wall clock has passed them).
     fn feed(&mut self, record: ReplayRecord) -> Result<(), RuntimeError> {
         let time = record.timestamp_ms;
         self.process(record)?;
         self.drain_internal()?;
-        if time >= self.clock.saturating_add(REPLAY_TICK_MS) {
-            self.clock = time;
-            let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
-            for id in ids {
-                self.fire_timers(id, time)?;
-            }
+        if time >= self.ticked.saturating_add(REPLAY_TICK_MS) {
+            self.ticked = time;
+            self.fire_all(time.saturating_sub(1))?;
+        }
+        self.clock = self.clock.max(time);
+        Ok(())
+    }
+
+    /// Every task fires its timers due at or before `until` and ticks.
+    fn fire_all(&mut self, until: i64) -> Result<(), RuntimeError> {
+        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        for id in ids {
+            self.fire_timers(id, until)?;
         }
         Ok(())
     }
@@ -269,7 +281,8 @@ impl Replay<'_, '_> {
             summary: &mut self.summary,
         };
         let task = self.tasks.get_mut(&id).expect("task ensured above");
-        task.process(&source, &env, &mut out)
+        task.process(&source, &env, &mut out, &mut Budget::unlimited())?;
+        Ok(())
     }
 
     fn fire_timers(&mut self, id: TaskId, until: i64) -> Result<(), RuntimeError> {
@@ -287,7 +300,8 @@ impl Replay<'_, '_> {
             internal_offsets: &mut self.internal_offsets,
             summary: &mut self.summary,
         };
-        self.tasks.get_mut(&id).expect("existing task").fire_due(until, &env, &mut out)?;
+        let task = self.tasks.get_mut(&id).expect("existing task");
+        task.fire_due(until, &env, &mut out, &mut Budget::unlimited())?;
         self.drain_internal()
     }
 

@@ -41,22 +41,16 @@ pub(crate) fn cancel(store: &mut Store<'_>, at_ms: i64, key: &[u8]) -> Result<bo
     Ok(pending)
 }
 
-/// Removes and returns up to `limit` timers due at or before `now_ms`, in firing order.
-pub(crate) fn take_due(
-    store: &mut Store<'_>,
+/// Up to `limit` timers due at or before `now_ms`, in firing order, left in the store: each is
+/// removed with [`cancel`] just before it fires, so a timer cancelled by an earlier one of the
+/// same batch does not fire.
+pub(crate) fn due(
+    store: &Store<'_>,
     now_ms: i64,
     limit: usize,
 ) -> Result<Vec<Timer>, RuntimeError> {
     let end = encode(now_ms.saturating_add(1), &[]);
-    let due = store.range(&[], &end, limit)?;
-    let mut timers = Vec::with_capacity(due.len());
-    for (encoded, _) in due {
-        store.delete(&encoded)?;
-        if let Some(timer) = decode(&encoded) {
-            timers.push(timer);
-        }
-    }
-    Ok(timers)
+    Ok(store.range(&[], &end, limit)?.iter().filter_map(|(encoded, _)| decode(encoded)).collect())
 }
 
 #[cfg(test)]

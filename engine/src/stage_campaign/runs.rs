@@ -16,8 +16,8 @@ use crate::{
     runtime::ProcessorContext,
 };
 
-/// Buffered users released per timer firing.
-const RELEASE_STEP: u64 = 2_000;
+/// Buffered users released per timer firing: one step, a small part of a transaction's work.
+const RELEASE_STEP: u64 = 500;
 
 /// Where a scheduled run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +143,9 @@ impl CampaignStage {
         Ok(())
     }
 
+    /// Releases up to [`RELEASE_STEP`] buffered users; the next step follows on a timer. Users
+    /// are timed when they leave (never at the run's past time: the winner's share leaves after
+    /// the evaluation, and its expiry counts from then).
     fn release_step(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -151,6 +154,7 @@ impl CampaignStage {
         run: &mut RunState,
         at: i64,
     ) -> Result<(), ProcessError> {
+        let at = at.max(ctx.effective_ms());
         let variants = campaign.what.len();
         let step_end = run.next + RELEASE_STEP;
         while run.next < run.buffered.min(step_end) {
@@ -164,7 +168,9 @@ impl CampaignStage {
             let chosen = (run.next < run.test_users).then(|| ab::alternate(run.next, variants));
             run.next += 1;
             if let Some(candidate) = candidate {
-                self.deliver_in_run(ctx, campaign, state, run, &candidate, chosen)?;
+                let leaving =
+                    Candidate { qualified_at_ms: at.max(candidate.qualified_at_ms), ..candidate };
+                self.deliver_in_run(ctx, campaign, state, run, &leaving, chosen)?;
             }
         }
         if run.next < run.buffered {

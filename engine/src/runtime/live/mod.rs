@@ -40,7 +40,7 @@ use super::{
     metrics::LabelledCounter,
     restore::{restore, RestoreRequest},
     store::{StoreMemory, TaskState},
-    task::{Task, TaskEnv},
+    task::{Budget, Task, TaskEnv},
     Clock, RuntimeConfig, RuntimeError, RuntimeMetrics, SourceRecord, StreamTopology, TaskId,
 };
 use crate::{
@@ -263,17 +263,55 @@ impl LiveRuntime {
     }
 }
 
-/// When the loop last began a transaction, checked wall-clock timers and refreshed gauges.
-struct LoopClocks {
+/// The processing loop's bookkeeping: when it last began a transaction, checked wall-clock
+/// timers and refreshed gauges, and the work the open transaction may still do.
+struct LoopState {
     transaction: Instant,
     timers: Instant,
     gauges: Instant,
+    /// Work units a transaction may do (`RuntimeConfig::max_work_per_transaction`).
+    work_cap: u64,
+    budget: Budget,
+    /// Due timers or ticks were left for the next transaction: poll without waiting and fire
+    /// again at once.
+    backlog: bool,
+    /// Position of the task whose timers fire first at the next check (round robin, so one
+    /// task's backlog does not hold back the others' timers).
+    timer_turn: usize,
 }
 
-impl LoopClocks {
-    fn new() -> Self {
+impl LoopState {
+    fn new(work_cap: u64) -> Self {
         let now = Instant::now();
-        Self { transaction: now, timers: now, gauges: now }
+        Self {
+            transaction: now,
+            timers: now,
+            gauges: now,
+            work_cap,
+            budget: Budget::new(work_cap),
+            backlog: false,
+            timer_turn: 0,
+        }
+    }
+
+    /// Begins a transaction, with a full work budget, unless one is open.
+    fn begin(&mut self, txn: &mut TxnState) -> Result<(), RuntimeError> {
+        if !txn.open {
+            txn.begin()?;
+            self.transaction = Instant::now();
+            self.budget = Budget::new(self.work_cap);
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction; the next one gets a full work budget.
+    fn commit(
+        &mut self,
+        txn: &mut TxnState,
+        consumer: &BaseConsumer<RebalanceHook>,
+    ) -> Result<(), RuntimeError> {
+        self.budget = Budget::new(self.work_cap);
+        txn.commit(consumer)
     }
 }
 
@@ -295,11 +333,11 @@ impl Worker<'_> {
     /// Processes until shutdown. Kafka errors (fencing, a failed commit, a lost group
     /// generation) abort the transaction and rewind to the last commit; other errors end the run.
     fn run_loop(&mut self, shutdown: &ShutdownFlag) -> Result<(), RuntimeError> {
-        let mut clocks = LoopClocks::new();
+        let mut state = LoopState::new(self.runtime.config.max_work_per_transaction);
         self.runtime.metrics.set_ready(true);
         while !shutdown.requested() {
             self.check_not_fenced()?;
-            match self.step(&mut clocks) {
+            match self.step(&mut state) {
                 Ok(()) => {}
                 Err(error @ (RuntimeError::Kafka { .. } | RuntimeError::NoGroupMetadata)) => {
                     tracing::warn!(%error, "aborting the transaction and rewinding to the last commit");
@@ -313,16 +351,18 @@ impl Worker<'_> {
         txn.commit(&self.consumer)
     }
 
-    /// Polls a batch (waiting up to 20 ms for the first record, then taking what is already
-    /// fetched); processes it, due wall-clock timers, and commits when due. The transaction lock
-    /// is never held while polling, because rebalance callbacks run inside `poll`.
-    fn step(&mut self, clocks: &mut LoopClocks) -> Result<(), RuntimeError> {
+    /// Polls a batch (waiting up to 20 ms for the first record unless work is left over, then
+    /// taking what is already fetched); processes it and the due wall-clock timers, committing
+    /// whenever the transaction's work budget is spent, and when the commit interval is due.
+    /// The transaction lock is never held while polling, because rebalance callbacks run inside
+    /// `poll`.
+    fn step(&mut self, state: &mut LoopState) -> Result<(), RuntimeError> {
         let config = &self.runtime.config;
         let metrics = Arc::clone(&self.runtime.metrics);
         // Messages borrow this handle, not `self`, so tasks can be opened and closed meanwhile.
         let consumer = Arc::clone(&self.consumer);
         let mut batch = Vec::new();
-        let mut wait = Duration::from_millis(20);
+        let mut wait = if state.backlog { Duration::ZERO } else { Duration::from_millis(20) };
         while batch.len() < MAX_BATCH {
             match consumer.poll(wait) {
                 None => break,
@@ -358,12 +398,6 @@ impl Worker<'_> {
             // No task: the partition is not (or no longer) ours, a message fetched before a
             // revocation; its new owner reads it from the committed offset.
             let Some(task) = task else { continue };
-            if !txn.open {
-                txn.begin()?;
-                clocks.transaction = Instant::now();
-            }
-            txn.touched = true;
-            txn.consumed(message.topic(), message.partition(), message.offset());
             self.records_in.inc(message.topic());
             let record = SourceRecord {
                 topic: message.topic(),
@@ -373,28 +407,51 @@ impl Worker<'_> {
                 value: message.payload(),
                 timestamp_ms: message.timestamp().to_millis().unwrap_or(now),
             };
-            task.process(&record, &env, &mut TxnOutput { txn: &mut txn })?;
+            loop {
+                state.begin(&mut txn)?;
+                let out = &mut TxnOutput { txn: &mut txn };
+                if task.process(&record, &env, out, &mut state.budget)? {
+                    break;
+                }
+                // Event-time timers due before the record spent the budget: commit them first.
+                state.commit(&mut txn, &self.consumer)?;
+            }
+            txn.touched = true;
+            txn.consumed(message.topic(), message.partition(), message.offset());
+            if state.budget.spent() {
+                state.commit(&mut txn, &self.consumer)?;
+            }
         }
         let tick = Instant::now();
-        if config.clock == Clock::Wall && tick.duration_since(clocks.timers) >= TIMER_CHECK {
-            clocks.timers = tick;
-            for task in self.tasks.values_mut() {
-                if !txn.open {
-                    txn.begin()?;
-                    clocks.transaction = tick;
+        let timers_due = state.backlog || tick.duration_since(state.timers) >= TIMER_CHECK;
+        if config.clock == Clock::Wall && timers_due {
+            state.timers = tick;
+            state.backlog = false;
+            let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+            for turn in 0..ids.len() {
+                let position = (state.timer_turn + turn) % ids.len();
+                let task = self.tasks.get_mut(&ids[position]).expect("listed task");
+                state.begin(&mut txn)?;
+                // A timer due at T fires once the clock has passed T, after the records of T.
+                let out = &mut TxnOutput { txn: &mut txn };
+                if !task.fire_due(now.saturating_sub(1), &env, out, &mut state.budget)? {
+                    // This transaction did its share: commit, and go on with the next task.
+                    state.backlog = true;
+                    state.timer_turn = position + 1;
+                    state.commit(&mut txn, &self.consumer)?;
+                    break;
                 }
-                task.fire_due(now, &env, &mut TxnOutput { txn: &mut txn })?;
             }
         }
         if txn.open
             && txn.touched
-            && tick.duration_since(clocks.transaction) >= config.commit_interval
+            && tick.duration_since(state.transaction) >= config.commit_interval
         {
-            txn.commit(&self.consumer)?;
+            state.commit(&mut txn, &self.consumer)?;
         }
         drop(txn);
-        if tick.duration_since(clocks.gauges) >= GAUGE_REFRESH {
-            clocks.gauges = tick;
+        if tick.duration_since(state.gauges) >= GAUGE_REFRESH {
+            state.gauges = tick;
             self.refresh_gauges();
         }
         Ok(())
