@@ -44,7 +44,12 @@ impl Scenario {
     }
 
     fn spawn_with(&self, instance: &str, extra: &[&str]) -> std::process::Child {
-        let state_dir = self.state.path().join(instance);
+        self.spawn_as(instance, instance, extra)
+    }
+
+    /// An instance keeping its state in `<state>/<dir>`, with instance id `instance`.
+    fn spawn_as(&self, dir: &str, instance: &str, extra: &[&str]) -> std::process::Child {
+        let state_dir = self.state.path().join(dir);
         let mut args = vec![
             "--input",
             &self.input,
@@ -336,4 +341,134 @@ fn topic_configs(topic: &str) -> Option<BTreeMap<String, String>> {
     let configs: BTreeMap<String, String> =
         resource.entries.into_iter().filter_map(|entry| Some((entry.name, entry.value?))).collect();
     (!configs.is_empty()).then_some(configs)
+}
+
+/// Waits up to a minute for `child` to exit by itself.
+fn exit_status(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
+    (0..600).find_map(|_| {
+        let status = child.try_wait().unwrap();
+        if status.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        status
+    })
+}
+
+#[test]
+fn a_second_process_with_the_same_instance_id_fences_the_first_which_stops() {
+    const RECORDS: usize = 2_000;
+    const KEYS: usize = 50;
+    let scenario = Scenario::new("same-id", 2);
+    let mut first = inputs(RECORDS, KEYS);
+    let second = first.split_off(RECORDS / 2);
+    common::produce(&scenario.input, first);
+    let mut a = scenario.spawn_as("a", "x", &[]);
+    assert_eq!(scenario.outputs(RECORDS / 2).len(), RECORDS / 2);
+
+    let b = scenario.spawn_as("b", "x", &[]);
+    let status = exit_status(&mut a);
+    let log = std::fs::read_to_string(scenario.log()).unwrap();
+    let Some(status) = status else {
+        common::kill_hard(a);
+        common::kill_hard(b);
+        panic!("the fenced instance kept running\n{}", common::tail(&scenario.log(), 30));
+    };
+    assert!(!status.success(), "the fenced instance fails: {status}");
+    assert!(
+        log.contains("fenced: another process joined") && log.contains("id \"x\""),
+        "the error says why and names the id\n{}",
+        common::tail(&scenario.log(), 30)
+    );
+    common::produce(&scenario.input, second);
+    let outputs = scenario.outputs(RECORDS);
+    common::stop_gracefully(b);
+    assert_exactly_once(&outputs, RECORDS, KEYS, &scenario.log());
+}
+
+#[test]
+fn an_evicted_instance_does_not_fire_the_timers_of_tasks_given_away() {
+    const KEYS: usize = 40;
+    let scenario = Scenario::new("evicted", 2);
+    let a = scenario.spawn("a");
+    // A owns both partitions and has scheduled every key's timer when it is frozen; the group
+    // evicts it (session timeout) and B takes its tasks over and fires the timers.
+    let due = common::now_ms() + 15_000;
+    let timers: Vec<(String, Vec<u8>)> = (0..KEYS)
+        .map(|i| (format!("t{i}"), format!("schedule:{}", due + 250 * i as i64).into_bytes()))
+        .collect();
+    common::produce(&scenario.input, timers);
+    assert_eq!(scenario.outputs(KEYS).len(), KEYS, "A scheduled the timers");
+    let signal = |name: &str, child: &std::process::Child| {
+        let pid = child.id().to_string();
+        assert!(std::process::Command::new("kill").args([name, &pid]).status().unwrap().success());
+    };
+    signal("-STOP", &a);
+    let b = scenario.spawn("b");
+    let fired_by_b = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        common::end_offsets(&scenario.output) >= common::end_offsets(&scenario.input) * 2 + 10
+    });
+    // A wakes up believing it still owns both tasks, with most of their timers due.
+    signal("-CONT", &a);
+    assert!(fired_by_b, "B took over and fired timers\n{}", common::tail(&scenario.log(), 30));
+    let outputs = scenario.outputs(2 * KEYS);
+    common::stop_gracefully(b);
+    common::stop_gracefully(a);
+
+    let mut fired: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for output in &outputs {
+        let value = String::from_utf8(output.value.clone().unwrap()).unwrap();
+        if value.starts_with("fired:") {
+            fired.entry(String::from_utf8(output.key.clone()).unwrap()).or_default().push(value);
+        }
+    }
+    let twice: Vec<_> = fired.iter().filter(|(_, values)| values.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "timers fired twice: {twice:?}\n{}",
+        common::tail(&scenario.log(), 40)
+    );
+    for i in 0..KEYS {
+        let expected = format!("fired:{}", due + 250 * i as i64);
+        assert_eq!(fired.get(&format!("t{i}")), Some(&vec![expected]), "t{i} fired once");
+    }
+}
+
+#[test]
+fn an_output_over_the_record_size_limit_rejects_its_input_and_the_partition_goes_on() {
+    let scenario = Scenario::new("too-large", 1);
+    let big = "x".repeat(1_100);
+    let records = vec![
+        ("k0".to_string(), b"v0".to_vec()),
+        ("k1".to_string(), big.clone().into_bytes()),
+        ("k0".to_string(), b"v1".to_vec()),
+    ];
+    common::produce(&scenario.input, records);
+    let instance = scenario.spawn_with("a", &["--max-record-bytes", "1100"]);
+    let outputs = scenario.outputs(2);
+    let letters = common::read_committed(
+        &scenario.dead_letters,
+        1,
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+    );
+    common::stop_gracefully(instance);
+
+    let values: Vec<String> =
+        outputs.iter().map(|o| String::from_utf8(o.value.clone().unwrap()).unwrap()).collect();
+    assert_eq!(values, ["v0:1", "v1:2"], "the records after the refused one are processed");
+    assert_eq!(letters.len(), 1, "{}", common::tail(&scenario.log(), 20));
+    let letter: DeadLetter =
+        SchemaRegistry::builtin().decode(letters[0].value.as_deref().unwrap()).unwrap();
+    assert_eq!((letter.source_partition, letter.source_offset), (0, 1));
+    assert_eq!(
+        letter.reason,
+        format!(
+            "a record for {} is 1104 bytes (key and value), over the limit of 1100 bytes \
+             (message.max.bytes) (value of 1100 bytes left out: too large)",
+            scenario.output
+        ),
+        "the letter itself would be too large with the value: it is left out"
+    );
+    assert_eq!(letter.value, None);
 }

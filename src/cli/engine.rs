@@ -8,7 +8,7 @@ use herald_engine::{
     kafka::KafkaConfig,
     model::{topics::TopicNames, IngestFormat},
     pipeline::{engine_topology, LIVE_STATS_INTERVAL_MS},
-    runtime::{instance_id, LiveRuntime, RuntimeConfig, ShutdownFlag},
+    runtime::{instance_id, LiveRuntime, RuntimeConfig, ShutdownFlag, DEFAULT_MAX_RECORD_BYTES},
     topology::TopologyFile,
 };
 
@@ -39,6 +39,10 @@ pub struct EngineArgs {
     /// Commit interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     commit_interval_ms: u64,
+    /// Largest record (key and value) produced, the producer's `message.max.bytes`; keep it at
+    /// or below the broker's. An input whose output or state would be larger is dead-lettered.
+    #[arg(long, default_value_t = DEFAULT_MAX_RECORD_BYTES)]
+    max_record_bytes: usize,
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
@@ -57,6 +61,7 @@ pub fn run(kafka: &KafkaConfig, args: EngineArgs) -> anyhow::Result<ExitCode> {
     let mut config = RuntimeConfig::new(kafka.clone(), instance_id, args.state_dir);
     config.changelogs = TopologyFile::load(&args.topology)?.changelogs;
     config.commit_interval = Duration::from_millis(args.commit_interval_ms);
+    config.max_record_bytes = args.max_record_bytes;
     config.metrics_addr = args.metrics_addr;
     let shutdown = ShutdownFlag::on_signals()?;
     LiveRuntime::new(topology, config).run(&shutdown).context("running the engine")?;

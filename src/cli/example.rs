@@ -10,7 +10,7 @@ use herald_engine::{
         example::counting_topology,
         instance_id,
         replay::{self, ReplayInput, ReplayOptions, ReplaySink},
-        LiveRuntime, RuntimeConfig, ShutdownFlag,
+        LiveRuntime, RuntimeConfig, ShutdownFlag, DEFAULT_MAX_RECORD_BYTES,
     },
     topology::TopologyFile,
 };
@@ -51,6 +51,10 @@ pub struct CountArgs {
     /// Transaction timeout in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     transaction_timeout_ms: u64,
+    /// Largest record (key and value) produced, the producer's `message.max.bytes`; keep it at
+    /// or below the broker's. An input whose output or state would be larger is dead-lettered.
+    #[arg(long, default_value_t = DEFAULT_MAX_RECORD_BYTES)]
+    max_record_bytes: usize,
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
@@ -86,6 +90,7 @@ pub fn run(kafka: &KafkaConfig, command: ExampleCommand) -> anyhow::Result<ExitC
     let mut config = RuntimeConfig::new(kafka.clone(), instance_id, args.state_dir);
     config.changelogs = TopologyFile::load(&args.topology)?.changelogs;
     config.commit_interval = Duration::from_millis(args.commit_interval_ms);
+    config.max_record_bytes = args.max_record_bytes;
     config.transaction_timeout = Duration::from_millis(args.transaction_timeout_ms);
     config.metrics_addr = args.metrics_addr;
     let shutdown = ShutdownFlag::on_signals()?;
