@@ -8,8 +8,69 @@ use super::{
 };
 use crate::model::{DeadLetter, SchemaRegistry};
 
-/// Timers taken from the store per round while firing.
+/// Timers read from the store per round while firing.
 const TIMER_BATCH: usize = 1_000;
+
+/// The work a transaction may still do. Each input record processed, timer fired and tick that
+/// has more to do counts one, and so does each record it writes (outputs and changelog
+/// entries): a timer releasing thousands of users weighs what it produces. A call that starts
+/// within the budget runs to its end; a processor keeps its calls small by working in steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Budget {
+    left: u64,
+}
+
+impl Budget {
+    /// A budget of `cap` units (at least one, so every transaction makes progress).
+    pub(crate) fn new(cap: u64) -> Self {
+        Self { left: cap.max(1) }
+    }
+
+    /// No limit (a replay has no transactions).
+    pub(crate) fn unlimited() -> Self {
+        Self { left: u64::MAX }
+    }
+
+    /// Whether the transaction has done its share and should commit.
+    pub(crate) fn spent(&self) -> bool {
+        self.left == 0
+    }
+
+    fn charge(&mut self, units: u64) {
+        self.left = self.left.saturating_sub(units);
+    }
+}
+
+/// An output that counts the records written through it.
+struct Counted<'o> {
+    out: &'o mut dyn Output,
+    writes: u64,
+}
+
+impl Output for Counted<'_> {
+    fn emit(
+        &mut self,
+        topic: &str,
+        key: &[u8],
+        value: &[u8],
+        timestamp_ms: i64,
+    ) -> Result<(), RuntimeError> {
+        self.writes += 1;
+        self.out.emit(topic, key, value, timestamp_ms)
+    }
+
+    fn changelog(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+        timestamp_ms: i64,
+    ) -> Result<(), RuntimeError> {
+        self.writes += 1;
+        self.out.changelog(topic, partition, key, value, timestamp_ms)
+    }
+}
 
 /// What every task of an instance shares while processing.
 pub(crate) struct TaskEnv<'a> {
@@ -61,25 +122,32 @@ impl Task {
         self.timers_pending
     }
 
-    /// Processes one record. On the event-time clock, timers due at or before its timestamp fire
-    /// first. A rejected record goes to the dead-letter topic; runtime failures are returned.
+    /// Processes one record within `budget`. On the event-time clock, timers due strictly
+    /// before the stream time fire first (timers due at a record's time fire after the records
+    /// of that time: the end of a window is inclusive); when they use up the budget, the record
+    /// is not processed and `false` comes back, for the caller to commit and call again. A
+    /// rejected record goes to the dead-letter topic; runtime failures are returned.
     pub(crate) fn process(
         &mut self,
         record: &SourceRecord<'_>,
         env: &TaskEnv<'_>,
         out: &mut dyn Output,
-    ) -> Result<(), RuntimeError> {
+        budget: &mut Budget,
+    ) -> Result<bool, RuntimeError> {
         let now = match env.clock {
             Clock::EventTime => {
                 self.stream_time = self.stream_time.max(record.timestamp_ms);
-                self.fire_due(self.stream_time, env, out)?;
+                if !self.fire_due(self.stream_time.saturating_sub(1), env, out, budget)? {
+                    return Ok(false);
+                }
                 self.stream_time
             }
             Clock::Wall => env.wall_now_ms,
         };
-        let result =
-            self.invoke(env, out, record.timestamp_ms, now, |p, ctx| p.process(ctx, record))?;
-        let Err(reason) = result else { return Ok(()) };
+        budget.charge(1);
+        let result = self
+            .invoke(env, out, budget, record.timestamp_ms, now, |p, ctx| p.process(ctx, record))?;
+        let Err(reason) = result else { return Ok(true) };
         let letter = DeadLetter {
             source_topic: record.topic.to_string(),
             source_partition: record.partition,
@@ -90,34 +158,42 @@ impl Task {
             stage: format!("task {}", self.id),
             timestamp_ms: record.timestamp_ms,
         };
-        dead_letter(&letter, env, out)
+        dead_letter(&letter, env, out)?;
+        Ok(true)
     }
 
     /// Runs `call` on the processor with a context at `timestamp_ms` and `now_ms`, counting the
-    /// timers it scheduled or cancelled. A rejection comes back as `Ok(Err(reason))`; runtime
-    /// failures as errors.
+    /// timers it scheduled or cancelled and charging what it wrote to `budget`. A rejection
+    /// comes back as `Ok(Err(reason))`; runtime failures as errors.
     fn invoke<T>(
         &mut self,
         env: &TaskEnv<'_>,
         out: &mut dyn Output,
+        budget: &mut Budget,
         timestamp_ms: i64,
         now_ms: i64,
         call: impl FnOnce(&mut dyn Processor, &mut ProcessorContext<'_>) -> Result<T, ProcessError>,
     ) -> Result<Result<T, String>, RuntimeError> {
+        let mut counted = Counted { out, writes: 0 };
         let mut ctx = ProcessorContext {
             task: self.id,
             partitions: self.partitions,
             state: &self.state,
-            out,
+            out: &mut counted,
             sinks: &self.sinks,
             globals: env.globals,
             timer_store: &self.timer_store,
             timestamp_ms,
             now_ms,
+            effective_ms: match env.clock {
+                Clock::Wall => now_ms,
+                Clock::EventTime => timestamp_ms,
+            },
             timers_delta: 0,
         };
         let result = call(self.processor.as_mut(), &mut ctx);
         self.timers_pending += ctx.timers_delta;
+        budget.charge(counted.writes);
         match result {
             Ok(value) => Ok(Ok(value)),
             Err(ProcessError::Runtime(error)) => Err(error),
@@ -146,48 +222,61 @@ impl Task {
         }
     }
 
-    /// Fires, in (time, key) order, every timer due at or before `now_ms`, including timers
-    /// that firing schedules. Returns how many fired.
+    /// Fires, in (time, key) order, the timers due at or before `now_ms` (including timers
+    /// that firing schedules), then lets the processor tick, while `budget` lasts. Returns
+    /// whether everything due was done; if not, the rest is due again on the next call.
     pub(crate) fn fire_due(
         &mut self,
         now_ms: i64,
         env: &TaskEnv<'_>,
         out: &mut dyn Output,
-    ) -> Result<usize, RuntimeError> {
-        let mut fired = 0;
+        budget: &mut Budget,
+    ) -> Result<bool, RuntimeError> {
         loop {
             let due = {
-                let mut store = self.state.store(&self.timer_store, &mut *out, now_ms)?;
-                timers::take_due(&mut store, now_ms, TIMER_BATCH)?
+                let store = self.state.store(&self.timer_store, &mut *out, now_ms)?;
+                timers::due(&store, now_ms, TIMER_BATCH)?
             };
             if due.is_empty() {
-                self.tick(now_ms, env, out)?;
-                return Ok(fired);
+                return self.tick(now_ms, env, out, budget);
             }
             for timer in due {
-                self.timers_pending -= 1;
-                fired += 1;
-                env.metrics.timers_fired.inc();
-                self.fire(&timer, now_ms, env, out)?;
+                if budget.spent() {
+                    return Ok(false);
+                }
+                let pending = {
+                    let mut store = self.state.store(&self.timer_store, &mut *out, now_ms)?;
+                    timers::cancel(&mut store, timer.at_ms, &timer.key)?
+                };
+                if pending {
+                    self.timers_pending -= 1;
+                    env.metrics.timers_fired.inc();
+                    self.fire(&timer, now_ms, env, out, budget)?;
+                }
             }
         }
     }
 
-    /// Lets the processor do pending stepwise work: one step on the wall clock, every step on
-    /// the event-time clock (a replay has no later tick to wait for).
+    /// Lets the processor do pending stepwise work, step after step while `budget` lasts.
+    /// Returns whether the processor is done for now.
     fn tick(
         &mut self,
         now_ms: i64,
         env: &TaskEnv<'_>,
         out: &mut dyn Output,
-    ) -> Result<(), RuntimeError> {
+        budget: &mut Budget,
+    ) -> Result<bool, RuntimeError> {
         loop {
-            match self.invoke(env, out, now_ms, now_ms, |p, ctx| p.on_tick(ctx))? {
-                Ok(Tick::More) if env.clock == Clock::EventTime => continue,
-                Ok(_) => return Ok(()),
+            if budget.spent() {
+                return Ok(false);
+            }
+            match self.invoke(env, out, budget, now_ms, now_ms, |p, ctx| p.on_tick(ctx))? {
+                Ok(Tick::More) => budget.charge(1),
+                Ok(Tick::Idle) => return Ok(true),
                 Err(reason) => {
                     let letter = self.internal_letter("tick", None, reason, now_ms);
-                    return dead_letter(&letter, env, out);
+                    dead_letter(&letter, env, out)?;
+                    return Ok(true);
                 }
             }
         }
@@ -199,8 +288,10 @@ impl Task {
         now_ms: i64,
         env: &TaskEnv<'_>,
         out: &mut dyn Output,
+        budget: &mut Budget,
     ) -> Result<(), RuntimeError> {
-        match self.invoke(env, out, timer.at_ms, now_ms, |p, ctx| p.on_timer(ctx, timer))? {
+        budget.charge(1);
+        match self.invoke(env, out, budget, timer.at_ms, now_ms, |p, ctx| p.on_timer(ctx, timer))? {
             Ok(()) => Ok(()),
             Err(reason) => {
                 let letter =
