@@ -219,7 +219,8 @@ fn hundred_thousand_commands_two_senders_5_percent_503_1_percent_unregistered() 
     assert!(invalid.iter().all(|r| r.reason.as_deref() == Some("unregistered")));
     let texts: BTreeSet<&str> =
         invalid.iter().map(|r| r.provider_reason.as_deref().unwrap()).collect();
-    assert_eq!(texts, BTreeSet::from(["UNREGISTERED", "Unregistered"]));
+    let fcm = "UNREGISTERED: Requested entity was not found.";
+    assert_eq!(texts, BTreeSet::from([fcm, "Unregistered"]));
     let accepted = by_message.values().filter(|r| r.status == ReceiptStatus::Accepted).count();
     assert_eq!(accepted + invalid.len(), COUNT, "503s were retried, never final");
     let stats = setup.stats().unwrap();
