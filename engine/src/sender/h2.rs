@@ -11,12 +11,16 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::{client::conn::http2::SendRequest, HeaderMap, Request, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::{net::TcpStream, sync::Mutex};
+
+/// Largest response body read from a provider or token endpoint (theirs are a few hundred
+/// bytes); a longer one fails the exchange instead of filling memory.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// A request that did not produce an HTTP response.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +129,10 @@ impl H2Pool {
             sender.ready().await.map_err(request_error)?;
             let response = sender.send_request(request).await.map_err(request_error)?;
             let (parts, body) = response.into_parts();
-            let body = body.collect().await.map_err(request_error)?.to_bytes();
+            let body = Limited::new(body, MAX_RESPONSE_BYTES).collect().await.map_err(|e| {
+                TransportError::Request { origin: self.origin.clone(), reason: e.to_string() }
+            })?;
+            let body = body.to_bytes();
             Ok(Response { status: parts.status, headers: parts.headers, body })
         };
         match tokio::time::timeout(self.timeout, exchange).await {
