@@ -385,6 +385,12 @@ fn a_second_process_with_the_same_instance_id_fences_the_first_which_stops() {
     assert_exactly_once(&outputs, RECORDS, KEYS, &scenario.log());
 }
 
+/// Sends signal `name` (e.g. `-STOP`) to `child`.
+fn signal(name: &str, child: &std::process::Child) {
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args([name, &pid]).status().unwrap().success());
+}
+
 #[test]
 fn an_evicted_instance_does_not_fire_the_timers_of_tasks_given_away() {
     const KEYS: usize = 40;
@@ -398,10 +404,6 @@ fn an_evicted_instance_does_not_fire_the_timers_of_tasks_given_away() {
         .collect();
     common::produce(&scenario.input, timers);
     assert_eq!(scenario.outputs(KEYS).len(), KEYS, "A scheduled the timers");
-    let signal = |name: &str, child: &std::process::Child| {
-        let pid = child.id().to_string();
-        assert!(std::process::Command::new("kill").args([name, &pid]).status().unwrap().success());
-    };
     signal("-STOP", &a);
     let b = scenario.spawn("b");
     let fired_by_b = (0..600).any(|_| {
@@ -471,4 +473,31 @@ fn an_output_over_the_record_size_limit_rejects_its_input_and_the_partition_goes
         "the letter itself would be too large with the value: it is left out"
     );
     assert_eq!(letter.value, None);
+}
+
+#[test]
+fn an_evicted_instance_checkpoints_only_what_it_wrote_and_later_restores_the_new_owners_writes() {
+    const RECORDS: usize = 3_000;
+    const KEYS: usize = 30;
+    let scenario = Scenario::new("evicted-checkpoint", 2);
+    let mut all = inputs(RECORDS, KEYS);
+    let third = all.split_off(2 * RECORDS / 3);
+    let second = all.split_off(RECORDS / 3);
+    let a = scenario.spawn("a");
+    common::produce(&scenario.input, all);
+    assert_eq!(scenario.outputs(RECORDS / 3).len(), RECORDS / 3);
+
+    // A is frozen and evicted; B takes its tasks over and writes their changelogs.
+    signal("-STOP", &a);
+    let b = scenario.spawn("b");
+    common::produce(&scenario.input, second);
+    assert_eq!(scenario.outputs(2 * RECORDS / 3).len(), 2 * RECORDS / 3, "B processed");
+    // A wakes up, loses its tasks (closing them), and gets them all back once B is gone: it
+    // must restore B's writes, which came after everything A had restored or committed.
+    signal("-CONT", &a);
+    common::stop_gracefully(b);
+    common::produce(&scenario.input, third);
+    let outputs = scenario.outputs(RECORDS);
+    common::stop_gracefully(a);
+    assert_exactly_once(&outputs, RECORDS, KEYS, &scenario.log());
 }
