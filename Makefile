@@ -5,7 +5,7 @@ export KAFKA_PORT ?= 9092
 export HERALD_BROKERS ?= 127.0.0.1:$(KAFKA_PORT)
 HERALD := $(CARGO_TARGET_DIR)/debug/herald
 
-.PHONY: bootstrap kafka-up kafka-down build demo demo-down test bench bench-runtime bench-campaign lint fmt
+.PHONY: bootstrap kafka-up kafka-down build demo demo-down test test-broadcast bench bench-runtime bench-campaign lint fmt
 
 bootstrap: ## install missing system packages
 	@deploy/local/bootstrap.sh
@@ -33,6 +33,9 @@ demo-down: ## stop what make demo started (simulator, engine, sender, Kafka)
 
 test: kafka-up ## the full test suite against the local broker
 	cargo test --workspace
+
+test-broadcast: kafka-up ## long: a scheduled run to 1,000,000 users with a 2 s transaction timeout (release build)
+	cargo test --release --test broadcast -- --ignored --nocapture
 
 bench: bench-runtime bench-campaign ## every benchmark (release build)
 
