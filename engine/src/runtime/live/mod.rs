@@ -342,6 +342,8 @@ impl Worker<'_> {
                 Err(error @ (RuntimeError::Kafka { .. } | RuntimeError::NoGroupMetadata)) => {
                     tracing::warn!(%error, "aborting the transaction and rewinding to the last commit");
                     self.txn.lock().expect("txn lock").abort();
+                    // Fenced for good: stop rather than rebuild tasks another process now runs.
+                    self.check_not_fenced()?;
                     self.rewind()?;
                 }
                 Err(error) => return Err(error),
