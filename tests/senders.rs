@@ -511,7 +511,8 @@ fn two_thousand_users_triggering_three_times_an_hour_apart_get_six_thousand_noti
     let mut receipted: Vec<&str> = receipts.iter().map(|r| r.message_id.as_str()).collect();
     receipted.sort_unstable();
     receipted.dedup();
-    assert_eq!(receipted.len(), 3 * USERS, "one final receipt per message id");
+    assert_eq!(receipted.len(), 3 * USERS, "a final receipt for every message id");
+    assert_eq!(receipts.len(), 3 * USERS, "exactly one final receipt per message id");
     let latest: CampaignStats =
         registry.decode(snapshots.last().unwrap().value.as_deref().unwrap()).unwrap();
     let sent: i64 = latest.variants.iter().map(|v| v.sent).sum();

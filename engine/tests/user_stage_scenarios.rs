@@ -712,6 +712,8 @@ fn a_throttled_send_counts_against_caps_when_it_leaves_and_is_skipped_if_capped_
         &[
             profile("u1", "2026-11-26T07:00:00Z", "{}"),
             profile("u2", "2026-11-26T07:00:00Z", "{}"),
+            // u2 has two devices: one notification, two commands, one decision at the gate.
+            r#"{"type":"profile","user":"u2","ts":"2026-11-26T07:00:00Z","devices":[{"platform":"android","token":"tok-u2-a"}]}"#.to_string(),
             profile("clock", "2026-11-26T07:00:00Z", "{}"),
             event("u1", "2026-11-26T08:00:00Z", "Ping", "{}"), // leaves at once
             event("u2", "2026-11-26T08:00:01Z", "Ping", "{}"), // waits for 09:00
@@ -722,17 +724,21 @@ fn a_throttled_send_counts_against_caps_when_it_leaves_and_is_skipped_if_capped_
         None,
     );
     let pair = |c: &str, u: &str| (c.to_string(), u.to_string());
-    assert_eq!(run.sent_pairs(), vec![pair("slow", "u1"), pair("fast", "u2")]);
-    let skipped: Vec<(String, String, String, i64)> = run
+    assert_eq!(run.sent_pairs(), vec![pair("slow", "u1"), pair("fast", "u2"), pair("fast", "u2")]);
+    // Both of u2's device commands are refused at the gate; the first gives the place back.
+    let skipped: Vec<(String, String, String, i64, bool)> = run
         .skips()
         .into_iter()
-        .map(|s| (s.campaign_id, s.user_id, s.reason, s.timestamp_ms))
+        .map(|s| (s.campaign_id, s.user_id, s.reason, s.timestamp_ms, s.returns_place))
         .collect();
-    assert_eq!(
-        skipped,
-        vec![("slow".into(), "u2".into(), "capped_daily".into(), ms("2026-11-26T09:00:00Z"))]
-    );
-    assert_eq!(sent_stat(&run.stats(), "slow", "A"), 1);
+    let refused = |first| {
+        ("slow".into(), "u2".into(), "capped_daily".into(), ms("2026-11-26T09:00:00Z"), first)
+    };
+    assert_eq!(skipped, vec![refused(true), refused(false)]);
+    let stats = run.stats();
+    assert_eq!(sent_stat(&stats, "slow", "A"), 1);
+    assert_eq!(sent_stat(&stats, "fast", "A"), 2);
+    assert_eq!(stats["slow"]["skipped"]["capped_daily"], 1);
 }
 
 #[test]

@@ -169,11 +169,9 @@ fn latest<R: Record>(kafka: &KafkaConfig, topic: &str, key: &str) -> anyhow::Res
             let message = message?;
             idle = 0;
             if message.key() == Some(key.as_bytes()) {
-                if let Some(record) =
-                    message.payload().and_then(|v| SchemaRegistry::builtin().decode::<R>(v).ok())
-                {
-                    latest = Some(record);
-                }
+                // A tombstone (a deleted campaign) clears what came before.
+                latest =
+                    message.payload().and_then(|v| SchemaRegistry::builtin().decode::<R>(v).ok());
             }
             if message.offset() + 1 >= high {
                 break;

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use super::CampaignStage;
+use super::{timer_key, CampaignStage, RUN_TIMER};
 use crate::{
     campaign::{Campaign, CampaignStatus},
     model::LifecycleKind,
@@ -50,12 +50,18 @@ impl CampaignStage {
                 if let Some(kind) = kind {
                     self.lifecycle(ctx, &campaign, kind, BTreeMap::new())?;
                 }
+                // A scheduled run held by the pause continues (or, stopped, drains as `stopped`).
+                if matches!(kind, Some(LifecycleKind::Resumed | LifecycleKind::Stopped))
+                    && state.run.is_some()
+                {
+                    ctx.schedule(now, &timer_key(RUN_TIMER, &campaign.id))?;
+                }
                 state.announced_status = Some(campaign.status);
                 changed = true;
             }
             let ended = campaign.when.end.is_some_and(|end| now > end.timestamp_millis());
-            if ended && !state.ended {
-                state.ended = true;
+            if ended && !state.completed {
+                state.completed = true;
                 let details = BTreeMap::from([
                     ("reason".to_string(), "end_date".to_string()),
                     ("sent".to_string(), state.sent.to_string()),

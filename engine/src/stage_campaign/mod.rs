@@ -115,9 +115,9 @@ struct CampaignState {
     /// The status last announced as a lifecycle event (see `lifecycle`).
     #[serde(default)]
     announced_status: Option<CampaignStatus>,
-    /// The end date passed and was announced.
+    /// `COMPLETED` was announced (total limit or end date): announced once.
     #[serde(default)]
-    ended: bool,
+    completed: bool,
     /// The day whose daily limit was reached and announced.
     #[serde(default)]
     daily_limit_announced: Option<String>,
@@ -335,9 +335,16 @@ impl CampaignStage {
         variant: Option<usize>,
     ) -> Result<(), ProcessError> {
         let at = candidate.qualified_at_ms;
-        if campaign.status != CampaignStatus::Active {
-            state.skip("campaign_inactive");
-            return Ok(());
+        match campaign.status {
+            CampaignStatus::Active => {}
+            CampaignStatus::Stopped => {
+                state.skip("stopped");
+                return Ok(());
+            }
+            CampaignStatus::Paused | CampaignStatus::Draft => {
+                state.skip("paused");
+                return Ok(());
+            }
         }
         // Against the limit as it is now: an edit may have raised or lowered it.
         if campaign.limits.total.is_some_and(|limit| state.sent >= limit) {
@@ -439,13 +446,12 @@ impl CampaignStage {
             let sent = ("sent".to_string(), state.sent.to_string());
             let limit = BTreeMap::from([("limit".to_string(), "total".to_string()), sent.clone()]);
             self.lifecycle(ctx, campaign, LifecycleKind::LimitReached, limit)?;
-            let reason = ("reason".to_string(), "total_limit".to_string());
-            self.lifecycle(
-                ctx,
-                campaign,
-                LifecycleKind::Completed,
-                BTreeMap::from([reason, sent]),
-            )?;
+            if !state.completed {
+                state.completed = true;
+                let reason = ("reason".to_string(), "total_limit".to_string());
+                let details = BTreeMap::from([reason, sent]);
+                self.lifecycle(ctx, campaign, LifecycleKind::Completed, details)?;
+            }
         }
         Ok(())
     }
@@ -721,6 +727,11 @@ fn expiry(campaign: &Campaign, ttl_ms: Option<i64>, at: i64) -> Option<i64> {
     }
 }
 
+/// Whether the campaign holds its work (paused, or not started).
+fn is_held(campaign: &Campaign) -> bool {
+    matches!(campaign.status, CampaignStatus::Paused | CampaignStatus::Draft)
+}
+
 /// The calendar day of `at_ms` in the campaign's timezone.
 fn day_in(campaign: &Campaign, at_ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(at_ms)
@@ -764,10 +775,14 @@ impl Processor for CampaignStage {
         match kind {
             AB_TIMER => {
                 self.maybe_declare_winner(ctx, &campaign, &mut state, timer.at_ms)?;
-                self.release_run(ctx, &campaign, &mut state, timer.at_ms)?;
+                if !is_held(&campaign) {
+                    self.release_run(ctx, &campaign, &mut state, timer.at_ms)?;
+                }
             }
             STATS_TIMER => state.stats_published_at = i64::MIN / 2, // publish in save below
             OUTBOX_TIMER => self.release(ctx, &campaign, &mut state, timer.at_ms)?,
+            // A paused campaign's run waits (resuming or stopping it schedules the release).
+            RUN_TIMER if is_held(&campaign) => {}
             RUN_TIMER => self.release_run(ctx, &campaign, &mut state, timer.at_ms)?,
             _ => {}
         }

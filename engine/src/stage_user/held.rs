@@ -12,6 +12,9 @@ use crate::{
 
 /// Held users looked at per step.
 const RELEASE_STEP: usize = 500;
+/// How often (task clock) held users are looked at without a change of the campaigns table,
+/// so users of a campaign that ends while paused are counted `expired`.
+const SWEEP_EVERY_MS: i64 = 60_000;
 
 /// Where the held-users pass of a task stands (in memory: after a restart a new pass starts,
 /// which is safe because releasing is idempotent per stored entry).
@@ -21,12 +24,14 @@ pub(super) struct HeldPass {
     pending: bool,
     /// The next key to look at in the current pass.
     from: Vec<u8>,
+    /// When (task clock) the next pass is due anyway.
+    next_sweep: i64,
 }
 
 impl HeldPass {
     /// A pass that starts at the next tick.
     pub(super) fn due() -> Self {
-        Self { pending: true, from: Vec::new() }
+        Self { pending: true, ..Self::default() }
     }
 }
 
@@ -41,17 +46,34 @@ impl UserStage {
         Ok(ctx.store(HELD)?.put_as(&key, pending)?)
     }
 
+    /// Drops the held inaction window `probe` names if an `unless` event at `at_ms` came before
+    /// its end (the window's end is inclusive).
+    pub(super) fn cancel_held(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        probe: &Pending,
+        at_ms: i64,
+    ) -> Result<(), ProcessError> {
+        let key = [probe.campaign.as_bytes(), &[0], &probe.key()].concat();
+        let held = ctx.store(HELD)?.get_as::<Pending>(&key)?;
+        if held.is_some_and(|held| at_ms <= held.due_ms) {
+            ctx.store(HELD)?.delete(&key)?;
+        }
+        Ok(())
+    }
+
     /// Releases, drops or expires a bounded step of held users whose campaign is no longer
-    /// paused.
+    /// paused, and expires those whose campaign ended meanwhile.
     pub(super) fn step_held(
         &mut self,
         ctx: &mut ProcessorContext<'_>,
     ) -> Result<Tick, ProcessError> {
-        if !self.held.pending {
+        let now = ctx.now_ms();
+        if !self.held.pending && now < self.held.next_sweep {
             return Ok(Tick::Idle);
         }
+        self.held.pending = true;
         let entries = ctx.store(HELD)?.range(&self.held.from, &[], RELEASE_STEP)?;
-        let now = ctx.now_ms();
         for (key, value) in &entries {
             let pending: Pending = match serde_json::from_slice(value) {
                 Ok(pending) => pending,
@@ -63,7 +85,8 @@ impl UserStage {
             };
             let campaign = self.campaigns.book().get(&pending.campaign).cloned();
             let status = campaign.as_ref().map(|c| c.status);
-            if matches!(status, Some(CampaignStatus::Paused | CampaignStatus::Draft)) {
+            let ended = campaign.as_ref().is_some_and(|c| !in_window(c, now));
+            if matches!(status, Some(CampaignStatus::Paused | CampaignStatus::Draft)) && !ended {
                 continue;
             }
             ctx.store(HELD)?.delete(key)?;
@@ -90,7 +113,10 @@ impl UserStage {
                 Ok(Tick::More)
             }
             _ => {
-                self.held = HeldPass::default();
+                self.held = HeldPass {
+                    next_sweep: now.saturating_add(SWEEP_EVERY_MS),
+                    ..HeldPass::default()
+                };
                 Ok(Tick::Idle)
             }
         }

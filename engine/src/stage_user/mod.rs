@@ -103,9 +103,14 @@ fn triggered_run() -> String {
 }
 
 impl Pending {
+    /// One open inaction window per (user, campaign); reminders per due time; users waiting out
+    /// do-not-disturb hours per occurrence (two triggers in one night are two notifications).
     fn key(&self) -> Vec<u8> {
-        let at =
-            if self.waiting == Waiting::Reminder { self.due_ms.to_string() } else { String::new() };
+        let at = match self.waiting {
+            Waiting::Inaction => String::new(),
+            Waiting::Reminder => self.due_ms.to_string(),
+            Waiting::Dnd => self.run_id.clone(),
+        };
         format!("{}\u{0}{}\u{0}{:?}{at}", self.user, self.campaign, self.waiting).into_bytes()
     }
 }
@@ -235,11 +240,20 @@ impl UserStage {
         self.record_history(ctx, &event)?;
         self.forward_notification_engagement(ctx, &event)?;
         self.attribute_conversions(ctx, &event)?;
-        let campaigns: Vec<Arc<Campaign>> =
-            self.campaigns.book().active_for(&event.app_id).cloned().collect();
+        // A paused campaign starts nothing new, but its `unless` events still close windows.
+        let campaigns: Vec<Arc<Campaign>> = self
+            .campaigns
+            .book()
+            .all()
+            .filter(|c| c.app == event.app_id)
+            .filter(|c| matches!(c.status, CampaignStatus::Active | CampaignStatus::Paused))
+            .cloned()
+            .collect();
         for campaign in campaigns {
             self.cancel_inaction(ctx, &campaign, &event)?;
-            self.trigger(ctx, &campaign, &event, &run_id)?;
+            if campaign.status == CampaignStatus::Active {
+                self.trigger(ctx, &campaign, &event, &run_id)?;
+            }
         }
         Ok(())
     }
@@ -390,12 +404,14 @@ impl UserStage {
             run_id: triggered_run(),
         };
         let key = probe.key();
-        let Some(pending) = ctx.store(PENDING)?.get_as::<Pending>(&key)? else { return Ok(()) };
-        if event.timestamp_ms <= pending.due_ms {
-            ctx.store(PENDING)?.delete(&key)?;
-            ctx.cancel(pending.due_ms, &key)?;
+        if let Some(pending) = ctx.store(PENDING)?.get_as::<Pending>(&key)? {
+            if event.timestamp_ms <= pending.due_ms {
+                ctx.store(PENDING)?.delete(&key)?;
+                ctx.cancel(pending.due_ms, &key)?;
+            }
         }
-        Ok(())
+        // A window that ended during a pause is held; an `unless` event of its time still counts.
+        self.cancel_held(ctx, &probe, event.timestamp_ms)
     }
 
     /// Starts what `event` triggers in `campaign`: a candidate now, an inaction window or a
@@ -639,13 +655,13 @@ impl Processor for UserStage {
             return Ok(()); // deleted: nothing left to count
         };
         match campaign.status {
-            CampaignStatus::Paused | CampaignStatus::Draft => return self.hold(ctx, &pending),
             CampaignStatus::Stopped => {
                 return self.skip(ctx, &campaign, &pending.user, "stopped", timer.at_ms);
             }
-            CampaignStatus::Active if !in_window(&campaign, timer.at_ms) => {
+            _ if !in_window(&campaign, timer.at_ms) => {
                 return self.skip(ctx, &campaign, &pending.user, "expired", timer.at_ms);
             }
+            CampaignStatus::Paused | CampaignStatus::Draft => return self.hold(ctx, &pending),
             CampaignStatus::Active => {}
         }
         let occasion = Occasion {
