@@ -35,7 +35,7 @@ test: kafka-up ## the full test suite against the local broker
 	cargo test --workspace
 
 test-broadcast: kafka-up ## long: a scheduled run to 1,000,000 users with a 2 s transaction timeout (release build)
-	cargo test --release --test broadcast -- --ignored --nocapture
+	cargo test --release --test backlogs -- --ignored --nocapture
 
 bench: bench-runtime bench-campaign ## every benchmark (release build)
 

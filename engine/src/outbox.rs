@@ -50,7 +50,8 @@ pub struct Outbox<'a> {
 
 impl Outbox<'_> {
     /// Offers `item` at `at`: returns it if it may leave now (the window has room and nothing
-    /// waits before it), else queues it and makes sure the release timer is set.
+    /// waits before it), else queues it and makes sure the release timer is set. A new window
+    /// opens when the offer happens ([`ProcessorContext::effective_ms`]), never at a past `at`.
     pub fn offer<T: Serialize>(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -58,6 +59,7 @@ impl Outbox<'_> {
         item: T,
         at: i64,
     ) -> Result<Option<T>, ProcessError> {
+        let at = at.max(ctx.effective_ms());
         if state.head == state.tail {
             if at >= state.window_start + self.throttle.per_ms {
                 state.window_start = at;
