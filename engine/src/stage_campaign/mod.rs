@@ -780,7 +780,11 @@ impl Processor for CampaignStage {
                 }
             }
             STATS_TIMER => state.stats_published_at = i64::MIN / 2, // publish in save below
-            OUTBOX_TIMER => self.release(ctx, &campaign, &mut state, timer.at_ms)?,
+            // Released sends are timed when they leave (after downtime: now, not the due time).
+            OUTBOX_TIMER => {
+                let leaving = timer.at_ms.max(ctx.effective_ms());
+                self.release(ctx, &campaign, &mut state, leaving)?
+            }
             // A paused campaign's run waits (resuming or stopping it schedules the release).
             RUN_TIMER if is_held(&campaign) => {}
             RUN_TIMER => self.release_run(ctx, &campaign, &mut state, timer.at_ms)?,
