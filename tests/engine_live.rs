@@ -133,12 +133,18 @@ fn inaction_window_survives_a_restart_and_yields_exactly_one_candidate() {
         "id: cart\napp: shop\nname: Cart\nwhen:\n  event: Added To Cart\n  unless: { event: Charged, within: 8s }\nwhat: { title: t, body: b }\n",
     );
     let topic = |name: &str| deployment.topic(name);
+    let changelog = |store: &str| format!("{}-{store}-changelog", deployment.app_id);
     let registry = SchemaRegistry::builtin();
-    let now = common::now_ms();
+    let log = deployment.log();
+    let engine = deployment.spawn_engine();
+    let at = common::now_ms();
     common::produce(
         &topic("profiles"),
-        [profile("u1", Platform::Android, now), profile("u2", Platform::Android, now)],
+        [profile("u1", Platform::Android, at), profile("u2", Platform::Android, at)],
     );
+    // The engine runs (its tasks wrote the profiles) before the windows open.
+    wait_for_offsets(&changelog("profiles"), 2, &log);
+    let now = common::now_ms();
     common::produce(
         &topic("events"),
         [
@@ -148,10 +154,8 @@ fn inaction_window_survives_a_restart_and_yields_exactly_one_candidate() {
             ("u3".to_string(), b"{not avro".to_vec()),
         ],
     );
-
-    let log = deployment.log();
-    let engine = deployment.spawn_engine();
-    std::thread::sleep(Duration::from_secs(4));
+    // Killed once the windows are written (pending-store changelog), before they end.
+    wait_for_offsets(&changelog("pending"), 3, &log);
     common::kill_hard(engine);
     assert!(common::now_ms() < now + 8_000, "killed before the window closed");
 
@@ -230,7 +234,7 @@ fn coupon_limit_holds_exactly_across_four_user_partitions_and_a_restart() {
     );
     let events = common::read_committed(
         &topic("campaign-events"),
-        1,
+        2,
         Duration::from_secs(2),
         Duration::from_secs(30),
     );
@@ -239,10 +243,13 @@ fn coupon_limit_holds_exactly_across_four_user_partitions_and_a_restart() {
     let users = distinct_users(&sends);
     assert_eq!(sends.len(), LIMIT, "exactly the limit\n{}", common::tail(&log, 20));
     assert_eq!(users, LIMIT, "one send per user");
-    assert_eq!(events.len(), 1, "one completion event");
-    let event: herald_engine::model::CampaignLifecycleEvent =
-        registry.decode(events[0].value.as_deref().unwrap()).unwrap();
-    assert_eq!(format!("{:?}", event.kind), "Completed");
+    let kinds: Vec<LifecycleKind> = events
+        .iter()
+        .map(|e| {
+            registry.decode::<CampaignLifecycleEvent>(e.value.as_deref().unwrap()).unwrap().kind
+        })
+        .collect();
+    assert_eq!(kinds, [LifecycleKind::LimitReached, LifecycleKind::Completed]);
 
     let printed = deployment.herald(&["campaign", "stats", "coupons", "--topic", &topic("stats")]);
     let table = String::from_utf8_lossy(&printed.stdout);
@@ -256,7 +263,9 @@ fn coupon_limit_holds_exactly_across_four_user_partitions_and_a_restart() {
 fn scheduled_run_per_run_limit_holds_across_four_user_partitions_and_a_restart() {
     const USERS: usize = 12_000;
     const PER_RUN: usize = 5_000;
-    let run_at = chrono::DateTime::from_timestamp_millis(common::now_ms() + 8_000).unwrap();
+    // Far enough out that the engine has read every profile when the run starts (a task scans
+    // what it has read at run time).
+    let run_at = chrono::DateTime::from_timestamp_millis(common::now_ms() + 30_000).unwrap();
     let deployment = Deployment::new(
         "scheduled",
         4,
@@ -274,12 +283,11 @@ fn scheduled_run_per_run_limit_holds_across_four_user_partitions_and_a_restart()
     );
     let log = deployment.log();
     let engine = deployment.spawn_engine();
+    let changelog = format!("{}-profiles-changelog", deployment.app_id);
+    wait_for_offsets(&changelog, USERS as i64, &log);
+    assert!(common::now_ms() < run_at.timestamp_millis(), "profiles read before the run");
     // Killed once the run has started sending.
-    let started = (0..600).any(|_| {
-        std::thread::sleep(Duration::from_millis(50));
-        common::end_offsets(&topic("push")) > 0
-    });
-    assert!(started, "no sends\n{}", common::tail(&log, 30));
+    wait_for_offsets(&topic("push"), 1, &log);
     common::kill_hard(engine);
     let engine = deployment.spawn_engine();
     let sends = common::read_committed(
@@ -332,7 +340,7 @@ fn push_users(deployment: &Deployment, expected: usize, settle: Duration) -> Vec
 
 /// Polls until `topic`'s end offsets reach `at_least` (observable progress of the engine).
 fn wait_for_offsets(topic: &str, at_least: i64, log: &std::path::Path) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while common::end_offsets(topic) < at_least {
         assert!(
             std::time::Instant::now() < deadline,

@@ -167,14 +167,17 @@ impl Rng {
 }
 
 /// Sum over partitions of `topic`'s high watermarks (records, aborted ones and transaction
-/// markers included): a cheap progress indicator.
+/// markers included; 0 for a topic not created yet): a cheap progress indicator.
 pub fn end_offsets(topic: &str) -> i64 {
     let consumer: BaseConsumer = kafka().client_config().create().unwrap();
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
     metadata.topics()[0]
         .partitions()
         .iter()
-        .map(|p| consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).unwrap().1)
+        .map(|p| {
+            // 0 while the topic is being created (no leader yet).
+            consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).map_or(0, |w| w.1)
+        })
         .sum()
 }
 
