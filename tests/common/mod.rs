@@ -191,9 +191,21 @@ pub fn tail(log: &Path, lines: usize) -> String {
 /// Starts `herald engine` on the topics under `prefix` as application `app_id` (instance `a`),
 /// keeping its state in `state_dir` and appending its log to `log`.
 pub fn spawn_engine(prefix: &str, app_id: &str, state_dir: &Path, log: &Path) -> Child {
+    spawn_engine_with(prefix, app_id, state_dir, log, &[])
+}
+
+/// [`spawn_engine`] with `extra` arguments (e.g. `--app-config FILE`).
+pub fn spawn_engine_with(
+    prefix: &str,
+    app_id: &str,
+    state_dir: &Path,
+    log: &Path,
+    extra: &[&str],
+) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["engine", "--topic-prefix", prefix, "--app-id", app_id, "--instance-id", "a"])
+        .args(extra)
         .arg("--state-dir")
         .arg(state_dir)
         .env("HERALD_BROKERS", kafka().brokers)
