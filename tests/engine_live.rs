@@ -578,3 +578,44 @@ fn with_a_daily_cap_of_one_two_campaigns_on_one_event_send_each_user_exactly_one
     assert_eq!(sent(&latest("coupons")), coupons as i64);
     assert_eq!(sent(&latest("news")), (USERS - coupons) as i64);
 }
+
+#[test]
+fn an_edit_changes_the_texts_of_the_next_sends_and_a_raised_total_limit_reopens_the_campaign() {
+    let coupons = |title: &str, total: u32| {
+        format!("id: coupons\napp: shop\nname: C\nwhen: {{ event: Ping }}\nwhat: {{ title: {title}, body: b }}\nlimits: {{ total: {total} }}\n")
+    };
+    let deployment = Deployment::new("edits", 2, &coupons("first", 2));
+    let topic = |name: &str| deployment.topic(name);
+    let log = deployment.log();
+    let engine = deployment.spawn_engine();
+    let now = common::now_ms();
+    let users = ["u1", "u2", "u3", "u4"];
+    common::produce(&topic("profiles"), users.iter().map(|u| profile(u, Platform::Android, now)));
+    // u3 comes after the limit of 2: skipped (the stats count it).
+    common::produce(&topic("events"), users[..3].iter().map(|u| event(u, "Ping", now)));
+    assert_eq!(push_users(&deployment, 2, Duration::from_secs(2)).len(), 2);
+    deployment.apply("edited.yaml", &coupons("second", 3));
+    // The edit has no observable effect until the next user: give the engine's global table
+    // reader time to see it (it reads the campaigns topic continuously).
+    std::thread::sleep(Duration::from_secs(2));
+    common::produce(&topic("events"), [event("u4", "Ping", common::now_ms())]);
+    let registry = SchemaRegistry::builtin();
+    let mut sends: Vec<(String, String)> =
+        common::read_committed(&topic("push"), 3, Duration::from_secs(2), Duration::from_secs(60))
+            .iter()
+            .map(|r| registry.decode::<SendCommand>(r.value.as_deref().unwrap()).unwrap())
+            .map(|c| {
+                let payload: serde_json::Value = serde_json::from_str(&c.payload).unwrap();
+                let title =
+                    payload["message"]["notification"]["title"].as_str().unwrap_or("").to_string();
+                (c.user_id, title)
+            })
+            .collect();
+    common::stop_gracefully(engine);
+    sends.sort();
+    let expected: Vec<(String, String)> = [("u1", "first"), ("u2", "first"), ("u4", "second")]
+        .iter()
+        .map(|(u, t)| (u.to_string(), t.to_string()))
+        .collect();
+    assert_eq!(sends, expected, "{}", common::tail(&log, 20));
+}
