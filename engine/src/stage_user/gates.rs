@@ -9,6 +9,9 @@ use crate::campaign::Dnd;
 
 /// Sends kept for cap checks: a week and a day.
 const SEND_LOG_MS: i64 = 8 * 86_400_000;
+/// Gate decisions kept per user at most (the newest): enough for every device command of a
+/// notification to find its decision, bounded whatever a user is sent.
+const MAX_GATED: usize = 1_000;
 
 /// Whether `user` is in the `percent` sample of `campaign` (deterministic: the same user is
 /// always in or out of the same campaign's sample).
@@ -140,6 +143,9 @@ impl SendLog {
             self.sends.sort_unstable();
         }
         self.gated.push(GateDecision { notification, at_ms, refused });
+        if self.gated.len() > MAX_GATED {
+            self.gated.drain(..self.gated.len() - MAX_GATED);
+        }
     }
 }
 
@@ -177,6 +183,25 @@ mod tests {
         );
         // 12:00 Paris: outside.
         assert_eq!(dnd_window_end(&dnd, paris, ms("2026-11-27T11:00:00Z")), None);
+    }
+
+    #[test]
+    fn the_gate_keeps_one_decision_per_notification_and_at_most_the_newest_thousand() {
+        let mut log = SendLog::default();
+        log.decide("c\0r1".into(), 1_000, None);
+        log.decide("c\0r2".into(), 2_000, Some("capped_daily".into()));
+        assert_eq!(log.decision("c\0r1").map(|d| d.refused.clone()), Some(None));
+        assert_eq!(
+            log.decision("c\0r2").and_then(|d| d.refused.clone()).as_deref(),
+            Some("capped_daily")
+        );
+        assert_eq!(log.sends, vec![1_000], "only the notification that left counts");
+        for i in 0..2 * MAX_GATED as i64 {
+            log.decide(format!("c\0n{i}"), 3_000 + i, None);
+        }
+        assert_eq!(log.gated.len(), MAX_GATED);
+        assert!(log.decision("c\0r1").is_none());
+        assert!(log.decision(&format!("c\0n{}", 2 * MAX_GATED - 1)).is_some());
     }
 
     #[test]

@@ -590,6 +590,25 @@ struct Occasion<'a> {
     after_dnd: bool,
 }
 
+/// Longest event id used as it is to name an occurrence; longer ones are replaced by their
+/// digest, so a hostile id cannot bloat send commands and send logs.
+const MAX_OCCURRENCE_ID: usize = 128;
+
+/// What names the occurrence `event` causes: its event id (the SDK's de-duplication key), or its
+/// source position when it has none.
+fn occurrence(event: &AppEvent, record: &SourceRecord<'_>) -> String {
+    let id = &event.event_id;
+    if id.is_empty() {
+        return format!("{}/{}/{}", record.topic, record.partition, record.offset);
+    }
+    if id.len() <= MAX_OCCURRENCE_ID {
+        return id.clone();
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 fn in_window(campaign: &Campaign, at_ms: i64) -> bool {
     campaign.when.start.is_none_or(|start| at_ms >= start.timestamp_millis())
         && campaign.when.end.is_none_or(|end| at_ms <= end.timestamp_millis())
@@ -621,11 +640,7 @@ impl Processor for UserStage {
         let topic = record.topic;
         if topic == self.topics.events {
             let event: AppEvent = self.decoder.decode(value)?;
-            let occurrence = if event.event_id.is_empty() {
-                format!("{topic}/{}/{}", record.partition, record.offset)
-            } else {
-                event.event_id.clone()
-            };
+            let occurrence = occurrence(&event, record);
             self.on_event(ctx, event, &occurrence)
         } else if topic == self.topics.profiles {
             let update: ProfileUpdate = self.decoder.decode(value)?;
@@ -686,5 +701,41 @@ impl Processor for UserStage {
     fn on_global_change(&mut self, _table: &str, _key: &[u8], _value: Option<&[u8]>) {
         self.campaigns.invalidate();
         self.held = held::HeldPass::due();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str) -> AppEvent {
+        AppEvent {
+            event_id: id.into(),
+            app_id: "shop".into(),
+            user_id: "u1".into(),
+            name: "Ping".into(),
+            timestamp_ms: 0,
+            properties: Properties::new(),
+            sdk_version: None,
+        }
+    }
+
+    #[test]
+    fn an_occurrence_is_the_event_id_else_the_source_position_and_a_long_id_is_digested() {
+        let record = SourceRecord {
+            topic: "herald.events",
+            partition: 3,
+            offset: 42,
+            key: None,
+            value: None,
+            timestamp_ms: 0,
+        };
+        assert_eq!(occurrence(&event("e-1"), &record), "e-1");
+        assert_eq!(occurrence(&event(""), &record), "herald.events/3/42");
+        let long = "x".repeat(10_000);
+        let digested = occurrence(&event(&long), &record);
+        assert!(digested.starts_with("sha256:") && digested.len() == 7 + 64, "{digested}");
+        assert_eq!(digested, occurrence(&event(&long), &record), "deterministic");
+        assert_ne!(digested, occurrence(&event(&"y".repeat(10_000)), &record));
     }
 }
