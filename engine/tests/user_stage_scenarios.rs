@@ -760,3 +760,153 @@ fn dnd_of_a_user_without_a_timezone_uses_the_campaigns_timezone_before_the_apps(
     let at: Vec<i64> = run.candidates().into_iter().map(|c| c.qualified_at_ms).collect();
     assert_eq!(at, vec![ms("2026-11-26T21:00:00Z")]);
 }
+
+/// Pause holds and stop ends, on the replay's event-time clock with operator commands in the
+/// input: windows that end during a pause are held and sent on resume; an `unless` event during
+/// the pause still closes a window; a stopped campaign drops what it held, counted `stopped`.
+#[test]
+fn a_pause_holds_ended_windows_until_resume_and_a_stop_drops_them_counted() {
+    use herald_engine::{
+        model::{
+            topics::{self, TopicNames},
+            AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, Device,
+            IngestFormat, LifecycleKind, Platform, ProfileUpdate, SchemaRegistry,
+        },
+        pipeline::engine_topology,
+        runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
+    };
+    use std::{cell::RefCell, sync::Arc};
+
+    let registry = SchemaRegistry::builtin();
+    let t0 = ms("2026-11-26T10:00:00Z");
+    let minute = 60_000;
+    let campaign = r#"{"id":"cart","app":"shop","name":"n","when":{"event":"Added To Cart","unless":{"event":"Charged","within":"10m"}},"what":{"title":"t","body":"b"}}"#;
+    let envelope = |command: CampaignCommand, at: i64| ReplayRecord {
+        topic: topics::CAMPAIGNS.into(),
+        partition: None,
+        offset: 0,
+        key: Some(b"cart".to_vec()),
+        value: Some(
+            registry
+                .encode(&CampaignEnvelope {
+                    campaign_id: "cart".into(),
+                    app_id: "shop".into(),
+                    command,
+                    definition: Some(campaign.into()),
+                    revision: at,
+                    issued_at_ms: at,
+                    issued_by: None,
+                })
+                .unwrap(),
+        ),
+        timestamp_ms: at,
+    };
+    let on_user = |topic: &str, user: &str, value: Vec<u8>, at: i64| ReplayRecord {
+        topic: topic.into(),
+        partition: None,
+        offset: 0,
+        key: Some(user.as_bytes().to_vec()),
+        value: Some(value),
+        timestamp_ms: at,
+    };
+    let profile = |user: &str| {
+        let update = ProfileUpdate {
+            app_id: "shop".into(),
+            user_id: user.into(),
+            timestamp_ms: t0,
+            set: Default::default(),
+            unset: vec![],
+            devices_added: vec![Device {
+                device_id: format!("d-{user}"),
+                platform: Platform::Ios,
+                token: format!("tok-{user}"),
+                app_version: None,
+                os_version: None,
+                make: None,
+                model: None,
+                sdk_version: None,
+            }],
+            tokens_removed: vec![],
+        };
+        on_user(topics::PROFILES, user, registry.encode(&update).unwrap(), t0)
+    };
+    let event = |user: &str, name: &str, at: i64| {
+        let event = AppEvent {
+            event_id: format!("{user}-{name}-{at}"),
+            app_id: "shop".into(),
+            user_id: user.into(),
+            name: name.into(),
+            timestamp_ms: at,
+            properties: Default::default(),
+            sdk_version: None,
+        };
+        on_user(topics::EVENTS, user, registry.encode(&event).unwrap(), at)
+    };
+    let input = vec![
+        envelope(CampaignCommand::Define, t0),
+        profile("u1"),
+        profile("u2"),
+        profile("u3"),
+        profile("u4"),
+        event("u1", "Added To Cart", t0 + minute),
+        event("u2", "Added To Cart", t0 + minute),
+        event("u3", "Added To Cart", t0 + minute),
+        envelope(CampaignCommand::Pause, t0 + 5 * minute),
+        event("u2", "Charged", t0 + 8 * minute), // during the pause, before u2's window ends
+        // The windows of u1 and u3 end at +11 min, during the pause.
+        envelope(CampaignCommand::Resume, t0 + 20 * minute),
+        event("u4", "Added To Cart", t0 + 30 * minute),
+        envelope(CampaignCommand::Pause, t0 + 35 * minute),
+        // u4's window ends at +40 min, during the pause; then the campaign is stopped.
+        envelope(CampaignCommand::Stop, t0 + 45 * minute),
+        event("u1", "App Opened", t0 + 60 * minute),
+    ];
+    let topology = engine_topology(
+        "pause",
+        TopicNames::default(),
+        Arc::new(Settings::default()),
+        IngestFormat::Avro,
+        0,
+    )
+    .unwrap();
+    let outputs = RefCell::new(Vec::new());
+    replay::run(
+        &topology,
+        ReplayInput::Records(input),
+        ReplaySink::Callback(Box::new(|_, _, value, _| {
+            outputs.borrow_mut().push(value.to_vec());
+            Ok(())
+        })),
+        &ReplayOptions::default(),
+    )
+    .unwrap();
+    let outputs = outputs.into_inner();
+    let candidates: Vec<Candidate> =
+        outputs.iter().filter_map(|v| registry.decode::<Candidate>(v).ok()).collect();
+    let released: Vec<&str> = candidates.iter().map(|c| c.user_id.as_str()).collect();
+    assert_eq!(released, ["u1", "u3"], "held on pause, released on resume; u2 bought");
+    for candidate in &candidates {
+        let at = candidate.qualified_at_ms;
+        assert!((t0 + 20 * minute..t0 + 30 * minute).contains(&at), "released at resume: {at}");
+    }
+    let skips: Vec<(String, String)> = outputs
+        .iter()
+        .filter_map(|v| registry.decode::<Skip>(v).ok())
+        .map(|s| (s.user_id, s.reason))
+        .collect();
+    assert_eq!(skips, [("u4".to_string(), "stopped".to_string())]);
+    let kinds: Vec<LifecycleKind> = outputs
+        .iter()
+        .filter_map(|v| registry.decode::<CampaignLifecycleEvent>(v).ok())
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            LifecycleKind::Paused,
+            LifecycleKind::Resumed,
+            LifecycleKind::Paused,
+            LifecycleKind::Stopped
+        ]
+    );
+}
