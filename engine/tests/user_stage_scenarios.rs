@@ -761,147 +761,185 @@ fn dnd_of_a_user_without_a_timezone_uses_the_campaigns_timezone_before_the_apps(
     assert_eq!(at, vec![ms("2026-11-26T21:00:00Z")]);
 }
 
+/// Records for the replay driver with operator commands between them: campaign envelopes of one
+/// campaign, profiles with one iOS device, app events.
+mod operated {
+    use herald_engine::{
+        model::{
+            topics::{self, TopicNames},
+            AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, Candidate, Device,
+            IngestFormat, LifecycleKind, Platform, ProfileUpdate, SchemaRegistry, Skip,
+        },
+        pipeline::engine_topology,
+        runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
+        stage_user::Settings,
+    };
+    use std::{cell::RefCell, sync::Arc};
+
+    /// One campaign, by id and definition (JSON), and the records that drive it.
+    pub struct Operated {
+        pub id: &'static str,
+        pub definition: String,
+    }
+
+    /// What the replay wrote, decoded.
+    pub struct Outcome {
+        pub candidates: Vec<Candidate>,
+        pub skips: Vec<(String, String)>,
+        pub lifecycle: Vec<CampaignLifecycleEvent>,
+    }
+
+    impl Outcome {
+        pub fn kinds(&self) -> Vec<LifecycleKind> {
+            self.lifecycle.iter().map(|e| e.kind).collect()
+        }
+    }
+
+    fn on_key(topic: &str, key: &str, value: Vec<u8>, at: i64) -> ReplayRecord {
+        ReplayRecord {
+            topic: topic.into(),
+            partition: None,
+            offset: 0,
+            key: Some(key.as_bytes().to_vec()),
+            value: Some(value),
+            timestamp_ms: at,
+        }
+    }
+
+    impl Operated {
+        pub fn command(&self, command: CampaignCommand, at: i64) -> ReplayRecord {
+            let envelope = CampaignEnvelope {
+                campaign_id: self.id.into(),
+                app_id: "shop".into(),
+                command,
+                definition: Some(self.definition.clone()),
+                revision: at,
+                issued_at_ms: at,
+                issued_by: None,
+            };
+            let value = SchemaRegistry::builtin().encode(&envelope).unwrap();
+            on_key(topics::CAMPAIGNS, self.id, value, at)
+        }
+
+        pub fn profile(&self, user: &str, at: i64) -> ReplayRecord {
+            let update = ProfileUpdate {
+                app_id: "shop".into(),
+                user_id: user.into(),
+                timestamp_ms: at,
+                set: Default::default(),
+                unset: vec![],
+                devices_added: vec![Device {
+                    device_id: format!("d-{user}"),
+                    platform: Platform::Ios,
+                    token: format!("tok-{user}"),
+                    app_version: None,
+                    os_version: None,
+                    make: None,
+                    model: None,
+                    sdk_version: None,
+                }],
+                tokens_removed: vec![],
+            };
+            on_key(topics::PROFILES, user, SchemaRegistry::builtin().encode(&update).unwrap(), at)
+        }
+
+        pub fn event(&self, user: &str, name: &str, at: i64) -> ReplayRecord {
+            let event = AppEvent {
+                event_id: format!("{user}-{name}-{at}"),
+                app_id: "shop".into(),
+                user_id: user.into(),
+                name: name.into(),
+                timestamp_ms: at,
+                properties: Default::default(),
+                sdk_version: None,
+            };
+            on_key(topics::EVENTS, user, SchemaRegistry::builtin().encode(&event).unwrap(), at)
+        }
+
+        /// Replays `input` through the engine's topology on event time.
+        pub fn replay(&self, input: Vec<ReplayRecord>) -> Outcome {
+            let topology = engine_topology(
+                "operated",
+                TopicNames::default(),
+                Arc::new(Settings::default()),
+                IngestFormat::Avro,
+                0,
+            )
+            .unwrap();
+            let outputs = RefCell::new(Vec::new());
+            replay::run(
+                &topology,
+                ReplayInput::Records(input),
+                ReplaySink::Callback(Box::new(|_, _, value, _| {
+                    outputs.borrow_mut().push(value.to_vec());
+                    Ok(())
+                })),
+                &ReplayOptions::default(),
+            )
+            .unwrap();
+            let registry = SchemaRegistry::builtin();
+            let outputs = outputs.into_inner();
+            Outcome {
+                candidates: outputs.iter().filter_map(|v| registry.decode(v).ok()).collect(),
+                skips: outputs
+                    .iter()
+                    .filter_map(|v| registry.decode::<Skip>(v).ok())
+                    .map(|s| (s.user_id, s.reason))
+                    .collect(),
+                lifecycle: outputs.iter().filter_map(|v| registry.decode(v).ok()).collect(),
+            }
+        }
+    }
+}
+
+const MINUTE: i64 = 60_000;
+
+fn cart_campaign(end: Option<&str>) -> operated::Operated {
+    let end = end.map(|e| format!(r#","end":"{e}""#)).unwrap_or_default();
+    operated::Operated {
+        id: "cart",
+        definition: format!(
+            r#"{{"id":"cart","app":"shop","name":"n","when":{{"event":"Added To Cart","unless":{{"event":"Charged","within":"10m"}}{end}}},"what":{{"title":"t","body":"b"}}}}"#
+        ),
+    }
+}
+
 /// Pause holds and stop ends, on the replay's event-time clock with operator commands in the
 /// input: windows that end during a pause are held and sent on resume; an `unless` event during
 /// the pause still closes a window; a stopped campaign drops what it held, counted `stopped`.
 #[test]
 fn a_pause_holds_ended_windows_until_resume_and_a_stop_drops_them_counted() {
-    use herald_engine::{
-        model::{
-            topics::{self, TopicNames},
-            AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, Device,
-            IngestFormat, LifecycleKind, Platform, ProfileUpdate, SchemaRegistry,
-        },
-        pipeline::engine_topology,
-        runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
-    };
-    use std::{cell::RefCell, sync::Arc};
-
-    let registry = SchemaRegistry::builtin();
+    use herald_engine::model::{CampaignCommand::*, LifecycleKind};
     let t0 = ms("2026-11-26T10:00:00Z");
-    let minute = 60_000;
-    let campaign = r#"{"id":"cart","app":"shop","name":"n","when":{"event":"Added To Cart","unless":{"event":"Charged","within":"10m"}},"what":{"title":"t","body":"b"}}"#;
-    let envelope = |command: CampaignCommand, at: i64| ReplayRecord {
-        topic: topics::CAMPAIGNS.into(),
-        partition: None,
-        offset: 0,
-        key: Some(b"cart".to_vec()),
-        value: Some(
-            registry
-                .encode(&CampaignEnvelope {
-                    campaign_id: "cart".into(),
-                    app_id: "shop".into(),
-                    command,
-                    definition: Some(campaign.into()),
-                    revision: at,
-                    issued_at_ms: at,
-                    issued_by: None,
-                })
-                .unwrap(),
-        ),
-        timestamp_ms: at,
-    };
-    let on_user = |topic: &str, user: &str, value: Vec<u8>, at: i64| ReplayRecord {
-        topic: topic.into(),
-        partition: None,
-        offset: 0,
-        key: Some(user.as_bytes().to_vec()),
-        value: Some(value),
-        timestamp_ms: at,
-    };
-    let profile = |user: &str| {
-        let update = ProfileUpdate {
-            app_id: "shop".into(),
-            user_id: user.into(),
-            timestamp_ms: t0,
-            set: Default::default(),
-            unset: vec![],
-            devices_added: vec![Device {
-                device_id: format!("d-{user}"),
-                platform: Platform::Ios,
-                token: format!("tok-{user}"),
-                app_version: None,
-                os_version: None,
-                make: None,
-                model: None,
-                sdk_version: None,
-            }],
-            tokens_removed: vec![],
-        };
-        on_user(topics::PROFILES, user, registry.encode(&update).unwrap(), t0)
-    };
-    let event = |user: &str, name: &str, at: i64| {
-        let event = AppEvent {
-            event_id: format!("{user}-{name}-{at}"),
-            app_id: "shop".into(),
-            user_id: user.into(),
-            name: name.into(),
-            timestamp_ms: at,
-            properties: Default::default(),
-            sdk_version: None,
-        };
-        on_user(topics::EVENTS, user, registry.encode(&event).unwrap(), at)
-    };
-    let input = vec![
-        envelope(CampaignCommand::Define, t0),
-        profile("u1"),
-        profile("u2"),
-        profile("u3"),
-        profile("u4"),
-        event("u1", "Added To Cart", t0 + minute),
-        event("u2", "Added To Cart", t0 + minute),
-        event("u3", "Added To Cart", t0 + minute),
-        envelope(CampaignCommand::Pause, t0 + 5 * minute),
-        event("u2", "Charged", t0 + 8 * minute), // during the pause, before u2's window ends
+    let cart = cart_campaign(None);
+    let outcome = cart.replay(vec![
+        cart.command(Define, t0),
+        cart.profile("u1", t0),
+        cart.profile("u2", t0),
+        cart.profile("u3", t0),
+        cart.profile("u4", t0),
+        cart.event("u1", "Added To Cart", t0 + MINUTE),
+        cart.event("u2", "Added To Cart", t0 + MINUTE),
+        cart.event("u3", "Added To Cart", t0 + MINUTE),
+        cart.command(Pause, t0 + 5 * MINUTE),
+        cart.event("u2", "Charged", t0 + 8 * MINUTE), // during the pause, before u2's window ends
         // The windows of u1 and u3 end at +11 min, during the pause.
-        envelope(CampaignCommand::Resume, t0 + 20 * minute),
-        event("u4", "Added To Cart", t0 + 30 * minute),
-        envelope(CampaignCommand::Pause, t0 + 35 * minute),
+        cart.command(Resume, t0 + 20 * MINUTE),
+        cart.event("u4", "Added To Cart", t0 + 30 * MINUTE),
+        cart.command(Pause, t0 + 35 * MINUTE),
         // u4's window ends at +40 min, during the pause; then the campaign is stopped.
-        envelope(CampaignCommand::Stop, t0 + 45 * minute),
-        event("u1", "App Opened", t0 + 60 * minute),
-    ];
-    let topology = engine_topology(
-        "pause",
-        TopicNames::default(),
-        Arc::new(Settings::default()),
-        IngestFormat::Avro,
-        0,
-    )
-    .unwrap();
-    let outputs = RefCell::new(Vec::new());
-    replay::run(
-        &topology,
-        ReplayInput::Records(input),
-        ReplaySink::Callback(Box::new(|_, _, value, _| {
-            outputs.borrow_mut().push(value.to_vec());
-            Ok(())
-        })),
-        &ReplayOptions::default(),
-    )
-    .unwrap();
-    let outputs = outputs.into_inner();
-    let candidates: Vec<Candidate> =
-        outputs.iter().filter_map(|v| registry.decode::<Candidate>(v).ok()).collect();
-    let released: Vec<&str> = candidates.iter().map(|c| c.user_id.as_str()).collect();
+        cart.command(Stop, t0 + 45 * MINUTE),
+        cart.event("u1", "App Opened", t0 + 60 * MINUTE),
+    ]);
+    let released: Vec<&str> = outcome.candidates.iter().map(|c| c.user_id.as_str()).collect();
     assert_eq!(released, ["u1", "u3"], "held on pause, released on resume; u2 bought");
-    for candidate in &candidates {
+    for candidate in &outcome.candidates {
         let at = candidate.qualified_at_ms;
-        assert!((t0 + 20 * minute..t0 + 30 * minute).contains(&at), "released at resume: {at}");
+        assert!((t0 + 20 * MINUTE..t0 + 30 * MINUTE).contains(&at), "released at resume: {at}");
     }
-    let skips: Vec<(String, String)> = outputs
-        .iter()
-        .filter_map(|v| registry.decode::<Skip>(v).ok())
-        .map(|s| (s.user_id, s.reason))
-        .collect();
-    assert_eq!(skips, [("u4".to_string(), "stopped".to_string())]);
-    let kinds: Vec<LifecycleKind> = outputs
-        .iter()
-        .filter_map(|v| registry.decode::<CampaignLifecycleEvent>(v).ok())
-        .map(|e| e.kind)
-        .collect();
+    assert_eq!(outcome.skips, [("u4".to_string(), "stopped".to_string())]);
     assert_eq!(
-        kinds,
+        outcome.kinds(),
         [
             LifecycleKind::Paused,
             LifecycleKind::Resumed,
@@ -909,4 +947,24 @@ fn a_pause_holds_ended_windows_until_resume_and_a_stop_drops_them_counted() {
             LifecycleKind::Stopped
         ]
     );
+}
+
+#[test]
+fn users_held_by_a_pause_past_the_campaigns_end_count_expired_and_the_end_completes_it() {
+    use herald_engine::model::{CampaignCommand::*, LifecycleKind};
+    let t0 = ms("2026-11-26T10:00:00Z");
+    let cart = cart_campaign(Some("2026-11-26T10:30:00Z"));
+    let outcome = cart.replay(vec![
+        cart.command(Define, t0),
+        cart.profile("u1", t0),
+        cart.event("u1", "Added To Cart", t0 + MINUTE),
+        cart.command(Pause, t0 + 5 * MINUTE),
+        // u1's window ends at +11 min during the pause; the campaign ends at +30 min, paused.
+        cart.event("u1", "App Opened", t0 + 40 * MINUTE),
+        cart.event("u1", "App Opened", t0 + 45 * MINUTE),
+    ]);
+    assert!(outcome.candidates.is_empty());
+    assert_eq!(outcome.skips, [("u1".to_string(), "expired".to_string())]);
+    assert_eq!(outcome.kinds(), [LifecycleKind::Paused, LifecycleKind::Completed]);
+    assert_eq!(outcome.lifecycle[1].details["reason"], "end_date");
 }
