@@ -619,3 +619,51 @@ fn an_edit_changes_the_texts_of_the_next_sends_and_a_raised_total_limit_reopens_
         .collect();
     assert_eq!(sends, expected, "{}", common::tail(&log, 20));
 }
+
+#[test]
+fn an_edit_adds_a_variant_to_the_rotation_and_a_changed_trigger_applies_to_the_next_events() {
+    let deployment = Deployment::new(
+        "edit-trigger",
+        2,
+        "id: promo\napp: shop\nname: P\nwhen: { event: Ping }\nwhat: { variants: [{ id: A, title: a, body: a }] }\n",
+    );
+    let topic = |name: &str| deployment.topic(name);
+    let log = deployment.log();
+    let engine = deployment.spawn_engine();
+    let now = common::now_ms();
+    common::produce(
+        &topic("profiles"),
+        ["u1", "u2", "u3"].iter().map(|u| profile(u, Platform::Android, now)),
+    );
+    common::produce(&topic("events"), [event("u1", "Ping", now)]);
+    assert_eq!(push_users(&deployment, 1, Duration::from_millis(500)), ["u1"]);
+    deployment.apply(
+        "edited.yaml",
+        "id: promo\napp: shop\nname: P\nwhen: { event: Pong }\nwhat: { variants: [{ id: A, title: a, body: a }, { id: B, title: b, body: b }] }\n",
+    );
+    // The edit has no observable effect until the next user: give the engine's global table
+    // reader time to see it (it reads the campaigns topic continuously).
+    std::thread::sleep(Duration::from_secs(2));
+    let at = common::now_ms();
+    common::produce(
+        &topic("events"),
+        [event("u2", "Ping", at), event("u2", "Pong", at + 1), event("u3", "Pong", at + 2)],
+    );
+    let registry = SchemaRegistry::builtin();
+    let mut sends: Vec<(String, String)> =
+        common::read_committed(&topic("push"), 3, Duration::from_secs(2), Duration::from_secs(60))
+            .iter()
+            .map(|r| registry.decode::<SendCommand>(r.value.as_deref().unwrap()).unwrap())
+            .map(|c| (c.user_id, c.variant_id))
+            .collect();
+    common::stop_gracefully(engine);
+    sends.sort();
+    // u2's Ping no longer triggers: one send each for u2's and u3's Pong, and the rotation
+    // continues with the new variant (B and A, in whichever order the two arrive).
+    let users: Vec<&str> = sends.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(users, ["u1", "u2", "u3"], "{}", common::tail(&log, 20));
+    assert_eq!(sends[0].1, "A");
+    let mut after_edit: Vec<&str> = sends[1..].iter().map(|(_, v)| v.as_str()).collect();
+    after_edit.sort_unstable();
+    assert_eq!(after_edit, ["A", "B"]);
+}
