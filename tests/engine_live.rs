@@ -667,3 +667,59 @@ fn an_edit_adds_a_variant_to_the_rotation_and_a_changed_trigger_applies_to_the_n
     after_edit.sort_unstable();
     assert_eq!(after_edit, ["A", "B"]);
 }
+
+#[test]
+fn candidates_already_on_the_flow_when_a_campaign_is_paused_are_held_and_sent_on_resume() {
+    let deployment = Deployment::new(
+        "held-flow",
+        2,
+        "id: promo\napp: shop\nname: P\nwhen: { event: Ping }\nwhat: { title: t, body: b }\n",
+    );
+    let topic = |name: &str| deployment.topic(name);
+    let campaign_command = |command: &str| {
+        let out =
+            deployment.herald(&["campaign", command, "promo", "--topic", &topic("campaigns")]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    // Two users qualified just before the pause: their candidates are on the campaign flow.
+    campaign_command("pause");
+    let registry = SchemaRegistry::builtin();
+    let now = common::now_ms();
+    let candidate = |user: &str| {
+        let candidate = Candidate {
+            campaign_id: "promo".into(),
+            app_id: "shop".into(),
+            run_id: format!("trigger:{user}-ping"),
+            user_id: user.into(),
+            qualified_at_ms: now,
+            trigger_event: Some("Ping".into()),
+            event_properties: Default::default(),
+            profile: Default::default(),
+            devices: vec![Device {
+                device_id: format!("d-{user}"),
+                platform: Platform::Android,
+                token: format!("tok-{user}"),
+                app_version: None,
+                os_version: None,
+                make: None,
+                model: None,
+                sdk_version: None,
+            }],
+            timezone: None,
+            language: None,
+        };
+        ("promo".to_string(), registry.encode(&candidate).unwrap())
+    };
+    common::produce(&topic("campaign-flow"), [candidate("u1"), candidate("u2")]);
+    let log = deployment.log();
+    let engine = deployment.spawn_engine();
+    let held = format!("{}-held-candidates-changelog", deployment.app_id);
+    wait_for_offsets(&held, 2, &log);
+    assert_eq!(lifecycle_kinds(&deployment, 1), [LifecycleKind::Paused]);
+    assert_eq!(push_users(&deployment, 0, Duration::from_secs(1)), Vec::<String>::new());
+    campaign_command("resume");
+    let mut sent = push_users(&deployment, 2, Duration::from_secs(1));
+    common::stop_gracefully(engine);
+    sent.sort();
+    assert_eq!(sent, ["u1", "u2"], "{}", common::tail(&log, 20));
+}

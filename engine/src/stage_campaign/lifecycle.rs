@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use super::{timer_key, CampaignStage, RUN_TIMER};
+use super::{timer_key, CampaignStage, HELD_TIMER, RUN_TIMER};
 use crate::{
     campaign::{Campaign, CampaignStatus},
     model::LifecycleKind,
@@ -50,11 +50,15 @@ impl CampaignStage {
                 if let Some(kind) = kind {
                     self.lifecycle(ctx, &campaign, kind, BTreeMap::new())?;
                 }
-                // A scheduled run held by the pause continues (or, stopped, drains as `stopped`).
-                if matches!(kind, Some(LifecycleKind::Resumed | LifecycleKind::Stopped))
-                    && state.run.is_some()
-                {
-                    ctx.schedule(now, &timer_key(RUN_TIMER, &campaign.id))?;
+                // What the pause held continues (or, stopped, drains as `stopped`): a scheduled
+                // run, and candidates that were on the flow when the pause came.
+                if matches!(kind, Some(LifecycleKind::Resumed | LifecycleKind::Stopped)) {
+                    if state.run.is_some() {
+                        ctx.schedule(now, &timer_key(RUN_TIMER, &campaign.id))?;
+                    }
+                    if state.held_seq > 0 {
+                        ctx.schedule(now, &timer_key(HELD_TIMER, &campaign.id))?;
+                    }
                 }
                 state.announced_status = Some(campaign.status);
                 changed = true;

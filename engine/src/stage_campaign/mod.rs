@@ -5,6 +5,7 @@
 //! Scheduled runs (safety check, per-run limit, A/B test population) are decided in `runs`.
 
 pub mod ab;
+mod held;
 mod lifecycle;
 mod runs;
 
@@ -41,6 +42,8 @@ const OUTBOX_TIMER: &str = "outbox";
 const STATS_TIMER: &str = "stats";
 const RUN_TIMER: &str = "run";
 const RUN_BUFFER: &str = "run-buffer";
+const HELD_CANDIDATES: &str = "held-candidates";
+const HELD_TIMER: &str = "held";
 
 /// Timer key `<kind>:<campaign>`.
 fn timer_key(kind: &str, campaign: &str) -> Vec<u8> {
@@ -67,6 +70,7 @@ pub fn add_campaign_stage(
                 .store(ASSIGNMENTS)
                 .store(OUTBOX)
                 .store(RUN_BUFFER)
+                .store(HELD_CANDIDATES)
                 .sink(&topics.push)
                 .sink(&topics.app_throttle)
                 .sink(&topics.send_gate)
@@ -118,6 +122,9 @@ struct CampaignState {
     /// `COMPLETED` was announced (total limit or end date): announced once.
     #[serde(default)]
     completed: bool,
+    /// Candidates held while paused so far (the next one's arrival number).
+    #[serde(default)]
+    held_seq: u64,
     /// The day whose daily limit was reached and announced.
     #[serde(default)]
     daily_limit_announced: Option<String>,
@@ -341,9 +348,9 @@ impl CampaignStage {
                 state.skip("stopped");
                 return Ok(());
             }
+            // Already on the flow when the pause came: kept until resume (see `held`).
             CampaignStatus::Paused | CampaignStatus::Draft => {
-                state.skip("paused");
-                return Ok(());
+                return self.hold(ctx, campaign, state, candidate);
             }
         }
         // Against the limit as it is now: an edit may have raised or lowered it.
@@ -785,6 +792,7 @@ impl Processor for CampaignStage {
                 let leaving = timer.at_ms.max(ctx.effective_ms());
                 self.release(ctx, &campaign, &mut state, leaving)?
             }
+            HELD_TIMER => self.release_held(ctx, &campaign, &mut state)?,
             // A paused campaign's run waits (resuming or stopping it schedules the release).
             RUN_TIMER if is_held(&campaign) => {}
             RUN_TIMER => self.release_run(ctx, &campaign, &mut state, timer.at_ms)?,
