@@ -968,3 +968,44 @@ fn users_held_by_a_pause_past_the_campaigns_end_count_expired_and_the_end_comple
     assert_eq!(outcome.kinds(), [LifecycleKind::Paused, LifecycleKind::Completed]);
     assert_eq!(outcome.lifecycle[1].details["reason"], "end_date");
 }
+
+/// A throttled send counted on one day, refused at the gate after midnight, does not give its
+/// place back to the new day: the new day's limit of 2 still sends 2.
+#[test]
+fn a_throttled_send_refused_after_midnight_does_not_free_a_place_of_the_new_day() {
+    let run = Run::new();
+    run.campaign(
+        "slow",
+        "id: slow\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\nlimits: { daily: 2 }\noptions: { throttle: { max: 1, per: 1h } }\n",
+    );
+    run.campaign(
+        "fast",
+        "id: fast\napp: shop\nname: n\nwhen: { event: Pong }\nwhat: { title: t, body: b }\n",
+    );
+    let mut lines: Vec<String> = ["u1", "u2", "u3", "u4", "u5"]
+        .iter()
+        .map(|u| profile(u, "2026-11-26T20:00:00Z", "{}"))
+        .collect();
+    lines.extend([
+        event("u1", "2026-11-26T23:30:00Z", "Ping", "{}"), // leaves at once (day 1: 1)
+        event("u2", "2026-11-26T23:40:00Z", "Ping", "{}"), // waits for 00:30 (day 1: 2)
+        event("u2", "2026-11-27T00:10:00Z", "Pong", "{}"), // u2's notification of day 2
+        event("u3", "2026-11-27T00:20:00Z", "Ping", "{}"), // day 2: 1
+        // 00:30: u2's slow send leaves and is refused (capped); day 2 keeps its count.
+        event("u4", "2026-11-27T00:40:00Z", "Ping", "{}"), // day 2: 2
+        event("u5", "2026-11-27T00:45:00Z", "Ping", "{}"), // day 2 is full
+        event("u1", "2026-11-27T06:00:00Z", "Tick", "{}"),
+    ]);
+    run.replay(&lines, "apps:\n  shop:\n    caps: { per_day: 1 }\n", None);
+    let pair = |c: &str, u: &str| (c.to_string(), u.to_string());
+    let mut sent = run.sent_pairs();
+    sent.sort();
+    assert_eq!(
+        sent,
+        vec![pair("fast", "u2"), pair("slow", "u1"), pair("slow", "u3"), pair("slow", "u4")]
+    );
+    let skipped: Vec<(String, String, String)> =
+        run.skips().into_iter().map(|s| (s.campaign_id, s.user_id, s.reason)).collect();
+    assert_eq!(skipped, vec![("slow".into(), "u2".into(), "capped_daily".into())]);
+    assert_eq!(run.stats()["slow"]["skipped"]["daily_limit"], 1, "u5");
+}

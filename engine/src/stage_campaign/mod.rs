@@ -153,11 +153,13 @@ impl CampaignState {
         campaign.what.iter().position(|m| m.id == id)
     }
 
-    /// Gives back the place in the campaign's limits of a user counted as sent at `at_ms` whose
-    /// notification did not leave (a campaign completed by its total limit reopens).
-    fn return_place(&mut self, campaign: &Campaign, at_ms: i64) {
+    /// Gives back the place in the campaign's limits of a user whose notification did not
+    /// leave (a campaign completed by its total limit reopens). The daily place goes back only
+    /// when the command was not throttled (`at_ms` is then the day it was counted on; a
+    /// throttled command carries its release time, maybe a later day).
+    fn return_place(&mut self, campaign: &Campaign, at_ms: i64, throttled: bool) {
         self.sent = self.sent.saturating_sub(1);
-        if self.day.0 == day_in(campaign, at_ms) {
+        if !throttled && self.day.0 == day_in(campaign, at_ms) {
             self.day.1 = self.day.1.saturating_sub(1);
         }
     }
@@ -691,7 +693,9 @@ impl CampaignStage {
             state.skip(&skip.reason);
         }
         if skip.returns_place {
-            state.return_place(&campaign, skip.timestamp_ms);
+            let throttled = campaign.options.throttle.is_some()
+                || self.settings.app(&campaign.app).throttle.is_some();
+            state.return_place(&campaign, skip.timestamp_ms, throttled);
         }
         self.save(ctx, &campaign, &mut state)
     }
