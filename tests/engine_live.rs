@@ -273,17 +273,15 @@ fn coupon_limit_holds_exactly_across_four_user_partitions_and_a_restart() {
 fn scheduled_run_per_run_limit_holds_across_four_user_partitions_and_a_restart() {
     const USERS: usize = 12_000;
     const PER_RUN: usize = 5_000;
-    // Far enough out that the engine has read every profile when the run starts (a task scans
-    // what it has read at run time).
-    let run_at = chrono::DateTime::from_timestamp_millis(common::now_ms() + 30_000).unwrap();
-    let deployment = Deployment::new(
-        "scheduled",
-        4,
-        &format!(
-            "id: weekly\napp: shop\nname: Weekly\nwhen: {{ schedule: {{ at: \"{}\" }} }}\nwhat: {{ title: t, body: b }}\nlimits: {{ per_run: {PER_RUN}, safety: 50000 }}\noptions: {{ ignore_global_caps: true }}\n",
-            run_at.to_rfc3339()
-        ),
-    );
+    // The run is set once the engine has read every profile (a task scans what it has read
+    // at run time): first a week out, then a few seconds out.
+    let weekly = |at_ms: i64| {
+        let at = chrono::DateTime::from_timestamp_millis(at_ms).unwrap().to_rfc3339();
+        format!(
+            "id: weekly\napp: shop\nname: Weekly\nwhen: {{ schedule: {{ at: \"{at}\" }} }}\nwhat: {{ title: t, body: b }}\nlimits: {{ per_run: {PER_RUN}, safety: 50000 }}\noptions: {{ ignore_global_caps: true }}\n"
+        )
+    };
+    let deployment = Deployment::new("scheduled", 4, &weekly(common::now_ms() + 7 * 86_400_000));
     let topic = |name: &str| deployment.topic(name);
     let registry = SchemaRegistry::builtin();
     let now = common::now_ms();
@@ -295,7 +293,7 @@ fn scheduled_run_per_run_limit_holds_across_four_user_partitions_and_a_restart()
     let engine = deployment.spawn_engine();
     let changelog = format!("{}-profiles-changelog", deployment.app_id);
     wait_for_offsets(&changelog, USERS as i64, &log);
-    assert!(common::now_ms() < run_at.timestamp_millis(), "profiles read before the run");
+    deployment.apply("soon.yaml", &weekly(common::now_ms() + 3_000));
     // Killed once the run has started sending.
     wait_for_offsets(&topic("push"), 1, &log);
     common::kill_hard(engine);
