@@ -133,7 +133,8 @@ fn a_throttled_backlog_leaves_at_its_rate_after_downtime_not_in_one_burst() {
     let (app_id, state) = (common::unique("throttle-app"), tempfile::tempdir().unwrap());
     let sends = |count: usize, settle: Duration| {
         let mut sends = Vec::new();
-        read(&topics.push, Duration::from_secs(60), settle, |appended, value| {
+        // A generous limit: the 100,000-user broadcast of this binary may run alongside.
+        read(&topics.push, Duration::from_secs(240), settle, |appended, value| {
             let user = SchemaRegistry::builtin().decode::<SendCommand>(value).unwrap().user_id;
             sends.push((appended, user));
             sends.len() >= count
