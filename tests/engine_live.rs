@@ -229,11 +229,8 @@ fn coupon_limit_holds_exactly_across_four_user_partitions_and_a_restart() {
         &topic("events"),
         (0..USERS).map(|i| event(&format!("u{i}"), "App Opened", now + i as i64)),
     );
-    let started = (0..300).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        common::end_offsets(&topic("push")) > 0
-    });
-    assert!(started, "no sends\n{}", common::tail(&log, 30));
+    // Killed once sends have started.
+    wait_for_offsets(&topic("push"), 1, &log);
     common::kill_hard(engine);
     let engine = deployment.spawn_engine();
     let sends = common::read_committed(
