@@ -8,7 +8,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use herald_engine::model::{
     AppEvent, CampaignLifecycleEvent, CampaignStats, Candidate, DeadLetter, Device, LifecycleKind,
-    Platform, ProfileUpdate, SchemaRegistry, SendCommand,
+    Platform, SchemaRegistry, SendCommand,
 };
 
 /// An engine deployment on topics of its own (a unique prefix) with one campaign applied.
@@ -98,29 +98,6 @@ fn distinct_users(sends: &[common::Consumed]) -> usize {
     users.len()
 }
 
-/// A profile update giving `user` one device on `platform`, keyed by user.
-fn profile(user: &str, platform: Platform, at: i64) -> (String, Vec<u8>) {
-    let update = ProfileUpdate {
-        app_id: "shop".into(),
-        user_id: user.into(),
-        timestamp_ms: at,
-        set: Default::default(),
-        unset: vec![],
-        devices_added: vec![Device {
-            device_id: format!("d-{user}"),
-            platform,
-            token: format!("tok-{user}"),
-            app_version: None,
-            os_version: None,
-            make: None,
-            model: None,
-            sdk_version: None,
-        }],
-        tokens_removed: vec![],
-    };
-    (user.to_string(), SchemaRegistry::builtin().encode(&update).unwrap())
-}
-
 /// An app event, keyed by user.
 fn event(user: &str, name: &str, at: i64) -> (String, Vec<u8>) {
     let event = AppEvent {
@@ -150,7 +127,10 @@ fn inaction_window_survives_a_restart_and_yields_exactly_one_candidate() {
     let at = common::now_ms();
     common::produce(
         &topic("profiles"),
-        [profile("u1", Platform::Android, at), profile("u2", Platform::Android, at)],
+        [
+            common::profile("u1", Platform::Android, at),
+            common::profile("u2", Platform::Android, at),
+        ],
     );
     // The engine runs (its tasks wrote the profiles) before the windows open.
     wait_for_offsets(&changelog("profiles"), 2, &log);
@@ -220,7 +200,7 @@ fn coupon_limit_holds_exactly_across_four_user_partitions_and_a_restart() {
     let now = common::now_ms();
     common::produce(
         &topic("profiles"),
-        (0..USERS).map(|i| profile(&format!("u{i}"), Platform::Ios, now)),
+        (0..USERS).map(|i| common::profile(&format!("u{i}"), Platform::Ios, now)),
     );
     let log = deployment.log();
     let engine = deployment.spawn_engine();
@@ -284,7 +264,7 @@ fn scheduled_run_per_run_limit_holds_across_four_user_partitions_and_a_restart()
     let now = common::now_ms();
     common::produce(
         &topic("profiles"),
-        (0..USERS).map(|i| profile(&format!("u{i}"), Platform::Android, now)),
+        (0..USERS).map(|i| common::profile(&format!("u{i}"), Platform::Android, now)),
     );
     let log = deployment.log();
     let engine = deployment.spawn_engine();
@@ -374,7 +354,10 @@ fn a_paused_campaign_holds_its_due_inaction_timers_and_releases_them_on_resume_s
     let now = common::now_ms();
     common::produce(
         &topic("profiles"),
-        [profile("u1", Platform::Android, now), profile("u2", Platform::Android, now)],
+        [
+            common::profile("u1", Platform::Android, now),
+            common::profile("u2", Platform::Android, now),
+        ],
     );
     // The engine is running (its tasks wrote the profiles) before the window opens.
     wait_for_offsets(&changelog("profiles"), 2, &log);
@@ -437,7 +420,10 @@ fn re_applying_an_ab_test_without_its_winner_keeps_sending_and_keeps_the_removed
     let engine = deployment.spawn_engine();
     let now = common::now_ms();
     let users: Vec<String> = (1..=5).map(|i| format!("u{i}")).collect();
-    common::produce(&topic("profiles"), users.iter().map(|u| profile(u, Platform::Ios, now)));
+    common::produce(
+        &topic("profiles"),
+        users.iter().map(|u| common::profile(u, Platform::Ios, now)),
+    );
     // Three test users, then (after the wait) u4 gets the winner: A, on a tie of no clicks.
     common::produce(&topic("events"), users[..3].iter().map(|u| event(u, "Ping", now)));
     assert_eq!(push_users(&deployment, 3, Duration::from_millis(200)).len(), 3);
@@ -544,7 +530,10 @@ fn with_a_daily_cap_of_one_two_campaigns_on_one_event_send_each_user_exactly_one
     let engine = deployment.spawn_engine_with(&["--app-config", settings.to_str().unwrap()]);
     let now = common::now_ms();
     let users: Vec<String> = (0..USERS).map(|i| format!("u{i}")).collect();
-    common::produce(&topic("profiles"), users.iter().map(|u| profile(u, Platform::Ios, now)));
+    common::produce(
+        &topic("profiles"),
+        users.iter().map(|u| common::profile(u, Platform::Ios, now)),
+    );
     common::produce(&topic("events"), users.iter().map(|u| event(u, "App Opened", now)));
     let pairs = push_pairs(&deployment, USERS);
     let stats =
@@ -585,7 +574,10 @@ fn an_edit_changes_the_texts_of_the_next_sends_and_a_raised_total_limit_reopens_
     let engine = deployment.spawn_engine();
     let now = common::now_ms();
     let users = ["u1", "u2", "u3", "u4"];
-    common::produce(&topic("profiles"), users.iter().map(|u| profile(u, Platform::Android, now)));
+    common::produce(
+        &topic("profiles"),
+        users.iter().map(|u| common::profile(u, Platform::Android, now)),
+    );
     // u3 comes after the limit of 2: skipped (the stats count it).
     common::produce(&topic("events"), users[..3].iter().map(|u| event(u, "Ping", now)));
     assert_eq!(push_users(&deployment, 2, Duration::from_secs(2)).len(), 2);
@@ -628,7 +620,7 @@ fn an_edit_adds_a_variant_to_the_rotation_and_a_changed_trigger_applies_to_the_n
     let now = common::now_ms();
     common::produce(
         &topic("profiles"),
-        ["u1", "u2", "u3"].iter().map(|u| profile(u, Platform::Android, now)),
+        ["u1", "u2", "u3"].iter().map(|u| common::profile(u, Platform::Android, now)),
     );
     common::produce(&topic("events"), [event("u1", "Ping", now)]);
     assert_eq!(push_users(&deployment, 1, Duration::from_millis(500)), ["u1"]);

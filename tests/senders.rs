@@ -411,7 +411,7 @@ fn a_refused_credential_is_renewed_once_then_stops_the_app_without_failing_its_c
 /// ids, none twice, and the campaign's stats say 6,000 sent.
 #[test]
 fn two_thousand_users_triggering_three_times_an_hour_apart_get_six_thousand_notifications() {
-    use herald_engine::model::{AppEvent, CampaignStats, Device, ProfileUpdate};
+    use herald_engine::model::{AppEvent, CampaignStats};
     const USERS: usize = 2_000;
     let setup = Setup::new("loop", 4, &[]);
     let topic = |name: &str| setup.topic(name);
@@ -453,27 +453,7 @@ fn two_thousand_users_triggering_three_times_an_hour_apart_get_six_thousand_noti
     let users: Vec<String> = (0..USERS).map(|i| format!("u{i}")).collect();
     common::produce(
         &topic("profiles"),
-        users.iter().map(|user| {
-            let update = ProfileUpdate {
-                app_id: "shop".into(),
-                user_id: user.clone(),
-                timestamp_ms: now - 3 * 3_600_000,
-                set: Default::default(),
-                unset: vec![],
-                devices_added: vec![Device {
-                    device_id: format!("d-{user}"),
-                    platform: Platform::Android,
-                    token: format!("tok-{user}"),
-                    app_version: None,
-                    os_version: None,
-                    make: None,
-                    model: None,
-                    sdk_version: None,
-                }],
-                tokens_removed: vec![],
-            };
-            (user.clone(), registry.encode(&update).unwrap())
-        }),
+        users.iter().map(|user| common::profile(user, Platform::Android, now - 3 * 3_600_000)),
     );
     common::produce(
         &topic("events"),

@@ -214,3 +214,28 @@ pub fn spawn_engine_with(
         .spawn()
         .unwrap()
 }
+
+/// A profile update of app `shop` giving `user` one device on `platform` (device `d-<user>`,
+/// token `tok-<user>`), keyed by user.
+pub fn profile(user: &str, platform: herald_engine::model::Platform, at: i64) -> (String, Vec<u8>) {
+    use herald_engine::model::{Device, ProfileUpdate, SchemaRegistry};
+    let update = ProfileUpdate {
+        app_id: "shop".into(),
+        user_id: user.into(),
+        timestamp_ms: at,
+        set: Default::default(),
+        unset: vec![],
+        devices_added: vec![Device {
+            device_id: format!("d-{user}"),
+            platform,
+            token: format!("tok-{user}"),
+            app_version: None,
+            os_version: None,
+            make: None,
+            model: None,
+            sdk_version: None,
+        }],
+        tokens_removed: vec![],
+    };
+    (user.to_string(), SchemaRegistry::builtin().encode(&update).unwrap())
+}
