@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-use super::{registry, single_object, CodecError, Record, SchemaRegistry};
+use super::{registry, single_object, AppEvent, CodecError, ProfileUpdate, Record, SchemaRegistry};
 
 /// Which encodings an ingest topic accepts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -52,5 +52,78 @@ impl IngestDecoder {
             reason: e.to_string(),
         })?;
         registry::checked(record)
+    }
+}
+
+/// What an ingest record is once decoded: Herald's own records, whatever the format it came in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IngestRecord {
+    /// Something a user did.
+    Event(AppEvent),
+    /// A change to a user's profile or devices.
+    Profile(ProfileUpdate),
+    /// An anonymous user became known: their history and devices merge into the known user.
+    Alias(UserAlias),
+}
+
+impl IngestRecord {
+    /// The user the record is about (for an alias, the anonymous id, whose task holds what is
+    /// merged).
+    pub fn user_id(&self) -> &str {
+        match self {
+            Self::Event(event) => &event.user_id,
+            Self::Profile(update) => &update.user_id,
+            Self::Alias(alias) => &alias.anonymous_id,
+        }
+    }
+}
+
+/// An anonymous id that identified as a known user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserAlias {
+    /// App of both ids.
+    pub app_id: String,
+    /// The id the user had before identifying.
+    pub anonymous_id: String,
+    /// The known user id they identified as.
+    pub user_id: String,
+    /// When they identified, epoch milliseconds.
+    pub timestamp_ms: i64,
+}
+
+/// Which record an ingest topic carries when the format does not say (Avro single-object and
+/// Segment-shape records name their type; Herald JSON does not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestKind {
+    /// App events (`herald.events`).
+    Events,
+    /// Profile updates (`herald.profiles`).
+    Profiles,
+}
+
+/// Why an ingest record could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The record is bad (dead-lettered with this reason, naming the field when there is one).
+    #[error(transparent)]
+    Invalid(#[from] CodecError),
+    /// Something the decoder needs is unreachable for now (e.g. the schema registry): the record
+    /// is retried later, never dead-lettered.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl IngestDecoder {
+    /// Decodes one message value of an ingest topic carrying `kind` records.
+    pub fn decode_ingest(
+        &self,
+        kind: IngestKind,
+        bytes: &[u8],
+    ) -> Result<Vec<IngestRecord>, IngestError> {
+        let record = match kind {
+            IngestKind::Events => IngestRecord::Event(self.decode(bytes)?),
+            IngestKind::Profiles => IngestRecord::Profile(self.decode(bytes)?),
+        };
+        Ok(vec![record])
     }
 }

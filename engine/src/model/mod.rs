@@ -10,7 +10,7 @@ pub mod topics;
 
 pub use checks::{check_timestamp, Checked, InvalidField, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS};
 pub use error::CodecError;
-pub use ingest::{IngestDecoder, IngestFormat};
+pub use ingest::{IngestDecoder, IngestError, IngestFormat, IngestKind, IngestRecord, UserAlias};
 pub use records::{
     is_triggered_run, scheduled_run_id, scheduled_run_time, triggered_run_id, AppEvent,
     CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats, Candidate,

@@ -60,6 +60,10 @@ pub enum RuntimeError {
     /// id joined the group, or the producer was fenced. The instance stops.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// Something a processor needs is unreachable for now (e.g. a schema registry): the
+    /// transaction is aborted and the same input retried after a backoff.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// Replay input is malformed.
     #[error("replay input {location}: {reason}")]
     ReplayInput {
@@ -116,6 +120,18 @@ impl ProcessError {
     /// A rejection with `reason`.
     pub fn reject(reason: impl Into<String>) -> Self {
         Self::Reject(reason.into())
+    }
+}
+
+impl From<crate::model::IngestError> for ProcessError {
+    /// A bad record is rejected; an unreachable dependency retries the input later.
+    fn from(error: crate::model::IngestError) -> Self {
+        match error {
+            crate::model::IngestError::Invalid(error) => error.into(),
+            crate::model::IngestError::Unavailable(reason) => {
+                Self::Runtime(RuntimeError::Unavailable(reason))
+            }
+        }
     }
 }
 

@@ -29,6 +29,8 @@ pub struct RuntimeMetrics {
     pub commit_seconds: Histogram,
     /// Transactions aborted (fencing, rebalance, errors).
     pub transaction_aborts: IntCounter,
+    /// Inputs retried because something they need was unreachable (e.g. a schema registry).
+    pub input_unavailable: IntCounter,
     /// Changelog records restored, by store.
     pub restored_records: IntCounterVec,
     /// Duration of each task restore.
@@ -97,6 +99,10 @@ impl RuntimeMetrics {
                 prometheus::exponential_buckets(0.001, 2.0, 14).expect("valid buckets"),
             ),
             transaction_aborts: counter("transaction_aborts_total", "Transactions aborted"),
+            input_unavailable: counter(
+                "input_unavailable_total",
+                "Inputs retried after a pause because something they need was unreachable",
+            ),
             restored_records: counter_vec(
                 "restored_records_total",
                 "Changelog records restored, by store",

@@ -22,8 +22,9 @@ use crate::{
     campaign::{Campaign, CampaignCache, CampaignStatus, DndAction, Trigger},
     model::{
         topics::TopicNames, triggered_run_id, AppEvent, Candidate, Engagement, EngagementKind,
-        IngestDecoder, IngestFormat, ProfileUpdate, Properties, PropertyValue, Receipt,
-        ReceiptStatus, Record, SchemaRegistry, SendCommand, Skip, TRIGGERED_RUN,
+        IngestDecoder, IngestFormat, IngestKind, IngestRecord, ProfileUpdate, Properties,
+        PropertyValue, Receipt, ReceiptStatus, Record, SchemaRegistry, SendCommand, Skip,
+        TRIGGERED_RUN,
     },
     runtime::{
         ProcessError, Processor, ProcessorContext, SourceRecord, Tick, Timer, TopologyBuilder,
@@ -168,6 +169,26 @@ impl UserStage {
             returns_place: false,
         };
         self.flow().emit(ctx, &campaign.id, &skip)
+    }
+
+    /// Handles one decoded ingest record that arrived as `record`.
+    fn on_ingest(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        record: &SourceRecord<'_>,
+        ingested: IngestRecord,
+    ) -> Result<(), ProcessError> {
+        match ingested {
+            IngestRecord::Event(event) => {
+                let occurrence = occurrence(&event, record);
+                self.on_event(ctx, event, &occurrence)
+            }
+            IngestRecord::Profile(update) => self.on_profile(ctx, update),
+            IngestRecord::Alias(alias) => Err(ProcessError::reject(format!(
+                "aliases are not supported yet (anonymous id {:?})",
+                alias.anonymous_id
+            ))),
+        }
     }
 
     fn on_profile(
@@ -638,13 +659,13 @@ impl Processor for UserStage {
         let value =
             record.value.ok_or_else(|| ProcessError::reject("tombstone on an input topic"))?;
         let topic = record.topic;
-        if topic == self.topics.events {
-            let event: AppEvent = self.decoder.decode(value)?;
-            let occurrence = occurrence(&event, record);
-            self.on_event(ctx, event, &occurrence)
-        } else if topic == self.topics.profiles {
-            let update: ProfileUpdate = self.decoder.decode(value)?;
-            self.on_profile(ctx, update)
+        if topic == self.topics.events || topic == self.topics.profiles {
+            let kind =
+                if topic == self.topics.events { IngestKind::Events } else { IngestKind::Profiles };
+            for ingested in self.decoder.decode_ingest(kind, value)? {
+                self.on_ingest(ctx, record, ingested)?;
+            }
+            Ok(())
         } else if topic == self.topics.receipts {
             let receipt: Receipt = SchemaRegistry::builtin().decode(value)?;
             self.on_receipt(ctx, receipt)

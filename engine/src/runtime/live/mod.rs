@@ -278,6 +278,8 @@ struct LoopState {
     /// Position of the task whose timers fire first at the next check (round robin, so one
     /// task's backlog does not hold back the others' timers).
     timer_turn: usize,
+    /// Consecutive retries of input that needed something unreachable (reset by a commit).
+    unavailable_retries: u32,
 }
 
 impl LoopState {
@@ -291,7 +293,16 @@ impl LoopState {
             budget: Budget::new(work_cap),
             backlog: false,
             timer_turn: 0,
+            unavailable_retries: 0,
         }
+    }
+
+    /// How long to wait before retrying input that needed something unreachable: doubling
+    /// from 200 ms up to 30 s.
+    fn unavailable_backoff(&mut self) -> Duration {
+        let pause = Duration::from_millis(200) * 2u32.saturating_pow(self.unavailable_retries);
+        self.unavailable_retries = self.unavailable_retries.saturating_add(1);
+        pause.min(Duration::from_secs(30))
     }
 
     /// Begins a transaction, with a full work budget, unless one is open.
@@ -311,6 +322,7 @@ impl LoopState {
         consumer: &BaseConsumer<RebalanceHook>,
     ) -> Result<(), RuntimeError> {
         self.budget = Budget::new(self.work_cap);
+        self.unavailable_retries = 0;
         txn.commit(consumer)
     }
 }
@@ -345,6 +357,15 @@ impl Worker<'_> {
                     // Fenced for good: stop rather than rebuild tasks another process now runs.
                     self.check_not_fenced()?;
                     self.rewind()?;
+                }
+                Err(RuntimeError::Unavailable(reason)) => {
+                    let pause = state.unavailable_backoff();
+                    tracing::warn!(%reason, ?pause, "input needs something unreachable: aborting the transaction, retrying after a pause");
+                    self.runtime.metrics.input_unavailable.inc();
+                    self.txn.lock().expect("txn lock").abort();
+                    self.check_not_fenced()?;
+                    self.rewind()?;
+                    std::thread::sleep(pause);
                 }
                 Err(error) => return Err(error),
             }
