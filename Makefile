@@ -5,7 +5,7 @@ export KAFKA_PORT ?= 9092
 export HERALD_BROKERS ?= 127.0.0.1:$(KAFKA_PORT)
 HERALD := $(CARGO_TARGET_DIR)/debug/herald
 
-.PHONY: bootstrap kafka-up kafka-down build demo demo-down test test-broadcast bench bench-runtime bench-campaign lint fmt
+.PHONY: bootstrap kafka-up kafka-down registry-up registry-down build demo demo-down test test-broadcast bench bench-runtime bench-campaign lint fmt
 
 bootstrap: ## install missing system packages
 	@deploy/local/bootstrap.sh
@@ -15,6 +15,12 @@ kafka-up: bootstrap ## install (once) and start the local Apache Kafka broker
 
 kafka-down: ## stop the local broker
 	@deploy/local/kafka.sh down
+
+registry-up: ## install (once) and start the local schema registry (Apicurio, Confluent API under /apis/ccompat/v7)
+	@deploy/local/registry.sh up
+
+registry-down: ## stop the local schema registry
+	@deploy/local/registry.sh down
 
 build: bootstrap
 	cargo build --workspace --bins
