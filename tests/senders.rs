@@ -173,6 +173,7 @@ fn commands(count: usize) -> Vec<(String, Vec<u8>)> {
                 headers,
                 created_at_ms: common::now_ms(),
                 expires_at_ms: None,
+                confirm: false,
             };
             (user, SchemaRegistry::builtin().encode(&command).unwrap())
         })

@@ -418,3 +418,86 @@ fn commands_expire_at_the_campaigns_end_or_their_ttl_whichever_is_first() {
     let ttl = Outcome::run(&campaign("ttl", ", push: { ttl: 10m }"), &lines);
     assert_eq!(expiry(&ttl), ts(10 + 600), "a TTL ending before the campaign");
 }
+
+/// A throttled broadcast (1 a minute) limited to 3 users, of 6: u1 and u2, queued behind the
+/// throttle, get today's one notification from another campaign before their turn (app cap 1 a
+/// day), so the send gate refuses them and their places go to the next users. Exactly 3 are
+/// reached, whichever limit it is; the rest is refused by the limit.
+#[test]
+fn a_throttled_broadcast_limited_to_3_whose_queued_users_get_capped_still_reaches_exactly_3() {
+    let news = "id: news\napp: shop\nname: n\nwhen: { event: Pong }\nwhat: { title: t, body: b }\n";
+    let caps = "apps:\n  shop:\n    caps: { per_day: 1 }\n";
+    for (limit, reason) in
+        [("total: 3", "total_limit"), ("daily: 3", "daily_limit"), ("per_run: 3", "run_limit")]
+    {
+        let options = "options: { throttle: { max: 1, per: 1m } }";
+        let campaign = scheduled("run", &format!("limits: {{ {limit} }}\n{options}\n"));
+        let mut lines: Vec<String> = (0..6).map(|i| profile(&format!("u{i}"))).collect();
+        lines.push(event("u1", 110, "Pong", "{}"));
+        lines.push(event("u2", 120, "Pong", "{}"));
+        lines.push(event("u5", 1_000, "App Opened", "{}"));
+        let settings = Settings::parse(caps, "settings").unwrap();
+        let outcome = Outcome::replay(&[&campaign, news], &lines, None, 1, settings);
+
+        let reached: Vec<String> = outcome
+            .lines("sends.jsonl")
+            .iter()
+            .filter(|s| s["campaign_id"] == "run")
+            .map(|s| s["user_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(reached, ["u0", "u3", "u4"], "{limit}");
+        let skipped: Vec<(String, String)> = outcome
+            .lines("skips.jsonl")
+            .iter()
+            .filter(|s| s["campaign_id"] == "run")
+            .map(|s| (s["user_id"].as_str().unwrap().into(), s["reason"].as_str().unwrap().into()))
+            .collect();
+        let skip = |user: &str| (user.to_string(), "capped_daily".to_string());
+        // Refusals at the gate (the campaign stage counts its own refusals in its stats).
+        assert_eq!(skipped, [skip("u1"), skip("u2")], "{limit}");
+        let stats = &outcome.stats()["run"];
+        assert_eq!(stats["variants"][0]["sent"], 3, "{limit}");
+        assert_eq!(stats["skipped"][reason], 1, "{limit}: u5");
+        assert_eq!(stats["skipped"]["capped_daily"], 2, "{limit}");
+    }
+}
+
+/// The same with a live trigger: 6 users Ping within seconds, the campaign sends 1 a minute and
+/// is limited to 3; u1 and u2 are capped while queued. Those who found the limit full while
+/// places were in flight waited; u3 and u4 take the returned places.
+#[test]
+fn a_throttled_trigger_limited_to_3_whose_queued_users_get_capped_still_reaches_exactly_3() {
+    let news = "id: news\napp: shop\nname: n\nwhen: { event: Pong }\nwhat: { title: t, body: b }\n";
+    let caps = "apps:\n  shop:\n    caps: { per_day: 1 }\n";
+    for (limit, reason) in [("total: 3", "total_limit"), ("daily: 3", "daily_limit")] {
+        let campaign = format!(
+            "id: ping\napp: shop\nname: n\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\nlimits: {{ {limit} }}\noptions: {{ throttle: {{ max: 1, per: 1m }} }}\n"
+        );
+        let mut lines: Vec<String> = (0..6).map(|i| profile(&format!("u{i}"))).collect();
+        lines.extend((0..6).map(|i| event(&format!("u{i}"), 100 + i, "Ping", "{}")));
+        lines.push(event("u1", 110, "Pong", "{}"));
+        lines.push(event("u2", 120, "Pong", "{}"));
+        lines.push(event("u5", 1_000, "App Opened", "{}"));
+        let settings = Settings::parse(caps, "settings").unwrap();
+        let outcome = Outcome::replay(&[&campaign, news], &lines, None, 1, settings);
+
+        let reached: Vec<String> = outcome
+            .lines("sends.jsonl")
+            .iter()
+            .filter(|s| s["campaign_id"] == "ping")
+            .map(|s| s["user_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(reached, ["u0", "u3", "u4"], "{limit}");
+        let stats = &outcome.stats()["ping"];
+        assert_eq!(stats["variants"][0]["sent"], 3, "{limit}");
+        assert_eq!(stats["skipped"][reason], 1, "{limit}: u5");
+        assert_eq!(stats["skipped"]["capped_daily"], 2, "{limit}");
+        let kinds = kinds(&outcome.events());
+        let expected: &[&str] = if reason == "total_limit" {
+            &["LimitReached", "Completed"]
+        } else {
+            &["LimitReached"]
+        };
+        assert_eq!(kinds, expected, "{limit}: announced once, when final");
+    }
+}

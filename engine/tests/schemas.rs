@@ -182,6 +182,7 @@ fn delivery_records_round_trip() {
         headers: BTreeMap::new(),
         created_at_ms: 12,
         expires_at_ms: Some(13),
+        confirm: true,
     });
     round_trip(Receipt {
         message_id: "m-1".into(),
@@ -220,6 +221,14 @@ fn skip_round_trips() {
         timestamp_ms: 16,
         variant_id: Some("B".into()),
         returns_place: true,
+        run_id: Some("trigger:e-1".into()),
+    });
+    round_trip(SendConfirmed {
+        campaign_id: "c".into(),
+        app_id: "shop".into(),
+        user_id: "u".into(),
+        run_id: "run-1764237600000".into(),
+        timestamp_ms: 17,
     });
 }
 
@@ -253,6 +262,7 @@ fn every_current_schema_has_a_rust_type_that_round_trips() {
             "io.herald.Receipt",
             "io.herald.RunTally",
             "io.herald.SendCommand",
+            "io.herald.SendConfirmed",
             "io.herald.Skip",
         ]
     );

@@ -3,7 +3,7 @@
 
 use super::{
     AppEvent, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats, Candidate, DeadLetter,
-    Engagement, ProfileUpdate, Receipt, RunTally, SendCommand, Skip,
+    Engagement, ProfileUpdate, Receipt, RunTally, SendCommand, SendConfirmed, Skip,
 };
 
 /// Earliest accepted timestamp: the Unix epoch.
@@ -67,6 +67,7 @@ timestamps! {
     Receipt => [timestamp_ms];
     CampaignStats => [as_of_ms];
     Skip => [timestamp_ms];
+    SendConfirmed => [timestamp_ms];
     DeadLetter => [timestamp_ms];
 }
 

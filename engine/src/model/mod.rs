@@ -15,8 +15,8 @@ pub use records::{
     is_triggered_run, scheduled_run_id, scheduled_run_time, triggered_run_id, AppEvent,
     CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats, Candidate,
     DeadLetter, Device, Engagement, EngagementKind, LifecycleKind, Platform, ProfileUpdate,
-    Properties, PropertyValue, Receipt, ReceiptStatus, Record, RunTally, SendCommand, Skip,
-    VariantStats, TRIGGERED_RUN,
+    Properties, PropertyValue, Receipt, ReceiptStatus, Record, RunTally, SendCommand,
+    SendConfirmed, Skip, VariantStats, TRIGGERED_RUN,
 };
 pub use registry::{SchemaError, SchemaRegistry};
 pub use single_object::Fingerprint;

@@ -322,6 +322,10 @@ pub struct SendCommand {
     /// Do not send after this instant.
     #[serde(default)]
     pub expires_at_ms: Option<i64>,
+    /// The campaign stage holds the notification's place in its limits until the send gate
+    /// reports it passed ([`SendConfirmed`]) or refused it ([`Skip`]) (schema version 2).
+    #[serde(default)]
+    pub confirm: bool,
 }
 
 impl Record for SendCommand {
@@ -452,6 +456,30 @@ pub struct Skip {
     /// campaign's limits and counts the skip (schema version 2).
     #[serde(default)]
     pub returns_place: bool,
+    /// Set by the send gate: the run (or trigger occurrence) of the refused notification, so
+    /// its place is returned exactly where it was counted (schema version 3).
+    #[serde(default)]
+    pub run_id: Option<String>,
+}
+
+/// The send gate let a notification that asked for confirmation leave for the senders: its
+/// place in the campaign's limits is final (`herald.campaign-flow`, keyed by campaign id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendConfirmed {
+    /// Campaign concerned.
+    pub campaign_id: String,
+    /// App of the campaign.
+    pub app_id: String,
+    /// User sent to.
+    pub user_id: String,
+    /// The run or trigger occurrence of the notification.
+    pub run_id: String,
+    /// When it passed the gate, epoch milliseconds.
+    pub timestamp_ms: i64,
+}
+
+impl Record for SendConfirmed {
+    const FULL_NAME: &'static str = "io.herald.SendConfirmed";
 }
 
 impl Record for Skip {

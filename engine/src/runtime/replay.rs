@@ -223,13 +223,20 @@ impl Replay<'_, '_> {
         Ok(())
     }
 
-    /// Every task fires its timers due at or before `until` and ticks.
+    /// Every task fires its timers due at or before `until` and ticks, round after round while
+    /// timers fire: what one task's timers send may schedule due timers in another (e.g. a
+    /// decision coming back to a task that already fired), which a live engine fires as well.
     fn fire_all(&mut self, until: i64) -> Result<(), RuntimeError> {
-        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
-        for id in ids {
-            self.fire_timers(id, until)?;
+        loop {
+            let fired = self.metrics.timers_fired.get();
+            let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+            for id in ids {
+                self.fire_timers(id, until)?;
+            }
+            if self.metrics.timers_fired.get() == fired {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     fn drain_internal(&mut self) -> Result<(), RuntimeError> {

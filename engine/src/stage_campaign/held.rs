@@ -46,19 +46,27 @@ impl CampaignStage {
         let prefix = [campaign.id.as_bytes(), &[0]].concat();
         let entries = ctx.store(HELD_CANDIDATES)?.prefix(&prefix, RELEASE_STEP)?;
         for (key, value) in &entries {
-            ctx.store(HELD_CANDIDATES)?.delete(key)?;
             let Ok(candidate) = serde_json::from_slice::<Candidate>(value) else {
                 tracing::warn!(campaign = %campaign.id, "dropping an unreadable held candidate");
+                ctx.store(HELD_CANDIDATES)?.delete(key)?;
                 continue;
             };
             let leaving = Candidate {
                 qualified_at_ms: candidate.qualified_at_ms.max(ctx.effective_ms()),
                 ..candidate
             };
-            self.deliver(ctx, campaign, state, &leaving, None)?;
+            // Waiting for places in flight: a settled place schedules the next step.
+            let run = state.run.clone().filter(|run| run.is(&leaving.run_id));
+            if self.waits_for_places(campaign, state, run.as_ref(), leaving.qualified_at_ms) {
+                return Ok(());
+            }
+            ctx.store(HELD_CANDIDATES)?.delete(key)?;
+            self.place(ctx, campaign, state, leaving)?;
         }
         if entries.len() == RELEASE_STEP {
             ctx.schedule(ctx.now_ms(), &timer_key(HELD_TIMER, &campaign.id))?;
+        } else {
+            state.waiting_for_places = false;
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 pub mod ab;
 mod held;
 mod lifecycle;
+mod places;
 mod runs;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -23,7 +24,7 @@ use crate::{
     model::{
         is_triggered_run, topics::TopicNames, CampaignLifecycleEvent, CampaignStats, Candidate,
         Engagement, EngagementKind, LifecycleKind, Platform, Record, RunTally, SchemaRegistry,
-        SendCommand, Skip, VariantStats,
+        SendCommand, SendConfirmed, Skip, VariantStats,
     },
     outbox::{Drain, Outbox, OutboxState},
     payload::{self, Addressing, RenderedMessage},
@@ -44,6 +45,7 @@ const RUN_TIMER: &str = "run";
 const RUN_BUFFER: &str = "run-buffer";
 const HELD_CANDIDATES: &str = "held-candidates";
 const HELD_TIMER: &str = "held";
+const IN_FLIGHT: &str = "in-flight";
 
 /// Timer key `<kind>:<campaign>`.
 fn timer_key(kind: &str, campaign: &str) -> Vec<u8> {
@@ -71,6 +73,7 @@ pub fn add_campaign_stage(
                 .store(OUTBOX)
                 .store(RUN_BUFFER)
                 .store(HELD_CANDIDATES)
+                .store(IN_FLIGHT)
                 .sink(&topics.push)
                 .sink(&topics.app_throttle)
                 .sink(&topics.send_gate)
@@ -128,6 +131,12 @@ struct CampaignState {
     /// The day whose daily limit was reached and announced.
     #[serde(default)]
     daily_limit_announced: Option<String>,
+    /// Places held by notifications the send gate has yet to confirm (see `places`).
+    #[serde(default)]
+    in_flight: u64,
+    /// Some held candidates wait for places in flight to settle.
+    #[serde(default)]
+    waiting_for_places: bool,
 }
 
 impl CampaignState {
@@ -151,17 +160,6 @@ impl CampaignState {
     fn winner(&self, campaign: &Campaign) -> Option<usize> {
         let id = self.winner_id.as_deref()?;
         campaign.what.iter().position(|m| m.id == id)
-    }
-
-    /// Gives back the place in the campaign's limits of a user whose notification did not
-    /// leave (a campaign completed by its total limit reopens). The daily place goes back only
-    /// when the command was not throttled (`at_ms` is then the day it was counted on; a
-    /// throttled command carries its release time, maybe a later day).
-    fn return_place(&mut self, campaign: &Campaign, at_ms: i64, throttled: bool) {
-        self.sent = self.sent.saturating_sub(1);
-        if !throttled && self.day.0 == day_in(campaign, at_ms) {
-            self.day.1 = self.day.1.saturating_sub(1);
-        }
     }
 
     /// Counts a user not sent to, by reason.
@@ -324,12 +322,23 @@ impl CampaignStage {
             )));
         };
         let mut state = self.load(ctx, &campaign)?;
-        if !is_triggered_run(&candidate.run_id) {
-            self.on_run_candidate(ctx, &campaign, &mut state, candidate)?;
-        } else {
-            self.deliver(ctx, &campaign, &mut state, &candidate, None)?;
-        }
+        self.place(ctx, &campaign, &mut state, candidate)?;
         self.save(ctx, &campaign, &mut state)
+    }
+
+    /// Delivers a candidate: through its scheduled run, or at once for a trigger occurrence.
+    fn place(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        candidate: Candidate,
+    ) -> Result<(), ProcessError> {
+        if is_triggered_run(&candidate.run_id) {
+            self.deliver(ctx, campaign, state, &candidate, None)
+        } else {
+            self.on_run_candidate(ctx, campaign, state, candidate)
+        }
     }
 
     /// Applies the campaign's limits to one candidate, gives it a variant (`variant`, when the
@@ -355,27 +364,29 @@ impl CampaignStage {
                 return self.hold(ctx, campaign, state, candidate);
             }
         }
-        // Against the limit as it is now: an edit may have raised or lowered it.
-        if campaign.limits.total.is_some_and(|limit| state.sent >= limit) {
-            state.skip("total_limit");
-            return Ok(());
-        }
-        let today = day_in(campaign, at);
-        if state.day.0 != today {
-            state.day = (today, 0);
-        }
-        if let Some(limit) = campaign.limits.daily.filter(|limit| state.day.1 >= *limit) {
-            state.skip("daily_limit");
-            if state.daily_limit_announced.as_ref() != Some(&state.day.0) {
-                state.daily_limit_announced = Some(state.day.0.clone());
-                let details = BTreeMap::from([
-                    ("limit".to_string(), "daily".to_string()),
-                    ("day".to_string(), state.day.0.clone()),
-                    ("sent".to_string(), limit.to_string()),
-                ]);
-                self.lifecycle(ctx, campaign, LifecycleKind::LimitReached, details)?;
+        match state.full_limit(campaign, at) {
+            None => {}
+            // A place in flight may come back: wait for it rather than refuse.
+            Some(_) if state.in_flight > 0 => {
+                return self.wait_for_places(ctx, campaign, state, candidate);
             }
-            return Ok(());
+            Some(places::FullLimit::Total) => {
+                state.skip("total_limit");
+                return Ok(());
+            }
+            Some(places::FullLimit::Daily(limit)) => {
+                state.skip("daily_limit");
+                if state.daily_limit_announced.as_ref() != Some(&state.day.0) {
+                    state.daily_limit_announced = Some(state.day.0.clone());
+                    let details = BTreeMap::from([
+                        ("limit".to_string(), "daily".to_string()),
+                        ("day".to_string(), state.day.0.clone()),
+                        ("sent".to_string(), limit.to_string()),
+                    ]);
+                    self.lifecycle(ctx, campaign, LifecycleKind::LimitReached, details)?;
+                }
+                return Ok(());
+            }
         }
         self.maybe_declare_winner(ctx, campaign, state, at)?;
         let variant = self.assign(ctx, campaign, state, candidate, variant)?;
@@ -405,6 +416,7 @@ impl CampaignStage {
             }
         };
         let message = &campaign.what[variant];
+        let confirm = self.confirms(campaign);
         let mut commands = Vec::new();
         for device in &candidate.devices {
             let message_id = payload::message_id(
@@ -441,6 +453,7 @@ impl CampaignStage {
                     headers,
                     created_at_ms: at,
                     expires_at_ms: expiry(campaign, message.push.ttl_ms, at),
+                    confirm,
                 }),
                 Err(error) => state.skip(error.reason()),
             }
@@ -449,20 +462,7 @@ impl CampaignStage {
             return Ok(());
         }
         self.dispatch(ctx, campaign, state, commands, at)?;
-        state.sent += 1;
-        state.day.1 += 1;
-        if campaign.limits.total.is_some_and(|limit| state.sent == limit) {
-            let sent = ("sent".to_string(), state.sent.to_string());
-            let limit = BTreeMap::from([("limit".to_string(), "total".to_string()), sent.clone()]);
-            self.lifecycle(ctx, campaign, LifecycleKind::LimitReached, limit)?;
-            if !state.completed {
-                state.completed = true;
-                let reason = ("reason".to_string(), "total_limit".to_string());
-                let details = BTreeMap::from([reason, sent]);
-                self.lifecycle(ctx, campaign, LifecycleKind::Completed, details)?;
-            }
-        }
-        Ok(())
+        self.take_place(ctx, campaign, state, candidate, confirm)
     }
 
     /// The campaign's throttle outbox, if it has a throttle.
@@ -692,10 +692,10 @@ impl CampaignStage {
         if skip.variant_id.is_none() || skip.returns_place {
             state.skip(&skip.reason);
         }
-        if skip.returns_place {
-            let throttled = campaign.options.throttle.is_some()
-                || self.settings.app(&campaign.app).throttle.is_some();
-            state.return_place(&campaign, skip.timestamp_ms, throttled);
+        // A notification sent without confirmation (the campaign had no limits then) only
+        // gives back its total count.
+        if skip.returns_place && !self.return_place(ctx, &campaign, &mut state, &skip)? {
+            state.sent = state.sent.saturating_sub(1);
         }
         self.save(ctx, &campaign, &mut state)
     }
@@ -767,6 +767,7 @@ impl Processor for CampaignStage {
         match name {
             Candidate::FULL_NAME => self.on_candidate(ctx, registry.decode(value)?),
             Skip::FULL_NAME => self.on_skip(ctx, registry.decode(value)?),
+            SendConfirmed::FULL_NAME => self.on_confirmed(ctx, registry.decode(value)?),
             Engagement::FULL_NAME => self.on_engagement(ctx, registry.decode(value)?),
             RunTally::FULL_NAME => self.on_run_tally(ctx, registry.decode(value)?),
             other => Err(ProcessError::reject(format!("unexpected {other} in the campaign flow"))),

@@ -51,6 +51,12 @@ pub(super) struct RunState {
     sent: u64,
     /// The first `test_users` released make up the A/B test population.
     test_users: u64,
+    /// Users of this run whose place the send gate has yet to confirm (see `places`).
+    #[serde(default)]
+    in_flight: u64,
+    /// Releasing stopped to wait for places in flight; a settled place resumes it.
+    #[serde(default)]
+    waiting: bool,
 }
 
 impl RunState {
@@ -64,6 +70,27 @@ impl RunState {
             phase: RunPhase::Collecting,
             sent: 0,
             test_users: 0,
+            in_flight: 0,
+            waiting: false,
+        }
+    }
+
+    /// Whether this is run `run_id`.
+    pub(super) fn is(&self, run_id: &str) -> bool {
+        self.id == run_id
+    }
+
+    /// Whether the per-run limit is full while places of the run are still in flight (one may
+    /// come back): the run's next user waits.
+    pub(super) fn waits_for_places(&self, campaign: &Campaign) -> bool {
+        self.in_flight > 0 && campaign.limits.per_run.is_some_and(|limit| self.sent >= limit)
+    }
+
+    /// The send gate decided a user of this run: the place is final, or (`returned`) given back.
+    pub(super) fn settle(&mut self, returned: bool) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if returned {
+            self.sent = self.sent.saturating_sub(1);
         }
     }
 }
@@ -124,6 +151,19 @@ impl CampaignStage {
         self.save(ctx, &campaign, &mut state)
     }
 
+    /// Schedules the next release step of a run that waits for places in flight.
+    pub(super) fn wake_run(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &CampaignState,
+    ) -> Result<(), ProcessError> {
+        if state.run.as_ref().is_some_and(|run| run.waiting) {
+            ctx.schedule(ctx.now_ms(), &timer_key(RUN_TIMER, &campaign.id))?;
+        }
+        Ok(())
+    }
+
     /// Releases the next step of buffered users (a timer, or the A/B winner being chosen).
     pub(super) fn release_run(
         &self,
@@ -157,10 +197,15 @@ impl CampaignStage {
         let at = at.max(ctx.effective_ms());
         let variants = campaign.what.len();
         let step_end = run.next + RELEASE_STEP;
+        run.waiting = false;
         while run.next < run.buffered.min(step_end) {
             if run.next == run.test_users && run.test_users > 0 && state.winner_id.is_none() {
                 run.phase = RunPhase::AwaitingWinner;
                 return self.start_evaluation(ctx, campaign, state, at);
+            }
+            if self.waits_for_places(campaign, state, Some(run), at) {
+                run.waiting = true; // a settled place schedules the next step
+                return Ok(());
             }
             let key = buffer_key(&campaign.id, &run.id, run.next);
             let candidate = ctx.store(RUN_BUFFER)?.get_as::<Candidate>(&key)?;
@@ -197,13 +242,19 @@ impl CampaignStage {
         chosen: Option<usize>,
     ) -> Result<(), ProcessError> {
         if campaign.limits.per_run.is_some_and(|limit| run.sent >= limit) {
+            if run.in_flight > 0 {
+                return self.wait_for_places(ctx, campaign, state, candidate);
+            }
             state.skip("run_limit");
             return Ok(());
         }
-        let before = state.sent;
+        let (sent, in_flight) = (state.sent, state.in_flight);
         self.deliver(ctx, campaign, state, candidate, chosen)?;
-        if state.sent > before {
+        if state.sent > sent {
             run.sent += 1;
+        }
+        if state.in_flight > in_flight {
+            run.in_flight += 1;
         }
         Ok(())
     }

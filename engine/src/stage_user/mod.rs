@@ -167,6 +167,7 @@ impl UserStage {
             timestamp_ms: at_ms,
             variant_id: None,
             returns_place: false,
+            run_id: None,
         };
         self.flow().emit(ctx, &campaign.id, &skip)
     }

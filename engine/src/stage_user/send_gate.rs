@@ -2,14 +2,16 @@
 //! campaign stage (or the app stage, after the app's throttle) sends each device command here,
 //! keyed by user; the user's task checks the caps at the moment the command leaves and spends a
 //! slot only for a notification that goes out. A refused command goes back to the campaign stage
-//! as a skip that returns its place in the campaign's limits and its variant's sent count.
+//! as a skip that returns its place in the campaign's limits and its variant's sent count; a
+//! passing notification that asked for confirmation (its campaign has limits) is confirmed, so
+//! the campaign stage knows its place is final.
 //!
 //! The user stage owns the send log, so the check and the write are one step of one task:
 //! exact under concurrency, crashes and rebalances (both are in the task's transaction).
 
 use super::{gates::SendLog, settings::AppSettings, Profile, UserStage, PROFILES, SEND_LOG};
 use crate::{
-    model::{topics::TopicNames, SendCommand, Skip},
+    model::{topics::TopicNames, SendCommand, SendConfirmed, Skip},
     runtime::{ProcessError, ProcessorContext},
 };
 
@@ -44,6 +46,16 @@ impl UserStage {
             }
         };
         let Some(reason) = refused else {
+            if first && command.confirm {
+                let confirmed = SendConfirmed {
+                    campaign_id: command.campaign_id.clone(),
+                    app_id: command.app_id.clone(),
+                    user_id: command.user_id.clone(),
+                    run_id: command.run_id.clone(),
+                    timestamp_ms: command.created_at_ms,
+                };
+                self.flow().emit(ctx, &command.campaign_id, &confirmed)?;
+            }
             return Ok(ctx.send_record(&self.topics.push, user, &command)?);
         };
         let skip = Skip {
@@ -54,6 +66,7 @@ impl UserStage {
             timestamp_ms: command.created_at_ms,
             variant_id: Some(command.variant_id.clone()),
             returns_place: first,
+            run_id: Some(command.run_id.clone()),
         };
         self.flow().emit(ctx, &command.campaign_id, &skip)
     }

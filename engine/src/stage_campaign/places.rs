@@ -1,0 +1,199 @@
+//! A campaign's places in its limits (total, daily, per run). A notification of an app with
+//! frequency caps leaves through the user stage's send gate, which may still refuse it. When the
+//! campaign has limits, its place is held *in flight* until the gate confirms it
+//! ([`SendConfirmed`]) or refuses it (a [`Skip`] carrying the run), and is then kept or given
+//! back exactly where it was counted (the day it was counted on, the run it was sent in).
+//!
+//! While places are in flight, a candidate that finds a limit full waits instead of being
+//! refused: it joins the held candidates (a scheduled run stops releasing), and every settled
+//! place wakes the waiting. A returned place goes to the next one waiting; once nothing is in
+//! flight, those still waiting are refused with the limit's reason. So limits fill exactly:
+//! never over, and never under while qualified users are left.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{runs::RunState, timer_key, CampaignStage, CampaignState, HELD_TIMER, IN_FLIGHT};
+use crate::{
+    campaign::Campaign,
+    model::{is_triggered_run, Candidate, LifecycleKind, SendConfirmed, Skip},
+    runtime::{ProcessError, ProcessorContext},
+};
+
+/// A notification whose place the send gate has yet to confirm (`in-flight` store).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct InFlight {
+    /// The day (campaign timezone) whose daily count it took.
+    day: String,
+}
+
+/// `in-flight` key: campaign, user, run (or trigger occurrence).
+fn in_flight_key(campaign: &str, user: &str, run: &str) -> Vec<u8> {
+    [campaign.as_bytes(), &[0], user.as_bytes(), &[0], run.as_bytes()].concat()
+}
+
+/// A limit a candidate found full.
+pub(super) enum FullLimit {
+    /// The campaign's total limit.
+    Total,
+    /// The daily limit (of this many users).
+    Daily(u64),
+}
+
+impl CampaignState {
+    /// The total or daily limit a candidate at `at` finds full, as the limits are now (an edit
+    /// may have raised or lowered them). Starts the day's count when `at` is on a new day.
+    pub(super) fn full_limit(&mut self, campaign: &Campaign, at: i64) -> Option<FullLimit> {
+        if campaign.limits.total.is_some_and(|limit| self.sent >= limit) {
+            return Some(FullLimit::Total);
+        }
+        let today = super::day_in(campaign, at);
+        if self.day.0 != today {
+            self.day = (today, 0);
+        }
+        campaign.limits.daily.filter(|limit| self.day.1 >= *limit).map(FullLimit::Daily)
+    }
+}
+
+impl CampaignStage {
+    /// Whether the notifications of `campaign` ask the send gate to confirm them: they leave
+    /// through the gate (the app has caps) and the campaign has limits to fill exactly.
+    pub(super) fn confirms(&self, campaign: &Campaign) -> bool {
+        let limits = &campaign.limits;
+        let limited = limits.total.is_some() || limits.daily.is_some() || limits.per_run.is_some();
+        limited && self.settings.app(&campaign.app).has_caps()
+    }
+
+    /// Whether a candidate of run `run_id` at `at` must wait because a limit is full while
+    /// places are in flight (`run`: the campaign's current scheduled run, when not in `state`).
+    pub(super) fn waits_for_places(
+        &self,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        run: Option<&RunState>,
+        at: i64,
+    ) -> bool {
+        if state.in_flight > 0 && state.full_limit(campaign, at).is_some() {
+            return true;
+        }
+        run.is_some_and(|run| run.waits_for_places(campaign))
+    }
+
+    /// Keeps `candidate` with the held candidates until a place in flight settles.
+    pub(super) fn wait_for_places(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        candidate: &Candidate,
+    ) -> Result<(), ProcessError> {
+        state.waiting_for_places = true;
+        self.hold(ctx, campaign, state, candidate)
+    }
+
+    /// Counts a user's notification that left, holding its place in flight when `confirm`.
+    pub(super) fn take_place(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        candidate: &Candidate,
+        confirm: bool,
+    ) -> Result<(), ProcessError> {
+        state.sent += 1;
+        state.day.1 += 1;
+        if confirm {
+            let key = in_flight_key(&campaign.id, &candidate.user_id, &candidate.run_id);
+            let mut store = ctx.store(IN_FLIGHT)?;
+            if store.get(&key)?.is_none() {
+                store.put_as(&key, &InFlight { day: state.day.0.clone() })?;
+                state.in_flight += 1;
+            }
+        }
+        self.announce_total_limit(ctx, campaign, state)
+    }
+
+    /// The send gate let a notification leave: its place is final.
+    pub(super) fn on_confirmed(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        confirmed: SendConfirmed,
+    ) -> Result<(), ProcessError> {
+        let Some(campaign) = self.campaigns.book().get(&confirmed.campaign_id).cloned() else {
+            return Ok(());
+        };
+        let mut state = self.load(ctx, &campaign)?;
+        let (user, run) = (&confirmed.user_id, &confirmed.run_id);
+        if self.settle(ctx, &campaign, &mut state, user, run, false)? {
+            self.announce_total_limit(ctx, &campaign, &mut state)?;
+        }
+        self.save(ctx, &campaign, &mut state)
+    }
+
+    /// The send gate refused a notification: gives its place back where it was counted.
+    /// Returns false for a notification that did not ask for confirmation.
+    pub(super) fn return_place(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        skip: &Skip,
+    ) -> Result<bool, ProcessError> {
+        let Some(run) = skip.run_id.as_deref() else { return Ok(false) };
+        self.settle(ctx, campaign, state, &skip.user_id, run, true)
+    }
+
+    /// Settles the place in flight of (`user`, `run`), giving it back when `returned`, and
+    /// wakes whatever waits for places. Returns false when no such place is in flight.
+    fn settle(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        user: &str,
+        run: &str,
+        returned: bool,
+    ) -> Result<bool, ProcessError> {
+        let key = in_flight_key(&campaign.id, user, run);
+        let Some(place) = ctx.store(IN_FLIGHT)?.get_as::<InFlight>(&key)? else {
+            return Ok(false);
+        };
+        ctx.store(IN_FLIGHT)?.delete(&key)?;
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if returned {
+            state.sent = state.sent.saturating_sub(1);
+            if state.day.0 == place.day {
+                state.day.1 = state.day.1.saturating_sub(1);
+            }
+        }
+        if let Some(current) = state.run.as_mut().filter(|r| !is_triggered_run(run) && r.is(run)) {
+            current.settle(returned);
+        }
+        if state.waiting_for_places {
+            ctx.schedule(ctx.now_ms(), &timer_key(HELD_TIMER, &campaign.id))?;
+        }
+        self.wake_run(ctx, campaign, state)?;
+        Ok(true)
+    }
+
+    /// Announces `LIMIT_REACHED` and `COMPLETED` once, when the total limit is full and final
+    /// (no place in flight that could come back).
+    fn announce_total_limit(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+    ) -> Result<(), ProcessError> {
+        let full = campaign.limits.total.is_some_and(|limit| state.sent >= limit);
+        if !full || state.in_flight > 0 || state.completed {
+            return Ok(());
+        }
+        state.completed = true;
+        let sent = ("sent".to_string(), state.sent.to_string());
+        let limit = BTreeMap::from([("limit".to_string(), "total".to_string()), sent.clone()]);
+        self.lifecycle(ctx, campaign, LifecycleKind::LimitReached, limit)?;
+        let reason = ("reason".to_string(), "total_limit".to_string());
+        self.lifecycle(ctx, campaign, LifecycleKind::Completed, BTreeMap::from([reason, sent]))
+    }
+}
