@@ -21,7 +21,7 @@ use std::{
 use herald_engine::{
     kafka::apply_topology,
     model::{
-        topics::TopicNames, AppEvent, CampaignLifecycleEvent, Device, IngestFormat, LifecycleKind,
+        topics::TopicNames, AppEvent, CampaignLifecycleEvent, Device, IngestDecoder, LifecycleKind,
         Platform, ProfileUpdate, SchemaRegistry, SendCommand,
     },
     pipeline::{engine_topology, LIVE_STATS_INTERVAL_MS},
@@ -218,7 +218,7 @@ impl Engine {
             app_id,
             topics.clone(),
             Arc::default(),
-            IngestFormat::Avro,
+            IngestDecoder::default(),
             LIVE_STATS_INTERVAL_MS,
         )
         .unwrap();

@@ -20,7 +20,7 @@ use crate::{
         check_timestamp,
         topics::{self, TopicNames},
         AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats,
-        Candidate, DeadLetter, Device, Engagement, IngestFormat, Platform, ProfileUpdate, Record,
+        Candidate, DeadLetter, Device, Engagement, IngestDecoder, Platform, ProfileUpdate, Record,
         SchemaRegistry, SendCommand, Skip,
     },
     runtime::{
@@ -181,7 +181,7 @@ impl Backtest {
             "herald-replay",
             TopicNames::default(),
             Arc::new(self.settings.clone()),
-            IngestFormat::Avro,
+            IngestDecoder::default(),
             0,
         )?;
         let options = ReplayOptions {

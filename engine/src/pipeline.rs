@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::{
-    model::{topics::TopicNames, IngestFormat},
+    model::{topics::TopicNames, IngestDecoder},
     runtime::{RuntimeError, StreamTopology},
     stage_app::add_app_stage,
     stage_campaign::add_campaign_stage,
@@ -18,13 +18,13 @@ pub const CAMPAIGNS_TABLE: &str = "campaigns";
 /// How often a campaign's stats snapshot is published while it changes, live.
 pub const LIVE_STATS_INTERVAL_MS: i64 = 1_000;
 
-/// The full engine topology for application `app_id`; stats snapshots at most every
-/// `stats_interval_ms` per campaign (0 in replays: every change).
+/// The full engine topology for application `app_id`, reading the ingest topics with `ingest`;
+/// stats snapshots at most every `stats_interval_ms` per campaign (0 in replays: every change).
 pub fn engine_topology(
     app_id: &str,
     topics: TopicNames,
     settings: Arc<Settings>,
-    ingest: IngestFormat,
+    ingest: IngestDecoder,
     stats_interval_ms: i64,
 ) -> Result<StreamTopology, RuntimeError> {
     let topics = Arc::new(topics);

@@ -10,6 +10,8 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::model::IngestConfig;
+
 /// A topology file could not be read or is invalid.
 #[derive(Debug, Error)]
 pub enum TopologyError {
@@ -115,14 +117,17 @@ impl Default for ChangelogSpec {
     }
 }
 
-/// A topology file: the topics `herald topics apply` creates, and how the engine creates its
-/// changelogs (the `[changelog]` table).
+/// A topology file: the topics `herald topics apply` creates, how the engine creates its
+/// changelogs (the `[changelog]` table) and reads its ingest topics (the `[ingest]` table).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopologyFile {
     /// The topics.
     pub topology: Topology,
     /// The changelogs' settings; unset ones take the file's `replication_factor`.
     pub changelogs: ChangelogSpec,
+    /// The ingest topics' formats and schema registry (`docs/ingest.md`), with the registry URL
+    /// and credentials of the environment where set.
+    pub ingest: IngestConfig,
 }
 
 /// The file as written.
@@ -133,6 +138,8 @@ struct RawFile {
     replication_factor: i32,
     #[serde(default)]
     changelog: RawChangelog,
+    #[serde(default)]
+    ingest: IngestConfig,
     #[serde(rename = "topic")]
     topics: Vec<TopicSpec>,
 }
@@ -185,7 +192,14 @@ impl TopologyFile {
             replication_factor: raw.changelog.replication_factor.unwrap_or(raw.replication_factor),
             configs: raw.changelog.configs,
         };
-        Ok(Self { topology, changelogs })
+        let mut ingest = raw.ingest;
+        ingest.registry = ingest.registry.with_env();
+        ingest.validate().map_err(|e| TopologyError::Invalid {
+            path: origin.to_string(),
+            field: format!("ingest.{}", e.field),
+            reason: e.reason,
+        })?;
+        Ok(Self { topology, changelogs, ingest })
     }
 }
 

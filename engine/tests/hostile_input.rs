@@ -34,11 +34,19 @@ fn decode_as_every_type(bytes: &[u8]) {
         RunTally,
         DeadLetter
     );
-    for format in [IngestFormat::Avro, IngestFormat::AvroOrJson] {
-        let decoder = IngestDecoder::new(format);
-        let _ = decoder.decode::<AppEvent>(bytes);
-        let _ = decoder.decode::<ProfileUpdate>(bytes);
+    for format in [IngestFormat::Avro, IngestFormat::Json, IngestFormat::Segment] {
+        let decoder = ingest_decoder(format);
+        let _ = decoder.decode_ingest(IngestKind::Events, bytes);
+        let _ = decoder.decode_ingest(IngestKind::Profiles, bytes);
     }
+}
+
+/// A decoder reading both ingest topics in `format` (app `a` where the format needs one).
+fn ingest_decoder(format: IngestFormat) -> IngestDecoder {
+    let mut config = IngestConfig::uniform(format);
+    config.events.app = Some("a".into());
+    config.profiles.app = Some("a".into());
+    IngestDecoder::from_config(&config).unwrap()
 }
 
 /// The single-object header of every current schema.
@@ -222,8 +230,8 @@ proptest! {
         decode_as_every_type(text.as_bytes());
         let event = json!({"event_id": "e", "app_id": "a", "user_id": "u", "name": "n",
                            "timestamp_ms": ts, "properties": {"x": text}});
-        let decoded = IngestDecoder::new(IngestFormat::AvroOrJson)
-            .decode::<AppEvent>(event.to_string().as_bytes());
+        let decoded = ingest_decoder(IngestFormat::Json)
+            .decode_ingest(IngestKind::Events, event.to_string().as_bytes());
         prop_assert_eq!(decoded.is_ok(), (MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&ts));
     }
 

@@ -354,10 +354,9 @@ fn a_timestamp_outside_1970_to_9999_is_refused_at_decode_naming_the_field() {
             "{err}"
         );
         let json = serde_json::to_vec(&event(ts)).unwrap();
-        let err =
-            IngestDecoder::new(IngestFormat::AvroOrJson).decode::<AppEvent>(&json).unwrap_err();
+        let err = json_decoder().decode_ingest(IngestKind::Events, &json).unwrap_err();
         assert!(
-            matches!(&err, CodecError::Invalid { field, .. } if field == "timestamp_ms"),
+            matches!(&err, IngestError::Invalid(CodecError::Invalid { field, .. }) if field == "timestamp_ms"),
             "{err:?}"
         );
     }
@@ -430,19 +429,33 @@ fn huge_length_prefix_is_refused_not_allocated() {
 fn ingest_accepts_json_only_when_switched_on() {
     let json = br#"{"event_id":"e","app_id":"a","user_id":"u","name":"Opened","timestamp_ms":5,
                     "properties":{"n":3,"s":"x"}}"#;
-    let strict = IngestDecoder::new(IngestFormat::Avro);
-    assert!(matches!(strict.decode::<AppEvent>(json), Err(CodecError::NotSingleObject { .. })));
+    let event = |decoder: &IngestDecoder, bytes: &[u8]| -> Result<AppEvent, IngestError> {
+        match decoder.decode_ingest(IngestKind::Events, bytes)?.as_slice() {
+            [IngestRecord::Event(event)] => Ok(event.clone()),
+            other => panic!("not one event: {other:?}"),
+        }
+    };
+    let strict = IngestDecoder::default();
+    assert!(matches!(
+        event(&strict, json),
+        Err(IngestError::Invalid(CodecError::NotSingleObject { .. }))
+    ));
 
-    let lenient = IngestDecoder::new(IngestFormat::AvroOrJson);
-    let event: AppEvent = lenient.decode(json).unwrap();
-    assert_eq!(event.properties["n"], PropertyValue::Long(3));
-    assert_eq!(event.sdk_version, None);
+    let lenient = json_decoder();
+    let decoded = event(&lenient, json).unwrap();
+    assert_eq!(decoded.properties["n"], PropertyValue::Long(3));
+    assert_eq!(decoded.sdk_version, None);
     // Avro still decodes on a JSON-enabled topic.
-    let avro: AppEvent = lenient.decode(&app_event_v1_bytes()).unwrap();
+    let avro = event(&lenient, &app_event_v1_bytes()).unwrap();
     assert_eq!(avro.event_id, "e-old");
     // Bad JSON names the record and the position.
-    let err = lenient.decode::<AppEvent>(br#"{"event_id": 5}"#).unwrap_err().to_string();
+    let err = event(&lenient, br#"{"event_id": 5}"#).unwrap_err().to_string();
     assert!(err.starts_with("invalid JSON io.herald.AppEvent:") && err.contains("column"), "{err}");
+}
+
+/// A decoder reading Herald JSON (and Avro) on both ingest topics.
+fn json_decoder() -> IngestDecoder {
+    IngestDecoder::from_config(&IngestConfig::uniform(IngestFormat::Json)).unwrap()
 }
 
 #[test]

@@ -416,7 +416,7 @@ fn receipts_clicks_and_conversions_become_engagements() {
     use herald_engine::{
         model::{
             topics::{self, TopicNames},
-            Engagement, EngagementKind, IngestFormat, Receipt, ReceiptStatus, SchemaRegistry,
+            Engagement, EngagementKind, IngestDecoder, Receipt, ReceiptStatus, SchemaRegistry,
         },
         pipeline::engine_topology,
         runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
@@ -535,7 +535,7 @@ fn receipts_clicks_and_conversions_become_engagements() {
         "engagements",
         TopicNames::default(),
         Arc::new(Settings::default()),
-        IngestFormat::Avro,
+        IngestDecoder::default(),
         0,
     )
     .unwrap();
@@ -768,7 +768,7 @@ mod operated {
         model::{
             topics::{self, TopicNames},
             AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, Candidate, Device,
-            IngestFormat, LifecycleKind, Platform, ProfileUpdate, SchemaRegistry, Skip,
+            IngestDecoder, LifecycleKind, Platform, ProfileUpdate, SchemaRegistry, Skip,
         },
         pipeline::engine_topology,
         runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
@@ -862,7 +862,7 @@ mod operated {
                 "operated",
                 TopicNames::default(),
                 Arc::new(Settings::default()),
-                IngestFormat::Avro,
+                IngestDecoder::default(),
                 0,
             )
             .unwrap();

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use herald_engine::{
     kafka::KafkaConfig,
-    model::{topics::TopicNames, IngestFormat},
+    model::{topics::TopicNames, IngestDecoder, IngestFormat},
     pipeline::{engine_topology, LIVE_STATS_INTERVAL_MS},
     runtime::{instance_id, LiveRuntime, RuntimeConfig, ShutdownFlag, DEFAULT_MAX_RECORD_BYTES},
     topology::TopologyFile,
@@ -27,15 +27,18 @@ pub struct EngineArgs {
     /// kept in the state directory.
     #[arg(long, env = "HERALD_INSTANCE_ID")]
     instance_id: Option<String>,
-    /// Topology file: the replication factor and configs of the changelog topics.
+    /// Topology file: the replication factor and configs of the changelog topics, and the
+    /// formats of the ingest topics (`[ingest]`, see docs/ingest.md).
     #[arg(long, default_value = "topologies/default.toml")]
     topology: PathBuf,
     /// Directory of the local state stores.
     #[arg(long, default_value = ".local/state")]
     state_dir: PathBuf,
-    /// Encodings accepted on the ingest topics: avro or avro-or-json.
-    #[arg(long, default_value = "avro")]
-    ingest_format: IngestFormat,
+    /// Format of both ingest topics, instead of the topology file's: avro, json (or
+    /// avro-or-json), confluent, segment or mapping (the last three take their settings from
+    /// the file's `[ingest]` table).
+    #[arg(long)]
+    ingest_format: Option<IngestFormat>,
     /// Commit interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     commit_interval_ms: u64,
@@ -50,16 +53,24 @@ pub struct EngineArgs {
 
 pub fn run(kafka: &KafkaConfig, args: EngineArgs) -> anyhow::Result<ExitCode> {
     let settings = super::load_settings(args.app_config.as_deref())?;
+    let file = TopologyFile::load(&args.topology)?;
+    let mut ingest = file.ingest;
+    if let Some(format) = args.ingest_format {
+        ingest.events.format = format;
+        ingest.profiles.format = format;
+    }
+    let decoder = IngestDecoder::from_config(&ingest)
+        .with_context(|| format!("ingest settings of {}", args.topology.display()))?;
     let topology = engine_topology(
         &args.app_id,
         TopicNames::with_prefix(&args.topic_prefix),
         Arc::new(settings),
-        args.ingest_format,
+        decoder,
         LIVE_STATS_INTERVAL_MS,
     )?;
     let instance_id = instance_id(args.instance_id.as_deref(), &args.state_dir)?;
     let mut config = RuntimeConfig::new(kafka.clone(), instance_id, args.state_dir);
-    config.changelogs = TopologyFile::load(&args.topology)?.changelogs;
+    config.changelogs = file.changelogs;
     config.commit_interval = Duration::from_millis(args.commit_interval_ms);
     config.max_record_bytes = args.max_record_bytes;
     config.metrics_addr = args.metrics_addr;

@@ -33,7 +33,8 @@ enum Command {
     /// Manage the topics of a topology file.
     #[command(subcommand)]
     Topics(topics::TopicsCommand),
-    /// Produce JSON lines from a file to a topic as Avro single-object records.
+    /// Produce JSON lines from a file to a topic: Avro single-object, Confluent-framed Avro, or
+    /// JSON (Herald's or Segment's) as it is.
     Produce(produce::ProduceArgs),
     /// Read a topic and print its records decoded, one JSON object per line.
     Consume(consume::ConsumeArgs),

@@ -60,6 +60,24 @@ pub enum CodecError {
         /// What is wrong with it.
         reason: String,
     },
+    /// An ingest record in a foreign format (Confluent, Segment, mapped JSON) does not fit it.
+    #[error("{format} record: {field}: {reason}")]
+    Format {
+        /// The format, e.g. `Segment`.
+        format: String,
+        /// The field (a JSON pointer or key), or the part of the framing, e.g. `schema id`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An ingest record is larger than its topic accepts.
+    #[error("record of {len} bytes is larger than the ingest limit of {limit} bytes (max_bytes)")]
+    TooLarge {
+        /// Size of the record value.
+        len: usize,
+        /// The topic's limit.
+        limit: usize,
+    },
     /// JSON input does not parse as the expected record.
     #[error("invalid JSON {schema}: {reason}")]
     Json {

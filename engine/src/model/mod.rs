@@ -10,7 +10,12 @@ pub mod topics;
 
 pub use checks::{check_timestamp, Checked, InvalidField, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS};
 pub use error::CodecError;
-pub use ingest::{IngestDecoder, IngestError, IngestFormat, IngestKind, IngestRecord, UserAlias};
+pub use ingest::{
+    confluent, IngestConfig, IngestConfigError, IngestDecoder, IngestError, IngestFormat,
+    IngestKind, IngestRecord, JsonMapping, RegistryClient, RegistryConfig, RegistryError, TimeUnit,
+    TopicIngest, UserAlias, DEFAULT_MAX_RECORD_BYTES, PAGE_EVENT, REGISTRY_PASSWORD_ENV,
+    REGISTRY_URL_ENV, REGISTRY_USER_ENV, SCREEN_EVENT,
+};
 pub use records::{
     is_triggered_run, scheduled_run_id, scheduled_run_time, triggered_run_id, AppEvent,
     CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats, Candidate,

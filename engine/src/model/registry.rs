@@ -163,14 +163,20 @@ impl SchemaRegistry {
     /// Encodes a generic Avro value with the current schema named `full_name`. Plain values are
     /// resolved against the schema first (maps become records, bare values become union branches).
     pub fn encode_value(&self, full_name: &str, value: Value) -> Result<Vec<u8>, CodecError> {
+        let datum = self.encode_datum(full_name, value)?;
+        Ok(single_object::frame(self.current_entry(full_name)?.fingerprint, &datum))
+    }
+
+    /// Encodes a generic Avro value with the current schema named `full_name` as a bare Avro
+    /// datum, without the single-object header (for other framings, e.g. Confluent's).
+    pub fn encode_datum(&self, full_name: &str, value: Value) -> Result<Vec<u8>, CodecError> {
         let current = self.current_entry(full_name)?;
         let encode_error = |e: apache_avro::Error| CodecError::Encode {
             schema: full_name.to_string(),
             reason: e.to_string(),
         };
         let resolved = value.resolve(&current.schema).map_err(encode_error)?;
-        let datum = apache_avro::to_avro_datum(&current.schema, resolved).map_err(encode_error)?;
-        Ok(single_object::frame(current.fingerprint, &datum))
+        apache_avro::to_avro_datum(&current.schema, resolved).map_err(encode_error)
     }
 
     /// Decodes a single-object record into its current-version typed form.

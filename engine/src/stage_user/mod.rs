@@ -22,9 +22,8 @@ use crate::{
     campaign::{Campaign, CampaignCache, CampaignStatus, DndAction, Trigger},
     model::{
         topics::TopicNames, triggered_run_id, AppEvent, Candidate, Engagement, EngagementKind,
-        IngestDecoder, IngestFormat, IngestKind, IngestRecord, ProfileUpdate, Properties,
-        PropertyValue, Receipt, ReceiptStatus, Record, SchemaRegistry, SendCommand, Skip,
-        TRIGGERED_RUN,
+        IngestDecoder, IngestKind, IngestRecord, ProfileUpdate, Properties, PropertyValue, Receipt,
+        ReceiptStatus, Record, SchemaRegistry, SendCommand, Skip, TRIGGERED_RUN,
     },
     runtime::{
         ProcessError, Processor, ProcessorContext, SourceRecord, Tick, Timer, TopologyBuilder,
@@ -48,12 +47,12 @@ pub fn add_user_stage(
     builder: TopologyBuilder,
     topics: &Arc<TopicNames>,
     settings: Arc<Settings>,
-    ingest: IngestFormat,
+    ingest: IngestDecoder,
 ) -> TopologyBuilder {
     let names = Arc::clone(topics);
     builder.sub_topology(
         "user",
-        move |_| UserStage::new(Arc::clone(&names), Arc::clone(&settings), ingest),
+        move |_| UserStage::new(Arc::clone(&names), Arc::clone(&settings), ingest.clone()),
         |s| {
             s.source(&topics.events)
                 .source(&topics.profiles)
@@ -135,12 +134,12 @@ pub struct UserStage {
 }
 
 impl UserStage {
-    /// A processor using `settings` and accepting `ingest` encodings on events and profiles.
-    pub fn new(topics: Arc<TopicNames>, settings: Arc<Settings>, ingest: IngestFormat) -> Self {
+    /// A processor using `settings` and reading events and profiles with `decoder`.
+    pub fn new(topics: Arc<TopicNames>, settings: Arc<Settings>, decoder: IngestDecoder) -> Self {
         Self {
             topics,
             settings,
-            decoder: IngestDecoder::new(ingest),
+            decoder,
             campaigns: CampaignCache::default(),
             held: held::HeldPass::due(),
         }

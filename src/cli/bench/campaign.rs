@@ -12,7 +12,7 @@ use clap::Args;
 use herald_engine::{
     kafka::KafkaConfig,
     model::{
-        topics::TopicNames, CampaignCommand, CampaignEnvelope, Candidate, Device, IngestFormat,
+        topics::TopicNames, CampaignCommand, CampaignEnvelope, Candidate, Device, IngestDecoder,
         Platform, PropertyValue, SchemaRegistry,
     },
     pipeline::{engine_topology, LIVE_STATS_INTERVAL_MS},
@@ -58,7 +58,7 @@ pub fn run(kafka: &KafkaConfig, args: CampaignArgs) -> anyhow::Result<ExitCode> 
         "bench-replay",
         topics.clone(),
         Arc::default(),
-        IngestFormat::Avro,
+        IngestDecoder::default(),
         LIVE_STATS_INTERVAL_MS,
     )?;
     let mut records = vec![record(&topics.campaigns, envelope.clone(), base_ms)];
@@ -101,7 +101,7 @@ pub fn run(kafka: &KafkaConfig, args: CampaignArgs) -> anyhow::Result<ExitCode> 
         &format!("{prefix}engine"),
         live.clone(),
         Arc::default(),
-        IngestFormat::Avro,
+        IngestDecoder::default(),
         LIVE_STATS_INTERVAL_MS,
     )?;
     let state = tempfile::tempdir()?;
