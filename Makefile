@@ -37,7 +37,7 @@ demo: kafka-up build ## the whole pipeline on sample data: Kafka, simulator, eng
 demo-down: ## stop what make demo started (simulator, engine, sender, Kafka)
 	deploy/demo/down.sh
 
-test: kafka-up ## the full test suite against the local broker
+test: kafka-up registry-up ## the full test suite against the local broker and schema registry
 	cargo test --workspace
 
 test-broadcast: kafka-up ## long: a scheduled run to 1,000,000 users with a 2 s transaction timeout (release build)

@@ -16,6 +16,7 @@ use thiserror::Error;
 
 use crate::{
     campaign::{parse_campaign, ValidationErrors},
+    kafka::KafkaConfig,
     model::{
         check_timestamp,
         topics::{self, TopicNames},
@@ -103,16 +104,22 @@ impl Backtest {
     /// output directory. A malformed input line is reported in `dead-letters.jsonl` with its line
     /// number and the other lines are replayed.
     pub fn run(&self) -> Result<BacktestSummary, BacktestError> {
-        self.execute(false)
+        self.execute(Input::File { strict: false })
     }
 
     /// Like [`Backtest::run`], but the first malformed input line stops the backtest with
     /// [`BacktestError::Input`] before anything is replayed.
     pub fn run_strict(&self) -> Result<BacktestSummary, BacktestError> {
-        self.execute(true)
+        self.execute(Input::File { strict: true })
     }
 
-    fn execute(&self, strict: bool) -> Result<BacktestSummary, BacktestError> {
+    /// Like [`Backtest::run`], over the records of a cluster's ingest topics instead of the
+    /// input file (which is not read), decoded in their formats; records in time order.
+    pub fn run_topics(&self, source: &TopicSource) -> Result<BacktestSummary, BacktestError> {
+        self.execute(Input::Topics(source))
+    }
+
+    fn execute(&self, from: Input<'_>) -> Result<BacktestSummary, BacktestError> {
         let io = |path: &Path| {
             let path = path.display().to_string();
             move |source| BacktestError::Io { path, source }
@@ -136,8 +143,11 @@ impl Backtest {
             .clone()
             .or_else(|| campaigns.first().map(|(c, _)| c.app.clone()))
             .unwrap_or_default();
-        let (mut records, bad_lines) = read_input(&self.input, &app)?;
-        if let (true, Some(bad)) = (strict, bad_lines.first()) {
+        let (mut records, bad_lines) = match from {
+            Input::File { .. } => read_input(&self.input, &app)?,
+            Input::Topics(source) => (source.read()?, Vec::new()),
+        };
+        if let (Input::File { strict: true }, Some(bad)) = (from, bad_lines.first()) {
             return Err(BacktestError::Input {
                 path: self.input.display().to_string(),
                 line: bad.line,
@@ -181,7 +191,10 @@ impl Backtest {
             "herald-replay",
             TopicNames::default(),
             Arc::new(self.settings.clone()),
-            IngestDecoder::default(),
+            match from {
+                Input::File { .. } => IngestDecoder::default(),
+                Input::Topics(source) => source.decoder.clone(),
+            },
             0,
         )?;
         let options = ReplayOptions {
@@ -217,6 +230,45 @@ impl Backtest {
             }
         }
         Ok(files)
+    }
+}
+
+/// What a backtest replays.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    /// The input file; `strict`: its first malformed line stops the backtest.
+    File { strict: bool },
+    /// A cluster's ingest topics.
+    Topics(&'a TopicSource),
+}
+
+/// The ingest topics of a cluster, as a backtest's input (`herald replay --from-topics`).
+pub struct TopicSource {
+    /// The cluster.
+    pub kafka: KafkaConfig,
+    /// The topics' names (events and profiles are read).
+    pub topics: TopicNames,
+    /// How their records are decoded.
+    pub decoder: IngestDecoder,
+}
+
+impl TopicSource {
+    /// Every record of the events and profiles topics, under the default topic names and
+    /// partitioned by key, as the backtest's topology reads them.
+    fn read(&self) -> Result<Vec<ReplayRecord>, RuntimeError> {
+        let names = [
+            (self.topics.events.clone(), topics::EVENTS),
+            (self.topics.profiles.clone(), topics::PROFILES),
+        ];
+        let read: Vec<String> = names.iter().map(|(name, _)| name.clone()).collect();
+        let mut records = replay::read_topics(&self.kafka, &read, None, None)?;
+        for record in &mut records {
+            if let Some((_, default)) = names.iter().find(|(name, _)| *name == record.topic) {
+                record.topic = default.to_string();
+            }
+            record.partition = None;
+        }
+        Ok(records)
     }
 }
 

@@ -54,12 +54,7 @@ pub struct EngineArgs {
 pub fn run(kafka: &KafkaConfig, args: EngineArgs) -> anyhow::Result<ExitCode> {
     let settings = super::load_settings(args.app_config.as_deref())?;
     let file = TopologyFile::load(&args.topology)?;
-    let mut ingest = file.ingest;
-    if let Some(format) = args.ingest_format {
-        ingest.events.format = format;
-        ingest.profiles.format = format;
-    }
-    let decoder = IngestDecoder::from_config(&ingest)
+    let decoder = IngestDecoder::from_config(&file.ingest.with_format(args.ingest_format))
         .with_context(|| format!("ingest settings of {}", args.topology.display()))?;
     let topology = engine_topology(
         &args.app_id,

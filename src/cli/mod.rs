@@ -69,7 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Example(command) => example::run(&kafka, command),
         Command::Bench(command) => bench::run(&kafka, command),
         Command::Campaign(command) => campaign::run(&kafka, command),
-        Command::Replay(args) => replay::run(args),
+        Command::Replay(args) => replay::run(&kafka, args),
         Command::Engine(args) => engine::run(&kafka, args),
         Command::Send(args) => send::run(&kafka, args),
         Command::Sim(args) => sim::run(&kafka, args),

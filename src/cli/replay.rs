@@ -4,7 +4,12 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::Args;
-use herald_engine::backtest::Backtest;
+use herald_engine::{
+    backtest::{Backtest, TopicSource},
+    kafka::KafkaConfig,
+    model::{topics::TopicNames, IngestDecoder, IngestFormat},
+    topology::TopologyFile,
+};
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
@@ -12,8 +17,21 @@ pub struct ReplayArgs {
     #[arg(long, required = true, num_args = 1..)]
     campaigns: Vec<PathBuf>,
     /// Input JSON lines (see docs/replay.md).
-    #[arg(long)]
-    input: PathBuf,
+    #[arg(long, required_unless_present = "from_topics")]
+    input: Option<PathBuf>,
+    /// Replay the records of the cluster's ingest topics (events and profiles, under
+    /// `--topic-prefix`) instead of an input file, decoded in the formats of `--topology`.
+    #[arg(long, conflicts_with = "input")]
+    from_topics: bool,
+    /// Prefix of the ingest topics' names, with --from-topics.
+    #[arg(long, default_value = "", requires = "from_topics")]
+    topic_prefix: String,
+    /// Topology file whose `[ingest]` table gives the topics' formats, with --from-topics.
+    #[arg(long, default_value = "topologies/default.toml", requires = "from_topics")]
+    topology: PathBuf,
+    /// Format of both ingest topics, instead of the topology file's, with --from-topics.
+    #[arg(long, requires = "from_topics")]
+    ingest_format: Option<IngestFormat>,
     /// Output directory: candidates.jsonl, skips.jsonl, engagements.jsonl, dead-letters.jsonl.
     #[arg(long)]
     out: PathBuf,
@@ -34,7 +52,7 @@ pub struct ReplayArgs {
     strict: bool,
 }
 
-pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+pub fn run(kafka: &KafkaConfig, args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let settings = super::load_settings(args.app_config.as_deref())?;
     let until_ms = args
         .until
@@ -44,14 +62,27 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .context("--until must be an RFC 3339 time")?;
     let backtest = Backtest {
         campaigns: args.campaigns,
-        input: args.input,
+        input: args.input.unwrap_or_default(),
         out: args.out.clone(),
         settings,
         app: args.app,
         until_ms,
         partitions: args.partitions,
     };
-    let summary = if args.strict { backtest.run_strict()? } else { backtest.run()? };
+    let summary = if args.from_topics {
+        let ingest = TopologyFile::load(&args.topology)?.ingest.with_format(args.ingest_format);
+        let source = TopicSource {
+            kafka: kafka.clone(),
+            topics: TopicNames::with_prefix(&args.topic_prefix),
+            decoder: IngestDecoder::from_config(&ingest)
+                .with_context(|| format!("ingest settings of {}", args.topology.display()))?,
+        };
+        backtest.run_topics(&source)?
+    } else if args.strict {
+        backtest.run_strict()?
+    } else {
+        backtest.run()?
+    };
     println!(
         "replayed {} records: {} candidates, {} sends, {} skips, {} engagements, {} campaign events, \
          {} dead letters; files in {}",

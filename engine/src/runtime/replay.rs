@@ -570,7 +570,9 @@ fn read_jsonl(path: &Path) -> Result<Vec<ReplayRecord>, RuntimeError> {
     Ok(records)
 }
 
-fn read_topics(
+/// The records of `topics` between two bounds (see [`ReplayInput::Topics`]), in one
+/// deterministic order: time, then topic, partition, offset.
+pub fn read_topics(
     kafka: &KafkaConfig,
     topics: &[String],
     from_ms: Option<i64>,

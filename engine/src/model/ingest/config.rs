@@ -217,6 +217,16 @@ impl IngestConfig {
         Self { events: topic.clone(), profiles: topic, registry: RegistryConfig::default() }
     }
 
+    /// These settings with both topics in `format`, when one is given (the command-line
+    /// `--ingest-format`).
+    pub fn with_format(mut self, format: Option<IngestFormat>) -> Self {
+        if let Some(format) = format {
+            self.events.format = format;
+            self.profiles.format = format;
+        }
+        self
+    }
+
     /// The settings of the topic carrying `kind` records.
     pub fn topic(&self, kind: IngestKind) -> &TopicIngest {
         match kind {
