@@ -48,7 +48,7 @@ impl AppStage {
         ctx: &mut ProcessorContext<'_>,
         command: &SendCommand,
     ) -> Result<(), ProcessError> {
-        let topic = send_topic(&self.topics, self.settings.app(&command.app_id));
+        let topic = send_topic(&self.topics, self.settings.app(&command.app_id), command.confirm);
         Ok(ctx.send_record(topic, command.user_id.as_bytes(), command)?)
     }
 

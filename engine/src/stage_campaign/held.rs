@@ -55,18 +55,11 @@ impl CampaignStage {
                 qualified_at_ms: candidate.qualified_at_ms.max(ctx.effective_ms()),
                 ..candidate
             };
-            // Waiting for places in flight: a settled place schedules the next step.
-            let run = state.run.clone().filter(|run| run.is(&leaving.run_id));
-            if self.waits_for_places(campaign, state, run.as_ref(), leaving.qualified_at_ms) {
-                return Ok(());
-            }
             ctx.store(HELD_CANDIDATES)?.delete(key)?;
             self.place(ctx, campaign, state, leaving)?;
         }
         if entries.len() == RELEASE_STEP {
             ctx.schedule(ctx.now_ms(), &timer_key(HELD_TIMER, &campaign.id))?;
-        } else {
-            state.waiting_for_places = false;
         }
         Ok(())
     }

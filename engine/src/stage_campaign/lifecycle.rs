@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use super::{timer_key, CampaignStage, HELD_TIMER, RUN_TIMER};
+use super::{timer_key, CampaignStage, HELD_TIMER, RUN_TIMER, WAITING_TIMER};
 use crate::{
     campaign::{Campaign, CampaignStatus},
     model::LifecycleKind,
@@ -58,6 +58,10 @@ impl CampaignStage {
                     }
                     if state.held_seq > 0 {
                         ctx.schedule(now, &timer_key(HELD_TIMER, &campaign.id))?;
+                    }
+                    // Stopped: those waiting for a place are counted `stopped`.
+                    if state.waiting > 0 {
+                        ctx.schedule(now, &timer_key(WAITING_TIMER, &campaign.id))?;
                     }
                 }
                 state.announced_status = Some(campaign.status);

@@ -18,8 +18,8 @@ use ab::{pick_winner, SplitDelivery, VariantResult, WinnerRule};
 
 use crate::{
     campaign::{
-        AbTest, Assignment, Campaign, CampaignCache, CampaignStatus, TestPopulation, Trigger,
-        WinnerBy,
+        AbTest, Assignment, Campaign, CampaignCache, CampaignStatus, TestPopulation, Throttle,
+        Trigger, WinnerBy,
     },
     model::{
         is_triggered_run, topics::TopicNames, CampaignLifecycleEvent, CampaignStats, Candidate,
@@ -46,6 +46,8 @@ const RUN_BUFFER: &str = "run-buffer";
 const HELD_CANDIDATES: &str = "held-candidates";
 const HELD_TIMER: &str = "held";
 const IN_FLIGHT: &str = "in-flight";
+const WAITING: &str = "waiting";
+const WAITING_TIMER: &str = "waiting";
 
 /// Timer key `<kind>:<campaign>`.
 fn timer_key(kind: &str, campaign: &str) -> Vec<u8> {
@@ -74,6 +76,7 @@ pub fn add_campaign_stage(
                 .store(RUN_BUFFER)
                 .store(HELD_CANDIDATES)
                 .store(IN_FLIGHT)
+                .store(WAITING)
                 .sink(&topics.push)
                 .sink(&topics.app_throttle)
                 .sink(&topics.send_gate)
@@ -134,9 +137,15 @@ struct CampaignState {
     /// Places held by notifications the send gate has yet to confirm (see `places`).
     #[serde(default)]
     in_flight: u64,
-    /// Some held candidates wait for places in flight to settle.
+    /// Candidates waiting for a place in flight to come back.
     #[serde(default)]
-    waiting_for_places: bool,
+    waiting: u64,
+    /// Arrival number of the next waiting candidate.
+    #[serde(default)]
+    waiting_seq: u64,
+    /// The total limit whose `LIMIT_REACHED` was announced.
+    #[serde(default)]
+    total_limit_announced: Option<u64>,
 }
 
 impl CampaignState {
@@ -367,7 +376,7 @@ impl CampaignStage {
         match state.full_limit(campaign, at) {
             None => {}
             // A place in flight may come back: wait for it rather than refuse.
-            Some(_) if state.in_flight > 0 => {
+            Some(_) if Self::may_wait(campaign, state) => {
                 return self.wait_for_places(ctx, campaign, state, candidate);
             }
             Some(places::FullLimit::Total) => {
@@ -505,7 +514,10 @@ impl CampaignStage {
         at: i64,
     ) -> Result<(), ProcessError> {
         let timer = timer_key(OUTBOX_TIMER, &campaign.id);
-        let Some(outbox) = Self::outbox(campaign, &timer) else { return Ok(()) };
+        // A throttle an edit removed: everything still queued leaves now.
+        let unthrottled = Throttle { max: u64::MAX, per_ms: 1 };
+        let throttle = campaign.options.throttle.unwrap_or(unthrottled);
+        let outbox = Outbox { store: OUTBOX, owner: &campaign.id, timer: &timer, throttle };
         let drain = match campaign.status {
             CampaignStatus::Active => Drain::Send,
             CampaignStatus::Stopped => Drain::Drop,
@@ -520,6 +532,11 @@ impl CampaignStage {
             |ctx, commands: Vec<SendCommand>, dropped| {
                 if dropped {
                     state.skip("stopped");
+                    // Its place never reaches the gate: settled here, given back.
+                    if let Some(command) = commands.iter().find(|c| c.confirm) {
+                        let (user, run) = (&command.user_id, &command.run_id);
+                        self.settle(ctx, campaign, state, user, run, true)?;
+                    }
                     return Ok(());
                 }
                 let released: Vec<SendCommand> =
@@ -544,7 +561,7 @@ impl CampaignStage {
         let app = self.settings.app(&campaign.app);
         let (topic, by_app) = match app.throttle {
             Some(_) => (self.topics.app_throttle.as_str(), true),
-            None => (send_topic(&self.topics, app), false),
+            None => (send_topic(&self.topics, app, commands.iter().any(|c| c.confirm)), false),
         };
         for command in commands {
             let key = if by_app { &command.app_id } else { &command.user_id };
@@ -692,10 +709,16 @@ impl CampaignStage {
         if skip.variant_id.is_none() || skip.returns_place {
             state.skip(&skip.reason);
         }
-        // A notification sent without confirmation (the campaign had no limits then) only
-        // gives back its total count.
-        if skip.returns_place && !self.return_place(ctx, &campaign, &mut state, &skip)? {
+        // A notification sent without confirmation (the campaign had no limits then, or an
+        // older version sent it) gives back its total count, and its daily count unless it was
+        // throttled (it then carries its release time, maybe a later day than it was counted).
+        if !self.return_place(ctx, &campaign, &mut state, &skip)? && skip.returns_place {
             state.sent = state.sent.saturating_sub(1);
+            let throttled = campaign.options.throttle.is_some()
+                || self.settings.app(&campaign.app).throttle.is_some();
+            if !throttled && state.day.0 == day_in(&campaign, skip.timestamp_ms) {
+                state.day.1 = state.day.1.saturating_sub(1);
+            }
         }
         self.save(ctx, &campaign, &mut state)
     }
@@ -798,6 +821,7 @@ impl Processor for CampaignStage {
                 self.release(ctx, &campaign, &mut state, leaving)?
             }
             HELD_TIMER => self.release_held(ctx, &campaign, &mut state)?,
+            WAITING_TIMER => self.release_waiting(ctx, &campaign, &mut state)?,
             // A paused campaign's run waits (resuming or stopping it schedules the release).
             RUN_TIMER if is_held(&campaign) => {}
             RUN_TIMER => self.release_run(ctx, &campaign, &mut state, timer.at_ms)?,

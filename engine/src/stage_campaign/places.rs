@@ -5,21 +5,28 @@
 //! back exactly where it was counted (the day it was counted on, the run it was sent in).
 //!
 //! While places are in flight, a candidate that finds a limit full waits instead of being
-//! refused: it joins the held candidates (a scheduled run stops releasing), and every settled
-//! place wakes the waiting. A returned place goes to the next one waiting; once nothing is in
-//! flight, those still waiting are refused with the limit's reason. So limits fill exactly:
-//! never over, and never under while qualified users are left.
+//! refused, in arrival order (a scheduled run stops releasing instead), as long as fewer wait
+//! than places are in flight (no more can ever get one). A returned place goes to the first one
+//! waiting; once nothing is in flight, those still waiting are refused with the limit's reason,
+//! and so is one waiting on a daily limit whose day has passed. So limits fill exactly: never
+//! over, and never under while qualified users are left.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{runs::RunState, timer_key, CampaignStage, CampaignState, HELD_TIMER, IN_FLIGHT};
+use super::{
+    day_in, runs::RunState, timer_key, CampaignStage, CampaignState, IN_FLIGHT, WAITING,
+    WAITING_TIMER,
+};
 use crate::{
-    campaign::Campaign,
+    campaign::{Campaign, CampaignStatus},
     model::{is_triggered_run, Candidate, LifecycleKind, SendConfirmed, Skip},
     runtime::{ProcessError, ProcessorContext},
 };
+
+/// Waiting candidates looked at per timer firing.
+const RELEASE_STEP: usize = 500;
 
 /// A notification whose place the send gate has yet to confirm (`in-flight` store).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +38,11 @@ struct InFlight {
 /// `in-flight` key: campaign, user, run (or trigger occurrence).
 fn in_flight_key(campaign: &str, user: &str, run: &str) -> Vec<u8> {
     [campaign.as_bytes(), &[0], user.as_bytes(), &[0], run.as_bytes()].concat()
+}
+
+/// `waiting` key: campaign, then the big-endian arrival number.
+fn waiting_key(campaign: &str, sequence: u64) -> Vec<u8> {
+    [campaign.as_bytes(), &[0], &sequence.to_be_bytes()].concat()
 }
 
 /// A limit a candidate found full.
@@ -48,7 +60,7 @@ impl CampaignState {
         if campaign.limits.total.is_some_and(|limit| self.sent >= limit) {
             return Some(FullLimit::Total);
         }
-        let today = super::day_in(campaign, at);
+        let today = day_in(campaign, at);
         if self.day.0 != today {
             self.day = (today, 0);
         }
@@ -65,8 +77,9 @@ impl CampaignStage {
         limited && self.settings.app(&campaign.app).has_caps()
     }
 
-    /// Whether a candidate of run `run_id` at `at` must wait because a limit is full while
-    /// places are in flight (`run`: the campaign's current scheduled run, when not in `state`).
+    /// Whether the next candidate at `at` must wait because a limit is full while places are
+    /// in flight (`run`: the campaign's current scheduled run, when not in `state`). A stopped
+    /// campaign waits for nothing.
     pub(super) fn waits_for_places(
         &self,
         campaign: &Campaign,
@@ -74,13 +87,22 @@ impl CampaignStage {
         run: Option<&RunState>,
         at: i64,
     ) -> bool {
+        if campaign.status == CampaignStatus::Stopped {
+            return false;
+        }
         if state.in_flight > 0 && state.full_limit(campaign, at).is_some() {
             return true;
         }
         run.is_some_and(|run| run.waits_for_places(campaign))
     }
 
-    /// Keeps `candidate` with the held candidates until a place in flight settles.
+    /// Whether a candidate that found a limit full may wait for a place in flight: only while
+    /// fewer wait than places are in flight (each can come back once).
+    pub(super) fn may_wait(campaign: &Campaign, state: &CampaignState) -> bool {
+        campaign.status != CampaignStatus::Stopped && state.in_flight > state.waiting
+    }
+
+    /// Keeps `candidate`, in arrival order, until a place in flight settles.
     pub(super) fn wait_for_places(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -88,8 +110,54 @@ impl CampaignStage {
         state: &mut CampaignState,
         candidate: &Candidate,
     ) -> Result<(), ProcessError> {
-        state.waiting_for_places = true;
-        self.hold(ctx, campaign, state, candidate)
+        let key = waiting_key(&campaign.id, state.waiting_seq);
+        ctx.store(WAITING)?.put_as(&key, candidate)?;
+        state.waiting_seq += 1;
+        state.waiting += 1;
+        Ok(())
+    }
+
+    /// Looks at the waiting candidates in arrival order: each leaves (to be sent, or refused
+    /// by the limit when nothing is in flight any more) until one must still wait; one waiting
+    /// on a daily limit whose day has passed is refused. The next step follows on a timer.
+    pub(super) fn release_waiting(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+    ) -> Result<(), ProcessError> {
+        let prefix = [campaign.id.as_bytes(), &[0]].concat();
+        let entries = ctx.store(WAITING)?.prefix(&prefix, RELEASE_STEP)?;
+        let now = ctx.effective_ms();
+        let today = day_in(campaign, now);
+        for (key, value) in &entries {
+            let Ok(candidate) = serde_json::from_slice::<Candidate>(value) else {
+                tracing::warn!(campaign = %campaign.id, "dropping an unreadable waiting candidate");
+                ctx.store(WAITING)?.delete(key)?;
+                state.waiting = state.waiting.saturating_sub(1);
+                continue;
+            };
+            // Its day's places are gone: a daily campaign does not send it a day late.
+            let day_passed = campaign.limits.daily.is_some()
+                && day_in(campaign, candidate.qualified_at_ms) != today;
+            let run = state.run.clone().filter(|run| run.is(&candidate.run_id));
+            if !day_passed && self.waits_for_places(campaign, state, run.as_ref(), now) {
+                return Ok(());
+            }
+            ctx.store(WAITING)?.delete(key)?;
+            state.waiting = state.waiting.saturating_sub(1);
+            if day_passed {
+                state.skip("daily_limit");
+                continue;
+            }
+            let leaving =
+                Candidate { qualified_at_ms: candidate.qualified_at_ms.max(now), ..candidate };
+            self.place(ctx, campaign, state, leaving)?;
+        }
+        if entries.len() == RELEASE_STEP {
+            ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &campaign.id))?;
+        }
+        Ok(())
     }
 
     /// Counts a user's notification that left, holding its place in flight when `confirm`.
@@ -145,8 +213,9 @@ impl CampaignStage {
     }
 
     /// Settles the place in flight of (`user`, `run`), giving it back when `returned`, and
-    /// wakes whatever waits for places. Returns false when no such place is in flight.
-    fn settle(
+    /// wakes whatever waits for places when a place came back or nothing is in flight any
+    /// more. Returns false when no such place is in flight (already settled).
+    pub(super) fn settle(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
@@ -167,32 +236,43 @@ impl CampaignStage {
                 state.day.1 = state.day.1.saturating_sub(1);
             }
         }
+        let mut run_settled = false;
         if let Some(current) = state.run.as_mut().filter(|r| !is_triggered_run(run) && r.is(run)) {
-            current.settle(returned);
+            run_settled = current.settle(returned);
         }
-        if state.waiting_for_places {
-            ctx.schedule(ctx.now_ms(), &timer_key(HELD_TIMER, &campaign.id))?;
+        if returned || state.in_flight == 0 {
+            if state.waiting > 0 {
+                ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &campaign.id))?;
+            }
+            self.wake_run(ctx, campaign, state)?;
+        } else if run_settled {
+            self.wake_run(ctx, campaign, state)?;
         }
-        self.wake_run(ctx, campaign, state)?;
         Ok(true)
     }
 
-    /// Announces `LIMIT_REACHED` and `COMPLETED` once, when the total limit is full and final
-    /// (no place in flight that could come back).
+    /// Announces `LIMIT_REACHED` once per total limit (an edit may raise it) and `COMPLETED`
+    /// once, when the total limit is full and final (no place in flight that could come back).
     fn announce_total_limit(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
         state: &mut CampaignState,
     ) -> Result<(), ProcessError> {
-        let full = campaign.limits.total.is_some_and(|limit| state.sent >= limit);
-        if !full || state.in_flight > 0 || state.completed {
+        let Some(limit) = campaign.limits.total.filter(|limit| state.sent >= *limit) else {
+            return Ok(());
+        };
+        if state.in_flight > 0 || state.total_limit_announced == Some(limit) {
+            return Ok(());
+        }
+        state.total_limit_announced = Some(limit);
+        let sent = ("sent".to_string(), state.sent.to_string());
+        let details = BTreeMap::from([("limit".to_string(), "total".to_string()), sent.clone()]);
+        self.lifecycle(ctx, campaign, LifecycleKind::LimitReached, details)?;
+        if state.completed {
             return Ok(());
         }
         state.completed = true;
-        let sent = ("sent".to_string(), state.sent.to_string());
-        let limit = BTreeMap::from([("limit".to_string(), "total".to_string()), sent.clone()]);
-        self.lifecycle(ctx, campaign, LifecycleKind::LimitReached, limit)?;
         let reason = ("reason".to_string(), "total_limit".to_string());
         self.lifecycle(ctx, campaign, LifecycleKind::Completed, BTreeMap::from([reason, sent]))
     }

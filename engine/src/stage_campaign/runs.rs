@@ -87,11 +87,13 @@ impl RunState {
     }
 
     /// The send gate decided a user of this run: the place is final, or (`returned`) given back.
-    pub(super) fn settle(&mut self, returned: bool) {
+    /// Returns whether the run's last place in flight settled.
+    pub(super) fn settle(&mut self, returned: bool) -> bool {
         self.in_flight = self.in_flight.saturating_sub(1);
         if returned {
             self.sent = self.sent.saturating_sub(1);
         }
+        self.in_flight == 0
     }
 }
 
@@ -242,7 +244,7 @@ impl CampaignStage {
         chosen: Option<usize>,
     ) -> Result<(), ProcessError> {
         if campaign.limits.per_run.is_some_and(|limit| run.sent >= limit) {
-            if run.in_flight > 0 {
+            if run.in_flight > 0 && Self::may_wait(campaign, state) {
                 return self.wait_for_places(ctx, campaign, state, candidate);
             }
             state.skip("run_limit");

@@ -16,9 +16,10 @@ use crate::{
 };
 
 /// Where send commands of an app with `settings` leave: through the send gate when the app has
-/// frequency caps (they are checked and spent there), else straight to the senders.
-pub fn send_topic<'t>(topics: &'t TopicNames, settings: &AppSettings) -> &'t str {
-    if settings.has_caps() {
+/// frequency caps (they are checked and spent there) or the commands ask for confirmation (the
+/// gate gives it even when the caps were removed since), else straight to the senders.
+pub fn send_topic<'t>(topics: &'t TopicNames, settings: &AppSettings, confirm: bool) -> &'t str {
+    if settings.has_caps() || confirm {
         &topics.send_gate
     } else {
         &topics.push
@@ -46,7 +47,9 @@ impl UserStage {
             }
         };
         let Some(reason) = refused else {
-            if first && command.confirm {
+            // Every command asking for confirmation gets it (settling is idempotent), so a
+            // repeated notification settles its place too.
+            if command.confirm {
                 let confirmed = SendConfirmed {
                     campaign_id: command.campaign_id.clone(),
                     app_id: command.app_id.clone(),
