@@ -246,6 +246,39 @@ fn run_tally_round_trips() {
 }
 
 #[test]
+fn ingest_repartition_records_round_trip() {
+    round_trip(IngestForward {
+        origin: "herald.events/3/42".into(),
+        hops: 1,
+        record: vec![0xc3, 1, 7],
+    });
+    round_trip(AliasRecord {
+        app_id: "shop".into(),
+        anonymous_id: "anon-1".into(),
+        user_id: "u-1".into(),
+        timestamp_ms: 18,
+    });
+    round_trip(UserMerge {
+        app_id: "shop".into(),
+        anonymous_id: "anon-1".into(),
+        user_id: "u-1".into(),
+        timestamp_ms: 19,
+        properties: [("plan".to_string(), PropertyValue::String("pro".into()))].into(),
+        devices: vec![Device {
+            device_id: "d".into(),
+            platform: Platform::Ios,
+            token: "t".into(),
+            app_version: None,
+            os_version: Some("18".into()),
+            make: None,
+            model: None,
+            sdk_version: None,
+        }],
+        history: vec![HistoryCount { key: "Viewed Product".into(), day: 20_418, count: 3 }],
+    });
+}
+
+#[test]
 fn every_current_schema_has_a_rust_type_that_round_trips() {
     // Guards against a schema added under schemas/ without a record type and test above.
     assert_eq!(
@@ -258,12 +291,15 @@ fn every_current_schema_has_a_rust_type_that_round_trips() {
             "io.herald.Candidate",
             "io.herald.DeadLetter",
             "io.herald.Engagement",
+            "io.herald.IngestForward",
             "io.herald.ProfileUpdate",
             "io.herald.Receipt",
             "io.herald.RunTally",
             "io.herald.SendCommand",
             "io.herald.SendConfirmed",
             "io.herald.Skip",
+            "io.herald.UserAlias",
+            "io.herald.UserMerge",
         ]
     );
 }

@@ -2,8 +2,9 @@
 //! no stage does arithmetic on `i64::MIN` or a date in the year 300 million.
 
 use super::{
-    AppEvent, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats, Candidate, DeadLetter,
-    Engagement, ProfileUpdate, Receipt, RunTally, SendCommand, SendConfirmed, Skip,
+    AliasRecord, AppEvent, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats, Candidate,
+    DeadLetter, Engagement, IngestForward, ProfileUpdate, Receipt, RunTally, SendCommand,
+    SendConfirmed, Skip, UserMerge,
 };
 
 /// Earliest accepted timestamp: the Unix epoch.
@@ -69,6 +70,15 @@ timestamps! {
     Skip => [timestamp_ms];
     SendConfirmed => [timestamp_ms];
     DeadLetter => [timestamp_ms];
+    AliasRecord => [timestamp_ms];
+    UserMerge => [timestamp_ms];
+}
+
+impl Checked for IngestForward {
+    /// The forwarded record is checked when it is decoded in turn.
+    fn check(&self) -> Result<(), InvalidField> {
+        Ok(())
+    }
 }
 
 impl Checked for RunTally {

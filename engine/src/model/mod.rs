@@ -17,11 +17,11 @@ pub use ingest::{
     REGISTRY_URL_ENV, REGISTRY_USER_ENV, SCREEN_EVENT,
 };
 pub use records::{
-    is_triggered_run, scheduled_run_id, scheduled_run_time, triggered_run_id, AppEvent,
-    CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats, Candidate,
-    DeadLetter, Device, Engagement, EngagementKind, LifecycleKind, Platform, ProfileUpdate,
-    Properties, PropertyValue, Receipt, ReceiptStatus, Record, RunTally, SendCommand,
-    SendConfirmed, Skip, VariantStats, TRIGGERED_RUN,
+    is_triggered_run, scheduled_run_id, scheduled_run_time, triggered_run_id, AliasRecord,
+    AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats, Candidate,
+    DeadLetter, Device, Engagement, EngagementKind, HistoryCount, IngestForward, LifecycleKind,
+    Platform, ProfileUpdate, Properties, PropertyValue, Receipt, ReceiptStatus, Record, RunTally,
+    SendCommand, SendConfirmed, Skip, UserMerge, VariantStats, TRIGGERED_RUN,
 };
 pub use registry::{SchemaError, SchemaRegistry};
 pub use single_object::Fingerprint;

@@ -561,3 +561,75 @@ pub struct DeadLetter {
 impl Record for DeadLetter {
     const FULL_NAME: &'static str = "io.herald.DeadLetter";
 }
+
+/// An ingest record forwarded to the user-stage task of its user (`herald.ingest-repartition`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestForward {
+    /// Where the record was first read (`topic/partition/offset`): names the occurrence of an
+    /// event without an event id.
+    pub origin: String,
+    /// Times the record was forwarded, this time included.
+    pub hops: i32,
+    /// The decoded record, Avro single-object encoded: an [`AppEvent`], [`ProfileUpdate`],
+    /// [`AliasRecord`] or [`UserMerge`].
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    pub record: Vec<u8>,
+}
+
+impl Record for IngestForward {
+    const FULL_NAME: &'static str = "io.herald.IngestForward";
+}
+
+/// An anonymous id that identified as a known user, as forwarded between user-stage tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliasRecord {
+    /// App of both ids.
+    pub app_id: String,
+    /// The id the user had before identifying.
+    pub anonymous_id: String,
+    /// The known user id they identified as.
+    pub user_id: String,
+    /// When they identified, epoch milliseconds.
+    pub timestamp_ms: i64,
+}
+
+impl Record for AliasRecord {
+    const FULL_NAME: &'static str = "io.herald.UserAlias";
+}
+
+/// One day's count of one history key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryCount {
+    /// History key: an event name, or an event name with a behaviour's condition hash.
+    pub key: String,
+    /// Day number since the Unix epoch (UTC).
+    pub day: i64,
+    /// Occurrences that day.
+    pub count: i32,
+}
+
+/// What an anonymous user had when they identified, moving to the known user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserMerge {
+    /// App of both ids.
+    pub app_id: String,
+    /// The anonymous id merged (it now forwards to `user_id`).
+    pub anonymous_id: String,
+    /// The known user it merges into.
+    pub user_id: String,
+    /// When the user identified, epoch milliseconds.
+    pub timestamp_ms: i64,
+    /// The anonymous profile's properties (the known user's own win on conflict).
+    #[serde(default)]
+    pub properties: Properties,
+    /// The anonymous user's devices.
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    /// The anonymous user's daily event counts.
+    #[serde(default)]
+    pub history: Vec<HistoryCount>,
+}
+
+impl Record for UserMerge {
+    const FULL_NAME: &'static str = "io.herald.UserMerge";
+}

@@ -15,6 +15,9 @@ pub const CAMPAIGN_FLOW: &str = "herald.campaign-flow";
 pub const APP_THROTTLE: &str = "herald.app-throttle";
 /// Send commands of apps with frequency caps on their way out, campaign/app stage → user stage.
 pub const SEND_GATE: &str = "herald.send-gate";
+/// Ingest records on their way to the user-stage task of their user (see `docs/ingest.md`,
+/// "Partitioning"), user stage → user stage.
+pub const INGEST_REPARTITION: &str = "herald.ingest-repartition";
 /// Send commands.
 pub const PUSH: &str = "herald.push";
 /// Campaign stats snapshots (compacted).
@@ -39,6 +42,8 @@ pub struct TopicNames {
     pub app_throttle: String,
     /// Campaign/app stage → user stage: caps are checked where a notification leaves.
     pub send_gate: String,
+    /// User stage → user stage: ingest records that arrived on another task than their user's.
+    pub ingest_repartition: String,
     /// Send commands.
     pub push: String,
     /// Campaign stats snapshots.
@@ -62,6 +67,7 @@ impl TopicNames {
             campaign_flow: name(CAMPAIGN_FLOW),
             app_throttle: name(APP_THROTTLE),
             send_gate: name(SEND_GATE),
+            ingest_repartition: name(INGEST_REPARTITION),
             push: name(PUSH),
             stats: name(STATS),
             campaign_events: name(CAMPAIGN_EVENTS),
@@ -73,7 +79,7 @@ impl TopicNames {
 
 impl TopicNames {
     /// Every name, in declaration order.
-    pub fn all(&self) -> [&str; 11] {
+    pub fn all(&self) -> [&str; 12] {
         [
             &self.events,
             &self.profiles,
@@ -81,6 +87,7 @@ impl TopicNames {
             &self.campaign_flow,
             &self.app_throttle,
             &self.send_gate,
+            &self.ingest_repartition,
             &self.push,
             &self.stats,
             &self.campaign_events,

@@ -1,10 +1,11 @@
 //! Prometheus metrics of the runtime and the `/metrics`, `/healthz`, `/readyz` endpoint.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
 };
 
@@ -47,7 +48,22 @@ pub struct RuntimeMetrics {
     pub timers_fired: IntCounter,
     /// Records sent to the dead-letter topic, by source topic.
     pub dead_letters: IntCounterVec,
+    /// Processors' own counters (see [`ProcessorCounter`]), registered on first use.
+    processor_counters: Mutex<HashMap<&'static str, IntCounterVec>>,
     ready: AtomicBool,
+}
+
+/// A counter a processor declares (as a `static`) and increments through
+/// [`super::ProcessorContext::count`]; exported as `herald_runtime_<name>{<label>="…"}`. Its
+/// label values must come from a small fixed vocabulary (never from input data).
+#[derive(Debug)]
+pub struct ProcessorCounter {
+    /// Metric name without the `herald_runtime_` prefix, e.g. `ingest_forwarded_total`.
+    pub name: &'static str,
+    /// Help text.
+    pub help: &'static str,
+    /// Name of the one label, e.g. `reason`.
+    pub label: &'static str,
 }
 
 impl RuntimeMetrics {
@@ -131,9 +147,30 @@ impl RuntimeMetrics {
                 "Records sent to the dead-letter topic",
                 "topic",
             ),
+            processor_counters: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             registry,
         })
+    }
+
+    /// Adds `by` to the processor counter `counter` under label value `label`, registering the
+    /// counter on first use.
+    pub(crate) fn count(&self, counter: &ProcessorCounter, label: &str, by: u64) {
+        let mut counters = self.processor_counters.lock().unwrap_or_else(|e| e.into_inner());
+        let vec = counters.entry(counter.name).or_insert_with(|| {
+            let vec = IntCounterVec::new(Opts::new(counter.name, counter.help), &[counter.label])
+                .expect("valid metric");
+            // A second instance's registration of the same name fails: it counts unexported.
+            let _ = self.registry.register(Box::new(vec.clone()));
+            vec
+        });
+        vec.with_label_values(&[label]).inc_by(by);
+    }
+
+    /// The value of processor counter `name` under `label` (0 before its first use).
+    pub fn processor_count(&self, name: &str, label: &str) -> u64 {
+        let counters = self.processor_counters.lock().unwrap_or_else(|e| e.into_inner());
+        counters.get(name).map_or(0, |vec| vec.with_label_values(&[label]).get())
     }
 
     /// Marks the instance ready (restored and processing) or not.

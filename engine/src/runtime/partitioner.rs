@@ -34,8 +34,8 @@ pub(crate) fn murmur2(data: &[u8]) -> i32 {
     h as i32
 }
 
-/// Partition of `key` among `partitions`.
-pub(crate) fn partition_for(key: &[u8], partitions: i32) -> i32 {
+/// Partition of `key` among `partitions`, as Kafka's Java client and the engine place it.
+pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
     (murmur2(key) & 0x7fff_ffff) % partitions
 }
 

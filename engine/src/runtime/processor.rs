@@ -1,8 +1,8 @@
 //! The operator API: a [`Processor`] handles records and timers through a [`ProcessorContext`].
 
 use super::{
-    global::GlobalTables, output::Output, store::TaskState, timers, ProcessError, RuntimeError,
-    Store, TaskId,
+    global::GlobalTables, output::Output, store::TaskState, timers, Clock, ProcessError,
+    ProcessorCounter, RuntimeError, RuntimeMetrics, Store, TaskId,
 };
 
 /// One input record as the processor sees it.
@@ -89,6 +89,8 @@ pub struct ProcessorContext<'a> {
     pub(crate) now_ms: i64,
     pub(crate) effective_ms: i64,
     pub(crate) timers_delta: i64,
+    pub(crate) clock: Clock,
+    pub(crate) metrics: &'a RuntimeMetrics,
 }
 
 impl<'a> ProcessorContext<'a> {
@@ -125,6 +127,16 @@ impl<'a> ProcessorContext<'a> {
     /// that was running would have).
     pub fn effective_ms(&self) -> i64 {
         self.effective_ms
+    }
+
+    /// The clock the task runs on: the wall clock live, event time in replays.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// Adds one to the processor counter `counter` under label value `label`.
+    pub fn count(&self, counter: &ProcessorCounter, label: &str) {
+        self.metrics.count(counter, label, 1);
     }
 
     /// The store `name`, declared in this sub-topology.

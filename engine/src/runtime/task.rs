@@ -190,6 +190,8 @@ impl Task {
                 Clock::EventTime => timestamp_ms,
             },
             timers_delta: 0,
+            clock: env.clock,
+            metrics: env.metrics,
         };
         let result = call(self.processor.as_mut(), &mut ctx);
         self.timers_pending += ctx.timers_delta;

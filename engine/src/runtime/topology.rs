@@ -29,6 +29,9 @@ pub struct SubTopology {
     pub(crate) sources: Vec<String>,
     pub(crate) stores: Vec<String>,
     pub(crate) sinks: Vec<String>,
+    /// Internal repartition topics: sources and sinks of this sub-topology that the runtime
+    /// creates, co-partitioned with its other sources, when they are missing.
+    pub(crate) internal: Vec<String>,
     pub(crate) factory: ProcessorFactory,
 }
 
@@ -139,6 +142,7 @@ impl TopologyBuilder {
             sources: declared.sources,
             stores: declared.stores,
             sinks: declared.sinks,
+            internal: declared.internal,
             factory: Arc::new(move |task| Box::new(factory(task))),
         });
         self
@@ -189,6 +193,7 @@ pub struct SubTopologyBuilder {
     sources: Vec<String>,
     stores: Vec<String>,
     sinks: Vec<String>,
+    internal: Vec<String>,
 }
 
 impl SubTopologyBuilder {
@@ -207,6 +212,18 @@ impl SubTopologyBuilder {
     /// May write to `topic`.
     pub fn sink(mut self, topic: impl Into<String>) -> Self {
         self.sinks.push(topic.into());
+        self
+    }
+
+    /// Reads and writes `topic`, an internal repartition topic through which the processor
+    /// sends records to the task of their key (Kafka's murmur2 partitioning, as
+    /// [`super::ProcessorContext::owns_key`]). A live instance creates it when missing, with
+    /// the partition count of the other sources.
+    pub fn repartition(mut self, topic: impl Into<String>) -> Self {
+        let topic = topic.into();
+        self.sources.push(topic.clone());
+        self.sinks.push(topic.clone());
+        self.internal.push(topic);
         self
     }
 }

@@ -60,9 +60,30 @@ pub fn load(
     store: &Store<'_>,
     user: &str,
 ) -> Result<HashMap<String, Vec<(i64, u32)>>, RuntimeError> {
+    let mut history: HashMap<String, Vec<(i64, u32)>> = HashMap::new();
+    for entry in entries(store, user)? {
+        history.entry(entry.key).or_default().push((entry.day, entry.count));
+    }
+    Ok(history)
+}
+
+/// One day's count of one of a user's history keys, as stored.
+pub struct Entry {
+    /// The entry's key in the store.
+    pub store_key: Vec<u8>,
+    /// The history key.
+    pub key: String,
+    /// Day number since the Unix epoch.
+    pub day: i64,
+    /// Occurrences that day.
+    pub count: u32,
+}
+
+/// Every entry of `user`'s history.
+pub fn entries(store: &Store<'_>, user: &str) -> Result<Vec<Entry>, RuntimeError> {
     let mut prefix = user.as_bytes().to_vec();
     prefix.push(0);
-    let mut history: HashMap<String, Vec<(i64, u32)>> = HashMap::new();
+    let mut found = Vec::new();
     for (entry, value) in store.prefix(&prefix, 100_000)? {
         // <key> 0x00 <8-byte day>: the day is fixed-width and may itself contain zero bytes.
         let rest = &entry[prefix.len()..];
@@ -74,7 +95,22 @@ pub fn load(
         };
         let count: u32 = serde_json::from_slice(&value).unwrap_or(0);
         let day = (u64::from_be_bytes(day) ^ (1 << 63)) as i64;
-        history.entry(key.to_string()).or_default().push((day, count));
+        let key = key.to_string();
+        found.push(Entry { store_key: entry, key, day, count });
     }
-    Ok(history)
+    Ok(found)
+}
+
+/// Adds `count` occurrences under `key` on `day` to `user`'s history (e.g. merged from an
+/// anonymous id).
+pub fn add(
+    store: &mut Store<'_>,
+    user: &str,
+    key: &str,
+    day: i64,
+    count: u32,
+) -> Result<(), RuntimeError> {
+    let entry = store_key(user, key, day);
+    let total = store.get_as::<u32>(&entry)?.unwrap_or(0).saturating_add(count);
+    store.put_as(&entry, &total)
 }

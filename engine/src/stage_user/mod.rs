@@ -2,18 +2,24 @@
 //! events into campaign candidates through live triggers, inaction windows and date reminders;
 //! applies per-user gates; forwards engagements. Written against the runtime's processor API.
 
+mod alias;
+mod dedup;
+mod door;
 mod gates;
 mod held;
 mod history;
 mod profile;
+mod route;
 mod runs;
 mod send_gate;
 mod settings;
 
 use std::sync::Arc;
 
+pub use door::IngestLimits;
 pub use gates::{dnd_window_end, in_sample, Capped, SendLog};
 pub use profile::{Profile, UserView};
+use route::Inbound;
 pub use send_gate::send_topic;
 use serde::{Deserialize, Serialize};
 pub use settings::{AppSettings, Settings};
@@ -21,9 +27,10 @@ pub use settings::{AppSettings, Settings};
 use crate::{
     campaign::{Campaign, CampaignCache, CampaignStatus, DndAction, Trigger},
     model::{
-        topics::TopicNames, triggered_run_id, AppEvent, Candidate, Engagement, EngagementKind,
-        IngestDecoder, IngestKind, IngestRecord, ProfileUpdate, Properties, PropertyValue, Receipt,
-        ReceiptStatus, Record, SchemaRegistry, SendCommand, Skip, TRIGGERED_RUN,
+        topics::TopicNames, triggered_run_id, AliasRecord, AppEvent, Candidate, Engagement,
+        EngagementKind, IngestDecoder, IngestError, IngestKind, ProfileUpdate, Properties,
+        PropertyValue, Receipt, ReceiptStatus, Record, SchemaRegistry, SendCommand, Skip,
+        TRIGGERED_RUN,
     },
     runtime::{
         ProcessError, Processor, ProcessorContext, SourceRecord, Tick, Timer, TopologyBuilder,
@@ -58,6 +65,7 @@ pub fn add_user_stage(
                 .source(&topics.profiles)
                 .source(&topics.receipts)
                 .source(&topics.send_gate)
+                .repartition(&topics.ingest_repartition)
                 .store(PROFILES)
                 .store(HISTORY)
                 .store(SEND_LOG)
@@ -65,6 +73,8 @@ pub fn add_user_stage(
                 .store(DELIVERIES)
                 .store(RUNS)
                 .store(HELD)
+                .store(dedup::DEDUP)
+                .store(alias::LINKS)
                 .sink(&topics.campaign_flow)
                 .sink(&topics.push)
         },
@@ -171,24 +181,91 @@ impl UserStage {
         self.flow().emit(ctx, &campaign.id, &skip)
     }
 
-    /// Handles one decoded ingest record that arrived as `record`.
+    /// Decodes and checks the records of one ingest message (first read at `origin`), then
+    /// admits them: a message with one refused record is dead-lettered whole, before any of it
+    /// takes effect.
     fn on_ingest(
         &mut self,
         ctx: &mut ProcessorContext<'_>,
-        record: &SourceRecord<'_>,
-        ingested: IngestRecord,
+        kind: IngestKind,
+        value: &[u8],
+        origin: &str,
     ) -> Result<(), ProcessError> {
-        match ingested {
-            IngestRecord::Event(event) => {
-                let occurrence = occurrence(&event, record);
+        let decoded = match self.decoder.decode_ingest(kind, value) {
+            Ok(decoded) => decoded,
+            Err(IngestError::Invalid(error)) => {
+                ctx.count(&door::REJECTED, door::Reason::Undecodable.as_str());
+                return Err(error.into());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let records: Vec<Inbound> = decoded.into_iter().map(Inbound::from).collect();
+        let limits = self.settings.ingest();
+        for record in &records {
+            door::check(record, limits, ctx.clock(), ctx.now_ms()).map_err(|r| r.reject(ctx))?;
+        }
+        for record in records {
+            self.admit(ctx, origin, record, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Handles `record` on its user's task, or forwards it there (`hops`: times it was
+    /// forwarded so far): an id that merged into a known user stands for that user; an event
+    /// whose id was seen within the window is dropped.
+    fn admit(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        origin: &str,
+        mut record: Inbound,
+        mut hops: i32,
+    ) -> Result<(), ProcessError> {
+        loop {
+            if !ctx.owns_key(record.user().as_bytes()) {
+                let topic = &self.topics.ingest_repartition;
+                return route::forward(ctx, topic, origin, &record, hops);
+            }
+            if matches!(record, Inbound::Alias(_)) {
+                break;
+            }
+            let Some(known) = alias::link_of(ctx, record.user())? else { break };
+            if hops >= route::MAX_HOPS {
+                return Err(route::too_many_hops(&record));
+            }
+            hops += 1;
+            record.rename(known);
+        }
+        match record {
+            Inbound::Event(event) => {
+                let occurrence = occurrence(&event, origin);
+                let window = self.settings.ingest().dedup_window_ms;
+                if !event.event_id.is_empty()
+                    && dedup::seen(ctx, &event.user_id, &occurrence, window)?
+                {
+                    return Ok(());
+                }
                 self.on_event(ctx, event, &occurrence)
             }
-            IngestRecord::Profile(update) => self.on_profile(ctx, update),
-            IngestRecord::Alias(alias) => Err(ProcessError::reject(format!(
-                "aliases are not supported yet (anonymous id {:?})",
-                alias.anonymous_id
-            ))),
+            Inbound::Profile(update) => self.on_profile(ctx, update),
+            Inbound::Alias(alias) => self.on_alias(ctx, origin, alias, hops),
+            Inbound::Merge(merge) => {
+                alias::merge_into(ctx, merge, self.settings.ingest().max_devices)
+            }
         }
+    }
+
+    /// An anonymous id identified: its profile, devices and history go to the known user.
+    fn on_alias(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        origin: &str,
+        alias: AliasRecord,
+        hops: i32,
+    ) -> Result<(), ProcessError> {
+        let Some(merge) = alias::take(ctx, &alias)? else { return Ok(()) };
+        // Sent before anything is forgotten: a merge too large to send refuses the alias whole.
+        self.admit(ctx, origin, Inbound::Merge(merge), hops)?;
+        Ok(alias::link(ctx, &alias)?)
     }
 
     fn on_profile(
@@ -196,11 +273,14 @@ impl UserStage {
         ctx: &mut ProcessorContext<'_>,
         update: ProfileUpdate,
     ) -> Result<(), ProcessError> {
-        let mut profiles = ctx.store(PROFILES)?;
         let mut profile =
-            profiles.get_as::<Profile>(update.user_id.as_bytes())?.unwrap_or_default();
+            ctx.store(PROFILES)?.get_as::<Profile>(update.user_id.as_bytes())?.unwrap_or_default();
         profile.apply(&update);
-        profiles.put_as(update.user_id.as_bytes(), &profile)?;
+        if !update.devices_added.is_empty() {
+            door::check_devices(profile.devices.len(), self.settings.ingest())
+                .map_err(|r| r.reject(ctx))?;
+        }
+        ctx.store(PROFILES)?.put_as(update.user_id.as_bytes(), &profile)?;
         Ok(())
     }
 
@@ -615,12 +695,12 @@ struct Occasion<'a> {
 /// digest, so a hostile id cannot bloat send commands and send logs.
 const MAX_OCCURRENCE_ID: usize = 128;
 
-/// What names the occurrence `event` causes: its event id (the SDK's de-duplication key), or its
-/// source position when it has none.
-fn occurrence(event: &AppEvent, record: &SourceRecord<'_>) -> String {
+/// What names the occurrence `event` causes: its event id (the SDK's de-duplication key), or
+/// `origin`, where it was first read (`topic/partition/offset`), when it has none.
+fn occurrence(event: &AppEvent, origin: &str) -> String {
     let id = &event.event_id;
     if id.is_empty() {
-        return format!("{}/{}/{}", record.topic, record.partition, record.offset);
+        return origin.to_string();
     }
     if id.len() <= MAX_OCCURRENCE_ID {
         return id.clone();
@@ -662,10 +742,11 @@ impl Processor for UserStage {
         if topic == self.topics.events || topic == self.topics.profiles {
             let kind =
                 if topic == self.topics.events { IngestKind::Events } else { IngestKind::Profiles };
-            for ingested in self.decoder.decode_ingest(kind, value)? {
-                self.on_ingest(ctx, record, ingested)?;
-            }
-            Ok(())
+            let origin = format!("{topic}/{}/{}", record.partition, record.offset);
+            self.on_ingest(ctx, kind, value, &origin)
+        } else if topic == self.topics.ingest_repartition {
+            let forwarded = route::read(value)?;
+            self.admit(ctx, &forwarded.origin, forwarded.record, forwarded.hops)
         } else if topic == self.topics.receipts {
             let receipt: Receipt = SchemaRegistry::builtin().decode(value)?;
             self.on_receipt(ctx, receipt)
@@ -682,6 +763,9 @@ impl Processor for UserStage {
         ctx: &mut ProcessorContext<'_>,
         timer: &Timer,
     ) -> Result<(), ProcessError> {
+        if dedup::is_expiry(&timer.key) {
+            return Ok(dedup::expire(ctx, &timer.key)?);
+        }
         self.campaigns.refresh(ctx.global(CAMPAIGNS_TABLE));
         let Some(pending) = ctx.store(PENDING)?.get_as::<Pending>(&timer.key)? else {
             return Ok(());
@@ -743,20 +827,13 @@ mod tests {
 
     #[test]
     fn an_occurrence_is_the_event_id_else_the_source_position_and_a_long_id_is_digested() {
-        let record = SourceRecord {
-            topic: "herald.events",
-            partition: 3,
-            offset: 42,
-            key: None,
-            value: None,
-            timestamp_ms: 0,
-        };
-        assert_eq!(occurrence(&event("e-1"), &record), "e-1");
-        assert_eq!(occurrence(&event(""), &record), "herald.events/3/42");
+        let record = "herald.events/3/42";
+        assert_eq!(occurrence(&event("e-1"), record), "e-1");
+        assert_eq!(occurrence(&event(""), record), "herald.events/3/42");
         let long = "x".repeat(10_000);
-        let digested = occurrence(&event(&long), &record);
+        let digested = occurrence(&event(&long), record);
         assert!(digested.starts_with("sha256:") && digested.len() == 7 + 64, "{digested}");
-        assert_eq!(digested, occurrence(&event(&long), &record), "deterministic");
-        assert_ne!(digested, occurrence(&event(&"y".repeat(10_000)), &record));
+        assert_eq!(digested, occurrence(&event(&long), record), "deterministic");
+        assert_ne!(digested, occurrence(&event(&"y".repeat(10_000)), record));
     }
 }

@@ -1,10 +1,12 @@
-//! Per-app settings of the user stage: global frequency caps, minimum gap, default timezone.
+//! Per-app settings of the user stage: global frequency caps, minimum gap, default timezone;
+//! and the limits of ingest records (validation at the door, de-duplication window).
 
 use std::collections::HashMap;
 
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
 
+use super::door::IngestLimits;
 use crate::campaign::{parse_duration, FieldError, Throttle, ValidationErrors, MAX_COUNT};
 
 /// Caps and defaults of one app.
@@ -41,11 +43,13 @@ impl Default for AppSettings {
     }
 }
 
-/// Settings of every app; apps not listed get [`AppSettings::default`] (no caps, UTC).
+/// Settings of every app; apps not listed get [`AppSettings::default`] (no caps, UTC). Limits
+/// of ingest records, for every app.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Settings {
     apps: HashMap<String, AppSettings>,
     fallback: AppSettings,
+    ingest: IngestLimits,
 }
 
 impl Settings {
@@ -59,16 +63,27 @@ impl Settings {
     ///     min_gap: 1h
     ///     timezone: America/Los_Angeles
     ///     throttle: { max: 100000, per: 15m }   # across all the app's campaigns
+    /// ingest:                 # every app; these are the defaults (docs/ingest.md)
+    ///   dedup_window: 24h
+    ///   max_age: 30d          # record times accepted live: 30 days back to 1 hour ahead
+    ///   max_ahead: 1h
+    ///   max_properties: 100
+    ///   max_string_length: 2048
+    ///   max_devices: 20
     /// ```
     pub fn parse(text: &str, source: &str) -> Result<Self, ValidationErrors> {
         let mut errors = Vec::new();
         let mut apps = HashMap::new();
+        let mut ingest = Some(IngestLimits::default());
         match serde_norway::from_str::<Value>(text) {
             Err(e) => errors.push(FieldError { path: "(document)".into(), reason: e.to_string() }),
             Ok(Value::Null) => {}
             Ok(document) => {
                 let mut fields = Fields { errors: &mut errors };
-                if let Some(file) = fields.object(&document, "", &["apps"]) {
+                if let Some(file) = fields.object(&document, "", &["apps", "ingest"]) {
+                    if let Some(value) = file.get("ingest").filter(|v| !v.is_null()) {
+                        ingest = fields.ingest(value, "ingest");
+                    }
                     let none = Map::new();
                     let listed = match file.get("apps") {
                         None | Some(Value::Null) => Some(&none),
@@ -85,12 +100,18 @@ impl Settings {
         if !errors.is_empty() {
             return Err(ValidationErrors { source: source.to_string(), errors });
         }
-        Ok(Self { apps, fallback: AppSettings::default() })
+        let ingest = ingest.unwrap_or_default();
+        Ok(Self { apps, fallback: AppSettings::default(), ingest })
     }
 
     /// Settings of `app`.
     pub fn app(&self, app: &str) -> &AppSettings {
         self.apps.get(app).unwrap_or(&self.fallback)
+    }
+
+    /// Limits of ingest records.
+    pub fn ingest(&self) -> &IngestLimits {
+        &self.ingest
     }
 }
 
@@ -189,6 +210,47 @@ impl Fields<'_> {
             None => self.error(&format!("{path}.per"), "is required"),
         };
         Some(Throttle { max: max?, per_ms: per? })
+    }
+
+    fn ingest(&mut self, value: &Value, path: &str) -> Option<IngestLimits> {
+        let keys = [
+            "dedup_window",
+            "max_age",
+            "max_ahead",
+            "max_properties",
+            "max_string_length",
+            "max_devices",
+        ];
+        let map = self.object(value, path, &keys)?;
+        let defaults = IngestLimits::default();
+        let duration = |fields: &mut Self, key: &str, default: i64| match map.get(key) {
+            None | Some(Value::Null) => Some(default),
+            Some(v) => fields.duration(v, &format!("{path}.{key}")),
+        };
+        let dedup_window_ms = duration(self, "dedup_window", defaults.dedup_window_ms);
+        let max_age_ms = duration(self, "max_age", defaults.max_age_ms);
+        let max_ahead_ms = duration(self, "max_ahead", defaults.max_ahead_ms);
+        let count = |fields: &mut Self, key: &str, default: usize| match map.get(key) {
+            None | Some(Value::Null) => Some(default),
+            Some(v) => match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
+                Some(n @ 1..=1_000_000) => Some(n),
+                _ => fields.error(
+                    &format!("{path}.{key}"),
+                    format!("expected a whole number from 1 to 1000000, found {v}"),
+                ),
+            },
+        };
+        let max_properties = count(self, "max_properties", defaults.max_properties);
+        let max_string_bytes = count(self, "max_string_length", defaults.max_string_bytes);
+        let max_devices = count(self, "max_devices", defaults.max_devices);
+        Some(IngestLimits {
+            dedup_window_ms: dedup_window_ms?,
+            max_age_ms: max_age_ms?,
+            max_ahead_ms: max_ahead_ms?,
+            max_properties: max_properties?,
+            max_string_bytes: max_string_bytes?,
+            max_devices: max_devices?,
+        })
     }
 
     /// A positive duration such as `15m`.

@@ -6,7 +6,13 @@ use std::collections::HashMap;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use super::KAFKA_TIMEOUT;
-use crate::runtime::{RuntimeError, StreamTopology};
+use crate::{
+    runtime::{RuntimeError, StreamTopology},
+    topology::{CleanupPolicy, TopicSpec},
+};
+
+/// Retention of internal repartition topics created by an instance: a day.
+const REPARTITION_RETENTION_MS: i64 = 86_400_000;
 
 /// The partition count of each sub-topology (that of its sources). Fails naming every missing
 /// topic with what needs it, or the sources that are not co-partitioned.
@@ -46,6 +52,47 @@ pub(super) fn check_topics(
             }
         })
         .collect()
+}
+
+/// The internal repartition topics (see [`crate::runtime::SubTopologyBuilder::repartition`])
+/// that do not exist yet, each with the partition count of its sub-topology's first existing
+/// other source (none when that source is missing too: the topic check then names it).
+pub(super) fn missing_internal_topics(
+    topology: &StreamTopology,
+    probe: &BaseConsumer,
+) -> Result<Vec<TopicSpec>, RuntimeError> {
+    if topology.sub_topologies.iter().all(|sub| sub.internal.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let metadata = probe
+        .fetch_metadata(None, KAFKA_TIMEOUT)
+        .map_err(RuntimeError::kafka("reading the cluster's topics"))?;
+    let existing: HashMap<&str, i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| (t.name(), t.partitions().len() as i32))
+        .collect();
+    let mut missing = Vec::new();
+    for sub in &topology.sub_topologies {
+        let partitions = sub
+            .sources
+            .iter()
+            .filter(|topic| !sub.internal.contains(topic))
+            .find_map(|topic| existing.get(topic.as_str()).copied());
+        let Some(partitions) = partitions else { continue };
+        for topic in sub.internal.iter().filter(|t| !existing.contains_key(t.as_str())) {
+            missing.push(TopicSpec {
+                name: topic.clone(),
+                partitions,
+                cleanup_policy: CleanupPolicy::Delete,
+                retention_ms: Some(REPARTITION_RETENTION_MS),
+                description: format!("internal repartition topic of {}", sub.name),
+                configs: Default::default(),
+            });
+        }
+    }
+    Ok(missing)
 }
 
 /// `topic (what needs it)` for every topic of `topology` that does not `exist`, once each.

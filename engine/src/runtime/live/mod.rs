@@ -44,7 +44,7 @@ use super::{
     Clock, RuntimeConfig, RuntimeError, RuntimeMetrics, SourceRecord, StreamTopology, TaskId,
 };
 use crate::{
-    kafka::{apply_topology, TopicOutcome},
+    kafka::{apply_topology, TopicOutcome, TopologyReport},
     topology::{CleanupPolicy, TopicSpec, Topology},
 };
 
@@ -128,6 +128,16 @@ impl LiveRuntime {
             .client_config()
             .create()
             .map_err(RuntimeError::kafka("connecting to Kafka"))?;
+        let internal = checks::missing_internal_topics(&self.topology, &probe)?;
+        if !internal.is_empty() {
+            let names: Vec<&str> = internal.iter().map(|t| t.name.as_str()).collect();
+            tracing::info!(topics = ?names, "creating internal repartition topics");
+            let topics = Topology {
+                replication_factor: self.config.changelogs.replication_factor,
+                topics: internal,
+            };
+            self.apply(&topics, "creating internal repartition topics")?;
+        }
         let partitions = checks::check_topics(&self.topology, &probe)?;
         self.ensure_changelogs(&partitions)?;
 
@@ -215,6 +225,17 @@ impl LiveRuntime {
         result
     }
 
+    /// Creates the missing topics of `topics` (`doing` names the step in errors).
+    fn apply(&self, topics: &Topology, doing: &str) -> Result<TopologyReport, RuntimeError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(RuntimeError::io("starting an admin runtime"))?;
+        runtime
+            .block_on(apply_topology(&self.config.kafka, topics))
+            .map_err(|e| RuntimeError::Topology(format!("{doing}: {e}")))
+    }
+
     /// Creates missing changelog topics (compacted, one partition per task, with the configured
     /// replication factor and configs); an existing one with another partition count is an
     /// error, other differences are logged.
@@ -237,13 +258,7 @@ impl LiveRuntime {
             .collect();
         let changelogs =
             Topology { replication_factor: self.config.changelogs.replication_factor, topics };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(RuntimeError::io("starting an admin runtime"))?;
-        let report = runtime
-            .block_on(apply_topology(&self.config.kafka, &changelogs))
-            .map_err(|e| RuntimeError::Topology(format!("creating changelog topics: {e}")))?;
+        let report = self.apply(&changelogs, "creating changelog topics")?;
         for (topic, outcome) in report.topics {
             let TopicOutcome::Differs(drift) = outcome else { continue };
             for d in drift {
