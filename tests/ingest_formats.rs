@@ -254,7 +254,7 @@ impl Deployment {
         assert!(committed.len() >= n, "{}", common::tail(log, 20));
     }
 
-    fn spawn_engine(&self, extra: &[&str]) -> (Child, PathBuf) {
+    fn spawn_engine(&self, extra: &[&str]) -> Engine {
         let log_path = self._dir.path().join("engine.log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_herald"))
@@ -271,7 +271,31 @@ impl Deployment {
             .stderr(log)
             .spawn()
             .unwrap();
-        (child, log_path)
+        Engine { child: Some(child), log: log_path }
+    }
+}
+
+/// A running engine, killed if the test fails before stopping it.
+struct Engine {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Engine {
+    /// Stops the engine with SIGTERM and checks it exits cleanly.
+    fn stop(mut self) {
+        if let Some(child) = self.child.take() {
+            common::stop_gracefully(child);
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -327,19 +351,19 @@ fn herald_json_segment_json_and_confluent_avro_give_identical_replays_and_live_s
     let all = [&json, &segment, &avro];
 
     // Live: the same send commands (ids, tokens, payloads).
-    let engines: Vec<(Child, PathBuf)> = all.iter().map(|d| d.spawn_engine(&[])).collect();
+    let engines: Vec<Engine> = all.iter().map(|d| d.spawn_engine(&[])).collect();
     json.produce("profiles", "json", None, &profiles);
     avro.produce("profiles", "confluent", Some("ProfileUpdate"), &profiles);
-    json.wait_for_profiles(USERS, &engines[0].1);
-    avro.wait_for_profiles(USERS, &engines[2].1);
+    json.wait_for_profiles(USERS, &engines[0].log);
+    avro.wait_for_profiles(USERS, &engines[2].log);
     json.produce("events", "json", None, &events);
     // One Segment stream: each user's identify, then their track, on the events topic.
     segment.produce("events", "segment", None, &data.segment());
     avro.produce("events", "confluent", Some("AppEvent"), &events);
     let live: Vec<_> = all.iter().map(|d| sends(&d.topic("push"), USERS)).collect();
-    let logs: Vec<String> = engines.iter().map(|(_, log)| common::tail(log, 15)).collect();
-    for (engine, _) in engines {
-        common::stop_gracefully(engine);
+    let logs: Vec<String> = engines.iter().map(|e| common::tail(&e.log, 15)).collect();
+    for engine in engines {
+        engine.stop();
     }
     assert_eq!(live[0].len(), USERS, "{}", logs[0]);
     assert_eq!(live[1], live[0], "Segment live\n{}", logs[1]);
@@ -398,7 +422,8 @@ fn hostile_records_are_dead_lettered_with_a_reason_and_the_engine_goes_on() {
     let now = common::now_ms();
     let data = Data { base_ms: now - 60_000 };
     let (profiles, events) = data.herald();
-    let (engine, log) = d.spawn_engine(&[]);
+    let engine = d.spawn_engine(&[]);
+    let log = engine.log.clone();
     // Hostile profiles, then a valid one for u0 (its send shows the engine went on).
     let key = || "u0".to_string();
     let huge = json!({"type": "identify", "userId": "u0", "timestamp": rfc3339(now),
@@ -433,7 +458,7 @@ fn hostile_records_are_dead_lettered_with_a_reason_and_the_engine_goes_on() {
 
     let letters = dead_letters(&d.topic("dead-letter"), 6);
     let sent = sends(&d.topic("push"), 1);
-    common::stop_gracefully(engine);
+    engine.stop();
 
     let (events_topic, profiles_topic) = (d.topic("events"), d.topic("profiles"));
     let expected: [(&str, i64, &str); 6] = [
@@ -551,7 +576,8 @@ fn a_registry_outage_is_retried_and_each_record_is_processed_once_when_it_is_bac
     let data = Data { base_ms: common::now_ms() - 60_000 };
     let (profiles, events) = data.herald();
     let metrics = format!("127.0.0.1:{}", free_port());
-    let (engine, log) = d.spawn_engine(&["--metrics-addr", &metrics]);
+    let engine = d.spawn_engine(&["--metrics-addr", &metrics]);
+    let log = engine.log.clone();
     d.produce("profiles", "avro", Some("ProfileUpdate"), &profiles);
     d.wait_for_profiles(USERS, &log);
     // Registered with the real registry; the engine reaches it only through the relay.
@@ -572,7 +598,7 @@ fn a_registry_outage_is_retried_and_each_record_is_processed_once_when_it_is_bac
     let sent = sends(&d.topic("push"), USERS);
     let letters = common::end_offsets(&d.topic("dead-letter"));
     let retries = metric(&metrics, "input_unavailable_total");
-    common::stop_gracefully(engine);
+    engine.stop();
     let users: BTreeSet<&str> = sent.iter().map(|(user, ..)| user.as_str()).collect();
     assert_eq!(users.len(), USERS, "{}", common::tail(&log, 20));
     assert_eq!(sent.len(), USERS, "one send per event, each processed once");

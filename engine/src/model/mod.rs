@@ -13,7 +13,7 @@ pub use error::CodecError;
 pub use ingest::{
     confluent, IngestConfig, IngestConfigError, IngestDecoder, IngestError, IngestFormat,
     IngestKind, IngestRecord, JsonMapping, RegistryClient, RegistryConfig, RegistryError, TimeUnit,
-    TopicIngest, UserAlias, DEFAULT_MAX_RECORD_BYTES, PAGE_EVENT, REGISTRY_PASSWORD_ENV,
+    TopicIngest, UserAlias, DEFAULT_MAX_INGEST_BYTES, PAGE_EVENT, REGISTRY_PASSWORD_ENV,
     REGISTRY_URL_ENV, REGISTRY_USER_ENV, SCREEN_EVENT,
 };
 pub use records::{

@@ -9,7 +9,7 @@ use thiserror::Error;
 use super::IngestKind;
 
 /// Largest ingest record accepted by default: 1 MiB, the broker's default message size.
-pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
+pub const DEFAULT_MAX_INGEST_BYTES: usize = 1 << 20;
 
 /// Environment variable naming the schema registry's base URL (overrides the file).
 pub const REGISTRY_URL_ENV: &str = "HERALD_SCHEMA_REGISTRY_URL";
@@ -128,7 +128,7 @@ pub struct TopicIngest {
 impl TopicIngest {
     /// The largest record value accepted.
     pub fn max_bytes(&self) -> usize {
-        self.max_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES)
+        self.max_bytes.unwrap_or(DEFAULT_MAX_INGEST_BYTES)
     }
 }
 
@@ -341,7 +341,7 @@ mod tests {
         let config = parse("");
         assert_eq!(config, IngestConfig::uniform(IngestFormat::Avro));
         config.validate().unwrap();
-        assert_eq!(config.events.max_bytes(), DEFAULT_MAX_RECORD_BYTES);
+        assert_eq!(config.events.max_bytes(), DEFAULT_MAX_INGEST_BYTES);
     }
 
     #[test]

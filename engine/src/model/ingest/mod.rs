@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 pub use config::{
     IngestConfig, IngestConfigError, IngestFormat, JsonMapping, RegistryConfig, TimeUnit,
-    TopicIngest, DEFAULT_MAX_RECORD_BYTES, REGISTRY_PASSWORD_ENV, REGISTRY_URL_ENV,
+    TopicIngest, DEFAULT_MAX_INGEST_BYTES, REGISTRY_PASSWORD_ENV, REGISTRY_URL_ENV,
     REGISTRY_USER_ENV,
 };
 pub use registry_client::{RegistryClient, RegistryError};
@@ -49,7 +49,7 @@ enum Format {
 impl Default for IngestDecoder {
     /// Avro single-object records on both topics.
     fn default() -> Self {
-        let topic = TopicDecoder { format: Format::Avro, max_bytes: DEFAULT_MAX_RECORD_BYTES };
+        let topic = TopicDecoder { format: Format::Avro, max_bytes: DEFAULT_MAX_INGEST_BYTES };
         Self { registry: SchemaRegistry::builtin(), events: topic.clone(), profiles: topic }
     }
 }

@@ -51,12 +51,15 @@ pub enum RegistryError {
     },
 }
 
+/// What the registry said about an id, for good: its schema, or why Herald cannot read it.
+type Known = Result<Arc<Schema>, String>;
+
 /// A schema registry client, shared by every task of an engine.
 pub struct RegistryClient {
     agent: ureq::Agent,
     base: String,
     authorization: Option<String>,
-    schemas: RwLock<HashMap<u32, Arc<Schema>>>,
+    schemas: RwLock<HashMap<u32, Known>>,
     missing: Mutex<HashMap<u32, Instant>>,
 }
 
@@ -119,18 +122,22 @@ impl RegistryClient {
         })
     }
 
-    /// The writer schema registered under `id`, from memory after the first time.
+    /// The writer schema registered under `id`, from memory after the first time (an
+    /// unreadable one is remembered as such too: ids never change).
     pub fn schema(&self, id: u32) -> Result<Arc<Schema>, RegistryError> {
-        if let Some(schema) = self.schemas.read().expect("schema cache lock").get(&id) {
-            return Ok(Arc::clone(schema));
-        }
-        if self.recently_missing(id) {
-            return Err(RegistryError::UnknownId(id));
-        }
-        let schema = Arc::new(self.fetch(id)?);
-        tracing::info!(id, base = %self.base, "fetched a writer schema from the schema registry");
-        self.schemas.write().expect("schema cache lock").insert(id, Arc::clone(&schema));
-        Ok(schema)
+        let known = self.schemas.read().expect("schema cache lock").get(&id).cloned();
+        let known = match known {
+            Some(known) => known,
+            None if self.recently_missing(id) => return Err(RegistryError::UnknownId(id)),
+            None => {
+                let known = self.fetch(id)?;
+                let readable = known.is_ok();
+                tracing::info!(id, readable, base = %self.base, "fetched a writer schema");
+                self.schemas.write().expect("schema cache lock").insert(id, known.clone());
+                known
+            }
+        };
+        known.map_err(|reason| RegistryError::Unreadable { id, reason })
     }
 
     /// Registers `schema` (Avro schema JSON) under `subject` and returns its id; registering
@@ -153,7 +160,9 @@ impl RegistryClient {
             .map_err(|e| self.unreachable(format!("registering under {subject}: {e}: {text}")))
     }
 
-    fn fetch(&self, id: u32) -> Result<Schema, RegistryError> {
+    /// Asks the registry for `id`: its schema or why it is unreadable, or an error when the
+    /// registry does not know it or cannot be asked.
+    fn fetch(&self, id: u32) -> Result<Known, RegistryError> {
         let mut request = self.agent.get(format!("{}/schemas/ids/{id}", self.base));
         if let Some(authorization) = &self.authorization {
             request = request.header("Authorization", authorization);
@@ -171,17 +180,17 @@ impl RegistryClient {
             }
             _ => return Err(self.unreachable(format!("schema id {id}: status {status}: {text}"))),
         }
-        let unreadable = |reason: String| RegistryError::Unreadable { id, reason };
         let answer: SchemaAnswer = serde_json::from_str(&text)
             .map_err(|e| self.unreachable(format!("schema id {id}: unexpected answer: {e}")))?;
         if let Some(kind) = answer.schema_type.filter(|kind| kind != "AVRO") {
-            return Err(unreadable(format!("a {kind} schema, not Avro")));
+            return Ok(Err(format!("a {kind} schema, not Avro")));
         }
         if !answer.references.is_empty() {
-            return Err(unreadable("schema references are not supported".into()));
+            return Ok(Err("schema references are not supported".into()));
         }
-        Schema::parse_str(&answer.schema)
-            .map_err(|e| unreadable(format!("not a valid Avro schema: {e}")))
+        Ok(Schema::parse_str(&answer.schema)
+            .map(Arc::new)
+            .map_err(|e| format!("not a valid Avro schema: {e}")))
     }
 
     /// Status and body text of a response; a failed exchange is [`RegistryError::Unreachable`].
@@ -316,6 +325,8 @@ mod tests {
         };
         assert_eq!(reason(2), "a PROTOBUF schema, not Avro");
         assert_eq!(reason(3), "schema references are not supported");
+        assert_eq!(reason(2), "a PROTOBUF schema, not Avro");
+        assert_eq!(fake.requests.load(Ordering::SeqCst), 2, "an unreadable id is asked once");
     }
 
     #[test]
