@@ -464,11 +464,7 @@ fn hostile_records_are_dead_lettered_with_a_reason_and_the_engine_goes_on() {
     let expected: [(&str, i64, &str); 6] = [
         (&events_topic, 0, "timestamp_ms: -9223372036854775808 is outside"),
         (&events_topic, 1, "Confluent record: magic byte: expected 00, found 01"),
-        (
-            &events_topic,
-            2,
-            "Confluent record: schema id: schema id 999999 is not in the schema registry",
-        ),
+        (&events_topic, 2, "Confluent record: schema id: 999999 is not in the schema registry"),
         (&events_topic, 3, "corrupt io.herald.AppEvent (schema id"),
         (&profiles_topic, 0, "larger than the ingest limit of 1048576 bytes"),
         (&profiles_topic, 1, "Segment record: timestamp: -9223372036854775808 is outside"),

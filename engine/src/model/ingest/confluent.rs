@@ -50,8 +50,11 @@ pub(super) fn decode<T: Record>(
     let (id, mut datum) = split(bytes)?;
     let writer = client.schema(id).map_err(|error| match error {
         RegistryError::Unreachable { .. } => IngestError::Unavailable(error.to_string()),
-        RegistryError::UnknownId(_) | RegistryError::Unreadable { .. } => {
-            IngestError::Invalid(invalid("schema id", error.to_string()))
+        RegistryError::UnknownId(_) => {
+            invalid("schema id", format!("{id} is not in the schema registry")).into()
+        }
+        RegistryError::Unreadable { reason, .. } => {
+            invalid("schema id", format!("{id}: {reason}")).into()
         }
     })?;
     let reader = registry.current_schema(T::FULL_NAME)?;
@@ -70,7 +73,88 @@ pub(super) fn decode<T: Record>(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use apache_avro::types::Value;
+
+    use super::{super::fake_registry, *};
+    use crate::model::{AppEvent, PropertyValue};
+
+    /// A pipeline's own event schema: another name, a field Herald does not know, no
+    /// properties.
+    const FOREIGN: &str = r#"{"type":"record","name":"CartEvent","namespace":"com.acme","fields":[
+        {"name":"event_id","type":"string"},{"name":"app_id","type":"string"},
+        {"name":"user_id","type":"string"},{"name":"name","type":"string"},
+        {"name":"country","type":"string"},{"name":"timestamp_ms","type":"long"}]}"#;
+
+    fn answers(path: &str) -> (u16, String) {
+        let schema = match path {
+            "/apis/ccompat/v7/schemas/ids/1" => FOREIGN.to_string(),
+            "/apis/ccompat/v7/schemas/ids/2" => SchemaRegistry::builtin()
+                .current_schema(AppEvent::FULL_NAME)
+                .expect("built in")
+                .canonical_form(),
+            _ => return (404, r#"{"error_code":40403}"#.into()),
+        };
+        (200, serde_json::json!({ "schema": schema }).to_string())
+    }
+
+    fn foreign_datum(timestamp_ms: i64) -> Vec<u8> {
+        let schema = apache_avro::Schema::parse_str(FOREIGN).unwrap();
+        let value = Value::Record(
+            [
+                ("event_id", Value::String("e-1".into())),
+                ("app_id", Value::String("shop".into())),
+                ("user_id", Value::String("u1".into())),
+                ("name", Value::String("Opened".into())),
+                ("country", Value::String("FR".into())),
+                ("timestamp_ms", Value::Long(timestamp_ms)),
+            ]
+            .map(|(name, value)| (name.to_string(), value))
+            .into(),
+        );
+        apache_avro::to_avro_datum(&schema, value).unwrap()
+    }
+
+    #[test]
+    fn a_foreign_writer_schema_resolves_to_herald_s_reader_schema() {
+        let fake = fake_registry::fake(answers);
+        let client = fake_registry::client(&fake.url);
+        let registry = SchemaRegistry::builtin();
+        let event: AppEvent =
+            decode(&client, registry, &frame(1, &foreign_datum(1_795_773_600_000))).unwrap();
+        assert_eq!((event.event_id.as_str(), event.name.as_str()), ("e-1", "Opened"));
+        assert_eq!((event.timestamp_ms, event.properties.len()), (1_795_773_600_000, 0));
+
+        let mut herald = AppEvent { sdk_version: Some("4.1".into()), ..event };
+        herald.properties.insert("n".into(), PropertyValue::Long(3));
+        let datum = registry
+            .encode_datum(AppEvent::FULL_NAME, apache_avro::to_value(&herald).unwrap())
+            .unwrap();
+        assert_eq!(decode::<AppEvent>(&client, registry, &frame(2, &datum)).unwrap(), herald);
+        assert_eq!(fake.requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn bad_datums_and_unknown_ids_are_invalid_records() {
+        let fake = fake_registry::fake(answers);
+        let client = fake_registry::client(&fake.url);
+        let registry = SchemaRegistry::builtin();
+        let reason = |bytes: &[u8]| match decode::<AppEvent>(&client, registry, bytes) {
+            Err(IngestError::Invalid(error)) => error.to_string(),
+            other => panic!("{other:?}"),
+        };
+        let datum = foreign_datum(1_795_773_600_000);
+        assert!(reason(&frame(1, &datum[..datum.len() - 3]))
+            .starts_with("corrupt io.herald.AppEvent (schema id 1)"));
+        let mut long = datum.clone();
+        long.push(0);
+        assert!(reason(&frame(1, &long)).ends_with("1 trailing bytes after the datum"));
+        assert!(reason(&frame(1, &foreign_datum(i64::MIN)))
+            .starts_with("invalid io.herald.AppEvent: timestamp_ms: -9223372036854775808"));
+        assert_eq!(
+            reason(&frame(9, &datum)),
+            "Confluent record: schema id: 9 is not in the schema registry"
+        );
+    }
 
     #[test]
     fn split_reverses_frame() {

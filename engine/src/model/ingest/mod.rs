@@ -4,6 +4,8 @@
 
 mod config;
 pub mod confluent;
+#[cfg(test)]
+mod fake_registry;
 mod json;
 mod mapping;
 mod registry_client;

@@ -231,41 +231,9 @@ impl RegistryClient {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        sync::atomic::{AtomicUsize, Ordering},
-        thread,
-    };
+    use std::sync::atomic::Ordering;
 
-    use super::*;
-
-    /// A fake registry answering `(status, body)` per path; counts requests.
-    struct Fake {
-        url: String,
-        requests: Arc<AtomicUsize>,
-        authorization: Arc<Mutex<Option<String>>>,
-    }
-
-    fn fake(answer: fn(&str) -> (u16, String)) -> Fake {
-        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/apis/ccompat/v7", server.server_addr().to_ip().unwrap());
-        let requests = Arc::new(AtomicUsize::new(0));
-        let authorization = Arc::new(Mutex::new(None));
-        let (count, seen) = (Arc::clone(&requests), Arc::clone(&authorization));
-        thread::spawn(move || {
-            for request in server.incoming_requests() {
-                count.fetch_add(1, Ordering::SeqCst);
-                *seen.lock().unwrap() = request
-                    .headers()
-                    .iter()
-                    .find(|h| h.field.equiv("Authorization"))
-                    .map(|h| h.value.to_string());
-                let (status, body) = answer(request.url());
-                let _ = request
-                    .respond(tiny_http::Response::from_string(body).with_status_code(status));
-            }
-        });
-        Fake { url, requests, authorization }
-    }
+    use super::{super::fake_registry::fake, *};
 
     const SCHEMA: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"long"}]}"#;
 
@@ -290,8 +258,7 @@ mod tests {
     }
 
     fn client(url: &str) -> RegistryClient {
-        RegistryClient::new(&RegistryConfig { timeout_ms: Some(2_000), ..RegistryConfig::at(url) })
-            .unwrap()
+        super::super::fake_registry::client(url)
     }
 
     #[test]
