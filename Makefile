@@ -16,7 +16,7 @@ kafka-up: bootstrap ## install (once) and start the local Apache Kafka broker
 kafka-down: ## stop the local broker
 	@deploy/local/kafka.sh down
 
-registry-up: ## install (once) and start the local schema registry (Apicurio, Confluent API under /apis/ccompat/v7)
+registry-up: bootstrap ## install (once) and start the local schema registry (Apicurio, Confluent API under /apis/ccompat/v7)
 	@deploy/local/registry.sh up
 
 registry-down: ## stop the local schema registry
