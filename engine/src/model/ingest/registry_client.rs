@@ -309,6 +309,15 @@ mod tests {
         drop(closed);
         let error = client(&url).schema(1).unwrap_err();
         assert!(matches!(error, RegistryError::Unreachable { .. }), "{error}");
+        // Something listens but never answers: the request times out.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = RegistryConfig {
+            timeout_ms: Some(200),
+            ..RegistryConfig::at(format!("http://{}", silent.local_addr().unwrap()))
+        };
+        let error = RegistryClient::new(&config).unwrap().schema(1).unwrap_err();
+        assert!(matches!(error, RegistryError::Unreachable { .. }), "{error}");
+        assert!(error.to_string().contains("imeout"), "{error}");
     }
 
     #[test]
