@@ -1,7 +1,7 @@
 //! Ingest formats against the real broker and a real schema registry (Apicurio, started by
 //! `deploy/local/registry.sh up`): the same logical profiles and events written as Herald JSON,
-//! Segment-spec JSON and Confluent-format Avro give byte-identical `sends.jsonl` in a topic
-//! replay and the same send commands live; hostile records are dead-lettered with a reason while
+//! Segment-spec JSON, Confluent-format Avro and JSON of another shape read through a mapping give
+//! byte-identical `sends.jsonl` in a topic replay and the same send commands live; hostile records are dead-lettered with a reason while
 //! the engine goes on; a registry outage is retried, never dead-lettered, and each record is
 //! processed once when the registry is back.
 
@@ -164,6 +164,24 @@ impl Data {
         (profiles, events)
     }
 
+    /// Another JSON shape, read through a mapping: (profile lines, event lines).
+    fn mapped(&self) -> (Vec<Value>, Vec<Value>) {
+        let profiles = (0..USERS)
+            .map(|i| {
+                json!({"actor": {"id": format!("u{i}")}, "at": self.profile_ms(i),
+                       "attributes": {"first_name": format!("Ana{i}"), "city": "Paris"},
+                       "push_devices": [{"device_id": format!("d-u{i}"), "platform": Self::platform(i), "token": format!("tok-u{i}")}]})
+            })
+            .collect();
+        let events = (0..USERS)
+            .map(|i| {
+                json!({"uuid": format!("e-u{i}"), "actor": {"id": format!("u{i}")}, "action": "Added To Cart",
+                       "at": self.event_ms(i), "data": {"item": format!("tea-{i}"), "price": i as f64 + 0.5}})
+            })
+            .collect();
+        (profiles, events)
+    }
+
     /// Segment-spec messages, all on one stream: identify (traits, device in the context), then
     /// track.
     fn segment(&self) -> Vec<Value> {
@@ -200,6 +218,28 @@ impl Deployment {
     }
 
     fn produce(&self, topic: &str, format: &str, schema: Option<&str>, lines: &[Value]) {
+        self.produce_with(topic, format, schema, lines, &[]);
+    }
+
+    /// [`Deployment::produce`] of another shape: keyed and timed by fields (JSON pointers).
+    fn produce_mapped(&self, topic: &str, lines: &[Value], key_field: &str, time_field: &str) {
+        self.produce_with(
+            topic,
+            "json",
+            None,
+            lines,
+            &["--key-field", key_field, "--time-field", time_field],
+        );
+    }
+
+    fn produce_with(
+        &self,
+        topic: &str,
+        format: &str,
+        schema: Option<&str>,
+        lines: &[Value],
+        extra: &[&str],
+    ) {
         let file = self._dir.path().join(format!("{topic}.{format}.jsonl"));
         writes(&file, lines);
         let topic = self.topic(topic);
@@ -215,6 +255,7 @@ impl Deployment {
         if let Some(schema) = schema {
             args.extend(["--schema", schema]);
         }
+        args.extend(extra);
         // Producers always reach the registry (the engine may not, see the outage test).
         ok(herald(&args, &[("HERALD_SCHEMA_REGISTRY_URL", registry_url())]));
     }
@@ -329,7 +370,7 @@ fn sends(topic: &str, expected: usize) -> Vec<(String, String, String, String)> 
 }
 
 #[test]
-fn herald_json_segment_json_and_confluent_avro_give_identical_replays_and_live_sends() {
+fn herald_json_segment_json_confluent_avro_and_mapped_json_give_identical_replays_and_live_sends() {
     let data = Data { base_ms: common::now_ms() - 120_000 };
     let (profiles, events) = data.herald();
 
@@ -348,18 +389,30 @@ fn herald_json_segment_json_and_confluent_avro_give_identical_replays_and_live_s
         "[ingest]\nevents = { format = \"confluent\" }\nprofiles = { format = \"confluent\" }\n",
         registry_env(),
     );
-    let all = [&json, &segment, &avro];
+    let mapped = deployment(
+        "fmt-mapping",
+        "[ingest.events]\nformat = \"mapping\"\napp = \"shop\"\n\
+         mapping = { user = \"/actor/id\", event = \"/action\", time = \"/at\", id = \"/uuid\", properties = \"/data\" }\n\
+         [ingest.profiles]\nformat = \"mapping\"\napp = \"shop\"\n\
+         mapping = { user = \"/actor/id\", time = \"/at\", properties = \"/attributes\", devices = \"/push_devices\" }\n",
+        vec![],
+    );
+    let (mapped_profiles, mapped_events) = data.mapped();
+    let all = [&json, &segment, &avro, &mapped];
 
     // Live: the same send commands (ids, tokens, payloads).
     let engines: Vec<Engine> = all.iter().map(|d| d.spawn_engine(&[])).collect();
     json.produce("profiles", "json", None, &profiles);
     avro.produce("profiles", "confluent", Some("ProfileUpdate"), &profiles);
+    mapped.produce_mapped("profiles", &mapped_profiles, "/actor/id", "/at");
     json.wait_for_profiles(USERS, &engines[0].log);
     avro.wait_for_profiles(USERS, &engines[2].log);
+    mapped.wait_for_profiles(USERS, &engines[3].log);
     json.produce("events", "json", None, &events);
     // One Segment stream: each user's identify, then their track, on the events topic.
     segment.produce("events", "segment", None, &data.segment());
     avro.produce("events", "confluent", Some("AppEvent"), &events);
+    mapped.produce_mapped("events", &mapped_events, "/actor/id", "/at");
     let live: Vec<_> = all.iter().map(|d| sends(&d.topic("push"), USERS)).collect();
     let logs: Vec<String> = engines.iter().map(|e| common::tail(&e.log, 15)).collect();
     for engine in engines {
@@ -368,6 +421,7 @@ fn herald_json_segment_json_and_confluent_avro_give_identical_replays_and_live_s
     assert_eq!(live[0].len(), USERS, "{}", logs[0]);
     assert_eq!(live[1], live[0], "Segment live\n{}", logs[1]);
     assert_eq!(live[2], live[0], "Confluent live\n{}", logs[2]);
+    assert_eq!(live[3], live[0], "mapped JSON live\n{}", logs[3]);
 
     // The records on the topic are Confluent-framed: magic byte 0 and a schema id.
     let framed = common::read_committed(
@@ -395,6 +449,7 @@ fn herald_json_segment_json_and_confluent_avro_give_identical_replays_and_live_s
     assert_eq!((u3["platform"].as_str(), u3["token"].as_str()), (Some("ANDROID"), Some("tok-u3")));
     assert_eq!(replays[1], replays[0], "Segment JSON replays as Herald JSON");
     assert_eq!(replays[2], replays[0], "Confluent Avro replays as Herald JSON");
+    assert_eq!(replays[3], replays[0], "mapped JSON replays as Herald JSON");
 }
 
 /// The dead letters of `topic` (after `expected` arrived): (source topic, offset, reason).

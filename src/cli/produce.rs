@@ -52,10 +52,15 @@ pub struct ProduceArgs {
     /// Encoding written.
     #[arg(long, value_enum, default_value_t = Format::Avro)]
     format: Format,
-    /// Fields whose value is the message key, the first present one (default: user_id; for
-    /// segment: userId,anonymousId).
+    /// Fields whose value is the message key, the first present one: names of top-level
+    /// fields, or JSON pointers such as /actor/id (default: user_id; for segment:
+    /// userId,anonymousId).
     #[arg(long, value_delimiter = ',')]
     key_field: Vec<String>,
+    /// Field whose value (RFC 3339 text or epoch milliseconds) is each message's timestamp: a
+    /// top-level name or a JSON pointer (default: timestamp_ms, else a Segment timestamp).
+    #[arg(long)]
+    time_field: Option<String>,
     /// Base URL of the Confluent-compatible schema registry API (confluent format).
     #[arg(long, env = REGISTRY_URL_ENV)]
     registry_url: Option<String>,
@@ -126,10 +131,10 @@ pub fn run(kafka: &KafkaConfig, args: ProduceArgs) -> anyhow::Result<ExitCode> {
         let json: Value = serde_json::from_str(&line).with_context(at)?;
         let key = key_fields
             .iter()
-            .find_map(|field| json.get(field).and_then(Value::as_str))
+            .find_map(|field| field_of(&json, field).and_then(Value::as_str))
             .with_context(|| format!("{}: no string field {key_fields:?} for the key", at()))?
             .to_string();
-        let timestamp = record_time(&json);
+        let timestamp = record_time(&json, args.time_field.as_deref());
         let bytes = encoder.encode(json, &line).with_context(at)?;
         let mut record = BaseRecord::to(&args.topic).key(&key).payload(&bytes);
         if let Some(ms) = timestamp {
@@ -143,14 +148,29 @@ pub fn run(kafka: &KafkaConfig, args: ProduceArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The value of `field` in `json`: a top-level field, or a JSON pointer when it starts with `/`.
+fn field_of<'a>(json: &'a Value, field: &str) -> Option<&'a Value> {
+    if field.starts_with('/') {
+        json.pointer(field)
+    } else {
+        json.get(field)
+    }
+}
+
 /// The record's own time, in epoch milliseconds, as the message timestamp (so a replay of the
-/// topic runs on event time): Herald's `timestamp_ms`, or Segment's `timestamp`. Out-of-range times are left to the broker.
-fn record_time(json: &Value) -> Option<i64> {
-    json.get("timestamp_ms")
-        .and_then(Value::as_i64)
-        .or_else(|| {
-            let text = json.get("timestamp").or_else(|| json.get("originalTimestamp"))?.as_str()?;
-            chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_millis())
-        })
-        .filter(|ms| (MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(ms))
+/// topic runs on event time): `time_field`, else Herald's `timestamp_ms`, else a Segment
+/// message's `timestamp`. Out-of-range times are left to the broker.
+fn record_time(json: &Value, time_field: Option<&str>) -> Option<i64> {
+    let value = match time_field {
+        Some(field) => field_of(json, field),
+        None => json
+            .get("timestamp_ms")
+            .or_else(|| json.get("timestamp"))
+            .or_else(|| json.get("originalTimestamp")),
+    }?;
+    let ms = match value {
+        Value::String(text) => chrono::DateTime::parse_from_rfc3339(text).ok()?.timestamp_millis(),
+        other => other.as_i64()?,
+    };
+    Some(ms).filter(|ms| (MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(ms))
 }
