@@ -1,9 +1,9 @@
 //! Ingest formats against the real broker and a real schema registry (Apicurio, started by
 //! `deploy/local/registry.sh up`): the same logical profiles and events written as Herald JSON,
 //! Segment-spec JSON, Confluent-format Avro and JSON of another shape read through a mapping give
-//! byte-identical `sends.jsonl` in a topic replay and the same send commands live; hostile records are dead-lettered with a reason while
-//! the engine goes on; a registry outage is retried, never dead-lettered, and each record is
-//! processed once when the registry is back.
+//! byte-identical `sends.jsonl` in a topic replay and the same send commands live; hostile
+//! records are dead-lettered with a reason while the engine goes on; a registry outage is
+//! retried, never dead-lettered, and each record is processed once when the registry is back.
 
 mod common;
 
