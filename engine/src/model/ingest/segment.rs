@@ -16,6 +16,11 @@ pub const SCREEN_EVENT: &str = "Screen Viewed";
 /// Event name of `page` messages (the page's name is the `name` property).
 pub const PAGE_EVENT: &str = "Page Viewed";
 
+/// The message types ingested.
+const TYPES: &str = "track, screen, page, identify and alias";
+/// Why an alias message without both ids is refused.
+const ALIAS_NEEDS: &str = "an alias message needs previousId (or anonymousId) and userId";
+
 /// Decodes Segment messages into Herald records.
 pub(super) struct SegmentDecoder {
     /// Where a message's app id comes from.
@@ -48,7 +53,8 @@ impl SegmentDecoder {
         };
         match kind.as_str() {
             "track" => {
-                let name = F.text(object.get("event"), "event")?
+                let name = F
+                    .text(object.get("event"), "event")?
                     .ok_or_else(|| F.invalid("event", "a track message needs an event name"))?;
                 Ok(vec![IngestRecord::Event(message.event(name)?)])
             }
@@ -56,20 +62,20 @@ impl SegmentDecoder {
             "page" => Ok(vec![IngestRecord::Event(message.named_view(PAGE_EVENT)?)]),
             "identify" => {
                 let mut records = vec![IngestRecord::Profile(message.profile()?)];
-                records.extend(message.alias(message.anonymous_id.clone()).map(IngestRecord::Alias));
+                records
+                    .extend(message.alias(message.anonymous_id.clone()).map(IngestRecord::Alias));
                 Ok(records)
             }
             "alias" => {
                 let previous = F.text(object.get("previousId"), "previousId")?;
                 let alias = message
                     .alias(previous.or_else(|| message.anonymous_id.clone()))
-                    .ok_or_else(|| F.invalid("previousId", "an alias message needs previousId (or anonymousId) and userId"))?;
+                    .ok_or_else(|| F.invalid("previousId", ALIAS_NEEDS))?;
                 Ok(vec![IngestRecord::Alias(alias)])
             }
-            other => Err(F.invalid(
-                "type",
-                format!("{other:?} messages are not ingested (track, screen, page, identify and alias are)"),
-            )),
+            other => {
+                Err(F.invalid("type", format!("{other:?} messages are not ingested ({TYPES} are)")))
+            }
         }
     }
 }
