@@ -23,6 +23,7 @@ mod store;
 mod task;
 mod timers;
 mod topology;
+mod watermarks;
 
 pub use clock::Clock;
 pub use config::{instance_id, RuntimeConfig, DEFAULT_MAX_RECORD_BYTES};

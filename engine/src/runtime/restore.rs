@@ -12,7 +12,9 @@ use rdkafka::{
     Message, Offset, TopicPartitionList,
 };
 
-use super::{checkpoint::Checkpoint, store::TaskState, RuntimeError, RuntimeMetrics};
+use super::{
+    checkpoint::Checkpoint, store::TaskState, watermarks::watermarks, RuntimeError, RuntimeMetrics,
+};
 use crate::kafka::KafkaConfig;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,11 +65,14 @@ fn restore_all(
         .map_err(RuntimeError::kafka("creating the restore consumer"))?;
     let mut targets: HashMap<(String, i32), Target<'_>> = HashMap::new();
     let mut assignment = TopicPartitionList::new();
+    let partitions: Vec<(String, i32)> = requests
+        .iter()
+        .flat_map(|r| r.state.changelog_topics().map(|topic| (topic.to_string(), r.partition)))
+        .collect();
+    let bounds = watermarks(&consumer, &partitions, TIMEOUT)?;
     for request in requests {
         for topic in request.state.changelog_topics() {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, request.partition, TIMEOUT)
-                .map_err(RuntimeError::kafka(format!("reading the end of {topic}")))?;
+            let (low, high) = bounds[&(topic.to_string(), request.partition)];
             let start = request.from.get(topic).copied().unwrap_or(low).max(low);
             if start >= high {
                 continue;

@@ -41,6 +41,7 @@ use super::{
     restore::{restore, RestoreRequest},
     store::{StoreMemory, TaskState},
     task::{Budget, Task, TaskEnv},
+    watermarks::watermarks,
     Clock, RuntimeConfig, RuntimeError, RuntimeMetrics, SourceRecord, StreamTopology, TaskId,
 };
 use crate::{
@@ -575,18 +576,15 @@ impl Worker<'_> {
         }
         // The restore reads at least up to the ends seen now: until this instance commits
         // changelog records of its own, they are what the tasks' checkpoints may claim.
-        let mut ends = Vec::new();
-        for (id, state, _) in &opened {
-            for topic in state.changelog_topics() {
-                let (_, high) = self
-                    .consumer
-                    .fetch_watermarks(topic, id.partition, KAFKA_TIMEOUT)
-                    .map_err(RuntimeError::kafka(format!("reading the end of {topic}")))?;
-                ends.push((topic.to_string(), id.partition, high));
-            }
-        }
+        let partitions: Vec<(String, i32)> = opened
+            .iter()
+            .flat_map(|(id, state, _)| {
+                state.changelog_topics().map(|topic| (topic.to_string(), id.partition))
+            })
+            .collect();
+        let ends = watermarks(self.consumer.as_ref(), &partitions, KAFKA_TIMEOUT)?;
         let mut txn = self.txn.lock().expect("txn lock");
-        for (topic, partition, high) in ends {
+        for ((topic, partition), (_, high)) in ends {
             txn.changelog_ends.entry(topic).or_default().insert(partition, high);
         }
         drop(txn);

@@ -1,0 +1,74 @@
+//! The first and next offsets of many partitions at once. Asking partition by partition costs a
+//! round trip each (a task with eight stores has eight changelogs, an instance dozens of
+//! tasks); one offsets-by-time request per bound asks for all of them together.
+
+use std::{collections::HashMap, time::Duration};
+
+use rdkafka::{
+    consumer::{Consumer, ConsumerContext},
+    Offset, TopicPartitionList,
+};
+
+use super::RuntimeError;
+
+/// A topic partition.
+pub(crate) type Partition = (String, i32);
+
+/// The (low, high) watermarks of `partitions`, as the consumer's isolation level sees them
+/// (the high one is the last stable offset for `read_committed`). A partition the batched
+/// request does not answer is asked on its own.
+pub(crate) fn watermarks<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    partitions: &[Partition],
+    timeout: Duration,
+) -> Result<HashMap<Partition, (i64, i64)>, RuntimeError> {
+    if partitions.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let lows = at_bound(consumer, partitions, Offset::Beginning, timeout)?;
+    let highs = at_bound(consumer, partitions, Offset::End, timeout)?;
+    let mut found = HashMap::with_capacity(partitions.len());
+    for partition in partitions {
+        let bounds = match (lows.get(partition), highs.get(partition)) {
+            (Some(&low), Some(&high)) => (low, high),
+            _ => {
+                let (topic, id) = partition;
+                consumer
+                    .fetch_watermarks(topic, *id, timeout)
+                    .map_err(RuntimeError::kafka(format!("reading the bounds of {topic}/{id}")))?
+            }
+        };
+        found.insert(partition.clone(), bounds);
+    }
+    Ok(found)
+}
+
+/// The offsets of `partitions` at `bound` (the start or the end), from one request; partitions
+/// answered with an error or no offset are left out.
+fn at_bound<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    partitions: &[Partition],
+    bound: Offset,
+    timeout: Duration,
+) -> Result<HashMap<Partition, i64>, RuntimeError> {
+    let mut request = TopicPartitionList::with_capacity(partitions.len());
+    for (topic, partition) in partitions {
+        request
+            .add_partition_offset(topic, *partition, bound)
+            .map_err(RuntimeError::kafka(format!("asking the offsets of {topic}/{partition}")))?;
+    }
+    let answer = consumer
+        .offsets_for_times(request, timeout)
+        .map_err(RuntimeError::kafka("asking partition offsets"))?;
+    Ok(answer
+        .elements()
+        .iter()
+        .filter(|element| element.error().is_ok())
+        .filter_map(|element| match element.offset() {
+            Offset::Offset(offset) => {
+                Some(((element.topic().to_string(), element.partition()), offset))
+            }
+            _ => None,
+        })
+        .collect())
+}
