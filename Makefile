@@ -5,7 +5,7 @@ export KAFKA_PORT ?= 9092
 export HERALD_BROKERS ?= 127.0.0.1:$(KAFKA_PORT)
 HERALD := $(CARGO_TARGET_DIR)/debug/herald
 
-.PHONY: bootstrap kafka-up kafka-down registry-up registry-down build demo demo-down test test-broadcast bench bench-runtime bench-campaign lint fmt
+.PHONY: bootstrap kafka-up kafka-down registry-up registry-down build demo demo-down test test-broadcast bench bench-runtime bench-campaign bench-ingest lint fmt
 
 bootstrap: ## install missing system packages
 	@deploy/local/bootstrap.sh
@@ -43,7 +43,7 @@ test: kafka-up registry-up ## the full test suite against the local broker and s
 test-broadcast: kafka-up ## long: a scheduled run to 1,000,000 users with a 2 s transaction timeout (release build)
 	cargo test --release --test backlogs -- --ignored --nocapture
 
-bench: bench-runtime bench-campaign ## every benchmark (release build)
+bench: bench-runtime bench-campaign bench-ingest ## every benchmark (release build)
 
 bench-runtime: kafka-up ## runtime throughput (raw vs exactly-once vs stateful) and latency
 	cargo build --release --bins
@@ -52,6 +52,10 @@ bench-runtime: kafka-up ## runtime throughput (raw vs exactly-once vs stateful) 
 bench-campaign: kafka-up ## one campaign to 1,000,000 users through the campaign stage
 	cargo build --release --bins
 	$(CARGO_TARGET_DIR)/release/herald bench campaign $(BENCH_ARGS)
+
+bench-ingest: kafka-up registry-up ## user-stage ingest per format and partitioning vs a raw consumer
+	cargo build --release --bins
+	$(CARGO_TARGET_DIR)/release/herald bench ingest $(BENCH_ARGS)
 
 lint: ## formatting and clippy, warnings are errors
 	cargo fmt --all -- --check

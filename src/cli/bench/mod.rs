@@ -1,6 +1,7 @@
 //! `herald bench …`: benchmarks that print a table and one JSON line.
 
 mod campaign;
+mod ingest;
 mod runtime;
 mod support;
 
@@ -15,11 +16,14 @@ pub enum BenchCommand {
     Runtime(runtime::RuntimeArgs),
     /// One campaign to many users through the campaign stage, replayed and live.
     Campaign(campaign::CampaignArgs),
+    /// User-stage throughput per ingest format and partitioning, against a raw consumer.
+    Ingest(ingest::IngestArgs),
 }
 
 pub fn run(kafka: &KafkaConfig, command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Runtime(args) => runtime::run(kafka, args),
         BenchCommand::Campaign(args) => campaign::run(kafka, args),
+        BenchCommand::Ingest(args) => ingest::run(kafka, args),
     }
 }
