@@ -99,7 +99,16 @@ fn a_profile_grown_past_the_message_size_is_dead_lettered_and_the_partition_goes
         ],
     );
     let log = dir.path().join("engine.log");
-    let engine = common::spawn_engine(&prefix, &app_id, &dir.path().join("state"), &log);
+    // Strings this long are refused at the door by default (docs/ingest.md, "Validation").
+    let settings = dir.path().join("settings.yaml");
+    std::fs::write(&settings, "ingest: { max_string_length: 1000000 }\n").unwrap();
+    let engine = common::spawn_engine_with(
+        &prefix,
+        &app_id,
+        &dir.path().join("state"),
+        &log,
+        &["--app-config", settings.to_str().unwrap()],
+    );
     let letters = common::read_committed(
         &topic("dead-letter"),
         1,
