@@ -95,6 +95,33 @@ pub(super) fn missing_internal_topics(
     Ok(missing)
 }
 
+/// Waits until the cluster's metadata shows every topic of `names` with its partitions (a topic
+/// just created takes a moment to appear), for up to [`KAFKA_TIMEOUT`].
+pub(super) fn wait_for_topics(probe: &BaseConsumer, names: &[String]) -> Result<(), RuntimeError> {
+    let started = std::time::Instant::now();
+    loop {
+        let metadata = probe
+            .fetch_metadata(None, KAFKA_TIMEOUT)
+            .map_err(RuntimeError::kafka("reading the cluster's topics"))?;
+        let visible = |name: &String| {
+            metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+        };
+        if names.iter().all(visible) {
+            return Ok(());
+        }
+        if started.elapsed() >= KAFKA_TIMEOUT {
+            return Err(RuntimeError::Topology(format!(
+                "created topics did not appear within {KAFKA_TIMEOUT:?}: {}",
+                names.join(", ")
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// `topic (what needs it)` for every topic of `topology` that does not `exist`, once each.
 fn missing_topics(topology: &StreamTopology, exists: impl Fn(&str) -> bool) -> Vec<String> {
     let mut needed: Vec<(&str, String)> = Vec::new();

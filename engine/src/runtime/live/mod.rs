@@ -131,13 +131,14 @@ impl LiveRuntime {
             .map_err(RuntimeError::kafka("connecting to Kafka"))?;
         let internal = checks::missing_internal_topics(&self.topology, &probe)?;
         if !internal.is_empty() {
-            let names: Vec<&str> = internal.iter().map(|t| t.name.as_str()).collect();
+            let names: Vec<String> = internal.iter().map(|t| t.name.clone()).collect();
             tracing::info!(topics = ?names, "creating internal repartition topics");
             let topics = Topology {
                 replication_factor: self.config.changelogs.replication_factor,
                 topics: internal,
             };
             self.apply(&topics, "creating internal repartition topics")?;
+            checks::wait_for_topics(&probe, &names)?;
         }
         let partitions = checks::check_topics(&self.topology, &probe)?;
         self.ensure_changelogs(&partitions)?;
