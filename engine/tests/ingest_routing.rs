@@ -88,7 +88,7 @@ fn wrong(user: &str) -> i32 {
     (right(user) + 1) % PARTITIONS
 }
 
-fn profile(user: &str, at: i64, set: &[(&str, &str)], device: bool) -> ProfileUpdate {
+fn profile(user: &str, at: i64, set: &[(&str, &str)], with_device: bool) -> ProfileUpdate {
     ProfileUpdate {
         app_id: "shop".into(),
         user_id: user.into(),
@@ -98,21 +98,26 @@ fn profile(user: &str, at: i64, set: &[(&str, &str)], device: bool) -> ProfileUp
             .map(|(k, v)| (k.to_string(), PropertyValue::String(v.to_string())))
             .collect(),
         unset: vec![],
-        devices_added: if device {
-            vec![Device {
-                device_id: format!("d-{user}"),
-                platform: Platform::Ios,
-                token: format!("tok-{user}"),
-                app_version: None,
-                os_version: None,
-                make: None,
-                model: None,
-                sdk_version: None,
-            }]
+        devices_added: if with_device {
+            let token = format!("tok-{user}");
+            vec![Device { platform: Platform::Ios, token, ..device(&format!("d-{user}")) }]
         } else {
             vec![]
         },
         tokens_removed: vec![],
+    }
+}
+
+fn device(id: &str) -> Device {
+    Device {
+        device_id: id.into(),
+        platform: Platform::Android,
+        token: format!("tok-{id}"),
+        app_version: None,
+        os_version: None,
+        make: None,
+        model: None,
+        sdk_version: None,
     }
 }
 
@@ -325,6 +330,15 @@ fn bad_records_are_dead_lettered_naming_the_field_and_the_rest_goes_on() {
         serde_json::json!({"type": "track", "event": "Ping", "userId": "u1", "messageId": "bad-4", "timestamp": i64::MIN}),
         T0 + MINUTE,
     );
+    // Devices: 21 in one update is refused at the door; 20 are accepted, one more is refused.
+    let mut phones = profile("u2", T0 + MINUTE, &[], false);
+    phones.devices_added = (0..21).map(|i| device(&format!("d{i}"))).collect();
+    let too_many = input.profile(right("u2"), &phones);
+    phones.devices_added.pop();
+    input.profile(wrong("u2"), &phones);
+    phones.devices_added = vec![device("d-extra")];
+    phones.timestamp_ms += 1;
+    let one_more = input.profile(right("u2"), &phones);
     // Replays are on event time: old records are not refused (only live records are checked
     // against the window around now).
     input.event(right("u1"), Some("u1"), &event("u1", "Ping", "old", T0 - 400 * 24 * HOUR));
@@ -341,7 +355,17 @@ fn bad_records_are_dead_lettered_naming_the_field_and_the_rest_goes_on() {
     assert!(reason(&crowded).starts_with("properties: 101 entries"), "{}", reason(&crowded));
     assert!(reason(&long).starts_with("properties.url: 5000 bytes"), "{}", reason(&long));
     assert!(reason(&hostile_time).contains("timestamp"), "{}", reason(&hostile_time));
-    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(
+        reason(&too_many).starts_with("devices_added: the user would have 21"),
+        "{}",
+        reason(&too_many)
+    );
+    assert!(
+        reason(&one_more).starts_with("devices_added: the user would have 21"),
+        "{}",
+        reason(&one_more)
+    );
+    assert_eq!(reasons.len(), 6, "{reasons:?}");
     let runs: Vec<&str> = out.sends.iter().map(|s| s.run_id.as_str()).collect();
     assert_eq!(runs, vec!["trigger:old", "trigger:good"], "the good records went on");
 }

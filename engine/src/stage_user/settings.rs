@@ -265,3 +265,23 @@ impl Fields<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_limits_default_override_and_errors_name_the_field() {
+        assert_eq!(Settings::parse("", "s").unwrap().ingest(), &IngestLimits::default());
+        let text = "ingest: { dedup_window: 2h, max_age: 7d, max_devices: 5 }\n";
+        let limits = Settings::parse(text, "s").unwrap().ingest().clone();
+        assert_eq!(limits.dedup_window_ms, 2 * 3_600_000);
+        assert_eq!(limits.max_age_ms, 7 * 86_400_000);
+        assert_eq!(limits.max_devices, 5);
+        assert_eq!(limits.max_properties, IngestLimits::default().max_properties);
+        let bad = "ingest: { dedup_window: soon, max_properties: 0, colour: red }\n";
+        let errors = Settings::parse(bad, "s").unwrap_err().errors;
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["ingest.colour", "ingest.dedup_window", "ingest.max_properties"]);
+    }
+}
