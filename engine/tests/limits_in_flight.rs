@@ -88,7 +88,7 @@ mod replay_support {
                 .collect()
         }
         pub fn last_stats(&self, campaign: &str) -> CampaignStats {
-            self.stats.iter().filter(|s| s.campaign_id == campaign).last().unwrap().clone()
+            self.stats.iter().rev().find(|s| s.campaign_id == campaign).unwrap().clone()
         }
         pub fn kinds(&self, campaign: &str) -> Vec<String> {
             self.events
