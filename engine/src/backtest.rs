@@ -28,7 +28,7 @@ use crate::{
         replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
         RuntimeError,
     },
-    {pipeline::engine_topology, stage_user::Settings},
+    {pipeline::engine_topology, settings::Settings},
 };
 
 /// Why a backtest could not run.

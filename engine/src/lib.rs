@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod render;
 pub mod runtime;
 pub mod sender;
+pub mod settings;
 pub mod sim;
 pub mod stage_app;
 pub mod stage_campaign;

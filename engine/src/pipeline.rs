@@ -5,15 +5,14 @@
 use std::sync::Arc;
 
 use crate::{
+    campaign::CAMPAIGNS_TABLE,
     model::{topics::TopicNames, IngestDecoder},
     runtime::{RuntimeError, StreamTopology},
+    settings::Settings,
     stage_app::add_app_stage,
     stage_campaign::add_campaign_stage,
-    stage_user::{add_user_stage, Settings},
+    stage_user::add_user_stage,
 };
-
-/// Name of the campaigns global table.
-pub const CAMPAIGNS_TABLE: &str = "campaigns";
 
 /// How often a campaign's stats snapshot is published while it changes, live.
 pub const LIVE_STATS_INTERVAL_MS: i64 = 1_000;

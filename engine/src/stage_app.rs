@@ -10,7 +10,7 @@ use crate::{
     model::{topics::TopicNames, Record, SchemaRegistry, SendCommand},
     outbox::{Drain, Outbox, OutboxState},
     runtime::{ProcessError, Processor, ProcessorContext, SourceRecord, Timer, TopologyBuilder},
-    stage_user::{send_topic, Settings},
+    settings::Settings,
 };
 
 const OUTBOX: &str = "app-outbox";
@@ -48,7 +48,7 @@ impl AppStage {
         ctx: &mut ProcessorContext<'_>,
         command: &SendCommand,
     ) -> Result<(), ProcessError> {
-        let topic = send_topic(&self.topics, self.settings.app(&command.app_id), command.confirm);
+        let topic = self.settings.app(&command.app_id).send_topic(&self.topics, command.confirm);
         Ok(ctx.send_record(topic, command.user_id.as_bytes(), command)?)
     }
 

@@ -1,7 +1,7 @@
 //! App settings files (`--app-config`): every invalid value is reported with its field path and
 //! reason, all of them in one pass.
 
-use herald_engine::{campaign::FieldError, stage_user::Settings};
+use herald_engine::{campaign::FieldError, settings::Settings};
 
 fn errors(text: &str) -> Vec<(String, String)> {
     let errors = Settings::parse(text, "apps.yaml").unwrap_err();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use herald_engine::{
     backtest::{Backtest, BacktestError},
-    stage_user::Settings,
+    settings::Settings,
 };
 use serde_json::Value;
 

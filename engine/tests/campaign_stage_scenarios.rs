@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use herald_engine::{backtest::Backtest, model::CampaignLifecycleEvent, stage_user::Settings};
+use herald_engine::{backtest::Backtest, model::CampaignLifecycleEvent, settings::Settings};
 use serde_json::Value;
 
 fn ts(second: i64) -> String {

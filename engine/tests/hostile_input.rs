@@ -4,7 +4,7 @@
 
 use apache_avro::rabin::Rabin;
 use herald_engine::{
-    campaign::parse_campaign, model::*, render::MessageTemplate, stage_user::Settings,
+    campaign::parse_campaign, model::*, render::MessageTemplate, settings::Settings,
 };
 use proptest::prelude::*;
 use serde_json::{json, Value};

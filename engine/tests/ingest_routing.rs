@@ -20,7 +20,7 @@ use herald_engine::{
         partition_for,
         replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
     },
-    stage_user::Settings,
+    settings::Settings,
 };
 
 const PARTITIONS: i32 = 4;

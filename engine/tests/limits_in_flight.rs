@@ -11,7 +11,7 @@ mod replay_support {
         },
         pipeline::engine_topology,
         runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
-        stage_user::Settings,
+        settings::Settings,
     };
     use std::{cell::RefCell, sync::Arc};
 

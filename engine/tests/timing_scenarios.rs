@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use herald_engine::{backtest::Backtest, stage_user::Settings};
+use herald_engine::{backtest::Backtest, settings::Settings};
 use serde_json::Value;
 
 /// 2026-11-18T08:53:20Z plus `ms` milliseconds.

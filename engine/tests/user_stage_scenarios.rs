@@ -6,7 +6,7 @@ use std::path::Path;
 use herald_engine::{
     backtest::{Backtest, BacktestSummary},
     model::{Candidate, Skip},
-    stage_user::Settings,
+    settings::Settings,
 };
 
 struct Run {
@@ -772,7 +772,7 @@ mod operated {
         },
         pipeline::engine_topology,
         runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
-        stage_user::Settings,
+        settings::Settings,
     };
     use std::{cell::RefCell, sync::Arc};
 

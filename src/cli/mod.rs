@@ -80,10 +80,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// App settings from `path`, or the defaults (no caps, UTC) without one.
 fn load_settings(
     path: Option<&std::path::Path>,
-) -> anyhow::Result<herald_engine::stage_user::Settings> {
+) -> anyhow::Result<herald_engine::settings::Settings> {
     use anyhow::Context;
     let Some(path) = path else { return Ok(Default::default()) };
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(herald_engine::stage_user::Settings::parse(&text, &path.display().to_string())?)
+    Ok(herald_engine::settings::Settings::parse(&text, &path.display().to_string())?)
 }

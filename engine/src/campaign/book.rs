@@ -8,6 +8,10 @@ use crate::{
     runtime::GlobalTable,
 };
 
+/// Name of the global table of campaign definitions (`herald.campaigns`), which every stage
+/// reads through a [`CampaignCache`].
+pub const CAMPAIGNS_TABLE: &str = "campaigns";
+
 /// Compiled campaigns by id, and the behaviour predicates their filters reference.
 #[derive(Default)]
 pub struct CampaignBook {

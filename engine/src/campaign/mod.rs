@@ -6,7 +6,7 @@ mod filter;
 mod model;
 mod parse;
 
-pub use book::{CampaignBook, CampaignCache};
+pub use book::{CampaignBook, CampaignCache, CAMPAIGNS_TABLE};
 pub use filter::{time_ms, ProfileView, Scalar};
 pub use model::{
     AbTest, Action, Assignment, Behaviour, Campaign, CampaignStatus, CarouselItem, Conversion, Dnd,

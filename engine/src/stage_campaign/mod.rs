@@ -19,7 +19,7 @@ use ab::{pick_winner, SplitDelivery, VariantResult, WinnerRule};
 use crate::{
     campaign::{
         AbTest, Assignment, Campaign, CampaignCache, CampaignStatus, TestPopulation, Throttle,
-        Trigger, WinnerBy,
+        Trigger, WinnerBy, CAMPAIGNS_TABLE,
     },
     model::{
         is_triggered_run, topics::TopicNames, CampaignLifecycleEvent, CampaignStats, Candidate,
@@ -32,7 +32,7 @@ use crate::{
     runtime::{
         ProcessError, Processor, ProcessorContext, SourceRecord, Tick, Timer, TopologyBuilder,
     },
-    stage_user::{send_topic, Settings},
+    settings::Settings,
 };
 
 const STATE: &str = "campaign-state";
@@ -53,8 +53,6 @@ const WAITING_TIMER: &str = "waiting";
 fn timer_key(kind: &str, campaign: &str) -> Vec<u8> {
     format!("{kind}:{campaign}").into_bytes()
 }
-
-use crate::pipeline::CAMPAIGNS_TABLE;
 
 /// Adds the campaign stage (campaign flow in; send commands, stats and lifecycle events out)
 /// to a topology that has the campaigns global table.
@@ -561,7 +559,7 @@ impl CampaignStage {
         let app = self.settings.app(&campaign.app);
         let (topic, by_app) = match app.throttle {
             Some(_) => (self.topics.app_throttle.as_str(), true),
-            None => (send_topic(&self.topics, app, commands.iter().any(|c| c.confirm)), false),
+            None => (app.send_topic(&self.topics, commands.iter().any(|c| c.confirm)), false),
         };
         for command in commands {
             let key = if by_app { &command.app_id } else { &command.user_id };

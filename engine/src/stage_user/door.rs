@@ -6,12 +6,10 @@
 use crate::{
     model::{Device, Properties, PropertyValue},
     runtime::{Clock, ProcessError, ProcessorContext, ProcessorCounter},
+    settings::IngestLimits,
 };
 
 use super::route::Inbound;
-
-const HOUR_MS: i64 = 3_600_000;
-const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// Ingest records rejected at the door, by reason (the vocabulary of [`Reason`]).
 pub(super) static REJECTED: ProcessorCounter = ProcessorCounter {
@@ -19,38 +17,6 @@ pub(super) static REJECTED: ProcessorCounter = ProcessorCounter {
     help: "Ingest records rejected at the door, by reason",
     label: "reason",
 };
-
-/// Limits on ingest records and the de-duplication window.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IngestLimits {
-    /// Events with the same event id for the same user within this time count once, ms.
-    pub dedup_window_ms: i64,
-    /// Oldest accepted record time, before now (live only; replays are exempt), ms.
-    pub max_age_ms: i64,
-    /// Latest accepted record time, after now (live only), ms.
-    pub max_ahead_ms: i64,
-    /// Most properties of one event or profile update.
-    pub max_properties: usize,
-    /// Longest string (ids, names, property names and values, tokens), bytes.
-    pub max_string_bytes: usize,
-    /// Most devices of one user.
-    pub max_devices: usize,
-}
-
-impl Default for IngestLimits {
-    /// 24 h de-duplication; 30 days back to 1 hour ahead; 100 properties; 2,048-byte strings;
-    /// 20 devices per user.
-    fn default() -> Self {
-        Self {
-            dedup_window_ms: DAY_MS,
-            max_age_ms: 30 * DAY_MS,
-            max_ahead_ms: HOUR_MS,
-            max_properties: 100,
-            max_string_bytes: 2_048,
-            max_devices: 20,
-        }
-    }
-}
 
 /// Why a record is refused: the bounded label vocabulary of [`REJECTED`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,6 +225,9 @@ fn shown(name: &str) -> String {
 mod tests {
     use super::*;
     use crate::model::AppEvent;
+
+    const HOUR_MS: i64 = 3_600_000;
+    const DAY_MS: i64 = 24 * HOUR_MS;
 
     const NOW: i64 = 1_764_000_000_000;
 

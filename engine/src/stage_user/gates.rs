@@ -4,8 +4,8 @@ use chrono::{DateTime, Datelike, Days, TimeZone};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use super::settings::AppSettings;
 use crate::campaign::Dnd;
+use crate::settings::AppSettings;
 
 /// Sends kept for cap checks: a week and a day.
 const SEND_LOG_MS: i64 = 8 * 86_400_000;

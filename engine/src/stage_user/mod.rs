@@ -12,20 +12,16 @@ mod profile;
 mod route;
 mod runs;
 mod send_gate;
-mod settings;
 
 use std::sync::Arc;
 
-pub use door::IngestLimits;
 pub use gates::{dnd_window_end, in_sample, Capped, SendLog};
 pub use profile::{Profile, UserView};
 use route::Inbound;
-pub use send_gate::send_topic;
 use serde::{Deserialize, Serialize};
-pub use settings::{AppSettings, Settings};
 
 use crate::{
-    campaign::{Campaign, CampaignCache, CampaignStatus, DndAction, Trigger},
+    campaign::{Campaign, CampaignCache, CampaignStatus, DndAction, Trigger, CAMPAIGNS_TABLE},
     model::{
         topics::TopicNames, triggered_run_id, AliasRecord, AppEvent, Candidate, Engagement,
         EngagementKind, IngestDecoder, IngestError, IngestKind, ProfileUpdate, Properties,
@@ -35,6 +31,7 @@ use crate::{
     runtime::{
         ProcessError, Processor, ProcessorContext, SourceRecord, Tick, Timer, TopologyBuilder,
     },
+    settings::Settings,
 };
 
 const PROFILES: &str = "profiles";
@@ -44,7 +41,6 @@ const PENDING: &str = "pending";
 const DELIVERIES: &str = "deliveries";
 const RUNS: &str = "runs";
 const HELD: &str = "held";
-use crate::pipeline::CAMPAIGNS_TABLE;
 /// Days of event history kept.
 const LOOK_BACK_DAYS: i64 = 90;
 

@@ -9,22 +9,11 @@
 //! The user stage owns the send log, so the check and the write are one step of one task:
 //! exact under concurrency, crashes and rebalances (both are in the task's transaction).
 
-use super::{gates::SendLog, settings::AppSettings, Profile, UserStage, PROFILES, SEND_LOG};
+use super::{gates::SendLog, Profile, UserStage, PROFILES, SEND_LOG};
 use crate::{
-    model::{topics::TopicNames, SendCommand, SendConfirmed, Skip},
+    model::{SendCommand, SendConfirmed, Skip},
     runtime::{ProcessError, ProcessorContext},
 };
-
-/// Where send commands of an app with `settings` leave: through the send gate when the app has
-/// frequency caps (they are checked and spent there) or the commands ask for confirmation (the
-/// gate gives it even when the caps were removed since), else straight to the senders.
-pub fn send_topic<'t>(topics: &'t TopicNames, settings: &AppSettings, confirm: bool) -> &'t str {
-    if settings.has_caps() || confirm {
-        &topics.send_gate
-    } else {
-        &topics.push
-    }
-}
 
 impl UserStage {
     /// Passes `command` to the senders, or refuses it when the user's caps are spent at the

@@ -1,13 +1,19 @@
-//! Per-app settings of the user stage: global frequency caps, minimum gap, default timezone;
-//! and the limits of ingest records (validation at the door, de-duplication window).
+//! The app settings file: per app, global frequency caps, minimum gap, default timezone and
+//! global throttle (read by the user, campaign and app stages); for every app, the limits of
+//! ingest records (validation at the door, de-duplication window).
 
 use std::collections::HashMap;
 
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
 
-use super::door::IngestLimits;
-use crate::campaign::{parse_duration, FieldError, Throttle, ValidationErrors, MAX_COUNT};
+use crate::{
+    campaign::{parse_duration, FieldError, Throttle, ValidationErrors, MAX_COUNT},
+    model::topics::TopicNames,
+};
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// Caps and defaults of one app.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +34,50 @@ impl AppSettings {
     /// Whether any per-user frequency cap applies (daily, weekly or minimum gap).
     pub fn has_caps(&self) -> bool {
         self.max_per_day.is_some() || self.max_per_week.is_some() || self.min_gap_ms.is_some()
+    }
+
+    /// Where the app's send commands leave: through the user stage's send gate when the app
+    /// has frequency caps (they are checked and spent there) or the commands ask for
+    /// confirmation (the gate gives it even when the caps were removed since), else straight to
+    /// the senders.
+    pub fn send_topic<'t>(&self, topics: &'t TopicNames, confirm: bool) -> &'t str {
+        if self.has_caps() || confirm {
+            &topics.send_gate
+        } else {
+            &topics.push
+        }
+    }
+}
+
+/// Limits on ingest records and the de-duplication window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestLimits {
+    /// Events with the same event id for the same user within this time count once, ms.
+    pub dedup_window_ms: i64,
+    /// Oldest accepted record time, before now (live only; replays are exempt), ms.
+    pub max_age_ms: i64,
+    /// Latest accepted record time, after now (live only), ms.
+    pub max_ahead_ms: i64,
+    /// Most properties of one event or profile update.
+    pub max_properties: usize,
+    /// Longest string (ids, names, property names and values, tokens), bytes.
+    pub max_string_bytes: usize,
+    /// Most devices of one user.
+    pub max_devices: usize,
+}
+
+impl Default for IngestLimits {
+    /// 24 h de-duplication; 30 days back to 1 hour ahead; 100 properties; 2,048-byte strings;
+    /// 20 devices per user.
+    fn default() -> Self {
+        Self {
+            dedup_window_ms: DAY_MS,
+            max_age_ms: 30 * DAY_MS,
+            max_ahead_ms: HOUR_MS,
+            max_properties: 100,
+            max_string_bytes: 2_048,
+            max_devices: 20,
+        }
     }
 }
 
