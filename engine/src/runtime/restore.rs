@@ -13,7 +13,10 @@ use rdkafka::{
 };
 
 use super::{
-    checkpoint::Checkpoint, store::TaskState, watermarks::watermarks, RuntimeError, RuntimeMetrics,
+    checkpoint::Checkpoint,
+    store::{Restored, TaskState},
+    watermarks::watermarks,
+    RuntimeError, RuntimeMetrics,
 };
 use crate::kafka::KafkaConfig;
 
@@ -27,11 +30,27 @@ pub(crate) struct RestoreRequest<'a> {
     pub(crate) from: Checkpoint,
 }
 
-/// Where one changelog partition's records go, and how far to read.
+/// Records applied to a store per write batch.
+const BATCH: usize = 4_096;
+
+/// Where one changelog partition's records go, and how far to read; records read but not yet
+/// applied wait in `pending`, written as one batch.
 struct Target<'a> {
     state: &'a TaskState,
     store: String,
     end: i64,
+    pending: Vec<Restored>,
+}
+
+impl Target<'_> {
+    /// Writes the pending records to the store.
+    fn flush(&mut self) -> Result<(), RuntimeError> {
+        if !self.pending.is_empty() {
+            self.state.restore(&self.store, &self.pending)?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
 }
 
 /// Reads each changelog partition of the requested tasks from its checkpointed offset (or the
@@ -83,7 +102,7 @@ fn restore_all(
             let store = request.state.store_of_changelog(topic).expect("own topic").to_string();
             targets.insert(
                 (topic.to_string(), request.partition),
-                Target { state: request.state, store, end: high },
+                Target { state: request.state, store, end: high, pending: Vec::new() },
             );
         }
     }
@@ -97,13 +116,13 @@ fn restore_all(
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 let key = (message.topic().to_string(), message.partition());
-                if let Some(target) = targets.get(&key) {
+                if let Some(target) = targets.get_mut(&key) {
                     if message.offset() < target.end {
-                        target.state.restore(
-                            &target.store,
-                            message.key().unwrap_or_default(),
-                            message.payload(),
-                        )?;
+                        let key = message.key().unwrap_or_default().to_vec();
+                        target.pending.push((key, message.payload().map(<[u8]>::to_vec)));
+                        if target.pending.len() >= BATCH {
+                            target.flush()?;
+                        }
                         metrics.restored_records.with_label_values(&[&target.store]).inc();
                         applied += 1;
                     }
@@ -124,13 +143,21 @@ fn restore_all(
         // transaction markers are not messages, so the position is the reliable test.
         let positions =
             consumer.position().map_err(RuntimeError::kafka("reading restore positions"))?;
-        targets.retain(|(topic, partition), target| {
+        let mut done = Vec::new();
+        for ((topic, partition), target) in &targets {
             let position = positions
                 .find_partition(topic, *partition)
                 .and_then(|e| e.offset().to_raw())
                 .unwrap_or(-1);
-            position < target.end
-        });
+            if position >= target.end {
+                done.push((topic.clone(), *partition));
+            }
+        }
+        for key in done {
+            if let Some(mut target) = targets.remove(&key) {
+                target.flush()?;
+            }
+        }
         if last_report.elapsed() >= PROGRESS_EVERY {
             last_report = Instant::now();
             tracing::info!(applied, partitions_left = targets.len(), "restoring state stores");

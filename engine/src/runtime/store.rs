@@ -8,7 +8,7 @@ use std::{
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode,
-    Options, WriteOptions, DB,
+    Options, WriteBatch, WriteOptions, DB,
 };
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -103,19 +103,20 @@ impl TaskState {
         Ok(Store { state: self, cf: self.cf(name)?, name, changelog, out, timestamp_ms })
     }
 
-    /// Applies a changelog record during restore (no changelog write).
-    pub(crate) fn restore(
-        &self,
-        store: &str,
-        key: &[u8],
-        value: Option<&[u8]>,
-    ) -> Result<(), RuntimeError> {
+    /// Applies changelog records of `store` during restore, in one write batch (no changelog
+    /// write).
+    pub(crate) fn restore(&self, store: &str, records: &[Restored]) -> Result<(), RuntimeError> {
         let cf = self.cf(store)?;
-        match value {
-            Some(value) => self.db.put_cf_opt(cf, key, value, &self.write_options),
-            None => self.db.delete_cf_opt(cf, key, &self.write_options),
+        let mut batch = WriteBatch::default();
+        for (key, value) in records {
+            match value {
+                Some(value) => batch.put_cf(cf, key, value),
+                None => batch.delete_cf(cf, key),
+            }
         }
-        .map_err(RuntimeError::store(format!("restoring {store}")))
+        self.db
+            .write_opt(batch, &self.write_options)
+            .map_err(RuntimeError::store(format!("restoring {store}")))
     }
 
     /// Number of keys in `store` (exact count by iteration; used after restore and for metrics).
@@ -158,6 +159,9 @@ impl TaskState {
 
 /// A key and its value.
 pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// A changelog record being restored: a key and its value, or `None` for a deletion.
+pub(crate) type Restored = (Vec<u8>, Option<Vec<u8>>);
 
 /// A key-value store of the current task. Keys are ordered bytewise; writes are changelogged.
 pub struct Store<'a> {
