@@ -73,7 +73,7 @@ impl Processor for AppStage {
     ) -> Result<(), ProcessError> {
         let value = record.value.ok_or_else(|| ProcessError::reject("tombstone"))?;
         let registry = SchemaRegistry::builtin();
-        let (name, _) = registry.decode_value(value)?;
+        let name = registry.record_name(value)?;
         if name != SendCommand::FULL_NAME {
             return Err(ProcessError::reject(format!("unexpected {name} on the app stage")));
         }

@@ -201,12 +201,23 @@ impl SchemaRegistry {
             self.versions.get(&fingerprint).ok_or(CodecError::UnknownFingerprint(fingerprint))?;
         let reader = self.current_entry(&writer.name)?;
         let corrupt = |reason: String| CodecError::Corrupt { schema: writer.name.clone(), reason };
-        let value = apache_avro::from_avro_datum(&writer.schema, &mut datum, Some(&reader.schema))
+        // Written with the current version (the usual case): nothing to resolve.
+        let resolve_to = (reader.fingerprint != fingerprint).then_some(&reader.schema);
+        let value = apache_avro::from_avro_datum(&writer.schema, &mut datum, resolve_to)
             .map_err(|e| corrupt(e.to_string()))?;
         if !datum.is_empty() {
             return Err(corrupt(format!("{} trailing bytes after the datum", datum.len())));
         }
         Ok((writer.name.as_str(), value))
+    }
+
+    /// The full name of a single-object record's type, from its fingerprint alone (nothing
+    /// is decoded).
+    pub fn record_name<'a>(&'a self, bytes: &[u8]) -> Result<&'a str, CodecError> {
+        let (fingerprint, _) = single_object::split(bytes)?;
+        let writer =
+            self.versions.get(&fingerprint).ok_or(CodecError::UnknownFingerprint(fingerprint))?;
+        Ok(&writer.name)
     }
 
     fn current_entry(&self, full_name: &str) -> Result<&Current, CodecError> {

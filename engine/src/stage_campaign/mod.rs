@@ -784,7 +784,7 @@ impl Processor for CampaignStage {
         let value =
             record.value.ok_or_else(|| ProcessError::reject("tombstone in the campaign flow"))?;
         let registry = SchemaRegistry::builtin();
-        let (name, _) = registry.decode_value(value)?;
+        let name = registry.record_name(value)?;
         match name {
             Candidate::FULL_NAME => self.on_candidate(ctx, registry.decode(value)?),
             Skip::FULL_NAME => self.on_skip(ctx, registry.decode(value)?),

@@ -113,7 +113,7 @@ impl Inbound {
 
     fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         let registry = SchemaRegistry::builtin();
-        let (name, _) = registry.decode_value(bytes)?;
+        let name = registry.record_name(bytes)?;
         match name {
             AppEvent::FULL_NAME => registry.decode(bytes).map(Self::Event),
             ProfileUpdate::FULL_NAME => registry.decode(bytes).map(Self::Profile),
