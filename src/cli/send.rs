@@ -8,14 +8,18 @@ use herald_engine::{
     kafka::KafkaConfig,
     model::topics::TopicNames,
     runtime::{instance_id, ShutdownFlag},
-    sender::{self, config::SenderConfig, SenderOptions},
+    sender::{self, config::SenderConfig, intents::INTENTS, status::Status, SenderOptions},
 };
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
     /// Sender configuration (apps, credentials, endpoints, limits).
+    #[arg(long, required_unless_present = "status")]
+    config: Option<PathBuf>,
+    /// Print the status of the instances under --state-dir (in flight, backlog, commands
+    /// parked on a refused credential) and exit.
     #[arg(long)]
-    config: PathBuf,
+    status: bool,
     /// Prefix of the topic names.
     #[arg(long, default_value = "")]
     topic_prefix: String,
@@ -35,15 +39,28 @@ pub struct SendArgs {
 }
 
 pub fn run(kafka: &KafkaConfig, args: SendArgs) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("reading {}", args.config.display()))?;
-    let config = SenderConfig::parse(&text, &args.config.display().to_string())?;
+    if args.status {
+        let statuses = Status::read_all(&args.state_dir)?;
+        if statuses.is_empty() {
+            println!("no sender instance under {}", args.state_dir.display());
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        for status in statuses {
+            print!("{}", status.render(now));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let path = args.config.context("--config is required")?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config = SenderConfig::parse(&text, &path.display().to_string())?;
     let topics = TopicNames::with_prefix(&args.topic_prefix);
     let instance_id = instance_id(args.instance_id.as_deref(), &args.state_dir)?;
     let options = SenderOptions {
         kafka: kafka.clone(),
         push_topic: topics.push,
         receipts_topic: topics.receipts,
+        intents_topic: format!("{}{INTENTS}", args.topic_prefix),
         dead_letter_topic: topics.dead_letter,
         group: args.group,
         state_dir: args.state_dir.join(&instance_id),

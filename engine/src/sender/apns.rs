@@ -20,13 +20,24 @@ use super::{
 };
 use crate::model::SendCommand;
 
-/// The provider token of one app, re-signed when older than the refresh period.
+/// The provider token of one app, re-signed when older than the refresh period or refused.
+/// Signing happens under the token's lock (one signature in flight, the old token kept until
+/// the new one is signed), and a refusal discards only the token it was about: concurrent 403s
+/// for one token cause one new signature, not one each.
 pub struct ProviderToken {
     key: EncodingKey,
     key_id: String,
     team_id: String,
     refresh: Duration,
-    current: Mutex<Option<(String, Instant)>>,
+    current: Mutex<Option<Current>>,
+}
+
+/// The token in use.
+struct Current {
+    token: String,
+    signed: Instant,
+    /// The provider refused it: sign a new one at the next use.
+    refused: bool,
 }
 
 #[derive(Serialize)]
@@ -59,7 +70,7 @@ impl ProviderToken {
     /// Returns the token and whether it was just signed.
     pub fn bearer(&self) -> Result<(String, bool), String> {
         let mut current = self.current.lock().expect("token lock");
-        if let Some((token, signed)) = current.as_ref() {
+        if let Some(Current { token, signed, refused: false }) = current.as_ref() {
             if signed.elapsed() < self.refresh {
                 return Ok((token.clone(), false));
             }
@@ -69,13 +80,22 @@ impl ProviderToken {
         let claims = Claims { iss: &self.team_id, iat: chrono::Utc::now().timestamp() };
         let token = jsonwebtoken::encode(&header, &claims, &self.key)
             .map_err(|e| format!("signing the APNs provider token: {e}"))?;
-        *current = Some((token.clone(), Instant::now()));
+        *current = Some(Current { token: token.clone(), signed: Instant::now(), refused: false });
         Ok((token, true))
     }
 
-    /// Forgets the current token (the provider refused it).
-    pub fn invalidate(&self) {
-        *self.current.lock().expect("token lock") = None;
+    /// The provider refused `token`: the next use signs a new one, unless `token` was already
+    /// replaced (a late 403 for an older token leaves the fresh one alone). True if it was the
+    /// current token.
+    pub fn refused(&self, token: &str) -> bool {
+        let mut current = self.current.lock().expect("token lock");
+        match current.as_mut() {
+            Some(current) if current.token == token => {
+                current.refused = true;
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -98,9 +118,11 @@ impl ApnsClient {
     pub async fn send(&self, command: &SendCommand) -> Result<Attempt, String> {
         let uri = format!("{}/3/device/{}", self.pool.origin(), command.token);
         let mut request = Request::builder().method(Method::POST).uri(uri);
+        let mut bearer = None;
         if let Some(token) = &self.token {
-            let (bearer, _) = token.bearer()?;
-            request = request.header("authorization", format!("bearer {bearer}"));
+            let (signed, _) = token.bearer()?;
+            request = request.header("authorization", format!("bearer {signed}"));
+            bearer = Some(signed);
         }
         request =
             request.header("apns-topic", &self.topic).header("content-type", "application/json");
@@ -126,7 +148,13 @@ impl ApnsClient {
             .ok()
             .and_then(|body| body["reason"].as_str().map(str::to_string))
             .unwrap_or_else(|| response.status.to_string());
-        Ok(classify(response.status, reason, retry_after(&response.headers)))
+        let attempt = classify(response.status, reason, retry_after(&response.headers));
+        if let (Attempt::Credentials(_), Some(token), Some(bearer)) =
+            (&attempt, &self.token, &bearer)
+        {
+            token.refused(bearer);
+        }
+        Ok(attempt)
     }
 }
 
@@ -136,6 +164,8 @@ fn classify(status: StatusCode, reason: String, after: Option<Duration>) -> Atte
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -155,8 +185,40 @@ mod tests {
         let (second, signed) = token.bearer().unwrap();
         assert!(signed, "re-signed after the refresh period");
         assert_ne!(first, second);
-        token.invalidate();
+        assert!(token.refused(&second));
         assert!(token.bearer().unwrap().1, "a refused token is signed again at once");
+    }
+
+    /// Issue 12: concurrent 403s for one token each discarded the freshly signed one (a storm
+    /// of signatures, and `TooManyProviderTokenUpdates`). A refusal now names its token.
+    #[test]
+    fn concurrent_refusals_of_one_token_sign_one_new_token() {
+        let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let token = ProviderToken::new(
+            key.as_bytes(),
+            "KEY1234567",
+            "TEAM123456",
+            Duration::from_secs(3_000),
+        )
+        .unwrap();
+        let (refused, _) = token.bearer().unwrap();
+        let signed: Vec<(String, bool)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        token.refused(&refused);
+                        token.bearer().unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let fresh: BTreeSet<&str> = signed.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(fresh.len(), 1, "one new token for eight refusals of the old one");
+        assert!(!fresh.contains(refused.as_str()));
+        assert_eq!(signed.iter().filter(|(_, new)| *new).count(), 1, "signed once");
+        assert!(!token.refused(&refused), "a late refusal of the old token changes nothing");
+        assert_eq!(token.bearer().unwrap(), (fresh.first().unwrap().to_string(), false));
     }
 
     #[test]

@@ -1,14 +1,8 @@
 //! One app's sending: its APNs and FCM clients, built from the configuration with errors that
-//! name the app and the credential's source; its rate ceiling, in-flight bound and the pause a
-//! `Retry-After` imposes on all its sends.
+//! name the app and the credential's source; its rate ceiling and in-flight bound, and per
+//! provider the pause a `Retry-After` imposes and the credential gate ([`super::park`]).
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use tokio::{
     sync::{Mutex, OwnedSemaphorePermit, Semaphore},
@@ -21,12 +15,21 @@ use super::{
     fcm::{AccessTokens, FcmClient, ServiceAccount},
     h2::H2Pool,
     outcome::Attempt,
+    park::CredentialGate,
     reason::{Reason, Refusal},
 };
 use crate::{
     model::{Platform, SendCommand},
     tls,
 };
+
+/// What one provider of an app shares: the `Retry-After` pause and the credential gate.
+#[derive(Default)]
+pub struct Lane {
+    paused_until: Mutex<Option<Instant>>,
+    /// Parks the provider's commands while its credential is refused.
+    pub credential: CredentialGate,
+}
 
 /// The sending side of one app.
 pub struct AppSender {
@@ -37,8 +40,8 @@ pub struct AppSender {
     in_flight: Arc<Semaphore>,
     interval: Duration,
     next_slot: Mutex<Instant>,
-    paused_until: Mutex<Instant>,
-    stopped: AtomicBool,
+    ios: Lane,
+    android: Lane,
 }
 
 impl AppSender {
@@ -114,33 +117,60 @@ impl AppSender {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             interval: Duration::from_secs_f64(1.0 / config.max_per_second),
             next_slot: Mutex::new(now),
-            paused_until: Mutex::new(now),
-            stopped: AtomicBool::new(false),
+            ios: Lane::default(),
+            android: Lane::default(),
         })
     }
 
-    /// A permit for one more request in flight; waits while the app is at its bound.
+    /// A permit for one more request in flight, if the app is below its bound (the poll
+    /// thread never waits for one).
+    pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.in_flight).try_acquire_owned().ok()
+    }
+
+    /// A permit for one more request in flight, waiting for one (a resumed parked command).
     pub async fn permit(&self) -> OwnedSemaphorePermit {
         Arc::clone(&self.in_flight).acquire_owned().await.expect("the semaphore is never closed")
     }
 
-    /// Waits out a `Retry-After` pause, then for the next slot under the rate ceiling.
-    pub async fn wait_turn(&self) {
-        let paused_until = *self.paused_until.lock().await;
-        tokio::time::sleep_until(paused_until).await;
+    /// The lane of `platform`'s provider.
+    pub fn lane(&self, platform: Platform) -> &Lane {
+        match platform {
+            Platform::Ios => &self.ios,
+            Platform::Android => &self.android,
+        }
+    }
+
+    /// Waits out the provider's `Retry-After` pause, then for the next slot under the rate
+    /// ceiling; gives up (false) when `bound` (the command's retry deadline or expiry) comes
+    /// first, so the caller re-checks the command instead of waiting past it.
+    pub async fn wait_turn(&self, platform: Platform, bound: Instant) -> bool {
+        let paused_until = *self.lane(platform).paused_until.lock().await;
+        if let Some(until) = paused_until {
+            if until > bound {
+                tokio::time::sleep_until(bound).await;
+                return false;
+            }
+            tokio::time::sleep_until(until).await;
+        }
         let slot = {
             let mut next = self.next_slot.lock().await;
             let slot = (*next).max(Instant::now());
+            if slot > bound {
+                return false;
+            }
             *next = slot + self.interval;
             slot
         };
         tokio::time::sleep_until(slot).await;
+        true
     }
 
-    /// Holds all the app's sends for `duration` (a `Retry-After`).
-    pub async fn pause_for(&self, duration: Duration) {
-        let mut paused_until = self.paused_until.lock().await;
-        *paused_until = (*paused_until).max(Instant::now() + duration);
+    /// Holds the provider's sends for this app for `duration` (a `Retry-After`).
+    pub async fn pause_for(&self, platform: Platform, duration: Duration) {
+        let mut paused_until = self.lane(platform).paused_until.lock().await;
+        let until = Instant::now() + duration;
+        *paused_until = Some(paused_until.map_or(until, |current| current.max(until)));
     }
 
     /// One attempt at sending `command`.
@@ -160,34 +190,5 @@ impl AppSender {
             },
         };
         result.unwrap_or_else(|text| Attempt::Failed(Refusal::new(Reason::InvalidRequest, text)))
-    }
-
-    /// Drops the platform's cached credential so the next attempt signs or fetches a new one.
-    pub async fn refresh_credentials(&self, platform: Platform) {
-        match platform {
-            Platform::Ios => {
-                if let Some(token) = self.apns.as_ref().and_then(|apns| apns.token.as_ref()) {
-                    token.invalidate();
-                }
-            }
-            Platform::Android => {
-                if let Some(fcm) = &self.fcm {
-                    fcm.tokens.invalidate().await;
-                }
-            }
-        }
-    }
-
-    /// Stops the app's sending after a credential was refused twice; its commands stay
-    /// unacknowledged (not failed) until the sender restarts with a working credential.
-    pub fn stop(&self, reason: &str) {
-        if !self.stopped.swap(true, Ordering::SeqCst) {
-            tracing::error!(app = %self.name, %reason, "credential refused after a refresh: sending for this app stopped; fix the credential and restart the sender");
-        }
-    }
-
-    /// Whether [`AppSender::stop`] was called.
-    pub fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::SeqCst)
     }
 }

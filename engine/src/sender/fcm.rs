@@ -98,9 +98,14 @@ impl AccessTokens {
         Ok((token, true))
     }
 
-    /// Forgets the cached token (FCM refused it).
-    pub async fn invalidate(&self) {
-        *self.current.lock().await = None;
+    /// FCM refused `token`: the next use fetches a new one, unless `token` was already replaced
+    /// (a late 401 for an older token leaves the fresh one alone; a fetch in flight holds the
+    /// lock, so there is one fetch at a time and the old token stays until the new one comes).
+    pub async fn refused(&self, token: &str) {
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_some_and(|(cached, _)| cached == token) {
+            *current = None;
+        }
     }
 
     async fn fetch(&self) -> Result<(String, Duration), String> {
@@ -180,7 +185,11 @@ impl FcmClient {
             let provider_id = body["name"].as_str().map(str::to_string);
             return Ok(Attempt::Accepted { provider_id });
         }
-        Ok(classify(response.status, &body, retry_after(&response.headers)))
+        let attempt = classify(response.status, &body, retry_after(&response.headers));
+        if matches!(attempt, Attempt::Credentials(_)) {
+            self.tokens.refused(&bearer).await;
+        }
+        Ok(attempt)
     }
 }
 

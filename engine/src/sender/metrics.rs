@@ -5,7 +5,7 @@ use prometheus::{
 };
 
 /// Sends by provider and outcome, provider latency, in-flight requests, retries, credential
-/// refreshes, dedup hits, consumer lag.
+/// refreshes, dedup hits, parked and interrupted commands, the backlog, consumer lag.
 pub struct SenderMetrics {
     /// Registry to expose.
     pub registry: Registry,
@@ -21,8 +21,14 @@ pub struct SenderMetrics {
     pub credential_refreshes: IntCounterVec,
     /// Commands skipped because their message id was already receipted.
     pub dedup_hits: IntCounter,
-    /// Apps whose sending stopped on a refused credential.
-    pub apps_stopped: IntGauge,
+    /// Commands parked on a refused credential, by app and provider.
+    pub parked: IntGaugeVec,
+    /// Commands receipted `interrupted`: a sender stopped between their intent and receipt.
+    pub interrupted: IntCounter,
+    /// Receipts whose production failed and was retried.
+    pub receipt_retries: IntCounter,
+    /// Commands read while their app was at its in-flight bound, waiting in paused partitions.
+    pub backlog: IntGauge,
     /// Commands not yet read, by partition of `herald.push` (from librdkafka statistics).
     pub consumer_lag: IntGaugeVec,
 }
@@ -57,7 +63,13 @@ impl SenderMetrics {
             metric
         };
         let in_flight = gauge("in_flight", "Requests in flight");
-        let apps_stopped = gauge("apps_stopped", "Apps stopped on a refused credential");
+        let backlog = gauge("backlog", "Commands waiting in paused partitions");
+        let parked = IntGaugeVec::new(
+            Opts::new("parked", "Commands parked on a refused credential"),
+            &["app", "provider"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(parked.clone())).expect("unique metric");
         let consumer_lag =
             IntGaugeVec::new(Opts::new("consumer_lag", "Commands not yet read"), &["partition"])
                 .expect("valid metric");
@@ -65,6 +77,14 @@ impl SenderMetrics {
         let dedup_hits = IntCounter::new("dedup_hits_total", "Commands already receipted")
             .expect("valid metric");
         registry.register(Box::new(dedup_hits.clone())).expect("unique metric");
+        let counter = |name: &str, help: &str| {
+            let metric = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
+        let interrupted =
+            counter("interrupted_total", "Commands whose sender stopped mid-delivery");
+        let receipt_retries = counter("receipt_retries_total", "Receipt writes retried");
         Self {
             registry,
             sends,
@@ -73,7 +93,10 @@ impl SenderMetrics {
             retries,
             credential_refreshes,
             dedup_hits,
-            apps_stopped,
+            parked,
+            interrupted,
+            receipt_retries,
+            backlog,
             consumer_lag,
         }
     }

@@ -1,48 +1,63 @@
 //! `herald send`: a sender process in a consumer group on `herald.push`, whose partitions are
-//! its shards. It delivers each command to APNs or FCM over HTTP/2 (at least once, duplicates
-//! suppressed by message id), retries transient errors with backoff and `Retry-After`, and
-//! produces one final receipt per command to `herald.receipts`. A partition's offset is
-//! committed only up to the first command whose receipt is not yet produced.
+//! its shards. It delivers each command to APNs or FCM over HTTP/2 at most once (an intent is
+//! written to Kafka before the first provider call, and a partition's new owner learns the
+//! intents and receipts of the old one), retries transient errors with backoff and
+//! `Retry-After` within the command's deadline and expiry, parks a provider's commands while
+//! its credential is refused, and produces one final receipt per command to `herald.receipts`.
+//! A partition's offset is committed only up to the first command whose receipt is not yet
+//! produced.
 
 pub mod apns;
 pub mod app;
+mod backlog;
 pub mod config;
 pub mod dedup;
+mod delivery;
 pub mod fcm;
 pub mod h2;
+pub mod intents;
 pub mod metrics;
 pub mod outcome;
+pub mod park;
 mod progress;
 pub mod reason;
+mod rebalance;
+pub mod status;
+mod takeover;
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer},
     producer::{FutureProducer, FutureRecord},
     Message, Offset, TopicPartitionList,
 };
-use tokio::time::Instant;
 
 use self::{
     app::AppSender,
+    backlog::{Backlog, Waiting},
     config::{ConfigError, SenderConfig},
-    dedup::{DedupStore, Seen},
+    dedup::DedupStore,
+    intents::{IntentLog, IntentsTopicError},
     metrics::SenderMetrics,
-    outcome::Attempt,
     progress::Progress,
-    reason::{Reason, Refusal},
+    rebalance::{SenderContext, DRAIN_TIMEOUT},
+    takeover::Takeover,
 };
 use crate::{
     kafka::KafkaConfig,
-    model::{DeadLetter, Platform, Receipt, ReceiptStatus, SchemaRegistry, SendCommand},
+    model::{DeadLetter, SchemaRegistry, SendCommand},
     runtime::ShutdownFlag,
 };
 
-/// How often consumed positions are committed.
+/// How often consumed positions are committed (and the status file written).
 const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
-/// How long a graceful stop waits for requests in flight.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A sender failure that stops the process.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +76,9 @@ pub enum SenderError {
     /// A local resource (async runtime, metrics endpoint, dedup store) could not be set up.
     #[error("{0}")]
     Setup(String),
+    /// The intents topic is missing and could not be created.
+    #[error(transparent)]
+    Intents(#[from] IntentsTopicError),
 }
 
 fn kafka(context: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> SenderError + '_ {
@@ -76,13 +94,15 @@ pub struct SenderOptions {
     pub push_topic: String,
     /// Receipts topic.
     pub receipts_topic: String,
+    /// Intents topic (created like the receipts topic when missing).
+    pub intents_topic: String,
     /// Dead-letter topic (undecodable commands).
     pub dead_letter_topic: String,
     /// Consumer group of all senders.
     pub group: String,
     /// This instance's id (static membership: a restarted instance keeps its shards).
     pub instance_id: String,
-    /// Local state (the dedup store).
+    /// Local state (the dedup store, the status file).
     pub state_dir: PathBuf,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
@@ -92,15 +112,21 @@ pub struct SenderOptions {
 struct Shared {
     apps: BTreeMap<String, AppSender>,
     config: SenderConfig,
-    dedup: DedupStore,
+    dedup: Arc<DedupStore>,
+    intents: IntentLog,
     producer: FutureProducer,
     receipts_topic: String,
-    progress: Arc<std::sync::Mutex<Progress>>,
+    progress: Arc<Mutex<Progress>>,
     metrics: Arc<SenderMetrics>,
+    /// Message ids being delivered, with the other (partition, offset) places of the same id
+    /// read meanwhile (a partition back on this instance, a repeated command): they finish
+    /// with the delivery instead of starting a second one.
+    delivering: Mutex<HashMap<String, Vec<(i32, i64)>>>,
 }
 
-/// Runs a sender until `shutdown` is requested. The consumer is polled on the calling thread
-/// (its rebalance callback may block there); deliveries run on a Tokio runtime.
+/// Runs a sender until `shutdown` is requested. The consumer is polled on the calling thread,
+/// which never waits for a permit (see [`backlog`]); its rebalance callbacks drain and learn
+/// there. Deliveries run on a Tokio runtime.
 pub fn run(
     config: SenderConfig,
     options: SenderOptions,
@@ -119,10 +145,32 @@ pub fn run(
             .map_err(|e| SenderError::Setup(format!("serving metrics: {e}")))?;
         tracing::info!(%bound, "serving /metrics");
     }
-    let dedup = DedupStore::open(&options.state_dir.join("dedup"), config.dedup_window)
-        .map_err(SenderError::Setup)?;
-    let progress = Arc::new(std::sync::Mutex::new(Progress::default()));
-    let consumer: BaseConsumer<RevocationDrain> = options
+    runtime.block_on(intents::ensure_topic(
+        &options.kafka,
+        &options.receipts_topic,
+        &options.intents_topic,
+        config.dedup_window,
+    ))?;
+    let dedup = Arc::new(
+        DedupStore::open(&options.state_dir.join("dedup"), config.dedup_window)
+            .map_err(SenderError::Setup)?,
+    );
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    let backlog = Arc::new(Mutex::new(Backlog::default()));
+    let context = SenderContext {
+        progress: Arc::clone(&progress),
+        backlog: Arc::clone(&backlog),
+        dedup: Arc::clone(&dedup),
+        takeover: Takeover {
+            kafka: options.kafka.clone(),
+            push_topic: options.push_topic.clone(),
+            intents_topic: options.intents_topic.clone(),
+            receipts_topic: options.receipts_topic.clone(),
+            window: config.dedup_window,
+        },
+        metrics: Arc::clone(&metrics),
+    };
+    let consumer: BaseConsumer<SenderContext> = options
         .kafka
         .client_config()
         .set("group.id", &options.group)
@@ -133,11 +181,7 @@ pub fn run(
         .set("session.timeout.ms", "10000")
         .set("queued.max.messages.kbytes", "16384")
         .set("statistics.interval.ms", "5000")
-        .create_with_context(RevocationDrain {
-            progress: Arc::clone(&progress),
-            topic: options.push_topic.clone(),
-            metrics: Arc::clone(&metrics),
-        })
+        .create_with_context(context)
         .map_err(kafka("creating the consumer"))?;
     consumer.subscribe(&[&options.push_topic]).map_err(kafka("subscribing"))?;
     let producer: FutureProducer = options
@@ -151,21 +195,35 @@ pub fn run(
         apps,
         config,
         dedup,
+        intents: IntentLog::new(producer.clone(), options.intents_topic.clone()),
         producer,
         receipts_topic: options.receipts_topic.clone(),
         progress,
         metrics,
+        delivering: Mutex::new(HashMap::new()),
     });
     tracing::info!(group = %options.group, instance = %options.instance_id, topic = %options.push_topic, "sender started");
 
+    let status_file = options.state_dir.join(status::STATUS_FILE);
     let mut last_commit = std::time::Instant::now();
     while !shutdown.requested() {
+        dispatch_backlog(&runtime, &shared, &consumer, &backlog, &options.push_topic);
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 let (partition, offset) = (message.partition(), message.offset());
                 shared.progress.lock().expect("progress lock").started(partition, offset);
-                let payload = message.payload().unwrap_or_default().to_vec();
-                dispatch(&runtime, &shared, &options, payload, partition, offset);
+                let payload = message.payload().unwrap_or_default();
+                if let Some(command) =
+                    decode(&runtime, &shared, &options, payload, partition, offset)
+                {
+                    let waiting = Waiting { command, partition, offset };
+                    let held = backlog.lock().expect("backlog lock").holds(partition);
+                    let waiting =
+                        if held { Some(waiting) } else { dispatch(&runtime, &shared, waiting) };
+                    if let Some(waiting) = waiting {
+                        hold(&consumer, &backlog, &shared, &options.push_topic, waiting);
+                    }
+                }
             }
             Some(Err(error)) => tracing::warn!(%error, "consumer error"),
             None => {}
@@ -173,6 +231,7 @@ pub fn run(
         if last_commit.elapsed() >= COMMIT_INTERVAL {
             last_commit = std::time::Instant::now();
             commit(&consumer, &shared, &options.push_topic);
+            write_status(&shared, &options, &status_file);
         }
     }
     tracing::info!("stopping: waiting for requests in flight");
@@ -184,207 +243,133 @@ pub fn run(
     Ok(())
 }
 
-/// Starts handling one consumed command: waits for a permit of its app (backpressure: the
-/// consumer is not polled meanwhile), then delivers it on a task of its own.
+/// The command in `payload`, or `None` after sending an undecodable one to the dead-letter
+/// topic (and finishing it).
+fn decode(
+    runtime: &tokio::runtime::Runtime,
+    shared: &Shared,
+    options: &SenderOptions,
+    payload: &[u8],
+    partition: i32,
+    offset: i64,
+) -> Option<SendCommand> {
+    let error = match SchemaRegistry::builtin().decode(payload) {
+        Ok(command) => return Some(command),
+        Err(error) => error,
+    };
+    let letter = DeadLetter {
+        source_topic: options.push_topic.clone(),
+        source_partition: partition,
+        source_offset: offset,
+        key: None,
+        value: Some(payload.to_vec()),
+        reason: format!("undecodable send command: {error}"),
+        stage: "sender".into(),
+        timestamp_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    tracing::warn!(partition, offset, reason = %letter.reason, "command sent to the dead-letter topic");
+    if let Ok(bytes) = SchemaRegistry::builtin().encode(&letter) {
+        let record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&options.dead_letter_topic).payload(&bytes);
+        let _ = runtime.block_on(shared.producer.send(record, Duration::from_secs(30)));
+    }
+    shared.progress.lock().expect("progress lock").finished(partition, offset);
+    None
+}
+
+/// Queues `waiting` in the backlog and pauses its partition.
+fn hold(
+    consumer: &BaseConsumer<SenderContext>,
+    backlog: &Mutex<Backlog>,
+    shared: &Shared,
+    topic: &str,
+    waiting: Waiting,
+) {
+    let partition = waiting.partition;
+    let mut backlog = backlog.lock().expect("backlog lock");
+    if !backlog.holds(partition) {
+        let mut paused = TopicPartitionList::new();
+        paused.add_partition(topic, partition);
+        if let Err(error) = consumer.pause(&paused) {
+            tracing::warn!(%error, partition, "pausing a partition");
+        }
+    }
+    backlog.push(waiting);
+    shared.metrics.backlog.set(backlog.len() as i64);
+}
+
+/// Dispatches the backlog's commands in order while their apps have permits, resuming each
+/// partition whose backlog empties.
+fn dispatch_backlog(
+    runtime: &tokio::runtime::Runtime,
+    shared: &Arc<Shared>,
+    consumer: &BaseConsumer<SenderContext>,
+    backlog: &Mutex<Backlog>,
+    topic: &str,
+) {
+    let mut backlog = backlog.lock().expect("backlog lock");
+    for partition in backlog.partitions() {
+        while let Some(waiting) = backlog.pop(partition) {
+            if let Some(waiting) = dispatch(runtime, shared, waiting) {
+                backlog.unpop(waiting);
+                break;
+            }
+        }
+        if backlog.release_if_empty(partition) {
+            let mut resumed = TopicPartitionList::new();
+            resumed.add_partition(topic, partition);
+            if let Err(error) = consumer.resume(&resumed) {
+                tracing::warn!(%error, partition, "resuming a partition");
+            }
+        }
+    }
+    shared.metrics.backlog.set(backlog.len() as i64);
+}
+
+/// Starts delivering `waiting` on a task of its own if its app has a permit free; gives it
+/// back otherwise. A message id already being delivered is not started twice: this place
+/// finishes with the delivery in progress.
 fn dispatch(
     runtime: &tokio::runtime::Runtime,
     shared: &Arc<Shared>,
-    options: &SenderOptions,
-    payload: Vec<u8>,
-    partition: i32,
-    offset: i64,
-) {
-    let command: SendCommand = match SchemaRegistry::builtin().decode(&payload) {
-        Ok(command) => command,
-        Err(error) => {
-            let letter = DeadLetter {
-                source_topic: options.push_topic.clone(),
-                source_partition: partition,
-                source_offset: offset,
-                key: None,
-                value: Some(payload),
-                reason: format!("undecodable send command: {error}"),
-                stage: "sender".into(),
-                timestamp_ms: chrono::Utc::now().timestamp_millis(),
-            };
-            tracing::warn!(partition, offset, reason = %letter.reason, "command sent to the dead-letter topic");
-            if let Ok(bytes) = SchemaRegistry::builtin().encode(&letter) {
-                let record: FutureRecord<'_, [u8], [u8]> =
-                    FutureRecord::to(&options.dead_letter_topic).payload(&bytes);
-                let _ = runtime.block_on(shared.producer.send(record, Duration::from_secs(30)));
-            }
-            shared.progress.lock().expect("progress lock").finished(partition, offset);
-            return;
-        }
+    waiting: Waiting,
+) -> Option<Waiting> {
+    let Waiting { command, partition, offset } = waiting;
+    let permit = match shared.apps.get(&command.app_id) {
+        Some(app) => match app.try_permit() {
+            Some(permit) => Some(permit),
+            None => return Some(Waiting { command, partition, offset }),
+        },
+        None => None,
     };
-    let permit = shared.apps.get(&command.app_id).map(|app| runtime.block_on(app.permit()));
+    {
+        let mut delivering = shared.delivering.lock().expect("delivering lock");
+        if let Some(places) = delivering.get_mut(&command.message_id) {
+            places.push((partition, offset));
+            return None;
+        }
+        delivering.insert(command.message_id.clone(), Vec::new());
+    }
     let shared = Arc::clone(shared);
     shared.metrics.in_flight.inc();
     runtime.spawn(async move {
-        let finished = handle(&shared, &command).await;
-        drop(permit);
+        let message_id = command.message_id.clone();
+        let finished = delivery::run(Arc::clone(&shared), command, permit).await;
         shared.metrics.in_flight.dec();
+        let places = shared.delivering.lock().expect("delivering lock").remove(&message_id);
         if finished {
-            shared.progress.lock().expect("progress lock").finished(partition, offset);
+            let mut progress = shared.progress.lock().expect("progress lock");
+            progress.finished(partition, offset);
+            for (partition, offset) in places.into_iter().flatten() {
+                progress.finished(partition, offset);
+            }
         }
     });
-}
-
-/// Delivers one command and produces its receipt; false when the command must stay
-/// unacknowledged (its app is stopped, or Kafka or the store failed).
-async fn handle(shared: &Shared, command: &SendCommand) -> bool {
-    let receipt = match shared.dedup.seen(&command.message_id) {
-        Ok(Seen::Receipted) => {
-            shared.metrics.dedup_hits.inc();
-            return true;
-        }
-        Ok(Seen::Outcome(receipt)) => {
-            shared.metrics.dedup_hits.inc();
-            *receipt
-        }
-        Ok(Seen::New) => {
-            let receipt = match shared.apps.get(&command.app_id) {
-                Some(app) => match deliver(shared, app, command).await {
-                    Some(receipt) => receipt,
-                    None => return false,
-                },
-                None => {
-                    let text = format!("unknown app {}", command.app_id);
-                    let refusal = Refusal::new(Reason::NotConfigured, text);
-                    receipt(command, ReceiptStatus::Failed, Some(&refusal), None, None)
-                }
-            };
-            if let Err(error) = shared.dedup.outcome(&receipt) {
-                tracing::error!(%error, "dedup store");
-            }
-            receipt
-        }
-        Err(error) => {
-            tracing::error!(%error, "dedup store");
-            return false;
-        }
-    };
-    let bytes = match SchemaRegistry::builtin().encode(&receipt) {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            tracing::error!(%error, "encoding a receipt");
-            return false;
-        }
-    };
-    let record = FutureRecord::to(&shared.receipts_topic).key(&receipt.user_id).payload(&bytes);
-    if let Err((error, _)) = shared.producer.send(record, Duration::from_secs(60)).await {
-        tracing::error!(%error, message = %receipt.message_id, "producing a receipt failed; the command stays unacknowledged");
-        return false;
-    }
-    if let Err(error) = shared.dedup.receipted(&command.message_id) {
-        tracing::error!(%error, "dedup store");
-    }
-    true
-}
-
-/// Attempts until a final outcome: success, a dead token, a permanent error, expiry, or the
-/// retry deadline. `None` when the app's credential was refused after a refresh.
-async fn deliver(shared: &Shared, app: &AppSender, command: &SendCommand) -> Option<Receipt> {
-    let provider = match command.platform {
-        Platform::Ios => "apns",
-        Platform::Android => "fcm",
-    };
-    let started = Instant::now();
-    let deadline = started + shared.config.retry_deadline;
-    let mut refreshed = false;
-    let mut backoff = Duration::from_millis(100);
-    let finish = |status: ReceiptStatus, refusal: Option<&Refusal>, provider_id: Option<String>| {
-        let outcome = format!("{status:?}").to_lowercase();
-        shared.metrics.sends.with_label_values(&[provider, &outcome]).inc();
-        let latency = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-        Some(receipt(command, status, refusal, provider_id, Some(latency)))
-    };
-    loop {
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        if command.expires_at_ms.is_some_and(|expires| expires <= now_ms) {
-            let refusal = Refusal::new(Reason::Expired, "expired before delivery");
-            return finish(ReceiptStatus::Expired, Some(&refusal), None);
-        }
-        if app.is_stopped() {
-            return None;
-        }
-        app.wait_turn().await;
-        let attempt_started = Instant::now();
-        let attempt = app.attempt(command).await;
-        shared
-            .metrics
-            .latency
-            .with_label_values(&[provider])
-            .observe(attempt_started.elapsed().as_secs_f64());
-        match attempt {
-            Attempt::Accepted { provider_id } => {
-                return finish(ReceiptStatus::Accepted, None, provider_id)
-            }
-            Attempt::TokenInvalid(refusal) => {
-                return finish(ReceiptStatus::TokenInvalid, Some(&refusal), None)
-            }
-            Attempt::Failed(refusal) => return finish(ReceiptStatus::Failed, Some(&refusal), None),
-            Attempt::Credentials(refusal) if !refreshed => {
-                refreshed = true;
-                shared.metrics.credential_refreshes.with_label_values(&[provider]).inc();
-                tracing::warn!(app = %app.name, provider, reason = %refusal, "credential refused; renewing it once");
-                app.refresh_credentials(command.platform).await;
-            }
-            Attempt::Credentials(refusal) => {
-                if !app.is_stopped() {
-                    shared.metrics.apps_stopped.inc();
-                }
-                app.stop(&refusal.to_string());
-                return None;
-            }
-            Attempt::Retry { refusal, after } => {
-                shared.metrics.retries.with_label_values(&[provider]).inc();
-                let jitter =
-                    Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
-                let delay = after.unwrap_or(backoff + jitter);
-                if let Some(after) = after {
-                    app.pause_for(after).await;
-                }
-                if Instant::now() + delay > deadline {
-                    let text = format!("retries exhausted: {}", refusal.provider_text);
-                    let refusal = Refusal::new(refusal.reason, text);
-                    return finish(ReceiptStatus::Failed, Some(&refusal), None);
-                }
-                tokio::time::sleep(delay).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-}
-
-/// The receipt of `command`: its outcome, and for a refusal Herald's reason and the provider's
-/// text.
-fn receipt(
-    command: &SendCommand,
-    status: ReceiptStatus,
-    refusal: Option<&Refusal>,
-    provider_id: Option<String>,
-    latency_ms: Option<i64>,
-) -> Receipt {
-    Receipt {
-        message_id: command.message_id.clone(),
-        campaign_id: command.campaign_id.clone(),
-        variant_id: command.variant_id.clone(),
-        app_id: command.app_id.clone(),
-        user_id: command.user_id.clone(),
-        device_id: command.device_id.clone(),
-        token: command.token.clone(),
-        status,
-        reason: refusal.map(|r| r.reason.as_str().to_string()),
-        provider_id,
-        latency_ms,
-        timestamp_ms: chrono::Utc::now().timestamp_millis(),
-        provider_reason: refusal.map(|r| r.provider_text.clone()),
-    }
+    None
 }
 
 /// Commits, per partition, the offset below which every command has its receipt.
-fn commit(consumer: &BaseConsumer<RevocationDrain>, shared: &Shared, topic: &str) {
+fn commit(consumer: &BaseConsumer<SenderContext>, shared: &Shared, topic: &str) {
     let positions = shared.progress.lock().expect("progress lock").committable();
     if positions.is_empty() {
         return;
@@ -398,53 +383,34 @@ fn commit(consumer: &BaseConsumer<RevocationDrain>, shared: &Shared, topic: &str
     }
 }
 
-/// Consumer context that, before partitions are revoked, waits for the receipts of their
-/// commands in flight and commits them, so the next owner neither re-sends nor re-receipts.
-struct RevocationDrain {
-    progress: Arc<std::sync::Mutex<Progress>>,
-    topic: String,
-    metrics: Arc<SenderMetrics>,
-}
-
-impl rdkafka::ClientContext for RevocationDrain {
-    /// Publishes the consumer lag librdkafka reports (every `statistics.interval.ms`).
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else { return };
-        for (partition, stats) in &topic.partitions {
-            if *partition >= 0 && stats.consumer_lag >= 0 {
-                self.metrics
-                    .consumer_lag
-                    .with_label_values(&[&partition.to_string()])
-                    .set(stats.consumer_lag);
+/// Writes this instance's status (in flight, backlog, parked commands) for
+/// `herald send --status`.
+fn write_status(shared: &Shared, options: &SenderOptions, path: &std::path::Path) {
+    let mut parked = Vec::new();
+    for (name, app) in &shared.apps {
+        for (platform, provider) in
+            [(crate::model::Platform::Ios, "apns"), (crate::model::Platform::Android, "fcm")]
+        {
+            let reason = app.lane(platform).credential.parked_reason();
+            let commands = shared.metrics.parked.with_label_values(&[name, provider]).get();
+            if reason.is_some() || commands > 0 {
+                parked.push(status::Parked {
+                    app: name.clone(),
+                    provider: provider.to_string(),
+                    commands,
+                    reason,
+                });
             }
         }
     }
-}
-
-impl rdkafka::consumer::ConsumerContext for RevocationDrain {
-    fn pre_rebalance(
-        &self,
-        consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &rdkafka::consumer::Rebalance<'_>,
-    ) {
-        let rdkafka::consumer::Rebalance::Revoke(revoked) = rebalance else { return };
-        let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
-        let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
-        while self.progress.lock().expect("progress lock").unfinished(&partitions) > 0
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let positions = self.progress.lock().expect("progress lock").release(&partitions);
-        let mut offsets = TopicPartitionList::new();
-        for (partition, offset) in positions {
-            let _ = offsets.add_partition_offset(&self.topic, partition, Offset::Offset(offset));
-        }
-        if offsets.count() > 0 {
-            if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
-                tracing::warn!(%error, "commit before revocation failed; the next owner may resend");
-            }
-        }
-        tracing::info!(?partitions, "partitions revoked after their commands in flight finished");
+    let status = status::Status {
+        instance: options.instance_id.clone(),
+        updated_ms: chrono::Utc::now().timestamp_millis(),
+        in_flight: shared.metrics.in_flight.get(),
+        backlog: shared.metrics.backlog.get(),
+        parked,
+    };
+    if let Err(error) = status.write(path) {
+        tracing::debug!(%error, "writing the status file");
     }
 }

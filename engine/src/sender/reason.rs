@@ -33,6 +33,11 @@ pub enum Reason {
     Expired,
     /// The sender has no configuration for the command's app or platform.
     NotConfigured,
+    /// A sender stopped (crashed) between the command's intent and its receipt: it may have
+    /// reached the provider, so it is not sent again (at most once).
+    Interrupted,
+    /// The sender failed internally while delivering it (a panic, with its message).
+    SenderFault,
 }
 
 impl Reason {
@@ -50,6 +55,8 @@ impl Reason {
             Reason::CredentialsRefused => "credentials_refused",
             Reason::Expired => "expired",
             Reason::NotConfigured => "not_configured",
+            Reason::Interrupted => "interrupted",
+            Reason::SenderFault => "sender_fault",
         }
     }
 

@@ -1,6 +1,7 @@
 //! The simulator's endpoints: APNs `POST /3/device/<token>`, FCM
 //! `POST /v1/projects/<project>/messages:send`, OAuth `POST /token`, `GET /sim/stats` and
-//! `GET /sim/devices/<token>` (what a device received).
+//! `GET /sim/devices/<token>` (what a device received); `GET /sim/token-endpoint/down` and
+//! `…/up` take the OAuth token endpoint down (503) and back up, for outage tests.
 
 use std::{
     sync::atomic::Ordering,
@@ -94,6 +95,16 @@ pub(super) async fn handle(
         (&Method::GET, "/sim/stats") => reply(StatusCode::OK, sim.stats_json(), &[]),
         (&Method::GET, p) if p.starts_with("/sim/devices/") => {
             reply(StatusCode::OK, sim.device_json(p.trim_start_matches("/sim/devices/")), &[])
+        }
+        (&Method::GET, "/sim/token-endpoint/down" | "/sim/token-endpoint/up") => {
+            let down = path.ends_with("/down");
+            sim.token_endpoint_down.store(down, Ordering::SeqCst);
+            reply(StatusCode::OK, json!({"token_endpoint_down": down}), &[])
+        }
+        (&Method::POST, "/token") if sim.token_endpoint_down.load(Ordering::SeqCst) => {
+            sim.reject("token_endpoint_down");
+            let body = json!({"error": "temporarily_unavailable"});
+            reply(StatusCode::SERVICE_UNAVAILABLE, body, &[])
         }
         (&Method::POST, "/token") => token(sim, &body),
         (&Method::POST, p) if p.starts_with("/3/device/") => {

@@ -68,6 +68,8 @@ pub(crate) struct Sim {
     stats: Stats,
     started: Instant,
     population: Option<Arc<Population>>,
+    /// The OAuth token endpoint answers 503 (`GET /sim/token-endpoint/down`, `…/up`).
+    token_endpoint_down: std::sync::atomic::AtomicBool,
 }
 
 impl Sim {
@@ -91,6 +93,7 @@ impl Sim {
             access_tokens: Mutex::new(HashMap::new()),
             stats: Stats::default(),
             started: Instant::now(),
+            token_endpoint_down: Default::default(),
         })
     }
 

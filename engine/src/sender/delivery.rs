@@ -1,0 +1,333 @@
+//! One command from its dedup check to its receipt in Kafka: every command ends in a final
+//! receipt (accepted, token-invalid, failed with a reason, expired) or waits parked on its
+//! app's credential; a panic while delivering fails it with the panic's message.
+
+use std::{sync::Arc, time::Duration};
+
+use rdkafka::producer::FutureRecord;
+use tokio::{sync::OwnedSemaphorePermit, time::Instant};
+
+use super::{
+    app::AppSender,
+    dedup::Seen,
+    intents::Intent,
+    outcome::Attempt,
+    park::Gate,
+    reason::{Reason, Refusal},
+    Shared,
+};
+use crate::model::{Platform, Receipt, ReceiptStatus, SchemaRegistry, SendCommand};
+
+/// Parked commands of one provider of one app that release their in-flight permit; beyond it
+/// they keep it, so the app's bound stops reading more commands instead of parking without
+/// limit.
+const MAX_PARKED_WITHOUT_PERMIT: i64 = 10_000;
+/// Longest wait between two attempts at producing a receipt.
+const MAX_RECEIPT_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Delivers `command` on a task of its own and produces its receipt; a panic in the delivery
+/// is caught and the command receipted `FAILED` (`sender_fault`, with the panic's message).
+/// False when the command must stay unacknowledged (the dedup store failed).
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    command: SendCommand,
+    permit: Option<OwnedSemaphorePermit>,
+) -> bool {
+    let task = tokio::spawn({
+        let (shared, command) = (Arc::clone(&shared), command.clone());
+        async move { handle(&shared, &command, permit).await }
+    });
+    match task.await {
+        Ok(finished) => finished,
+        Err(error) => {
+            let text = match error.try_into_panic() {
+                Ok(panic) => panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into()),
+                Err(error) => error.to_string(),
+            };
+            tracing::error!(message = %command.message_id, %text, "delivery task failed");
+            let refusal = Refusal::new(Reason::SenderFault, format!("panicked: {text}"));
+            let receipt = receipt(&command, ReceiptStatus::Failed, Some(&refusal), None, None);
+            count(&shared, &command, ReceiptStatus::Failed);
+            settle(&shared, receipt).await
+        }
+    }
+}
+
+/// The dedup check, the delivery and the receipt of one command.
+async fn handle(
+    shared: &Shared,
+    command: &SendCommand,
+    permit: Option<OwnedSemaphorePermit>,
+) -> bool {
+    let receipt = match shared.dedup.seen(&command.message_id) {
+        Ok(Seen::Receipted) => {
+            shared.metrics.dedup_hits.inc();
+            return true;
+        }
+        Ok(Seen::Outcome(receipt)) => {
+            shared.metrics.dedup_hits.inc();
+            return produce(shared, *receipt).await;
+        }
+        Ok(Seen::Sending) => {
+            shared.metrics.interrupted.inc();
+            let text = "a sender stopped between this command's intent and its receipt; it may \
+                        have been delivered and is not sent again";
+            let refusal = Refusal::new(Reason::Interrupted, text);
+            count(shared, command, ReceiptStatus::Failed);
+            receipt(command, ReceiptStatus::Failed, Some(&refusal), None, None)
+        }
+        Ok(Seen::New) => match shared.apps.get(&command.app_id) {
+            Some(app) => {
+                intend(shared, &command.message_id, Intent::Sending).await;
+                deliver(shared, app, command, permit).await
+            }
+            None => {
+                let text = format!("unknown app {}", command.app_id);
+                let refusal = Refusal::new(Reason::NotConfigured, text);
+                count(shared, command, ReceiptStatus::Failed);
+                receipt(command, ReceiptStatus::Failed, Some(&refusal), None, None)
+            }
+        },
+        Err(error) => {
+            tracing::error!(%error, "dedup store");
+            return false;
+        }
+    };
+    settle(shared, receipt).await
+}
+
+/// Records the final outcome, then produces the receipt.
+async fn settle(shared: &Shared, receipt: Receipt) -> bool {
+    if let Err(error) = shared.dedup.outcome(&receipt) {
+        tracing::error!(%error, "dedup store");
+    }
+    produce(shared, receipt).await
+}
+
+/// Writes `intent` to the intents log, then the local store.
+async fn intend(shared: &Shared, message_id: &str, intent: Intent) {
+    shared.intents.write(message_id, intent).await;
+    let stored = match intent {
+        Intent::Sending => shared.dedup.sending(message_id),
+        Intent::Parked => shared.dedup.forget(message_id),
+    };
+    if let Err(error) = stored {
+        tracing::error!(%error, "dedup store");
+    }
+}
+
+/// Produces `receipt`, retrying with backoff until Kafka confirms it, then remembers it.
+async fn produce(shared: &Shared, receipt: Receipt) -> bool {
+    let bytes = match SchemaRegistry::builtin().encode(&receipt) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            tracing::error!(%error, "encoding a receipt");
+            return false;
+        }
+    };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let record = FutureRecord::to(&shared.receipts_topic).key(&receipt.user_id).payload(&bytes);
+        match shared.producer.send(record, Duration::from_secs(60)).await {
+            Ok(_) => break,
+            Err((error, _)) => {
+                shared.metrics.receipt_retries.inc();
+                tracing::warn!(%error, message = %receipt.message_id, "producing a receipt failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_RECEIPT_BACKOFF);
+            }
+        }
+    }
+    if let Err(error) = shared.dedup.receipted(&receipt.message_id) {
+        tracing::error!(%error, "dedup store");
+    }
+    true
+}
+
+fn provider(platform: Platform) -> &'static str {
+    match platform {
+        Platform::Ios => "apns",
+        Platform::Android => "fcm",
+    }
+}
+
+fn count(shared: &Shared, command: &SendCommand, status: ReceiptStatus) {
+    let outcome = format!("{status:?}").to_lowercase();
+    shared.metrics.sends.with_label_values(&[provider(command.platform), &outcome]).inc();
+}
+
+/// Attempts until a final outcome: success, a dead token, a permanent error, expiry (checked
+/// before every attempt), or the retry deadline (a `Retry-After` beyond it ends the retries at
+/// once). A credential refused after it was renewed parks the command (see [`super::park`]).
+async fn deliver(
+    shared: &Shared,
+    app: &AppSender,
+    command: &SendCommand,
+    mut permit: Option<OwnedSemaphorePermit>,
+) -> Receipt {
+    let provider = provider(command.platform);
+    let lane = app.lane(command.platform);
+    let started = Instant::now();
+    let expires = command.expires_at_ms.map(|at| {
+        let left = at - chrono::Utc::now().timestamp_millis();
+        started + Duration::from_millis(u64::try_from(left).unwrap_or(0))
+    });
+    let mut deadline = started + shared.config.retry_deadline;
+    let mut refreshed = false;
+    let mut probing = false;
+    let mut backoff = Duration::from_millis(100);
+    let mut last: Option<Refusal> = None;
+    let finish = |status: ReceiptStatus, refusal: Option<&Refusal>, provider_id: Option<String>| {
+        count(shared, command, status);
+        let latency = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        receipt(command, status, refusal, provider_id, Some(latency))
+    };
+    let expired = || {
+        let refusal = Refusal::new(Reason::Expired, "expired before delivery");
+        finish(ReceiptStatus::Expired, Some(&refusal), None)
+    };
+    let exhausted = |refusal: &Refusal| {
+        let text = format!("retries exhausted: {}", refusal.provider_text);
+        finish(ReceiptStatus::Failed, Some(&Refusal::new(refusal.reason, text)), None)
+    };
+    loop {
+        if !probing && lane.credential.parked_reason().is_some() {
+            match park(shared, app, command, &mut permit, expires).await {
+                Gate::Open => {}
+                Gate::Probe => probing = true,
+                Gate::Bound => return expired(),
+            }
+            refreshed = false;
+            deadline = Instant::now() + shared.config.retry_deadline;
+        }
+        let bound = expires.map_or(deadline, |expires| expires.min(deadline));
+        if !app.wait_turn(command.platform, bound).await || Instant::now() >= bound {
+            if expires.is_some_and(|expires| Instant::now() >= expires) {
+                return expired();
+            }
+            match &last {
+                Some(refusal) => return exhausted(refusal),
+                None => {
+                    // Never attempted within the deadline (a long pause): one attempt now.
+                    deadline = Instant::now() + shared.config.retry_deadline;
+                    continue;
+                }
+            }
+        }
+        if permit.is_none() {
+            permit = Some(app.permit().await);
+        }
+        let attempt_started = Instant::now();
+        let attempt = app.attempt(command).await;
+        shared
+            .metrics
+            .latency
+            .with_label_values(&[provider])
+            .observe(attempt_started.elapsed().as_secs_f64());
+        if probing && !matches!(attempt, Attempt::Credentials(_)) {
+            probing = false;
+            if lane.credential.open() {
+                tracing::info!(app = %app.name, provider, "credential accepted again: parked commands resume");
+            }
+        }
+        match attempt {
+            Attempt::Accepted { provider_id } => {
+                return finish(ReceiptStatus::Accepted, None, provider_id)
+            }
+            Attempt::TokenInvalid(refusal) => {
+                return finish(ReceiptStatus::TokenInvalid, Some(&refusal), None)
+            }
+            Attempt::Failed(refusal) => return finish(ReceiptStatus::Failed, Some(&refusal), None),
+            Attempt::Credentials(refusal) if !refreshed => {
+                // The client discarded the refused credential; the next attempt renews it.
+                refreshed = true;
+                shared.metrics.credential_refreshes.with_label_values(&[provider]).inc();
+                tracing::warn!(app = %app.name, provider, reason = %refusal, "credential refused; renewing it");
+            }
+            Attempt::Credentials(refusal) => {
+                // Refused again after renewal: the provider's commands park (this one at the
+                // top of the loop), one probing the credential at a time.
+                let text = refusal.to_string();
+                if probing {
+                    probing = false;
+                    lane.credential.probe_failed(&text);
+                } else if lane.credential.park(&text) {
+                    tracing::error!(app = %app.name, provider, reason = %text, "credential refused after renewal: this provider's commands are parked and the credential retried with backoff");
+                }
+            }
+            Attempt::Retry { refusal, after } => {
+                shared.metrics.retries.with_label_values(&[provider]).inc();
+                let jitter =
+                    Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
+                let delay = after.unwrap_or(backoff + jitter);
+                if let Some(after) = after {
+                    app.pause_for(command.platform, after).await;
+                }
+                if Instant::now() + delay > deadline {
+                    return exhausted(&refusal);
+                }
+                if expires.is_some_and(|expires| Instant::now() + delay >= expires) {
+                    return expired();
+                }
+                last = Some(refusal);
+                tokio::time::sleep(delay).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Waits while `command`'s provider is parked on its credential: its intent says `parked`
+/// (never delivered: a next owner sends it), its permit is released (up to
+/// [`MAX_PARKED_WITHOUT_PERMIT`] commands), and it counts in the `parked` gauge. Returns how it
+/// leaves: the gate opened, it probes, or it expired.
+async fn park(
+    shared: &Shared,
+    app: &AppSender,
+    command: &SendCommand,
+    permit: &mut Option<OwnedSemaphorePermit>,
+    expires: Option<Instant>,
+) -> Gate {
+    intend(shared, &command.message_id, Intent::Parked).await;
+    let gauge = shared.metrics.parked.with_label_values(&[&app.name, provider(command.platform)]);
+    if gauge.get() < MAX_PARKED_WITHOUT_PERMIT {
+        *permit = None;
+    }
+    gauge.inc();
+    let gate = app.lane(command.platform).credential.wait(expires).await;
+    gauge.dec();
+    if gate != Gate::Bound {
+        intend(shared, &command.message_id, Intent::Sending).await;
+    }
+    gate
+}
+
+/// The receipt of `command`: its outcome, and for a refusal Herald's reason and the provider's
+/// text.
+fn receipt(
+    command: &SendCommand,
+    status: ReceiptStatus,
+    refusal: Option<&Refusal>,
+    provider_id: Option<String>,
+    latency_ms: Option<i64>,
+) -> Receipt {
+    Receipt {
+        message_id: command.message_id.clone(),
+        campaign_id: command.campaign_id.clone(),
+        variant_id: command.variant_id.clone(),
+        app_id: command.app_id.clone(),
+        user_id: command.user_id.clone(),
+        device_id: command.device_id.clone(),
+        token: command.token.clone(),
+        status,
+        reason: refusal.map(|r| r.reason.as_str().to_string()),
+        provider_id,
+        latency_ms,
+        timestamp_ms: chrono::Utc::now().timestamp_millis(),
+        provider_reason: refusal.map(|r| r.provider_text.clone()),
+    }
+}

@@ -1,0 +1,109 @@
+//! The consumer context of a sender. Before partitions are revoked it drops their commands
+//! waiting in the backlog, waits for the receipts of their commands in flight and commits
+//! them, so the next owner neither re-sends nor re-receipts; when partitions are assigned it
+//! learns what their previous owner sent ([`super::takeover`]) before any of their commands
+//! is read.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use rdkafka::{
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
+    Offset, TopicPartitionList,
+};
+
+use super::{
+    backlog::Backlog, dedup::DedupStore, metrics::SenderMetrics, progress::Progress,
+    takeover::Takeover,
+};
+
+/// How long a revocation waits for requests in flight.
+pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait between two attempts at learning a takeover.
+const MAX_TAKEOVER_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Drains revoked partitions and learns assigned ones.
+pub(super) struct SenderContext {
+    pub progress: Arc<Mutex<Progress>>,
+    pub backlog: Arc<Mutex<Backlog>>,
+    pub dedup: Arc<DedupStore>,
+    pub takeover: Takeover,
+    pub metrics: Arc<SenderMetrics>,
+}
+
+impl rdkafka::ClientContext for SenderContext {
+    /// Publishes the consumer lag librdkafka reports (every `statistics.interval.ms`).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.takeover.push_topic) else { return };
+        for (partition, stats) in &topic.partitions {
+            if *partition >= 0 && stats.consumer_lag >= 0 {
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[&partition.to_string()])
+                    .set(stats.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SenderContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else { return };
+        let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
+        let dropped = self.backlog.lock().expect("backlog lock").drop_partitions(&partitions);
+        self.metrics.backlog.sub(dropped as i64);
+        let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
+        while self.progress.lock().expect("progress lock").unfinished(&partitions) > dropped
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let positions = self.progress.lock().expect("progress lock").release(&partitions);
+        let mut offsets = TopicPartitionList::new();
+        for (partition, offset) in positions {
+            let topic = &self.takeover.push_topic;
+            let _ = offsets.add_partition_offset(topic, partition, Offset::Offset(offset));
+        }
+        if offsets.count() > 0 {
+            if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
+                tracing::warn!(%error, "commit before revocation failed; the next owner learns what was sent from the intents and receipts");
+            }
+        }
+        tracing::info!(?partitions, "partitions revoked after their commands in flight finished");
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(assigned) = rebalance else { return };
+        let partitions: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
+        if partitions.is_empty() {
+            return;
+        }
+        // A partition paused for its backlog before it was revoked starts unpaused.
+        if let Err(error) = consumer.resume(assigned) {
+            tracing::warn!(%error, "resuming assigned partitions");
+        }
+        // Until it is known what the previous owner sent, none of these commands is read: the
+        // consumer waits here (a broker outage makes this retry, never skip).
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.takeover.learn(consumer, &partitions, &self.dedup) {
+                Ok(learnt) => {
+                    tracing::info!(
+                        ?partitions,
+                        receipted = learnt.receipted,
+                        interrupted = learnt.interrupted,
+                        "partitions assigned; learnt what was sent from them"
+                    );
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_TAKEOVER_BACKOFF);
+                }
+            }
+        }
+    }
+}
