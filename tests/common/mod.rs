@@ -239,3 +239,57 @@ pub fn profile(user: &str, platform: herald_engine::model::Platform, at: i64) ->
     };
     (user.to_string(), SchemaRegistry::builtin().encode(&update).unwrap())
 }
+
+/// Starts `herald engine` as instance `instance` of application `app_id` on the topics under
+/// `prefix`, keeping its state in `state_dir` and appending its log (no colours) to `log`:
+/// several of them with their own ids and directories form one multi-instance deployment.
+pub fn spawn_engine_instance(
+    prefix: &str,
+    app_id: &str,
+    instance: &str,
+    state_dir: &Path,
+    log: &Path,
+    extra: &[&str],
+) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["engine", "--topic-prefix", prefix, "--app-id", app_id, "--instance-id", instance])
+        .args(extra)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env("HERALD_BROKERS", kafka().brokers)
+        .env("RUST_LOG", "info,librdkafka=warn")
+        .env("NO_COLOR", "1")
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// A child process killed (SIGKILL) when dropped, so a failing test leaves no engine behind;
+/// [`KillOnDrop::take`] hands it back for a deliberate stop.
+pub struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// The process, no longer killed on drop.
+    pub fn take(&mut self) -> Child {
+        self.0.take().expect("process already taken")
+    }
+
+    /// Whether it is still running (not taken, not exited).
+    pub fn running(&mut self) -> bool {
+        self.0.as_mut().is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
