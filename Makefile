@@ -5,7 +5,7 @@ export KAFKA_PORT ?= 9092
 export HERALD_BROKERS ?= 127.0.0.1:$(KAFKA_PORT)
 HERALD := $(CARGO_TARGET_DIR)/debug/herald
 
-.PHONY: bootstrap kafka-up kafka-down registry-up registry-down build demo demo-down test test-broadcast bench bench-runtime bench-campaign bench-ingest lint fmt
+.PHONY: bootstrap kafka-up kafka-down registry-up registry-down build demo demo-down test test-broadcast test-scale-out bench bench-runtime bench-campaign bench-ingest lint fmt
 
 bootstrap: ## install missing system packages
 	@deploy/local/bootstrap.sh
@@ -42,6 +42,9 @@ test: kafka-up registry-up ## the full test suite against the local broker and s
 
 test-broadcast: kafka-up ## long: a scheduled run to 1,000,000 users with a 2 s transaction timeout (release build)
 	cargo test --release --test backlogs -- --ignored --nocapture
+
+test-scale-out: kafka-up ## four engine instances under traffic (join, SIGTERM, SIGKILL): exactly-once check and the rebalance pauses printed (also part of make test)
+	cargo test --test engine_scale_out -- --nocapture
 
 bench: bench-runtime bench-campaign bench-ingest ## every benchmark (release build)
 
