@@ -346,6 +346,50 @@ fn retry_after_2_seconds_holds_the_apps_sends_and_loses_nothing() {
     assert!(slowest >= 2_000, "a 429 held its command for the Retry-After: {slowest} ms");
 }
 
+/// Item 3 of issue 12: a `Retry-After` (30 s) longer than the commands' expiry (half of them,
+/// 3 s) and retry deadline (5 s). It used to hold the whole app for its full length, after which
+/// each waiting command was sent anyway (expiry not re-checked) and refused again: the
+/// simulator saw every command. Now each waiting command ends at its own bound, unsent:
+/// expired, or failed `rate_limited`, and only the first requests reach the simulator.
+#[test]
+fn a_retry_after_beyond_the_deadline_and_expiry_ends_the_waiting_commands_unsent() {
+    const COUNT: usize = 20;
+    let setup = Setup::new("retry-bounds", 1, &["too_many_requests=1", "retry_after=30"]);
+    let expires = common::now_ms() + 3_000;
+    let records = commands(COUNT).into_iter().enumerate().map(|(i, (key, bytes))| {
+        let mut command: SendCommand = SchemaRegistry::builtin().decode(&bytes).unwrap();
+        command.platform = Platform::Android;
+        command.payload = serde_json::json!({"message": {"token": command.token}}).to_string();
+        command.headers = Default::default();
+        if i % 2 == 0 {
+            command.expires_at_ms = Some(expires);
+        }
+        (key, SchemaRegistry::builtin().encode(&command).unwrap())
+    });
+    common::produce(&setup.topic("push"), records);
+    let config = setup.sender_config(&setup.token_auth(None), "    max_in_flight: 2\n");
+    let config_text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, config_text.replace("retry_deadline: 60s", "retry_deadline: 5s"))
+        .unwrap();
+    let sender = setup.spawn_sender(&config, "a");
+    let receipts = setup.receipts(COUNT, Duration::from_secs(60));
+    common::stop_gracefully(sender);
+    let by_message = one_receipt_each(&receipts, COUNT);
+    for receipt in by_message.values() {
+        let i: usize = receipt.user_id.trim_start_matches('u').parse().unwrap();
+        let reason = receipt.reason.as_deref();
+        if i % 2 == 0 && receipt.status == ReceiptStatus::Expired {
+            assert_eq!(reason, Some("expired"));
+        } else {
+            assert_eq!((receipt.status, reason), (ReceiptStatus::Failed, Some("rate_limited")));
+        }
+    }
+    let stats = setup.stats().unwrap();
+    let refused = stats["rejected"]["QUOTA_EXCEEDED"].as_u64().unwrap_or(0);
+    assert!(refused <= 4, "only the first requests were sent, not every command: {stats}");
+    assert_eq!(stats["accepted"], 0, "{stats}");
+}
+
 #[test]
 fn a_broken_credential_file_is_a_clear_error_naming_the_app_and_the_file() {
     let setup = Setup::new("broken", 1, &[]);

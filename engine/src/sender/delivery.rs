@@ -33,21 +33,13 @@ pub(super) async fn run(
     command: SendCommand,
     permit: Option<OwnedSemaphorePermit>,
 ) -> bool {
-    let task = tokio::spawn({
+    let delivery = {
         let (shared, command) = (Arc::clone(&shared), command.clone());
         async move { handle(&shared, &command, permit).await }
-    });
-    match task.await {
+    };
+    match caught(delivery).await {
         Ok(finished) => finished,
-        Err(error) => {
-            let text = match error.try_into_panic() {
-                Ok(panic) => panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic without a message".into()),
-                Err(error) => error.to_string(),
-            };
+        Err(text) => {
             tracing::error!(message = %command.message_id, %text, "delivery task failed");
             let refusal = Refusal::new(Reason::SenderFault, format!("panicked: {text}"));
             let receipt = receipt(&command, ReceiptStatus::Failed, Some(&refusal), None, None);
@@ -55,6 +47,20 @@ pub(super) async fn run(
             settle(&shared, receipt).await
         }
     }
+}
+
+/// Runs `future` on a task of its own; a panic in it becomes `Err` with the panic's message.
+async fn caught<T: Send + 'static>(
+    future: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, String> {
+    tokio::spawn(future).await.map_err(|error| match error.try_into_panic() {
+        Ok(panic) => panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into()),
+        Err(error) => error.to_string(),
+    })
 }
 
 /// The dedup check, the delivery and the receipt of one command.
@@ -209,14 +215,9 @@ async fn deliver(
             if expires.is_some_and(|expires| Instant::now() >= expires) {
                 return expired();
             }
-            match &last {
-                Some(refusal) => return exhausted(refusal),
-                None => {
-                    // Never attempted within the deadline (a long pause): one attempt now.
-                    deadline = Instant::now() + shared.config.retry_deadline;
-                    continue;
-                }
-            }
+            // The deadline passed waiting out a `Retry-After` (this command's or another's).
+            let waited = Refusal::new(Reason::RateLimited, "waited for the provider's Retry-After");
+            return exhausted(last.as_ref().unwrap_or(&waited));
         }
         if permit.is_none() {
             permit = Some(app.permit().await);
@@ -329,5 +330,25 @@ fn receipt(
         latency_ms,
         timestamp_ms: chrono::Utc::now().timestamp_millis(),
         provider_reason: refusal.map(|r| r.provider_text.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12: a panic in a delivery task left its command unfinished, pinning its
+    /// partition's committed offset forever. The task is now caught with the panic's message.
+    #[tokio::test]
+    async fn a_panicking_delivery_is_caught_with_its_message() {
+        let panicked = caught(async {
+            let token: Option<&str> = None;
+            token.expect("a token")
+        })
+        .await;
+        assert_eq!(panicked, Err("a token".to_string()));
+        let formatted = caught(async { panic!("device {} is odd", 7) }).await;
+        assert_eq!(formatted, Err::<(), _>("device 7 is odd".to_string()));
+        assert_eq!(caught(async { 42 }).await, Ok(42));
     }
 }
