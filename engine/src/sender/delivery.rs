@@ -25,19 +25,15 @@ const MAX_PARKED_WITHOUT_PERMIT: i64 = 10_000;
 /// Longest wait between two attempts at producing a receipt.
 const MAX_RECEIPT_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Delivers `command` on a task of its own and produces its receipt; a panic in the delivery
-/// is caught and the command receipted `FAILED` (`sender_fault`, with the panic's message).
-/// False when the command must stay unacknowledged (the dedup store failed).
+/// Delivers `command` and produces its receipt; a panic in the delivery is caught and the
+/// command receipted `FAILED` (`sender_fault`, with the panic's message). False when the
+/// command must stay unacknowledged (the dedup store failed).
 pub(super) async fn run(
     shared: Arc<Shared>,
     command: SendCommand,
     permit: Option<OwnedSemaphorePermit>,
 ) -> bool {
-    let delivery = {
-        let (shared, command) = (Arc::clone(&shared), command.clone());
-        async move { handle(&shared, &command, permit).await }
-    };
-    match caught(delivery).await {
+    match caught(handle(&shared, &command, permit)).await {
         Ok(finished) => finished,
         Err(text) => {
             tracing::error!(message = %command.message_id, %text, "delivery task failed");
@@ -49,18 +45,22 @@ pub(super) async fn run(
     }
 }
 
-/// Runs `future` on a task of its own; a panic in it becomes `Err` with the panic's message.
-async fn caught<T: Send + 'static>(
-    future: impl std::future::Future<Output = T> + Send + 'static,
-) -> Result<T, String> {
-    tokio::spawn(future).await.map_err(|error| match error.try_into_panic() {
-        Ok(panic) => panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without a message".into()),
-        Err(error) => error.to_string(),
+/// Runs `future`; a panic in it becomes `Err` with the panic's message. It runs on the caller's
+/// task, so aborting that task (a revoked partition) stops it too.
+async fn caught<T>(future: impl std::future::Future<Output = T>) -> Result<T, String> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Ready(value)) => std::task::Poll::Ready(Ok(value)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => std::task::Poll::Ready(Err(panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into()))),
+        }
     })
+    .await
 }
 
 /// The dedup check, the delivery and the receipt of one command.

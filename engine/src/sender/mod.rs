@@ -122,6 +122,8 @@ struct Shared {
     /// read meanwhile (a partition back on this instance, a repeated command): they finish
     /// with the delivery instead of starting a second one.
     delivering: Mutex<HashMap<String, Vec<(i32, i64)>>>,
+    /// The delivery tasks by place, aborted when their partition is revoked before they end.
+    tasks: Arc<Mutex<Tasks>>,
 }
 
 /// Runs a sender until `shutdown` is requested. The consumer is polled on the calling thread,
@@ -157,7 +159,9 @@ pub fn run(
     );
     let progress = Arc::new(Mutex::new(Progress::default()));
     let backlog = Arc::new(Mutex::new(Backlog::default()));
+    let tasks = Arc::new(Mutex::new(Tasks::default()));
     let context = SenderContext {
+        tasks: Arc::clone(&tasks),
         progress: Arc::clone(&progress),
         backlog: Arc::clone(&backlog),
         dedup: Arc::clone(&dedup),
@@ -201,6 +205,7 @@ pub fn run(
         progress,
         metrics,
         delivering: Mutex::new(HashMap::new()),
+        tasks,
     });
     tracing::info!(group = %options.group, instance = %options.instance_id, topic = %options.push_topic, "sender started");
 
@@ -350,13 +355,17 @@ fn dispatch(
         }
         delivering.insert(command.message_id.clone(), Vec::new());
     }
-    let shared = Arc::clone(shared);
     shared.metrics.in_flight.inc();
-    runtime.spawn(async move {
-        let message_id = command.message_id.clone();
+    let mut guard = Running {
+        shared: Arc::clone(shared),
+        message_id: command.message_id.clone(),
+        ended: false,
+    };
+    let task = runtime.spawn(async move {
+        let shared = Arc::clone(&guard.shared);
         let finished = delivery::run(Arc::clone(&shared), command, permit).await;
-        shared.metrics.in_flight.dec();
-        let places = shared.delivering.lock().expect("delivering lock").remove(&message_id);
+        let places = shared.delivering.lock().expect("delivering lock").remove(&guard.message_id);
+        guard.ended = true;
         if finished {
             let mut progress = shared.progress.lock().expect("progress lock");
             progress.finished(partition, offset);
@@ -364,8 +373,64 @@ fn dispatch(
                 progress.finished(partition, offset);
             }
         }
+        shared.tasks.lock().expect("tasks lock").remove(partition, offset);
+        drop(guard);
     });
+    shared.tasks.lock().expect("tasks lock").insert(partition, offset, task.abort_handle());
     None
+}
+
+/// A delivery task's presence: when it ends, however (finished, or aborted with its revoked
+/// partition), it leaves the in-flight count and the ids being delivered.
+struct Running {
+    shared: Arc<Shared>,
+    message_id: String,
+    /// The task removed its id itself (a later delivery of the same id may own it now).
+    ended: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shared.metrics.in_flight.dec();
+        if !self.ended {
+            self.shared.delivering.lock().expect("delivering lock").remove(&self.message_id);
+        }
+    }
+}
+
+/// Abort handles of the delivery tasks by place.
+#[derive(Default)]
+pub(super) struct Tasks {
+    running: BTreeMap<(i32, i64), tokio::task::AbortHandle>,
+}
+
+impl Tasks {
+    fn insert(&mut self, partition: i32, offset: i64, handle: tokio::task::AbortHandle) {
+        // A task that already ended removed nothing; do not keep its handle.
+        if !handle.is_finished() {
+            self.running.insert((partition, offset), handle);
+        }
+    }
+
+    fn remove(&mut self, partition: i32, offset: i64) {
+        self.running.remove(&(partition, offset));
+    }
+
+    /// Aborts the tasks of `partitions` still running (revoked: their next owner handles their
+    /// commands; a parked one was never delivered, one mid-call is receipted `interrupted`);
+    /// returns how many.
+    pub(super) fn abort(&mut self, partitions: &[i32]) -> usize {
+        let mut aborted = 0;
+        self.running.retain(|(partition, _), handle| {
+            if partitions.contains(partition) {
+                handle.abort();
+                aborted += 1;
+                return false;
+            }
+            true
+        });
+        aborted
+    }
 }
 
 /// Commits, per partition, the offset below which every command has its receipt.

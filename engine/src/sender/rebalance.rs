@@ -16,7 +16,7 @@ use rdkafka::{
 
 use super::{
     backlog::Backlog, dedup::DedupStore, metrics::SenderMetrics, progress::Progress,
-    takeover::Takeover,
+    takeover::Takeover, Tasks,
 };
 
 /// How long a revocation waits for requests in flight.
@@ -28,6 +28,7 @@ const MAX_TAKEOVER_BACKOFF: Duration = Duration::from_secs(10);
 pub(super) struct SenderContext {
     pub progress: Arc<Mutex<Progress>>,
     pub backlog: Arc<Mutex<Backlog>>,
+    pub tasks: Arc<Mutex<Tasks>>,
     pub dedup: Arc<DedupStore>,
     pub takeover: Takeover,
     pub metrics: Arc<SenderMetrics>,
@@ -59,6 +60,12 @@ impl ConsumerContext for SenderContext {
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(10));
+        }
+        // Whatever is still running (parked commands, retries past the drain) stops here: the
+        // next owner sends what was never delivered and receipts the rest `interrupted`.
+        let aborted = self.tasks.lock().expect("tasks lock").abort(&partitions);
+        if aborted > 0 {
+            tracing::warn!(aborted, ?partitions, "delivery tasks of revoked partitions aborted");
         }
         let positions = self.progress.lock().expect("progress lock").release(&partitions);
         let mut offsets = TopicPartitionList::new();
