@@ -485,18 +485,40 @@ impl Watcher {
     }
 }
 
-/// Polls `done` every 100 ms until it holds; fails after `limit` with `what` and the logs.
-fn wait_until(
-    what: &str,
-    limit: Duration,
-    instances: &[&Instance],
-    mut done: impl FnMut() -> bool,
-) {
+/// Polls `done` every 100 ms until it holds or `limit` passed; whether it holds.
+fn poll_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}\n{}", tails(instances));
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Stops an instance with SIGTERM; it must exit cleanly within a minute.
+fn stop(instance: &mut Instance) {
+    let mut child = instance.process.take();
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let exited = poll_until(Duration::from_secs(60), || matches!(child.try_wait(), Ok(Some(_))));
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        exited && status.success(),
+        "engine {} exited with {status} after SIGTERM\n{}",
+        instance.id,
+        tails(&[instance])
+    );
+}
+
+/// Polls `done` every 100 ms until it holds; fails after `limit` with `what` and the logs.
+fn wait_until(what: &str, limit: Duration, instances: &[&Instance], done: impl FnMut() -> bool) {
+    assert!(poll_until(limit, done), "timed out waiting until {what}\n{}", tails(instances));
 }
 
 /// The longest gap between consecutive append times of `sent` within `[from, to]`, counting
@@ -633,7 +655,7 @@ fn four_instances_join_stop_and_crash_under_traffic_and_send_exactly_once() {
         |instances: &[&Instance]| instances.iter().map(|i| i.assignments()).sum::<usize>();
     let before_stop = rebalances(&[&a, &c, &d]);
     let stopped = common::now_ms();
-    common::stop_gracefully(b.process.take());
+    stop(&mut b);
     wait_until("the others take b's partitions", Duration::from_secs(120), &[&a, &c, &d], || {
         rebalances(&[&a, &c, &d]) > before_stop
     });
@@ -684,7 +706,8 @@ fn four_instances_join_stop_and_crash_under_traffic_and_send_exactly_once() {
         .map(|o| (o.message_id(), o))
         .collect();
     assert!(coupon_ids.len() > COUPON_LIMIT, "more app opens than the limit");
-    wait_until("every expected command arrives", Duration::from_secs(180), &[&a, &c, &d], || {
+    // Waits for them (what is missing after the deadline is listed below).
+    poll_until(Duration::from_secs(180), || {
         let sent = watcher.snapshot();
         let ids: BTreeSet<&str> = sent.iter().map(|s| s.command.message_id.as_str()).collect();
         let coupons = sent.iter().filter(|s| s.command.campaign_id == "coupons").count();
@@ -735,7 +758,7 @@ fn four_instances_join_stop_and_crash_under_traffic_and_send_exactly_once() {
         quiet.elapsed() >= Duration::from_secs(3)
     });
     for instance in [&mut d, &mut a, &mut c] {
-        common::stop_gracefully(instance.process.take());
+        stop(instance);
     }
     let sent = watcher.stop();
     let lifecycle: Vec<LifecycleKind> = common::read_committed(
