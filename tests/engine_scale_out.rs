@@ -913,4 +913,7 @@ fn four_instances_join_stop_and_crash_under_traffic_and_send_exactly_once() {
         "app opens past the limit, each skipped once: {:?}",
         coupon_stats.skipped
     );
+
+    // Passed: its topics and changelogs go (a failing run keeps them for inspection).
+    common::delete_topics_starting_with(&[&deployment.prefix, &deployment.app_id]);
 }

@@ -293,3 +293,29 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// Deletes every topic whose name starts with one of `prefixes` (a passing test's topics and
+/// changelogs: the broker keeps an open file per partition, and runs add up).
+pub fn delete_topics_starting_with(prefixes: &[&str]) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let consumer: BaseConsumer = kafka().client_config().create().unwrap();
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    let names: Vec<&str> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name())
+        .filter(|name| prefixes.iter().any(|p| name.starts_with(p)))
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        kafka().client_config().create().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let results = runtime.block_on(admin.delete_topics(&names, &AdminOptions::new())).unwrap();
+    for result in results {
+        if let Err((topic, error)) = result {
+            eprintln!("could not delete {topic}: {error}");
+        }
+    }
+}
