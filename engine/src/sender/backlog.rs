@@ -70,3 +70,51 @@ impl Backlog {
         self.partitions.values().map(VecDeque::len).sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Platform;
+
+    fn waiting(partition: i32, offset: i64) -> Waiting {
+        let command = SendCommand {
+            message_id: format!("m{partition}-{offset}"),
+            campaign_id: "c".into(),
+            variant_id: "A".into(),
+            run_id: "r".into(),
+            app_id: "shop".into(),
+            user_id: "u".into(),
+            device_id: "d".into(),
+            platform: Platform::Ios,
+            token: "t".into(),
+            payload: "{}".into(),
+            headers: Default::default(),
+            created_at_ms: 0,
+            expires_at_ms: None,
+            confirm: false,
+        };
+        Waiting { command, partition, offset }
+    }
+
+    #[test]
+    fn a_backlog_keeps_offset_order_and_forgets_revoked_partitions() {
+        let mut backlog = Backlog::default();
+        assert!(!backlog.holds(0));
+        for offset in 5..8 {
+            backlog.push(waiting(0, offset));
+        }
+        backlog.push(waiting(1, 2));
+        assert!(backlog.holds(0) && backlog.holds(1));
+        let first = backlog.pop(0).unwrap();
+        assert_eq!(first.offset, 5);
+        backlog.unpop(first);
+        assert_eq!(backlog.pop(0).unwrap().offset, 5, "a command given back stays first");
+        assert_eq!(backlog.pop(0).unwrap().offset, 6);
+        assert!(!backlog.release_if_empty(0), "7 still waits");
+        assert_eq!(backlog.pop(0).unwrap().offset, 7);
+        assert!(backlog.release_if_empty(0), "empty: resume the partition");
+        assert!(!backlog.holds(0));
+        assert_eq!(backlog.drop_partitions(&[0, 1]), 1);
+        assert_eq!(backlog.len(), 0);
+    }
+}
