@@ -5,7 +5,7 @@ export KAFKA_PORT ?= 9092
 export HERALD_BROKERS ?= 127.0.0.1:$(KAFKA_PORT)
 HERALD := $(CARGO_TARGET_DIR)/debug/herald
 
-.PHONY: bootstrap kafka-up kafka-down registry-up registry-down build demo demo-down test test-broadcast test-scale-out bench bench-runtime bench-campaign bench-ingest lint fmt
+.PHONY: bootstrap kafka-up kafka-down registry-up registry-down build demo demo-down test test-broadcast test-scale-out bench bench-runtime bench-campaign bench-ingest bench-sender lint fmt
 
 bootstrap: ## install missing system packages
 	@deploy/local/bootstrap.sh
@@ -46,7 +46,7 @@ test-broadcast: kafka-up ## long: a scheduled run to 1,000,000 users with a 2 s 
 test-scale-out: kafka-up ## four engine instances under traffic (join, SIGTERM, SIGKILL): exactly-once check and the rebalance pauses printed (also part of make test)
 	cargo test --test engine_scale_out -- --nocapture
 
-bench: bench-runtime bench-campaign bench-ingest ## every benchmark (release build)
+bench: bench-runtime bench-campaign bench-ingest bench-sender ## every benchmark (release build)
 
 bench-runtime: kafka-up ## runtime throughput (raw vs exactly-once vs stateful) and latency
 	cargo build --release --bins
@@ -59,6 +59,10 @@ bench-campaign: kafka-up ## one campaign to 1,000,000 users through the campaign
 bench-ingest: kafka-up registry-up ## user-stage ingest per format and partitioning vs a raw consumer
 	cargo build --release --bins
 	$(CARGO_TARGET_DIR)/release/herald bench ingest $(BENCH_ARGS)
+
+bench-sender: bootstrap ## the sender's HTTP/2 delivery path vs h2load on the same simulator endpoint (no broker)
+	cargo build --release --bins
+	$(CARGO_TARGET_DIR)/release/herald bench sender $(BENCH_ARGS)
 
 lint: ## formatting and clippy, warnings are errors
 	cargo fmt --all -- --check

@@ -3,7 +3,7 @@
 # Idempotent: a second run with everything present does nothing.
 set -euo pipefail
 
-packages=(cmake clang libclang-dev libcurl4-openssl-dev libssl-dev libsasl2-dev zlib1g-dev pkg-config maven openjdk-17-jre-headless)
+packages=(cmake clang libclang-dev libcurl4-openssl-dev libssl-dev libsasl2-dev zlib1g-dev pkg-config maven openjdk-17-jre-headless nghttp2-client)
 missing=()
 for pkg in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

@@ -3,6 +3,7 @@
 mod campaign;
 mod ingest;
 mod runtime;
+mod sender;
 mod support;
 
 use std::process::ExitCode;
@@ -18,6 +19,9 @@ pub enum BenchCommand {
     Campaign(campaign::CampaignArgs),
     /// User-stage throughput per ingest format and partitioning, against a raw consumer.
     Ingest(ingest::IngestArgs),
+    /// The sender's HTTP/2 delivery path against the simulator, beside h2load on the same
+    /// endpoint.
+    Sender(sender::SenderArgs),
 }
 
 pub fn run(kafka: &KafkaConfig, command: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -25,5 +29,6 @@ pub fn run(kafka: &KafkaConfig, command: BenchCommand) -> anyhow::Result<ExitCod
         BenchCommand::Runtime(args) => runtime::run(kafka, args),
         BenchCommand::Campaign(args) => campaign::run(kafka, args),
         BenchCommand::Ingest(args) => ingest::run(kafka, args),
+        BenchCommand::Sender(args) => sender::run(args),
     }
 }
