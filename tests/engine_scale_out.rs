@@ -1,13 +1,14 @@
 //! Several `herald engine` instances under continuous traffic (issue 13, item 2): three
 //! instances with their own ids and state directories, then a fourth joins, one stops with
-//! SIGTERM, one is killed with SIGKILL and restarted. Inaction windows (durable timers) and a
-//! campaign's total limit move with their partitions. The end check: exactly one send command
-//! per qualifying occurrence, by message id, and the limited campaign exactly at its limit.
+//! SIGTERM, one is killed with SIGKILL and restarted, and one is frozen (SIGSTOP) past the
+//! session timeout, then thawed: a zombie. Inaction windows (durable timers) and a campaign's
+//! total limit move with their partitions. The end check: exactly one send command per
+//! qualifying occurrence, by message id, and the limited campaign exactly at its limit.
 //!
 //! It also prints how long processing paused while the fourth instance joined (the longest gap
 //! between consecutive `herald.push` appends, overall and per partition, and the time from the
-//! join to the first output of each partition that moved), and the pauses of the other two
-//! steps: measured, never asserted.
+//! join to the first output of each partition that moved), and the pauses of the other steps:
+//! measured, never asserted.
 
 mod common;
 
@@ -693,6 +694,44 @@ fn four_instances_join_stop_and_crash_under_traffic_and_send_exactly_once() {
     );
     let kill_settled = common::now_ms();
 
+    // 4. d freezes (SIGSTOP) past the session timeout: the group gives its partitions to the
+    //    others (its open transaction times out). Thawed (SIGCONT), it is a zombie that must not
+    //    commit what it did for partitions it lost; it rejoins and gets partitions again.
+    let signal = |name: &str, instance: &Instance| {
+        let pid = instance.process.id().to_string();
+        assert!(Command::new("kill").args([name, &pid]).status().unwrap().success());
+    };
+    let before_freeze = rebalances(&[&a, &c]);
+    let frozen = common::now_ms();
+    signal("-STOP", &d);
+    wait_until(
+        "the others take frozen d's partitions",
+        Duration::from_secs(120),
+        &[&a, &c],
+        || rebalances(&[&a, &c]) > before_freeze,
+    );
+    let freeze_rebalanced = common::now_ms();
+    wait_until(
+        "every partition sends while d is frozen",
+        Duration::from_secs(120),
+        &[&a, &c],
+        || watcher.output_everywhere_after(freeze_rebalanced),
+    );
+    let before_thaw = d.assignments();
+    let thawed = common::now_ms();
+    signal("-CONT", &d);
+    wait_until("d rejoins", Duration::from_secs(120), &[&a, &c, &d], || {
+        d.assignments() > before_thaw
+    });
+    let rejoined = common::now_ms();
+    wait_until(
+        "every partition sends after d's return",
+        Duration::from_secs(120),
+        &[&a, &c, &d],
+        || watcher.output_everywhere_after(rejoined),
+    );
+    let thaw_settled = common::now_ms();
+
     // The traffic stops (with a burst of app opens); every window ends within WINDOW_MS.
     let occurrences = traffic.stop();
     let expected: BTreeMap<String, &Occurrence> = occurrences
@@ -813,6 +852,8 @@ fn four_instances_join_stop_and_crash_under_traffic_and_send_exactly_once() {
     );
     print_pause("SIGKILL and restart of c", &sent, killed, kill_settled);
     println!("coupons sent when c was killed: {coupons_at_kill} of {COUPON_LIMIT}");
+    print_pause("SIGSTOP of d past the session timeout", &sent, frozen, thawed);
+    print_pause("SIGCONT of d (it rejoins)", &sent, thawed, thaw_settled);
 
     // Exactly one command per qualifying occurrence: no duplicates, nothing missing, nothing else.
     let mut by_id: BTreeMap<&str, Vec<&Sent>> = BTreeMap::new();
@@ -893,11 +934,13 @@ fn four_instances_join_stop_and_crash_under_traffic_and_send_exactly_once() {
     let across_join = windows(&moved, before_join, join_settled);
     let across_stop = windows(&all, stopped, stop_settled);
     let across_kill = windows(&all, killed, kill_settled);
+    let across_freeze = windows(&all, frozen, freeze_rebalanced);
     println!(
-        "windows open across the moves, each sent once: {} on the partitions moved to d, {} across b's stop, {} across c's crash",
+        "windows open across the moves, each sent once: {} on the partitions moved to d, {} across b's stop, {} across c's crash, {} across d's freeze",
         across_join.len(),
         across_stop.len(),
-        across_kill.len()
+        across_kill.len(),
+        across_freeze.len()
     );
     assert!(!across_join.is_empty() && !across_stop.is_empty() && !across_kill.is_empty());
 

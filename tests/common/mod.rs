@@ -279,6 +279,11 @@ impl KillOnDrop {
         self.0.take().expect("process already taken")
     }
 
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("process taken").id()
+    }
+
     /// Whether it is still running (not taken, not exited).
     pub fn running(&mut self) -> bool {
         self.0.as_mut().is_some_and(|child| matches!(child.try_wait(), Ok(None)))
