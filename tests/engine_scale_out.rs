@@ -193,6 +193,16 @@ impl Deployment {
     }
 }
 
+impl Drop for Deployment {
+    /// A failing run keeps its directory (the engines' logs and state) and says where.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            eprintln!("engine logs and state kept in {}", dir.keep().display());
+        }
+    }
+}
+
 /// One engine instance: its id, state directory, log and process.
 struct Instance {
     id: &'static str,
