@@ -560,7 +560,7 @@ fn print_pause(step: &str, sent: &[Sent], step_ms: i64, until_ms: i64) {
         })
         .collect();
     println!(
-        "pause [{step}]: longest gap between herald.push appends {overall} ms (from +{} ms after the step); per partition (ms): {}",
+        "pause [{step}]: longest gap between herald.push appends {overall} ms (starting {:+} ms from the step); per partition (ms): {}",
         at - step_ms,
         per_partition.join(" ")
     );
