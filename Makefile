@@ -38,6 +38,9 @@ demo-down: ## stop what make demo started (simulator, engine, sender, Kafka)
 	deploy/demo/down.sh
 
 test: kafka-up registry-up ## the full test suite against the local broker and schema registry
+	cargo build --bins
+	@# Topics left by earlier runs (the broker keeps files open per partition, up to its limit).
+	$(HERALD) topics delete --prefix it- --prefix bench-
 	cargo test --workspace
 
 test-broadcast: kafka-up ## long: a scheduled run to 1,000,000 users with a 2 s transaction timeout (release build)

@@ -140,3 +140,50 @@ async fn typed_record_round_trips_through_the_broker() {
     let back: AppEvent = registry.decode(message.payload().unwrap()).unwrap();
     assert_eq!(back, event);
 }
+
+/// The names of the cluster's topics starting with `prefix`, sorted.
+fn topics_starting_with(prefix: &str) -> Vec<String> {
+    let consumer: BaseConsumer = common::kafka().client_config().create().unwrap();
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    let mut names: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|name| name.starts_with(prefix))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn topics_delete_removes_exactly_the_topics_with_the_prefix() {
+    let base = common::unique("prune");
+    let (gone_a, gone_b, kept) =
+        (format!("{base}-a-x"), format!("{base}-a-y"), format!("{base}-b-x"));
+    common::create_topics(&[(&gone_a, 2), (&gone_b, 1), (&kept, 1)]);
+    assert_eq!(topics_starting_with(&base), [gone_a.clone(), gone_b.clone(), kept.clone()]);
+
+    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["topics", "delete", "--prefix", &format!("{base}-a-")])
+        .env("HERALD_BROKERS", common::kafka().brokers)
+        .output()
+        .expect("run herald");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("deleted 2 topics"), "{stdout}");
+    // Deletion completes asynchronously on the broker.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while topics_starting_with(&base) != [kept.clone()] && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(topics_starting_with(&base), [kept.clone()]);
+
+    // Without a prefix nothing is deleted.
+    let refused = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["topics", "delete"])
+        .env("HERALD_BROKERS", common::kafka().brokers)
+        .output()
+        .expect("run herald");
+    assert!(!refused.status.success());
+    assert_eq!(topics_starting_with(&base), [kept]);
+}

@@ -1,11 +1,11 @@
-//! `herald topics apply`.
+//! `herald topics apply` and `herald topics delete`.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use herald_engine::{
-    kafka::{apply_topology, KafkaConfig, TopicOutcome},
+    kafka::{apply_topology, delete_topics_with_prefix, KafkaConfig, TopicOutcome},
     topology::Topology,
 };
 
@@ -13,6 +13,15 @@ use herald_engine::{
 pub enum TopicsCommand {
     /// Create missing topics; report (never change) differences in existing ones.
     Apply(ApplyArgs),
+    /// Delete every topic whose name starts with a prefix (e.g. the leftovers of test runs).
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Name prefix of the topics to delete; repeatable. Required: nothing is deleted without.
+    #[arg(long = "prefix", required = true, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    prefixes: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -29,7 +38,20 @@ pub struct ApplyArgs {
 }
 
 pub fn run(kafka: &KafkaConfig, command: TopicsCommand) -> anyhow::Result<ExitCode> {
-    let TopicsCommand::Apply(args) = command;
+    match command {
+        TopicsCommand::Apply(args) => apply(kafka, args),
+        TopicsCommand::Delete(args) => delete(kafka, args),
+    }
+}
+
+fn delete(kafka: &KafkaConfig, args: DeleteArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let deleted = runtime.block_on(delete_topics_with_prefix(kafka, &args.prefixes))?;
+    println!("deleted {} topics starting with {}", deleted.len(), args.prefixes.join(", "));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn apply(kafka: &KafkaConfig, args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let mut topology = Topology::load(&args.topology)?;
     for topic in &mut topology.topics {
         topic.name = format!("{}{}", args.prefix, topic.name);

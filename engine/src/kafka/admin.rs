@@ -42,6 +42,14 @@ pub enum AdminError {
         /// Broker error code.
         code: RDKafkaErrorCode,
     },
+    /// The broker refused to delete a topic.
+    #[error("cannot delete topic {topic}: {code}")]
+    Delete {
+        /// Topic name.
+        topic: String,
+        /// Broker error code.
+        code: RDKafkaErrorCode,
+    },
 }
 
 /// A setting where the broker's topic differs from the topology.
@@ -189,4 +197,36 @@ async fn compare(
         expect(name, value.clone());
     }
     Ok(drift)
+}
+
+/// Deletes every topic whose name starts with one of `prefixes` (each at least one character)
+/// and returns their names, sorted: the leftovers of test and benchmark deployments, which a
+/// broker otherwise keeps open a file for, per partition, until it runs out.
+pub async fn delete_topics_with_prefix(
+    kafka: &KafkaConfig,
+    prefixes: &[String],
+) -> Result<Vec<String>, AdminError> {
+    let kafka_error = |source| AdminError::Kafka { brokers: kafka.brokers.clone(), source };
+    let admin: AdminClient<DefaultClientContext> =
+        kafka.client_config().create().map_err(kafka_error)?;
+    let metadata = admin.inner().fetch_metadata(None, ADMIN_TIMEOUT).map_err(kafka_error)?;
+    let mut names: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|name| prefixes.iter().any(|p| !p.is_empty() && name.starts_with(p.as_str())))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Ok(names);
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+    for result in admin.delete_topics(&refs, &options).await.map_err(kafka_error)? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => return Err(AdminError::Delete { topic, code }),
+        }
+    }
+    Ok(names)
 }

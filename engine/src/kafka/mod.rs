@@ -2,7 +2,9 @@
 
 mod admin;
 
-pub use admin::{apply_topology, AdminError, TopicDrift, TopicOutcome, TopologyReport};
+pub use admin::{
+    apply_topology, delete_topics_with_prefix, AdminError, TopicDrift, TopicOutcome, TopologyReport,
+};
 
 use std::collections::BTreeMap;
 
