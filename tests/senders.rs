@@ -123,6 +123,23 @@ impl Setup {
             .unwrap()
     }
 
+    /// The partitions last assigned to sender `instance`, from its log.
+    fn assigned(&self, instance: &str) -> Option<Vec<i32>> {
+        let log = std::fs::read_to_string(self.path(&format!("sender-{instance}.log"))).ok()?;
+        let line = log.lines().rev().find(|l| l.contains("partitions assigned"))?;
+        let mut plain = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                chars.by_ref().find(|c| *c == 'm');
+            } else {
+                plain.push(c);
+            }
+        }
+        let list = plain.split("partitions=[").nth(1)?.split(']').next()?;
+        Some(list.split(", ").filter_map(|p| p.parse().ok()).collect())
+    }
+
     /// `herald send --status` output once it contains `expected` (panics after two minutes).
     fn wait_for_status(&self, expected: &str) -> String {
         let mut output = String::new();
@@ -300,13 +317,12 @@ fn a_killed_senders_partitions_move_to_another_instance_without_a_second_send() 
     );
     let a = setup.spawn_sender(&config, "a");
     let b = setup.spawn_sender(&config, "b");
-    // Killed mid-stream, not mid-rebalance: once both share the partitions, 2,000 more sends.
-    let b_log = setup.path("sender-b.log");
+    // Killed mid-stream, not mid-rebalance: once both hold two partitions, 2,000 more sends.
     let shared = (0..600).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
-        std::fs::read_to_string(&b_log).unwrap_or_default().contains("partitions assigned")
+        ["a", "b"].iter().all(|i| setup.assigned(i).is_some_and(|p| p.len() == 2))
     });
-    assert!(shared, "b got no partitions\n{}", common::tail(&b_log, 20));
+    assert!(shared, "not shared\n{}", common::tail(&setup.path("sender-b.log"), 20));
     let before = common::end_offsets(&setup.topic("receipts"));
     let started = (0..600).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
