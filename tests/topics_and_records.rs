@@ -173,10 +173,11 @@ fn topics_delete_removes_exactly_the_topics_with_the_prefix() {
     assert!(stdout.contains("deleted 2 topics"), "{stdout}");
     // Deletion completes asynchronously on the broker.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while topics_starting_with(&base) != [kept.clone()] && std::time::Instant::now() < deadline {
+    let only_kept = vec![kept];
+    while topics_starting_with(&base) != only_kept && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(topics_starting_with(&base), [kept.clone()]);
+    assert_eq!(topics_starting_with(&base), only_kept);
 
     // Without a prefix nothing is deleted.
     let refused = Command::new(env!("CARGO_BIN_EXE_herald"))
@@ -185,5 +186,5 @@ fn topics_delete_removes_exactly_the_topics_with_the_prefix() {
         .output()
         .expect("run herald");
     assert!(!refused.status.success());
-    assert_eq!(topics_starting_with(&base), [kept]);
+    assert_eq!(topics_starting_with(&base), only_kept);
 }
