@@ -2,20 +2,12 @@
 //! campaign flow when the pause came): kept in arrival order and delivered when the campaign
 //! resumes, in bounded steps; a stopped campaign drops them, counted `stopped`.
 
-use super::{timer_key, CampaignStage, CampaignState, HELD_CANDIDATES, HELD_TIMER};
+use super::{queue, timer_key, CampaignStage, CampaignState, HELD_CANDIDATES, HELD_TIMER};
 use crate::{
     campaign::Campaign,
     model::Candidate,
     runtime::{ProcessError, ProcessorContext},
 };
-
-/// Held candidates delivered per timer firing.
-const RELEASE_STEP: usize = 500;
-
-/// Key of a held candidate: campaign, then its big-endian arrival number.
-fn held_key(campaign: &str, sequence: u64) -> Vec<u8> {
-    [campaign.as_bytes(), &[0], &sequence.to_be_bytes()].concat()
-}
 
 impl CampaignStage {
     /// Keeps `candidate` until its paused campaign resumes or stops.
@@ -26,7 +18,7 @@ impl CampaignStage {
         state: &mut CampaignState,
         candidate: &Candidate,
     ) -> Result<(), ProcessError> {
-        let key = held_key(&campaign.id, state.held_seq);
+        let key = queue::key(&campaign.id, state.held_seq);
         ctx.store(HELD_CANDIDATES)?.put_as(&key, candidate)?;
         state.held_seq += 1;
         Ok(())
@@ -43,22 +35,16 @@ impl CampaignStage {
         if super::is_held(campaign) {
             return Ok(());
         }
-        let prefix = [campaign.id.as_bytes(), &[0]].concat();
-        let entries = ctx.store(HELD_CANDIDATES)?.prefix(&prefix, RELEASE_STEP)?;
-        for (key, value) in &entries {
-            let Ok(candidate) = serde_json::from_slice::<Candidate>(value) else {
-                tracing::warn!(campaign = %campaign.id, "dropping an unreadable held candidate");
-                ctx.store(HELD_CANDIDATES)?.delete(key)?;
-                continue;
-            };
+        let step = queue::next_step(ctx, HELD_CANDIDATES, &campaign.id)?;
+        for (key, candidate) in step.entries {
             let leaving = Candidate {
                 qualified_at_ms: candidate.qualified_at_ms.max(ctx.effective_ms()),
                 ..candidate
             };
-            ctx.store(HELD_CANDIDATES)?.delete(key)?;
+            ctx.store(HELD_CANDIDATES)?.delete(&key)?;
             self.place(ctx, campaign, state, leaving)?;
         }
-        if entries.len() == RELEASE_STEP {
+        if step.more {
             ctx.schedule(ctx.now_ms(), &timer_key(HELD_TIMER, &campaign.id))?;
         }
         Ok(())

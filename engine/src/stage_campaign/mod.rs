@@ -8,6 +8,7 @@ pub mod ab;
 mod held;
 mod lifecycle;
 mod places;
+mod queue;
 mod runs;
 
 use std::{collections::BTreeMap, sync::Arc};

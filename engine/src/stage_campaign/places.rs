@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    day_in, runs::RunState, timer_key, CampaignStage, CampaignState, IN_FLIGHT, WAITING,
+    day_in, queue, runs::RunState, timer_key, CampaignStage, CampaignState, IN_FLIGHT, WAITING,
     WAITING_TIMER,
 };
 use crate::{
@@ -24,9 +24,6 @@ use crate::{
     model::{is_triggered_run, Candidate, LifecycleKind, SendConfirmed, Skip},
     runtime::{ProcessError, ProcessorContext},
 };
-
-/// Waiting candidates looked at per timer firing.
-const RELEASE_STEP: usize = 500;
 
 /// A notification whose place the send gate has yet to confirm (`in-flight` store).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,11 +35,6 @@ struct InFlight {
 /// `in-flight` key: campaign, user, run (or trigger occurrence).
 fn in_flight_key(campaign: &str, user: &str, run: &str) -> Vec<u8> {
     [campaign.as_bytes(), &[0], user.as_bytes(), &[0], run.as_bytes()].concat()
-}
-
-/// `waiting` key: campaign, then the big-endian arrival number.
-fn waiting_key(campaign: &str, sequence: u64) -> Vec<u8> {
-    [campaign.as_bytes(), &[0], &sequence.to_be_bytes()].concat()
 }
 
 /// A limit a candidate found full.
@@ -110,7 +102,7 @@ impl CampaignStage {
         state: &mut CampaignState,
         candidate: &Candidate,
     ) -> Result<(), ProcessError> {
-        let key = waiting_key(&campaign.id, state.waiting_seq);
+        let key = queue::key(&campaign.id, state.waiting_seq);
         ctx.store(WAITING)?.put_as(&key, candidate)?;
         state.waiting_seq += 1;
         state.waiting += 1;
@@ -126,17 +118,11 @@ impl CampaignStage {
         campaign: &Campaign,
         state: &mut CampaignState,
     ) -> Result<(), ProcessError> {
-        let prefix = [campaign.id.as_bytes(), &[0]].concat();
-        let entries = ctx.store(WAITING)?.prefix(&prefix, RELEASE_STEP)?;
+        let step = queue::next_step(ctx, WAITING, &campaign.id)?;
+        state.waiting = state.waiting.saturating_sub(step.unreadable);
         let now = ctx.effective_ms();
         let today = day_in(campaign, now);
-        for (key, value) in &entries {
-            let Ok(candidate) = serde_json::from_slice::<Candidate>(value) else {
-                tracing::warn!(campaign = %campaign.id, "dropping an unreadable waiting candidate");
-                ctx.store(WAITING)?.delete(key)?;
-                state.waiting = state.waiting.saturating_sub(1);
-                continue;
-            };
+        for (key, candidate) in step.entries {
             // Its day's places are gone: a daily campaign does not send it a day late.
             let day_passed = campaign.limits.daily.is_some()
                 && day_in(campaign, candidate.qualified_at_ms) != today;
@@ -144,7 +130,7 @@ impl CampaignStage {
             if !day_passed && self.waits_for_places(campaign, state, run.as_ref(), now) {
                 return Ok(());
             }
-            ctx.store(WAITING)?.delete(key)?;
+            ctx.store(WAITING)?.delete(&key)?;
             state.waiting = state.waiting.saturating_sub(1);
             if day_passed {
                 state.skip("daily_limit");
@@ -154,7 +140,7 @@ impl CampaignStage {
                 Candidate { qualified_at_ms: candidate.qualified_at_ms.max(now), ..candidate };
             self.place(ctx, campaign, state, leaving)?;
         }
-        if entries.len() == RELEASE_STEP {
+        if step.more {
             ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &campaign.id))?;
         }
         Ok(())
