@@ -342,8 +342,19 @@ fn a_killed_senders_partitions_move_to_another_instance_without_a_second_send() 
     assert!(interrupted.len() <= 100, "at most the requests in flight: {}", interrupted.len());
     let accepted = by_message.values().filter(|r| r.status == ReceiptStatus::Accepted).count();
     assert_eq!(accepted + interrupted.len(), COUNT, "every other command was delivered");
-    assert_eq!(stats["accepted"], accepted as u64, "{stats}");
-    println!("at-most-once window: {} commands interrupted by the SIGKILL", interrupted.len());
+    // An interrupted command may or may not have reached the provider before the kill: the
+    // simulator accepted every `accepted` one and at most the interrupted ones besides.
+    let delivered = stats["accepted"].as_u64().unwrap() as usize;
+    assert!(
+        (accepted..=accepted + interrupted.len()).contains(&delivered),
+        "delivered {delivered}, accepted receipts {accepted}, interrupted {}: {stats}",
+        interrupted.len()
+    );
+    println!(
+        "at-most-once window: {} commands interrupted by the SIGKILL, {} of them delivered",
+        interrupted.len(),
+        delivered - accepted
+    );
 }
 
 #[test]
