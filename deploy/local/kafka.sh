@@ -6,14 +6,16 @@
 #   deploy/local/kafka.sh status  print whether it runs
 #
 # Environment: KAFKA_PORT (default 9092), KAFKA_CONTROLLER_PORT (default KAFKA_PORT+1),
-# HERALD_LOCAL (default <repo>/.local). `up` is idempotent: with a running broker it does nothing.
+# HERALD_LOCAL (default <repo>/.local), KAFKA_DIR (this broker's config, data, log and pid file;
+# default <HERALD_LOCAL>/kafka: a second broker on another port needs its own). The installed jars
+# are shared. `up` is idempotent: with a running broker it does nothing.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 local_dir=${HERALD_LOCAL:-$repo/.local}
-home=$local_dir/kafka
-lib=$home/lib
+lib=$local_dir/kafka/lib
+home=${KAFKA_DIR:-$local_dir/kafka}
 data=$home/data
 log=$home/kafka.log
 pidfile=$home/kafka.pid
