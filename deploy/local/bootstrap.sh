@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages Herald needs to build and test, only when missing.
-# Idempotent: a second run with everything present does nothing.
+# Idempotent: a second run with everything present does nothing. `bootstrap.sh chaos` adds Toxiproxy.
 set -euo pipefail
 
 packages=(cmake clang libclang-dev libcurl4-openssl-dev libssl-dev libsasl2-dev zlib1g-dev pkg-config maven openjdk-17-jre-headless nghttp2-client)
@@ -24,4 +24,10 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "bootstrap: cargo not found; install Rust with rustup (https://rustup.rs) and re-run" >&2
   exit 1
+fi
+
+# `bootstrap.sh chaos`: also Toxiproxy (network faults of the chaos suite); optional, so a failed
+# install is reported and the suite runs without it.
+if [ "${1:-}" = chaos ]; then
+  "$(dirname "${BASH_SOURCE[0]}")/toxiproxy.sh" || echo "bootstrap: toxiproxy not installed (see above)"
 fi

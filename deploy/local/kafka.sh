@@ -7,8 +7,9 @@
 #
 # Environment: KAFKA_PORT (default 9092), KAFKA_CONTROLLER_PORT (default KAFKA_PORT+1),
 # HERALD_LOCAL (default <repo>/.local), KAFKA_DIR (this broker's config, data, log and pid file;
-# default <HERALD_LOCAL>/kafka: a second broker on another port needs its own). The installed jars
-# are shared. `up` is idempotent: with a running broker it does nothing.
+# default <HERALD_LOCAL>/kafka: a second broker on another port needs its own),
+# KAFKA_ADVERTISED_PORT (default KAFKA_PORT: the port clients are told to connect to, e.g. a
+# proxy's). The installed jars are shared. `up` is idempotent: with a running broker it does nothing.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -21,6 +22,7 @@ log=$home/kafka.log
 pidfile=$home/kafka.pid
 port=${KAFKA_PORT:-9092}
 controller_port=${KAFKA_CONTROLLER_PORT:-$((port + 1))}
+advertised_port=${KAFKA_ADVERTISED_PORT:-$port}
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml")
 
 log_info() { echo "kafka: $*"; }
@@ -49,7 +51,7 @@ process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$controller_port
 listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+advertised.listeners=PLAINTEXT://127.0.0.1:$advertised_port
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
