@@ -172,6 +172,48 @@ fn a_throttled_backlog_leaves_at_its_rate_after_downtime_not_in_one_burst() {
     }
 }
 
+/// "Added to cart, no `Charged` within 10 minutes", read from a backlog: the carts, thousands of
+/// other events, then half of the users' `Charged`, all written half an hour ago while the
+/// engine was down. Every window ended long ago on the wall clock, yet a window closes only after
+/// the events before its end are read: the users who bought get nothing, the others get one
+/// send each (before, the windows closed after the first batch, and every user was sent to).
+#[test]
+fn an_inaction_window_behind_a_backlog_closes_after_the_events_before_its_end() {
+    const CARTS: usize = 20;
+    const OTHERS: usize = 5_000;
+    let topics = deployment(1);
+    let start = common::now_ms() - 30 * 60_000;
+    common::produce(&topics.profiles, (0..CARTS).map(|i| profile(i, start - 60_000)));
+    apply_campaign(
+        &topics.campaigns,
+        "id: cart\napp: shop\nname: n\nwhen: { event: Added To Cart, unless: { event: Charged, within: 10m } }\nwhat: { title: t, body: b }\noptions: { ignore_global_caps: true }\n",
+    );
+    // Written live while the engine was down: each record stamped when it happened.
+    let carts = (0..CARTS).map(|i| ("Added To Cart", format!("u{i}"), start));
+    let others = (0..OTHERS).map(|i| ("Ping", format!("other{i}"), start + i as i64 * 20));
+    let bought = (0..CARTS / 2).map(|i| ("Charged", format!("u{i}"), start + 5 * 60_000));
+    common::produce_at(
+        &topics.events,
+        carts.chain(others).chain(bought).map(|(name, user, at)| {
+            let (key, value) = event(name, &user, at);
+            (key, value, Some(at))
+        }),
+    );
+
+    let (app_id, state) = (common::unique("inaction-app"), tempfile::tempdir().unwrap());
+    let engine = Engine::start(&app_id, &topics, state.path(), |_| {});
+    let mut users = Vec::new();
+    read(&topics.push, Duration::from_secs(120), Duration::from_secs(3), |_, value| {
+        users.push(SchemaRegistry::builtin().decode::<SendCommand>(value).unwrap().user_id);
+        users.len() >= CARTS / 2
+    });
+    engine.stop();
+    users.sort();
+    let mut expected: Vec<String> = (CARTS / 2..CARTS).map(|i| format!("u{i}")).collect();
+    expected.sort();
+    assert_eq!(users, expected, "exactly the users who did not buy, once each");
+}
+
 /// Topics of a fresh deployment (a unique prefix), `partitions` each; `herald.push` is stamped
 /// with the broker's append time, when a command really left.
 fn deployment(partitions: i32) -> TopicNames {
@@ -304,17 +346,21 @@ fn profile(i: usize, at: i64) -> (String, Vec<u8>) {
 
 /// A `Ping` event of user `i`, keyed by user.
 fn ping(i: usize, at: i64) -> (String, Vec<u8>) {
-    let user = format!("u{i}");
+    event("Ping", &format!("u{i}"), at)
+}
+
+/// Event `name` of `user` at `at`, keyed by user, with an id of its own.
+fn event(name: &str, user: &str, at: i64) -> (String, Vec<u8>) {
     let event = AppEvent {
-        event_id: format!("ping-{user}"),
+        event_id: format!("{name}-{user}-{at}"),
         app_id: "shop".into(),
-        user_id: user.clone(),
-        name: "Ping".into(),
+        user_id: user.to_string(),
+        name: name.into(),
         timestamp_ms: at,
         properties: Default::default(),
         sdk_version: None,
     };
-    (user, SchemaRegistry::builtin().encode(&event).unwrap())
+    (user.to_string(), SchemaRegistry::builtin().encode(&event).unwrap())
 }
 
 fn apply_campaign(topic: &str, yaml: &str) {

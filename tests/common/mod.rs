@@ -56,6 +56,12 @@ pub fn create_topics(topics: &[(&str, i32)]) {
 
 /// Produces (key, value) records to `topic`, partitioned by Kafka's murmur2 partitioner.
 pub fn produce(topic: &str, records: impl IntoIterator<Item = (String, Vec<u8>)>) {
+    produce_at(topic, records.into_iter().map(|(key, value)| (key, value, None)));
+}
+
+/// Produces (key, value, record timestamp) records to `topic` like [`produce`]; a record
+/// without a timestamp gets the producer's clock.
+pub fn produce_at(topic: &str, records: impl IntoIterator<Item = (String, Vec<u8>, Option<i64>)>) {
     let producer: ThreadedProducer<DefaultProducerContext> = kafka()
         .client_config()
         .set("enable.idempotence", "true")
@@ -63,8 +69,11 @@ pub fn produce(topic: &str, records: impl IntoIterator<Item = (String, Vec<u8>)>
         .set("linger.ms", "20")
         .create()
         .unwrap();
-    for (key, value) in records {
-        let record = BaseRecord::to(topic).key(&key).payload(&value);
+    for (key, value, timestamp) in records {
+        let mut record = BaseRecord::to(topic).key(&key).payload(&value);
+        if let Some(timestamp) = timestamp {
+            record = record.timestamp(timestamp);
+        }
         send_waiting(&producer, record).expect("produce");
     }
     producer.flush(Duration::from_secs(60)).unwrap();

@@ -91,6 +91,8 @@ pub(crate) struct Task {
     sinks: Vec<String>,
     timer_store: String,
     stream_time: i64,
+    /// Each source topic with the latest record time read from it (`i64::MIN` before any).
+    input_times: Vec<(String, i64)>,
     timers_pending: i64,
 }
 
@@ -113,6 +115,7 @@ impl Task {
             sinks: sub.sinks.clone(),
             timer_store,
             stream_time: i64::MIN,
+            input_times: sub.sources.iter().map(|topic| (topic.clone(), i64::MIN)).collect(),
             timers_pending,
         })
     }
@@ -120,6 +123,23 @@ impl Task {
     /// Timers scheduled and not yet fired or cancelled.
     pub(crate) fn timers_pending(&self) -> i64 {
         self.timers_pending
+    }
+
+    /// The time up to which this task's wall-clock timers may fire: `now_ms` when every input
+    /// partition has been read to its end (`read_to_end(topic, partition)`), else at most the
+    /// latest record time read from each input that is behind. A timer due at the end of a
+    /// window must not overtake records written before it was due and still waiting to be read
+    /// (a task behind a backlog would otherwise close windows that an unread event cancels).
+    pub(crate) fn timer_horizon(
+        &self,
+        now_ms: i64,
+        read_to_end: impl Fn(&str, i32) -> bool,
+    ) -> i64 {
+        self.input_times
+            .iter()
+            .filter(|(topic, _)| !read_to_end(topic, self.id.partition))
+            .map(|(_, time)| *time)
+            .fold(now_ms, i64::min)
     }
 
     /// Processes one record within `budget`. On the event-time clock, timers due strictly
@@ -134,6 +154,11 @@ impl Task {
         out: &mut dyn Output,
         budget: &mut Budget,
     ) -> Result<bool, RuntimeError> {
+        if let Some((_, time)) =
+            self.input_times.iter_mut().find(|(topic, _)| topic == record.topic)
+        {
+            *time = (*time).max(record.timestamp_ms);
+        }
         let now = match env.clock {
             Clock::EventTime => {
                 self.stream_time = self.stream_time.max(record.timestamp_ms);

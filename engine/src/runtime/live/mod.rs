@@ -13,9 +13,11 @@
 
 mod checks;
 mod global_reader;
+mod progress;
 mod txn;
 
 use global_reader::GlobalReader;
+use progress::ReadPositions;
 use txn::{create_producer, RebalanceEvent, RebalanceHook, TxnOutput, TxnState};
 
 use std::{
@@ -468,13 +470,17 @@ impl Worker<'_> {
             state.timers = tick;
             state.backlog = false;
             let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+            let read = ReadPositions::of(&self.consumer);
             for turn in 0..ids.len() {
                 let position = (state.timer_turn + turn) % ids.len();
                 let task = self.tasks.get_mut(&ids[position]).expect("listed task");
+                let horizon = task.timer_horizon(now, |topic, partition| {
+                    read.at_end(&self.consumer, &txn.positions, topic, partition)
+                });
                 state.begin(&mut txn)?;
                 // A timer due at T fires once the clock has passed T, after the records of T.
                 let out = &mut TxnOutput { txn: &mut txn };
-                if !task.fire_due(now.saturating_sub(1), &env, out, &mut state.budget)? {
+                if !task.fire_due(horizon.saturating_sub(1), &env, out, &mut state.budget)? {
                     // This transaction did its share: commit, and go on with the next task.
                     state.backlog = true;
                     state.timer_turn = position + 1;
