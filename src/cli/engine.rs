@@ -8,10 +8,19 @@ use herald_engine::{
     kafka::KafkaConfig,
     model::{topics::TopicNames, IngestDecoder, IngestFormat},
     pipeline::{engine_topology, LIVE_STATS_INTERVAL_MS},
-    runtime::{instance_id, LiveRuntime, RuntimeConfig, ShutdownFlag, DEFAULT_MAX_RECORD_BYTES},
+    runtime::{
+        instance_id, GroupProtocol, LiveRuntime, RuntimeConfig, ShutdownFlag,
+        DEFAULT_MAX_RECORD_BYTES,
+    },
     topology::TopologyFile,
 };
 
+/// Stopping: SIGTERM or SIGINT commit, checkpoint the stores and stop, staying a static member
+/// of the group until the session timeout (10 s with the classic protocol), so that a restart
+/// with the same instance id (a rolling upgrade) takes its partitions back without a rebalance
+/// and restores nothing; meanwhile those partitions pause. For a scale-in, send SIGUSR1 instead
+/// (or run with --leave-group-on-shutdown): the instance gives its partitions back to the others
+/// before it stops, so they pause only for the handover. See docs/operations.md.
 #[derive(Debug, Args)]
 pub struct EngineArgs {
     /// App settings file (global caps, minimum gap, default timezone).
@@ -49,6 +58,19 @@ pub struct EngineArgs {
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Consumer group protocol: classic (client-side range assignor, eager rebalances, 10 s
+    /// session timeout) or consumer (KIP-848, brokers 4.0+: broker-side range assignor,
+    /// incremental handover, the broker's session timeout of at least 45 s by default).
+    #[arg(long, default_value = "classic")]
+    group_protocol: GroupProtocol,
+    /// Leave the group on every stop (SIGTERM too), handing the partitions over at once: for
+    /// deployments whose stops are scale-ins. Without it only SIGUSR1 leaves.
+    #[arg(long, env = "HERALD_LEAVE_GROUP_ON_SHUTDOWN")]
+    leave_group_on_shutdown: bool,
+    /// Warm copies of each task kept by other instances (from the task's changelogs), so that
+    /// a failover restores only the tail: as Kafka Streams' num.standby.replicas.
+    #[arg(long, default_value_t = 0)]
+    standby_replicas: usize,
 }
 
 pub fn run(kafka: &KafkaConfig, args: EngineArgs) -> anyhow::Result<ExitCode> {
@@ -69,6 +91,9 @@ pub fn run(kafka: &KafkaConfig, args: EngineArgs) -> anyhow::Result<ExitCode> {
     config.commit_interval = Duration::from_millis(args.commit_interval_ms);
     config.max_record_bytes = args.max_record_bytes;
     config.metrics_addr = args.metrics_addr;
+    config.group_protocol = args.group_protocol;
+    config.leave_group_on_shutdown = args.leave_group_on_shutdown;
+    config.standby_replicas = args.standby_replicas;
     let shutdown = ShutdownFlag::on_signals()?;
     LiveRuntime::new(topology, config).run(&shutdown).context("running the engine")?;
     Ok(ExitCode::SUCCESS)

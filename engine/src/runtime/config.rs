@@ -53,6 +53,57 @@ pub struct RuntimeConfig {
     /// How changelog topics are created (default: replication factor 1, no further configs;
     /// the engine takes them from its topology file).
     pub changelogs: ChangelogSpec,
+    /// The consumer group protocol (default [`GroupProtocol::Classic`]).
+    pub group_protocol: GroupProtocol,
+    /// Leave the consumer group on a graceful stop (default false), so the partitions move to
+    /// the other instances at once: for a scale-in. Without it the instance stays a static
+    /// member until the session timeout, so a restart (a rolling upgrade) takes its partitions
+    /// back without a rebalance. A stop asked with [`super::ShutdownFlag::request_leave`]
+    /// (SIGUSR1) leaves either way.
+    pub leave_group_on_shutdown: bool,
+    /// Warm copies this instance keeps of each task other instances own, among all the
+    /// instances (default 0, as Kafka Streams' `num.standby.replicas`): see the `standby`
+    /// module.
+    pub standby_replicas: usize,
+}
+
+/// How the instances of an application share partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupProtocol {
+    /// The classic protocol with the client-side `range` assignor and eager rebalances: every
+    /// member stops while the group rebalances; a static member restarted after a crash takes
+    /// its partitions back at once.
+    #[default]
+    Classic,
+    /// KIP-848 (`group.protocol=consumer`, brokers 4.0+): the broker assigns (`range` remote
+    /// assignor) and hands partitions over incrementally; the session timeout is the broker's
+    /// (`group.consumer.session.timeout.ms`, at least 45 s by default), and a static member
+    /// restarted after a crash is refused (UNRELEASED_INSTANCE_ID) until it expires.
+    Consumer,
+}
+
+impl GroupProtocol {
+    /// The value of librdkafka's `group.protocol`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Consumer => "consumer",
+        }
+    }
+}
+
+impl std::str::FromStr for GroupProtocol {
+    type Err = RuntimeError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "classic" => Ok(Self::Classic),
+            "consumer" => Ok(Self::Consumer),
+            other => Err(RuntimeError::Config(format!(
+                "unknown group protocol {other:?}: classic or consumer"
+            ))),
+        }
+    }
 }
 
 impl RuntimeConfig {
@@ -75,6 +126,9 @@ impl RuntimeConfig {
             metrics_addr: None,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             changelogs: ChangelogSpec::default(),
+            group_protocol: GroupProtocol::Classic,
+            leave_group_on_shutdown: false,
+            standby_replicas: 0,
         }
     }
 }

@@ -26,7 +26,7 @@ mod topology;
 mod watermarks;
 
 pub use clock::Clock;
-pub use config::{instance_id, RuntimeConfig, DEFAULT_MAX_RECORD_BYTES};
+pub use config::{instance_id, GroupProtocol, RuntimeConfig, DEFAULT_MAX_RECORD_BYTES};
 pub use error::{ProcessError, RuntimeError};
 pub use global::GlobalTable;
 pub use live::{LiveRuntime, ShutdownFlag};

@@ -13,11 +13,10 @@
 
 mod checks;
 mod global_reader;
-mod progress;
+mod group;
 mod txn;
 
 use global_reader::GlobalReader;
-use progress::ReadPositions;
 use txn::{create_producer, RebalanceEvent, RebalanceHook, TxnOutput, TxnState};
 
 use std::{
@@ -57,16 +56,27 @@ const GAUGE_REFRESH: Duration = Duration::from_secs(5);
 /// Records taken from the consumer per loop step at most.
 const MAX_BATCH: usize = 1_000;
 
-/// Set to stop a running instance gracefully (finish the transaction, checkpoint, leave).
+/// Set to stop a running instance gracefully (finish the transaction, checkpoint), staying a
+/// static member of the group until the session timeout (a restart) or leaving it (a
+/// scale-in).
 #[derive(Clone, Default)]
-pub struct ShutdownFlag(Arc<AtomicBool>);
+pub struct ShutdownFlag {
+    stop: Arc<AtomicBool>,
+    leave: Arc<AtomicBool>,
+}
 
 impl ShutdownFlag {
-    /// A flag that SIGTERM and SIGINT set.
+    /// A flag that SIGTERM and SIGINT set (stop), and SIGUSR1 (stop and leave the group).
     pub fn on_signals() -> Result<Self, RuntimeError> {
         let flag = Self::default();
-        for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-            signal_hook::flag::register(signal, Arc::clone(&flag.0))
+        let signals = [
+            (signal_hook::consts::SIGTERM, &flag.stop),
+            (signal_hook::consts::SIGINT, &flag.stop),
+            (signal_hook::consts::SIGUSR1, &flag.leave),
+            (signal_hook::consts::SIGUSR1, &flag.stop),
+        ];
+        for (signal, set) in signals {
+            signal_hook::flag::register(signal, Arc::clone(set))
                 .map_err(RuntimeError::io("installing signal handlers"))?;
         }
         Ok(flag)
@@ -74,12 +84,23 @@ impl ShutdownFlag {
 
     /// Asks the instance to stop.
     pub fn request(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Asks the instance to stop and leave the group, so its partitions move at once.
+    pub fn request_leave(&self) {
+        self.leave.store(true, Ordering::SeqCst);
+        self.request();
     }
 
     /// Whether a stop was asked for.
     pub fn requested(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Whether leaving the group was asked for.
+    fn leave_requested(&self) -> bool {
+        self.leave.load(Ordering::SeqCst)
     }
 }
 
@@ -180,33 +201,21 @@ impl LiveRuntime {
             transactional_id,
             kafka_config,
         }));
-        let consumer: BaseConsumer<RebalanceHook> = self
-            .config
-            .kafka
-            .client_config()
-            .set("group.id", &self.topology.app_id)
-            // Static membership: a restarted instance takes its partitions back at once instead
-            // of waiting for the group to time its previous incarnation out.
-            .set(
-                "group.instance.id",
-                format!("{}-{}", self.topology.app_id, self.config.instance_id),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed")
-            .set("partition.assignment.strategy", "range")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("statistics.interval.ms", "5000")
-            .create_with_context(RebalanceHook {
-                txn: Arc::clone(&txn),
-                metrics: Arc::clone(&self.metrics),
-            })
-            .map_err(RuntimeError::kafka("creating the consumer"))?;
+        let consumer: BaseConsumer<RebalanceHook> = group::consumer_config(
+            self.config.kafka.client_config(),
+            &self.topology.app_id,
+            &format!("{}-{}", self.topology.app_id, self.config.instance_id),
+            self.config.group_protocol,
+        )
+        .create_with_context(RebalanceHook {
+            txn: Arc::clone(&txn),
+            metrics: Arc::clone(&self.metrics),
+        })
+        .map_err(RuntimeError::kafka("creating the consumer"))?;
         tracing::info!(
             app = %self.topology.app_id,
             instance = %self.config.instance_id,
+            protocol = self.config.group_protocol.name(),
             "joining the consumer group"
         );
         consumer
@@ -225,7 +234,8 @@ impl LiveRuntime {
             txn,
         };
         let result = worker.run_loop(shutdown);
-        worker.shutdown(result.is_ok());
+        let leave = self.config.leave_group_on_shutdown || shutdown.leave_requested();
+        worker.shutdown(result.is_ok(), leave);
         result
     }
 
@@ -470,17 +480,13 @@ impl Worker<'_> {
             state.timers = tick;
             state.backlog = false;
             let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
-            let read = ReadPositions::of(&self.consumer);
             for turn in 0..ids.len() {
                 let position = (state.timer_turn + turn) % ids.len();
                 let task = self.tasks.get_mut(&ids[position]).expect("listed task");
-                let horizon = task.timer_horizon(now, |topic, partition| {
-                    read.at_end(&self.consumer, &txn.positions, topic, partition)
-                });
                 state.begin(&mut txn)?;
                 // A timer due at T fires once the clock has passed T, after the records of T.
                 let out = &mut TxnOutput { txn: &mut txn };
-                if !task.fire_due(horizon.saturating_sub(1), &env, out, &mut state.budget)? {
+                if !task.fire_due(now.saturating_sub(1), &env, out, &mut state.budget)? {
                     // This transaction did its share: commit, and go on with the next task.
                     state.backlog = true;
                     state.timer_turn = position + 1;
@@ -535,6 +541,10 @@ impl Worker<'_> {
                     self.runtime.metrics.set_ready(true);
                 }
             }
+        }
+        let topology = &self.runtime.topology;
+        for (task, missing) in group::split_tasks(&self.consumer, topology, self.tasks.keys())? {
+            tracing::warn!(%task, ?missing, "the assignment is not co-partitioned: this task's other sources are read elsewhere");
         }
         Ok(())
     }
@@ -741,11 +751,20 @@ impl Worker<'_> {
         // the broker for watermarks here would block the processing loop.
     }
 
-    /// Leaves the group and closes every task: cleanly (checkpointed) after a successful final
-    /// commit, dirty otherwise.
-    fn shutdown(&mut self, committed: bool) {
+    /// Stops consuming (giving the partitions back to the group first when `leave`) and closes
+    /// every task: cleanly (checkpointed) after a successful final commit, dirty otherwise.
+    fn shutdown(&mut self, committed: bool, leave: bool) {
         self.runtime.metrics.set_ready(false);
-        self.consumer.unsubscribe();
+        let protocol = self.runtime.config.group_protocol;
+        let parking = format!("{}-leaving", self.runtime.topology.app_id);
+        match leave {
+            true => {
+                if let Err(error) = group::give_back(&self.consumer, protocol, &parking) {
+                    tracing::warn!(%error, "could not give the partitions back; they move after the session timeout");
+                }
+            }
+            false => self.consumer.unsubscribe(),
+        }
         let tasks = std::mem::take(&mut self.tasks);
         let dirty = self.txn.lock().expect("txn lock").dirty;
         for task in tasks.into_values() {
