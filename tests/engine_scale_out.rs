@@ -179,13 +179,19 @@ impl Deployment {
 
     /// Starts instance `id` with its own state directory and log.
     fn start(&self, id: &'static str) -> Instance {
+        self.start_with(id, &[])
+    }
+
+    /// Starts instance `id` with its own state directory and log, and `extra` arguments.
+    fn start_with(&self, id: &'static str, extra: &[&str]) -> Instance {
         let state = self.dir.path().join(format!("state-{id}"));
         let log = self.dir.path().join(format!("engine-{id}.log"));
         let child =
-            common::spawn_engine_instance(&self.prefix, &self.app_id, id, &state, &log, &[]);
+            common::spawn_engine_instance(&self.prefix, &self.app_id, id, &state, &log, extra);
         Instance {
             id,
             app_id: self.app_id.clone(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             state,
             log,
             process: common::KillOnDrop::new(child),
@@ -207,6 +213,8 @@ impl Drop for Deployment {
 struct Instance {
     id: &'static str,
     app_id: String,
+    /// Arguments it runs with besides its id, state and topics.
+    extra: Vec<String>,
     state: PathBuf,
     log: PathBuf,
     process: common::KillOnDrop,
@@ -215,13 +223,14 @@ struct Instance {
 impl Instance {
     /// The same instance (id, state, log) started again.
     fn restart(&mut self, prefix: &str) {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         let child = common::spawn_engine_instance(
             prefix,
             &self.app_id,
             self.id,
             &self.state,
             &self.log,
-            &[],
+            &extra,
         );
         self.process = common::KillOnDrop::new(child);
     }
@@ -512,8 +521,14 @@ fn poll_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 
 /// Stops an instance with SIGTERM; it must exit cleanly within a minute.
 fn stop(instance: &mut Instance) {
+    stop_with(instance, "-TERM");
+}
+
+/// Stops an instance with `signal` (`-TERM`, or `-USR1` to leave the group); it must exit
+/// cleanly within a minute.
+fn stop_with(instance: &mut Instance, signal: &str) {
     let mut child = instance.process.take();
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
     let exited = poll_until(Duration::from_secs(60), || matches!(child.try_wait(), Ok(Some(_))));
     if !exited {
         let _ = child.kill();
@@ -521,7 +536,7 @@ fn stop(instance: &mut Instance) {
     let status = child.wait().unwrap();
     assert!(
         exited && status.success(),
-        "engine {} exited with {status} after SIGTERM\n{}",
+        "engine {} exited with {status} after {signal}\n{}",
         instance.id,
         tails(&[instance])
     );
@@ -866,64 +881,8 @@ fn four_instances_join_stop_and_crash_under_traffic_and_send_exactly_once() {
     print_pause("SIGCONT of d (it rejoins)", &sent, thawed, thaw_settled);
 
     // Exactly one command per qualifying occurrence: no duplicates, nothing missing, nothing else.
-    let mut by_id: BTreeMap<&str, Vec<&Sent>> = BTreeMap::new();
-    for s in &sent {
-        by_id.entry(s.command.message_id.as_str()).or_default().push(s);
-    }
-    let duplicates: Vec<String> = by_id
-        .iter()
-        .filter(|(_, copies)| copies.len() > 1)
-        .map(|(id, copies)| {
-            let at: Vec<String> = copies
-                .iter()
-                .map(|s| format!("p{}@{} appended {}", s.partition, s.offset, s.appended_ms))
-                .collect();
-            format!(
-                "{id} ({} {} run {}): {}",
-                copies[0].command.campaign_id,
-                copies[0].command.user_id,
-                copies[0].command.run_id,
-                at.join(", ")
-            )
-        })
-        .collect();
     let logs = tails(&[&a, &b, &c, &d]);
-    assert!(duplicates.is_empty(), "duplicate commands:\n{}\n{logs}", duplicates.join("\n"));
-    let missing: Vec<String> = expected
-        .iter()
-        .filter(|(id, _)| !by_id.contains_key(id.as_str()))
-        .map(|(id, o)| {
-            format!(
-                "{id}: {} {} {} at {} (partition {})",
-                o.campaign,
-                o.user,
-                o.event_id,
-                o.at_ms,
-                user_partition(&o.user)
-            )
-        })
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} commands missing:\n{}\n{logs}",
-        missing.len(),
-        missing.join("\n")
-    );
-    let unexpected: Vec<String> = by_id
-        .iter()
-        .filter(|(id, _)| !expected.contains_key(**id) && !coupon_ids.contains_key(**id))
-        .map(|(id, copies)| {
-            format!(
-                "{id}: {} {} run {}",
-                copies[0].command.campaign_id, copies[0].command.user_id, copies[0].command.run_id
-            )
-        })
-        .collect();
-    assert!(
-        unexpected.is_empty(),
-        "commands for no qualifying occurrence (e.g. converted carts):\n{}",
-        unexpected.join("\n")
-    );
+    assert_exactly_once(&sent, &expected, &coupon_ids, &logs);
     // The limited campaign: exactly its limit, to distinct users.
     let coupon_users: BTreeSet<&str> = sent
         .iter()
@@ -969,4 +928,225 @@ fn four_instances_join_stop_and_crash_under_traffic_and_send_exactly_once() {
 
     // Passed: its topics and changelogs go (a failing run keeps them for inspection).
     common::delete_topics_starting_with(&[&deployment.prefix, &deployment.app_id]);
+}
+
+/// Exactly one command per occurrence of `expected`, at most one per occurrence of `allowed`,
+/// and nothing else (`logs` for the messages).
+fn assert_exactly_once(
+    sent: &[Sent],
+    expected: &BTreeMap<String, &Occurrence>,
+    allowed: &BTreeMap<String, &Occurrence>,
+    logs: &str,
+) {
+    let mut by_id: BTreeMap<&str, Vec<&Sent>> = BTreeMap::new();
+    for s in sent {
+        by_id.entry(s.command.message_id.as_str()).or_default().push(s);
+    }
+    let duplicates: Vec<String> = by_id
+        .iter()
+        .filter(|(_, copies)| copies.len() > 1)
+        .map(|(id, copies)| {
+            let at: Vec<String> = copies
+                .iter()
+                .map(|s| format!("p{}@{} appended {}", s.partition, s.offset, s.appended_ms))
+                .collect();
+            format!(
+                "{id} ({} {} run {}): {}",
+                copies[0].command.campaign_id,
+                copies[0].command.user_id,
+                copies[0].command.run_id,
+                at.join(", ")
+            )
+        })
+        .collect();
+    assert!(duplicates.is_empty(), "duplicate commands:\n{}\n{logs}", duplicates.join("\n"));
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|(id, _)| !by_id.contains_key(id.as_str()))
+        .map(|(id, o)| {
+            format!(
+                "{id}: {} {} {} at {} (partition {})",
+                o.campaign,
+                o.user,
+                o.event_id,
+                o.at_ms,
+                user_partition(&o.user)
+            )
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} commands missing:\n{}\n{logs}",
+        missing.len(),
+        missing.join("\n")
+    );
+    let unexpected: Vec<String> = by_id
+        .iter()
+        .filter(|(id, _)| !expected.contains_key(**id) && !allowed.contains_key(**id))
+        .map(|(id, copies)| {
+            format!(
+                "{id}: {} {} run {}",
+                copies[0].command.campaign_id, copies[0].command.user_id, copies[0].command.run_id
+            )
+        })
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "commands for no qualifying occurrence (e.g. converted carts):\n{}",
+        unexpected.join("\n")
+    );
+}
+
+/// Pauses of one group protocol's run (ms): the longest gap between `herald.push` appends
+/// after each step.
+struct ProtocolPauses {
+    protocol: &'static str,
+    join: i64,
+    scale_in: i64,
+    restart: i64,
+}
+
+/// Three instances on `protocol` under traffic; a fourth joins; one leaves the group with
+/// SIGUSR1 (a scale-in); one stops with SIGTERM and is restarted at once (a rolling upgrade).
+/// Every task's sources stay together (no instance warns of a split task), and every
+/// occurrence is sent exactly once.
+fn run_protocol(protocol: &'static str) -> ProtocolPauses {
+    let deployment = Deployment::new();
+    let topic = |name: &str| deployment.topic(name);
+    let pingers = pingers();
+    let now = common::now_ms();
+    let users: Vec<String> = (0..MAX_ROUNDS)
+        .map(cart_user)
+        .chain((0..COUPON_BURST).map(coupon_user))
+        .chain(pingers.iter().cloned())
+        .collect();
+    common::produce(
+        &topic("profiles"),
+        users.iter().map(|u| common::profile(u, Platform::Android, now)),
+    );
+    let args = ["--group-protocol", protocol];
+    let mut a = deployment.start_with("a", &args);
+    let mut b = deployment.start_with("b", &args);
+    let mut c = deployment.start_with("c", &args);
+    let profiles = deployment.changelog("profiles");
+    wait_until("every profile is stored", Duration::from_secs(180), &[&a, &b, &c], || {
+        let records =
+            common::read_committed(&profiles, users.len(), Duration::ZERO, Duration::from_secs(5));
+        records.iter().map(|r| &r.key).collect::<BTreeSet<_>>().len() == users.len()
+    });
+    wait_until("all three instances have tasks", Duration::from_secs(120), &[&a, &b, &c], || {
+        [&a, &b, &c].iter().all(|i| !i.user_tasks().is_empty())
+    });
+    let watcher = Watcher::start(topic("push"));
+    let traffic = Traffic::start(topic("events"), pingers.clone());
+    let steady = common::now_ms();
+    wait_until("steady traffic", Duration::from_secs(60), &[&a, &b, &c], || {
+        watcher.output_everywhere_after(steady + 3_000)
+    });
+
+    // A fourth instance joins.
+    let before_join = common::now_ms();
+    let d = deployment.start_with("d", &args);
+    wait_until("d has tasks", Duration::from_secs(120), &[&a, &b, &c, &d], || {
+        !d.user_tasks().is_empty() && d.assignments() > 0
+    });
+    let restored = d.log_times("tasks restored")[0];
+    wait_until(
+        "every partition sends after the join",
+        Duration::from_secs(120),
+        &[&a, &b, &c, &d],
+        || watcher.output_everywhere_after(restored),
+    );
+    let join_settled = common::now_ms();
+
+    // b scales in: it gives its partitions back, then exits.
+    let others = |instances: &[&Instance]| instances.iter().map(|i| i.assignments()).sum::<usize>();
+    let before_leave = others(&[&a, &c, &d]);
+    let left = common::now_ms();
+    stop_with(&mut b, "-USR1");
+    wait_until("the others take b's partitions", Duration::from_secs(120), &[&a, &c, &d], || {
+        others(&[&a, &c, &d]) > before_leave
+    });
+    let taken = common::now_ms();
+    wait_until(
+        "every partition sends after b left",
+        Duration::from_secs(120),
+        &[&a, &c, &d],
+        || watcher.output_everywhere_after(taken),
+    );
+    let leave_settled = common::now_ms();
+
+    // c restarts (a rolling upgrade): SIGTERM, then started again at once.
+    let before_restart = c.assignments();
+    let restarting = common::now_ms();
+    stop(&mut c);
+    c.restart(&deployment.prefix);
+    wait_until("c is back with its tasks", Duration::from_secs(180), &[&a, &c, &d], || {
+        c.assignments() > before_restart
+    });
+    let back = common::now_ms();
+    wait_until(
+        "every partition sends after c's restart",
+        Duration::from_secs(120),
+        &[&a, &c, &d],
+        || watcher.output_everywhere_after(back),
+    );
+    let restart_settled = common::now_ms();
+
+    let occurrences = traffic.stop();
+    // Only the final burst of app opens, below the coupons' limit: each is sent.
+    let expected: BTreeMap<String, &Occurrence> =
+        occurrences.iter().filter(|o| !o.converted).map(|o| (o.message_id(), o)).collect();
+    poll_until(Duration::from_secs(120), || {
+        let sent = watcher.snapshot();
+        let ids: BTreeSet<&str> = sent.iter().map(|s| s.command.message_id.as_str()).collect();
+        expected.keys().all(|id| ids.contains(id.as_str()))
+    });
+    let mut count = watcher.snapshot().len();
+    let mut quiet = Instant::now();
+    wait_until("the output is quiet", Duration::from_secs(60), &[&a, &c, &d], || {
+        let now = watcher.snapshot().len();
+        if now != count {
+            (count, quiet) = (now, Instant::now());
+        }
+        quiet.elapsed() >= Duration::from_secs(3)
+    });
+    let mut d = d;
+    for instance in [&mut d, &mut a, &mut c] {
+        stop(instance);
+    }
+    let sent = watcher.stop();
+    let logs = tails(&[&a, &b, &c, &d]);
+    assert_exactly_once(&sent, &expected, &BTreeMap::new(), &logs);
+    let split: Vec<(&str, usize)> = [&a, &b, &c, &d]
+        .iter()
+        .map(|i| (i.id, i.log_times("not co-partitioned").len()))
+        .filter(|(_, warnings)| *warnings > 0)
+        .collect();
+    assert!(split.is_empty(), "{protocol}: tasks split between instances: {split:?}\n{logs}");
+
+    let step = |name: &str, from, to| {
+        print_pause(&format!("{protocol}: {name}"), &sent, from, to);
+        longest_gap(sent.iter(), from, to).0
+    };
+    let pauses = ProtocolPauses {
+        protocol,
+        join: step("4th instance joins", before_join, join_settled),
+        scale_in: step("SIGUSR1 of b (leaves the group)", left, leave_settled),
+        restart: step("SIGTERM and restart of c", restarting, restart_settled),
+    };
+    let (baseline, _) = longest_gap(sent.iter(), steady, before_join);
+    println!("{protocol}: steady state before the join: longest gap {baseline} ms");
+    common::delete_topics_starting_with(&[&deployment.prefix, &deployment.app_id]);
+    pauses
+}
+
+#[test]
+fn group_protocols_join_scale_in_and_restart_keeping_tasks_together() {
+    let runs = [run_protocol("classic"), run_protocol("consumer")];
+    println!("| protocol | join of a 4th (ms) | scale-in, SIGUSR1 (ms) | SIGTERM + restart (ms) |");
+    println!("|---|---|---|---|");
+    for r in &runs {
+        println!("| {} | {} | {} | {} |", r.protocol, r.join, r.scale_in, r.restart);
+    }
 }

@@ -19,6 +19,7 @@ pub(crate) mod partitioner;
 mod processor;
 pub mod replay;
 mod restore;
+mod standby;
 mod store;
 mod task;
 mod timers;

@@ -40,6 +40,8 @@ pub(super) fn consumer_config(
         // Static membership: a restarted instance takes its partitions back at once instead
         // of waiting for the group to time its previous incarnation out.
         .set("group.instance.id", member)
+        // How the other instances recognise this one among the group's members (standbys).
+        .set("client.id", member)
         .set("group.protocol", protocol.name())
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

@@ -40,6 +40,7 @@ use super::{
     global::GlobalTables,
     metrics::LabelledCounter,
     restore::{restore, RestoreRequest},
+    standby::{task_changelogs, Standbys},
     store::{StoreMemory, TaskState},
     task::{Budget, Task, TaskEnv},
     watermarks::watermarks,
@@ -201,10 +202,11 @@ impl LiveRuntime {
             transactional_id,
             kafka_config,
         }));
+        let member = format!("{}-{}", self.topology.app_id, self.config.instance_id);
         let consumer: BaseConsumer<RebalanceHook> = group::consumer_config(
             self.config.kafka.client_config(),
             &self.topology.app_id,
-            &format!("{}-{}", self.topology.app_id, self.config.instance_id),
+            &member,
             self.config.group_protocol,
         )
         .create_with_context(RebalanceHook {
@@ -222,11 +224,14 @@ impl LiveRuntime {
             .subscribe(&self.topology.source_topics())
             .map_err(RuntimeError::kafka("subscribing"))?;
 
+        let memory = StoreMemory::new(self.config.block_cache_bytes, self.config.write_buffer_bytes);
+        let standbys = Standbys::new(&self.config, &self.topology, &member, memory.clone())?;
         let mut worker = Worker {
             runtime: self,
             partition_counts: partitions,
             records_in: LabelledCounter::new(self.metrics.records_in.clone()),
-            memory: StoreMemory::new(self.config.block_cache_bytes, self.config.write_buffer_bytes),
+            memory,
+            standbys,
             tasks: BTreeMap::new(),
             globals,
             global_reader,
@@ -363,6 +368,8 @@ struct Worker<'a> {
     partition_counts: Vec<i32>,
     records_in: LabelledCounter,
     memory: StoreMemory,
+    /// Warm copies of other instances' tasks, if this instance keeps any.
+    standbys: Option<Standbys>,
     tasks: BTreeMap<TaskId, Task>,
     globals: GlobalTables,
     global_reader: GlobalReader,
@@ -379,7 +386,7 @@ impl Worker<'_> {
         while !shutdown.requested() {
             self.check_not_fenced()?;
             match self.step(&mut state) {
-                Ok(()) => {}
+                Ok(()) => self.tend_standbys(),
                 Err(error @ (RuntimeError::Kafka { .. } | RuntimeError::NoGroupMetadata)) => {
                     tracing::warn!(%error, "aborting the transaction and rewinding to the last commit");
                     self.txn.lock().expect("txn lock").abort();
@@ -509,7 +516,18 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// Opens tasks for assigned partitions and closes tasks of revoked ones.
+    /// Keeps the standbys following the group and their changelogs; a failure there only
+    /// delays them.
+    fn tend_standbys(&mut self) {
+        let Some(standbys) = &mut self.standbys else { return };
+        let active: BTreeSet<TaskId> = self.tasks.keys().copied().collect();
+        if let Err(error) = standbys.tend(&self.runtime.topology, &active) {
+            tracing::warn!(%error, "standbys could not follow their changelogs; retrying");
+        }
+    }
+
+    /// Opens tasks for assigned partitions (from their standbys' checkpoints when this
+    /// instance kept standbys of them) and closes tasks of revoked ones.
     fn handle_rebalance_events(&mut self) -> Result<(), RuntimeError> {
         let (events, dirty) = {
             let mut txn = self.txn.lock().expect("txn lock");
@@ -534,6 +552,10 @@ impl Worker<'_> {
                         .into_iter()
                         .filter(|id| !self.tasks.contains_key(id))
                         .collect();
+                    if let Some(standbys) = &mut self.standbys {
+                        standbys.promote(&new)?;
+                        standbys.refresh_soon();
+                    }
                     for task in self.open_tasks(&new)? {
                         self.tasks.insert(task.id, task);
                     }
@@ -579,15 +601,7 @@ impl Worker<'_> {
                 std::fs::remove_dir_all(&dir)
                     .map_err(RuntimeError::io(format!("wiping {}", dir.display())))?;
             }
-            let sub = &topology.sub_topologies[id.sub_topology];
-            let changelogs = sub
-                .all_stores()
-                .into_iter()
-                .map(|store| {
-                    let topic = topology.changelog_topic(&store);
-                    (store, topic)
-                })
-                .collect();
+            let changelogs = task_changelogs(topology, id.sub_topology);
             let state = TaskState::open(&dir, id.partition, changelogs, &self.memory)?;
             opened.push((*id, state, checkpoint.unwrap_or_default()));
         }
