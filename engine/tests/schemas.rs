@@ -246,6 +246,43 @@ fn run_tally_round_trips() {
 }
 
 #[test]
+fn shard_records_round_trip() {
+    round_trip(ShardReport {
+        campaign_id: "c".into(),
+        app_id: "shop".into(),
+        shard: 3,
+        shards: 4,
+        kind: ShardReportKind::Counters,
+        run_id: None,
+        qualified: 0,
+        reachable: 0,
+        sent: 0,
+        variants: vec![VariantStats {
+            variant_id: "a".into(),
+            sent: 5,
+            clicks: 2,
+            ..Default::default()
+        }],
+        skipped: BTreeMap::from([("dnd".to_string(), 1)]),
+        failed: BTreeMap::new(),
+        timestamp_ms: 17,
+    });
+    round_trip(ShardPlan {
+        campaign_id: "c".into(),
+        app_id: "shop".into(),
+        run_id: "run-1764237600000".into(),
+        shard: 1,
+        kind: ShardPlanKind::Release,
+        places: 1_250,
+        test_from: 750,
+        test_users: 750,
+        test_total: 3_000,
+        winner_id: None,
+        timestamp_ms: 17,
+    });
+}
+
+#[test]
 fn ingest_repartition_records_round_trip() {
     round_trip(IngestForward {
         origin: "herald.events/3/42".into(),
@@ -297,6 +334,8 @@ fn every_current_schema_has_a_rust_type_that_round_trips() {
             "io.herald.RunTally",
             "io.herald.SendCommand",
             "io.herald.SendConfirmed",
+            "io.herald.ShardPlan",
+            "io.herald.ShardReport",
             "io.herald.Skip",
             "io.herald.UserAlias",
             "io.herald.UserMerge",

@@ -5,6 +5,7 @@ mod book;
 mod filter;
 mod model;
 mod parse;
+pub mod shards;
 
 pub use book::{CampaignBook, CampaignCache, CAMPAIGNS_TABLE};
 pub use filter::{time_ms, ProfileView, Scalar};
@@ -12,6 +13,7 @@ pub use model::{
     AbTest, Action, Assignment, Behaviour, Campaign, CampaignStatus, CarouselItem, Conversion, Dnd,
     DndAction, Filter, Inaction, InterruptionLevel, Limits, Message, Op, Options, Place, Priority,
     PropertyCondition, PushOptions, Schedule, TestPopulation, Throttle, Trigger, When, WinnerBy,
+    MAX_SHARDS,
 };
 pub use parse::{
     parse_campaign, parse_duration, FieldError, ValidationErrors, MAX_COUNT, MAX_DAYS,

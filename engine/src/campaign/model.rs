@@ -425,7 +425,13 @@ pub struct Options {
     /// Campaign timezone, if set: daily limits count days in it (else UTC), and DND hours use it
     /// for users without a timezone (before the app's).
     pub timezone: Option<Tz>,
+    /// Campaign-stage tasks that share the campaign's users (1 to [`MAX_SHARDS`], default 1);
+    /// see `docs/architecture.md` and [`crate::campaign::shards`].
+    pub shards: u32,
 }
+
+/// Most shards a campaign may ask for.
+pub const MAX_SHARDS: u32 = 64;
 
 /// A validated campaign definition.
 #[derive(Debug, Clone, PartialEq)]

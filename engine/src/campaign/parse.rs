@@ -10,7 +10,7 @@ use super::{
     AbTest, Action, Assignment, Behaviour, Campaign, CampaignStatus, CarouselItem, Conversion, Dnd,
     DndAction, Filter, Inaction, InterruptionLevel, Limits, Message, Op, Options, Place, Priority,
     PropertyCondition, PushOptions, Scalar, Schedule, TestPopulation, Throttle, Trigger, When,
-    WinnerBy,
+    WinnerBy, MAX_SHARDS,
 };
 use crate::model::Platform;
 
@@ -1004,6 +1004,7 @@ impl Parser {
                     "platforms",
                     "conversion",
                     "timezone",
+                    "shards",
                 ],
             )?,
         };
@@ -1069,7 +1070,18 @@ impl Parser {
                 Some(Some(Throttle { max: max?, per_ms: per? }))
             }),
         };
+        let shards = match map.get("shards") {
+            None => Some(1),
+            Some(v) => match v.as_u64() {
+                Some(n) if (1..=u64::from(MAX_SHARDS)).contains(&n) => Some(n as u32),
+                _ => self.error(
+                    "options.shards",
+                    format!("expected a whole number from 1 to {MAX_SHARDS}, found {v}"),
+                ),
+            },
+        };
         Some(Options {
+            shards: shards?,
             throttle: throttle?,
             ignore_global_caps: ignore_global_caps?,
             dnd: dnd?,

@@ -5,6 +5,7 @@ mod error;
 mod ingest;
 mod records;
 mod registry;
+mod shard_records;
 mod single_object;
 pub mod topics;
 
@@ -24,4 +25,5 @@ pub use records::{
     SendCommand, SendConfirmed, Skip, UserMerge, VariantStats, TRIGGERED_RUN,
 };
 pub use registry::{SchemaError, SchemaRegistry};
+pub use shard_records::{ShardPlan, ShardPlanKind, ShardReport, ShardReportKind};
 pub use single_object::Fingerprint;

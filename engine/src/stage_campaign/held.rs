@@ -14,11 +14,10 @@ impl CampaignStage {
     pub(super) fn hold(
         &self,
         ctx: &mut ProcessorContext<'_>,
-        campaign: &Campaign,
         state: &mut CampaignState,
         candidate: &Candidate,
     ) -> Result<(), ProcessError> {
-        let key = queue::key(&campaign.id, state.held_seq);
+        let key = queue::key(&state.key, state.held_seq);
         ctx.store(HELD_CANDIDATES)?.put_as(&key, candidate)?;
         state.held_seq += 1;
         Ok(())
@@ -35,7 +34,7 @@ impl CampaignStage {
         if super::is_held(campaign) {
             return Ok(());
         }
-        let step = queue::next_step(ctx, HELD_CANDIDATES, &campaign.id)?;
+        let step = queue::next_step(ctx, HELD_CANDIDATES, &state.key)?;
         for (key, candidate) in step.entries {
             let leaving = Candidate {
                 qualified_at_ms: candidate.qualified_at_ms.max(ctx.effective_ms()),
@@ -45,7 +44,7 @@ impl CampaignStage {
             self.place(ctx, campaign, state, leaving)?;
         }
         if step.more {
-            ctx.schedule(ctx.now_ms(), &timer_key(HELD_TIMER, &campaign.id))?;
+            ctx.schedule(ctx.now_ms(), &timer_key(HELD_TIMER, &state.key))?;
         }
         Ok(())
     }

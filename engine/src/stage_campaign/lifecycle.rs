@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use super::{timer_key, CampaignStage, HELD_TIMER, RUN_TIMER, WAITING_TIMER};
 use crate::{
-    campaign::{Campaign, CampaignStatus},
+    campaign::{shards as campaign_shards, Campaign, CampaignStatus},
     model::LifecycleKind,
     runtime::{ProcessError, ProcessorContext},
 };
@@ -28,15 +28,26 @@ impl CampaignStage {
         }
         self.table_changed = false;
         self.next_end_check = now.saturating_add(END_CHECK_MS);
-        let owned: Vec<Arc<Campaign>> = self
+        // The campaign's home and each of its shards this task owns (a shard wakes its own
+        // work; only the home announces).
+        let owned: Vec<(Arc<Campaign>, String)> = self
             .campaigns
             .book()
             .all()
-            .filter(|campaign| ctx.owns_key(campaign.id.as_bytes()))
-            .cloned()
+            .flat_map(|campaign| {
+                let shards = campaign_shards::in_effect(campaign, &self.settings);
+                let keys = (0..shards)
+                    .filter(move |_| shards > 1)
+                    .map(|shard| campaign_shards::key(&campaign.id, shard));
+                std::iter::once(campaign.id.clone())
+                    .chain(keys)
+                    .map(move |key| (Arc::clone(campaign), key))
+            })
+            .filter(|(_, key)| ctx.owns_key(key.as_bytes()))
             .collect();
-        for campaign in owned {
-            let mut state = self.load(ctx, &campaign)?;
+        for (campaign, key) in owned {
+            let mut state = self.load(ctx, &campaign, &key)?;
+            let home = !state.is_shard(&campaign);
             let mut changed = false;
             if state.announced_status != Some(campaign.status) {
                 let kind = match (state.announced_status, campaign.status) {
@@ -47,28 +58,28 @@ impl CampaignStage {
                     (_, CampaignStatus::Stopped) => Some(LifecycleKind::Stopped),
                     _ => None,
                 };
-                if let Some(kind) = kind {
+                if let Some(kind) = kind.filter(|_| home) {
                     self.lifecycle(ctx, &campaign, kind, BTreeMap::new())?;
                 }
                 // What the pause held continues (or, stopped, drains as `stopped`): a scheduled
                 // run, and candidates that were on the flow when the pause came.
                 if matches!(kind, Some(LifecycleKind::Resumed | LifecycleKind::Stopped)) {
                     if state.run.is_some() {
-                        ctx.schedule(now, &timer_key(RUN_TIMER, &campaign.id))?;
+                        ctx.schedule(now, &timer_key(RUN_TIMER, &key))?;
                     }
                     if state.held_seq > 0 {
-                        ctx.schedule(now, &timer_key(HELD_TIMER, &campaign.id))?;
+                        ctx.schedule(now, &timer_key(HELD_TIMER, &key))?;
                     }
                     // Stopped: those waiting for a place are counted `stopped`.
                     if state.waiting > 0 {
-                        ctx.schedule(now, &timer_key(WAITING_TIMER, &campaign.id))?;
+                        ctx.schedule(now, &timer_key(WAITING_TIMER, &key))?;
                     }
                 }
                 state.announced_status = Some(campaign.status);
                 changed = true;
             }
             let ended = campaign.when.end.is_some_and(|end| now > end.timestamp_millis());
-            if ended && !state.completed {
+            if home && ended && !state.completed {
                 state.completed = true;
                 let details = BTreeMap::from([
                     ("reason".to_string(), "end_date".to_string()),

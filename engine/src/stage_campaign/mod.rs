@@ -10,6 +10,7 @@ mod lifecycle;
 mod places;
 mod queue;
 mod runs;
+mod shards;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -19,13 +20,13 @@ use ab::{pick_winner, SplitDelivery, VariantResult, WinnerRule};
 
 use crate::{
     campaign::{
-        AbTest, Assignment, Campaign, CampaignCache, CampaignStatus, TestPopulation, Throttle,
-        Trigger, WinnerBy, CAMPAIGNS_TABLE,
+        shards as campaign_shards, AbTest, Assignment, Campaign, CampaignCache, CampaignStatus,
+        TestPopulation, Throttle, Trigger, WinnerBy, CAMPAIGNS_TABLE,
     },
     model::{
         is_triggered_run, topics::TopicNames, CampaignLifecycleEvent, CampaignStats, Candidate,
         Engagement, EngagementKind, LifecycleKind, Platform, Record, RunTally, SchemaRegistry,
-        SendCommand, SendConfirmed, Skip, VariantStats,
+        SendCommand, SendConfirmed, ShardPlan, ShardReport, Skip, VariantStats,
     },
     outbox::{Drain, Outbox, OutboxState},
     payload::{self, Addressing, RenderedMessage},
@@ -77,6 +78,7 @@ pub fn add_campaign_stage(
                 .store(IN_FLIGHT)
                 .store(WAITING)
                 .sink(&topics.push)
+                .sink(&topics.campaign_flow)
                 .sink(&topics.app_throttle)
                 .sink(&topics.send_gate)
                 .sink(&topics.stats)
@@ -85,9 +87,16 @@ pub fn add_campaign_stage(
     )
 }
 
-/// Everything the stage remembers about one campaign.
+/// Everything the stage remembers about one campaign, at its home or at one of its shards.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct CampaignState {
+    /// Where this state lives: the campaign id at its home, a shard's key at a shard (store,
+    /// queue and timer keys start with it).
+    #[serde(skip)]
+    key: String,
+    /// Home: the latest cumulative counters of each shard (see `shards`).
+    #[serde(default)]
+    shard_counters: BTreeMap<u32, shards::Counters>,
     /// Users sent to over the campaign's life.
     sent: u64,
     /// (day in the campaign timezone, users sent to that day).
@@ -148,6 +157,11 @@ struct CampaignState {
 }
 
 impl CampaignState {
+    /// Whether this is the state of one of the campaign's shards (not its home).
+    fn is_shard(&self, campaign: &Campaign) -> bool {
+        self.key != campaign.id
+    }
+
     /// Adds counters for variants the campaign gained since the state was saved.
     fn track_variants(&mut self, campaign: &Campaign) {
         for message in &campaign.what {
@@ -274,24 +288,28 @@ impl CampaignStage {
         campaign: &Campaign,
         state: &CampaignState,
     ) -> Result<(), ProcessError> {
+        let merged = state.merged();
         let stats = CampaignStats {
             campaign_id: campaign.id.clone(),
             app_id: campaign.app.clone(),
             as_of_ms: ctx.timestamp_ms(),
-            variants: state.variants.clone(),
-            skipped: state.skipped.clone(),
-            failed: state.failed.clone(),
+            variants: merged.variants,
+            skipped: merged.skipped,
+            failed: merged.failed,
         };
         self.emit(ctx, &self.topics.stats, &campaign.id, &stats)
     }
 
+    /// The state of `campaign` kept under `key` (its home's or a shard's).
     fn load(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
+        key: &str,
     ) -> Result<CampaignState, ProcessError> {
         let mut state =
-            ctx.store(STATE)?.get_as::<CampaignState>(campaign.id.as_bytes())?.unwrap_or_default();
+            ctx.store(STATE)?.get_as::<CampaignState>(key.as_bytes())?.unwrap_or_default();
+        state.key = key.to_string();
         state.track_variants(campaign);
         Ok(state)
     }
@@ -308,19 +326,24 @@ impl CampaignStage {
         if now - state.stats_published_at >= self.stats_interval_ms {
             state.stats_published_at = now;
             state.stats_due = None;
-            self.publish_stats(ctx, campaign, state)?;
+            if state.is_shard(campaign) {
+                self.report_counters(ctx, campaign, state)?;
+            } else {
+                self.publish_stats(ctx, campaign, state)?;
+            }
         } else if state.stats_due.is_none() {
             let due = state.stats_published_at + self.stats_interval_ms;
             state.stats_due = Some(due);
-            ctx.schedule(due, &timer_key(STATS_TIMER, &campaign.id))?;
+            ctx.schedule(due, &timer_key(STATS_TIMER, &state.key))?;
         }
-        ctx.store(STATE)?.put_as(campaign.id.as_bytes(), state)?;
+        ctx.store(STATE)?.put_as(state.key.as_bytes(), state)?;
         Ok(())
     }
 
     fn on_candidate(
         &mut self,
         ctx: &mut ProcessorContext<'_>,
+        key: Option<&[u8]>,
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
         let Some(campaign) = self.campaigns.book().get(&candidate.campaign_id).cloned() else {
@@ -329,7 +352,7 @@ impl CampaignStage {
                 candidate.campaign_id
             )));
         };
-        let mut state = self.load(ctx, &campaign)?;
+        let mut state = self.load(ctx, &campaign, &scope(key, &campaign.id))?;
         self.place(ctx, &campaign, &mut state, candidate)?;
         self.save(ctx, &campaign, &mut state)
     }
@@ -369,14 +392,16 @@ impl CampaignStage {
             }
             // Already on the flow when the pause came: kept until resume (see `held`).
             CampaignStatus::Paused | CampaignStatus::Draft => {
-                return self.hold(ctx, campaign, state, candidate);
+                return self.hold(ctx, state, candidate);
             }
         }
-        match state.full_limit(campaign, at) {
+        // A shard sends within the places its home planned (see `shards`), not the total.
+        let full = if state.is_shard(campaign) { None } else { state.full_limit(campaign, at) };
+        match full {
             None => {}
             // A place in flight may come back: wait for it rather than refuse.
             Some(_) if Self::may_wait(campaign, state) => {
-                return self.wait_for_places(ctx, campaign, state, candidate);
+                return self.wait_for_places(ctx, state, candidate);
             }
             Some(places::FullLimit::Total) => {
                 state.skip("total_limit");
@@ -474,13 +499,8 @@ impl CampaignStage {
     }
 
     /// The campaign's throttle outbox, if it has a throttle.
-    fn outbox<'k>(campaign: &'k Campaign, timer: &'k [u8]) -> Option<Outbox<'k>> {
-        campaign.options.throttle.map(|throttle| Outbox {
-            store: OUTBOX,
-            owner: &campaign.id,
-            timer,
-            throttle,
-        })
+    fn outbox<'k>(campaign: &Campaign, owner: &'k str, timer: &'k [u8]) -> Option<Outbox<'k>> {
+        campaign.options.throttle.map(|throttle| Outbox { store: OUTBOX, owner, timer, throttle })
     }
 
     /// Sends one user's commands now, or queues them in the outbox when the campaign's throttle
@@ -493,8 +513,8 @@ impl CampaignStage {
         commands: Vec<SendCommand>,
         at: i64,
     ) -> Result<(), ProcessError> {
-        let timer = timer_key(OUTBOX_TIMER, &campaign.id);
-        let Some(outbox) = Self::outbox(campaign, &timer) else {
+        let timer = timer_key(OUTBOX_TIMER, &state.key);
+        let Some(outbox) = Self::outbox(campaign, &state.key, &timer) else {
             return self.send(ctx, campaign, state, &commands);
         };
         match outbox.offer(ctx, &mut state.outbox, commands, at)? {
@@ -512,11 +532,12 @@ impl CampaignStage {
         state: &mut CampaignState,
         at: i64,
     ) -> Result<(), ProcessError> {
-        let timer = timer_key(OUTBOX_TIMER, &campaign.id);
+        let timer = timer_key(OUTBOX_TIMER, &state.key);
         // A throttle an edit removed: everything still queued leaves now.
         let unthrottled = Throttle { max: u64::MAX, per_ms: 1 };
         let throttle = campaign.options.throttle.unwrap_or(unthrottled);
-        let outbox = Outbox { store: OUTBOX, owner: &campaign.id, timer: &timer, throttle };
+        let owner = state.key.clone();
+        let outbox = Outbox { store: OUTBOX, owner: &owner, timer: &timer, throttle };
         let drain = match campaign.status {
             CampaignStatus::Active => Drain::Send,
             CampaignStatus::Stopped => Drain::Drop,
@@ -534,7 +555,7 @@ impl CampaignStage {
                     // Its place never reaches the gate: settled here, given back.
                     if let Some(command) = commands.iter().find(|c| c.confirm) {
                         let (user, run) = (&command.user_id, &command.run_id);
-                        self.settle(ctx, campaign, state, user, run, true)?;
+                        self.settle(ctx, state, user, run, true)?;
                     }
                     return Ok(());
                 }
@@ -584,7 +605,7 @@ impl CampaignStage {
     ) -> Result<usize, ProcessError> {
         let (user, profile, at) =
             (&candidate.user_id, &candidate.profile, candidate.qualified_at_ms);
-        let key = format!("{}\u{0}{user}", campaign.id);
+        let key = format!("{}\u{0}{user}", state.key);
         // Sticky by variant id; a variant an edit removed (or an unreadable entry) reassigns.
         let sticky = ctx.store(ASSIGNMENTS)?.get(key.as_bytes())?;
         let sticky = sticky.and_then(|bytes| serde_json::from_slice::<String>(&bytes).ok());
@@ -649,7 +670,7 @@ impl CampaignStage {
         let Assignment::AbTest(test) = &campaign.assignment else { return Ok(()) };
         let at = at.max(ctx.now_ms());
         state.test_full_at = Some(at);
-        ctx.schedule(at + test.evaluate_after_ms, &timer_key(AB_TIMER, &campaign.id))?;
+        ctx.schedule(at + test.evaluate_after_ms, &timer_key(AB_TIMER, &state.key))?;
         Ok(())
     }
 
@@ -667,11 +688,12 @@ impl CampaignStage {
         if state.winner(campaign).is_some() || now < full_at + test.evaluate_after_ms {
             return Ok(());
         }
+        let merged = state.merged();
         let results: Vec<VariantResult> = campaign
             .what
             .iter()
             .map(|m| {
-                let stats = state.variant_stats(&m.id).cloned().unwrap_or_default();
+                let stats = merged.variant(&m.id);
                 VariantResult { sent: stats.sent.max(0) as u64, clicks: stats.clicks.max(0) as u64 }
             })
             .collect();
@@ -695,11 +717,16 @@ impl CampaignStage {
         self.lifecycle(ctx, campaign, LifecycleKind::WinnerDeclared, details)
     }
 
-    fn on_skip(&mut self, ctx: &mut ProcessorContext<'_>, skip: Skip) -> Result<(), ProcessError> {
+    fn on_skip(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        key: Option<&[u8]>,
+        skip: Skip,
+    ) -> Result<(), ProcessError> {
         let Some(campaign) = self.campaigns.book().get(&skip.campaign_id).cloned() else {
             return Ok(());
         };
-        let mut state = self.load(ctx, &campaign)?;
+        let mut state = self.load(ctx, &campaign, &scope(key, &campaign.id))?;
         // A command the send gate refused takes back its variant's sent count; the first of its
         // notification also gives back the user's place in the limits.
         if let Some(stats) = skip.variant_id.as_deref().and_then(|id| state.variant_stats(id)) {
@@ -711,7 +738,7 @@ impl CampaignStage {
         // A notification sent without confirmation (the campaign had no limits then, or an
         // older version sent it) gives back its total count, and its daily count unless it was
         // throttled (it then carries its release time, maybe a later day than it was counted).
-        if !self.return_place(ctx, &campaign, &mut state, &skip)? && skip.returns_place {
+        if !self.return_place(ctx, &mut state, &skip)? && skip.returns_place {
             state.sent = state.sent.saturating_sub(1);
             let throttled = campaign.options.throttle.is_some()
                 || self.settings.app(&campaign.app).throttle.is_some();
@@ -725,12 +752,13 @@ impl CampaignStage {
     fn on_engagement(
         &mut self,
         ctx: &mut ProcessorContext<'_>,
+        key: Option<&[u8]>,
         engagement: Engagement,
     ) -> Result<(), ProcessError> {
         let Some(campaign) = self.campaigns.book().get(&engagement.campaign_id).cloned() else {
             return Ok(());
         };
-        let mut state = self.load(ctx, &campaign)?;
+        let mut state = self.load(ctx, &campaign, &scope(key, &campaign.id))?;
         let variant = engagement.variant_id.as_deref();
         if let Some(stats) = variant.and_then(|id| state.variant_stats(id)) {
             match engagement.kind {
@@ -747,6 +775,14 @@ impl CampaignStage {
         }
         self.maybe_declare_winner(ctx, &campaign, &mut state, engagement.timestamp_ms)?;
         self.save(ctx, &campaign, &mut state)
+    }
+}
+
+/// The state a record keyed `key` concerns: the shard its key names, else the campaign's home.
+fn scope(key: Option<&[u8]>, campaign: &str) -> String {
+    match key.and_then(|key| campaign_shards::parse(key, campaign)) {
+        Some(shard) => campaign_shards::key(campaign, shard),
+        None => campaign.to_string(),
     }
 }
 
@@ -786,12 +822,15 @@ impl Processor for CampaignStage {
             record.value.ok_or_else(|| ProcessError::reject("tombstone in the campaign flow"))?;
         let registry = SchemaRegistry::builtin();
         let name = registry.record_name(value)?;
+        let key = record.key;
         match name {
-            Candidate::FULL_NAME => self.on_candidate(ctx, registry.decode(value)?),
-            Skip::FULL_NAME => self.on_skip(ctx, registry.decode(value)?),
-            SendConfirmed::FULL_NAME => self.on_confirmed(ctx, registry.decode(value)?),
-            Engagement::FULL_NAME => self.on_engagement(ctx, registry.decode(value)?),
-            RunTally::FULL_NAME => self.on_run_tally(ctx, registry.decode(value)?),
+            Candidate::FULL_NAME => self.on_candidate(ctx, key, registry.decode(value)?),
+            Skip::FULL_NAME => self.on_skip(ctx, key, registry.decode(value)?),
+            SendConfirmed::FULL_NAME => self.on_confirmed(ctx, key, registry.decode(value)?),
+            Engagement::FULL_NAME => self.on_engagement(ctx, key, registry.decode(value)?),
+            RunTally::FULL_NAME => self.on_run_tally(ctx, key, registry.decode(value)?),
+            ShardReport::FULL_NAME => self.on_shard_report(ctx, registry.decode(value)?),
+            ShardPlan::FULL_NAME => self.on_shard_plan(ctx, key, registry.decode(value)?),
             other => Err(ProcessError::reject(format!("unexpected {other} in the campaign flow"))),
         }
     }
@@ -803,12 +842,17 @@ impl Processor for CampaignStage {
     ) -> Result<(), ProcessError> {
         self.refresh_campaigns(ctx);
         let key = String::from_utf8_lossy(&timer.key).into_owned();
-        let Some((kind, id)) = key.split_once(':') else { return Ok(()) };
+        let Some((kind, scope)) = key.split_once(':') else { return Ok(()) };
+        let id = scope.split_once(campaign_shards::SEPARATOR).map_or(scope, |(id, _)| id);
         let Some(campaign) = self.campaigns.book().get(id).cloned() else { return Ok(()) };
-        let mut state = self.load(ctx, &campaign)?;
+        let mut state = self.load(ctx, &campaign, scope)?;
         match kind {
             AB_TIMER => {
+                let chosen = state.winner_id.is_some();
                 self.maybe_declare_winner(ctx, &campaign, &mut state, timer.at_ms)?;
+                if !chosen && state.winner_id.is_some() {
+                    self.announce_winner_to_shards(ctx, &campaign, &state)?;
+                }
                 if !is_held(&campaign) {
                     self.release_run(ctx, &campaign, &mut state, timer.at_ms)?;
                 }

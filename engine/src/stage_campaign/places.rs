@@ -98,11 +98,10 @@ impl CampaignStage {
     pub(super) fn wait_for_places(
         &self,
         ctx: &mut ProcessorContext<'_>,
-        campaign: &Campaign,
         state: &mut CampaignState,
         candidate: &Candidate,
     ) -> Result<(), ProcessError> {
-        let key = queue::key(&campaign.id, state.waiting_seq);
+        let key = queue::key(&state.key, state.waiting_seq);
         ctx.store(WAITING)?.put_as(&key, candidate)?;
         state.waiting_seq += 1;
         state.waiting += 1;
@@ -118,7 +117,7 @@ impl CampaignStage {
         campaign: &Campaign,
         state: &mut CampaignState,
     ) -> Result<(), ProcessError> {
-        let step = queue::next_step(ctx, WAITING, &campaign.id)?;
+        let step = queue::next_step(ctx, WAITING, &state.key)?;
         state.waiting = state.waiting.saturating_sub(step.unreadable);
         let now = ctx.effective_ms();
         let today = day_in(campaign, now);
@@ -141,7 +140,7 @@ impl CampaignStage {
             self.place(ctx, campaign, state, leaving)?;
         }
         if step.more {
-            ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &campaign.id))?;
+            ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
         }
         Ok(())
     }
@@ -158,7 +157,7 @@ impl CampaignStage {
         state.sent += 1;
         state.day.1 += 1;
         if confirm {
-            let key = in_flight_key(&campaign.id, &candidate.user_id, &candidate.run_id);
+            let key = in_flight_key(&state.key, &candidate.user_id, &candidate.run_id);
             let mut store = ctx.store(IN_FLIGHT)?;
             if store.get(&key)?.is_none() {
                 store.put_as(&key, &InFlight { day: state.day.0.clone() })?;
@@ -172,14 +171,15 @@ impl CampaignStage {
     pub(super) fn on_confirmed(
         &mut self,
         ctx: &mut ProcessorContext<'_>,
+        key: Option<&[u8]>,
         confirmed: SendConfirmed,
     ) -> Result<(), ProcessError> {
         let Some(campaign) = self.campaigns.book().get(&confirmed.campaign_id).cloned() else {
             return Ok(());
         };
-        let mut state = self.load(ctx, &campaign)?;
+        let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign.id))?;
         let (user, run) = (&confirmed.user_id, &confirmed.run_id);
-        if self.settle(ctx, &campaign, &mut state, user, run, false)? {
+        if self.settle(ctx, &mut state, user, run, false)? {
             self.announce_total_limit(ctx, &campaign, &mut state)?;
         }
         self.save(ctx, &campaign, &mut state)
@@ -190,12 +190,11 @@ impl CampaignStage {
     pub(super) fn return_place(
         &self,
         ctx: &mut ProcessorContext<'_>,
-        campaign: &Campaign,
         state: &mut CampaignState,
         skip: &Skip,
     ) -> Result<bool, ProcessError> {
         let Some(run) = skip.run_id.as_deref() else { return Ok(false) };
-        self.settle(ctx, campaign, state, &skip.user_id, run, true)
+        self.settle(ctx, state, &skip.user_id, run, true)
     }
 
     /// Settles the place in flight of (`user`, `run`), giving it back when `returned`, and
@@ -204,13 +203,12 @@ impl CampaignStage {
     pub(super) fn settle(
         &self,
         ctx: &mut ProcessorContext<'_>,
-        campaign: &Campaign,
         state: &mut CampaignState,
         user: &str,
         run: &str,
         returned: bool,
     ) -> Result<bool, ProcessError> {
-        let key = in_flight_key(&campaign.id, user, run);
+        let key = in_flight_key(&state.key, user, run);
         let Some(place) = ctx.store(IN_FLIGHT)?.get_as::<InFlight>(&key)? else {
             return Ok(false);
         };
@@ -228,18 +226,18 @@ impl CampaignStage {
         }
         if returned || state.in_flight == 0 {
             if state.waiting > 0 {
-                ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &campaign.id))?;
+                ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
             }
-            self.wake_run(ctx, campaign, state)?;
+            self.wake_run(ctx, state)?;
         } else if run_settled {
-            self.wake_run(ctx, campaign, state)?;
+            self.wake_run(ctx, state)?;
         }
         Ok(true)
     }
 
     /// Announces `LIMIT_REACHED` once per total limit (an edit may raise it) and `COMPLETED`
     /// once, when the total limit is full and final (no place in flight that could come back).
-    fn announce_total_limit(
+    pub(super) fn announce_total_limit(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,

@@ -21,9 +21,11 @@ const RELEASE_STEP: u64 = 500;
 
 /// Where a scheduled run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-enum RunPhase {
+pub(super) enum RunPhase {
     /// Buffering candidates until every partition reported.
     Collecting,
+    /// A shard's buffer is complete and reported to the campaign's home, which plans the run.
+    Reported,
     /// Sending buffered users.
     Releasing,
     /// The A/B test population is out; the rest waits for the winner.
@@ -37,20 +39,32 @@ enum RunPhase {
 /// The latest scheduled run of a campaign.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct RunState {
-    id: String,
+    pub(super) id: String,
     /// Audience counts reported so far, by user-stage partition.
-    tallies: BTreeMap<i32, i64>,
+    pub(super) tallies: BTreeMap<i32, i64>,
     /// User-stage partitions that must report.
     partitions: i32,
     /// Candidates buffered so far (sequence numbers `0..buffered`).
-    buffered: u64,
+    pub(super) buffered: u64,
     /// Sequence number of the next candidate to release.
     next: u64,
-    phase: RunPhase,
+    pub(super) phase: RunPhase,
     /// Users sent to in this run (per-run limit).
-    sent: u64,
+    pub(super) sent: u64,
     /// The first `test_users` released make up the A/B test population.
-    test_users: u64,
+    pub(super) test_users: u64,
+    /// A shard: users of the run it may send to, as its home planned (else the per-run limit).
+    #[serde(default)]
+    pub(super) places: Option<u64>,
+    /// A shard: the global A/B test index of its first test user.
+    #[serde(default)]
+    pub(super) test_from: u64,
+    /// A shard: the A/B test users over all shards (the test is on while it is above 0).
+    #[serde(default)]
+    pub(super) test_total: u64,
+    /// The home of a sharded campaign: what each shard reported and was planned.
+    #[serde(default)]
+    pub(super) shards: super::shards::HomeRun,
     /// Users of this run whose place the send gate has yet to confirm (see `places`).
     #[serde(default)]
     in_flight: u64,
@@ -72,6 +86,10 @@ impl RunState {
             test_users: 0,
             in_flight: 0,
             waiting: false,
+            places: None,
+            test_from: 0,
+            test_total: 0,
+            shards: Default::default(),
         }
     }
 
@@ -83,7 +101,17 @@ impl RunState {
     /// Whether the per-run limit is full while places of the run are still in flight (one may
     /// come back): the run's next user waits.
     pub(super) fn waits_for_places(&self, campaign: &Campaign) -> bool {
-        self.in_flight > 0 && campaign.limits.per_run.is_some_and(|limit| self.sent >= limit)
+        self.in_flight > 0 && self.limit(campaign).is_some_and(|limit| self.sent >= limit)
+    }
+
+    /// Users the run may send to: a shard's planned places, else the per-run limit.
+    fn limit(&self, campaign: &Campaign) -> Option<u64> {
+        self.places.or(campaign.limits.per_run)
+    }
+
+    /// Whether the run's A/B test is on: its test users go first, the rest waits for a winner.
+    fn testing(&self) -> bool {
+        self.test_users > 0 || self.test_total > 0
     }
 
     /// The send gate decided a user of this run: the place is final, or (`returned`) given back.
@@ -112,19 +140,26 @@ impl CampaignStage {
         state: &mut CampaignState,
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
-        let Some(mut run) = self.current_run(ctx, campaign, state, &candidate.run_id)? else {
+        let Some(mut run) = self.current_run(ctx, state, &candidate.run_id)? else {
             state.skip("run_over"); // a newer run has started
             return Ok(());
         };
         match run.phase {
-            RunPhase::Collecting | RunPhase::Releasing | RunPhase::AwaitingWinner => {
-                let key = buffer_key(&campaign.id, &run.id, run.buffered);
+            RunPhase::Collecting
+            | RunPhase::Reported
+            | RunPhase::Releasing
+            | RunPhase::AwaitingWinner => {
+                let key = buffer_key(&state.key, &run.id, run.buffered);
                 ctx.store(RUN_BUFFER)?.put_as(&key, &candidate)?;
                 run.buffered += 1;
             }
             RunPhase::Tripped => state.skip("safety_check"),
             RunPhase::Done => {
-                self.deliver_in_run(ctx, campaign, state, &mut run, &candidate, None)?
+                let sent = run.sent;
+                self.deliver_in_run(ctx, campaign, state, &mut run, &candidate, None)?;
+                if run.sent != sent && state.is_shard(campaign) {
+                    self.report_run_sent(ctx, campaign, state, &run)?;
+                }
             }
         }
         state.run = Some(run);
@@ -135,19 +170,24 @@ impl CampaignStage {
     pub(super) fn on_run_tally(
         &mut self,
         ctx: &mut ProcessorContext<'_>,
+        key: Option<&[u8]>,
         tally: RunTally,
     ) -> Result<(), ProcessError> {
         let Some(campaign) = self.campaigns.book().get(&tally.campaign_id).cloned() else {
             return Ok(());
         };
-        let mut state = self.load(ctx, &campaign)?;
-        let Some(mut run) = self.current_run(ctx, &campaign, &mut state, &tally.run_id)? else {
+        let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign.id))?;
+        let Some(mut run) = self.current_run(ctx, &mut state, &tally.run_id)? else {
             return Ok(()); // the tally of a run a newer one replaced
         };
         run.partitions = tally.partitions;
         run.tallies.insert(tally.partition, tally.qualified);
         if run.phase == RunPhase::Collecting && run.tallies.len() >= run.partitions as usize {
-            self.decide(ctx, &campaign, &mut state, &mut run, tally.timestamp_ms)?;
+            if state.is_shard(&campaign) {
+                self.report_buffered(ctx, &campaign, &state, &mut run)?;
+            } else {
+                self.decide(ctx, &campaign, &mut state, &mut run, tally.timestamp_ms)?;
+            }
         }
         state.run = Some(run);
         self.save(ctx, &campaign, &mut state)
@@ -157,11 +197,10 @@ impl CampaignStage {
     pub(super) fn wake_run(
         &self,
         ctx: &mut ProcessorContext<'_>,
-        campaign: &Campaign,
         state: &CampaignState,
     ) -> Result<(), ProcessError> {
         if state.run.as_ref().is_some_and(|run| run.waiting) {
-            ctx.schedule(ctx.now_ms(), &timer_key(RUN_TIMER, &campaign.id))?;
+            ctx.schedule(ctx.now_ms(), &timer_key(RUN_TIMER, &state.key))?;
         }
         Ok(())
     }
@@ -175,6 +214,10 @@ impl CampaignStage {
         at: i64,
     ) -> Result<(), ProcessError> {
         let Some(mut run) = state.run.take() else { return Ok(()) };
+        if run.coordinates() {
+            state.run = Some(run); // its shards release it
+            return Ok(());
+        }
         if run.phase == RunPhase::AwaitingWinner && state.winner_id.is_some() {
             run.phase = RunPhase::Releasing;
         }
@@ -188,7 +231,7 @@ impl CampaignStage {
     /// Releases up to [`RELEASE_STEP`] buffered users; the next step follows on a timer. Users
     /// are timed when they leave (never at the run's past time: the winner's share leaves after
     /// the evaluation, and its expiry counts from then).
-    fn release_step(
+    pub(super) fn release_step(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
@@ -201,18 +244,23 @@ impl CampaignStage {
         let step_end = run.next + RELEASE_STEP;
         run.waiting = false;
         while run.next < run.buffered.min(step_end) {
-            if run.next == run.test_users && run.test_users > 0 && state.winner_id.is_none() {
+            if run.next == run.test_users && run.testing() && state.winner_id.is_none() {
                 run.phase = RunPhase::AwaitingWinner;
+                if state.is_shard(campaign) {
+                    return self.report_test_sent(ctx, campaign, state, run);
+                }
                 return self.start_evaluation(ctx, campaign, state, at);
             }
             if self.waits_for_places(campaign, state, Some(run), at) {
                 run.waiting = true; // a settled place schedules the next step
                 return Ok(());
             }
-            let key = buffer_key(&campaign.id, &run.id, run.next);
+            let key = buffer_key(&state.key, &run.id, run.next);
             let candidate = ctx.store(RUN_BUFFER)?.get_as::<Candidate>(&key)?;
             ctx.store(RUN_BUFFER)?.delete(&key)?;
-            let chosen = (run.next < run.test_users).then(|| ab::alternate(run.next, variants));
+            // Test users take global indices, so the variants' counts are exact over shards.
+            let index = run.test_from + run.next;
+            let chosen = (run.next < run.test_users).then(|| ab::alternate(index, variants));
             run.next += 1;
             if let Some(candidate) = candidate {
                 let leaving =
@@ -221,7 +269,10 @@ impl CampaignStage {
             }
         }
         if run.next < run.buffered {
-            ctx.schedule(at, &timer_key(RUN_TIMER, &campaign.id))?;
+            ctx.schedule(at, &timer_key(RUN_TIMER, &state.key))?;
+        } else if state.is_shard(campaign) {
+            run.phase = RunPhase::Done;
+            self.report_run_sent(ctx, campaign, state, run)?;
         } else {
             run.phase = RunPhase::Done;
             let details = BTreeMap::from([
@@ -243,9 +294,9 @@ impl CampaignStage {
         candidate: &Candidate,
         chosen: Option<usize>,
     ) -> Result<(), ProcessError> {
-        if campaign.limits.per_run.is_some_and(|limit| run.sent >= limit) {
+        if run.limit(campaign).is_some_and(|limit| run.sent >= limit) {
             if run.in_flight > 0 && Self::may_wait(campaign, state) {
-                return self.wait_for_places(ctx, campaign, state, candidate);
+                return self.wait_for_places(ctx, state, candidate);
             }
             state.skip("run_limit");
             return Ok(());
@@ -263,7 +314,7 @@ impl CampaignStage {
 
     /// Every partition reported: applies the safety check, plans the A/B test and starts
     /// releasing.
-    fn decide(
+    pub(super) fn decide(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
@@ -281,7 +332,7 @@ impl CampaignStage {
             run.phase = RunPhase::Tripped;
             details.insert("safety_limit".into(), limit.to_string());
             tracing::warn!(campaign = %campaign.id, run = %run.id, qualified, limit, "safety check tripped: the run sends nothing");
-            self.drop_buffer(ctx, campaign, state, run, "safety_check")?;
+            self.drop_buffer(ctx, state, run, "safety_check")?;
             return self.lifecycle(ctx, campaign, LifecycleKind::SafetyCheckTripped, details);
         }
         let reach = campaign.limits.per_run.map_or(run.buffered, |limit| limit.min(run.buffered));
@@ -299,10 +350,9 @@ impl CampaignStage {
     /// The run `run_id`: the current one, or a new one replacing an older current one (users
     /// still buffered in an unfinished older run are dropped and counted). `None` for a run
     /// older than the current one (a late tally or candidate), which must not replace it.
-    fn current_run(
+    pub(super) fn current_run(
         &self,
         ctx: &mut ProcessorContext<'_>,
-        campaign: &Campaign,
         state: &mut CampaignState,
         run_id: &str,
     ) -> Result<Option<RunState>, ProcessError> {
@@ -313,23 +363,23 @@ impl CampaignStage {
                 Ok(None)
             }
             Some(mut old) => {
-                self.drop_buffer(ctx, campaign, state, &mut old, "run_superseded")?;
+                self.drop_buffer(ctx, state, &mut old, "run_superseded")?;
                 Ok(Some(RunState::new(run_id)))
             }
             None => Ok(Some(RunState::new(run_id))),
         }
     }
 
-    fn drop_buffer(
+    /// Drops the users still buffered in `run`, counted under `reason`.
+    pub(super) fn drop_buffer(
         &self,
         ctx: &mut ProcessorContext<'_>,
-        campaign: &Campaign,
         state: &mut CampaignState,
         run: &mut RunState,
         reason: &str,
     ) -> Result<(), ProcessError> {
         while run.next < run.buffered {
-            ctx.store(RUN_BUFFER)?.delete(&buffer_key(&campaign.id, &run.id, run.next))?;
+            ctx.store(RUN_BUFFER)?.delete(&buffer_key(&state.key, &run.id, run.next))?;
             state.skip(reason);
             run.next += 1;
         }

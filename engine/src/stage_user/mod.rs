@@ -21,7 +21,10 @@ use route::Inbound;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    campaign::{Campaign, CampaignCache, CampaignStatus, DndAction, Trigger, CAMPAIGNS_TABLE},
+    campaign::{
+        shards::{self, FlowRecord},
+        Campaign, CampaignCache, CampaignStatus, DndAction, Trigger, CAMPAIGNS_TABLE,
+    },
     model::{
         topics::TopicNames, triggered_run_id, AliasRecord, AppEvent, Candidate, Engagement,
         EngagementKind, IngestDecoder, IngestError, IngestKind, ProfileUpdate, Properties,
@@ -152,7 +155,7 @@ impl UserStage {
     }
 
     fn flow(&self) -> Flow<'_> {
-        Flow(&self.topics.campaign_flow)
+        Flow { topic: &self.topics.campaign_flow, stage: self }
     }
 
     /// Reports to the campaign stage that `user` was not sent `campaign`, and why.
@@ -712,16 +715,25 @@ fn in_window(campaign: &Campaign, at_ms: i64) -> bool {
 }
 
 /// Sends records to the campaign flow topic, keyed by campaign.
-struct Flow<'t>(&'t str);
+struct Flow<'t> {
+    topic: &'t str,
+    stage: &'t UserStage,
+}
 
 impl Flow<'_> {
-    fn emit<R: Record>(
+    /// Writes `record` about `campaign` to the campaign stage: to its user's shard of the
+    /// campaign (see `campaign::shards`), else to the campaign's home.
+    fn emit<R: Record + FlowRecord>(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &str,
         record: &R,
     ) -> Result<(), ProcessError> {
-        Ok(ctx.send_record(self.0, campaign.as_bytes(), record)?)
+        let key = match self.stage.campaigns.book().get(campaign) {
+            Some(campaign) => shards::flow_key(campaign, &self.stage.settings, record.user()),
+            None => campaign.to_string(),
+        };
+        Ok(ctx.send_record(self.topic, key.as_bytes(), record)?)
     }
 }
 

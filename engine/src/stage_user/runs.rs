@@ -1,8 +1,9 @@
 //! Scheduled runs in the user stage. When a run of a scheduled campaign is due, every task scans
 //! its own users in bounded steps (so a transaction never holds a whole partition), checks each
 //! one exactly like a triggered user (audience, sample, reachability, do-not-disturb, caps), and
-//! reports how many matched the audience in a [`RunTally`]. The campaign stage decides the run
-//! (safety check, per-run limit, A/B test plan) once every partition has reported.
+//! reports how many matched the audience in a [`RunTally`] (to each shard of a sharded campaign,
+//! with the count of that shard's users). The campaign stage decides the run (safety check,
+//! per-run limit, A/B test plan) once every partition has reported.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Occasion, UserStage, PROFILES, RUNS};
 use crate::{
-    campaign::{Campaign, CampaignStatus, Trigger},
+    campaign::{shards, Campaign, CampaignStatus, Trigger},
     model::{scheduled_run_id, Properties, RunTally},
     runtime::{ProcessError, ProcessorContext, Tick},
 };
@@ -32,6 +33,9 @@ struct RunCursor {
     qualified: i64,
     /// The scan ended (and was reported) or the run was skipped.
     done: bool,
+    /// Users matching the audience so far, by the campaign's shard (when it has several).
+    #[serde(default)]
+    by_shard: Vec<i64>,
 }
 
 impl UserStage {
@@ -90,6 +94,8 @@ impl UserStage {
             .map(|(key, _)| String::from_utf8_lossy(&key).into_owned())
             .collect();
         let run = scheduled_run_id(cursor.run_at);
+        let shards = shards::in_effect(campaign, &self.settings);
+        cursor.by_shard.resize(shards as usize, 0);
         let no_properties = Properties::new();
         for user in &users {
             let occasion = Occasion {
@@ -102,6 +108,7 @@ impl UserStage {
             };
             if self.qualify(ctx, campaign, &occasion)? {
                 cursor.qualified += 1;
+                cursor.by_shard[shards::of_user(user, shards) as usize] += 1;
             }
         }
         cursor.after = users.last().cloned().or(cursor.after);
@@ -116,7 +123,17 @@ impl UserStage {
                 qualified: cursor.qualified,
                 timestamp_ms: cursor.run_at,
             };
-            self.flow().emit(ctx, &campaign.id, &tally)?;
+            if shards == 1 {
+                self.flow().emit(ctx, &campaign.id, &tally)?;
+            } else {
+                // Each shard learns that this partition's candidates are all out (they precede
+                // this record on the shard's key) and how many of its users qualified.
+                for (shard, qualified) in cursor.by_shard.iter().enumerate() {
+                    let key = shards::key(&campaign.id, shard as u32);
+                    let tally = RunTally { qualified: *qualified, ..tally.clone() };
+                    ctx.send_record(&self.topics.campaign_flow, key.as_bytes(), &tally)?;
+                }
+            }
         }
         Ok(cursor)
     }

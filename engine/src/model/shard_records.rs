@@ -1,0 +1,140 @@
+//! Records between a campaign's home and its shards on `herald.campaign-flow` (see
+//! `docs/architecture.md`): each is produced in the exactly-once transaction of the state change
+//! that accounts for it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{check_timestamp, Checked, InvalidField, Record, VariantStats};
+
+/// What a [`ShardReport`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ShardReportKind {
+    /// Every user-stage partition reported the run to the shard: its buffer is complete.
+    Buffered,
+    /// The shard sent its share of the run's A/B test.
+    TestSent,
+    /// The shard released the whole run.
+    RunSent,
+    /// The shard's cumulative counters.
+    Counters,
+}
+
+/// A shard tells its campaign's home where it is (keyed by campaign id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardReport {
+    /// Campaign concerned.
+    pub campaign_id: String,
+    /// App of the campaign.
+    pub app_id: String,
+    /// The reporting shard.
+    pub shard: i32,
+    /// The campaign's shards in effect.
+    pub shards: i32,
+    /// What it reports.
+    pub kind: ShardReportKind,
+    /// The run concerned (not for counters).
+    pub run_id: Option<String>,
+    /// `Buffered`: users of the shard matching the run's audience.
+    pub qualified: i64,
+    /// `Buffered`: candidates buffered for the run.
+    pub reachable: i64,
+    /// `RunSent`: users of the run the shard sent to.
+    pub sent: i64,
+    /// `Counters`: cumulative per-variant counters.
+    pub variants: Vec<VariantStats>,
+    /// `Counters`: users not sent to, by reason.
+    pub skipped: BTreeMap<String, i64>,
+    /// `Counters`: failed sends, by reason.
+    pub failed: BTreeMap<String, i64>,
+    /// When, epoch milliseconds.
+    pub timestamp_ms: i64,
+}
+
+impl Record for ShardReport {
+    const FULL_NAME: &'static str = "io.herald.ShardReport";
+}
+
+/// What a [`ShardPlan`] tells a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ShardPlanKind {
+    /// Release the run within `places`, the first `test_users` as A/B test users.
+    Release,
+    /// The safety check tripped: the run sends nothing.
+    Tripped,
+    /// The A/B winner is chosen: send the rest with it.
+    Winner,
+}
+
+/// The home tells one shard what to do with a scheduled run (keyed by the shard's key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardPlan {
+    /// Campaign concerned.
+    pub campaign_id: String,
+    /// App of the campaign.
+    pub app_id: String,
+    /// The run concerned.
+    pub run_id: String,
+    /// The shard addressed.
+    pub shard: i32,
+    /// What to do.
+    pub kind: ShardPlanKind,
+    /// `Release`: users of the run the shard may send to.
+    pub places: i64,
+    /// `Release`: global A/B test index of the shard's first test user.
+    pub test_from: i64,
+    /// `Release`: the shard's first users that make up its share of the A/B test.
+    pub test_users: i64,
+    /// `Release`: the run's A/B test users over all shards (0: no test).
+    pub test_total: i64,
+    /// `Winner`: the variant the rest gets.
+    pub winner_id: Option<String>,
+    /// When, epoch milliseconds.
+    pub timestamp_ms: i64,
+}
+
+impl Record for ShardPlan {
+    const FULL_NAME: &'static str = "io.herald.ShardPlan";
+}
+
+/// A shard number within the campaign's shards, and counts that are never negative.
+fn check_shard(shard: i32, counts: &[(&'static str, i64)]) -> Result<(), InvalidField> {
+    if !(0..i32::from(u16::MAX)).contains(&shard) {
+        return Err(InvalidField { field: "shard", reason: format!("{shard} is not a shard") });
+    }
+    match counts.iter().find(|(_, count)| *count < 0) {
+        Some((field, count)) => Err(InvalidField { field, reason: format!("{count} < 0") }),
+        None => Ok(()),
+    }
+}
+
+impl Checked for ShardReport {
+    fn check(&self) -> Result<(), InvalidField> {
+        check_timestamp("timestamp_ms", self.timestamp_ms)?;
+        if self.shard >= self.shards {
+            return Err(InvalidField {
+                field: "shard",
+                reason: format!("shard {} of {} shards", self.shard, self.shards),
+            });
+        }
+        let counts =
+            [("qualified", self.qualified), ("reachable", self.reachable), ("sent", self.sent)];
+        check_shard(self.shard, &counts)
+    }
+}
+
+impl Checked for ShardPlan {
+    fn check(&self) -> Result<(), InvalidField> {
+        check_timestamp("timestamp_ms", self.timestamp_ms)?;
+        let counts = [
+            ("places", self.places),
+            ("test_from", self.test_from),
+            ("test_users", self.test_users),
+            ("test_total", self.test_total),
+        ];
+        check_shard(self.shard, &counts)
+    }
+}

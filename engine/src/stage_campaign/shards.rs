@@ -1,0 +1,452 @@
+//! A campaign spread over shards (see `docs/architecture.md`): the shards buffer their users'
+//! candidates of a scheduled run and report them home; the home decides the run once for the
+//! whole audience (safety check, per-run and total limit, A/B test plan) and gives each shard
+//! its places and its range of global A/B test indices; the shards report their test sent and
+//! their run sent; the home chooses the winner from the shards' counters and tells them. Every
+//! record is produced in the transaction of the state change it accounts for, so a crash or a
+//! rebalance neither loses nor doubles a place.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ab,
+    runs::{RunPhase, RunState},
+    CampaignStage, CampaignState,
+};
+use crate::{
+    campaign::{shards as campaign_shards, Assignment, Campaign},
+    model::{LifecycleKind, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind, VariantStats},
+    runtime::{ProcessError, ProcessorContext},
+};
+
+/// A campaign's counters: per variant, skips and failures by reason.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct Counters {
+    pub(super) variants: Vec<VariantStats>,
+    pub(super) skipped: BTreeMap<String, i64>,
+    pub(super) failed: BTreeMap<String, i64>,
+}
+
+impl Counters {
+    /// Adds `other`'s counts to these.
+    fn add(
+        &mut self,
+        variants: &[VariantStats],
+        skipped: &BTreeMap<String, i64>,
+        failed: &BTreeMap<String, i64>,
+    ) {
+        for theirs in variants {
+            match self.variants.iter_mut().find(|v| v.variant_id == theirs.variant_id) {
+                Some(ours) => {
+                    ours.sent += theirs.sent;
+                    ours.delivered += theirs.delivered;
+                    ours.failed += theirs.failed;
+                    ours.impressions += theirs.impressions;
+                    ours.clicks += theirs.clicks;
+                    ours.conversions += theirs.conversions;
+                }
+                None => self.variants.push(theirs.clone()),
+            }
+        }
+        for (reason, count) in skipped {
+            *self.skipped.entry(reason.clone()).or_default() += count;
+        }
+        for (reason, count) in failed {
+            *self.failed.entry(reason.clone()).or_default() += count;
+        }
+    }
+
+    /// The counters of variant `id` (zero when it has none).
+    pub(super) fn variant(&self, id: &str) -> VariantStats {
+        self.variants.iter().find(|v| v.variant_id == id).cloned().unwrap_or_default()
+    }
+}
+
+/// The home's view of one sharded run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct HomeRun {
+    /// The campaign's shards in effect (from their reports).
+    shards: i32,
+    /// (qualified, reachable) of each shard whose buffer is complete.
+    buffered: BTreeMap<i32, (i64, i64)>,
+    /// Shards that sent their share of the A/B test.
+    tested: BTreeSet<i32>,
+    /// Users each shard sent to in the run (its latest cumulative report).
+    sent: BTreeMap<i32, i64>,
+}
+
+impl RunState {
+    /// Whether this is the home's view of a sharded run (the shards release it, not the home).
+    pub(super) fn coordinates(&self) -> bool {
+        self.shards.shards > 0
+    }
+}
+
+impl CampaignState {
+    /// The campaign's counters: this state's own plus, at the home, every shard's latest.
+    pub(super) fn merged(&self) -> Counters {
+        let mut merged = Counters::default();
+        merged.add(&self.variants, &self.skipped, &self.failed);
+        for counters in self.shard_counters.values() {
+            merged.add(&counters.variants, &counters.skipped, &counters.failed);
+        }
+        merged
+    }
+}
+
+/// Splits `total` over `weights` in proportion (largest remainder, ties to the first), never
+/// giving one more than its weight; `total` must not exceed the sum of the weights.
+pub(super) fn apportion(total: u64, weights: &[u64]) -> Vec<u64> {
+    let sum: u128 = weights.iter().map(|w| u128::from(*w)).sum();
+    if sum == 0 {
+        return vec![0; weights.len()];
+    }
+    let exact: Vec<(u64, u128)> = weights
+        .iter()
+        .map(|w| {
+            let scaled = u128::from(total) * u128::from(*w);
+            ((scaled / sum) as u64, scaled % sum)
+        })
+        .collect();
+    let mut shares: Vec<u64> = exact.iter().map(|(share, _)| *share).collect();
+    let mut left = total - shares.iter().sum::<u64>();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|a, b| exact[*b].1.cmp(&exact[*a].1).then(a.cmp(b)));
+    for i in order {
+        if left == 0 {
+            break;
+        }
+        if shares[i] < weights[i] {
+            shares[i] += 1;
+            left -= 1;
+        }
+    }
+    shares
+}
+
+impl CampaignStage {
+    /// The shard number of a shard's state.
+    fn shard_of(campaign: &Campaign, state: &CampaignState) -> i32 {
+        campaign_shards::parse(state.key.as_bytes(), &campaign.id).map_or(0, |s| s as i32)
+    }
+
+    /// Sends `report` (filled in by `fill`) from this shard to the campaign's home.
+    fn report(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &CampaignState,
+        kind: ShardReportKind,
+        fill: impl FnOnce(&mut ShardReport),
+    ) -> Result<(), ProcessError> {
+        let mut report = ShardReport {
+            campaign_id: campaign.id.clone(),
+            app_id: campaign.app.clone(),
+            shard: Self::shard_of(campaign, state),
+            shards: campaign_shards::in_effect(campaign, &self.settings) as i32,
+            kind,
+            run_id: None,
+            qualified: 0,
+            reachable: 0,
+            sent: 0,
+            variants: Vec::new(),
+            skipped: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            timestamp_ms: ctx.timestamp_ms(),
+        };
+        fill(&mut report);
+        self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &report)
+    }
+
+    /// A shard's cumulative counters, for the home's stats and winner decision.
+    pub(super) fn report_counters(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &CampaignState,
+    ) -> Result<(), ProcessError> {
+        self.report(ctx, campaign, state, ShardReportKind::Counters, |r| {
+            r.variants = state.variants.clone();
+            r.skipped = state.skipped.clone();
+            r.failed = state.failed.clone();
+        })
+    }
+
+    /// Every user-stage partition reported the run to this shard: its buffer is complete.
+    pub(super) fn report_buffered(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &CampaignState,
+        run: &mut RunState,
+    ) -> Result<(), ProcessError> {
+        run.phase = RunPhase::Reported;
+        let qualified: i64 = run.tallies.values().sum();
+        self.report(ctx, campaign, state, ShardReportKind::Buffered, |r| {
+            r.run_id = Some(run.id.clone());
+            r.qualified = qualified;
+            r.reachable = run.buffered as i64;
+        })
+    }
+
+    /// This shard sent its share of the run's A/B test.
+    pub(super) fn report_test_sent(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &CampaignState,
+        run: &RunState,
+    ) -> Result<(), ProcessError> {
+        self.report(ctx, campaign, state, ShardReportKind::TestSent, |r| {
+            r.run_id = Some(run.id.clone());
+        })
+    }
+
+    /// The users of the run this shard sent to so far (cumulative).
+    pub(super) fn report_run_sent(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &CampaignState,
+        run: &RunState,
+    ) -> Result<(), ProcessError> {
+        self.report(ctx, campaign, state, ShardReportKind::RunSent, |r| {
+            r.run_id = Some(run.id.clone());
+            r.sent = run.sent as i64;
+        })
+    }
+
+    /// The home learns where a shard is.
+    pub(super) fn on_shard_report(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        report: ShardReport,
+    ) -> Result<(), ProcessError> {
+        let Some(campaign) = self.campaigns.book().get(&report.campaign_id).cloned() else {
+            return Ok(());
+        };
+        let mut state = self.load(ctx, &campaign, &campaign.id)?;
+        if report.kind == ShardReportKind::Counters {
+            let counters = Counters {
+                variants: report.variants,
+                skipped: report.skipped,
+                failed: report.failed,
+            };
+            state.shard_counters.insert(report.shard as u32, counters);
+            return self.save(ctx, &campaign, &mut state);
+        }
+        let run_id = report.run_id.as_deref().unwrap_or_default();
+        let Some(mut run) = self.current_run(ctx, &mut state, run_id)? else {
+            return self.save(ctx, &campaign, &mut state); // a run a newer one replaced
+        };
+        run.shards.shards = report.shards;
+        let all = |done: usize| done >= report.shards.max(1) as usize;
+        match report.kind {
+            ShardReportKind::Buffered => {
+                run.shards.buffered.insert(report.shard, (report.qualified, report.reachable));
+                if run.phase == RunPhase::Collecting && all(run.shards.buffered.len()) {
+                    self.plan(ctx, &campaign, &mut state, &mut run, report.timestamp_ms)?;
+                }
+            }
+            ShardReportKind::TestSent => {
+                run.shards.tested.insert(report.shard);
+                let waiting = run.phase == RunPhase::Releasing && state.winner_id.is_none();
+                if waiting && all(run.shards.tested.len()) {
+                    run.phase = RunPhase::AwaitingWinner;
+                    self.start_evaluation(ctx, &campaign, &mut state, ctx.timestamp_ms())?;
+                }
+            }
+            ShardReportKind::RunSent => {
+                let before = run.shards.sent.insert(report.shard, report.sent).unwrap_or(0);
+                // Cumulative per shard: late (do-not-disturb) users add to what was counted.
+                let added = report.sent.saturating_sub(before).max(0) as u64;
+                state.sent += added;
+                run.sent += added;
+                let finished = run.phase != RunPhase::Done && all(run.shards.sent.len());
+                if finished {
+                    run.phase = RunPhase::Done;
+                    let details = BTreeMap::from([
+                        ("run_id".to_string(), run.id.clone()),
+                        ("sent".to_string(), run.sent.to_string()),
+                    ]);
+                    self.lifecycle(ctx, &campaign, LifecycleKind::RunFinished, details)?;
+                }
+                self.announce_total_limit(ctx, &campaign, &mut state)?;
+            }
+            ShardReportKind::Counters => {}
+        }
+        state.run = Some(run);
+        self.save(ctx, &campaign, &mut state)
+    }
+
+    /// Every shard's buffer is complete: the run is decided once for the whole audience, and
+    /// each shard is given its places and its A/B test indices.
+    fn plan(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        run: &mut RunState,
+        at: i64,
+    ) -> Result<(), ProcessError> {
+        let shards: Vec<i32> = run.shards.buffered.keys().copied().collect();
+        let qualified: i64 = run.shards.buffered.values().map(|(q, _)| q).sum();
+        let reachable: Vec<u64> =
+            run.shards.buffered.values().map(|(_, r)| (*r).max(0) as u64).collect();
+        let buffered: u64 = reachable.iter().sum();
+        let mut details = BTreeMap::from([
+            ("run_id".to_string(), run.id.clone()),
+            ("qualified".to_string(), qualified.to_string()),
+            ("reachable".to_string(), buffered.to_string()),
+            ("shards".to_string(), shards.len().to_string()),
+        ]);
+        let plan = |shard: i32, kind: ShardPlanKind| ShardPlan {
+            campaign_id: campaign.id.clone(),
+            app_id: campaign.app.clone(),
+            run_id: run.id.clone(),
+            shard,
+            kind,
+            places: 0,
+            test_from: 0,
+            test_users: 0,
+            test_total: 0,
+            winner_id: None,
+            timestamp_ms: at,
+        };
+        if let Some(limit) = campaign.limits.safety.filter(|limit| qualified > *limit as i64) {
+            run.phase = RunPhase::Tripped;
+            details.insert("safety_limit".into(), limit.to_string());
+            tracing::warn!(campaign = %campaign.id, run = %run.id, qualified, limit, "safety check tripped: the run sends nothing");
+            for shard in &shards {
+                self.send_plan(ctx, campaign, &plan(*shard, ShardPlanKind::Tripped))?;
+            }
+            return self.lifecycle(ctx, campaign, LifecycleKind::SafetyCheckTripped, details);
+        }
+        let reach = campaign.limits.per_run.map_or(buffered, |limit| limit.min(buffered));
+        let left = campaign.limits.total.map_or(u64::MAX, |t| t.saturating_sub(state.sent));
+        let places = apportion(reach.min(left), &reachable);
+        let mut test_total = 0;
+        if let (Assignment::AbTest(test), None) = (&campaign.assignment, &state.winner_id) {
+            let plan = ab::test_plan(reach, test.test_audience, campaign.what.len());
+            test_total = (plan.per_variant * campaign.what.len() as u64).min(reach.min(left));
+            details.insert("test_per_variant".into(), plan.per_variant.to_string());
+            details.insert("after_winner".into(), plan.remainder.to_string());
+        }
+        let tests = apportion(test_total, &places);
+        run.test_users = test_total;
+        run.phase = RunPhase::Releasing;
+        self.lifecycle(ctx, campaign, LifecycleKind::RunStarted, details)?;
+        let mut test_from = 0;
+        for ((shard, places), tests) in shards.iter().zip(places).zip(tests) {
+            let mut release = plan(*shard, ShardPlanKind::Release);
+            release.places = places as i64;
+            release.test_from = test_from as i64;
+            release.test_users = tests as i64;
+            release.test_total = test_total as i64;
+            test_from += tests;
+            self.send_plan(ctx, campaign, &release)?;
+        }
+        Ok(())
+    }
+
+    fn send_plan(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        plan: &ShardPlan,
+    ) -> Result<(), ProcessError> {
+        let key = campaign_shards::key(&campaign.id, plan.shard as u32);
+        self.emit(ctx, &self.topics.campaign_flow, &key, plan)
+    }
+
+    /// The home chose the A/B winner: every shard of the current run sends the rest with it.
+    pub(super) fn announce_winner_to_shards(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &CampaignState,
+    ) -> Result<(), ProcessError> {
+        let Some(run) = state.run.as_ref().filter(|run| run.shards.shards > 1) else {
+            return Ok(());
+        };
+        for shard in 0..run.shards.shards {
+            let plan = ShardPlan {
+                campaign_id: campaign.id.clone(),
+                app_id: campaign.app.clone(),
+                run_id: run.id.clone(),
+                shard,
+                kind: ShardPlanKind::Winner,
+                places: 0,
+                test_from: 0,
+                test_users: 0,
+                test_total: 0,
+                winner_id: state.winner_id.clone(),
+                timestamp_ms: ctx.timestamp_ms(),
+            };
+            self.send_plan(ctx, campaign, &plan)?;
+        }
+        Ok(())
+    }
+
+    /// A shard receives its home's decision about a run.
+    pub(super) fn on_shard_plan(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        key: Option<&[u8]>,
+        plan: ShardPlan,
+    ) -> Result<(), ProcessError> {
+        let Some(campaign) = self.campaigns.book().get(&plan.campaign_id).cloned() else {
+            return Ok(());
+        };
+        let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign.id))?;
+        let Some(mut run) = self.current_run(ctx, &mut state, &plan.run_id)? else {
+            return self.save(ctx, &campaign, &mut state);
+        };
+        let at = plan.timestamp_ms;
+        match plan.kind {
+            ShardPlanKind::Tripped => {
+                run.phase = RunPhase::Tripped;
+                self.drop_buffer(ctx, &mut state, &mut run, "safety_check")?;
+            }
+            ShardPlanKind::Release => {
+                run.places = Some(plan.places.max(0) as u64);
+                run.test_from = plan.test_from.max(0) as u64;
+                run.test_users = plan.test_users.max(0) as u64;
+                run.test_total = plan.test_total.max(0) as u64;
+                run.phase = RunPhase::Releasing;
+                if !super::is_held(&campaign) {
+                    self.release_step(ctx, &campaign, &mut state, &mut run, at)?;
+                }
+            }
+            ShardPlanKind::Winner => {
+                state.winner_id = plan.winner_id;
+                if run.phase == RunPhase::AwaitingWinner && !super::is_held(&campaign) {
+                    run.phase = RunPhase::Releasing;
+                    self.release_step(ctx, &campaign, &mut state, &mut run, at)?;
+                }
+            }
+        }
+        state.run = Some(run);
+        self.save(ctx, &campaign, &mut state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apportion_is_exact_and_within_each_weight() {
+        assert_eq!(
+            apportion(5_000, &[5_100, 4_900, 5_000, 5_000]),
+            vec![1_275, 1_225, 1_250, 1_250]
+        );
+        assert_eq!(apportion(10, &[1, 1, 100]), vec![0, 0, 10]);
+        assert_eq!(apportion(3, &[1, 1, 1, 1]), vec![1, 1, 1, 0]);
+        assert_eq!(apportion(0, &[0, 0]), vec![0, 0]);
+        let shares = apportion(2_999, &[1_000, 1_000, 1_000]);
+        assert_eq!(shares.iter().sum::<u64>(), 2_999);
+    }
+}

@@ -1,0 +1,221 @@
+//! A campaign spread over shards (`options.shards`, see `docs/architecture.md`), on the replay
+//! driver over 4 partitions: every campaign-wide rule stays exact, read from what a user checks
+//! (`sends.jsonl`, the campaign events, the stats).
+
+use std::collections::BTreeSet;
+
+use herald_engine::{
+    backtest::Backtest,
+    campaign::{parse_campaign, shards},
+    model::CampaignLifecycleEvent,
+    settings::Settings,
+};
+use serde_json::Value;
+
+fn ts(second: i64) -> String {
+    chrono::DateTime::from_timestamp(1_795_000_000 + second, 0).unwrap().to_rfc3339()
+}
+
+fn ms(second: i64) -> i64 {
+    (1_795_000_000 + second) * 1000
+}
+
+fn profile(user: &str) -> String {
+    format!(
+        r#"{{"type":"profile","user":"{user}","ts":"{}","set":{{"first_name":"N{user}"}},"devices":[{{"platform":"ios","token":"tok-{user}"}}]}}"#,
+        ts(0)
+    )
+}
+
+fn event(user: &str, second: i64, name: &str, props: &str) -> String {
+    format!(
+        r#"{{"type":"event","user":"{user}","ts":"{}","name":"{name}","props":{props}}}"#,
+        ts(second)
+    )
+}
+
+/// A campaign running once at second 100 for everyone with a device, with `extra` YAML.
+fn scheduled(id: &str, what: &str, extra: &str) -> String {
+    format!(
+        "id: {id}\napp: shop\nname: n\nwhen: {{ schedule: {{ at: \"{}\" }} }}\nwhat: {what}\n{extra}",
+        ts(100)
+    )
+}
+
+/// `users` profiles, then one event after the run time (moving event time past it).
+fn audience(users: usize) -> Vec<String> {
+    let mut lines: Vec<String> = (0..users).map(|i| profile(&format!("u{i}"))).collect();
+    lines.push(event("u0", 200, "App Opened", "{}"));
+    lines
+}
+
+struct Outcome {
+    dir: tempfile::TempDir,
+}
+
+impl Outcome {
+    fn replay(campaign: &str, lines: &[String], until_ms: Option<i64>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("campaigns")).unwrap();
+        std::fs::write(dir.path().join("campaigns/c.yaml"), campaign).unwrap();
+        std::fs::write(dir.path().join("in.jsonl"), lines.join("\n")).unwrap();
+        Backtest {
+            campaigns: vec![dir.path().join("campaigns")],
+            input: dir.path().join("in.jsonl"),
+            out: dir.path().join("out"),
+            settings: Settings::default(),
+            app: None,
+            until_ms,
+            partitions: 4,
+        }
+        .run()
+        .unwrap();
+        Self { dir }
+    }
+
+    fn lines(&self, file: &str) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("out").join(file)).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    fn users(&self) -> BTreeSet<String> {
+        let sends = self.lines("sends.jsonl");
+        let users: BTreeSet<String> =
+            sends.iter().map(|s| s["user_id"].as_str().unwrap().to_string()).collect();
+        assert_eq!(users.len(), sends.len(), "no user gets two commands");
+        users
+    }
+
+    fn events(&self) -> Vec<CampaignLifecycleEvent> {
+        self.lines("campaign-events.jsonl")
+            .into_iter()
+            .map(|v| serde_json::from_value(v).unwrap())
+            .collect()
+    }
+
+    fn kinds(&self) -> Vec<String> {
+        self.events().iter().map(|e| format!("{:?}", e.kind)).collect()
+    }
+
+    fn stats(&self, campaign: &str) -> Value {
+        let path = self.dir.path().join("out/stats.json");
+        let all: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        all[campaign].clone()
+    }
+}
+
+fn shard_of(user: &str) -> u32 {
+    shards::of_user(user, 4)
+}
+
+#[test]
+fn a_run_to_20000_users_over_4_shards_with_total_limit_5000_reaches_exactly_5000_distinct_users() {
+    let campaign = scheduled(
+        "big",
+        "{ title: t, body: b }",
+        "limits: { total: 5000 }\noptions: { shards: 4 }\n",
+    );
+    let outcome = Outcome::replay(&campaign, &audience(20_000), None);
+
+    let users = outcome.users();
+    assert_eq!(users.len(), 5_000);
+    let per_shard: BTreeSet<u32> = users.iter().map(|u| shard_of(u)).collect();
+    assert_eq!(per_shard.len(), 4, "every shard sent its share");
+    assert_eq!(outcome.kinds(), ["RunStarted", "RunFinished", "LimitReached", "Completed"]);
+    let events = outcome.events();
+    assert_eq!(events[0].details["qualified"], "20000");
+    assert_eq!(events[0].details["shards"], "4");
+    assert_eq!(events[1].details["sent"], "5000");
+    let stats = outcome.stats("big");
+    assert_eq!(stats["variants"][0]["sent"], 5_000, "stats merged from the shards");
+    assert_eq!(stats["skipped"]["run_limit"], 15_000);
+}
+
+#[test]
+fn per_run_limit_1000_of_10000_over_4_shards_sends_exactly_1000() {
+    let campaign = scheduled(
+        "run",
+        "{ title: t, body: b }",
+        "limits: { per_run: 1000, safety: 20000 }\noptions: { shards: 4 }\n",
+    );
+    let outcome = Outcome::replay(&campaign, &audience(10_000), None);
+
+    assert_eq!(outcome.users().len(), 1_000);
+    assert_eq!(outcome.kinds(), ["RunStarted", "RunFinished"]);
+    assert_eq!(outcome.events()[1].details["sent"], "1000");
+    assert_eq!(outcome.stats("run")["skipped"]["run_limit"], 9_000);
+}
+
+#[test]
+fn safety_check_over_4_shards_counts_the_whole_audience_and_sends_nothing() {
+    let campaign = scheduled(
+        "coupons",
+        "{ title: t, body: b }",
+        "limits: { safety: 1000 }\noptions: { shards: 4 }\n",
+    );
+    let outcome = Outcome::replay(&campaign, &audience(10_000), None);
+
+    assert!(outcome.lines("sends.jsonl").is_empty(), "a tripped run sends nothing");
+    assert_eq!(outcome.kinds(), ["SafetyCheckTripped"]);
+    assert_eq!(outcome.events()[0].details["qualified"], "10000");
+    assert_eq!(outcome.stats("coupons")["skipped"]["safety_check"], 10_000);
+}
+
+#[test]
+fn ab_test_15_percent_3_variants_over_4_shards_gives_exactly_1000_each_then_the_winner_to_17000() {
+    let what = "\n  variants:\n    - { title: A, body: a }\n    - { title: B, body: b }\n    - { title: C, body: c }\n  ab: { test_audience: \"15%\", evaluate_after: 1h }";
+    let campaign = scheduled("sab", what, "options: { shards: 4 }\n");
+    let mut lines = audience(20_000);
+    // During the wait, clicks favour C (each click counted on its user's shard).
+    let click = |variant: &str| format!(r#"{{"campaign_id":"sab","variant_id":"{variant}"}}"#);
+    for (i, variant) in ["A", "B", "C", "C", "C", "B"].iter().cycle().take(60).enumerate() {
+        let user = format!("u{i}");
+        lines.push(event(&user, 300 + i as i64, "Notification Clicked", &click(variant)));
+    }
+    let outcome = Outcome::replay(&campaign, &lines, Some(ms(200 + 3_600 + 60)));
+
+    let sends = outcome.lines("sends.jsonl");
+    assert_eq!(outcome.users().len(), 20_000);
+    let variants: Vec<&str> = sends.iter().map(|s| s["variant_id"].as_str().unwrap()).collect();
+    let (test, rest) = variants.split_at(3_000);
+    let count = |group: &[&str], v: &str| group.iter().filter(|x| **x == v).count();
+    assert_eq!((count(test, "A"), count(test, "B"), count(test, "C")), (1_000, 1_000, 1_000));
+    assert!(rest.iter().all(|v| *v == "C"), "the remaining 17,000 get the winner");
+    let test_shards: BTreeSet<u32> =
+        sends[..3_000].iter().map(|s| shard_of(s["user_id"].as_str().unwrap())).collect();
+    assert_eq!(test_shards.len(), 4, "the test population comes from every shard");
+    assert_eq!(outcome.kinds(), ["RunStarted", "WinnerDeclared", "RunFinished"]);
+    let events = outcome.events();
+    assert_eq!(events[0].details["test_per_variant"], "1000");
+    assert_eq!(events[1].details["winner"], "C");
+    assert_eq!(events[1].details["clicks_C"], "30", "clicks of every shard count");
+    let stats = outcome.stats("sab");
+    let sent: Vec<i64> = (0..3).map(|v| stats["variants"][v]["sent"].as_i64().unwrap()).collect();
+    assert_eq!(sent, [1_000, 1_000, 18_000]);
+}
+
+#[test]
+fn one_shard_and_four_shards_reach_the_same_users_without_limits() {
+    let one = scheduled("all", "{ title: t, body: b }", "");
+    let four = scheduled("all", "{ title: t, body: b }", "options: { shards: 4 }\n");
+    let lines = audience(2_000);
+    let (one, four) = (Outcome::replay(&one, &lines, None), Outcome::replay(&four, &lines, None));
+    assert_eq!(one.users(), four.users());
+    assert_eq!(one.users().len(), 2_000);
+    let ids = |o: &Outcome| -> BTreeSet<String> {
+        o.lines("sends.jsonl").iter().map(|s| s["message_id"].as_str().unwrap().into()).collect()
+    };
+    assert_eq!(ids(&one), ids(&four), "the same message ids: the occurrence decides them");
+}
+
+#[test]
+fn shards_must_be_a_whole_number_from_1_to_64() {
+    for bad in ["0", "65", "two", "1.5"] {
+        let yaml =
+            scheduled("s", "{ title: t, body: b }", &format!("options: {{ shards: {bad} }}\n"));
+        let errors = parse_campaign(&yaml, "s.yaml").unwrap_err();
+        assert!(errors.errors.iter().any(|e| e.path == "options.shards"), "{bad}: {errors:?}");
+    }
+    let yaml = scheduled("s", "{ title: t, body: b }", "options: { shards: 8 }\n");
+    assert_eq!(parse_campaign(&yaml, "s.yaml").unwrap().options.shards, 8);
+}
