@@ -5,7 +5,7 @@ export KAFKA_PORT ?= 9092
 export HERALD_BROKERS ?= 127.0.0.1:$(KAFKA_PORT)
 HERALD := $(CARGO_TARGET_DIR)/debug/herald
 
-.PHONY: bootstrap kafka-up kafka-down registry-up registry-down build demo demo-down test test-broadcast test-scale-out bench bench-runtime bench-campaign bench-ingest bench-sender lint fmt
+.PHONY: bootstrap kafka-up kafka-down registry-up registry-down build demo demo-down test test-broadcast test-scale-out chaos bench bench-runtime bench-campaign bench-ingest bench-sender lint fmt
 
 bootstrap: ## install missing system packages
 	@deploy/local/bootstrap.sh
@@ -48,6 +48,10 @@ test-broadcast: kafka-up ## long: a scheduled run to 1,000,000 users with a 2 s 
 
 test-scale-out: kafka-up ## four engine instances under traffic (join, SIGTERM, SIGKILL): exactly-once check and the rebalance pauses printed (also part of make test)
 	cargo test --test engine_scale_out -- --nocapture
+
+chaos: ## the closed loop under the full fault schedule (kills, broker restart, provider and network faults) on its own broker (port 19092); a short form runs in make test
+	@deploy/local/bootstrap.sh chaos
+	cargo test --test chaos -- --ignored --nocapture
 
 bench: bench-runtime bench-campaign bench-ingest bench-sender ## every benchmark (release build)
 

@@ -1,7 +1,9 @@
 //! The simulator's endpoints: APNs `POST /3/device/<token>`, FCM
 //! `POST /v1/projects/<project>/messages:send`, OAuth `POST /token`, `GET /sim/stats` and
 //! `GET /sim/devices/<token>` (what a device received); `GET /sim/token-endpoint/down` and
-//! `…/up` take the OAuth token endpoint down (503) and back up, for outage tests.
+//! `…/up` take the OAuth token endpoint down (503) and back up, for outage tests;
+//! `GET /sim/faults/set/<name>=<value>` and `GET /sim/faults/reset` (back to those it started
+//! with) change the injected faults while it runs (a chaos schedule).
 
 use std::{
     sync::atomic::Ordering,
@@ -57,12 +59,13 @@ impl Connection {
     }
 }
 
-/// Injects the connection faults: GOAWAY after the configured number of requests, and dropped
-/// connections (the request never gets an answer and is not delivered).
+/// Injects the connection faults: GOAWAY every configured number of requests on a connection,
+/// and dropped connections (the request never gets an answer and is not delivered).
 async fn connection_faults(sim: &Sim, connection: &Connection) {
-    let faults = &sim.options.faults;
+    let faults = sim.faults();
     let served = connection.requests.fetch_add(1, Ordering::Relaxed) + 1;
-    if faults.goaway_after > 0 && served == faults.goaway_after {
+    if faults.goaway_after > 0 && served % faults.goaway_after == 0 {
+        sim.stats.goaways.fetch_add(1, Ordering::Relaxed);
         connection.goaway.notify_one();
     }
     if faults.drop_connection > 0.0 && fastrand::f64() < faults.drop_connection {
@@ -100,6 +103,17 @@ pub(super) async fn handle(
             let down = path.ends_with("/down");
             sim.token_endpoint_down.store(down, Ordering::SeqCst);
             reply(StatusCode::OK, json!({"token_endpoint_down": down}), &[])
+        }
+        (&Method::GET, "/sim/faults/reset") => {
+            *sim.faults.write().expect("faults lock") = sim.options.faults.clone();
+            reply(StatusCode::OK, json!({"faults": "reset"}), &[])
+        }
+        (&Method::GET, p) if p.starts_with("/sim/faults/set/") => {
+            let spec = p.trim_start_matches("/sim/faults/set/");
+            match sim.faults.write().expect("faults lock").set(spec) {
+                Ok(()) => reply(StatusCode::OK, json!({"fault": spec}), &[]),
+                Err(error) => reply(StatusCode::BAD_REQUEST, json!({"error": error}), &[]),
+            }
         }
         (&Method::POST, "/token") if sim.token_endpoint_down.load(Ordering::SeqCst) => {
             sim.reject("token_endpoint_down");
@@ -180,8 +194,9 @@ async fn apns(
     if device.is_empty() {
         return error(400, "MissingDeviceToken");
     }
-    tokio::time::sleep(sim.options.faults.latency()).await;
-    match sim.options.faults.draw(device) {
+    let faults = sim.faults();
+    tokio::time::sleep(faults.latency()).await;
+    match faults.draw(device) {
         Some(Fault::Unregistered) => {
             sim.reject("Unregistered");
             let at = chrono::Utc::now().timestamp_millis();
@@ -194,7 +209,7 @@ async fn apns(
         Some(Fault::BadDeviceToken) => return error(400, "BadDeviceToken"),
         Some(Fault::TooManyRequests) => {
             sim.reject("TooManyRequests");
-            let after = sim.options.faults.retry_after_secs.to_string();
+            let after = faults.retry_after_secs.to_string();
             return reply(
                 StatusCode::TOO_MANY_REQUESTS,
                 json!({"reason": "TooManyRequests"}),
@@ -300,8 +315,9 @@ async fn fcm(sim: &Sim, project: &str, headers: &HeaderMap, body: &[u8]) -> Repl
             &[],
         );
     };
-    tokio::time::sleep(sim.options.faults.latency()).await;
-    match sim.options.faults.draw(token) {
+    let faults = sim.faults();
+    tokio::time::sleep(faults.latency()).await;
+    match faults.draw(token) {
         Some(Fault::Unregistered) => {
             return fcm_error(sim, 404, "UNREGISTERED", "Requested entity was not found.", &[])
         }
@@ -315,7 +331,7 @@ async fn fcm(sim: &Sim, project: &str, headers: &HeaderMap, body: &[u8]) -> Repl
             )
         }
         Some(Fault::TooManyRequests) => {
-            let after = sim.options.faults.retry_after_secs.to_string();
+            let after = faults.retry_after_secs.to_string();
             return fcm_error(
                 sim,
                 429,

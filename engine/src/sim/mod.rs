@@ -39,7 +39,7 @@ pub struct SimOptions {
     pub apns_team_id: Option<String>,
     /// Lifetime of the FCM access tokens it issues.
     pub fcm_token_ttl: Duration,
-    /// Errors and latency to inject.
+    /// Errors and latency to inject at start (`GET /sim/faults/…` changes them).
     pub faults: Faults,
     /// A device population to publish and to react to deliveries, if any.
     pub population: Option<PopulationOptions>,
@@ -55,12 +55,16 @@ struct Stats {
     /// Message ids each device token received, in order.
     received: Mutex<HashMap<String, Vec<String>>>,
     token_grants: AtomicU64,
+    /// GOAWAY frames sent.
+    goaways: AtomicU64,
     provider_tokens: Mutex<HashSet<String>>,
 }
 
 /// The simulator's state.
 pub(crate) struct Sim {
     options: SimOptions,
+    /// The faults injected now.
+    faults: std::sync::RwLock<Faults>,
     apns_key: DecodingKey,
     fcm_key: DecodingKey,
     /// FCM access tokens issued, with their expiry.
@@ -87,6 +91,7 @@ impl Sim {
         };
         Ok(Self {
             population,
+            faults: std::sync::RwLock::new(options.faults.clone()),
             options,
             apns_key,
             fcm_key,
@@ -95,6 +100,11 @@ impl Sim {
             started: Instant::now(),
             token_endpoint_down: Default::default(),
         })
+    }
+
+    /// The faults injected now.
+    fn faults(&self) -> Faults {
+        self.faults.read().expect("faults lock").clone()
     }
 
     fn reject(&self, reason: &str) {
@@ -141,6 +151,7 @@ impl Sim {
             "duplicates": duplicates,
             "rejected": *self.stats.rejected.lock().expect("stats lock"),
             "token_grants": self.stats.token_grants.load(Ordering::Relaxed),
+            "goaways": self.stats.goaways.load(Ordering::Relaxed),
             "provider_tokens": self.stats.provider_tokens.lock().expect("stats lock").len(),
             "uptime_seconds": self.started.elapsed().as_secs(),
         })
