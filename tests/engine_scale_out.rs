@@ -547,6 +547,43 @@ fn wait_until(what: &str, limit: Duration, instances: &[&Instance], done: impl F
     assert!(poll_until(limit, done), "timed out waiting until {what}\n{}", tails(instances));
 }
 
+/// Waits until the `changelog` holds every one of `users` (their profiles stored).
+fn wait_stored(changelog: &str, users: &[String], instances: &[&Instance]) {
+    wait_until("every profile is stored", Duration::from_secs(300), instances, || {
+        let records =
+            common::read_committed(changelog, users.len(), Duration::ZERO, Duration::from_secs(5));
+        records.iter().map(|r| &r.key).collect::<BTreeSet<_>>().len() == users.len()
+    });
+}
+
+/// Waits until every push partition has output appended after `after_ms` (`what` names the
+/// step); returns the time it did.
+fn wait_sending_after(
+    what: &str,
+    watcher: &Watcher,
+    instances: &[&Instance],
+    after_ms: i64,
+) -> i64 {
+    let what = format!("every partition sends after {what}");
+    wait_until(&what, Duration::from_secs(120), instances, || {
+        watcher.output_everywhere_after(after_ms)
+    });
+    common::now_ms()
+}
+
+/// Waits until nothing more is appended to `herald.push` for 3 s (a late duplicate would be).
+fn wait_quiet(watcher: &Watcher, instances: &[&Instance]) {
+    let mut count = watcher.snapshot().len();
+    let mut quiet = Instant::now();
+    wait_until("the output is quiet", Duration::from_secs(60), instances, || {
+        let now = watcher.snapshot().len();
+        if now != count {
+            (count, quiet) = (now, Instant::now());
+        }
+        quiet.elapsed() >= Duration::from_secs(3)
+    });
+}
+
 /// The longest gap between consecutive append times of `sent` within `[from, to]`, counting
 /// from the last append before `from`, with its start: (gap ms, start ms).
 fn longest_gap<'a>(sent: impl Iterator<Item = &'a Sent>, from: i64, to: i64) -> (i64, i64) {
@@ -618,21 +655,7 @@ fn four_instances_join_stop_and_crash_under_traffic_and_send_exactly_once() {
     let mut a = deployment.start("a");
     let mut b = deployment.start("b");
     let mut c = deployment.start("c");
-    let profiles = deployment.changelog("profiles");
-    wait_until(
-        "every profile is in the engine's store",
-        Duration::from_secs(180),
-        &[&a, &b, &c],
-        || {
-            let records = common::read_committed(
-                &profiles,
-                users.len(),
-                Duration::ZERO,
-                Duration::from_secs(5),
-            );
-            records.iter().map(|r| &r.key).collect::<BTreeSet<_>>().len() == users.len()
-        },
-    );
+    wait_stored(&deployment.changelog("profiles"), &users, &[&a, &b, &c]);
     wait_until("all three instances have tasks", Duration::from_secs(120), &[&a, &b, &c], || {
         [&a, &b, &c].iter().all(|i| !i.user_tasks().is_empty())
     });
@@ -663,15 +686,9 @@ fn four_instances_join_stop_and_crash_under_traffic_and_send_exactly_once() {
         || !d.user_tasks().is_empty() && d.assignments() > 0,
     );
     let restored = d.log_times("tasks restored")[0];
-    wait_until(
-        "every partition sends after the join",
-        Duration::from_secs(120),
-        &[&a, &b, &c, &d],
-        || watcher.output_everywhere_after(restored),
-    );
+    let join_settled = wait_sending_after("the join", &watcher, &[&a, &b, &c, &d], restored);
     let joined = d.log_times("joining the consumer group")[0];
     let moved = d.user_tasks();
-    let join_settled = common::now_ms();
     // The coupons start: they fill up while b stops and reach their limit around c's crash.
     traffic.open_apps();
 
@@ -686,13 +703,7 @@ fn four_instances_join_stop_and_crash_under_traffic_and_send_exactly_once() {
         rebalances(&[&a, &c, &d]) > before_stop
     });
     let stop_rebalanced = common::now_ms();
-    wait_until(
-        "every partition sends after b's stop",
-        Duration::from_secs(120),
-        &[&a, &c, &d],
-        || watcher.output_everywhere_after(stop_rebalanced),
-    );
-    let stop_settled = common::now_ms();
+    let stop_settled = wait_sending_after("b's stop", &watcher, &[&a, &c, &d], stop_rebalanced);
 
     // 3. c is killed (open transaction aborted, no checkpoint) and restarted at once: its tasks
     //    are rebuilt from their changelogs, timers included.
@@ -711,13 +722,7 @@ fn four_instances_join_stop_and_crash_under_traffic_and_send_exactly_once() {
         c.assignments() > before_kill
     });
     let kill_restored = common::now_ms();
-    wait_until(
-        "every partition sends after c's restart",
-        Duration::from_secs(120),
-        &[&a, &c, &d],
-        || watcher.output_everywhere_after(kill_restored),
-    );
-    let kill_settled = common::now_ms();
+    let kill_settled = wait_sending_after("c's restart", &watcher, &[&a, &c, &d], kill_restored);
 
     // 4. d freezes (SIGSTOP) past the session timeout: the group gives its partitions to the
     //    others (its open transaction times out). Thawed (SIGCONT), it is a zombie that must not
@@ -736,12 +741,7 @@ fn four_instances_join_stop_and_crash_under_traffic_and_send_exactly_once() {
         || rebalances(&[&a, &c]) > before_freeze,
     );
     let freeze_rebalanced = common::now_ms();
-    wait_until(
-        "every partition sends while d is frozen",
-        Duration::from_secs(120),
-        &[&a, &c],
-        || watcher.output_everywhere_after(freeze_rebalanced),
-    );
+    wait_sending_after("d froze", &watcher, &[&a, &c], freeze_rebalanced);
     let before_thaw = d.assignments();
     let thawed = common::now_ms();
     signal("-CONT", &d);
@@ -749,13 +749,7 @@ fn four_instances_join_stop_and_crash_under_traffic_and_send_exactly_once() {
         d.assignments() > before_thaw
     });
     let rejoined = common::now_ms();
-    wait_until(
-        "every partition sends after d's return",
-        Duration::from_secs(120),
-        &[&a, &c, &d],
-        || watcher.output_everywhere_after(rejoined),
-    );
-    let thaw_settled = common::now_ms();
+    let thaw_settled = wait_sending_after("d's return", &watcher, &[&a, &c, &d], rejoined);
 
     // The traffic stops (with a burst of app opens); every window ends within WINDOW_MS.
     let occurrences = traffic.stop();
@@ -811,16 +805,7 @@ fn four_instances_join_stop_and_crash_under_traffic_and_send_exactly_once() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    // Nothing more comes (a late duplicate would): quiet for 3 s.
-    let mut count = watcher.snapshot().len();
-    let mut quiet = Instant::now();
-    wait_until("the output is quiet", Duration::from_secs(60), &[&a, &c, &d], || {
-        let now = watcher.snapshot().len();
-        if now != count {
-            (count, quiet) = (now, Instant::now());
-        }
-        quiet.elapsed() >= Duration::from_secs(3)
-    });
+    wait_quiet(&watcher, &[&a, &c, &d]);
     for instance in [&mut d, &mut a, &mut c] {
         stop(instance);
     }
@@ -1028,12 +1013,7 @@ fn run_protocol(protocol: &'static str) -> ProtocolPauses {
     let mut a = deployment.start_with("a", &args);
     let mut b = deployment.start_with("b", &args);
     let mut c = deployment.start_with("c", &args);
-    let profiles = deployment.changelog("profiles");
-    wait_until("every profile is stored", Duration::from_secs(180), &[&a, &b, &c], || {
-        let records =
-            common::read_committed(&profiles, users.len(), Duration::ZERO, Duration::from_secs(5));
-        records.iter().map(|r| &r.key).collect::<BTreeSet<_>>().len() == users.len()
-    });
+    wait_stored(&deployment.changelog("profiles"), &users, &[&a, &b, &c]);
     wait_until("all three instances have tasks", Duration::from_secs(120), &[&a, &b, &c], || {
         [&a, &b, &c].iter().all(|i| !i.user_tasks().is_empty())
     });
@@ -1051,13 +1031,7 @@ fn run_protocol(protocol: &'static str) -> ProtocolPauses {
         !d.user_tasks().is_empty() && d.assignments() > 0
     });
     let restored = d.log_times("tasks restored")[0];
-    wait_until(
-        "every partition sends after the join",
-        Duration::from_secs(120),
-        &[&a, &b, &c, &d],
-        || watcher.output_everywhere_after(restored),
-    );
-    let join_settled = common::now_ms();
+    let join_settled = wait_sending_after("the join", &watcher, &[&a, &b, &c, &d], restored);
 
     // b scales in: it gives its partitions back, then exits.
     let others = |instances: &[&Instance]| instances.iter().map(|i| i.assignments()).sum::<usize>();
@@ -1068,13 +1042,7 @@ fn run_protocol(protocol: &'static str) -> ProtocolPauses {
         others(&[&a, &c, &d]) > before_leave
     });
     let taken = common::now_ms();
-    wait_until(
-        "every partition sends after b left",
-        Duration::from_secs(120),
-        &[&a, &c, &d],
-        || watcher.output_everywhere_after(taken),
-    );
-    let leave_settled = common::now_ms();
+    let leave_settled = wait_sending_after("b left", &watcher, &[&a, &c, &d], taken);
 
     // c restarts (a rolling upgrade): SIGTERM, then started again at once.
     let before_restart = c.assignments();
@@ -1085,13 +1053,7 @@ fn run_protocol(protocol: &'static str) -> ProtocolPauses {
         c.assignments() > before_restart
     });
     let back = common::now_ms();
-    wait_until(
-        "every partition sends after c's restart",
-        Duration::from_secs(120),
-        &[&a, &c, &d],
-        || watcher.output_everywhere_after(back),
-    );
-    let restart_settled = common::now_ms();
+    let restart_settled = wait_sending_after("c's restart", &watcher, &[&a, &c, &d], back);
 
     let occurrences = traffic.stop();
     // Only the final burst of app opens, below the coupons' limit: each is sent.
@@ -1102,15 +1064,7 @@ fn run_protocol(protocol: &'static str) -> ProtocolPauses {
         let ids: BTreeSet<&str> = sent.iter().map(|s| s.command.message_id.as_str()).collect();
         expected.keys().all(|id| ids.contains(id.as_str()))
     });
-    let mut count = watcher.snapshot().len();
-    let mut quiet = Instant::now();
-    wait_until("the output is quiet", Duration::from_secs(60), &[&a, &c, &d], || {
-        let now = watcher.snapshot().len();
-        if now != count {
-            (count, quiet) = (now, Instant::now());
-        }
-        quiet.elapsed() >= Duration::from_secs(3)
-    });
+    wait_quiet(&watcher, &[&a, &c, &d]);
     let mut d = d;
     for instance in [&mut d, &mut a, &mut c] {
         stop(instance);
@@ -1137,6 +1091,14 @@ fn run_protocol(protocol: &'static str) -> ProtocolPauses {
     };
     let (baseline, _) = longest_gap(sent.iter(), steady, before_join);
     println!("{protocol}: steady state before the join: longest gap {baseline} ms");
+    let count =
+        |needle: &str| [&a, &b, &c, &d].iter().map(|i| i.log_times(needle).len()).sum::<usize>();
+    println!(
+        "{protocol}: task (re)openings {}, failed commits {}, rewinds {}",
+        count("tasks restored"),
+        count("commit failed"),
+        count("rewinding to the last commit")
+    );
     common::delete_topics_starting_with(&[&deployment.prefix, &deployment.app_id]);
     pauses
 }
@@ -1149,4 +1111,122 @@ fn group_protocols_join_scale_in_and_restart_keeping_tasks_together() {
     for r in &runs {
         println!("| {} | {} | {} | {} |", r.protocol, r.join, r.scale_in, r.restart);
     }
+}
+
+/// Pings for `users` now, produced to `topic`: one occurrence each.
+fn produce_pings(topic: &str, users: &[String], tag: &str) -> Vec<Occurrence> {
+    let registry = SchemaRegistry::builtin();
+    let now = common::now_ms();
+    let occurrences: Vec<Occurrence> = users
+        .iter()
+        .map(|user| Occurrence {
+            campaign: "pings",
+            user: user.clone(),
+            event_id: format!("ping-{tag}-{user}"),
+            at_ms: now,
+            converted: false,
+        })
+        .collect();
+    common::produce(
+        topic,
+        occurrences.iter().map(|o| {
+            let event = AppEvent {
+                event_id: o.event_id.clone(),
+                app_id: "shop".into(),
+                user_id: o.user.clone(),
+                name: "Ping".into(),
+                timestamp_ms: now,
+                properties: Default::default(),
+                sdk_version: None,
+            };
+            (o.user.clone(), registry.encode(&event).unwrap())
+        }),
+    );
+    occurrences
+}
+
+/// The `restored=` figure of the last "tasks restored" line of `instance`'s log.
+fn last_restored(instance: &Instance) -> u64 {
+    let log = std::fs::read_to_string(&instance.log).unwrap_or_default();
+    let line = log.lines().rfind(|l| l.contains("tasks restored")).expect("a restore");
+    let field = line.split_whitespace().find_map(|w| w.strip_prefix("restored=")).unwrap();
+    field.parse().unwrap()
+}
+
+/// Profiles of the failover test: enough state that a full restore is unmistakable.
+const FAILOVER_PROFILES: usize = 20_000;
+
+/// Two instances with `standbys` standby replicas hold `FAILOVER_PROFILES` profiles; one is
+/// killed (SIGKILL) and the other takes its tasks over. Returns the changelog records that
+/// takeover restored, after checking that every user (of the moved partitions too) is sent
+/// exactly one command for a ping, which needs their profile.
+fn failover_restore(standbys: usize) -> u64 {
+    let deployment = Deployment::new();
+    let topic = |name: &str| deployment.topic(name);
+    let users: Vec<String> = (0..FAILOVER_PROFILES).map(|i| format!("s{i}")).collect();
+    let now = common::now_ms();
+    common::produce(
+        &topic("profiles"),
+        users.iter().map(|u| common::profile(u, Platform::Android, now)),
+    );
+    let replicas = standbys.to_string();
+    let args = ["--standby-replicas", replicas.as_str()];
+    let a = deployment.start_with("a", &args);
+    let mut b = deployment.start_with("b", &args);
+    wait_stored(&deployment.changelog("profiles"), &users, &[&a, &b]);
+    wait_until("both instances have tasks", Duration::from_secs(120), &[&a, &b], || {
+        a.assignments() > 0 && b.assignments() > 0
+    });
+    if standbys > 0 {
+        // a keeps b's tasks warm: its standbys report that they reached their changelogs' ends.
+        wait_until("a's standbys catch up", Duration::from_secs(180), &[&a, &b], || {
+            let log = std::fs::read_to_string(&a.log).unwrap_or_default();
+            let last = log.lines().rfind(|l| l.contains(" standbys "));
+            last.is_some_and(|l| l.contains("caught_up=true"))
+        });
+    }
+    let before = a.assignments();
+    common::kill_hard(b.process.take());
+    wait_until("a takes b's tasks over", Duration::from_secs(120), &[&a, &b], || {
+        a.assignments() > before
+    });
+    let restored = last_restored(&a);
+    if standbys > 0 {
+        assert!(!a.log_times("standbys promoted").is_empty(), "{}", tails(&[&a]));
+    }
+
+    // The state moved intact: a ping to users of every partition is sent once, to their device.
+    let pinged: Vec<String> = users.iter().step_by(FAILOVER_PROFILES / 200).cloned().collect();
+    let occurrences = produce_pings(&topic("events"), &pinged, &format!("failover-{standbys}"));
+    let expected: BTreeMap<String, &Occurrence> =
+        occurrences.iter().map(|o| (o.message_id(), o)).collect();
+    let watcher = Watcher::start(topic("push"));
+    wait_until("every ping is sent", Duration::from_secs(120), &[&a], || {
+        let sent = watcher.snapshot();
+        let ids: BTreeSet<&str> = sent.iter().map(|s| s.command.message_id.as_str()).collect();
+        expected.keys().all(|id| ids.contains(id.as_str()))
+    });
+    let mut a = a;
+    stop(&mut a);
+    let sent = watcher.stop();
+    assert_exactly_once(&sent, &expected, &BTreeMap::new(), &tails(&[&a, &b]));
+    let partitions: BTreeSet<i32> = pinged.iter().map(|u| user_partition(u)).collect();
+    assert_eq!(partitions.len(), USER_PARTITIONS as usize, "pings on every partition");
+    common::delete_topics_starting_with(&[&deployment.prefix, &deployment.app_id]);
+    restored
+}
+
+#[test]
+fn a_failover_to_an_instance_with_standbys_restores_only_the_tail() {
+    let without = failover_restore(0);
+    let with = failover_restore(1);
+    println!(
+        "failover restore after SIGKILL of one of 2 instances ({FAILOVER_PROFILES} profiles): \
+         {without} changelog records restored without a standby, {with} with one"
+    );
+    assert!(
+        without as usize >= FAILOVER_PROFILES / 4,
+        "without a standby the takeover restores the moved partitions' profiles: {without}"
+    );
+    assert!(with * 10 < without, "with a standby only the tail: {with} of {without}");
 }

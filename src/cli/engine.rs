@@ -15,13 +15,17 @@ use herald_engine::{
     topology::TopologyFile,
 };
 
-/// Stopping: SIGTERM or SIGINT commit, checkpoint the stores and stop, staying a static member
-/// of the group until the session timeout (10 s with the classic protocol), so that a restart
-/// with the same instance id (a rolling upgrade) takes its partitions back without a rebalance
-/// and restores nothing; meanwhile those partitions pause. For a scale-in, send SIGUSR1 instead
-/// (or run with --leave-group-on-shutdown): the instance gives its partitions back to the others
-/// before it stops, so they pause only for the handover. See docs/operations.md.
+/// What the signals do, shown after the options.
+const STOPPING: &str = "Stopping: SIGTERM or SIGINT commit, checkpoint the stores and stop, \
+staying a static member of the group until the session timeout (10 s with the classic \
+protocol), so that a restart with the same instance id (a rolling upgrade) takes its \
+partitions back without a rebalance and restores nothing; meanwhile those partitions pause. \
+For a scale-in send SIGUSR1 instead (or run with --leave-group-on-shutdown): the instance gives \
+its partitions back to the others before it stops, so they pause only for the handover. \
+See docs/operations.md.";
+
 #[derive(Debug, Args)]
+#[command(after_help = STOPPING)]
 pub struct EngineArgs {
     /// App settings file (global caps, minimum gap, default timezone).
     #[arg(long)]
