@@ -392,7 +392,7 @@ impl Worker<'_> {
                     self.txn.lock().expect("txn lock").abort();
                     // Fenced for good: stop rather than rebuild tasks another process now runs.
                     self.check_not_fenced()?;
-                    self.rewind()?;
+                    self.rewind_until_done(shutdown)?;
                 }
                 Err(RuntimeError::Unavailable(reason)) => {
                     let pause = state.unavailable_backoff();
@@ -400,7 +400,7 @@ impl Worker<'_> {
                     self.runtime.metrics.input_unavailable.inc();
                     self.txn.lock().expect("txn lock").abort();
                     self.check_not_fenced()?;
-                    self.rewind()?;
+                    self.rewind_until_done(shutdown)?;
                     std::thread::sleep(pause);
                 }
                 Err(error) => return Err(error),
@@ -666,6 +666,29 @@ impl Worker<'_> {
         let result = task.state.flush().and_then(|()| checkpoint::write(&dir, &checkpoint));
         if let Err(error) = result {
             tracing::warn!(task = %task.id, %error, "could not checkpoint; the store will be rebuilt");
+        }
+    }
+
+    /// [`Self::rewind`] until it succeeds: after a broker restart, the offsets and watermarks it
+    /// reads fail for a while (no leader yet, a fenced leader epoch), which is no reason to
+    /// stop. Kafka errors are retried after a pause doubling from 200 ms to 5 s; it returns
+    /// early when fenced, or when a shutdown is asked for (the tasks then stay closed, and
+    /// restore at the next start).
+    fn rewind_until_done(&mut self, shutdown: &ShutdownFlag) -> Result<(), RuntimeError> {
+        let mut pause = Duration::from_millis(200);
+        loop {
+            match self.rewind() {
+                Err(error @ (RuntimeError::Kafka { .. } | RuntimeError::NoGroupMetadata)) => {
+                    tracing::warn!(%error, ?pause, "rebuilding the tasks failed; retrying");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    self.check_not_fenced()?;
+                    if shutdown.requested() {
+                        return Ok(());
+                    }
+                }
+                done => return done,
+            }
         }
     }
 
