@@ -219,3 +219,24 @@ fn shards_must_be_a_whole_number_from_1_to_64() {
     let yaml = scheduled("s", "{ title: t, body: b }", "options: { shards: 8 }\n");
     assert_eq!(parse_campaign(&yaml, "s.yaml").unwrap().options.shards, 8);
 }
+
+#[test]
+fn a_triggered_campaign_over_4_shards_sends_what_one_shard_sends_and_merges_its_stats() {
+    let campaign = |extra: &str| {
+        format!("id: ping\napp: shop\nname: n\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\n{extra}")
+    };
+    let mut lines: Vec<String> = (0..2_000).map(|i| profile(&format!("u{i}"))).collect();
+    // Every user pings twice, an hour apart: two occurrences, two message ids.
+    lines.extend((0..2_000).map(|i| event(&format!("u{i}"), 10 + i, "Ping", "{}")));
+    lines.extend((0..2_000).map(|i| event(&format!("u{i}"), 3_700 + i, "Ping", "{}")));
+    let one = Outcome::replay(&campaign(""), &lines, None);
+    let four = Outcome::replay(&campaign("options: { shards: 4 }\n"), &lines, None);
+    // Message ids name the replay's input file (its event ids), so compare what was sent when.
+    let sends = |o: &Outcome| -> BTreeSet<(String, String)> {
+        let line = |s: &Value| (s["user_id"].to_string(), s["send_time"].to_string());
+        o.lines("sends.jsonl").iter().map(line).collect()
+    };
+    assert_eq!(sends(&four).len(), 4_000, "two occurrences per user");
+    assert!(sends(&one) == sends(&four), "the same users at the same times");
+    assert_eq!(four.stats("ping")["variants"][0]["sent"], 4_000, "merged from the 4 shards");
+}

@@ -14,17 +14,26 @@ use crate::{
 pub const SEPARATOR: char = '\u{1f}';
 
 /// The number of shards in effect for `campaign`: its `options.shards` where its rules are
-/// exact over shards today (a scheduled campaign without a daily limit, campaign throttle,
-/// alternation or split, of an app without frequency caps), else 1 (everything at home).
+/// exact over shards today, else 1 (everything at home). Exact today: no daily limit and no
+/// campaign throttle, no limit on an app with frequency caps (its places would be held in
+/// flight); a scheduled campaign with one message, an A/B test or messages by property (the
+/// home plans each run); a triggered campaign without a total limit with one message or
+/// messages by property (its shards need nothing from each other).
 pub fn in_effect(campaign: &Campaign, settings: &Settings) -> u32 {
-    let supported = matches!(campaign.when.trigger, Trigger::Scheduled(_))
-        && campaign.limits.daily.is_none()
+    let limits = &campaign.limits;
+    let limited = limits.total.is_some() || limits.daily.is_some() || limits.per_run.is_some();
+    let common = limits.daily.is_none()
         && campaign.options.throttle.is_none()
-        && matches!(
-            campaign.assignment,
-            Assignment::Single | Assignment::AbTest(_) | Assignment::ByProperty(_)
-        )
-        && !settings.app(&campaign.app).has_caps();
+        && !(limited && settings.app(&campaign.app).has_caps());
+    let supported = common
+        && match (&campaign.when.trigger, &campaign.assignment) {
+            (Trigger::Scheduled(_), Assignment::Single)
+            | (Trigger::Scheduled(_), Assignment::AbTest(_))
+            | (Trigger::Scheduled(_), Assignment::ByProperty(_)) => true,
+            (Trigger::Scheduled(_), _) => false,
+            (_, Assignment::Single | Assignment::ByProperty(_)) => limits.total.is_none(),
+            (_, _) => false,
+        };
     if supported {
         campaign.options.shards.max(1)
     } else {
