@@ -22,6 +22,7 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    ffi::{OsStr, OsString},
     io::{Read, Write},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -311,20 +312,22 @@ fn poll_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// One process of the loop: how to start it again, and whether it died by itself.
+/// One process of the loop: `herald <args>` on the chaos broker, appending to its log.
 struct Process {
     name: String,
+    herald: PathBuf,
+    args: Vec<OsString>,
     log: PathBuf,
-    spawn: Box<dyn Fn() -> Child>,
     child: KillOnDrop,
     /// Fatal errors in its log already dealt with.
     fatal_seen: usize,
 }
 
 impl Process {
-    fn new(name: &str, log: PathBuf, spawn: Box<dyn Fn() -> Child>) -> Self {
-        let child = KillOnDrop::new(spawn());
-        Self { name: name.into(), log, spawn, child, fatal_seen: 0 }
+    fn start(name: &str, herald: &Path, args: Vec<OsString>, log: PathBuf) -> Self {
+        let child = KillOnDrop::new(spawn(herald, &args, &log));
+        let herald = herald.to_path_buf();
+        Self { name: name.into(), herald, args, log, child, fatal_seen: 0 }
     }
 
     fn kill(&mut self) {
@@ -332,7 +335,7 @@ impl Process {
     }
 
     fn restart(&mut self) {
-        self.child = KillOnDrop::new((self.spawn)());
+        self.child = KillOnDrop::new(spawn(&self.herald, &self.args, &self.log));
     }
 
     /// SIGTERM: must exit cleanly within a minute.
@@ -384,6 +387,26 @@ impl Process {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         text.lines().filter(|l| l.contains("(Fatal)")).map(str::to_string).collect()
     }
+}
+
+/// Starts `herald <args>` on the chaos broker, appending its log (no colours) to `log`.
+fn spawn(herald: &Path, args: &[OsString], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(herald)
+        .args(args)
+        .env("HERALD_BROKERS", common::kafka().brokers)
+        .env("RUST_LOG", "info,librdkafka=warn")
+        .env("NO_COLOR", "1")
+        .current_dir(repo())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// `herald` arguments.
+fn args(parts: &[&dyn AsRef<OsStr>]) -> Vec<OsString> {
+    parts.iter().map(|p| p.as_ref().to_os_string()).collect()
 }
 
 /// What went wrong with the processes themselves.
@@ -672,7 +695,11 @@ fn run(plan: Plan) {
     let prefix = format!("{}-", common::unique("chaos"));
     let app_id = common::unique("chaos-app");
     let topic = |name: &str| format!("{prefix}herald.{name}");
-    let herald = env!("CARGO_BIN_EXE_herald");
+    // A copy of the binary: every restart runs the build the run started with, whatever else
+    // is built meanwhile into the same target directory.
+    let herald = dir.path().join("herald");
+    std::fs::copy(env!("CARGO_BIN_EXE_herald"), &herald).unwrap();
+    let herald = herald.as_path();
     let path = |name: &str| dir.path().join(name);
     let out = Command::new(herald)
         .args(["topics", "apply", "--prefix", &prefix])
@@ -708,45 +735,50 @@ fn run(plan: Plan) {
     // every 30 s (they live 330 s; senders renew 300 s before expiry).
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let sim = Sim { origin: format!("https://127.0.0.1:{port}"), dir: path("sim") };
-    let sim_process = {
-        let (log, sim_dir, prefix, brokers) =
-            (path("sim.log"), sim.dir.clone(), prefix.clone(), brokers.clone());
-        let users = plan.users.to_string();
-        Process::new(
-            "simulator",
-            log.clone(),
-            Box::new(move || {
-                Command::new(herald)
-                    .args(["sim", "--listen", &format!("127.0.0.1:{port}"), "--dir"])
-                    .arg(&sim_dir)
-                    .args(["--population", &users, "--topic-prefix", &prefix])
-                    .args(["--fcm-token-ttl", "330", "--fault", "latency_ms=1..5"])
-                    .env("HERALD_BROKERS", &brokers)
-                    .env("NO_COLOR", "1")
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(&log).unwrap())
-                    .spawn()
-                    .unwrap()
-            }),
-        )
-    };
+    let listen = format!("127.0.0.1:{port}");
+    let users = plan.users.to_string();
+    let sim_process = Process::start(
+        "simulator",
+        herald,
+        args(&[
+            &"sim",
+            &"--listen",
+            &listen,
+            &"--dir",
+            &sim.dir,
+            &"--population",
+            &users,
+            &"--topic-prefix",
+            &prefix,
+            &"--fcm-token-ttl",
+            &"330",
+            &"--fault",
+            &"latency_ms=1..5",
+        ]),
+        path("sim.log"),
+    );
     assert!(
         poll_until(Duration::from_secs(120), || sim.get("/sim/stats").is_ok()),
         "simulator not up\n{}",
         common::tail(&path("sim.log"), 20)
     );
 
-    let engine = {
-        let (prefix, app_id, state, log) =
-            (prefix.clone(), app_id.clone(), path("engine-state"), path("engine.log"));
-        Process::new(
-            "engine",
-            log.clone(),
-            Box::new(move || {
-                common::spawn_engine_instance(&prefix, &app_id, "chaos", &state, &log, &[])
-            }),
-        )
-    };
+    let engine = Process::start(
+        "engine",
+        herald,
+        args(&[
+            &"engine",
+            &"--topic-prefix",
+            &prefix,
+            &"--app-id",
+            &app_id,
+            &"--instance-id",
+            &"chaos",
+            &"--state-dir",
+            &path("engine-state"),
+        ]),
+        path("engine.log"),
+    );
     let config = path("senders.yaml");
     std::fs::write(
         &config,
@@ -757,33 +789,25 @@ fn run(plan: Plan) {
         ),
     )
     .unwrap();
+    let group = format!("{prefix}senders");
     let sender = |i: usize| {
-        let (prefix, brokers, config, state) =
-            (prefix.clone(), brokers.clone(), config.clone(), path("sender-state"));
-        let log = path(&format!("sender-{}.log", sender_name(i)));
-        let spawn_log = log.clone();
-        Process::new(
+        Process::start(
             &format!("sender {}", sender_name(i)),
-            log,
-            Box::new(move || {
-                let log =
-                    std::fs::OpenOptions::new().create(true).append(true).open(&spawn_log).unwrap();
-                Command::new(herald)
-                    .args(["send", "--topic-prefix", &prefix])
-                    .args(["--group", &format!("{prefix}senders"), "--instance-id"])
-                    .arg(sender_name(i))
-                    .arg("--config")
-                    .arg(&config)
-                    .arg("--state-dir")
-                    .arg(&state)
-                    .env("HERALD_BROKERS", &brokers)
-                    .env("RUST_LOG", "info,librdkafka=warn")
-                    .env("NO_COLOR", "1")
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .unwrap()
-            }),
+            herald,
+            args(&[
+                &"send",
+                &"--topic-prefix",
+                &prefix,
+                &"--group",
+                &group,
+                &"--instance-id",
+                &sender_name(i),
+                &"--config",
+                &config,
+                &"--state-dir",
+                &path("sender-state"),
+            ]),
+            path(&format!("sender-{}.log", sender_name(i))),
         )
     };
     let mut processes = vec![engine, sender(0), sender(1), sim_process];
