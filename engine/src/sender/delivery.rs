@@ -25,15 +25,16 @@ const MAX_PARKED_WITHOUT_PERMIT: i64 = 10_000;
 /// Longest wait between two attempts at producing a receipt.
 const MAX_RECEIPT_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Delivers `command` and produces its receipt; a panic in the delivery is caught and the
-/// command receipted `FAILED` (`sender_fault`, with the panic's message). False when the
-/// command must stay unacknowledged (the dedup store failed).
+/// Delivers `command`, read at `place` (partition, offset), and produces its receipt; a panic in
+/// the delivery is caught and the command receipted `FAILED` (`sender_fault`, with the panic's
+/// message). False when the command must stay unacknowledged (the dedup store failed).
 pub(super) async fn run(
     shared: Arc<Shared>,
     command: SendCommand,
+    place: (i32, i64),
     permit: Option<OwnedSemaphorePermit>,
 ) -> bool {
-    match caught(handle(&shared, &command, permit)).await {
+    match caught(handle(&shared, &command, place, permit)).await {
         Ok(finished) => finished,
         Err(text) => {
             tracing::error!(message = %command.message_id, %text, "delivery task failed");
@@ -67,6 +68,7 @@ async fn caught<T>(future: impl std::future::Future<Output = T>) -> Result<T, St
 async fn handle(
     shared: &Shared,
     command: &SendCommand,
+    place: (i32, i64),
     permit: Option<OwnedSemaphorePermit>,
 ) -> bool {
     let receipt = match shared.dedup.seen(&command.message_id) {
@@ -89,7 +91,7 @@ async fn handle(
         Ok(Seen::New) => match shared.apps.get(&command.app_id) {
             Some(app) => {
                 intend(shared, &command.message_id, Intent::Sending).await;
-                deliver(shared, app, command, permit).await
+                deliver(shared, app, command, place, permit).await
             }
             None => {
                 let text = format!("unknown app {}", command.app_id);
@@ -173,6 +175,7 @@ async fn deliver(
     shared: &Shared,
     app: &AppSender,
     command: &SendCommand,
+    place: (i32, i64),
     mut permit: Option<OwnedSemaphorePermit>,
 ) -> Receipt {
     let provider = provider(command.platform);
@@ -202,7 +205,7 @@ async fn deliver(
     };
     loop {
         if !probing && lane.credential.parked_reason().is_some() {
-            match park(shared, app, command, &mut permit, expires).await {
+            match park(shared, app, command, place, &mut permit, expires).await {
                 Gate::Open => {}
                 Gate::Probe => probing = true,
                 Gate::Bound => return expired(),
@@ -284,12 +287,14 @@ async fn deliver(
 
 /// Waits while `command`'s provider is parked on its credential: its intent says `parked`
 /// (never delivered: a next owner sends it), its permit is released (up to
-/// [`MAX_PARKED_WITHOUT_PERMIT`] commands), and it counts in the `parked` gauge. Returns how it
-/// leaves: the gate opened, it probes, or it expired.
+/// [`MAX_PARKED_WITHOUT_PERMIT`] commands), it counts in the `parked` gauge, and its place is
+/// marked parked (a drain does not wait for it). Returns how it leaves: the gate opened, it
+/// probes, or it expired.
 async fn park(
     shared: &Shared,
     app: &AppSender,
     command: &SendCommand,
+    place: (i32, i64),
     permit: &mut Option<OwnedSemaphorePermit>,
     expires: Option<Instant>,
 ) -> Gate {
@@ -299,7 +304,9 @@ async fn park(
         *permit = None;
     }
     gauge.inc();
+    shared.tasks.lock().expect("tasks lock").set_parked(place, true);
     let gate = app.lane(command.platform).credential.wait(expires).await;
+    shared.tasks.lock().expect("tasks lock").set_parked(place, false);
     gauge.dec();
     if gate != Gate::Bound {
         intend(shared, &command.message_id, Intent::Sending).await;

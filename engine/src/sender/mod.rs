@@ -239,9 +239,10 @@ pub fn run(
             write_status(&shared, &options, &status_file);
         }
     }
-    tracing::info!("stopping: waiting for requests in flight");
+    tracing::info!("stopping: waiting for requests in flight (not for parked commands)");
     let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
-    while shared.metrics.in_flight.get() > 0 && std::time::Instant::now() < deadline {
+    let parked = || shared.tasks.lock().expect("tasks lock").parked(None) as i64;
+    while shared.metrics.in_flight.get() > parked() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     commit(&consumer, &shared, &options.push_topic);
@@ -363,7 +364,8 @@ fn dispatch(
     };
     let task = runtime.spawn(async move {
         let shared = Arc::clone(&guard.shared);
-        let finished = delivery::run(Arc::clone(&shared), command, permit).await;
+        let finished =
+            delivery::run(Arc::clone(&shared), command, (partition, offset), permit).await;
         let places = shared.delivering.lock().expect("delivering lock").remove(&guard.message_id);
         guard.ended = true;
         if finished {
@@ -398,10 +400,12 @@ impl Drop for Running {
     }
 }
 
-/// Abort handles of the delivery tasks by place.
+/// Abort handles of the delivery tasks by place, and the places whose command is parked.
 #[derive(Default)]
 pub(super) struct Tasks {
     running: BTreeMap<(i32, i64), tokio::task::AbortHandle>,
+    /// Parked on a refused credential: no request in flight, nothing a drain can wait for.
+    parked: std::collections::BTreeSet<(i32, i64)>,
 }
 
 impl Tasks {
@@ -414,6 +418,21 @@ impl Tasks {
 
     fn remove(&mut self, partition: i32, offset: i64) {
         self.running.remove(&(partition, offset));
+        self.parked.remove(&(partition, offset));
+    }
+
+    /// Marks the command at `place` parked (true) or moving again (false).
+    fn set_parked(&mut self, place: (i32, i64), parked: bool) {
+        if parked {
+            self.parked.insert(place);
+        } else {
+            self.parked.remove(&place);
+        }
+    }
+
+    /// Parked commands of `partitions` (all partitions when `None`).
+    pub(super) fn parked(&self, partitions: Option<&[i32]>) -> usize {
+        self.parked.iter().filter(|(p, _)| partitions.is_none_or(|ps| ps.contains(p))).count()
     }
 
     /// Aborts the tasks of `partitions` still running (revoked: their next owner handles their
@@ -421,6 +440,7 @@ impl Tasks {
     /// returns how many.
     pub(super) fn abort(&mut self, partitions: &[i32]) -> usize {
         let mut aborted = 0;
+        self.parked.retain(|(partition, _)| !partitions.contains(partition));
         self.running.retain(|(partition, _), handle| {
             if partitions.contains(partition) {
                 handle.abort();

@@ -55,8 +55,13 @@ impl ConsumerContext for SenderContext {
         let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
         let dropped = self.backlog.lock().expect("backlog lock").drop_partitions(&partitions);
         self.metrics.backlog.sub(dropped as i64);
+        // Parked commands hold no request: nothing to wait for (their offsets stay uncommitted).
         let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
-        while self.progress.lock().expect("progress lock").unfinished(&partitions) > dropped
+        let waited = || {
+            let parked = self.tasks.lock().expect("tasks lock").parked(Some(&partitions));
+            dropped + parked
+        };
+        while self.progress.lock().expect("progress lock").unfinished(&partitions) > waited()
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(10));
