@@ -47,7 +47,7 @@ test-broadcast: kafka-up ## long: a scheduled run to 1,000,000 users with a 2 s 
 	cargo test --release --test backlogs -- --ignored --nocapture
 
 test-scale-out: kafka-up ## engine instances under traffic (join, SIGTERM, SIGKILL, scale-in; classic and KIP-848 protocols; failover with and without a standby): exactly-once checks, pauses and restore figures printed (also part of make test)
-	cargo test --test engine_scale_out -- --nocapture
+	cargo test --test engine_scale_out -- --nocapture --test-threads=1
 
 chaos: ## the closed loop under the full fault schedule (kills, broker restart, provider and network faults) on its own broker (port 19092); a short form runs in make test
 	@deploy/local/bootstrap.sh chaos

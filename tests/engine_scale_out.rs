@@ -28,7 +28,7 @@ use herald_engine::{
     kafka::{apply_topology, send_waiting},
     model::{
         triggered_run_id, AppEvent, CampaignLifecycleEvent, CampaignStats, LifecycleKind, Platform,
-        SchemaRegistry, SendCommand,
+        ProfileUpdate, SchemaRegistry, SendCommand,
     },
     payload::message_id,
     runtime::partition_for,
@@ -40,6 +40,15 @@ use rdkafka::{
     producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer},
     ClientContext, Message, Offset, TopicPartitionList,
 };
+
+/// Held by each test for its whole run: the tests start up to four engines each, and two
+/// cores shared with the broker run one scenario at a time (pauses measured alone).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Runs one scenario at a time (a failed one does not stop the others).
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Partitions of the user-keyed topics (events, profiles, receipts, send gate, push).
 const USER_PARTITIONS: i32 = 8;
@@ -636,6 +645,7 @@ fn windows_across<'a>(
 
 #[test]
 fn four_instances_join_stop_and_crash_under_traffic_and_send_exactly_once() {
+    let _alone = alone();
     let deployment = Deployment::new();
     let topic = |name: &str| deployment.topic(name);
     let pingers = pingers();
@@ -1128,6 +1138,7 @@ fn run_protocol(protocol: &'static str) -> ProtocolPauses {
 
 #[test]
 fn group_protocols_join_scale_in_and_restart_keeping_tasks_together() {
+    let _alone = alone();
     let runs = [run_protocol("classic"), run_protocol("consumer")];
     println!("longest gap between herald.push appends after each step, overall / on the worst partition (ms):");
     println!("| protocol | join of a 4th | scale-in, SIGUSR1 | SIGTERM + restart |");
@@ -1167,6 +1178,15 @@ fn produce_pings(topic: &str, users: &[String], tag: &str) -> Vec<Occurrence> {
         }),
     );
     occurrences
+}
+
+/// A profile update of `user` giving its device the token `tok2-<user>`.
+fn new_token(user: &str) -> (String, Vec<u8>) {
+    let registry = SchemaRegistry::builtin();
+    let (key, bytes) = common::profile(user, Platform::Android, common::now_ms());
+    let mut update: ProfileUpdate = registry.decode(&bytes).unwrap();
+    update.devices_added[0].token = format!("tok2-{user}");
+    (key, registry.encode(&update).unwrap())
 }
 
 /// The `restored=` figure of the last "tasks restored" line of `instance`'s log.
@@ -1209,6 +1229,10 @@ fn failover_restore(standbys: usize) -> u64 {
             last.is_some_and(|l| l.contains("caught_up=true"))
         });
     }
+    // New device tokens for the users pinged below, processed (some or all) by their owners
+    // just before b dies: what the standby has not applied yet is the tail a restores.
+    let pinged: Vec<String> = users.iter().step_by(FAILOVER_PROFILES / 200).cloned().collect();
+    common::produce(&topic("profiles"), pinged.iter().map(|u| new_token(u)));
     let before = a.assignments();
     common::kill_hard(b.process.take());
     wait_until("a takes b's tasks over", Duration::from_secs(120), &[&a, &b], || {
@@ -1219,8 +1243,8 @@ fn failover_restore(standbys: usize) -> u64 {
         assert!(!a.log_times("standbys promoted").is_empty(), "{}", tails(&[&a]));
     }
 
-    // The state moved intact: a ping to users of every partition is sent once, to their device.
-    let pinged: Vec<String> = users.iter().step_by(FAILOVER_PROFILES / 200).cloned().collect();
+    // The state moved intact: a ping to users of every partition is sent once, to their device
+    // with its new token.
     let occurrences = produce_pings(&topic("events"), &pinged, &format!("failover-{standbys}"));
     let expected: BTreeMap<String, &Occurrence> =
         occurrences.iter().map(|o| (o.message_id(), o)).collect();
@@ -1234,6 +1258,12 @@ fn failover_restore(standbys: usize) -> u64 {
     stop(&mut a);
     let sent = watcher.stop();
     assert_exactly_once(&sent, &expected, &BTreeMap::new(), &tails(&[&a, &b]));
+    let stale: Vec<(&str, &str)> = sent
+        .iter()
+        .filter(|s| s.command.token != format!("tok2-{}", s.command.user_id))
+        .map(|s| (s.command.user_id.as_str(), s.command.token.as_str()))
+        .collect();
+    assert!(stale.is_empty(), "commands to an old token (a lost state update): {stale:?}");
     let partitions: BTreeSet<i32> = pinged.iter().map(|u| user_partition(u)).collect();
     assert_eq!(partitions.len(), USER_PARTITIONS as usize, "pings on every partition");
     common::delete_topics_starting_with(&[&deployment.prefix, &deployment.app_id]);
@@ -1242,6 +1272,7 @@ fn failover_restore(standbys: usize) -> u64 {
 
 #[test]
 fn a_failover_to_an_instance_with_standbys_restores_only_the_tail() {
+    let _alone = alone();
     let without = failover_restore(0);
     let with = failover_restore(1);
     println!(
