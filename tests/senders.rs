@@ -457,7 +457,7 @@ fn a_broken_credential_file_is_a_clear_error_naming_the_app_and_the_file() {
 #[test]
 fn dropped_connections_lost_answers_and_goaway_deliver_nothing_twice() {
     const COUNT: usize = 5_000;
-    let faults = ["drop_connection=0.01", "lose_answer=0.01", "goaway_after=300"];
+    let faults = ["drop_connection=0.01", "lose_answer=0.01", "goaway_after=20"];
     let setup = Setup::new("connections", 2, &faults);
     common::produce(&setup.topic("push"), commands(COUNT));
     let config = setup.sender_config(&setup.token_auth(None), "    max_in_flight: 50\n");
@@ -495,6 +495,34 @@ fn dropped_connections_lost_answers_and_goaway_deliver_nothing_twice() {
         unknown.len(),
         stats["goaways"]
     );
+}
+
+/// A GOAWAY's refused streams (above its last stream id: not processed, RFC 9113 §8.7) and the
+/// requests sent after it are retried and accepted once. The only failures are the rare streams
+/// the server's close catches with no GOAWAY covering them (end of stream, "broken pipe":
+/// outcome unknown to the client, so not sent again); a CI run saw 3 and 4 of 2,000.
+#[test]
+fn goaway_every_20_requests_is_retried_and_nothing_is_delivered_twice() {
+    const COUNT: usize = 2_000;
+    let setup = Setup::new("goaway", 2, &["goaway_after=20"]);
+    common::produce(&setup.topic("push"), commands(COUNT));
+    let config = setup.sender_config(&setup.token_auth(None), "    max_in_flight: 50\n");
+    let mut sender = setup.spawn_sender(&config, "a");
+    let receipts = setup.receipts(COUNT, Duration::from_secs(300));
+    common::stop_gracefully(sender.take());
+    let by_message = one_receipt_each(&receipts, COUNT);
+    let failed: Vec<&Receipt> =
+        by_message.values().filter(|r| r.status != ReceiptStatus::Accepted).collect();
+    let stats = setup.stats().unwrap();
+    println!("{} of {COUNT} not accepted; simulator {stats}", failed.len());
+    assert!(failed.len() <= COUNT / 100, "{} not accepted: {:?}", failed.len(), failed.first());
+    for receipt in failed {
+        assert_eq!(receipt.reason.as_deref(), Some("unknown_outcome"), "{receipt:?}");
+        let text = receipt.provider_reason.as_deref().unwrap_or_default();
+        assert!(text.contains("broken pipe"), "a refused stream is retried: {receipt:?}");
+    }
+    assert!(stats["goaways"].as_u64().unwrap() >= 50, "{stats}");
+    assert_eq!(stats["duplicates"], 0, "{stats}");
 }
 
 #[test]

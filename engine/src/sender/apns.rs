@@ -134,10 +134,7 @@ impl ApnsClient {
             .map_err(|e| format!("building the APNs request: {e}"))?;
         let response = match self.pool.send(request).await {
             Ok(response) => response,
-            Err(error) => {
-                let refusal = Refusal::new(Reason::Unreachable, error.to_string());
-                return Ok(Attempt::Retry { refusal, after: None });
-            }
+            Err(error) => return Ok(Attempt::transport_failed(&error)),
         };
         if response.status == StatusCode::OK {
             let provider_id =

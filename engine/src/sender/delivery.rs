@@ -245,7 +245,12 @@ async fn deliver(
             Attempt::TokenInvalid(refusal) => {
                 return finish(ReceiptStatus::TokenInvalid, Some(&refusal), None)
             }
-            Attempt::Failed(refusal) => return finish(ReceiptStatus::Failed, Some(&refusal), None),
+            Attempt::Failed(refusal) => {
+                if refusal.reason == Reason::UnknownOutcome {
+                    shared.metrics.unknown_outcomes.with_label_values(&[provider]).inc();
+                }
+                return finish(ReceiptStatus::Failed, Some(&refusal), None);
+            }
             Attempt::Credentials(refusal) if !refreshed => {
                 // The client discarded the refused credential; the next attempt renews it.
                 refreshed = true;

@@ -175,10 +175,7 @@ impl FcmClient {
             .map_err(|e| format!("building the FCM request: {e}"))?;
         let response = match self.pool.send(request).await {
             Ok(response) => response,
-            Err(error) => {
-                let refusal = Refusal::new(Reason::Unreachable, error.to_string());
-                return Ok(Attempt::Retry { refusal, after: None });
-            }
+            Err(error) => return Ok(Attempt::transport_failed(&error)),
         };
         let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap_or_default();
         if response.status == StatusCode::OK {

@@ -22,10 +22,13 @@ use tokio::{net::TcpStream, sync::Mutex};
 /// bytes); a longer one fails the exchange instead of filling memory.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
-/// A request that did not produce an HTTP response.
+/// A request that did not produce an HTTP response, split by whether the provider may have
+/// processed it: only a request that provably did not reach it may be sent again (at most one
+/// delivery).
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    /// Connecting, the TLS handshake or the HTTP/2 handshake failed.
+    /// Connecting, the TLS handshake or the HTTP/2 handshake failed or timed out: nothing was
+    /// sent.
     #[error("connecting to {origin}: {reason}")]
     Connect {
         /// scheme://host:port
@@ -33,22 +36,33 @@ pub enum TransportError {
         /// What failed.
         reason: String,
     },
-    /// The request or its response failed (connection lost, stream reset, GOAWAY).
-    #[error("request to {origin} failed: {reason}")]
-    Request {
+    /// The request did not reach the provider: no connection was ready for it, it was never
+    /// handed to one, its stream was refused (`REFUSED_STREAM`) or was above the last stream id
+    /// of a GOAWAY (RFC 9113 §8.7: the server has not processed it).
+    #[error("request to {origin} not sent: {reason}")]
+    NotSent {
         /// scheme://host:port
         origin: String,
         /// What failed.
         reason: String,
     },
-    /// No response within the timeout.
-    #[error("no response from {origin} within {timeout:?}")]
-    Timeout {
+    /// The request was handed to the connection, then the connection dropped, its stream was
+    /// reset, or no answer came in time: the provider may have processed it.
+    #[error("request to {origin} sent, outcome unknown: {reason}")]
+    OutcomeUnknown {
         /// scheme://host:port
         origin: String,
-        /// The timeout.
-        timeout: Duration,
+        /// What failed.
+        reason: String,
     },
+}
+
+impl TransportError {
+    /// Whether the provider may have processed the request, so that sending it again could
+    /// deliver it twice.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, TransportError::OutcomeUnknown { .. })
+    }
 }
 
 /// A response, read in full.
@@ -121,25 +135,40 @@ impl H2Pool {
                 }
             }
         };
-        let request_error = |e: hyper::Error| TransportError::Request {
-            origin: self.origin.clone(),
-            reason: e.to_string(),
-        };
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let not_sent =
+            |reason: String| TransportError::NotSent { origin: self.origin.clone(), reason };
+        match tokio::time::timeout_at(deadline, sender.ready()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(not_sent(e.to_string())),
+            Err(_) => {
+                return Err(not_sent(format!("no connection ready within {:?}", self.timeout)))
+            }
+        }
+        let unknown =
+            |reason: String| TransportError::OutcomeUnknown { origin: self.origin.clone(), reason };
+        // From here the request may be on the wire.
         let exchange = async {
-            sender.ready().await.map_err(request_error)?;
-            let response = sender.send_request(request).await.map_err(request_error)?;
-            let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_RESPONSE_BYTES).collect().await.map_err(|e| {
-                TransportError::Request { origin: self.origin.clone(), reason: e.to_string() }
+            let response = sender.try_send_request(request).await.map_err(|error| {
+                let unsent = error.message().is_some() || unprocessed(error.error());
+                let reason = chain(error.error());
+                if unsent {
+                    not_sent(reason)
+                } else {
+                    unknown(reason)
+                }
             })?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| unknown(format!("reading the response: {e}")))?;
             let body = body.to_bytes();
             Ok(Response { status: parts.status, headers: parts.headers, body })
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
+        match tokio::time::timeout_at(deadline, exchange).await {
             Ok(result) => result,
-            Err(_) => {
-                Err(TransportError::Timeout { origin: self.origin.clone(), timeout: self.timeout })
-            }
+            Err(_) => Err(unknown(format!("no answer within {:?}", self.timeout))),
         }
     }
 
@@ -166,11 +195,37 @@ impl H2Pool {
         };
         match tokio::time::timeout(self.timeout, connecting).await {
             Ok(result) => result,
-            Err(_) => {
-                Err(TransportError::Timeout { origin: self.origin.clone(), timeout: self.timeout })
-            }
+            Err(_) => Err(fail(format!("not connected within {:?}", self.timeout))),
         }
     }
+}
+
+/// Whether `error` says the server did not process the request (RFC 9113 §8.7): the server
+/// refused its stream (`RST_STREAM` with `REFUSED_STREAM`), or its stream was above the last
+/// stream id of the server's GOAWAY. h2 fails exactly those streams, and streams opened after
+/// the GOAWAY, with the server's GOAWAY error; a stream at or below the last id whose
+/// connection then ends fails with a broken pipe instead (outcome unknown).
+fn unprocessed(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// `error` and its causes, `: `-separated.
+fn chain(error: &hyper::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 /// The HTTP/2 handshake over `io`; the connection is driven by a task of its own.

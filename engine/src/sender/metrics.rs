@@ -5,7 +5,8 @@ use prometheus::{
 };
 
 /// Sends by provider and outcome, provider latency, in-flight requests, retries, credential
-/// refreshes, dedup hits, parked and interrupted commands, the backlog, consumer lag.
+/// refreshes, dedup hits, parked, interrupted and unknown-outcome commands, the backlog,
+/// consumer lag.
 pub struct SenderMetrics {
     /// Registry to expose.
     pub registry: Registry,
@@ -25,6 +26,9 @@ pub struct SenderMetrics {
     pub parked: IntGaugeVec,
     /// Commands receipted `interrupted`: a sender stopped between their intent and receipt.
     pub interrupted: IntCounter,
+    /// Commands failed `unknown_outcome` by provider: sent, then no answer (the connection
+    /// dropped, the stream was reset, the request timed out); not sent again.
+    pub unknown_outcomes: IntCounterVec,
     /// Receipts whose production failed and was retried.
     pub receipt_retries: IntCounter,
     /// Commands read while their app was at its in-flight bound, waiting in paused partitions.
@@ -45,6 +49,11 @@ impl SenderMetrics {
         };
         let sends = counter_vec("sends_total", "Final outcomes", &["provider", "outcome"]);
         let retries = counter_vec("retries_total", "Retried attempts", &["provider"]);
+        let unknown_outcomes = counter_vec(
+            "unknown_outcomes_total",
+            "Commands sent without an answer, failed and not sent again",
+            &["provider"],
+        );
         let credential_refreshes = counter_vec(
             "credential_refreshes_total",
             "Credentials renewed after a refusal",
@@ -95,6 +104,7 @@ impl SenderMetrics {
             dedup_hits,
             parked,
             interrupted,
+            unknown_outcomes,
             receipt_retries,
             backlog,
             consumer_lag,

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use super::reason::{Reason, Refusal};
+use super::{
+    h2::TransportError,
+    reason::{Reason, Refusal},
+};
 
 /// Longest `Retry-After` honoured: a larger value (up to 2^64−1 seconds from a hostile or broken
 /// endpoint) is clamped to it, and the retry deadline then ends the command's retries.
@@ -47,6 +50,22 @@ impl Attempt {
     }
 }
 
+impl Attempt {
+    /// The next step after a request that got no HTTP answer: retried when it provably did not
+    /// reach the provider (`unreachable`), failed when the provider may have processed it
+    /// (`unknown_outcome`: sending it again could deliver it twice).
+    pub fn transport_failed(error: &TransportError) -> Self {
+        if error.outcome_unknown() {
+            Attempt::Failed(Refusal::new(Reason::UnknownOutcome, error.to_string()))
+        } else {
+            Attempt::Retry {
+                refusal: Refusal::new(Reason::Unreachable, error.to_string()),
+                after: None,
+            }
+        }
+    }
+}
+
 /// `Retry-After` in seconds (the HTTP-date form is not used by APNs or FCM), clamped to
 /// [`MAX_RETRY_AFTER`].
 pub fn retry_after(headers: &hyper::HeaderMap) -> Option<Duration> {
@@ -61,6 +80,29 @@ pub fn retry_after(headers: &hyper::HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_request_that_did_not_reach_the_provider_is_retried() {
+        let origin = "https://apns".to_string();
+        let reason = "x".to_string();
+        let retried = |error: TransportError| match Attempt::transport_failed(&error) {
+            Attempt::Retry { refusal, after: None } => refusal.reason == Reason::Unreachable,
+            Attempt::Failed(refusal) => {
+                assert_eq!(refusal.reason, Reason::UnknownOutcome);
+                false
+            }
+            other => panic!("{other:?}"),
+        };
+        assert!(retried(TransportError::Connect {
+            origin: origin.clone(),
+            reason: reason.clone()
+        }));
+        assert!(retried(TransportError::NotSent {
+            origin: origin.clone(),
+            reason: reason.clone()
+        }));
+        assert!(!retried(TransportError::OutcomeUnknown { origin, reason }));
+    }
 
     #[test]
     fn a_retry_after_of_2_pow_64_minus_1_is_clamped() {

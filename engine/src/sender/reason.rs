@@ -25,8 +25,12 @@ pub enum Reason {
     RateLimited,
     /// The provider failed or is unavailable (5xx), or answered something unknown.
     ProviderError,
-    /// No answer: the connection failed or timed out.
+    /// The provider could not be reached: connecting failed, or the request provably did not
+    /// reach it (no connection ready, stream refused, above a GOAWAY's last stream id).
     Unreachable,
+    /// The request was sent, then its connection dropped, was reset or timed out before the
+    /// answer: the provider may have delivered it, so it is not sent again (at most once).
+    UnknownOutcome,
     /// The app's credential was refused (provider token, certificate, OAuth token).
     CredentialsRefused,
     /// The command passed its expiry before it could be delivered.
@@ -52,6 +56,7 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
             Reason::ProviderError => "provider_error",
             Reason::Unreachable => "unreachable",
+            Reason::UnknownOutcome => "unknown_outcome",
             Reason::CredentialsRefused => "credentials_refused",
             Reason::Expired => "expired",
             Reason::NotConfigured => "not_configured",

@@ -22,6 +22,9 @@ pub struct Faults {
     pub latency_ms: (u64, u64),
     /// Share of requests on which the connection is dropped without an answer.
     pub drop_connection: f64,
+    /// Share of accepted requests whose answer is lost: delivered, then the connection is
+    /// dropped before the answer (the client cannot know whether it arrived).
+    pub lose_answer: f64,
     /// A connection is sent GOAWAY after this many requests (0: never).
     pub goaway_after: u64,
 }
@@ -39,7 +42,7 @@ pub(crate) enum Fault {
 impl Faults {
     /// Sets one fault from `name=value` (`unregistered=0.01`, `unavailable=0.05`,
     /// `internal=0.01`, `too_many_requests=0.02`, `bad_device_token=0.01`, `retry_after=2`,
-    /// `latency_ms=5..20`, `drop_connection=0.01`, `goaway_after=1000`).
+    /// `latency_ms=5..20`, `drop_connection=0.01`, `lose_answer=0.01`, `goaway_after=1000`).
     pub fn set(&mut self, spec: &str) -> Result<(), String> {
         let (name, value) =
             spec.split_once('=').ok_or_else(|| format!("fault {spec:?}: expected name=value"))?;
@@ -54,6 +57,7 @@ impl Faults {
             "internal" => self.internal = rate()?,
             "too_many_requests" => self.too_many_requests = rate()?,
             "drop_connection" => self.drop_connection = rate()?,
+            "lose_answer" => self.lose_answer = rate()?,
             "goaway_after" => {
                 self.goaway_after =
                     value.parse().map_err(|_| format!("goaway_after: {value:?} is not a count"))?

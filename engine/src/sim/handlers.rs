@@ -75,6 +75,19 @@ async fn connection_faults(sim: &Sim, connection: &Connection) {
     }
 }
 
+/// Loses the answer to an accepted request for the configured share: the notification was
+/// delivered, then the connection drops before the answer leaves (the other requests on it
+/// lose theirs too).
+async fn answer(sim: &Sim, connection: &Connection, reply: Reply) -> Reply {
+    let lose = sim.faults().lose_answer;
+    if reply.status() == StatusCode::OK && lose > 0.0 && fastrand::f64() < lose {
+        sim.reject("answer_lost");
+        connection.drop.notify_one();
+        std::future::pending::<()>().await;
+    }
+    reply
+}
+
 /// Routes one request.
 pub(super) async fn handle(
     sim: &Sim,
@@ -124,12 +137,14 @@ pub(super) async fn handle(
         (&Method::POST, p) if p.starts_with("/3/device/") => {
             connection_faults(sim, connection).await;
             let device = p.trim_start_matches("/3/device/");
-            apns(sim, connection, device, &parts.headers, &body).await
+            let reply = apns(sim, connection, device, &parts.headers, &body).await;
+            answer(sim, connection, reply).await
         }
         (&Method::POST, p) if p.starts_with("/v1/projects/") && p.ends_with("/messages:send") => {
             connection_faults(sim, connection).await;
             let project = p.trim_start_matches("/v1/projects/").trim_end_matches("/messages:send");
-            fcm(sim, project, &parts.headers, &body).await
+            let reply = fcm(sim, project, &parts.headers, &body).await;
+            answer(sim, connection, reply).await
         }
         _ => reply(StatusCode::NOT_FOUND, json!({"reason": "BadPath"}), &[]),
     }
