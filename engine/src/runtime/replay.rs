@@ -315,7 +315,7 @@ impl Replay<'_, '_> {
             summary: &mut self.summary,
         };
         let task = self.tasks.get_mut(&id).expect("existing task");
-        task.fire_due(until, &env, &mut out, &mut Budget::unlimited())?;
+        task.fire_due(until, until, &env, &mut out, &mut Budget::unlimited())?;
         self.drain_internal()
     }
 

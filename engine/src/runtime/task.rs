@@ -91,7 +91,8 @@ pub(crate) struct Task {
     sinks: Vec<String>,
     timer_store: String,
     stream_time: i64,
-    /// Each source topic with the latest record time read from it (`i64::MIN` before any).
+    /// Each source topic with the time of the last record read from it, never later than the
+    /// wall clock when it was read (`i64::MIN` before any).
     input_times: Vec<(String, i64)>,
     timers_pending: i64,
 }
@@ -125,11 +126,12 @@ impl Task {
         self.timers_pending
     }
 
-    /// The time up to which this task's wall-clock timers may fire: `now_ms` when every input
-    /// partition has been read to its end (`read_to_end(topic, partition)`), else at most the
-    /// latest record time read from each input that is behind. A timer due at the end of a
-    /// window must not overtake records written before it was due and still waiting to be read
-    /// (a task behind a backlog would otherwise close windows that an unread event cancels).
+    /// The time up to which this task's wall-clock timers may come due: `now_ms` when every
+    /// input partition has been read to its end (`read_to_end(topic, partition)`), else at most
+    /// the time of the last record read from each input that is behind (`i64::MIN` if it has
+    /// delivered none yet). A timer due at the end of a window must not overtake records
+    /// written before it was due and still waiting to be read (a task behind a backlog would
+    /// otherwise close windows that an unread event cancels).
     pub(crate) fn timer_horizon(
         &self,
         now_ms: i64,
@@ -157,12 +159,14 @@ impl Task {
         if let Some((_, time)) =
             self.input_times.iter_mut().find(|(topic, _)| topic == record.topic)
         {
-            *time = (*time).max(record.timestamp_ms);
+            // A record stamped in the future must not let the timers run ahead of the backlog.
+            *time = record.timestamp_ms.min(env.wall_now_ms);
         }
         let now = match env.clock {
             Clock::EventTime => {
                 self.stream_time = self.stream_time.max(record.timestamp_ms);
-                if !self.fire_due(self.stream_time.saturating_sub(1), env, out, budget)? {
+                let due_until = self.stream_time.saturating_sub(1);
+                if !self.fire_due(due_until, due_until, env, out, budget)? {
                     return Ok(false);
                 }
                 self.stream_time
@@ -249,11 +253,13 @@ impl Task {
         }
     }
 
-    /// Fires, in (time, key) order, the timers due at or before `now_ms` (including timers
-    /// that firing schedules), then lets the processor tick, while `budget` lasts. Returns
-    /// whether everything due was done; if not, the rest is due again on the next call.
+    /// Fires, in (time, key) order, the timers due at or before `due_until_ms` (including
+    /// timers that firing schedules), then lets the processor tick, while `budget` lasts; both
+    /// run at `now_ms`. Returns whether everything due was done; if not, the rest is due again
+    /// on the next call.
     pub(crate) fn fire_due(
         &mut self,
+        due_until_ms: i64,
         now_ms: i64,
         env: &TaskEnv<'_>,
         out: &mut dyn Output,
@@ -262,7 +268,7 @@ impl Task {
         loop {
             let due = {
                 let store = self.state.store(&self.timer_store, &mut *out, now_ms)?;
-                timers::due(&store, now_ms, TIMER_BATCH)?
+                timers::due(&store, due_until_ms, TIMER_BATCH)?
             };
             if due.is_empty() {
                 return self.tick(now_ms, env, out, budget);

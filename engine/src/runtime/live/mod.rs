@@ -13,10 +13,12 @@
 
 mod checks;
 mod global_reader;
+mod progress;
 mod group;
 mod txn;
 
 use global_reader::GlobalReader;
+use progress::ReadPositions;
 use txn::{create_producer, RebalanceEvent, RebalanceHook, TxnOutput, TxnState};
 
 use std::{
@@ -487,13 +489,19 @@ impl Worker<'_> {
             state.timers = tick;
             state.backlog = false;
             let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+            let read = ReadPositions::of(&self.consumer);
             for turn in 0..ids.len() {
                 let position = (state.timer_turn + turn) % ids.len();
                 let task = self.tasks.get_mut(&ids[position]).expect("listed task");
+                let horizon = task.timer_horizon(now, |topic, partition| {
+                    read.at_end(&self.consumer, &txn.positions, topic, partition)
+                });
                 state.begin(&mut txn)?;
-                // A timer due at T fires once the clock has passed T, after the records of T.
+                // A timer due at T fires once the clock has passed T, after the records of T
+                // and of every earlier time still to be read; it runs on the wall clock.
                 let out = &mut TxnOutput { txn: &mut txn };
-                if !task.fire_due(now.saturating_sub(1), &env, out, &mut state.budget)? {
+                let (due_until, now) = (horizon.saturating_sub(1), now.saturating_sub(1));
+                if !task.fire_due(due_until, now, &env, out, &mut state.budget)? {
                     // This transaction did its share: commit, and go on with the next task.
                     state.backlog = true;
                     state.timer_turn = position + 1;
