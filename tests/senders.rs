@@ -97,6 +97,16 @@ impl Setup {
     }
 
     fn spawn_sender(&self, config: &Path, instance: &str) -> common::KillOnDrop {
+        self.spawn_sender_with(config, instance, &[])
+    }
+
+    /// A sender `instance` with `args` besides the usual ones.
+    fn spawn_sender_with(
+        &self,
+        config: &Path,
+        instance: &str,
+        args: &[&str],
+    ) -> common::KillOnDrop {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -115,6 +125,7 @@ impl Setup {
             .arg(config)
             .arg("--state-dir")
             .arg(self.path("state"))
+            .args(args)
             .env("HERALD_BROKERS", common::kafka().brokers)
             .env("RUST_LOG", "info,librdkafka=warn")
             .stdout(Stdio::null())
@@ -798,6 +809,40 @@ fn a_sigterm_with_parked_commands_keeps_them_for_the_next_start() {
     let by_message = one_receipt_each(&receipts, COUNT);
     assert_eq!(by_message.keys().cloned().collect::<BTreeSet<_>>(), message_ids(COUNT));
     assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted), "none failed");
+    let stats = setup.stats().unwrap();
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+    assert_eq!(stats["accepted"], COUNT, "{stats}");
+}
+
+/// Item 3 of issue 12: while every permit of the app is held by requests that take longer than
+/// `max.poll.interval.ms` (12 s of provider latency against 10 s), the poll thread keeps
+/// polling (commands wait in the backlog, their partitions paused): the instance is never
+/// evicted from the group, its partitions are assigned once and never revoked, and nothing is
+/// sent or receipted twice. (Before, the poll thread waited for a permit, overran the poll
+/// interval and lost its partitions mid-send.)
+#[test]
+fn a_provider_slower_than_the_poll_interval_does_not_evict_the_sender() {
+    const COUNT: usize = 6;
+    let setup = Setup::new("slow-provider", 2, &["latency_ms=12000..12000"]);
+    common::produce(&setup.topic("push"), commands(COUNT));
+    let config = setup
+        .sender_config(&setup.token_auth(None), "    max_in_flight: 2\nrequest_timeout: 30s\n");
+    let properties = [
+        "--kafka-property",
+        "max.poll.interval.ms=10000",
+        "--kafka-property",
+        "session.timeout.ms=10000",
+    ];
+    let mut sender = setup.spawn_sender_with(&config, "a", &properties);
+    let receipts = setup.receipts(COUNT, Duration::from_secs(180));
+    let log = std::fs::read_to_string(setup.path("sender-a.log")).unwrap();
+    common::stop_gracefully(sender.take());
+    let by_message = one_receipt_each(&receipts, COUNT);
+    assert_eq!(by_message.keys().cloned().collect::<BTreeSet<_>>(), message_ids(COUNT));
+    assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted));
+    assert_eq!(receipts.len(), COUNT, "one receipt per command");
+    assert_eq!(log.matches("partitions assigned").count(), 1, "assigned once:\n{log}");
+    assert!(!log.contains("revoked") && !log.contains("poll interval"), "{log}");
     let stats = setup.stats().unwrap();
     assert_eq!(stats["duplicates"], 0, "{stats}");
     assert_eq!(stats["accepted"], COUNT, "{stats}");

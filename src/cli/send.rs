@@ -36,6 +36,20 @@ pub struct SendArgs {
     /// Serve /metrics on this address.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// A librdkafka property for the sender's clients (security, timeouts …), over the
+    /// sender's own defaults (e.g. `max.poll.interval.ms=60000`); repeatable.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = property)]
+    kafka_properties: Vec<(String, String)>,
+}
+
+/// `KEY=VALUE`.
+fn property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }
 
 pub fn run(kafka: &KafkaConfig, args: SendArgs) -> anyhow::Result<ExitCode> {
@@ -57,7 +71,10 @@ pub fn run(kafka: &KafkaConfig, args: SendArgs) -> anyhow::Result<ExitCode> {
     let topics = TopicNames::with_prefix(&args.topic_prefix);
     let instance_id = instance_id(args.instance_id.as_deref(), &args.state_dir)?;
     let options = SenderOptions {
-        kafka: kafka.clone(),
+        kafka: KafkaConfig {
+            brokers: kafka.brokers.clone(),
+            properties: kafka.properties.clone().into_iter().chain(args.kafka_properties).collect(),
+        },
         push_topic: topics.push,
         receipts_topic: topics.receipts,
         intents_topic: format!("{}{INTENTS}", args.topic_prefix),

@@ -174,9 +174,8 @@ pub fn run(
         },
         metrics: Arc::clone(&metrics),
     };
-    let consumer: BaseConsumer<SenderContext> = options
-        .kafka
-        .client_config()
+    let mut consumer_config = options.kafka.client_config();
+    consumer_config
         .set("group.id", &options.group)
         .set("group.instance.id", format!("{}-{}", options.group, options.instance_id))
         .set("enable.auto.commit", "false")
@@ -184,9 +183,13 @@ pub fn run(
         .set("isolation.level", "read_committed")
         .set("session.timeout.ms", "10000")
         .set("queued.max.messages.kbytes", "16384")
-        .set("statistics.interval.ms", "5000")
-        .create_with_context(context)
-        .map_err(kafka("creating the consumer"))?;
+        .set("statistics.interval.ms", "5000");
+    // The operator's properties (`--kafka-property`) win over the sender's defaults above.
+    for (key, value) in &options.kafka.properties {
+        consumer_config.set(key, value);
+    }
+    let consumer: BaseConsumer<SenderContext> =
+        consumer_config.create_with_context(context).map_err(kafka("creating the consumer"))?;
     consumer.subscribe(&[&options.push_topic]).map_err(kafka("subscribing"))?;
     let producer: FutureProducer = options
         .kafka
