@@ -20,6 +20,7 @@ struct Setup {
     dir: tempfile::TempDir,
     origin: String,
     sim: Child,
+    sim_args: Vec<String>,
     prefix: String,
 }
 
@@ -34,25 +35,36 @@ impl Setup {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let origin = format!("https://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("sim.log")).unwrap();
-        let mut sim = Command::new(env!("CARGO_BIN_EXE_herald"));
-        sim.args(["sim", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--dir")
-            .arg(dir.path().join("sim"));
-        sim.args(sim_args);
-        let sim = sim.stdout(Stdio::null()).stderr(log).spawn().unwrap();
-        let setup = Self { dir, origin, sim, prefix: format!("{}-", common::unique(name)) };
-        let ready = (0..600).any(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            setup.stats().is_some()
-        });
-        assert!(ready, "simulator not up\n{}", common::tail(&setup.path("sim.log"), 20));
+        let mut sim_args: Vec<String> = sim_args.iter().map(|a| a.to_string()).collect();
+        sim_args.extend(["--listen".into(), format!("127.0.0.1:{port}"), "--dir".into()]);
+        sim_args.push(dir.path().join("sim").display().to_string());
+        let sim = spawn_sim(dir.path(), &sim_args);
+        let prefix = format!("{}-", common::unique(name));
+        let setup = Self { dir, origin, sim, sim_args, prefix };
+        setup.wait_for_sim();
         common::create_topics(&[
             (&setup.topic("push"), partitions),
             (&setup.topic("receipts"), 4),
             (&setup.topic("dead-letter"), 1),
         ]);
         setup
+    }
+
+    fn wait_for_sim(&self) {
+        let ready = (0..600).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            self.stats().is_some()
+        });
+        assert!(ready, "simulator not up\n{}", common::tail(&self.path("sim.log"), 20));
+    }
+
+    /// Restarts the simulator on the same address and credentials; it forgets the access
+    /// tokens it granted and its counts.
+    fn restart_sim(&mut self) {
+        let _ = self.sim.kill();
+        let _ = self.sim.wait();
+        self.sim = spawn_sim(self.dir.path(), &self.sim_args);
+        self.wait_for_sim();
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -170,6 +182,19 @@ impl Drop for Setup {
             common::delete_topics_starting_with(&[&self.prefix]);
         }
     }
+}
+
+/// `herald sim` with `args`, logging to `dir`/sim.log.
+fn spawn_sim(dir: &Path, args: &[String]) -> Child {
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(dir.join("sim.log")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("sim")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 /// `count` commands for app `shop`, half iOS and half Android, keyed by user.
@@ -536,6 +561,72 @@ fn goaway_every_20_requests_is_retried_and_nothing_is_delivered_twice() {
     assert_eq!(stats["duplicates"], 0, "{stats}");
 }
 
+/// Joins the senders' group as static member `instance` (fencing the sender that has that
+/// `--instance-id`), waits until it holds partitions, and leaves (no LeaveGroup: static).
+fn fence_sender(setup: &Setup, instance: &str) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let group = format!("{}senders", setup.prefix);
+    let consumer: BaseConsumer = common::kafka()
+        .client_config()
+        .set("group.id", &group)
+        .set("group.instance.id", format!("{group}-{instance}"))
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "10000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&setup.topic("push")]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer.assignment().unwrap().count() == 0 {
+        assert!(Instant::now() < deadline, "the fencing member got no partitions");
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
+}
+
+/// Issue 12 (found by the chaos suite): a sender whose consumer was fenced (FencedInstanceId,
+/// a fatal error; after a broker restart its own rejoin can cause it) logged a warning and went
+/// on polling a dead consumer, alive and never sending again. Now it abandons its partitions and
+/// joins with a new consumer; fenced again within 5 minutes (another live member with its
+/// instance id), it stops with an error saying so.
+#[test]
+fn a_fenced_sender_rejoins_and_stops_when_fenced_again_soon() {
+    const COUNT: usize = 200;
+    let setup = Setup::new("fenced", 2, &[]);
+    let mut all = commands(2 * COUNT);
+    let second = all.split_off(COUNT);
+    common::produce(&setup.topic("push"), all);
+    let config = setup.sender_config(&setup.token_auth(None), "");
+    let mut sender = setup.spawn_sender(&config, "a");
+    assert_eq!(setup.receipts(COUNT, Duration::from_secs(120)).len(), COUNT);
+    let log = || std::fs::read_to_string(setup.path("sender-a.log")).unwrap();
+
+    fence_sender(&setup, "a");
+    let rejoined = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        log().matches("partitions assigned").count() == 2
+    });
+    assert!(rejoined, "the fenced sender joined again:\n{}", log());
+    assert!(log().contains("FencedInstanceId"), "{}", log());
+    common::produce(&setup.topic("push"), second);
+    let receipts = setup.receipts(2 * COUNT, Duration::from_secs(120));
+    let by_message = one_receipt_each(&receipts, 2 * COUNT);
+    assert_eq!(by_message.keys().cloned().collect::<BTreeSet<_>>(), message_ids(2 * COUNT));
+    assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted));
+    assert_eq!(setup.stats().unwrap()["duplicates"], 0);
+
+    fence_sender(&setup, "a");
+    let mut child = sender.take();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "fenced twice, still running:\n{}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "{status}");
+    assert!(log().contains("same --instance-id"), "{}", log());
+}
+
 #[test]
 fn an_apns_client_certificate_is_an_alternative_to_provider_tokens() {
     const COUNT: usize = 200;
@@ -846,4 +937,35 @@ fn a_provider_slower_than_the_poll_interval_does_not_evict_the_sender() {
     let stats = setup.stats().unwrap();
     assert_eq!(stats["duplicates"], 0, "{stats}");
     assert_eq!(stats["accepted"], COUNT, "{stats}");
+}
+
+/// Item 3 of issue 12: every FCM request in flight suddenly carries an access token the
+/// provider refuses (the simulator restarted: it forgot the tokens it granted), so about a
+/// hundred 401s come back at once. The sender fetches one new token for all of them: a refusal
+/// discards only the token it was about, and a fetch holds the token's lock (one in flight, the
+/// old token kept until the new one is in). Every command is delivered once.
+#[test]
+fn concurrent_refusals_of_an_access_token_fetch_one_new_token() {
+    const COUNT: usize = 220;
+    let mut setup = Setup::new("token-storm", 2, &["latency_ms=50..100"]);
+    let mut all = commands(COUNT);
+    let later = all.split_off(20);
+    common::produce(&setup.topic("push"), all);
+    let config = setup.sender_config(&setup.token_auth(None), "    max_in_flight: 400\n");
+    let mut sender = setup.spawn_sender(&config, "a");
+    assert_eq!(setup.receipts(20, Duration::from_secs(60)).len(), 20);
+    assert_eq!(setup.stats().unwrap()["token_grants"], 1, "one token for the first commands");
+    setup.restart_sim();
+    common::produce(&setup.topic("push"), later);
+    let receipts = setup.receipts(COUNT, Duration::from_secs(120));
+    common::stop_gracefully(sender.take());
+    let by_message = one_receipt_each(&receipts, COUNT);
+    assert_eq!(by_message.keys().cloned().collect::<BTreeSet<_>>(), message_ids(COUNT));
+    assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted), "none parked");
+    let stats = setup.stats().unwrap();
+    let refused = stats["rejected"]["THIRD_PARTY_AUTH_ERROR"].as_u64().unwrap_or(0);
+    assert!(refused >= 10, "many requests carried the forgotten token: {stats}");
+    assert_eq!(stats["token_grants"], 1, "one new token for {refused} refusals: {stats}");
+    assert_eq!(stats["accepted"], COUNT - 20, "{stats}");
+    assert_eq!(stats["duplicates"], 0, "{stats}");
 }

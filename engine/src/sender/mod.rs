@@ -58,6 +58,9 @@ use crate::{
 
 /// How often consumed positions are committed (and the status file written).
 const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+/// A consumer rebuilt after a fatal error that hits another within this time stops the sender:
+/// another live instance has its `--instance-id`, and the two would fence each other forever.
+const FATAL_AGAIN: Duration = Duration::from_secs(300);
 
 /// A sender failure that stops the process.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +82,25 @@ pub enum SenderError {
     /// The intents topic is missing and could not be created.
     #[error(transparent)]
     Intents(#[from] IntentsTopicError),
+    /// The consumer hit a fatal error within [`FATAL_AGAIN`] of being rebuilt after another.
+    #[error("the consumer hit a second fatal error within {FATAL_AGAIN:?}: {0} (is another sender running with the same --instance-id?)")]
+    Fatal(Fatal),
+}
+
+/// A fatal error of a Kafka client (librdkafka's fatal state: the client is unusable), e.g. a
+/// static member fenced by another with its `group.instance.id`.
+#[derive(Debug)]
+pub struct Fatal {
+    /// librdkafka's error code.
+    pub code: rdkafka::types::RDKafkaErrorCode,
+    /// librdkafka's description.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.reason)
+    }
 }
 
 fn kafka(context: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> SenderError + '_ {
@@ -160,7 +182,8 @@ pub fn run(
     let progress = Arc::new(Mutex::new(Progress::default()));
     let backlog = Arc::new(Mutex::new(Backlog::default()));
     let tasks = Arc::new(Mutex::new(Tasks::default()));
-    let context = SenderContext {
+    let window = config.dedup_window;
+    let context = || SenderContext {
         tasks: Arc::clone(&tasks),
         progress: Arc::clone(&progress),
         backlog: Arc::clone(&backlog),
@@ -170,10 +193,61 @@ pub fn run(
             push_topic: options.push_topic.clone(),
             intents_topic: options.intents_topic.clone(),
             receipts_topic: options.receipts_topic.clone(),
-            window: config.dedup_window,
+            window,
         },
         metrics: Arc::clone(&metrics),
     };
+    let producer: FutureProducer = options
+        .kafka
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .map_err(kafka("creating the receipts producer"))?;
+    let shared = Arc::new(Shared {
+        apps,
+        config,
+        dedup: Arc::clone(&dedup),
+        intents: IntentLog::new(producer.clone(), options.intents_topic.clone()),
+        producer,
+        receipts_topic: options.receipts_topic.clone(),
+        progress: Arc::clone(&progress),
+        metrics: Arc::clone(&metrics),
+        delivering: Mutex::new(HashMap::new()),
+        tasks: Arc::clone(&tasks),
+    });
+    let mut rebuilt: Option<std::time::Instant> = None;
+    loop {
+        let consumer = subscribe(&options, context())?;
+        tracing::info!(group = %options.group, instance = %options.instance_id, topic = %options.push_topic, "sender started");
+        let Err(fatal) = serve(&runtime, &shared, &consumer, &backlog, &options, &shutdown) else {
+            tracing::info!("stopping: waiting for requests in flight (not for parked commands)");
+            let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
+            let parked = || shared.tasks.lock().expect("tasks lock").parked(None) as i64;
+            while shared.metrics.in_flight.get() > parked() && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            commit(&consumer, &shared, &options.push_topic);
+            return Ok(());
+        };
+        // The consumer is dead (it can neither read nor commit) and its partitions are, or soon
+        // will be, another member's: abandon them as a revocation would, then join again.
+        abandon(&shared, &backlog);
+        drop(consumer);
+        if rebuilt.is_some_and(|at| at.elapsed() < FATAL_AGAIN) {
+            return Err(SenderError::Fatal(fatal));
+        }
+        rebuilt = Some(std::time::Instant::now());
+        tracing::error!(error = %fatal, "the consumer hit a fatal error: its partitions are abandoned to their next owner and a new consumer joins the group");
+    }
+}
+
+/// The sender's group member on `options.push_topic`, with `context`.
+fn subscribe(
+    options: &SenderOptions,
+    context: SenderContext,
+) -> Result<BaseConsumer<SenderContext>, SenderError> {
     let mut consumer_config = options.kafka.client_config();
     consumer_config
         .set("group.id", &options.group)
@@ -191,65 +265,74 @@ pub fn run(
     let consumer: BaseConsumer<SenderContext> =
         consumer_config.create_with_context(context).map_err(kafka("creating the consumer"))?;
     consumer.subscribe(&[&options.push_topic]).map_err(kafka("subscribing"))?;
-    let producer: FutureProducer = options
-        .kafka
-        .client_config()
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .map_err(kafka("creating the receipts producer"))?;
-    let shared = Arc::new(Shared {
-        apps,
-        config,
-        dedup,
-        intents: IntentLog::new(producer.clone(), options.intents_topic.clone()),
-        producer,
-        receipts_topic: options.receipts_topic.clone(),
-        progress,
-        metrics,
-        delivering: Mutex::new(HashMap::new()),
-        tasks,
-    });
-    tracing::info!(group = %options.group, instance = %options.instance_id, topic = %options.push_topic, "sender started");
+    Ok(consumer)
+}
 
+/// Polls `consumer` and dispatches its commands until a shutdown is requested (`Ok`) or the
+/// consumer hits a fatal error (which librdkafka reports once, as a consumer error; the
+/// consumer can then neither read nor commit).
+fn serve(
+    runtime: &tokio::runtime::Runtime,
+    shared: &Arc<Shared>,
+    consumer: &BaseConsumer<SenderContext>,
+    backlog: &Mutex<Backlog>,
+    options: &SenderOptions,
+    shutdown: &ShutdownFlag,
+) -> Result<(), Fatal> {
+    let fatal = || {
+        let (code, reason) = consumer.client().fatal_error()?;
+        Some(Fatal { code, reason })
+    };
     let status_file = options.state_dir.join(status::STATUS_FILE);
     let mut last_commit = std::time::Instant::now();
     while !shutdown.requested() {
-        dispatch_backlog(&runtime, &shared, &consumer, &backlog, &options.push_topic);
+        dispatch_backlog(runtime, shared, consumer, backlog, &options.push_topic);
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 let (partition, offset) = (message.partition(), message.offset());
                 shared.progress.lock().expect("progress lock").started(partition, offset);
                 let payload = message.payload().unwrap_or_default();
-                if let Some(command) =
-                    decode(&runtime, &shared, &options, payload, partition, offset)
+                if let Some(command) = decode(runtime, shared, options, payload, partition, offset)
                 {
                     let waiting = Waiting { command, partition, offset };
                     let held = backlog.lock().expect("backlog lock").holds(partition);
                     let waiting =
-                        if held { Some(waiting) } else { dispatch(&runtime, &shared, waiting) };
+                        if held { Some(waiting) } else { dispatch(runtime, shared, waiting) };
                     if let Some(waiting) = waiting {
-                        hold(&consumer, &backlog, &shared, &options.push_topic, waiting);
+                        hold(consumer, backlog, shared, &options.push_topic, waiting);
                     }
                 }
             }
-            Some(Err(error)) => tracing::warn!(%error, "consumer error"),
+            Some(Err(error)) => match fatal() {
+                Some(fatal) => return Err(fatal),
+                None => tracing::warn!(%error, "consumer error"),
+            },
             None => {}
         }
         if last_commit.elapsed() >= COMMIT_INTERVAL {
             last_commit = std::time::Instant::now();
-            commit(&consumer, &shared, &options.push_topic);
-            write_status(&shared, &options, &status_file);
+            if let Some(fatal) = fatal() {
+                return Err(fatal);
+            }
+            commit(consumer, shared, &options.push_topic);
+            write_status(shared, options, &status_file);
         }
     }
-    tracing::info!("stopping: waiting for requests in flight (not for parked commands)");
-    let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
-    let parked = || shared.tasks.lock().expect("tasks lock").parked(None) as i64;
-    while shared.metrics.in_flight.get() > parked() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    commit(&consumer, &shared, &options.push_topic);
     Ok(())
+}
+
+/// Abandons every partition at once, like a revocation after its drain but without waiting or
+/// committing (a dead consumer cannot): the backlog is dropped and the delivery tasks still
+/// running are aborted, so only the partitions' next owner acts on their commands (a parked one
+/// is sent there, one that may have been mid-call is receipted `interrupted`).
+fn abandon(shared: &Shared, backlog: &Mutex<Backlog>) {
+    let partitions = shared.progress.lock().expect("progress lock").partitions();
+    let mut backlog = backlog.lock().expect("backlog lock");
+    let dropped = backlog.drop_partitions(&partitions);
+    shared.metrics.backlog.set(backlog.len() as i64);
+    let aborted = shared.tasks.lock().expect("tasks lock").abort(&partitions);
+    shared.progress.lock().expect("progress lock").release(&partitions);
+    tracing::warn!(?partitions, dropped, aborted, "partitions abandoned");
 }
 
 /// The command in `payload`, or `None` after sending an undecodable one to the dead-letter

@@ -39,6 +39,11 @@ impl Progress {
         partitions.iter().filter_map(|p| self.partitions.get(p)).map(|e| e.pending.len()).sum()
     }
 
+    /// Partitions with consumed commands.
+    pub(super) fn partitions(&self) -> Vec<i32> {
+        self.partitions.keys().copied().collect()
+    }
+
     /// Forgets `partitions` (revoked) and returns their final positions to commit.
     pub(super) fn release(&mut self, partitions: &[i32]) -> Vec<(i32, i64)> {
         partitions
