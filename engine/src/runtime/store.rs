@@ -14,6 +14,9 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::{output::Output, RuntimeError};
 
+/// Share of a memtable's size given to its Bloom filter (about 8 bits per key of 100 bytes).
+const MEMTABLE_BLOOM_RATIO: f64 = 0.01;
+
 /// Memory bounds shared by every store of an instance.
 #[derive(Clone)]
 pub(crate) struct StoreMemory {
@@ -32,8 +35,13 @@ impl StoreMemory {
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&self.cache);
         table.set_cache_index_and_filter_blocks(true);
+        // Most reads look for a key that is not there (a new event id, a user without links or
+        // deliveries): Bloom filters answer those without searching tables and memtables.
+        table.set_bloom_filter(10.0, false);
         let mut options = Options::default();
         options.set_block_based_table_factory(&table);
+        options.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
+        options.set_memtable_whole_key_filtering(true);
         options.set_write_buffer_size(self.write_buffer_bytes);
         options.set_max_write_buffer_number(2);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);

@@ -35,8 +35,9 @@ fn store_key(user: &str, key: &str, day: i64) -> Vec<u8> {
     bytes
 }
 
-/// Counts one occurrence under `key` on the day of `at_ms`, and forgets the user's counts
-/// older than `look_back_days`.
+/// Counts one occurrence under `key` on the day of `at_ms`; the first of a day also forgets the
+/// key's counts older than `look_back_days` before it (only a new day makes counts expire, so
+/// the other occurrences skip that scan).
 pub fn record(
     store: &mut Store<'_>,
     user: &str,
@@ -46,8 +47,11 @@ pub fn record(
 ) -> Result<(), RuntimeError> {
     let day = at_ms.div_euclid(DAY_MS);
     let entry = store_key(user, key, day);
-    let count = store.get_as::<u32>(&entry)?.unwrap_or(0) + 1;
-    store.put_as(&entry, &count)?;
+    let earlier = store.get_as::<u32>(&entry)?;
+    store.put_as(&entry, &earlier.unwrap_or(0).saturating_add(1))?;
+    if earlier.is_some() {
+        return Ok(());
+    }
     let oldest = store_key(user, key, day - look_back_days);
     for (expired, _) in store.range(&store_key(user, key, i64::MIN), &oldest, 1_000)? {
         store.delete(&expired)?;

@@ -140,6 +140,7 @@ pub struct UserStage {
     decoder: IngestDecoder,
     campaigns: CampaignCache,
     held: held::HeldPass,
+    dedup: dedup::Sweep,
 }
 
 impl UserStage {
@@ -151,6 +152,7 @@ impl UserStage {
             decoder,
             campaigns: CampaignCache::default(),
             held: held::HeldPass::due(),
+            dedup: dedup::Sweep::default(),
         }
     }
 
@@ -771,9 +773,6 @@ impl Processor for UserStage {
         ctx: &mut ProcessorContext<'_>,
         timer: &Timer,
     ) -> Result<(), ProcessError> {
-        if dedup::is_expiry(&timer.key) {
-            return Ok(dedup::expire(ctx, &timer.key)?);
-        }
         self.campaigns.refresh(ctx.global(CAMPAIGNS_TABLE));
         let Some(pending) = ctx.store(PENDING)?.get_as::<Pending>(&timer.key)? else {
             return Ok(());
@@ -806,6 +805,9 @@ impl Processor for UserStage {
     fn on_tick(&mut self, ctx: &mut ProcessorContext<'_>) -> Result<Tick, ProcessError> {
         self.campaigns.refresh(ctx.global(CAMPAIGNS_TABLE));
         if self.step_held(ctx)? == Tick::More {
+            return Ok(Tick::More);
+        }
+        if self.dedup.step(ctx, self.settings.ingest().dedup_window_ms)? == Tick::More {
             return Ok(Tick::More);
         }
         self.step_scheduled_runs(ctx)

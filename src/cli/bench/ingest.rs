@@ -31,7 +31,10 @@ use rdkafka::{
 };
 use serde_json::json;
 
-use super::support::{create_topics, now_ms, send};
+use super::{
+    sender::cpu_ms,
+    support::{create_topics, now_ms, send},
+};
 
 #[derive(Debug, Args)]
 pub struct IngestArgs {
@@ -98,6 +101,13 @@ struct Measured {
     raw_rate: f64,
     engine_rate: f64,
     forwarded: u64,
+    /// Seconds the engine spent committing transactions, and how many it committed.
+    commit_seconds: f64,
+    commits: u64,
+    /// Changelog records written per event.
+    changelog_per_event: f64,
+    /// CPU time of this process (engine and its Kafka clients) per event while the engine ran.
+    cpu_us_per_event: f64,
 }
 
 pub fn run(kafka: &KafkaConfig, args: IngestArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -150,17 +160,29 @@ pub fn run(kafka: &KafkaConfig, args: IngestArgs) -> anyhow::Result<std::process
     }
 
     println!(
-        "{:<28} {:>12} {:>14} {:>14} {:>8}",
-        "case", "forwarded", "raw events/s", "engine evt/s", "ratio"
+        "{:<28} {:>10} {:>13} {:>13} {:>6} {:>8} {:>9} {:>11} {:>9}",
+        "case",
+        "forwarded",
+        "raw events/s",
+        "engine evt/s",
+        "ratio",
+        "commits",
+        "commit s",
+        "changelog/e",
+        "cpu µs/e"
     );
     for (name, m) in &rows {
         println!(
-            "{:<28} {:>12} {:>14.0} {:>14.0} {:>8.2}",
+            "{:<28} {:>10} {:>13.0} {:>13.0} {:>6.3} {:>8} {:>9.2} {:>11.2} {:>9.1}",
             name,
             m.forwarded,
             m.raw_rate,
             m.engine_rate,
-            m.engine_rate / m.raw_rate
+            m.engine_rate / m.raw_rate,
+            m.commits,
+            m.commit_seconds,
+            m.changelog_per_event,
+            m.cpu_us_per_event
         );
     }
     let ratio_of =
@@ -180,6 +202,10 @@ pub fn run(kafka: &KafkaConfig, args: IngestArgs) -> anyhow::Result<std::process
             "raw_per_s": m.raw_rate.round(),
             "engine_per_s": m.engine_rate.round(),
             "forwarded": m.forwarded,
+            "commits": m.commits,
+            "commit_s": (m.commit_seconds * 1000.0).round() / 1000.0,
+            "changelog_per_event": (m.changelog_per_event * 100.0).round() / 100.0,
+            "cpu_us_per_event": (m.cpu_us_per_event * 10.0).round() / 10.0,
         })).collect::<Vec<_>>(),
     });
     println!("{summary}");
@@ -269,17 +295,34 @@ fn measure(
     let measured = watch_engine(&metrics, topics, expected);
     shutdown.request();
     worker.join().expect("runtime thread")?;
-    let (engine_rate, forwarded) = measured?;
-    Ok(Measured { raw_rate, engine_rate, forwarded })
+    let (engine_rate, forwarded, cpu_ms) = measured?;
+    let changelog: f64 = metrics
+        .registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == "herald_runtime_changelog_records_total")
+        .flat_map(|family| family.get_metric())
+        .map(|metric| metric.get_counter().get_value())
+        .sum();
+    Ok(Measured {
+        raw_rate,
+        engine_rate,
+        forwarded,
+        commit_seconds: metrics.commit_seconds.get_sample_sum(),
+        commits: metrics.commit_seconds.get_sample_count(),
+        changelog_per_event: changelog / expected as f64,
+        cpu_us_per_event: cpu_ms * 1e3 / expected as f64,
+    })
 }
 
 /// Events per second the engine processed, from its first event to the moment every event
-/// (and every forwarded copy) was processed; and how many were forwarded.
+/// (and every forwarded copy) was processed; how many were forwarded; and the CPU time (ms) this
+/// process spent meanwhile.
 fn watch_engine(
     metrics: &RuntimeMetrics,
     topics: &TopicNames,
     expected: usize,
-) -> anyhow::Result<(f64, u64)> {
+) -> anyhow::Result<(f64, u64, f64)> {
     let read = |topic: &str| metrics.records_in.with_label_values(&[topic]).get();
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut first = None;
@@ -287,12 +330,13 @@ fn watch_engine(
         anyhow::ensure!(Instant::now() < deadline, "the engine did not process every event");
         let events = read(&topics.events);
         if events > 0 && first.is_none() {
-            first = Some(Instant::now());
+            first = Some((Instant::now(), cpu_ms(None)?));
         }
         let forwarded = metrics.processor_count("ingest_forwarded_total", "event");
         if events >= expected as u64 && read(&topics.ingest_repartition) >= forwarded {
-            let span = first.map_or(0.0, |t| t.elapsed().as_secs_f64()).max(1e-3);
-            return Ok((expected as f64 / span, forwarded));
+            let (started, cpu) = first.unwrap_or((Instant::now(), cpu_ms(None)?));
+            let span = started.elapsed().as_secs_f64().max(1e-3);
+            return Ok((expected as f64 / span, forwarded, cpu_ms(None)? - cpu));
         }
         thread::sleep(Duration::from_millis(5));
     }

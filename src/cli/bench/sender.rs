@@ -271,7 +271,7 @@ fn milliseconds(text: &str) -> f64 {
 }
 
 /// CPU time (user + system) of this process or of `pid`, in ms, from `/proc`.
-fn cpu_ms(pid: Option<u32>) -> anyhow::Result<f64> {
+pub(super) fn cpu_ms(pid: Option<u32>) -> anyhow::Result<f64> {
     let fields = stat(pid)?;
     Ok(ticks_ms(&fields, 13) + ticks_ms(&fields, 14))
 }

@@ -2,6 +2,7 @@
 //! format (Avro single-object, Herald JSON, Confluent wire format with a schema registry,
 //! Segment-spec JSON, or JSON read through a mapping), into [`IngestRecord`]s.
 
+mod avro_event;
 mod config;
 pub mod confluent;
 #[cfg(test)]
@@ -103,6 +104,11 @@ impl IngestDecoder {
         };
         if bytes.len() > topic.max_bytes {
             return Err(CodecError::TooLarge { len: bytes.len(), limit: topic.max_bytes }.into());
+        }
+        if kind == IngestKind::Events {
+            if let Some(event) = avro_event::read(bytes) {
+                return Ok(vec![IngestRecord::Event(registry::checked(event)?)]);
+            }
         }
         if !single_object::has_magic(bytes) {
             match &topic.format {
