@@ -654,10 +654,6 @@ fn sample<T: std::fmt::Display>(items: &[T], n: usize) -> String {
 /// not fail the test. Remove an entry once its check passes.
 const KNOWN_FAILING: &[(&str, &str)] = &[
     (
-        "no device received the same message id twice",
-        "senders: a request whose outcome is unknown (its connection dropped, or it timed out, after it was written) is retried: apns.rs and fcm.rs turn every TransportError of pool.send into Attempt::Retry (Reason::Unreachable), so when the provider had accepted it the device gets the message twice (dropped connections lose the answers of the other requests in flight on them)",
-    ),
-    (
         "no process died or got stuck; every SIGTERM exited cleanly",
         "after a broker restart longer than the session timeout, static members get librdkafka's fatal FencedInstanceId though no other process has their id (a sender's log shows it as the answer to its commit of the revoked partitions): (1) the engine exits (runtime/live check_not_fenced: `another process joined ... with this instance's id`; at older commits `asking partition offsets: ... FencedLeaderEpoch`); (2) a sender, sometimes, logs it as a warning (sender/mod.rs poll loop) and goes on with a dead consumer: alive, never sending again",
     ),
