@@ -1217,7 +1217,8 @@ fn failover_restore(standbys: usize) -> u64 {
     let args = ["--standby-replicas", replicas.as_str()];
     let a = deployment.start_with("a", &args);
     let mut b = deployment.start_with("b", &args);
-    wait_stored(&deployment.changelog("profiles"), &users, &[&a, &b]);
+    let profiles = deployment.changelog("profiles");
+    wait_stored(&profiles, &users, &[&a, &b]);
     wait_until("both instances have tasks", Duration::from_secs(120), &[&a, &b], || {
         a.assignments() > 0 && b.assignments() > 0
     });
@@ -1229,10 +1230,26 @@ fn failover_restore(standbys: usize) -> u64 {
             last.is_some_and(|l| l.contains("caught_up=true"))
         });
     }
-    // New device tokens for the users pinged below, processed (some or all) by their owners
-    // just before b dies: what the standby has not applied yet is the tail a restores.
+    // New device tokens for the users pinged below, committed by their owners before b dies:
+    // a standby follows its changelogs live (what it has not applied yet is the tail a
+    // restores), and nothing of it may be lost.
     let pinged: Vec<String> = users.iter().step_by(FAILOVER_PROFILES / 200).cloned().collect();
     common::produce(&topic("profiles"), pinged.iter().map(|u| new_token(u)));
+    wait_until("the new tokens are in the changelog", Duration::from_secs(60), &[&a, &b], || {
+        let at_least = users.len() + pinged.len();
+        let records =
+            common::read_committed(&profiles, at_least, Duration::ZERO, Duration::from_secs(5));
+        let updated: BTreeSet<&[u8]> = records
+            .iter()
+            .filter(|r| {
+                let token = format!("tok2-{}", String::from_utf8_lossy(&r.key));
+                let value = r.value.as_deref().unwrap_or_default();
+                value.windows(token.len()).any(|w| w == token.as_bytes())
+            })
+            .map(|r| r.key.as_slice())
+            .collect();
+        pinged.iter().all(|u| updated.contains(u.as_bytes()))
+    });
     let before = a.assignments();
     common::kill_hard(b.process.take());
     wait_until("a takes b's tasks over", Duration::from_secs(120), &[&a, &b], || {
