@@ -13,8 +13,8 @@
 
 mod checks;
 mod global_reader;
-mod progress;
 mod group;
+mod progress;
 mod txn;
 
 use global_reader::GlobalReader;
@@ -226,7 +226,8 @@ impl LiveRuntime {
             .subscribe(&self.topology.source_topics())
             .map_err(RuntimeError::kafka("subscribing"))?;
 
-        let memory = StoreMemory::new(self.config.block_cache_bytes, self.config.write_buffer_bytes);
+        let memory =
+            StoreMemory::new(self.config.block_cache_bytes, self.config.write_buffer_bytes);
         let standbys = Standbys::new(&self.config, &self.topology, &member, memory.clone())?;
         let mut worker = Worker {
             runtime: self,
