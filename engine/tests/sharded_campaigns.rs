@@ -240,3 +240,34 @@ fn a_triggered_campaign_over_4_shards_sends_what_one_shard_sends_and_merges_its_
     assert!(sends(&one) == sends(&four), "the same users at the same times");
     assert_eq!(four.stats("ping")["variants"][0]["sent"], 4_000, "merged from the 4 shards");
 }
+
+#[test]
+fn coupon_limit_10000_qualify_total_1000_over_4_shards_gives_exactly_1000_sends_and_completes() {
+    let campaign = "id: coupons\napp: shop\nname: Coupons\nwhen: { event: App Opened }\nwhat: { title: t, body: b }\nlimits: { total: 1000 }\noptions: { shards: 4 }\n";
+    let mut lines: Vec<String> = (0..10_000).map(|i| profile(&format!("u{i}"))).collect();
+    lines.extend((0..10_000).map(|i| event(&format!("u{i}"), 10 + i, "App Opened", "{}")));
+    let outcome = Outcome::replay(campaign, &lines, None);
+
+    let users = outcome.users();
+    assert_eq!(users.len(), 1_000, "exactly the limit, over the 4 shards' leases");
+    let shards: BTreeSet<u32> = users.iter().map(|u| shard_of(u)).collect();
+    assert_eq!(shards.len(), 4, "every shard spent places");
+    assert_eq!(outcome.kinds(), ["LimitReached", "Completed"]);
+    let events = outcome.events();
+    assert_eq!(events[1].details["reason"], "total_limit");
+    assert_eq!(events[1].details["sent"], "1000");
+    let stats = outcome.stats("coupons");
+    assert_eq!(stats["variants"][0]["sent"], 1_000);
+    assert_eq!(stats["skipped"]["total_limit"], 9_000, "every other user refused, none lost");
+}
+
+#[test]
+fn a_limit_above_the_audience_sends_everyone_over_4_shards() {
+    let campaign = "id: few\napp: shop\nname: Few\nwhen: { event: Ping }\nwhat: { title: t, body: b }\nlimits: { total: 50 }\noptions: { shards: 4 }\n";
+    let mut lines: Vec<String> = (0..30).map(|i| profile(&format!("u{i}"))).collect();
+    lines.extend((0..30).map(|i| event(&format!("u{i}"), 10 + i * 60, "Ping", "{}")));
+    let outcome = Outcome::replay(campaign, &lines, None);
+
+    assert_eq!(outcome.users().len(), 30, "every user, one by one");
+    assert!(outcome.kinds().is_empty(), "the limit is not reached");
+}

@@ -20,6 +20,10 @@ pub enum ShardReportKind {
     RunSent,
     /// The shard's cumulative counters.
     Counters,
+    /// Candidates wait at the shard for places of the total limit (or it spent its last one).
+    Demand,
+    /// The shard gives back its unused places (a recall).
+    Returned,
 }
 
 /// A shard tells its campaign's home where it is (keyed by campaign id).
@@ -41,8 +45,13 @@ pub struct ShardReport {
     pub qualified: i64,
     /// `Buffered`: candidates buffered for the run.
     pub reachable: i64,
-    /// `RunSent`: users of the run the shard sent to.
+    /// `RunSent`: users of the run the shard sent to; `Demand`, `Returned`: users the shard sent
+    /// to in all.
     pub sent: i64,
+    /// `Demand`, `Returned`: candidates waiting at the shard for a place of the total limit.
+    pub waiting: i64,
+    /// `Returned`: places of the total limit given back.
+    pub places: i64,
     /// `Counters`: cumulative per-variant counters.
     pub variants: Vec<VariantStats>,
     /// `Counters`: users not sent to, by reason.
@@ -67,6 +76,12 @@ pub enum ShardPlanKind {
     Tripped,
     /// The A/B winner is chosen: send the rest with it.
     Winner,
+    /// `places` of the total limit are leased to the shard.
+    Grant,
+    /// Give back the places held unused.
+    Recall,
+    /// The total limit is full: refuse the waiting candidates.
+    Full,
 }
 
 /// The home tells one shard what to do with a scheduled run (keyed by the shard's key).
@@ -82,7 +97,7 @@ pub struct ShardPlan {
     pub shard: i32,
     /// What to do.
     pub kind: ShardPlanKind,
-    /// `Release`: users of the run the shard may send to.
+    /// `Release`: users of the run the shard may send to; `Grant`: places leased.
     pub places: i64,
     /// `Release`: global A/B test index of the shard's first test user.
     pub test_from: i64,
@@ -120,8 +135,13 @@ impl Checked for ShardReport {
                 reason: format!("shard {} of {} shards", self.shard, self.shards),
             });
         }
-        let counts =
-            [("qualified", self.qualified), ("reachable", self.reachable), ("sent", self.sent)];
+        let counts = [
+            ("qualified", self.qualified),
+            ("reachable", self.reachable),
+            ("sent", self.sent),
+            ("waiting", self.waiting),
+            ("places", self.places),
+        ];
         check_shard(self.shard, &counts)
     }
 }

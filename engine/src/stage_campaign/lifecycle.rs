@@ -23,7 +23,9 @@ impl CampaignStage {
         ctx: &mut ProcessorContext<'_>,
     ) -> Result<(), ProcessError> {
         let now = ctx.now_ms();
-        if !self.table_changed && now < self.next_end_check {
+        // A task that has read nothing yet has no clock (its time is before the epoch): what it
+        // would write could not be stamped, so it announces once its clock runs.
+        if now < 0 || (!self.table_changed && now < self.next_end_check) {
             return Ok(());
         }
         self.table_changed = false;

@@ -6,6 +6,7 @@
 
 pub mod ab;
 mod held;
+mod leases;
 mod lifecycle;
 mod places;
 mod queue;
@@ -97,6 +98,12 @@ struct CampaignState {
     /// Home: the latest cumulative counters of each shard (see `shards`).
     #[serde(default)]
     shard_counters: BTreeMap<u32, shards::Counters>,
+    /// Home: each shard's places of the total limit (see `leases`).
+    #[serde(default)]
+    leases: BTreeMap<u32, leases::Lease>,
+    /// Shard: its places of the total limit (see `leases`).
+    #[serde(default)]
+    lease: leases::ShardLease,
     /// Users sent to over the campaign's life.
     sent: u64,
     /// (day in the campaign timezone, users sent to that day).
@@ -365,7 +372,9 @@ impl CampaignStage {
         state: &mut CampaignState,
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
-        if is_triggered_run(&candidate.run_id) {
+        if is_triggered_run(&candidate.run_id) && Self::leases(campaign, state) {
+            self.place_leased(ctx, campaign, state, candidate)
+        } else if is_triggered_run(&candidate.run_id) {
             self.deliver(ctx, campaign, state, &candidate, None)
         } else {
             self.on_run_candidate(ctx, campaign, state, candidate)
@@ -864,6 +873,9 @@ impl Processor for CampaignStage {
                 self.release(ctx, &campaign, &mut state, leaving)?
             }
             HELD_TIMER => self.release_held(ctx, &campaign, &mut state)?,
+            WAITING_TIMER if Self::leases(&campaign, &state) => {
+                self.release_leased(ctx, &campaign, &mut state)?
+            }
             WAITING_TIMER => self.release_waiting(ctx, &campaign, &mut state)?,
             // A paused campaign's run waits (resuming or stopping it schedules the release).
             RUN_TIMER if is_held(&campaign) => {}

@@ -151,6 +151,8 @@ impl CampaignStage {
             qualified: 0,
             reachable: 0,
             sent: 0,
+            waiting: 0,
+            places: 0,
             variants: Vec::new(),
             skipped: BTreeMap::new(),
             failed: BTreeMap::new(),
@@ -228,6 +230,10 @@ impl CampaignStage {
             return Ok(());
         };
         let mut state = self.load(ctx, &campaign, &campaign.id)?;
+        if matches!(report.kind, ShardReportKind::Demand | ShardReportKind::Returned) {
+            self.on_lease_report(ctx, &campaign, &mut state, &report)?;
+            return self.save(ctx, &campaign, &mut state);
+        }
         if report.kind == ShardReportKind::Counters {
             let counters = Counters {
                 variants: report.variants,
@@ -275,7 +281,7 @@ impl CampaignStage {
                 }
                 self.announce_total_limit(ctx, &campaign, &mut state)?;
             }
-            ShardReportKind::Counters => {}
+            ShardReportKind::Counters | ShardReportKind::Demand | ShardReportKind::Returned => {}
         }
         state.run = Some(run);
         self.save(ctx, &campaign, &mut state)
@@ -401,6 +407,10 @@ impl CampaignStage {
             return Ok(());
         };
         let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign.id))?;
+        if matches!(plan.kind, ShardPlanKind::Grant | ShardPlanKind::Recall | ShardPlanKind::Full) {
+            self.on_lease_plan(ctx, &campaign, &mut state, &plan)?;
+            return self.save(ctx, &campaign, &mut state);
+        }
         let Some(mut run) = self.current_run(ctx, &mut state, &plan.run_id)? else {
             return self.save(ctx, &campaign, &mut state);
         };
@@ -420,6 +430,7 @@ impl CampaignStage {
                     self.release_step(ctx, &campaign, &mut state, &mut run, at)?;
                 }
             }
+            ShardPlanKind::Grant | ShardPlanKind::Recall | ShardPlanKind::Full => {}
             ShardPlanKind::Winner => {
                 state.winner_id = plan.winner_id;
                 if run.phase == RunPhase::AwaitingWinner && !super::is_held(&campaign) {

@@ -1,0 +1,287 @@
+//! The total limit of a triggered campaign spread over shards, as places leased from its home
+//! (see `docs/architecture.md`). A shard sends only on a place it holds; without one, its
+//! candidates wait in arrival order and it asks its home (`DEMAND`). The home grants from its
+//! free places; when none are free it recalls the places other shards hold unused
+//! (`RECALL` → `RETURNED`), and once nothing is free or held unused anywhere it tells the
+//! waiting shards the limit is full (`FULL`). Grants and returns are records produced in the
+//! transaction of the state change that accounts for them, so the places in the home's pool,
+//! in transit and in the shards' leases always add up to the limit: never over, never under
+//! while a candidate waits.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{queue, timer_key, CampaignStage, CampaignState, WAITING, WAITING_TIMER};
+use crate::{
+    campaign::{shards as campaign_shards, Campaign, CampaignStatus},
+    model::{Candidate, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind},
+    runtime::{ProcessError, ProcessorContext},
+};
+
+/// The home's account of one shard's places.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct Lease {
+    /// Places granted so far.
+    granted: u64,
+    /// Places the shard gave back so far.
+    returned: u64,
+    /// Places the shard spent (its latest report).
+    spent: u64,
+    /// Candidates waiting at the shard for a place (its latest report).
+    demand: u64,
+    /// A recall is on its way to the shard.
+    recalled: bool,
+}
+
+impl Lease {
+    /// Places the shard holds, as far as the home knows (some may be spent unreported).
+    fn held(&self) -> u64 {
+        self.granted.saturating_sub(self.returned).saturating_sub(self.spent)
+    }
+}
+
+/// A shard's side of the lease.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct ShardLease {
+    /// Places held, not yet spent.
+    places: u64,
+    /// A demand is on its way to the home.
+    asked: bool,
+    /// The home said the limit is full.
+    full: bool,
+}
+
+impl CampaignStage {
+    /// Whether `campaign`'s total limit is leased to shards (a shard's triggered candidates).
+    pub(super) fn leases(campaign: &Campaign, state: &CampaignState) -> bool {
+        state.is_shard(campaign) && campaign.limits.total.is_some()
+    }
+
+    /// A shard sends a triggered candidate on a leased place, or keeps it waiting for one.
+    pub(super) fn place_leased(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        candidate: Candidate,
+    ) -> Result<(), ProcessError> {
+        if campaign.status != CampaignStatus::Active {
+            return self.deliver(ctx, campaign, state, &candidate, None); // held or stopped
+        }
+        if state.lease.full {
+            state.skip("total_limit");
+            return Ok(());
+        }
+        if state.lease.places == 0 {
+            ctx.store(WAITING)?.put_as(&queue::key(&state.key, state.waiting_seq), &candidate)?;
+            state.waiting_seq += 1;
+            state.waiting += 1;
+            return self.ask_for_places(ctx, campaign, state);
+        }
+        let sent = state.sent;
+        self.deliver(ctx, campaign, state, &candidate, None)?;
+        if state.sent > sent {
+            state.lease.places -= 1;
+            if state.lease.places == 0 {
+                // The home learns what was spent (the limit may be reached) and what waits.
+                state.lease.asked = state.waiting > 0;
+                self.lease_report(ctx, campaign, state, ShardReportKind::Demand, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn ask_for_places(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+    ) -> Result<(), ProcessError> {
+        if state.lease.asked {
+            return Ok(());
+        }
+        state.lease.asked = true;
+        self.lease_report(ctx, campaign, state, ShardReportKind::Demand, 0)
+    }
+
+    fn lease_report(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &CampaignState,
+        kind: ShardReportKind,
+        returned: u64,
+    ) -> Result<(), ProcessError> {
+        let report = ShardReport {
+            campaign_id: campaign.id.clone(),
+            app_id: campaign.app.clone(),
+            shard: campaign_shards::parse(state.key.as_bytes(), &campaign.id).unwrap_or(0) as i32,
+            shards: campaign_shards::in_effect(campaign, &self.settings) as i32,
+            kind,
+            run_id: None,
+            qualified: 0,
+            reachable: 0,
+            sent: state.sent as i64,
+            waiting: state.waiting as i64,
+            places: returned as i64,
+            variants: Vec::new(),
+            skipped: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            timestamp_ms: ctx.timestamp_ms(),
+        };
+        self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &report)
+    }
+
+    /// Sends the next step of a shard's waiting candidates on its places (or refuses them once
+    /// the limit is full); asks for more while some still wait.
+    pub(super) fn release_leased(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+    ) -> Result<(), ProcessError> {
+        let step = queue::next_step(ctx, WAITING, &state.key)?;
+        state.waiting = state.waiting.saturating_sub(step.unreadable);
+        let now = ctx.effective_ms();
+        for (key, candidate) in step.entries {
+            if state.lease.places == 0 && !state.lease.full {
+                return self.ask_for_places(ctx, campaign, state);
+            }
+            ctx.store(WAITING)?.delete(&key)?;
+            state.waiting = state.waiting.saturating_sub(1);
+            let leaving =
+                Candidate { qualified_at_ms: candidate.qualified_at_ms.max(now), ..candidate };
+            self.place_leased(ctx, campaign, state, leaving)?;
+        }
+        if step.more {
+            ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
+        }
+        Ok(())
+    }
+
+    /// A shard receives a grant, a recall or the news that the limit is full.
+    pub(super) fn on_lease_plan(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        plan: &ShardPlan,
+    ) -> Result<(), ProcessError> {
+        match plan.kind {
+            ShardPlanKind::Grant => {
+                state.lease.places += plan.places.max(0) as u64;
+                state.lease.asked = false;
+                state.lease.full = false;
+            }
+            ShardPlanKind::Recall => {
+                let returned = std::mem::take(&mut state.lease.places);
+                return self.lease_report(
+                    ctx,
+                    campaign,
+                    state,
+                    ShardReportKind::Returned,
+                    returned,
+                );
+            }
+            ShardPlanKind::Full => {
+                state.lease.full = true;
+                state.lease.asked = false;
+            }
+            _ => return Ok(()),
+        }
+        if state.waiting > 0 {
+            ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
+        }
+        Ok(())
+    }
+
+    /// The home learns a shard's demand, spending or returned places, and serves the demand.
+    pub(super) fn on_lease_report(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        report: &ShardReport,
+    ) -> Result<(), ProcessError> {
+        let lease = state.leases.entry(report.shard as u32).or_default();
+        lease.spent = lease.spent.max(report.sent.max(0) as u64);
+        lease.demand = report.waiting.max(0) as u64;
+        if report.kind == ShardReportKind::Returned {
+            lease.returned += report.places.max(0) as u64;
+            lease.recalled = false;
+        }
+        state.sent = state.leases.values().map(|l| l.spent).sum();
+        self.serve_leases(ctx, campaign, state, report.shards.max(1) as u64)?;
+        self.announce_total_limit(ctx, campaign, state)
+    }
+
+    /// Grants free places to the shards that wait for some; recalls unused places when none
+    /// are free; tells the waiting shards the limit is full once nothing is left anywhere.
+    fn serve_leases(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        shards: u64,
+    ) -> Result<(), ProcessError> {
+        let Some(limit) = campaign.limits.total else { return Ok(()) };
+        let out: u64 = state.leases.values().map(|l| l.granted.saturating_sub(l.returned)).sum();
+        let mut free = limit.saturating_sub(out);
+        // A grant covers the demand and some more, so a busy shard does not ask per user.
+        let chunk = (limit / (4 * shards)).max(1);
+        let mut plans = Vec::new();
+        for (shard, lease) in state.leases.iter_mut().filter(|(_, l)| l.demand > 0) {
+            if free == 0 {
+                break;
+            }
+            let places = free.min(lease.demand.max(chunk));
+            lease.granted += places;
+            lease.demand = 0;
+            free -= places;
+            plans.push((*shard, ShardPlanKind::Grant, places));
+        }
+        let waiting: Vec<u32> =
+            state.leases.iter().filter(|(_, l)| l.demand > 0).map(|(s, _)| *s).collect();
+        if !waiting.is_empty() {
+            let holders: Vec<u32> = state
+                .leases
+                .iter()
+                .filter(|(_, l)| l.held() > 0 || l.recalled)
+                .map(|(s, _)| *s)
+                .collect();
+            if holders.is_empty() {
+                for shard in waiting {
+                    state.leases.entry(shard).or_default().demand = 0;
+                    plans.push((shard, ShardPlanKind::Full, 0));
+                }
+            } else {
+                for shard in holders {
+                    let lease = state.leases.entry(shard).or_default();
+                    if !lease.recalled {
+                        lease.recalled = true;
+                        plans.push((shard, ShardPlanKind::Recall, 0));
+                    }
+                }
+            }
+        }
+        for (shard, kind, places) in plans {
+            let plan = ShardPlan {
+                campaign_id: campaign.id.clone(),
+                app_id: campaign.app.clone(),
+                run_id: String::new(),
+                shard: shard as i32,
+                kind,
+                places: places as i64,
+                test_from: 0,
+                test_users: 0,
+                test_total: 0,
+                winner_id: None,
+                timestamp_ms: ctx.timestamp_ms(),
+            };
+            let key = campaign_shards::key(&campaign.id, shard);
+            self.emit(ctx, &self.topics.campaign_flow, &key, &plan)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,161 @@
+//! A campaign spread over 4 shards, live against the real broker on two engine instances, one
+//! of them killed (SIGKILL) mid-run and restarted: the total limit and the A/B test audience
+//! stay exact, read by user and by variant on the push topic (see `docs/architecture.md`).
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::KillOnDrop;
+use herald_engine::model::{
+    CampaignLifecycleEvent, CampaignStats, Platform, SchemaRegistry, SendCommand,
+};
+
+const USERS: usize = 12_000;
+const TOTAL: usize = 5_000;
+
+/// A scheduled A/B test of 3 variants to everyone at `at_ms`: a 15% test population (of the
+/// 12,000 reachable: 600 per variant), the winner after 5 s, at most 5,000 users in all.
+fn campaign(at_ms: i64) -> String {
+    let at = chrono::DateTime::from_timestamp_millis(at_ms).unwrap().to_rfc3339();
+    format!(
+        "id: sharded\napp: shop\nname: Sharded\nwhen: {{ schedule: {{ at: \"{at}\" }} }}\nwhat:\n  variants:\n    - {{ title: A, body: a }}\n    - {{ title: B, body: b }}\n    - {{ title: C, body: c }}\n  ab: {{ test_audience: \"15%\", evaluate_after: 5s }}\nlimits: {{ total: {TOTAL}, safety: 50000 }}\noptions: {{ ignore_global_caps: true, shards: 4 }}\n"
+    )
+}
+
+fn apply(dir: &Path, campaigns: &str, name: &str, yaml: &str) {
+    let file = dir.join(name);
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["campaign", "apply", "--topic", campaigns, file.to_str().unwrap()])
+        .env("HERALD_BROKERS", common::kafka().brokers)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Polls until `topic`'s end offsets reach `at_least` (observable progress of the engines).
+fn wait_for_offsets(topic: &str, at_least: i64, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while common::end_offsets(topic) < at_least {
+        assert!(Instant::now() < deadline, "{topic} did not grow\n{}", common::tail(log, 30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_4_shard_ab_broadcast_with_total_limit_5000_stays_exact_when_an_instance_is_killed_mid_run() {
+    let prefix = format!("{}-", common::unique("it-sharded"));
+    let app_id = common::unique("it-sharded-app");
+    let dir = tempfile::tempdir().unwrap();
+    let topic = |name: &str| format!("{prefix}herald.{name}");
+    common::create_topics(&[
+        (&topic("events"), 4),
+        (&topic("profiles"), 4),
+        (&topic("receipts"), 4),
+        (&topic("send-gate"), 4),
+        (&topic("campaigns"), 1),
+        (&topic("campaign-flow"), 4),
+        (&topic("app-throttle"), 1),
+        (&topic("push"), 2),
+        (&topic("stats"), 1),
+        (&topic("campaign-events"), 1),
+        (&topic("dead-letter"), 1),
+    ]);
+    // The run is set once the engines have read every profile: first a week out, then soon.
+    apply(
+        dir.path(),
+        &topic("campaigns"),
+        "week.yaml",
+        &campaign(common::now_ms() + 7 * 86_400_000),
+    );
+    let now = common::now_ms();
+    common::produce(
+        &topic("profiles"),
+        (0..USERS).map(|i| common::profile(&format!("u{i}"), Platform::Android, now)),
+    );
+    let log = dir.path().join("engines.log");
+    let spawn = |instance: &str| {
+        let state = dir.path().join(format!("state-{instance}"));
+        KillOnDrop::new(common::spawn_engine_instance(
+            &prefix,
+            &app_id,
+            instance,
+            &state,
+            &log,
+            &[],
+        ))
+    };
+    let mut a = spawn("a");
+    let mut b = spawn("b");
+    wait_for_offsets(&format!("{app_id}-profiles-changelog"), USERS as i64, &log);
+    apply(dir.path(), &topic("campaigns"), "soon.yaml", &campaign(common::now_ms() + 3_000));
+    // Killed once the run has started sending, then restarted on its own state.
+    wait_for_offsets(&topic("push"), 1, &log);
+    common::kill_hard(b.take());
+    b = spawn("b");
+    let sends = common::read_committed(
+        &topic("push"),
+        TOTAL,
+        Duration::from_secs(10),
+        Duration::from_secs(240),
+    );
+    let registry = SchemaRegistry::builtin();
+    let events: Vec<CampaignLifecycleEvent> = common::read_committed(
+        &topic("campaign-events"),
+        5,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    )
+    .iter()
+    .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
+    .collect();
+    // The stats snapshot merged from the shards, once it counts every send.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stats = loop {
+        let latest = common::read_committed(
+            &topic("stats"),
+            1,
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+        )
+        .iter()
+        .rev()
+        .find_map(|r| registry.decode::<CampaignStats>(r.value.as_deref()?).ok());
+        let sent = latest.as_ref().map_or(0, |s| s.variants.iter().map(|v| v.sent).sum::<i64>());
+        if sent == TOTAL as i64 || Instant::now() > deadline {
+            break latest;
+        }
+    };
+    common::stop_gracefully(a.take());
+    common::stop_gracefully(b.take());
+
+    let commands: Vec<SendCommand> =
+        sends.iter().map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap()).collect();
+    let users: BTreeSet<&str> = commands.iter().map(|c| c.user_id.as_str()).collect();
+    assert_eq!(commands.len(), TOTAL, "exactly the total limit\n{}", common::tail(&log, 30));
+    assert_eq!(users.len(), TOTAL, "one command per user");
+    let mut per_variant: BTreeMap<&str, usize> = BTreeMap::new();
+    for command in &commands {
+        *per_variant.entry(command.variant_id.as_str()).or_default() += 1;
+    }
+    // No clicks: the tie goes to A, which gets the 3,200 places left after the test.
+    let expected = BTreeMap::from([("A", 600 + 3_200), ("B", 600), ("C", 600)]);
+    assert_eq!(per_variant, expected, "the test audience exact over the 4 shards");
+    let kinds: Vec<String> = events.iter().map(|e| format!("{:?}", e.kind)).collect();
+    assert_eq!(kinds, ["RunStarted", "WinnerDeclared", "RunFinished", "LimitReached", "Completed"]);
+    assert_eq!(events[0].details["qualified"], USERS.to_string(), "counted over every shard");
+    assert_eq!(events[0].details["test_per_variant"], "600");
+    assert_eq!(events[2].details["sent"], TOTAL.to_string());
+    let stats = stats.expect("a stats snapshot");
+    let sent: BTreeMap<&str, i64> =
+        stats.variants.iter().map(|v| (v.variant_id.as_str(), v.sent)).collect();
+    assert_eq!(sent, BTreeMap::from([("A", 3_800), ("B", 600), ("C", 600)]));
+
+    common::delete_topics_starting_with(&[&prefix, &app_id]);
+}
