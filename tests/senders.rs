@@ -58,6 +58,19 @@ impl Setup {
         assert!(ready, "simulator not up\n{}", common::tail(&self.path("sim.log"), 20));
     }
 
+    /// Restarts the simulator without its `--fault`s.
+    fn restart_sim_without_faults(&mut self) {
+        let mut args = std::mem::take(&mut self.sim_args).into_iter();
+        while let Some(arg) = args.next() {
+            if arg == "--fault" {
+                args.next();
+            } else {
+                self.sim_args.push(arg);
+            }
+        }
+        self.restart_sim();
+    }
+
     /// Restarts the simulator on the same address and credentials; it forgets the access
     /// tokens it granted and its counts.
     fn restart_sim(&mut self) {
@@ -972,4 +985,68 @@ fn concurrent_refusals_of_an_access_token_fetch_one_new_token() {
     );
     assert_eq!(stats["accepted"], COUNT - 20, "{stats}");
     assert_eq!(stats["duplicates"], 0, "{stats}");
+}
+
+/// Item 2 of issue 12 (check-then-act): commands still retrying (every attempt answered 503)
+/// when their partition is revoked and assigned back to the same instance (a second instance
+/// joins) are not sent a second time: their tasks are aborted once the drain's bound passes,
+/// and the instance, reading them again, finds their intents and receipts them `interrupted`
+/// (a command read again while its delivery still runs joins it instead). The provider then
+/// accepts everything (restarted without faults): one receipt and one `sending` intent per
+/// command, no duplicate. (Before, the old retry kept going beside
+/// the new read of the same command: two receipts, and before intents two sends.)
+#[test]
+fn a_partition_back_on_the_same_instance_while_its_sends_retry_sends_nothing_twice() {
+    const COUNT: usize = 10;
+    let mut setup = Setup::new("same-instance", 1, &["unavailable=1.0"]);
+    common::produce(&setup.topic("push"), commands(COUNT));
+    let config = setup.sender_config(&setup.token_auth(None), "");
+    let mut a = setup.spawn_sender(&config, "a");
+    let log = setup.path("sender-a.log");
+    let assignments = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.matches("partitions assigned").count()
+    };
+    let retrying = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        let rejected = setup.stats().map(|s| s["rejected"].clone()).unwrap_or_default();
+        let apns = rejected["ServiceUnavailable"].as_u64().unwrap_or(0);
+        let fcm = rejected["UNAVAILABLE"].as_u64().unwrap_or(0);
+        apns + fcm >= 2 * COUNT as u64
+    });
+    assert!(retrying, "not retrying\n{}", common::tail(&log, 20));
+    let mut b = setup.spawn_sender(&config, "b");
+    let back = (0..1_200).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        assignments() >= 2
+    });
+    assert!(back, "no second assignment\n{}", common::tail(&log, 20));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last = text.lines().rev().find(|l| l.contains("partitions assigned")).unwrap();
+    assert!(last.contains("[0]"), "partition 0 came back to a: {last}");
+    setup.restart_sim_without_faults();
+    setup.receipts(COUNT, Duration::from_secs(120));
+    common::stop_gracefully(a.take());
+    common::stop_gracefully(b.take());
+    let receipts = setup.receipts(COUNT, Duration::from_secs(60));
+    let by_message = one_receipt_each(&receipts, COUNT);
+    assert_eq!(by_message.keys().cloned().collect::<BTreeSet<_>>(), message_ids(COUNT));
+    assert_eq!(receipts.len(), COUNT, "one receipt per command");
+    // Aborted after the drain's bound: their outcome is unknown, so they are not sent again.
+    let interrupted =
+        by_message.values().filter(|r| r.reason.as_deref() == Some("interrupted")).count();
+    let accepted = by_message.values().filter(|r| r.status == ReceiptStatus::Accepted).count();
+    assert_eq!(accepted + interrupted, COUNT, "accepted once or interrupted");
+    let mut starts: HashMap<Vec<u8>, usize> = HashMap::new();
+    let intents = setup.topic("send-intents");
+    let written =
+        common::read_committed(&intents, COUNT, Duration::from_secs(3), Duration::from_secs(60));
+    for intent in written.iter().filter(|i| i.value.as_deref() == Some(&b"sending"[..])) {
+        *starts.entry(intent.key.clone()).or_default() += 1;
+    }
+    assert!(starts.values().all(|n| *n == 1), "no command started twice: {starts:?}");
+    let stats = setup.stats().unwrap();
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+    assert_eq!(stats["accepted"], accepted, "only the accepted ones reached it: {stats}");
+    println!("back on the same instance mid-retry: {interrupted} interrupted, {accepted} accepted");
 }
