@@ -655,7 +655,7 @@ fn sample<T: std::fmt::Display>(items: &[T], n: usize) -> String {
 const KNOWN_FAILING: &[(&str, &str)] = &[
     (
         "no process died or got stuck; every SIGTERM exited cleanly",
-        "after a broker restart longer than the session timeout, static members get librdkafka's fatal FencedInstanceId though no other process has their id (a sender's log shows it as the answer to its commit of the revoked partitions): (1) the engine exits (runtime/live check_not_fenced: `another process joined ... with this instance's id`; at older commits `asking partition offsets: ... FencedLeaderEpoch`); (2) a sender, sometimes, logs it as a warning (sender/mod.rs poll loop) and goes on with a dead consumer: alive, never sending again",
+        "after a broker restart longer than the session timeout, static members get librdkafka's fatal FencedInstanceId though no other process has their id (a sender's log shows it as the answer to its commit of the revoked partitions; senders now rebuild their consumer and carry on, f905f09): the engine exits (runtime/live check_not_fenced: `another process joined ... with this instance's id`; at older commits `asking partition offsets: ... FencedLeaderEpoch`)",
     ),
 ];
 
