@@ -953,10 +953,11 @@ fn a_provider_slower_than_the_poll_interval_does_not_evict_the_sender() {
 }
 
 /// Item 3 of issue 12: every FCM request in flight suddenly carries an access token the
-/// provider refuses (the simulator restarted: it forgot the tokens it granted), so tens of 401s
-/// come back at once (22 in a run). The sender fetches one new token for all of them: a refusal
-/// discards only the token it was about, and a fetch holds the token's lock (one in flight, the
-/// old token kept until the new one is in). Every command is delivered once.
+/// provider refuses (the simulator restarted: it forgot the tokens it granted), so several 401s
+/// come back at once (3 to 67 in runs, with no pacing between requests). The sender fetches
+/// one new token for all of them: a refusal discards only the token it was about, and a fetch
+/// holds the token's lock (one in flight, the old token kept until the new one is in). Every
+/// command is delivered once.
 #[test]
 fn concurrent_refusals_of_an_access_token_fetch_one_new_token() {
     const COUNT: usize = 220;
@@ -964,7 +965,10 @@ fn concurrent_refusals_of_an_access_token_fetch_one_new_token() {
     let mut all = commands(COUNT);
     let later = all.split_off(20);
     common::produce(&setup.topic("push"), all);
-    let config = setup.sender_config(&setup.token_auth(None), "    max_in_flight: 400\n");
+    let config = setup.sender_config(
+        &setup.token_auth(None),
+        "    max_in_flight: 400\n    max_per_second: 1000000\n",
+    );
     let mut sender = setup.spawn_sender(&config, "a");
     assert_eq!(setup.receipts(20, Duration::from_secs(60)).len(), 20);
     assert_eq!(setup.stats().unwrap()["token_grants"], 1, "one token for the first commands");
@@ -977,7 +981,7 @@ fn concurrent_refusals_of_an_access_token_fetch_one_new_token() {
     assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted), "none parked");
     let stats = setup.stats().unwrap();
     let refused = stats["rejected"]["THIRD_PARTY_AUTH_ERROR"].as_u64().unwrap_or(0);
-    assert!(refused >= 10, "many requests carried the forgotten token: {stats}");
+    assert!(refused >= 2, "several requests carried the forgotten token: {stats}");
     assert_eq!(stats["token_grants"], 1, "one new token for {refused} refusals: {stats}");
     println!(
         "{refused} concurrent refusals of one access token, {} new token",
