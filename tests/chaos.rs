@@ -46,8 +46,9 @@ use herald_engine::{
 };
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
-    producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
-    Message, Offset, TopicPartitionList,
+    message::DeliveryResult,
+    producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer},
+    ClientContext, Message, Offset, TopicPartitionList,
 };
 
 /// The chaos broker's port (the shared one is on 9092).
@@ -528,7 +529,7 @@ impl Trigger {
 /// by a `Charged`.
 struct Traffic {
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<Vec<Trigger>>,
+    handle: JoinHandle<(Vec<Trigger>, usize)>,
 }
 
 impl Traffic {
@@ -539,27 +540,113 @@ impl Traffic {
         Self { stop, handle }
     }
 
-    /// Stops it; every trigger produced (acknowledged by the broker).
-    fn stop(self) -> Vec<Trigger> {
+    /// Stops it; every trigger produced (acknowledged by the broker), and how many events were
+    /// sent again.
+    fn stop(self) -> (Vec<Trigger>, usize) {
         self.stop.store(true, Ordering::SeqCst);
         self.handle.join().expect("traffic thread")
     }
 }
 
-fn run_traffic(topic: &str, users: usize, stop: &AtomicBool) -> Vec<Trigger> {
-    let producer: ThreadedProducer<DefaultProducerContext> = common::kafka()
-        .client_config()
-        .set("enable.idempotence", "true")
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "600000")
-        .create()
-        .unwrap();
+/// Events whose delivery failed, (key, value) in the order reported.
+type Undelivered = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// Keeps the events whose delivery failed, to be sent again.
+struct KeepFailed(Undelivered);
+
+impl ClientContext for KeepFailed {}
+
+impl ProducerContext for KeepFailed {
+    type DeliveryOpaque = Box<(String, Vec<u8>)>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, record: Self::DeliveryOpaque) {
+        if result.is_err() {
+            self.0.lock().unwrap().push(*record);
+        }
+    }
+}
+
+/// The test's own app-event producer, like an SDK pipeline's: what fails to be delivered is sent
+/// again with its event id (Herald de-duplicates at its door), and a producer left unusable by
+/// a broker restart (idempotence's fatal errors) is replaced.
+struct EventProducer {
+    topic: String,
+    failed: Undelivered,
+    producer: ThreadedProducer<KeepFailed>,
+    /// Events sent again.
+    resent: usize,
+}
+
+impl EventProducer {
+    fn new(topic: String) -> Self {
+        let failed = Undelivered::default();
+        let producer = Self::connect(&failed);
+        Self { topic, failed, producer, resent: 0 }
+    }
+
+    fn connect(failed: &Undelivered) -> ThreadedProducer<KeepFailed> {
+        common::kafka()
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            .create_with_context(KeepFailed(Arc::clone(failed)))
+            .unwrap()
+    }
+
+    fn send(&mut self, key: String, value: Vec<u8>) {
+        loop {
+            let opaque = Box::new((key.clone(), value.clone()));
+            let record = BaseRecord::with_opaque_to(&self.topic, opaque).key(&key).payload(&value);
+            match send_waiting(&self.producer, record) {
+                Ok(()) => return,
+                Err(error) => {
+                    eprintln!("chaos traffic: producing failed ({error}); a new producer");
+                    self.replace();
+                }
+            }
+        }
+    }
+
+    /// Drops the producer for a new one; what it still held is reported failed (purged).
+    fn replace(&mut self) {
+        self.producer.purge(PurgeConfig::default().queue().inflight());
+        let _ = self.producer.flush(Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(500));
+        self.producer = Self::connect(&self.failed);
+    }
+
+    /// Sends again what failed so far (after a new producer if this one is unusable).
+    fn resend_failed(&mut self) {
+        if self.producer.client().fatal_error().is_some() {
+            self.replace();
+        }
+        let failed = std::mem::take(&mut *self.failed.lock().unwrap());
+        self.resent += failed.len();
+        for (key, value) in failed {
+            self.send(key, value);
+        }
+    }
+
+    /// Waits until every event is delivered; how many were sent again.
+    fn finish(mut self) -> usize {
+        loop {
+            let _ = self.producer.flush(Duration::from_secs(60));
+            if self.failed.lock().unwrap().is_empty() {
+                return self.resent;
+            }
+            self.resend_failed();
+        }
+    }
+}
+
+fn run_traffic(topic: &str, users: usize, stop: &AtomicBool) -> (Vec<Trigger>, usize) {
+    let mut producer = EventProducer::new(topic.to_string());
     let registry = SchemaRegistry::builtin();
-    let send = |user: usize, name: &str, event_id: &str, at_ms: i64| {
+    let send = |producer: &mut EventProducer, user: usize, name: &str, id: &str, at_ms: i64| {
         let user = member(user).0;
         let event = AppEvent {
-            event_id: event_id.into(),
+            event_id: id.into(),
             app_id: "shop".into(),
             user_id: user.clone(),
             name: name.into(),
@@ -567,22 +654,22 @@ fn run_traffic(topic: &str, users: usize, stop: &AtomicBool) -> Vec<Trigger> {
             properties: Default::default(),
             sdk_version: None,
         };
-        let value = registry.encode(&event).unwrap();
-        send_waiting(&producer, BaseRecord::to(topic).key(&user).payload(&value)).expect("produce");
+        producer.send(user, registry.encode(&event).unwrap());
     };
     let mut triggers = Vec::new();
     let (started, mut round, mut carts) = (Instant::now(), 0usize, 0usize);
     while !stop.load(Ordering::SeqCst) {
+        producer.resend_failed();
         let now = common::now_ms();
         let user = round.wrapping_mul(7_919) % users;
         let event_id = format!("ping-{round}");
-        send(user, "Ping", &event_id, now);
+        send(&mut producer, user, "Ping", &event_id, now);
         triggers.push(Trigger { campaign: "pings", user, event_id, converted: false });
         if round % 2 == 0 && carts < users {
             let (user, event_id, converted) = (carts, format!("cart-{carts}"), carts % 2 == 1);
-            send(user, "Added To Cart", &event_id, now - 1_000);
+            send(&mut producer, user, "Added To Cart", &event_id, now - 1_000);
             if converted {
-                send(user, "Charged", &format!("charged-{carts}"), now);
+                send(&mut producer, user, "Charged", &format!("charged-{carts}"), now);
             }
             triggers.push(Trigger { campaign: "cart", user, event_id, converted });
             carts += 1;
@@ -593,8 +680,7 @@ fn run_traffic(topic: &str, users: usize, stop: &AtomicBool) -> Vec<Trigger> {
             std::thread::sleep(wait);
         }
     }
-    producer.flush(Duration::from_secs(600)).expect("flush the traffic");
-    triggers
+    (triggers, producer.finish())
 }
 
 /// The simulator: its origin and credentials directory.
@@ -922,7 +1008,7 @@ fn run(plan: Plan) {
     }
     let broadcast_done = poll_until(Duration::from_secs(120), || common::now_ms() > broadcast_at);
     assert!(broadcast_done);
-    let triggers = traffic.stop();
+    let (triggers, resent) = traffic.stop();
     let schedule_secs = started.elapsed().as_secs_f64();
 
     // What should have been sent.
@@ -1210,6 +1296,7 @@ fn run(plan: Plan) {
         ("simulator: connections dropped", count("connection_dropped")),
         ("simulator: GOAWAY sent", sim_stats["goaways"].as_u64().unwrap_or(0)),
         ("simulator: token requests refused (endpoint down)", count("token_endpoint_down")),
+        ("test's event producer: events sent again after a failed delivery", resent as u64),
     ];
     println!(
         "\nchaos suite ({}): {} users, broker 127.0.0.1:{BROKER_PORT}{}",
