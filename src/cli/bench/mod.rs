@@ -1,8 +1,10 @@
 //! `herald bench …`: benchmarks that print a table and one JSON line.
 
 mod campaign;
+mod engines;
 mod ingest;
 mod runtime;
+mod scale;
 mod sender;
 mod support;
 
@@ -22,6 +24,9 @@ pub enum BenchCommand {
     /// The sender's HTTP/2 delivery path against the simulator, beside h2load on the same
     /// endpoint.
     Sender(sender::SenderArgs),
+    /// The engine at scale as processes: restore from the changelog, a broadcast on 1 and 2
+    /// instances beside a raw producer, failover after a SIGKILL with and without a standby.
+    Scale(scale::ScaleArgs),
 }
 
 pub fn run(kafka: &KafkaConfig, command: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -30,5 +35,6 @@ pub fn run(kafka: &KafkaConfig, command: BenchCommand) -> anyhow::Result<ExitCod
         BenchCommand::Campaign(args) => campaign::run(kafka, args),
         BenchCommand::Ingest(args) => ingest::run(kafka, args),
         BenchCommand::Sender(args) => sender::run(args),
+        BenchCommand::Scale(args) => scale::run(kafka, args),
     }
 }
