@@ -590,6 +590,9 @@ impl EventProducer {
             .set("enable.idempotence", "true")
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "5")
+            // Undelivered after this long: failed, and sent again by a new producer (an
+            // idempotent producer can stay wedged after a broker restart).
+            .set("message.timeout.ms", "30000")
             .create_with_context(KeepFailed(Arc::clone(failed)))
             .unwrap()
     }
@@ -616,11 +619,13 @@ impl EventProducer {
         self.producer = Self::connect(&self.failed);
     }
 
-    /// Sends again what failed so far (after a new producer if this one is unusable).
+    /// Sends again what failed so far, with a new producer (this one may be unusable).
     fn resend_failed(&mut self) {
-        if self.producer.client().fatal_error().is_some() {
-            self.replace();
+        if self.failed.lock().unwrap().is_empty() && self.producer.client().fatal_error().is_none()
+        {
+            return;
         }
+        self.replace();
         let failed = std::mem::take(&mut *self.failed.lock().unwrap());
         self.resent += failed.len();
         for (key, value) in failed {
