@@ -5,7 +5,7 @@ export KAFKA_PORT ?= 9092
 export HERALD_BROKERS ?= 127.0.0.1:$(KAFKA_PORT)
 HERALD := $(CARGO_TARGET_DIR)/debug/herald
 
-.PHONY: bootstrap kafka-up kafka-down registry-up registry-down build demo demo-down test test-broadcast test-scale-out chaos bench bench-runtime bench-campaign bench-ingest bench-sender lint fmt
+.PHONY: bootstrap kafka-up kafka-down registry-up registry-down build demo demo-down test test-broadcast test-scale-out chaos bench bench-runtime bench-campaign bench-ingest bench-sender bench-scale lint fmt
 
 bootstrap: ## install missing system packages
 	@deploy/local/bootstrap.sh
@@ -53,7 +53,7 @@ chaos: ## the closed loop under the full fault schedule (kills, broker restart, 
 	@deploy/local/bootstrap.sh chaos
 	cargo test --test chaos -- --ignored --nocapture
 
-bench: bench-runtime bench-campaign bench-ingest bench-sender ## every benchmark (release build)
+bench: bench-runtime bench-campaign bench-ingest bench-sender bench-scale ## every benchmark (release build)
 
 bench-runtime: kafka-up ## runtime throughput (raw vs exactly-once vs stateful) and latency
 	cargo build --release --bins
@@ -70,6 +70,10 @@ bench-ingest: kafka-up registry-up ## user-stage ingest per format and partition
 bench-sender: bootstrap ## the sender's HTTP/2 delivery path vs h2load on the same simulator endpoint (no broker)
 	cargo build --release --bins
 	$(CARGO_TARGET_DIR)/release/herald bench sender $(BENCH_ARGS)
+
+bench-scale: kafka-up ## engine processes at scale: restore of 1,000,000 profiles, a broadcast to 2,000,000 users on 1 and 2 instances vs a raw producer, failover with and without a standby
+	cargo build --release --bins
+	$(CARGO_TARGET_DIR)/release/herald bench scale $(BENCH_ARGS)
 
 lint: ## formatting and clippy, warnings are errors
 	cargo fmt --all -- --check
