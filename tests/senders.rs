@@ -1054,3 +1054,22 @@ fn a_partition_back_on_the_same_instance_while_its_sends_retry_sends_nothing_twi
     assert_eq!(stats["accepted"], accepted, "only the accepted ones reached it: {stats}");
     println!("back on the same instance mid-retry: {interrupted} interrupted, {accepted} accepted");
 }
+
+/// Item 3 of issue 12 (token refresh storms): a token endpoint that grants access tokens for
+/// less than the five minutes before expiry at which the sender renews them (here 60 s) gets
+/// one grant for a burst of FCM sends, not one per message: the sender renews such a token at
+/// half its lifetime.
+#[test]
+fn short_lived_access_tokens_are_fetched_once_per_lifetime_not_per_message() {
+    const COUNT: usize = 200;
+    let setup = Setup::with_sim_args("short-token", 2, &["--fcm-token-ttl", "60"]);
+    common::produce(&setup.topic("push"), commands(COUNT));
+    let config = setup.sender_config(&setup.token_auth(None), "");
+    let mut sender = setup.spawn_sender(&config, "a");
+    let receipts = setup.receipts(COUNT, Duration::from_secs(120));
+    common::stop_gracefully(sender.take());
+    let by_message = one_receipt_each(&receipts, COUNT);
+    assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted));
+    let stats = setup.stats().unwrap();
+    assert_eq!(stats["token_grants"], 1, "one token for {} FCM sends: {stats}", COUNT / 2);
+}

@@ -23,11 +23,17 @@ use crate::model::SendCommand;
 
 /// OAuth scope of FCM sends.
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
-/// Tokens are renewed this long before they expire.
+/// Tokens are renewed this long before they expire, or at half their lifetime if that is
+/// shorter (a token granted for less than this is not fetched again for every message).
 const RENEW_BEFORE: Duration = Duration::from_secs(300);
 /// Longest token lifetime believed: a larger `expires_in` (up to 2^64−1 from a hostile or broken
 /// endpoint) is clamped to it. Google's tokens live an hour.
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3_600);
+
+/// How long after it was granted a token of `lifetime` is renewed.
+fn renewal(lifetime: Duration) -> Duration {
+    lifetime - RENEW_BEFORE.min(lifetime / 2)
+}
 
 /// The fields of a service-account JSON file the sender needs.
 #[derive(Deserialize)]
@@ -73,6 +79,7 @@ pub struct AccessTokens {
     account: ServiceAccount,
     key: EncodingKey,
     endpoint: H2Pool,
+    /// The cached token and when to renew it.
     current: Mutex<Option<(String, Instant)>>,
 }
 
@@ -88,13 +95,13 @@ impl AccessTokens {
     /// token and whether it was just fetched.
     pub async fn bearer(&self) -> Result<(String, bool), String> {
         let mut current = self.current.lock().await;
-        if let Some((token, expires)) = current.as_ref() {
-            if Instant::now() + RENEW_BEFORE < *expires {
+        if let Some((token, renew_at)) = current.as_ref() {
+            if Instant::now() < *renew_at {
                 return Ok((token.clone(), false));
             }
         }
         let (token, lifetime) = self.fetch().await?;
-        *current = Some((token.clone(), Instant::now() + lifetime));
+        *current = Some((token.clone(), Instant::now() + renewal(lifetime)));
         Ok((token, true))
     }
 
@@ -213,6 +220,14 @@ fn classify(status: StatusCode, body: &serde_json::Value, after: Option<Duration
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_renewed_five_minutes_before_expiry_or_at_half_its_lifetime() {
+        let hour = Duration::from_secs(3_600);
+        assert_eq!(renewal(hour), hour - RENEW_BEFORE);
+        assert_eq!(renewal(Duration::from_secs(60)), Duration::from_secs(30));
+        assert_eq!(renewal(Duration::ZERO), Duration::ZERO);
+    }
 
     fn error(code: &str, status: &str, message: &str) -> serde_json::Value {
         serde_json::json!({"error": {"status": status, "message": message,
