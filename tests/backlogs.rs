@@ -214,6 +214,49 @@ fn an_inaction_window_behind_a_backlog_closes_after_the_events_before_its_end() 
     assert_eq!(users, expected, "exactly the users who did not buy, once each");
 }
 
+/// Profiles, then their users' events, all written while the engine was down: every user is
+/// sent to, none skipped as not reachable because an event was read before its profile.
+#[test]
+fn events_behind_their_profiles_in_a_backlog_find_the_profiles() {
+    const USERS: usize = 20_000;
+    let topics = deployment(1);
+    let start = common::now_ms() - 10 * 60_000;
+    apply_campaign(
+        &topics.campaigns,
+        "id: hello\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\noptions: { ignore_global_caps: true }\n",
+    );
+    common::produce_at(
+        &topics.profiles,
+        (0..USERS).map(|i| {
+            let (key, value) = profile(i, start);
+            (key, value, Some(start))
+        }),
+    );
+    common::produce_at(
+        &topics.events,
+        (0..USERS).map(|i| {
+            let (key, value) = ping(i, start + 60_000);
+            (key, value, Some(start + 60_000))
+        }),
+    );
+    let (app_id, state) = (common::unique("order-app"), tempfile::tempdir().unwrap());
+    let engine = Engine::start(&app_id, &topics, state.path(), |_| {});
+    let mut users = BTreeSet::new();
+    read(&topics.push, Duration::from_secs(180), Duration::from_secs(5), |_, value| {
+        users.insert(SchemaRegistry::builtin().decode::<SendCommand>(value).unwrap().user_id);
+        users.len() >= USERS
+    });
+    engine.stop();
+    let missing: Vec<String> =
+        (0..USERS).map(|i| format!("u{i}")).filter(|u| !users.contains(u)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} users not sent to, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
 /// Topics of a fresh deployment (a unique prefix), `partitions` each; `herald.push` is stamped
 /// with the broker's append time, when a command really left.
 fn deployment(partitions: i32) -> TopicNames {

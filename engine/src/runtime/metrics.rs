@@ -32,6 +32,8 @@ pub struct RuntimeMetrics {
     pub transaction_aborts: IntCounter,
     /// Inputs retried because something they need was unreachable (e.g. a schema registry).
     pub input_unavailable: IntCounter,
+    /// Waits for a time-ordered source that is behind which ran out (records went on without it).
+    pub input_order_waits_expired: IntCounter,
     /// Changelog records restored, by store.
     pub restored_records: IntCounterVec,
     /// Duration of each task restore.
@@ -118,6 +120,10 @@ impl RuntimeMetrics {
             input_unavailable: counter(
                 "input_unavailable_total",
                 "Inputs retried after a pause because something they need was unreachable",
+            ),
+            input_order_waits_expired: counter(
+                "input_order_waits_expired_total",
+                "Waits for a time-ordered source that is behind which ran out",
             ),
             restored_records: counter_vec(
                 "restored_records_total",

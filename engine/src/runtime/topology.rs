@@ -32,6 +32,9 @@ pub struct SubTopology {
     /// Internal repartition topics: sources and sinks of this sub-topology that the runtime
     /// creates, co-partitioned with its other sources, when they are missing.
     pub(crate) internal: Vec<String>,
+    /// Sources read in record-timestamp order across them (see
+    /// [`SubTopologyBuilder::ordered_source`]).
+    pub(crate) ordered: Vec<String>,
     pub(crate) factory: ProcessorFactory,
 }
 
@@ -143,6 +146,7 @@ impl TopologyBuilder {
             stores: declared.stores,
             sinks: declared.sinks,
             internal: declared.internal,
+            ordered: declared.ordered,
             factory: Arc::new(move |task| Box::new(factory(task))),
         });
         self
@@ -194,6 +198,7 @@ pub struct SubTopologyBuilder {
     stores: Vec<String>,
     sinks: Vec<String>,
     internal: Vec<String>,
+    ordered: Vec<String>,
 }
 
 impl SubTopologyBuilder {
@@ -201,6 +206,17 @@ impl SubTopologyBuilder {
     pub fn source(mut self, topic: impl Into<String>) -> Self {
         self.sources.push(topic.into());
         self
+    }
+
+    /// Reads `topic` like [`Self::source`], in record-timestamp order with the sub-topology's
+    /// other ordered sources: a live task hands their records to the processor earliest first
+    /// across them, and waits (up to 2 s) for an ordered source that is behind rather than
+    /// overtake its unread records (e.g. a profile written before an event, on another topic,
+    /// after downtime). Per-partition order is kept; ties go to the source declared first.
+    pub fn ordered_source(mut self, topic: impl Into<String>) -> Self {
+        let topic = topic.into();
+        self.ordered.push(topic.clone());
+        self.source(topic)
     }
 
     /// A key-value state store named `name`, backed by a changelog topic.

@@ -60,8 +60,10 @@ pub fn add_user_stage(
         "user",
         move |_| UserStage::new(Arc::clone(&names), Arc::clone(&settings), ingest.clone()),
         |s| {
-            s.source(&topics.events)
-                .source(&topics.profiles)
+            // Profiles and events in time order across the two topics (a user's profile before
+            // the user's later events, whatever was fetched first), a profile first on a tie.
+            s.ordered_source(&topics.profiles)
+                .ordered_source(&topics.events)
                 .source(&topics.receipts)
                 .source(&topics.send_gate)
                 .repartition(&topics.ingest_repartition)

@@ -14,10 +14,12 @@
 mod checks;
 mod global_reader;
 mod group;
+mod ordered;
 mod progress;
 mod txn;
 
 use global_reader::GlobalReader;
+use ordered::OrderedInputs;
 use progress::ReadPositions;
 use txn::{create_producer, RebalanceEvent, RebalanceHook, TxnOutput, TxnState};
 
@@ -236,6 +238,7 @@ impl LiveRuntime {
             memory,
             standbys,
             tasks: BTreeMap::new(),
+            ordered: OrderedInputs::default(),
             globals,
             global_reader,
             consumer: Arc::new(consumer),
@@ -374,6 +377,8 @@ struct Worker<'a> {
     /// Warm copies of other instances' tasks, if this instance keeps any.
     standbys: Option<Standbys>,
     tasks: BTreeMap<TaskId, Task>,
+    /// Records of time-ordered sources polled and not yet processed.
+    ordered: OrderedInputs,
     globals: GlobalTables,
     global_reader: GlobalReader,
     consumer: Arc<BaseConsumer<RebalanceHook>>,
@@ -450,17 +455,23 @@ impl Worker<'_> {
             metrics: &metrics,
         };
         let mut txn = self.txn.lock().expect("txn lock");
+        let topology = &self.runtime.topology;
         for message in &batch {
-            let task = self
-                .runtime
-                .topology
+            let Some(id) = topology
                 .sub_topology_of(message.topic())
                 .map(|sub| TaskId { sub_topology: sub, partition: message.partition() })
-                .and_then(|id| self.tasks.get_mut(&id));
+            else {
+                continue;
+            };
             // No task: the partition is not (or no longer) ours, a message fetched before a
             // revocation; its new owner reads it from the committed offset.
-            let Some(task) = task else { continue };
+            let Some(task) = self.tasks.get_mut(&id) else { continue };
             self.records_in.inc(message.topic());
+            let ordered = &topology.sub_topologies[id.sub_topology].ordered;
+            if ordered.len() > 1 && ordered.iter().any(|topic| topic == message.topic()) {
+                self.ordered.hold(id, ordered, message, now);
+                continue;
+            }
             let record = SourceRecord {
                 topic: message.topic(),
                 partition: message.partition(),
@@ -469,19 +480,32 @@ impl Worker<'_> {
                 value: message.payload(),
                 timestamp_ms: message.timestamp().to_millis().unwrap_or(now),
             };
-            loop {
-                state.begin(&mut txn)?;
-                let out = &mut TxnOutput { txn: &mut txn };
-                if task.process(&record, &env, out, &mut state.budget)? {
-                    break;
+            process_record(task, &record, &env, state, &mut txn, &self.consumer)?;
+        }
+        let held = self.ordered.tasks();
+        if !held.is_empty() {
+            let read = ReadPositions::of(&self.consumer);
+            for id in held {
+                let Some(task) = self.tasks.get_mut(&id) else { continue };
+                loop {
+                    let turn = self.ordered.next(id, Instant::now(), |topic| {
+                        read.at_end(&self.consumer, &txn.positions, topic, id.partition)
+                    });
+                    let Some(turn) = turn else { break };
+                    if turn.gave_up {
+                        metrics.input_order_waits_expired.inc();
+                        tracing::warn!(task = %id, "a time-ordered source stayed behind: going on without it");
+                    }
+                    let record = SourceRecord {
+                        topic: &turn.topic,
+                        partition: id.partition,
+                        offset: turn.record.offset,
+                        key: turn.record.key.as_deref(),
+                        value: turn.record.value.as_deref(),
+                        timestamp_ms: turn.record.timestamp_ms,
+                    };
+                    process_record(task, &record, &env, state, &mut txn, &self.consumer)?;
                 }
-                // Event-time timers due before the record spent the budget: commit them first.
-                state.commit(&mut txn, &self.consumer)?;
-            }
-            txn.touched = true;
-            txn.consumed(message.topic(), message.partition(), message.offset());
-            if state.budget.spent() {
-                state.commit(&mut txn, &self.consumer)?;
             }
         }
         let tick = Instant::now();
@@ -494,8 +518,10 @@ impl Worker<'_> {
             for turn in 0..ids.len() {
                 let position = (state.timer_turn + turn) % ids.len();
                 let task = self.tasks.get_mut(&ids[position]).expect("listed task");
+                let ordered = &self.ordered;
                 let horizon = task.timer_horizon(now, |topic, partition| {
-                    read.at_end(&self.consumer, &txn.positions, topic, partition)
+                    !ordered.holds(task.id, topic)
+                        && read.at_end(&self.consumer, &txn.positions, topic, partition)
                 });
                 state.begin(&mut txn)?;
                 // A timer due at T fires once the clock has passed T, after the records of T
@@ -546,6 +572,7 @@ impl Worker<'_> {
             match event {
                 RebalanceEvent::Revoked(partitions) => {
                     for id in self.task_ids(&partitions) {
+                        self.ordered.forget(id);
                         if let Some(task) = self.tasks.remove(&id) {
                             self.close_task(task, !dirty);
                         }
@@ -705,6 +732,8 @@ impl Worker<'_> {
     /// their changelogs and rewind their inputs to the committed offsets. Tasks the group gave
     /// away meanwhile (an eviction) stay closed, their timers unfired, until assigned again.
     fn rewind(&mut self) -> Result<(), RuntimeError> {
+        // Held records come again from the committed offsets.
+        self.ordered.clear();
         for task in std::mem::take(&mut self.tasks).into_values() {
             self.close_task(task, false);
         }
@@ -817,4 +846,31 @@ impl Worker<'_> {
             self.close_task(task, committed && !dirty);
         }
     }
+}
+
+/// Processes `record` on `task` in the open transaction (beginning one if needed), committing
+/// first when event-time timers due before it spent the budget, and after it when it did.
+fn process_record(
+    task: &mut Task,
+    record: &SourceRecord<'_>,
+    env: &TaskEnv<'_>,
+    state: &mut LoopState,
+    txn: &mut TxnState,
+    consumer: &BaseConsumer<RebalanceHook>,
+) -> Result<(), RuntimeError> {
+    loop {
+        state.begin(txn)?;
+        let out = &mut TxnOutput { txn: &mut *txn };
+        if task.process(record, env, out, &mut state.budget)? {
+            break;
+        }
+        // Event-time timers due before the record spent the budget: commit them first.
+        state.commit(txn, consumer)?;
+    }
+    txn.touched = true;
+    txn.consumed(record.topic, record.partition, record.offset);
+    if state.budget.spent() {
+        state.commit(txn, consumer)?;
+    }
+    Ok(())
 }
