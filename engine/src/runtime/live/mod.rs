@@ -487,9 +487,16 @@ impl Worker<'_> {
             let read = ReadPositions::of(&self.consumer);
             for id in held {
                 let Some(task) = self.tasks.get_mut(&id) else { continue };
+                // Whether each source is read to its end, asked once per step.
+                let mut ends: Vec<(String, bool)> = Vec::new();
                 loop {
                     let turn = self.ordered.next(id, Instant::now(), |topic| {
-                        read.at_end(&self.consumer, &txn.positions, topic, id.partition)
+                        if let Some((_, end)) = ends.iter().find(|(t, _)| t == topic) {
+                            return *end;
+                        }
+                        let end = read.at_end(&self.consumer, &txn.positions, topic, id.partition);
+                        ends.push((topic.to_string(), end));
+                        end
                     });
                     let Some(turn) = turn else { break };
                     if turn.gave_up {
