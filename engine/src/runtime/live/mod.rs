@@ -61,6 +61,9 @@ const GAUGE_REFRESH: Duration = Duration::from_secs(5);
 /// Records taken from the consumer per loop step at most.
 const MAX_BATCH: usize = 1_000;
 
+/// A consumer fenced twice within this long is taken to share its id with another process.
+const REJOIN_WINDOW: Duration = Duration::from_secs(300);
+
 /// Set to stop a running instance gracefully (finish the transaction, checkpoint), staying a
 /// static member of the group until the session timeout (a restart) or leaving it (a
 /// scale-in).
@@ -206,27 +209,8 @@ impl LiveRuntime {
             transactional_id,
             kafka_config,
         }));
-        let member = format!("{}-{}", self.topology.app_id, self.config.instance_id);
-        let consumer: BaseConsumer<RebalanceHook> = group::consumer_config(
-            self.config.kafka.client_config(),
-            &self.topology.app_id,
-            &member,
-            self.config.group_protocol,
-        )
-        .create_with_context(RebalanceHook {
-            txn: Arc::clone(&txn),
-            metrics: Arc::clone(&self.metrics),
-        })
-        .map_err(RuntimeError::kafka("creating the consumer"))?;
-        tracing::info!(
-            app = %self.topology.app_id,
-            instance = %self.config.instance_id,
-            protocol = self.config.group_protocol.name(),
-            "joining the consumer group"
-        );
-        consumer
-            .subscribe(&self.topology.source_topics())
-            .map_err(RuntimeError::kafka("subscribing"))?;
+        let member = self.member_id();
+        let consumer = self.join_group(&txn)?;
 
         let memory =
             StoreMemory::new(self.config.block_cache_bytes, self.config.write_buffer_bytes);
@@ -243,11 +227,46 @@ impl LiveRuntime {
             global_reader,
             consumer: Arc::new(consumer),
             txn,
+            rejoined: None,
         };
         let result = worker.run_loop(shutdown);
         let leave = self.config.leave_group_on_shutdown || shutdown.leave_requested();
         worker.shutdown(result.is_ok(), leave);
         result
+    }
+
+    /// This instance's static member id in the group.
+    fn member_id(&self) -> String {
+        format!("{}-{}", self.topology.app_id, self.config.instance_id)
+    }
+
+    /// A consumer of the application's group, subscribed to the sources, committing `txn`
+    /// before its partitions are revoked.
+    fn join_group(
+        &self,
+        txn: &Arc<Mutex<TxnState>>,
+    ) -> Result<BaseConsumer<RebalanceHook>, RuntimeError> {
+        let consumer: BaseConsumer<RebalanceHook> = group::consumer_config(
+            self.config.kafka.client_config(),
+            &self.topology.app_id,
+            &self.member_id(),
+            self.config.group_protocol,
+        )
+        .create_with_context(RebalanceHook {
+            txn: Arc::clone(txn),
+            metrics: Arc::clone(&self.metrics),
+        })
+        .map_err(RuntimeError::kafka("creating the consumer"))?;
+        tracing::info!(
+            app = %self.topology.app_id,
+            instance = %self.config.instance_id,
+            protocol = self.config.group_protocol.name(),
+            "joining the consumer group"
+        );
+        consumer
+            .subscribe(&self.topology.source_topics())
+            .map_err(RuntimeError::kafka("subscribing"))?;
+        Ok(consumer)
     }
 
     /// Creates the missing topics of `topics` (`doing` names the step in errors).
@@ -383,6 +402,8 @@ struct Worker<'a> {
     global_reader: GlobalReader,
     consumer: Arc<BaseConsumer<RebalanceHook>>,
     txn: Arc<Mutex<TxnState>>,
+    /// When the consumer was last replaced after a fatal error.
+    rejoined: Option<Instant>,
 }
 
 impl Worker<'_> {
@@ -392,14 +413,14 @@ impl Worker<'_> {
         let mut state = LoopState::new(self.runtime.config.max_work_per_transaction);
         self.runtime.metrics.set_ready(true);
         while !shutdown.requested() {
-            self.check_not_fenced()?;
+            self.recover_if_fenced()?;
             match self.step(&mut state) {
                 Ok(()) => self.tend_standbys(),
                 Err(error @ (RuntimeError::Kafka { .. } | RuntimeError::NoGroupMetadata)) => {
                     tracing::warn!(%error, "aborting the transaction and rewinding to the last commit");
                     self.txn.lock().expect("txn lock").abort();
                     // Fenced for good: stop rather than rebuild tasks another process now runs.
-                    self.check_not_fenced()?;
+                    self.recover_if_fenced()?;
                     self.rewind_until_done(shutdown)?;
                 }
                 Err(RuntimeError::Unavailable(reason)) => {
@@ -407,7 +428,7 @@ impl Worker<'_> {
                     tracing::warn!(%reason, ?pause, "input needs something unreachable: aborting the transaction, retrying after a pause");
                     self.runtime.metrics.input_unavailable.inc();
                     self.txn.lock().expect("txn lock").abort();
-                    self.check_not_fenced()?;
+                    self.recover_if_fenced()?;
                     self.rewind_until_done(shutdown)?;
                     std::thread::sleep(pause);
                 }
@@ -725,7 +746,7 @@ impl Worker<'_> {
                     tracing::warn!(%error, ?pause, "rebuilding the tasks failed; retrying");
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_secs(5));
-                    self.check_not_fenced()?;
+                    self.recover_if_fenced()?;
                     if shutdown.requested() {
                         return Ok(());
                     }
@@ -806,6 +827,33 @@ impl Worker<'_> {
 
     /// Fails once the consumer is fenced for good: a newer member with this instance id joined
     /// the group (librdkafka's only fatal consumer error), so this process must stop working.
+    /// [`Self::check_not_fenced`], recovering once: a static member is also fenced after a
+    /// broker restart longer than the session timeout, with no other process involved. The
+    /// first time (in five minutes), the open transaction is aborted, the tasks closed (their
+    /// stores rebuilt when assigned again) and the group joined with a new consumer; fenced
+    /// again within five minutes, another process does have this id, and the error stands.
+    fn recover_if_fenced(&mut self) -> Result<(), RuntimeError> {
+        let Err(fenced) = self.check_not_fenced() else { return Ok(()) };
+        if self.rejoined.is_some_and(|at| at.elapsed() < REJOIN_WINDOW) {
+            return Err(fenced);
+        }
+        tracing::warn!(error = %fenced, "the consumer failed for good: joining the group again with a new one");
+        self.rejoined = Some(Instant::now());
+        self.txn.lock().expect("txn lock").abort();
+        for task in std::mem::take(&mut self.tasks).into_values() {
+            self.close_task(task, false);
+        }
+        self.ordered.clear();
+        {
+            let mut txn = self.txn.lock().expect("txn lock");
+            txn.positions.clear();
+            txn.events.clear();
+            txn.dirty = false;
+        }
+        self.consumer = Arc::new(self.runtime.join_group(&self.txn)?);
+        Ok(())
+    }
+
     fn check_not_fenced(&self) -> Result<(), RuntimeError> {
         match self.consumer.client().fatal_error() {
             None => Ok(()),
