@@ -1,9 +1,17 @@
 //! State stores: one RocksDB instance per task, one column family per store. Every write is
 //! also sent to the store's changelog topic partition, inside the current transaction.
+//!
+//! Writes reach RocksDB in write batches: each store keeps its latest writes in memory (reads
+//! look there first) and applies them in one batch once they are many or large, before the
+//! store is scanned, and when the task's stores are flushed. A record's reads and writes thus
+//! mostly skip RocksDB's write path, and a key written many times in a row is written once.
+//! Nothing durable depends on when a batch is applied: the changelog is the durable copy, a
+//! clean close flushes everything before its checkpoint, and an unclean one wipes the store.
 
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard, PoisonError},
 };
 
 use rocksdb::{
@@ -16,6 +24,10 @@ use super::{output::Output, RuntimeError};
 
 /// Share of a memtable's size given to its Bloom filter (about 8 bits per key of 100 bytes).
 const MEMTABLE_BLOOM_RATIO: f64 = 0.01;
+/// Writes a store keeps in memory at most before applying them in one batch.
+const PENDING_WRITES: usize = 2_048;
+/// Bytes (keys and values) a store keeps in memory at most before applying them.
+const PENDING_BYTES: usize = 512 << 10;
 
 /// Memory bounds shared by every store of an instance.
 #[derive(Clone)]
@@ -49,13 +61,39 @@ impl StoreMemory {
     }
 }
 
+/// A store's writes not yet applied to RocksDB: the latest value of each key (`None`: deleted).
+#[derive(Default)]
+struct Pending {
+    writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    bytes: usize,
+}
+
+impl Pending {
+    fn full(&self) -> bool {
+        self.writes.len() >= PENDING_WRITES || self.bytes >= PENDING_BYTES
+    }
+}
+
+/// One store of a task: its changelog topic and its pending writes.
+struct StoreSlot {
+    changelog: String,
+    pending: Mutex<Pending>,
+}
+
+impl StoreSlot {
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        // A panic while holding the lock leaves whole entries: the map is still usable.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The stores of one task.
 pub(crate) struct TaskState {
     db: DB,
     dir: PathBuf,
     partition: i32,
-    /// store name → changelog topic.
-    changelogs: HashMap<String, String>,
+    /// store name → its changelog topic and pending writes.
+    stores: HashMap<String, StoreSlot>,
     write_options: WriteOptions,
 }
 
@@ -79,7 +117,11 @@ impl TaskState {
         let mut write_options = WriteOptions::default();
         // The changelog is the durable copy; after an unclean stop the store is rebuilt from it.
         write_options.disable_wal(true);
-        Ok(Self { db, dir: dir.to_path_buf(), partition, changelogs, write_options })
+        let stores = changelogs
+            .into_iter()
+            .map(|(name, changelog)| (name, StoreSlot { changelog, pending: Mutex::default() }))
+            .collect();
+        Ok(Self { db, dir: dir.to_path_buf(), partition, stores, write_options })
     }
 
     /// Directory of the task's files.
@@ -89,12 +131,12 @@ impl TaskState {
 
     /// Store name of a changelog topic.
     pub(crate) fn store_of_changelog(&self, topic: &str) -> Option<&str> {
-        self.changelogs.iter().find(|(_, t)| *t == topic).map(|(s, _)| s.as_str())
+        self.stores.iter().find(|(_, slot)| slot.changelog == topic).map(|(s, _)| s.as_str())
     }
 
     /// Changelog topics of the task's stores.
     pub(crate) fn changelog_topics(&self) -> impl Iterator<Item = &str> {
-        self.changelogs.values().map(String::as_str)
+        self.stores.values().map(|slot| slot.changelog.as_str())
     }
 
     /// A handle on store `name` whose writes go to `out`'s changelog.
@@ -104,16 +146,14 @@ impl TaskState {
         out: &'a mut dyn Output,
         timestamp_ms: i64,
     ) -> Result<Store<'a>, RuntimeError> {
-        let (name, changelog) = self
-            .changelogs
-            .get_key_value(name)
-            .ok_or_else(|| RuntimeError::Topology(format!("no store named {name} in this task")))?;
-        Ok(Store { state: self, cf: self.cf(name)?, name, changelog, out, timestamp_ms })
+        let (name, slot) = self.slot(name)?;
+        Ok(Store { state: self, cf: self.cf(name)?, name, slot, out, timestamp_ms })
     }
 
     /// Applies changelog records of `store` during restore, in one write batch (no changelog
     /// write).
     pub(crate) fn restore(&self, store: &str, records: &[Restored]) -> Result<(), RuntimeError> {
+        self.apply_pending(store)?;
         let cf = self.cf(store)?;
         let mut batch = WriteBatch::default();
         for (key, value) in records {
@@ -129,6 +169,7 @@ impl TaskState {
 
     /// Number of keys in `store` (exact count by iteration; used after restore and for metrics).
     pub(crate) fn count(&self, store: &str) -> Result<u64, RuntimeError> {
+        self.apply_pending(store)?;
         let cf = self.cf(store)?;
         let mut count = 0;
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
@@ -148,14 +189,51 @@ impl TaskState {
             .unwrap_or(0)
     }
 
-    /// Flushes memtables to disk (clean close).
+    /// Applies every pending write and flushes memtables to disk (clean close).
     pub(crate) fn flush(&self) -> Result<(), RuntimeError> {
-        for name in self.changelogs.keys() {
+        for name in self.stores.keys() {
+            self.apply_pending(name)?;
             self.db
                 .flush_cf(self.cf(name)?)
                 .map_err(RuntimeError::store(format!("flushing {name}")))?;
         }
         Ok(())
+    }
+
+    fn slot(&self, name: &str) -> Result<(&str, &StoreSlot), RuntimeError> {
+        self.stores
+            .get_key_value(name)
+            .map(|(name, slot)| (name.as_str(), slot))
+            .ok_or_else(|| RuntimeError::Topology(format!("no store named {name} in this task")))
+    }
+
+    /// Applies `store`'s pending writes to RocksDB.
+    fn apply_pending(&self, store: &str) -> Result<(), RuntimeError> {
+        let (name, slot) = self.slot(store)?;
+        self.write_pending(name, self.cf(name)?, &mut slot.pending())
+    }
+
+    /// Applies `pending` (store `name`'s, column family `cf`) in one write batch.
+    fn write_pending(
+        &self,
+        name: &str,
+        cf: &ColumnFamily,
+        pending: &mut Pending,
+    ) -> Result<(), RuntimeError> {
+        if pending.writes.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        for (key, value) in pending.writes.drain() {
+            match value {
+                Some(value) => batch.put_cf(cf, key, value),
+                None => batch.delete_cf(cf, key),
+            }
+        }
+        pending.bytes = 0;
+        self.db
+            .write_opt(batch, &self.write_options)
+            .map_err(RuntimeError::store(format!("writing {name}")))
     }
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily, RuntimeError> {
@@ -176,7 +254,7 @@ pub struct Store<'a> {
     state: &'a TaskState,
     cf: &'a ColumnFamily,
     name: &'a str,
-    changelog: &'a str,
+    slot: &'a StoreSlot,
     out: &'a mut dyn Output,
     timestamp_ms: i64,
 }
@@ -184,6 +262,9 @@ pub struct Store<'a> {
 impl Store<'_> {
     /// The value of `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RuntimeError> {
+        if let Some(value) = self.slot.pending().writes.get(key) {
+            return Ok(value.clone());
+        }
         self.state
             .db
             .get_cf(self.cf, key)
@@ -193,31 +274,31 @@ impl Store<'_> {
     /// Sets `key` to `value`. The changelog write comes first: a value the changelog refuses
     /// (too large) leaves the store unchanged.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), RuntimeError> {
-        self.out.changelog(
-            self.changelog,
-            self.state.partition,
-            key,
-            Some(value),
-            self.timestamp_ms,
-        )?;
-        self.state
-            .db
-            .put_cf_opt(self.cf, key, value, &self.state.write_options)
-            .map_err(RuntimeError::store(format!("writing {}", self.name)))
+        self.write(key, Some(value))
     }
 
     /// Removes `key`.
     pub fn delete(&mut self, key: &[u8]) -> Result<(), RuntimeError> {
-        self.state
-            .db
-            .delete_cf_opt(self.cf, key, &self.state.write_options)
-            .map_err(RuntimeError::store(format!("deleting from {}", self.name)))?;
-        self.out.changelog(self.changelog, self.state.partition, key, None, self.timestamp_ms)
+        self.write(key, None)
+    }
+
+    /// Sets or (`None`) removes `key`: changelog first, then the pending writes.
+    fn write(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), RuntimeError> {
+        let changelog = &self.slot.changelog;
+        self.out.changelog(changelog, self.state.partition, key, value, self.timestamp_ms)?;
+        let mut pending = self.slot.pending();
+        pending.bytes += key.len() + value.map_or(0, <[u8]>::len);
+        pending.writes.insert(key.to_vec(), value.map(<[u8]>::to_vec));
+        if pending.full() {
+            self.state.write_pending(self.name, self.cf, &mut pending)?;
+        }
+        Ok(())
     }
 
     /// Up to `limit` entries with `from <= key < to` (an empty `to` means no upper bound), in
     /// key order.
     pub fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Entry>, RuntimeError> {
+        self.state.write_pending(self.name, self.cf, &mut self.slot.pending())?;
         let mut entries = Vec::new();
         let iter = self.state.db.iterator_cf(self.cf, IteratorMode::From(from, Direction::Forward));
         for item in iter {
@@ -273,7 +354,70 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::*;
+
+    /// Keeps the changelog writes.
+    #[derive(Default)]
+    struct Changelog(Vec<(Vec<u8>, Option<Vec<u8>>)>);
+
+    impl Output for Changelog {
+        fn emit(&mut self, _: &str, _: &[u8], _: &[u8], _: i64) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+
+        fn changelog(
+            &mut self,
+            _: &str,
+            _: i32,
+            key: &[u8],
+            value: Option<&[u8]>,
+            _: i64,
+        ) -> Result<(), RuntimeError> {
+            self.0.push((key.to_vec(), value.map(<[u8]>::to_vec)));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn reads_and_scans_see_every_write_whether_applied_yet_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let changelogs = HashMap::from([("s".to_string(), "s-changelog".to_string())]);
+        let state = TaskState::open(dir.path(), 0, changelogs, &StoreMemory::new(1 << 20, 1 << 20))
+            .unwrap();
+        let mut out = Changelog::default();
+        let mut store = state.store("s", &mut out, 0).unwrap();
+        let key = |i: usize| format!("k{i:05}").into_bytes();
+        // More writes than are kept pending: some are applied in batches, the rest pending.
+        let n = PENDING_WRITES * 2 + 7;
+        for i in 0..n {
+            store.put(&key(i), b"old").unwrap();
+            store.put(&key(i), format!("v{i}").as_bytes()).unwrap();
+        }
+        store.delete(&key(3)).unwrap();
+        store.delete(&key(n - 1)).unwrap();
+        assert_eq!(store.get(&key(0)).unwrap(), Some(b"v0".to_vec()));
+        assert_eq!(store.get(&key(n - 2)).unwrap(), Some(format!("v{}", n - 2).into_bytes()));
+        assert_eq!(store.get(&key(3)).unwrap(), None);
+        assert_eq!(store.get(&key(n - 1)).unwrap(), None);
+        let scanned = store.prefix(b"k", usize::MAX).unwrap();
+        assert_eq!(scanned.len(), n - 2);
+        assert_eq!(scanned[3], (key(4), b"v4".to_vec()));
+        store.put(&key(3), b"back").unwrap();
+        drop(store);
+        assert_eq!(state.count("s").unwrap(), (n - 1) as u64);
+        assert_eq!(out.0.len(), 2 * n + 3, "every write is changelogged");
+        assert_eq!(out.0.last(), Some(&(key(3), Some(b"back".to_vec()))));
+        // A clean close applies what is pending: reopened, the store has every write.
+        state.flush().unwrap();
+        drop(state);
+        let changelogs = HashMap::from([("s".to_string(), "s-changelog".to_string())]);
+        let state = TaskState::open(dir.path(), 0, changelogs, &StoreMemory::new(1 << 20, 1 << 20))
+            .unwrap();
+        let store = state.store("s", &mut out, 0).unwrap();
+        assert_eq!(store.get(&key(3)).unwrap(), Some(b"back".to_vec()));
+        assert_eq!(store.get(&key(n - 1)).unwrap(), None);
+        assert_eq!(store.prefix(b"k", usize::MAX).unwrap().len(), n - 1);
+    }
 
     #[test]
     fn prefix_end_bounds_the_prefix() {
