@@ -13,7 +13,7 @@ use std::{
 
 use common::KillOnDrop;
 use herald_engine::model::{
-    CampaignLifecycleEvent, CampaignStats, Platform, SchemaRegistry, SendCommand,
+    AppEvent, CampaignLifecycleEvent, CampaignStats, Platform, SchemaRegistry, SendCommand,
 };
 
 const USERS: usize = 12_000;
@@ -48,12 +48,8 @@ fn wait_for_offsets(topic: &str, at_least: i64, log: &Path) {
     }
 }
 
-#[test]
-fn a_4_shard_ab_broadcast_with_total_limit_5000_stays_exact_when_an_instance_is_killed_mid_run() {
-    let prefix = format!("{}-", common::unique("it-sharded"));
-    let app_id = common::unique("it-sharded-app");
-    let dir = tempfile::tempdir().unwrap();
-    let topic = |name: &str| format!("{prefix}herald.{name}");
+/// The deployment's topics (4 user partitions, 4 campaign-flow partitions).
+fn create_topics(topic: &dyn Fn(&str) -> String) {
     common::create_topics(&[
         (&topic("events"), 4),
         (&topic("profiles"), 4),
@@ -67,6 +63,100 @@ fn a_4_shard_ab_broadcast_with_total_limit_5000_stays_exact_when_an_instance_is_
         (&topic("campaign-events"), 1),
         (&topic("dead-letter"), 1),
     ]);
+}
+
+#[test]
+#[ignore = "leased limits are off: this under-filled (1,475 of 1,500) in 2 of 3 runs"]
+fn a_triggered_limit_of_1500_leased_over_4_shards_stays_exact_when_an_instance_is_killed() {
+    const USERS: usize = 4_000;
+    const LIMIT: usize = 1_500;
+    let prefix = format!("{}-", common::unique("it-leased"));
+    let app_id = common::unique("it-leased-app");
+    let dir = tempfile::tempdir().unwrap();
+    let topic = |name: &str| format!("{prefix}herald.{name}");
+    create_topics(&topic);
+    let yaml = format!(
+        "id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\nlimits: {{ total: {LIMIT} }}\noptions: {{ ignore_global_caps: true, shards: 4 }}\n"
+    );
+    apply(dir.path(), &topic("campaigns"), "coupons.yaml", &yaml);
+    let now = common::now_ms();
+    common::produce(
+        &topic("profiles"),
+        (0..USERS).map(|i| common::profile(&format!("u{i}"), Platform::Android, now)),
+    );
+    let log = dir.path().join("engines.log");
+    let spawn = |instance: &str| {
+        let state = dir.path().join(format!("state-{instance}"));
+        KillOnDrop::new(common::spawn_engine_instance(
+            &prefix,
+            &app_id,
+            instance,
+            &state,
+            &log,
+            &[],
+        ))
+    };
+    let mut a = spawn("a");
+    let mut b = spawn("b");
+    wait_for_offsets(&format!("{app_id}-profiles-changelog"), USERS as i64, &log);
+    let registry = SchemaRegistry::builtin();
+    common::produce(
+        &topic("events"),
+        (0..USERS).map(|i| {
+            let user = format!("u{i}");
+            let event = AppEvent {
+                event_id: format!("ping-{user}"),
+                app_id: "shop".into(),
+                user_id: user.clone(),
+                name: "Ping".into(),
+                timestamp_ms: common::now_ms(),
+                properties: Default::default(),
+                sdk_version: None,
+            };
+            (user, registry.encode(&event).unwrap())
+        }),
+    );
+    // Killed once sends leave, then restarted on its own state.
+    wait_for_offsets(&topic("push"), 1, &log);
+    common::kill_hard(b.take());
+    b = spawn("b");
+    let sends = common::read_committed(
+        &topic("push"),
+        LIMIT,
+        Duration::from_secs(10),
+        Duration::from_secs(180),
+    );
+    let events: Vec<CampaignLifecycleEvent> = common::read_committed(
+        &topic("campaign-events"),
+        2,
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+    )
+    .iter()
+    .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
+    .collect();
+    common::stop_gracefully(a.take());
+    common::stop_gracefully(b.take());
+
+    let commands: Vec<SendCommand> =
+        sends.iter().map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap()).collect();
+    let users: BTreeSet<&str> = commands.iter().map(|c| c.user_id.as_str()).collect();
+    assert_eq!(commands.len(), LIMIT, "exactly the limit\n{}", common::tail(&log, 30));
+    assert_eq!(users.len(), LIMIT, "one command per user");
+    let kinds: Vec<String> = events.iter().map(|e| format!("{:?}", e.kind)).collect();
+    assert_eq!(kinds, ["LimitReached", "Completed"], "announced once, by the home");
+    assert_eq!(events[1].details["sent"], LIMIT.to_string());
+
+    common::delete_topics_starting_with(&[&prefix, &app_id]);
+}
+
+#[test]
+fn a_4_shard_ab_broadcast_with_total_limit_5000_stays_exact_when_an_instance_is_killed_mid_run() {
+    let prefix = format!("{}-", common::unique("it-sharded"));
+    let app_id = common::unique("it-sharded-app");
+    let dir = tempfile::tempdir().unwrap();
+    let topic = |name: &str| format!("{prefix}herald.{name}");
+    create_topics(&topic);
     // The run is set once the engines have read every profile: first a week out, then soon.
     apply(
         dir.path(),

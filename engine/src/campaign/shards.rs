@@ -17,8 +17,8 @@ pub const SEPARATOR: char = '\u{1f}';
 /// exact over shards today, else 1 (everything at home). Exact today: no daily limit and no
 /// campaign throttle, no limit on an app with frequency caps (its places would be held in
 /// flight); a scheduled campaign with one message, an A/B test or messages by property (the
-/// home plans each run); a triggered campaign with one message or messages by property (its
-/// total limit is leased to the shards as places).
+/// home plans each run); a triggered campaign without a total limit with one message or
+/// messages by property (its shards need nothing from each other).
 pub fn in_effect(campaign: &Campaign, settings: &Settings) -> u32 {
     let limits = &campaign.limits;
     let limited = limits.total.is_some() || limits.daily.is_some() || limits.per_run.is_some();
@@ -31,7 +31,9 @@ pub fn in_effect(campaign: &Campaign, settings: &Settings) -> u32 {
             | (Trigger::Scheduled(_), Assignment::AbTest(_))
             | (Trigger::Scheduled(_), Assignment::ByProperty(_)) => true,
             (Trigger::Scheduled(_), _) => false,
-            (_, Assignment::Single | Assignment::ByProperty(_)) => true,
+            // A total limit leased over shards (`stage_campaign::leases`) under-filled live
+            // (1,475 of 1,500 in 2 of 3 runs of `tests/sharded_live.rs`): off until fixed.
+            (_, Assignment::Single | Assignment::ByProperty(_)) => limits.total.is_none(),
             (_, _) => false,
         };
     if supported {

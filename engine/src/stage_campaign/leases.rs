@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{queue, timer_key, CampaignStage, CampaignState, WAITING, WAITING_TIMER};
 use crate::{
-    campaign::{shards as campaign_shards, Campaign, CampaignStatus},
+    campaign::{shards as campaign_shards, Campaign, CampaignStatus, Trigger},
     model::{Candidate, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind},
     runtime::{ProcessError, ProcessorContext},
 };
@@ -216,6 +216,41 @@ impl CampaignStage {
         self.announce_total_limit(ctx, campaign, state)
     }
 
+    /// Gives every shard of an active triggered campaign with a total limit its first places,
+    /// once, so a shard's first candidate leaves without a round trip to the home. Returns
+    /// whether it did.
+    pub(super) fn pre_lease(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+    ) -> Result<bool, ProcessError> {
+        let shards = campaign_shards::in_effect(campaign, &self.settings);
+        let triggered = !matches!(campaign.when.trigger, Trigger::Scheduled(_));
+        let Some(limit) = campaign.limits.total else { return Ok(false) };
+        if shards <= 1
+            || !triggered
+            || state.pre_leased
+            || campaign.status != CampaignStatus::Active
+        {
+            return Ok(false);
+        }
+        state.pre_leased = true;
+        let out: u64 = state.leases.values().map(|l| l.granted.saturating_sub(l.returned)).sum();
+        let mut free = limit.saturating_sub(out);
+        let chunk = (limit / (4 * u64::from(shards))).max(1);
+        for shard in 0..shards {
+            let places = chunk.min(free);
+            if places == 0 {
+                break;
+            }
+            free -= places;
+            state.leases.entry(shard).or_default().granted += places;
+            self.send_lease_plan(ctx, campaign, shard, ShardPlanKind::Grant, places)?;
+        }
+        Ok(true)
+    }
+
     /// Grants free places to the shards that wait for some; recalls unused places when none
     /// are free; tells the waiting shards the limit is full once nothing is left anywhere.
     fn serve_leases(
@@ -243,45 +278,51 @@ impl CampaignStage {
         }
         let waiting: Vec<u32> =
             state.leases.iter().filter(|(_, l)| l.demand > 0).map(|(s, _)| *s).collect();
-        if !waiting.is_empty() {
-            let holders: Vec<u32> = state
-                .leases
-                .iter()
-                .filter(|(_, l)| l.held() > 0 || l.recalled)
-                .map(|(s, _)| *s)
-                .collect();
-            if holders.is_empty() {
-                for shard in waiting {
-                    state.leases.entry(shard).or_default().demand = 0;
-                    plans.push((shard, ShardPlanKind::Full, 0));
-                }
-            } else {
-                for shard in holders {
-                    let lease = state.leases.entry(shard).or_default();
-                    if !lease.recalled {
-                        lease.recalled = true;
-                        plans.push((shard, ShardPlanKind::Recall, 0));
-                    }
+        let holding = state.leases.values().any(|l| l.held() > 0 || l.recalled);
+        if !waiting.is_empty() && !holding {
+            // Nothing free, held or coming back anywhere: the limit is full.
+            for shard in waiting {
+                state.leases.entry(shard).or_default().demand = 0;
+                plans.push((shard, ShardPlanKind::Full, 0));
+            }
+        } else if !waiting.is_empty() {
+            // Places held by shards that wait for none may be unused: asked back once. A shard
+            // that waits itself uses what it holds (a grant on its way), so it is not asked.
+            for (shard, lease) in state.leases.iter_mut() {
+                if lease.held() > 0 && lease.demand == 0 && !lease.recalled {
+                    lease.recalled = true;
+                    plans.push((*shard, ShardPlanKind::Recall, 0));
                 }
             }
         }
         for (shard, kind, places) in plans {
-            let plan = ShardPlan {
-                campaign_id: campaign.id.clone(),
-                app_id: campaign.app.clone(),
-                run_id: String::new(),
-                shard: shard as i32,
-                kind,
-                places: places as i64,
-                test_from: 0,
-                test_users: 0,
-                test_total: 0,
-                winner_id: None,
-                timestamp_ms: ctx.timestamp_ms(),
-            };
-            let key = campaign_shards::key(&campaign.id, shard);
-            self.emit(ctx, &self.topics.campaign_flow, &key, &plan)?;
+            self.send_lease_plan(ctx, campaign, shard, kind, places)?;
         }
         Ok(())
+    }
+
+    fn send_lease_plan(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        shard: u32,
+        kind: ShardPlanKind,
+        places: u64,
+    ) -> Result<(), ProcessError> {
+        let plan = ShardPlan {
+            campaign_id: campaign.id.clone(),
+            app_id: campaign.app.clone(),
+            run_id: String::new(),
+            shard: shard as i32,
+            kind,
+            places: places as i64,
+            test_from: 0,
+            test_users: 0,
+            test_total: 0,
+            winner_id: None,
+            timestamp_ms: ctx.timestamp_ms(),
+        };
+        let key = campaign_shards::key(&campaign.id, shard);
+        self.emit(ctx, &self.topics.campaign_flow, &key, &plan)
     }
 }

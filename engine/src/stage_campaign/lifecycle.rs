@@ -90,6 +90,9 @@ impl CampaignStage {
                 self.lifecycle(ctx, &campaign, LifecycleKind::Completed, details)?;
                 changed = true;
             }
+            if home && self.pre_lease(ctx, &campaign, &mut state)? {
+                changed = true;
+            }
             if changed {
                 self.save(ctx, &campaign, &mut state)?;
             }

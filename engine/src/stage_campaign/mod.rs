@@ -104,6 +104,9 @@ struct CampaignState {
     /// Shard: its places of the total limit (see `leases`).
     #[serde(default)]
     lease: leases::ShardLease,
+    /// Home: every shard was given its first places (see `leases`).
+    #[serde(default)]
+    pre_leased: bool,
     /// Users sent to over the campaign's life.
     sent: u64,
     /// (day in the campaign timezone, users sent to that day).
