@@ -1070,7 +1070,13 @@ fn run(plan: Plan) {
         let column = if receipt.status == ReceiptStatus::Accepted { 1 } else { 2 };
         on_topics.entry(campaign.to_string()).or_default()[column] += 1;
     }
+    // One engagement per event id: the population's producer may write an event twice when the
+    // broker is away (Herald de-duplicates by user and event id at its door).
+    let mut engagements = BTreeSet::new();
     for event in &events {
+        if !engagements.insert((event.user_id.as_str(), event.event_id.as_str())) {
+            continue;
+        }
         let column = match event.name.as_str() {
             "Notification Viewed" => 3,
             "Notification Clicked" => 4,
