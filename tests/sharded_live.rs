@@ -66,7 +66,7 @@ fn create_topics(topic: &dyn Fn(&str) -> String) {
 }
 
 #[test]
-#[ignore = "leased limits are off: this under-filled (1,475 of 1,500) in 2 of 3 runs"]
+#[ignore = "leased limits are off: this under-filled (1,475 of 1,500) in 3 of 7 runs"]
 fn a_triggered_limit_of_1500_leased_over_4_shards_stays_exact_when_an_instance_is_killed() {
     const USERS: usize = 4_000;
     const LIMIT: usize = 1_500;

@@ -144,6 +144,7 @@ impl CampaignStage {
         let step = queue::next_step(ctx, WAITING, &state.key)?;
         state.waiting = state.waiting.saturating_sub(step.unreadable);
         let now = ctx.effective_ms();
+        let released = !step.entries.is_empty();
         for (key, candidate) in step.entries {
             if state.lease.places == 0 && !state.lease.full {
                 return self.ask_for_places(ctx, campaign, state);
@@ -153,6 +154,11 @@ impl CampaignStage {
             let leaving =
                 Candidate { qualified_at_ms: candidate.qualified_at_ms.max(now), ..candidate };
             self.place_leased(ctx, campaign, state, leaving)?;
+        }
+        if released && state.waiting == 0 && state.lease.places > 0 && !state.lease.full {
+            // Nothing waits here any more: the home learns it (a demand it has not yet seen may
+            // be stale), so the places left can be recalled for another shard.
+            self.lease_report(ctx, campaign, state, ShardReportKind::Demand, 0)?;
         }
         if step.more {
             ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
