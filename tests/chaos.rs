@@ -368,10 +368,11 @@ impl Process {
         if self.child.running() {
             return None;
         }
+        let status = self.child.take().wait().map(|s| s.to_string()).unwrap_or_default();
         let tail = common::tail(&self.log, 5);
         self.fatal_seen = self.fatal_errors().len();
         self.restart();
-        Some(format!("{} exited by itself; last lines:\n{tail}", self.name))
+        Some(format!("{} exited by itself ({status}); last lines:\n{tail}", self.name))
     }
 
     /// Restarts it (SIGKILL) if its log has a fatal error not dealt with before: alive but stuck
