@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use herald_engine::{
+    campaign::parse_campaign,
     kafka::{delete_topics_with_prefix, KafkaConfig},
     model::{
         topics::TopicNames, CampaignCommand, CampaignEnvelope, Device, Platform, ProfileUpdate,
@@ -56,6 +57,7 @@ impl Deployment {
 
     /// Defines campaign `id` of the app (`definition` as the JSON of its YAML).
     pub fn define(&self, id: &str, definition: &serde_json::Value) -> anyhow::Result<()> {
+        parse_campaign(&definition.to_string(), id).map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
         let envelope = SchemaRegistry::builtin().encode(&CampaignEnvelope {
             campaign_id: id.into(),
             app_id: APP.into(),

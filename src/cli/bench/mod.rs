@@ -7,6 +7,7 @@ mod runtime;
 mod scale;
 mod sender;
 mod support;
+mod user_stage;
 
 use std::process::ExitCode;
 
@@ -25,7 +26,8 @@ pub enum BenchCommand {
     /// endpoint.
     Sender(sender::SenderArgs),
     /// The engine at scale as processes: restore from the changelog, a broadcast on 1 and 2
-    /// instances beside a raw producer, failover after a SIGKILL with and without a standby.
+    /// instances beside a raw producer, failover after a SIGKILL with and without a standby,
+    /// the user stage with 20 campaigns beside a raw passthrough.
     Scale(scale::ScaleArgs),
 }
 

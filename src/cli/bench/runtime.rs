@@ -155,7 +155,7 @@ impl Processor for Passthrough {
 }
 
 /// Consume → produce each record unchanged, no state, no transactions.
-fn raw_passthrough(
+pub(super) fn raw_passthrough(
     kafka: &KafkaConfig,
     input: &str,
     output: &str,
@@ -228,7 +228,7 @@ fn measure_latency(
     Ok(latencies)
 }
 
-fn percentile(sorted: &[i64], q: f64) -> i64 {
+pub(super) fn percentile(sorted: &[i64], q: f64) -> i64 {
     if sorted.is_empty() {
         return -1;
     }

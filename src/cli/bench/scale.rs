@@ -3,7 +3,9 @@
 //! - broadcast: a scheduled run to `--users` users on 1 and on 2 instances (commands/s, time to
 //!   the last command, peak RSS per instance) beside one producer producing the same commands;
 //! - failover: time from the SIGKILL of one of 2 instances to the first command for one of its
-//!   partitions, without and with a standby replica.
+//!   partitions, without and with a standby replica;
+//! - user stage: app events/s through the user stage with 20 campaigns beside a raw
+//!   passthrough, and event → command latency at half that rate (see `user_stage.rs`).
 //!
 //! Each phase prints a table; the run ends with one JSON line, `null` for what did not run.
 
@@ -31,6 +33,7 @@ use serde_json::{json, Value};
 use super::{
     engines::{delete_topics, user, wait_for, CpuSplit, CpuWindow, Deployment, Instance, APP},
     support::{create_topics, measure_rate, now_ms, output_consumer, producer, send},
+    user_stage,
 };
 
 #[derive(Debug, Args)]
@@ -47,6 +50,12 @@ pub struct ScaleArgs {
     /// Profiles held by the two instances of the failover phase.
     #[arg(long, default_value_t = 200_000)]
     failover_profiles: usize,
+    /// App events through the user stage (the raw passthrough of 3,000,000 runs about 20 s).
+    #[arg(long, default_value_t = 3_000_000)]
+    events: usize,
+    /// Seconds of paced events for the user stage's latency at half its rate.
+    #[arg(long, default_value_t = 20)]
+    latency_seconds: u64,
     /// Partitions of every topic.
     #[arg(long, default_value_t = 8)]
     partitions: i32,
@@ -57,6 +66,7 @@ enum Phase {
     Restore,
     Broadcast,
     Failover,
+    UserStage,
 }
 
 /// Polling limit for the waits of a phase: generous, proportional to its size.
@@ -122,6 +132,15 @@ pub fn run(kafka: &KafkaConfig, args: ScaleArgs) -> anyhow::Result<ExitCode> {
                 })
             })
             .collect();
+    }
+    if wanted(Phase::UserStage) {
+        let (profiles, events) = (args.profiles, args.events);
+        let stage =
+            user_stage::run(kafka, profiles, events, args.latency_seconds, args.partitions)?;
+        stage.print(profiles);
+        cpu.push(("user stage (engine part)".to_string(), stage.cpu));
+        summary["user_stage"] = stage.json();
+        summary["user_stage_ratio"] = json!(round(stage.ratio(), 3));
     }
     println!("{}", CpuSplit::header());
     for (phase, split) in &cpu {
@@ -190,7 +209,7 @@ fn restore(kafka: &KafkaConfig, args: &ScaleArgs) -> anyhow::Result<Restore> {
 
 /// Waits until the instances have read `profiles` profiles and have tasks, and the count has
 /// stopped moving (no rebalance re-reading them).
-fn wait_loaded(
+pub(super) fn wait_loaded(
     deployment: &Deployment,
     instances: &mut [&mut Instance],
     profiles: usize,
@@ -445,7 +464,6 @@ struct Failover {
 fn failover(kafka: &KafkaConfig, args: &ScaleArgs, standbys: usize) -> anyhow::Result<Failover> {
     eprintln!("failover: {} profiles, {standbys} standby replica(s)", args.failover_profiles);
     let deployment = Deployment::create(kafka, &format!("failover{standbys}"), args.partitions)?;
-    deployment.produce_profiles(args.failover_profiles)?;
     deployment.define(
         "pings",
         &json!({
@@ -458,9 +476,10 @@ fn failover(kafka: &KafkaConfig, args: &ScaleArgs, standbys: usize) -> anyhow::R
     let replicas = standbys.to_string();
     let extra = ["--standby-replicas", replicas.as_str()];
     let mut a = deployment.start("a", "state-a", &extra)?;
-    wait_loaded(&deployment, &mut [&mut a], args.failover_profiles)?;
     let mut b = deployment.start("b", "state-b", &extra)?;
-    let window = CpuWindow::open(kafka, &[&a]);
+    // Pings flow from the start (those to users without a profile yet send nothing): the lag
+    // statistics that tell which partitions b owns need records.
+    let window = CpuWindow::open(kafka, &[&a, &b]);
     let traffic = Pings::start(kafka, &deployment, args.failover_profiles)?;
     let events = format!("topic=\"{}\"", deployment.topics.events);
     let owned = |instance: &Instance| -> BTreeSet<i32> {
@@ -474,7 +493,11 @@ fn failover(kafka: &KafkaConfig, args: &ScaleArgs, standbys: usize) -> anyhow::R
             .collect()
     };
     let settle = limit(args.failover_profiles);
+    // The profiles are produced once both own their partitions: the one killed holds its own
+    // (the survivor has no copy of them from a time it owned them alone, unless a standby).
     wait_for("b has partitions", settle, &mut b, |b| !owned(b).is_empty())?;
+    deployment.produce_profiles(args.failover_profiles)?;
+    wait_loaded(&deployment, &mut [&mut a, &mut b], args.failover_profiles)?;
     if standbys > 0 {
         let caught_up = |a: &Instance| {
             a.last_log_line(" standbys ").is_some_and(|line| line.contains("caught_up=true"))

@@ -1,0 +1,341 @@
+//! The user-stage phase of `herald bench scale`: app events through the real user stage of one
+//! `herald engine` holding `--profiles` profiles and 20 active campaigns of mixed kinds
+//! (instant, inaction, reminder, property and past-behaviour filters, DND, limits), beside a raw
+//! consume → produce passthrough of the same events; then event → send command latency at half
+//! the engine's rate, for users pinged once each.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use herald_engine::{
+    kafka::KafkaConfig,
+    model::{AppEvent, PropertyValue, SchemaRegistry},
+};
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    producer::Producer,
+    Message, Offset, TopicPartitionList,
+};
+use serde_json::{json, Value};
+
+use super::{
+    engines::{user, CpuSplit, CpuWindow, Deployment, Instance, APP},
+    runtime::{percentile, raw_passthrough},
+    support::{create_topics, measure_rate, now_ms, producer, send},
+};
+
+/// What the phase measured.
+pub(super) struct UserStage {
+    pub events: usize,
+    pub raw_rate: f64,
+    pub engine_rate: f64,
+    pub latency_rate: f64,
+    pub latency_samples: usize,
+    pub p50_ms: i64,
+    pub p99_ms: i64,
+    pub cpu: CpuSplit,
+}
+
+impl UserStage {
+    pub fn ratio(&self) -> f64 {
+        self.engine_rate / self.raw_rate.max(1e-3)
+    }
+
+    pub fn print(&self, profiles: usize) {
+        println!(
+            "{:<34} {:>10} {:>12} {:>8}",
+            format!("user stage, {profiles} profiles, 20 campaigns"),
+            "events",
+            "events/s",
+            "ratio"
+        );
+        println!(
+            "{:<34} {:>10} {:>12.0} {:>8}",
+            "raw consume -> produce", self.events, self.raw_rate, "1.000"
+        );
+        println!(
+            "{:<34} {:>10} {:>12.0} {:>8.3}",
+            "engine, 1 instance",
+            self.events,
+            self.engine_rate,
+            self.ratio()
+        );
+        println!(
+            "{:<34} {:>10} {:>12.0} {:>8}",
+            "latency (event -> command)",
+            self.latency_samples,
+            self.latency_rate,
+            format!("p50 {} ms, p99 {} ms", self.p50_ms, self.p99_ms)
+        );
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "events": self.events,
+            "raw_events_per_s": self.raw_rate.round(),
+            "engine_events_per_s": self.engine_rate.round(),
+            "latency_events_per_s": self.latency_rate.round(),
+            "latency_samples": self.latency_samples,
+            "latency_p50_ms": self.p50_ms,
+            "latency_p99_ms": self.p99_ms,
+        })
+    }
+}
+
+/// Event names of the generated traffic, in turn.
+const EVENTS: [&str; 6] =
+    ["Ping", "Added To Cart", "Charged", "App Opened", "Viewed Product", "Flight Booked"];
+
+/// Campaign `k` of 20: five kinds in turn, each kind four times with its own id.
+fn campaign(k: usize) -> (String, Value) {
+    let id = format!("c{k:02}");
+    let what = json!({"title": "Hi {{ profile.first_name | default: 'there' }}", "body": "b"});
+    let mut definition = json!({"id": id, "app": APP, "name": id, "what": what});
+    let fields = match k % 5 {
+        0 => json!({"when": {"event": "Ping"}, "options": {"ignore_global_caps": true}}),
+        1 => json!({
+            "when": {"event": "Added To Cart", "unless": {"event": "Charged", "within": "10m"}},
+        }),
+        2 => json!({
+            "when": {"reminder": {"event": "Flight Booked", "date_property": "departure", "offset": "-24h"}},
+        }),
+        3 => json!({
+            "who": {"property": "first_name", "starts_with": format!("User {}", k % 10)},
+            "when": {"event": "App Opened"},
+            "options": {"dnd": {"start": "03:00", "end": "03:01", "action": "delay"}},
+        }),
+        _ => json!({
+            "who": {"all": [
+                {"did": "Viewed Product", "at_least": 2, "in_last_days": 30},
+                {"did_not": "Charged", "in_last_days": 7},
+            ]},
+            "when": {"event": "App Opened"},
+            "limits": {"total": 1_000_000, "daily": 100_000},
+        }),
+    };
+    for (key, value) in fields.as_object().into_iter().flatten() {
+        definition[key] = value.clone();
+    }
+    (id, definition)
+}
+
+/// Event `i` of the traffic, of one of the first `users` users.
+fn event(i: usize, users: usize, run: i64) -> (String, AppEvent) {
+    let user = user(i.wrapping_mul(7_919) % users.max(1));
+    let name = EVENTS[i % EVENTS.len()];
+    let departure = chrono::DateTime::from_timestamp_millis(now_ms() + 3 * 86_400_000)
+        .map(|at| at.to_rfc3339())
+        .unwrap_or_default();
+    let properties = [
+        ("item".to_string(), PropertyValue::String("tea".into())),
+        ("price".to_string(), PropertyValue::Long(60)),
+        ("departure".to_string(), PropertyValue::String(departure)),
+    ];
+    let event = AppEvent {
+        event_id: format!("e-{run}-{i}"),
+        app_id: APP.into(),
+        user_id: user.clone(),
+        name: name.into(),
+        timestamp_ms: now_ms(),
+        properties: properties.into(),
+        sdk_version: None,
+    };
+    (user, event)
+}
+
+/// Runs the phase: `events` app events over the first half of `profiles` users (the second
+/// half is pinged once each for the latency), latency for `latency_seconds`.
+pub(super) fn run(
+    kafka: &KafkaConfig,
+    profiles: usize,
+    events: usize,
+    latency_seconds: u64,
+    partitions: i32,
+) -> anyhow::Result<UserStage> {
+    eprintln!("user stage: {profiles} profiles, {events} events");
+    let deployment = Deployment::create(kafka, "users", partitions)?;
+    deployment.produce_profiles(profiles)?;
+    for (id, definition) in (0..20).map(campaign) {
+        deployment.define(&id, &definition)?;
+    }
+    let mut engine = deployment.start("a", "state-a", &[])?;
+    super::scale::wait_loaded(&deployment, &mut [&mut engine], profiles)?;
+    // Stopped cleanly while the events are produced and read raw; restarted on its checkpoint.
+    engine.stop()?;
+    let started = Instant::now();
+    let registry = SchemaRegistry::builtin();
+    let producer = producer(kafka)?;
+    let run = now_ms();
+    for i in 0..events {
+        let (key, event) = event(i, profiles / 2, run);
+        send(
+            &producer,
+            &deployment.topics.events,
+            key.as_bytes(),
+            &registry.encode(&event)?,
+            None,
+        )?;
+    }
+    producer.flush(Duration::from_secs(300))?;
+    eprintln!("  {events} events produced in {:.1} s", started.elapsed().as_secs_f64());
+
+    eprintln!("  raw consume -> produce");
+    let raw_output = format!("{}raw-out", deployment.prefix);
+    create_topics(kafka, std::slice::from_ref(&raw_output), partitions, |_| true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (kafka, stop, input, output) = (
+            kafka.clone(),
+            Arc::clone(&stop),
+            deployment.topics.events.clone(),
+            raw_output.clone(),
+        );
+        thread::spawn(move || raw_passthrough(&kafka, &input, &output, &stop))
+    };
+    let raw_rate = measure_rate(kafka, &raw_output, events);
+    stop.store(true, Ordering::SeqCst);
+    worker.join().map_err(|_| anyhow::anyhow!("the raw passthrough panicked"))??;
+    let raw_rate = raw_rate?;
+
+    eprintln!("  engine");
+    let mut engine = deployment.start("a", "state-a", &[])?;
+    let window = CpuWindow::open(kafka, &[&engine]);
+    let engine_rate = watch(&mut engine, &deployment.topics.events, events)?;
+    let cpu = window.close(&[&engine]);
+
+    let latency_rate = engine_rate / 2.0;
+    eprintln!("  latency at {latency_rate:.0} events/s for {latency_seconds} s");
+    let mut latencies =
+        latency(kafka, &deployment, profiles, latency_rate, latency_seconds, &mut engine)?;
+    latencies.sort_unstable();
+    engine.stop()?;
+    Ok(UserStage {
+        events,
+        raw_rate,
+        engine_rate,
+        latency_rate,
+        latency_samples: latencies.len(),
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        cpu,
+    })
+}
+
+/// Events per second through `engine`: from its first record of `topic` until it has read
+/// `expected` and its records read on every input (the stages' own topics after the events)
+/// have stopped growing for 2 s, i.e. their work is done, not only read.
+fn watch(engine: &mut Instance, topic: &str, expected: usize) -> anyhow::Result<f64> {
+    let label = format!("topic=\"{topic}\"");
+    let deadline = Instant::now() + Duration::from_secs(900 + expected as u64 / 1_000);
+    let (mut first, mut last) = (None, (0.0, Instant::now()));
+    loop {
+        anyhow::ensure!(Instant::now() < deadline, "the engine did not process every event");
+        engine.check_alive()?;
+        let read = engine.metric("records_in_total", &label);
+        if read > 0.0 && first.is_none() {
+            first = Some((Instant::now(), read));
+        }
+        let all = engine.metric("records_in_total", "");
+        if all != last.0 {
+            last = (all, Instant::now());
+        }
+        if read >= expected as f64 && last.1.elapsed() > Duration::from_secs(2) {
+            let (started, at_start) = first.unwrap_or((last.1, 0.0));
+            let span = last.1.duration_since(started).as_secs_f64().max(1e-3);
+            return Ok((expected as f64 - at_start) / span);
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Pings users of the second half of the profiles, one event each, at `rate` for `seconds`;
+/// the time from each event (its timestamp) to its first command (broker append time), in ms.
+fn latency(
+    kafka: &KafkaConfig,
+    deployment: &Deployment,
+    profiles: usize,
+    rate: f64,
+    seconds: u64,
+    engine: &mut Instance,
+) -> anyhow::Result<Vec<i64>> {
+    let total = ((rate * seconds as f64) as usize).min(profiles / 2).max(1);
+    let consumer = at_end(kafka, &deployment.topics.push)?;
+    let registry = SchemaRegistry::builtin();
+    let producer = producer(kafka)?;
+    let mut sent: HashMap<String, i64> = HashMap::with_capacity(total);
+    // Several Ping campaigns answer (`c00` everyone, others by filter): a user's first command
+    // is what counts.
+    let mut firsts: HashMap<String, i64> = HashMap::with_capacity(total);
+    let read = |sent: &HashMap<String, i64>, firsts: &mut HashMap<String, i64>, wait| {
+        while let Some(message) = consumer.poll(wait) {
+            let Ok(message) = message else { continue };
+            let user = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+            if let Some(at) = sent.get(&user) {
+                let appended = message.timestamp().to_millis().unwrap_or_default();
+                firsts.entry(user).or_insert(appended - at);
+            }
+        }
+    };
+    let started = Instant::now();
+    for j in 0..total {
+        let due = started + Duration::from_secs_f64(j as f64 / rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        let user = user(profiles / 2 + j);
+        let at = now_ms();
+        let event = AppEvent {
+            event_id: format!("latency-{j}"),
+            app_id: APP.into(),
+            user_id: user.clone(),
+            name: "Ping".into(),
+            timestamp_ms: at,
+            properties: Default::default(),
+            sdk_version: None,
+        };
+        send(
+            &producer,
+            &deployment.topics.events,
+            user.as_bytes(),
+            &registry.encode(&event)?,
+            None,
+        )?;
+        sent.insert(user, at);
+        if j % 500 == 0 {
+            read(&sent, &mut firsts, Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(30))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while firsts.len() < total && Instant::now() < deadline {
+        engine.check_alive()?;
+        read(&sent, &mut firsts, Duration::from_millis(100));
+    }
+    Ok(firsts.into_values().collect())
+}
+
+/// A consumer of `topic` (committed records) positioned at its current end.
+fn at_end(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<BaseConsumer> {
+    let consumer: BaseConsumer = kafka
+        .client_config()
+        .set("group.id", format!("{topic}-latency"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (_, high) =
+            consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(10))?;
+        assignment.add_partition_offset(topic, partition.id(), Offset::Offset(high))?;
+    }
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
