@@ -751,7 +751,7 @@ fn sample<T: std::fmt::Display>(items: &[T], n: usize) -> String {
 const KNOWN_FAILING: &[(&str, &str)] = &[
     (
         "no process died or got stuck; every SIGTERM exited cleanly",
-        "engine: after a broker restart longer than the session timeout, the static member gets librdkafka's fatal FencedInstanceId though no other process has its id, and exits (runtime/live check_not_fenced: `another process joined ... with this instance's id`; before, `asking partition offsets: ... FencedLeaderEpoch`). Senders had the same fencing and stayed up as zombies; since f905f09 they rebuild their consumer",
+        "not settled: the engine's exit on FencedInstanceId after a broker restart is fixed (cb15bd6) and a full run at 5806040 passed this check, but a short run at 5806040 saw sender b exit by itself seconds after a restart, with nothing in its log (its exit status is reported since aad10bc); remove this entry once short runs pass it",
     ),
 ];
 
