@@ -25,8 +25,13 @@ pub(crate) fn watermarks<C: ConsumerContext>(
     if partitions.is_empty() {
         return Ok(HashMap::new());
     }
-    let lows = at_bound(consumer, partitions, Offset::Beginning, timeout)?;
-    let highs = at_bound(consumer, partitions, Offset::End, timeout)?;
+    // A batched request that fails as a whole (e.g. one partition unknown to the client's
+    // metadata) leaves every partition to be asked on its own, which names the one at fault.
+    let lows = at_bound(consumer, partitions, Offset::Beginning, timeout).unwrap_or_else(|error| {
+        tracing::debug!(%error, "batched offsets request failed; asking partition by partition");
+        HashMap::new()
+    });
+    let highs = at_bound(consumer, partitions, Offset::End, timeout).unwrap_or_default();
     let mut found = HashMap::with_capacity(partitions.len());
     for partition in partitions {
         let bounds = match (lows.get(partition), highs.get(partition)) {
@@ -57,9 +62,11 @@ fn at_bound<C: ConsumerContext>(
             .add_partition_offset(topic, *partition, bound)
             .map_err(RuntimeError::kafka(format!("asking the offsets of {topic}/{partition}")))?;
     }
-    let answer = consumer
-        .offsets_for_times(request, timeout)
-        .map_err(RuntimeError::kafka("asking partition offsets"))?;
+    let answer = consumer.offsets_for_times(request, timeout).map_err(|source| {
+        let mut topics: Vec<&str> = partitions.iter().map(|(topic, _)| topic.as_str()).collect();
+        topics.dedup();
+        RuntimeError::kafka(format!("asking the offsets of {}", topics.join(", ")))(source)
+    })?;
     Ok(answer
         .elements()
         .iter()
