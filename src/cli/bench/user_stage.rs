@@ -255,8 +255,9 @@ fn watch(engine: &mut Instance, topic: &str, expected: usize) -> anyhow::Result<
     }
 }
 
-/// Pings users of the second half of the profiles, one event each, at `rate` for `seconds`;
-/// the time from each event (its timestamp) to its first command (broker append time), in ms.
+/// The traffic's mix of events at `rate` for `seconds`, its `Ping`s to users of the second half
+/// of the profiles, one each: the time from each `Ping` (its timestamp) to its first command
+/// (broker append time), in ms.
 fn latency(
     kafka: &KafkaConfig,
     deployment: &Deployment,
@@ -265,7 +266,7 @@ fn latency(
     seconds: u64,
     engine: &mut Instance,
 ) -> anyhow::Result<Vec<i64>> {
-    let total = ((rate * seconds as f64) as usize).min(profiles / 2).max(1);
+    let total = ((rate * seconds as f64) as usize).min(profiles / 2).max(EVENTS.len());
     let consumer = at_end(kafka, &deployment.topics.push)?;
     let registry = SchemaRegistry::builtin();
     let producer = producer(kafka)?;
@@ -283,38 +284,27 @@ fn latency(
             }
         }
     };
-    let started = Instant::now();
+    let (started, run) = (Instant::now(), now_ms());
     for j in 0..total {
         let due = started + Duration::from_secs_f64(j as f64 / rate);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             thread::sleep(wait);
         }
-        let user = user(profiles / 2 + j);
-        let at = now_ms();
-        let event = AppEvent {
-            event_id: format!("latency-{j}"),
-            app_id: APP.into(),
-            user_id: user.clone(),
-            name: "Ping".into(),
-            timestamp_ms: at,
-            properties: Default::default(),
-            sdk_version: None,
-        };
-        send(
-            &producer,
-            &deployment.topics.events,
-            user.as_bytes(),
-            &registry.encode(&event)?,
-            None,
-        )?;
-        sent.insert(user, at);
+        let (mut key, mut event) = event(j, profiles / 2, run);
+        if event.name == "Ping" {
+            key = user(profiles / 2 + j);
+            event.user_id.clone_from(&key);
+            sent.insert(key.clone(), event.timestamp_ms);
+        }
+        let value = registry.encode(&event)?;
+        send(&producer, &deployment.topics.events, key.as_bytes(), &value, None)?;
         if j % 500 == 0 {
             read(&sent, &mut firsts, Duration::ZERO);
         }
     }
     producer.flush(Duration::from_secs(30))?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while firsts.len() < total && Instant::now() < deadline {
+    while firsts.len() < sent.len() && Instant::now() < deadline {
         engine.check_alive()?;
         read(&sent, &mut firsts, Duration::from_millis(100));
     }
