@@ -403,7 +403,6 @@ mod tests {
         assert_eq!(scanned.len(), n - 2);
         assert_eq!(scanned[3], (key(4), b"v4".to_vec()));
         store.put(&key(3), b"back").unwrap();
-        drop(store);
         assert_eq!(state.count("s").unwrap(), (n - 1) as u64);
         assert_eq!(out.0.len(), 2 * n + 3, "every write is changelogged");
         assert_eq!(out.0.last(), Some(&(key(3), Some(b"back".to_vec()))));
