@@ -273,8 +273,8 @@ fn one_receipt_each(receipts: &[Receipt], count: usize) -> HashMap<String, Recei
 }
 
 #[test]
-fn hundred_thousand_commands_two_senders_5_percent_503_1_percent_unregistered() {
-    const COUNT: usize = 100_000;
+fn twenty_thousand_commands_two_senders_5_percent_503_1_percent_unregistered() {
+    const COUNT: usize = 20_000;
     let setup = Setup::new("senders", 8, &["unavailable=0.05", "unregistered=0.01"]);
     common::produce(&setup.topic("push"), commands(COUNT));
     let config = setup.sender_config(&setup.token_auth(None), "    max_per_second: 20000\n");
@@ -286,7 +286,7 @@ fn hundred_thousand_commands_two_senders_5_percent_503_1_percent_unregistered() 
     let by_message = one_receipt_each(&receipts, COUNT);
     let invalid: Vec<&Receipt> =
         by_message.values().filter(|r| r.status == ReceiptStatus::TokenInvalid).collect();
-    assert!((700..1_300).contains(&invalid.len()), "{} token-invalid receipts", invalid.len());
+    assert!((130..270).contains(&invalid.len()), "{} token-invalid receipts", invalid.len());
     // One reason for both providers, the provider's own words beside it.
     assert!(invalid.iter().all(|r| r.reason.as_deref() == Some("unregistered")));
     let texts: BTreeSet<&str> =
@@ -298,7 +298,7 @@ fn hundred_thousand_commands_two_senders_5_percent_503_1_percent_unregistered() 
     let stats = setup.stats().unwrap();
     assert_eq!(stats["duplicates"], 0, "no device received a message twice: {stats}");
     assert_eq!(stats["accepted"], accepted as u64, "{stats}");
-    assert!(stats["rejected"]["ServiceUnavailable"].as_u64().unwrap() > 1_000, "{stats}");
+    assert!(stats["rejected"]["ServiceUnavailable"].as_u64().unwrap() > 300, "{stats}");
     assert!(
         stats["token_grants"].as_u64().unwrap() <= 2,
         "one FCM access token per sender, not per message: {stats}"
