@@ -258,6 +258,13 @@ fn message_ids(count: usize) -> BTreeSet<String> {
         .collect()
 }
 
+/// Asserts that the commands `0..count` each have exactly one final receipt, all accepted.
+fn all_accepted_once(receipts: &[Receipt], count: usize) {
+    let by_message = one_receipt_each(receipts, count);
+    assert_eq!(by_message.keys().cloned().collect::<BTreeSet<_>>(), message_ids(count));
+    assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted), "none failed");
+}
+
 /// Asserts one final receipt per command and returns them by message id.
 fn one_receipt_each(receipts: &[Receipt], count: usize) -> HashMap<String, Receipt> {
     let mut by_message: HashMap<String, Receipt> = HashMap::new();
@@ -621,9 +628,7 @@ fn a_fenced_sender_rejoins_and_stops_when_fenced_again_soon() {
     assert!(log().contains("FencedInstanceId"), "{}", log());
     common::produce(&setup.topic("push"), second);
     let receipts = setup.receipts(2 * COUNT, Duration::from_secs(120));
-    let by_message = one_receipt_each(&receipts, 2 * COUNT);
-    assert_eq!(by_message.keys().cloned().collect::<BTreeSet<_>>(), message_ids(2 * COUNT));
-    assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted));
+    all_accepted_once(&receipts, 2 * COUNT);
     assert_eq!(setup.stats().unwrap()["duplicates"], 0);
 
     fence_sender(&setup, "a");
@@ -708,9 +713,7 @@ fn a_refused_credential_parks_that_providers_commands_and_the_other_provider_kee
     let mut sender = setup.spawn_sender(&config, "a");
     let receipts = setup.receipts(COUNT, Duration::from_secs(120));
     common::stop_gracefully(sender.take());
-    let by_message = one_receipt_each(&receipts, COUNT);
-    assert_eq!(by_message.keys().cloned().collect::<BTreeSet<_>>(), message_ids(COUNT));
-    assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted), "none failed");
+    all_accepted_once(&receipts, COUNT);
     assert_eq!(setup.stats().unwrap()["duplicates"], 0);
 }
 
@@ -735,9 +738,7 @@ fn a_token_endpoint_outage_parks_fcm_commands_and_they_resume_when_it_returns() 
     setup.fetch("/sim/token-endpoint/up").unwrap();
     let receipts = setup.receipts(COUNT, Duration::from_secs(120));
     common::stop_gracefully(sender.take());
-    let by_message = one_receipt_each(&receipts, COUNT);
-    assert_eq!(by_message.keys().cloned().collect::<BTreeSet<_>>(), message_ids(COUNT));
-    assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted), "none failed");
+    all_accepted_once(&receipts, COUNT);
     let stats = setup.stats().unwrap();
     assert_eq!(stats["duplicates"], 0, "{stats}");
     assert!(stats["rejected"]["token_endpoint_down"].as_u64().unwrap() >= 2, "{stats}");
@@ -875,9 +876,7 @@ fn a_refused_receipt_write_is_retried_until_the_broker_takes_it() {
     set_topic_config(&receipts_topic, "max.message.bytes", "1048588");
     let receipts = setup.receipts(COUNT, Duration::from_secs(120));
     common::stop_gracefully(sender.take());
-    let by_message = one_receipt_each(&receipts, COUNT);
-    assert_eq!(by_message.keys().cloned().collect::<BTreeSet<_>>(), message_ids(COUNT));
-    assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted));
+    all_accepted_once(&receipts, COUNT);
     let stats = setup.stats().unwrap();
     assert_eq!(stats["duplicates"], 0, "{stats}");
     assert_eq!(receipts.len(), COUNT, "one receipt per command: {stats}");
@@ -910,9 +909,7 @@ fn a_sigterm_with_parked_commands_keeps_them_for_the_next_start() {
     let mut sender = setup.spawn_sender(&config, "a");
     let receipts = setup.receipts(COUNT, Duration::from_secs(120));
     common::stop_gracefully(sender.take());
-    let by_message = one_receipt_each(&receipts, COUNT);
-    assert_eq!(by_message.keys().cloned().collect::<BTreeSet<_>>(), message_ids(COUNT));
-    assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted), "none failed");
+    all_accepted_once(&receipts, COUNT);
     let stats = setup.stats().unwrap();
     assert_eq!(stats["duplicates"], 0, "{stats}");
     assert_eq!(stats["accepted"], COUNT, "{stats}");
@@ -941,9 +938,7 @@ fn a_provider_slower_than_the_poll_interval_does_not_evict_the_sender() {
     let receipts = setup.receipts(COUNT, Duration::from_secs(180));
     let log = std::fs::read_to_string(setup.path("sender-a.log")).unwrap();
     common::stop_gracefully(sender.take());
-    let by_message = one_receipt_each(&receipts, COUNT);
-    assert_eq!(by_message.keys().cloned().collect::<BTreeSet<_>>(), message_ids(COUNT));
-    assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted));
+    all_accepted_once(&receipts, COUNT);
     assert_eq!(receipts.len(), COUNT, "one receipt per command");
     assert_eq!(log.matches("partitions assigned").count(), 1, "assigned once:\n{log}");
     assert!(!log.contains("revoked") && !log.contains("poll interval"), "{log}");
@@ -976,9 +971,7 @@ fn concurrent_refusals_of_an_access_token_fetch_one_new_token() {
     common::produce(&setup.topic("push"), later);
     let receipts = setup.receipts(COUNT, Duration::from_secs(120));
     common::stop_gracefully(sender.take());
-    let by_message = one_receipt_each(&receipts, COUNT);
-    assert_eq!(by_message.keys().cloned().collect::<BTreeSet<_>>(), message_ids(COUNT));
-    assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted), "none parked");
+    all_accepted_once(&receipts, COUNT);
     let stats = setup.stats().unwrap();
     let refused = stats["rejected"]["THIRD_PARTY_AUTH_ERROR"].as_u64().unwrap_or(0);
     assert!(refused >= 2, "several requests carried the forgotten token: {stats}");
