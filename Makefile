@@ -41,7 +41,7 @@ test: kafka-up registry-up ## the full test suite against the local broker and s
 	cargo build --bins
 	@# Topics left by earlier runs (the broker keeps files open per partition, up to its limit).
 	$(HERALD) topics delete --prefix it- --prefix bench-
-	cargo test --workspace
+	deploy/local/test.sh
 
 test-broadcast: kafka-up ## long: a scheduled run to 1,000,000 users with a 2 s transaction timeout (release build)
 	cargo test --release --test backlogs -- --ignored --nocapture
