@@ -27,8 +27,9 @@ kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here
 
 log_info() { echo "kafka: $*"; }
 
-running() {
-  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+running() { # the pid file's process is this broker (a stale file's pid may be another's now)
+  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null &&
+    tr '\0' ' ' <"/proc/$(cat "$pidfile")/cmdline" 2>/dev/null | grep -q -- "kafka\.Kafka .*/$(basename "$home")/server\.properties"
 }
 
 answers() {
