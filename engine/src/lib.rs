@@ -1,6 +1,7 @@
 //! Herald engine: records and schemas, topology files, Kafka administration, and (in later
 //! modules) the streaming runtime, campaign operators and senders.
 
+pub mod api;
 pub mod backtest;
 pub mod campaign;
 pub mod kafka;

@@ -6,11 +6,11 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use herald_engine::{
-    campaign::parse_campaign,
+    campaign::admin,
     kafka::KafkaConfig,
     model::{CampaignCommand, CampaignEnvelope, CampaignStats, Record, SchemaRegistry},
 };
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 
 #[derive(Debug, Subcommand)]
 pub enum CampaignCommandArgs {
@@ -63,17 +63,19 @@ pub struct ApplyArgs {
     topic: String,
 }
 
-/// Reads and validates every file; returns (id, app, definition as JSON) per file, or prints
-/// all errors of all files (two files defining the same campaign id is one).
-fn load(files: &[PathBuf]) -> anyhow::Result<Option<Vec<(String, String, String)>>> {
+/// Reads and validates every file; returns the `Define` envelope of each, or prints all errors
+/// of all files (two files defining the same campaign id is one).
+fn load(files: &[PathBuf]) -> anyhow::Result<Option<Vec<CampaignEnvelope>>> {
     let mut valid = Vec::new();
     let mut failed = false;
     let mut defined_in = std::collections::HashMap::new();
+    let now_ms = chrono::Utc::now().timestamp_millis();
     for path in files {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        match parse_campaign(&text, &path.display().to_string()) {
-            Ok(campaign) if defined_in.contains_key(&campaign.id) => {
+        let issued_by = std::env::var("USER").ok();
+        match admin::define(&text, &path.display().to_string(), issued_by, now_ms) {
+            Ok((campaign, _)) if defined_in.contains_key(&campaign.id) => {
                 failed = true;
                 println!(
                     "INVALID  {}: id: campaign {} is already defined in {}",
@@ -82,11 +84,10 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Option<Vec<(String, String, String)
                     defined_in[&campaign.id]
                 );
             }
-            Ok(campaign) => {
+            Ok((campaign, envelope)) => {
                 defined_in.insert(campaign.id.clone(), path.display().to_string());
                 println!("ok       {} ({}: {})", path.display(), campaign.id, campaign.name);
-                let document: serde_json::Value = serde_norway::from_str(&text)?;
-                valid.push((campaign.id, campaign.app, document.to_string()));
+                valid.push(envelope);
             }
             Err(errors) => {
                 failed = true;
@@ -111,19 +112,9 @@ pub fn run(kafka: &KafkaConfig, command: CampaignCommandArgs) -> anyhow::Result<
                 eprintln!("nothing published: fix the errors above first");
                 return Ok(ExitCode::from(2));
             };
-            let now_ms = chrono::Utc::now().timestamp_millis();
-            for (id, app, definition) in campaigns {
-                let envelope = CampaignEnvelope {
-                    campaign_id: id.clone(),
-                    app_id: app,
-                    command: CampaignCommand::Define,
-                    definition: Some(definition),
-                    revision: now_ms,
-                    issued_at_ms: now_ms,
-                    issued_by: std::env::var("USER").ok(),
-                };
+            for envelope in campaigns {
                 publish(kafka, &args.topic, &envelope)?;
-                println!("published {id} to {}", args.topic);
+                println!("published {} to {}", envelope.campaign_id, args.topic);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -192,17 +183,13 @@ fn operate(
         eprintln!("campaign {} not found in {}", args.id, args.topic);
         return Ok(ExitCode::from(2));
     };
-    if current.command == CampaignCommand::Stop {
-        eprintln!("campaign {} is stopped; apply its definition again to restart it", args.id);
-        return Ok(ExitCode::from(2));
-    }
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let envelope = CampaignEnvelope {
-        command,
-        revision: now_ms,
-        issued_at_ms: now_ms,
-        issued_by: std::env::var("USER").ok(),
-        ..current
+    let envelope = match admin::command(current, command, std::env::var("USER").ok(), now_ms) {
+        Ok(envelope) => envelope,
+        Err(refused) => {
+            eprintln!("{refused}");
+            return Ok(ExitCode::from(2));
+        }
     };
     publish(kafka, &args.topic, &envelope)?;
     println!("{:?} {} published to {}", command, args.id, args.topic);
@@ -217,14 +204,7 @@ fn publish(kafka: &KafkaConfig, topic: &str, envelope: &CampaignEnvelope) -> any
         .create()
         .context("creating the Kafka producer")?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let bytes = SchemaRegistry::builtin().encode(envelope)?;
-    let id = &envelope.campaign_id;
-    runtime
-        .block_on(
-            producer.send(FutureRecord::to(topic).key(id).payload(&bytes), Duration::from_secs(30)),
-        )
-        .map_err(|(e, _)| e)
-        .with_context(|| format!("publishing {id} to {topic}"))?;
+    runtime.block_on(admin::publish(&producer, topic, envelope))?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! Command-line arguments and dispatch to one module per command.
 
+mod api;
 mod bench;
 mod campaign;
 mod consume;
@@ -38,6 +39,8 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Read a topic and print its records decoded, one JSON object per line.
     Consume(consume::ConsumeArgs),
+    /// Serve the admin HTTP API.
+    Api(api::ApiArgs),
     /// Validate and publish campaign definitions.
     #[command(subcommand)]
     Campaign(campaign::CampaignCommandArgs),
@@ -69,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Example(command) => example::run(&kafka, command),
         Command::Bench(command) => bench::run(&kafka, command),
         Command::Campaign(command) => campaign::run(&kafka, command),
+        Command::Api(args) => api::run(&kafka, args),
         Command::Replay(args) => replay::run(&kafka, args),
         Command::Engine(args) => engine::run(&kafka, args),
         Command::Send(args) => send::run(&kafka, args),

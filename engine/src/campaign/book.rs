@@ -3,8 +3,8 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use crate::{
-    campaign::{parse_campaign, Behaviour, Campaign, CampaignStatus, Filter},
-    model::{CampaignCommand, CampaignEnvelope, SchemaRegistry},
+    campaign::{admin, Behaviour, Campaign, CampaignStatus, Filter},
+    model::{CampaignEnvelope, SchemaRegistry},
     runtime::GlobalTable,
 };
 
@@ -68,18 +68,7 @@ impl CampaignBook {
 fn compile(value: &[u8]) -> Result<Campaign, String> {
     let envelope: CampaignEnvelope =
         SchemaRegistry::builtin().decode(value).map_err(|e| e.to_string())?;
-    let definition = envelope
-        .definition
-        .as_deref()
-        .ok_or_else(|| format!("{:?} envelope without a definition", envelope.command))?;
-    let mut campaign =
-        parse_campaign(definition, &envelope.campaign_id).map_err(|e| e.to_string())?;
-    campaign.status = match envelope.command {
-        CampaignCommand::Define | CampaignCommand::Resume => campaign.status,
-        CampaignCommand::Pause => CampaignStatus::Paused,
-        CampaignCommand::Stop => CampaignStatus::Stopped,
-    };
-    Ok(campaign)
+    admin::compile(&envelope)
 }
 
 fn collect_behaviours(filter: &Filter, out: &mut Vec<Behaviour>) {

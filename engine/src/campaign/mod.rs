@@ -1,6 +1,7 @@
 //! Campaign definitions: the documented YAML format (`docs/campaigns.md`), its validation with
 //! every error reported by field path, and the compiled form operators evaluate.
 
+pub mod admin;
 mod book;
 mod filter;
 mod model;

@@ -1,0 +1,347 @@
+//! The API's handlers: each reads the followed topics or calls the same library functions as
+//! `herald campaign`.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use axum::{
+    body::Bytes,
+    extract::{rejection::BytesRejection, Path, State},
+    http::StatusCode,
+    Extension, Json,
+};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{auth::Caller, error::ApiError, ApiState};
+use crate::{
+    campaign::{admin, CampaignStatus},
+    model::{CampaignCommand, CampaignEnvelope, CampaignStats},
+};
+
+/// Where a campaign stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Saved, not running.
+    Draft,
+    /// Running.
+    Active,
+    /// Holding sends.
+    Paused,
+    /// Ended.
+    Stopped,
+    /// Its definition no longer validates (written by an older Herald).
+    Invalid,
+}
+
+/// A campaign as listed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignSummary {
+    /// Campaign id.
+    pub id: String,
+    /// App.
+    pub app: String,
+    /// Display name.
+    pub name: String,
+    /// Where it stands.
+    pub status: Status,
+    /// Revision of its latest envelope (epoch milliseconds of the change).
+    pub revision: i64,
+    /// When it was last changed, epoch milliseconds.
+    pub updated_at_ms: i64,
+    /// Who last changed it.
+    pub updated_by: Option<String>,
+}
+
+/// A campaign with its definition.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignDetail {
+    /// What is listed.
+    #[serde(flatten)]
+    pub summary: CampaignSummary,
+    /// The definition as published (the documented campaign format, as JSON).
+    #[schema(value_type = Object)]
+    pub definition: serde_json::Value,
+}
+
+fn summary(envelope: &CampaignEnvelope) -> CampaignSummary {
+    let compiled = admin::compile(envelope);
+    let (name, status) = match &compiled {
+        Ok(campaign) => (
+            campaign.name.clone(),
+            match campaign.status {
+                CampaignStatus::Draft => Status::Draft,
+                CampaignStatus::Active => Status::Active,
+                CampaignStatus::Paused => Status::Paused,
+                CampaignStatus::Stopped => Status::Stopped,
+            },
+        ),
+        Err(_) => (envelope.campaign_id.clone(), Status::Invalid),
+    };
+    CampaignSummary {
+        id: envelope.campaign_id.clone(),
+        app: envelope.app_id.clone(),
+        name,
+        status,
+        revision: envelope.revision,
+        updated_at_ms: envelope.issued_at_ms,
+        updated_by: envelope.issued_by.clone(),
+    }
+}
+
+fn detail(envelope: &CampaignEnvelope) -> CampaignDetail {
+    let definition = envelope
+        .definition
+        .as_deref()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default();
+    CampaignDetail { summary: summary(envelope), definition }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no campaign {id}"))
+}
+
+/// Every campaign with its status, by id.
+#[utoipa::path(get, path = "/api/v1/campaigns", tag = "campaigns",
+    responses((status = 200, body = [CampaignSummary]), (status = 401, body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_campaigns(State(state): State<ApiState>) -> Json<Vec<CampaignSummary>> {
+    Json(state.campaigns().all().iter().map(summary).collect())
+}
+
+/// One campaign with its definition.
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}", tag = "campaigns",
+    params(("id" = String, Path, description = "campaign id")),
+    responses((status = 200, body = CampaignDetail), (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_campaign(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<CampaignDetail>, ApiError> {
+    let envelope = state.campaigns().get(&id).ok_or_else(|| not_found(&id))?;
+    Ok(Json(detail(&envelope)))
+}
+
+/// Counters of one variant.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct VariantCounts {
+    /// Variant id.
+    pub variant_id: String,
+    /// Send commands produced.
+    pub sent: i64,
+    /// Accepted by the provider.
+    pub delivered: i64,
+    /// Refused by the provider.
+    pub failed: i64,
+    /// Viewed.
+    pub impressions: i64,
+    /// Clicked.
+    pub clicks: i64,
+    /// Converted.
+    pub conversions: i64,
+}
+
+/// A campaign's latest stats snapshot (all zero before the engine's first).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatsView {
+    /// Campaign id.
+    pub campaign_id: String,
+    /// When the snapshot was taken, epoch milliseconds; none before the first.
+    pub as_of_ms: Option<i64>,
+    /// Users who qualified: sent to or skipped.
+    pub qualified: i64,
+    /// Counters per variant.
+    pub variants: Vec<VariantCounts>,
+    /// Users not sent to, by reason.
+    pub skipped: BTreeMap<String, i64>,
+    /// Sends refused or lost, by reason.
+    pub failed: BTreeMap<String, i64>,
+}
+
+impl StatsView {
+    fn new(campaign_id: String, stats: Option<CampaignStats>) -> Self {
+        let Some(stats) = stats else {
+            return Self {
+                campaign_id,
+                as_of_ms: None,
+                qualified: 0,
+                variants: Vec::new(),
+                skipped: BTreeMap::new(),
+                failed: BTreeMap::new(),
+            };
+        };
+        let qualified = stats.variants.iter().map(|v| v.sent).sum::<i64>()
+            + stats.skipped.values().sum::<i64>();
+        let variants = stats
+            .variants
+            .into_iter()
+            .map(|v| VariantCounts {
+                variant_id: v.variant_id,
+                sent: v.sent,
+                delivered: v.delivered,
+                failed: v.failed,
+                impressions: v.impressions,
+                clicks: v.clicks,
+                conversions: v.conversions,
+            })
+            .collect();
+        Self {
+            campaign_id,
+            as_of_ms: Some(stats.as_of_ms),
+            qualified,
+            variants,
+            skipped: stats.skipped,
+            failed: stats.failed,
+        }
+    }
+}
+
+/// A campaign's stats per variant, from `herald.stats`.
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}/stats", tag = "campaigns",
+    params(("id" = String, Path, description = "campaign id")),
+    responses((status = 200, body = StatsView), (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn campaign_stats(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<StatsView>, ApiError> {
+    let stats = state.stats().get(&id);
+    if stats.is_none() && state.campaigns().get(&id).is_none() {
+        return Err(not_found(&id));
+    }
+    Ok(Json(StatsView::new(id, stats)))
+}
+
+/// The request body as text, or why not (413 over the body limit).
+fn body_text(state: &ApiState, body: Result<Bytes, BytesRejection>) -> Result<String, ApiError> {
+    let bytes = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(state.config().body_limit),
+        _ => ApiError::field("(body)", rejection.body_text()),
+    })?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::field("(body)", "not UTF-8 text"))
+}
+
+/// Publishes `envelope` and waits until the API has read it back, so the next request sees it.
+async fn publish(state: &ApiState, envelope: &CampaignEnvelope) -> Result<(), ApiError> {
+    let topic = &state.config().topics.campaigns;
+    let (partition, offset) = admin::publish(&state.inner.producer, topic, envelope)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    state.campaigns().wait_for(partition, offset, Duration::from_secs(30)).await
+}
+
+/// Validates a definition sent by `caller` into its `Define` envelope.
+fn define(text: &str, caller: &Caller) -> Result<CampaignEnvelope, ApiError> {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    Ok(admin::define(text, "request body", Some(caller.name.clone()), now_ms)?.1)
+}
+
+/// Creates a campaign from its definition (YAML or JSON, the format of `herald campaign apply`);
+/// invalid definitions get 422 with every field at fault.
+#[utoipa::path(post, path = "/api/v1/campaigns", tag = "campaigns",
+    request_body(content = String, description = "campaign definition, YAML or JSON",
+        content_type = "application/json"),
+    responses((status = 201, body = CampaignDetail), (status = 409, body = super::ErrorBody),
+        (status = 413, body = super::ErrorBody), (status = 422, body = super::ErrorBody),
+        (status = 403, body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_campaign(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<CampaignDetail>), ApiError> {
+    let envelope = define(&body_text(&state, body)?, &caller)?;
+    let id = &envelope.campaign_id;
+    if state.campaigns().get(id).is_some() {
+        return Err(ApiError::Conflict(format!(
+            "campaign {id} exists; update it with PUT /api/v1/campaigns/{id}"
+        )));
+    }
+    publish(&state, &envelope).await?;
+    Ok((StatusCode::CREATED, Json(detail(&envelope))))
+}
+
+/// Replaces a campaign's definition (a stopped campaign starts again); the definition's `id`
+/// must be the one in the path.
+#[utoipa::path(put, path = "/api/v1/campaigns/{id}", tag = "campaigns",
+    params(("id" = String, Path, description = "campaign id")),
+    request_body(content = String, description = "campaign definition, YAML or JSON",
+        content_type = "application/json"),
+    responses((status = 200, body = CampaignDetail), (status = 404, body = super::ErrorBody),
+        (status = 413, body = super::ErrorBody), (status = 422, body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_campaign(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<CampaignDetail>, ApiError> {
+    let envelope = define(&body_text(&state, body)?, &caller)?;
+    if envelope.campaign_id != id {
+        return Err(ApiError::field(
+            "id",
+            format!("is {}, but the path names campaign {id}", envelope.campaign_id),
+        ));
+    }
+    state.campaigns().get(&id).ok_or_else(|| not_found(&id))?;
+    publish(&state, &envelope).await?;
+    Ok(Json(detail(&envelope)))
+}
+
+/// Issues an operator command on campaign `id`.
+async fn operate(
+    state: ApiState,
+    caller: Caller,
+    id: String,
+    command: CampaignCommand,
+) -> Result<Json<CampaignSummary>, ApiError> {
+    let current = state.campaigns().get(&id).ok_or_else(|| not_found(&id))?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let envelope = admin::command(current, command, Some(caller.name), now_ms)
+        .map_err(|e| ApiError::Conflict(e.to_string()))?;
+    publish(&state, &envelope).await?;
+    Ok(Json(summary(&envelope)))
+}
+
+/// Holds a campaign: no new triggers; due timers, pending users and throttled sends wait.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/pause", tag = "campaigns",
+    params(("id" = String, Path, description = "campaign id")),
+    responses((status = 200, body = CampaignSummary), (status = 404, body = super::ErrorBody),
+        (status = 409, body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn pause_campaign(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<CampaignSummary>, ApiError> {
+    operate(state, caller, id, CampaignCommand::Pause).await
+}
+
+/// Continues a paused campaign: what waited is released.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/resume", tag = "campaigns",
+    params(("id" = String, Path, description = "campaign id")),
+    responses((status = 200, body = CampaignSummary), (status = 404, body = super::ErrorBody),
+        (status = 409, body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn resume_campaign(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<CampaignSummary>, ApiError> {
+    operate(state, caller, id, CampaignCommand::Resume).await
+}
+
+/// Ends a campaign for good: what waited is dropped (counted `stopped`).
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/stop", tag = "campaigns",
+    params(("id" = String, Path, description = "campaign id")),
+    responses((status = 200, body = CampaignSummary), (status = 404, body = super::ErrorBody),
+        (status = 409, body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn stop_campaign(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<CampaignSummary>, ApiError> {
+    operate(state, caller, id, CampaignCommand::Stop).await
+}

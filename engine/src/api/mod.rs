@@ -1,0 +1,105 @@
+//! The admin HTTP API (`herald api`): campaigns, stats, events, dead letters, app settings, test
+//! sends and previews, behind bearer tokens with two roles (`docs/api.md`).
+
+mod audit;
+mod auth;
+mod error;
+mod handlers;
+mod router;
+mod table;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use rdkafka::producer::FutureProducer;
+
+pub use audit::AuditRecord;
+pub use auth::{Caller, RateLimit, Role, TokenError, Tokens};
+pub use error::{ApiError, ErrorBody, FieldProblem};
+pub use router::{openapi, router};
+pub use table::Table;
+
+use crate::{
+    kafka::KafkaConfig,
+    model::{topics::TopicNames, CampaignEnvelope, CampaignStats},
+};
+
+/// Name of the audit topic (see `topologies/default.toml`), before any prefix.
+pub const AUDIT_TOPIC: &str = "herald.audit";
+
+/// Default largest request body, bytes.
+pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
+
+/// How the API is set up.
+#[derive(Debug)]
+pub struct ApiConfig {
+    /// The cluster.
+    pub kafka: KafkaConfig,
+    /// Herald's topics.
+    pub topics: TopicNames,
+    /// Where admin actions are recorded.
+    pub audit_topic: String,
+    /// Who may call it.
+    pub tokens: Tokens,
+    /// Largest request body, bytes (larger: 413).
+    pub body_limit: usize,
+    /// Requests per token (more: 429).
+    pub rate_limit: RateLimit,
+    /// The app settings file the engine reads, if the API may show and change it.
+    pub settings_path: Option<PathBuf>,
+}
+
+/// What every handler shares: configuration, the followed topics, a producer.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ApiConfig,
+    limiter: auth::RateLimiter,
+    producer: FutureProducer,
+    campaigns: Table<CampaignEnvelope>,
+    stats: Table<CampaignStats>,
+}
+
+impl ApiState {
+    /// Connects to the cluster and reads the campaigns and stats topics to their end (then
+    /// follows them in the background).
+    pub fn start(config: ApiConfig) -> Result<Self, ApiError> {
+        let wait = Duration::from_secs(60);
+        let campaigns = Table::follow(&config.kafka, &config.topics.campaigns, wait)?;
+        let stats = Table::follow(&config.kafka, &config.topics.stats, wait)?;
+        let producer = config
+            .kafka
+            .client_config()
+            .set("enable.idempotence", "true")
+            .create()
+            .map_err(|e| ApiError::Internal(format!("creating the Kafka producer: {e}")))?;
+        let limiter = auth::RateLimiter::new(config.rate_limit);
+        Ok(Self { inner: Arc::new(Inner { config, limiter, producer, campaigns, stats }) })
+    }
+
+    /// The latest envelope of every campaign.
+    pub fn campaigns(&self) -> &Table<CampaignEnvelope> {
+        &self.inner.campaigns
+    }
+
+    /// The latest stats snapshot of every campaign.
+    pub fn stats(&self) -> &Table<CampaignStats> {
+        &self.inner.stats
+    }
+
+    /// How the API is set up.
+    pub fn config(&self) -> &ApiConfig {
+        &self.inner.config
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

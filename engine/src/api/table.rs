@@ -1,0 +1,203 @@
+//! A compacted topic followed into memory by a background consumer: the latest record per key
+//! (a tombstone removes the key), and how far it has read, so a writer can wait to read its
+//! own write.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, RwLock,
+    },
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    Message, Offset, TopicPartitionList,
+};
+
+use crate::{
+    kafka::KafkaConfig,
+    model::{Record, SchemaRegistry},
+};
+
+use super::error::ApiError;
+
+struct Shared<R> {
+    rows: RwLock<BTreeMap<String, R>>,
+    /// Next offset to read, per partition.
+    positions: Mutex<HashMap<i32, i64>>,
+    stop: AtomicBool,
+}
+
+/// The latest `R` per key of one topic, kept up to date while it lives.
+pub struct Table<R> {
+    topic: String,
+    shared: Arc<Shared<R>>,
+}
+
+impl<R> Drop for Table<R> {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl<R: Record + Clone + Send + Sync + 'static> Table<R> {
+    /// Starts following `topic` from its beginning and waits (up to `wait`) until it has read
+    /// what the topic held when it started.
+    pub fn follow(kafka: &KafkaConfig, topic: &str, wait: Duration) -> Result<Self, ApiError> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            ApiError::Internal(format!("following {topic}: {what}: {e}"))
+        };
+        let consumer: BaseConsumer = kafka
+            .client_config()
+            .set("group.id", "herald-api")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .map_err(|e| failed("creating the consumer", &e))?;
+        // A topic just created may not have its leaders yet: ask again until `wait` is spent.
+        let deadline = Instant::now() + wait;
+        let ends = loop {
+            match ends(&consumer, topic) {
+                Ok(ends) => break ends,
+                Err(error) if Instant::now() >= deadline => return Err(error),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
+        let mut assignment = TopicPartitionList::new();
+        for &partition in ends.keys() {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Beginning)
+                .map_err(|e| failed("assigning", &e))?;
+        }
+        consumer.assign(&assignment).map_err(|e| failed("assigning", &e))?;
+        let shared = Arc::new(Shared {
+            rows: RwLock::default(),
+            positions: Mutex::new(ends.keys().map(|&p| (p, 0)).collect()),
+            stop: AtomicBool::new(false),
+        });
+        let thread_shared = shared.clone();
+        let thread_topic = topic.to_string();
+        std::thread::Builder::new()
+            .name(format!("api-{topic}"))
+            .spawn(move || read(consumer, &thread_topic, &thread_shared))
+            .map_err(|e| failed("starting its thread", &e))?;
+        let table = Self { topic: topic.to_string(), shared };
+        while !table.reached(&ends) {
+            if Instant::now() >= deadline {
+                return Err(ApiError::Internal(format!("{topic} not read to its end in {wait:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(table)
+    }
+
+    /// Whether every partition has been read up to `ends`.
+    fn reached(&self, ends: &HashMap<i32, i64>) -> bool {
+        let positions = self.shared.positions.lock().expect("table lock");
+        ends.iter().all(|(p, end)| positions.get(p).is_some_and(|at| at >= end))
+    }
+
+    /// Waits until the record written at `offset` of `partition` has been read (a writer reads
+    /// its own write), up to `wait`.
+    pub async fn wait_for(
+        &self,
+        partition: i32,
+        offset: i64,
+        wait: Duration,
+    ) -> Result<(), ApiError> {
+        let ends = HashMap::from([(partition, offset + 1)]);
+        let deadline = Instant::now() + wait;
+        while !self.reached(&ends) {
+            if Instant::now() >= deadline {
+                return Err(ApiError::Internal(format!(
+                    "{} not read up to {partition}/{offset} in {wait:?}",
+                    self.topic
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// The latest record keyed `key`.
+    pub fn get(&self, key: &str) -> Option<R> {
+        self.shared.rows.read().expect("table lock").get(key).cloned()
+    }
+
+    /// Every key's latest record, by key.
+    pub fn all(&self) -> Vec<R> {
+        self.shared.rows.read().expect("table lock").values().cloned().collect()
+    }
+}
+
+/// The end offset of every partition of `topic`.
+fn ends(consumer: &BaseConsumer, topic: &str) -> Result<HashMap<i32, i64>, ApiError> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        ApiError::Internal(format!("following {topic}: {what}: {e}"))
+    };
+    let timeout = Duration::from_secs(10);
+    let metadata =
+        consumer.fetch_metadata(Some(topic), timeout).map_err(|e| failed("reading metadata", &e))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    if partitions.is_empty() {
+        return Err(ApiError::Internal(format!("topic {topic} not found")));
+    }
+    partitions
+        .into_iter()
+        .map(|partition| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, partition, timeout)
+                .map_err(|e| failed("reading offsets", &e))?;
+            Ok((partition, high))
+        })
+        .collect()
+}
+
+/// The consumer's loop: until the table is dropped.
+fn read<R: Record>(consumer: BaseConsumer, topic: &str, shared: &Shared<R>) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            // Past transaction markers and aborted records the position moves with no message.
+            if let Ok(list) = consumer.position() {
+                let mut positions = shared.positions.lock().expect("table lock");
+                for element in list.elements() {
+                    if let Offset::Offset(at) = element.offset() {
+                        let known = positions.entry(element.partition()).or_insert(0);
+                        *known = (*known).max(at);
+                    }
+                }
+            }
+            continue;
+        };
+        let message = match result {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(%topic, %error, "API table consumer");
+                continue;
+            }
+        };
+        if let Some(key) = message.key().map(|k| String::from_utf8_lossy(k).into_owned()) {
+            let mut rows = shared.rows.write().expect("table lock");
+            match message.payload().map(|v| SchemaRegistry::builtin().decode::<R>(v)) {
+                None => {
+                    rows.remove(&key);
+                }
+                Some(Ok(record)) => {
+                    rows.insert(key, record);
+                }
+                Some(Err(error)) => tracing::warn!(%topic, %key, %error, "undecodable record"),
+            }
+        }
+        shared
+            .positions
+            .lock()
+            .expect("table lock")
+            .insert(message.partition(), message.offset() + 1);
+    }
+}

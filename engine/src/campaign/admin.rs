@@ -1,0 +1,131 @@
+//! What `herald campaign` and the admin API do to campaigns, in one place: validate a definition
+//! into a `Define` envelope, derive an operator command from a campaign's current envelope, tell
+//! a campaign's status, publish an envelope.
+
+use std::time::Duration;
+
+use rdkafka::{
+    error::KafkaError,
+    producer::{FutureProducer, FutureRecord},
+};
+use thiserror::Error;
+
+use crate::{
+    campaign::{parse_campaign, Campaign, CampaignStatus, FieldError, ValidationErrors},
+    model::{CampaignCommand, CampaignEnvelope, CodecError, SchemaRegistry},
+};
+
+/// Why an operator command cannot be issued.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CommandError {
+    /// A stopped campaign takes no command until its definition is applied again.
+    #[error("campaign {0} is stopped; apply its definition again to restart it")]
+    Stopped(String),
+    /// `Define` is not an operator command.
+    #[error("define is not an operator command; publish a definition instead")]
+    NotOperator,
+}
+
+/// Why an envelope could not be published.
+#[derive(Debug, Error)]
+pub enum PublishError {
+    /// The envelope did not encode.
+    #[error("encoding the envelope of {campaign}: {source}")]
+    Encode {
+        /// Campaign concerned.
+        campaign: String,
+        /// Codec failure.
+        source: CodecError,
+    },
+    /// The broker did not take it.
+    #[error("publishing {campaign} to {topic}: {source}")]
+    Kafka {
+        /// Campaign concerned.
+        campaign: String,
+        /// Topic written.
+        topic: String,
+        /// Producer failure.
+        source: KafkaError,
+    },
+}
+
+/// Validates the definition `text` (YAML or JSON; `source` names it in errors) into a `Define`
+/// envelope issued by `issued_by` at `now_ms` (its revision).
+pub fn define(
+    text: &str,
+    source: &str,
+    issued_by: Option<String>,
+    now_ms: i64,
+) -> Result<(Campaign, CampaignEnvelope), ValidationErrors> {
+    let campaign = parse_campaign(text, source)?;
+    let document: serde_json::Value =
+        serde_norway::from_str(text).map_err(|e| ValidationErrors {
+            source: source.to_string(),
+            errors: vec![FieldError { path: "(document)".into(), reason: e.to_string() }],
+        })?;
+    let envelope = CampaignEnvelope {
+        campaign_id: campaign.id.clone(),
+        app_id: campaign.app.clone(),
+        command: CampaignCommand::Define,
+        definition: Some(document.to_string()),
+        revision: now_ms,
+        issued_at_ms: now_ms,
+        issued_by,
+    };
+    Ok((campaign, envelope))
+}
+
+/// The envelope that issues operator `command` on a campaign whose latest envelope is
+/// `current`: its definition under the command, so the compacted topic keeps a complete one.
+pub fn command(
+    current: CampaignEnvelope,
+    command: CampaignCommand,
+    issued_by: Option<String>,
+    now_ms: i64,
+) -> Result<CampaignEnvelope, CommandError> {
+    if command == CampaignCommand::Define {
+        return Err(CommandError::NotOperator);
+    }
+    if current.command == CampaignCommand::Stop {
+        return Err(CommandError::Stopped(current.campaign_id));
+    }
+    Ok(CampaignEnvelope { command, revision: now_ms, issued_at_ms: now_ms, issued_by, ..current })
+}
+
+/// The campaign an envelope defines, with the status its command gives it.
+pub fn compile(envelope: &CampaignEnvelope) -> Result<Campaign, String> {
+    let definition = envelope
+        .definition
+        .as_deref()
+        .ok_or_else(|| format!("{:?} envelope without a definition", envelope.command))?;
+    let mut campaign =
+        parse_campaign(definition, &envelope.campaign_id).map_err(|e| e.to_string())?;
+    campaign.status = match envelope.command {
+        CampaignCommand::Define | CampaignCommand::Resume => campaign.status,
+        CampaignCommand::Pause => CampaignStatus::Paused,
+        CampaignCommand::Stop => CampaignStatus::Stopped,
+    };
+    Ok(campaign)
+}
+
+/// Publishes `envelope` to `topic`, keyed by its campaign, and waits for the broker's ack;
+/// returns the partition and offset written.
+pub async fn publish(
+    producer: &FutureProducer,
+    topic: &str,
+    envelope: &CampaignEnvelope,
+) -> Result<(i32, i64), PublishError> {
+    let id = &envelope.campaign_id;
+    let bytes = SchemaRegistry::builtin()
+        .encode(envelope)
+        .map_err(|source| PublishError::Encode { campaign: id.clone(), source })?;
+    let delivery = producer
+        .send(FutureRecord::to(topic).key(id).payload(&bytes), Duration::from_secs(30))
+        .await
+        .map_err(|(source, _)| PublishError::Kafka {
+            campaign: id.clone(),
+            topic: topic.to_string(),
+            source,
+        })?;
+    Ok((delivery.partition, delivery.offset))
+}

@@ -1,0 +1,84 @@
+//! `herald api`: the admin HTTP API (`docs/api.md`).
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::Args;
+use herald_engine::{
+    api::{self, ApiConfig, ApiState, RateLimit, Tokens, AUDIT_TOPIC, DEFAULT_BODY_LIMIT},
+    kafka::KafkaConfig,
+    model::topics::TopicNames,
+};
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8088")]
+    listen: SocketAddr,
+    /// Tokens file: one `read|admin NAME TOKEN` per line. Without it, the tokens come from
+    /// HERALD_API_TOKENS (same lines, `;` also separates them).
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// Prefix of every topic name (as given to `herald engine`).
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
+    /// App settings file the engine reads, shown and changed under /api/v1/settings.
+    #[arg(long)]
+    settings: Option<PathBuf>,
+    /// Largest request body, bytes.
+    #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
+    body_limit: usize,
+    /// Requests a token may make at once.
+    #[arg(long, default_value_t = 100)]
+    rate_burst: u32,
+    /// Requests per second a token earns back.
+    #[arg(long, default_value_t = 20.0)]
+    rate_per_second: f64,
+}
+
+fn tokens(args: &ApiArgs) -> anyhow::Result<Tokens> {
+    let (text, source) = match &args.tokens {
+        Some(path) => (
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (
+            std::env::var("HERALD_API_TOKENS")
+                .context("no tokens: give --tokens FILE or set HERALD_API_TOKENS")?,
+            "HERALD_API_TOKENS".to_string(),
+        ),
+    };
+    Ok(Tokens::parse(&text, &source)?)
+}
+
+pub fn run(kafka: &KafkaConfig, args: ApiArgs) -> anyhow::Result<ExitCode> {
+    let config = ApiConfig {
+        kafka: kafka.clone(),
+        topics: TopicNames::with_prefix(&args.topic_prefix),
+        audit_topic: format!("{}{AUDIT_TOPIC}", args.topic_prefix),
+        tokens: tokens(&args)?,
+        body_limit: args.body_limit,
+        rate_limit: RateLimit { burst: args.rate_burst, per_second: args.rate_per_second },
+        settings_path: args.settings,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let state = tokio::task::spawn_blocking(move || ApiState::start(config)).await??;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        tracing::info!(address = %listener.local_addr()?, "herald api listening");
+        api::serve(listener, state, async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        })
+        .await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,405 @@
+//! The admin API (`herald api`) against the real broker: auth and roles, campaigns through their
+//! whole lifecycle with the CLI's validation, stats from `herald.stats`, the audit topic, limits
+//! on bodies and requests, the OpenAPI document.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{create_topics, delete_topics_starting_with, kafka, now_ms, unique, KillOnDrop};
+use herald_engine::{
+    api::AuditRecord,
+    model::{CampaignStats, SchemaRegistry, VariantStats},
+};
+use serde_json::{json, Value};
+
+const READ_TOKEN: &str = "read-0123456789abcdef";
+const ADMIN_TOKEN: &str = "admin-0123456789abcdef";
+
+/// A running `herald api` on topics of its own, killed and its topics deleted on drop.
+struct Api {
+    prefix: String,
+    origin: String,
+    agent: ureq::Agent,
+    _process: KillOnDrop,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            delete_topics_starting_with(&[&self.prefix]);
+        } else {
+            eprintln!("--- api log\n{}", common::tail(&self.dir.path().join("api.log"), 30));
+        }
+    }
+}
+
+/// The answer to a request: status and body as JSON (null if not JSON).
+struct Answer {
+    status: u16,
+    body: Value,
+    retry_after: Option<String>,
+}
+
+impl Api {
+    /// Creates the topics under a fresh prefix and starts the API with `extra` arguments.
+    fn start(name: &str, extra: &[&str]) -> Self {
+        let prefix = format!("{}-", unique(name));
+        let topic = |t: &str| format!("{prefix}herald.{t}");
+        let names =
+            ["campaigns", "stats", "campaign-events", "dead-letter", "push", "receipts", "audit"]
+                .map(topic);
+        create_topics(&names.iter().map(|n| (n.as_str(), 2)).collect::<Vec<_>>());
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(
+            &tokens,
+            format!("# role name token\nread viewer {READ_TOKEN}\nadmin ops {ADMIN_TOKEN}\n"),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let listen = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("api.log")).unwrap();
+        let process = KillOnDrop::new(
+            Command::new(env!("CARGO_BIN_EXE_herald"))
+                .args(["api", "--listen", &listen, "--topic-prefix", &prefix, "--tokens"])
+                .arg(&tokens)
+                .args(extra)
+                .env("HERALD_BROKERS", kafka().brokers)
+                .env("RUST_LOG", "info,librdkafka=warn")
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let api =
+            Self { prefix, origin: format!("http://{listen}"), agent, _process: process, dir };
+        let started = Instant::now();
+        while api.request("GET", "/openapi.json", None, None).status != 200 {
+            assert!(started.elapsed() < Duration::from_secs(60), "the API did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        api
+    }
+
+    fn topic(&self, name: &str) -> String {
+        format!("{}herald.{name}", self.prefix)
+    }
+
+    /// `method path` with `token` and `body`; a refused connection counts as status 0.
+    fn request(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Answer {
+        let url = format!("{}{path}", self.origin);
+        let request = ureq::http::Request::builder().method(method).uri(&url);
+        let request = match token {
+            Some(token) => request.header("Authorization", format!("Bearer {token}")),
+            None => request,
+        };
+        let result = self.agent.run(request.body(body.unwrap_or("").to_string()).unwrap());
+        let Ok(mut response) = result else {
+            return Answer { status: 0, body: Value::Null, retry_after: None };
+        };
+        let retry_after =
+            response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        Answer {
+            status: response.status().as_u16(),
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            retry_after,
+        }
+    }
+
+    fn read(&self, path: &str) -> Answer {
+        self.request("GET", path, Some(READ_TOKEN), None)
+    }
+
+    fn admin(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
+        self.request(method, path, Some(ADMIN_TOKEN), body)
+    }
+}
+
+/// A valid campaign definition `id`, as JSON.
+fn campaign(id: &str, title: &str) -> String {
+    json!({
+        "id": id,
+        "app": "shop",
+        "name": format!("Campaign {id}"),
+        "when": { "event": "App Opened" },
+        "what": { "title": title, "body": "Hello {{ profile.first_name | default: 'there' }}" },
+    })
+    .to_string()
+}
+
+/// Polls `condition` every 100 ms until it holds or `limit` passes.
+fn poll_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    condition()
+}
+
+/// Every audit record on `topic`.
+fn audit_records(topic: &str, expected: usize) -> Vec<AuditRecord> {
+    common::read_committed(topic, expected, Duration::from_millis(500), Duration::from_secs(30))
+        .into_iter()
+        .map(|r| SchemaRegistry::builtin().decode(&r.value.unwrap()).unwrap())
+        .collect()
+}
+
+#[test]
+fn requests_without_a_valid_token_get_401_and_read_tokens_get_403_on_admin_routes() {
+    let api = Api::start("api-auth", &[]);
+    let created = api.admin("POST", "/api/v1/campaigns", Some(&campaign("secret-sale", "t")));
+    assert_eq!(created.status, 201, "{}", created.body);
+    for token in [None, Some("wrong-0123456789abcdef"), Some(""), Some(&READ_TOKEN[1..])] {
+        for (method, path) in [
+            ("GET", "/api/v1/campaigns"),
+            ("GET", "/api/v1/campaigns/secret-sale"),
+            ("GET", "/api/v1/campaigns/nothing-here"),
+            ("GET", "/api/v1/campaigns/secret-sale/stats"),
+            ("POST", "/api/v1/campaigns/secret-sale/pause"),
+        ] {
+            let answer = api.request(method, path, token, None);
+            assert_eq!(answer.status, 401, "{method} {path} with {token:?}");
+            assert_eq!(answer.body, json!({ "error": "unauthorized" }), "{method} {path}");
+        }
+    }
+    let listed = api.read("/api/v1/campaigns");
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.body[0]["id"], "secret-sale");
+    assert_eq!(listed.body[0]["status"], "active");
+
+    let refused =
+        api.request("POST", "/api/v1/campaigns/secret-sale/pause", Some(READ_TOKEN), None);
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(api.read("/api/v1/campaigns/secret-sale").body["status"], "active");
+    // The refusal is audited with who tried.
+    let records = audit_records(&api.topic("audit"), 2);
+    let tried: Vec<_> = records.iter().map(|r| (&*r.actor, &*r.role, r.status)).collect();
+    assert_eq!(tried, [("ops", "admin", 201), ("viewer", "read", 403)]);
+}
+
+#[test]
+fn campaigns_are_created_updated_paused_resumed_and_stopped_and_every_action_is_audited() {
+    let api = Api::start("api-life", &[]);
+    let before = now_ms();
+    let created = api.admin("POST", "/api/v1/campaigns", Some(&campaign("spring", "Spring")));
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.body["definition"]["what"]["title"], "Spring");
+    assert_eq!(created.body["updated_by"], "ops");
+    let again = api.admin("POST", "/api/v1/campaigns", Some(&campaign("spring", "Spring")));
+    assert_eq!(again.status, 409, "{}", again.body);
+
+    // YAML is accepted too, as by `herald campaign apply`.
+    let yaml = "id: spring\napp: shop\nname: Spring sale\nwhen: { event: App Opened }\n\
+                what: { title: Spring is here, body: Hi }\n";
+    let updated = api.admin("PUT", "/api/v1/campaigns/spring", Some(yaml));
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    let got = api.read("/api/v1/campaigns/spring");
+    assert_eq!(got.body["name"], "Spring sale");
+    assert_eq!(got.body["definition"]["what"]["title"], "Spring is here");
+
+    for (action, status) in [("pause", "paused"), ("resume", "active"), ("stop", "stopped")] {
+        let answer = api.admin("POST", &format!("/api/v1/campaigns/spring/{action}"), None);
+        assert_eq!(answer.status, 200, "{action}: {}", answer.body);
+        assert_eq!(answer.body["status"], status, "{action}");
+        assert_eq!(api.read("/api/v1/campaigns").body[0]["status"], status, "{action}");
+    }
+    let after_stop = api.admin("POST", "/api/v1/campaigns/spring/resume", None);
+    assert_eq!(after_stop.status, 409);
+    assert_eq!(
+        after_stop.body["error"],
+        "campaign spring is stopped; apply its definition again to restart it"
+    );
+    let missing = api.admin("POST", "/api/v1/campaigns/autumn/pause", None);
+    assert_eq!(missing.status, 404);
+
+    // What reached the campaigns topic is what the engine reads.
+    let envelopes: Vec<herald_engine::model::CampaignEnvelope> = common::read_committed(
+        &api.topic("campaigns"),
+        5,
+        Duration::from_millis(300),
+        Duration::from_secs(30),
+    )
+    .into_iter()
+    .map(|r| SchemaRegistry::builtin().decode(&r.value.unwrap()).unwrap())
+    .collect();
+    let commands: Vec<_> = envelopes.iter().map(|e| format!("{:?}", e.command)).collect();
+    assert_eq!(commands, ["Define", "Define", "Pause", "Resume", "Stop"]);
+    assert!(envelopes.iter().all(|e| e.issued_by.as_deref() == Some("ops")));
+
+    let records = audit_records(&api.topic("audit"), 9);
+    let actions: Vec<_> = records
+        .iter()
+        .map(|r| (r.action.as_str(), r.target.as_deref(), r.status, r.error.is_some()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("POST /api/v1/campaigns", None, 201, false),
+            ("POST /api/v1/campaigns", None, 409, true),
+            ("PUT /api/v1/campaigns/{id}", Some("spring"), 200, false),
+            ("POST /api/v1/campaigns/{id}/pause", Some("spring"), 200, false),
+            ("POST /api/v1/campaigns/{id}/resume", Some("spring"), 200, false),
+            ("POST /api/v1/campaigns/{id}/stop", Some("spring"), 200, false),
+            ("POST /api/v1/campaigns/{id}/resume", Some("spring"), 409, true),
+            ("POST /api/v1/campaigns/{id}/pause", Some("autumn"), 404, true),
+        ]
+    );
+    assert!(records.iter().all(|r| r.actor == "ops" && r.timestamp_ms >= before));
+}
+
+#[test]
+fn invalid_definitions_get_422_with_every_field_path_and_oversize_bodies_413() {
+    let api = Api::start("api-invalid", &["--body-limit", "4096"]);
+    let invalid = json!({
+        "id": "bad",
+        "app": "shop",
+        "name": "Bad",
+        "when": { "event": "App Opened", "unless": { "event": "Purchase", "within": "ten minutes" } },
+        "what": { "title": "Hi", "body": "{{ profile.name " },
+    })
+    .to_string();
+    let answer = api.admin("POST", "/api/v1/campaigns", Some(&invalid));
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    let fields: Vec<&str> = answer.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert!(fields.contains(&"when.unless.within"), "{}", answer.body);
+    assert!(fields.iter().any(|f| f.starts_with("what.body")), "{}", answer.body);
+    assert_eq!(answer.body["field"], fields[0]);
+    // The same paths as `herald campaign validate`.
+    let file = api.dir.path().join("bad.json");
+    std::fs::write(&file, &invalid).unwrap();
+    let cli = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["campaign", "validate"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&cli.stdout);
+    for field in &fields {
+        assert!(printed.contains(&format!("  {field}: ")), "{field} not in {printed}");
+    }
+
+    let not_yaml = api.admin("POST", "/api/v1/campaigns", Some("id: [unclosed"));
+    assert_eq!((not_yaml.status, not_yaml.body["field"].as_str()), (422, Some("(document)")));
+    let other_id = api.admin("POST", "/api/v1/campaigns", Some(&campaign("one", "t")));
+    assert_eq!(other_id.status, 201);
+    let mismatch = api.admin("PUT", "/api/v1/campaigns/one", Some(&campaign("two", "t")));
+    assert_eq!((mismatch.status, mismatch.body["field"].as_str()), (422, Some("id")));
+
+    let oversize = campaign("big", &"x".repeat(5000));
+    let answer = api.admin("POST", "/api/v1/campaigns", Some(&oversize));
+    assert_eq!(answer.status, 413, "{}", answer.body);
+    assert_eq!(answer.body["error"], "request body over 4096 bytes");
+    assert_eq!(api.read("/api/v1/campaigns/big").status, 404);
+}
+
+#[test]
+fn stats_per_variant_follow_the_stats_topic() {
+    let api = Api::start("api-stats", &[]);
+    assert_eq!(api.admin("POST", "/api/v1/campaigns", Some(&campaign("ab", "t"))).status, 201);
+    let empty = api.read("/api/v1/campaigns/ab/stats");
+    assert_eq!(empty.status, 200);
+    assert_eq!(
+        (empty.body["as_of_ms"].clone(), empty.body["qualified"].clone()),
+        (Value::Null, json!(0))
+    );
+    assert_eq!(api.read("/api/v1/campaigns/zz/stats").status, 404);
+
+    let snapshot = |sent_a: i64, at: i64| CampaignStats {
+        campaign_id: "ab".into(),
+        app_id: "shop".into(),
+        as_of_ms: at,
+        variants: vec![
+            VariantStats {
+                variant_id: "a".into(),
+                sent: sent_a,
+                delivered: sent_a - 1,
+                clicks: 3,
+                ..Default::default()
+            },
+            VariantStats {
+                variant_id: "b".into(),
+                sent: 10,
+                delivered: 10,
+                impressions: 7,
+                ..Default::default()
+            },
+        ],
+        skipped: [("capped_daily".to_string(), 4)].into(),
+        failed: [("unregistered".to_string(), 1)].into(),
+    };
+    let produce = |stats: &CampaignStats| {
+        common::produce(
+            &api.topic("stats"),
+            [("ab".to_string(), SchemaRegistry::builtin().encode(stats).unwrap())],
+        )
+    };
+    let at = now_ms();
+    produce(&snapshot(20, at));
+    assert!(poll_until(Duration::from_secs(30), || api.read("/api/v1/campaigns/ab/stats").body
+        ["as_of_ms"]
+        == at));
+    produce(&snapshot(25, at + 1));
+    assert!(poll_until(Duration::from_secs(30), || api.read("/api/v1/campaigns/ab/stats").body
+        ["as_of_ms"]
+        == at + 1));
+    let stats = api.read("/api/v1/campaigns/ab/stats").body;
+    assert_eq!(stats["qualified"], 25 + 10 + 4);
+    assert_eq!(
+        stats["variants"][0],
+        json!({ "variant_id": "a", "sent": 25, "delivered": 24,
+        "failed": 0, "impressions": 0, "clicks": 3, "conversions": 0 })
+    );
+    assert_eq!(stats["variants"][1]["impressions"], 7);
+    assert_eq!(stats["skipped"], json!({ "capped_daily": 4 }));
+    assert_eq!(stats["failed"], json!({ "unregistered": 1 }));
+}
+
+#[test]
+fn each_token_is_rate_limited_on_its_own() {
+    let api = Api::start("api-rate", &["--rate-burst", "5", "--rate-per-second", "0.01"]);
+    let statuses: Vec<u16> = (0..7).map(|_| api.read("/api/v1/campaigns").status).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429]);
+    let limited = api.read("/api/v1/campaigns");
+    assert!(limited.retry_after.is_some());
+    assert_eq!(limited.body["error"], "too many requests");
+    assert_eq!(api.admin("GET", "/api/v1/campaigns", None).status, 200);
+}
+
+#[test]
+fn the_openapi_document_lists_every_route() {
+    let api = Api::start("api-openapi", &[]);
+    let document = api.request("GET", "/openapi.json", None, None).body;
+    assert_eq!(document["info"]["title"], "Herald admin API");
+    let paths: Vec<&str> =
+        document["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+    for path in [
+        "/api/v1/campaigns",
+        "/api/v1/campaigns/{id}",
+        "/api/v1/campaigns/{id}/stats",
+        "/api/v1/campaigns/{id}/pause",
+        "/api/v1/campaigns/{id}/resume",
+        "/api/v1/campaigns/{id}/stop",
+    ] {
+        assert!(paths.contains(&path), "{path} not in {paths:?}");
+    }
+    assert!(document["components"]["securitySchemes"]["bearer"].is_object());
+}
