@@ -6,6 +6,7 @@ mod book;
 mod filter;
 mod model;
 mod parse;
+mod recurrence;
 pub mod shards;
 
 pub use book::{CampaignBook, CampaignCache, CAMPAIGNS_TABLE};
@@ -20,3 +21,4 @@ pub use parse::{
     parse_campaign, parse_duration, FieldError, ValidationErrors, MAX_COUNT, MAX_DAYS,
     MAX_DURATION_MS,
 };
+pub use recurrence::{Cadence, CatchUp, Recurrence};

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, NaiveTime, Utc};
 use chrono_tz::Tz;
 
-use super::Scalar;
+use super::{CatchUp, Recurrence, Scalar};
 use crate::model::Platform;
 
 /// Lifecycle status set in the definition.
@@ -154,19 +154,27 @@ pub enum Trigger {
 }
 
 /// When a scheduled campaign runs: at fixed times, then optionally every `every_ms` after the
-/// last of them (until the campaign's end).
+/// last of them; or on a calendar recurrence (then `at_ms` is empty and `every_ms` absent: the
+/// parser accepts one form or the other). Until the campaign's end either way.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {
     /// Run times, epoch milliseconds, ascending and distinct.
     pub at_ms: Vec<i64>,
     /// Recurrence period after the last fixed time, milliseconds.
     pub every_ms: Option<i64>,
+    /// Calendar recurrence in a timezone (daily, weekly, monthly, every few hours).
+    pub calendar: Option<Recurrence>,
+    /// What happens to a run missed while the engine was down.
+    pub catch_up: CatchUp,
 }
 
 impl Schedule {
     /// The latest run time at or before `now_ms` (not after `end_ms`), if any run is due.
     pub fn latest_run(&self, now_ms: i64, end_ms: Option<i64>) -> Option<i64> {
         let limit = end_ms.map_or(now_ms, |end| end.min(now_ms));
+        if let Some(calendar) = &self.calendar {
+            return calendar.latest_at_or_before(limit);
+        }
         let fixed = self.at_ms.iter().rev().find(|at| **at <= limit).copied()?;
         let last_fixed = *self.at_ms.last()?;
         match self.every_ms {

@@ -3,14 +3,16 @@
 
 use std::fmt;
 
-use chrono::{DateTime, NaiveTime, Utc};
+use chrono::{DateTime, NaiveTime, Utc, Weekday};
+use chrono_tz::Tz;
 use serde_json::{Map, Value};
 
 use super::{
-    AbTest, Action, Assignment, Behaviour, Campaign, CampaignStatus, CarouselItem, Conversion, Dnd,
-    DndAction, Filter, Inaction, InterruptionLevel, Limits, Message, Op, Options, Place, Priority,
-    PropertyCondition, PushOptions, Scalar, Schedule, TestPopulation, Throttle, Trigger, When,
-    WinnerBy, MAX_SHARDS,
+    recurrence::DEFAULT_GRACE_MS, AbTest, Action, Assignment, Behaviour, Cadence, Campaign,
+    CampaignStatus, CarouselItem, CatchUp, Conversion, Dnd, DndAction, Filter, Inaction,
+    InterruptionLevel, Limits, Message, Op, Options, Place, Priority, PropertyCondition,
+    PushOptions, Recurrence, Scalar, Schedule, TestPopulation, Throttle, Trigger, When, WinnerBy,
+    MAX_SHARDS,
 };
 use crate::model::Platform;
 
@@ -248,7 +250,13 @@ impl Parser {
             None | Some(Value::Null) => Some(Filter::All(Vec::new())),
             Some(value) => self.filter(value, "who"),
         };
-        let when = self.required(map, "when", "").and_then(|v| self.when(v));
+        // A calendar schedule's timezone defaults to the campaign's (checked with the options).
+        let timezone = map
+            .get("options")
+            .and_then(|options| options.get("timezone"))
+            .and_then(Value::as_str)
+            .and_then(|name| name.parse::<Tz>().ok());
+        let when = self.required(map, "when", "").and_then(|v| self.when(v, timezone));
         let what = self.required(map, "what", "").and_then(|v| self.what(v));
         let limits = match map.get("limits") {
             None | Some(Value::Null) => Some(Limits::default()),
@@ -569,7 +577,8 @@ impl Parser {
         })
     }
 
-    fn when(&mut self, value: &Value) -> Option<When> {
+    /// `when`; `timezone` is the campaign's (`options.timezone`), a calendar schedule's default.
+    fn when(&mut self, value: &Value, timezone: Option<Tz>) -> Option<When> {
         let map = self.object(
             value,
             "when",
@@ -591,7 +600,7 @@ impl Parser {
                 }
                 match *other {
                     "reminder" => self.reminder(&map["reminder"]),
-                    _ => self.schedule(&map["schedule"]),
+                    _ => self.schedule(&map["schedule"], timezone),
                 }
             }
             several => self.error(
@@ -639,9 +648,38 @@ impl Parser {
         Some(Trigger::DateReminder { event: event?, property: property?, offset_ms: offset? })
     }
 
-    /// `schedule: {at: <time or list of times>, every: <duration>}`.
-    fn schedule(&mut self, value: &Value) -> Option<Trigger> {
-        let map = self.object(value, "when.schedule", &["at", "every"])?;
+    /// `schedule`: fixed times (`at`, optionally `every` after the last), or a calendar
+    /// recurrence (`repeat`); either with a catch-up policy for runs missed while down.
+    fn schedule(&mut self, value: &Value, timezone: Option<Tz>) -> Option<Trigger> {
+        const PATH: &str = "when.schedule";
+        const CALENDAR: &[&str] = &["repeat", "days", "day", "hours", "time", "timezone"];
+        let map = self.object(
+            value,
+            PATH,
+            &[
+                "at", "every", "catch_up", "grace", "repeat", "days", "day", "hours", "time",
+                "timezone",
+            ],
+        )?;
+        let given = |key: &str| map.get(key).is_some_and(|v| !v.is_null());
+        let catch_up = self.catch_up(map);
+        let (at_ms, every_ms, calendar) = if given("repeat") {
+            if given("at") || given("every") {
+                return self.error(PATH, "has at/every and repeat; use one form");
+            }
+            (Vec::new(), None, Some(self.recurrence(map, timezone)?))
+        } else {
+            for key in CALENDAR.iter().filter(|key| given(key)) {
+                self.error::<()>(join(PATH, key), "applies to a calendar schedule (repeat)");
+            }
+            let (at_ms, every_ms) = self.fixed_times(map)?;
+            (at_ms, every_ms, None)
+        };
+        Some(Trigger::Scheduled(Schedule { at_ms, every_ms, calendar, catch_up: catch_up? }))
+    }
+
+    /// `at: <time or list of times>, every: <duration>`.
+    fn fixed_times(&mut self, map: &Map<String, Value>) -> Option<(Vec<i64>, Option<i64>)> {
         let at = self.required(map, "at", "when.schedule")?;
         let times = match at {
             Value::Array(_) => {
@@ -666,7 +704,124 @@ impl Parser {
                 other => other.map(Some),
             },
         };
-        Some(Trigger::Scheduled(Schedule { at_ms, every_ms: every? }))
+        Some((at_ms, every?))
+    }
+
+    /// `repeat: daily|weekly|monthly|hourly` with `days`, `day` or `hours`, at `time` in
+    /// `timezone` (default: the campaign's, else UTC).
+    fn recurrence(&mut self, map: &Map<String, Value>, timezone: Option<Tz>) -> Option<Recurrence> {
+        const PATH: &str = "when.schedule";
+        let repeat = self.required_text(map, "repeat", PATH)?;
+        let needs = |parser: &mut Self, key: &str| parser.required(map, key, PATH);
+        let cadence = match repeat.as_str() {
+            "daily" => Some(Cadence::Daily),
+            "weekly" => needs(self, "days").and_then(|v| self.weekdays(v)).map(Cadence::Weekly),
+            "monthly" => needs(self, "day")
+                .and_then(|v| self.bounded(v, "when.schedule.day", 31))
+                .map(Cadence::Monthly),
+            "hourly" => needs(self, "hours")
+                .and_then(|v| self.bounded(v, "when.schedule.hours", 23))
+                .map(Cadence::Hourly),
+            other => self.error(
+                "when.schedule.repeat",
+                format!("unknown repeat {other:?}; expected daily, weekly, monthly or hourly"),
+            ),
+        };
+        let unused = match repeat.as_str() {
+            "daily" => &["days", "day", "hours"][..],
+            "weekly" => &["day", "hours"][..],
+            "monthly" => &["days", "hours"][..],
+            _ => &["days", "day"][..],
+        };
+        for key in unused.iter().filter(|key| map.get(**key).is_some_and(|v| !v.is_null())) {
+            self.error::<()>(join(PATH, key), format!("does not apply to repeat: {repeat}"));
+        }
+        let time = match map.get("time").filter(|v| !v.is_null()) {
+            // Every few hours counts from midnight unless told otherwise.
+            None if repeat == "hourly" => Some(NaiveTime::MIN),
+            None => self.error("when.schedule.time", "is required (a local time, e.g. 09:00)"),
+            Some(v) => self.time_of_day(v, "when.schedule.time"),
+        };
+        let timezone = match map.get("timezone").filter(|v| !v.is_null()) {
+            None => Some(timezone.unwrap_or(Tz::UTC)),
+            Some(v) => self.timezone(v, "when.schedule.timezone"),
+        };
+        Some(Recurrence { cadence: cadence?, time: time?, timezone: timezone? })
+    }
+
+    /// `catch_up: once|skip` and `grace: <duration>` (with `once` only; default a day).
+    fn catch_up(&mut self, map: &Map<String, Value>) -> Option<CatchUp> {
+        let grace = match map.get("grace").filter(|v| !v.is_null()) {
+            None => Some(DEFAULT_GRACE_MS),
+            Some(v) => self.positive_duration(v, "when.schedule.grace"),
+        };
+        match map.get("catch_up").filter(|v| !v.is_null()).map(|v| (v.as_str(), v)) {
+            None | Some((Some("once"), _)) => Some(CatchUp::Once { grace_ms: grace? }),
+            Some((Some("skip"), _)) if map.get("grace").is_some_and(|v| !v.is_null()) => {
+                self.error("when.schedule.grace", "applies to catch_up: once")
+            }
+            Some((Some("skip"), _)) => Some(CatchUp::Skip),
+            Some((_, other)) => self.error(
+                "when.schedule.catch_up",
+                format!("unknown catch_up {other}; expected once or skip"),
+            ),
+        }
+    }
+
+    /// A non-empty list of distinct weekdays (`mon`, `tuesday`...).
+    fn weekdays(&mut self, value: &Value) -> Option<Vec<Weekday>> {
+        let days = self.list(value, "when.schedule.days", |parser, item, path| {
+            let name = parser.text(item, path)?;
+            match name.parse::<Weekday>() {
+                Ok(day) => Some(day),
+                Err(_) => parser.error(path, format!("unknown weekday {name:?}; use mon..sun")),
+            }
+        })?;
+        if days.is_empty() {
+            return self.error("when.schedule.days", "needs at least one weekday");
+        }
+        if days.iter().enumerate().any(|(i, day)| days[..i].contains(day)) {
+            return self.error("when.schedule.days", "lists the same weekday twice");
+        }
+        Some(days)
+    }
+
+    /// A whole number from 1 to `max`.
+    fn bounded(&mut self, value: &Value, path: &str, max: u32) -> Option<u32> {
+        match value.as_u64().map(u32::try_from) {
+            Some(Ok(n)) if (1..=max).contains(&n) => Some(n),
+            _ => {
+                self.error(path, format!("expected a whole number from 1 to {max}, found {value}"))
+            }
+        }
+    }
+
+    /// A local time of day, `HH:MM` or `HH:MM:SS`.
+    fn time_of_day(&mut self, value: &Value, path: &str) -> Option<NaiveTime> {
+        let text = self.text(value, path)?;
+        NaiveTime::parse_from_str(&text, "%H:%M")
+            .or_else(|_| NaiveTime::parse_from_str(&text, "%H:%M:%S"))
+            .ok()
+            .or_else(|| {
+                self.error(path, format!("bad time of day {text:?}; use HH:MM, e.g. 21:00"))
+            })
+    }
+
+    /// An IANA timezone name.
+    fn timezone(&mut self, value: &Value, path: &str) -> Option<Tz> {
+        let name = self.text(value, path)?;
+        match name.as_str() {
+            "user" | "best" => self.error(
+                path,
+                format!("timezone: {name} (each user's own time) is not available yet"),
+            ),
+            _ => name.parse().ok().or_else(|| {
+                self.error(
+                    path,
+                    format!("unknown timezone {name:?}; use an IANA name such as Europe/Paris"),
+                )
+            }),
+        }
     }
 
     /// A test audience: a whole number of users, or a percentage (`"15%"`) of a run's reach.
@@ -1048,15 +1203,7 @@ impl Parser {
         };
         let timezone = match map.get("timezone") {
             None => Some(None),
-            Some(value) => {
-                self.text(value, "options.timezone").and_then(|name| match name.parse() {
-                    Ok(tz) => Some(Some(tz)),
-                    Err(_) => self.error(
-                        "options.timezone",
-                        format!("unknown timezone {name:?}; use an IANA name such as Europe/Paris"),
-                    ),
-                })
-            }
+            Some(value) => self.timezone(value, "options.timezone").map(Some),
         };
         let throttle = match map.get("throttle") {
             None | Some(Value::Null) => Some(None),
@@ -1096,14 +1243,7 @@ impl Parser {
         let map = self.object(value, "options.dnd", &["start", "end", "action"])?;
         let time = |parser: &mut Self, key: &str| {
             let path = join("options.dnd", key);
-            let text =
-                parser.required(map, key, "options.dnd").and_then(|v| parser.text(v, &path))?;
-            match NaiveTime::parse_from_str(&text, "%H:%M") {
-                Ok(t) => Some(t),
-                Err(_) => {
-                    parser.error(path, format!("bad time of day {text:?}; use HH:MM, e.g. 21:00"))
-                }
-            }
+            parser.required(map, key, "options.dnd").and_then(|v| parser.time_of_day(v, &path))
         };
         let start = time(self, "start");
         let end = time(self, "end");
@@ -1199,7 +1339,104 @@ pub fn parse_duration(text: &str) -> Result<i64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_campaign, parse_duration, Cadence, CatchUp, Trigger};
+
+    fn schedule_of(schedule: &str, options: &str) -> Result<super::Schedule, Vec<String>> {
+        let text = format!(
+            "id: c\napp: a\nname: n\nwhen:\n  schedule: {schedule}\n\
+             what: {{ variants: [{{ title: t, body: b }}] }}\n{options}"
+        );
+        match parse_campaign(&text, "test") {
+            Ok(campaign) => match campaign.when.trigger {
+                Trigger::Scheduled(schedule) => Ok(schedule),
+                other => panic!("{other:?}"),
+            },
+            Err(errors) => {
+                Err(errors.errors.iter().map(|e| format!("{}: {}", e.path, e.reason)).collect())
+            }
+        }
+    }
+
+    #[test]
+    fn calendar_schedules() {
+        let weekly =
+            schedule_of("{ repeat: weekly, days: [mon, friday], time: \"09:00\" }", "").unwrap();
+        let calendar = weekly.calendar.unwrap();
+        assert_eq!(
+            calendar.cadence,
+            Cadence::Weekly(vec![chrono::Weekday::Mon, chrono::Weekday::Fri])
+        );
+        assert_eq!(calendar.timezone, chrono_tz::UTC);
+        assert_eq!(weekly.catch_up, CatchUp::Once { grace_ms: 86_400_000 });
+        let monthly = schedule_of(
+            "{ repeat: monthly, day: 7, time: \"08:30:15\", catch_up: skip }",
+            "options: { timezone: Europe/Paris }",
+        )
+        .unwrap();
+        let calendar = monthly.calendar.unwrap();
+        assert_eq!(
+            (calendar.cadence, calendar.timezone),
+            (Cadence::Monthly(7), chrono_tz::Europe::Paris)
+        );
+        assert_eq!(monthly.catch_up, CatchUp::Skip);
+        let hourly = schedule_of(
+            "{ repeat: hourly, hours: 6, timezone: America/New_York, grace: 2h }",
+            "options: { timezone: Europe/Paris }",
+        )
+        .unwrap();
+        assert_eq!(hourly.calendar.unwrap().timezone, chrono_tz::America::New_York);
+        assert_eq!(hourly.catch_up, CatchUp::Once { grace_ms: 7_200_000 });
+    }
+
+    #[test]
+    fn bad_calendar_schedules_name_the_field() {
+        let cases = [
+            ("{ repeat: weekly, time: \"09:00\" }", "when.schedule.days: is required"),
+            (
+                "{ repeat: weekly, days: [mon, mon], time: \"09:00\" }",
+                "when.schedule.days: lists the same weekday twice",
+            ),
+            (
+                "{ repeat: monthly, day: 32, time: \"09:00\" }",
+                "when.schedule.day: expected a whole number from 1 to 31",
+            ),
+            ("{ repeat: daily }", "when.schedule.time: is required"),
+            ("{ repeat: daily, time: \"25:00\" }", "when.schedule.time: bad time of day"),
+            (
+                "{ repeat: daily, day: 3, time: \"09:00\" }",
+                "when.schedule.day: does not apply to repeat: daily",
+            ),
+            ("{ repeat: yearly, time: \"09:00\" }", "when.schedule.repeat: unknown repeat"),
+            (
+                "{ repeat: daily, time: \"09:00\", timezone: Mars/Olympus }",
+                "when.schedule.timezone: unknown timezone",
+            ),
+            (
+                "{ repeat: daily, time: \"09:00\", timezone: user }",
+                "when.schedule.timezone: timezone: user",
+            ),
+            (
+                "{ repeat: daily, time: \"09:00\", at: \"2026-12-01T00:00:00Z\" }",
+                "when.schedule: has at/every and repeat",
+            ),
+            (
+                "{ at: \"2026-12-01T00:00:00Z\", time: \"09:00\" }",
+                "when.schedule.time: applies to a calendar schedule",
+            ),
+            (
+                "{ repeat: daily, time: \"09:00\", catch_up: skip, grace: 1h }",
+                "when.schedule.grace: applies to catch_up: once",
+            ),
+            (
+                "{ repeat: daily, time: \"09:00\", catch_up: twice }",
+                "when.schedule.catch_up: unknown catch_up",
+            ),
+        ];
+        for (schedule, expected) in cases {
+            let errors = schedule_of(schedule, "").unwrap_err();
+            assert!(errors.iter().any(|e| e.starts_with(expected)), "{schedule}: {errors:?}");
+        }
+    }
 
     #[test]
     fn durations() {

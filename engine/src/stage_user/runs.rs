@@ -11,16 +11,17 @@ use serde::{Deserialize, Serialize};
 
 use super::{Occasion, UserStage, PROFILES, RUNS};
 use crate::{
-    campaign::{shards, Campaign, CampaignStatus, Trigger},
+    campaign::{shards, Campaign, CampaignStatus, Schedule, Trigger},
     model::{scheduled_run_id, Properties, RunTally},
     runtime::{ProcessError, ProcessorContext, Tick},
 };
 
 /// Users checked per step.
 const SCAN_STEP: usize = 500;
-/// A run due longer ago than this is skipped, not started: a campaign defined or resumed after
-/// its run time does not send for a date already past.
-const MISSED_RUN_MS: i64 = 24 * 3_600_000;
+/// How late a task may first see a calendar campaign's run and still start it: a recurrence
+/// never runs first for a date before the campaign existed ("the 7th of each month" defined on
+/// the 10th first runs next month), but every task must agree on a run defined just before it.
+const FIRST_SIGHT_SLACK_MS: i64 = 60_000;
 
 /// Where a task is in a campaign's latest run (`runs` store, keyed by campaign id).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -45,27 +46,34 @@ impl UserStage {
         ctx: &mut ProcessorContext<'_>,
     ) -> Result<Tick, ProcessError> {
         let now = ctx.now_ms();
-        let due: Vec<(Arc<Campaign>, i64)> = self
+        let due: Vec<(Arc<Campaign>, &Schedule, i64)> = self
             .campaigns
             .book()
             .all()
             .filter(|c| c.status == CampaignStatus::Active)
-            .filter_map(|c| latest_run(c, now).map(|at| (Arc::clone(c), at)))
+            .filter_map(|c| latest_run(c, now).map(|(schedule, at)| (Arc::clone(c), schedule, at)))
             .collect();
-        for (campaign, run_at) in due {
+        for (campaign, schedule, run_at) in due {
             let key = campaign.id.as_bytes();
-            let cursor = ctx.store(RUNS)?.get_as::<RunCursor>(key)?.unwrap_or_default();
-            let cursor = match cursor.run_at.cmp(&run_at) {
-                std::cmp::Ordering::Greater => continue,
-                std::cmp::Ordering::Equal if cursor.done => continue,
-                std::cmp::Ordering::Equal => cursor,
-                std::cmp::Ordering::Less if now - run_at > MISSED_RUN_MS => {
-                    tracing::warn!(campaign = %campaign.id, run_at, "run missed by over a day; skipped");
-                    let skipped = RunCursor { run_at, done: true, ..Default::default() };
-                    ctx.store(RUNS)?.put_as(key, &skipped)?;
-                    continue;
+            let cursor = match ctx.store(RUNS)?.get_as::<RunCursor>(key)? {
+                Some(cursor)
+                    if cursor.run_at > run_at || cursor.run_at == run_at && cursor.done =>
+                {
+                    continue
                 }
-                std::cmp::Ordering::Less => RunCursor { run_at, ..Default::default() },
+                Some(cursor) if cursor.run_at == run_at => cursor,
+                seen => {
+                    let late = now - run_at;
+                    let first_sight = seen.is_none() && schedule.calendar.is_some();
+                    if !schedule.catch_up.starts(late) || first_sight && late > FIRST_SIGHT_SLACK_MS
+                    {
+                        tracing::warn!(campaign = %campaign.id, run_at, late, first_sight, "run missed; skipped");
+                        let skipped = RunCursor { run_at, done: true, ..Default::default() };
+                        ctx.store(RUNS)?.put_as(key, &skipped)?;
+                        continue;
+                    }
+                    RunCursor { run_at, ..Default::default() }
+                }
             };
             let cursor = self.scan_step(ctx, &campaign, cursor)?;
             ctx.store(RUNS)?.put_as(key, &cursor)?;
@@ -139,10 +147,13 @@ impl UserStage {
     }
 }
 
-/// The campaign's latest scheduled run at or before `now_ms`, within its start and end.
-fn latest_run(campaign: &Campaign, now_ms: i64) -> Option<i64> {
+/// The campaign's schedule and latest scheduled run at or before `now_ms`, within its start and
+/// end.
+fn latest_run(campaign: &Campaign, now_ms: i64) -> Option<(&Schedule, i64)> {
     let Trigger::Scheduled(schedule) = &campaign.when.trigger else { return None };
     let end = campaign.when.end.map(|t| t.timestamp_millis());
     let start = campaign.when.start.map(|t| t.timestamp_millis());
-    schedule.latest_run(now_ms, end).filter(|at| start.is_none_or(|start| *at >= start))
+    let at =
+        schedule.latest_run(now_ms, end).filter(|at| start.is_none_or(|start| *at >= start))?;
+    Some((schedule, at))
 }
