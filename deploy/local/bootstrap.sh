@@ -4,7 +4,8 @@
 set -euo pipefail
 
 packages=(cmake clang libclang-dev libcurl4-openssl-dev libssl-dev libsasl2-dev zlib1g-dev pkg-config maven openjdk-17-jre-headless nghttp2-client
-  chromium chromium-driver) # the last two: the dashboard's browser test (tests/dashboard_browser.rs)
+  chromium chromium-driver # the dashboard's browser test (tests/dashboard_browser.rs)
+  prometheus) # promtool: tests/deploy_manifests.rs checks and unit-tests the alert rules
 missing=()
 for pkg in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
