@@ -636,17 +636,15 @@ fn help(path: &[&str]) -> Help {
             let note =
                 option.description[open..].trim().trim_start_matches('[').trim_end_matches(']');
             let note = note.to_string();
+            let kept = option.description[..open].trim_end().to_string();
             if let Some(env) = note.strip_prefix("env: ") {
                 option.env = Some(env.split('=').next().unwrap().to_string());
             } else if let Some(default) = note.strip_prefix("default: ") {
                 option.default = Some(default.to_string());
-            } else if !note.starts_with("possible values: ") {
+            } else if let Some(values) = note.strip_prefix("possible values: ") {
+                option.description = format!("{kept} (one of: {values})");
                 break;
-            }
-            let kept = option.description[..open].trim_end().to_string();
-            if note.starts_with("possible values: ") {
-                option.description =
-                    format!("{kept} (one of: {})", &note["possible values: ".len()..]);
+            } else {
                 break;
             }
             option.description = kept;
