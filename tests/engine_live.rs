@@ -138,7 +138,7 @@ fn inaction_window_survives_a_restart_and_yields_exactly_one_candidate() {
         ],
     );
     // The engine runs (its tasks wrote the profiles) before the windows open.
-    wait_for_offsets(&changelog("profiles"), 2, &log);
+    common::wait_for_offsets(&changelog("profiles"), 2, &log);
     let now = common::now_ms();
     common::produce(
         &topic("events"),
@@ -150,7 +150,7 @@ fn inaction_window_survives_a_restart_and_yields_exactly_one_candidate() {
         ],
     );
     // Killed once the windows are written (pending-store changelog), before they end.
-    wait_for_offsets(&changelog("pending"), 3, &log);
+    common::wait_for_offsets(&changelog("pending"), 3, &log);
     common::kill_hard(engine);
     assert!(common::now_ms() < now + 8_000, "killed before the window closed");
 
@@ -215,7 +215,7 @@ fn coupon_limit_holds_exactly_across_four_user_partitions_and_a_restart() {
         (0..USERS).map(|i| event(&format!("u{i}"), "App Opened", now + i as i64)),
     );
     // Killed once sends have started.
-    wait_for_offsets(&topic("push"), 1, &log);
+    common::wait_for_offsets(&topic("push"), 1, &log);
     common::kill_hard(engine);
     let engine = deployment.spawn_engine();
     let sends = common::read_committed(
@@ -274,10 +274,10 @@ fn scheduled_run_per_run_limit_holds_across_four_user_partitions_and_a_restart()
     let log = deployment.log();
     let engine = deployment.spawn_engine();
     let changelog = format!("{}-profiles-changelog", deployment.app_id);
-    wait_for_offsets(&changelog, USERS as i64, &log);
+    common::wait_for_offsets(&changelog, USERS as i64, &log);
     deployment.apply("soon.yaml", &weekly(common::now_ms() + 3_000));
     // Killed once the run has started sending.
-    wait_for_offsets(&topic("push"), 1, &log);
+    common::wait_for_offsets(&topic("push"), 1, &log);
     common::kill_hard(engine);
     let engine = deployment.spawn_engine();
     let sends = common::read_committed(
@@ -328,15 +328,6 @@ fn push_users(deployment: &Deployment, expected: usize, settle: Duration) -> Vec
         .collect()
 }
 
-/// Polls until `topic`'s end offsets reach `at_least` (observable progress of the engine).
-fn wait_for_offsets(topic: &str, at_least: i64, log: &std::path::Path) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while common::end_offsets(topic) < at_least {
-        assert!(Instant::now() < deadline, "{topic} did not grow\n{}", common::tail(log, 30));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_paused_campaign_holds_its_due_inaction_timers_and_releases_them_on_resume_stop_drops_them() {
     let deployment = Deployment::new(
@@ -361,14 +352,14 @@ fn a_paused_campaign_holds_its_due_inaction_timers_and_releases_them_on_resume_s
         ],
     );
     // The engine is running (its tasks wrote the profiles) before the window opens.
-    wait_for_offsets(&changelog("profiles"), 2, &log);
+    common::wait_for_offsets(&changelog("profiles"), 2, &log);
     common::produce(&topic("events"), [event("u1", "Added To Cart", common::now_ms())]);
     // u1's window is open (its pending entry is written), then the campaign is paused.
-    wait_for_offsets(&changelog("pending"), 1, &log);
+    common::wait_for_offsets(&changelog("pending"), 1, &log);
     campaign_command("pause");
     assert_eq!(lifecycle_kinds(&deployment, 1), vec![LifecycleKind::Paused]);
     // The window ends during the pause: the timer fires and u1 is held, not dropped.
-    wait_for_offsets(&changelog("held"), 1, &log);
+    common::wait_for_offsets(&changelog("held"), 1, &log);
     assert_eq!(push_users(&deployment, 0, Duration::from_secs(1)), Vec::<String>::new());
     campaign_command("resume");
     assert_eq!(push_users(&deployment, 1, Duration::from_secs(1)), vec!["u1"]);
@@ -376,10 +367,10 @@ fn a_paused_campaign_holds_its_due_inaction_timers_and_releases_them_on_resume_s
     // u2's window ends during a pause too; stopping the campaign drops u2, counted.
     let pending_writes = common::end_offsets(&changelog("pending"));
     common::produce(&topic("events"), [event("u2", "Added To Cart", common::now_ms())]);
-    wait_for_offsets(&changelog("pending"), pending_writes + 1, &log);
+    common::wait_for_offsets(&changelog("pending"), pending_writes + 1, &log);
     campaign_command("pause");
     let held_writes = common::end_offsets(&changelog("held"));
-    wait_for_offsets(&changelog("held"), held_writes + 1, &log);
+    common::wait_for_offsets(&changelog("held"), held_writes + 1, &log);
     campaign_command("stop");
     assert_eq!(
         lifecycle_kinds(&deployment, 4),
@@ -554,7 +545,7 @@ fn with_a_daily_cap_of_one_two_campaigns_on_one_event_send_each_user_exactly_one
     );
     common::produce(&topic("events"), users.iter().map(|u| event(u, "App Opened", now)));
     // Killed once sends have started: places in flight and waiting users survive the crash.
-    wait_for_offsets(&topic("push"), 1, &log);
+    common::wait_for_offsets(&topic("push"), 1, &log);
     common::kill_hard(engine);
     let engine = deployment.spawn_engine_with(&args);
     let pairs = push_pairs(&deployment, USERS);
@@ -731,7 +722,7 @@ fn candidates_already_on_the_flow_when_a_campaign_is_paused_are_held_and_sent_on
     let log = deployment.log();
     let engine = deployment.spawn_engine();
     let held = format!("{}-held-candidates-changelog", deployment.app_id);
-    wait_for_offsets(&held, 2, &log);
+    common::wait_for_offsets(&held, 2, &log);
     assert_eq!(lifecycle_kinds(&deployment, 1), [LifecycleKind::Paused]);
     assert_eq!(push_users(&deployment, 0, Duration::from_secs(1)), Vec::<String>::new());
     campaign_command("resume");

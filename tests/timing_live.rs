@@ -8,7 +8,7 @@ use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use herald_engine::model::{
@@ -80,15 +80,6 @@ fn daily_at(at_ms: i64, extra: &str) -> String {
     format!("{{ repeat: daily, time: \"{time}\", timezone: UTC{extra} }}")
 }
 
-/// Polls until `topic`'s end offsets reach `at_least`.
-fn wait_for_offsets(topic: &str, at_least: i64, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while common::end_offsets(topic) < at_least {
-        assert!(Instant::now() < deadline, "{topic} did not grow\n{}", common::tail(log, 30));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_recurrence_never_runs_first_in_the_past_and_missed_runs_follow_the_catch_up_policy() {
     let topics = Topics::new("timing");
@@ -106,13 +97,13 @@ fn a_recurrence_never_runs_first_in_the_past_and_missed_runs_follow_the_catch_up
     let engine =
         common::KillOnDrop::new(common::spawn_engine(&topics.prefix, &app_id, &state, &log));
     // Each of the 2 user tasks saw `past` (and recorded its latest occurrence as skipped).
-    wait_for_offsets(&runs_changelog, 2, &log);
+    common::wait_for_offsets(&runs_changelog, 2, &log);
 
     // Two campaigns due shortly, seen by both tasks, then the engine is down at their time.
     let due = common::now_ms() + 8_000;
     apply(&topics, dir.path(), "within-grace", &daily_at(due, ", grace: 1h"));
     apply(&topics, dir.path(), "beyond-grace", &daily_at(due, ", grace: 1s"));
-    wait_for_offsets(&runs_changelog, 6, &log);
+    common::wait_for_offsets(&runs_changelog, 6, &log);
     let mut engine = engine;
     assert!(common::now_ms() < due - 1_000, "the engine saw the campaigns too late for the test");
     common::stop_gracefully(engine.take());

@@ -197,6 +197,16 @@ pub fn tail(log: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Polls until `topic`'s end offsets reach `at_least` (observable progress of an engine whose
+/// log is `log`, shown if it never does within two minutes).
+pub fn wait_for_offsets(topic: &str, at_least: i64, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while end_offsets(topic) < at_least {
+        assert!(Instant::now() < deadline, "{topic} did not grow\n{}", tail(log, 30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Starts `herald engine` on the topics under `prefix` as application `app_id` (instance `a`),
 /// keeping its state in `state_dir` and appending its log to `log`.
 pub fn spawn_engine(prefix: &str, app_id: &str, state_dir: &Path, log: &Path) -> Child {
