@@ -56,6 +56,7 @@ fn create_topics(topic: &dyn Fn(&str) -> String) {
         (&topic("receipts"), 4),
         (&topic("send-gate"), 4),
         (&topic("campaigns"), 1),
+        (&topic("segments"), 1),
         (&topic("campaign-flow"), 4),
         (&topic("app-throttle"), 1),
         (&topic("push"), 2),
@@ -246,6 +247,171 @@ fn a_4_shard_ab_broadcast_with_total_limit_5000_stays_exact_when_an_instance_is_
     let sent: BTreeMap<&str, i64> =
         stats.variants.iter().map(|v| (v.variant_id.as_str(), v.sent)).collect();
     assert_eq!(sent, BTreeMap::from([("A", 3_800), ("B", 600), ("C", 600)]));
+
+    common::delete_topics_starting_with(&[&prefix, &app_id]);
+}
+
+/// One engine instance on the deployment's topics (killed on drop).
+fn spawn_one(prefix: &str, app_id: &str, dir: &Path, log: &Path) -> KillOnDrop {
+    let state = dir.join("state-a");
+    KillOnDrop::new(common::spawn_engine_instance(prefix, app_id, "a", &state, log, &[]))
+}
+
+/// `name` events of `users`, one each.
+fn events(name: &str, users: impl Iterator<Item = String>) -> Vec<(String, Vec<u8>)> {
+    let registry = SchemaRegistry::builtin();
+    users
+        .map(|user| {
+            let event = AppEvent {
+                event_id: format!("{name}-{user}"),
+                app_id: "shop".into(),
+                user_id: user.clone(),
+                name: name.into(),
+                timestamp_ms: common::now_ms(),
+                properties: Default::default(),
+                sdk_version: None,
+            };
+            (user, registry.encode(&event).unwrap())
+        })
+        .collect()
+}
+
+/// The send commands on `topic` so far, decoded.
+fn commands(topic: &str, at_least: usize) -> Vec<SendCommand> {
+    let registry = SchemaRegistry::builtin();
+    common::read_committed(topic, at_least, Duration::from_secs(2), Duration::from_secs(60))
+        .iter()
+        .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_sharded_ab_run_whose_shards_hold_no_or_only_test_users_still_chooses_and_finishes() {
+    let prefix = format!("{}-", common::unique("it-shard-empty"));
+    let app_id = common::unique("it-shard-empty-app");
+    let dir = tempfile::tempdir().unwrap();
+    let topic = |name: &str| format!("{prefix}herald.{name}");
+    create_topics(&topic);
+    // 3 users over 4 shards: one shard at least holds none; a test of 2 users (one per
+    // variant) takes every user of the shards it falls on.
+    let yaml = |at_ms: i64| {
+        let at = chrono::DateTime::from_timestamp_millis(at_ms).unwrap().to_rfc3339();
+        format!(
+            "id: tiny\napp: shop\nname: Tiny\nwhen: {{ schedule: {{ at: \"{at}\" }} }}\nwhat:\n  variants:\n    - {{ title: A, body: a }}\n    - {{ title: B, body: b }}\n  ab: {{ test_audience: 2, evaluate_after: 1s }}\noptions: {{ ignore_global_caps: true, shards: 4 }}\n"
+        )
+    };
+    apply(dir.path(), &topic("campaigns"), "week.yaml", &yaml(common::now_ms() + 7 * 86_400_000));
+    let now = common::now_ms();
+    common::produce(
+        &topic("profiles"),
+        (0..3).map(|i| common::profile(&format!("u{i}"), Platform::Android, now)),
+    );
+    let log = dir.path().join("engine.log");
+    let mut engine = spawn_one(&prefix, &app_id, dir.path(), &log);
+    wait_for_offsets(&format!("{app_id}-profiles-changelog"), 3, &log);
+    apply(dir.path(), &topic("campaigns"), "soon.yaml", &yaml(common::now_ms() + 2_000));
+    let sent = commands(&topic("push"), 3);
+    let registry = SchemaRegistry::builtin();
+    let events: Vec<CampaignLifecycleEvent> = common::read_committed(
+        &topic("campaign-events"),
+        3,
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    )
+    .iter()
+    .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
+    .collect();
+    common::stop_gracefully(engine.take());
+
+    let users: BTreeSet<&str> = sent.iter().map(|c| c.user_id.as_str()).collect();
+    assert_eq!(users, BTreeSet::from(["u0", "u1", "u2"]), "{}", common::tail(&log, 30));
+    let mut per_variant: BTreeMap<&str, usize> = BTreeMap::new();
+    for command in &sent {
+        *per_variant.entry(command.variant_id.as_str()).or_default() += 1;
+    }
+    // No clicks: the tie goes to A, which the user after the test gets.
+    assert_eq!(per_variant, BTreeMap::from([("A", 2), ("B", 1)]));
+    let kinds: Vec<String> = events.iter().map(|e| format!("{:?}", e.kind)).collect();
+    assert_eq!(kinds, ["RunStarted", "WinnerDeclared", "RunFinished"]);
+    assert_eq!(events[2].details["sent"], "3");
+
+    common::delete_topics_starting_with(&[&prefix, &app_id]);
+}
+
+#[test]
+fn a_total_limit_added_to_a_sharded_triggered_campaign_counts_what_its_shards_sent() {
+    const SENT: usize = 40;
+    let prefix = format!("{}-", common::unique("it-shard-edit"));
+    let app_id = common::unique("it-shard-edit-app");
+    let dir = tempfile::tempdir().unwrap();
+    let topic = |name: &str| format!("{prefix}herald.{name}");
+    create_topics(&topic);
+    let coupons = |limits: &str| {
+        format!(
+            "id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\n{limits}options: {{ ignore_global_caps: true, shards: 4 }}\n"
+        )
+    };
+    // A one-user instant campaign whose command shows the engine has read the table so far.
+    let marker = "id: marker\napp: shop\nname: Marker\nwhen: { event: Mark }\nwhat: { title: t, body: b }\noptions: { ignore_global_caps: true }\n";
+    apply(dir.path(), &topic("campaigns"), "coupons.yaml", &coupons(""));
+    let now = common::now_ms();
+    common::produce(
+        &topic("profiles"),
+        (0..SENT + 20).map(|i| common::profile(&format!("u{i}"), Platform::Android, now)),
+    );
+    let log = dir.path().join("engine.log");
+    let mut engine = spawn_one(&prefix, &app_id, dir.path(), &log);
+    wait_for_offsets(&format!("{app_id}-profiles-changelog"), (SENT + 20) as i64, &log);
+    common::produce(&topic("events"), events("Ping", (0..SENT).map(|i| format!("u{i}"))));
+    assert_eq!(commands(&topic("push"), SENT).len(), SENT, "{}", common::tail(&log, 30));
+    // The home has every shard's sends once its merged stats count them.
+    let registry = SchemaRegistry::builtin();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let merged = common::read_committed(
+            &topic("stats"),
+            1,
+            Duration::from_millis(500),
+            Duration::from_secs(5),
+        )
+        .iter()
+        .filter_map(|r| registry.decode::<CampaignStats>(r.value.as_deref()?).ok())
+        .any(|s| s.variants.iter().map(|v| v.sent).sum::<i64>() == SENT as i64);
+        if merged {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no stats count the shards' sends");
+    }
+    // The limit is already reached by the shards' sends: nobody else gets a coupon.
+    apply(
+        dir.path(),
+        &topic("campaigns"),
+        "limited.yaml",
+        &coupons(&format!("limits: {{ total: {SENT} }}\n")),
+    );
+    apply(dir.path(), &topic("campaigns"), "marker.yaml", marker);
+    common::produce(&topic("events"), events("Mark", std::iter::once("u0".to_string())));
+    let seen = |sent: &[SendCommand], user: &str| {
+        sent.iter().any(|c| c.campaign_id == "marker" && c.user_id == user)
+    };
+    assert!(seen(&commands(&topic("push"), SENT + 1), "u0"), "{}", common::tail(&log, 30));
+    common::produce(&topic("events"), events("Ping", (SENT..SENT + 20).map(|i| format!("u{i}"))));
+    // Pings are processed before a later mark of the same users' partitions.
+    common::produce(&topic("events"), events("Mark", (SENT..SENT + 20).map(|i| format!("u{i}"))));
+    let sent = commands(&topic("push"), SENT + 21);
+    common::stop_gracefully(engine.take());
+
+    let marked: BTreeSet<&str> =
+        sent.iter().filter(|c| c.campaign_id == "marker").map(|c| c.user_id.as_str()).collect();
+    assert_eq!(marked.len(), 21, "every mark answered\n{}", common::tail(&log, 30));
+    let coupons: Vec<&str> =
+        sent.iter().filter(|c| c.campaign_id == "coupons").map(|c| c.user_id.as_str()).collect();
+    assert_eq!(
+        coupons.len(),
+        SENT,
+        "nothing past the total: {:?}",
+        &coupons[SENT.min(coupons.len())..]
+    );
 
     common::delete_topics_starting_with(&[&prefix, &app_id]);
 }

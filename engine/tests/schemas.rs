@@ -257,6 +257,7 @@ fn shard_records_round_trip() {
         qualified: 0,
         reachable: 0,
         sent: 0,
+        run_sent: 0,
         waiting: 0,
         places: 0,
         variants: vec![VariantStats {

@@ -61,12 +61,31 @@ pub fn flow_key(campaign: &Campaign, settings: &Settings, user: Option<&str>) ->
     }
 }
 
-/// The shard a campaign-flow key names for campaign `campaign`; `None` for its home key (or any
-/// other key).
-pub fn parse(key: &[u8], campaign: &str) -> Option<u32> {
-    let key = std::str::from_utf8(key).ok()?;
-    let rest = key.strip_prefix(campaign)?.strip_prefix(SEPARATOR)?;
-    rest.parse().ok()
+/// Where a campaign-flow key sends a record about a campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The campaign's home: the key is the campaign id.
+    Home,
+    /// One of its shards: the key is exactly [`key`] of a shard below the campaign's
+    /// `options.shards` (above 1).
+    Shard(u32),
+    /// Any other key (a forged or garbled one, `c\u{1f}03`, `c\u{1f}+3`, a shard out of range):
+    /// no state of the campaign lives there.
+    Foreign,
+}
+
+/// What the campaign-flow key `key` names for `campaign` (see [`Scope`]).
+pub fn scope(key: &[u8], campaign: &Campaign) -> Scope {
+    if key == campaign.id.as_bytes() {
+        return Scope::Home;
+    }
+    let shard = std::str::from_utf8(key)
+        .ok()
+        .and_then(|key| key.strip_prefix(campaign.id.as_str())?.strip_prefix(SEPARATOR))
+        .and_then(|rest| rest.parse::<u32>().ok())
+        .filter(|shard| campaign.options.shards > 1 && *shard < campaign.options.shards)
+        .filter(|shard| self::key(&campaign.id, *shard).as_bytes() == key);
+    shard.map_or(Scope::Foreign, Scope::Shard)
 }
 
 /// A campaign-flow record: about one user (to the user's shard) or the whole campaign (home).
@@ -97,12 +116,23 @@ impl FlowRecord for RunTally {
 mod tests {
     use super::*;
 
+    fn campaign(id: &str, shards: u32) -> Campaign {
+        let yaml = format!(
+            "id: {id}\napp: shop\nname: n\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\noptions: {{ shards: {shards} }}\n"
+        );
+        crate::campaign::parse::parse_campaign(&yaml, "test").expect("a valid campaign")
+    }
+
     #[test]
-    fn a_shard_key_names_its_shard_and_the_home_key_none() {
-        assert_eq!(parse(key("spring", 3).as_bytes(), "spring"), Some(3));
-        assert_eq!(parse(b"spring", "spring"), None);
-        assert_eq!(parse(key("spring", 3).as_bytes(), "spr"), None);
-        assert_eq!(parse(b"spring\x1fx", "spring"), None);
+    fn only_canonical_keys_of_a_shard_in_range_name_a_shard() {
+        let spring = campaign("spring", 4);
+        assert_eq!(scope(key("spring", 3).as_bytes(), &spring), Scope::Shard(3));
+        assert_eq!(scope(b"spring", &spring), Scope::Home);
+        assert_eq!(scope(key("spring", 3).as_bytes(), &campaign("spr", 4)), Scope::Foreign);
+        for forged in ["spring\x1fx", "spring\x1f+3", "spring\x1f03", "spring\x1f4", "spring\x1f"] {
+            assert_eq!(scope(forged.as_bytes(), &spring), Scope::Foreign, "{forged:?}");
+        }
+        assert_eq!(scope(key("spring", 0).as_bytes(), &campaign("spring", 1)), Scope::Foreign);
     }
 
     #[test]

@@ -45,9 +45,12 @@ pub struct ShardReport {
     pub qualified: i64,
     /// `Buffered`: candidates buffered for the run.
     pub reachable: i64,
-    /// `RunSent`: users of the run the shard sent to; `Demand`, `Returned`: users the shard sent
-    /// to in all.
+    /// Every kind: users the shard sent to over the campaign's life (cumulative; the home counts
+    /// each shard's highest in the total).
     pub sent: i64,
+    /// `RunSent`: users of the run the shard sent to (cumulative).
+    #[serde(default)]
+    pub run_sent: i64,
     /// `Demand`, `Returned`: candidates waiting at the shard for a place of the total limit.
     pub waiting: i64,
     /// `Returned`: places of the total limit given back.
@@ -105,7 +108,7 @@ pub struct ShardPlan {
     pub test_users: i64,
     /// `Release`: the run's A/B test users over all shards (0: no test).
     pub test_total: i64,
-    /// `Winner`: the variant the rest gets.
+    /// `Winner`, `Release`: the campaign's A/B winner once chosen (the rest gets it).
     pub winner_id: Option<String>,
     /// When, epoch milliseconds.
     pub timestamp_ms: i64,
@@ -139,6 +142,7 @@ impl Checked for ShardReport {
             ("qualified", self.qualified),
             ("reachable", self.reachable),
             ("sent", self.sent),
+            ("run_sent", self.run_sent),
             ("waiting", self.waiting),
             ("places", self.places),
         ];

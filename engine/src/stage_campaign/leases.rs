@@ -116,13 +116,14 @@ impl CampaignStage {
         let report = ShardReport {
             campaign_id: campaign.id.clone(),
             app_id: campaign.app.clone(),
-            shard: campaign_shards::parse(state.key.as_bytes(), &campaign.id).unwrap_or(0) as i32,
+            shard: Self::shard_of(campaign, state),
             shards: campaign_shards::in_effect(campaign, &self.settings) as i32,
             kind,
             run_id: None,
             qualified: 0,
             reachable: 0,
             sent: state.sent as i64,
+            run_sent: 0,
             waiting: state.waiting as i64,
             places: returned as i64,
             variants: Vec::new(),
@@ -217,7 +218,6 @@ impl CampaignStage {
             lease.returned += report.places.max(0) as u64;
             lease.recalled = false;
         }
-        state.sent = state.leases.values().map(|l| l.spent).sum();
         self.serve_leases(ctx, campaign, state, report.shards.max(1) as u64)?;
         self.announce_total_limit(ctx, campaign, state)
     }

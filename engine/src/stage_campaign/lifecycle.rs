@@ -31,13 +31,14 @@ impl CampaignStage {
         self.table_changed = false;
         self.next_end_check = now.saturating_add(END_CHECK_MS);
         // The campaign's home and each of its shards this task owns (a shard wakes its own
-        // work; only the home announces).
+        // work; only the home announces): every shard `options.shards` allows, whether or not
+        // the campaign's rules spread it now (an edit must not strand what a shard holds).
         let owned: Vec<(Arc<Campaign>, String)> = self
             .campaigns
             .book()
             .all()
             .flat_map(|campaign| {
-                let shards = campaign_shards::in_effect(campaign, &self.settings);
+                let shards = campaign.options.shards.max(1);
                 let keys = (0..shards)
                     .filter(move |_| shards > 1)
                     .map(|shard| campaign_shards::key(&campaign.id, shard));

@@ -21,8 +21,9 @@ use ab::{pick_winner, SplitDelivery, VariantResult, WinnerRule};
 
 use crate::{
     campaign::{
-        shards as campaign_shards, AbTest, Assignment, Campaign, CampaignCache, CampaignStatus,
-        TestPopulation, Throttle, Trigger, WinnerBy, CAMPAIGNS_TABLE,
+        shards::{self as campaign_shards, Scope},
+        AbTest, Assignment, Campaign, CampaignCache, CampaignStatus, TestPopulation, Throttle,
+        Trigger, WinnerBy, CAMPAIGNS_TABLE,
     },
     model::{
         is_triggered_run, topics::TopicNames, CampaignLifecycleEvent, CampaignStats, Candidate,
@@ -98,6 +99,10 @@ struct CampaignState {
     /// Home: the latest cumulative counters of each shard (see `shards`).
     #[serde(default)]
     shard_counters: BTreeMap<u32, shards::Counters>,
+    /// Home: each shard's users sent to over the campaign's life (its highest report), counted
+    /// in `sent` (see `shards`).
+    #[serde(default)]
+    shard_sent: BTreeMap<u32, i64>,
     /// Home: each shard's places of the total limit (see `leases`).
     #[serde(default)]
     leases: BTreeMap<u32, leases::Lease>,
@@ -362,9 +367,29 @@ impl CampaignStage {
                 candidate.campaign_id
             )));
         };
-        let mut state = self.load(ctx, &campaign, &scope(key, &campaign.id))?;
+        if self.misrouted(&campaign, key, &candidate) {
+            // Its home applies every limit of the campaign (a stale copy of the campaigns table
+            // routed it to a shard, or its key names none).
+            return self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &candidate);
+        }
+        let mut state = self.load(ctx, &campaign, &scope(key, &campaign)?)?;
         self.place(ctx, &campaign, &mut state, candidate)?;
         self.save(ctx, &campaign, &mut state)
+    }
+
+    /// Whether a triggered candidate came to a key other than the campaign's home where no
+    /// shard of the campaign takes triggered candidates now: to a shard above those in effect
+    /// (all of them, once a total or daily limit keeps the campaign at home), or to a key that
+    /// names no shard. A scheduled run's candidates stay with the shard that buffers the run.
+    fn misrouted(&self, campaign: &Campaign, key: Option<&[u8]>, candidate: &Candidate) -> bool {
+        let Some(key) = key.filter(|key| *key != campaign.id.as_bytes()) else { return false };
+        is_triggered_run(&candidate.run_id)
+            && match campaign_shards::scope(key, campaign) {
+                Scope::Shard(shard) => {
+                    shard >= campaign_shards::in_effect(campaign, &self.settings)
+                }
+                Scope::Home | Scope::Foreign => true,
+            }
     }
 
     /// Delivers a candidate: through its scheduled run, or at once for a trigger occurrence.
@@ -738,7 +763,7 @@ impl CampaignStage {
         let Some(campaign) = self.campaigns.book().get(&skip.campaign_id).cloned() else {
             return Ok(());
         };
-        let mut state = self.load(ctx, &campaign, &scope(key, &campaign.id))?;
+        let mut state = self.load(ctx, &campaign, &scope(key, &campaign)?)?;
         // A command the send gate refused takes back its variant's sent count; the first of its
         // notification also gives back the user's place in the limits.
         if let Some(stats) = skip.variant_id.as_deref().and_then(|id| state.variant_stats(id)) {
@@ -770,7 +795,7 @@ impl CampaignStage {
         let Some(campaign) = self.campaigns.book().get(&engagement.campaign_id).cloned() else {
             return Ok(());
         };
-        let mut state = self.load(ctx, &campaign, &scope(key, &campaign.id))?;
+        let mut state = self.load(ctx, &campaign, &scope(key, &campaign)?)?;
         let variant = engagement.variant_id.as_deref();
         if let Some(stats) = variant.and_then(|id| state.variant_stats(id)) {
             match engagement.kind {
@@ -790,11 +815,18 @@ impl CampaignStage {
     }
 }
 
-/// The state a record keyed `key` concerns: the shard its key names, else the campaign's home.
-fn scope(key: Option<&[u8]>, campaign: &str) -> String {
-    match key.and_then(|key| campaign_shards::parse(key, campaign)) {
-        Some(shard) => campaign_shards::key(campaign, shard),
-        None => campaign.to_string(),
+/// The state a record keyed `key` concerns: the campaign's home (its id, or no key) or the
+/// shard its canonical key names; any other key is rejected (no second home, no forged shard).
+fn scope(key: Option<&[u8]>, campaign: &Campaign) -> Result<String, ProcessError> {
+    let key = key.unwrap_or(campaign.id.as_bytes());
+    match campaign_shards::scope(key, campaign) {
+        Scope::Home => Ok(campaign.id.clone()),
+        Scope::Shard(shard) => Ok(campaign_shards::key(&campaign.id, shard)),
+        Scope::Foreign => Err(ProcessError::reject(format!(
+            "a record of campaign {} under the key {:?}, neither its home nor one of its shards",
+            campaign.id,
+            String::from_utf8_lossy(key)
+        ))),
     }
 }
 
@@ -841,7 +873,7 @@ impl Processor for CampaignStage {
             SendConfirmed::FULL_NAME => self.on_confirmed(ctx, key, registry.decode(value)?),
             Engagement::FULL_NAME => self.on_engagement(ctx, key, registry.decode(value)?),
             RunTally::FULL_NAME => self.on_run_tally(ctx, key, registry.decode(value)?),
-            ShardReport::FULL_NAME => self.on_shard_report(ctx, registry.decode(value)?),
+            ShardReport::FULL_NAME => self.on_shard_report(ctx, key, registry.decode(value)?),
             ShardPlan::FULL_NAME => self.on_shard_plan(ctx, key, registry.decode(value)?),
             other => Err(ProcessError::reject(format!("unexpected {other} in the campaign flow"))),
         }

@@ -177,7 +177,7 @@ impl CampaignStage {
         let Some(campaign) = self.campaigns.book().get(&confirmed.campaign_id).cloned() else {
             return Ok(());
         };
-        let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign.id))?;
+        let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign)?)?;
         let (user, run) = (&confirmed.user_id, &confirmed.run_id);
         if self.settle(ctx, &mut state, user, run, false)? {
             self.announce_total_limit(ctx, &campaign, &mut state)?;

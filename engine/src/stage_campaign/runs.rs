@@ -176,7 +176,7 @@ impl CampaignStage {
         let Some(campaign) = self.campaigns.book().get(&tally.campaign_id).cloned() else {
             return Ok(());
         };
-        let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign.id))?;
+        let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign)?)?;
         let Some(mut run) = self.current_run(ctx, &mut state, &tally.run_id)? else {
             return Ok(()); // the tally of a run a newer one replaced
         };
@@ -268,8 +268,14 @@ impl CampaignStage {
                 self.deliver_in_run(ctx, campaign, state, run, &leaving, chosen)?;
             }
         }
+        let tested = run.next == run.test_users && run.testing() && state.winner_id.is_none();
         if run.next < run.buffered {
             ctx.schedule(at, &timer_key(RUN_TIMER, &state.key))?;
+        } else if state.is_shard(campaign) && tested {
+            // Its whole buffer (maybe none) was its share of the test: the home still waits for
+            // this shard's word before it chooses the winner.
+            run.phase = RunPhase::AwaitingWinner;
+            self.report_test_sent(ctx, campaign, state, run)?;
         } else if state.is_shard(campaign) {
             run.phase = RunPhase::Done;
             self.report_run_sent(ctx, campaign, state, run)?;

@@ -127,9 +127,12 @@ pub(super) fn apportion(total: u64, weights: &[u64]) -> Vec<u64> {
 }
 
 impl CampaignStage {
-    /// The shard number of a shard's state.
-    fn shard_of(campaign: &Campaign, state: &CampaignState) -> i32 {
-        campaign_shards::parse(state.key.as_bytes(), &campaign.id).map_or(0, |s| s as i32)
+    /// The shard number of a shard's state (0 at the home).
+    pub(super) fn shard_of(campaign: &Campaign, state: &CampaignState) -> i32 {
+        match campaign_shards::scope(state.key.as_bytes(), campaign) {
+            campaign_shards::Scope::Shard(shard) => shard as i32,
+            campaign_shards::Scope::Home | campaign_shards::Scope::Foreign => 0,
+        }
     }
 
     /// Sends `report` (filled in by `fill`) from this shard to the campaign's home.
@@ -150,7 +153,8 @@ impl CampaignStage {
             run_id: None,
             qualified: 0,
             reachable: 0,
-            sent: 0,
+            sent: state.sent as i64,
+            run_sent: 0,
             waiting: 0,
             places: 0,
             variants: Vec::new(),
@@ -216,20 +220,36 @@ impl CampaignStage {
     ) -> Result<(), ProcessError> {
         self.report(ctx, campaign, state, ShardReportKind::RunSent, |r| {
             r.run_id = Some(run.id.clone());
-            r.sent = run.sent as i64;
+            r.run_sent = run.sent as i64;
         })
     }
 
-    /// The home learns where a shard is.
+    /// The home learns where a shard is (a report under any other key than the campaign id is
+    /// rejected: it would make a second home).
     pub(super) fn on_shard_report(
         &mut self,
         ctx: &mut ProcessorContext<'_>,
+        key: Option<&[u8]>,
         report: ShardReport,
     ) -> Result<(), ProcessError> {
         let Some(campaign) = self.campaigns.book().get(&report.campaign_id).cloned() else {
             return Ok(());
         };
+        if key != Some(campaign.id.as_bytes()) {
+            return Err(ProcessError::reject(format!(
+                "a shard report of campaign {} under the key {:?}",
+                campaign.id,
+                key.map(String::from_utf8_lossy)
+            )));
+        }
         let mut state = self.load(ctx, &campaign, &campaign.id)?;
+        // Every report carries the shard's users sent to over the campaign's life: the total
+        // counts each shard's highest, whatever run (or none) the sends belonged to.
+        let counted = state.shard_sent.entry(report.shard as u32).or_default();
+        if report.sent > *counted {
+            state.sent += (report.sent - *counted) as u64;
+            *counted = report.sent;
+        }
         if matches!(report.kind, ShardReportKind::Demand | ShardReportKind::Returned) {
             self.on_lease_report(ctx, &campaign, &mut state, &report)?;
             return self.save(ctx, &campaign, &mut state);
@@ -247,8 +267,12 @@ impl CampaignStage {
         let Some(mut run) = self.current_run(ctx, &mut state, run_id)? else {
             return self.save(ctx, &campaign, &mut state); // a run a newer one replaced
         };
-        run.shards.shards = report.shards;
-        let all = |done: usize| done >= report.shards.max(1) as usize;
+        // The run's shards are those of its first report: an edit meanwhile does not move it.
+        if run.shards.shards == 0 {
+            run.shards.shards = report.shards;
+        }
+        let shards = run.shards.shards;
+        let all = |done: usize| done >= shards.max(1) as usize;
         match report.kind {
             ShardReportKind::Buffered => {
                 run.shards.buffered.insert(report.shard, (report.qualified, report.reachable));
@@ -265,11 +289,9 @@ impl CampaignStage {
                 }
             }
             ShardReportKind::RunSent => {
-                let before = run.shards.sent.insert(report.shard, report.sent).unwrap_or(0);
+                let before = run.shards.sent.insert(report.shard, report.run_sent).unwrap_or(0);
                 // Cumulative per shard: late (do-not-disturb) users add to what was counted.
-                let added = report.sent.saturating_sub(before).max(0) as u64;
-                state.sent += added;
-                run.sent += added;
+                run.sent += report.run_sent.saturating_sub(before).max(0) as u64;
                 let finished = run.phase != RunPhase::Done && all(run.shards.sent.len());
                 if finished {
                     run.phase = RunPhase::Done;
@@ -279,7 +301,10 @@ impl CampaignStage {
                     ]);
                     self.lifecycle(ctx, &campaign, LifecycleKind::RunFinished, details)?;
                 }
-                self.announce_total_limit(ctx, &campaign, &mut state)?;
+                // The limit is announced once the run it filled is finished.
+                if run.phase == RunPhase::Done {
+                    self.announce_total_limit(ctx, &campaign, &mut state)?;
+                }
             }
             ShardReportKind::Counters | ShardReportKind::Demand | ShardReportKind::Returned => {}
         }
@@ -318,7 +343,7 @@ impl CampaignStage {
             test_from: 0,
             test_users: 0,
             test_total: 0,
-            winner_id: None,
+            winner_id: state.winner_id.clone(),
             timestamp_ms: at,
         };
         if let Some(limit) = campaign.limits.safety.filter(|limit| qualified > *limit as i64) {
@@ -406,10 +431,15 @@ impl CampaignStage {
         let Some(campaign) = self.campaigns.book().get(&plan.campaign_id).cloned() else {
             return Ok(());
         };
-        let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign.id))?;
+        let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign)?)?;
         if matches!(plan.kind, ShardPlanKind::Grant | ShardPlanKind::Recall | ShardPlanKind::Full) {
             self.on_lease_plan(ctx, &campaign, &mut state, &plan)?;
             return self.save(ctx, &campaign, &mut state);
+        }
+        // The winner is the campaign's, whatever run the plan is about (a newer run may have
+        // replaced it here): a shard never falls back to alternating once it is chosen.
+        if plan.winner_id.is_some() {
+            state.winner_id.clone_from(&plan.winner_id);
         }
         let Some(mut run) = self.current_run(ctx, &mut state, &plan.run_id)? else {
             return self.save(ctx, &campaign, &mut state);
@@ -432,7 +462,6 @@ impl CampaignStage {
             }
             ShardPlanKind::Grant | ShardPlanKind::Recall | ShardPlanKind::Full => {}
             ShardPlanKind::Winner => {
-                state.winner_id = plan.winner_id;
                 if run.phase == RunPhase::AwaitingWinner && !super::is_held(&campaign) {
                     run.phase = RunPhase::Releasing;
                     self.release_step(ctx, &campaign, &mut state, &mut run, at)?;

@@ -102,8 +102,12 @@ impl UserStage {
             .map(|(key, _)| String::from_utf8_lossy(&key).into_owned())
             .collect();
         let run = scheduled_run_id(cursor.run_at);
-        let shards = shards::in_effect(campaign, &self.settings);
-        cursor.by_shard.resize(shards as usize, 0);
+        // The run's shards are fixed when its scan starts: an edit meanwhile does not split its
+        // tallies over two shard counts.
+        if cursor.by_shard.is_empty() {
+            cursor.by_shard.resize(shards::in_effect(campaign, &self.settings) as usize, 0);
+        }
+        let shards = cursor.by_shard.len() as u32;
         let no_properties = Properties::new();
         for user in &users {
             let occasion = Occasion {
