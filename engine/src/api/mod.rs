@@ -3,6 +3,7 @@
 
 mod audit;
 mod auth;
+mod dashboard;
 mod error;
 mod handlers;
 mod router;

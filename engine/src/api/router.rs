@@ -65,6 +65,7 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_admin));
     Router::new()
         .nest("/api/v1", read.merge(admin))
+        .merge(super::dashboard::routes(&state))
         .route("/openapi.json", get(|| async { Json(openapi()) }))
         .layer(DefaultBodyLimit::max(state.config().body_limit))
         .with_state(state)

@@ -152,7 +152,7 @@ async function drawCampaign(id) {
 // The campaign's lifecycle events, newest first; none if the API cannot list them.
 async function campaignEvents(path) {
   try {
-    const body = await api(`${path}/events`);
+    const body = await api(`${path}/lifecycle`);
     const events = Array.isArray(body) ? body : body.events || [];
     return events.slice().sort((a, b) => b.timestamp_ms - a.timestamp_ms);
   } catch (error) {
@@ -194,11 +194,11 @@ function drawFunnel(stats) {
   const rows = STEPS.map(([key, label], i) => {
     const cell = (counts, variant) => {
       // Skips come before a variant is chosen: per variant, the qualified are those sent to.
-      const value = key === "qualified" && variant !== "all" ? counts.sent : counts[key];
+      const value = (key === "qualified" && variant !== "all" ? counts.sent : counts[key]) || 0;
       const previous = i === 0 ? null : key === "sent" && variant !== "all" ? null : counts[STEPS[i - 1][0]];
       return el(
         "td",
-        { class: "n", "data-variant": variant, "data-step": key },
+        { class: "n", "data-variant": variant, "data-step": key, "data-value": value },
         number(value),
         previous === null ? "" : el("span", { class: "rate" }, percent(value, previous)),
       );
