@@ -4,6 +4,7 @@
 pub mod admin;
 mod book;
 mod filter;
+pub mod json_schema;
 mod model;
 mod parse;
 mod recurrence;
