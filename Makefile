@@ -25,7 +25,7 @@ registry-down: ## stop the local schema registry
 build: bootstrap
 	cargo build --workspace --bins
 
-demo: kafka-up build ## the whole pipeline on sample data: Kafka, simulator, engine, sender, campaigns, traffic, stats
+demo: kafka-up build ## the whole pipeline on sample data: Kafka, simulator (100,000 users), engine, sender, admin API and dashboard (URL and read token printed), campaigns, traffic, stats
 	$(HERALD) campaign validate examples/campaigns/*.yaml
 	@echo "--- replay: what deploy/demo's campaigns would have done with deploy/demo/replay-input.jsonl ---"
 	$(HERALD) replay --campaigns deploy/demo/campaigns --input deploy/demo/replay-input.jsonl \
@@ -34,7 +34,7 @@ demo: kafka-up build ## the whole pipeline on sample data: Kafka, simulator, eng
 	@echo "--- live: the closed loop ---"
 	HERALD=$(HERALD) deploy/demo/run.sh
 
-demo-down: ## stop what make demo started (simulator, engine, sender, Kafka)
+demo-down: ## stop what make demo started (simulator, engine, sender, API, Kafka)
 	deploy/demo/down.sh
 
 test: kafka-up registry-up ## the full test suite against the local broker and schema registry
