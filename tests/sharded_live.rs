@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::KillOnDrop;
+use common::{wait_for_offsets, KillOnDrop};
 use herald_engine::model::{
     AppEvent, CampaignLifecycleEvent, CampaignStats, Platform, SchemaRegistry, SendCommand,
 };
@@ -37,15 +37,6 @@ fn apply(dir: &Path, campaigns: &str, name: &str, yaml: &str) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-}
-
-/// Polls until `topic`'s end offsets reach `at_least` (observable progress of the engines).
-fn wait_for_offsets(topic: &str, at_least: i64, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while common::end_offsets(topic) < at_least {
-        assert!(Instant::now() < deadline, "{topic} did not grow\n{}", common::tail(log, 30));
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The deployment's topics (4 user partitions, 4 campaign-flow partitions).
