@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::{
-    campaign::CAMPAIGNS_TABLE,
+    campaign::{CAMPAIGNS_TABLE, SEGMENTS_TABLE},
     model::{topics::TopicNames, IngestDecoder},
     runtime::{RuntimeError, StreamTopology},
     settings::Settings,
@@ -29,7 +29,8 @@ pub fn engine_topology(
     let topics = Arc::new(topics);
     let builder = StreamTopology::builder(app_id)
         .dead_letter_topic(&topics.dead_letter)
-        .global_table(CAMPAIGNS_TABLE, &topics.campaigns);
+        .global_table(CAMPAIGNS_TABLE, &topics.campaigns)
+        .global_table(SEGMENTS_TABLE, &topics.segments);
     let builder = add_user_stage(builder, &topics, Arc::clone(&settings), ingest);
     let builder = add_campaign_stage(builder, &topics, Arc::clone(&settings), stats_interval_ms);
     add_app_stage(builder, &topics, settings).build()

@@ -8,6 +8,7 @@ mod engine;
 mod example;
 mod produce;
 mod replay;
+mod segment;
 mod send;
 mod sim;
 mod topics;
@@ -44,6 +45,9 @@ enum Command {
     /// Validate and publish campaign definitions.
     #[command(subcommand)]
     Campaign(campaign::CampaignCommandArgs),
+    /// Validate, publish, list and delete saved segments.
+    #[command(subcommand)]
+    Segment(segment::SegmentCommandArgs),
     /// Benchmarks; each prints a table and one JSON line.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -72,6 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Example(command) => example::run(&kafka, command),
         Command::Bench(command) => bench::run(&kafka, command),
         Command::Campaign(command) => campaign::run(&kafka, command),
+        Command::Segment(command) => segment::run(&kafka, command),
         Command::Api(args) => api::run(&kafka, args),
         Command::Replay(args) => replay::run(&kafka, args),
         Command::Engine(args) => engine::run(&kafka, args),

@@ -71,7 +71,7 @@ fn compile(value: &[u8]) -> Result<Campaign, String> {
     admin::compile(&envelope)
 }
 
-fn collect_behaviours(filter: &Filter, out: &mut Vec<Behaviour>) {
+pub(super) fn collect_behaviours(filter: &Filter, out: &mut Vec<Behaviour>) {
     match filter {
         Filter::All(filters) | Filter::Any(filters) => {
             filters.iter().for_each(|f| collect_behaviours(f, out));
@@ -82,7 +82,8 @@ fn collect_behaviours(filter: &Filter, out: &mut Vec<Behaviour>) {
                 out.push(behaviour.clone());
             }
         }
-        Filter::Property(_) | Filter::Device(_) | Filter::Near(_) => {}
+        // A segment's own behaviours are collected by the segment book.
+        Filter::Property(_) | Filter::Device(_) | Filter::Near(_) | Filter::Segment(_) => {}
     }
 }
 

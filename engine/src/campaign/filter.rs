@@ -27,6 +27,8 @@ pub trait ProfileView {
     /// Start (epoch ms) of the first and of the last day with such an occurrence since
     /// `since_ms`.
     fn first_and_last(&self, behaviour: &Behaviour, since_ms: i64) -> Option<(i64, i64)>;
+    /// The filter of the saved segment `id`, if it exists.
+    fn segment(&self, id: &str) -> Option<&Filter>;
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -63,6 +65,29 @@ impl Filter {
                     });
                 counted && timed
             }
+            Filter::Segment(id) => user.segment(id).is_some_and(|f| f.matches(user, now_ms)),
+        }
+    }
+
+    /// Ids of the saved segments this filter references, each once, in order of appearance.
+    pub fn segments(&self) -> Vec<&str> {
+        let mut ids = Vec::new();
+        self.collect_segments(&mut ids);
+        ids
+    }
+
+    fn collect_segments<'f>(&'f self, ids: &mut Vec<&'f str>) {
+        match self {
+            Filter::All(filters) | Filter::Any(filters) => {
+                filters.iter().for_each(|f| f.collect_segments(ids));
+            }
+            Filter::Not(filter) => filter.collect_segments(ids),
+            Filter::Segment(id) if !ids.contains(&id.as_str()) => ids.push(id),
+            Filter::Segment(_)
+            | Filter::Property(_)
+            | Filter::Device(_)
+            | Filter::Near(_)
+            | Filter::Behaviour(_) => {}
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod json_schema;
 mod model;
 mod parse;
 mod recurrence;
+mod segment;
 pub mod shards;
 
 pub use book::{CampaignBook, CampaignCache, CAMPAIGNS_TABLE};
@@ -19,7 +20,8 @@ pub use model::{
     MAX_SHARDS,
 };
 pub use parse::{
-    parse_campaign, parse_duration, FieldError, ValidationErrors, MAX_COUNT, MAX_DAYS,
-    MAX_DURATION_MS,
+    parse_campaign, parse_duration, FieldError, ValidationErrors, DEFAULT_HISTORY_DAYS, MAX_COUNT,
+    MAX_DAYS, MAX_DURATION_MS, MAX_HISTORY_DAYS,
 };
 pub use recurrence::{Cadence, CatchUp, Recurrence};
+pub use segment::{parse_segment, Segment, SegmentBook, SEGMENTS_TABLE};

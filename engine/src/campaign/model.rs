@@ -116,6 +116,9 @@ pub enum Filter {
     Near(Vec<Place>),
     /// A past-behaviour predicate.
     Behaviour(Behaviour),
+    /// Users in the saved segment with this id (as the segment reads when evaluated; an
+    /// unknown segment matches nobody).
+    Segment(String),
 }
 
 /// "E happened and F did not happen within T".

@@ -18,11 +18,17 @@ use crate::model::Platform;
 
 /// Most A/B variants a campaign may have.
 pub const MAX_VARIANTS: usize = 3;
+/// Most variants a campaign choosing them by a profile property (one per language) may have.
+pub const MAX_CHOSEN_VARIANTS: usize = 100;
 /// Longest duration accepted anywhere (windows, offsets, TTLs, intervals): ten years, so that
 /// adding one to a timestamp stays far inside the accepted range of times.
 pub const MAX_DURATION_MS: i64 = 3_660 * DAY_MS;
 /// Longest look-back in days (`in_last_days`, `within_last_days`): ten years.
 pub const MAX_DAYS: u64 = 3_660;
+/// Days of event history the engine keeps unless configured otherwise (`in_last_days` default).
+pub const DEFAULT_HISTORY_DAYS: u32 = 90;
+/// Longest event history the engine can be configured to keep, days.
+pub const MAX_HISTORY_DAYS: u32 = 400;
 /// Largest count accepted (limits, test audiences, throttles): a trillion.
 pub const MAX_COUNT: u64 = 1_000_000_000_000;
 const DAY_MS: i64 = 86_400_000;
@@ -91,6 +97,15 @@ pub fn parse_campaign(text: &str, source: &str) -> Result<Campaign, ValidationEr
     }
 }
 
+/// Parses the filter of a saved segment (the `who` language without segment references).
+pub(super) fn parse_segment_filter(value: &Value, path: &str) -> Result<Filter, Vec<FieldError>> {
+    let mut parser = Parser { in_segment: true, ..Parser::default() };
+    match parser.filter(value, path) {
+        Some(filter) if parser.errors.is_empty() => Ok(filter),
+        _ => Err(parser.errors),
+    }
+}
+
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
@@ -102,6 +117,8 @@ fn join(path: &str, key: &str) -> String {
 #[derive(Default)]
 struct Parser {
     errors: Vec<FieldError>,
+    /// Parsing a saved segment, which may not reference other segments.
+    in_segment: bool,
 }
 
 impl Parser {
@@ -327,6 +344,10 @@ impl Parser {
             self.object(value, path, &["near"])?;
             return self.places(places, &join(path, "near")).map(Filter::Near);
         }
+        if let Some(segment) = map.get("segment") {
+            self.object(value, path, &["segment"])?;
+            return self.segment_reference(segment, &join(path, "segment"));
+        }
         if map.contains_key("did") || map.contains_key("did_not") {
             return self.behaviour(map, path).map(Filter::Behaviour);
         }
@@ -347,7 +368,26 @@ impl Parser {
         if map.contains_key("property") {
             return self.condition(map, path, "property").map(Filter::Property);
         }
-        self.error(path, "expected one of all, any, not, property, device, near, did, did_not")
+        self.error(
+            path,
+            "expected one of all, any, not, property, device, near, did, did_not, segment",
+        )
+    }
+
+    /// `segment: <id>` or `segment: [<id>, ...]` (users in every one of them).
+    fn segment_reference(&mut self, value: &Value, path: &str) -> Option<Filter> {
+        if self.in_segment {
+            return self.error(path, "a saved segment cannot reference another segment");
+        }
+        let ids = match value {
+            Value::Array(_) => self.list(value, path, |parser, item, path| parser.text(item, path)),
+            single => self.text(single, path).map(|id| vec![id]),
+        }?;
+        match ids.as_slice() {
+            [] => self.error(path, "needs at least one segment id"),
+            [id] => Some(Filter::Segment(id.clone())),
+            _ => Some(Filter::All(ids.into_iter().map(Filter::Segment).collect())),
+        }
     }
 
     /// `{<subject_key>: name, <operator>: value}`.
@@ -527,8 +567,16 @@ impl Parser {
         self.object(&Value::Object(map.clone()), path, allowed)?;
         let event = self.required_text(map, key, path);
         let days = match map.get("in_last_days") {
-            None => Some(90),
-            Some(v) => self.days(v, &join(path, "in_last_days")),
+            None => Some(DEFAULT_HISTORY_DAYS),
+            Some(v) => match self.days(v, &join(path, "in_last_days")) {
+                Some(days) if days > MAX_HISTORY_DAYS => self.error(
+                    join(path, "in_last_days"),
+                    format!(
+                        "{days} days is more than the longest history kept ({MAX_HISTORY_DAYS})"
+                    ),
+                ),
+                other => other,
+            },
         };
         let at_least = match map.get("at_least").filter(|_| did) {
             None => Some(if did { 1 } else { 0 }),
@@ -849,18 +897,24 @@ impl Parser {
             let Some(items) = variants.as_array().filter(|v| !v.is_empty()) else {
                 return self.error("what.variants", "expected a non-empty list of messages");
             };
-            if items.len() > MAX_VARIANTS {
-                self.error::<()>(
-                    "what.variants",
-                    format!("has {} variants; an A/B test has at most {MAX_VARIANTS}", items.len()),
+            let (most, rule) = if what.contains_key("choose_by") {
+                (MAX_CHOSEN_VARIANTS, format!("choose_by takes at most {MAX_CHOSEN_VARIANTS}"))
+            } else {
+                let rule = format!(
+                    "an A/B test has at most {MAX_VARIANTS} (choose_by takes one per language, \
+                     up to {MAX_CHOSEN_VARIANTS})"
                 );
+                (MAX_VARIANTS, rule)
+            };
+            if items.len() > most {
+                self.error::<()>("what.variants", format!("has {} variants; {rule}", items.len()));
             }
             let parsed: Vec<Option<Message>> = items
                 .iter()
                 .enumerate()
                 .map(|(i, item)| {
                     let path = format!("what.variants[{i}]");
-                    let default_id = ((b'A' + i as u8) as char).to_string();
+                    let default_id = default_variant_id(i);
                     self.object(item, &path, &message_fields)
                         .and_then(|m| self.message(m, &path, default_id))
                 })
@@ -1290,6 +1344,14 @@ fn kind(value: &Value) -> &'static str {
         Value::String(_) => "text",
         Value::Array(_) => "a list",
         Value::Object(_) => "a mapping",
+    }
+}
+
+/// The id of a variant given none: `A`, `B`... `Z`, then `V27`, `V28`...
+fn default_variant_id(index: usize) -> String {
+    match u8::try_from(index).ok().filter(|i| *i < 26) {
+        Some(i) => char::from(b'A' + i).to_string(),
+        None => format!("V{}", index + 1),
     }
 }
 

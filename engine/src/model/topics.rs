@@ -7,6 +7,8 @@ pub const EVENTS: &str = "herald.events";
 pub const PROFILES: &str = "herald.profiles";
 /// Campaign definitions and commands (compacted).
 pub const CAMPAIGNS: &str = "herald.campaigns";
+/// Saved segments, keyed by segment id (compacted).
+pub const SEGMENTS: &str = "herald.segments";
 /// Engine decisions about campaigns.
 pub const CAMPAIGN_EVENTS: &str = "herald.campaign-events";
 /// Candidates, skips and engagements, user stage → campaign stage.
@@ -36,6 +38,8 @@ pub struct TopicNames {
     pub profiles: String,
     /// Campaign definitions.
     pub campaigns: String,
+    /// Saved segments.
+    pub segments: String,
     /// User stage → campaign stage.
     pub campaign_flow: String,
     /// Campaign stage → app stage (apps with a global throttle).
@@ -64,6 +68,7 @@ impl TopicNames {
             events: name(EVENTS),
             profiles: name(PROFILES),
             campaigns: name(CAMPAIGNS),
+            segments: name(SEGMENTS),
             campaign_flow: name(CAMPAIGN_FLOW),
             app_throttle: name(APP_THROTTLE),
             send_gate: name(SEND_GATE),
@@ -79,11 +84,12 @@ impl TopicNames {
 
 impl TopicNames {
     /// Every name, in declaration order.
-    pub fn all(&self) -> [&str; 12] {
+    pub fn all(&self) -> [&str; 13] {
         [
             &self.events,
             &self.profiles,
             &self.campaigns,
+            &self.segments,
             &self.campaign_flow,
             &self.app_throttle,
             &self.send_gate,

@@ -11,6 +11,7 @@ mod history;
 mod profile;
 mod route;
 mod runs;
+mod segments;
 mod send_gate;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::{
     campaign::{
         shards::{self, FlowRecord},
         Campaign, CampaignCache, CampaignStatus, DndAction, Trigger, CAMPAIGNS_TABLE,
+        SEGMENTS_TABLE,
     },
     model::{
         topics::TopicNames, triggered_run_id, AliasRecord, AppEvent, Candidate, Engagement,
@@ -141,6 +143,7 @@ pub struct UserStage {
     settings: Arc<Settings>,
     decoder: IngestDecoder,
     campaigns: CampaignCache,
+    segments: segments::SegmentCache,
     held: held::HeldPass,
     dedup: dedup::Sweep,
 }
@@ -153,9 +156,16 @@ impl UserStage {
             settings,
             decoder,
             campaigns: CampaignCache::default(),
+            segments: segments::SegmentCache::default(),
             held: held::HeldPass::due(),
             dedup: dedup::Sweep::default(),
         }
+    }
+
+    /// Brings the campaigns and segments up to date with their global tables.
+    fn refresh_tables(&mut self, ctx: &ProcessorContext<'_>) {
+        let changed = self.campaigns.refresh(ctx.global(CAMPAIGNS_TABLE));
+        self.segments.refresh(ctx.global(SEGMENTS_TABLE), self.campaigns.book(), changed);
     }
 
     fn flow(&self) -> Flow<'_> {
@@ -375,7 +385,8 @@ impl UserStage {
             event.timestamp_ms,
             LOOK_BACK_DAYS,
         )?;
-        for behaviour in self.campaigns.book().behaviours() {
+        let segments = self.segments.book().behaviours();
+        for behaviour in self.campaigns.book().behaviours().iter().chain(segments) {
             let matches = behaviour.event == event.name
                 && !behaviour.conditions.is_empty()
                 && behaviour
@@ -604,7 +615,12 @@ impl UserStage {
         let history = history::load(&ctx.store(HISTORY)?, user)?;
         let mut profile = profile;
         profile.derive_age(at_ms);
-        if !campaign.who.matches(&UserView { profile: &profile, history: &history }, at_ms) {
+        let segments = self.segments.book();
+        let view = UserView { profile: &profile, history: &history, segments };
+        if !campaign.who.matches(&view, at_ms) {
+            if campaign.who.segments().iter().any(|id| segments.get(id).is_none()) {
+                ctx.count(&segments::UNKNOWN_SEGMENT, "matched_nobody");
+            }
             return Ok(false);
         }
         let skip = |ctx: &mut ProcessorContext<'_>, reason: &str| {
@@ -747,7 +763,7 @@ impl Processor for UserStage {
         ctx: &mut ProcessorContext<'_>,
         record: &SourceRecord<'_>,
     ) -> Result<(), ProcessError> {
-        self.campaigns.refresh(ctx.global(CAMPAIGNS_TABLE));
+        self.refresh_tables(ctx);
         let value =
             record.value.ok_or_else(|| ProcessError::reject("tombstone on an input topic"))?;
         let topic = record.topic;
@@ -775,7 +791,7 @@ impl Processor for UserStage {
         ctx: &mut ProcessorContext<'_>,
         timer: &Timer,
     ) -> Result<(), ProcessError> {
-        self.campaigns.refresh(ctx.global(CAMPAIGNS_TABLE));
+        self.refresh_tables(ctx);
         let Some(pending) = ctx.store(PENDING)?.get_as::<Pending>(&timer.key)? else {
             return Ok(());
         };
@@ -805,7 +821,7 @@ impl Processor for UserStage {
     }
 
     fn on_tick(&mut self, ctx: &mut ProcessorContext<'_>) -> Result<Tick, ProcessError> {
-        self.campaigns.refresh(ctx.global(CAMPAIGNS_TABLE));
+        self.refresh_tables(ctx);
         if self.step_held(ctx)? == Tick::More {
             return Ok(Tick::More);
         }
@@ -815,7 +831,11 @@ impl Processor for UserStage {
         self.step_scheduled_runs(ctx)
     }
 
-    fn on_global_change(&mut self, _table: &str, _key: &[u8], _value: Option<&[u8]>) {
+    fn on_global_change(&mut self, table: &str, _key: &[u8], _value: Option<&[u8]>) {
+        if table == SEGMENTS_TABLE {
+            self.segments.invalidate();
+            return;
+        }
         self.campaigns.invalidate();
         self.held = held::HeldPass::due();
     }

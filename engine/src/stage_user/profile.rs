@@ -6,7 +6,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    campaign::{Behaviour, ProfileView},
+    campaign::{Behaviour, Filter, ProfileView, SegmentBook},
     model::{Device, Platform, ProfileUpdate, Properties, PropertyValue},
 };
 
@@ -97,6 +97,8 @@ pub struct UserView<'a> {
     pub profile: &'a Profile,
     /// Daily counts per history key: (day number, count).
     pub history: &'a HashMap<String, Vec<(i64, u32)>>,
+    /// The saved segments campaigns may reference.
+    pub segments: &'a SegmentBook,
 }
 
 impl UserView<'_> {
@@ -129,6 +131,10 @@ impl ProfileView for UserView<'_> {
         let days: Vec<i64> = self.days(behaviour, since_ms).map(|(day, _)| day).collect();
         let (first, last) = (days.iter().min()?, days.iter().max()?);
         Some((first * super::history::DAY_MS, last * super::history::DAY_MS))
+    }
+
+    fn segment(&self, id: &str) -> Option<&Filter> {
+        self.segments.get(id).map(|segment| &segment.who)
     }
 }
 
