@@ -1,6 +1,7 @@
 # Herald's container image: one `herald` binary for every role (engine, send, api, sim, topics).
 # Build: `make image` (docker build -t herald:dev .). Run as the non-root user `herald` (10001);
-# state lives under /var/lib/herald (mount a volume there), configuration under /etc/herald.
+# state lives under /var/lib/herald (state/, sender/, sim/ exist owned by herald, so a named
+# volume mounted on one starts writable), configuration under /etc/herald.
 
 # --- build: the release binary, with librdkafka built from source (cmake) ---
 FROM rust:1-bookworm AS build
@@ -22,7 +23,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 herald \
  && useradd --system --uid 10001 --gid herald --home-dir /var/lib/herald --shell /usr/sbin/nologin herald \
- && install -d -o herald -g herald /var/lib/herald /etc/herald
+ && install -d -o herald -g herald /var/lib/herald /var/lib/herald/state /var/lib/herald/sender \
+      /var/lib/herald/sim /etc/herald
 COPY --from=build /out/herald /usr/local/bin/herald
 WORKDIR /usr/share/herald
 # Default files the subcommands look for relative to the working directory.
