@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use axum::{
-    extract::{MatchedPath, Request},
+    extract::{MatchedPath, RawPathParams, Request},
     middleware::Next,
     response::{IntoResponse, Response},
+    RequestExt,
 };
 use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
@@ -55,7 +56,7 @@ pub(super) async fn audited(
     state: &ApiState,
     caller: &Caller,
     allowed: bool,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let route = request
@@ -64,10 +65,10 @@ pub(super) async fn audited(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| request.uri().path().to_string());
     let action = format!("{} {route}", request.method());
-    let target = route
-        .starts_with("/api/v1/campaigns/")
-        .then(|| request.uri().path().split('/').nth(4).map(str::to_string))
-        .flatten();
+    let target =
+        request.extract_parts::<RawPathParams>().await.ok().and_then(|params| {
+            params.iter().find(|(name, _)| *name == "id").map(|(_, v)| v.into())
+        });
     let response =
         if allowed { next.run(request).await } else { ApiError::Forbidden.into_response() };
     let record = AuditRecord {
