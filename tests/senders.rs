@@ -14,6 +14,10 @@ use std::{
 };
 
 use herald_engine::model::{Platform, Receipt, ReceiptStatus, SchemaRegistry, SendCommand};
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    Offset, TopicPartitionList,
+};
 
 /// A simulator, its credentials, and topics of a sender deployment.
 struct Setup {
@@ -132,6 +136,17 @@ impl Setup {
         instance: &str,
         args: &[&str],
     ) -> common::KillOnDrop {
+        self.spawn_sender_in(config, instance, args, &[])
+    }
+
+    /// A sender `instance` with `args` besides the usual ones and `env` in its environment.
+    fn spawn_sender_in(
+        &self,
+        config: &Path,
+        instance: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> common::KillOnDrop {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -151,6 +166,7 @@ impl Setup {
             .arg("--state-dir")
             .arg(self.path("state"))
             .args(args)
+            .envs(env.iter().copied())
             .env("HERALD_BROKERS", common::kafka().brokers)
             .env("RUST_LOG", "info,librdkafka=warn")
             .stdout(Stdio::null())
@@ -176,6 +192,27 @@ impl Setup {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("no {expected:?} in the status:\n{output}");
+    }
+
+    /// Whether the senders' group committed every partition of the push topic up to its end.
+    fn committed_to_the_end(&self) -> bool {
+        let consumer: BaseConsumer = common::kafka()
+            .client_config()
+            .set("group.id", format!("{}senders", self.prefix))
+            .create()
+            .unwrap();
+        let topic = self.topic("push");
+        let timeout = Duration::from_secs(10);
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout).unwrap();
+        let mut partitions = TopicPartitionList::new();
+        for partition in metadata.topics()[0].partitions() {
+            partitions.add_partition(&topic, partition.id());
+        }
+        let committed = consumer.committed_offsets(partitions, timeout).unwrap();
+        committed.elements().iter().all(|element| {
+            let (_, end) = consumer.fetch_watermarks(&topic, element.partition(), timeout).unwrap();
+            element.offset() == Offset::Offset(end)
+        })
     }
 
     /// Final receipts by message id, read until `expected` distinct ones arrived.
@@ -1065,4 +1102,71 @@ fn short_lived_access_tokens_are_fetched_once_per_lifetime_not_per_message() {
     assert!(by_message.values().all(|r| r.status == ReceiptStatus::Accepted));
     let stats = setup.stats().unwrap();
     assert_eq!(stats["token_grants"], 1, "one token for {} FCM sends: {stats}", COUNT / 2);
+}
+
+/// Item 2 of issue 12, end to end: a panic in one command's delivery task (injected through
+/// `HERALD_SENDER_PANIC_ON_TOKEN`, after its intent is written) ends that command with one
+/// final `failed` receipt (`sender_fault`, the panic's message), the others are delivered, and
+/// the group's committed offsets reach the end of every partition (the panicked command does
+/// not pin its partition).
+#[test]
+fn a_panic_in_a_delivery_task_fails_that_command_and_its_partition_moves_on() {
+    const COUNT: usize = 40;
+    let panicking = "token-7";
+    let setup = Setup::new("panic", 2, &[]);
+    common::produce(&setup.topic("push"), commands(COUNT));
+    let config = setup.sender_config(&setup.token_auth(None), "");
+    let env = [("HERALD_SENDER_PANIC_ON_TOKEN", panicking)];
+    let mut sender = setup.spawn_sender_in(&config, "a", &[], &env);
+    let receipts = setup.receipts(COUNT, Duration::from_secs(120));
+    let by_message = one_receipt_each(&receipts, COUNT);
+    let failed: Vec<&Receipt> =
+        by_message.values().filter(|r| r.status != ReceiptStatus::Accepted).collect();
+    assert_eq!(failed.len(), 1, "only the panicked command failed: {failed:?}");
+    assert_eq!(failed[0].token, panicking);
+    assert_eq!(failed[0].status, ReceiptStatus::Failed);
+    assert_eq!(failed[0].reason.as_deref(), Some("sender_fault"));
+    let text = failed[0].provider_reason.as_deref().unwrap_or_default();
+    assert!(text.contains("panicked: injected panic"), "the panic's message: {text:?}");
+    let committed = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        setup.committed_to_the_end()
+    });
+    assert!(committed, "the senders committed every partition to its end");
+    common::stop_gracefully(sender.take());
+    let stats = setup.stats().unwrap();
+    assert_eq!(stats["accepted"], COUNT - 1, "{stats}");
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+}
+
+/// Item 3 of issue 12 (token refresh storms), APNs, live: every provider token signed so far is
+/// refused `ExpiredProviderToken` from one moment on (`GET /sim/apns/expire-tokens`) while many
+/// iOS requests are in flight; the sender signs one new token for all their 403s (the simulator
+/// accepted two distinct tokens in all), and every command ends accepted, once.
+#[test]
+fn concurrent_expired_provider_token_refusals_sign_one_new_apns_token() {
+    const COUNT: usize = 220;
+    let setup = Setup::new("apns-token-storm", 2, &["latency_ms=50..100"]);
+    let mut all = commands(COUNT);
+    let later = all.split_off(20);
+    common::produce(&setup.topic("push"), all);
+    let config = setup.sender_config(
+        &setup.token_auth(None),
+        "    max_in_flight: 400\n    max_per_second: 1000000\n",
+    );
+    let mut sender = setup.spawn_sender(&config, "a");
+    assert_eq!(setup.receipts(20, Duration::from_secs(60)).len(), 20);
+    assert_eq!(setup.stats().unwrap()["provider_tokens"], 1, "one token for the first commands");
+    assert_eq!(setup.fetch("/sim/apns/expire-tokens").unwrap()["expired"], 1);
+    common::produce(&setup.topic("push"), later);
+    let receipts = setup.receipts(COUNT, Duration::from_secs(120));
+    common::stop_gracefully(sender.take());
+    all_accepted_once(&receipts, COUNT);
+    let stats = setup.stats().unwrap();
+    let refused = stats["rejected"]["ExpiredProviderToken"].as_u64().unwrap_or(0);
+    assert!(refused >= 2, "several requests carried the expired token: {stats}");
+    assert_eq!(stats["provider_tokens"], 2, "one new token for {refused} refusals: {stats}");
+    println!("{refused} concurrent ExpiredProviderToken refusals, 1 new provider token");
+    assert_eq!(stats["accepted"], COUNT, "{stats}");
+    assert_eq!(stats["duplicates"], 0, "{stats}");
 }

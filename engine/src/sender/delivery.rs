@@ -25,6 +25,17 @@ const MAX_PARKED_WITHOUT_PERMIT: i64 = 10_000;
 /// Longest wait between two attempts at producing a receipt.
 const MAX_RECEIPT_BACKOFF: Duration = Duration::from_secs(5);
 
+/// A fault-injection hook for the end-to-end test of the panic path: the delivery of a command
+/// to the device token in this environment variable panics (after its intent is written,
+/// before the provider call). Unset in production.
+pub const PANIC_ON_TOKEN: &str = "HERALD_SENDER_PANIC_ON_TOKEN";
+
+/// Whether [`PANIC_ON_TOKEN`] names `token` (the variable is read once).
+fn panic_injected(token: &str) -> bool {
+    static INJECTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    INJECTED.get_or_init(|| std::env::var(PANIC_ON_TOKEN).ok()).as_deref() == Some(token)
+}
+
 /// Delivers `command`, read at `place` (partition, offset), and produces its receipt; a panic in
 /// the delivery is caught and the command receipted `FAILED` (`sender_fault`, with the panic's
 /// message). False when the command must stay unacknowledged (the dedup store failed).
@@ -178,6 +189,7 @@ async fn deliver(
     place: (i32, i64),
     mut permit: Option<OwnedSemaphorePermit>,
 ) -> Receipt {
+    assert!(!panic_injected(&command.token), "injected panic ({PANIC_ON_TOKEN})");
     let provider = provider(command.platform);
     let lane = app.lane(command.platform);
     let started = Instant::now();
