@@ -2,6 +2,8 @@
 //! `POST /v1/projects/<project>/messages:send`, OAuth `POST /token`, `GET /sim/stats` and
 //! `GET /sim/devices/<token>` (what a device received); `GET /sim/token-endpoint/down` and
 //! `…/up` take the OAuth token endpoint down (503) and back up, for outage tests;
+//! `GET /sim/apns/expire-tokens` refuses the APNs provider tokens accepted so far as
+//! `ExpiredProviderToken` from then on (a token storm);
 //! `GET /sim/faults/set/<name>=<value>` and `GET /sim/faults/reset` (back to those it started
 //! with) change the injected faults while it runs (a chaos schedule).
 
@@ -116,6 +118,9 @@ pub(super) async fn handle(
             let down = path.ends_with("/down");
             sim.token_endpoint_down.store(down, Ordering::SeqCst);
             reply(StatusCode::OK, json!({"token_endpoint_down": down}), &[])
+        }
+        (&Method::GET, "/sim/apns/expire-tokens") => {
+            reply(StatusCode::OK, json!({"expired": sim.expire_provider_tokens()}), &[])
         }
         (&Method::GET, "/sim/faults/reset") => {
             *sim.faults.write().expect("faults lock") = sim.options.faults.clone();
@@ -257,7 +262,9 @@ fn check_provider_token(sim: &Sim, bearer: &str) -> Result<(), &'static str> {
     if sim.options.apns_team_id.as_deref().is_some_and(|team| team != claims.iss) {
         return Err("InvalidProviderToken");
     }
-    if chrono::Utc::now().timestamp() - claims.iat > PROVIDER_TOKEN_MAX_AGE_SECS {
+    if chrono::Utc::now().timestamp() - claims.iat > PROVIDER_TOKEN_MAX_AGE_SECS
+        || sim.expired_provider_tokens.lock().expect("tokens lock").contains(bearer)
+    {
         return Err("ExpiredProviderToken");
     }
     sim.stats.provider_tokens.lock().expect("stats lock").insert(bearer.to_string());

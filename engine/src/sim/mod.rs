@@ -74,6 +74,9 @@ pub(crate) struct Sim {
     population: Option<Arc<Population>>,
     /// The OAuth token endpoint answers 503 (`GET /sim/token-endpoint/down`, `…/up`).
     token_endpoint_down: std::sync::atomic::AtomicBool,
+    /// APNs provider tokens refused as `ExpiredProviderToken` from now on, whatever their age
+    /// (`GET /sim/apns/expire-tokens`: those accepted so far).
+    expired_provider_tokens: Mutex<HashSet<String>>,
 }
 
 impl Sim {
@@ -99,6 +102,7 @@ impl Sim {
             stats: Stats::default(),
             started: Instant::now(),
             token_endpoint_down: Default::default(),
+            expired_provider_tokens: Mutex::new(HashSet::new()),
         })
     }
 
@@ -133,6 +137,15 @@ impl Sim {
             .entry(token.to_string())
             .or_default()
             .push(message_id.to_string());
+    }
+
+    /// Refuses every APNs provider token accepted so far as `ExpiredProviderToken` from now on
+    /// (Apple's answer to a token past its hour); returns how many.
+    fn expire_provider_tokens(&self) -> usize {
+        let accepted = self.stats.provider_tokens.lock().expect("stats lock").clone();
+        let mut expired = self.expired_provider_tokens.lock().expect("tokens lock");
+        expired.extend(accepted);
+        expired.len()
     }
 
     /// What `token` received: `GET /sim/devices/<token>`.
