@@ -221,7 +221,7 @@ pub fn run(
         let consumer = subscribe(&options, context())?;
         tracing::info!(group = %options.group, instance = %options.instance_id, topic = %options.push_topic, "sender started");
         let Err(fatal) = serve(&runtime, &shared, &consumer, &backlog, &options, &shutdown) else {
-            tracing::info!("stopping: waiting for requests in flight (not for parked commands)");
+            tracing::info!("stopping on a signal (SIGTERM, SIGINT or SIGUSR1): waiting for requests in flight (not for parked commands)");
             let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
             let parked = || shared.tasks.lock().expect("tasks lock").parked(None) as i64;
             while shared.metrics.in_flight.get() > parked() && std::time::Instant::now() < deadline
