@@ -63,7 +63,8 @@ fn spawn(args: &[&str], log: &Path) -> KillOnDrop {
 }
 
 /// The A/B campaign the test creates: a `Ping` sends variant A or B to the first 80 users, the
-/// variant with more clicks 5 s after that audience is full goes to everyone else.
+/// variant with the higher click-through rate (and its p-value) 5 s after that audience is full
+/// goes to everyone else.
 fn campaign(id: &str) -> Value {
     json!({
         "id": id,
@@ -75,7 +76,7 @@ fn campaign(id: &str) -> Value {
                 { "id": "A", "title": "Hello A", "body": "a" },
                 { "id": "B", "title": "Hello B", "body": "b" }
             ],
-            "ab": { "test_audience": AUDIENCE, "evaluate_after": "5s", "winner_by": "clicks" }
+            "ab": { "test_audience": AUDIENCE, "evaluate_after": "5s", "winner_by": "ctr" }
         }
     })
 }
@@ -397,6 +398,9 @@ fn the_dashboard_shows_the_funnel_and_the_winner_of_a_live_ab_test_in_headless_c
             all &= cell(&browser, "A", "sent").await == Some((AUDIENCE / 2) as i64);
             all &= cell(&browser, "all", "qualified").await == expected["qualified"].as_i64();
             all &= text(&browser, "ab-winner").await == winner_id;
+            // The chart's line of B ends at its sends.
+            let chart = text(&browser, "chart").await;
+            all &= chart.contains(&format!("B: {}", USERS - AUDIENCE / 2));
             let shown_p = text(&browser, "ab-p-value").await;
             all &= p_value.as_ref().is_none_or(|p| shown_p == *p);
             matches = all;

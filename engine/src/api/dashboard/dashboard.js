@@ -14,10 +14,9 @@ const STEPS = [
   ["conversions", "Converted"],
 ];
 const COLORS = ["#2f6fde", "#e07b24", "#1f8a4c", "#9b3fc2", "#c2362b", "#2aa1a8"];
-const MAX_POINTS = 600;
 
 const $ = (id) => document.getElementById(id);
-const state = { token: sessionStorage.getItem("herald.token"), role: null, selected: null, series: {}, timer: null };
+const state = { token: sessionStorage.getItem("herald.token"), role: null, selected: null, timer: null };
 
 class Unauthorized extends Error {}
 
@@ -130,10 +129,14 @@ function drawList(campaigns) {
 
 async function drawCampaign(id) {
   const path = `/campaigns/${encodeURIComponent(id)}`;
-  const [detail, stats, events] = await Promise.all([api(path), api(`${path}/stats`), campaignEvents(path)]);
+  const [detail, stats, events, series] = await Promise.all([
+    api(path),
+    api(`${path}/stats`),
+    campaignEvents(path),
+    sendsOverTime(path),
+  ]);
   if (state.selected !== id) {
     state.selected = id;
-    state.series = {};
     $("action-result").textContent = "";
   }
   $("campaign-name").textContent = detail.name;
@@ -142,8 +145,7 @@ async function drawCampaign(id) {
   $("actions").hidden = state.role !== "admin";
   drawAb(detail.definition, stats, events);
   drawFunnel(stats);
-  record(stats);
-  drawChart();
+  drawChart(series);
   drawReasons($("skipped"), stats.skipped, "No user skipped.");
   drawReasons($("failed"), stats.failed, "No send failed.");
   drawEvents(events);
@@ -226,16 +228,13 @@ function drawEvents(events) {
 
 // --- sends over time -----------------------------------------------------------------------
 
-// Keeps one point per stats snapshot: the sends of each variant at its time.
-function record(stats) {
-  if (!stats.as_of_ms) return;
-  for (const v of stats.variants) {
-    const points = (state.series[v.variant_id] ||= []);
-    const last = points[points.length - 1];
-    if (last && last.t >= stats.as_of_ms) continue;
-    points.push({ t: stats.as_of_ms, sent: v.sent });
-    if (points.length > MAX_POINTS) points.shift();
+// The sends of each variant in every stats snapshot the API kept, by variant.
+async function sendsOverTime(path) {
+  const series = {};
+  for (const point of await api(`${path}/sends`)) {
+    (series[point.variant_id] ||= []).push({ t: point.at_ms, sent: point.sent });
   }
+  return series;
 }
 
 function svg(tag, attributes = {}, text) {
@@ -245,10 +244,10 @@ function svg(tag, attributes = {}, text) {
   return node;
 }
 
-function drawChart() {
+function drawChart(bySeries) {
   const chart = $("chart");
   const [width, height, left, right, top, bottom] = [640, 220, 56, 90, 10, 24];
-  const series = Object.entries(state.series);
+  const series = Object.entries(bySeries);
   const points = series.flatMap(([, p]) => p);
   if (!points.length) return chart.replaceChildren(svg("text", { x: left, y: height / 2 }, "waiting for the first stats snapshot"));
   const t0 = Math.min(...points.map((p) => p.t));
