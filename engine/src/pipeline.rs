@@ -30,7 +30,7 @@ pub fn engine_topology(
     let builder = StreamTopology::builder(app_id)
         .dead_letter_topic(&topics.dead_letter)
         .global_table(CAMPAIGNS_TABLE, &topics.campaigns)
-        .global_table(SEGMENTS_TABLE, &topics.segments);
+        .optional_global_table(SEGMENTS_TABLE, &topics.segments);
     let builder = add_user_stage(builder, &topics, Arc::clone(&settings), ingest);
     let builder = add_campaign_stage(builder, &topics, Arc::clone(&settings), stats_interval_ms);
     add_app_stage(builder, &topics, settings).build()

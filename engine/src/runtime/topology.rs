@@ -57,6 +57,8 @@ impl SubTopology {
 pub struct GlobalTableSpec {
     pub(crate) name: String,
     pub(crate) topic: String,
+    /// A live instance creates the topic (compacted, one partition) when missing.
+    pub(crate) created_when_missing: bool,
 }
 
 /// A complete, validated topology.
@@ -124,7 +126,20 @@ impl TopologyBuilder {
 
     /// A global table `name` read in full from compacted `topic` by every instance.
     pub fn global_table(mut self, name: impl Into<String>, topic: impl Into<String>) -> Self {
-        self.globals.push(GlobalTableSpec { name: name.into(), topic: topic.into() });
+        let (name, topic) = (name.into(), topic.into());
+        self.globals.push(GlobalTableSpec { name, topic, created_when_missing: false });
+        self
+    }
+
+    /// A [`Self::global_table`] whose compacted topic a live instance creates (one partition)
+    /// when missing: a table a deployment may never write (e.g. saved segments).
+    pub fn optional_global_table(
+        mut self,
+        name: impl Into<String>,
+        topic: impl Into<String>,
+    ) -> Self {
+        let (name, topic) = (name.into(), topic.into());
+        self.globals.push(GlobalTableSpec { name, topic, created_when_missing: true });
         self
     }
 

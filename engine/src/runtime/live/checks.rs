@@ -61,7 +61,9 @@ pub(super) fn missing_internal_topics(
     topology: &StreamTopology,
     probe: &BaseConsumer,
 ) -> Result<Vec<TopicSpec>, RuntimeError> {
-    if topology.sub_topologies.iter().all(|sub| sub.internal.is_empty()) {
+    if topology.sub_topologies.iter().all(|sub| sub.internal.is_empty())
+        && !topology.globals.iter().any(|g| g.created_when_missing)
+    {
         return Ok(Vec::new());
     }
     let metadata = probe
@@ -91,6 +93,17 @@ pub(super) fn missing_internal_topics(
                 configs: Default::default(),
             });
         }
+    }
+    let optional = topology.globals.iter().filter(|g| g.created_when_missing);
+    for global in optional.filter(|g| !existing.contains_key(g.topic.as_str())) {
+        missing.push(TopicSpec {
+            name: global.topic.clone(),
+            partitions: 1,
+            cleanup_policy: CleanupPolicy::Compact,
+            retention_ms: None,
+            description: format!("global table {}", global.name),
+            configs: Default::default(),
+        });
     }
     Ok(missing)
 }
