@@ -398,8 +398,101 @@ fn the_openapi_document_lists_every_route() {
         "/api/v1/campaigns/{id}/pause",
         "/api/v1/campaigns/{id}/resume",
         "/api/v1/campaigns/{id}/stop",
+        "/api/v1/campaigns/{id}/events",
+        "/api/v1/dead-letters",
+        "/api/v1/settings",
     ] {
         assert!(paths.contains(&path), "{path} not in {paths:?}");
     }
     assert!(document["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[test]
+fn campaign_events_dead_letters_and_app_settings() {
+    use herald_engine::model::{CampaignLifecycleEvent, DeadLetter, LifecycleKind};
+    let settings_dir = tempfile::tempdir().unwrap();
+    let settings = settings_dir.path().join("apps.yaml");
+    std::fs::write(&settings, "apps:\n  shop:\n    caps: { per_day: 2 }\n").unwrap();
+    let api = Api::start("api-ops", &["--settings", settings.to_str().unwrap()]);
+    assert_eq!(api.admin("POST", "/api/v1/campaigns", Some(&campaign("ab", "t"))).status, 201);
+
+    let at = now_ms();
+    let event = |kind, offset: i64, details: &[(&str, &str)]| {
+        let event = CampaignLifecycleEvent {
+            campaign_id: "ab".into(),
+            app_id: "shop".into(),
+            kind,
+            run_id: None,
+            timestamp_ms: at + offset,
+            details: details.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        ("ab".to_string(), SchemaRegistry::builtin().encode(&event).unwrap())
+    };
+    common::produce(
+        &api.topic("campaign-events"),
+        [
+            event(LifecycleKind::Paused, 0, &[]),
+            event(LifecycleKind::WinnerDeclared, 1, &[("winner", "b"), ("p_value", "0.003")]),
+        ],
+    );
+    assert!(poll_until(Duration::from_secs(30), || {
+        api.read("/api/v1/campaigns/ab/events").body.as_array().is_some_and(|e| e.len() == 2)
+    }));
+    let events = api.read("/api/v1/campaigns/ab/events").body;
+    assert_eq!(events[0]["kind"], "PAUSED");
+    assert_eq!(events[1]["kind"], "WINNER_DECLARED");
+    assert_eq!(events[1]["details"], json!({ "winner": "b", "p_value": "0.003" }));
+    assert_eq!(api.read("/api/v1/campaigns/none/events").status, 404);
+
+    let letter = |offset: i64, reason: &str| {
+        let letter = DeadLetter {
+            source_topic: "herald.events".into(),
+            source_partition: 0,
+            source_offset: offset,
+            key: Some(b"u1".to_vec()),
+            value: Some(vec![0; 7]),
+            reason: reason.into(),
+            stage: "user".into(),
+            timestamp_ms: at + offset,
+        };
+        (format!("k{offset}"), SchemaRegistry::builtin().encode(&letter).unwrap())
+    };
+    common::produce(&api.topic("dead-letter"), (0..5).map(|i| letter(i, &format!("bad {i}"))));
+    let latest = api.read("/api/v1/dead-letters?limit=3");
+    assert_eq!(latest.status, 200, "{}", latest.body);
+    let reasons: Vec<&str> =
+        latest.body.as_array().unwrap().iter().map(|d| d["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["bad 4", "bad 3", "bad 2"]);
+    assert_eq!(latest.body[0]["key"], "u1");
+    assert_eq!(latest.body[0]["value_bytes"], 7);
+
+    assert_eq!(
+        api.read("/api/v1/settings").body,
+        json!({ "apps": { "shop": { "caps": { "per_day": 2 } } } })
+    );
+    let invalid = json!({ "apps": { "shop": { "caps": { "per_day": -1 } } } }).to_string();
+    let refused = api.admin("PUT", "/api/v1/settings", Some(&invalid));
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(
+        refused.body["field"].as_str().unwrap().starts_with("apps.shop.caps"),
+        "{}",
+        refused.body
+    );
+    let read_only = api.request("PUT", "/api/v1/settings", Some(READ_TOKEN), Some("{}"));
+    assert_eq!(read_only.status, 403);
+    let changed =
+        json!({ "apps": { "shop": { "caps": { "per_day": 3 }, "timezone": "Europe/Paris" } } });
+    let answer = api.admin("PUT", "/api/v1/settings", Some(&changed.to_string()));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(api.read("/api/v1/settings").body, changed);
+    let written = std::fs::read_to_string(&settings).unwrap();
+    let parsed = herald_engine::settings::Settings::parse(&written, "apps.yaml").unwrap();
+    assert_eq!(parsed.app("shop").max_per_day, Some(3));
+    let audited = audit_records(&api.topic("audit"), 4);
+    let settings_actions: Vec<_> = audited
+        .iter()
+        .filter(|r| r.action == "PUT /api/v1/settings")
+        .map(|r| (r.actor.as_str(), r.status))
+        .collect();
+    assert_eq!(settings_actions, [("ops", 422), ("viewer", 403), ("ops", 200)]);
 }

@@ -5,17 +5,18 @@ use std::{collections::BTreeMap, time::Duration};
 
 use axum::{
     body::Bytes,
-    extract::{rejection::BytesRejection, Path, State},
+    extract::{rejection::BytesRejection, Path, Query, State},
     http::StatusCode,
     Extension, Json,
 };
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{auth::Caller, error::ApiError, ApiState};
 use crate::{
     campaign::{admin, CampaignStatus},
-    model::{CampaignCommand, CampaignEnvelope, CampaignStats},
+    model::{CampaignCommand, CampaignEnvelope, CampaignStats, DeadLetter, Record, SchemaRegistry},
+    settings::Settings,
 };
 
 /// Where a campaign stands.
@@ -344,4 +345,210 @@ pub async fn stop_campaign(
     Path(id): Path<String>,
 ) -> Result<Json<CampaignSummary>, ApiError> {
     operate(state, caller, id, CampaignCommand::Stop).await
+}
+
+/// One lifecycle event of a campaign.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    /// What happened, e.g. `WINNER_DECLARED`.
+    pub kind: String,
+    /// Run concerned, for scheduled campaigns.
+    pub run_id: Option<String>,
+    /// When, epoch milliseconds.
+    pub timestamp_ms: i64,
+    /// Kind-specific facts (e.g. the winner and its p-value).
+    pub details: BTreeMap<String, String>,
+}
+
+/// A campaign's latest lifecycle events (up to 1,000), oldest first, from
+/// `herald.campaign-events`.
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}/events", tag = "campaigns",
+    params(("id" = String, Path, description = "campaign id")),
+    responses((status = 200, body = [EventView]), (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn campaign_events(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<EventView>>, ApiError> {
+    let events = state.events().history(&id);
+    if events.is_empty() && state.campaigns().get(&id).is_none() {
+        return Err(not_found(&id));
+    }
+    Ok(Json(
+        events
+            .into_iter()
+            .map(|e| EventView {
+                kind: serde_json::to_value(e.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                run_id: e.run_id,
+                timestamp_ms: e.timestamp_ms,
+                details: e.details,
+            })
+            .collect(),
+    ))
+}
+
+/// How many dead letters to show.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct DeadLetterQuery {
+    /// The latest this many (default 50, at most 1,000).
+    pub limit: Option<usize>,
+}
+
+/// A rejected input, without its bytes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterView {
+    /// Topic the input came from.
+    pub source_topic: String,
+    /// Its partition.
+    pub source_partition: i32,
+    /// Its offset.
+    pub source_offset: i64,
+    /// Its key as text (lossy), if any.
+    pub key: Option<String>,
+    /// Size of its value, bytes.
+    pub value_bytes: usize,
+    /// Why it was rejected.
+    pub reason: String,
+    /// Which processor rejected it.
+    pub stage: String,
+    /// When, epoch milliseconds.
+    pub timestamp_ms: i64,
+}
+
+/// The latest dead letters with their reasons, newest first.
+#[utoipa::path(get, path = "/api/v1/dead-letters", tag = "operations",
+    params(DeadLetterQuery),
+    responses((status = 200, body = [DeadLetterView])),
+    security(("bearer" = [])))]
+pub async fn dead_letters(
+    State(state): State<ApiState>,
+    Query(query): Query<DeadLetterQuery>,
+) -> Result<Json<Vec<DeadLetterView>>, ApiError> {
+    let limit = query.limit.unwrap_or(50).clamp(1, 1_000);
+    let kafka = state.config().kafka.clone();
+    let topic = state.config().topics.dead_letter.clone();
+    let letters =
+        tokio::task::spawn_blocking(move || latest_records::<DeadLetter>(&kafka, &topic, limit))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let mut views: Vec<DeadLetterView> = letters
+        .into_iter()
+        .map(|d| DeadLetterView {
+            source_topic: d.source_topic,
+            source_partition: d.source_partition,
+            source_offset: d.source_offset,
+            key: d.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
+            value_bytes: d.value.map_or(0, |v| v.len()),
+            reason: d.reason,
+            stage: d.stage,
+            timestamp_ms: d.timestamp_ms,
+        })
+        .collect();
+    views.sort_by_key(|d| std::cmp::Reverse(d.timestamp_ms));
+    views.truncate(limit);
+    Ok(Json(views))
+}
+
+/// The app settings file the engine reads, as JSON.
+#[utoipa::path(get, path = "/api/v1/settings", tag = "operations",
+    responses((status = 200, body = Object), (status = 404, body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_settings(
+    State(state): State<ApiState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let path = settings_path(&state)?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(ApiError::Internal(format!("reading {}: {e}", path.display()))),
+    };
+    let document: serde_json::Value = serde_norway::from_str(&text)
+        .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
+    Ok(Json(if document.is_null() { serde_json::json!({}) } else { document }))
+}
+
+/// Replaces the app settings file (caps, minimum gap, timezone, throttle, ingest limits),
+/// validated as the engine validates it; engines read it when they start.
+#[utoipa::path(put, path = "/api/v1/settings", tag = "operations",
+    request_body(content = Object, description = "the app settings document (docs/operations.md)"),
+    responses((status = 200, body = Object), (status = 422, body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn put_settings(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let path = settings_path(&state)?;
+    let text = body_text(&state, body)?;
+    Settings::parse(&text, "request body")?;
+    let document: serde_json::Value =
+        serde_norway::from_str(&text).map_err(|e| ApiError::field("(document)", e.to_string()))?;
+    let yaml = serde_norway::to_string(&document).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, yaml)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|e| ApiError::Internal(format!("writing {}: {e}", path.display())))?;
+    Ok(Json(document))
+}
+
+fn settings_path(state: &ApiState) -> Result<&std::path::Path, ApiError> {
+    state.config().settings_path.as_deref().ok_or_else(|| {
+        ApiError::NotFound("no settings file: start herald api with --settings".into())
+    })
+}
+
+/// The latest `limit` records of every partition of `topic` that decode as `R`.
+fn latest_records<R: Record>(
+    kafka: &crate::kafka::KafkaConfig,
+    topic: &str,
+    limit: usize,
+) -> Result<Vec<R>, ApiError> {
+    use rdkafka::{
+        consumer::{BaseConsumer, Consumer},
+        Message, Offset, TopicPartitionList,
+    };
+    let failed =
+        |e: rdkafka::error::KafkaError| ApiError::Internal(format!("reading {topic}: {e}"));
+    let consumer: BaseConsumer = kafka
+        .client_config()
+        .set("group.id", "herald-api")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(failed)?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(failed)?;
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) =
+            consumer.fetch_watermarks(topic, partition.id(), timeout).map_err(failed)?;
+        if high > low {
+            let from = (high - limit as i64).max(low);
+            assignment
+                .add_partition_offset(topic, partition.id(), Offset::Offset(from))
+                .map_err(failed)?;
+            ends.insert(partition.id(), high);
+        }
+    }
+    let mut records = Vec::new();
+    if ends.is_empty() {
+        return Ok(records);
+    }
+    consumer.assign(&assignment).map_err(failed)?;
+    let deadline = std::time::Instant::now() + timeout;
+    while !ends.is_empty() && std::time::Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let message = message.map_err(failed)?;
+        if let Some(record) =
+            message.payload().and_then(|v| SchemaRegistry::builtin().decode(v).ok())
+        {
+            records.push(record);
+        }
+        if ends.get(&message.partition()).is_some_and(|end| message.offset() + 1 >= *end) {
+            ends.remove(&message.partition());
+        }
+    }
+    Ok(records)
 }

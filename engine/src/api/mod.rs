@@ -21,7 +21,7 @@ pub use table::Table;
 
 use crate::{
     kafka::KafkaConfig,
-    model::{topics::TopicNames, CampaignEnvelope, CampaignStats},
+    model::{topics::TopicNames, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats},
 };
 
 /// Name of the audit topic (see `topologies/default.toml`), before any prefix.
@@ -61,15 +61,26 @@ struct Inner {
     producer: FutureProducer,
     campaigns: Table<CampaignEnvelope>,
     stats: Table<CampaignStats>,
+    events: Table<CampaignLifecycleEvent>,
 }
 
+/// Lifecycle events kept per campaign.
+const EVENTS_KEPT: usize = 1_000;
+
 impl ApiState {
-    /// Connects to the cluster and reads the campaigns and stats topics to their end (then
+    /// Connects to the cluster and reads the campaigns, stats and campaign events topics to their
+    /// end (then
     /// follows them in the background).
     pub fn start(config: ApiConfig) -> Result<Self, ApiError> {
         let wait = Duration::from_secs(60);
         let campaigns = Table::follow(&config.kafka, &config.topics.campaigns, wait)?;
         let stats = Table::follow(&config.kafka, &config.topics.stats, wait)?;
+        let events = Table::follow_keeping(
+            &config.kafka,
+            &config.topics.campaign_events,
+            EVENTS_KEPT,
+            wait,
+        )?;
         let producer = config
             .kafka
             .client_config()
@@ -77,7 +88,7 @@ impl ApiState {
             .create()
             .map_err(|e| ApiError::Internal(format!("creating the Kafka producer: {e}")))?;
         let limiter = auth::RateLimiter::new(config.rate_limit);
-        Ok(Self { inner: Arc::new(Inner { config, limiter, producer, campaigns, stats }) })
+        Ok(Self { inner: Arc::new(Inner { config, limiter, producer, campaigns, stats, events }) })
     }
 
     /// The latest envelope of every campaign.
@@ -88,6 +99,11 @@ impl ApiState {
     /// The latest stats snapshot of every campaign.
     pub fn stats(&self) -> &Table<CampaignStats> {
         &self.inner.stats
+    }
+
+    /// The latest lifecycle events of every campaign.
+    pub fn events(&self) -> &Table<CampaignLifecycleEvent> {
+        &self.inner.events
     }
 
     /// How the API is set up.

@@ -39,6 +39,10 @@ impl Modify for BearerAuth {
         handlers::pause_campaign,
         handlers::resume_campaign,
         handlers::stop_campaign,
+        handlers::campaign_events,
+        handlers::dead_letters,
+        handlers::get_settings,
+        handlers::put_settings,
     ),
     modifiers(&BearerAuth)
 )]
@@ -55,6 +59,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/campaigns", get(handlers::list_campaigns))
         .route("/campaigns/{id}", get(handlers::get_campaign))
         .route("/campaigns/{id}/stats", get(handlers::campaign_stats))
+        .route("/campaigns/{id}/events", get(handlers::campaign_events))
+        .route("/dead-letters", get(handlers::dead_letters))
+        .route("/settings", get(handlers::get_settings))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_read));
     let admin = Router::new()
         .route("/campaigns", post(handlers::create_campaign))
@@ -62,6 +69,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/campaigns/{id}/pause", post(handlers::pause_campaign))
         .route("/campaigns/{id}/resume", post(handlers::resume_campaign))
         .route("/campaigns/{id}/stop", post(handlers::stop_campaign))
+        .route("/settings", put(handlers::put_settings))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_admin));
     Router::new()
         .nest("/api/v1", read.merge(admin))

@@ -1,9 +1,9 @@
-//! A compacted topic followed into memory by a background consumer: the latest record per key
-//! (a tombstone removes the key), and how far it has read, so a writer can wait to read its
-//! own write.
+//! A topic followed into memory by a background consumer: the latest records per key (one for
+//! a compacted topic; a tombstone removes the key), and how far it has read, so a writer can
+//! wait to read its own write.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, RwLock,
@@ -24,13 +24,15 @@ use crate::{
 use super::error::ApiError;
 
 struct Shared<R> {
-    rows: RwLock<BTreeMap<String, R>>,
+    rows: RwLock<BTreeMap<String, VecDeque<R>>>,
+    /// Records kept per key, latest last.
+    keep: usize,
     /// Next offset to read, per partition.
     positions: Mutex<HashMap<i32, i64>>,
     stop: AtomicBool,
 }
 
-/// The latest `R` per key of one topic, kept up to date while it lives.
+/// The latest `R`s per key of one topic, kept up to date while it lives.
 pub struct Table<R> {
     topic: String,
     shared: Arc<Shared<R>>,
@@ -43,9 +45,19 @@ impl<R> Drop for Table<R> {
 }
 
 impl<R: Record + Clone + Send + Sync + 'static> Table<R> {
-    /// Starts following `topic` from its beginning and waits (up to `wait`) until it has read
-    /// what the topic held when it started.
+    /// Starts following the compacted `topic` from its beginning (the latest record per key)
+    /// and waits (up to `wait`) until it has read what the topic held when it started.
     pub fn follow(kafka: &KafkaConfig, topic: &str, wait: Duration) -> Result<Self, ApiError> {
+        Self::follow_keeping(kafka, topic, 1, wait)
+    }
+
+    /// [`Table::follow`] keeping the latest `keep` records of each key.
+    pub fn follow_keeping(
+        kafka: &KafkaConfig,
+        topic: &str,
+        keep: usize,
+        wait: Duration,
+    ) -> Result<Self, ApiError> {
         let failed = |what: &str, e: &dyn std::fmt::Display| {
             ApiError::Internal(format!("following {topic}: {what}: {e}"))
         };
@@ -74,6 +86,7 @@ impl<R: Record + Clone + Send + Sync + 'static> Table<R> {
         consumer.assign(&assignment).map_err(|e| failed("assigning", &e))?;
         let shared = Arc::new(Shared {
             rows: RwLock::default(),
+            keep: keep.max(1),
             positions: Mutex::new(ends.keys().map(|&p| (p, 0)).collect()),
             stop: AtomicBool::new(false),
         });
@@ -123,12 +136,19 @@ impl<R: Record + Clone + Send + Sync + 'static> Table<R> {
 
     /// The latest record keyed `key`.
     pub fn get(&self, key: &str) -> Option<R> {
-        self.shared.rows.read().expect("table lock").get(key).cloned()
+        self.shared.rows.read().expect("table lock").get(key).and_then(|r| r.back().cloned())
+    }
+
+    /// The latest records keyed `key` (as many as kept), oldest first.
+    pub fn history(&self, key: &str) -> Vec<R> {
+        let rows = self.shared.rows.read().expect("table lock");
+        rows.get(key).map(|r| r.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// Every key's latest record, by key.
     pub fn all(&self) -> Vec<R> {
-        self.shared.rows.read().expect("table lock").values().cloned().collect()
+        let rows = self.shared.rows.read().expect("table lock");
+        rows.values().filter_map(|r| r.back().cloned()).collect()
     }
 }
 
@@ -138,8 +158,9 @@ fn ends(consumer: &BaseConsumer, topic: &str) -> Result<HashMap<i32, i64>, ApiEr
         ApiError::Internal(format!("following {topic}: {what}: {e}"))
     };
     let timeout = Duration::from_secs(10);
-    let metadata =
-        consumer.fetch_metadata(Some(topic), timeout).map_err(|e| failed("reading metadata", &e))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| failed("reading metadata", &e))?;
     let partitions: Vec<i32> = metadata
         .topics()
         .first()
@@ -189,7 +210,11 @@ fn read<R: Record>(consumer: BaseConsumer, topic: &str, shared: &Shared<R>) {
                     rows.remove(&key);
                 }
                 Some(Ok(record)) => {
-                    rows.insert(key, record);
+                    let kept = rows.entry(key).or_default();
+                    if kept.len() == shared.keep {
+                        kept.pop_front();
+                    }
+                    kept.push_back(record);
                 }
                 Some(Err(error)) => tracing::warn!(%topic, %key, %error, "undecodable record"),
             }
