@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: headless Chromium, driven through chromedriver (WebDriver),
 //! opens the page `herald api` serves, signs in with a read token and follows an A/B campaign
 //! created through the API while the closed loop runs (simulator with a device population,
-//! engine, sender): the page shows the funnel counts the API reports and the declared winner.
+//! engine, sender): the page shows the funnel counts the API reports and the declared winner;
+//! signed in again with an admin token, its Pause and Resume buttons change the status.
 //! A screenshot is saved as `.local/dashboard-browser.png`.
 
 mod common;
@@ -417,6 +418,34 @@ fn the_dashboard_shows_the_funnel_and_the_winner_of_a_live_ab_test_in_headless_c
         );
         // A read token sees no admin buttons.
         assert!(!browser.find(Locator::Id("actions")).await.unwrap().is_displayed().await.unwrap());
+
+        // An admin token does: Pause, then Resume, change the campaign's status.
+        browser.find(Locator::Id("sign-out")).await.unwrap().click().await.unwrap();
+        browser.find(Locator::Id("token")).await.unwrap().send_keys(ADMIN_TOKEN).await.unwrap();
+        browser.find(Locator::Css("#login button")).await.unwrap().click().await.unwrap();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            let actions = browser.find(Locator::Id("actions")).await.unwrap();
+            if actions.is_displayed().await.unwrap() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for (command, status) in [("pause", "paused"), ("resume", "active")] {
+            let button = format!("#actions button[data-command='{command}']");
+            browser.wait().for_element(Locator::Css(&button)).await.unwrap().click().await.unwrap();
+            let started = Instant::now();
+            let mut shown = String::new();
+            while started.elapsed() < Duration::from_secs(30) {
+                shown = text(&browser, "campaign-status").await;
+                let listed = api.get(&format!("/campaigns/{id}")).unwrap_or_default();
+                if shown == status && listed["status"] == status {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            assert_eq!(shown, status, "after {command}: {}", text(&browser, "action-result").await);
+        }
         browser.close().await.unwrap();
     });
     println!("screenshot: {}", screenshot.display());
