@@ -68,9 +68,8 @@ struct Inner {
 const EVENTS_KEPT: usize = 1_000;
 
 impl ApiState {
-    /// Connects to the cluster and reads the campaigns, stats and campaign events topics to their
-    /// end (then
-    /// follows them in the background).
+    /// Connects to the cluster and reads the campaigns, stats and campaign events topics to
+    /// their end (then follows them in the background).
     pub fn start(config: ApiConfig) -> Result<Self, ApiError> {
         let wait = Duration::from_secs(60);
         let campaigns = Table::follow(&config.kafka, &config.topics.campaigns, wait)?;
