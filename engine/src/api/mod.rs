@@ -67,13 +67,17 @@ struct Inner {
 /// Lifecycle events kept per campaign.
 const EVENTS_KEPT: usize = 1_000;
 
+/// Stats snapshots kept per campaign (the dashboard's sends over time; the engine writes about
+/// one a second while a campaign's counts change).
+const STATS_KEPT: usize = 1_000;
+
 impl ApiState {
     /// Connects to the cluster and reads the campaigns, stats and campaign events topics to
     /// their end (then follows them in the background).
     pub fn start(config: ApiConfig) -> Result<Self, ApiError> {
         let wait = Duration::from_secs(60);
         let campaigns = Table::follow(&config.kafka, &config.topics.campaigns, wait)?;
-        let stats = Table::follow(&config.kafka, &config.topics.stats, wait)?;
+        let stats = Table::follow_keeping(&config.kafka, &config.topics.stats, STATS_KEPT, wait)?;
         let events = Table::follow_keeping(
             &config.kafka,
             &config.topics.campaign_events,

@@ -154,7 +154,7 @@ async function drawCampaign(id) {
 // The campaign's lifecycle events, newest first; none if the API cannot list them.
 async function campaignEvents(path) {
   try {
-    const body = await api(`${path}/lifecycle`);
+    const body = await api(`${path}/events`);
     const events = Array.isArray(body) ? body : body.events || [];
     return events.slice().sort((a, b) => b.timestamp_ms - a.timestamp_ms);
   } catch (error) {
