@@ -23,5 +23,5 @@ pub use parse::{
     parse_campaign, parse_duration, FieldError, ValidationErrors, DEFAULT_HISTORY_DAYS, MAX_COUNT,
     MAX_DAYS, MAX_DURATION_MS, MAX_HISTORY_DAYS,
 };
-pub use recurrence::{Cadence, CatchUp, Recurrence};
+pub use recurrence::{Cadence, CatchUp, LocalSend, Recurrence, UserLocal};
 pub use segment::{parse_segment, Segment, SegmentBook, SEGMENTS_TABLE};

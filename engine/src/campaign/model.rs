@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, NaiveTime, Utc};
 use chrono_tz::Tz;
 
-use super::{CatchUp, Recurrence, Scalar};
+use super::{CatchUp, Recurrence, Scalar, UserLocal};
 use crate::model::Platform;
 
 /// Lifecycle status set in the definition.
@@ -169,6 +169,8 @@ pub struct Schedule {
     pub calendar: Option<Recurrence>,
     /// What happens to a run missed while the engine was down.
     pub catch_up: CatchUp,
+    /// Each user at the run's local time in their own timezone (a calendar schedule only).
+    pub user_local: Option<UserLocal>,
 }
 
 impl Schedule {
@@ -470,6 +472,16 @@ pub struct Campaign {
     /// Profile properties the message templates reference (`{{ profile.first_name }}`), the
     /// only ones candidates carry to the campaign stage.
     pub profile_variables: BTreeSet<String>,
+}
+
+impl Campaign {
+    /// Delivery in each user's timezone (a calendar schedule with `timezone: user`).
+    pub fn user_local(&self) -> Option<UserLocal> {
+        match &self.when.trigger {
+            Trigger::Scheduled(schedule) => schedule.user_local,
+            _ => None,
+        }
+    }
 }
 
 impl Message {

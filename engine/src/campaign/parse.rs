@@ -11,8 +11,8 @@ use super::{
     recurrence::DEFAULT_GRACE_MS, AbTest, Action, Assignment, Behaviour, Cadence, Campaign,
     CampaignStatus, CarouselItem, CatchUp, Conversion, Dnd, DndAction, Filter, Inaction,
     InterruptionLevel, Limits, Message, Op, Options, Place, Priority, PropertyCondition,
-    PushOptions, Recurrence, Scalar, Schedule, TestPopulation, Throttle, Trigger, When, WinnerBy,
-    MAX_SHARDS,
+    PushOptions, Recurrence, Scalar, Schedule, TestPopulation, Throttle, Trigger, UserLocal, When,
+    WinnerBy, MAX_SHARDS,
 };
 use crate::model::Platform;
 
@@ -700,30 +700,32 @@ impl Parser {
     /// recurrence (`repeat`); either with a catch-up policy for runs missed while down.
     fn schedule(&mut self, value: &Value, timezone: Option<Tz>) -> Option<Trigger> {
         const PATH: &str = "when.schedule";
-        const CALENDAR: &[&str] = &["repeat", "days", "day", "hours", "time", "timezone"];
+        const CALENDAR: &[&str] = &["repeat", "days", "day", "hours", "time", "timezone", "until"];
         let map = self.object(
             value,
             PATH,
             &[
                 "at", "every", "catch_up", "grace", "repeat", "days", "day", "hours", "time",
-                "timezone",
+                "timezone", "until",
             ],
         )?;
         let given = |key: &str| map.get(key).is_some_and(|v| !v.is_null());
         let catch_up = self.catch_up(map);
-        let (at_ms, every_ms, calendar) = if given("repeat") {
+        let (at_ms, every_ms, calendar, user_local) = if given("repeat") {
             if given("at") || given("every") {
                 return self.error(PATH, "has at/every and repeat; use one form");
             }
-            (Vec::new(), None, Some(self.recurrence(map, timezone)?))
+            let (calendar, user_local) = self.recurrence(map, timezone)?;
+            (Vec::new(), None, Some(calendar), user_local)
         } else {
             for key in CALENDAR.iter().filter(|key| given(key)) {
                 self.error::<()>(join(PATH, key), "applies to a calendar schedule (repeat)");
             }
             let (at_ms, every_ms) = self.fixed_times(map)?;
-            (at_ms, every_ms, None)
+            (at_ms, every_ms, None, None)
         };
-        Some(Trigger::Scheduled(Schedule { at_ms, every_ms, calendar, catch_up: catch_up? }))
+        let catch_up = catch_up?;
+        Some(Trigger::Scheduled(Schedule { at_ms, every_ms, calendar, catch_up, user_local }))
     }
 
     /// `at: <time or list of times>, every: <duration>`.
@@ -756,8 +758,13 @@ impl Parser {
     }
 
     /// `repeat: daily|weekly|monthly|hourly` with `days`, `day` or `hours`, at `time` in
-    /// `timezone` (default: the campaign's, else UTC).
-    fn recurrence(&mut self, map: &Map<String, Value>, timezone: Option<Tz>) -> Option<Recurrence> {
+    /// `timezone` (default: the campaign's, else UTC; `user`: each user's, with an optional
+    /// cut-off `until`).
+    fn recurrence(
+        &mut self,
+        map: &Map<String, Value>,
+        timezone: Option<Tz>,
+    ) -> Option<(Recurrence, Option<UserLocal>)> {
         const PATH: &str = "when.schedule";
         let repeat = self.required_text(map, "repeat", PATH)?;
         let needs = |parser: &mut Self, key: &str| parser.required(map, key, PATH);
@@ -790,11 +797,28 @@ impl Parser {
             None => self.error("when.schedule.time", "is required (a local time, e.g. 09:00)"),
             Some(v) => self.time_of_day(v, "when.schedule.time"),
         };
-        let timezone = match map.get("timezone").filter(|v| !v.is_null()) {
+        let zone = map.get("timezone").filter(|v| !v.is_null());
+        let user_local = zone.is_some_and(|v| v.as_str() == Some("user"));
+        let until = match map.get("until").filter(|v| !v.is_null()) {
+            None => Some(None),
+            Some(_) if !user_local => {
+                self.error("when.schedule.until", "applies to timezone: user")
+            }
+            Some(v) => match (self.time_of_day(v, "when.schedule.until"), time) {
+                (Some(until), Some(time)) if until <= time => self.error(
+                    "when.schedule.until",
+                    format!("{until} is not after the time of day ({time})"),
+                ),
+                (until, _) => until.map(Some),
+            },
+        };
+        let timezone = match zone {
             None => Some(timezone.unwrap_or(Tz::UTC)),
+            Some(_) if user_local => Some(UserLocal::RUN_ZONE),
             Some(v) => self.timezone(v, "when.schedule.timezone"),
         };
-        Some(Recurrence { cadence: cadence?, time: time?, timezone: timezone? })
+        let recurrence = Recurrence { cadence: cadence?, time: time?, timezone: timezone? };
+        Some((recurrence, user_local.then_some(UserLocal { until: until? })))
     }
 
     /// `catch_up: once|skip` and `grace: <duration>` (with `once` only; default a day).
@@ -861,7 +885,9 @@ impl Parser {
         match name.as_str() {
             "user" | "best" => self.error(
                 path,
-                format!("timezone: {name} (each user's own time) is not available yet"),
+                format!(
+                    "timezone: {name} applies to a calendar schedule, best is not available yet"
+                ),
             ),
             _ => name.parse().ok().or_else(|| {
                 self.error(
@@ -1447,6 +1473,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(hourly.calendar.unwrap().timezone, chrono_tz::America::New_York);
+        let local = schedule_of(
+            "{ repeat: daily, time: \"09:00\", timezone: user, until: \"11:00\" }",
+            "options: { timezone: Europe/Paris }",
+        )
+        .unwrap();
+        assert_eq!(local.user_local.unwrap().until, chrono::NaiveTime::from_hms_opt(11, 0, 0));
+        assert_eq!(local.calendar.unwrap().timezone, chrono_tz::Etc::GMTMinus14);
         assert_eq!(hourly.catch_up, CatchUp::Once { grace_ms: 7_200_000 });
     }
 
@@ -1474,8 +1507,16 @@ mod tests {
                 "when.schedule.timezone: unknown timezone",
             ),
             (
-                "{ repeat: daily, time: \"09:00\", timezone: user }",
-                "when.schedule.timezone: timezone: user",
+                "{ repeat: daily, time: \"09:00\", until: \"11:00\" }",
+                "when.schedule.until: applies to timezone: user",
+            ),
+            (
+                "{ repeat: daily, time: \"09:00\", timezone: user, until: \"08:00\" }",
+                "when.schedule.until: 08:00:00 is not after",
+            ),
+            (
+                "{ repeat: daily, time: \"09:00\", timezone: best }",
+                "when.schedule.timezone: timezone: best",
             ),
             (
                 "{ repeat: daily, time: \"09:00\", at: \"2026-12-01T00:00:00Z\" }",

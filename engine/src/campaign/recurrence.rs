@@ -93,6 +93,45 @@ impl Recurrence {
     }
 }
 
+/// Delivery at the run's local time in each user's own timezone (`timezone: user`). A run's
+/// instant is its time in the first timezone to reach it (UTC+14); a user's send is the same
+/// local date and time in the user's timezone, up to 26 hours later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserLocal {
+    /// Local cut-off: a user whose local time has passed it (on the run's date) is not sent to.
+    pub until: Option<NaiveTime>,
+}
+
+/// When one user gets a user-local run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalSend {
+    /// The user's local time has come.
+    Now,
+    /// At this instant, epoch milliseconds.
+    At(i64),
+    /// The user's local time passed the cut-off.
+    Expired,
+}
+
+impl UserLocal {
+    /// The timezone whose local times start user-local runs: the first to reach any time.
+    pub const RUN_ZONE: Tz = chrono_tz::Etc::GMTMinus14;
+
+    /// When a user in `user_tz` gets the run due at `run_at_ms`, seen at `now_ms`.
+    pub fn send(&self, run_at_ms: i64, user_tz: Tz, now_ms: i64) -> LocalSend {
+        let Some(run) = DateTime::<Utc>::from_timestamp_millis(run_at_ms) else {
+            return LocalSend::Now;
+        };
+        let local = run.with_timezone(&Self::RUN_ZONE).naive_local();
+        let cut_off = self.until.map(|until| instant(&user_tz, local.date().and_time(until)));
+        match instant(&user_tz, local) {
+            _ if cut_off.is_some_and(|cut_off| now_ms > cut_off) => LocalSend::Expired,
+            at if at > now_ms => LocalSend::At(at),
+            _ => LocalSend::Now,
+        }
+    }
+}
+
 /// What happens to a run whose time passed while the engine was down (or before a task saw it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CatchUp {
@@ -284,6 +323,32 @@ mod tests {
                 .take_while(|at| *at < ms("2026-11-02T00:00:00-05:00"))
                 .collect();
         assert_eq!(runs.len(), 24);
+    }
+
+    #[test]
+    fn user_local_nine_with_a_cut_off_at_eleven_in_utc_minus_10_utc_and_utc_plus_14() {
+        let local = UserLocal { until: NaiveTime::from_hms_opt(11, 0, 0) };
+        let daily = at(Cadence::Daily, "09:00", UserLocal::RUN_ZONE);
+        // The run of 2026-11-20 starts when it is 09:00 in UTC+14: 19:00Z the day before.
+        let run = daily.next_after(ms("2026-11-19T12:00:00Z")).unwrap();
+        assert_eq!(run, ms("2026-11-19T19:00:00Z"));
+        let (kiritimati, honolulu) = (chrono_tz::Pacific::Kiritimati, chrono_tz::Pacific::Honolulu);
+        // On time: each user at 09:00 local, over 24 hours.
+        assert_eq!(local.send(run, kiritimati, run), LocalSend::Now);
+        assert_eq!(local.send(run, chrono_tz::UTC, run), LocalSend::At(ms("2026-11-20T09:00:00Z")));
+        assert_eq!(local.send(run, honolulu, run), LocalSend::At(ms("2026-11-20T19:00:00Z")));
+        // Started late, at 10:30Z: past 11:00 in UTC+14, still before it in UTC, and UTC-10
+        // has yet to reach 09:00.
+        let late = ms("2026-11-20T10:30:00Z");
+        assert_eq!(local.send(run, kiritimati, late), LocalSend::Expired);
+        assert_eq!(local.send(run, chrono_tz::UTC, late), LocalSend::Now);
+        assert_eq!(local.send(run, honolulu, late), LocalSend::At(ms("2026-11-20T19:00:00Z")));
+        // A send due at 09:00 local whose timer fires after 11:00 local is expired too.
+        assert_eq!(local.send(run, honolulu, ms("2026-11-20T21:00:01Z")), LocalSend::Expired);
+        assert_eq!(
+            UserLocal { until: None }.send(run, honolulu, late + 86_400_000),
+            LocalSend::Now
+        );
     }
 
     #[test]

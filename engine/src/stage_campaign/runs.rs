@@ -141,6 +141,11 @@ impl CampaignStage {
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
         let Some(mut run) = self.current_run(ctx, state, &candidate.run_id)? else {
+            if campaign.user_local().is_some() {
+                // A user's local time of a run can come after the next run started (a daily
+                // run's users span up to 26 hours): sent, outside the newer run's limit.
+                return self.deliver(ctx, campaign, state, &candidate, None);
+            }
             state.skip("run_over"); // a newer run has started
             return Ok(());
         };

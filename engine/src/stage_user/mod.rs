@@ -24,14 +24,14 @@ use serde::{Deserialize, Serialize};
 use crate::{
     campaign::{
         shards::{self, FlowRecord},
-        Campaign, CampaignCache, CampaignStatus, DndAction, Trigger, CAMPAIGNS_TABLE,
+        Campaign, CampaignCache, CampaignStatus, DndAction, LocalSend, Trigger, CAMPAIGNS_TABLE,
         SEGMENTS_TABLE,
     },
     model::{
-        topics::TopicNames, triggered_run_id, AliasRecord, AppEvent, Candidate, Engagement,
-        EngagementKind, IngestDecoder, IngestError, IngestKind, ProfileUpdate, Properties,
-        PropertyValue, Receipt, ReceiptStatus, Record, SchemaRegistry, SendCommand, Skip,
-        TRIGGERED_RUN,
+        scheduled_run_time, topics::TopicNames, triggered_run_id, AliasRecord, AppEvent, Candidate,
+        Engagement, EngagementKind, IngestDecoder, IngestError, IngestKind, ProfileUpdate,
+        Properties, PropertyValue, Receipt, ReceiptStatus, Record, SchemaRegistry, SendCommand,
+        Skip, TRIGGERED_RUN,
     },
     runtime::{
         ProcessError, Processor, ProcessorContext, SourceRecord, Tick, Timer, TopologyBuilder,
@@ -93,6 +93,8 @@ enum Waiting {
     Reminder,
     /// For the end of do-not-disturb hours.
     Dnd,
+    /// For the user's local time of a scheduled run delivered in each user's timezone.
+    LocalTime,
 }
 
 /// A trigger waiting on a timer (`pending` store, keyed like its timer).
@@ -122,7 +124,7 @@ impl Pending {
         let at = match self.waiting {
             Waiting::Inaction => String::new(),
             Waiting::Reminder => self.due_ms.to_string(),
-            Waiting::Dnd => self.run_id.clone(),
+            Waiting::Dnd | Waiting::LocalTime => self.run_id.clone(),
         };
         format!("{}\u{0}{}\u{0}{:?}{at}", self.user, self.campaign, self.waiting).into_bytes()
     }
@@ -603,6 +605,31 @@ impl UserStage {
 
     /// Checks who, sample, reachability, do-not-disturb and caps; emits a candidate or a skip.
     /// Returns whether the user matched the campaign's audience (`who`).
+    /// Puts off a qualified occasion until `due_ms` (a durable timer); it is checked again then.
+    fn wait(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        occasion: &Occasion<'_>,
+        waiting: Waiting,
+        due_ms: i64,
+    ) -> Result<bool, ProcessError> {
+        let pending = Pending {
+            campaign: campaign.id.clone(),
+            user: occasion.user.to_string(),
+            app: campaign.app.clone(),
+            waiting,
+            trigger_event: occasion.trigger_event.to_string(),
+            event_properties: occasion.event_properties.clone(),
+            due_ms,
+            run_id: occasion.run_id.to_string(),
+        };
+        let key = pending.key();
+        ctx.store(PENDING)?.put_as(&key, &pending)?;
+        ctx.schedule(due_ms, &key)?;
+        Ok(true)
+    }
+
     fn qualify(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -635,6 +662,16 @@ impl UserStage {
         }
         let app = self.settings.app(&campaign.app);
         let tz = profile.timezone().unwrap_or(app.timezone);
+        if let (Some(local), Some(run_at)) = (campaign.user_local(), scheduled_run_time(run_id)) {
+            // The run at its local time in the user's timezone (else the app's).
+            match local.send(run_at, tz, ctx.now_ms().max(at_ms)) {
+                LocalSend::Expired => return skip(ctx, "expired"),
+                LocalSend::At(due_ms) => {
+                    return self.wait(ctx, campaign, occasion, Waiting::LocalTime, due_ms);
+                }
+                LocalSend::Now => {}
+            }
+        }
         if let (Some(dnd), false) = (&campaign.options.dnd, after_dnd) {
             // The user's timezone, else the campaign's, else the app's.
             let dnd_tz = profile.timezone().or(campaign.options.timezone).unwrap_or(app.timezone);
@@ -642,20 +679,7 @@ impl UserStage {
                 if dnd.action == DndAction::Discard {
                     return skip(ctx, "dnd_discarded");
                 }
-                let pending = Pending {
-                    campaign: campaign.id.clone(),
-                    user: user.to_string(),
-                    app: campaign.app.clone(),
-                    waiting: Waiting::Dnd,
-                    trigger_event: trigger_event.to_string(),
-                    event_properties: event_properties.clone(),
-                    due_ms: window_end,
-                    run_id: run_id.to_string(),
-                };
-                let key = pending.key();
-                ctx.store(PENDING)?.put_as(&key, &pending)?;
-                ctx.schedule(window_end, &key)?;
-                return Ok(true);
+                return self.wait(ctx, campaign, occasion, Waiting::Dnd, window_end);
             }
         }
         // An early look at the caps; they are spent (and checked again) at the send gate, where
