@@ -150,6 +150,32 @@ async fn text(browser: &Client, id: &str) -> String {
     }
 }
 
+/// chromedriver in a process group of its own, which is killed (with the Chromium it started)
+/// when dropped, so a failed test leaves no browser behind.
+struct Chromedriver(std::process::Child);
+
+impl Chromedriver {
+    fn start(port: u16, log: &Path) -> Self {
+        use std::os::unix::process::CommandExt;
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("chromedriver (deploy/local/bootstrap.sh installs chromium-driver)");
+        Self(child)
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.0.wait();
+    }
+}
+
 /// Deletes the test's topics when dropped (after the processes, declared after it, are killed).
 struct Topics(String);
 
@@ -337,14 +363,7 @@ fn the_dashboard_shows_the_funnel_and_the_winner_of_a_live_ab_test_in_headless_c
 
     // The browser: sign in with the read token and open the campaign.
     let driver_port = free_port();
-    let _driver = KillOnDrop::new(
-        Command::new("chromedriver")
-            .arg(format!("--port={driver_port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(path("chromedriver.log")).unwrap())
-            .spawn()
-            .expect("chromedriver (deploy/local/bootstrap.sh installs chromium-driver)"),
-    );
+    let _driver = Chromedriver::start(driver_port, &path("chromedriver.log"));
     let screenshot = repo().join(".local/dashboard-browser.png");
     runtime.block_on(async {
         let capabilities = json!({
