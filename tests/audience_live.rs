@@ -1,5 +1,5 @@
 //! Audiences live against the real broker: a saved segment edited mid-campaign changes who
-//! qualifies from then on.
+//! qualifies from then on. And `herald campaign validate` against the history retention.
 
 mod common;
 
@@ -147,4 +147,24 @@ fn a_saved_segment_edited_mid_campaign_changes_who_qualifies_from_then_on() {
 
     common::stop_gracefully(engine.take());
     common::delete_topics_starting_with(&[&prefix, &app_id]);
+}
+
+#[test]
+fn campaign_validate_refuses_a_look_back_beyond_the_configured_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let campaign = "id: c\napp: shop\nname: n\nwho: { did: Opened, in_last_days: 120 }\n\
+                    when: { event: Ping }\nwhat: { title: t, body: b }\n";
+    let file = write(dir.path(), "c.yaml", campaign);
+    let validate = |config: &str| {
+        let config = write(dir.path(), "settings.yaml", config);
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["campaign", "validate", "--app-config", &config, &file])
+            .output()
+            .unwrap()
+    };
+    let refused = validate("");
+    assert!(!refused.status.success());
+    let text = String::from_utf8_lossy(&refused.stdout);
+    assert!(text.contains("who.in_last_days: looks back further than the 90 days"), "{text}");
+    assert!(validate("history: { retention_days: 120 }").status.success());
 }

@@ -8,7 +8,10 @@ use chrono_tz::Tz;
 use serde_json::{Map, Value};
 
 use crate::{
-    campaign::{parse_duration, FieldError, Throttle, ValidationErrors, MAX_COUNT},
+    campaign::{
+        parse_duration, FieldError, Throttle, ValidationErrors, DEFAULT_HISTORY_DAYS, MAX_COUNT,
+        MAX_HISTORY_DAYS,
+    },
     model::topics::TopicNames,
 };
 
@@ -100,6 +103,26 @@ pub struct Settings {
     apps: HashMap<String, AppSettings>,
     fallback: AppSettings,
     ingest: IngestLimits,
+    history: HistoryRetention,
+}
+
+/// Days of per-user event history kept (`history.retention_days`, every app): by default
+/// [`DEFAULT_HISTORY_DAYS`], at most [`MAX_HISTORY_DAYS`]. Campaigns looking back further are
+/// refused by `herald campaign validate|apply --app-config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryRetention(u32);
+
+impl HistoryRetention {
+    /// The retention in days.
+    pub fn days(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for HistoryRetention {
+    fn default() -> Self {
+        Self(DEFAULT_HISTORY_DAYS)
+    }
 }
 
 impl Settings {
@@ -120,17 +143,23 @@ impl Settings {
     ///   max_properties: 100
     ///   max_string_length: 2048
     ///   max_devices: 20
+    /// history:
+    ///   retention_days: 90    # event history kept per user (at most 400)
     /// ```
     pub fn parse(text: &str, source: &str) -> Result<Self, ValidationErrors> {
         let mut errors = Vec::new();
         let mut apps = HashMap::new();
         let mut ingest = Some(IngestLimits::default());
+        let mut history = Some(HistoryRetention::default());
         match serde_norway::from_str::<Value>(text) {
             Err(e) => errors.push(FieldError { path: "(document)".into(), reason: e.to_string() }),
             Ok(Value::Null) => {}
             Ok(document) => {
                 let mut fields = Fields { errors: &mut errors };
-                if let Some(file) = fields.object(&document, "", &["apps", "ingest"]) {
+                if let Some(file) = fields.object(&document, "", &["apps", "ingest", "history"]) {
+                    if let Some(value) = file.get("history").filter(|v| !v.is_null()) {
+                        history = fields.history(value, "history");
+                    }
                     if let Some(value) = file.get("ingest").filter(|v| !v.is_null()) {
                         ingest = fields.ingest(value, "ingest");
                     }
@@ -151,7 +180,8 @@ impl Settings {
             return Err(ValidationErrors { source: source.to_string(), errors });
         }
         let ingest = ingest.unwrap_or_default();
-        Ok(Self { apps, fallback: AppSettings::default(), ingest })
+        let history = history.unwrap_or_default();
+        Ok(Self { apps, fallback: AppSettings::default(), ingest, history })
     }
 
     /// Settings of `app`.
@@ -162,6 +192,11 @@ impl Settings {
     /// Limits of ingest records.
     pub fn ingest(&self) -> &IngestLimits {
         &self.ingest
+    }
+
+    /// How long event history is kept.
+    pub fn history(&self) -> HistoryRetention {
+        self.history
     }
 }
 
@@ -260,6 +295,21 @@ impl Fields<'_> {
             None => self.error(&format!("{path}.per"), "is required"),
         };
         Some(Throttle { max: max?, per_ms: per? })
+    }
+
+    /// `history: { retention_days: N }`, N from 1 to [`MAX_HISTORY_DAYS`].
+    fn history(&mut self, value: &Value, path: &str) -> Option<HistoryRetention> {
+        let map = self.object(value, path, &["retention_days"])?;
+        match map.get("retention_days").filter(|v| !v.is_null()) {
+            None => Some(HistoryRetention::default()),
+            Some(days) => match days.as_u64().and_then(|d| u32::try_from(d).ok()) {
+                Some(d) if (1..=MAX_HISTORY_DAYS).contains(&d) => Some(HistoryRetention(d)),
+                _ => self.error(
+                    &format!("{path}.retention_days"),
+                    format!("expected a whole number of days from 1 to {MAX_HISTORY_DAYS}, found {days}"),
+                ),
+            },
+        }
     }
 
     fn ingest(&mut self, value: &Value, path: &str) -> Option<IngestLimits> {

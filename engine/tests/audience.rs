@@ -128,3 +128,17 @@ fn choose_by_takes_one_variant_per_language_and_ab_tests_stay_at_three() {
           language, up to 100)"]
     );
 }
+
+#[test]
+fn history_retention_is_configurable_up_to_400_days_and_checked_with_field_paths() {
+    use herald_engine::settings::Settings;
+    assert_eq!(Settings::parse("", "s").unwrap().history().days(), 90);
+    let kept = Settings::parse("history: { retention_days: 180 }", "s").unwrap();
+    assert_eq!(kept.history().days(), 180);
+    let errors = Settings::parse("history: { retention_days: 401 }", "s").unwrap_err().errors;
+    assert_eq!(errors[0].path, "history.retention_days", "{errors:?}");
+    let who = "{ any: [ { did: Opened, in_last_days: 120 }, { not: { did: Bought } } ] }";
+    let parsed = parse_campaign(&campaign(who, "{ title: t, body: b }"), "c").unwrap();
+    assert_eq!(parsed.who.look_backs_beyond(90, "who"), ["who.any[0].in_last_days"]);
+    assert!(parsed.who.look_backs_beyond(180, "who").is_empty());
+}

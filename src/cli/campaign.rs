@@ -52,6 +52,10 @@ pub struct FilesArgs {
     /// Campaign definition files (YAML or JSON).
     #[arg(required = true)]
     files: Vec<PathBuf>,
+    /// The engine's app settings file: campaigns looking back further than its history
+    /// retention (default 90 days) are refused.
+    #[arg(long)]
+    app_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -65,7 +69,9 @@ pub struct ApplyArgs {
 
 /// Reads and validates every file; returns the `Define` envelope of each, or prints all errors
 /// of all files (two files defining the same campaign id is one).
-fn load(files: &[PathBuf]) -> anyhow::Result<Option<Vec<CampaignEnvelope>>> {
+fn load(args: &FilesArgs) -> anyhow::Result<Option<Vec<CampaignEnvelope>>> {
+    let retention = super::load_settings(args.app_config.as_deref())?.history().days();
+    let files = &args.files;
     let mut valid = Vec::new();
     let mut failed = false;
     let mut defined_in = std::collections::HashMap::new();
@@ -83,6 +89,16 @@ fn load(files: &[PathBuf]) -> anyhow::Result<Option<Vec<CampaignEnvelope>>> {
                     campaign.id,
                     defined_in[&campaign.id]
                 );
+            }
+            Ok((campaign, _)) if !campaign.who.look_backs_beyond(retention, "who").is_empty() => {
+                failed = true;
+                for path_in_file in campaign.who.look_backs_beyond(retention, "who") {
+                    println!(
+                        "INVALID  {}: {path_in_file}: looks back further than the {retention} \
+                         days of history kept (history.retention_days)",
+                        path.display()
+                    );
+                }
             }
             Ok((campaign, envelope)) => {
                 defined_in.insert(campaign.id.clone(), path.display().to_string());
@@ -105,10 +121,10 @@ pub fn run(kafka: &KafkaConfig, command: CampaignCommandArgs) -> anyhow::Result<
         CampaignCommandArgs::Resume(args) => operate(kafka, &args, CampaignCommand::Resume),
         CampaignCommandArgs::Stop(args) => operate(kafka, &args, CampaignCommand::Stop),
         CampaignCommandArgs::Validate(args) => {
-            Ok(if load(&args.files)?.is_some() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+            Ok(if load(&args)?.is_some() { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
         CampaignCommandArgs::Apply(args) => {
-            let Some(campaigns) = load(&args.files.files)? else {
+            let Some(campaigns) = load(&args.files)? else {
                 eprintln!("nothing published: fix the errors above first");
                 return Ok(ExitCode::from(2));
             };

@@ -69,6 +69,23 @@ impl Filter {
         }
     }
 
+    /// Field paths (this filter being at `path`) of the `in_last_days` of behaviour predicates
+    /// looking back more than `days`.
+    pub fn look_backs_beyond(&self, days: u32, path: &str) -> Vec<String> {
+        let nested = |key: &str, filters: &[Filter]| -> Vec<String> {
+            let each = filters.iter().enumerate();
+            each.flat_map(|(i, f)| f.look_backs_beyond(days, &format!("{path}.{key}[{i}]")))
+                .collect()
+        };
+        match self {
+            Filter::All(filters) => nested("all", filters),
+            Filter::Any(filters) => nested("any", filters),
+            Filter::Not(filter) => filter.look_backs_beyond(days, &format!("{path}.not")),
+            Filter::Behaviour(b) if b.in_last_days > days => vec![format!("{path}.in_last_days")],
+            _ => Vec::new(),
+        }
+    }
+
     /// Ids of the saved segments this filter references, each once, in order of appearance.
     pub fn segments(&self) -> Vec<&str> {
         let mut ids = Vec::new();

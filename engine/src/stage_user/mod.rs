@@ -46,8 +46,6 @@ const PENDING: &str = "pending";
 const DELIVERIES: &str = "deliveries";
 const RUNS: &str = "runs";
 const HELD: &str = "held";
-/// Days of event history kept.
-const LOOK_BACK_DAYS: i64 = 90;
 
 /// Adds the user stage (events, profiles and receipts in; campaign flow out) to a topology
 /// that has the campaigns global table.
@@ -379,14 +377,9 @@ impl UserStage {
         ctx: &mut ProcessorContext<'_>,
         event: &AppEvent,
     ) -> Result<(), ProcessError> {
+        let retention = i64::from(self.settings.history().days());
         let mut store = ctx.store(HISTORY)?;
-        history::record(
-            &mut store,
-            &event.user_id,
-            &event.name,
-            event.timestamp_ms,
-            LOOK_BACK_DAYS,
-        )?;
+        history::record(&mut store, &event.user_id, &event.name, event.timestamp_ms, retention)?;
         let segments = self.segments.book().behaviours();
         for behaviour in self.campaigns.book().behaviours().iter().chain(segments) {
             let matches = behaviour.event == event.name
@@ -397,13 +390,7 @@ impl UserStage {
                     .all(|c| c.matches_in(&event.properties, event.timestamp_ms));
             if matches {
                 let key = history::behaviour_key(behaviour);
-                history::record(
-                    &mut store,
-                    &event.user_id,
-                    &key,
-                    event.timestamp_ms,
-                    LOOK_BACK_DAYS,
-                )?;
+                history::record(&mut store, &event.user_id, &key, event.timestamp_ms, retention)?;
             }
         }
         Ok(())
