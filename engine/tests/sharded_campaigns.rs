@@ -273,3 +273,27 @@ fn a_limit_above_the_audience_sends_everyone_over_4_shards() {
     assert_eq!(outcome.users().len(), 30, "every user, one by one");
     assert!(outcome.kinds().is_empty(), "the limit is not reached");
 }
+
+#[test]
+fn a_per_run_limit_of_1000_of_10000_over_4_partitions_is_a_random_sample_the_same_on_a_rerun() {
+    let campaign =
+        scheduled("sample", "{ title: t, body: b }", "limits: { per_run: 1000, safety: 20000 }\n");
+    let users = Outcome::replay(&campaign, &audience(10_000), None).users();
+    assert_eq!(users.len(), 1_000);
+    // Every user-stage partition in proportion to its audience (binomial, within 4 sd).
+    let partition = |user: &str| shards::of_user(user, 4) as usize;
+    let mut audience_of = [0f64; 4];
+    (0..10_000).for_each(|i| audience_of[partition(&format!("u{i}"))] += 1.0);
+    let mut picked = [0f64; 4];
+    users.iter().for_each(|user| picked[partition(user)] += 1.0);
+    for (picked, audience) in picked.iter().zip(audience_of) {
+        let expected = 1_000.0 * audience / 10_000.0;
+        assert!((picked - expected).abs() <= 4.0 * expected.sqrt(), "{picked} of {expected}");
+    }
+    // Not the first users in any order of ids: about half of them below u5000 (sd about 15).
+    let low = users.iter().filter(|u| u[1..].parse::<u32>().unwrap() < 5_000).count();
+    assert!((440..=560).contains(&low), "{low} of 1,000 below u5000");
+    // The run id decides the sample: a re-run of the same run picks the same users.
+    let again = Outcome::replay(&campaign, &audience(10_000), None).users();
+    assert_eq!(users, again);
+}

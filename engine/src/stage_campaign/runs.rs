@@ -125,9 +125,31 @@ impl RunState {
     }
 }
 
-/// Buffer key: campaign, run, then the big-endian sequence number.
-fn buffer_key(campaign: &str, run: &str, sequence: u64) -> Vec<u8> {
-    [campaign.as_bytes(), &[0], run.as_bytes(), &[0], &sequence.to_be_bytes()].concat()
+/// Where a run's buffer lives: the state's key (home or shard), then the run.
+fn buffer_prefix(owner: &str, run: &str) -> Vec<u8> {
+    [owner.as_bytes(), &[0], run.as_bytes(), &[0]].concat()
+}
+
+/// Buffer key of a candidate of `run`: the run's prefix, then, where the run takes part of its
+/// audience (a per-run limit or an A/B test population), the user's [`rank`] in the run and
+/// the user: released in key order, the first users are a uniform random sample of the run's
+/// audience, whatever partition they came from or when, the same sample for the same run id.
+/// Else its arrival number (every user is sent, in arrival order).
+fn buffer_key(campaign: &Campaign, owner: &str, run: &RunState, user: &str) -> Vec<u8> {
+    let prefix = buffer_prefix(owner, &run.id);
+    if campaign.limits.per_run.is_some() || matches!(campaign.assignment, Assignment::AbTest(_)) {
+        [prefix.as_slice(), &rank(&run.id, user).to_be_bytes(), user.as_bytes()].concat()
+    } else {
+        [prefix.as_slice(), &run.buffered.to_be_bytes()].concat()
+    }
+}
+
+/// The user's place in the run's random order: the first 8 bytes of SHA-256(run, user).
+fn rank(run: &str, user: &str) -> u64 {
+    let digest = ring::digest::digest(&ring::digest::SHA256, [run, "\0", user].concat().as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_be_bytes(first)
 }
 
 impl CampaignStage {
@@ -154,9 +176,13 @@ impl CampaignStage {
             | RunPhase::Reported
             | RunPhase::Releasing
             | RunPhase::AwaitingWinner => {
-                let key = buffer_key(&state.key, &run.id, run.buffered);
-                ctx.store(RUN_BUFFER)?.put_as(&key, &candidate)?;
-                run.buffered += 1;
+                // One place in the buffer per user (a repeated candidate replaces its first).
+                let key = buffer_key(campaign, &state.key, &run, &candidate.user_id);
+                let mut buffer = ctx.store(RUN_BUFFER)?;
+                if buffer.get(&key)?.is_none() {
+                    run.buffered += 1;
+                }
+                buffer.put_as(&key, &candidate)?;
             }
             RunPhase::Tripped => state.skip("safety_check"),
             RunPhase::Done => {
@@ -248,6 +274,8 @@ impl CampaignStage {
         let variants = campaign.what.len();
         let step_end = run.next + RELEASE_STEP;
         run.waiting = false;
+        let prefix = buffer_prefix(&state.key, &run.id);
+        let mut step = ctx.store(RUN_BUFFER)?.prefix(&prefix, RELEASE_STEP as usize)?.into_iter();
         while run.next < run.buffered.min(step_end) {
             if run.next == run.test_users && run.testing() && state.winner_id.is_none() {
                 run.phase = RunPhase::AwaitingWinner;
@@ -260,9 +288,12 @@ impl CampaignStage {
                 run.waiting = true; // a settled place schedules the next step
                 return Ok(());
             }
-            let key = buffer_key(&state.key, &run.id, run.next);
-            let candidate = ctx.store(RUN_BUFFER)?.get_as::<Candidate>(&key)?;
+            let Some((key, value)) = step.next() else {
+                run.next = run.buffered; // nothing left buffered
+                break;
+            };
             ctx.store(RUN_BUFFER)?.delete(&key)?;
+            let candidate = serde_json::from_slice::<Candidate>(&value).ok();
             // Test users take global indices, so the variants' counts are exact over shards.
             let index = run.test_from + run.next;
             let chosen = (run.next < run.test_users).then(|| ab::alternate(index, variants));
@@ -389,11 +420,18 @@ impl CampaignStage {
         run: &mut RunState,
         reason: &str,
     ) -> Result<(), ProcessError> {
-        while run.next < run.buffered {
-            ctx.store(RUN_BUFFER)?.delete(&buffer_key(&state.key, &run.id, run.next))?;
-            state.skip(reason);
-            run.next += 1;
+        let prefix = buffer_prefix(&state.key, &run.id);
+        loop {
+            let left = ctx.store(RUN_BUFFER)?.prefix(&prefix, RELEASE_STEP as usize)?;
+            if left.is_empty() {
+                break;
+            }
+            for (key, _) in left {
+                ctx.store(RUN_BUFFER)?.delete(&key)?;
+                state.skip(reason);
+            }
         }
+        run.next = run.buffered;
         Ok(())
     }
 }
