@@ -319,12 +319,34 @@ fn ingest_repartition_records_round_trip() {
 }
 
 #[test]
+fn audit_records_round_trip_with_and_without_a_target() {
+    let refused = herald_engine::api::AuditRecord {
+        timestamp_ms: 1_795_000_000_000,
+        actor: "ops-bot".into(),
+        role: "read".into(),
+        action: "POST /api/v1/campaigns/{id}/pause".into(),
+        target: Some("spring-sale".into()),
+        status: 403,
+        error: Some("this token may only read".into()),
+    };
+    round_trip(refused.clone());
+    round_trip(herald_engine::api::AuditRecord {
+        target: None,
+        status: 200,
+        error: None,
+        role: "admin".into(),
+        ..refused
+    });
+}
+
+#[test]
 fn every_current_schema_has_a_rust_type_that_round_trips() {
     // Guards against a schema added under schemas/ without a record type and test above.
     assert_eq!(
         registry().record_names(),
         vec![
             "io.herald.AppEvent",
+            "io.herald.AuditRecord",
             "io.herald.CampaignEnvelope",
             "io.herald.CampaignLifecycleEvent",
             "io.herald.CampaignStats",
