@@ -1,7 +1,7 @@
 //! `herald campaign validate|apply|pause|resume|stop|stats`: check campaign definition files,
 //! publish them, issue operator commands, show stats.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -137,55 +137,11 @@ pub fn run(kafka: &KafkaConfig, command: CampaignCommandArgs) -> anyhow::Result<
     }
 }
 
-/// Reads `topic` to its end and returns the last record keyed `key` that decodes as `R`.
+/// Reads `topic` to its end and returns the last record keyed `key` that decodes as `R` (none
+/// after a tombstone: a deleted campaign).
 fn latest<R: Record>(kafka: &KafkaConfig, topic: &str, key: &str) -> anyhow::Result<Option<R>> {
-    use rdkafka::{
-        consumer::{BaseConsumer, Consumer},
-        Message, Offset, TopicPartitionList,
-    };
-    let consumer: BaseConsumer = kafka
-        .client_config()
-        .set("group.id", "herald-cli")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .context("creating the Kafka consumer")?;
-    let timeout = Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .first()
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    anyhow::ensure!(!partitions.is_empty(), "topic {topic} not found");
-    let mut latest = None;
-    for partition in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
-        if low >= high {
-            continue;
-        }
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-        consumer.assign(&assignment)?;
-        let mut idle = 0;
-        while idle < 20 {
-            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-                idle += 1;
-                continue;
-            };
-            let message = message?;
-            idle = 0;
-            if message.key() == Some(key.as_bytes()) {
-                // A tombstone (a deleted campaign) clears what came before.
-                latest =
-                    message.payload().and_then(|v| SchemaRegistry::builtin().decode::<R>(v).ok());
-            }
-            if message.offset() + 1 >= high {
-                break;
-            }
-        }
-    }
-    Ok(latest)
+    let mut table = super::segment::read_table(kafka, topic)?;
+    Ok(table.remove(key).and_then(|value| SchemaRegistry::builtin().decode::<R>(&value).ok()))
 }
 
 /// Publishes an operator `command` for a campaign: its current definition under the command,

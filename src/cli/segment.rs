@@ -211,12 +211,19 @@ pub(crate) fn read_table(
         assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
         consumer.assign(&assignment)?;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        // A transactional writer's last record is followed by a commit marker the consumer never
+        // returns: 2 s without a record after it also ends the partition.
+        let mut idle = 0;
+        while idle < 20 {
             anyhow::ensure!(
                 std::time::Instant::now() < deadline,
                 "reading {topic}/{partition} to offset {high} took over 30 s"
             );
-            let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
+            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                idle += 1;
+                continue;
+            };
+            idle = 0;
             let message = message?;
             let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
             match message.payload() {
