@@ -36,7 +36,7 @@ run_lane() {
   for target in "$@"; do
     echo "=== cargo test $target" >>"$log"
     # shellcheck disable=SC2086 # a target is one or more cargo arguments
-    if ! cargo test $target >>"$log" 2>&1; then
+    if ! cargo test --no-fail-fast $target >>"$log" 2>&1; then
       status=1
     fi
   done
