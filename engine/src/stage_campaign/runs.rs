@@ -293,16 +293,20 @@ impl CampaignStage {
                 break;
             };
             ctx.store(RUN_BUFFER)?.delete(&key)?;
-            let candidate = serde_json::from_slice::<Candidate>(&value).ok();
+            // Written by `put_as` above: a value that does not decode is a defect, not a user.
+            let candidate = serde_json::from_slice::<Candidate>(&value).map_err(|e| {
+                crate::runtime::RuntimeError::StateValue {
+                    store: RUN_BUFFER.to_string(),
+                    reason: e.to_string(),
+                }
+            })?;
             // Test users take global indices, so the variants' counts are exact over shards.
             let index = run.test_from + run.next;
             let chosen = (run.next < run.test_users).then(|| ab::alternate(index, variants));
             run.next += 1;
-            if let Some(candidate) = candidate {
-                let leaving =
-                    Candidate { qualified_at_ms: at.max(candidate.qualified_at_ms), ..candidate };
-                self.deliver_in_run(ctx, campaign, state, run, &leaving, chosen)?;
-            }
+            let leaving =
+                Candidate { qualified_at_ms: at.max(candidate.qualified_at_ms), ..candidate };
+            self.deliver_in_run(ctx, campaign, state, run, &leaving, chosen)?;
         }
         let tested = run.next == run.test_users && run.testing() && state.winner_id.is_none();
         if run.next < run.buffered {
