@@ -2,9 +2,11 @@
 //! inaction window is inclusive, whichever record of that millisecond comes first; the winner
 //! sends of a scheduled A/B test are timed when they leave, so their expiry counts from then.
 
-use std::{collections::BTreeMap, path::Path};
+use std::collections::BTreeMap;
 
-use herald_engine::{backtest::Backtest, settings::Settings};
+mod replay_support;
+
+use replay_support::{read, replay};
 use serde_json::Value;
 
 /// 2026-11-18T08:53:20Z plus `ms` milliseconds.
@@ -30,34 +32,6 @@ fn event(user: &str, ms: i64, name: &str, props: &str) -> String {
         r#"{{"type":"event","user":"{user}","ts":"{}","name":"{name}","props":{props}}}"#,
         ts(ms)
     )
-}
-
-/// Replays `lines` through `campaign` on `partitions` partitions; the output directory.
-fn replay(campaign: &str, lines: &[String], partitions: i32) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("campaigns")).unwrap();
-    std::fs::write(dir.path().join("campaigns/c.yaml"), campaign).unwrap();
-    std::fs::write(dir.path().join("in.jsonl"), lines.join("\n")).unwrap();
-    Backtest {
-        campaigns: vec![dir.path().join("campaigns")],
-        input: dir.path().join("in.jsonl"),
-        out: dir.path().join("out"),
-        settings: Settings::default(),
-        app: None,
-        until_ms: None,
-        partitions,
-    }
-    .run()
-    .unwrap();
-    dir
-}
-
-fn read(dir: &Path, file: &str) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("out").join(file))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn millis(rfc3339: &Value) -> i64 {

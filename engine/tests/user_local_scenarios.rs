@@ -4,10 +4,9 @@
 //! is past the cut-off (expired), the UTC user is sent at once and the UTC−10 user at 09:00
 //! local.
 
-use std::path::Path;
+mod replay_support;
 
-use herald_engine::{backtest::Backtest, settings::Settings};
-use serde_json::Value;
+use replay_support::read;
 
 /// (user, hour of a send) or (user, reason of a skip).
 type Pairs = Vec<(String, String)>;
@@ -57,21 +56,7 @@ fn ticks(from: i64, to: i64) -> Vec<String> {
 /// order, and the users skipped with their reasons. Users sent at once leave with the run's
 /// release, when the replay's time next moves (within 10 minutes here), hence the hours.
 fn replay(lines: &[String], partitions: i32) -> (Pairs, Pairs) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("campaigns")).unwrap();
-    std::fs::write(dir.path().join("campaigns/c.yaml"), CAMPAIGN).unwrap();
-    std::fs::write(dir.path().join("in.jsonl"), lines.join("\n")).unwrap();
-    Backtest {
-        campaigns: vec![dir.path().join("campaigns")],
-        input: dir.path().join("in.jsonl"),
-        out: dir.path().join("out"),
-        settings: Settings::default(),
-        app: None,
-        until_ms: None,
-        partitions,
-    }
-    .run()
-    .unwrap();
+    let dir = replay_support::replay(CAMPAIGN, lines, partitions);
     let mut sends: Vec<(String, String)> = read(dir.path(), "sends.jsonl")
         .iter()
         .map(|s| {
@@ -91,14 +76,6 @@ fn replay(lines: &[String], partitions: i32) -> (Pairs, Pairs) {
         })
         .collect();
     (sends, skips)
-}
-
-fn read(dir: &Path, file: &str) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("out").join(file))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn pairs(items: &[(&str, &str)]) -> Pairs {
