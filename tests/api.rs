@@ -496,3 +496,112 @@ fn campaign_events_dead_letters_and_app_settings() {
         .collect();
     assert_eq!(settings_actions, [("ops", 422), ("viewer", 403), ("ops", 200)]);
 }
+
+#[test]
+fn segments_are_validated_like_the_cli_saved_and_deleted_only_when_no_campaign_uses_them() {
+    let api = Api::start("api-segments", &[]);
+    // The API created the segments topic it did not find.
+    assert_eq!(api.read("/api/v1/segments").body, json!([]));
+
+    let invalid = "id: vip\nwho:\n  all:\n    - { property: state, equalz: CA }\ncolour: red\n";
+    let answer = api.admin("PUT", "/api/v1/segments/vip", Some(invalid));
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    let fields: Vec<&str> = answer.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert!(fields.contains(&"name") && fields.contains(&"colour"), "{}", answer.body);
+    assert!(fields.iter().any(|f| f.starts_with("who.all[0]")), "{}", answer.body);
+    // The same paths as `herald segment validate`.
+    let file = api.dir.path().join("vip.yaml");
+    std::fs::write(&file, invalid).unwrap();
+    let cli = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["segment", "validate"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&cli.stdout);
+    for field in &fields {
+        assert!(printed.contains(&format!("  {field}: ")), "{field} not in {printed}");
+    }
+
+    let vip = |name: &str| {
+        format!("id: vip\nname: {name}\nwho:\n  all:\n    - {{ property: state, equals: CA }}\n")
+    };
+    let read_only = api.request("PUT", "/api/v1/segments/vip", Some(READ_TOKEN), Some(&vip("V")));
+    assert_eq!(read_only.status, 403);
+    let created = api.admin("PUT", "/api/v1/segments/vip", Some(&vip("VIPs")));
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.body["definition"]["who"]["all"][0]["equals"], "CA");
+    let replaced = api.admin("PUT", "/api/v1/segments/vip", Some(&vip("VIPs in California")));
+    assert_eq!(replaced.status, 200, "{}", replaced.body);
+    let mismatch = api.admin("PUT", "/api/v1/segments/other", Some(&vip("V")));
+    assert_eq!((mismatch.status, mismatch.body["field"].as_str()), (422, Some("id")));
+    assert_eq!(
+        api.read("/api/v1/segments").body,
+        json!([{ "id": "vip", "name": "VIPs in California", "used_by": [] }])
+    );
+    assert_eq!(api.read("/api/v1/segments/vip").body["name"], "VIPs in California");
+    assert_eq!(api.read("/api/v1/segments/nobody").status, 404);
+
+    // In use by a campaign that is not stopped: refused, the campaign named.
+    let mut uses = serde_json::from_str::<Value>(&campaign("west", "t")).unwrap();
+    uses["who"] = json!({ "segment": "vip" });
+    let created = api.admin("POST", "/api/v1/campaigns", Some(&uses.to_string()));
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(api.read("/api/v1/segments/vip").body["used_by"], json!(["west"]));
+    let refused = api.admin("DELETE", "/api/v1/segments/vip", None);
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(
+        refused.body["error"],
+        "segment vip is in use by campaign(s) west: stop them or change their who first"
+    );
+    assert_eq!(api.admin("POST", "/api/v1/campaigns/west/stop", None).status, 200);
+    let deleted = api.admin("DELETE", "/api/v1/segments/vip", None);
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    assert_eq!(api.read("/api/v1/segments/vip").status, 404);
+    assert_eq!(api.admin("DELETE", "/api/v1/segments/vip", None).status, 404);
+
+    // What reached the segments topic is what the engine reads: the texts, then a tombstone.
+    let records = common::read_committed(
+        &api.topic("segments"),
+        3,
+        Duration::from_millis(300),
+        Duration::from_secs(30),
+    );
+    let values: Vec<Option<String>> = records
+        .iter()
+        .map(|r| r.value.as_ref().map(|v| String::from_utf8(v.clone()).unwrap()))
+        .collect();
+    assert_eq!(values, [Some(vip("VIPs")), Some(vip("VIPs in California")), None]);
+    assert!(records.iter().all(|r| r.key == b"vip"));
+
+    let audited: Vec<_> = audit_records(&api.topic("audit"), 10)
+        .into_iter()
+        .filter(|r| r.action.contains("segments"))
+        .map(|r| (r.actor, r.action, r.target, r.status))
+        .collect();
+    let expect = |actor: &str, method: &str, target: &str, status: i32| {
+        (
+            actor.to_string(),
+            format!("{method} /api/v1/segments/{{id}}"),
+            Some(target.to_string()),
+            status,
+        )
+    };
+    assert_eq!(
+        audited,
+        [
+            expect("ops", "PUT", "vip", 422),
+            expect("viewer", "PUT", "vip", 403),
+            expect("ops", "PUT", "vip", 201),
+            expect("ops", "PUT", "vip", 200),
+            expect("ops", "PUT", "other", 422),
+            expect("ops", "DELETE", "vip", 409),
+            expect("ops", "DELETE", "vip", 204),
+            expect("ops", "DELETE", "vip", 404),
+        ]
+    );
+}

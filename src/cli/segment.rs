@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, time::Duratio
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use herald_engine::{
-    campaign::{admin, parse_segment, CampaignStatus, Segment},
+    campaign::{admin, parse_segment, Segment},
     kafka::KafkaConfig,
     model::{CampaignEnvelope, SchemaRegistry},
 };
@@ -128,22 +128,18 @@ fn delete(kafka: &KafkaConfig, args: &DeleteArgs) -> anyhow::Result<ExitCode> {
         eprintln!("segment {} not found in {}", args.id, args.topic.topic);
         return Ok(ExitCode::from(2));
     }
-    let mut users = Vec::new();
+    let mut envelopes = Vec::new();
     for (id, value) in read_table(kafka, &args.campaigns_topic)? {
-        let campaign = SchemaRegistry::builtin()
-            .decode::<CampaignEnvelope>(&value)
-            .map_err(|e| e.to_string())
-            .and_then(|envelope| admin::compile(&envelope));
-        match campaign {
-            Ok(c)
-                if c.status != CampaignStatus::Stopped && c.who.segments().contains(&&*args.id) =>
-            {
-                users.push(id);
-            }
-            Ok(_) => {}
+        match SchemaRegistry::builtin().decode::<CampaignEnvelope>(&value) {
+            Ok(envelope) => envelopes.push(envelope),
             Err(reason) => eprintln!("warning: campaign {id} not readable ({reason})"),
         }
     }
+    let users = admin::segment_users(&args.id, &envelopes);
+    for (id, reason) in &users.unreadable {
+        eprintln!("warning: campaign {id} not readable ({reason})");
+    }
+    let users = users.campaigns;
     if !users.is_empty() {
         eprintln!(
             "segment {} is in use by campaign(s) {}: stop them or change their who first",

@@ -215,7 +215,10 @@ pub async fn campaign_stats(
 }
 
 /// The request body as text, or why not (413 over the body limit).
-fn body_text(state: &ApiState, body: Result<Bytes, BytesRejection>) -> Result<String, ApiError> {
+pub(super) fn body_text(
+    state: &ApiState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<String, ApiError> {
     let bytes = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(state.config().body_limit),
         _ => ApiError::field("(body)", rejection.body_text()),

@@ -1,5 +1,5 @@
-//! The admin HTTP API (`herald api`): campaigns, stats, events, dead letters, app settings, test
-//! sends and previews, behind bearer tokens with two roles (`docs/api.md`).
+//! The admin HTTP API (`herald api`): campaigns, saved segments, stats, events, dead letters,
+//! app settings, test sends and previews, behind bearer tokens with two roles (`docs/api.md`).
 
 mod audit;
 mod auth;
@@ -7,6 +7,7 @@ mod dashboard;
 mod error;
 mod handlers;
 mod router;
+mod segments;
 mod table;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -17,7 +18,7 @@ pub use audit::AuditRecord;
 pub use auth::{Caller, RateLimit, Role, TokenError, Tokens};
 pub use error::{ApiError, ErrorBody, FieldProblem};
 pub use router::{openapi, router};
-pub use table::Table;
+pub use table::{Row, SegmentText, Table};
 
 use crate::{
     kafka::KafkaConfig,
@@ -62,6 +63,7 @@ struct Inner {
     campaigns: Table<CampaignEnvelope>,
     stats: Table<CampaignStats>,
     events: Table<CampaignLifecycleEvent>,
+    segments: Table<SegmentText>,
 }
 
 /// Lifecycle events kept per campaign.
@@ -72,11 +74,14 @@ const EVENTS_KEPT: usize = 1_000;
 const STATS_KEPT: usize = 1_000;
 
 impl ApiState {
-    /// Connects to the cluster and reads the campaigns, stats and campaign events topics to
-    /// their end (then follows them in the background).
+    /// Connects to the cluster and reads the campaigns, segments, stats and campaign events
+    /// topics to their end (then follows them in the background); creates the segments topic
+    /// if missing. Call it from a blocking thread of a tokio runtime.
     pub fn start(config: ApiConfig) -> Result<Self, ApiError> {
         let wait = Duration::from_secs(60);
         let campaigns = Table::follow(&config.kafka, &config.topics.campaigns, wait)?;
+        segments::ensure_topic(&config.kafka, &config.topics.segments)?;
+        let segments = Table::follow(&config.kafka, &config.topics.segments, wait)?;
         let stats = Table::follow_keeping(&config.kafka, &config.topics.stats, STATS_KEPT, wait)?;
         let events = Table::follow_keeping(
             &config.kafka,
@@ -91,7 +96,17 @@ impl ApiState {
             .create()
             .map_err(|e| ApiError::Internal(format!("creating the Kafka producer: {e}")))?;
         let limiter = auth::RateLimiter::new(config.rate_limit);
-        Ok(Self { inner: Arc::new(Inner { config, limiter, producer, campaigns, stats, events }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                limiter,
+                producer,
+                campaigns,
+                stats,
+                events,
+                segments,
+            }),
+        })
     }
 
     /// The latest envelope of every campaign.
@@ -107,6 +122,16 @@ impl ApiState {
     /// The latest lifecycle events of every campaign.
     pub fn events(&self) -> &Table<CampaignLifecycleEvent> {
         &self.inner.events
+    }
+
+    /// The text of every saved segment.
+    pub fn segments(&self) -> &Table<SegmentText> {
+        &self.inner.segments
+    }
+
+    /// The producer of the API's writes.
+    pub fn producer(&self) -> &FutureProducer {
+        &self.inner.producer
     }
 
     /// How the API is set up.

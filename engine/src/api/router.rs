@@ -12,7 +12,7 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use super::{auth, handlers, ApiState};
+use super::{auth, handlers, segments, ApiState};
 
 struct BearerAuth;
 
@@ -43,6 +43,10 @@ impl Modify for BearerAuth {
         handlers::dead_letters,
         handlers::get_settings,
         handlers::put_settings,
+        segments::list_segments,
+        segments::get_segment,
+        segments::put_segment,
+        segments::delete_segment,
     ),
     modifiers(&BearerAuth)
 )]
@@ -62,6 +66,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/campaigns/{id}/events", get(handlers::campaign_events))
         .route("/dead-letters", get(handlers::dead_letters))
         .route("/settings", get(handlers::get_settings))
+        .route("/segments", get(segments::list_segments))
+        .route("/segments/{id}", get(segments::get_segment))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_read));
     let admin = Router::new()
         .route("/campaigns", post(handlers::create_campaign))
@@ -70,6 +76,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/campaigns/{id}/resume", post(handlers::resume_campaign))
         .route("/campaigns/{id}/stop", post(handlers::stop_campaign))
         .route("/settings", put(handlers::put_settings))
+        .route("/segments/{id}", put(segments::put_segment).delete(segments::delete_segment))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_admin));
     Router::new()
         .nest("/api/v1", read.merge(admin))

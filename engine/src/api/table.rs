@@ -1,6 +1,7 @@
 //! A topic followed into memory by a background consumer: the latest records per key (one for
 //! a compacted topic; a tombstone removes the key), and how far it has read, so a writer can
-//! wait to read its own write.
+//! wait to read its own write. Records decode as Herald's schema-registry records, or as the
+//! raw UTF-8 text of a saved segment.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -23,6 +24,28 @@ use crate::{
 
 use super::error::ApiError;
 
+/// What a table holds: a record decoded from a value's bytes.
+pub trait Row: Sized {
+    /// The row a value's bytes hold, or why not.
+    fn decode(bytes: &[u8]) -> Result<Self, String>;
+}
+
+impl<R: Record> Row for R {
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        SchemaRegistry::builtin().decode(bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// A saved segment's file as published (`herald.segments`: the value is its text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentText(pub String);
+
+impl Row for SegmentText {
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        String::from_utf8(bytes.to_vec()).map(Self).map_err(|e| e.to_string())
+    }
+}
+
 struct Shared<R> {
     rows: RwLock<BTreeMap<String, VecDeque<R>>>,
     /// Records kept per key, latest last.
@@ -44,7 +67,7 @@ impl<R> Drop for Table<R> {
     }
 }
 
-impl<R: Record + Clone + Send + Sync + 'static> Table<R> {
+impl<R: Row + Clone + Send + Sync + 'static> Table<R> {
     /// Starts following the compacted `topic` from its beginning (the latest record per key)
     /// and waits (up to `wait`) until it has read what the topic held when it started.
     pub fn follow(kafka: &KafkaConfig, topic: &str, wait: Duration) -> Result<Self, ApiError> {
@@ -145,6 +168,12 @@ impl<R: Record + Clone + Send + Sync + 'static> Table<R> {
         rows.get(key).map(|r| r.iter().cloned().collect()).unwrap_or_default()
     }
 
+    /// Every key with its latest record, by key.
+    pub fn keyed(&self) -> Vec<(String, R)> {
+        let rows = self.shared.rows.read().expect("table lock");
+        rows.iter().filter_map(|(k, r)| Some((k.clone(), r.back()?.clone()))).collect()
+    }
+
     /// Every key's latest record, by key.
     pub fn all(&self) -> Vec<R> {
         let rows = self.shared.rows.read().expect("table lock");
@@ -181,7 +210,7 @@ fn ends(consumer: &BaseConsumer, topic: &str) -> Result<HashMap<i32, i64>, ApiEr
 }
 
 /// The consumer's loop: until the table is dropped.
-fn read<R: Record>(consumer: BaseConsumer, topic: &str, shared: &Shared<R>) {
+fn read<R: Row>(consumer: BaseConsumer, topic: &str, shared: &Shared<R>) {
     while !shared.stop.load(Ordering::Relaxed) {
         let Some(result) = consumer.poll(Duration::from_millis(100)) else {
             // Past transaction markers and aborted records the position moves with no message.
@@ -205,7 +234,7 @@ fn read<R: Record>(consumer: BaseConsumer, topic: &str, shared: &Shared<R>) {
         };
         if let Some(key) = message.key().map(|k| String::from_utf8_lossy(k).into_owned()) {
             let mut rows = shared.rows.write().expect("table lock");
-            match message.payload().map(|v| SchemaRegistry::builtin().decode::<R>(v)) {
+            match message.payload().map(R::decode) {
                 None => {
                     rows.remove(&key);
                 }

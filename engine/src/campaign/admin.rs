@@ -1,6 +1,6 @@
 //! What `herald campaign` and the admin API do to campaigns, in one place: validate a definition
 //! into a `Define` envelope, derive an operator command from a campaign's current envelope, tell
-//! a campaign's status, publish an envelope.
+//! a campaign's status, publish an envelope, tell which campaigns keep a segment in use.
 
 use std::time::Duration;
 
@@ -106,6 +106,37 @@ pub fn compile(envelope: &CampaignEnvelope) -> Result<Campaign, String> {
         CampaignCommand::Stop => CampaignStatus::Stopped,
     };
     Ok(campaign)
+}
+
+/// Which campaigns keep a saved segment in use, from their latest envelopes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SegmentUsers {
+    /// Campaigns not stopped whose `who` references the segment, by id.
+    pub campaigns: Vec<String>,
+    /// Campaigns whose definition does not compile, with the reason (not counted as users).
+    pub unreadable: Vec<(String, String)>,
+}
+
+/// The campaigns among `envelopes` that keep segment `id` in use: deleting it is refused while
+/// there are any.
+pub fn segment_users<'a>(
+    id: &str,
+    envelopes: impl IntoIterator<Item = &'a CampaignEnvelope>,
+) -> SegmentUsers {
+    let mut users = SegmentUsers::default();
+    for envelope in envelopes {
+        match compile(envelope) {
+            Ok(campaign)
+                if campaign.status != CampaignStatus::Stopped
+                    && campaign.who.segments().contains(&id) =>
+            {
+                users.campaigns.push(envelope.campaign_id.clone());
+            }
+            Ok(_) => {}
+            Err(reason) => users.unreadable.push((envelope.campaign_id.clone(), reason)),
+        }
+    }
+    users
 }
 
 /// Publishes `envelope` to `topic`, keyed by its campaign, and waits for the broker's ack;
