@@ -8,6 +8,7 @@ pub mod json_schema;
 mod model;
 mod parse;
 mod recurrence;
+pub mod sample;
 mod segment;
 pub mod shards;
 

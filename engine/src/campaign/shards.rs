@@ -3,9 +3,9 @@
 //! campaign goes to its home, keyed by the campaign id. A campaign with one shard in effect is
 //! keyed by its id alone, exactly as before sharding existed.
 
-use super::{Assignment, Campaign, Trigger};
+use super::{sample, Assignment, Campaign, Trigger};
 use crate::{
-    model::{Candidate, Engagement, RunTally, SendConfirmed, Skip},
+    model::{scheduled_run_time, Candidate, Engagement, RunTally, SendConfirmed, Skip},
     runtime::partition_for,
     settings::Settings,
 };
@@ -17,8 +17,8 @@ pub const SEPARATOR: char = '\u{1f}';
 /// exact over shards today, else 1 (everything at home). Exact today: no daily limit and no
 /// campaign throttle, no limit on an app with frequency caps (its places would be held in
 /// flight); a scheduled campaign with one message, an A/B test or messages by property (the
-/// home plans each run); a triggered campaign without a total limit with one message or
-/// messages by property (its shards need nothing from each other).
+/// home plans each run); a triggered campaign with one message or messages by property (its
+/// total limit is leased to the shards by the home).
 pub fn in_effect(campaign: &Campaign, settings: &Settings) -> u32 {
     let limits = &campaign.limits;
     let limited = limits.total.is_some() || limits.daily.is_some() || limits.per_run.is_some();
@@ -31,9 +31,8 @@ pub fn in_effect(campaign: &Campaign, settings: &Settings) -> u32 {
             | (Trigger::Scheduled(_), Assignment::AbTest(_))
             | (Trigger::Scheduled(_), Assignment::ByProperty(_)) => true,
             (Trigger::Scheduled(_), _) => false,
-            // A total limit leased over shards (`stage_campaign::leases`) under-filled live
-            // (1,475 of 1,500 in 3 of 7 runs of `tests/sharded_live.rs`): off until fixed.
-            (_, Assignment::Single | Assignment::ByProperty(_)) => limits.total.is_none(),
+            // A total limit is leased to the shards by the home (`stage_campaign::leases`).
+            (_, Assignment::Single | Assignment::ByProperty(_)) => true,
             (_, _) => false,
         };
     if supported {
@@ -53,10 +52,29 @@ pub fn key(campaign: &str, shard: u32) -> String {
     format!("{campaign}{SEPARATOR}{shard}")
 }
 
-/// The campaign-flow key of a record about `user` (`None`: about the whole campaign).
-pub fn flow_key(campaign: &Campaign, settings: &Settings, user: Option<&str>) -> String {
+/// The shard of `user` among `shards` for the records of `run` (a scheduled run's id, else a
+/// trigger occurrence's or none): by the user's rank in the run where the run may take part of
+/// its audience (see [`sample`]), else by the user.
+pub fn of_run_user(campaign: &Campaign, run: Option<&str>, user: &str, shards: u32) -> u32 {
+    match run.filter(|run| scheduled_run_time(run).is_some()) {
+        Some(run) if sample::samples(campaign) => {
+            sample::shard_of_rank(sample::rank(run, user), shards)
+        }
+        _ => of_user(user, shards),
+    }
+}
+
+/// The campaign-flow key of a record about `user` in `run` (`None`: about the whole campaign).
+pub fn flow_key(
+    campaign: &Campaign,
+    settings: &Settings,
+    user: Option<&str>,
+    run: Option<&str>,
+) -> String {
     match (in_effect(campaign, settings), user) {
-        (shards, Some(user)) if shards > 1 => key(&campaign.id, of_user(user, shards)),
+        (shards, Some(user)) if shards > 1 => {
+            key(&campaign.id, of_run_user(campaign, run, user, shards))
+        }
         _ => campaign.id.clone(),
     }
 }
@@ -92,19 +110,49 @@ pub fn scope(key: &[u8], campaign: &Campaign) -> Scope {
 pub trait FlowRecord {
     /// The user the record is about, if any.
     fn user(&self) -> Option<&str>;
+    /// The run the record is about, if known (it decides the shard of a sampled run's users).
+    fn run(&self) -> Option<&str> {
+        None
+    }
 }
 
-macro_rules! about_user {
-    ($($record:ty),*) => {$(
-        impl FlowRecord for $record {
-            fn user(&self) -> Option<&str> {
-                Some(&self.user_id)
-            }
-        }
-    )*};
+impl FlowRecord for Candidate {
+    fn user(&self) -> Option<&str> {
+        Some(&self.user_id)
+    }
+
+    fn run(&self) -> Option<&str> {
+        Some(&self.run_id)
+    }
 }
 
-about_user!(Candidate, Engagement, SendConfirmed, Skip);
+impl FlowRecord for SendConfirmed {
+    fn user(&self) -> Option<&str> {
+        Some(&self.user_id)
+    }
+
+    fn run(&self) -> Option<&str> {
+        Some(&self.run_id)
+    }
+}
+
+impl FlowRecord for Skip {
+    fn user(&self) -> Option<&str> {
+        Some(&self.user_id)
+    }
+
+    fn run(&self) -> Option<&str> {
+        self.run_id.as_deref()
+    }
+}
+
+/// An engagement names no run: it goes to the user's shard (clicks count wherever they land, as
+/// the home merges every shard's counters).
+impl FlowRecord for Engagement {
+    fn user(&self) -> Option<&str> {
+        Some(&self.user_id)
+    }
+}
 
 impl FlowRecord for RunTally {
     fn user(&self) -> Option<&str> {

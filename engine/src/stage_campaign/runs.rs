@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ab, timer_key, CampaignStage, CampaignState, ProcessError, RUN_BUFFER, RUN_TIMER};
 use crate::{
-    campaign::{Assignment, Campaign},
+    campaign::{sample, Assignment, Campaign},
     model::{scheduled_run_time, Candidate, LifecycleKind, RunTally},
     runtime::ProcessorContext,
 };
@@ -131,25 +131,17 @@ fn buffer_prefix(owner: &str, run: &str) -> Vec<u8> {
 }
 
 /// Buffer key of a candidate of `run`: the run's prefix, then, where the run takes part of its
-/// audience (a per-run limit or an A/B test population), the user's [`rank`] in the run and
+/// audience (a per-run limit or an A/B test population), the user's [`sample::rank`] in the run and
 /// the user: released in key order, the first users are a uniform random sample of the run's
 /// audience, whatever partition they came from or when, the same sample for the same run id.
 /// Else its arrival number (every user is sent, in arrival order).
 fn buffer_key(campaign: &Campaign, owner: &str, run: &RunState, user: &str) -> Vec<u8> {
     let prefix = buffer_prefix(owner, &run.id);
-    if campaign.limits.per_run.is_some() || matches!(campaign.assignment, Assignment::AbTest(_)) {
-        [prefix.as_slice(), &rank(&run.id, user).to_be_bytes(), user.as_bytes()].concat()
+    if sample::samples(campaign) {
+        [prefix.as_slice(), &sample::rank(&run.id, user).to_be_bytes(), user.as_bytes()].concat()
     } else {
         [prefix.as_slice(), &run.buffered.to_be_bytes()].concat()
     }
-}
-
-/// The user's place in the run's random order: the first 8 bytes of SHA-256(run, user).
-fn rank(run: &str, user: &str) -> u64 {
-    let digest = ring::digest::digest(&ring::digest::SHA256, [run, "\0", user].concat().as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest.as_ref()[..8]);
-    u64::from_be_bytes(first)
 }
 
 impl CampaignStage {

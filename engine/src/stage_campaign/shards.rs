@@ -16,7 +16,7 @@ use super::{
     CampaignStage, CampaignState,
 };
 use crate::{
-    campaign::{shards as campaign_shards, Assignment, Campaign},
+    campaign::{sample, shards as campaign_shards, Assignment, Campaign},
     model::{LifecycleKind, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind, VariantStats},
     runtime::{ProcessError, ProcessorContext},
 };
@@ -357,7 +357,9 @@ impl CampaignStage {
         }
         let reach = campaign.limits.per_run.map_or(buffered, |limit| limit.min(buffered));
         let left = campaign.limits.total.map_or(u64::MAX, |t| t.saturating_sub(state.sent));
-        let places = apportion(reach.min(left), &reachable);
+        // A sampled run's shards hold ranges of its random order: its first users are shard 0's.
+        let split = if sample::samples(campaign) { sample::first_in_order } else { apportion };
+        let places = split(reach.min(left), &reachable);
         let mut test_total = 0;
         if let (Assignment::AbTest(test), None) = (&campaign.assignment, &state.winner_id) {
             let plan = ab::test_plan(reach, test.test_audience, campaign.what.len());
@@ -365,7 +367,7 @@ impl CampaignStage {
             details.insert("test_per_variant".into(), plan.per_variant.to_string());
             details.insert("after_winner".into(), plan.remainder.to_string());
         }
-        let tests = apportion(test_total, &places);
+        let tests = split(test_total, &places);
         run.test_users = test_total;
         run.phase = RunPhase::Releasing;
         self.lifecycle(ctx, campaign, LifecycleKind::RunStarted, details)?;

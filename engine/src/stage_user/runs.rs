@@ -120,7 +120,8 @@ impl UserStage {
             };
             if self.qualify(ctx, campaign, &occasion)? {
                 cursor.qualified += 1;
-                cursor.by_shard[shards::of_user(user, shards) as usize] += 1;
+                cursor.by_shard
+                    [shards::of_run_user(campaign, Some(&run), user, shards) as usize] += 1;
             }
         }
         cursor.after = users.last().cloned().or(cursor.after);
