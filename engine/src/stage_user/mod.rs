@@ -761,7 +761,9 @@ impl Flow<'_> {
         record: &R,
     ) -> Result<(), ProcessError> {
         let key = match self.stage.campaigns.book().get(campaign) {
-            Some(campaign) => shards::flow_key(campaign, &self.stage.settings, record.user()),
+            Some(campaign) => {
+                shards::flow_key(campaign, &self.stage.settings, record.user(), record.run())
+            }
             None => campaign.to_string(),
         };
         Ok(ctx.send_record(self.topic, key.as_bytes(), record)?)
