@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 use thiserror::Error;
 
-use crate::campaign::{Priority, PushOptions};
+use crate::{
+    campaign::{Priority, PushOptions},
+    model::Platform,
+};
 
 /// Largest payload APNs and FCM accept, in bytes.
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
@@ -80,7 +83,29 @@ pub fn message_id(campaign: &str, run: &str, user: &str, device: &str) -> String
     let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest.as_ref()[..16]);
-    bytes[6] = (bytes[6] & 0x0f) | 0x80; // version 8: custom
+    uuid_text(bytes, 0x80) // version 8: custom
+}
+
+/// A fresh message id for one test send (`herald campaign test-send`): a random UUID
+/// (version 4), so no two test sends share an id (senders never de-duplicate one against a
+/// later one) and none equals a campaign send's [`message_id`] (version 8). The user stage
+/// leaves receipts and notification events of test ids out of campaign stats
+/// ([`is_test_message_id`]).
+pub fn test_message_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut bytes).expect("the system random generator works");
+    uuid_text(bytes, 0x40)
+}
+
+/// Whether `id` is a test send's id ([`test_message_id`]): a UUID of version 4.
+pub fn is_test_message_id(id: &str) -> bool {
+    id.len() == 36 && id.as_bytes()[14] == b'4' && id.as_bytes()[8] == b'-'
+}
+
+/// `bytes` as a UUID of `version` (high nibble) with the RFC 4122 variant.
+fn uuid_text(mut bytes: [u8; 16], version: u8) -> String {
+    bytes[6] = (bytes[6] & 0x0f) | version;
     bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
@@ -190,6 +215,21 @@ pub fn apns(
         headers.insert("apns-expiration".into(), ((now_ms + ttl) / 1000).to_string());
     }
     Ok(ApnsRequest { body, headers })
+}
+
+/// The request for a device on `platform`: the JSON body and the provider headers (none for
+/// FCM).
+pub fn request(
+    platform: Platform,
+    message: &RenderedMessage,
+    options: &PushOptions,
+    to: &Addressing<'_>,
+    now_ms: i64,
+) -> Result<(String, BTreeMap<String, String>), PayloadError> {
+    match platform {
+        Platform::Ios => apns(message, options, to, now_ms).map(|r| (r.body, r.headers)),
+        Platform::Android => fcm(message, options, to).map(|body| (body, BTreeMap::new())),
+    }
 }
 
 /// The FCM HTTP v1 request body (`{"message": …}`) for `message` with `options`.
@@ -386,6 +426,17 @@ mod tests {
         assert_ne!(a, message_id("c", "r", "u", "d2"));
         assert_eq!(a.len(), 36);
         assert_eq!(a.matches('-').count(), 4);
+    }
+
+    #[test]
+    fn test_ids_are_fresh_uuids_told_apart_from_campaign_ids() {
+        let (a, b) = (test_message_id(), test_message_id());
+        assert_ne!(a, b);
+        assert!(is_test_message_id(&a) && is_test_message_id(&b), "{a} {b}");
+        assert_eq!(a.len(), 36);
+        let campaign_ids = (0..1000).map(|i| message_id("c", "r", &format!("u{i}"), "d"));
+        assert!(campaign_ids.into_iter().all(|id| !is_test_message_id(&id)));
+        assert!(!is_test_message_id("bench-1"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod recurrence;
 pub mod sample;
 mod segment;
 pub mod shards;
+pub mod test_send;
 
 pub use book::{CampaignBook, CampaignCache, CAMPAIGNS_TABLE};
 pub use filter::{time_ms, ProfileView, Scalar};

@@ -10,6 +10,8 @@
 //! size when rendered.
 
 pub mod budget;
+pub mod preview;
+pub mod variant;
 
 use std::{collections::BTreeSet, panic::AssertUnwindSafe, sync::OnceLock};
 

@@ -27,12 +27,12 @@ use crate::{
     },
     model::{
         is_triggered_run, topics::TopicNames, CampaignLifecycleEvent, CampaignStats, Candidate,
-        Engagement, EngagementKind, LifecycleKind, Platform, Record, RunTally, SchemaRegistry,
-        SendCommand, SendConfirmed, ShardPlan, ShardReport, Skip, VariantStats,
+        Engagement, EngagementKind, LifecycleKind, Record, RunTally, SchemaRegistry, SendCommand,
+        SendConfirmed, ShardPlan, ShardReport, Skip, VariantStats,
     },
     outbox::{Drain, Outbox, OutboxState},
-    payload::{self, Addressing, RenderedMessage},
-    render::{MessageTemplate, RenderError},
+    payload::{self, Addressing},
+    render::variant::CompiledVariant,
     runtime::{
         ProcessError, Processor, ProcessorContext, SourceRecord, Tick, Timer, TopologyBuilder,
     },
@@ -205,15 +205,6 @@ impl CampaignState {
     }
 }
 
-/// Compiled templates of one variant.
-struct CompiledVariant {
-    title: MessageTemplate,
-    body: MessageTemplate,
-    subtitle: Option<MessageTemplate>,
-    deep_link: Option<MessageTemplate>,
-    image_url: Option<MessageTemplate>,
-}
-
 /// The campaign-stage processor of one task.
 pub struct CampaignStage {
     topics: Arc<TopicNames>,
@@ -249,21 +240,9 @@ impl CampaignStage {
         }
         self.compiled.clear();
         for campaign in self.campaigns.book().all() {
-            let compile = |source: &str| MessageTemplate::compile(source).ok();
-            let variants: Option<Vec<CompiledVariant>> = campaign
-                .what
-                .iter()
-                .map(|m| {
-                    Some(CompiledVariant {
-                        title: compile(&m.title)?,
-                        body: compile(&m.body)?,
-                        subtitle: m.subtitle.as_deref().and_then(compile),
-                        deep_link: m.deep_link.as_deref().and_then(compile),
-                        image_url: m.image_url.as_deref().and_then(compile),
-                    })
-                })
-                .collect();
-            if let Some(variants) = variants {
+            let variants: Result<Vec<CompiledVariant>, String> =
+                campaign.what.iter().map(CompiledVariant::compile).collect();
+            if let Ok(variants) = variants {
                 self.compiled.insert(campaign.id.clone(), variants);
             }
         }
@@ -465,19 +444,11 @@ impl CampaignStage {
             return Ok(());
         };
         let strict = true;
-        let render =
-            |t: &MessageTemplate| t.render(&candidate.profile, &candidate.event_properties, strict);
-        let optional = |t: &Option<MessageTemplate>| t.as_ref().map(render).transpose();
-        let rendered = (|| -> Result<RenderedMessage, RenderError> {
-            Ok(RenderedMessage {
-                title: render(&compiled.title)?,
-                body: render(&compiled.body)?,
-                subtitle: optional(&compiled.subtitle)?,
-                deep_link: optional(&compiled.deep_link)?,
-                image_url: optional(&compiled.image_url)?,
-            })
-        })();
-        let rendered = match rendered {
+        let rendered = match compiled.render(
+            &candidate.profile,
+            &candidate.event_properties,
+            strict,
+        ) {
             Ok(rendered) => rendered,
             Err(error) => {
                 tracing::debug!(campaign = %campaign.id, user = %candidate.user_id, %error, "template error");
@@ -501,14 +472,7 @@ impl CampaignStage {
                 message_id: &message_id,
                 token: &device.token,
             };
-            let built =
-                match device.platform {
-                    Platform::Ios => payload::apns(&rendered, &message.push, &to, at)
-                        .map(|r| (r.body, r.headers)),
-                    Platform::Android => payload::fcm(&rendered, &message.push, &to)
-                        .map(|body| (body, BTreeMap::new())),
-                };
-            match built {
+            match payload::request(device.platform, &rendered, &message.push, &to, at) {
                 Ok((body, headers)) => commands.push(SendCommand {
                     message_id,
                     campaign_id: campaign.id.clone(),

@@ -315,6 +315,9 @@ impl UserStage {
                 profiles.put_as(user, &profile)?;
             }
         }
+        if crate::payload::is_test_message_id(&receipt.message_id) {
+            return Ok(()); // a test send: not in campaign stats (see `campaign::test_send`)
+        }
         if kind == EngagementKind::Delivered {
             let mut deliveries = ctx.store(DELIVERIES)?;
             let mut list = deliveries.get_as::<Vec<Delivery>>(user)?.unwrap_or_default();
@@ -410,6 +413,9 @@ impl UserStage {
             Some(PropertyValue::String(s)) => Some(s.clone()),
             _ => None,
         };
+        if text("message_id").is_some_and(|id| crate::payload::is_test_message_id(&id)) {
+            return Ok(()); // a test send: not in campaign stats (see `campaign::test_send`)
+        }
         let campaign = text("campaign_id").ok_or_else(|| {
             ProcessError::reject(format!("{} event without a campaign_id property", event.name))
         })?;
