@@ -7,13 +7,43 @@
 //! (shard 0 holds the lowest ranks), so the first `k` users of the run are shard 0's in rank
 //! order, then shard 1's, and so on; the home cuts the run once from the shards' counts
 //! ([`first_in_order`]), one global cut-off with no ranks on the wire.
+//!
+//! With `timezone: user`, a run's users are sent at their own local times over up to 26 hours,
+//! but its sample is taken at the scan over all of them: each user whose local time is still
+//! to come is sent to the campaign stage as a [`reservation`] and ranked with the others.
 
 use super::{Assignment, Campaign};
+use crate::model::Candidate;
 
 /// Whether a scheduled run of `campaign` may take part of its audience (a per-run limit or an
 /// A/B test): its users are then taken in the run's random order.
 pub fn samples(campaign: &Campaign) -> bool {
     campaign.limits.per_run.is_some() || matches!(campaign.assignment, Assignment::AbTest(_))
+}
+
+/// A reservation: the place in `run` of a user who qualified at the run's scan and waits for
+/// their local time (`timezone: user`) until `local_ms`. Sent to the campaign stage at the scan,
+/// so the run's sample is taken over all its users, whatever their timezone; it carries no
+/// device (the user is checked again, and sent, at their local time) and is never sent itself.
+pub fn reservation(campaign: &Campaign, run: &str, user: &str, local_ms: i64) -> Candidate {
+    Candidate {
+        campaign_id: campaign.id.clone(),
+        app_id: campaign.app.clone(),
+        run_id: run.to_string(),
+        user_id: user.to_string(),
+        qualified_at_ms: local_ms,
+        trigger_event: None,
+        event_properties: Default::default(),
+        profile: Default::default(),
+        devices: Vec::new(),
+        timezone: None,
+        language: None,
+    }
+}
+
+/// Whether `candidate` is a [`reservation`] (a real candidate always has a device to send to).
+pub fn is_reservation(candidate: &Candidate) -> bool {
+    candidate.devices.is_empty()
 }
 
 /// The user's place in the run's random order: the first 8 bytes of SHA-256(run, NUL, user).

@@ -28,8 +28,10 @@ pub fn in_effect(campaign: &Campaign, settings: &Settings) -> u32 {
     let supported = common
         && match (&campaign.when.trigger, &campaign.assignment) {
             (Trigger::Scheduled(_), Assignment::Single)
-            | (Trigger::Scheduled(_), Assignment::AbTest(_))
             | (Trigger::Scheduled(_), Assignment::ByProperty(_)) => true,
+            // A test whose users are sent at their local times ends at the last one's, which
+            // only one task knows (see `stage_campaign::runs`).
+            (Trigger::Scheduled(schedule), Assignment::AbTest(_)) => schedule.user_local.is_none(),
             (Trigger::Scheduled(_), _) => false,
             // A total limit is leased to the shards by the home (`stage_campaign::leases`).
             (_, Assignment::Single | Assignment::ByProperty(_)) => true,

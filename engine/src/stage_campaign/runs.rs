@@ -71,6 +71,10 @@ pub(super) struct RunState {
     /// Releasing stopped to wait for places in flight; a settled place resumes it.
     #[serde(default)]
     waiting: bool,
+    /// The latest local time of a test user selected before it (`timezone: user`): the test
+    /// ends then.
+    #[serde(default)]
+    test_ends_at: i64,
 }
 
 impl RunState {
@@ -90,6 +94,7 @@ impl RunState {
             test_from: 0,
             test_total: 0,
             shards: Default::default(),
+            test_ends_at: 0,
         }
     }
 
@@ -130,6 +135,12 @@ fn buffer_prefix(owner: &str, run: &str) -> Vec<u8> {
     [owner.as_bytes(), &[0], run.as_bytes(), &[0]].concat()
 }
 
+/// Where the users of `run` selected before their local time are kept (beside its buffer, not
+/// in it), with the variant the run chose for them: until they come at their local time.
+fn selection_key(owner: &str, run: &str, user: &str) -> Vec<u8> {
+    [owner.as_bytes(), &[0], run.as_bytes(), &[1], user.as_bytes()].concat()
+}
+
 /// Buffer key of a candidate of `run`: the run's prefix, then, where the run takes part of its
 /// audience (a per-run limit or an A/B test population), the user's [`sample::rank`] in the run and
 /// the user: released in key order, the first users are a uniform random sample of the run's
@@ -154,13 +165,29 @@ impl CampaignStage {
         state: &mut CampaignState,
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
-        let Some(mut run) = self.current_run(ctx, state, &candidate.run_id)? else {
-            if campaign.user_local().is_some() {
-                // A user's local time of a run can come after the next run started (a daily
-                // run's users span up to 26 hours): sent, outside the newer run's limit.
-                return self.deliver(ctx, campaign, state, &candidate, None);
+        let reserved = sample::is_reservation(&candidate);
+        let sampled_local = campaign.user_local().is_some() && sample::samples(campaign);
+        if sampled_local && !reserved {
+            // At their local time, a user the run selected at its release (see `select`).
+            let key = selection_key(&state.key, &candidate.run_id, &candidate.user_id);
+            let selected = ctx.store(RUN_BUFFER)?.get_as::<Option<usize>>(&key)?;
+            if let Some(chosen) = selected {
+                ctx.store(RUN_BUFFER)?.delete(&key)?;
+                return self.deliver(ctx, campaign, state, &candidate, chosen);
             }
-            state.skip("run_over"); // a newer run has started
+        }
+        let Some(mut run) = self.current_run(ctx, state, &candidate.run_id)? else {
+            let reason = match campaign.user_local() {
+                // A user's local time of a run can come after the next run started (a daily
+                // run's users span up to 26 hours): sent, outside the newer run's limit, unless
+                // the run took a sample, which was taken at its release.
+                Some(_) if !sampled_local => {
+                    return self.deliver(ctx, campaign, state, &candidate, None);
+                }
+                Some(_) if !reserved => "run_limit",
+                _ => "run_over", // a newer run has started
+            };
+            state.skip(reason);
             return Ok(());
         };
         match run.phase {
@@ -176,6 +203,8 @@ impl CampaignStage {
                 }
                 buffer.put_as(&key, &candidate)?;
             }
+            // A reservation is counted when its user comes, not itself.
+            RunPhase::Tripped | RunPhase::Done if reserved => {}
             RunPhase::Tripped => state.skip("safety_check"),
             RunPhase::Done => {
                 let sent = run.sent;
@@ -274,7 +303,7 @@ impl CampaignStage {
                 if state.is_shard(campaign) {
                     return self.report_test_sent(ctx, campaign, state, run);
                 }
-                return self.start_evaluation(ctx, campaign, state, at);
+                return self.start_evaluation(ctx, campaign, state, at.max(run.test_ends_at));
             }
             if self.waits_for_places(campaign, state, Some(run), at) {
                 run.waiting = true; // a settled place schedules the next step
@@ -296,6 +325,10 @@ impl CampaignStage {
             let index = run.test_from + run.next;
             let chosen = (run.next < run.test_users).then(|| ab::alternate(index, variants));
             run.next += 1;
+            if sample::is_reservation(&candidate) {
+                self.select(ctx, campaign, state, run, &candidate, chosen)?;
+                continue;
+            }
             let leaving =
                 Candidate { qualified_at_ms: at.max(candidate.qualified_at_ms), ..candidate };
             self.deliver_in_run(ctx, campaign, state, run, &leaving, chosen)?;
@@ -318,6 +351,30 @@ impl CampaignStage {
                 ("sent".to_string(), run.sent.to_string()),
             ]);
             self.lifecycle(ctx, campaign, LifecycleKind::RunFinished, details)?;
+        }
+        Ok(())
+    }
+
+    /// A user released before their local time (a [`sample::reservation`]): within the per-run
+    /// limit, selected (their place taken, their variant kept until they come, see
+    /// `on_run_candidate`); else nothing yet: they are counted when they come.
+    fn select(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &CampaignState,
+        run: &mut RunState,
+        reservation: &Candidate,
+        chosen: Option<usize>,
+    ) -> Result<(), ProcessError> {
+        if run.limit(campaign).is_some_and(|limit| run.sent >= limit) {
+            return Ok(());
+        }
+        let key = selection_key(&state.key, &run.id, &reservation.user_id);
+        ctx.store(RUN_BUFFER)?.put_as(&key, &chosen)?;
+        run.sent += 1;
+        if chosen.is_some() {
+            run.test_ends_at = run.test_ends_at.max(reservation.qualified_at_ms);
         }
         Ok(())
     }
@@ -422,9 +479,13 @@ impl CampaignStage {
             if left.is_empty() {
                 break;
             }
-            for (key, _) in left {
+            for (key, value) in left {
                 ctx.store(RUN_BUFFER)?.delete(&key)?;
-                state.skip(reason);
+                // A reservation is counted when its user comes, not itself.
+                let candidate = serde_json::from_slice::<Candidate>(&value).ok();
+                if !candidate.is_some_and(|c| sample::is_reservation(&c)) {
+                    state.skip(reason);
+                }
             }
         }
         run.next = run.buffered;

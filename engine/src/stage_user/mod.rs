@@ -607,6 +607,13 @@ impl UserStage {
         waiting: Waiting,
         due_ms: i64,
     ) -> Result<bool, ProcessError> {
+        if waiting == Waiting::LocalTime && crate::campaign::sample::samples(campaign) {
+            // A run taking part of its audience takes it now, over all its users: this user's
+            // place in it (see `campaign::sample`).
+            let (run, user) = (occasion.run_id, occasion.user);
+            let reservation = crate::campaign::sample::reservation(campaign, run, user, due_ms);
+            self.flow().emit(ctx, &campaign.id, &reservation)?;
+        }
         let pending = Pending {
             campaign: campaign.id.clone(),
             user: occasion.user.to_string(),
