@@ -59,6 +59,41 @@ struct Version {
 struct Current {
     fingerprint: Fingerprint,
     schema: Schema,
+    /// Whether typed records are serialised straight against the schema (see
+    /// [`SchemaRegistry::encode`]): every enum in it is one of [`DIRECT_ENUMS`].
+    direct: bool,
+}
+
+/// Enums whose Rust variants are declared in their schema's symbol order (checked by a test):
+/// the direct encoder writes a variant's index, not its name, so a record whose schema holds
+/// any other enum takes the generic path.
+const DIRECT_ENUMS: [&str; 7] = [
+    "Platform",
+    "CampaignCommand",
+    "LifecycleKind",
+    "EngagementKind",
+    "ReceiptStatus",
+    "ShardReportKind",
+    "ShardPlanKind",
+];
+
+/// The enums in `schema`, by name.
+fn enums_in<'s>(schema: &'s Schema, out: &mut Vec<(&'s str, &'s Schema)>) {
+    match schema {
+        Schema::Enum(e) => out.push((&e.name.name, schema)),
+        Schema::Record(record) => record.fields.iter().for_each(|f| enums_in(&f.schema, out)),
+        Schema::Union(union) => union.variants().iter().for_each(|s| enums_in(s, out)),
+        Schema::Array(array) => enums_in(&array.items, out),
+        Schema::Map(map) => enums_in(&map.types, out),
+        _ => {}
+    }
+}
+
+/// Whether records of `schema` may be serialised directly (see [`Current::direct`]).
+fn direct(schema: &Schema) -> bool {
+    let mut enums = Vec::new();
+    enums_in(schema, &mut enums);
+    enums.iter().all(|(name, _)| DIRECT_ENUMS.contains(name))
 }
 
 /// Resolves writer fingerprints to schemas and encodes/decodes single-object records.
@@ -97,7 +132,8 @@ impl SchemaRegistry {
             if path.contains('/') {
                 historical.push((path.to_string(), name.clone()));
             } else {
-                let entry = Current { fingerprint, schema: schema.clone() };
+                let entry =
+                    Current { fingerprint, schema: schema.clone(), direct: direct(&schema) };
                 if let Some((first, _)) = current.insert(name.clone(), (path.to_string(), entry)) {
                     return Err(SchemaError::DuplicateCurrent {
                         name,
@@ -152,7 +188,33 @@ impl SchemaRegistry {
     }
 
     /// Encodes a typed record with its current schema.
+    ///
+    /// The record is serialised straight into Avro binary against its schema (no generic value,
+    /// resolution or validation pass: those were most of the engine's encode cost); a record
+    /// that serialiser refuses, or whose schema holds an enum not in [`DIRECT_ENUMS`], takes the
+    /// generic path, which names what is wrong. Debug builds
+    /// check every record against the generic path (same value read back).
     pub fn encode<T: Record>(&self, record: &T) -> Result<Vec<u8>, CodecError> {
+        let current = self.current_entry(T::FULL_NAME)?;
+        let mut bytes = Vec::with_capacity(256);
+        bytes.extend_from_slice(&single_object::MAGIC);
+        bytes.extend_from_slice(&current.fingerprint.0);
+        if !current.direct
+            || apache_avro::write_avro_datum_ref(&current.schema, record, &mut bytes).is_err()
+        {
+            return self.encode_generic(record);
+        }
+        debug_assert_eq!(
+            self.decode_value(&bytes).map(|(_, value)| value).ok(),
+            self.encode_generic(record).and_then(|slow| self.decode_value(&slow)).ok().map(|v| v.1),
+            "direct and generic Avro encodings of a {} differ",
+            T::FULL_NAME
+        );
+        Ok(bytes)
+    }
+
+    /// Encodes a typed record through a generic Avro value resolved against its schema.
+    fn encode_generic<T: Record>(&self, record: &T) -> Result<Vec<u8>, CodecError> {
         let value = apache_avro::to_value(record).map_err(|e| CodecError::Encode {
             schema: T::FULL_NAME.to_string(),
             reason: e.to_string(),
@@ -242,4 +304,76 @@ fn fingerprint_of(schema: &Schema) -> Fingerprint {
     let mut fingerprint = [0u8; 8];
     fingerprint.copy_from_slice(&bytes[..8]);
     Fingerprint(fingerprint)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{de::DeserializeOwned, Serialize};
+
+    use super::{enums_in, SchemaRegistry, DIRECT_ENUMS};
+    use crate::model::{
+        CampaignCommand, EngagementKind, LifecycleKind, Platform, ReceiptStatus, ShardPlanKind,
+        ShardReportKind,
+    };
+
+    /// Checks that each symbol of enum `name` in every current schema reads as the Rust variant
+    /// that serialises with that symbol's index: the direct encoder writes indexes.
+    fn same_order<E: Serialize + DeserializeOwned>(name: &str) -> usize {
+        let registry = SchemaRegistry::builtin();
+        let mut checked = 0;
+        for record in registry.record_names() {
+            let mut enums = Vec::new();
+            enums_in(registry.current_schema(record).expect("current"), &mut enums);
+            for (_, schema) in enums.iter().filter(|(n, _)| *n == name) {
+                let apache_avro::Schema::Enum(e) = schema else { unreachable!() };
+                for symbol in &e.symbols {
+                    let variant: E = serde_json::from_value(serde_json::json!(symbol))
+                        .unwrap_or_else(|e| panic!("{name}::{symbol} in {record}: {e}"));
+                    let mut bytes = Vec::new();
+                    apache_avro::write_avro_datum_ref(schema, &variant, &mut bytes).expect("write");
+                    let read = apache_avro::from_avro_datum(schema, &mut bytes.as_slice(), None);
+                    let Ok(apache_avro::types::Value::Enum(_, written)) = read else {
+                        panic!("{name}::{symbol} in {record}: read back {read:?}")
+                    };
+                    assert_eq!(&written, symbol, "{name} in {record}");
+                    checked += 1;
+                }
+            }
+        }
+        checked
+    }
+
+    #[test]
+    fn direct_enums_declare_their_variants_in_schema_order() {
+        let checks = [
+            ("Platform", same_order::<Platform>("Platform")),
+            ("CampaignCommand", same_order::<CampaignCommand>("CampaignCommand")),
+            ("LifecycleKind", same_order::<LifecycleKind>("LifecycleKind")),
+            ("EngagementKind", same_order::<EngagementKind>("EngagementKind")),
+            ("ReceiptStatus", same_order::<ReceiptStatus>("ReceiptStatus")),
+            ("ShardReportKind", same_order::<ShardReportKind>("ShardReportKind")),
+            ("ShardPlanKind", same_order::<ShardPlanKind>("ShardPlanKind")),
+        ];
+        for ((name, checked), listed) in checks.iter().zip(DIRECT_ENUMS) {
+            assert_eq!(*name, listed);
+            assert!(*checked > 0, "no enum {name} in the schemas");
+        }
+    }
+
+    #[test]
+    fn direct_and_generic_encodings_read_the_same() {
+        let registry = SchemaRegistry::builtin();
+        let command = crate::model::CampaignEnvelope {
+            campaign_id: "c".into(),
+            app_id: "a".into(),
+            command: CampaignCommand::Resume,
+            definition: None,
+            revision: 3,
+            issued_at_ms: 1,
+            issued_by: Some("me".into()),
+        };
+        let direct = registry.encode(&command).expect("direct");
+        let generic = registry.encode_generic(&command).expect("generic");
+        assert_eq!(direct, generic);
+    }
 }
