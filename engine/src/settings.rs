@@ -104,6 +104,7 @@ pub struct Settings {
     fallback: AppSettings,
     ingest: IngestLimits,
     history: HistoryRetention,
+    properties: PropertyHistory,
 }
 
 /// Days of per-user event history kept (`history.retention_days`, every app): by default
@@ -122,6 +123,35 @@ impl HistoryRetention {
 impl Default for HistoryRetention {
     fn default() -> Self {
         Self(DEFAULT_HISTORY_DAYS)
+    }
+}
+
+/// Which event properties the history keeps, and how many (`history.properties`), so that a
+/// campaign's `where` conditions on past behaviour see events from before the campaign existed.
+/// Bounded per user, event and day: a property set past either budget is not kept (the event
+/// is still counted by name) and is counted in `history_properties_total{outcome="over_budget"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PropertyHistory {
+    /// The properties kept of each event.
+    pub keep: KeptProperties,
+    /// Distinct property sets kept per user, event and day.
+    pub max_sets: u32,
+    /// Bytes of property sets (as JSON) kept per user, event and day.
+    pub max_bytes: u32,
+}
+
+/// The event properties kept in the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeptProperties {
+    /// Every property of the event (`keep: all`).
+    All,
+    /// Only these (`keep: [name, ...]`; an empty list keeps none).
+    Only(std::collections::BTreeSet<String>),
+}
+
+impl Default for PropertyHistory {
+    fn default() -> Self {
+        Self { keep: KeptProperties::All, max_sets: 8, max_bytes: 1024 }
     }
 }
 
@@ -145,12 +175,17 @@ impl Settings {
     ///   max_devices: 20
     /// history:
     ///   retention_days: 90    # event history kept per user (at most 400)
+    ///   properties:           # event properties kept for `where` conditions (defaults)
+    ///     keep: all           # or a list of property names
+    ///     max_sets: 8         # distinct property sets per user, event and day
+    ///     max_bytes: 1024     # bytes of property sets per user, event and day
     /// ```
     pub fn parse(text: &str, source: &str) -> Result<Self, ValidationErrors> {
         let mut errors = Vec::new();
         let mut apps = HashMap::new();
         let mut ingest = Some(IngestLimits::default());
         let mut history = Some(HistoryRetention::default());
+        let mut properties = Some(PropertyHistory::default());
         match serde_norway::from_str::<Value>(text) {
             Err(e) => errors.push(FieldError { path: "(document)".into(), reason: e.to_string() }),
             Ok(Value::Null) => {}
@@ -159,6 +194,9 @@ impl Settings {
                 if let Some(file) = fields.object(&document, "", &["apps", "ingest", "history"]) {
                     if let Some(value) = file.get("history").filter(|v| !v.is_null()) {
                         history = fields.history(value, "history");
+                        if let Some(value) = value.get("properties").filter(|v| !v.is_null()) {
+                            properties = fields.property_history(value, "history.properties");
+                        }
                     }
                     if let Some(value) = file.get("ingest").filter(|v| !v.is_null()) {
                         ingest = fields.ingest(value, "ingest");
@@ -181,7 +219,8 @@ impl Settings {
         }
         let ingest = ingest.unwrap_or_default();
         let history = history.unwrap_or_default();
-        Ok(Self { apps, fallback: AppSettings::default(), ingest, history })
+        let properties = properties.unwrap_or_default();
+        Ok(Self { apps, fallback: AppSettings::default(), ingest, history, properties })
     }
 
     /// Settings of `app`.
@@ -197,6 +236,11 @@ impl Settings {
     /// How long event history is kept.
     pub fn history(&self) -> HistoryRetention {
         self.history
+    }
+
+    /// Which event properties the history keeps.
+    pub fn property_history(&self) -> &PropertyHistory {
+        &self.properties
     }
 }
 
@@ -299,7 +343,7 @@ impl Fields<'_> {
 
     /// `history: { retention_days: N }`, N from 1 to [`MAX_HISTORY_DAYS`].
     fn history(&mut self, value: &Value, path: &str) -> Option<HistoryRetention> {
-        let map = self.object(value, path, &["retention_days"])?;
+        let map = self.object(value, path, &["retention_days", "properties"])?;
         match map.get("retention_days").filter(|v| !v.is_null()) {
             None => Some(HistoryRetention::default()),
             Some(days) => match days.as_u64().and_then(|d| u32::try_from(d).ok()) {
@@ -310,6 +354,38 @@ impl Fields<'_> {
                 ),
             },
         }
+    }
+
+    /// `history.properties: { keep: all | [names], max_sets: N, max_bytes: N }`.
+    fn property_history(&mut self, value: &Value, path: &str) -> Option<PropertyHistory> {
+        let map = self.object(value, path, &["keep", "max_sets", "max_bytes"])?;
+        let defaults = PropertyHistory::default();
+        let keep = match map.get("keep") {
+            None | Some(Value::Null) => Some(defaults.keep),
+            Some(Value::String(all)) if all == "all" => Some(KeptProperties::All),
+            Some(Value::Array(names)) if names.iter().all(Value::is_string) => {
+                Some(KeptProperties::Only(
+                    names.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+                ))
+            }
+            Some(other) => self.error(
+                &format!("{path}.keep"),
+                format!("expected all or a list of property names, found {other}"),
+            ),
+        };
+        let mut bounded = |key: &str, default: u32, most: u32| match map.get(key) {
+            None | Some(Value::Null) => Some(default),
+            Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) if (1..=most).contains(&n) => Some(n),
+                _ => self.error(
+                    &format!("{path}.{key}"),
+                    format!("expected a whole number from 1 to {most}, found {v}"),
+                ),
+            },
+        };
+        let max_sets = bounded("max_sets", defaults.max_sets, 1_000);
+        let max_bytes = bounded("max_bytes", defaults.max_bytes, 1 << 20);
+        Some(PropertyHistory { keep: keep?, max_sets: max_sets?, max_bytes: max_bytes? })
     }
 
     fn ingest(&mut self, value: &Value, path: &str) -> Option<IngestLimits> {

@@ -2,7 +2,8 @@
 //! the replay driver (event time), for users in UTC+14, UTC and UTC−10: on time, each user at
 //! 09:00 local over 24 hours; started late (the engine was down until 10:30Z), the UTC+14 user
 //! is past the cut-off (expired), the UTC user is sent at once and the UTC−10 user at 09:00
-//! local.
+//! local. With `timezone: best`, each user at the local hour they were most active in, and
+//! users without activity at the campaign's time.
 
 mod replay_support;
 
@@ -56,7 +57,12 @@ fn ticks(from: i64, to: i64) -> Vec<String> {
 /// order, and the users skipped with their reasons. Users sent at once leave with the run's
 /// release, when the replay's time next moves (within 10 minutes here), hence the hours.
 fn replay(lines: &[String], partitions: i32) -> (Pairs, Pairs) {
-    let dir = replay_support::replay(CAMPAIGN, lines, partitions);
+    replay_campaign(CAMPAIGN, lines, partitions)
+}
+
+/// [`replay`] of `campaign`.
+fn replay_campaign(campaign: &str, lines: &[String], partitions: i32) -> (Pairs, Pairs) {
+    let dir = replay_support::replay(campaign, lines, partitions);
     let mut sends: Vec<(String, String)> = read(dir.path(), "sends.jsonl")
         .iter()
         .map(|s| {
@@ -116,5 +122,69 @@ fn started_late_past_the_cut_off_in_utc_plus_14_at_once_in_utc_at_nine_in_utc_mi
             pairs(&[("b", "2026-11-20T10"), ("a", "2026-11-20T19"), ("c", "2026-11-20T19")]);
         assert_eq!(sends, expected, "on {partitions} partition(s)");
         assert_eq!(skips, pairs(&[("a", "expired")]), "on {partitions} partition(s)");
+    }
+}
+
+/// Daily at each user's most active local hour, from the run of 2026-11-20 on; 09:00 local for
+/// users without activity.
+const BEST: &str = "id: best\napp: shop\nname: n\nwhen:\n  start: \"2026-11-19T00:00:00Z\"\n  schedule: { repeat: daily, time: \"09:00\", timezone: best }\nwhat: { title: t, body: b }\noptions: { ignore_global_caps: true }\n";
+
+/// `user` opening the app at `local` (HH:MM) in UTC`offset_h` on each of the days 10 to 18
+/// of November 2026 in `days`.
+fn opened(
+    user: &str,
+    offset_h: i64,
+    local: &str,
+    days: std::ops::RangeInclusive<u32>,
+) -> Vec<String> {
+    days.map(|day| {
+        let at = ms(&format!("2026-11-{day:02}T{local}:00Z")) - offset_h * 3_600_000;
+        format!(
+            r#"{{"type":"event","user":"{user}","ts":"{}","name":"App Opened","props":{{}}}}"#,
+            ts(at)
+        )
+    })
+    .collect()
+}
+
+#[test]
+fn best_time_sends_each_user_at_their_most_active_local_hour_else_the_campaign_time() {
+    let start = ms("2026-11-10T00:00:00Z");
+    // early: Tokyo (UTC+9), mostly at 07:xx; late: Sao Paulo (UTC-3), mostly at 20:xx; new: no
+    // activity (UTC).
+    let mut lines: Vec<String> =
+        [("early", "Asia/Tokyo"), ("late", "America/Sao_Paulo"), ("new", "UTC")]
+            .iter()
+            .map(|(user, tz)| {
+                format!(
+                    r#"{{"type":"profile","user":"{user}","ts":"{}","set":{{"timezone":"{tz}"}},"devices":[{{"platform":"ios","token":"tok-{user}"}}]}}"#,
+                    ts(start)
+                )
+            })
+            .collect();
+    lines.extend(opened("early", 9, "07:15", 10..=18));
+    lines.extend(opened("early", 9, "12:30", 12..=15));
+    lines.extend(opened("late", -3, "20:40", 11..=18));
+    lines.extend(opened("late", -3, "09:10", 10..=14));
+    lines.extend(ticks(ms("2026-11-18T12:00:00Z"), ms("2026-11-20T23:10:00Z")));
+    // A calendar campaign's first run must be seen within a minute of its time.
+    lines.extend(ticks(ms("2026-11-19T10:00:30Z"), ms("2026-11-19T10:00:30Z")));
+    lines.sort_by_key(|line| {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        ms(value["ts"].as_str().unwrap())
+    });
+    for partitions in [1, 3] {
+        let (sends, skips) = replay_campaign(BEST, &lines, partitions);
+        // The run of 2026-11-20 starts at midnight in UTC+14 (10:00Z on the 19th): early at
+        // 07:00 in Tokyo, new at 09:00 UTC, late at 20:00 in Sao Paulo; the run of the 21st
+        // (10:00Z on the 20th) reaches early's 07:00 before the replay ends.
+        let expected = pairs(&[
+            ("early", "2026-11-19T22"),
+            ("new", "2026-11-20T09"),
+            ("early", "2026-11-20T22"),
+            ("late", "2026-11-20T23"),
+        ]);
+        assert_eq!(sends, expected, "on {partitions} partition(s)");
+        assert_eq!(skips, Vec::new(), "on {partitions} partition(s)");
     }
 }

@@ -799,6 +799,10 @@ impl Parser {
         };
         let zone = map.get("timezone").filter(|v| !v.is_null());
         let user_local = zone.is_some_and(|v| v.as_str() == Some("user"));
+        let best = zone.is_some_and(|v| v.as_str() == Some("best"));
+        if best && repeat == "hourly" {
+            self.error::<()>("when.schedule.timezone", "best applies to daily, weekly and monthly");
+        }
         let until = match map.get("until").filter(|v| !v.is_null()) {
             None => Some(None),
             Some(_) if !user_local => {
@@ -814,11 +818,18 @@ impl Parser {
         };
         let timezone = match zone {
             None => Some(timezone.unwrap_or(Tz::UTC)),
-            Some(_) if user_local => Some(UserLocal::RUN_ZONE),
+            Some(_) if user_local || best => Some(UserLocal::RUN_ZONE),
             Some(v) => self.timezone(v, "when.schedule.timezone"),
         };
-        let recurrence = Recurrence { cadence: cadence?, time: time?, timezone: timezone? };
-        Some((recurrence, user_local.then_some(UserLocal { until: until? })))
+        let (time, until) = (time?, until?);
+        let (run_time, local) = match (user_local, best) {
+            (true, _) => (time, Some(UserLocal::RunTime { until })),
+            // Runs start at midnight in UTC+14: every user's hour of the run's date is to come.
+            (_, true) => (NaiveTime::MIN, Some(UserLocal::BestHour { fallback: time })),
+            _ => (time, None),
+        };
+        let recurrence = Recurrence { cadence: cadence?, time: run_time, timezone: timezone? };
+        Some((recurrence, local))
     }
 
     /// `catch_up: once|skip` and `grace: <duration>` (with `once` only; default a day).
@@ -885,9 +896,7 @@ impl Parser {
         match name.as_str() {
             "user" | "best" => self.error(
                 path,
-                format!(
-                    "timezone: {name} applies to a calendar schedule, best is not available yet"
-                ),
+                format!("timezone: {name} applies to a calendar schedule (when.schedule.repeat)"),
             ),
             _ => name.parse().ok().or_else(|| {
                 self.error(
@@ -1478,8 +1487,19 @@ mod tests {
             "options: { timezone: Europe/Paris }",
         )
         .unwrap();
-        assert_eq!(local.user_local.unwrap().until, chrono::NaiveTime::from_hms_opt(11, 0, 0));
+        let until = chrono::NaiveTime::from_hms_opt(11, 0, 0);
+        assert_eq!(local.user_local, Some(crate::campaign::UserLocal::RunTime { until }));
         assert_eq!(local.calendar.unwrap().timezone, chrono_tz::Etc::GMTMinus14);
+        let best =
+            schedule_of("{ repeat: weekly, days: [mon], time: \"19:30\", timezone: best }", "")
+                .unwrap();
+        let fallback = chrono::NaiveTime::from_hms_opt(19, 30, 0).unwrap();
+        assert_eq!(best.user_local, Some(crate::campaign::UserLocal::BestHour { fallback }));
+        let calendar = best.calendar.unwrap();
+        assert_eq!(
+            (calendar.time, calendar.timezone),
+            (chrono::NaiveTime::MIN, crate::campaign::UserLocal::RUN_ZONE)
+        );
         assert_eq!(hourly.catch_up, CatchUp::Once { grace_ms: 7_200_000 });
     }
 
@@ -1515,8 +1535,8 @@ mod tests {
                 "when.schedule.until: 08:00:00 is not after",
             ),
             (
-                "{ repeat: daily, time: \"09:00\", timezone: best }",
-                "when.schedule.timezone: timezone: best",
+                "{ repeat: hourly, hours: 6, timezone: best }",
+                "when.schedule.timezone: best applies to daily, weekly and monthly",
             ),
             (
                 "{ repeat: daily, time: \"09:00\", at: \"2026-12-01T00:00:00Z\" }",

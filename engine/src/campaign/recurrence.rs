@@ -93,13 +93,24 @@ impl Recurrence {
     }
 }
 
-/// Delivery at the run's local time in each user's own timezone (`timezone: user`). A run's
-/// instant is its time in the first timezone to reach it (UTC+14); a user's send is the same
-/// local date and time in the user's timezone, up to 26 hours later.
+/// Delivery in each user's own timezone. A run's instant is the start of its local date and
+/// time in the first timezone to reach it (UTC+14); each user's send is on the same local date
+/// in the user's timezone: at the run's time (`timezone: user`, up to 26 hours after the run
+/// starts) or at the user's most active hour (`timezone: best`, whose runs start at midnight in
+/// UTC+14, so every user's hour of that date is still to come: up to 50 hours after).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UserLocal {
-    /// Local cut-off: a user whose local time has passed it (on the run's date) is not sent to.
-    pub until: Option<NaiveTime>,
+pub enum UserLocal {
+    /// At the run's local time (`timezone: user`).
+    RunTime {
+        /// Local cut-off: a user whose local time has passed it (on the run's date) is not
+        /// sent to.
+        until: Option<NaiveTime>,
+    },
+    /// At the start of the local hour the user was most active in (`timezone: best`).
+    BestHour {
+        /// The campaign's time of day, for users without activity.
+        fallback: NaiveTime,
+    },
 }
 
 /// When one user gets a user-local run.
@@ -117,13 +128,27 @@ impl UserLocal {
     /// The timezone whose local times start user-local runs: the first to reach any time.
     pub const RUN_ZONE: Tz = chrono_tz::Etc::GMTMinus14;
 
-    /// When a user in `user_tz` gets the run due at `run_at_ms`, seen at `now_ms`.
-    pub fn send(&self, run_at_ms: i64, user_tz: Tz, now_ms: i64) -> LocalSend {
+    /// When a user in `user_tz` gets the run due at `run_at_ms`, seen at `now_ms`;
+    /// `best_hour`: the user's most active local hour, if any (read by `BestHour` only).
+    pub fn send(
+        &self,
+        run_at_ms: i64,
+        user_tz: Tz,
+        now_ms: i64,
+        best_hour: Option<u32>,
+    ) -> LocalSend {
         let Some(run) = DateTime::<Utc>::from_timestamp_millis(run_at_ms) else {
             return LocalSend::Now;
         };
-        let local = run.with_timezone(&Self::RUN_ZONE).naive_local();
-        let cut_off = self.until.map(|until| instant(&user_tz, local.date().and_time(until)));
+        let run_local = run.with_timezone(&Self::RUN_ZONE).naive_local();
+        let (local, until) = match *self {
+            Self::RunTime { until } => (run_local, until),
+            Self::BestHour { fallback } => {
+                let best = best_hour.and_then(|hour| NaiveTime::from_hms_opt(hour, 0, 0));
+                (run_local.date().and_time(best.unwrap_or(fallback)), None)
+            }
+        };
+        let cut_off = until.map(|until| instant(&user_tz, local.date().and_time(until)));
         match instant(&user_tz, local) {
             _ if cut_off.is_some_and(|cut_off| now_ms > cut_off) => LocalSend::Expired,
             at if at > now_ms => LocalSend::At(at),
@@ -327,28 +352,60 @@ mod tests {
 
     #[test]
     fn user_local_nine_with_a_cut_off_at_eleven_in_utc_minus_10_utc_and_utc_plus_14() {
-        let local = UserLocal { until: NaiveTime::from_hms_opt(11, 0, 0) };
+        let local = UserLocal::RunTime { until: NaiveTime::from_hms_opt(11, 0, 0) };
         let daily = at(Cadence::Daily, "09:00", UserLocal::RUN_ZONE);
         // The run of 2026-11-20 starts when it is 09:00 in UTC+14: 19:00Z the day before.
         let run = daily.next_after(ms("2026-11-19T12:00:00Z")).unwrap();
         assert_eq!(run, ms("2026-11-19T19:00:00Z"));
         let (kiritimati, honolulu) = (chrono_tz::Pacific::Kiritimati, chrono_tz::Pacific::Honolulu);
         // On time: each user at 09:00 local, over 24 hours.
-        assert_eq!(local.send(run, kiritimati, run), LocalSend::Now);
-        assert_eq!(local.send(run, chrono_tz::UTC, run), LocalSend::At(ms("2026-11-20T09:00:00Z")));
-        assert_eq!(local.send(run, honolulu, run), LocalSend::At(ms("2026-11-20T19:00:00Z")));
+        assert_eq!(local.send(run, kiritimati, run, None), LocalSend::Now);
+        assert_eq!(
+            local.send(run, chrono_tz::UTC, run, None),
+            LocalSend::At(ms("2026-11-20T09:00:00Z"))
+        );
+        assert_eq!(local.send(run, honolulu, run, None), LocalSend::At(ms("2026-11-20T19:00:00Z")));
         // Started late, at 10:30Z: past 11:00 in UTC+14, still before it in UTC, and UTC-10
         // has yet to reach 09:00.
         let late = ms("2026-11-20T10:30:00Z");
-        assert_eq!(local.send(run, kiritimati, late), LocalSend::Expired);
-        assert_eq!(local.send(run, chrono_tz::UTC, late), LocalSend::Now);
-        assert_eq!(local.send(run, honolulu, late), LocalSend::At(ms("2026-11-20T19:00:00Z")));
-        // A send due at 09:00 local whose timer fires after 11:00 local is expired too.
-        assert_eq!(local.send(run, honolulu, ms("2026-11-20T21:00:01Z")), LocalSend::Expired);
+        assert_eq!(local.send(run, kiritimati, late, None), LocalSend::Expired);
+        assert_eq!(local.send(run, chrono_tz::UTC, late, None), LocalSend::Now);
         assert_eq!(
-            UserLocal { until: None }.send(run, honolulu, late + 86_400_000),
+            local.send(run, honolulu, late, None),
+            LocalSend::At(ms("2026-11-20T19:00:00Z"))
+        );
+        // A send due at 09:00 local whose timer fires after 11:00 local is expired too.
+        assert_eq!(local.send(run, honolulu, ms("2026-11-20T21:00:01Z"), None), LocalSend::Expired);
+        assert_eq!(
+            UserLocal::RunTime { until: None }.send(run, honolulu, late + 86_400_000, None),
             LocalSend::Now
         );
+    }
+
+    #[test]
+    fn best_hour_on_the_runs_local_date_else_the_campaign_time() {
+        let best = UserLocal::BestHour { fallback: NaiveTime::from_hms_opt(9, 0, 0).unwrap() };
+        // A best-time run of 2026-11-20 starts at midnight in UTC+14: 10:00Z the day before.
+        let daily = at(Cadence::Daily, "00:00", UserLocal::RUN_ZONE);
+        let run = daily.next_after(ms("2026-11-19T00:00:00Z")).unwrap();
+        assert_eq!(run, ms("2026-11-19T10:00:00Z"));
+        let honolulu = chrono_tz::Pacific::Honolulu;
+        assert_eq!(
+            best.send(run, honolulu, run, Some(7)),
+            LocalSend::At(ms("2026-11-20T17:00:00Z"))
+        );
+        assert_eq!(
+            best.send(run, honolulu, run, Some(20)),
+            LocalSend::At(ms("2026-11-21T06:00:00Z"))
+        );
+        assert_eq!(best.send(run, honolulu, run, None), LocalSend::At(ms("2026-11-20T19:00:00Z")));
+        // UTC+14's 07:00 of the run's date is 7 hours after the run starts.
+        let kiritimati = chrono_tz::Pacific::Kiritimati;
+        assert_eq!(
+            best.send(run, kiritimati, run, Some(7)),
+            LocalSend::At(ms("2026-11-19T17:00:00Z"))
+        );
+        assert_eq!(best.send(run, kiritimati, ms("2026-11-19T17:00:00Z"), Some(7)), LocalSend::Now);
     }
 
     #[test]

@@ -1,14 +1,36 @@
 //! Compact per-user event history: daily counts per history key, kept for a look-back window.
-//! A key is an event name (every occurrence) or an event name with a hash of a behaviour
+//! A key is an event name (every occurrence), an event name with a hash of a behaviour
 //! predicate's property conditions (occurrences meeting them, counted from the moment a
-//! campaign references the predicate).
+//! campaign references the predicate), or an event's property set on a day
+//! (`<event> 0x1e <day> 0x1e <mark><properties as JSON>`, mark `*` when the set holds every
+//! property of the event, `=` when only the kept ones), so that a predicate a new campaign
+//! brings sees the occurrences from before it existed. Property sets are bounded per user,
+//! event and day by [`PropertyHistory`]. Beside them, one entry per user holds the user's
+//! activity by local hour of day (see [`record_activity`]), from which `timezone: best` picks
+//! each user's hour.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Timelike};
+use chrono_tz::Tz;
 
 use crate::{
     campaign::Behaviour,
-    runtime::{RuntimeError, Store},
+    model::{AppEvent, Properties},
+    runtime::{ProcessorCounter, RuntimeError, Store},
+    settings::{KeptProperties, PropertyHistory},
 };
+
+/// Event property sets offered to the history, by what became of them.
+pub(super) static PROPERTY_SETS: ProcessorCounter = ProcessorCounter {
+    name: "history_properties_total",
+    help: "Event property sets offered to the history: kept, or over_budget (not kept: the \
+           event is counted by name only)",
+    label: "outcome",
+};
+
+/// Separates an event name, a day and a property set in a property-set history key.
+const SET: char = '\u{1e}';
 
 /// Milliseconds per day.
 pub(crate) const DAY_MS: i64 = 86_400_000;
@@ -117,4 +139,223 @@ pub fn add(
     let entry = store_key(user, key, day);
     let total = store.get_as::<u32>(&entry)?.unwrap_or(0).saturating_add(count);
     store.put_as(&entry, &total)
+}
+
+/// A property-set key's day: fixed width, sign bit flipped, so text order is numeric order.
+fn day_text(day: i64) -> String {
+    format!("{:016x}", (day as u64) ^ (1 << 63))
+}
+
+/// Whether [`record_properties`] kept an event's property set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetOutcome {
+    /// Counted under its set.
+    Kept,
+    /// Nothing to keep (no kept property, and not every property is kept).
+    Nothing,
+    /// A new set past the day's budget: not kept.
+    OverBudget,
+}
+
+impl SetOutcome {
+    /// The outcome's label in [`PROPERTY_SETS`], if counted.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            Self::Kept => Some("kept"),
+            Self::Nothing => None,
+            Self::OverBudget => Some("over_budget"),
+        }
+    }
+}
+
+/// Counts `event` under its set of kept properties on its day, within the day's budget of
+/// sets and bytes per user and event; the first set of a day forgets the event's sets older
+/// than `look_back_days` before it.
+pub fn record_properties(
+    store: &mut Store<'_>,
+    event: &AppEvent,
+    limits: &PropertyHistory,
+    look_back_days: i64,
+) -> Result<SetOutcome, RuntimeError> {
+    let (mark, kept): (char, Properties) = match &limits.keep {
+        KeptProperties::All => ('*', event.properties.clone()),
+        KeptProperties::Only(names) => {
+            let kept: Properties = event
+                .properties
+                .iter()
+                .filter(|(name, _)| names.contains(*name))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect();
+            if kept.is_empty() {
+                return Ok(SetOutcome::Nothing);
+            }
+            ('=', kept)
+        }
+    };
+    let set = serde_json::to_string(&kept)
+        .map_err(|e| RuntimeError::StateValue { store: "history".into(), reason: e.to_string() })?;
+    let user = &event.user_id;
+    let day = event.timestamp_ms.div_euclid(DAY_MS);
+    let day_prefix = format!("{}{SET}{}{SET}", event.name, day_text(day));
+    let entry = store_key(user, &format!("{day_prefix}{mark}{set}"), day);
+    if let Some(count) = store.get_as::<u32>(&entry)? {
+        store.put_as(&entry, &count.saturating_add(1))?;
+        return Ok(SetOutcome::Kept);
+    }
+    let mut prefix = user.as_bytes().to_vec();
+    prefix.push(0);
+    prefix.extend_from_slice(day_prefix.as_bytes());
+    let today = store.prefix(&prefix, limits.max_sets as usize)?;
+    // Each entry: <prefix> <mark> <set> 0x00 <8-byte day>.
+    let bytes: usize = today.iter().map(|(key, _)| key.len() - prefix.len() - 10).sum();
+    if today.len() >= limits.max_sets as usize || bytes + set.len() > limits.max_bytes as usize {
+        return Ok(SetOutcome::OverBudget);
+    }
+    store.put_as(&entry, &1u32)?;
+    if today.is_empty() {
+        let event_prefix = format!("{}{SET}", event.name);
+        let from = store_key_prefix(user, &event_prefix);
+        let to =
+            store_key_prefix(user, &format!("{event_prefix}{}", day_text(day - look_back_days)));
+        for (expired, _) in store.range(&from, &to, 1_000)? {
+            store.delete(&expired)?;
+        }
+    }
+    Ok(SetOutcome::Kept)
+}
+
+fn store_key_prefix(user: &str, key_prefix: &str) -> Vec<u8> {
+    let mut bytes = user.as_bytes().to_vec();
+    bytes.push(0);
+    bytes.extend_from_slice(key_prefix.as_bytes());
+    bytes
+}
+
+/// Occurrences of `behaviour` per day from `first_day` on, as its property sets in `history`
+/// show them: sets meeting every condition (a set holding only the kept properties is used
+/// only when it names every property the conditions name).
+pub fn property_set_days(
+    history: &HashMap<String, Vec<(i64, u32)>>,
+    behaviour: &Behaviour,
+    first_day: i64,
+) -> BTreeMap<i64, u32> {
+    let mut days = BTreeMap::new();
+    let event_prefix = format!("{}{SET}", behaviour.event);
+    for (key, counts) in history {
+        let Some((_, marked)) = key.strip_prefix(&event_prefix).and_then(|k| k.split_once(SET))
+        else {
+            continue;
+        };
+        let (complete, set) = match marked.split_at_checked(1) {
+            Some(("*", set)) => (true, set),
+            Some(("=", set)) => (false, set),
+            _ => continue,
+        };
+        let Ok(properties) = serde_json::from_str::<Properties>(set) else { continue };
+        let named = |c: &crate::campaign::PropertyCondition| properties.contains_key(&c.property);
+        if !complete && !behaviour.conditions.iter().all(named) {
+            continue;
+        }
+        for &(day, count) in counts.iter().filter(|(day, _)| *day >= first_day) {
+            let at = day * DAY_MS;
+            if behaviour.conditions.iter().all(|c| c.matches_in(&properties, at)) {
+                *days.entry(day).or_insert(0u32) += count;
+            }
+        }
+    }
+    days
+}
+
+/// Key of a user's hour-of-day activity: `<user> 0x00 0x1c`, too short to read as a day's
+/// count, so [`entries`] passes over it.
+fn activity_key(user: &str) -> Vec<u8> {
+    let mut key = user.as_bytes().to_vec();
+    key.extend_from_slice(&[0, 0x1c]);
+    key
+}
+
+/// A user's events by local hour of day, decayed: an event weighs half as much every quarter
+/// of the look-back window (an event as old as the window weighs 1/16).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Activity {
+    /// The day the weights are as of.
+    day: i64,
+    /// Weight of the events in each local hour, 0 to 23.
+    hours: [f32; 24],
+}
+
+impl Activity {
+    const BYTES: usize = 8 + 24 * 4;
+
+    fn read(store: &Store<'_>, user: &str) -> Result<Option<Self>, RuntimeError> {
+        let Some(bytes) = store.get(&activity_key(user))? else { return Ok(None) };
+        let Some((day, hours)) =
+            bytes.split_first_chunk::<8>().filter(|_| bytes.len() == Self::BYTES)
+        else {
+            return Ok(None);
+        };
+        let mut activity = Self { day: i64::from_be_bytes(*day), hours: [0.0; 24] };
+        for (hour, weight) in activity.hours.iter_mut().zip(hours.chunks_exact(4)) {
+            *hour = f32::from_le_bytes(weight.try_into().unwrap_or_default());
+        }
+        Ok(Some(activity))
+    }
+
+    fn write(&self, store: &mut Store<'_>, user: &str) -> Result<(), RuntimeError> {
+        let mut bytes = Vec::with_capacity(Self::BYTES);
+        bytes.extend_from_slice(&self.day.to_be_bytes());
+        for weight in self.hours {
+            bytes.extend_from_slice(&weight.to_le_bytes());
+        }
+        store.put(&activity_key(user), &bytes)
+    }
+
+    /// The weight of an event `days` days older than the weights.
+    fn decay(days: i64, look_back_days: i64) -> f32 {
+        let quarter = (look_back_days as f32 / 4.0).max(1.0);
+        0.5f32.powf(days as f32 / quarter)
+    }
+}
+
+/// Counts an event of `user` at `at_ms` in its local hour in `tz` (the user's timezone at the
+/// time, else the app's).
+pub fn record_activity(
+    store: &mut Store<'_>,
+    user: &str,
+    at_ms: i64,
+    tz: Tz,
+    look_back_days: i64,
+) -> Result<(), RuntimeError> {
+    let Some(at) = DateTime::from_timestamp_millis(at_ms) else { return Ok(()) };
+    let hour = at.with_timezone(&tz).hour() as usize;
+    let day = at_ms.div_euclid(DAY_MS);
+    let mut activity = Activity::read(store, user)?.unwrap_or(Activity { day, hours: [0.0; 24] });
+    if day > activity.day {
+        let decay = Activity::decay(day - activity.day, look_back_days);
+        activity.hours.iter_mut().for_each(|weight| *weight *= decay);
+        activity.day = day;
+    }
+    activity.hours[hour] += Activity::decay(activity.day - day, look_back_days);
+    activity.write(store, user)
+}
+
+/// The local hour `user` was most active in (the earliest of equals), if they had any event
+/// within `look_back_days` before `now_ms`.
+pub fn best_hour(
+    store: &Store<'_>,
+    user: &str,
+    now_ms: i64,
+    look_back_days: i64,
+) -> Result<Option<u32>, RuntimeError> {
+    let Some(activity) = Activity::read(store, user)? else { return Ok(None) };
+    if now_ms.div_euclid(DAY_MS) - activity.day > look_back_days {
+        return Ok(None);
+    }
+    let mut best: Option<(u32, f32)> = None;
+    for (hour, weight) in (0u32..).zip(activity.hours) {
+        if weight > 0.0 && best.is_none_or(|(_, most)| weight > most) {
+            best = Some((hour, weight));
+        }
+    }
+    Ok(best.map(|(hour, _)| hour))
 }

@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     campaign::{
         shards::{self, FlowRecord},
-        Campaign, CampaignCache, CampaignStatus, DndAction, LocalSend, Trigger, CAMPAIGNS_TABLE,
-        SEGMENTS_TABLE,
+        Campaign, CampaignCache, CampaignStatus, DndAction, LocalSend, Trigger, UserLocal,
+        CAMPAIGNS_TABLE, SEGMENTS_TABLE,
     },
     model::{
         scheduled_run_time, topics::TopicNames, triggered_run_id, AliasRecord, AppEvent, Candidate,
@@ -381,8 +381,13 @@ impl UserStage {
         event: &AppEvent,
     ) -> Result<(), ProcessError> {
         let retention = i64::from(self.settings.history().days());
+        let tz = Profile::stored_timezone(&ctx.store(PROFILES)?, &event.user_id)?
+            .unwrap_or(self.settings.app(&event.app_id).timezone);
         let mut store = ctx.store(HISTORY)?;
         history::record(&mut store, &event.user_id, &event.name, event.timestamp_ms, retention)?;
+        history::record_activity(&mut store, &event.user_id, event.timestamp_ms, tz, retention)?;
+        let limits = self.settings.property_history();
+        let kept = history::record_properties(&mut store, event, limits, retention)?;
         let segments = self.segments.book().behaviours();
         for behaviour in self.campaigns.book().behaviours().iter().chain(segments) {
             let matches = behaviour.event == event.name
@@ -395,6 +400,9 @@ impl UserStage {
                 let key = history::behaviour_key(behaviour);
                 history::record(&mut store, &event.user_id, &key, event.timestamp_ms, retention)?;
             }
+        }
+        if let Some(outcome) = kept.label() {
+            ctx.count(&history::PROPERTY_SETS, outcome);
         }
         Ok(())
     }
@@ -664,7 +672,14 @@ impl UserStage {
         let tz = profile.timezone().unwrap_or(app.timezone);
         if let (Some(local), Some(run_at)) = (campaign.user_local(), scheduled_run_time(run_id)) {
             // The run at its local time in the user's timezone (else the app's).
-            match local.send(run_at, tz, ctx.now_ms().max(at_ms)) {
+            let best = match local {
+                UserLocal::BestHour { .. } => {
+                    let look_back = i64::from(self.settings.history().days());
+                    history::best_hour(&ctx.store(HISTORY)?, user, at_ms, look_back)?
+                }
+                UserLocal::RunTime { .. } => None,
+            };
+            match local.send(run_at, tz, ctx.now_ms().max(at_ms), best) {
                 LocalSend::Expired => return skip(ctx, "expired"),
                 LocalSend::At(due_ms) => {
                     return self.wait(ctx, campaign, occasion, Waiting::LocalTime, due_ms);

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     campaign::{Behaviour, Filter, ProfileView, SegmentBook},
     model::{Device, Platform, ProfileUpdate, Properties, PropertyValue},
+    runtime::{RuntimeError, Store},
 };
 
 /// Properties and devices of one user.
@@ -68,6 +69,23 @@ impl Profile {
         self.devices.retain(|d| d.token != token);
     }
 
+    /// The timezone of `user`'s stored profile, if it names a valid one, read without decoding
+    /// the rest of the profile.
+    pub fn stored_timezone(store: &Store<'_>, user: &str) -> Result<Option<Tz>, RuntimeError> {
+        #[derive(Deserialize)]
+        struct Stored {
+            #[serde(default)]
+            properties: TimezoneOnly,
+        }
+        #[derive(Deserialize, Default)]
+        struct TimezoneOnly {
+            timezone: Option<serde_json::Value>,
+        }
+        let stored = store.get_as::<Stored>(user.as_bytes())?;
+        let name = stored.and_then(|s| s.properties.timezone);
+        Ok(name.as_ref().and_then(serde_json::Value::as_str).and_then(|name| name.parse().ok()))
+    }
+
     /// The user's timezone, if the profile names a valid one.
     pub fn timezone(&self) -> Option<Tz> {
         match self.properties.get("timezone") {
@@ -102,15 +120,29 @@ pub struct UserView<'a> {
 }
 
 impl UserView<'_> {
-    /// (day number, count) entries of the behaviour's history key since `since_ms`.
-    fn days(&self, behaviour: &Behaviour, since_ms: i64) -> impl Iterator<Item = (i64, u32)> + '_ {
+    /// (day number, count) entries of the behaviour since `since_ms`: its own history key's
+    /// counts (kept from when a campaign first referenced it) or, for a predicate with
+    /// property conditions, the event's kept property sets meeting them (kept since the
+    /// event's first occurrence), whichever counts more that day (both only miss occurrences).
+    fn days(&self, behaviour: &Behaviour, since_ms: i64) -> Vec<(i64, u32)> {
         let first_day = since_ms.div_euclid(super::history::DAY_MS);
-        self.history
+        let own = self
+            .history
             .get(&super::history::behaviour_key(behaviour))
             .into_iter()
             .flatten()
             .copied()
-            .filter(move |(day, count)| *day >= first_day && *count > 0)
+            .filter(|(day, _)| *day >= first_day);
+        let mut days = if behaviour.conditions.is_empty() {
+            Default::default()
+        } else {
+            super::history::property_set_days(self.history, behaviour, first_day)
+        };
+        for (day, count) in own {
+            let most = days.entry(day).or_insert(0);
+            *most = (*most).max(count);
+        }
+        days.into_iter().filter(|(_, count)| *count > 0).collect()
     }
 }
 
@@ -124,11 +156,12 @@ impl ProfileView for UserView<'_> {
     }
 
     fn occurrences(&self, behaviour: &Behaviour, since_ms: i64) -> u32 {
-        self.days(behaviour, since_ms).map(|(_, n)| n).sum()
+        self.days(behaviour, since_ms).into_iter().map(|(_, n)| n).sum()
     }
 
     fn first_and_last(&self, behaviour: &Behaviour, since_ms: i64) -> Option<(i64, i64)> {
-        let days: Vec<i64> = self.days(behaviour, since_ms).map(|(day, _)| day).collect();
+        let days: Vec<i64> =
+            self.days(behaviour, since_ms).into_iter().map(|(day, _)| day).collect();
         let (first, last) = (days.iter().min()?, days.iter().max()?);
         Some((first * super::history::DAY_MS, last * super::history::DAY_MS))
     }
