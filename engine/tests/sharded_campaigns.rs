@@ -252,7 +252,7 @@ fn coupon_limit_10000_qualify_total_1000_over_4_shards_gives_exactly_1000_sends_
     lines.extend((0..10_000).map(|i| event(&format!("u{i}"), 10 + i, "App Opened", "{}")));
     let outcome = Outcome::replay(campaign, &lines, None);
 
-    // Leased limits are off (see `campaign::shards::in_effect`): the home keeps it exact.
+    assert_eq!(spread(campaign), 4, "the total is leased to 4 shards");
     assert_eq!(outcome.users().len(), 1_000, "exactly the limit");
     assert_eq!(outcome.kinds(), ["LimitReached", "Completed"]);
     let events = outcome.events();
@@ -261,6 +261,33 @@ fn coupon_limit_10000_qualify_total_1000_over_4_shards_gives_exactly_1000_sends_
     let stats = outcome.stats("coupons");
     assert_eq!(stats["variants"][0]["sent"], 1_000);
     assert_eq!(stats["skipped"]["total_limit"], 9_000, "every other user refused, none lost");
+}
+
+/// The shards `campaign` is spread over.
+fn spread(campaign: &str) -> u32 {
+    shards::in_effect(&parse_campaign(campaign, "c.yaml").unwrap(), &Settings::default())
+}
+
+/// Every shard's candidates wait for places at once, over and over: bursts of 500 users at one
+/// instant (the replay handles each record's consequences before any timer fires, so grants,
+/// recalls and returns cross while candidates wait), until the limit is full mid-burst.
+#[test]
+fn a_total_of_1500_leased_over_4_shards_fills_exactly_under_bursts_of_500_at_one_instant() {
+    let campaign = "id: burst\napp: shop\nname: Burst\nwhen: { event: Ping }\nwhat: { title: t, body: b }\nlimits: { total: 1500 }\noptions: { shards: 4 }\n";
+    let mut lines: Vec<String> = (0..4_000).map(|i| profile(&format!("u{i}"))).collect();
+    lines.extend((0..4_000).map(|i| event(&format!("u{i}"), 10 + i / 500, "Ping", "{}")));
+    let outcome = Outcome::replay(campaign, &lines, None);
+
+    assert_eq!(spread(campaign), 4);
+    let users = outcome.users();
+    assert_eq!(users.len(), 1_500, "exactly the limit");
+    let per_shard = |s: u32| users.iter().filter(|u| shard_of(u) == s).count();
+    assert!((0..4).all(|s| per_shard(s) > 0), "every shard sent some");
+    assert_eq!(outcome.kinds(), ["LimitReached", "Completed"]);
+    assert_eq!(outcome.events()[1].details["sent"], "1500");
+    let stats = outcome.stats("burst");
+    assert_eq!(stats["variants"][0]["sent"], 1_500);
+    assert_eq!(stats["skipped"]["total_limit"], 2_500, "every other user refused, none lost");
 }
 
 #[test]

@@ -58,8 +58,35 @@ impl CampaignStage {
         state.is_shard(campaign) && campaign.limits.total.is_some()
     }
 
-    /// A shard sends a triggered candidate on a leased place, or keeps it waiting for one.
+    /// A shard sends a triggered candidate on a leased place, or keeps it waiting for one (in
+    /// arrival order: behind those already waiting).
     pub(super) fn place_leased(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        candidate: Candidate,
+    ) -> Result<(), ProcessError> {
+        if campaign.status != CampaignStatus::Active || state.lease.full {
+            return self.leave_leased(ctx, campaign, state, candidate);
+        }
+        if state.lease.places > 0 && state.waiting == 0 {
+            return self.spend_place(ctx, campaign, state, &candidate);
+        }
+        ctx.store(WAITING)?.put_as(&queue::key(&state.key, state.waiting_seq), &candidate)?;
+        state.waiting_seq += 1;
+        state.waiting += 1;
+        if state.lease.places > 0 {
+            // Places are held for those ahead of it: they leave on the next step.
+            ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
+            return Ok(());
+        }
+        self.ask_for_places(ctx, campaign, state)
+    }
+
+    /// A candidate leaves the waiting queue (or never entered it): held or dropped when the
+    /// campaign is not active, refused once the limit is full, else sent on a place.
+    fn leave_leased(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
@@ -73,18 +100,23 @@ impl CampaignStage {
             state.skip("total_limit");
             return Ok(());
         }
-        if state.lease.places == 0 {
-            ctx.store(WAITING)?.put_as(&queue::key(&state.key, state.waiting_seq), &candidate)?;
-            state.waiting_seq += 1;
-            state.waiting += 1;
-            return self.ask_for_places(ctx, campaign, state);
-        }
+        self.spend_place(ctx, campaign, state, &candidate)
+    }
+
+    /// Sends `candidate` on one of the places held; a place is spent only by a send. The last
+    /// place spent tells the home what was spent (the limit may be reached) and what waits.
+    fn spend_place(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        candidate: &Candidate,
+    ) -> Result<(), ProcessError> {
         let sent = state.sent;
-        self.deliver(ctx, campaign, state, &candidate, None)?;
+        self.deliver(ctx, campaign, state, candidate, None)?;
         if state.sent > sent {
             state.lease.places -= 1;
             if state.lease.places == 0 {
-                // The home learns what was spent (the limit may be reached) and what waits.
                 state.lease.asked = state.waiting > 0;
                 self.lease_report(ctx, campaign, state, ShardReportKind::Demand, 0)?;
             }
@@ -124,7 +156,8 @@ impl CampaignStage {
             reachable: 0,
             sent: state.sent as i64,
             run_sent: 0,
-            waiting: state.waiting as i64,
+            // Candidates no place held here will serve.
+            waiting: state.waiting.saturating_sub(state.lease.places) as i64,
             places: returned as i64,
             variants: Vec::new(),
             skipped: BTreeMap::new(),
@@ -146,22 +179,25 @@ impl CampaignStage {
         state.waiting = state.waiting.saturating_sub(step.unreadable);
         let now = ctx.effective_ms();
         let released = !step.entries.is_empty();
+        let leaves = |state: &CampaignState| {
+            campaign.status != CampaignStatus::Active || state.lease.full || state.lease.places > 0
+        };
         for (key, candidate) in step.entries {
-            if state.lease.places == 0 && !state.lease.full {
+            if !leaves(state) {
                 return self.ask_for_places(ctx, campaign, state);
             }
             ctx.store(WAITING)?.delete(&key)?;
             state.waiting = state.waiting.saturating_sub(1);
             let leaving =
                 Candidate { qualified_at_ms: candidate.qualified_at_ms.max(now), ..candidate };
-            self.place_leased(ctx, campaign, state, leaving)?;
+            self.leave_leased(ctx, campaign, state, leaving)?;
         }
         if released && state.waiting == 0 && state.lease.places > 0 && !state.lease.full {
             // Nothing waits here any more: the home learns it (a demand it has not yet seen may
             // be stale), so the places left can be recalled for another shard.
             self.lease_report(ctx, campaign, state, ShardReportKind::Demand, 0)?;
         }
-        if step.more {
+        if step.more && leaves(state) {
             ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
         }
         Ok(())
@@ -182,7 +218,11 @@ impl CampaignStage {
                 state.lease.full = false;
             }
             ShardPlanKind::Recall => {
-                let returned = std::mem::take(&mut state.lease.places);
+                // Those waiting take what they need first, in this transaction: a place is
+                // never handed back while a candidate here waits for one.
+                self.release_leased(ctx, campaign, state)?;
+                let returned = state.lease.places.saturating_sub(state.waiting);
+                state.lease.places -= returned;
                 return self.lease_report(
                     ctx,
                     campaign,
@@ -197,10 +237,9 @@ impl CampaignStage {
             }
             _ => return Ok(()),
         }
-        if state.waiting > 0 {
-            ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
-        }
-        Ok(())
+        // The waiting leave now, in the transaction that brought their places (or the news
+        // that there are none): a recall right behind the grant finds them served.
+        self.release_leased(ctx, campaign, state)
     }
 
     /// The home learns a shard's demand, spending or returned places, and serves the demand.
@@ -271,7 +310,7 @@ impl CampaignStage {
         let mut free = limit.saturating_sub(out);
         // A grant covers the demand and some more, so a busy shard does not ask per user.
         let chunk = (limit / (4 * shards)).max(1);
-        let mut plans = Vec::new();
+        let mut plans: Vec<(u32, ShardPlanKind, u64)> = Vec::new();
         for (shard, lease) in state.leases.iter_mut().filter(|(_, l)| l.demand > 0) {
             if free == 0 {
                 break;
@@ -293,9 +332,13 @@ impl CampaignStage {
             }
         } else if !waiting.is_empty() {
             // Places held by shards that wait for none may be unused: asked back once. A shard
-            // that waits itself uses what it holds (a grant on its way), so it is not asked.
+            // that waits itself, or was just granted places, uses what it holds (a grant on its
+            // way), so it is not asked; a recall that crosses a grant anyway finds the shard's
+            // waiting candidates served first (`on_lease_plan`).
+            let granted: Vec<u32> = plans.iter().map(|(shard, _, _)| *shard).collect();
             for (shard, lease) in state.leases.iter_mut() {
-                if lease.held() > 0 && lease.demand == 0 && !lease.recalled {
+                let idle = lease.demand == 0 && !granted.contains(shard);
+                if lease.held() > 0 && idle && !lease.recalled {
                     lease.recalled = true;
                     plans.push((*shard, ShardPlanKind::Recall, 0));
                 }

@@ -246,7 +246,11 @@ impl CampaignStage {
         let Some(limit) = campaign.limits.total.filter(|limit| state.sent >= *limit) else {
             return Ok(());
         };
-        if state.in_flight > 0 || state.total_limit_announced == Some(limit) {
+        // Only the home announces: a shard's count is its own share.
+        if state.is_shard(campaign)
+            || state.in_flight > 0
+            || state.total_limit_announced == Some(limit)
+        {
             return Ok(());
         }
         state.total_limit_announced = Some(limit);
