@@ -385,7 +385,7 @@ fn each_token_is_rate_limited_on_its_own() {
 }
 
 #[test]
-fn the_openapi_document_lists_every_route() {
+fn the_openapi_document_lists_every_route_and_the_campaign_schema_is_served() {
     let api = Api::start("api-openapi", &[]);
     let document = api.request("GET", "/openapi.json", None, None).body;
     assert_eq!(document["info"]["title"], "Herald admin API");
@@ -401,10 +401,25 @@ fn the_openapi_document_lists_every_route() {
         "/api/v1/campaigns/{id}/events",
         "/api/v1/dead-letters",
         "/api/v1/settings",
+        "/api/v1/segments",
+        "/api/v1/segments/{id}",
+        "/api/v1/session",
+        "/api/v1/campaigns/{id}/sends",
+        "/schemas/campaign.json",
     ] {
         assert!(paths.contains(&path), "{path} not in {paths:?}");
     }
     assert!(document["components"]["securitySchemes"]["bearer"].is_object());
+
+    // The campaign files' JSON Schema, for editors: no token needed, as published.
+    let url = format!("{}/schemas/campaign.json", api.origin);
+    let mut response = api.agent.get(&url).call().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/schema+json");
+    let served: Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    let file = include_str!("../schemas/campaign.schema.json");
+    assert_eq!(served, serde_json::from_str::<Value>(file).unwrap());
 }
 
 #[test]
@@ -604,4 +619,82 @@ fn segments_are_validated_like_the_cli_saved_and_deleted_only_when_no_campaign_u
             expect("ops", "DELETE", "vip", 404),
         ]
     );
+}
+
+/// Server-sent events read from `reader`, as (event, data), until `wanted` is among them.
+fn read_events_until(
+    reader: &mut impl std::io::BufRead,
+    wanted: (&str, &str),
+) -> Vec<(String, String)> {
+    let mut events: Vec<(String, String)> = Vec::new();
+    let (mut event, mut data) = (String::new(), String::new());
+    let mut line = String::new();
+    while !events.iter().any(|(e, d)| (e.as_str(), d.as_str()) == wanted) {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "stream ended: {events:?}");
+        let line = line.trim_end();
+        if let Some(name) = line.strip_prefix("event:") {
+            event = name.trim().to_string();
+        } else if let Some(value) = line.strip_prefix("data:") {
+            data = value.trim().to_string();
+        } else if line.is_empty() && !event.is_empty() {
+            events.push((std::mem::take(&mut event), std::mem::take(&mut data)));
+        }
+    }
+    events
+}
+
+#[test]
+fn live_events_name_each_change_and_the_status_follows_the_engines_lifecycle_events() {
+    use herald_engine::model::{CampaignLifecycleEvent, LifecycleKind};
+    let api = Api::start("api-live", &[]);
+    assert_eq!(api.admin("POST", "/api/v1/campaigns", Some(&campaign("ab", "t"))).status, 201);
+    assert_eq!(api.read("/api/v1/campaigns/ab").body["status"], "active");
+    assert_eq!(api.request("GET", "/api/v1/live", None, None).status, 401);
+
+    let url = format!("{}/api/v1/live", api.origin);
+    let response = api.agent.get(&url).header("Authorization", format!("Bearer {READ_TOKEN}"));
+    let mut response = response.call().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut stream = std::io::BufReader::new(response.body_mut().as_reader());
+    assert_eq!(read_events_until(&mut stream, ("ready", "")), [("ready".into(), "".into())]);
+
+    // The engine reports the campaign completed: an event names it, and it is listed completed.
+    let completed = CampaignLifecycleEvent {
+        campaign_id: "ab".into(),
+        app_id: "shop".into(),
+        kind: LifecycleKind::Completed,
+        run_id: None,
+        timestamp_ms: now_ms(),
+        details: [("reason".to_string(), "end_date".to_string())].into(),
+    };
+    common::produce(
+        &api.topic("campaign-events"),
+        [("ab".to_string(), SchemaRegistry::builtin().encode(&completed).unwrap())],
+    );
+    read_events_until(&mut stream, ("events", "ab"));
+    assert_eq!(api.read("/api/v1/campaigns/ab").body["status"], "completed");
+    assert_eq!(api.read("/api/v1/campaigns").body[0]["status"], "completed");
+
+    let stats = CampaignStats {
+        campaign_id: "ab".into(),
+        app_id: "shop".into(),
+        as_of_ms: now_ms(),
+        variants: Vec::new(),
+        skipped: Default::default(),
+        failed: Default::default(),
+    };
+    common::produce(
+        &api.topic("stats"),
+        [("ab".to_string(), SchemaRegistry::builtin().encode(&stats).unwrap())],
+    );
+    read_events_until(&mut stream, ("stats", "ab"));
+    let segment = "id: vip\nname: VIPs\nwho: { property: state, equals: CA }\n";
+    assert_eq!(api.admin("PUT", "/api/v1/segments/vip", Some(segment)).status, 201);
+    read_events_until(&mut stream, ("segment", "vip"));
+    // An operator's pause: the campaign changed, and it is paused, whatever the engine said.
+    assert_eq!(api.admin("POST", "/api/v1/campaigns/ab/pause", None).status, 200);
+    read_events_until(&mut stream, ("campaign", "ab"));
+    assert_eq!(api.read("/api/v1/campaigns/ab").body["status"], "paused");
 }

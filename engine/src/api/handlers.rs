@@ -12,28 +12,17 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{auth::Caller, error::ApiError, ApiState};
+use super::{
+    auth::Caller,
+    error::ApiError,
+    status::{status, Status},
+    ApiState,
+};
 use crate::{
-    campaign::{admin, CampaignStatus},
+    campaign::admin,
     model::{CampaignCommand, CampaignEnvelope, CampaignStats, DeadLetter, Record, SchemaRegistry},
     settings::Settings,
 };
-
-/// Where a campaign stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Saved, not running.
-    Draft,
-    /// Running.
-    Active,
-    /// Holding sends.
-    Paused,
-    /// Ended.
-    Stopped,
-    /// Its definition no longer validates (written by an older Herald).
-    Invalid,
-}
 
 /// A campaign as listed.
 #[derive(Debug, Serialize, ToSchema)]
@@ -65,38 +54,28 @@ pub struct CampaignDetail {
     pub definition: serde_json::Value,
 }
 
-fn summary(envelope: &CampaignEnvelope) -> CampaignSummary {
-    let compiled = admin::compile(envelope);
-    let (name, status) = match &compiled {
-        Ok(campaign) => (
-            campaign.name.clone(),
-            match campaign.status {
-                CampaignStatus::Draft => Status::Draft,
-                CampaignStatus::Active => Status::Active,
-                CampaignStatus::Paused => Status::Paused,
-                CampaignStatus::Stopped => Status::Stopped,
-            },
-        ),
-        Err(_) => (envelope.campaign_id.clone(), Status::Invalid),
-    };
+fn summary(state: &ApiState, envelope: &CampaignEnvelope) -> CampaignSummary {
+    let events = state.events().history(&envelope.campaign_id);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let name = admin::compile(envelope).map_or_else(|_| envelope.campaign_id.clone(), |c| c.name);
     CampaignSummary {
         id: envelope.campaign_id.clone(),
         app: envelope.app_id.clone(),
         name,
-        status,
+        status: status(envelope, &events, now_ms),
         revision: envelope.revision,
         updated_at_ms: envelope.issued_at_ms,
         updated_by: envelope.issued_by.clone(),
     }
 }
 
-fn detail(envelope: &CampaignEnvelope) -> CampaignDetail {
+fn detail(state: &ApiState, envelope: &CampaignEnvelope) -> CampaignDetail {
     let definition = envelope
         .definition
         .as_deref()
         .and_then(|text| serde_json::from_str(text).ok())
         .unwrap_or_default();
-    CampaignDetail { summary: summary(envelope), definition }
+    CampaignDetail { summary: summary(state, envelope), definition }
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -108,7 +87,7 @@ fn not_found(id: &str) -> ApiError {
     responses((status = 200, body = [CampaignSummary]), (status = 401, body = super::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_campaigns(State(state): State<ApiState>) -> Json<Vec<CampaignSummary>> {
-    Json(state.campaigns().all().iter().map(summary).collect())
+    Json(state.campaigns().all().iter().map(|e| summary(&state, e)).collect())
 }
 
 /// One campaign with its definition.
@@ -121,7 +100,7 @@ pub async fn get_campaign(
     Path(id): Path<String>,
 ) -> Result<Json<CampaignDetail>, ApiError> {
     let envelope = state.campaigns().get(&id).ok_or_else(|| not_found(&id))?;
-    Ok(Json(detail(&envelope)))
+    Ok(Json(detail(&state, &envelope)))
 }
 
 /// Counters of one variant.
@@ -263,7 +242,7 @@ pub async fn create_campaign(
         )));
     }
     publish(&state, &envelope).await?;
-    Ok((StatusCode::CREATED, Json(detail(&envelope))))
+    Ok((StatusCode::CREATED, Json(detail(&state, &envelope))))
 }
 
 /// Replaces a campaign's definition (a stopped campaign starts again); the definition's `id`
@@ -290,7 +269,7 @@ pub async fn update_campaign(
     }
     state.campaigns().get(&id).ok_or_else(|| not_found(&id))?;
     publish(&state, &envelope).await?;
-    Ok(Json(detail(&envelope)))
+    Ok(Json(detail(&state, &envelope)))
 }
 
 /// Issues an operator command on campaign `id`.
@@ -305,7 +284,7 @@ async fn operate(
     let envelope = admin::command(current, command, Some(caller.name), now_ms)
         .map_err(|e| ApiError::Conflict(e.to_string()))?;
     publish(&state, &envelope).await?;
-    Ok(Json(summary(&envelope)))
+    Ok(Json(summary(&state, &envelope)))
 }
 
 /// Holds a campaign: no new triggers; due timers, pending users and throttled sends wait.

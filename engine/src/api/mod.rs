@@ -6,8 +6,10 @@ mod auth;
 mod dashboard;
 mod error;
 mod handlers;
+mod live;
 mod router;
 mod segments;
+mod status;
 mod table;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};

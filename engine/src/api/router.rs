@@ -1,10 +1,14 @@
-//! The API's routes: read routes and admin routes behind their roles, the body limit, and the
-//! OpenAPI document generated from the handlers.
+//! The API's routes in one table (method, path, who may call it, handler), from which the router
+//! is built with each role's middleware and the body limit; the OpenAPI document generated from
+//! the handlers lists the same routes (a test compares them).
 
 use axum::{
     extract::DefaultBodyLimit,
+    handler::Handler,
+    http::{header::CONTENT_TYPE, Method},
     middleware,
-    routing::{get, post, put},
+    response::IntoResponse,
+    routing::{on, MethodFilter, MethodRouter},
     Json, Router,
 };
 use utoipa::{
@@ -12,7 +16,8 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use super::{auth, handlers, segments, ApiState};
+use super::{auth, dashboard, handlers, live, segments, ApiState};
+use crate::campaign::json_schema::CAMPAIGN_SCHEMA;
 
 struct BearerAuth;
 
@@ -28,8 +33,9 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Herald admin API", description = "Campaigns, stats, events, dead letters, \
-        app settings, test sends and previews. Bearer tokens: read or admin."),
+    info(title = "Herald admin API", description = "Campaigns, segments, stats, events, dead \
+        letters, app settings, test sends and previews, and the dashboard. Bearer tokens: read \
+        or admin."),
     paths(
         handlers::list_campaigns,
         handlers::get_campaign,
@@ -47,6 +53,14 @@ impl Modify for BearerAuth {
         segments::get_segment,
         segments::put_segment,
         segments::delete_segment,
+        dashboard::session,
+        dashboard::sends,
+        live::live,
+        dashboard::index,
+        dashboard::script,
+        dashboard::style,
+        openapi_document,
+        campaign_schema,
     ),
     modifiers(&BearerAuth)
 )]
@@ -57,31 +71,140 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// This document: every route of the API.
+#[utoipa::path(get, path = "/openapi.json", tag = "documents",
+    responses((status = 200, description = "the OpenAPI document", body = Object)))]
+async fn openapi_document() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
+
+/// The JSON Schema of campaign files (`schemas/campaign.schema.json`), for editors (the YAML
+/// language server) to complete and check campaign files.
+#[utoipa::path(get, path = "/schemas/campaign.json", tag = "documents",
+    responses((status = 200, description = "JSON Schema (draft 2020-12)", body = Object,
+        content_type = "application/schema+json")))]
+async fn campaign_schema() -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/schema+json")], CAMPAIGN_SCHEMA)
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Anyone: documents and the dashboard's assets, which carry no data.
+    Public,
+    /// A read or admin token.
+    Read,
+    /// An admin token; every request is audited.
+    Admin,
+}
+
+/// One route of the API: its handler is routed for its method when the router is built.
+struct Route {
+    access: Access,
+    method: Method,
+    path: &'static str,
+    handler: Box<dyn FnOnce(MethodFilter) -> MethodRouter<ApiState>>,
+}
+
+fn route<H: Handler<T, ApiState>, T: 'static>(
+    access: Access,
+    method: Method,
+    path: &'static str,
+    handler: H,
+) -> Route {
+    Route { access, method, path, handler: Box::new(move |filter| on(filter, handler)) }
+}
+
+/// Every route, in the order of `docs/api.md`.
+fn routes() -> Vec<Route> {
+    use Access::{Admin, Public, Read};
+    vec![
+        route(Read, Method::GET, "/api/v1/campaigns", handlers::list_campaigns),
+        route(Admin, Method::POST, "/api/v1/campaigns", handlers::create_campaign),
+        route(Read, Method::GET, "/api/v1/campaigns/{id}", handlers::get_campaign),
+        route(Admin, Method::PUT, "/api/v1/campaigns/{id}", handlers::update_campaign),
+        route(Admin, Method::POST, "/api/v1/campaigns/{id}/pause", handlers::pause_campaign),
+        route(Admin, Method::POST, "/api/v1/campaigns/{id}/resume", handlers::resume_campaign),
+        route(Admin, Method::POST, "/api/v1/campaigns/{id}/stop", handlers::stop_campaign),
+        route(Read, Method::GET, "/api/v1/campaigns/{id}/stats", handlers::campaign_stats),
+        route(Read, Method::GET, "/api/v1/campaigns/{id}/events", handlers::campaign_events),
+        route(Read, Method::GET, "/api/v1/campaigns/{id}/sends", dashboard::sends),
+        route(Read, Method::GET, "/api/v1/segments", segments::list_segments),
+        route(Read, Method::GET, "/api/v1/segments/{id}", segments::get_segment),
+        route(Admin, Method::PUT, "/api/v1/segments/{id}", segments::put_segment),
+        route(Admin, Method::DELETE, "/api/v1/segments/{id}", segments::delete_segment),
+        route(Read, Method::GET, "/api/v1/dead-letters", handlers::dead_letters),
+        route(Read, Method::GET, "/api/v1/settings", handlers::get_settings),
+        route(Admin, Method::PUT, "/api/v1/settings", handlers::put_settings),
+        route(Read, Method::GET, "/api/v1/session", dashboard::session),
+        route(Read, Method::GET, "/api/v1/live", live::live),
+        route(Public, Method::GET, "/", dashboard::index),
+        route(Public, Method::GET, "/dashboard.js", dashboard::script),
+        route(Public, Method::GET, "/dashboard.css", dashboard::style),
+        route(Public, Method::GET, "/openapi.json", openapi_document),
+        route(Public, Method::GET, "/schemas/campaign.json", campaign_schema),
+    ]
+}
+
 /// Every route of the API over `state`.
 pub fn router(state: ApiState) -> Router {
-    let read = Router::new()
-        .route("/campaigns", get(handlers::list_campaigns))
-        .route("/campaigns/{id}", get(handlers::get_campaign))
-        .route("/campaigns/{id}/stats", get(handlers::campaign_stats))
-        .route("/campaigns/{id}/events", get(handlers::campaign_events))
-        .route("/dead-letters", get(handlers::dead_letters))
-        .route("/settings", get(handlers::get_settings))
-        .route("/segments", get(segments::list_segments))
-        .route("/segments/{id}", get(segments::get_segment))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_read));
-    let admin = Router::new()
-        .route("/campaigns", post(handlers::create_campaign))
-        .route("/campaigns/{id}", put(handlers::update_campaign))
-        .route("/campaigns/{id}/pause", post(handlers::pause_campaign))
-        .route("/campaigns/{id}/resume", post(handlers::resume_campaign))
-        .route("/campaigns/{id}/stop", post(handlers::stop_campaign))
-        .route("/settings", put(handlers::put_settings))
-        .route("/segments/{id}", put(segments::put_segment).delete(segments::delete_segment))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_admin));
-    Router::new()
-        .nest("/api/v1", read.merge(admin))
-        .merge(super::dashboard::routes(&state))
-        .route("/openapi.json", get(|| async { Json(openapi()) }))
+    let (mut public, mut read, mut admin) = (Router::new(), Router::new(), Router::new());
+    for Route { access, method, path, handler } in routes() {
+        let filter = MethodFilter::try_from(method).expect("a method axum routes");
+        let handler = handler(filter);
+        match access {
+            Access::Public => public = public.route(path, handler),
+            Access::Read => read = read.route(path, handler),
+            Access::Admin => admin = admin.route(path, handler),
+        }
+    }
+    let read = read.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_read));
+    let admin =
+        admin.route_layer(middleware::from_fn_with_state(state.clone(), auth::require_admin));
+    public
+        .merge(read)
+        .merge(admin)
         .layer(DefaultBodyLimit::max(state.config().body_limit))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_lists_every_route_and_no_other() {
+        let routed: BTreeSet<(String, String)> = routes()
+            .iter()
+            .map(|r| (r.path.to_string(), r.method.as_str().to_lowercase()))
+            .collect();
+        let document = serde_json::to_value(openapi()).unwrap();
+        let methods = ["get", "put", "post", "delete", "patch", "head", "options", "trace"];
+        let documented: BTreeSet<(String, String)> = document["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, item)| {
+                let item = item.as_object().unwrap();
+                item.keys()
+                    .filter(|key| methods.contains(&key.as_str()))
+                    .map(|method| (path.clone(), method.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let missing: Vec<_> = routed.difference(&documented).collect();
+        let extra: Vec<_> = documented.difference(&routed).collect();
+        assert!(missing.is_empty(), "routed, not in /openapi.json: {missing:?}");
+        assert!(extra.is_empty(), "in /openapi.json, not routed: {extra:?}");
+    }
+
+    #[test]
+    fn every_admin_route_writes_and_every_write_needs_an_admin_token() {
+        for route in routes() {
+            let writes = route.method != Method::GET;
+            assert_eq!(route.access == Access::Admin, writes, "{} {}", route.method, route.path);
+        }
+    }
 }

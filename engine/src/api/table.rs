@@ -16,6 +16,7 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     Message, Offset, TopicPartitionList,
 };
+use tokio::sync::broadcast;
 
 use crate::{
     kafka::KafkaConfig,
@@ -46,6 +47,9 @@ impl Row for SegmentText {
     }
 }
 
+/// Changed keys kept for a slow listener.
+const CHANGES_BUFFERED: usize = 1_024;
+
 struct Shared<R> {
     rows: RwLock<BTreeMap<String, VecDeque<R>>>,
     /// Records kept per key, latest last.
@@ -53,6 +57,8 @@ struct Shared<R> {
     /// Next offset to read, per partition.
     positions: Mutex<HashMap<i32, i64>>,
     stop: AtomicBool,
+    /// The key of every record read, to whoever listens.
+    changes: broadcast::Sender<String>,
 }
 
 /// The latest `R`s per key of one topic, kept up to date while it lives.
@@ -112,6 +118,7 @@ impl<R: Row + Clone + Send + Sync + 'static> Table<R> {
             keep: keep.max(1),
             positions: Mutex::new(ends.keys().map(|&p| (p, 0)).collect()),
             stop: AtomicBool::new(false),
+            changes: broadcast::channel(CHANGES_BUFFERED).0,
         });
         let thread_shared = shared.clone();
         let thread_topic = topic.to_string();
@@ -155,6 +162,12 @@ impl<R: Row + Clone + Send + Sync + 'static> Table<R> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(())
+    }
+
+    /// The key of every record read from now on (a receiver that falls more than 1,024 keys
+    /// behind is told it lagged).
+    pub fn changes(&self) -> broadcast::Receiver<String> {
+        self.shared.changes.subscribe()
     }
 
     /// The latest record keyed `key`.
@@ -233,6 +246,7 @@ fn read<R: Row>(consumer: BaseConsumer, topic: &str, shared: &Shared<R>) {
             }
         };
         if let Some(key) = message.key().map(|k| String::from_utf8_lossy(k).into_owned()) {
+            let changed = key.clone();
             let mut rows = shared.rows.write().expect("table lock");
             match message.payload().map(R::decode) {
                 None => {
@@ -247,6 +261,9 @@ fn read<R: Row>(consumer: BaseConsumer, topic: &str, shared: &Shared<R>) {
                 }
                 Some(Err(error)) => tracing::warn!(%topic, %key, %error, "undecodable record"),
             }
+            drop(rows);
+            // No listener is no error.
+            let _ = shared.changes.send(changed);
         }
         shared
             .positions

@@ -1,10 +1,15 @@
-// Herald's live dashboard: asks for a token (kept in sessionStorage), then polls the JSON API
-// every two seconds and redraws the campaign list and the selected campaign. No framework, no
-// build step: this file is served as it is (docs/dashboard.md).
+// Herald's live dashboard: asks for a token (kept in sessionStorage), then follows the API's
+// server-sent events (GET /api/v1/live) and redraws the campaign list and the selected campaign
+// when they change; while that stream is down it polls every two seconds and tries the stream
+// again. No framework, no build step: this file is served as it is (docs/dashboard.md).
 "use strict";
 
 const API = "/api/v1";
 const POLL_MS = 2000;
+// How long a dropped stream waits before it is tried again (polling meanwhile).
+const RECONNECT_MS = 5000;
+// Changes within this long are drawn together (stats come about once a second per campaign).
+const LIVE_BATCH_MS = 150;
 const STEPS = [
   ["qualified", "Qualified"],
   ["sent", "Sent"],
@@ -16,7 +21,17 @@ const STEPS = [
 const COLORS = ["#2f6fde", "#e07b24", "#1f8a4c", "#9b3fc2", "#c2362b", "#2aa1a8"];
 
 const $ = (id) => document.getElementById(id);
-const state = { token: sessionStorage.getItem("herald.token"), role: null, selected: null, timer: null };
+const state = {
+  token: sessionStorage.getItem("herald.token"),
+  role: null,
+  selected: null,
+  timer: null,
+  // "live" while the event stream is open, else "polling".
+  mode: "polling",
+  live: null,
+  reconnect: null,
+  soon: null,
+};
 
 class Unauthorized extends Error {}
 
@@ -54,6 +69,7 @@ const time = (ms) => new Date(ms).toLocaleTimeString("en-GB");
 
 function showLogin(message) {
   clearTimeout(state.timer);
+  stopLive();
   state.token = null;
   state.role = null;
   sessionStorage.removeItem("herald.token");
@@ -74,6 +90,7 @@ async function signIn() {
     $("app").hidden = false;
     $("sign-out").hidden = false;
     await refresh();
+    connectLive();
   } catch (error) {
     showLogin(error instanceof Unauthorized ? "That token was refused." : error.message);
   }
@@ -88,7 +105,81 @@ $("login").addEventListener("submit", (event) => {
 });
 $("sign-out").addEventListener("click", () => showLogin());
 
-// --- polling -------------------------------------------------------------------------------
+// --- live updates, polling as the fallback ---------------------------------------------------
+
+function setMode(mode) {
+  state.mode = mode;
+  document.body.dataset.live = mode;
+}
+
+function stopLive() {
+  if (state.live) state.live.abort();
+  state.live = null;
+  clearTimeout(state.reconnect);
+  setMode("polling");
+}
+
+// One server-sent event block ("event: x\ndata: y") as { event, data }; comments are ignored.
+function parseEvent(block) {
+  const event = { event: "message", data: "" };
+  for (const line of block.split("\n")) {
+    if (line.startsWith("event:")) event.event = line.slice(6).trim();
+    else if (line.startsWith("data:")) event.data += line.slice(5).trim();
+  }
+  return event;
+}
+
+// Opens GET /api/v1/live (with fetch: EventSource cannot send the token) and reads it until it
+// ends; then polls and tries again after RECONNECT_MS.
+async function connectLive() {
+  stopLive();
+  const controller = new AbortController();
+  state.live = controller;
+  try {
+    const headers = { Authorization: `Bearer ${state.token}`, Accept: "text/event-stream" };
+    const response = await fetch(`${API}/live`, { headers, signal: controller.signal });
+    if (response.status === 401) throw new Unauthorized("the token was refused");
+    if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        onLiveEvent(parseEvent(buffer.slice(0, end)));
+        buffer = buffer.slice(end + 2);
+      }
+    }
+  } catch (error) {
+    if (controller.signal.aborted) return;
+    if (error instanceof Unauthorized) return showLogin("The token was refused.");
+  }
+  if (state.live !== controller) return;
+  state.live = null;
+  setMode("polling");
+  refresh();
+  state.reconnect = setTimeout(connectLive, RECONNECT_MS);
+}
+
+function onLiveEvent({ event, data }) {
+  if (event === "ready") {
+    setMode("live");
+    clearTimeout(state.timer);
+    return refreshSoon();
+  }
+  const concernsPage = event === "campaign" || event === "lagged" || data === state.selected;
+  if (concernsPage && ["campaign", "stats", "events", "lagged"].includes(event)) refreshSoon();
+}
+
+function refreshSoon() {
+  if (state.soon) return;
+  state.soon = setTimeout(() => {
+    state.soon = null;
+    refresh();
+  }, LIVE_BATCH_MS);
+}
 
 async function refresh() {
   clearTimeout(state.timer);
@@ -99,12 +190,12 @@ async function refresh() {
     const selected = campaigns.find((c) => c.id === wanted) || null;
     if (selected) await drawCampaign(selected.id);
     $("detail").hidden = !selected;
-    $("updated").textContent = `updated ${time(Date.now())}`;
+    $("updated").textContent = `updated ${time(Date.now())} (${state.mode})`;
   } catch (error) {
     if (error instanceof Unauthorized) return showLogin("The token was refused.");
     $("updated").textContent = `not updated: ${error.message}`;
   }
-  state.timer = setTimeout(refresh, POLL_MS);
+  if (state.mode !== "live") state.timer = setTimeout(refresh, POLL_MS);
 }
 
 window.addEventListener("hashchange", refresh);

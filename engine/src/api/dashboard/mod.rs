@@ -3,17 +3,16 @@
 //! the JSON API with it (`docs/dashboard.md`). The assets themselves carry no data and need no
 //! token; `/api/v1/session` tells the page who its token belongs to and
 //! `/api/v1/campaigns/{id}/sends` gives a campaign's sends per variant over time (the chart).
+//! The routes themselves are in the API's route table (`api/router.rs`).
 
 use axum::{
     extract::{Path, State},
     http::header::{CACHE_CONTROL, CONTENT_TYPE},
-    middleware,
     response::IntoResponse,
-    routing::get,
-    Extension, Json, Router,
+    Extension, Json,
 };
 
-use super::{auth, ApiState, Caller, Role};
+use super::{ApiState, Caller, Role};
 
 const INDEX_HTML: &str = include_str!("index.html");
 const DASHBOARD_JS: &str = include_str!("dashboard.js");
@@ -35,12 +34,15 @@ pub struct Session {
 }
 
 /// The caller's token name and role.
-async fn session(Extension(caller): Extension<Caller>) -> Json<Session> {
+#[utoipa::path(get, path = "/api/v1/session", tag = "dashboard",
+    responses((status = 200, body = Session), (status = 401, body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub(in crate::api) async fn session(Extension(caller): Extension<Caller>) -> Json<Session> {
     Json(Session { name: caller.name, role: caller.role })
 }
 
 /// Sends of one variant at one time.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct SendsAt {
     /// Time of the stats snapshot, epoch milliseconds.
     pub at_ms: i64,
@@ -50,8 +52,16 @@ pub struct SendsAt {
     pub sent: i64,
 }
 
-/// The campaign's sends per variant in each stats snapshot the API keeps, oldest first.
-async fn sends(State(state): State<ApiState>, Path(id): Path<String>) -> Json<Vec<SendsAt>> {
+/// The campaign's sends per variant in each stats snapshot the API keeps (up to 1,000), oldest
+/// first: the dashboard's chart.
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}/sends", tag = "dashboard",
+    params(("id" = String, Path, description = "campaign id")),
+    responses((status = 200, body = [SendsAt]), (status = 401, body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub(in crate::api) async fn sends(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Json<Vec<SendsAt>> {
     Json(
         state
             .stats()
@@ -69,19 +79,25 @@ async fn sends(State(state): State<ApiState>, Path(id): Path<String>) -> Json<Ve
     )
 }
 
-/// The dashboard's page and assets, and its routes behind a read token: the session and sends
-/// over time.
-pub fn routes(state: &ApiState) -> Router<ApiState> {
-    let session = Router::new()
-        .route("/api/v1/session", get(session))
-        .route("/api/v1/campaigns/{id}/sends", get(sends))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_read));
-    Router::new()
-        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
-        .route(
-            "/dashboard.js",
-            get(|| async { asset("text/javascript; charset=utf-8", DASHBOARD_JS) }),
-        )
-        .route("/dashboard.css", get(|| async { asset("text/css; charset=utf-8", DASHBOARD_CSS) }))
-        .merge(session)
+/// The dashboard's page.
+#[utoipa::path(get, path = "/", tag = "dashboard",
+    responses((status = 200, description = "the page", body = String, content_type = "text/html")))]
+pub(in crate::api) async fn index() -> impl IntoResponse {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+/// The dashboard's script.
+#[utoipa::path(get, path = "/dashboard.js", tag = "dashboard",
+    responses((status = 200, description = "the script", body = String,
+        content_type = "text/javascript")))]
+pub(in crate::api) async fn script() -> impl IntoResponse {
+    asset("text/javascript; charset=utf-8", DASHBOARD_JS)
+}
+
+/// The dashboard's style sheet.
+#[utoipa::path(get, path = "/dashboard.css", tag = "dashboard",
+    responses((status = 200, description = "the style sheet", body = String,
+        content_type = "text/css")))]
+pub(in crate::api) async fn style() -> impl IntoResponse {
+    asset("text/css; charset=utf-8", DASHBOARD_CSS)
 }

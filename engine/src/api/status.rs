@@ -1,0 +1,155 @@
+//! Where a campaign stands: the operator's latest command (draft, paused, stopped) and, for a
+//! campaign the operator left running, what the engine reported on `herald.campaign-events`
+//! (completed, a reach limit reached).
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::{
+    campaign::{admin, Campaign, CampaignStatus},
+    model::{CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, LifecycleKind},
+};
+
+/// Where a campaign stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Saved, not running.
+    Draft,
+    /// Running.
+    Active,
+    /// Holding sends.
+    Paused,
+    /// Ended by an operator.
+    Stopped,
+    /// Ended by the engine: its end date passed or its total limit is reached and final.
+    Completed,
+    /// Running, but sending nobody more: its total limit is reached (sends in flight may still
+    /// give places back), or its daily limit today.
+    LimitReached,
+    /// Its definition no longer validates (written by an older Herald).
+    Invalid,
+}
+
+/// The status of the campaign whose latest envelope is `envelope` and latest lifecycle events
+/// `events` (oldest first), at `now_ms`. The engine's events count from the latest definition
+/// on: a definition applied after the campaign completed (a later end date, a higher limit)
+/// makes it active again; a pause and resume after it does not.
+pub fn status(
+    envelope: &CampaignEnvelope,
+    events: &[CampaignLifecycleEvent],
+    now_ms: i64,
+) -> Status {
+    let Ok(campaign) = admin::compile(envelope) else { return Status::Invalid };
+    match campaign.status {
+        CampaignStatus::Draft => return Status::Draft,
+        CampaignStatus::Paused => return Status::Paused,
+        CampaignStatus::Stopped => return Status::Stopped,
+        CampaignStatus::Active => {}
+    }
+    let defined_at =
+        if envelope.command == CampaignCommand::Define { envelope.revision } else { i64::MIN };
+    let since_definition = events.iter().filter(|e| e.timestamp_ms >= defined_at);
+    let mut status = Status::Active;
+    for event in since_definition {
+        match event.kind {
+            LifecycleKind::Completed => return Status::Completed,
+            LifecycleKind::LimitReached if limit_holds(&campaign, event, now_ms) => {
+                status = Status::LimitReached;
+            }
+            _ => {}
+        }
+    }
+    status
+}
+
+/// Whether the limit a `LIMIT_REACHED` event announced still holds: a total limit does until a
+/// new definition, a daily one for the rest of its day (in the campaign's time zone).
+fn limit_holds(campaign: &Campaign, event: &CampaignLifecycleEvent, now_ms: i64) -> bool {
+    match event.details.get("limit").map(String::as_str) {
+        Some("total") => true,
+        Some("daily") => {
+            let tz = campaign.options.timezone.unwrap_or(chrono_tz::UTC);
+            let today = chrono::DateTime::from_timestamp_millis(now_ms)
+                .map(|t| t.with_timezone(&tz).date_naive().to_string());
+            today.is_some_and(|today| event.details.get("day") == Some(&today))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY_MS: i64 = 86_400_000;
+    /// 2026-11-28T12:00:00Z.
+    const NOW: i64 = 1_795_867_200_000;
+
+    fn envelope(command: CampaignCommand, at: i64) -> CampaignEnvelope {
+        let definition = serde_json::json!({
+            "id": "c", "app": "shop", "name": "C",
+            "when": { "event": "App Opened" }, "what": { "title": "t", "body": "b" },
+        });
+        CampaignEnvelope {
+            campaign_id: "c".into(),
+            app_id: "shop".into(),
+            command,
+            definition: Some(definition.to_string()),
+            revision: at,
+            issued_at_ms: at,
+            issued_by: None,
+        }
+    }
+
+    fn event(kind: LifecycleKind, at: i64, details: &[(&str, &str)]) -> CampaignLifecycleEvent {
+        CampaignLifecycleEvent {
+            campaign_id: "c".into(),
+            app_id: "shop".into(),
+            kind,
+            run_id: None,
+            timestamp_ms: at,
+            details: details.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn the_engines_events_tell_a_running_campaign_completed_or_limited() {
+        let defined = envelope(CampaignCommand::Define, NOW - 1_000);
+        assert_eq!(status(&defined, &[], NOW), Status::Active);
+        let total = event(LifecycleKind::LimitReached, NOW - 500, &[("limit", "total")]);
+        assert_eq!(status(&defined, std::slice::from_ref(&total), NOW), Status::LimitReached);
+        let completed = event(LifecycleKind::Completed, NOW - 400, &[("reason", "total_limit")]);
+        assert_eq!(status(&defined, &[total, completed.clone()], NOW), Status::Completed);
+        // Paused and resumed after it completed: still completed.
+        let resumed = envelope(CampaignCommand::Resume, NOW - 100);
+        assert_eq!(status(&resumed, std::slice::from_ref(&completed), NOW), Status::Completed);
+        // Paused or stopped by the operator: that, whatever the engine said before.
+        let paused = envelope(CampaignCommand::Pause, NOW - 100);
+        assert_eq!(status(&paused, std::slice::from_ref(&completed), NOW), Status::Paused);
+        let stopped = envelope(CampaignCommand::Stop, NOW - 100);
+        assert_eq!(status(&stopped, &[], NOW), Status::Stopped);
+        // Defined again after it completed: active.
+        let redefined = envelope(CampaignCommand::Define, NOW - 100);
+        assert_eq!(status(&redefined, &[completed], NOW), Status::Active);
+    }
+
+    #[test]
+    fn a_daily_limit_holds_for_its_day_only() {
+        let defined = envelope(CampaignCommand::Define, NOW - 2 * DAY_MS);
+        let daily = |day: &str| {
+            event(LifecycleKind::LimitReached, NOW - 1_000, &[("limit", "daily"), ("day", day)])
+        };
+        assert_eq!(status(&defined, &[daily("2026-11-28")], NOW), Status::LimitReached);
+        assert_eq!(status(&defined, &[daily("2026-11-27")], NOW), Status::Active);
+        let winner = event(LifecycleKind::WinnerDeclared, NOW - 1, &[]);
+        assert_eq!(status(&defined, &[winner], NOW), Status::Active);
+    }
+
+    #[test]
+    fn an_undecodable_definition_is_invalid() {
+        let mut broken = envelope(CampaignCommand::Define, NOW);
+        broken.definition = Some("{}".into());
+        assert_eq!(status(&broken, &[], NOW), Status::Invalid);
+    }
+}
