@@ -1,4 +1,4 @@
-//! A campaign spread over 4 shards, live against the real broker on two engine instances, one
+//! Campaigns spread over shards, live against the real broker on two engine instances, one
 //! of them killed (SIGKILL) mid-run and restarted: the total limit and the A/B test audience
 //! stay exact, read by user and by variant on the push topic (see `docs/architecture.md`).
 
@@ -39,8 +39,8 @@ fn apply(dir: &Path, campaigns: &str, name: &str, yaml: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
-/// The deployment's topics (4 user partitions, 4 campaign-flow partitions).
-fn create_topics(topic: &dyn Fn(&str) -> String) {
+/// The deployment's topics (4 user partitions, `flow` campaign-flow partitions).
+fn create_topics(topic: &dyn Fn(&str) -> String, flow: i32) {
     common::create_topics(&[
         (&topic("events"), 4),
         (&topic("profiles"), 4),
@@ -48,7 +48,7 @@ fn create_topics(topic: &dyn Fn(&str) -> String) {
         (&topic("send-gate"), 4),
         (&topic("campaigns"), 1),
         (&topic("segments"), 1),
-        (&topic("campaign-flow"), 4),
+        (&topic("campaign-flow"), flow),
         (&topic("app-throttle"), 1),
         (&topic("push"), 2),
         (&topic("stats"), 1),
@@ -57,18 +57,20 @@ fn create_topics(topic: &dyn Fn(&str) -> String) {
     ]);
 }
 
+/// A triggered campaign's total limit leased by its home to 8 shards on 8 campaign-stage tasks;
+/// one of two instances is killed (SIGKILL) after the first sends, while its shards hold
+/// places and candidates wait, and restarted on its own state.
 #[test]
-#[ignore = "leased limits are off: this under-filled (1,475 of 1,500) in 3 of 7 runs"]
-fn a_triggered_limit_of_1500_leased_over_4_shards_stays_exact_when_an_instance_is_killed() {
+fn a_triggered_limit_of_1500_leased_over_8_shards_stays_exact_when_an_instance_is_killed() {
     const USERS: usize = 4_000;
     const LIMIT: usize = 1_500;
     let prefix = format!("{}-", common::unique("it-leased"));
     let app_id = common::unique("it-leased-app");
     let dir = tempfile::tempdir().unwrap();
     let topic = |name: &str| format!("{prefix}herald.{name}");
-    create_topics(&topic);
+    create_topics(&topic, 8);
     let yaml = format!(
-        "id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\nlimits: {{ total: {LIMIT} }}\noptions: {{ ignore_global_caps: true, shards: 4 }}\n"
+        "id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\nlimits: {{ total: {LIMIT} }}\noptions: {{ ignore_global_caps: true, shards: 8 }}\n"
     );
     apply(dir.path(), &topic("campaigns"), "coupons.yaml", &yaml);
     let now = common::now_ms();
@@ -92,43 +94,49 @@ fn a_triggered_limit_of_1500_leased_over_4_shards_stays_exact_when_an_instance_i
     let mut b = spawn("b");
     wait_for_offsets(&format!("{app_id}-profiles-changelog"), USERS as i64, &log);
     let registry = SchemaRegistry::builtin();
-    common::produce(
-        &topic("events"),
-        (0..USERS).map(|i| {
-            let user = format!("u{i}");
-            let event = AppEvent {
-                event_id: format!("ping-{user}"),
-                app_id: "shop".into(),
-                user_id: user.clone(),
-                name: "Ping".into(),
-                timestamp_ms: common::now_ms(),
-                properties: Default::default(),
-                sdk_version: None,
-            };
-            (user, registry.encode(&event).unwrap())
-        }),
-    );
-    // Killed once sends leave, then restarted on its own state.
+    let pings = |users: std::ops::Range<usize>| {
+        common::produce(
+            &topic("events"),
+            users.map(|i| {
+                let user = format!("u{i}");
+                let event = AppEvent {
+                    event_id: format!("ping-{user}"),
+                    app_id: "shop".into(),
+                    user_id: user.clone(),
+                    name: "Ping".into(),
+                    timestamp_ms: common::now_ms(),
+                    properties: Default::default(),
+                    sdk_version: None,
+                };
+                (user, registry.encode(&event).unwrap())
+            }),
+        )
+    };
+    // A first 1,000 (below the limit), then the kill once sends leave, then the other 3,000
+    // while the killed instance's tasks move, and its restart on its own state.
+    pings(0..1_000);
     wait_for_offsets(&topic("push"), 1, &log);
     common::kill_hard(b.take());
+    pings(1_000..USERS);
     b = spawn("b");
     let sends = common::read_committed(
         &topic("push"),
         LIMIT,
         Duration::from_secs(10),
-        Duration::from_secs(180),
+        Duration::from_secs(60),
     );
     let events: Vec<CampaignLifecycleEvent> = common::read_committed(
         &topic("campaign-events"),
         2,
-        Duration::from_secs(3),
-        Duration::from_secs(60),
+        Duration::from_secs(2),
+        Duration::from_secs(30),
     )
     .iter()
     .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
     .collect();
     common::stop_gracefully(a.take());
     common::stop_gracefully(b.take());
+    common::delete_topics_starting_with(&[&prefix, &app_id]);
 
     let commands: Vec<SendCommand> =
         sends.iter().map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap()).collect();
@@ -138,8 +146,6 @@ fn a_triggered_limit_of_1500_leased_over_4_shards_stays_exact_when_an_instance_i
     let kinds: Vec<String> = events.iter().map(|e| format!("{:?}", e.kind)).collect();
     assert_eq!(kinds, ["LimitReached", "Completed"], "announced once, by the home");
     assert_eq!(events[1].details["sent"], LIMIT.to_string());
-
-    common::delete_topics_starting_with(&[&prefix, &app_id]);
 }
 
 #[test]
@@ -148,7 +154,7 @@ fn a_4_shard_ab_broadcast_with_total_limit_5000_stays_exact_when_an_instance_is_
     let app_id = common::unique("it-sharded-app");
     let dir = tempfile::tempdir().unwrap();
     let topic = |name: &str| format!("{prefix}herald.{name}");
-    create_topics(&topic);
+    create_topics(&topic, 4);
     // The run is set once the engines have read every profile: first a week out, then soon.
     apply(
         dir.path(),
@@ -282,7 +288,7 @@ fn a_sharded_ab_run_whose_shards_hold_no_or_only_test_users_still_chooses_and_fi
     let app_id = common::unique("it-shard-empty-app");
     let dir = tempfile::tempdir().unwrap();
     let topic = |name: &str| format!("{prefix}herald.{name}");
-    create_topics(&topic);
+    create_topics(&topic, 4);
     // 3 users over 4 shards: one shard at least holds none; a test of 2 users (one per
     // variant) takes every user of the shards it falls on.
     let yaml = |at_ms: i64| {
@@ -336,7 +342,7 @@ fn a_total_limit_added_to_a_sharded_triggered_campaign_counts_what_its_shards_se
     let app_id = common::unique("it-shard-edit-app");
     let dir = tempfile::tempdir().unwrap();
     let topic = |name: &str| format!("{prefix}herald.{name}");
-    create_topics(&topic);
+    create_topics(&topic, 4);
     let coupons = |limits: &str| {
         format!(
             "id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\n{limits}options: {{ ignore_global_caps: true, shards: 4 }}\n"
