@@ -154,7 +154,7 @@ fn a_per_run_limit_with_timezone_user_samples_every_timezone_each_user_at_nine_l
     lines.extend(ticks(start, ms("2026-11-20T19:10:00Z")));
     // The sends of the run of 2026-11-20, which starts at 09:00 in UTC+14 (19:00Z the day
     // before); the next run's UTC+14 users are sent from 19:00Z on the 20th.
-    let sent = |partitions: i32| -> BTreeMap<String, String> {
+    let sent = |campaign: &str, partitions: i32| -> BTreeMap<String, String> {
         let dir = replay_support::replay(campaign, &lines, partitions);
         let sends = replay_support::read(dir.path(), "sends.jsonl");
         let hour = |s: &Value| rfc3339(ms(s["send_time"].as_str().unwrap()))[..13].to_string();
@@ -168,7 +168,7 @@ fn a_per_run_limit_with_timezone_user_samples_every_timezone_each_user_at_nine_l
         assert_eq!(users.len(), first.len(), "no user gets two commands");
         users
     };
-    let users = sent(3);
+    let users = sent(campaign, 3);
     assert_eq!(users.len(), 90, "exactly the per-run limit");
     // A sample of the whole audience, not of the timezones whose 09:00 comes first
     // (hypergeometric: 30 expected per timezone, sd about 4.3; within 4 sd).
@@ -185,5 +185,8 @@ fn a_per_run_limit_with_timezone_user_samples_every_timezone_each_user_at_nine_l
         };
         assert_eq!(hour, expected, "{user}");
     }
-    assert_eq!(sent(1), users, "the same sample on one partition: the run id decides");
+    assert_eq!(sent(campaign, 1), users, "the same sample on one partition: the run id decides");
+    let sharded =
+        campaign.replace("ignore_global_caps: true", "ignore_global_caps: true, shards: 4");
+    assert_eq!(sent(&sharded, 3), users, "the same sample over 4 shards");
 }

@@ -166,8 +166,8 @@ impl CampaignStage {
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
         let reserved = sample::is_reservation(&candidate);
-        let sampled_local = campaign.user_local().is_some() && sample::samples(campaign);
-        if sampled_local && !reserved {
+        let sampled = sample::samples(campaign);
+        if sampled && !reserved {
             // At their local time, a user the run selected at its release (see `select`).
             let key = selection_key(&state.key, &candidate.run_id, &candidate.user_id);
             let selected = ctx.store(RUN_BUFFER)?.get_as::<Option<usize>>(&key)?;
@@ -181,7 +181,7 @@ impl CampaignStage {
                 // A user's local time of a run can come after the next run started (a daily
                 // run's users span up to 26 hours): sent, outside the newer run's limit, unless
                 // the run took a sample, which was taken at its release.
-                Some(_) if !sampled_local => {
+                Some(_) if !sampled => {
                     return self.deliver(ctx, campaign, state, &candidate, None);
                 }
                 Some(_) if !reserved => "run_limit",
