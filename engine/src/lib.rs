@@ -9,6 +9,7 @@ pub mod model;
 pub mod outbox;
 pub mod payload;
 pub mod pipeline;
+pub mod query;
 pub mod render;
 pub mod runtime;
 pub mod sender;

@@ -340,6 +340,38 @@ fn audit_records_round_trip_with_and_without_a_target() {
 }
 
 #[test]
+fn query_request_and_reply_round_trip() {
+    use herald_engine::query::{QueryReply, QueryRequest, QueryStatus};
+    let request = QueryRequest {
+        request_id: "q-1".into(),
+        kind: "estimate".into(),
+        key: None,
+        body: r#"{"target":"segment","id":"vip","at_ms":1700000000000}"#.into(),
+        deadline_ms: 1_700_000_030_000,
+        issued_at_ms: 1_700_000_000_000,
+    };
+    round_trip(request.clone());
+    round_trip(QueryRequest { key: Some("u-7".into()), ..request });
+    let done = QueryReply {
+        request_id: "q-1".into(),
+        partition: 3,
+        partitions: 8,
+        status: QueryStatus::Done,
+        scanned: 12_345,
+        body: Some(r#"{"matched":10}"#.into()),
+        error: None,
+        timestamp_ms: 1_700_000_001_000,
+    };
+    round_trip(done.clone());
+    round_trip(QueryReply {
+        status: QueryStatus::Refused,
+        body: None,
+        error: Some("unknown query kind".into()),
+        ..done
+    });
+}
+
+#[test]
 fn every_current_schema_has_a_rust_type_that_round_trips() {
     // Guards against a schema added under schemas/ without a record type and test above.
     assert_eq!(
@@ -355,6 +387,8 @@ fn every_current_schema_has_a_rust_type_that_round_trips() {
             "io.herald.Engagement",
             "io.herald.IngestForward",
             "io.herald.ProfileUpdate",
+            "io.herald.QueryReply",
+            "io.herald.QueryRequest",
             "io.herald.Receipt",
             "io.herald.RunTally",
             "io.herald.SendCommand",

@@ -9,8 +9,11 @@ use herald_engine::{
     campaign::admin,
     kafka::KafkaConfig,
     model::{CampaignCommand, CampaignEnvelope, CampaignStats, Record, SchemaRegistry},
+    query::estimate::Question,
 };
 use rdkafka::producer::FutureProducer;
+
+use super::estimate::CampaignLimits;
 
 #[derive(Debug, Subcommand)]
 pub enum CampaignCommandArgs {
@@ -27,6 +30,21 @@ pub enum CampaignCommandArgs {
     Resume(OperatorArgs),
     /// End a campaign for good: what waited is dropped (counted `stopped`).
     Stop(OperatorArgs),
+    /// Ask the running engine how many users a campaign definition (applied or not) reaches
+    /// now: users matching its audience, reachable by push (per platform), the candidates of a
+    /// run started now (after sample, DND and frequency caps) and, for a scheduled campaign,
+    /// what its limits leave (per-run limit, total limit left, A/B test population). Counted by
+    /// every user-stage task from its own stores; shows progress; exits 3 when some partitions
+    /// did not answer within --timeout.
+    Estimate(EstimateCampaignArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EstimateCampaignArgs {
+    /// Campaign definition file (YAML or JSON).
+    file: PathBuf,
+    #[command(flatten)]
+    estimate: super::estimate::EstimateArgs,
 }
 
 #[derive(Debug, Args)]
@@ -120,6 +138,7 @@ pub fn run(kafka: &KafkaConfig, command: CampaignCommandArgs) -> anyhow::Result<
         CampaignCommandArgs::Pause(args) => operate(kafka, &args, CampaignCommand::Pause),
         CampaignCommandArgs::Resume(args) => operate(kafka, &args, CampaignCommand::Resume),
         CampaignCommandArgs::Stop(args) => operate(kafka, &args, CampaignCommand::Stop),
+        CampaignCommandArgs::Estimate(args) => estimate(kafka, &args),
         CampaignCommandArgs::Validate(args) => {
             Ok(if load(&args)?.is_some() { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
@@ -178,6 +197,37 @@ fn publish(kafka: &KafkaConfig, topic: &str, envelope: &CampaignEnvelope) -> any
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(admin::publish(&producer, topic, envelope))?;
     Ok(())
+}
+
+/// Asks the running engine for the reach of the campaign defined in `args.file`.
+fn estimate(kafka: &KafkaConfig, args: &EstimateCampaignArgs) -> anyhow::Result<ExitCode> {
+    let path = &args.file;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let (campaign, envelope) = match admin::define(&text, &path.display().to_string(), None, now_ms)
+    {
+        Ok(defined) => defined,
+        Err(errors) => {
+            println!("INVALID  {errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    // Users sent to so far count against the total limit (none for a campaign never applied,
+    // or when the stats topic cannot be read).
+    let stats = latest::<CampaignStats>(kafka, &args.estimate.topics().stats, &campaign.id);
+    let sent_so_far = stats
+        .ok()
+        .flatten()
+        .map_or(0, |s| s.variants.iter().map(|v| v.sent.max(0) as u64).sum::<u64>());
+    let question = Question::Campaign {
+        id: campaign.id.clone(),
+        definition: envelope.definition.unwrap_or_default(),
+        at_ms: now_ms,
+    };
+    let what = format!("campaign {}", campaign.id);
+    let limits = CampaignLimits { campaign: &campaign, sent_so_far };
+    super::estimate::run(kafka, &args.estimate, &what, &question, Some(limits))
 }
 
 /// Reads the stats topic to its end and prints the latest snapshot of the campaign.

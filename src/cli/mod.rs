@@ -5,6 +5,7 @@ mod bench;
 mod campaign;
 mod consume;
 mod engine;
+mod estimate;
 mod example;
 mod produce;
 mod replay;

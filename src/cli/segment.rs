@@ -28,6 +28,18 @@ pub enum SegmentCommandArgs {
     /// Delete a segment; refused, with the campaigns named, while a campaign that is not
     /// stopped references it.
     Delete(DeleteArgs),
+    /// Ask the running engine how many users are in a published segment now, and how many of
+    /// them push reaches (per platform); counted by every user-stage task from its own stores.
+    /// Shows progress; exits 3 when some partitions did not answer within --timeout.
+    Estimate(EstimateSegmentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EstimateSegmentArgs {
+    /// Segment id.
+    id: String,
+    #[command(flatten)]
+    estimate: super::estimate::EstimateArgs,
 }
 
 #[derive(Debug, Args)]
@@ -90,6 +102,14 @@ pub fn run(kafka: &KafkaConfig, command: SegmentCommandArgs) -> anyhow::Result<E
             Ok(ExitCode::SUCCESS)
         }
         SegmentCommandArgs::Delete(args) => delete(kafka, &args),
+        SegmentCommandArgs::Estimate(args) => {
+            let question = herald_engine::query::estimate::Question::Segment {
+                id: args.id.clone(),
+                at_ms: chrono::Utc::now().timestamp_millis(),
+            };
+            let what = format!("segment {}", args.id);
+            super::estimate::run(kafka, &args.estimate, &what, &question, None)
+        }
     }
 }
 

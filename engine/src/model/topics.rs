@@ -28,6 +28,10 @@ pub const STATS: &str = "herald.stats";
 pub const RECEIPTS: &str = "herald.receipts";
 /// Undecodable or rejected input.
 pub const DEAD_LETTER: &str = "herald.dead-letter";
+/// Queries to the running engine's tasks, keyed by request id (see `crate::query`).
+pub const QUERIES: &str = "herald.queries";
+/// The tasks' answers to queries, keyed by request id.
+pub const QUERY_REPLIES: &str = "herald.query-replies";
 
 /// The topic names a deployment uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +62,10 @@ pub struct TopicNames {
     pub receipts: String,
     /// Rejected input.
     pub dead_letter: String,
+    /// Queries to the engine's tasks.
+    pub queries: String,
+    /// The tasks' answers to queries.
+    pub query_replies: String,
 }
 
 impl TopicNames {
@@ -78,13 +86,15 @@ impl TopicNames {
             campaign_events: name(CAMPAIGN_EVENTS),
             receipts: name(RECEIPTS),
             dead_letter: name(DEAD_LETTER),
+            queries: name(QUERIES),
+            query_replies: name(QUERY_REPLIES),
         }
     }
 }
 
 impl TopicNames {
     /// Every name, in declaration order.
-    pub fn all(&self) -> [&str; 13] {
+    pub fn all(&self) -> [&str; 15] {
         [
             &self.events,
             &self.profiles,
@@ -99,6 +109,8 @@ impl TopicNames {
             &self.campaign_events,
             &self.receipts,
             &self.dead_letter,
+            &self.queries,
+            &self.query_replies,
         ]
     }
 }

@@ -29,8 +29,9 @@ pub struct SubTopology {
     pub(crate) sources: Vec<String>,
     pub(crate) stores: Vec<String>,
     pub(crate) sinks: Vec<String>,
-    /// Internal repartition topics: sources and sinks of this sub-topology that the runtime
-    /// creates, co-partitioned with its other sources, when they are missing.
+    /// Topics of this sub-topology that the runtime creates, co-partitioned with its other
+    /// sources, when they are missing: internal repartition topics (sources and sinks) and
+    /// [`SubTopologyBuilder::created_sink`]s.
     pub(crate) internal: Vec<String>,
     /// Sources read in record-timestamp order across them (see
     /// [`SubTopologyBuilder::ordered_source`]).
@@ -253,6 +254,16 @@ impl SubTopologyBuilder {
     pub fn repartition(mut self, topic: impl Into<String>) -> Self {
         let topic = topic.into();
         self.sources.push(topic.clone());
+        self.sinks.push(topic.clone());
+        self.internal.push(topic);
+        self
+    }
+
+    /// May write to `topic`, which a live instance creates when missing like a
+    /// [`Self::repartition`] topic (same partition count, one day's retention): an output only
+    /// clients read, which a deployment need not create (e.g. answers to queries).
+    pub fn created_sink(mut self, topic: impl Into<String>) -> Self {
+        let topic = topic.into();
         self.sinks.push(topic.clone());
         self.internal.push(topic);
         self

@@ -9,6 +9,7 @@ mod gates;
 mod held;
 mod history;
 mod profile;
+mod query;
 mod route;
 mod runs;
 mod segments;
@@ -29,10 +30,11 @@ use crate::{
     },
     model::{
         scheduled_run_time, topics::TopicNames, triggered_run_id, AliasRecord, AppEvent, Candidate,
-        Engagement, EngagementKind, IngestDecoder, IngestError, IngestKind, ProfileUpdate,
+        Device, Engagement, EngagementKind, IngestDecoder, IngestError, IngestKind, ProfileUpdate,
         Properties, PropertyValue, Receipt, ReceiptStatus, Record, SchemaRegistry, SendCommand,
         Skip, TRIGGERED_RUN,
     },
+    query::{QueryDesk, QUERIES_TABLE},
     runtime::{
         ProcessError, Processor, ProcessorContext, SourceRecord, Tick, Timer, TopologyBuilder,
     },
@@ -56,7 +58,7 @@ pub fn add_user_stage(
     ingest: IngestDecoder,
 ) -> TopologyBuilder {
     let names = Arc::clone(topics);
-    builder.sub_topology(
+    builder.optional_global_table(QUERIES_TABLE, &topics.queries).sub_topology(
         "user",
         move |_| UserStage::new(Arc::clone(&names), Arc::clone(&settings), ingest.clone()),
         |s| {
@@ -78,6 +80,7 @@ pub fn add_user_stage(
                 .store(alias::LINKS)
                 .sink(&topics.campaign_flow)
                 .sink(&topics.push)
+                .created_sink(&topics.query_replies)
         },
     )
 }
@@ -146,6 +149,7 @@ pub struct UserStage {
     segments: segments::SegmentCache,
     held: held::HeldPass,
     dedup: dedup::Sweep,
+    queries: QueryDesk<query::Work>,
 }
 
 impl UserStage {
@@ -159,6 +163,7 @@ impl UserStage {
             segments: segments::SegmentCache::default(),
             held: held::HeldPass::due(),
             dedup: dedup::Sweep::default(),
+            queries: QueryDesk::default(),
         }
     }
 
@@ -644,67 +649,24 @@ impl UserStage {
         campaign: &Campaign,
         occasion: &Occasion<'_>,
     ) -> Result<bool, ProcessError> {
-        let Occasion { user, run_id, trigger_event, event_properties, at_ms, after_dnd } =
-            *occasion;
-        let profile = ctx.store(PROFILES)?.get_as::<Profile>(user.as_bytes())?.unwrap_or_default();
-        let history = history::load(&ctx.store(HISTORY)?, user)?;
-        let mut profile = profile;
-        profile.derive_age(at_ms);
-        let segments = self.segments.book();
-        let view = UserView { profile: &profile, history: &history, segments };
-        if !campaign.who.matches(&view, at_ms) {
-            if campaign.who.segments().iter().any(|id| segments.get(id).is_none()) {
-                ctx.count(&segments::UNKNOWN_SEGMENT, "matched_nobody");
+        let Occasion { user, run_id, trigger_event, event_properties, at_ms, .. } = *occasion;
+        let (profile, history) = load_user(ctx, user, at_ms)?;
+        let (devices, tz) = match self.assess(ctx, campaign, occasion, &profile, &history)? {
+            Verdict::Outside => {
+                let segments = self.segments.book();
+                if campaign.who.segments().iter().any(|id| segments.get(id).is_none()) {
+                    ctx.count(&segments::UNKNOWN_SEGMENT, "matched_nobody");
+                }
+                return Ok(false);
             }
-            return Ok(false);
-        }
-        let skip = |ctx: &mut ProcessorContext<'_>, reason: &str| {
-            self.skip(ctx, campaign, user, reason, at_ms).map(|()| true)
+            Verdict::Skip(reason) => {
+                return self.skip(ctx, campaign, user, reason, at_ms).map(|()| true);
+            }
+            Verdict::Wait(waiting, due_ms) => {
+                return self.wait(ctx, campaign, occasion, waiting, due_ms);
+            }
+            Verdict::Candidate { devices, tz } => (devices, tz),
         };
-        if !in_sample(&campaign.id, user, campaign.options.sample_percent) {
-            return skip(ctx, "sampled_out");
-        }
-        let devices = profile.reachable_devices(&campaign.options.platforms);
-        if devices.is_empty() {
-            return skip(ctx, "not_reachable");
-        }
-        let app = self.settings.app(&campaign.app);
-        let tz = profile.timezone().unwrap_or(app.timezone);
-        if let (Some(local), Some(run_at)) = (campaign.user_local(), scheduled_run_time(run_id)) {
-            // The run at its local time in the user's timezone (else the app's).
-            let best = match local {
-                UserLocal::BestHour { .. } => {
-                    let look_back = i64::from(self.settings.history().days());
-                    history::best_hour(&ctx.store(HISTORY)?, user, at_ms, look_back)?
-                }
-                UserLocal::RunTime { .. } => None,
-            };
-            match local.send(run_at, tz, ctx.now_ms().max(at_ms), best) {
-                LocalSend::Expired => return skip(ctx, "expired"),
-                LocalSend::At(due_ms) => {
-                    return self.wait(ctx, campaign, occasion, Waiting::LocalTime, due_ms);
-                }
-                LocalSend::Now => {}
-            }
-        }
-        if let (Some(dnd), false) = (&campaign.options.dnd, after_dnd) {
-            // The user's timezone, else the campaign's, else the app's.
-            let dnd_tz = profile.timezone().or(campaign.options.timezone).unwrap_or(app.timezone);
-            if let Some(window_end) = dnd_window_end(dnd, dnd_tz, at_ms) {
-                if dnd.action == DndAction::Discard {
-                    return skip(ctx, "dnd_discarded");
-                }
-                return self.wait(ctx, campaign, occasion, Waiting::Dnd, window_end);
-            }
-        }
-        // An early look at the caps; they are spent (and checked again) at the send gate, where
-        // the notification leaves.
-        if !campaign.options.ignore_global_caps {
-            let log = ctx.store(SEND_LOG)?.get_as::<SendLog>(user.as_bytes())?.unwrap_or_default();
-            if let Some(capped) = log.check(app, tz, at_ms) {
-                return skip(ctx, capped.reason());
-            }
-        }
         let text = |name: &str| match profile.properties.get(name) {
             Some(PropertyValue::String(s)) => Some(s.clone()),
             _ => None,
@@ -733,6 +695,94 @@ impl UserStage {
         )?;
         Ok(true)
     }
+
+    /// Checks who, sample, reachability, the user's local time, do-not-disturb and caps for
+    /// `occasion`, reading the stores only: what [`Self::qualify`] then does, and what an
+    /// estimate counts (see `estimate`).
+    fn assess(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        occasion: &Occasion<'_>,
+        profile: &Profile,
+        history: &History,
+    ) -> Result<Verdict, ProcessError> {
+        let Occasion { user, run_id, at_ms, after_dnd, .. } = *occasion;
+        let segments = self.segments.book();
+        let view = UserView { profile, history, segments };
+        if !campaign.who.matches(&view, at_ms) {
+            return Ok(Verdict::Outside);
+        }
+        if !in_sample(&campaign.id, user, campaign.options.sample_percent) {
+            return Ok(Verdict::Skip("sampled_out"));
+        }
+        let devices = profile.reachable_devices(&campaign.options.platforms);
+        if devices.is_empty() {
+            return Ok(Verdict::Skip("not_reachable"));
+        }
+        let app = self.settings.app(&campaign.app);
+        let tz = profile.timezone().unwrap_or(app.timezone);
+        if let (Some(local), Some(run_at)) = (campaign.user_local(), scheduled_run_time(run_id)) {
+            // The run at its local time in the user's timezone (else the app's).
+            let best = match local {
+                UserLocal::BestHour { .. } => {
+                    let look_back = i64::from(self.settings.history().days());
+                    history::best_hour(&ctx.store(HISTORY)?, user, at_ms, look_back)?
+                }
+                UserLocal::RunTime { .. } => None,
+            };
+            match local.send(run_at, tz, ctx.now_ms().max(at_ms), best) {
+                LocalSend::Expired => return Ok(Verdict::Skip("expired")),
+                LocalSend::At(due_ms) => return Ok(Verdict::Wait(Waiting::LocalTime, due_ms)),
+                LocalSend::Now => {}
+            }
+        }
+        if let (Some(dnd), false) = (&campaign.options.dnd, after_dnd) {
+            // The user's timezone, else the campaign's, else the app's.
+            let dnd_tz = profile.timezone().or(campaign.options.timezone).unwrap_or(app.timezone);
+            if let Some(window_end) = dnd_window_end(dnd, dnd_tz, at_ms) {
+                if dnd.action == DndAction::Discard {
+                    return Ok(Verdict::Skip("dnd_discarded"));
+                }
+                return Ok(Verdict::Wait(Waiting::Dnd, window_end));
+            }
+        }
+        // An early look at the caps; they are spent (and checked again) at the send gate, where
+        // the notification leaves.
+        if !campaign.options.ignore_global_caps {
+            let log = ctx.store(SEND_LOG)?.get_as::<SendLog>(user.as_bytes())?.unwrap_or_default();
+            if let Some(capped) = log.check(app, tz, at_ms) {
+                return Ok(Verdict::Skip(capped.reason()));
+            }
+        }
+        Ok(Verdict::Candidate { devices, tz })
+    }
+}
+
+/// A user's profile (with `age` derived at `at_ms`) and event history.
+fn load_user(
+    ctx: &mut ProcessorContext<'_>,
+    user: &str,
+    at_ms: i64,
+) -> Result<(Profile, History), ProcessError> {
+    let mut profile = ctx.store(PROFILES)?.get_as::<Profile>(user.as_bytes())?.unwrap_or_default();
+    profile.derive_age(at_ms);
+    Ok((profile, history::load(&ctx.store(HISTORY)?, user)?))
+}
+
+/// A user's daily event counts per history key, as [`history::load`] reads them.
+type History = std::collections::HashMap<String, Vec<(i64, u32)>>;
+
+/// What [`UserStage::assess`] decides for one user and campaign.
+enum Verdict {
+    /// Not in the campaign's audience.
+    Outside,
+    /// In the audience, not sent to, for this reason.
+    Skip(&'static str),
+    /// In the audience, put off until a time (then checked again).
+    Wait(Waiting, i64),
+    /// A candidate now: these devices, in this timezone.
+    Candidate { devices: Vec<Device>, tz: chrono_tz::Tz },
 }
 
 /// Why a user is checked against a campaign: its trigger fired for them, a timer they waited
@@ -869,12 +919,19 @@ impl Processor for UserStage {
         if self.dedup.step(ctx, self.settings.ingest().dedup_window_ms)? == Tick::More {
             return Ok(Tick::More);
         }
-        self.step_scheduled_runs(ctx)
+        if self.step_scheduled_runs(ctx)? == Tick::More {
+            return Ok(Tick::More);
+        }
+        self.step_queries(ctx)
     }
 
     fn on_global_change(&mut self, table: &str, _key: &[u8], _value: Option<&[u8]>) {
         if table == SEGMENTS_TABLE {
             self.segments.invalidate();
+            return;
+        }
+        if table == QUERIES_TABLE {
+            self.queries.invalidate();
             return;
         }
         self.campaigns.invalidate();

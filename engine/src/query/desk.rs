@@ -1,0 +1,168 @@
+//! The task side of the query channel: which requests of the queries table a task still has to
+//! answer, the one it works on, and its replies.
+
+use std::collections::{HashSet, VecDeque};
+
+use super::{QueryReply, QueryRequest, QueryStatus, QUERIES_TABLE};
+use crate::{
+    model::SchemaRegistry,
+    runtime::{ProcessError, ProcessorContext, Tick},
+};
+
+/// How often a task reports its progress on a query, milliseconds.
+const PROGRESS_EVERY_MS: i64 = 1_000;
+
+/// What one step of work on a query came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// More to do; this many more items were looked at.
+    More(u64),
+    /// Finished, after looking at this many more items: the answer (JSON).
+    Done(u64, String),
+    /// The query cannot be answered: why.
+    Refused(String),
+}
+
+/// A request being worked on, with the processor's work state `W` (`None` before the first
+/// step).
+#[derive(Debug)]
+pub struct Open<W> {
+    /// The request.
+    pub request: QueryRequest,
+    /// The processor's work state.
+    pub work: Option<W>,
+    scanned: u64,
+    reported_ms: i64,
+}
+
+/// The queries a task answers, in arrival order, one at a time. Held in the processor's fields,
+/// not its stores: a task that crashes or moves loses the work, and its new owner starts over
+/// from the request, which is still in the table (the client keeps each partition's last
+/// answer).
+#[derive(Debug)]
+pub struct QueryDesk<W> {
+    stale: bool,
+    queue: VecDeque<QueryRequest>,
+    current: Option<Open<W>>,
+    /// Requests this processor took (answered, working on or skipped), until they leave the
+    /// table.
+    taken: HashSet<String>,
+}
+
+impl<W> Default for QueryDesk<W> {
+    fn default() -> Self {
+        Self { stale: true, queue: VecDeque::new(), current: None, taken: HashSet::new() }
+    }
+}
+
+impl<W> QueryDesk<W> {
+    /// Marks the queue stale (call from `on_global_change` for [`QUERIES_TABLE`]).
+    pub fn invalidate(&mut self) {
+        self.stale = true;
+    }
+
+    /// The open request to work on next, if any (give it back with [`Self::settle`]). Requests
+    /// past their deadline, deleted from the table, or keyed to another task are dropped.
+    pub fn take(&mut self, ctx: &ProcessorContext<'_>) -> Option<Open<W>> {
+        if self.stale {
+            self.refresh(ctx);
+        }
+        let now = ctx.now_ms();
+        if let Some(open) = self.current.take() {
+            if open.request.deadline_ms > now {
+                return Some(open);
+            }
+        }
+        while let Some(request) = self.queue.pop_front() {
+            if request.deadline_ms > now {
+                return Some(Open { request, work: None, scanned: 0, reported_ms: now });
+            }
+        }
+        None
+    }
+
+    /// Records what a step on `open` came to: a progress reply about once a second, the answer
+    /// or the refusal when it is over (written to `replies`). Returns whether more work is left
+    /// (on this query or the next).
+    pub fn settle(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        replies: &str,
+        mut open: Open<W>,
+        step: Step,
+    ) -> Result<Tick, ProcessError> {
+        let now = ctx.now_ms();
+        let (status, body, error) = match step {
+            Step::More(scanned) => {
+                open.scanned += scanned;
+                if now - open.reported_ms >= PROGRESS_EVERY_MS {
+                    open.reported_ms = now;
+                    reply(ctx, replies, &open, QueryStatus::Progress, None, None)?;
+                }
+                self.current = Some(open);
+                return Ok(Tick::More);
+            }
+            Step::Done(scanned, body) => {
+                open.scanned += scanned;
+                (QueryStatus::Done, Some(body), None)
+            }
+            Step::Refused(reason) => (QueryStatus::Refused, None, Some(reason)),
+        };
+        reply(ctx, replies, &open, status, body, error)?;
+        Ok(if self.queue.is_empty() { Tick::Idle } else { Tick::More })
+    }
+
+    /// Queues the table's requests this processor has not taken yet and may answer; forgets
+    /// those that left the table (answered and deleted by their client, or cancelled).
+    fn refresh(&mut self, ctx: &ProcessorContext<'_>) {
+        self.stale = false;
+        let Some(table) = ctx.global(QUERIES_TABLE) else { return };
+        let now = ctx.now_ms();
+        let mut present = HashSet::new();
+        for (key, value) in table.iter() {
+            let id = String::from_utf8_lossy(key).into_owned();
+            present.insert(id.clone());
+            if !self.taken.insert(id.clone()) {
+                continue;
+            }
+            let request = match SchemaRegistry::builtin().decode::<QueryRequest>(value) {
+                Ok(request) => request,
+                Err(error) => {
+                    tracing::warn!(request = %id, %error, "query request does not decode; ignored");
+                    continue;
+                }
+            };
+            let mine = request.key.as_ref().is_none_or(|key| ctx.owns_key(key.as_bytes()));
+            if mine && request.deadline_ms > now {
+                self.queue.push_back(request);
+            }
+        }
+        self.taken.retain(|id| present.contains(id));
+        self.queue.retain(|r| present.contains(&r.request_id));
+        self.queue.make_contiguous().sort_by_key(|r| r.issued_at_ms);
+        if self.current.as_ref().is_some_and(|o| !present.contains(&o.request.request_id)) {
+            self.current = None;
+        }
+    }
+}
+
+fn reply<W>(
+    ctx: &mut ProcessorContext<'_>,
+    replies: &str,
+    open: &Open<W>,
+    status: QueryStatus,
+    body: Option<String>,
+    error: Option<String>,
+) -> Result<(), ProcessError> {
+    let reply = QueryReply {
+        request_id: open.request.request_id.clone(),
+        partition: ctx.task().partition,
+        partitions: ctx.partitions(),
+        status,
+        scanned: i64::try_from(open.scanned).unwrap_or(i64::MAX),
+        body,
+        error,
+        timestamp_ms: ctx.now_ms(),
+    };
+    Ok(ctx.send_record(replies, open.request.request_id.as_bytes(), &reply)?)
+}
