@@ -1,6 +1,7 @@
 //! Random selection (issue 14 item 3) on the replay driver over 4 partitions: where a per-run
 //! limit or an A/B test takes part of a run's audience, the users taken are one uniform random
 //! sample of the whole audience, exact in count, the same on a re-run and whatever the shards.
+//! (With `timezone: user`: `user_local_scenarios.rs`.)
 
 mod replay_support;
 
@@ -103,90 +104,4 @@ fn an_ab_test_population_over_4_shards_is_the_one_global_sample_of_one_shard() {
     assert_eq!((per_variant(&four, "A"), per_variant(&four, "B")), (400, 400));
     assert_eq!(four, one, "the same users, each with the same variant");
     assert_in_proportion(&four.keys().cloned().collect(), 8_000);
-}
-
-/// 300 users in each of UTC+14 (`a…`), UTC (`b…`) and UTC−10 (`c…`), with a device, at `at_ms`.
-fn users_in_three_timezones(at_ms: i64) -> Vec<String> {
-    let zones = [("a", "Pacific/Kiritimati"), ("b", "UTC"), ("c", "Pacific/Honolulu")];
-    zones
-        .iter()
-        .flat_map(|(zone, tz)| {
-            (0..300).map(move |i| {
-                format!(
-                    r#"{{"type":"profile","user":"{zone}{i}","ts":"{}","set":{{"timezone":"{tz}"}},"devices":[{{"platform":"ios","token":"tok-{zone}{i}"}}]}}"#,
-                    rfc3339(at_ms)
-                )
-            })
-        })
-        .collect()
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-fn ms(rfc3339: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp_millis()
-}
-
-/// Other users' events every 10 minutes from `from` to `to`, on every partition: time moves on.
-fn ticks(from: i64, to: i64) -> Vec<String> {
-    (from..=to)
-        .step_by(600_000)
-        .flat_map(|at| {
-            (0..12).map(move |z| {
-                format!(
-                    r#"{{"type":"event","user":"z{z}","ts":"{}","name":"App Opened","props":{{}}}}"#,
-                    rfc3339(at)
-                )
-            })
-        })
-        .collect()
-}
-
-#[test]
-fn a_per_run_limit_with_timezone_user_samples_every_timezone_each_user_at_nine_local() {
-    let campaign = "id: morning\napp: shop\nname: n\nwhen:\n  schedule: { repeat: daily, time: \"09:00\", timezone: user }\nwhat: { title: t, body: b }\nlimits: { per_run: 90 }\noptions: { ignore_global_caps: true }\n";
-    let start = ms("2026-11-19T18:00:00Z");
-    let mut lines = users_in_three_timezones(start);
-    lines.extend(ticks(start, ms("2026-11-20T19:10:00Z")));
-    // The sends of the run of 2026-11-20, which starts at 09:00 in UTC+14 (19:00Z the day
-    // before); the next run's UTC+14 users are sent from 19:00Z on the 20th.
-    let sent = |campaign: &str, partitions: i32| -> BTreeMap<String, String> {
-        let dir = replay_support::replay(campaign, &lines, partitions);
-        let sends = replay_support::read(dir.path(), "sends.jsonl");
-        let hour = |s: &Value| rfc3339(ms(s["send_time"].as_str().unwrap()))[..13].to_string();
-        let sends: Vec<(String, String)> =
-            sends.iter().map(|s| (s["user_id"].as_str().unwrap().to_string(), hour(s))).collect();
-        let next_run = |(user, hour): &&(String, String)| {
-            user.starts_with('a') && hour.as_str() >= "2026-11-20T19"
-        };
-        let first: Vec<&(String, String)> = sends.iter().filter(|s| !next_run(s)).collect();
-        let users: BTreeMap<String, String> = first.iter().map(|s| (*s).clone()).collect();
-        assert_eq!(users.len(), first.len(), "no user gets two commands");
-        users
-    };
-    let users = sent(campaign, 3);
-    assert_eq!(users.len(), 90, "exactly the per-run limit");
-    // A sample of the whole audience, not of the timezones whose 09:00 comes first
-    // (hypergeometric: 30 expected per timezone, sd about 4.3; within 4 sd).
-    for zone in ["a", "b", "c"] {
-        let count = users.keys().filter(|u| u.starts_with(zone)).count();
-        assert!((13..=47).contains(&count), "{count} of 90 in timezone {zone}: {users:?}");
-    }
-    // Each at 09:00 in their own timezone.
-    for (user, hour) in &users {
-        let expected = match &user[..1] {
-            "a" => "2026-11-19T19",
-            "b" => "2026-11-20T09",
-            _ => "2026-11-20T19",
-        };
-        assert_eq!(hour, expected, "{user}");
-    }
-    assert_eq!(sent(campaign, 1), users, "the same sample on one partition: the run id decides");
-    let sharded =
-        campaign.replace("ignore_global_caps: true", "ignore_global_caps: true, shards: 4");
-    assert_eq!(sent(&sharded, 3), users, "the same sample over 4 shards");
 }

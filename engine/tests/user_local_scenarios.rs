@@ -3,9 +3,12 @@
 //! 09:00 local over 24 hours; started late (the engine was down until 10:30Z), the UTC+14 user
 //! is past the cut-off (expired), the UTC user is sent at once and the UTC−10 user at 09:00
 //! local. With `timezone: best`, each user at the local hour they were most active in, and
-//! users without activity at the campaign's time.
+//! users without activity at the campaign's time. With a per-run limit, the run's random sample
+//! is taken over every timezone at the run's scan (issue 14 item 3).
 
 mod replay_support;
+
+use std::collections::BTreeMap;
 
 use replay_support::read;
 
@@ -26,13 +29,21 @@ fn ts(ms: i64) -> String {
 
 /// Users a (UTC+14), b (UTC) and c (UTC−10), with their devices, at `at`.
 fn profiles(at: i64) -> Vec<String> {
+    crowd(at, &[String::new()])
+}
+
+/// In each of UTC+14, UTC and UTC−10 (`a…`, `b…`, `c…`), a user per name in `names` (`a` then
+/// the name), with their devices, at `at`.
+fn crowd(at: i64, names: &[String]) -> Vec<String> {
     [("a", "Pacific/Kiritimati"), ("b", "UTC"), ("c", "Pacific/Honolulu")]
         .iter()
-        .map(|(user, tz)| {
-            format!(
-                r#"{{"type":"profile","user":"{user}","ts":"{}","set":{{"timezone":"{tz}"}},"devices":[{{"platform":"ios","token":"tok-{user}"}}]}}"#,
-                ts(at)
-            )
+        .flat_map(|(zone, tz)| {
+            names.iter().map(move |name| {
+                format!(
+                    r#"{{"type":"profile","user":"{zone}{name}","ts":"{}","set":{{"timezone":"{tz}"}},"devices":[{{"platform":"ios","token":"tok-{zone}{name}"}}]}}"#,
+                    ts(at)
+                )
+            })
         })
         .collect()
 }
@@ -187,4 +198,48 @@ fn best_time_sends_each_user_at_their_most_active_local_hour_else_the_campaign_t
         assert_eq!(sends, expected, "on {partitions} partition(s)");
         assert_eq!(skips, Vec::new(), "on {partitions} partition(s)");
     }
+}
+
+#[test]
+fn a_per_run_limit_samples_every_timezone_at_the_scan_each_user_at_nine_local() {
+    let campaign = CAMPAIGN.replace(", until: \"11:00\"", "") + "limits: { per_run: 90 }\n";
+    let start = ms("2026-11-19T18:00:00Z");
+    let names: Vec<String> = (0..300).map(|i| i.to_string()).collect();
+    let mut lines = crowd(start, &names);
+    lines.extend(ticks(start, ms("2026-11-20T19:10:00Z")));
+    // The run of 2026-11-20 starts at 09:00 in UTC+14 (19:00Z the day before); the next run's
+    // UTC+14 users are sent from 19:00Z on the 20th.
+    let first_run = |campaign: &str, partitions: i32| -> BTreeMap<String, String> {
+        let (sends, skips) = replay_campaign(campaign, &lines, partitions);
+        assert_eq!(skips, Vec::new());
+        let next_run = |(user, hour): &(String, String)| {
+            user.starts_with('a') && hour.as_str() >= "2026-11-20T19"
+        };
+        let first: Vec<(String, String)> = sends.into_iter().filter(|s| !next_run(s)).collect();
+        let users: BTreeMap<String, String> = first.iter().cloned().collect();
+        assert_eq!(users.len(), first.len(), "no user gets two commands");
+        users
+    };
+    let users = first_run(&campaign, 3);
+    assert_eq!(users.len(), 90, "exactly the per-run limit");
+    // A sample of the whole audience, not of the timezones whose 09:00 comes first (before: 90
+    // of 90 in UTC+14). Hypergeometric: 30 expected per timezone, sd about 4.3; within 4 sd.
+    for zone in ["a", "b", "c"] {
+        let count = users.keys().filter(|u| u.starts_with(zone)).count();
+        assert!((13..=47).contains(&count), "{count} of 90 in timezone {zone}: {users:?}");
+    }
+    // Each at 09:00 in their own timezone.
+    for (user, hour) in &users {
+        let expected = match &user[..1] {
+            "a" => "2026-11-19T19",
+            "b" => "2026-11-20T09",
+            _ => "2026-11-20T19",
+        };
+        assert_eq!(hour, expected, "{user}");
+    }
+    // The run id decides: the same users on one partition, and over 4 shards.
+    assert_eq!(first_run(&campaign, 1), users);
+    let sharded =
+        campaign.replace("ignore_global_caps: true", "ignore_global_caps: true, shards: 4");
+    assert_eq!(first_run(&sharded, 3), users);
 }
