@@ -5,7 +5,7 @@ export KAFKA_PORT ?= 9092
 export HERALD_BROKERS ?= 127.0.0.1:$(KAFKA_PORT)
 HERALD := $(CARGO_TARGET_DIR)/debug/herald
 
-.PHONY: bootstrap kafka-up kafka-down registry-up registry-down build demo demo-down test test-broadcast test-scale-out chaos bench bench-runtime bench-campaign bench-ingest bench-sender bench-scale image lint fmt
+.PHONY: bootstrap kafka-up kafka-down registry-up registry-down build demo demo-down test test-broadcast test-scale-out chaos bench bench-runtime bench-campaign bench-ingest bench-sender bench-scale bench-audience image lint fmt
 
 bootstrap: ## install missing system packages
 	@deploy/local/bootstrap.sh
@@ -53,7 +53,7 @@ chaos: ## the closed loop under the full fault schedule (kills, broker restart, 
 	@deploy/local/bootstrap.sh chaos
 	cargo test --test chaos -- --ignored --nocapture
 
-bench: bench-runtime bench-campaign bench-ingest bench-sender bench-scale ## every benchmark (release build)
+bench: bench-runtime bench-campaign bench-ingest bench-sender bench-scale bench-audience ## every benchmark (release build)
 
 bench-runtime: kafka-up ## runtime throughput (raw vs exactly-once vs stateful) and latency
 	cargo build --release --bins
@@ -74,6 +74,10 @@ bench-sender: bootstrap ## the sender's HTTP/2 delivery path vs h2load on the sa
 bench-scale: kafka-up ## engine processes at scale: restore of 1,000,000 profiles, a broadcast to 2,000,000 users on 1 and 2 instances vs a raw producer, failover with and without a standby
 	cargo build --release --bins
 	$(CARGO_TARGET_DIR)/release/herald bench scale $(BENCH_ARGS)
+
+bench-audience: ## a scheduled run with timezone: user over 2,000,000 profiles (replay driver, no broker): scan rate vs a raw scan, store size per user, peak RSS (BENCH_ARGS="--users 100000" for fewer)
+	cargo build --release --bins
+	$(CARGO_TARGET_DIR)/release/herald bench audience $(BENCH_ARGS)
 
 image: ## the container image herald:dev (Dockerfile; needs a Docker daemon and its base images)
 	docker build -t $${HERALD_IMAGE:-herald:dev} .

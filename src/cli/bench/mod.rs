@@ -1,5 +1,6 @@
 //! `herald bench …`: benchmarks that print a table and one JSON line.
 
+mod audience;
 mod campaign;
 mod engines;
 mod ingest;
@@ -29,6 +30,10 @@ pub enum BenchCommand {
     /// instances beside a raw producer, failover after a SIGKILL with and without a standby,
     /// the user stage with 20 campaigns beside a raw passthrough.
     Scale(scale::ScaleArgs),
+    /// A scheduled run with timezone: user over many generated profiles with history, on the
+    /// replay driver: scan rate beside a raw scan of the same store, store size per user, peak
+    /// memory.
+    Audience(audience::AudienceArgs),
 }
 
 pub fn run(kafka: &KafkaConfig, command: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -38,5 +43,6 @@ pub fn run(kafka: &KafkaConfig, command: BenchCommand) -> anyhow::Result<ExitCod
         BenchCommand::Ingest(args) => ingest::run(kafka, args),
         BenchCommand::Sender(args) => sender::run(args),
         BenchCommand::Scale(args) => scale::run(kafka, args),
+        BenchCommand::Audience(args) => audience::run(args),
     }
 }
