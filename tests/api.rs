@@ -330,6 +330,7 @@ fn stats_per_variant_follow_the_stats_topic() {
         variants: vec![
             VariantStats {
                 variant_id: "a".into(),
+                qualified: sent_a + 2,
                 sent: sent_a,
                 delivered: sent_a - 1,
                 clicks: 3,
@@ -365,7 +366,7 @@ fn stats_per_variant_follow_the_stats_topic() {
     assert_eq!(stats["qualified"], 25 + 10 + 4);
     assert_eq!(
         stats["variants"][0],
-        json!({ "variant_id": "a", "sent": 25, "delivered": 24,
+        json!({ "variant_id": "a", "qualified": 27, "sent": 25, "delivered": 24,
         "failed": 0, "impressions": 0, "clicks": 3, "conversions": 0 })
     );
     assert_eq!(stats["variants"][1]["impressions"], 7);

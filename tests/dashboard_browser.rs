@@ -2,7 +2,9 @@
 //! opens the page `herald api` serves, signs in with a read token and follows an A/B campaign
 //! created through the API while the closed loop runs (simulator with a device population,
 //! engine, sender): the page shows the funnel counts the API reports and the declared winner;
-//! signed in again with an admin token, its Pause and Resume buttons change the status.
+//! the page follows the API's server-sent events (no polling), so a pause sent through the API
+//! shows without a reload; signed in again with an admin token, its Resume and Pause buttons
+//! change the status.
 //! A screenshot is saved as `.local/dashboard-browser.png`.
 
 mod common;
@@ -131,6 +133,15 @@ impl Api {
             .send(definition.to_string())
             .expect("creating the campaign through the API");
         assert!(response.status().is_success(), "create: {}", response.status());
+    }
+
+    /// Issues `command` (pause, resume, stop) on campaign `id` with the admin token.
+    fn command(&self, id: &str, command: &str) {
+        let response = ureq::post(format!("{}/api/v1/campaigns/{id}/{command}", self.origin))
+            .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .send_empty()
+            .expect("a command through the API");
+        assert!(response.status().is_success(), "{command}: {}", response.status());
     }
 }
 
@@ -360,6 +371,11 @@ fn the_dashboard_shows_the_funnel_and_the_winner_of_a_live_ab_test_in_headless_c
         })
     });
     assert!(done, "not every user delivered: {}\n{}", stats(&api), logs());
+    // The engine counts the users given each variant (each user has one device here).
+    let s = stats(&api);
+    for (variant, n) in expected_sent {
+        assert_eq!(count(&s, variant, "qualified"), n as i64, "{variant} qualified: {s}");
+    }
 
     // The browser: sign in with the read token and open the campaign.
     let driver_port = free_port();
@@ -417,6 +433,9 @@ fn the_dashboard_shows_the_funnel_and_the_winner_of_a_live_ab_test_in_headless_c
             all &= cell(&browser, "all", "sent").await == Some(USERS as i64);
             all &= cell(&browser, "A", "sent").await == Some((AUDIENCE / 2) as i64);
             all &= cell(&browser, "all", "qualified").await == expected["qualified"].as_i64();
+            // Per variant, the users given it: half the test audience A, everyone else B.
+            all &= cell(&browser, "A", "qualified").await == Some((AUDIENCE / 2) as i64);
+            all &= cell(&browser, "B", "qualified").await == Some((USERS - AUDIENCE / 2) as i64);
             all &= text(&browser, "ab-winner").await == winner_id;
             // The chart's line of B ends at its sends.
             let chart = text(&browser, "chart").await;
@@ -438,6 +457,19 @@ fn the_dashboard_shows_the_funnel_and_the_winner_of_a_live_ab_test_in_headless_c
         // A read token sees no admin buttons.
         assert!(!browser.find(Locator::Id("actions")).await.unwrap().is_displayed().await.unwrap());
 
+        // The page follows the API's event stream, so it does not poll; a pause sent through
+        // the API from outside the page shows on it without a reload.
+        assert_eq!(browser.find(Locator::Css("body[data-live='live']")).await.map(drop).ok(), Some(()));
+        api.command(id, "pause");
+        let started = Instant::now();
+        let mut shown = String::new();
+        while shown != "paused" && started.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            shown = text(&browser, "campaign-status").await;
+        }
+        assert_eq!(shown, "paused", "the page did not follow the pause");
+        assert_eq!(browser.find(Locator::Css("body[data-live='live']")).await.map(drop).ok(), Some(()));
+
         // An admin token does: Pause, then Resume, change the campaign's status.
         browser.find(Locator::Id("sign-out")).await.unwrap().click().await.unwrap();
         browser.find(Locator::Id("token")).await.unwrap().send_keys(ADMIN_TOKEN).await.unwrap();
@@ -450,7 +482,7 @@ fn the_dashboard_shows_the_funnel_and_the_winner_of_a_live_ab_test_in_headless_c
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        for (command, status) in [("pause", "paused"), ("resume", "active")] {
+        for (command, status) in [("resume", "active"), ("pause", "paused")] {
             let button = format!("#actions button[data-command='{command}']");
             browser.wait().for_element(Locator::Css(&button)).await.unwrap().click().await.unwrap();
             let started = Instant::now();

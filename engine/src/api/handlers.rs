@@ -108,6 +108,8 @@ pub async fn get_campaign(
 pub struct VariantCounts {
     /// Variant id.
     pub variant_id: String,
+    /// Users given this variant (qualified, past the checks before a variant is chosen).
+    pub qualified: i64,
     /// Send commands produced.
     pub sent: i64,
     /// Accepted by the provider.
@@ -158,6 +160,7 @@ impl StatsView {
             .into_iter()
             .map(|v| VariantCounts {
                 variant_id: v.variant_id,
+                qualified: v.qualified,
                 sent: v.sent,
                 delivered: v.delivered,
                 failed: v.failed,

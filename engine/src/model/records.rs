@@ -391,6 +391,9 @@ impl Record for Receipt {
 pub struct VariantStats {
     /// Variant counted.
     pub variant_id: String,
+    /// Users given this variant (qualified, past the checks before a variant is chosen).
+    #[serde(default)]
+    pub qualified: i64,
     /// Send commands produced.
     #[serde(default)]
     pub sent: i64,

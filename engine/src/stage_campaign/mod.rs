@@ -439,6 +439,9 @@ impl CampaignStage {
         }
         self.maybe_declare_winner(ctx, campaign, state, at)?;
         let variant = self.assign(ctx, campaign, state, candidate, variant)?;
+        if let Some(stats) = state.variant_stats(&campaign.what[variant].id) {
+            stats.qualified += 1;
+        }
         let Some(compiled) = self.compiled.get(&campaign.id).and_then(|c| c.get(variant)) else {
             state.skip("template_error");
             return Ok(());

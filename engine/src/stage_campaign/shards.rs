@@ -40,6 +40,7 @@ impl Counters {
         for theirs in variants {
             match self.variants.iter_mut().find(|v| v.variant_id == theirs.variant_id) {
                 Some(ours) => {
+                    ours.qualified += theirs.qualified;
                     ours.sent += theirs.sent;
                     ours.delivered += theirs.delivered;
                     ours.failed += theirs.failed;

@@ -286,9 +286,10 @@ function drawFunnel(stats) {
   total.qualified = stats.qualified;
   const rows = STEPS.map(([key, label], i) => {
     const cell = (counts, variant) => {
-      // Skips come before a variant is chosen: per variant, the qualified are those sent to.
-      const value = (key === "qualified" && variant !== "all" ? counts.sent : counts[key]) || 0;
-      const previous = i === 0 ? null : key === "sent" && variant !== "all" ? null : counts[STEPS[i - 1][0]];
+      // Per variant, the qualified are the users given it (most skips come before a variant is
+      // chosen); the "All" column has the campaign's qualified, sent to or skipped.
+      const value = counts[key] || 0;
+      const previous = i === 0 ? null : counts[STEPS[i - 1][0]];
       return el(
         "td",
         { class: "n", "data-variant": variant, "data-step": key, "data-value": value },
