@@ -1,16 +1,22 @@
 //! The task side of the query channel: which requests of the queries table a task still has to
 //! answer, the one it works on, and its replies.
 
-use std::collections::{HashSet, VecDeque};
+use std::{
+    collections::{HashSet, VecDeque},
+    time::{Duration, Instant},
+};
 
 use super::{QueryReply, QueryRequest, QueryStatus, QUERIES_TABLE};
 use crate::{
     model::SchemaRegistry,
-    runtime::{ProcessError, ProcessorContext, Tick},
+    runtime::{Clock, ProcessError, ProcessorContext, Tick},
 };
 
 /// How often a task reports its progress on a query, milliseconds.
 const PROGRESS_EVERY_MS: i64 = 1_000;
+/// How long a live task works on queries before it goes back to its records: a step reads
+/// stores only, so the transaction's work budget (which counts writes) would not stop a scan.
+const SLICE: Duration = Duration::from_millis(50);
 
 /// What one step of work on a query came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,11 +53,19 @@ pub struct QueryDesk<W> {
     /// Requests this processor took (answered, working on or skipped), until they leave the
     /// table.
     taken: HashSet<String>,
+    /// When the current slice of work began (live tasks).
+    slice: Option<Instant>,
 }
 
 impl<W> Default for QueryDesk<W> {
     fn default() -> Self {
-        Self { stale: true, queue: VecDeque::new(), current: None, taken: HashSet::new() }
+        Self {
+            stale: true,
+            queue: VecDeque::new(),
+            current: None,
+            taken: HashSet::new(),
+            slice: None,
+        }
     }
 }
 
@@ -82,8 +96,9 @@ impl<W> QueryDesk<W> {
     }
 
     /// Records what a step on `open` came to: a progress reply about once a second, the answer
-    /// or the refusal when it is over (written to `replies`). Returns whether more work is left
-    /// (on this query or the next).
+    /// or the refusal when it is over (written to `replies`). Returns whether to go on now: a
+    /// live task yields to its records after a slice of [`SLICE`] (it goes on at its next tick);
+    /// a replay works to the end.
     pub fn settle(
         &mut self,
         ctx: &mut ProcessorContext<'_>,
@@ -100,7 +115,7 @@ impl<W> QueryDesk<W> {
                     reply(ctx, replies, &open, QueryStatus::Progress, None, None)?;
                 }
                 self.current = Some(open);
-                return Ok(Tick::More);
+                return Ok(self.go_on(ctx.clock()));
             }
             Step::Done(scanned, body) => {
                 open.scanned += scanned;
@@ -109,7 +124,24 @@ impl<W> QueryDesk<W> {
             Step::Refused(reason) => (QueryStatus::Refused, None, Some(reason)),
         };
         reply(ctx, replies, &open, status, body, error)?;
-        Ok(if self.queue.is_empty() { Tick::Idle } else { Tick::More })
+        if self.queue.is_empty() {
+            self.slice = None;
+            return Ok(Tick::Idle);
+        }
+        Ok(self.go_on(ctx.clock()))
+    }
+
+    /// [`Tick::More`] while the current slice lasts (always on the event-time clock).
+    fn go_on(&mut self, clock: Clock) -> Tick {
+        if clock == Clock::EventTime {
+            return Tick::More;
+        }
+        let started = *self.slice.get_or_insert_with(Instant::now);
+        if started.elapsed() < SLICE {
+            return Tick::More;
+        }
+        self.slice = None;
+        Tick::Idle
     }
 
     /// Queues the table's requests this processor has not taken yet and may answer; forgets

@@ -6,8 +6,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::QueryRequest;
 use crate::{
     campaign::{Assignment, Campaign},
+    model::{CodecError, SchemaRegistry},
+    runtime::replay::ReplayRecord,
     stage_campaign::ab,
 };
 
@@ -156,4 +159,34 @@ impl Estimate {
         }
         estimate
     }
+}
+
+/// An estimate of `question` as a replay input record on the queries topic `queries` at
+/// `at_ms` (request id `request_id`, no deadline within the replay): every task of a replay
+/// answers it at its next tick, with its `DONE` reply on the query replies topic. For timing an
+/// estimate on the replay driver (e.g. a benchmark: from feeding this record to the last
+/// partition's reply), and for deterministic tests.
+pub fn replay_request(
+    queries: &str,
+    request_id: &str,
+    question: &Question,
+    at_ms: i64,
+) -> Result<ReplayRecord, CodecError> {
+    let body = serde_json::to_string(question).expect("a question is strings and numbers");
+    let request = QueryRequest {
+        request_id: request_id.to_string(),
+        kind: KIND.to_string(),
+        key: None,
+        body,
+        deadline_ms: at_ms.saturating_add(365 * 86_400_000),
+        issued_at_ms: at_ms,
+    };
+    Ok(ReplayRecord {
+        topic: queries.to_string(),
+        partition: None,
+        offset: 0,
+        key: Some(request_id.as_bytes().to_vec()),
+        value: Some(SchemaRegistry::builtin().encode(&request)?),
+        timestamp_ms: at_ms,
+    })
 }

@@ -8,8 +8,9 @@
 //!   reads it whole, and tells its tasks of each change), keyed by its unique `request_id`. It
 //!   names a `kind`, carries a JSON `body` of that kind's shape, and a wall-clock `deadline_ms`.
 //! - Every task of the sub-topology that serves queries (today the user stage) picks it up in
-//!   its [`Processor::on_tick`](crate::runtime::Processor::on_tick), works in bounded steps
-//!   between its normal records (a [`QueryDesk`] keeps the queue and the work state), and writes
+//!   its [`Processor::on_tick`](crate::runtime::Processor::on_tick), works in bounded steps,
+//!   at most 50 ms at a time between its normal records (a [`QueryDesk`] keeps the queue, the
+//!   work state and the time slice), and writes
 //!   [`QueryReply`]s to `herald.query-replies`, keyed by the request id, in its transactions:
 //!   `PROGRESS` about once a second while it works (`scanned` so far), then one `DONE` (with
 //!   the answer as JSON `body`) or `REFUSED` (with an `error`), naming its `partition`.
