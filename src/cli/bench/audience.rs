@@ -3,7 +3,9 @@
 //! engine's own RocksDB stores). It measures the user stage's scan of the run (users per
 //! second, from the run's time to its RUN_STARTED) beside a raw scan of the same store (every
 //! profile read from RocksDB and decoded, nothing else), the stores' size per user (on disk, per
-//! store), and peak memory. The estimate of reach is a query to a live engine: not measured here.
+//! store), and peak memory. An hour before the run, an estimate of the run's reach (the query
+//! `herald campaign estimate` sends a live engine, here as a replay input record) is timed from
+//! a marker campaign's send just before it to the last partition's answer.
 
 use std::{
     cell::Cell,
@@ -21,6 +23,10 @@ use herald_engine::{
         Platform, ProfileUpdate, PropertyValue, Record, SchemaRegistry,
     },
     pipeline::engine_topology,
+    query::{
+        estimate::{replay_request, Counts, Question},
+        QueryReply, QueryStatus,
+    },
     runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
     stage_user::Profile,
 };
@@ -48,6 +54,8 @@ const DAY_MS: i64 = 86_400_000;
 const START_MS: i64 = 1_793_491_200_000;
 /// 2026-11-30T19:00:00Z: 09:00 of 1 December in UTC+14, the run's time.
 const RUN_MS: i64 = START_MS + 29 * DAY_MS + 19 * 3_600_000;
+/// An hour before the run: the estimate of its reach.
+const ESTIMATE_MS: i64 = RUN_MS - 3_600_000;
 
 /// Users' timezones, UTC-10 to UTC+14.
 const ZONES: [&str; 8] = [
@@ -81,15 +89,33 @@ pub fn run(args: AudienceArgs) -> anyhow::Result<ExitCode> {
     )?;
     let started = Instant::now();
     let (run_seen, run_started) = (Cell::new(None), Cell::new(None));
+    let (estimate_asked, estimate_done) = (Cell::new(None), Cell::new(None));
+    let (answered, estimated) = (Cell::new(0), std::cell::RefCell::new(Counts::default()));
     let sink = ReplaySink::Callback(Box::new(|topic, _key, value, _at| {
-        if topic == topics.push && run_seen.get().is_none() {
-            // The marker's send: the first record at the run's time has been processed.
+        let registry = SchemaRegistry::builtin();
+        let invalid = |e: &dyn std::fmt::Display| {
+            herald_engine::runtime::RuntimeError::Topology(e.to_string())
+        };
+        if topic == topics.push && estimate_asked.get().is_none() {
+            // The marker's first send: the record just before the estimate has been processed.
+            estimate_asked.set(Some(started.elapsed()));
+        } else if topic == topics.push && run_seen.get().is_none() {
+            // The marker's second send: the first record at the run's time has been processed.
             run_seen.set(Some(started.elapsed()));
+        } else if topic == topics.query_replies {
+            let reply: QueryReply = registry.decode(value).map_err(|e| invalid(&e))?;
+            if reply.status == QueryStatus::Done {
+                let body = reply.body.unwrap_or_default();
+                let counts: Counts = serde_json::from_str(&body).map_err(|e| invalid(&e))?;
+                estimated.borrow_mut().add(&counts);
+                answered.set(answered.get() + 1);
+                if answered.get() == args.partitions {
+                    estimate_done.set(Some(started.elapsed()));
+                }
+            }
         } else if topic == topics.campaign_events && run_started.get().is_none() {
-            let registry = SchemaRegistry::builtin();
-            let event: herald_engine::model::CampaignLifecycleEvent = registry
-                .decode(value)
-                .map_err(|e| herald_engine::runtime::RuntimeError::Topology(e.to_string()))?;
+            let event: herald_engine::model::CampaignLifecycleEvent =
+                registry.decode(value).map_err(|e| invalid(&e))?;
             if event.campaign_id == "audience" {
                 run_started.set(Some(started.elapsed()));
             }
@@ -106,13 +132,21 @@ pub fn run(args: AudienceArgs) -> anyhow::Result<ExitCode> {
     let seen =
         run_seen.get().context("the marker campaign sent nothing: the run was not reached")?;
     let scan = run_started.get().unwrap_or(total).saturating_sub(seen);
-    let ingest = seen;
+    let asked =
+        estimate_asked.get().context("the marker campaign sent nothing before the estimate")?;
+    let estimate = estimate_done
+        .get()
+        .context("not every partition answered the estimate")?
+        .saturating_sub(asked);
+    let estimated = estimated.into_inner();
+    let ingest = asked;
     let rss_replay = peak_rss_bytes();
 
     eprintln!("raw scan and store sizes");
     let stores = Stores::read(&state_dir)?;
     let users = args.users as f64;
     let scan_rate = users / scan.as_secs_f64().max(1e-6);
+    let estimate_rate = estimated.scanned as f64 / estimate.as_secs_f64().max(1e-6);
     let raw_rate = stores.raw_profiles as f64 / stores.raw_scan.as_secs_f64().max(1e-6);
     let ratio = scan_rate / raw_rate.max(1e-6);
     let per_user = |bytes: u64| bytes as f64 / users;
@@ -129,7 +163,17 @@ pub fn run(args: AudienceArgs) -> anyhow::Result<ExitCode> {
         "{:<46} {:>12} {:>14.0} {:>8.3}",
         "scheduled run scan (user stage)", args.users, scan_rate, ratio
     );
-    println!("{:<46} {:>12}", "estimate of reach", "n/a");
+    println!(
+        "{:<46} {:>12} {:>14.0} {:>8.3}",
+        "estimate of reach (query, user stage)",
+        estimated.scanned,
+        estimate_rate,
+        estimate_rate / raw_rate.max(1e-6)
+    );
+    println!(
+        "{:<46} {:>12} (waiting for their local time {})",
+        "  estimate: users matching", estimated.matched, estimated.waiting
+    );
     println!(
         "{:<46} {:>12.0} {:>14}",
         format!("ingest: profiles + {} events each", args.events),
@@ -165,7 +209,9 @@ pub fn run(args: AudienceArgs) -> anyhow::Result<ExitCode> {
             "scan_s": scan.as_secs_f64(),
             "raw_scan_users_per_s": raw_rate,
             "ratio": ratio,
-            "estimate_s": null,
+            "estimate_s": estimate.as_secs_f64(),
+            "estimate_users_per_s": estimate_rate,
+            "estimate_matched": estimated.matched,
             "ingest_records_per_s": records as f64 / ingest.as_secs_f64().max(1e-6),
             "bytes_per_user": per_user(stores.sst_total),
             "bytes_per_user_on_disk": per_user(stores.on_disk),
@@ -207,6 +253,7 @@ fn generate(args: &AudienceArgs) -> anyhow::Result<Vec<ReplayRecord>> {
         "what": {"title": "t", "body": "b"},
         "options": {"ignore_global_caps": true},
     });
+    let audience_definition = audience.clone();
     for campaign in [audience, marker] {
         let id = campaign["id"].as_str().unwrap_or_default().to_string();
         let envelope = CampaignEnvelope {
@@ -282,6 +329,24 @@ fn generate(args: &AudienceArgs) -> anyhow::Result<Vec<ReplayRecord>> {
         };
         input.push(record(&topics.events, &event.user_id, at, encode(registry, &event)?));
     }
+    // An hour before the run: the marker's first send, then the estimate of the run's reach.
+    let mark = |id: &str, at: i64| AppEvent {
+        event_id: id.into(),
+        app_id: "bench".into(),
+        user_id: "marker".into(),
+        name: "Mark".into(),
+        timestamp_ms: at,
+        properties: Default::default(),
+        sdk_version: None,
+    };
+    let before = mark("mark-estimate", ESTIMATE_MS - 1);
+    input.push(record(&topics.events, "marker", ESTIMATE_MS - 1, encode(registry, &before)?));
+    let question = Question::Campaign {
+        id: "audience".into(),
+        definition: audience_definition.to_string(),
+        at_ms: ESTIMATE_MS,
+    };
+    input.push(replay_request(&topics.queries, "q-estimate", &question, ESTIMATE_MS)?);
     let mark = AppEvent {
         event_id: "mark".into(),
         app_id: "bench".into(),
