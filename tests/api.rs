@@ -699,3 +699,90 @@ fn live_events_name_each_change_and_the_status_follows_the_engines_lifecycle_eve
     read_events_until(&mut stream, ("campaign", "ab"));
     assert_eq!(api.read("/api/v1/campaigns/ab").body["status"], "paused");
 }
+
+#[test]
+fn estimated_reach_of_a_segment_and_a_campaign_comes_from_the_running_engine_as_the_cli_has_it() {
+    use herald_engine::model::{Platform, ProfileUpdate, PropertyValue};
+    let api = Api::start("api-estimate", &[]);
+    // The rest of an engine's topics, as partitioned as the API's (2; one for the singletons).
+    let user_topics = ["events", "profiles", "send-gate", "campaign-flow"].map(|t| api.topic(t));
+    let mut topics: Vec<(&str, i32)> = user_topics.iter().map(|t| (t.as_str(), 2)).collect();
+    let throttle = api.topic("app-throttle");
+    topics.push((&throttle, 1));
+    create_topics(&topics);
+    let engine_log = api.dir.path().join("engine.log");
+    let _engine = KillOnDrop::new(common::spawn_engine_instance(
+        &api.prefix,
+        &format!("{}app", api.prefix),
+        "a",
+        &api.dir.path().join("engine-state"),
+        &engine_log,
+        &[],
+    ));
+    let profile = |user: &str, state: &str, platform| {
+        let (key, bytes) = common::profile(user, platform, now_ms());
+        let mut update: ProfileUpdate = SchemaRegistry::builtin().decode(&bytes).unwrap();
+        update.set.insert("state".into(), PropertyValue::String(state.into()));
+        (key, SchemaRegistry::builtin().encode(&update).unwrap())
+    };
+    common::produce(
+        &api.topic("profiles"),
+        [
+            profile("ca-ios", "CA", Platform::Ios),
+            profile("ca-android", "CA", Platform::Android),
+            profile("ny-ios", "NY", Platform::Ios),
+        ],
+    );
+    let segment = "id: ca\nname: Californians\nwho: { property: state, equals: CA }\n";
+    assert_eq!(api.admin("PUT", "/api/v1/segments/ca", Some(segment)).status, 201);
+    assert_eq!(api.read("/api/v1/segments/nowhere/estimate").status, 404);
+
+    // Once the engine has read every profile: the segment's users, by platform.
+    let mut estimate = Value::Null;
+    let settled = poll_until(Duration::from_secs(120), || {
+        estimate = api.read("/api/v1/segments/ca/estimate?timeout_s=20").body;
+        estimate["complete"] == true && estimate["counts"]["scanned"] == 3
+    });
+    assert!(settled, "no estimate: {estimate}\n{}", common::tail(&engine_log, 30));
+    assert_eq!(estimate["partitions"], 2);
+    let counts = &estimate["counts"];
+    let by_platform =
+        [&counts["matched"], &counts["reachable"], &counts["ios"], &counts["android"]];
+    assert_eq!(by_platform, [2, 2, 1, 1]);
+
+    // A scheduled campaign on the segment, never applied, limited to one user a run: the
+    // engine's counts and what the limit leaves, as `herald campaign estimate` has them.
+    let definition = "id: reach\napp: shop\nname: Reach\nwho: { segment: ca }\n\
+        when: { schedule: { at: \"2099-01-01T09:00:00Z\" } }\nlimits: { per_run: 1 }\n\
+        what: { title: t, body: b }\n";
+    let answer = api.request(
+        "POST",
+        "/api/v1/campaigns/estimate?timeout_s=20",
+        Some(READ_TOKEN),
+        Some(definition),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["counts"]["candidates"], 2, "{}", answer.body);
+    assert_eq!(answer.body["limited"]["sent"], 1, "{}", answer.body);
+    let file = api.dir.path().join("reach.yaml");
+    std::fs::write(&file, definition).unwrap();
+    let cli = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["campaign", "estimate"])
+        .arg(&file)
+        .args(["--topic-prefix", &api.prefix, "--timeout", "20s", "--json"])
+        .env("HERALD_BROKERS", kafka().brokers)
+        .output()
+        .unwrap();
+    let printed: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(printed["counts"], answer.body["counts"]);
+    assert_eq!(printed["limited"], answer.body["limited"]);
+    assert_eq!(api.read("/api/v1/campaigns/reach").status, 404, "an estimate applies nothing");
+
+    let invalid =
+        api.request("POST", "/api/v1/campaigns/estimate", Some(READ_TOKEN), Some("id: x"));
+    assert_eq!(invalid.status, 422, "{}", invalid.body);
+    assert_eq!(
+        api.request("POST", "/api/v1/campaigns/estimate", None, Some(definition)).status,
+        401
+    );
+}

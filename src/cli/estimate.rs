@@ -10,12 +10,12 @@ use std::{
 
 use clap::Args;
 use herald_engine::{
-    campaign::{parse_duration, Campaign, Trigger},
+    campaign::{parse_duration, Campaign},
     kafka::KafkaConfig,
     model::topics::TopicNames,
     query::{
-        estimate::{self, Estimate, Limited, Question},
-        Progress, QueryClient, QueryRequest,
+        estimate::{self, Estimate, Question},
+        Progress,
     },
 };
 
@@ -64,28 +64,20 @@ pub fn run(
         parse_duration(&args.timeout).map_err(anyhow::Error::msg)?.max(1) as u64,
     );
     let topics = args.topics();
-    let client = QueryClient::new(kafka, &topics.queries, &topics.query_replies);
-    let partitions = client.partitions_of(&topics.events)?;
-    let request =
-        QueryRequest::new(estimate::KIND, None, serde_json::to_string(question)?, timeout);
     let mut shown = Instant::now();
-    let answers = client.ask(&request, partitions, |p: Progress| {
-        if shown.elapsed() >= Duration::from_millis(500) || p.answered == p.expected {
-            shown = Instant::now();
-            eprint!(
-                "\r{} of {} partitions answered, {} users scanned",
-                p.answered, p.expected, p.scanned
-            );
-            let _ = std::io::stderr().flush();
-        }
-    })?;
+    let campaign = limits.map(|l| (l.campaign, l.sent_so_far));
+    let (partitions, estimate) =
+        estimate::ask(kafka, &topics, question, campaign, timeout, |p: Progress| {
+            if shown.elapsed() >= Duration::from_millis(500) || p.answered == p.expected {
+                shown = Instant::now();
+                eprint!(
+                    "\r{} of {} partitions answered, {} users scanned",
+                    p.answered, p.expected, p.scanned
+                );
+                let _ = std::io::stderr().flush();
+            }
+        })?;
     eprintln!();
-    let mut estimate = Estimate::from_answers(&answers);
-    if let Some(CampaignLimits { campaign, sent_so_far }) = limits {
-        if matches!(campaign.when.trigger, Trigger::Scheduled(_)) {
-            estimate.limited = Some(Limited::of(campaign, &estimate.counts, sent_so_far));
-        }
-    }
     if args.json {
         println!("{}", serde_json::to_string(&estimate)?);
     } else {

@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod dashboard;
 mod error;
+mod estimate;
 mod handlers;
 mod live;
 mod router;

@@ -16,7 +16,7 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use super::{auth, dashboard, handlers, live, segments, ApiState};
+use super::{auth, dashboard, estimate, handlers, live, segments, ApiState};
 use crate::campaign::json_schema::CAMPAIGN_SCHEMA;
 
 struct BearerAuth;
@@ -53,6 +53,8 @@ impl Modify for BearerAuth {
         segments::get_segment,
         segments::put_segment,
         segments::delete_segment,
+        estimate::estimate_campaign,
+        estimate::estimate_segment,
         dashboard::session,
         dashboard::sends,
         live::live,
@@ -121,6 +123,7 @@ fn routes() -> Vec<Route> {
     vec![
         route(Read, Method::GET, "/api/v1/campaigns", handlers::list_campaigns),
         route(Admin, Method::POST, "/api/v1/campaigns", handlers::create_campaign),
+        route(Read, Method::POST, "/api/v1/campaigns/estimate", estimate::estimate_campaign),
         route(Read, Method::GET, "/api/v1/campaigns/{id}", handlers::get_campaign),
         route(Admin, Method::PUT, "/api/v1/campaigns/{id}", handlers::update_campaign),
         route(Admin, Method::POST, "/api/v1/campaigns/{id}/pause", handlers::pause_campaign),
@@ -133,6 +136,7 @@ fn routes() -> Vec<Route> {
         route(Read, Method::GET, "/api/v1/segments/{id}", segments::get_segment),
         route(Admin, Method::PUT, "/api/v1/segments/{id}", segments::put_segment),
         route(Admin, Method::DELETE, "/api/v1/segments/{id}", segments::delete_segment),
+        route(Read, Method::GET, "/api/v1/segments/{id}/estimate", estimate::estimate_segment),
         route(Read, Method::GET, "/api/v1/dead-letters", handlers::dead_letters),
         route(Read, Method::GET, "/api/v1/settings", handlers::get_settings),
         route(Admin, Method::PUT, "/api/v1/settings", handlers::put_settings),
@@ -202,8 +206,11 @@ mod tests {
 
     #[test]
     fn every_admin_route_writes_and_every_write_needs_an_admin_token() {
+        // Estimating a definition posts it, and changes nothing.
+        let questions = [(Method::POST, "/api/v1/campaigns/estimate")];
         for route in routes() {
-            let writes = route.method != Method::GET;
+            let question = questions.contains(&(route.method.clone(), route.path));
+            let writes = route.method != Method::GET && !question;
             assert_eq!(route.access == Access::Admin, writes, "{} {}", route.method, route.path);
         }
     }

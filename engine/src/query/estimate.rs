@@ -190,3 +190,29 @@ pub fn replay_request(
         timestamp_ms: at_ms,
     })
 }
+
+/// Asks the running engine's user-stage tasks `question` over the query channel of `topics`,
+/// waiting up to `timeout` (`progress` is told of each reply), and adds up their counts; for a
+/// scheduled `campaign`, with what its limits leave, `sent_so_far` users having been sent to.
+/// Returns the number of partitions asked with the estimate. What `herald campaign|segment
+/// estimate` and the API's estimate routes do.
+pub fn ask(
+    kafka: &crate::kafka::KafkaConfig,
+    topics: &crate::model::topics::TopicNames,
+    question: &Question,
+    campaign: Option<(&Campaign, u64)>,
+    timeout: std::time::Duration,
+    progress: impl FnMut(super::Progress),
+) -> Result<(i32, Estimate), super::QueryError> {
+    let client = super::QueryClient::new(kafka, &topics.queries, &topics.query_replies);
+    let partitions = client.partitions_of(&topics.events)?;
+    let body = serde_json::to_string(question).expect("a question is strings and numbers");
+    let request = super::QueryRequest::new(KIND, None, body, timeout);
+    let mut estimate = Estimate::from_answers(&client.ask(&request, partitions, progress)?);
+    if let Some((campaign, sent_so_far)) = campaign {
+        if matches!(campaign.when.trigger, crate::campaign::Trigger::Scheduled(_)) {
+            estimate.limited = Some(Limited::of(campaign, &estimate.counts, sent_so_far));
+        }
+    }
+    Ok((partitions, estimate))
+}
