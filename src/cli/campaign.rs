@@ -1,5 +1,6 @@
-//! `herald campaign validate|apply|pause|resume|stop|stats`: check campaign definition files,
-//! publish them, issue operator commands, show stats.
+//! `herald campaign validate|apply|pause|resume|stop|stats|preview|test-send`: check campaign
+//! definition files, publish them, issue operator commands, show stats, render a campaign for a
+//! user and send it to test users.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -30,6 +31,14 @@ pub enum CampaignCommandArgs {
     Resume(OperatorArgs),
     /// End a campaign for good: what waited is dropped (counted `stopped`).
     Stop(OperatorArgs),
+    /// Render an applied campaign for a user (profile and devices from the running engine):
+    /// every variant's texts and the exact APNs/FCM request bodies with their sizes against the
+    /// 4,096-byte limit. Exits 2 when a variant does not render or a body is over the limit.
+    Preview(super::preview::PreviewArgs),
+    /// Send an applied campaign to test users (profiles with `herald_test: true`) through the
+    /// real senders, outside stats, caps and limits, and print each device's receipt. Exits 2
+    /// when a user is refused, 3 when a device is not accepted by the deadline.
+    TestSend(super::preview::TestSendArgs),
     /// Ask the running engine how many users a campaign definition (applied or not) reaches
     /// now: users matching its audience, reachable by push (per platform), the candidates of a
     /// run started now (after sample, DND and frequency caps) and, for a scheduled campaign,
@@ -138,6 +147,8 @@ pub fn run(kafka: &KafkaConfig, command: CampaignCommandArgs) -> anyhow::Result<
         CampaignCommandArgs::Pause(args) => operate(kafka, &args, CampaignCommand::Pause),
         CampaignCommandArgs::Resume(args) => operate(kafka, &args, CampaignCommand::Resume),
         CampaignCommandArgs::Stop(args) => operate(kafka, &args, CampaignCommand::Stop),
+        CampaignCommandArgs::Preview(args) => super::preview::preview_campaign(kafka, &args),
+        CampaignCommandArgs::TestSend(args) => super::preview::test_send(kafka, &args),
         CampaignCommandArgs::Estimate(args) => estimate(kafka, &args),
         CampaignCommandArgs::Validate(args) => {
             Ok(if load(&args)?.is_some() { ExitCode::SUCCESS } else { ExitCode::from(2) })
@@ -158,7 +169,11 @@ pub fn run(kafka: &KafkaConfig, command: CampaignCommandArgs) -> anyhow::Result<
 
 /// Reads `topic` to its end and returns the last record keyed `key` that decodes as `R` (none
 /// after a tombstone: a deleted campaign).
-fn latest<R: Record>(kafka: &KafkaConfig, topic: &str, key: &str) -> anyhow::Result<Option<R>> {
+pub(super) fn latest<R: Record>(
+    kafka: &KafkaConfig,
+    topic: &str,
+    key: &str,
+) -> anyhow::Result<Option<R>> {
     let mut table = super::segment::read_table(kafka, topic)?;
     Ok(table.remove(key).and_then(|value| SchemaRegistry::builtin().decode::<R>(&value).ok()))
 }

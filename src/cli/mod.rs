@@ -7,6 +7,7 @@ mod consume;
 mod engine;
 mod estimate;
 mod example;
+mod preview;
 mod produce;
 mod replay;
 mod segment;

@@ -8,6 +8,7 @@ mod error;
 mod estimate;
 mod handlers;
 mod live;
+mod preview;
 mod router;
 mod segments;
 mod status;

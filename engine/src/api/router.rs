@@ -16,7 +16,7 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use super::{auth, dashboard, estimate, handlers, live, segments, ApiState};
+use super::{auth, dashboard, estimate, handlers, live, preview, segments, ApiState};
 use crate::campaign::json_schema::CAMPAIGN_SCHEMA;
 
 struct BearerAuth;
@@ -46,6 +46,8 @@ impl Modify for BearerAuth {
         handlers::resume_campaign,
         handlers::stop_campaign,
         handlers::campaign_events,
+        preview::preview_campaign,
+        preview::test_send_campaign,
         handlers::dead_letters,
         handlers::get_settings,
         handlers::put_settings,
@@ -131,6 +133,8 @@ fn routes() -> Vec<Route> {
         route(Admin, Method::POST, "/api/v1/campaigns/{id}/stop", handlers::stop_campaign),
         route(Read, Method::GET, "/api/v1/campaigns/{id}/stats", handlers::campaign_stats),
         route(Read, Method::GET, "/api/v1/campaigns/{id}/events", handlers::campaign_events),
+        route(Read, Method::GET, "/api/v1/campaigns/{id}/preview", preview::preview_campaign),
+        route(Admin, Method::POST, "/api/v1/campaigns/{id}/test", preview::test_send_campaign),
         route(Read, Method::GET, "/api/v1/campaigns/{id}/sends", dashboard::sends),
         route(Read, Method::GET, "/api/v1/segments", segments::list_segments),
         route(Read, Method::GET, "/api/v1/segments/{id}", segments::get_segment),

@@ -38,6 +38,7 @@
 mod client;
 mod desk;
 pub mod estimate;
+pub mod profile;
 
 use serde::{Deserialize, Serialize};
 

@@ -8,7 +8,7 @@ use crate::{
     model::{scheduled_run_id, Platform, Properties},
     query::{
         estimate::{self, Counts, Question},
-        QueryRequest, Step,
+        profile, QueryRequest, Step,
     },
     runtime::{ProcessError, ProcessorContext, Tick},
 };
@@ -17,9 +17,12 @@ use crate::{
 const ESTIMATE_STEP: usize = 500;
 
 /// A query's work state in a user-stage task.
+#[allow(clippy::large_enum_variant)] // one at a time per task
 pub(super) enum Work {
     /// An estimate: what it checks, the last user checked, what it counted so far.
     Estimate { target: Target, after: Option<String>, counts: Counts },
+    /// A profile lookup: the user asked for (answered in one step).
+    Profile(String),
 }
 
 /// What an estimate checks each user against.
@@ -58,6 +61,11 @@ impl UserStage {
 
     /// The work a request asks for, or why there is none.
     fn start(&self, request: &QueryRequest) -> Result<Work, String> {
+        if request.kind == profile::KIND {
+            let question: profile::Question = serde_json::from_str(&request.body)
+                .map_err(|e| format!("not a profile question: {e}"))?;
+            return Ok(Work::Profile(question.user));
+        }
         if request.kind != estimate::KIND {
             return Err(format!("unknown query kind {:?}", request.kind));
         }
@@ -84,7 +92,10 @@ impl UserStage {
         ctx: &mut ProcessorContext<'_>,
         work: &mut Work,
     ) -> Result<Step, ProcessError> {
-        let Work::Estimate { target, after, counts } = work;
+        let (target, after, counts) = match work {
+            Work::Profile(user) => return profile_answer(ctx, user),
+            Work::Estimate { target, after, counts } => (target, after, counts),
+        };
         let from = match after {
             // The smallest key after the last user checked.
             Some(user) => [user.as_bytes(), &[0]].concat(),
@@ -150,6 +161,17 @@ impl UserStage {
         }
         Ok(())
     }
+}
+
+/// `user`'s profile as runs see it now (`age` derived from a date of birth), or none.
+fn profile_answer(ctx: &mut ProcessorContext<'_>, user: &str) -> Result<Step, ProcessError> {
+    let mut found = ctx.store(PROFILES)?.get_as::<Profile>(user.as_bytes())?;
+    if let Some(found) = &mut found {
+        found.derive_age(ctx.now_ms());
+    }
+    let answer = profile::Answer { profile: found };
+    let body = serde_json::to_string(&answer).map_err(|e| ProcessError::reject(e.to_string()))?;
+    Ok(Step::Done(1, body))
 }
 
 /// Counts a matching user, and where push reaches them (on `platforms`, and per platform).
