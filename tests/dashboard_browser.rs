@@ -3,8 +3,8 @@
 //! created through the API while the closed loop runs (simulator with a device population,
 //! engine, sender): the page shows the funnel counts the API reports and the declared winner;
 //! the page follows the API's server-sent events (no polling), so a pause sent through the API
-//! shows without a reload; signed in again with an admin token, its Resume and Pause buttons
-//! change the status.
+//! shows without a reload, polls while the API is down and follows the stream again once it is
+//! back; signed in again with an admin token, its Pause and Resume buttons change the status.
 //! A screenshot is saved as `.local/dashboard-browser.png`.
 
 mod common;
@@ -154,6 +154,21 @@ async fn cell(browser: &Client, variant: &str, step: &str) -> Option<i64> {
     element.text().await.ok()?.starts_with(&value.to_string()).then_some(value)
 }
 
+/// How the page gets its updates: `live` (the event stream) or `polling`.
+async fn live_mode(browser: &Client) -> String {
+    let Ok(body) = browser.find(Locator::Css("body")).await else { return String::new() };
+    body.attr("data-live").await.ok().flatten().unwrap_or_default()
+}
+
+/// Waits up to 30 s for the page to get its updates by `mode`.
+async fn wait_for_mode(browser: &Client, mode: &str) -> bool {
+    let started = Instant::now();
+    while live_mode(browser).await != mode && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    live_mode(browser).await == mode
+}
+
 async fn text(browser: &Client, id: &str) -> String {
     match browser.find(Locator::Id(id)).await {
         Ok(element) => element.text().await.unwrap_or_default(),
@@ -288,18 +303,21 @@ fn the_dashboard_shows_the_funnel_and_the_winner_of_a_live_ab_test_in_headless_c
         .unwrap();
     let api_port = free_port();
     let api_listen = format!("127.0.0.1:{api_port}");
-    let _api = spawn(
-        &[
-            "api",
-            "--listen",
-            &api_listen,
-            "--tokens",
-            tokens.to_str().unwrap(),
-            "--topic-prefix",
-            &prefix,
-        ],
-        &path("api.log"),
-    );
+    let start_api = |log: &str| {
+        spawn(
+            &[
+                "api",
+                "--listen",
+                &api_listen,
+                "--tokens",
+                tokens.to_str().unwrap(),
+                "--topic-prefix",
+                &prefix,
+            ],
+            &path(log),
+        )
+    };
+    let mut api_process = Some(start_api("api.log"));
     let api = Api { origin: format!("http://{api_listen}") };
     assert!(
         poll_until(Duration::from_secs(90), || api.get("/campaigns").is_some()),
@@ -459,7 +477,7 @@ fn the_dashboard_shows_the_funnel_and_the_winner_of_a_live_ab_test_in_headless_c
 
         // The page follows the API's event stream, so it does not poll; a pause sent through
         // the API from outside the page shows on it without a reload.
-        assert_eq!(browser.find(Locator::Css("body[data-live='live']")).await.map(drop).ok(), Some(()));
+        assert_eq!(live_mode(&browser).await, "live");
         api.command(id, "pause");
         let started = Instant::now();
         let mut shown = String::new();
@@ -468,7 +486,21 @@ fn the_dashboard_shows_the_funnel_and_the_winner_of_a_live_ab_test_in_headless_c
             shown = text(&browser, "campaign-status").await;
         }
         assert_eq!(shown, "paused", "the page did not follow the pause");
-        assert_eq!(browser.find(Locator::Css("body[data-live='live']")).await.map(drop).ok(), Some(()));
+        assert_eq!(live_mode(&browser).await, "live");
+
+        // The stream drops with the API: the page falls back to polling. The API back, it
+        // follows the stream again, and a resume sent through the API shows.
+        drop(api_process.take());
+        assert!(wait_for_mode(&browser, "polling").await, "the page did not notice the drop");
+        api_process = Some(start_api("api-again.log"));
+        assert!(wait_for_mode(&browser, "live").await, "the page did not reconnect");
+        api.command(id, "resume");
+        let started = Instant::now();
+        while shown != "active" && started.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            shown = text(&browser, "campaign-status").await;
+        }
+        assert_eq!(shown, "active", "the page did not follow the resume");
 
         // An admin token does: Pause, then Resume, change the campaign's status.
         browser.find(Locator::Id("sign-out")).await.unwrap().click().await.unwrap();
@@ -482,7 +514,7 @@ fn the_dashboard_shows_the_funnel_and_the_winner_of_a_live_ab_test_in_headless_c
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        for (command, status) in [("resume", "active"), ("pause", "paused")] {
+        for (command, status) in [("pause", "paused"), ("resume", "active")] {
             let button = format!("#actions button[data-command='{command}']");
             browser.wait().for_element(Locator::Css(&button)).await.unwrap().click().await.unwrap();
             let started = Instant::now();
