@@ -125,6 +125,30 @@ impl Api {
     fn admin(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
         self.request(method, path, Some(ADMIN_TOKEN), body)
     }
+
+    /// The field paths of `answer`, a 422 to the definition `text`, checked to be among those
+    /// `herald <command> validate` prints for the same file.
+    fn paths_as_the_cli_has_them(&self, command: &str, text: &str, answer: &Answer) -> Vec<String> {
+        assert_eq!(answer.status, 422, "{}", answer.body);
+        let fields: Vec<String> = answer.body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap().to_string())
+            .collect();
+        let file = self.dir.path().join(format!("{command}.yaml"));
+        std::fs::write(&file, text).unwrap();
+        let cli = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args([command, "validate"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&cli.stdout);
+        for field in &fields {
+            assert!(printed.contains(&format!("  {field}: ")), "{field} not in {printed}");
+        }
+        fields
+    }
 }
 
 /// A valid campaign definition `id`, as JSON.
@@ -274,28 +298,10 @@ fn invalid_definitions_get_422_with_every_field_path_and_oversize_bodies_413() {
     })
     .to_string();
     let answer = api.admin("POST", "/api/v1/campaigns", Some(&invalid));
-    assert_eq!(answer.status, 422, "{}", answer.body);
-    let fields: Vec<&str> = answer.body["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
-    assert!(fields.contains(&"when.unless.within"), "{}", answer.body);
+    let fields = api.paths_as_the_cli_has_them("campaign", &invalid, &answer);
+    assert!(fields.iter().any(|f| f == "when.unless.within"), "{}", answer.body);
     assert!(fields.iter().any(|f| f.starts_with("what.body")), "{}", answer.body);
     assert_eq!(answer.body["field"], fields[0]);
-    // The same paths as `herald campaign validate`.
-    let file = api.dir.path().join("bad.json");
-    std::fs::write(&file, &invalid).unwrap();
-    let cli = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["campaign", "validate"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&cli.stdout);
-    for field in &fields {
-        assert!(printed.contains(&format!("  {field}: ")), "{field} not in {printed}");
-    }
 
     let not_yaml = api.admin("POST", "/api/v1/campaigns", Some("id: [unclosed"));
     assert_eq!((not_yaml.status, not_yaml.body["field"].as_str()), (422, Some("(document)")));
@@ -521,27 +527,9 @@ fn segments_are_validated_like_the_cli_saved_and_deleted_only_when_no_campaign_u
 
     let invalid = "id: vip\nwho:\n  all:\n    - { property: state, equalz: CA }\ncolour: red\n";
     let answer = api.admin("PUT", "/api/v1/segments/vip", Some(invalid));
-    assert_eq!(answer.status, 422, "{}", answer.body);
-    let fields: Vec<&str> = answer.body["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
-    assert!(fields.contains(&"name") && fields.contains(&"colour"), "{}", answer.body);
+    let fields = api.paths_as_the_cli_has_them("segment", invalid, &answer);
+    assert!(fields.iter().any(|f| f == "name") && fields.iter().any(|f| f == "colour"));
     assert!(fields.iter().any(|f| f.starts_with("who.all[0]")), "{}", answer.body);
-    // The same paths as `herald segment validate`.
-    let file = api.dir.path().join("vip.yaml");
-    std::fs::write(&file, invalid).unwrap();
-    let cli = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["segment", "validate"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&cli.stdout);
-    for field in &fields {
-        assert!(printed.contains(&format!("  {field}: ")), "{field} not in {printed}");
-    }
 
     let vip = |name: &str| {
         format!("id: vip\nname: {name}\nwho:\n  all:\n    - {{ property: state, equals: CA }}\n")
