@@ -7,20 +7,14 @@
 
 mod common;
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, process::Command, time::Duration};
 
-use common::KillOnDrop;
+use common::{free_port, poll_until, KillOnDrop};
 use herald_engine::{
+    api::AuditRecord,
     campaign::test_send::TEST_USER_PROPERTY,
-    kafka::apply_topology,
     model::{AppEvent, Device, Platform, ProfileUpdate, PropertyValue, SchemaRegistry},
     sim::population::member,
-    topology::Topology,
 };
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
@@ -29,44 +23,6 @@ use rdkafka::{
 use serde_json::{json, Value};
 
 const ADMIN_TOKEN: &str = "admin-test-sends-0123456789";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Polls `condition` every 200 ms until it holds or `limit` passes.
-fn poll_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    condition()
-}
-
-/// `herald ARGS` in the background, logging to `log`, killed on drop.
-fn spawn(args: &[&str], log: &Path) -> KillOnDrop {
-    let log = std::fs::File::create(log).unwrap();
-    KillOnDrop::new(
-        Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(args)
-            .current_dir(repo())
-            .env("HERALD_BROKERS", common::kafka().brokers)
-            .env("RUST_LOG", "info,librdkafka=warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
-}
 
 /// Deletes the test's topics on drop.
 struct Topics(String);
@@ -132,13 +88,8 @@ fn previews_show_both_platforms_and_test_sends_reach_test_users_only_outside_sta
     let _topics = Topics(prefix.clone());
     let app_id = format!("{prefix}app");
     let topic = |name: &str| format!("{prefix}herald.{name}");
-    let mut topology = Topology::load(&repo().join("topologies/default.toml")).unwrap();
-    for topic in &mut topology.topics {
-        topic.name = format!("{prefix}{}", topic.name);
-        topic.partitions = topic.partitions.min(2);
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    runtime.block_on(apply_topology(&common::kafka(), &topology)).unwrap();
+    common::apply_default_topology(&prefix);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
     // The closed loop: a population of two (user-0 on iOS, user-1 on Android) who view and
     // click everything, engine, sender, API.
@@ -149,7 +100,7 @@ fn previews_show_both_platforms_and_test_sends_reach_test_users_only_outside_sta
     let mut args = vec!["sim", "--listen", &sim_listen, "--dir", sim_dir_arg];
     args.extend(sim_args);
     args.extend(["--topic-prefix", &prefix]);
-    let _sim = spawn(&args, &path("sim.log"));
+    let _sim = common::spawn_herald(&args, &path("sim.log"));
     assert!(
         poll_until(Duration::from_secs(120), || std::fs::read_to_string(path("sim.log"))
             .unwrap_or_default()
@@ -166,17 +117,10 @@ fn previews_show_both_platforms_and_test_sends_reach_test_users_only_outside_sta
         &[],
     ));
     let senders = path("senders.yaml");
-    std::fs::write(
-        &senders,
-        format!(
-            "apps:\n  shop:\n    apns:\n      topic: com.example.shop\n      key_file: {sim}/apns-key.p8\n      key_id: KEY1234567\n      team_id: TEAM123456\n      endpoint: https://{sim_listen}\n    fcm:\n      service_account_file: {sim}/fcm-service-account.json\n      endpoint: https://{sim_listen}\n    ca_file: {sim}/sim-ca.pem\n",
-            sim = sim_dir.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&senders, common::sim_senders_config(&sim_dir, &sim_listen)).unwrap();
     let group = format!("{prefix}senders");
     let sender_state = path("sender-state");
-    let _sender = spawn(
+    let _sender = common::spawn_herald(
         &[
             "send",
             "--config",
@@ -195,7 +139,7 @@ fn previews_show_both_platforms_and_test_sends_reach_test_users_only_outside_sta
     let tokens = path("tokens");
     std::fs::write(&tokens, format!("admin ops {ADMIN_TOKEN}\n")).unwrap();
     let api_listen = format!("127.0.0.1:{}", free_port());
-    let _api = spawn(
+    let _api = common::spawn_herald(
         &["api", "--listen", &api_listen, "--tokens", tokens.to_str().unwrap(), "--topic-prefix"]
             .into_iter()
             .chain([prefix.as_str()])
@@ -393,4 +337,40 @@ fn previews_show_both_platforms_and_test_sends_reach_test_users_only_outside_sta
         "stats should count user-1's send only, expected {expected}: {stats}\n{}",
         logs()
     );
+
+    // Both test-send requests are on the audit topic: refused (422) and sent (200).
+    let audited: Vec<(String, i32)> =
+        common::read_committed(&topic("audit"), 0, Duration::from_secs(1), Duration::from_secs(5))
+            .iter()
+            .filter_map(|r| SchemaRegistry::builtin().decode::<AuditRecord>(r.value.as_ref()?).ok())
+            .filter(|a| a.action == "POST /api/v1/campaigns/{id}/test")
+            .map(|a| (a.target.unwrap_or_default(), a.status))
+            .collect();
+    assert_eq!(audited, [("sale".to_string(), 422), ("sale".to_string(), 200)]);
+
+    // The CLI: the same preview, refusal and test send.
+    let herald = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .args(["--topic-prefix", &prefix])
+            .env("HERALD_BROKERS", common::kafka().brokers)
+            .output()
+            .unwrap();
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (output.status.code(), text(&output.stdout), text(&output.stderr))
+    };
+    let (code, out, _) = herald(&["campaign", "preview", "sale", "--user", "user-0"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("title: Hi User0") && out.contains("Ios device-0: "), "{out}");
+    assert!(out.contains("Android device-0-android: "), "{out}");
+    let (code, out, _) = herald(&["campaign", "preview", "big", "--user", "user-0"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("NOT SENT: apns payload is"), "{out}");
+    let (code, _, err) = herald(&["campaign", "test-send", "sale", "--user", "user-1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("user user-1 is not a test user"), "{err}");
+    let (code, out, err) = herald(&["campaign", "test-send", "sale", "--user", "user-0"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.matches(" Accepted ").count(), 2, "{out}");
+    assert_eq!(received(&android.token).len(), 2, "the API's test send and the CLI's");
 }

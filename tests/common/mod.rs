@@ -343,3 +343,60 @@ pub fn delete_topics_starting_with(prefixes: &[&str]) {
         }
     }
 }
+
+/// Polls `condition` every 200 ms until it holds or `limit` passes; whether it held.
+pub fn poll_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    condition()
+}
+
+/// A local TCP port free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `herald ARGS` in the background from the repository's root, its output (no colours) in
+/// `log`, killed on drop.
+pub fn spawn_herald(args: &[&str], log: &Path) -> KillOnDrop {
+    let log = std::fs::File::create(log).unwrap();
+    KillOnDrop::new(
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("HERALD_BROKERS", kafka().brokers)
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Creates every topic of `topologies/default.toml` under `prefix`, with at most 2 partitions.
+pub fn apply_default_topology(prefix: &str) {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/default.toml");
+    let mut topology = Topology::load(&file).unwrap();
+    for topic in &mut topology.topics {
+        topic.name = format!("{prefix}{}", topic.name);
+        topic.partitions = topic.partitions.min(2);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(apply_topology(&kafka(), &topology)).unwrap();
+}
+
+/// The senders' configuration (`herald send --config`) of app `shop` against the simulator
+/// listening on `listen` with its keys and CA in `sim_dir`.
+pub fn sim_senders_config(sim_dir: &Path, listen: &str) -> String {
+    format!(
+        "apps:\n  shop:\n    apns:\n      topic: com.example.shop\n      key_file: {sim}/apns-key.p8\n      key_id: KEY1234567\n      team_id: TEAM123456\n      endpoint: https://{listen}\n    fcm:\n      service_account_file: {sim}/fcm-service-account.json\n      endpoint: https://{listen}\n    ca_file: {sim}/sim-ca.pem\n",
+        sim = sim_dir.display()
+    )
+}
