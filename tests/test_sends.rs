@@ -338,15 +338,25 @@ fn previews_show_both_platforms_and_test_sends_reach_test_users_only_outside_sta
         logs()
     );
 
-    // Both test-send requests are on the audit topic: refused (422) and sent (200).
-    let audited: Vec<(String, i32)> =
+    // Both test-send requests are on the audit topic: refused (422), and sent (200) with every
+    // message id it sent.
+    let audited: Vec<AuditRecord> =
         common::read_committed(&topic("audit"), 0, Duration::from_secs(1), Duration::from_secs(5))
             .iter()
             .filter_map(|r| SchemaRegistry::builtin().decode::<AuditRecord>(r.value.as_ref()?).ok())
             .filter(|a| a.action == "POST /api/v1/campaigns/{id}/test")
-            .map(|a| (a.target.unwrap_or_default(), a.status))
             .collect();
-    assert_eq!(audited, [("sale".to_string(), 422), ("sale".to_string(), 200)]);
+    let outcomes: Vec<(Option<&str>, i32)> =
+        audited.iter().map(|a| (a.target.as_deref(), a.status)).collect();
+    assert_eq!(outcomes, [(Some("sale"), 422), (Some("sale"), 200)]);
+    let details: Vec<(&str, &str)> =
+        audited[1].details.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut expected_details = vec![
+        (ids[0].as_str(), "user-0 A device-0 accepted"),
+        (ids[1].as_str(), "user-0 A device-0-android accepted"),
+    ];
+    expected_details.sort();
+    assert_eq!(details, expected_details);
 
     // The CLI: the same preview, refusal and test send.
     let herald = |args: &[&str]| {

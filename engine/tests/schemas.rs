@@ -328,6 +328,7 @@ fn audit_records_round_trip_with_and_without_a_target() {
         target: Some("spring-sale".into()),
         status: 403,
         error: Some("this token may only read".into()),
+        details: Default::default(),
     };
     round_trip(refused.clone());
     round_trip(herald_engine::api::AuditRecord {
@@ -335,6 +336,7 @@ fn audit_records_round_trip_with_and_without_a_target() {
         status: 200,
         error: None,
         role: "admin".into(),
+        details: [("m-1".to_string(), "u1 A d1 accepted".to_string())].into(),
         ..refused
     });
 }

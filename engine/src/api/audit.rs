@@ -1,7 +1,7 @@
 //! The audit trail: every admin request (allowed or refused) recorded on the audit topic with
 //! who made it, what, when and the result.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use axum::{
     extract::{MatchedPath, RawPathParams, Request},
@@ -34,6 +34,10 @@ pub struct AuditRecord {
     /// Why it failed, if it did.
     #[serde(default)]
     pub error: Option<String>,
+    /// What the action did, when the route says more than its status: a test send's message
+    /// ids, each with its user, variant, device and outcome (schema version 2).
+    #[serde(default)]
+    pub details: BTreeMap<String, String>,
 }
 
 impl Checked for AuditRecord {
@@ -49,6 +53,10 @@ impl Record for AuditRecord {
 /// The message of an error answer, kept in the response's extensions for the audit.
 #[derive(Debug, Clone)]
 pub(super) struct ErrorNote(pub String);
+
+/// What a handler reports for the audit record's `details`, in the response's extensions.
+#[derive(Debug, Clone)]
+pub(super) struct AuditDetails(pub BTreeMap<String, String>);
 
 /// Runs an admin request of `caller` if `allowed` (else answers 403) and records it with its
 /// result.
@@ -79,6 +87,11 @@ pub(super) async fn audited(
         target,
         status: i32::from(response.status().as_u16()),
         error: response.extensions().get::<ErrorNote>().map(|note| note.0.clone()),
+        details: response
+            .extensions()
+            .get::<AuditDetails>()
+            .map(|d| d.0.clone())
+            .unwrap_or_default(),
     };
     write(state, &record).await;
     response

@@ -8,12 +8,13 @@ use std::time::Duration;
 use axum::{
     body::Bytes,
     extract::{rejection::BytesRejection, Path, Query, State},
+    response::{IntoResponse, Response},
     Json,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{error::ApiError, handlers::body_text, ApiState};
+use super::{audit::AuditDetails, error::ApiError, handlers::body_text, ApiState};
 use crate::{
     campaign::{
         admin,
@@ -122,7 +123,7 @@ pub async fn test_send_campaign(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<TestSendResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let request: TestSendRequest = serde_json::from_str(&body_text(&state, body)?)
         .map_err(|e| ApiError::field("(body)", e.to_string()))?;
     if request.users.is_empty() || request.users.len() > MAX_TEST_USERS {
@@ -166,5 +167,17 @@ pub async fn test_send_campaign(
     .map_err(|e| ApiError::Internal(e.to_string()))?;
     results.extend(refused);
     let pending = results.iter().filter(|r| r.status == DeviceStatus::Pending).count();
-    Ok(Json(TestSendResponse { campaign_id: id, results, pending }))
+    // Every message sent, on the audit record of the request.
+    let details = results
+        .iter()
+        .filter_map(|r| {
+            let outcome = serde_json::to_value(r.status).ok()?;
+            let outcome = outcome.as_str()?;
+            let what = format!("{} {} {} {outcome}", r.user_id, r.variant_id, r.device_id);
+            Some((r.message_id.clone()?, what))
+        })
+        .collect();
+    let mut response = Json(TestSendResponse { campaign_id: id, results, pending }).into_response();
+    response.extensions_mut().insert(AuditDetails(details));
+    Ok(response)
 }
