@@ -423,21 +423,28 @@ fn the_dashboard_shows_the_funnel_and_the_winner_of_a_live_ab_test_in_headless_c
         browser.wait().for_element(Locator::Id("token")).await.unwrap();
         browser.find(Locator::Id("token")).await.unwrap().send_keys(READ_TOKEN).await.unwrap();
         browser.find(Locator::Css("#login button")).await.unwrap().click().await.unwrap();
-        browser
-            .wait()
-            .for_element(Locator::Css(&format!("#campaigns tr[data-campaign-id='{id}'] a")))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        // The list is drawn again at each change: a link found may be gone when clicked.
+        let link = format!("#campaigns tr[data-campaign-id='{id}'] a");
+        let started = Instant::now();
+        loop {
+            let clicked = match browser.wait().for_element(Locator::Css(&link)).await {
+                Ok(element) => element.click().await.is_ok(),
+                Err(_) => false,
+            };
+            if clicked {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "could not open the campaign");
+        }
 
         // The page shows what the API reports, once its next poll has them.
-        let expected = stats(&api);
+        // (The API's figures are read again each time: views and clicks may still come in.)
+        let mut expected = stats(&api);
         let mut shown = String::new();
         let started = Instant::now();
         let mut matches = false;
         while !matches && started.elapsed() < Duration::from_secs(30) {
+            expected = stats(&api);
             let mut all = true;
             shown.clear();
             for variant in expected["variants"].as_array().unwrap() {

@@ -57,12 +57,13 @@ pub struct CampaignDetail {
 fn summary(state: &ApiState, envelope: &CampaignEnvelope) -> CampaignSummary {
     let events = state.events().history(&envelope.campaign_id);
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let name = admin::compile(envelope).map_or_else(|_| envelope.campaign_id.clone(), |c| c.name);
+    let compiled = admin::compile(envelope).ok();
+    let name = compiled.as_ref().map_or_else(|| envelope.campaign_id.clone(), |c| c.name.clone());
     CampaignSummary {
         id: envelope.campaign_id.clone(),
         app: envelope.app_id.clone(),
         name,
-        status: status(envelope, &events, now_ms),
+        status: status(envelope, compiled.as_ref(), &events, now_ms),
         revision: envelope.revision,
         updated_at_ms: envelope.issued_at_ms,
         updated_by: envelope.issued_by.clone(),

@@ -6,7 +6,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::{
-    campaign::{admin, Campaign, CampaignStatus},
+    campaign::{Campaign, CampaignStatus},
     model::{CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, LifecycleKind},
 };
 
@@ -31,16 +31,17 @@ pub enum Status {
     Invalid,
 }
 
-/// The status of the campaign whose latest envelope is `envelope` and latest lifecycle events
-/// `events` (oldest first), at `now_ms`. The engine's events count from the latest definition
+/// The status of the campaign whose latest envelope is `envelope` (compiled: `campaign`, none if
+/// it does not compile) and latest lifecycle events `events` (oldest first), at `now_ms`. The engine's events count from the latest definition
 /// on: a definition applied after the campaign completed (a later end date, a higher limit)
 /// makes it active again; a pause and resume after it does not.
 pub fn status(
     envelope: &CampaignEnvelope,
+    campaign: Option<&Campaign>,
     events: &[CampaignLifecycleEvent],
     now_ms: i64,
 ) -> Status {
-    let Ok(campaign) = admin::compile(envelope) else { return Status::Invalid };
+    let Some(campaign) = campaign else { return Status::Invalid };
     match campaign.status {
         CampaignStatus::Draft => return Status::Draft,
         CampaignStatus::Paused => return Status::Paused,
@@ -54,7 +55,7 @@ pub fn status(
     for event in since_definition {
         match event.kind {
             LifecycleKind::Completed => return Status::Completed,
-            LifecycleKind::LimitReached if limit_holds(&campaign, event, now_ms) => {
+            LifecycleKind::LimitReached if limit_holds(campaign, event, now_ms) => {
                 status = Status::LimitReached;
             }
             _ => {}
@@ -81,6 +82,16 @@ fn limit_holds(campaign: &Campaign, event: &CampaignLifecycleEvent, now_ms: i64)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::campaign::admin;
+
+    /// [`status`] of `envelope` compiled.
+    fn status(
+        envelope: &CampaignEnvelope,
+        events: &[CampaignLifecycleEvent],
+        now_ms: i64,
+    ) -> Status {
+        super::status(envelope, admin::compile(envelope).ok().as_ref(), events, now_ms)
+    }
 
     const DAY_MS: i64 = 86_400_000;
     /// 2026-11-28T12:00:00Z.

@@ -31,6 +31,9 @@ const state = {
   live: null,
   reconnect: null,
   soon: null,
+  // A refresh is under way; another is wanted after it.
+  refreshing: false,
+  again: false,
 };
 
 class Unauthorized extends Error {}
@@ -169,7 +172,8 @@ function onLiveEvent({ event, data }) {
     clearTimeout(state.timer);
     return refreshSoon();
   }
-  const concernsPage = event === "campaign" || event === "lagged" || data === state.selected;
+  // Any campaign's definition, command or lifecycle event may change its status in the list.
+  const concernsPage = ["campaign", "events", "lagged"].includes(event) || data === state.selected;
   if (concernsPage && ["campaign", "stats", "events", "lagged"].includes(event)) refreshSoon();
 }
 
@@ -181,8 +185,16 @@ function refreshSoon() {
   }, LIVE_BATCH_MS);
 }
 
+// One refresh at a time: a change that comes during one is drawn by another right after it, so
+// an older answer never overwrites a newer one.
 async function refresh() {
+  if (state.refreshing) {
+    state.again = true;
+    return;
+  }
+  state.refreshing = true;
   clearTimeout(state.timer);
+  let signedOut = false;
   try {
     const campaigns = await api("/campaigns");
     drawList(campaigns);
@@ -192,8 +204,15 @@ async function refresh() {
     $("detail").hidden = !selected;
     $("updated").textContent = `updated ${time(Date.now())} (${state.mode})`;
   } catch (error) {
-    if (error instanceof Unauthorized) return showLogin("The token was refused.");
-    $("updated").textContent = `not updated: ${error.message}`;
+    signedOut = error instanceof Unauthorized;
+    if (!signedOut) $("updated").textContent = `not updated: ${error.message}`;
+  } finally {
+    state.refreshing = false;
+  }
+  if (signedOut) return showLogin("The token was refused.");
+  if (state.again) {
+    state.again = false;
+    return refresh();
   }
   if (state.mode !== "live") state.timer = setTimeout(refresh, POLL_MS);
 }
