@@ -383,4 +383,16 @@ fn previews_show_both_platforms_and_test_sends_reach_test_users_only_outside_sta
     assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(out.matches(" Accepted ").count(), 2, "{out}");
     assert_eq!(received(&android.token).len(), 2, "the API's test send and the CLI's");
+    let cli_audit = |r: &common::Consumed| -> Option<AuditRecord> {
+        let record: AuditRecord = SchemaRegistry::builtin().decode(r.value.as_ref()?).ok()?;
+        (record.action == "herald campaign test-send").then_some(record)
+    };
+    let audited: Vec<AuditRecord> =
+        common::read_committed(&topic("audit"), 0, Duration::from_secs(1), Duration::from_secs(5))
+            .iter()
+            .filter_map(cli_audit)
+            .collect();
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    assert_eq!((audited[0].role.as_str(), audited[0].target.as_deref()), ("cli", Some("sale")));
+    assert_eq!(audited[0].details.len(), 2, "{audited:?}");
 }

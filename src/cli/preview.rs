@@ -1,18 +1,21 @@
 //! `herald campaign preview ID --user U` and `herald campaign test-send ID --user U…`: a campaign
 //! rendered for a user from the running engine's profile (over the query channel), as the
-//! senders would send it; and a test send to test users through the real senders.
+//! senders would send it; and a test send to test users through the real senders, recorded on
+//! the audit topic.
 
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
 use herald_engine::{
+    api::{AuditRecord, AUDIT_TOPIC},
     campaign::{admin, parse_duration, test_send, Campaign},
     kafka::KafkaConfig,
-    model::{topics::TopicNames, CampaignEnvelope},
+    model::{topics::TopicNames, CampaignEnvelope, SchemaRegistry},
     query::profile,
     render::preview::preview,
 };
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 #[derive(Debug, Args)]
 pub struct PreviewArgs {
@@ -135,6 +138,7 @@ pub fn test_send(kafka: &KafkaConfig, args: &TestSendArgs) -> anyhow::Result<Exi
     let receipts_timeout = duration(&args.receipts_timeout)?;
     let mut sent = test_send::send_and_wait(kafka, &topics, &commands, receipts_timeout)?;
     sent.append(&mut results);
+    audit(kafka, &args.engine.topic_prefix, &campaign.id, &sent)?;
     let mut all_accepted = true;
     for result in &sent {
         all_accepted &= result.status == test_send::DeviceStatus::Accepted;
@@ -150,4 +154,39 @@ pub fn test_send(kafka: &KafkaConfig, args: &TestSendArgs) -> anyhow::Result<Exi
         );
     }
     Ok(if all_accepted { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+/// Records the test send on the audit topic, as the API does for its own: the user running the
+/// CLI as actor (role `cli`), status 200, every message id in `details`.
+fn audit(
+    kafka: &KafkaConfig,
+    prefix: &str,
+    campaign: &str,
+    results: &[test_send::DeviceResult],
+) -> anyhow::Result<()> {
+    let record = AuditRecord {
+        timestamp_ms: chrono::Utc::now().timestamp_millis(),
+        actor: std::env::var("USER").unwrap_or_else(|_| "cli".into()),
+        role: "cli".into(),
+        action: "herald campaign test-send".into(),
+        target: Some(campaign.into()),
+        status: 200,
+        error: None,
+        details: test_send::audit_details(results),
+    };
+    let bytes = SchemaRegistry::builtin().encode(&record)?;
+    let producer: FutureProducer = kafka
+        .client_config()
+        .set("enable.idempotence", "true")
+        .create()
+        .context("creating the Kafka producer")?;
+    let topic = format!("{prefix}{AUDIT_TOPIC}");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime
+        .block_on(producer.send(
+            FutureRecord::to(&topic).key(&record.actor).payload(&bytes),
+            Duration::from_secs(30),
+        ))
+        .map_err(|(error, _)| anyhow::anyhow!("writing the audit record to {topic}: {error}"))?;
+    Ok(())
 }

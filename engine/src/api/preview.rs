@@ -168,15 +168,7 @@ pub async fn test_send_campaign(
     results.extend(refused);
     let pending = results.iter().filter(|r| r.status == DeviceStatus::Pending).count();
     // Every message sent, on the audit record of the request.
-    let details = results
-        .iter()
-        .filter_map(|r| {
-            let outcome = serde_json::to_value(r.status).ok()?;
-            let outcome = outcome.as_str()?;
-            let what = format!("{} {} {} {outcome}", r.user_id, r.variant_id, r.device_id);
-            Some((r.message_id.clone()?, what))
-        })
-        .collect();
+    let details = test_send::audit_details(&results);
     let mut response = Json(TestSendResponse { campaign_id: id, results, pending }).into_response();
     response.extensions_mut().insert(AuditDetails(details));
     Ok(response)

@@ -122,6 +122,20 @@ pub struct DeviceResult {
     pub reason: Option<String>,
 }
 
+/// What an audit record says of a test send: each message id sent, with its user, variant,
+/// device and outcome (`user-0 A device-0 accepted`).
+pub fn audit_details(results: &[DeviceResult]) -> BTreeMap<String, String> {
+    results
+        .iter()
+        .filter_map(|r| {
+            let outcome = serde_json::to_value(r.status).ok()?;
+            let what =
+                format!("{} {} {} {}", r.user_id, r.variant_id, r.device_id, outcome.as_str()?);
+            Some((r.message_id.clone()?, what))
+        })
+        .collect()
+}
+
 /// The commands of a test send of `campaign` to `user` (a test user with `profile`), one per
 /// reachable device and variant (`variant`, else every variant), each with a fresh test
 /// message id; devices whose payload is over the limit come back as `NotSent` results.
