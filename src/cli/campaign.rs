@@ -35,9 +35,9 @@ pub enum CampaignCommandArgs {
     /// every variant's texts and the exact APNs/FCM request bodies with their sizes against the
     /// 4,096-byte limit. Exits 2 when a variant does not render or a body is over the limit.
     Preview(super::preview::PreviewArgs),
-    /// Send an applied campaign to test users (profiles with `herald_test: true`) through the
-    /// real senders, outside stats, caps and limits, and print each device's receipt. Exits 2
-    /// when a user is refused, 3 when a device is not accepted by the deadline.
+    /// Send an applied campaign to test users (profiles marked as such, see docs/api.md)
+    /// through the real senders, outside stats, caps and limits, and print each device's
+    /// receipt. Exits 2 when a user is refused, 3 when a device is not accepted by the deadline.
     TestSend(super::preview::TestSendArgs),
     /// Ask the running engine how many users a campaign definition (applied or not) reaches
     /// now: users matching its audience, reachable by push (per platform), the candidates of a

@@ -32,7 +32,7 @@ pub struct PreviewArgs {
 pub struct TestSendArgs {
     /// Campaign id (as applied: read from the campaigns topic).
     id: String,
-    /// Test users (profiles with `herald_test: true`); others are refused.
+    /// Test users (profiles marked as such, see docs/api.md); others are refused.
     #[arg(long = "user", required = true)]
     users: Vec<String>,
     /// Variant to send; every variant when absent.
