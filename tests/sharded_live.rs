@@ -29,14 +29,52 @@ fn campaign(at_ms: i64) -> String {
 }
 
 fn apply(dir: &Path, campaigns: &str, name: &str, yaml: &str) {
+    let out = try_apply(dir, campaigns, name, yaml);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// `herald campaign apply` of `yaml` (written to `dir/name`) to the topic `campaigns`.
+fn try_apply(dir: &Path, campaigns: &str, name: &str, yaml: &str) -> std::process::Output {
     let file = dir.join(name);
     std::fs::write(&file, yaml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["campaign", "apply", "--topic", campaigns, file.to_str().unwrap()])
+    herald(&["campaign", "apply", "--topic", campaigns, file.to_str().unwrap()])
+}
+
+/// Runs the `herald` binary against the test broker.
+fn herald(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
         .env("HERALD_BROKERS", common::kafka().brokers)
         .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        .unwrap()
+}
+
+/// `campaign apply` refuses a change of `options.shards` while the campaign is live (active or
+/// paused), naming the field; once stopped, the definition with the new count is taken.
+#[test]
+fn apply_refuses_a_change_of_shards_on_a_live_campaign_and_takes_it_once_stopped() {
+    let prefix = format!("{}-", common::unique("it-reshard"));
+    let campaigns = format!("{prefix}herald.campaigns");
+    common::create_topics(&[(&campaigns, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = |shards: u32| {
+        format!("id: ping\napp: shop\nname: Ping\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\noptions: {{ shards: {shards} }}\n")
+    };
+    apply(dir.path(), &campaigns, "four.yaml", &yaml(4));
+    apply(dir.path(), &campaigns, "four.yaml", &yaml(4)); // the same count: taken
+    let refused = try_apply(dir.path(), &campaigns, "eight.yaml", &yaml(8));
+    let stop = herald(&["campaign", "stop", "ping", "--topic", &campaigns]);
+    let taken = try_apply(dir.path(), &campaigns, "eight.yaml", &yaml(8));
+    common::delete_topics_starting_with(&[&prefix]);
+
+    let stdout = String::from_utf8_lossy(&refused.stdout);
+    assert_eq!(refused.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("REFUSED  ping: options.shards: campaign ping is live with 4 shard(s)"),
+        "{stdout}"
+    );
+    assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+    assert!(taken.status.success(), "{}", String::from_utf8_lossy(&taken.stdout));
 }
 
 /// The deployment's topics (4 user partitions, `flow` campaign-flow partitions).

@@ -158,6 +158,10 @@ pub fn run(kafka: &KafkaConfig, command: CampaignCommandArgs) -> anyhow::Result<
                 eprintln!("nothing published: fix the errors above first");
                 return Ok(ExitCode::from(2));
             };
+            if !shards_kept(kafka, &args.topic, &campaigns)? {
+                eprintln!("nothing published: fix the errors above first");
+                return Ok(ExitCode::from(2));
+            }
             for envelope in campaigns {
                 publish(kafka, &args.topic, &envelope)?;
                 println!("published {} to {}", envelope.campaign_id, args.topic);
@@ -165,6 +169,36 @@ pub fn run(kafka: &KafkaConfig, command: CampaignCommandArgs) -> anyhow::Result<
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Whether every definition keeps the shard count of its live campaign on `topic` (see
+/// `admin::shards_change`); prints each refusal with its field path.
+fn shards_kept(
+    kafka: &KafkaConfig,
+    topic: &str,
+    campaigns: &[CampaignEnvelope],
+) -> anyhow::Result<bool> {
+    let table = match super::segment::read_table(kafka, topic) {
+        Ok(table) => table,
+        // A deployment's first apply: no campaign is live yet.
+        Err(error) if error.to_string().ends_with("not found") => Default::default(),
+        Err(error) => return Err(error),
+    };
+    let registry = SchemaRegistry::builtin();
+    let mut kept = true;
+    for envelope in campaigns {
+        let current = table.get(&envelope.campaign_id);
+        let Some(current) = current.and_then(|v| registry.decode::<CampaignEnvelope>(v).ok())
+        else {
+            continue;
+        };
+        let next = admin::compile(envelope).map_err(anyhow::Error::msg)?;
+        if let Some(refused) = admin::shards_change(&current, &next) {
+            kept = false;
+            println!("REFUSED  {}: {}: {}", envelope.campaign_id, refused.path, refused.reason);
+        }
+    }
+    Ok(kept)
 }
 
 /// Reads `topic` to its end and returns the last record keyed `key` that decodes as `R` (none

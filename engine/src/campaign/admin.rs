@@ -108,6 +108,27 @@ pub fn compile(envelope: &CampaignEnvelope) -> Result<Campaign, String> {
     Ok(campaign)
 }
 
+/// Why `next` may not replace a campaign whose latest envelope is `current`: a change of
+/// `options.shards` while the campaign is not stopped (its users' places, waiting candidates
+/// and run buffers live in the shards it has now; a new count would route the same users to
+/// other shards). `None` when the change is allowed.
+pub fn shards_change(current: &CampaignEnvelope, next: &Campaign) -> Option<FieldError> {
+    if current.command == CampaignCommand::Stop {
+        return None;
+    }
+    let live = compile(current).ok()?;
+    let (now, asked) = (live.options.shards.max(1), next.options.shards.max(1));
+    (now != asked).then(|| FieldError {
+        path: "options.shards".into(),
+        reason: format!(
+            "campaign {} is live with {now} shard(s): a change to {asked} would move users away \
+             from the shards that hold their places, waiting candidates and run buffers; stop \
+             it first (the new count applies when it is applied again) or use a new campaign id",
+            next.id
+        ),
+    })
+}
+
 /// Which campaigns keep a saved segment in use, from their latest envelopes.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SegmentUsers {
@@ -159,4 +180,35 @@ pub async fn publish(
             source,
         })?;
     Ok((delivery.partition, delivery.offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defined(shards: u32) -> (Campaign, CampaignEnvelope) {
+        let text = format!(
+            "id: c\napp: shop\nname: n\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\noptions: {{ shards: {shards} }}\n"
+        );
+        define(&text, "c.yaml", None, 1).unwrap()
+    }
+
+    #[test]
+    fn a_live_campaign_keeps_its_shards_and_a_stopped_one_may_change_them() {
+        let (_, live) = defined(4);
+        let (same, _) = defined(4);
+        let (more, _) = defined(8);
+        assert_eq!(shards_change(&live, &same), None);
+        let refused = shards_change(&live, &more).unwrap();
+        assert_eq!(refused.path, "options.shards");
+        assert!(
+            refused.reason.contains("live with 4 shard(s): a change to 8"),
+            "{}",
+            refused.reason
+        );
+        let paused = command(live.clone(), CampaignCommand::Pause, None, 2).unwrap();
+        assert!(shards_change(&paused, &more).is_some(), "a paused campaign is not stopped");
+        let stopped = command(live, CampaignCommand::Stop, None, 2).unwrap();
+        assert_eq!(shards_change(&stopped, &more), None);
+    }
 }
