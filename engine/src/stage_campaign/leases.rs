@@ -26,8 +26,12 @@ pub(super) struct Lease {
     granted: u64,
     /// Places the shard gave back so far.
     returned: u64,
-    /// Places the shard spent (its latest report).
+    /// Places the shard spent (its latest report of users sent, less `base`).
     spent: u64,
+    /// Users the shard had sent to when its lease began (sent outside any lease: before the
+    /// campaign had a total limit).
+    #[serde(default)]
+    base: u64,
     /// Candidates waiting at the shard for a place (its latest report).
     demand: u64,
     /// A recall is on its way to the shard.
@@ -35,6 +39,11 @@ pub(super) struct Lease {
 }
 
 impl Lease {
+    /// A lease beginning when the shard has sent to `sent` users.
+    fn starting_at(sent: i64) -> Self {
+        Self { base: sent.max(0) as u64, ..Self::default() }
+    }
+
     /// Places the shard holds, as far as the home knows (some may be spent unreported).
     fn held(&self) -> u64 {
         self.granted.saturating_sub(self.returned).saturating_sub(self.spent)
@@ -50,6 +59,17 @@ pub(super) struct ShardLease {
     asked: bool,
     /// The home said the limit is full.
     full: bool,
+}
+
+impl CampaignState {
+    /// The home's places of `limit` neither leased out nor spent outside the leases (by the
+    /// home itself, or by shards before the campaign had a total limit).
+    fn free_places(&self, limit: u64) -> u64 {
+        let out: u64 = self.leases.values().map(|l| l.granted.saturating_sub(l.returned)).sum();
+        let on_leases: u64 = self.leases.values().map(|l| l.spent).sum();
+        let outside = self.sent.saturating_sub(on_leases);
+        limit.saturating_sub(out).saturating_sub(outside)
+    }
 }
 
 impl CampaignStage {
@@ -250,8 +270,10 @@ impl CampaignStage {
         state: &mut CampaignState,
         report: &ShardReport,
     ) -> Result<(), ProcessError> {
-        let lease = state.leases.entry(report.shard as u32).or_default();
-        lease.spent = lease.spent.max(report.sent.max(0) as u64);
+        let shard = report.shard as u32;
+        let known = state.shard_sent.get(&shard).copied().unwrap_or_default();
+        let lease = state.leases.entry(shard).or_insert_with(|| Lease::starting_at(known));
+        lease.spent = lease.spent.max((report.sent.max(0) as u64).saturating_sub(lease.base));
         lease.demand = report.waiting.max(0) as u64;
         if report.kind == ShardReportKind::Returned {
             lease.returned += report.places.max(0) as u64;
@@ -281,8 +303,7 @@ impl CampaignStage {
             return Ok(false);
         }
         state.pre_leased = true;
-        let out: u64 = state.leases.values().map(|l| l.granted.saturating_sub(l.returned)).sum();
-        let mut free = limit.saturating_sub(out);
+        let mut free = state.free_places(limit);
         let chunk = (limit / (4 * u64::from(shards))).max(1);
         for shard in 0..shards {
             let places = chunk.min(free);
@@ -290,7 +311,9 @@ impl CampaignStage {
                 break;
             }
             free -= places;
-            state.leases.entry(shard).or_default().granted += places;
+            let known = state.shard_sent.get(&shard).copied().unwrap_or_default();
+            state.leases.entry(shard).or_insert_with(|| Lease::starting_at(known)).granted +=
+                places;
             self.send_lease_plan(ctx, campaign, shard, ShardPlanKind::Grant, places)?;
         }
         Ok(true)
@@ -306,8 +329,7 @@ impl CampaignStage {
         shards: u64,
     ) -> Result<(), ProcessError> {
         let Some(limit) = campaign.limits.total else { return Ok(()) };
-        let out: u64 = state.leases.values().map(|l| l.granted.saturating_sub(l.returned)).sum();
-        let mut free = limit.saturating_sub(out);
+        let mut free = state.free_places(limit);
         // A grant covers the demand and some more, so a busy shard does not ask per user.
         let chunk = (limit / (4 * shards)).max(1);
         let mut plans: Vec<(u32, ShardPlanKind, u64)> = Vec::new();
