@@ -42,6 +42,10 @@ use herald_engine::{
         ReceiptStatus, SchemaRegistry, SendCommand,
     },
     payload::message_id,
+    runtime::{
+        LiveRuntime, ProcessError, Processor, ProcessorContext, RuntimeConfig, RuntimeError,
+        ShutdownFlag, SourceRecord, StreamTopology,
+    },
     sim::population::member,
 };
 use rdkafka::{
@@ -303,6 +307,18 @@ fn toxiproxy(method: &str, path: &str, body: &str) -> Result<String, String> {
     }
 }
 
+/// Copies the `*.log` files of `dir` to a new directory that outlives the run; its path.
+fn keep_logs(dir: &Path) -> PathBuf {
+    let kept = std::env::temp_dir().join(common::unique("chaos-logs"));
+    std::fs::create_dir_all(&kept).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|ext| ext == "log") {
+            let _ = std::fs::copy(entry.path(), kept.join(entry.file_name()));
+        }
+    }
+    kept
+}
+
 /// Polls `done` every 100 ms until it holds or `limit` passed; whether it holds.
 fn poll_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -469,7 +485,7 @@ struct Watcher<T> {
 }
 
 impl<T: Send + Clone + 'static> Watcher<T> {
-    fn start(topic: String, decode: fn(&[u8]) -> T) -> Self {
+    fn start(topic: String, partitions: i32, decode: fn(&[u8]) -> T) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (flag, into) = (Arc::clone(&stop), Arc::clone(&seen));
@@ -482,7 +498,7 @@ impl<T: Send + Clone + 'static> Watcher<T> {
                 .create()
                 .unwrap();
             let mut assignment = TopicPartitionList::new();
-            for partition in 0..USER_PARTITIONS {
+            for partition in 0..partitions {
                 assignment.add_partition_offset(&topic, partition, Offset::Beginning).unwrap();
             }
             consumer.assign(&assignment).unwrap();
@@ -935,10 +951,10 @@ fn run(plan: Plan) {
     });
     assert!(loaded, "the engine did not load the population\n{}", logs(&processes));
 
-    let commands = Watcher::start(topic("push"), |v| {
+    let commands = Watcher::start(topic("push"), USER_PARTITIONS, |v| {
         SchemaRegistry::builtin().decode::<SendCommand>(v).expect("a send command")
     });
-    let receipts = Watcher::start(topic("receipts"), |v| {
+    let receipts = Watcher::start(topic("receipts"), USER_PARTITIONS, |v| {
         SchemaRegistry::builtin().decode::<Receipt>(v).expect("a receipt")
     });
     let traffic = Traffic::start(topic("events"), plan.users);
@@ -952,12 +968,19 @@ fn run(plan: Plan) {
             let ok = tended_until(processes, incidents, Duration::from_secs(240), || {
                 receipts.len() >= target
             });
-            assert!(
-                ok,
-                "no progress ({what}): {} of {target} receipts\n{}",
-                receipts.len(),
-                logs(processes)
-            );
+            if !ok {
+                // Which side stopped: the engine (no new commands) or the senders (commands
+                // without receipts). The processes' logs are kept.
+                let kept = keep_logs(dir.path());
+                panic!(
+                    "no progress ({what}): {} of {target} receipts, {} commands on herald.push; \
+                     logs kept in {}\n{}",
+                    receipts.len(),
+                    commands.len(),
+                    kept.display(),
+                    logs(processes)
+                );
+            }
         };
     advance(&mut processes, &mut incidents, plan.progress, "before the schedule");
     let steps: Vec<Step> =
@@ -1371,4 +1394,170 @@ fn run(plan: Plan) {
         panic!("chaos checks failed: {failed:?}; logs and state kept in {}", kept.display());
     }
     common::delete_topics_starting_with(&[&prefix, &app_id]);
+}
+
+/// Fails the test with the runtime's error if its thread ended.
+fn alive(runtime: &mut Option<JoinHandle<Result<(), RuntimeError>>>, when: &str) {
+    if runtime.as_ref().is_some_and(JoinHandle::is_finished) {
+        let result = runtime.take().unwrap().join();
+        panic!("the runtime stopped ({when}): {result:?}");
+    }
+}
+
+/// Restarts of the chaos broker in [`runtime_exactly_once_across_broker_restarts`].
+const RUNTIME_RESTARTS: usize = 3;
+/// Keys of its input.
+const RELAY_KEYS: usize = 40;
+
+/// The processor of [`runtime_exactly_once_across_broker_restarts`]: an input record goes
+/// through the repartition topic to the task of its key, which counts the key and writes
+/// `<input partition>:<input offset>|<key>|<count>`, so every output names the input it came
+/// from.
+struct Relay {
+    flow: String,
+    output: String,
+}
+
+impl Processor for Relay {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        record: &SourceRecord<'_>,
+    ) -> Result<(), ProcessError> {
+        let key = record.key.unwrap_or_default();
+        if record.topic != self.flow {
+            let origin = format!("{}:{}", record.partition, record.offset);
+            ctx.send(&self.flow, key, origin.as_bytes())?;
+            return Ok(());
+        }
+        let mut counts = ctx.store("counts")?;
+        let count = counts.get_as::<u64>(key)?.unwrap_or(0) + 1;
+        counts.put_as(key, &count)?;
+        let origin = String::from_utf8_lossy(record.value.unwrap_or_default());
+        let key_text = String::from_utf8_lossy(key);
+        ctx.send(&self.output, key, format!("{origin}|{key_text}|{count}").as_bytes())?;
+        Ok(())
+    }
+}
+
+/// The runtime alone (no push code) through several broker restarts in quick succession,
+/// with a repartition topic it writes and reads itself and a global table (whose reader sees
+/// the broker go away): it must keep going, and its output must be exactly one record per
+/// input record (by input partition and offset), with every key's counts 1..n, no gaps, no
+/// duplicates. A stalled runtime fails the test by its deadline, a failed one by its error.
+#[test]
+fn runtime_exactly_once_across_broker_restarts() {
+    let _broker = lock_broker();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Toxiproxy::start(dir.path());
+    let advertised = if proxy.is_some() { PROXY_PORT } else { BROKER_PORT };
+    broker_up(advertised);
+    std::env::set_var("HERALD_BROKERS", format!("127.0.0.1:{advertised}"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,librdkafka=warn")
+        .with_test_writer()
+        .try_init();
+    let name = common::unique("chaos-runtime");
+    let (input, flow, output) =
+        (format!("{name}-in"), format!("{name}-flow"), format!("{name}-out"));
+    let topics = [(&input, 4), (&flow, 4), (&output, 4), (&format!("{name}-dlq"), 1)];
+    common::create_topics(&topics.map(|(topic, partitions)| (topic.as_str(), partitions)));
+    let topology = StreamTopology::builder(&name)
+        .dead_letter_topic(format!("{name}-dlq"))
+        .optional_global_table("settings", format!("{name}-settings"))
+        .sub_topology(
+            "relay",
+            {
+                let (flow, output) = (flow.clone(), output.clone());
+                move |_| Relay { flow: flow.clone(), output: output.clone() }
+            },
+            |s| s.source(&input).repartition(&flow).store("counts").sink(&output),
+        )
+        .build()
+        .unwrap();
+    let config = RuntimeConfig::new(common::kafka(), "a", dir.path().join("state"));
+    let shutdown = ShutdownFlag::default();
+    let flag = shutdown.clone();
+    let runtime = std::thread::spawn(move || LiveRuntime::new(topology, config).run(&flag));
+
+    let outputs = Watcher::start(output.clone(), 4, |v| String::from_utf8_lossy(v).into_owned());
+    let traffic = {
+        let (input, stop) = (input.clone(), Arc::new(AtomicBool::new(false)));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let mut producer = EventProducer::new(input);
+            let mut i = 0usize;
+            while !flag.load(Ordering::SeqCst) {
+                producer.send(format!("k{}", i % RELAY_KEYS), format!("v{i}").into_bytes());
+                i += 1;
+                std::thread::sleep(Duration::from_millis(5));
+                if i % 500 == 0 {
+                    producer.resend_failed();
+                }
+            }
+            producer.finish();
+        });
+        (stop, handle)
+    };
+    let mut runtime = Some(runtime);
+    let ended =
+        |runtime: &Option<JoinHandle<_>>| runtime.as_ref().is_some_and(JoinHandle::is_finished);
+    let flowing = poll_until(Duration::from_secs(120), || outputs.len() > 200 || ended(&runtime));
+    alive(&mut runtime, "before the restarts");
+    assert!(flowing, "no output before the restarts");
+    for restart in 0..RUNTIME_RESTARTS {
+        broker("down", advertised);
+        broker("up", advertised);
+        alive(&mut runtime, &format!("restart {}", restart + 1));
+        let before = outputs.len();
+        // Quick succession: the next restart as soon as anything new came out.
+        let moved =
+            poll_until(Duration::from_secs(120), || outputs.len() > before || ended(&runtime));
+        alive(&mut runtime, &format!("after restart {}", restart + 1));
+        assert!(moved, "no output for 120 s after broker restart {}", restart + 1);
+    }
+    traffic.0.store(true, Ordering::SeqCst);
+    traffic.1.join().expect("traffic thread");
+
+    // Every input record, as it is on the topic (events sent again after a failed delivery are
+    // records of their own).
+    let inputs = common::read_committed(&input, 1, Duration::from_secs(3), Duration::from_secs(60));
+    let expected: BTreeSet<String> =
+        inputs.iter().map(|r| format!("{}:{}", r.partition, r.offset)).collect();
+    let done =
+        poll_until(Duration::from_secs(180), || outputs.len() >= expected.len() || ended(&runtime));
+    alive(&mut runtime, "draining");
+    let produced = outputs.snapshot();
+    let mut origins: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut counts: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for value in &produced {
+        let mut fields = value.split('|');
+        let (origin, key, count) = (fields.next().unwrap(), fields.next().unwrap(), fields.next());
+        *origins.entry(origin).or_default() += 1;
+        counts.entry(key).or_default().push(count.unwrap().parse().unwrap());
+    }
+    let duplicated: Vec<_> = origins.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    let missing: Vec<_> =
+        expected.iter().filter(|o| !origins.contains_key(o.as_str())).take(5).collect();
+    let unknown: Vec<_> = origins.keys().filter(|o| !expected.contains(**o)).take(5).collect();
+    println!(
+        "runtime across {RUNTIME_RESTARTS} broker restarts: {} inputs, {} outputs, {} distinct",
+        expected.len(),
+        produced.len(),
+        origins.len()
+    );
+    assert!(done, "the runtime stalled: {} of {} outputs", produced.len(), expected.len());
+    assert!(duplicated.is_empty(), "inputs processed twice, e.g. {duplicated:?}");
+    assert!(missing.is_empty(), "inputs never processed, e.g. {missing:?}");
+    assert!(unknown.is_empty(), "outputs of no input, e.g. {unknown:?}");
+    for (key, seen) in &mut counts {
+        seen.sort_unstable();
+        let n = seen.len() as u64;
+        assert!(seen.iter().copied().eq(1..=n), "key {key}: counts {seen:?}, not 1..={n}");
+    }
+    shutdown.request();
+    let runtime = runtime.take().unwrap();
+    runtime.join().expect("runtime thread").expect("the runtime's run");
+    drop(outputs);
+    common::delete_topics_starting_with(&[&name]);
 }

@@ -60,6 +60,10 @@ pub enum RuntimeError {
     /// id joined the group, or the producer was fenced. The instance stops.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// The instance made no progress on input it has, and recovering (joining its group again
+    /// with a new consumer and producer) did not help. The instance stops.
+    #[error("stalled: {0}")]
+    Stalled(String),
     /// Something a processor needs is unreachable for now (e.g. a schema registry): the
     /// transaction is aborted and the same input retried after a backoff.
     #[error("unavailable: {0}")]

@@ -32,6 +32,11 @@ pub struct RuntimeMetrics {
     pub transaction_aborts: IntCounter,
     /// Inputs retried because something they need was unreachable (e.g. a schema registry).
     pub input_unavailable: IntCounter,
+    /// Recoveries from Kafka faults, by kind: `rewind` (tasks rebuilt and inputs rewound to the
+    /// last commit), `producer` (the transactional producer re-created), `rejoin` (a fenced
+    /// consumer replaced), `stall` (no progress on input with records to read: the group
+    /// joined again with a new consumer and producer).
+    pub recoveries: IntCounterVec,
     /// Waits for a time-ordered source that is behind which ran out (records went on without it).
     pub input_order_waits_expired: IntCounter,
     /// Changelog records restored, by store.
@@ -120,6 +125,11 @@ impl RuntimeMetrics {
             input_unavailable: counter(
                 "input_unavailable_total",
                 "Inputs retried after a pause because something they need was unreachable",
+            ),
+            recoveries: counter_vec(
+                "recoveries_total",
+                "Recoveries from Kafka faults, by kind (rewind, producer, rejoin, stall)",
+                "kind",
             ),
             input_order_waits_expired: counter(
                 "input_order_waits_expired_total",

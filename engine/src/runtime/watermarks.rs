@@ -48,6 +48,16 @@ pub(crate) fn watermarks<C: ConsumerContext>(
     Ok(found)
 }
 
+/// The ends of `partitions` (the last stable offsets for `read_committed`), from one request;
+/// partitions answered with an error or no offset are left out.
+pub(crate) fn ends<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    partitions: &[Partition],
+    timeout: Duration,
+) -> Result<HashMap<Partition, i64>, RuntimeError> {
+    at_bound(consumer, partitions, Offset::End, timeout)
+}
+
 /// The offsets of `partitions` at `bound` (the start or the end), from one request; partitions
 /// answered with an error or no offset are left out.
 fn at_bound<C: ConsumerContext>(

@@ -84,7 +84,11 @@ impl GlobalReader {
         Ok(Some(Self { tables }))
     }
 
-    /// Applies whatever arrived since the last call, without waiting.
+    /// Applies whatever arrived since the last call, without waiting. A consumer error ends
+    /// that table's turn: librdkafka reports connection losses (`AllBrokersDown` and the like)
+    /// as errors and recovers by itself, so they are no reason to abort the transaction (one
+    /// broker restart queues several, and each would rebuild every task); only a fatal error
+    /// of the table's consumer fails the step.
     pub(super) fn poll(
         &self,
         globals: &mut GlobalTables,
@@ -94,6 +98,10 @@ impl GlobalReader {
             while let Some(result) = consumer.poll(Duration::ZERO) {
                 match result {
                     Ok(message) => apply_global(name, &message, globals, tasks),
+                    Err(error) if consumer.client().fatal_error().is_none() => {
+                        tracing::debug!(table = %name, %error, "global table consumer error");
+                        break;
+                    }
                     Err(error) => {
                         return Err(RuntimeError::Kafka {
                             context: format!("reading global table {name}"),

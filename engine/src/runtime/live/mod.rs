@@ -16,11 +16,13 @@ mod global_reader;
 mod group;
 mod ordered;
 mod progress;
+mod stall;
 mod txn;
 
 use global_reader::GlobalReader;
 use ordered::OrderedInputs;
 use progress::ReadPositions;
+use stall::StallWatch;
 use txn::{create_producer, RebalanceEvent, RebalanceHook, TxnOutput, TxnState};
 
 use std::{
@@ -61,8 +63,13 @@ const GAUGE_REFRESH: Duration = Duration::from_secs(5);
 /// Records taken from the consumer per loop step at most.
 const MAX_BATCH: usize = 1_000;
 
-/// A consumer fenced twice within this long is taken to share its id with another process.
+/// A consumer fenced more than [`MAX_REJOINS`] times within this long is taken to share its id
+/// with another process.
 const REJOIN_WINDOW: Duration = Duration::from_secs(300);
+/// Fenced consumers replaced within [`REJOIN_WINDOW`] at most: each broker restart longer than
+/// the session timeout fences a static member once, while two processes with one id fence
+/// each other every few seconds.
+const MAX_REJOINS: usize = 3;
 
 /// Set to stop a running instance gracefully (finish the transaction, checkpoint), staying a
 /// static member of the group until the session timeout (a restart) or leaving it (a
@@ -227,7 +234,9 @@ impl LiveRuntime {
             global_reader,
             consumer: Arc::new(consumer),
             txn,
-            rejoined: None,
+            rejoins: Vec::new(),
+            stall: StallWatch::new(),
+            stalls: Vec::new(),
         };
         let result = worker.run_loop(shutdown);
         let leave = self.config.leave_group_on_shutdown || shutdown.leave_requested();
@@ -402,8 +411,12 @@ struct Worker<'a> {
     global_reader: GlobalReader,
     consumer: Arc<BaseConsumer<RebalanceHook>>,
     txn: Arc<Mutex<TxnState>>,
-    /// When the consumer was last replaced after a fatal error.
-    rejoined: Option<Instant>,
+    /// When the consumer was replaced after a fatal error, within [`REJOIN_WINDOW`].
+    rejoins: Vec<Instant>,
+    /// The progress on the input partitions.
+    stall: StallWatch,
+    /// When a stall was recovered from, within [`REJOIN_WINDOW`].
+    stalls: Vec<Instant>,
 }
 
 impl Worker<'_> {
@@ -415,7 +428,10 @@ impl Worker<'_> {
         while !shutdown.requested() {
             self.recover_if_fenced()?;
             match self.step(&mut state) {
-                Ok(()) => self.tend_standbys(),
+                Ok(()) => {
+                    self.tend_standbys();
+                    self.recover_if_stalled()?;
+                }
                 Err(error @ (RuntimeError::Kafka { .. } | RuntimeError::NoGroupMetadata)) => {
                     tracing::warn!(%error, "aborting the transaction and rewinding to the last commit");
                     self.txn.lock().expect("txn lock").abort();
@@ -778,7 +794,10 @@ impl Worker<'_> {
             txn.dirty = false;
             txn.positions.clear();
         }
-        self.seed_positions(&partitions, true)
+        self.seed_positions(&partitions, true)?;
+        self.runtime.metrics.recoveries.with_label_values(&["rewind"]).inc();
+        tracing::info!(tasks = self.tasks.len(), "recovered: inputs rewound to the last commit");
+        Ok(())
     }
 
     /// Sets the positions of `partitions` that are not known yet (all of them when `rewind`,
@@ -827,18 +846,69 @@ impl Worker<'_> {
 
     /// Fails once the consumer is fenced for good: a newer member with this instance id joined
     /// the group (librdkafka's only fatal consumer error), so this process must stop working.
-    /// [`Self::check_not_fenced`], recovering once: a static member is also fenced after a
-    /// broker restart longer than the session timeout, with no other process involved. The
-    /// first time (in five minutes), the open transaction is aborted, the tasks closed (their
-    /// stores rebuilt when assigned again) and the group joined with a new consumer; fenced
-    /// again within five minutes, another process does have this id, and the error stands.
+    /// [`Self::check_not_fenced`], recovering up to [`MAX_REJOINS`] times in
+    /// [`REJOIN_WINDOW`]: a static member is also fenced after a broker restart longer than the
+    /// session timeout, with no other process involved (librdkafka rejoins under a new member
+    /// id and its own older one is fenced). Each time, the open transaction is aborted, the
+    /// tasks closed (their stores rebuilt when assigned again) and the group joined with a new
+    /// consumer; fenced more often, another process does have this id, and the error stands.
     fn recover_if_fenced(&mut self) -> Result<(), RuntimeError> {
         let Err(fenced) = self.check_not_fenced() else { return Ok(()) };
-        if self.rejoined.is_some_and(|at| at.elapsed() < REJOIN_WINDOW) {
-            return Err(fenced);
+        self.rejoins.retain(|at| at.elapsed() < REJOIN_WINDOW);
+        if self.rejoins.len() >= MAX_REJOINS {
+            let RuntimeError::Fenced(reason) = fenced else { return Err(fenced) };
+            return Err(RuntimeError::Fenced(format!(
+                "{reason}; fenced {} times within {} s",
+                MAX_REJOINS + 1,
+                REJOIN_WINDOW.as_secs()
+            )));
         }
-        tracing::warn!(error = %fenced, "the consumer failed for good: joining the group again with a new one");
-        self.rejoined = Some(Instant::now());
+        self.rejoins.push(Instant::now());
+        self.runtime.metrics.recoveries.with_label_values(&["rejoin"]).inc();
+        tracing::warn!(
+            error = %fenced,
+            rejoins = self.rejoins.len(),
+            "the consumer failed for good: joining the group again with a new one"
+        );
+        self.rejoin()
+    }
+
+    /// Checks the progress on the input partitions ([`stall`]); when one with records to read
+    /// has not moved for [`stall::STALL_AFTER`], joins the group again with a new consumer and
+    /// a new producer (whose `init_transactions` also ends any transaction this instance left
+    /// open), up to [`MAX_REJOINS`] times in [`REJOIN_WINDOW`]; stalled more often, fails.
+    fn recover_if_stalled(&mut self) -> Result<(), RuntimeError> {
+        let stalled = {
+            let txn = self.txn.lock().expect("txn lock");
+            self.stall.check(&self.consumer, &txn.positions)
+        };
+        if stalled.is_empty() {
+            return Ok(());
+        }
+        let partitions = stalled.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        self.stalls.retain(|at| at.elapsed() < REJOIN_WINDOW);
+        if self.stalls.len() >= MAX_REJOINS {
+            return Err(RuntimeError::Stalled(format!(
+                "no progress on input partitions with records to read ({partitions}), after \
+                 joining the group again {MAX_REJOINS} times within {} s",
+                REJOIN_WINDOW.as_secs()
+            )));
+        }
+        self.stalls.push(Instant::now());
+        self.runtime.metrics.recoveries.with_label_values(&["stall"]).inc();
+        tracing::warn!(
+            %partitions,
+            "no progress on input partitions with records to read: joining the group again \
+             with a new consumer and producer"
+        );
+        self.rejoin()?;
+        self.txn.lock().expect("txn lock").producer_broken = true;
+        Ok(())
+    }
+
+    /// Aborts the open transaction, closes every task (their stores are rebuilt when assigned
+    /// again) and joins the group with a new consumer.
+    fn rejoin(&mut self) -> Result<(), RuntimeError> {
         self.txn.lock().expect("txn lock").abort();
         for task in std::mem::take(&mut self.tasks).into_values() {
             self.close_task(task, false);
@@ -850,6 +920,7 @@ impl Worker<'_> {
             txn.events.clear();
             txn.dirty = false;
         }
+        self.stall.reset();
         self.consumer = Arc::new(self.runtime.join_group(&self.txn)?);
         Ok(())
     }

@@ -38,13 +38,16 @@ impl ReadPositions {
         partition: i32,
     ) -> bool {
         let Some(end) = cached_end(consumer, topic, partition) else { return false };
-        let consumed = self
-            .positions
+        let processed = processed.get(topic).and_then(|p| p.get(&partition)).copied();
+        self.consumed(topic, partition).max(processed.unwrap_or(-1)) >= end
+    }
+
+    /// The consumer's position in `partition` of `topic` (-1 when unknown).
+    pub(super) fn consumed(&self, topic: &str, partition: i32) -> i64 {
+        self.positions
             .find_partition(topic, partition)
             .and_then(|element| element.offset().to_raw())
-            .unwrap_or(-1);
-        let processed = processed.get(topic).and_then(|p| p.get(&partition)).copied();
-        consumed.max(processed.unwrap_or(-1)) >= end
+            .unwrap_or(-1)
     }
 }
 

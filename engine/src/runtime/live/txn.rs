@@ -237,6 +237,8 @@ impl TxnState {
                 Arc::clone(&self.delivered),
             )?;
             self.producer_broken = false;
+            self.metrics.recoveries.with_label_values(&["producer"]).inc();
+            tracing::info!("recovered: the transactional producer re-created");
         }
         Ok(())
     }
