@@ -843,13 +843,20 @@ fn run(plan: Plan) {
     for (name, yaml) in &campaigns {
         let file = path(&format!("{name}.yaml"));
         std::fs::write(&file, yaml).unwrap();
-        let out = Command::new(herald)
-            .args(["campaign", "apply", "--topic", &topic("campaigns")])
-            .arg(&file)
-            .env("HERALD_BROKERS", &brokers)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "campaign apply: {}", String::from_utf8_lossy(&out.stderr));
+        // The topics were just created: their leaders may not be known yet for a few seconds
+        // (NotLeaderForPartition).
+        let mut stderr = String::new();
+        let applied = poll_until(Duration::from_secs(30), || {
+            let out = Command::new(herald)
+                .args(["campaign", "apply", "--topic", &topic("campaigns")])
+                .arg(&file)
+                .env("HERALD_BROKERS", &brokers)
+                .output()
+                .unwrap();
+            stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            out.status.success()
+        });
+        assert!(applied, "campaign apply: {stderr}");
     }
 
     // The simulator with the population (it publishes their profiles), FCM tokens renewed
