@@ -30,7 +30,9 @@ fn campaign(at_ms: i64) -> String {
 
 fn apply(dir: &Path, campaigns: &str, name: &str, yaml: &str) {
     let out = try_apply(dir, campaigns, name, yaml);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
 }
 
 /// `herald campaign apply` of `yaml` (written to `dir/name`) to the topic `campaigns`.

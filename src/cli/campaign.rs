@@ -178,11 +178,19 @@ fn shards_kept(
     topic: &str,
     campaigns: &[CampaignEnvelope],
 ) -> anyhow::Result<bool> {
-    let table = match super::segment::read_table(kafka, topic) {
-        Ok(table) => table,
-        // A deployment's first apply: no campaign is live yet.
-        Err(error) if error.to_string().ends_with("not found") => Default::default(),
-        Err(error) => return Err(error),
+    // A topic just created may not answer at once: read again a few times before giving up.
+    let mut attempt = 0;
+    let table = loop {
+        attempt += 1;
+        match super::segment::read_table(kafka, topic) {
+            Ok(table) => break table,
+            // A deployment's first apply: no campaign is live yet.
+            Err(error) if error.to_string().ends_with("not found") => break Default::default(),
+            Err(error) if attempt >= 5 => {
+                return Err(error.context(format!("reading the live campaigns of {topic}")))
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_secs(1)),
+        }
     };
     let registry = SchemaRegistry::builtin();
     let mut kept = true;
