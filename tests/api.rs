@@ -723,12 +723,14 @@ fn estimated_reach_of_a_segment_and_a_campaign_comes_from_the_running_engine_as_
     );
     let segment = "id: ca\nname: Californians\nwho: { property: state, equals: CA }\n";
     assert_eq!(api.admin("PUT", "/api/v1/segments/ca", Some(segment)).status, 201);
-    assert_eq!(api.read("/api/v1/segments/nowhere/estimate").status, 404);
+    assert_eq!(api.admin("GET", "/api/v1/segments/nowhere/estimate", None).status, 404);
+    // Estimates scan every user of the engine: admin only.
+    assert_eq!(api.read("/api/v1/segments/ca/estimate").status, 403);
 
     // Once the engine has read every profile: the segment's users, by platform.
     let mut estimate = Value::Null;
     let settled = poll_until(Duration::from_secs(120), || {
-        estimate = api.read("/api/v1/segments/ca/estimate?timeout_s=20").body;
+        estimate = api.admin("GET", "/api/v1/segments/ca/estimate?timeout_s=20", None).body;
         estimate["complete"] == true && estimate["counts"]["scanned"] == 3
     });
     assert!(settled, "no estimate: {estimate}\n{}", common::tail(&engine_log, 30));
@@ -746,7 +748,7 @@ fn estimated_reach_of_a_segment_and_a_campaign_comes_from_the_running_engine_as_
     let answer = api.request(
         "POST",
         "/api/v1/campaigns/estimate?timeout_s=20",
-        Some(READ_TOKEN),
+        Some(ADMIN_TOKEN),
         Some(definition),
     );
     assert_eq!(answer.status, 200, "{}", answer.body);
@@ -767,10 +769,15 @@ fn estimated_reach_of_a_segment_and_a_campaign_comes_from_the_running_engine_as_
     assert_eq!(api.read("/api/v1/campaigns/reach").status, 404, "an estimate applies nothing");
 
     let invalid =
-        api.request("POST", "/api/v1/campaigns/estimate", Some(READ_TOKEN), Some("id: x"));
+        api.request("POST", "/api/v1/campaigns/estimate", Some(ADMIN_TOKEN), Some("id: x"));
     assert_eq!(invalid.status, 422, "{}", invalid.body);
     assert_eq!(
         api.request("POST", "/api/v1/campaigns/estimate", None, Some(definition)).status,
         401
+    );
+    assert_eq!(
+        api.request("POST", "/api/v1/campaigns/estimate", Some(READ_TOKEN), Some(definition))
+            .status,
+        403
     );
 }

@@ -125,7 +125,7 @@ fn routes() -> Vec<Route> {
     vec![
         route(Read, Method::GET, "/api/v1/campaigns", handlers::list_campaigns),
         route(Admin, Method::POST, "/api/v1/campaigns", handlers::create_campaign),
-        route(Read, Method::POST, "/api/v1/campaigns/estimate", estimate::estimate_campaign),
+        route(Admin, Method::POST, "/api/v1/campaigns/estimate", estimate::estimate_campaign),
         route(Read, Method::GET, "/api/v1/campaigns/{id}", handlers::get_campaign),
         route(Admin, Method::PUT, "/api/v1/campaigns/{id}", handlers::update_campaign),
         route(Admin, Method::POST, "/api/v1/campaigns/{id}/pause", handlers::pause_campaign),
@@ -140,7 +140,7 @@ fn routes() -> Vec<Route> {
         route(Read, Method::GET, "/api/v1/segments/{id}", segments::get_segment),
         route(Admin, Method::PUT, "/api/v1/segments/{id}", segments::put_segment),
         route(Admin, Method::DELETE, "/api/v1/segments/{id}", segments::delete_segment),
-        route(Read, Method::GET, "/api/v1/segments/{id}/estimate", estimate::estimate_segment),
+        route(Admin, Method::GET, "/api/v1/segments/{id}/estimate", estimate::estimate_segment),
         route(Read, Method::GET, "/api/v1/dead-letters", handlers::dead_letters),
         route(Read, Method::GET, "/api/v1/settings", handlers::get_settings),
         route(Admin, Method::PUT, "/api/v1/settings", handlers::put_settings),
@@ -209,13 +209,17 @@ mod tests {
     }
 
     #[test]
-    fn every_admin_route_writes_and_every_write_needs_an_admin_token() {
-        // Estimating a definition posts it, and changes nothing.
-        let questions = [(Method::POST, "/api/v1/campaigns/estimate")];
+    fn every_admin_route_writes_or_scans_every_user_and_every_write_needs_an_admin_token() {
+        // Estimates change nothing, but scan every user of the engine: admin only too.
+        let estimates = [
+            (Method::POST, "/api/v1/campaigns/estimate"),
+            (Method::GET, "/api/v1/segments/{id}/estimate"),
+        ];
         for route in routes() {
-            let question = questions.contains(&(route.method.clone(), route.path));
-            let writes = route.method != Method::GET && !question;
-            assert_eq!(route.access == Access::Admin, writes, "{} {}", route.method, route.path);
+            let estimate = estimates.contains(&(route.method.clone(), route.path));
+            let writes = route.method != Method::GET && !estimate;
+            let admin = writes || estimate;
+            assert_eq!(route.access == Access::Admin, admin, "{} {}", route.method, route.path);
         }
     }
 }

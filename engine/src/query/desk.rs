@@ -3,10 +3,11 @@
 
 use std::{
     collections::{HashSet, VecDeque},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use super::{QueryReply, QueryRequest, QueryStatus, QUERIES_TABLE};
+use super::{turns::QueryTurns, QueryReply, QueryRequest, QueryStatus, QUERIES_TABLE};
 use crate::{
     model::SchemaRegistry,
     runtime::{Clock, ProcessError, ProcessorContext, Tick},
@@ -16,6 +17,7 @@ use crate::{
 const PROGRESS_EVERY_MS: i64 = 1_000;
 /// How long a live task works on queries before it goes back to its records: a step reads
 /// stores only, so the transaction's work budget (which counts writes) would not stop a scan.
+/// One task of an instance gets a slice per loop pass ([`QueryTurns`]).
 const SLICE: Duration = Duration::from_millis(50);
 
 /// What one step of work on a query came to.
@@ -55,29 +57,56 @@ pub struct QueryDesk<W> {
     taken: HashSet<String>,
     /// When the current slice of work began (live tasks).
     slice: Option<Instant>,
+    /// The instance's turns at query work, shared by its tasks.
+    turns: Arc<QueryTurns>,
 }
 
-impl<W> Default for QueryDesk<W> {
-    fn default() -> Self {
+impl<W> QueryDesk<W> {
+    /// A desk taking its slices of live work in `turns`, shared by all the instance's tasks.
+    pub fn new(turns: Arc<QueryTurns>) -> Self {
         Self {
             stale: true,
             queue: VecDeque::new(),
             current: None,
             taken: HashSet::new(),
             slice: None,
+            turns,
         }
     }
-}
 
-impl<W> QueryDesk<W> {
     /// Marks the queue stale (call from `on_global_change` for [`QUERIES_TABLE`]).
     pub fn invalidate(&mut self) {
         self.stale = true;
     }
 
     /// The open request to work on next, if any (give it back with [`Self::settle`]). Requests
-    /// past their deadline, deleted from the table, or keyed to another task are dropped.
+    /// past their deadline, deleted from the table, or keyed to another task are dropped. A live
+    /// task gets one only in its instance's turn (else `None`: it asks again next pass).
     pub fn take(&mut self, ctx: &ProcessorContext<'_>) -> Option<Open<W>> {
+        let open = self.next_open(ctx);
+        let task = ctx.task();
+        let Some(open) = open else {
+            self.slice = None;
+            self.turns.leaves(task);
+            return None;
+        };
+        if ctx.clock() == Clock::EventTime {
+            return Some(open);
+        }
+        if self.slice.is_some_and(|started| started.elapsed() >= SLICE) {
+            self.slice = None;
+        }
+        if self.slice.is_none() {
+            if !self.turns.ask(task, ctx.now_ms()) {
+                self.current = Some(open);
+                return None;
+            }
+            self.slice = Some(Instant::now());
+        }
+        Some(open)
+    }
+
+    fn next_open(&mut self, ctx: &ProcessorContext<'_>) -> Option<Open<W>> {
         if self.stale {
             self.refresh(ctx);
         }
@@ -126,6 +155,7 @@ impl<W> QueryDesk<W> {
         reply(ctx, replies, &open, status, body, error)?;
         if self.queue.is_empty() {
             self.slice = None;
+            self.turns.leaves(ctx.task());
             return Ok(Tick::Idle);
         }
         Ok(self.go_on(ctx.clock()))
@@ -136,8 +166,7 @@ impl<W> QueryDesk<W> {
         if clock == Clock::EventTime {
             return Tick::More;
         }
-        let started = *self.slice.get_or_insert_with(Instant::now);
-        if started.elapsed() < SLICE {
+        if self.slice.is_some_and(|started| started.elapsed() < SLICE) {
             return Tick::More;
         }
         self.slice = None;

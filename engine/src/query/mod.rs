@@ -9,8 +9,9 @@
 //!   names a `kind`, carries a JSON `body` of that kind's shape, and a wall-clock `deadline_ms`.
 //! - Every task of the sub-topology that serves queries (today the user stage) picks it up in
 //!   its [`Processor::on_tick`](crate::runtime::Processor::on_tick), works in bounded steps,
-//!   at most 50 ms at a time between its normal records (a [`QueryDesk`] keeps the queue, the
-//!   work state and the time slice), and writes
+//!   at most 50 ms at a time between its normal records, one task of an instance per loop
+//!   pass, round-robin ([`QueryTurns`]; a [`QueryDesk`] keeps the queue, the work state and
+//!   the time slice), and writes
 //!   [`QueryReply`]s to `herald.query-replies`, keyed by the request id, in its transactions:
 //!   `PROGRESS` about once a second while it works (`scanned` so far), then one `DONE` (with
 //!   the answer as JSON `body`) or `REFUSED` (with an `error`), naming its `partition`.
@@ -39,11 +40,13 @@ mod client;
 mod desk;
 pub mod estimate;
 pub mod profile;
+mod turns;
 
 use serde::{Deserialize, Serialize};
 
 pub use client::{Answers, Progress, QueryClient, QueryError};
 pub use desk::{QueryDesk, Step};
+pub use turns::QueryTurns;
 
 use crate::model::{check_timestamp, Checked, InvalidField, Record};
 

@@ -34,7 +34,7 @@ use crate::{
         Properties, PropertyValue, Receipt, ReceiptStatus, Record, SchemaRegistry, SendCommand,
         Skip, TRIGGERED_RUN,
     },
-    query::{QueryDesk, QUERIES_TABLE},
+    query::{QueryDesk, QueryTurns, QUERIES_TABLE},
     runtime::{
         ProcessError, Processor, ProcessorContext, SourceRecord, Tick, Timer, TopologyBuilder,
     },
@@ -58,9 +58,13 @@ pub fn add_user_stage(
     ingest: IngestDecoder,
 ) -> TopologyBuilder {
     let names = Arc::clone(topics);
+    let turns = QueryTurns::shared();
     builder.optional_global_table(QUERIES_TABLE, &topics.queries).sub_topology(
         "user",
-        move |_| UserStage::new(Arc::clone(&names), Arc::clone(&settings), ingest.clone()),
+        move |_| {
+            let turns = Arc::clone(&turns);
+            UserStage::new(Arc::clone(&names), Arc::clone(&settings), ingest.clone(), turns)
+        },
         |s| {
             // Profiles and events in time order across the two topics (a user's profile before
             // the user's later events, whatever was fetched first), a profile first on a tie.
@@ -153,8 +157,14 @@ pub struct UserStage {
 }
 
 impl UserStage {
-    /// A processor using `settings` and reading events and profiles with `decoder`.
-    pub fn new(topics: Arc<TopicNames>, settings: Arc<Settings>, decoder: IngestDecoder) -> Self {
+    /// A processor using `settings` and reading events and profiles with `decoder`, taking its
+    /// turns at query work in `turns` (one for all the tasks of an instance).
+    pub fn new(
+        topics: Arc<TopicNames>,
+        settings: Arc<Settings>,
+        decoder: IngestDecoder,
+        turns: Arc<QueryTurns>,
+    ) -> Self {
         Self {
             topics,
             settings,
@@ -163,7 +173,7 @@ impl UserStage {
             segments: segments::SegmentCache::default(),
             held: held::HeldPass::due(),
             dedup: dedup::Sweep::default(),
-            queries: QueryDesk::default(),
+            queries: QueryDesk::new(turns),
         }
     }
 
