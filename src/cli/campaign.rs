@@ -270,13 +270,11 @@ fn estimate(kafka: &KafkaConfig, args: &EstimateCampaignArgs) -> anyhow::Result<
             return Ok(ExitCode::from(2));
         }
     };
-    // Users sent to so far count against the total limit (none for a campaign never applied,
-    // or when the stats topic cannot be read).
+    // Sends so far count against the total limit (none for a campaign never applied, or when
+    // the stats topic cannot be read).
     let stats = latest::<CampaignStats>(kafka, &args.estimate.topics().stats, &campaign.id);
-    let sent_so_far = stats
-        .ok()
-        .flatten()
-        .map_or(0, |s| s.variants.iter().map(|v| v.sent.max(0) as u64).sum::<u64>());
+    let sent_so_far =
+        stats.ok().flatten().map_or(0, |s| herald_engine::query::estimate::sent_so_far(&s));
     let question = Question::Campaign {
         id: campaign.id.clone(),
         definition: envelope.definition.unwrap_or_default(),

@@ -81,10 +81,7 @@ pub async fn estimate_campaign(
     let text = body_text(&state, body)?;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let (campaign, envelope) = admin::define(&text, "request body", Some(caller.name), now_ms)?;
-    let sent_so_far = state
-        .stats()
-        .get(&campaign.id)
-        .map_or(0, |s| s.variants.iter().map(|v| v.sent.max(0) as u64).sum());
+    let sent_so_far = state.stats().get(&campaign.id).map_or(0, |s| estimate::sent_so_far(&s));
     let question = Question::Campaign {
         id: campaign.id.clone(),
         definition: envelope.definition.unwrap_or_default(),

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::QueryRequest;
 use crate::{
     campaign::{Assignment, Campaign},
-    model::{CodecError, SchemaRegistry},
+    model::{CampaignStats, CodecError, SchemaRegistry},
     runtime::replay::ReplayRecord,
     stage_campaign::ab,
 };
@@ -93,7 +93,9 @@ pub struct Limited {
     pub safety_tripped: bool,
     /// Left by `limits.per_run` (the run's reach, which an A/B test takes its population from).
     pub per_run: u64,
-    /// Places left in `limits.total`, when it has one (total minus users sent to so far).
+    /// Places left in `limits.total`, when it has one: total minus [`sent_so_far`]. Approximate:
+    /// the stats count send commands (one per device), so a user with several devices takes
+    /// several here and this is a lower bound of the places really left.
     pub total_left: Option<u64>,
     /// Users the run would send to: the least of the above.
     pub sent: u64,
@@ -101,9 +103,16 @@ pub struct Limited {
     pub test_population: Option<u64>,
 }
 
+/// What counts against `limits.total` so far, from a campaign's latest stats: the send
+/// commands of every variant. The stats have no per-user count of sends, so a user with several
+/// devices counts once per device (an over-count: [`Limited::total_left`] is a lower bound).
+pub fn sent_so_far(stats: &CampaignStats) -> u64 {
+    stats.variants.iter().map(|v| u64::try_from(v.sent).unwrap_or(0)).sum()
+}
+
 impl Limited {
-    /// What `campaign`'s limits leave of `counts`, `sent_so_far` users having been sent to
-    /// over its life.
+    /// What `campaign`'s limits leave of `counts`, `sent_so_far` (see [`sent_so_far`]) having
+    /// been sent over its life.
     pub fn of(campaign: &Campaign, counts: &Counts, sent_so_far: u64) -> Self {
         let candidates = counts.candidates + counts.waiting;
         let safety_tripped = campaign.limits.safety.is_some_and(|limit| counts.matched > limit);
