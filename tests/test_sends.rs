@@ -257,8 +257,10 @@ fn previews_show_both_platforms_and_test_sends_reach_test_users_only_outside_sta
     assert_eq!(refused["errors"][0]["field"], "users[0]");
     assert!(refused["error"].as_str().unwrap().contains("user-1 is not a test user"), "{refused}");
 
-    // The test send: accepted on both devices, each with its own message id.
-    let (status, sent) = api("POST", "/campaigns/sale/test", Some(json!({"users": ["user-0"]})));
+    // The test send (the user named twice, sent to once): accepted on both devices, each with
+    // its own message id.
+    let users = json!({"users": ["user-0", "user-0"]});
+    let (status, sent) = api("POST", "/campaigns/sale/test", Some(users));
     assert_eq!(status, 200, "{sent}\n{}", logs());
     let results = sent["results"].as_array().unwrap();
     let mut devices: Vec<(&str, &str)> = results

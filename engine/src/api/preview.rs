@@ -3,7 +3,7 @@
 //! the real senders and answers each device's outcome. The user's profile comes from the
 //! running engine's stores over the query channel (`crate::query::profile`).
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use axum::{
     body::Bytes,
@@ -136,7 +136,12 @@ pub async fn test_send_campaign(
     let campaign = campaign(&state, &id)?;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let (mut commands, mut refused, mut problems) = (Vec::new(), Vec::new(), Vec::new());
+    let mut seen = HashSet::new();
     for (i, user) in request.users.iter().enumerate() {
+        // A user named twice gets one test send.
+        if !seen.insert(user.as_str()) {
+            continue;
+        }
         let profile = lookup(&state, user).await?;
         let variant = request.variant.as_deref();
         match test_send::commands(&campaign, variant, user, profile.as_ref(), now_ms) {
@@ -159,12 +164,28 @@ pub async fn test_send_campaign(
     }
     let (kafka, topics) = (state.config().kafka.clone(), state.config().topics.clone());
     let timeout = Duration::from_millis(timeout_ms);
-    let mut results = tokio::task::spawn_blocking(move || {
+    // Should sending fail midway, the audit record still names every message that may have left.
+    let attempted: std::collections::BTreeMap<String, String> = commands
+        .iter()
+        .map(|c| {
+            let what = format!("{} {} {} unknown", c.user_id, c.variant_id, c.device_id);
+            (c.message_id.clone(), what)
+        })
+        .collect();
+    let sent = tokio::task::spawn_blocking(move || {
         test_send::send_and_wait(&kafka, &topics, &commands, timeout)
     })
     .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    .map_err(|e| e.to_string())
+    .and_then(|sent| sent.map_err(|e| e.to_string()));
+    let mut results = match sent {
+        Ok(results) => results,
+        Err(error) => {
+            let mut response = ApiError::Internal(error).into_response();
+            response.extensions_mut().insert(AuditDetails(attempted));
+            return Ok(response);
+        }
+    };
     results.extend(refused);
     let pending = results.iter().filter(|r| r.status == DeviceStatus::Pending).count();
     // Every message sent, on the audit record of the request.
