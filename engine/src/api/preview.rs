@@ -9,12 +9,18 @@ use axum::{
     body::Bytes,
     extract::{rejection::BytesRejection, Path, Query, State},
     response::{IntoResponse, Response},
-    Json,
+    Extension, Json,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{audit::AuditDetails, error::ApiError, handlers::body_text, ApiState};
+use super::{
+    audit::AuditDetails,
+    auth::{Caller, Role},
+    error::ApiError,
+    handlers::body_text,
+    ApiState,
+};
 use crate::{
     campaign::{
         admin,
@@ -96,16 +102,23 @@ async fn lookup(state: &ApiState, user: &str) -> Result<Option<Profile>, ApiErro
     security(("bearer" = [])))]
 pub async fn preview_campaign(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(params): Query<PreviewParams>,
 ) -> Result<Json<Preview>, ApiError> {
     let campaign = campaign(&state, &id)?;
-    let Some(profile) = lookup(&state, &params.user).await? else {
+    let Some(mut profile) = lookup(&state, &params.user).await? else {
         return Err(ApiError::NotFound(format!(
             "user {} has no profile in the engine",
             params.user
         )));
     };
+    if caller.role < Role::Admin {
+        // Device tokens are for admins only; the same length keeps the byte sizes exact.
+        for device in &mut profile.devices {
+            device.token = "*".repeat(device.token.len());
+        }
+    }
     let now_ms = chrono::Utc::now().timestamp_millis();
     Ok(Json(preview(&campaign, &params.user, &profile.properties, &profile.devices, now_ms)))
 }
