@@ -23,6 +23,7 @@ use rdkafka::{
 use serde_json::{json, Value};
 
 const ADMIN_TOKEN: &str = "admin-test-sends-0123456789";
+const READ_TOKEN: &str = "read-test-sends-0123456789";
 
 /// Deletes the test's topics on drop.
 struct Topics(String);
@@ -35,10 +36,21 @@ impl Drop for Topics {
 
 /// The API's answer: status and JSON body.
 fn call(agent: &ureq::Agent, method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    call_as(agent, ADMIN_TOKEN, method, url, body)
+}
+
+/// The API's answer to a caller with `token`.
+fn call_as(
+    agent: &ureq::Agent,
+    token: &str,
+    method: &str,
+    url: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let request = ureq::http::Request::builder()
         .method(method)
         .uri(url)
-        .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("Authorization", format!("Bearer {token}"))
         .body(body.map(|b| b.to_string()).unwrap_or_default())
         .unwrap();
     match agent.run(request) {
@@ -137,7 +149,8 @@ fn previews_show_both_platforms_and_test_sends_reach_test_users_only_outside_sta
         &path("sender.log"),
     );
     let tokens = path("tokens");
-    std::fs::write(&tokens, format!("admin ops {ADMIN_TOKEN}\n")).unwrap();
+    std::fs::write(&tokens, format!("admin ops {ADMIN_TOKEN}\nread viewer {READ_TOKEN}\n"))
+        .unwrap();
     let api_listen = format!("127.0.0.1:{}", free_port());
     let _api = common::spawn_herald(
         &["api", "--listen", &api_listen, "--tokens", tokens.to_str().unwrap(), "--topic-prefix"]
@@ -235,6 +248,13 @@ fn previews_show_both_platforms_and_test_sends_reach_test_users_only_outside_sta
     assert_eq!(request("device-0")["headers"]["apns-push-type"], "alert");
     assert_eq!(request("device-0-android")["platform"], "ANDROID");
     assert_eq!(body("device-0-android")["message"]["token"], "tok-user-0-android");
+    // A read token sees the same preview with every device token masked.
+    let url = format!("http://{api_listen}/api/v1/campaigns/sale/preview?user=user-0");
+    let (status, masked) = call_as(&agent, READ_TOKEN, "GET", &url, None);
+    assert_eq!(status, 200, "{masked}");
+    let text = masked.to_string();
+    assert!(!text.contains("tok-user-0"), "{masked}");
+    assert!(text.contains(&"*".repeat("tok-user-0-android".len())), "{masked}");
     assert_eq!(body("device-0-android")["message"]["notification"]["title"], "Hi User0");
     for request in requests {
         let bytes = request["payload"].as_str().unwrap().len();
