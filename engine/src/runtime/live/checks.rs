@@ -108,26 +108,31 @@ pub(super) fn missing_internal_topics(
     Ok(missing)
 }
 
-/// Waits until the cluster's metadata shows every topic of `names` with its partitions (a topic
-/// just created takes a moment to appear), for up to [`KAFKA_TIMEOUT`].
+/// Waits until the cluster's metadata shows every topic of `names` with a leader for each of its
+/// partitions (a topic just created takes a moment to appear and elect them), for up to
+/// [`KAFKA_TIMEOUT`].
 pub(super) fn wait_for_topics(probe: &BaseConsumer, names: &[String]) -> Result<(), RuntimeError> {
     let started = std::time::Instant::now();
     loop {
         let metadata = probe
             .fetch_metadata(None, KAFKA_TIMEOUT)
             .map_err(RuntimeError::kafka("reading the cluster's topics"))?;
-        let visible = |name: &String| {
-            metadata
-                .topics()
-                .iter()
-                .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+        // Ready means every partition has a leader: a topic is listed before its partitions'
+        // leaders are elected, and reading its ends then fails with NotLeaderForPartition.
+        let ready = |name: &String| {
+            metadata.topics().iter().any(|t| {
+                t.name() == name
+                    && t.error().is_none()
+                    && !t.partitions().is_empty()
+                    && t.partitions().iter().all(|p| p.error().is_none() && p.leader() >= 0)
+            })
         };
-        if names.iter().all(visible) {
+        if names.iter().all(ready) {
             return Ok(());
         }
         if started.elapsed() >= KAFKA_TIMEOUT {
             return Err(RuntimeError::Topology(format!(
-                "created topics did not appear within {KAFKA_TIMEOUT:?}: {}",
+                "created topics did not get a leader for every partition within {KAFKA_TIMEOUT:?}: {}",
                 names.join(", ")
             )));
         }
