@@ -2,10 +2,15 @@
 //! round trip each (a task with eight stores has eight changelogs, an instance dozens of
 //! tasks); one offsets-by-time request per bound asks for all of them together.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use rdkafka::{
     consumer::{Consumer, ConsumerContext},
+    error::KafkaError,
+    types::RDKafkaErrorCode,
     Offset, TopicPartitionList,
 };
 
@@ -38,14 +43,48 @@ pub(crate) fn watermarks<C: ConsumerContext>(
             (Some(&low), Some(&high)) => (low, high),
             _ => {
                 let (topic, id) = partition;
-                consumer
-                    .fetch_watermarks(topic, *id, timeout)
+                bounds(consumer, topic, *id, timeout)
                     .map_err(RuntimeError::kafka(format!("reading the bounds of {topic}/{id}")))?
             }
         };
         found.insert(partition.clone(), bounds);
     }
     Ok(found)
+}
+
+/// The (low, high) watermarks of one partition, asked again while the broker answers that the
+/// partition has no leader yet, for up to `timeout`. A topic just created is listed with a
+/// leader before that broker has taken the partition on, and a broker restart moves leaders:
+/// both are a moment's wait, not a reason to stop.
+pub(crate) fn bounds<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64), KafkaError> {
+    let started = Instant::now();
+    loop {
+        match consumer.fetch_watermarks(topic, partition, timeout) {
+            Err(error) if leader_moving(&error) && started.elapsed() < timeout => {
+                tracing::debug!(%error, topic, partition, "no leader yet; asking again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// Whether `error` says a partition's leadership is being settled, which a retry outlives.
+fn leader_moving(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::NotCoordinator
+        )
+    )
 }
 
 /// The ends of `partitions` (the last stable offsets for `read_committed`), from one request;

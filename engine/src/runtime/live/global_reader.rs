@@ -10,7 +10,7 @@ use rdkafka::{
 
 use super::{partition_count, ShutdownFlag, KAFKA_TIMEOUT};
 use crate::runtime::{
-    global::GlobalTables, task::Task, RuntimeConfig, RuntimeError, StreamTopology,
+    global::GlobalTables, task::Task, watermarks, RuntimeConfig, RuntimeError, StreamTopology,
 };
 
 /// Reads global tables: in full before processing starts, then as they change; one consumer
@@ -47,9 +47,10 @@ impl GlobalReader {
                 assignment
                     .add_partition_offset(&spec.topic, partition, Offset::Beginning)
                     .map_err(RuntimeError::kafka("assigning global table partitions"))?;
-                let (low, high) = consumer
-                    .fetch_watermarks(&spec.topic, partition, KAFKA_TIMEOUT)
-                    .map_err(RuntimeError::kafka(format!("reading the end of {}", spec.topic)))?;
+                let (low, high) =
+                    watermarks::bounds(&consumer, &spec.topic, partition, KAFKA_TIMEOUT).map_err(
+                        RuntimeError::kafka(format!("reading the end of {}", spec.topic)),
+                    )?;
                 if low < high {
                     ends.insert(partition, high);
                 }

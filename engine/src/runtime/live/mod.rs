@@ -49,7 +49,7 @@ use super::{
     standby::{task_changelogs, Standbys},
     store::{StoreMemory, TaskState},
     task::{Budget, Task, TaskEnv},
-    watermarks::watermarks,
+    watermarks::{bounds, watermarks},
     Clock, RuntimeConfig, RuntimeError, RuntimeMetrics, SourceRecord, StreamTopology, TaskId,
 };
 use crate::{
@@ -822,8 +822,7 @@ impl Worker<'_> {
             let offset = match element.offset() {
                 Offset::Offset(offset) => offset,
                 _ => {
-                    self.consumer
-                        .fetch_watermarks(topic, partition, KAFKA_TIMEOUT)
+                    bounds(self.consumer.as_ref(), topic, partition, KAFKA_TIMEOUT)
                         .map_err(RuntimeError::kafka(format!("reading the start of {topic}")))?
                         .0
                 }
