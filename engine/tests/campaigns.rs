@@ -180,3 +180,92 @@ fn push_options_are_parsed_and_checked() {
     let errors = parse_campaign(&five_actions, "b").unwrap_err().to_string();
     assert!(errors.contains("what.push.actions: has more than 4 actions"), "{errors}");
 }
+
+#[test]
+fn structural_errors_come_from_the_schema_each_with_its_path_and_reason() {
+    let text = r#"
+id: welcome
+app: 42
+name: Welcome
+status: live
+who:
+  any:
+    - { did: Bought, in_last_days: 500, first_before: 2026-01-01T00:00:00Z, first_after: 2025-01-01T00:00:00Z }
+    - { colour: red }
+    - { segment: [] }
+when:
+  schedule: { at: "2026-12-01T09:00:00Z", every: 1d, time: "09:00" }
+  where: [{ property: plan, equals: pro }]
+what:
+  variants:
+    - { title: A, body: a, push: { priority: urgent, badge: -1 } }
+    - { title: B }
+  ab: { test_audience: 100, evaluate_after: 1h }
+  split: [50, 50]
+limits: { total: 0 }
+options:
+  platforms: []
+  throttle: { max: 10 }
+"#;
+    let errors = parse_campaign(text, "structure.yaml").unwrap_err().to_string();
+    let expected = r#"structure.yaml: 15 errors
+  app: expected text, found a number
+  status: unknown status "live"; expected draft, active, paused or stopped
+  who.any[0]: use first_before or first_after, not both
+  who.any[0].in_last_days: 500 days is more than the longest history kept (400)
+  who.any[1]: expected one of all, any, not, property, device, near, did, did_not, segment
+  who.any[2].segment: needs at least one segment id
+  when: where and unless apply to event triggers, not to reminder or schedule
+  when.schedule.time: applies to a calendar schedule (repeat)
+  what: use ab or split, not both
+  what.variants[0].push.badge: expected a whole number, found -1
+  what.variants[0].push.priority: unknown priority "urgent"; expected max, high or default
+  what.variants[1].body: is required
+  limits.total: expected a positive whole number, found 0
+  options.throttle.per: is required
+  options.platforms: expected a non-empty list of ios, android"#;
+    assert_eq!(errors, expected);
+}
+
+#[test]
+fn schema_and_semantic_errors_are_told_once_each_in_one_pass() {
+    // The schema refuses the duration's shape and the unknown field; the Rust checks add what a
+    // schema cannot say (a duration's length, a time zone, a template, an empty window) on the
+    // fields the schema did not refuse, and say nothing twice.
+    let text = r#"
+id: twice
+app: shop
+name: Twice
+when:
+  event: Ping
+  unless: { event: Pong, within: 20 years }
+  end: 2026-12-01T00:00:00Z
+what: { title: "{% if %}", body: b, push: { ttl: 3661d } }
+options:
+  timezone: Europe/Atlantis
+  dnd: { start: "22:00", end: "22:00" }
+  colour: red
+"#;
+    let errors = parse_campaign(text, "twice.yaml").unwrap_err();
+    let lines: Vec<String> =
+        errors.errors.iter().map(|e| format!("{}: {}", e.path, e.reason)).collect();
+    let paths: Vec<&str> = errors.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "when.unless.within",
+            "what.title",
+            "what.push.ttl",
+            "options.colour",
+            "options.dnd.end",
+            "options.timezone"
+        ],
+        "{errors}"
+    );
+    assert!(lines[0].starts_with("when.unless.within: bad duration \"20 years\""), "{errors}");
+    assert!(lines[1].starts_with("what.title: template syntax error"), "{errors}");
+    assert!(lines[2].contains("longer than 3660d (ten years)"), "{errors}");
+    assert!(lines[3].starts_with("options.colour: unknown field; expected one of"), "{errors}");
+    assert_eq!(lines[4], "options.dnd.end: equals start: the window would be empty");
+    assert!(lines[5].starts_with("options.timezone: unknown timezone \"Europe/Atlantis\""));
+}

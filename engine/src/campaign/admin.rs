@@ -57,7 +57,7 @@ pub fn define(
     issued_by: Option<String>,
     now_ms: i64,
 ) -> Result<(Campaign, CampaignEnvelope), ValidationErrors> {
-    let campaign = super::json_schema::check_campaign(text, source)?;
+    let campaign = parse_campaign(text, source)?;
     let document: serde_json::Value =
         serde_norway::from_str(text).map_err(|e| ValidationErrors {
             source: source.to_string(),

@@ -1,91 +1,124 @@
 //! The JSON Schema of campaign files (`schemas/campaign.schema.json`, draft 2020-12): editors
 //! (the YAML language server) complete and check campaign files with it as people type, and
-//! [`check_campaign`] applies it beside the Rust checks of `parse.rs` (which keep what a schema
-//! cannot say: durations' range, time zones, Liquid templates, fields that depend on each other),
-//! every error with its field path.
+//! [`super::parse_campaign`] checks every file's structure with it (types, required and unknown
+//! fields, allowed values, shapes, fields that exclude or need each other) before `parse.rs`
+//! checks what a schema cannot say (durations, time zones, Liquid templates, limits).
+//!
+//! Every error has its field path (`what.variants[0].title`) and a sentence: the schema's own
+//! (`x-messages`, keyword → sentence, beside the keyword it explains) or one made here from the
+//! keyword, the value and the allowed values.
 
-use std::sync::OnceLock;
+use std::{cmp::Ordering, sync::OnceLock};
 
+use jsonschema::{
+    error::{TypeKind, ValidationErrorKind as Kind},
+    paths::LocationSegment,
+    JsonType, ValidationError,
+};
 use serde_json::Value;
+use serde_norway::Value as Node;
 
-use super::{parse_campaign, Campaign, FieldError, ValidationErrors};
+use super::FieldError;
 
 /// The schema's text (`schemas/campaign.schema.json`), for editors and the API to serve.
 pub const CAMPAIGN_SCHEMA: &str = include_str!("../../../schemas/campaign.schema.json");
 
-fn validator() -> &'static jsonschema::Validator {
-    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
-    VALIDATOR.get_or_init(|| {
-        let schema: Value = serde_json::from_str(CAMPAIGN_SCHEMA)
-            .expect("schemas/campaign.schema.json is JSON (checked by the unit tests)");
-        jsonschema::validator_for(&schema)
-            .expect("schemas/campaign.schema.json is a JSON Schema (checked by the unit tests)")
+/// The extension keyword of the schema holding the sentences of failed keywords.
+const MESSAGES: &str = "x-messages";
+
+fn schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        serde_json::from_str(CAMPAIGN_SCHEMA)
+            .expect("schemas/campaign.schema.json is JSON (checked by the unit tests)")
     })
 }
 
-/// Where `document` (a parsed campaign file) breaks the schema, each with its field path in
-/// `parse.rs`'s notation (`what.variants[0].title`).
+/// The schema as written, its fields in their order (`serde_json` sorts them), for the
+/// sentences of `x-messages`, the fields it lists and their order.
+fn written() -> &'static Node {
+    static WRITTEN: OnceLock<Node> = OnceLock::new();
+    WRITTEN.get_or_init(|| {
+        serde_norway::from_str(CAMPAIGN_SCHEMA)
+            .expect("schemas/campaign.schema.json is JSON, so YAML (checked by the unit tests)")
+    })
+}
+
+/// The node of the written schema at a JSON pointer (`/$defs/filter`).
+fn pointer<'n>(root: &'n Node, pointer: &str) -> Option<&'n Node> {
+    pointer.split('/').skip(1).try_fold(root, |node, token| {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        match token.parse::<usize>() {
+            Ok(index) if node.is_sequence() => node.get(index),
+            _ => node.get(token.as_str()),
+        }
+    })
+}
+
+fn compile(schema: &Value) -> jsonschema::Validator {
+    jsonschema::validator_for(schema)
+        .expect("schemas/campaign.schema.json is a JSON Schema (checked by the unit tests)")
+}
+
+/// The validator of whole campaign files.
+fn campaign_validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| compile(schema()))
+}
+
+/// The validator of one `who` filter (the schema's `$defs/filter`), for saved segments.
+fn filter_validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        let mut filter = serde_json::json!({ "$ref": "#/$defs/filter" });
+        for key in ["$schema", "$id", "$defs"] {
+            filter[key] = schema()[key].clone();
+        }
+        compile(&filter)
+    })
+}
+
+/// Where `document` (a parsed campaign file) breaks the schema, in the schema's order.
 pub fn schema_errors(document: &Value) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    for error in validator().iter_errors(document) {
-        explain(&error, &mut errors);
+    for error in campaign_validator().iter_errors(document) {
+        explain(&error, "", &mut errors);
     }
+    sort_by_schema(&mut errors);
     errors
 }
 
-/// Validates a campaign definition with the schema and `parse.rs`; the schema's errors are added
-/// where `parse.rs` reported nothing at or around the same field, so each problem is told once,
-/// in `parse.rs`'s words when it has them.
-pub fn check_campaign(text: &str, source: &str) -> Result<Campaign, ValidationErrors> {
-    let parsed = parse_campaign(text, source);
-    let Ok(document) = serde_norway::from_str::<Value>(text) else {
-        return parsed; // `(document)`: not YAML
-    };
-    let reported: Vec<String> = match &parsed {
-        Ok(_) => Vec::new(),
-        Err(errors) => errors.errors.iter().map(|e| e.path.clone()).collect(),
-    };
-    let extra: Vec<FieldError> = schema_errors(&document)
-        .into_iter()
-        .filter(|error| !reported.iter().any(|path| related(path, &error.path)))
-        .collect();
-    match parsed {
-        Ok(campaign) if extra.is_empty() => Ok(campaign),
-        Ok(_) => Err(ValidationErrors { source: source.to_string(), errors: extra }),
-        Err(mut errors) => {
-            errors.errors.extend(extra);
-            Err(errors)
-        }
+/// Where `filter` (a `who` filter found at `path`) breaks the schema's definition of filters.
+pub(super) fn filter_errors(filter: &Value, path: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for error in filter_validator().iter_errors(filter) {
+        explain(&error, path, &mut errors);
     }
+    sort_by_schema(&mut errors);
+    errors
 }
 
-/// Whether one field path lies inside the other (or they are the same field).
-fn related(a: &str, b: &str) -> bool {
-    let inside = |inner: &str, outer: &str| {
-        outer.is_empty()
-            || inner == outer
-            || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with(['.', '[']))
-    };
-    inside(a, b) || inside(b, a)
+/// Sorts errors as the schema lists the fields (what editors and `docs/campaigns.md` show):
+/// a field before what is inside it, unknown fields first, list items by index. Stable.
+pub(super) fn sort_by_schema(errors: &mut [FieldError]) {
+    errors.sort_by_cached_key(|error| schema_order(&error.path));
 }
 
-/// The dotted field path of a JSON pointer location (`/what/variants/0` → `what.variants[0]`).
-fn field_path(segments: impl Iterator<Item = String>) -> String {
-    let mut path = String::new();
-    for segment in segments {
-        if segment.parse::<usize>().is_ok() {
-            path.push_str(&format!("[{segment}]"));
-        } else {
-            if !path.is_empty() {
-                path.push('.');
-            }
-            path.push_str(&segment);
+/// The dotted field path of an instance location below `prefix` (`/what/variants/0` →
+/// `what.variants[0]`).
+fn field_path(prefix: &str, location: &jsonschema::paths::Location) -> String {
+    let mut path = prefix.to_string();
+    for segment in location.iter() {
+        match segment {
+            LocationSegment::Index(i) => path.push_str(&format!("[{i}]")),
+            LocationSegment::Property(key) => path = join(&path, &key),
         }
     }
     path
 }
 
-fn join(path: &str, key: &str) -> String {
+/// `path.key` (or `key` at the top).
+pub(super) fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {
@@ -93,42 +126,267 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
+/// What a value is, in a sentence (`found a list`).
+pub(super) fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "true/false",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// The schema object holding the keyword that failed (for its `x-messages` and `properties`).
+fn schema_node(error: &ValidationError<'_>) -> Option<&'static Node> {
+    let uri = error.absolute_keyword_location()?;
+    let location = uri.as_str().split_once('#')?.1.replace("%24", "$");
+    let keyword = format!("/{}", error.kind().keyword());
+    pointer(written(), &location[..location.rfind(&keyword)?])
+}
+
+/// The schema's sentence for `keyword` failing at `node`, its placeholders filled in.
+fn custom(node: Option<&Node>, keyword: &str, value: &Value, field: &str) -> Option<String> {
+    let template = node?.get(MESSAGES)?.get(keyword)?.as_str()?;
+    Some(
+        template
+            .replace("{value}", &value.to_string())
+            .replace("{kind}", kind(value))
+            .replace("{field}", &Value::from(field).to_string()),
+    )
+}
+
 /// Turns one schema error into field errors: a missing or unknown field is named in the path;
-/// of the alternatives of a `oneOf`/`anyOf` that none matched, the closest one (fewest errors)
-/// is explained.
-fn explain(error: &jsonschema::ValidationError<'_>, out: &mut Vec<FieldError>) {
-    use jsonschema::error::ValidationErrorKind as Kind;
-    let path = field_path(error.instance_path().iter().map(|segment| segment.to_string()));
+/// of the alternatives of a `oneOf`/`anyOf` that none matched, the one that fits the value best
+/// is explained, or the schema's sentence for the keyword when none fits better than another.
+fn explain(error: &ValidationError<'_>, prefix: &str, out: &mut Vec<FieldError>) {
+    let path = field_path(prefix, error.instance_path());
+    let node = schema_node(error);
+    let value = error.instance();
+    let keyword = error.kind().keyword();
+    let say = |field: &str| custom(node, keyword, value, field);
     match error.kind() {
-        Kind::Required { property } => out.push(FieldError {
-            path: join(&path, property.as_str().unwrap_or_default()),
-            reason: "is required".into(),
-        }),
-        Kind::AdditionalProperties { unexpected } => out.extend(
-            unexpected
-                .iter()
-                .map(|key| FieldError { path: join(&path, key), reason: "unknown field".into() }),
-        ),
-        Kind::OneOfNotValid { context } | Kind::AnyOf { context } => {
-            // A branch refused only for its type here (e.g. `null` of an optional mapping)
-            // explains least.
-            let wrong_type = |branch: &Vec<jsonschema::ValidationError<'_>>| {
-                branch.iter().all(|inner| {
-                    matches!(inner.kind(), Kind::Type { .. })
-                        && inner.instance_path() == error.instance_path()
-                })
-            };
-            let closest = context
-                .iter()
-                .filter(|branch| !branch.is_empty())
-                .min_by_key(|branch| (wrong_type(branch), branch.len()));
-            match closest {
-                Some(closest) => closest.iter().for_each(|inner| explain(inner, out)),
-                None => out.push(FieldError { path, reason: error.to_string() }),
+        Kind::Required { property } => {
+            let field = property.as_str().unwrap_or_default();
+            let reason = say(field).unwrap_or_else(|| "is required".into());
+            out.push(FieldError { path: join(&path, field), reason });
+        }
+        Kind::AdditionalProperties { unexpected } | Kind::UnevaluatedProperties { unexpected } => {
+            for field in unexpected {
+                let reason = say(field).unwrap_or_else(|| unknown_field(node));
+                out.push(FieldError { path: join(&path, field), reason });
             }
         }
-        _ => out.push(FieldError { path, reason: error.to_string() }),
+        Kind::OneOfNotValid { context } | Kind::AnyOf { context } => {
+            match closest_branch(error, context) {
+                Closest::Branch(branch) => {
+                    branch.iter().for_each(|inner| explain(inner, prefix, out))
+                }
+                Closest::Ambiguous(first) => match say("") {
+                    Some(reason) => out.push(FieldError { path, reason }),
+                    None => first.iter().for_each(|inner| explain(inner, prefix, out)),
+                },
+            }
+        }
+        _ => {
+            let reason = say("").unwrap_or_else(|| default_reason(error, &path));
+            out.push(FieldError { path, reason });
+        }
     }
+}
+
+/// `unknown field; expected one of <the fields the schema lists there>`.
+fn unknown_field(node: Option<&Node>) -> String {
+    let fields: Vec<&str> = node
+        .and_then(|node| node.get("properties"))
+        .and_then(Node::as_mapping)
+        .map(|properties| properties.keys().filter_map(Node::as_str).collect())
+        .unwrap_or_default();
+    match fields.as_slice() {
+        [] => "unknown field".into(),
+        fields => format!("unknown field; expected one of {}", fields.join(", ")),
+    }
+}
+
+type Branch = Vec<ValidationError<'static>>;
+
+/// Which alternative of a `oneOf`/`anyOf` explains a value best.
+enum Closest<'e> {
+    /// The one that fits the value best.
+    Branch(&'e Branch),
+    /// None fits better than another (the first of them).
+    Ambiguous(&'e Branch),
+}
+
+/// Branches that refuse the value itself for its type, a missing field or a value not allowed
+/// do not fit it; of those that fit (else of all), the one with the fewest errors at the value
+/// itself, then overall. A branch only refusing `null` explains least.
+fn closest_branch<'e>(error: &ValidationError<'_>, context: &'e [Branch]) -> Closest<'e> {
+    let here = error.instance_path();
+    let at_value = |branch: &'e Branch| branch.iter().filter(move |e| e.instance_path() == here);
+    let misfit = |branch: &'e Branch| {
+        at_value(branch).any(|e| {
+            matches!(
+                e.kind(),
+                Kind::Type { .. }
+                    | Kind::Required { .. }
+                    | Kind::Constant { .. }
+                    | Kind::Enum { .. }
+            )
+        })
+    };
+    let score = |branch: &'e Branch| {
+        let only_null = branch.len() == 1
+            && matches!(branch[0].kind(), Kind::Type { kind: TypeKind::Single(JsonType::Null) });
+        let at_value_count: usize = at_value(branch)
+            .map(|e| match e.kind() {
+                Kind::AdditionalProperties { unexpected }
+                | Kind::UnevaluatedProperties { unexpected } => unexpected.len(),
+                _ => 1,
+            })
+            .sum();
+        (only_null, at_value_count, branch.len())
+    };
+    let branches: Vec<&Branch> = context.iter().filter(|branch| !branch.is_empty()).collect();
+    let fitting: Vec<&Branch> = branches.iter().copied().filter(|b| !misfit(b)).collect();
+    let candidates = if fitting.is_empty() { &branches } else { &fitting };
+    let Some(best) = candidates.iter().copied().min_by_key(|b| score(b)) else {
+        return Closest::Ambiguous(&context[0]);
+    };
+    let ties = candidates.iter().filter(|b| score(b).cmp(&score(best)) == Ordering::Equal).count();
+    if fitting.is_empty() && ties > 1 {
+        Closest::Ambiguous(best)
+    } else {
+        Closest::Branch(best)
+    }
+}
+
+/// A sentence for a failed keyword the schema gives no words for.
+fn default_reason(error: &ValidationError<'_>, path: &str) -> String {
+    let value = error.instance();
+    match error.kind() {
+        Kind::Type { kind: expected } => {
+            let expected: Vec<&str> = match expected {
+                TypeKind::Single(single) => vec![type_name(*single)],
+                TypeKind::Multiple(set) => {
+                    set.iter().filter(|t| *t != JsonType::Null).map(type_name).collect()
+                }
+            };
+            format!("expected {}, found {}", expected.join(" or "), kind(value))
+        }
+        Kind::Enum { options } => {
+            let allowed: Vec<String> = options
+                .as_array()
+                .map(|options| options.iter().map(plain).collect())
+                .unwrap_or_default();
+            let field = path.rsplit(['.', '[']).next().filter(|last| !last.ends_with(']'));
+            format!("unknown {} {value}; expected {}", field.unwrap_or("value"), one_of(&allowed))
+        }
+        Kind::Constant { expected_value } => format!("expected {}", plain(expected_value)),
+        Kind::Minimum { limit } => format!("expected at least {limit}, found {value}"),
+        Kind::Maximum { limit } => format!("expected at most {limit}, found {value}"),
+        Kind::ExclusiveMinimum { limit } => format!("expected more than {limit}, found {value}"),
+        Kind::ExclusiveMaximum { limit } => format!("expected less than {limit}, found {value}"),
+        Kind::MinItems { limit: 1 } => "expected a non-empty list".into(),
+        Kind::MinItems { limit } => format!("expected at least {limit} items"),
+        Kind::MaxItems { limit } => format!("expected at most {limit} items"),
+        Kind::MaxLength { limit } => format!("is longer than {limit} characters"),
+        Kind::UniqueItems => "lists the same item twice".into(),
+        Kind::Not { .. } | Kind::FalseSchema => "is not allowed here".into(),
+        Kind::OneOfMultipleValid { .. } => "matches more than one of its forms".into(),
+        _ => error.to_string(),
+    }
+}
+
+fn type_name(kind: JsonType) -> &'static str {
+    match kind {
+        JsonType::String => "text",
+        JsonType::Integer => "a whole number",
+        JsonType::Number => "a number",
+        JsonType::Boolean => "true or false",
+        JsonType::Array => "a list",
+        JsonType::Object => "a mapping",
+        JsonType::Null => "nothing",
+    }
+}
+
+/// A value as a sentence shows it: text without quotes.
+fn plain(value: &Value) -> String {
+    value.as_str().map_or_else(|| value.to_string(), str::to_string)
+}
+
+/// `a`, `a or b`, `a, b or c`.
+fn one_of(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [only] => only.clone(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+/// The order of a field path in the schema: per segment, a list item's index or a field's
+/// position among the fields the schema lists there (0: a field it does not know).
+fn schema_order(path: &str) -> Vec<usize> {
+    let mut nodes = vec![written()];
+    let mut order = Vec::new();
+    for segment in path_segments(path) {
+        let expanded: Vec<&Node> = nodes.iter().flat_map(|node| expand(node, 0)).collect();
+        match segment.strip_prefix('[').and_then(|index| index.strip_suffix(']')) {
+            Some(index) => {
+                order.push(index.parse().unwrap_or(0));
+                nodes = expanded.iter().filter_map(|node| node.get("items")).collect();
+            }
+            None => {
+                let found = expanded.iter().find_map(|node| {
+                    let properties = node.get("properties")?.as_mapping()?;
+                    let rank = properties.keys().position(|key| key.as_str() == Some(segment))?;
+                    Some((rank + 1, properties.get(segment)?))
+                });
+                order.push(found.map_or(0, |(rank, _)| rank));
+                nodes = found.map(|(_, node)| node).into_iter().collect();
+            }
+        }
+    }
+    order
+}
+
+/// `who.all[0].older_than` → `who`, `all`, `[0]`, `older_than`.
+fn path_segments(path: &str) -> impl Iterator<Item = &str> {
+    path.split('.').filter(|part| !part.is_empty()).flat_map(|part| {
+        let (key, indices) = part.split_at(part.find('[').unwrap_or(part.len()));
+        std::iter::once(key)
+            .filter(|key| !key.is_empty())
+            .chain(indices.split_inclusive(']').filter(|index| !index.is_empty()))
+    })
+}
+
+/// A schema node with the nodes it applies besides its own keywords (`$ref`, `allOf`, `anyOf`,
+/// `oneOf`, `then`, `else`), a few levels deep.
+fn expand(node: &Node, depth: usize) -> Vec<&Node> {
+    let mut nodes = vec![node];
+    if depth > 6 {
+        return nodes;
+    }
+    if let Some(target) = node
+        .get("$ref")
+        .and_then(Node::as_str)
+        .and_then(|reference| reference.strip_prefix('#'))
+        .and_then(|at| pointer(written(), at))
+    {
+        nodes.extend(expand(target, depth + 1));
+    }
+    for key in ["allOf", "anyOf", "oneOf"] {
+        for branch in node.get(key).and_then(Node::as_sequence).into_iter().flatten() {
+            nodes.extend(expand(branch, depth + 1));
+        }
+    }
+    for key in ["then", "else"] {
+        if let Some(branch) = node.get(key) {
+            nodes.extend(expand(branch, depth + 1));
+        }
+    }
+    nodes
 }
 
 #[cfg(test)]
@@ -136,6 +394,7 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
+    use crate::campaign::{parse_campaign, MAX_COUNT, MAX_DAYS, MAX_HISTORY_DAYS, MAX_SHARDS};
 
     fn root() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -169,107 +428,253 @@ mod tests {
     fn the_schema_compiles_and_meets_its_meta_schema() {
         let schema: Value = serde_json::from_str(CAMPAIGN_SCHEMA).unwrap();
         jsonschema::meta::validate(&schema).expect("a valid draft 2020-12 schema");
-        validator();
+        campaign_validator();
+        filter_validator();
     }
 
     #[test]
-    fn documented_campaigns_that_parse_meet_the_schema() {
+    fn the_schema_s_limits_are_the_engine_s() {
+        let defs = &schema()["$defs"];
+        assert_eq!(defs["count"]["maximum"], MAX_COUNT);
+        assert_eq!(defs["days"]["maximum"], MAX_DAYS);
+        assert_eq!(
+            defs["filter"]["oneOf"][5]["properties"]["in_last_days"]["maximum"],
+            MAX_HISTORY_DAYS
+        );
+        assert_eq!(defs["options"]["properties"]["shards"]["maximum"], MAX_SHARDS);
+        let most = crate::campaign::parse::MAX_CHOSEN_VARIANTS;
+        assert_eq!(defs["what"]["oneOf"][1]["properties"]["variants"]["maxItems"], most);
+    }
+
+    #[test]
+    fn every_documented_campaign_meets_the_schema() {
         let campaigns = documented_campaigns();
         assert!(campaigns.len() >= 10, "only {} campaign files and blocks", campaigns.len());
-        let mut checked = 0;
+        let mut valid = 0;
         for (source, text) in campaigns {
-            if parse_campaign(&text, &source).is_err() {
-                continue; // a fragment or a deliberate mistake: not a whole campaign
-            }
             let document: Value = serde_norway::from_str(&text).unwrap();
-            let errors = schema_errors(&document);
-            assert!(errors.is_empty(), "{source}: {errors:?}");
-            check_campaign(&text, &source).expect("valid for both");
-            checked += 1;
+            if document.get("id").is_none() {
+                continue; // a fragment of a campaign
+            }
+            assert_eq!(schema_errors(&document), [], "{source}");
+            parse_campaign(&text, &source).unwrap_or_else(|e| panic!("{e}"));
+            valid += 1;
         }
-        assert!(checked >= 10, "only {checked} valid campaigns");
+        assert!(valid >= 10, "only {valid} whole campaigns");
     }
 
     const VALID: &str = "id: welcome\napp: shop\nname: Welcome\nwhen:\n  event: Signed Up\n\
                          what:\n  title: Hi\n  body: Welcome\n";
 
-    fn errors_of(text: &str) -> Vec<FieldError> {
-        schema_errors(&serde_norway::from_str::<Value>(text).unwrap())
+    fn errors_of(text: &str) -> Vec<String> {
+        let document = serde_norway::from_str::<Value>(text).unwrap();
+        schema_errors(&document).into_iter().map(|e| format!("{}: {}", e.path, e.reason)).collect()
     }
 
     #[test]
-    fn structural_errors_name_their_field() {
-        assert!(errors_of(VALID).is_empty());
-        let missing = VALID.replace("  body: Welcome\n", "");
-        assert_eq!(
-            errors_of(&missing),
-            [FieldError { path: "what.body".into(), reason: "is required".into() }]
-        );
-        let unknown = VALID.replace("name: Welcome", "name: Welcome\ncolour: blue");
-        assert_eq!(
-            errors_of(&unknown),
-            [FieldError { path: "colour".into(), reason: "unknown field".into() }]
-        );
-        let bad_variant = VALID.replace(
-            "what:\n  title: Hi\n  body: Welcome\n",
-            "what:\n  variants:\n    - {title: A, body: a}\n    - {title: B, bod: b}\n",
-        );
-        let paths: Vec<String> = errors_of(&bad_variant).into_iter().map(|e| e.path).collect();
-        assert_eq!(paths, ["what.variants[1].body", "what.variants[1].bod"]);
-        let bad_duration = VALID.replace(
-            "  event: Signed Up\n",
-            "  event: Signed Up\n  unless: {event: Bought, within: soon}\n",
-        );
-        let errors = errors_of(&bad_duration);
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!(errors[0].path, "when.unless.within");
+    fn structural_errors_name_their_field_and_say_what_is_allowed() {
+        assert_eq!(errors_of(VALID), Vec::<String>::new());
+        let cases = [
+            (("  body: Welcome\n", ""), vec!["what.body: is required"]),
+            (
+                ("name: Welcome", "name: Welcome\ncolour: blue"),
+                vec!["colour: unknown field; expected one of id, app, name, status, who, when, \
+                      what, limits, options"],
+            ),
+            (("app: shop", "app: 42"), vec!["app: expected text, found a number"]),
+            (("app: shop", "app: ' '"), vec!["app: must not be empty"]),
+            (
+                ("name: Welcome", "name: Welcome\nstatus: running"),
+                vec!["status: unknown status \"running\"; expected draft, active, paused or stopped"],
+            ),
+            (
+                ("  event: Signed Up\n", "  event: Signed Up\n  unless: {event: Bought, within: soon}\n"),
+                vec!["when.unless.within: bad duration \"soon\"; use a number and a unit (ms, s, m, \
+                      h, d, w), e.g. 10m or 1h30m"],
+            ),
+            (
+                ("  event: Signed Up\n", "  event: Signed Up\n  unless: {event: Bought, within: -5m}\n"),
+                vec!["when.unless.within: must be positive"],
+            ),
+            (
+                ("  event: Signed Up\n", "  reminder: {event: a, date_property: d, offset: 1h}\n  event: x\n"),
+                vec!["when: needs exactly one trigger: event, reminder or schedule"],
+            ),
+            (
+                ("  event: Signed Up\n", "  start: 2026-12-01T00:00:00Z\n"),
+                vec!["when: needs exactly one trigger: event, reminder or schedule"],
+            ),
+            (
+                ("Welcome\n", "Welcome\nwho: {property: age, older_than: 30}\n"),
+                vec!["who.older_than: unknown property operator \"older_than\"; expected one of \
+                      equals, not_equals, in, not_in, between, gt, gte, lt, lte, exists, \
+                      not_exists, contains, starts_with, before, after, within_last_days"],
+            ),
+            (
+                ("Welcome\n", "Welcome\nwho: {colour: red}\n"),
+                vec!["who: expected one of all, any, not, property, device, near, did, did_not, \
+                      segment"],
+            ),
+            (
+                ("Welcome\n", "Welcome\nwho: {device: colour, equals: red}\n"),
+                vec!["who.device: unknown device \"colour\"; expected platform, app_version, \
+                      os_version, make, model or sdk_version"],
+            ),
+            (
+                ("Welcome\n", "Welcome\nwho: {property: age}\n"),
+                vec!["who: needs an operator: one of equals, not_equals, in, not_in, between, gt, \
+                      gte, lt, lte, exists, not_exists, contains, starts_with, before, after, \
+                      within_last_days"],
+            ),
+            (
+                ("Welcome\n", "Welcome\nwho: {did: Bought, in_last_days: 500}\n"),
+                vec!["who.in_last_days: 500 days is more than the longest history kept (400)"],
+            ),
+            (
+                ("Welcome\n", "Welcome\nwho: {near: [{lat: 91, lon: 0, radius_km: 0}]}\n"),
+                vec![
+                    "who.near[0].lat: must be between -90 and 90",
+                    "who.near[0].radius_km: must be positive",
+                ],
+            ),
+            (
+                ("what:", "options: {sample_percent: 150, platforms: [web], shards: 0}\nwhat:"),
+                vec![
+                    "options.sample_percent: expected a percentage above 0 and at most 100, found 150",
+                    "options.platforms[0]: unknown platform \"web\"; expected ios or android",
+                    "options.shards: expected a whole number from 1 to 64, found 0",
+                ],
+            ),
+            (("what:", "options: 5\nwhat:"), vec!["options: expected a mapping, found a number"]),
+            (
+                ("what:", "options: {dnd: {start: 9pm, end: '08:00', action: wait}}\nwhat:"),
+                vec![
+                    "options.dnd.start: bad time of day \"9pm\"; use HH:MM, e.g. 21:00",
+                    "options.dnd.action: unknown action \"wait\"; expected delay or discard",
+                ],
+            ),
+            (
+                ("  body: Welcome\n", "  body: Welcome\n  push: {actions: [{id: a, title: A}, {id: b, title: B}, {id: c, title: C}, {id: d, title: D}, {id: e}]}\n"),
+                vec![
+                    "what.push.actions: has more than 4 actions (the iOS category limit)",
+                    "what.push.actions[4].title: is required",
+                ],
+            ),
+            (("  title: Hi\n  body: Welcome\n", " 5\n"), vec!["what: expected a message (title and body) or variants, found a number"]),
+        ];
+        for ((from, to), expected) in cases {
+            let text = VALID.replacen(from, to, 1);
+            assert_eq!(errors_of(&text), expected, "{text}");
+        }
     }
 
     #[test]
-    fn a_file_with_many_mistakes_reads_as_parse_rs_tells_it() {
-        // The invalid file of engine/tests/campaigns.rs: the schema finds no field that parse.rs
-        // did not already name, so the errors are today's, word for word.
-        let text = r#"
-id: "bad id!"
-app: shop
-status: running
-who:
-  all:
-    - { property: age, older_than: 30 }
-    - { property: age, between: [40, 25] }
-    - { device: colour, equals: red }
-when:
-  event: Added To Cart
-  unless: { event: Charged, within: 10 minutes }
-what:
-  variants:
-    - { title: "Hi {{ profile.name ", body: b }
-    - { title: t, body: b }
-options:
-  sample_percent: 150
-  dnd: { start: "9pm", end: "09:00" }
-  colour: blue
-"#;
-        let parsed = parse_campaign(text, "bad.yaml").unwrap_err();
-        assert_eq!(check_campaign(text, "bad.yaml").unwrap_err(), parsed);
-        assert!(schema_errors(&serde_norway::from_str(text).unwrap()).len() >= 8);
+    fn schedules_are_checked_field_by_field() {
+        let schedule = |fields: &str| {
+            let text =
+                VALID.replace("  event: Signed Up\n", &format!("  schedule: {{{fields}}}\n"));
+            errors_of(&text)
+        };
+        let cases = [
+            ("repeat: weekly, time: '09:00'", vec!["when.schedule.days: is required"]),
+            ("repeat: daily", vec!["when.schedule.time: is required (a local time, e.g. 09:00)"]),
+            (
+                "repeat: daily, time: '09:00', day: 3",
+                vec!["when.schedule.day: does not apply to repeat: daily"],
+            ),
+            (
+                "repeat: monthly, day: 32, time: '09:00'",
+                vec!["when.schedule.day: expected a whole number from 1 to 31, found 32"],
+            ),
+            (
+                "repeat: daily, time: '09:00', at: '2026-12-01T00:00:00Z'",
+                vec!["when.schedule: has at/every and repeat; use one form"],
+            ),
+            (
+                "at: '2026-12-01T00:00:00Z', time: '09:00'",
+                vec!["when.schedule.time: applies to a calendar schedule (repeat)"],
+            ),
+            (
+                "repeat: daily, time: '09:00', until: '11:00'",
+                vec!["when.schedule.until: applies to timezone: user"],
+            ),
+            (
+                "repeat: hourly, hours: 6, timezone: best",
+                vec!["when.schedule.timezone: best applies to daily, weekly and monthly"],
+            ),
+            (
+                "repeat: daily, time: '09:00', catch_up: skip, grace: 1h",
+                vec!["when.schedule.grace: applies to catch_up: once"],
+            ),
+            (
+                "repeat: weekly, days: [mon, mon, someday], time: '09:00'",
+                vec![
+                    "when.schedule.days: lists the same weekday twice",
+                    "when.schedule.days[2]: unknown weekday \"someday\"; use mon..sun",
+                ],
+            ),
+            (
+                "time: '09:00'",
+                vec![
+                    "when.schedule.time: applies to a calendar schedule (repeat)",
+                    "when.schedule.at: is required",
+                ],
+            ),
+        ];
+        for (fields, expected) in cases {
+            let mut expected: Vec<String> = expected.into_iter().map(String::from).collect();
+            let mut found = schedule(fields);
+            expected.sort();
+            found.sort();
+            assert_eq!(found, expected, "{fields}");
+        }
     }
 
     #[test]
-    fn parse_rs_words_win_and_the_schema_adds_what_it_missed() {
-        let both = VALID.replace("  body: Welcome\n", "").replace("app: shop\n", "");
-        let errors = check_campaign(&both, "both.yaml").unwrap_err().errors;
+    fn errors_are_in_the_schema_s_order_unknown_fields_first() {
+        let mut errors: Vec<FieldError> = [
+            "options.timezone",
+            "options.colour",
+            "what.variants[0].title",
+            "what.variants",
+            "id",
+            "who.all[1].between",
+            "who.all[0].older_than",
+            "options.dnd.start",
+        ]
+        .into_iter()
+        .map(|path| FieldError { path: path.into(), reason: String::new() })
+        .collect();
+        sort_by_schema(&mut errors);
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths.iter().filter(|p| **p == "what.body").count(), 1, "{errors:?}");
-        assert_eq!(paths.iter().filter(|p| **p == "app").count(), 1, "{errors:?}");
-        // parse.rs takes an action that is not text for the default (delay); the schema does not.
-        let action = VALID
-            .replace("what:", "options:\n  dnd: {start: '22:00', end: '08:00', action: 5}\nwhat:");
-        parse_campaign(&action, "action.yaml").expect("parse.rs alone accepts it");
-        let errors = check_campaign(&action, "action.yaml").unwrap_err().errors;
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!(errors[0].path, "options.dnd.action");
-        assert!(related("who.all[0]", "who") && related("who", "who.all[0]"));
-        assert!(!related("whom", "who") && !related("what.body", "what.bod"));
+        assert_eq!(
+            paths,
+            [
+                "id",
+                "who.all[0].older_than",
+                "who.all[1].between",
+                "what.variants",
+                "what.variants[0].title",
+                "options.colour",
+                "options.dnd.start",
+                "options.timezone",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_segment_filter_is_checked_with_the_schema_s_filter() {
+        let filter = serde_json::json!({"all": [{"property": "age", "gt": "x"}, {"did": 5}]});
+        let errors: Vec<String> = filter_errors(&filter, "who")
+            .into_iter()
+            .map(|e| format!("{}: {}", e.path, e.reason))
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                "who.all[0].gt: expected a number, found text",
+                "who.all[1].did: expected text, found a number"
+            ]
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 mod book;
+mod document;
 mod filter;
 pub mod json_schema;
 mod model;

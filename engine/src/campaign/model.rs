@@ -69,7 +69,7 @@ pub struct PropertyCondition {
 }
 
 /// A place and a radius around it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct Place {
     /// Latitude in degrees.
     pub lat: f64,
@@ -222,7 +222,8 @@ pub struct Message {
 }
 
 /// How urgently Android delivers (FCM `android.priority`) and iOS interrupts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// Android high priority; iOS priority 10.
     Max,
@@ -234,7 +235,8 @@ pub enum Priority {
 }
 
 /// iOS interruption level (`aps.interruption-level`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum InterruptionLevel {
     /// Silent delivery to the notification list.
     Passive,
@@ -259,7 +261,7 @@ impl InterruptionLevel {
 }
 
 /// One card of an iOS carousel.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct CarouselItem {
     /// Image URL.
     pub image_url: String,
@@ -272,7 +274,7 @@ pub struct CarouselItem {
 }
 
 /// An action button (iOS category action or Android custom action).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct Action {
     /// Action identifier reported back on click.
     pub id: String,
@@ -322,11 +324,13 @@ pub struct PushOptions {
 }
 
 /// How the A/B winner is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub enum WinnerBy {
     /// Most clicks (ties: the earlier variant).
+    #[serde(rename = "clicks")]
     Clicks,
     /// Highest click-through rate, reported with a chi-squared p-value.
+    #[serde(rename = "ctr")]
     ClickThroughRate,
 }
 
@@ -370,7 +374,7 @@ pub enum Assignment {
 }
 
 /// Reach limits.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
 pub struct Limits {
     /// Deliver to at most this many users over the campaign's life.
     pub total: Option<u64>,
@@ -383,7 +387,8 @@ pub struct Limits {
 }
 
 /// What to do with a send due during do-not-disturb hours.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DndAction {
     /// Drop it (counted).
     Discard,

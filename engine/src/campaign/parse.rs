@@ -1,18 +1,27 @@
-//! Parsing and validating campaign definitions. Every problem is collected with its field path
-//! (`when.unless.within`, `who.all[2].between`) so a file is fixed in one pass.
+//! Parsing and validating campaign definitions. The JSON Schema (`json_schema.rs`) checks the
+//! structure, serde reads it (`document.rs`), and this module checks what a schema cannot say:
+//! durations, dates and times, time zones, Liquid templates, limits and fields that depend on
+//! each other's values. Every problem is collected with its field path (`when.unless.within`,
+//! `who.all[2].between`) so a file is fixed in one pass.
 
-use std::fmt;
+use std::{collections::BTreeSet, fmt};
 
 use chrono::{DateTime, NaiveTime, Utc, Weekday};
 use chrono_tz::Tz;
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde_json::Value;
 
 use super::{
-    recurrence::DEFAULT_GRACE_MS, AbTest, Action, Assignment, Behaviour, Cadence, Campaign,
-    CampaignStatus, CarouselItem, CatchUp, Conversion, Dnd, DndAction, Filter, Inaction,
-    InterruptionLevel, Limits, Message, Op, Options, Place, Priority, PropertyCondition,
-    PushOptions, Recurrence, Scalar, Schedule, TestPopulation, Throttle, Trigger, UserLocal, When,
-    WinnerBy, MAX_SHARDS,
+    document::{
+        Audience, CampaignFile, CatchUpDoc, ConditionDoc, DidDoc, DidNotDoc, DndDoc, EventWithin,
+        FilterDoc, MessageDoc, OneOrMany, OpDoc, OptionsDoc, Part, PlatformDoc, PushDoc, Repeat,
+        ScalarDoc, ScheduleDoc, Status, VariantsDoc, WhatDoc, WhenDoc,
+    },
+    json_schema::{self, join},
+    recurrence::DEFAULT_GRACE_MS,
+    AbTest, Assignment, Behaviour, Cadence, Campaign, CampaignStatus, CatchUp, Conversion, Dnd,
+    DndAction, Filter, Inaction, Limits, Message, Op, Options, PropertyCondition, PushOptions,
+    Recurrence, Scalar, Schedule, TestPopulation, Throttle, Trigger, UserLocal, When, WinnerBy,
 };
 use crate::model::Platform;
 
@@ -23,35 +32,17 @@ pub const MAX_CHOSEN_VARIANTS: usize = 100;
 /// Longest duration accepted anywhere (windows, offsets, TTLs, intervals): ten years, so that
 /// adding one to a timestamp stays far inside the accepted range of times.
 pub const MAX_DURATION_MS: i64 = 3_660 * DAY_MS;
-/// Longest look-back in days (`in_last_days`, `within_last_days`): ten years.
+/// Longest look-back in days (`in_last_days`, `within_last_days`): ten years (the schema's
+/// `$defs/days`).
 pub const MAX_DAYS: u64 = 3_660;
 /// Days of event history the engine keeps unless configured otherwise (`in_last_days` default).
 pub const DEFAULT_HISTORY_DAYS: u32 = 90;
 /// Longest event history the engine can be configured to keep, days.
 pub const MAX_HISTORY_DAYS: u32 = 400;
-/// Largest count accepted (limits, test audiences, throttles): a trillion.
+/// Largest count accepted (limits, test audiences, throttles): a trillion (the schema's
+/// `$defs/count`).
 pub const MAX_COUNT: u64 = 1_000_000_000_000;
 const DAY_MS: i64 = 86_400_000;
-const DEVICE_FIELDS: &[&str] =
-    &["platform", "app_version", "os_version", "make", "model", "sdk_version"];
-const OPERATORS: &[&str] = &[
-    "equals",
-    "not_equals",
-    "in",
-    "not_in",
-    "between",
-    "gt",
-    "gte",
-    "lt",
-    "lte",
-    "exists",
-    "not_exists",
-    "contains",
-    "starts_with",
-    "before",
-    "after",
-    "within_last_days",
-];
 
 /// One problem in a definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +58,7 @@ pub struct FieldError {
 pub struct ValidationErrors {
     /// Where the definition came from (file name).
     pub source: String,
-    /// The problems, in document order.
+    /// The problems, in the order of the schema's fields.
     pub errors: Vec<FieldError>,
 }
 
@@ -89,150 +80,104 @@ pub fn parse_campaign(text: &str, source: &str) -> Result<Campaign, ValidationEr
     let fail = |errors| ValidationErrors { source: source.to_string(), errors };
     let document: Value = serde_norway::from_str(text)
         .map_err(|e| fail(vec![FieldError { path: "(document)".into(), reason: e.to_string() }]))?;
+    let structure = json_schema::schema_errors(&document);
     let mut parser = Parser::default();
-    let campaign = parser.campaign(&document);
-    match campaign {
-        Some(campaign) if parser.errors.is_empty() => Ok(campaign),
-        _ => Err(fail(parser.errors)),
+    let campaign = parser.campaign(read(document));
+    match (campaign, parser.errors_beside(structure)) {
+        (Some(campaign), errors) if errors.is_empty() => Ok(campaign),
+        (_, errors) => Err(fail(errors)),
     }
 }
 
 /// Parses the filter of a saved segment (the `who` language without segment references).
 pub(super) fn parse_segment_filter(value: &Value, path: &str) -> Result<Filter, Vec<FieldError>> {
+    let structure = json_schema::filter_errors(value, path);
     let mut parser = Parser { in_segment: true, ..Parser::default() };
-    match parser.filter(value, path) {
-        Some(filter) if parser.errors.is_empty() => Ok(filter),
-        _ => Err(parser.errors),
+    let filter = parser.read(read(value.clone()), path).and_then(|f| parser.filter(f, path));
+    match (filter, parser.errors_beside(structure)) {
+        (Some(filter), errors) if errors.is_empty() => Ok(filter),
+        (_, errors) => Err(errors),
     }
 }
 
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
+/// Reads a value as `T`, part by part.
+fn read<T: serde::de::DeserializeOwned>(value: Value) -> Part<T> {
+    Part::deserialize(value).unwrap_or_else(|e| Part::Unread(e.to_string()))
+}
+
+/// Every item's result, all of them read (not stopping at the first that fails).
+fn every<T>(items: impl Iterator<Item = Option<T>>) -> Option<Vec<T>> {
+    items.collect::<Vec<_>>().into_iter().collect()
 }
 
 #[derive(Default)]
 struct Parser {
+    /// Semantic problems.
     errors: Vec<FieldError>,
+    /// Parts serde could not read (the schema tells why, unless they drifted apart).
+    unread: Vec<FieldError>,
     /// Parsing a saved segment, which may not reference other segments.
     in_segment: bool,
 }
 
 impl Parser {
+    /// Every problem, in the schema's order: the schema's (`structure`), then the semantic ones
+    /// on fields it did not refuse, and parts serde could not read where it found nothing.
+    fn errors_beside(self, mut structure: Vec<FieldError>) -> Vec<FieldError> {
+        let inside = |inner: &str, outer: &str| {
+            outer.is_empty()
+                || inner == outer
+                || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with(['.', '[']))
+        };
+        let semantic: Vec<FieldError> = (self.errors.into_iter())
+            .filter(|error| !structure.iter().any(|told| told.path == error.path))
+            .collect();
+        let unread: Vec<FieldError> = (self.unread.into_iter())
+            .filter(|error| {
+                !structure
+                    .iter()
+                    .any(|t| inside(&t.path, &error.path) || inside(&error.path, &t.path))
+            })
+            .collect();
+        structure.extend(semantic.into_iter().chain(unread));
+        json_schema::sort_by_schema(&mut structure);
+        structure
+    }
+
     fn error<T>(&mut self, path: impl Into<String>, reason: impl Into<String>) -> Option<T> {
         self.errors.push(FieldError { path: path.into(), reason: reason.into() });
         None
     }
 
-    fn object<'v>(
-        &mut self,
-        value: &'v Value,
-        path: &str,
-        allowed: &[&str],
-    ) -> Option<&'v Map<String, Value>> {
-        let Some(map) = value.as_object() else {
-            return self.error(path, format!("expected a mapping, found {}", kind(value)));
-        };
-        for key in map.keys().filter(|k| !allowed.contains(&k.as_str())) {
-            self.error::<()>(
-                join(path, key),
-                format!("unknown field; expected one of {}", allowed.join(", ")),
-            );
-        }
-        Some(map)
-    }
-
-    fn required<'v>(
-        &mut self,
-        map: &'v Map<String, Value>,
-        key: &str,
-        path: &str,
-    ) -> Option<&'v Value> {
-        match map.get(key) {
-            Some(Value::Null) | None => self.error(join(path, key), "is required"),
-            Some(value) => Some(value),
-        }
-    }
-
-    fn text(&mut self, value: &Value, path: &str) -> Option<String> {
-        match value {
-            Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
-            Value::String(_) => self.error(path, "must not be empty"),
-            other => self.error(path, format!("expected text, found {}", kind(other))),
-        }
-    }
-
-    fn required_text(&mut self, map: &Map<String, Value>, key: &str, path: &str) -> Option<String> {
-        let value = self.required(map, key, path)?;
-        self.text(value, &join(path, key))
-    }
-
-    fn optional_text(&mut self, map: &Map<String, Value>, key: &str, path: &str) -> Option<String> {
-        map.get(key).filter(|v| !v.is_null()).and_then(|v| self.text(v, &join(path, key)))
-    }
-
-    fn count(&mut self, value: &Value, path: &str) -> Option<u64> {
-        match value.as_u64() {
-            Some(n) if n > MAX_COUNT => self.error(path, format!("{n} is above {MAX_COUNT}")),
-            Some(n) if n > 0 => Some(n),
-            _ => self.error(path, format!("expected a positive whole number, found {value}")),
-        }
-    }
-
-    /// A number of days back, at most [`MAX_DAYS`].
-    fn days(&mut self, value: &Value, path: &str) -> Option<u32> {
-        match self.count(value, path)? {
-            days if days > MAX_DAYS => {
-                self.error(path, format!("{days} days is more than {MAX_DAYS} (ten years)"))
+    fn read<T>(&mut self, part: Part<T>, path: &str) -> Option<T> {
+        match part {
+            Part::Read(value) => Some(value),
+            Part::Unread(reason) => {
+                self.unread.push(FieldError { path: path.into(), reason });
+                None
             }
-            days => u32::try_from(days).ok(),
         }
     }
 
-    /// A whole number of occurrences, zero included.
-    fn occurrences(&mut self, value: &Value, path: &str) -> Option<u32> {
-        match value.as_u64().map(u32::try_from) {
-            Some(Ok(n)) => Some(n),
-            _ => self.error(
-                path,
-                format!("expected a whole number from 0 to {}, found {value}", u32::MAX),
-            ),
-        }
+    /// A field the schema requires.
+    fn given<T>(&mut self, value: Option<T>, path: &str) -> Option<T> {
+        value.or_else(|| self.error(path, "is required"))
     }
 
-    fn optional_count(&mut self, map: &Map<String, Value>, key: &str, path: &str) -> Option<u64> {
-        map.get(key).filter(|v| !v.is_null()).and_then(|v| self.count(v, &join(path, key)))
-    }
-
-    fn number(&mut self, value: &Value, path: &str) -> Option<f64> {
-        match value.as_f64() {
-            Some(n) => Some(n),
-            None => self.error(path, format!("expected a number, found {}", kind(value))),
-        }
-    }
-
-    fn duration(&mut self, value: &Value, path: &str) -> Option<i64> {
-        let text = self.text(value, path)?;
-        match parse_duration(&text) {
-            Ok(ms) => Some(ms),
-            Err(reason) => self.error(path, reason),
-        }
+    fn duration(&mut self, text: &str, path: &str) -> Option<i64> {
+        parse_duration(text).map_or_else(|reason| self.error(path, reason), Some)
     }
 
     /// A duration above zero.
-    fn positive_duration(&mut self, value: &Value, path: &str) -> Option<i64> {
-        match self.duration(value, path)? {
+    fn positive_duration(&mut self, text: &str, path: &str) -> Option<i64> {
+        match self.duration(text, path)? {
             ms if ms <= 0 => self.error(path, "must be positive"),
             ms => Some(ms),
         }
     }
 
-    fn timestamp(&mut self, value: &Value, path: &str) -> Option<DateTime<Utc>> {
-        let text = self.text(value, path)?;
-        match DateTime::parse_from_rfc3339(&text) {
+    fn timestamp(&mut self, text: &str, path: &str) -> Option<DateTime<Utc>> {
+        match DateTime::parse_from_rfc3339(text) {
             Ok(t) => Some(t.with_timezone(&Utc)),
             Err(e) => self.error(
                 path,
@@ -241,45 +186,66 @@ impl Parser {
         }
     }
 
-    fn campaign(&mut self, document: &Value) -> Option<Campaign> {
-        let fields = ["id", "app", "name", "status", "who", "when", "what", "limits", "options"];
-        let map = self.object(document, "", &fields)?;
-        let id = self.required_text(map, "id", "");
-        if let Some(id) = &id {
-            if !id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-                self.error::<()>("id", "may contain only ASCII letters, digits, '.', '_' and '-'");
-            }
-        }
-        let app = self.required_text(map, "app", "");
-        let name = self.required_text(map, "name", "");
-        let status = match map.get("status").map(|v| (v.as_str(), v)) {
-            None => Some(CampaignStatus::Active),
-            Some((Some("draft"), _)) => Some(CampaignStatus::Draft),
-            Some((Some("active"), _)) => Some(CampaignStatus::Active),
-            Some((Some("paused"), _)) => Some(CampaignStatus::Paused),
-            Some((Some("stopped"), _)) => Some(CampaignStatus::Stopped),
-            Some((_, other)) => self.error(
-                "status",
-                format!("unknown status {other}; expected draft, active, paused or stopped"),
+    /// A local time of day, `HH:MM` or `HH:MM:SS`.
+    fn time_of_day(&mut self, text: &str, path: &str) -> Option<NaiveTime> {
+        NaiveTime::parse_from_str(text, "%H:%M")
+            .or_else(|_| NaiveTime::parse_from_str(text, "%H:%M:%S"))
+            .ok()
+            .or_else(|| {
+                self.error(path, format!("bad time of day {text:?}; use HH:MM, e.g. 21:00"))
+            })
+    }
+
+    /// An IANA timezone name.
+    fn timezone(&mut self, name: &str, path: &str) -> Option<Tz> {
+        match name {
+            "user" | "best" => self.error(
+                path,
+                format!("timezone: {name} applies to a calendar schedule (when.schedule.repeat)"),
             ),
+            _ => name.parse().ok().or_else(|| {
+                self.error(
+                    path,
+                    format!("unknown timezone {name:?}; use an IANA name such as Europe/Paris"),
+                )
+            }),
+        }
+    }
+
+    fn campaign(&mut self, file: Part<CampaignFile>) -> Option<Campaign> {
+        let file = self.read(file, "")?;
+        let id = self.read(file.id, "id");
+        let app = self.read(file.app, "app");
+        let name = self.read(file.name, "name");
+        let status = match file.status {
+            None => Some(CampaignStatus::Active),
+            Some(status) => self.read(status, "status").map(|status| match status {
+                Status::Draft => CampaignStatus::Draft,
+                Status::Active => CampaignStatus::Active,
+                Status::Paused => CampaignStatus::Paused,
+                Status::Stopped => CampaignStatus::Stopped,
+            }),
         };
-        let who = match map.get("who") {
-            None | Some(Value::Null) => Some(Filter::All(Vec::new())),
-            Some(value) => self.filter(value, "who"),
+        let who = match file.who {
+            None => Some(Filter::All(Vec::new())),
+            Some(who) => self.read(who, "who").and_then(|who| self.filter(who, "who")),
+        };
+        let options = match file.options {
+            None => Some(OptionsDoc::default()),
+            Some(options) => self.read(options, "options"),
         };
         // A calendar schedule's timezone defaults to the campaign's (checked with the options).
-        let timezone = map
-            .get("options")
-            .and_then(|options| options.get("timezone"))
-            .and_then(Value::as_str)
+        let timezone = options
+            .as_ref()
+            .and_then(|options| options.timezone.as_deref())
             .and_then(|name| name.parse::<Tz>().ok());
-        let when = self.required(map, "when", "").and_then(|v| self.when(v, timezone));
-        let what = self.required(map, "what", "").and_then(|v| self.what(v));
-        let limits = match map.get("limits") {
-            None | Some(Value::Null) => Some(Limits::default()),
-            Some(value) => self.limits(value),
+        let when = self.read(file.when, "when").and_then(|when| self.when(when, timezone));
+        let what = self.read(file.what, "what").and_then(|what| self.what(what));
+        let limits = match file.limits {
+            None => Some(Limits::default()),
+            Some(limits) => self.read(limits, "limits"),
         };
-        let options = self.options(map.get("options").unwrap_or(&Value::Null));
+        let options = options.and_then(|options| self.options(options));
         let (what, assignment) = what?;
         let scheduled = matches!(&when, Some(When { trigger: Trigger::Scheduled(_), .. }));
         if let Assignment::AbTest(AbTest { test_audience: TestPopulation::Percent(_), .. }) =
@@ -297,7 +263,7 @@ impl Parser {
                 self.error::<()>("limits", "per_run and safety apply to scheduled campaigns");
             }
         }
-        let mut profile_variables: std::collections::BTreeSet<String> =
+        let mut profile_variables: BTreeSet<String> =
             what.iter().flat_map(Message::profile_variables).collect();
         if let Assignment::ByProperty(property) = &assignment {
             profile_variables.insert(property.clone());
@@ -317,348 +283,162 @@ impl Parser {
         })
     }
 
-    fn filter(&mut self, value: &Value, path: &str) -> Option<Filter> {
-        let Some(map) = value.as_object() else {
-            return self.error(path, format!("expected a filter mapping, found {}", kind(value)));
-        };
-        if let Some(list) = map.get("all").or_else(|| map.get("any")) {
-            let all = map.contains_key("all");
-            let key = if all { "all" } else { "any" };
-            self.object(value, path, &[key])?;
-            let Some(items) = list.as_array() else {
-                return self.error(join(path, key), "expected a list of filters");
-            };
-            let filters: Vec<Option<Filter>> = items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| self.filter(item, &format!("{}[{i}]", join(path, key))))
-                .collect();
-            let filters: Option<Vec<Filter>> = filters.into_iter().collect();
-            return filters.map(|f| if all { Filter::All(f) } else { Filter::Any(f) });
-        }
-        if let Some(inner) = map.get("not") {
-            self.object(value, path, &["not"])?;
-            return self.filter(inner, &join(path, "not")).map(|f| Filter::Not(Box::new(f)));
-        }
-        if let Some(places) = map.get("near") {
-            self.object(value, path, &["near"])?;
-            return self.places(places, &join(path, "near")).map(Filter::Near);
-        }
-        if let Some(segment) = map.get("segment") {
-            self.object(value, path, &["segment"])?;
-            return self.segment_reference(segment, &join(path, "segment"));
-        }
-        if map.contains_key("did") || map.contains_key("did_not") {
-            return self.behaviour(map, path).map(Filter::Behaviour);
-        }
-        if let Some(field) = map.get("device") {
-            let condition = self.condition(map, path, "device")?;
-            let name = field.as_str().unwrap_or_default();
-            if !DEVICE_FIELDS.contains(&name) {
-                return self.error(
-                    join(path, "device"),
-                    format!(
-                        "unknown device field {field}; expected one of {}",
-                        DEVICE_FIELDS.join(", ")
-                    ),
-                );
+    fn filter(&mut self, filter: FilterDoc, path: &str) -> Option<Filter> {
+        match filter {
+            FilterDoc::All { all } => self.filters(all, &join(path, "all")).map(Filter::All),
+            FilterDoc::Any { any } => self.filters(any, &join(path, "any")).map(Filter::Any),
+            FilterDoc::Not { not } => {
+                let path = join(path, "not");
+                let inner = self.read(*not, &path)?;
+                self.filter(inner, &path).map(|inner| Filter::Not(Box::new(inner)))
             }
-            return Some(Filter::Device(condition));
+            FilterDoc::Near { near } => Some(Filter::Near(near)),
+            FilterDoc::Segment { segment } => {
+                self.segment_reference(segment, &join(path, "segment"))
+            }
+            FilterDoc::Did(did) => self.did(did, path).map(Filter::Behaviour),
+            FilterDoc::DidNot(did_not) => self.did_not(did_not, path).map(Filter::Behaviour),
+            FilterDoc::Device(device) => {
+                self.condition(device.device, device.op, path).map(Filter::Device)
+            }
+            FilterDoc::Property(condition) => self.property(condition, path).map(Filter::Property),
         }
-        if map.contains_key("property") {
-            return self.condition(map, path, "property").map(Filter::Property);
-        }
-        self.error(
-            path,
-            "expected one of all, any, not, property, device, near, did, did_not, segment",
-        )
+    }
+
+    fn filters(&mut self, items: Vec<Part<FilterDoc>>, path: &str) -> Option<Vec<Filter>> {
+        every(items.into_iter().enumerate().map(|(i, item)| {
+            let path = format!("{path}[{i}]");
+            self.read(item, &path).and_then(|filter| self.filter(filter, &path))
+        }))
     }
 
     /// `segment: <id>` or `segment: [<id>, ...]` (users in every one of them).
-    fn segment_reference(&mut self, value: &Value, path: &str) -> Option<Filter> {
+    fn segment_reference(&mut self, ids: OneOrMany<String>, path: &str) -> Option<Filter> {
         if self.in_segment {
             return self.error(path, "a saved segment cannot reference another segment");
         }
-        let ids = match value {
-            Value::Array(_) => self.list(value, path, |parser, item, path| parser.text(item, path)),
-            single => self.text(single, path).map(|id| vec![id]),
-        }?;
-        match ids.as_slice() {
-            [] => self.error(path, "needs at least one segment id"),
-            [id] => Some(Filter::Segment(id.clone())),
-            _ => Some(Filter::All(ids.into_iter().map(Filter::Segment).collect())),
-        }
-    }
-
-    /// `{<subject_key>: name, <operator>: value}`.
-    fn condition(
-        &mut self,
-        map: &Map<String, Value>,
-        path: &str,
-        subject_key: &str,
-    ) -> Option<PropertyCondition> {
-        let property = self.required_text(map, subject_key, path);
-        let operators: Vec<(&String, &Value)> =
-            map.iter().filter(|(k, _)| k.as_str() != subject_key).collect();
-        let mut op = None;
-        match operators.as_slice() {
-            [] => {
-                self.error::<()>(
-                    path,
-                    format!("needs an operator: one of {}", OPERATORS.join(", ")),
-                );
+        match ids {
+            OneOrMany::One(id) => Some(Filter::Segment(id)),
+            OneOrMany::Many(ids) if ids.is_empty() => {
+                self.error(path, "needs at least one segment id")
             }
-            [(name, value)] => op = self.operator(name, value, &join(path, name)),
-            _ => {
-                for (name, _) in &operators[1..] {
-                    self.error::<()>(join(path, name), "a condition takes exactly one operator");
-                }
+            OneOrMany::Many(mut ids) if ids.len() == 1 => ids.pop().map(Filter::Segment),
+            OneOrMany::Many(ids) => {
+                Some(Filter::All(ids.into_iter().map(Filter::Segment).collect()))
             }
         }
-        Some(PropertyCondition { property: property?, op: op? })
     }
 
-    fn scalar(&mut self, value: &Value, path: &str) -> Option<Scalar> {
-        match value {
-            Value::Bool(b) => Some(Scalar::Bool(*b)),
-            Value::Number(n) => n.as_f64().map(Scalar::Number),
-            Value::String(s) => Some(Scalar::Text(s.clone())),
-            other => self.error(
-                path,
-                format!("expected text, a number or true/false, found {}", kind(other)),
-            ),
-        }
+    fn property(&mut self, condition: ConditionDoc, path: &str) -> Option<PropertyCondition> {
+        self.condition(condition.property, condition.op, path)
     }
 
-    fn scalars(&mut self, value: &Value, path: &str) -> Option<Vec<Scalar>> {
-        let Some(items) = value.as_array().filter(|items| !items.is_empty()) else {
-            return self.error(path, "expected a non-empty list");
+    /// `{property|device: <name>, <operator>: <value>}`.
+    fn condition(&mut self, property: String, op: OpDoc, path: &str) -> Option<PropertyCondition> {
+        let scalar = |scalar: ScalarDoc| match scalar {
+            ScalarDoc::Bool(b) => Scalar::Bool(b),
+            ScalarDoc::Number(n) => Scalar::Number(n),
+            ScalarDoc::Text(s) => Scalar::Text(s),
         };
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| self.scalar(v, &format!("{path}[{i}]")))
-            .collect::<Vec<_>>()
-            .into_iter()
-            .collect()
-    }
-
-    fn operator(&mut self, name: &str, value: &Value, path: &str) -> Option<Op> {
-        let flag = |parser: &mut Self, op: Op| match value {
-            Value::Bool(true) => Some(op),
-            _ => parser.error(path, "expected true"),
+        let op = match op {
+            OpDoc::Equals(value) => Op::Equals(scalar(value)),
+            OpDoc::NotEquals(value) => Op::NotEquals(scalar(value)),
+            OpDoc::In(values) => Op::In(values.into_iter().map(scalar).collect()),
+            OpDoc::NotIn(values) => Op::NotIn(values.into_iter().map(scalar).collect()),
+            OpDoc::Between(low, high) if low > high => {
+                return self.error(
+                    join(path, "between"),
+                    format!("low bound {low} is above high bound {high}"),
+                )
+            }
+            OpDoc::Between(low, high) => Op::Between(low, high),
+            OpDoc::Gt(n) => Op::Gt(n),
+            OpDoc::Gte(n) => Op::Gte(n),
+            OpDoc::Lt(n) => Op::Lt(n),
+            OpDoc::Lte(n) => Op::Lte(n),
+            OpDoc::Exists(_) => Op::Exists,
+            OpDoc::NotExists(_) => Op::NotExists,
+            OpDoc::Contains(text) => Op::Contains(text),
+            OpDoc::StartsWith(text) => Op::StartsWith(text),
+            OpDoc::Before(text) => Op::Before(self.timestamp(&text, &join(path, "before"))?),
+            OpDoc::After(text) => Op::After(self.timestamp(&text, &join(path, "after"))?),
+            OpDoc::WithinLastDays(days) => Op::WithinLastDays(days),
         };
-        match name {
-            "equals" => self.scalar(value, path).map(Op::Equals),
-            "not_equals" => self.scalar(value, path).map(Op::NotEquals),
-            "in" => self.scalars(value, path).map(Op::In),
-            "not_in" => self.scalars(value, path).map(Op::NotIn),
-            "between" => match value.as_array().map(Vec::as_slice) {
-                Some([low, high]) => {
-                    let (low, high) = (
-                        self.number(low, &format!("{path}[0]"))?,
-                        self.number(high, &format!("{path}[1]"))?,
-                    );
-                    if low > high {
-                        return self
-                            .error(path, format!("low bound {low} is above high bound {high}"));
-                    }
-                    Some(Op::Between(low, high))
-                }
-                _ => self.error(path, "expected [low, high]"),
-            },
-            "gt" => self.number(value, path).map(Op::Gt),
-            "gte" => self.number(value, path).map(Op::Gte),
-            "lt" => self.number(value, path).map(Op::Lt),
-            "lte" => self.number(value, path).map(Op::Lte),
-            "exists" => flag(self, Op::Exists),
-            "not_exists" => flag(self, Op::NotExists),
-            "contains" => self.text(value, path).map(Op::Contains),
-            "starts_with" => self.text(value, path).map(Op::StartsWith),
-            "before" => self.timestamp(value, path).map(Op::Before),
-            "after" => self.timestamp(value, path).map(Op::After),
-            "within_last_days" => self.days(value, path).map(Op::WithinLastDays),
-            other => self.error(
-                path,
-                format!(
-                    "unknown property operator {other:?}; expected one of {}",
-                    OPERATORS.join(", ")
-                ),
-            ),
-        }
+        Some(PropertyCondition { property, op })
     }
 
+    /// A `where` list of property conditions (none when absent).
     fn conditions(
         &mut self,
-        map: &Map<String, Value>,
+        conditions: Option<Vec<Part<ConditionDoc>>>,
         path: &str,
     ) -> Option<Vec<PropertyCondition>> {
-        let Some(list) = map.get("where").filter(|v| !v.is_null()) else {
-            return Some(Vec::new());
-        };
         let path = join(path, "where");
-        let Some(items) = list.as_array() else {
-            return self.error(path, "expected a list of property conditions");
-        };
-        let parsed: Vec<Option<PropertyCondition>> = items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| {
-                let item_path = format!("{path}[{i}]");
-                let map = self.object(item, &item_path, &[&["property"], OPERATORS].concat())?;
-                self.condition(map, &item_path, "property")
-            })
-            .collect();
-        parsed.into_iter().collect()
+        every(conditions.unwrap_or_default().into_iter().enumerate().map(|(i, item)| {
+            let path = format!("{path}[{i}]");
+            self.read(item, &path).and_then(|condition| self.property(condition, &path))
+        }))
     }
 
-    fn places(&mut self, value: &Value, path: &str) -> Option<Vec<Place>> {
-        let Some(items) = value.as_array().filter(|items| !items.is_empty()) else {
-            return self.error(path, "expected a non-empty list of {lat, lon, radius_km}");
-        };
-        let parsed: Vec<Option<Place>> = items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| {
-                let item_path = format!("{path}[{i}]");
-                let map = self.object(item, &item_path, &["name", "lat", "lon", "radius_km"])?;
-                let lat = self
-                    .required(map, "lat", &item_path)
-                    .and_then(|v| self.number(v, &join(&item_path, "lat")));
-                let lon = self
-                    .required(map, "lon", &item_path)
-                    .and_then(|v| self.number(v, &join(&item_path, "lon")));
-                let radius = self
-                    .required(map, "radius_km", &item_path)
-                    .and_then(|v| self.number(v, &join(&item_path, "radius_km")));
-                if lat.is_some_and(|l| !(-90.0..=90.0).contains(&l)) {
-                    return self.error(join(&item_path, "lat"), "must be between -90 and 90");
-                }
-                if lon.is_some_and(|l| !(-180.0..=180.0).contains(&l)) {
-                    return self.error(join(&item_path, "lon"), "must be between -180 and 180");
-                }
-                if radius.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-                    return self.error(join(&item_path, "radius_km"), "must be positive");
-                }
-                Some(Place { lat: lat?, lon: lon?, radius_km: radius? })
-            })
-            .collect();
-        parsed.into_iter().collect()
-    }
-
-    fn behaviour(&mut self, map: &Map<String, Value>, path: &str) -> Option<Behaviour> {
-        let did = map.contains_key("did");
-        let key = if did { "did" } else { "did_not" };
-        let allowed: &[&str] = if did {
-            &[
-                "did",
-                "at_least",
-                "at_most",
-                "in_last_days",
-                "where",
-                "first_before",
-                "first_after",
-                "last_before",
-                "last_after",
-            ]
-        } else {
-            &["did_not", "in_last_days", "where"]
-        };
-        self.object(&Value::Object(map.clone()), path, allowed)?;
-        let event = self.required_text(map, key, path);
-        let days = match map.get("in_last_days") {
-            None => Some(DEFAULT_HISTORY_DAYS),
-            Some(v) => match self.days(v, &join(path, "in_last_days")) {
-                Some(days) if days > MAX_HISTORY_DAYS => self.error(
-                    join(path, "in_last_days"),
-                    format!(
-                        "{days} days is more than the longest history kept ({MAX_HISTORY_DAYS})"
-                    ),
-                ),
-                other => other,
-            },
-        };
-        let at_least = match map.get("at_least").filter(|_| did) {
-            None => Some(if did { 1 } else { 0 }),
-            Some(v) => match self.occurrences(v, &join(path, "at_least")) {
-                Some(0) => self.error(join(path, "at_least"), "must be positive"),
-                other => other,
-            },
-        };
-        let at_most = if did {
-            map.get("at_most").and_then(|v| self.occurrences(v, &join(path, "at_most")))
-        } else {
-            Some(0)
-        };
-        if let (Some(least), Some(most)) = (at_least, at_most) {
-            if most < least {
-                return self.error(join(path, "at_most"), format!("is below at_least ({least})"));
-            }
+    fn did(&mut self, did: DidDoc, path: &str) -> Option<Behaviour> {
+        let at_least = did.at_least.unwrap_or(1);
+        if did.at_most.is_some_and(|most| most < at_least) {
+            return self.error(join(path, "at_most"), format!("is below at_least ({at_least})"));
         }
-        let conditions = self.conditions(map, path);
-        let moment = |parser: &mut Self, which: &str| -> Option<Option<Op>> {
-            let before = map
-                .get(&format!("{which}_before"))
-                .map(|v| parser.timestamp(v, &join(path, &format!("{which}_before"))));
-            let after = map
-                .get(&format!("{which}_after"))
-                .map(|v| parser.timestamp(v, &join(path, &format!("{which}_after"))));
+        let conditions = self.conditions(did.r#where, path);
+        let mut moment = |before: Option<String>, after: Option<String>, which: &str| {
+            let field = |side: &str| join(path, &format!("{which}_{side}"));
             match (before, after) {
-                (Some(_), Some(_)) => {
-                    parser.error(path, format!("use {which}_before or {which}_after, not both"))
+                (Some(before), _) => {
+                    self.timestamp(&before, &field("before")).map(|t| Some(Op::Before(t)))
                 }
-                (Some(before), None) => Some(Some(Op::Before(before?))),
-                (None, Some(after)) => Some(Some(Op::After(after?))),
+                (None, Some(after)) => {
+                    self.timestamp(&after, &field("after")).map(|t| Some(Op::After(t)))
+                }
                 (None, None) => Some(None),
             }
         };
-        let first = moment(self, "first");
-        let last = moment(self, "last");
+        let first = moment(did.first_before, did.first_after, "first");
+        let last = moment(did.last_before, did.last_after, "last");
         Some(Behaviour {
-            event: event?,
-            at_least: at_least?,
-            at_most,
-            in_last_days: days?,
+            event: did.did,
+            at_least,
+            at_most: did.at_most,
+            in_last_days: did.in_last_days.unwrap_or(DEFAULT_HISTORY_DAYS),
             conditions: conditions?,
             first: first?,
             last: last?,
         })
     }
 
+    fn did_not(&mut self, did_not: DidNotDoc, path: &str) -> Option<Behaviour> {
+        Some(Behaviour {
+            event: did_not.did_not,
+            at_least: 0,
+            at_most: Some(0),
+            in_last_days: did_not.in_last_days.unwrap_or(DEFAULT_HISTORY_DAYS),
+            conditions: self.conditions(did_not.r#where, path)?,
+            first: None,
+            last: None,
+        })
+    }
+
     /// `when`; `timezone` is the campaign's (`options.timezone`), a calendar schedule's default.
-    fn when(&mut self, value: &Value, timezone: Option<Tz>) -> Option<When> {
-        let map = self.object(
-            value,
-            "when",
-            &["event", "where", "unless", "reminder", "schedule", "start", "end"],
-        )?;
-        let triggers: Vec<&str> = ["event", "reminder", "schedule"]
-            .into_iter()
-            .filter(|key| map.contains_key(*key))
-            .collect();
-        let trigger = match triggers.as_slice() {
-            [] => self.error("when", "needs a trigger: event, reminder or schedule"),
-            ["event"] => self.event_trigger(map),
-            [other] => {
-                if map.contains_key("where") || map.contains_key("unless") {
-                    self.error::<()>(
-                        "when",
-                        format!("where and unless apply to event triggers, not to {other}"),
-                    );
-                }
-                match *other {
-                    "reminder" => self.reminder(&map["reminder"]),
-                    _ => self.schedule(&map["schedule"], timezone),
-                }
-            }
-            several => self.error(
-                "when",
-                format!("has {}; a campaign has one trigger", several.join(" and ")),
-            ),
+    fn when(&mut self, when: WhenDoc, timezone: Option<Tz>) -> Option<When> {
+        let trigger = match (when.event, when.reminder, when.schedule) {
+            (Some(event), None, None) => self.event_trigger(event, when.r#where, when.unless),
+            (None, Some(reminder), None) => self
+                .duration(&reminder.offset, "when.reminder.offset")
+                .map(|offset_ms| Trigger::DateReminder {
+                    event: reminder.event,
+                    property: reminder.date_property,
+                    offset_ms,
+                }),
+            (None, None, Some(schedule)) => self.schedule(schedule, timezone),
+            _ => self.error("when", "needs exactly one trigger: event, reminder or schedule"),
         };
-        let start =
-            map.get("start").filter(|v| !v.is_null()).map(|v| self.timestamp(v, "when.start"));
-        let end = map.get("end").filter(|v| !v.is_null()).map(|v| self.timestamp(v, "when.end"));
+        let start = when.start.map(|start| self.timestamp(&start, "when.start"));
+        let end = when.end.map(|end| self.timestamp(&end, "when.end"));
         if let (Some(Some(start)), Some(Some(end))) = (start, end) {
             if end <= start {
                 self.error::<()>("when.end", format!("{end} is not after when.start ({start})"));
@@ -667,398 +447,239 @@ impl Parser {
         Some(When { trigger: trigger?, start: start.flatten(), end: end.flatten() })
     }
 
-    fn event_trigger(&mut self, map: &Map<String, Value>) -> Option<Trigger> {
-        let event = self.required_text(map, "event", "when");
-        let conditions = self.conditions(map, "when");
-        let unless = match map.get("unless") {
-            None | Some(Value::Null) => Some(None),
-            Some(value) => self.inaction(value).map(Some),
+    /// `event`, its `where` conditions, and `unless` another event follows within a time.
+    fn event_trigger(
+        &mut self,
+        event: String,
+        conditions: Option<Vec<Part<ConditionDoc>>>,
+        unless: Option<EventWithin>,
+    ) -> Option<Trigger> {
+        let conditions = self.conditions(conditions, "when");
+        let unless = match unless {
+            None => Some(None),
+            Some(unless) => self.event_within(unless, "when.unless").map(Some),
         };
-        Some(Trigger::Event { event: event?, conditions: conditions?, unless: unless? })
+        Some(Trigger::Event {
+            event,
+            conditions: conditions?,
+            unless: unless?.map(|(event, within_ms)| Inaction { event, within_ms }),
+        })
     }
 
-    fn inaction(&mut self, value: &Value) -> Option<Inaction> {
-        let map = self.object(value, "when.unless", &["event", "within"])?;
-        let event = self.required_text(map, "event", "when.unless");
-        let within = self
-            .required(map, "within", "when.unless")
-            .and_then(|v| self.positive_duration(v, "when.unless.within"));
-        Some(Inaction { event: event?, within_ms: within? })
-    }
-
-    fn reminder(&mut self, value: &Value) -> Option<Trigger> {
-        let map = self.object(value, "when.reminder", &["event", "date_property", "offset"])?;
-        let event = self.required_text(map, "event", "when.reminder");
-        let property = self.required_text(map, "date_property", "when.reminder");
-        let offset = self
-            .required(map, "offset", "when.reminder")
-            .and_then(|v| self.duration(v, "when.reminder.offset"));
-        Some(Trigger::DateReminder { event: event?, property: property?, offset_ms: offset? })
+    /// `{event, within}` (a positive duration).
+    fn event_within(&mut self, doc: EventWithin, path: &str) -> Option<(String, i64)> {
+        let within = self.positive_duration(&doc.within, &join(path, "within"))?;
+        Some((doc.event, within))
     }
 
     /// `schedule`: fixed times (`at`, optionally `every` after the last), or a calendar
     /// recurrence (`repeat`); either with a catch-up policy for runs missed while down.
-    fn schedule(&mut self, value: &Value, timezone: Option<Tz>) -> Option<Trigger> {
-        const PATH: &str = "when.schedule";
-        const CALENDAR: &[&str] = &["repeat", "days", "day", "hours", "time", "timezone", "until"];
-        let map = self.object(
-            value,
-            PATH,
-            &[
-                "at", "every", "catch_up", "grace", "repeat", "days", "day", "hours", "time",
-                "timezone", "until",
-            ],
-        )?;
-        let given = |key: &str| map.get(key).is_some_and(|v| !v.is_null());
-        let catch_up = self.catch_up(map);
-        let (at_ms, every_ms, calendar, user_local) = if given("repeat") {
-            if given("at") || given("every") {
-                return self.error(PATH, "has at/every and repeat; use one form");
+    fn schedule(&mut self, schedule: ScheduleDoc, timezone: Option<Tz>) -> Option<Trigger> {
+        let catch_up = match (&schedule.catch_up, &schedule.grace) {
+            (Some(CatchUpDoc::Skip), _) => Some(CatchUp::Skip),
+            (_, None) => Some(CatchUp::Once { grace_ms: DEFAULT_GRACE_MS }),
+            (_, Some(grace)) => self
+                .positive_duration(grace, "when.schedule.grace")
+                .map(|grace_ms| CatchUp::Once { grace_ms }),
+        };
+        let (at_ms, every_ms, calendar, user_local) = match schedule.repeat {
+            Some(repeat) => {
+                let (calendar, user_local) = self.recurrence(repeat, schedule, timezone)?;
+                (Vec::new(), None, Some(calendar), user_local)
             }
-            let (calendar, user_local) = self.recurrence(map, timezone)?;
-            (Vec::new(), None, Some(calendar), user_local)
-        } else {
-            for key in CALENDAR.iter().filter(|key| given(key)) {
-                self.error::<()>(join(PATH, key), "applies to a calendar schedule (repeat)");
+            None => {
+                let (at_ms, every_ms) = self.fixed_times(schedule)?;
+                (at_ms, every_ms, None, None)
             }
-            let (at_ms, every_ms) = self.fixed_times(map)?;
-            (at_ms, every_ms, None, None)
         };
         let catch_up = catch_up?;
         Some(Trigger::Scheduled(Schedule { at_ms, every_ms, calendar, catch_up, user_local }))
     }
 
     /// `at: <time or list of times>, every: <duration>`.
-    fn fixed_times(&mut self, map: &Map<String, Value>) -> Option<(Vec<i64>, Option<i64>)> {
-        let at = self.required(map, "at", "when.schedule")?;
-        let times = match at {
-            Value::Array(_) => {
-                self.list(at, "when.schedule.at", |parser, item, path| parser.timestamp(item, path))
-            }
-            single => self.timestamp(single, "when.schedule.at").map(|t| vec![t]),
+    fn fixed_times(&mut self, schedule: ScheduleDoc) -> Option<(Vec<i64>, Option<i64>)> {
+        const PATH: &str = "when.schedule.at";
+        let times = match self.given(schedule.at, PATH)? {
+            OneOrMany::One(at) => every(std::iter::once(self.timestamp(&at, PATH))),
+            OneOrMany::Many(times) => every(
+                times.iter().enumerate().map(|(i, at)| self.timestamp(at, &format!("{PATH}[{i}]"))),
+            ),
         };
         let mut at_ms: Vec<i64> = times?.iter().map(DateTime::timestamp_millis).collect();
-        if at_ms.is_empty() {
-            return self.error("when.schedule.at", "needs at least one run time");
-        }
         at_ms.sort_unstable();
         if at_ms.windows(2).any(|w| w[0] == w[1]) {
-            return self.error("when.schedule.at", "lists the same run time twice");
+            return self.error(PATH, "lists the same run time twice");
         }
-        let every = match map.get("every").filter(|v| !v.is_null()) {
-            None => Some(None),
-            Some(v) => match self.duration(v, "when.schedule.every") {
-                Some(ms) if ms < 60_000 => {
-                    self.error("when.schedule.every", "must be at least one minute")
+        let every_ms = match schedule.every {
+            None => None,
+            Some(every) => match self.duration(&every, "when.schedule.every")? {
+                ms if ms < 60_000 => {
+                    return self.error("when.schedule.every", "must be at least one minute")
                 }
-                other => other.map(Some),
+                ms => Some(ms),
             },
         };
-        Some((at_ms, every?))
+        Some((at_ms, every_ms))
     }
 
     /// `repeat: daily|weekly|monthly|hourly` with `days`, `day` or `hours`, at `time` in
     /// `timezone` (default: the campaign's, else UTC; `user`: each user's, with an optional
-    /// cut-off `until`).
+    /// cut-off `until`; `best`: each user's most active hour).
     fn recurrence(
         &mut self,
-        map: &Map<String, Value>,
+        repeat: Repeat,
+        schedule: ScheduleDoc,
         timezone: Option<Tz>,
     ) -> Option<(Recurrence, Option<UserLocal>)> {
         const PATH: &str = "when.schedule";
-        let repeat = self.required_text(map, "repeat", PATH)?;
-        let needs = |parser: &mut Self, key: &str| parser.required(map, key, PATH);
-        let cadence = match repeat.as_str() {
-            "daily" => Some(Cadence::Daily),
-            "weekly" => needs(self, "days").and_then(|v| self.weekdays(v)).map(Cadence::Weekly),
-            "monthly" => needs(self, "day")
-                .and_then(|v| self.bounded(v, "when.schedule.day", 31))
-                .map(Cadence::Monthly),
-            "hourly" => needs(self, "hours")
-                .and_then(|v| self.bounded(v, "when.schedule.hours", 23))
-                .map(Cadence::Hourly),
-            other => self.error(
-                "when.schedule.repeat",
-                format!("unknown repeat {other:?}; expected daily, weekly, monthly or hourly"),
-            ),
-        };
-        let unused = match repeat.as_str() {
-            "daily" => &["days", "day", "hours"][..],
-            "weekly" => &["day", "hours"][..],
-            "monthly" => &["days", "hours"][..],
-            _ => &["days", "day"][..],
-        };
-        for key in unused.iter().filter(|key| map.get(**key).is_some_and(|v| !v.is_null())) {
-            self.error::<()>(join(PATH, key), format!("does not apply to repeat: {repeat}"));
-        }
-        let time = match map.get("time").filter(|v| !v.is_null()) {
-            // Every few hours counts from midnight unless told otherwise.
-            None if repeat == "hourly" => Some(NaiveTime::MIN),
-            None => self.error("when.schedule.time", "is required (a local time, e.g. 09:00)"),
-            Some(v) => self.time_of_day(v, "when.schedule.time"),
-        };
-        let zone = map.get("timezone").filter(|v| !v.is_null());
-        let user_local = zone.is_some_and(|v| v.as_str() == Some("user"));
-        let best = zone.is_some_and(|v| v.as_str() == Some("best"));
-        if best && repeat == "hourly" {
-            self.error::<()>("when.schedule.timezone", "best applies to daily, weekly and monthly");
-        }
-        let until = match map.get("until").filter(|v| !v.is_null()) {
-            None => Some(None),
-            Some(_) if !user_local => {
-                self.error("when.schedule.until", "applies to timezone: user")
+        const PATH_UNTIL: &str = "when.schedule.until";
+        let cadence = match repeat {
+            Repeat::Daily => Some(Cadence::Daily),
+            Repeat::Weekly => self
+                .given(schedule.days, "when.schedule.days")
+                .and_then(|days| self.weekdays(&days))
+                .map(Cadence::Weekly),
+            Repeat::Monthly => self.given(schedule.day, "when.schedule.day").map(Cadence::Monthly),
+            Repeat::Hourly => {
+                self.given(schedule.hours, "when.schedule.hours").map(Cadence::Hourly)
             }
-            Some(v) => match (self.time_of_day(v, "when.schedule.until"), time) {
-                (Some(until), Some(time)) if until <= time => self.error(
-                    "when.schedule.until",
-                    format!("{until} is not after the time of day ({time})"),
-                ),
-                (until, _) => until.map(Some),
-            },
         };
-        let timezone = match zone {
+        let time = match schedule.time {
+            // Every few hours counts from midnight unless told otherwise.
+            None if repeat == Repeat::Hourly => Some(NaiveTime::MIN),
+            time => self
+                .given(time, "when.schedule.time")
+                .and_then(|time| self.time_of_day(&time, "when.schedule.time")),
+        };
+        let zone = schedule.timezone.as_deref();
+        let until = match schedule.until.map(|until| self.time_of_day(&until, PATH_UNTIL)) {
+            None => Some(None),
+            Some(Some(until)) if time.is_some_and(|time| until <= time) => self.error(
+                PATH_UNTIL,
+                format!("{until} is not after the time of day ({})", time.unwrap_or_default()),
+            ),
+            Some(until) => until.map(Some),
+        };
+        let zone_tz = match zone {
             None => Some(timezone.unwrap_or(Tz::UTC)),
-            Some(_) if user_local || best => Some(UserLocal::RUN_ZONE),
-            Some(v) => self.timezone(v, "when.schedule.timezone"),
+            Some("user" | "best") => Some(UserLocal::RUN_ZONE),
+            Some(name) => self.timezone(name, &join(PATH, "timezone")),
         };
         let (time, until) = (time?, until?);
-        let (run_time, local) = match (user_local, best) {
-            (true, _) => (time, Some(UserLocal::RunTime { until })),
+        let (run_time, local) = match zone {
+            Some("user") => (time, Some(UserLocal::RunTime { until })),
             // Runs start at midnight in UTC+14: every user's hour of the run's date is to come.
-            (_, true) => (NaiveTime::MIN, Some(UserLocal::BestHour { fallback: time })),
+            Some("best") => (NaiveTime::MIN, Some(UserLocal::BestHour { fallback: time })),
             _ => (time, None),
         };
-        let recurrence = Recurrence { cadence: cadence?, time: run_time, timezone: timezone? };
+        let recurrence = Recurrence { cadence: cadence?, time: run_time, timezone: zone_tz? };
         Some((recurrence, local))
     }
 
-    /// `catch_up: once|skip` and `grace: <duration>` (with `once` only; default a day).
-    fn catch_up(&mut self, map: &Map<String, Value>) -> Option<CatchUp> {
-        let grace = match map.get("grace").filter(|v| !v.is_null()) {
-            None => Some(DEFAULT_GRACE_MS),
-            Some(v) => self.positive_duration(v, "when.schedule.grace"),
-        };
-        match map.get("catch_up").filter(|v| !v.is_null()).map(|v| (v.as_str(), v)) {
-            None | Some((Some("once"), _)) => Some(CatchUp::Once { grace_ms: grace? }),
-            Some((Some("skip"), _)) if map.get("grace").is_some_and(|v| !v.is_null()) => {
-                self.error("when.schedule.grace", "applies to catch_up: once")
-            }
-            Some((Some("skip"), _)) => Some(CatchUp::Skip),
-            Some((_, other)) => self.error(
-                "when.schedule.catch_up",
-                format!("unknown catch_up {other}; expected once or skip"),
-            ),
-        }
-    }
-
-    /// A non-empty list of distinct weekdays (`mon`, `tuesday`...).
-    fn weekdays(&mut self, value: &Value) -> Option<Vec<Weekday>> {
-        let days = self.list(value, "when.schedule.days", |parser, item, path| {
-            let name = parser.text(item, path)?;
-            match name.parse::<Weekday>() {
+    /// Distinct weekdays (`mon`, `tuesday`...).
+    fn weekdays(&mut self, names: &[String]) -> Option<Vec<Weekday>> {
+        let days =
+            every(names.iter().enumerate().map(|(i, name)| match name.parse::<Weekday>() {
                 Ok(day) => Some(day),
-                Err(_) => parser.error(path, format!("unknown weekday {name:?}; use mon..sun")),
-            }
-        })?;
-        if days.is_empty() {
-            return self.error("when.schedule.days", "needs at least one weekday");
-        }
+                Err(_) => self.error(
+                    format!("when.schedule.days[{i}]"),
+                    format!("unknown weekday {name:?}; use mon..sun"),
+                ),
+            }))?;
         if days.iter().enumerate().any(|(i, day)| days[..i].contains(day)) {
             return self.error("when.schedule.days", "lists the same weekday twice");
         }
         Some(days)
     }
 
-    /// A whole number from 1 to `max`.
-    fn bounded(&mut self, value: &Value, path: &str, max: u32) -> Option<u32> {
-        match value.as_u64().map(u32::try_from) {
-            Some(Ok(n)) if (1..=max).contains(&n) => Some(n),
-            _ => {
-                self.error(path, format!("expected a whole number from 1 to {max}, found {value}"))
+    fn what(&mut self, what: WhatDoc) -> Option<(Vec<Message>, Assignment)> {
+        let variants = match what {
+            WhatDoc::Single(message) => {
+                let message = self.message(*message, "what", "A".into())?;
+                return Some((vec![message], Assignment::Single));
             }
+            WhatDoc::Variants(variants) => variants,
+        };
+        let count = variants.variants.len();
+        let (most, rule) = if variants.choose_by.is_some() {
+            (MAX_CHOSEN_VARIANTS, format!("choose_by takes at most {MAX_CHOSEN_VARIANTS}"))
+        } else {
+            let rule = format!(
+                "an A/B test has at most {MAX_VARIANTS} (choose_by takes one per language, up to \
+                 {MAX_CHOSEN_VARIANTS})"
+            );
+            (MAX_VARIANTS, rule)
+        };
+        if count > most {
+            self.error::<()>("what.variants", format!("has {count} variants; {rule}"));
         }
-    }
-
-    /// A local time of day, `HH:MM` or `HH:MM:SS`.
-    fn time_of_day(&mut self, value: &Value, path: &str) -> Option<NaiveTime> {
-        let text = self.text(value, path)?;
-        NaiveTime::parse_from_str(&text, "%H:%M")
-            .or_else(|_| NaiveTime::parse_from_str(&text, "%H:%M:%S"))
-            .ok()
-            .or_else(|| {
-                self.error(path, format!("bad time of day {text:?}; use HH:MM, e.g. 21:00"))
-            })
-    }
-
-    /// An IANA timezone name.
-    fn timezone(&mut self, value: &Value, path: &str) -> Option<Tz> {
-        let name = self.text(value, path)?;
-        match name.as_str() {
-            "user" | "best" => self.error(
-                path,
-                format!("timezone: {name} applies to a calendar schedule (when.schedule.repeat)"),
-            ),
-            _ => name.parse().ok().or_else(|| {
-                self.error(
-                    path,
-                    format!("unknown timezone {name:?}; use an IANA name such as Europe/Paris"),
-                )
-            }),
-        }
-    }
-
-    /// A test audience: a whole number of users, or a percentage (`"15%"`) of a run's reach.
-    fn test_population(&mut self, value: &Value, path: &str) -> Option<TestPopulation> {
-        if let Some(text) = value.as_str() {
-            let percent = text.trim().strip_suffix('%').and_then(|n| n.trim().parse::<f64>().ok());
-            return match percent {
-                Some(p) if p > 0.0 && p <= 100.0 => Some(TestPopulation::Percent(p)),
-                _ => self.error(
-                    path,
-                    format!(
-                        "expected a number of users or a percentage like \"15%\", found {text:?}"
-                    ),
-                ),
-            };
-        }
-        self.count(value, path).map(TestPopulation::Users)
-    }
-
-    fn what(&mut self, value: &Value) -> Option<(Vec<Message>, Assignment)> {
-        let message_fields = ["id", "title", "body", "subtitle", "deep_link", "image_url", "push"];
-        let map = value.as_object();
-        if let Some(variants) = map.and_then(|m| m.get("variants")) {
-            let what = self.object(value, "what", &["variants", "ab", "split", "choose_by"])?;
-            let Some(items) = variants.as_array().filter(|v| !v.is_empty()) else {
-                return self.error("what.variants", "expected a non-empty list of messages");
-            };
-            let (most, rule) = if what.contains_key("choose_by") {
-                (MAX_CHOSEN_VARIANTS, format!("choose_by takes at most {MAX_CHOSEN_VARIANTS}"))
-            } else {
-                let rule = format!(
-                    "an A/B test has at most {MAX_VARIANTS} (choose_by takes one per language, \
-                     up to {MAX_CHOSEN_VARIANTS})"
-                );
-                (MAX_VARIANTS, rule)
-            };
-            if items.len() > most {
-                self.error::<()>("what.variants", format!("has {} variants; {rule}", items.len()));
-            }
-            let parsed: Vec<Option<Message>> = items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| {
-                    let path = format!("what.variants[{i}]");
-                    let default_id = default_variant_id(i);
-                    self.object(item, &path, &message_fields)
-                        .and_then(|m| self.message(m, &path, default_id))
-                })
-                .collect();
-            let assignment = self.assignment(what, items.len());
-            let messages: Vec<Message> = parsed.into_iter().collect::<Option<_>>()?;
-            let mut ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
-            ids.sort_unstable();
-            if ids.windows(2).any(|w| w[0] == w[1]) {
-                return self.error("what.variants", "variant ids must be unique");
-            }
-            return Some((messages, assignment?));
-        }
-        let map = self.object(value, "what", &message_fields)?;
-        self.message(map, "what", "A".into()).map(|m| (vec![m], Assignment::Single))
-    }
-
-    /// How users are spread over `variants`: `ab` (test, then the winner), `split` (fixed
-    /// percentages) or, by default, strict alternation.
-    fn assignment(&mut self, what: &Map<String, Value>, variants: usize) -> Option<Assignment> {
-        if let Some(property) = what.get("choose_by") {
-            if what.contains_key("ab") || what.contains_key("split") {
-                return self.error("what.choose_by", "chooses variants itself: drop ab and split");
-            }
-            return self.text(property, "what.choose_by").map(Assignment::ByProperty);
-        }
-        match (what.get("ab"), what.get("split")) {
-            (Some(_), Some(_)) => self.error("what", "use ab or split, not both"),
-            (None, None) if variants == 1 => Some(Assignment::Single),
-            (None, None) => Some(Assignment::Alternate),
-            (Some(ab), None) => {
-                let map =
-                    self.object(ab, "what.ab", &["test_audience", "evaluate_after", "winner_by"])?;
-                let audience = self
-                    .required(map, "test_audience", "what.ab")
-                    .and_then(|v| self.test_population(v, "what.ab.test_audience"));
-                let after = self
-                    .required(map, "evaluate_after", "what.ab")
-                    .and_then(|v| self.positive_duration(v, "what.ab.evaluate_after"));
-                let winner_by = match map.get("winner_by").and_then(Value::as_str) {
-                    None | Some("clicks") => Some(WinnerBy::Clicks),
-                    Some("ctr") => Some(WinnerBy::ClickThroughRate),
-                    Some(other) => self.error(
-                        "what.ab.winner_by",
-                        format!("unknown rule {other:?}; expected clicks or ctr"),
-                    ),
+        let VariantsDoc { variants, ab, split, choose_by } = variants;
+        let messages = every(variants.into_iter().enumerate().map(|(i, variant)| {
+            let path = format!("what.variants[{i}]");
+            let message = self.read(variant, &path)?;
+            self.message(message, &path, default_variant_id(i))
+        }));
+        let assignment = match (choose_by, ab, split) {
+            (Some(property), _, _) => Some(Assignment::ByProperty(property)),
+            (None, Some(ab), _) => {
+                let audience = match ab.test_audience {
+                    Audience::Users(users) => Some(TestPopulation::Users(users)),
+                    Audience::Percent(text) => self.percentage(&text, "what.ab.test_audience"),
                 };
+                let after = self.positive_duration(&ab.evaluate_after, "what.ab.evaluate_after");
                 Some(Assignment::AbTest(AbTest {
                     test_audience: audience?,
                     evaluate_after_ms: after?,
-                    winner_by: winner_by?,
+                    winner_by: ab.winner_by.unwrap_or(WinnerBy::Clicks),
                 }))
             }
-            (None, Some(split)) => {
-                let shares = self.list(split, "what.split", |parser, item, path| {
-                    match item.as_u64().and_then(|n| u32::try_from(n).ok()) {
-                        Some(n @ 1..=100) => Some(n),
-                        _ => parser.error(
-                            path,
-                            format!("expected a percentage from 1 to 100, found {item}"),
-                        ),
-                    }
-                })?;
-                if shares.len() != variants {
-                    return self.error(
-                        "what.split",
-                        format!("has {} shares for {variants} variants", shares.len()),
-                    );
-                }
-                if shares.iter().sum::<u32>() != 100 {
-                    return self.error("what.split", "shares must add up to 100");
-                }
-                Some(Assignment::Split(shares))
+            (None, None, Some(shares)) if shares.len() != count => self
+                .error("what.split", format!("has {} shares for {count} variants", shares.len())),
+            (None, None, Some(shares)) if shares.iter().sum::<u32>() != 100 => {
+                self.error("what.split", "shares must add up to 100")
             }
+            (None, None, Some(shares)) => Some(Assignment::Split(shares)),
+            (None, None, None) if count == 1 => Some(Assignment::Single),
+            (None, None, None) => Some(Assignment::Alternate),
+        };
+        let messages = messages?;
+        let mut ids: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return self.error("what.variants", "variant ids must be unique");
+        }
+        Some((messages, assignment?))
+    }
+
+    /// A test audience given as a percentage (`"15%"`) of a run's reach.
+    fn percentage(&mut self, text: &str, path: &str) -> Option<TestPopulation> {
+        let percent = text.trim().strip_suffix('%').and_then(|n| n.trim().parse::<f64>().ok());
+        match percent {
+            Some(p) if p > 0.0 && p <= 100.0 => Some(TestPopulation::Percent(p)),
+            _ => self.error(
+                path,
+                format!("expected a number of users or a percentage like \"15%\", found {text:?}"),
+            ),
         }
     }
 
-    fn message(
-        &mut self,
-        map: &Map<String, Value>,
-        path: &str,
-        default_id: String,
-    ) -> Option<Message> {
-        let id = self.optional_text(map, "id", path).unwrap_or(default_id);
-        let template = |parser: &mut Self, key: &str, required: bool| -> Option<Option<String>> {
-            let text = if required {
-                parser.required_text(map, key, path).map(Some)
-            } else {
-                Some(parser.optional_text(map, key, path))
-            };
-            if let Some(Some(source)) = &text {
-                if let Err(error) = crate::render::check_template(source) {
-                    return parser
-                        .error(join(path, key), format!("template syntax error: {error}"));
+    fn message(&mut self, message: MessageDoc, path: &str, default_id: String) -> Option<Message> {
+        let mut template = |key: &str, source: Option<String>| -> Option<Option<String>> {
+            match source.as_deref().map(crate::render::check_template) {
+                Some(Err(error)) => {
+                    self.error(join(path, key), format!("template syntax error: {error}"))
                 }
+                _ => Some(source),
             }
-            text
         };
-        let title = template(self, "title", true);
-        let body = template(self, "body", true);
-        let subtitle = template(self, "subtitle", false);
-        let deep_link = template(self, "deep_link", false);
-        let image_url = template(self, "image_url", false);
-        let push = match map.get("push") {
-            None | Some(Value::Null) => Some(PushOptions::default()),
-            Some(value) => self.push_options(value, &join(path, "push")),
-        };
+        let title = template("title", Some(message.title));
+        let body = template("body", Some(message.body));
+        let subtitle = template("subtitle", message.subtitle);
+        let deep_link = template("deep_link", message.deep_link);
+        let image_url = template("image_url", message.image_url);
+        let push = self.push_options(message.push.unwrap_or_default(), &join(path, "push"));
         Some(Message {
-            id,
+            id: message.id.unwrap_or(default_id),
             title: title??,
             body: body??,
             subtitle: subtitle?,
@@ -1068,317 +689,95 @@ impl Parser {
         })
     }
 
-    fn flag(&mut self, map: &Map<String, Value>, key: &str, path: &str) -> Option<bool> {
-        match map.get(key) {
-            None => Some(false),
-            Some(Value::Bool(b)) => Some(*b),
-            Some(other) => {
-                self.error(join(path, key), format!("expected true or false, found {other}"))
-            }
-        }
-    }
-
-    fn push_options(&mut self, value: &Value, path: &str) -> Option<PushOptions> {
-        let fields = [
-            "sound",
-            "badge",
-            "category",
-            "thread_id",
-            "mutable_content",
-            "silent",
-            "interruption_level",
-            "collapse_id",
-            "ttl",
-            "priority",
-            "channel_id",
-            "click_action",
-            "video_url",
-            "carousel",
-            "actions",
-            "external_url",
-            "data",
-        ];
-        let map = self.object(value, path, &fields)?;
-        let badge = match map.get("badge") {
-            None => Some(None),
-            Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
-                Some(n) => Some(Some(n)),
-                None => {
-                    self.error(join(path, "badge"), format!("expected a whole number, found {v}"))
-                }
-            },
-        };
-        let interruption_level = match map.get("interruption_level").map(|v| (v.as_str(), v)) {
-            None => Some(None),
-            Some((Some("passive"), _)) => Some(Some(InterruptionLevel::Passive)),
-            Some((Some("active"), _)) => Some(Some(InterruptionLevel::Active)),
-            Some((Some("time-sensitive"), _)) => Some(Some(InterruptionLevel::TimeSensitive)),
-            Some((Some("critical"), _)) => Some(Some(InterruptionLevel::Critical)),
-            Some((_, other)) => self.error(
-                join(path, "interruption_level"),
-                format!(
-                    "unknown level {other}; expected passive, active, time-sensitive or critical"
-                ),
-            ),
-        };
-        let collapse_id = self.optional_text(map, "collapse_id", path);
-        if collapse_id.as_ref().is_some_and(|id| id.len() > 64) {
+    fn push_options(&mut self, push: PushDoc, path: &str) -> Option<PushOptions> {
+        if push.collapse_id.as_ref().is_some_and(|id| id.len() > 64) {
             self.error::<()>(join(path, "collapse_id"), "is longer than 64 bytes (the APNs limit)");
         }
-        let ttl = map.get("ttl").map(|v| self.positive_duration(v, &join(path, "ttl")));
-        let priority = match map.get("priority").map(|v| (v.as_str(), v)) {
-            None => Some(Priority::Default),
-            Some((Some("max"), _)) => Some(Priority::Max),
-            Some((Some("high"), _)) => Some(Priority::High),
-            Some((Some("default"), _)) => Some(Priority::Default),
-            Some((_, other)) => self.error(
-                join(path, "priority"),
-                format!("unknown priority {other}; expected max, high or default"),
-            ),
-        };
-        let carousel = match map.get("carousel") {
-            None => Some(Vec::new()),
-            Some(value) => self.list(value, &join(path, "carousel"), |parser, item, item_path| {
-                let card = parser.object(
-                    item,
-                    item_path,
-                    &["image_url", "caption", "sub_caption", "link"],
-                )?;
-                let image_url = parser.required_text(card, "image_url", item_path);
-                Some(CarouselItem {
-                    image_url: image_url?,
-                    caption: parser.optional_text(card, "caption", item_path),
-                    sub_caption: parser.optional_text(card, "sub_caption", item_path),
-                    link: parser.optional_text(card, "link", item_path),
-                })
-            }),
-        };
-        let actions = match map.get("actions") {
-            None => Some(Vec::new()),
-            Some(value) => self.list(value, &join(path, "actions"), |parser, item, item_path| {
-                let action = parser.object(item, item_path, &["id", "title", "link"])?;
-                let id = parser.required_text(action, "id", item_path);
-                let title = parser.required_text(action, "title", item_path);
-                Some(Action {
-                    id: id?,
-                    title: title?,
-                    link: parser.optional_text(action, "link", item_path),
-                })
-            }),
-        };
-        if actions.as_ref().is_some_and(|a| a.len() > 4) {
-            self.error::<()>(
-                join(path, "actions"),
-                "has more than 4 actions (the iOS category limit)",
-            );
-        }
-        let data = match map.get("data") {
-            None => Some(Default::default()),
-            Some(Value::Object(entries)) => entries
-                .iter()
-                .map(|(k, v)| match v {
-                    Value::String(s) => Some((k.clone(), s.clone())),
-                    other => Some((k.clone(), other.to_string())),
-                })
-                .collect(),
-            Some(other) => {
-                self.error(join(path, "data"), format!("expected a mapping, found {}", kind(other)))
-            }
-        };
-        let mutable_content = self.flag(map, "mutable_content", path);
-        let silent = self.flag(map, "silent", path);
-        Some(PushOptions {
-            sound: self.optional_text(map, "sound", path),
-            badge: badge?,
-            category: self.optional_text(map, "category", path),
-            thread_id: self.optional_text(map, "thread_id", path),
-            mutable_content: mutable_content?,
-            silent: silent?,
-            interruption_level: interruption_level?,
-            collapse_id,
-            ttl_ms: ttl.flatten(),
-            priority: priority?,
-            channel_id: self.optional_text(map, "channel_id", path),
-            click_action: self.optional_text(map, "click_action", path),
-            video_url: self.optional_text(map, "video_url", path),
-            carousel: carousel?,
-            actions: actions?,
-            external_url: self.optional_text(map, "external_url", path),
-            data: data?,
-        })
-    }
-
-    /// Parses every item of a list with `item`, reporting `path[i]` paths.
-    fn list<T>(
-        &mut self,
-        value: &Value,
-        path: &str,
-        mut item: impl FnMut(&mut Self, &Value, &str) -> Option<T>,
-    ) -> Option<Vec<T>> {
-        let Some(items) = value.as_array() else {
-            return self.error(path, format!("expected a list, found {}", kind(value)));
-        };
-        let parsed: Vec<Option<T>> =
-            items.iter().enumerate().map(|(i, v)| item(self, v, &format!("{path}[{i}]"))).collect();
-        parsed.into_iter().collect()
-    }
-
-    fn limits(&mut self, value: &Value) -> Option<Limits> {
-        let map = self.object(value, "limits", &["total", "daily", "per_run", "safety"])?;
-        Some(Limits {
-            total: self.optional_count(map, "total", "limits"),
-            daily: self.optional_count(map, "daily", "limits"),
-            per_run: self.optional_count(map, "per_run", "limits"),
-            safety: self.optional_count(map, "safety", "limits"),
-        })
-    }
-
-    fn options(&mut self, value: &Value) -> Option<Options> {
-        let empty = Map::new();
-        let map = match value {
-            Value::Null => &empty,
-            other => self.object(
-                other,
-                "options",
-                &[
-                    "ignore_global_caps",
-                    "throttle",
-                    "dnd",
-                    "sample_percent",
-                    "platforms",
-                    "conversion",
-                    "timezone",
-                    "shards",
-                ],
-            )?,
-        };
-        let ignore_global_caps = match map.get("ignore_global_caps") {
-            None => Some(false),
-            Some(Value::Bool(b)) => Some(*b),
-            Some(other) => self.error(
-                "options.ignore_global_caps",
-                format!("expected true or false, found {other}"),
-            ),
-        };
-        let dnd = match map.get("dnd") {
-            None | Some(Value::Null) => Some(None),
-            Some(value) => self.dnd(value).map(Some),
-        };
-        let sample_percent = match map.get("sample_percent") {
-            None => Some(100.0),
-            Some(v) => match v.as_f64() {
-                Some(p) if p > 0.0 && p <= 100.0 => Some(p),
-                _ => self.error(
-                    "options.sample_percent",
-                    format!("expected a percentage above 0 and at most 100, found {v}"),
-                ),
-            },
-        };
-        let platforms = match map.get("platforms") {
-            None => Some(vec![Platform::Ios, Platform::Android]),
-            Some(value) => self.platforms(value),
-        };
-        let conversion = match map.get("conversion") {
-            None | Some(Value::Null) => Some(None),
-            Some(value) => {
-                self.object(value, "options.conversion", &["event", "within"]).and_then(|c| {
-                    let event = self.required_text(c, "event", "options.conversion");
-                    let within = self
-                        .required(c, "within", "options.conversion")
-                        .and_then(|v| self.positive_duration(v, "options.conversion.within"));
-                    Some(Some(Conversion { event: event?, within_ms: within? }))
-                })
-            }
-        };
-        let timezone = match map.get("timezone") {
+        let ttl_ms = match &push.ttl {
             None => Some(None),
-            Some(value) => self.timezone(value, "options.timezone").map(Some),
+            Some(ttl) => self.positive_duration(ttl, &join(path, "ttl")).map(Some),
         };
-        let throttle = match map.get("throttle") {
-            None | Some(Value::Null) => Some(None),
-            Some(value) => self.object(value, "options.throttle", &["max", "per"]).and_then(|t| {
-                let max = self
-                    .required(t, "max", "options.throttle")
-                    .and_then(|v| self.count(v, "options.throttle.max"));
-                let per = self
-                    .required(t, "per", "options.throttle")
-                    .and_then(|v| self.positive_duration(v, "options.throttle.per"));
-                Some(Some(Throttle { max: max?, per_ms: per? }))
-            }),
-        };
-        let shards = match map.get("shards") {
-            None => Some(1),
-            Some(v) => match v.as_u64() {
-                Some(n) if (1..=u64::from(MAX_SHARDS)).contains(&n) => Some(n as u32),
-                _ => self.error(
-                    "options.shards",
-                    format!("expected a whole number from 1 to {MAX_SHARDS}, found {v}"),
-                ),
-            },
-        };
-        Some(Options {
-            shards: shards?,
-            throttle: throttle?,
-            ignore_global_caps: ignore_global_caps?,
-            dnd: dnd?,
-            sample_percent: sample_percent?,
-            platforms: platforms?,
-            conversion: conversion?,
-            timezone: timezone?,
+        let data = push
+            .data
+            .into_iter()
+            .map(|(key, value)| match value {
+                Value::String(text) => (key, text),
+                other => (key, other.to_string()),
+            })
+            .collect();
+        Some(PushOptions {
+            sound: push.sound,
+            badge: push.badge,
+            category: push.category,
+            thread_id: push.thread_id,
+            mutable_content: push.mutable_content,
+            silent: push.silent,
+            interruption_level: push.interruption_level,
+            collapse_id: push.collapse_id,
+            ttl_ms: ttl_ms?,
+            priority: push.priority,
+            channel_id: push.channel_id,
+            click_action: push.click_action,
+            video_url: push.video_url,
+            carousel: push.carousel,
+            actions: push.actions,
+            external_url: push.external_url,
+            data,
         })
     }
 
-    fn dnd(&mut self, value: &Value) -> Option<Dnd> {
-        let map = self.object(value, "options.dnd", &["start", "end", "action"])?;
-        let time = |parser: &mut Self, key: &str| {
-            let path = join("options.dnd", key);
-            parser.required(map, key, "options.dnd").and_then(|v| parser.time_of_day(v, &path))
-        };
-        let start = time(self, "start");
-        let end = time(self, "end");
-        let action = match map.get("action").and_then(Value::as_str) {
-            None => Some(DndAction::Delay),
-            Some("delay") => Some(DndAction::Delay),
-            Some("discard") => Some(DndAction::Discard),
-            Some(other) => self.error(
-                "options.dnd.action",
-                format!("unknown action {other:?}; expected delay or discard"),
-            ),
-        };
+    /// Do-not-disturb hours: a non-empty local window.
+    fn dnd(&mut self, dnd: DndDoc) -> Option<Dnd> {
+        let start = self.time_of_day(&dnd.start, "options.dnd.start");
+        let end = self.time_of_day(&dnd.end, "options.dnd.end");
         if start.is_some() && start == end {
             return self.error("options.dnd.end", "equals start: the window would be empty");
         }
-        Some(Dnd { start: start?, end: end?, action: action? })
+        let action = dnd.action.unwrap_or(DndAction::Delay);
+        Some(Dnd { start: start?, end: end?, action })
     }
 
-    fn platforms(&mut self, value: &Value) -> Option<Vec<Platform>> {
-        let Some(items) = value.as_array().filter(|v| !v.is_empty()) else {
-            return self.error("options.platforms", "expected a non-empty list of ios, android");
+    fn options(&mut self, options: OptionsDoc) -> Option<Options> {
+        let dnd = match options.dnd {
+            None => Some(None),
+            Some(dnd) => self.dnd(dnd).map(Some),
         };
-        let parsed: Vec<Option<Platform>> = items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| match item.as_str() {
-                Some("ios") => Some(Platform::Ios),
-                Some("android") => Some(Platform::Android),
-                _ => self.error(
-                    format!("options.platforms[{i}]"),
-                    format!("unknown platform {item}; expected ios or android"),
-                ),
-            })
-            .collect();
-        parsed.into_iter().collect()
-    }
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "nothing",
-        Value::Bool(_) => "true/false",
-        Value::Number(_) => "a number",
-        Value::String(_) => "text",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
+        let conversion = match options.conversion {
+            None => Some(None),
+            Some(conversion) => self
+                .event_within(conversion, "options.conversion")
+                .map(|(event, within_ms)| Some(Conversion { event, within_ms })),
+        };
+        let timezone = match options.timezone {
+            None => Some(None),
+            Some(name) => self.timezone(&name, "options.timezone").map(Some),
+        };
+        let throttle = match options.throttle {
+            None => Some(None),
+            Some(throttle) => self
+                .positive_duration(&throttle.per, "options.throttle.per")
+                .map(|per_ms| Some(Throttle { max: throttle.max, per_ms })),
+        };
+        let platforms = match options.platforms {
+            None => vec![Platform::Ios, Platform::Android],
+            Some(platforms) => platforms
+                .into_iter()
+                .map(|platform| match platform {
+                    PlatformDoc::Ios => Platform::Ios,
+                    PlatformDoc::Android => Platform::Android,
+                })
+                .collect(),
+        };
+        Some(Options {
+            shards: options.shards.unwrap_or(1),
+            throttle: throttle?,
+            ignore_global_caps: options.ignore_global_caps,
+            dnd: dnd?,
+            sample_percent: options.sample_percent.unwrap_or(100.0),
+            platforms,
+            conversion: conversion?,
+            timezone: timezone?,
+        })
     }
 }
 
