@@ -517,8 +517,8 @@ mod tests {
             ),
             (
                 ("Welcome\n", "Welcome\nwho: {device: colour, equals: red}\n"),
-                vec!["who.device: unknown device \"colour\"; expected platform, app_version, \
-                      os_version, make, model or sdk_version"],
+                vec!["who.device: unknown device field \"colour\"; expected one of platform, \
+                      app_version, os_version, make, model, sdk_version"],
             ),
             (
                 ("Welcome\n", "Welcome\nwho: {property: age}\n"),
