@@ -80,18 +80,18 @@ fn filter_validator() -> &'static jsonschema::Validator {
 
 /// Where `document` (a parsed campaign file) breaks the schema, in the schema's order.
 pub fn schema_errors(document: &Value) -> Vec<FieldError> {
-    let mut errors = Vec::new();
-    for error in campaign_validator().iter_errors(document) {
-        explain(&error, "", &mut errors);
-    }
-    sort_by_schema(&mut errors);
-    errors
+    errors(campaign_validator(), document, "")
 }
 
 /// Where `filter` (a `who` filter found at `path`) breaks the schema's definition of filters.
 pub(super) fn filter_errors(filter: &Value, path: &str) -> Vec<FieldError> {
+    errors(filter_validator(), filter, path)
+}
+
+/// Where `value`, found at `path`, breaks `validator`, in the schema's order.
+fn errors(validator: &jsonschema::Validator, value: &Value, path: &str) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    for error in filter_validator().iter_errors(filter) {
+    for error in validator.iter_errors(value) {
         explain(&error, path, &mut errors);
     }
     sort_by_schema(&mut errors);
@@ -127,7 +127,7 @@ pub(super) fn join(path: &str, key: &str) -> String {
 }
 
 /// What a value is, in a sentence (`found a list`).
-pub(super) fn kind(value: &Value) -> &'static str {
+fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "nothing",
         Value::Bool(_) => "true/false",
@@ -214,9 +214,9 @@ type Branch = Vec<ValidationError<'static>>;
 /// Which alternative of a `oneOf`/`anyOf` explains a value best.
 enum Closest<'e> {
     /// The one that fits the value best.
-    Branch(&'e Branch),
+    Branch(&'e [ValidationError<'static>]),
     /// None fits better than another (the first of them).
-    Ambiguous(&'e Branch),
+    Ambiguous(&'e [ValidationError<'static>]),
 }
 
 /// Branches that refuse the value itself for its type, a missing field or a value not allowed
@@ -252,7 +252,7 @@ fn closest_branch<'e>(error: &ValidationError<'_>, context: &'e [Branch]) -> Clo
     let fitting: Vec<&Branch> = branches.iter().copied().filter(|b| !misfit(b)).collect();
     let candidates = if fitting.is_empty() { &branches } else { &fitting };
     let Some(best) = candidates.iter().copied().min_by_key(|b| score(b)) else {
-        return Closest::Ambiguous(&context[0]);
+        return Closest::Ambiguous(&[]);
     };
     let ties = candidates.iter().filter(|b| score(b).cmp(&score(best)) == Ordering::Equal).count();
     if fitting.is_empty() && ties > 1 {
