@@ -269,3 +269,85 @@ options:
     assert_eq!(lines[4], "options.dnd.end: equals start: the window would be empty");
     assert!(lines[5].starts_with("options.timezone: unknown timezone \"Europe/Atlantis\""));
 }
+
+/// Every node of `value` as a JSON pointer.
+fn pointers(value: &serde_json::Value, at: String, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map {
+                pointers(inner, format!("{at}/{}", key.replace('~', "~0").replace('/', "~1")), out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, inner) in items.iter().enumerate() {
+                pointers(inner, format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+    out.push(at);
+}
+
+#[test]
+fn whatever_a_field_holds_the_schema_and_serde_agree() {
+    // Any value in any field of the documented campaigns, or a field removed: the file is
+    // valid, or its errors are the schema's and the semantic checks' words, never serde's (a
+    // part serde could not read although the schema accepted it).
+    use serde_json::{json, Value};
+    let replacements = [
+        json!(null),
+        json!(true),
+        json!(0),
+        json!(-1),
+        json!(2.0),
+        json!(2.5),
+        json!(1e20),
+        json!(""),
+        json!("x"),
+        json!("1h"),
+        json!("2026-12-01T00:00:00Z"),
+        json!([]),
+        json!(["x"]),
+        json!({}),
+        json!({"x": 1}),
+    ];
+    let serde_words =
+        ["invalid type", "invalid value", "missing field", "unknown variant", "did not match"];
+    let mut checked = 0;
+    for example in doc_examples().iter().filter(|e| e.starts_with("id: ")) {
+        let document: Value = serde_norway::from_str(example).unwrap();
+        let mut nodes = Vec::new();
+        pointers(&document, String::new(), &mut nodes);
+        for node in nodes.iter().filter(|node| !node.is_empty()) {
+            let (parent, key) = node.rsplit_once('/').unwrap();
+            let mut variants: Vec<Value> = replacements
+                .iter()
+                .map(|replacement| {
+                    let mut changed = document.clone();
+                    *changed.pointer_mut(node).unwrap() = replacement.clone();
+                    changed
+                })
+                .collect();
+            let mut removed = document.clone();
+            match removed.pointer_mut(parent).unwrap() {
+                Value::Object(map) => drop(map.remove(key)),
+                Value::Array(items) => drop(items.remove(key.parse::<usize>().unwrap())),
+                _ => unreachable!(),
+            }
+            variants.push(removed);
+            for changed in variants {
+                let text = changed.to_string();
+                if let Err(errors) = parse_campaign(&text, "changed.json") {
+                    for error in &errors.errors {
+                        assert!(
+                            !serde_words.iter().any(|words| error.reason.contains(words)),
+                            "{node}: {errors}\n{text}"
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 1_000, "only {checked} files");
+}

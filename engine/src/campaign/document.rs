@@ -326,3 +326,23 @@ pub(super) enum PlatformDoc {
     Ios,
     Android,
 }
+
+/// Writes every whole number given with a fraction (`2.0`) as the whole number, as JSON Schema
+/// counts it (an `integer`) and serde then reads it, except in `push.data` (sent as written).
+pub(super) fn whole_numbers(value: &mut Value) {
+    match value {
+        Value::Number(number) if number.is_f64() => {
+            let whole = number.as_f64().filter(|n| n.fract() == 0.0 && n.abs() < 9.0e15);
+            if let Some(whole) = whole {
+                // Exact: below 2^53.
+                *value = Value::from(whole as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        Value::Object(map) => {
+            let fields = map.iter_mut().filter(|(key, _)| key.as_str() != "data");
+            fields.for_each(|(_, inner)| whole_numbers(inner));
+        }
+        _ => {}
+    }
+}

@@ -13,9 +13,9 @@ use serde_json::Value;
 
 use super::{
     document::{
-        Audience, CampaignFile, CatchUpDoc, ConditionDoc, DidDoc, DidNotDoc, DndDoc, EventWithin,
-        FilterDoc, MessageDoc, OneOrMany, OpDoc, OptionsDoc, Part, PlatformDoc, PushDoc, Repeat,
-        ScalarDoc, ScheduleDoc, Status, VariantsDoc, WhatDoc, WhenDoc,
+        whole_numbers, Audience, CampaignFile, CatchUpDoc, ConditionDoc, DidDoc, DidNotDoc, DndDoc,
+        EventWithin, FilterDoc, MessageDoc, OneOrMany, OpDoc, OptionsDoc, Part, PlatformDoc,
+        PushDoc, Repeat, ScalarDoc, ScheduleDoc, Status, VariantsDoc, WhatDoc, WhenDoc,
     },
     json_schema::{self, join},
     recurrence::DEFAULT_GRACE_MS,
@@ -78,8 +78,9 @@ impl std::error::Error for ValidationErrors {}
 /// Parses a YAML (or JSON, a subset of YAML) campaign definition; `source` names it in errors.
 pub fn parse_campaign(text: &str, source: &str) -> Result<Campaign, ValidationErrors> {
     let fail = |errors| ValidationErrors { source: source.to_string(), errors };
-    let document: Value = serde_norway::from_str(text)
+    let mut document: Value = serde_norway::from_str(text)
         .map_err(|e| fail(vec![FieldError { path: "(document)".into(), reason: e.to_string() }]))?;
+    whole_numbers(&mut document);
     let structure = json_schema::schema_errors(&document);
     let mut parser = Parser::default();
     let campaign = parser.campaign(read(document));
@@ -91,9 +92,11 @@ pub fn parse_campaign(text: &str, source: &str) -> Result<Campaign, ValidationEr
 
 /// Parses the filter of a saved segment (the `who` language without segment references).
 pub(super) fn parse_segment_filter(value: &Value, path: &str) -> Result<Filter, Vec<FieldError>> {
-    let structure = json_schema::filter_errors(value, path);
+    let mut value = value.clone();
+    whole_numbers(&mut value);
+    let structure = json_schema::filter_errors(&value, path);
     let mut parser = Parser { in_segment: true, ..Parser::default() };
-    let filter = parser.read(read(value.clone()), path).and_then(|f| parser.filter(f, path));
+    let filter = parser.read(read(value), path).and_then(|f| parser.filter(f, path));
     match (filter, parser.errors_beside(structure)) {
         (Some(filter), errors) if errors.is_empty() => Ok(filter),
         (_, errors) => Err(errors),
