@@ -351,3 +351,22 @@ fn whatever_a_field_holds_the_schema_and_serde_agree() {
     }
     assert!(checked > 1_000, "only {checked} files");
 }
+
+#[test]
+fn a_field_set_to_nothing_is_absent_and_a_whole_number_may_have_a_fraction() {
+    let text = "id: t\napp: shop\nname: n\nstatus:\nwho: ~\nwhen: { event: Ping, where: }\n\
+                what: { title: t, body: b, subtitle: , push: { sound: ~, badge: 2.0, data: { a: ~, b: 1.0 } } }\n\
+                limits: { total: 1000.0, daily: }\noptions: { timezone: ~, dnd: }\n";
+    let campaign = parse_campaign(text, "t").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(campaign.status, herald_engine::campaign::CampaignStatus::Active);
+    assert_eq!((campaign.limits.total, campaign.limits.daily), (Some(1000), None));
+    let push = &campaign.what[0].push;
+    assert_eq!(
+        (push.sound.as_deref(), push.badge, campaign.what[0].subtitle.as_deref()),
+        (None, Some(2), None)
+    );
+    let data: Vec<(&str, &str)> = push.data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(data, [("a", "null"), ("b", "1.0")], "push.data is sent as written");
+    let errors = parse_campaign(&text.replace("name: n", "name: ~"), "t").unwrap_err();
+    assert_eq!(errors.to_string(), "t: 1 error\n  name: is required");
+}

@@ -327,9 +327,10 @@ pub(super) enum PlatformDoc {
     Android,
 }
 
-/// Writes every whole number given with a fraction (`2.0`) as the whole number, as JSON Schema
-/// counts it (an `integer`) and serde then reads it, except in `push.data` (sent as written).
-pub(super) fn whole_numbers(value: &mut Value) {
+/// Reads a file as the schema and serde take it: a field set to nothing (`subtitle:` or `~`) is
+/// absent, and a whole number written with a fraction (`2.0`) is that whole number (JSON Schema
+/// counts it as an `integer`; serde would not read it as one). `push.data` is kept as written.
+pub(super) fn normalize(value: &mut Value) {
     match value {
         Value::Number(number) if number.is_f64() => {
             let whole = number.as_f64().filter(|n| n.fract() == 0.0 && n.abs() < 9.0e15);
@@ -338,10 +339,11 @@ pub(super) fn whole_numbers(value: &mut Value) {
                 *value = Value::from(whole as i64);
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        Value::Array(items) => items.iter_mut().for_each(normalize),
         Value::Object(map) => {
+            map.retain(|_, inner| !inner.is_null());
             let fields = map.iter_mut().filter(|(key, _)| key.as_str() != "data");
-            fields.for_each(|(_, inner)| whole_numbers(inner));
+            fields.for_each(|(_, inner)| normalize(inner));
         }
         _ => {}
     }

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::{
     document::{
-        whole_numbers, Audience, CampaignFile, CatchUpDoc, ConditionDoc, DidDoc, DidNotDoc, DndDoc,
+        normalize, Audience, CampaignFile, CatchUpDoc, ConditionDoc, DidDoc, DidNotDoc, DndDoc,
         EventWithin, FilterDoc, MessageDoc, OneOrMany, OpDoc, OptionsDoc, Part, PlatformDoc,
         PushDoc, Repeat, ScalarDoc, ScheduleDoc, Status, VariantsDoc, WhatDoc, WhenDoc,
     },
@@ -80,7 +80,7 @@ pub fn parse_campaign(text: &str, source: &str) -> Result<Campaign, ValidationEr
     let fail = |errors| ValidationErrors { source: source.to_string(), errors };
     let mut document: Value = serde_norway::from_str(text)
         .map_err(|e| fail(vec![FieldError { path: "(document)".into(), reason: e.to_string() }]))?;
-    whole_numbers(&mut document);
+    normalize(&mut document);
     let structure = json_schema::schema_errors(&document);
     let mut parser = Parser::default();
     let campaign = parser.campaign(read(document));
@@ -93,7 +93,7 @@ pub fn parse_campaign(text: &str, source: &str) -> Result<Campaign, ValidationEr
 /// Parses the filter of a saved segment (the `who` language without segment references).
 pub(super) fn parse_segment_filter(value: &Value, path: &str) -> Result<Filter, Vec<FieldError>> {
     let mut value = value.clone();
-    whole_numbers(&mut value);
+    normalize(&mut value);
     let structure = json_schema::filter_errors(&value, path);
     let mut parser = Parser { in_segment: true, ..Parser::default() };
     let filter = parser.read(read(value), path).and_then(|f| parser.filter(f, path));
