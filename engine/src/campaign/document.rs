@@ -11,9 +11,7 @@ use serde::{
 };
 use serde_json::{Map, Value};
 
-use super::{
-    Action, CarouselItem, DndAction, InterruptionLevel, Limits, Place, Priority, WinnerBy,
-};
+use super::{DndAction, Limits, Place, PushOptions, WinnerBy};
 
 /// A part of the document that serde read as `T`, or could not (serde's reason; absent when a
 /// required field is missing).
@@ -267,26 +265,13 @@ pub(super) struct MessageDoc {
     pub push: Option<PushDoc>,
 }
 
-/// A message's `push` options.
+/// A message's `push` options: those read as written, and `ttl` and `data`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub(super) struct PushDoc {
-    pub sound: Option<String>,
-    pub badge: Option<u32>,
-    pub category: Option<String>,
-    pub thread_id: Option<String>,
-    pub mutable_content: bool,
-    pub silent: bool,
-    pub interruption_level: Option<InterruptionLevel>,
-    pub collapse_id: Option<String>,
+    #[serde(flatten)]
+    pub options: PushOptions,
     pub ttl: Option<String>,
-    pub priority: Priority,
-    pub channel_id: Option<String>,
-    pub click_action: Option<String>,
-    pub video_url: Option<String>,
-    pub carousel: Vec<CarouselItem>,
-    pub actions: Vec<Action>,
-    pub external_url: Option<String>,
     pub data: Map<String, Value>,
 }
 

@@ -284,8 +284,10 @@ pub struct Action {
     pub link: Option<String>,
 }
 
-/// Platform delivery options of a message.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Platform delivery options of a message (read as the campaign file spells them, but for
+/// `ttl` and `data`, which `parse.rs` reads).
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(default)]
 pub struct PushOptions {
     /// Sound name.
     pub sound: Option<String>,
@@ -304,6 +306,7 @@ pub struct PushOptions {
     /// Collapse id (APNs `apns-collapse-id`, at most 64 bytes; FCM collapse key).
     pub collapse_id: Option<String>,
     /// Time to live, milliseconds (APNs expiration, FCM ttl).
+    #[serde(skip)]
     pub ttl_ms: Option<i64>,
     /// Delivery priority.
     pub priority: Priority,
@@ -320,6 +323,7 @@ pub struct PushOptions {
     /// External URL opened on tap (instead of a deep link).
     pub external_url: Option<String>,
     /// Custom key-value data.
+    #[serde(skip)]
     pub data: std::collections::BTreeMap<String, String>,
 }
 

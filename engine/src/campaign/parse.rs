@@ -693,12 +693,12 @@ impl Parser {
     }
 
     fn push_options(&mut self, push: PushDoc, path: &str) -> Option<PushOptions> {
-        if push.collapse_id.as_ref().is_some_and(|id| id.len() > 64) {
+        if push.options.collapse_id.as_ref().is_some_and(|id| id.len() > 64) {
             self.error::<()>(join(path, "collapse_id"), "is longer than 64 bytes (the APNs limit)");
         }
         let ttl_ms = match &push.ttl {
-            None => Some(None),
-            Some(ttl) => self.positive_duration(ttl, &join(path, "ttl")).map(Some),
+            None => None,
+            Some(ttl) => Some(self.positive_duration(ttl, &join(path, "ttl"))?),
         };
         let data = push
             .data
@@ -708,25 +708,7 @@ impl Parser {
                 other => (key, other.to_string()),
             })
             .collect();
-        Some(PushOptions {
-            sound: push.sound,
-            badge: push.badge,
-            category: push.category,
-            thread_id: push.thread_id,
-            mutable_content: push.mutable_content,
-            silent: push.silent,
-            interruption_level: push.interruption_level,
-            collapse_id: push.collapse_id,
-            ttl_ms: ttl_ms?,
-            priority: push.priority,
-            channel_id: push.channel_id,
-            click_action: push.click_action,
-            video_url: push.video_url,
-            carousel: push.carousel,
-            actions: push.actions,
-            external_url: push.external_url,
-            data,
-        })
+        Some(PushOptions { ttl_ms, data, ..push.options })
     }
 
     /// Do-not-disturb hours: a non-empty local window.
