@@ -781,3 +781,27 @@ fn estimated_reach_of_a_segment_and_a_campaign_comes_from_the_running_engine_as_
         403
     );
 }
+
+/// Issue 15: a preview or an estimate that no engine answers gets 503 with a JSON error saying
+/// so, whether no engine ever created the query topics or none answers on them.
+#[test]
+fn a_preview_or_an_estimate_no_engine_answers_gets_503_with_a_json_error() {
+    let api = Api::start("api-503", &[]);
+    assert_eq!(api.admin("POST", "/api/v1/campaigns", Some(&campaign("c503", "t"))).status, 201);
+    let unavailable = |answer: Answer| {
+        assert_eq!(answer.status, 503, "{}", answer.body);
+        let error = answer.body["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains("engine"), "{error}");
+    };
+    let estimate = |api: &Api| {
+        api.admin("POST", "/api/v1/campaigns/estimate?timeout_s=1", Some(&campaign("c503", "t")))
+    };
+    // No engine ever ran on these topics.
+    unavailable(api.read("/api/v1/campaigns/c503/preview?user=u1"));
+    unavailable(estimate(&api));
+    // The channel's topics exist, but no engine answers on them.
+    let names = ["events", "queries", "query-replies"].map(|t| api.topic(t));
+    create_topics(&names.iter().map(|n| (n.as_str(), 2)).collect::<Vec<_>>());
+    unavailable(api.read("/api/v1/campaigns/c503/preview?user=u1"));
+    unavailable(estimate(&api));
+}

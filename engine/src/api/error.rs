@@ -10,7 +10,7 @@ use axum::{
 use serde::Serialize;
 
 use super::audit::ErrorNote;
-use crate::campaign::ValidationErrors;
+use crate::{campaign::ValidationErrors, query::QueryError};
 
 /// One problem with a field of the request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -63,6 +63,10 @@ pub enum ApiError {
     /// The request conflicts with the current state (e.g. a command on a stopped campaign).
     #[error("{0}")]
     Conflict(String),
+    /// No engine answered a question the request needs answered by the running engine (a
+    /// preview's profile, an estimate): none runs on these topics, or none answered in time.
+    #[error("{0}")]
+    Unavailable(String),
     /// Something Herald depends on failed (the broker, a file).
     #[error("{0}")]
     Internal(String),
@@ -88,7 +92,17 @@ impl ApiError {
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(error: QueryError) -> Self {
+        match error {
+            QueryError::NoTopic(_) => Self::Unavailable(format!("no engine to ask: {error}")),
+            _ => Self::Internal(format!("asking the engine: {error}")),
         }
     }
 }

@@ -57,7 +57,14 @@ async fn ask(
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(format!("asking the engine: {e}")))?;
+    .map_err(ApiError::from)?;
+    if estimate.partitions_answered == 0 && estimate.refused.is_empty() {
+        return Err(ApiError::Unavailable(format!(
+            "no engine answered within {}s (partitions {:?} missing): is an engine running?",
+            timeout.as_secs(),
+            estimate.partitions_missing
+        )));
+    }
     let complete = estimate.partitions_missing.is_empty() && estimate.refused.is_empty();
     Ok(Json(EstimateView { partitions, complete, estimate }))
 }
@@ -70,7 +77,8 @@ async fn ask(
     request_body(content = String, description = "campaign definition, YAML or JSON",
         content_type = "application/json"),
     responses((status = 200, body = EstimateView), (status = 422, body = super::ErrorBody),
-        (status = 500, body = super::ErrorBody, description = "no engine's query topics")),
+        (status = 503, body = super::ErrorBody,
+            description = "no engine's query topics, or no partition answered in time")),
     security(("bearer" = [])))]
 pub async fn estimate_campaign(
     State(state): State<ApiState>,
@@ -95,7 +103,8 @@ pub async fn estimate_campaign(
 #[utoipa::path(get, path = "/api/v1/segments/{id}/estimate", tag = "segments",
     params(("id" = String, Path, description = "segment id"), EstimateQuery),
     responses((status = 200, body = EstimateView), (status = 404, body = super::ErrorBody),
-        (status = 500, body = super::ErrorBody, description = "no engine's query topics")),
+        (status = 503, body = super::ErrorBody,
+            description = "no engine's query topics, or no partition answered in time")),
     security(("bearer" = [])))]
 pub async fn estimate_segment(
     State(state): State<ApiState>,

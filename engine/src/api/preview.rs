@@ -91,14 +91,19 @@ async fn lookup(state: &ApiState, user: &str) -> Result<Option<Profile>, ApiErro
     tokio::task::spawn_blocking(move || profile::lookup(&kafka, &topics, &user, LOOKUP_TIMEOUT))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e: LookupError| ApiError::Internal(e.to_string()))
+        .map_err(|error| match error {
+            LookupError::Query(error) => error.into(),
+            LookupError::NoAnswer { .. } => ApiError::Unavailable(error.to_string()),
+            LookupError::Failed { .. } => ApiError::Internal(error.to_string()),
+        })
 }
 
 /// Campaign `id` rendered for one user, per variant: the texts, and the exact APNs and FCM
 /// request bodies of the user's devices with their size against the 4,096-byte limit.
 #[utoipa::path(get, path = "/api/v1/campaigns/{id}/preview", tag = "campaigns",
     params(("id" = String, Path, description = "campaign id"), PreviewParams),
-    responses((status = 200, body = Preview), (status = 404, body = super::ErrorBody)),
+    responses((status = 200, body = Preview), (status = 404, body = super::ErrorBody),
+        (status = 503, body = super::ErrorBody, description = "no engine answered")),
     security(("bearer" = [])))]
 pub async fn preview_campaign(
     State(state): State<ApiState>,
@@ -130,7 +135,8 @@ pub async fn preview_campaign(
     params(("id" = String, Path, description = "campaign id")),
     request_body = TestSendRequest,
     responses((status = 200, body = TestSendResponse), (status = 404, body = super::ErrorBody),
-        (status = 422, body = super::ErrorBody), (status = 403, body = super::ErrorBody)),
+        (status = 422, body = super::ErrorBody), (status = 403, body = super::ErrorBody),
+        (status = 503, body = super::ErrorBody, description = "no engine answered")),
     security(("bearer" = [])))]
 pub async fn test_send_campaign(
     State(state): State<ApiState>,
