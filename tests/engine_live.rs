@@ -715,6 +715,7 @@ fn candidates_already_on_the_flow_when_a_campaign_is_paused_are_held_and_sent_on
             }],
             timezone: None,
             language: None,
+            source: None,
         };
         ("promo".to_string(), registry.encode(&candidate).unwrap())
     };

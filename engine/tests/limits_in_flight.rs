@@ -246,6 +246,7 @@ fn a_candidate_held_by_a_pause_takes_a_place_returned_after_the_resume() {
         }],
         timezone: None,
         language: None,
+        source: None,
     };
     // On the flow when the pause came (the replay drains at once, so it is fed during the pause).
     let on_flow = herald_engine::runtime::replay::ReplayRecord {

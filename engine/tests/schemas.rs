@@ -140,6 +140,7 @@ fn campaign_records_round_trip() {
         devices: vec![device()],
         timezone: Some("Europe/Paris".into()),
         language: Some("fr".into()),
+        source: Some(SourcePartition { partition: 2, partitions: 4 }),
     });
     round_trip(Engagement {
         campaign_id: "c".into(),
@@ -363,6 +364,7 @@ fn query_request_and_reply_round_trip() {
         body: Some(r#"{"matched":10}"#.into()),
         error: None,
         timestamp_ms: 1_700_000_001_000,
+        signature: Some("00ff".into()),
     };
     round_trip(done.clone());
     round_trip(QueryReply {
@@ -599,4 +601,31 @@ fn scheduled_run_ids_carry_their_time() {
     let id = scheduled_run_id(1_764_237_600_000);
     assert_eq!(scheduled_run_time(&id), Some(1_764_237_600_000));
     assert_eq!(scheduled_run_time(TRIGGERED_RUN), None, "live triggers are not a scheduled run");
+}
+
+#[test]
+fn a_candidate_written_before_its_source_partition_decodes_without_one() {
+    let v1 =
+        apache_avro::Schema::parse_str(include_str!("../../schemas/history/candidate.v1.avsc"))
+            .unwrap();
+    let text = |s: &str| Value::String(s.into());
+    let none = || Value::Union(0, Box::new(Value::Null));
+    let value = Value::Record(vec![
+        ("campaign_id".into(), text("c")),
+        ("app_id".into(), text("shop")),
+        ("run_id".into(), text("trigger")),
+        ("user_id".into(), text("u-old")),
+        ("qualified_at_ms".into(), Value::Long(15)),
+        ("trigger_event".into(), none()),
+        ("event_properties".into(), Value::Map(Default::default())),
+        ("profile".into(), Value::Map(Default::default())),
+        ("devices".into(), Value::Array(vec![])),
+        ("timezone".into(), none()),
+        ("language".into(), none()),
+    ]);
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&v1.fingerprint::<apache_avro::rabin::Rabin>().bytes[..8]);
+    bytes.extend(apache_avro::to_avro_datum(&v1, value).unwrap());
+    let candidate: Candidate = registry().decode(&bytes).expect("v1 resolves to v2");
+    assert_eq!((candidate.user_id.as_str(), candidate.source), ("u-old", None));
 }

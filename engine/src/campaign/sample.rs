@@ -38,6 +38,7 @@ pub fn reservation(campaign: &Campaign, run: &str, user: &str, local_ms: i64) ->
         devices: Vec::new(),
         timezone: None,
         language: None,
+        source: None,
     }
 }
 

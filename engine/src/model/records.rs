@@ -238,6 +238,19 @@ pub struct Candidate {
     /// User's language (BCP 47).
     #[serde(default)]
     pub language: Option<String>,
+    /// The user-stage partition that qualified the user (a triggered A/B test gives each
+    /// partition its share of the test population); `None` from older producers.
+    #[serde(default)]
+    pub source: Option<SourcePartition>,
+}
+
+/// A user-stage partition, as a candidate names the one it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcePartition {
+    /// The partition.
+    pub partition: i32,
+    /// How many partitions the user stage has.
+    pub partitions: i32,
 }
 
 impl Record for Candidate {

@@ -1,11 +1,172 @@
 //! A/B tests and split delivery: deterministic assignment, test groups, winner selection.
+//!
+//! A triggered A/B test of `N` users numbers its places `0..N` ("slots") and gives each of the
+//! `P` user-stage partitions an equal share in a range of its own (partition 0 the first
+//! `⌈N/P⌉` or `⌊N/P⌋`, and so on): partition `p`'s `k`-th user to qualify takes its range's
+//! `k`-th slot, with variant `slot mod variants` (so the variants alternate within each
+//! partition and are exact overall). Every partition has its share of the test whenever its
+//! users come (a partition that lags behind is tested as much as the others); users beyond
+//! their partition's share wait for the winner and get it. The test is complete, and its
+//! evaluation starts, when every slot is taken.
 
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    is_held, queue, timer_key, CampaignStage, CampaignState, ProcessError, RUN_BUFFER, RUN_TIMER,
+};
 pub use crate::campaign::TestPopulation;
+use crate::{
+    campaign::{AbTest, Assignment, Campaign, CampaignStatus},
+    model::Candidate,
+    runtime::ProcessorContext,
+};
 
-/// The variant for the `n`-th user (0-based) to qualify for a triggered test: strict
-/// alternation A, B, C, A, B, C, …
+/// The variant for the `n`-th user (0-based) of a test: strict alternation A, B, C, A, B, C, …
 pub fn alternate(n: u64, variants: usize) -> usize {
     (n % variants.max(1) as u64) as usize
+}
+
+/// The slot of partition `partition`'s next test user (after `taken` of its own) in a test of
+/// `audience` users over `partitions` partitions, while the partition's share is not full.
+/// Shares are equal (the first `audience mod partitions` partitions have one more) and in
+/// consecutive ranges: partition 0's slots first.
+pub fn slot(audience: u64, partition: u32, partitions: u32, taken: u64) -> Option<u64> {
+    let (p, parts) = (u64::from(partition), u64::from(partitions.max(1)));
+    let (base, extra) = (audience / parts, audience % parts);
+    let share = base + u64::from(p < extra);
+    (p < parts && taken < share).then(|| p * base + p.min(extra) + taken)
+}
+
+/// A triggered A/B test at its campaign's home: the slots taken per user-stage partition and
+/// the users waiting for the winner (in the run buffer, see [`waiting_owner`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct TriggeredTest {
+    /// The user-stage partitions the slots are numbered over, from the first test user's
+    /// candidate (0: none yet).
+    partitions: u32,
+    /// Test users so far, by partition.
+    taken: BTreeMap<u32, u64>,
+    /// Users waiting for the winner.
+    waiting: u64,
+    /// The number the next waiting user takes (their order in the queue).
+    waiting_seq: u64,
+}
+
+impl TriggeredTest {
+    /// Whether users wait for the winner.
+    pub(super) fn waits(&self) -> bool {
+        self.waiting > 0
+    }
+
+    /// The partition `candidate` came from, among the test's partitions (fixed by its first
+    /// user; a candidate that names none counts as partition 0).
+    fn partition(&mut self, candidate: &Candidate) -> u32 {
+        let (partition, partitions) = candidate.source.map_or((0, 1), |source| {
+            (source.partition.max(0) as u32, source.partitions.max(1) as u32)
+        });
+        if self.partitions == 0 {
+            self.partitions = partitions;
+        }
+        partition % self.partitions
+    }
+
+    /// Test users over every partition.
+    fn tested(&self) -> u64 {
+        self.taken.values().sum()
+    }
+}
+
+/// The owner, in the run buffer, of the users of the state kept under `key` that wait for the
+/// winner (a prefix no scheduled run's buffer has).
+fn waiting_owner(key: &str) -> String {
+    format!("{key}\u{0}ab-test")
+}
+
+/// The test population of `campaign`'s triggered A/B test while it is on (active, no winner).
+fn test_audience(campaign: &Campaign, state: &CampaignState) -> Option<u64> {
+    match &campaign.assignment {
+        Assignment::AbTest(AbTest { test_audience: TestPopulation::Users(audience), .. })
+            if state.winner_id.is_none() && campaign.status == CampaignStatus::Active =>
+        {
+            Some(*audience)
+        }
+        _ => None,
+    }
+}
+
+impl CampaignStage {
+    /// A candidate of a trigger: while the campaign's A/B test is on, a user of a partition
+    /// with a free slot takes it (and its variant), any other waits for the winner; else it is
+    /// delivered as it comes.
+    pub(super) fn place_triggered(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        candidate: Candidate,
+    ) -> Result<(), ProcessError> {
+        let Some(audience) = test_audience(campaign, state) else {
+            if state.ab_test.waits() {
+                // The test ended without a winner's timer (an edit removed it, a stop).
+                ctx.schedule(ctx.now_ms(), &timer_key(RUN_TIMER, &state.key))?;
+            }
+            return self.deliver(ctx, campaign, state, &candidate, None);
+        };
+        let sticky_key = super::assignment_key(&state.key, &candidate.user_id);
+        if Self::sticky(ctx, campaign, &sticky_key)?.is_some() {
+            return self.deliver(ctx, campaign, state, &candidate, None); // a tested user again
+        }
+        let partition = state.ab_test.partition(&candidate);
+        let taken = state.ab_test.taken.get(&partition).copied().unwrap_or(0);
+        let Some(slot) = slot(audience, partition, state.ab_test.partitions, taken) else {
+            let owner = waiting_owner(&state.key);
+            let key = queue::key(&owner, state.ab_test.waiting_seq);
+            ctx.store(RUN_BUFFER)?.put_as(&key, &candidate)?;
+            state.ab_test.waiting_seq += 1;
+            state.ab_test.waiting += 1;
+            return Ok(());
+        };
+        let assigned = state.assigned;
+        let at = candidate.qualified_at_ms;
+        self.deliver(ctx, campaign, state, &candidate, Some(alternate(slot, campaign.what.len())))?;
+        // The slot is taken once the user got its variant (not when a limit turned them away).
+        if state.assigned > assigned {
+            *state.ab_test.taken.entry(partition).or_default() += 1;
+            if state.ab_test.tested() >= audience && state.test_full_at.is_none() {
+                self.start_evaluation(ctx, campaign, state, at)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Once the test is over (a winner, an edit, a stop), the users who waited for it leave in
+    /// steps, timed when they leave; the next step follows on the run timer.
+    pub(super) fn release_test_waiting(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+    ) -> Result<(), ProcessError> {
+        if !state.ab_test.waits() || test_audience(campaign, state).is_some() || is_held(campaign) {
+            return Ok(());
+        }
+        let step = queue::next_step(ctx, RUN_BUFFER, &waiting_owner(&state.key))?;
+        state.ab_test.waiting = state.ab_test.waiting.saturating_sub(step.unreadable);
+        let now = ctx.effective_ms();
+        for (key, candidate) in step.entries {
+            ctx.store(RUN_BUFFER)?.delete(&key)?;
+            state.ab_test.waiting = state.ab_test.waiting.saturating_sub(1);
+            let leaving =
+                Candidate { qualified_at_ms: candidate.qualified_at_ms.max(now), ..candidate };
+            self.place(ctx, campaign, state, leaving)?;
+        }
+        if step.more {
+            ctx.schedule(ctx.now_ms(), &timer_key(RUN_TIMER, &state.key))?;
+        }
+        Ok(())
+    }
 }
 
 /// Deterministic weighted round robin (the "smooth" variant): over any run of assignments the
@@ -177,6 +338,25 @@ mod tests {
             test_plan(1_000, TestPopulation::Users(500), 2),
             TestPlan { per_variant: 250, remainder: 500 }
         );
+    }
+
+    #[test]
+    fn each_partition_has_an_equal_share_of_the_slots_in_a_range_of_its_own() {
+        // 10 slots over 4 partitions: 0-2 | 3-5 | 6-7 | 8-9.
+        let slots = |p: u32| (0..).map_while(|k| slot(10, p, 4, k)).collect::<Vec<u64>>();
+        let all: Vec<Vec<u64>> = (0..4).map(slots).collect();
+        assert_eq!(all, [vec![0, 1, 2], vec![3, 4, 5], vec![6, 7], vec![8, 9]]);
+        // More partitions than test users: the highest have no share.
+        assert_eq!(slot(3, 3, 4, 0), None);
+        assert_eq!(slot(3, 2, 4, 0), Some(2));
+        assert_eq!(slot(u64::MAX, 1, 4, u64::MAX), None, "no overflow");
+        // Variants alternate within a partition and are exact overall (7 users, 3 partitions,
+        // 2 variants: A B A | B A | B A → 4 A, 3 B).
+        let variants: Vec<usize> = (0..3)
+            .flat_map(|p| (0..).map_while(move |k| slot(7, p, 3, k)))
+            .map(|slot| alternate(slot, 2))
+            .collect();
+        assert_eq!(variants, [0, 1, 0, 1, 0, 1, 0]);
     }
 
     #[test]

@@ -67,7 +67,7 @@ impl CampaignStage {
                 // What the pause held continues (or, stopped, drains as `stopped`): a scheduled
                 // run, and candidates that were on the flow when the pause came.
                 if matches!(kind, Some(LifecycleKind::Resumed | LifecycleKind::Stopped)) {
-                    if state.run.is_some() {
+                    if state.run.is_some() || state.ab_test.waits() {
                         ctx.schedule(now, &timer_key(RUN_TIMER, &key))?;
                     }
                     if state.held_seq > 0 {

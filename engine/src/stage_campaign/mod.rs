@@ -22,8 +22,7 @@ use ab::{pick_winner, SplitDelivery, VariantResult, WinnerRule};
 use crate::{
     campaign::{
         shards::{self as campaign_shards, Scope},
-        AbTest, Assignment, Campaign, CampaignCache, CampaignStatus, TestPopulation, Throttle,
-        Trigger, WinnerBy, CAMPAIGNS_TABLE,
+        Assignment, Campaign, CampaignCache, CampaignStatus, Throttle, WinnerBy, CAMPAIGNS_TABLE,
     },
     model::{
         is_triggered_run, topics::TopicNames, CampaignLifecycleEvent, CampaignStats, Candidate,
@@ -169,6 +168,9 @@ struct CampaignState {
     /// The total limit whose `LIMIT_REACHED` was announced.
     #[serde(default)]
     total_limit_announced: Option<u64>,
+    /// A triggered A/B test's slots and the users waiting for its winner (see `ab`).
+    #[serde(default)]
+    ab_test: ab::TriggeredTest,
 }
 
 impl CampaignState {
@@ -382,7 +384,7 @@ impl CampaignStage {
         if is_triggered_run(&candidate.run_id) && Self::leases(campaign, state) {
             self.place_leased(ctx, campaign, state, candidate)
         } else if is_triggered_run(&candidate.run_id) {
-            self.deliver(ctx, campaign, state, &candidate, None)
+            self.place_triggered(ctx, campaign, state, candidate)
         } else {
             self.on_run_candidate(ctx, campaign, state, candidate)
         }
@@ -607,13 +609,9 @@ impl CampaignStage {
         candidate: &Candidate,
         chosen: Option<usize>,
     ) -> Result<usize, ProcessError> {
-        let (user, profile, at) =
-            (&candidate.user_id, &candidate.profile, candidate.qualified_at_ms);
-        let key = format!("{}\u{0}{user}", state.key);
-        // Sticky by variant id; a variant an edit removed (or an unreadable entry) reassigns.
-        let sticky = ctx.store(ASSIGNMENTS)?.get(key.as_bytes())?;
-        let sticky = sticky.and_then(|bytes| serde_json::from_slice::<String>(&bytes).ok());
-        if let Some(variant) = sticky.and_then(|id| campaign.what.iter().position(|m| m.id == id)) {
+        let (user, profile) = (&candidate.user_id, &candidate.profile);
+        let key = assignment_key(&state.key, user);
+        if let Some(variant) = Self::sticky(ctx, campaign, &key)? {
             return Ok(variant);
         }
         let variants = campaign.what.len();
@@ -644,21 +642,21 @@ impl CampaignStage {
             }
         };
         state.assigned += 1;
-        if let Assignment::AbTest(AbTest {
-            test_audience: TestPopulation::Users(audience), ..
-        }) = &campaign.assignment
-        {
-            let triggered = !matches!(campaign.when.trigger, Trigger::Scheduled(_));
-            if triggered
-                && state.winner_id.is_none()
-                && state.test_full_at.is_none()
-                && state.assigned >= *audience
-            {
-                self.start_evaluation(ctx, campaign, state, at)?;
-            }
-        }
         ctx.store(ASSIGNMENTS)?.put_as(key.as_bytes(), &campaign.what[variant].id)?;
         Ok(variant)
+    }
+
+    /// The variant kept under `key` (see [`assignment_key`]) in the assignments (sticky by
+    /// variant id); `None` when there is none, or an edit removed it (or the entry does not
+    /// read): the user is assigned again.
+    fn sticky(
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        key: &str,
+    ) -> Result<Option<usize>, ProcessError> {
+        let sticky = ctx.store(ASSIGNMENTS)?.get(key.as_bytes())?;
+        let sticky = sticky.and_then(|bytes| serde_json::from_slice::<String>(&bytes).ok());
+        Ok(sticky.and_then(|id| campaign.what.iter().position(|m| m.id == id)))
     }
 
     /// The A/B test audience is complete at `at`: the winner is chosen after the wait, counted
@@ -805,6 +803,11 @@ fn expiry(campaign: &Campaign, ttl_ms: Option<i64>, at: i64) -> Option<i64> {
         (Some(ttl), Some(end)) => Some(ttl.min(end)),
         (ttl, end) => ttl.or(end),
     }
+}
+
+/// Key of a user's sticky variant in the assignments of the state kept under `owner`.
+fn assignment_key(owner: &str, user: &str) -> String {
+    format!("{owner}\u{0}{user}")
 }
 
 /// Whether the campaign holds its work (paused, or not started).

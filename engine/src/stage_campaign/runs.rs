@@ -257,7 +257,8 @@ impl CampaignStage {
         Ok(())
     }
 
-    /// Releases the next step of buffered users (a timer, or the A/B winner being chosen).
+    /// Releases the next step of buffered users (a timer, or the A/B winner being chosen), and
+    /// of a triggered test's users waiting for its winner.
     pub(super) fn release_run(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -265,6 +266,7 @@ impl CampaignStage {
         state: &mut CampaignState,
         at: i64,
     ) -> Result<(), ProcessError> {
+        self.release_test_waiting(ctx, campaign, state)?;
         let Some(mut run) = state.run.take() else { return Ok(()) };
         if run.coordinates() {
             state.run = Some(run); // its shards release it

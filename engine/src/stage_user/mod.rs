@@ -32,7 +32,7 @@ use crate::{
         scheduled_run_time, topics::TopicNames, triggered_run_id, AliasRecord, AppEvent, Candidate,
         Device, Engagement, EngagementKind, IngestDecoder, IngestError, IngestKind, ProfileUpdate,
         Properties, PropertyValue, Receipt, ReceiptStatus, Record, SchemaRegistry, SendCommand,
-        Skip, TRIGGERED_RUN,
+        Skip, SourcePartition, TRIGGERED_RUN,
     },
     query::{QueryDesk, QueryTurns, QUERIES_TABLE},
     runtime::{
@@ -701,6 +701,10 @@ impl UserStage {
                 devices,
                 timezone: Some(tz.name().to_string()),
                 language: text("language"),
+                source: Some(SourcePartition {
+                    partition: ctx.task().partition,
+                    partitions: ctx.partitions(),
+                }),
             },
         )?;
         Ok(true)

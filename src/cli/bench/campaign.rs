@@ -308,6 +308,7 @@ fn candidate(i: usize, base_ms: i64) -> Candidate {
         }],
         timezone: Some("UTC".into()),
         language: Some("en".into()),
+        source: None,
     }
 }
 
