@@ -805,3 +805,33 @@ fn a_preview_or_an_estimate_no_engine_answers_gets_503_with_a_json_error() {
     unavailable(api.read("/api/v1/campaigns/c503/preview?user=u1"));
     unavailable(estimate(&api));
 }
+
+/// Issue 13: the update route refuses a change of `options.shards` on a live campaign (active
+/// or paused) with the field path, as `herald campaign apply` does; a stopped campaign may
+/// take a new count.
+#[test]
+fn an_update_refuses_a_change_of_shards_while_the_campaign_is_live() {
+    let api = Api::start("api-shards", &[]);
+    let sharded = |shards: u32, title: &str| {
+        let mut definition: serde_json::Value =
+            serde_json::from_str(&campaign("wide", title)).unwrap();
+        definition["options"] = json!({ "shards": shards });
+        definition.to_string()
+    };
+    let put = |body: &str| api.admin("PUT", "/api/v1/campaigns/wide", Some(body));
+    assert_eq!(api.admin("POST", "/api/v1/campaigns", Some(&sharded(4, "t"))).status, 201);
+    let refused = |answer: Answer, asked: u32| {
+        assert_eq!(answer.status, 422, "{}", answer.body);
+        assert_eq!(answer.body["field"], "options.shards", "{}", answer.body);
+        let error = answer.body["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains(&format!("live with 4 shard(s): a change to {asked}")), "{error}");
+    };
+    refused(put(&sharded(8, "t")), 8);
+    refused(put(&campaign("wide", "no options: one shard")), 1);
+    assert_eq!(put(&sharded(4, "new title")).status, 200, "same count, other fields");
+    assert_eq!(api.admin("POST", "/api/v1/campaigns/wide/pause", None).status, 200);
+    refused(put(&sharded(8, "t")), 8);
+    assert_eq!(api.read("/api/v1/campaigns/wide").body["definition"]["options"]["shards"], 4);
+    assert_eq!(api.admin("POST", "/api/v1/campaigns/wide/stop", None).status, 200);
+    assert_eq!(put(&sharded(8, "t")).status, 200, "a stopped campaign takes a new count");
+}

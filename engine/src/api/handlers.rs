@@ -19,7 +19,7 @@ use super::{
     ApiState,
 };
 use crate::{
-    campaign::admin,
+    campaign::{admin, Campaign},
     model::{CampaignCommand, CampaignEnvelope, CampaignStats, DeadLetter, Record, SchemaRegistry},
     settings::Settings,
 };
@@ -218,10 +218,10 @@ async fn publish(state: &ApiState, envelope: &CampaignEnvelope) -> Result<(), Ap
     state.campaigns().wait_for(partition, offset, Duration::from_secs(30)).await
 }
 
-/// Validates a definition sent by `caller` into its `Define` envelope.
-fn define(text: &str, caller: &Caller) -> Result<CampaignEnvelope, ApiError> {
+/// Validates a definition sent by `caller` into the campaign and its `Define` envelope.
+fn define(text: &str, caller: &Caller) -> Result<(Campaign, CampaignEnvelope), ApiError> {
     let now_ms = chrono::Utc::now().timestamp_millis();
-    Ok(admin::define(text, "request body", Some(caller.name.clone()), now_ms)?.1)
+    admin::define(text, "request body", Some(caller.name.clone()), now_ms).map_err(ApiError::from)
 }
 
 /// Creates a campaign from its definition (YAML or JSON, the format of `herald campaign apply`);
@@ -238,7 +238,7 @@ pub async fn create_campaign(
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<CampaignDetail>), ApiError> {
-    let envelope = define(&body_text(&state, body)?, &caller)?;
+    let (_, envelope) = define(&body_text(&state, body)?, &caller)?;
     let id = &envelope.campaign_id;
     if state.campaigns().get(id).is_some() {
         return Err(ApiError::Conflict(format!(
@@ -264,14 +264,18 @@ pub async fn update_campaign(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CampaignDetail>, ApiError> {
-    let envelope = define(&body_text(&state, body)?, &caller)?;
+    let (next, envelope) = define(&body_text(&state, body)?, &caller)?;
     if envelope.campaign_id != id {
         return Err(ApiError::field(
             "id",
             format!("is {}, but the path names campaign {id}", envelope.campaign_id),
         ));
     }
-    state.campaigns().get(&id).ok_or_else(|| not_found(&id))?;
+    let current = state.campaigns().get(&id).ok_or_else(|| not_found(&id))?;
+    // A live campaign keeps its shards, as `herald campaign apply` has it.
+    if let Some(refused) = admin::shards_change(&current, &next) {
+        return Err(ApiError::field(refused.path, refused.reason));
+    }
     publish(&state, &envelope).await?;
     Ok(Json(detail(&state, &envelope)))
 }
