@@ -48,6 +48,11 @@ struct Answer {
 impl Api {
     /// Creates the topics under a fresh prefix and starts the API with `extra` arguments.
     fn start(name: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(name, extra, &[])
+    }
+
+    /// [`Api::start`], with environment variables `env` set for the API.
+    fn start_with_env(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let prefix = format!("{}-", unique(name));
         let topic = |t: &str| format!("{prefix}herald.{t}");
         let names =
@@ -69,6 +74,7 @@ impl Api {
                 .args(["api", "--listen", &listen, "--topic-prefix", &prefix, "--tokens"])
                 .arg(&tokens)
                 .args(extra)
+                .envs(env.iter().copied())
                 .env("HERALD_BROKERS", kafka().brokers)
                 .env("RUST_LOG", "info,librdkafka=warn")
                 .env("NO_COLOR", "1")
@@ -834,4 +840,123 @@ fn an_update_refuses_a_change_of_shards_while_the_campaign_is_live() {
     assert_eq!(api.read("/api/v1/campaigns/wide").body["definition"]["options"]["shards"], 4);
     assert_eq!(api.admin("POST", "/api/v1/campaigns/wide/stop", None).status, 200);
     assert_eq!(put(&sharded(8, "t")).status, 200, "a stopped campaign takes a new count");
+}
+
+/// Answers every request on a queries topic with forged `DONE` replies for both partitions, one
+/// unsigned and one signed with a key of its own, as anyone who can write the replies topic
+/// can; stops when dropped.
+struct Forger {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Forger {
+    fn start(queries: String, replies: String, body: &str) -> Self {
+        use herald_engine::query::{sign::ReplyKey, QueryReply, QueryRequest, QueryStatus};
+        use rdkafka::{consumer::Consumer, Message};
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, body) = (stop.clone(), body.to_string());
+        let thread = std::thread::spawn(move || {
+            let consumer: rdkafka::consumer::BaseConsumer =
+                kafka().client_config().set("group.id", "forger").create().unwrap();
+            let mut assignment = rdkafka::TopicPartitionList::new();
+            for partition in 0..2 {
+                assignment
+                    .add_partition_offset(&queries, partition, rdkafka::Offset::Beginning)
+                    .unwrap();
+            }
+            consumer.assign(&assignment).unwrap();
+            let own_key = ReplyKey::new(b"the-forger-s-own-key").unwrap();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) else { continue };
+                let Some(payload) = message.payload() else { continue };
+                let request: QueryRequest = SchemaRegistry::builtin().decode(payload).unwrap();
+                let forged = |partition: i32, signed: bool| {
+                    let mut reply = QueryReply {
+                        request_id: request.request_id.clone(),
+                        partition,
+                        partitions: 2,
+                        status: QueryStatus::Done,
+                        scanned: 1,
+                        body: Some(body.clone()),
+                        error: None,
+                        timestamp_ms: now_ms(),
+                        signature: None,
+                    };
+                    if signed {
+                        own_key.sign(&mut reply);
+                    }
+                    let bytes = SchemaRegistry::builtin().encode(&reply).unwrap();
+                    (request.request_id.clone(), bytes)
+                };
+                common::produce(
+                    &replies,
+                    [forged(0, false), forged(1, false), forged(0, true), forged(1, true)],
+                );
+            }
+        });
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Forger {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Issue 15: with a query key shared by engine and API, forged replies written first (saying
+/// the user has no profile) change no answer: with no engine the preview is 503, not the
+/// forger's 404; with the engine up it renders the user's real device.
+#[test]
+fn a_forged_query_reply_written_first_does_not_change_the_answer() {
+    const KEY: &str = "a-test-query-key-0123456789";
+    let api = Api::start_with_env("api-forged", &[], &[("HERALD_QUERY_KEY", KEY)]);
+    let engine_topics = ["events", "profiles", "send-gate", "campaign-flow", "queries"];
+    let mut names: Vec<String> = engine_topics.iter().map(|t| api.topic(t)).collect();
+    names.push(api.topic("query-replies"));
+    let mut topics: Vec<(&str, i32)> = names.iter().map(|t| (t.as_str(), 2)).collect();
+    let throttle = api.topic("app-throttle");
+    topics.push((&throttle, 1));
+    create_topics(&topics);
+    assert_eq!(api.admin("POST", "/api/v1/campaigns", Some(&campaign("forged", "t"))).status, 201);
+    let _forger =
+        Forger::start(api.topic("queries"), api.topic("query-replies"), r#"{"profile":null}"#);
+    let preview = || api.admin("GET", "/api/v1/campaigns/forged/preview?user=u1", None);
+    // No engine: only the forger answers, and is not believed.
+    let answer = preview();
+    assert_eq!(answer.status, 503, "{}", answer.body);
+
+    let engine_log = api.dir.path().join("engine.log");
+    let _engine = KillOnDrop::new(
+        common::engine_command(
+            &api.prefix,
+            &format!("{}app", api.prefix),
+            "a",
+            &api.dir.path().join("engine-state"),
+            &engine_log,
+            &[],
+        )
+        .env("HERALD_QUERY_KEY", KEY)
+        .spawn()
+        .unwrap(),
+    );
+    use herald_engine::model::Platform;
+    common::produce(&api.topic("profiles"), [common::profile("u1", Platform::Ios, now_ms())]);
+    let mut answer = preview();
+    let rendered = poll_until(Duration::from_secs(90), || {
+        answer = preview();
+        answer.status == 200
+    });
+    assert!(rendered, "{}\n{}", answer.body, common::tail(&engine_log, 30));
+    let devices: Vec<&str> = answer.body["variants"][0]["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["device_id"].as_str())
+        .collect();
+    assert_eq!(devices, vec!["d-u1"], "{}", answer.body);
 }

@@ -79,6 +79,14 @@ pub struct EngineArgs {
 
 pub fn run(kafka: &KafkaConfig, args: EngineArgs) -> anyhow::Result<ExitCode> {
     let settings = super::load_settings(args.app_config.as_deref())?;
+    // Checked before any task is built (each signs its query replies with it).
+    match herald_engine::query::sign::ReplyKey::from_env()? {
+        Some(_) => tracing::info!("query replies are signed with the query key"),
+        None => tracing::warn!(
+            "no query key (HERALD_QUERY_KEY_FILE, HERALD_QUERY_KEY): query replies are not \
+             authenticated; see docs/operations.md"
+        ),
+    }
     let file = TopologyFile::load(&args.topology)?;
     let decoder = IngestDecoder::from_config(&file.ingest.with_format(args.ingest_format))
         .with_context(|| format!("ingest settings of {}", args.topology.display()))?;

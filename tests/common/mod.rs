@@ -270,8 +270,21 @@ pub fn spawn_engine_instance(
     log: &Path,
     extra: &[&str],
 ) -> Child {
+    engine_command(prefix, app_id, instance, state_dir, log, extra).spawn().unwrap()
+}
+
+/// The command [`spawn_engine_instance`] runs, to add to (e.g. environment variables).
+pub fn engine_command(
+    prefix: &str,
+    app_id: &str,
+    instance: &str,
+    state_dir: &Path,
+    log: &Path,
+    extra: &[&str],
+) -> Command {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_herald"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    command
         .args(["engine", "--topic-prefix", prefix, "--app-id", app_id, "--instance-id", instance])
         .args(extra)
         .arg("--state-dir")
@@ -279,9 +292,8 @@ pub fn spawn_engine_instance(
         .env("HERALD_BROKERS", kafka().brokers)
         .env("RUST_LOG", "info,librdkafka=warn")
         .env("NO_COLOR", "1")
-        .stderr(log)
-        .spawn()
-        .unwrap()
+        .stderr(log);
+    command
 }
 
 /// A child process killed (SIGKILL) when dropped, so a failing test leaves no engine behind;

@@ -14,7 +14,10 @@ use rdkafka::{
 };
 use thiserror::Error;
 
-use super::{QueryReply, QueryRequest, QueryStatus};
+use super::{
+    sign::{rejected_replies, KeyError, ReplyKey},
+    QueryReply, QueryRequest, QueryStatus,
+};
 use crate::{
     kafka::KafkaConfig,
     model::{CodecError, SchemaRegistry},
@@ -30,6 +33,9 @@ pub enum QueryError {
     /// A topic of the channel does not exist (no engine created it yet).
     #[error("topic {0} does not exist: is an engine running with these topics?")]
     NoTopic(String),
+    /// The shared key of the replies could not be read.
+    #[error(transparent)]
+    Key(#[from] KeyError),
     /// The request did not encode.
     #[error("encoding the request: {0}")]
     Encode(#[from] CodecError),
@@ -91,13 +97,15 @@ impl QueryClient {
     /// Sends `request` to the tasks of a sub-topology with `partitions` partitions and waits
     /// until each expected partition (every one; the owner of the request's key, if it has one)
     /// gave its final reply, or the request's deadline passed; `progress` is told of each reply.
-    /// The request is deleted from the queries topic at the end.
+    /// The request is deleted from the queries topic at the end. With a query key in the
+    /// environment ([`ReplyKey::from_env`]), replies whose signature does not verify are dropped.
     pub fn ask(
         &self,
         request: &QueryRequest,
         partitions: i32,
         mut progress: impl FnMut(Progress),
     ) -> Result<Answers, QueryError> {
+        let key = ReplyKey::from_env()?;
         let expected: Vec<i32> = match &request.key {
             Some(key) => vec![partition_for(key.as_bytes(), partitions)],
             None => (0..partitions).collect(),
@@ -125,7 +133,7 @@ impl QueryClient {
         consumer.assign(&assignment).map_err(kafka("assigning the reply partition"))?;
         let bytes = SchemaRegistry::builtin().encode(request)?;
         self.publish(&request.request_id, Some(&bytes))?;
-        let answers = self.gather(&consumer, request, &expected, &mut progress);
+        let answers = self.gather(&consumer, request, key.as_ref(), &expected, &mut progress);
         // The request is over either way: tasks still at it stop, and it leaves the table.
         let deleted = self.publish(&request.request_id, None);
         let answers = answers?;
@@ -137,6 +145,7 @@ impl QueryClient {
         &self,
         consumer: &BaseConsumer,
         request: &QueryRequest,
+        key: Option<&ReplyKey>,
         expected: &[i32],
         progress: &mut impl FnMut(Progress),
     ) -> Result<Answers, QueryError> {
@@ -163,7 +172,16 @@ impl QueryClient {
                     continue;
                 }
             };
-            if !expected.contains(&reply.partition) {
+            if reply.request_id != request.request_id || !expected.contains(&reply.partition) {
+                continue;
+            }
+            if key.is_some_and(|key| !key.verifies(&reply)) {
+                rejected_replies().inc();
+                tracing::warn!(
+                    request = %request.request_id,
+                    partition = reply.partition,
+                    "a query reply's signature does not verify (forged, or another key); dropped"
+                );
                 continue;
             }
             scanned.insert(reply.partition, reply.scanned);

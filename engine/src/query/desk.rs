@@ -7,7 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{turns::QueryTurns, QueryReply, QueryRequest, QueryStatus, QUERIES_TABLE};
+use super::{
+    sign::ReplyKey, turns::QueryTurns, QueryReply, QueryRequest, QueryStatus, QUERIES_TABLE,
+};
 use crate::{
     model::SchemaRegistry,
     runtime::{Clock, ProcessError, ProcessorContext, Tick},
@@ -59,11 +61,20 @@ pub struct QueryDesk<W> {
     slice: Option<Instant>,
     /// The instance's turns at query work, shared by its tasks.
     turns: Arc<QueryTurns>,
+    /// The key replies are signed with, if the engine has one.
+    key: Option<ReplyKey>,
 }
 
 impl<W> QueryDesk<W> {
-    /// A desk taking its slices of live work in `turns`, shared by all the instance's tasks.
+    /// A desk taking its slices of live work in `turns`, shared by all the instance's tasks,
+    /// signing its replies with the environment's query key ([`ReplyKey::from_env`]).
+    ///
+    /// # Panics
+    ///
+    /// When the key is set but unreadable or too short: `herald engine` checks it before it
+    /// builds any task.
     pub fn new(turns: Arc<QueryTurns>) -> Self {
+        let key = ReplyKey::from_env().unwrap_or_else(|error| panic!("{error}"));
         Self {
             stale: true,
             queue: VecDeque::new(),
@@ -71,6 +82,7 @@ impl<W> QueryDesk<W> {
             taken: HashSet::new(),
             slice: None,
             turns,
+            key,
         }
     }
 
@@ -141,7 +153,7 @@ impl<W> QueryDesk<W> {
                 open.scanned += scanned;
                 if now - open.reported_ms >= PROGRESS_EVERY_MS {
                     open.reported_ms = now;
-                    reply(ctx, replies, &open, QueryStatus::Progress, None, None)?;
+                    self.reply(ctx, replies, &open, QueryStatus::Progress, None, None)?;
                 }
                 self.current = Some(open);
                 return Ok(self.go_on(ctx.clock()));
@@ -152,7 +164,7 @@ impl<W> QueryDesk<W> {
             }
             Step::Refused(reason) => (QueryStatus::Refused, None, Some(reason)),
         };
-        reply(ctx, replies, &open, status, body, error)?;
+        self.reply(ctx, replies, &open, status, body, error)?;
         if self.queue.is_empty() {
             self.slice = None;
             self.turns.leaves(ctx.task());
@@ -205,25 +217,31 @@ impl<W> QueryDesk<W> {
             self.current = None;
         }
     }
-}
 
-fn reply<W>(
-    ctx: &mut ProcessorContext<'_>,
-    replies: &str,
-    open: &Open<W>,
-    status: QueryStatus,
-    body: Option<String>,
-    error: Option<String>,
-) -> Result<(), ProcessError> {
-    let reply = QueryReply {
-        request_id: open.request.request_id.clone(),
-        partition: ctx.task().partition,
-        partitions: ctx.partitions(),
-        status,
-        scanned: i64::try_from(open.scanned).unwrap_or(i64::MAX),
-        body,
-        error,
-        timestamp_ms: ctx.now_ms(),
-    };
-    Ok(ctx.send_record(replies, open.request.request_id.as_bytes(), &reply)?)
+    /// Writes a reply on `open` to `replies`, signed with the desk's key if it has one.
+    fn reply(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        replies: &str,
+        open: &Open<W>,
+        status: QueryStatus,
+        body: Option<String>,
+        error: Option<String>,
+    ) -> Result<(), ProcessError> {
+        let mut reply = QueryReply {
+            request_id: open.request.request_id.clone(),
+            partition: ctx.task().partition,
+            partitions: ctx.partitions(),
+            status,
+            scanned: i64::try_from(open.scanned).unwrap_or(i64::MAX),
+            body,
+            error,
+            timestamp_ms: ctx.now_ms(),
+            signature: None,
+        };
+        if let Some(key) = &self.key {
+            key.sign(&mut reply);
+        }
+        Ok(ctx.send_record(replies, open.request.request_id.as_bytes(), &reply)?)
+    }
 }

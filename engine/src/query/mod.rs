@@ -14,7 +14,9 @@
 //!   the time slice), and writes
 //!   [`QueryReply`]s to `herald.query-replies`, keyed by the request id, in its transactions:
 //!   `PROGRESS` about once a second while it works (`scanned` so far), then one `DONE` (with
-//!   the answer as JSON `body`) or `REFUSED` (with an `error`), naming its `partition`.
+//!   the answer as JSON `body`) or `REFUSED` (with an `error`), naming its `partition`, signed
+//!   with the key shared by engine and clients when there is one ([`sign`]); clients drop replies
+//!   whose signature does not verify.
 //! - A request with a `key` (e.g. a user id) is answered by the one task owning that key;
 //!   without a key, by every task: the client waits until each partition answered
 //!   ([`QueryClient::ask`]), or its deadline passed (then [`Answers::missing`] says which
@@ -40,6 +42,7 @@ mod client;
 mod desk;
 pub mod estimate;
 pub mod profile;
+pub mod sign;
 mod turns;
 
 use serde::{Deserialize, Serialize};
@@ -146,6 +149,10 @@ pub struct QueryReply {
     pub error: Option<String>,
     /// When the task wrote it, epoch milliseconds.
     pub timestamp_ms: i64,
+    /// HMAC-SHA256 of the other fields with the shared query key, hex ([`sign`]); none when the
+    /// engine has no key.
+    #[serde(default)]
+    pub signature: Option<String>,
 }
 
 impl Checked for QueryReply {
