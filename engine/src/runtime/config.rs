@@ -65,6 +65,12 @@ pub struct RuntimeConfig {
     /// instances (default 0, as Kafka Streams' `num.standby.replicas`): see the `standby`
     /// module.
     pub standby_replicas: usize,
+    /// How long an input partition with records to read (behind its last stable offset) may
+    /// go without progress before the instance joins its group again with a new consumer and
+    /// producer (default 60 s; stalled 3 times within 5 minutes, it stops with
+    /// [`super::RuntimeError::Stalled`]). Keep it well above the longest a broker may take to
+    /// come back, and above the session timeout (10 s).
+    pub stall_after: Duration,
 }
 
 /// How the instances of an application share partitions.
@@ -129,6 +135,7 @@ impl RuntimeConfig {
             group_protocol: GroupProtocol::Classic,
             leave_group_on_shutdown: false,
             standby_replicas: 0,
+            stall_after: Duration::from_secs(60),
         }
     }
 }

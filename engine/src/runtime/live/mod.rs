@@ -235,7 +235,7 @@ impl LiveRuntime {
             consumer: Arc::new(consumer),
             txn,
             rejoins: Vec::new(),
-            stall: StallWatch::new(),
+            stall: StallWatch::new(self.config.stall_after),
             stalls: Vec::new(),
         };
         let result = worker.run_loop(shutdown);
@@ -873,7 +873,7 @@ impl Worker<'_> {
     }
 
     /// Checks the progress on the input partitions ([`stall`]); when one with records to read
-    /// has not moved for [`stall::STALL_AFTER`], joins the group again with a new consumer and
+    /// has not moved for [`RuntimeConfig::stall_after`], joins the group again with a new consumer and
     /// a new producer (whose `init_transactions` also ends any transaction this instance left
     /// open), up to [`MAX_REJOINS`] times in [`REJOIN_WINDOW`]; stalled more often, fails.
     fn recover_if_stalled(&mut self) -> Result<(), RuntimeError> {

@@ -4,11 +4,11 @@
 //! input piles up.
 //!
 //! A partition stalls when neither the consumer's position nor the next offset this instance
-//! processed has moved for [`STALL_AFTER`] while the partition's end (the last stable offset,
+//! processed has moved for the configured time (`RuntimeConfig::stall_after`) while the partition's end (the last stable offset,
 //! what a `read_committed` consumer may read) lies beyond them at two checks in a row (a broker
 //! just back gets one check's time to serve). Idle partitions, read to their end, never stall.
 //! The ends are asked of the broker (one request for the still partitions) every
-//! [`CHECK_EVERY`] at most, since a wedged fetch also stops updating the ends the consumer knows.
+//! [`MAX_CHECK_EVERY`] (or a quarter of the stall time, if shorter) at most, since a wedged fetch also stops updating the ends the consumer knows.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -21,10 +21,8 @@ use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use super::progress::ReadPositions;
 use crate::runtime::watermarks::{ends, Partition};
 
-/// How long a partition with unread records may go without progress.
-pub(super) const STALL_AFTER: Duration = Duration::from_secs(60);
-/// How often progress is checked.
-const CHECK_EVERY: Duration = Duration::from_secs(15);
+/// How often progress is checked at most (a quarter of the stall time when that is shorter).
+const MAX_CHECK_EVERY: Duration = Duration::from_secs(15);
 /// How long the broker has to tell the partitions' ends.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -49,6 +47,10 @@ impl fmt::Display for StalledPartition {
 
 /// The progress of every input partition the instance processes.
 pub(super) struct StallWatch {
+    /// How long a partition with unread records may go without progress.
+    stall_after: Duration,
+    /// How often progress is checked.
+    check_every: Duration,
     checked: Instant,
     /// Per partition: the furthest position seen, and since when it has not moved.
     progress: HashMap<Partition, (i64, Instant)>,
@@ -57,8 +59,16 @@ pub(super) struct StallWatch {
 }
 
 impl StallWatch {
-    pub(super) fn new() -> Self {
-        Self { checked: Instant::now(), progress: HashMap::new(), behind: HashSet::new() }
+    /// A watch taking a partition with unread records as stalled once it has not moved for
+    /// `stall_after`.
+    pub(super) fn new(stall_after: Duration) -> Self {
+        Self {
+            stall_after,
+            check_every: MAX_CHECK_EVERY.min(stall_after / 4),
+            checked: Instant::now(),
+            progress: HashMap::new(),
+            behind: HashSet::new(),
+        }
     }
 
     /// Forgets what was seen (after the instance rebuilt its tasks or rejoined its group).
@@ -69,7 +79,7 @@ impl StallWatch {
     }
 
     /// Notes `positions` seen at `now`; the partitions among them whose position has not moved
-    /// for [`STALL_AFTER`], with the position and for how long. Partitions not in `positions`
+    /// for the stall time, with the position and for how long. Partitions not in `positions`
     /// are forgotten.
     fn still(
         &mut self,
@@ -83,7 +93,7 @@ impl StallWatch {
                 Some(&(seen, since)) if seen == position => since,
                 _ => now,
             };
-            if now.duration_since(since) >= STALL_AFTER {
+            if now.duration_since(since) >= self.stall_after {
                 still.push((key.clone(), position, now.duration_since(since)));
             }
             progress.insert(key, (position, since));
@@ -93,7 +103,7 @@ impl StallWatch {
     }
 
     /// The partitions of `processed` (next offset processed per owned input partition) that
-    /// stalled; checks every [`CHECK_EVERY`] at most (empty in between). A failure to ask
+    /// stalled; checks every `check_every` at most (empty in between). A failure to ask
     /// the ends counts as no stall: the broker may be away, and the next check asks again.
     pub(super) fn check<C: ConsumerContext>(
         &mut self,
@@ -101,7 +111,7 @@ impl StallWatch {
         processed: &HashMap<String, BTreeMap<i32, i64>>,
     ) -> Vec<StalledPartition> {
         let now = Instant::now();
-        if now.duration_since(self.checked) < CHECK_EVERY {
+        if now.duration_since(self.checked) < self.check_every {
             return Vec::new();
         }
         self.checked = now;
@@ -140,7 +150,7 @@ mod tests {
 
     #[test]
     fn a_partition_is_still_once_its_position_has_not_moved_for_the_limit() {
-        let mut watch = StallWatch::new();
+        let mut watch = StallWatch::new(Duration::from_secs(60));
         let start = Instant::now();
         let p = |n: i32| (String::from("in"), n);
         let at = |secs: u64| start + Duration::from_secs(secs);
