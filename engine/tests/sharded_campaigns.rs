@@ -324,3 +324,163 @@ fn a_per_run_limit_of_1000_of_10000_over_4_partitions_is_a_random_sample_the_sam
     let again = Outcome::replay(&campaign, &audience(10_000), None).users();
     assert_eq!(users, again);
 }
+
+/// Records for the runtime's replay, where a campaign may be edited between events (the
+/// backtest defines its campaigns once, before its input).
+mod records {
+    use std::{cell::RefCell, sync::Arc};
+
+    use herald_engine::{
+        model::{
+            topics::{self, TopicNames},
+            AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, Device,
+            IngestDecoder, Platform, ProfileUpdate, Record, SchemaRegistry, SendCommand,
+        },
+        pipeline::engine_topology,
+        runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
+        settings::Settings,
+    };
+
+    /// Milliseconds at the start of the input.
+    pub const T0: i64 = 1_795_000_000_000;
+
+    fn keyed(topic: &str, key: &str, value: &impl Record, at: i64) -> ReplayRecord {
+        ReplayRecord {
+            topic: topic.into(),
+            partition: None,
+            offset: 0,
+            key: Some(key.as_bytes().to_vec()),
+            value: Some(SchemaRegistry::builtin().encode(value).unwrap()),
+            timestamp_ms: at,
+        }
+    }
+
+    /// The definition `yaml` of campaign `id` (app shop), applied at `at`.
+    pub fn define(id: &str, yaml: &str, at: i64) -> ReplayRecord {
+        let envelope = CampaignEnvelope {
+            campaign_id: id.into(),
+            app_id: "shop".into(),
+            command: CampaignCommand::Define,
+            definition: Some(yaml.into()),
+            revision: at,
+            issued_at_ms: at,
+            issued_by: None,
+        };
+        keyed(topics::CAMPAIGNS, id, &envelope, at)
+    }
+
+    /// Users `from..to` with an iOS device each, at `at`.
+    pub fn profiles(from: usize, to: usize, at: i64) -> impl Iterator<Item = ReplayRecord> {
+        (from..to).map(move |i| {
+            let user = format!("u{i}");
+            let device = Device {
+                device_id: format!("d-{user}"),
+                platform: Platform::Ios,
+                token: format!("tok-{user}"),
+                app_version: None,
+                os_version: None,
+                make: None,
+                model: None,
+                sdk_version: None,
+            };
+            let update = ProfileUpdate {
+                app_id: "shop".into(),
+                user_id: user.clone(),
+                timestamp_ms: at,
+                set: Default::default(),
+                unset: vec![],
+                devices_added: vec![device],
+                tokens_removed: vec![],
+            };
+            keyed(topics::PROFILES, &user, &update, at)
+        })
+    }
+
+    /// Users `from..to` send event `name` from `at` on, a millisecond apart (`tag` tells
+    /// occurrences apart).
+    pub fn events(
+        name: &str,
+        tag: &str,
+        from: usize,
+        to: usize,
+        at: i64,
+    ) -> impl Iterator<Item = ReplayRecord> {
+        let (name, tag) = (name.to_string(), tag.to_string());
+        (from..to).map(move |i| {
+            let user = format!("u{i}");
+            let event = AppEvent {
+                event_id: format!("{tag}-{user}"),
+                app_id: "shop".into(),
+                user_id: user.clone(),
+                name: name.clone(),
+                timestamp_ms: at + i as i64,
+                properties: Default::default(),
+                sdk_version: None,
+            };
+            keyed(topics::EVENTS, &user, &event, at + i as i64)
+        })
+    }
+
+    /// What a replay of `input` on 4 partitions (timers fired until `until`) sent, in order,
+    /// and the lifecycle events announced.
+    pub fn replay(
+        input: Vec<ReplayRecord>,
+        until: i64,
+    ) -> (Vec<SendCommand>, Vec<CampaignLifecycleEvent>) {
+        let topology = engine_topology(
+            "sharded",
+            TopicNames::default(),
+            Arc::new(Settings::default()),
+            IngestDecoder::default(),
+            0,
+        )
+        .unwrap();
+        let (sends, events) = (RefCell::new(Vec::new()), RefCell::new(Vec::new()));
+        let registry = SchemaRegistry::builtin();
+        let sink = ReplaySink::Callback(Box::new(|topic, _, value, _| {
+            if topic == topics::PUSH {
+                sends.borrow_mut().push(registry.decode(value).unwrap());
+            } else if topic == topics::CAMPAIGN_EVENTS {
+                events.borrow_mut().push(registry.decode(value).unwrap());
+            }
+            Ok(())
+        }));
+        let options = ReplayOptions {
+            partitions: 4,
+            fire_timers_until: Some(until),
+            ..ReplayOptions::default()
+        };
+        replay::run(&topology, ReplayInput::Records(input), sink, &options).unwrap();
+        (sends.into_inner(), events.into_inner())
+    }
+}
+
+/// Issue 13: a total limit raised after every shard was told it is full is asked for again:
+/// the shards get new places and send up to the new limit, exactly.
+#[test]
+fn a_total_raised_after_the_shards_were_told_full_is_leased_again_up_to_the_new_limit() {
+    use records::{define, events, profiles, replay, T0};
+    let coupons = |total: u32| {
+        format!("id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\nlimits: {{ total: {total} }}\noptions: {{ shards: 4 }}\n")
+    };
+    let mut input: Vec<_> = profiles(0, 400, T0).collect();
+    input.push(define("coupons", &coupons(40), T0));
+    input.extend(events("Ping", "first", 0, 200, T0 + 10_000));
+    input.push(define("coupons", &coupons(100), T0 + 20_000));
+    input.extend(events("Ping", "second", 200, 400, T0 + 30_000));
+    let (sends, lifecycle) = replay(input, T0 + 600_000);
+
+    let users: BTreeSet<&str> = sends.iter().map(|s| s.user_id.as_str()).collect();
+    assert_eq!(users.len(), sends.len(), "no user gets two coupons");
+    let first = users.iter().filter(|u| u[1..].parse::<usize>().unwrap() < 200).count();
+    assert_eq!(first, 40, "the first 200 pings fill the total of 40");
+    assert_eq!(sends.len(), 100, "exactly the raised limit");
+    let after: BTreeSet<u32> = sends[40..].iter().map(|s| shard_of(&s.user_id)).collect();
+    assert_eq!(after.len(), 4, "every shard sends again");
+    let reached: Vec<&str> = lifecycle
+        .iter()
+        .filter(|e| format!("{:?}", e.kind) == "LimitReached")
+        .map(|e| e.details["sent"].as_str())
+        .collect();
+    assert_eq!(reached, ["40", "100"], "each limit announced once, when reached");
+}

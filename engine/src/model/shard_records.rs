@@ -83,7 +83,8 @@ pub enum ShardPlanKind {
     Grant,
     /// Give back the places held unused.
     Recall,
-    /// The total limit is full: refuse the waiting candidates.
+    /// The total limit of `places` is full: refuse the waiting candidates until the campaign's
+    /// limit is above it (an edit raised it).
     Full,
 }
 
@@ -100,7 +101,8 @@ pub struct ShardPlan {
     pub shard: i32,
     /// What to do.
     pub kind: ShardPlanKind,
-    /// `Release`: users of the run the shard may send to; `Grant`: places leased.
+    /// `Release`: users of the run the shard may send to; `Grant`: places leased; `Full`: the
+    /// limit that is full.
     pub places: i64,
     /// `Release`: global A/B test index of the shard's first test user.
     pub test_from: i64,

@@ -3,7 +3,8 @@
 //! candidates wait in arrival order and it asks its home (`DEMAND`). The home grants from its
 //! free places; when none are free it recalls the places other shards hold unused
 //! (`RECALL` → `RETURNED`), and once nothing is free or held unused anywhere it tells the
-//! waiting shards the limit is full (`FULL`). Grants and returns are records produced in the
+//! waiting shards the limit is full (`FULL`, naming the limit: once an edit raises it, a shard
+//! asks again). Grants and returns are records produced in the
 //! transaction of the state change that accounts for them, so the places in the home's pool,
 //! in transit and in the shards' leases always add up to the limit: never over, never under
 //! while a candidate waits.
@@ -57,8 +58,17 @@ pub(super) struct ShardLease {
     places: u64,
     /// A demand is on its way to the home.
     asked: bool,
-    /// The home said the limit is full.
-    full: bool,
+    /// The total limit the home said is full; a higher limit (an edit raised it) is asked for
+    /// again.
+    #[serde(default)]
+    full_at: Option<u64>,
+}
+
+impl ShardLease {
+    /// Whether `campaign`'s total limit is one the home said is full.
+    fn is_full(&self, campaign: &Campaign) -> bool {
+        matches!((self.full_at, campaign.limits.total), (Some(at), Some(limit)) if limit <= at)
+    }
 }
 
 impl CampaignState {
@@ -87,7 +97,7 @@ impl CampaignStage {
         state: &mut CampaignState,
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
-        if campaign.status != CampaignStatus::Active || state.lease.full {
+        if campaign.status != CampaignStatus::Active || state.lease.is_full(campaign) {
             return self.leave_leased(ctx, campaign, state, candidate);
         }
         if state.lease.places > 0 && state.waiting == 0 {
@@ -116,7 +126,7 @@ impl CampaignStage {
         if campaign.status != CampaignStatus::Active {
             return self.deliver(ctx, campaign, state, &candidate, None); // held or stopped
         }
-        if state.lease.full {
+        if state.lease.is_full(campaign) {
             state.skip("total_limit");
             return Ok(());
         }
@@ -200,7 +210,9 @@ impl CampaignStage {
         let now = ctx.effective_ms();
         let released = !step.entries.is_empty();
         let leaves = |state: &CampaignState| {
-            campaign.status != CampaignStatus::Active || state.lease.full || state.lease.places > 0
+            campaign.status != CampaignStatus::Active
+                || state.lease.is_full(campaign)
+                || state.lease.places > 0
         };
         for (key, candidate) in step.entries {
             if !leaves(state) {
@@ -212,7 +224,8 @@ impl CampaignStage {
                 Candidate { qualified_at_ms: candidate.qualified_at_ms.max(now), ..candidate };
             self.leave_leased(ctx, campaign, state, leaving)?;
         }
-        if released && state.waiting == 0 && state.lease.places > 0 && !state.lease.full {
+        let full = state.lease.is_full(campaign);
+        if released && state.waiting == 0 && state.lease.places > 0 && !full {
             // Nothing waits here any more: the home learns it (a demand it has not yet seen may
             // be stale), so the places left can be recalled for another shard.
             self.lease_report(ctx, campaign, state, ShardReportKind::Demand, 0)?;
@@ -235,7 +248,7 @@ impl CampaignStage {
             ShardPlanKind::Grant => {
                 state.lease.places += plan.places.max(0) as u64;
                 state.lease.asked = false;
-                state.lease.full = false;
+                state.lease.full_at = None;
             }
             ShardPlanKind::Recall => {
                 // Those waiting take what they need first, in this transaction: a place is
@@ -252,7 +265,7 @@ impl CampaignStage {
                 );
             }
             ShardPlanKind::Full => {
-                state.lease.full = true;
+                state.lease.full_at = Some(plan.places.max(0) as u64);
                 state.lease.asked = false;
             }
             _ => return Ok(()),
@@ -350,7 +363,7 @@ impl CampaignStage {
             // Nothing free, held or coming back anywhere: the limit is full.
             for shard in waiting {
                 state.leases.entry(shard).or_default().demand = 0;
-                plans.push((shard, ShardPlanKind::Full, 0));
+                plans.push((shard, ShardPlanKind::Full, limit));
             }
         } else if !waiting.is_empty() {
             // Places held by shards that wait for none may be unused: asked back once. A shard
