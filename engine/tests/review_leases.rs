@@ -212,3 +212,26 @@ fn a_total_limit_lowered_to_what_was_sent_sends_nobody_else() {
         &sent[20.min(sent.len())..]
     );
 }
+
+/// A total of 100 leased over 4 shards; 20 sent; a daily limit added (the campaign then runs on
+/// its home alone, `shards::in_effect` = 1) while the shards still hold leased places; the
+/// home sends on its own count up to the total; the daily limit removed again: the shards
+/// spend the places they held all along, past the total.
+#[test]
+#[ignore = "finding: places held by shards survive a spell on the home alone and are spent past the total (leases.rs, in_effect changes without recall)"]
+fn places_held_by_shards_are_not_spent_after_the_campaign_ran_on_its_home() {
+    let mut input = audience(220);
+    input.push(coupons("limits: { total: 100 }\n", T0));
+    input.extend(pings(0, 20, T0 + 10_000));
+    input.push(coupons("limits: { total: 100, daily: 1000 }\n", T0 + 20_000));
+    input.extend(pings(20, 170, T0 + 30_000));
+    input.push(coupons("limits: { total: 100 }\n", T0 + 40_000));
+    input.extend(pings(170, 220, T0 + 50_000));
+    let sent = coupons_sent(input, 0);
+    assert_eq!(
+        sent.len(),
+        100,
+        "nothing past the total; past it: {:?}",
+        &sent[100.min(sent.len())..]
+    );
+}
