@@ -1403,21 +1403,19 @@ fn run(plan: Plan) {
     common::delete_topics_starting_with(&[&prefix, &app_id]);
 }
 
-/// Fails the test with the runtime's error if its thread ended.
-fn alive(runtime: &mut Option<JoinHandle<Result<(), RuntimeError>>>, when: &str) {
-    if runtime.as_ref().is_some_and(JoinHandle::is_finished) {
-        let result = runtime.take().unwrap().join();
-        panic!("the runtime stopped ({when}): {result:?}");
-    }
-}
-
 /// Restarts of the chaos broker in [`runtime_exactly_once_across_broker_restarts`].
 const RUNTIME_RESTARTS: usize = 3;
-/// Keys of its input.
+/// How long the chaos broker is frozen (SIGSTOP) in
+/// [`runtime_recovers_after_the_broker_is_frozen`]: beyond the session and transaction timeouts
+/// and librdkafka's request timeouts (10 s each).
+const FREEZE: Duration = Duration::from_secs(30);
+/// The runtime's stall time in that test (the default 60 s would make it long).
+const TEST_STALL_AFTER: Duration = Duration::from_secs(15);
+/// Keys of the relay's input.
 const RELAY_KEYS: usize = 40;
 
-/// The processor of [`runtime_exactly_once_across_broker_restarts`]: an input record goes
-/// through the repartition topic to the task of its key, which counts the key and writes
+/// The processor of the runtime-alone tests: an input record goes through the repartition
+/// topic to the task of its key, which counts the key and writes
 /// `<input partition>:<input offset>|<key>|<count>`, so every output names the input it came
 /// from.
 struct Relay {
@@ -1447,124 +1445,267 @@ impl Processor for Relay {
     }
 }
 
-/// The runtime alone (no push code) through several broker restarts in quick succession,
-/// with a repartition topic it writes and reads itself and a global table (whose reader sees
-/// the broker go away): it must keep going, and its output must be exactly one record per
-/// input record (by input partition and offset), with every key's counts 1..n, no gaps, no
-/// duplicates. A stalled runtime fails the test by its deadline, a failed one by its error.
+/// The runtime alone (no push code) on the chaos broker, running [`Relay`] (with a global
+/// table, whose reader sees the broker go away too) while a producer writes its input all
+/// along.
+struct RelayRun {
+    _dir: tempfile::TempDir,
+    _proxy: Option<Toxiproxy>,
+    advertised: u16,
+    name: String,
+    config: RuntimeConfig,
+    shutdown: ShutdownFlag,
+    runtime: Option<JoinHandle<Result<(), RuntimeError>>>,
+    outputs: Watcher<String>,
+    traffic: (Arc<AtomicBool>, JoinHandle<()>),
+    /// The chaos broker's lock, let go last (after Toxiproxy stopped).
+    _broker: std::net::TcpListener,
+}
+
+impl RelayRun {
+    /// Starts the broker, the runtime (with `stall_after`, if given) and the traffic, and
+    /// waits until output flows.
+    fn start(stall_after: Option<Duration>) -> Self {
+        let broker_lock = lock_broker();
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = Toxiproxy::start(dir.path());
+        let advertised = if proxy.is_some() { PROXY_PORT } else { BROKER_PORT };
+        broker_up(advertised);
+        std::env::set_var("HERALD_BROKERS", format!("127.0.0.1:{advertised}"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info,librdkafka=warn")
+            .with_test_writer()
+            .try_init();
+        let name = common::unique("chaos-runtime");
+        let topics = [("in", 4), ("flow", 4), ("out", 4), ("dlq", 1)]
+            .map(|(suffix, partitions)| (format!("{name}-{suffix}"), partitions));
+        common::create_topics(&topics.each_ref().map(|(topic, n)| (topic.as_str(), *n)));
+        let mut config = RuntimeConfig::new(common::kafka(), "a", dir.path().join("state"));
+        config.stall_after = stall_after.unwrap_or(config.stall_after);
+        let outputs =
+            Watcher::start(format!("{name}-out"), 4, |v| String::from_utf8_lossy(v).into_owned());
+        let traffic = {
+            let (input, stop) = (format!("{name}-in"), Arc::new(AtomicBool::new(false)));
+            let flag = Arc::clone(&stop);
+            let handle = std::thread::spawn(move || {
+                let mut producer = EventProducer::new(input);
+                let mut i = 0usize;
+                while !flag.load(Ordering::SeqCst) {
+                    producer.send(format!("k{}", i % RELAY_KEYS), format!("v{i}").into_bytes());
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                    if i % 500 == 0 {
+                        producer.resend_failed();
+                    }
+                }
+                producer.finish();
+            });
+            (stop, handle)
+        };
+        let mut run = Self {
+            _broker: broker_lock,
+            _dir: dir,
+            _proxy: proxy,
+            advertised,
+            name,
+            config,
+            shutdown: ShutdownFlag::default(),
+            runtime: None,
+            outputs,
+            traffic,
+        };
+        run.start_runtime();
+        let flowing = run.until(Duration::from_secs(120), |outputs| outputs > 200);
+        run.alive("before the faults");
+        assert!(flowing, "no output before the faults");
+        run
+    }
+
+    /// Runs the runtime in a thread of its own (the same instance id and state every time).
+    fn start_runtime(&mut self) {
+        let name = &self.name;
+        let (input, flow, output) =
+            (format!("{name}-in"), format!("{name}-flow"), format!("{name}-out"));
+        let topology = StreamTopology::builder(name)
+            .dead_letter_topic(format!("{name}-dlq"))
+            .optional_global_table("settings", format!("{name}-settings"))
+            .sub_topology(
+                "relay",
+                move |_| Relay { flow: flow.clone(), output: output.clone() },
+                |s| {
+                    s.source(&input)
+                        .repartition(format!("{name}-flow"))
+                        .store("counts")
+                        .sink(format!("{name}-out"))
+                },
+            )
+            .build()
+            .unwrap();
+        let (config, flag) = (self.config.clone(), self.shutdown.clone());
+        self.runtime =
+            Some(std::thread::spawn(move || LiveRuntime::new(topology, config).run(&flag)));
+    }
+
+    /// Whether the runtime's thread ended.
+    fn ended(&self) -> bool {
+        self.runtime.as_ref().is_some_and(JoinHandle::is_finished)
+    }
+
+    /// Polls until `done(outputs so far)` holds or the runtime ended, for `limit` at most;
+    /// whether `done` held.
+    fn until(&self, limit: Duration, done: impl Fn(usize) -> bool) -> bool {
+        poll_until(limit, || done(self.outputs.len()) || self.ended()) && !self.ended()
+    }
+
+    /// Fails the test with the runtime's error if its thread ended.
+    fn alive(&mut self, when: &str) {
+        if let Some(error) = self.stopped() {
+            panic!("the runtime stopped ({when}): {error}");
+        }
+    }
+
+    /// The runtime's error if its thread ended.
+    fn stopped(&mut self) -> Option<String> {
+        if !self.ended() {
+            return None;
+        }
+        Some(match self.runtime.take().unwrap().join() {
+            Ok(Ok(())) => "without an error".to_string(),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "panicked".to_string(),
+        })
+    }
+
+    /// The chaos broker's process id.
+    fn broker_pid(&self) -> String {
+        let pidfile = repo().join(".local/kafka-chaos/kafka.pid");
+        std::fs::read_to_string(pidfile).expect("the chaos broker's pid file").trim().to_string()
+    }
+
+    /// Stops traffic, waits for the runtime to process every input record on the topic, and
+    /// checks the output: exactly one record per input record (by input partition and offset),
+    /// every key's counts 1..n, no gaps, no duplicates; stops the runtime and deletes the
+    /// topics. `faults` names what happened, for the summary line.
+    fn finish(mut self, faults: &str) {
+        self.traffic.0.store(true, Ordering::SeqCst);
+        let traffic = std::mem::replace(&mut self.traffic.1, std::thread::spawn(|| ()));
+        traffic.join().expect("traffic thread");
+        // Every input record, as it is on the topic (events sent again after a failed delivery
+        // are records of their own).
+        let input = format!("{}-in", self.name);
+        let inputs =
+            common::read_committed(&input, 1, Duration::from_secs(3), Duration::from_secs(60));
+        let expected: BTreeSet<String> =
+            inputs.iter().map(|r| format!("{}:{}", r.partition, r.offset)).collect();
+        let done = self.until(Duration::from_secs(180), |outputs| outputs >= expected.len());
+        self.alive("draining");
+        let produced = self.outputs.snapshot();
+        let mut origins: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut counts: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for value in &produced {
+            let mut fields = value.split('|');
+            let (origin, key, count) =
+                (fields.next().unwrap(), fields.next().unwrap(), fields.next());
+            *origins.entry(origin).or_default() += 1;
+            counts.entry(key).or_default().push(count.unwrap().parse().unwrap());
+        }
+        let duplicated: Vec<_> = origins.iter().filter(|(_, n)| **n > 1).take(5).collect();
+        let missing: Vec<_> =
+            expected.iter().filter(|o| !origins.contains_key(o.as_str())).take(5).collect();
+        let unknown: Vec<_> = origins.keys().filter(|o| !expected.contains(**o)).take(5).collect();
+        println!(
+            "runtime across {faults}: {} inputs, {} outputs, {} distinct",
+            expected.len(),
+            produced.len(),
+            origins.len()
+        );
+        assert!(done, "the runtime stalled: {} of {} outputs", produced.len(), expected.len());
+        assert!(duplicated.is_empty(), "inputs processed twice, e.g. {duplicated:?}");
+        assert!(missing.is_empty(), "inputs never processed, e.g. {missing:?}");
+        assert!(unknown.is_empty(), "outputs of no input, e.g. {unknown:?}");
+        for (key, seen) in &mut counts {
+            seen.sort_unstable();
+            let n = seen.len() as u64;
+            assert!(seen.iter().copied().eq(1..=n), "key {key}: counts {seen:?}, not 1..={n}");
+        }
+        self.shutdown.request();
+        let runtime = self.runtime.take().unwrap();
+        runtime.join().expect("runtime thread").expect("the runtime's run");
+        common::delete_topics_starting_with(&[&self.name]);
+    }
+}
+
+/// The chaos broker frozen by SIGSTOP until dropped (SIGCONT), even when the test fails.
+struct Frozen(String);
+
+impl Frozen {
+    fn new(pid: String) -> Self {
+        signal("-STOP", &pid);
+        Self(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("-CONT", &self.0);
+    }
+}
+
+/// `kill <signal> <pid>`.
+fn signal(signal: &str, pid: &str) {
+    let status = Command::new("kill").args([signal, pid]).status().expect("kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// The runtime through several broker restarts in quick succession: it must keep going, and
+/// its output must be exactly one record per input record. A stalled runtime fails the test by
+/// its deadline, a failed one by its error.
 #[test]
 fn runtime_exactly_once_across_broker_restarts() {
-    let _broker = lock_broker();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Toxiproxy::start(dir.path());
-    let advertised = if proxy.is_some() { PROXY_PORT } else { BROKER_PORT };
-    broker_up(advertised);
-    std::env::set_var("HERALD_BROKERS", format!("127.0.0.1:{advertised}"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("info,librdkafka=warn")
-        .with_test_writer()
-        .try_init();
-    let name = common::unique("chaos-runtime");
-    let (input, flow, output) =
-        (format!("{name}-in"), format!("{name}-flow"), format!("{name}-out"));
-    let topics = [(&input, 4), (&flow, 4), (&output, 4), (&format!("{name}-dlq"), 1)];
-    common::create_topics(&topics.map(|(topic, partitions)| (topic.as_str(), partitions)));
-    let topology = StreamTopology::builder(&name)
-        .dead_letter_topic(format!("{name}-dlq"))
-        .optional_global_table("settings", format!("{name}-settings"))
-        .sub_topology(
-            "relay",
-            {
-                let (flow, output) = (flow.clone(), output.clone());
-                move |_| Relay { flow: flow.clone(), output: output.clone() }
-            },
-            |s| s.source(&input).repartition(&flow).store("counts").sink(&output),
-        )
-        .build()
-        .unwrap();
-    let config = RuntimeConfig::new(common::kafka(), "a", dir.path().join("state"));
-    let shutdown = ShutdownFlag::default();
-    let flag = shutdown.clone();
-    let runtime = std::thread::spawn(move || LiveRuntime::new(topology, config).run(&flag));
-
-    let outputs = Watcher::start(output.clone(), 4, |v| String::from_utf8_lossy(v).into_owned());
-    let traffic = {
-        let (input, stop) = (input.clone(), Arc::new(AtomicBool::new(false)));
-        let flag = Arc::clone(&stop);
-        let handle = std::thread::spawn(move || {
-            let mut producer = EventProducer::new(input);
-            let mut i = 0usize;
-            while !flag.load(Ordering::SeqCst) {
-                producer.send(format!("k{}", i % RELAY_KEYS), format!("v{i}").into_bytes());
-                i += 1;
-                std::thread::sleep(Duration::from_millis(5));
-                if i % 500 == 0 {
-                    producer.resend_failed();
-                }
-            }
-            producer.finish();
-        });
-        (stop, handle)
-    };
-    let mut runtime = Some(runtime);
-    let ended =
-        |runtime: &Option<JoinHandle<_>>| runtime.as_ref().is_some_and(JoinHandle::is_finished);
-    let flowing = poll_until(Duration::from_secs(120), || outputs.len() > 200 || ended(&runtime));
-    alive(&mut runtime, "before the restarts");
-    assert!(flowing, "no output before the restarts");
+    let mut run = RelayRun::start(None);
     for restart in 0..RUNTIME_RESTARTS {
-        broker("down", advertised);
-        broker("up", advertised);
-        alive(&mut runtime, &format!("restart {}", restart + 1));
-        let before = outputs.len();
+        broker("down", run.advertised);
+        broker("up", run.advertised);
+        run.alive(&format!("restart {}", restart + 1));
+        let before = run.outputs.len();
         // Quick succession: the next restart as soon as anything new came out.
-        let moved =
-            poll_until(Duration::from_secs(120), || outputs.len() > before || ended(&runtime));
-        alive(&mut runtime, &format!("after restart {}", restart + 1));
+        let moved = run.until(Duration::from_secs(120), |outputs| outputs > before);
+        run.alive(&format!("after restart {}", restart + 1));
         assert!(moved, "no output for 120 s after broker restart {}", restart + 1);
     }
-    traffic.0.store(true, Ordering::SeqCst);
-    traffic.1.join().expect("traffic thread");
+    run.finish(&format!("{RUNTIME_RESTARTS} broker restarts"));
+}
 
-    // Every input record, as it is on the topic (events sent again after a failed delivery are
-    // records of their own).
-    let inputs = common::read_committed(&input, 1, Duration::from_secs(3), Duration::from_secs(60));
-    let expected: BTreeSet<String> =
-        inputs.iter().map(|r| format!("{}:{}", r.partition, r.offset)).collect();
-    let done =
-        poll_until(Duration::from_secs(180), || outputs.len() >= expected.len() || ended(&runtime));
-    alive(&mut runtime, "draining");
-    let produced = outputs.snapshot();
-    let mut origins: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut counts: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    for value in &produced {
-        let mut fields = value.split('|');
-        let (origin, key, count) = (fields.next().unwrap(), fields.next().unwrap(), fields.next());
-        *origins.entry(origin).or_default() += 1;
-        counts.entry(key).or_default().push(count.unwrap().parse().unwrap());
+/// The runtime through a frozen broker (SIGSTOP: its connections stay open, requests go
+/// unanswered) for longer than the session, transaction and request timeouts, once while
+/// processing and once just after a restart (while its coordinators load), each time thawed
+/// (SIGCONT) after [`FREEZE`]. The runtime's stall watch runs with [`TEST_STALL_AFTER`]. It must
+/// either recover by itself or stop with a clear error (then it is started again with the same
+/// id and state, as a supervisor would), never sit silently; either way the output is exactly
+/// one record per input record.
+#[test]
+#[ignore = "long: make chaos"]
+fn runtime_recovers_after_the_broker_is_frozen() {
+    let mut run = RelayRun::start(Some(TEST_STALL_AFTER));
+    for round in ["while processing", "just after a restart"] {
+        if round == "just after a restart" {
+            broker("down", run.advertised);
+            broker("up", run.advertised);
+        }
+        {
+            let _frozen = Frozen::new(run.broker_pid());
+            std::thread::sleep(FREEZE); // The fault itself: the broker stays frozen this long.
+        }
+        let before = run.outputs.len();
+        let limit = Duration::from_secs(120);
+        let moved = run.until(limit, |outputs| outputs > before);
+        if let Some(error) = run.stopped() {
+            println!("the runtime stopped after the freeze {round}: {error}");
+            assert!(error.starts_with("stalled:") || error.starts_with("fenced:"), "{error}");
+            run.start_runtime();
+        } else {
+            assert!(moved, "no output and no error for {limit:?} after the freeze {round}");
+        }
     }
-    let duplicated: Vec<_> = origins.iter().filter(|(_, n)| **n > 1).take(5).collect();
-    let missing: Vec<_> =
-        expected.iter().filter(|o| !origins.contains_key(o.as_str())).take(5).collect();
-    let unknown: Vec<_> = origins.keys().filter(|o| !expected.contains(**o)).take(5).collect();
-    println!(
-        "runtime across {RUNTIME_RESTARTS} broker restarts: {} inputs, {} outputs, {} distinct",
-        expected.len(),
-        produced.len(),
-        origins.len()
-    );
-    assert!(done, "the runtime stalled: {} of {} outputs", produced.len(), expected.len());
-    assert!(duplicated.is_empty(), "inputs processed twice, e.g. {duplicated:?}");
-    assert!(missing.is_empty(), "inputs never processed, e.g. {missing:?}");
-    assert!(unknown.is_empty(), "outputs of no input, e.g. {unknown:?}");
-    for (key, seen) in &mut counts {
-        seen.sort_unstable();
-        let n = seen.len() as u64;
-        assert!(seen.iter().copied().eq(1..=n), "key {key}: counts {seen:?}, not 1..={n}");
-    }
-    shutdown.request();
-    let runtime = runtime.take().unwrap();
-    runtime.join().expect("runtime thread").expect("the runtime's run");
-    drop(outputs);
-    common::delete_topics_starting_with(&[&name]);
+    run.finish(&format!("two broker freezes of {} s", FREEZE.as_secs()));
 }
