@@ -411,6 +411,18 @@ impl Process {
         Some(format!("{} alive but stuck after: {}", self.name, fatal[fatal.len() - 1]))
     }
 
+    /// Writes the threads' stacks of the running process to `<dir>/<name>.stacks.txt`, when
+    /// gdb is installed: where a process that stopped making progress is blocked.
+    fn dump_stacks(&self, dir: &Path) {
+        let Ok(out) = Command::new("gdb")
+            .args(["-p", &self.child.id().to_string(), "-batch", "-ex", "thread apply all bt"])
+            .output()
+        else {
+            return;
+        };
+        let _ = std::fs::write(dir.join(format!("{}.stacks.txt", self.name)), out.stdout);
+    }
+
     /// The fatal errors in its log.
     fn fatal_errors(&self) -> Vec<String> {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -977,8 +989,13 @@ fn run(plan: Plan) {
             });
             if !ok {
                 // Which side stopped: the engine (no new commands) or the senders (commands
-                // without receipts). The processes' logs are kept.
+                // without receipts). The processes' logs are kept, with their threads' stacks.
                 let kept = keep_logs(dir.path());
+                for process in processes.iter_mut() {
+                    if process.child.running() {
+                        process.dump_stacks(&kept);
+                    }
+                }
                 panic!(
                     "no progress ({what}): {} of {target} receipts, {} commands on herald.push; \
                      logs kept in {}\n{}",
