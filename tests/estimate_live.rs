@@ -350,3 +350,105 @@ fn an_expired_query_is_never_answered_and_a_missing_partition_is_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("partition(s) 0, 1 of"), "{stderr}");
 }
+
+/// Issue 15: hostile requests on the queries topic (undecodable, of an unknown kind, oversize)
+/// go to the dead-letter topic with the reason, once each; a task keeps at most `MAX_PENDING`
+/// requests queued and refuses the others, with a reply and a dead letter saying so.
+#[test]
+fn hostile_queries_are_dead_lettered_and_a_task_refuses_past_its_pending_limit() {
+    use herald_engine::{
+        model::DeadLetter,
+        query::{QueryStatus, MAX_PENDING, MAX_REQUEST_BYTES},
+    };
+    let topics = Topics::new("estimate-hostile", 2);
+    common::create_topics(&[(&topics.topic("queries"), 1)]);
+    let registry = SchemaRegistry::builtin();
+    let now = common::now_ms();
+    let request = |id: &str, kind: &str, body: String| QueryRequest {
+        request_id: id.into(),
+        kind: kind.into(),
+        key: None,
+        body,
+        deadline_ms: now + 600_000,
+        issued_at_ms: now,
+    };
+    let encoded = |r: &QueryRequest| (r.request_id.clone(), registry.encode(r).unwrap());
+    let unknown_segment = r#"{"target":"segment","id":"none","at_ms":0}"#.to_string();
+    let busy: Vec<QueryRequest> = (0..200)
+        .map(|i| request(&format!("q-busy-{i:03}"), "estimate", unknown_segment.clone()))
+        .collect();
+    let huge = request("q-huge", "estimate", "x".repeat(MAX_REQUEST_BYTES));
+    let mut records = vec![
+        ("q-garbage".to_string(), b"not a request".to_vec()),
+        encoded(&request("q-unknown", "drop-tables", "{}".into())),
+        encoded(&huge),
+    ];
+    records.extend(busy.iter().map(encoded));
+    // All in the table before the engine starts: its tasks see them at once.
+    common::produce(&topics.topic("queries"), records);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("engine.log");
+    let _engine = common::KillOnDrop::new(common::spawn_engine(
+        &topics.prefix,
+        &topics.app_id,
+        &dir.path().join("state"),
+        &log,
+    ));
+    let refused_per_task = busy.len() - MAX_PENDING;
+    let letters: Vec<DeadLetter> = common::read_committed(
+        &topics.topic("dead-letter"),
+        3 + 2 * refused_per_task,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    )
+    .iter()
+    .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
+    .collect();
+    let reason_of = |id: &str| -> Vec<&DeadLetter> {
+        letters.iter().filter(|l| l.key.as_deref() == Some(id.as_bytes())).collect()
+    };
+    let garbage = reason_of("q-garbage");
+    assert_eq!(garbage.len(), 1, "{}", common::tail(&log, 30));
+    assert!(garbage[0].reason.contains("does not decode"), "{}", garbage[0].reason);
+    assert_eq!(garbage[0].source_topic, topics.topic("queries"));
+    let unknown = reason_of("q-unknown");
+    assert_eq!(unknown.len(), 1);
+    assert!(
+        unknown[0].reason.contains(r#"unknown query kind "drop-tables""#),
+        "{}",
+        unknown[0].reason
+    );
+    let oversize = reason_of("q-huge");
+    assert_eq!(oversize.len(), 1);
+    assert!(oversize[0].reason.contains("over the limit"), "{}", oversize[0].reason);
+    assert_eq!(oversize[0].value, None);
+    // Each task queued the first MAX_PENDING (in the table's order) and refused the rest.
+    let refused_ids: BTreeSet<String> =
+        busy[MAX_PENDING..].iter().map(|r| r.request_id.clone()).collect();
+    let over: Vec<&DeadLetter> = letters.iter().filter(|l| l.reason.contains("pending")).collect();
+    assert_eq!(over.len(), 2 * refused_per_task);
+    let over_ids: BTreeSet<String> =
+        over.iter().map(|l| String::from_utf8(l.key.clone().unwrap()).unwrap()).collect();
+    assert_eq!(over_ids, refused_ids);
+    let replies: Vec<QueryReply> = common::read_committed(
+        &topics.topic("query-replies"),
+        2 * busy.len(),
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    )
+    .iter()
+    .filter_map(|r| r.value.as_deref().map(|v| registry.decode::<QueryReply>(v).unwrap()))
+    .collect();
+    for partition in 0..2 {
+        let mine: Vec<&QueryReply> = replies.iter().filter(|r| r.partition == partition).collect();
+        assert_eq!(mine.len(), busy.len(), "partition {partition}");
+        let busy_refusals: BTreeSet<String> = mine
+            .iter()
+            .filter(|r| r.error.as_deref().is_some_and(|e| e.contains("pending")))
+            .map(|r| r.request_id.clone())
+            .collect();
+        assert_eq!(busy_refusals, refused_ids, "partition {partition}");
+        assert!(mine.iter().all(|r| r.status == QueryStatus::Refused));
+        assert!(mine.iter().all(|r| !r.request_id.starts_with("q-g") && r.request_id != "q-huge"));
+    }
+}

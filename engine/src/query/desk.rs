@@ -8,12 +8,18 @@ use std::{
 };
 
 use super::{
-    sign::ReplyKey, turns::QueryTurns, QueryReply, QueryRequest, QueryStatus, QUERIES_TABLE,
+    sign::ReplyKey, turns::QueryTurns, QueryReply, QueryRequest, QueryStatus, KINDS, QUERIES_TABLE,
 };
 use crate::{
-    model::SchemaRegistry,
+    model::{topics::TopicNames, DeadLetter, SchemaRegistry},
     runtime::{Clock, ProcessError, ProcessorContext, Tick},
 };
+
+/// Requests a task keeps queued (not yet answered) at most; one past it is refused (a
+/// `REFUSED` reply saying so) and dead-lettered.
+pub const MAX_PENDING: usize = 64;
+/// The largest request (its encoded bytes) a task takes; a larger one is dead-lettered.
+pub const MAX_REQUEST_BYTES: usize = 512 * 1024;
 
 /// How often a task reports its progress on a query, milliseconds.
 const PROGRESS_EVERY_MS: i64 = 1_000;
@@ -94,16 +100,27 @@ impl<W> QueryDesk<W> {
     /// The open request to work on next, if any (give it back with [`Self::settle`]). Requests
     /// past their deadline, deleted from the table, or keyed to another task are dropped. A live
     /// task gets one only in its instance's turn (else `None`: it asks again next pass).
-    pub fn take(&mut self, ctx: &ProcessorContext<'_>) -> Option<Open<W>> {
+    ///
+    /// A request that does not decode, is of a kind no task answers ([`KINDS`]) or is over
+    /// [`MAX_REQUEST_BYTES`] is dead-lettered on `topics.dead_letter` with the reason (by the
+    /// task owning its request id, so once); one past [`MAX_PENDING`] queued is refused.
+    pub fn take(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        topics: &TopicNames,
+    ) -> Result<Option<Open<W>>, ProcessError> {
+        if self.stale {
+            self.refresh(ctx, topics)?;
+        }
         let open = self.next_open(ctx);
         let task = ctx.task();
         let Some(open) = open else {
             self.slice = None;
             self.turns.leaves(task);
-            return None;
+            return Ok(None);
         };
         if ctx.clock() == Clock::EventTime {
-            return Some(open);
+            return Ok(Some(open));
         }
         if self.slice.is_some_and(|started| started.elapsed() >= SLICE) {
             self.slice = None;
@@ -111,17 +128,14 @@ impl<W> QueryDesk<W> {
         if self.slice.is_none() {
             if !self.turns.ask(task, ctx.now_ms()) {
                 self.current = Some(open);
-                return None;
+                return Ok(None);
             }
             self.slice = Some(Instant::now());
         }
-        Some(open)
+        Ok(Some(open))
     }
 
     fn next_open(&mut self, ctx: &ProcessorContext<'_>) -> Option<Open<W>> {
-        if self.stale {
-            self.refresh(ctx);
-        }
         let now = ctx.now_ms();
         if let Some(open) = self.current.take() {
             if open.request.deadline_ms > now {
@@ -186,29 +200,64 @@ impl<W> QueryDesk<W> {
     }
 
     /// Queues the table's requests this processor has not taken yet and may answer; forgets
-    /// those that left the table (answered and deleted by their client, or cancelled).
-    fn refresh(&mut self, ctx: &ProcessorContext<'_>) {
+    /// those that left the table (answered and deleted by their client, or cancelled);
+    /// dead-letters the hostile ones and refuses those past [`MAX_PENDING`].
+    fn refresh(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        topics: &TopicNames,
+    ) -> Result<(), ProcessError> {
         self.stale = false;
-        let Some(table) = ctx.global(QUERIES_TABLE) else { return };
+        let Some(table) = ctx.global(QUERIES_TABLE) else { return Ok(()) };
         let now = ctx.now_ms();
         let mut present = HashSet::new();
+        let (mut rejected, mut refused) = (Vec::new(), Vec::new());
         for (key, value) in table.iter() {
             let id = String::from_utf8_lossy(key).into_owned();
             present.insert(id.clone());
             if !self.taken.insert(id.clone()) {
                 continue;
             }
-            let request = match SchemaRegistry::builtin().decode::<QueryRequest>(value) {
+            let request = match admit(value) {
                 Ok(request) => request,
-                Err(error) => {
-                    tracing::warn!(request = %id, %error, "query request does not decode; ignored");
+                Err(reason) => {
+                    rejected.push(Rejected { key: key.to_vec(), value: value.to_vec(), reason });
                     continue;
                 }
             };
             let mine = request.key.as_ref().is_none_or(|key| ctx.owns_key(key.as_bytes()));
-            if mine && request.deadline_ms > now {
+            if !mine || request.deadline_ms <= now {
+                continue;
+            }
+            if self.queue.len() >= MAX_PENDING {
+                refused.push(request);
+            } else {
                 self.queue.push_back(request);
             }
+        }
+        // Written by the task owning the request id only: once, however many tasks read it.
+        rejected.retain(|r| ctx.owns_key(&r.key));
+        for rejection in rejected {
+            rejection.dead_letter(ctx, topics)?;
+        }
+        for request in refused {
+            let reason = format!("{MAX_PENDING} queries already pending on this task; try later");
+            let open = Open { request, work: None, scanned: 0, reported_ms: now };
+            self.reply(
+                ctx,
+                &topics.query_replies,
+                &open,
+                QueryStatus::Refused,
+                None,
+                Some(reason),
+            )?;
+            let bytes = SchemaRegistry::builtin().encode(&open.request).ok();
+            let letter = Rejected {
+                key: open.request.request_id.into_bytes(),
+                value: bytes.unwrap_or_default(),
+                reason: format!("query refused: over {MAX_PENDING} pending on this task"),
+            };
+            letter.dead_letter(ctx, topics)?;
         }
         self.taken.retain(|id| present.contains(id));
         self.queue.retain(|r| present.contains(&r.request_id));
@@ -216,6 +265,7 @@ impl<W> QueryDesk<W> {
         if self.current.as_ref().is_some_and(|o| !present.contains(&o.request.request_id)) {
             self.current = None;
         }
+        Ok(())
     }
 
     /// Writes a reply on `open` to `replies`, signed with the desk's key if it has one.
@@ -243,5 +293,55 @@ impl<W> QueryDesk<W> {
             key.sign(&mut reply);
         }
         Ok(ctx.send_record(replies, open.request.request_id.as_bytes(), &reply)?)
+    }
+}
+
+/// The request in `value`, if a task may take it: it decodes, is not over
+/// [`MAX_REQUEST_BYTES`], and is of a kind tasks answer; else why not.
+fn admit(value: &[u8]) -> Result<QueryRequest, String> {
+    if value.len() > MAX_REQUEST_BYTES {
+        return Err(format!(
+            "query request of {} bytes, over the limit of {MAX_REQUEST_BYTES}",
+            value.len()
+        ));
+    }
+    let request: QueryRequest = SchemaRegistry::builtin()
+        .decode(value)
+        .map_err(|e| format!("query request does not decode: {e}"))?;
+    if !KINDS.contains(&request.kind.as_str()) {
+        return Err(format!("unknown query kind {:?} (known: {})", request.kind, KINDS.join(", ")));
+    }
+    Ok(request)
+}
+
+/// A request no task takes, for the dead-letter topic.
+struct Rejected {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    reason: String,
+}
+
+impl Rejected {
+    /// Writes it to `topics.dead_letter`, and logs it. A global table's entry has no partition
+    /// or offset of its own: both are -1. A value over [`MAX_REQUEST_BYTES`] is left out.
+    fn dead_letter(
+        self,
+        ctx: &mut ProcessorContext<'_>,
+        topics: &TopicNames,
+    ) -> Result<(), ProcessError> {
+        tracing::warn!(request = %String::from_utf8_lossy(&self.key), reason = %self.reason,
+            "query request dead-lettered");
+        let value = (self.value.len() <= MAX_REQUEST_BYTES).then_some(self.value);
+        let letter = DeadLetter {
+            source_topic: topics.queries.clone(),
+            source_partition: -1,
+            source_offset: -1,
+            key: Some(self.key.clone()),
+            value,
+            reason: self.reason,
+            stage: format!("task {} (queries)", ctx.task()),
+            timestamp_ms: ctx.now_ms(),
+        };
+        Ok(ctx.send_record(&topics.dead_letter, &self.key, &letter)?)
     }
 }

@@ -48,10 +48,13 @@ mod turns;
 use serde::{Deserialize, Serialize};
 
 pub use client::{Answers, Progress, QueryClient, QueryError};
-pub use desk::{QueryDesk, Step};
+pub use desk::{QueryDesk, Step, MAX_PENDING, MAX_REQUEST_BYTES};
 pub use turns::QueryTurns;
 
 use crate::model::{check_timestamp, Checked, InvalidField, Record};
+
+/// The kinds of request the engine's tasks answer; a request of another kind is dead-lettered.
+pub const KINDS: &[&str] = &[estimate::KIND, profile::KIND];
 
 /// Name of the global table of open requests, in the topologies that serve queries.
 pub const QUERIES_TABLE: &str = "queries";

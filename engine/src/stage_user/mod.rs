@@ -85,6 +85,8 @@ pub fn add_user_stage(
                 .sink(&topics.campaign_flow)
                 .sink(&topics.push)
                 .created_sink(&topics.query_replies)
+                // Hostile query requests (`query::QueryDesk`).
+                .sink(&topics.dead_letter)
         },
     )
 }

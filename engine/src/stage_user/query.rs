@@ -39,7 +39,7 @@ impl UserStage {
         &mut self,
         ctx: &mut ProcessorContext<'_>,
     ) -> Result<Tick, ProcessError> {
-        let Some(mut open) = self.queries.take(ctx) else { return Ok(Tick::Idle) };
+        let Some(mut open) = self.queries.take(ctx, &self.topics)? else { return Ok(Tick::Idle) };
         let work = match open.work.take() {
             Some(work) => Ok(work),
             None => self.start(&open.request),
