@@ -18,7 +18,7 @@ use std::{
 use common::KillOnDrop;
 use fantoccini::{Client, ClientBuilder, Locator};
 use herald_engine::model::{AppEvent, CampaignLifecycleEvent, LifecycleKind, SchemaRegistry};
-use herald_engine::{kafka::apply_topology, topology::Topology};
+use herald_engine::{kafka::apply_topology, runtime::partition_for, topology::Topology};
 use serde_json::{json, Value};
 
 /// Users of the simulated population; every one of them qualifies once.
@@ -344,12 +344,21 @@ fn the_dashboard_shows_the_funnel_and_the_winner_of_a_live_ab_test_in_headless_c
         "the campaign is not listed"
     );
     // The test audience (80 users, alternately A and B), then, once the winner is declared,
-    // everyone else (all of them get the winner).
-    let ping_users = |users: std::ops::Range<usize>| {
+    // everyone else (all of them get the winner). A triggered test gives each user partition
+    // an equal share (users beyond it wait for the winner): the test audience is the first 40
+    // users of each of the 2 partitions of the events topic.
+    let ping_users = |users: Vec<usize>| {
         let now = common::now_ms();
-        common::produce(&topic("events"), users.map(|i| ping(&format!("user-{i}"), now)));
+        common::produce(&topic("events"), users.iter().map(|i| ping(&format!("user-{i}"), now)));
     };
-    ping_users(0..AUDIENCE);
+    let (mut tested, mut rest) = (Vec::new(), Vec::new());
+    let mut shares = [0; 2];
+    for i in 0..USERS {
+        let partition = partition_for(format!("user-{i}").as_bytes(), 2) as usize;
+        shares[partition] += 1;
+        if shares[partition] <= AUDIENCE / 2 { &mut tested } else { &mut rest }.push(i);
+    }
+    ping_users(tested);
     let logs = || {
         ["sim", "engine", "sender", "api"]
             .iter()
@@ -370,7 +379,7 @@ fn the_dashboard_shows_the_funnel_and_the_winner_of_a_live_ab_test_in_headless_c
     );
     let (winner_id, p_value) = winner.unwrap();
     assert_eq!(winner_id, "B", "B is clicked 30 times as often as A");
-    ping_users(AUDIENCE..USERS);
+    ping_users(rest);
 
     // Every user sent to and delivered: A to half the test audience, B to everyone else.
     let count = |stats: &Value, variant: &str, key: &str| -> i64 {
