@@ -88,11 +88,18 @@ pub(super) fn filter_errors(filter: &Value, path: &str) -> Vec<FieldError> {
     errors(filter_validator(), filter, path)
 }
 
-/// Where `value`, found at `path`, breaks `validator`, in the schema's order.
+/// Where `value`, found at `path`, breaks `validator`, in the schema's order. A value of the
+/// wrong type is told so, and nothing else about it.
 fn errors(validator: &jsonschema::Validator, value: &Value, path: &str) -> Vec<FieldError> {
+    let found: Vec<ValidationError<'_>> = validator.iter_errors(value).collect();
+    let wrong_type = |error: &ValidationError<'_>| matches!(error.kind(), Kind::Type { .. });
+    let mistyped: Vec<&jsonschema::paths::Location> =
+        found.iter().filter(|e| wrong_type(e)).map(ValidationError::instance_path).collect();
     let mut errors = Vec::new();
-    for error in validator.iter_errors(value) {
-        explain(&error, path, &mut errors);
+    for error in &found {
+        if wrong_type(error) || !mistyped.contains(&error.instance_path()) {
+            explain(error, path, &mut errors);
+        }
     }
     sort_by_schema(&mut errors);
     errors
@@ -525,6 +532,14 @@ mod tests {
                 vec!["who: needs an operator: one of equals, not_equals, in, not_in, between, gt, \
                       gte, lt, lte, exists, not_exists, contains, starts_with, before, after, \
                       within_last_days"],
+            ),
+            (
+                ("Welcome\n", "Welcome\nwho: {property: age, gt: 1, lt: 9}\n"),
+                vec!["who: a condition takes exactly one operator"],
+            ),
+            (
+                ("  event: Signed Up\n", "  event: Signed Up\n  where: [{gt: 1}]\n"),
+                vec!["when.where[0].property: is required"],
             ),
             (
                 ("Welcome\n", "Welcome\nwho: {did: Bought, in_last_days: 500}\n"),

@@ -250,11 +250,13 @@ impl Parser {
         };
         let options = options.and_then(|options| self.options(options));
         let (what, assignment) = what?;
-        let scheduled = matches!(&when, Some(When { trigger: Trigger::Scheduled(_), .. }));
+        // Unknown when `when` could not be read: its errors are told, not these.
+        let triggered =
+            when.as_ref().is_some_and(|when| !matches!(when.trigger, Trigger::Scheduled(_)));
         if let Assignment::AbTest(AbTest { test_audience: TestPopulation::Percent(_), .. }) =
             &assignment
         {
-            if !scheduled {
+            if triggered {
                 self.error::<()>(
                     "what.ab.test_audience",
                     "a percentage needs a scheduled campaign (a triggered one has no known reach)",
@@ -262,7 +264,7 @@ impl Parser {
             }
         }
         if let Some(limits) = &limits {
-            if !scheduled && (limits.per_run.is_some() || limits.safety.is_some()) {
+            if triggered && (limits.per_run.is_some() || limits.safety.is_some()) {
                 self.error::<()>("limits", "per_run and safety apply to scheduled campaigns");
             }
         }
