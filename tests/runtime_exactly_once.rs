@@ -1,17 +1,28 @@
 //! The runtime's guarantees against the real broker, with the example counting topology
 //! (`herald example count`): exactly-once across SIGKILLs, state handed over on rebalance,
-//! dead letters for bad input.
+//! dead letters for bad input; and, in-process, the guard of a processing loop blocked inside
+//! one step.
 
 mod common;
 
 use std::{
     collections::{BTreeMap, HashMap},
     path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
 use common::{Consumed, Rng};
-use herald_engine::model::{DeadLetter, SchemaRegistry};
+use herald_engine::{
+    model::{DeadLetter, SchemaRegistry},
+    runtime::{
+        LiveRuntime, ProcessError, Processor, ProcessorContext, RuntimeConfig, ShutdownFlag,
+        SourceRecord, StreamTopology,
+    },
+};
 
 /// Topics and settings of one scenario.
 struct Scenario {
@@ -503,4 +514,77 @@ fn an_evicted_instance_checkpoints_only_what_it_wrote_and_later_restores_the_new
     let outputs = scenario.outputs(RECORDS);
     common::stop_gracefully(a);
     assert_exactly_once(&outputs, RECORDS, KEYS, &scenario.log());
+}
+
+/// Copies each record to its output, but first waits, inside the step, while `blocked` holds:
+/// as a Kafka call or a store write that never returns would hold the processing loop.
+struct Blocking {
+    blocked: Arc<AtomicBool>,
+    output: String,
+}
+
+impl Processor for Blocking {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        record: &SourceRecord<'_>,
+    ) -> Result<(), ProcessError> {
+        while self.blocked.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (key, value) = (record.key.unwrap_or_default(), record.value.unwrap_or_default());
+        ctx.send(&self.output, key, value)?;
+        Ok(())
+    }
+}
+
+/// A processing loop blocked inside one step escapes the stall watch (it runs on the loop's
+/// thread): the loop guard reports it in `herald_runtime_loop_blocked_seconds` (and the log)
+/// once it passes the stall time, clears it when the loop runs again, and the record is then
+/// processed once.
+#[test]
+fn a_processing_loop_blocked_inside_a_step_is_reported_then_cleared() {
+    let name = common::unique("rt-blocked");
+    let (input, output, dlq) = (format!("{name}-in"), format!("{name}-out"), format!("{name}-dlq"));
+    common::create_topics(&[(&input, 2), (&output, 2), (&dlq, 1)]);
+    let blocked = Arc::new(AtomicBool::new(true));
+    let topology = StreamTopology::builder(&name)
+        .dead_letter_topic(dlq.as_str())
+        .sub_topology(
+            "copy",
+            {
+                let (blocked, output) = (Arc::clone(&blocked), output.clone());
+                move |_| Blocking { blocked: Arc::clone(&blocked), output: output.clone() }
+            },
+            |s| s.source(&input).sink(&output),
+        )
+        .build()
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut config = RuntimeConfig::new(common::kafka(), "a", state.path().join("state"));
+    config.stall_after = Duration::from_secs(2);
+    let runtime = Arc::new(LiveRuntime::new(topology, config));
+    let metrics = Arc::clone(runtime.metrics());
+    let shutdown = ShutdownFlag::default();
+    let thread = {
+        let (runtime, flag) = (Arc::clone(&runtime), shutdown.clone());
+        std::thread::spawn(move || runtime.run(&flag))
+    };
+    common::produce(&input, [("k".to_string(), b"v".to_vec())]);
+    let reported = common::poll_until(Duration::from_secs(90), || {
+        metrics.loop_blocked_seconds.get() >= 2 || thread.is_finished()
+    });
+    let blocked_for = metrics.loop_blocked_seconds.get();
+    blocked.store(false, Ordering::SeqCst);
+    assert!(reported && blocked_for >= 2, "no blocked loop reported ({blocked_for} s)");
+    let cleared =
+        common::poll_until(Duration::from_secs(30), || metrics.loop_blocked_seconds.get() == 0);
+    assert!(cleared, "still reported blocked after the loop ran again");
+    let outputs =
+        common::read_committed(&output, 1, Duration::from_secs(2), Duration::from_secs(60));
+    let values: Vec<Option<&[u8]>> = outputs.iter().map(|r| r.value.as_deref()).collect();
+    assert_eq!(values, vec![Some(b"v".as_slice())], "the record, processed once");
+    shutdown.request();
+    thread.join().expect("runtime thread").expect("the runtime's run");
+    common::delete_topics_starting_with(&[&name]);
 }

@@ -4,9 +4,10 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
+    time::{Duration, Instant},
 };
 
 use prometheus::{
@@ -58,6 +59,12 @@ pub struct RuntimeMetrics {
     /// Processors' own counters (see [`ProcessorCounter`]), registered on first use.
     processor_counters: Mutex<HashMap<&'static str, IntCounterVec>>,
     ready: AtomicBool,
+    /// Seconds the processing loop has not come back, once that is longer than the stall time
+    /// (0 while it turns).
+    pub loop_blocked_seconds: IntGauge,
+    /// When the processing loop last came back, in milliseconds since `created`.
+    loop_turned_ms: AtomicU64,
+    created: Instant,
 }
 
 /// A counter a processor declares (as a `static`) and increments through
@@ -165,6 +172,12 @@ impl RuntimeMetrics {
             ),
             processor_counters: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
+            loop_blocked_seconds: gauge(
+                "loop_blocked_seconds",
+                "Seconds the processing loop has not come back, beyond the stall time",
+            ),
+            loop_turned_ms: AtomicU64::new(0),
+            created: Instant::now(),
             registry,
         })
     }
@@ -187,6 +200,18 @@ impl RuntimeMetrics {
     pub fn processor_count(&self, name: &str, label: &str) -> u64 {
         let counters = self.processor_counters.lock().unwrap_or_else(|e| e.into_inner());
         counters.get(name).map_or(0, |vec| vec.with_label_values(&[label]).get())
+    }
+
+    /// Notes that the processing loop came back (or a restore moved on).
+    pub(crate) fn loop_turned(&self) {
+        let ms = self.created.elapsed().as_millis() as u64;
+        self.loop_turned_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// How long ago the processing loop last came back.
+    pub(crate) fn since_loop_turned(&self) -> Duration {
+        let turned = Duration::from_millis(self.loop_turned_ms.load(Ordering::SeqCst));
+        self.created.elapsed().saturating_sub(turned)
     }
 
     /// Marks the instance ready (restored and processing) or not.

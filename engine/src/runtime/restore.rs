@@ -113,6 +113,8 @@ fn restore_all(
     let mut applied = 0u64;
     let mut last_report = Instant::now();
     while !targets.is_empty() {
+        // A long restore is no blocked loop (see `live::heartbeat`).
+        metrics.loop_turned();
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 let key = (message.topic().to_string(), message.partition());

@@ -14,12 +14,14 @@
 mod checks;
 mod global_reader;
 mod group;
+mod heartbeat;
 mod ordered;
 mod progress;
 mod stall;
 mod txn;
 
 use global_reader::GlobalReader;
+use heartbeat::LoopGuard;
 use ordered::OrderedInputs;
 use progress::ReadPositions;
 use stall::StallWatch;
@@ -238,7 +240,9 @@ impl LiveRuntime {
             stall: StallWatch::new(self.config.stall_after),
             stalls: Vec::new(),
         };
+        let guard = LoopGuard::start(Arc::clone(&self.metrics), self.config.stall_after);
         let result = worker.run_loop(shutdown);
+        drop(guard);
         let leave = self.config.leave_group_on_shutdown || shutdown.leave_requested();
         worker.shutdown(result.is_ok(), leave);
         result
@@ -426,6 +430,7 @@ impl Worker<'_> {
         let mut state = LoopState::new(self.runtime.config.max_work_per_transaction);
         self.runtime.metrics.set_ready(true);
         while !shutdown.requested() {
+            self.runtime.metrics.loop_turned();
             self.recover_if_fenced()?;
             match self.step(&mut state) {
                 Ok(()) => {
@@ -757,6 +762,7 @@ impl Worker<'_> {
     fn rewind_until_done(&mut self, shutdown: &ShutdownFlag) -> Result<(), RuntimeError> {
         let mut pause = Duration::from_millis(200);
         loop {
+            self.runtime.metrics.loop_turned();
             match self.rewind() {
                 Err(error @ (RuntimeError::Kafka { .. } | RuntimeError::NoGroupMetadata)) => {
                     tracing::warn!(%error, ?pause, "rebuilding the tasks failed; retrying");
