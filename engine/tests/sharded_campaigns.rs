@@ -484,3 +484,26 @@ fn a_total_raised_after_the_shards_were_told_full_is_leased_again_up_to_the_new_
         .collect();
     assert_eq!(reached, ["40", "100"], "each limit announced once, when reached");
 }
+
+/// A total limit removed and put back: the users the shards sent to meanwhile (on no place)
+/// count against it when it is back, so it stays exact.
+#[test]
+fn sends_made_while_a_total_was_removed_count_against_it_when_it_is_put_back() {
+    use records::{define, events, profiles, replay, T0};
+    let coupons = |limits: &str| {
+        format!("id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\n{limits}options: {{ shards: 4 }}\n")
+    };
+    let mut input: Vec<_> = profiles(0, 300, T0).collect();
+    input.push(define("coupons", &coupons("limits: { total: 100 }\n"), T0));
+    input.extend(events("Ping", "limited", 0, 20, T0 + 10_000));
+    input.push(define("coupons", &coupons(""), T0 + 20_000));
+    input.extend(events("Ping", "unlimited", 20, 60, T0 + 30_000));
+    input.push(define("coupons", &coupons("limits: { total: 100 }\n"), T0 + 40_000));
+    input.extend(events("Ping", "back", 60, 300, T0 + 50_000));
+    let (sends, _) = replay(input, T0 + 600_000);
+
+    let users: BTreeSet<usize> = sends.iter().map(|s| s.user_id[1..].parse().unwrap()).collect();
+    assert_eq!(users.len(), sends.len(), "no user gets two coupons");
+    assert_eq!(users.range(..60).count(), 60, "everyone before the limit came back");
+    assert_eq!(sends.len(), 100, "exactly the total, counting the 40 sent without it");
+}

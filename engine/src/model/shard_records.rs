@@ -48,7 +48,8 @@ pub struct ShardReport {
     /// Every kind: users the shard sent to over the campaign's life (cumulative; the home counts
     /// each shard's highest in the total).
     pub sent: i64,
-    /// `RunSent`: users of the run the shard sent to (cumulative).
+    /// `RunSent`: users of the run the shard sent to (cumulative); `Demand`, `Returned`: users
+    /// it sent to on places of the total limit (cumulative).
     #[serde(default)]
     pub run_sent: i64,
     /// `Demand`, `Returned`: candidates waiting at the shard for a place of the total limit.

@@ -27,12 +27,8 @@ pub(super) struct Lease {
     granted: u64,
     /// Places the shard gave back so far.
     returned: u64,
-    /// Places the shard spent (its latest report of users sent, less `base`).
+    /// Places the shard spent (its latest report of users sent on places).
     spent: u64,
-    /// Users the shard had sent to when its lease began (sent outside any lease: before the
-    /// campaign had a total limit).
-    #[serde(default)]
-    base: u64,
     /// Candidates waiting at the shard for a place (its latest report).
     demand: u64,
     /// A recall is on its way to the shard.
@@ -40,11 +36,6 @@ pub(super) struct Lease {
 }
 
 impl Lease {
-    /// A lease beginning when the shard has sent to `sent` users.
-    fn starting_at(sent: i64) -> Self {
-        Self { base: sent.max(0) as u64, ..Self::default() }
-    }
-
     /// Places the shard holds, as far as the home knows (some may be spent unreported).
     fn held(&self) -> u64 {
         self.granted.saturating_sub(self.returned).saturating_sub(self.spent)
@@ -56,6 +47,10 @@ impl Lease {
 pub(super) struct ShardLease {
     /// Places held, not yet spent.
     places: u64,
+    /// Places spent over the campaign's life: users sent to on a place (not those sent while
+    /// the campaign had no total limit, which the home counts outside the leases).
+    #[serde(default)]
+    spent: u64,
     /// A demand is on its way to the home.
     asked: bool,
     /// The total limit the home said is full; a higher limit (an edit raised it) is asked for
@@ -146,6 +141,7 @@ impl CampaignStage {
         self.deliver(ctx, campaign, state, candidate, None)?;
         if state.sent > sent {
             state.lease.places -= 1;
+            state.lease.spent += 1;
             if state.lease.places == 0 {
                 state.lease.asked = state.waiting > 0;
                 self.lease_report(ctx, campaign, state, ShardReportKind::Demand, 0)?;
@@ -185,7 +181,8 @@ impl CampaignStage {
             qualified: 0,
             reachable: 0,
             sent: state.sent as i64,
-            run_sent: 0,
+            // Users sent to on places (for a lease report: no run).
+            run_sent: state.lease.spent as i64,
             // Candidates no place held here will serve.
             waiting: state.waiting.saturating_sub(state.lease.places) as i64,
             places: returned as i64,
@@ -284,9 +281,8 @@ impl CampaignStage {
         report: &ShardReport,
     ) -> Result<(), ProcessError> {
         let shard = report.shard as u32;
-        let known = state.shard_sent.get(&shard).copied().unwrap_or_default();
-        let lease = state.leases.entry(shard).or_insert_with(|| Lease::starting_at(known));
-        lease.spent = lease.spent.max((report.sent.max(0) as u64).saturating_sub(lease.base));
+        let lease = state.leases.entry(shard).or_default();
+        lease.spent = lease.spent.max(report.run_sent.max(0) as u64);
         lease.demand = report.waiting.max(0) as u64;
         if report.kind == ShardReportKind::Returned {
             lease.returned += report.places.max(0) as u64;
@@ -324,9 +320,7 @@ impl CampaignStage {
                 break;
             }
             free -= places;
-            let known = state.shard_sent.get(&shard).copied().unwrap_or_default();
-            state.leases.entry(shard).or_insert_with(|| Lease::starting_at(known)).granted +=
-                places;
+            state.leases.entry(shard).or_default().granted += places;
             self.send_lease_plan(ctx, campaign, shard, ShardPlanKind::Grant, places)?;
         }
         Ok(true)
