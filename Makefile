@@ -75,7 +75,7 @@ bench-scale: kafka-up ## engine processes at scale: restore of 1,000,000 profile
 	cargo build --release --bins
 	$(CARGO_TARGET_DIR)/release/herald bench scale $(BENCH_ARGS)
 
-bench-audience: ## a scheduled run with timezone: user over 2,000,000 profiles (replay driver, no broker): scan rate vs a raw scan, store size per user, peak RSS (BENCH_ARGS="--users 100000" for fewer)
+bench-audience: ## a scheduled run with timezone: user over 2,000,000 profiles (replay driver, no broker): scan and estimate rates vs a raw scan, store size per user, peak RSS (BENCH_ARGS="--users 100000" for fewer)
 	cargo build --release --bins
 	$(CARGO_TARGET_DIR)/release/herald bench audience $(BENCH_ARGS)
 

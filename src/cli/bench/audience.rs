@@ -5,7 +5,8 @@
 //! profile read from RocksDB and decoded, nothing else), the stores' size per user (on disk, per
 //! store), and peak memory. An hour before the run, an estimate of the run's reach (the query
 //! `herald campaign estimate` sends a live engine, here as a replay input record) is timed from
-//! a marker campaign's send just before it to the last partition's answer.
+//! a marker campaign's send just before it to the last partition's answer. The input is made
+//! as the replay takes it, so the peak memory is the engine's, not the input's.
 
 use std::{
     cell::Cell,
@@ -27,7 +28,10 @@ use herald_engine::{
         estimate::{replay_request, Counts, Question},
         QueryReply, QueryStatus,
     },
-    runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
+    runtime::{
+        replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
+        RuntimeError,
+    },
     stage_user::Profile,
 };
 use serde_json::json;
@@ -74,9 +78,7 @@ pub fn run(args: AudienceArgs) -> anyhow::Result<ExitCode> {
     let temporary = tempfile::tempdir()?;
     let state_dir = args.state_dir.clone().unwrap_or_else(|| temporary.path().to_path_buf());
     eprintln!("generating {} profiles with {} events each", args.users, args.events);
-    let input = generate(&args)?;
-    let records = input.len();
-    let rss_input = peak_rss_bytes();
+    let (input, records) = generate(&args)?;
 
     eprintln!("replaying {records} records on {} partitions", args.partitions);
     let topics = TopicNames::default();
@@ -90,6 +92,7 @@ pub fn run(args: AudienceArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let (run_seen, run_started) = (Cell::new(None), Cell::new(None));
     let (estimate_asked, estimate_done) = (Cell::new(None), Cell::new(None));
+    let rss_ingest = Cell::new(0);
     let (answered, estimated) = (Cell::new(0), std::cell::RefCell::new(Counts::default()));
     let sink = ReplaySink::Callback(Box::new(|topic, _key, value, _at| {
         let registry = SchemaRegistry::builtin();
@@ -99,6 +102,7 @@ pub fn run(args: AudienceArgs) -> anyhow::Result<ExitCode> {
         if topic == topics.push && estimate_asked.get().is_none() {
             // The marker's first send: the record just before the estimate has been processed.
             estimate_asked.set(Some(started.elapsed()));
+            rss_ingest.set(peak_rss_bytes());
         } else if topic == topics.push && run_seen.get().is_none() {
             // The marker's second send: the first record at the run's time has been processed.
             run_seen.set(Some(started.elapsed()));
@@ -127,7 +131,7 @@ pub fn run(args: AudienceArgs) -> anyhow::Result<ExitCode> {
         fire_timers_until: Some(RUN_MS + 1),
         state_dir: Some(state_dir.clone()),
     };
-    replay::run(&topology, ReplayInput::Records(input), sink, &options)?;
+    replay::run(&topology, input, sink, &options)?;
     let total = started.elapsed();
     let seen =
         run_seen.get().context("the marker campaign sent nothing: the run was not reached")?;
@@ -176,7 +180,7 @@ pub fn run(args: AudienceArgs) -> anyhow::Result<ExitCode> {
     );
     println!(
         "{:<46} {:>12.0} {:>14}",
-        format!("ingest: profiles + {} events each", args.events),
+        format!("ingest (setup): profiles + {} events each", args.events),
         records as f64 / ingest.as_secs_f64().max(1e-6),
         "records/s"
     );
@@ -187,10 +191,10 @@ pub fn run(args: AudienceArgs) -> anyhow::Result<ExitCode> {
     println!("{:<46} {:>12.1}", "  all stores", per_user(stores.sst_total));
     println!("{:<46} {:>12.1}", "  on disk (task directories)", per_user(stores.on_disk));
     println!(
-        "{:<46} {:>12.0} MB (after input {:.0} MB)",
+        "{:<46} {:>12.0} MB (after the ingest {:.0} MB)",
         "peak RSS",
         rss_replay as f64 / 1e6,
-        rss_input as f64 / 1e6
+        rss_ingest.get() as f64 / 1e6
     );
     let by_store: serde_json::Map<String, serde_json::Value> = stores
         .by_store
@@ -217,26 +221,24 @@ pub fn run(args: AudienceArgs) -> anyhow::Result<ExitCode> {
             "bytes_per_user_on_disk": per_user(stores.on_disk),
             "bytes_per_user_by_store": by_store,
             "peak_rss_bytes": rss_replay,
-            "peak_rss_after_input_bytes": rss_input,
+            "peak_rss_after_ingest_bytes": rss_ingest.get(),
         })
     );
     Ok(ExitCode::SUCCESS)
 }
 
-/// The input, in time order: the campaigns, every profile, the events, and at the run's time
-/// the marker event.
-fn generate(args: &AudienceArgs) -> anyhow::Result<Vec<ReplayRecord>> {
-    let registry = SchemaRegistry::builtin();
-    let record = |topic: &str, key: &str, at: i64, value: Vec<u8>| ReplayRecord {
-        topic: topic.into(),
-        partition: None,
-        offset: 0,
-        key: Some(key.as_bytes().to_vec()),
-        value: Some(value),
-        timestamp_ms: at,
-    };
+/// Events sharing one instant: a live engine taking 20,000 events/s sees about 200 between
+/// two ticks (10 ms); the replay ticks every task when event time moves by a tick, so one
+/// event per instant would tick every task after every event, which no live engine does.
+const EVENTS_PER_INSTANT: usize = 256;
+
+/// The input, in time order, made as the replay takes it (never held in memory as a whole):
+/// the campaigns, every profile, the events, an hour before the run the marker's first send
+/// and the estimate, and at the run's time the marker event. `records` is how many.
+fn generate(args: &AudienceArgs) -> anyhow::Result<(ReplayInput, usize)> {
+    let (users, events) = (args.users, args.events);
     let topics = TopicNames::default();
-    let mut input = Vec::with_capacity(args.users * (args.events + 1) + 4);
+    let mut head = Vec::with_capacity(3);
     // The run of 1 December (from midnight UTC on the 30th: no earlier run), and a marker
     // sending to one user when its event arrives.
     let audience = json!({
@@ -253,7 +255,7 @@ fn generate(args: &AudienceArgs) -> anyhow::Result<Vec<ReplayRecord>> {
         "what": {"title": "t", "body": "b"},
         "options": {"ignore_global_caps": true},
     });
-    let audience_definition = audience.clone();
+    let audience_definition = audience.to_string();
     for campaign in [audience, marker] {
         let id = campaign["id"].as_str().unwrap_or_default().to_string();
         let envelope = CampaignEnvelope {
@@ -265,49 +267,37 @@ fn generate(args: &AudienceArgs) -> anyhow::Result<Vec<ReplayRecord>> {
             issued_at_ms: START_MS - 1,
             issued_by: None,
         };
-        input.push(record(&topics.campaigns, &id, START_MS - 1, registry.encode(&envelope)?));
+        head.push(record(&topics.campaigns, &id, START_MS - 1, encode(&envelope)?));
     }
-    let user = |i: usize| format!("u{i:08}");
-    let profile = |id: String, zone: &str, marker: bool| -> anyhow::Result<ReplayRecord> {
-        let mut set = herald_engine::model::Properties::new();
-        set.insert("timezone".into(), PropertyValue::String(zone.into()));
-        set.insert("first_name".into(), PropertyValue::String("Alex".into()));
-        if marker {
-            set.insert("marker".into(), PropertyValue::Bool(true));
-        }
-        let update = ProfileUpdate {
-            app_id: "bench".into(),
-            user_id: id.clone(),
-            timestamp_ms: START_MS,
-            set,
-            unset: Vec::new(),
-            devices_added: vec![Device {
-                device_id: format!("d-{id}"),
-                platform: if id.ends_with('7') { Platform::Android } else { Platform::Ios },
-                token: format!("{id}-token-0123456789abcdef0123456789abcdef"),
-                app_version: Some("4.2.0".into()),
-                os_version: None,
-                make: None,
-                model: None,
-                sdk_version: None,
-            }],
-            tokens_removed: Vec::new(),
-        };
-        Ok(record(&topics.profiles, &id, START_MS, registry.encode(&update)?))
+    head.push(profile(&topics, "marker".into(), "UTC", true)?);
+    // An hour before the run: the marker's first send, then the estimate of the run's reach.
+    let mut tail = vec![record(
+        &topics.events,
+        "marker",
+        ESTIMATE_MS - 1,
+        encode(&mark("mark-estimate", ESTIMATE_MS - 1))?,
+    )];
+    let question = Question::Campaign {
+        id: "audience".into(),
+        definition: audience_definition,
+        at_ms: ESTIMATE_MS,
     };
-    for i in 0..args.users {
-        input.push(profile(user(i), ZONES[i % ZONES.len()], false)?);
-    }
-    input.push(profile("marker".into(), "UTC", true)?);
-    // Round r of the events: every user once, users in a scattered order, spread evenly over
-    // the 29 days before the run; even rounds App Opened, odd ones a Purchase.
-    let slots = (args.users * args.events).max(1) as i64;
-    let step = (RUN_MS - START_MS - DAY_MS) / slots;
-    let stride = coprime_stride(args.users);
-    for k in 0..args.users * args.events {
-        let (round, n) = (k / args.users, k % args.users);
-        let i = (n * stride) % args.users;
-        let at = START_MS + DAY_MS + k as i64 * step;
+    tail.push(replay_request(&topics.queries, "q-estimate", &question, ESTIMATE_MS)?);
+    tail.push(record(&topics.events, "marker", RUN_MS + 1, encode(&mark("mark", RUN_MS + 1))?));
+
+    let records = head.len() + users * (events + 1) + tail.len();
+    let profiles = {
+        let topics = topics.clone();
+        (0..users).map(move |i| profile(&topics, user(i), ZONES[i % ZONES.len()], false))
+    };
+    // Round r of the events: every user once, in the order of their ids, spread evenly over
+    // the 29 days before the run, EVENTS_PER_INSTANT at a time; even rounds App Opened, odd
+    // ones a Purchase.
+    let instants = (users * events).div_ceil(EVENTS_PER_INSTANT).max(1) as i64;
+    let step = (RUN_MS - START_MS - DAY_MS) / instants;
+    let history = (0..users * events).map(move |k| {
+        let (round, i) = (k / users, k % users);
+        let at = START_MS + DAY_MS + (k / EVENTS_PER_INSTANT) as i64 * step;
         let mut properties = herald_engine::model::Properties::new();
         let name = if round % 2 == 0 {
             "App Opened"
@@ -327,10 +317,71 @@ fn generate(args: &AudienceArgs) -> anyhow::Result<Vec<ReplayRecord>> {
             properties,
             sdk_version: None,
         };
-        input.push(record(&topics.events, &event.user_id, at, encode(registry, &event)?));
+        Ok(record(&topics.events, &event.user_id, at, encode(&event)?))
+    });
+    let input =
+        head.into_iter().map(Ok).chain(profiles).chain(history).chain(tail.into_iter().map(Ok));
+    let input = input.map(|made: anyhow::Result<ReplayRecord>| {
+        made.map_err(|e| RuntimeError::ReplayInput {
+            location: "generated input".into(),
+            reason: format!("{e:#}"),
+        })
+    });
+    Ok((ReplayInput::Stream(Box::new(input)), records))
+}
+
+fn user(i: usize) -> String {
+    format!("u{i:08}")
+}
+
+fn record(topic: &str, key: &str, at: i64, value: Vec<u8>) -> ReplayRecord {
+    ReplayRecord {
+        topic: topic.into(),
+        partition: None,
+        offset: 0,
+        key: Some(key.as_bytes().to_vec()),
+        value: Some(value),
+        timestamp_ms: at,
     }
-    // An hour before the run: the marker's first send, then the estimate of the run's reach.
-    let mark = |id: &str, at: i64| AppEvent {
+}
+
+/// A profile with a timezone, a name and one device (Android for ids ending in 7).
+fn profile(
+    topics: &TopicNames,
+    id: String,
+    zone: &str,
+    marker: bool,
+) -> anyhow::Result<ReplayRecord> {
+    let mut set = herald_engine::model::Properties::new();
+    set.insert("timezone".into(), PropertyValue::String(zone.into()));
+    set.insert("first_name".into(), PropertyValue::String("Alex".into()));
+    if marker {
+        set.insert("marker".into(), PropertyValue::Bool(true));
+    }
+    let update = ProfileUpdate {
+        app_id: "bench".into(),
+        user_id: id.clone(),
+        timestamp_ms: START_MS,
+        set,
+        unset: Vec::new(),
+        devices_added: vec![Device {
+            device_id: format!("d-{id}"),
+            platform: if id.ends_with('7') { Platform::Android } else { Platform::Ios },
+            token: format!("{id}-token-0123456789abcdef0123456789abcdef"),
+            app_version: Some("4.2.0".into()),
+            os_version: None,
+            make: None,
+            model: None,
+            sdk_version: None,
+        }],
+        tokens_removed: Vec::new(),
+    };
+    Ok(record(&topics.profiles, &id, START_MS, encode(&update)?))
+}
+
+/// The marker user's event that makes the marker campaign send.
+fn mark(id: &str, at: i64) -> AppEvent {
+    AppEvent {
         event_id: id.into(),
         app_id: "bench".into(),
         user_id: "marker".into(),
@@ -338,41 +389,11 @@ fn generate(args: &AudienceArgs) -> anyhow::Result<Vec<ReplayRecord>> {
         timestamp_ms: at,
         properties: Default::default(),
         sdk_version: None,
-    };
-    let before = mark("mark-estimate", ESTIMATE_MS - 1);
-    input.push(record(&topics.events, "marker", ESTIMATE_MS - 1, encode(registry, &before)?));
-    let question = Question::Campaign {
-        id: "audience".into(),
-        definition: audience_definition.to_string(),
-        at_ms: ESTIMATE_MS,
-    };
-    input.push(replay_request(&topics.queries, "q-estimate", &question, ESTIMATE_MS)?);
-    let mark = AppEvent {
-        event_id: "mark".into(),
-        app_id: "bench".into(),
-        user_id: "marker".into(),
-        name: "Mark".into(),
-        timestamp_ms: RUN_MS + 1,
-        properties: Default::default(),
-        sdk_version: None,
-    };
-    input.push(record(&topics.events, "marker", RUN_MS + 1, encode(registry, &mark)?));
-    Ok(input)
+    }
 }
 
-fn encode<R: Record>(registry: &SchemaRegistry, record: &R) -> anyhow::Result<Vec<u8>> {
-    Ok(registry.encode(record)?)
-}
-
-/// A stride near 0.6 × `n` sharing no factor with it: scatters 0..n over itself.
-fn coprime_stride(n: usize) -> usize {
-    let gcd = |mut a: usize, mut b: usize| {
-        while b != 0 {
-            (a, b) = (b, a % b);
-        }
-        a
-    };
-    (n * 3 / 5..n.max(2)).find(|s| *s > 0 && gcd(*s, n) == 1).unwrap_or(1)
+fn encode<R: Record>(record: &R) -> anyhow::Result<Vec<u8>> {
+    Ok(SchemaRegistry::builtin().encode(record)?)
 }
 
 /// The user-stage stores after the replay: sizes and a raw scan of the profiles.
