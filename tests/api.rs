@@ -643,7 +643,10 @@ fn read_events_until(
 fn live_events_name_each_change_and_the_status_follows_the_engines_lifecycle_events() {
     use herald_engine::model::{CampaignLifecycleEvent, LifecycleKind};
     let api = Api::start("api-live", &[]);
-    assert_eq!(api.admin("POST", "/api/v1/campaigns", Some(&campaign("ab", "t"))).status, 201);
+    let mut limited: Value = serde_json::from_str(&campaign("ab", "t")).unwrap();
+    limited["limits"] = json!({ "total": 10 });
+    let limited = limited.to_string();
+    assert_eq!(api.admin("POST", "/api/v1/campaigns", Some(&limited)).status, 201);
     assert_eq!(api.read("/api/v1/campaigns/ab").body["status"], "active");
     assert_eq!(api.request("GET", "/api/v1/live", None, None).status, 401);
 
@@ -662,7 +665,11 @@ fn live_events_name_each_change_and_the_status_follows_the_engines_lifecycle_eve
         kind: LifecycleKind::Completed,
         run_id: None,
         timestamp_ms: now_ms(),
-        details: [("reason".to_string(), "end_date".to_string())].into(),
+        // As the engine announces it: the total limit reached (a completion counts while its
+        // reason holds for the current definition).
+        details: [("reason", "total_limit"), ("sent", "10")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
     };
     common::produce(
         &api.topic("campaign-events"),
@@ -959,4 +966,53 @@ fn a_forged_query_reply_written_first_does_not_change_the_answer() {
         .filter_map(|r| r["device_id"].as_str())
         .collect();
     assert_eq!(devices, vec!["d-u1"], "{}", answer.body);
+}
+
+/// Issue 15: a preview for an anonymous id that identified as a known user (an alias) renders
+/// the known user's profile and devices.
+#[test]
+fn a_preview_for_an_alias_renders_the_profile_it_merged_into() {
+    use herald_engine::model::Platform;
+    let api = Api::start("api-alias", &[]);
+    let engine_topics = ["events", "profiles", "send-gate", "campaign-flow"];
+    let names: Vec<String> = engine_topics.iter().map(|t| api.topic(t)).collect();
+    let mut topics: Vec<(&str, i32)> = names.iter().map(|t| (t.as_str(), 2)).collect();
+    let throttle = api.topic("app-throttle");
+    topics.push((&throttle, 1));
+    create_topics(&topics);
+    assert_eq!(api.admin("POST", "/api/v1/campaigns", Some(&campaign("aliased", "t"))).status, 201);
+    // Aliases arrive in Segment's format on the events topic; profiles stay Avro.
+    let topology = api.dir.path().join("topology.toml");
+    let default = std::fs::read_to_string("topologies/default.toml").unwrap();
+    let ingest = "\n[ingest]\nevents = { format = \"segment\", app = \"shop\" }\n";
+    std::fs::write(&topology, default + ingest).unwrap();
+    let engine_log = api.dir.path().join("engine.log");
+    let _engine = KillOnDrop::new(common::spawn_engine_instance(
+        &api.prefix,
+        &format!("{}app", api.prefix),
+        "a",
+        &api.dir.path().join("engine-state"),
+        &engine_log,
+        &["--topology", topology.to_str().unwrap()],
+    ));
+    common::produce(&api.topic("profiles"), [common::profile("known", Platform::Ios, now_ms())]);
+    let alias = json!({
+        "type": "alias", "previousId": "anon-7", "userId": "known",
+        "timestamp": chrono::Utc::now().to_rfc3339(),
+    });
+    common::produce(&api.topic("events"), [("anon-7".to_string(), alias.to_string().into_bytes())]);
+    let preview = || api.admin("GET", "/api/v1/campaigns/aliased/preview?user=anon-7", None);
+    let mut answer = preview();
+    let rendered = poll_until(Duration::from_secs(90), || {
+        answer = preview();
+        answer.status == 200
+    });
+    assert!(rendered, "{}\n{}", answer.body, common::tail(&engine_log, 30));
+    let devices: Vec<&str> = answer.body["variants"][0]["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["device_id"].as_str())
+        .collect();
+    assert_eq!(devices, vec!["d-known"], "{}", answer.body);
 }

@@ -7,7 +7,9 @@
 //!   ([`payload::test_message_id`]): never de-duplicated against another test send, and left out
 //!   of campaign stats by the user stage (receipts and notification events of test ids are not
 //!   engagements). Test sends bypass the campaign stage and the send gate, so they spend no
-//!   campaign limit and no frequency cap, and `sent` does not count them.
+//!   campaign limit and no frequency cap, and `sent` does not count them. Nor do they wait in
+//!   the app's global throttle (its outbox would hold them behind a running campaign's backlog;
+//!   docs/api.md says why and what bounds them instead).
 //! - The senders' receipts for those message ids are awaited until a deadline; a device
 //!   without one by then is reported pending.
 

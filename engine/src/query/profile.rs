@@ -25,7 +25,14 @@ pub struct Answer {
     /// The profile (with `age` derived from a date of birth, as filters see it); none when the
     /// engine has none for the user.
     pub profile: Option<Profile>,
+    /// When the user is an anonymous id that identified as a known user (an alias): that
+    /// user, whose profile took the anonymous id's (then `profile` is none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<String>,
 }
+
+/// Links followed from an alias to the profile it merged into, at most.
+const MAX_LINKS: usize = 3;
 
 /// Why a profile could not be read.
 #[derive(Debug, Error)]
@@ -51,13 +58,35 @@ pub enum LookupError {
     },
 }
 
-/// Asks the running engine for `user`'s profile, waiting up to `timeout`.
+/// Asks the running engine for `user`'s profile, waiting up to `timeout` for each answer; for
+/// an alias (an anonymous id that identified), the profile of the known user it merged into.
 pub fn lookup(
     kafka: &KafkaConfig,
     topics: &TopicNames,
     user: &str,
     timeout: Duration,
 ) -> Result<Option<Profile>, LookupError> {
+    let mut asked = user.to_string();
+    for _ in 0..=MAX_LINKS {
+        let answer = lookup_one(kafka, topics, &asked, timeout)?;
+        match answer.merged_into {
+            Some(known) if answer.profile.is_none() => asked = known,
+            _ => return Ok(answer.profile),
+        }
+    }
+    Err(LookupError::Failed {
+        user: user.into(),
+        reason: format!("more than {MAX_LINKS} links from alias to alias"),
+    })
+}
+
+/// The engine's answer for `user` alone (no link followed).
+fn lookup_one(
+    kafka: &KafkaConfig,
+    topics: &TopicNames,
+    user: &str,
+    timeout: Duration,
+) -> Result<Answer, LookupError> {
     let client = QueryClient::new(kafka, &topics.queries, &topics.query_replies);
     let partitions = client.partitions_of(&topics.events)?;
     let body =
@@ -69,9 +98,9 @@ pub fn lookup(
         return Err(LookupError::NoAnswer { user: user.into(), waited: timeout });
     };
     match (reply.status, reply.body) {
-        (QueryStatus::Done, Some(body)) => serde_json::from_str::<Answer>(&body)
-            .map(|answer| answer.profile)
-            .map_err(|e| failed(e.to_string())),
+        (QueryStatus::Done, Some(body)) => {
+            serde_json::from_str::<Answer>(&body).map_err(|e| failed(e.to_string()))
+        }
         (_, _) => Err(failed(reply.error.unwrap_or_else(|| "no answer".into()))),
     }
 }

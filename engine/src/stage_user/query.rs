@@ -163,13 +163,18 @@ impl UserStage {
     }
 }
 
-/// `user`'s profile as runs see it now (`age` derived from a date of birth), or none.
+/// `user`'s profile as runs see it now (`age` derived from a date of birth), or none; for an
+/// alias, the known user it merged into.
 fn profile_answer(ctx: &mut ProcessorContext<'_>, user: &str) -> Result<Step, ProcessError> {
     let mut found = ctx.store(PROFILES)?.get_as::<Profile>(user.as_bytes())?;
     if let Some(found) = &mut found {
         found.derive_age(ctx.now_ms());
     }
-    let answer = profile::Answer { profile: found };
+    let merged_into = match found {
+        Some(_) => None,
+        None => super::alias::link_of(ctx, user)?,
+    };
+    let answer = profile::Answer { profile: found, merged_into };
     let body = serde_json::to_string(&answer).map_err(|e| ProcessError::reject(e.to_string()))?;
     Ok(Step::Done(1, body))
 }
