@@ -174,7 +174,6 @@ fn a_total_limit_added_after_the_stats_interval_is_exact() {
 /// they are missing from "sent outside the leases" and the home grants 40 places too many.
 /// Replay's default stats interval (0: every change reported at once), no lag needed.
 #[test]
-#[ignore = "finding: sends made while a total limit was removed are granted again when it is put back (leases.rs free_places / Lease.spent)"]
 fn a_total_limit_removed_and_put_back_counts_what_was_sent_meanwhile() {
     let mut input = audience(200);
     input.push(coupons("limits: { total: 100 }\n", T0));
