@@ -51,7 +51,9 @@ impl KafkaConfig {
 }
 
 /// Hands `record` to `producer`, waiting while its local queue is full (the producer's
-/// background thread drains it), so a burst never fails with `QueueFull`.
+/// background thread drains it), so a burst never fails with `QueueFull`. A wait longer than
+/// [`QUEUE_FULL_WARN_EVERY`] is logged (and again at each further such span), so a producer that
+/// cannot drain never holds its caller silently.
 pub fn send_waiting<
     C: ProducerContext + 'static,
     K: ?Sized + rdkafka::message::ToBytes,
@@ -60,17 +62,31 @@ pub fn send_waiting<
     producer: &ThreadedProducer<C>,
     mut record: BaseRecord<'_, K, V, C::DeliveryOpaque>,
 ) -> Result<(), KafkaError> {
+    let started = std::time::Instant::now();
+    let mut next_warning = QUEUE_FULL_WARN_EVERY;
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                 record = returned;
+                if started.elapsed() >= next_warning {
+                    tracing::warn!(
+                        topic = record.topic,
+                        waited_s = started.elapsed().as_secs(),
+                        in_flight = producer.in_flight_count(),
+                        "the producer's queue has been full all this time; still waiting to hand it a record"
+                    );
+                    next_warning += QUEUE_FULL_WARN_EVERY;
+                }
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
             Err((error, _)) => return Err(error),
         }
     }
 }
+
+/// How long [`send_waiting`] waits on a full queue before it logs that it is still waiting.
+pub const QUEUE_FULL_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Waits until every record handed to `producer` is acknowledged or has failed, checking every
 /// millisecond. rust-rdkafka's `flush` (also called by `commit_transaction`) polls in 100 ms
