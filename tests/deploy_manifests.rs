@@ -83,6 +83,9 @@ fn registered_metrics() -> BTreeSet<String> {
         .map(str::to_string)
         .collect();
     names.extend(processor_counters(&root().join("engine/src")));
+    // Metrics kept in the default registry (the query clients' rejected replies).
+    herald_engine::query::sign::rejected_replies();
+    names.extend(prometheus::default_registry().gather().iter().map(|f| f.name().to_string()));
     names
 }
 
