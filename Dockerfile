@@ -1,10 +1,15 @@
 # Herald's container image: one `herald` binary for every role (engine, send, api, sim, topics).
-# Build: `make image` (docker build -t herald:dev .). Run as the non-root user `herald` (10001);
+# Build: `make image` (deploy/image/build.sh: `docker build -t herald:dev .`, or buildah where no
+# Docker daemon runs). Run as the non-root user `herald` (10001);
 # state lives under /var/lib/herald (state/, sender/, sim/ exist owned by herald, so a named
 # volume mounted on one starts writable), configuration under /etc/herald.
 
+# The base images; a build without Docker Hub passes local stand-ins (deploy/image/stand-ins.sh).
+ARG RUST_IMAGE=rust:1-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+
 # --- build: the release binary, with librdkafka built from source (cmake) ---
-FROM rust:1-bookworm AS build
+FROM ${RUST_IMAGE} AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake clang libclang-dev libcurl4-openssl-dev \
       libssl-dev libsasl2-dev zlib1g-dev pkg-config \
@@ -17,7 +22,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && install -D target/release/herald /out/herald
 
 # --- run: a slim Debian with the shared libraries the binary links ---
-FROM debian:bookworm-slim AS run
+FROM ${RUNTIME_IMAGE} AS run
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 libsasl2-2 libcurl4 zlib1g \
  && rm -rf /var/lib/apt/lists/* \
