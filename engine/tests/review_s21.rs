@@ -1,0 +1,250 @@
+//! Review findings (s21/G): ways to lose, double or miscount a notification, a limit place or a
+//! stat (see `/work/briefs/s21/review.md`). Replay driver, event time; each failing test is
+//! ignored with the finding it shows, so the tree stays green.
+
+use std::{cell::RefCell, collections::BTreeMap, sync::Arc};
+
+use herald_engine::{
+    model::{
+        topics::{self, TopicNames},
+        AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats, Device,
+        IngestDecoder, LifecycleKind, Platform, ProfileUpdate, SchemaRegistry, SendCommand,
+    },
+    pipeline::engine_topology,
+    runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
+    settings::Settings,
+};
+
+const T0: i64 = 1_795_000_000_000;
+const MIN: i64 = 60_000;
+const DAY: i64 = 86_400_000;
+/// The first midnight (UTC) after `T0`.
+const MIDNIGHT: i64 = (T0 / DAY + 1) * DAY;
+const CAPS: &str = "apps:\n  shop:\n    caps: { per_day: 1 }\n";
+const NO_CAPS: &str = "apps:\n  shop: {}\n";
+
+fn on_key(topic: &str, key: &str, value: Vec<u8>, at: i64) -> ReplayRecord {
+    ReplayRecord {
+        topic: topic.into(),
+        partition: None,
+        offset: 0,
+        key: Some(key.as_bytes().to_vec()),
+        value: Some(value),
+        timestamp_ms: at,
+    }
+}
+
+/// Campaign `id` defined (YAML or JSON `def`) at `at`.
+fn define(id: &str, def: &str, at: i64) -> ReplayRecord {
+    let envelope = CampaignEnvelope {
+        campaign_id: id.into(),
+        app_id: "shop".into(),
+        command: CampaignCommand::Define,
+        definition: Some(def.into()),
+        revision: at,
+        issued_at_ms: at,
+        issued_by: None,
+    };
+    on_key(topics::CAMPAIGNS, id, SchemaRegistry::builtin().encode(&envelope).unwrap(), at)
+}
+
+fn profile(user: &str, at: i64) -> ReplayRecord {
+    let device = Device {
+        device_id: format!("d-{user}"),
+        platform: Platform::Ios,
+        token: format!("tok-{user}"),
+        app_version: None,
+        os_version: None,
+        make: None,
+        model: None,
+        sdk_version: None,
+    };
+    let update = ProfileUpdate {
+        app_id: "shop".into(),
+        user_id: user.into(),
+        timestamp_ms: at,
+        set: Default::default(),
+        unset: vec![],
+        devices_added: vec![device],
+        tokens_removed: vec![],
+    };
+    on_key(topics::PROFILES, user, SchemaRegistry::builtin().encode(&update).unwrap(), at)
+}
+
+/// Event `id` of `user`, written to the events topic at `written` and stamped `stamped` by its
+/// producer (an SDK's batch flushed late stamps an earlier time than it is written at).
+fn event_stamped(id: &str, user: &str, name: &str, written: i64, stamped: i64) -> ReplayRecord {
+    let event = AppEvent {
+        event_id: id.into(),
+        app_id: "shop".into(),
+        user_id: user.into(),
+        name: name.into(),
+        timestamp_ms: stamped,
+        properties: Default::default(),
+        sdk_version: None,
+    };
+    on_key(topics::EVENTS, user, SchemaRegistry::builtin().encode(&event).unwrap(), written)
+}
+
+fn event(id: &str, user: &str, name: &str, at: i64) -> ReplayRecord {
+    event_stamped(id, user, name, at, at)
+}
+
+struct Out {
+    sends: Vec<SendCommand>,
+    stats: Vec<CampaignStats>,
+    events: Vec<CampaignLifecycleEvent>,
+}
+
+impl Out {
+    fn users(&self, campaign: &str) -> Vec<String> {
+        let of = self.sends.iter().filter(|s| s.campaign_id == campaign);
+        of.map(|s| s.user_id.clone()).collect()
+    }
+
+    fn last_stats(&self, campaign: &str) -> CampaignStats {
+        self.stats.iter().rev().find(|s| s.campaign_id == campaign).unwrap().clone()
+    }
+
+    fn lifecycle(&self, campaign: &str, kind: LifecycleKind) -> Vec<BTreeMap<String, String>> {
+        let of = self.events.iter().filter(|e| e.campaign_id == campaign && e.kind == kind);
+        of.map(|e| e.details.clone()).collect()
+    }
+}
+
+fn run(settings: &str, input: Vec<ReplayRecord>, until: i64) -> Out {
+    let settings = Arc::new(Settings::parse(settings, "settings").unwrap());
+    let topology =
+        engine_topology("review-s21", TopicNames::default(), settings, IngestDecoder::default(), 0)
+            .unwrap();
+    let outputs = RefCell::new(Vec::new());
+    replay::run(
+        &topology,
+        ReplayInput::Records(input),
+        ReplaySink::Callback(Box::new(|topic, _, value, _| {
+            outputs.borrow_mut().push((topic.to_string(), value.to_vec()));
+            Ok(())
+        })),
+        &ReplayOptions { fire_timers_until: Some(until), ..ReplayOptions::default() },
+    )
+    .unwrap();
+    let registry = SchemaRegistry::builtin();
+    let outputs = outputs.into_inner();
+    let of = |t: &str| -> Vec<Vec<u8>> {
+        outputs.iter().filter(|(topic, _)| topic == t).map(|(_, v)| v.clone()).collect()
+    };
+    Out {
+        sends: of(topics::PUSH).iter().filter_map(|v| registry.decode(v).ok()).collect(),
+        stats: of(topics::STATS).iter().filter_map(|v| registry.decode(v).ok()).collect(),
+        events: of(topics::CAMPAIGN_EVENTS)
+            .iter()
+            .filter_map(|v| registry.decode(v).ok())
+            .collect(),
+    }
+}
+
+/// Finding 1. A daily limit of 2; u0 and u1 are sent just after midnight (the day is full).
+/// u2's event, stamped before midnight by its producer (an SDK batch flushed late, or simply
+/// another user-stage partition a little behind), arrives next: `full_limit` takes its day as
+/// "today" and starts the count over at 0 for the previous day; u3's event after it starts the
+/// count over again for the new day, at 0: u3 is sent, 3 users on a day limited to 2. Every
+/// candidate whose day differs from the previous one's resets the count (thrashing around
+/// midnight while partitions interleave).
+#[test]
+#[ignore = "finding: a candidate of an earlier day resets the daily count (places::full_limit keeps one day, reset whenever the day differs)"]
+fn a_late_candidate_of_yesterday_does_not_reset_the_daily_count_of_today() {
+    let def = "id: daily\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\nlimits: { daily: 2 }\n";
+    let mut input = vec![define("daily", def, T0)];
+    input.extend(["u0", "u1", "u2", "u3"].map(|u| profile(u, T0)));
+    input.push(event("e-0", "u0", "Ping", MIDNIGHT + 10 * MIN));
+    input.push(event("e-1", "u1", "Ping", MIDNIGHT + 20 * MIN));
+    // Written after midnight, stamped 10 minutes before it.
+    input.push(event_stamped("e-2", "u2", "Ping", MIDNIGHT + 30 * MIN, MIDNIGHT - 10 * MIN));
+    input.push(event("e-3", "u3", "Ping", MIDNIGHT + 40 * MIN));
+    let out = run(NO_CAPS, input, MIDNIGHT + 120 * MIN);
+    let today: Vec<String> = out
+        .sends
+        .iter()
+        .filter(|s| s.campaign_id == "daily" && s.created_at_ms >= MIDNIGHT)
+        .map(|s| s.user_id.clone())
+        .collect();
+    assert_eq!(today, ["u0", "u1"], "the day after midnight is limited to 2 users");
+    let refused = out.last_stats("daily").skipped.get("daily_limit").copied();
+    assert_eq!(refused, Some(1), "u3 refused by the daily limit");
+}
+
+/// Finding 2. Caps of 1 a day. u0 is sent `news` at 00:10; u0's Ping event, stamped 23:50 the
+/// day before (written at 00:20), qualifies for `ping`: the command is timed at the event's
+/// stamp (`created_at_ms` = `qualified_at_ms`), so the gate counts it on yesterday (0 sends)
+/// and lets it leave at 00:20: u0 gets 2 notifications on a day capped at 1. The gate is meant
+/// to check the caps "at the moment the command leaves".
+#[test]
+#[ignore = "finding: a triggered command is timed at its event's stamp, so the send gate checks the caps of that day, not of when it leaves"]
+fn a_late_stamped_event_does_not_pass_todays_cap() {
+    let news = "id: news\napp: shop\nname: n\nwhen: { event: Pong }\nwhat: { title: t, body: b }\n";
+    let ping = "id: ping\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\nlimits: { total: 10 }\n";
+    let input = vec![
+        define("news", news, T0),
+        define("ping", ping, T0),
+        profile("u0", T0),
+        event("p-0", "u0", "Pong", MIDNIGHT + 10 * MIN),
+        event_stamped("e-0", "u0", "Ping", MIDNIGHT + 20 * MIN, MIDNIGHT - 10 * MIN),
+        event("x-0", "u0", "Other", MIDNIGHT + 60 * MIN),
+    ];
+    let out = run(CAPS, input, MIDNIGHT + 120 * MIN);
+    assert_eq!(out.users("news"), ["u0"]);
+    assert_eq!(out.users("ping"), Vec::<String>::new(), "u0's cap of the day is spent");
+}
+
+/// Finding 3. A triggered A/B test of 4 users (A, B alternate) behind a campaign throttle of 1
+/// a minute, caps of 1 a day. u0..u3 qualify and take the 4 test places (u0 sent, u1..u3 queued
+/// in the outbox); u1's cap is then spent by `news`, so the gate refuses u1 when it leaves: B's
+/// sent count goes back to 1, but u1's test place is not given back: the test is "complete"
+/// and the winner is chosen from 3 sends (A 2, B 1), not 4; u4, who qualified meanwhile, waits
+/// for the winner instead of taking the place.
+#[test]
+#[ignore = "finding: a triggered A/B test place taken by a user the send gate refuses is not given back (ab::seat counts a place on assign, not on send)"]
+fn a_test_place_refused_at_the_gate_goes_to_another_user() {
+    let news = "id: news\napp: shop\nname: n\nwhen: { event: Pong }\nwhat: { title: t, body: b }\n";
+    let tab = "id: tab\napp: shop\nname: n\nwhen: { event: Ping }\nwhat:\n  variants:\n    - { id: A, title: a, body: a }\n    - { id: B, title: b, body: b }\n  ab: { test_audience: 4, evaluate_after: 1h }\noptions: { throttle: { max: 1, per: 1m } }\n";
+    let mut input = vec![define("news", news, T0), define("tab", tab, T0)];
+    input.extend(["u0", "u1", "u2", "u3", "u4"].map(|u| profile(u, T0)));
+    for (i, user) in ["u0", "u1", "u2", "u3"].into_iter().enumerate() {
+        input.push(event(&format!("e-{i}"), user, "Ping", T0 + (1 + i as i64) * 1_000));
+    }
+    input.push(event("p-1", "u1", "Pong", T0 + 10_000)); // u1's cap, while u1 is queued
+    input.push(event("e-4", "u4", "Ping", T0 + 10 * MIN));
+    input.push(event("x-0", "u0", "Other", T0 + 180 * MIN));
+    let out = run(CAPS, input, T0 + 240 * MIN);
+    let refused = out.last_stats("tab").skipped.get("capped_daily").copied();
+    assert_eq!(refused, Some(1), "u1 refused at the gate: {:?}", out.last_stats("tab"));
+    let declared = out.lifecycle("tab", LifecycleKind::WinnerDeclared);
+    assert_eq!(declared.len(), 1, "{:?}", out.events);
+    let sent = |v: &str| declared[0].get(&format!("sent_{v}")).unwrap().parse::<i64>().unwrap();
+    assert_eq!(sent("A") + sent("B"), 4, "the winner is chosen from 4 test sends: {declared:?}");
+}
+
+/// Finding 5. No caps, a total limit of 2. u0's event e-1 is delivered again by its producer 2
+/// days later (past the 1-day de-duplication window): the same occurrence, so the same run id
+/// and message id (the sender drops the repeat), but the campaign stage counts it as a second
+/// user sent: `sent` says 2 for one distinct message, and u1 is refused by the total limit.
+#[test]
+#[ignore = "finding: a repeated occurrence past the dedup window takes a second place and counts sent twice for one message id"]
+fn a_repeated_occurrence_counts_one_send_and_takes_one_place() {
+    let ping = "id: ping\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\nlimits: { total: 2 }\n";
+    let input = vec![
+        define("ping", ping, T0),
+        profile("u0", T0),
+        profile("u1", T0),
+        event("e-1", "u0", "Ping", T0 + MIN),
+        event("e-1", "u0", "Ping", T0 + 2 * DAY), // the producer's late retry
+        event("e-2", "u1", "Ping", T0 + 2 * DAY + MIN),
+    ];
+    let out = run(NO_CAPS, input, T0 + 2 * DAY + 60 * MIN);
+    let mut ids: Vec<&str> = out.sends.iter().map(|s| s.message_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let sent: i64 = out.last_stats("ping").variants.iter().map(|v| v.sent).sum();
+    assert_eq!(sent, ids.len() as i64, "stats count distinct messages: {:?}", out.sends);
+    assert!(out.users("ping").contains(&"u1".to_string()), "u1 gets the second place");
+}
