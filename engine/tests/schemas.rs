@@ -282,6 +282,7 @@ fn shard_records_round_trip() {
         test_users: 750,
         test_total: 3_000,
         winner_id: None,
+        limit: None,
         timestamp_ms: 17,
     });
 }

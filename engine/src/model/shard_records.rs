@@ -24,6 +24,8 @@ pub enum ShardReportKind {
     Demand,
     /// The shard gives back its unused places (a recall).
     Returned,
+    /// The shard gave back every place it held (a recount): its counts are exact as of now.
+    Counted,
 }
 
 /// A shard tells its campaign's home where it is (keyed by campaign id).
@@ -48,13 +50,14 @@ pub struct ShardReport {
     /// Every kind: users the shard sent to over the campaign's life (cumulative; the home counts
     /// each shard's highest in the total).
     pub sent: i64,
-    /// `RunSent`: users of the run the shard sent to (cumulative); `Demand`, `Returned`: users
-    /// it sent to on places of the total limit (cumulative).
+    /// `RunSent`: users of the run the shard sent to (cumulative); `Demand`, `Returned`,
+    /// `Counted`: users it sent to on places of the total limit (cumulative).
     #[serde(default)]
     pub run_sent: i64,
-    /// `Demand`, `Returned`: candidates waiting at the shard for a place of the total limit.
+    /// `Demand`, `Returned`, `Counted`: candidates waiting at the shard for a place of the total
+    /// limit.
     pub waiting: i64,
-    /// `Returned`: places of the total limit given back.
+    /// `Returned`: places of the total limit given back; `Counted`: every place it held.
     pub places: i64,
     /// `Counters`: cumulative per-variant counters.
     pub variants: Vec<VariantStats>,
@@ -87,6 +90,9 @@ pub enum ShardPlanKind {
     /// The total limit of `places` is full: refuse the waiting candidates until the campaign's
     /// limit is above it (an edit raised it).
     Full,
+    /// Give back every place held and report the exact counts (`Counted`): the total limit or
+    /// the shards in effect changed.
+    Recount,
 }
 
 /// The home tells one shard what to do with a scheduled run (keyed by the shard's key).
@@ -113,6 +119,10 @@ pub struct ShardPlan {
     pub test_total: i64,
     /// `Winner`, `Release`: the campaign's A/B winner once chosen (the rest gets it).
     pub winner_id: Option<String>,
+    /// `Grant`: the total limit the places are of; the shard spends them only while its
+    /// campaign's total limit is this one.
+    #[serde(default)]
+    pub limit: Option<i64>,
     /// When, epoch milliseconds.
     pub timestamp_ms: i64,
 }
@@ -161,6 +171,7 @@ impl Checked for ShardPlan {
             ("test_from", self.test_from),
             ("test_users", self.test_users),
             ("test_total", self.test_total),
+            ("limit", self.limit.unwrap_or(0)),
         ];
         check_shard(self.shard, &counts)
     }

@@ -7,7 +7,9 @@
 //! asks again). Grants and returns are records produced in the
 //! transaction of the state change that accounts for them, so the places in the home's pool,
 //! in transit and in the shards' leases always add up to the limit: never over, never under
-//! while a candidate waits.
+//! while a candidate waits. When the total limit or the shards in effect change (an edit), the
+//! home recounts (`RECOUNT` → `COUNTED`): every shard gives back every place it holds and
+//! reports its exact counts, and nothing is granted or sent at home until all have answered.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +35,12 @@ pub(super) struct Lease {
     demand: u64,
     /// A recall is on its way to the shard.
     recalled: bool,
+    /// Recounts sent to the shard.
+    #[serde(default)]
+    recounts: u64,
+    /// Recounts the shard answered (`COUNTED`; exactly one per recount, in order).
+    #[serde(default)]
+    counted: u64,
 }
 
 impl Lease {
@@ -42,11 +50,27 @@ impl Lease {
     }
 }
 
+/// What the home's leases are made under: the total limit and the shards in effect. When they
+/// change, the home recounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Terms {
+    total: Option<u64>,
+    shards: u32,
+}
+
 /// A shard's side of the lease.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct ShardLease {
     /// Places held, not yet spent.
     places: u64,
+    /// The total limit the places held are of (the latest grant's); they are spent only while
+    /// the campaign's total limit is this one, and given back at the recount an edit causes.
+    #[serde(default)]
+    limit: Option<u64>,
+    /// Recounts the shard owes its home (asked while it had no total limit in effect, so its
+    /// sends were on no place and still counting): answered, one `COUNTED` each, once it has one.
+    #[serde(default)]
+    owed: u64,
     /// Places spent over the campaign's life: users sent to on a place (not those sent while
     /// the campaign had no total limit, which the home counts outside the leases).
     #[serde(default)]
@@ -64,6 +88,23 @@ impl ShardLease {
     fn is_full(&self, campaign: &Campaign) -> bool {
         matches!((self.full_at, campaign.limits.total), (Some(at), Some(limit)) if limit <= at)
     }
+
+    /// The places that may be spent under `campaign`'s total limit as it is now: none while an
+    /// edit changed it since they were granted (the recount takes them back).
+    fn usable(&self, campaign: &Campaign) -> u64 {
+        if self.limit == campaign.limits.total {
+            self.places
+        } else {
+            0
+        }
+    }
+}
+
+impl ShardPlanKind {
+    /// Whether this plan is about the leased total limit (not a scheduled run).
+    pub(super) fn is_lease(self) -> bool {
+        matches!(self, Self::Grant | Self::Recall | Self::Full | Self::Recount)
+    }
 }
 
 impl CampaignState {
@@ -74,6 +115,12 @@ impl CampaignState {
         let on_leases: u64 = self.leases.values().map(|l| l.spent).sum();
         let outside = self.sent.saturating_sub(on_leases);
         limit.saturating_sub(out).saturating_sub(outside)
+    }
+
+    /// Whether the home awaits a shard's exact counts (a recount): it grants nothing and sends
+    /// no triggered candidate of its own meanwhile.
+    fn awaits_recount(&self) -> bool {
+        self.leases.values().any(|l| l.counted < l.recounts)
     }
 }
 
@@ -92,16 +139,17 @@ impl CampaignStage {
         state: &mut CampaignState,
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
+        self.answer_recounts(ctx, campaign, state)?;
         if campaign.status != CampaignStatus::Active || state.lease.is_full(campaign) {
             return self.leave_leased(ctx, campaign, state, candidate);
         }
-        if state.lease.places > 0 && state.waiting == 0 {
+        if state.lease.usable(campaign) > 0 && state.waiting == 0 {
             return self.spend_place(ctx, campaign, state, &candidate);
         }
         ctx.store(WAITING)?.put_as(&queue::key(&state.key, state.waiting_seq), &candidate)?;
         state.waiting_seq += 1;
         state.waiting += 1;
-        if state.lease.places > 0 {
+        if state.lease.usable(campaign) > 0 {
             // Places are held for those ahead of it: they leave on the next step.
             ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
             return Ok(());
@@ -175,7 +223,9 @@ impl CampaignStage {
             campaign_id: campaign.id.clone(),
             app_id: campaign.app.clone(),
             shard: Self::shard_of(campaign, state),
-            shards: campaign_shards::in_effect(campaign, &self.settings) as i32,
+            // All the campaign may have: a shard an edit took out of effect still gives back
+            // its places and answers recounts.
+            shards: campaign.options.shards.max(1) as i32,
             kind,
             run_id: None,
             qualified: 0,
@@ -184,7 +234,7 @@ impl CampaignStage {
             // Users sent to on places (for a lease report: no run).
             run_sent: state.lease.spent as i64,
             // Candidates no place held here will serve.
-            waiting: state.waiting.saturating_sub(state.lease.places) as i64,
+            waiting: state.waiting.saturating_sub(state.lease.usable(campaign)) as i64,
             places: returned as i64,
             variants: Vec::new(),
             skipped: BTreeMap::new(),
@@ -202,6 +252,9 @@ impl CampaignStage {
         campaign: &Campaign,
         state: &mut CampaignState,
     ) -> Result<(), ProcessError> {
+        if !self.in_effect_here(campaign, state) {
+            return self.forward_waiting_home(ctx, campaign, state);
+        }
         let step = queue::next_step(ctx, WAITING, &state.key)?;
         state.waiting = state.waiting.saturating_sub(step.unreadable);
         let now = ctx.effective_ms();
@@ -209,7 +262,7 @@ impl CampaignStage {
         let leaves = |state: &CampaignState| {
             campaign.status != CampaignStatus::Active
                 || state.lease.is_full(campaign)
-                || state.lease.places > 0
+                || state.lease.usable(campaign) > 0
         };
         for (key, candidate) in step.entries {
             if !leaves(state) {
@@ -222,12 +275,65 @@ impl CampaignStage {
             self.leave_leased(ctx, campaign, state, leaving)?;
         }
         let full = state.lease.is_full(campaign);
-        if released && state.waiting == 0 && state.lease.places > 0 && !full {
+        if released && state.waiting == 0 && state.lease.usable(campaign) > 0 && !full {
             // Nothing waits here any more: the home learns it (a demand it has not yet seen may
             // be stale), so the places left can be recalled for another shard.
             self.lease_report(ctx, campaign, state, ShardReportKind::Demand, 0)?;
         }
         if step.more && leaves(state) {
+            ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
+        }
+        Ok(())
+    }
+
+    /// Whether this shard takes triggered candidates under the campaign's rules now (an edit
+    /// may have put the campaign on its home alone, or on fewer shards).
+    fn in_effect_here(&self, campaign: &Campaign, state: &CampaignState) -> bool {
+        (Self::shard_of(campaign, state) as u32)
+            < campaign_shards::in_effect(campaign, &self.settings)
+    }
+
+    /// A shard out of effect sends its waiting candidates home (a step at a time), where the
+    /// campaign's limits apply to them now.
+    fn forward_waiting_home(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+    ) -> Result<(), ProcessError> {
+        let step = queue::next_step(ctx, WAITING, &state.key)?;
+        state.waiting = state.waiting.saturating_sub(step.unreadable);
+        for (key, candidate) in step.entries {
+            ctx.store(WAITING)?.delete(&key)?;
+            state.waiting = state.waiting.saturating_sub(1);
+            self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &candidate)?;
+        }
+        if step.more {
+            ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
+        }
+        Ok(())
+    }
+
+    /// Answers the recounts the shard owes, once the campaign has a total limit here (before,
+    /// its sends were on no place and its count could still grow): every place it holds goes
+    /// back, with its exact counts, one `COUNTED` per recount asked.
+    fn answer_recounts(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+    ) -> Result<(), ProcessError> {
+        if state.lease.owed == 0 || campaign.limits.total.is_none() {
+            return Ok(());
+        }
+        let returned = std::mem::take(&mut state.lease.places);
+        // The answers carry what waits here: the home serves it once the recount is over.
+        state.lease.asked = state.waiting > 0;
+        for answer in 0..std::mem::take(&mut state.lease.owed) {
+            let places = if answer == 0 { returned } else { 0 };
+            self.lease_report(ctx, campaign, state, ShardReportKind::Counted, places)?;
+        }
+        if state.waiting > 0 && !self.in_effect_here(campaign, state) {
             ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
         }
         Ok(())
@@ -243,16 +349,23 @@ impl CampaignStage {
     ) -> Result<(), ProcessError> {
         match plan.kind {
             ShardPlanKind::Grant => {
+                // A recount took back every place of another limit before this grant.
                 state.lease.places += plan.places.max(0) as u64;
+                state.lease.limit = plan.limit.map(|limit| limit.max(0) as u64);
                 state.lease.asked = false;
                 state.lease.full_at = None;
+            }
+            ShardPlanKind::Recount => {
+                state.lease.owed += 1;
+                return self.answer_recounts(ctx, campaign, state);
             }
             ShardPlanKind::Recall => {
                 // Those waiting take what they need first, in this transaction: a place is
                 // never handed back while a candidate here waits for one.
                 self.release_leased(ctx, campaign, state)?;
-                let returned = state.lease.places.saturating_sub(state.waiting);
-                state.lease.places -= returned;
+                let kept = state.waiting.min(state.lease.usable(campaign));
+                let returned = state.lease.places - kept;
+                state.lease.places = kept;
                 return self.lease_report(
                     ctx,
                     campaign,
@@ -280,16 +393,90 @@ impl CampaignStage {
         state: &mut CampaignState,
         report: &ShardReport,
     ) -> Result<(), ProcessError> {
+        self.renew_leases(ctx, campaign, state)?;
+        let awaited = state.awaits_recount();
         let shard = report.shard as u32;
         let lease = state.leases.entry(shard).or_default();
         lease.spent = lease.spent.max(report.run_sent.max(0) as u64);
         lease.demand = report.waiting.max(0) as u64;
-        if report.kind == ShardReportKind::Returned {
+        if matches!(report.kind, ShardReportKind::Returned | ShardReportKind::Counted) {
             lease.returned += report.places.max(0) as u64;
             lease.recalled = false;
         }
-        self.serve_leases(ctx, campaign, state, report.shards.max(1) as u64)?;
+        if report.kind == ShardReportKind::Counted {
+            lease.counted += 1;
+        }
+        if awaited && !state.awaits_recount() {
+            // Every shard's count is exact and no place is held anywhere: lease again, and
+            // what waited at home for the recount leaves.
+            self.pre_lease(ctx, campaign, state)?;
+            if state.waiting > 0 {
+                ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
+            }
+        }
+        self.serve_leases(ctx, campaign, state)?;
         self.announce_total_limit(ctx, campaign, state)
+    }
+
+    /// Follows an edit of the campaign's total limit or shards in effect: at home, the leases
+    /// are recounted (every shard of `options.shards` asked for all its places and its exact
+    /// counts) when the new terms have a total limit; then every shard in effect is given its
+    /// first places. At a shard, the recounts it owes are answered once it has a total limit,
+    /// and its waiting candidates are looked at again. Returns whether the state changed.
+    pub(super) fn renew_leases(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+    ) -> Result<bool, ProcessError> {
+        if state.is_shard(campaign) {
+            let changed = state.lease.owed > 0 && campaign.limits.total.is_some();
+            self.answer_recounts(ctx, campaign, state)?;
+            if state.waiting > 0 && Self::leases(campaign, state) {
+                ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
+            }
+            return Ok(changed);
+        }
+        let terms = Terms {
+            total: campaign.limits.total,
+            shards: campaign_shards::in_effect(campaign, &self.settings),
+        };
+        if state.lease_terms == Some(terms) {
+            return self.pre_lease(ctx, campaign, state);
+        }
+        // A campaign no shard ever reported for has nothing to count.
+        let known =
+            state.lease_terms.is_some() || !state.leases.is_empty() || !state.shard_sent.is_empty();
+        state.lease_terms = Some(terms);
+        if known && terms.total.is_some() && campaign.options.shards > 1 {
+            state.pre_leased = false;
+            for shard in 0..campaign.options.shards {
+                state.leases.entry(shard).or_default().recounts += 1;
+                self.send_lease_plan(ctx, campaign, shard, ShardPlanKind::Recount, 0)?;
+            }
+        }
+        self.pre_lease(ctx, campaign, state)?;
+        Ok(true)
+    }
+
+    /// Whether a triggered candidate at the campaign's home waits for a recount (the terms
+    /// are renewed first: an edit may start one).
+    pub(super) fn waits_for_recount(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+    ) -> Result<bool, ProcessError> {
+        if state.is_shard(campaign) {
+            return Ok(false);
+        }
+        self.renew_leases(ctx, campaign, state)?;
+        Ok(Self::holds_for_recount(campaign, state))
+    }
+
+    /// Whether the home holds its triggered candidates until a recount is over.
+    pub(super) fn holds_for_recount(campaign: &Campaign, state: &CampaignState) -> bool {
+        !state.is_shard(campaign) && campaign.limits.total.is_some() && state.awaits_recount()
     }
 
     /// Gives every shard of an active triggered campaign with a total limit its first places,
@@ -307,6 +494,7 @@ impl CampaignStage {
         if shards <= 1
             || !triggered
             || state.pre_leased
+            || state.awaits_recount()
             || campaign.status != CampaignStatus::Active
         {
             return Ok(false);
@@ -333,9 +521,14 @@ impl CampaignStage {
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
         state: &mut CampaignState,
-        shards: u64,
     ) -> Result<(), ProcessError> {
         let Some(limit) = campaign.limits.total else { return Ok(()) };
+        // Nothing is granted on counts a recount is making exact, nor while the campaign runs
+        // on its home alone (a shard out of effect sends its waiting candidates home).
+        let shards = u64::from(campaign_shards::in_effect(campaign, &self.settings));
+        if state.awaits_recount() || shards <= 1 {
+            return Ok(());
+        }
         let mut free = state.free_places(limit);
         // A grant covers the demand and some more, so a busy shard does not ask per user.
         let chunk = (limit / (4 * shards)).max(1);
@@ -398,6 +591,7 @@ impl CampaignStage {
             test_users: 0,
             test_total: 0,
             winner_id: None,
+            limit: campaign.limits.total.filter(|_| kind == ShardPlanKind::Grant).map(|l| l as i64),
             timestamp_ms: ctx.timestamp_ms(),
         };
         let key = campaign_shards::key(&campaign.id, shard);

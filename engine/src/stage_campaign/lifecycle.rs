@@ -91,7 +91,7 @@ impl CampaignStage {
                 self.lifecycle(ctx, &campaign, LifecycleKind::Completed, details)?;
                 changed = true;
             }
-            if home && self.pre_lease(ctx, &campaign, &mut state)? {
+            if self.renew_leases(ctx, &campaign, &mut state)? {
                 changed = true;
             }
             if changed {

@@ -111,6 +111,9 @@ struct CampaignState {
     /// Home: every shard was given its first places (see `leases`).
     #[serde(default)]
     pre_leased: bool,
+    /// Home: the total limit and shards in effect its leases are made under (see `leases`).
+    #[serde(default)]
+    lease_terms: Option<leases::Terms>,
     /// Users sent to over the campaign's life.
     sent: u64,
     /// (day in the campaign timezone, users sent to that day).
@@ -381,6 +384,9 @@ impl CampaignStage {
         state: &mut CampaignState,
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
+        if is_triggered_run(&candidate.run_id) && self.waits_for_recount(ctx, campaign, state)? {
+            return self.wait_for_places(ctx, state, &candidate);
+        }
         if is_triggered_run(&candidate.run_id) && Self::leases(campaign, state) {
             self.place_leased(ctx, campaign, state, candidate)
         } else if is_triggered_run(&candidate.run_id) {
@@ -878,6 +884,8 @@ impl Processor for CampaignStage {
                 self.release(ctx, &campaign, &mut state, leaving)?
             }
             HELD_TIMER => self.release_held(ctx, &campaign, &mut state)?,
+            // The end of the recount wakes them.
+            WAITING_TIMER if Self::holds_for_recount(&campaign, &state) => {}
             WAITING_TIMER if Self::leases(&campaign, &state) => {
                 self.release_leased(ctx, &campaign, &mut state)?
             }

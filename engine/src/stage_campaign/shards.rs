@@ -251,7 +251,10 @@ impl CampaignStage {
             state.sent += (report.sent - *counted) as u64;
             *counted = report.sent;
         }
-        if matches!(report.kind, ShardReportKind::Demand | ShardReportKind::Returned) {
+        if matches!(
+            report.kind,
+            ShardReportKind::Demand | ShardReportKind::Returned | ShardReportKind::Counted
+        ) {
             self.on_lease_report(ctx, &campaign, &mut state, &report)?;
             return self.save(ctx, &campaign, &mut state);
         }
@@ -307,7 +310,10 @@ impl CampaignStage {
                     self.announce_total_limit(ctx, &campaign, &mut state)?;
                 }
             }
-            ShardReportKind::Counters | ShardReportKind::Demand | ShardReportKind::Returned => {}
+            ShardReportKind::Counters
+            | ShardReportKind::Demand
+            | ShardReportKind::Returned
+            | ShardReportKind::Counted => {}
         }
         state.run = Some(run);
         self.save(ctx, &campaign, &mut state)
@@ -345,6 +351,7 @@ impl CampaignStage {
             test_users: 0,
             test_total: 0,
             winner_id: state.winner_id.clone(),
+            limit: None,
             timestamp_ms: at,
         };
         if let Some(limit) = campaign.limits.safety.filter(|limit| qualified > *limit as i64) {
@@ -417,6 +424,7 @@ impl CampaignStage {
                 test_users: 0,
                 test_total: 0,
                 winner_id: state.winner_id.clone(),
+                limit: None,
                 timestamp_ms: ctx.timestamp_ms(),
             };
             self.send_plan(ctx, campaign, &plan)?;
@@ -435,7 +443,7 @@ impl CampaignStage {
             return Ok(());
         };
         let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign)?)?;
-        if matches!(plan.kind, ShardPlanKind::Grant | ShardPlanKind::Recall | ShardPlanKind::Full) {
+        if plan.kind.is_lease() {
             self.on_lease_plan(ctx, &campaign, &mut state, &plan)?;
             return self.save(ctx, &campaign, &mut state);
         }
@@ -463,7 +471,10 @@ impl CampaignStage {
                     self.release_step(ctx, &campaign, &mut state, &mut run, at)?;
                 }
             }
-            ShardPlanKind::Grant | ShardPlanKind::Recall | ShardPlanKind::Full => {}
+            ShardPlanKind::Grant
+            | ShardPlanKind::Recall
+            | ShardPlanKind::Full
+            | ShardPlanKind::Recount => {}
             ShardPlanKind::Winner => {
                 if run.phase == RunPhase::AwaitingWinner && !super::is_held(&campaign) {
                     run.phase = RunPhase::Releasing;
