@@ -79,8 +79,8 @@ bench-audience: ## a scheduled run with timezone: user over 2,000,000 profiles (
 	cargo build --release --bins
 	$(CARGO_TARGET_DIR)/release/herald bench audience $(BENCH_ARGS)
 
-image: ## the container image herald:dev (Dockerfile; needs a Docker daemon and its base images)
-	docker build -t $${HERALD_IMAGE:-herald:dev} .
+image: ## the container image herald:dev (Dockerfile; docker build, or buildah without a daemon) and its smoke test
+	@deploy/image/build.sh
 
 lint: ## formatting and clippy, warnings are errors
 	cargo fmt --all -- --check

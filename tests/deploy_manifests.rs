@@ -555,6 +555,56 @@ fn dockerfile_builds_in_stages_and_runs_as_a_non_root_user() {
     }
 }
 
+#[test]
+fn dockerfile_bases_are_upstream_by_default_and_replaceable_by_the_local_stand_ins() {
+    let dockerfile = read("Dockerfile");
+    let lines: Vec<&str> = dockerfile.lines().collect();
+    let first_from = lines.iter().position(|line| line.starts_with("FROM ")).unwrap();
+    // `ARG NAME=default` before the first FROM: the images every stage may start from.
+    let bases: BTreeMap<&str, &str> = lines[..first_from]
+        .iter()
+        .filter_map(|line| line.strip_prefix("ARG ")?.split_once('='))
+        .collect();
+    assert_eq!(
+        bases,
+        BTreeMap::from([
+            ("RUNTIME_IMAGE", "debian:bookworm-slim"),
+            ("RUST_IMAGE", "rust:1-bookworm")
+        ])
+    );
+    for line in lines.iter().filter(|line| line.starts_with("FROM ")) {
+        let image = line["FROM ".len()..].split_whitespace().next().unwrap();
+        let arg = image.strip_prefix("${").and_then(|rest| rest.strip_suffix('}'));
+        assert!(arg.is_some_and(|arg| bases.contains_key(arg)), "{line}: not a base argument");
+    }
+    // The stand-ins script selects the bases by those names, and `make image` runs the build
+    // script (which runs it); nothing else in the Makefile touches deploy/image.
+    let stand_ins = read("deploy/image/stand-ins.sh");
+    for name in bases.keys() {
+        assert!(stand_ins.contains(&format!("--build-arg {name}=")), "stand-ins.sh lacks {name}");
+    }
+    let makefile = read("Makefile");
+    let image_uses: Vec<&str> =
+        makefile.lines().filter(|line| line.contains("deploy/image/")).collect();
+    assert_eq!(image_uses, ["\t@deploy/image/build.sh"]);
+    let recipe = makefile.split("\nimage:").nth(1).expect("an image target");
+    assert_eq!(recipe.lines().nth(1), Some("\t@deploy/image/build.sh"));
+    for script in ["bootstrap", "stand-ins", "build", "smoke"] {
+        let path = root().join(format!("deploy/image/{script}.sh"));
+        let syntax = Command::new("bash").arg("-n").arg(&path).output().unwrap();
+        assert!(
+            syntax.status.success(),
+            "{script}.sh: {}",
+            String::from_utf8_lossy(&syntax.stderr)
+        );
+    }
+    // The build context leaves out build output, local state and the repository's history.
+    let dockerignore = read(".dockerignore");
+    for path in ["target", ".local", ".git"] {
+        assert!(dockerignore.lines().any(|line| line == path), ".dockerignore lacks {path}");
+    }
+}
+
 // --- the CLI: flags in the manifests, the configuration reference ------------------------------
 
 /// One option or argument of a subcommand, from its `--help`.

@@ -2,7 +2,8 @@
 # Local stand-ins for the Dockerfile's base images, for a machine that reaches Debian's package
 # mirror but not Docker Hub. Prints the two `--build-arg`s that select them:
 #   RUNTIME_IMAGE=localhost/debian-bookworm:slim   a debootstrapped Debian bookworm (minbase)
-#   RUST_IMAGE=localhost/rust-bookworm:<rustc>     that + a C toolchain + this machine's Rust
+#   RUST_IMAGE=localhost/rust-bookworm:<rustc>     that + a C toolchain + this machine's Rust,
+#                                                  trusting this machine's local CAs too
 # Each is made once and reused (the builder is keyed on the Rust version). Needs root (buildah
 # mounts the container's root file system) and buildah and debootstrap (bootstrap.sh).
 set -euo pipefail
@@ -60,7 +61,12 @@ if ! exists "$builder"; then
     # The toolchain without its documentation (share/), where rust:1 keeps it.
     mkdir -p "$root/usr/local/rust" "$root/usr/local/cargo"
     tar -C "$sysroot" --exclude=./share -cf - . | tar -C "$root/usr/local/rust" -xf -
+    # The machine's own CAs (a TLS-inspecting proxy in front of crates.io, say), so cargo
+    # downloads in the build as it does here.
+    [[ ! -d /usr/local/share/ca-certificates ]] ||
+        cp -r /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
     buildah umount "$container" >/dev/null
+    buildah run --isolation chroot "$container" -- update-ca-certificates >&2
     buildah config --env CARGO_HOME=/usr/local/cargo \
         --env PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         "$container"

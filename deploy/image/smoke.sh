@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Smoke test of a built image ($1, default herald:dev): its entrypoint answers `--version` and
+# `engine --help`, it runs as uid 10001 in /usr/share/herald with a writable state directory and
+# its topology; and, when a broker answers on 127.0.0.1:9092, `herald topics apply` then
+# `topics delete` of a one-topic topology (prefix smoke-<pid>-) work over the host network.
+# Runs the image with `docker run` where a Docker daemon runs, else with `buildah run`.
+set -euo pipefail
+
+image=${1:-herald:dev}
+prefix=smoke-$$-
+fail() { echo "smoke: $*" >&2; exit 1; }
+
+# A one-topic topology for the broker check, mounted at /smoke.
+dir=$(mktemp -d)
+chmod 755 "$dir"
+printf '%s\n' 'replication_factor = 1' '[[topic]]' 'name = "herald.events"' \
+    'description = "image smoke test"' 'partitions = 1' 'cleanup_policy = "delete"' \
+    >"$dir/topology.toml"
+chmod 644 "$dir/topology.toml"
+container=
+topics_made=
+cleanup() {
+    [[ -z $topics_made ]] || topics delete --prefix "$prefix" >/dev/null || true
+    rm -rf "$dir"
+    [[ -z $container ]] || buildah rm "$container" >/dev/null
+}
+trap cleanup EXIT
+
+if docker info >/dev/null 2>&1; then
+    run() { docker run --rm --network host -v "$dir:/smoke:ro" "$image" "$@"; }
+    shell() { docker run --rm --entrypoint sh "$image" -c "$1"; }
+    size=$(docker image inspect --format '{{.Size}}' "$image")
+else
+    # buildah runs a command, not the entrypoint: take it from the image's configuration.
+    container=$(buildah from --pull=never "$image")
+    read -ra entrypoint < <(buildah inspect --format '{{join .OCIv1.Config.Entrypoint " "}}' "$container")
+    run() {
+        buildah run --isolation chroot --network host -v "$dir:/smoke:ro" "$container" -- \
+            "${entrypoint[@]}" "$@"
+    }
+    shell() { buildah run --isolation chroot "$container" -- sh -c "$1"; }
+    size=$(buildah images --format '{{.Size}}' "$image" | head -1)
+fi
+
+run --version | grep -q '^herald ' || fail "--version does not name herald"
+run engine --help | grep -q -- '--app-id' || fail "engine --help lacks --app-id"
+[[ $(shell 'id -u') == 10001 ]] || fail "does not run as uid 10001"
+[[ $(shell 'pwd') == /usr/share/herald ]] || fail "the working directory is not /usr/share/herald"
+shell 'test -w /var/lib/herald/state && test -r topologies/default.toml' ||
+    fail "the state directory is not writable or the topology is missing"
+
+if timeout 2 bash -c '</dev/tcp/127.0.0.1/9092' 2>/dev/null; then
+    topics() { run topics --brokers 127.0.0.1:9092 "$@"; }
+    topics_made=1
+    created=$(topics apply --topology /smoke/topology.toml --prefix "$prefix")
+    deleted=$(topics delete --prefix "$prefix")
+    topics_made=
+    [[ $created == "created  ${prefix}herald.events" ]] || fail "topics apply said: $created"
+    [[ $deleted == "deleted 1 topics starting with $prefix" ]] || fail "topics delete said: $deleted"
+    echo "smoke: topics apply and delete on 127.0.0.1:9092 from the image" >&2
+else
+    echo "smoke: no broker on 127.0.0.1:9092, broker check skipped" >&2
+fi
+echo "smoke: $image passes ($size)" >&2
