@@ -271,3 +271,35 @@ fn a_test_audience_lowered_below_the_tested_users_still_declares_a_winner() {
     assert_eq!(out.lifecycle("tab", LifecycleKind::WinnerDeclared).len(), 1, "{:?}", out.events);
     assert!(out.users("tab").contains(&"u3".to_string()), "u3 gets the winner");
 }
+
+/// Finding 6. An app with a global throttle (1 an hour). u0 leaves at once, u1 waits in the
+/// app stage's outbox; the campaign is stopped. The app stage knows nothing of campaigns: u1
+/// leaves an hour later anyway, although "Stop ends the campaign: held users and the outbox
+/// are dropped and counted `stopped`" (docs/campaigns.md). A pause does not hold it either.
+#[test]
+#[ignore = "finding: a stopped (or paused) campaign's sends waiting in the app's global throttle outbox still leave (stage_app knows no campaign status)"]
+fn a_stop_drops_the_sends_waiting_in_the_apps_throttle() {
+    let ping = "id: ping\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\n";
+    let envelope = CampaignEnvelope {
+        campaign_id: "ping".into(),
+        app_id: "shop".into(),
+        command: CampaignCommand::Stop,
+        definition: Some(ping.into()),
+        revision: T0 + 10_000,
+        issued_at_ms: T0 + 10_000,
+        issued_by: None,
+    };
+    let stop = SchemaRegistry::builtin().encode(&envelope).unwrap();
+    let input = vec![
+        define("ping", ping, T0),
+        profile("u0", T0),
+        profile("u1", T0),
+        event("e-0", "u0", "Ping", T0 + 1_000),
+        event("e-1", "u1", "Ping", T0 + 2_000), // waits in the app's outbox
+        on_key(topics::CAMPAIGNS, "ping", stop, T0 + 10_000),
+        event("x-0", "u0", "Other", T0 + 180 * MIN),
+    ];
+    let throttled = "apps:\n  shop:\n    throttle: { max: 1, per: 1h }\n";
+    let out = run(throttled, input, T0 + 240 * MIN);
+    assert_eq!(out.users("ping"), ["u0"], "u1 was dropped by the stop");
+}
