@@ -5,6 +5,7 @@
 mod common;
 
 use std::{
+    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -100,6 +101,45 @@ impl Api {
 
     fn topic(&self, name: &str) -> String {
         format!("{}herald.{name}", self.prefix)
+    }
+
+    /// Creates the rest of an engine's topics (2 partitions, as the API's; one for the app
+    /// throttle) and starts an engine instance on them with `extra` arguments and `env` (e.g.
+    /// the query key it signs its replies with); killed on drop. Returns it and its log.
+    fn start_engine(&self, extra: &[&str], env: &[(&str, &str)]) -> (KillOnDrop, PathBuf) {
+        let names =
+            ["events", "profiles", "send-gate", "campaign-flow", "queries", "query-replies"]
+                .map(|t| self.topic(t));
+        let mut topics: Vec<(&str, i32)> = names.iter().map(|t| (t.as_str(), 2)).collect();
+        let throttle = self.topic("app-throttle");
+        topics.push((&throttle, 1));
+        create_topics(&topics);
+        let log = self.dir.path().join("engine.log");
+        let state = self.dir.path().join("engine-state");
+        let app_id = format!("{}app", self.prefix);
+        let engine = common::engine_command(&self.prefix, &app_id, "a", &state, &log, extra)
+            .envs(env.iter().copied())
+            .spawn()
+            .unwrap();
+        (KillOnDrop::new(engine), log)
+    }
+
+    /// The devices of the first variant of the preview of `campaign` for `user`, once the
+    /// engine answers it (polled), or a failure showing the engine's `log`.
+    fn previewed_devices(&self, campaign: &str, user: &str, log: &std::path::Path) -> Vec<String> {
+        let path = format!("/api/v1/campaigns/{campaign}/preview?user={user}");
+        let mut answer = self.admin("GET", &path, None);
+        let rendered = poll_until(Duration::from_secs(90), || {
+            answer = self.admin("GET", &path, None);
+            answer.status == 200
+        });
+        assert!(rendered, "{}\n{}", answer.body, common::tail(log, 30));
+        answer.body["variants"][0]["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["device_id"].as_str().map(str::to_string))
+            .collect()
     }
 
     /// `method path` with `token` and `body`; a refused connection counts as status 0.
@@ -398,7 +438,7 @@ fn each_token_is_rate_limited_on_its_own() {
 }
 
 #[test]
-fn the_openapi_document_lists_every_route_and_the_campaign_schema_is_served() {
+fn the_openapi_document_lists_every_route_and_the_schemas_are_served() {
     let api = Api::start("api-openapi", &[]);
     let document = api.request("GET", "/openapi.json", None, None).body;
     assert_eq!(document["info"]["title"], "Herald admin API");
@@ -418,21 +458,37 @@ fn the_openapi_document_lists_every_route_and_the_campaign_schema_is_served() {
         "/api/v1/segments/{id}",
         "/api/v1/session",
         "/api/v1/campaigns/{id}/sends",
-        "/schemas/campaign.json",
+        "/schemas/{file}",
     ] {
         assert!(paths.contains(&path), "{path} not in {paths:?}");
     }
     assert!(document["components"]["securitySchemes"]["bearer"].is_object());
 
-    // The campaign files' JSON Schema, for editors: no token needed, as published.
-    let url = format!("{}/schemas/campaign.json", api.origin);
-    let mut response = api.agent.get(&url).call().unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "application/schema+json");
-    let served: Value =
-        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
-    let file = include_str!("../schemas/campaign.schema.json");
-    assert_eq!(served, serde_json::from_str::<Value>(file).unwrap());
+    // The campaign and segment files' JSON Schemas, for editors: no token needed, as published,
+    // also under the file names the segment schema's `$ref`s name.
+    let campaign = include_str!("../schemas/campaign.schema.json");
+    let segment = include_str!("../schemas/segment.schema.json");
+    for (path, file) in [
+        ("/schemas/campaign.json", campaign),
+        ("/schemas/segment.json", segment),
+        ("/schemas/campaign.schema.json", campaign),
+        ("/schemas/segment.schema.json", segment),
+    ] {
+        let url = format!("{}{path}", api.origin);
+        let mut response = api.agent.get(&url).call().unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.headers()["content-type"], "application/schema+json");
+        let served: Value =
+            serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+        assert_eq!(served, serde_json::from_str::<Value>(file).unwrap(), "{path}");
+    }
+    let reference = serde_json::from_str::<Value>(segment).unwrap()["properties"]["who"]["$ref"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let referenced = reference.split('#').next().unwrap();
+    assert_eq!(api.request("GET", &format!("/schemas/{referenced}"), None, None).status, 200);
+    assert_eq!(api.request("GET", "/schemas/nothing.json", None, None).status, 404);
 }
 
 #[test]
@@ -534,8 +590,13 @@ fn segments_are_validated_like_the_cli_saved_and_deleted_only_when_no_campaign_u
     let invalid = "id: vip\nwho:\n  all:\n    - { property: state, equalz: CA }\ncolour: red\n";
     let answer = api.admin("PUT", "/api/v1/segments/vip", Some(invalid));
     let fields = api.paths_as_the_cli_has_them("segment", invalid, &answer);
-    assert!(fields.iter().any(|f| f == "name") && fields.iter().any(|f| f == "colour"));
-    assert!(fields.iter().any(|f| f.starts_with("who.all[0]")), "{}", answer.body);
+    assert_eq!(fields, ["colour", "name", "who.all[0].equalz"], "{}", answer.body);
+    // The segment schema's sentences (schemas/segment.schema.json, with the campaign schema's
+    // filter language).
+    assert_eq!(answer.body["errors"][0]["reason"], "unknown field; expected one of id, name, who");
+    assert_eq!(answer.body["errors"][1]["reason"], "is required");
+    let operator = answer.body["errors"][2]["reason"].as_str().unwrap();
+    assert!(operator.starts_with("unknown property operator \"equalz\"; expected one of equals"));
 
     let vip = |name: &str| {
         format!("id: vip\nname: {name}\nwho:\n  all:\n    - {{ property: state, equals: CA }}\n")
@@ -705,21 +766,7 @@ fn live_events_name_each_change_and_the_status_follows_the_engines_lifecycle_eve
 fn estimated_reach_of_a_segment_and_a_campaign_comes_from_the_running_engine_as_the_cli_has_it() {
     use herald_engine::model::{Platform, ProfileUpdate, PropertyValue};
     let api = Api::start("api-estimate", &[]);
-    // The rest of an engine's topics, as partitioned as the API's (2; one for the singletons).
-    let user_topics = ["events", "profiles", "send-gate", "campaign-flow"].map(|t| api.topic(t));
-    let mut topics: Vec<(&str, i32)> = user_topics.iter().map(|t| (t.as_str(), 2)).collect();
-    let throttle = api.topic("app-throttle");
-    topics.push((&throttle, 1));
-    create_topics(&topics);
-    let engine_log = api.dir.path().join("engine.log");
-    let _engine = KillOnDrop::new(common::spawn_engine_instance(
-        &api.prefix,
-        &format!("{}app", api.prefix),
-        "a",
-        &api.dir.path().join("engine-state"),
-        &engine_log,
-        &[],
-    ));
+    let (_engine, engine_log) = api.start_engine(&[], &[]);
     let profile = |user: &str, state: &str, platform| {
         let (key, bytes) = common::profile(user, platform, now_ms());
         let mut update: ProfileUpdate = SchemaRegistry::builtin().decode(&bytes).unwrap();
@@ -817,6 +864,111 @@ fn a_preview_or_an_estimate_no_engine_answers_gets_503_with_a_json_error() {
     create_topics(&names.iter().map(|n| (n.as_str(), 2)).collect::<Vec<_>>());
     unavailable(api.read("/api/v1/campaigns/c503/preview?user=u1"));
     unavailable(estimate(&api));
+}
+
+/// The sum of the samples of `metric` whose labels include every one of `labels` (`name="value"`)
+/// in a Prometheus text exposition.
+fn sample(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.starts_with(&format!("{metric}{{")) || line.starts_with(&format!("{metric} "))
+        })
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Issue 15: `herald api --metrics-addr` serves Prometheus metrics without a token, apart from
+/// the API: requests by route template and status, refusals by reason (401, 403, 413, 429), the
+/// query round trips to the engine; no token, id or path of a request is ever in a label.
+#[test]
+fn the_metrics_address_counts_requests_by_route_status_and_refusal_and_shows_no_secret() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let api = Api::start(
+        "api-metrics",
+        &[
+            "--metrics-addr",
+            &metrics_addr,
+            "--rate-burst",
+            "4",
+            "--rate-per-second",
+            "0.001",
+            "--body-limit",
+            "4096",
+        ],
+    );
+    // The query channel's topics, no engine: a preview waits for its deadline.
+    let names = ["events", "queries", "query-replies"].map(|t| api.topic(t));
+    create_topics(&names.iter().map(|n| (n.as_str(), 2)).collect::<Vec<_>>());
+    assert_eq!(api.admin("POST", "/api/v1/campaigns", Some(&campaign("m", "t"))).status, 201);
+    let oversize = campaign("m2", &"x".repeat(8192));
+    assert_eq!(api.admin("POST", "/api/v1/campaigns", Some(&oversize)).status, 413);
+    let statuses = [
+        api.read("/api/v1/campaigns").status,
+        api.read("/api/v1/campaigns/secret-campaign").status,
+        api.request("POST", "/api/v1/campaigns", Some(READ_TOKEN), Some("{}")).status,
+        api.read("/api/v1/campaigns/m/preview?user=u-secret").status,
+        api.read("/api/v1/campaigns").status,
+        api.request("GET", "/api/v1/campaigns", None, None).status,
+        api.request("GET", "/api/v1/campaigns", Some("not-a-valid-token-secret"), None).status,
+        api.request("GET", "/nowhere/secret-path", None, None).status,
+        api.request("GET", "/metrics", None, None).status,
+    ];
+    assert_eq!(statuses, [200, 404, 403, 503, 429, 401, 401, 404, 404]);
+
+    let url = format!("http://{metrics_addr}/metrics");
+    let mut response = api.agent.get(&url).call().unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.body_mut().read_to_string().unwrap();
+    let requests = |route: &str, method: &str, status: u16| {
+        let labels = [
+            format!("route=\"{route}\""),
+            format!("method=\"{method}\""),
+            format!("status=\"{status}\""),
+        ];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        sample(&text, "herald_api_requests_total", &labels)
+    };
+    let campaigns = "/api/v1/campaigns";
+    let counted = [
+        requests(campaigns, "POST", 201),
+        requests(campaigns, "POST", 413),
+        requests(campaigns, "GET", 200),
+        requests("/api/v1/campaigns/{id}", "GET", 404),
+        requests(campaigns, "POST", 403),
+        requests("/api/v1/campaigns/{id}/preview", "GET", 503),
+        requests(campaigns, "GET", 429),
+        requests(campaigns, "GET", 401),
+        requests("unmatched", "GET", 404),
+    ];
+    assert_eq!(counted, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0], "{text}");
+    let refused = |reason: &str| {
+        sample(&text, "herald_api_refused_total", &[&format!("reason=\"{reason}\"")])
+    };
+    let refusals = ["unauthorized", "forbidden", "too_large", "rate_limited"].map(refused);
+    assert_eq!(refusals, [2.0, 1.0, 1.0, 1.0], "{text}");
+    let latency =
+        sample(&text, "herald_api_request_seconds_count", &["route=\"/api/v1/campaigns\""]);
+    assert_eq!(latency, 7.0, "{text}");
+    let lookups = sample(
+        &text,
+        "herald_query_round_trip_seconds_count",
+        &["kind=\"profile\"", "outcome=\"partial\""],
+    );
+    assert_eq!(lookups, 1.0, "{text}");
+    for secret in [
+        READ_TOKEN,
+        ADMIN_TOKEN,
+        "not-a-valid-token-secret",
+        "secret-campaign",
+        "u-secret",
+        "secret-path",
+    ] {
+        assert!(!text.contains(secret), "{secret} in\n{text}");
+    }
+    let health = api.agent.get(&format!("http://{metrics_addr}/healthz")).call().unwrap();
+    assert_eq!(health.status(), 200);
 }
 
 /// Issue 13: the update route refuses a change of `options.shards` on a live campaign (active
@@ -922,50 +1074,43 @@ impl Drop for Forger {
 fn a_forged_query_reply_written_first_does_not_change_the_answer() {
     const KEY: &str = "a-test-query-key-0123456789";
     let api = Api::start_with_env("api-forged", &[], &[("HERALD_QUERY_KEY", KEY)]);
-    let engine_topics = ["events", "profiles", "send-gate", "campaign-flow", "queries"];
-    let mut names: Vec<String> = engine_topics.iter().map(|t| api.topic(t)).collect();
-    names.push(api.topic("query-replies"));
-    let mut topics: Vec<(&str, i32)> = names.iter().map(|t| (t.as_str(), 2)).collect();
-    let throttle = api.topic("app-throttle");
-    topics.push((&throttle, 1));
-    create_topics(&topics);
+    let queries = ["queries", "query-replies"].map(|t| api.topic(t));
+    create_topics(&queries.iter().map(|t| (t.as_str(), 2)).collect::<Vec<_>>());
     assert_eq!(api.admin("POST", "/api/v1/campaigns", Some(&campaign("forged", "t"))).status, 201);
-    let _forger =
-        Forger::start(api.topic("queries"), api.topic("query-replies"), r#"{"profile":null}"#);
-    let preview = || api.admin("GET", "/api/v1/campaigns/forged/preview?user=u1", None);
+    let [queries, replies] = queries;
+    let _forger = Forger::start(queries, replies, r#"{"profile":null}"#);
     // No engine: only the forger answers, and is not believed.
-    let answer = preview();
+    let answer = api.admin("GET", "/api/v1/campaigns/forged/preview?user=u1", None);
     assert_eq!(answer.status, 503, "{}", answer.body);
 
-    let engine_log = api.dir.path().join("engine.log");
-    let _engine = KillOnDrop::new(
-        common::engine_command(
-            &api.prefix,
-            &format!("{}app", api.prefix),
-            "a",
-            &api.dir.path().join("engine-state"),
-            &engine_log,
-            &[],
-        )
-        .env("HERALD_QUERY_KEY", KEY)
-        .spawn()
-        .unwrap(),
-    );
+    let (_engine, engine_log) = api.start_engine(&[], &[("HERALD_QUERY_KEY", KEY)]);
     use herald_engine::model::Platform;
     common::produce(&api.topic("profiles"), [common::profile("u1", Platform::Ios, now_ms())]);
-    let mut answer = preview();
-    let rendered = poll_until(Duration::from_secs(90), || {
-        answer = preview();
-        answer.status == 200
-    });
-    assert!(rendered, "{}\n{}", answer.body, common::tail(&engine_log, 30));
-    let devices: Vec<&str> = answer.body["variants"][0]["requests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r["device_id"].as_str())
-        .collect();
-    assert_eq!(devices, vec!["d-u1"], "{}", answer.body);
+    assert_eq!(api.previewed_devices("forged", "u1", &engine_log), ["d-u1"]);
+}
+
+/// Issue 15: a query of a kind no task answers is refused at once by every partition, with a
+/// reply signed like the others (it was dead-lettered only, and its asker waited for its
+/// deadline).
+#[test]
+fn a_query_of_an_unknown_kind_is_refused_at_once_by_every_partition_signed() {
+    use herald_engine::query::{sign::ReplyKey, QueryClient, QueryRequest, QueryStatus};
+    const KEY: &str = "a-test-query-key-0123456789";
+    let api = Api::start("api-unknown-kind", &[]);
+    let (_engine, engine_log) = api.start_engine(&[], &[("HERALD_QUERY_KEY", KEY)]);
+    let client = QueryClient::new(&kafka(), &api.topic("queries"), &api.topic("query-replies"));
+    // The deadline is far: only a refusal ends the wait before it.
+    let request = QueryRequest::new("drop-tables", None, "{}".into(), Duration::from_secs(300));
+    let answers = client.ask(&request, 2, |_| {}).unwrap();
+    assert_eq!(answers.missing, [0; 0], "{}", common::tail(&engine_log, 30));
+    let key = ReplyKey::new(KEY.as_bytes()).unwrap();
+    for partition in [0, 1] {
+        let reply = &answers.done[&partition];
+        assert_eq!(reply.status, QueryStatus::Refused, "{reply:?}");
+        let error = reply.error.as_deref().unwrap_or_default();
+        assert!(error.starts_with(r#"unknown query kind "drop-tables" (known: "#), "{error}");
+        assert!(key.verifies(reply), "{reply:?}");
+    }
 }
 
 /// Issue 15: a preview for an anonymous id that identified as a known user (an alias) renders
@@ -974,45 +1119,18 @@ fn a_forged_query_reply_written_first_does_not_change_the_answer() {
 fn a_preview_for_an_alias_renders_the_profile_it_merged_into() {
     use herald_engine::model::Platform;
     let api = Api::start("api-alias", &[]);
-    let engine_topics = ["events", "profiles", "send-gate", "campaign-flow"];
-    let names: Vec<String> = engine_topics.iter().map(|t| api.topic(t)).collect();
-    let mut topics: Vec<(&str, i32)> = names.iter().map(|t| (t.as_str(), 2)).collect();
-    let throttle = api.topic("app-throttle");
-    topics.push((&throttle, 1));
-    create_topics(&topics);
     assert_eq!(api.admin("POST", "/api/v1/campaigns", Some(&campaign("aliased", "t"))).status, 201);
     // Aliases arrive in Segment's format on the events topic; profiles stay Avro.
     let topology = api.dir.path().join("topology.toml");
     let default = std::fs::read_to_string("topologies/default.toml").unwrap();
     let ingest = "\n[ingest]\nevents = { format = \"segment\", app = \"shop\" }\n";
     std::fs::write(&topology, default + ingest).unwrap();
-    let engine_log = api.dir.path().join("engine.log");
-    let _engine = KillOnDrop::new(common::spawn_engine_instance(
-        &api.prefix,
-        &format!("{}app", api.prefix),
-        "a",
-        &api.dir.path().join("engine-state"),
-        &engine_log,
-        &["--topology", topology.to_str().unwrap()],
-    ));
+    let (_engine, engine_log) = api.start_engine(&["--topology", topology.to_str().unwrap()], &[]);
     common::produce(&api.topic("profiles"), [common::profile("known", Platform::Ios, now_ms())]);
     let alias = json!({
         "type": "alias", "previousId": "anon-7", "userId": "known",
         "timestamp": chrono::Utc::now().to_rfc3339(),
     });
     common::produce(&api.topic("events"), [("anon-7".to_string(), alias.to_string().into_bytes())]);
-    let preview = || api.admin("GET", "/api/v1/campaigns/aliased/preview?user=anon-7", None);
-    let mut answer = preview();
-    let rendered = poll_until(Duration::from_secs(90), || {
-        answer = preview();
-        answer.status == 200
-    });
-    assert!(rendered, "{}\n{}", answer.body, common::tail(&engine_log, 30));
-    let devices: Vec<&str> = answer.body["variants"][0]["requests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r["device_id"].as_str())
-        .collect();
-    assert_eq!(devices, vec!["d-known"], "{}", answer.body);
+    assert_eq!(api.previewed_devices("aliased", "anon-7", &engine_log), ["d-known"]);
 }

@@ -75,7 +75,10 @@ fn registered_metrics() -> BTreeSet<String> {
     }
     sender.parked.with_label_values(&["shop", "apns"]).set(1);
     sender.consumer_lag.with_label_values(&["0"]).set(1);
-    let mut names: BTreeSet<String> = [runtime.render(), sender.render()]
+    let api = herald_engine::api::ApiMetrics::new();
+    api.observe("/x", "GET", 401, std::time::Duration::ZERO);
+    herald_engine::query::round_trips().with_label_values(&["x", "answered"]).observe(0.0);
+    let mut names: BTreeSet<String> = [runtime.render(), sender.render(), api.render()]
         .iter()
         .flat_map(|text| text.lines())
         .filter_map(|line| line.strip_prefix("# TYPE "))
@@ -83,7 +86,7 @@ fn registered_metrics() -> BTreeSet<String> {
         .map(str::to_string)
         .collect();
     names.extend(processor_counters(&root().join("engine/src")));
-    // Metrics kept in the default registry (the query clients' rejected replies).
+    // Metrics kept in the default registry (the query clients' rejected replies, round trips).
     herald_engine::query::sign::rejected_replies();
     names.extend(prometheus::default_registry().gather().iter().map(|f| f.name().to_string()));
     names

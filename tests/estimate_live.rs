@@ -352,7 +352,8 @@ fn an_expired_query_is_never_answered_and_a_missing_partition_is_named() {
 }
 
 /// Issue 15: hostile requests on the queries topic (undecodable, of an unknown kind, oversize)
-/// go to the dead-letter topic with the reason, once each; a task keeps at most `MAX_PENDING`
+/// go to the dead-letter topic with the reason, once each (the unknown kind is also refused by
+/// each task, with a reply); a task keeps at most `MAX_PENDING`
 /// requests queued and refuses the others, with a reply and a dead letter saying so.
 #[test]
 fn hostile_queries_are_dead_lettered_and_a_task_refuses_past_its_pending_limit() {
@@ -432,7 +433,7 @@ fn hostile_queries_are_dead_lettered_and_a_task_refuses_past_its_pending_limit()
     assert_eq!(over_ids, refused_ids);
     let replies: Vec<QueryReply> = common::read_committed(
         &topics.topic("query-replies"),
-        2 * busy.len(),
+        2 * (busy.len() + 1),
         Duration::from_secs(2),
         Duration::from_secs(60),
     )
@@ -441,7 +442,10 @@ fn hostile_queries_are_dead_lettered_and_a_task_refuses_past_its_pending_limit()
     .collect();
     for partition in 0..2 {
         let mine: Vec<&QueryReply> = replies.iter().filter(|r| r.partition == partition).collect();
-        assert_eq!(mine.len(), busy.len(), "partition {partition}");
+        // Every busy request, and the unknown kind refused at once.
+        assert_eq!(mine.len(), busy.len() + 1, "partition {partition}");
+        let unknown = mine.iter().find(|r| r.request_id == "q-unknown").expect("q-unknown");
+        assert!(unknown.error.as_deref().unwrap().contains("unknown query kind"), "{unknown:?}");
         let busy_refusals: BTreeSet<String> = mine
             .iter()
             .filter(|r| r.error.as_deref().is_some_and(|e| e.contains("pending")))

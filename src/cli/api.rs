@@ -8,6 +8,7 @@ use herald_engine::{
     api::{self, ApiConfig, ApiState, RateLimit, Tokens, AUDIT_TOPIC, DEFAULT_BODY_LIMIT},
     kafka::KafkaConfig,
     model::topics::TopicNames,
+    runtime::serve_http,
 };
 
 #[derive(Debug, Args)]
@@ -34,6 +35,10 @@ pub struct ApiArgs {
     /// Requests per second a token earns back.
     #[arg(long, default_value_t = 20.0)]
     rate_per_second: f64,
+    /// Serve /metrics, /healthz and /readyz here, without a token (keep it apart from --listen,
+    /// where Prometheus scrapes and callers do not)
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 fn tokens(args: &ApiArgs) -> anyhow::Result<Tokens> {
@@ -64,6 +69,12 @@ pub fn run(kafka: &KafkaConfig, args: ApiArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let state = tokio::task::spawn_blocking(move || ApiState::start(config)).await??;
+        if let Some(addr) = args.metrics_addr {
+            let metrics = state.clone();
+            let bound = serve_http(addr, move || metrics.metrics().render(), || true)
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            tracing::info!(address = %bound, "herald api serving /metrics");
+        }
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;

@@ -8,6 +8,7 @@ mod error;
 mod estimate;
 mod handlers;
 mod live;
+mod metrics;
 mod preview;
 mod router;
 mod segments;
@@ -21,6 +22,7 @@ use rdkafka::producer::FutureProducer;
 pub use audit::AuditRecord;
 pub use auth::{Caller, RateLimit, Role, TokenError, Tokens};
 pub use error::{ApiError, ErrorBody, FieldProblem};
+pub use metrics::ApiMetrics;
 pub use router::{openapi, router};
 pub use table::{Row, SegmentText, Table};
 
@@ -63,6 +65,7 @@ pub struct ApiState {
 struct Inner {
     config: ApiConfig,
     limiter: auth::RateLimiter,
+    metrics: ApiMetrics,
     producer: FutureProducer,
     campaigns: Table<CampaignEnvelope>,
     stats: Table<CampaignStats>,
@@ -104,6 +107,7 @@ impl ApiState {
             inner: Arc::new(Inner {
                 config,
                 limiter,
+                metrics: ApiMetrics::new(),
                 producer,
                 campaigns,
                 stats,
@@ -131,6 +135,11 @@ impl ApiState {
     /// The text of every saved segment.
     pub fn segments(&self) -> &Table<SegmentText> {
         &self.inner.segments
+    }
+
+    /// The API's metrics.
+    pub fn metrics(&self) -> &ApiMetrics {
+        &self.inner.metrics
     }
 
     /// The producer of the API's writes.

@@ -3,7 +3,7 @@
 //! the handlers lists the same routes (a test compares them).
 
 use axum::{
-    extract::DefaultBodyLimit,
+    extract::{DefaultBodyLimit, Path},
     handler::Handler,
     http::{header::CONTENT_TYPE, Method},
     middleware,
@@ -16,8 +16,10 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use super::{auth, dashboard, estimate, handlers, live, preview, segments, ApiState};
-use crate::campaign::json_schema::CAMPAIGN_SCHEMA;
+use super::{
+    auth, dashboard, estimate, handlers, live, metrics, preview, segments, ApiError, ApiState,
+};
+use crate::campaign::json_schema::SchemaFile;
 
 struct BearerAuth;
 
@@ -64,7 +66,7 @@ impl Modify for BearerAuth {
         dashboard::script,
         dashboard::style,
         openapi_document,
-        campaign_schema,
+        schema,
     ),
     modifiers(&BearerAuth)
 )]
@@ -82,13 +84,25 @@ async fn openapi_document() -> Json<utoipa::openapi::OpenApi> {
     Json(openapi())
 }
 
-/// The JSON Schema of campaign files (`schemas/campaign.schema.json`), for editors (the YAML
-/// language server) to complete and check campaign files.
-#[utoipa::path(get, path = "/schemas/campaign.json", tag = "documents",
+/// The JSON Schemas of campaign and saved segment files (`schemas/campaign.schema.json`,
+/// `schemas/segment.schema.json`), for editors (the YAML language server) to complete and check
+/// files: `campaign.json` and `segment.json`, also under their file names, which the segment
+/// schema's `$ref`s to the campaign schema name (an editor resolves them against the URL it
+/// loaded the segment schema from).
+#[utoipa::path(get, path = "/schemas/{file}", tag = "documents",
+    params(("file" = String, Path, description = "campaign.json or segment.json (or \
+        campaign.schema.json, segment.schema.json)")),
     responses((status = 200, description = "JSON Schema (draft 2020-12)", body = Object,
-        content_type = "application/schema+json")))]
-async fn campaign_schema() -> impl IntoResponse {
-    ([(CONTENT_TYPE, "application/schema+json")], CAMPAIGN_SCHEMA)
+        content_type = "application/schema+json"), (status = 404, body = super::ErrorBody)))]
+async fn schema(Path(file): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let named = |schema: &SchemaFile| {
+        file == schema.file_name() || file.strip_suffix(".json") == Some(schema.name())
+    };
+    let schema = SchemaFile::ALL
+        .iter()
+        .find(|schema| named(schema))
+        .ok_or_else(|| ApiError::NotFound(format!("no schema {file}")))?;
+    Ok(([(CONTENT_TYPE, "application/schema+json")], schema.text()))
 }
 
 /// Who may call a route.
@@ -150,7 +164,7 @@ fn routes() -> Vec<Route> {
         route(Public, Method::GET, "/dashboard.js", dashboard::script),
         route(Public, Method::GET, "/dashboard.css", dashboard::style),
         route(Public, Method::GET, "/openapi.json", openapi_document),
-        route(Public, Method::GET, "/schemas/campaign.json", campaign_schema),
+        route(Public, Method::GET, "/schemas/{file}", schema),
     ]
 }
 
@@ -173,6 +187,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(read)
         .merge(admin)
         .layer(DefaultBodyLimit::max(state.config().body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::record))
         .with_state(state)
 }
 

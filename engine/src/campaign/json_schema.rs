@@ -1,6 +1,8 @@
-//! The JSON Schema of campaign files (`schemas/campaign.schema.json`, draft 2020-12): editors
-//! (the YAML language server) complete and check campaign files with it as people type, and
-//! [`super::parse_campaign`] checks every file's structure with it (types, required and unknown
+//! The JSON Schemas of campaign and saved segment files (`schemas/campaign.schema.json` and
+//! `schemas/segment.schema.json`, draft 2020-12; the segment schema takes the filter language
+//! and its other definitions from the campaign schema by `$ref`): editors (the YAML language
+//! server) complete and check files with them as people type, and [`super::parse_campaign`] and
+//! [`super::parse_segment`] check every file's structure with them (types, required and unknown
 //! fields, allowed values, shapes, fields that exclude or need each other) before `parse.rs`
 //! checks what a schema cannot say (durations, time zones, Liquid templates, limits).
 //!
@@ -13,38 +15,126 @@ use std::{cmp::Ordering, sync::OnceLock};
 use jsonschema::{
     error::{TypeKind, ValidationErrorKind as Kind},
     paths::LocationSegment,
-    JsonType, ValidationError,
+    JsonType, Registry, ValidationError,
 };
 use serde_json::Value;
 use serde_norway::Value as Node;
 
 use super::FieldError;
 
-/// The schema's text (`schemas/campaign.schema.json`), for editors and the API to serve.
+/// The campaign schema's text (`schemas/campaign.schema.json`), for editors and the API to serve.
 pub const CAMPAIGN_SCHEMA: &str = include_str!("../../../schemas/campaign.schema.json");
+
+/// The segment schema's text (`schemas/segment.schema.json`), for editors and the API to serve.
+pub const SEGMENT_SCHEMA: &str = include_str!("../../../schemas/segment.schema.json");
 
 /// The extension keyword of the schema holding the sentences of failed keywords.
 const MESSAGES: &str = "x-messages";
 
-fn schema() -> &'static Value {
-    static SCHEMA: OnceLock<Value> = OnceLock::new();
-    SCHEMA.get_or_init(|| {
-        serde_json::from_str(CAMPAIGN_SCHEMA)
-            .expect("schemas/campaign.schema.json is JSON (checked by the unit tests)")
+/// One of Herald's schemas: which files it checks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaFile {
+    /// Campaign files (`schemas/campaign.schema.json`).
+    #[default]
+    Campaign,
+    /// Saved segment files (`schemas/segment.schema.json`).
+    Segment,
+}
+
+impl SchemaFile {
+    /// Every schema.
+    pub const ALL: [Self; 2] = [Self::Campaign, Self::Segment];
+
+    /// The schema's text.
+    pub fn text(self) -> &'static str {
+        match self {
+            Self::Campaign => CAMPAIGN_SCHEMA,
+            Self::Segment => SEGMENT_SCHEMA,
+        }
+    }
+
+    /// What files it checks: `campaign` or `segment`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Campaign => "campaign",
+            Self::Segment => "segment",
+        }
+    }
+
+    /// Its file name under `schemas/`, as the schemas' `$ref`s to each other name it.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::Campaign => "campaign.schema.json",
+            Self::Segment => "segment.schema.json",
+        }
+    }
+
+    /// The schema as JSON.
+    fn json(self) -> &'static Value {
+        static JSON: [OnceLock<Value>; 2] = [OnceLock::new(), OnceLock::new()];
+        JSON[self as usize].get_or_init(|| {
+            serde_json::from_str(self.text())
+                .unwrap_or_else(|e| panic!("schemas/{} is JSON: {e}", self.file_name()))
+        })
+    }
+
+    /// The schema as written, its fields in their order (`serde_json` sorts them), for the
+    /// sentences of `x-messages`, the fields it lists and their order.
+    fn written(self) -> &'static Node {
+        static WRITTEN: [OnceLock<Node>; 2] = [OnceLock::new(), OnceLock::new()];
+        WRITTEN[self as usize].get_or_init(|| {
+            serde_norway::from_str(self.text())
+                .unwrap_or_else(|e| panic!("schemas/{} is JSON, so YAML: {e}", self.file_name()))
+        })
+    }
+
+    /// Its `$id`, against which its `$ref`s to the other schemas resolve.
+    fn id(self) -> &'static str {
+        self.json()["$id"].as_str().expect("every schema has an $id")
+    }
+
+    /// The schema whose `$id` is `uri`.
+    fn with_id(uri: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|file| file.id() == uri)
+    }
+
+    /// The schema a `$ref` found in this one names, and the JSON pointer in it (`#/$defs/x`:
+    /// this one; `campaign.schema.json#/$defs/x`: the campaign schema).
+    fn resolve(self, reference: &str) -> Option<(Self, &str)> {
+        let (file, at) = reference.split_once('#')?;
+        let target = match file {
+            "" => self,
+            name => Self::ALL.into_iter().find(|file| file.file_name() == name)?,
+        };
+        Some((target, at))
+    }
+
+    /// The validator of whole files.
+    fn validator(self) -> &'static jsonschema::Validator {
+        static VALIDATORS: [OnceLock<jsonschema::Validator>; 2] =
+            [OnceLock::new(), OnceLock::new()];
+        VALIDATORS[self as usize].get_or_init(|| {
+            jsonschema::options()
+                .with_registry(registry())
+                .build(self.json())
+                .unwrap_or_else(|e| panic!("schemas/{} is a JSON Schema: {e}", self.file_name()))
+        })
+    }
+}
+
+/// Every schema by its `$id`, so that `$ref`s between them resolve offline.
+fn registry() -> &'static Registry<'static> {
+    static REGISTRY: OnceLock<Registry<'static>> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let resources = SchemaFile::ALL.map(|file| (file.id(), file.json()));
+        Registry::new()
+            .extend(resources)
+            .and_then(|registry| registry.prepare())
+            .expect("the schemas' $ids are URIs")
     })
 }
 
-/// The schema as written, its fields in their order (`serde_json` sorts them), for the
-/// sentences of `x-messages`, the fields it lists and their order.
-fn written() -> &'static Node {
-    static WRITTEN: OnceLock<Node> = OnceLock::new();
-    WRITTEN.get_or_init(|| {
-        serde_norway::from_str(CAMPAIGN_SCHEMA)
-            .expect("schemas/campaign.schema.json is JSON, so YAML (checked by the unit tests)")
-    })
-}
-
-/// The node of the written schema at a JSON pointer (`/$defs/filter`).
+/// The node of a written schema at a JSON pointer (`/$defs/filter`).
 fn pointer<'n>(root: &'n Node, pointer: &str) -> Option<&'n Node> {
     pointer.split('/').skip(1).try_fold(root, |node, token| {
         let token = token.replace("~1", "/").replace("~0", "~");
@@ -55,42 +145,17 @@ fn pointer<'n>(root: &'n Node, pointer: &str) -> Option<&'n Node> {
     })
 }
 
-fn compile(schema: &Value) -> jsonschema::Validator {
-    jsonschema::validator_for(schema)
-        .expect("schemas/campaign.schema.json is a JSON Schema (checked by the unit tests)")
+/// Where `document` (a parsed file of the kind `file` checks) breaks the schema, in the
+/// schema's order.
+pub fn schema_errors(file: SchemaFile, document: &Value) -> Vec<FieldError> {
+    let mut errors = errors(file.validator(), document);
+    sort_by_schema(file, &mut errors);
+    errors
 }
 
-/// The validator of whole campaign files.
-fn campaign_validator() -> &'static jsonschema::Validator {
-    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
-    VALIDATOR.get_or_init(|| compile(schema()))
-}
-
-/// The validator of one `who` filter (the schema's `$defs/filter`), for saved segments.
-fn filter_validator() -> &'static jsonschema::Validator {
-    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
-    VALIDATOR.get_or_init(|| {
-        let mut filter = serde_json::json!({ "$ref": "#/$defs/filter" });
-        for key in ["$schema", "$id", "$defs"] {
-            filter[key] = schema()[key].clone();
-        }
-        compile(&filter)
-    })
-}
-
-/// Where `document` (a parsed campaign file) breaks the schema, in the schema's order.
-pub fn schema_errors(document: &Value) -> Vec<FieldError> {
-    errors(campaign_validator(), document, "")
-}
-
-/// Where `filter` (a `who` filter found at `path`) breaks the schema's definition of filters.
-pub(super) fn filter_errors(filter: &Value, path: &str) -> Vec<FieldError> {
-    errors(filter_validator(), filter, path)
-}
-
-/// Where `value`, found at `path`, breaks `validator`, in the schema's order. A value of the
-/// wrong type is told so, and nothing else about it.
-fn errors(validator: &jsonschema::Validator, value: &Value, path: &str) -> Vec<FieldError> {
+/// Where `value` breaks `validator`. A value of the wrong type is told so, and nothing else
+/// about it.
+fn errors(validator: &jsonschema::Validator, value: &Value) -> Vec<FieldError> {
     let found: Vec<ValidationError<'_>> = validator.iter_errors(value).collect();
     let wrong_type = |error: &ValidationError<'_>| matches!(error.kind(), Kind::Type { .. });
     let mistyped: Vec<&jsonschema::paths::Location> =
@@ -98,23 +163,24 @@ fn errors(validator: &jsonschema::Validator, value: &Value, path: &str) -> Vec<F
     let mut errors = Vec::new();
     for error in &found {
         if wrong_type(error) || !mistyped.contains(&error.instance_path()) {
-            explain(error, path, &mut errors);
+            explain(error, &mut errors);
         }
     }
-    sort_by_schema(&mut errors);
+    for error in errors.iter_mut().filter(|error| error.path.is_empty()) {
+        error.path = "(document)".into();
+    }
     errors
 }
 
-/// Sorts errors as the schema lists the fields (what editors and `docs/campaigns.md` show):
-/// a field before what is inside it, unknown fields first, list items by index. Stable.
-pub(super) fn sort_by_schema(errors: &mut [FieldError]) {
-    errors.sort_by_cached_key(|error| schema_order(&error.path));
+/// Sorts errors as the schema of `file` lists the fields (what editors and `docs/campaigns.md`
+/// show): a field before what is inside it, unknown fields first, list items by index. Stable.
+pub(super) fn sort_by_schema(file: SchemaFile, errors: &mut [FieldError]) {
+    errors.sort_by_cached_key(|error| schema_order(file, &error.path));
 }
 
-/// The dotted field path of an instance location below `prefix` (`/what/variants/0` →
-/// `what.variants[0]`).
-fn field_path(prefix: &str, location: &jsonschema::paths::Location) -> String {
-    let mut path = prefix.to_string();
+/// The dotted field path of an instance location (`/what/variants/0` → `what.variants[0]`).
+fn field_path(location: &jsonschema::paths::Location) -> String {
+    let mut path = String::new();
     for segment in location.iter() {
         match segment {
             LocationSegment::Index(i) => path.push_str(&format!("[{i}]")),
@@ -145,12 +211,14 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-/// The schema object holding the keyword that failed (for its `x-messages` and `properties`).
+/// The schema object holding the keyword that failed (for its `x-messages` and `properties`),
+/// in whichever schema holds it.
 fn schema_node(error: &ValidationError<'_>) -> Option<&'static Node> {
     let uri = error.absolute_keyword_location()?;
-    let location = uri.as_str().split_once('#')?.1.replace("%24", "$");
+    let (id, location) = uri.as_str().split_once('#')?;
+    let location = location.replace("%24", "$");
     let keyword = format!("/{}", error.kind().keyword());
-    pointer(written(), &location[..location.rfind(&keyword)?])
+    pointer(SchemaFile::with_id(id)?.written(), &location[..location.rfind(&keyword)?])
 }
 
 /// The schema's sentence for `keyword` failing at `node`, its placeholders filled in.
@@ -167,8 +235,8 @@ fn custom(node: Option<&Node>, keyword: &str, value: &Value, field: &str) -> Opt
 /// Turns one schema error into field errors: a missing or unknown field is named in the path;
 /// of the alternatives of a `oneOf`/`anyOf` that none matched, the one that fits the value best
 /// is explained, or the schema's sentence for the keyword when none fits better than another.
-fn explain(error: &ValidationError<'_>, prefix: &str, out: &mut Vec<FieldError>) {
-    let path = field_path(prefix, error.instance_path());
+fn explain(error: &ValidationError<'_>, out: &mut Vec<FieldError>) {
+    let path = field_path(error.instance_path());
     let node = schema_node(error);
     let value = error.instance();
     let keyword = error.kind().keyword();
@@ -187,12 +255,10 @@ fn explain(error: &ValidationError<'_>, prefix: &str, out: &mut Vec<FieldError>)
         }
         Kind::OneOfNotValid { context } | Kind::AnyOf { context } => {
             match closest_branch(error, context) {
-                Closest::Branch(branch) => {
-                    branch.iter().for_each(|inner| explain(inner, prefix, out))
-                }
+                Closest::Branch(branch) => branch.iter().for_each(|inner| explain(inner, out)),
                 Closest::Ambiguous(first) => match say("") {
                     Some(reason) => out.push(FieldError { path, reason }),
-                    None => first.iter().for_each(|inner| explain(inner, prefix, out)),
+                    None => first.iter().for_each(|inner| explain(inner, out)),
                 },
             }
         }
@@ -332,23 +398,26 @@ fn one_of(items: &[String]) -> String {
     }
 }
 
-/// The order of a field path in the schema: per segment, a list item's index or a field's
-/// position among the fields the schema lists there (0: a field it does not know).
-fn schema_order(path: &str) -> Vec<usize> {
-    let mut nodes = vec![written()];
+/// The order of a field path in the schema of `file`: per segment, a list item's index or a
+/// field's position among the fields the schema lists there (0: a field it does not know).
+fn schema_order(file: SchemaFile, path: &str) -> Vec<usize> {
+    let mut nodes = vec![(file, file.written())];
     let mut order = Vec::new();
     for segment in path_segments(path) {
-        let expanded: Vec<&Node> = nodes.iter().flat_map(|node| expand(node, 0)).collect();
+        let expanded: Vec<(SchemaFile, &Node)> =
+            nodes.iter().flat_map(|&(file, node)| expand(file, node, 0)).collect();
         match segment.strip_prefix('[').and_then(|index| index.strip_suffix(']')) {
             Some(index) => {
                 order.push(index.parse().unwrap_or(0));
-                nodes = expanded.iter().filter_map(|node| node.get("items")).collect();
+                nodes = (expanded.iter())
+                    .filter_map(|&(file, node)| Some((file, node.get("items")?)))
+                    .collect();
             }
             None => {
-                let found = expanded.iter().find_map(|node| {
+                let found = expanded.iter().find_map(|&(file, node)| {
                     let properties = node.get("properties")?.as_mapping()?;
                     let rank = properties.keys().position(|key| key.as_str() == Some(segment))?;
-                    Some((rank + 1, properties.get(segment)?))
+                    Some((rank + 1, (file, properties.get(segment)?)))
                 });
                 order.push(found.map_or(0, |(rank, _)| rank));
                 nodes = found.map(|(_, node)| node).into_iter().collect();
@@ -368,29 +437,29 @@ fn path_segments(path: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// A schema node with the nodes it applies besides its own keywords (`$ref`, `allOf`, `anyOf`,
-/// `oneOf`, `then`, `else`), a few levels deep.
-fn expand(node: &Node, depth: usize) -> Vec<&Node> {
-    let mut nodes = vec![node];
+/// A node of the schema of `file` with the nodes it applies besides its own keywords (`$ref`,
+/// also to the other schema, `allOf`, `anyOf`, `oneOf`, `then`, `else`), a few levels deep,
+/// each with the schema holding it.
+fn expand(file: SchemaFile, node: &'static Node, depth: usize) -> Vec<(SchemaFile, &'static Node)> {
+    let mut nodes = vec![(file, node)];
     if depth > 6 {
         return nodes;
     }
-    if let Some(target) = node
-        .get("$ref")
-        .and_then(Node::as_str)
-        .and_then(|reference| reference.strip_prefix('#'))
-        .and_then(|at| pointer(written(), at))
+    if let Some((target, at)) =
+        node.get("$ref").and_then(Node::as_str).and_then(|reference| file.resolve(reference))
     {
-        nodes.extend(expand(target, depth + 1));
+        if let Some(found) = pointer(target.written(), at) {
+            nodes.extend(expand(target, found, depth + 1));
+        }
     }
     for key in ["allOf", "anyOf", "oneOf"] {
         for branch in node.get(key).and_then(Node::as_sequence).into_iter().flatten() {
-            nodes.extend(expand(branch, depth + 1));
+            nodes.extend(expand(file, branch, depth + 1));
         }
     }
     for key in ["then", "else"] {
         if let Some(branch) = node.get(key) {
-            nodes.extend(expand(branch, depth + 1));
+            nodes.extend(expand(file, branch, depth + 1));
         }
     }
     nodes
@@ -401,29 +470,41 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
-    use crate::campaign::{parse_campaign, MAX_COUNT, MAX_DAYS, MAX_HISTORY_DAYS, MAX_SHARDS};
+    use crate::campaign::{
+        parse_campaign, parse_segment, MAX_COUNT, MAX_DAYS, MAX_HISTORY_DAYS, MAX_SHARDS,
+    };
 
     fn root() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
     }
 
-    /// Campaign definitions of examples/, deploy/demo/ and the YAML blocks of docs/ that have
-    /// `when:` and `what:`.
-    fn documented_campaigns() -> Vec<(String, String)> {
-        let mut found = Vec::new();
-        for dir in ["examples/campaigns", "deploy/demo/campaigns"] {
-            for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+    /// The YAML files under `dirs` (recursively) and the YAML blocks of docs/ for which `fits`
+    /// holds, each with where it is.
+    fn documented(dirs: &[&str], fits: impl Fn(&str) -> bool) -> Vec<(String, String)> {
+        fn walk(dir: &Path, found: &mut Vec<(String, String)>, fits: &dyn Fn(&str) -> bool) {
+            for entry in std::fs::read_dir(dir).unwrap() {
                 let path = entry.unwrap().path();
-                let text = std::fs::read_to_string(&path).unwrap();
-                found.push((path.display().to_string(), text));
+                if path.is_dir() {
+                    walk(&path, found, fits);
+                } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    if fits(&text) {
+                        found.push((path.display().to_string(), text));
+                    }
+                }
             }
+        }
+        let mut found = Vec::new();
+        for dir in dirs {
+            walk(&root().join(dir), &mut found, &fits);
         }
         for entry in std::fs::read_dir(root().join("docs")).unwrap() {
             let path = entry.unwrap().path();
             let text = std::fs::read_to_string(&path).unwrap();
-            for (i, block) in text.split("```yaml\n").skip(1).enumerate() {
+            let blocks = text.split("```yaml\n").skip(1).chain(text.split("```yml\n").skip(1));
+            for (i, block) in blocks.enumerate() {
                 let block = block.split("```").next().unwrap();
-                if block.contains("\nwhen:") && block.contains("\nwhat:") {
+                if fits(block) {
                     found.push((format!("{}, yaml block {i}", path.display()), block.to_string()));
                 }
             }
@@ -431,17 +512,24 @@ mod tests {
         found
     }
 
+    /// Campaign definitions: files and blocks with `when:` and `what:`.
+    fn documented_campaigns() -> Vec<(String, String)> {
+        documented(&["examples", "deploy/demo"], |text| {
+            text.contains("\nwhen:") && text.contains("\nwhat:")
+        })
+    }
+
     #[test]
-    fn the_schema_compiles_and_meets_its_meta_schema() {
-        let schema: Value = serde_json::from_str(CAMPAIGN_SCHEMA).unwrap();
-        jsonschema::meta::validate(&schema).expect("a valid draft 2020-12 schema");
-        campaign_validator();
-        filter_validator();
+    fn the_schemas_compile_and_meet_their_meta_schema() {
+        for file in SchemaFile::ALL {
+            jsonschema::meta::validate(file.json()).expect("a valid draft 2020-12 schema");
+            file.validator();
+        }
     }
 
     #[test]
     fn the_schema_s_limits_are_the_engine_s() {
-        let defs = &schema()["$defs"];
+        let defs = &SchemaFile::Campaign.json()["$defs"];
         assert_eq!(defs["count"]["maximum"], MAX_COUNT);
         assert_eq!(defs["days"]["maximum"], MAX_DAYS);
         assert_eq!(
@@ -463,7 +551,7 @@ mod tests {
             if document.get("id").is_none() {
                 continue; // a fragment of a campaign
             }
-            assert_eq!(schema_errors(&document), [], "{source}");
+            assert_eq!(schema_errors(SchemaFile::Campaign, &document), [], "{source}");
             parse_campaign(&text, &source).unwrap_or_else(|e| panic!("{e}"));
             valid += 1;
         }
@@ -475,7 +563,8 @@ mod tests {
 
     fn errors_of(text: &str) -> Vec<String> {
         let document = serde_norway::from_str::<Value>(text).unwrap();
-        schema_errors(&document).into_iter().map(|e| format!("{}: {}", e.path, e.reason)).collect()
+        let errors = schema_errors(SchemaFile::Campaign, &document);
+        errors.into_iter().map(|e| format!("{}: {}", e.path, e.reason)).collect()
     }
 
     #[test]
@@ -660,7 +749,7 @@ mod tests {
         .into_iter()
         .map(|path| FieldError { path: path.into(), reason: String::new() })
         .collect();
-        sort_by_schema(&mut errors);
+        sort_by_schema(SchemaFile::Campaign, &mut errors);
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,
@@ -677,19 +766,65 @@ mod tests {
         );
     }
 
+    /// Saved segment definitions: files and blocks with `who:` and no `when:`.
+    fn documented_segments() -> Vec<(String, String)> {
+        documented(&["segments", "examples", "deploy/demo"], |text| {
+            text.contains("\nwho:") && !text.contains("\nwhen:")
+        })
+    }
+
     #[test]
-    fn a_segment_filter_is_checked_with_the_schema_s_filter() {
-        let filter = serde_json::json!({"all": [{"property": "age", "gt": "x"}, {"did": 5}]});
-        let errors: Vec<String> = filter_errors(&filter, "who")
-            .into_iter()
-            .map(|e| format!("{}: {}", e.path, e.reason))
-            .collect();
-        assert_eq!(
-            errors,
-            [
-                "who.all[0].gt: expected a number, found text",
-                "who.all[1].did: expected text, found a number"
-            ]
-        );
+    fn every_documented_segment_meets_the_segment_schema() {
+        let segments = documented_segments();
+        assert!(segments.len() >= 2, "only {segments:?}");
+        for (source, text) in segments {
+            let document: Value = serde_norway::from_str(&text).unwrap();
+            assert_eq!(schema_errors(SchemaFile::Segment, &document), [], "{source}");
+            parse_segment(&text, &source).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    fn segment_errors(text: &str) -> Vec<String> {
+        let errors = parse_segment(text, "test").map(drop).unwrap_err().errors;
+        errors.into_iter().map(|e| format!("{}: {}", e.path, e.reason)).collect()
+    }
+
+    #[test]
+    fn a_segment_is_checked_by_the_segment_schema_with_the_campaign_s_filters() {
+        let cases: [(&str, &[&str]); 6] = [
+            (
+                "id: vip\nname: VIP\nwho: {all: [{property: age, gt: x}, {did: 5}]}\n",
+                &["who.all[0].gt: expected a number, found text", "who.all[1].did: expected text, found a number"],
+            ),
+            (
+                "id: v i p\nname: ' '\ncolour: red\nwho: {property: age, older_than: 3}\n",
+                &[
+                    "colour: unknown field; expected one of id, name, who",
+                    "id: may contain only ASCII letters, digits, '.', '_' and '-'",
+                    "name: must not be empty",
+                    "who.older_than: unknown property operator \"older_than\"; expected one of \
+                     equals, not_equals, in, not_in, between, gt, gte, lt, lte, exists, \
+                     not_exists, contains, starts_with, before, after, within_last_days",
+                ],
+            ),
+            ("name: VIP\nwho: ~\n", &["id: is required", "who: is required"]),
+            (
+                "id: vip\nname: VIP\nwho: {near: [{lat: 91, lon: 0, radius_km: 1}]}\n",
+                &["who.near[0].lat: must be between -90 and 90"],
+            ),
+            // What the schema cannot say stays in Rust, in the same list, in the schema's order.
+            (
+                "id: vip\nname: VIP\nwho: {any: [{segment: x}, {property: at, after: '2026-13-45T00:00:00Z'}]}\n",
+                &[
+                    "who.any[0].segment: a saved segment cannot reference another segment",
+                    "who.any[1].after: bad date-time \"2026-13-45T00:00:00Z\" (input is out of \
+                     range); use RFC 3339, e.g. 2026-11-26T10:00:00Z",
+                ],
+            ),
+            ("- id: vip\n", &["(document): expected a mapping, found a list"]),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(segment_errors(text), expected, "{text}");
+        }
     }
 }

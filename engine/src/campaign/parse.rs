@@ -17,7 +17,7 @@ use super::{
         EventWithin, FilterDoc, MessageDoc, OneOrMany, OpDoc, OptionsDoc, Part, PlatformDoc,
         PushDoc, Repeat, ScalarDoc, ScheduleDoc, Status, VariantsDoc, WhatDoc, WhenDoc,
     },
-    json_schema::{self, join},
+    json_schema::{self, join, SchemaFile},
     recurrence::DEFAULT_GRACE_MS,
     AbTest, Assignment, Behaviour, Cadence, Campaign, CampaignStatus, CatchUp, Conversion, Dnd,
     DndAction, Filter, Inaction, Limits, Message, Op, Options, PropertyCondition, PushOptions,
@@ -81,7 +81,7 @@ pub fn parse_campaign(text: &str, source: &str) -> Result<Campaign, ValidationEr
     let mut document: Value = serde_norway::from_str(text)
         .map_err(|e| fail(vec![FieldError { path: "(document)".into(), reason: e.to_string() }]))?;
     normalize(&mut document);
-    let structure = json_schema::schema_errors(&document);
+    let structure = json_schema::schema_errors(SchemaFile::Campaign, &document);
     let mut parser = Parser::default();
     let campaign = parser.campaign(read(document));
     match (campaign, parser.errors_beside(structure)) {
@@ -90,12 +90,14 @@ pub fn parse_campaign(text: &str, source: &str) -> Result<Campaign, ValidationEr
     }
 }
 
-/// Parses the filter of a saved segment (the `who` language without segment references).
-pub(super) fn parse_segment_filter(value: &Value, path: &str) -> Result<Filter, Vec<FieldError>> {
-    let mut value = value.clone();
-    normalize(&mut value);
-    let structure = json_schema::filter_errors(&value, path);
-    let mut parser = Parser { in_segment: true, ..Parser::default() };
+/// Parses the filter of a saved segment (the `who` language without segment references), found
+/// at `path`, beside `structure`: the segment schema's errors of the whole file.
+pub(super) fn parse_segment_filter(
+    value: Value,
+    path: &str,
+    structure: Vec<FieldError>,
+) -> Result<Filter, Vec<FieldError>> {
+    let mut parser = Parser { schema: SchemaFile::Segment, ..Parser::default() };
     let filter = parser.read(read(value), path).and_then(|f| parser.filter(f, path));
     match (filter, parser.errors_beside(structure)) {
         (Some(filter), errors) if errors.is_empty() => Ok(filter),
@@ -119,8 +121,8 @@ struct Parser {
     errors: Vec<FieldError>,
     /// Parts serde could not read (the schema tells why, unless they drifted apart).
     unread: Vec<FieldError>,
-    /// Parsing a saved segment, which may not reference other segments.
-    in_segment: bool,
+    /// The schema of what is parsed: a saved segment may not reference other segments.
+    schema: SchemaFile,
 }
 
 impl Parser {
@@ -143,7 +145,7 @@ impl Parser {
             })
             .collect();
         structure.extend(semantic.into_iter().chain(unread));
-        json_schema::sort_by_schema(&mut structure);
+        json_schema::sort_by_schema(self.schema, &mut structure);
         structure
     }
 
@@ -319,7 +321,7 @@ impl Parser {
 
     /// `segment: <id>` or `segment: [<id>, ...]` (users in every one of them).
     fn segment_reference(&mut self, ids: OneOrMany<String>, path: &str) -> Option<Filter> {
-        if self.in_segment {
+        if self.schema == SchemaFile::Segment {
             return self.error(path, "a saved segment cannot reference another segment");
         }
         match ids {

@@ -7,8 +7,13 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{book::collect_behaviours, parse::parse_segment_filter, Behaviour, Filter};
-use super::{FieldError, ValidationErrors};
+use super::{
+    book::collect_behaviours,
+    document::normalize,
+    json_schema::{self, SchemaFile},
+    parse::parse_segment_filter,
+    Behaviour, FieldError, Filter, ValidationErrors,
+};
 use crate::runtime::GlobalTable;
 
 /// Name of the global table of saved segments (`herald.segments`).
@@ -25,49 +30,21 @@ pub struct Segment {
     pub who: Filter,
 }
 
-/// Parses a YAML (or JSON) segment definition (`id`, `name`, `who`); `source` names it in errors.
+/// Parses a YAML (or JSON) segment definition (`id`, `name`, `who`); `source` names it in
+/// errors. The segment schema (`schemas/segment.schema.json`) checks its structure, `parse.rs`
+/// the rest of its filter.
 pub fn parse_segment(text: &str, source: &str) -> Result<Segment, ValidationErrors> {
     let fail = |errors| ValidationErrors { source: source.to_string(), errors };
-    let error = |path: &str, reason: String| FieldError { path: path.into(), reason };
-    let document: Value =
-        serde_norway::from_str(text).map_err(|e| fail(vec![error("(document)", e.to_string())]))?;
-    let Some(map) = document.as_object() else {
-        return Err(fail(vec![error("(document)", "expected a mapping".into())]));
-    };
-    let mut errors: Vec<FieldError> = map
-        .keys()
-        .filter(|key| !["id", "name", "who"].contains(&key.as_str()))
-        .map(|key| error(key, "unknown field; expected id, name or who".into()))
-        .collect();
-    let mut text_field = |key: &str| match map.get(key).and_then(Value::as_str) {
-        Some(text) if !text.is_empty() => Some(text.to_string()),
-        _ => {
-            errors.push(error(key, "is required (non-empty text)".into()));
-            None
-        }
-    };
-    let (id, name) = (text_field("id"), text_field("name"));
-    if let Some(id) = id.as_deref().filter(|id| !valid_id(id)) {
-        errors.push(error(
-            "id",
-            format!("{id:?} may contain only ASCII letters, digits, '.', '_' and '-'"),
-        ));
-    }
-    let who = match map.get("who") {
-        None | Some(Value::Null) => {
-            errors.push(error("who", "is required (a filter)".into()));
-            None
-        }
-        Some(value) => parse_segment_filter(value, "who").map_err(|e| errors.extend(e)).ok(),
-    };
-    match (id, name, who) {
-        (Some(id), Some(name), Some(who)) if errors.is_empty() => Ok(Segment { id, name, who }),
-        _ => Err(fail(errors)),
-    }
-}
-
-fn valid_id(id: &str) -> bool {
-    id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    let mut document: Value = serde_norway::from_str(text)
+        .map_err(|e| fail(vec![FieldError { path: "(document)".into(), reason: e.to_string() }]))?;
+    normalize(&mut document);
+    let structure = json_schema::schema_errors(SchemaFile::Segment, &document);
+    // Without a filter (or a mapping), the schema has said so.
+    let Some(who) = document.get("who").cloned() else { return Err(fail(structure)) };
+    let who = parse_segment_filter(who, "who", structure).map_err(fail)?;
+    // The schema requires both, as text.
+    let text = |key: &str| document[key].as_str().unwrap_or_default().to_string();
+    Ok(Segment { id: text("id"), name: text("name"), who })
 }
 
 /// Saved segments by id, compiled from the segments global table, and the behaviour

@@ -3,8 +3,11 @@
 
 use std::{
     collections::BTreeMap,
+    sync::LazyLock,
     time::{Duration, Instant},
 };
+
+use prometheus::{HistogramOpts, HistogramVec};
 
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
@@ -16,7 +19,7 @@ use thiserror::Error;
 
 use super::{
     sign::{rejected_replies, KeyError, ReplyKey},
-    QueryReply, QueryRequest, QueryStatus,
+    QueryReply, QueryRequest, QueryStatus, KINDS,
 };
 use crate::{
     kafka::KafkaConfig,
@@ -132,8 +135,17 @@ impl QueryClient {
             .map_err(kafka("assigning the reply partition"))?;
         consumer.assign(&assignment).map_err(kafka("assigning the reply partition"))?;
         let bytes = SchemaRegistry::builtin().encode(request)?;
+        let asked = Instant::now();
         self.publish(&request.request_id, Some(&bytes))?;
         let answers = self.gather(&consumer, request, key.as_ref(), &expected, &mut progress);
+        let outcome = match &answers {
+            Ok(answers) if answers.missing.is_empty() => "answered",
+            Ok(_) => "partial",
+            Err(_) => "failed",
+        };
+        let kind =
+            if KINDS.contains(&request.kind.as_str()) { request.kind.as_str() } else { "other" };
+        round_trips().with_label_values(&[kind, outcome]).observe(asked.elapsed().as_secs_f64());
         // The request is over either way: tasks still at it stop, and it leaves the table.
         let deleted = self.publish(&request.request_id, None);
         let answers = answers?;
@@ -215,6 +227,28 @@ impl QueryClient {
         producer.send(record).map_err(|(e, _)| kafka(format!("sending to {}", self.queries))(e))?;
         producer.flush(KAFKA_TIMEOUT).map_err(kafka(format!("sending to {}", self.queries)))
     }
+}
+
+/// Time from sending a request to its last reply or its deadline, by kind (another: `other`)
+/// and outcome (`answered` by every expected partition, `partial` by the deadline, `failed`):
+/// `herald_query_round_trip_seconds`, in the default Prometheus registry, of this process's
+/// clients (`herald api` serves it).
+pub fn round_trips() -> &'static HistogramVec {
+    static ROUND_TRIPS: LazyLock<HistogramVec> = LazyLock::new(|| {
+        let histogram = HistogramVec::new(
+            HistogramOpts::new(
+                "herald_query_round_trip_seconds",
+                "Time from sending a query to its last reply or its deadline",
+            )
+            .buckets(prometheus::exponential_buckets(0.01, 2.0, 14).expect("valid buckets")),
+            &["kind", "outcome"],
+        )
+        .expect("a valid metric");
+        // Registered once; a registry refusing it only loses the export, not the count.
+        let _ = prometheus::default_registry().register(Box::new(histogram.clone()));
+        histogram
+    });
+    &ROUND_TRIPS
 }
 
 /// Partitions of `topic`; an error when it does not exist.

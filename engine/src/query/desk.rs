@@ -103,7 +103,9 @@ impl<W> QueryDesk<W> {
     ///
     /// A request that does not decode, is of a kind no task answers ([`KINDS`]) or is over
     /// [`MAX_REQUEST_BYTES`] is dead-lettered on `topics.dead_letter` with the reason (by the
-    /// task owning its request id, so once); one past [`MAX_PENDING`] queued is refused.
+    /// task owning its request id, so once); one of an unknown kind is also refused at once (a
+    /// `REFUSED` reply saying so from every task that would answer it), and one past
+    /// [`MAX_PENDING`] queued is refused.
     pub fn take(
         &mut self,
         ctx: &mut ProcessorContext<'_>,
@@ -211,27 +213,36 @@ impl<W> QueryDesk<W> {
         let Some(table) = ctx.global(QUERIES_TABLE) else { return Ok(()) };
         let now = ctx.now_ms();
         let mut present = HashSet::new();
-        let (mut rejected, mut refused) = (Vec::new(), Vec::new());
+        // Dead letters (written by the owner of the request id only), refusals (each with its
+        // reply), and requests past the pending limit.
+        let (mut rejected, mut refused, mut busy) = (Vec::new(), Vec::new(), Vec::new());
         for (key, value) in table.iter() {
             let id = String::from_utf8_lossy(key).into_owned();
             present.insert(id.clone());
             if !self.taken.insert(id.clone()) {
                 continue;
             }
+            let reject = |reason| Rejected { key: key.to_vec(), value: value.to_vec(), reason };
             let request = match admit(value) {
                 Ok(request) => request,
                 Err(reason) => {
-                    rejected.push(Rejected { key: key.to_vec(), value: value.to_vec(), reason });
+                    rejected.push(reject(reason));
                     continue;
                 }
             };
             let mine = request.key.as_ref().is_none_or(|key| ctx.owns_key(key.as_bytes()));
-            if !mine || request.deadline_ms <= now {
-                continue;
-            }
-            if self.queue.len() >= MAX_PENDING {
-                refused.push(request);
-            } else {
+            let answerable = mine && request.deadline_ms > now;
+            if !KINDS.contains(&request.kind.as_str()) {
+                // Refused at once by every task that would answer it: its client waits no more.
+                let reason =
+                    format!("unknown query kind {:?} (known: {})", request.kind, KINDS.join(", "));
+                rejected.push(reject(reason.clone()));
+                if answerable {
+                    refused.push((request, reason));
+                }
+            } else if answerable && self.queue.len() >= MAX_PENDING {
+                busy.push(request);
+            } else if answerable {
                 self.queue.push_back(request);
             }
         }
@@ -240,23 +251,18 @@ impl<W> QueryDesk<W> {
         for rejection in rejected {
             rejection.dead_letter(ctx, topics)?;
         }
-        for request in refused {
+        for (request, reason) in refused {
+            self.refuse(ctx, &topics.query_replies, request, reason)?;
+        }
+        for request in busy {
             let reason = format!("{MAX_PENDING} queries already pending on this task; try later");
-            let open = Open { request, work: None, scanned: 0, reported_ms: now };
-            self.reply(
-                ctx,
-                &topics.query_replies,
-                &open,
-                QueryStatus::Refused,
-                None,
-                Some(reason),
-            )?;
-            let bytes = SchemaRegistry::builtin().encode(&open.request).ok();
+            let bytes = SchemaRegistry::builtin().encode(&request).ok();
             let letter = Rejected {
-                key: open.request.request_id.into_bytes(),
+                key: request.request_id.clone().into_bytes(),
                 value: bytes.unwrap_or_default(),
                 reason: format!("query refused: over {MAX_PENDING} pending on this task"),
             };
+            self.refuse(ctx, &topics.query_replies, request, reason)?;
             letter.dead_letter(ctx, topics)?;
         }
         self.taken.retain(|id| present.contains(id));
@@ -266,6 +272,18 @@ impl<W> QueryDesk<W> {
             self.current = None;
         }
         Ok(())
+    }
+
+    /// Refuses `request` before any work on it: a `REFUSED` reply saying `reason`.
+    fn refuse(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        replies: &str,
+        request: QueryRequest,
+        reason: String,
+    ) -> Result<(), ProcessError> {
+        let open = Open { request, work: None, scanned: 0, reported_ms: ctx.now_ms() };
+        self.reply(ctx, replies, &open, QueryStatus::Refused, None, Some(reason))
     }
 
     /// Writes a reply on `open` to `replies`, signed with the desk's key if it has one.
@@ -296,8 +314,8 @@ impl<W> QueryDesk<W> {
     }
 }
 
-/// The request in `value`, if a task may take it: it decodes, is not over
-/// [`MAX_REQUEST_BYTES`], and is of a kind tasks answer; else why not.
+/// The request in `value`, if it is one a task may read: it decodes and is not over
+/// [`MAX_REQUEST_BYTES`]; else why not.
 fn admit(value: &[u8]) -> Result<QueryRequest, String> {
     if value.len() > MAX_REQUEST_BYTES {
         return Err(format!(
@@ -305,13 +323,9 @@ fn admit(value: &[u8]) -> Result<QueryRequest, String> {
             value.len()
         ));
     }
-    let request: QueryRequest = SchemaRegistry::builtin()
+    SchemaRegistry::builtin()
         .decode(value)
-        .map_err(|e| format!("query request does not decode: {e}"))?;
-    if !KINDS.contains(&request.kind.as_str()) {
-        return Err(format!("unknown query kind {:?} (known: {})", request.kind, KINDS.join(", ")));
-    }
-    Ok(request)
+        .map_err(|e| format!("query request does not decode: {e}"))
 }
 
 /// A request no task takes, for the dead-letter topic.

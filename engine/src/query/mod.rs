@@ -47,7 +47,7 @@ mod turns;
 
 use serde::{Deserialize, Serialize};
 
-pub use client::{Answers, Progress, QueryClient, QueryError};
+pub use client::{round_trips, Answers, Progress, QueryClient, QueryError};
 pub use desk::{QueryDesk, Step, MAX_PENDING, MAX_REQUEST_BYTES};
 pub use turns::QueryTurns;
 
