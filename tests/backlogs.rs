@@ -48,13 +48,13 @@ fn scheduled_run_to_1_000_000_users_with_a_2_s_transaction_timeout_sends_each_us
 /// per transaction), schedules a campaign to all of them and checks that each gets exactly one
 /// send command, all with distinct message ids, within `limit`.
 fn broadcast(users: usize, work_cap: u64, limit: Duration) {
-    let topics = deployment(4);
+    let topics = Deployment::new(4);
     let started = Instant::now();
     let now = common::now_ms();
     common::produce(&topics.profiles, (0..users).map(|i| profile(i, now)));
     eprintln!("{users} profiles produced in {:.1} s", started.elapsed().as_secs_f64());
     let state = tempfile::tempdir().unwrap();
-    let engine = Engine::start(&common::unique("broadcast-app"), &topics, state.path(), |config| {
+    let engine = Engine::start(&topics.app_id("broadcast-app"), &topics, state.path(), |config| {
         config.transaction_timeout = Duration::from_secs(2);
         config.max_work_per_transaction = work_cap;
     });
@@ -119,7 +119,7 @@ fn a_throttled_backlog_leaves_at_its_rate_after_downtime_not_in_one_burst() {
     const USERS: usize = 20;
     const MAX: usize = 5;
     const PER_MS: i64 = 2_000;
-    let topics = deployment(1);
+    let topics = Deployment::new(1);
     let now = common::now_ms();
     common::produce(&topics.profiles, (0..USERS).map(|i| profile(i, now)));
     apply_campaign(
@@ -130,7 +130,7 @@ fn a_throttled_backlog_leaves_at_its_rate_after_downtime_not_in_one_burst() {
         ),
     );
     common::produce(&topics.events, (0..USERS).map(|i| ping(i, now + 1_000)));
-    let (app_id, state) = (common::unique("throttle-app"), tempfile::tempdir().unwrap());
+    let (app_id, state) = (topics.app_id("throttle-app"), tempfile::tempdir().unwrap());
     let sends = |count: usize, settle: Duration| {
         let mut sends = Vec::new();
         // A generous limit: the 100,000-user broadcast of this binary may run alongside.
@@ -181,7 +181,7 @@ fn a_throttled_backlog_leaves_at_its_rate_after_downtime_not_in_one_burst() {
 fn an_inaction_window_behind_a_backlog_closes_after_the_events_before_its_end() {
     const CARTS: usize = 20;
     const OTHERS: usize = 5_000;
-    let topics = deployment(1);
+    let topics = Deployment::new(1);
     let start = common::now_ms() - 30 * 60_000;
     common::produce(&topics.profiles, (0..CARTS).map(|i| profile(i, start - 60_000)));
     apply_campaign(
@@ -200,7 +200,7 @@ fn an_inaction_window_behind_a_backlog_closes_after_the_events_before_its_end() 
         }),
     );
 
-    let (app_id, state) = (common::unique("inaction-app"), tempfile::tempdir().unwrap());
+    let (app_id, state) = (topics.app_id("inaction-app"), tempfile::tempdir().unwrap());
     let engine = Engine::start(&app_id, &topics, state.path(), |_| {});
     let mut users = Vec::new();
     read(&topics.push, Duration::from_secs(120), Duration::from_secs(3), |_, value| {
@@ -219,7 +219,7 @@ fn an_inaction_window_behind_a_backlog_closes_after_the_events_before_its_end() 
 #[test]
 fn events_behind_their_profiles_in_a_backlog_find_the_profiles() {
     const USERS: usize = 20_000;
-    let topics = deployment(1);
+    let topics = Deployment::new(1);
     let start = common::now_ms() - 10 * 60_000;
     apply_campaign(
         &topics.campaigns,
@@ -239,7 +239,7 @@ fn events_behind_their_profiles_in_a_backlog_find_the_profiles() {
             (key, value, Some(start + 60_000))
         }),
     );
-    let (app_id, state) = (common::unique("order-app"), tempfile::tempdir().unwrap());
+    let (app_id, state) = (topics.app_id("order-app"), tempfile::tempdir().unwrap());
     let engine = Engine::start(&app_id, &topics, state.path(), |_| {});
     let mut users = BTreeSet::new();
     read(&topics.push, Duration::from_secs(180), Duration::from_secs(5), |_, value| {
@@ -257,30 +257,59 @@ fn events_behind_their_profiles_in_a_backlog_find_the_profiles() {
     );
 }
 
-/// Topics of a fresh deployment (a unique prefix), `partitions` each; `herald.push` is stamped
-/// with the broker's append time, when a command really left.
-fn deployment(partitions: i32) -> TopicNames {
-    let topics = TopicNames::with_prefix(&format!("{}-", common::unique("backlog")));
-    let specs = topics
-        .all()
-        .into_iter()
-        .map(|name| TopicSpec {
-            name: name.to_string(),
-            partitions,
-            cleanup_policy: CleanupPolicy::Delete,
-            retention_ms: None,
-            description: String::new(),
-            configs: if name == topics.push {
-                [("message.timestamp.type".to_string(), "LogAppendTime".to_string())].into()
-            } else {
-                Default::default()
-            },
-        })
-        .collect();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let topology = Topology { replication_factor: 1, topics: specs };
-    runtime.block_on(apply_topology(&common::kafka(), &topology)).unwrap();
-    topics
+/// Topics of one test under a unique prefix, `herald.push` stamped with the broker's append
+/// time (when a command really left); its engines' app ids share the prefix, so every topic
+/// the test made (changelogs too) is deleted when it is dropped.
+struct Deployment {
+    prefix: String,
+    topics: TopicNames,
+}
+
+impl Deployment {
+    /// Creates the topics, `partitions` each.
+    fn new(partitions: i32) -> Self {
+        let prefix = format!("{}-", common::unique("backlog"));
+        let topics = TopicNames::with_prefix(&prefix);
+        let specs = topics
+            .all()
+            .into_iter()
+            .map(|name| TopicSpec {
+                name: name.to_string(),
+                partitions,
+                cleanup_policy: CleanupPolicy::Delete,
+                retention_ms: None,
+                description: String::new(),
+                configs: if name == topics.push {
+                    [("message.timestamp.type".to_string(), "LogAppendTime".to_string())].into()
+                } else {
+                    Default::default()
+                },
+            })
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let topology = Topology { replication_factor: 1, topics: specs };
+        runtime.block_on(apply_topology(&common::kafka(), &topology)).unwrap();
+        Self { prefix, topics }
+    }
+
+    /// The app id of engine `name`, under the deployment's prefix.
+    fn app_id(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+}
+
+impl std::ops::Deref for Deployment {
+    type Target = TopicNames;
+
+    fn deref(&self) -> &TopicNames {
+        &self.topics
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        common::delete_topics_starting_with(&[&self.prefix]);
+    }
 }
 
 /// The engine running in a thread of the test.

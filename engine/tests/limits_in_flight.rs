@@ -311,3 +311,65 @@ fn an_edit_removing_the_throttle_releases_the_outbox_and_its_places() {
     let counted = out.users("ping").len() as i64 + stats.skipped.values().sum::<i64>();
     assert_eq!(counted, 4, "every qualified user is sent or counted");
 }
+
+/// A place comes back twice in a row: u1 (in the outbox) is capped before its turn, u2 (who
+/// waited) takes its place and is capped before its own turn. u3 qualified while u2 waited:
+/// the total of 2 must still reach u0 and u3. Fails: u3 found the queue full (as many waiting
+/// as places in flight) and was refused, so only u0 is sent (see `stage_campaign::places`).
+#[test]
+#[ignore = "known limit: the waiting queue is bounded by the places in flight"]
+fn a_place_refused_twice_in_a_row_goes_to_a_user_who_qualified_meanwhile() {
+    use herald_engine::model::CampaignCommand::Define;
+    use replay_support::*;
+    let ping = r#"{"id":"ping","app":"shop","name":"n","when":{"event":"Ping"},"what":{"title":"t","body":"b"},"limits":{"total":2},"options":{"throttle":{"max":1,"per":"1m"}}}"#;
+    let out = run(
+        CAPS,
+        vec![
+            command("ping", ping, Define, T0),
+            command("news", NEWS, Define, T0),
+            profile("u0", T0),
+            profile("u1", T0),
+            profile("u2", T0),
+            profile("u3", T0),
+            event("e-0", "u0", "Ping", T0 + 1_000),
+            event("e-1", "u1", "Ping", T0 + 2_000), // queued behind the throttle: in flight
+            event("e-2", "u2", "Ping", T0 + 3_000), // total full, u1 in flight: waits
+            event("e-3", "u3", "Ping", T0 + 4_000), // the same
+            event("p-1", "u1", "Pong", T0 + 10_000), // u1's daily cap goes to `news`
+            event("p-2", "u2", "Pong", T0 + 20_000), // and u2's
+            event("e-9", "u0", "Other", T0 + 60 * MIN),
+        ],
+        Some(T0 + 120 * MIN),
+    );
+    let stats = out.last_stats("ping");
+    assert_eq!(stats.skipped.get("capped_daily"), Some(&2), "u1 and u2 refused at the gate");
+    assert_eq!(out.users("ping"), ["u0", "u3"], "{:?}", stats.skipped);
+}
+
+/// A scheduled run of a limited campaign whose last users wait in the throttle's outbox: one of
+/// them is capped before its turn. The run finishes once every place has settled, and says it
+/// sent 2, as it did.
+#[test]
+fn a_run_finishes_with_the_sends_the_gate_confirmed() {
+    use herald_engine::model::CampaignCommand::Define;
+    use replay_support::*;
+    let at = chrono::DateTime::from_timestamp_millis(T0 + 100_000).unwrap().to_rfc3339();
+    let def = format!(
+        r#"{{"id":"run","app":"shop","name":"n","when":{{"schedule":{{"at":"{at}"}}}},"what":{{"title":"t","body":"b"}},"limits":{{"total":10}},"options":{{"throttle":{{"max":1,"per":"1m"}}}}}}"#
+    );
+    let mut input = vec![command("run", &def, Define, T0), command("news", NEWS, Define, T0)];
+    input.extend((0..3).map(|i| profile(&format!("u{i}"), T0)));
+    input.push(event("x-1", "u0", "Other", T0 + 110_000)); // the run starts
+    input.push(event("p-1", "u1", "Pong", T0 + 120_000)); // u1 capped while in the outbox
+    input.push(event("e-9", "u0", "Other", T0 + 60 * MIN));
+    let out = run(CAPS, input, Some(T0 + 120 * MIN));
+    let users = out.users("run");
+    assert_eq!(users.len(), 2, "{users:?}");
+    let finished: Vec<&str> = out
+        .events
+        .iter()
+        .filter(|e| e.campaign_id == "run" && format!("{:?}", e.kind) == "RunFinished")
+        .map(|e| e.details["sent"].as_str())
+        .collect();
+    assert_eq!(finished, ["2"], "{:?}", out.kinds("run"));
+}

@@ -18,8 +18,6 @@ use herald_engine::{
 const T0: i64 = 1_795_000_000_000;
 const MIN: i64 = 60_000;
 const DAY: i64 = 86_400_000;
-/// The first midnight (UTC) after `T0`.
-const MIDNIGHT: i64 = (T0 / DAY + 1) * DAY;
 const CAPS: &str = "apps:\n  shop:\n    caps: { per_day: 1 }\n";
 const NO_CAPS: &str = "apps:\n  shop: {}\n";
 
@@ -71,23 +69,17 @@ fn profile(user: &str, at: i64) -> ReplayRecord {
     on_key(topics::PROFILES, user, SchemaRegistry::builtin().encode(&update).unwrap(), at)
 }
 
-/// Event `id` of `user`, written to the events topic at `written` and stamped `stamped` by its
-/// producer (an SDK's batch flushed late stamps an earlier time than it is written at).
-fn event_stamped(id: &str, user: &str, name: &str, written: i64, stamped: i64) -> ReplayRecord {
+fn event(id: &str, user: &str, name: &str, at: i64) -> ReplayRecord {
     let event = AppEvent {
         event_id: id.into(),
         app_id: "shop".into(),
         user_id: user.into(),
         name: name.into(),
-        timestamp_ms: stamped,
+        timestamp_ms: at,
         properties: Default::default(),
         sdk_version: None,
     };
-    on_key(topics::EVENTS, user, SchemaRegistry::builtin().encode(&event).unwrap(), written)
-}
-
-fn event(id: &str, user: &str, name: &str, at: i64) -> ReplayRecord {
-    event_stamped(id, user, name, at, at)
+    on_key(topics::EVENTS, user, SchemaRegistry::builtin().encode(&event).unwrap(), at)
 }
 
 struct Out {
@@ -141,59 +133,6 @@ fn run(settings: &str, input: Vec<ReplayRecord>, until: i64) -> Out {
             .filter_map(|v| registry.decode(v).ok())
             .collect(),
     }
-}
-
-/// Finding 1. A daily limit of 2; u0 and u1 are sent just after midnight (the day is full).
-/// u2's event, stamped before midnight by its producer (an SDK batch flushed late, or simply
-/// another user-stage partition a little behind), arrives next: `full_limit` takes its day as
-/// "today" and starts the count over at 0 for the previous day; u3's event after it starts the
-/// count over again for the new day, at 0: u3 is sent, 3 users on a day limited to 2. Every
-/// candidate whose day differs from the previous one's resets the count (thrashing around
-/// midnight while partitions interleave).
-#[test]
-#[ignore = "finding: a candidate of an earlier day resets the daily count (places::full_limit keeps one day, reset whenever the day differs)"]
-fn a_late_candidate_of_yesterday_does_not_reset_the_daily_count_of_today() {
-    let def = "id: daily\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\nlimits: { daily: 2 }\n";
-    let mut input = vec![define("daily", def, T0)];
-    input.extend(["u0", "u1", "u2", "u3"].map(|u| profile(u, T0)));
-    input.push(event("e-0", "u0", "Ping", MIDNIGHT + 10 * MIN));
-    input.push(event("e-1", "u1", "Ping", MIDNIGHT + 20 * MIN));
-    // Written after midnight, stamped 10 minutes before it.
-    input.push(event_stamped("e-2", "u2", "Ping", MIDNIGHT + 30 * MIN, MIDNIGHT - 10 * MIN));
-    input.push(event("e-3", "u3", "Ping", MIDNIGHT + 40 * MIN));
-    let out = run(NO_CAPS, input, MIDNIGHT + 120 * MIN);
-    let today: Vec<String> = out
-        .sends
-        .iter()
-        .filter(|s| s.campaign_id == "daily" && s.created_at_ms >= MIDNIGHT)
-        .map(|s| s.user_id.clone())
-        .collect();
-    assert_eq!(today, ["u0", "u1"], "the day after midnight is limited to 2 users");
-    let refused = out.last_stats("daily").skipped.get("daily_limit").copied();
-    assert_eq!(refused, Some(1), "u3 refused by the daily limit");
-}
-
-/// Finding 2. Caps of 1 a day. u0 is sent `news` at 00:10; u0's Ping event, stamped 23:50 the
-/// day before (written at 00:20), qualifies for `ping`: the command is timed at the event's
-/// stamp (`created_at_ms` = `qualified_at_ms`), so the gate counts it on yesterday (0 sends)
-/// and lets it leave at 00:20: u0 gets 2 notifications on a day capped at 1. The gate is meant
-/// to check the caps "at the moment the command leaves".
-#[test]
-#[ignore = "finding: a triggered command is timed at its event's stamp, so the send gate checks the caps of that day, not of when it leaves"]
-fn a_late_stamped_event_does_not_pass_todays_cap() {
-    let news = "id: news\napp: shop\nname: n\nwhen: { event: Pong }\nwhat: { title: t, body: b }\n";
-    let ping = "id: ping\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\nlimits: { total: 10 }\n";
-    let input = vec![
-        define("news", news, T0),
-        define("ping", ping, T0),
-        profile("u0", T0),
-        event("p-0", "u0", "Pong", MIDNIGHT + 10 * MIN),
-        event_stamped("e-0", "u0", "Ping", MIDNIGHT + 20 * MIN, MIDNIGHT - 10 * MIN),
-        event("x-0", "u0", "Other", MIDNIGHT + 60 * MIN),
-    ];
-    let out = run(CAPS, input, MIDNIGHT + 120 * MIN);
-    assert_eq!(out.users("news"), ["u0"]);
-    assert_eq!(out.users("ping"), Vec::<String>::new(), "u0's cap of the day is spent");
 }
 
 /// Finding 3. A triggered A/B test of 4 users (A, B alternate) behind a campaign throttle of 1
@@ -302,4 +241,41 @@ fn a_stop_drops_the_sends_waiting_in_the_apps_throttle() {
     let throttled = "apps:\n  shop:\n    throttle: { max: 1, per: 1h }\n";
     let out = run(throttled, input, T0 + 240 * MIN);
     assert_eq!(out.users("ping"), ["u0"], "u1 was dropped by the stop");
+}
+
+/// Finding 7. An app with caps and a global throttle (1 an hour); `ping` has a total limit and
+/// `shards: 4`, so it runs on its home (a limit on an app with caps keeps it there) and its
+/// places are held in flight until the gate answers. u0 leaves, u1 waits in the app's outbox
+/// (its place in flight at the home). The limit is removed: 4 shards in effect. u1 leaves an
+/// hour later; the gate's `SendConfirmed` is routed by the shards in effect *now*, to u1's
+/// shard, which holds no such place: the home's place stays in flight for good. The limit put
+/// back (home again): the total fills, yet `COMPLETED` never comes and users past the limit
+/// wait for that place forever, neither sent nor counted.
+#[test]
+#[ignore = "finding: a gate answer is routed by the shards in effect when it is written; a place in flight at the home across an edit that shards the campaign never settles"]
+fn a_place_in_flight_settles_across_an_edit_that_shards_the_campaign() {
+    let ping = |limits: &str| {
+        format!("id: ping\napp: shop\nname: n\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\n{limits}options: {{ shards: 4 }}\n")
+    };
+    let mut input = vec![define("ping", &ping("limits: { total: 3 }\n"), T0)];
+    input.extend(["u0", "u1", "u2", "u3", "u4"].map(|u| profile(u, T0)));
+    input.push(event("e-0", "u0", "Ping", T0 + 1_000));
+    input.push(event("e-1", "u1", "Ping", T0 + 2_000)); // waits in the app's outbox
+    input.push(define("ping", &ping(""), T0 + 10_000));
+    input.push(event("x-0", "u0", "Other", T0 + 90 * MIN)); // u1 left at T0 + 1h
+    input.push(define("ping", &ping("limits: { total: 3 }\n"), T0 + 100 * MIN));
+    for (i, user) in ["u2", "u3", "u4"].into_iter().enumerate() {
+        input.push(event(&format!("e-{}", i + 2), user, "Ping", T0 + (110 + i as i64) * MIN));
+    }
+    input.push(event("x-1", "u0", "Other", T0 + 600 * MIN));
+    let settings = "apps:\n  shop:\n    caps: { per_day: 5 }\n    throttle: { max: 1, per: 1h }\n";
+    let out = run(settings, input, T0 + DAY);
+    let stats = out.last_stats("ping");
+    let mut users = out.users("ping");
+    users.sort();
+    users.dedup();
+    let counted = users.len() as i64 + stats.skipped.values().sum::<i64>();
+    assert_eq!(counted, 5, "every qualified user sent or counted: {users:?} {:?}", stats.skipped);
+    let completed = out.lifecycle("ping", LifecycleKind::Completed);
+    assert_eq!(completed.len(), 1, "{:?}", out.events);
 }

@@ -6,10 +6,12 @@
 //!
 //! While places are in flight, a candidate that finds a limit full waits instead of being
 //! refused, in arrival order (a scheduled run stops releasing instead), as long as fewer wait
-//! than places are in flight (no more can ever get one). A returned place goes to the first one
+//! than places are in flight (the queue stays bounded). A returned place goes to the first one
 //! waiting; once nothing is in flight, those still waiting are refused with the limit's reason,
 //! and so is one waiting on a daily limit whose day has passed. So limits fill exactly: never
-//! over, and never under while qualified users are left.
+//! over, and never under while qualified users are left, with one exception of a triggered
+//! campaign: a waiting candidate placed in its turn may be refused at the gate in turn, and a
+//! candidate refused earlier because the queue was full is not asked again.
 
 use std::collections::BTreeMap;
 

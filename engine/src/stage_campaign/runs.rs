@@ -68,7 +68,7 @@ pub(super) struct RunState {
     /// Users of this run whose place the send gate has yet to confirm (see `places`).
     #[serde(default)]
     in_flight: u64,
-    /// Releasing stopped to wait for places in flight; a settled place resumes it.
+    /// Releasing (or finishing) stopped to wait for places in flight; a settled place resumes it.
     #[serde(default)]
     waiting: bool,
     /// The latest local time of a test user selected before it (`timezone: user`): the test
@@ -346,6 +346,9 @@ impl CampaignStage {
         } else if state.is_shard(campaign) {
             run.phase = RunPhase::Done;
             self.report_run_sent(ctx, campaign, state, run)?;
+        } else if run.in_flight > 0 {
+            // Its last places are in flight: it finishes with the sends the gate confirms.
+            run.waiting = true; // a settled place schedules the next step
         } else {
             run.phase = RunPhase::Done;
             let details = BTreeMap::from([
