@@ -62,16 +62,27 @@ mod replay_support {
         on_key(topics::PROFILES, user, SchemaRegistry::builtin().encode(&update).unwrap(), at)
     }
     pub fn event(id: &str, user: &str, name: &str, at: i64) -> ReplayRecord {
+        event_stamped(id, user, name, at, at)
+    }
+    /// Event `id` written to the events topic at `written`, stamped `stamped` by its producer
+    /// (an SDK's batch flushed late stamps an earlier time than it is written at).
+    pub fn event_stamped(
+        id: &str,
+        user: &str,
+        name: &str,
+        written: i64,
+        stamped: i64,
+    ) -> ReplayRecord {
         let event = AppEvent {
             event_id: id.into(),
             app_id: "shop".into(),
             user_id: user.into(),
             name: name.into(),
-            timestamp_ms: at,
+            timestamp_ms: stamped,
             properties: Default::default(),
             sdk_version: None,
         };
-        on_key(topics::EVENTS, user, SchemaRegistry::builtin().encode(&event).unwrap(), at)
+        on_key(topics::EVENTS, user, SchemaRegistry::builtin().encode(&event).unwrap(), written)
     }
 
     pub struct Out {
@@ -134,6 +145,9 @@ mod replay_support {
 }
 
 const CAPS: &str = "apps:\n  shop:\n    caps: { per_day: 1 }\n";
+const NO_CAPS: &str = "apps:\n  shop: {}\n";
+/// The first midnight (UTC) after `T0`.
+const MIDNIGHT: i64 = (replay_support::T0 / 86_400_000 + 1) * 86_400_000;
 const NEWS: &str = r#"{"id":"news","app":"shop","name":"n","when":{"event":"Pong"},"what":{"title":"t","body":"b"}}"#;
 
 /// A producer retries an event (same event id), so the same notification reaches the gate
@@ -372,4 +386,93 @@ fn a_run_finishes_with_the_sends_the_gate_confirmed() {
         .map(|e| e.details["sent"].as_str())
         .collect();
     assert_eq!(finished, ["2"], "{:?}", out.kinds("run"));
+}
+
+/// Daily limit of 2 (UTC), no caps. u0 and u1 are sent just after midnight: the day is full.
+/// u2's event, written and stamped 10 minutes before midnight, reaches the campaign stage after
+/// them (its user-stage partition was behind the others): the day only moves forward, so u2
+/// counts on the current day and is refused, and so is u3 after it. Review s21/G finding 1: the
+/// count started over for the earlier day (u2 sent), then again for the new day (u3 sent): 3
+/// users on a day limited to 2, and `LIMIT_REACHED` announced again at each flip.
+#[test]
+fn a_candidate_of_an_earlier_day_counts_on_the_current_day_and_never_resets_it() {
+    use herald_engine::model::CampaignCommand::Define;
+    use replay_support::*;
+    let def = "id: daily\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\nlimits: { daily: 2 }\n";
+    let mut input = vec![command("daily", def, Define, T0)];
+    input.extend(["u0", "u1", "u2", "u3"].map(|u| profile(u, T0)));
+    input.push(event("e-0", "u0", "Ping", MIDNIGHT + 10 * MIN));
+    input.push(event("e-1", "u1", "Ping", MIDNIGHT + 20 * MIN));
+    input.push(event("e-2", "u2", "Ping", MIDNIGHT - 10 * MIN)); // behind the others
+    input.push(event("e-3", "u3", "Ping", MIDNIGHT + 40 * MIN));
+    let out = run(NO_CAPS, input, Some(MIDNIGHT + 120 * MIN));
+    assert_eq!(out.users("daily"), ["u0", "u1"], "the day after midnight is limited to 2 users");
+    let stats = out.last_stats("daily");
+    assert_eq!(stats.skipped.get("daily_limit"), Some(&2), "u2 and u3: {:?}", stats.skipped);
+    let reached: Vec<&str> = out
+        .events
+        .iter()
+        .filter(|e| e.campaign_id == "daily" && format!("{:?}", e.kind) == "LimitReached")
+        .map(|e| e.details["day"].as_str())
+        .collect();
+    let today = chrono::DateTime::from_timestamp_millis(MIDNIGHT).unwrap().date_naive().to_string();
+    assert_eq!(reached, [today.as_str()], "the daily limit reached once, on its day");
+}
+
+/// An event stamped before midnight by its producer (an SDK batch flushed late) and written
+/// after it: its notification leaves after midnight, so it is timed then (the occurrence keeps
+/// its message id) and counts on that day. Caps of 1 a day: u0 was sent `news` at 00:10, so
+/// `ping` for u0's late-stamped Ping (written 00:20) is refused at the gate; with a daily limit
+/// of 2, u2's late-stamped event counts on the new day. Review s21/G finding 2: the command was
+/// timed at the event's stamp, so the gate checked yesterday's caps and let it leave (2
+/// notifications on a day capped at 1), and the daily count started over for yesterday.
+#[test]
+fn a_late_stamped_event_is_capped_and_limited_as_of_the_day_it_leaves() {
+    use herald_engine::model::CampaignCommand::Define;
+    use replay_support::*;
+    let ping = "id: ping\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\nlimits: { total: 10 }\n";
+    let input = vec![
+        command("news", NEWS, Define, T0),
+        command("ping", ping, Define, T0),
+        profile("u0", T0),
+        event("p-0", "u0", "Pong", MIDNIGHT + 10 * MIN),
+        event_stamped("e-0", "u0", "Ping", MIDNIGHT + 20 * MIN, MIDNIGHT - 10 * MIN),
+        event("x-0", "u0", "Other", MIDNIGHT + 60 * MIN),
+    ];
+    let out = run(CAPS, input, Some(MIDNIGHT + 120 * MIN));
+    assert_eq!(out.users("news"), ["u0"]);
+    assert_eq!(out.users("ping"), Vec::<String>::new(), "u0's cap of the day is spent");
+    let stats = out.last_stats("ping");
+    assert_eq!(stats.skipped.get("capped_daily"), Some(&1), "{:?}", stats.skipped);
+
+    let daily = "id: daily\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\nlimits: { daily: 2 }\n";
+    let mut input = vec![command("daily", daily, Define, T0)];
+    input.extend(["u0", "u1", "u2", "u3"].map(|u| profile(u, T0)));
+    input.push(event("e-0", "u0", "Ping", MIDNIGHT + 10 * MIN));
+    input.push(event_stamped("e-1", "u1", "Ping", MIDNIGHT + 20 * MIN, MIDNIGHT - 20 * MIN));
+    input.push(event_stamped("e-2", "u2", "Ping", MIDNIGHT + 30 * MIN, MIDNIGHT - 10 * MIN));
+    input.push(event("e-3", "u3", "Ping", MIDNIGHT + 40 * MIN));
+    let out = run(NO_CAPS, input, Some(MIDNIGHT + 120 * MIN));
+    let sent: Vec<(&str, i64, &str)> = out
+        .sends
+        .iter()
+        .map(|s| (s.user_id.as_str(), s.created_at_ms, s.message_id.as_str()))
+        .collect();
+    let id = |user: &str, event: &str| {
+        use herald_engine::model::triggered_run_id;
+        herald_engine::payload::message_id(
+            "daily",
+            &triggered_run_id(event),
+            user,
+            &format!("d-{user}"),
+        )
+    };
+    let (id0, id1) = (id("u0", "e-0"), id("u1", "e-1"));
+    assert_eq!(
+        sent,
+        [("u0", MIDNIGHT + 10 * MIN, id0.as_str()), ("u1", MIDNIGHT + 20 * MIN, id1.as_str())],
+        "u1 timed when it leaves, with its occurrence's id; u2 refused: the day is full"
+    );
+    let skipped = out.last_stats("daily").skipped;
+    assert_eq!(skipped.get("daily_limit"), Some(&2), "u2 and u3: {skipped:?}");
 }

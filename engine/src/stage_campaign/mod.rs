@@ -357,8 +357,21 @@ impl CampaignStage {
             return self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &candidate);
         }
         let mut state = self.load(ctx, &campaign, &scope(key, &campaign)?)?;
+        let candidate = Self::leaving_now(ctx, candidate);
         self.place(ctx, &campaign, &mut state, candidate)?;
         self.save(ctx, &campaign, &mut state)
+    }
+
+    /// A trigger occurrence's notification leaves now: it is timed at the later of its event's
+    /// stamp and the task's clock (an event stamped late by its producer is capped, limited and
+    /// expires as of the day it leaves, not its stamp's). Its run id, hence its message id, is
+    /// the occurrence's, unchanged. A scheduled run's candidate keeps the run's time.
+    fn leaving_now(ctx: &ProcessorContext<'_>, candidate: Candidate) -> Candidate {
+        if !is_triggered_run(&candidate.run_id) {
+            return candidate;
+        }
+        let qualified_at_ms = candidate.qualified_at_ms.max(ctx.effective_ms());
+        Candidate { qualified_at_ms, ..candidate }
     }
 
     /// Whether a triggered candidate came to a key other than the campaign's home where no

@@ -49,16 +49,29 @@ pub(super) enum FullLimit {
 
 impl CampaignState {
     /// The total or daily limit a candidate at `at` finds full, as the limits are now (an edit
-    /// may have raised or lowered them). Starts the day's count when `at` is on a new day.
+    /// may have raised or lowered them). Starts the day's count when `at` is on a later day.
     pub(super) fn full_limit(&mut self, campaign: &Campaign, at: i64) -> Option<FullLimit> {
         if campaign.limits.total.is_some_and(|limit| self.sent >= limit) {
             return Some(FullLimit::Total);
         }
-        let today = day_in(campaign, at);
+        let today = self.current_day(campaign, at);
         if self.day.0 != today {
             self.day = (today, 0);
         }
         campaign.limits.daily.filter(|limit| self.day.1 >= *limit).map(FullLimit::Daily)
+    }
+
+    /// The day (campaign timezone) a notification at `at` counts on: the day only moves
+    /// forward. A candidate timed on an earlier day than the one counted (from a partition
+    /// behind the others) counts on the current day: a past day's count is closed.
+    fn current_day(&self, campaign: &Campaign, at: i64) -> String {
+        let day = day_in(campaign, at);
+        let date = |day: &str| chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").ok();
+        if date(&day) > date(&self.day.0) {
+            day
+        } else {
+            self.day.0.clone()
+        }
     }
 }
 
@@ -122,7 +135,7 @@ impl CampaignStage {
         let step = queue::next_step(ctx, WAITING, &state.key)?;
         state.waiting = state.waiting.saturating_sub(step.unreadable);
         let now = ctx.effective_ms();
-        let today = day_in(campaign, now);
+        let today = state.current_day(campaign, now);
         for (key, candidate) in step.entries {
             // Its day's places are gone: a daily campaign does not send it a day late.
             let day_passed = campaign.limits.daily.is_some()
