@@ -2,15 +2,21 @@
 //! driver over 4 partitions: every campaign-wide rule stays exact, read from what a user checks
 //! (`sends.jsonl`, the campaign events, the stats).
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, ops::Range};
 
 use herald_engine::{
     backtest::Backtest,
     campaign::{parse_campaign, shards},
-    model::CampaignLifecycleEvent,
+    model::{CampaignLifecycleEvent, SendCommand},
+    pipeline::LIVE_STATS_INTERVAL_MS,
+    runtime::replay::ReplayRecord,
     settings::Settings,
 };
+use records::{define, events, profiles, replay, T0};
 use serde_json::Value;
+
+#[path = "replay_support/records.rs"]
+mod records;
 
 fn ts(second: i64) -> String {
     chrono::DateTime::from_timestamp(1_795_000_000 + second, 0).unwrap().to_rfc3339()
@@ -325,150 +331,13 @@ fn a_per_run_limit_of_1000_of_10000_over_4_partitions_is_a_random_sample_the_sam
     assert_eq!(users, again);
 }
 
-/// Records for the runtime's replay, where a campaign may be edited between events (the
-/// backtest defines its campaigns once, before its input).
-mod records {
-    use std::{cell::RefCell, sync::Arc};
-
-    use herald_engine::{
-        model::{
-            topics::{self, TopicNames},
-            AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, Device,
-            IngestDecoder, Platform, ProfileUpdate, Record, SchemaRegistry, SendCommand,
-        },
-        pipeline::engine_topology,
-        runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
-        settings::Settings,
-    };
-
-    /// Milliseconds at the start of the input.
-    pub const T0: i64 = 1_795_000_000_000;
-
-    fn keyed(topic: &str, key: &str, value: &impl Record, at: i64) -> ReplayRecord {
-        ReplayRecord {
-            topic: topic.into(),
-            partition: None,
-            offset: 0,
-            key: Some(key.as_bytes().to_vec()),
-            value: Some(SchemaRegistry::builtin().encode(value).unwrap()),
-            timestamp_ms: at,
-        }
-    }
-
-    /// The definition `yaml` of campaign `id` (app shop), applied at `at`.
-    pub fn define(id: &str, yaml: &str, at: i64) -> ReplayRecord {
-        let envelope = CampaignEnvelope {
-            campaign_id: id.into(),
-            app_id: "shop".into(),
-            command: CampaignCommand::Define,
-            definition: Some(yaml.into()),
-            revision: at,
-            issued_at_ms: at,
-            issued_by: None,
-        };
-        keyed(topics::CAMPAIGNS, id, &envelope, at)
-    }
-
-    /// Users `from..to` with an iOS device each, at `at`.
-    pub fn profiles(from: usize, to: usize, at: i64) -> impl Iterator<Item = ReplayRecord> {
-        (from..to).map(move |i| {
-            let user = format!("u{i}");
-            let device = Device {
-                device_id: format!("d-{user}"),
-                platform: Platform::Ios,
-                token: format!("tok-{user}"),
-                app_version: None,
-                os_version: None,
-                make: None,
-                model: None,
-                sdk_version: None,
-            };
-            let update = ProfileUpdate {
-                app_id: "shop".into(),
-                user_id: user.clone(),
-                timestamp_ms: at,
-                set: Default::default(),
-                unset: vec![],
-                devices_added: vec![device],
-                tokens_removed: vec![],
-            };
-            keyed(topics::PROFILES, &user, &update, at)
-        })
-    }
-
-    /// Users `from..to` send event `name` from `at` on, a millisecond apart (`tag` tells
-    /// occurrences apart).
-    pub fn events(
-        name: &str,
-        tag: &str,
-        from: usize,
-        to: usize,
-        at: i64,
-    ) -> impl Iterator<Item = ReplayRecord> {
-        let (name, tag) = (name.to_string(), tag.to_string());
-        (from..to).map(move |i| {
-            let user = format!("u{i}");
-            let event = AppEvent {
-                event_id: format!("{tag}-{user}"),
-                app_id: "shop".into(),
-                user_id: user.clone(),
-                name: name.clone(),
-                timestamp_ms: at + i as i64,
-                properties: Default::default(),
-                sdk_version: None,
-            };
-            keyed(topics::EVENTS, &user, &event, at + i as i64)
-        })
-    }
-
-    /// What a replay of `input` on 4 partitions (timers fired until `until`) sent, in order,
-    /// and the lifecycle events announced.
-    pub fn replay(
-        input: Vec<ReplayRecord>,
-        until: i64,
-    ) -> (Vec<SendCommand>, Vec<CampaignLifecycleEvent>) {
-        let topology = engine_topology(
-            "sharded",
-            TopicNames::default(),
-            Arc::new(Settings::default()),
-            IngestDecoder::default(),
-            0,
-        )
-        .unwrap();
-        let (sends, events) = (RefCell::new(Vec::new()), RefCell::new(Vec::new()));
-        let registry = SchemaRegistry::builtin();
-        let sink = ReplaySink::Callback(Box::new(|topic, _, value, _| {
-            if topic == topics::PUSH {
-                sends.borrow_mut().push(registry.decode(value).unwrap());
-            } else if topic == topics::CAMPAIGN_EVENTS {
-                events.borrow_mut().push(registry.decode(value).unwrap());
-            }
-            Ok(())
-        }));
-        let options = ReplayOptions {
-            partitions: 4,
-            fire_timers_until: Some(until),
-            ..ReplayOptions::default()
-        };
-        replay::run(&topology, ReplayInput::Records(input), sink, &options).unwrap();
-        (sends.into_inner(), events.into_inner())
-    }
-}
-
 /// Issue 13: a total limit raised after every shard was told it is full is asked for again:
 /// the shards get new places and send up to the new limit, exactly.
 #[test]
 fn a_total_raised_after_the_shards_were_told_full_is_leased_again_up_to_the_new_limit() {
-    use records::{define, events, profiles, replay, T0};
-    let coupons = |total: u32| {
-        format!("id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\nlimits: {{ total: {total} }}\noptions: {{ shards: 4 }}\n")
-    };
-    let mut input: Vec<_> = profiles(0, 400, T0).collect();
-    input.push(define("coupons", &coupons(40), T0));
-    input.extend(events("Ping", "first", 0, 200, T0 + 10_000));
-    input.push(define("coupons", &coupons(100), T0 + 20_000));
-    input.extend(events("Ping", "second", 200, 400, T0 + 30_000));
-    let (sends, lifecycle) = replay(input, T0 + 600_000);
+    let (forty, hundred) = ("limits: { total: 40 }\n", "limits: { total: 100 }\n");
+    let edits = [(0, forty, 0..200), (20_000, hundred, 200..400)];
+    let (sends, lifecycle) = replay(edited(400, &edits), T0 + 600_000, 0);
 
     let users: BTreeSet<&str> = sends.iter().map(|s| s.user_id.as_str()).collect();
     assert_eq!(users.len(), sends.len(), "no user gets two coupons");
@@ -477,11 +346,7 @@ fn a_total_raised_after_the_shards_were_told_full_is_leased_again_up_to_the_new_
     assert_eq!(sends.len(), 100, "exactly the raised limit");
     let after: BTreeSet<u32> = sends[40..].iter().map(|s| shard_of(&s.user_id)).collect();
     assert_eq!(after.len(), 4, "every shard sends again");
-    let reached: Vec<&str> = lifecycle
-        .iter()
-        .filter(|e| format!("{:?}", e.kind) == "LimitReached")
-        .map(|e| e.details["sent"].as_str())
-        .collect();
+    let reached = sent_at(&lifecycle, "LimitReached");
     assert_eq!(reached, ["40", "100"], "each limit announced once, when reached");
 }
 
@@ -489,21 +354,97 @@ fn a_total_raised_after_the_shards_were_told_full_is_leased_again_up_to_the_new_
 /// count against it when it is back, so it stays exact.
 #[test]
 fn sends_made_while_a_total_was_removed_count_against_it_when_it_is_put_back() {
-    use records::{define, events, profiles, replay, T0};
-    let coupons = |limits: &str| {
-        format!("id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\n{limits}options: {{ shards: 4 }}\n")
-    };
-    let mut input: Vec<_> = profiles(0, 300, T0).collect();
-    input.push(define("coupons", &coupons("limits: { total: 100 }\n"), T0));
-    input.extend(events("Ping", "limited", 0, 20, T0 + 10_000));
-    input.push(define("coupons", &coupons(""), T0 + 20_000));
-    input.extend(events("Ping", "unlimited", 20, 60, T0 + 30_000));
-    input.push(define("coupons", &coupons("limits: { total: 100 }\n"), T0 + 40_000));
-    input.extend(events("Ping", "back", 60, 300, T0 + 50_000));
-    let (sends, _) = replay(input, T0 + 600_000);
+    let total = "limits: { total: 100 }\n";
+    let edits = [(0, total, 0..20), (20_000, "", 20..60), (40_000, total, 60..300)];
+    let (sends, _) = replay(edited(300, &edits), T0 + 600_000, 0);
 
     let users: BTreeSet<usize> = sends.iter().map(|s| s.user_id[1..].parse().unwrap()).collect();
     assert_eq!(users.len(), sends.len(), "no user gets two coupons");
     assert_eq!(users.range(..60).count(), 60, "everyone before the limit came back");
     assert_eq!(sends.len(), 100, "exactly the total, counting the 40 sent without it");
+}
+
+/// The coupons campaign over 4 shards with `limits` (YAML, may be empty).
+fn coupons(limits: &str) -> String {
+    format!("id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\n{limits}options: {{ shards: 4 }}\n")
+}
+
+/// Users `0..users`; then, for each edit `(at, limits, pinging)`, the coupons campaign defined
+/// with `limits` at `T0 + at`, and users `pinging` pinging from ten seconds later.
+fn edited(users: usize, edits: &[(i64, &str, Range<usize>)]) -> Vec<ReplayRecord> {
+    let mut input: Vec<_> = profiles(0, users, T0).collect();
+    for (at, limits, pinging) in edits {
+        input.push(define("coupons", &coupons(limits), T0 + at));
+        let tag = format!("ping{at}");
+        input.extend(events("Ping", &tag, pinging.start, pinging.end, T0 + at + 10_000));
+    }
+    input
+}
+
+/// The users sent to, by number, each once.
+fn sent_users(sends: &[SendCommand]) -> BTreeSet<usize> {
+    let users: BTreeSet<usize> = sends.iter().map(|s| s.user_id[1..].parse().unwrap()).collect();
+    assert_eq!(users.len(), sends.len(), "no user gets two coupons");
+    users
+}
+
+/// The `sent` of each lifecycle event of `kind`, in order.
+fn sent_at(lifecycle: &[CampaignLifecycleEvent], kind: &str) -> Vec<String> {
+    let of_kind = lifecycle.iter().filter(|e| format!("{:?}", e.kind) == kind);
+    of_kind.map(|e| e.details["sent"].clone()).collect()
+}
+
+/// Review finding s20/B: a total of 40 added half a second after 40 unlimited sends, within
+/// the interval in which shards report their counters home (live: 1 s), so the home has heard
+/// of only some of them. The recount the edit causes reads every shard's exact count: nobody
+/// after the 40 gets a coupon (45 on the code before the recount).
+#[test]
+fn a_total_added_within_the_stats_interval_of_sharded_sends_counts_every_send() {
+    let input = edited(60, &[(0, "", 0..40), (10_500, "limits: { total: 40 }\n", 40..60)]);
+    let (sends, lifecycle) = replay(input, T0 + 600_000, LIVE_STATS_INTERVAL_MS);
+
+    assert_eq!(sent_users(&sends), (0..40).collect(), "the 40 before the limit, nobody after");
+    assert_eq!(sent_at(&lifecycle, "Completed"), ["40"]);
+}
+
+/// Review finding s20/B: a total of 100 leased over 4 shards, 20 sent, then lowered to 20 while
+/// the shards still hold places of the 100: the recount takes them back before any is spent
+/// (22 on the code before).
+#[test]
+fn a_total_lowered_to_what_was_sent_takes_back_the_places_leased_out() {
+    let edits =
+        [(0, "limits: { total: 100 }\n", 0..20), (20_000, "limits: { total: 20 }\n", 20..120)];
+    let (sends, _) = replay(edited(120, &edits), T0 + 600_000, 0);
+
+    assert_eq!(sent_users(&sends), (0..20).collect(), "nobody past the lowered total");
+}
+
+/// A total lowered while places are leased out, but above what was sent: the places of the old
+/// limit come back and the new one is leased again, filled exactly while users wait.
+#[test]
+fn a_total_lowered_above_what_was_sent_fills_exactly_to_the_new_limit() {
+    let edits =
+        [(0, "limits: { total: 100 }\n", 0..20), (20_000, "limits: { total: 50 }\n", 20..220)];
+    let (sends, lifecycle) = replay(edited(220, &edits), T0 + 600_000, 0);
+
+    let users = sent_users(&sends);
+    assert_eq!(users.range(..20).count(), 20, "the 20 sent before the edit");
+    assert_eq!(users.len(), 50, "exactly the new total");
+    let shards: BTreeSet<u32> = sends[20..].iter().map(|s| shard_of(&s.user_id)).collect();
+    assert_eq!(shards.len(), 4, "every shard sends on the new leases");
+    assert_eq!(sent_at(&lifecycle, "LimitReached"), ["50"]);
+}
+
+/// Review finding s20/B: a total of 100 leased over 4 shards, 20 sent; a daily limit added puts
+/// the campaign on its home alone (the shards still hold places), which sends up to the total;
+/// the daily limit removed again: the shards spend nothing more (109 on the code before, the
+/// places they held all along).
+#[test]
+fn places_leased_before_a_spell_on_the_home_alone_are_not_spent_past_the_total() {
+    let (total, daily) = ("limits: { total: 100 }\n", "limits: { total: 100, daily: 1000 }\n");
+    let edits = [(0, total, 0..20), (20_000, daily, 20..170), (40_000, total, 170..220)];
+    let (sends, _) = replay(edited(220, &edits), T0 + 600_000, 0);
+
+    assert_eq!(spread(&coupons(daily)), 1, "on its home alone meanwhile");
+    assert_eq!(sent_users(&sends), (0..100).collect(), "the first 100 in order, then nobody");
 }

@@ -245,22 +245,22 @@ impl CampaignStage {
     }
 
     /// Sends the next step of a shard's waiting candidates on its places (or refuses them once
-    /// the limit is full); asks for more while some still wait.
+    /// the limit is full); asks for more while some still wait. A shard an edit took out of
+    /// effect sends them home instead, where the campaign's limits apply to them now.
     pub(super) fn release_leased(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
         state: &mut CampaignState,
     ) -> Result<(), ProcessError> {
-        if !self.in_effect_here(campaign, state) {
-            return self.forward_waiting_home(ctx, campaign, state);
-        }
         let step = queue::next_step(ctx, WAITING, &state.key)?;
         state.waiting = state.waiting.saturating_sub(step.unreadable);
         let now = ctx.effective_ms();
         let released = !step.entries.is_empty();
+        let here = self.in_effect_here(campaign, state);
         let leaves = |state: &CampaignState| {
-            campaign.status != CampaignStatus::Active
+            !here
+                || campaign.status != CampaignStatus::Active
                 || state.lease.is_full(campaign)
                 || state.lease.usable(campaign) > 0
         };
@@ -270,12 +270,16 @@ impl CampaignStage {
             }
             ctx.store(WAITING)?.delete(&key)?;
             state.waiting = state.waiting.saturating_sub(1);
+            if !here {
+                self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &candidate)?;
+                continue;
+            }
             let leaving =
                 Candidate { qualified_at_ms: candidate.qualified_at_ms.max(now), ..candidate };
             self.leave_leased(ctx, campaign, state, leaving)?;
         }
         let full = state.lease.is_full(campaign);
-        if released && state.waiting == 0 && state.lease.usable(campaign) > 0 && !full {
+        if here && released && state.waiting == 0 && state.lease.usable(campaign) > 0 && !full {
             // Nothing waits here any more: the home learns it (a demand it has not yet seen may
             // be stale), so the places left can be recalled for another shard.
             self.lease_report(ctx, campaign, state, ShardReportKind::Demand, 0)?;
@@ -291,27 +295,6 @@ impl CampaignStage {
     fn in_effect_here(&self, campaign: &Campaign, state: &CampaignState) -> bool {
         (Self::shard_of(campaign, state) as u32)
             < campaign_shards::in_effect(campaign, &self.settings)
-    }
-
-    /// A shard out of effect sends its waiting candidates home (a step at a time), where the
-    /// campaign's limits apply to them now.
-    fn forward_waiting_home(
-        &self,
-        ctx: &mut ProcessorContext<'_>,
-        campaign: &Campaign,
-        state: &mut CampaignState,
-    ) -> Result<(), ProcessError> {
-        let step = queue::next_step(ctx, WAITING, &state.key)?;
-        state.waiting = state.waiting.saturating_sub(step.unreadable);
-        for (key, candidate) in step.entries {
-            ctx.store(WAITING)?.delete(&key)?;
-            state.waiting = state.waiting.saturating_sub(1);
-            self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &candidate)?;
-        }
-        if step.more {
-            ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
-        }
-        Ok(())
     }
 
     /// Answers the recounts the shard owes, once the campaign has a total limit here (before,
@@ -457,21 +440,6 @@ impl CampaignStage {
         }
         self.pre_lease(ctx, campaign, state)?;
         Ok(true)
-    }
-
-    /// Whether a triggered candidate at the campaign's home waits for a recount (the terms
-    /// are renewed first: an edit may start one).
-    pub(super) fn waits_for_recount(
-        &self,
-        ctx: &mut ProcessorContext<'_>,
-        campaign: &Campaign,
-        state: &mut CampaignState,
-    ) -> Result<bool, ProcessError> {
-        if state.is_shard(campaign) {
-            return Ok(false);
-        }
-        self.renew_leases(ctx, campaign, state)?;
-        Ok(Self::holds_for_recount(campaign, state))
     }
 
     /// Whether the home holds its triggered candidates until a recount is over.

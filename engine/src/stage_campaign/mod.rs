@@ -397,7 +397,11 @@ impl CampaignStage {
         state: &mut CampaignState,
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
-        if is_triggered_run(&candidate.run_id) && self.waits_for_recount(ctx, campaign, state)? {
+        // At home an edit may start a recount of the leases: its triggered candidates wait.
+        if is_triggered_run(&candidate.run_id) && !state.is_shard(campaign) {
+            self.renew_leases(ctx, campaign, state)?;
+        }
+        if is_triggered_run(&candidate.run_id) && Self::holds_for_recount(campaign, state) {
             return self.wait_for_places(ctx, state, &candidate);
         }
         if is_triggered_run(&candidate.run_id) && Self::leases(campaign, state) {
