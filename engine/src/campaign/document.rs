@@ -243,6 +243,7 @@ pub(super) struct AbDoc {
     pub test_audience: Audience,
     pub evaluate_after: String,
     pub winner_by: Option<WinnerBy>,
+    pub share_wait: Option<String>,
 }
 
 /// `what.ab.test_audience`: users, or a percentage (`"15%"`).

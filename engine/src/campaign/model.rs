@@ -359,7 +359,13 @@ pub struct AbTest {
     pub evaluate_after_ms: i64,
     /// Rule.
     pub winner_by: WinnerBy,
+    /// Triggered: how long, once users wait, a user-stage partition's unused places are kept
+    /// for its own users before they go to the waiting users (see `stage_campaign::ab`).
+    pub share_wait_ms: i64,
 }
+
+/// The default [`AbTest::share_wait_ms`]: 10 minutes.
+pub const DEFAULT_SHARE_WAIT_MS: i64 = 10 * 60_000;
 
 /// How users are spread over a campaign's variants.
 #[derive(Debug, Clone, PartialEq)]

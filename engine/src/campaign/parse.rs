@@ -18,6 +18,7 @@ use super::{
         PushDoc, Repeat, ScalarDoc, ScheduleDoc, Status, VariantsDoc, WhatDoc, WhenDoc,
     },
     json_schema::{self, join, SchemaFile},
+    model::DEFAULT_SHARE_WAIT_MS,
     recurrence::DEFAULT_GRACE_MS,
     AbTest, Assignment, Behaviour, Cadence, Campaign, CampaignStatus, CatchUp, Conversion, Dnd,
     DndAction, Filter, Inaction, Limits, Message, Op, Options, PropertyCondition, PushOptions,
@@ -634,10 +635,15 @@ impl Parser {
                     Audience::Percent(text) => self.percentage(&text, "what.ab.test_audience"),
                 };
                 let after = self.positive_duration(&ab.evaluate_after, "what.ab.evaluate_after");
+                let share_wait = match ab.share_wait {
+                    Some(text) => self.positive_duration(&text, "what.ab.share_wait"),
+                    None => Some(DEFAULT_SHARE_WAIT_MS),
+                };
                 Some(Assignment::AbTest(AbTest {
                     test_audience: audience?,
                     evaluate_after_ms: after?,
                     winner_by: ab.winner_by.unwrap_or(WinnerBy::Clicks),
+                    share_wait_ms: share_wait?,
                 }))
             }
             (None, None, Some(shares)) if shares.len() != count => self

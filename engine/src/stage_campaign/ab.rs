@@ -1,13 +1,23 @@
 //! A/B tests and split delivery: deterministic assignment, test groups, winner selection.
 //!
-//! A triggered A/B test of `N` users numbers its places `0..N` ("slots") and gives each of the
-//! `P` user-stage partitions an equal share in a range of its own (partition 0 the first
-//! `⌈N/P⌉` or `⌊N/P⌋`, and so on): partition `p`'s `k`-th user to qualify takes its range's
-//! `k`-th slot, with variant `slot mod variants` (so the variants alternate within each
-//! partition and are exact overall). Every partition has its share of the test whenever its
-//! users come (a partition that lags behind is tested as much as the others); users beyond
-//! their partition's share wait for the winner and get it. The test is complete, and its
-//! evaluation starts, when every slot is taken.
+//! A triggered A/B test of `N` users numbers its places `0..N` and gives each of the `P`
+//! user-stage partitions an equal share in a range of its own (partition 0 the first `⌈N/P⌉`
+//! or `⌊N/P⌋`, and so on): partition `p`'s `k`-th user to qualify takes its range's `k`-th
+//! place, with variant `place mod variants` (so the variants alternate within each partition
+//! and are exact overall). Every partition has its share of the test whenever its users come
+//! (a partition that lags behind is tested as much as the others); users beyond their
+//! partition's share wait for the winner and get it. The test is complete, and its evaluation
+//! starts, when every place is taken.
+//!
+//! A partition may never fill its share (fewer qualifying users than its places, no traffic):
+//! once a user waits, the shares are kept for `share_wait`; then the places still unused are
+//! pooled and go to the waiting users in the order of their [`sample::rank`] in the test (a
+//! uniform random order, the same on a replay), then to users as they come, until the test is
+//! complete. `P` is what the candidates declare (each names its partition and how many the
+//! user stage has): a candidate declaring more partitions than the places are divided over (the
+//! input topics were re-partitioned) divides the unused places again over the new count, each
+//! division numbering the places its predecessor left unused, so the places, and the variants,
+//! stay exact. A candidate naming no partition (an older producer) has no share: it waits.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +28,7 @@ use super::{
 };
 pub use crate::campaign::TestPopulation;
 use crate::{
-    campaign::{AbTest, Assignment, Campaign, CampaignStatus},
+    campaign::{sample, AbTest, Assignment, Campaign, CampaignStatus},
     model::Candidate,
     runtime::ProcessorContext,
 };
@@ -28,30 +38,86 @@ pub fn alternate(n: u64, variants: usize) -> usize {
     (n % variants.max(1) as u64) as usize
 }
 
-/// The slot of partition `partition`'s next test user (after `taken` of its own) in a test of
-/// `audience` users over `partitions` partitions, while the partition's share is not full.
-/// Shares are equal (the first `audience mod partitions` partitions have one more) and in
-/// consecutive ranges: partition 0's slots first.
-pub fn slot(audience: u64, partition: u32, partitions: u32, taken: u64) -> Option<u64> {
+/// Partition `partition`'s share of `places` divided over `partitions`: its first place and
+/// how many. Shares are equal (the first `places mod partitions` partitions have one more) and
+/// in consecutive ranges: partition 0's first; a partition beyond `partitions` has none.
+fn share(places: u64, partition: u32, partitions: u32) -> (u64, u64) {
     let (p, parts) = (u64::from(partition), u64::from(partitions.max(1)));
-    let (base, extra) = (audience / parts, audience % parts);
-    let share = base + u64::from(p < extra);
-    (p < parts && taken < share).then(|| p * base + p.min(extra) + taken)
+    let (base, extra) = (places / parts, places % parts);
+    if p >= parts {
+        return (places, 0);
+    }
+    (p * base + p.min(extra), base + u64::from(p < extra))
 }
 
-/// A triggered A/B test at its campaign's home: the slots taken per user-stage partition and
-/// the users waiting for the winner (in the run buffer, see [`waiting_owner`]).
+/// The place of partition `partition`'s next test user (after `taken` of its own) among
+/// `places` divided over `partitions`, while the partition's share is not full.
+pub fn slot(places: u64, partition: u32, partitions: u32, taken: u64) -> Option<u64> {
+    let (first, len) = share(places, partition, partitions);
+    (taken < len).then(|| first + taken)
+}
+
+/// One division of a triggered test's places over the user-stage partitions: the first over
+/// all the places, each later one over those its predecessor left unused (numbered in order).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Division {
+    /// The partitions the places are divided over (1 for the pool, where everyone counts as
+    /// partition 0).
+    partitions: u32,
+    /// Test users by partition.
+    taken: BTreeMap<u32, u64>,
+}
+
+impl Division {
+    /// Test users over every partition.
+    fn tested(&self) -> u64 {
+        self.taken.values().sum()
+    }
+
+    /// The `k`-th (0-based) of its `places` this division leaves unused, in order.
+    fn unused(&self, places: u64, k: u64) -> u64 {
+        let (mut position, mut k) = (0, k);
+        for (partition, taken) in &self.taken {
+            let (first, len) = share(places, *partition, self.partitions);
+            let gap = first.saturating_sub(position);
+            if k < gap {
+                return position + k;
+            }
+            k -= gap;
+            position = first + (*taken).min(len);
+        }
+        position + k
+    }
+}
+
+/// A triggered A/B test at its campaign's home: the divisions of its places, and the users
+/// waiting for the winner (in the run buffer, see [`waiting_owner`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct TriggeredTest {
-    /// The user-stage partitions the slots are numbered over, from the first test user's
-    /// candidate (0: none yet).
-    partitions: u32,
-    /// Test users so far, by partition.
-    taken: BTreeMap<u32, u64>,
+    /// The divisions of the places, the current one last (none before the first candidate
+    /// naming its partition).
+    #[serde(default)]
+    divisions: Vec<Division>,
+    /// The share wait passed: the current division is the pool of every unused place.
+    #[serde(default)]
+    pooled: bool,
+    /// The pooled places are being given to the waiting users in steps: newcomers wait, to be
+    /// ranked with them.
+    #[serde(default)]
+    pooling: bool,
+    /// When the first user waited (the share wait counts from then).
+    #[serde(default)]
+    waiting_since: Option<i64>,
     /// Users waiting for the winner.
     waiting: u64,
     /// The number the next waiting user takes (their order in the queue).
     waiting_seq: u64,
+    /// The partitions of a test saved before divisions (its only division, moved there).
+    #[serde(default, skip_serializing)]
+    partitions: u32,
+    /// Test users by partition of a test saved before divisions.
+    #[serde(default, skip_serializing)]
+    taken: BTreeMap<u32, u64>,
 }
 
 impl TriggeredTest {
@@ -60,21 +126,70 @@ impl TriggeredTest {
         self.waiting > 0
     }
 
-    /// The partition `candidate` came from, among the test's partitions (fixed by its first
-    /// user; a candidate that names none counts as partition 0).
-    fn partition(&mut self, candidate: &Candidate) -> u32 {
-        let (partition, partitions) = candidate.source.map_or((0, 1), |source| {
-            (source.partition.max(0) as u32, source.partitions.max(1) as u32)
-        });
-        if self.partitions == 0 {
-            self.partitions = partitions;
+    /// Moves the one division of a test saved before divisions where divisions are kept.
+    fn upgrade(&mut self) {
+        if self.partitions > 0 && self.divisions.is_empty() {
+            let taken = std::mem::take(&mut self.taken);
+            self.divisions.push(Division { partitions: self.partitions, taken });
         }
-        partition % self.partitions
+        self.partitions = 0;
     }
 
-    /// Test users over every partition.
+    /// The partition of the current division `candidate` takes a place in, if any: everyone's
+    /// is 0 in the pool; else the one it names, after dividing the unused places again if it
+    /// declares more partitions than the current division (a re-partitioned user stage); a
+    /// candidate that names no partition, or one outside the count it declares, has none.
+    fn partition(&mut self, candidate: &Candidate) -> Option<u32> {
+        if self.pooled {
+            return Some(0);
+        }
+        let source = candidate.source?;
+        let (partition, partitions) =
+            (u32::try_from(source.partition).ok()?, u32::try_from(source.partitions).ok()?);
+        if partition >= partitions {
+            return None;
+        }
+        if self.divisions.last().is_none_or(|current| current.partitions < partitions) {
+            self.divisions.push(Division { partitions, taken: BTreeMap::new() });
+        }
+        Some(partition)
+    }
+
+    /// How many places each division is over, for a test of `audience`.
+    fn places(&self, audience: u64) -> Vec<u64> {
+        let mut places = Vec::with_capacity(self.divisions.len());
+        let mut left = audience;
+        for division in &self.divisions {
+            places.push(left);
+            left = left.saturating_sub(division.tested());
+        }
+        places
+    }
+
+    /// The place (in `0..audience`) of `partition`'s next test user in the current division,
+    /// while its share is not full.
+    fn next_place(&self, audience: u64, partition: u32) -> Option<u64> {
+        let current = self.divisions.last()?;
+        let places = self.places(audience);
+        let taken = current.taken.get(&partition).copied().unwrap_or(0);
+        let mut place = slot(*places.last()?, partition, current.partitions, taken)?;
+        for (division, places) in self.divisions.iter().zip(&places).rev().skip(1) {
+            place = division.unused(*places, place);
+        }
+        Some(place)
+    }
+
+    /// Test users over every division.
     fn tested(&self) -> u64 {
-        self.taken.values().sum()
+        self.divisions.iter().map(Division::tested).sum()
+    }
+
+    /// Pools the places still unused: from now on they go to anyone, waiting users first.
+    fn pool(&mut self) {
+        if !self.pooled {
+            self.pooled = true;
+            self.divisions.push(Division { partitions: 1, taken: BTreeMap::new() });
+        }
     }
 }
 
@@ -84,13 +199,32 @@ fn waiting_owner(key: &str) -> String {
     format!("{key}\u{0}ab-test")
 }
 
-/// The test population of `campaign`'s triggered A/B test while it is on (active, no winner).
-fn test_audience(campaign: &Campaign, state: &CampaignState) -> Option<u64> {
+/// Where the waiting users of the state kept under `key` are listed in their rank order.
+fn rank_prefix(key: &str) -> Vec<u8> {
+    format!("{key}\u{0}ab-rank\u{0}").into_bytes()
+}
+
+/// The rank-order entry of the waiting `user` queued as `seq`: the user's [`sample::rank`] in
+/// the test, then `seq` (the entry's value is empty).
+fn rank_key(key: &str, user: &str, seq: u64) -> Vec<u8> {
+    let rank = sample::rank(key, user);
+    [rank_prefix(key).as_slice(), &rank.to_be_bytes(), &seq.to_be_bytes()].concat()
+}
+
+/// The queue number at the end of a waiting user's queue or rank-order key.
+fn seq_of(key: &[u8]) -> Option<u64> {
+    let tail = key.len().checked_sub(8).map(|start| &key[start..])?;
+    Some(u64::from_be_bytes(tail.try_into().ok()?))
+}
+
+/// The test of `campaign`'s triggered A/B test while it is on (active, no winner): its
+/// population and how long unused shares are kept.
+fn test_on<'c>(campaign: &'c Campaign, state: &CampaignState) -> Option<(u64, &'c AbTest)> {
     match &campaign.assignment {
-        Assignment::AbTest(AbTest { test_audience: TestPopulation::Users(audience), .. })
-            if state.winner_id.is_none() && campaign.status == CampaignStatus::Active =>
-        {
-            Some(*audience)
+        Assignment::AbTest(
+            test @ AbTest { test_audience: TestPopulation::Users(audience), .. },
+        ) if state.winner_id.is_none() && campaign.status == CampaignStatus::Active => {
+            Some((*audience, test))
         }
         _ => None,
     }
@@ -98,8 +232,8 @@ fn test_audience(campaign: &Campaign, state: &CampaignState) -> Option<u64> {
 
 impl CampaignStage {
     /// A candidate of a trigger: while the campaign's A/B test is on, a user of a partition
-    /// with a free slot takes it (and its variant), any other waits for the winner; else it is
-    /// delivered as it comes.
+    /// with a free place takes it (and its variant), any other waits for the winner or for a
+    /// pooled place (see [`Self::release_test_waiting`]); else it is delivered as it comes.
     pub(super) fn place_triggered(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -107,33 +241,69 @@ impl CampaignStage {
         state: &mut CampaignState,
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
-        let Some(audience) = test_audience(campaign, state) else {
+        let Some((audience, test)) = test_on(campaign, state) else {
             if state.ab_test.waits() {
                 // The test ended without a winner's timer (an edit removed it, a stop).
                 ctx.schedule(ctx.now_ms(), &timer_key(RUN_TIMER, &state.key))?;
             }
             return self.deliver(ctx, campaign, state, &candidate, None);
         };
+        state.ab_test.upgrade();
+        let partition =
+            if state.ab_test.pooling { None } else { state.ab_test.partition(&candidate) };
+        self.seat(ctx, campaign, state, candidate, partition, audience)?;
+        if state.ab_test.waits() && state.ab_test.waiting_since.is_none() {
+            // The first user to wait: the unused shares are kept for `share_wait` from now.
+            let now = ctx.effective_ms();
+            state.ab_test.waiting_since = Some(now);
+            ctx.schedule(
+                now.saturating_add(test.share_wait_ms),
+                &timer_key(RUN_TIMER, &state.key),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A user takes the next place of `partition` (and its variant) while it has one, or waits.
+    /// A tested user again keeps their variant and takes no place.
+    fn seat(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        candidate: Candidate,
+        partition: Option<u32>,
+        audience: u64,
+    ) -> Result<(), ProcessError> {
         let sticky_key = super::assignment_key(&state.key, &candidate.user_id);
         if Self::sticky(ctx, campaign, &sticky_key)?.is_some() {
-            return self.deliver(ctx, campaign, state, &candidate, None); // a tested user again
+            return self.deliver(ctx, campaign, state, &candidate, None);
         }
-        let partition = state.ab_test.partition(&candidate);
-        let taken = state.ab_test.taken.get(&partition).copied().unwrap_or(0);
-        let Some(slot) = slot(audience, partition, state.ab_test.partitions, taken) else {
-            let owner = waiting_owner(&state.key);
-            let key = queue::key(&owner, state.ab_test.waiting_seq);
-            ctx.store(RUN_BUFFER)?.put_as(&key, &candidate)?;
+        let seat = partition.and_then(|partition| {
+            Some((partition, state.ab_test.next_place(audience, partition)?))
+        });
+        let Some((partition, place)) = seat else {
+            let seq = state.ab_test.waiting_seq;
+            let mut buffer = ctx.store(RUN_BUFFER)?;
+            buffer.put_as(&queue::key(&waiting_owner(&state.key), seq), &candidate)?;
+            buffer.put(&rank_key(&state.key, &candidate.user_id, seq), &[])?;
             state.ab_test.waiting_seq += 1;
             state.ab_test.waiting += 1;
             return Ok(());
         };
         let assigned = state.assigned;
         let at = candidate.qualified_at_ms;
-        self.deliver(ctx, campaign, state, &candidate, Some(alternate(slot, campaign.what.len())))?;
-        // The slot is taken once the user got its variant (not when a limit turned them away).
+        self.deliver(
+            ctx,
+            campaign,
+            state,
+            &candidate,
+            Some(alternate(place, campaign.what.len())),
+        )?;
+        // The place is taken once the user got its variant (not when a limit turned them away).
         if state.assigned > assigned {
-            *state.ab_test.taken.entry(partition).or_default() += 1;
+            let current = state.ab_test.divisions.last_mut().expect("a place has a division");
+            *current.taken.entry(partition).or_default() += 1;
             if state.ab_test.tested() >= audience && state.test_full_at.is_none() {
                 self.start_evaluation(ctx, campaign, state, at)?;
             }
@@ -141,22 +311,31 @@ impl CampaignStage {
         Ok(())
     }
 
-    /// Once the test is over (a winner, an edit, a stop), the users who waited for it leave in
-    /// steps, timed when they leave; the next step follows on the run timer.
+    /// The users waiting on a triggered test move on: once the test is over (a winner, an edit,
+    /// a stop) they leave in steps, timed when they leave; while it is on and the share wait
+    /// has passed, the unused places are pooled and go to them in rank order, in steps. The
+    /// next step follows on the run timer.
     pub(super) fn release_test_waiting(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
         state: &mut CampaignState,
     ) -> Result<(), ProcessError> {
-        if !state.ab_test.waits() || test_audience(campaign, state).is_some() || is_held(campaign) {
+        if !state.ab_test.waits() || is_held(campaign) {
             return Ok(());
+        }
+        if let Some((audience, test)) = test_on(campaign, state) {
+            return self.pool_unused_places(ctx, campaign, state, audience, test);
         }
         let step = queue::next_step(ctx, RUN_BUFFER, &waiting_owner(&state.key))?;
         state.ab_test.waiting = state.ab_test.waiting.saturating_sub(step.unreadable);
         let now = ctx.effective_ms();
         for (key, candidate) in step.entries {
-            ctx.store(RUN_BUFFER)?.delete(&key)?;
+            let mut buffer = ctx.store(RUN_BUFFER)?;
+            buffer.delete(&key)?;
+            if let Some(seq) = seq_of(&key) {
+                buffer.delete(&rank_key(&state.key, &candidate.user_id, seq))?;
+            }
             state.ab_test.waiting = state.ab_test.waiting.saturating_sub(1);
             let leaving =
                 Candidate { qualified_at_ms: candidate.qualified_at_ms.max(now), ..candidate };
@@ -164,6 +343,55 @@ impl CampaignStage {
         }
         if step.more {
             ctx.schedule(ctx.now_ms(), &timer_key(RUN_TIMER, &state.key))?;
+        }
+        Ok(())
+    }
+
+    /// Once `share_wait` has passed since the first user waited, pools the places still unused
+    /// and gives them to the waiting users with the lowest ranks, a step at a time.
+    fn pool_unused_places(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        audience: u64,
+        test: &AbTest,
+    ) -> Result<(), ProcessError> {
+        let now = ctx.effective_ms();
+        let timer = timer_key(RUN_TIMER, &state.key);
+        state.ab_test.upgrade();
+        let since = *state.ab_test.waiting_since.get_or_insert(now);
+        let due = since.saturating_add(test.share_wait_ms);
+        if now < due {
+            return Ok(ctx.schedule(due, &timer)?); // an edit made the wait longer
+        }
+        state.ab_test.pool();
+        let free = audience.saturating_sub(state.ab_test.tested());
+        let limit = queue::STEP.min(usize::try_from(free).unwrap_or(usize::MAX));
+        let ranked = ctx.store(RUN_BUFFER)?.prefix(&rank_prefix(&state.key), limit)?;
+        let full_step = limit > 0 && ranked.len() == limit;
+        let owner = waiting_owner(&state.key);
+        for (rank_key, _) in ranked {
+            if state.ab_test.tested() >= audience {
+                break;
+            }
+            let mut buffer = ctx.store(RUN_BUFFER)?;
+            buffer.delete(&rank_key)?;
+            let Some(key) = seq_of(&rank_key).map(|seq| queue::key(&owner, seq)) else { continue };
+            let Some(bytes) = buffer.get(&key)? else { continue };
+            buffer.delete(&key)?;
+            state.ab_test.waiting = state.ab_test.waiting.saturating_sub(1);
+            let Ok(candidate) = serde_json::from_slice::<Candidate>(&bytes) else {
+                tracing::warn!(campaign = %campaign.id, "dropping an unreadable waiting candidate");
+                continue;
+            };
+            let leaving =
+                Candidate { qualified_at_ms: candidate.qualified_at_ms.max(now), ..candidate };
+            self.seat(ctx, campaign, state, leaving, Some(0), audience)?;
+        }
+        state.ab_test.pooling = full_step && state.ab_test.tested() < audience;
+        if state.ab_test.pooling {
+            ctx.schedule(ctx.now_ms(), &timer)?;
         }
         Ok(())
     }
@@ -357,6 +585,70 @@ mod tests {
             .map(|slot| alternate(slot, 2))
             .collect();
         assert_eq!(variants, [0, 1, 0, 1, 0, 1, 0]);
+    }
+
+    /// A candidate from `source` (partition, partitions).
+    fn from(source: Option<(i32, i32)>) -> Candidate {
+        Candidate {
+            campaign_id: "c".into(),
+            app_id: "a".into(),
+            run_id: "trigger".into(),
+            user_id: "u".into(),
+            qualified_at_ms: 0,
+            trigger_event: None,
+            event_properties: Default::default(),
+            profile: Default::default(),
+            devices: Vec::new(),
+            timezone: None,
+            language: None,
+            source: source.map(|(partition, partitions)| crate::model::SourcePartition {
+                partition,
+                partitions,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_new_division_numbers_the_places_its_predecessor_left_unused_so_every_place_is_taken_once()
+    {
+        let candidate = |partition, partitions| from(Some((partition, partitions)));
+        let mut test = TriggeredTest::default();
+        let mut places = Vec::new();
+        let mut take = |test: &mut TriggeredTest, partition: i32, partitions: i32| {
+            let p = test.partition(&candidate(partition, partitions))?;
+            let place = test.next_place(8, p)?;
+            *test.divisions.last_mut().unwrap().taken.entry(p).or_default() += 1;
+            places.push(place);
+            Some(place)
+        };
+        // 8 places over 2 partitions (0-3 | 4-7): each takes its first.
+        assert_eq!(take(&mut test, 0, 2), Some(0));
+        assert_eq!(take(&mut test, 1, 2), Some(4));
+        // Re-partitioned to 4: the 6 unused places (1 2 3 5 6 7) are divided 2, 2, 1, 1.
+        assert_eq!(take(&mut test, 3, 4), Some(7));
+        assert_eq!(take(&mut test, 0, 4), Some(1));
+        assert_eq!(take(&mut test, 1, 2), Some(3), "an older candidate: partition 1 of 4");
+        assert_eq!(take(&mut test, 1, 4), Some(5));
+        assert_eq!(take(&mut test, 1, 4), None, "partition 1's share is full");
+        assert_eq!(take(&mut test, 3, 4), None);
+        assert_eq!(take(&mut test, 4, 4), None, "not a partition of the count it declares");
+        // The share wait passed: the two places left (2 and 6) go to anyone.
+        test.pool();
+        assert_eq!(take(&mut test, 3, 4), Some(2));
+        assert_eq!(take(&mut test, 1, 4), Some(6));
+        assert_eq!(take(&mut test, 0, 4), None);
+        assert_eq!(test.tested(), 8);
+        places.sort_unstable();
+        assert_eq!(places, (0..8).collect::<Vec<u64>>(), "every place once: variants exact");
+    }
+
+    #[test]
+    fn a_candidate_naming_no_partition_does_not_fix_the_division() {
+        let mut test = TriggeredTest::default();
+        assert_eq!(test.partition(&from(None)), None);
+        assert!(test.divisions.is_empty());
+        assert_eq!(test.partition(&from(Some((2, 4)))), Some(2));
+        assert_eq!(test.next_place(10, 2), Some(6));
     }
 
     #[test]
