@@ -438,6 +438,10 @@ impl CampaignStage {
                 self.send_lease_plan(ctx, campaign, shard, ShardPlanKind::Recount, 0)?;
             }
         }
+        if state.waiting > 0 && !Self::holds_for_recount(campaign, state) {
+            // Held for a recount the edit made moot (the total removed): they leave now.
+            ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
+        }
         self.pre_lease(ctx, campaign, state)?;
         Ok(true)
     }
