@@ -290,8 +290,20 @@ fn a_4_shard_ab_broadcast_with_total_limit_5000_stays_exact_when_an_instance_is_
 
 /// One engine instance on the deployment's topics (killed on drop).
 fn spawn_one(prefix: &str, app_id: &str, dir: &Path, log: &Path) -> KillOnDrop {
-    let state = dir.join("state-a");
-    KillOnDrop::new(common::spawn_engine_instance(prefix, app_id, "a", &state, log, &[]))
+    spawn_instance(prefix, app_id, dir, log, "a")
+}
+
+/// Engine instance `instance` on the deployment's topics, on its own state under `dir` (killed
+/// on drop).
+fn spawn_instance(
+    prefix: &str,
+    app_id: &str,
+    dir: &Path,
+    log: &Path,
+    instance: &str,
+) -> KillOnDrop {
+    let state = dir.join(format!("state-{instance}"));
+    KillOnDrop::new(common::spawn_engine_instance(prefix, app_id, instance, &state, log, &[]))
 }
 
 /// `name` events of `users`, one each.
@@ -451,4 +463,59 @@ fn a_total_limit_added_to_a_sharded_triggered_campaign_counts_what_its_shards_se
     );
 
     common::delete_topics_starting_with(&[&prefix, &app_id]);
+}
+
+/// A total of 1,500 leased over 8 shards on two instances; 500 sent; then lowered to 600 while
+/// the shards hold places of the 1,500, and one instance killed (SIGKILL) right after the edit,
+/// while the recount it causes is on its way, and restarted on its own state, with 2,500 more
+/// pings: exactly 600 users, announced once.
+#[test]
+fn a_total_lowered_while_shards_hold_places_stays_exact_when_an_instance_is_killed_in_the_recount()
+{
+    const USERS: usize = 3_000;
+    let prefix = format!("{}-", common::unique("it-recount"));
+    let app_id = common::unique("it-recount-app");
+    let dir = tempfile::tempdir().unwrap();
+    let topic = |name: &str| format!("{prefix}herald.{name}");
+    create_topics(&topic, 8);
+    let coupons = |total: usize| {
+        format!("id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\nlimits: {{ total: {total} }}\noptions: {{ ignore_global_caps: true, shards: 8 }}\n")
+    };
+    apply(dir.path(), &topic("campaigns"), "coupons.yaml", &coupons(1_500));
+    let now = common::now_ms();
+    let users = |range: std::ops::Range<usize>| range.map(|i| format!("u{i}"));
+    let profiles = users(0..USERS).map(|u| common::profile(&u, Platform::Android, now));
+    common::produce(&topic("profiles"), profiles);
+    let log = dir.path().join("engines.log");
+    let mut a = spawn_instance(&prefix, &app_id, dir.path(), &log, "a");
+    let mut b = spawn_instance(&prefix, &app_id, dir.path(), &log, "b");
+    wait_for_offsets(&format!("{app_id}-profiles-changelog"), USERS as i64, &log);
+    common::produce(&topic("events"), events("Ping", users(0..500)));
+    assert_eq!(commands(&topic("push"), 500).len(), 500, "{}", common::tail(&log, 30));
+    apply(dir.path(), &topic("campaigns"), "lowered.yaml", &coupons(600));
+    common::kill_hard(b.take());
+    common::produce(&topic("events"), events("Ping", users(500..USERS)));
+    b = spawn_instance(&prefix, &app_id, dir.path(), &log, "b");
+    let sent = commands(&topic("push"), 600);
+    let registry = SchemaRegistry::builtin();
+    let announced = common::read_committed(
+        &topic("campaign-events"),
+        2,
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    );
+    common::stop_gracefully(a.take());
+    common::stop_gracefully(b.take());
+    common::delete_topics_starting_with(&[&prefix, &app_id]);
+
+    let distinct: BTreeSet<&str> = sent.iter().map(|c| c.user_id.as_str()).collect();
+    assert_eq!(sent.len(), 600, "exactly the lowered total\n{}", common::tail(&log, 30));
+    assert_eq!(distinct.len(), 600, "one command per user");
+    let kinds: Vec<(String, String)> = announced
+        .iter()
+        .map(|r| registry.decode::<CampaignLifecycleEvent>(r.value.as_deref().unwrap()).unwrap())
+        .map(|e| (format!("{:?}", e.kind), e.details["sent"].clone()))
+        .collect();
+    let once = |kind: &str| (kind.to_string(), "600".to_string());
+    assert_eq!(kinds, [once("LimitReached"), once("Completed")], "announced once, by the home");
 }
