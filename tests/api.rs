@@ -1043,7 +1043,7 @@ impl Forger {
                         signature: None,
                     };
                     if signed {
-                        own_key.sign(&mut reply);
+                        own_key.sign(&mut reply, &request);
                     }
                     let bytes = SchemaRegistry::builtin().encode(&reply).unwrap();
                     (request.request_id.clone(), bytes)
@@ -1109,7 +1109,7 @@ fn a_query_of_an_unknown_kind_is_refused_at_once_by_every_partition_signed() {
         assert_eq!(reply.status, QueryStatus::Refused, "{reply:?}");
         let error = reply.error.as_deref().unwrap_or_default();
         assert!(error.starts_with(r#"unknown query kind "drop-tables" (known: "#), "{error}");
-        assert!(key.verifies(reply), "{reply:?}");
+        assert_eq!(key.verify(reply, &request), Ok(()), "{reply:?}");
     }
 }
 

@@ -101,7 +101,8 @@ impl QueryClient {
     /// until each expected partition (every one; the owner of the request's key, if it has one)
     /// gave its final reply, or the request's deadline passed; `progress` is told of each reply.
     /// The request is deleted from the queries topic at the end. With a query key in the
-    /// environment ([`ReplyKey::from_env`]), replies whose signature does not verify are dropped.
+    /// environment ([`ReplyKey::from_env`]), replies whose signature does not verify for `request` (its exact
+    /// fields: another question under the same id does not) are dropped.
     pub fn ask(
         &self,
         request: &QueryRequest,
@@ -187,12 +188,12 @@ impl QueryClient {
             if reply.request_id != request.request_id || !expected.contains(&reply.partition) {
                 continue;
             }
-            if key.is_some_and(|key| !key.verifies(&reply)) {
-                rejected_replies().inc();
+            if let Some(Err(rejection)) = key.map(|key| key.verify(&reply, request)) {
+                rejected_replies().with_label_values(&[rejection.reason()]).inc();
                 tracing::warn!(
                     request = %request.request_id,
                     partition = reply.partition,
-                    "a query reply's signature does not verify (forged, or another key); dropped"
+                    "a query reply is dropped: {rejection}"
                 );
                 continue;
             }

@@ -308,7 +308,7 @@ impl<W> QueryDesk<W> {
             signature: None,
         };
         if let Some(key) = &self.key {
-            key.sign(&mut reply);
+            key.sign(&mut reply, &open.request);
         }
         Ok(ctx.send_record(replies, open.request.request_id.as_bytes(), &reply)?)
     }

@@ -15,8 +15,9 @@
 //!   [`QueryReply`]s to `herald.query-replies`, keyed by the request id, in its transactions:
 //!   `PROGRESS` about once a second while it works (`scanned` so far), then one `DONE` (with
 //!   the answer as JSON `body`) or `REFUSED` (with an `error`), naming its `partition`, signed
-//!   with the key shared by engine and clients when there is one ([`sign`]); clients drop replies
-//!   whose signature does not verify.
+//!   with the key shared by engine and clients when there is one ([`sign`]), over the reply and a
+//!   digest of the request answered; clients drop replies whose signature does not verify for the
+//!   exact request they sent.
 //! - A request with a `key` (e.g. a user id) is answered by the one task owning that key;
 //!   without a key, by every task: the client waits until each partition answered
 //!   ([`QueryClient::ask`]), or its deadline passed (then [`Answers::missing`] says which
@@ -152,8 +153,8 @@ pub struct QueryReply {
     pub error: Option<String>,
     /// When the task wrote it, epoch milliseconds.
     pub timestamp_ms: i64,
-    /// HMAC-SHA256 of the other fields with the shared query key, hex ([`sign`]); none when the
-    /// engine has no key.
+    /// HMAC-SHA256 of the other fields and of the digest of the request answered, with the shared
+    /// query key, hex ([`sign`]); none when the engine has no key.
     #[serde(default)]
     pub signature: Option<String>,
 }
