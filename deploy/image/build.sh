@@ -24,7 +24,7 @@ else
     # The cold release build takes the machine's cores for half an hour: a low priority
     # keeps the rest of the machine responsive. Layers cache the apt steps between builds;
     # the Dockerfile's cache mounts keep the crates and cargo's target directory.
-    nice -n 15 buildah bud --isolation chroot --layers "${bases[@]}" \
+    nice -n 15 buildah bud --isolation chroot --layers --force-rm "${bases[@]}" \
         -f "$context/Dockerfile" -t "$image" "$context"
 fi
 
