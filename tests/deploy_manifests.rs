@@ -473,9 +473,31 @@ fn kubernetes_manifests_match_the_topology() {
         let context = &workload["spec"]["template"]["spec"]["securityContext"];
         assert_eq!(context["runAsNonRoot"].as_bool(), Some(true), "{:?}", workload["metadata"]);
     }
-    for job in ["herald-engine", "herald-sender"] {
+    for job in ["herald-engine", "herald-sender", "herald-api"] {
         named(&documents, "ServiceMonitor", job);
         named(&documents, "Service", job);
+    }
+    // The API serves /metrics, /healthz and /readyz on its --metrics-addr: the Service names
+    // that port `metrics` (the monitor's), and the probes ask it.
+    let api = named(&documents, "Deployment", "herald-api");
+    let container = &api["spec"]["template"]["spec"]["containers"][0];
+    let metrics_addr = flag(&strings(&container["args"]), "metrics-addr").map(str::to_string);
+    let port: i64 = metrics_addr
+        .expect("herald api --metrics-addr")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let declared =
+        container["ports"].as_sequence().unwrap().iter().find(|p| p["name"] == "metrics");
+    assert_eq!(declared.and_then(|p| p["containerPort"].as_i64()), Some(port));
+    let service =
+        named(&documents, "Service", "herald-api")["spec"]["ports"].as_sequence().unwrap();
+    assert!(service.iter().any(|p| p["name"] == "metrics" && p["targetPort"] == "metrics"));
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!((get["path"].as_str(), get["port"].as_str()), (Some(path), Some("metrics")));
     }
     // The kustomization lists every file.
     let kustomization: Value =
@@ -540,6 +562,8 @@ fn compose_matches_the_topology_and_the_prometheus_jobs() {
     // The sender shares the simulator's network namespace (its certificate names 127.0.0.1).
     assert_eq!(services["sender"]["network_mode"].as_str(), Some("service:sim"));
     assert_eq!(targets["herald-sender"], [format!("sim:{}", port("sender"))]);
+    // The API's token-free metrics address is scraped too.
+    assert_eq!(targets["herald-api"], [format!("api:{}", port("api"))]);
     SenderConfig::parse(&read("deploy/compose/senders.yaml"), "deploy/compose/senders.yaml")
         .expect("deploy/compose/senders.yaml");
 }
