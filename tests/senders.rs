@@ -282,6 +282,7 @@ fn commands(count: usize) -> Vec<(String, Vec<u8>)> {
                 created_at_ms: common::now_ms(),
                 expires_at_ms: None,
                 confirm: false,
+                place_key: None,
             };
             (user, SchemaRegistry::builtin().encode(&command).unwrap())
         })

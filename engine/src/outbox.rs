@@ -36,6 +36,16 @@ pub enum Drain {
     Drop,
 }
 
+/// What a release did with one queued item (see [`Outbox::release_each`]).
+pub enum Leave<T> {
+    /// It left: it counts in the window.
+    Sent,
+    /// It was dropped: it does not count.
+    Dropped,
+    /// It stays queued, behind the items queued now (a paused owner).
+    Held(T),
+}
+
 /// One outbox: where its items live and how fast they may leave.
 pub struct Outbox<'a> {
     /// Store holding the queued items.
@@ -70,21 +80,34 @@ impl Outbox<'_> {
                 return Ok(Some(item));
             }
         }
-        ctx.store(self.store)?.put_as(&self.key(state.tail), &item)?;
+        self.queue(ctx, state, &item)?;
+        Ok(None)
+    }
+
+    /// Queues `item` behind the others whatever the window's room (a paused owner's), and
+    /// makes sure the release timer is set.
+    pub fn queue<T: Serialize>(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        state: &mut OutboxState,
+        item: &T,
+    ) -> Result<(), ProcessError> {
+        ctx.store(self.store)?.put_as(&self.key(state.tail), item)?;
         state.tail += 1;
         if state.release_at.is_none() {
-            let due = state.window_start + self.throttle.per_ms;
+            let due = state.window_start.max(ctx.effective_ms() - self.throttle.per_ms)
+                + self.throttle.per_ms;
             state.release_at = Some(due);
             ctx.schedule(due, self.timer)?;
         }
-        Ok(None)
+        Ok(())
     }
 
     /// The release timer due at `at` fired: opens a window and hands queued items, oldest
     /// first, to `each` (with `true` when they are dropped rather than sent); reschedules while
     /// any wait. The window opens when the release happens ([`ProcessorContext::effective_ms`]),
     /// never at a past due time: an outbox catching up after downtime leaves at its rate.
-    pub fn release<T: DeserializeOwned>(
+    pub fn release<T: Serialize + DeserializeOwned>(
         &self,
         ctx: &mut ProcessorContext<'_>,
         state: &mut OutboxState,
@@ -92,25 +115,58 @@ impl Outbox<'_> {
         drain: Drain,
         mut each: impl FnMut(&mut ProcessorContext<'_>, T, bool) -> Result<(), ProcessError>,
     ) -> Result<(), ProcessError> {
+        if drain == Drain::Hold {
+            let at = at.max(ctx.effective_ms());
+            state.release_at = None;
+            return self.reschedule(ctx, state, at);
+        }
+        let dropping = drain == Drain::Drop;
+        self.release_each(ctx, state, at, |ctx, item| {
+            each(ctx, item, dropping)?;
+            Ok(if dropping { Leave::Dropped } else { Leave::Sent })
+        })
+    }
+
+    /// Like [`Self::release`] with a decision per item: `each` sends it (counted in the
+    /// window), drops it, or holds it (queued again behind the others). Each item is looked
+    /// at once per release, so a release ends even when every item is held.
+    pub fn release_each<T: Serialize + DeserializeOwned>(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        state: &mut OutboxState,
+        at: i64,
+        mut each: impl FnMut(&mut ProcessorContext<'_>, T) -> Result<Leave<T>, ProcessError>,
+    ) -> Result<(), ProcessError> {
         let at = at.max(ctx.effective_ms());
         state.release_at = None;
-        if drain != Drain::Hold {
-            state.window_start = at;
-            state.window_sent = 0;
-            let dropping = drain == Drain::Drop;
-            while state.head < state.tail && (dropping || state.window_sent < self.throttle.max) {
-                let key = self.key(state.head);
-                let item = ctx.store(self.store)?.get_as::<T>(&key)?;
-                ctx.store(self.store)?.delete(&key)?;
-                state.head += 1;
-                if !dropping {
-                    state.window_sent += 1;
-                }
-                if let Some(item) = item {
-                    each(ctx, item, dropping)?;
+        state.window_start = at;
+        state.window_sent = 0;
+        let end = state.tail;
+        while state.head < end && state.window_sent < self.throttle.max {
+            let key = self.key(state.head);
+            let item = ctx.store(self.store)?.get_as::<T>(&key)?;
+            ctx.store(self.store)?.delete(&key)?;
+            state.head += 1;
+            let Some(item) = item else { continue };
+            match each(ctx, item)? {
+                Leave::Sent => state.window_sent += 1,
+                Leave::Dropped => {}
+                Leave::Held(item) => {
+                    ctx.store(self.store)?.put_as(&self.key(state.tail), &item)?;
+                    state.tail += 1;
                 }
             }
         }
+        self.reschedule(ctx, state, at)
+    }
+
+    /// Sets the release timer for the next window while items wait.
+    fn reschedule(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        state: &mut OutboxState,
+        at: i64,
+    ) -> Result<(), ProcessError> {
         if state.head < state.tail {
             let due = at + self.throttle.per_ms;
             state.release_at = Some(due);

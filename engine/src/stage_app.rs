@@ -1,20 +1,28 @@
 //! The app stage (partitioned by app id): the global per-app throttle, "at most N
 //! notifications per interval" across all of an app's campaigns. The campaign stage routes the
 //! send commands of apps that have such a throttle here instead of to `herald.push`; they wait
-//! in a durable outbox per app and leave, in arrival order, as the app's windows open.
+//! in a durable outbox per app and leave, in arrival order, as the app's windows open. A paused
+//! campaign's commands stay queued until it resumes; a stopped one's are dropped and go back to
+//! the campaign stage as skips (counted `stopped`, their places given back).
 
 use std::sync::Arc;
 
 use crate::{
-    campaign::Throttle,
-    model::{topics::TopicNames, Record, SchemaRegistry, SendCommand},
-    outbox::{Drain, Outbox, OutboxState},
+    campaign::{shards, CampaignCache, CampaignStatus, Throttle, CAMPAIGNS_TABLE},
+    model::{topics::TopicNames, Record, SchemaRegistry, SendCommand, Skip},
+    outbox::{Leave, Outbox, OutboxState},
     runtime::{ProcessError, Processor, ProcessorContext, SourceRecord, Timer, TopologyBuilder},
     settings::Settings,
 };
 
 const OUTBOX: &str = "app-outbox";
 const WINDOWS: &str = "app-windows";
+/// The outbox of an app whose throttle was removed: everything leaves at once, but a paused
+/// campaign's commands, looked at again each minute.
+const UNTHROTTLED: Throttle = Throttle { max: u64::MAX, per_ms: 60_000 };
+/// Notifications of stopped campaigns dropped here (campaign, run, user): the first dropped
+/// device command of one gives its place back, the others only their variant's sent count.
+const DROPPED: &str = "app-dropped";
 
 /// Adds the app stage (throttled send commands in, send commands out) to a topology.
 pub fn add_app_stage(
@@ -25,13 +33,19 @@ pub fn add_app_stage(
     let names = Arc::clone(topics);
     builder.sub_topology(
         "app",
-        move |_| AppStage { topics: Arc::clone(&names), settings: Arc::clone(&settings) },
+        move |_| AppStage {
+            topics: Arc::clone(&names),
+            settings: Arc::clone(&settings),
+            campaigns: CampaignCache::default(),
+        },
         |s| {
             s.source(&topics.app_throttle)
                 .store(OUTBOX)
                 .store(WINDOWS)
+                .store(DROPPED)
                 .sink(&topics.push)
                 .sink(&topics.send_gate)
+                .sink(&topics.campaign_flow)
         },
     )
 }
@@ -40,6 +54,7 @@ pub fn add_app_stage(
 pub struct AppStage {
     topics: Arc<TopicNames>,
     settings: Arc<Settings>,
+    campaigns: CampaignCache,
 }
 
 impl AppStage {
@@ -50,6 +65,60 @@ impl AppStage {
     ) -> Result<(), ProcessError> {
         let topic = self.settings.app(&command.app_id).send_topic(&self.topics, command.confirm);
         Ok(ctx.send_record(topic, command.user_id.as_bytes(), command)?)
+    }
+
+    /// Sends `command` at `at` if its campaign is active, drops it (counted) if it is stopped,
+    /// or hands it back to be held if it is paused.
+    fn leave(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        command: SendCommand,
+        at: i64,
+    ) -> Result<Leave<SendCommand>, ProcessError> {
+        let status = self.campaigns.book().get(&command.campaign_id).map(|c| c.status);
+        match status {
+            Some(CampaignStatus::Paused | CampaignStatus::Draft) => Ok(Leave::Held(command)),
+            Some(CampaignStatus::Stopped) => {
+                self.drop_stopped(ctx, &command, at)?;
+                Ok(Leave::Dropped)
+            }
+            Some(CampaignStatus::Active) | None => {
+                self.forward(ctx, &SendCommand { created_at_ms: at, ..command })?;
+                Ok(Leave::Sent)
+            }
+        }
+    }
+
+    /// Drops a stopped campaign's `command`: a skip to the campaign state that counted it
+    /// takes back its variant's sent count and, for the notification's first command, counts
+    /// it `stopped` and gives its place back.
+    fn drop_stopped(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        command: &SendCommand,
+        at: i64,
+    ) -> Result<(), ProcessError> {
+        let Some(campaign) = self.campaigns.book().get(&command.campaign_id) else {
+            return Ok(());
+        };
+        let notification =
+            [&command.campaign_id, "\0", &command.run_id, "\0", &command.user_id].concat();
+        let first = ctx.store(DROPPED)?.get(notification.as_bytes())?.is_none();
+        if first {
+            ctx.store(DROPPED)?.put(notification.as_bytes(), &[])?;
+        }
+        let skip = Skip {
+            campaign_id: command.campaign_id.clone(),
+            app_id: command.app_id.clone(),
+            user_id: command.user_id.clone(),
+            reason: "stopped".into(),
+            timestamp_ms: at,
+            variant_id: Some(command.variant_id.clone()),
+            returns_place: first,
+            run_id: Some(command.run_id.clone()),
+        };
+        let key = shards::answer_key(campaign, &self.settings, command);
+        Ok(ctx.send_record(&self.topics.campaign_flow, key.as_bytes(), &skip)?)
     }
 
     /// The app's outbox with `throttle`, and its stored window.
@@ -78,13 +147,24 @@ impl Processor for AppStage {
             return Err(ProcessError::reject(format!("unexpected {name} on the app stage")));
         }
         let command: SendCommand = registry.decode(value)?;
+        self.campaigns.refresh(ctx.global(CAMPAIGNS_TABLE));
         let app = command.app_id.clone();
-        // Without a throttle (removed from the settings since it was routed here): no wait.
-        let Some(throttle) = self.settings.app(&app).throttle else {
-            return self.forward(ctx, &command);
+        let status = self.campaigns.book().get(&command.campaign_id).map(|c| c.status);
+        if status == Some(CampaignStatus::Stopped) {
+            return self.drop_stopped(ctx, &command, ctx.timestamp_ms());
+        }
+        let paused = matches!(status, Some(CampaignStatus::Paused | CampaignStatus::Draft));
+        // Without a throttle (removed from the settings since it was routed here): no wait,
+        // except for a paused campaign's (held until a release finds it resumed).
+        let throttle = match self.settings.app(&app).throttle {
+            Some(throttle) => throttle,
+            None if paused => UNTHROTTLED,
+            None => return self.forward(ctx, &command),
         };
         let (outbox, mut window) = self.outbox(ctx, &app, throttle)?;
-        if let Some(command) = outbox.offer(ctx, &mut window, command, ctx.timestamp_ms())? {
+        if paused {
+            outbox.queue(ctx, &mut window, &command)?;
+        } else if let Some(command) = outbox.offer(ctx, &mut window, command, ctx.timestamp_ms())? {
             self.forward(ctx, &command)?;
         }
         Ok(ctx.store(WINDOWS)?.put_as(app.as_bytes(), &window)?)
@@ -95,16 +175,20 @@ impl Processor for AppStage {
         ctx: &mut ProcessorContext<'_>,
         timer: &Timer,
     ) -> Result<(), ProcessError> {
+        self.campaigns.refresh(ctx.global(CAMPAIGNS_TABLE));
         let app = String::from_utf8_lossy(&timer.key).into_owned();
         // Commands leave now, not at a past due time (an outbox catching up after downtime).
         let at = timer.at_ms.max(ctx.effective_ms());
         // A throttle removed from the settings since: everything still waiting leaves now.
-        let throttle =
-            self.settings.app(&app).throttle.unwrap_or(Throttle { max: u64::MAX, per_ms: 1 });
+        let throttle = self.settings.app(&app).throttle.unwrap_or(UNTHROTTLED);
         let (outbox, mut window) = self.outbox(ctx, &app, throttle)?;
-        outbox.release(ctx, &mut window, at, Drain::Send, |ctx, command: SendCommand, _| {
-            self.forward(ctx, &SendCommand { created_at_ms: at, ..command })
-        })?;
+        outbox.release_each(ctx, &mut window, at, |ctx, command| self.leave(ctx, command, at))?;
         Ok(ctx.store(WINDOWS)?.put_as(app.as_bytes(), &window)?)
+    }
+
+    fn on_global_change(&mut self, table: &str, _key: &[u8], _value: Option<&[u8]>) {
+        if table == CAMPAIGNS_TABLE {
+            self.campaigns.invalidate();
+        }
     }
 }

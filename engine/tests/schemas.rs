@@ -184,6 +184,7 @@ fn delivery_records_round_trip() {
         created_at_ms: 12,
         expires_at_ms: Some(13),
         confirm: true,
+        place_key: Some("c\u{1f}01".into()),
     });
     round_trip(Receipt {
         message_id: "m-1".into(),

@@ -5,7 +5,9 @@
 
 use super::{sample, Assignment, Campaign, Trigger};
 use crate::{
-    model::{scheduled_run_time, Candidate, Engagement, RunTally, SendConfirmed, Skip},
+    model::{
+        scheduled_run_time, Candidate, Engagement, RunTally, SendCommand, SendConfirmed, Skip,
+    },
     runtime::partition_for,
     settings::Settings,
 };
@@ -78,6 +80,17 @@ pub fn flow_key(
             key(&campaign.id, of_run_user(campaign, run, user, shards))
         }
         _ => campaign.id.clone(),
+    }
+}
+
+/// The campaign-flow key of the answer (confirmation or skip) to `command`: the state that
+/// counted it and holds its place, whatever the shards in effect now (an edit may have changed
+/// them while it waited); by [`flow_key`] when it names none (an older command, or a shard the
+/// campaign no longer has).
+pub fn answer_key(campaign: &Campaign, settings: &Settings, command: &SendCommand) -> String {
+    match command.place_key.as_deref() {
+        Some(key) if scope(key.as_bytes(), campaign) != Scope::Foreign => key.to_string(),
+        _ => flow_key(campaign, settings, Some(&command.user_id), Some(&command.run_id)),
     }
 }
 

@@ -188,6 +188,7 @@ pub fn commands(
                     created_at_ms: now_ms,
                     expires_at_ms: message.push.ttl_ms.map(|ttl| now_ms + ttl),
                     confirm: false,
+                    place_key: None,
                 }),
                 Err(error) => refused.push(DeviceResult {
                     user_id: user.into(),

@@ -339,6 +339,11 @@ pub struct SendCommand {
     /// reports it passed ([`SendConfirmed`]) or refused it ([`Skip`]) (schema version 2).
     #[serde(default)]
     pub confirm: bool,
+    /// The campaign-flow key of the campaign state that counted it and holds its place (the
+    /// campaign's home or one of its shards): the send gate's answer, or a skip, goes back
+    /// there whatever the shards in effect by then (schema version 3; `None`: routed by them).
+    #[serde(default)]
+    pub place_key: Option<String>,
 }
 
 impl Record for SendCommand {

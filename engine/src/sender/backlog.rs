@@ -92,6 +92,7 @@ mod tests {
             created_at_ms: 0,
             expires_at_ms: None,
             confirm: false,
+            place_key: None,
         };
         Waiting { command, partition, offset }
     }

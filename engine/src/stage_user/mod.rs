@@ -862,6 +862,21 @@ impl Flow<'_> {
         };
         Ok(ctx.send_record(self.topic, key.as_bytes(), record)?)
     }
+
+    /// Writes the send gate's answer `record` to `command` back to the campaign state that
+    /// holds its place (see [`shards::answer_key`]).
+    fn answer<R: Record>(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        command: &SendCommand,
+        record: &R,
+    ) -> Result<(), ProcessError> {
+        let key = match self.stage.campaigns.book().get(&command.campaign_id) {
+            Some(campaign) => shards::answer_key(campaign, &self.stage.settings, command),
+            None => command.campaign_id.clone(),
+        };
+        Ok(ctx.send_record(self.topic, key.as_bytes(), record)?)
+    }
 }
 
 impl Processor for UserStage {

@@ -46,7 +46,7 @@ impl UserStage {
                     run_id: command.run_id.clone(),
                     timestamp_ms: command.created_at_ms,
                 };
-                self.flow().emit(ctx, &command.campaign_id, &confirmed)?;
+                self.flow().answer(ctx, &command, &confirmed)?;
             }
             return Ok(ctx.send_record(&self.topics.push, user, &command)?);
         };
@@ -60,7 +60,7 @@ impl UserStage {
             returns_place: first,
             run_id: Some(command.run_id.clone()),
         };
-        self.flow().emit(ctx, &command.campaign_id, &skip)
+        self.flow().answer(ctx, &command, &skip)
     }
 
     /// The cap `command` would break if it left now (campaigns may opt out of the caps).

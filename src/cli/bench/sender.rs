@@ -200,6 +200,7 @@ fn command(i: usize) -> SendCommand {
         created_at_ms: 0,
         expires_at_ms: None,
         confirm: false,
+        place_key: None,
     }
 }
 
