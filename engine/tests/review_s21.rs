@@ -18,7 +18,6 @@ use herald_engine::{
 const T0: i64 = 1_795_000_000_000;
 const MIN: i64 = 60_000;
 const DAY: i64 = 86_400_000;
-const CAPS: &str = "apps:\n  shop:\n    caps: { per_day: 1 }\n";
 const NO_CAPS: &str = "apps:\n  shop: {}\n";
 
 fn on_key(topic: &str, key: &str, value: Vec<u8>, at: i64) -> ReplayRecord {
@@ -135,34 +134,6 @@ fn run(settings: &str, input: Vec<ReplayRecord>, until: i64) -> Out {
     }
 }
 
-/// Finding 3. A triggered A/B test of 4 users (A, B alternate) behind a campaign throttle of 1
-/// a minute, caps of 1 a day. u0..u3 qualify and take the 4 test places (u0 sent, u1..u3 queued
-/// in the outbox); u1's cap is then spent by `news`, so the gate refuses u1 when it leaves: B's
-/// sent count goes back to 1, but u1's test place is not given back: the test is "complete"
-/// and the winner is chosen from 3 sends (A 2, B 1), not 4; u4, who qualified meanwhile, waits
-/// for the winner instead of taking the place.
-#[test]
-#[ignore = "finding: a triggered A/B test place taken by a user the send gate refuses is not given back (ab::seat counts a place on assign, not on send)"]
-fn a_test_place_refused_at_the_gate_goes_to_another_user() {
-    let news = "id: news\napp: shop\nname: n\nwhen: { event: Pong }\nwhat: { title: t, body: b }\n";
-    let tab = "id: tab\napp: shop\nname: n\nwhen: { event: Ping }\nwhat:\n  variants:\n    - { id: A, title: a, body: a }\n    - { id: B, title: b, body: b }\n  ab: { test_audience: 4, evaluate_after: 1h }\noptions: { throttle: { max: 1, per: 1m } }\n";
-    let mut input = vec![define("news", news, T0), define("tab", tab, T0)];
-    input.extend(["u0", "u1", "u2", "u3", "u4"].map(|u| profile(u, T0)));
-    for (i, user) in ["u0", "u1", "u2", "u3"].into_iter().enumerate() {
-        input.push(event(&format!("e-{i}"), user, "Ping", T0 + (1 + i as i64) * 1_000));
-    }
-    input.push(event("p-1", "u1", "Pong", T0 + 10_000)); // u1's cap, while u1 is queued
-    input.push(event("e-4", "u4", "Ping", T0 + 10 * MIN));
-    input.push(event("x-0", "u0", "Other", T0 + 180 * MIN));
-    let out = run(CAPS, input, T0 + 240 * MIN);
-    let refused = out.last_stats("tab").skipped.get("capped_daily").copied();
-    assert_eq!(refused, Some(1), "u1 refused at the gate: {:?}", out.last_stats("tab"));
-    let declared = out.lifecycle("tab", LifecycleKind::WinnerDeclared);
-    assert_eq!(declared.len(), 1, "{:?}", out.events);
-    let sent = |v: &str| declared[0].get(&format!("sent_{v}")).unwrap().parse::<i64>().unwrap();
-    assert_eq!(sent("A") + sent("B"), 4, "the winner is chosen from 4 test sends: {declared:?}");
-}
-
 /// Finding 5. No caps, a total limit of 2. u0's event e-1 is delivered again by its producer 2
 /// days later (past the 1-day de-duplication window): the same occurrence, so the same run id
 /// and message id (the sender drops the repeat), but the campaign stage counts it as a second
@@ -188,25 +159,71 @@ fn a_repeated_occurrence_counts_one_send_and_takes_one_place() {
     assert!(out.users("ping").contains(&"u1".to_string()), "u1 gets the second place");
 }
 
-/// Finding 5. A triggered A/B test of 4 users; u0..u2 are tested (3 places taken); an edit
-/// lowers `test_audience` to 2. The evaluation starts only when a user takes the last place
-/// (`ab::place_triggered`/`seat`), and none is left: no winner is ever declared, and every
-/// later user (u3) waits for it in the run buffer, neither sent nor counted.
+/// Finding 6. An app with a global throttle (1 an hour). u0 leaves at once, u1 waits in the
+/// app stage's outbox; the campaign is stopped. The app stage knows nothing of campaigns: u1
+/// leaves an hour later anyway, although "Stop ends the campaign: held users and the outbox
+/// are dropped and counted `stopped`" (docs/campaigns.md). A pause does not hold it either.
 #[test]
-#[ignore = "finding: an edit lowering a triggered test_audience to at most the users tested never completes the test; later users wait forever"]
-fn a_test_audience_lowered_below_the_tested_users_still_declares_a_winner() {
-    let tab = |audience: u32| {
-        format!("id: tab\napp: shop\nname: n\nwhen: {{ event: Ping }}\nwhat:\n  variants:\n    - {{ id: A, title: a, body: a }}\n    - {{ id: B, title: b, body: b }}\n  ab: {{ test_audience: {audience}, evaluate_after: 1h }}\n")
+#[ignore = "finding: a stopped (or paused) campaign's sends waiting in the app's global throttle outbox still leave (stage_app knows no campaign status)"]
+fn a_stop_drops_the_sends_waiting_in_the_apps_throttle() {
+    let ping = "id: ping\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\n";
+    let envelope = CampaignEnvelope {
+        campaign_id: "ping".into(),
+        app_id: "shop".into(),
+        command: CampaignCommand::Stop,
+        definition: Some(ping.into()),
+        revision: T0 + 10_000,
+        issued_at_ms: T0 + 10_000,
+        issued_by: None,
     };
-    let mut input = vec![define("tab", &tab(4), T0)];
-    input.extend(["u0", "u1", "u2", "u3"].map(|u| profile(u, T0)));
-    for (i, user) in ["u0", "u1", "u2"].into_iter().enumerate() {
-        input.push(event(&format!("e-{i}"), user, "Ping", T0 + (1 + i as i64) * MIN));
+    let stop = SchemaRegistry::builtin().encode(&envelope).unwrap();
+    let input = vec![
+        define("ping", ping, T0),
+        profile("u0", T0),
+        profile("u1", T0),
+        event("e-0", "u0", "Ping", T0 + 1_000),
+        event("e-1", "u1", "Ping", T0 + 2_000), // waits in the app's outbox
+        on_key(topics::CAMPAIGNS, "ping", stop, T0 + 10_000),
+        event("x-0", "u0", "Other", T0 + 180 * MIN),
+    ];
+    let throttled = "apps:\n  shop:\n    throttle: { max: 1, per: 1h }\n";
+    let out = run(throttled, input, T0 + 240 * MIN);
+    assert_eq!(out.users("ping"), ["u0"], "u1 was dropped by the stop");
+}
+
+/// Finding 7. An app with caps and a global throttle (1 an hour); `ping` has a total limit and
+/// `shards: 4`, so it runs on its home (a limit on an app with caps keeps it there) and its
+/// places are held in flight until the gate answers. u0 leaves, u1 waits in the app's outbox
+/// (its place in flight at the home). The limit is removed: 4 shards in effect. u1 leaves an
+/// hour later; the gate's `SendConfirmed` is routed by the shards in effect *now*, to u1's
+/// shard, which holds no such place: the home's place stays in flight for good. The limit put
+/// back (home again): the total fills, yet `COMPLETED` never comes and users past the limit
+/// wait for that place forever, neither sent nor counted.
+#[test]
+#[ignore = "finding: a gate answer is routed by the shards in effect when it is written; a place in flight at the home across an edit that shards the campaign never settles"]
+fn a_place_in_flight_settles_across_an_edit_that_shards_the_campaign() {
+    let ping = |limits: &str| {
+        format!("id: ping\napp: shop\nname: n\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\n{limits}options: {{ shards: 4 }}\n")
+    };
+    let mut input = vec![define("ping", &ping("limits: { total: 3 }\n"), T0)];
+    input.extend(["u0", "u1", "u2", "u3", "u4"].map(|u| profile(u, T0)));
+    input.push(event("e-0", "u0", "Ping", T0 + 1_000));
+    input.push(event("e-1", "u1", "Ping", T0 + 2_000)); // waits in the app's outbox
+    input.push(define("ping", &ping(""), T0 + 10_000));
+    input.push(event("x-0", "u0", "Other", T0 + 90 * MIN)); // u1 left at T0 + 1h
+    input.push(define("ping", &ping("limits: { total: 3 }\n"), T0 + 100 * MIN));
+    for (i, user) in ["u2", "u3", "u4"].into_iter().enumerate() {
+        input.push(event(&format!("e-{}", i + 2), user, "Ping", T0 + (110 + i as i64) * MIN));
     }
-    input.push(define("tab", &tab(2), T0 + 10 * MIN));
-    input.push(event("e-3", "u3", "Ping", T0 + 20 * MIN));
-    input.push(event("x-0", "u0", "Other", T0 + 600 * MIN));
-    let out = run(NO_CAPS, input, T0 + 2 * DAY);
-    assert_eq!(out.lifecycle("tab", LifecycleKind::WinnerDeclared).len(), 1, "{:?}", out.events);
-    assert!(out.users("tab").contains(&"u3".to_string()), "u3 gets the winner");
+    input.push(event("x-1", "u0", "Other", T0 + 600 * MIN));
+    let settings = "apps:\n  shop:\n    caps: { per_day: 5 }\n    throttle: { max: 1, per: 1h }\n";
+    let out = run(settings, input, T0 + DAY);
+    let stats = out.last_stats("ping");
+    let mut users = out.users("ping");
+    users.sort();
+    users.dedup();
+    let counted = users.len() as i64 + stats.skipped.values().sum::<i64>();
+    assert_eq!(counted, 5, "every qualified user sent or counted: {users:?} {:?}", stats.skipped);
+    let completed = out.lifecycle("ping", LifecycleKind::Completed);
+    assert_eq!(completed.len(), 1, "{:?}", out.events);
 }

@@ -24,7 +24,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    is_held, queue, timer_key, CampaignStage, CampaignState, ProcessError, RUN_BUFFER, RUN_TIMER,
+    assignment_key, is_held, queue, timer_key, CampaignStage, CampaignState, ProcessError,
+    ASSIGNMENTS, RUN_BUFFER, RUN_TIMER,
 };
 pub use crate::campaign::TestPopulation;
 use crate::{
@@ -108,6 +109,11 @@ pub(super) struct TriggeredTest {
     /// When the first user waited (the share wait counts from then).
     #[serde(default)]
     waiting_since: Option<i64>,
+    /// Places given back (partition of the division they were taken in, place): their user
+    /// was refused at the send gate, or nothing could be sent to them. Taken again first, by
+    /// a user of that partition (by anyone once pooled), with the place's variant.
+    #[serde(default)]
+    returned: Vec<(u32, u64)>,
     /// Users waiting for the winner.
     waiting: u64,
     /// The number the next waiting user takes (their order in the queue).
@@ -179,9 +185,33 @@ impl TriggeredTest {
         Some(place)
     }
 
-    /// Test users over every division.
+    /// Test users over every division (places given back are not tested).
     fn tested(&self) -> u64 {
-        self.divisions.iter().map(Division::tested).sum()
+        let taken: u64 = self.divisions.iter().map(Division::tested).sum();
+        taken.saturating_sub(self.returned.len() as u64)
+    }
+
+    /// The place `partition`'s next test user takes: one given back first (see `returned`),
+    /// then the next of its share; with the index of the place given back it takes.
+    fn next_seat(&self, audience: u64, partition: u32) -> Option<(u64, Option<usize>)> {
+        let given_back = self.returned.iter().position(|(p, _)| self.pooled || *p == partition);
+        match given_back {
+            Some(index) => Some((self.returned[index].1, Some(index))),
+            None => Some((self.next_place(audience, partition)?, None)),
+        }
+    }
+
+    /// Counts the place of [`Self::next_seat`] taken by a user of `partition`.
+    fn take(&mut self, partition: u32, given_back: Option<usize>) {
+        match given_back {
+            Some(index) => {
+                self.returned.remove(index);
+            }
+            None => {
+                let current = self.divisions.last_mut().expect("a place has a division");
+                *current.taken.entry(partition).or_default() += 1;
+            }
+        }
     }
 
     /// Pools the places still unused: from now on they go to anyone, waiting users first.
@@ -209,6 +239,22 @@ fn rank_prefix(key: &str) -> Vec<u8> {
 fn rank_key(key: &str, user: &str, seq: u64) -> Vec<u8> {
     let rank = sample::rank(key, user);
     [rank_prefix(key).as_slice(), &rank.to_be_bytes(), &seq.to_be_bytes()].concat()
+}
+
+/// Where the test place of `user` is kept (see [`Seat`]).
+fn seat_key(key: &str, user: &str) -> Vec<u8> {
+    format!("{key}\u{0}ab-seat\u{0}{user}").into_bytes()
+}
+
+/// A test user's place, kept so that it goes back if the send gate refuses the notification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Seat {
+    /// The trigger occurrence that took it.
+    run_id: String,
+    /// The partition of the division it was taken in.
+    partition: u32,
+    /// Its number in the test (its variant is `place mod variants`).
+    place: u64,
 }
 
 /// The queue number at the end of a waiting user's queue or rank-order key.
@@ -249,6 +295,7 @@ impl CampaignStage {
             return self.deliver(ctx, campaign, state, &candidate, None);
         };
         state.ab_test.upgrade();
+        self.complete_test(ctx, campaign, state, audience, candidate.qualified_at_ms)?;
         let partition =
             if state.ab_test.pooling { None } else { state.ab_test.partition(&candidate) };
         self.seat(ctx, campaign, state, candidate, partition, audience)?;
@@ -280,9 +327,10 @@ impl CampaignStage {
             return self.deliver(ctx, campaign, state, &candidate, None);
         }
         let seat = partition.and_then(|partition| {
-            Some((partition, state.ab_test.next_place(audience, partition)?))
+            let (place, given_back) = state.ab_test.next_seat(audience, partition)?;
+            Some((partition, place, given_back))
         });
-        let Some((partition, place)) = seat else {
+        let Some((partition, place, given_back)) = seat else {
             let seq = state.ab_test.waiting_seq;
             let mut buffer = ctx.store(RUN_BUFFER)?;
             buffer.put_as(&queue::key(&waiting_owner(&state.key), seq), &candidate)?;
@@ -291,7 +339,7 @@ impl CampaignStage {
             state.ab_test.waiting += 1;
             return Ok(());
         };
-        let assigned = state.assigned;
+        let (assigned, sent) = (state.assigned, state.sent);
         let at = candidate.qualified_at_ms;
         self.deliver(
             ctx,
@@ -300,13 +348,61 @@ impl CampaignStage {
             &candidate,
             Some(alternate(place, campaign.what.len())),
         )?;
-        // The place is taken once the user got its variant (not when a limit turned them away).
-        if state.assigned > assigned {
-            let current = state.ab_test.divisions.last_mut().expect("a place has a division");
-            *current.taken.entry(partition).or_default() += 1;
-            if state.ab_test.tested() >= audience && state.test_full_at.is_none() {
-                self.start_evaluation(ctx, campaign, state, at)?;
-            }
+        // The place is taken once the user got its variant and a notification left (not when
+        // a limit turned them away, nor on a template or payload error: the user is assigned
+        // again next time).
+        if state.assigned == assigned {
+            return Ok(());
+        }
+        if state.sent == sent {
+            return Ok(ctx.store(ASSIGNMENTS)?.delete(sticky_key.as_bytes())?);
+        }
+        state.ab_test.take(partition, given_back);
+        let seat = Seat { run_id: candidate.run_id.clone(), partition, place };
+        ctx.store(RUN_BUFFER)?.put_as(&seat_key(&state.key, &candidate.user_id), &seat)?;
+        self.complete_test(ctx, campaign, state, audience, at)
+    }
+
+    /// Starts the evaluation once the test has its `audience` (also when an edit lowered
+    /// `test_audience` to at most the users already tested).
+    fn complete_test(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        audience: u64,
+        at: i64,
+    ) -> Result<(), ProcessError> {
+        if state.ab_test.tested() >= audience && state.test_full_at.is_none() {
+            self.start_evaluation(ctx, campaign, state, at)?;
+        }
+        Ok(())
+    }
+
+    /// The send gate refused the notification of `user`'s trigger occurrence `run_id`: while
+    /// the test is on, a test place it took goes back (see `TriggeredTest::returned`), with the
+    /// user's variant, and the test is complete again only once it is taken again (users
+    /// waiting get it once pooled).
+    pub(super) fn return_test_place(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        user: &str,
+        run_id: &str,
+    ) -> Result<(), ProcessError> {
+        if test_on(campaign, state).is_none() {
+            return Ok(());
+        }
+        let key = seat_key(&state.key, user);
+        let seat = ctx.store(RUN_BUFFER)?.get_as::<Seat>(&key)?;
+        let Some(seat) = seat.filter(|seat| seat.run_id == run_id) else { return Ok(()) };
+        ctx.store(RUN_BUFFER)?.delete(&key)?;
+        ctx.store(ASSIGNMENTS)?.delete(assignment_key(&state.key, user).as_bytes())?;
+        state.ab_test.returned.push((seat.partition, seat.place));
+        state.test_full_at = None;
+        if state.ab_test.waits() {
+            ctx.schedule(ctx.now_ms(), &timer_key(RUN_TIMER, &state.key))?;
         }
         Ok(())
     }
@@ -366,6 +462,7 @@ impl CampaignStage {
             return Ok(ctx.schedule(due, &timer)?); // an edit made the wait longer
         }
         state.ab_test.pool();
+        self.complete_test(ctx, campaign, state, audience, now)?;
         let free = audience.saturating_sub(state.ab_test.tested());
         let limit = queue::STEP.min(usize::try_from(free).unwrap_or(usize::MAX));
         let ranked = ctx.store(RUN_BUFFER)?.prefix(&rank_prefix(&state.key), limit)?;

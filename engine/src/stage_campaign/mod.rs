@@ -516,7 +516,6 @@ impl CampaignStage {
                     created_at_ms: at,
                     expires_at_ms: expiry(campaign, message.push.ttl_ms, at),
                     confirm,
-                    place_key: Some(state.key.clone()),
                 }),
                 Err(error) => state.skip(error.reason()),
             }
@@ -760,6 +759,12 @@ impl CampaignStage {
         }
         if skip.variant_id.is_none() || skip.returns_place {
             state.skip(&skip.reason);
+        }
+        // A triggered A/B test place it took goes back too.
+        if let (true, Some(_), Some(run)) =
+            (skip.returns_place, skip.variant_id.as_deref(), skip.run_id.as_deref())
+        {
+            self.return_test_place(ctx, &campaign, &mut state, &skip.user_id, run)?;
         }
         // A notification sent without confirmation (the campaign had no limits then, or an
         // older version sent it) gives back its total count, and its daily count unless it was
