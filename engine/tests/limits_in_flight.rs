@@ -326,6 +326,129 @@ fn an_edit_removing_the_throttle_releases_the_outbox_and_its_places() {
     assert_eq!(counted, 4, "every qualified user is sent or counted");
 }
 
+/// An app with a global throttle (1 an hour): u0 leaves, u1 waits in the app stage's outbox;
+/// the campaign is stopped. u1 is dropped there, counted `stopped`, and its variant's sent
+/// count taken back (review s21/G finding 6).
+#[test]
+fn a_stop_drops_the_sends_waiting_in_the_apps_throttle_and_counts_them_stopped() {
+    use herald_engine::model::CampaignCommand::{Define, Stop};
+    use replay_support::*;
+    let ping = "id: ping\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\n";
+    let out = run(
+        "apps:\n  shop:\n    throttle: { max: 1, per: 1h }\n",
+        vec![
+            command("ping", ping, Define, T0),
+            profile("u0", T0),
+            profile("u1", T0),
+            event("e-0", "u0", "Ping", T0 + 1_000),
+            event("e-1", "u1", "Ping", T0 + 2_000), // waits in the app's outbox
+            command("ping", ping, Stop, T0 + 10_000),
+            event("x-0", "u0", "Other", T0 + 180 * MIN),
+        ],
+        Some(T0 + 240 * MIN),
+    );
+    assert_eq!(out.users("ping"), ["u0"], "u1 was dropped by the stop");
+    let stats = out.last_stats("ping");
+    assert_eq!(stats.skipped.get("stopped"), Some(&1), "u1 counted stopped: {stats:?}");
+    assert_eq!(stats.variants.iter().map(|v| v.sent).sum::<i64>(), 1, "sent: u0 only");
+}
+
+/// The same with caps and a total limit of 2 (places held until the gate answers): u1's place,
+/// dropped with it at the app stage, is settled by the skip it sends back; u2, waiting for a
+/// place, is counted `stopped` too: every qualified user is sent or counted.
+#[test]
+fn a_stop_gives_back_the_places_of_the_sends_waiting_in_the_apps_throttle() {
+    use herald_engine::model::CampaignCommand::{Define, Stop};
+    use replay_support::*;
+    let ping = "id: ping\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\nlimits: { total: 2 }\n";
+    let out = run(
+        "apps:\n  shop:\n    caps: { per_day: 5 }\n    throttle: { max: 1, per: 1h }\n",
+        vec![
+            command("ping", ping, Define, T0),
+            profile("u0", T0),
+            profile("u1", T0),
+            profile("u2", T0),
+            event("e-0", "u0", "Ping", T0 + 1_000),
+            event("e-1", "u1", "Ping", T0 + 2_000), // in the app's outbox: its place in flight
+            event("e-2", "u2", "Ping", T0 + 3_000), // total full, u1 in flight: waits
+            command("ping", ping, Stop, T0 + 10_000),
+            event("x-0", "u0", "Other", T0 + 180 * MIN),
+        ],
+        Some(T0 + 240 * MIN),
+    );
+    assert_eq!(out.users("ping"), ["u0"]);
+    let stats = out.last_stats("ping");
+    assert_eq!(stats.skipped.get("stopped"), Some(&2), "u1 and u2 stopped: {stats:?}");
+    assert_eq!(stats.variants.iter().map(|v| v.sent).sum::<i64>(), 1, "sent: u0 only");
+}
+
+/// An app with a global throttle (1 an hour): u0 leaves, u1 waits in the app stage's outbox;
+/// the campaign is paused before u1's window opens and resumed 2.5 hours later: u1 is held
+/// through the pause (not sent at the windows of +1h and +2h) and leaves after the resume.
+#[test]
+fn a_pause_holds_the_sends_waiting_in_the_apps_throttle_until_the_resume() {
+    use herald_engine::model::CampaignCommand::{Define, Pause, Resume};
+    use replay_support::*;
+    let ping = "id: ping\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\n";
+    let resumed = T0 + 150 * MIN;
+    let out = run(
+        "apps:\n  shop:\n    throttle: { max: 1, per: 1h }\n",
+        vec![
+            command("ping", ping, Define, T0),
+            profile("u0", T0),
+            profile("u1", T0),
+            event("e-0", "u0", "Ping", T0 + 1_000),
+            event("e-1", "u1", "Ping", T0 + 2_000), // waits in the app's outbox
+            command("ping", ping, Pause, T0 + 10_000),
+            command("ping", ping, Resume, resumed),
+            event("x-0", "u0", "Other", T0 + 300 * MIN),
+        ],
+        Some(T0 + 360 * MIN),
+    );
+    assert_eq!(out.users("ping"), ["u0", "u1"], "u1 released after the resume");
+    let u1 = out.sends.iter().find(|s| s.user_id == "u1").unwrap();
+    assert!(u1.created_at_ms >= resumed, "u1 left at {} before the resume", u1.created_at_ms);
+    assert_eq!(out.last_stats("ping").skipped.get("stopped"), None);
+}
+
+/// An app with caps and a global throttle (1 an hour); `ping` has a total limit of 3 and
+/// `shards: 4`, so it runs on its home (a limit on an app with caps keeps it there) and its
+/// places are held in flight until the gate answers. u0 leaves, u1 waits in the app's outbox
+/// (its place in flight at the home); the limit is removed (4 shards in effect), u1 leaves an
+/// hour later: the gate's confirmation goes to the home that holds u1's place, not to u1's
+/// shard. The limit put back, the total fills and `COMPLETED` comes: every qualified user is
+/// sent or counted (review s21/G finding 7: u3 and u4 waited forever for u1's place).
+#[test]
+fn a_place_held_at_home_settles_after_an_edit_shards_the_campaign() {
+    use herald_engine::model::CampaignCommand::Define;
+    use replay_support::*;
+    let ping = |limits: &str| {
+        format!("id: ping\napp: shop\nname: n\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\n{limits}options: {{ shards: 4 }}\n")
+    };
+    let limited = ping("limits: { total: 3 }\n");
+    let mut input = vec![command("ping", &limited, Define, T0)];
+    input.extend(["u0", "u1", "u2", "u3", "u4"].map(|u| profile(u, T0)));
+    input.push(event("e-0", "u0", "Ping", T0 + 1_000));
+    input.push(event("e-1", "u1", "Ping", T0 + 2_000)); // waits in the app's outbox
+    input.push(command("ping", &ping(""), Define, T0 + 10_000));
+    input.push(event("x-0", "u0", "Other", T0 + 90 * MIN)); // u1 left at T0 + 1h
+    input.push(command("ping", &limited, Define, T0 + 100 * MIN));
+    for (i, user) in ["u2", "u3", "u4"].into_iter().enumerate() {
+        input.push(event(&format!("e-{}", i + 2), user, "Ping", T0 + (110 + i as i64) * MIN));
+    }
+    input.push(event("x-1", "u0", "Other", T0 + 600 * MIN));
+    let settings = "apps:\n  shop:\n    caps: { per_day: 5 }\n    throttle: { max: 1, per: 1h }\n";
+    let out = run(settings, input, Some(T0 + 1_440 * MIN));
+    let stats = out.last_stats("ping");
+    let mut users = out.users("ping");
+    users.sort();
+    users.dedup();
+    assert_eq!(users, ["u0", "u1", "u2"], "the total of 3");
+    assert_eq!(stats.skipped.get("total_limit"), Some(&2), "u3 and u4: {:?}", stats.skipped);
+    let completed = out.kinds("ping").iter().filter(|k| *k == "Completed").count();
+    assert_eq!(completed, 1, "{:?}", out.kinds("ping"));
+}
+
 /// A place comes back twice in a row: u1 (in the outbox) is capped before its turn, u2 (who
 /// waited) takes its place and is capped before its own turn. u3 qualified while u2 waited:
 /// the total of 2 must still reach u0 and u3. Fails: u3 found the queue full (as many waiting

@@ -516,6 +516,7 @@ impl CampaignStage {
                     created_at_ms: at,
                     expires_at_ms: expiry(campaign, message.push.ttl_ms, at),
                     confirm,
+                    place_key: Some(state.key.clone()),
                 }),
                 Err(error) => state.skip(error.reason()),
             }
