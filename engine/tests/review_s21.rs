@@ -2,13 +2,13 @@
 //! stat (see `/work/briefs/s21/review.md`). Replay driver, event time; each failing test is
 //! ignored with the finding it shows, so the tree stays green.
 
-use std::{cell::RefCell, collections::BTreeMap, sync::Arc};
+use std::{cell::RefCell, sync::Arc};
 
 use herald_engine::{
     model::{
         topics::{self, TopicNames},
-        AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats, Device,
-        IngestDecoder, LifecycleKind, Platform, ProfileUpdate, SchemaRegistry, SendCommand,
+        AppEvent, CampaignCommand, CampaignEnvelope, CampaignStats, Device, IngestDecoder,
+        Platform, ProfileUpdate, SchemaRegistry, SendCommand,
     },
     pipeline::engine_topology,
     runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
@@ -84,7 +84,6 @@ fn event(id: &str, user: &str, name: &str, at: i64) -> ReplayRecord {
 struct Out {
     sends: Vec<SendCommand>,
     stats: Vec<CampaignStats>,
-    events: Vec<CampaignLifecycleEvent>,
 }
 
 impl Out {
@@ -95,11 +94,6 @@ impl Out {
 
     fn last_stats(&self, campaign: &str) -> CampaignStats {
         self.stats.iter().rev().find(|s| s.campaign_id == campaign).unwrap().clone()
-    }
-
-    fn lifecycle(&self, campaign: &str, kind: LifecycleKind) -> Vec<BTreeMap<String, String>> {
-        let of = self.events.iter().filter(|e| e.campaign_id == campaign && e.kind == kind);
-        of.map(|e| e.details.clone()).collect()
     }
 }
 
@@ -127,10 +121,6 @@ fn run(settings: &str, input: Vec<ReplayRecord>, until: i64) -> Out {
     Out {
         sends: of(topics::PUSH).iter().filter_map(|v| registry.decode(v).ok()).collect(),
         stats: of(topics::STATS).iter().filter_map(|v| registry.decode(v).ok()).collect(),
-        events: of(topics::CAMPAIGN_EVENTS)
-            .iter()
-            .filter_map(|v| registry.decode(v).ok())
-            .collect(),
     }
 }
 

@@ -330,6 +330,18 @@ impl Store<'_> {
         self.range(prefix, &prefix_end(prefix), limit)
     }
 
+    /// Up to `limit` entries whose key starts with `prefix`, from the key `from` (within the
+    /// prefix) on, in key order: a scan that resumes where an earlier one stopped does not step
+    /// again over the keys it deleted.
+    pub fn prefix_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Entry>, RuntimeError> {
+        self.range(from.max(prefix), &prefix_end(prefix), limit)
+    }
+
     /// The value of `key`, deserialised from JSON (values written with [`Store::put_as`]).
     pub fn get_as<V: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<V>, RuntimeError> {
         self.get(key)?

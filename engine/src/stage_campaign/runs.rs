@@ -146,6 +146,19 @@ fn selection_key(owner: &str, run: &str, user: &str) -> Vec<u8> {
 /// the user: released in key order, the first users are a uniform random sample of the run's
 /// audience, whatever partition they came from or when, the same sample for the same run id.
 /// Else its arrival number (every user is sent, in arrival order).
+/// Where a release step starts reading the run's buffer. Arrival numbers are released in order
+/// and each released user's entry is deleted, so no entry below `run.next` is left: starting there
+/// skips the deleted entries instead of stepping over all of them again at every step (which made
+/// a 2,000,000-user broadcast quadratic: 96% of the release in scanning deleted keys). A sampled
+/// run's ranks start at the prefix.
+fn release_from(campaign: &Campaign, prefix: &[u8], run: &RunState) -> Vec<u8> {
+    if sample::samples(campaign) {
+        prefix.to_vec()
+    } else {
+        [prefix, &run.next.to_be_bytes()].concat()
+    }
+}
+
 fn buffer_key(campaign: &Campaign, owner: &str, run: &RunState, user: &str) -> Vec<u8> {
     let prefix = buffer_prefix(owner, &run.id);
     if sample::samples(campaign) {
@@ -298,7 +311,10 @@ impl CampaignStage {
         let step_end = run.next + RELEASE_STEP;
         run.waiting = false;
         let prefix = buffer_prefix(&state.key, &run.id);
-        let mut step = ctx.store(RUN_BUFFER)?.prefix(&prefix, RELEASE_STEP as usize)?.into_iter();
+        let mut step = ctx
+            .store(RUN_BUFFER)?
+            .prefix_from(&prefix, &release_from(campaign, &prefix, run), RELEASE_STEP as usize)?
+            .into_iter();
         while run.next < run.buffered.min(step_end) {
             if run.next == run.test_users && run.testing() && state.winner_id.is_none() {
                 run.phase = RunPhase::AwaitingWinner;
