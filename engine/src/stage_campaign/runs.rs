@@ -146,6 +146,15 @@ fn selection_key(owner: &str, run: &str, user: &str) -> Vec<u8> {
 /// the user: released in key order, the first users are a uniform random sample of the run's
 /// audience, whatever partition they came from or when, the same sample for the same run id.
 /// Else its arrival number (every user is sent, in arrival order).
+fn buffer_key(campaign: &Campaign, owner: &str, run: &RunState, user: &str) -> Vec<u8> {
+    let prefix = buffer_prefix(owner, &run.id);
+    if sample::samples(campaign) {
+        [prefix.as_slice(), &sample::rank(&run.id, user).to_be_bytes(), user.as_bytes()].concat()
+    } else {
+        [prefix.as_slice(), &run.buffered.to_be_bytes()].concat()
+    }
+}
+
 /// Where a release step starts reading the run's buffer. Arrival numbers are released in order
 /// and each released user's entry is deleted, so no entry below `run.next` is left: starting there
 /// skips the deleted entries instead of stepping over all of them again at every step (which made
@@ -156,15 +165,6 @@ fn release_from(campaign: &Campaign, prefix: &[u8], run: &RunState) -> Vec<u8> {
         prefix.to_vec()
     } else {
         [prefix, &run.next.to_be_bytes()].concat()
-    }
-}
-
-fn buffer_key(campaign: &Campaign, owner: &str, run: &RunState, user: &str) -> Vec<u8> {
-    let prefix = buffer_prefix(owner, &run.id);
-    if sample::samples(campaign) {
-        [prefix.as_slice(), &sample::rank(&run.id, user).to_be_bytes(), user.as_bytes()].concat()
-    } else {
-        [prefix.as_slice(), &run.buffered.to_be_bytes()].concat()
     }
 }
 
