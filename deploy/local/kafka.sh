@@ -112,9 +112,12 @@ up() {
   log_info "starting broker on 127.0.0.1:$port; log: $log"
   nohup java -Xms256m -Xmx1g -Dlog4j2.configurationFile="$home/log4j2.properties" \
     -cp "$lib/*" kafka.Kafka "$home/server.properties" >>"$log" 2>&1 &
-  echo $! >"$pidfile"
+  local pid=$!
+  echo "$pid" >"$pidfile"
   for _ in $(seq 1 120); do
-    if ! running; then
+    # Liveness of the child itself: until nohup has exec'd java its cmdline is still this
+    # shell's, so `running` (which matches the broker's cmdline) would call it dead.
+    if ! kill -0 "$pid" 2>/dev/null; then
       echo "kafka: broker exited during start-up; last lines of $log:" >&2
       tail -n 30 "$log" >&2
       exit 1
