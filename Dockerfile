@@ -8,23 +8,25 @@
 ARG RUST_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
-# --- build: the release binary, with librdkafka built from source (cmake) ---
+# --- build: the release binary (librdkafka, RocksDB, zstd and lz4 built from source) ---
+# The cache mounts keep cargo's downloaded crates and its target directory from one build to
+# the next (under /var/tmp/buildah-cache with buildah), so a rebuild compiles only what changed:
+# `COPY . .` makes the layers below it new on every source change, the caches stay.
 FROM ${RUST_IMAGE} AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake clang libclang-dev libcurl4-openssl-dev \
-      libssl-dev libsasl2-dev zlib1g-dev pkg-config \
+ && apt-get install -y --no-install-recommends clang libclang-dev libssl-dev zlib1g-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
+RUN --mount=type=cache,id=herald-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,id=herald-target,target=/src/target,sharing=locked \
     cargo build --release --locked --bin herald \
- && install -D target/release/herald /out/herald
+ && install -D --strip target/release/herald /out/herald
 
-# --- run: a slim Debian with the shared libraries the binary links ---
+# --- run: a slim Debian with the shared libraries the binary links (OpenSSL, zlib, libstdc++) ---
 FROM ${RUNTIME_IMAGE} AS run
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libssl3 libsasl2-2 libcurl4 zlib1g \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g libstdc++6 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 herald \
  && useradd --system --uid 10001 --gid herald --home-dir /var/lib/herald --shell /usr/sbin/nologin herald \
