@@ -7,7 +7,7 @@ mod replay_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use herald_engine::campaign::shards;
+use herald_engine::campaign::{sample, shards};
 use serde_json::Value;
 
 fn ts(second: i64) -> String {
@@ -104,4 +104,45 @@ fn an_ab_test_population_over_4_shards_is_the_one_global_sample_of_one_shard() {
     assert_eq!((per_variant(&four, "A"), per_variant(&four, "B")), (400, 400));
     assert_eq!(four, one, "the same users, each with the same variant");
     assert_in_proportion(&four.keys().cloned().collect(), 8_000);
+}
+
+/// A user held back by do-not-disturb hours at the run's scan comes while the run waits for
+/// its A/B winner, ranked before every user already released (the test population): buffered
+/// below where the release stopped, they still leave with the winner's share, once. (Release
+/// steps resume where the last one stopped instead of at the buffer's start.)
+#[test]
+fn a_user_come_after_dnd_ranked_before_the_released_test_users_leaves_with_the_winner() {
+    let run_id = format!("run-{}", (1_795_000_000i64 + 100) * 1_000);
+    let mut lines = audience(100);
+    let lowest = (0..100).map(|i| sample::rank(&run_id, &format!("u{i}"))).min().unwrap();
+    let late = (0..)
+        .map(|i| format!("late{i}"))
+        .find(|user| sample::rank(&run_id, user) < lowest)
+        .unwrap();
+    // 01:08 in UTC+14 at the run (11:08Z): their night ends at 09:00 local (19:00Z), before the
+    // evaluation at 23:08Z.
+    lines.insert(
+        0,
+        format!(
+            r#"{{"type":"profile","user":"{late}","ts":"{}","set":{{"timezone":"Pacific/Kiritimati"}},"devices":[{{"platform":"ios","token":"tok-{late}"}}]}}"#,
+            ts(0)
+        ),
+    );
+    // Time moves past the evaluation on every partition.
+    lines.extend((0..100).map(|i| {
+        format!(
+            r#"{{"type":"event","user":"u{i}","ts":"{}","name":"App Opened","props":{{}}}}"#,
+            ts(86_400)
+        )
+    }));
+    let what = "\n  variants:\n    - { title: A, body: a }\n    - { title: B, body: b }\n  ab: { test_audience: \"10%\", evaluate_after: 12h }";
+    let dnd = "options: { dnd: { start: \"21:00\", end: \"09:00\", action: delay } }\n";
+    let sends: BTreeMap<String, String> =
+        sends(&scheduled(what, dnd), &lines).into_iter().collect();
+
+    assert_eq!(sends.len(), 101, "everyone once: {sends:?}");
+    let count = |variant: &str| sends.values().filter(|v| *v == variant).count();
+    let winner = if count("A") > count("B") { "A" } else { "B" };
+    assert_eq!(count(winner), 5 + 90 + 1, "5 tested, then the 90 others and {late}");
+    assert_eq!(sends[&late], winner);
 }

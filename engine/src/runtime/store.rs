@@ -16,7 +16,7 @@ use std::{
 
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction,
-    IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -313,13 +313,18 @@ impl Store<'_> {
     pub fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Entry>, RuntimeError> {
         self.state.write_pending(self.name, self.cf, &mut self.slot.pending())?;
         let mut entries = Vec::new();
-        let iter = self.state.db.iterator_cf(self.cf, IteratorMode::From(from, Direction::Forward));
-        for item in iter {
+        // The bound stops RocksDB itself at `to`: without it, the read of the entry after the
+        // last one wanted stepped over every tombstone past the range first.
+        let mut options = ReadOptions::default();
+        if !to.is_empty() {
+            options.set_iterate_upper_bound(to);
+        }
+        let mode = IteratorMode::From(from, Direction::Forward);
+        let mut iter = self.state.db.iterator_cf_opt(self.cf, options, mode);
+        while entries.len() < limit {
+            let Some(item) = iter.next() else { break };
             let (key, value) =
                 item.map_err(RuntimeError::store(format!("scanning {}", self.name)))?;
-            if (!to.is_empty() && *key >= *to) || entries.len() >= limit {
-                break;
-            }
             entries.push((key.into_vec(), value.into_vec()));
         }
         Ok(entries)

@@ -5,6 +5,8 @@
 //! between the variants) first and the remainder after the winner is chosen. Buffered users
 //! leave in steps on a timer, so no transaction holds a whole broadcast.
 
+mod standby;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -13,7 +15,7 @@ use super::{ab, timer_key, CampaignStage, CampaignState, ProcessError, RUN_BUFFE
 use crate::{
     campaign::{sample, Assignment, Campaign},
     model::{scheduled_run_time, Candidate, LifecycleKind, RunTally},
-    runtime::ProcessorContext,
+    runtime::{Entry, ProcessorContext},
 };
 
 /// Buffered users released per timer firing: one step, a small part of a transaction's work.
@@ -75,6 +77,13 @@ pub(super) struct RunState {
     /// ends then.
     #[serde(default)]
     test_ends_at: i64,
+    /// Where the next read of the run's buffer starts (after the prefix): no entry is left
+    /// below it. Released or dropped entries are deleted and their tombstones stay in RocksDB
+    /// until a compaction; a read from the buffer's start stepped over all of them again at
+    /// every step (a 2,000,000-user broadcast was quadratic: 96% of the release in scanning
+    /// deleted keys). `None`: the buffer's start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resume: Option<Vec<u8>>,
 }
 
 impl RunState {
@@ -95,6 +104,7 @@ impl RunState {
             test_total: 0,
             shards: Default::default(),
             test_ends_at: 0,
+            resume: None,
         }
     }
 
@@ -117,6 +127,32 @@ impl RunState {
     /// Whether the run's A/B test is on: its test users go first, the rest waits for a winner.
     fn testing(&self) -> bool {
         self.test_users > 0 || self.test_total > 0
+    }
+
+    /// Up to [`RELEASE_STEP`] entries of the run's buffer (`prefix`), in key order, from where
+    /// the last read stopped.
+    fn read_buffer(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        prefix: &[u8],
+    ) -> Result<Vec<Entry>, ProcessError> {
+        let from = [prefix, self.resume.as_deref().unwrap_or_default()].concat();
+        Ok(ctx.store(RUN_BUFFER)?.prefix_from(prefix, &from, RELEASE_STEP as usize)?)
+    }
+
+    /// The buffer entry `key` (under `prefix`) was deleted: later reads start after it.
+    fn deleted(&mut self, prefix: &[u8], key: &[u8]) {
+        self.resume = Some([&key[prefix.len()..], &[0]].concat());
+    }
+
+    /// A candidate was buffered at `key` (under `prefix`): a key below where the next read
+    /// starts (a sampled run's user ranked before users already released, e.g. one come at
+    /// their local time or after their do-not-disturb hours) moves that start back to it.
+    fn buffered_at(&mut self, prefix: &[u8], key: &[u8]) {
+        let suffix = &key[prefix.len()..];
+        if self.resume.as_deref().is_some_and(|resume| suffix < resume) {
+            self.resume = Some(suffix.to_vec());
+        }
     }
 
     /// The send gate decided a user of this run: the place is final, or (`returned`) given back.
@@ -155,19 +191,6 @@ fn buffer_key(campaign: &Campaign, owner: &str, run: &RunState, user: &str) -> V
     }
 }
 
-/// Where a release step starts reading the run's buffer. Arrival numbers are released in order
-/// and each released user's entry is deleted, so no entry below `run.next` is left: starting there
-/// skips the deleted entries instead of stepping over all of them again at every step (which made
-/// a 2,000,000-user broadcast quadratic: 96% of the release in scanning deleted keys). A sampled
-/// run's ranks start at the prefix.
-fn release_from(campaign: &Campaign, prefix: &[u8], run: &RunState) -> Vec<u8> {
-    if sample::samples(campaign) {
-        prefix.to_vec()
-    } else {
-        [prefix, &run.next.to_be_bytes()].concat()
-    }
-}
-
 impl CampaignStage {
     /// A candidate of a scheduled run: buffered until the run is released; after it, sent
     /// within the per-run limit (users whose do-not-disturb hours delayed them).
@@ -203,6 +226,10 @@ impl CampaignStage {
             state.skip(reason);
             return Ok(());
         };
+        if sampled && !reserved && self.hold_on_standby(ctx, campaign, state, &run, &candidate)? {
+            state.run = Some(run); // held on standby until their window closes
+            return Ok(());
+        }
         match run.phase {
             RunPhase::Collecting
             | RunPhase::Reported
@@ -215,6 +242,7 @@ impl CampaignStage {
                     run.buffered += 1;
                 }
                 buffer.put_as(&key, &candidate)?;
+                run.buffered_at(&buffer_prefix(&state.key, &run.id), &key);
             }
             // A reservation is counted when its user comes, not itself.
             RunPhase::Tripped | RunPhase::Done if reserved => {}
@@ -285,6 +313,7 @@ impl CampaignStage {
             state.run = Some(run); // its shards release it
             return Ok(());
         }
+        self.close_windows(ctx, campaign, state, &mut run, at.max(ctx.effective_ms()))?;
         if run.phase == RunPhase::AwaitingWinner && state.winner_id.is_some() {
             run.phase = RunPhase::Releasing;
         }
@@ -311,10 +340,7 @@ impl CampaignStage {
         let step_end = run.next + RELEASE_STEP;
         run.waiting = false;
         let prefix = buffer_prefix(&state.key, &run.id);
-        let mut step = ctx
-            .store(RUN_BUFFER)?
-            .prefix_from(&prefix, &release_from(campaign, &prefix, run), RELEASE_STEP as usize)?
-            .into_iter();
+        let mut step = run.read_buffer(ctx, &prefix)?.into_iter();
         while run.next < run.buffered.min(step_end) {
             if run.next == run.test_users && run.testing() && state.winner_id.is_none() {
                 run.phase = RunPhase::AwaitingWinner;
@@ -332,6 +358,7 @@ impl CampaignStage {
                 break;
             };
             ctx.store(RUN_BUFFER)?.delete(&key)?;
+            run.deleted(&prefix, &key);
             // Written by `put_as` above: a value that does not decode is a defect, not a user.
             let candidate = serde_json::from_slice::<Candidate>(&value).map_err(|e| {
                 crate::runtime::RuntimeError::StateValue {
@@ -378,7 +405,8 @@ impl CampaignStage {
 
     /// A user released before their local time (a [`sample::reservation`]): within the per-run
     /// limit, selected (their place taken, their variant kept until they come, see
-    /// `on_run_candidate`); else nothing yet: they are counted when they come.
+    /// `on_run_candidate`); else on standby, for a place that comes back (see `standby`). Under a
+    /// limit, a user selected without a test variant is watched until their window closes.
     fn select(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -389,13 +417,15 @@ impl CampaignStage {
         chosen: Option<usize>,
     ) -> Result<(), ProcessError> {
         if run.limit(campaign).is_some_and(|limit| run.sent >= limit) {
-            return Ok(());
+            return self.watch(ctx, campaign, state, run, reservation, false);
         }
         let key = selection_key(&state.key, &run.id, &reservation.user_id);
         ctx.store(RUN_BUFFER)?.put_as(&key, &chosen)?;
         run.sent += 1;
         if chosen.is_some() {
             run.test_ends_at = run.test_ends_at.max(reservation.qualified_at_ms);
+        } else if run.limit(campaign).is_some() {
+            self.watch(ctx, campaign, state, run, reservation, true)?;
         }
         Ok(())
     }
@@ -480,6 +510,7 @@ impl CampaignStage {
             }
             Some(mut old) => {
                 self.drop_buffer(ctx, state, &mut old, "run_superseded")?;
+                self.drop_standby(ctx, state, &old)?;
                 Ok(Some(RunState::new(run_id)))
             }
             None => Ok(Some(RunState::new(run_id))),
@@ -496,12 +527,13 @@ impl CampaignStage {
     ) -> Result<(), ProcessError> {
         let prefix = buffer_prefix(&state.key, &run.id);
         loop {
-            let left = ctx.store(RUN_BUFFER)?.prefix(&prefix, RELEASE_STEP as usize)?;
+            let left = run.read_buffer(ctx, &prefix)?;
             if left.is_empty() {
                 break;
             }
             for (key, value) in left {
                 ctx.store(RUN_BUFFER)?.delete(&key)?;
+                run.deleted(&prefix, &key);
                 // A reservation is counted when its user comes, not itself.
                 let candidate = serde_json::from_slice::<Candidate>(&value).ok();
                 if !candidate.is_some_and(|c| sample::is_reservation(&c)) {
