@@ -5,8 +5,6 @@
 //! between the variants) first and the remainder after the winner is chosen. Buffered users
 //! leave in steps on a timer, so no transaction holds a whole broadcast.
 
-mod standby;
-
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -226,10 +224,6 @@ impl CampaignStage {
             state.skip(reason);
             return Ok(());
         };
-        if sampled && !reserved && self.hold_on_standby(ctx, campaign, state, &run, &candidate)? {
-            state.run = Some(run); // held on standby until their window closes
-            return Ok(());
-        }
         match run.phase {
             RunPhase::Collecting
             | RunPhase::Reported
@@ -313,7 +307,6 @@ impl CampaignStage {
             state.run = Some(run); // its shards release it
             return Ok(());
         }
-        self.close_windows(ctx, campaign, state, &mut run, at.max(ctx.effective_ms()))?;
         if run.phase == RunPhase::AwaitingWinner && state.winner_id.is_some() {
             run.phase = RunPhase::Releasing;
         }
@@ -405,8 +398,7 @@ impl CampaignStage {
 
     /// A user released before their local time (a [`sample::reservation`]): within the per-run
     /// limit, selected (their place taken, their variant kept until they come, see
-    /// `on_run_candidate`); else on standby, for a place that comes back (see `standby`). Under a
-    /// limit, a user selected without a test variant is watched until their window closes.
+    /// `on_run_candidate`); else nothing yet: they are counted when they come.
     fn select(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -417,15 +409,13 @@ impl CampaignStage {
         chosen: Option<usize>,
     ) -> Result<(), ProcessError> {
         if run.limit(campaign).is_some_and(|limit| run.sent >= limit) {
-            return self.watch(ctx, campaign, state, run, reservation, false);
+            return Ok(());
         }
         let key = selection_key(&state.key, &run.id, &reservation.user_id);
         ctx.store(RUN_BUFFER)?.put_as(&key, &chosen)?;
         run.sent += 1;
         if chosen.is_some() {
             run.test_ends_at = run.test_ends_at.max(reservation.qualified_at_ms);
-        } else if run.limit(campaign).is_some() {
-            self.watch(ctx, campaign, state, run, reservation, true)?;
         }
         Ok(())
     }
@@ -510,7 +500,6 @@ impl CampaignStage {
             }
             Some(mut old) => {
                 self.drop_buffer(ctx, state, &mut old, "run_superseded")?;
-                self.drop_standby(ctx, state, &old)?;
                 Ok(Some(RunState::new(run_id)))
             }
             None => Ok(Some(RunState::new(run_id))),
