@@ -1200,10 +1200,32 @@ fn last_restored(instance: &Instance) -> u64 {
 /// Profiles of the failover test: enough state that a full restore is unmistakable.
 const FAILOVER_PROFILES: usize = 20_000;
 
+/// The input lag an instance serving its metrics at `addr` reports per partition of `topic`
+/// (its `consumer_lag` series: the partitions assigned to it); empty while it is unreachable.
+fn input_lag(addr: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let body = ureq::get(format!("http://{addr}/metrics"))
+        .call()
+        .ok()
+        .and_then(|mut response| response.body_mut().read_to_string().ok())
+        .unwrap_or_default();
+    let of_topic = format!("topic=\"{topic}\"");
+    body.lines()
+        .filter_map(|line| line.strip_prefix("herald_runtime_consumer_lag{"))
+        .filter_map(|line| line.split_once("} "))
+        .filter(|(labels, _)| labels.split(',').any(|label| label == of_topic))
+        .filter_map(|(labels, value)| {
+            let partition = labels.split(',').find_map(|l| l.strip_prefix("partition=\""))?;
+            Some((partition.trim_end_matches('"').parse().ok()?, value.parse::<f64>().ok()? as i64))
+        })
+        .collect()
+}
+
 /// Two instances with `standbys` standby replicas hold `FAILOVER_PROFILES` profiles; one is
 /// killed (SIGKILL) and the other takes its tasks over. Returns the changelog records that
 /// takeover restored, after checking that every user (of the moved partitions too) is sent
-/// exactly one command for a ping, which needs their profile.
+/// exactly one command for a ping, which needs their profile, and that each instance's input
+/// lag names the partitions it holds: split between the two, then all on the survivor, at 0
+/// once the pings are sent (`herald bench scale` tells the partitions that move by it).
 fn failover_restore(standbys: usize) -> u64 {
     let deployment = Deployment::new();
     let topic = |name: &str| deployment.topic(name);
@@ -1214,14 +1236,33 @@ fn failover_restore(standbys: usize) -> u64 {
         users.iter().map(|u| common::profile(u, Platform::Android, now)),
     );
     let replicas = standbys.to_string();
-    let args = ["--standby-replicas", replicas.as_str()];
-    let a = deployment.start_with("a", &args);
-    let mut b = deployment.start_with("b", &args);
+    let (metrics_a, metrics_b) = (
+        format!("127.0.0.1:{}", common::free_port()),
+        format!("127.0.0.1:{}", common::free_port()),
+    );
+    let args = |metrics: &str| {
+        ["--standby-replicas", replicas.as_str(), "--metrics-addr", metrics].map(str::to_string)
+    };
+    let a = deployment.start_with("a", &args(&metrics_a).each_ref().map(String::as_str));
+    let mut b = deployment.start_with("b", &args(&metrics_b).each_ref().map(String::as_str));
     let profiles = deployment.changelog("profiles");
     wait_stored(&profiles, &users, &[&a, &b]);
     wait_until("both instances have tasks", Duration::from_secs(120), &[&a, &b], || {
         a.assignments() > 0 && b.assignments() > 0
     });
+    // No event was produced yet (no offset committed): each reports a lag of 0 on the events
+    // partitions it holds, and only on those.
+    let events = topic("events");
+    let all: BTreeSet<i32> = (0..USER_PARTITIONS).collect();
+    let mut held = (BTreeMap::new(), BTreeMap::new());
+    let split = poll_until(Duration::from_secs(60), || {
+        held = (input_lag(&metrics_a, &events), input_lag(&metrics_b, &events));
+        let (on_a, on_b): (BTreeSet<i32>, BTreeSet<i32>) =
+            (held.0.keys().copied().collect(), held.1.keys().copied().collect());
+        on_a.is_disjoint(&on_b) && !on_b.is_empty() && &on_a | &on_b == all
+    });
+    assert!(split, "input lag of the events partitions on a and b: {held:?}\n{}", tails(&[&a, &b]));
+    assert!(held.0.values().chain(held.1.values()).all(|lag| *lag == 0), "{held:?}");
     if standbys > 0 {
         // a keeps b's tasks warm: its standbys report that they reached their changelogs' ends.
         wait_until("a's standbys catch up", Duration::from_secs(180), &[&a, &b], || {
@@ -1271,6 +1312,13 @@ fn failover_restore(standbys: usize) -> u64 {
         let ids: BTreeSet<&str> = sent.iter().map(|s| s.command.message_id.as_str()).collect();
         expected.keys().all(|id| ids.contains(id.as_str()))
     });
+    // The survivor holds every events partition, the moved ones too, and has read them all.
+    let mut lag = BTreeMap::new();
+    let caught_up = poll_until(Duration::from_secs(60), || {
+        lag = input_lag(&metrics_a, &events);
+        lag.keys().copied().collect::<BTreeSet<i32>>() == all && lag.values().all(|l| *l == 0)
+    });
+    assert!(caught_up, "input lag on a after the takeover: {lag:?}\n{}", tails(&[&a]));
     let mut a = a;
     stop(&mut a);
     let sent = watcher.stop();

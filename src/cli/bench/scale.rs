@@ -24,7 +24,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use herald_engine::{
     kafka::KafkaConfig,
-    model::{AppEvent, SchemaRegistry},
+    model::{AppEvent, SchemaRegistry, SendCommand},
     runtime::partition_for,
 };
 use rdkafka::{consumer::Consumer, producer::Producer, Message};
@@ -460,7 +460,10 @@ struct Failover {
 
 /// Two instances hold `--failover-profiles` profiles under a steady stream of pings (a campaign
 /// sends one command per ping); the second one is killed (SIGKILL): the time from the kill to
-/// the first command for one of the partitions it owned.
+/// the first command for one of the partitions it owned (its input lag series name them) to a
+/// ping produced after the kill (a command's `created_at_ms` is when its ping qualified: the
+/// ping's time). Commands to earlier pings do not count: the victim's last transaction may
+/// land after the kill.
 fn failover(kafka: &KafkaConfig, args: &ScaleArgs, standbys: usize) -> anyhow::Result<Failover> {
     eprintln!("failover: {} profiles, {standbys} standby replica(s)", args.failover_profiles);
     let deployment = Deployment::create(kafka, &format!("failover{standbys}"), args.partitions)?;
@@ -506,6 +509,7 @@ fn failover(kafka: &KafkaConfig, args: &ScaleArgs, standbys: usize) -> anyhow::R
     }
     let moved = owned(&b);
     let consumer = output_consumer(kafka, &deployment.topics.push)?;
+    let registry = SchemaRegistry::builtin();
     let assignments = a.log_count("tasks restored");
     let killed_at = now_ms();
     b.kill()?;
@@ -518,7 +522,8 @@ fn failover(kafka: &KafkaConfig, args: &ScaleArgs, standbys: usize) -> anyhow::R
         let message = message?;
         let appended = message.timestamp().to_millis().unwrap_or_default();
         let partition = partition_for(message.key().unwrap_or_default(), args.partitions);
-        if appended >= killed_at && moved.contains(&partition) {
+        let command: SendCommand = registry.decode(message.payload().unwrap_or_default())?;
+        if command.created_at_ms >= killed_at && moved.contains(&partition) {
             first = Some(appended);
         }
     }

@@ -251,19 +251,34 @@ pub(super) struct RebalanceHook {
 }
 
 impl ClientContext for RebalanceHook {
-    /// Publishes the consumer lag librdkafka reports (every `statistics.interval.ms`).
+    /// Publishes the lag of each assigned input partition from librdkafka's statistics (every
+    /// `statistics.interval.ms`), and drops the series of partitions no longer assigned.
     fn stats(&self, statistics: rdkafka::Statistics) {
         for (topic, stats) in &statistics.topics {
             for (partition, partition_stats) in &stats.partitions {
-                if *partition >= 0 && partition_stats.consumer_lag >= 0 {
-                    self.metrics
-                        .consumer_lag
-                        .with_label_values(&[topic, &partition.to_string()])
-                        .set(partition_stats.consumer_lag);
+                if *partition < 0 {
+                    continue;
+                }
+                let labels = [topic.as_str(), &partition.to_string()];
+                if !partition_stats.desired {
+                    let _ = self.metrics.consumer_lag.remove_label_values(&labels);
+                } else if let Some(lag) = position_lag(partition_stats) {
+                    self.metrics.consumer_lag.with_label_values(&labels).set(lag);
                 }
             }
         }
     }
+}
+
+/// Records between an assigned partition's position (past the last record polled, or the
+/// fetch position before the first) and its last stable offset (the group consumer reads
+/// `read_committed`); `None` while either is unknown. Not librdkafka's `consumer_lag`: that
+/// counts from the consumer's committed offset, which a transactional producer commits
+/// without the consumer knowing, so it stays at what was committed when the partition was
+/// assigned (none at all on a new group: no lag then, ever).
+fn position_lag(stats: &rdkafka::statistics::Partition) -> Option<i64> {
+    let position = if stats.app_offset >= 0 { stats.app_offset } else { stats.next_offset };
+    (position >= 0 && stats.ls_offset >= 0).then(|| (stats.ls_offset - position).max(0))
 }
 
 impl ConsumerContext for RebalanceHook {
