@@ -5,10 +5,11 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::Args;
 use herald_engine::{
-    api::{self, ApiConfig, ApiState, RateLimit, Tokens, AUDIT_TOPIC, DEFAULT_BODY_LIMIT},
+    api::{
+        self, ApiConfig, ApiHealth, ApiState, RateLimit, Tokens, AUDIT_TOPIC, DEFAULT_BODY_LIMIT,
+    },
     kafka::KafkaConfig,
     model::topics::TopicNames,
-    runtime::serve_http,
 };
 
 #[derive(Debug, Args)]
@@ -36,7 +37,8 @@ pub struct ApiArgs {
     #[arg(long, default_value_t = 20.0)]
     rate_per_second: f64,
     /// Serve /metrics, /healthz and /readyz here, without a token (keep it apart from --listen,
-    /// where Prometheus scrapes and callers do not)
+    /// where Prometheus scrapes and callers do not); /readyz answers 503 with its reason while
+    /// the brokers do not answer or the campaigns, segments, stats and events are not read
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
 }
@@ -68,13 +70,13 @@ pub fn run(kafka: &KafkaConfig, args: ApiArgs) -> anyhow::Result<ExitCode> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let state = tokio::task::spawn_blocking(move || ApiState::start(config)).await??;
+        // Health first: /readyz says why the API cannot serve while it waits for the brokers.
+        let health = ApiHealth::new();
         if let Some(addr) = args.metrics_addr {
-            let metrics = state.clone();
-            let bound = serve_http(addr, move || metrics.metrics().render(), || true)
-                .with_context(|| format!("serving metrics on {addr}"))?;
-            tracing::info!(address = %bound, "herald api serving /metrics");
+            let bound = health.serve(addr).with_context(|| format!("serving metrics on {addr}"))?;
+            tracing::info!(address = %bound, "herald api serving /metrics, /healthz, /readyz");
         }
+        let state = tokio::task::spawn_blocking(move || ApiState::start(config, health)).await??;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;

@@ -10,6 +10,7 @@ mod handlers;
 mod live;
 mod metrics;
 mod preview;
+mod ready;
 mod router;
 mod segments;
 mod status;
@@ -23,12 +24,14 @@ pub use audit::AuditRecord;
 pub use auth::{Caller, RateLimit, Role, TokenError, Tokens};
 pub use error::{ApiError, ErrorBody, FieldProblem};
 pub use metrics::ApiMetrics;
+pub use ready::{ApiHealth, CHECK_EVERY};
 pub use router::{openapi, router};
 pub use table::{Row, SegmentText, Table};
 
 use crate::{
     kafka::KafkaConfig,
     model::{topics::TopicNames, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats},
+    runtime::Readiness,
 };
 
 /// Name of the audit topic (see `topologies/default.toml`), before any prefix.
@@ -65,7 +68,7 @@ pub struct ApiState {
 struct Inner {
     config: ApiConfig,
     limiter: auth::RateLimiter,
-    metrics: ApiMetrics,
+    health: ApiHealth,
     producer: FutureProducer,
     campaigns: Table<CampaignEnvelope>,
     stats: Table<CampaignStats>,
@@ -80,22 +83,61 @@ const EVENTS_KEPT: usize = 1_000;
 /// one a second while a campaign's counts change).
 const STATS_KEPT: usize = 1_000;
 
-impl ApiState {
-    /// Connects to the cluster and reads the campaigns, segments, stats and campaign events
-    /// topics to their end (then follows them in the background); creates the segments topic
-    /// if missing. Call it from a blocking thread of a tokio runtime.
-    pub fn start(config: ApiConfig) -> Result<Self, ApiError> {
+/// The tables an API reads, once read to their end.
+struct Tables {
+    campaigns: Table<CampaignEnvelope>,
+    stats: Table<CampaignStats>,
+    events: Table<CampaignLifecycleEvent>,
+    segments: Table<SegmentText>,
+}
+
+impl Tables {
+    /// Reads the campaigns, segments, stats and campaign events topics to their end (then
+    /// follows them in the background), telling `health` which it reads; creates the segments
+    /// topic if missing.
+    fn read(config: &ApiConfig, health: &ApiHealth) -> Result<Self, ApiError> {
         let wait = Duration::from_secs(60);
-        let campaigns = Table::follow(&config.kafka, &config.topics.campaigns, wait)?;
-        segments::ensure_topic(&config.kafka, &config.topics.segments)?;
-        let segments = Table::follow(&config.kafka, &config.topics.segments, wait)?;
-        let stats = Table::follow_keeping(&config.kafka, &config.topics.stats, STATS_KEPT, wait)?;
-        let events = Table::follow_keeping(
-            &config.kafka,
-            &config.topics.campaign_events,
-            EVENTS_KEPT,
-            wait,
-        )?;
+        let reading = |topic: &str| {
+            health.set(Readiness::NotReady(format!("reading {topic} to its end")));
+        };
+        let topics = &config.topics;
+        reading(&topics.campaigns);
+        let campaigns = Table::follow(&config.kafka, &topics.campaigns, wait)?;
+        reading(&topics.segments);
+        segments::ensure_topic(&config.kafka, &topics.segments)?;
+        let segments = Table::follow(&config.kafka, &topics.segments, wait)?;
+        reading(&topics.stats);
+        let stats = Table::follow_keeping(&config.kafka, &topics.stats, STATS_KEPT, wait)?;
+        reading(&topics.campaign_events);
+        let events =
+            Table::follow_keeping(&config.kafka, &topics.campaign_events, EVENTS_KEPT, wait)?;
+        Ok(Self { campaigns, stats, events, segments })
+    }
+}
+
+/// What the readiness check follows.
+fn followed(inner: &Inner) -> Vec<&dyn table::Followed> {
+    vec![&inner.campaigns, &inner.segments, &inner.stats, &inner.events]
+}
+
+impl ApiState {
+    /// Waits until the brokers answer, then reads the campaigns, segments, stats and campaign
+    /// events topics to their end (then follows them in the background; creates the segments
+    /// topic if missing), trying again as long as it takes, telling `health` why it is not
+    /// ready meanwhile; then `health` follows the brokers and the tables. Call it from a
+    /// blocking thread of a tokio runtime.
+    pub fn start(config: ApiConfig, health: ApiHealth) -> Result<Self, ApiError> {
+        let probe = ready::Probe::new(&config.kafka)?;
+        let Tables { campaigns, stats, events, segments } = loop {
+            probe.wait_for_brokers(&config.topics.campaigns, &health);
+            match Tables::read(&config, &health) {
+                Ok(tables) => break tables,
+                Err(error) => {
+                    health.set(Readiness::NotReady(error.to_string()));
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        };
         let producer = config
             .kafka
             .client_config()
@@ -103,18 +145,19 @@ impl ApiState {
             .create()
             .map_err(|e| ApiError::Internal(format!("creating the Kafka producer: {e}")))?;
         let limiter = auth::RateLimiter::new(config.rate_limit);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                config,
-                limiter,
-                metrics: ApiMetrics::new(),
-                producer,
-                campaigns,
-                stats,
-                events,
-                segments,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            config,
+            limiter,
+            health: health.clone(),
+            producer,
+            campaigns,
+            stats,
+            events,
+            segments,
+        });
+        health.set(Readiness::Ready);
+        probe.watch(Arc::downgrade(&inner), followed, health)?;
+        Ok(Self { inner })
     }
 
     /// The latest envelope of every campaign.
@@ -139,7 +182,7 @@ impl ApiState {
 
     /// The API's metrics.
     pub fn metrics(&self) -> &ApiMetrics {
-        &self.inner.metrics
+        self.inner.health.metrics()
     }
 
     /// The producer of the API's writes.

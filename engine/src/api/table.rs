@@ -100,7 +100,7 @@ impl<R: Row + Clone + Send + Sync + 'static> Table<R> {
         // A topic just created may not have its leaders yet: ask again until `wait` is spent.
         let deadline = Instant::now() + wait;
         let ends = loop {
-            match ends(&consumer, topic) {
+            match ends(&consumer, topic, Duration::from_secs(10)) {
                 Ok(ends) => break ends,
                 Err(error) if Instant::now() >= deadline => return Err(error),
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
@@ -138,8 +138,7 @@ impl<R: Row + Clone + Send + Sync + 'static> Table<R> {
 
     /// Whether every partition has been read up to `ends`.
     fn reached(&self, ends: &HashMap<i32, i64>) -> bool {
-        let positions = self.shared.positions.lock().expect("table lock");
-        ends.iter().all(|(p, end)| positions.get(p).is_some_and(|at| at >= end))
+        self.behind(ends).is_none()
     }
 
     /// Waits until the record written at `offset` of `partition` has been read (a writer reads
@@ -194,12 +193,38 @@ impl<R: Row + Clone + Send + Sync + 'static> Table<R> {
     }
 }
 
-/// The end offset of every partition of `topic`.
-fn ends(consumer: &BaseConsumer, topic: &str) -> Result<HashMap<i32, i64>, ApiError> {
+/// A table as its readiness check sees it: a topic read up to some offsets.
+pub(super) trait Followed {
+    /// The topic read.
+    fn topic(&self) -> &str;
+    /// A partition not yet read up to its offset in `ends`: (partition, next offset to read,
+    /// end), or none.
+    fn behind(&self, ends: &HashMap<i32, i64>) -> Option<(i32, i64, i64)>;
+}
+
+impl<R> Followed for Table<R> {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn behind(&self, ends: &HashMap<i32, i64>) -> Option<(i32, i64, i64)> {
+        let positions = self.shared.positions.lock().expect("table lock");
+        ends.iter().find_map(|(&partition, &end)| {
+            let at = positions.get(&partition).copied().unwrap_or(0);
+            (at < end).then_some((partition, at, end))
+        })
+    }
+}
+
+/// The end offset of every partition of `topic`, each asked within `timeout`.
+pub(super) fn ends(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<HashMap<i32, i64>, ApiError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         ApiError::Internal(format!("following {topic}: {what}: {e}"))
     };
-    let timeout = Duration::from_secs(10);
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
         .map_err(|e| failed("reading metadata", &e))?;

@@ -235,33 +235,72 @@ impl RuntimeMetrics {
     /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` from a background thread.
     pub fn serve(self: &Arc<Self>, addr: SocketAddr) -> Result<SocketAddr, RuntimeError> {
         let (render, ready) = (Arc::clone(self), Arc::clone(self));
-        serve_http(addr, move || render.render(), move || ready.is_ready()).map_err(|source| {
-            RuntimeError::Io { context: format!("serving metrics on {addr}"), source }
+        let readiness = move || {
+            if ready.is_ready() {
+                Readiness::Ready
+            } else {
+                Readiness::NotReady(
+                    "not processing: partitions not assigned yet, or their tasks still restoring"
+                        .to_string(),
+                )
+            }
+        };
+        serve_http(addr, move || render.render(), readiness).map_err(|source| RuntimeError::Io {
+            context: format!("serving metrics on {addr}"),
+            source,
         })
     }
 }
 
-/// Serves `/metrics` (what `render` returns), `/healthz` and `/readyz` (200 once `ready`) on a
-/// thread of its own; returns the bound address.
+/// What a process's `/readyz` answers: ready (200), or not and why (503).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// It can do its work.
+    Ready,
+    /// It cannot (yet, or any more), for this reason.
+    NotReady(String),
+}
+
+impl Readiness {
+    /// The status code and JSON body of `/readyz`: `{"ready":true}`, or
+    /// `{"ready":false,"reason":"..."}` with 503.
+    pub fn response(&self) -> (u16, String) {
+        match self {
+            Self::Ready => (200, serde_json::json!({ "ready": true }).to_string()),
+            Self::NotReady(reason) => {
+                (503, serde_json::json!({ "ready": false, "reason": reason }).to_string())
+            }
+        }
+    }
+}
+
+/// Serves `/metrics` (what `render` returns), `/healthz` and `/readyz` (what `ready` says, as
+/// JSON: [`Readiness::response`]) on a thread of its own; returns the bound address.
 pub fn serve_http(
     addr: SocketAddr,
     render: impl Fn() -> String + Send + 'static,
-    ready: impl Fn() -> bool + Send + 'static,
+    ready: impl Fn() -> Readiness + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
     let server = tiny_http::Server::http(addr)
         .map_err(|e| std::io::Error::other(format!("listening on {addr}: {e}")))?;
     let bound = server.server_addr().to_ip().unwrap_or(addr);
     std::thread::Builder::new().name("herald-metrics".into()).spawn(move || {
         for request in server.incoming_requests() {
-            let (status, body) = match request.url() {
-                "/metrics" => (200, render()),
-                "/healthz" => (200, "ok\n".to_string()),
-                "/readyz" if ready() => (200, "ready\n".to_string()),
-                "/readyz" => (503, "not ready\n".to_string()),
-                _ => (404, "not found\n".to_string()),
+            let (status, body, json) = match request.url() {
+                "/metrics" => (200, render(), false),
+                "/healthz" => (200, "ok\n".to_string(), false),
+                "/readyz" => {
+                    let (status, body) = ready().response();
+                    (status, body, true)
+                }
+                _ => (404, "not found\n".to_string(), false),
             };
-            let _ =
-                request.respond(tiny_http::Response::from_string(body).with_status_code(status));
+            let mut response = tiny_http::Response::from_string(body).with_status_code(status);
+            if json {
+                let header = tiny_http::Header::from_bytes("Content-Type", "application/json");
+                response = response.with_header(header.expect("a valid header"));
+            }
+            let _ = request.respond(response);
         }
     })?;
     Ok(bound)

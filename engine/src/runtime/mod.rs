@@ -31,7 +31,7 @@ pub use config::{instance_id, GroupProtocol, RuntimeConfig, DEFAULT_MAX_RECORD_B
 pub use error::{ProcessError, RuntimeError};
 pub use global::GlobalTable;
 pub use live::{LiveRuntime, ShutdownFlag};
-pub use metrics::{serve_http, ProcessorCounter, RuntimeMetrics};
+pub use metrics::{serve_http, ProcessorCounter, Readiness, RuntimeMetrics};
 pub use partitioner::partition_for;
 pub use processor::{Processor, ProcessorContext, SourceRecord, Tick, Timer};
 pub use store::{Entry, Store};

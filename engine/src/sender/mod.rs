@@ -165,8 +165,12 @@ pub fn run(
     let metrics = Arc::new(SenderMetrics::new());
     if let Some(addr) = options.metrics_addr {
         let render = Arc::clone(&metrics);
-        let bound = crate::runtime::serve_http(addr, move || render.render(), || true)
-            .map_err(|e| SenderError::Setup(format!("serving metrics: {e}")))?;
+        let bound = crate::runtime::serve_http(
+            addr,
+            move || render.render(),
+            || crate::runtime::Readiness::Ready,
+        )
+        .map_err(|e| SenderError::Setup(format!("serving metrics: {e}")))?;
         tracing::info!(%bound, "serving /metrics");
     }
     runtime.block_on(intents::ensure_topic(

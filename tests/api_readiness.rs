@@ -1,0 +1,149 @@
+//! `herald api`'s `/readyz` (issue 15): 503 with its reason as JSON while the brokers do not
+//! answer or the tables it reads are not read to their end, 200 once they are; served on
+//! `--metrics-addr` from the process's first moment, before the API listens.
+
+mod common;
+
+use std::{path::Path, time::Duration};
+
+use common::{
+    create_topics, delete_topics_starting_with, free_port, poll_until, spawn_herald, tail, unique,
+    KillOnDrop,
+};
+use serde_json::{json, Value};
+
+/// A `herald api` on topics under `prefix` (read, not created), with `brokers`, its
+/// `/readyz` at `metrics`; killed on drop.
+struct Api {
+    _process: KillOnDrop,
+    listen: String,
+    metrics: String,
+}
+
+impl Api {
+    fn start(prefix: &str, brokers: &str, dir: &Path) -> Self {
+        let tokens = dir.join("tokens");
+        std::fs::write(&tokens, "read viewer read-0123456789abcdef\n").unwrap();
+        let (listen, metrics) =
+            (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+        let args = [
+            "api",
+            "--brokers",
+            brokers,
+            "--listen",
+            &listen,
+            "--metrics-addr",
+            &metrics,
+            "--topic-prefix",
+            prefix,
+            "--tokens",
+            tokens.to_str().unwrap(),
+        ];
+        let process = spawn_herald(&args, &dir.join("api.log"));
+        Self { _process: process, listen, metrics }
+    }
+
+    /// `/readyz`: status, Content-Type and body as JSON, or none while nothing listens.
+    fn readyz(&self) -> Option<(u16, String, Value)> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut response = agent.get(&format!("http://{}/readyz", self.metrics)).call().ok()?;
+        let status = response.status().as_u16();
+        let kind = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = response.body_mut().read_to_string().unwrap();
+        Some((status, kind, serde_json::from_str(&body).unwrap_or(Value::Null)))
+    }
+
+    /// Polls `/readyz` until `wanted` holds of its answer (up to `limit`); the last answer.
+    fn readyz_until(
+        &self,
+        limit: Duration,
+        wanted: impl Fn(u16, &Value) -> bool,
+        log: &Path,
+    ) -> (u16, String, Value) {
+        let mut last = None;
+        let held = poll_until(limit, || {
+            last = self.readyz();
+            last.as_ref().is_some_and(|(status, _, body)| wanted(*status, body))
+        });
+        assert!(held, "/readyz answered {last:?}\n--- api log\n{}", tail(log, 30));
+        last.unwrap()
+    }
+
+    /// Whether the API itself listens.
+    fn serves(&self) -> bool {
+        std::net::TcpStream::connect(&self.listen).is_ok()
+    }
+}
+
+/// Deletes the topics under its prefix on drop.
+struct Topics(String);
+
+impl Drop for Topics {
+    fn drop(&mut self) {
+        delete_topics_starting_with(&[&self.0]);
+    }
+}
+
+fn reason(body: &Value) -> &str {
+    body["reason"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn readyz_says_the_brokers_are_unreachable_while_they_do_not_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("api.log");
+    let prefix = format!("{}-", unique("readyz-closed"));
+    // Nothing listens on port 1: the API waits for its brokers, saying so.
+    let api = Api::start(&prefix, "127.0.0.1:1", dir.path());
+    let unreachable = |status: u16, body: &Value| status == 503 && reason(body).contains("brokers");
+    let (status, kind, body) = api.readyz_until(Duration::from_secs(60), unreachable, &log);
+    assert_eq!((status, kind.as_str()), (503, "application/json"));
+    assert_eq!(body["ready"], json!(false));
+    assert!(
+        reason(&body).starts_with("brokers 127.0.0.1:1 unreachable: "),
+        "the reason names the brokers: {body}"
+    );
+    // Still waiting a few checks later, still alive, and not serving the API.
+    let (status, _, later) = api.readyz().expect("/readyz still answers");
+    assert_eq!(
+        (status, reason(&later).starts_with("brokers 127.0.0.1:1 unreachable")),
+        (503, true)
+    );
+    assert!(!api.serves(), "the API listens before it can serve");
+    let health = common::http_get(&api.metrics, "/healthz");
+    assert_eq!(health.0, 200);
+}
+
+#[test]
+fn readyz_is_ready_once_the_tables_are_read_and_not_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("api.log");
+    let prefix = format!("{}-", unique("readyz-real"));
+    let _topics = Topics(prefix.clone());
+    let api = Api::start(&prefix, &common::kafka().brokers, dir.path());
+    let campaigns = format!("{prefix}herald.campaigns");
+    // The brokers answer, but the campaigns topic does not exist yet: not ready, saying which
+    // table it is reading.
+    let reading = |status: u16, body: &Value| status == 503 && reason(body).contains("reading");
+    let (_, kind, body) = api.readyz_until(Duration::from_secs(60), reading, &log);
+    assert_eq!(kind, "application/json");
+    assert_eq!(body, json!({"ready": false, "reason": format!("reading {campaigns} to its end")}));
+    assert!(!api.serves(), "the API listens before it has read its campaigns");
+
+    // The API's tables appear (the segments topic it creates itself): ready, and serving.
+    let names = ["campaigns", "stats", "campaign-events"].map(|t| format!("{prefix}herald.{t}"));
+    create_topics(&names.iter().map(|n| (n.as_str(), 2)).collect::<Vec<_>>());
+    let ready = |status: u16, _: &Value| status == 200;
+    let (_, kind, body) = api.readyz_until(Duration::from_secs(90), ready, &log);
+    assert_eq!((kind.as_str(), body), ("application/json", json!({"ready": true})));
+    assert!(poll_until(Duration::from_secs(10), || api.serves()), "{}", tail(&log, 30));
+}
