@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::KillOnDrop;
+use common::{free_port, poll_until, KillOnDrop};
 use fantoccini::{Client, ClientBuilder, Locator};
 use herald_engine::model::{AppEvent, CampaignLifecycleEvent, LifecycleKind, SchemaRegistry};
 use herald_engine::{kafka::apply_topology, runtime::partition_for, topology::Topology};
@@ -30,22 +30,6 @@ const ADMIN_TOKEN: &str = "admin-dashboard-0123456789";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Polls `condition` every 200 ms until it holds or `limit` passes.
-fn poll_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    condition()
 }
 
 /// `herald ARGS` in the background, logging to `log`, killed on drop.

@@ -556,11 +556,6 @@ fn produce_large(topic: &str, records: Vec<(String, Vec<u8>)>) {
     producer.flush(Duration::from_secs(60)).unwrap();
 }
 
-/// A port nothing listens on (yet).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A TCP relay to the schema registry that refuses connections (the registry is "down") until
 /// [`Relay::open`].
 struct Relay {
@@ -570,7 +565,7 @@ struct Relay {
 impl Relay {
     /// A relay on a free port where nothing listens yet.
     fn closed() -> Self {
-        Relay { port: free_port() }
+        Relay { port: common::free_port() }
     }
 
     fn url(&self) -> String {
@@ -626,7 +621,7 @@ fn a_registry_outage_is_retried_and_each_record_is_processed_once_when_it_is_bac
     );
     let data = Data { base_ms: common::now_ms() - 60_000 };
     let (profiles, events) = data.herald();
-    let metrics = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", common::free_port());
     let engine = d.spawn_engine(&["--metrics-addr", &metrics]);
     let log = engine.log.clone();
     d.produce("profiles", "avro", Some("ProfileUpdate"), &profiles);

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Consumed, Rng};
+use common::{free_port, http_get, Consumed, Rng};
 use herald_engine::{
     model::{DeadLetter, SchemaRegistry},
     runtime::{
@@ -290,22 +290,6 @@ fn corrupt_records_go_to_the_dead_letter_topic_and_processing_continues() {
     assert_eq!((letter.source_partition, letter.source_offset), (0, 4));
     assert!(letter.reason.contains("not UTF-8"), "{}", letter.reason);
     assert_eq!(letter.value, Some(vec![0xff, 0xfe, 0x00]), "the original bytes are kept");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A minimal HTTP/1.0 GET returning (status, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
 }
 
 #[test]

@@ -815,11 +815,13 @@ fn two_thousand_users_triggering_three_times_an_hour_apart_get_six_thousand_noti
         .unwrap();
     assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
     let engine_log = setup.path("engine.log");
-    let engine = common::spawn_engine(
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    let engine = common::spawn_engine_with(
         &setup.prefix,
         &common::unique("loop-app"),
         &setup.path("engine-state"),
         &engine_log,
+        &["--metrics-addr", &metrics_addr],
     );
     let config = setup.sender_config(&setup.token_auth(None), "    max_per_second: 20000\n");
     let mut sender = setup.spawn_sender(&config, "s1");
@@ -859,12 +861,24 @@ fn two_thousand_users_triggering_three_times_an_hour_apart_get_six_thousand_noti
         std::thread::sleep(Duration::from_millis(200));
         stats = setup.stats().unwrap_or_default();
     }
+    // What the engine says of its work, should the notifications fall short.
+    let engine_metrics = if stats["messages"].as_u64().unwrap_or(0) < 3 * USERS as u64 {
+        let (_, body) = common::http_get(&metrics_addr, "/metrics");
+        body.lines().filter(|line| !line.starts_with('#')).collect::<Vec<_>>().join("\n")
+    } else {
+        String::new()
+    };
     let receipts = setup.receipts(3 * USERS, Duration::from_secs(60));
     let snapshots =
         common::read_committed(&topic("stats"), 1, Duration::from_secs(3), Duration::from_secs(30));
     common::stop_gracefully(sender.take());
     common::stop_gracefully(engine);
-    assert_eq!(stats["messages"], 3 * USERS, "{stats}\n{}", common::tail(&engine_log, 20));
+    assert_eq!(
+        stats["messages"],
+        3 * USERS,
+        "{stats}\n{}\n{engine_metrics}",
+        common::tail(&engine_log, 40)
+    );
     assert_eq!(stats["duplicates"], 0, "{stats}");
     let mut receipted: Vec<&str> = receipts.iter().map(|r| r.message_id.as_str()).collect();
     receipted.sort_unstable();
