@@ -210,7 +210,8 @@ mod flow {
         model::{
             topics::{self, TopicNames},
             CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, Candidate, Device,
-            IngestDecoder, LifecycleKind, Platform, SchemaRegistry, SendCommand, SourcePartition,
+            IngestDecoder, LifecycleKind, Platform, SchemaRegistry, SendCommand, Skip,
+            SourcePartition,
         },
         pipeline::engine_topology,
         runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
@@ -275,6 +276,23 @@ mod flow {
             source: source.map(|(partition, partitions)| SourcePartition { partition, partitions }),
         };
         record(topics::CAMPAIGN_FLOW, SchemaRegistry::builtin().encode(&candidate).unwrap(), at)
+    }
+
+    /// The send gate's refusal, at `T0 + at_s` seconds, of `user`'s notification of `variant`
+    /// (their trigger occurrence's): it gives the place back.
+    pub fn refused(user: &str, variant: &str, at_s: i64) -> ReplayRecord {
+        let at = T0 + at_s * 1_000;
+        let skip = Skip {
+            campaign_id: "tab".into(),
+            app_id: "shop".into(),
+            user_id: user.into(),
+            reason: "capped_daily".into(),
+            timestamp_ms: at,
+            variant_id: Some(variant.into()),
+            returns_place: true,
+            run_id: Some(format!("trigger:e-{user}")),
+        };
+        record(topics::CAMPAIGN_FLOW, SchemaRegistry::builtin().encode(&skip).unwrap(), at)
     }
 
     /// Every user's variant and whether they were sent it during the test (before the winner);
@@ -356,4 +374,41 @@ fn the_partition_count_is_what_the_candidates_declare_and_a_repartition_divides_
     assert_eq!(winners, ["A"], "one decision, A on a tie");
     let after_the_winner = Some(("A".to_string(), false));
     assert_eq!((variant("none"), variant("e2")), (after_the_winner.clone(), after_the_winner));
+}
+
+/// A test place given back (its user refused at the send gate) goes to the users already
+/// waiting for it before anyone new: 4 places over 2 partitions (0-1 | 2-3); a0 and a1 take
+/// partition 0's, w1 and w2 then wait; a1 is refused (its place 1, B, comes back); n, a new
+/// user of partition 0, comes next. The place goes to the lower-ranked of w1 and w2 at once,
+/// n waits for the winner with the other. On the old code n took it (first come) ahead of the
+/// two who had waited.
+#[test]
+fn a_test_place_given_back_goes_to_the_waiting_users_first_in_rank_order() {
+    use flow::{candidate, refused};
+    let input = || {
+        vec![
+            flow::define(4),
+            candidate("a0", Some((0, 2)), 1), // place 0 (A)
+            candidate("a1", Some((0, 2)), 2), // place 1 (B)
+            candidate("w1", Some((0, 2)), 3), // waits: partition 0's share is full
+            candidate("w2", Some((0, 2)), 4), // waits
+            refused("a1", "B", 5),            // place 1 comes back
+            candidate("n", Some((0, 2)), 6),  // new: waits
+            candidate("b0", Some((1, 2)), 7), // place 2 (A)
+            candidate("b1", Some((1, 2)), 8), // place 3 (B): the test is complete
+        ]
+    };
+    let (sent, winners) = flow::run(input());
+    let rank = |user: &str| herald_engine::campaign::sample::rank("tab", user);
+    let (first, second) = if rank("w1") < rank("w2") { ("w1", "w2") } else { ("w2", "w1") };
+    let variant = |user: &str| sent.get(user).cloned();
+    let tested = |v: &str| Some((v.to_string(), true));
+    for (user, v) in [("a0", "A"), ("a1", "B"), (first, "B"), ("b0", "A"), ("b1", "B")] {
+        assert_eq!(variant(user), tested(v), "{user}: {sent:?}");
+    }
+    assert_eq!(winners, ["A"], "one decision, A on a tie");
+    let after_the_winner = Some(("A".to_string(), false));
+    assert_eq!(variant(second), after_the_winner, "{sent:?}");
+    assert_eq!(variant("n"), after_the_winner, "the newcomer waited: {sent:?}");
+    assert_eq!(flow::run(input()).0, sent, "a re-run agrees");
 }

@@ -241,6 +241,42 @@ fn rank_key(key: &str, user: &str, seq: u64) -> Vec<u8> {
     [rank_prefix(key).as_slice(), &rank.to_be_bytes(), &seq.to_be_bytes()].concat()
 }
 
+/// Where the waiting users who named `partition` are listed in their rank order: a place of that
+/// partition given back goes to the first of them (see `CampaignStage::give_back_to_waiting`).
+fn partition_rank_prefix(key: &str, partition: u32) -> Vec<u8> {
+    [format!("{key}\u{0}ab-prank\u{0}").as_bytes(), &partition.to_be_bytes()].concat()
+}
+
+/// The entry of the waiting `user` queued as `seq` in its partition's rank order (see
+/// [`partition_rank_prefix`]; the value is empty).
+fn partition_rank_key(key: &str, partition: u32, user: &str, seq: u64) -> Vec<u8> {
+    let rank = sample::rank(key, user);
+    [partition_rank_prefix(key, partition), rank.to_be_bytes().to_vec(), seq.to_be_bytes().to_vec()]
+        .concat()
+}
+
+/// The partition a waiting candidate was listed under (the one its source names).
+fn listed_partition(candidate: &Candidate) -> Option<u32> {
+    u32::try_from(candidate.source?.partition).ok()
+}
+
+/// Deletes the waiting `candidate` queued as `seq` under the state kept at `key` (its queue
+/// entry and its rank-order entries).
+fn forget_waiting(
+    ctx: &mut ProcessorContext<'_>,
+    key: &str,
+    candidate: &Candidate,
+    seq: u64,
+) -> Result<(), ProcessError> {
+    let mut buffer = ctx.store(RUN_BUFFER)?;
+    buffer.delete(&queue::key(&waiting_owner(key), seq))?;
+    buffer.delete(&rank_key(key, &candidate.user_id, seq))?;
+    if let Some(partition) = listed_partition(candidate) {
+        buffer.delete(&partition_rank_key(key, partition, &candidate.user_id, seq))?;
+    }
+    Ok(())
+}
+
 /// Where the test place of `user` is kept (see [`Seat`]).
 fn seat_key(key: &str, user: &str) -> Vec<u8> {
     format!("{key}\u{0}ab-seat\u{0}{user}").into_bytes()
@@ -335,6 +371,10 @@ impl CampaignStage {
             let mut buffer = ctx.store(RUN_BUFFER)?;
             buffer.put_as(&queue::key(&waiting_owner(&state.key), seq), &candidate)?;
             buffer.put(&rank_key(&state.key, &candidate.user_id, seq), &[])?;
+            if let Some(partition) = partition.filter(|_| !state.ab_test.pooled) {
+                let listed = partition_rank_key(&state.key, partition, &candidate.user_id, seq);
+                buffer.put(&listed, &[])?;
+            }
             state.ab_test.waiting_seq += 1;
             state.ab_test.waiting += 1;
             return Ok(());
@@ -381,8 +421,10 @@ impl CampaignStage {
 
     /// The send gate refused the notification of `user`'s trigger occurrence `run_id`: while
     /// the test is on, a test place it took goes back (see `TriggeredTest::returned`), with the
-    /// user's variant, and the test is complete again only once it is taken again (users
-    /// waiting get it once pooled).
+    /// user's variant, and the test is complete again only once it is taken again. Users
+    /// already waiting get it before anyone new: the first in rank order of those who named its
+    /// partition at once, or, once the places are pooled, the first in rank order of all of them
+    /// (newcomers wait to be ranked with them).
     pub(super) fn return_test_place(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -401,8 +443,53 @@ impl CampaignStage {
         ctx.store(ASSIGNMENTS)?.delete(assignment_key(&state.key, user).as_bytes())?;
         state.ab_test.returned.push((seat.partition, seat.place));
         state.test_full_at = None;
+        if state.ab_test.pooled {
+            state.ab_test.pooling = state.ab_test.waits();
+        } else if let Some((audience, _)) = test_on(campaign, state) {
+            self.give_back_to_waiting(ctx, campaign, state, seat.partition, audience)?;
+        }
         if state.ab_test.waits() {
             ctx.schedule(ctx.now_ms(), &timer_key(RUN_TIMER, &state.key))?;
+        }
+        Ok(())
+    }
+
+    /// Gives the places of `partition` given back to the users waiting who named it, in rank
+    /// order (a step at most; one who takes no place, e.g. turned away by a limit, does not
+    /// hold it).
+    fn give_back_to_waiting(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        partition: u32,
+        audience: u64,
+    ) -> Result<(), ProcessError> {
+        let prefix = partition_rank_prefix(&state.key, partition);
+        let owner = waiting_owner(&state.key);
+        let now = ctx.effective_ms();
+        for _ in 0..queue::STEP {
+            if !state.ab_test.returned.iter().any(|(p, _)| *p == partition) {
+                break;
+            }
+            let Some((listed, _)) = ctx.store(RUN_BUFFER)?.prefix(&prefix, 1)?.pop() else {
+                break;
+            };
+            ctx.store(RUN_BUFFER)?.delete(&listed)?;
+            let Some(seq) = seq_of(&listed) else { continue };
+            let Some(bytes) = ctx.store(RUN_BUFFER)?.get(&queue::key(&owner, seq))? else {
+                continue; // left already
+            };
+            state.ab_test.waiting = state.ab_test.waiting.saturating_sub(1);
+            let Ok(candidate) = serde_json::from_slice::<Candidate>(&bytes) else {
+                tracing::warn!(campaign = %campaign.id, "dropping an unreadable waiting candidate");
+                ctx.store(RUN_BUFFER)?.delete(&queue::key(&owner, seq))?;
+                continue;
+            };
+            forget_waiting(ctx, &state.key, &candidate, seq)?;
+            let leaving =
+                Candidate { qualified_at_ms: candidate.qualified_at_ms.max(now), ..candidate };
+            self.seat(ctx, campaign, state, leaving, Some(partition), audience)?;
         }
         Ok(())
     }
@@ -427,10 +514,9 @@ impl CampaignStage {
         state.ab_test.waiting = state.ab_test.waiting.saturating_sub(step.unreadable);
         let now = ctx.effective_ms();
         for (key, candidate) in step.entries {
-            let mut buffer = ctx.store(RUN_BUFFER)?;
-            buffer.delete(&key)?;
+            ctx.store(RUN_BUFFER)?.delete(&key)?;
             if let Some(seq) = seq_of(&key) {
-                buffer.delete(&rank_key(&state.key, &candidate.user_id, seq))?;
+                forget_waiting(ctx, &state.key, &candidate, seq)?;
             }
             state.ab_test.waiting = state.ab_test.waiting.saturating_sub(1);
             let leaving =
@@ -474,7 +560,8 @@ impl CampaignStage {
             }
             let mut buffer = ctx.store(RUN_BUFFER)?;
             buffer.delete(&rank_key)?;
-            let Some(key) = seq_of(&rank_key).map(|seq| queue::key(&owner, seq)) else { continue };
+            let Some(seq) = seq_of(&rank_key) else { continue };
+            let key = queue::key(&owner, seq);
             let Some(bytes) = buffer.get(&key)? else { continue };
             buffer.delete(&key)?;
             state.ab_test.waiting = state.ab_test.waiting.saturating_sub(1);
@@ -482,6 +569,7 @@ impl CampaignStage {
                 tracing::warn!(campaign = %campaign.id, "dropping an unreadable waiting candidate");
                 continue;
             };
+            forget_waiting(ctx, &state.key, &candidate, seq)?;
             let leaving =
                 Candidate { qualified_at_ms: candidate.qualified_at_ms.max(now), ..candidate };
             self.seat(ctx, campaign, state, leaving, Some(0), audience)?;
