@@ -5,7 +5,8 @@
 //! - failover: time from the SIGKILL of one of 2 instances to the first command for one of its
 //!   partitions, without and with a standby replica;
 //! - user stage: app events/s through the user stage with 20 campaigns beside a raw
-//!   passthrough, and event → command latency at half that rate (see `user_stage.rs`).
+//!   passthrough, and event → command latency at half the rate every stage sustained (see
+//!   `user_stage.rs`).
 //!
 //! Each phase prints a table; the run ends with one JSON line, `null` for what did not run.
 

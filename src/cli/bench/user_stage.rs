@@ -2,7 +2,7 @@
 //! `herald engine` holding `--profiles` profiles and 20 active campaigns of mixed kinds
 //! (instant, inaction, reminder, property and past-behaviour filters, DND, limits), beside a raw
 //! consume → produce passthrough of the same events; then event → send command latency at half
-//! the engine's rate, for users pinged once each.
+//! the rate the whole engine sustained (every stage done), for users pinged once each.
 
 use std::{
     collections::HashMap,
@@ -35,8 +35,10 @@ use super::{
 pub(super) struct UserStage {
     pub events: usize,
     pub raw_rate: f64,
-    pub engine_rate: f64,
+    pub engine: Throughput,
     pub latency_rate: f64,
+    /// Pings sent during the latency run, and those answered (a command within 60 s).
+    pub latency_pings: usize,
     pub latency_samples: usize,
     pub p50_ms: i64,
     pub p99_ms: i64,
@@ -44,8 +46,9 @@ pub(super) struct UserStage {
 }
 
 impl UserStage {
+    /// The user stage's rate over the raw passthrough's.
     pub fn ratio(&self) -> f64 {
-        self.engine_rate / self.raw_rate.max(1e-3)
+        self.engine.read_rate / self.raw_rate.max(1e-3)
     }
 
     pub fn print(&self, profiles: usize) {
@@ -62,15 +65,22 @@ impl UserStage {
         );
         println!(
             "{:<34} {:>10} {:>12.0} {:>8.3}",
-            "engine, 1 instance",
+            "engine, 1 instance: user stage",
             self.events,
-            self.engine_rate,
+            self.engine.read_rate,
             self.ratio()
+        );
+        println!(
+            "{:<34} {:>10} {:>12.0} {:>8.3}",
+            "engine, 1 instance: every stage",
+            self.events,
+            self.engine.done_rate,
+            self.engine.done_rate / self.raw_rate.max(1e-3)
         );
         println!(
             "{:<34} {:>10} {:>12.0} {:>8}",
             "latency (event -> command)",
-            self.latency_samples,
+            format!("{}/{}", self.latency_samples, self.latency_pings),
             self.latency_rate,
             format!("p50 {} ms, p99 {} ms", self.p50_ms, self.p99_ms)
         );
@@ -80,8 +90,10 @@ impl UserStage {
         json!({
             "events": self.events,
             "raw_events_per_s": self.raw_rate.round(),
-            "engine_events_per_s": self.engine_rate.round(),
+            "engine_events_per_s": self.engine.read_rate.round(),
+            "engine_done_events_per_s": self.engine.done_rate.round(),
             "latency_events_per_s": self.latency_rate.round(),
+            "latency_pings": self.latency_pings,
             "latency_samples": self.latency_samples,
             "latency_p50_ms": self.p50_ms,
             "latency_p99_ms": self.p99_ms,
@@ -207,20 +219,22 @@ pub(super) fn run(
     eprintln!("  engine");
     let mut engine = deployment.start("a", "state-a", &[])?;
     let window = CpuWindow::open(kafka, &[&engine]);
-    let engine_rate = watch(&mut engine, &deployment.topics.events, events)?;
+    let throughput = watch(&mut engine, &deployment, events)?;
     let cpu = window.close(&[&engine]);
 
-    let latency_rate = engine_rate / 2.0;
+    // Half the user stage's rate would outrun the stages after it: latency behind a backlog.
+    let latency_rate = throughput.done_rate / 2.0;
     eprintln!("  latency at {latency_rate:.0} events/s for {latency_seconds} s");
-    let mut latencies =
+    let (pings, mut latencies) =
         latency(kafka, &deployment, profiles, latency_rate, latency_seconds, &mut engine)?;
     latencies.sort_unstable();
     engine.stop()?;
     Ok(UserStage {
         events,
         raw_rate,
-        engine_rate,
+        engine: throughput,
         latency_rate,
+        latency_pings: pings,
         latency_samples: latencies.len(),
         p50_ms: percentile(&latencies, 0.50),
         p99_ms: percentile(&latencies, 0.99),
@@ -228,28 +242,55 @@ pub(super) fn run(
     })
 }
 
-/// Events per second through `engine`: from its first record of `topic` until it has read
-/// `expected` and its records read on every input (the stages' own topics after the events)
-/// have stopped growing for 2 s, i.e. their work is done, not only read.
-fn watch(engine: &mut Instance, topic: &str, expected: usize) -> anyhow::Result<f64> {
-    let label = format!("topic=\"{topic}\"");
+/// How fast one engine went through the events.
+pub(super) struct Throughput {
+    /// Events per second read by the user stage: from its first event to its last.
+    pub read_rate: f64,
+    /// Events per second from the first event read until every stage was done with them.
+    pub done_rate: f64,
+}
+
+/// Watches `engine` until it has read `expected` events and every stage is done: the stages'
+/// own topics (campaign flow, app throttle) read as far as it wrote them and nothing read for
+/// 2 s, or nothing read for 15 s (records of aborted transactions count as written).
+fn watch(
+    engine: &mut Instance,
+    deployment: &Deployment,
+    expected: usize,
+) -> anyhow::Result<Throughput> {
+    let topics = &deployment.topics;
+    let label = |topic: &str| format!("topic=\"{topic}\"");
+    let internal = [label(&topics.campaign_flow), label(&topics.app_throttle)];
     let deadline = Instant::now() + Duration::from_secs(900 + expected as u64 / 1_000);
-    let (mut first, mut last) = (None, (0.0, Instant::now()));
+    let (mut first, mut all_read, mut last) = (None, None, (0.0, Instant::now()));
     loop {
         anyhow::ensure!(Instant::now() < deadline, "the engine did not process every event");
         engine.check_alive()?;
-        let read = engine.metric("records_in_total", &label);
+        let read = engine.metric("records_in_total", &label(&topics.events));
         if read > 0.0 && first.is_none() {
             first = Some((Instant::now(), read));
         }
-        let all = engine.metric("records_in_total", "");
-        if all != last.0 {
-            last = (all, Instant::now());
+        if read >= expected as f64 && all_read.is_none() {
+            all_read = Some(Instant::now());
         }
-        if read >= expected as f64 && last.1.elapsed() > Duration::from_secs(2) {
-            let (started, at_start) = first.unwrap_or((last.1, 0.0));
-            let span = last.1.duration_since(started).as_secs_f64().max(1e-3);
-            return Ok((expected as f64 - at_start) / span);
+        let total = engine.metric("records_in_total", "");
+        if total != last.0 {
+            last = (total, Instant::now());
+        }
+        let caught_up = internal.iter().all(|topic| {
+            engine.metric("records_in_total", topic) >= engine.metric("records_out_total", topic)
+        });
+        let quiet = last.1.elapsed();
+        if let (Some(read_at), true) = (all_read, quiet > Duration::from_secs(2)) {
+            if caught_up || quiet > Duration::from_secs(15) {
+                let (started, at_start) = first.unwrap_or((read_at, 0.0));
+                let events = expected as f64 - at_start;
+                let span = |end: Instant| end.duration_since(started).as_secs_f64().max(1e-3);
+                return Ok(Throughput {
+                    read_rate: events / span(read_at),
+                    done_rate: events / span(last.1),
+                });
+            }
         }
         thread::sleep(Duration::from_millis(100));
     }
@@ -257,7 +298,7 @@ fn watch(engine: &mut Instance, topic: &str, expected: usize) -> anyhow::Result<
 
 /// The traffic's mix of events at `rate` for `seconds`, its `Ping`s to users of the second half
 /// of the profiles, one each: the time from each `Ping` (its timestamp) to its first command
-/// (broker append time), in ms.
+/// (broker append time), in ms; with the number of pings sent.
 fn latency(
     kafka: &KafkaConfig,
     deployment: &Deployment,
@@ -265,7 +306,7 @@ fn latency(
     rate: f64,
     seconds: u64,
     engine: &mut Instance,
-) -> anyhow::Result<Vec<i64>> {
+) -> anyhow::Result<(usize, Vec<i64>)> {
     let total = ((rate * seconds as f64) as usize).min(profiles / 2).max(EVENTS.len());
     let consumer = at_end(kafka, &deployment.topics.push)?;
     let registry = SchemaRegistry::builtin();
@@ -308,7 +349,7 @@ fn latency(
         engine.check_alive()?;
         read(&sent, &mut firsts, Duration::from_millis(100));
     }
-    Ok(firsts.into_values().collect())
+    Ok((sent.len(), firsts.into_values().collect()))
 }
 
 /// A consumer of `topic` (committed records) positioned at its current end.
