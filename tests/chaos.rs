@@ -233,6 +233,19 @@ fn broker_up(advertised: u16) {
     if !same {
         broker("down", advertised);
     }
+    let home = repo().join(".local/kafka-chaos");
+    let stopped = !Command::new(repo().join("deploy/local/kafka.sh"))
+        .arg("status")
+        .env("KAFKA_DIR", &home)
+        .output()
+        .expect("deploy/local/kafka.sh")
+        .status
+        .success();
+    if stopped {
+        // A stopped chaos broker holds only earlier runs' topics (each run's are unique), and
+        // loading them grew its start past kafka.sh's 60 s: it starts from empty storage.
+        let _ = std::fs::remove_dir_all(home.join("data"));
+    }
     broker("up", advertised);
 }
 
