@@ -401,7 +401,12 @@ fn an_evicted_instance_does_not_fire_the_timers_of_tasks_given_away() {
         .map(|i| (format!("t{i}"), format!("schedule:{}", due + 250 * i as i64).into_bytes()))
         .collect();
     common::produce(&scenario.input, timers);
-    assert_eq!(scenario.outputs(KEYS).len(), KEYS, "A scheduled the timers");
+    assert_eq!(
+        scenario.outputs(KEYS).len(),
+        KEYS,
+        "A scheduled the timers\n{}",
+        common::tail(&scenario.log(), 30)
+    );
     signal("-STOP", &a);
     let b = scenario.spawn("b");
     let fired_by_b = (0..600).any(|_| {
