@@ -270,6 +270,7 @@ fn shard_records_round_trip() {
         }],
         skipped: BTreeMap::from([("dnd".to_string(), 1)]),
         failed: BTreeMap::new(),
+        day_sent: 3,
         timestamp_ms: 17,
     });
     round_trip(ShardPlan {
@@ -284,6 +285,7 @@ fn shard_records_round_trip() {
         test_total: 3_000,
         winner_id: None,
         limit: None,
+        daily: Some(30),
         timestamp_ms: 17,
     });
 }

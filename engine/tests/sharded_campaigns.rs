@@ -372,9 +372,17 @@ fn coupons(limits: &str) -> String {
 /// Users `0..users`; then, for each edit `(at, limits, pinging)`, the coupons campaign defined
 /// with `limits` at `T0 + at`, and users `pinging` pinging from ten seconds later.
 fn edited(users: usize, edits: &[(i64, &str, Range<usize>)]) -> Vec<ReplayRecord> {
+    let edits: Vec<_> =
+        edits.iter().map(|(at, limits, pinging)| (*at, coupons(limits), pinging.clone())).collect();
+    defined(users, &edits)
+}
+
+/// Users `0..users`; then, for each `(at, yaml, pinging)`, the coupons campaign defined as
+/// `yaml` at `T0 + at`, and users `pinging` pinging from ten seconds later.
+fn defined(users: usize, edits: &[(i64, String, Range<usize>)]) -> Vec<ReplayRecord> {
     let mut input: Vec<_> = profiles(0, users, T0).collect();
-    for (at, limits, pinging) in edits {
-        input.push(define("coupons", &coupons(limits), T0 + at));
+    for (at, yaml, pinging) in edits {
+        input.push(define("coupons", yaml, T0 + at));
         let tag = format!("ping{at}");
         input.extend(events("Ping", &tag, pinging.start, pinging.end, T0 + at + 10_000));
     }
@@ -435,16 +443,152 @@ fn a_total_lowered_above_what_was_sent_fills_exactly_to_the_new_limit() {
     assert_eq!(sent_at(&lifecycle, "LimitReached"), ["50"]);
 }
 
-/// Review finding s20/B: a total of 100 leased over 4 shards, 20 sent; a daily limit added puts
+/// Review finding s20/B: a total of 100 leased over 4 shards, 20 sent; a throttle added puts
 /// the campaign on its home alone (the shards still hold places), which sends up to the total;
-/// the daily limit removed again: the shards spend nothing more (109 on the code before, the
-/// places they held all along).
+/// the throttle removed again: the shards spend nothing more (109 on the code before, the
+/// places they held all along; the finding added a daily limit, which is leased over the shards
+/// now).
 #[test]
 fn places_leased_before_a_spell_on_the_home_alone_are_not_spent_past_the_total() {
-    let (total, daily) = ("limits: { total: 100 }\n", "limits: { total: 100, daily: 1000 }\n");
-    let edits = [(0, total, 0..20), (20_000, daily, 20..170), (40_000, total, 170..220)];
-    let (sends, _) = replay(edited(220, &edits), T0 + 600_000, 0);
+    let total = coupons("limits: { total: 100 }\n");
+    let throttled =
+        total.replace("{ shards: 4 }", "{ shards: 4, throttle: { max: 1000, per: 1s } }");
+    let edits = [
+        (0, total.clone(), 0..20),
+        (20_000, throttled.clone(), 20..170),
+        (40_000, total, 170..220),
+    ];
+    let (sends, _) = replay(defined(220, &edits), T0 + 600_000, 0);
 
-    assert_eq!(spread(&coupons(daily)), 1, "on its home alone meanwhile");
+    assert_eq!(spread(&throttled), 1, "on its home alone meanwhile");
     assert_eq!(sent_users(&sends), (0..100).collect(), "the first 100 in order, then nobody");
+}
+
+/// The campaign's first midnight (UTC) after `T0`, in milliseconds.
+const MIDNIGHT: i64 = (T0 / 86_400_000 + 1) * 86_400_000;
+
+/// Users `0..users`, the coupons campaign with `limits` at `T0`, and users `pinging` of each day
+/// `(day, pinging)` (day 0 from ten seconds after `T0`, day d > 0 from an hour after the d-th
+/// midnight), a millisecond apart.
+fn daily_pings(users: usize, limits: &str, days: &[(i64, Range<usize>)]) -> Vec<ReplayRecord> {
+    let mut input: Vec<_> = profiles(0, users, T0).collect();
+    input.push(define("coupons", &coupons(limits), T0));
+    for (day, pinging) in days {
+        let at =
+            if *day == 0 { T0 + 10_000 } else { MIDNIGHT + (day - 1) * 86_400_000 + 3_600_000 };
+        input.extend(events("Ping", &format!("day{day}"), pinging.start, pinging.end, at));
+    }
+    input
+}
+
+/// The users sent to on each day (0: before the first midnight, 1: the day after, ...).
+fn by_day(sends: &[SendCommand]) -> Vec<BTreeSet<usize>> {
+    let mut days: Vec<BTreeSet<usize>> = Vec::new();
+    for send in sends {
+        let day = if send.created_at_ms < MIDNIGHT {
+            0
+        } else {
+            1 + ((send.created_at_ms - MIDNIGHT) / 86_400_000) as usize
+        };
+        days.resize(days.len().max(day + 1), BTreeSet::new());
+        days[day].insert(send.user_id[1..].parse().unwrap());
+    }
+    days
+}
+
+/// The days of the daily `LIMIT_REACHED` events, in order.
+fn daily_limits_reached(lifecycle: &[CampaignLifecycleEvent]) -> Vec<(String, String)> {
+    let daily = lifecycle
+        .iter()
+        .filter(|e| format!("{:?}", e.kind) == "LimitReached" && e.details["limit"] == "daily");
+    daily.map(|e| (e.details["day"].clone(), e.details["sent"].clone())).collect()
+}
+
+/// Issue 13: a daily limit of 30 leased over 4 shards, 100 users pinging at once on each of two
+/// days: exactly 30 a day, from every shard, the first day's from the first day's users; a
+/// re-run sends to the same users.
+#[test]
+fn a_daily_limit_of_30_over_4_shards_sends_exactly_30_a_day_for_two_days() {
+    let limits = "limits: { daily: 30 }\n";
+    assert_eq!(spread(&coupons(limits)), 4, "the daily limit is leased to 4 shards");
+    let input = || daily_pings(200, limits, &[(0, 0..100), (1, 100..200)]);
+    let (sends, lifecycle) = replay(input(), MIDNIGHT + 86_400_000, 0);
+
+    let days = by_day(&sends);
+    assert_eq!(sent_users(&sends).len(), 60);
+    assert_eq!(days.iter().map(BTreeSet::len).collect::<Vec<_>>(), [30, 30], "30 a day");
+    assert!(days[0].iter().all(|u| *u < 100) && days[1].iter().all(|u| *u >= 100));
+    for day in &days {
+        let shards: BTreeSet<u32> = day.iter().map(|u| shard_of(&format!("u{u}"))).collect();
+        assert_eq!(shards.len(), 4, "every shard sends each day");
+    }
+    let reached = daily_limits_reached(&lifecycle);
+    assert_eq!(reached.len(), 2, "announced once a day: {reached:?}");
+    assert!(reached.iter().all(|(_, sent)| sent == "30"), "{reached:?}");
+    assert_ne!(reached[0].0, reached[1].0);
+    let (again, _) = replay(input(), MIDNIGHT + 86_400_000, 0);
+    assert_eq!(by_day(&again), days, "a re-run sends to the same users");
+}
+
+/// A daily limit of 30 and a total of 45 over 4 shards: 30 the first day, the total's last 15
+/// the second, then the campaign is complete.
+#[test]
+fn a_daily_limit_and_a_total_that_ends_on_the_second_day_are_both_exact() {
+    let limits = "limits: { total: 45, daily: 30 }\n";
+    let input = daily_pings(300, limits, &[(0, 0..100), (1, 100..200), (2, 200..300)]);
+    let (sends, lifecycle) = replay(input, MIDNIGHT + 2 * 86_400_000, 0);
+
+    let days = by_day(&sends);
+    assert_eq!(sent_users(&sends).len(), 45, "exactly the total");
+    assert_eq!(days.iter().map(BTreeSet::len).collect::<Vec<_>>(), [30, 15]);
+    assert_eq!(sent_at(&lifecycle, "Completed"), ["45"]);
+    assert_eq!(daily_limits_reached(&lifecycle).len(), 1, "the second day ends on the total");
+}
+
+/// A day ends while the shards hold places of it they did not use (pre-leased, 3 users pinged):
+/// those places are void the next day and go back to the total only, so the next day is
+/// filled up to the total exactly (40 of a daily 40, the total's 43 - 3).
+#[test]
+fn places_unused_at_the_end_of_a_day_go_back_to_the_total() {
+    let limits = "limits: { total: 43, daily: 40 }\n";
+    let input = daily_pings(300, limits, &[(0, 0..3), (1, 100..300)]);
+    let (sends, lifecycle) = replay(input, MIDNIGHT + 86_400_000, 0);
+
+    let days = by_day(&sends);
+    assert_eq!(days[0], (0..3).collect(), "the three of the first day");
+    assert_eq!(days[1].len(), 40, "the next day's limit, all of the total left");
+    assert_eq!(sent_users(&sends).len(), 43);
+    assert_eq!(sent_at(&lifecycle, "Completed"), ["43"]);
+}
+
+/// A daily limit of 30 lowered to 20 mid-day, after 15 sends, while the shards hold places of
+/// the 30: the recount takes them back, and the day ends at exactly 20.
+#[test]
+fn a_daily_limit_lowered_mid_day_stays_exact() {
+    let edits =
+        [(0, "limits: { daily: 30 }\n", 0..15), (20_000, "limits: { daily: 20 }\n", 15..200)];
+    let (sends, lifecycle) = replay(edited(200, &edits), T0 + 600_000, 0);
+
+    let users = sent_users(&sends);
+    assert_eq!(users.range(..15).count(), 15, "the 15 before the edit");
+    assert_eq!(users.len(), 20, "exactly the lowered limit");
+    let reached = daily_limits_reached(&lifecycle);
+    assert_eq!(reached.iter().map(|(_, sent)| sent.as_str()).collect::<Vec<_>>(), ["20"]);
+}
+
+/// A daily limit of 20 raised to 50 after the shards were told the day is full: they ask again
+/// and the day ends at exactly 50 (`LIMIT_REACHED` is announced once a day, as on one task).
+#[test]
+fn a_daily_limit_raised_after_the_day_was_full_is_leased_again() {
+    let edits =
+        [(0, "limits: { daily: 20 }\n", 0..100), (20_000, "limits: { daily: 50 }\n", 100..200)];
+    let (sends, lifecycle) = replay(edited(200, &edits), T0 + 600_000, 0);
+
+    let users = sent_users(&sends);
+    assert_eq!(users.range(..100).count(), 20, "the first 100 pings fill the 20");
+    assert_eq!(users.len(), 50, "exactly the raised limit");
+    let after: BTreeSet<u32> = sends[20..].iter().map(|s| shard_of(&s.user_id)).collect();
+    assert_eq!(after.len(), 4, "every shard sends again");
+    let reached = daily_limits_reached(&lifecycle);
+    assert_eq!(reached.iter().map(|(_, sent)| sent.as_str()).collect::<Vec<_>>(), ["20"]);
 }

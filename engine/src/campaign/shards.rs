@@ -16,26 +16,27 @@ use crate::{
 pub const SEPARATOR: char = '\u{1f}';
 
 /// The number of shards in effect for `campaign`: its `options.shards` where its rules are
-/// exact over shards today, else 1 (everything at home). Exact today: no daily limit and no
-/// campaign throttle, no limit on an app with frequency caps (its places would be held in
-/// flight); a scheduled campaign with one message, an A/B test or messages by property (the
+/// exact over shards today, else 1 (everything at home). Exact today: no campaign throttle, no
+/// limit on an app with frequency caps (its places would be held in flight); a scheduled
+/// campaign without a daily limit with one message, an A/B test or messages by property (the
 /// home plans each run); a triggered campaign with one message or messages by property (its
-/// total limit is leased to the shards by the home).
+/// total and daily limits are leased to the shards by the home).
 pub fn in_effect(campaign: &Campaign, settings: &Settings) -> u32 {
     let limits = &campaign.limits;
     let limited = limits.total.is_some() || limits.daily.is_some() || limits.per_run.is_some();
-    let common = limits.daily.is_none()
-        && campaign.options.throttle.is_none()
-        && !(limited && settings.app(&campaign.app).has_caps());
+    let common =
+        campaign.options.throttle.is_none() && !(limited && settings.app(&campaign.app).has_caps());
     let supported = common
         && match (&campaign.when.trigger, &campaign.assignment) {
+            (Trigger::Scheduled(_), _) if limits.daily.is_some() => false,
             (Trigger::Scheduled(_), Assignment::Single)
             | (Trigger::Scheduled(_), Assignment::ByProperty(_)) => true,
             // A test whose users are sent at their local times ends at the last one's, which
             // only one task knows (see `stage_campaign::runs`).
             (Trigger::Scheduled(schedule), Assignment::AbTest(_)) => schedule.user_local.is_none(),
             (Trigger::Scheduled(_), _) => false,
-            // A total limit is leased to the shards by the home (`stage_campaign::leases`).
+            // Total and daily limits are leased to the shards by the home
+            // (`stage_campaign::leases`).
             (_, Assignment::Single | Assignment::ByProperty(_)) => true,
             (_, _) => false,
         };

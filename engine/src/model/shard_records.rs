@@ -65,6 +65,10 @@ pub struct ShardReport {
     pub skipped: BTreeMap<String, i64>,
     /// `Counters`: failed sends, by reason.
     pub failed: BTreeMap<String, i64>,
+    /// `Demand`, `Returned`, `Counted`: users the shard sent to on the day named in `run_id`
+    /// (the campaign's day of a daily limit).
+    #[serde(default)]
+    pub day_sent: i64,
     /// When, epoch milliseconds.
     pub timestamp_ms: i64,
 }
@@ -102,7 +106,8 @@ pub struct ShardPlan {
     pub campaign_id: String,
     /// App of the campaign.
     pub app_id: String,
-    /// The run concerned.
+    /// The run concerned; for a lease plan, the day (campaign timezone) its places are of, or
+    /// the day that is full (empty: the total limit alone).
     pub run_id: String,
     /// The shard addressed.
     pub shard: i32,
@@ -123,6 +128,10 @@ pub struct ShardPlan {
     /// campaign's total limit is this one.
     #[serde(default)]
     pub limit: Option<i64>,
+    /// `Grant`: the daily limit the places are of; the shard spends them only on the day named
+    /// in `run_id`, while its campaign's daily limit is this one.
+    #[serde(default)]
+    pub daily: Option<i64>,
     /// When, epoch milliseconds.
     pub timestamp_ms: i64,
 }
@@ -158,6 +167,7 @@ impl Checked for ShardReport {
             ("run_sent", self.run_sent),
             ("waiting", self.waiting),
             ("places", self.places),
+            ("day_sent", self.day_sent),
         ];
         check_shard(self.shard, &counts)
     }
@@ -172,6 +182,7 @@ impl Checked for ShardPlan {
             ("test_users", self.test_users),
             ("test_total", self.test_total),
             ("limit", self.limit.unwrap_or(0)),
+            ("daily", self.daily.unwrap_or(0)),
         ];
         check_shard(self.shard, &counts)
     }

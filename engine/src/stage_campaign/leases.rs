@@ -10,15 +10,22 @@
 //! while a candidate waits. When the total limit or the shards in effect change (an edit), the
 //! home recounts (`RECOUNT` → `COUNTED`): every shard gives back every place it holds and
 //! reports its exact counts, and nothing is granted or sent at home until all have answered.
+//!
+//! A daily limit is leased the same way, per day window (the campaign's timezone): a place is a
+//! place of the total and of the day it is granted for, the home grants what is free in both,
+//! and a shard spends it only on that day. A shard that moves to a later day gives its places
+//! of the earlier one back, to the total only (the old day is over); the home keeps the
+//! accounts of the latest day it has seen and tells the shards `FULL` for the day once the
+//! day's places are all spent.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{queue, timer_key, CampaignStage, CampaignState, WAITING, WAITING_TIMER};
+use super::{day_in, queue, timer_key, CampaignStage, CampaignState, WAITING, WAITING_TIMER};
 use crate::{
     campaign::{shards as campaign_shards, Campaign, CampaignStatus, Trigger},
-    model::{Candidate, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind},
+    model::{Candidate, LifecycleKind, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind},
     runtime::{ProcessError, ProcessorContext},
 };
 
@@ -41,6 +48,9 @@ pub(super) struct Lease {
     /// Recounts the shard answered (`COUNTED`; exactly one per recount, in order).
     #[serde(default)]
     counted: u64,
+    /// The shard's account of the latest day it was granted places of or reported.
+    #[serde(default)]
+    today: DayLease,
 }
 
 impl Lease {
@@ -48,13 +58,67 @@ impl Lease {
     fn held(&self) -> u64 {
         self.granted.saturating_sub(self.returned).saturating_sub(self.spent)
     }
+
+    /// Counts `places` granted to the shard, of the total and of `day`.
+    fn grant(&mut self, places: u64, day: &str) {
+        self.granted += places;
+        self.day_mut(day).granted += places;
+    }
+
+    /// The shard's account of `day`, if it has one (none: nothing granted or sent that day).
+    fn day_of(&self, day: &str) -> Option<&DayLease> {
+        Some(&self.today).filter(|account| account.day == day)
+    }
+
+    /// The shard's account of `day`, started empty when it was of an earlier day.
+    fn day_mut(&mut self, day: &str) -> &mut DayLease {
+        if self.today.day != day {
+            self.today = DayLease { day: day.to_string(), ..DayLease::default() };
+        }
+        &mut self.today
+    }
 }
 
-/// What the home's leases are made under: the total limit and the shards in effect. When they
-/// change, the home recounts.
+/// The home's account of one shard's places of one day's daily limit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct DayLease {
+    /// The day (campaign timezone).
+    day: String,
+    /// Places of the day granted.
+    granted: u64,
+    /// Places of the day given back.
+    returned: u64,
+    /// Users the shard sent to that day (its latest report).
+    sent: u64,
+    /// Of those, the users sent to outside the day's places (counted when a recount ended).
+    outside: u64,
+}
+
+impl DayLease {
+    /// What the day's limit gave this shard: places out or spent, and sends outside places.
+    fn taken(&self) -> u64 {
+        self.granted.saturating_sub(self.returned) + self.outside
+    }
+
+    /// Places of the day the shard holds, as far as the home knows.
+    fn held(&self) -> u64 {
+        let spent = self.sent.saturating_sub(self.outside);
+        self.granted.saturating_sub(self.returned).saturating_sub(spent)
+    }
+}
+
+/// Whether `campaign` has a limit its shards' places are leased of (total or daily).
+fn limited(campaign: &Campaign) -> bool {
+    campaign.limits.total.is_some() || campaign.limits.daily.is_some()
+}
+
+/// What the home's leases are made under: the total and daily limits and the shards in effect.
+/// When they change, the home recounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Terms {
     total: Option<u64>,
+    #[serde(default)]
+    daily: Option<u64>,
     shards: u32,
 }
 
@@ -81,18 +145,37 @@ pub(super) struct ShardLease {
     /// again.
     #[serde(default)]
     full_at: Option<u64>,
+    /// The day (campaign timezone) the places held are of (the latest grant's).
+    #[serde(default)]
+    day: String,
+    /// The daily limit the places held are of (the latest grant's): they are spent only on
+    /// `day`, while the campaign's daily limit is this one.
+    #[serde(default)]
+    daily: Option<u64>,
+    /// The day and the daily limit the home said is full; the next day, or a higher limit, is
+    /// asked for again.
+    #[serde(default)]
+    full_day: Option<(String, u64)>,
 }
 
 impl ShardLease {
-    /// Whether `campaign`'s total limit is one the home said is full.
-    fn is_full(&self, campaign: &Campaign) -> bool {
-        matches!((self.full_at, campaign.limits.total), (Some(at), Some(limit)) if limit <= at)
+    /// The limit of `campaign` the home said is full for candidates of `today`, as its skip
+    /// reason.
+    fn full(&self, campaign: &Campaign, today: &str) -> Option<&'static str> {
+        let limits = &campaign.limits;
+        if matches!((self.full_at, limits.total), (Some(at), Some(limit)) if limit <= at) {
+            return Some("total_limit");
+        }
+        match (&self.full_day, limits.daily) {
+            (Some((day, at)), Some(limit)) if day == today && limit <= *at => Some("daily_limit"),
+            _ => None,
+        }
     }
 
-    /// The places that may be spent under `campaign`'s total limit as it is now: none while an
-    /// edit changed it since they were granted (the recount takes them back).
+    /// The places that may be spent under `campaign`'s limits as they are now: none while an
+    /// edit changed them since they were granted (the recount takes them back).
     fn usable(&self, campaign: &Campaign) -> u64 {
-        if self.limit == campaign.limits.total {
+        if self.limit == campaign.limits.total && self.daily == campaign.limits.daily {
             self.places
         } else {
             0
@@ -108,13 +191,47 @@ impl ShardPlanKind {
 }
 
 impl CampaignState {
-    /// The home's places of `limit` neither leased out nor spent outside the leases (by the
-    /// home itself, or by shards before the campaign had a total limit).
-    fn free_places(&self, limit: u64) -> u64 {
+    /// Moves the day counted to `day` when it is later (days only move forward: a past day's
+    /// count is closed). Returns whether it moved.
+    pub(super) fn enter_day(&mut self, day: &str) -> bool {
+        let later = day > self.day.0.as_str();
+        if later {
+            self.day = (day.to_string(), 0);
+        }
+        later
+    }
+
+    /// The home's places of the total `limit` neither leased out nor spent outside the leases
+    /// (by the home itself, or by shards before the campaign had a total limit).
+    fn free_total(&self, limit: u64) -> u64 {
         let out: u64 = self.leases.values().map(|l| l.granted.saturating_sub(l.returned)).sum();
         let on_leases: u64 = self.leases.values().map(|l| l.spent).sum();
         let outside = self.sent.saturating_sub(on_leases);
         limit.saturating_sub(out).saturating_sub(outside)
+    }
+
+    /// The home's places of the daily `limit` of its day neither leased out nor spent outside
+    /// the day's leases (by the home itself, or by shards before a recount ended).
+    fn free_today(&self, limit: u64) -> u64 {
+        let today = &self.day.0;
+        let taken: u64 =
+            self.leases.values().filter_map(|l| l.day_of(today)).map(DayLease::taken).sum();
+        limit.saturating_sub(taken).saturating_sub(self.day.1)
+    }
+
+    /// The places the home may grant now: free in the total and in the day.
+    fn free_places(&self, campaign: &Campaign) -> u64 {
+        let total = campaign.limits.total.map_or(u64::MAX, |limit| self.free_total(limit));
+        let daily = campaign.limits.daily.map_or(u64::MAX, |limit| self.free_today(limit));
+        total.min(daily)
+    }
+
+    /// Users sent to on the home's day: every shard's latest report of it, and the home's own.
+    fn sent_today(&self) -> u64 {
+        let today = &self.day.0;
+        let shards: u64 =
+            self.leases.values().filter_map(|l| l.day_of(today)).map(|d| d.sent).sum();
+        shards + self.day.1
     }
 
     /// Whether the home awaits a shard's exact counts (a recount): it grants nothing and sends
@@ -127,7 +244,7 @@ impl CampaignState {
 impl CampaignStage {
     /// Whether `campaign`'s total limit is leased to shards (a shard's triggered candidates).
     pub(super) fn leases(campaign: &Campaign, state: &CampaignState) -> bool {
-        state.is_shard(campaign) && campaign.limits.total.is_some()
+        state.is_shard(campaign) && limited(campaign)
     }
 
     /// A shard sends a triggered candidate on a leased place, or keeps it waiting for one (in
@@ -140,7 +257,9 @@ impl CampaignStage {
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
         self.answer_recounts(ctx, campaign, state)?;
-        if campaign.status != CampaignStatus::Active || state.lease.is_full(campaign) {
+        self.enter_lease_day(ctx, campaign, state, &day_in(campaign, candidate.qualified_at_ms))?;
+        let full = state.lease.full(campaign, &state.day.0).is_some();
+        if campaign.status != CampaignStatus::Active || full {
             return self.leave_leased(ctx, campaign, state, candidate);
         }
         if state.lease.usable(campaign) > 0 && state.waiting == 0 {
@@ -169,8 +288,8 @@ impl CampaignStage {
         if campaign.status != CampaignStatus::Active {
             return self.deliver(ctx, campaign, state, &candidate, None); // held or stopped
         }
-        if state.lease.is_full(campaign) {
-            state.skip("total_limit");
+        if let Some(reason) = state.lease.full(campaign, &state.day.0) {
+            state.skip(reason);
             return Ok(());
         }
         self.spend_place(ctx, campaign, state, &candidate)
@@ -192,7 +311,8 @@ impl CampaignStage {
             state.lease.spent += 1;
             if state.lease.places == 0 {
                 state.lease.asked = state.waiting > 0;
-                self.lease_report(ctx, campaign, state, ShardReportKind::Demand, 0)?;
+                let today = state.day.0.clone();
+                self.lease_report(ctx, campaign, state, ShardReportKind::Demand, 0, &today)?;
             }
         }
         Ok(())
@@ -208,9 +328,35 @@ impl CampaignStage {
             return Ok(());
         }
         state.lease.asked = true;
-        self.lease_report(ctx, campaign, state, ShardReportKind::Demand, 0)
+        let today = state.day.0.clone();
+        self.lease_report(ctx, campaign, state, ShardReportKind::Demand, 0, &today)
     }
 
+    /// Moves a shard to `day` when it is later than its own. Places it holds of an earlier day
+    /// under a daily limit are void: given back in this transaction (`RETURNED` naming their
+    /// day), which the home adds to the total only, as that day is over.
+    fn enter_lease_day(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        day: &str,
+    ) -> Result<(), ProcessError> {
+        if state.enter_day(day) {
+            // A demand of the earlier day is answered for that day: ask again for this one.
+            state.lease.asked = false;
+        }
+        let lease = &state.lease;
+        if lease.places == 0 || lease.daily.is_none() || lease.day == state.day.0 {
+            return Ok(());
+        }
+        let void = std::mem::take(&mut state.lease.places);
+        let of = state.lease.day.clone();
+        self.lease_report(ctx, campaign, state, ShardReportKind::Returned, void, &of)
+    }
+
+    /// Reports the shard's lease home: `returned` places of `day` given back, what it spent
+    /// (lifetime, and on `day`) and what waits.
     fn lease_report(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -218,6 +364,7 @@ impl CampaignStage {
         state: &CampaignState,
         kind: ShardReportKind,
         returned: u64,
+        day: &str,
     ) -> Result<(), ProcessError> {
         let report = ShardReport {
             campaign_id: campaign.id.clone(),
@@ -227,11 +374,12 @@ impl CampaignStage {
             // its places and answers recounts.
             shards: campaign.options.shards.max(1) as i32,
             kind,
-            run_id: None,
+            // The day the places returned and `day_sent` are of (for a lease report: no run).
+            run_id: Some(day.to_string()),
             qualified: 0,
             reachable: 0,
             sent: state.sent as i64,
-            // Users sent to on places (for a lease report: no run).
+            // Users sent to on places.
             run_sent: state.lease.spent as i64,
             // Candidates no place held here will serve.
             waiting: state.waiting.saturating_sub(state.lease.usable(campaign)) as i64,
@@ -239,6 +387,7 @@ impl CampaignStage {
             variants: Vec::new(),
             skipped: BTreeMap::new(),
             failed: BTreeMap::new(),
+            day_sent: if day == state.day.0 { state.day.1 as i64 } else { 0 },
             timestamp_ms: ctx.timestamp_ms(),
         };
         self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &report)
@@ -261,28 +410,33 @@ impl CampaignStage {
         let leaves = |state: &CampaignState| {
             !here
                 || campaign.status != CampaignStatus::Active
-                || state.lease.is_full(campaign)
+                || state.lease.full(campaign, &state.day.0).is_some()
                 || state.lease.usable(campaign) > 0
         };
         for (key, candidate) in step.entries {
+            let leaving =
+                Candidate { qualified_at_ms: candidate.qualified_at_ms.max(now), ..candidate };
+            if here {
+                let day = day_in(campaign, leaving.qualified_at_ms);
+                self.enter_lease_day(ctx, campaign, state, &day)?;
+            }
             if !leaves(state) {
                 return self.ask_for_places(ctx, campaign, state);
             }
             ctx.store(WAITING)?.delete(&key)?;
             state.waiting = state.waiting.saturating_sub(1);
             if !here {
-                self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &candidate)?;
+                self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &leaving)?;
                 continue;
             }
-            let leaving =
-                Candidate { qualified_at_ms: candidate.qualified_at_ms.max(now), ..candidate };
             self.leave_leased(ctx, campaign, state, leaving)?;
         }
-        let full = state.lease.is_full(campaign);
+        let full = state.lease.full(campaign, &state.day.0).is_some();
         if here && released && state.waiting == 0 && state.lease.usable(campaign) > 0 && !full {
             // Nothing waits here any more: the home learns it (a demand it has not yet seen may
             // be stale), so the places left can be recalled for another shard.
-            self.lease_report(ctx, campaign, state, ShardReportKind::Demand, 0)?;
+            let today = state.day.0.clone();
+            self.lease_report(ctx, campaign, state, ShardReportKind::Demand, 0, &today)?;
         }
         if step.more && leaves(state) {
             ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
@@ -306,15 +460,17 @@ impl CampaignStage {
         campaign: &Campaign,
         state: &mut CampaignState,
     ) -> Result<(), ProcessError> {
-        if state.lease.owed == 0 || campaign.limits.total.is_none() {
+        if state.lease.owed == 0 || !limited(campaign) {
             return Ok(());
         }
         let returned = std::mem::take(&mut state.lease.places);
         // The answers carry what waits here: the home serves it once the recount is over.
         state.lease.asked = state.waiting > 0;
+        // And the shard's exact count of its day (every send counts on the day it was made).
+        let today = state.day.0.clone();
         for answer in 0..std::mem::take(&mut state.lease.owed) {
             let places = if answer == 0 { returned } else { 0 };
-            self.lease_report(ctx, campaign, state, ShardReportKind::Counted, places)?;
+            self.lease_report(ctx, campaign, state, ShardReportKind::Counted, places, &today)?;
         }
         if state.waiting > 0 && !self.in_effect_here(campaign, state) {
             ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
@@ -330,36 +486,56 @@ impl CampaignStage {
         state: &mut CampaignState,
         plan: &ShardPlan,
     ) -> Result<(), ProcessError> {
+        let day = plan.run_id.as_str();
         match plan.kind {
             ShardPlanKind::Grant => {
-                // A recount took back every place of another limit before this grant.
-                state.lease.places += plan.places.max(0) as u64;
-                state.lease.limit = plan.limit.map(|limit| limit.max(0) as u64);
-                state.lease.asked = false;
-                state.lease.full_at = None;
+                let places = plan.places.max(0) as u64;
+                let daily = plan.daily.map(|limit| limit.max(0) as u64);
+                if daily.is_some() && day < state.day.0.as_str() {
+                    // Places of a day this shard is past: void, given back to the total.
+                    let kind = ShardReportKind::Returned;
+                    return self.lease_report(ctx, campaign, state, kind, places, day);
+                }
+                self.enter_lease_day(ctx, campaign, state, day)?;
+                // A recount took back every place of other limits before this grant, and a
+                // later day's grant voided those of earlier days.
+                let lease = &mut state.lease;
+                lease.places += places;
+                lease.limit = plan.limit.map(|limit| limit.max(0) as u64);
+                lease.daily = daily;
+                lease.day = day.to_string();
+                lease.asked = false;
+                lease.full_at = None;
+                lease.full_day = None;
             }
             ShardPlanKind::Recount => {
                 state.lease.owed += 1;
                 return self.answer_recounts(ctx, campaign, state);
             }
             ShardPlanKind::Recall => {
+                // Places of an earlier day than the recall's are void and go back first.
+                self.enter_lease_day(ctx, campaign, state, day)?;
                 // Those waiting take what they need first, in this transaction: a place is
                 // never handed back while a candidate here waits for one.
                 self.release_leased(ctx, campaign, state)?;
                 let kept = state.waiting.min(state.lease.usable(campaign));
                 let returned = state.lease.places - kept;
                 state.lease.places = kept;
-                return self.lease_report(
-                    ctx,
-                    campaign,
-                    state,
-                    ShardReportKind::Returned,
-                    returned,
-                );
+                let of = state.lease.day.clone();
+                let kind = ShardReportKind::Returned;
+                return self.lease_report(ctx, campaign, state, kind, returned, &of);
             }
-            ShardPlanKind::Full => {
+            ShardPlanKind::Full if day.is_empty() => {
                 state.lease.full_at = Some(plan.places.max(0) as u64);
                 state.lease.asked = false;
+            }
+            ShardPlanKind::Full => {
+                // The daily limit is full on `day` (an earlier day's news is stale).
+                self.enter_lease_day(ctx, campaign, state, day)?;
+                if day == state.day.0 {
+                    state.lease.full_day = Some((day.to_string(), plan.places.max(0) as u64));
+                    state.lease.asked = false;
+                }
             }
             _ => return Ok(()),
         }
@@ -376,29 +552,76 @@ impl CampaignStage {
         state: &mut CampaignState,
         report: &ShardReport,
     ) -> Result<(), ProcessError> {
+        // A report of a later day starts it at home: the day's accounts start empty.
+        let day = report.run_id.as_deref().unwrap_or_default();
+        Self::enter_home_day(campaign, state, day);
         self.renew_leases(ctx, campaign, state)?;
         let awaited = state.awaits_recount();
-        let shard = report.shard as u32;
-        let lease = state.leases.entry(shard).or_default();
+        let today = state.day.0.clone();
+        let lease = state.leases.entry(report.shard as u32).or_default();
         lease.spent = lease.spent.max(report.run_sent.max(0) as u64);
         lease.demand = report.waiting.max(0) as u64;
+        let mut returned = 0;
         if matches!(report.kind, ShardReportKind::Returned | ShardReportKind::Counted) {
-            lease.returned += report.places.max(0) as u64;
+            returned = report.places.max(0) as u64;
+            lease.returned += returned;
             lease.recalled = false;
+        }
+        if !day.is_empty() && day == today {
+            // Places of an earlier day go back to the total only: that day is over.
+            let account = lease.day_mut(&today);
+            account.sent = account.sent.max(report.day_sent.max(0) as u64);
+            account.returned += returned;
         }
         if report.kind == ShardReportKind::Counted {
             lease.counted += 1;
         }
         if awaited && !state.awaits_recount() {
-            // Every shard's count is exact and no place is held anywhere: lease again, and
-            // what waited at home for the recount leaves.
+            // Every shard's count is exact and no place is held anywhere: the day's places
+            // start from what each sent that day, outside any place; lease again, and what
+            // waited at home for the recount leaves.
+            for lease in state.leases.values_mut() {
+                let account = lease.day_mut(&today);
+                (account.granted, account.returned, account.outside) = (0, 0, account.sent);
+            }
             self.pre_lease(ctx, campaign, state)?;
             if state.waiting > 0 {
                 ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
             }
         }
         self.serve_leases(ctx, campaign, state)?;
+        self.announce_daily_limit(ctx, campaign, state)?;
         self.announce_total_limit(ctx, campaign, state)
+    }
+
+    /// Moves the home to `day` when it is later than its own: its accounts of the day start
+    /// empty, and under a daily limit every shard is given its first places of the day.
+    fn enter_home_day(campaign: &Campaign, state: &mut CampaignState, day: &str) {
+        if state.enter_day(day) && campaign.limits.daily.is_some() {
+            state.pre_leased = false;
+        }
+    }
+
+    /// Announces `LIMIT_REACHED` (daily) once per day, when the shards' and the home's sends
+    /// of the home's day reach the daily limit.
+    fn announce_daily_limit(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+    ) -> Result<(), ProcessError> {
+        let Some(limit) = campaign.limits.daily else { return Ok(()) };
+        let (today, sent) = (state.day.0.clone(), state.sent_today());
+        if sent < limit || state.daily_limit_announced.as_ref() == Some(&today) {
+            return Ok(());
+        }
+        state.daily_limit_announced = Some(today.clone());
+        let details = BTreeMap::from([
+            ("limit".to_string(), "daily".to_string()),
+            ("day".to_string(), today),
+            ("sent".to_string(), sent.to_string()),
+        ]);
+        self.lifecycle(ctx, campaign, LifecycleKind::LimitReached, details)
     }
 
     /// Follows an edit of the campaign's total limit or shards in effect: at home, the leases
@@ -413,15 +636,17 @@ impl CampaignStage {
         state: &mut CampaignState,
     ) -> Result<bool, ProcessError> {
         if state.is_shard(campaign) {
-            let changed = state.lease.owed > 0 && campaign.limits.total.is_some();
+            let changed = state.lease.owed > 0 && limited(campaign);
             self.answer_recounts(ctx, campaign, state)?;
             if state.waiting > 0 && Self::leases(campaign, state) {
                 ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
             }
             return Ok(changed);
         }
+        Self::enter_home_day(campaign, state, &day_in(campaign, ctx.effective_ms()));
         let terms = Terms {
             total: campaign.limits.total,
+            daily: campaign.limits.daily,
             shards: campaign_shards::in_effect(campaign, &self.settings),
         };
         if state.lease_terms == Some(terms) {
@@ -431,11 +656,11 @@ impl CampaignStage {
         let known =
             state.lease_terms.is_some() || !state.leases.is_empty() || !state.shard_sent.is_empty();
         state.lease_terms = Some(terms);
-        if known && terms.total.is_some() && campaign.options.shards > 1 {
+        if known && limited(campaign) && campaign.options.shards > 1 {
             state.pre_leased = false;
             for shard in 0..campaign.options.shards {
                 state.leases.entry(shard).or_default().recounts += 1;
-                self.send_lease_plan(ctx, campaign, shard, ShardPlanKind::Recount, 0)?;
+                self.send_lease_plan(ctx, campaign, shard, ShardPlanKind::Recount, 0, "")?;
             }
         }
         if state.waiting > 0 && !Self::holds_for_recount(campaign, state) {
@@ -448,7 +673,7 @@ impl CampaignStage {
 
     /// Whether the home holds its triggered candidates until a recount is over.
     pub(super) fn holds_for_recount(campaign: &Campaign, state: &CampaignState) -> bool {
-        !state.is_shard(campaign) && campaign.limits.total.is_some() && state.awaits_recount()
+        !state.is_shard(campaign) && limited(campaign) && state.awaits_recount()
     }
 
     /// Gives every shard of an active triggered campaign with a total limit its first places,
@@ -462,7 +687,8 @@ impl CampaignStage {
     ) -> Result<bool, ProcessError> {
         let shards = campaign_shards::in_effect(campaign, &self.settings);
         let triggered = !matches!(campaign.when.trigger, Trigger::Scheduled(_));
-        let Some(limit) = campaign.limits.total else { return Ok(false) };
+        let limits = [campaign.limits.total, campaign.limits.daily];
+        let Some(limit) = limits.into_iter().flatten().min() else { return Ok(false) };
         if shards <= 1
             || !triggered
             || state.pre_leased
@@ -472,16 +698,17 @@ impl CampaignStage {
             return Ok(false);
         }
         state.pre_leased = true;
-        let mut free = state.free_places(limit);
+        let mut free = state.free_places(campaign);
         let chunk = (limit / (4 * u64::from(shards))).max(1);
+        let today = state.day.0.clone();
         for shard in 0..shards {
             let places = chunk.min(free);
             if places == 0 {
                 break;
             }
             free -= places;
-            state.leases.entry(shard).or_default().granted += places;
-            self.send_lease_plan(ctx, campaign, shard, ShardPlanKind::Grant, places)?;
+            state.leases.entry(shard).or_default().grant(places, &today);
+            self.send_lease_plan(ctx, campaign, shard, ShardPlanKind::Grant, places, &today)?;
         }
         Ok(true)
     }
@@ -494,52 +721,65 @@ impl CampaignStage {
         campaign: &Campaign,
         state: &mut CampaignState,
     ) -> Result<(), ProcessError> {
-        let Some(limit) = campaign.limits.total else { return Ok(()) };
+        let limits = [campaign.limits.total, campaign.limits.daily];
+        let Some(limit) = limits.into_iter().flatten().min() else { return Ok(()) };
         // Nothing is granted on counts a recount is making exact, nor while the campaign runs
         // on its home alone (a shard out of effect sends its waiting candidates home).
         let shards = u64::from(campaign_shards::in_effect(campaign, &self.settings));
         if state.awaits_recount() || shards <= 1 {
             return Ok(());
         }
-        let mut free = state.free_places(limit);
+        let mut free = state.free_places(campaign);
         // A grant covers the demand and some more, so a busy shard does not ask per user.
         let chunk = (limit / (4 * shards)).max(1);
-        let mut plans: Vec<(u32, ShardPlanKind, u64)> = Vec::new();
+        let today = state.day.0.clone();
+        let mut plans: Vec<(u32, ShardPlanKind, u64, &str)> = Vec::new();
         for (shard, lease) in state.leases.iter_mut().filter(|(_, l)| l.demand > 0) {
             if free == 0 {
                 break;
             }
             let places = free.min(lease.demand.max(chunk));
-            lease.granted += places;
+            lease.grant(places, &today);
             lease.demand = 0;
             free -= places;
-            plans.push((*shard, ShardPlanKind::Grant, places));
+            plans.push((*shard, ShardPlanKind::Grant, places, today.as_str()));
         }
         let waiting: Vec<u32> =
             state.leases.iter().filter(|(_, l)| l.demand > 0).map(|(s, _)| *s).collect();
-        let holding = state.leases.values().any(|l| l.held() > 0 || l.recalled);
-        if !waiting.is_empty() && !holding {
-            // Nothing free, held or coming back anywhere: the limit is full.
+        // Nothing free, held or coming back anywhere: that limit is full (the total first).
+        let recalled = state.leases.values().any(|l| l.recalled);
+        let held = state.leases.values().any(|l| l.held() > 0);
+        let held_today =
+            state.leases.values().any(|l| l.day_of(&today).is_some_and(|d| d.held() > 0));
+        let full = match (campaign.limits.total, campaign.limits.daily) {
+            _ if waiting.is_empty() || recalled => None,
+            (Some(total), _) if !held && state.free_total(total) == 0 => Some((total, "")),
+            (_, Some(daily)) if !held_today && state.free_today(daily) == 0 => {
+                Some((daily, today.as_str()))
+            }
+            _ => None,
+        };
+        if let Some((limit, day)) = full {
             for shard in waiting {
                 state.leases.entry(shard).or_default().demand = 0;
-                plans.push((shard, ShardPlanKind::Full, limit));
+                plans.push((shard, ShardPlanKind::Full, limit, day));
             }
         } else if !waiting.is_empty() {
             // Places held by shards that wait for none may be unused: asked back once. A shard
             // that waits itself, or was just granted places, uses what it holds (a grant on its
             // way), so it is not asked; a recall that crosses a grant anyway finds the shard's
             // waiting candidates served first (`on_lease_plan`).
-            let granted: Vec<u32> = plans.iter().map(|(shard, _, _)| *shard).collect();
+            let granted: Vec<u32> = plans.iter().map(|(shard, ..)| *shard).collect();
             for (shard, lease) in state.leases.iter_mut() {
                 let idle = lease.demand == 0 && !granted.contains(shard);
                 if lease.held() > 0 && idle && !lease.recalled {
                     lease.recalled = true;
-                    plans.push((*shard, ShardPlanKind::Recall, 0));
+                    plans.push((*shard, ShardPlanKind::Recall, 0, today.as_str()));
                 }
             }
         }
-        for (shard, kind, places) in plans {
-            self.send_lease_plan(ctx, campaign, shard, kind, places)?;
+        for (shard, kind, places, day) in plans {
+            self.send_lease_plan(ctx, campaign, shard, kind, places, day)?;
         }
         Ok(())
     }
@@ -551,11 +791,13 @@ impl CampaignStage {
         shard: u32,
         kind: ShardPlanKind,
         places: u64,
+        day: &str,
     ) -> Result<(), ProcessError> {
+        let grant = |limit: Option<u64>| limit.filter(|_| kind == ShardPlanKind::Grant);
         let plan = ShardPlan {
             campaign_id: campaign.id.clone(),
             app_id: campaign.app.clone(),
-            run_id: String::new(),
+            run_id: day.to_string(),
             shard: shard as i32,
             kind,
             places: places as i64,
@@ -563,7 +805,8 @@ impl CampaignStage {
             test_users: 0,
             test_total: 0,
             winner_id: None,
-            limit: campaign.limits.total.filter(|_| kind == ShardPlanKind::Grant).map(|l| l as i64),
+            limit: grant(campaign.limits.total).map(|l| l as i64),
+            daily: grant(campaign.limits.daily).map(|l| l as i64),
             timestamp_ms: ctx.timestamp_ms(),
         };
         let key = campaign_shards::key(&campaign.id, shard);

@@ -161,6 +161,7 @@ impl CampaignStage {
             variants: Vec::new(),
             skipped: BTreeMap::new(),
             failed: BTreeMap::new(),
+            day_sent: 0,
             timestamp_ms: ctx.timestamp_ms(),
         };
         fill(&mut report);
@@ -352,6 +353,7 @@ impl CampaignStage {
             test_total: 0,
             winner_id: state.winner_id.clone(),
             limit: None,
+            daily: None,
             timestamp_ms: at,
         };
         if let Some(limit) = campaign.limits.safety.filter(|limit| qualified > *limit as i64) {
@@ -425,6 +427,7 @@ impl CampaignStage {
                 test_total: 0,
                 winner_id: state.winner_id.clone(),
                 limit: None,
+                daily: None,
                 timestamp_ms: ctx.timestamp_ms(),
             };
             self.send_plan(ctx, campaign, &plan)?;
