@@ -251,8 +251,10 @@ pub(super) struct RebalanceHook {
 }
 
 impl ClientContext for RebalanceHook {
-    /// Publishes the lag of each assigned input partition from librdkafka's statistics (every
-    /// `statistics.interval.ms`), and drops the series of partitions no longer assigned.
+    /// Publishes the lag of each input partition this consumer is fetching (assigned to it)
+    /// from librdkafka's statistics (every `statistics.interval.ms`), and drops the series of
+    /// the others. Not by the `desired` flag: reading a partition's position or cached
+    /// watermarks marks it desired, assigned or not.
     fn stats(&self, statistics: rdkafka::Statistics) {
         for (topic, stats) in &statistics.topics {
             for (partition, partition_stats) in &stats.partitions {
@@ -260,10 +262,13 @@ impl ClientContext for RebalanceHook {
                     continue;
                 }
                 let labels = [topic.as_str(), &partition.to_string()];
-                if !partition_stats.desired {
-                    let _ = self.metrics.consumer_lag.remove_label_values(&labels);
-                } else if let Some(lag) = position_lag(partition_stats) {
-                    self.metrics.consumer_lag.with_label_values(&labels).set(lag);
+                match position_lag(partition_stats) {
+                    Some(lag) if partition_stats.fetch_state == "active" => {
+                        self.metrics.consumer_lag.with_label_values(&labels).set(lag);
+                    }
+                    _ => {
+                        let _ = self.metrics.consumer_lag.remove_label_values(&labels);
+                    }
                 }
             }
         }
