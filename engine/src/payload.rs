@@ -15,6 +15,16 @@ use crate::{
 /// Largest payload APNs and FCM accept, in bytes.
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
 
+/// Longest time to live FCM accepts: 28 days (its `ttl` is from 0 to 2,419,200 s). APNs keeps a
+/// notification a limited time too: its expiration is clamped the same way.
+const MAX_TTL_MS: i64 = 28 * 86_400_000;
+
+/// A time to live as the providers take it: from 0 to [`MAX_TTL_MS`], whatever was asked (an
+/// unbounded or negative value never overflows the arithmetic nor makes an invalid request).
+fn provider_ttl_ms(ttl_ms: i64) -> i64 {
+    ttl_ms.clamp(0, MAX_TTL_MS)
+}
+
 /// A message's texts after rendering for one user.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RenderedMessage {
@@ -212,7 +222,8 @@ pub fn apns(
         headers.insert("apns-collapse-id".into(), collapse.clone());
     }
     if let Some(ttl) = options.ttl_ms {
-        headers.insert("apns-expiration".into(), ((now_ms + ttl) / 1000).to_string());
+        let expires_ms = now_ms.max(0).saturating_add(provider_ttl_ms(ttl));
+        headers.insert("apns-expiration".into(), (expires_ms / 1000).to_string());
     }
     Ok(ApnsRequest { body, headers })
 }
@@ -255,7 +266,7 @@ pub fn fcm(
     };
     android.insert("priority".into(), json!(priority));
     if let Some(ttl) = options.ttl_ms {
-        android.insert("ttl".into(), json!(format!("{}s", ttl / 1000)));
+        android.insert("ttl".into(), json!(format!("{}s", provider_ttl_ms(ttl) / 1000)));
     }
     if let Some(collapse) = &options.collapse_id {
         android.insert("collapse_key".into(), json!(collapse));
@@ -367,6 +378,23 @@ mod tests {
         assert_eq!(request.headers["apns-collapse-id"], "cart-u1");
         assert_eq!(request.headers["apns-expiration"], "4600");
         assert_eq!(request.headers["apns-id"], "m-1");
+    }
+
+    #[test]
+    fn a_huge_or_negative_ttl_gives_valid_fcm_ttl_and_apns_expiration() {
+        let now = 253_402_300_799_000; // 9999-12-31T23:59:59Z, the latest time accepted
+        for (ttl, fcm_ttl, apns_expiration) in [
+            (i64::MAX, "2419200s", now / 1000 + 2_419_200),
+            (u64::MAX as i64, "0s", now / 1000), // 2^64−1 read as a signed number
+            (i64::MIN, "0s", now / 1000),
+        ] {
+            let options = PushOptions { ttl_ms: Some(ttl), ..full_options() };
+            let body: Value =
+                serde_json::from_str(&fcm(&message(), &options, &to()).unwrap()).unwrap();
+            assert_eq!(body["message"]["android"]["ttl"], fcm_ttl, "{ttl}");
+            let request = apns(&message(), &options, &to(), now).unwrap();
+            assert_eq!(request.headers["apns-expiration"], apns_expiration.to_string(), "{ttl}");
+        }
     }
 
     #[test]

@@ -71,7 +71,20 @@ struct GrantClaims<'a> {
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,
-    expires_in: u64,
+    /// Seconds, any JSON number (read by [`TokenResponse::lifetime`]).
+    expires_in: serde_json::Number,
+}
+
+impl TokenResponse {
+    /// How long the token is believed valid: `expires_in`, from 0 (negative) to
+    /// [`MAX_TOKEN_LIFETIME`] (2^64−1, or a larger or fractional number, is clamped).
+    fn lifetime(&self) -> Duration {
+        let seconds = self.expires_in.as_u64().or_else(|| {
+            let seconds = self.expires_in.as_f64()?;
+            Some(seconds.clamp(0.0, MAX_TOKEN_LIFETIME.as_secs_f64()) as u64)
+        });
+        Duration::from_secs(seconds.unwrap_or(0)).min(MAX_TOKEN_LIFETIME)
+    }
 }
 
 /// Access tokens of one service account.
@@ -146,7 +159,8 @@ impl AccessTokens {
         }
         let token: TokenResponse = serde_json::from_slice(&response.body)
             .map_err(|e| format!("unexpected token response: {e}"))?;
-        Ok((token.access_token, Duration::from_secs(token.expires_in).min(MAX_TOKEN_LIFETIME)))
+        let lifetime = token.lifetime();
+        Ok((token.access_token, lifetime))
     }
 }
 
@@ -227,6 +241,26 @@ mod tests {
         assert_eq!(renewal(hour), hour - RENEW_BEFORE);
         assert_eq!(renewal(Duration::from_secs(60)), Duration::from_secs(30));
         assert_eq!(renewal(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn an_expires_in_of_2_pow_64_minus_1_or_beyond_is_clamped_to_a_day() {
+        let lifetime = |expires_in: &str| {
+            let body = format!(r#"{{"access_token":"t","expires_in":{expires_in}}}"#);
+            serde_json::from_str::<TokenResponse>(&body).unwrap().lifetime()
+        };
+        let day = MAX_TOKEN_LIFETIME;
+        for (expires_in, expected) in [
+            ("3599", Duration::from_secs(3_599)),
+            ("18446744073709551615", day),
+            ("1e30", day),
+            ("3599.9", Duration::from_secs(3_599)),
+            ("-5", Duration::ZERO),
+        ] {
+            assert_eq!(lifetime(expires_in), expected, "{expires_in}");
+            // When the token is renewed: no overflow.
+            let _renew_at = Instant::now() + renewal(lifetime(expires_in));
+        }
     }
 
     fn error(code: &str, status: &str, message: &str) -> serde_json::Value {
