@@ -102,15 +102,55 @@ fn create_topics(topic: &dyn Fn(&str) -> String, flow: i32) {
 /// places and candidates wait, and restarted on its own state.
 #[test]
 fn a_triggered_limit_of_1500_leased_over_8_shards_stays_exact_when_an_instance_is_killed() {
-    const USERS: usize = 4_000;
     const LIMIT: usize = 1_500;
-    let prefix = format!("{}-", common::unique("it-leased"));
-    let app_id = common::unique("it-leased-app");
+    let killed = leased_with_a_kill("it-leased", &format!("total: {LIMIT}"), 2);
+
+    let users: BTreeSet<&str> = killed.commands.iter().map(|c| c.user_id.as_str()).collect();
+    assert_eq!(killed.commands.len(), LIMIT, "exactly the limit\n{}", killed.log);
+    assert_eq!(users.len(), LIMIT, "one command per user");
+    let kinds: Vec<String> = killed.events.iter().map(|e| format!("{:?}", e.kind)).collect();
+    assert_eq!(kinds, ["LimitReached", "Completed"], "announced once, by the home");
+    assert_eq!(killed.events[1].details["sent"], LIMIT.to_string());
+}
+
+/// Issue 13: a daily limit leased per day by its home to 8 shards, one of two instances killed
+/// (SIGKILL) mid-day while its shards hold places of the day, and restarted: exactly the daily
+/// limit that day, announced once.
+#[test]
+fn a_daily_limit_of_1500_leased_over_8_shards_stays_exact_when_an_instance_is_killed_mid_day() {
+    const DAILY: usize = 1_500;
+    let killed = leased_with_a_kill("it-daily", &format!("daily: {DAILY}"), 1);
+
+    let users: BTreeSet<&str> = killed.commands.iter().map(|c| c.user_id.as_str()).collect();
+    assert_eq!(killed.commands.len(), DAILY, "exactly the daily limit\n{}", killed.log);
+    assert_eq!(users.len(), DAILY, "one command per user");
+    let kinds: Vec<String> = killed.events.iter().map(|e| format!("{:?}", e.kind)).collect();
+    assert_eq!(kinds, ["LimitReached"], "announced once, by the home");
+    assert_eq!(killed.events[0].details["limit"], "daily");
+    assert_eq!(killed.events[0].details["sent"], DAILY.to_string());
+}
+
+/// What a run of [`leased_with_a_kill`] sent and announced, and the engines' log tail.
+struct Killed {
+    commands: Vec<SendCommand>,
+    events: Vec<CampaignLifecycleEvent>,
+    log: String,
+}
+
+/// A triggered campaign with `limits` (YAML flow entries, 1,500 places in all) over 8 shards on
+/// 8 campaign-flow partitions and 2 instances: 1,000 of 4,000 users ping, one instance is
+/// killed (SIGKILL) once the first sends leave, the other 3,000 ping while its tasks move, and
+/// it is restarted on its own state. Reads 1,500 commands and `events` lifecycle events, and
+/// deletes the topics.
+fn leased_with_a_kill(tag: &str, limits: &str, events: usize) -> Killed {
+    const USERS: usize = 4_000;
+    let prefix = format!("{}-", common::unique(tag));
+    let app_id = common::unique(&format!("{tag}-app"));
     let dir = tempfile::tempdir().unwrap();
     let topic = |name: &str| format!("{prefix}herald.{name}");
     create_topics(&topic, 8);
     let yaml = format!(
-        "id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\nlimits: {{ total: {LIMIT} }}\noptions: {{ ignore_global_caps: true, shards: 8 }}\n"
+        "id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\nlimits: {{ {limits} }}\noptions: {{ ignore_global_caps: true, shards: 8 }}\n"
     );
     apply(dir.path(), &topic("campaigns"), "coupons.yaml", &yaml);
     let now = common::now_ms();
@@ -161,13 +201,13 @@ fn a_triggered_limit_of_1500_leased_over_8_shards_stays_exact_when_an_instance_i
     b = spawn("b");
     let sends = common::read_committed(
         &topic("push"),
-        LIMIT,
+        1_500,
         Duration::from_secs(10),
         Duration::from_secs(60),
     );
     let events: Vec<CampaignLifecycleEvent> = common::read_committed(
         &topic("campaign-events"),
-        2,
+        events,
         Duration::from_secs(2),
         Duration::from_secs(30),
     )
@@ -177,15 +217,9 @@ fn a_triggered_limit_of_1500_leased_over_8_shards_stays_exact_when_an_instance_i
     common::stop_gracefully(a.take());
     common::stop_gracefully(b.take());
     common::delete_topics_starting_with(&[&prefix, &app_id]);
-
-    let commands: Vec<SendCommand> =
+    let commands =
         sends.iter().map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap()).collect();
-    let users: BTreeSet<&str> = commands.iter().map(|c| c.user_id.as_str()).collect();
-    assert_eq!(commands.len(), LIMIT, "exactly the limit\n{}", common::tail(&log, 30));
-    assert_eq!(users.len(), LIMIT, "one command per user");
-    let kinds: Vec<String> = events.iter().map(|e| format!("{:?}", e.kind)).collect();
-    assert_eq!(kinds, ["LimitReached", "Completed"], "announced once, by the home");
-    assert_eq!(events[1].details["sent"], LIMIT.to_string());
+    Killed { commands, events, log: common::tail(&log, 30) }
 }
 
 #[test]
