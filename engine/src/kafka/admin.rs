@@ -50,6 +50,56 @@ pub enum AdminError {
         /// Broker error code.
         code: RDKafkaErrorCode,
     },
+    /// Topics were created but the broker did not list them, every partition with a leader,
+    /// within the admin timeout.
+    #[error("created topics not yet served by {brokers} after {waited:?}: {topics}")]
+    NotServed {
+        /// Bootstrap servers used.
+        brokers: String,
+        /// How long the creation was waited for.
+        waited: Duration,
+        /// The topics still missing or without a leader, comma-separated.
+        topics: String,
+    },
+}
+
+/// Waits until the broker lists every topic of `created` with all its partitions led: a
+/// creation is acknowledged by the controller before the broker's metadata serves it, and a
+/// client started right after (the engine checking its topics, a producer) would find the
+/// topic missing or its partitions unknown.
+async fn await_served(
+    admin: &AdminClient<DefaultClientContext>,
+    brokers: &str,
+    created: &[&TopicSpec],
+) -> Result<(), AdminError> {
+    let started = std::time::Instant::now();
+    loop {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(None, ADMIN_TIMEOUT)
+            .map_err(|source| AdminError::Kafka { brokers: brokers.to_string(), source })?;
+        let served = |spec: &&TopicSpec| {
+            metadata.topics().iter().any(|topic| {
+                topic.name() == spec.name
+                    && topic.error().is_none()
+                    && topic.partitions().len() == spec.partitions as usize
+                    && topic.partitions().iter().all(|p| p.error().is_none() && p.leader() >= 0)
+            })
+        };
+        let waiting: Vec<&str> =
+            created.iter().filter(|spec| !served(spec)).map(|spec| spec.name.as_str()).collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() >= ADMIN_TIMEOUT {
+            return Err(AdminError::NotServed {
+                brokers: brokers.to_string(),
+                waited: started.elapsed(),
+                topics: waiting.join(", "),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A setting where the broker's topic differs from the topology.
@@ -137,6 +187,7 @@ pub async fn apply_topology(
                 Err((topic, code)) => return Err(AdminError::Create { topic, code }),
             }
         }
+        await_served(&admin, &kafka.brokers, &missing).await?;
     }
 
     let mut report = Vec::with_capacity(topology.topics.len());
