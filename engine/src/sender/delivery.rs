@@ -193,10 +193,8 @@ async fn deliver(
     let provider = provider(command.platform);
     let lane = app.lane(command.platform);
     let started = Instant::now();
-    let expires = command.expires_at_ms.map(|at| {
-        let left = at - chrono::Utc::now().timestamp_millis();
-        started + Duration::from_millis(u64::try_from(left).unwrap_or(0))
-    });
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let expires = command.expires_at_ms.map(|at| expiry(started, at, now_ms));
     let mut deadline = started + shared.config.retry_deadline;
     let mut refreshed = false;
     let mut probing = false;
@@ -357,9 +355,29 @@ fn receipt(
     }
 }
 
+/// Furthest a command's expiry is looked ahead: ten years (the longest `ttl` a campaign takes).
+const FURTHEST_EXPIRY: Duration = Duration::from_secs(3_660 * 86_400);
+
+/// When a command expiring at `expires_at_ms` (epoch ms, as read from the topic) stops being
+/// worth sending, on the clock that read `started` when the wall clock read `now_ms`: at once
+/// for a past time (`i64::MIN` too), at most [`FURTHEST_EXPIRY`] ahead, never overflowing.
+fn expiry(started: Instant, expires_at_ms: i64, now_ms: i64) -> Instant {
+    let left = u64::try_from(expires_at_ms.saturating_sub(now_ms)).unwrap_or(0);
+    started + Duration::from_millis(left).min(FURTHEST_EXPIRY)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_expiry_of_i64_min_or_max_is_now_or_ten_years_ahead_never_an_overflow() {
+        let (started, now) = (Instant::now(), 1_795_000_000_000);
+        assert_eq!(expiry(started, now + 5_000, now), started + Duration::from_secs(5));
+        assert_eq!(expiry(started, i64::MIN, now), started);
+        assert_eq!(expiry(started, i64::MAX, now), started + FURTHEST_EXPIRY);
+        assert_eq!(expiry(started, i64::MAX, i64::MIN), started + FURTHEST_EXPIRY);
+    }
 
     /// Issue 12: a panic in a delivery task left its command unfinished, pinning its
     /// partition's committed offset forever. The task is now caught with the panic's message.
