@@ -53,7 +53,7 @@ use self::{
 use crate::{
     kafka::KafkaConfig,
     model::{DeadLetter, SchemaRegistry, SendCommand},
-    runtime::ShutdownFlag,
+    runtime::{Readiness, ShutdownFlag},
 };
 
 /// How often consumed positions are committed (and the status file written).
@@ -163,12 +163,18 @@ pub fn run(
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| SenderError::Setup(format!("starting the async runtime: {e}")))?;
     let metrics = Arc::new(SenderMetrics::new());
+    // Not ready (`/readyz` says why) until its consumer is subscribed, nor while a new one
+    // replaces a dead one.
+    let readiness = Arc::new(Mutex::new(Readiness::NotReady(
+        "starting: creating the intents topic, opening the dedup store".to_string(),
+    )));
+    let set_readiness = |verdict| *readiness.lock().expect("readiness lock") = verdict;
     if let Some(addr) = options.metrics_addr {
-        let render = Arc::clone(&metrics);
+        let (render, ready) = (Arc::clone(&metrics), Arc::clone(&readiness));
         let bound = crate::runtime::serve_http(
             addr,
             move || render.render(),
-            || crate::runtime::Readiness::Ready,
+            move || ready.lock().expect("readiness lock").clone(),
         )
         .map_err(|e| SenderError::Setup(format!("serving metrics: {e}")))?;
         tracing::info!(%bound, "serving /metrics");
@@ -223,6 +229,7 @@ pub fn run(
     let mut rebuilt: Option<std::time::Instant> = None;
     loop {
         let consumer = subscribe(&options, context())?;
+        set_readiness(Readiness::Ready);
         tracing::info!(group = %options.group, instance = %options.instance_id, topic = %options.push_topic, "sender started");
         let Err(fatal) = serve(&runtime, &shared, &consumer, &backlog, &options, &shutdown) else {
             tracing::info!("stopping on a signal (SIGTERM, SIGINT or SIGUSR1): waiting for requests in flight (not for parked commands)");
@@ -237,6 +244,9 @@ pub fn run(
         };
         // The consumer is dead (it can neither read nor commit) and its partitions are, or soon
         // will be, another member's: abandon them as a revocation would, then join again.
+        set_readiness(Readiness::NotReady(format!(
+            "the consumer hit a fatal error ({fatal}): a new one joins the group"
+        )));
         abandon(&shared, &backlog);
         drop(consumer);
         if rebuilt.is_some_and(|at| at.elapsed() < FATAL_AGAIN) {
