@@ -1,6 +1,7 @@
 //! The app settings file: per app, global frequency caps, minimum gap, default timezone and
 //! global throttle (read by the user, campaign and app stages); for every app, the limits of
-//! ingest records (validation at the door, de-duplication window).
+//! ingest records (validation at the door, de-duplication window) and of the campaign stage's
+//! waiting queues.
 
 use std::collections::HashMap;
 
@@ -105,6 +106,48 @@ pub struct Settings {
     ingest: IngestLimits,
     history: HistoryRetention,
     properties: PropertyHistory,
+    waiting: MaxWaiting,
+    occurrences: OccurrenceRetention,
+}
+
+/// How long the campaign stage remembers a trigger occurrence it sent
+/// (`limits.occurrence_retention`, every app; see `stage_campaign::occurrences`): a repeat within
+/// it sends nothing and is counted `duplicate`. At least [`OccurrenceRetention::LEAST`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OccurrenceRetention(i64);
+
+impl OccurrenceRetention {
+    /// The shortest retention, and the default: 8 days, as long as the send gate keeps its
+    /// decision on a notification (`stage_user::gates`), so the two agree on a repeat.
+    pub const LEAST: i64 = 8 * DAY_MS;
+    /// The longest retention accepted: 400 days.
+    pub const MOST: i64 = 400 * DAY_MS;
+}
+
+impl Default for OccurrenceRetention {
+    fn default() -> Self {
+        Self(Self::LEAST)
+    }
+}
+
+/// Most candidates of one campaign that wait for a place in flight in its limits
+/// (`limits.max_waiting`, every app; see `stage_campaign::places`): one finding the queue full
+/// is refused `waiting_full`. By default [`MaxWaiting::DEFAULT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxWaiting(u64);
+
+impl MaxWaiting {
+    /// The default bound: 10,000 candidates (a few kilobytes each in the campaign stage's
+    /// store and changelog).
+    pub const DEFAULT: u64 = 10_000;
+    /// The highest bound accepted.
+    pub const MOST: u64 = 10_000_000;
+}
+
+impl Default for MaxWaiting {
+    fn default() -> Self {
+        Self(Self::DEFAULT)
+    }
 }
 
 /// Days of per-user event history kept (`history.retention_days`, every app): by default
@@ -179,6 +222,9 @@ impl Settings {
     ///     keep: all           # or a list of property names
     ///     max_sets: 8         # distinct property sets per user, event and day
     ///     max_bytes: 1024     # bytes of property sets per user, event and day
+    /// limits:
+    ///   max_waiting: 10000    # candidates of one campaign waiting for a place in flight
+    ///   occurrence_retention: 8d  # how long a trigger occurrence sent is remembered
     /// ```
     pub fn parse(text: &str, source: &str) -> Result<Self, ValidationErrors> {
         let mut errors = Vec::new();
@@ -186,12 +232,16 @@ impl Settings {
         let mut ingest = Some(IngestLimits::default());
         let mut history = Some(HistoryRetention::default());
         let mut properties = Some(PropertyHistory::default());
+        let mut waiting = Some(MaxWaiting::default());
+        let mut occurrences = Some(OccurrenceRetention::default());
         match serde_norway::from_str::<Value>(text) {
             Err(e) => errors.push(FieldError { path: "(document)".into(), reason: e.to_string() }),
             Ok(Value::Null) => {}
             Ok(document) => {
                 let mut fields = Fields { errors: &mut errors };
-                if let Some(file) = fields.object(&document, "", &["apps", "ingest", "history"]) {
+                if let Some(file) =
+                    fields.object(&document, "", &["apps", "ingest", "history", "limits"])
+                {
                     if let Some(value) = file.get("history").filter(|v| !v.is_null()) {
                         history = fields.history(value, "history");
                         if let Some(value) = value.get("properties").filter(|v| !v.is_null()) {
@@ -200,6 +250,10 @@ impl Settings {
                     }
                     if let Some(value) = file.get("ingest").filter(|v| !v.is_null()) {
                         ingest = fields.ingest(value, "ingest");
+                    }
+                    if let Some(value) = file.get("limits").filter(|v| !v.is_null()) {
+                        waiting = fields.limits(value, "limits");
+                        occurrences = fields.occurrence_retention(value, "limits");
                     }
                     let none = Map::new();
                     let listed = match file.get("apps") {
@@ -220,7 +274,10 @@ impl Settings {
         let ingest = ingest.unwrap_or_default();
         let history = history.unwrap_or_default();
         let properties = properties.unwrap_or_default();
-        Ok(Self { apps, fallback: AppSettings::default(), ingest, history, properties })
+        let waiting = waiting.unwrap_or_default();
+        let occurrences = occurrences.unwrap_or_default();
+        let fallback = AppSettings::default();
+        Ok(Self { apps, fallback, ingest, history, properties, waiting, occurrences })
     }
 
     /// Settings of `app`.
@@ -241,6 +298,16 @@ impl Settings {
     /// Which event properties the history keeps.
     pub fn property_history(&self) -> &PropertyHistory {
         &self.properties
+    }
+
+    /// Most candidates of one campaign waiting for a place in flight.
+    pub fn max_waiting(&self) -> u64 {
+        self.waiting.0
+    }
+
+    /// How long a trigger occurrence sent is remembered, ms.
+    pub fn occurrence_retention_ms(&self) -> i64 {
+        self.occurrences.0
     }
 }
 
@@ -429,6 +496,39 @@ impl Fields<'_> {
         })
     }
 
+    /// `limits: { max_waiting: N }`, N from 1 to [`MaxWaiting::MOST`].
+    fn limits(&mut self, value: &Value, path: &str) -> Option<MaxWaiting> {
+        let map = self.object(value, path, &["max_waiting", "occurrence_retention"])?;
+        match map.get("max_waiting").filter(|v| !v.is_null()) {
+            None => Some(MaxWaiting::default()),
+            Some(v) => match v.as_u64() {
+                Some(n @ 1..=MaxWaiting::MOST) => Some(MaxWaiting(n)),
+                _ => self.error(
+                    &format!("{path}.max_waiting"),
+                    format!("expected a whole number from 1 to {}, found {v}", MaxWaiting::MOST),
+                ),
+            },
+        }
+    }
+
+    /// `limits: { occurrence_retention: 8d }`, from [`OccurrenceRetention::LEAST`] to
+    /// [`OccurrenceRetention::MOST`] (other keys are read by [`Self::limits`]).
+    fn occurrence_retention(&mut self, value: &Value, path: &str) -> Option<OccurrenceRetention> {
+        let path = format!("{path}.occurrence_retention");
+        match value.get("occurrence_retention").filter(|v| !v.is_null()) {
+            None => Some(OccurrenceRetention::default()),
+            Some(v) => match self.duration(v, &path)? {
+                ms @ OccurrenceRetention::LEAST..=OccurrenceRetention::MOST => {
+                    Some(OccurrenceRetention(ms))
+                }
+                _ => self.error(
+                    &path,
+                    "must be from 8d (the send gate keeps its decisions 8 days) to 400d",
+                ),
+            },
+        }
+    }
+
     /// A positive duration such as `15m`.
     fn duration(&mut self, value: &Value, path: &str) -> Option<i64> {
         let Some(text) = value.as_str() else {
@@ -459,5 +559,30 @@ mod tests {
         let errors = Settings::parse(bad, "s").unwrap_err().errors;
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["ingest.colour", "ingest.dedup_window", "ingest.max_properties"]);
+    }
+
+    #[test]
+    fn max_waiting_default_override_and_errors_name_the_field() {
+        assert_eq!(Settings::parse("", "s").unwrap().max_waiting(), MaxWaiting::DEFAULT);
+        let set = Settings::parse("limits: { max_waiting: 3 }\n", "s").unwrap();
+        assert_eq!(set.max_waiting(), 3);
+        let bad = "limits: { max_waiting: 0, queue: 1 }\n";
+        let errors = Settings::parse(bad, "s").unwrap_err().errors;
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["limits.queue", "limits.max_waiting"]);
+    }
+
+    #[test]
+    fn occurrence_retention_defaults_to_the_gates_8_days_and_is_refused_below() {
+        let retention =
+            |text: &str| Settings::parse(text, "s").map(|s| s.occurrence_retention_ms());
+        assert_eq!(retention("").unwrap(), 8 * DAY_MS);
+        assert_eq!(retention("limits: { occurrence_retention: 30d }\n").unwrap(), 30 * DAY_MS);
+        for bad in ["7d", "401d", "soon"] {
+            let text = format!("limits: {{ occurrence_retention: {bad} }}\n");
+            let paths: Vec<String> =
+                retention(&text).unwrap_err().errors.into_iter().map(|e| e.path).collect();
+            assert_eq!(paths, ["limits.occurrence_retention"], "{bad}");
+        }
     }
 }

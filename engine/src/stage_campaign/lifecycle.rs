@@ -1,5 +1,6 @@
 //! Lifecycle events of a campaign that no record causes: an operator paused, resumed or stopped
-//! it (a change of the campaigns table), or its end date passed. The task that owns the
+//! it (a change of the campaigns table), or its end date passed; an edit also wakes the
+//! candidates waiting for places. The task that owns the
 //! campaign's partition announces each once, and remembers in the campaign's state what it
 //! announced, so a restart or a moved task does not repeat it.
 
@@ -28,7 +29,7 @@ impl CampaignStage {
         if now < 0 || (!self.table_changed && now < self.next_end_check) {
             return Ok(());
         }
-        self.table_changed = false;
+        let edited = std::mem::take(&mut self.table_changed);
         self.next_end_check = now.saturating_add(END_CHECK_MS);
         // The campaign's home and each of its shards this task owns (a shard wakes its own
         // work; only the home announces): every shard `options.shards` allows, whether or not
@@ -80,6 +81,11 @@ impl CampaignStage {
                 }
                 state.announced_status = Some(campaign.status);
                 changed = true;
+            }
+            // An edit may have raised or removed the limit those waiting for a place wait on:
+            // they are looked at again (before newcomers, who queue behind them).
+            if edited && home && state.waiting > 0 {
+                ctx.schedule(now, &timer_key(WAITING_TIMER, &key))?;
             }
             let ended = campaign.when.end.is_some_and(|end| now > end.timestamp_millis());
             if home && ended && !state.completed {

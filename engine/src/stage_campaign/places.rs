@@ -5,21 +5,25 @@
 //! back exactly where it was counted (the day it was counted on, the run it was sent in).
 //!
 //! While places are in flight, a candidate that finds a limit full waits instead of being
-//! refused, in arrival order (a scheduled run stops releasing instead), as long as fewer wait
-//! than places are in flight (the queue stays bounded). A returned place goes to the first one
-//! waiting; once nothing is in flight, those still waiting are refused with the limit's reason,
-//! and so is one waiting on a daily limit whose day has passed. So limits fill exactly: never
-//! over, and never under while qualified users are left, with one exception of a triggered
-//! campaign: a waiting candidate placed in its turn may be refused at the gate in turn, and a
-//! candidate refused earlier because the queue was full is not asked again.
+//! refused, in arrival order (a scheduled run stops releasing instead), remembering the limit
+//! it waits on. A returned place goes to the first one waiting, and a newcomer queues behind
+//! those waiting, so nobody is overtaken (after an edit raising a limit too). Once nothing is
+//! in flight, those still waiting are refused with the limit's reason, and so is one waiting on
+//! a daily limit whose day has passed (one waiting on the total waits across days). So limits
+//! fill exactly: never over, and never under while qualified users are left. The queue is
+//! durable and bounded per campaign by the settings' `limits.max_waiting`: a candidate that
+//! finds it full is refused `waiting_full` (counted), the one case where a limit may end under
+//! its value.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    day_in, queue, runs::RunState, timer_key, CampaignStage, CampaignState, IN_FLIGHT, WAITING,
-    WAITING_TIMER,
+    day_in,
+    queue::{self, Waiting, WaitsOn},
+    runs::RunState,
+    timer_key, CampaignStage, CampaignState, IN_FLIGHT, WAITING, WAITING_TIMER,
 };
 use crate::{
     campaign::{Campaign, CampaignStatus},
@@ -38,6 +42,9 @@ struct InFlight {
 fn in_flight_key(campaign: &str, user: &str, run: &str) -> Vec<u8> {
     [campaign.as_bytes(), &[0], user.as_bytes(), &[0], run.as_bytes()].concat()
 }
+
+/// The reason a candidate is refused when the waiting queue is at its bound.
+const WAITING_FULL: &str = "waiting_full";
 
 /// A limit a candidate found full.
 pub(super) enum FullLimit {
@@ -59,6 +66,14 @@ impl CampaignState {
             self.day = (today, 0);
         }
         campaign.limits.daily.filter(|limit| self.day.1 >= *limit).map(FullLimit::Daily)
+    }
+
+    /// What a candidate that found `limit` full waits on (the daily limit of the day counted).
+    fn waits_on(&self, limit: &FullLimit) -> WaitsOn {
+        match limit {
+            FullLimit::Total => WaitsOn::Total,
+            FullLimit::Daily(_) => WaitsOn::Daily(self.day.0.clone()),
+        }
     }
 
     /// The day (campaign timezone) a notification at `at` counts on: the day only moves
@@ -103,21 +118,81 @@ impl CampaignStage {
         run.is_some_and(|run| run.waits_for_places(campaign))
     }
 
-    /// Whether a candidate that found a limit full may wait for a place in flight: only while
-    /// fewer wait than places are in flight (each can come back once).
+    /// Whether a place in flight may come back to a candidate that found a limit full (the
+    /// campaign is not stopped). A scheduled run's users wait for its places unbounded: each
+    /// comes once, so the run bounds them.
     pub(super) fn may_wait(campaign: &Campaign, state: &CampaignState) -> bool {
-        campaign.status != CampaignStatus::Stopped && state.in_flight > state.waiting
+        campaign.status != CampaignStatus::Stopped && state.in_flight > 0
     }
 
-    /// Keeps `candidate`, in arrival order, until a place in flight settles.
+    /// A candidate found `limit` full: while places are in flight (one may come back) it waits
+    /// for one, or is refused `waiting_full` when the queue is at its bound. Returns false when
+    /// no place can come back (nothing in flight, or the campaign is stopped): the limit
+    /// refuses it.
+    pub(super) fn wait_for_a_place(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        candidate: &Candidate,
+        limit: &FullLimit,
+    ) -> Result<bool, ProcessError> {
+        if !Self::may_wait(campaign, state) {
+            return Ok(false);
+        }
+        if state.waiting >= self.settings.max_waiting() {
+            state.skip(WAITING_FULL);
+            return Ok(true);
+        }
+        let waits_on = Some(state.waits_on(limit));
+        Self::enqueue(ctx, state, Waiting { candidate: candidate.clone(), waits_on })?;
+        Ok(true)
+    }
+
+    /// Whether a newcomer must queue behind the candidates already waiting (an edit raised or
+    /// removed the limit they wait on, or a returned place is about to go to them), so that it
+    /// does not overtake them: a triggered candidate at the campaign's home, while the queue
+    /// has room.
+    pub(super) fn queues_behind(&self, campaign: &Campaign, state: &CampaignState) -> bool {
+        state.waiting > 0
+            && state.waiting < self.settings.max_waiting()
+            && campaign.status == CampaignStatus::Active
+            && !state.is_shard(campaign)
+    }
+
+    /// Queues a newcomer behind those waiting (see [`Self::queues_behind`]); they all leave in
+    /// order on the next step.
+    pub(super) fn queue_behind(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        state: &mut CampaignState,
+        candidate: Candidate,
+    ) -> Result<(), ProcessError> {
+        Self::enqueue(ctx, state, Waiting { candidate, waits_on: Some(WaitsOn::Turn) })?;
+        ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
+        Ok(())
+    }
+
+    /// Keeps `candidate`, in arrival order, until a place in flight settles (or a recount of
+    /// the leases ends).
     pub(super) fn wait_for_places(
         &self,
         ctx: &mut ProcessorContext<'_>,
         state: &mut CampaignState,
         candidate: &Candidate,
     ) -> Result<(), ProcessError> {
+        let waits_on = Some(WaitsOn::Turn);
+        Self::enqueue(ctx, state, Waiting { candidate: candidate.clone(), waits_on })
+    }
+
+    /// Puts `waiting` at the end of the queue.
+    fn enqueue(
+        ctx: &mut ProcessorContext<'_>,
+        state: &mut CampaignState,
+        waiting: Waiting,
+    ) -> Result<(), ProcessError> {
         let key = queue::key(&state.key, state.waiting_seq);
-        ctx.store(WAITING)?.put_as(&key, candidate)?;
+        ctx.store(WAITING)?.put_as(&key, &waiting)?;
         state.waiting_seq += 1;
         state.waiting += 1;
         Ok(())
@@ -132,16 +207,30 @@ impl CampaignStage {
         campaign: &Campaign,
         state: &mut CampaignState,
     ) -> Result<(), ProcessError> {
-        let step = queue::next_step(ctx, WAITING, &state.key)?;
+        let step = queue::next_entries::<Waiting>(ctx, WAITING, &state.key)?;
         state.waiting = state.waiting.saturating_sub(step.unreadable);
         let now = ctx.effective_ms();
         let today = state.current_day(campaign, now);
-        for (key, candidate) in step.entries {
+        for (key, mut waiting) in step.entries {
+            let candidate = &waiting.candidate;
             // Its day's places are gone: a daily campaign does not send it a day late.
-            let day_passed = campaign.limits.daily.is_some()
-                && day_in(campaign, candidate.qualified_at_ms) != today;
+            let day_passed = match &waiting.waits_on {
+                Some(WaitsOn::Daily(day)) => *day != today,
+                Some(WaitsOn::Total | WaitsOn::Turn) => false,
+                // Queued by an older version: the limit it waits on is not known.
+                None => {
+                    campaign.limits.daily.is_some()
+                        && day_in(campaign, candidate.qualified_at_ms) != today
+                }
+            };
             let run = state.run.clone().filter(|run| run.is(&candidate.run_id));
             if !day_passed && self.waits_for_places(campaign, state, run.as_ref(), now) {
+                // It waits on the limit full now (a day may have passed since it came).
+                let waits_on = state.full_limit(campaign, now).map(|l| state.waits_on(&l));
+                if waits_on.is_some() && waits_on != waiting.waits_on {
+                    waiting.waits_on = waits_on;
+                    ctx.store(WAITING)?.put_as(&key, &waiting)?;
+                }
                 return Ok(());
             }
             ctx.store(WAITING)?.delete(&key)?;
@@ -150,6 +239,7 @@ impl CampaignStage {
                 state.skip("daily_limit");
                 continue;
             }
+            let candidate = waiting.candidate;
             let leaving =
                 Candidate { qualified_at_ms: candidate.qualified_at_ms.max(now), ..candidate };
             self.place(ctx, campaign, state, leaving)?;
@@ -160,7 +250,8 @@ impl CampaignStage {
         Ok(())
     }
 
-    /// Counts a user's notification that left, holding its place in flight when `confirm`.
+    /// Counts a user's notification that left, holding its place in flight when `confirm`; a
+    /// trigger occurrence is remembered (see `occurrences`).
     pub(super) fn take_place(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -169,6 +260,7 @@ impl CampaignStage {
         candidate: &Candidate,
         confirm: bool,
     ) -> Result<(), ProcessError> {
+        self.remember_sent(ctx, state, candidate)?;
         state.sent += 1;
         state.day.1 += 1;
         if confirm {

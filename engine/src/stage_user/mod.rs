@@ -577,7 +577,7 @@ impl UserStage {
                             run_id,
                             trigger_event: &event.name,
                             event_properties: &event.properties,
-                            at_ms: event.timestamp_ms,
+                            at_ms: leaves_at(ctx, event),
                             after_dnd: false,
                         };
                         return self.qualify(ctx, campaign, &occasion).map(|_| ());
@@ -773,6 +773,14 @@ impl UserStage {
         }
         Ok(Verdict::Candidate { devices, tz })
     }
+}
+
+/// When the notification an event triggers at once would leave: at the later of the event's
+/// stamp and the task's clock, as the campaign stage times it (an event stamped long before
+/// it is read, by an SDK's late batch or a lagging partition, is judged for audience,
+/// do-not-disturb hours and caps as of then, not its stamp).
+fn leaves_at(ctx: &ProcessorContext<'_>, event: &AppEvent) -> i64 {
+    event.timestamp_ms.max(ctx.effective_ms())
 }
 
 /// A user's profile (with `age` derived at `at_ms`) and event history.
