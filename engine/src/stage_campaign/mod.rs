@@ -8,6 +8,7 @@ pub mod ab;
 mod held;
 mod leases;
 mod lifecycle;
+mod occurrences;
 mod places;
 mod queue;
 mod runs;
@@ -78,6 +79,7 @@ pub fn add_campaign_stage(
                 .store(HELD_CANDIDATES)
                 .store(IN_FLIGHT)
                 .store(WAITING)
+                .store(occurrences::OCCURRENCES)
                 .sink(&topics.push)
                 .sink(&topics.campaign_flow)
                 .sink(&topics.app_throttle)
@@ -358,7 +360,11 @@ impl CampaignStage {
         }
         let mut state = self.load(ctx, &campaign, &scope(key, &campaign)?)?;
         let candidate = Self::leaving_now(ctx, candidate);
-        self.place(ctx, &campaign, &mut state, candidate)?;
+        if is_triggered_run(&candidate.run_id) && self.queues_behind(&campaign, &state) {
+            self.queue_behind(ctx, &mut state, candidate)?;
+        } else {
+            self.place(ctx, &campaign, &mut state, candidate)?;
+        }
         self.save(ctx, &campaign, &mut state)
     }
 
@@ -436,13 +442,23 @@ impl CampaignStage {
                 return self.hold(ctx, state, candidate);
             }
         }
-        // A shard sends within the places its home planned (see `shards`), not the total.
-        let full = if state.is_shard(campaign) { None } else { state.full_limit(campaign, at) };
+        // A trigger occurrence sent already (a producer's retry past the de-duplication window).
+        if self.sent_before(ctx, state, candidate)? {
+            return Ok(());
+        }
+        // A shard sends within the places its home planned or leased (see `shards`, `leases`),
+        // counting its day's sends for the daily limit.
+        let full = if state.is_shard(campaign) {
+            state.enter_day(&day_in(campaign, at));
+            None
+        } else {
+            state.full_limit(campaign, at)
+        };
         match full {
             None => {}
             // A place in flight may come back: wait for it rather than refuse.
-            Some(_) if Self::may_wait(campaign, state) => {
-                return self.wait_for_places(ctx, state, candidate);
+            Some(limit) if self.wait_for_a_place(ctx, campaign, state, candidate, &limit)? => {
+                return Ok(());
             }
             Some(places::FullLimit::Total) => {
                 state.skip("total_limit");
@@ -887,6 +903,9 @@ impl Processor for CampaignStage {
         self.refresh_campaigns(ctx);
         let key = String::from_utf8_lossy(&timer.key).into_owned();
         let Some((kind, scope)) = key.split_once(':') else { return Ok(()) };
+        if kind == occurrences::SWEEP_TIMER {
+            return self.forget_expired(ctx, scope); // of a deleted campaign too
+        }
         let id = scope.split_once(campaign_shards::SEPARATOR).map_or(scope, |(id, _)| id);
         let Some(campaign) = self.campaigns.book().get(id).cloned() else { return Ok(()) };
         let mut state = self.load(ctx, &campaign, scope)?;

@@ -250,7 +250,8 @@ impl CampaignStage {
         Ok(())
     }
 
-    /// Counts a user's notification that left, holding its place in flight when `confirm`.
+    /// Counts a user's notification that left, holding its place in flight when `confirm`; a
+    /// trigger occurrence is remembered (see `occurrences`).
     pub(super) fn take_place(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -259,6 +260,7 @@ impl CampaignStage {
         candidate: &Candidate,
         confirm: bool,
     ) -> Result<(), ProcessError> {
+        self.remember_sent(ctx, state, candidate)?;
         state.sent += 1;
         state.day.1 += 1;
         if confirm {
