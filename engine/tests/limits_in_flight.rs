@@ -575,6 +575,43 @@ fn a_newcomer_does_not_overtake_the_waiting_after_an_edit_raises_the_limit() {
     assert_eq!(stats.skipped.get("total_limit"), Some(&1), "u3: {:?}", stats.skipped);
 }
 
+/// Total 2, caps, a throttle of 1 an hour: u0 is sent, u1 holds a place in flight in the
+/// outbox, u2 waits for a place. The campaign is then deleted (a tombstone on the campaigns
+/// topic). What it held must end, counted: u1 and u2 are not sent and are counted `deleted` in
+/// the campaign's last stats. Review s21 section 10: the stage drops every record and timer of
+/// a campaign it no longer knows, so u1's place, u2's queue entry and the outbox stay in the
+/// stores for good and nobody is counted. Not fixed yet (design open: the last definition must
+/// be kept to drain them, e.g. in the campaign's state).
+#[test]
+#[ignore = "open: a deleted campaign's held, waiting and in-flight entries are never released nor counted"]
+fn a_deleted_campaign_counts_what_it_held_and_leaves_nothing_waiting() {
+    use herald_engine::{
+        model::{topics, CampaignCommand::Define},
+        runtime::replay::ReplayRecord,
+    };
+    use replay_support::*;
+    let ping = "id: ping\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\nlimits: { total: 2 }\noptions: { throttle: { max: 1, per: 1h } }\n";
+    let tombstone = ReplayRecord {
+        topic: topics::CAMPAIGNS.into(),
+        partition: None,
+        offset: 0,
+        key: Some(b"ping".to_vec()),
+        value: None,
+        timestamp_ms: T0 + 10_000,
+    };
+    let mut input = vec![command("ping", ping, Define, T0)];
+    input.extend(["u0", "u1", "u2"].map(|u| profile(u, T0)));
+    input.push(event("e-0", "u0", "Ping", T0 + 1_000));
+    input.push(event("e-1", "u1", "Ping", T0 + 2_000)); // in the outbox: in flight
+    input.push(event("e-2", "u2", "Ping", T0 + 3_000)); // total full: waits
+    input.push(tombstone);
+    input.push(event("x-0", "u0", "Other", T0 + 300 * MIN));
+    let out = run(CAPS, input, Some(T0 + 360 * MIN));
+    assert_eq!(out.users("ping"), ["u0"]);
+    let stats = out.last_stats("ping");
+    assert_eq!(stats.skipped.get("deleted"), Some(&2), "u1 and u2: {:?}", stats.skipped);
+}
+
 /// A scheduled run of a limited campaign whose last users wait in the throttle's outbox: one of
 /// them is capped before its turn. The run finishes once every place has settled, and says it
 /// sent 2, as it did.
