@@ -207,7 +207,15 @@ impl CampaignStage {
             let selected = ctx.store(RUN_BUFFER)?.get_as::<Option<usize>>(&key)?;
             if let Some(chosen) = selected {
                 ctx.store(RUN_BUFFER)?.delete(&key)?;
-                return self.deliver(ctx, campaign, state, &candidate, chosen);
+                let in_flight = state.in_flight;
+                self.deliver(ctx, campaign, state, &candidate, chosen)?;
+                // Its place (taken at the release) is in flight like the run's others: counted,
+                // so settling it takes off what was counted.
+                let took = state.in_flight > in_flight;
+                if let Some(run) = state.run.as_mut().filter(|r| took && r.is(&candidate.run_id)) {
+                    run.in_flight += 1;
+                }
+                return Ok(());
             }
         }
         let Some(mut run) = self.current_run(ctx, state, &candidate.run_id)? else {
