@@ -11,7 +11,8 @@ use serde_json::Value;
 /// Daily at 09:00 in each user's timezone, 3 users a run, 1 send every 7 hours.
 const MORNING: &str = "id: morning\napp: shop\nname: n\nwhen:\n  schedule: { repeat: daily, time: \"09:00\", timezone: user }\nwhat: { title: t, body: b }\nlimits: { per_run: 3 }\noptions: { throttle: { max: 1, per: 7h } }\n";
 /// Another campaign, on `Pong`: it spends a user's cap.
-const NEWS: &str = "id: news\napp: shop\nname: n\nwhen: { event: Pong }\nwhat: { title: t, body: b }\n";
+const NEWS: &str =
+    "id: news\napp: shop\nname: n\nwhen: { event: Pong }\nwhat: { title: t, body: b }\n";
 const CAPS: &str = "apps:\n  shop:\n    caps: { per_day: 1 }\n";
 
 fn ms(rfc3339: &str) -> i64 {
@@ -96,10 +97,9 @@ fn replay(lines: &[String], partitions: i32) -> Outcome {
         .map(|v| serde_json::from_value::<CampaignLifecycleEvent>(v).unwrap())
         .filter(|e| e.campaign_id == "morning" && format!("{:?}", e.kind) == "RunFinished")
         .collect();
-    let stats: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("out/stats.json")).unwrap(),
-    )
-    .unwrap();
+    let stats: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/stats.json")).unwrap())
+            .unwrap();
     let sent = stats["morning"]["variants"][0]["sent"].as_i64().unwrap();
     Outcome { sends, skips, finished, sent }
 }
