@@ -595,13 +595,9 @@ fn a_daily_limit_raised_after_the_day_was_full_is_leased_again() {
 
 /// A daily limit of 40 added to a sharded campaign without limits, half a second after 30
 /// sends it made that day (within the interval in which shards report their counters home):
-/// the recount reads each shard's exact count of the day, so 10 more are sent that day. Needs
-/// the shard's day roll on sends made without places (`stage_campaign/mod.rs`, `deliver`),
-/// not committed yet: it sits beside other engineers' uncommitted hunks of that file (passes
-/// on the working tree with it; without it, by reading the code, not run: the shards report
-/// their 30 under no day, so 40 more would be sent).
+/// the recount reads each shard's exact count of the day (a shard enters the day of every send,
+/// with a place or without), so 10 more are sent that day.
 #[test]
-#[ignore = "needs the shard's day roll in stage_campaign/mod.rs deliver (not committed yet)"]
 fn a_daily_limit_added_mid_day_counts_the_sends_made_that_day_before_it() {
     let input = edited(100, &[(0, "", 0..30), (10_500, "limits: { daily: 40 }\n", 30..100)]);
     let (sends, lifecycle) = replay(input, T0 + 600_000, LIVE_STATS_INTERVAL_MS);
