@@ -132,24 +132,8 @@ up() {
   exit 1
 }
 
-down() {
-  if ! running; then
-    log_info "not running"
-    rm -f "$pidfile"
-    return 0
-  fi
-  local pid
-  pid=$(cat "$pidfile")
-  log_info "stopping pid $pid"
-  kill "$pid"
-  for _ in $(seq 1 60); do
-    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; log_info "stopped"; return 0; }
-    sleep 0.5
-  done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$pidfile"
-  log_info "killed after 30 s"
-}
+# shellcheck source=service.sh
+. "$here/service.sh"
 
 case "${1:-}" in
   up) up ;;
