@@ -57,6 +57,17 @@ pub struct AppStage {
     campaigns: CampaignCache,
 }
 
+/// What the stage does with a command, decided by its campaign's status.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Forwarded to the app's send topic.
+    Send,
+    /// Kept in the outbox until a release finds the campaign resumed.
+    Hold,
+    /// Dropped and counted `stopped`.
+    Drop,
+}
+
 impl AppStage {
     fn forward(
         &self,
@@ -75,17 +86,26 @@ impl AppStage {
         command: SendCommand,
         at: i64,
     ) -> Result<Leave<SendCommand>, ProcessError> {
-        let status = self.campaigns.book().get(&command.campaign_id).map(|c| c.status);
-        match status {
-            Some(CampaignStatus::Paused | CampaignStatus::Draft) => Ok(Leave::Held(command)),
-            Some(CampaignStatus::Stopped) => {
+        match self.fate(&command.campaign_id) {
+            Fate::Hold => Ok(Leave::Held(command)),
+            Fate::Drop => {
                 self.drop_stopped(ctx, &command, at)?;
                 Ok(Leave::Dropped)
             }
-            Some(CampaignStatus::Active) | None => {
+            Fate::Send => {
                 self.forward(ctx, &SendCommand { created_at_ms: at, ..command })?;
                 Ok(Leave::Sent)
             }
+        }
+    }
+
+    /// What becomes of a command of `campaign_id`: held while its campaign is paused or a
+    /// draft, dropped once it is stopped, sent when it is active or unknown.
+    fn fate(&self, campaign_id: &str) -> Fate {
+        match self.campaigns.book().get(campaign_id).map(|c| c.status) {
+            Some(CampaignStatus::Paused | CampaignStatus::Draft) => Fate::Hold,
+            Some(CampaignStatus::Stopped) => Fate::Drop,
+            Some(CampaignStatus::Active) | None => Fate::Send,
         }
     }
 
@@ -149,11 +169,11 @@ impl Processor for AppStage {
         let command: SendCommand = registry.decode(value)?;
         self.campaigns.refresh(ctx.global(CAMPAIGNS_TABLE));
         let app = command.app_id.clone();
-        let status = self.campaigns.book().get(&command.campaign_id).map(|c| c.status);
-        if status == Some(CampaignStatus::Stopped) {
+        let fate = self.fate(&command.campaign_id);
+        if fate == Fate::Drop {
             return self.drop_stopped(ctx, &command, ctx.timestamp_ms());
         }
-        let paused = matches!(status, Some(CampaignStatus::Paused | CampaignStatus::Draft));
+        let paused = fate == Fate::Hold;
         // Without a throttle (removed from the settings since it was routed here): no wait,
         // except for a paused campaign's (held until a release finds it resumed).
         let throttle = match self.settings.app(&app).throttle {
