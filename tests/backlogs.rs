@@ -60,7 +60,7 @@ fn broadcast(users: usize, work_cap: u64, limit: Duration) {
     });
     let profiles_in = || engine.metrics.records_in.with_label_values(&[&topics.profiles]).get();
     assert!(
-        poll(limit, || profiles_in() >= users as u64),
+        common::poll_until(limit, || profiles_in() >= users as u64),
         "the engine read {} of {users} profiles",
         profiles_in()
     );
@@ -149,7 +149,7 @@ fn a_throttled_backlog_leaves_at_its_rate_after_downtime_not_in_one_burst() {
     assert!(before.len() < USERS, "the engine stopped with users waiting: {before:?}");
     // Downtime: three windows pass.
     let back_at = common::now_ms() + 3 * PER_MS;
-    assert!(poll(Duration::from_secs(30), || common::now_ms() >= back_at));
+    assert!(common::poll_until(Duration::from_secs(30), || common::now_ms() >= back_at));
     let engine = Engine::start(&app_id, &topics, state.path(), |_| {});
     let sends = sends(USERS, Duration::from_secs(1));
     engine.stop();
@@ -378,18 +378,6 @@ fn read(topic: &str, limit: Duration, settle: Duration, mut each: impl FnMut(i64
         let timestamp = message.timestamp().to_millis().unwrap_or_default();
         enough = each(timestamp, message.payload().unwrap_or_default());
     }
-}
-
-/// Whether `condition` held within `limit` (checked every 100 ms).
-fn poll(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    condition()
 }
 
 /// A profile update giving user `i` one Android device, keyed by user.
