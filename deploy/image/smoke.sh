@@ -45,7 +45,7 @@ if docker info >/dev/null 2>&1; then
 else
     # buildah runs a command, not the entrypoint: take it from the image's configuration.
     container=$(buildah from --pull=never "$image")
-    read -ra entrypoint < <(buildah inspect --format '{{join .OCIv1.Config.Entrypoint " "}}' "$container")
+    read -ra entrypoint < <(buildah inspect --format '{{range .OCIv1.Config.Entrypoint}}{{.}} {{end}}' "$container"; echo)
     run() {
         buildah run --isolation chroot --network host -v "$dir:/smoke:ro" "$container" -- \
             "${entrypoint[@]}" "$@"
