@@ -56,22 +56,8 @@ fn a_profile_grown_past_the_message_size_is_dead_lettered_and_the_partition_goes
     let app_id = common::unique("size-app");
     let dir = tempfile::tempdir().unwrap();
     let topic = |name: &str| format!("{prefix}herald.{name}");
-    let topics: Vec<(String, i32)> = [
-        "events",
-        "profiles",
-        "receipts",
-        "send-gate",
-        "campaigns",
-        "campaign-flow",
-        "app-throttle",
-        "push",
-        "stats",
-        "campaign-events",
-        "dead-letter",
-    ]
-    .iter()
-    .map(|name| (topic(name), 1))
-    .collect();
+    let topics: Vec<(String, i32)> =
+        common::ENGINE_TOPICS.iter().map(|name| (topic(name), 1)).collect();
     common::create_topics(&topics.iter().map(|(t, n)| (t.as_str(), *n)).collect::<Vec<_>>());
     let campaign = dir.path().join("ping.yaml");
     std::fs::write(

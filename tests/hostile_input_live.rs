@@ -83,20 +83,7 @@ fn campaign_apply_with_one_invalid_file_among_three_publishes_nothing() {
 fn a_click_without_campaign_id_and_an_event_timed_i64_min_are_dead_letters_and_sends_go_on() {
     let prefix = format!("{}-", common::unique("hostile"));
     let topic = |name: &str| format!("{prefix}herald.{name}");
-    let partitioned = [
-        "events",
-        "profiles",
-        "receipts",
-        "send-gate",
-        "campaigns",
-        "campaign-flow",
-        "app-throttle",
-        "push",
-        "stats",
-        "campaign-events",
-        "dead-letter",
-    ]
-    .map(topic);
+    let partitioned = common::ENGINE_TOPICS.map(topic);
     common::create_topics(&partitioned.iter().map(|t| (t.as_str(), 1)).collect::<Vec<_>>());
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ping.yaml");

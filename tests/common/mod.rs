@@ -368,6 +368,21 @@ pub fn poll_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
     condition()
 }
 
+/// The names (without prefix) of the topics an engine instance reads and writes.
+pub const ENGINE_TOPICS: [&str; 11] = [
+    "events",
+    "profiles",
+    "receipts",
+    "send-gate",
+    "campaigns",
+    "campaign-flow",
+    "app-throttle",
+    "push",
+    "stats",
+    "campaign-events",
+    "dead-letter",
+];
+
 /// A local TCP port free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
