@@ -147,3 +147,39 @@ fn readyz_is_ready_once_the_tables_are_read_and_not_before() {
     assert_eq!((kind.as_str(), body), ("application/json", json!({"ready": true})));
     assert!(poll_until(Duration::from_secs(10), || api.serves()), "{}", tail(&log, 30));
 }
+
+#[test]
+fn readyz_is_ready_when_retention_emptied_a_table_partition() {
+    use rdkafka::{
+        admin::{AdminClient, AdminOptions},
+        client::DefaultClientContext,
+        Offset, TopicPartitionList,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("api.log");
+    let prefix = format!("{}-", unique("readyz-emptied"));
+    let _topics = Topics(prefix.clone());
+    let names = ["campaigns", "stats", "campaign-events"].map(|t| format!("{prefix}herald.{t}"));
+    create_topics(&names.iter().map(|n| (n.as_str(), 2)).collect::<Vec<_>>());
+    // Campaign events written long ago, then deleted by retention: the partition's end is 3,
+    // and it holds no record.
+    let events = &names[2];
+    common::produce(events, (0..3).map(|i| ("c1".to_string(), format!("old-{i}").into_bytes())));
+    let mut everything = TopicPartitionList::new();
+    for partition in 0..2 {
+        everything.add_partition_offset(events, partition, Offset::End).unwrap();
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        common::kafka().client_config().create().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let deleted =
+        runtime.block_on(admin.delete_records(&everything, &AdminOptions::new())).unwrap();
+    let lows: Vec<i64> = deleted.elements().iter().filter_map(|e| e.offset().to_raw()).collect();
+    assert_eq!(lows.iter().sum::<i64>(), 3, "the records are gone: {deleted:?}");
+
+    let api = Api::start(&prefix, &common::kafka().brokers, dir.path());
+    let ready = |status: u16, _: &Value| status == 200;
+    let (_, _, body) = api.readyz_until(Duration::from_secs(90), ready, &log);
+    assert_eq!(body, json!({"ready": true}));
+    assert!(poll_until(Duration::from_secs(10), || api.serves()), "{}", tail(&log, 30));
+}
