@@ -130,6 +130,30 @@ fn a_daily_limit_of_1500_leased_over_8_shards_stays_exact_when_an_instance_is_ki
     assert_eq!(killed.events[0].details["sent"], DAILY.to_string());
 }
 
+/// Issue 13: a campaign throttle of 100 per 5 s over 8 shards on 2 instances, its windows'
+/// tokens granted by the home; one instance is killed (SIGKILL) once the first sends leave,
+/// while its shards hold tokens and users queue, and restarted: no 5-second window sends more
+/// than 100, and all 600 users get one command each.
+#[test]
+fn a_throttle_over_8_shards_stays_within_its_rate_when_an_instance_is_killed() {
+    const MAX: usize = 100;
+    const PER_MS: i64 = 5_000;
+    let rules =
+        "options: { ignore_global_caps: true, shards: 8, throttle: { max: 100, per: 5s } }\n";
+    let run = Pings { users: 600, first: 300, commands: 600, events: 0 };
+    let killed = pinged_with_a_kill("it-throttle", rules, run);
+
+    let users: BTreeSet<&str> = killed.commands.iter().map(|c| c.user_id.as_str()).collect();
+    assert_eq!(users.len(), 600, "every user\n{}", killed.log);
+    assert_eq!(killed.commands.len(), 600, "one command per user");
+    let mut windows: BTreeMap<i64, usize> = BTreeMap::new();
+    for command in &killed.commands {
+        *windows.entry(command.created_at_ms.div_euclid(PER_MS)).or_default() += 1;
+    }
+    assert!(windows.values().all(|sent| *sent <= MAX), "at most 100 a window: {windows:?}");
+    assert!(windows.len() >= 6, "600 at 100 a window take 6 windows at least: {windows:?}");
+}
+
 /// What a run of [`leased_with_a_kill`] sent and announced, and the engines' log tail.
 struct Killed {
     commands: Vec<SendCommand>,
@@ -143,20 +167,40 @@ struct Killed {
 /// it is restarted on its own state. Reads 1,500 commands and `events` lifecycle events, and
 /// deletes the topics.
 fn leased_with_a_kill(tag: &str, limits: &str, events: usize) -> Killed {
-    const USERS: usize = 4_000;
+    let rules =
+        format!("limits: {{ {limits} }}\noptions: {{ ignore_global_caps: true, shards: 8 }}\n");
+    let run = Pings { users: 4_000, first: 1_000, commands: 1_500, events };
+    pinged_with_a_kill(tag, &rules, run)
+}
+
+/// How [`pinged_with_a_kill`] runs: `users` in all, `first` of them ping before the kill;
+/// it reads `commands` commands and `events` lifecycle events.
+struct Pings {
+    users: usize,
+    first: usize,
+    commands: usize,
+    events: usize,
+}
+
+/// A triggered campaign `coupons` with `rules` (its YAML after `what`) on 8 campaign-flow
+/// partitions and 2 instances: `run.first` users ping, one instance is killed (SIGKILL) once
+/// the first sends leave, the other users ping while its tasks move, and it is restarted on its
+/// own state. Reads the commands and lifecycle events, and deletes the topics.
+fn pinged_with_a_kill(tag: &str, rules: &str, run: Pings) -> Killed {
+    let Pings { users, first, commands, events } = run;
     let prefix = format!("{}-", common::unique(tag));
     let app_id = common::unique(&format!("{tag}-app"));
     let dir = tempfile::tempdir().unwrap();
     let topic = |name: &str| format!("{prefix}herald.{name}");
     create_topics(&topic, 8);
     let yaml = format!(
-        "id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\nlimits: {{ {limits} }}\noptions: {{ ignore_global_caps: true, shards: 8 }}\n"
+        "id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\n{rules}"
     );
     apply(dir.path(), &topic("campaigns"), "coupons.yaml", &yaml);
     let now = common::now_ms();
     common::produce(
         &topic("profiles"),
-        (0..USERS).map(|i| common::profile(&format!("u{i}"), Platform::Android, now)),
+        (0..users).map(|i| common::profile(&format!("u{i}"), Platform::Android, now)),
     );
     let log = dir.path().join("engines.log");
     let spawn = |instance: &str| {
@@ -172,7 +216,7 @@ fn leased_with_a_kill(tag: &str, limits: &str, events: usize) -> Killed {
     };
     let mut a = spawn("a");
     let mut b = spawn("b");
-    wait_for_offsets(&format!("{app_id}-profiles-changelog"), USERS as i64, &log);
+    wait_for_offsets(&format!("{app_id}-profiles-changelog"), users as i64, &log);
     let registry = SchemaRegistry::builtin();
     let pings = |users: std::ops::Range<usize>| {
         common::produce(
@@ -192,18 +236,18 @@ fn leased_with_a_kill(tag: &str, limits: &str, events: usize) -> Killed {
             }),
         )
     };
-    // A first 1,000 (below the limit), then the kill once sends leave, then the other 3,000
-    // while the killed instance's tasks move, and its restart on its own state.
-    pings(0..1_000);
+    // A first part, then the kill once sends leave, then the others while the killed
+    // instance's tasks move, and its restart on its own state.
+    pings(0..first);
     wait_for_offsets(&topic("push"), 1, &log);
     common::kill_hard(b.take());
-    pings(1_000..USERS);
+    pings(first..users);
     b = spawn("b");
     let sends = common::read_committed(
         &topic("push"),
-        1_500,
+        commands,
         Duration::from_secs(10),
-        Duration::from_secs(60),
+        Duration::from_secs(90),
     );
     let events: Vec<CampaignLifecycleEvent> = common::read_committed(
         &topic("campaign-events"),

@@ -25,6 +25,18 @@ pub struct OutboxState {
     release_at: Option<i64>,
 }
 
+impl OutboxState {
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.head == self.tail
+    }
+
+    /// Items queued.
+    pub fn len(&self) -> u64 {
+        self.tail - self.head
+    }
+}
+
 /// What a release does with the queued items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drain {
@@ -92,14 +104,26 @@ impl Outbox<'_> {
         state: &mut OutboxState,
         item: &T,
     ) -> Result<(), ProcessError> {
-        ctx.store(self.store)?.put_as(&self.key(state.tail), item)?;
-        state.tail += 1;
+        self.push(ctx, state, item)?;
         if state.release_at.is_none() {
             let due = state.window_start.max(ctx.effective_ms() - self.throttle.per_ms)
                 + self.throttle.per_ms;
             state.release_at = Some(due);
             ctx.schedule(due, self.timer)?;
         }
+        Ok(())
+    }
+
+    /// Queues `item` behind the others and leaves the timing of its release to the owner (a
+    /// throttle over shards releases on window tokens, see `stage_campaign::tokens`).
+    pub fn push<T: Serialize>(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        state: &mut OutboxState,
+        item: &T,
+    ) -> Result<(), ProcessError> {
+        ctx.store(self.store)?.put_as(&self.key(state.tail), item)?;
+        state.tail += 1;
         Ok(())
     }
 
@@ -135,29 +159,38 @@ impl Outbox<'_> {
         ctx: &mut ProcessorContext<'_>,
         state: &mut OutboxState,
         at: i64,
-        mut each: impl FnMut(&mut ProcessorContext<'_>, T) -> Result<Leave<T>, ProcessError>,
+        each: impl FnMut(&mut ProcessorContext<'_>, T) -> Result<Leave<T>, ProcessError>,
     ) -> Result<(), ProcessError> {
         let at = at.max(ctx.effective_ms());
         state.release_at = None;
         state.window_start = at;
-        state.window_sent = 0;
-        let end = state.tail;
-        while state.head < end && state.window_sent < self.throttle.max {
+        state.window_sent = self.take(ctx, state, self.throttle.max, each)?;
+        self.reschedule(ctx, state, at)
+    }
+
+    /// Hands queued items, oldest first, to `each` until `max` were sent or each item queued
+    /// now was looked at once; returns how many were sent. Sets no timer.
+    pub fn take<T: Serialize + DeserializeOwned>(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        state: &mut OutboxState,
+        max: u64,
+        mut each: impl FnMut(&mut ProcessorContext<'_>, T) -> Result<Leave<T>, ProcessError>,
+    ) -> Result<u64, ProcessError> {
+        let (end, mut sent) = (state.tail, 0);
+        while state.head < end && sent < max {
             let key = self.key(state.head);
             let item = ctx.store(self.store)?.get_as::<T>(&key)?;
             ctx.store(self.store)?.delete(&key)?;
             state.head += 1;
             let Some(item) = item else { continue };
             match each(ctx, item)? {
-                Leave::Sent => state.window_sent += 1,
+                Leave::Sent => sent += 1,
                 Leave::Dropped => {}
-                Leave::Held(item) => {
-                    ctx.store(self.store)?.put_as(&self.key(state.tail), &item)?;
-                    state.tail += 1;
-                }
+                Leave::Held(item) => self.push(ctx, state, &item)?,
             }
         }
-        self.reschedule(ctx, state, at)
+        Ok(sent)
     }
 
     /// Sets the release timer for the next window while items wait.

@@ -443,24 +443,26 @@ fn a_total_lowered_above_what_was_sent_fills_exactly_to_the_new_limit() {
     assert_eq!(sent_at(&lifecycle, "LimitReached"), ["50"]);
 }
 
-/// Review finding s20/B: a total of 100 leased over 4 shards, 20 sent; a throttle added puts
-/// the campaign on its home alone (the shards still hold places), which sends up to the total;
-/// the throttle removed again: the shards spend nothing more (109 on the code before, the
-/// places they held all along; the finding added a daily limit, which is leased over the shards
-/// now).
+/// Review finding s20/B: a total of 100 leased over 4 shards, 20 sent; a second message in
+/// alternation puts the campaign on its home alone (the shards still hold places), which sends
+/// up to the total; back to one message: the shards spend nothing more (109 on the code before,
+/// the places they held all along; the finding added a daily limit, the test then a throttle,
+/// both shared out over the shards now).
 #[test]
 fn places_leased_before_a_spell_on_the_home_alone_are_not_spent_past_the_total() {
     let total = coupons("limits: { total: 100 }\n");
-    let throttled =
-        total.replace("{ shards: 4 }", "{ shards: 4, throttle: { max: 1000, per: 1s } }");
+    let alternating = total.replace(
+        "what: { title: t, body: b }",
+        "what: { variants: [{ id: A, title: t, body: a }, { id: B, title: t, body: b }] }",
+    );
     let edits = [
         (0, total.clone(), 0..20),
-        (20_000, throttled.clone(), 20..170),
+        (20_000, alternating.clone(), 20..170),
         (40_000, total, 170..220),
     ];
     let (sends, _) = replay(defined(220, &edits), T0 + 600_000, 0);
 
-    assert_eq!(spread(&throttled), 1, "on its home alone meanwhile");
+    assert_eq!(spread(&alternating), 1, "on its home alone meanwhile");
     assert_eq!(sent_users(&sends), (0..100).collect(), "the first 100 in order, then nobody");
 }
 

@@ -26,6 +26,10 @@ pub enum ShardReportKind {
     Returned,
     /// The shard gave back every place it held (a recount): its counts are exact as of now.
     Counted,
+    /// The shard asks for tokens of a window of the campaign throttle (`waiting`: users queued
+    /// beyond the tokens it holds) or gives back tokens it cannot use (`places`); `run_id` is
+    /// the window's start (epoch ms).
+    Tokens,
 }
 
 /// A shard tells its campaign's home where it is (keyed by campaign id).
@@ -97,6 +101,9 @@ pub enum ShardPlanKind {
     /// Give back every place held and report the exact counts (`Counted`): the total limit or
     /// the shards in effect changed.
     Recount,
+    /// `places` tokens of the campaign throttle's window starting at `run_id` (epoch ms) are
+    /// granted to the shard, of the throttle's `limit` (its `max`).
+    Tokens,
 }
 
 /// The home tells one shard what to do with a scheduled run (keyed by the shard's key).

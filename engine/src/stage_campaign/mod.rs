@@ -13,6 +13,7 @@ mod places;
 mod queue;
 mod runs;
 mod shards;
+mod tokens;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -110,6 +111,12 @@ struct CampaignState {
     /// Shard: its places of the total limit (see `leases`).
     #[serde(default)]
     lease: leases::ShardLease,
+    /// Shard: its tokens of the campaign throttle's window (see `tokens`).
+    #[serde(default)]
+    tokens: tokens::ShardTokens,
+    /// Home: the campaign throttle's window tokens granted to the shards (see `tokens`).
+    #[serde(default)]
+    token_pool: tokens::TokenPool,
     /// Home: every shard was given its first places (see `leases`).
     #[serde(default)]
     pre_leased: bool,
@@ -559,6 +566,9 @@ impl CampaignStage {
         commands: Vec<SendCommand>,
         at: i64,
     ) -> Result<(), ProcessError> {
+        if let Some(throttle) = Self::pooled(campaign) {
+            return self.dispatch_on_tokens(ctx, campaign, state, throttle, commands);
+        }
         let timer = timer_key(OUTBOX_TIMER, &state.key);
         let Some(outbox) = Self::outbox(campaign, &state.key, &timer) else {
             return self.send(ctx, campaign, state, &commands);
@@ -921,11 +931,19 @@ impl Processor for CampaignStage {
                 }
             }
             STATS_TIMER => state.stats_published_at = i64::MIN / 2, // publish in save below
-            // Released sends are timed when they leave (after downtime: now, not the due time).
-            OUTBOX_TIMER => {
-                let leaving = timer.at_ms.max(ctx.effective_ms());
-                self.release(ctx, &campaign, &mut state, leaving)?
-            }
+            // A throttle over shards releases on the window's tokens (see `tokens`); a paused
+            // or stopped campaign's outbox is held or dropped as on one task.
+            OUTBOX_TIMER => match Self::pooled(&campaign) {
+                Some(throttle) if campaign.status == CampaignStatus::Active => {
+                    self.release_on_tokens(ctx, &campaign, &mut state, throttle)?
+                }
+                // Released sends are timed when they leave (after downtime: now, not the due
+                // time).
+                _ => {
+                    let leaving = timer.at_ms.max(ctx.effective_ms());
+                    self.release(ctx, &campaign, &mut state, leaving)?
+                }
+            },
             HELD_TIMER => self.release_held(ctx, &campaign, &mut state)?,
             // The end of the recount wakes them.
             WAITING_TIMER if Self::holds_for_recount(&campaign, &state) => {}

@@ -137,7 +137,7 @@ impl CampaignStage {
     }
 
     /// Sends `report` (filled in by `fill`) from this shard to the campaign's home.
-    fn report(
+    pub(super) fn report(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
@@ -252,6 +252,10 @@ impl CampaignStage {
             state.sent += (report.sent - *counted) as u64;
             *counted = report.sent;
         }
+        if report.kind == ShardReportKind::Tokens {
+            self.on_token_report(ctx, &campaign, &mut state, &report)?;
+            return self.save(ctx, &campaign, &mut state);
+        }
         if matches!(
             report.kind,
             ShardReportKind::Demand | ShardReportKind::Returned | ShardReportKind::Counted
@@ -314,7 +318,8 @@ impl CampaignStage {
             ShardReportKind::Counters
             | ShardReportKind::Demand
             | ShardReportKind::Returned
-            | ShardReportKind::Counted => {}
+            | ShardReportKind::Counted
+            | ShardReportKind::Tokens => {}
         }
         state.run = Some(run);
         self.save(ctx, &campaign, &mut state)
@@ -446,6 +451,10 @@ impl CampaignStage {
             return Ok(());
         };
         let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign)?)?;
+        if plan.kind == ShardPlanKind::Tokens {
+            self.on_tokens(ctx, &campaign, &mut state, &plan)?;
+            return self.save(ctx, &campaign, &mut state);
+        }
         if plan.kind.is_lease() {
             self.on_lease_plan(ctx, &campaign, &mut state, &plan)?;
             return self.save(ctx, &campaign, &mut state);
@@ -477,7 +486,8 @@ impl CampaignStage {
             ShardPlanKind::Grant
             | ShardPlanKind::Recall
             | ShardPlanKind::Full
-            | ShardPlanKind::Recount => {}
+            | ShardPlanKind::Recount
+            | ShardPlanKind::Tokens => {}
             ShardPlanKind::Winner => {
                 if run.phase == RunPhase::AwaitingWinner && !super::is_held(&campaign) {
                     run.phase = RunPhase::Releasing;
