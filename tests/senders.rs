@@ -317,6 +317,62 @@ fn one_receipt_each(receipts: &[Receipt], count: usize) -> HashMap<String, Recei
     by_message
 }
 
+/// A sender's `/readyz` (issue 15): 503 until the group has given it its partitions, not
+/// merely once it subscribed; here a member of its group that stopped polling holds the
+/// rebalance up, then leaves.
+#[test]
+fn a_sender_is_ready_once_the_group_gives_it_its_partitions() {
+    let setup = Setup::new("sender-ready", 2, &[]);
+    let push = setup.topic("push");
+    // A member of the senders' group that took both partitions and polls no more: a newcomer's
+    // join waits for it to rejoin, which it does not do without polling.
+    let holder: BaseConsumer = common::kafka()
+        .client_config()
+        .set("group.id", format!("{}senders", setup.prefix))
+        .set("max.poll.interval.ms", "300000")
+        .create()
+        .unwrap();
+    holder.subscribe(&[&push]).unwrap();
+    let holds = common::poll_until(Duration::from_secs(60), || {
+        holder.poll(Duration::from_millis(100));
+        holder.assignment().is_ok_and(|assigned| assigned.count() == 2)
+    });
+    assert!(holds, "the holder got no partitions");
+
+    let config = setup.sender_config(&setup.token_auth(None), "");
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let _sender = setup.spawn_sender_with(&config, "s1", &["--metrics-addr", &metrics]);
+    let log = setup.path("sender-s1.log");
+    let readyz = || {
+        std::net::TcpStream::connect(&metrics).ok()?;
+        let (status, body) = common::http_get(&metrics, "/readyz");
+        Some((status, serde_json::from_str::<serde_json::Value>(&body).ok()?))
+    };
+    let mut last = None;
+    let waiting = common::poll_until(Duration::from_secs(60), || {
+        last = readyz();
+        last.as_ref().is_some_and(|(status, body)| {
+            *status == 503
+                && body["reason"].as_str().is_some_and(|r| r.contains("waiting for its partitions"))
+        })
+    });
+    assert!(waiting, "/readyz answered {last:?}\n{}", common::tail(&log, 20));
+    let reason = last.as_ref().unwrap().1["reason"].as_str().unwrap().to_string();
+    assert_eq!(
+        reason,
+        format!("joining the group {}senders on {push}: waiting for its partitions", setup.prefix)
+    );
+
+    // The holder leaves the group: the sender gets the partitions, and is ready.
+    drop(holder);
+    let ready = common::poll_until(Duration::from_secs(90), || {
+        last = readyz();
+        last.as_ref().is_some_and(|(status, _)| *status == 200)
+    });
+    assert!(ready, "/readyz answered {last:?}\n{}", common::tail(&log, 20));
+    assert_eq!(last.unwrap().1, serde_json::json!({"ready": true}));
+}
+
 #[test]
 fn twenty_thousand_commands_two_senders_5_percent_503_1_percent_unregistered() {
     const COUNT: usize = 20_000;

@@ -1,15 +1,17 @@
 //! `herald api`: the admin HTTP API (`docs/api.md`).
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
 use herald_engine::{
     api::{
         self, ApiConfig, ApiHealth, ApiState, RateLimit, Tokens, AUDIT_TOPIC, DEFAULT_BODY_LIMIT,
+        DEFAULT_BROKERS_DOWN_AFTER,
     },
     kafka::KafkaConfig,
     model::topics::TopicNames,
+    runtime::ShutdownFlag,
 };
 
 #[derive(Debug, Args)]
@@ -41,6 +43,10 @@ pub struct ApiArgs {
     /// the brokers do not answer or the campaigns, segments, stats and events are not read
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Seconds the brokers may not answer before a started API says it is not ready (a shorter
+    /// outage leaves /readyz as it was, so one slow answer does not take every replica out)
+    #[arg(long, default_value_t = DEFAULT_BROKERS_DOWN_AFTER.as_secs())]
+    brokers_down_after: u64,
 }
 
 fn tokens(args: &ApiArgs) -> anyhow::Result<Tokens> {
@@ -67,31 +73,44 @@ pub fn run(kafka: &KafkaConfig, args: ApiArgs) -> anyhow::Result<ExitCode> {
         body_limit: args.body_limit,
         rate_limit: RateLimit { burst: args.rate_burst, per_second: args.rate_per_second },
         settings_path: args.settings,
+        brokers_down_after: Duration::from_secs(args.brokers_down_after),
+    };
+    // Signals first: as PID 1 in a container, a SIGTERM not handled is ignored, and the
+    // start-up may wait for the brokers for as long as they are away.
+    let shutdown = ShutdownFlag::on_signals()?;
+    let stopped = move || {
+        let shutdown = shutdown.clone();
+        async move {
+            while !shutdown.requested() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         // Health first: /readyz says why the API cannot serve while it waits for the brokers.
         let health = ApiHealth::new();
         if let Some(addr) = args.metrics_addr {
             let bound = health.serve(addr).with_context(|| format!("serving metrics on {addr}"))?;
             tracing::info!(address = %bound, "herald api serving /metrics, /healthz, /readyz");
         }
-        let state = tokio::task::spawn_blocking(move || ApiState::start(config, health)).await??;
+        let start = tokio::task::spawn_blocking(move || ApiState::start(config, health));
+        let state = tokio::select! {
+            state = start => state??,
+            () = stopped() => {
+                tracing::info!("stopping on a signal (SIGTERM, SIGINT or SIGUSR1) during start-up");
+                return anyhow::Ok(());
+            }
+        };
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         tracing::info!(address = %listener.local_addr()?, "herald api listening");
-        api::serve(listener, state, async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        })
-        .await?;
+        api::serve(listener, state, stopped()).await?;
         anyhow::Ok(())
-    })?;
+    });
+    // A start-up cut short leaves its thread waiting for the brokers: do not wait for it.
+    runtime.shutdown_background();
+    served?;
     Ok(ExitCode::SUCCESS)
 }

@@ -24,7 +24,7 @@ pub use audit::AuditRecord;
 pub use auth::{Caller, RateLimit, Role, TokenError, Tokens};
 pub use error::{ApiError, ErrorBody, FieldProblem};
 pub use metrics::ApiMetrics;
-pub use ready::{ApiHealth, CHECK_EVERY};
+pub use ready::{ApiHealth, CHECK_EVERY, DEFAULT_BROKERS_DOWN_AFTER};
 pub use router::{openapi, router};
 pub use table::{Row, SegmentText, Table};
 
@@ -57,6 +57,8 @@ pub struct ApiConfig {
     pub rate_limit: RateLimit,
     /// The app settings file the engine reads, if the API may show and change it.
     pub settings_path: Option<PathBuf>,
+    /// How long the brokers may not answer before a started API is not ready.
+    pub brokers_down_after: Duration,
 }
 
 /// What every handler shares: configuration, the followed topics, a producer.
@@ -127,7 +129,7 @@ impl ApiState {
     /// ready meanwhile; then `health` follows the brokers and the tables. Call it from a
     /// blocking thread of a tokio runtime.
     pub fn start(config: ApiConfig, health: ApiHealth) -> Result<Self, ApiError> {
-        let probe = ready::Probe::new(&config.kafka)?;
+        let probe = ready::Probe::new(&config.kafka, config.brokers_down_after)?;
         let Tables { campaigns, stats, events, segments } = loop {
             probe.wait_for_brokers(&config.topics.campaigns, &health);
             match Tables::read(&config, &health) {

@@ -14,6 +14,7 @@ use std::{
 
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
+    error::KafkaError,
     Message, Offset, TopicPartitionList,
 };
 use tokio::sync::broadcast;
@@ -47,6 +48,9 @@ impl Row for SegmentText {
     }
 }
 
+/// How long a table's client may take to refresh its metadata for partitions added.
+const WAIT_METADATA: Duration = Duration::from_secs(2);
+
 /// Changed keys kept for a slow listener.
 const CHANGES_BUFFERED: usize = 1_024;
 
@@ -61,10 +65,14 @@ struct Shared<R> {
     changes: broadcast::Sender<String>,
 }
 
-/// The latest `R`s per key of one topic, kept up to date while it lives.
+/// The latest `R`s per key of one topic, kept up to date while it lives. Partitions added to
+/// the topic later are read from their beginning once [`Followed::follow_new`] is told of them
+/// (the API's readiness check does, every [`super::CHECK_EVERY`]).
 pub struct Table<R> {
     topic: String,
     shared: Arc<Shared<R>>,
+    /// The reading thread's consumer, shared to assign partitions added to the topic.
+    consumer: Arc<BaseConsumer>,
 }
 
 impl<R> Drop for Table<R> {
@@ -90,12 +98,13 @@ impl<R: Row + Clone + Send + Sync + 'static> Table<R> {
         let failed = |what: &str, e: &dyn std::fmt::Display| {
             ApiError::Internal(format!("following {topic}: {what}: {e}"))
         };
-        let consumer: BaseConsumer = kafka
+        let consumer: Arc<BaseConsumer> = kafka
             .client_config()
             .set("group.id", "herald-api")
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .create()
+            .map(Arc::new)
             .map_err(|e| failed("creating the consumer", &e))?;
         // A topic just created may not have its leaders yet: ask again until `wait` is spent.
         let deadline = Instant::now() + wait;
@@ -120,13 +129,13 @@ impl<R: Row + Clone + Send + Sync + 'static> Table<R> {
             stop: AtomicBool::new(false),
             changes: broadcast::channel(CHANGES_BUFFERED).0,
         });
-        let thread_shared = shared.clone();
+        let (thread_shared, thread_consumer) = (shared.clone(), consumer.clone());
         let thread_topic = topic.to_string();
         std::thread::Builder::new()
             .name(format!("api-{topic}"))
-            .spawn(move || read(consumer, &thread_topic, &thread_shared))
+            .spawn(move || read(&thread_consumer, &thread_topic, &thread_shared))
             .map_err(|e| failed("starting its thread", &e))?;
-        let table = Self { topic: topic.to_string(), shared };
+        let table = Self { topic: topic.to_string(), shared, consumer };
         while !table.reached(&ends) {
             if Instant::now() >= deadline {
                 return Err(ApiError::Internal(format!("{topic} not read to its end in {wait:?}")));
@@ -200,6 +209,9 @@ pub(super) trait Followed {
     /// A partition not yet read up to its offset in `ends`: (partition, next offset to read,
     /// end), or none.
     fn behind(&self, ends: &HashMap<i32, i64>) -> Option<(i32, i64, i64)>;
+    /// Starts reading, from their beginning, the partitions of `ends` not read yet (added to
+    /// the topic since the table started).
+    fn follow_new(&self, ends: &HashMap<i32, i64>) -> Result<(), ApiError>;
 }
 
 impl<R> Followed for Table<R> {
@@ -213,6 +225,31 @@ impl<R> Followed for Table<R> {
             let at = positions.get(&partition).copied().unwrap_or(0);
             (at < end).then_some((partition, at, end))
         })
+    }
+
+    fn follow_new(&self, ends: &HashMap<i32, i64>) -> Result<(), ApiError> {
+        let failed =
+            |e: KafkaError| ApiError::Internal(format!("following {}: assigning: {e}", self.topic));
+        let mut positions = self.shared.positions.lock().expect("table lock");
+        let mut added = TopicPartitionList::new();
+        for &partition in ends.keys().filter(|p| !positions.contains_key(p)) {
+            added
+                .add_partition_offset(&self.topic, partition, Offset::Beginning)
+                .map_err(failed)?;
+        }
+        if added.count() == 0 {
+            return Ok(());
+        }
+        // The reading client's own metadata may not list the new partitions yet: ask it, so
+        // it fetches from them at once rather than at its next periodic refresh.
+        if let Err(error) = self.consumer.fetch_metadata(Some(&self.topic), WAIT_METADATA) {
+            tracing::warn!(topic = %self.topic, %error, "refreshing metadata for new partitions");
+        }
+        self.consumer.incremental_assign(&added).map_err(failed)?;
+        let partitions: Vec<i32> = added.elements().iter().map(|e| e.partition()).collect();
+        tracing::info!(topic = %self.topic, ?partitions, "reading partitions added to the topic");
+        positions.extend(partitions.into_iter().map(|partition| (partition, 0)));
+        Ok(())
     }
 }
 
@@ -251,7 +288,7 @@ pub(super) fn ends(
 }
 
 /// The consumer's loop: until the table is dropped.
-fn read<R: Row>(consumer: BaseConsumer, topic: &str, shared: &Shared<R>) {
+fn read<R: Row>(consumer: &BaseConsumer, topic: &str, shared: &Shared<R>) {
     while !shared.stop.load(Ordering::Relaxed) {
         let Some(result) = consumer.poll(Duration::from_millis(100)) else {
             // Past transaction markers and aborted records the position moves with no message.

@@ -1,6 +1,9 @@
 //! `topics apply`: create a topology's missing topics and report how existing ones differ.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication},
@@ -50,6 +53,20 @@ pub enum AdminError {
         /// Broker error code.
         code: RDKafkaErrorCode,
     },
+    /// A topic being created exists with another partition count than the topology's (another
+    /// client created it first): a configuration to resolve, not something to wait for.
+    #[error(
+        "topic {topic} exists with {found} partitions, but the topology has {expected}: \
+         delete it or change the topology"
+    )]
+    PartitionsDiffer {
+        /// Topic name.
+        topic: String,
+        /// Partitions in the topology.
+        expected: i32,
+        /// Partitions on the broker.
+        found: usize,
+    },
     /// Topics were created but the broker did not list them, every partition with a leader,
     /// within the admin timeout.
     #[error("created topics not yet served by {brokers} after {waited:?}: {topics}")]
@@ -63,6 +80,50 @@ pub enum AdminError {
     },
 }
 
+/// What the broker's metadata shows of a topic: its partitions, and whether each has a leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Listed {
+    partitions: usize,
+    led: bool,
+}
+
+/// The topics the broker lists without error, by name, asked within `timeout`.
+fn listed(
+    admin: &AdminClient<DefaultClientContext>,
+    timeout: Duration,
+) -> Result<HashMap<String, Listed>, KafkaError> {
+    let metadata = admin.inner().fetch_metadata(None, timeout)?;
+    let listed = metadata.topics().iter().filter(|topic| topic.error().is_none()).map(|topic| {
+        let partitions = topic.partitions();
+        let led = partitions.iter().all(|p| p.error().is_none() && p.leader() >= 0);
+        (topic.name().to_string(), Listed { partitions: partitions.len(), led })
+    });
+    Ok(listed.collect())
+}
+
+/// The names of the topics of `created` that `listed` does not show served (listed with every
+/// partition led), or the first listed with another partition count than its spec.
+fn unserved<'a>(
+    created: &[&'a TopicSpec],
+    listed: &HashMap<String, Listed>,
+) -> Result<Vec<&'a str>, AdminError> {
+    let mut waiting = Vec::new();
+    for spec in created {
+        match listed.get(&spec.name) {
+            Some(topic) if topic.partitions != spec.partitions as usize => {
+                return Err(AdminError::PartitionsDiffer {
+                    topic: spec.name.clone(),
+                    expected: spec.partitions,
+                    found: topic.partitions,
+                })
+            }
+            Some(Listed { led: true, .. }) => {}
+            _ => waiting.push(spec.name.as_str()),
+        }
+    }
+    Ok(waiting)
+}
+
 /// Waits until the broker lists every topic of `created` with all its partitions led: a
 /// creation is acknowledged by the controller before the broker's metadata serves it, and a
 /// client started right after (the engine checking its topics, a producer) would find the
@@ -72,32 +133,36 @@ async fn await_served(
     brokers: &str,
     created: &[&TopicSpec],
 ) -> Result<(), AdminError> {
-    let started = std::time::Instant::now();
+    await_listed(|timeout| listed(admin, timeout), brokers, created, ADMIN_TIMEOUT).await
+}
+
+/// [`await_served`] on what `fetch` lists (asked within the time left), for `within`: a
+/// failed fetch is asked again until then; a topic listed with another partition count than
+/// its spec ends the wait at once.
+async fn await_listed(
+    mut fetch: impl FnMut(Duration) -> Result<HashMap<String, Listed>, KafkaError>,
+    brokers: &str,
+    created: &[&TopicSpec],
+    within: Duration,
+) -> Result<(), AdminError> {
+    let started = Instant::now();
     loop {
-        let metadata = admin
-            .inner()
-            .fetch_metadata(None, ADMIN_TIMEOUT)
-            .map_err(|source| AdminError::Kafka { brokers: brokers.to_string(), source })?;
-        let served = |spec: &&TopicSpec| {
-            metadata.topics().iter().any(|topic| {
-                topic.name() == spec.name
-                    && topic.error().is_none()
-                    && topic.partitions().len() == spec.partitions as usize
-                    && topic.partitions().iter().all(|p| p.error().is_none() && p.leader() >= 0)
-            })
+        let left = within.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
+        let failure = match fetch(left) {
+            Ok(listed) => match unserved(created, &listed)? {
+                waiting if waiting.is_empty() => return Ok(()),
+                waiting => AdminError::NotServed {
+                    brokers: brokers.to_string(),
+                    waited: started.elapsed(),
+                    topics: waiting.join(", "),
+                },
+            },
+            Err(source) => AdminError::Kafka { brokers: brokers.to_string(), source },
         };
-        let waiting: Vec<&str> =
-            created.iter().filter(|spec| !served(spec)).map(|spec| spec.name.as_str()).collect();
-        if waiting.is_empty() {
-            return Ok(());
+        if started.elapsed() >= within {
+            return Err(failure);
         }
-        if started.elapsed() >= ADMIN_TIMEOUT {
-            return Err(AdminError::NotServed {
-                brokers: brokers.to_string(),
-                waited: started.elapsed(),
-                topics: waiting.join(", "),
-            });
-        }
+        tracing::debug!(%failure, "asking for the created topics again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -280,4 +345,98 @@ pub async fn delete_topics_with_prefix(
         }
     }
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::topology::CleanupPolicy;
+
+    fn spec(name: &str, partitions: i32) -> TopicSpec {
+        TopicSpec {
+            name: name.to_string(),
+            partitions,
+            cleanup_policy: CleanupPolicy::Delete,
+            retention_ms: None,
+            description: String::new(),
+            configs: Default::default(),
+        }
+    }
+
+    fn listing(topics: &[(&str, usize, bool)]) -> HashMap<String, Listed> {
+        topics
+            .iter()
+            .map(|&(name, partitions, led)| (name.into(), Listed { partitions, led }))
+            .collect()
+    }
+
+    const TIMED_OUT: KafkaError = KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut);
+
+    #[tokio::test]
+    async fn a_topic_with_another_partition_count_is_named_at_once() {
+        let (events, push) = (spec("events", 3), spec("push", 8));
+        let asked = Cell::new(0);
+        let fetch = |_| {
+            asked.set(asked.get() + 1);
+            Ok(listing(&[("events", 3, true), ("push", 4, true)]))
+        };
+        let error = await_listed(fetch, "b:9092", &[&events, &push], Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, AdminError::PartitionsDiffer { topic, expected: 8, found: 4 } if topic == "push"),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "topic push exists with 4 partitions, but the topology has 8: delete it or change \
+             the topology"
+        );
+        assert_eq!(asked.get(), 1, "asked once, not waited for");
+    }
+
+    #[tokio::test]
+    async fn a_failed_fetch_is_asked_again_until_the_topics_are_served() {
+        let events = spec("events", 2);
+        let answers = std::cell::RefCell::new(vec![
+            Ok(listing(&[("events", 2, true)])),
+            Ok(listing(&[("events", 2, false)])),
+            Err(TIMED_OUT),
+            Ok(listing(&[])),
+            Err(TIMED_OUT),
+        ]);
+        let fetch = |_| answers.borrow_mut().pop().unwrap();
+        await_listed(fetch, "b:9092", &[&events], Duration::from_secs(60)).await.unwrap();
+        assert!(answers.borrow().is_empty(), "every answer was asked for");
+    }
+
+    #[tokio::test]
+    async fn brokers_failing_until_the_deadline_give_their_error() {
+        let events = spec("events", 2);
+        let asked = Cell::new(0);
+        let fetch = |_| {
+            asked.set(asked.get() + 1);
+            Err(TIMED_OUT)
+        };
+        let error = await_listed(fetch, "b:9092", &[&events], Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, AdminError::Kafka { .. }), "{error:?}");
+        assert!(asked.get() > 1, "asked again before the deadline: {}", asked.get());
+    }
+
+    #[tokio::test]
+    async fn topics_not_led_by_the_deadline_are_named() {
+        let (events, push) = (spec("events", 2), spec("push", 2));
+        let fetch = |_| Ok(listing(&[("events", 2, true), ("push", 2, false)]));
+        let error = await_listed(fetch, "b:9092", &[&events, &push], Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, AdminError::NotServed { topics, .. } if topics == "push"),
+            "{error:?}"
+        );
+    }
 }

@@ -163,8 +163,8 @@ pub fn run(
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| SenderError::Setup(format!("starting the async runtime: {e}")))?;
     let metrics = Arc::new(SenderMetrics::new());
-    // Not ready (`/readyz` says why) until its consumer is subscribed, nor while a new one
-    // replaces a dead one.
+    // Not ready (`/readyz` says why) until the group has given its consumer its partitions,
+    // nor while a new one replaces a dead one.
     let readiness = Arc::new(Mutex::new(Readiness::NotReady(
         "starting: creating the intents topic, opening the dedup store".to_string(),
     )));
@@ -206,6 +206,7 @@ pub fn run(
             window,
         },
         metrics: Arc::clone(&metrics),
+        readiness: Arc::clone(&readiness),
     };
     let producer: FutureProducer = options
         .kafka
@@ -229,7 +230,10 @@ pub fn run(
     let mut rebuilt: Option<std::time::Instant> = None;
     loop {
         let consumer = subscribe(&options, context())?;
-        set_readiness(Readiness::Ready);
+        set_readiness(Readiness::NotReady(format!(
+            "joining the group {} on {}: waiting for its partitions",
+            options.group, options.push_topic
+        )));
         tracing::info!(group = %options.group, instance = %options.instance_id, topic = %options.push_topic, "sender started");
         let Err(fatal) = serve(&runtime, &shared, &consumer, &backlog, &options, &shutdown) else {
             tracing::info!("stopping on a signal (SIGTERM, SIGINT or SIGUSR1): waiting for requests in flight (not for parked commands)");

@@ -18,6 +18,7 @@ use super::{
     backlog::Backlog, dedup::DedupStore, metrics::SenderMetrics, progress::Progress,
     takeover::Takeover, Tasks,
 };
+use crate::runtime::Readiness;
 
 /// How long a revocation waits for requests in flight.
 pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,6 +33,10 @@ pub(super) struct SenderContext {
     pub dedup: Arc<DedupStore>,
     pub takeover: Takeover,
     pub metrics: Arc<SenderMetrics>,
+    /// The sender's `/readyz`: ready once the group has given this member its partitions
+    /// (none, too, with more senders than partitions) and it has learnt what their previous
+    /// owner sent.
+    pub readiness: Arc<Mutex<Readiness>>,
 }
 
 impl rdkafka::ClientContext for SenderContext {
@@ -90,6 +95,7 @@ impl ConsumerContext for SenderContext {
         let Rebalance::Assign(assigned) = rebalance else { return };
         let partitions: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
         if partitions.is_empty() {
+            self.ready();
             return;
         }
         // A partition paused for its backlog before it was revoked starts unpaused.
@@ -108,6 +114,7 @@ impl ConsumerContext for SenderContext {
                         interrupted = learnt.interrupted,
                         "partitions assigned; learnt what was sent from them"
                     );
+                    self.ready();
                     return;
                 }
                 Err(error) => {
@@ -116,6 +123,17 @@ impl ConsumerContext for SenderContext {
                     backoff = (backoff * 2).min(MAX_TAKEOVER_BACKOFF);
                 }
             }
+        }
+    }
+}
+
+impl SenderContext {
+    /// The group has given this member its partitions: the sender is ready.
+    fn ready(&self) {
+        let mut readiness = self.readiness.lock().expect("readiness lock");
+        if *readiness != Readiness::Ready {
+            tracing::info!("sender ready: the group gave it its partitions");
+            *readiness = Readiness::Ready;
         }
     }
 }
