@@ -609,3 +609,53 @@ fn a_daily_limit_added_mid_day_counts_the_sends_made_that_day_before_it() {
     assert_eq!(users.len(), 40, "exactly the daily limit that day");
     assert_eq!(daily_limits_reached(&lifecycle).len(), 1);
 }
+
+/// The coupons campaign over 4 shards, with two variants in alternation (which keeps it at
+/// home) or one message.
+fn coupons_alternating(alternating: bool) -> String {
+    let what = if alternating {
+        "{ variants: [{ id: A, title: t, body: a }, { id: B, title: t, body: b }] }"
+    } else {
+        "{ id: A, title: t, body: a }"
+    };
+    format!("id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {what}\noptions: {{ shards: 4 }}\n")
+}
+
+/// Users 0..8 ping (occurrences `ping-u<i>`) with the campaign as `before`; an hour later the
+/// campaign is `after`; two days later (past the user stage's one-day de-duplication window,
+/// within the campaign stage's 8-day memory of occurrences sent) the producer re-sends the
+/// same 8 events. Returns the sends.
+fn repeated_after_a_move(before: &str, after: &str) -> Vec<SendCommand> {
+    const HOUR: i64 = 3_600_000;
+    let mut input: Vec<_> = profiles(0, 8, T0).collect();
+    input.push(define("coupons", before, T0));
+    input.extend(events("Ping", "ping", 0, 8, T0 + 10_000));
+    input.push(define("coupons", after, T0 + HOUR));
+    input.extend(events("Ping", "ping", 0, 8, T0 + 48 * HOUR)); // the same event ids again
+    input.extend(events("Other", "later", 0, 1, T0 + 49 * HOUR));
+    replay(input, T0 + 50 * HOUR, 0).0
+}
+
+/// Brief s23/I10 item 3 (806ebce remembers each trigger occurrence sent, per place): an
+/// occurrence sent from a user's shard and re-delivered after an edit (a second variant, in
+/// alternation) moved the campaign to its home is the same occurrence: one command per user,
+/// none twice.
+#[test]
+fn an_occurrence_sent_from_a_shard_is_not_sent_again_after_the_campaign_moved_home() {
+    let (sharded, home) = (coupons_alternating(false), coupons_alternating(true));
+    assert_eq!((spread(&sharded), spread(&home)), (4, 1));
+    let sends = repeated_after_a_move(&sharded, &home);
+    let ids: BTreeSet<&str> = sends.iter().map(|s| s.message_id.as_str()).collect();
+    assert_eq!(ids.len(), sends.len(), "no message id twice: {:?}", sent_users(&sends));
+    assert_eq!(sent_users(&sends), (0..8).collect(), "each user once");
+}
+
+/// The other way: sent from the campaign's home (two variants), re-delivered after an edit
+/// removed the second variant and spread the campaign over its 4 shards.
+#[test]
+fn an_occurrence_sent_from_the_home_is_not_sent_again_after_the_campaign_spread_over_shards() {
+    let sends = repeated_after_a_move(&coupons_alternating(true), &coupons_alternating(false));
+    let ids: BTreeSet<&str> = sends.iter().map(|s| s.message_id.as_str()).collect();
+    assert_eq!(ids.len(), sends.len(), "no message id twice: {:?}", sent_users(&sends));
+    assert_eq!(sent_users(&sends), (0..8).collect(), "each user once");
+}

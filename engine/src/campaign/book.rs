@@ -65,7 +65,8 @@ impl CampaignBook {
     }
 }
 
-fn compile(value: &[u8]) -> Result<Campaign, String> {
+/// Compiles one value of the campaigns table (an envelope) into its campaign.
+pub(crate) fn compile(value: &[u8]) -> Result<Campaign, String> {
     let envelope: CampaignEnvelope =
         SchemaRegistry::builtin().decode(value).map_err(|e| e.to_string())?;
     admin::compile(&envelope)

@@ -14,6 +14,7 @@ mod segment;
 pub mod shards;
 pub mod test_send;
 
+pub(crate) use book::compile as compile_table_value;
 pub use book::{CampaignBook, CampaignCache, CAMPAIGNS_TABLE};
 pub use filter::{time_ms, ProfileView, Scalar};
 pub use model::{

@@ -128,6 +128,16 @@ impl UserLocal {
     /// The timezone whose local times start user-local runs: the first to reach any time.
     pub const RUN_ZONE: Tz = chrono_tz::Etc::GMTMinus14;
 
+    /// How long after a run starts its last users' local time may come, milliseconds: 26 hours
+    /// at the run's time (UTC+14 to UTC−12), 50 at a best hour (from midnight in UTC+14).
+    pub fn span_ms(&self) -> i64 {
+        let hours = match self {
+            Self::RunTime { .. } => 26,
+            Self::BestHour { .. } => 50,
+        };
+        hours * 3_600_000
+    }
+
     /// When a user in `user_tz` gets the run due at `run_at_ms`, seen at `now_ms`;
     /// `best_hour`: the user's most active local hour, if any (read by `BestHour` only).
     pub fn send(

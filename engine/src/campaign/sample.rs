@@ -21,6 +21,13 @@ pub fn samples(campaign: &Campaign) -> bool {
     campaign.limits.per_run.is_some() || matches!(campaign.assignment, Assignment::AbTest(_))
 }
 
+/// Whether a scheduled run of `campaign` holds places for users who come later, at their local
+/// time (`timezone: user` or `best` with a per-run limit or an A/B test): it selects them at
+/// its release from their [`reservation`]s, and passes a place on when its user does not come.
+pub fn reserves(campaign: &Campaign) -> bool {
+    campaign.user_local().is_some() && samples(campaign)
+}
+
 /// A reservation: the place in `run` of a user who qualified at the run's scan and waits for
 /// their local time (`timezone: user`) until `local_ms`. Sent to the campaign stage at the scan,
 /// so the run's sample is taken over all its users, whatever their timezone; it carries no

@@ -6,7 +6,8 @@
 use super::{sample, Assignment, Campaign, Trigger};
 use crate::{
     model::{
-        scheduled_run_time, Candidate, Engagement, RunTally, SendCommand, SendConfirmed, Skip,
+        is_triggered_run, scheduled_run_time, Candidate, Engagement, RunTally, SendCommand,
+        SendConfirmed, Skip,
     },
     runtime::partition_for,
     settings::Settings,
@@ -129,6 +130,11 @@ pub trait FlowRecord {
     fn run(&self) -> Option<&str> {
         None
     }
+
+    /// The campaign-flow key of this record about `campaign` (see [`flow_key`]).
+    fn route(&self, campaign: &Campaign, settings: &Settings) -> String {
+        flow_key(campaign, settings, self.user(), self.run())
+    }
 }
 
 impl FlowRecord for Candidate {
@@ -138,6 +144,19 @@ impl FlowRecord for Candidate {
 
     fn run(&self) -> Option<&str> {
         Some(&self.run_id)
+    }
+
+    /// A trigger occurrence goes to its user's shard among the campaign's `options.shards` also
+    /// while the campaign's rules keep it at home: the shard remembers the occurrence and
+    /// passes it home (see `stage_campaign::occurrences`), so it is remembered at one place
+    /// whichever place sends it, before and after an edit moves the campaign.
+    fn route(&self, campaign: &Campaign, settings: &Settings) -> String {
+        match campaign.options.shards {
+            shards if shards > 1 && is_triggered_run(&self.run_id) => {
+                key(&campaign.id, of_user(&self.user_id, shards))
+            }
+            _ => flow_key(campaign, settings, self.user(), self.run()),
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use super::{timer_key, CampaignStage, HELD_TIMER, RUN_TIMER, WAITING_TIMER};
+use super::{timer_key, CampaignStage, CampaignState, HELD_TIMER, RUN_TIMER, WAITING_TIMER};
 use crate::{
     campaign::{shards as campaign_shards, Campaign, CampaignStatus},
     model::LifecycleKind,
@@ -49,6 +49,9 @@ impl CampaignStage {
             })
             .filter(|(_, key)| ctx.owns_key(key.as_bytes()))
             .collect();
+        if edited {
+            self.keep_definitions(ctx, &owned)?;
+        }
         for (campaign, key) in owned {
             let mut state = self.load(ctx, &campaign, &key)?;
             let home = !state.is_shard(&campaign);
@@ -65,19 +68,8 @@ impl CampaignStage {
                 if let Some(kind) = kind.filter(|_| home) {
                     self.lifecycle(ctx, &campaign, kind, BTreeMap::new())?;
                 }
-                // What the pause held continues (or, stopped, drains as `stopped`): a scheduled
-                // run, and candidates that were on the flow when the pause came.
                 if matches!(kind, Some(LifecycleKind::Resumed | LifecycleKind::Stopped)) {
-                    if state.run.is_some() || state.ab_test.waits() {
-                        ctx.schedule(now, &timer_key(RUN_TIMER, &key))?;
-                    }
-                    if state.held_seq > 0 {
-                        ctx.schedule(now, &timer_key(HELD_TIMER, &key))?;
-                    }
-                    // Stopped: those waiting for a place are counted `stopped`.
-                    if state.waiting > 0 {
-                        ctx.schedule(now, &timer_key(WAITING_TIMER, &key))?;
-                    }
+                    self.wake_held(ctx, &state, now)?;
                 }
                 state.announced_status = Some(campaign.status);
                 changed = true;
@@ -103,6 +95,27 @@ impl CampaignStage {
             if changed {
                 self.save(ctx, &campaign, &mut state)?;
             }
+        }
+        Ok(())
+    }
+
+    /// A campaign place's held work continues after a resume, or drains after a stop or a
+    /// deletion (counted `stopped` or `deleted`): a scheduled run, candidates that were on the
+    /// flow when the pause came, and (stopped) those waiting for a place.
+    pub(super) fn wake_held(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        state: &CampaignState,
+        now: i64,
+    ) -> Result<(), ProcessError> {
+        if state.run.is_some() || state.ab_test.waits() {
+            ctx.schedule(now, &timer_key(RUN_TIMER, &state.key))?;
+        }
+        if state.held_seq > 0 {
+            ctx.schedule(now, &timer_key(HELD_TIMER, &state.key))?;
+        }
+        if state.waiting > 0 {
+            ctx.schedule(now, &timer_key(WAITING_TIMER, &state.key))?;
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! Scheduled runs (safety check, per-run limit, A/B test population) are decided in `runs`.
 
 pub mod ab;
+mod deleted;
 mod held;
 mod leases;
 mod lifecycle;
@@ -13,6 +14,7 @@ mod places;
 mod queue;
 mod runs;
 mod shards;
+mod standby;
 mod tokens;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -81,6 +83,7 @@ pub fn add_campaign_stage(
                 .store(IN_FLIGHT)
                 .store(WAITING)
                 .store(occurrences::OCCURRENCES)
+                .store(deleted::DEFINITIONS)
                 .sink(&topics.push)
                 .sink(&topics.campaign_flow)
                 .sink(&topics.app_throttle)
@@ -156,6 +159,10 @@ struct CampaignState {
     /// The latest scheduled run.
     #[serde(default)]
     run: Option<runs::RunState>,
+    /// Earlier runs, replaced by a newer one while holding places for users still to come, kept
+    /// until their windows close (see `standby`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    earlier: Vec<runs::RunState>,
     /// The status last announced as a lifecycle event (see `lifecycle`).
     #[serde(default)]
     announced_status: Option<CampaignStatus>,
@@ -183,6 +190,10 @@ struct CampaignState {
     /// A triggered A/B test's slots and the users waiting for its winner (see `ab`).
     #[serde(default)]
     ab_test: ab::TriggeredTest,
+    /// The campaign is no longer in the table: this place drains what it holds under its last
+    /// definition (see `deleted`). Not stored: known again at every load.
+    #[serde(skip)]
+    deleted: bool,
 }
 
 impl CampaignState {
@@ -318,6 +329,7 @@ impl CampaignStage {
         let mut state =
             ctx.store(STATE)?.get_as::<CampaignState>(key.as_bytes())?.unwrap_or_default();
         state.key = key.to_string();
+        state.deleted = self.campaigns.book().get(&campaign.id).is_none();
         state.track_variants(campaign);
         Ok(state)
     }
@@ -345,6 +357,9 @@ impl CampaignStage {
             ctx.schedule(due, &timer_key(STATS_TIMER, &state.key))?;
         }
         ctx.store(STATE)?.put_as(state.key.as_bytes(), state)?;
+        if state.deleted {
+            self.forget_drained(ctx, state)?;
+        }
         Ok(())
     }
 
@@ -354,16 +369,16 @@ impl CampaignStage {
         key: Option<&[u8]>,
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
-        let Some(campaign) = self.campaigns.book().get(&candidate.campaign_id).cloned() else {
+        let Some(campaign) = self.known(ctx, &candidate.campaign_id, key)? else {
             return Err(ProcessError::reject(format!(
                 "candidate for unknown campaign {}",
                 candidate.campaign_id
             )));
         };
         if self.misrouted(&campaign, key, &candidate) {
-            // Its home applies every limit of the campaign (a stale copy of the campaigns table
-            // routed it to a shard, or its key names none).
-            return self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &candidate);
+            // Its home applies every limit of the campaign (its rules keep it at home, a stale
+            // copy of the campaigns table routed it to a shard, or its key names none).
+            return self.pass_home(ctx, &campaign, key, candidate);
         }
         let mut state = self.load(ctx, &campaign, &scope(key, &campaign)?)?;
         let candidate = Self::leaving_now(ctx, candidate);
@@ -389,14 +404,15 @@ impl CampaignStage {
 
     /// Whether a triggered candidate came to a key other than the campaign's home where no
     /// shard of the campaign takes triggered candidates now: to a shard above those in effect
-    /// (all of them, once a total or daily limit keeps the campaign at home), or to a key that
+    /// (all of them, shard 0 too, while the campaign's rules keep it at home), or to a key that
     /// names no shard. A scheduled run's candidates stay with the shard that buffers the run.
     fn misrouted(&self, campaign: &Campaign, key: Option<&[u8]>, candidate: &Candidate) -> bool {
         let Some(key) = key.filter(|key| *key != campaign.id.as_bytes()) else { return false };
         is_triggered_run(&candidate.run_id)
             && match campaign_shards::scope(key, campaign) {
                 Scope::Shard(shard) => {
-                    shard >= campaign_shards::in_effect(campaign, &self.settings)
+                    let shards = campaign_shards::in_effect(campaign, &self.settings);
+                    shards <= 1 || shard >= shards
                 }
                 Scope::Home | Scope::Foreign => true,
             }
@@ -441,7 +457,7 @@ impl CampaignStage {
         match campaign.status {
             CampaignStatus::Active => {}
             CampaignStatus::Stopped => {
-                state.skip("stopped");
+                state.skip(state.ended_as());
                 return Ok(());
             }
             // Already on the flow when the pause came: kept until resume (see `held`).
@@ -607,7 +623,7 @@ impl CampaignStage {
             drain,
             |ctx, commands: Vec<SendCommand>, dropped| {
                 if dropped {
-                    state.skip("stopped");
+                    state.skip(state.ended_as());
                     // Its place never reaches the gate: settled here, given back.
                     if let Some(command) = commands.iter().find(|c| c.confirm) {
                         let (user, run) = (&command.user_id, &command.run_id);
@@ -775,10 +791,12 @@ impl CampaignStage {
         key: Option<&[u8]>,
         skip: Skip,
     ) -> Result<(), ProcessError> {
-        let Some(campaign) = self.campaigns.book().get(&skip.campaign_id).cloned() else {
+        let Some(campaign) = self.known(ctx, &skip.campaign_id, key)? else {
             return Ok(());
         };
         let mut state = self.load(ctx, &campaign, &scope(key, &campaign)?)?;
+        // A user a run selected who does not come passes the place on (see `standby`).
+        self.not_coming(ctx, &mut state, &skip)?;
         // A command the send gate refused takes back its variant's sent count; the first of its
         // notification also gives back the user's place in the limits.
         if let Some(stats) = skip.variant_id.as_deref().and_then(|id| state.variant_stats(id)) {
@@ -813,7 +831,7 @@ impl CampaignStage {
         key: Option<&[u8]>,
         engagement: Engagement,
     ) -> Result<(), ProcessError> {
-        let Some(campaign) = self.campaigns.book().get(&engagement.campaign_id).cloned() else {
+        let Some(campaign) = self.known(ctx, &engagement.campaign_id, key)? else {
             return Ok(());
         };
         let mut state = self.load(ctx, &campaign, &scope(key, &campaign)?)?;
@@ -917,7 +935,7 @@ impl Processor for CampaignStage {
             return self.forget_expired(ctx, scope); // of a deleted campaign too
         }
         let id = scope.split_once(campaign_shards::SEPARATOR).map_or(scope, |(id, _)| id);
-        let Some(campaign) = self.campaigns.book().get(id).cloned() else { return Ok(()) };
+        let Some(campaign) = self.known(ctx, id, Some(scope.as_bytes()))? else { return Ok(()) };
         let mut state = self.load(ctx, &campaign, scope)?;
         match kind {
             AB_TIMER => {
@@ -954,6 +972,7 @@ impl Processor for CampaignStage {
             // A paused campaign's run waits (resuming or stopping it schedules the release).
             RUN_TIMER if is_held(&campaign) => {}
             RUN_TIMER => self.release_run(ctx, &campaign, &mut state, timer.at_ms)?,
+            standby::CLOSE_TIMER => self.close_runs(ctx, &campaign, &mut state, timer.at_ms)?,
             _ => {}
         }
         self.save(ctx, &campaign, &mut state)

@@ -11,9 +11,18 @@
 //! expiry and place, a step at a time, from a cursor (`owner 0 2`) past the entries already
 //! swept. A scheduled run's users are not kept here: its buffer gives each user one place per
 //! run.
+//!
+//! A campaign with `options.shards` above 1 moves between its home and its shards when an edit
+//! changes what keeps it at home (a throttle, a limit on an app with caps, an A/B test; see
+//! `campaign::shards::in_effect`). Its trigger occurrences always reach the user's shard
+//! first, so each is remembered there whichever place sends it: in effect, the shard sends and
+//! remembers it; kept at home, the shard remembers it and passes it home (a repeat seen there
+//! is counted `duplicate` at the shard and not passed on). An occurrence sent before an edit
+//! moved the campaign is still recognised after it, both ways.
 
 use super::{timer_key, CampaignStage, CampaignState};
 use crate::{
+    campaign::{shards as campaign_shards, Campaign},
     model::{is_triggered_run, Candidate},
     runtime::{ProcessError, ProcessorContext},
 };
@@ -77,6 +86,29 @@ impl CampaignStage {
             state.skip(DUPLICATE);
         }
         Ok(repeated)
+    }
+
+    /// A trigger occurrence came to a key where no shard takes it now (see `misrouted`): the
+    /// user's shard remembers it and passes it to the campaign's home, unless it saw it within
+    /// the retention (counted `duplicate` then). A key that names no shard passes it on as is.
+    /// An occurrence passed home counts as judged: its repeat is a duplicate even if the home
+    /// refused it (a limit), as it would be had the home sent it.
+    pub(super) fn pass_home(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        key: Option<&[u8]>,
+        candidate: Candidate,
+    ) -> Result<(), ProcessError> {
+        let shard = key.map(|key| campaign_shards::scope(key, campaign));
+        if let Some(campaign_shards::Scope::Shard(_)) = shard {
+            let mut state = self.load(ctx, campaign, &super::scope(key, campaign)?)?;
+            if self.sent_before(ctx, &mut state, &candidate)? {
+                return self.save(ctx, campaign, &mut state);
+            }
+            self.remember_sent(ctx, &state, &candidate)?;
+        }
+        self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &candidate)
     }
 
     /// Remembers that `candidate`'s trigger occurrence was sent, until the retention passes.

@@ -281,7 +281,7 @@ impl CampaignStage {
         key: Option<&[u8]>,
         confirmed: SendConfirmed,
     ) -> Result<(), ProcessError> {
-        let Some(campaign) = self.campaigns.book().get(&confirmed.campaign_id).cloned() else {
+        let Some(campaign) = self.known(ctx, &confirmed.campaign_id, key)? else {
             return Ok(());
         };
         let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign)?)?;
@@ -328,8 +328,8 @@ impl CampaignStage {
             }
         }
         let mut run_settled = false;
-        if let Some(current) = state.run.as_mut().filter(|r| !is_triggered_run(run) && r.is(run)) {
-            run_settled = current.settle(returned);
+        if let Some(of_run) = state.run_mut(run).filter(|_| !is_triggered_run(run)) {
+            run_settled = of_run.settle(returned);
         }
         if returned || state.in_flight == 0 {
             if state.waiting > 0 {

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ab, timer_key, CampaignStage, CampaignState, ProcessError, RUN_BUFFER, RUN_TIMER};
+use super::{
+    ab, standby, timer_key, CampaignStage, CampaignState, ProcessError, RUN_BUFFER, RUN_TIMER,
+};
 use crate::{
     campaign::{sample, Assignment, Campaign},
     model::{scheduled_run_time, Candidate, LifecycleKind, RunTally},
@@ -67,7 +69,7 @@ pub(super) struct RunState {
     pub(super) shards: super::shards::HomeRun,
     /// Users of this run whose place the send gate has yet to confirm (see `places`).
     #[serde(default)]
-    in_flight: u64,
+    pub(super) in_flight: u64,
     /// Releasing (or finishing) stopped to wait for places in flight; a settled place resumes it.
     #[serde(default)]
     waiting: bool,
@@ -82,6 +84,17 @@ pub(super) struct RunState {
     /// deleted keys). `None`: the buffer's start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     resume: Option<Vec<u8>>,
+    /// Users the run selected at its release who are still to come at their local time: it
+    /// finishes once none is left (see `standby`).
+    #[serde(default)]
+    pub(super) awaited: u64,
+    /// Places given up: their selected users did not come and no one else could take them.
+    /// The run sends that many fewer; its limit counts them as taken (see `standby`).
+    #[serde(default)]
+    pub(super) forgone: u64,
+    /// When the window of a run holding places for users still to come closes (see `standby`).
+    #[serde(default)]
+    pub(super) closes_at: Option<i64>,
 }
 
 impl RunState {
@@ -103,6 +116,9 @@ impl RunState {
             shards: Default::default(),
             test_ends_at: 0,
             resume: None,
+            awaited: 0,
+            forgone: 0,
+            closes_at: None,
         }
     }
 
@@ -114,12 +130,28 @@ impl RunState {
     /// Whether the per-run limit is full while places of the run are still in flight (one may
     /// come back): the run's next user waits.
     pub(super) fn waits_for_places(&self, campaign: &Campaign) -> bool {
-        self.in_flight > 0 && self.limit(campaign).is_some_and(|limit| self.sent >= limit)
+        self.in_flight > 0 && self.full(campaign)
     }
 
     /// Users the run may send to: a shard's planned places, else the per-run limit.
     fn limit(&self, campaign: &Campaign) -> Option<u64> {
         self.places.or(campaign.limits.per_run)
+    }
+
+    /// Whether every place of the run's limit is taken (or given up, see `standby`).
+    fn full(&self, campaign: &Campaign) -> bool {
+        self.limit(campaign).is_some_and(|limit| self.sent + self.forgone >= limit)
+    }
+
+    /// Whether an earlier run (one a newer run replaced) has nothing left to wait for and has
+    /// yet to finish.
+    pub(super) fn finishes(&self) -> bool {
+        !self.finished() && self.awaited == 0 && self.in_flight == 0
+    }
+
+    /// Whether the run finished.
+    pub(super) fn finished(&self) -> bool {
+        self.phase == RunPhase::Done
     }
 
     /// Whether the run's A/B test is on: its test users go first, the rest waits for a winner.
@@ -171,7 +203,7 @@ fn buffer_prefix(owner: &str, run: &str) -> Vec<u8> {
 
 /// Where the users of `run` selected before their local time are kept (beside its buffer, not
 /// in it), with the variant the run chose for them: until they come at their local time.
-fn selection_key(owner: &str, run: &str, user: &str) -> Vec<u8> {
+pub(super) fn selection_key(owner: &str, run: &str, user: &str) -> Vec<u8> {
     [owner.as_bytes(), &[0], run.as_bytes(), &[1], user.as_bytes()].concat()
 }
 
@@ -207,15 +239,17 @@ impl CampaignStage {
             let selected = ctx.store(RUN_BUFFER)?.get_as::<Option<usize>>(&key)?;
             if let Some(chosen) = selected {
                 ctx.store(RUN_BUFFER)?.delete(&key)?;
-                let in_flight = state.in_flight;
+                let (sent, in_flight) = (state.sent, state.in_flight);
                 self.deliver(ctx, campaign, state, &candidate, chosen)?;
-                // Its place (taken at the release) is in flight like the run's others: counted,
-                // so settling it takes off what was counted.
-                let took = state.in_flight > in_flight;
-                if let Some(run) = state.run.as_mut().filter(|r| took && r.is(&candidate.run_id)) {
-                    run.in_flight += 1;
-                }
-                return Ok(());
+                let came = standby::Came {
+                    sent: state.sent > sent,
+                    in_flight: state.in_flight > in_flight,
+                };
+                return self.came(ctx, state, &candidate.run_id, came);
+            }
+            if sample::reserves(campaign) {
+                // Not selected: no longer standing by for a place (see `standby`).
+                self.off_standby(ctx, state, &candidate.run_id, &candidate.user_id)?;
             }
         }
         let Some(mut run) = self.current_run(ctx, state, &candidate.run_id)? else {
@@ -268,7 +302,7 @@ impl CampaignStage {
         key: Option<&[u8]>,
         tally: RunTally,
     ) -> Result<(), ProcessError> {
-        let Some(campaign) = self.campaigns.book().get(&tally.campaign_id).cloned() else {
+        let Some(campaign) = self.known(ctx, &tally.campaign_id, key)? else {
             return Ok(());
         };
         let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign)?)?;
@@ -288,13 +322,15 @@ impl CampaignStage {
         self.save(ctx, &campaign, &mut state)
     }
 
-    /// Schedules the next release step of a run that waits for places in flight.
+    /// Schedules the next release step of a run that waits for places in flight or for its
+    /// selected users, and finishes earlier runs with nothing left to wait for (see `standby`).
     pub(super) fn wake_run(
         &self,
         ctx: &mut ProcessorContext<'_>,
         state: &CampaignState,
     ) -> Result<(), ProcessError> {
-        if state.run.as_ref().is_some_and(|run| run.waiting) {
+        let earlier = state.earlier.iter().any(RunState::finishes);
+        if earlier || state.run.as_ref().is_some_and(|run| run.waiting) {
             ctx.schedule(ctx.now_ms(), &timer_key(RUN_TIMER, &state.key))?;
         }
         Ok(())
@@ -310,6 +346,7 @@ impl CampaignStage {
         at: i64,
     ) -> Result<(), ProcessError> {
         self.release_test_waiting(ctx, campaign, state)?;
+        self.finish_earlier(ctx, campaign, state)?;
         let Some(mut run) = state.run.take() else { return Ok(()) };
         if run.coordinates() {
             state.run = Some(run); // its shards release it
@@ -387,26 +424,40 @@ impl CampaignStage {
             // this shard's word before it chooses the winner.
             run.phase = RunPhase::AwaitingWinner;
             self.report_test_sent(ctx, campaign, state, run)?;
-        } else if state.is_shard(campaign) {
-            run.phase = RunPhase::Done;
-            self.report_run_sent(ctx, campaign, state, run)?;
-        } else if run.in_flight > 0 {
-            // Its last places are in flight: it finishes with the sends the gate confirms.
-            run.waiting = true; // a settled place schedules the next step
+        } else if !state.is_shard(campaign) && (run.in_flight > 0 || run.awaited > 0) {
+            // Its last places are in flight, or selected users are still to come: it finishes
+            // with the sends the gate confirms and the users who come (see `standby`).
+            run.waiting = true; // a settled place or a user coming schedules the next step
         } else {
-            run.phase = RunPhase::Done;
-            let details = BTreeMap::from([
-                ("run_id".to_string(), run.id.clone()),
-                ("sent".to_string(), run.sent.to_string()),
-            ]);
-            self.lifecycle(ctx, campaign, LifecycleKind::RunFinished, details)?;
+            self.finish(ctx, campaign, state, run)?;
         }
         Ok(())
     }
 
+    /// The run is over: a shard reports its users sent to its home, the home (or a campaign
+    /// on one task) announces `RUN_FINISHED` with them.
+    pub(super) fn finish(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &CampaignState,
+        run: &mut RunState,
+    ) -> Result<(), ProcessError> {
+        run.phase = RunPhase::Done;
+        if state.is_shard(campaign) {
+            return self.report_run_sent(ctx, campaign, state, run);
+        }
+        let details = BTreeMap::from([
+            ("run_id".to_string(), run.id.clone()),
+            ("sent".to_string(), run.sent.to_string()),
+        ]);
+        self.lifecycle(ctx, campaign, LifecycleKind::RunFinished, details)
+    }
+
     /// A user released before their local time (a [`sample::reservation`]): within the per-run
     /// limit, selected (their place taken, their variant kept until they come, see
-    /// `on_run_candidate`); else nothing yet: they are counted when they come.
+    /// `on_run_candidate`); else on standby for a place a selected user may give up (see
+    /// `standby`); they are counted when they come.
     fn select(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -416,12 +467,14 @@ impl CampaignStage {
         reservation: &Candidate,
         chosen: Option<usize>,
     ) -> Result<(), ProcessError> {
-        if run.limit(campaign).is_some_and(|limit| run.sent >= limit) {
-            return Ok(());
+        self.closes(ctx, campaign, state, run)?;
+        if run.full(campaign) {
+            return self.stand_by(ctx, state, run, &reservation.user_id);
         }
         let key = selection_key(&state.key, &run.id, &reservation.user_id);
         ctx.store(RUN_BUFFER)?.put_as(&key, &chosen)?;
         run.sent += 1;
+        run.awaited += 1;
         if chosen.is_some() {
             run.test_ends_at = run.test_ends_at.max(reservation.qualified_at_ms);
         }
@@ -438,7 +491,7 @@ impl CampaignStage {
         candidate: &Candidate,
         chosen: Option<usize>,
     ) -> Result<(), ProcessError> {
-        if run.limit(campaign).is_some_and(|limit| run.sent >= limit) {
+        if run.full(campaign) {
             if run.in_flight > 0 && Self::may_wait(campaign, state) {
                 return self.wait_for_places(ctx, state, candidate);
             }
@@ -508,6 +561,10 @@ impl CampaignStage {
             }
             Some(mut old) => {
                 self.drop_buffer(ctx, state, &mut old, "run_superseded")?;
+                // Its selected users still to come keep their places until its window closes.
+                if old.closes_at.is_some() {
+                    state.earlier.push(old);
+                }
                 Ok(Some(RunState::new(run_id)))
             }
             None => Ok(Some(RunState::new(run_id))),

@@ -234,7 +234,7 @@ impl CampaignStage {
         key: Option<&[u8]>,
         report: ShardReport,
     ) -> Result<(), ProcessError> {
-        let Some(campaign) = self.campaigns.book().get(&report.campaign_id).cloned() else {
+        let Some(campaign) = self.known(ctx, &report.campaign_id, key)? else {
             return Ok(());
         };
         if key != Some(campaign.id.as_bytes()) {
@@ -447,7 +447,7 @@ impl CampaignStage {
         key: Option<&[u8]>,
         plan: ShardPlan,
     ) -> Result<(), ProcessError> {
-        let Some(campaign) = self.campaigns.book().get(&plan.campaign_id).cloned() else {
+        let Some(campaign) = self.known(ctx, &plan.campaign_id, key)? else {
             return Ok(());
         };
         let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign)?)?;

@@ -4,7 +4,7 @@
 //! (counted `stopped`); users held past the campaign's end are counted `expired`. Release runs in
 //! bounded steps on ticks, so a transaction never carries a whole partition's held users.
 
-use super::{in_window, Occasion, Pending, UserStage, Waiting, HELD};
+use super::{in_window, Pending, UserStage, HELD};
 use crate::{
     campaign::CampaignStatus,
     runtime::{ProcessError, ProcessorContext, Tick},
@@ -91,20 +91,13 @@ impl UserStage {
             }
             ctx.store(HELD)?.delete(key)?;
             let Some(campaign) = campaign else { continue }; // deleted: nothing left to count
+            let who = (pending.user.as_str(), pending.run_id.as_str());
             if status == Some(CampaignStatus::Stopped) {
-                self.skip(ctx, &campaign, &pending.user, "stopped", now)?;
+                self.skip(ctx, &campaign, who, "stopped", now)?;
             } else if !in_window(&campaign, now) {
-                self.skip(ctx, &campaign, &pending.user, "expired", now)?;
+                self.skip(ctx, &campaign, who, "expired", now)?;
             } else {
-                let occasion = Occasion {
-                    user: &pending.user,
-                    run_id: &pending.run_id,
-                    trigger_event: &pending.trigger_event,
-                    event_properties: &pending.event_properties,
-                    at_ms: now,
-                    after_dnd: pending.waiting == Waiting::Dnd,
-                };
-                self.qualify(ctx, &campaign, &occasion)?;
+                self.come_back(ctx, &campaign, &pending, now)?;
             }
         }
         match entries.last() {

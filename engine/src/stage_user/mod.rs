@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     campaign::{
+        sample,
         shards::{self, FlowRecord},
         Campaign, CampaignCache, CampaignStatus, DndAction, LocalSend, Trigger, UserLocal,
         CAMPAIGNS_TABLE, SEGMENTS_TABLE,
@@ -189,12 +190,14 @@ impl UserStage {
         Flow { topic: &self.topics.campaign_flow, stage: self }
     }
 
-    /// Reports to the campaign stage that `user` was not sent `campaign`, and why.
+    /// Reports to the campaign stage that `user` was not sent `campaign` in `run`, and why. The
+    /// report names the run where the run may hold a place for the user until their local time
+    /// (see [`sample::reserves`]): the campaign stage then passes that place on.
     fn skip(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
-        user: &str,
+        (user, run): (&str, &str),
         reason: &str,
         at_ms: i64,
     ) -> Result<(), ProcessError> {
@@ -206,7 +209,7 @@ impl UserStage {
             timestamp_ms: at_ms,
             variant_id: None,
             returns_place: false,
-            run_id: None,
+            run_id: sample::reserves(campaign).then(|| run.to_string()),
         };
         self.flow().emit(ctx, &campaign.id, &skip)
     }
@@ -632,11 +635,11 @@ impl UserStage {
         waiting: Waiting,
         due_ms: i64,
     ) -> Result<bool, ProcessError> {
-        if waiting == Waiting::LocalTime && crate::campaign::sample::samples(campaign) {
+        if waiting == Waiting::LocalTime && sample::samples(campaign) {
             // A run taking part of its audience takes it now, over all its users: this user's
             // place in it (see `campaign::sample`).
             let (run, user) = (occasion.run_id, occasion.user);
-            let reservation = crate::campaign::sample::reservation(campaign, run, user, due_ms);
+            let reservation = sample::reservation(campaign, run, user, due_ms);
             self.flow().emit(ctx, &campaign.id, &reservation)?;
         }
         let pending = Pending {
@@ -653,6 +656,31 @@ impl UserStage {
         ctx.store(PENDING)?.put_as(&key, &pending)?;
         ctx.schedule(due_ms, &key)?;
         Ok(true)
+    }
+
+    /// `pending`, put off until now (`at_ms`), is checked again. A user of a run that held a
+    /// place for them until their local time (see [`sample::reserves`]) who no longer matches
+    /// its audience is reported `not_eligible`: the campaign stage passes the place on.
+    fn come_back(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        pending: &Pending,
+        at_ms: i64,
+    ) -> Result<(), ProcessError> {
+        let occasion = Occasion {
+            user: &pending.user,
+            run_id: &pending.run_id,
+            trigger_event: &pending.trigger_event,
+            event_properties: &pending.event_properties,
+            at_ms,
+            after_dnd: pending.waiting == Waiting::Dnd,
+        };
+        if !self.qualify(ctx, campaign, &occasion)? && sample::reserves(campaign) {
+            let who = (pending.user.as_str(), pending.run_id.as_str());
+            self.skip(ctx, campaign, who, "not_eligible", at_ms)?;
+        }
+        Ok(())
     }
 
     fn qualify(
@@ -672,7 +700,7 @@ impl UserStage {
                 return Ok(false);
             }
             Verdict::Skip(reason) => {
-                return self.skip(ctx, campaign, user, reason, at_ms).map(|()| true);
+                return self.skip(ctx, campaign, (user, run_id), reason, at_ms).map(|()| true);
             }
             Verdict::Wait(waiting, due_ms) => {
                 return self.wait(ctx, campaign, occasion, waiting, due_ms);
@@ -863,9 +891,7 @@ impl Flow<'_> {
         record: &R,
     ) -> Result<(), ProcessError> {
         let key = match self.stage.campaigns.book().get(campaign) {
-            Some(campaign) => {
-                shards::flow_key(campaign, &self.stage.settings, record.user(), record.run())
-            }
+            Some(campaign) => record.route(campaign, &self.stage.settings),
             None => campaign.to_string(),
         };
         Ok(ctx.send_record(self.topic, key.as_bytes(), record)?)
@@ -929,25 +955,18 @@ impl Processor for UserStage {
         let Some(campaign) = self.campaigns.book().get(&pending.campaign).cloned() else {
             return Ok(()); // deleted: nothing left to count
         };
+        let who = (pending.user.as_str(), pending.run_id.as_str());
         match campaign.status {
             CampaignStatus::Stopped => {
-                return self.skip(ctx, &campaign, &pending.user, "stopped", timer.at_ms);
+                return self.skip(ctx, &campaign, who, "stopped", timer.at_ms);
             }
             _ if !in_window(&campaign, timer.at_ms) => {
-                return self.skip(ctx, &campaign, &pending.user, "expired", timer.at_ms);
+                return self.skip(ctx, &campaign, who, "expired", timer.at_ms);
             }
             CampaignStatus::Paused | CampaignStatus::Draft => return self.hold(ctx, &pending),
             CampaignStatus::Active => {}
         }
-        let occasion = Occasion {
-            user: &pending.user,
-            run_id: &pending.run_id,
-            trigger_event: &pending.trigger_event,
-            event_properties: &pending.event_properties,
-            at_ms: timer.at_ms,
-            after_dnd: pending.waiting == Waiting::Dnd,
-        };
-        self.qualify(ctx, &campaign, &occasion).map(|_| ())
+        self.come_back(ctx, &campaign, &pending, timer.at_ms)
     }
 
     fn on_tick(&mut self, ctx: &mut ProcessorContext<'_>) -> Result<Tick, ProcessError> {

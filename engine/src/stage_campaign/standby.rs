@@ -1,0 +1,244 @@
+//! Places a run holds for users who come later, at their local time (`timezone: user` or
+//! `best` with a per-run limit or an A/B test: see `campaign::sample::reserves`).
+//!
+//! At its release the run takes its users in its random order up to its limit; those still to
+//! come are *selected*: each holds a place, with its variant, until they come. The users after
+//! the limit whose local time is still to come *stand by*, in the same order. When the user
+//! stage reports that a selected user does not come (no longer in the audience, not reachable,
+//! capped, past the cut-off, do-not-disturb discarded: a [`Skip`] naming the run), the place
+//! and its variant go to the first user still standing by, else the place is given up
+//! (`forgone`): the run sends that many fewer and takes no one out of order for it. A user
+//! leaves the standby when they come (counted `run_limit`) or are reported not coming. The
+//! run's window closes [`CLOSE_MARGIN_MS`] after its last users' local time: selected users who
+//! have not come by then give up their places (counted `expired`) and its standby is dropped.
+//!
+//! A run finishes once every selected user came or gave up their place and nothing of it is in
+//! flight, so `RUN_FINISHED`'s `sent` is what it sent. A run the next one replaced before
+//! then (a daily run's users west of UTC−10 come after the next run starts) is kept among the
+//! campaign's earlier runs until its window closes, and finishes there.
+
+use super::{
+    runs::{selection_key, RunState},
+    timer_key, CampaignStage, CampaignState, ProcessError, RUN_BUFFER,
+};
+use crate::{
+    campaign::{sample, Campaign},
+    model::{scheduled_run_time, Skip},
+    runtime::ProcessorContext,
+};
+
+/// Timer closing the windows of a campaign's runs that hold places (see the module's doc).
+pub(super) const CLOSE_TIMER: &str = "run-close";
+/// How long after its last users' local time a run's window closes: their records may still be
+/// on their way from the user stage.
+const CLOSE_MARGIN_MS: i64 = 3_600_000;
+/// Entries a window's close looks at per timer firing (a step of a bounded transaction).
+const CLOSE_STEP: usize = 500;
+
+/// Where the users standing by in `run` are kept: beside its buffer and its selected users, in
+/// the run's random order.
+fn standby_prefix(owner: &str, run: &str) -> Vec<u8> {
+    [owner.as_bytes(), &[0], run.as_bytes(), &[2]].concat()
+}
+
+/// Where `user` stands by in `run`.
+fn standby_key(owner: &str, run: &str, user: &str) -> Vec<u8> {
+    let rank = sample::rank(run, user).to_be_bytes();
+    [standby_prefix(owner, run).as_slice(), &rank, user.as_bytes()].concat()
+}
+
+/// Where the users `run` selected are kept (see [`selection_key`]).
+fn selected_prefix(owner: &str, run: &str) -> Vec<u8> {
+    selection_key(owner, run, "")
+}
+
+/// What became of a selected user who came.
+pub(super) struct Came {
+    /// They were sent (their place is taken for good, or in flight).
+    pub(super) sent: bool,
+    /// Their place is in flight, until the send gate decides.
+    pub(super) in_flight: bool,
+}
+
+impl CampaignState {
+    /// The run `id`: the latest, or an earlier one still waiting for its selected users.
+    pub(super) fn run_mut(&mut self, id: &str) -> Option<&mut RunState> {
+        let latest = self.run.as_mut().filter(|run| run.is(id));
+        latest.or_else(|| self.earlier.iter_mut().find(|run| run.is(id)))
+    }
+}
+
+impl CampaignStage {
+    /// The run's window closes after its users' local times (see the module's doc): a timer
+    /// then, set when it first holds a place or puts a user on standby.
+    pub(super) fn closes(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &CampaignState,
+        run: &mut RunState,
+    ) -> Result<(), ProcessError> {
+        if run.closes_at.is_some() {
+            return Ok(());
+        }
+        let span = campaign.user_local().map_or(0, |local| local.span_ms());
+        let start = scheduled_run_time(&run.id).unwrap_or_else(|| ctx.now_ms());
+        let closes_at = start.saturating_add(span + CLOSE_MARGIN_MS);
+        ctx.schedule(closes_at, &timer_key(CLOSE_TIMER, &state.key))?;
+        run.closes_at = Some(closes_at);
+        Ok(())
+    }
+
+    /// `user`, after the run's limit at its release, stands by for a place (see the module's
+    /// doc).
+    pub(super) fn stand_by(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        state: &CampaignState,
+        run: &RunState,
+        user: &str,
+    ) -> Result<(), ProcessError> {
+        Ok(ctx.store(RUN_BUFFER)?.put(&standby_key(&state.key, &run.id, user), &[])?)
+    }
+
+    /// `user` came for `run` without a place: no longer standing by.
+    pub(super) fn off_standby(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        state: &CampaignState,
+        run: &str,
+        user: &str,
+    ) -> Result<(), ProcessError> {
+        Ok(ctx.store(RUN_BUFFER)?.delete(&standby_key(&state.key, run, user))?)
+    }
+
+    /// A user `run` selected came at their local time: their place is counted in flight like
+    /// the run's others (settling it takes off what was counted); one who came but was not sent
+    /// (the campaign stopped, a template error) gives it up. The run may finish.
+    pub(super) fn came(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        state: &mut CampaignState,
+        run: &str,
+        came: Came,
+    ) -> Result<(), ProcessError> {
+        if let Some(run) = state.run_mut(run) {
+            run.awaited = run.awaited.saturating_sub(1);
+            run.in_flight += u64::from(came.in_flight);
+            if !came.sent {
+                run.sent = run.sent.saturating_sub(1);
+                run.forgone += 1;
+            }
+        }
+        self.wake_run(ctx, state)
+    }
+
+    /// The user stage reports that `skip`'s user does not come for the run it names (see the
+    /// module's doc): a place the run selected them for goes, with its variant, to the first
+    /// user standing by, else is given up; a user standing by leaves the standby. Other skips
+    /// (the send gate's, or of a campaign whose runs hold no places) name no such run.
+    pub(super) fn not_coming(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        state: &mut CampaignState,
+        skip: &Skip,
+    ) -> Result<(), ProcessError> {
+        let from_user_stage = skip.variant_id.is_none() && !skip.returns_place;
+        let Some(run) = skip.run_id.as_deref().filter(|_| from_user_stage) else {
+            return Ok(());
+        };
+        let owner = state.key.clone();
+        let key = selection_key(&owner, run, &skip.user_id);
+        let mut store = ctx.store(RUN_BUFFER)?;
+        let Some(chosen) = store.get_as::<Option<usize>>(&key)? else {
+            return self.off_standby(ctx, state, run, &skip.user_id);
+        };
+        store.delete(&key)?;
+        let prefix = standby_prefix(&owner, run);
+        match store.prefix(&prefix, 1)?.pop() {
+            Some((next, _)) => {
+                // The place changes hands: the run's counts stay.
+                store.delete(&next)?;
+                let user = String::from_utf8_lossy(&next[prefix.len() + 8..]);
+                store.put_as(&selection_key(&owner, run, &user), &chosen)?;
+            }
+            None => {
+                if let Some(run) = state.run_mut(run) {
+                    run.awaited = run.awaited.saturating_sub(1);
+                    run.sent = run.sent.saturating_sub(1);
+                    run.forgone += 1;
+                }
+            }
+        }
+        self.wake_run(ctx, state)
+    }
+
+    /// Earlier runs with nothing left to wait for finish.
+    pub(super) fn finish_earlier(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+    ) -> Result<(), ProcessError> {
+        let mut earlier = std::mem::take(&mut state.earlier);
+        for run in earlier.iter_mut().filter(|run| run.finishes()) {
+            self.finish(ctx, campaign, state, run)?;
+        }
+        // Kept until finished and closed.
+        earlier.retain(|run| !run.finished() || run.closes_at.is_some());
+        state.earlier = earlier;
+        Ok(())
+    }
+
+    /// Closes the windows of the runs due by `at` (see the module's doc), a bounded step at a
+    /// time: their selected users still to come give up their places, counted `expired`; their
+    /// standby is dropped. A run whose window closed is no longer kept among the earlier ones.
+    pub(super) fn close_runs(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        at: i64,
+    ) -> Result<(), ProcessError> {
+        let owner = state.key.clone();
+        let due = |run: &RunState| run.closes_at.is_some_and(|closes_at| closes_at <= at);
+        let runs: Vec<String> = state
+            .run
+            .iter()
+            .chain(&state.earlier)
+            .filter(|run| due(run))
+            .map(|run| run.id.clone())
+            .collect();
+        let mut left = CLOSE_STEP;
+        for id in &runs {
+            let selected = selected_prefix(&owner, id);
+            let entries = ctx.store(RUN_BUFFER)?.prefix(&selected, left)?;
+            left -= entries.len();
+            for (key, _) in entries {
+                ctx.store(RUN_BUFFER)?.delete(&key)?;
+                state.skip("expired");
+                if let Some(run) = state.run_mut(id) {
+                    run.awaited = run.awaited.saturating_sub(1);
+                    run.sent = run.sent.saturating_sub(1);
+                    run.forgone += 1;
+                }
+            }
+            let standby = standby_prefix(&owner, id);
+            let entries = ctx.store(RUN_BUFFER)?.prefix(&standby, left)?;
+            left -= entries.len();
+            for (key, _) in entries {
+                ctx.store(RUN_BUFFER)?.delete(&key)?;
+            }
+            if left == 0 {
+                // More to look at: the next step follows at once.
+                ctx.schedule(at, &timer_key(CLOSE_TIMER, &state.key))?;
+                return self.wake_run(ctx, state);
+            }
+            if let Some(run) = state.run_mut(id) {
+                run.closes_at = None;
+            }
+        }
+        self.finish_earlier(ctx, campaign, state)?;
+        self.wake_run(ctx, state)
+    }
+}
