@@ -110,9 +110,9 @@ pub struct Settings {
     occurrences: OccurrenceRetention,
 }
 
-/// How long the campaign stage remembers a trigger occurrence it sent
-/// (`limits.occurrence_retention`, every app; see `stage_campaign::occurrences`): a repeat within
-/// it sends nothing and is counted `duplicate`. At least [`OccurrenceRetention::LEAST`].
+/// How long the user stage remembers a trigger occurrence it passed to a campaign
+/// (`limits.occurrence_retention`, every app; see `stage_user::dedup`): a repeat within it sends
+/// nothing and is counted `duplicate`. At least [`OccurrenceRetention::LEAST`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OccurrenceRetention(i64);
 
@@ -224,7 +224,7 @@ impl Settings {
     ///     max_bytes: 1024     # bytes of property sets per user, event and day
     /// limits:
     ///   max_waiting: 10000    # candidates of one campaign waiting for a place in flight
-    ///   occurrence_retention: 8d  # how long a trigger occurrence sent is remembered
+    ///   occurrence_retention: 8d  # how long a trigger occurrence judged is remembered
     /// ```
     pub fn parse(text: &str, source: &str) -> Result<Self, ValidationErrors> {
         let mut errors = Vec::new();

@@ -6,8 +6,7 @@
 use super::{sample, Assignment, Campaign, Trigger};
 use crate::{
     model::{
-        is_triggered_run, scheduled_run_time, Candidate, Engagement, RunTally, SendCommand,
-        SendConfirmed, Skip,
+        scheduled_run_time, Candidate, Engagement, RunTally, SendCommand, SendConfirmed, Skip,
     },
     runtime::partition_for,
     settings::Settings,
@@ -144,19 +143,6 @@ impl FlowRecord for Candidate {
 
     fn run(&self) -> Option<&str> {
         Some(&self.run_id)
-    }
-
-    /// A trigger occurrence goes to its user's shard among the campaign's `options.shards` also
-    /// while the campaign's rules keep it at home: the shard remembers the occurrence and
-    /// passes it home (see `stage_campaign::occurrences`), so it is remembered at one place
-    /// whichever place sends it, before and after an edit moves the campaign.
-    fn route(&self, campaign: &Campaign, settings: &Settings) -> String {
-        match campaign.options.shards {
-            shards if shards > 1 && is_triggered_run(&self.run_id) => {
-                key(&campaign.id, of_user(&self.user_id, shards))
-            }
-            _ => flow_key(campaign, settings, self.user(), self.run()),
-        }
     }
 }
 

@@ -9,7 +9,6 @@ mod deleted;
 mod held;
 mod leases;
 mod lifecycle;
-mod occurrences;
 mod places;
 mod queue;
 mod runs;
@@ -82,7 +81,6 @@ pub fn add_campaign_stage(
                 .store(HELD_CANDIDATES)
                 .store(IN_FLIGHT)
                 .store(WAITING)
-                .store(occurrences::OCCURRENCES)
                 .store(deleted::DEFINITIONS)
                 .sink(&topics.push)
                 .sink(&topics.campaign_flow)
@@ -378,7 +376,7 @@ impl CampaignStage {
         if self.misrouted(&campaign, key, &candidate) {
             // Its home applies every limit of the campaign (its rules keep it at home, a stale
             // copy of the campaigns table routed it to a shard, or its key names none).
-            return self.pass_home(ctx, &campaign, key, candidate);
+            return self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &candidate);
         }
         let mut state = self.load(ctx, &campaign, &scope(key, &campaign)?)?;
         let candidate = Self::leaving_now(ctx, candidate);
@@ -464,10 +462,6 @@ impl CampaignStage {
             CampaignStatus::Paused | CampaignStatus::Draft => {
                 return self.hold(ctx, state, candidate);
             }
-        }
-        // A trigger occurrence sent already (a producer's retry past the de-duplication window).
-        if self.sent_before(ctx, state, candidate)? {
-            return Ok(());
         }
         // A shard sends within the places its home planned or leased (see `shards`, `leases`),
         // counting its day's sends for the daily limit.
@@ -931,9 +925,6 @@ impl Processor for CampaignStage {
         self.refresh_campaigns(ctx);
         let key = String::from_utf8_lossy(&timer.key).into_owned();
         let Some((kind, scope)) = key.split_once(':') else { return Ok(()) };
-        if kind == occurrences::SWEEP_TIMER {
-            return self.forget_expired(ctx, scope); // of a deleted campaign too
-        }
         let id = scope.split_once(campaign_shards::SEPARATOR).map_or(scope, |(id, _)| id);
         let Some(campaign) = self.known(ctx, id, Some(scope.as_bytes()))? else { return Ok(()) };
         let mut state = self.load(ctx, &campaign, scope)?;

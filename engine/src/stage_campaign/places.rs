@@ -250,8 +250,7 @@ impl CampaignStage {
         Ok(())
     }
 
-    /// Counts a user's notification that left, holding its place in flight when `confirm`; a
-    /// trigger occurrence is remembered (see `occurrences`).
+    /// Counts a user's notification that left, holding its place in flight when `confirm`.
     pub(super) fn take_place(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -260,7 +259,6 @@ impl CampaignStage {
         candidate: &Candidate,
         confirm: bool,
     ) -> Result<(), ProcessError> {
-        self.remember_sent(ctx, state, candidate)?;
         state.sent += 1;
         state.day.1 += 1;
         if confirm {

@@ -1,15 +1,39 @@
-//! De-duplication by event id: an event whose id the user's task saw within the window (an
-//! SDK's retried batch, maybe on another partition: it runs after the repartition) is dropped
-//! and counted. One entry per (user, event id) in the changelogged `dedup` store, holding when
-//! it was first seen; an entry older than the window no longer counts. Expired entries are
-//! deleted by a sweep over the store in bounded steps on ticks, a pass every half window, so
-//! remembering an id costs one write (no timer per event) and an entry lingers at most one and
-//! a half windows. Events without an id are not de-duplicated.
+//! What the user's task remembers having seen, per user, for a window: one entry per (user, id)
+//! in a changelogged store, holding when it was first seen; an entry older than the window no
+//! longer counts. Expired entries are deleted by a sweep over the store in bounded steps on
+//! ticks, a pass every half window, so remembering an id costs one write (no timer per entry)
+//! and an entry lingers at most one and a half windows.
+//!
+//! Two memories use it:
+//! - [`EVENTS`], de-duplication by event id: an event whose id the user's task saw within the
+//!   ingest window (an SDK's retried batch, maybe on another partition: it runs after the
+//!   repartition) is dropped and counted. Events without an id are not de-duplicated.
+//! - [`OCCURRENCES`], trigger occurrences judged: one occurrence is one notification. A
+//!   producer's retry after the event-id window comes again as the same occurrence (the same run
+//!   id, hence the same message ids); the user's task remembers each occurrence it passed to a
+//!   campaign as a candidate for the settings' `limits.occurrence_retention` (at least as long
+//!   as the send gate keeps its decision on a notification, so the two agree), and a repeat
+//!   within it is counted skipped `duplicate` instead. It is kept with the user, a place no edit
+//!   of a campaign moves (its shards, its home), and it is judged before any campaign limit, so
+//!   a repeat takes no place wherever the campaign runs.
 
 use crate::runtime::{ProcessorContext, ProcessorCounter, RuntimeError, Tick};
 
-/// Name of the store.
-pub(super) const DEDUP: &str = "dedup";
+/// A memory of ids seen per user (see the module doc).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Memory {
+    /// Name of its store.
+    pub store: &'static str,
+    /// Whether an entry still counts when exactly the window has passed since it was seen.
+    end_inclusive: bool,
+}
+
+/// Event ids seen within the ingest de-duplication window (its end counts).
+pub(super) const EVENTS: Memory = Memory { store: "dedup", end_inclusive: true };
+
+/// Trigger occurrences (`campaign \0 run id`) passed on within `limits.occurrence_retention`
+/// (remembered for exactly that long: at its end a repeat is a new notification).
+pub(super) const OCCURRENCES: Memory = Memory { store: "occurrences", end_inclusive: false };
 
 /// Entries looked at per sweep step.
 const SWEEP_STEP: usize = 1_000;
@@ -38,35 +62,40 @@ fn seen_at(value: &[u8]) -> Option<i64> {
     serde_json::from_slice(value).ok()
 }
 
-/// Whether an entry first seen at `seen` still counts at `now` (the window's end is inclusive).
-fn within(seen: i64, now: i64, window_ms: i64) -> bool {
-    now.saturating_sub(seen) <= window_ms
-}
-
-/// Whether `user`'s event `id` was seen within `window_ms`; if not, it is remembered from now.
-/// A duplicate is counted.
-pub(super) fn seen(
-    ctx: &mut ProcessorContext<'_>,
-    user: &str,
-    id: &str,
-    window_ms: i64,
-) -> Result<bool, RuntimeError> {
-    let key = key(user, id);
-    let now = ctx.now_ms();
-    let mut store = ctx.store(DEDUP)?;
-    let earlier = store.get(&key)?.and_then(|value| seen_at(&value));
-    if earlier.is_some_and(|seen| within(seen, now, window_ms)) {
-        ctx.count(&DUPLICATES, "event");
-        return Ok(true);
+impl Memory {
+    /// Whether an entry first seen at `seen` still counts at `now`.
+    fn within(self, seen: i64, now: i64, window_ms: i64) -> bool {
+        let age = now.saturating_sub(seen);
+        age < window_ms || (self.end_inclusive && age == window_ms)
     }
-    store.put_as(&key, &now)?;
-    Ok(false)
+
+    /// Whether `user`'s `id` was seen within `window_ms`; if not, it is remembered from now.
+    pub(super) fn seen(
+        self,
+        ctx: &mut ProcessorContext<'_>,
+        user: &str,
+        id: &str,
+        window_ms: i64,
+    ) -> Result<bool, RuntimeError> {
+        let key = key(user, id);
+        let now = ctx.now_ms();
+        let mut store = ctx.store(self.store)?;
+        let earlier = store.get(&key)?.and_then(|value| seen_at(&value));
+        if earlier.is_some_and(|seen| self.within(seen, now, window_ms)) {
+            return Ok(true);
+        }
+        store.put_as(&key, &now)?;
+        Ok(false)
+    }
 }
 
-/// Where the sweep of a task's expired entries stands (in memory: after a restart a new pass
-/// starts at the first tick, which is safe because a pass only deletes what no longer counts).
-#[derive(Debug, Default)]
+/// Where the sweep of a task's expired entries of one memory stands (in memory: after a restart
+/// a new pass starts at the first tick, which is safe because a pass only deletes what no
+/// longer counts).
+#[derive(Debug)]
 pub(super) struct Sweep {
+    /// The memory swept.
+    memory: Memory,
     /// The next key to look at in the current pass, if one is under way.
     from: Option<Vec<u8>>,
     /// When (task clock) the next pass starts.
@@ -74,6 +103,11 @@ pub(super) struct Sweep {
 }
 
 impl Sweep {
+    /// A sweep of `memory`, its first pass at the first tick.
+    pub(super) fn of(memory: Memory) -> Self {
+        Self { memory, from: None, next_pass: 0 }
+    }
+
     /// Deletes a bounded step of the entries whose window ended before `ctx`'s now; a pass
     /// starts every half window.
     pub(super) fn step(
@@ -87,10 +121,10 @@ impl Sweep {
             None if now >= self.next_pass => PREFIX.to_vec(),
             None => return Ok(Tick::Idle),
         };
-        let mut store = ctx.store(DEDUP)?;
+        let mut store = ctx.store(self.memory.store)?;
         let entries = store.range(&from, &[], SWEEP_STEP)?;
         for (key, value) in &entries {
-            if !seen_at(value).is_some_and(|seen| within(seen, now, window_ms)) {
+            if !seen_at(value).is_some_and(|seen| self.memory.within(seen, now, window_ms)) {
                 store.delete(key)?;
             }
         }
@@ -104,5 +138,17 @@ impl Sweep {
                 Ok(Tick::Idle)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_id_counts_to_the_end_of_its_window_an_occurrence_until_it() {
+        assert!(EVENTS.within(0, 10, 10) && !EVENTS.within(0, 11, 10));
+        assert!(OCCURRENCES.within(0, 9, 10) && !OCCURRENCES.within(0, 10, 10));
+        assert!(EVENTS.within(5, 0, 10), "seen later than now (a clock going back): counts");
     }
 }

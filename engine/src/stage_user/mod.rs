@@ -30,10 +30,10 @@ use crate::{
         CAMPAIGNS_TABLE, SEGMENTS_TABLE,
     },
     model::{
-        scheduled_run_time, topics::TopicNames, triggered_run_id, AliasRecord, AppEvent, Candidate,
-        Device, Engagement, EngagementKind, IngestDecoder, IngestError, IngestKind, ProfileUpdate,
-        Properties, PropertyValue, Receipt, ReceiptStatus, Record, SchemaRegistry, SendCommand,
-        Skip, SourcePartition, TRIGGERED_RUN,
+        is_triggered_run, scheduled_run_time, topics::TopicNames, triggered_run_id, AliasRecord,
+        AppEvent, Candidate, Device, Engagement, EngagementKind, IngestDecoder, IngestError,
+        IngestKind, ProfileUpdate, Properties, PropertyValue, Receipt, ReceiptStatus, Record,
+        SchemaRegistry, SendCommand, Skip, SourcePartition, TRIGGERED_RUN,
     },
     query::{QueryDesk, QueryTurns, QUERIES_TABLE},
     runtime::{
@@ -81,7 +81,8 @@ pub fn add_user_stage(
                 .store(DELIVERIES)
                 .store(RUNS)
                 .store(HELD)
-                .store(dedup::DEDUP)
+                .store(dedup::EVENTS.store)
+                .store(dedup::OCCURRENCES.store)
                 .store(alias::LINKS)
                 .sink(&topics.campaign_flow)
                 .sink(&topics.push)
@@ -155,7 +156,8 @@ pub struct UserStage {
     campaigns: CampaignCache,
     segments: segments::SegmentCache,
     held: held::HeldPass,
-    dedup: dedup::Sweep,
+    /// Sweeps of the event ids and trigger occurrences remembered (see `dedup`).
+    sweeps: [dedup::Sweep; 2],
     queries: QueryDesk<query::Work>,
 }
 
@@ -175,7 +177,7 @@ impl UserStage {
             campaigns: CampaignCache::default(),
             segments: segments::SegmentCache::default(),
             held: held::HeldPass::due(),
-            dedup: dedup::Sweep::default(),
+            sweeps: [dedup::Sweep::of(dedup::EVENTS), dedup::Sweep::of(dedup::OCCURRENCES)],
             queries: QueryDesk::new(turns),
         }
     }
@@ -273,8 +275,9 @@ impl UserStage {
                 let occurrence = occurrence(&event, origin);
                 let window = self.settings.ingest().dedup_window_ms;
                 if !event.event_id.is_empty()
-                    && dedup::seen(ctx, &event.user_id, &occurrence, window)?
+                    && dedup::EVENTS.seen(ctx, &event.user_id, &occurrence, window)?
                 {
+                    ctx.count(&dedup::DUPLICATES, "event");
                     return Ok(());
                 }
                 self.on_event(ctx, event, &occurrence)
@@ -707,6 +710,13 @@ impl UserStage {
             }
             Verdict::Candidate { devices, tz } => (devices, tz),
         };
+        if is_triggered_run(run_id) {
+            let occurrence = format!("{}\u{0}{run_id}", campaign.id);
+            let retention = self.settings.occurrence_retention_ms();
+            if dedup::OCCURRENCES.seen(ctx, user, &occurrence, retention)? {
+                return self.skip(ctx, campaign, (user, run_id), "duplicate", at_ms).map(|()| true);
+            }
+        }
         let text = |name: &str| match profile.properties.get(name) {
             Some(PropertyValue::String(s)) => Some(s.clone()),
             _ => None,
@@ -974,8 +984,12 @@ impl Processor for UserStage {
         if self.step_held(ctx)? == Tick::More {
             return Ok(Tick::More);
         }
-        if self.dedup.step(ctx, self.settings.ingest().dedup_window_ms)? == Tick::More {
-            return Ok(Tick::More);
+        let windows =
+            [self.settings.ingest().dedup_window_ms, self.settings.occurrence_retention_ms()];
+        for (sweep, window) in self.sweeps.iter_mut().zip(windows) {
+            if sweep.step(ctx, window)? == Tick::More {
+                return Ok(Tick::More);
+            }
         }
         if self.step_scheduled_runs(ctx)? == Tick::More {
             return Ok(Tick::More);
