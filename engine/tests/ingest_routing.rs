@@ -304,7 +304,8 @@ fn an_event_id_seen_within_the_window_counts_once_even_on_another_partition() {
     // Another id: another occurrence.
     input.event(right("u1"), Some("u1"), &event("u1", "Ping", "e-2", T0 + 4 * MINUTE));
     // After the window (1 h here) the user stage lets the id through again, but it is the same
-    // occurrence: the campaign stage, which remembers occurrences sent for days, sends nothing.
+    // occurrence: the user stage, which remembers occurrences judged for days, counts it
+    // `duplicate` and passes no candidate.
     input.event(wrong("u1"), Some("u1"), &event("u1", "Ping", "e-1", T0 + 2 * HOUR));
     let out = run(&[PING], "ingest: { dedup_window: 1h }\n", input);
     let device = "d-u1";
@@ -314,9 +315,12 @@ fn an_event_id_seen_within_the_window_counts_once_even_on_another_partition() {
     expected.sort();
     assert_eq!(
         out.candidate_runs,
-        ["trigger:e-1", "trigger:e-2", "trigger:e-1"],
-        "the user stage lets e-1 through once in its window, e-2, then e-1 after the window"
+        ["trigger:e-1", "trigger:e-2"],
+        "the user stage lets e-1 through once, in its window and after it, and e-2"
     );
+    let skips: Vec<(&str, &str)> =
+        out.skips.iter().map(|s| (s.user_id.as_str(), s.reason.as_str())).collect();
+    assert_eq!(skips, [("u1", "duplicate")], "e-1 after the window");
     assert_eq!(out.sent(), expected, "e-1 once, in its window and after it; e-2 once");
     assert!(out.dead_letters.is_empty(), "{:?}", out.reasons());
 }

@@ -388,16 +388,17 @@ impl CampaignStage {
         self.save(ctx, &campaign, &mut state)
     }
 
-    /// A trigger occurrence's notification leaves now: it is timed at the later of its event's
-    /// stamp and the task's clock (an event stamped late by its producer is capped, limited and
-    /// expires as of the day it leaves, not its stamp's). Its run id, hence its message id, is
-    /// the occurrence's, unchanged. A scheduled run's candidate keeps the run's time.
+    /// A trigger occurrence's notification leaves now: it is timed by the task's clock, not by
+    /// its event's stamp. An event stamped late by its producer is capped, limited and expires
+    /// as of the day it leaves; one stamped ahead by a device whose clock runs fast (up to the
+    /// hour ingest accepts) must not open the next day's places before midnight. Its run id,
+    /// hence its message id, is the occurrence's, unchanged. A scheduled run's candidate keeps
+    /// the run's time.
     fn leaving_now(ctx: &ProcessorContext<'_>, candidate: Candidate) -> Candidate {
         if !is_triggered_run(&candidate.run_id) {
             return candidate;
         }
-        let qualified_at_ms = candidate.qualified_at_ms.max(ctx.effective_ms());
-        Candidate { qualified_at_ms, ..candidate }
+        Candidate { qualified_at_ms: ctx.effective_ms(), ..candidate }
     }
 
     /// Whether a triggered candidate came to a key other than the campaign's home where no
