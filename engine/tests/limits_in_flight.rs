@@ -7,7 +7,8 @@ mod replay_support {
         model::{
             topics::{self, TopicNames},
             AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats,
-            Device, IngestDecoder, Platform, ProfileUpdate, SchemaRegistry, SendCommand,
+            Candidate, Device, IngestDecoder, Platform, ProfileUpdate, Record, SchemaRegistry,
+            SendCommand,
         },
         pipeline::engine_topology,
         runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
@@ -83,6 +84,45 @@ mod replay_support {
             sdk_version: None,
         };
         on_key(topics::EVENTS, user, SchemaRegistry::builtin().encode(&event).unwrap(), written)
+    }
+
+    /// A record of the campaign flow, keyed by the campaign's home `campaign`, at `at`: what
+    /// a stage had written before a pause or a gate's answer came (the replay drains each
+    /// record at once, so it is fed at the moment the test needs it).
+    pub fn on_flow(campaign: &str, record: &impl Record, at: i64) -> ReplayRecord {
+        on_key(
+            topics::CAMPAIGN_FLOW,
+            campaign,
+            SchemaRegistry::builtin().encode(record).unwrap(),
+            at,
+        )
+    }
+
+    /// `user`'s candidate for `campaign` of the occurrence `run`, qualified at `at`.
+    pub fn candidate(campaign: &str, user: &str, run: &str, at: i64) -> Candidate {
+        Candidate {
+            campaign_id: campaign.into(),
+            app_id: "shop".into(),
+            run_id: run.into(),
+            user_id: user.into(),
+            qualified_at_ms: at,
+            trigger_event: Some("Ping".into()),
+            event_properties: Default::default(),
+            profile: Default::default(),
+            devices: vec![Device {
+                device_id: format!("d-{user}"),
+                platform: Platform::Ios,
+                token: format!("tok-{user}"),
+                app_version: None,
+                os_version: None,
+                make: None,
+                model: None,
+                sdk_version: None,
+            }],
+            timezone: None,
+            language: None,
+            source: None,
+        }
     }
 
     pub struct Out {
@@ -232,45 +272,11 @@ fn a_stopped_scheduled_run_waiting_for_places_finishes_and_counts_everyone() {
 /// u1 in flight and waits; u1 is then refused by the gate and u2 takes its place.
 #[test]
 fn a_candidate_held_by_a_pause_takes_a_place_returned_after_the_resume() {
-    use herald_engine::model::{
-        topics,
-        CampaignCommand::{Define, Pause, Resume},
-        Candidate, Device, Platform, SchemaRegistry,
-    };
+    use herald_engine::model::CampaignCommand::{Define, Pause, Resume};
     use replay_support::*;
     let ping = r#"{"id":"ping","app":"shop","name":"n","when":{"event":"Ping"},"what":{"title":"t","body":"b"},"limits":{"total":2},"options":{"throttle":{"max":1,"per":"1m"}}}"#;
-    let candidate = Candidate {
-        campaign_id: "ping".into(),
-        app_id: "shop".into(),
-        run_id: "trigger:e-2".into(),
-        user_id: "u2".into(),
-        qualified_at_ms: T0 + 9_000,
-        trigger_event: Some("Ping".into()),
-        event_properties: Default::default(),
-        profile: Default::default(),
-        devices: vec![Device {
-            device_id: "d-u2".into(),
-            platform: Platform::Ios,
-            token: "tok-u2".into(),
-            app_version: None,
-            os_version: None,
-            make: None,
-            model: None,
-            sdk_version: None,
-        }],
-        timezone: None,
-        language: None,
-        source: None,
-    };
-    // On the flow when the pause came (the replay drains at once, so it is fed during the pause).
-    let on_flow = herald_engine::runtime::replay::ReplayRecord {
-        topic: topics::CAMPAIGN_FLOW.into(),
-        partition: None,
-        offset: 0,
-        key: Some(b"ping".to_vec()),
-        value: Some(SchemaRegistry::builtin().encode(&candidate).unwrap()),
-        timestamp_ms: T0 + 20_000,
-    };
+    // On the flow when the pause came.
+    let on_flow = on_flow("ping", &candidate("ping", "u2", "trigger:e-2", T0 + 9_000), T0 + 20_000);
     let out = run(
         CAPS,
         vec![
@@ -907,4 +913,67 @@ fn a_test_audience_lowered_below_the_users_tested_completes_the_test() {
         out.sends.iter().map(|s| (s.user_id.clone(), s.variant_id.clone())).collect();
     let expected = [("u0", "A"), ("u1", "B"), ("u2", "A"), ("u3", winner.as_str())];
     assert_eq!(sent, expected.map(|(u, v)| (u.to_string(), v.to_string())));
+}
+
+/// Total 2, caps, a throttle of 1 an hour: u0 is sent, u1 holds the second place in flight (in
+/// the outbox), u2 waits for a place. The campaign is paused; u3's candidate, on the flow when
+/// the pause came, is held; then u1's command, on its way to the gate when the pause came, is
+/// refused there (capped), which gives u1's place back while the campaign is paused. On resume the place is u2's, who waited first; u3 queues behind and
+/// is refused `total_limit`. Review s23: the place returned during the pause woke u2, whom the
+/// pause moved behind u3 in the held queue, so u3 (the newcomer) took the place and u2 was
+/// refused.
+#[test]
+fn a_newcomer_held_by_a_pause_does_not_overtake_the_waiting_for_a_returned_place() {
+    use herald_engine::{
+        model::{
+            topics,
+            CampaignCommand::{Define, Pause, Resume},
+            Platform, SendCommand,
+        },
+        runtime::replay::ReplayRecord,
+    };
+    use replay_support::*;
+    let ping = "id: ping\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\nlimits: { total: 2 }\noptions: { throttle: { max: 1, per: 1h } }\n";
+    let to_gate = SendCommand {
+        message_id: "m-u1".into(),
+        campaign_id: "ping".into(),
+        variant_id: "A".into(),
+        run_id: "trigger:e-1".into(),
+        app_id: "shop".into(),
+        user_id: "u1".into(),
+        device_id: "d-u1".into(),
+        platform: Platform::Ios,
+        token: "tok-u1".into(),
+        payload: "{}".into(),
+        headers: Default::default(),
+        created_at_ms: T0 + 30_000,
+        expires_at_ms: None,
+        confirm: true,
+        place_key: Some("ping".into()),
+    };
+    let to_gate = ReplayRecord {
+        topic: topics::SEND_GATE.into(),
+        partition: None,
+        offset: 0,
+        key: Some(b"u1".to_vec()),
+        value: Some(herald_engine::model::SchemaRegistry::builtin().encode(&to_gate).unwrap()),
+        timestamp_ms: T0 + 30_000,
+    };
+    let mut input = vec![command("ping", ping, Define, T0), command("news", NEWS, Define, T0)];
+    input.extend(["u0", "u1", "u2", "u3"].map(|u| profile(u, T0)));
+    input.push(event("e-0", "u0", "Ping", T0 + 1_000));
+    input.push(event("e-1", "u1", "Ping", T0 + 2_000)); // in the outbox: in flight
+    input.push(event("e-2", "u2", "Ping", T0 + 3_000)); // total full: waits
+    input.push(event("p-1", "u1", "Pong", T0 + 5_000)); // u1's daily cap goes to `news`
+    input.push(command("ping", ping, Pause, T0 + 10_000));
+    input.push(on_flow("ping", &candidate("ping", "u3", "trigger:e-3", T0 + 9_000), T0 + 20_000));
+    input.push(to_gate); // refused: u1's place comes back, paused
+    input.push(command("ping", ping, Resume, T0 + 40_000));
+    for minute in 1..=300 {
+        input.push(event(&format!("x-{minute}"), "u0", "Other", T0 + minute * MIN));
+    }
+    let out = run(CAPS, input, Some(T0 + 300 * MIN));
+    let stats = out.last_stats("ping");
+    assert_eq!(out.users("ping"), ["u0", "u2"], "u2 came first: {:?}", stats.skipped);
+    assert_eq!(stats.skipped.get("total_limit"), Some(&1), "u3: {:?}", stats.skipped);
 }

@@ -1,6 +1,7 @@
 //! Candidates that reach the campaign stage while their campaign is paused (already on the
 //! campaign flow when the pause came): kept in arrival order and delivered when the campaign
-//! resumes, in bounded steps; a stopped campaign drops them, counted `stopped`.
+//! resumes, in bounded steps, behind the users already waiting for a place (who keep their turn
+//! through the pause); a stopped campaign drops them, counted `stopped`.
 
 use super::{queue, timer_key, CampaignStage, CampaignState, HELD_CANDIDATES, HELD_TIMER};
 use crate::{
@@ -41,7 +42,7 @@ impl CampaignStage {
                 ..candidate
             };
             ctx.store(HELD_CANDIDATES)?.delete(&key)?;
-            self.place(ctx, campaign, state, leaving)?;
+            self.admit(ctx, campaign, state, leaving)?;
         }
         if step.more {
             ctx.schedule(ctx.now_ms(), &timer_key(HELD_TIMER, &state.key))?;

@@ -380,12 +380,24 @@ impl CampaignStage {
         }
         let mut state = self.load(ctx, &campaign, &scope(key, &campaign)?)?;
         let candidate = Self::leaving_now(ctx, candidate);
-        if is_triggered_run(&candidate.run_id) && self.queues_behind(&campaign, &state) {
-            self.queue_behind(ctx, &mut state, candidate)?;
-        } else {
-            self.place(ctx, &campaign, &mut state, candidate)?;
-        }
+        self.admit(ctx, &campaign, &mut state, candidate)?;
         self.save(ctx, &campaign, &mut state)
+    }
+
+    /// A newcomer (a candidate just come, or one held by a pause, at the resume) queues behind
+    /// the users waiting for a place, else is placed.
+    fn admit(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        candidate: Candidate,
+    ) -> Result<(), ProcessError> {
+        if is_triggered_run(&candidate.run_id) && self.queues_behind(campaign, state) {
+            self.queue_behind(ctx, state, candidate)
+        } else {
+            self.place(ctx, campaign, state, candidate)
+        }
     }
 
     /// A trigger occurrence's notification leaves now: it is timed by the task's clock, not by
@@ -955,6 +967,9 @@ impl Processor for CampaignStage {
                 }
             },
             HELD_TIMER => self.release_held(ctx, &campaign, &mut state)?,
+            // A paused campaign's waiting users keep their turn (resuming or stopping it wakes
+            // them): a place coming back meanwhile stays free for the first of them.
+            WAITING_TIMER if is_held(&campaign) => {}
             // The end of the recount wakes them.
             WAITING_TIMER if Self::holds_for_recount(&campaign, &state) => {}
             WAITING_TIMER if Self::leases(&campaign, &state) => {
