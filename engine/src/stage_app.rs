@@ -3,7 +3,11 @@
 //! send commands of apps that have such a throttle here instead of to `herald.push`; they wait
 //! in a durable outbox per app and leave, in arrival order, as the app's windows open. A paused
 //! campaign's commands stay queued until it resumes; a stopped one's are dropped and go back to
-//! the campaign stage as skips (counted `stopped`, their places given back).
+//! the campaign stage as skips (counted `stopped`, their places given back), as are a deleted
+//! one's (counted `deleted`: the campaign stage keeps each place's last definition to settle
+//! them, see `stage_campaign::deleted`). A campaign missing from this instance's copy of the
+//! table may also be one defined moments ago: its commands are held a few minutes for the copy
+//! to catch up before they count as deleted.
 
 use std::sync::Arc;
 
@@ -23,6 +27,10 @@ const UNTHROTTLED: Throttle = Throttle { max: u64::MAX, per_ms: 60_000 };
 /// Notifications of stopped campaigns dropped here (campaign, run, user): the first dropped
 /// device command of one gives its place back, the others only their variant's sent count.
 const DROPPED: &str = "app-dropped";
+/// How long a command of a campaign missing from the campaigns table is kept, waiting for the
+/// table: a campaign defined moments ago may reach this instance's copy after its first
+/// commands. Past it, the campaign counts as deleted.
+const UNKNOWN_GRACE_MS: i64 = 5 * 60_000;
 
 /// Adds the app stage (throttled send commands in, send commands out) to a topology.
 pub fn add_app_stage(
@@ -64,8 +72,8 @@ enum Fate {
     Send,
     /// Kept in the outbox until a release finds the campaign resumed.
     Hold,
-    /// Dropped and counted `stopped`.
-    Drop,
+    /// Dropped and counted under the reason: `stopped`, or `deleted` (no longer in the table).
+    Drop(&'static str),
 }
 
 impl AppStage {
@@ -86,10 +94,10 @@ impl AppStage {
         command: SendCommand,
         at: i64,
     ) -> Result<Leave<SendCommand>, ProcessError> {
-        match self.fate(&command.campaign_id) {
+        match self.fate(&command, at) {
             Fate::Hold => Ok(Leave::Held(command)),
-            Fate::Drop => {
-                self.drop_stopped(ctx, &command, at)?;
+            Fate::Drop(reason) => {
+                self.drop_command(ctx, &command, at, reason)?;
                 Ok(Leave::Dropped)
             }
             Fate::Send => {
@@ -99,27 +107,33 @@ impl AppStage {
         }
     }
 
-    /// What becomes of a command of `campaign_id`: held while its campaign is paused or a
-    /// draft, dropped once it is stopped, sent when it is active or unknown.
-    fn fate(&self, campaign_id: &str) -> Fate {
-        match self.campaigns.book().get(campaign_id).map(|c| c.status) {
+    /// What becomes of `command` at `at`: held while its campaign is paused or a draft, or
+    /// missing from the table for less than [`UNKNOWN_GRACE_MS`] since the command was made;
+    /// dropped once the campaign is stopped or deleted; sent when it is active.
+    fn fate(&self, command: &SendCommand, at: i64) -> Fate {
+        match self.campaigns.book().get(&command.campaign_id).map(|c| c.status) {
             Some(CampaignStatus::Paused | CampaignStatus::Draft) => Fate::Hold,
-            Some(CampaignStatus::Stopped) => Fate::Drop,
-            Some(CampaignStatus::Active) | None => Fate::Send,
+            Some(CampaignStatus::Stopped) => Fate::Drop("stopped"),
+            Some(CampaignStatus::Active) => Fate::Send,
+            None if at.saturating_sub(command.created_at_ms) < UNKNOWN_GRACE_MS => Fate::Hold,
+            None => Fate::Drop("deleted"),
         }
     }
 
-    /// Drops a stopped campaign's `command`: a skip to the campaign state that counted it
-    /// takes back its variant's sent count and, for the notification's first command, counts
-    /// it `stopped` and gives its place back.
-    fn drop_stopped(
+    /// Drops a stopped or deleted campaign's `command`: a skip to the campaign state that
+    /// counted it takes back its variant's sent count and, for the notification's first
+    /// command, counts it under `reason` and gives its place back. A deleted campaign's state
+    /// is found by the place key the command carries (its home when it carries none).
+    fn drop_command(
         &self,
         ctx: &mut ProcessorContext<'_>,
         command: &SendCommand,
         at: i64,
+        reason: &str,
     ) -> Result<(), ProcessError> {
-        let Some(campaign) = self.campaigns.book().get(&command.campaign_id) else {
-            return Ok(());
+        let key = match self.campaigns.book().get(&command.campaign_id) {
+            Some(campaign) => shards::answer_key(campaign, &self.settings, command),
+            None => command.place_key.clone().unwrap_or_else(|| command.campaign_id.clone()),
         };
         let notification =
             [&command.campaign_id, "\0", &command.run_id, "\0", &command.user_id].concat();
@@ -131,13 +145,12 @@ impl AppStage {
             campaign_id: command.campaign_id.clone(),
             app_id: command.app_id.clone(),
             user_id: command.user_id.clone(),
-            reason: "stopped".into(),
+            reason: reason.into(),
             timestamp_ms: at,
             variant_id: Some(command.variant_id.clone()),
             returns_place: first,
             run_id: Some(command.run_id.clone()),
         };
-        let key = shards::answer_key(campaign, &self.settings, command);
         Ok(ctx.send_record(&self.topics.campaign_flow, key.as_bytes(), &skip)?)
     }
 
@@ -169,9 +182,9 @@ impl Processor for AppStage {
         let command: SendCommand = registry.decode(value)?;
         self.campaigns.refresh(ctx.global(CAMPAIGNS_TABLE));
         let app = command.app_id.clone();
-        let fate = self.fate(&command.campaign_id);
-        if fate == Fate::Drop {
-            return self.drop_stopped(ctx, &command, ctx.timestamp_ms());
+        let fate = self.fate(&command, ctx.timestamp_ms());
+        if let Fate::Drop(reason) = fate {
+            return self.drop_command(ctx, &command, ctx.timestamp_ms(), reason);
         }
         let paused = fate == Fate::Hold;
         // Without a throttle (removed from the settings since it was routed here): no wait,

@@ -388,6 +388,47 @@ fn a_stop_gives_back_the_places_of_the_sends_waiting_in_the_apps_throttle() {
     assert_eq!(stats.variants.iter().map(|v| v.sent).sum::<i64>(), 1, "sent: u0 only");
 }
 
+/// The same, the campaign deleted (a tombstone) instead of stopped: u1's command in the app's
+/// outbox is not sent when its window opens; it is dropped, counted `deleted`, and its place
+/// settled; u2, waiting for a place, is counted `deleted` too. Review s23: the app stage sent a
+/// deleted campaign's commands (it only knew stopped ones).
+#[test]
+fn a_deletion_drops_the_sends_waiting_in_the_apps_throttle_and_counts_them_deleted() {
+    use herald_engine::{
+        model::{topics, CampaignCommand::Define},
+        runtime::replay::ReplayRecord,
+    };
+    use replay_support::*;
+    let ping = "id: ping\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\nlimits: { total: 2 }\n";
+    let tombstone = ReplayRecord {
+        topic: topics::CAMPAIGNS.into(),
+        partition: None,
+        offset: 0,
+        key: Some(b"ping".to_vec()),
+        value: None,
+        timestamp_ms: T0 + 10_000,
+    };
+    let out = run(
+        "apps:\n  shop:\n    caps: { per_day: 5 }\n    throttle: { max: 1, per: 1h }\n",
+        vec![
+            command("ping", ping, Define, T0),
+            profile("u0", T0),
+            profile("u1", T0),
+            profile("u2", T0),
+            event("e-0", "u0", "Ping", T0 + 1_000),
+            event("e-1", "u1", "Ping", T0 + 2_000), // in the app's outbox: its place in flight
+            event("e-2", "u2", "Ping", T0 + 3_000), // total full, u1 in flight: waits
+            tombstone,
+            event("x-0", "u0", "Other", T0 + 180 * MIN),
+        ],
+        Some(T0 + 240 * MIN),
+    );
+    assert_eq!(out.users("ping"), ["u0"], "u1 not sent from the app's outbox");
+    let stats = out.last_stats("ping");
+    assert_eq!(stats.skipped.get("deleted"), Some(&2), "u1 and u2 deleted: {stats:?}");
+    assert_eq!(stats.variants.iter().map(|v| v.sent).sum::<i64>(), 1, "sent: u0 only");
+}
+
 /// An app with a global throttle (1 an hour): u0 leaves, u1 waits in the app stage's outbox;
 /// the campaign is paused before u1's window opens and resumed 2.5 hours later: u1 is held
 /// through the pause (not sent at the windows of +1h and +2h) and leaves after the resume.
