@@ -38,10 +38,11 @@ pub(super) const OCCURRENCES: Memory = Memory { store: "occurrences", end_inclus
 /// Entries looked at per sweep step.
 const SWEEP_STEP: usize = 1_000;
 
-/// Events dropped as duplicates.
+/// Repeats dropped: `event` (an event id seen within the ingest window), `occurrence` (a
+/// trigger occurrence judged within `limits.occurrence_retention`).
 pub(super) static DUPLICATES: ProcessorCounter = ProcessorCounter {
     name: "ingest_duplicates_total",
-    help: "Events dropped because their event id was seen for the user within the window",
+    help: "Events (kind event) or trigger occurrences (kind occurrence) dropped because the user's task saw them within their window",
     label: "kind",
 };
 

@@ -37,12 +37,21 @@ use crate::{
     },
     query::{QueryDesk, QueryTurns, QUERIES_TABLE},
     runtime::{
-        ProcessError, Processor, ProcessorContext, SourceRecord, Tick, Timer, TopologyBuilder,
+        ProcessError, Processor, ProcessorContext, ProcessorCounter, SourceRecord, Tick, Timer,
+        TopologyBuilder,
     },
     settings::Settings,
 };
 
 const PROFILES: &str = "profiles";
+
+/// Users waiting on a timer (an inaction window, a reminder, do-not-disturb hours) dropped when
+/// it fired, by reason: `deleted` (their campaign is no longer in the table).
+static PENDING_DROPPED: ProcessorCounter = ProcessorCounter {
+    name: "user_pending_dropped_total",
+    help: "Users waiting on a timer dropped when it fired because their campaign was deleted",
+    label: "reason",
+};
 const HISTORY: &str = "history";
 const SEND_LOG: &str = "sendlog";
 const PENDING: &str = "pending";
@@ -714,6 +723,7 @@ impl UserStage {
             let occurrence = format!("{}\u{0}{run_id}", campaign.id);
             let retention = self.settings.occurrence_retention_ms();
             if dedup::OCCURRENCES.seen(ctx, user, &occurrence, retention)? {
+                ctx.count(&dedup::DUPLICATES, "occurrence");
                 return self.skip(ctx, campaign, (user, run_id), "duplicate", at_ms).map(|()| true);
             }
         }
@@ -963,7 +973,10 @@ impl Processor for UserStage {
         };
         ctx.store(PENDING)?.delete(&timer.key)?;
         let Some(campaign) = self.campaigns.book().get(&pending.campaign).cloned() else {
-            return Ok(()); // deleted: nothing left to count
+            // Deleted: its stats may be gone already (the campaign stage forgets a deleted
+            // campaign's definition once it holds nothing), so the user is counted here.
+            ctx.count(&PENDING_DROPPED, "deleted");
+            return Ok(());
         };
         let who = (pending.user.as_str(), pending.run_id.as_str());
         match campaign.status {
