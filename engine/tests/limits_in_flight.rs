@@ -86,6 +86,11 @@ mod replay_support {
         on_key(topics::EVENTS, user, SchemaRegistry::builtin().encode(&event).unwrap(), written)
     }
 
+    /// The deletion of campaign `id` (a tombstone on the campaigns topic) at `at`.
+    pub fn tombstone(id: &str, at: i64) -> ReplayRecord {
+        ReplayRecord { value: None, ..on_key(topics::CAMPAIGNS, id, Vec::new(), at) }
+    }
+
     /// A record of the campaign flow, keyed by the campaign's home `campaign`, at `at`: what
     /// a stage had written before a pause or a gate's answer came (the replay drains each
     /// record at once, so it is fed at the moment the test needs it).
@@ -394,20 +399,10 @@ fn a_stop_gives_back_the_places_of_the_sends_waiting_in_the_apps_throttle() {
 /// deleted campaign's commands (it only knew stopped ones).
 #[test]
 fn a_deletion_drops_the_sends_waiting_in_the_apps_throttle_and_counts_them_deleted() {
-    use herald_engine::{
-        model::{topics, CampaignCommand::Define},
-        runtime::replay::ReplayRecord,
-    };
+    use herald_engine::model::CampaignCommand::Define;
     use replay_support::*;
     let ping = "id: ping\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\nlimits: { total: 2 }\n";
-    let tombstone = ReplayRecord {
-        topic: topics::CAMPAIGNS.into(),
-        partition: None,
-        offset: 0,
-        key: Some(b"ping".to_vec()),
-        value: None,
-        timestamp_ms: T0 + 10_000,
-    };
+    let tombstone = tombstone("ping", T0 + 10_000);
     let out = run(
         "apps:\n  shop:\n    caps: { per_day: 5 }\n    throttle: { max: 1, per: 1h }\n",
         vec![
@@ -632,20 +627,10 @@ fn a_newcomer_does_not_overtake_the_waiting_after_an_edit_raises_the_limit() {
 /// u2's queue entry and the outbox stayed in the stores for good and nobody was counted.
 #[test]
 fn a_deleted_campaign_counts_what_it_held_and_leaves_nothing_waiting() {
-    use herald_engine::{
-        model::{topics, CampaignCommand::Define},
-        runtime::replay::ReplayRecord,
-    };
+    use herald_engine::model::CampaignCommand::Define;
     use replay_support::*;
     let ping = "id: ping\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\nlimits: { total: 2 }\noptions: { throttle: { max: 1, per: 1h } }\n";
-    let tombstone = ReplayRecord {
-        topic: topics::CAMPAIGNS.into(),
-        partition: None,
-        offset: 0,
-        key: Some(b"ping".to_vec()),
-        value: None,
-        timestamp_ms: T0 + 10_000,
-    };
+    let tombstone = tombstone("ping", T0 + 10_000);
     let mut input = vec![command("ping", ping, Define, T0), command("news", NEWS, Define, T0)];
     input.extend(["u0", "u1", "u2"].map(|u| profile(u, T0)));
     input.push(event("e-0", "u0", "Ping", T0 + 1_000));
