@@ -275,10 +275,9 @@ fn a_read_token_is_refused_every_admin_action_with_403_and_each_refusal_is_audit
     }
 }
 
-/// Review s24 finding 1 (LOW): the `Bearer` scheme is matched case-sensitively, but HTTP
+/// Review s24 finding 1 (LOW, fixed): the `Bearer` scheme was matched case-sensitively, but HTTP
 /// authentication schemes are case-insensitive (RFC 9110 §11.1): `bearer TOKEN` got 401.
 #[test]
-#[ignore = "open (issue 15, review s24 finding 1): `bearer TOKEN` gets 401: the scheme is matched case-sensitively"]
 fn the_bearer_scheme_is_case_insensitive() {
     let api = Api::start("s24-scheme", &[]);
     for scheme in ["Bearer", "bearer", "BEARER"] {

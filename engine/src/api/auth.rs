@@ -188,6 +188,13 @@ impl RateLimiter {
     }
 }
 
+/// The token of an `Authorization` value `Bearer TOKEN`: the scheme in any case (HTTP schemes
+/// are case-insensitive, RFC 9110 §11.1), the token without surrounding whitespace.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// Lets a request through if it carries a valid token of at least `role` and its token's rate
 /// limit allows it; the [`Caller`] goes into the request's extensions. An admin route's request
 /// is audited, refused or not.
@@ -201,8 +208,7 @@ async fn authorize(
         .headers()
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     let Some(caller) = presented.and_then(|token| state.inner.config.tokens.identify(token)) else {
         return Err(ApiError::Unauthorized);
     };
@@ -262,6 +268,16 @@ mod tests {
             Err(TokenError::TooShort { line: 1, .. })
         ));
         assert_eq!(Tokens::parse("\n# none\n", "f").err(), Some(TokenError::Empty("f".into())));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("BEARER\tabc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
     }
 
     #[test]
