@@ -529,11 +529,10 @@ fn at_once(api: &Api, f: impl Fn(&Api, usize) -> Raw + Sync) -> (Raw, Raw) {
     })
 }
 
-/// Review s24 finding 4 (MEDIUM): `POST /api/v1/campaigns` checks that the id is free, then
+/// Review s24 finding 4 (MEDIUM, fixed within one API process; two API replicas can still race): `POST /api/v1/campaigns` checks that the id is free, then
 /// publishes: two admins creating one id at once both got 201, the second silently replacing
 /// the first's definition.
 #[test]
-#[ignore = "open (issue 15, review s24 finding 4): two creates of one id at once both get 201, the second replacing the first"]
 fn two_admins_creating_one_campaign_at_once_get_one_201_and_one_409() {
     let api = Api::start("s24-create-race", &[]);
     for round in 0..5 {
@@ -553,12 +552,11 @@ fn two_admins_creating_one_campaign_at_once_get_one_201_and_one_409() {
     }
 }
 
-/// Review s24 finding 5 (MEDIUM): pause/resume/stop read the campaign's state, then publish:
+/// Review s24 finding 5 (MEDIUM, fixed within one API process; two API replicas can still race): pause/resume/stop read the campaign's state, then publish:
 /// with a stop and a resume at once, both answered 200 and the resume's envelope could land
 /// after the stop's, so a campaign whose stop was confirmed ran again ("stop ends a campaign
 /// for good").
 #[test]
-#[ignore = "open (issue 15, review s24 finding 5): a resume at the same moment as a stop can land after it: both 200, the campaign active again"]
 fn a_stop_confirmed_with_200_is_never_undone_by_a_resume_at_the_same_moment() {
     let api = Api::start("s24-stop-race", &[]);
     let mut expected_audit = 0;

@@ -240,6 +240,7 @@ pub async fn create_campaign(
 ) -> Result<(StatusCode, Json<CampaignDetail>), ApiError> {
     let (_, envelope) = define(&body_text(&state, body)?, &caller)?;
     let id = &envelope.campaign_id;
+    let _turn = state.write_turn().await;
     if state.campaigns().get(id).is_some() {
         return Err(ApiError::Conflict(format!(
             "campaign {id} exists; update it with PUT /api/v1/campaigns/{id}"
@@ -271,6 +272,7 @@ pub async fn update_campaign(
             format!("is {}, but the path names campaign {id}", envelope.campaign_id),
         ));
     }
+    let _turn = state.write_turn().await;
     let current = state.campaigns().get(&id).ok_or_else(|| not_found(&id))?;
     // A live campaign keeps its shards, as `herald campaign apply` has it.
     if let Some(refused) = admin::shards_change(&current, &next) {
@@ -287,6 +289,7 @@ async fn operate(
     id: String,
     command: CampaignCommand,
 ) -> Result<Json<CampaignSummary>, ApiError> {
+    let _turn = state.write_turn().await;
     let current = state.campaigns().get(&id).ok_or_else(|| not_found(&id))?;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let envelope = admin::command(current, command, Some(caller.name), now_ms)

@@ -70,6 +70,10 @@ pub struct ApiState {
 struct Inner {
     config: ApiConfig,
     limiter: auth::RateLimiter,
+    /// Held by every write of a campaign or segment from its check of the current state until
+    /// the API has read its own write back, so two admins at once are served one after the
+    /// other (two creates of one id: 201 and 409; a resume after a stop: 409).
+    writes: tokio::sync::Mutex<()>,
     health: ApiHealth,
     producer: FutureProducer,
     campaigns: Table<CampaignEnvelope>,
@@ -150,6 +154,7 @@ impl ApiState {
         let inner = Arc::new(Inner {
             config,
             limiter,
+            writes: tokio::sync::Mutex::new(()),
             health: health.clone(),
             producer,
             campaigns,
@@ -195,6 +200,12 @@ impl ApiState {
     /// How the API is set up.
     pub fn config(&self) -> &ApiConfig {
         &self.inner.config
+    }
+
+    /// Waits for this API's turn to write a campaign or segment: hold it from reading the
+    /// current state until the write is read back.
+    pub(crate) async fn write_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.writes.lock().await
     }
 }
 

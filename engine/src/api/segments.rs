@@ -111,6 +111,7 @@ pub async fn put_segment(
             format!("is {}, but the path names segment {id}", segment.id),
         ));
     }
+    let _turn = state.write_turn().await;
     let existed = state.segments().get(&id).is_some();
     publish(&state, &id, Some(&text)).await?;
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
@@ -128,6 +129,7 @@ pub async fn delete_segment(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let _turn = state.write_turn().await;
     state.segments().get(&id).ok_or_else(|| not_found(&id))?;
     let users = admin::segment_users(&id, &state.campaigns().all()).campaigns;
     if !users.is_empty() {
