@@ -351,12 +351,11 @@ fn tokens_appear_in_no_log_error_audit_record_or_metric() {
     assert!(audit.contains("ops") && audit.contains("viewer"), "{audit}");
 }
 
-/// Review s24 finding 2 (LOW): errors the handlers do not produce themselves were not JSON: an
+/// Review s24 finding 2 (LOW, fixed): errors the handlers do not produce themselves were not JSON: an
 /// unknown route (404) and a wrong method (405) had an empty body, and a query or path
 /// parameter that does not parse (`?limit=abc`, a preview without `?user=`, `%FF` in an id)
 /// got axum's plain-text 400.
 #[test]
-#[ignore = "open (issue 15, review s24 finding 2): unknown routes, wrong methods and unparsable query or path parameters get an empty or plain-text body"]
 fn every_error_answer_is_json_with_an_error_message() {
     let api = Api::start("s24-json", &[]);
     let cases = [
@@ -375,6 +374,9 @@ fn every_error_answer_is_json_with_an_error_message() {
             "{method} {path}: {answer:?}"
         );
         assert!(answer.json()["error"].as_str().is_some_and(|e| !e.is_empty()), "{answer:?}");
+        if status == 405 {
+            assert!(answer.header("allow").is_some_and(|a| a.contains("GET")), "{answer:?}");
+        }
     }
     // Without a token, an unknown route says no more than 404 and is JSON too.
     let anonymous = api.call("GET", "/api/v1/nothing-here", &[], b"");

@@ -3,11 +3,14 @@
 //! the handlers lists the same routes (a test compares them).
 
 use axum::{
-    extract::{DefaultBodyLimit, Path},
+    extract::{DefaultBodyLimit, Path, Request},
     handler::Handler,
-    http::{header::CONTENT_TYPE, Method},
-    middleware,
-    response::IntoResponse,
+    http::{
+        header::{CONTENT_LENGTH, CONTENT_TYPE},
+        Method,
+    },
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
     routing::{on, MethodFilter, MethodRouter},
     Json, Router,
 };
@@ -187,8 +190,42 @@ pub fn router(state: ApiState) -> Router {
         .merge(read)
         .merge(admin)
         .layer(DefaultBodyLimit::max(state.config().body_limit))
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::record))
         .with_state(state)
+}
+
+/// Answers every error as JSON (`{"error": ...}`), also those the handlers do not make: an
+/// unknown route (404), a wrong method (405, its `Allow` kept), a path or query parameter that
+/// does not parse (400). Their text, if any, becomes the error.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let error = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let body = super::ErrorBody { error, field: None, errors: Vec::new() };
+    let mut answer = (status, Json(body)).into_response();
+    for (name, value) in &parts.headers {
+        if name != CONTENT_TYPE && name != CONTENT_LENGTH {
+            answer.headers_mut().append(name, value.clone());
+        }
+    }
+    answer.extensions_mut().extend(parts.extensions);
+    answer
 }
 
 #[cfg(test)]
