@@ -502,17 +502,23 @@ fn past_its_burst_a_token_gets_429_as_json_with_a_retry_after_it_can_trust() {
     }
 }
 
-/// Review s24 finding 3 (LOW): only requests with a valid token are rate limited; a caller
-/// without one (guessing tokens, or just flooding) gets 401 as often as it likes, each costing a
-/// SHA-256 per token. Limiting by client address is more than a small fix.
+/// Review s24 finding 3 (LOW, fixed): only requests with a valid token were rate limited; a
+/// caller without one (guessing tokens, or just flooding) got 401 as often as it liked. Now they
+/// share a bucket per client address, and a valid token is not held back by it.
 #[test]
-#[ignore = "open (issue 15, review s24 finding 3): requests with an invalid token are never rate limited"]
 fn requests_with_invalid_tokens_are_rate_limited_too() {
     let api = Api::start("s24-guess", &["--rate-burst", "3", "--rate-per-second", "0.01"]);
     let statuses: Vec<u16> = (0..20)
         .map(|i| api.with(&format!("guess-{i:016}"), "GET", "/api/v1/campaigns", b"").status)
         .collect();
-    assert!(statuses.contains(&429), "20 guesses, never limited: {statuses:?}");
+    assert_eq!(&statuses[..3], [401, 401, 401], "{statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == 429), "20 guesses: {statuses:?}");
+    let limited = api.with("guess-0000000000000099", "GET", "/api/v1/campaigns", b"");
+    assert_eq!(limited.json()["error"], "too many requests");
+    assert!(limited.header("retry-after").is_some());
+    // The tokens' own buckets are untouched by the guesses.
+    assert_eq!(api.read("/api/v1/campaigns").status, 200);
+    assert_eq!(api.admin("GET", "/api/v1/campaigns", b"").status, 200);
 }
 
 /// Two admins at once: `f(0)` and `f(1)` started together on two threads; their answers.

@@ -8,7 +8,7 @@ use std::{
 };
 
 use axum::{
-    extract::{Request, State},
+    extract::{ConnectInfo, Request, State},
     http::header::AUTHORIZATION,
     middleware::Next,
     response::Response,
@@ -159,6 +159,10 @@ pub struct RateLimit {
     pub per_second: f64,
 }
 
+/// Buckets kept before the full ones are forgotten (one per token, one per client address
+/// without a valid token).
+const MAX_BUCKETS: usize = 10_000;
+
 /// Token buckets by token name.
 pub(super) struct RateLimiter {
     limit: RateLimit,
@@ -175,6 +179,13 @@ impl RateLimiter {
         let now = Instant::now();
         let burst = f64::from(self.limit.burst);
         let mut buckets = self.buckets.lock().expect("rate limiter lock");
+        if buckets.len() >= MAX_BUCKETS {
+            // Many client addresses: forget the buckets that have filled up again.
+            let per_second = self.limit.per_second;
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * per_second < burst
+            });
+        }
         let (tokens, at) = buckets.entry(name.to_string()).or_insert((burst, now));
         *tokens =
             (*tokens + now.duration_since(*at).as_secs_f64() * self.limit.per_second).min(burst);
@@ -210,6 +221,13 @@ async fn authorize(
         .and_then(|value| value.to_str().ok())
         .and_then(bearer_token);
     let Some(caller) = presented.and_then(|token| state.inner.config.tokens.identify(token)) else {
+        // Guesses and floods without a valid token share one bucket per client address (or
+        // one for all, when the address is unknown), apart from every token's.
+        let address = request
+            .extensions()
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map_or_else(String::new, |ConnectInfo(addr)| addr.ip().to_string());
+        state.inner.limiter.take(&format!("\0invalid {address}")).map_err(ApiError::RateLimited)?;
         return Err(ApiError::Unauthorized);
     };
     let caller = caller.clone();
@@ -278,6 +296,23 @@ mod tests {
         assert_eq!(bearer_token("Basic abc"), None);
         assert_eq!(bearer_token("Bearerabc"), None);
         assert_eq!(bearer_token("Bearer"), None);
+    }
+
+    #[test]
+    fn past_the_cap_full_buckets_are_forgotten_and_drained_ones_kept() {
+        let limiter = RateLimiter::new(RateLimit { burst: 2, per_second: 10.0 });
+        let (now, second_ago) = (Instant::now(), Instant::now() - Duration::from_secs(1));
+        {
+            let mut buckets = limiter.buckets.lock().unwrap();
+            for i in 0..MAX_BUCKETS {
+                buckets.insert(format!("full {i}"), (0.0, second_ago));
+            }
+            buckets.insert("drained".into(), (0.0, now + Duration::from_secs(3600)));
+        }
+        assert!(limiter.take("new").is_ok());
+        let buckets = limiter.buckets.lock().unwrap();
+        assert_eq!(buckets.len(), 2, "{:?}", buckets.keys().take(3).collect::<Vec<_>>());
+        assert!(buckets.contains_key("drained") && buckets.contains_key("new"));
     }
 
     #[test]
