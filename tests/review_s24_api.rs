@@ -695,3 +695,36 @@ fn campaign_ids_are_bounded_and_addressable_in_a_url() {
         assert_eq!(answer.json()["field"], "id");
     }
 }
+
+/// Review s24 finding 7 (MEDIUM, fixed): `PUT /api/v1/settings` writes `<file>.tmp`, then renames it
+/// over the settings file, with nothing keeping two admins apart: two writes at once truncate
+/// and write the same temporary file (a short document over a long one leaves the long one's
+/// tail: a broken file the engine refuses at its next start), or one rename finds the other's
+/// file gone (500).
+#[test]
+fn two_settings_changes_at_once_leave_one_of_them_whole() {
+    let settings_dir = tempfile::tempdir().unwrap();
+    let settings = settings_dir.path().join("apps.yaml");
+    std::fs::write(&settings, "apps:\n  shop:\n    caps: { per_day: 2 }\n").unwrap();
+    let api = Api::start("s24-settings", &["--settings", settings.to_str().unwrap()]);
+    let document = |apps: usize| {
+        let apps: serde_json::Map<String, Value> = (0..apps)
+            .map(|i| (format!("app{i}"), json!({ "caps": { "per_day": i + 1 } })))
+            .collect();
+        json!({ "apps": apps })
+    };
+    let (short, long) = (document(1), document(60));
+    for round in 0..10 {
+        let (one, two) = at_once(&api, |api, who| {
+            let body = [&long, &short][who].to_string();
+            let token = [ADMIN_TOKEN, SECOND_ADMIN][who];
+            api.with(token, "PUT", "/api/v1/settings", body.as_bytes())
+        });
+        assert_eq!((one.status, two.status), (200, 200), "round {round}: {one:?} / {two:?}");
+        let text = std::fs::read_to_string(&settings).unwrap();
+        let written: Value = serde_norway::from_str(&text)
+            .unwrap_or_else(|e| panic!("round {round}: a broken settings file ({e}):\n{text}"));
+        assert!(written == short || written == long, "round {round}: {text}");
+        assert_eq!(api.read("/api/v1/settings").json(), written, "round {round}");
+    }
+}

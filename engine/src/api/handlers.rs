@@ -479,6 +479,8 @@ pub async fn put_settings(
     let document: serde_json::Value =
         serde_norway::from_str(&text).map_err(|e| ApiError::field("(document)", e.to_string()))?;
     let yaml = serde_norway::to_string(&document).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // One write at a time: two at once would share the temporary file.
+    let _turn = state.write_turn().await;
     let temporary = path.with_extension("tmp");
     std::fs::write(&temporary, yaml)
         .and_then(|()| std::fs::rename(&temporary, path))

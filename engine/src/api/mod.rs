@@ -71,8 +71,9 @@ struct Inner {
     config: ApiConfig,
     limiter: auth::RateLimiter,
     /// Held by every write of a campaign or segment from its check of the current state until
-    /// the API has read its own write back, so two admins at once are served one after the
-    /// other (two creates of one id: 201 and 409; a resume after a stop: 409).
+    /// the API has read its own write back, and by every write of the settings file, so two
+    /// admins at once are served one after the other (two creates of one id: 201 and 409; a
+    /// resume after a stop: 409; two settings files: one whole, not a mix).
     writes: tokio::sync::Mutex<()>,
     health: ApiHealth,
     producer: FutureProducer,
@@ -202,8 +203,8 @@ impl ApiState {
         &self.inner.config
     }
 
-    /// Waits for this API's turn to write a campaign or segment: hold it from reading the
-    /// current state until the write is read back.
+    /// Waits for this API's turn to write a campaign, segment or the settings file: hold it
+    /// from reading the current state until the write is read back (or the file renamed).
     pub(crate) async fn write_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.inner.writes.lock().await
     }
