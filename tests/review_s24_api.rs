@@ -728,3 +728,15 @@ fn two_settings_changes_at_once_leave_one_of_them_whole() {
         assert_eq!(api.read("/api/v1/settings").json(), written, "round {round}");
     }
 }
+
+/// Review s24 finding 8 (LOW, fixed): `Retry-After` was the wait rounded down (2.5 s said 2), so
+/// a client that waited as told was refused again.
+#[test]
+fn retry_after_rounds_the_wait_up() {
+    // One request, earned back in 2.5 s: the next waits between 2.4 and 2.5 s.
+    let api = Api::start("s24-retry", &["--rate-burst", "1", "--rate-per-second", "0.4"]);
+    assert_eq!(api.read("/api/v1/campaigns").status, 200);
+    let limited = api.read("/api/v1/campaigns");
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.header("retry-after"), Some("3"), "{limited:?}");
+}

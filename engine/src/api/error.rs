@@ -131,7 +131,8 @@ impl IntoResponse for ApiError {
             _ => (None, Vec::new()),
         };
         let retry = match &self {
-            Self::RateLimited(after) => Some(after.as_secs().max(1)),
+            // Rounded up: a client waiting the seconds said finds its request there.
+            Self::RateLimited(after) => Some((after.as_secs_f64().ceil() as u64).max(1)),
             _ => None,
         };
         let error = self.to_string();
