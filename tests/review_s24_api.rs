@@ -786,3 +786,20 @@ fn deeply_nested_or_chunked_bodies_are_refused_and_the_api_lives_on() {
     assert_eq!(api.read("/api/v1/campaigns").json(), json!([]));
     assert_eq!(std::fs::read_to_string(&settings).unwrap(), "apps: {}\n");
 }
+
+/// Review s24 finding 9 (LOW, fixed): the audit record of `POST /api/v1/campaigns` did not say
+/// which campaign was created (its id is in the body, not the path: `target` none, no details),
+/// so "what" was only "a campaign". Its details now name it, for a 201 and a 409 alike.
+#[test]
+fn the_audit_record_of_a_create_names_the_campaign() {
+    let api = Api::start("s24-audit-create", &[]);
+    assert_eq!(api.admin("POST", "/api/v1/campaigns", campaign("named").as_bytes()).status, 201);
+    let again = api.with(SECOND_ADMIN, "POST", "/api/v1/campaigns", campaign("named").as_bytes());
+    assert_eq!(again.status, 409);
+    let records = audit_records(&api.topic("audit"), 2);
+    let seen: Vec<_> = records
+        .iter()
+        .map(|r| (r.actor.as_str(), r.status, r.details.get("campaign_id").map(String::as_str)))
+        .collect();
+    assert_eq!(seen, [("ops", 201, Some("named")), ("ops2", 409, Some("named"))]);
+}

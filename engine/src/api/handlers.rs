@@ -7,12 +7,14 @@ use axum::{
     body::Bytes,
     extract::{rejection::BytesRejection, Path, Query, State},
     http::StatusCode,
+    response::{IntoResponse, Response},
     Extension, Json,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
+    audit::AuditDetails,
     auth::Caller,
     error::ApiError,
     status::{status, Status},
@@ -237,17 +239,25 @@ pub async fn create_campaign(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<CampaignDetail>), ApiError> {
+) -> Result<Response, ApiError> {
     let (_, envelope) = define(&body_text(&state, body)?, &caller)?;
     let id = &envelope.campaign_id;
-    let _turn = state.write_turn().await;
-    if state.campaigns().get(id).is_some() {
-        return Err(ApiError::Conflict(format!(
-            "campaign {id} exists; update it with PUT /api/v1/campaigns/{id}"
-        )));
+    let created = async {
+        let _turn = state.write_turn().await;
+        if state.campaigns().get(id).is_some() {
+            return Err(ApiError::Conflict(format!(
+                "campaign {id} exists; update it with PUT /api/v1/campaigns/{id}"
+            )));
+        }
+        publish(&state, &envelope).await?;
+        Ok((StatusCode::CREATED, Json(detail(&state, &envelope))))
     }
-    publish(&state, &envelope).await?;
-    Ok((StatusCode::CREATED, Json(detail(&state, &envelope))))
+    .await;
+    // The path names no campaign: the audit record says which one, created or not.
+    let mut response = created.into_response();
+    let details = BTreeMap::from([("campaign_id".to_string(), id.clone())]);
+    response.extensions_mut().insert(AuditDetails(details));
+    Ok(response)
 }
 
 /// Replaces a campaign's definition (a stopped campaign starts again); the definition's `id`
