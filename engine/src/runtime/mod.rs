@@ -5,6 +5,13 @@
 //! [`ProcessorContext`], declared in a [`StreamTopology`], and run either live
 //! ([`LiveRuntime`]) or over a bounded input on event time ([`replay`]). Both drive the same
 //! [`task`] code, so a replay runs exactly the operator code that runs in production.
+//!
+//! Every processor call (a record, a timer firing, a tick) is atomic with respect to a
+//! rejection: when it returns [`ProcessError::Reject`], its dead letter is its only effect. The
+//! store writes it made (timers scheduled or cancelled included) are undone and the stores'
+//! changelogs get the keys' earlier values back in the same transaction, and the records it
+//! emitted are dropped (a call's emits are held until it returns). [`ProcessError::Runtime`]
+//! aborts the transaction, as before.
 
 mod checkpoint;
 mod clock;

@@ -14,6 +14,12 @@ pub(crate) trait Output {
         timestamp_ms: i64,
     ) -> Result<(), RuntimeError>;
 
+    /// Whether a record of `key` and `value` for `topic` could be emitted (e.g. not too large),
+    /// checked when a processor emits it: its emits are held until its call succeeds.
+    fn check(&self, _topic: &str, _key: &[u8], _value: &[u8]) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
     /// A store write for `topic` (a changelog) at the task's `partition`; `None` deletes.
     fn changelog(
         &mut self,

@@ -7,11 +7,21 @@
 //! mostly skip RocksDB's write path, and a key written many times in a row is written once.
 //! Nothing durable depends on when a batch is applied: the changelog is the durable copy, a
 //! clean close flushes everything before its checkpoint, and an unclean one wipes the store.
+//!
+//! A processor call (a record, a timer firing, a tick) is atomic with respect to a rejection:
+//! between [`TaskState::begin_call`] and [`TaskState::end_call`] every write also notes what it
+//! replaced (moving the replaced pending value, not copying it; a value already applied to
+//! RocksDB is read back only if the store applies its writes during the call), and
+//! [`TaskState::roll_back_call`] puts those back and logs the restored values to the changelog,
+//! where, in the open transaction, they replace the call's writes.
 
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex, MutexGuard, PoisonError,
+    },
 };
 
 use rocksdb::{
@@ -79,6 +89,16 @@ impl StoreMemory {
 struct Pending {
     writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
     bytes: usize,
+    /// While a processor call runs: each write of the call, in order, with what it replaced.
+    undo: Vec<(Vec<u8>, Prior)>,
+}
+
+/// What a write of the current call replaced.
+enum Prior {
+    /// A pending value (`None`: a pending deletion).
+    Pending(Option<Vec<u8>>),
+    /// Nothing pending: the key's value is RocksDB's.
+    Stored,
 }
 
 impl Pending {
@@ -108,6 +128,8 @@ pub(crate) struct TaskState {
     /// store name → its changelog topic and pending writes.
     stores: HashMap<String, StoreSlot>,
     write_options: WriteOptions,
+    /// A processor call is running: writes note what they replace (see the module docs).
+    in_call: AtomicBool,
 }
 
 impl TaskState {
@@ -134,7 +156,14 @@ impl TaskState {
             .into_iter()
             .map(|(name, changelog)| (name, StoreSlot { changelog, pending: Mutex::default() }))
             .collect();
-        Ok(Self { db, dir: dir.to_path_buf(), partition, stores, write_options })
+        Ok(Self {
+            db,
+            dir: dir.to_path_buf(),
+            partition,
+            stores,
+            write_options,
+            in_call: AtomicBool::new(false),
+        })
     }
 
     /// Directory of the task's files.
@@ -213,6 +242,74 @@ impl TaskState {
         Ok(())
     }
 
+    /// Starts a processor call: from now on, until [`TaskState::end_call`] or
+    /// [`TaskState::roll_back_call`], every write can be undone.
+    pub(crate) fn begin_call(&self) {
+        self.in_call.store(true, Ordering::Relaxed);
+    }
+
+    /// Ends a processor call, keeping its writes.
+    pub(crate) fn end_call(&self) {
+        self.in_call.store(false, Ordering::Relaxed);
+        for slot in self.stores.values() {
+            let mut pending = slot.pending();
+            if !pending.undo.is_empty() {
+                pending.undo.clear();
+            }
+        }
+    }
+
+    /// Ends a processor call, undoing its writes: every store reads as before the call, and
+    /// each key the call wrote gets its value of before the call written to `out`'s changelog
+    /// (in a transaction, that record replaces the call's own for the key), stamped
+    /// `timestamp_ms`.
+    pub(crate) fn roll_back_call(
+        &self,
+        out: &mut dyn Output,
+        timestamp_ms: i64,
+    ) -> Result<(), RuntimeError> {
+        self.in_call.store(false, Ordering::Relaxed);
+        for (name, slot) in &self.stores {
+            let mut pending = slot.pending();
+            if pending.undo.is_empty() {
+                continue;
+            }
+            let undo = std::mem::take(&mut pending.undo);
+            let mut keys = Vec::with_capacity(undo.len());
+            for (key, prior) in undo.into_iter().rev() {
+                match prior {
+                    Prior::Pending(value) => {
+                        pending.writes.insert(key.clone(), value);
+                    }
+                    Prior::Stored => {
+                        pending.writes.remove(&key);
+                    }
+                }
+                keys.push(key);
+            }
+            keys.sort_unstable();
+            keys.dedup();
+            let cf = self.cf(name)?;
+            for key in keys {
+                let value = match pending.writes.get(&key) {
+                    Some(value) => value.clone(),
+                    None => self
+                        .db
+                        .get_cf(cf, &key)
+                        .map_err(RuntimeError::store(format!("reading {name}")))?,
+                };
+                out.changelog(
+                    &slot.changelog,
+                    self.partition,
+                    &key,
+                    value.as_deref(),
+                    timestamp_ms,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     fn slot(&self, name: &str) -> Result<(&str, &StoreSlot), RuntimeError> {
         self.stores
             .get_key_value(name)
@@ -235,6 +332,17 @@ impl TaskState {
     ) -> Result<(), RuntimeError> {
         if pending.writes.is_empty() {
             return Ok(());
+        }
+        // The writes of a running call go to RocksDB: what they replaced there is read first,
+        // to be put back if the call is rolled back.
+        for (key, prior) in &mut pending.undo {
+            if let Prior::Stored = prior {
+                let value = self
+                    .db
+                    .get_cf(cf, key.as_slice())
+                    .map_err(RuntimeError::store(format!("reading {name}")))?;
+                *prior = Prior::Pending(value);
+            }
         }
         let mut batch = WriteBatch::default();
         for (key, value) in pending.writes.drain() {
@@ -301,7 +409,11 @@ impl Store<'_> {
         self.out.changelog(changelog, self.state.partition, key, value, self.timestamp_ms)?;
         let mut pending = self.slot.pending();
         pending.bytes += key.len() + value.map_or(0, <[u8]>::len);
-        pending.writes.insert(key.to_vec(), value.map(<[u8]>::to_vec));
+        let replaced = pending.writes.insert(key.to_vec(), value.map(<[u8]>::to_vec));
+        if self.state.in_call.load(Ordering::Relaxed) {
+            let prior = replaced.map_or(Prior::Stored, Prior::Pending);
+            pending.undo.push((key.to_vec(), prior));
+        }
         if pending.full() {
             self.state.write_pending(self.name, self.cf, &mut pending)?;
         }

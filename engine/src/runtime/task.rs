@@ -41,10 +41,32 @@ impl Budget {
     }
 }
 
-/// An output that counts the records written through it.
+/// The output of one processor call: counts the records written through it, and holds the
+/// call's emits (checked at once) until the call succeeds, so that a rejected call emits
+/// nothing. Changelog records pass through: a rollback overwrites them (see
+/// [`TaskState::roll_back_call`]).
 struct Counted<'o> {
     out: &'o mut dyn Output,
     writes: u64,
+    emits: Vec<Emit>,
+}
+
+/// An emit held until its call succeeds.
+struct Emit {
+    topic: String,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    timestamp_ms: i64,
+}
+
+impl Counted<'_> {
+    /// Sends the held emits, in order.
+    fn release(self) -> Result<(), RuntimeError> {
+        for emit in self.emits {
+            self.out.emit(&emit.topic, &emit.key, &emit.value, emit.timestamp_ms)?;
+        }
+        Ok(())
+    }
 }
 
 impl Output for Counted<'_> {
@@ -55,8 +77,19 @@ impl Output for Counted<'_> {
         value: &[u8],
         timestamp_ms: i64,
     ) -> Result<(), RuntimeError> {
+        self.out.check(topic, key, value)?;
         self.writes += 1;
-        self.out.emit(topic, key, value, timestamp_ms)
+        self.emits.push(Emit {
+            topic: topic.to_string(),
+            key: key.to_vec(),
+            value: value.to_vec(),
+            timestamp_ms,
+        });
+        Ok(())
+    }
+
+    fn check(&self, topic: &str, key: &[u8], value: &[u8]) -> Result<(), RuntimeError> {
+        self.out.check(topic, key, value)
     }
 
     fn changelog(
@@ -193,7 +226,9 @@ impl Task {
 
     /// Runs `call` on the processor with a context at `timestamp_ms` and `now_ms`, counting the
     /// timers it scheduled or cancelled and charging what it wrote to `budget`. A rejection
-    /// comes back as `Ok(Err(reason))`; runtime failures as errors.
+    /// comes back as `Ok(Err(reason))`, with no effect of the call left: its store writes
+    /// (timers included) are rolled back and its emits dropped. Runtime failures come back as
+    /// errors (the transaction aborts).
     fn invoke<T>(
         &mut self,
         env: &TaskEnv<'_>,
@@ -203,7 +238,8 @@ impl Task {
         now_ms: i64,
         call: impl FnOnce(&mut dyn Processor, &mut ProcessorContext<'_>) -> Result<T, ProcessError>,
     ) -> Result<Result<T, String>, RuntimeError> {
-        let mut counted = Counted { out, writes: 0 };
+        self.state.begin_call();
+        let mut counted = Counted { out, writes: 0, emits: Vec::new() };
         let mut ctx = ProcessorContext {
             task: self.id,
             partitions: self.partitions,
@@ -223,13 +259,28 @@ impl Task {
             metrics: env.metrics,
         };
         let result = call(self.processor.as_mut(), &mut ctx);
-        self.timers_pending += ctx.timers_delta;
+        let timers_delta = ctx.timers_delta;
+        let result = match result {
+            Ok(value) => {
+                self.state.end_call();
+                self.timers_pending += timers_delta;
+                Ok(value)
+            }
+            Err(ProcessError::Runtime(error)) => {
+                self.state.end_call();
+                self.timers_pending += timers_delta;
+                budget.charge(counted.writes);
+                return Err(error);
+            }
+            Err(ProcessError::Reject(reason)) => {
+                self.state.roll_back_call(&mut counted, timestamp_ms)?;
+                counted.emits.clear();
+                Err(reason)
+            }
+        };
         budget.charge(counted.writes);
-        match result {
-            Ok(value) => Ok(Ok(value)),
-            Err(ProcessError::Runtime(error)) => Err(error),
-            Err(ProcessError::Reject(reason)) => Ok(Err(reason)),
-        }
+        counted.release()?;
+        Ok(result)
     }
 
     /// A dead letter for a rejection by a timer or tick (no input record; the timer store is
@@ -369,5 +420,253 @@ fn dead_letter(
             emit(&DeadLetter { value: None, reason, ..letter.clone() }, out)
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{
+        store::{Restored, StoreMemory},
+        StreamTopology,
+    };
+
+    const STORE: &str = "s";
+    const OUT: &str = "out";
+    const DLQ: &str = "dlq";
+
+    /// Writes to its store, emits and schedules for every record; a record valued `bad`, the
+    /// timer keyed `poison` and the first tick do all that too and then reject.
+    struct PartlyRejecting {
+        ticks: u32,
+    }
+
+    impl Processor for PartlyRejecting {
+        fn process(
+            &mut self,
+            ctx: &mut ProcessorContext<'_>,
+            record: &SourceRecord<'_>,
+        ) -> Result<(), ProcessError> {
+            let key = record.key.unwrap_or_default();
+            let value = record.value.unwrap_or_default();
+            if value != b"bad" {
+                ctx.store(STORE)?.put(key, value)?;
+                ctx.send(OUT, key, value)?;
+                ctx.schedule(record.timestamp_ms + 2_000, key)?;
+                if key == b"a" {
+                    ctx.schedule(3_000, b"c")?;
+                    ctx.schedule(2_200, b"poison")?;
+                }
+                return Ok(());
+            }
+            // Overwrites and deletes what earlier records wrote, writes new keys (enough for
+            // the store to apply them to RocksDB during the call), scans, emits, schedules and
+            // cancels timers, then rejects.
+            let mut store = ctx.store(STORE)?;
+            store.put(b"a", b"overwritten")?;
+            store.delete(b"z0")?;
+            for i in 0..3_000 {
+                store.put(format!("x{i:05}").as_bytes(), b"bad")?;
+            }
+            store.put(b"a", b"overwritten twice")?;
+            assert_eq!(store.prefix(b"x", usize::MAX)?.len(), 3_000);
+            ctx.send(OUT, key, b"bad")?;
+            ctx.schedule(1_500, b"bad")?;
+            ctx.cancel(3_000, b"c")?;
+            Err(ProcessError::reject("bad value"))
+        }
+
+        fn on_timer(
+            &mut self,
+            ctx: &mut ProcessorContext<'_>,
+            timer: &Timer,
+        ) -> Result<(), ProcessError> {
+            ctx.send(OUT, &timer.key, format!("fired:{}", timer.at_ms).as_bytes())?;
+            if timer.key == b"poison" {
+                ctx.store(STORE)?.put(b"poisoned", b"1")?;
+                ctx.schedule(4_000, b"from-poison")?;
+                return Err(ProcessError::reject("poison timer"));
+            }
+            Ok(())
+        }
+
+        fn on_tick(&mut self, ctx: &mut ProcessorContext<'_>) -> Result<Tick, ProcessError> {
+            self.ticks += 1;
+            if self.ticks == 1 {
+                ctx.store(STORE)?.put(b"ticked", b"1")?;
+                ctx.send(OUT, b"tick", b"tick")?;
+                ctx.schedule(4_500, b"from-tick")?;
+                return Err(ProcessError::reject("first tick"));
+            }
+            Ok(Tick::Idle)
+        }
+    }
+
+    /// Keeps every emit and, in order, every changelog record.
+    #[derive(Default)]
+    struct Recorded {
+        emits: Vec<(String, Vec<u8>, Vec<u8>)>,
+        changelog: Vec<(String, Vec<u8>, Option<Vec<u8>>)>,
+    }
+
+    impl Output for Recorded {
+        fn emit(
+            &mut self,
+            topic: &str,
+            key: &[u8],
+            value: &[u8],
+            _: i64,
+        ) -> Result<(), RuntimeError> {
+            self.emits.push((topic.to_string(), key.to_vec(), value.to_vec()));
+            Ok(())
+        }
+
+        fn changelog(
+            &mut self,
+            topic: &str,
+            _: i32,
+            key: &[u8],
+            value: Option<&[u8]>,
+            _: i64,
+        ) -> Result<(), RuntimeError> {
+            self.changelog.push((topic.to_string(), key.to_vec(), value.map(<[u8]>::to_vec)));
+            Ok(())
+        }
+    }
+
+    fn open(dir: &std::path::Path, topology: &StreamTopology) -> TaskState {
+        let changelogs = topology.sub_topologies[0]
+            .all_stores()
+            .into_iter()
+            .map(|store| {
+                let topic = topology.changelog_topic(&store);
+                (store, topic)
+            })
+            .collect();
+        TaskState::open(dir, 0, changelogs, &StoreMemory::new(1 << 20, 1 << 20)).unwrap()
+    }
+
+    /// Every key and value of `store`.
+    fn contents(state: &TaskState, store: &str) -> Vec<(String, String)> {
+        let mut out = Recorded::default();
+        let store = state.store(store, &mut out, 0).unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        store.range(&[], &[], usize::MAX).unwrap().iter().map(|(k, v)| (text(k), text(v))).collect()
+    }
+
+    fn timer_keys(state: &TaskState, store: &str) -> Vec<String> {
+        let mut out = Recorded::default();
+        let store = state.store(store, &mut out, 0).unwrap();
+        timers::due(&store, i64::MAX, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|t| String::from_utf8_lossy(&t.key).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_rejected_call_leaves_nothing_but_its_dead_letter() {
+        let topology = StreamTopology::builder("app")
+            .dead_letter_topic(DLQ)
+            .sub_topology(
+                "t",
+                |_| PartlyRejecting { ticks: 0 },
+                |s| s.source("in").store(STORE).sink(OUT),
+            )
+            .build()
+            .unwrap();
+        let sub = &topology.sub_topologies[0];
+        let dir = tempfile::tempdir().unwrap();
+        let id = TaskId { sub_topology: 0, partition: 0 };
+        let mut task = Task::new(id, 1, sub, open(&dir.path().join("a"), &topology)).unwrap();
+        let globals = GlobalTables::default();
+        let metrics = RuntimeMetrics::new();
+        let env = TaskEnv {
+            clock: Clock::Wall,
+            wall_now_ms: 1_000,
+            globals: &globals,
+            dead_letter_topic: DLQ,
+            metrics: &metrics,
+        };
+        let mut out = Recorded::default();
+        let records: [(&[u8], &[u8], i64); 4] = [
+            (b"a", b"first", 100),
+            (b"z0", b"zero", 150),
+            (b"a", b"bad", 200),
+            (b"z", b"last", 300),
+        ];
+        for (offset, (key, value, timestamp_ms)) in records.into_iter().enumerate() {
+            let record = SourceRecord {
+                topic: "in",
+                partition: 0,
+                offset: offset as i64,
+                key: Some(key),
+                value: Some(value),
+                timestamp_ms,
+            };
+            assert!(task.process(&record, &env, &mut out, &mut Budget::unlimited()).unwrap());
+        }
+        let timers = sub.timer_store();
+        let expected_store = [("a", "first"), ("z", "last"), ("z0", "zero")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .to_vec();
+        assert_eq!(contents(&task.state, STORE), expected_store);
+        assert_eq!(timer_keys(&task.state, &timers), ["a", "z0", "poison", "z", "c"]);
+        assert_eq!(task.timers_pending(), 5);
+
+        // The timers fire (the poison one rejects), then the first tick rejects.
+        assert!(task.fire_due(10_000, 10_000, &env, &mut out, &mut Budget::unlimited()).unwrap());
+        assert_eq!(task.timers_pending(), 0, "nothing scheduled by the rejected calls");
+        assert!(timer_keys(&task.state, &timers).is_empty());
+        assert_eq!(contents(&task.state, STORE), expected_store, "no write of a rejected call");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let outputs: Vec<_> = out
+            .emits
+            .iter()
+            .filter(|(topic, _, _)| topic == OUT)
+            .map(|(_, k, v)| format!("{}={}", text(k), text(v)))
+            .collect();
+        assert_eq!(
+            outputs,
+            [
+                "a=first",
+                "z0=zero",
+                "z=last",
+                "a=fired:2100",
+                "z0=fired:2150",
+                "z=fired:2300",
+                "c=fired:3000"
+            ]
+        );
+        let letters: Vec<_> = out
+            .emits
+            .iter()
+            .filter(|(topic, _, _)| topic == DLQ)
+            .map(|(_, _, v)| SchemaRegistry::builtin().decode::<DeadLetter>(v).unwrap())
+            .map(|l| (l.source_offset, l.reason))
+            .collect();
+        assert_eq!(
+            letters,
+            [
+                (2, "bad value".to_string()),
+                (-1, "poison timer".to_string()),
+                (-1, "first tick".to_string())
+            ]
+        );
+
+        // Restored from its changelog, the store is the same.
+        let restored = open(&dir.path().join("b"), &topology);
+        for store in sub.all_stores() {
+            let topic = topology.changelog_topic(&store);
+            let records: Vec<Restored> = out
+                .changelog
+                .iter()
+                .filter(|(t, _, _)| *t == topic)
+                .map(|(_, k, v)| (k.clone(), v.clone()))
+                .collect();
+            restored.restore(&store, &records).unwrap();
+        }
+        assert_eq!(contents(&restored, STORE), expected_store);
+        assert!(timer_keys(&restored, &timers).is_empty());
     }
 }

@@ -358,6 +358,10 @@ fn send_record(
 }
 
 impl Output for TxnOutput<'_> {
+    fn check(&self, topic: &str, key: &[u8], value: &[u8]) -> Result<(), RuntimeError> {
+        self.txn.check_size(topic, key, value)
+    }
+
     fn emit(
         &mut self,
         topic: &str,
