@@ -800,7 +800,8 @@ mod tests {
                 "id: v i p\nname: ' '\ncolour: red\nwho: {property: age, older_than: 3}\n",
                 &[
                     "colour: unknown field; expected one of id, name, who",
-                    "id: may contain only ASCII letters, digits, '.', '_' and '-'",
+                    "id: must be 1 to 128 ASCII letters, digits, '.', '_' and '-', and not '.' \
+                     or '..'",
                     "name: must not be empty",
                     "who.older_than: unknown property operator \"older_than\"; expected one of \
                      equals, not_equals, in, not_in, between, gt, gte, lt, lte, exists, \
