@@ -244,32 +244,104 @@ fn a_retried_occurrence_is_sent_once_after_the_shards_go_from_8_to_3() {
 /// A daily run (per-run limit 10, throttle 1 per 25 h, app with caps) to u0 and u1: u0 leaves at
 /// the first run's time, u1 waits in the outbox, its place in flight, until 25 h later. The
 /// next run starts 24 h after the first, while the first still waits for u1's place (9e5b500).
-/// Expected: the first run's `RUN_FINISHED`, once u1's place settled.
+/// Expected: each run's `RUN_FINISHED` once (sent 2: u0 and u1), once its last place settled.
 #[test]
-#[ignore = "open (issue 10, review s23 finding 3): a run waiting for its last places in flight is replaced by the next run without RUN_FINISHED"]
 fn a_run_waiting_for_its_last_place_in_flight_still_finishes_when_the_next_run_starts() {
     let t1 = T0 + 100_000;
-    let at = chrono::DateTime::from_timestamp_millis(t1).unwrap().to_rfc3339();
+    // Three daily runs (fixed times, so the clock can run on until every place settled).
+    let at =
+        |day: i64| chrono::DateTime::from_timestamp_millis(t1 + day * DAY).unwrap().to_rfc3339();
+    let (a0, a1, a2) = (at(0), at(1), at(2));
     let def = format!(
-        r#"{{"id":"run","app":"shop","name":"n","when":{{"schedule":{{"at":["{at}"],"every":"1d"}}}},"what":{{"title":"t","body":"b"}},"limits":{{"per_run":10}},"options":{{"throttle":{{"max":1,"per":"25h"}}}}}}"#
+        r#"{{"id":"run","app":"shop","name":"n","when":{{"schedule":{{"at":["{a0}","{a1}","{a2}"]}}}},"what":{{"title":"t","body":"b"}},"limits":{{"per_run":10}},"options":{{"throttle":{{"max":1,"per":"25h"}}}}}}"#
     );
     let mut input = vec![define("run", &def, T0)];
     input.extend(profiles(0, 2, T0));
-    for hour in 0..60 {
+    for hour in 0..150 {
         input.push(driver::event(&format!("x-{hour}"), "z", "Other", t1 + 10_000 + hour * HOUR));
     }
-    let out = driver::run("apps:\n  shop:\n    caps: { per_day: 5 }\n", input, t1 + 60 * HOUR, 1);
+    let out = driver::run("apps:\n  shop:\n    caps: { per_day: 5 }\n", input, t1 + 150 * HOUR, 1);
     let started: Vec<&str> =
         out.of_kind("run", "RunStarted").iter().map(|e| e.details["run_id"].as_str()).collect();
     let finished: Vec<&str> =
         out.of_kind("run", "RunFinished").iter().map(|e| e.details["run_id"].as_str()).collect();
     let sends: Vec<(&str, &str)> =
         out.sends.iter().map(|s| (s.user_id.as_str(), s.run_id.as_str())).collect();
-    assert!(started.len() >= 2, "two runs started: {started:?}");
-    assert!(
-        finished.contains(&started[0]),
-        "the first run finished: started {started:?}, finished {finished:?}, sends {sends:?}"
+    let tallies: Vec<(&str, &str)> = out
+        .of_kind("run", "RunFinished")
+        .iter()
+        .map(|e| (e.details["run_id"].as_str(), e.details["sent"].as_str()))
+        .collect();
+    assert_eq!(started.len(), 3, "three runs started: {started:?}");
+    // Each run started finishes once, with its final tally, in the order they started.
+    let expected: Vec<(&str, &str)> = started.iter().map(|run| (*run, "2")).collect();
+    assert_eq!(tallies, expected, "RUN_FINISHED (run, sent); sends {sends:?}");
+    assert_eq!(finished, started);
+    // Each run sent u0 and u1.
+    for run in &started {
+        let mut users: Vec<&str> =
+            sends.iter().filter(|(_, of)| of == run).map(|(user, _)| *user).collect();
+        users.sort();
+        assert_eq!(users, ["u0", "u1"], "the users {run} sent: {sends:?}");
+    }
+}
+
+/// Issue 10 (review s23 finding 3), two runs waiting at once: three daily runs to u0 and u1,
+/// throttle 1 per 49 h (app with caps), so each run's places wait in the outbox past the next
+/// run's start; the third run starts while both earlier runs still wait for places in flight.
+/// Expected: each run finishes once, after the third started for the first two, with what it sent.
+#[test]
+fn two_replaced_runs_waiting_for_places_at_once_each_finish_once() {
+    let t1 = T0 + 100_000;
+    let at =
+        |day: i64| chrono::DateTime::from_timestamp_millis(t1 + day * DAY).unwrap().to_rfc3339();
+    let (a0, a1, a2) = (at(0), at(1), at(2));
+    let def = format!(
+        r#"{{"id":"run","app":"shop","name":"n","when":{{"schedule":{{"at":["{a0}","{a1}","{a2}"]}}}},"what":{{"title":"t","body":"b"}},"limits":{{"per_run":10}},"options":{{"throttle":{{"max":1,"per":"49h"}}}}}}"#
     );
+    let mut input = vec![define("run", &def, T0)];
+    input.extend(profiles(0, 2, T0));
+    for hour in 0..250 {
+        input.push(driver::event(&format!("x-{hour}"), "z", "Other", t1 + 10_000 + hour * HOUR));
+    }
+    let out = driver::run("apps:\n  shop:\n    caps: { per_day: 5 }\n", input, t1 + 250 * HOUR, 1);
+    let order: Vec<(String, &str)> = out
+        .events
+        .iter()
+        .filter(|e| e.campaign_id == "run")
+        .map(|e| (format!("{:?}", e.kind), e.details.get("run_id").map_or("", String::as_str)))
+        .filter(|(kind, _)| kind == "RunStarted" || kind == "RunFinished")
+        .collect();
+    let tallies: Vec<(&str, &str)> = out
+        .of_kind("run", "RunFinished")
+        .iter()
+        .map(|e| (e.details["run_id"].as_str(), e.details["sent"].as_str()))
+        .collect();
+    let sends: Vec<(&str, &str)> =
+        out.sends.iter().map(|s| (s.user_id.as_str(), s.run_id.as_str())).collect();
+    let runs: Vec<&str> =
+        out.of_kind("run", "RunStarted").iter().map(|e| e.details["run_id"].as_str()).collect();
+    assert_eq!(runs.len(), 3, "three runs started: {order:?}");
+    let started = |run| (String::from("RunStarted"), run);
+    let finished = |run| (String::from("RunFinished"), run);
+    // The first two runs both wait for places when the third starts, and each finishes once.
+    let expected = [
+        started(runs[0]),
+        started(runs[1]),
+        started(runs[2]),
+        finished(runs[0]),
+        finished(runs[1]),
+        finished(runs[2]),
+    ];
+    assert_eq!(order, expected, "sends {sends:?}");
+    let expected: Vec<(&str, &str)> = runs.iter().map(|run| (*run, "2")).collect();
+    assert_eq!(tallies, expected, "RUN_FINISHED (run, sent)");
+    for run in &runs {
+        let mut users: Vec<&str> =
+            sends.iter().filter(|(_, of)| of == run).map(|(user, _)| *user).collect();
+        users.sort();
+        assert_eq!(users, ["u0", "u1"], "the users {run} sent: {sends:?}");
+    }
 }
 
 /// The first midnight (UTC) after `T0`.

@@ -561,9 +561,14 @@ impl CampaignStage {
             }
             Some(mut old) => {
                 self.drop_buffer(ctx, state, &mut old, "run_superseded")?;
-                // Its selected users still to come keep their places until its window closes.
-                if old.closes_at.is_some() {
+                // Its selected users still to come keep their places until its window closes; a
+                // run that started and has yet to finish (its last places may be in flight) is
+                // kept too: it finishes among the earlier runs once nothing of it is left to
+                // settle, so every run started announces `RUN_FINISHED` once.
+                let started = matches!(old.phase, RunPhase::Releasing | RunPhase::AwaitingWinner);
+                if old.closes_at.is_some() || (started && !old.coordinates()) {
                     state.earlier.push(old);
+                    self.wake_run(ctx, state)?;
                 }
                 Ok(Some(RunState::new(run_id)))
             }
