@@ -30,6 +30,9 @@ pub enum ShardReportKind {
     /// beyond the tokens it holds) or gives back tokens it cannot use (`places`); `run_id` is
     /// the window's start (epoch ms).
     Tokens,
+    /// The shard's cumulative counters, answering the home's `Evaluate` of the run `run_id`:
+    /// the A/B winner is decided once every shard of the run answered.
+    Evaluated,
 }
 
 /// A shard tells its campaign's home where it is (keyed by campaign id).
@@ -45,7 +48,7 @@ pub struct ShardReport {
     pub shards: i32,
     /// What it reports.
     pub kind: ShardReportKind,
-    /// The run concerned (not for counters).
+    /// The run concerned (not for `Counters`).
     pub run_id: Option<String>,
     /// `Buffered`: users of the shard matching the run's audience.
     pub qualified: i64,
@@ -63,11 +66,11 @@ pub struct ShardReport {
     pub waiting: i64,
     /// `Returned`: places of the total limit given back; `Counted`: every place it held.
     pub places: i64,
-    /// `Counters`: cumulative per-variant counters.
+    /// `Counters`, `Evaluated`: cumulative per-variant counters.
     pub variants: Vec<VariantStats>,
-    /// `Counters`: users not sent to, by reason.
+    /// `Counters`, `Evaluated`: users not sent to, by reason.
     pub skipped: BTreeMap<String, i64>,
-    /// `Counters`: failed sends, by reason.
+    /// `Counters`, `Evaluated`: failed sends, by reason.
     pub failed: BTreeMap<String, i64>,
     /// `Demand`, `Returned`, `Counted`: users the shard sent to on the day named in `run_id`
     /// (the campaign's day of a daily limit).
@@ -104,6 +107,9 @@ pub enum ShardPlanKind {
     /// `places` tokens of the campaign throttle's window starting at `run_id` (epoch ms) are
     /// granted to the shard, of the throttle's `limit` (its `max`).
     Tokens,
+    /// The A/B test's wait is over: report the counters now (`Evaluated`), for the winner
+    /// decision.
+    Evaluate,
 }
 
 /// The home tells one shard what to do with a scheduled run (keyed by the shard's key).

@@ -233,20 +233,43 @@ impl Replay<'_, '_> {
         Ok(())
     }
 
-    /// Every task fires its timers due at or before `until` and ticks, round after round while
-    /// timers fire: what one task's timers send may schedule due timers in another (e.g. a
-    /// decision coming back to a task that already fired), which a live engine fires as well.
+    /// Every task fires its timers due at or before `until` and ticks, in time order over all
+    /// tasks, as a live engine's clock reaches each: the earliest due time first, then what its
+    /// timers sent is processed before any later timer fires (e.g. a task's answer to another
+    /// task's timer arrives before that task's next timer), round after round while timers
+    /// fire: what one task's timers send may schedule due timers in another (e.g. a decision
+    /// coming back to a task that already fired), which a live engine fires as well.
     fn fire_all(&mut self, until: i64) -> Result<(), RuntimeError> {
         loop {
-            let fired = self.metrics.timers_fired.get();
             let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
-            for id in ids {
-                self.fire_timers(id, until)?;
+            let mut next: Option<i64> = None;
+            for id in &ids {
+                if let Some(due) = self.next_due(*id)? {
+                    next = Some(next.map_or(due, |next| next.min(due)));
+                }
             }
-            if self.metrics.timers_fired.get() == fired {
+            let step = next.map_or(until, |next| next.min(until));
+            let fired = self.metrics.timers_fired.get();
+            for id in ids {
+                self.fire_timers(id, step)?;
+            }
+            if step == until && self.metrics.timers_fired.get() == fired {
                 return Ok(());
             }
         }
+    }
+
+    /// When task `id`'s earliest pending timer is due.
+    fn next_due(&mut self, id: TaskId) -> Result<Option<i64>, RuntimeError> {
+        let mut out = ReplayOutput {
+            topology: self.topology,
+            writer: &mut self.writer,
+            internal: &mut self.internal,
+            internal_offsets: &mut self.internal_offsets,
+            summary: &mut self.summary,
+        };
+        let task = self.tasks.get_mut(&id).expect("existing task");
+        task.next_due(&mut out)
     }
 
     fn drain_internal(&mut self) -> Result<(), RuntimeError> {

@@ -177,6 +177,12 @@ impl Task {
             .fold(now_ms, i64::min)
     }
 
+    /// When the earliest pending timer is due (`None` without one).
+    pub(crate) fn next_due(&mut self, out: &mut dyn Output) -> Result<Option<i64>, RuntimeError> {
+        let store = self.state.store(&self.timer_store, out, self.stream_time)?;
+        Ok(timers::due(&store, i64::MAX, 1)?.first().map(|timer| timer.at_ms))
+    }
+
     /// Processes one record within `budget`. On the event-time clock, timers due strictly
     /// before the stream time fire first (timers due at a record's time fire after the records
     /// of that time: the end of a window is inclusive); when they use up the budget, the record

@@ -30,7 +30,7 @@ use crate::{
     model::{
         is_triggered_run, topics::TopicNames, CampaignLifecycleEvent, CampaignStats, Candidate,
         Engagement, EngagementKind, LifecycleKind, Record, RunTally, SchemaRegistry, SendCommand,
-        SendConfirmed, ShardPlan, ShardReport, Skip, VariantStats,
+        SendConfirmed, ShardPlan, ShardReport, ShardReportKind, Skip, VariantStats,
     },
     outbox::{Drain, Outbox, OutboxState},
     payload::{self, Addressing},
@@ -345,7 +345,7 @@ impl CampaignStage {
             state.stats_published_at = now;
             state.stats_due = None;
             if state.is_shard(campaign) {
-                self.report_counters(ctx, campaign, state)?;
+                self.report_counters(ctx, campaign, state, ShardReportKind::Counters, None)?;
             } else {
                 self.publish_stats(ctx, campaign, state)?;
             }
@@ -749,8 +749,29 @@ impl CampaignStage {
         Ok(())
     }
 
-    /// Declares the A/B winner once the test audience is full and the wait has passed; declares
-    /// it again among the remaining variants when an edit removed the winner.
+    /// The A/B test's wait is over (or its shards answered): the winner is declared, told to
+    /// the shards, and the users waiting for it are released.
+    fn winner_due(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        at: i64,
+    ) -> Result<(), ProcessError> {
+        let chosen = state.winner_id.is_some();
+        self.maybe_declare_winner(ctx, campaign, state, at)?;
+        if !chosen && state.winner_id.is_some() {
+            self.announce_winner_to_shards(ctx, campaign, state)?;
+        }
+        if !is_held(campaign) {
+            self.release_run(ctx, campaign, state, at)?;
+        }
+        Ok(())
+    }
+
+    /// Declares the A/B winner once the test audience is full and the wait has passed (over
+    /// shards, on their counters as of then: see `awaits_evaluation`); declares it again among
+    /// the remaining variants when an edit removed the winner.
     fn maybe_declare_winner(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -761,6 +782,9 @@ impl CampaignStage {
         let Assignment::AbTest(test) = &campaign.assignment else { return Ok(()) };
         let Some(full_at) = state.test_full_at else { return Ok(()) };
         if state.winner(campaign).is_some() || now < full_at + test.evaluate_after_ms {
+            return Ok(());
+        }
+        if self.awaits_evaluation(ctx, campaign, state, now)? {
             return Ok(());
         }
         let merged = state.merged();
@@ -942,16 +966,7 @@ impl Processor for CampaignStage {
         let Some(campaign) = self.known(ctx, id, Some(scope.as_bytes()))? else { return Ok(()) };
         let mut state = self.load(ctx, &campaign, scope)?;
         match kind {
-            AB_TIMER => {
-                let chosen = state.winner_id.is_some();
-                self.maybe_declare_winner(ctx, &campaign, &mut state, timer.at_ms)?;
-                if !chosen && state.winner_id.is_some() {
-                    self.announce_winner_to_shards(ctx, &campaign, &state)?;
-                }
-                if !is_held(&campaign) {
-                    self.release_run(ctx, &campaign, &mut state, timer.at_ms)?;
-                }
-            }
+            AB_TIMER => self.winner_due(ctx, &campaign, &mut state, timer.at_ms)?,
             STATS_TIMER => state.stats_published_at = i64::MIN / 2, // publish in save below
             // A throttle over shards releases on the window's tokens (see `tokens`); a paused
             // or stopped campaign's outbox is held or dropped as on one task.

@@ -76,7 +76,17 @@ pub(super) struct HomeRun {
     tested: BTreeSet<i32>,
     /// Users each shard sent to in the run (its latest cumulative report).
     sent: BTreeMap<i32, i64>,
+    /// When the home asked the shards for their counters to decide the A/B winner.
+    #[serde(default)]
+    asked_at: Option<i64>,
+    /// Shards that answered the ask.
+    #[serde(default)]
+    answered: BTreeSet<i32>,
 }
+
+/// How long the home waits for every shard's answer to its A/B evaluation ask before deciding
+/// on the counters the shards last reported (a shard on an engine that cannot read the ask).
+pub(super) const EVALUATION_GRACE_MS: i64 = 60_000;
 
 impl RunState {
     /// Whether this is the home's view of a sharded run (the shards release it, not the home).
@@ -168,14 +178,18 @@ impl CampaignStage {
         self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &report)
     }
 
-    /// A shard's cumulative counters, for the home's stats and winner decision.
+    /// A shard's cumulative counters, for the home's stats (`Counters`) or its winner decision
+    /// about run `run_id` (`Evaluated`).
     pub(super) fn report_counters(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
         state: &CampaignState,
+        kind: ShardReportKind,
+        run_id: Option<&str>,
     ) -> Result<(), ProcessError> {
-        self.report(ctx, campaign, state, ShardReportKind::Counters, |r| {
+        self.report(ctx, campaign, state, kind, |r| {
+            r.run_id = run_id.map(str::to_string);
             r.variants = state.variants.clone();
             r.skipped = state.skipped.clone();
             r.failed = state.failed.clone();
@@ -263,13 +277,16 @@ impl CampaignStage {
             self.on_lease_report(ctx, &campaign, &mut state, &report)?;
             return self.save(ctx, &campaign, &mut state);
         }
-        if report.kind == ShardReportKind::Counters {
+        if matches!(report.kind, ShardReportKind::Counters | ShardReportKind::Evaluated) {
             let counters = Counters {
                 variants: report.variants,
                 skipped: report.skipped,
                 failed: report.failed,
             };
             state.shard_counters.insert(report.shard as u32, counters);
+            if report.kind == ShardReportKind::Evaluated {
+                self.on_evaluated(ctx, &campaign, &mut state, &report.run_id, report.shard)?;
+            }
             return self.save(ctx, &campaign, &mut state);
         }
         let run_id = report.run_id.as_deref().unwrap_or_default();
@@ -319,7 +336,8 @@ impl CampaignStage {
             | ShardReportKind::Demand
             | ShardReportKind::Returned
             | ShardReportKind::Counted
-            | ShardReportKind::Tokens => {}
+            | ShardReportKind::Tokens
+            | ShardReportKind::Evaluated => {}
         }
         state.run = Some(run);
         self.save(ctx, &campaign, &mut state)
@@ -347,19 +365,8 @@ impl CampaignStage {
             ("shards".to_string(), shards.len().to_string()),
         ]);
         let plan = |shard: i32, kind: ShardPlanKind| ShardPlan {
-            campaign_id: campaign.id.clone(),
-            app_id: campaign.app.clone(),
-            run_id: run.id.clone(),
-            shard,
-            kind,
-            places: 0,
-            test_from: 0,
-            test_users: 0,
-            test_total: 0,
             winner_id: state.winner_id.clone(),
-            limit: None,
-            daily: None,
-            timestamp_ms: at,
+            ..plan_to(campaign, &run.id, shard, kind, at)
         };
         if let Some(limit) = campaign.limits.safety.filter(|limit| qualified > *limit as i64) {
             run.phase = RunPhase::Tripped;
@@ -421,21 +428,68 @@ impl CampaignStage {
         };
         for shard in 0..run.shards.shards {
             let plan = ShardPlan {
-                campaign_id: campaign.id.clone(),
-                app_id: campaign.app.clone(),
-                run_id: run.id.clone(),
-                shard,
-                kind: ShardPlanKind::Winner,
-                places: 0,
-                test_from: 0,
-                test_users: 0,
-                test_total: 0,
                 winner_id: state.winner_id.clone(),
-                limit: None,
-                daily: None,
-                timestamp_ms: ctx.timestamp_ms(),
+                ..plan_to(campaign, &run.id, shard, ShardPlanKind::Winner, ctx.timestamp_ms())
             };
             self.send_plan(ctx, campaign, &plan)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the A/B winner of a run spread over shards must wait for the shards' counters
+    /// as of now: the first time it is due the home asks every shard of the run
+    /// (`Evaluate`), and decides once all have answered (`Evaluated`), or after
+    /// [`EVALUATION_GRACE_MS`] on the counters they last reported. A campaign on one task
+    /// decides at once.
+    pub(super) fn awaits_evaluation(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        now: i64,
+    ) -> Result<bool, ProcessError> {
+        let timer = super::timer_key(super::AB_TIMER, &state.key);
+        let Some(run) = state.run.as_mut().filter(|run| run.coordinates()) else {
+            return Ok(false);
+        };
+        let Some(asked_at) = run.shards.asked_at else {
+            run.shards.asked_at = Some(now);
+            for shard in run.shards.buffered.keys() {
+                let ask = plan_to(campaign, &run.id, *shard, ShardPlanKind::Evaluate, now);
+                self.send_plan(ctx, campaign, &ask)?;
+            }
+            ctx.schedule(now + EVALUATION_GRACE_MS, &timer)?;
+            return Ok(!run.shards.buffered.is_empty());
+        };
+        let missing: Vec<&i32> =
+            run.shards.buffered.keys().filter(|s| !run.shards.answered.contains(s)).collect();
+        if missing.is_empty() {
+            return Ok(false);
+        }
+        if now < asked_at + EVALUATION_GRACE_MS {
+            return Ok(true);
+        }
+        tracing::warn!(campaign = %campaign.id, run = %run.id, ?missing, "shards did not answer the A/B evaluation: deciding on their last reported counters");
+        Ok(false)
+    }
+
+    /// A shard answered the home's evaluation ask of run `run_id`: once all have, the winner
+    /// is decided.
+    fn on_evaluated(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        run_id: &Option<String>,
+        shard: i32,
+    ) -> Result<(), ProcessError> {
+        let Some(run) = state.run.as_mut() else { return Ok(()) };
+        if run.shards.asked_at.is_none() || run_id.as_deref() != Some(run.id.as_str()) {
+            return Ok(()); // an answer to an ask of a run a newer one replaced
+        }
+        run.shards.answered.insert(shard);
+        if state.winner_id.is_none() {
+            self.winner_due(ctx, campaign, state, ctx.timestamp_ms())?;
         }
         Ok(())
     }
@@ -457,6 +511,11 @@ impl CampaignStage {
         }
         if plan.kind.is_lease() {
             self.on_lease_plan(ctx, &campaign, &mut state, &plan)?;
+            return self.save(ctx, &campaign, &mut state);
+        }
+        if plan.kind == ShardPlanKind::Evaluate {
+            let kind = ShardReportKind::Evaluated;
+            self.report_counters(ctx, &campaign, &state, kind, Some(&plan.run_id))?;
             return self.save(ctx, &campaign, &mut state);
         }
         // The winner is the campaign's, whatever run the plan is about (a newer run may have
@@ -487,7 +546,8 @@ impl CampaignStage {
             | ShardPlanKind::Recall
             | ShardPlanKind::Full
             | ShardPlanKind::Recount
-            | ShardPlanKind::Tokens => {}
+            | ShardPlanKind::Tokens
+            | ShardPlanKind::Evaluate => {}
             ShardPlanKind::Winner => {
                 if run.phase == RunPhase::AwaitingWinner && !super::is_held(&campaign) {
                     run.phase = RunPhase::Releasing;
@@ -497,6 +557,31 @@ impl CampaignStage {
         }
         state.run = Some(run);
         self.save(ctx, &campaign, &mut state)
+    }
+}
+
+/// A plan of `kind` about run `run_id` for `shard`, with nothing else set.
+fn plan_to(
+    campaign: &Campaign,
+    run_id: &str,
+    shard: i32,
+    kind: ShardPlanKind,
+    at: i64,
+) -> ShardPlan {
+    ShardPlan {
+        campaign_id: campaign.id.clone(),
+        app_id: campaign.app.clone(),
+        run_id: run_id.to_string(),
+        shard,
+        kind,
+        places: 0,
+        test_from: 0,
+        test_users: 0,
+        test_total: 0,
+        winner_id: None,
+        limit: None,
+        daily: None,
+        timestamp_ms: at,
     }
 }
 
