@@ -142,3 +142,18 @@ fn history_retention_is_configurable_up_to_400_days_and_checked_with_field_paths
     assert_eq!(parsed.who.look_backs_beyond(90, "who"), ["who.any[0].in_last_days"]);
     assert!(parsed.who.look_backs_beyond(180, "who").is_empty());
 }
+
+#[test]
+fn a_filter_reads_history_through_a_behaviour_here_or_in_a_segment_it_references() {
+    let who =
+        |yaml: &str| parse_campaign(&campaign(yaml, "{ title: t, body: b }"), "c").unwrap().who;
+    let buyers =
+        parse_segment("id: buyers\nname: b\nwho: { did: Bought, in_last_days: 7 }\n", "s").unwrap();
+    let segments = HashMap::from([("buyers".to_string(), buyers.who), ("vip".into(), vip().who)]);
+    let segment = |id: &str| segments.get(id);
+    let reads = |yaml: &str| who(yaml).reads_history(&segment);
+    assert!(reads("{ not: { did: Opened } }"));
+    assert!(reads("{ any: [ { property: state, equals: CA }, { segment: buyers } ] }"));
+    assert!(!reads("{ all: [ { property: state, equals: CA }, { segment: vip } ] }"));
+    assert!(!reads("{ segment: unknown }"), "an unknown segment matches nobody");
+}

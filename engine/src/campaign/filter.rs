@@ -69,6 +69,20 @@ impl Filter {
         }
     }
 
+    /// Whether matching reads the user's event history: a behaviour predicate here or in a
+    /// saved segment this filter references (`segment` resolves a segment's filter).
+    pub fn reads_history<'s>(&self, segment: &dyn Fn(&str) -> Option<&'s Filter>) -> bool {
+        match self {
+            Filter::All(filters) | Filter::Any(filters) => {
+                filters.iter().any(|f| f.reads_history(segment))
+            }
+            Filter::Not(filter) => filter.reads_history(segment),
+            Filter::Behaviour(_) => true,
+            Filter::Segment(id) => segment(id).is_some_and(|f| f.reads_history(segment)),
+            Filter::Property(_) | Filter::Device(_) | Filter::Near(_) => false,
+        }
+    }
+
     /// Field paths (this filter being at `path`) of the `in_last_days` of behaviour predicates
     /// looking back more than `days`.
     pub fn look_backs_beyond(&self, days: u32, path: &str) -> Vec<String> {

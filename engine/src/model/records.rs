@@ -13,8 +13,10 @@ pub trait Record: Serialize + DeserializeOwned + Checked {
     const FULL_NAME: &'static str;
 }
 
-/// A property value: what profiles and event properties hold.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A property value: what profiles and event properties hold. Written untagged (JSON's and
+/// Avro's own types); read by the value's type, without trying each variant in turn (see
+/// [`PropertyValueVisitor`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum PropertyValue {
     /// Explicitly empty.
@@ -27,6 +29,66 @@ pub enum PropertyValue {
     Double(f64),
     /// Text, including dates in RFC 3339.
     String(String),
+}
+
+/// Reads a [`PropertyValue`] from whatever type the input holds: null, a boolean, a whole
+/// number (one beyond `i64` becomes a `Double`), a floating-point number or text.
+struct PropertyValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for PropertyValueVisitor {
+    type Value = PropertyValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("null, a boolean, a number or a string")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<PropertyValue, E> {
+        Ok(PropertyValue::Null)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<PropertyValue, E> {
+        Ok(PropertyValue::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, inner: D) -> Result<PropertyValue, D::Error> {
+        inner.deserialize_any(self)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<PropertyValue, E> {
+        Ok(PropertyValue::Bool(value))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<PropertyValue, E> {
+        Ok(PropertyValue::Long(value))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<PropertyValue, E> {
+        Ok(i64::try_from(value).map_or(PropertyValue::Double(value as f64), PropertyValue::Long))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<PropertyValue, E> {
+        Ok(PropertyValue::Double(value))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<PropertyValue, E> {
+        Ok(PropertyValue::String(value.to_string()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, value: String) -> Result<PropertyValue, E> {
+        Ok(PropertyValue::String(value))
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, value: &[u8]) -> Result<PropertyValue, E> {
+        let text = std::str::from_utf8(value)
+            .map_err(|_| E::invalid_value(serde::de::Unexpected::Bytes(value), &self))?;
+        Ok(PropertyValue::String(text.to_string()))
+    }
+}
+
+impl<'de> Deserialize<'de> for PropertyValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(PropertyValueVisitor)
+    }
 }
 
 /// Named property values, ordered by name so encodings are deterministic.
@@ -653,4 +715,30 @@ pub struct UserMerge {
 
 impl Record for UserMerge {
     const FULL_NAME: &'static str = "io.herald.UserMerge";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_property_value_is_read_by_its_type() {
+        let json = r#"[null, true, 5, -5, 1.5, "x", 18446744073709551615]"#;
+        let values: Vec<PropertyValue> = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            values,
+            [
+                PropertyValue::Null,
+                PropertyValue::Bool(true),
+                PropertyValue::Long(5),
+                PropertyValue::Long(-5),
+                PropertyValue::Double(1.5),
+                PropertyValue::String("x".into()),
+                PropertyValue::Double(u64::MAX as f64),
+            ]
+        );
+        assert_eq!(serde_json::to_string(&values[..6]).unwrap(), r#"[null,true,5,-5,1.5,"x"]"#);
+        let refused = serde_json::from_str::<PropertyValue>("[1]").unwrap_err().to_string();
+        assert!(refused.contains("null, a boolean, a number or a string"), "{refused}");
+    }
 }

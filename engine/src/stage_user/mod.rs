@@ -26,8 +26,8 @@ use crate::{
     campaign::{
         sample,
         shards::{self, FlowRecord},
-        Campaign, CampaignCache, CampaignStatus, DndAction, LocalSend, Trigger, UserLocal,
-        CAMPAIGNS_TABLE, SEGMENTS_TABLE,
+        Campaign, CampaignCache, CampaignStatus, DndAction, Filter, LocalSend, SegmentBook,
+        Trigger, UserLocal, CAMPAIGNS_TABLE, SEGMENTS_TABLE,
     },
     model::{
         is_triggered_run, scheduled_run_time, topics::TopicNames, triggered_run_id, AliasRecord,
@@ -702,7 +702,7 @@ impl UserStage {
         occasion: &Occasion<'_>,
     ) -> Result<bool, ProcessError> {
         let Occasion { user, run_id, trigger_event, event_properties, at_ms, .. } = *occasion;
-        let (profile, history) = load_user(ctx, user, at_ms)?;
+        let (profile, history) = load_user(ctx, user, at_ms, &campaign.who, self.segments.book())?;
         let (devices, tz) = match self.assess(ctx, campaign, occasion, &profile, &history)? {
             Verdict::Outside => {
                 let segments = self.segments.book();
@@ -831,15 +831,23 @@ fn leaves_at(ctx: &ProcessorContext<'_>, event: &AppEvent) -> i64 {
     event.timestamp_ms.max(ctx.effective_ms())
 }
 
-/// A user's profile (with `age` derived at `at_ms`) and event history.
+/// A user's profile (with `age` derived at `at_ms`) and, when matching `who` reads it (see
+/// [`Filter::reads_history`]), event history; else an empty history, which `who` never reads.
 fn load_user(
     ctx: &mut ProcessorContext<'_>,
     user: &str,
     at_ms: i64,
+    who: &Filter,
+    segments: &SegmentBook,
 ) -> Result<(Profile, History), ProcessError> {
     let mut profile = ctx.store(PROFILES)?.get_as::<Profile>(user.as_bytes())?.unwrap_or_default();
     profile.derive_age(at_ms);
-    Ok((profile, history::load(&ctx.store(HISTORY)?, user)?))
+    let history = if who.reads_history(&|id| segments.get(id).map(|segment| &segment.who)) {
+        history::load(&ctx.store(HISTORY)?, user)?
+    } else {
+        History::default()
+    };
+    Ok((profile, history))
 }
 
 /// A user's daily event counts per history key, as [`history::load`] reads them.

@@ -131,15 +131,16 @@ impl UserStage {
     ) -> Result<(), ProcessError> {
         match target {
             Target::Segment { filter, at_ms } => {
-                let (profile, history) = load_user(ctx, user, *at_ms)?;
                 let segments = self.segments.book();
+                let (profile, history) = load_user(ctx, user, *at_ms, filter, segments)?;
                 let view = UserView { profile: &profile, history: &history, segments };
                 if filter.matches(&view, *at_ms) {
                     count_reach(counts, &profile, &[Platform::Ios, Platform::Android]);
                 }
             }
             Target::Campaign { campaign, at_ms } => {
-                let (profile, history) = load_user(ctx, user, *at_ms)?;
+                let segments = self.segments.book();
+                let (profile, history) = load_user(ctx, user, *at_ms, &campaign.who, segments)?;
                 let run = scheduled_run_id(*at_ms);
                 let no_properties = Properties::new();
                 let occasion = Occasion {
