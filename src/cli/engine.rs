@@ -52,7 +52,8 @@ pub struct EngineArgs {
     /// the file's `[ingest]` table).
     #[arg(long)]
     ingest_format: Option<IngestFormat>,
-    /// Commit interval in milliseconds.
+    /// Longest a transaction stays open while input keeps coming, in milliseconds (caught up
+    /// with its input, a worker commits after a tenth of it).
     #[arg(long, default_value_t = 100)]
     commit_interval_ms: u64,
     /// Largest record (key and value) produced, the producer's `message.max.bytes`; keep it at

@@ -45,7 +45,8 @@ pub struct CountArgs {
     /// Directory of the local state stores.
     #[arg(long, default_value = ".local/state")]
     state_dir: PathBuf,
-    /// Commit interval in milliseconds.
+    /// Longest a transaction stays open while input keeps coming, in milliseconds (caught up
+    /// with its input, a worker commits after a tenth of it).
     #[arg(long, default_value_t = 100)]
     commit_interval_ms: u64,
     /// Transaction timeout in milliseconds.

@@ -26,7 +26,8 @@ pub struct RuntimeConfig {
     pub instance_id: String,
     /// Where task stores live (`<state_dir>/<app>/<task>/`).
     pub state_dir: PathBuf,
-    /// How often the transaction commits (default 100 ms).
+    /// How long a transaction stays open at most while input keeps coming (default 100 ms);
+    /// a worker that has caught up with its input commits after a tenth of it.
     pub commit_interval: Duration,
     /// Clock driving timers (default wall clock).
     pub clock: Clock,

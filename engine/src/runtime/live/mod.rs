@@ -472,9 +472,13 @@ impl Worker<'_> {
         let consumer = Arc::clone(&self.consumer);
         let mut batch = Vec::new();
         let mut wait = if state.backlog { Duration::ZERO } else { Duration::from_millis(20) };
+        let mut caught_up = false;
         while batch.len() < MAX_BATCH {
             match consumer.poll(wait) {
-                None => break,
+                None => {
+                    caught_up = true;
+                    break;
+                }
                 Some(Ok(message)) => batch.push(message),
                 Some(Err(error)) => {
                     tracing::warn!(%error, "consumer error");
@@ -586,10 +590,13 @@ impl Worker<'_> {
                 }
             }
         }
-        if txn.open
-            && txn.touched
-            && tick.duration_since(state.transaction) >= config.commit_interval
-        {
+        // Input keeps coming: the transaction batches it for the commit interval. Caught up
+        // with the input (nothing more fetched, no timer work left), it commits at once, so a
+        // record waits for no later input before the next stage can read what it caused; after
+        // a tenth of the interval at least, which bounds the commit rate under a steady trickle.
+        let open_for = tick.duration_since(state.transaction);
+        let idle = caught_up && !state.backlog && open_for >= config.commit_interval / 10;
+        if txn.open && txn.touched && (open_for >= config.commit_interval || idle) {
             state.commit(&mut txn, &self.consumer)?;
         }
         drop(txn);
