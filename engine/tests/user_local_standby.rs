@@ -80,9 +80,20 @@ fn replay(users: &[&str], changes: &[String], partitions: i32) -> Outcome {
 
 /// [`replay`] of `campaign` (campaign id `morning`).
 fn replay_campaign(campaign: &str, users: &[&str], changes: &[String], partitions: i32) -> Outcome {
+    replay_until(campaign, users, changes, partitions, "2026-11-20T20:00:00Z")
+}
+
+/// [`replay_campaign`] with time moving on until `until`.
+fn replay_until(
+    campaign: &str,
+    users: &[&str],
+    changes: &[String],
+    partitions: i32,
+    until: &str,
+) -> Outcome {
     let mut lines: Vec<String> = users.iter().map(|u| profile(u)).collect();
     lines.extend(changes.iter().cloned());
-    lines.extend(ticks("2026-11-19T18:00:00Z", "2026-11-20T20:00:00Z"));
+    lines.extend(ticks("2026-11-19T18:00:00Z", until));
     let dir = replay_support::replay(campaign, &lines, partitions);
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
     let mut sends: Vec<(String, String)> = read(dir.path(), "sends.jsonl")
@@ -193,5 +204,39 @@ fn a_daily_run_replaced_before_its_last_selected_users_come_finishes_when_they_c
         };
         assert_eq!((run, sent.as_str()), (&first, "3"), "on {partitions} partition(s)");
         assert!(at.as_str() >= "2026-11-20T19", "after c0 and c1 came, at {at}");
+    }
+}
+
+/// The window's close (the backstop): do-not-disturb hours 08:00-13:00 local with `action:
+/// delay` put every user's send 4 hours after their 09:00 local, so c1 (UTC−10), selected,
+/// would come at 23:00Z on the 20th, after the run's window closed (19:00Z on the 19th + 26 h +
+/// 1 h = 22:00Z on the 20th) with no report of c1 before it. Users in rank order: b1, c1, c0,
+/// b0; `per_run: 2` selects b1 and c1, c0 and b0 stand by. b1 is sent at 13:00Z; at the close
+/// c1 gives up the place, counted `expired` once, c0 is dropped from the standby; the run
+/// announces `RUN_FINISHED` once, then, with sent 1 (b1, the only command). c1 and c0 coming
+/// later are not sent.
+#[test]
+fn a_selected_user_who_has_not_come_when_the_window_closes_gives_up_the_place_as_expired() {
+    let users = ["b0", "b1", "c0", "c1"];
+    assert_eq!(in_rank_order(&users), ["b1", "c1", "c0", "b0"]);
+    let campaign = WEEKLY.replace("per_run: 3", "per_run: 2").replace(
+        "options: { ignore_global_caps: true }",
+        "options: { ignore_global_caps: true, dnd: { start: \"08:00\", end: \"13:00\", action: delay } }",
+    );
+    for partitions in [1, 3] {
+        let outcome = replay_until(&campaign, &users, &[], partitions, "2026-11-21T02:00:00Z");
+        assert_eq!(
+            outcome.sends,
+            pairs(&[("b1", "2026-11-20T13")]),
+            "on {partitions} partition(s)"
+        );
+        assert_eq!(outcome.stats["variants"][0]["sent"], 1, "on {partitions} partition(s)");
+        let skipped = serde_json::json!({ "expired": 1, "run_limit": 2 });
+        assert_eq!(outcome.stats["skipped"], skipped, "c1; b0, c0; on {partitions} partition(s)");
+        let [(_, sent, at)] = outcome.finished.as_slice() else {
+            panic!("one RUN_FINISHED on {partitions} partition(s): {:?}", outcome.finished)
+        };
+        assert_eq!(sent, "1", "on {partitions} partition(s)");
+        assert!(at.as_str() >= "2026-11-20T22", "at the window's close, at {at}");
     }
 }

@@ -161,6 +161,9 @@ struct CampaignState {
     /// until their windows close (see `standby`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     earlier: Vec<runs::RunState>,
+    /// Runs whose windows closed, and when: their users who expired are remembered (`standby`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    expired: Vec<(String, i64)>,
     /// The status last announced as a lifecycle event (see `lifecycle`).
     #[serde(default)]
     announced_status: Option<CampaignStatus>,
@@ -827,13 +830,13 @@ impl CampaignStage {
         };
         let mut state = self.load(ctx, &campaign, &scope(key, &campaign)?)?;
         // A user a run selected who does not come passes the place on (see `standby`).
-        self.not_coming(ctx, &mut state, &skip)?;
+        let counted = self.not_coming(ctx, &mut state, &skip)?;
         // A command the send gate refused takes back its variant's sent count; the first of its
         // notification also gives back the user's place in the limits.
         if let Some(stats) = skip.variant_id.as_deref().and_then(|id| state.variant_stats(id)) {
             stats.sent -= 1;
         }
-        if skip.variant_id.is_none() || skip.returns_place {
+        if (skip.variant_id.is_none() || skip.returns_place) && !counted {
             state.skip(&skip.reason);
         }
         // A triggered A/B test place it took goes back too.

@@ -248,6 +248,9 @@ impl CampaignStage {
                 return self.came(ctx, state, &candidate.run_id, came);
             }
             if sample::reserves(campaign) {
+                if self.expired_came(ctx, state, &candidate.run_id, &candidate.user_id)? {
+                    return Ok(()); // selected, expired at the window's close: counted then
+                }
                 // Not selected: no longer standing by for a place (see `standby`).
                 self.off_standby(ctx, state, &candidate.run_id, &candidate.user_id)?;
             }

@@ -11,6 +11,9 @@
 //! leaves the standby when they come (counted `run_limit`) or are reported not coming. The
 //! run's window closes [`CLOSE_MARGIN_MS`] after its last users' local time: selected users who
 //! have not come by then give up their places (counted `expired`) and its standby is dropped.
+//! An expired user is remembered for [`KEEP_EXPIRED_MS`] after the close, so one who still
+//! comes later (do-not-disturb hours with `action: delay` past the window) or is reported not
+//! coming is neither sent nor counted a second time.
 //!
 //! A run finishes once every selected user came or gave up their place and nothing of it is in
 //! flight, so `RUN_FINISHED`'s `sent` is what it sent. A run the next one replaced before
@@ -34,6 +37,9 @@ pub(super) const CLOSE_TIMER: &str = "run-close";
 const CLOSE_MARGIN_MS: i64 = 3_600_000;
 /// Entries a window's close looks at per timer firing (a step of a bounded transaction).
 const CLOSE_STEP: usize = 500;
+/// How long the users who expired at a window's close are remembered: a user comes at most a
+/// do-not-disturb window (under a day) after their local time.
+const KEEP_EXPIRED_MS: i64 = 48 * 3_600_000;
 
 /// Where the users standing by in `run` are kept: beside its buffer and its selected users, in
 /// the run's random order.
@@ -45,6 +51,11 @@ fn standby_prefix(owner: &str, run: &str) -> Vec<u8> {
 fn standby_key(owner: &str, run: &str, user: &str) -> Vec<u8> {
     let rank = sample::rank(run, user).to_be_bytes();
     [standby_prefix(owner, run).as_slice(), &rank, user.as_bytes()].concat()
+}
+
+/// Where the users `run` selected who expired at its window's close are remembered.
+fn expired_prefix(owner: &str, run: &str) -> Vec<u8> {
+    [owner.as_bytes(), &[0], run.as_bytes(), &[3]].concat()
 }
 
 /// Where the users `run` selected are kept (see [`selection_key`]).
@@ -112,6 +123,24 @@ impl CampaignStage {
         Ok(ctx.store(RUN_BUFFER)?.delete(&standby_key(&state.key, run, user))?)
     }
 
+    /// Whether `user` was selected in `run` and expired at its window's close (counted then):
+    /// forgotten now, as they came or were reported.
+    pub(super) fn expired_came(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        state: &CampaignState,
+        run: &str,
+        user: &str,
+    ) -> Result<bool, ProcessError> {
+        let key = [expired_prefix(&state.key, run).as_slice(), user.as_bytes()].concat();
+        let mut store = ctx.store(RUN_BUFFER)?;
+        let expired = store.get(&key)?.is_some();
+        if expired {
+            store.delete(&key)?;
+        }
+        Ok(expired)
+    }
+
     /// A user `run` selected came at their local time: their place is counted in flight like
     /// the run's others (settling it takes off what was counted); one who came but was not sent
     /// (the campaign stopped, a template error) gives it up. The run may finish.
@@ -136,22 +165,27 @@ impl CampaignStage {
     /// The user stage reports that `skip`'s user does not come for the run it names (see the
     /// module's doc): a place the run selected them for goes, with its variant, to the first
     /// user standing by, else is given up; a user standing by leaves the standby. Other skips
-    /// (the send gate's, or of a campaign whose runs hold no places) name no such run.
+    /// (the send gate's, or of a campaign whose runs hold no places) name no such run. Returns
+    /// whether the user was already counted (expired at the run's window close).
     pub(super) fn not_coming(
         &self,
         ctx: &mut ProcessorContext<'_>,
         state: &mut CampaignState,
         skip: &Skip,
-    ) -> Result<(), ProcessError> {
+    ) -> Result<bool, ProcessError> {
         let from_user_stage = skip.variant_id.is_none() && !skip.returns_place;
         let Some(run) = skip.run_id.as_deref().filter(|_| from_user_stage) else {
-            return Ok(());
+            return Ok(false);
         };
         let owner = state.key.clone();
         let key = selection_key(&owner, run, &skip.user_id);
         let mut store = ctx.store(RUN_BUFFER)?;
         let Some(chosen) = store.get_as::<Option<usize>>(&key)? else {
-            return self.off_standby(ctx, state, run, &skip.user_id);
+            if self.expired_came(ctx, state, run, &skip.user_id)? {
+                return Ok(true);
+            }
+            self.off_standby(ctx, state, run, &skip.user_id)?;
+            return Ok(false);
         };
         store.delete(&key)?;
         let prefix = standby_prefix(&owner, run);
@@ -170,7 +204,8 @@ impl CampaignStage {
                 }
             }
         }
-        self.wake_run(ctx, state)
+        self.wake_run(ctx, state)?;
+        Ok(false)
     }
 
     /// Earlier runs with nothing left to wait for finish.
@@ -210,12 +245,30 @@ impl CampaignStage {
             .map(|run| run.id.clone())
             .collect();
         let mut left = CLOSE_STEP;
-        for id in &runs {
-            let selected = selected_prefix(&owner, id);
-            let entries = ctx.store(RUN_BUFFER)?.prefix(&selected, left)?;
+        // Users who expired at windows closed long enough ago are forgotten.
+        while let Some((id, _)) =
+            state.expired.first().filter(|(_, closed)| closed + KEEP_EXPIRED_MS <= at).cloned()
+        {
+            let entries = ctx.store(RUN_BUFFER)?.prefix(&expired_prefix(&owner, &id), left)?;
             left -= entries.len();
             for (key, _) in entries {
                 ctx.store(RUN_BUFFER)?.delete(&key)?;
+            }
+            if left == 0 {
+                ctx.schedule(at, &timer_key(CLOSE_TIMER, &state.key))?;
+                return Ok(());
+            }
+            state.expired.remove(0);
+        }
+        for id in &runs {
+            let selected = selected_prefix(&owner, id);
+            let expired = expired_prefix(&owner, id);
+            let entries = ctx.store(RUN_BUFFER)?.prefix(&selected, left)?;
+            left -= entries.len();
+            for (key, _) in entries {
+                let mut store = ctx.store(RUN_BUFFER)?;
+                store.delete(&key)?;
+                store.put(&[expired.as_slice(), &key[selected.len()..]].concat(), &[])?;
                 state.skip("expired");
                 if let Some(run) = state.run_mut(id) {
                     run.awaited = run.awaited.saturating_sub(1);
@@ -237,6 +290,7 @@ impl CampaignStage {
             if let Some(run) = state.run_mut(id) {
                 run.closes_at = None;
             }
+            state.expired.push((id.clone(), at));
         }
         self.finish_earlier(ctx, campaign, state)?;
         self.wake_run(ctx, state)
