@@ -830,7 +830,7 @@ impl CampaignStage {
         };
         let mut state = self.load(ctx, &campaign, &scope(key, &campaign)?)?;
         // A user a run selected who does not come passes the place on (see `standby`).
-        let counted = self.not_coming(ctx, &mut state, &skip)?;
+        let counted = self.not_coming(ctx, &campaign, &mut state, &skip)?;
         // A command the send gate refused takes back its variant's sent count; the first of its
         // notification also gives back the user's place in the limits.
         if let Some(stats) = skip.variant_id.as_deref().and_then(|id| state.variant_stats(id)) {

@@ -20,6 +20,9 @@ use crate::{
 
 /// Buffered users released per timer firing: one step, a small part of a transaction's work.
 const RELEASE_STEP: u64 = 500;
+/// Buffered users a test place given up looks at for the next user still to come (see
+/// [`CampaignStage::next_to_come`]): a bounded part of a transaction's work.
+const TO_COME_LOOK: usize = 5_000;
 
 /// Where a scheduled run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +98,10 @@ pub(super) struct RunState {
     /// When the window of a run holding places for users still to come closes (see `standby`).
     #[serde(default)]
     pub(super) closes_at: Option<i64>,
+    /// Where the run's buffer may hold a user still to come (a reservation) waiting for the
+    /// winner (after the prefix): none below it (see [`CampaignStage::next_to_come`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    to_come_from: Option<Vec<u8>>,
 }
 
 impl RunState {
@@ -119,6 +126,7 @@ impl RunState {
             awaited: 0,
             forgone: 0,
             closes_at: None,
+            to_come_from: None,
         }
     }
 
@@ -152,6 +160,12 @@ impl RunState {
     /// Whether the run finished.
     pub(super) fn finished(&self) -> bool {
         self.phase == RunPhase::Done
+    }
+
+    /// Whether the run's A/B test population is out and the rest waits in its buffer for the
+    /// winner.
+    pub(super) fn awaits_winner(&self) -> bool {
+        self.phase == RunPhase::AwaitingWinner
     }
 
     /// Whether the run's A/B test is on: its test users go first, the rest waits for a winner.
@@ -222,6 +236,43 @@ fn buffer_key(campaign: &Campaign, owner: &str, run: &RunState, user: &str) -> V
 }
 
 impl CampaignStage {
+    /// The first user still to come (a [`sample::reservation`]) in the buffer of `run`, which
+    /// waits for its A/B winner, taken out of it: the next user in the run's random order after
+    /// the test population whose local time is still to come (users who came wait beside them,
+    /// for the winner). Returns the user and their local time. Looks at [`TO_COME_LOOK`]
+    /// buffered users at most per call, from where the last look stopped (no reservation
+    /// arrives after the run's release, so none is ever below it).
+    pub(super) fn next_to_come(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        owner: &str,
+        run: &mut RunState,
+    ) -> Result<Option<(String, i64)>, ProcessError> {
+        let prefix = buffer_prefix(owner, &run.id);
+        let resume = run.resume.clone().unwrap_or_default();
+        let mut from = run.to_come_from.clone().unwrap_or_default().max(resume);
+        let mut looked = 0;
+        while looked < TO_COME_LOOK {
+            let start = [prefix.as_slice(), &from].concat();
+            let entries =
+                ctx.store(RUN_BUFFER)?.prefix_from(&prefix, &start, RELEASE_STEP as usize)?;
+            let Some((last, _)) = entries.last() else { break };
+            from = [&last[prefix.len()..], &[0]].concat();
+            looked += entries.len();
+            for (key, value) in entries {
+                let Ok(candidate) = serde_json::from_slice::<Candidate>(&value) else { continue };
+                if sample::is_reservation(&candidate) {
+                    ctx.store(RUN_BUFFER)?.delete(&key)?;
+                    run.buffered = run.buffered.saturating_sub(1);
+                    run.to_come_from = Some(key[prefix.len()..].to_vec());
+                    return Ok(Some((candidate.user_id, candidate.qualified_at_ms)));
+                }
+            }
+        }
+        run.to_come_from = Some(from);
+        Ok(None)
+    }
+
     /// A candidate of a scheduled run: buffered until the run is released; after it, sent
     /// within the per-run limit (users whose do-not-disturb hours delayed them).
     pub(super) fn on_run_candidate(

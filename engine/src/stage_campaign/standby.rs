@@ -7,7 +7,10 @@
 //! stage reports that a selected user does not come (no longer in the audience, not reachable,
 //! capped, past the cut-off, do-not-disturb discarded: a [`Skip`] naming the run), the place
 //! and its variant go to the first user still standing by, else the place is given up
-//! (`forgone`): the run sends that many fewer and takes no one out of order for it. A user
+//! (`forgone`): the run sends that many fewer and takes no one out of order for it. While an
+//! A/B test's remainder waits in the run's buffer for the winner, nobody stands by: a test
+//! place goes to the first user of that buffer still to come (`runs`' `next_to_come`), with
+//! its variant, and the test ends at their local time if that is later. A user
 //! leaves the standby when they come (counted `run_limit`) or are reported not coming. The
 //! run's window closes [`CLOSE_MARGIN_MS`] after its last users' local time: selected users who
 //! have not come by then give up their places (counted `expired`) and its standby is dropped.
@@ -170,6 +173,7 @@ impl CampaignStage {
     pub(super) fn not_coming(
         &self,
         ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
         state: &mut CampaignState,
         skip: &Skip,
     ) -> Result<bool, ProcessError> {
@@ -197,7 +201,22 @@ impl CampaignStage {
                 store.put_as(&selection_key(&owner, run, &user), &chosen)?;
             }
             None => {
-                if let Some(run) = state.run_mut(run) {
+                // A test place while the rest waits for the winner: to the next user still to
+                // come in the run's buffer, so the test keeps its size.
+                let taker = match state.run_mut(run) {
+                    Some(run) if chosen.is_some() && run.awaits_winner() => {
+                        self.next_to_come(ctx, &owner, run)?
+                    }
+                    _ => None,
+                };
+                if let Some((user, local_ms)) = taker {
+                    ctx.store(RUN_BUFFER)?.put_as(&selection_key(&owner, run, &user), &chosen)?;
+                    // The test ends at its last user's local time.
+                    let ends = state.test_full_at.is_some_and(|full_at| full_at < local_ms);
+                    if ends {
+                        self.start_evaluation(ctx, campaign, state, local_ms)?;
+                    }
+                } else if let Some(run) = state.run_mut(run) {
                     run.awaited = run.awaited.saturating_sub(1);
                     run.sent = run.sent.saturating_sub(1);
                     run.forgone += 1;
