@@ -132,3 +132,140 @@ fn a_retried_occurrence_after_an_alias_is_sent_once() {
         }
     }
 }
+
+/// The replay driver of review s23 (settings, stats and lifecycle events).
+mod driver {
+    use std::{cell::RefCell, sync::Arc};
+
+    use herald_engine::{
+        model::{
+            topics::{self, TopicNames},
+            AppEvent, CampaignLifecycleEvent, CampaignStats, IngestDecoder, SchemaRegistry,
+            SendCommand,
+        },
+        pipeline::engine_topology,
+        runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
+        settings::Settings,
+    };
+
+    /// Event `id` of `user` named `name` at `at`.
+    pub fn event(id: &str, user: &str, name: &str, at: i64) -> ReplayRecord {
+        stamped(id, user, name, at, at)
+    }
+
+    /// Event `id` written to the events topic at `at`, stamped `stamp` by its device (whose
+    /// clock is off by `stamp - at`).
+    pub fn stamped(id: &str, user: &str, name: &str, at: i64, stamp: i64) -> ReplayRecord {
+        let event = AppEvent {
+            event_id: id.into(),
+            app_id: "shop".into(),
+            user_id: user.into(),
+            name: name.into(),
+            timestamp_ms: stamp,
+            properties: Default::default(),
+            sdk_version: None,
+        };
+        let value = Some(SchemaRegistry::builtin().encode(&event).unwrap());
+        let key = Some(user.as_bytes().to_vec());
+        ReplayRecord {
+            topic: topics::EVENTS.into(),
+            key,
+            value,
+            timestamp_ms: at,
+            partition: None,
+            offset: 0,
+        }
+    }
+
+    pub struct Out {
+        pub sends: Vec<SendCommand>,
+        pub stats: Vec<CampaignStats>,
+        pub events: Vec<CampaignLifecycleEvent>,
+    }
+
+    impl Out {
+        pub fn of_kind(&self, campaign: &str, kind: &str) -> Vec<&CampaignLifecycleEvent> {
+            let of = |e: &&CampaignLifecycleEvent| e.campaign_id == campaign;
+            self.events.iter().filter(of).filter(|e| format!("{:?}", e.kind) == kind).collect()
+        }
+        pub fn last_stats(&self, campaign: &str) -> CampaignStats {
+            self.stats.iter().rev().find(|s| s.campaign_id == campaign).unwrap().clone()
+        }
+    }
+
+    pub fn run(settings: &str, input: Vec<ReplayRecord>, until: i64, partitions: i32) -> Out {
+        let settings = Arc::new(Settings::parse(settings, "settings").unwrap());
+        let topology =
+            engine_topology("r10", TopicNames::default(), settings, IngestDecoder::default(), 0)
+                .unwrap();
+        let outputs = RefCell::new(Vec::new());
+        replay::run(
+            &topology,
+            ReplayInput::Records(input),
+            ReplaySink::Callback(Box::new(|topic, _, value, _| {
+                outputs.borrow_mut().push((topic.to_string(), value.to_vec()));
+                Ok(())
+            })),
+            &ReplayOptions { partitions, fire_timers_until: Some(until), ..Default::default() },
+        )
+        .unwrap();
+        let registry = SchemaRegistry::builtin();
+        let outputs = outputs.into_inner();
+        let of = |t: &str| -> Vec<Vec<u8>> {
+            outputs.iter().filter(|(topic, _)| topic == t).map(|(_, v)| v.clone()).collect()
+        };
+        Out {
+            sends: of(topics::PUSH).iter().filter_map(|v| registry.decode(v).ok()).collect(),
+            stats: of(topics::STATS).iter().filter_map(|v| registry.decode(v).ok()).collect(),
+            events: of(topics::CAMPAIGN_EVENTS)
+                .iter()
+                .filter_map(|v| registry.decode(v).ok())
+                .collect(),
+        }
+    }
+}
+
+const MIN: i64 = 60_000;
+
+fn dnd_ping(action: &str) -> String {
+    format!("id: ping\napp: shop\nname: n\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\noptions:\n  dnd: {{ start: \"21:00\", end: \"09:00\", action: {action} }}\n")
+}
+
+/// Midnight (UTC, the app's timezone) of the day of `T0`.
+fn day0() -> i64 {
+    T0 - T0.rem_euclid(DAY)
+}
+
+#[test]
+#[ignore = "open (issue 10, review s24 finding 2): the user stage remembers an occurrence only when it becomes a candidate; one discarded for do-not-disturb hours (or skipped for the caps' early look) is judged again when the producer retries it after the event-id window, and sent days late: one occurrence counted dnd_discarded and sent"]
+fn a_retry_of_an_occurrence_discarded_for_dnd_is_not_sent_later() {
+    let night = day0() + DAY + 22 * HOUR;
+    let mut input = vec![define("ping", &dnd_ping("discard"), T0)];
+    input.extend(profiles(0, 1, T0));
+    input.push(driver::event("e-0", "u0", "Ping", night));
+    input.push(driver::event("e-0", "u0", "Ping", night + 2 * DAY - 10 * HOUR)); // noon
+    let out = driver::run("apps:\n  shop: {}\n", input, night + 3 * DAY, 1);
+    let users: Vec<&str> = out.sends.iter().map(|s| s.user_id.as_str()).collect();
+    let skipped = out.last_stats("ping").skipped;
+    assert_eq!(skipped.get("dnd_discarded"), Some(&1), "{skipped:?}");
+    assert!(users.is_empty(), "the discarded occurrence sent on its retry: {users:?}, {skipped:?}");
+}
+
+#[test]
+fn a_retry_of_an_occurrence_waiting_out_dnd_is_sent_once() {
+    let night = day0() + DAY + 22 * HOUR;
+    for retry in [night + HOUR, night + 2 * DAY - 10 * HOUR] {
+        let mut input = vec![define("ping", &dnd_ping("delay"), T0)];
+        input.extend(profiles(0, 2, T0));
+        input.push(driver::event("e-0", "u0", "Ping", night));
+        input.push(driver::event("e-0", "u0", "Ping", retry));
+        // Time passes for every task.
+        for day in 1..5 {
+            input.push(driver::event(&format!("x-{day}"), "u1", "Other", night + day * DAY));
+        }
+        let out = driver::run("apps:\n  shop: {}\n", input, night + 5 * DAY, 1);
+        let sends: Vec<(&str, i64)> =
+            out.sends.iter().map(|s| (s.user_id.as_str(), s.created_at_ms)).collect();
+        assert_eq!(sends, [("u0", night + 11 * HOUR)], "retry at {retry}");
+    }
+}
