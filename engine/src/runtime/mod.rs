@@ -41,5 +41,7 @@ pub use live::{LiveRuntime, ShutdownFlag};
 pub use metrics::{serve_http, ProcessorCounter, Readiness, RuntimeMetrics};
 pub use partitioner::partition_for;
 pub use processor::{Processor, ProcessorContext, SourceRecord, Tick, Timer};
+#[cfg(test)]
+pub(crate) use store::with_scratch_store;
 pub use store::{Entry, Store};
 pub use topology::{StreamTopology, SubTopologyBuilder, TaskId, TopologyBuilder};

@@ -494,6 +494,35 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     end
 }
 
+/// Runs `f` on a scratch store (its own RocksDB in a temporary directory, changelog records
+/// dropped): for unit tests of code written against [`Store`].
+#[cfg(test)]
+pub(crate) fn with_scratch_store<R>(f: impl FnOnce(&mut Store<'_>) -> R) -> R {
+    struct Discard;
+    impl Output for Discard {
+        fn emit(&mut self, _: &str, _: &[u8], _: &[u8], _: i64) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        fn changelog(
+            &mut self,
+            _: &str,
+            _: i32,
+            _: &[u8],
+            _: Option<&[u8]>,
+            _: i64,
+        ) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let changelogs = HashMap::from([("scratch".to_string(), "scratch-changelog".to_string())]);
+    let state = TaskState::open(dir.path(), 0, changelogs, &StoreMemory::new(1 << 20, 1 << 20))
+        .expect("a scratch store");
+    let mut out = Discard;
+    let mut store = state.store("scratch", &mut out, 0).expect("the scratch store");
+    f(&mut store)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

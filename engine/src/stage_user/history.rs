@@ -57,26 +57,36 @@ fn store_key(user: &str, key: &str, day: i64) -> Vec<u8> {
     bytes
 }
 
-/// Counts one occurrence under `key` on the day of `at_ms`; the first of a day also forgets the
-/// key's counts older than `look_back_days` before it (only a new day makes counts expire, so
-/// the other occurrences skip that scan).
+/// Counts one occurrence under `key` on the day of `at_ms` (counts expire in [`expire`]).
 pub fn record(
     store: &mut Store<'_>,
     user: &str,
     key: &str,
     at_ms: i64,
-    look_back_days: i64,
 ) -> Result<(), RuntimeError> {
-    let day = at_ms.div_euclid(DAY_MS);
-    let entry = store_key(user, key, day);
+    let entry = store_key(user, key, at_ms.div_euclid(DAY_MS));
     let earlier = store.get_as::<u32>(&entry)?;
-    store.put_as(&entry, &earlier.unwrap_or(0).saturating_add(1))?;
-    if earlier.is_some() {
-        return Ok(());
-    }
-    let oldest = store_key(user, key, day - look_back_days);
-    for (expired, _) in store.range(&store_key(user, key, i64::MIN), &oldest, 1_000)? {
-        store.delete(&expired)?;
+    store.put_as(&entry, &earlier.unwrap_or(0).saturating_add(1))
+}
+
+/// Most entries of a user [`expire`] looks at in one pass (the rest expire on a later day).
+const EXPIRY_SCAN: usize = 100_000;
+
+/// Forgets `user`'s counts and property sets of days before `oldest_day`: once per user and
+/// day, at their first event of a day later than any before (see [`record_activity`]), so the
+/// events of a day do not scan for what expired.
+pub fn expire(store: &mut Store<'_>, user: &str, oldest_day: i64) -> Result<(), RuntimeError> {
+    let mut prefix = user.as_bytes().to_vec();
+    prefix.push(0);
+    for (entry, _) in store.prefix(&prefix, EXPIRY_SCAN)? {
+        // <key> 0x00 <8-byte day>; the activity entry is too short to hold a day.
+        let Some(day) = entry.len().checked_sub(8).filter(|at| *at > prefix.len() + 1) else {
+            continue;
+        };
+        let day = <[u8; 8]>::try_from(&entry[day..]).map(u64::from_be_bytes);
+        if day.is_ok_and(|day| ((day ^ (1 << 63)) as i64) < oldest_day) {
+            store.delete(&entry)?;
+        }
     }
     Ok(())
 }
@@ -169,13 +179,11 @@ impl SetOutcome {
 }
 
 /// Counts `event` under its set of kept properties on its day, within the day's budget of
-/// sets and bytes per user and event; the first set of a day forgets the event's sets older
-/// than `look_back_days` before it.
+/// sets and bytes per user and event (sets expire in [`expire`]).
 pub fn record_properties(
     store: &mut Store<'_>,
     event: &AppEvent,
     limits: &PropertyHistory,
-    look_back_days: i64,
 ) -> Result<SetOutcome, RuntimeError> {
     let (mark, kept): (char, Properties) = match &limits.keep {
         KeptProperties::All => ('*', event.properties.clone()),
@@ -212,23 +220,7 @@ pub fn record_properties(
         return Ok(SetOutcome::OverBudget);
     }
     store.put_as(&entry, &1u32)?;
-    if today.is_empty() {
-        let event_prefix = format!("{}{SET}", event.name);
-        let from = store_key_prefix(user, &event_prefix);
-        let to =
-            store_key_prefix(user, &format!("{event_prefix}{}", day_text(day - look_back_days)));
-        for (expired, _) in store.range(&from, &to, 1_000)? {
-            store.delete(&expired)?;
-        }
-    }
     Ok(SetOutcome::Kept)
-}
-
-fn store_key_prefix(user: &str, key_prefix: &str) -> Vec<u8> {
-    let mut bytes = user.as_bytes().to_vec();
-    bytes.push(0);
-    bytes.extend_from_slice(key_prefix.as_bytes());
-    bytes
 }
 
 /// Occurrences of `behaviour` per day from `first_day` on, as its property sets in `history`
@@ -318,25 +310,29 @@ impl Activity {
 }
 
 /// Counts an event of `user` at `at_ms` in its local hour in `tz` (the user's timezone at the
-/// time, else the app's).
+/// time, else the app's). Returns whether it is the user's first event of a day later than any
+/// before (their first event too).
 pub fn record_activity(
     store: &mut Store<'_>,
     user: &str,
     at_ms: i64,
     tz: Tz,
     look_back_days: i64,
-) -> Result<(), RuntimeError> {
-    let Some(at) = DateTime::from_timestamp_millis(at_ms) else { return Ok(()) };
+) -> Result<bool, RuntimeError> {
+    let Some(at) = DateTime::from_timestamp_millis(at_ms) else { return Ok(false) };
     let hour = at.with_timezone(&tz).hour() as usize;
     let day = at_ms.div_euclid(DAY_MS);
-    let mut activity = Activity::read(store, user)?.unwrap_or(Activity { day, hours: [0.0; 24] });
+    let earlier = Activity::read(store, user)?;
+    let new_day = earlier.is_none_or(|activity| day > activity.day);
+    let mut activity = earlier.unwrap_or(Activity { day, hours: [0.0; 24] });
     if day > activity.day {
         let decay = Activity::decay(day - activity.day, look_back_days);
         activity.hours.iter_mut().for_each(|weight| *weight *= decay);
         activity.day = day;
     }
     activity.hours[hour] += Activity::decay(activity.day - day, look_back_days);
-    activity.write(store, user)
+    activity.write(store, user)?;
+    Ok(new_day)
 }
 
 /// The local hour `user` was most active in (the earliest of equals), if they had any event
@@ -358,4 +354,58 @@ pub fn best_hour(
         }
     }
     Ok(best.map(|(hour, _)| hour))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{model::PropertyValue, runtime::with_scratch_store};
+
+    const UTC: Tz = chrono_tz::UTC;
+
+    /// `user`'s (key, day) entries.
+    fn days(store: &Store<'_>, user: &str) -> Vec<(String, i64)> {
+        let entries = entries(store, user).unwrap().into_iter();
+        entries.map(|entry| (entry.key.split(SET).next().unwrap().to_string(), entry.day)).collect()
+    }
+
+    #[test]
+    fn a_users_first_event_of_a_later_day_forgets_every_count_and_set_past_the_look_back() {
+        with_scratch_store(|store| {
+            let limits = PropertyHistory::default();
+            let event = |user: &str, day: i64| AppEvent {
+                event_id: format!("{user}-{day}"),
+                app_id: "shop".into(),
+                user_id: user.into(),
+                name: "Bought".into(),
+                timestamp_ms: day * DAY_MS,
+                properties: [("item".to_string(), PropertyValue::String("tea".into()))].into(),
+                sdk_version: None,
+            };
+            let mut count = |user: &str, day: i64| {
+                let new_day = record_activity(store, user, day * DAY_MS, UTC, 30).unwrap();
+                if new_day {
+                    expire(store, user, day - 30).unwrap();
+                }
+                record(store, user, "Bought", day * DAY_MS).unwrap();
+                record_properties(store, &event(user, day), &limits).unwrap();
+                new_day
+            };
+            assert!(count("u1", 100), "a first event");
+            assert!(!count("u1", 100), "the same day");
+            assert!(count("u2", 100));
+            assert!(count("u1", 110));
+            assert!(!count("u1", 105), "a late event: no later day");
+            assert!(count("u1", 135), "day 100 is past the 30 days looked back from 135");
+            let kept = days(store, "u1");
+            let both = |day: i64| [("Bought".to_string(), day), ("Bought".to_string(), day)];
+            assert_eq!(kept.iter().filter(|(_, day)| *day == 100).count(), 0, "{kept:?}");
+            for day in [105, 110, 135] {
+                let on_day: Vec<_> = kept.iter().filter(|(_, d)| *d == day).cloned().collect();
+                assert_eq!(on_day, both(day), "a count and a property set on day {day}");
+            }
+            assert_eq!(days(store, "u2"), both(100), "another user's history is untouched");
+            assert_eq!(best_hour(store, "u1", 135 * DAY_MS, 30).unwrap(), Some(0));
+        });
+    }
 }

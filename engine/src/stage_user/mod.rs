@@ -415,11 +415,14 @@ impl UserStage {
         let retention = i64::from(self.settings.history().days());
         let tz = Profile::stored_timezone(&ctx.store(PROFILES)?, &event.user_id)?
             .unwrap_or(self.settings.app(&event.app_id).timezone);
+        let (user, at) = (event.user_id.as_str(), event.timestamp_ms);
         let mut store = ctx.store(HISTORY)?;
-        history::record(&mut store, &event.user_id, &event.name, event.timestamp_ms, retention)?;
-        history::record_activity(&mut store, &event.user_id, event.timestamp_ms, tz, retention)?;
+        if history::record_activity(&mut store, user, at, tz, retention)? {
+            history::expire(&mut store, user, at.div_euclid(history::DAY_MS) - retention)?;
+        }
+        history::record(&mut store, user, &event.name, at)?;
         let limits = self.settings.property_history();
-        let kept = history::record_properties(&mut store, event, limits, retention)?;
+        let kept = history::record_properties(&mut store, event, limits)?;
         let segments = self.segments.book().behaviours();
         for behaviour in self.campaigns.book().behaviours().iter().chain(segments) {
             let matches = behaviour.event == event.name
@@ -430,7 +433,7 @@ impl UserStage {
                     .all(|c| c.matches_in(&event.properties, event.timestamp_ms));
             if matches {
                 let key = history::behaviour_key(behaviour);
-                history::record(&mut store, &event.user_id, &key, event.timestamp_ms, retention)?;
+                history::record(&mut store, user, &key, at)?;
             }
         }
         if let Some(outcome) = kept.label() {
