@@ -240,3 +240,66 @@ fn a_selected_user_who_has_not_come_when_the_window_closes_gives_up_the_place_as
         assert!(at.as_str() >= "2026-11-20T22", "at the window's close, at {at}");
     }
 }
+
+/// Over 3 shards the run's users go to shards by ranges of rank: shard 0 holds b1, a1; shard 1
+/// c3; shard 2 c5, c9, a2 (asserted below), so the run's order is b1, a1, c3, c5, c9, a2 and
+/// `per_run: 3` selects b1, a1 (shard 0) and c3 (shard 1); shard 2's c5 and c9 stand by (a2,
+/// UTC+14, came at the release: `run_limit`). b1 opts out before its 09:00 local: shard 0 has
+/// no one standing by, shard 1 neither, so the place goes home and on, shard by shard in the
+/// run's order, to c5 (19:00Z on the 20th); c9 comes after it and is counted `run_limit`.
+/// Before: shard 0 gave the place up (2 sent, c5 `run_limit`).
+#[test]
+fn over_shards_a_place_no_one_on_its_shard_can_take_goes_to_the_next_shard_in_the_order() {
+    let users = ["a1", "a2", "b1", "c3", "c5", "c9"];
+    assert_eq!(in_rank_order(&users), ["b1", "a1", "c3", "c5", "c9", "a2"]);
+    let run = scheduled_run_id(ms("2026-11-19T19:00:00Z"));
+    let shards: Vec<u32> = in_rank_order(&users)
+        .iter()
+        .map(|user| sample::shard_of_rank(sample::rank(&run, user), 3))
+        .collect();
+    assert_eq!(shards, [0, 0, 1, 2, 2, 2]);
+    let campaign = WEEKLY.replace(
+        "options: { ignore_global_caps: true }",
+        "options: { ignore_global_caps: true, shards: 3 }",
+    );
+    let opts_out = change("b1", "2026-11-20T05:00:00Z", r#""set":{"push_opt_out":true}"#);
+    for partitions in [1, 3] {
+        let outcome =
+            replay_campaign(&campaign, &users, std::slice::from_ref(&opts_out), partitions);
+        let sends =
+            pairs(&[("a1", "2026-11-19T19"), ("c3", "2026-11-20T19"), ("c5", "2026-11-20T19")]);
+        assert_eq!(outcome.sends, sends, "on {partitions} partition(s)");
+        assert_eq!(outcome.skips, pairs(&[("b1", "not_reachable")]), "{partitions}");
+        assert_eq!(outcome.stats["variants"][0]["sent"], 3, "on {partitions} partition(s)");
+        let skipped = serde_json::json!({ "not_reachable": 1, "run_limit": 2 });
+        assert_eq!(outcome.stats["skipped"], skipped, "a2, c9; on {partitions} partition(s)");
+        let [(_, sent, _)] = outcome.finished.as_slice() else {
+            panic!("one RUN_FINISHED on {partitions} partition(s): {:?}", outcome.finished)
+        };
+        assert_eq!(sent, "3", "on {partitions} partition(s)");
+    }
+}
+
+/// As above with c7, first of shard 1 (before c3): `per_run: 3` selects b1, a1 and c7; c3
+/// (shard 1), c5 and c9 (shard 2) stand by. b1's place goes to the first of them in the run's
+/// order, c3 on shard 1, not shard 2's.
+#[test]
+fn over_shards_a_place_passed_on_goes_to_the_first_shard_with_someone_standing_by() {
+    let users = ["a1", "a2", "b1", "c3", "c5", "c7", "c9"];
+    assert_eq!(in_rank_order(&users), ["b1", "a1", "c7", "c3", "c5", "c9", "a2"]);
+    let campaign = WEEKLY.replace(
+        "options: { ignore_global_caps: true }",
+        "options: { ignore_global_caps: true, shards: 3 }",
+    );
+    let opts_out = change("b1", "2026-11-20T05:00:00Z", r#""set":{"push_opt_out":true}"#);
+    for partitions in [1, 3] {
+        let outcome =
+            replay_campaign(&campaign, &users, std::slice::from_ref(&opts_out), partitions);
+        let sends =
+            pairs(&[("a1", "2026-11-19T19"), ("c3", "2026-11-20T19"), ("c7", "2026-11-20T19")]);
+        assert_eq!(outcome.sends, sends, "on {partitions} partition(s)");
+        let skipped = serde_json::json!({ "not_reachable": 1, "run_limit": 3 });
+        assert_eq!(outcome.stats["skipped"], skipped, "a2, c5, c9; on {partitions} partition(s)");
+        assert_eq!(outcome.finished.len(), 1, "on {partitions} partition(s)");
+    }
+}

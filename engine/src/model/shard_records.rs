@@ -33,6 +33,9 @@ pub enum ShardReportKind {
     /// The shard's cumulative counters, answering the home's `Evaluate` of the run `run_id`:
     /// the A/B winner is decided once every shard of the run answered.
     Evaluated,
+    /// A user the run `run_id` selected at the shard (`timezone: user`) does not come and no
+    /// one stands by there: the place goes home, which passes it to the next shard.
+    PlaceLeft,
 }
 
 /// A shard tells its campaign's home where it is (keyed by campaign id).
@@ -110,6 +113,9 @@ pub enum ShardPlanKind {
     /// The A/B test's wait is over: report the counters now (`Evaluated`), for the winner
     /// decision.
     Evaluate,
+    /// A place of the run `run_id` that an earlier shard's selected user gave up: for the
+    /// shard's first user standing by, else back home (`PlaceLeft`).
+    Place,
 }
 
 /// The home tells one shard what to do with a scheduled run (keyed by the shard's key).

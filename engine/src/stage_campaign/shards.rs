@@ -270,6 +270,10 @@ impl CampaignStage {
             self.on_token_report(ctx, &campaign, &mut state, &report)?;
             return self.save(ctx, &campaign, &mut state);
         }
+        if report.kind == ShardReportKind::PlaceLeft {
+            self.pass_place(ctx, &campaign, &report)?; // see `standby`
+            return self.save(ctx, &campaign, &mut state);
+        }
         if matches!(
             report.kind,
             ShardReportKind::Demand | ShardReportKind::Returned | ShardReportKind::Counted
@@ -337,7 +341,8 @@ impl CampaignStage {
             | ShardReportKind::Returned
             | ShardReportKind::Counted
             | ShardReportKind::Tokens
-            | ShardReportKind::Evaluated => {}
+            | ShardReportKind::Evaluated
+            | ShardReportKind::PlaceLeft => {}
         }
         state.run = Some(run);
         self.save(ctx, &campaign, &mut state)
@@ -406,7 +411,7 @@ impl CampaignStage {
         Ok(())
     }
 
-    fn send_plan(
+    pub(super) fn send_plan(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
@@ -513,6 +518,10 @@ impl CampaignStage {
             self.on_lease_plan(ctx, &campaign, &mut state, &plan)?;
             return self.save(ctx, &campaign, &mut state);
         }
+        if plan.kind == ShardPlanKind::Place {
+            self.take_passed_place(ctx, &campaign, &mut state, &plan.run_id)?; // see `standby`
+            return self.save(ctx, &campaign, &mut state);
+        }
         if plan.kind == ShardPlanKind::Evaluate {
             let kind = ShardReportKind::Evaluated;
             self.report_counters(ctx, &campaign, &state, kind, Some(&plan.run_id))?;
@@ -547,7 +556,8 @@ impl CampaignStage {
             | ShardPlanKind::Full
             | ShardPlanKind::Recount
             | ShardPlanKind::Tokens
-            | ShardPlanKind::Evaluate => {}
+            | ShardPlanKind::Evaluate
+            | ShardPlanKind::Place => {}
             ShardPlanKind::Winner => {
                 if run.phase == RunPhase::AwaitingWinner && !super::is_held(&campaign) {
                     run.phase = RunPhase::Releasing;
@@ -561,7 +571,7 @@ impl CampaignStage {
 }
 
 /// A plan of `kind` about run `run_id` for `shard`, with nothing else set.
-fn plan_to(
+pub(super) fn plan_to(
     campaign: &Campaign,
     run_id: &str,
     shard: i32,

@@ -25,11 +25,11 @@
 
 use super::{
     runs::{selection_key, RunState},
-    timer_key, CampaignStage, CampaignState, ProcessError, RUN_BUFFER,
+    shards, timer_key, CampaignStage, CampaignState, ProcessError, RUN_BUFFER,
 };
 use crate::{
     campaign::{sample, Campaign},
-    model::{scheduled_run_time, Skip},
+    model::{scheduled_run_time, ShardPlanKind, ShardReport, ShardReportKind, Skip},
     runtime::ProcessorContext,
 };
 
@@ -200,6 +200,18 @@ impl CampaignStage {
                 let user = String::from_utf8_lossy(&next[prefix.len() + 8..]);
                 store.put_as(&selection_key(&owner, run, &user), &chosen)?;
             }
+            None if state.is_shard(campaign) => {
+                // Over shards: to the next shard in the run's order, through the home.
+                if let Some(run) = state.run_mut(run) {
+                    run.awaited = run.awaited.saturating_sub(1);
+                    run.sent = run.sent.saturating_sub(1);
+                    run.places = run.places.map(|places| places.saturating_sub(1));
+                }
+                let run = run.to_string();
+                self.report(ctx, campaign, state, ShardReportKind::PlaceLeft, |r| {
+                    r.run_id = Some(run);
+                })?;
+            }
             None => {
                 // A test place while the rest waits for the winner: to the next user still to
                 // come in the run's buffer, so the test keeps its size.
@@ -225,6 +237,58 @@ impl CampaignStage {
         }
         self.wake_run(ctx, state)?;
         Ok(false)
+    }
+
+    /// The home: a shard gave up a place of a run (`PlaceLeft`) with no one standing by there;
+    /// the next shard in the run's order (shard s's users precede shard s+1's) is offered it.
+    /// After the last shard the place is given up; `RUN_FINISHED` counted it when the shards
+    /// released the run.
+    pub(super) fn pass_place(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        report: &ShardReport,
+    ) -> Result<(), ProcessError> {
+        let (Some(run), next) = (report.run_id.as_deref(), report.shard + 1) else {
+            return Ok(());
+        };
+        if next >= report.shards {
+            tracing::debug!(campaign = %campaign.id, run, "a place no shard could take is given up");
+            return Ok(());
+        }
+        let plan = shards::plan_to(campaign, run, next, ShardPlanKind::Place, ctx.timestamp_ms());
+        self.send_plan(ctx, campaign, &plan)
+    }
+
+    /// A shard is offered a place of `run` another shard gave up: its first user standing by
+    /// takes it (selected, see the module's doc), else it goes on (`PlaceLeft`).
+    pub(super) fn take_passed_place(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        run: &str,
+    ) -> Result<(), ProcessError> {
+        let owner = state.key.clone();
+        let prefix = standby_prefix(&owner, run);
+        let mut store = ctx.store(RUN_BUFFER)?;
+        let next = store.prefix(&prefix, 1)?.pop();
+        let taker = next.filter(|_| state.run_mut(run).is_some());
+        let Some((next, _)) = taker else {
+            let run = run.to_string();
+            return self.report(ctx, campaign, state, ShardReportKind::PlaceLeft, |r| {
+                r.run_id = Some(run);
+            });
+        };
+        store.delete(&next)?;
+        let user = String::from_utf8_lossy(&next[prefix.len() + 8..]);
+        store.put_as(&selection_key(&owner, run, &user), &None::<usize>)?;
+        if let Some(run) = state.run_mut(run) {
+            run.awaited += 1;
+            run.sent += 1;
+            run.places = run.places.map(|places| places + 1);
+        }
+        Ok(())
     }
 
     /// Earlier runs with nothing left to wait for finish.
