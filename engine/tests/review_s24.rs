@@ -269,3 +269,74 @@ fn a_retry_of_an_occurrence_waiting_out_dnd_is_sent_once() {
         assert_eq!(sends, [("u0", night + 11 * HOUR)], "retry at {retry}");
     }
 }
+
+/// u1's command to the send gate (the campaign stage's, stamped 30 s after `T0`).
+fn u1_to_the_gate() -> herald_engine::runtime::replay::ReplayRecord {
+    use herald_engine::model::{topics, Platform, SchemaRegistry, SendCommand};
+    let command = SendCommand {
+        message_id: "m-u1".into(),
+        campaign_id: "ping".into(),
+        variant_id: "A".into(),
+        run_id: "trigger:e-1".into(),
+        app_id: "shop".into(),
+        user_id: "u1".into(),
+        device_id: "d-u1".into(),
+        platform: Platform::Ios,
+        token: "tok-u1".into(),
+        payload: "{}".into(),
+        headers: Default::default(),
+        created_at_ms: T0 + 30_000,
+        expires_at_ms: None,
+        confirm: true,
+        place_key: Some("ping".into()),
+    };
+    herald_engine::runtime::replay::ReplayRecord {
+        topic: topics::SEND_GATE.into(),
+        partition: None,
+        offset: 0,
+        key: Some(b"u1".to_vec()),
+        value: Some(SchemaRegistry::builtin().encode(&command).unwrap()),
+        timestamp_ms: T0 + 30_000,
+    }
+}
+
+const CAPS_1: &str = "apps:\n  shop:\n    caps: { per_day: 1 }\n";
+const NEWS: &str = r#"{"id":"news","app":"shop","name":"n","when":{"event":"Pong"},"what":{"title":"t","body":"b"}}"#;
+
+/// Total 2, caps 1 a day, throttle 1 an hour: u0 is sent, u1 holds the second place in flight,
+/// u2 waits for a place. The campaign is edited to `held_status` (draft), u1's command is
+/// refused at the gate (capped by `news`), giving its place back while the campaign is held,
+/// then the campaign is edited back to active. Users sent to by `ping`, and its last skips.
+fn place_returned_while(held_status: &str) -> (Vec<String>, String) {
+    let ping = |status: &str| {
+        format!("id: ping\napp: shop\nname: n\nstatus: {status}\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\nlimits: {{ total: 2 }}\noptions: {{ throttle: {{ max: 1, per: 1h }} }}\n")
+    };
+    let mut input = vec![define("ping", &ping("active"), T0), define("news", NEWS, T0)];
+    input.extend(profiles(0, 4, T0));
+    input.push(driver::event("e-0", "u0", "Ping", T0 + 1_000));
+    input.push(driver::event("e-1", "u1", "Ping", T0 + 2_000)); // in the outbox: in flight
+    input.push(driver::event("e-2", "u2", "Ping", T0 + 3_000)); // total full: waits
+    input.push(driver::event("p-1", "u1", "Pong", T0 + 5_000)); // u1's daily cap to `news`
+    input.push(define("ping", &ping(held_status), T0 + 10_000));
+    input.push(u1_to_the_gate()); // refused: u1's place comes back while held
+    input.push(define("ping", &ping("active"), T0 + 40_000));
+    for minute in 1..=300 {
+        input.push(driver::event(&format!("x-{minute}"), "u3", "Other", T0 + minute * MIN));
+    }
+    let out = driver::run(CAPS_1, input, T0 + 300 * MIN, 1);
+    let users = out.sends.iter().filter(|s| s.campaign_id == "ping");
+    let users = users.map(|s| s.user_id.clone()).collect();
+    (users, format!("{:?}", out.last_stats("ping").skipped))
+}
+
+#[test]
+fn control_a_place_returned_while_paused_goes_to_the_waiting_at_the_resume() {
+    let (users, skipped) = place_returned_while("paused");
+    assert_eq!(users, ["u0", "u2"], "{skipped}");
+}
+
+#[test]
+fn a_place_returned_while_a_draft_goes_to_the_waiting_when_active_again() {
+    let (users, skipped) = place_returned_while("draft");
+    assert_eq!(users, ["u0", "u2"], "{skipped}");
+}
