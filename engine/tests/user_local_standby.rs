@@ -303,3 +303,30 @@ fn over_shards_a_place_passed_on_goes_to_the_first_shard_with_someone_standing_b
         assert_eq!(outcome.finished.len(), 1, "on {partitions} partition(s)");
     }
 }
+
+/// As the window's close above, with c1 opting out at 22:30Z, after the close and before its
+/// do-not-disturb hours end: the user stage reports c1 `not_reachable` at 23:00Z; c1 was
+/// counted `expired` at the close and is not counted again.
+#[test]
+fn a_user_expired_at_the_window_close_and_reported_later_is_counted_once() {
+    let users = ["b0", "b1", "c0", "c1"];
+    let campaign = WEEKLY.replace("per_run: 3", "per_run: 2").replace(
+        "options: { ignore_global_caps: true }",
+        "options: { ignore_global_caps: true, dnd: { start: \"08:00\", end: \"13:00\", action: delay } }",
+    );
+    let opts_out = change("c1", "2026-11-20T22:30:00Z", r#""set":{"push_opt_out":true}"#);
+    for partitions in [1, 3] {
+        let outcome = replay_until(
+            &campaign,
+            &users,
+            std::slice::from_ref(&opts_out),
+            partitions,
+            "2026-11-21T02:00:00Z",
+        );
+        assert_eq!(outcome.sends, pairs(&[("b1", "2026-11-20T13")]), "{partitions}");
+        assert_eq!(outcome.skips, pairs(&[("c1", "not_reachable")]), "{partitions}");
+        let skipped = serde_json::json!({ "expired": 1, "run_limit": 2 });
+        assert_eq!(outcome.stats["skipped"], skipped, "c1; b0, c0; on {partitions} partition(s)");
+        assert_eq!(outcome.finished.len(), 1, "on {partitions} partition(s)");
+    }
+}
