@@ -372,3 +372,136 @@ fn an_identify_whose_alias_is_refused_keeps_its_profile_update() {
         assert_eq!(sent, ["u1:d-u1", "u2:d-u2"], "{partitions} partitions");
     }
 }
+
+/// The runtime's rollback (ae6bef4) through the replay driver, with a processor of its own.
+mod rollback {
+    use std::cell::RefCell;
+
+    use herald_engine::runtime::{
+        replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
+        ProcessError, Processor, ProcessorContext, SourceRecord, StreamTopology, Timer,
+    };
+
+    const STORE: &str = "s";
+    const OUT: &str = "out";
+    const DLQ: &str = "dlq";
+
+    /// `put:k=v` writes and emits; `bad` writes (3,000 new keys, an overwrite twice, a
+    /// deletion), scans, schedules, emits and rejects; `loop` starts a timer that reschedules
+    /// itself, counting, and rejects at its third firing after doing all that again; `read`
+    /// emits what the store holds.
+    struct Probe;
+
+    impl Processor for Probe {
+        fn process(
+            &mut self,
+            ctx: &mut ProcessorContext<'_>,
+            record: &SourceRecord<'_>,
+        ) -> Result<(), ProcessError> {
+            let value = String::from_utf8_lossy(record.value.unwrap_or_default()).into_owned();
+            let at = record.timestamp_ms;
+            if let Some(kv) = value.strip_prefix("put:") {
+                let (k, v) = kv.split_once('=').unwrap();
+                ctx.store(STORE)?.put(k.as_bytes(), v.as_bytes())?;
+                ctx.send(OUT, b"k", kv.as_bytes())?;
+            } else if value == "bad" {
+                let mut store = ctx.store(STORE)?;
+                store.put(b"a", b"overwritten")?;
+                store.delete(b"b")?;
+                for i in 0..3_000 {
+                    store.put(format!("x{i:05}").as_bytes(), &[b'x'; 512])?;
+                }
+                store.put(b"a", b"overwritten twice")?;
+                assert_eq!(store.prefix(b"x", usize::MAX)?.len(), 3_000);
+                ctx.schedule(at + 500, b"ghost")?;
+                ctx.cancel(at + 999, b"loop")?; // the pending `loop` timer
+                ctx.send(OUT, b"k", b"bad")?;
+                return Err(ProcessError::reject("bad"));
+            } else if value == "loop" {
+                ctx.schedule(at + 1_000, b"loop")?;
+            } else if value == "read" {
+                let store = ctx.store(STORE)?;
+                let text = |k: &[u8]| {
+                    store.get(k).unwrap().map(|v| String::from_utf8_lossy(&v).into_owned())
+                };
+                let line = format!(
+                    "a={:?} b={:?} x={} count={:?}",
+                    text(b"a"),
+                    text(b"b"),
+                    store.prefix(b"x", usize::MAX)?.len(),
+                    text(b"count")
+                );
+                ctx.send(OUT, b"k", line.as_bytes())?;
+            }
+            Ok(())
+        }
+
+        fn on_timer(
+            &mut self,
+            ctx: &mut ProcessorContext<'_>,
+            timer: &Timer,
+        ) -> Result<(), ProcessError> {
+            let key = String::from_utf8_lossy(&timer.key).into_owned();
+            let mut store = ctx.store(STORE)?;
+            let count: i64 = store.get_as(b"count")?.unwrap_or(0) + 1;
+            store.put_as(b"count", &count)?;
+            ctx.schedule(timer.at_ms + 1_000, &timer.key)?;
+            ctx.send(OUT, b"k", format!("{key} fired {count}").as_bytes())?;
+            if count == 3 {
+                return Err(ProcessError::reject("third"));
+            }
+            Ok(())
+        }
+    }
+
+    /// What `values` (one record each, a millisecond apart from 1,000, then `read` at 10,000)
+    /// emitted, and the dead letters' count.
+    pub fn run(values: &[&str]) -> (Vec<String>, usize) {
+        let topology = StreamTopology::builder("probe")
+            .dead_letter_topic(DLQ)
+            .sub_topology("t", |_| Probe, |s| s.source("in").store(STORE).sink(OUT))
+            .build()
+            .unwrap();
+        let record = |value: &str, at: i64| ReplayRecord {
+            topic: "in".into(),
+            key: Some(b"k".to_vec()),
+            value: Some(value.as_bytes().to_vec()),
+            timestamp_ms: at,
+            partition: None,
+            offset: 0,
+        };
+        let mut input: Vec<ReplayRecord> =
+            values.iter().enumerate().map(|(i, v)| record(v, 1_000 + i as i64)).collect();
+        input.push(record("read", 10_000));
+        let (out, letters) = (RefCell::new(Vec::new()), RefCell::new(0));
+        let sink = ReplaySink::Callback(Box::new(|topic, _, value, _| {
+            match topic {
+                OUT => out.borrow_mut().push(String::from_utf8_lossy(value).into_owned()),
+                DLQ => *letters.borrow_mut() += 1,
+                _ => {}
+            }
+            Ok(())
+        }));
+        let options = ReplayOptions { fire_timers_until: Some(20_000), ..Default::default() };
+        replay::run(&topology, ReplayInput::Records(input), sink, &options).unwrap();
+        (out.into_inner(), letters.into_inner())
+    }
+}
+
+#[test]
+fn a_rejected_record_or_timer_leaves_only_its_dead_letter_on_the_replay() {
+    let (out, letters) = rollback::run(&["put:a=1", "put:b=2", "loop", "bad"]);
+    assert_eq!(
+        out,
+        [
+            "a=1",
+            "b=2",
+            "loop fired 1",
+            "loop fired 2",
+            "a=Some(\"1\") b=Some(\"2\") x=0 count=Some(\"2\")"
+        ],
+        "the bad record's writes, emit, schedule and cancel undone; the third firing's \
+         count, emit and reschedule undone (the chain ends with its dead letter)"
+    );
+    assert_eq!(letters, 2);
+}
