@@ -505,3 +505,21 @@ fn a_rejected_record_or_timer_leaves_only_its_dead_letter_on_the_replay() {
     );
     assert_eq!(letters, 2);
 }
+
+#[test]
+fn one_occurrence_triggering_two_campaigns_is_sent_once_by_each_and_its_retry_by_neither() {
+    let pong = "id: pong\napp: shop\nname: n\nwhen: { event: Ping }\nwhat: { title: t, body: b }\noptions: { shards: 4 }\n";
+    let mut input = vec![define("ping", &ping("{}"), T0), define("pong", pong, T0)];
+    input.extend(profiles(0, 3, T0));
+    input.extend(events("Ping", "e", 0, 3, T0 + MIN));
+    input.extend(events("Ping", "e", 0, 3, T0 + 2 * DAY));
+    let out = driver::run("apps:\n  shop: {}\n", input, T0 + 2 * DAY + HOUR, 4);
+    let mut sent: Vec<String> =
+        out.sends.iter().map(|s| format!("{}:{}", s.campaign_id, s.user_id)).collect();
+    sent.sort();
+    assert_eq!(sent, ["ping:u0", "ping:u1", "ping:u2", "pong:u0", "pong:u1", "pong:u2"]);
+    for campaign in ["ping", "pong"] {
+        let skipped = out.last_stats(campaign).skipped;
+        assert_eq!(skipped.get("duplicate"), Some(&3), "{campaign}: {skipped:?}");
+    }
+}
