@@ -140,8 +140,7 @@ mod driver {
     use herald_engine::{
         model::{
             topics::{self, TopicNames},
-            AppEvent, CampaignLifecycleEvent, CampaignStats, IngestDecoder, SchemaRegistry,
-            SendCommand,
+            AppEvent, CampaignStats, IngestDecoder, SchemaRegistry, SendCommand,
         },
         pipeline::engine_topology,
         runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
@@ -180,14 +179,9 @@ mod driver {
     pub struct Out {
         pub sends: Vec<SendCommand>,
         pub stats: Vec<CampaignStats>,
-        pub events: Vec<CampaignLifecycleEvent>,
     }
 
     impl Out {
-        pub fn of_kind(&self, campaign: &str, kind: &str) -> Vec<&CampaignLifecycleEvent> {
-            let of = |e: &&CampaignLifecycleEvent| e.campaign_id == campaign;
-            self.events.iter().filter(of).filter(|e| format!("{:?}", e.kind) == kind).collect()
-        }
         pub fn last_stats(&self, campaign: &str) -> CampaignStats {
             self.stats.iter().rev().find(|s| s.campaign_id == campaign).unwrap().clone()
         }
@@ -217,10 +211,6 @@ mod driver {
         Out {
             sends: of(topics::PUSH).iter().filter_map(|v| registry.decode(v).ok()).collect(),
             stats: of(topics::STATS).iter().filter_map(|v| registry.decode(v).ok()).collect(),
-            events: of(topics::CAMPAIGN_EVENTS)
-                .iter()
-                .filter_map(|v| registry.decode(v).ok())
-                .collect(),
         }
     }
 }
