@@ -227,7 +227,6 @@ fn day0() -> i64 {
 }
 
 #[test]
-#[ignore = "open (issue 10, review s24 finding 2): the user stage remembers an occurrence only when it becomes a candidate; one discarded for do-not-disturb hours (or skipped for the caps' early look) is judged again when the producer retries it after the event-id window, and sent days late: one occurrence counted dnd_discarded and sent"]
 fn a_retry_of_an_occurrence_discarded_for_dnd_is_not_sent_later() {
     let night = day0() + DAY + 22 * HOUR;
     let mut input = vec![define("ping", &dnd_ping("discard"), T0)];
@@ -515,7 +514,6 @@ fn one_occurrence_triggering_two_campaigns_is_sent_once_by_each_and_its_retry_by
 }
 
 #[test]
-#[ignore = "open (issue 10, review s24 finding 2): an occurrence skipped by the caps' early look in the user stage is not remembered; the producer's retry 2 days later (caps free again) is sent: one occurrence counted capped_daily and sent"]
 fn a_retry_of_an_occurrence_skipped_for_the_caps_is_not_sent_later() {
     let day = day0() + DAY;
     let mut input = vec![define("ping", &ping("{}"), T0), define("news", NEWS, T0)];

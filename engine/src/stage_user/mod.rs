@@ -706,7 +706,19 @@ impl UserStage {
     ) -> Result<bool, ProcessError> {
         let Occasion { user, run_id, trigger_event, event_properties, at_ms, .. } = *occasion;
         let (profile, history) = load_user(ctx, user, at_ms, &campaign.who, self.segments.book())?;
-        let (devices, tz) = match self.assess(ctx, campaign, occasion, &profile, &history)? {
+        let verdict = self.assess(ctx, campaign, occasion, &profile, &history)?;
+        // A trigger occurrence judged (sent, or skipped for a reason) is remembered: a
+        // producer's retry of it is a duplicate, never judged again days later.
+        let judged = matches!(verdict, Verdict::Skip(_) | Verdict::Candidate { .. });
+        if judged && is_triggered_run(run_id) {
+            let occurrence = format!("{}\u{0}{run_id}", campaign.id);
+            let retention = self.settings.occurrence_retention_ms();
+            if dedup::OCCURRENCES.seen(ctx, user, &occurrence, retention)? {
+                ctx.count(&dedup::DUPLICATES, "occurrence");
+                return self.skip(ctx, campaign, (user, run_id), "duplicate", at_ms).map(|()| true);
+            }
+        }
+        let (devices, tz) = match verdict {
             Verdict::Outside => {
                 let segments = self.segments.book();
                 if campaign.who.segments().iter().any(|id| segments.get(id).is_none()) {
@@ -722,14 +734,6 @@ impl UserStage {
             }
             Verdict::Candidate { devices, tz } => (devices, tz),
         };
-        if is_triggered_run(run_id) {
-            let occurrence = format!("{}\u{0}{run_id}", campaign.id);
-            let retention = self.settings.occurrence_retention_ms();
-            if dedup::OCCURRENCES.seen(ctx, user, &occurrence, retention)? {
-                ctx.count(&dedup::DUPLICATES, "occurrence");
-                return self.skip(ctx, campaign, (user, run_id), "duplicate", at_ms).map(|()| true);
-            }
-        }
         let text = |name: &str| match profile.properties.get(name) {
             Some(PropertyValue::String(s)) => Some(s.clone()),
             _ => None,
