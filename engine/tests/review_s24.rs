@@ -559,3 +559,32 @@ fn a_retry_of_a_cart_that_was_paid_for_is_not_sent() {
     let sent = cart_retried(true);
     assert!(sent.is_empty(), "{sent:?}");
 }
+
+/// Issue 10 (b1e33b4), a replaced run waiting for its A/B winner: two scheduled runs an hour
+/// apart to u0..u3, half of each run tests A and B, the rest waits 3 h for the winner. The second
+/// run starts while the first waits: the first run's remainder is dropped and counted
+/// `run_superseded` (the documented known limit: runs of one campaign do not overlap), the
+/// second run sends to all 4. Counted, so stats and sends agree.
+#[test]
+fn a_run_replaced_while_it_waits_for_its_winner_counts_its_remainder_superseded() {
+    let t1 = T0 + 100_000;
+    let at = |h: i64| chrono::DateTime::from_timestamp_millis(t1 + h * HOUR).unwrap().to_rfc3339();
+    let def = format!(
+        "id: sab\napp: shop\nname: n\nwhen: {{ schedule: {{ at: [\"{}\", \"{}\"] }} }}\nwhat:\n  variants:\n    - {{ id: A, title: A, body: a }}\n    - {{ id: B, title: B, body: b }}\n  ab: {{ test_audience: \"50%\", evaluate_after: 3h }}\n",
+        at(0),
+        at(1)
+    );
+    let mut input = vec![define("sab", &def, T0)];
+    input.extend(profiles(0, 4, T0));
+    for minute in 0..600 {
+        input.push(driver::event(&format!("x-{minute}"), "z", "Other", t1 + 10_000 + minute * MIN));
+    }
+    let out = driver::run("apps:\n  shop: {}\n", input, t1 + 12 * HOUR, 1);
+    let mut per_run: std::collections::BTreeMap<&str, usize> = Default::default();
+    for send in &out.sends {
+        *per_run.entry(send.run_id.as_str()).or_default() += 1;
+    }
+    let skipped = out.last_stats("sab").skipped;
+    assert_eq!(per_run.values().copied().collect::<Vec<_>>(), [2, 4], "{per_run:?} {skipped:?}");
+    assert_eq!(skipped.get("run_superseded"), Some(&2), "{skipped:?}");
+}
