@@ -348,7 +348,6 @@ fn identify(anonymous: &str, user: &str, at: i64) -> herald_engine::runtime::rep
 }
 
 #[test]
-#[ignore = "open (issue 10, review s24 finding 3): the runtime rollback (ae6bef4) undoes a whole input record when one of the records it decodes to is rejected: a Segment identify of an anonymous id already merged into another user (a shared phone, a second account) loses its profile update with the alias it refuses, so the new user's device is never known and their notifications are lost"]
 fn an_identify_whose_alias_is_refused_keeps_its_profile_update() {
     for partitions in [1, 4] {
         let mut input = vec![define("ping", &ping("{}"), T0)];
@@ -554,7 +553,6 @@ fn a_retry_of_an_abandoned_cart_sent_is_not_sent_again() {
 }
 
 #[test]
-#[ignore = "open (issue 10, review s24 finding 4): an inaction window closed by its unless event remembers nothing; the producer's retry of the trigger 2 days later opens a window already over, which fires at once and sends the 'you left your cart' push to a user who paid"]
 fn a_retry_of_a_cart_that_was_paid_for_is_not_sent() {
     let sent = cart_retried(true);
     assert!(sent.is_empty(), "{sent:?}");

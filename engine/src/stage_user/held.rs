@@ -47,19 +47,18 @@ impl UserStage {
     }
 
     /// Drops the held inaction window `probe` names if an `unless` event at `at_ms` came before
-    /// its end (the window's end is inclusive).
+    /// its end (the window's end is inclusive); returns it if so.
     pub(super) fn cancel_held(
         &self,
         ctx: &mut ProcessorContext<'_>,
         probe: &Pending,
         at_ms: i64,
-    ) -> Result<(), ProcessError> {
+    ) -> Result<Option<Pending>, ProcessError> {
         let key = [probe.campaign.as_bytes(), &[0], &probe.key()].concat();
         let held = ctx.store(HELD)?.get_as::<Pending>(&key)?;
-        if held.is_some_and(|held| at_ms <= held.due_ms) {
-            ctx.store(HELD)?.delete(&key)?;
-        }
-        Ok(())
+        let Some(held) = held.filter(|held| at_ms <= held.due_ms) else { return Ok(None) };
+        ctx.store(HELD)?.delete(&key)?;
+        Ok(Some(held))
     }
 
     /// Releases, drops or expires a bounded step of held users whose campaign is no longer

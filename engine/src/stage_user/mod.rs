@@ -248,6 +248,16 @@ impl UserStage {
         for record in &records {
             door::check(record, limits, ctx.clock(), ctx.now_ms()).map_err(|r| r.reject(ctx))?;
         }
+        if records.len() > 1 {
+            // The parts of one input (a Segment identify: a profile update and an alias) are
+            // each handled in a call of their own, through the repartition topic: a part
+            // refused there (an alias of an id merged into another user) goes to the
+            // dead-letter topic alone, the others take effect.
+            for record in &records {
+                route::forward(ctx, &self.topics.ingest_repartition, origin, record, 0)?;
+            }
+            return Ok(());
+        }
         for record in records {
             self.admit(ctx, origin, record, 0)?;
         }
@@ -557,14 +567,37 @@ impl UserStage {
             run_id: triggered_run(),
         };
         let key = probe.key();
-        if let Some(pending) = ctx.store(PENDING)?.get_as::<Pending>(&key)? {
-            if event.timestamp_ms <= pending.due_ms {
-                ctx.store(PENDING)?.delete(&key)?;
-                ctx.cancel(pending.due_ms, &key)?;
-            }
+        let open = ctx.store(PENDING)?.get_as::<Pending>(&key)?;
+        let open = open.filter(|pending| event.timestamp_ms <= pending.due_ms);
+        if let Some(pending) = &open {
+            ctx.store(PENDING)?.delete(&key)?;
+            ctx.cancel(pending.due_ms, &key)?;
         }
         // A window that ended during a pause is held; an `unless` event of its time still counts.
-        self.cancel_held(ctx, &probe, event.timestamp_ms)
+        let held = self.cancel_held(ctx, &probe, event.timestamp_ms)?;
+        // Each occurrence whose window closed is judged: its retry opens no window again.
+        for closed in open.iter().chain(&held) {
+            self.judged(ctx, &campaign.id, &closed.user, &closed.run_id)?;
+        }
+        Ok(())
+    }
+
+    /// Remembers that trigger occurrence `run_id` of `campaign` was judged for `user`; returns
+    /// whether it was already (then it is a repeat, counted).
+    fn judged(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &str,
+        user: &str,
+        run_id: &str,
+    ) -> Result<bool, ProcessError> {
+        let occurrence = format!("{campaign}\u{0}{run_id}");
+        let retention = self.settings.occurrence_retention_ms();
+        let repeat = dedup::OCCURRENCES.seen(ctx, user, &occurrence, retention)?;
+        if repeat {
+            ctx.count(&dedup::DUPLICATES, "occurrence");
+        }
+        Ok(repeat)
     }
 
     /// Starts what `event` triggers in `campaign`: a candidate now, an inaction window or a
@@ -710,13 +743,8 @@ impl UserStage {
         // A trigger occurrence judged (sent, or skipped for a reason) is remembered: a
         // producer's retry of it is a duplicate, never judged again days later.
         let judged = matches!(verdict, Verdict::Skip(_) | Verdict::Candidate { .. });
-        if judged && is_triggered_run(run_id) {
-            let occurrence = format!("{}\u{0}{run_id}", campaign.id);
-            let retention = self.settings.occurrence_retention_ms();
-            if dedup::OCCURRENCES.seen(ctx, user, &occurrence, retention)? {
-                ctx.count(&dedup::DUPLICATES, "occurrence");
-                return self.skip(ctx, campaign, (user, run_id), "duplicate", at_ms).map(|()| true);
-            }
+        if judged && is_triggered_run(run_id) && self.judged(ctx, &campaign.id, user, run_id)? {
+            return self.skip(ctx, campaign, (user, run_id), "duplicate", at_ms).map(|()| true);
         }
         let (devices, tz) = match verdict {
             Verdict::Outside => {
