@@ -659,3 +659,65 @@ fn an_occurrence_sent_from_the_home_is_not_sent_again_after_the_campaign_spread_
     assert_eq!(ids.len(), sends.len(), "no message id twice: {:?}", sent_users(&sends));
     assert_eq!(sent_users(&sends), (0..8).collect(), "each user once");
 }
+
+/// A trigger occurrence's candidate for `user` (occurrence `e-<user>`, one iOS device) keyed to
+/// the coupons campaign's home, as a user stage with a stale copy of the campaigns table (one
+/// shard in effect) keys it, at `at`.
+fn candidate_at_home(user: &str, at: i64) -> ReplayRecord {
+    use herald_engine::model::{topics, Candidate, Device, Platform, SchemaRegistry};
+    let candidate = Candidate {
+        campaign_id: "coupons".into(),
+        app_id: "shop".into(),
+        run_id: format!("trigger:e-{user}"),
+        user_id: user.into(),
+        qualified_at_ms: at,
+        trigger_event: Some("Ping".into()),
+        event_properties: Default::default(),
+        profile: Default::default(),
+        devices: vec![Device {
+            device_id: format!("d-{user}"),
+            platform: Platform::Ios,
+            token: format!("tok-{user}"),
+            app_version: None,
+            os_version: None,
+            make: None,
+            model: None,
+            sdk_version: None,
+        }],
+        timezone: None,
+        language: None,
+        source: None,
+    };
+    ReplayRecord {
+        topic: topics::CAMPAIGN_FLOW.into(),
+        partition: None,
+        offset: 0,
+        key: Some(b"coupons".to_vec()),
+        value: Some(SchemaRegistry::builtin().encode(&candidate).unwrap()),
+        timestamp_ms: at,
+    }
+}
+
+/// Brief s25/I13 item 1: a total of 160 leased over 4 shards (a grant is 10 places, so each
+/// shard holds some before it sends); 200 candidates of users 1000..1200 reach the campaign's
+/// home (keyed by a stale copy of the campaigns table), then users 0..200 ping through their
+/// shards. No candidate is sent outside the leases: exactly 160 users, all of the home's,
+/// forwarded to their shards where they wait in arrival order ahead of the later pings (the
+/// home sent them on its own count before, and the shards then spent the places they held).
+#[test]
+fn triggered_candidates_at_the_home_of_a_leased_total_are_forwarded_to_their_shards() {
+    let mut input = edited(200, &[(0, "limits: { total: 160 }\n", 0..0)]);
+    input.extend((1000..1200).map(|i| candidate_at_home(&format!("u{i}"), T0 + 20_000 + i as i64)));
+    input.extend(events("Ping", "later", 0, 200, T0 + 30_000));
+    let (sends, lifecycle) = replay(input, T0 + 600_000, 0);
+
+    let users = sent_users(&sends);
+    assert_eq!(users.len(), 160, "exactly the total: {users:?}");
+    assert_eq!(users.range(1000..1200).count(), 160, "all of the home's, first: {users:?}");
+    let shards: BTreeSet<u32> = sends.iter().map(|s| shard_of(&s.user_id)).collect();
+    assert_eq!(shards.len(), 4, "sent by every shard on its places");
+    for send in &sends {
+        assert_eq!(send.run_id, format!("trigger:e-{}", send.user_id), "its occurrence's run id");
+    }
+    assert_eq!(sent_at(&lifecycle, "LimitReached"), ["160"]);
+}

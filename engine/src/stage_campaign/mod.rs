@@ -381,6 +381,10 @@ impl CampaignStage {
             // copy of the campaigns table routed it to a shard, or its key names none).
             return self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &candidate);
         }
+        if let Some(shard) = self.shard_of_stray(&campaign, key, &candidate) {
+            // Sent on a place its shard holds, never on the home's own count (see `leases`).
+            return self.emit(ctx, &self.topics.campaign_flow, &shard, &candidate);
+        }
         let mut state = self.load(ctx, &campaign, &scope(key, &campaign)?)?;
         let candidate = Self::leaving_now(ctx, candidate);
         self.admit(ctx, &campaign, &mut state, candidate)?;
@@ -430,6 +434,24 @@ impl CampaignStage {
                 }
                 Scope::Home | Scope::Foreign => true,
             }
+    }
+
+    /// The shard key a triggered candidate that came to the campaign's home goes on to, while
+    /// shards take the campaign's triggered candidates (a user stage with a stale copy of the
+    /// campaigns table keyed it home): its user's shard among those in effect. It keeps its run
+    /// id, hence its message id, and is forwarded in the transaction that consumes it.
+    fn shard_of_stray(
+        &self,
+        campaign: &Campaign,
+        key: Option<&[u8]>,
+        candidate: &Candidate,
+    ) -> Option<String> {
+        let home = key == Some(campaign.id.as_bytes());
+        let sharded = campaign_shards::in_effect(campaign, &self.settings) > 1;
+        (home && sharded && is_triggered_run(&candidate.run_id)).then(|| {
+            let (user, run) = (Some(candidate.user_id.as_str()), Some(candidate.run_id.as_str()));
+            campaign_shards::flow_key(campaign, &self.settings, user, run)
+        })
     }
 
     /// Delivers a candidate: through its scheduled run, or at once for a trigger occurrence.
