@@ -119,7 +119,6 @@ fn control_a_retried_occurrence_without_an_alias_is_sent_once() {
 }
 
 #[test]
-#[ignore = "open (issue 10, review s24 finding 1): the memories of event ids and trigger occurrences stay with the anonymous id when it merges into a known user, so a producer's retry of the anonymous id's event after the alias is judged as the known user's, a new occurrence: the same device gets the notification twice"]
 fn a_retried_occurrence_after_an_alias_is_sent_once() {
     for partitions in [1, 4] {
         for retry_after in [HOUR, 2 * DAY] {

@@ -320,6 +320,14 @@ fn ingest_repartition_records_round_trip() {
             sdk_version: None,
         }],
         history: vec![HistoryCount { key: "Viewed Product".into(), day: 20_418, count: 3 }],
+        seen: vec![
+            SeenEntry { memory: "dedup".into(), id: "e-9".into(), first_seen_ms: 17 },
+            SeenEntry {
+                memory: "occurrences".into(),
+                id: "welcome\0trigger:e-9".into(),
+                first_seen_ms: 18,
+            },
+        ],
     });
 }
 
@@ -632,4 +640,32 @@ fn a_candidate_written_before_its_source_partition_decodes_without_one() {
     bytes.extend(apache_avro::to_avro_datum(&v1, value).unwrap());
     let candidate: Candidate = registry().decode(&bytes).expect("v1 resolves to v2");
     assert_eq!((candidate.user_id.as_str(), candidate.source), ("u-old", None));
+}
+
+#[test]
+fn a_user_merge_written_before_the_ids_seen_decodes_without_any() {
+    let v1 =
+        apache_avro::Schema::parse_str(include_str!("../../schemas/history/user_merge.v1.avsc"))
+            .unwrap();
+    let text = |s: &str| Value::String(s.into());
+    let count = Value::Record(vec![
+        ("key".into(), text("Viewed")),
+        ("day".into(), Value::Long(20_418)),
+        ("count".into(), Value::Int(2)),
+    ]);
+    let value = Value::Record(vec![
+        ("app_id".into(), text("shop")),
+        ("anonymous_id".into(), text("anon-old")),
+        ("user_id".into(), text("u-old")),
+        ("timestamp_ms".into(), Value::Long(15)),
+        ("properties".into(), Value::Map(Default::default())),
+        ("devices".into(), Value::Array(vec![])),
+        ("history".into(), Value::Array(vec![count])),
+    ]);
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&v1.fingerprint::<apache_avro::rabin::Rabin>().bytes[..8]);
+    bytes.extend(apache_avro::to_avro_datum(&v1, value).unwrap());
+    let merge: UserMerge = registry().decode(&bytes).expect("v1 resolves to v2");
+    assert_eq!((merge.user_id.as_str(), merge.history.len()), ("u-old", 1));
+    assert_eq!(merge.seen, vec![], "field added in v2 takes its default");
 }

@@ -22,7 +22,8 @@ pub use records::{
     AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats, Candidate,
     DeadLetter, Device, Engagement, EngagementKind, HistoryCount, IngestForward, LifecycleKind,
     Platform, ProfileUpdate, Properties, PropertyValue, Receipt, ReceiptStatus, Record, RunTally,
-    SendCommand, SendConfirmed, Skip, SourcePartition, UserMerge, VariantStats, TRIGGERED_RUN,
+    SeenEntry, SendCommand, SendConfirmed, Skip, SourcePartition, UserMerge, VariantStats,
+    TRIGGERED_RUN,
 };
 pub use registry::{SchemaError, SchemaRegistry};
 pub use shard_records::{ShardPlan, ShardPlanKind, ShardReport, ShardReportKind};

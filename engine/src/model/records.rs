@@ -711,6 +711,21 @@ pub struct UserMerge {
     /// The anonymous user's daily event counts.
     #[serde(default)]
     pub history: Vec<HistoryCount>,
+    /// What the anonymous id's task remembered having seen and still counts (event ids,
+    /// trigger occurrences judged), kept by the known user's task (empty in version 1).
+    #[serde(default)]
+    pub seen: Vec<SeenEntry>,
+}
+
+/// One id a user's task remembers having seen, moving with a [`UserMerge`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenEntry {
+    /// The memory's store: `dedup` (event ids) or `occurrences` (trigger occurrences judged).
+    pub memory: String,
+    /// The id remembered.
+    pub id: String,
+    /// When it was first seen, epoch milliseconds (its window runs from then).
+    pub first_seen_ms: i64,
 }
 
 impl Record for UserMerge {

@@ -1,16 +1,18 @@
 //! Identify/alias: when an anonymous id identifies as a known user, the anonymous id's task
-//! takes its profile, devices and event history out into a [`UserMerge`] for the known user's
-//! task, and keeps a link (`links` store) so later records for the anonymous id go to the
-//! known user. The known user's task merges: devices union, history added, the known user's
-//! own properties win on conflict. Taking out, linking and sending the merge are one
-//! transaction, and a repeated alias finds the link: a merge happens once.
+//! takes its profile, devices, event history and the ids it remembers having seen (event ids,
+//! trigger occurrences judged: see `dedup`) out into a [`UserMerge`] for the known user's task,
+//! and keeps a link (`links` store) so later records for the anonymous id go to the known user.
+//! The known user's task merges: devices union, history added, the known user's own properties
+//! win on conflict, the ids seen kept under the known user. Taking out, linking and sending the
+//! merge are one transaction, and a repeated alias finds the link: a merge happens once.
 
 use crate::{
-    model::{AliasRecord, HistoryCount, UserMerge},
+    model::{AliasRecord, HistoryCount, SeenEntry, UserMerge},
     runtime::{ProcessError, ProcessorContext, ProcessorCounter, RuntimeError},
+    settings::Settings,
 };
 
-use super::{history, Profile, HISTORY, PROFILES};
+use super::{dedup, history, Profile, HISTORY, PROFILES};
 
 /// Name of the store of links: anonymous id → the known user it merged into.
 pub(super) const LINKS: &str = "links";
@@ -32,10 +34,12 @@ pub(super) fn link_of(
 
 /// What `alias`'s anonymous id has, as a merge for the known user; `None` when there is
 /// nothing to do (the alias was handled before, or names one id twice). An anonymous id
-/// already merged into another user is refused.
+/// already merged into another user is refused. The ids seen are those still within their
+/// windows under `settings` (bounded: see [`dedup::Memory::entries_of`]).
 pub(super) fn take(
     ctx: &mut ProcessorContext<'_>,
     alias: &AliasRecord,
+    settings: &Settings,
 ) -> Result<Option<UserMerge>, ProcessError> {
     let anonymous = &alias.anonymous_id;
     if *anonymous == alias.user_id {
@@ -64,6 +68,12 @@ pub(super) fn take(
             count: i32::try_from(entry.count).unwrap_or(i32::MAX),
         })
         .collect();
+    let mut seen = Vec::new();
+    for (memory, window_ms) in dedup::windows(settings) {
+        for (id, first_seen_ms) in memory.entries_of(ctx, anonymous, window_ms)? {
+            seen.push(SeenEntry { memory: memory.store.to_string(), id, first_seen_ms });
+        }
+    }
     Ok(Some(UserMerge {
         app_id: alias.app_id.clone(),
         anonymous_id: anonymous.clone(),
@@ -72,6 +82,7 @@ pub(super) fn take(
         properties: profile.properties,
         devices: profile.devices,
         history,
+        seen,
     }))
 }
 
@@ -88,6 +99,9 @@ pub(super) fn link(
     for entry in entries {
         store.delete(&entry.store_key)?;
     }
+    for memory in dedup::MEMORIES {
+        memory.forget(ctx, &alias.anonymous_id)?;
+    }
     ctx.store(LINKS)?.put_as(anonymous, &alias.user_id)?;
     ctx.count(&ALIASES, "merged");
     Ok(())
@@ -95,7 +109,8 @@ pub(super) fn link(
 
 /// Merges what an anonymous id had into the known user `merge.user_id`: devices union (the
 /// known user's first, at most `max_devices`), history counts added, properties the known user
-/// lacks.
+/// lacks, the ids seen kept (see [`dedup::Memory::keep`]; a memory this version does not have
+/// is passed over).
 pub(super) fn merge_into(
     ctx: &mut ProcessorContext<'_>,
     merge: UserMerge,
@@ -121,6 +136,11 @@ pub(super) fn merge_into(
     for entry in merge.history {
         let count = u32::try_from(entry.count).unwrap_or(0);
         history::add(&mut store, &merge.user_id, &entry.key, entry.day, count)?;
+    }
+    for entry in merge.seen {
+        if let Some(memory) = dedup::Memory::named(&entry.memory) {
+            memory.keep(ctx, &merge.user_id, &entry.id, entry.first_seen_ms)?;
+        }
     }
     Ok(())
 }

@@ -317,7 +317,7 @@ impl UserStage {
         alias: AliasRecord,
         hops: i32,
     ) -> Result<(), ProcessError> {
-        let Some(merge) = alias::take(ctx, &alias)? else { return Ok(()) };
+        let Some(merge) = alias::take(ctx, &alias, &self.settings)? else { return Ok(()) };
         // Sent before anything is forgotten: a merge too large to send refuses the alias whole.
         self.admit(ctx, origin, Inbound::Merge(merge), hops)?;
         Ok(alias::link(ctx, &alias)?)

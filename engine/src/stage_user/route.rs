@@ -194,6 +194,11 @@ mod tests {
                 .into(),
             devices: vec![],
             history: vec![crate::model::HistoryCount { key: "Viewed".into(), day: 3, count: 2 }],
+            seen: vec![crate::model::SeenEntry {
+                memory: "dedup".into(),
+                id: "e-1".into(),
+                first_seen_ms: 4,
+            }],
         });
         for record in [alias, merge] {
             let bytes = record.encode().unwrap();
