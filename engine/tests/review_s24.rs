@@ -88,8 +88,14 @@ mod segment {
             fire_timers_until: Some(until),
             ..ReplayOptions::default()
         };
-        replay::run(&topology, ReplayInput::Records(input), sink, &options).unwrap();
+        let summary = replay::run(&topology, ReplayInput::Records(input), sink, &options).unwrap();
+        FORWARDED.set(summary.outputs.get(topics::INGEST_REPARTITION).copied().unwrap_or(0));
         sends.into_inner()
+    }
+
+    thread_local! {
+        /// Records the last [`sent`] wrote to the ingest repartition topic.
+        pub static FORWARDED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     }
 }
 
@@ -358,6 +364,38 @@ fn an_identify_whose_alias_is_refused_keeps_its_profile_update() {
             sends.iter().map(|s| format!("{}:{}", s.user_id, s.device_id)).collect();
         assert_eq!(sent, ["u1:d-u1", "u2:d-u2"], "{partitions} partitions");
     }
+}
+
+/// Review s25/RV2 (HIGH, of the fix of finding 3): an identify's profile update must stay in
+/// place, in order with the user's next events on its partition (live, a forwarded update came
+/// after the user's next event, which found no device); only its alias goes round on its own.
+#[test]
+fn an_identify_forwards_only_its_alias_and_keeps_its_profile_update_in_place() {
+    let mut input = vec![define("ping", &ping("{}"), T0)];
+    input.push(identify("anon-7", "u1", T0 + MIN));
+    input.extend(events("Ping", "e", 1, 2, T0 + 2 * MIN));
+    let sends = segment::sent(input, T0 + HOUR, 1);
+    assert_eq!(sends.iter().map(|s| s.user_id.as_str()).collect::<Vec<_>>(), ["u1"]);
+    assert_eq!(segment::FORWARDED.get(), 1, "only the alias goes through the repartition topic");
+}
+
+/// Review s25/RV2 (MEDIUM): a cart event absorbed by the window already open, then paid for:
+/// the producer's retry of the absorbed event 2 days later is not sent either.
+#[test]
+fn a_retry_of_a_cart_absorbed_by_an_open_window_then_paid_for_is_not_sent() {
+    let t = T0 + MIN;
+    let mut input = vec![define("cart", CART, T0)];
+    input.extend(profiles(0, 2, T0));
+    input.push(driver::event("e-0", "u0", "Cart", t));
+    input.push(driver::event("e-1", "u0", "Cart", t + 10 * MIN));
+    input.push(driver::event("c-0", "u0", "Charged", t + 30 * MIN));
+    input.push(driver::event("e-1", "u0", "Cart", t + 2 * DAY));
+    for day in 1..4 {
+        input.push(driver::event(&format!("x-{day}"), "u1", "Other", t + day * DAY + HOUR));
+    }
+    let out = driver::run("apps:\n  shop: {}\n", input, t + 4 * DAY, 1);
+    let sent: Vec<&str> = out.sends.iter().map(|s| s.user_id.as_str()).collect();
+    assert!(sent.is_empty(), "{sent:?}");
 }
 
 /// The runtime's rollback (ae6bef4) through the replay driver, with a processor of its own.

@@ -248,18 +248,18 @@ impl UserStage {
         for record in &records {
             door::check(record, limits, ctx.clock(), ctx.now_ms()).map_err(|r| r.reject(ctx))?;
         }
-        if records.len() > 1 {
-            // The parts of one input (a Segment identify: a profile update and an alias) are
-            // each handled in a call of their own, through the repartition topic: a part
-            // refused there (an alias of an id merged into another user) goes to the
-            // dead-letter topic alone, the others take effect.
-            for record in &records {
-                route::forward(ctx, &self.topics.ingest_repartition, origin, record, 0)?;
-            }
-            return Ok(());
-        }
+        let parts = records.len();
         for record in records {
-            self.admit(ctx, origin, record, 0)?;
+            if parts > 1 && matches!(record, Inbound::Alias(_)) {
+                // The alias of an input with other parts (a Segment identify: a profile update
+                // and an alias) is handled in a call of its own, through the repartition
+                // topic: refused there (an id merged into another user), it goes to the
+                // dead-letter topic alone. The profile update is handled here, in order with
+                // the user's next events on this partition.
+                route::forward(ctx, &self.topics.ingest_repartition, origin, &record, 0)?;
+            } else {
+                self.admit(ctx, origin, record, 0)?;
+            }
         }
         Ok(())
     }
@@ -663,11 +663,16 @@ impl UserStage {
             run_id: run_id.to_string(),
         };
         let key = pending.key();
-        let mut store = ctx.store(PENDING)?;
-        if store.get(&key)?.is_some() {
-            return Ok(()); // a window is already open (or the same reminder is set)
+        if let Some(open) = ctx.store(PENDING)?.get_as::<Pending>(&key)? {
+            // A window is already open (or the same reminder is set): this occurrence is
+            // absorbed by it, and judged (its retry opens no window later). A retry of the
+            // open window's own occurrence is not: the window judges it when it ends.
+            if open.run_id != run_id {
+                self.judged(ctx, &campaign.id, &event.user_id, run_id)?;
+            }
+            return Ok(());
         }
-        store.put_as(&key, &pending)?;
+        ctx.store(PENDING)?.put_as(&key, &pending)?;
         ctx.schedule(pending.due_ms, &key)?;
         Ok(())
     }
