@@ -207,10 +207,7 @@ impl CampaignStage {
                     run.sent = run.sent.saturating_sub(1);
                     run.places = run.places.map(|places| places.saturating_sub(1));
                 }
-                let run = run.to_string();
-                self.report(ctx, campaign, state, ShardReportKind::PlaceLeft, |r| {
-                    r.run_id = Some(run);
-                })?;
+                self.place_left(ctx, campaign, state, run)?;
             }
             None => {
                 // A test place while the rest waits for the winner: to the next user still to
@@ -237,6 +234,18 @@ impl CampaignStage {
         }
         self.wake_run(ctx, state)?;
         Ok(false)
+    }
+
+    /// This shard has no one standing by for a place of `run`: it goes home (`PlaceLeft`).
+    fn place_left(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &CampaignState,
+        run: &str,
+    ) -> Result<(), ProcessError> {
+        let run = run.to_string();
+        self.report(ctx, campaign, state, ShardReportKind::PlaceLeft, |r| r.run_id = Some(run))
     }
 
     /// The home: a shard gave up a place of a run (`PlaceLeft`) with no one standing by there;
@@ -275,10 +284,7 @@ impl CampaignStage {
         let next = store.prefix(&prefix, 1)?.pop();
         let taker = next.filter(|_| state.run_mut(run).is_some());
         let Some((next, _)) = taker else {
-            let run = run.to_string();
-            return self.report(ctx, campaign, state, ShardReportKind::PlaceLeft, |r| {
-                r.run_id = Some(run);
-            });
+            return self.place_left(ctx, campaign, state, run);
         };
         store.delete(&next)?;
         let user = String::from_utf8_lossy(&next[prefix.len() + 8..]);
