@@ -461,14 +461,16 @@ impl Store<'_> {
 
     /// The value of `key`, deserialised from JSON (values written with [`Store::put_as`]).
     pub fn get_as<V: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<V>, RuntimeError> {
-        self.get(key)?
-            .map(|bytes| {
-                serde_json::from_slice(&bytes).map_err(|e| RuntimeError::StateValue {
-                    store: self.name.to_string(),
-                    reason: e.to_string(),
-                })
-            })
-            .transpose()
+        self.get(key)?.map(|bytes| self.decode_as(&bytes)).transpose()
+    }
+
+    /// A value of this store read by a scan ([`Store::range`]), deserialised as
+    /// [`Store::get_as`] does.
+    pub fn decode_as<V: DeserializeOwned>(&self, bytes: &[u8]) -> Result<V, RuntimeError> {
+        serde_json::from_slice(bytes).map_err(|e| RuntimeError::StateValue {
+            store: self.name.to_string(),
+            reason: e.to_string(),
+        })
     }
 
     /// Sets `key` to `value` serialised as JSON (self-describing, so stored values stay readable

@@ -630,6 +630,7 @@ impl UserStage {
                             event_properties: &event.properties,
                             at_ms: leaves_at(ctx, event),
                             after_dnd: false,
+                            stored_profile: None,
                         };
                         return self.qualify(ctx, campaign, &occasion).map(|_| ());
                     }
@@ -728,6 +729,7 @@ impl UserStage {
             event_properties: &pending.event_properties,
             at_ms,
             after_dnd: pending.waiting == Waiting::Dnd,
+            stored_profile: None,
         };
         if !self.qualify(ctx, campaign, &occasion)? && sample::reserves(campaign) {
             let who = (pending.user.as_str(), pending.run_id.as_str());
@@ -743,7 +745,13 @@ impl UserStage {
         occasion: &Occasion<'_>,
     ) -> Result<bool, ProcessError> {
         let Occasion { user, run_id, trigger_event, event_properties, at_ms, .. } = *occasion;
-        let (profile, history) = load_user(ctx, user, at_ms, &campaign.who, self.segments.book())?;
+        let (profile, history) = load_user(
+            ctx,
+            (user, occasion.stored_profile),
+            at_ms,
+            &campaign.who,
+            self.segments.book(),
+        )?;
         let verdict = self.assess(ctx, campaign, occasion, &profile, &history)?;
         // A trigger occurrence judged (sent, or skipped for a reason) is remembered: a
         // producer's retry of it is a duplicate, never judged again days later.
@@ -873,14 +881,20 @@ fn leaves_at(ctx: &ProcessorContext<'_>, event: &AppEvent) -> i64 {
 
 /// A user's profile (with `age` derived at `at_ms`) and, when matching `who` reads it (see
 /// [`Filter::reads_history`]), event history; else an empty history, which `who` never reads.
+/// A user's profile (decoded from `stored` when the caller already read it, else read from the
+/// store) and, when `who` looks at past behaviour, their history.
 fn load_user(
     ctx: &mut ProcessorContext<'_>,
-    user: &str,
+    (user, stored): (&str, Option<&[u8]>),
     at_ms: i64,
     who: &Filter,
     segments: &SegmentBook,
 ) -> Result<(Profile, History), ProcessError> {
-    let mut profile = ctx.store(PROFILES)?.get_as::<Profile>(user.as_bytes())?.unwrap_or_default();
+    let profiles = ctx.store(PROFILES)?;
+    let mut profile = match stored {
+        Some(bytes) => profiles.decode_as::<Profile>(bytes)?,
+        None => profiles.get_as::<Profile>(user.as_bytes())?.unwrap_or_default(),
+    };
     profile.derive_age(at_ms);
     let history = if who.reads_history(&|id| segments.get(id).map(|segment| &segment.who)) {
         history::load(&ctx.store(HISTORY)?, user)?
@@ -917,6 +931,9 @@ struct Occasion<'a> {
     at_ms: i64,
     /// Do-not-disturb hours were already waited out.
     after_dnd: bool,
+    /// The user's stored profile as the caller already read it (a run's scan), or `None`:
+    /// read it from the store.
+    stored_profile: Option<&'a [u8]>,
 }
 
 /// Longest event id used as it is to name an occurrence; longer ones are replaced by their

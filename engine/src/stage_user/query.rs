@@ -132,7 +132,7 @@ impl UserStage {
         match target {
             Target::Segment { filter, at_ms } => {
                 let segments = self.segments.book();
-                let (profile, history) = load_user(ctx, user, *at_ms, filter, segments)?;
+                let (profile, history) = load_user(ctx, (user, None), *at_ms, filter, segments)?;
                 let view = UserView { profile: &profile, history: &history, segments };
                 if filter.matches(&view, *at_ms) {
                     count_reach(counts, &profile, &[Platform::Ios, Platform::Android]);
@@ -140,7 +140,8 @@ impl UserStage {
             }
             Target::Campaign { campaign, at_ms } => {
                 let segments = self.segments.book();
-                let (profile, history) = load_user(ctx, user, *at_ms, &campaign.who, segments)?;
+                let (profile, history) =
+                    load_user(ctx, (user, None), *at_ms, &campaign.who, segments)?;
                 let run = scheduled_run_id(*at_ms);
                 let no_properties = Properties::new();
                 let occasion = Occasion {
@@ -150,6 +151,7 @@ impl UserStage {
                     event_properties: &no_properties,
                     at_ms: *at_ms,
                     after_dnd: false,
+                    stored_profile: None,
                 };
                 match self.assess(ctx, campaign, &occasion, &profile, &history)? {
                     Verdict::Outside => return Ok(()),

@@ -95,11 +95,12 @@ impl UserStage {
             Some(user) => [user.as_bytes(), &[0]].concat(),
             None => Vec::new(),
         };
-        let users: Vec<String> = ctx
+        // Each user's profile is read here, with the key: qualifying them does not look it up again.
+        let users: Vec<(String, Vec<u8>)> = ctx
             .store(PROFILES)?
             .range(&from, &[], SCAN_STEP)?
             .into_iter()
-            .map(|(key, _)| String::from_utf8_lossy(&key).into_owned())
+            .map(|(key, profile)| (String::from_utf8_lossy(&key).into_owned(), profile))
             .collect();
         let run = scheduled_run_id(cursor.run_at);
         // The run's shards are fixed when its scan starts: an edit meanwhile does not split its
@@ -109,7 +110,7 @@ impl UserStage {
         }
         let shards = cursor.by_shard.len() as u32;
         let no_properties = Properties::new();
-        for user in &users {
+        for (user, profile) in &users {
             let occasion = Occasion {
                 user,
                 run_id: &run,
@@ -117,6 +118,7 @@ impl UserStage {
                 event_properties: &no_properties,
                 at_ms: cursor.run_at,
                 after_dnd: false,
+                stored_profile: Some(profile),
             };
             if self.qualify(ctx, campaign, &occasion)? {
                 cursor.qualified += 1;
@@ -124,7 +126,7 @@ impl UserStage {
                     [shards::of_run_user(campaign, Some(&run), user, shards) as usize] += 1;
             }
         }
-        cursor.after = users.last().cloned().or(cursor.after);
+        cursor.after = users.last().map(|(user, _)| user.clone()).or(cursor.after);
         if users.len() < SCAN_STEP {
             cursor.done = true;
             let tally = RunTally {
