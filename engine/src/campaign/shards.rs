@@ -19,9 +19,9 @@ pub const SEPARATOR: char = '\u{1f}';
 /// exact over shards today, else 1 (everything at home). Exact today: no limit on an app with
 /// frequency caps (its places would be held in flight); a campaign throttle's windows are
 /// shared out as tokens by the home (`stage_campaign::tokens`); a scheduled
-/// campaign without a daily limit with one message, an A/B test or messages by property (the
-/// home plans each run); a triggered campaign with one message or messages by property (its
-/// total and daily limits are leased to the shards by the home).
+/// campaign without a daily limit with one message, an A/B test, alternation, a split or
+/// messages by property (the home plans each run); a triggered campaign with one message or
+/// messages by property (its total and daily limits are leased to the shards by the home).
 pub fn in_effect(campaign: &Campaign, settings: &Settings) -> u32 {
     let limits = &campaign.limits;
     let limited = limits.total.is_some() || limits.daily.is_some() || limits.per_run.is_some();
@@ -33,7 +33,11 @@ pub fn in_effect(campaign: &Campaign, settings: &Settings) -> u32 {
             // A test whose users are sent at their local times ends at the last one's, which
             // only one task knows (see `stage_campaign::runs`).
             (Trigger::Scheduled(schedule), Assignment::AbTest(_)) => schedule.user_local.is_none(),
-            (Trigger::Scheduled(_), _) => false,
+            // Each shard's users take its range of the run's global assignment indices
+            // (`stage_campaign::runs`); users sent at their local times come after the release.
+            (Trigger::Scheduled(schedule), Assignment::Alternate | Assignment::Split(_)) => {
+                schedule.user_local.is_none()
+            }
             // Total and daily limits are leased to the shards by the home
             // (`stage_campaign::leases`).
             (_, Assignment::Single | Assignment::ByProperty(_)) => true,

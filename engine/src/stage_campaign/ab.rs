@@ -39,6 +39,19 @@ pub fn alternate(n: u64, variants: usize) -> usize {
     (n % variants.max(1) as u64) as usize
 }
 
+/// The variant of global assignment index `index` (0-based) of a campaign assigning by strict
+/// alternation or by a split: the one its single task gives its `index`-th user assigned
+/// ([`alternate`], or [`SplitDelivery::at`]); `None` for any other assignment. Over shards each
+/// user sent takes one global index (see `docs/architecture.md`, "Split proportions and
+/// alternation"), so the variant counts are one task's.
+pub fn variant_at(assignment: &Assignment, variants: usize, index: u64) -> Option<usize> {
+    match assignment {
+        Assignment::Alternate => Some(alternate(index, variants)),
+        Assignment::Split(shares) => Some(SplitDelivery::at(shares, index)),
+        Assignment::Single | Assignment::AbTest(_) | Assignment::ByProperty(_) => None,
+    }
+}
+
 /// Partition `partition`'s share of `places` divided over `partitions`: its first place and
 /// how many. Shares are equal (the first `places mod partitions` partitions have one more) and
 /// in consecutive ranges: partition 0's first; a partition beyond `partitions` has none.
@@ -611,6 +624,19 @@ impl SplitDelivery {
         &self.current
     }
 
+    /// The variant of the `index`-th user (0-based) of a split started afresh: the round robin
+    /// is periodic (from zero, every variant is chosen exactly its weight's times in each run
+    /// of the sum of the weights, which brings it back to zero), so at most that many steps.
+    pub fn at(percentages: &[u32], index: u64) -> usize {
+        let period: u64 = percentages.iter().map(|p| u64::from(*p)).sum::<u64>().max(1);
+        let mut split = Self::new(percentages);
+        let mut variant = split.next_variant();
+        for _ in 0..index % period {
+            variant = split.next_variant();
+        }
+        variant
+    }
+
     /// The variant of the next user.
     pub fn next_variant(&mut self) -> usize {
         let total: i64 = self.weights.iter().sum();
@@ -854,6 +880,23 @@ mod tests {
             }
         }
         assert_eq!(counts, [500, 300, 200]);
+    }
+
+    #[test]
+    fn the_variant_of_a_global_index_is_the_single_task_round_robin_of_that_index() {
+        for shares in [vec![70, 30], vec![50, 30, 20], vec![1, 99], vec![0, 100], vec![33, 33, 34]]
+        {
+            let mut split = SplitDelivery::new(&shares);
+            for index in 0..1_000u64 {
+                assert_eq!(SplitDelivery::at(&shares, index), split.next_variant(), "{shares:?}");
+            }
+            let split = Assignment::Split(shares.clone());
+            assert_eq!(variant_at(&split, shares.len(), 7), Some(SplitDelivery::at(&shares, 7)));
+        }
+        let alternating: Vec<Option<usize>> =
+            (0..5).map(|n| variant_at(&Assignment::Alternate, 3, n)).collect();
+        assert_eq!(alternating, [Some(0), Some(1), Some(2), Some(0), Some(1)]);
+        assert_eq!(variant_at(&Assignment::Single, 1, 3), None);
     }
 
     #[test]

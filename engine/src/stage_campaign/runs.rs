@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ab, standby, timer_key, CampaignStage, CampaignState, ProcessError, RUN_BUFFER, RUN_TIMER,
+    ab, assignment_key, standby, timer_key, CampaignStage, CampaignState, ProcessError, RUN_BUFFER,
+    RUN_TIMER,
 };
 use crate::{
     campaign::{sample, Assignment, Campaign},
@@ -102,6 +103,12 @@ pub(super) struct RunState {
     /// winner (after the prefix): none below it (see [`CampaignStage::next_to_come`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     to_come_from: Option<Vec<u8>>,
+    /// A shard of a campaign in alternation or with a split: its block of the run's global
+    /// assignment indices, (next, end), as its home planned. Each user sent without a sticky
+    /// variant takes the next one, in release order, and gets its variant
+    /// ([`ab::variant_at`]); an index whose user is not sent goes to the next user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) indices: Option<(u64, u64)>,
 }
 
 impl RunState {
@@ -127,6 +134,7 @@ impl RunState {
             forgone: 0,
             closes_at: None,
             to_come_from: None,
+            indices: None,
         }
     }
 
@@ -553,14 +561,41 @@ impl CampaignStage {
             return Ok(());
         }
         let (sent, in_flight) = (state.sent, state.in_flight);
-        self.deliver(ctx, campaign, state, candidate, chosen)?;
+        let indexed = self.global_index(ctx, campaign, state, run, candidate, chosen)?;
+        self.deliver(ctx, campaign, state, candidate, indexed.or(chosen))?;
         if state.sent > sent {
             run.sent += 1;
+            if let (Some(_), Some((next, _))) = (indexed, run.indices.as_mut()) {
+                *next += 1; // spent by a send only: else the next user takes it
+            }
         }
         if state.in_flight > in_flight {
             run.in_flight += 1;
         }
         Ok(())
+    }
+
+    /// The variant of the next global assignment index of the shard's block, for a user of the
+    /// run without a sticky variant (see [`RunState::indices`]); `None` when the run chose one,
+    /// or the shard has no index left (a place passed to it beyond its block: it assigns on its
+    /// own count, as one task would, bounded by those places).
+    fn global_index(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &CampaignState,
+        run: &RunState,
+        candidate: &Candidate,
+        chosen: Option<usize>,
+    ) -> Result<Option<usize>, ProcessError> {
+        let Some((next, _)) = run.indices.filter(|(next, end)| next < end) else {
+            return Ok(None);
+        };
+        let sticky = assignment_key(&state.key, &candidate.user_id);
+        if chosen.is_some() || Self::sticky(ctx, campaign, &sticky)?.is_some() {
+            return Ok(None);
+        }
+        Ok(ab::variant_at(&campaign.assignment, campaign.what.len(), next))
     }
 
     /// Every partition reported: applies the safety check, plans the A/B test and starts

@@ -398,15 +398,21 @@ impl CampaignStage {
         run.test_users = test_total;
         run.phase = RunPhase::Releasing;
         self.lifecycle(ctx, campaign, LifecycleKind::RunStarted, details)?;
-        let mut test_from = 0;
+        // Alternation or a split: shard s's places take the global assignment indices after
+        // shard s−1's, from the campaign's users assigned so far (in `test_from`; see `runs`).
+        let indexed = ab::variant_at(&campaign.assignment, campaign.what.len(), 0).is_some();
+        let mut test_from = if indexed { state.assigned } else { 0 };
         for ((shard, places), tests) in shards.iter().zip(places).zip(tests) {
             let mut release = plan(*shard, ShardPlanKind::Release);
             release.places = places as i64;
             release.test_from = test_from as i64;
             release.test_users = tests as i64;
             release.test_total = test_total as i64;
-            test_from += tests;
+            test_from += if indexed { places } else { tests };
             self.send_plan(ctx, campaign, &release)?;
+        }
+        if indexed {
+            state.assigned = test_from;
         }
         Ok(())
     }
@@ -546,6 +552,8 @@ impl CampaignStage {
                 run.test_from = plan.test_from.max(0) as u64;
                 run.test_users = plan.test_users.max(0) as u64;
                 run.test_total = plan.test_total.max(0) as u64;
+                run.indices = ab::variant_at(&campaign.assignment, campaign.what.len(), 0)
+                    .map(|_| (run.test_from, run.test_from + run.places.unwrap_or(0)));
                 run.phase = RunPhase::Releasing;
                 if !super::is_held(&campaign) {
                     self.release_step(ctx, &campaign, &mut state, &mut run, at)?;

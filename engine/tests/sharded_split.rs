@@ -1,0 +1,229 @@
+//! Alternation and split campaigns spread over shards (issue 13, brief s26/SPLIT; see
+//! "Split proportions and alternation" in `docs/architecture.md`), on the replay driver over 4
+//! partitions: the variant counts are exactly those of the same campaign on one task, read from
+//! what a user checks (`sends.jsonl`, the stats).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use herald_engine::{
+    backtest::Backtest,
+    campaign::{parse_campaign, shards},
+    settings::Settings,
+    stage_campaign::ab::SplitDelivery,
+};
+use serde_json::Value;
+
+fn ts(second: i64) -> String {
+    chrono::DateTime::from_timestamp(1_795_000_000 + second, 0).unwrap().to_rfc3339()
+}
+
+fn profile(user: &str) -> String {
+    format!(
+        r#"{{"type":"profile","user":"{user}","ts":"{}","set":{{"first_name":"N{user}"}},"devices":[{{"platform":"ios","token":"tok-{user}"}}]}}"#,
+        ts(0)
+    )
+}
+
+fn event(user: &str, second: i64, name: &str) -> String {
+    format!(
+        r#"{{"type":"event","user":"{user}","ts":"{}","name":"{name}","props":{{}}}}"#,
+        ts(second)
+    )
+}
+
+/// A campaign `id` running once at second 100 for everyone with a device, sending `what`, with
+/// `extra` YAML.
+fn scheduled(id: &str, what: &str, extra: &str) -> String {
+    format!(
+        "id: {id}\napp: shop\nname: n\nwhen: {{ schedule: {{ at: \"{}\" }} }}\nwhat: {what}\n{extra}",
+        ts(100)
+    )
+}
+
+/// `users` profiles, then one event after the run time (moving event time past it).
+fn audience(users: usize) -> Vec<String> {
+    let mut lines: Vec<String> = (0..users).map(|i| profile(&format!("u{i}"))).collect();
+    lines.push(event("u0", 200, "App Opened"));
+    lines
+}
+
+/// The shards `campaign` is spread over.
+fn spread(campaign: &str) -> u32 {
+    shards::in_effect(&parse_campaign(campaign, "c.yaml").unwrap(), &Settings::default())
+}
+
+struct Outcome {
+    dir: tempfile::TempDir,
+}
+
+impl Outcome {
+    fn replay(campaign: &str, lines: &[String]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("campaigns")).unwrap();
+        std::fs::write(dir.path().join("campaigns/c.yaml"), campaign).unwrap();
+        std::fs::write(dir.path().join("in.jsonl"), lines.join("\n")).unwrap();
+        Backtest {
+            campaigns: vec![dir.path().join("campaigns")],
+            input: dir.path().join("in.jsonl"),
+            out: dir.path().join("out"),
+            settings: Settings::default(),
+            app: None,
+            until_ms: None,
+            partitions: 4,
+        }
+        .run()
+        .unwrap();
+        Self { dir }
+    }
+
+    fn lines(&self, file: &str) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("out").join(file)).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// Each user sent to, with the variant they got (one command each).
+    fn variants(&self) -> BTreeMap<String, String> {
+        let sends = self.lines("sends.jsonl");
+        let field = |s: &Value, name: &str| s[name].as_str().unwrap().to_string();
+        let by_user: BTreeMap<String, String> =
+            sends.iter().map(|s| (field(s, "user_id"), field(s, "variant_id"))).collect();
+        assert_eq!(by_user.len(), sends.len(), "no user gets two commands");
+        by_user
+    }
+
+    /// Commands per variant.
+    fn counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for variant in self.variants().into_values() {
+            *counts.entry(variant).or_default() += 1;
+        }
+        counts
+    }
+
+    /// The campaign's published `sent` per variant.
+    fn stats_sent(&self, campaign: &str) -> BTreeMap<String, usize> {
+        let path = self.dir.path().join("out/stats.json");
+        let all: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let variants = all[campaign]["variants"].as_array().unwrap().clone();
+        let sent = |v: &Value| (v["variant_id"].as_str().unwrap().to_string(), v["sent"].as_u64());
+        variants.iter().map(sent).map(|(id, sent)| (id, sent.unwrap() as usize)).collect()
+    }
+
+    fn kinds(&self) -> Vec<String> {
+        let events = self.lines("campaign-events.jsonl");
+        events.iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect()
+    }
+}
+
+/// The shards (of 4) that sent to the users of `variants`.
+fn sending_shards(variants: &BTreeMap<String, String>, of: impl Fn(&str) -> u32) -> BTreeSet<u32> {
+    variants.keys().map(|user| of(user)).collect()
+}
+
+const SPLIT_70_30: &str =
+    "\n  variants:\n    - { id: A, title: t, body: a }\n    - { id: B, title: t, body: b }\n  split: [70, 30]";
+
+const ALTERNATE_3: &str = "\n  variants:\n    - { id: A, title: t, body: a }\n    - { id: B, title: t, body: b }\n    - { id: C, title: t, body: c }";
+
+fn counted(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(variant, count)| (variant.to_string(), *count)).collect()
+}
+
+/// A scheduled split 70/30 run to 1,000 users over 4 shards: exactly 700 and 300 (the single
+/// task's round robin over global indices 0..1000), every shard sending, the stats equal to the
+/// commands, and which user got which variant the same on a re-run.
+#[test]
+fn a_split_70_30_run_to_1000_users_over_4_shards_sends_exactly_700_and_300() {
+    let sharded = scheduled("split", SPLIT_70_30, "options: { shards: 4 }\n");
+    let one = scheduled("split", SPLIT_70_30, "");
+    assert_eq!((spread(&sharded), spread(&one)), (4, 1));
+    let lines = audience(1_000);
+
+    let outcome = Outcome::replay(&sharded, &lines);
+    let expected = counted(&[("A", 700), ("B", 300)]);
+    assert_eq!(outcome.counts(), expected, "exact over 4 shards");
+    assert_eq!(outcome.stats_sent("split"), expected, "stats merged from the shards");
+    assert_eq!(outcome.variants().len(), 1_000);
+    let per_shard = sending_shards(&outcome.variants(), |u| shards::of_user(u, 4));
+    assert_eq!(per_shard.len(), 4, "every shard sent its share");
+    assert_eq!(outcome.kinds(), ["RUN_STARTED", "RUN_FINISHED"]);
+
+    let again = Outcome::replay(&sharded, &lines);
+    assert!(again.variants() == outcome.variants(), "the same user gets the same variant");
+    assert_eq!(Outcome::replay(&one, &lines).counts(), expected, "as on one task");
+}
+
+/// Three variants in strict alternation, a per-run limit of 101 of 1,000 (a random sample, cut
+/// in rank order over the shards): exactly 34, 34, 33, as one task's alternation over 101 users.
+#[test]
+fn an_alternating_run_with_a_per_run_limit_of_101_over_4_shards_sends_34_34_33() {
+    let extra = "limits: { per_run: 101 }\n";
+    let sharded = scheduled("alt", ALTERNATE_3, &format!("{extra}options: {{ shards: 4 }}\n"));
+    let one = scheduled("alt", ALTERNATE_3, extra);
+    assert_eq!(spread(&sharded), 4);
+    let lines = audience(1_000);
+
+    let outcome = Outcome::replay(&sharded, &lines);
+    let expected = counted(&[("A", 34), ("B", 34), ("C", 33)]);
+    assert_eq!(outcome.counts(), expected, "exact over 4 shards");
+    assert_eq!(outcome.stats_sent("alt"), expected);
+    let single = Outcome::replay(&one, &lines);
+    assert_eq!(single.counts(), expected, "as on one task");
+    let users = |o: &Outcome| o.variants().into_keys().collect::<BTreeSet<_>>();
+    assert_eq!(users(&outcome), users(&single), "the same random sample of 101");
+}
+
+/// A split over 2,000 users on 4 shards with a total of 999: the places are apportioned over the
+/// shards, each with its range of global indices: exactly one task's round robin over indices
+/// 0..999.
+#[test]
+fn a_split_run_cut_by_a_total_limit_over_4_shards_is_exact() {
+    let sharded = scheduled("cut", SPLIT_70_30, "limits: { total: 999 }\noptions: { shards: 4 }\n");
+    let outcome = Outcome::replay(&sharded, &audience(2_000));
+
+    let mut split = SplitDelivery::new(&[70, 30]);
+    let mut expected = counted(&[("A", 0), ("B", 0)]);
+    for _ in 0..999 {
+        *expected.get_mut(["A", "B"][split.next_variant()]).unwrap() += 1;
+    }
+    assert_eq!(outcome.counts(), expected);
+    assert_eq!(outcome.stats_sent("cut"), expected);
+    let per_shard = sending_shards(&outcome.variants(), |u| shards::of_user(u, 4));
+    assert_eq!(per_shard.len(), 4, "every shard sent its share");
+}
+
+/// The counts of one task's split `shares` over `sends` users, by variant id `ids`.
+fn round_robin(shares: &[u32], ids: &[&str], sends: usize) -> BTreeMap<String, usize> {
+    let mut split = SplitDelivery::new(shares);
+    let mut counts: BTreeMap<String, usize> = ids.iter().map(|id| (id.to_string(), 0)).collect();
+    for _ in 0..sends {
+        *counts.get_mut(ids[split.next_variant()]).unwrap() += 1;
+    }
+    counts
+}
+
+/// Ten users of 1,000 (u0, u100, …, one or more on each shard) have no `first_name` for the
+/// template: a shard spends an index only on a user it sends to, so the index of a user it could
+/// not send to goes to its next user, and the 990 sends are exactly the round robin over 990.
+#[test]
+fn an_index_whose_user_is_not_sent_goes_to_the_shards_next_user() {
+    let what = "\n  variants:\n    - { id: A, title: \"Hi {{ profile.first_name }}\", body: a }\n    - { id: B, title: \"Hi {{ profile.first_name }}\", body: b }\n  split: [70, 30]";
+    let sharded = scheduled("named", what, "options: { shards: 4 }\n");
+    let mut lines = audience(1_000);
+    for i in (0..1_000).step_by(100) {
+        let unset = format!(
+            r#"{{"type":"profile","user":"u{i}","ts":"{}","unset":["first_name"]}}"#,
+            ts(1)
+        );
+        lines.insert(lines.len() - 1, unset); // before the event past the run time
+    }
+    let unnamed: BTreeSet<u32> =
+        (0..1_000).step_by(100).map(|i| shards::of_user(&format!("u{i}"), 4)).collect();
+    assert!(unnamed.len() > 1, "users not sent to on several shards: {unnamed:?}");
+
+    let outcome = Outcome::replay(&sharded, &lines);
+    assert_eq!(outcome.variants().len(), 990);
+    let expected = round_robin(&[70, 30], &["A", "B"], 990);
+    assert_eq!(outcome.counts(), expected, "one task's round robin over the 990 sent");
+    assert_eq!(outcome.stats_sent("named"), expected);
+}
