@@ -16,8 +16,9 @@ use crate::{
 pub const SEPARATOR: char = '\u{1f}';
 
 /// The number of shards in effect for `campaign`: its `options.shards` where its rules are
-/// exact over shards today, else 1 (everything at home). Exact today: no limit on an app with
-/// frequency caps (its places would be held in flight); a campaign throttle's windows are
+/// exact over shards today, else 1 (everything at home). Exact today: not a scheduled campaign
+/// with a limit on an app with frequency caps (a triggered one's leased places are held in
+/// flight at its shards until the send gate answers); a campaign throttle's windows are
 /// shared out as tokens by the home (`stage_campaign::tokens`); a scheduled
 /// campaign without a daily limit with one message, an A/B test, alternation, a split or
 /// messages by property (the home plans each run); a triggered campaign with one message or
@@ -25,7 +26,8 @@ pub const SEPARATOR: char = '\u{1f}';
 pub fn in_effect(campaign: &Campaign, settings: &Settings) -> u32 {
     let limits = &campaign.limits;
     let limited = limits.total.is_some() || limits.daily.is_some() || limits.per_run.is_some();
-    let supported = !(limited && settings.app(&campaign.app).has_caps())
+    let scheduled = matches!(campaign.when.trigger, Trigger::Scheduled(_));
+    let supported = !(limited && scheduled && settings.app(&campaign.app).has_caps())
         && match (&campaign.when.trigger, &campaign.assignment) {
             (Trigger::Scheduled(_), _) if limits.daily.is_some() => false,
             (Trigger::Scheduled(_), Assignment::Single)

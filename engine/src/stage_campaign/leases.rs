@@ -156,6 +156,18 @@ pub(super) struct ShardLease {
     /// asked for again.
     #[serde(default)]
     full_day: Option<(String, u64)>,
+    /// Places taken by sends the send gate has yet to confirm (an app with caps), by the day
+    /// they are of: neither held nor spent until the gate answers (see [`Self::in_flight`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    in_flight: BTreeMap<String, u64>,
+    /// A recall came while places were in flight and none could go back: it is answered once
+    /// they settle (a refused one may come back unused).
+    #[serde(default)]
+    recall_owed: bool,
+    /// Places set aside for the answer to the recounts owed, which waits for the places in
+    /// flight to settle.
+    #[serde(default)]
+    returning: u64,
 }
 
 impl ShardLease {
@@ -170,6 +182,13 @@ impl ShardLease {
             (Some((day, at)), Some(limit)) if day == today && limit <= *at => Some("daily_limit"),
             _ => None,
         }
+    }
+
+    /// Places in flight at the send gate: the home counts them as held (granted, not given
+    /// back, not reported spent) until the gate confirms them (spent) or refuses them (back to
+    /// this lease, or home).
+    fn in_flight(&self) -> u64 {
+        self.in_flight.values().sum()
     }
 
     /// The places that may be spent under `campaign`'s limits as they are now: none while an
@@ -199,6 +218,22 @@ impl CampaignState {
             self.day = (day.to_string(), 0);
         }
         later
+    }
+
+    /// Users sent to as the home counts them: not those whose leased place is in flight at the
+    /// send gate (the home counts those places as held), so the count never goes down when
+    /// the gate refuses one.
+    pub(super) fn reported_sent(&self) -> u64 {
+        self.sent.saturating_sub(self.lease.in_flight())
+    }
+
+    /// Users sent to on `day`, as the home counts them (see [`Self::reported_sent`]).
+    fn reported_day_sent(&self, day: &str) -> u64 {
+        if day != self.day.0 {
+            return 0;
+        }
+        let in_flight = self.lease.in_flight.get(day).copied().unwrap_or(0);
+        self.day.1.saturating_sub(in_flight)
     }
 
     /// The home's places of the total `limit` neither leased out nor spent outside the leases
@@ -304,11 +339,20 @@ impl CampaignStage {
         state: &mut CampaignState,
         candidate: &Candidate,
     ) -> Result<(), ProcessError> {
-        let sent = state.sent;
+        let (sent, in_flight) = (state.sent, state.in_flight);
         self.deliver(ctx, campaign, state, candidate, None)?;
         if state.sent > sent {
             state.lease.places -= 1;
-            state.lease.spent += 1;
+            let (user, run) = (&candidate.user_id, &candidate.run_id);
+            let day = match state.in_flight > in_flight {
+                true => self.mark_leased(ctx, state, user, run)?,
+                false => None,
+            };
+            match day {
+                // Spent once the send gate confirms it (see `settle_leased`).
+                Some(day) => *state.lease.in_flight.entry(day).or_default() += 1,
+                None => state.lease.spent += 1,
+            }
             if state.lease.places == 0 {
                 state.lease.asked = state.waiting > 0;
                 let today = state.day.0.clone();
@@ -378,8 +422,8 @@ impl CampaignStage {
             run_id: Some(day.to_string()),
             qualified: 0,
             reachable: 0,
-            sent: state.sent as i64,
-            // Users sent to on places.
+            sent: state.reported_sent() as i64,
+            // Users sent to on places (confirmed by the send gate, when it is asked).
             run_sent: state.lease.spent as i64,
             // Candidates no place held here will serve.
             waiting: state.waiting.saturating_sub(state.lease.usable(campaign)) as i64,
@@ -387,7 +431,7 @@ impl CampaignStage {
             variants: Vec::new(),
             skipped: BTreeMap::new(),
             failed: BTreeMap::new(),
-            day_sent: if day == state.day.0 { state.day.1 as i64 } else { 0 },
+            day_sent: state.reported_day_sent(day) as i64,
             timestamp_ms: ctx.timestamp_ms(),
         };
         self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &report)
@@ -463,7 +507,15 @@ impl CampaignStage {
         if state.lease.owed == 0 || !limited(campaign) {
             return Ok(());
         }
-        let returned = std::mem::take(&mut state.lease.places);
+        if state.lease.in_flight() > 0 {
+            // The exact count waits for the send gate's answers: the places held are set aside
+            // (not spent meanwhile), and go back with the answer (see `settle_leased`).
+            state.lease.returning += std::mem::take(&mut state.lease.places);
+            return Ok(());
+        }
+        state.lease.recall_owed = false; // the answer gives back every place
+        let returned =
+            std::mem::take(&mut state.lease.places) + std::mem::take(&mut state.lease.returning);
         // The answers carry what waits here: the home serves it once the recount is over.
         state.lease.asked = state.waiting > 0;
         // And the shard's exact count of its day (every send counts on the day it was made).
@@ -518,12 +570,7 @@ impl CampaignStage {
                 // Those waiting take what they need first, in this transaction: a place is
                 // never handed back while a candidate here waits for one.
                 self.release_leased(ctx, campaign, state)?;
-                let kept = state.waiting.min(state.lease.usable(campaign));
-                let returned = state.lease.places - kept;
-                state.lease.places = kept;
-                let of = state.lease.day.clone();
-                let kind = ShardReportKind::Returned;
-                return self.lease_report(ctx, campaign, state, kind, returned, &of);
+                return self.answer_recall(ctx, campaign, state);
             }
             ShardPlanKind::Full if day.is_empty() => {
                 state.lease.full_at = Some(plan.places.max(0) as u64);
@@ -542,6 +589,74 @@ impl CampaignStage {
         // The waiting leave now, in the transaction that brought their places (or the news
         // that there are none): a recall right behind the grant finds them served.
         self.release_leased(ctx, campaign, state)
+    }
+
+    /// Answers the home's recall: gives back the places none of the candidates waiting here
+    /// needs. With none to give back while places are in flight (a refused one comes back to
+    /// this lease), the answer waits for them to settle: the home, which counts them as held,
+    /// would otherwise recall them again and again.
+    fn answer_recall(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+    ) -> Result<(), ProcessError> {
+        let kept = state.waiting.min(state.lease.usable(campaign));
+        let returned = state.lease.places - kept;
+        state.lease.recall_owed = returned == 0 && state.lease.in_flight() > 0;
+        if state.lease.recall_owed {
+            return Ok(());
+        }
+        state.lease.places = kept;
+        let of = state.lease.day.clone();
+        self.lease_report(ctx, campaign, state, ShardReportKind::Returned, returned, &of)
+    }
+
+    /// The send gate answered a send on one of this shard's leased places of `day`: confirmed,
+    /// the place is spent; refused (`returned`), it is held again for the next candidate
+    /// waiting here, or goes back with the recount's answer if one is owed, or home when its
+    /// day is over. Once nothing is in flight, what waited for that is done: the recount or
+    /// recall owed is answered, and a shard that holds no place tells the home what it spent
+    /// (so the home can tell the shards waiting that the limit is full).
+    pub(super) fn settle_leased(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        day: &str,
+        returned: bool,
+    ) -> Result<(), ProcessError> {
+        let lease = &mut state.lease;
+        if let Some(count) = lease.in_flight.get_mut(day) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                lease.in_flight.remove(day);
+            }
+        }
+        if !returned {
+            lease.spent += 1;
+        } else if lease.owed > 0 {
+            lease.returning += 1;
+        } else if lease.daily.is_some() && day != lease.day {
+            // A place of a day this shard is past: void, given back to the total.
+            self.lease_report(ctx, campaign, state, ShardReportKind::Returned, 1, day)?;
+        } else {
+            lease.places += 1; // the next candidate waiting here takes it (`settle` wakes it)
+        }
+        if state.lease.in_flight() > 0 {
+            return Ok(());
+        }
+        if state.lease.owed > 0 {
+            return self.answer_recounts(ctx, campaign, state);
+        }
+        if state.lease.recall_owed {
+            return self.answer_recall(ctx, campaign, state);
+        }
+        if state.lease.places == 0 {
+            let today = state.day.0.clone();
+            self.lease_report(ctx, campaign, state, ShardReportKind::Demand, 0, &today)?;
+        }
+        Ok(())
     }
 
     /// The home learns a shard's demand, spending or returned places, and serves the demand.

@@ -659,7 +659,7 @@ impl CampaignStage {
                     // Its place never reaches the gate: settled here, given back.
                     if let Some(command) = commands.iter().find(|c| c.confirm) {
                         let (user, run) = (&command.user_id, &command.run_id);
-                        self.settle(ctx, state, user, run, true)?;
+                        self.settle(ctx, campaign, state, user, run, true)?;
                     }
                     return Ok(());
                 }
@@ -870,7 +870,7 @@ impl CampaignStage {
         // A notification sent without confirmation (the campaign had no limits then, or an
         // older version sent it) gives back its total count, and its daily count unless it was
         // throttled (it then carries its release time, maybe a later day than it was counted).
-        if !self.return_place(ctx, &mut state, &skip)? && skip.returns_place {
+        if !self.return_place(ctx, &campaign, &mut state, &skip)? && skip.returns_place {
             state.sent = state.sent.saturating_sub(1);
             let throttled = campaign.options.throttle.is_some()
                 || self.settings.app(&campaign.app).throttle.is_some();

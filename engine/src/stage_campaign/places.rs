@@ -36,6 +36,10 @@ use crate::{
 struct InFlight {
     /// The day (campaign timezone) whose daily count it took.
     day: String,
+    /// It took a place a shard holds of its home's leases: settled in the lease too (see
+    /// `leases`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    leased: bool,
 }
 
 /// `in-flight` key: campaign, user, run (or trigger occurrence).
@@ -265,7 +269,7 @@ impl CampaignStage {
             let key = in_flight_key(&state.key, &candidate.user_id, &candidate.run_id);
             let mut store = ctx.store(IN_FLIGHT)?;
             if store.get(&key)?.is_none() {
-                store.put_as(&key, &InFlight { day: state.day.0.clone() })?;
+                store.put_as(&key, &InFlight { day: state.day.0.clone(), leased: false })?;
                 state.in_flight += 1;
             }
         }
@@ -284,7 +288,7 @@ impl CampaignStage {
         };
         let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign)?)?;
         let (user, run) = (&confirmed.user_id, &confirmed.run_id);
-        if self.settle(ctx, &mut state, user, run, false)? {
+        if self.settle(ctx, &campaign, &mut state, user, run, false)? {
             self.announce_total_limit(ctx, &campaign, &mut state)?;
         }
         self.save(ctx, &campaign, &mut state)
@@ -295,11 +299,30 @@ impl CampaignStage {
     pub(super) fn return_place(
         &self,
         ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
         state: &mut CampaignState,
         skip: &Skip,
     ) -> Result<bool, ProcessError> {
         let Some(run) = skip.run_id.as_deref() else { return Ok(false) };
-        self.settle(ctx, state, &skip.user_id, run, true)
+        self.settle(ctx, campaign, state, &skip.user_id, run, true)
+    }
+
+    /// Marks the place in flight of (`user`, `run`) as one of the shard's leased places; returns
+    /// the day it is of, or `None` when no place of it is in flight.
+    pub(super) fn mark_leased(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        state: &CampaignState,
+        user: &str,
+        run: &str,
+    ) -> Result<Option<String>, ProcessError> {
+        let key = in_flight_key(&state.key, user, run);
+        let Some(place) = ctx.store(IN_FLIGHT)?.get_as::<InFlight>(&key)? else {
+            return Ok(None);
+        };
+        let day = place.day.clone();
+        ctx.store(IN_FLIGHT)?.put_as(&key, &InFlight { leased: true, ..place })?;
+        Ok(Some(day))
     }
 
     /// Settles the place in flight of (`user`, `run`), giving it back when `returned`, and
@@ -308,6 +331,7 @@ impl CampaignStage {
     pub(super) fn settle(
         &self,
         ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
         state: &mut CampaignState,
         user: &str,
         run: &str,
@@ -324,6 +348,10 @@ impl CampaignStage {
             if state.day.0 == place.day {
                 state.day.1 = state.day.1.saturating_sub(1);
             }
+        }
+        if place.leased {
+            // Spent for good, or back to the shard's lease (see `leases`).
+            self.settle_leased(ctx, campaign, state, &place.day, returned)?;
         }
         let mut run_settled = false;
         if let Some(of_run) = state.run_mut(run).filter(|_| !is_triggered_run(run)) {

@@ -164,7 +164,7 @@ impl CampaignStage {
             run_id: None,
             qualified: 0,
             reachable: 0,
-            sent: state.sent as i64,
+            sent: state.reported_sent() as i64,
             run_sent: 0,
             waiting: 0,
             places: 0,
