@@ -1,0 +1,158 @@
+//! A scheduled split campaign spread over 8 shards, live against the real broker on two engine
+//! instances, one of them killed (SIGKILL) mid-run and restarted: the variant counts are exactly
+//! one task's round robin over the users sent (see "Split proportions and alternation" in
+//! `docs/architecture.md`), read by user and by variant on the push topic and in the stats.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{wait_for_offsets, KillOnDrop};
+use herald_engine::{
+    model::{CampaignLifecycleEvent, CampaignStats, Platform, SchemaRegistry, SendCommand},
+    stage_campaign::ab::SplitDelivery,
+};
+
+const USERS: usize = 12_000;
+const TOTAL: usize = 9_999;
+
+/// A split 70/30 to everyone at `at_ms`, at most 9,999 users in all, over 8 shards.
+fn campaign(at_ms: i64) -> String {
+    let at = chrono::DateTime::from_timestamp_millis(at_ms).unwrap().to_rfc3339();
+    format!(
+        "id: split\napp: shop\nname: Split\nwhen: {{ schedule: {{ at: \"{at}\" }} }}\nwhat:\n  variants:\n    - {{ id: A, title: A, body: a }}\n    - {{ id: B, title: B, body: b }}\n  split: [70, 30]\nlimits: {{ total: {TOTAL}, safety: 50000 }}\noptions: {{ ignore_global_caps: true, shards: 8 }}\n"
+    )
+}
+
+/// `herald campaign apply` of `yaml` (written to `dir/name`) to the topic `campaigns`.
+fn apply(dir: &Path, campaigns: &str, name: &str, yaml: &str) {
+    let file = dir.join(name);
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["campaign", "apply", "--topic", campaigns, file.to_str().unwrap()])
+        .env("HERALD_BROKERS", common::kafka().brokers)
+        .output()
+        .unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+}
+
+#[test]
+fn a_split_70_30_over_8_shards_is_one_tasks_round_robin_when_an_instance_is_killed_mid_run() {
+    let prefix = format!("{}-", common::unique("it-split"));
+    let app_id = common::unique("it-split-app");
+    let dir = tempfile::tempdir().unwrap();
+    let topic = |name: &str| format!("{prefix}herald.{name}");
+    common::create_topics(&[
+        (&topic("events"), 4),
+        (&topic("profiles"), 4),
+        (&topic("receipts"), 4),
+        (&topic("send-gate"), 4),
+        (&topic("campaigns"), 1),
+        (&topic("segments"), 1),
+        (&topic("campaign-flow"), 8),
+        (&topic("app-throttle"), 1),
+        (&topic("push"), 2),
+        (&topic("stats"), 1),
+        (&topic("campaign-events"), 1),
+        (&topic("dead-letter"), 1),
+    ]);
+    // The run is set once the engines have read every profile: first a week out, then soon.
+    let week = campaign(common::now_ms() + 7 * 86_400_000);
+    apply(dir.path(), &topic("campaigns"), "week.yaml", &week);
+    let now = common::now_ms();
+    common::produce(
+        &topic("profiles"),
+        (0..USERS).map(|i| common::profile(&format!("u{i}"), Platform::Android, now)),
+    );
+    let log = dir.path().join("engines.log");
+    let spawn = |instance: &str| {
+        let state = dir.path().join(format!("state-{instance}"));
+        KillOnDrop::new(common::spawn_engine_instance(
+            &prefix,
+            &app_id,
+            instance,
+            &state,
+            &log,
+            &[],
+        ))
+    };
+    let mut a = spawn("a");
+    let mut b = spawn("b");
+    wait_for_offsets(&format!("{app_id}-profiles-changelog"), USERS as i64, &log);
+    apply(dir.path(), &topic("campaigns"), "soon.yaml", &campaign(common::now_ms() + 3_000));
+    // Killed once the run has started sending, then restarted on its own state.
+    wait_for_offsets(&topic("push"), 1, &log);
+    common::kill_hard(b.take());
+    b = spawn("b");
+    let sends = common::read_committed(
+        &topic("push"),
+        TOTAL,
+        Duration::from_secs(10),
+        Duration::from_secs(240),
+    );
+    let registry = SchemaRegistry::builtin();
+    let events: Vec<CampaignLifecycleEvent> = common::read_committed(
+        &topic("campaign-events"),
+        4,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    )
+    .iter()
+    .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
+    .collect();
+    // The stats snapshot merged from the shards, once it counts every send.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stats = loop {
+        let latest = common::read_committed(
+            &topic("stats"),
+            1,
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+        )
+        .iter()
+        .rev()
+        .find_map(|r| registry.decode::<CampaignStats>(r.value.as_deref()?).ok());
+        let sent = latest.as_ref().map_or(0, |s| s.variants.iter().map(|v| v.sent).sum::<i64>());
+        if sent == TOTAL as i64 || Instant::now() > deadline {
+            break latest;
+        }
+    };
+    common::stop_gracefully(a.take());
+    common::stop_gracefully(b.take());
+
+    let commands: Vec<SendCommand> =
+        sends.iter().map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap()).collect();
+    let users: BTreeSet<&str> = commands.iter().map(|c| c.user_id.as_str()).collect();
+    assert_eq!(commands.len(), TOTAL, "exactly the total limit\n{}", common::tail(&log, 30));
+    assert_eq!(users.len(), TOTAL, "one command per user");
+    let mut per_variant: BTreeMap<&str, i64> = BTreeMap::new();
+    for command in &commands {
+        *per_variant.entry(command.variant_id.as_str()).or_default() += 1;
+    }
+    let mut split = SplitDelivery::new(&[70, 30]);
+    let mut expected: BTreeMap<&str, i64> = BTreeMap::from([("A", 0), ("B", 0)]);
+    for _ in 0..TOTAL {
+        *expected.get_mut(["A", "B"][split.next_variant()]).unwrap() += 1;
+    }
+    assert_eq!(per_variant, expected, "one task's round robin over the 9,999 sent");
+    let shards: BTreeSet<u32> =
+        commands.iter().map(|c| herald_engine::campaign::shards::of_user(&c.user_id, 8)).collect();
+    assert_eq!(shards.len(), 8, "every shard sent its share");
+    let kinds: Vec<String> = events.iter().map(|e| format!("{:?}", e.kind)).collect();
+    assert_eq!(kinds, ["RunStarted", "RunFinished", "LimitReached", "Completed"]);
+    assert_eq!(events[0].details["shards"], "8");
+    assert_eq!(events[1].details["sent"], TOTAL.to_string());
+    let stats = stats.expect("a stats snapshot");
+    let sent: BTreeMap<&str, i64> =
+        stats.variants.iter().map(|v| (v.variant_id.as_str(), v.sent)).collect();
+    assert_eq!(sent, expected, "the stats merged from the shards equal the commands");
+
+    common::delete_topics_starting_with(&[&prefix, &app_id]);
+}
