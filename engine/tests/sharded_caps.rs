@@ -23,6 +23,8 @@ const T0: i64 = 1_795_000_000_000;
 const MINUTE: i64 = 60_000;
 /// One push a day per user: a user sent to today is refused by the send gate.
 const CAPS: &str = "apps:\n  shop:\n    caps: { per_day: 1 }\n";
+/// No caps.
+const NO_CAPS: &str = "apps:\n  shop: {}\n";
 
 fn keyed(topic: &str, key: &str, value: &impl Record, at: i64) -> ReplayRecord {
     let value = Some(SchemaRegistry::builtin().encode(value).unwrap());
@@ -232,4 +234,92 @@ fn a_total_of_50_over_4_shards_on_an_app_with_caps_sends_exactly_50_users_the_ga
         .collect();
     let fifty = |kind: &str| (kind.to_string(), "50".to_string());
     assert_eq!(ends, [fifty("LimitReached"), fifty("Completed")]);
+}
+
+/// The first midnight (UTC) after `T0`.
+const MIDNIGHT: i64 = (T0 / 86_400_000 + 1) * 86_400_000;
+
+/// `coupons`, scheduled at `runs` (ms), to everyone with a device, with `limits`, over 4 shards.
+fn scheduled(runs: &[i64], limits: &str) -> String {
+    let at: Vec<String> = runs
+        .iter()
+        .map(|ms| {
+            let time = chrono::DateTime::from_timestamp_millis(*ms).unwrap();
+            format!("\"{}\"", time.to_rfc3339())
+        })
+        .collect();
+    format!(
+        "id: coupons\napp: shop\nname: Coupons\nwhen: {{ schedule: {{ at: [{}] }} }}\nwhat: {{ title: t, body: b }}\n{limits}options: {{ shards: 4 }}\n",
+        at.join(", ")
+    )
+}
+
+/// A daily limit of 30 over 4 shards (no caps), 100 users qualifying at each of three runs: two
+/// the same day (at T0 + 100 s and T0 + 1 h) then one the next day. The home caps each run's
+/// reach by what is left of its day (`min(per_run, Σ reachable, total left, day left)`), and
+/// the day's account counts the run's sends: 30, then 0, then 30 the next day, each time every
+/// shard sending its share in proportion to its buffer, `LIMIT_REACHED` (daily) once a day.
+#[test]
+fn a_daily_limit_of_30_over_4_shards_sends_30_then_0_the_same_day_then_30_the_next() {
+    let runs = [T0 + 100_000, T0 + 3_600_000, MIDNIGHT + 3_600_000];
+    let yaml = scheduled(&runs, "limits: { daily: 30 }\n");
+    assert_eq!(in_effect(&yaml, NO_CAPS), 4, "spread over its 4 shards");
+    let mut input = vec![define("coupons", &yaml, T0)];
+    input.extend(profiles(0..100));
+    for run in runs {
+        input.extend(events("Other", 0..1, run + 60_000)); // the clock passes the run time
+    }
+    let out = run(NO_CAPS, input, MIDNIGHT + 2 * 3_600_000);
+
+    let of_run = |run: i64| -> Vec<&SendCommand> {
+        let id = herald_engine::model::scheduled_run_id(run);
+        out.sends.iter().filter(|s| s.run_id == id).collect()
+    };
+    let counts: Vec<usize> = runs.iter().map(|run| of_run(*run).len()).collect();
+    assert_eq!(counts, [30, 0, 30], "30, then nothing left of the day, then 30 the next day");
+    assert_eq!(out.sends.len(), 60, "every send belongs to a run");
+    // Each shard sends its share of the 30 in proportion to its buffer (all 100 qualify).
+    let buffered: Vec<u64> = (0..4)
+        .map(|s| (0..100).filter(|u| shards::of_user(&user(*u), 4) == s).count() as u64)
+        .collect();
+    let shares = apportion(30, &buffered);
+    for run in [runs[0], runs[2]] {
+        let sends = of_run(run);
+        let users: BTreeSet<&str> = sends.iter().map(|s| s.user_id.as_str()).collect();
+        assert_eq!(users.len(), 30, "30 distinct users");
+        let per_shard: Vec<u64> = (0..4)
+            .map(|s| users.iter().filter(|u| shards::of_user(u, 4) == s).count() as u64)
+            .collect();
+        assert_eq!(per_shard, shares, "each shard its share of the day's 30");
+        let senders: BTreeSet<String> =
+            sends.iter().map(|s| s.place_key.clone().unwrap_or_default()).collect();
+        assert_eq!(senders.len(), 4, "every shard sends: {senders:?}");
+    }
+    let daily: Vec<(String, String)> = out
+        .events
+        .iter()
+        .filter(|e| e.campaign_id == "coupons" && format!("{:?}", e.kind) == "LimitReached")
+        .map(|e| (e.details["day"].clone(), e.details["sent"].clone()))
+        .collect();
+    assert_eq!(daily.len(), 2, "once a day: {daily:?}");
+    assert!(daily.iter().all(|(_, sent)| sent == "30"), "{daily:?}");
+    assert_ne!(daily[0].0, daily[1].0);
+}
+
+/// `total` split over `weights` by largest remainder (ties to the first), as the home plans.
+fn apportion(total: u64, weights: &[u64]) -> Vec<u64> {
+    let sum: u64 = weights.iter().sum();
+    let mut shares: Vec<u64> = weights.iter().map(|w| total * w / sum).collect();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|a, b| {
+        ((total * weights[*b]) % sum).cmp(&((total * weights[*a]) % sum)).then(a.cmp(b))
+    });
+    let mut left = total - shares.iter().sum::<u64>();
+    for i in order {
+        if left > 0 {
+            shares[i] += 1;
+            left -= 1;
+        }
+    }
+    shares
 }

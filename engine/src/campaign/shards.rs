@@ -19,17 +19,17 @@ pub const SEPARATOR: char = '\u{1f}';
 /// exact over shards today, else 1 (everything at home). Exact today: not a scheduled campaign
 /// with a limit on an app with frequency caps (a triggered one's leased places are held in
 /// flight at its shards until the send gate answers); a campaign throttle's windows are
-/// shared out as tokens by the home (`stage_campaign::tokens`); a scheduled
-/// campaign without a daily limit with one message, an A/B test, alternation, a split or
-/// messages by property (the home plans each run); a triggered campaign with one message or
-/// messages by property (its total and daily limits are leased to the shards by the home).
+/// shared out as tokens by the home (`stage_campaign::tokens`); a scheduled campaign with one
+/// message, an A/B test, alternation, a split or messages by property (the home plans each
+/// run, within what is left of its day under a daily limit); a triggered campaign with one
+/// message or messages by property (its total and daily limits are leased to the shards by
+/// the home).
 pub fn in_effect(campaign: &Campaign, settings: &Settings) -> u32 {
     let limits = &campaign.limits;
     let limited = limits.total.is_some() || limits.daily.is_some() || limits.per_run.is_some();
     let scheduled = matches!(campaign.when.trigger, Trigger::Scheduled(_));
     let supported = !(limited && scheduled && settings.app(&campaign.app).has_caps())
         && match (&campaign.when.trigger, &campaign.assignment) {
-            (Trigger::Scheduled(_), _) if limits.daily.is_some() => false,
             (Trigger::Scheduled(_), Assignment::Single)
             | (Trigger::Scheduled(_), Assignment::ByProperty(_)) => true,
             // A test whose users are sent at their local times ends at the last one's, which

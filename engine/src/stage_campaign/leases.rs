@@ -236,6 +236,16 @@ impl CampaignState {
         self.day.1.saturating_sub(in_flight)
     }
 
+    /// The home of a scheduled campaign spread over shards: the users a run planned at `at` may
+    /// still send to under the daily limit, on the run's day (the day only moves forward).
+    /// The day's account holds the sends of the runs planned on it (see
+    /// [`CampaignStage::count_run_sends`]).
+    pub(super) fn run_day_left(&mut self, campaign: &Campaign, at: i64) -> u64 {
+        let Some(daily) = campaign.limits.daily else { return u64::MAX };
+        self.enter_day(&day_in(campaign, at));
+        daily.saturating_sub(self.day.1)
+    }
+
     /// The home's places of the total `limit` neither leased out nor spent outside the leases
     /// (by the home itself, or by shards before the campaign had a total limit).
     fn free_total(&self, limit: u64) -> u64 {
@@ -715,6 +725,25 @@ impl CampaignStage {
         if state.enter_day(day) && campaign.limits.daily.is_some() {
             state.pre_leased = false;
         }
+    }
+
+    /// The home of a scheduled campaign learns that a shard sent to `sent` more users (its
+    /// lifetime count grew): they count on the day of the latest run planned. Runs do not
+    /// overlap at the shards: a shard reports its buffer for the next run (with its lifetime
+    /// count) only once it left the previous one, so when the home plans a run every send of
+    /// the earlier ones is counted, on the day of the run that made it.
+    pub(super) fn count_run_sends(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        sent: u64,
+    ) -> Result<(), ProcessError> {
+        if !matches!(campaign.when.trigger, Trigger::Scheduled(_)) {
+            return Ok(()); // a triggered campaign's days are leased (above)
+        }
+        state.day.1 += sent;
+        self.announce_daily_limit(ctx, campaign, state)
     }
 
     /// Announces `LIMIT_REACHED` (daily) once per day, when the shards' and the home's sends

@@ -263,8 +263,10 @@ impl CampaignStage {
         // counts each shard's highest, whatever run (or none) the sends belonged to.
         let counted = state.shard_sent.entry(report.shard as u32).or_default();
         if report.sent > *counted {
-            state.sent += (report.sent - *counted) as u64;
+            let more = (report.sent - *counted) as u64;
+            state.sent += more;
             *counted = report.sent;
+            self.count_run_sends(ctx, &campaign, &mut state, more)?; // its run's day (`leases`)
         }
         if report.kind == ShardReportKind::Tokens {
             self.on_token_report(ctx, &campaign, &mut state, &report)?;
@@ -369,6 +371,7 @@ impl CampaignStage {
             ("reachable".to_string(), buffered.to_string()),
             ("shards".to_string(), shards.len().to_string()),
         ]);
+        let day_left = state.run_day_left(campaign, at); // what the day leaves (`leases`)
         let plan = |shard: i32, kind: ShardPlanKind| ShardPlan {
             winner_id: state.winner_id.clone(),
             ..plan_to(campaign, &run.id, shard, kind, at)
@@ -384,6 +387,7 @@ impl CampaignStage {
         }
         let reach = campaign.limits.per_run.map_or(buffered, |limit| limit.min(buffered));
         let left = campaign.limits.total.map_or(u64::MAX, |t| t.saturating_sub(state.sent));
+        let left = left.min(day_left);
         // A sampled run's shards hold ranges of its random order: its first users are shard 0's.
         let split = if sample::samples(campaign) { sample::first_in_order } else { apportion };
         let places = split(reach.min(left), &reachable);
