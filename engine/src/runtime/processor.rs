@@ -41,7 +41,9 @@ pub enum Tick {
 }
 
 /// An operator. One instance exists per task; it keeps its state in the task's stores, never in
-/// its own fields (those are lost on a crash or when the task moves).
+/// its own fields (those are lost on a crash or when the task moves). It may keep copies of what
+/// its stores hold (e.g. decoded values) in its fields: an aborted transaction or a moved task
+/// starts a new instance, and a rejected call is followed by [`Processor::on_rolled_back`].
 pub trait Processor: Send {
     /// Handles one input record.
     fn process(
@@ -72,6 +74,10 @@ pub trait Processor: Send {
     /// Called in every task after a global table changed (`value` is `None` for a deletion), so
     /// the processor can refresh what it derives from the table (e.g. compiled campaigns).
     fn on_global_change(&mut self, _table: &str, _key: &[u8], _value: Option<&[u8]>) {}
+
+    /// Called after a call of this processor was rejected and its store writes undone: forget
+    /// any copy of store values the call may have changed.
+    fn on_rolled_back(&mut self) {}
 }
 
 /// What a processor can do while handling a record or a timer: use its task's stores, write to

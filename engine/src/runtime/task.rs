@@ -280,6 +280,7 @@ impl Task {
             }
             Err(ProcessError::Reject(reason)) => {
                 self.state.roll_back_call(&mut counted, timestamp_ms)?;
+                self.processor.on_rolled_back();
                 counted.emits.clear();
                 Err(reason)
             }
@@ -674,5 +675,81 @@ mod tests {
         }
         assert_eq!(contents(&restored, STORE), expected_store);
         assert!(timer_keys(&restored, &timers).is_empty());
+    }
+
+    /// Counts its records in its store, keeping a copy of the count in memory between calls
+    /// (forgotten when a call is rolled back); a record valued `bad` counts, then rejects.
+    #[derive(Default)]
+    struct CachedCounter {
+        cached: Option<u64>,
+    }
+
+    impl Processor for CachedCounter {
+        fn process(
+            &mut self,
+            ctx: &mut ProcessorContext<'_>,
+            record: &SourceRecord<'_>,
+        ) -> Result<(), ProcessError> {
+            let count = match self.cached.take() {
+                Some(count) => count,
+                None => ctx.store(STORE)?.get_as::<u64>(b"count")?.unwrap_or_default(),
+            } + 1;
+            ctx.store(STORE)?.put_as(b"count", &count)?;
+            self.cached = Some(count);
+            if record.value == Some(b"bad") {
+                return Err(ProcessError::reject("bad value"));
+            }
+            ctx.send(OUT, b"count", count.to_string().as_bytes())?;
+            Ok(())
+        }
+
+        fn on_rolled_back(&mut self) {
+            self.cached = None;
+        }
+    }
+
+    #[test]
+    fn a_processor_forgets_its_copies_of_store_values_when_a_call_is_rolled_back() {
+        let topology = StreamTopology::builder("app")
+            .dead_letter_topic(DLQ)
+            .sub_topology(
+                "t",
+                |_| CachedCounter::default(),
+                |s| s.source("in").store(STORE).sink(OUT),
+            )
+            .build()
+            .unwrap();
+        let sub = &topology.sub_topologies[0];
+        let dir = tempfile::tempdir().unwrap();
+        let id = TaskId { sub_topology: 0, partition: 0 };
+        let mut task = Task::new(id, 1, sub, open(dir.path(), &topology)).unwrap();
+        let (globals, metrics) = (GlobalTables::default(), RuntimeMetrics::new());
+        let env = TaskEnv {
+            clock: Clock::Wall,
+            wall_now_ms: 1_000,
+            globals: &globals,
+            dead_letter_topic: DLQ,
+            metrics: &metrics,
+        };
+        let mut out = Recorded::default();
+        for (offset, value) in ["ok", "ok", "bad", "ok"].into_iter().enumerate() {
+            let record = SourceRecord {
+                topic: "in",
+                partition: 0,
+                offset: offset as i64,
+                key: Some(b"k"),
+                value: Some(value.as_bytes()),
+                timestamp_ms: 100,
+            };
+            assert!(task.process(&record, &env, &mut out, &mut Budget::unlimited()).unwrap());
+        }
+        let counts: Vec<_> = out
+            .emits
+            .iter()
+            .filter(|(topic, _, _)| topic == OUT)
+            .map(|(_, _, v)| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        assert_eq!(counts, ["1", "2", "3"], "the rejected record counted nothing");
+        assert_eq!(contents(&task.state, STORE), [("count".to_string(), "3".to_string())]);
     }
 }
