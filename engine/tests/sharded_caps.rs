@@ -323,3 +323,98 @@ fn apportion(total: u64, weights: &[u64]) -> Vec<u64> {
     }
     shares
 }
+
+/// Caps and an app throttle of 10 a minute: each command waits in the app stage's outbox, its
+/// place in flight for minutes, while shards ask, are recalled and granted places. The total of
+/// 50 over 4 shards still fills exactly with users the gate lets through (u0..u19 were sent
+/// `news` first; their `ping` is refused when it leaves the outbox and its place comes back).
+const THROTTLED_CAPS: &str =
+    "apps:\n  shop:\n    caps: { per_day: 1 }\n    throttle: { max: 10, per: 1m }\n";
+
+/// Input: news to u0..u19, then `ping` (as `yaml`) candidates for u0..u79, and `edits` of ping
+/// (`(at, yaml)`); the clock then runs an hour.
+fn throttled(yaml: &str, edits: &[(i64, String)]) -> Out {
+    let mut input = vec![define("news", NEWS, T0), define("ping", yaml, T0)];
+    input.extend(profiles(0..80));
+    input.extend(events("Pong", 0..20, T0 + 5_000));
+    // news leaves the app's outbox at 10 a minute: u0..u19 are sent it within 2 minutes.
+    input.extend(events("Other", 0..1, T0 + 3 * MINUTE));
+    input.extend(candidates("ping", 0..80, T0 + 4 * MINUTE));
+    for (at, yaml) in edits {
+        input.push(define("ping", yaml, *at));
+    }
+    input.extend(events("Other", 1..2, T0 + 60 * MINUTE));
+    run(THROTTLED_CAPS, input, T0 + 90 * MINUTE)
+}
+
+#[test]
+fn a_total_over_4_shards_with_places_in_flight_for_minutes_fills_exactly() {
+    let out = throttled(&ping("limits: { total: 50 }\n"), &[]);
+
+    assert_eq!(out.users("news"), (0..20).collect());
+    let sent = out.users("ping");
+    assert_eq!(sent.len(), 50, "exactly the total: {sent:?}");
+    assert!(sent.iter().all(|u| *u >= 20), "only users the gate let through: {sent:?}");
+    assert_eq!(out.senders("ping").len(), 4, "every shard sends");
+    let ends: Vec<_> = out
+        .kinds("ping")
+        .into_iter()
+        .filter(|(k, _)| k == "LimitReached" || k == "Completed")
+        .collect();
+    let fifty = |kind: &str| (kind.to_string(), "50".to_string());
+    assert_eq!(ends, [fifty("LimitReached"), fifty("Completed")]);
+}
+
+/// The same, the total lowered from 50 to 40 one minute after the candidates came, while
+/// places are in flight at every shard: the recount waits for them to settle (a refused one is
+/// given back with the answer), and the total ends at exactly 40.
+#[test]
+fn a_total_lowered_while_places_are_in_flight_at_the_shards_ends_exactly_at_the_new_total() {
+    let lowered = (T0 + 5 * MINUTE, ping("limits: { total: 40 }\n"));
+    let out = throttled(&ping("limits: { total: 50 }\n"), &[lowered]);
+
+    let sent = out.users("ping");
+    assert_eq!(sent.len(), 40, "exactly the new total: {sent:?}");
+    assert!(sent.iter().all(|u| *u >= 20), "only users the gate let through: {sent:?}");
+    let completed: Vec<_> =
+        out.kinds("ping").into_iter().filter(|(k, _)| k == "Completed").collect();
+    assert_eq!(completed, [("Completed".to_string(), "40".to_string())]);
+}
+
+/// A daily limit of 30 with caps over 4 shards, two days: u0..u19 were sent `news` on day one,
+/// so the gate refuses their ping; each day exactly 30 users are sent, day one's among
+/// u20..u79 (the caps reset at midnight, so on day two everyone may be sent).
+#[test]
+fn a_daily_limit_over_4_shards_on_an_app_with_caps_sends_exactly_30_a_day() {
+    let yaml = ping("limits: { daily: 30 }\n");
+    assert_eq!(in_effect(&yaml, CAPS), 4);
+    let mut input = vec![define("news", NEWS, T0), define("ping", &yaml, T0)];
+    input.extend(profiles(0..80));
+    input.extend(events("Pong", 0..20, T0 + 5_000));
+    input.extend(candidates("ping", 0..80, T0 + 20_000));
+    let next_day = MIDNIGHT + 3_600_000;
+    let again = candidates("ping", 0..80, next_day).map(|mut record| {
+        // The next day's occurrences: other run ids (a candidate per user and occurrence).
+        let registry = SchemaRegistry::builtin();
+        let mut candidate: Candidate = registry.decode(record.value.as_ref().unwrap()).unwrap();
+        candidate.run_id = format!("{}-2", candidate.run_id);
+        record.value = Some(registry.encode(&candidate).unwrap());
+        record
+    });
+    input.extend(again);
+    input.extend(events("Other", 0..1, next_day + 10 * MINUTE));
+    let out = run(CAPS, input, next_day + 30 * MINUTE);
+
+    let of_day = |day_one: bool| -> BTreeSet<usize> {
+        let sends = out.of("ping").into_iter().filter(|s| (s.created_at_ms < MIDNIGHT) == day_one);
+        sends.map(|s| s.user_id[1..].parse().unwrap()).collect()
+    };
+    let (one, two) = (of_day(true), of_day(false));
+    assert_eq!((one.len(), two.len()), (30, 30), "30 a day: {one:?} {two:?}");
+    assert!(one.iter().all(|u| *u >= 20), "day one: only users the gate let through: {one:?}");
+    assert_eq!(out.senders("ping").len(), 4, "every shard sends");
+    let reached: Vec<_> =
+        out.kinds("ping").into_iter().filter(|(k, _)| k == "LimitReached").collect();
+    assert_eq!(reached.len(), 2, "once a day: {reached:?}");
+    assert!(reached.iter().all(|(_, sent)| sent == "30"), "{reached:?}");
+}
