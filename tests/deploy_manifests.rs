@@ -65,6 +65,7 @@ fn registered_metrics() -> BTreeSet<String> {
     ] {
         vec.with_label_values(&["x"]).inc();
     }
+    runtime.record_age_seconds.with_label_values(&["x"]).observe(0.1);
     runtime.store_keys.with_label_values(&["x", "0"]).set(1);
     runtime.consumer_lag.with_label_values(&["x", "0"]).set(1);
     let sender = SenderMetrics::new();

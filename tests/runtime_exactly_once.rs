@@ -279,6 +279,7 @@ fn corrupt_records_go_to_the_dead_letter_topic_and_processing_continues() {
             .to_string()
     };
     assert_eq!(metric("herald_runtime_records_in_total"), "11");
+    assert_eq!(metric("herald_runtime_record_age_seconds_count"), "11", "an age per record read");
     assert_eq!(metric("herald_runtime_dead_letters_total"), "1");
     assert!(metrics.contains("herald_runtime_commit_seconds_bucket"), "{metrics}");
 

@@ -11,8 +11,8 @@ use std::{
 };
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use super::RuntimeError;
@@ -29,6 +29,9 @@ pub struct RuntimeMetrics {
     pub changelog_out: IntCounterVec,
     /// Time to commit a transaction.
     pub commit_seconds: Histogram,
+    /// Age of each record when processed (wall clock minus the record's timestamp), by source
+    /// topic: where end-to-end latency builds up between stages.
+    pub record_age_seconds: HistogramVec,
     /// Transactions aborted (fencing, rebalance, errors).
     pub transaction_aborts: IntCounter,
     /// Inputs retried because something they need was unreachable (e.g. a schema registry).
@@ -128,6 +131,19 @@ impl RuntimeMetrics {
                 "Time to commit one transaction",
                 prometheus::exponential_buckets(0.001, 2.0, 14).expect("valid buckets"),
             ),
+            record_age_seconds: {
+                let opts = HistogramOpts::new(
+                    "record_age_seconds",
+                    "Age of a record when processed (wall clock minus its timestamp), by topic",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    60.0, 300.0,
+                ]);
+                let metric = HistogramVec::new(opts, &["topic"]).expect("valid metric");
+                registry.register(Box::new(metric.clone())).expect("unique metric");
+                metric
+            },
             transaction_aborts: counter("transaction_aborts_total", "Transactions aborted"),
             input_unavailable: counter(
                 "input_unavailable_total",
@@ -306,27 +322,55 @@ pub fn serve_http(
     Ok(bound)
 }
 
-/// A counter vector with one label whose per-label counters are looked up once and cached,
-/// for hot paths (the vector's own lookup hashes the label and takes a lock every time).
-pub(crate) struct LabelledCounter {
-    vec: IntCounterVec,
-    cache: std::collections::HashMap<String, IntCounter>,
+/// A metric vector with one label.
+pub(crate) trait ByLabel {
+    /// The metric of one label value.
+    type Metric;
+    /// The metric of `label` (created on first use).
+    fn metric(&self, label: &str) -> Self::Metric;
 }
 
-impl LabelledCounter {
-    pub(crate) fn new(vec: IntCounterVec) -> Self {
-        Self { vec, cache: std::collections::HashMap::new() }
+impl ByLabel for IntCounterVec {
+    type Metric = IntCounter;
+    fn metric(&self, label: &str) -> IntCounter {
+        self.with_label_values(&[label])
+    }
+}
+
+impl ByLabel for HistogramVec {
+    type Metric = Histogram;
+    fn metric(&self, label: &str) -> Histogram {
+        self.with_label_values(&[label])
+    }
+}
+
+/// A metric vector with one label whose per-label metrics are looked up once and cached, for
+/// hot paths (the vector's own lookup hashes the label and takes a lock every time).
+pub(crate) struct Labelled<V: ByLabel> {
+    vec: V,
+    cache: HashMap<String, V::Metric>,
+}
+
+impl<V: ByLabel> Labelled<V> {
+    pub(crate) fn new(vec: V) -> Self {
+        Self { vec, cache: HashMap::new() }
     }
 
+    /// The metric of `label`.
+    pub(crate) fn get(&mut self, label: &str) -> &V::Metric {
+        if !self.cache.contains_key(label) {
+            self.cache.insert(label.to_string(), self.vec.metric(label));
+        }
+        &self.cache[label]
+    }
+}
+
+/// Counters by label, cached (see [`Labelled`]).
+pub(crate) type LabelledCounter = Labelled<IntCounterVec>;
+
+impl LabelledCounter {
     /// Adds one to the counter of `label`.
     pub(crate) fn inc(&mut self, label: &str) {
-        match self.cache.get(label) {
-            Some(counter) => counter.inc(),
-            None => {
-                let counter = self.vec.with_label_values(&[label]);
-                counter.inc();
-                self.cache.insert(label.to_string(), counter);
-            }
-        }
+        self.get(label).inc();
     }
 }

@@ -46,7 +46,7 @@ use super::{
     checkpoint,
     clock::wall_now_ms,
     global::GlobalTables,
-    metrics::LabelledCounter,
+    metrics::{Labelled, LabelledCounter},
     restore::{restore, RestoreRequest},
     standby::{task_changelogs, Standbys},
     store::{StoreMemory, TaskState},
@@ -228,6 +228,7 @@ impl LiveRuntime {
             runtime: self,
             partition_counts: partitions,
             records_in: LabelledCounter::new(self.metrics.records_in.clone()),
+            record_age: Labelled::new(self.metrics.record_age_seconds.clone()),
             memory,
             standbys,
             tasks: BTreeMap::new(),
@@ -405,6 +406,8 @@ struct Worker<'a> {
     /// Partitions of each sub-topology.
     partition_counts: Vec<i32>,
     records_in: LabelledCounter,
+    /// Age of each record read, by topic.
+    record_age: Labelled<prometheus::HistogramVec>,
     memory: StoreMemory,
     /// Warm copies of other instances' tasks, if this instance keeps any.
     standbys: Option<Standbys>,
@@ -513,6 +516,10 @@ impl Worker<'_> {
             // revocation; its new owner reads it from the committed offset.
             let Some(task) = self.tasks.get_mut(&id) else { continue };
             self.records_in.inc(message.topic());
+            if let Some(timestamp_ms) = message.timestamp().to_millis() {
+                let age_ms = (now - timestamp_ms).max(0);
+                self.record_age.get(message.topic()).observe(age_ms as f64 / 1000.0);
+            }
             let ordered = &topology.sub_topologies[id.sub_topology].ordered;
             if ordered.len() > 1 && ordered.iter().any(|topic| topic == message.topic()) {
                 self.ordered.hold(id, ordered, message, now);
