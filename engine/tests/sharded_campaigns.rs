@@ -722,14 +722,12 @@ fn triggered_candidates_at_the_home_of_a_leased_total_are_forwarded_to_their_sha
     assert_eq!(sent_at(&lifecycle, "LimitReached"), ["160"]);
 }
 
-/// Brief s25/I13 item 2, NOT BUILT (ignored; fails with `--ignored`: 3 users sent): a per-run
-/// limit of 4 over 2 shards, shard 0 holding one user (the first in the run's order) whose
-/// template fails (no `first_name`), shard 1 five. The home plans the run's places in order:
-/// 1 for shard 0, 3 for shard 1; shard 0's place, taken for a user it could not send to, is
-/// lost and the run ends under its limit. It should go back home and on to shard 1's next user
-/// (see "Not built yet" in `docs/architecture.md` for the design): 4 sent, shard 1's first 4.
+/// A per-run limit of 4 over 2 shards, shard 0 holding one user (the first in the run's order)
+/// whose template fails (no `first_name`), shard 1 five. The home plans the run's places in
+/// order: 1 for shard 0, 3 for shard 1; shard 0 gives its unused place back and the home passes
+/// it to shard 1, whose users beyond its 3 stand by: 4 sent, shard 1's first 4 by rank, the
+/// fifth skipped `run_limit`. On the code before the place was lost: 3 users.
 #[test]
-#[ignore = "brief s25/I13 item 2: a place a shard could not use is not re-granted yet"]
 fn a_place_a_shard_could_not_use_goes_to_the_next_user_of_the_run() {
     use herald_engine::{campaign::sample, model::scheduled_run_id};
     let run = scheduled_run_id(ms(100));
@@ -757,4 +755,136 @@ fn a_place_a_shard_could_not_use_goes_to_the_next_user_of_the_run() {
     let expected: BTreeSet<String> = second.drain(..4).collect();
     assert_eq!(outcome.users(), expected, "the run's limit, shard 1's first 4 by rank");
     assert_eq!(outcome.stats("places")["skipped"]["template_error"], 1);
+    assert_eq!(outcome.stats("places")["skipped"]["run_limit"], 1);
+    assert_eq!(outcome.kinds(), ["RunStarted", "RunFinished"]);
+    assert_eq!(outcome.events()[1].details["sent"], "4");
+}
+
+/// `user`'s profile without the `first_name` the templates below need (a template error).
+fn unnamed(user: &str) -> String {
+    format!(
+        r#"{{"type":"profile","user":"{user}","ts":"{}","set":{{"plan":"p"}},"devices":[{{"platform":"ios","token":"tok-{user}"}}]}}"#,
+        ts(0)
+    )
+}
+
+/// The first `take[s]` users of u0..u999 held by shard s of the run at second 100 over
+/// `take.len()` shards (by rank: the run's order), each shard's in rank order.
+fn first_by_rank(take: &[usize]) -> Vec<Vec<String>> {
+    use herald_engine::{campaign::sample, model::scheduled_run_id};
+    let run = scheduled_run_id(ms(100));
+    let shards = take.len() as u32;
+    (0..shards)
+        .map(|s| {
+            let mut users: Vec<String> = (0..1000)
+                .map(|i| format!("u{i}"))
+                .filter(|u| sample::shard_of_rank(sample::rank(&run, u), shards) == s)
+                .collect();
+            users.sort_by_key(|u| sample::rank(&run, u));
+            users.truncate(take[s as usize]);
+            users
+        })
+        .collect()
+}
+
+/// Per-run 5 over 3 shards holding 2, 2 and 5 users: shard 0 sends its 2, shard 1's two
+/// planned users both fail the template, so its 2 places go home and on to shard 2, which
+/// sends its first 3 by rank (1 planned, 2 passed) and skips its last 2 (`run_limit`). On the
+/// code before, shard 1's places were lost: 3 users.
+#[test]
+fn places_of_a_middle_shard_whose_users_all_fail_go_to_the_next_shards_users_by_rank() {
+    let shards = first_by_rank(&[2, 2, 5]);
+    let mut lines: Vec<String> = shards[0].iter().chain(&shards[2]).map(|u| profile(u)).collect();
+    lines.extend(shards[1].iter().map(|u| unnamed(u)));
+    lines.push(event(&shards[0][0], 200, "App Opened", "{}"));
+    let campaign = scheduled(
+        "middle",
+        "{ title: \"Hi {{ profile.first_name }}\", body: b }",
+        "limits: { per_run: 5 }\noptions: { shards: 3 }\n",
+    );
+    let outcome = Outcome::replay(&campaign, &lines, None);
+
+    assert_eq!(spread(&campaign), 3);
+    let expected: BTreeSet<String> = shards[0].iter().chain(&shards[2][..3]).cloned().collect();
+    assert_eq!(outcome.users(), expected, "shard 0's 2, then shard 2's first 3 by rank");
+    assert_eq!(outcome.kinds(), ["RunStarted", "RunFinished"], "RUN_FINISHED once");
+    let events = outcome.events();
+    assert_eq!(events[0].details["qualified"], "9");
+    assert_eq!(events[1].details["sent"], "5", "RUN_FINISHED counts the commands");
+    let stats = outcome.stats("middle");
+    assert_eq!(stats["variants"][0]["sent"], 5);
+    assert_eq!(stats["skipped"]["template_error"], 2);
+    assert_eq!(stats["skipped"]["run_limit"], 2, "shard 2's last 2 by rank");
+}
+
+/// Per-run 3 over 2 shards of 2 users each, one of each shard without the template's
+/// `first_name`: shard 0 sends 1 of its 2 places, shard 1 its 1 (its first user by rank fails,
+/// its second takes the place); shard 0's unused place goes home, where no shard has anyone
+/// standing by: it is given up, `RUN_FINISHED` comes once with the 2 sent, and sent + every
+/// skip = qualified.
+#[test]
+fn a_place_no_shard_has_anyone_left_for_is_given_up_and_the_run_finishes_once() {
+    let shards = first_by_rank(&[2, 2]);
+    let lines = vec![
+        profile(&shards[0][0]),
+        unnamed(&shards[0][1]),
+        unnamed(&shards[1][0]),
+        profile(&shards[1][1]),
+        event(&shards[0][0], 200, "App Opened", "{}"),
+    ];
+    let campaign = scheduled(
+        "left",
+        "{ title: \"Hi {{ profile.first_name }}\", body: b }",
+        "limits: { per_run: 3 }\noptions: { shards: 2 }\n",
+    );
+    let outcome = Outcome::replay(&campaign, &lines, None);
+
+    assert_eq!(spread(&campaign), 2);
+    let expected: BTreeSet<String> = [shards[0][0].clone(), shards[1][1].clone()].into();
+    assert_eq!(outcome.users(), expected);
+    assert_eq!(outcome.kinds(), ["RunStarted", "RunFinished"], "RUN_FINISHED once");
+    let events = outcome.events();
+    assert_eq!(events[1].details["sent"], "2");
+    let stats = outcome.stats("left");
+    let sent = stats["variants"][0]["sent"].as_i64().unwrap();
+    let skipped: i64 =
+        stats["skipped"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).sum();
+    assert_eq!(sent, 2);
+    assert_eq!(stats["skipped"]["template_error"], 2);
+    assert_eq!(events[0].details["qualified"], (sent + skipped).to_string(), "counts reconcile");
+}
+
+/// A total of 60 over 4 shards of a 100-user audience (not a sampled run: the places are
+/// apportioned over the shards' buffers, about 15 each) whose shard-0 users all lack the
+/// template's `first_name`: shard 0 sends none, its places go home and on to the shards with
+/// users standing by, so exactly 60 of the other shards' users are sent, `RUN_FINISHED` counts
+/// them and the total is reached. On the code before: shard 0's places lost, 40 users.
+#[test]
+fn a_total_over_4_shards_one_of_whose_shards_cannot_send_is_filled_by_the_others() {
+    let users: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
+    let failing: BTreeSet<String> = users.iter().filter(|u| shard_of(u) == 0).cloned().collect();
+    assert!(failing.len() > 15 && failing.len() < 40, "{} users on shard 0", failing.len());
+    let mut lines: Vec<String> =
+        users.iter().map(|u| if failing.contains(u) { unnamed(u) } else { profile(u) }).collect();
+    let first_named = users.iter().find(|u| !failing.contains(*u)).unwrap();
+    lines.push(event(first_named, 200, "App Opened", "{}"));
+    let campaign = scheduled(
+        "total",
+        "{ title: \"Hi {{ profile.first_name }}\", body: b }",
+        "limits: { total: 60 }\noptions: { shards: 4 }\n",
+    );
+    let outcome = Outcome::replay(&campaign, &lines, None);
+
+    assert_eq!(spread(&campaign), 4);
+    let sent = outcome.users();
+    assert_eq!(sent.len(), 60);
+    assert!(sent.is_disjoint(&failing), "none of shard 0's users: {sent:?}");
+    let per_shard: BTreeSet<u32> = sent.iter().map(|u| shard_of(u)).collect();
+    assert_eq!(per_shard, [1, 2, 3].into(), "shards 1, 2 and 3 sent");
+    assert_eq!(outcome.kinds(), ["RunStarted", "RunFinished", "LimitReached", "Completed"]);
+    assert_eq!(outcome.events()[1].details["sent"], "60");
+    let stats = outcome.stats("total");
+    assert_eq!(stats["variants"][0]["sent"], 60);
+    assert_eq!(stats["skipped"]["template_error"], failing.len() as i64);
+    assert_eq!(stats["skipped"]["run_limit"], 40 - failing.len() as i64, "every user counted once");
 }

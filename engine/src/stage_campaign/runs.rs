@@ -109,6 +109,14 @@ pub(super) struct RunState {
     /// ([`ab::variant_at`]); an index whose user is not sent goes to the next user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) indices: Option<(u64, u64)>,
+    /// A shard: places of the run its home passed to it (`PLACE` plans, cumulative), named in
+    /// its `RUN_SENT` (see `standby`).
+    #[serde(default)]
+    pub(super) received: u64,
+    /// A shard: its home said no place of the run will come any more: its users standing by
+    /// are skipped (see `standby`).
+    #[serde(default)]
+    pub(super) stood_down: bool,
 }
 
 impl RunState {
@@ -135,6 +143,8 @@ impl RunState {
             closes_at: None,
             to_come_from: None,
             indices: None,
+            received: 0,
+            stood_down: false,
         }
     }
 
@@ -157,6 +167,27 @@ impl RunState {
     /// Whether every place of the run's limit is taken (or given up, see `standby`).
     fn full(&self, campaign: &Campaign) -> bool {
         self.limit(campaign).is_some_and(|limit| self.sent + self.forgone >= limit)
+    }
+
+    /// Users of the run still in its buffer: at a shard whose places are all taken, they stand
+    /// by for places other shards could not use (see `standby`).
+    pub(super) fn standing(&self) -> u64 {
+        self.buffered.saturating_sub(self.next)
+    }
+
+    /// Whether the run's next users stand by instead of being skipped (a shard whose places
+    /// are all taken, of a run whose users are all there at its release: see `standby`).
+    fn stands_by(&self, campaign: &Campaign, shard: bool) -> bool {
+        shard && !sample::reserves(campaign) && !self.stood_down && self.full(campaign)
+    }
+
+    /// A shard's places of the run that no user took and none can take any more (its buffer
+    /// is released, nothing in flight): given back to its home (see `standby`).
+    pub(super) fn unused(&self, campaign: &Campaign) -> u64 {
+        if sample::reserves(campaign) || self.standing() > 0 || self.in_flight > 0 {
+            return 0;
+        }
+        self.places.unwrap_or_default().saturating_sub(self.sent + self.forgone)
     }
 
     /// Whether an earlier run (one a newer run replaced) has nothing left to wait for and has
@@ -453,6 +484,9 @@ impl CampaignStage {
                 run.waiting = true; // a settled place schedules the next step
                 return Ok(());
             }
+            if run.stands_by(campaign, state.is_shard(campaign)) {
+                break; // the rest stands by for places other shards cannot use
+            }
             let Some((key, value)) = step.next() else {
                 run.next = run.buffered; // nothing left buffered
                 break;
@@ -479,14 +513,18 @@ impl CampaignStage {
             self.deliver_in_run(ctx, campaign, state, run, &leaving, chosen)?;
         }
         let tested = run.next == run.test_users && run.testing() && state.winner_id.is_none();
-        if run.next < run.buffered {
+        let shard = state.is_shard(campaign);
+        if run.next < run.buffered && !run.stands_by(campaign, shard) {
             ctx.schedule(at, &timer_key(RUN_TIMER, &state.key))?;
         } else if state.is_shard(campaign) && tested {
             // Its whole buffer (maybe none) was its share of the test: the home still waits for
             // this shard's word before it chooses the winner.
             run.phase = RunPhase::AwaitingWinner;
             self.report_test_sent(ctx, campaign, state, run)?;
-        } else if !state.is_shard(campaign) && (run.in_flight > 0 || run.awaited > 0) {
+        } else if run.in_flight > 0 && shard && !sample::reserves(campaign) {
+            // Its last places are in flight: one the gate refuses goes to its next user, or home.
+            run.waiting = true;
+        } else if !shard && (run.in_flight > 0 || run.awaited > 0) {
             // Its last places are in flight, or selected users are still to come: it finishes
             // with the sends the gate confirms and the users who come (see `standby`).
             run.waiting = true; // a settled place or a user coming schedules the next step
@@ -507,6 +545,13 @@ impl CampaignStage {
     ) -> Result<(), ProcessError> {
         run.phase = RunPhase::Done;
         if state.is_shard(campaign) {
+            // Places no user of this shard can take go home, for the shards with users standing
+            // by (see `standby`).
+            let unused = run.unused(campaign);
+            if unused > 0 {
+                run.places = run.places.map(|places| places - unused);
+                self.place_left(ctx, campaign, state, &run.id, unused)?;
+            }
             return self.report_run_sent(ctx, campaign, state, run);
         }
         let details = BTreeMap::from([

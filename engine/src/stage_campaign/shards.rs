@@ -82,6 +82,16 @@ pub(super) struct HomeRun {
     /// Shards that answered the ask.
     #[serde(default)]
     answered: BTreeSet<i32>,
+    /// Per shard, as of its latest `RUN_SENT`: its users standing by, and the places passed to
+    /// it it had taken in (see `standby`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) standing: BTreeMap<i32, (i64, i64)>,
+    /// Places passed to each shard (`PLACE` plans, cumulative; see `standby`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) passed: BTreeMap<i32, i64>,
+    /// Places shards gave back (`PLACE_LEFT`) not yet passed on (see `standby`).
+    #[serde(default)]
+    pub(super) unplaced: i64,
 }
 
 /// How long the home waits for every shard's answer to its A/B evaluation ask before deciding
@@ -237,6 +247,8 @@ impl CampaignStage {
         self.report(ctx, campaign, state, ShardReportKind::RunSent, |r| {
             r.run_id = Some(run.id.clone());
             r.run_sent = run.sent as i64;
+            r.waiting = run.standing() as i64; // see `standby`
+            r.places = run.received as i64;
         })
     }
 
@@ -273,7 +285,7 @@ impl CampaignStage {
             return self.save(ctx, &campaign, &mut state);
         }
         if report.kind == ShardReportKind::PlaceLeft {
-            self.pass_place(ctx, &campaign, &report)?; // see `standby`
+            self.pass_place(ctx, &campaign, &mut state, &report)?; // see `standby`
             return self.save(ctx, &campaign, &mut state);
         }
         if matches!(
@@ -324,9 +336,14 @@ impl CampaignStage {
                 let before = run.shards.sent.insert(report.shard, report.run_sent).unwrap_or(0);
                 // Cumulative per shard: late (do-not-disturb) users add to what was counted.
                 run.sent += report.run_sent.saturating_sub(before).max(0) as u64;
-                let finished = run.phase != RunPhase::Done && all(run.shards.sent.len());
+                // Places a shard gave back go to those with users standing by (see `standby`).
+                self.standing_at(ctx, &campaign, &mut run, &report)?;
+                let finished = run.phase != RunPhase::Done
+                    && all(run.shards.sent.len())
+                    && run.places_settled(&campaign);
                 if finished {
                     run.phase = RunPhase::Done;
+                    self.stand_down(ctx, &campaign, &run)?;
                     let details = BTreeMap::from([
                         ("run_id".to_string(), run.id.clone()),
                         ("sent".to_string(), run.sent.to_string()),
@@ -529,7 +546,7 @@ impl CampaignStage {
             return self.save(ctx, &campaign, &mut state);
         }
         if plan.kind == ShardPlanKind::Place {
-            self.take_passed_place(ctx, &campaign, &mut state, &plan.run_id)?; // see `standby`
+            self.take_passed_place(ctx, &campaign, &mut state, &plan)?; // see `standby`
             return self.save(ctx, &campaign, &mut state);
         }
         if plan.kind == ShardPlanKind::Evaluate {

@@ -24,12 +24,12 @@
 //! campaign's earlier runs until its window closes, and finishes there.
 
 use super::{
-    runs::{selection_key, RunState},
+    runs::{selection_key, RunPhase, RunState},
     shards, timer_key, CampaignStage, CampaignState, ProcessError, RUN_BUFFER,
 };
 use crate::{
     campaign::{sample, Campaign},
-    model::{scheduled_run_time, ShardPlanKind, ShardReport, ShardReportKind, Skip},
+    model::{scheduled_run_time, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind, Skip},
     runtime::ProcessorContext,
 };
 
@@ -72,6 +72,26 @@ pub(super) struct Came {
     pub(super) sent: bool,
     /// Their place is in flight, until the send gate decides.
     pub(super) in_flight: bool,
+}
+
+impl RunState {
+    /// The home: whether no place of the run is unused or on its way: every shard has taken in
+    /// every place passed to it (its latest `RUN_SENT` names them, and any `PLACE_LEFT` of it
+    /// came before). Places given back that no shard has users standing by for are given up.
+    pub(super) fn places_settled(&mut self, campaign: &Campaign) -> bool {
+        let home = &mut self.shards;
+        let answered = home.passed.iter().all(|(shard, passed)| {
+            home.standing.get(shard).is_some_and(|(_, taken_in)| taken_in >= passed)
+        });
+        if !answered {
+            return false;
+        }
+        if home.unplaced > 0 {
+            tracing::debug!(campaign = %campaign.id, run = %self.id, places = home.unplaced, "places no shard could use are given up");
+            home.unplaced = 0;
+        }
+        true
+    }
 }
 
 impl CampaignState {
@@ -207,7 +227,7 @@ impl CampaignStage {
                     run.sent = run.sent.saturating_sub(1);
                     run.places = run.places.map(|places| places.saturating_sub(1));
                 }
-                self.place_left(ctx, campaign, state, run)?;
+                self.place_left(ctx, campaign, state, run, 1)?;
             }
             None => {
                 // A test place while the rest waits for the winner: to the next user still to
@@ -236,63 +256,205 @@ impl CampaignStage {
         Ok(false)
     }
 
-    /// This shard has no one standing by for a place of `run`: it goes home (`PlaceLeft`).
-    fn place_left(
+    /// This shard has no one standing by for `places` places of `run`: they go home
+    /// (`PlaceLeft`, with their count).
+    pub(super) fn place_left(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
         state: &CampaignState,
         run: &str,
+        places: u64,
     ) -> Result<(), ProcessError> {
         let run = run.to_string();
-        self.report(ctx, campaign, state, ShardReportKind::PlaceLeft, |r| r.run_id = Some(run))
+        self.report(ctx, campaign, state, ShardReportKind::PlaceLeft, |r| {
+            r.run_id = Some(run);
+            r.places = places as i64;
+        })
     }
 
-    /// The home: a shard gave up a place of a run (`PlaceLeft`) with no one standing by there;
-    /// the next shard in the run's order (shard s's users precede shard s+1's) is offered it.
-    /// After the last shard the place is given up; `RUN_FINISHED` counted it when the shards
-    /// released the run.
+    /// The home: a shard gave back places of a run (`PlaceLeft`) no one there could use. A
+    /// `timezone: user` run's place (one a selected user gave up) is offered to the next shard
+    /// (shard s's users precede shard s+1's in the run's order); after the last shard it is
+    /// given up, and `RUN_FINISHED` counted it when the shards released the run. Any other
+    /// run's places wait at home for the shards with users standing by ([`Self::pass_on`]).
     pub(super) fn pass_place(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
+        state: &mut CampaignState,
         report: &ShardReport,
     ) -> Result<(), ProcessError> {
         let (Some(run), next) = (report.run_id.as_deref(), report.shard + 1) else {
             return Ok(());
         };
+        let places = report.places.max(1);
+        if !sample::reserves(campaign) {
+            let Some(run) = state.run.as_mut().filter(|r| r.is(run) && !r.finished()) else {
+                return Ok(()); // a run a newer one replaced, or finished: given up
+            };
+            run.shards.unplaced += places;
+            return self.pass_on(ctx, campaign, run);
+        }
         if next >= report.shards {
             tracing::debug!(campaign = %campaign.id, run, "a place no shard could take is given up");
             return Ok(());
         }
-        let plan = shards::plan_to(campaign, run, next, ShardPlanKind::Place, ctx.timestamp_ms());
+        let plan = ShardPlan {
+            places,
+            ..shards::plan_to(campaign, run, next, ShardPlanKind::Place, ctx.timestamp_ms())
+        };
         self.send_plan(ctx, campaign, &plan)
     }
 
-    /// A shard is offered a place of `run` another shard gave up: its first user standing by
-    /// takes it (selected, see the module's doc), else it goes on (`PlaceLeft`).
+    /// The home: a shard's `RUN_SENT` says how many of its users stand by and how many places
+    /// passed to it it has taken in; places given back go on to the shards with users standing
+    /// by ([`Self::pass_on`]).
+    pub(super) fn standing_at(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        run: &mut RunState,
+        report: &ShardReport,
+    ) -> Result<(), ProcessError> {
+        if sample::reserves(campaign) {
+            return Ok(()); // places go from shard to shard (see `pass_place`)
+        }
+        run.shards.standing.insert(report.shard, (report.waiting.max(0), report.places.max(0)));
+        self.pass_on(ctx, campaign, run)
+    }
+
+    /// The home passes the places given back and not yet placed to the first shards in the
+    /// run's order (shard s's users precede shard s+1's) with users standing by that no place
+    /// already on its way to them will take: `PLACE` plans with a count, each released there.
+    fn pass_on(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        run: &mut RunState,
+    ) -> Result<(), ProcessError> {
+        let home = &mut run.shards;
+        for (shard, (standing, taken_in)) in &home.standing {
+            if home.unplaced <= 0 {
+                break;
+            }
+            let passed = home.passed.entry(*shard).or_default();
+            let free = standing - (*passed - taken_in).max(0);
+            let places = free.min(home.unplaced);
+            if places <= 0 {
+                continue;
+            }
+            *passed += places;
+            home.unplaced -= places;
+            let plan = ShardPlan {
+                places,
+                ..shards::plan_to(
+                    campaign,
+                    &run.id,
+                    *shard,
+                    ShardPlanKind::Place,
+                    ctx.timestamp_ms(),
+                )
+            };
+            self.send_plan(ctx, campaign, &plan)?;
+        }
+        Ok(())
+    }
+
+    /// The home finished the run: every shard with users standing by skips them (counted
+    /// `run_limit`), told by a `PLACE` plan of no places.
+    pub(super) fn stand_down(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        run: &RunState,
+    ) -> Result<(), ProcessError> {
+        for (shard, _) in run.shards.standing.iter().filter(|(_, (standing, _))| *standing > 0) {
+            let plan = shards::plan_to(
+                campaign,
+                &run.id,
+                *shard,
+                ShardPlanKind::Place,
+                ctx.timestamp_ms(),
+            );
+            self.send_plan(ctx, campaign, &plan)?;
+        }
+        Ok(())
+    }
+
+    /// A shard is passed `plan.places` places of a run (`Place`). A `timezone: user` run's first
+    /// users standing by take them (selected, see the module's doc), the rest goes on
+    /// (`PlaceLeft`). Any other run releases that many more of its users standing by in its
+    /// buffer; a plan of no places says none will come any more: they are skipped.
     pub(super) fn take_passed_place(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
         state: &mut CampaignState,
-        run: &str,
+        plan: &ShardPlan,
     ) -> Result<(), ProcessError> {
+        let run = plan.run_id.as_str();
+        let mut places = plan.places.max(0) as u64;
+        if !sample::reserves(campaign) {
+            let Some(mut of_run) = state.run.take().filter(|r| r.is(run)) else {
+                if places == 0 {
+                    return Ok(());
+                }
+                return self.place_left(ctx, campaign, state, run, places);
+            };
+            let result = self.release_passed(ctx, campaign, state, &mut of_run, places, plan);
+            state.run = Some(of_run);
+            return result;
+        }
+        places = places.max(1); // an older version passed one place with no count
         let owner = state.key.clone();
         let prefix = standby_prefix(&owner, run);
-        let mut store = ctx.store(RUN_BUFFER)?;
-        let next = store.prefix(&prefix, 1)?.pop();
-        let taker = next.filter(|_| state.run_mut(run).is_some());
-        let Some((next, _)) = taker else {
-            return self.place_left(ctx, campaign, state, run);
-        };
-        store.delete(&next)?;
-        let user = String::from_utf8_lossy(&next[prefix.len() + 8..]);
-        store.put_as(&selection_key(&owner, run, &user), &None::<usize>)?;
-        if let Some(run) = state.run_mut(run) {
-            run.awaited += 1;
-            run.sent += 1;
-            run.places = run.places.map(|places| places + 1);
+        while places > 0 {
+            let mut store = ctx.store(RUN_BUFFER)?;
+            let next = store.prefix(&prefix, 1)?.pop();
+            let Some((next, _)) = next.filter(|_| state.run_mut(run).is_some()) else {
+                break;
+            };
+            store.delete(&next)?;
+            let user = String::from_utf8_lossy(&next[prefix.len() + 8..]);
+            store.put_as(&selection_key(&owner, run, &user), &None::<usize>)?;
+            if let Some(run) = state.run_mut(run) {
+                run.awaited += 1;
+                run.sent += 1;
+                run.places = run.places.map(|places| places + 1);
+            }
+            places -= 1;
+        }
+        if places > 0 {
+            self.place_left(ctx, campaign, state, run, places)?;
+        }
+        Ok(())
+    }
+
+    /// A shard whose run's users stand by in its buffer is passed `places` more (none: no
+    /// place will come any more, they are skipped): it releases them now, in the transaction
+    /// that reads the plan (a paused campaign's on resume). Its next `RUN_SENT` names the
+    /// places passed to it so far, so the home knows this plan was answered.
+    fn release_passed(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        run: &mut RunState,
+        places: u64,
+        plan: &ShardPlan,
+    ) -> Result<(), ProcessError> {
+        if places == 0 {
+            run.stood_down = true;
+        } else {
+            run.received += places;
+            run.places = Some(run.places.unwrap_or_default() + places);
+        }
+        if run.finished() {
+            run.phase = RunPhase::Releasing;
+            if !super::is_held(campaign) {
+                self.release_step(ctx, campaign, state, run, plan.timestamp_ms)?;
+            }
         }
         Ok(())
     }
