@@ -888,3 +888,40 @@ fn a_total_over_4_shards_one_of_whose_shards_cannot_send_is_filled_by_the_others
     assert_eq!(stats["skipped"]["template_error"], failing.len() as i64);
     assert_eq!(stats["skipped"]["run_limit"], 40 - failing.len() as i64, "every user counted once");
 }
+
+/// An A/B test (2 users, one per variant) with a per-run limit of 6 over 2 shards, shard 0
+/// holding the run's first 2 users by rank (the test population), the second without the
+/// template's `first_name`: the test sends 1 (variant A; the failed user's index B is not
+/// passed on, as on one task, where a user who fails leaves the test one short too), and
+/// shard 0's unused place goes, after the winner, to shard 1's next user standing by: 6 sent,
+/// the test's 1 and shard 1's first 5 by rank with the winner, `RUN_FINISHED` once.
+#[test]
+fn an_ab_test_place_a_shard_could_not_use_goes_to_the_next_shard_with_the_winner() {
+    let shards = first_by_rank(&[2, 7]);
+    let mut lines = vec![profile(&shards[0][0]), unnamed(&shards[0][1])];
+    lines.extend(shards[1].iter().map(|u| profile(u)));
+    lines.push(event(&shards[0][0], 200, "App Opened", "{}"));
+    let what = "\n  variants:\n    - { id: A, title: \"Hi {{ profile.first_name }}\", body: a }\n    - { id: B, title: \"Hi {{ profile.first_name }}\", body: b }\n  ab: { test_audience: 2, evaluate_after: 1h }";
+    let campaign = scheduled("abp", what, "limits: { per_run: 6 }\noptions: { shards: 2 }\n");
+    let outcome = Outcome::replay(&campaign, &lines, Some(ms(200 + 3_600 + 60)));
+
+    assert_eq!(spread(&campaign), 2);
+    let expected: BTreeSet<String> =
+        shards[1][..5].iter().chain([&shards[0][0]]).cloned().collect();
+    assert_eq!(outcome.users(), expected, "the test's user, then shard 1's first 5 by rank");
+    assert_eq!(outcome.kinds(), ["RunStarted", "WinnerDeclared", "RunFinished"]);
+    let events = outcome.events();
+    let winner = events[1].details["winner"].clone();
+    assert_eq!(events[2].details["sent"], "6");
+    for send in outcome.lines("sends.jsonl") {
+        let variant = send["variant_id"].as_str().unwrap();
+        if send["user_id"] == shards[0][0].as_str() {
+            assert_eq!(variant, "A", "the test's first index");
+        } else {
+            assert_eq!(variant, winner, "after the test, the winner");
+        }
+    }
+    let stats = outcome.stats("abp");
+    assert_eq!(stats["skipped"]["template_error"], 1);
+    assert_eq!(stats["skipped"]["run_limit"], 2, "shard 1's last 2 by rank");
+}

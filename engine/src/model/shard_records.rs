@@ -33,8 +33,9 @@ pub enum ShardReportKind {
     /// The shard's cumulative counters, answering the home's `Evaluate` of the run `run_id`:
     /// the A/B winner is decided once every shard of the run answered.
     Evaluated,
-    /// A user the run `run_id` selected at the shard (`timezone: user`) does not come and no
-    /// one stands by there: the place goes home, which passes it to the next shard.
+    /// `places` places of the run `run_id` no user at the shard can take (a user the run
+    /// selected, `timezone: user`, does not come and no one stands by there; or, at the end of
+    /// its buffer, places no user took): they go home, which passes them on.
     PlaceLeft,
 }
 
@@ -60,14 +61,17 @@ pub struct ShardReport {
     /// Every kind: users the shard sent to over the campaign's life (cumulative; the home counts
     /// each shard's highest in the total).
     pub sent: i64,
-    /// `RunSent`: users of the run the shard sent to (cumulative); `Demand`, `Returned`,
+    /// `RunSent`: users of the run the shard sent to (cumulative), with its users standing by
+    /// in `waiting` and the places passed to it so far in `places`; `Demand`, `Returned`,
     /// `Counted`: users it sent to on places of the total limit (cumulative).
     #[serde(default)]
     pub run_sent: i64,
     /// `Demand`, `Returned`, `Counted`: candidates waiting at the shard for a place of the total
     /// limit.
     pub waiting: i64,
-    /// `Returned`: places of the total limit given back; `Counted`: every place it held.
+    /// `Returned`: places of the total limit given back; `Counted`: every place it held;
+    /// `PlaceLeft`: places of the run given back (0: one, from an older version); `RunSent`:
+    /// places of the run passed to it (cumulative).
     pub places: i64,
     /// `Counters`, `Evaluated`: cumulative per-variant counters.
     pub variants: Vec<VariantStats>,
@@ -113,8 +117,9 @@ pub enum ShardPlanKind {
     /// The A/B test's wait is over: report the counters now (`Evaluated`), for the winner
     /// decision.
     Evaluate,
-    /// A place of the run `run_id` that an earlier shard's selected user gave up: for the
-    /// shard's first user standing by, else back home (`PlaceLeft`).
+    /// `places` places of the run `run_id` other shards could not use: for the shard's first
+    /// users standing by, else back home (`PlaceLeft`). No places (a run whose users are all
+    /// there at its release): none will come any more, its users standing by are skipped.
     Place,
 }
 
@@ -133,7 +138,7 @@ pub struct ShardPlan {
     /// What to do.
     pub kind: ShardPlanKind,
     /// `Release`: users of the run the shard may send to; `Grant`: places leased; `Full`: the
-    /// limit that is full.
+    /// limit that is full; `Place`: places of the run passed to the shard (see `Place`).
     pub places: i64,
     /// `Release`: global A/B test index of the shard's first test user.
     pub test_from: i64,
