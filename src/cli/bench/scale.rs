@@ -45,6 +45,10 @@ pub struct ScaleArgs {
     /// Users of the broadcast.
     #[arg(long, default_value_t = 2_000_000)]
     users: usize,
+    /// Engine instances of each broadcast run, in turn; the first run's commands are also
+    /// produced raw (e.g. `--broadcast-instances 1` when the disk holds one run only).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2])]
+    broadcast_instances: Vec<usize>,
     /// Profiles restored in the restore phase.
     #[arg(long, default_value_t = 1_000_000)]
     profiles: usize,
@@ -339,10 +343,13 @@ impl Broadcast {
     }
 }
 
-/// The broadcast on 1 instance (whose commands are then produced raw by one producer) and on 2.
+/// The broadcast on each of `--broadcast-instances` (the first run's commands then produced raw
+/// by one producer); each run's figures are printed as soon as it ends.
 fn broadcast(kafka: &KafkaConfig, args: &ScaleArgs) -> anyhow::Result<Broadcast> {
+    let (first, rest) =
+        args.broadcast_instances.split_first().context("--broadcast-instances is empty")?;
     let mut commands = Commands::default();
-    let one = broadcast_run(kafka, args, 1, Some(&mut commands))?;
+    let mut runs = vec![broadcast_run(kafka, args, *first, Some(&mut commands))?];
     eprintln!("broadcast: the same {} commands by one producer", commands.len());
     let raw_topic = format!("bench-scale-{}-raw-push", now_ms());
     create_topics(kafka, std::slice::from_ref(&raw_topic), args.partitions, |_| true)?;
@@ -356,8 +363,12 @@ fn broadcast(kafka: &KafkaConfig, args: &ScaleArgs) -> anyhow::Result<Broadcast>
     })();
     drop(commands);
     delete_topics(kafka, &raw_topic);
-    let two = broadcast_run(kafka, args, 2, None)?;
-    Ok(Broadcast { raw_rate: raw_rate?, runs: vec![one, two] })
+    let raw_rate = raw_rate?;
+    eprintln!("  raw: {raw_rate:.0} commands/s");
+    for instances in rest {
+        runs.push(broadcast_run(kafka, args, *instances, None)?);
+    }
+    Ok(Broadcast { raw_rate, runs })
 }
 
 /// Commands read back (keys and values), in one buffer.
@@ -436,18 +447,24 @@ fn broadcast_run(
         }
     }
     let cpu = window.close(&engines.iter().collect::<Vec<_>>());
-    let peak_rss_mb = engines.iter().map(Instance::peak_rss_mb).collect();
+    let peak_rss_mb: Vec<f64> = engines.iter().map(Instance::peak_rss_mb).collect();
     for engine in &mut engines {
         engine.stop()?;
     }
-    Ok(BroadcastRun {
+    let run = BroadcastRun {
         instances,
         commands: seen,
         rate: seen as f64 / ((last - first) as f64 / 1000.0).max(1e-3),
         to_last: (last - run_at) as f64 / 1000.0,
         peak_rss_mb,
         cpu,
-    })
+    };
+    eprintln!(
+        "  {instances} instance(s): {} commands, {:.0} commands/s, last {:.1} s after the run time, \
+         peak RSS {:?} MB",
+        run.commands, run.rate, run.to_last, run.peak_rss_mb
+    );
+    Ok(run)
 }
 
 /// What one failover run measured.

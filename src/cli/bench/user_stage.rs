@@ -42,7 +42,54 @@ pub(super) struct UserStage {
     pub latency_samples: usize,
     pub p50_ms: i64,
     pub p99_ms: i64,
+    /// During the latency run: the age of the records each stage read (see [`AgeQuantiles`]).
+    pub ages: Vec<AgeQuantiles>,
     pub cpu: CpuSplit,
+}
+
+/// Bucket bounds of the median and 99th percentile of `herald_runtime_record_age_seconds` on
+/// one topic over a window: how old records were when the stage reading it got them.
+pub(super) struct AgeQuantiles {
+    pub stage: &'static str,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl AgeQuantiles {
+    /// Cumulative bucket counts (upper bound in seconds, count) of `topic`'s record ages.
+    fn buckets(engine: &Instance, topic: &str) -> Vec<(f64, f64)> {
+        let topic = format!("topic=\"{topic}\"");
+        let mut buckets: Vec<(f64, f64)> = engine
+            .series("record_age_seconds_bucket")
+            .into_iter()
+            .filter(|labels| labels.contains(&topic))
+            .filter_map(|labels| {
+                let bound = labels.split("le=\"").nth(1)?.split('"').next()?;
+                let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse().ok()? };
+                Some((bound, engine.metric("record_age_seconds_bucket", &labels)))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        buckets
+    }
+
+    /// The quantiles of what was counted between `before` and `after` (cumulative buckets).
+    fn between(stage: &'static str, before: &[(f64, f64)], after: &[(f64, f64)]) -> Self {
+        let counted = |bound: f64| {
+            let at = |buckets: &[(f64, f64)]| {
+                buckets.iter().find(|(b, _)| *b == bound).map_or(0.0, |(_, count)| *count)
+            };
+            at(after) - at(before)
+        };
+        let total = after.last().map_or(0.0, |(bound, _)| counted(*bound));
+        let quantile = |q: f64| {
+            after
+                .iter()
+                .find(|(bound, _)| total > 0.0 && counted(*bound) >= q * total)
+                .map_or(f64::NAN, |(bound, _)| (bound * 1000.0).round())
+        };
+        Self { stage, p50_ms: quantile(0.5), p99_ms: quantile(0.99) }
+    }
 }
 
 impl UserStage {
@@ -84,6 +131,15 @@ impl UserStage {
             self.latency_rate,
             format!("p50 {} ms, p99 {} ms", self.p50_ms, self.p99_ms)
         );
+        for age in &self.ages {
+            println!(
+                "{:<34} {:>10} {:>12} {:>8}",
+                format!("  record age read by {}", age.stage),
+                "",
+                "",
+                format!("p50 <= {:.0} ms, p99 <= {:.0} ms", age.p50_ms, age.p99_ms)
+            );
+        }
     }
 
     pub fn json(&self) -> Value {
@@ -97,6 +153,9 @@ impl UserStage {
             "latency_samples": self.latency_samples,
             "latency_p50_ms": self.p50_ms,
             "latency_p99_ms": self.p99_ms,
+            "record_age_ms": self.ages.iter().map(|age| json!({
+                "stage": age.stage, "p50_le": age.p50_ms, "p99_le": age.p99_ms,
+            })).collect::<Vec<_>>(),
         })
     }
 }
@@ -225,9 +284,22 @@ pub(super) fn run(
     // Half the user stage's rate would outrun the stages after it: latency behind a backlog.
     let latency_rate = throughput.done_rate / 2.0;
     eprintln!("  latency at {latency_rate:.0} events/s for {latency_seconds} s");
+    let stages = [
+        ("user stage (herald.events)", &deployment.topics.events),
+        ("campaign stage (herald.campaign-flow)", &deployment.topics.campaign_flow),
+    ];
+    let before: Vec<_> =
+        stages.iter().map(|(_, topic)| AgeQuantiles::buckets(&engine, topic)).collect();
     let (pings, mut latencies) =
         latency(kafka, &deployment, profiles, latency_rate, latency_seconds, &mut engine)?;
     latencies.sort_unstable();
+    let ages = stages
+        .iter()
+        .zip(&before)
+        .map(|((stage, topic), before)| {
+            AgeQuantiles::between(stage, before, &AgeQuantiles::buckets(&engine, topic))
+        })
+        .collect();
     engine.stop()?;
     Ok(UserStage {
         events,
@@ -238,6 +310,7 @@ pub(super) fn run(
         latency_samples: latencies.len(),
         p50_ms: percentile(&latencies, 0.50),
         p99_ms: percentile(&latencies, 0.99),
+        ages,
         cpu,
     })
 }
