@@ -418,3 +418,39 @@ fn a_daily_limit_over_4_shards_on_an_app_with_caps_sends_exactly_30_a_day() {
     assert_eq!(reached.len(), 2, "once a day: {reached:?}");
     assert!(reached.iter().all(|(_, sent)| sent == "30"), "{reached:?}");
 }
+
+/// A scheduled run with a total of 50 over 4 shards on an app with caps, its campaign throttled
+/// to 10 a minute, so its commands wait in the shards' outboxes (their places in flight) while
+/// `news` is sent to u0..u19 (uncapped by a throttle): those of u0..u19 whose ping had not left
+/// yet are refused at the gate, and each refused place goes to the shard's next buffered user.
+/// Exactly 50 users are sent the run, none of them also sent `news` (one push a day), every
+/// shard sending, `RUN_FINISHED` and `COMPLETED` at 50.
+#[test]
+fn a_scheduled_total_over_4_shards_on_an_app_with_caps_fills_exactly_with_users_the_gate_lets_through(
+) {
+    let yaml = format!(
+        "{}limits: {{ total: 50 }}\noptions: {{ shards: 4, throttle: {{ max: 10, per: 1m }} }}\n",
+        scheduled(&[T0 + 100_000], "").replace("options: { shards: 4 }\n", "")
+    );
+    assert_eq!(in_effect(&yaml, CAPS), 4, "spread over its 4 shards");
+    let mut input = vec![define("news", NEWS, T0), define("coupons", &yaml, T0)];
+    input.extend(profiles(0..80));
+    input.extend(events("Other", 79..80, T0 + 110_000)); // the run starts
+    input.extend(events("Pong", 0..20, T0 + 130_000)); // news, while the run's sends wait
+    input.extend(events("Other", 78..79, T0 + 60 * MINUTE));
+    let out = run(CAPS, input, T0 + 90 * MINUTE);
+
+    let news = out.users("news");
+    let sent = out.users("coupons");
+    assert_eq!(sent.len(), 50, "exactly the total: {sent:?}");
+    assert!(sent.is_disjoint(&news), "one push a day: {:?}", sent.intersection(&news));
+    let either: BTreeSet<usize> = news.union(&sent).copied().collect();
+    assert!((0..20).all(|u| either.contains(&u)), "u0..u19 each get one of the two");
+    assert_eq!(out.senders("coupons").len(), 4, "every shard sends");
+    let refused = out.skipped("coupons", "capped_daily");
+    assert!(refused > 0, "some of the run's places came back from the gate");
+    let kinds = out.kinds("coupons");
+    let of = |kind: &str| kinds.iter().filter(|(k, _)| k == kind).cloned().collect::<Vec<_>>();
+    assert_eq!(of("RunFinished"), [("RunFinished".to_string(), "50".to_string())]);
+    assert_eq!(of("Completed"), [("Completed".to_string(), "50".to_string())]);
+}

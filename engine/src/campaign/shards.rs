@@ -16,35 +16,32 @@ use crate::{
 pub const SEPARATOR: char = '\u{1f}';
 
 /// The number of shards in effect for `campaign`: its `options.shards` where its rules are
-/// exact over shards today, else 1 (everything at home). Exact today: not a scheduled campaign
-/// with a limit on an app with frequency caps (a triggered one's leased places are held in
-/// flight at its shards until the send gate answers); a campaign throttle's windows are
-/// shared out as tokens by the home (`stage_campaign::tokens`); a scheduled campaign with one
-/// message, an A/B test, alternation, a split or messages by property (the home plans each
-/// run, within what is left of its day under a daily limit); a triggered campaign with one
-/// message or messages by property (its total and daily limits are leased to the shards by
-/// the home).
-pub fn in_effect(campaign: &Campaign, settings: &Settings) -> u32 {
-    let limits = &campaign.limits;
-    let limited = limits.total.is_some() || limits.daily.is_some() || limits.per_run.is_some();
-    let scheduled = matches!(campaign.when.trigger, Trigger::Scheduled(_));
-    let supported = !(limited && scheduled && settings.app(&campaign.app).has_caps())
-        && match (&campaign.when.trigger, &campaign.assignment) {
-            (Trigger::Scheduled(_), Assignment::Single)
-            | (Trigger::Scheduled(_), Assignment::ByProperty(_)) => true,
-            // A test whose users are sent at their local times ends at the last one's, which
-            // only one task knows (see `stage_campaign::runs`).
-            (Trigger::Scheduled(schedule), Assignment::AbTest(_)) => schedule.user_local.is_none(),
-            // Each shard's users take its range of the run's global assignment indices
-            // (`stage_campaign::runs`); users sent at their local times come after the release.
-            (Trigger::Scheduled(schedule), Assignment::Alternate | Assignment::Split(_)) => {
-                schedule.user_local.is_none()
-            }
-            // Total and daily limits are leased to the shards by the home
-            // (`stage_campaign::leases`).
-            (_, Assignment::Single | Assignment::ByProperty(_)) => true,
-            (_, _) => false,
-        };
+/// exact over shards today, else 1 (everything at home). Exact today: limits on an app with
+/// frequency caps (places held in flight at the shards until the send gate answers, a refused
+/// one going to the shard's next user or home: `stage_campaign::leases`, `standby`); a
+/// campaign throttle's windows shared out as tokens by the home (`stage_campaign::tokens`); a
+/// scheduled campaign with one message, an A/B test, alternation, a split or messages by
+/// property (the home plans each run, within what is left of its day under a daily limit); a
+/// triggered campaign with one message or messages by property (its total and daily limits
+/// are leased to the shards by the home). `settings` are no longer read (an app's caps used
+/// to keep a limited campaign at home).
+pub fn in_effect(campaign: &Campaign, _settings: &Settings) -> u32 {
+    let supported = match (&campaign.when.trigger, &campaign.assignment) {
+        (Trigger::Scheduled(_), Assignment::Single)
+        | (Trigger::Scheduled(_), Assignment::ByProperty(_)) => true,
+        // A test whose users are sent at their local times ends at the last one's, which
+        // only one task knows (see `stage_campaign::runs`).
+        (Trigger::Scheduled(schedule), Assignment::AbTest(_)) => schedule.user_local.is_none(),
+        // Each shard's users take its range of the run's global assignment indices
+        // (`stage_campaign::runs`); users sent at their local times come after the release.
+        (Trigger::Scheduled(schedule), Assignment::Alternate | Assignment::Split(_)) => {
+            schedule.user_local.is_none()
+        }
+        // Total and daily limits are leased to the shards by the home
+        // (`stage_campaign::leases`).
+        (_, Assignment::Single | Assignment::ByProperty(_)) => true,
+        (_, _) => false,
+    };
     if supported {
         campaign.options.shards.max(1)
     } else {
