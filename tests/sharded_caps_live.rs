@@ -1,0 +1,170 @@
+//! A triggered campaign's total limit over 8 shards on an app with frequency caps, live against
+//! the real broker on two engine instances, one of them killed (SIGKILL) mid-run and restarted:
+//! places are held in flight at the shards until the send gate answers, and a place the gate
+//! refuses (the user's cap of the day already spent by another campaign) goes to another user,
+//! so the total stays exact (issue 13, brief s26/CAPS; see "Places in flight and the waiting
+//! queue" in `docs/architecture.md`).
+
+mod common;
+
+use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
+
+use common::{wait_for_offsets, KillOnDrop};
+use herald_engine::model::{
+    AppEvent, CampaignLifecycleEvent, CampaignStats, Platform, SchemaRegistry, SendCommand,
+};
+
+const USERS: usize = 4_000;
+const TOTAL: usize = 1_500;
+
+fn create_topics(topic: &dyn Fn(&str) -> String) {
+    common::create_topics(&[
+        (&topic("events"), 4),
+        (&topic("profiles"), 4),
+        (&topic("receipts"), 4),
+        (&topic("send-gate"), 4),
+        (&topic("campaigns"), 1),
+        (&topic("segments"), 1),
+        (&topic("campaign-flow"), 8),
+        (&topic("app-throttle"), 1),
+        (&topic("push"), 2),
+        (&topic("stats"), 1),
+        (&topic("campaign-events"), 1),
+        (&topic("dead-letter"), 1),
+    ]);
+}
+
+/// `herald campaign apply` of `yaml` (written to `dir/name`) to the topic `campaigns`.
+fn apply(dir: &Path, campaigns: &str, name: &str, yaml: &str) {
+    let file = dir.join(name);
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["campaign", "apply", "--topic", campaigns, file.to_str().unwrap()])
+        .env("HERALD_BROKERS", common::kafka().brokers)
+        .output()
+        .unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+}
+
+/// Events `name` of `users`, one each, now.
+fn events(name: &str, users: &[usize]) -> Vec<(String, Vec<u8>)> {
+    let registry = SchemaRegistry::builtin();
+    let event = |user: String| AppEvent {
+        event_id: format!("{name}-{user}"),
+        app_id: "shop".into(),
+        user_id: user,
+        name: name.into(),
+        timestamp_ms: common::now_ms(),
+        properties: Default::default(),
+        sdk_version: None,
+    };
+    let user = |i: &usize| format!("u{i}");
+    users.iter().map(|i| (user(i), registry.encode(&event(user(i))).unwrap())).collect()
+}
+
+/// Each user of `users` sends `Pong` (even users only: `news` spends their cap of the day) and
+/// `Ping` (`coupons`), in that order on the user's partition: both candidates pass the user
+/// stage's early look at the caps, and the send gate lets only one of the two through.
+fn pings(topic: &str, users: std::ops::Range<usize>) {
+    let mut records = Vec::new();
+    for i in users {
+        if i % 2 == 0 {
+            records.extend(events("Pong", &[i]));
+        }
+        records.extend(events("Ping", &[i]));
+    }
+    common::produce(topic, records);
+}
+
+#[test]
+fn a_total_over_8_shards_on_an_app_with_caps_stays_exact_when_an_instance_is_killed() {
+    let prefix = format!("{}-", common::unique("it-caps"));
+    let app_id = common::unique("it-caps-app");
+    let dir = tempfile::tempdir().unwrap();
+    let topic = |name: &str| format!("{prefix}herald.{name}");
+    create_topics(&topic);
+    let news =
+        "id: news\napp: shop\nname: News\nwhen: { event: Pong }\nwhat: { title: n, body: n }\n";
+    apply(dir.path(), &topic("campaigns"), "news.yaml", news);
+    let coupons = format!(
+        "id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\nlimits: {{ total: {TOTAL} }}\noptions: {{ shards: 8 }}\n"
+    );
+    apply(dir.path(), &topic("campaigns"), "coupons.yaml", &coupons);
+    let settings = dir.path().join("settings.yaml");
+    std::fs::write(&settings, "apps:\n  shop:\n    caps: { per_day: 1 }\n").unwrap();
+    let now = common::now_ms();
+    common::produce(
+        &topic("profiles"),
+        (0..USERS).map(|i| common::profile(&format!("u{i}"), Platform::Android, now)),
+    );
+    let log = dir.path().join("engines.log");
+    let spawn = |instance: &str| {
+        let state = dir.path().join(format!("state-{instance}"));
+        let extra = ["--app-config", settings.to_str().unwrap()];
+        KillOnDrop::new(common::spawn_engine_instance(
+            &prefix, &app_id, instance, &state, &log, &extra,
+        ))
+    };
+    let mut a = spawn("a");
+    let mut b = spawn("b");
+    wait_for_offsets(&format!("{app_id}-profiles-changelog"), USERS as i64, &log);
+    // A first part, the kill once sends leave (places in flight at the gate, candidates
+    // waiting), the rest while the killed instance's tasks move, and its restart.
+    pings(&topic("events"), 0..1_000);
+    wait_for_offsets(&topic("push"), 1, &log);
+    common::kill_hard(b.take());
+    pings(&topic("events"), 1_000..USERS);
+    b = spawn("b");
+    let registry = SchemaRegistry::builtin();
+    let sends: Vec<SendCommand> = common::read_committed(
+        &topic("push"),
+        TOTAL + 1_000,
+        Duration::from_secs(10),
+        Duration::from_secs(120),
+    )
+    .iter()
+    .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
+    .collect();
+    let events: Vec<CampaignLifecycleEvent> = common::read_committed(
+        &topic("campaign-events"),
+        2,
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    )
+    .iter()
+    .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
+    .collect();
+    let stats: Vec<CampaignStats> =
+        common::read_committed(&topic("stats"), 1, Duration::from_secs(2), Duration::from_secs(30))
+            .iter()
+            .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
+            .collect();
+    common::stop_gracefully(a.take());
+    common::stop_gracefully(b.take());
+    common::delete_topics_starting_with(&[&prefix, &app_id]);
+    let log = common::tail(&log, 30);
+
+    let of = |campaign: &str| -> Vec<&SendCommand> {
+        sends.iter().filter(|s| s.campaign_id == campaign).collect()
+    };
+    let coupons = of("coupons");
+    let users: BTreeSet<&str> = coupons.iter().map(|c| c.user_id.as_str()).collect();
+    assert_eq!(coupons.len(), TOTAL, "exactly the total\n{log}");
+    assert_eq!(users.len(), TOTAL, "one command per user");
+    let newsed: BTreeSet<&str> = of("news").iter().map(|c| c.user_id.as_str()).collect();
+    assert!(users.is_disjoint(&newsed), "one push a day: {:?}", users.intersection(&newsed));
+    let shards: BTreeSet<Option<&str>> = coupons.iter().map(|c| c.place_key.as_deref()).collect();
+    assert_eq!(shards.len(), 8, "every shard sends: {shards:?}");
+    let kinds: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e.campaign_id == "coupons")
+        .map(|e| (format!("{:?}", e.kind), e.details["sent"].clone()))
+        .collect();
+    let total = |kind: &str| (kind.to_string(), TOTAL.to_string());
+    assert_eq!(kinds, [total("LimitReached"), total("Completed")], "announced once, by the home");
+    let last = stats.iter().rev().find(|s| s.campaign_id == "coupons").unwrap();
+    let refused = last.skipped.get("capped_daily").copied().unwrap_or(0);
+    eprintln!("coupons: {} refused for the caps, news sent to {}", refused, newsed.len());
+}
