@@ -454,12 +454,13 @@ fn a_pause_holds_the_sends_waiting_in_the_apps_throttle_until_the_resume() {
 }
 
 /// An app with caps and a global throttle (1 an hour); `ping` has a total limit of 3 and
-/// `shards: 4`, so it runs on its home (a limit on an app with caps keeps it there) and its
-/// places are held in flight until the gate answers. u0 leaves, u1 waits in the app's outbox
-/// (its place in flight at the home); the limit is removed (4 shards in effect), u1 leaves an
-/// hour later: the gate's confirmation goes to the home that holds u1's place, not to u1's
-/// shard. The limit put back, the total fills and `COMPLETED` comes: every qualified user is
-/// sent or counted (review s21/G finding 7: u3 and u4 waited forever for u1's place).
+/// `shards: 4`, its places held in flight until the gate answers. u0 leaves, u1 waits in the
+/// app's outbox (its place in flight); the limit is removed, u1 leaves an hour later: the
+/// gate's confirmation goes to the state that holds u1's place (its `place_key`). The limit put
+/// back, the total fills and `COMPLETED` comes: every qualified user is sent or counted (review
+/// s21/G finding 7: u3 and u4 waited forever for u1's place). Written when a limit on an app
+/// with caps kept the campaign on its home (the place then at the home, the confirmation not to
+/// go to u1's shard); since s26/CAPS it is spread from the start, the place at u1's shard.
 #[test]
 fn a_place_held_at_home_settles_after_an_edit_shards_the_campaign() {
     use herald_engine::model::CampaignCommand::Define;
