@@ -1,0 +1,534 @@
+//! Review s26 (brief s26/RV): issue 13's campaigns spread over shards, read as a user of the
+//! product would check them (which users got which variant, how many commands, which lifecycle
+//! events), on the replay driver over 4 partitions. Tests marked `#[ignore = "review s26
+//! finding N: ..."]` fail on the code as reviewed; the others show an area sound.
+
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use herald_engine::{
+    backtest::Backtest,
+    campaign::{parse_campaign, sample, shards},
+    model::{
+        scheduled_run_id,
+        topics::{self, TopicNames},
+        CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, Candidate, Device,
+        IngestDecoder, Platform, ProfileUpdate, Record, SchemaRegistry, SendCommand, ShardReport,
+        ShardReportKind,
+    },
+    pipeline::engine_topology,
+    runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
+    settings::Settings,
+    stage_campaign::ab::SplitDelivery,
+};
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------------------------
+// Backtest driver (JSON lines in, `sends.jsonl` / stats out), as `sharded_split.rs`.
+
+fn ts(second: i64) -> String {
+    chrono::DateTime::from_timestamp(1_795_000_000 + second, 0).unwrap().to_rfc3339()
+}
+
+fn ms(second: i64) -> i64 {
+    (1_795_000_000 + second) * 1000
+}
+
+fn profile(user: &str) -> String {
+    format!(
+        r#"{{"type":"profile","user":"{user}","ts":"{}","set":{{"first_name":"N{user}"}},"devices":[{{"platform":"ios","token":"tok-{user}"}}]}}"#,
+        ts(0)
+    )
+}
+
+/// `user`'s profile without the `first_name` the templates below need (a template error).
+fn unnamed(user: &str) -> String {
+    format!(
+        r#"{{"type":"profile","user":"{user}","ts":"{}","set":{{"plan":"p"}},"devices":[{{"platform":"ios","token":"tok-{user}"}}]}}"#,
+        ts(0)
+    )
+}
+
+fn event(user: &str, second: i64, name: &str) -> String {
+    format!(
+        r#"{{"type":"event","user":"{user}","ts":"{}","name":"{name}","props":{{}}}}"#,
+        ts(second)
+    )
+}
+
+/// A campaign `id` running once at second 100 for everyone with a device.
+fn scheduled(id: &str, what: &str, extra: &str) -> String {
+    format!(
+        "id: {id}\napp: shop\nname: n\nwhen: {{ schedule: {{ at: \"{}\" }} }}\nwhat: {what}\n{extra}",
+        ts(100)
+    )
+}
+
+fn spread(campaign: &str) -> u32 {
+    shards::in_effect(&parse_campaign(campaign, "c.yaml").unwrap(), &Settings::default())
+}
+
+struct Outcome {
+    dir: tempfile::TempDir,
+}
+
+impl Outcome {
+    fn replay(campaign: &str, lines: &[String]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("campaigns")).unwrap();
+        std::fs::write(dir.path().join("campaigns/c.yaml"), campaign).unwrap();
+        std::fs::write(dir.path().join("in.jsonl"), lines.join("\n")).unwrap();
+        Backtest {
+            campaigns: vec![dir.path().join("campaigns")],
+            input: dir.path().join("in.jsonl"),
+            out: dir.path().join("out"),
+            settings: Settings::default(),
+            app: None,
+            until_ms: None,
+            partitions: 4,
+        }
+        .run()
+        .unwrap();
+        Self { dir }
+    }
+
+    fn lines(&self, file: &str) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("out").join(file)).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// Each user sent to, with the variant they got (one command each).
+    fn variants(&self) -> BTreeMap<String, String> {
+        let sends = self.lines("sends.jsonl");
+        let field = |s: &Value, name: &str| s[name].as_str().unwrap().to_string();
+        let by_user: BTreeMap<String, String> =
+            sends.iter().map(|s| (field(s, "user_id"), field(s, "variant_id"))).collect();
+        assert_eq!(by_user.len(), sends.len(), "no user gets two commands");
+        by_user
+    }
+
+    /// Commands per variant.
+    fn counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for variant in self.variants().into_values() {
+            *counts.entry(variant).or_default() += 1;
+        }
+        counts
+    }
+
+    fn kinds(&self) -> Vec<String> {
+        let events = self.lines("campaign-events.jsonl");
+        events.iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect()
+    }
+}
+
+/// The first `take[s]` users of u0..u999 held by shard s of the run at second 100 over
+/// `take.len()` shards (by rank: the run's order), each shard's in rank order.
+fn first_by_rank(take: &[usize]) -> Vec<Vec<String>> {
+    let run = scheduled_run_id(ms(100));
+    let shards = take.len() as u32;
+    (0..shards)
+        .map(|s| {
+            let mut users: Vec<String> = (0..1000)
+                .map(|i| format!("u{i}"))
+                .filter(|u| sample::shard_of_rank(sample::rank(&run, u), shards) == s)
+                .collect();
+            users.sort_by_key(|u| sample::rank(&run, u));
+            users.truncate(take[s as usize]);
+            users
+        })
+        .collect()
+}
+
+/// One task's round robin of `weights` over `n` sends, as variant ids A, B, ...
+fn round_robin(weights: &[u32], n: u64) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for index in 0..n {
+        let id = ["A", "B", "C"][SplitDelivery::at(weights, index)].to_string();
+        *counts.entry(id).or_default() += 1;
+    }
+    counts
+}
+
+const SPLIT_70_30: &str = "\n  variants:\n    - { id: A, title: \"Hi {{ profile.first_name }}\", body: a }\n    - { id: B, title: \"Hi {{ profile.first_name }}\", body: b }\n  split: [70, 30]";
+
+/// Finding 1. A scheduled split 70/30 with `per_run: 11` over 3 shards holding 1, 1 and 20
+/// users (by the run's order), shard 1's user without the templates' `first_name`. The home
+/// plans 1/1/9 places and global indices 0, 1, 2..11; shard 1's user fails, so its place goes
+/// home (`PLACE_LEFT`) and on to shard 2, whose users stand by. 11 users are sent, as on one
+/// task, and one task's counts are the round robin over its 11 sends: 8 A, 3 B (it spends
+/// index 1 on the failed user and gives index 11, B, to the next). Over shards index 1 is
+/// never spent and shard 2 sends the passed place "on its own count" (its own round robin,
+/// from A): indices 0, 2..11 and A = 9 A, 2 B.
+#[test]
+#[ignore = "review s26 finding 1: a re-granted run place loses its split index: 9/2 instead of one task's 8/3"]
+fn a_split_run_whose_middle_shard_cannot_send_keeps_one_tasks_variant_counts() {
+    let held = first_by_rank(&[1, 1, 20]);
+    let mut lines: Vec<String> = held[0].iter().chain(&held[2]).map(|u| profile(u)).collect();
+    lines.extend(held[1].iter().map(|u| unnamed(u)));
+    lines.push(event(&held[0][0], 200, "App Opened"));
+    let sharded =
+        scheduled("split", SPLIT_70_30, "limits: { per_run: 11 }\noptions: { shards: 3 }\n");
+    let one = scheduled("split", SPLIT_70_30, "limits: { per_run: 11 }\n");
+    assert_eq!((spread(&sharded), spread(&one)), (3, 1));
+
+    let on_one = Outcome::replay(&one, &lines);
+    assert_eq!(on_one.variants().len(), 11, "one task: the run's limit");
+    assert_eq!(on_one.counts(), round_robin(&[70, 30], 11), "one task: 8 A, 3 B");
+
+    let outcome = Outcome::replay(&sharded, &lines);
+    let variants = outcome.variants();
+    assert_eq!(variants.len(), 11, "the run's limit, as on one task");
+    assert!(held[1].iter().all(|u| !variants.contains_key(u)), "shard 1's user fails");
+    assert_eq!(outcome.kinds(), ["RUN_STARTED", "RUN_FINISHED"]);
+    assert_eq!(outcome.counts(), on_one.counts(), "one task's counts over 11 sends: 8 A, 3 B");
+}
+
+/// Sound: a scheduled split 70/30 with `per_run: 12` over 3 shards where the failing users are on
+/// the first shard: the places passed on are sent on the receiving shard's own count from index
+/// 0, which happens to be exactly the block left unspent (shard 0's 0..4): 8 A, 4 B.
+#[test]
+fn a_split_run_whose_first_shard_cannot_send_sends_12_in_the_round_robin() {
+    let held = first_by_rank(&[4, 4, 20]);
+    let mut lines: Vec<String> = held[1].iter().chain(&held[2]).map(|u| profile(u)).collect();
+    lines.extend(held[0].iter().map(|u| unnamed(u)));
+    lines.push(event(&held[1][0], 200, "App Opened"));
+    let sharded =
+        scheduled("split", SPLIT_70_30, "limits: { per_run: 12 }\noptions: { shards: 3 }\n");
+    let outcome = Outcome::replay(&sharded, &lines);
+    let variants = outcome.variants();
+    assert_eq!(variants.len(), 12);
+    assert!(held[0].iter().all(|u| !variants.contains_key(u)));
+    assert_eq!(outcome.kinds(), ["RUN_STARTED", "RUN_FINISHED"]);
+    assert_eq!(outcome.counts(), round_robin(&[70, 30], 12));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records driver (Avro records straight onto the topics), as `sharded_caps.rs`.
+
+const T0: i64 = 1_795_000_000_000;
+const MINUTE: i64 = 60_000;
+const NO_CAPS: &str = "apps:\n  shop: {}\n";
+
+fn keyed(topic: &str, key: &str, value: &impl Record, at: i64) -> ReplayRecord {
+    let value = Some(SchemaRegistry::builtin().encode(value).unwrap());
+    let key = Some(key.as_bytes().to_vec());
+    ReplayRecord { topic: topic.into(), key, value, timestamp_ms: at, partition: None, offset: 0 }
+}
+
+fn define(id: &str, yaml: &str, at: i64) -> ReplayRecord {
+    let envelope = CampaignEnvelope {
+        campaign_id: id.into(),
+        app_id: "shop".into(),
+        command: CampaignCommand::Define,
+        definition: Some(yaml.into()),
+        revision: at,
+        issued_at_ms: at,
+        issued_by: None,
+    };
+    keyed(topics::CAMPAIGNS, id, &envelope, at)
+}
+
+fn device(user: &str) -> Device {
+    Device {
+        device_id: format!("d-{user}"),
+        platform: Platform::Ios,
+        token: format!("tok-{user}"),
+        app_version: None,
+        os_version: None,
+        make: None,
+        model: None,
+        sdk_version: None,
+    }
+}
+
+fn user(i: usize) -> String {
+    format!("u{i}")
+}
+
+fn profiles(users: std::ops::Range<usize>) -> impl Iterator<Item = ReplayRecord> {
+    users.map(|i| {
+        let update = ProfileUpdate {
+            app_id: "shop".into(),
+            user_id: user(i),
+            timestamp_ms: T0,
+            set: Default::default(),
+            unset: vec![],
+            devices_added: vec![device(&user(i))],
+            tokens_removed: vec![],
+        };
+        keyed(topics::PROFILES, &user(i), &update, T0)
+    })
+}
+
+fn other_event(i: usize, at: i64) -> ReplayRecord {
+    let event = herald_engine::model::AppEvent {
+        event_id: format!("other-{i}-{at}"),
+        app_id: "shop".into(),
+        user_id: user(i),
+        name: "Other".into(),
+        timestamp_ms: at,
+        properties: Default::default(),
+        sdk_version: None,
+    };
+    keyed(topics::EVENTS, &user(i), &event, at)
+}
+
+/// Ping candidates of `campaign` for `users`, each keyed to its user's shard among 4.
+fn candidates(
+    campaign: &str,
+    users: std::ops::Range<usize>,
+    at: i64,
+) -> impl Iterator<Item = ReplayRecord> + '_ {
+    users.map(move |i| {
+        let candidate = Candidate {
+            campaign_id: campaign.into(),
+            app_id: "shop".into(),
+            run_id: format!("trigger:ping-{}", user(i)),
+            user_id: user(i),
+            qualified_at_ms: at + i as i64,
+            trigger_event: Some("Ping".into()),
+            event_properties: Default::default(),
+            profile: Default::default(),
+            devices: vec![device(&user(i))],
+            timezone: None,
+            language: None,
+            source: None,
+        };
+        let key = shards::key(campaign, shards::of_user(&user(i), 4));
+        keyed(topics::CAMPAIGN_FLOW, &key, &candidate, at + i as i64)
+    })
+}
+
+struct Out {
+    sends: Vec<SendCommand>,
+    events: Vec<CampaignLifecycleEvent>,
+}
+
+impl Out {
+    fn users(&self, campaign: &str) -> BTreeSet<String> {
+        let sends: Vec<&SendCommand> =
+            self.sends.iter().filter(|s| s.campaign_id == campaign).collect();
+        let users: BTreeSet<String> = sends.iter().map(|s| s.user_id.clone()).collect();
+        assert_eq!(users.len(), sends.len(), "no user gets two pushes of {campaign}");
+        users
+    }
+
+    fn kinds(&self, campaign: &str) -> Vec<(String, String)> {
+        let of = self.events.iter().filter(|e| e.campaign_id == campaign);
+        of.map(|e| {
+            let sent = e.details.get("sent").cloned().unwrap_or_default();
+            (format!("{:?}", e.kind), sent)
+        })
+        .collect()
+    }
+}
+
+fn run(settings: &str, input: Vec<ReplayRecord>, until: i64) -> Out {
+    let settings = Arc::new(Settings::parse(settings, "settings").unwrap());
+    let topology =
+        engine_topology("rv26", TopicNames::default(), settings, IngestDecoder::default(), 0)
+            .unwrap();
+    let outputs = RefCell::new(Vec::new());
+    let sink = ReplaySink::Callback(Box::new(|topic, _, value, _| {
+        outputs.borrow_mut().push((topic.to_string(), value.to_vec()));
+        Ok(())
+    }));
+    let options =
+        ReplayOptions { partitions: 4, fire_timers_until: Some(until), ..ReplayOptions::default() };
+    replay::run(&topology, ReplayInput::Records(input), sink, &options).unwrap();
+    let registry = SchemaRegistry::builtin();
+    let outputs = outputs.into_inner();
+    let of = |topic: &'static str| {
+        outputs.iter().filter(move |(t, _)| t == topic).map(|(_, value)| value.as_slice())
+    };
+    Out {
+        sends: of(topics::PUSH).map(|v| registry.decode(v).unwrap()).collect(),
+        events: of(topics::CAMPAIGN_EVENTS).map(|v| registry.decode(v).unwrap()).collect(),
+    }
+}
+
+fn ping(limits: &str) -> String {
+    format!("id: ping\napp: shop\nname: Ping\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\n{limits}options: {{ shards: 4 }}\n")
+}
+
+/// A forged (or stale, from an older layout of 64 shards) `DEMAND` report on the campaign flow,
+/// keyed by the campaign id, from shard 9 of 64 claiming 45 users sent.
+fn forged_report(at: i64) -> ReplayRecord {
+    let report = ShardReport {
+        campaign_id: "ping".into(),
+        app_id: "shop".into(),
+        shard: 9,
+        shards: 64,
+        kind: ShardReportKind::Demand,
+        run_id: None,
+        qualified: 0,
+        reachable: 0,
+        sent: 45,
+        run_sent: 0,
+        waiting: 1,
+        places: 0,
+        variants: vec![],
+        skipped: Default::default(),
+        failed: Default::default(),
+        day_sent: 45,
+        timestamp_ms: at,
+    };
+    keyed(topics::CAMPAIGN_FLOW, "ping", &report, at)
+}
+
+/// Finding 2. A triggered campaign with a total of 50 spread over 4 shards; before any user
+/// qualifies, a shard report arrives from shard 9 of 64 (a shard the campaign does not have)
+/// claiming 45 sends. The home should refuse it (a dead letter, as a report under a shard key
+/// is) and the 80 qualifying users should fill the total: 50 sends, `COMPLETED` at 50. The home
+/// takes the report's lifetime `sent` into its total (`on_shard_report`: no check of `shard`
+/// against the campaign's shards in effect), so 5 users are sent and `COMPLETED` says 50.
+#[test]
+#[ignore = "review s26 finding 2: a shard report from a shard beyond the campaign's shards counts into its total"]
+fn a_report_from_a_shard_the_campaign_does_not_have_counts_nothing() {
+    let yaml = ping("limits: { total: 50 }\n");
+    let mut input = vec![define("ping", &yaml, T0)];
+    input.extend(profiles(0..80));
+    input.push(forged_report(T0 + 10_000));
+    input.extend(candidates("ping", 0..80, T0 + 20_000));
+    input.push(other_event(0, T0 + 10 * MINUTE));
+    let out = run(NO_CAPS, input, T0 + 30 * MINUTE);
+
+    let sent = out.users("ping");
+    assert_eq!(sent.len(), 50, "the total filled by real sends: {} sent", sent.len());
+    let completed: Vec<_> =
+        out.kinds("ping").into_iter().filter(|(k, _)| k == "Completed").collect();
+    assert_eq!(completed, [("Completed".to_string(), "50".to_string())]);
+}
+
+/// The first midnight (UTC) after `T0`.
+const MIDNIGHT: i64 = (T0 / 86_400_000 + 1) * 86_400_000;
+
+/// `coupons`, scheduled at `runs` (ms), to everyone with a device, with `limits`, over 4 shards.
+fn coupons(runs: &[i64], limits: &str) -> String {
+    let at: Vec<String> = runs
+        .iter()
+        .map(|ms| {
+            format!("\"{}\"", chrono::DateTime::from_timestamp_millis(*ms).unwrap().to_rfc3339())
+        })
+        .collect();
+    format!(
+        "id: coupons\napp: shop\nname: Coupons\nwhen: {{ schedule: {{ at: [{}] }} }}\nwhat: {{ title: t, body: b }}\n{limits}options: {{ shards: 4 }}\n",
+        at.join(", ")
+    )
+}
+
+fn per_run(out: &Out, runs: &[i64]) -> Vec<usize> {
+    runs.iter()
+        .map(|run| {
+            let id = scheduled_run_id(*run);
+            out.sends.iter().filter(|s| s.run_id == id).count()
+        })
+        .collect()
+}
+
+/// Sound: a scheduled campaign with a daily limit over 4 shards, the limit edited between two
+/// runs of the same day (30, raised to 50 after the first run): the second run sends the 20
+/// the day has left, the next day's run 50; no user twice a run.
+#[test]
+fn a_daily_limit_raised_between_two_runs_of_a_day_sends_what_the_day_has_left() {
+    let runs = [T0 + 100_000, T0 + 3_600_000, MIDNIGHT + 3_600_000];
+    let yaml = coupons(&runs, "limits: { daily: 30 }\n");
+    let raised = coupons(&runs, "limits: { daily: 50 }\n");
+    let mut input = vec![define("coupons", &yaml, T0)];
+    input.extend(profiles(0..100));
+    input.push(other_event(0, runs[0] + MINUTE));
+    input.push(define("coupons", &raised, runs[0] + 30 * MINUTE));
+    input.push(other_event(1, runs[1] + MINUTE));
+    input.push(other_event(2, runs[2] + MINUTE));
+    let out = run(NO_CAPS, input, MIDNIGHT + 2 * 3_600_000);
+    assert_eq!(per_run(&out, &runs), [30, 20, 50], "30, what the day has left of 50, then 50");
+}
+
+/// Sound: the same, the limit lowered between the runs (30 → 20 after 30 were sent): nothing
+/// the rest of the day, 20 the next day.
+#[test]
+fn a_daily_limit_lowered_between_two_runs_of_a_day_sends_nothing_more_that_day() {
+    let runs = [T0 + 100_000, T0 + 3_600_000, MIDNIGHT + 3_600_000];
+    let yaml = coupons(&runs, "limits: { daily: 30 }\n");
+    let lowered = coupons(&runs, "limits: { daily: 20 }\n");
+    let mut input = vec![define("coupons", &yaml, T0)];
+    input.extend(profiles(0..100));
+    input.push(other_event(0, runs[0] + MINUTE));
+    input.push(define("coupons", &lowered, runs[0] + 30 * MINUTE));
+    input.push(other_event(1, runs[1] + MINUTE));
+    input.push(other_event(2, runs[2] + MINUTE));
+    let out = run(NO_CAPS, input, MIDNIGHT + 2 * 3_600_000);
+    assert_eq!(per_run(&out, &runs), [30, 0, 20]);
+}
+
+/// Caps (one push a day) and an app throttle of 10 a minute: commands wait in the app stage's
+/// outbox, their places in flight, for minutes.
+const THROTTLED_CAPS: &str =
+    "apps:\n  shop:\n    caps: { per_day: 1 }\n    throttle: { max: 10, per: 1m }\n";
+
+/// `news`: a push to whoever sends `Pong`, no limits (it spends the user's cap of the day).
+const NEWS: &str =
+    "id: news\napp: shop\nname: News\nwhen: { event: Pong }\nwhat: { title: n, body: n }\n";
+
+fn pong(users: std::ops::Range<usize>, at: i64) -> impl Iterator<Item = ReplayRecord> {
+    users.map(move |i| {
+        let event = herald_engine::model::AppEvent {
+            event_id: format!("pong-{i}"),
+            app_id: "shop".into(),
+            user_id: user(i),
+            name: "Pong".into(),
+            timestamp_ms: at + i as i64,
+            properties: Default::default(),
+            sdk_version: None,
+        };
+        keyed(topics::EVENTS, &user(i), &event, at + i as i64)
+    })
+}
+
+/// `ping` candidates for `users` keyed to the campaign's home (as the user stage keys them for
+/// a campaign on its home alone).
+fn candidates_at_home(
+    users: std::ops::Range<usize>,
+    at: i64,
+) -> impl Iterator<Item = ReplayRecord> {
+    candidates("ping", users, at).map(|mut record| {
+        record.key = Some(b"ping".to_vec());
+        record
+    })
+}
+
+/// A triggered total of 50 over 4 shards on an app with caps and a throttle; u0..u19 were sent
+/// `news` first, so the gate refuses their `ping` when it leaves the outbox. One minute after
+/// the candidates of u0..u79 came to the shards (places in flight at every shard), an edit puts
+/// the campaign on its home alone (`shards: 1`); u80..u119 then qualify at the home. Exactly 50
+/// users are sent (none twice, none of u0..u19), and `COMPLETED` says 50. On the code
+/// reviewed: 80 (u20..u59 from the shards, then u80..u119 from the home, which counts only the
+/// shards' settled sends, not the places still in flight there), `COMPLETED` saying 50.
+#[test]
+#[ignore = "review s26 finding 3: moved home, the home ignores places in flight at its shards: 80 sent of a total of 50"]
+fn a_campaign_moved_home_while_places_are_in_flight_at_its_shards_fills_its_total_exactly() {
+    let yaml = ping("limits: { total: 50 }\n");
+    let home = yaml.replace("options: { shards: 4 }\n", "");
+    let mut input = vec![define("news", NEWS, T0), define("ping", &yaml, T0)];
+    input.extend(profiles(0..120));
+    input.extend(pong(0..20, T0 + 5_000));
+    input.push(other_event(0, T0 + 3 * MINUTE));
+    input.extend(candidates("ping", 0..80, T0 + 4 * MINUTE));
+    input.push(define("ping", &home, T0 + 5 * MINUTE));
+    input.extend(candidates_at_home(80..120, T0 + 6 * MINUTE));
+    input.push(other_event(1, T0 + 60 * MINUTE));
+    let out = run(THROTTLED_CAPS, input, T0 + 90 * MINUTE);
+
+    let news = out.users("news");
+    assert_eq!(news.len(), 20);
+    let sent = out.users("ping");
+    assert!(sent.is_disjoint(&news), "one push a day: {:?}", sent.intersection(&news));
+    assert_eq!(sent.len(), 50, "exactly the total: {sent:?}");
+    let completed: Vec<_> =
+        out.kinds("ping").into_iter().filter(|(k, _)| k == "Completed").collect();
+    assert_eq!(completed, [("Completed".to_string(), "50".to_string())]);
+}
