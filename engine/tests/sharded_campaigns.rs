@@ -443,8 +443,8 @@ fn a_total_lowered_above_what_was_sent_fills_exactly_to_the_new_limit() {
     assert_eq!(sent_at(&lifecycle, "LimitReached"), ["50"]);
 }
 
-/// Review finding s20/B: a total of 100 leased over 4 shards, 20 sent; a second message in
-/// alternation puts the campaign on its home alone (the shards still hold places), which sends
+/// Review finding s20/B: a total of 100 leased over 4 shards, 20 sent; a second message in an
+/// A/B test puts the campaign on its home alone (the shards still hold places), which sends
 /// up to the total; back to one message: the shards spend nothing more (109 on the code before,
 /// the places they held all along; the finding added a daily limit, the test then a throttle,
 /// both shared out over the shards now).
@@ -453,7 +453,7 @@ fn places_leased_before_a_spell_on_the_home_alone_are_not_spent_past_the_total()
     let total = coupons("limits: { total: 100 }\n");
     let alternating = total.replace(
         "what: { title: t, body: b }",
-        "what: { variants: [{ id: A, title: t, body: a }, { id: B, title: t, body: b }] }",
+        "what: { variants: [{ id: A, title: t, body: a }, { id: B, title: t, body: b }], ab: { test_audience: 1000, evaluate_after: 1h } }",
     );
     let edits = [
         (0, total.clone(), 0..20),

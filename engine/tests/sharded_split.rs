@@ -227,3 +227,77 @@ fn an_index_whose_user_is_not_sent_goes_to_the_shards_next_user() {
     assert_eq!(outcome.counts(), expected, "one task's round robin over the 990 sent");
     assert_eq!(outcome.stats_sent("named"), expected);
 }
+
+/// A triggered campaign on `Ping` sending `what` with `extra` YAML.
+fn triggered(id: &str, what: &str, extra: &str) -> String {
+    format!("id: {id}\napp: shop\nname: n\nwhen: {{ event: Ping }}\nwhat: {what}\n{extra}")
+}
+
+/// `users` profiles, then each pings once, in bursts of 100 at one instant (the replay handles
+/// each record's consequences before any timer: grants, recalls and returns cross while
+/// candidates wait).
+fn pinging(users: usize) -> Vec<String> {
+    let mut lines: Vec<String> = (0..users).map(|i| profile(&format!("u{i}"))).collect();
+    lines.extend((0..users).map(|i| event(&format!("u{i}"), 10 + i as i64 / 100, "Ping")));
+    lines
+}
+
+const ALTERNATE_2: &str =
+    "\n  variants:\n    - { id: A, title: t, body: a }\n    - { id: B, title: t, body: b }";
+
+/// Triggered alternation with a total of 101 over 4 shards, 400 users pinging in bursts: the
+/// home leases global indices with the places, so the 101 sends take indices 0..101 exactly:
+/// 51 A and 50 B, every shard sending, the stats equal to the commands.
+#[test]
+fn a_triggered_alternation_with_a_total_of_101_over_4_shards_sends_51_and_50() {
+    let campaign =
+        triggered("alt", ALTERNATE_2, "limits: { total: 101 }\noptions: { shards: 4 }\n");
+    assert_eq!(spread(&campaign), 4);
+    let outcome = Outcome::replay(&campaign, &pinging(400));
+
+    let expected = counted(&[("A", 51), ("B", 50)]);
+    assert_eq!(outcome.counts(), expected, "one task's alternation over 101 sends");
+    assert_eq!(outcome.stats_sent("alt"), expected);
+    let per_shard = sending_shards(&outcome.variants(), |u| shards::of_user(u, 4));
+    assert_eq!(per_shard.len(), 4, "every shard sent on its places");
+    assert_eq!(outcome.kinds(), ["LIMIT_REACHED", "COMPLETED"]);
+}
+
+/// Triggered split 70/30 with a total of 999 of 2,000 over 4 shards: one task's round robin over
+/// 999 sends.
+#[test]
+fn a_triggered_split_with_a_total_of_999_over_4_shards_is_one_tasks_round_robin() {
+    let campaign =
+        triggered("split", SPLIT_70_30, "limits: { total: 999 }\noptions: { shards: 4 }\n");
+    assert_eq!(spread(&campaign), 4);
+    let outcome = Outcome::replay(&campaign, &pinging(2_000));
+
+    let expected = round_robin(&[70, 30], &["A", "B"], 999);
+    assert_eq!(outcome.counts(), expected);
+    assert_eq!(outcome.stats_sent("split"), expected);
+    let per_shard = sending_shards(&outcome.variants(), |u| shards::of_user(u, 4));
+    assert_eq!(per_shard.len(), 4);
+}
+
+/// Triggered alternation, a total of 101 over 4 shards; 30 of the first 300 users (u0, u10, …)
+/// have no `first_name` for the template: a shard spends an index (and a place) only on a user
+/// it sends to, so the next user takes it: still 51 and 50.
+#[test]
+fn a_triggered_user_not_sent_leaves_the_index_to_the_shards_next_candidate() {
+    let what = "\n  variants:\n    - { id: A, title: \"Hi {{ profile.first_name }}\", body: a }\n    - { id: B, title: \"Hi {{ profile.first_name }}\", body: b }";
+    let campaign = triggered("named", what, "limits: { total: 101 }\noptions: { shards: 4 }\n");
+    let mut lines = pinging(400);
+    for i in (0..300).step_by(10) {
+        let unset = format!(
+            r#"{{"type":"profile","user":"u{i}","ts":"{}","unset":["first_name"]}}"#,
+            ts(1)
+        );
+        lines.insert(400, unset); // after the profiles, before the pings
+    }
+    let outcome = Outcome::replay(&campaign, &lines);
+
+    let variants = outcome.variants();
+    assert!((0..300).step_by(10).all(|i| !variants.contains_key(&format!("u{i}"))));
+    assert_eq!(outcome.counts(), counted(&[("A", 51), ("B", 50)]));
+    assert_eq!(outcome.stats_sent("named"), counted(&[("A", 51), ("B", 50)]));
+}

@@ -37,6 +37,10 @@ pub enum ShardReportKind {
     /// selected, `timezone: user`, does not come and no one stands by there; or, at the end of
     /// its buffer, places no user took): they go home, which passes them on.
     PlaceLeft,
+    /// The shard gives back the global assignment indices `qualified .. qualified + places` of
+    /// a triggered campaign in alternation or with a split (sent before the lease report whose
+    /// places they went with).
+    Indices,
 }
 
 /// A shard tells its campaign's home where it is (keyed by campaign id).
@@ -121,6 +125,9 @@ pub enum ShardPlanKind {
     /// users standing by, else back home (`PlaceLeft`). No places (a run whose users are all
     /// there at its release): none will come any more, its users standing by are skipped.
     Place,
+    /// The global assignment indices `test_from .. test_from + test_users` of a triggered
+    /// campaign in alternation or with a split, for the places of the `Grant` that follows.
+    Indices,
 }
 
 /// The home tells one shard what to do with a scheduled run (keyed by the shard's key).

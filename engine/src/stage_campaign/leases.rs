@@ -415,11 +415,14 @@ impl CampaignStage {
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
-        state: &CampaignState,
+        state: &mut CampaignState,
         kind: ShardReportKind,
         returned: u64,
         day: &str,
     ) -> Result<(), ProcessError> {
+        // Assignment indices beyond the places held or in flight go back first (`indices`).
+        let keep = state.lease.places + state.lease.in_flight() + state.lease.returning;
+        self.return_indices(ctx, campaign, state, keep)?;
         let report = ShardReport {
             campaign_id: campaign.id.clone(),
             app_id: campaign.app.clone(),
@@ -852,6 +855,7 @@ impl CampaignStage {
             }
             free -= places;
             state.leases.entry(shard).or_default().grant(places, &today);
+            self.grant_indices(ctx, campaign, state, shard, places)?; // see `indices`
             self.send_lease_plan(ctx, campaign, shard, ShardPlanKind::Grant, places, &today)?;
         }
         Ok(true)
@@ -923,6 +927,9 @@ impl CampaignStage {
             }
         }
         for (shard, kind, places, day) in plans {
+            if kind == ShardPlanKind::Grant {
+                self.grant_indices(ctx, campaign, state, shard, places)?; // see `indices`
+            }
             self.send_lease_plan(ctx, campaign, shard, kind, places, day)?;
         }
         Ok(())

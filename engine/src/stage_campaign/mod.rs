@@ -7,6 +7,7 @@
 pub mod ab;
 mod deleted;
 mod held;
+mod indices;
 mod leases;
 mod lifecycle;
 mod places;
@@ -118,6 +119,12 @@ struct CampaignState {
     /// Home: the campaign throttle's window tokens granted to the shards (see `tokens`).
     #[serde(default)]
     token_pool: tokens::TokenPool,
+    /// Shard: its global assignment indices (alternation, split; see `indices`).
+    #[serde(default)]
+    indices: indices::ShardIndices,
+    /// Home: the assignment indices the shards gave back (see `indices`).
+    #[serde(default)]
+    index_pool: indices::IndexPool,
     /// Home: every shard was given its first places (see `leases`).
     #[serde(default)]
     pre_leased: bool,
@@ -596,6 +603,7 @@ impl CampaignStage {
             return Ok(());
         }
         self.dispatch(ctx, campaign, state, commands, at)?;
+        Self::spend_index(state);
         self.take_place(ctx, campaign, state, candidate, confirm)
     }
 
@@ -709,12 +717,15 @@ impl CampaignStage {
     ) -> Result<usize, ProcessError> {
         let (user, profile) = (&candidate.user_id, &candidate.profile);
         let key = assignment_key(&state.key, user);
+        state.indices.given = None; // a user sent on a sticky variant spends no index
         if let Some(variant) = Self::sticky(ctx, campaign, &key)? {
             return Ok(variant);
         }
         let variants = campaign.what.len();
+        let leased = Self::leased_variant(campaign, state, candidate); // see `indices`
         let variant = match (&campaign.assignment, state.winner(campaign)) {
             _ if chosen.is_some_and(|v| v < variants) => chosen.unwrap_or_default(),
+            _ if leased.is_some() => leased.unwrap_or_default(),
             (Assignment::ByProperty(property), _) => {
                 let value = match profile.get(property) {
                     Some(crate::model::PropertyValue::String(value)) => Some(value.as_str()),

@@ -288,6 +288,10 @@ impl CampaignStage {
             self.pass_place(ctx, &campaign, &mut state, &report)?; // see `standby`
             return self.save(ctx, &campaign, &mut state);
         }
+        if report.kind == ShardReportKind::Indices {
+            Self::on_index_report(&mut state, &report); // see `indices`
+            return self.save(ctx, &campaign, &mut state);
+        }
         if matches!(
             report.kind,
             ShardReportKind::Demand | ShardReportKind::Returned | ShardReportKind::Counted
@@ -361,7 +365,8 @@ impl CampaignStage {
             | ShardReportKind::Counted
             | ShardReportKind::Tokens
             | ShardReportKind::Evaluated
-            | ShardReportKind::PlaceLeft => {}
+            | ShardReportKind::PlaceLeft
+            | ShardReportKind::Indices => {}
         }
         state.run = Some(run);
         self.save(ctx, &campaign, &mut state)
@@ -549,6 +554,10 @@ impl CampaignStage {
             self.take_passed_place(ctx, &campaign, &mut state, &plan)?; // see `standby`
             return self.save(ctx, &campaign, &mut state);
         }
+        if plan.kind == ShardPlanKind::Indices {
+            Self::on_index_plan(&mut state, &plan); // see `indices`
+            return self.save(ctx, &campaign, &mut state);
+        }
         if plan.kind == ShardPlanKind::Evaluate {
             let kind = ShardReportKind::Evaluated;
             self.report_counters(ctx, &campaign, &state, kind, Some(&plan.run_id))?;
@@ -586,7 +595,8 @@ impl CampaignStage {
             | ShardPlanKind::Recount
             | ShardPlanKind::Tokens
             | ShardPlanKind::Evaluate
-            | ShardPlanKind::Place => {}
+            | ShardPlanKind::Place
+            | ShardPlanKind::Indices => {}
             ShardPlanKind::Winner => {
                 if run.phase == RunPhase::AwaitingWinner && !super::is_held(&campaign) {
                     run.phase = RunPhase::Releasing;

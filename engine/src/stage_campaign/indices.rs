@@ -1,0 +1,221 @@
+//! Global assignment indices of a triggered campaign in alternation or with a split spread over
+//! shards (see "Split proportions and alternation" in `docs/architecture.md`). One task gives
+//! its n-th user assigned the variant of index n ([`ab::variant_at`]); over shards the home
+//! leases the indices with the places of the total or daily limit: every `GRANT` of places is
+//! preceded by `INDICES` plans granting as many indices, the lowest given back first, then from
+//! the home's count of users assigned (`assigned`, the single task's counter). A shard spends
+//! its indices in order, one per user sent without a sticky variant; with every lease report
+//! it gives back the indices beyond its places held or in flight (an `INDICES` report before
+//! it), which the home grants again first. So the indices spent are the lowest ones except
+//! those leased out unspent: once none is (the limit full, or a recount), the spent ones are
+//! exactly `0..n` and the variant counts are one task's round robin over the n sends.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ab, CampaignStage, CampaignState};
+use crate::{
+    campaign::{shards as campaign_shards, Campaign},
+    model::{is_triggered_run, Candidate, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind},
+    runtime::{ProcessError, ProcessorContext},
+};
+
+/// Index ranges `[from, to)`, ascending and disjoint.
+type Ranges = Vec<(u64, u64)>;
+
+/// A shard's indices: held, and the one its current user was given.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct ShardIndices {
+    /// Indices held, lowest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    held: Ranges,
+    /// The index given to the user being delivered: spent if they are sent.
+    #[serde(skip)]
+    pub(super) given: Option<u64>,
+}
+
+impl ShardIndices {
+    fn count(&self) -> u64 {
+        self.held.iter().map(|(from, to)| to - from).sum()
+    }
+
+    /// Takes the highest indices held beyond the `keep` lowest.
+    fn beyond(&mut self, keep: u64) -> Ranges {
+        let mut kept = 0;
+        let mut back = Vec::new();
+        self.held.retain_mut(|(from, to)| {
+            let len = *to - *from;
+            if kept + len <= keep {
+                kept += len;
+                return true;
+            }
+            let stay = keep - kept;
+            kept = keep;
+            back.push((*from + stay, *to));
+            *to = *from + stay;
+            stay > 0
+        });
+        back
+    }
+}
+
+/// The home's indices given back by the shards, granted again before new ones.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct IndexPool {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    free: Ranges,
+}
+
+/// Adds `[from, to)` to `ranges`, merged with its neighbours.
+fn insert(ranges: &mut Ranges, from: u64, to: u64) {
+    if from >= to {
+        return;
+    }
+    let at = ranges.partition_point(|(start, _)| *start < from);
+    ranges.insert(at, (from, to));
+    let mut merged: Ranges = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges.drain(..) {
+        match merged.last_mut() {
+            Some(last) if last.1 >= start => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    *ranges = merged;
+}
+
+/// Whether `campaign` assigns by global index (alternation or a split).
+fn indexed(campaign: &Campaign) -> bool {
+    ab::variant_at(&campaign.assignment, campaign.what.len(), 0).is_some()
+}
+
+impl CampaignStage {
+    /// The variant of a shard's next index for a triggered `candidate` of a campaign in
+    /// alternation or with a split (the index is spent by [`Self::spend_index`] if the user is
+    /// sent); `None` elsewhere, or with no index held (a place a refusal gave back beyond
+    /// them: assigned on the shard's own count).
+    pub(super) fn leased_variant(
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        candidate: &Candidate,
+    ) -> Option<usize> {
+        state.indices.given = None;
+        if !state.is_shard(campaign) || !is_triggered_run(&candidate.run_id) || !indexed(campaign) {
+            return None;
+        }
+        let index = state.indices.held.first().map(|(from, _)| *from)?;
+        state.indices.given = Some(index);
+        ab::variant_at(&campaign.assignment, campaign.what.len(), index)
+    }
+
+    /// The user given an index was sent: the index is spent.
+    pub(super) fn spend_index(state: &mut CampaignState) {
+        let Some(index) = state.indices.given.take() else { return };
+        if let Some(first) = state.indices.held.first_mut().filter(|(from, _)| *from == index) {
+            first.0 += 1;
+            if first.0 == first.1 {
+                state.indices.held.remove(0);
+            }
+        }
+    }
+
+    /// Home: before a `GRANT` of `places` to `shard` of a campaign in alternation or with a
+    /// split, grants as many indices (`INDICES` plans, one per range), those given back first.
+    pub(super) fn grant_indices(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        shard: u32,
+        places: u64,
+    ) -> Result<(), ProcessError> {
+        if !indexed(campaign) || places == 0 {
+            return Ok(());
+        }
+        let mut ranges = Vec::new();
+        let mut left = places;
+        while left > 0 {
+            let Some((from, to)) = state.index_pool.free.first_mut() else { break };
+            let take = left.min(*to - *from);
+            ranges.push((*from, *from + take));
+            *from += take;
+            if from == to {
+                state.index_pool.free.remove(0);
+            }
+            left -= take;
+        }
+        if left > 0 {
+            ranges.push((state.assigned, state.assigned + left));
+            state.assigned += left;
+        }
+        for (from, to) in ranges {
+            let plan = ShardPlan {
+                test_from: from as i64,
+                test_users: (to - from) as i64,
+                ..super::shards::plan_to(
+                    campaign,
+                    "",
+                    shard as i32,
+                    ShardPlanKind::Indices,
+                    ctx.timestamp_ms(),
+                )
+            };
+            let key = campaign_shards::key(&campaign.id, shard);
+            self.emit(ctx, &self.topics.campaign_flow, &key, &plan)?;
+        }
+        Ok(())
+    }
+
+    /// Shard: indices granted by the home.
+    pub(super) fn on_index_plan(state: &mut CampaignState, plan: &ShardPlan) {
+        let from = plan.test_from.max(0) as u64;
+        insert(&mut state.indices.held, from, from + plan.test_users.max(0) as u64);
+    }
+
+    /// Shard: gives back the indices it holds beyond `keep` (its places held or in flight),
+    /// one `INDICES` report per range, ahead of the lease report they go with.
+    pub(super) fn return_indices(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        keep: u64,
+    ) -> Result<(), ProcessError> {
+        if state.indices.count() <= keep {
+            return Ok(());
+        }
+        for (from, to) in state.indices.beyond(keep) {
+            self.report(ctx, campaign, state, ShardReportKind::Indices, |r| {
+                r.shards = campaign.options.shards.max(1) as i32;
+                r.qualified = from as i64;
+                r.places = (to - from) as i64;
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Home: indices a shard gave back, granted again first.
+    pub(super) fn on_index_report(state: &mut CampaignState, report: &ShardReport) {
+        let from = report.qualified.max(0) as u64;
+        insert(&mut state.index_pool.free, from, from + report.places.max(0) as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_and_the_highest_go_back() {
+        let mut ranges = Vec::new();
+        insert(&mut ranges, 10, 12);
+        insert(&mut ranges, 0, 4);
+        insert(&mut ranges, 4, 6);
+        insert(&mut ranges, 7, 7);
+        assert_eq!(ranges, [(0, 6), (10, 12)]);
+        let mut held = ShardIndices { held: ranges, given: None };
+        assert_eq!(held.count(), 8);
+        assert_eq!(held.beyond(5), [(5, 6), (10, 12)]);
+        assert_eq!(held.held, [(0, 5)]);
+        assert_eq!(held.beyond(0), [(0, 5)]);
+        assert!(held.held.is_empty());
+    }
+}
