@@ -615,3 +615,132 @@ fn a_lease_report_naming_a_future_day_does_not_stop_the_next_days_sends() {
     let day_two = out.sends.iter().filter(|s| s.created_at_ms >= MIDNIGHT).count();
     assert_eq!((day_one, day_two), (30, 30), "30 a day");
 }
+
+/// Finding 6. The same triggered total of 50 over 4 shards on an app with caps and a throttle
+/// (u0..u19 sent `news` first, their `ping` refused at the gate), put on its home alone
+/// (`shards` removed) one minute after u0..u79's candidates came and spread over 4 shards
+/// again a minute later, while places are in flight at every shard; u80..u119 then qualify at
+/// their shards. Exactly 50 users should be sent and `LIMIT_REACHED` / `COMPLETED` announced
+/// at 50. On the code reviewed: 40 users (none of u80..u119), no `LIMIT_REACHED`, no
+/// `COMPLETED`: the places the gate refused during the moves are lost and the run of waiting
+/// users never gets them (without the refusals, 50 are sent but neither event comes either).
+#[test]
+#[ignore = "review s26 finding 6: moved home and back while places are in flight: 40 of a total of 50, no COMPLETED"]
+fn a_campaign_moved_home_and_back_while_places_are_in_flight_fills_its_total_and_completes() {
+    let total = ping("limits: { total: 50 }\n");
+    let home = total.replace("options: { shards: 4 }\n", "");
+    let mut input = vec![define("news", NEWS, T0), define("ping", &total, T0)];
+    input.extend(profiles(0..120));
+    input.extend(pong(0..20, T0 + 5_000));
+    input.push(other_event(0, T0 + 3 * MINUTE));
+    input.extend(candidates("ping", 0..80, T0 + 4 * MINUTE));
+    input.push(define("ping", &home, T0 + 5 * MINUTE));
+    input.push(define("ping", &total, T0 + 6 * MINUTE));
+    input.extend(candidates("ping", 80..120, T0 + 7 * MINUTE));
+    input.push(other_event(1, T0 + 60 * MINUTE));
+    let out = run(THROTTLED_CAPS, input, T0 + 90 * MINUTE);
+
+    let news = out.users("news");
+    let sent = out.users("ping");
+    assert!(sent.is_disjoint(&news), "one push a day");
+    assert_eq!(sent.len(), 50, "exactly the total: {sent:?}");
+    let ends: Vec<_> = out
+        .kinds("ping")
+        .into_iter()
+        .filter(|(k, _)| k == "LimitReached" || k == "Completed")
+        .collect();
+    let fifty = |kind: &str| (kind.to_string(), "50".to_string());
+    assert_eq!(ends, [fifty("LimitReached"), fifty("Completed")]);
+}
+
+fn command(id: &str, yaml: &str, command: CampaignCommand, at: i64) -> ReplayRecord {
+    let envelope = CampaignEnvelope {
+        campaign_id: id.into(),
+        app_id: "shop".into(),
+        command,
+        definition: Some(yaml.into()),
+        revision: at,
+        issued_at_ms: at,
+        issued_by: None,
+    };
+    keyed(topics::CAMPAIGNS, id, &envelope, at)
+}
+
+/// Input for the sound cases below: `news` to u0..u19, `ping` (as `yaml`) candidates for
+/// u0..u79 at their shards of 4 four minutes later (places in flight at every shard for
+/// minutes under the app's throttle), then `extra`, then `later`; the clock runs an hour.
+fn in_flight_then(yaml: &str, extra: Vec<ReplayRecord>, later: Vec<ReplayRecord>) -> Out {
+    let mut input = vec![define("news", NEWS, T0), define("ping", yaml, T0)];
+    input.extend(profiles(0..120));
+    input.extend(pong(0..20, T0 + 5_000));
+    input.push(other_event(0, T0 + 3 * MINUTE));
+    input.extend(candidates("ping", 0..80, T0 + 4 * MINUTE));
+    input.extend(extra);
+    input.extend(later);
+    input.push(other_event(1, T0 + 60 * MINUTE));
+    run(THROTTLED_CAPS, input, T0 + 90 * MINUTE)
+}
+
+fn ends(out: &Out) -> Vec<(String, String)> {
+    let kinds = out.kinds("ping").into_iter();
+    kinds.filter(|(k, _)| k == "LimitReached" || k == "Completed").collect()
+}
+
+fn reached(total: &str) -> Vec<(String, String)> {
+    vec![
+        ("LimitReached".to_string(), total.to_string()),
+        ("Completed".to_string(), total.to_string()),
+    ]
+}
+
+/// Sound: the total raised from 50 to 60 one minute after the candidates came, places in
+/// flight at every shard, u80..u119 qualifying after: exactly 60, none of u0..u19.
+#[test]
+fn a_total_raised_while_places_are_in_flight_at_the_shards_fills_the_new_total_exactly() {
+    let raised = define("ping", &ping("limits: { total: 60 }\n"), T0 + 5 * MINUTE);
+    let later = candidates("ping", 80..120, T0 + 6 * MINUTE).collect();
+    let out = in_flight_then(&ping("limits: { total: 50 }\n"), vec![raised], later);
+    let sent = out.users("ping");
+    assert_eq!(sent.len(), 60, "{sent:?}");
+    assert!(sent.is_disjoint(&out.users("news")));
+    assert_eq!(ends(&out), reached("60"));
+}
+
+/// Sound: spread over 8 shards instead of 4 while places are in flight at the 4 (u80..u119
+/// then qualify at their shards of 8): exactly 50.
+#[test]
+fn a_total_respread_over_8_shards_while_places_are_in_flight_fills_exactly() {
+    let total = ping("limits: { total: 50 }\n");
+    let eight = define("ping", &total.replace("shards: 4", "shards: 8"), T0 + 5 * MINUTE);
+    let later = candidates("ping", 80..120, T0 + 6 * MINUTE)
+        .map(|mut record| {
+            let user = {
+                let registry = SchemaRegistry::builtin();
+                let c: Candidate = registry.decode(record.value.as_ref().unwrap()).unwrap();
+                c.user_id
+            };
+            record.key = Some(shards::key("ping", shards::of_user(&user, 8)).into_bytes());
+            record
+        })
+        .collect();
+    let out = in_flight_then(&total, vec![eight], later);
+    let sent = out.users("ping");
+    assert_eq!(sent.len(), 50, "{sent:?}");
+    assert!(sent.is_disjoint(&out.users("news")));
+    assert_eq!(ends(&out), reached("50"));
+}
+
+/// Sound: paused one minute after the candidates came (places in flight at every shard),
+/// resumed 15 minutes later, u80..u119 qualifying after: exactly 50.
+#[test]
+fn a_total_paused_and_resumed_while_places_are_in_flight_fills_exactly() {
+    let total = ping("limits: { total: 50 }\n");
+    let pause = command("ping", &total, CampaignCommand::Pause, T0 + 5 * MINUTE);
+    let resume = command("ping", &total, CampaignCommand::Resume, T0 + 20 * MINUTE);
+    let later = candidates("ping", 80..120, T0 + 25 * MINUTE).collect();
+    let out = in_flight_then(&total, vec![pause, resume], later);
+    let sent = out.users("ping");
+    assert_eq!(sent.len(), 50, "{sent:?}");
+    assert!(sent.is_disjoint(&out.users("news")));
+    assert_eq!(ends(&out), reached("50"));
+}
