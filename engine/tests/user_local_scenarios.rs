@@ -243,3 +243,30 @@ fn a_per_run_limit_samples_every_timezone_at_the_scan_each_user_at_nine_local() 
         campaign.replace("ignore_global_caps: true", "ignore_global_caps: true, shards: 4");
     assert_eq!(first_run(&sharded, 3), users);
 }
+
+/// Over 4 shards, a run without limits sends every user at 09:00 in their own timezone, as on
+/// one task: the home plans each shard's places from the users buffered at the release (those
+/// whose 09:00 had come), and the shards refused the users who came later at their local time
+/// as `run_limit` (48 of 90 users on the code before, 42 skipped).
+#[test]
+fn over_4_shards_a_run_without_limits_sends_every_user_at_their_local_time() {
+    let campaign = CAMPAIGN.replace(", until: \"11:00\"", "");
+    let start = ms("2026-11-19T18:00:00Z");
+    let names: Vec<String> = (0..30).map(|i| i.to_string()).collect();
+    let mut lines = crowd(start, &names);
+    lines.extend(ticks(start, ms("2026-11-20T19:10:00Z")));
+    let (one_task, skips) = replay_campaign(&campaign, &lines, 3);
+    assert_eq!(skips, Vec::new());
+    let first_run = |sends: &Pairs| -> BTreeMap<String, String> {
+        let next_run = |(user, hour): &&(String, String)| {
+            user.starts_with('a') && hour.as_str() >= "2026-11-20T19"
+        };
+        sends.iter().filter(|s| !next_run(s)).cloned().collect()
+    };
+    assert_eq!(first_run(&one_task).len(), 90, "every user once");
+    let sharded =
+        campaign.replace("ignore_global_caps: true", "ignore_global_caps: true, shards: 4");
+    let (sends, skips) = replay_campaign(&sharded, &lines, 3);
+    assert_eq!(skips, Vec::new());
+    assert_eq!(sends, one_task, "the same users at the same hours as one task");
+}

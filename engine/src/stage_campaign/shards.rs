@@ -578,12 +578,18 @@ impl CampaignStage {
                 self.drop_buffer(ctx, &mut state, &mut run, "safety_check")?;
             }
             ShardPlanKind::Release => {
-                run.places = Some(plan.places.max(0) as u64);
+                let places = plan.places.max(0) as u64;
+                // A run without limits sends everyone, as on one task: users who come after the
+                // release (at their local time, after do-not-disturb hours) too.
+                let limits = &campaign.limits;
+                let limited =
+                    limits.per_run.is_some() || limits.total.is_some() || limits.daily.is_some();
+                run.places = limited.then_some(places);
                 run.test_from = plan.test_from.max(0) as u64;
                 run.test_users = plan.test_users.max(0) as u64;
                 run.test_total = plan.test_total.max(0) as u64;
                 run.indices = ab::variant_at(&campaign.assignment, campaign.what.len(), 0)
-                    .map(|_| (run.test_from, run.test_from + run.places.unwrap_or(0)));
+                    .map(|_| (run.test_from, run.test_from + places));
                 run.phase = RunPhase::Releasing;
                 if !super::is_held(&campaign) {
                     self.release_step(ctx, &campaign, &mut state, &mut run, at)?;
