@@ -17,7 +17,11 @@ mod shards;
 mod standby;
 mod tokens;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -249,6 +253,38 @@ pub struct CampaignStage {
     table_changed: bool,
     /// When (task clock) to look for passed end dates next.
     next_end_check: i64,
+    /// The states last saved, as saved (see [`StateCache`]).
+    states: StateCache,
+}
+
+/// Decoded copies of the campaign states this task saved last, so that the next candidate of a
+/// campaign does not decode its state again (one JSON read per candidate was the campaign
+/// stage's largest cost in a broadcast). A copy is taken out when loaded and put back when
+/// saved, so a state a call loaded and dropped unsaved is read from the store next time; the
+/// copies are forgotten when a call is rolled back ([`Processor::on_rolled_back`]), and a new
+/// task (after an aborted transaction or a move) starts with none.
+#[derive(Default)]
+struct StateCache(RefCell<HashMap<String, CampaignState>>);
+
+impl StateCache {
+    /// Campaign states kept at most; beyond, the copies are dropped and kept again as saved.
+    const MAX: usize = 4_096;
+
+    fn take(&self, key: &str) -> Option<CampaignState> {
+        self.0.borrow_mut().remove(key)
+    }
+
+    fn keep(&self, state: &CampaignState) {
+        let mut states = self.0.borrow_mut();
+        if states.len() >= Self::MAX && !states.contains_key(&state.key) {
+            states.clear();
+        }
+        states.insert(state.key.clone(), state.clone());
+    }
+
+    fn forget(&mut self) {
+        self.0.get_mut().clear();
+    }
 }
 
 impl CampaignStage {
@@ -264,6 +300,7 @@ impl CampaignStage {
             compiled: BTreeMap::new(),
             table_changed: true,
             next_end_check: i64::MIN,
+            states: StateCache::default(),
         }
     }
 
@@ -334,8 +371,14 @@ impl CampaignStage {
         campaign: &Campaign,
         key: &str,
     ) -> Result<CampaignState, ProcessError> {
-        let mut state =
-            ctx.store(STATE)?.get_as::<CampaignState>(key.as_bytes())?.unwrap_or_default();
+        let mut state = match self.states.take(key) {
+            Some(mut state) => {
+                // As decoded: what is not stored starts empty.
+                state.indices.given = None;
+                state
+            }
+            None => ctx.store(STATE)?.get_as::<CampaignState>(key.as_bytes())?.unwrap_or_default(),
+        };
         state.key = key.to_string();
         state.deleted = self.campaigns.book().get(&campaign.id).is_none();
         state.track_variants(campaign);
@@ -365,6 +408,7 @@ impl CampaignStage {
             ctx.schedule(due, &timer_key(STATS_TIMER, &state.key))?;
         }
         ctx.store(STATE)?.put_as(state.key.as_bytes(), state)?;
+        self.states.keep(state);
         if state.deleted {
             self.forget_drained(ctx, state)?;
         }
@@ -1045,5 +1089,9 @@ impl Processor for CampaignStage {
     fn on_global_change(&mut self, _table: &str, _key: &[u8], _value: Option<&[u8]>) {
         self.campaigns.invalidate();
         self.table_changed = true;
+    }
+
+    fn on_rolled_back(&mut self) {
+        self.states.forget();
     }
 }
