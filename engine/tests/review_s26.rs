@@ -744,3 +744,69 @@ fn a_total_paused_and_resumed_while_places_are_in_flight_fills_exactly() {
     assert!(sent.is_disjoint(&out.users("news")));
     assert_eq!(ends(&out), reached("50"));
 }
+
+fn split_ping(limits: &str) -> String {
+    format!("id: ping\napp: shop\nname: Ping\nwhen: {{ event: Ping }}\nwhat:\n  variants:\n    - {{ id: A, title: t, body: a }}\n    - {{ id: B, title: t, body: b }}\n  split: [70, 30]\n{limits}options: {{ shards: 4 }}\n")
+}
+
+/// Candidates of `ping` for u0..u79 at `at` with run ids suffixed `suffix` (another occurrence
+/// per user), keyed to their shards of 4, or to the home when `home`.
+fn occurrences(at: i64, suffix: &str, home: bool) -> Vec<ReplayRecord> {
+    let registry = SchemaRegistry::builtin();
+    candidates("ping", 0..80, at)
+        .map(|mut record| {
+            let mut candidate: Candidate = registry.decode(record.value.as_ref().unwrap()).unwrap();
+            candidate.run_id = format!("{}{suffix}", candidate.run_id);
+            record.value = Some(registry.encode(&candidate).unwrap());
+            if home {
+                record.key = Some(b"ping".to_vec());
+            }
+            record
+        })
+        .collect()
+}
+
+/// Commands of `ping` per variant, sent before midnight and after.
+fn variants_by_day(out: &Out) -> [BTreeMap<String, usize>; 2] {
+    let mut days = [BTreeMap::new(), BTreeMap::new()];
+    for send in out.sends.iter().filter(|s| s.campaign_id == "ping") {
+        let day = usize::from(send.created_at_ms >= MIDNIGHT);
+        *days[day].entry(send.variant_id.clone()).or_default() += 1;
+    }
+    days
+}
+
+/// Finding 7. A triggered split 70/30 with a daily limit of 30 on an app with a cap of one
+/// push a day (u0..u19 were sent `news` first, so the gate refuses their `ping`), 80 users
+/// qualifying on each of two days: one task sends 21 A / 9 B each day (its round robin over
+/// 30, then over the next 30). Spread over 4 shards (9551b68: indices leased with the places)
+/// the same input gives 19 A / 11 B on day one and 20 A / 10 B on day two. A shard spends its
+/// index when the command leaves the campaign stage (`indices::spend_index`), so a refused
+/// user's index is gone, and the place the refusal gives back carries none: the next user is
+/// sent on the shard's own count (`leased_variant`: "no index held"), not with the index
+/// architecture.md's design gives it. (The same with a total of 50 and refusals that come back
+/// at once: 34 A / 16 B where one task's round robin over 50 is 35 / 15.)
+#[test]
+#[ignore = "review s26 finding 7: a triggered split with a daily limit on an app with caps: 19/11 and 20/10 where one task sends 21/9 a day"]
+fn a_triggered_split_with_a_daily_limit_on_an_app_with_caps_keeps_one_tasks_counts_each_day() {
+    const CAPS: &str = "apps:\n  shop:\n    caps: { per_day: 1 }\n";
+    let replay = |sharded: bool| {
+        let mut daily = split_ping("limits: { daily: 30 }\n");
+        if !sharded {
+            daily = daily.replace("options: { shards: 4 }\n", "");
+        }
+        let mut input = vec![define("news", NEWS, T0), define("ping", &daily, T0)];
+        input.extend(profiles(0..80));
+        input.extend(pong(0..20, T0 + 5_000));
+        input.extend(occurrences(T0 + 20_000, "", !sharded));
+        input.extend(occurrences(MIDNIGHT + 3_600_000, "-2", !sharded));
+        input.push(other_event(0, MIDNIGHT + 2 * 3_600_000));
+        run(CAPS, input, MIDNIGHT + 3 * 3_600_000)
+    };
+    let one = variants_by_day(&replay(false));
+    let counted = |a: usize, b: usize| BTreeMap::from([("A".to_string(), a), ("B".to_string(), b)]);
+    assert_eq!(one, [counted(21, 9), counted(21, 9)], "one task: its round robin each day");
+    let spread = replay(true);
+    assert!(spread.sends.iter().any(|s| s.place_key.as_deref() != Some("ping")), "spread");
+    assert_eq!(variants_by_day(&spread), one, "the variant counts of one task each day");
+}
