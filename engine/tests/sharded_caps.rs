@@ -454,3 +454,60 @@ fn a_scheduled_total_over_4_shards_on_an_app_with_caps_fills_exactly_with_users_
     assert_eq!(of("RunFinished"), [("RunFinished".to_string(), "50".to_string())]);
     assert_eq!(of("Completed"), [("Completed".to_string(), "50".to_string())]);
 }
+
+/// The same with a per-run limit (the run's users cut in its random order: the first shards'
+/// buffers are all planned, no user of theirs left to take a refused place): a place the gate
+/// refuses goes home and on to the next shard with users standing by. Exactly 30 users, and
+/// the home counts them once each: `RUN_FINISHED`, `LIMIT_REACHED` and `COMPLETED` at 30.
+#[test]
+fn a_scheduled_run_cut_in_random_order_passes_refused_places_on_and_counts_them_once() {
+    let yaml = format!(
+        "{}limits: {{ total: 30, per_run: 30 }}\noptions: {{ shards: 4, throttle: {{ max: 10, per: 1m }} }}\n",
+        scheduled(&[T0 + 100_000], "").replace("options: { shards: 4 }\n", "")
+    );
+    let mut input = vec![define("news", NEWS, T0), define("coupons", &yaml, T0)];
+    input.extend(profiles(0..80));
+    input.extend(events("Other", 79..80, T0 + 110_000)); // the run starts
+    input.extend(events("Pong", 0..40, T0 + 130_000)); // news to u0..u39 not yet sent
+    input.extend(events("Other", 78..79, T0 + 60 * MINUTE));
+    let out = run(CAPS, input, T0 + 90 * MINUTE);
+
+    let news = out.users("news");
+    let sent = out.users("coupons");
+    assert_eq!(sent.len(), 30, "exactly the per-run limit: {sent:?}");
+    assert!(sent.is_disjoint(&news), "one push a day: {:?}", sent.intersection(&news));
+    assert!(out.skipped("coupons", "capped_daily") > 0, "places came back from the gate");
+    let thirty = |kind: &str| (kind.to_string(), "30".to_string());
+    let ends: Vec<_> =
+        out.kinds("coupons").into_iter().filter(|(k, _)| k != "RunStarted").collect();
+    // Counted once each at home (38 when a shard's reports counted its places in flight).
+    assert_eq!(ends, [thirty("RunFinished"), thirty("LimitReached"), thirty("Completed")]);
+}
+
+/// Two runs a minute apart, a total of 20 over 4 shards, on an app with caps whose throttle
+/// (10 a minute) keeps the first run's sends in flight when the second run's buffers are
+/// complete: a shard reports its buffer home only once its earlier places settled, so the home
+/// plans the second run on every send of the first: 20 in all, the second run none.
+#[test]
+fn a_run_is_planned_once_the_places_of_the_run_before_it_settled() {
+    let settings = "apps:\n  shop:\n    caps: { per_day: 5 }\n    throttle: { max: 10, per: 1m }\n";
+    let runs = [T0 + 100_000, T0 + 160_000];
+    let yaml = scheduled(&runs, "limits: { total: 20 }\n");
+    assert_eq!(in_effect(&yaml, settings), 4);
+    let mut input = vec![define("coupons", &yaml, T0)];
+    input.extend(profiles(0..80));
+    input.extend(events("Other", 79..80, runs[0] + 1_000));
+    input.extend(events("Other", 78..79, runs[1] + 1_000));
+    input.extend(events("Other", 77..78, T0 + 60 * MINUTE));
+    let out = run(settings, input, T0 + 90 * MINUTE);
+
+    let of_run = |run: i64| {
+        let id = herald_engine::model::scheduled_run_id(run);
+        out.sends.iter().filter(|s| s.run_id == id).count()
+    };
+    assert_eq!((of_run(runs[0]), of_run(runs[1])), (20, 0), "the total, by the first run");
+    assert_eq!(out.users("coupons").len(), 20);
+    let completed: Vec<_> =
+        out.kinds("coupons").into_iter().filter(|(k, _)| k == "Completed").collect();
+    assert_eq!(completed, [("Completed".to_string(), "20".to_string())]);
+}

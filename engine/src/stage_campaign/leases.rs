@@ -220,11 +220,11 @@ impl CampaignState {
         later
     }
 
-    /// Users sent to as the home counts them: not those whose leased place is in flight at the
-    /// send gate (the home counts those places as held), so the count never goes down when
-    /// the gate refuses one.
+    /// Users sent to as the home counts them: not those whose place is in flight at the send
+    /// gate (a leased one the home counts as held; a run's is within its plan), so the count
+    /// never goes down when the gate refuses one (the home keeps each shard's highest).
     pub(super) fn reported_sent(&self) -> u64 {
-        self.sent.saturating_sub(self.lease.in_flight())
+        self.sent.saturating_sub(self.in_flight)
     }
 
     /// Users sent to on `day`, as the home counts them (see [`Self::reported_sent`]).

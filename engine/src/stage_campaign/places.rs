@@ -357,6 +357,14 @@ impl CampaignStage {
         if let Some(of_run) = state.run_mut(run).filter(|_| !is_triggered_run(run)) {
             run_settled = of_run.settle(returned);
         }
+        if state.in_flight == 0 && state.is_shard(campaign) {
+            // A shard's run buffer complete while places of earlier runs were in flight is
+            // reported home now (see `runs`): its home counts every send of theirs.
+            if let Some(mut of_run) = state.run.take_if(|run| run.collected()) {
+                self.report_buffered(ctx, campaign, state, &mut of_run)?;
+                state.run = Some(of_run);
+            }
+        }
         if returned || state.in_flight == 0 {
             if state.waiting > 0 {
                 ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;

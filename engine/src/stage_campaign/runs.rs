@@ -148,6 +148,12 @@ impl RunState {
         }
     }
 
+    /// Whether every user-stage partition reported the run, which has yet to be reported home
+    /// or decided.
+    pub(super) fn collected(&self) -> bool {
+        self.phase == RunPhase::Collecting && self.tallies.len() >= self.partitions as usize
+    }
+
     /// Whether this is run `run_id`.
     pub(super) fn is(&self, run_id: &str) -> bool {
         self.id == run_id
@@ -406,7 +412,11 @@ impl CampaignStage {
         run.tallies.insert(tally.partition, tally.qualified);
         if run.phase == RunPhase::Collecting && run.tallies.len() >= run.partitions as usize {
             if state.is_shard(&campaign) {
-                self.report_buffered(ctx, &campaign, &state, &mut run)?;
+                // Not while places of earlier runs are in flight: the home plans on the sends
+                // the gate confirmed, so it hears once they settled (`places`).
+                if state.in_flight == 0 {
+                    self.report_buffered(ctx, &campaign, &state, &mut run)?;
+                }
             } else {
                 self.decide(ctx, &campaign, &mut state, &mut run, tally.timestamp_ms)?;
             }
