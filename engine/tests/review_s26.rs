@@ -810,3 +810,31 @@ fn a_triggered_split_with_a_daily_limit_on_an_app_with_caps_keeps_one_tasks_coun
     assert!(spread.sends.iter().any(|s| s.place_key.as_deref() != Some("ping")), "spread");
     assert_eq!(variants_by_day(&spread), one, "the variant counts of one task each day");
 }
+
+/// Sound: a re-granted place that fails again goes on. `per_run: 6` over 3 shards holding 2, 2
+/// and 6 users in the run's order; shard 1's two users fail the template, and so do shard 2's
+/// third and fourth: shard 1's 2 places go to shard 2, whose next 2 users fail, so they come
+/// back and go to shard 2's fifth and sixth. 6 sent (shard 0's 2, shard 2's 1st, 2nd, 5th and
+/// 6th), `RUN_FINISHED` once with sent 6, 4 template errors.
+#[test]
+fn a_re_granted_place_whose_user_fails_again_goes_on_to_the_next_user_standing_by() {
+    let held = first_by_rank(&[2, 2, 6]);
+    let failing: Vec<&String> = held[1].iter().chain(&held[2][2..4]).collect();
+    let mut lines: Vec<String> = Vec::new();
+    for user in held.iter().flatten() {
+        lines.push(if failing.contains(&user) { unnamed(user) } else { profile(user) });
+    }
+    lines.push(event(&held[0][0], 200, "App Opened"));
+    let what = "{ title: \"Hi {{ profile.first_name }}\", body: b }";
+    let campaign = scheduled("chain", what, "limits: { per_run: 6 }\noptions: { shards: 3 }\n");
+    assert_eq!(spread(&campaign), 3);
+    let outcome = Outcome::replay(&campaign, &lines);
+
+    let expected: BTreeSet<String> =
+        held[0].iter().chain(&held[2][..2]).chain(&held[2][4..]).cloned().collect();
+    let sent: BTreeSet<String> = outcome.variants().into_keys().collect();
+    assert_eq!(sent, expected);
+    assert_eq!(outcome.kinds(), ["RUN_STARTED", "RUN_FINISHED"]);
+    let finished = &outcome.lines("campaign-events.jsonl")[1];
+    assert_eq!(finished["details"]["sent"], "6");
+}
