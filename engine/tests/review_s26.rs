@@ -164,7 +164,6 @@ const SPLIT_70_30: &str = "\n  variants:\n    - { id: A, title: \"Hi {{ profile.
 /// never spent and shard 2 sends the passed place "on its own count" (its own round robin,
 /// from A): indices 0, 2..11 and A = 9 A, 2 B.
 #[test]
-#[ignore = "review s26 finding 1: a re-granted run place loses its split index: 9/2 instead of one task's 8/3"]
 fn a_split_run_whose_middle_shard_cannot_send_keeps_one_tasks_variant_counts() {
     let held = first_by_rank(&[1, 1, 20]);
     let mut lines: Vec<String> = held[0].iter().chain(&held[2]).map(|u| profile(u)).collect();

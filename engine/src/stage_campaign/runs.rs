@@ -117,6 +117,10 @@ pub(super) struct RunState {
     /// are skipped (see `standby`).
     #[serde(default)]
     pub(super) stood_down: bool,
+    /// A shard: ranges (next, end) of global assignment indices that came with places passed to
+    /// it, taken in order once `indices` is spent (see `standby`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) spare: Vec<(u64, u64)>,
 }
 
 impl RunState {
@@ -145,6 +149,7 @@ impl RunState {
             indices: None,
             received: 0,
             stood_down: false,
+            spare: Vec::new(),
         }
     }
 
@@ -559,8 +564,7 @@ impl CampaignStage {
             // by (see `standby`).
             let unused = run.unused(campaign);
             if unused > 0 {
-                run.places = run.places.map(|places| places - unused);
-                self.place_left(ctx, campaign, state, &run.id, unused)?;
+                self.give_back(ctx, campaign, state, run, unused)?;
             }
             return self.report_run_sent(ctx, campaign, state, run);
         }
@@ -623,6 +627,7 @@ impl CampaignStage {
             if let (Some(_), Some((next, _))) = (indexed, run.indices.as_mut()) {
                 *next += 1; // spent by a send only: else the next user takes it
             }
+            run.next_indices(); // see `standby`
         }
         if state.in_flight > in_flight {
             run.in_flight += 1;

@@ -92,6 +92,10 @@ pub(super) struct HomeRun {
     /// Places shards gave back (`PLACE_LEFT`) not yet passed on (see `standby`).
     #[serde(default)]
     pub(super) unplaced: i64,
+    /// Global assignment indices that came back with them, (first, count), in order (see
+    /// `standby`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) unplaced_indices: Vec<(u64, u64)>,
 }
 
 /// How long the home waits for every shard's answer to its A/B evaluation ask before deciding

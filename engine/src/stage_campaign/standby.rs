@@ -89,8 +89,36 @@ impl RunState {
         if home.unplaced > 0 {
             tracing::debug!(campaign = %campaign.id, run = %self.id, places = home.unplaced, "places no shard could use are given up");
             home.unplaced = 0;
+            home.unplaced_indices.clear();
         }
         true
+    }
+
+    /// A shard's block of global assignment indices is spent: the next range that came with
+    /// places passed to it takes over.
+    pub(super) fn next_indices(&mut self) {
+        let spent = self.indices.is_none_or(|(next, end)| next >= end);
+        if spent && !self.spare.is_empty() {
+            self.indices = Some(self.spare.remove(0));
+        }
+    }
+
+    /// Up to `n` of the shard's global assignment indices left (its block's, then those that
+    /// came with places), as ranges (first, count), taken: the shard sends no more of the run.
+    /// Indices beyond `n` (left by users who kept a sticky variant) stay unused.
+    fn take_indices(&mut self, n: u64) -> Vec<(u64, u64)> {
+        let mut left = n;
+        let mut ranges = Vec::new();
+        for (next, end) in self.indices.iter_mut().chain(self.spare.iter_mut()) {
+            let count = end.saturating_sub(*next).min(left);
+            if count > 0 {
+                ranges.push((*next, count));
+                *next += count;
+                left -= count;
+            }
+        }
+        self.spare.clear();
+        ranges
     }
 }
 
@@ -266,11 +294,54 @@ impl CampaignStage {
         run: &str,
         places: u64,
     ) -> Result<(), ProcessError> {
+        self.places_left(ctx, campaign, state, run, places, None)
+    }
+
+    /// [`Self::place_left`], the places with the global assignment indices `from ..
+    /// from + places` (`qualified`, and their count in `reachable`).
+    fn places_left(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &CampaignState,
+        run: &str,
+        places: u64,
+        from: Option<u64>,
+    ) -> Result<(), ProcessError> {
         let run = run.to_string();
         self.report(ctx, campaign, state, ShardReportKind::PlaceLeft, |r| {
             r.run_id = Some(run);
             r.places = places as i64;
+            if let Some(from) = from {
+                r.qualified = from as i64;
+                r.reachable = places as i64;
+            }
         })
+    }
+
+    /// A shard gives back `places` places of `run` no user of it took (see [`RunState::unused`])
+    /// with as many of the global assignment indices it has left (alternation or a split): an
+    /// index travels with its place, so the user who takes the place gets the variant one
+    /// task's round robin gives that index. One `PlaceLeft` per range of indices, then one for
+    /// places without.
+    pub(super) fn give_back(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &CampaignState,
+        run: &mut RunState,
+        places: u64,
+    ) -> Result<(), ProcessError> {
+        run.places = run.places.map(|planned| planned.saturating_sub(places));
+        let mut left = places;
+        for (from, count) in run.take_indices(places) {
+            self.places_left(ctx, campaign, state, &run.id, count, Some(from))?;
+            left -= count;
+        }
+        if left > 0 {
+            self.place_left(ctx, campaign, state, &run.id, left)?;
+        }
+        Ok(())
     }
 
     /// The home: a shard gave back places of a run (`PlaceLeft`) no one there could use. A
@@ -294,6 +365,10 @@ impl CampaignStage {
                 return Ok(()); // a run a newer one replaced, or finished: given up
             };
             run.shards.unplaced += places;
+            if report.reachable > 0 {
+                let indices = (report.qualified.max(0) as u64, report.reachable as u64);
+                run.shards.unplaced_indices.push(indices);
+            }
             return self.pass_on(ctx, campaign, run);
         }
         if next >= report.shards {
@@ -346,17 +421,29 @@ impl CampaignStage {
             }
             *passed += places;
             home.unplaced -= places;
-            let plan = ShardPlan {
-                places,
-                ..shards::plan_to(
-                    campaign,
-                    &run.id,
-                    *shard,
-                    ShardPlanKind::Place,
-                    ctx.timestamp_ms(),
-                )
-            };
-            self.send_plan(ctx, campaign, &plan)?;
+            // The indices that came back go with the places, in order: a plan per range.
+            let mut left = places as u64;
+            while left > 0 {
+                let (from, count) = match home.unplaced_indices.first_mut() {
+                    Some((from, count)) => {
+                        let taken = (*count).min(left);
+                        *from += taken;
+                        *count -= taken;
+                        (Some(*from - taken), taken)
+                    }
+                    None => (None, left),
+                };
+                home.unplaced_indices.retain(|(_, count)| *count > 0);
+                left -= count;
+                let at = ctx.timestamp_ms();
+                let plan = ShardPlan {
+                    places: count as i64,
+                    test_from: from.unwrap_or_default() as i64,
+                    test_users: from.map_or(0, |_| count as i64),
+                    ..shards::plan_to(campaign, &run.id, *shard, ShardPlanKind::Place, at)
+                };
+                self.send_plan(ctx, campaign, &plan)?;
+            }
         }
         Ok(())
     }
@@ -449,6 +536,11 @@ impl CampaignStage {
         } else {
             run.received += places;
             run.places = Some(run.places.unwrap_or_default() + places);
+            if plan.test_users > 0 {
+                let from = plan.test_from.max(0) as u64;
+                run.spare.push((from, from + plan.test_users as u64));
+                run.next_indices();
+            }
         }
         if run.finished() {
             run.phase = RunPhase::Releasing;
