@@ -837,3 +837,62 @@ fn a_re_granted_place_whose_user_fails_again_goes_on_to_the_next_user_standing_b
     let finished = &outcome.lines("campaign-events.jsonl")[1];
     assert_eq!(finished["details"]["sent"], "6");
 }
+
+/// Finding 8. A scheduled campaign with a daily limit of 30 over 4 shards, throttled to 10 a
+/// minute, on an app with a cap of one push a day, runs at 23:58, 00:30 and 01:00; `news`
+/// reaches u0..u19 at 23:59 while the first run's commands wait in the shards' outboxes (some
+/// refused at the gate). Each run should end with one `RUN_FINISHED` whose `sent` is its
+/// commands, as on one task (which announces all three). Over shards only the third run's
+/// `RUN_FINISHED` comes (sent 1): the first two runs (30 and 29 commands) never finish.
+#[test]
+#[ignore = "review s26 finding 8: scheduled daily + caps over shards, runs across midnight: RUN_FINISHED missing for 2 of 3 runs"]
+fn scheduled_runs_across_midnight_with_caps_over_shards_each_finish_once() {
+    const CAPS: &str = "apps:\n  shop:\n    caps: { per_day: 1 }\n";
+    let runs = [MIDNIGHT - 2 * MINUTE, MIDNIGHT + 30 * MINUTE, MIDNIGHT + 60 * MINUTE];
+    let replay = |sharded: bool| {
+        let mut yaml = format!(
+            "{}limits: {{ daily: 30 }}\noptions: {{ shards: 4, throttle: {{ max: 10, per: 1m }} }}\n",
+            coupons(&runs, "").replace("options: { shards: 4 }\n", "")
+        );
+        if !sharded {
+            yaml = yaml.replace("shards: 4, ", "");
+        }
+        let mut input = vec![define("news", NEWS, T0), define("coupons", &yaml, T0)];
+        input.extend(profiles(0..100));
+        input.extend(pong(0..20, MIDNIGHT - MINUTE));
+        for run in runs {
+            input.push(other_event(99, run + 10_000));
+        }
+        input.push(other_event(98, MIDNIGHT + 3 * 3_600_000));
+        run(CAPS, input, MIDNIGHT + 4 * 3_600_000)
+    };
+    // (commands of each run, `sent` of each RUN_FINISHED in the order announced)
+    let outcome = |out: &Out| {
+        let commands: Vec<usize> = runs
+            .iter()
+            .map(|run| {
+                let id = scheduled_run_id(*run);
+                out.sends.iter().filter(|s| s.run_id == id).count()
+            })
+            .collect();
+        let finished: Vec<String> = out
+            .kinds("coupons")
+            .into_iter()
+            .filter(|(kind, _)| kind == "RunFinished")
+            .map(|(_, sent)| sent)
+            .collect();
+        (commands, finished)
+    };
+    let (commands, mut finished) = outcome(&replay(false));
+    finished.sort();
+    let mut expected: Vec<String> = commands.iter().map(|c| c.to_string()).collect();
+    expected.sort();
+    assert_eq!(finished, expected, "one task: each run finishes once with its commands");
+
+    let (commands, mut finished) = outcome(&replay(true));
+    assert_eq!(commands.iter().sum::<usize>(), 60, "30 a day: {commands:?}");
+    finished.sort();
+    let mut expected: Vec<String> = commands.iter().map(|c| c.to_string()).collect();
+    expected.sort();
+    assert_eq!(finished, expected, "each run finishes once with its commands: {commands:?}");
+}
