@@ -58,9 +58,11 @@ pub struct ShardReport {
     pub kind: ShardReportKind,
     /// The run concerned (not for `Counters`).
     pub run_id: Option<String>,
-    /// `Buffered`: users of the shard matching the run's audience.
+    /// `Buffered`: users of the shard matching the run's audience; `PlaceLeft`: the first global
+    /// assignment index that goes back with the places (alternation or a split).
     pub qualified: i64,
-    /// `Buffered`: candidates buffered for the run.
+    /// `Buffered`: candidates buffered for the run; `PlaceLeft`: how many indices go back from
+    /// `qualified` (0: none).
     pub reachable: i64,
     /// Every kind: users the shard sent to over the campaign's life (cumulative; the home counts
     /// each shard's highest in the total).
@@ -147,9 +149,11 @@ pub struct ShardPlan {
     /// `Release`: users of the run the shard may send to; `Grant`: places leased; `Full`: the
     /// limit that is full; `Place`: places of the run passed to the shard (see `Place`).
     pub places: i64,
-    /// `Release`: global A/B test index of the shard's first test user.
+    /// `Release`: global A/B test index of the shard's first test user; `Place`: the first
+    /// global assignment index that goes with the places (alternation or a split).
     pub test_from: i64,
-    /// `Release`: the shard's first users that make up its share of the A/B test.
+    /// `Release`: the shard's first users that make up its share of the A/B test; `Place`: how
+    /// many indices go with the places from `test_from` (0: none).
     pub test_users: i64,
     /// `Release`: the run's A/B test users over all shards (0: no test).
     pub test_total: i64,
