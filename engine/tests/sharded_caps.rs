@@ -511,3 +511,33 @@ fn a_run_is_planned_once_the_places_of_the_run_before_it_settled() {
         out.kinds("coupons").into_iter().filter(|(k, _)| k == "Completed").collect();
     assert_eq!(completed, [("Completed".to_string(), "20".to_string())]);
 }
+
+/// Review s26 finding 3, in part: a triggered total of 50 over 4 shards (caps, the app
+/// throttled so places stay in flight) edited to `shards: 1` a minute after 80 candidates came
+/// to the shards (`campaign apply` refuses this while the campaign is live; the replay applies
+/// it), then 40 more qualify at the home. The home counts the places its shards still hold or
+/// have in flight as taken, so the total is never exceeded (80 sent before); those the gate
+/// refuses at the shards stay there, so it ends under (40: u20..u59), as documented for a
+/// change of `options.shards` ("Edits").
+#[test]
+fn a_campaign_moved_home_while_places_are_in_flight_at_its_shards_never_exceeds_its_total() {
+    let yaml = ping("limits: { total: 50 }\n");
+    let home = yaml.replace("options: { shards: 4 }\n", "");
+    let mut input = vec![define("news", NEWS, T0), define("ping", &yaml, T0)];
+    input.extend(profiles(0..120));
+    input.extend(events("Pong", 0..20, T0 + 5_000));
+    input.extend(events("Other", 0..1, T0 + 3 * MINUTE));
+    input.extend(candidates("ping", 0..80, T0 + 4 * MINUTE));
+    input.push(define("ping", &home, T0 + 5 * MINUTE));
+    input.extend(candidates("ping", 80..120, T0 + 6 * MINUTE).map(|mut record| {
+        record.key = Some(b"ping".to_vec()); // keyed home, as for a campaign on its home
+        record
+    }));
+    input.extend(events("Other", 1..2, T0 + 60 * MINUTE));
+    let out = run(THROTTLED_CAPS, input, T0 + 90 * MINUTE);
+
+    let sent = out.users("ping");
+    assert!(sent.len() <= 50, "never over the total: {} {sent:?}", sent.len());
+    assert!(sent.is_disjoint(&out.users("news")), "one push a day");
+    assert!(sent.iter().all(|u| *u >= 20), "only users the gate let through: {sent:?}");
+}

@@ -227,6 +227,12 @@ impl CampaignState {
         self.sent.saturating_sub(self.in_flight)
     }
 
+    /// A home's places of the total its shards hold, spent unreported or have in flight at the
+    /// send gate (granted, not given back, not reported spent).
+    pub(super) fn held_at_shards(&self) -> u64 {
+        self.leases.values().map(Lease::held).sum()
+    }
+
     /// Users sent to on `day`, as the home counts them (see [`Self::reported_sent`]).
     fn reported_day_sent(&self, day: &str) -> u64 {
         if day != self.day.0 {

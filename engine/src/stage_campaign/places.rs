@@ -62,7 +62,10 @@ impl CampaignState {
     /// The total or daily limit a candidate at `at` finds full, as the limits are now (an edit
     /// may have raised or lowered them). Starts the day's count when `at` is on a later day.
     pub(super) fn full_limit(&mut self, campaign: &Campaign, at: i64) -> Option<FullLimit> {
-        if campaign.limits.total.is_some_and(|limit| self.sent >= limit) {
+        // At a home, places its shards still hold or have in flight are taken too (an edit put
+        // the campaign on its home without a recount: `options.shards` changed).
+        let taken = self.sent + self.held_at_shards();
+        if campaign.limits.total.is_some_and(|limit| taken >= limit) {
             return Some(FullLimit::Total);
         }
         let today = self.current_day(campaign, at);
