@@ -10,9 +10,11 @@
 //! those leased out unspent: once none is (the limit full, or a recount), the spent ones are
 //! exactly `0..n` and the variant counts are one task's round robin over the n sends.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use super::{ab, CampaignStage, CampaignState};
+use super::{ab, assignment_key, CampaignStage, CampaignState, ASSIGNMENTS};
 use crate::{
     campaign::{shards as campaign_shards, Campaign},
     model::{is_triggered_run, Candidate, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind},
@@ -31,6 +33,10 @@ pub(super) struct ShardIndices {
     /// The index given to the user being delivered: spent if they are sent.
     #[serde(skip)]
     pub(super) given: Option<u64>,
+    /// Indices of sends the send gate has yet to answer, by `user NUL run`: a refused one comes
+    /// back to `held`, for the shard's next candidate.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    in_flight: BTreeMap<String, u64>,
 }
 
 impl ShardIndices {
@@ -106,15 +112,40 @@ impl CampaignStage {
         ab::variant_at(&campaign.assignment, campaign.what.len(), index)
     }
 
-    /// The user given an index was sent: the index is spent.
-    pub(super) fn spend_index(state: &mut CampaignState) {
+    /// The user given an index was sent: the index is spent; with the send gate still to
+    /// answer (`in_flight`: the user and run), it is kept until it does.
+    pub(super) fn spend_index(state: &mut CampaignState, in_flight: Option<(&str, &str)>) {
         let Some(index) = state.indices.given.take() else { return };
+        if let Some((user, run)) = in_flight {
+            state.indices.in_flight.insert(format!("{user}\u{0}{run}"), index);
+        }
         if let Some(first) = state.indices.held.first_mut().filter(|(from, _)| *from == index) {
             first.0 += 1;
             if first.0 == first.1 {
                 state.indices.held.remove(0);
             }
         }
+    }
+
+    /// The send gate answered the send of `user` in `run`: confirmed, its index stays spent;
+    /// refused (`returned`), the index is held again, for the shard's next candidate (the place
+    /// comes back too), and the user, who was sent nothing, keeps no sticky variant of it (it
+    /// is another user's now): their next notification takes an index of its own.
+    pub(super) fn settle_index(
+        ctx: &mut ProcessorContext<'_>,
+        state: &mut CampaignState,
+        user: &str,
+        run: &str,
+        returned: bool,
+    ) -> Result<(), ProcessError> {
+        let Some(index) = state.indices.in_flight.remove(&format!("{user}\u{0}{run}")) else {
+            return Ok(());
+        };
+        if returned {
+            insert(&mut state.indices.held, index, index + 1);
+            ctx.store(ASSIGNMENTS)?.delete(assignment_key(&state.key, user).as_bytes())?;
+        }
+        Ok(())
     }
 
     /// Home: before a `GRANT` of `places` to `shard` of a campaign in alternation or with a
@@ -211,7 +242,7 @@ mod tests {
         insert(&mut ranges, 4, 6);
         insert(&mut ranges, 7, 7);
         assert_eq!(ranges, [(0, 6), (10, 12)]);
-        let mut held = ShardIndices { held: ranges, given: None };
+        let mut held = ShardIndices { held: ranges, ..Default::default() };
         assert_eq!(held.count(), 8);
         assert_eq!(held.beyond(5), [(5, 6), (10, 12)]);
         assert_eq!(held.held, [(0, 5)]);

@@ -426,8 +426,9 @@ impl CampaignStage {
         returned: u64,
         day: &str,
     ) -> Result<(), ProcessError> {
-        // Assignment indices beyond the places held or in flight go back first (`indices`).
-        let keep = state.lease.places + state.lease.in_flight() + state.lease.returning;
+        // Assignment indices beyond the places held go back first (`indices`; those of places
+        // in flight are kept apart until the gate answers).
+        let keep = state.lease.places + state.lease.returning;
         self.return_indices(ctx, campaign, state, keep)?;
         let report = ShardReport {
             campaign_id: campaign.id.clone(),

@@ -647,7 +647,7 @@ impl CampaignStage {
             return Ok(());
         }
         self.dispatch(ctx, campaign, state, commands, at)?;
-        Self::spend_index(state);
+        Self::spend_index(state, confirm.then_some((&candidate.user_id, &candidate.run_id)));
         self.take_place(ctx, campaign, state, candidate, confirm)
     }
 
@@ -921,6 +921,12 @@ impl CampaignStage {
             (skip.returns_place, skip.variant_id.as_deref(), skip.run_id.as_deref())
         {
             self.return_test_place(ctx, &campaign, &mut state, &skip.user_id, run)?;
+        }
+        // Its assignment index too (see `indices`), before its place.
+        if let (true, Some(_), Some(run)) =
+            (skip.returns_place, skip.variant_id.as_deref(), skip.run_id.as_deref())
+        {
+            Self::settle_index(ctx, &mut state, &skip.user_id, run, true)?;
         }
         // A notification sent without confirmation (the campaign had no limits then, or an
         // older version sent it) gives back its total count, and its daily count unless it was

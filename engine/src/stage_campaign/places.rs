@@ -291,6 +291,7 @@ impl CampaignStage {
         };
         let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign)?)?;
         let (user, run) = (&confirmed.user_id, &confirmed.run_id);
+        Self::settle_index(ctx, &mut state, user, run, false)?; // see `indices`
         if self.settle(ctx, &campaign, &mut state, user, run, false)? {
             self.announce_total_limit(ctx, &campaign, &mut state)?;
         }
