@@ -272,6 +272,7 @@ fn shard_records_round_trip() {
         failed: BTreeMap::new(),
         day_sent: 3,
         timestamp_ms: 17,
+        seq: 0,
     });
     round_trip(ShardPlan {
         campaign_id: "c".into(),
@@ -288,6 +289,43 @@ fn shard_records_round_trip() {
         daily: Some(30),
         timestamp_ms: 17,
     });
+}
+
+/// A lease report written before lease reports were numbered (`shard_report.v4`, no `seq`)
+/// still reads, unnumbered (`seq` 0).
+#[test]
+fn a_shard_report_written_before_seq_decodes_unnumbered() {
+    let v4 =
+        apache_avro::Schema::parse_str(include_str!("../../schemas/history/shard_report.v4.avsc"))
+            .unwrap();
+    let report = ShardReport {
+        campaign_id: "c".into(),
+        app_id: "shop".into(),
+        shard: 1,
+        shards: 4,
+        kind: ShardReportKind::Returned,
+        run_id: Some("2026-11-29".into()),
+        qualified: 0,
+        reachable: 0,
+        sent: 7,
+        run_sent: 7,
+        waiting: 2,
+        places: 5,
+        variants: vec![],
+        skipped: BTreeMap::new(),
+        failed: BTreeMap::new(),
+        day_sent: 3,
+        timestamp_ms: 17,
+        seq: 0,
+    };
+    let Value::Record(fields) = apache_avro::to_value(&report).unwrap() else { panic!() };
+    let value = Value::Record(fields.into_iter().filter(|(name, _)| name != "seq").collect());
+    let value = value.resolve(&v4).unwrap();
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&v4.fingerprint::<apache_avro::rabin::Rabin>().bytes[..8]);
+    bytes.extend(apache_avro::to_avro_datum(&v4, value).unwrap());
+    let back: ShardReport = registry().decode(&bytes).expect("v4 resolves to the current");
+    assert_eq!(back, report);
 }
 
 #[test]

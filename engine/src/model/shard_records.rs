@@ -91,6 +91,12 @@ pub struct ShardReport {
     pub day_sent: i64,
     /// When, epoch milliseconds.
     pub timestamp_ms: i64,
+    /// `Demand`, `Returned`, `Counted`: the shard's number for this lease report (1, 2, ...,
+    /// written in the transaction that sends it); the home applies a report only when it is
+    /// above the last it applied from the shard, so a repeat never moves places twice. 0: an
+    /// older version's (unnumbered).
+    #[serde(default)]
+    pub seq: i64,
 }
 
 impl Record for ShardReport {
@@ -203,6 +209,7 @@ impl Checked for ShardReport {
             ("waiting", self.waiting),
             ("places", self.places),
             ("day_sent", self.day_sent),
+            ("seq", self.seq),
         ];
         check_shard(self.shard, &counts)
     }

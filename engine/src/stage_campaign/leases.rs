@@ -26,7 +26,15 @@ use super::{day_in, queue, timer_key, CampaignStage, CampaignState, WAITING, WAI
 use crate::{
     campaign::{shards as campaign_shards, Campaign, CampaignStatus, Trigger},
     model::{Candidate, LifecycleKind, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind},
-    runtime::{ProcessError, ProcessorContext},
+    runtime::{ProcessError, ProcessorContext, ProcessorCounter},
+};
+
+/// Lease reports the home dropped as repeats (a `seq` not above the last it applied from the
+/// shard: a foreign or buggy producer's copy), by kind.
+pub(super) static REPEATED_LEASE_REPORTS: ProcessorCounter = ProcessorCounter {
+    name: "campaign_lease_reports_repeated_total",
+    help: "Lease reports (DEMAND, RETURNED, COUNTED) a campaign's home dropped because it had applied their number (seq) from that shard already",
+    label: "kind",
 };
 
 /// The home's account of one shard's places.
@@ -51,6 +59,10 @@ pub(super) struct Lease {
     /// The shard's account of the latest day it was granted places of or reported.
     #[serde(default)]
     today: DayLease,
+    /// The `seq` of the latest lease report applied from the shard: one not above it is a
+    /// repeat, dropped (see [`CampaignStage::admit_lease_report`]).
+    #[serde(default)]
+    applied: i64,
 }
 
 impl Lease {
@@ -168,6 +180,10 @@ pub(super) struct ShardLease {
     /// flight to settle.
     #[serde(default)]
     returning: u64,
+    /// Lease reports sent home so far: each carries its number (`seq`), written in the
+    /// transaction that sends it.
+    #[serde(default)]
+    reports: i64,
 }
 
 impl ShardLease {
@@ -430,6 +446,7 @@ impl CampaignStage {
         // in flight are kept apart until the gate answers).
         let keep = state.lease.places + state.lease.returning;
         self.return_indices(ctx, campaign, state, keep)?;
+        state.lease.reports += 1;
         let report = ShardReport {
             campaign_id: campaign.id.clone(),
             app_id: campaign.app.clone(),
@@ -453,6 +470,7 @@ impl CampaignStage {
             failed: BTreeMap::new(),
             day_sent: state.reported_day_sent(day) as i64,
             timestamp_ms: ctx.timestamp_ms(),
+            seq: state.lease.reports,
         };
         self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &report)
     }
@@ -727,6 +745,46 @@ impl CampaignStage {
         self.serve_leases(ctx, campaign, state)?;
         self.announce_daily_limit(ctx, campaign, state)?;
         self.announce_total_limit(ctx, campaign, state)
+    }
+
+    /// Whether the home applies the lease report (`DEMAND`, `RETURNED`, `COUNTED`) `report`:
+    /// not a repeat (its `seq` not above the last applied from its shard: dropped and counted;
+    /// an older version's unnumbered `DEMAND`, which moves no place, still counts). A report
+    /// naming a day after the next of the home's (its own, or its clock's) is rejected: a shard
+    /// is at most one day ahead of its home (near midnight); an earlier day is void, as ever.
+    pub(super) fn admit_lease_report(
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        report: &ShardReport,
+    ) -> Result<bool, ProcessError> {
+        if let Some(day) = report.run_id.as_deref().filter(|day| !day.is_empty()) {
+            let reject = |why: String| {
+                ProcessError::reject(format!(
+                    "run_id: a {:?} report of {} from shard {} names the day {day:?}: {why}",
+                    report.kind, campaign.id, report.shard
+                ))
+            };
+            let named = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
+                .map_err(|_| reject("not a day".to_string()))?;
+            let home = state.day.0.clone().max(day_in(campaign, ctx.effective_ms()));
+            let next = chrono::NaiveDate::parse_from_str(&home, "%Y-%m-%d")
+                .ok()
+                .and_then(|home| home.succ_opt());
+            if next.is_some_and(|next| named > next) {
+                return Err(reject(format!("more than a day after the home's {home}")));
+            }
+        }
+        let lease = state.leases.entry(report.shard as u32).or_default();
+        if report.seq == 0 && report.kind == ShardReportKind::Demand {
+            return Ok(true);
+        }
+        if report.seq <= lease.applied {
+            ctx.count(&REPEATED_LEASE_REPORTS, &format!("{:?}", report.kind).to_lowercase());
+            return Ok(false);
+        }
+        lease.applied = report.seq;
+        Ok(true)
     }
 
     /// Moves the home to `day` when it is later than its own: its accounts of the day start

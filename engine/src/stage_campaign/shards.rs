@@ -187,6 +187,7 @@ impl CampaignStage {
             failed: BTreeMap::new(),
             day_sent: 0,
             timestamp_ms: ctx.timestamp_ms(),
+            seq: 0,
         };
         fill(&mut report);
         self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &report)
@@ -275,6 +276,22 @@ impl CampaignStage {
             )));
         }
         let mut state = self.load(ctx, &campaign, &campaign.id)?;
+        // A shard the campaign does not have (nor had: one an edit took away may still report)
+        // counts nothing.
+        let had = u32::try_from(report.shard).is_ok_and(|s| state.shard_sent.contains_key(&s));
+        if !had && !(0..campaign.options.shards.max(1) as i32).contains(&report.shard) {
+            return Err(ProcessError::reject(format!(
+                "shard: a report of campaign {} from shard {} of {}, which has {} shards",
+                campaign.id, report.shard, report.shards, campaign.options.shards
+            )));
+        }
+        let lease_report = matches!(
+            report.kind,
+            ShardReportKind::Demand | ShardReportKind::Returned | ShardReportKind::Counted
+        );
+        if lease_report && !Self::admit_lease_report(ctx, &campaign, &mut state, &report)? {
+            return self.save(ctx, &campaign, &mut state); // a repeat (see `leases`)
+        }
         // Every report carries the shard's users sent to over the campaign's life: the total
         // counts each shard's highest, whatever run (or none) the sends belonged to.
         let counted = state.shard_sent.entry(report.shard as u32).or_default();
