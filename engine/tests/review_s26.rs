@@ -15,7 +15,7 @@ use herald_engine::{
     model::{
         scheduled_run_id,
         topics::{self, TopicNames},
-        CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, Candidate, Device,
+        CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, Candidate, DeadLetter, Device,
         IngestDecoder, Platform, ProfileUpdate, Record, SchemaRegistry, SendCommand, ShardReport,
         ShardReportKind,
     },
@@ -305,6 +305,8 @@ fn candidates(
 struct Out {
     sends: Vec<SendCommand>,
     events: Vec<CampaignLifecycleEvent>,
+    /// The reasons of the dead letters.
+    dead: Vec<String>,
 }
 
 impl Out {
@@ -347,6 +349,9 @@ fn run(settings: &str, input: Vec<ReplayRecord>, until: i64) -> Out {
     Out {
         sends: of(topics::PUSH).map(|v| registry.decode(v).unwrap()).collect(),
         events: of(topics::CAMPAIGN_EVENTS).map(|v| registry.decode(v).unwrap()).collect(),
+        dead: of(topics::DEAD_LETTER)
+            .map(|v| registry.decode::<DeadLetter>(v).unwrap().reason)
+            .collect(),
     }
 }
 
@@ -401,6 +406,12 @@ fn a_report_from_a_shard_the_campaign_does_not_have_counts_nothing() {
     let completed: Vec<_> =
         out.kinds("ping").into_iter().filter(|(k, _)| k == "Completed").collect();
     assert_eq!(completed, [("Completed".to_string(), "50".to_string())]);
+    assert!(
+        out.dead.len() == 1
+            && out.dead[0].contains("shard: a report of campaign ping from shard 9"),
+        "the forged report is a dead letter naming its shard: {:?}",
+        out.dead
+    );
 }
 
 /// The first midnight (UTC) after `T0`.
@@ -584,6 +595,7 @@ fn a_duplicated_returned_report_does_not_grant_the_places_twice() {
     let out = run(NO_CAPS, input, T0 + 30 * MINUTE);
 
     assert_eq!(out.users("ping").len(), 50, "exactly the total");
+    assert!(out.dead.is_empty(), "a repeat is dropped, not a dead letter: {:?}", out.dead);
 }
 
 /// Finding 5. A triggered daily limit of 30 over 4 shards; a `DEMAND` report naming the day
@@ -614,6 +626,11 @@ fn a_lease_report_naming_a_future_day_does_not_stop_the_next_days_sends() {
     let day_one = out.sends.iter().filter(|s| s.created_at_ms < MIDNIGHT).count();
     let day_two = out.sends.iter().filter(|s| s.created_at_ms >= MIDNIGHT).count();
     assert_eq!((day_one, day_two), (30, 30), "30 a day");
+    assert!(
+        out.dead.len() == 1 && out.dead[0].contains("run_id: a Demand report of ping from shard 1"),
+        "the report is a dead letter naming its day: {:?}",
+        out.dead
+    );
 }
 
 /// Finding 6. The same triggered total of 50 over 4 shards on an app with caps and a throttle
