@@ -804,7 +804,6 @@ fn variants_by_day(out: &Out) -> [BTreeMap<String, usize>; 2] {
 /// architecture.md's design gives it. (The same with a total of 50 and refusals that come back
 /// at once: 34 A / 16 B where one task's round robin over 50 is 35 / 15.)
 #[test]
-#[ignore = "review s26 finding 7: a triggered split with a daily limit on an app with caps: 19/11 and 20/10 where one task sends 21/9 a day"]
 fn a_triggered_split_with_a_daily_limit_on_an_app_with_caps_keeps_one_tasks_counts_each_day() {
     const CAPS: &str = "apps:\n  shop:\n    caps: { per_day: 1 }\n";
     let replay = |sharded: bool| {
