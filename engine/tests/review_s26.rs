@@ -919,7 +919,7 @@ fn scheduled_runs_across_midnight_with_caps_over_shards_each_finish_once() {
 /// candidates came, u80..u119 qualifying at the home after: 30 users should be sent that day.
 /// On the code reviewed, df0f887 included: 50 (`LIMIT_REACHED` says 30).
 #[test]
-#[ignore = "review s26 finding 3: moved home, the home ignores places in flight at its shards: 50 sent of a daily limit of 30"]
+#[ignore = "review s26 finding 3: moved home while places are in flight at its shards: 50 of a daily limit of 30 (20 since the home counts them)"]
 fn a_daily_limit_moved_home_while_places_are_in_flight_sends_30_that_day() {
     let daily = ping("limits: { daily: 30 }\n");
     let home = daily.replace("options: { shards: 4 }\n", "");

@@ -249,6 +249,12 @@ impl CampaignState {
         self.leases.values().map(Lease::held).sum()
     }
 
+    /// A home's places of `day` its shards still hold or have in flight (as
+    /// [`Self::held_at_shards`] for the total).
+    pub(super) fn day_held_at_shards(&self, day: &str) -> u64 {
+        self.leases.values().filter_map(|lease| lease.day_of(day)).map(DayLease::held).sum()
+    }
+
     /// Users sent to on `day`, as the home counts them (see [`Self::reported_sent`]).
     fn reported_day_sent(&self, day: &str) -> u64 {
         if day != self.day.0 {

@@ -62,8 +62,9 @@ impl CampaignState {
     /// The total or daily limit a candidate at `at` finds full, as the limits are now (an edit
     /// may have raised or lowered them). Starts the day's count when `at` is on a later day.
     pub(super) fn full_limit(&mut self, campaign: &Campaign, at: i64) -> Option<FullLimit> {
-        // At a home, places its shards still hold or have in flight are taken too (an edit put
-        // the campaign on its home without a recount: `options.shards` changed).
+        // At a home, places its shards still hold or have in flight are taken too, of the total
+        // and of the day (an edit put the campaign on its home without a recount:
+        // `options.shards` changed).
         let taken = self.sent + self.held_at_shards();
         if campaign.limits.total.is_some_and(|limit| taken >= limit) {
             return Some(FullLimit::Total);
@@ -72,7 +73,8 @@ impl CampaignState {
         if self.day.0 != today {
             self.day = (today, 0);
         }
-        campaign.limits.daily.filter(|limit| self.day.1 >= *limit).map(FullLimit::Daily)
+        let taken_today = self.day.1 + self.day_held_at_shards(&self.day.0);
+        campaign.limits.daily.filter(|limit| taken_today >= *limit).map(FullLimit::Daily)
     }
 
     /// What a candidate that found `limit` full waits on (the daily limit of the day counted).
