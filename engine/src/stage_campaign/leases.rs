@@ -63,6 +63,15 @@ pub(super) struct Lease {
     /// repeat, dropped (see [`CampaignStage::admit_lease_report`]).
     #[serde(default)]
     applied: i64,
+    /// The account was made before shards numbered their lease reports (restored from an
+    /// older version's state): its shard's unnumbered reports may still be on their way.
+    #[serde(default = "made_before_seq")]
+    before_seq: bool,
+}
+
+/// An account restored without `before_seq` was made by an older version.
+fn made_before_seq() -> bool {
+    true
 }
 
 impl Lease {
@@ -755,9 +764,11 @@ impl CampaignStage {
 
     /// Whether the home applies the lease report (`DEMAND`, `RETURNED`, `COUNTED`) `report`:
     /// not a repeat (its `seq` not above the last applied from its shard: dropped and counted;
-    /// an older version's unnumbered `DEMAND`, which moves no place, still counts). A report
-    /// naming a day after the next of the home's (its own, or its clock's) is rejected: a shard
-    /// is at most one day ahead of its home (near midnight); an earlier day is void, as ever.
+    /// an older version's unnumbered report applies only before any numbered one: a `DEMAND`,
+    /// or one giving back places to an account made before the upgrade, within what the shard
+    /// holds). A report naming a day after the next of the home's (its own, or its clock's) is
+    /// rejected: a shard is at most one day ahead of its home (near midnight); an earlier day
+    /// is void, as ever.
     pub(super) fn admit_lease_report(
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
@@ -782,8 +793,20 @@ impl CampaignStage {
             }
         }
         let lease = state.leases.entry(report.shard as u32).or_default();
-        if report.seq == 0 && report.kind == ShardReportKind::Demand {
-            return Ok(true);
+        if report.seq == 0 && lease.applied == 0 {
+            // Unnumbered, before any numbered one: a `DEMAND` moves no place; a `RETURNED` or
+            // `COUNTED` applies only to an account an older version made (the shard's reports
+            // written before an upgrade), within what the shard may give back: at most what
+            // the home counts held there, a `COUNTED` only to a recount still unanswered.
+            let places = report.places.max(0) as u64;
+            let fits = match report.kind {
+                ShardReportKind::Demand => true,
+                ShardReportKind::Returned => lease.before_seq && places <= lease.held(),
+                _ => lease.before_seq && lease.counted < lease.recounts && places <= lease.held(),
+            };
+            if fits {
+                return Ok(true);
+            }
         }
         if report.seq <= lease.applied {
             ctx.count(&REPEATED_LEASE_REPORTS, &format!("{:?}", report.kind).to_lowercase());
@@ -1033,5 +1056,20 @@ impl CampaignStage {
         };
         let key = campaign_shards::key(&campaign.id, shard);
         self.emit(ctx, &self.topics.campaign_flow, &key, &plan)
+    }
+}
+
+#[cfg(test)]
+mod seq_tests {
+    use super::Lease;
+
+    #[test]
+    fn only_an_account_restored_from_before_lease_reports_were_numbered_is_before_seq() {
+        let old = r#"{"granted":3,"returned":0,"spent":0,"demand":0,"recalled":false}"#;
+        let old: Lease = serde_json::from_str(old).unwrap();
+        assert!(old.before_seq && old.applied == 0);
+        assert!(!Lease::default().before_seq);
+        let saved = serde_json::to_string(&Lease::default()).unwrap();
+        assert!(!serde_json::from_str::<Lease>(&saved).unwrap().before_seq);
     }
 }
