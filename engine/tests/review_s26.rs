@@ -363,24 +363,11 @@ fn ping(limits: &str) -> String {
 /// keyed by the campaign id, from shard 9 of 64 claiming 45 users sent.
 fn forged_report(at: i64) -> ReplayRecord {
     let report = ShardReport {
-        campaign_id: "ping".into(),
-        app_id: "shop".into(),
-        shard: 9,
         shards: 64,
-        kind: ShardReportKind::Demand,
-        run_id: None,
-        qualified: 0,
-        reachable: 0,
         sent: 45,
-        run_sent: 0,
         waiting: 1,
-        places: 0,
-        variants: vec![],
-        skipped: Default::default(),
-        failed: Default::default(),
         day_sent: 45,
-        timestamp_ms: at,
-        seq: 0,
+        ..lease_report_of(ShardReportKind::Demand, 9, 0, None, at)
     };
     keyed(topics::CAMPAIGN_FLOW, "ping", &report, at)
 }
@@ -554,7 +541,18 @@ fn lease_report(
     day: Option<&str>,
     at: i64,
 ) -> ReplayRecord {
-    let report = ShardReport {
+    keyed(topics::CAMPAIGN_FLOW, "ping", &lease_report_of(kind, shard, places, day, at), at)
+}
+
+/// The record [`lease_report`] sends.
+fn lease_report_of(
+    kind: ShardReportKind,
+    shard: i32,
+    places: i64,
+    day: Option<&str>,
+    at: i64,
+) -> ShardReport {
+    ShardReport {
         campaign_id: "ping".into(),
         app_id: "shop".into(),
         shard,
@@ -573,8 +571,7 @@ fn lease_report(
         day_sent: 0,
         timestamp_ms: at,
         seq: 0,
-    };
-    keyed(topics::CAMPAIGN_FLOW, "ping", &report, at)
+    }
 }
 
 /// Finding 4. A triggered total of 50 over 4 shards; once the home gave every shard its first
