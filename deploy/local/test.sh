@@ -23,9 +23,11 @@ lanes=(
   "chaos"
 )
 named=" ${lanes[*]} "
+# Every cargo call below selects the whole workspace, as the build above did: selecting one package
+# (`-p`) unifies the dependencies' features differently, which builds and stores a second copy of
+# every test binary (about 400 MB each). A name in both packages (`cli`) runs both.
 rest=()
-for file in tests/*.rs; do
-  name=$(basename "$file" .rs)
+for name in $(basename -s .rs tests/*.rs engine/tests/*.rs | sort -u); do
   [[ $named == *" $name "* ]] || rest+=("--test" "$name")
 done
 
@@ -48,12 +50,12 @@ pids=()
 logs_of=()
 for i in "${!lanes[@]}"; do
   targets=()
-  for name in ${lanes[$i]}; do targets+=("-p herald --test $name"); done
+  for name in ${lanes[$i]}; do targets+=("--workspace --test $name"); done
   run_lane "$logs/lane-$i.log" "${targets[@]}" &
   pids+=($!)
   logs_of+=("$logs/lane-$i.log")
 done
-run_lane "$logs/lane-rest.log" "-p herald-engine --tests" "-p herald --bins ${rest[*]}" &
+run_lane "$logs/lane-rest.log" "--workspace --lib --bins ${rest[*]}" &
 pids+=($!)
 logs_of+=("$logs/lane-rest.log")
 
