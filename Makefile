@@ -44,14 +44,14 @@ test: kafka-up registry-up ## the full test suite against the local broker and s
 	deploy/local/test.sh
 
 test-broadcast: kafka-up ## long: a scheduled run to 1,000,000 users with a 2 s transaction timeout (release build)
-	cargo test --release --test backlogs -- --ignored --nocapture
+	cargo test --workspace --release --test backlogs -- --ignored --nocapture
 
 test-scale-out: kafka-up ## engine instances under traffic (join, SIGTERM, SIGKILL, scale-in; classic and KIP-848 protocols; failover with and without a standby): exactly-once checks, pauses and restore figures printed (also part of make test)
-	cargo test --test engine_scale_out -- --nocapture --test-threads=1
+	cargo test --workspace --test engine_scale_out -- --nocapture --test-threads=1
 
 chaos: ## the closed loop under the full fault schedule (kills, broker restart, provider and network faults) on its own broker (port 19092); a short form runs in make test
 	@deploy/local/bootstrap.sh chaos
-	cargo test --test chaos -- --ignored --nocapture
+	cargo test --workspace --test chaos -- --ignored --nocapture
 
 bench: bench-runtime bench-campaign bench-ingest bench-sender bench-scale bench-audience ## every benchmark (release build)
 
