@@ -5,7 +5,8 @@
 //! (`<event> 0x1e <day> 0x1e <mark><properties as JSON>`, mark `*` when the set holds every
 //! property of the event, `=` when only the kept ones), so that a predicate a new campaign
 //! brings sees the occurrences from before it existed. Property sets are bounded per user,
-//! event and day by [`PropertyHistory`]. Beside them, one entry per user holds the user's
+//! event and day by [`PropertyHistory`], what they took of it kept in an entry of their own
+//! (`<event> 0x1e <day> 0x1e #`, not a history key). Beside them, one entry per user holds the user's
 //! activity by local hour of day (see [`record_activity`]), from which `timezone: best` picks
 //! each user's hour.
 
@@ -13,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Timelike};
 use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     campaign::Behaviour,
@@ -115,7 +117,7 @@ pub struct Entry {
     pub count: u32,
 }
 
-/// Every entry of `user`'s history.
+/// Every entry of `user`'s history (not the property sets' budget entries).
 pub fn entries(store: &Store<'_>, user: &str) -> Result<Vec<Entry>, RuntimeError> {
     let mut prefix = user.as_bytes().to_vec();
     prefix.push(0);
@@ -129,6 +131,9 @@ pub fn entries(store: &Store<'_>, user: &str) -> Result<Vec<Entry>, RuntimeError
         else {
             continue;
         };
+        if key.strip_suffix(BUDGET).is_some_and(|key| key.ends_with(SET)) {
+            continue;
+        }
         let count: u32 = serde_json::from_slice(&value).unwrap_or(0);
         let day = (u64::from_be_bytes(day) ^ (1 << 63)) as i64;
         let key = key.to_string();
@@ -210,17 +215,32 @@ pub fn record_properties(
         store.put_as(&entry, &count.saturating_add(1))?;
         return Ok(SetOutcome::Kept);
     }
-    let mut prefix = user.as_bytes().to_vec();
-    prefix.push(0);
-    prefix.extend_from_slice(day_prefix.as_bytes());
-    let today = store.prefix(&prefix, limits.max_sets as usize)?;
-    // Each entry: <prefix> <mark> <set> 0x00 <8-byte day>.
-    let bytes: usize = today.iter().map(|(key, _)| key.len() - prefix.len() - 10).sum();
-    if today.len() >= limits.max_sets as usize || bytes + set.len() > limits.max_bytes as usize {
+    let budget = store_key(user, &format!("{day_prefix}{BUDGET}"), day);
+    let spent: SetsSpent = store.get_as(&budget)?.unwrap_or_default();
+    let bytes = spent.bytes.saturating_add(u32::try_from(set.len()).unwrap_or(u32::MAX));
+    if spent.sets >= limits.max_sets || bytes > limits.max_bytes {
         return Ok(SetOutcome::OverBudget);
     }
     store.put_as(&entry, &1u32)?;
+    store.put_as(&budget, &SetsSpent { sets: spent.sets + 1, bytes })?;
     Ok(SetOutcome::Kept)
+}
+
+/// Marks a user's budget entry of an event's property sets on a day
+/// (`<event> 0x1e <day> 0x1e #`), beside the sets (`*` or `=` in the same place).
+const BUDGET: char = '#';
+
+/// What a user's property sets of one event on one day have taken of their budget: kept in
+/// its own entry, so that a new set is judged by one read instead of a scan of the day's sets
+/// (which first applied the store's pending writes: 14% of the user stage's time at 1,000,000
+/// profiles). History written before the entry existed has none: a user's sets of that day
+/// counted from zero again, so that day may keep up to twice its budget.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SetsSpent {
+    /// Distinct sets kept.
+    sets: u32,
+    /// Bytes of the sets as JSON.
+    bytes: u32,
 }
 
 /// Occurrences of `behaviour` per day from `first_day` on, as its property sets in `history`
@@ -406,6 +426,48 @@ mod tests {
             }
             assert_eq!(days(store, "u2"), both(100), "another user's history is untouched");
             assert_eq!(best_hour(store, "u1", 135 * DAY_MS, 30).unwrap(), Some(0));
+        });
+    }
+
+    #[test]
+    fn a_days_property_sets_keep_within_the_budget_and_their_budget_entry_expires_with_the_day() {
+        with_scratch_store(|store| {
+            let limits = PropertyHistory { max_sets: 2, max_bytes: 1024, ..Default::default() };
+            let bought = |item: &str, day: i64| AppEvent {
+                event_id: format!("{item}-{day}"),
+                app_id: "shop".into(),
+                user_id: "u1".into(),
+                name: "Bought".into(),
+                timestamp_ms: day * DAY_MS + 1,
+                properties: [("item".to_string(), PropertyValue::String(item.into()))].into(),
+                sdk_version: None,
+            };
+            let offer = |store: &mut Store<'_>, item: &str, day: i64| {
+                record_properties(store, &bought(item, day), &limits).unwrap()
+            };
+            assert_eq!(offer(store, "tea", 100), SetOutcome::Kept);
+            assert_eq!(offer(store, "cup", 100), SetOutcome::Kept);
+            assert_eq!(offer(store, "tea", 100), SetOutcome::Kept, "a set kept earlier that day");
+            assert_eq!(offer(store, "pot", 100), SetOutcome::OverBudget, "a third set that day");
+            assert_eq!(offer(store, "pot", 101), SetOutcome::Kept, "the next day has its own");
+            let sets = |store: &Store<'_>| {
+                let mut sets: Vec<_> = load(store, "u1").unwrap().into_iter().collect();
+                sets.sort();
+                sets.into_iter()
+                    .map(|(key, days)| (key.rsplit(SET).next().unwrap().to_string(), days))
+                    .collect::<Vec<_>>()
+            };
+            let tea = r#"*{"item":"tea"}"#.to_string();
+            let (cup, pot) = (r#"*{"item":"cup"}"#.to_string(), r#"*{"item":"pot"}"#.to_string());
+            assert_eq!(
+                sets(store),
+                [(cup, vec![(100, 1)]), (tea, vec![(100, 2)]), (pot.clone(), vec![(101, 1)])],
+                "the history holds the sets alone, not their budget entries"
+            );
+            expire(store, "u1", 101).unwrap();
+            let stored: Vec<_> = store.prefix(b"u1\0", 100).unwrap();
+            assert_eq!(stored.len(), 2, "day 101's set and its budget entry: {stored:?}");
+            assert_eq!(sets(store), [(pot, vec![(101, 1)])]);
         });
     }
 }
