@@ -3,131 +3,18 @@
 //! partitions: the variant counts are exactly those of the same campaign on one task, read from
 //! what a user checks (`sends.jsonl`, the stats).
 
+#[path = "replay_support/sharded.rs"]
+mod sharded;
+
 use std::collections::{BTreeMap, BTreeSet};
 
-use herald_engine::{
-    backtest::Backtest,
-    campaign::{parse_campaign, shards},
-    settings::Settings,
-    stage_campaign::ab::SplitDelivery,
-};
-use serde_json::Value;
-
-fn ts(second: i64) -> String {
-    chrono::DateTime::from_timestamp(1_795_000_000 + second, 0).unwrap().to_rfc3339()
-}
-
-fn profile(user: &str) -> String {
-    format!(
-        r#"{{"type":"profile","user":"{user}","ts":"{}","set":{{"first_name":"N{user}"}},"devices":[{{"platform":"ios","token":"tok-{user}"}}]}}"#,
-        ts(0)
-    )
-}
-
-fn event(user: &str, second: i64, name: &str) -> String {
-    format!(
-        r#"{{"type":"event","user":"{user}","ts":"{}","name":"{name}","props":{{}}}}"#,
-        ts(second)
-    )
-}
-
-/// A campaign `id` running once at second 100 for everyone with a device, sending `what`, with
-/// `extra` YAML.
-fn scheduled(id: &str, what: &str, extra: &str) -> String {
-    format!(
-        "id: {id}\napp: shop\nname: n\nwhen: {{ schedule: {{ at: \"{}\" }} }}\nwhat: {what}\n{extra}",
-        ts(100)
-    )
-}
-
-/// `users` profiles, then one event after the run time (moving event time past it).
-fn audience(users: usize) -> Vec<String> {
-    let mut lines: Vec<String> = (0..users).map(|i| profile(&format!("u{i}"))).collect();
-    lines.push(event("u0", 200, "App Opened"));
-    lines
-}
-
-/// The shards `campaign` is spread over.
-fn spread(campaign: &str) -> u32 {
-    shards::in_effect(&parse_campaign(campaign, "c.yaml").unwrap(), &Settings::default())
-}
-
-struct Outcome {
-    dir: tempfile::TempDir,
-}
-
-impl Outcome {
-    fn replay(campaign: &str, lines: &[String]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("campaigns")).unwrap();
-        std::fs::write(dir.path().join("campaigns/c.yaml"), campaign).unwrap();
-        std::fs::write(dir.path().join("in.jsonl"), lines.join("\n")).unwrap();
-        Backtest {
-            campaigns: vec![dir.path().join("campaigns")],
-            input: dir.path().join("in.jsonl"),
-            out: dir.path().join("out"),
-            settings: Settings::default(),
-            app: None,
-            until_ms: None,
-            partitions: 4,
-        }
-        .run()
-        .unwrap();
-        Self { dir }
-    }
-
-    fn lines(&self, file: &str) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.dir.path().join("out").join(file)).unwrap();
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-    }
-
-    /// Each user sent to, with the variant they got (one command each).
-    fn variants(&self) -> BTreeMap<String, String> {
-        let sends = self.lines("sends.jsonl");
-        let field = |s: &Value, name: &str| s[name].as_str().unwrap().to_string();
-        let by_user: BTreeMap<String, String> =
-            sends.iter().map(|s| (field(s, "user_id"), field(s, "variant_id"))).collect();
-        assert_eq!(by_user.len(), sends.len(), "no user gets two commands");
-        by_user
-    }
-
-    /// Commands per variant.
-    fn counts(&self) -> BTreeMap<String, usize> {
-        let mut counts = BTreeMap::new();
-        for variant in self.variants().into_values() {
-            *counts.entry(variant).or_default() += 1;
-        }
-        counts
-    }
-
-    /// The campaign's published `sent` per variant.
-    fn stats_sent(&self, campaign: &str) -> BTreeMap<String, usize> {
-        let path = self.dir.path().join("out/stats.json");
-        let all: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let variants = all[campaign]["variants"].as_array().unwrap().clone();
-        let sent = |v: &Value| (v["variant_id"].as_str().unwrap().to_string(), v["sent"].as_u64());
-        variants.iter().map(sent).map(|(id, sent)| (id, sent.unwrap() as usize)).collect()
-    }
-
-    fn kinds(&self) -> Vec<String> {
-        let events = self.lines("campaign-events.jsonl");
-        events.iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect()
-    }
-}
-
-/// The shards (of 4) that sent to the users of `variants`.
-fn sending_shards(variants: &BTreeMap<String, String>, of: impl Fn(&str) -> u32) -> BTreeSet<u32> {
-    variants.keys().map(|user| of(user)).collect()
-}
+use herald_engine::{campaign::shards, stage_campaign::ab::SplitDelivery};
+use sharded::*;
 
 const SPLIT_70_30: &str =
     "\n  variants:\n    - { id: A, title: t, body: a }\n    - { id: B, title: t, body: b }\n  split: [70, 30]";
 
 const ALTERNATE_3: &str = "\n  variants:\n    - { id: A, title: t, body: a }\n    - { id: B, title: t, body: b }\n    - { id: C, title: t, body: c }";
-
-fn counted(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
-    pairs.iter().map(|(variant, count)| (variant.to_string(), *count)).collect()
-}
 
 /// A scheduled split 70/30 run to 1,000 users over 4 shards: exactly 700 and 300 (the single
 /// task's round robin over global indices 0..1000), every shard sending, the stats equal to the

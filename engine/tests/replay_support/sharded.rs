@@ -1,0 +1,426 @@
+//! Drivers of the tests of campaigns spread over shards (issue 13), on the replay over 4
+//! partitions. Included by path where it is used:
+//! `#[path = "replay_support/sharded.rs"] mod sharded;` then `use sharded::*;`.
+//!
+//! Two drivers:
+//! - the backtest: JSON lines in (`profile`, `event`), `sends.jsonl`, the stats and the lifecycle
+//!   events out ([`Outcome`]); campaigns defined once, before the input;
+//! - records: Avro records straight onto the topics ([`define`], [`profiles`], [`events`],
+//!   [`candidates`], ...), a campaign may be edited between them; what was sent, announced,
+//!   published and dead-lettered out ([`run`], [`Out`]).
+#![allow(dead_code)]
+
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use herald_engine::{
+    backtest::Backtest,
+    campaign::{parse_campaign, shards},
+    model::{
+        topics::{self, TopicNames},
+        AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats,
+        Candidate, DeadLetter, Device, IngestDecoder, Platform, ProfileUpdate, Record,
+        SchemaRegistry, SendCommand,
+    },
+    pipeline::engine_topology,
+    runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
+    settings::Settings,
+};
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------------------------
+// Backtest driver (JSON lines in, `sends.jsonl` / stats out).
+
+/// RFC 3339 time `second` seconds after the input's start.
+pub fn ts(second: i64) -> String {
+    chrono::DateTime::from_timestamp(1_795_000_000 + second, 0).unwrap().to_rfc3339()
+}
+
+/// Milliseconds `second` seconds after the input's start.
+pub fn ms(second: i64) -> i64 {
+    (1_795_000_000 + second) * 1000
+}
+
+/// `user`'s profile at second 0: a `first_name` and an iOS device.
+pub fn profile(user: &str) -> String {
+    format!(
+        r#"{{"type":"profile","user":"{user}","ts":"{}","set":{{"first_name":"N{user}"}},"devices":[{{"platform":"ios","token":"tok-{user}"}}]}}"#,
+        ts(0)
+    )
+}
+
+/// `user`'s profile without the `first_name` a template may need (a template error).
+pub fn unnamed(user: &str) -> String {
+    format!(
+        r#"{{"type":"profile","user":"{user}","ts":"{}","set":{{"plan":"p"}},"devices":[{{"platform":"ios","token":"tok-{user}"}}]}}"#,
+        ts(0)
+    )
+}
+
+/// `user` sends event `name` at `second`.
+pub fn event(user: &str, second: i64, name: &str) -> String {
+    format!(
+        r#"{{"type":"event","user":"{user}","ts":"{}","name":"{name}","props":{{}}}}"#,
+        ts(second)
+    )
+}
+
+/// A campaign `id` running once at second 100 for everyone with a device, sending `what`, with
+/// `extra` YAML.
+pub fn scheduled(id: &str, what: &str, extra: &str) -> String {
+    format!(
+        "id: {id}\napp: shop\nname: n\nwhen: {{ schedule: {{ at: \"{}\" }} }}\nwhat: {what}\n{extra}",
+        ts(100)
+    )
+}
+
+/// `users` profiles, then one event after the run time (moving event time past it).
+pub fn audience(users: usize) -> Vec<String> {
+    let mut lines: Vec<String> = (0..users).map(|i| profile(&format!("u{i}"))).collect();
+    lines.push(event("u0", 200, "App Opened"));
+    lines
+}
+
+/// The shards `campaign` is spread over (default settings).
+pub fn spread(campaign: &str) -> u32 {
+    shards::in_effect(&parse_campaign(campaign, "c.yaml").unwrap(), &Settings::default())
+}
+
+/// `(variant, count)` pairs as a map.
+pub fn counted(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(variant, count)| (variant.to_string(), *count)).collect()
+}
+
+/// The shards that sent to the users of `variants` (`of`: a user's shard).
+pub fn sending_shards(
+    variants: &BTreeMap<String, String>,
+    of: impl Fn(&str) -> u32,
+) -> BTreeSet<u32> {
+    variants.keys().map(|user| of(user)).collect()
+}
+
+/// What a backtest of one campaign over JSON lines wrote.
+pub struct Outcome {
+    pub dir: tempfile::TempDir,
+}
+
+impl Outcome {
+    /// Replays `lines` through `campaign` (YAML) on 4 partitions.
+    pub fn replay(campaign: &str, lines: &[String]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("campaigns")).unwrap();
+        std::fs::write(dir.path().join("campaigns/c.yaml"), campaign).unwrap();
+        std::fs::write(dir.path().join("in.jsonl"), lines.join("\n")).unwrap();
+        Backtest {
+            campaigns: vec![dir.path().join("campaigns")],
+            input: dir.path().join("in.jsonl"),
+            out: dir.path().join("out"),
+            settings: Settings::default(),
+            app: None,
+            until_ms: None,
+            partitions: 4,
+        }
+        .run()
+        .unwrap();
+        Self { dir }
+    }
+
+    /// The records of output `file`.
+    pub fn lines(&self, file: &str) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("out").join(file)).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// Each user sent to, with the variant they got (one command each).
+    pub fn variants(&self) -> BTreeMap<String, String> {
+        let sends = self.lines("sends.jsonl");
+        let field = |s: &Value, name: &str| s[name].as_str().unwrap().to_string();
+        let by_user: BTreeMap<String, String> =
+            sends.iter().map(|s| (field(s, "user_id"), field(s, "variant_id"))).collect();
+        assert_eq!(by_user.len(), sends.len(), "no user gets two commands");
+        by_user
+    }
+
+    /// Commands per variant.
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for variant in self.variants().into_values() {
+            *counts.entry(variant).or_default() += 1;
+        }
+        counts
+    }
+
+    /// The campaign's published `sent` per variant.
+    pub fn stats_sent(&self, campaign: &str) -> BTreeMap<String, usize> {
+        let path = self.dir.path().join("out/stats.json");
+        let all: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let variants = all[campaign]["variants"].as_array().unwrap().clone();
+        let sent = |v: &Value| (v["variant_id"].as_str().unwrap().to_string(), v["sent"].as_u64());
+        variants.iter().map(sent).map(|(id, sent)| (id, sent.unwrap() as usize)).collect()
+    }
+
+    /// The kinds of the lifecycle events, in order.
+    pub fn kinds(&self) -> Vec<String> {
+        let events = self.lines("campaign-events.jsonl");
+        events.iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records driver (Avro records straight onto the topics).
+
+/// Milliseconds at the start of the input.
+pub const T0: i64 = 1_795_000_000_000;
+pub const MINUTE: i64 = 60_000;
+/// The first midnight (UTC) after `T0`.
+pub const MIDNIGHT: i64 = (T0 / 86_400_000 + 1) * 86_400_000;
+/// No caps.
+pub const NO_CAPS: &str = "apps:\n  shop: {}\n";
+/// One push a day per user: a user sent to today is refused by the send gate.
+pub const CAPS: &str = "apps:\n  shop:\n    caps: { per_day: 1 }\n";
+/// Caps (one push a day) and an app throttle of 10 a minute: commands wait in the app stage's
+/// outbox, their places in flight, for minutes.
+pub const THROTTLED_CAPS: &str =
+    "apps:\n  shop:\n    caps: { per_day: 1 }\n    throttle: { max: 10, per: 1m }\n";
+/// `news`: a push to whoever sends `Pong`, no limits (it spends the user's cap of the day).
+pub const NEWS: &str =
+    "id: news\napp: shop\nname: News\nwhen: { event: Pong }\nwhat: { title: n, body: n }\n";
+
+/// `value` on `topic` under `key`, at `at`.
+pub fn keyed(topic: &str, key: &str, value: &impl Record, at: i64) -> ReplayRecord {
+    let value = Some(SchemaRegistry::builtin().encode(value).unwrap());
+    let key = Some(key.as_bytes().to_vec());
+    ReplayRecord { topic: topic.into(), key, value, timestamp_ms: at, partition: None, offset: 0 }
+}
+
+/// `command` on campaign `id` (app shop) with the definition `yaml`, at `at`.
+pub fn command(id: &str, yaml: &str, command: CampaignCommand, at: i64) -> ReplayRecord {
+    let envelope = CampaignEnvelope {
+        campaign_id: id.into(),
+        app_id: "shop".into(),
+        command,
+        definition: Some(yaml.into()),
+        revision: at,
+        issued_at_ms: at,
+        issued_by: None,
+    };
+    keyed(topics::CAMPAIGNS, id, &envelope, at)
+}
+
+/// The definition `yaml` of campaign `id` (app shop), applied at `at`.
+pub fn define(id: &str, yaml: &str, at: i64) -> ReplayRecord {
+    command(id, yaml, CampaignCommand::Define, at)
+}
+
+/// `user`'s iOS device.
+pub fn device(user: &str) -> Device {
+    Device {
+        device_id: format!("d-{user}"),
+        platform: Platform::Ios,
+        token: format!("tok-{user}"),
+        app_version: None,
+        os_version: None,
+        make: None,
+        model: None,
+        sdk_version: None,
+    }
+}
+
+/// User `u<i>`.
+pub fn user(i: usize) -> String {
+    format!("u{i}")
+}
+
+/// `users` with an iOS device each, at `T0`.
+pub fn profiles(users: std::ops::Range<usize>) -> impl Iterator<Item = ReplayRecord> {
+    users.map(|i| {
+        let update = ProfileUpdate {
+            app_id: "shop".into(),
+            user_id: user(i),
+            timestamp_ms: T0,
+            set: Default::default(),
+            unset: vec![],
+            devices_added: vec![device(&user(i))],
+            tokens_removed: vec![],
+        };
+        keyed(topics::PROFILES, &user(i), &update, T0)
+    })
+}
+
+/// User `u<i>` sends event `name` (id `event_id`) at `at`.
+pub fn app_event(i: usize, name: &str, event_id: String, at: i64) -> ReplayRecord {
+    let event = AppEvent {
+        event_id,
+        app_id: "shop".into(),
+        user_id: user(i),
+        name: name.into(),
+        timestamp_ms: at,
+        properties: Default::default(),
+        sdk_version: None,
+    };
+    keyed(topics::EVENTS, &user(i), &event, at)
+}
+
+/// `users` send event `name` from `at` on, a millisecond apart (ids `<name>-u<i>`).
+pub fn events(
+    name: &str,
+    users: std::ops::Range<usize>,
+    at: i64,
+) -> impl Iterator<Item = ReplayRecord> {
+    let name = name.to_string();
+    users.map(move |i| app_event(i, &name, format!("{name}-{}", user(i)), at + i as i64))
+}
+
+/// User `u<i>` sends `Other` at `at` (an event no campaign here waits for: it moves the clock).
+pub fn other_event(i: usize, at: i64) -> ReplayRecord {
+    app_event(i, "Other", format!("other-{i}-{at}"), at)
+}
+
+/// `users` send `Pong` (`news`) from `at` on, a millisecond apart.
+pub fn pong(users: std::ops::Range<usize>, at: i64) -> impl Iterator<Item = ReplayRecord> {
+    users.map(move |i| app_event(i, "Pong", format!("pong-{i}"), at + i as i64))
+}
+
+/// Ping candidates of `campaign` for `users` on the campaign flow, each keyed to its user's
+/// shard among 4, as the user stage writes them once a user passed its early look at the caps
+/// (before another campaign's push spent the user's cap: the gate then refuses it).
+pub fn candidates(
+    campaign: &str,
+    users: std::ops::Range<usize>,
+    at: i64,
+) -> impl Iterator<Item = ReplayRecord> + '_ {
+    users.map(move |i| {
+        let candidate = Candidate {
+            campaign_id: campaign.into(),
+            app_id: "shop".into(),
+            run_id: format!("trigger:ping-{}", user(i)),
+            user_id: user(i),
+            qualified_at_ms: at + i as i64,
+            trigger_event: Some("Ping".into()),
+            event_properties: Default::default(),
+            profile: Default::default(),
+            devices: vec![device(&user(i))],
+            timezone: None,
+            language: None,
+            source: None,
+        };
+        let key = shards::key(campaign, shards::of_user(&user(i), 4));
+        keyed(topics::CAMPAIGN_FLOW, &key, &candidate, at + i as i64)
+    })
+}
+
+/// The [`candidates`] keyed to the campaign's home (as the user stage keys them for a campaign
+/// on its home alone).
+pub fn candidates_at_home(
+    campaign: &str,
+    users: std::ops::Range<usize>,
+    at: i64,
+) -> impl Iterator<Item = ReplayRecord> + '_ {
+    candidates(campaign, users, at).map(move |mut record| {
+        record.key = Some(campaign.as_bytes().to_vec());
+        record
+    })
+}
+
+/// `ping`: a push to whoever sends `Ping`, with `limits` YAML, over 4 shards.
+pub fn ping(limits: &str) -> String {
+    format!("id: ping\napp: shop\nname: Ping\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\n{limits}options: {{ shards: 4 }}\n")
+}
+
+/// `coupons`, scheduled at `runs` (ms), to everyone with a device, with `limits`, over 4 shards.
+pub fn coupons(runs: &[i64], limits: &str) -> String {
+    let at: Vec<String> = runs
+        .iter()
+        .map(|ms| {
+            let time = chrono::DateTime::from_timestamp_millis(*ms).unwrap();
+            format!("\"{}\"", time.to_rfc3339())
+        })
+        .collect();
+    format!(
+        "id: coupons\napp: shop\nname: Coupons\nwhen: {{ schedule: {{ at: [{}] }} }}\nwhat: {{ title: t, body: b }}\n{limits}options: {{ shards: 4 }}\n",
+        at.join(", ")
+    )
+}
+
+/// The shards campaign `yaml` is spread over under `settings` (YAML).
+pub fn in_effect(yaml: &str, settings: &str) -> u32 {
+    let settings = Settings::parse(settings, "settings").unwrap();
+    shards::in_effect(&parse_campaign(yaml, "c.yaml").unwrap(), &settings)
+}
+
+/// What a replay sent, announced, published and dead-lettered.
+pub struct Out {
+    pub sends: Vec<SendCommand>,
+    pub events: Vec<CampaignLifecycleEvent>,
+    pub stats: Vec<CampaignStats>,
+    /// The reasons of the dead letters.
+    pub dead: Vec<String>,
+}
+
+impl Out {
+    pub fn of(&self, campaign: &str) -> Vec<&SendCommand> {
+        self.sends.iter().filter(|s| s.campaign_id == campaign).collect()
+    }
+
+    /// The users `campaign` sent to (each once), by number.
+    pub fn users(&self, campaign: &str) -> BTreeSet<usize> {
+        let sends = self.of(campaign);
+        let users: BTreeSet<usize> =
+            sends.iter().map(|s| s.user_id[1..].parse().unwrap()).collect();
+        assert_eq!(users.len(), sends.len(), "no user gets two pushes of {campaign}");
+        users
+    }
+
+    /// The campaign states (home or shard keys) that sent `campaign`'s pushes.
+    pub fn senders(&self, campaign: &str) -> BTreeSet<String> {
+        self.of(campaign).iter().map(|s| s.place_key.clone().unwrap_or_default()).collect()
+    }
+
+    /// `(kind, sent)` of `campaign`'s lifecycle events.
+    pub fn kinds(&self, campaign: &str) -> Vec<(String, String)> {
+        let of = self.events.iter().filter(|e| e.campaign_id == campaign);
+        of.map(|e| {
+            let sent = e.details.get("sent").cloned().unwrap_or_default();
+            (format!("{:?}", e.kind), sent)
+        })
+        .collect()
+    }
+
+    /// `campaign`'s last published count of `reason` skips.
+    pub fn skipped(&self, campaign: &str, reason: &str) -> i64 {
+        let last = self.stats.iter().rev().find(|s| s.campaign_id == campaign).unwrap();
+        last.skipped.get(reason).copied().unwrap_or(0)
+    }
+}
+
+/// Replays `input` on 4 partitions under `settings` (YAML), timers fired until `until`.
+pub fn run(settings: &str, input: Vec<ReplayRecord>, until: i64) -> Out {
+    let settings = Arc::new(Settings::parse(settings, "settings").unwrap());
+    let topology =
+        engine_topology("sharded", TopicNames::default(), settings, IngestDecoder::default(), 0)
+            .unwrap();
+    let outputs = RefCell::new(Vec::new());
+    let sink = ReplaySink::Callback(Box::new(|topic, _, value, _| {
+        outputs.borrow_mut().push((topic.to_string(), value.to_vec()));
+        Ok(())
+    }));
+    let options =
+        ReplayOptions { partitions: 4, fire_timers_until: Some(until), ..ReplayOptions::default() };
+    replay::run(&topology, ReplayInput::Records(input), sink, &options).unwrap();
+    let registry = SchemaRegistry::builtin();
+    let outputs = outputs.into_inner();
+    let of = |topic: &'static str| {
+        outputs.iter().filter(move |(t, _)| t == topic).map(|(_, value)| value.as_slice())
+    };
+    Out {
+        sends: of(topics::PUSH).map(|v| registry.decode(v).unwrap()).collect(),
+        events: of(topics::CAMPAIGN_EVENTS).map(|v| registry.decode(v).unwrap()).collect(),
+        stats: of(topics::STATS).map(|v| registry.decode(v).unwrap()).collect(),
+        dead: of(topics::DEAD_LETTER)
+            .map(|v| registry.decode::<DeadLetter>(v).unwrap().reason)
+            .collect(),
+    }
+}
