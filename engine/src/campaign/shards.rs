@@ -23,11 +23,11 @@ pub const SEPARATOR: char = '\u{1f}';
 /// scheduled campaign with one message, an A/B test, alternation, a split or messages by
 /// property (the home plans each run, within what is left of its day under a daily limit); a
 /// triggered campaign with one message or messages by property (its total and daily limits
-/// are leased to the shards by the home), or alternation or a split with a total or daily
-/// limit (global assignment indices leased with the places: `stage_campaign::indices`).
+/// are leased to the shards by the home), or alternation or a split (global assignment indices
+/// leased with the places of a total or daily limit, or with places of their own without one:
+/// `stage_campaign::indices`).
 /// `settings` are no longer read (an app's caps used to keep a limited campaign at home).
 pub fn in_effect(campaign: &Campaign, _settings: &Settings) -> u32 {
-    let limits = &campaign.limits;
     let supported = match (&campaign.when.trigger, &campaign.assignment) {
         (Trigger::Scheduled(_), Assignment::Single)
         | (Trigger::Scheduled(_), Assignment::ByProperty(_)) => true,
@@ -42,10 +42,9 @@ pub fn in_effect(campaign: &Campaign, _settings: &Settings) -> u32 {
         // Total and daily limits are leased to the shards by the home
         // (`stage_campaign::leases`).
         (_, Assignment::Single | Assignment::ByProperty(_)) => true,
-        // With them, the global assignment indices too (`stage_campaign::indices`).
-        (_, Assignment::Alternate | Assignment::Split(_)) => {
-            limits.total.is_some() || limits.daily.is_some()
-        }
+        // With them, the global assignment indices too; without them, places that carry the
+        // indices alone, granted on demand (`stage_campaign::indices`).
+        (_, Assignment::Alternate | Assignment::Split(_)) => true,
         (_, _) => false,
     };
     if supported {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ab, assignment_key, CampaignStage, CampaignState, ASSIGNMENTS};
 use crate::{
-    campaign::{shards as campaign_shards, Campaign},
+    campaign::{shards as campaign_shards, Campaign, Trigger},
     model::{is_triggered_run, Candidate, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind},
     runtime::{ProcessError, ProcessorContext},
 };
@@ -91,6 +91,19 @@ fn insert(ranges: &mut Ranges, from: u64, to: u64) {
 /// Whether `campaign` assigns by global index (alternation or a split).
 fn indexed(campaign: &Campaign) -> bool {
     ab::variant_at(&campaign.assignment, campaign.what.len(), 0).is_some()
+}
+
+/// Whether `campaign`'s shards lease places that carry its global indices alone: a triggered
+/// campaign in alternation or with a split and neither a total nor a daily limit. The home
+/// grants exactly what a shard's waiting candidates ask for (`leases`: a place per index), and
+/// a shard gives back, in the transaction that finds them unused, the places and indices no
+/// candidate of its waits for; so no index lies unspent at an idle shard.
+pub(super) fn leased_alone(campaign: &Campaign) -> bool {
+    let limits = &campaign.limits;
+    !matches!(campaign.when.trigger, Trigger::Scheduled(_))
+        && indexed(campaign)
+        && limits.total.is_none()
+        && limits.daily.is_none()
 }
 
 impl CampaignStage {

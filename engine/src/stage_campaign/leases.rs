@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{day_in, queue, timer_key, CampaignStage, CampaignState, WAITING, WAITING_TIMER};
+use super::{
+    day_in, indices, queue, timer_key, CampaignStage, CampaignState, WAITING, WAITING_TIMER,
+};
 use crate::{
     campaign::{shards as campaign_shards, Campaign, CampaignStatus, Trigger},
     model::{Candidate, LifecycleKind, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind},
@@ -128,8 +130,15 @@ impl DayLease {
     }
 }
 
-/// Whether `campaign` has a limit its shards' places are leased of (total or daily).
+/// Whether `campaign`'s shards send on places leased from its home: of a total or daily limit,
+/// or places that carry global assignment indices alone (a triggered campaign in alternation or
+/// with a split and no limit: see `indices`).
 fn limited(campaign: &Campaign) -> bool {
+    has_limit(campaign) || indices::leased_alone(campaign)
+}
+
+/// Whether `campaign` has a limit its shards' places are leased of (total or daily).
+fn has_limit(campaign: &Campaign) -> bool {
     campaign.limits.total.is_some() || campaign.limits.daily.is_some()
 }
 
@@ -530,15 +539,39 @@ impl CampaignStage {
         }
         let full = state.lease.full(campaign, &state.day.0).is_some();
         if here && released && state.waiting == 0 && state.lease.usable(campaign) > 0 && !full {
-            // Nothing waits here any more: the home learns it (a demand it has not yet seen may
-            // be stale), so the places left can be recalled for another shard.
-            let today = state.day.0.clone();
-            self.lease_report(ctx, campaign, state, ShardReportKind::Demand, 0, &today)?;
+            if self.give_back_unused(ctx, campaign, state)? {
+                // Places of indices alone: back home with their indices (below).
+            } else {
+                // Nothing waits here any more: the home learns it (a demand it has not yet seen
+                // may be stale), so the places left can be recalled for another shard.
+                let today = state.day.0.clone();
+                self.lease_report(ctx, campaign, state, ShardReportKind::Demand, 0, &today)?;
+            }
         }
         if step.more && leaves(state) {
             ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
         }
         Ok(())
+    }
+
+    /// A shard of a campaign whose places carry its assignment indices alone (no limit: see
+    /// `indices`) gives back, in this transaction, the places no candidate here waits for, with
+    /// their indices: the home grants them again first, so no index lies unspent at an idle
+    /// shard and the variant counts are one task's. Returns whether it did.
+    fn give_back_unused(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+    ) -> Result<bool, ProcessError> {
+        let lease = &state.lease;
+        if has_limit(campaign) || state.waiting > 0 || lease.places == 0 || lease.owed > 0 {
+            return Ok(false);
+        }
+        let back = std::mem::take(&mut state.lease.places);
+        let today = state.day.0.clone();
+        self.lease_report(ctx, campaign, state, ShardReportKind::Returned, back, &today)?;
+        Ok(true)
     }
 
     /// Whether this shard takes triggered candidates under the campaign's rules now (an edit
@@ -704,6 +737,9 @@ impl CampaignStage {
         }
         if state.lease.recall_owed {
             return self.answer_recall(ctx, campaign, state);
+        }
+        if self.give_back_unused(ctx, campaign, state)? {
+            return Ok(());
         }
         if state.lease.places == 0 {
             let today = state.day.0.clone();
@@ -964,16 +1000,17 @@ impl CampaignStage {
         state: &mut CampaignState,
     ) -> Result<(), ProcessError> {
         let limits = [campaign.limits.total, campaign.limits.daily];
-        let Some(limit) = limits.into_iter().flatten().min() else { return Ok(()) };
+        let limit = limits.into_iter().flatten().min();
         // Nothing is granted on counts a recount is making exact, nor while the campaign runs
         // on its home alone (a shard out of effect sends its waiting candidates home).
         let shards = u64::from(campaign_shards::in_effect(campaign, &self.settings));
-        if state.awaits_recount() || shards <= 1 {
+        if !limited(campaign) || state.awaits_recount() || shards <= 1 {
             return Ok(());
         }
         let mut free = state.free_places(campaign);
-        // A grant covers the demand and some more, so a busy shard does not ask per user.
-        let chunk = (limit / (4 * shards)).max(1);
+        // A grant covers the demand and some more, so a busy shard does not ask per user; places
+        // of indices alone (no limit) exactly the demand, so that none is left unspent.
+        let chunk = limit.map_or(1, |limit| (limit / (4 * shards)).max(1));
         let today = state.day.0.clone();
         let mut plans: Vec<(u32, ShardPlanKind, u64, &str)> = Vec::new();
         for (shard, lease) in state.leases.iter_mut().filter(|(_, l)| l.demand > 0) {
