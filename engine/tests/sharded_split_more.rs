@@ -134,3 +134,112 @@ fn an_index_whose_user_is_not_sent_is_spent_by_the_next_user_sent() {
     assert_eq!(outcome.counts(), expected, "one task's alternation over the 271 sent");
     assert_eq!(outcome.stats_sent("named"), expected);
 }
+
+/// Weekly on Fridays at 09:00 in each user's own timezone, sending `what`, with `options` YAML.
+fn user_local(id: &str, what: &str, options: &str) -> String {
+    format!("id: {id}\napp: shop\nname: n\nwhen:\n  schedule: {{ repeat: weekly, days: [fri], time: \"09:00\", timezone: user }}\nwhat: {what}\noptions: {{ ignore_global_caps: true{options} }}\n")
+}
+
+/// RFC 3339 of epoch milliseconds.
+fn at(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339()
+}
+
+fn ms_of(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp_millis()
+}
+
+/// `per_zone` users in each of UTC+14 (`a0`, `a1`, …), UTC (`b…`) and UTC−10 (`c…`), with a
+/// device, at 18:00Z on Thursday 2026-11-19; then other users' events every 10 minutes until
+/// 19:10Z on Friday the 20th (time moves on, on every partition). The Friday 09:00 run starts at
+/// 09:00 in UTC+14 (19:00Z on the 19th): the `a` users are sent at its release, the `b` users at
+/// 09:00Z and the `c` users at 19:00Z on the 20th, after it.
+fn three_timezones(per_zone: usize) -> Vec<String> {
+    let start = ms_of("2026-11-19T18:00:00Z");
+    let zones = [("a", "Pacific/Kiritimati"), ("b", "UTC"), ("c", "Pacific/Honolulu")];
+    let mut lines: Vec<String> = zones
+        .iter()
+        .flat_map(|(zone, tz)| {
+            (0..per_zone).map(move |i| {
+                format!(
+                    r#"{{"type":"profile","user":"{zone}{i}","ts":"{}","set":{{"timezone":"{tz}"}},"devices":[{{"platform":"ios","token":"tok-{zone}{i}"}}]}}"#,
+                    at(start)
+                )
+            })
+        })
+        .collect();
+    for tick in (start..=ms_of("2026-11-20T19:10:00Z")).step_by(600_000) {
+        lines.extend((0..12).map(|z| {
+            format!(
+                r#"{{"type":"event","user":"z{z}","ts":"{}","name":"App Opened","props":{{}}}}"#,
+                at(tick)
+            )
+        }));
+    }
+    lines
+}
+
+/// Each user sent to with the hour of the send (`2026-11-20T09`) and the variant, one command
+/// each.
+fn sent_at(outcome: &Outcome) -> BTreeMap<String, (String, String)> {
+    let sends = outcome.lines("sends.jsonl");
+    let field = |s: &Value, name: &str| s[name].as_str().unwrap().to_string();
+    let hour = |s: &Value| at(ms_of(&field(s, "send_time")))[..13].to_string();
+    let by_user: BTreeMap<String, (String, String)> =
+        sends.iter().map(|s| (field(s, "user_id"), (hour(s), field(s, "variant_id")))).collect();
+    assert_eq!(by_user.len(), sends.len(), "no user gets two commands");
+    by_user
+}
+
+/// Users per variant of [`sent_at`].
+fn per_variant(sent: &BTreeMap<String, (String, String)>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (_, variant) in sent.values() {
+        *counts.entry(variant.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// A scheduled alternation of 3 with `timezone: user`, no limit, over 8 shards: 67 users in
+/// each of UTC+14, UTC and UTC−10, each sent once at 09:00 in their own timezone (the UTC and
+/// UTC−10 users after the run's release, on indices the home leases to their shards): 67/67/67
+/// as one task, every shard sending.
+#[test]
+fn a_user_local_alternation_over_8_shards_sends_one_tasks_counts_at_each_users_nine() {
+    let campaign = user_local("alt", ALTERNATE_3, ", shards: 8");
+    assert_eq!(spread(&campaign), 8, "spread over its 8 shards");
+    let lines = three_timezones(67);
+
+    let sent = sent_at(&Outcome::replay(&campaign, &lines));
+    assert_eq!(sent.len(), 201, "every user once");
+    for (user, (hour, _)) in &sent {
+        let nine = match &user[..1] {
+            "a" => "2026-11-19T19",
+            "b" => "2026-11-20T09",
+            _ => "2026-11-20T19",
+        };
+        assert_eq!(hour, nine, "{user} at 09:00 local");
+    }
+    let expected = counted(&[("A", 67), ("B", 67), ("C", 67)]);
+    assert_eq!(per_variant(&sent), expected, "one task's alternation over 201 sends");
+    let by_user: BTreeMap<String, String> =
+        sent.iter().map(|(user, (_, variant))| (user.clone(), variant.clone())).collect();
+    assert_eq!(senders(&by_user, 8).len(), 8, "every shard sending");
+    let one = user_local("alt", ALTERNATE_3, "");
+    assert_eq!(spread(&one), 1);
+    assert_eq!(per_variant(&sent_at(&Outcome::replay(&one, &lines))), expected, "as on one task");
+}
+
+/// The same with a split 70/30 and 100 users per timezone: 210/90, one task's round robin
+/// over 300.
+#[test]
+fn a_user_local_split_over_8_shards_sends_210_and_90() {
+    let campaign = user_local("split", SPLIT_70_30, ", shards: 8");
+    assert_eq!(spread(&campaign), 8);
+    let outcome = Outcome::replay(&campaign, &three_timezones(100));
+    let sent = sent_at(&outcome);
+    assert_eq!(sent.len(), 300, "every user once");
+    let expected = counted(&[("A", 210), ("B", 90)]);
+    assert_eq!(per_variant(&sent), expected, "one task's split over 300 sends");
+    assert_eq!(outcome.stats_sent("split"), expected, "stats merged from the shards");
+}

@@ -35,9 +35,12 @@ pub fn in_effect(campaign: &Campaign, _settings: &Settings) -> u32 {
         // only one task knows (see `stage_campaign::runs`).
         (Trigger::Scheduled(schedule), Assignment::AbTest(_)) => schedule.user_local.is_none(),
         // Each shard's users take its range of the run's global assignment indices
-        // (`stage_campaign::runs`); users sent at their local times come after the release.
+        // (`stage_campaign::runs`); users sent at their local times after it take indices
+        // leased alone (`stage_campaign::indices`), without a total, daily or per-run limit.
         (Trigger::Scheduled(schedule), Assignment::Alternate | Assignment::Split(_)) => {
+            let limits = &campaign.limits;
             schedule.user_local.is_none()
+                || (limits.total.is_none() && limits.daily.is_none() && limits.per_run.is_none())
         }
         // Total and daily limits are leased to the shards by the home
         // (`stage_campaign::leases`).

@@ -93,20 +93,28 @@ fn indexed(campaign: &Campaign) -> bool {
     ab::variant_at(&campaign.assignment, campaign.what.len(), 0).is_some()
 }
 
-/// Whether `campaign`'s shards lease places that carry its global indices alone: a triggered
-/// campaign in alternation or with a split and neither a total nor a daily limit. The home
-/// grants exactly what a shard's waiting candidates ask for (`leases`: a place per index), and
-/// a shard gives back, in the transaction that finds them unused, the places and indices no
-/// candidate of its waits for; so no index lies unspent at an idle shard.
+/// Whether `campaign`'s shards lease places that carry its global indices alone: a campaign in
+/// alternation or with a split and neither a total nor a daily limit, triggered, or scheduled
+/// with users sent at their local times and no per-run limit (a user who comes after its
+/// shard's block of the run is spent takes a leased index). The home grants exactly what a
+/// shard's waiting candidates ask for (`leases`: a place per index), and a shard gives back, in
+/// the transaction that finds them unused, the places and indices no candidate of its waits
+/// for; so no index lies unspent at an idle shard.
 pub(super) fn leased_alone(campaign: &Campaign) -> bool {
     let limits = &campaign.limits;
-    !matches!(campaign.when.trigger, Trigger::Scheduled(_))
-        && indexed(campaign)
-        && limits.total.is_none()
-        && limits.daily.is_none()
+    let kind = match campaign.when.trigger {
+        Trigger::Scheduled(_) => campaign.user_local().is_some() && limits.per_run.is_none(),
+        _ => true,
+    };
+    kind && indexed(campaign) && limits.total.is_none() && limits.daily.is_none()
 }
 
 impl CampaignStage {
+    /// Whether this shard of `campaign` sends on places of indices alone (see [`leased_alone`]).
+    pub(super) fn leases_alone(campaign: &Campaign, state: &CampaignState) -> bool {
+        state.is_shard(campaign) && leased_alone(campaign)
+    }
+
     /// The variant of a shard's next index for a triggered `candidate` of a campaign in
     /// alternation or with a split (the index is spent by [`Self::spend_index`] if the user is
     /// sent); `None` elsewhere, or with no index held (a place a refusal gave back beyond
@@ -117,7 +125,8 @@ impl CampaignStage {
         candidate: &Candidate,
     ) -> Option<usize> {
         state.indices.given = None;
-        if !state.is_shard(campaign) || !is_triggered_run(&candidate.run_id) || !indexed(campaign) {
+        let leased = is_triggered_run(&candidate.run_id) || leased_alone(campaign);
+        if !state.is_shard(campaign) || !leased || !indexed(campaign) {
             return None;
         }
         let index = state.indices.held.first().map(|(from, _)| *from)?;

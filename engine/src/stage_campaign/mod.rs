@@ -766,7 +766,10 @@ impl CampaignStage {
             return Ok(variant);
         }
         let variants = campaign.what.len();
-        let leased = Self::leased_variant(campaign, state, candidate); // see `indices`
+        let leased = match chosen {
+            None => Self::leased_variant(campaign, state, candidate), // see `indices`
+            Some(_) => None, // a run's own index or test variant
+        };
         let variant = match (&campaign.assignment, state.winner(campaign)) {
             _ if chosen.is_some_and(|v| v < variants) => chosen.unwrap_or_default(),
             _ if leased.is_some() => leased.unwrap_or_default(),

@@ -361,6 +361,9 @@ impl CampaignStage {
                 // A user's local time of a run can come after the next run started (a daily
                 // run's users span up to 26 hours): sent, outside the newer run's limit, unless
                 // the run took a sample, which was taken at its release.
+                Some(_) if !sampled && Self::leases_alone(campaign, state) => {
+                    return self.place_leased(ctx, campaign, state, candidate); // see `indices`
+                }
                 Some(_) if !sampled => {
                     return self.deliver(ctx, campaign, state, &candidate, None);
                 }
@@ -621,6 +624,14 @@ impl CampaignStage {
         }
         let (sent, in_flight) = (state.sent, state.in_flight);
         let indexed = self.global_index(ctx, campaign, state, run, candidate, chosen)?;
+        let spent = run.indices.is_none_or(|(next, end)| next >= end);
+        if chosen.is_none() && indexed.is_none() && spent && Self::leases_alone(campaign, state) {
+            // At their local time, after the shard's block of the run: a leased index (see
+            // `indices`), at once or once the home grants one.
+            self.place_leased(ctx, campaign, state, candidate.clone())?;
+            run.sent += u64::from(state.sent > sent);
+            return Ok(());
+        }
         self.deliver(ctx, campaign, state, candidate, indexed.or(chosen))?;
         if state.sent > sent {
             run.sent += 1;
