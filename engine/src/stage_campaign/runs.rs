@@ -202,9 +202,9 @@ impl RunState {
     }
 
     /// Whether an earlier run (one a newer run replaced) has nothing left to wait for and has
-    /// yet to finish.
+    /// yet to finish (the home's view of a sharded run finishes on its shards' reports).
     pub(super) fn finishes(&self) -> bool {
-        !self.finished() && self.awaited == 0 && self.in_flight == 0
+        !self.finished() && self.awaited == 0 && self.in_flight == 0 && !self.coordinates()
     }
 
     /// Whether the run finished.
@@ -724,9 +724,11 @@ impl CampaignStage {
                 // Its selected users still to come keep their places until its window closes; a
                 // run that started and has yet to finish (its last places may be in flight) is
                 // kept too: it finishes among the earlier runs once nothing of it is left to
-                // settle, so every run started announces `RUN_FINISHED` once.
+                // settle, so every run started announces `RUN_FINISHED` once. The home's view of
+                // a sharded run is kept until every shard reported it (see `standby`).
                 let started = matches!(old.phase, RunPhase::Releasing | RunPhase::AwaitingWinner);
-                if old.closes_at.is_some() || (started && !old.coordinates()) {
+                if old.closes_at.is_some() || started {
+                    old.shards.replaced();
                     state.earlier.push(old);
                     self.wake_run(ctx, state)?;
                 }

@@ -96,6 +96,13 @@ pub(super) struct HomeRun {
     /// `standby`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) unplaced_indices: Vec<(u64, u64)>,
+    /// Places the home gave each shard (its plan's, then those passed to it): a shard never
+    /// gives back more (see `standby`). Empty for a run planned by an older version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) given: BTreeMap<i32, i64>,
+    /// Places each shard gave back (`PLACE_LEFT`, cumulative).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) left: BTreeMap<i32, i64>,
 }
 
 /// How long the home waits for every shard's answer to its A/B evaluation ask before deciding
@@ -335,6 +342,17 @@ impl CampaignStage {
         let run_id = report.run_id.as_deref().unwrap_or_default();
         let Some(mut run) = self.current_run(ctx, &mut state, run_id)? else {
             return self.save(ctx, &campaign, &mut state); // a run a newer one replaced
+        if let Some(at) = state.earlier.iter().position(|r| r.is(run_id) && r.coordinates()) {
+            // A run a newer one replaced before every shard reported it (see `standby`).
+            if report.kind == ShardReportKind::RunSent {
+                let mut run = state.earlier.remove(at);
+                self.on_run_sent(ctx, &campaign, &mut state, &mut run, &report)?;
+                if !run.finished() {
+                    state.earlier.insert(at, run);
+                }
+            }
+            return self.save(ctx, &campaign, &mut state);
+        }
         };
         // The run's shards are those of its first report: an edit meanwhile does not move it.
         if run.shards.shards == 0 {
@@ -358,27 +376,7 @@ impl CampaignStage {
                 }
             }
             ShardReportKind::RunSent => {
-                let before = run.shards.sent.insert(report.shard, report.run_sent).unwrap_or(0);
-                // Cumulative per shard: late (do-not-disturb) users add to what was counted.
-                run.sent += report.run_sent.saturating_sub(before).max(0) as u64;
-                // Places a shard gave back go to those with users standing by (see `standby`).
-                self.standing_at(ctx, &campaign, &mut run, &report)?;
-                let finished = run.phase != RunPhase::Done
-                    && all(run.shards.sent.len())
-                    && run.places_settled(&campaign);
-                if finished {
-                    run.phase = RunPhase::Done;
-                    self.stand_down(ctx, &campaign, &run)?;
-                    let details = BTreeMap::from([
-                        ("run_id".to_string(), run.id.clone()),
-                        ("sent".to_string(), run.sent.to_string()),
-                    ]);
-                    self.lifecycle(ctx, &campaign, LifecycleKind::RunFinished, details)?;
-                }
-                // The limit is announced once the run it filled is finished.
-                if run.phase == RunPhase::Done {
-                    self.announce_total_limit(ctx, &campaign, &mut state)?;
-                }
+                self.on_run_sent(ctx, &campaign, &mut state, &mut run, &report)?;
             }
             ShardReportKind::Counters
             | ShardReportKind::Demand
@@ -398,6 +396,51 @@ impl CampaignStage {
     fn plan(
         &self,
         ctx: &mut ProcessorContext<'_>,
+    /// A shard's `RUN_SENT` of `run` (the current run, or one a newer run replaced: it still
+    /// finishes once, see `standby`): the run finishes once every shard reported it and the
+    /// places passed on are answered.
+    fn on_run_sent(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        run: &mut RunState,
+        report: &ShardReport,
+    ) -> Result<(), ProcessError> {
+        let before = run.shards.sent.insert(report.shard, report.run_sent).unwrap_or(0);
+        // Cumulative per shard: late (do-not-disturb) users add to what was counted.
+        run.sent += report.run_sent.saturating_sub(before).max(0) as u64;
+        // Places a shard gave back go to those with users standing by (see `standby`).
+        self.standing_at(ctx, campaign, run, report)?;
+        self.finish_home_run(ctx, campaign, state, run)
+    }
+
+    /// The home finishes `run` once every shard reported it sent and the places passed on
+    /// are answered: `RUN_FINISHED` once, then the total limit it filled.
+    pub(super) fn finish_home_run(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        run: &mut RunState,
+    ) -> Result<(), ProcessError> {
+        let all = run.shards.sent.len() >= run.shards.shards.max(1) as usize;
+        if run.phase != RunPhase::Done && all && run.places_settled(campaign) {
+            run.phase = RunPhase::Done;
+            self.stand_down(ctx, campaign, run)?;
+            let details = BTreeMap::from([
+                ("run_id".to_string(), run.id.clone()),
+                ("sent".to_string(), run.sent.to_string()),
+            ]);
+            self.lifecycle(ctx, campaign, LifecycleKind::RunFinished, details)?;
+        }
+        // The limit is announced once the run it filled is finished.
+        if run.phase == RunPhase::Done {
+            self.announce_total_limit(ctx, campaign, state)?;
+        }
+        Ok(())
+    }
+
         campaign: &Campaign,
         state: &mut CampaignState,
         run: &mut RunState,
@@ -461,6 +504,7 @@ impl CampaignStage {
         if indexed {
             state.assigned = test_from;
         }
+            run.shards.given.insert(*shard, places as i64);
         Ok(())
     }
 
@@ -605,6 +649,14 @@ impl CampaignStage {
                 let limits = &campaign.limits;
                 let limited =
                     limits.per_run.is_some() || limits.total.is_some() || limits.daily.is_some();
+            let unknown = state.run_mut(&plan.run_id).is_none();
+            if plan.kind == ShardPlanKind::Release && unknown {
+                // The next run replaced this one here before its plan came (its buffer is
+                // dropped): it sent none of it, so its home can finish it (see `standby`).
+                self.report(ctx, &campaign, &state, ShardReportKind::RunSent, |r| {
+                    r.run_id = Some(plan.run_id.clone());
+                })?;
+            }
                 run.places = limited.then_some(places);
                 run.test_from = plan.test_from.max(0) as u64;
                 run.test_users = plan.test_users.max(0) as u64;

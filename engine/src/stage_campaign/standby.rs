@@ -74,6 +74,56 @@ pub(super) struct Came {
     pub(super) in_flight: bool,
 }
 
+impl shards::HomeRun {
+    /// A newer run replaced this one before every shard reported it: the places given back
+    /// and not yet passed on are given up (its shards no longer keep users standing by); it is
+    /// kept until every shard reported it, and finishes then.
+    pub(super) fn replaced(&mut self) {
+        self.unplaced = 0;
+        self.unplaced_indices.clear();
+    }
+
+    /// `shard` gives back `places` (`report`): never more than the home gave it and it has
+    /// not given back yet (a forged or corrupt count is a dead letter, and moves no place).
+    fn take_back(
+        &mut self,
+        campaign: &Campaign,
+        report: &ShardReport,
+        places: i64,
+    ) -> Result<(), ProcessError> {
+        let shard = report.shard;
+        let holds = self.given.get(&shard).copied().unwrap_or(0)
+            - self.left.get(&shard).copied().unwrap_or(0);
+        let indices_fit = report.reachable <= places;
+        if !self.given.is_empty() && (places > holds || !indices_fit) {
+            return Err(ProcessError::reject(format!(
+                "places: a PlaceLeft report of {} from shard {shard} gives back {places} places ({} indices) of run {}, more than the {holds} it holds",
+                campaign.id,
+                report.reachable,
+                report.run_id.as_deref().unwrap_or_default(),
+            )));
+        }
+        let left = self.left.entry(shard).or_default();
+        *left = left.saturating_add(places);
+        Ok(())
+    }
+
+    /// The home passes `places` to `shard`.
+    fn give(&mut self, shard: i32, places: i64) {
+        let given = self.given.entry(shard).or_default();
+        *given = given.saturating_add(places);
+    }
+
+    /// Places passed to `shard` of a run a newer one replaced come back (it could not take
+    /// them in any more): they answer that pass (see [`RunState::places_settled`]).
+    fn bounced(&mut self, shard: i32, places: i64) {
+        let taken_in = self.standing.get(&shard).map_or(0, |(_, taken_in)| *taken_in);
+        if let Some(passed) = self.passed.get_mut(&shard) {
+            *passed -= places.min((*passed - taken_in).max(0));
+        }
+    }
+}
+
 impl RunState {
     /// The home: whether no place of the run is unused or on its way: every shard has taken in
     /// every place passed to it (its latest `RUN_SENT` names them, and any `PLACE_LEFT` of it
@@ -361,10 +411,26 @@ impl CampaignStage {
         };
         let places = report.places.max(1);
         if !sample::reserves(campaign) {
-            let Some(run) = state.run.as_mut().filter(|r| r.is(run) && !r.finished()) else {
-                return Ok(()); // a run a newer one replaced, or finished: given up
+            if let Some(at) = state.earlier.iter().position(|r| r.is(run) && r.coordinates()) {
+                // A run a newer one replaced: its places are given up; a place passed to the
+                // shard it could no longer take in answers that pass, and the run may finish.
+                let mut of_run = state.earlier.remove(at);
+                of_run.shards.take_back(campaign, report, places)?;
+                of_run.shards.bounced(report.shard, places);
+                self.finish_home_run(ctx, campaign, state, &mut of_run)?;
+                if !of_run.finished() {
+                    state.earlier.insert(at, of_run);
+                }
+                return Ok(());
+            }
+            let Some(run) = state.run.as_mut().filter(|r| r.is(run)) else {
+                return Ok(()); // a run the home no longer knows: given up
             };
-            run.shards.unplaced += places;
+            run.shards.take_back(campaign, report, places)?;
+            if run.finished() {
+                return Ok(()); // given up
+            }
+            run.shards.unplaced += places; // at most what the shards were given
             if report.reachable > 0 {
                 let indices = (report.qualified.max(0) as u64, report.reachable as u64);
                 run.shards.unplaced_indices.push(indices);
@@ -373,7 +439,14 @@ impl CampaignStage {
         }
         if next >= report.shards {
             tracing::debug!(campaign = %campaign.id, run, "a place no shard could take is given up");
+            if let Some(of_run) = state.run_mut(run) {
+                of_run.shards.take_back(campaign, report, places)?;
+            }
             return Ok(());
+        }
+        if let Some(of_run) = state.run_mut(run) {
+            of_run.shards.take_back(campaign, report, places)?;
+            of_run.shards.give(next, places);
         }
         let plan = ShardPlan {
             places,
@@ -421,6 +494,8 @@ impl CampaignStage {
             }
             *passed += places;
             home.unplaced -= places;
+            let given = home.given.entry(*shard).or_default();
+            *given = given.saturating_add(places);
             // The indices that came back go with the places, in order: a plan per range.
             let mut left = places as u64;
             while left > 0 {
@@ -483,7 +558,8 @@ impl CampaignStage {
         let run = plan.run_id.as_str();
         let mut places = plan.places.max(0) as u64;
         if !sample::reserves(campaign) {
-            let Some(mut of_run) = state.run.take().filter(|r| r.is(run)) else {
+            // `take_if`: a plan of another run leaves the current one in place.
+            let Some(mut of_run) = state.run.take_if(|r| r.is(run)) else {
                 if places == 0 {
                     return Ok(());
                 }
@@ -534,8 +610,8 @@ impl CampaignStage {
         if places == 0 {
             run.stood_down = true;
         } else {
-            run.received += places;
-            run.places = Some(run.places.unwrap_or_default() + places);
+            run.received = run.received.saturating_add(places);
+            run.places = Some(run.places.unwrap_or_default().saturating_add(places));
             if plan.test_users > 0 {
                 let from = plan.test_from.max(0) as u64;
                 run.spare.push((from, from + plan.test_users as u64));
