@@ -340,8 +340,6 @@ impl CampaignStage {
             return self.save(ctx, &campaign, &mut state);
         }
         let run_id = report.run_id.as_deref().unwrap_or_default();
-        let Some(mut run) = self.current_run(ctx, &mut state, run_id)? else {
-            return self.save(ctx, &campaign, &mut state); // a run a newer one replaced
         if let Some(at) = state.earlier.iter().position(|r| r.is(run_id) && r.coordinates()) {
             // A run a newer one replaced before every shard reported it (see `standby`).
             if report.kind == ShardReportKind::RunSent {
@@ -353,6 +351,8 @@ impl CampaignStage {
             }
             return self.save(ctx, &campaign, &mut state);
         }
+        let Some(mut run) = self.current_run(ctx, &mut state, run_id)? else {
+            return self.save(ctx, &campaign, &mut state); // a run a newer one replaced
         };
         // The run's shards are those of its first report: an edit meanwhile does not move it.
         if run.shards.shards == 0 {
@@ -391,11 +391,6 @@ impl CampaignStage {
         self.save(ctx, &campaign, &mut state)
     }
 
-    /// Every shard's buffer is complete: the run is decided once for the whole audience, and
-    /// each shard is given its places and its A/B test indices.
-    fn plan(
-        &self,
-        ctx: &mut ProcessorContext<'_>,
     /// A shard's `RUN_SENT` of `run` (the current run, or one a newer run replaced: it still
     /// finishes once, see `standby`): the run finishes once every shard reported it and the
     /// places passed on are answered.
@@ -441,6 +436,11 @@ impl CampaignStage {
         Ok(())
     }
 
+    /// Every shard's buffer is complete: the run is decided once for the whole audience, and
+    /// each shard is given its places and its A/B test indices.
+    fn plan(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
         state: &mut CampaignState,
         run: &mut RunState,
@@ -499,12 +499,12 @@ impl CampaignStage {
             release.test_users = tests as i64;
             release.test_total = test_total as i64;
             test_from += if indexed { places } else { tests };
+            run.shards.given.insert(*shard, places as i64);
             self.send_plan(ctx, campaign, &release)?;
         }
         if indexed {
             state.assigned = test_from;
         }
-            run.shards.given.insert(*shard, places as i64);
         Ok(())
     }
 
@@ -634,6 +634,14 @@ impl CampaignStage {
             state.winner_id.clone_from(&plan.winner_id);
         }
         let Some(mut run) = self.current_run(ctx, &mut state, &plan.run_id)? else {
+            let unknown = state.run_mut(&plan.run_id).is_none();
+            if plan.kind == ShardPlanKind::Release && unknown {
+                // The next run replaced this one here before its plan came (its buffer is
+                // dropped): it sent none of it, so its home can finish it (see `standby`).
+                self.report(ctx, &campaign, &state, ShardReportKind::RunSent, |r| {
+                    r.run_id = Some(plan.run_id.clone());
+                })?;
+            }
             return self.save(ctx, &campaign, &mut state);
         };
         let at = plan.timestamp_ms;
@@ -649,14 +657,6 @@ impl CampaignStage {
                 let limits = &campaign.limits;
                 let limited =
                     limits.per_run.is_some() || limits.total.is_some() || limits.daily.is_some();
-            let unknown = state.run_mut(&plan.run_id).is_none();
-            if plan.kind == ShardPlanKind::Release && unknown {
-                // The next run replaced this one here before its plan came (its buffer is
-                // dropped): it sent none of it, so its home can finish it (see `standby`).
-                self.report(ctx, &campaign, &state, ShardReportKind::RunSent, |r| {
-                    r.run_id = Some(plan.run_id.clone());
-                })?;
-            }
                 run.places = limited.then_some(places);
                 run.test_from = plan.test_from.max(0) as u64;
                 run.test_users = plan.test_users.max(0) as u64;
