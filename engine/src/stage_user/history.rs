@@ -76,19 +76,37 @@ const EXPIRY_SCAN: usize = 100_000;
 
 /// Forgets `user`'s counts and property sets of days before `oldest_day`: once per user and
 /// day, at their first event of a day later than any before (see [`record_activity`]), so the
-/// events of a day do not scan for what expired.
+/// events of a day do not scan for what expired. The user's activity entry bounds the days
+/// their history holds ([`Activity::oldest`]): while none is before `oldest_day`, nothing is
+/// scanned (a user's first events, and every day until their oldest entry expires).
 pub fn expire(store: &mut Store<'_>, user: &str, oldest_day: i64) -> Result<(), RuntimeError> {
+    let activity = Activity::read(store, user)?;
+    if activity.is_some_and(|activity| activity.oldest >= oldest_day) {
+        return Ok(());
+    }
     let mut prefix = user.as_bytes().to_vec();
     prefix.push(0);
-    for (entry, _) in store.prefix(&prefix, EXPIRY_SCAN)? {
+    let stored = store.prefix(&prefix, EXPIRY_SCAN)?;
+    // Past the scan's limit, days not looked at stay unknown: the next day scans again.
+    let mut oldest_kept = if stored.len() == EXPIRY_SCAN { oldest_day } else { i64::MAX };
+    for (entry, _) in stored {
         // <key> 0x00 <8-byte day>; the activity entry is too short to hold a day.
         let Some(day) = entry.len().checked_sub(8).filter(|at| *at > prefix.len() + 1) else {
             continue;
         };
-        let day = <[u8; 8]>::try_from(&entry[day..]).map(u64::from_be_bytes);
-        if day.is_ok_and(|day| ((day ^ (1 << 63)) as i64) < oldest_day) {
+        let Ok(day) = <[u8; 8]>::try_from(&entry[day..]).map(u64::from_be_bytes) else {
+            continue;
+        };
+        let day = (day ^ (1 << 63)) as i64;
+        if day < oldest_day {
             store.delete(&entry)?;
+        } else {
+            oldest_kept = oldest_kept.min(day);
         }
+    }
+    if let Some(mut activity) = activity {
+        activity.oldest = oldest_kept;
+        activity.write(store, user)?;
     }
     Ok(())
 }
@@ -153,7 +171,10 @@ pub fn add(
 ) -> Result<(), RuntimeError> {
     let entry = store_key(user, key, day);
     let total = store.get_as::<u32>(&entry)?.unwrap_or(0).saturating_add(count);
-    store.put_as(&entry, &total)
+    store.put_as(&entry, &total)?;
+    let mut activity = Activity::read(store, user)?.unwrap_or(Activity::none_since(day));
+    activity.oldest = activity.oldest.min(day);
+    activity.write(store, user)
 }
 
 /// A property-set key's day: fixed width, sign bit flipped, so text order is numeric order.
@@ -287,26 +308,42 @@ fn activity_key(user: &str) -> Vec<u8> {
 }
 
 /// A user's events by local hour of day, decayed: an event weighs half as much every quarter
-/// of the look-back window (an event as old as the window weighs 1/16).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// of the look-back window (an event as old as the window weighs 1/16); and the oldest day of
+/// their history.
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Activity {
     /// The day the weights are as of.
     day: i64,
     /// Weight of the events in each local hour, 0 to 23.
     hours: [f32; 24],
+    /// No entry of the user's history is of an earlier day (`i64::MIN`: not known, as in an
+    /// entry written before this bound was kept). A user's first event, or first merged entry,
+    /// starts it. Entries of users whose history began before activity entries existed are
+    /// not bounded by it: they expire once the bound itself does (reads look back by day, so
+    /// an entry kept longer is never counted).
+    oldest: i64,
 }
 
 impl Activity {
-    const BYTES: usize = 8 + 24 * 4;
+    /// Bytes of an entry: the day, the 24 weights, the oldest day.
+    const BYTES: usize = 8 + 24 * 4 + 8;
+    /// Bytes of an entry written before the oldest day was kept.
+    const BYTES_WITHOUT_OLDEST: usize = 8 + 24 * 4;
+
+    /// No activity yet, as of `day`, with no history before it.
+    fn none_since(day: i64) -> Self {
+        Self { day, hours: [0.0; 24], oldest: day }
+    }
 
     fn read(store: &Store<'_>, user: &str) -> Result<Option<Self>, RuntimeError> {
         let Some(bytes) = store.get(&activity_key(user))? else { return Ok(None) };
-        let Some((day, hours)) =
-            bytes.split_first_chunk::<8>().filter(|_| bytes.len() == Self::BYTES)
-        else {
+        let known = [Self::BYTES, Self::BYTES_WITHOUT_OLDEST].contains(&bytes.len());
+        let Some((day, rest)) = bytes.split_first_chunk::<8>().filter(|_| known) else {
             return Ok(None);
         };
-        let mut activity = Self { day: i64::from_be_bytes(*day), hours: [0.0; 24] };
+        let (hours, oldest) = rest.split_at(24 * 4);
+        let oldest = <[u8; 8]>::try_from(oldest).map_or(i64::MIN, i64::from_be_bytes);
+        let mut activity = Self { day: i64::from_be_bytes(*day), hours: [0.0; 24], oldest };
         for (hour, weight) in activity.hours.iter_mut().zip(hours.chunks_exact(4)) {
             *hour = f32::from_le_bytes(weight.try_into().unwrap_or_default());
         }
@@ -314,12 +351,18 @@ impl Activity {
     }
 
     fn write(&self, store: &mut Store<'_>, user: &str) -> Result<(), RuntimeError> {
+        store.put(&activity_key(user), &self.bytes())
+    }
+
+    /// The entry's bytes.
+    fn bytes(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(Self::BYTES);
         bytes.extend_from_slice(&self.day.to_be_bytes());
         for weight in self.hours {
             bytes.extend_from_slice(&weight.to_le_bytes());
         }
-        store.put(&activity_key(user), &bytes)
+        bytes.extend_from_slice(&self.oldest.to_be_bytes());
+        bytes
     }
 
     /// The weight of an event `days` days older than the weights.
@@ -344,7 +387,9 @@ pub fn record_activity(
     let day = at_ms.div_euclid(DAY_MS);
     let earlier = Activity::read(store, user)?;
     let new_day = earlier.is_none_or(|activity| day > activity.day);
-    let mut activity = earlier.unwrap_or(Activity { day, hours: [0.0; 24] });
+    let mut activity = earlier.unwrap_or(Activity::none_since(day));
+    // The event's counts are of its day (a late event's of an earlier one).
+    activity.oldest = activity.oldest.min(day);
     if day > activity.day {
         let decay = Activity::decay(day - activity.day, look_back_days);
         activity.hours.iter_mut().for_each(|weight| *weight *= decay);
@@ -426,6 +471,44 @@ mod tests {
             }
             assert_eq!(days(store, "u2"), both(100), "another user's history is untouched");
             assert_eq!(best_hour(store, "u1", 135 * DAY_MS, 30).unwrap(), Some(0));
+        });
+    }
+
+    #[test]
+    fn entries_older_than_the_look_back_expire_however_they_came_late_merged_or_before_the_bound() {
+        with_scratch_store(|store| {
+            let event = |store: &mut Store<'_>, user: &str, day: i64| {
+                if record_activity(store, user, day * DAY_MS, UTC, 30).unwrap() {
+                    expire(store, user, day - 30).unwrap();
+                }
+                record(store, user, "Opened", day * DAY_MS).unwrap();
+            };
+            let day_list = |store: &Store<'_>, user: &str| -> Vec<i64> {
+                days(store, user).into_iter().map(|(_, day)| day).collect()
+            };
+            // A late event's count, of a day before the user's first.
+            event(store, "late", 100);
+            event(store, "late", 60);
+            assert_eq!(day_list(store, "late"), [60, 100]);
+            event(store, "late", 101);
+            assert_eq!(day_list(store, "late"), [100, 101], "day 60 is past 30 days from 101");
+            // An entry merged from an anonymous id, of an earlier day.
+            event(store, "merged", 100);
+            add(store, "merged", "Opened", 50, 3).unwrap();
+            event(store, "merged", 101);
+            assert_eq!(day_list(store, "merged"), [100, 101]);
+            // A history and activity entry written before the activity kept its oldest day.
+            store.put(&store_key("older", "Opened", 10), b"1").unwrap();
+            let mut activity = Activity::none_since(99).bytes();
+            activity.truncate(Activity::BYTES_WITHOUT_OLDEST);
+            store.put(&activity_key("older"), &activity).unwrap();
+            event(store, "older", 100);
+            assert_eq!(day_list(store, "older"), [100]);
+            // Days within the look-back of the oldest entry keep every day's count.
+            for day in [102, 120, 131] {
+                event(store, "merged", day);
+            }
+            assert_eq!(day_list(store, "merged"), [101, 102, 120, 131]);
         });
     }
 
