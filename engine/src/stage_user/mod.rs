@@ -396,7 +396,9 @@ impl UserStage {
         occurrence: &str,
     ) -> Result<(), ProcessError> {
         let run_id = triggered_run_id(occurrence);
-        self.record_history(ctx, &event)?;
+        // Read once for the event: nothing on its way changes the profile.
+        let profile = ctx.store(PROFILES)?.get(event.user_id.as_bytes())?;
+        self.record_history(ctx, &event, profile.as_deref())?;
         self.forward_notification_engagement(ctx, &event)?;
         self.attribute_conversions(ctx, &event)?;
         // A paused campaign starts nothing new, but its `unless` events still close windows.
@@ -411,20 +413,25 @@ impl UserStage {
         for campaign in campaigns {
             self.cancel_inaction(ctx, &campaign, &event)?;
             if campaign.status == CampaignStatus::Active {
-                self.trigger(ctx, &campaign, &event, &run_id)?;
+                self.trigger(ctx, &campaign, &event, &run_id, profile.as_deref())?;
             }
         }
         Ok(())
     }
 
+    /// Counts `event` in its user's history (`profile`: their stored profile, if any).
     fn record_history(
         &self,
         ctx: &mut ProcessorContext<'_>,
         event: &AppEvent,
+        profile: Option<&[u8]>,
     ) -> Result<(), ProcessError> {
         let retention = i64::from(self.settings.history().days());
-        let tz = Profile::stored_timezone(&ctx.store(PROFILES)?, &event.user_id)?
-            .unwrap_or(self.settings.app(&event.app_id).timezone);
+        let tz = match profile {
+            Some(stored) => Profile::stored_timezone(&ctx.store(PROFILES)?, stored)?,
+            None => None,
+        };
+        let tz = tz.unwrap_or(self.settings.app(&event.app_id).timezone);
         let (user, at) = (event.user_id.as_str(), event.timestamp_ms);
         let mut store = ctx.store(HISTORY)?;
         if history::record_activity(&mut store, user, at, tz, retention)? {
@@ -601,13 +608,14 @@ impl UserStage {
     }
 
     /// Starts what `event` triggers in `campaign`: a candidate now, an inaction window or a
-    /// reminder; `run_id` names this trigger occurrence.
+    /// reminder; `run_id` names this trigger occurrence, `profile` is the user's stored one.
     fn trigger(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Arc<Campaign>,
         event: &AppEvent,
         run_id: &str,
+        profile: Option<&[u8]>,
     ) -> Result<(), ProcessError> {
         if !in_window(campaign, event.timestamp_ms) {
             return Ok(());
@@ -630,7 +638,7 @@ impl UserStage {
                             event_properties: &event.properties,
                             at_ms: leaves_at(ctx, event),
                             after_dnd: false,
-                            stored_profile: None,
+                            stored_profile: profile,
                         };
                         return self.qualify(ctx, campaign, &occasion).map(|_| ());
                     }
@@ -931,8 +939,8 @@ struct Occasion<'a> {
     at_ms: i64,
     /// Do-not-disturb hours were already waited out.
     after_dnd: bool,
-    /// The user's stored profile as the caller already read it (a run's scan), or `None`:
-    /// read it from the store.
+    /// The user's stored profile as the caller already read it (a run's scan, an event's
+    /// handling), or `None`: read it from the store.
     stored_profile: Option<&'a [u8]>,
 }
 

@@ -69,9 +69,9 @@ impl Profile {
         self.devices.retain(|d| d.token != token);
     }
 
-    /// The timezone of `user`'s stored profile, if it names a valid one, read without decoding
-    /// the rest of the profile.
-    pub fn stored_timezone(store: &Store<'_>, user: &str) -> Result<Option<Tz>, RuntimeError> {
+    /// The timezone a stored profile (its bytes in `store`) names, if a valid one, read without
+    /// decoding the rest of the profile.
+    pub fn stored_timezone(store: &Store<'_>, stored: &[u8]) -> Result<Option<Tz>, RuntimeError> {
         #[derive(Deserialize)]
         struct Stored {
             #[serde(default)]
@@ -81,8 +81,7 @@ impl Profile {
         struct TimezoneOnly {
             timezone: Option<serde_json::Value>,
         }
-        let stored = store.get_as::<Stored>(user.as_bytes())?;
-        let name = stored.and_then(|s| s.properties.timezone);
+        let name = store.decode_as::<Stored>(stored)?.properties.timezone;
         Ok(name.as_ref().and_then(serde_json::Value::as_str).and_then(|name| name.parse().ok()))
     }
 
