@@ -151,7 +151,7 @@ fn ms_of(rfc3339: &str) -> i64 {
 
 /// `per_zone` users in each of UTC+14 (`a0`, `a1`, …), UTC (`b…`) and UTC−10 (`c…`), with a
 /// device, at 18:00Z on Thursday 2026-11-19; then other users' events every 10 minutes until
-/// 19:10Z on Friday the 20th (time moves on, on every partition). The Friday 09:00 run starts at
+/// 22:00Z on Friday the 20th (time moves on, on every partition). The Friday 09:00 run starts at
 /// 09:00 in UTC+14 (19:00Z on the 19th): the `a` users are sent at its release, the `b` users at
 /// 09:00Z and the `c` users at 19:00Z on the 20th, after it.
 fn three_timezones(per_zone: usize) -> Vec<String> {
@@ -168,7 +168,7 @@ fn three_timezones(per_zone: usize) -> Vec<String> {
             })
         })
         .collect();
-    for tick in (start..=ms_of("2026-11-20T19:10:00Z")).step_by(600_000) {
+    for tick in (start..=ms_of("2026-11-20T22:00:00Z")).step_by(600_000) {
         lines.extend((0..12).map(|z| {
             format!(
                 r#"{{"type":"event","user":"z{z}","ts":"{}","name":"App Opened","props":{{}}}}"#,
@@ -242,4 +242,66 @@ fn a_user_local_split_over_8_shards_sends_210_and_90() {
     let expected = counted(&[("A", 210), ("B", 90)]);
     assert_eq!(per_variant(&sent), expected, "one task's split over 300 sends");
     assert_eq!(outcome.stats_sent("split"), expected, "stats merged from the shards");
+}
+
+/// What a user checks of a replay: each send as (hour, user, variant) in order of hour and user,
+/// and the lifecycle events as (kind, details).
+fn what_happened(outcome: &Outcome) -> (Vec<(String, String, String)>, Vec<(String, Value)>) {
+    let mut sends: Vec<(String, String, String)> =
+        sent_at(outcome).into_iter().map(|(user, (hour, variant))| (hour, user, variant)).collect();
+    sends.sort();
+    let mut events = outcome.lines("campaign-events.jsonl");
+    for event in &mut events {
+        event["details"].as_object_mut().unwrap().remove("shards"); // RUN_STARTED's over shards
+    }
+    let events =
+        events.iter().map(|e| (e["kind"].as_str().unwrap().to_string(), e["details"].clone()));
+    (sends, events.collect())
+}
+
+/// A scheduled A/B test with `timezone: user` over 8 shards: 60 users in UTC+14, UTC and
+/// UTC−10, a test of 20% (12 users by rank, 6 per variant) whose users are sent at 09:00 in
+/// their own timezone, the winner an hour after the last of them: exactly what one task sends
+/// (the same test users with the same variants at the same hours, the winner, then the
+/// remainder), `WINNER_DECLARED` and `RUN_FINISHED` once.
+#[test]
+fn a_user_local_ab_test_over_8_shards_sends_what_one_task_sends_and_finishes_once() {
+    let ab = "\n  variants:\n    - { id: A, title: t, body: a }\n    - { id: B, title: t, body: b }\n  ab: { test_audience: \"20%\", evaluate_after: 1h }";
+    let campaign = user_local("test", ab, ", shards: 8");
+    assert_eq!(spread(&campaign), 8, "spread over its 8 shards");
+    let lines = three_timezones(20);
+
+    let one = what_happened(&Outcome::replay(&user_local("test", ab, ""), &lines));
+    let (sends, events) = what_happened(&Outcome::replay(&campaign, &lines));
+    let kinds: Vec<&str> = one.1.iter().map(|(kind, _)| kind.as_str()).collect();
+    assert_eq!(kinds, ["RUN_STARTED", "WINNER_DECLARED", "RUN_FINISHED"], "one task");
+    assert_eq!(one.0.len(), 60, "one task sends every user once");
+    let tested = |sends: &[(String, String, String)]| {
+        sends.iter().filter(|(hour, ..)| hour.as_str() < "2026-11-20T20").count()
+    };
+    assert!(tested(&one.0) >= 12, "the test users before the winner at 20:00Z");
+    assert_eq!(sends, one.0, "the same users, variants and hours as one task");
+    assert_eq!(events, one.1, "the same winner and RUN_FINISHED, once");
+}
+
+/// The same test, a test user (b1, sent variant A at 09:00Z by one task) opting out of push at
+/// 05:00Z: one task passes its place and variant to the next-ranked user still to come (c2, A
+/// at 19:00Z). Over shards, when that user is on another shard, the place goes there without
+/// its test variant: c2 is sent the winner at 20:00Z with the remainder, and the test has 11
+/// users (`WINNER_DECLARED` sent_A 5). Not built: an A/B test index travelling with its place
+/// (see "What is built" in `docs/architecture.md`).
+#[test]
+#[ignore = "SPLIT2: a user-local A/B test place passed to another shard loses its variant (11 test users; c2 gets the winner)"]
+fn a_user_local_ab_test_user_who_opts_out_over_8_shards() {
+    let ab = "\n  variants:\n    - { id: A, title: t, body: a }\n    - { id: B, title: t, body: b }\n  ab: { test_audience: \"20%\", evaluate_after: 1h }";
+    let mut lines = three_timezones(20);
+    let opts_out =
+        r#"{"type":"profile","user":"b1","ts":"2026-11-20T05:00:00Z","set":{"push_opt_out":true}}"#;
+    lines.insert(60, opts_out.to_string());
+
+    let one = what_happened(&Outcome::replay(&user_local("test", ab, ""), &lines));
+    assert!(one.0.iter().all(|(_, user, _)| user != "b1"));
+    let sharded = what_happened(&Outcome::replay(&user_local("test", ab, ", shards: 8"), &lines));
+    assert_eq!(sharded.0, one.0, "the same users, variants and hours as one task");
+    assert_eq!(sharded.1, one.1, "the same winner and RUN_FINISHED, once");
 }

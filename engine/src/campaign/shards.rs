@@ -31,9 +31,13 @@ pub fn in_effect(campaign: &Campaign, _settings: &Settings) -> u32 {
     let supported = match (&campaign.when.trigger, &campaign.assignment) {
         (Trigger::Scheduled(_), Assignment::Single)
         | (Trigger::Scheduled(_), Assignment::ByProperty(_)) => true,
-        // A test whose users are sent at their local times ends at the last one's, which
-        // only one task knows (see `stage_campaign::runs`).
-        (Trigger::Scheduled(schedule), Assignment::AbTest(_)) => schedule.user_local.is_none(),
+        // A test whose users are sent at their local times ends at the last one's: each shard
+        // reports its own with its test sent, the home waits for the latest
+        // (`stage_campaign::shards`); without a total or daily limit.
+        (Trigger::Scheduled(schedule), Assignment::AbTest(_)) => {
+            let limits = &campaign.limits;
+            schedule.user_local.is_none() || (limits.total.is_none() && limits.daily.is_none())
+        }
         // Each shard's users take its range of the run's global assignment indices
         // (`stage_campaign::runs`); users sent at their local times after it take indices
         // leased alone (`stage_campaign::indices`), without a total, daily or per-run limit.

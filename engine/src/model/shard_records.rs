@@ -62,7 +62,8 @@ pub struct ShardReport {
     /// assignment index that goes back with the places (alternation or a split).
     pub qualified: i64,
     /// `Buffered`: candidates buffered for the run; `PlaceLeft`: how many indices go back from
-    /// `qualified` (0: none).
+    /// `qualified` (0: none); `TestSent`: the latest local time (epoch ms) of the shard's test
+    /// users still to come (`timezone: user`; 0: none), when the test ends.
     pub reachable: i64,
     /// Every kind: users the shard sent to over the campaign's life (cumulative; the home counts
     /// each shard's highest in the total).

@@ -80,7 +80,7 @@ pub(super) struct RunState {
     /// The latest local time of a test user selected before it (`timezone: user`): the test
     /// ends then.
     #[serde(default)]
-    test_ends_at: i64,
+    pub(super) test_ends_at: i64,
     /// Where the next read of the run's buffer starts (after the prefix): no entry is left
     /// below it. Released or dropped entries are deleted and their tombstones stay in RocksDB
     /// until a compaction; a read from the buffer's start stepped over all of them again at

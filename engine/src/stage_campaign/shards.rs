@@ -245,6 +245,8 @@ impl CampaignStage {
     ) -> Result<(), ProcessError> {
         self.report(ctx, campaign, state, ShardReportKind::TestSent, |r| {
             r.run_id = Some(run.id.clone());
+            // The latest local time of its test users still to come (`timezone: user`).
+            r.reachable = run.test_ends_at;
         })
     }
 
@@ -369,10 +371,13 @@ impl CampaignStage {
             }
             ShardReportKind::TestSent => {
                 run.shards.tested.insert(report.shard);
+                // The test ends at the latest local time of a test user of any shard.
+                run.test_ends_at = run.test_ends_at.max(report.reachable);
                 let waiting = run.phase == RunPhase::Releasing && state.winner_id.is_none();
                 if waiting && all(run.shards.tested.len()) {
                     run.phase = RunPhase::AwaitingWinner;
-                    self.start_evaluation(ctx, &campaign, &mut state, ctx.timestamp_ms())?;
+                    let at = ctx.timestamp_ms().max(run.test_ends_at);
+                    self.start_evaluation(ctx, &campaign, &mut state, at)?;
                 }
             }
             ShardReportKind::RunSent => {
