@@ -154,6 +154,39 @@ fn a_throttle_over_8_shards_stays_within_its_rate_when_an_instance_is_killed() {
     assert!(windows.len() >= 6, "600 at 100 a window take 6 windows at least: {windows:?}");
 }
 
+/// Brief s27/SPLIT2: alternation of 3 without a limit over 8 shards on 2 instances, its global
+/// assignment indices leased on demand by the home; one instance is killed (SIGKILL) once the
+/// first sends leave, while its shards hold indices and candidates wait, and restarted: each of
+/// the 3,001 users gets one command, and the variant counts are one task's alternation over
+/// 3,001 (1,001/1,000/1,000), every shard sending.
+#[test]
+fn alternation_without_a_limit_over_8_shards_stays_one_tasks_when_an_instance_is_killed() {
+    let what = "{ variants: [{ id: A, title: t, body: a }, { id: B, title: t, body: b }, { id: C, title: t, body: c }] }";
+    let rules = "options: { ignore_global_caps: true, shards: 8 }\n";
+    let run = Pings { users: 3_001, first: 1_000, commands: 3_001, events: 0 };
+    let killed = pinged_with_a_kill_sending("it-split2", what, rules, run);
+
+    let users: BTreeSet<&str> = killed.commands.iter().map(|c| c.user_id.as_str()).collect();
+    assert_eq!(users.len(), 3_001, "every user\n{}", killed.log);
+    assert_eq!(killed.commands.len(), 3_001, "one command per user");
+    let mut per_variant: BTreeMap<&str, usize> = BTreeMap::new();
+    for command in &killed.commands {
+        *per_variant.entry(command.variant_id.as_str()).or_default() += 1;
+    }
+    let expected = BTreeMap::from([("A", 1_001), ("B", 1_000), ("C", 1_000)]);
+    assert_eq!(per_variant, expected, "one task's alternation over 3,001 sends");
+    let shards: BTreeSet<u32> = killed
+        .commands
+        .iter()
+        .map(|c| herald_engine::campaign::shards::of_user(&c.user_id, 8))
+        .collect();
+    assert_eq!(shards.len(), 8, "users of every shard");
+    let senders: BTreeSet<String> =
+        killed.commands.iter().map(|c| c.place_key.clone().unwrap_or_default()).collect();
+    let keys = (0..8).map(|s| herald_engine::campaign::shards::key("coupons", s)).collect();
+    assert_eq!(senders, keys, "every shard sending (not the home alone)");
+}
+
 /// What a run of [`leased_with_a_kill`] sent and announced, and the engines' log tail.
 struct Killed {
     commands: Vec<SendCommand>,
@@ -187,6 +220,11 @@ struct Pings {
 /// the first sends leave, the other users ping while its tasks move, and it is restarted on its
 /// own state. Reads the commands and lifecycle events, and deletes the topics.
 fn pinged_with_a_kill(tag: &str, rules: &str, run: Pings) -> Killed {
+    pinged_with_a_kill_sending(tag, "{ title: t, body: b }", rules, run)
+}
+
+/// [`pinged_with_a_kill`] of a campaign sending `what` (YAML).
+fn pinged_with_a_kill_sending(tag: &str, what: &str, rules: &str, run: Pings) -> Killed {
     let Pings { users, first, commands, events } = run;
     let prefix = format!("{}-", common::unique(tag));
     let app_id = common::unique(&format!("{tag}-app"));
@@ -194,7 +232,7 @@ fn pinged_with_a_kill(tag: &str, rules: &str, run: Pings) -> Killed {
     let topic = |name: &str| format!("{prefix}herald.{name}");
     create_topics(&topic, 8);
     let yaml = format!(
-        "id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\n{rules}"
+        "id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {what}\n{rules}"
     );
     apply(dir.path(), &topic("campaigns"), "coupons.yaml", &yaml);
     let now = common::now_ms();

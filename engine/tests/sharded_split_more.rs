@@ -244,11 +244,11 @@ fn a_user_local_split_over_8_shards_sends_210_and_90() {
     assert_eq!(outcome.stats_sent("split"), expected, "stats merged from the shards");
 }
 
-/// What a user checks of a replay: each send as (hour, user, variant) in order of hour and user,
-/// and the lifecycle events as (kind, details).
 /// Sends as (hour, user, variant), and lifecycle events as (kind, details).
 type Happened = (Vec<(String, String, String)>, Vec<(String, Value)>);
 
+/// What a user checks of a replay: each send as (hour, user, variant) in order of hour and user,
+/// and the lifecycle events as (kind, details).
 fn what_happened(outcome: &Outcome) -> Happened {
     let mut sends: Vec<(String, String, String)> =
         sent_at(outcome).into_iter().map(|(user, (hour, variant))| (hour, user, variant)).collect();
