@@ -306,9 +306,9 @@ fn a_run_is_planned_once_the_places_of_the_run_before_it_settled() {
 /// throttled so places stay in flight) edited to `shards: 1` a minute after 80 candidates came
 /// to the shards (`campaign apply` refuses this while the campaign is live; the replay applies
 /// it), then 40 more qualify at the home. The home counts the places its shards still hold or
-/// have in flight as taken, so the total is never exceeded (80 sent before); those the gate
-/// refuses at the shards stay there, so it ends under (40: u20..u59), as documented for a
-/// change of `options.shards` ("Edits").
+/// have in flight as taken, so the total is never exceeded (80 sent before); since s27/FX2 the
+/// places the gate refuses at the old shards come back home, so it fills exactly
+/// (`review_s26.rs`, finding 3), as documented for a change of `options.shards` ("Edits").
 #[test]
 fn a_campaign_moved_home_while_places_are_in_flight_at_its_shards_never_exceeds_its_total() {
     let yaml = ping("limits: { total: 50 }\n");

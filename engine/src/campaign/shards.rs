@@ -103,10 +103,24 @@ pub fn flow_key(
 /// them while it waited); by [`flow_key`] when it names none (an older command, or a shard the
 /// campaign no longer has).
 pub fn answer_key(campaign: &Campaign, settings: &Settings, command: &SendCommand) -> String {
+    let ours = |key: &str| {
+        scope(key.as_bytes(), campaign) != Scope::Foreign
+            || named_shard(key.as_bytes(), campaign).is_some()
+    };
     match command.place_key.as_deref() {
-        Some(key) if scope(key.as_bytes(), campaign) != Scope::Foreign => key.to_string(),
+        Some(key) if ours(key) => key.to_string(),
         _ => flow_key(campaign, settings, Some(&command.user_id), Some(&command.run_id)),
     }
+}
+
+/// The shard a canonical shard key of `campaign` names, in effect or not: an edit may have
+/// taken it away (fewer `shards`, or its home alone) while it had places in flight, and the send
+/// gate's answers to them still go there.
+pub fn named_shard(key: &[u8], campaign: &Campaign) -> Option<u32> {
+    let rest = std::str::from_utf8(key).ok()?.strip_prefix(campaign.id.as_str())?;
+    let shard = rest.strip_prefix(SEPARATOR)?.parse::<u32>().ok()?;
+    let canonical = shard < u32::from(u16::MAX) && self::key(&campaign.id, shard).as_bytes() == key;
+    canonical.then_some(shard)
 }
 
 /// Where a campaign-flow key sends a record about a campaign.

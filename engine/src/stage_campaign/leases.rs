@@ -318,7 +318,7 @@ impl CampaignState {
     }
 
     /// Users sent to on the home's day: every shard's latest report of it, and the home's own.
-    fn sent_today(&self) -> u64 {
+    pub(super) fn sent_today(&self) -> u64 {
         let today = &self.day.0;
         let shards: u64 =
             self.leases.values().filter_map(|l| l.day_of(today)).map(|d| d.sent).sum();
@@ -476,8 +476,9 @@ impl CampaignStage {
             app_id: campaign.app.clone(),
             shard: Self::shard_of(campaign, state),
             // All the campaign may have: a shard an edit took out of effect still gives back
-            // its places and answers recounts.
-            shards: campaign.options.shards.max(1) as i32,
+            // its places and answers recounts (one it took away too).
+            shards: (campaign.options.shards.max(1) as i32)
+                .max(Self::shard_of(campaign, state) + 1),
             kind,
             // The day the places returned and `day_sent` are of (for a lease report: no run).
             run_id: Some(day.to_string()),
@@ -712,6 +713,7 @@ impl CampaignStage {
         day: &str,
         returned: bool,
     ) -> Result<(), ProcessError> {
+        let here = self.in_effect_here(campaign, state);
         let lease = &mut state.lease;
         if let Some(count) = lease.in_flight.get_mut(day) {
             *count = count.saturating_sub(1);
@@ -725,6 +727,10 @@ impl CampaignStage {
             lease.returning += 1;
         } else if lease.daily.is_some() && day != lease.day {
             // A place of a day this shard is past: void, given back to the total.
+            self.lease_report(ctx, campaign, state, ShardReportKind::Returned, 1, day)?;
+        } else if !here {
+            // No candidate comes here any more (an edit put the campaign on fewer shards, or
+            // its home alone): home, where candidates may wait for it.
             self.lease_report(ctx, campaign, state, ShardReportKind::Returned, 1, day)?;
         } else {
             lease.places += 1; // the next candidate waiting here takes it (`settle` wakes it)
@@ -792,6 +798,10 @@ impl CampaignStage {
             if state.waiting > 0 {
                 ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
             }
+        }
+        if state.waiting > 0 && !awaited {
+            // Places a shard gave back or spent: what waits at home for them looks again.
+            ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
         }
         self.serve_leases(ctx, campaign, state)?;
         self.announce_daily_limit(ctx, campaign, state)?;

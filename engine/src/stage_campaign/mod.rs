@@ -908,7 +908,8 @@ impl CampaignStage {
         let Some(campaign) = self.known(ctx, &skip.campaign_id, key)? else {
             return Ok(());
         };
-        let mut state = self.load(ctx, &campaign, &scope(key, &campaign)?)?;
+        let scope = Self::answer_scope(ctx, key, &campaign)?;
+        let mut state = self.load(ctx, &campaign, &scope)?;
         // A user a run selected who does not come passes the place on (see `standby`).
         let counted = self.not_coming(ctx, &campaign, &mut state, &skip)?;
         // A command the send gate refused takes back its variant's sent count; the first of its

@@ -73,7 +73,8 @@ impl CampaignState {
         if self.day.0 != today {
             self.day = (today, 0);
         }
-        let taken_today = self.day.1 + self.day_held_at_shards(&self.day.0);
+        // (At a home, its shards' sends of the day too: `sent_today`.)
+        let taken_today = self.sent_today() + self.day_held_at_shards(&self.day.0);
         campaign.limits.daily.filter(|limit| taken_today >= *limit).map(FullLimit::Daily)
     }
 
@@ -121,7 +122,7 @@ impl CampaignStage {
         if campaign.status == CampaignStatus::Stopped {
             return false;
         }
-        if state.in_flight > 0 && state.full_limit(campaign, at).is_some() {
+        if Self::places_out(campaign, state) && state.full_limit(campaign, at).is_some() {
             return true;
         }
         run.is_some_and(|run| run.waits_for_places(campaign))
@@ -131,7 +132,16 @@ impl CampaignStage {
     /// campaign is not stopped). A scheduled run's users wait for its places unbounded: each
     /// comes once, so the run bounds them.
     pub(super) fn may_wait(campaign: &Campaign, state: &CampaignState) -> bool {
-        campaign.status != CampaignStatus::Stopped && state.in_flight > 0
+        campaign.status != CampaignStatus::Stopped && Self::places_out(campaign, state)
+    }
+
+    /// Whether places counted taken may come back: in flight at the send gate, or, at a home,
+    /// held by its shards (an edit put the campaign on its home alone while they held places
+    /// or had them in flight: they give back those the gate refuses, see `leases`).
+    fn places_out(campaign: &Campaign, state: &CampaignState) -> bool {
+        let at_shards = !state.is_shard(campaign)
+            && (state.held_at_shards() > 0 || state.day_held_at_shards(&state.day.0) > 0);
+        state.in_flight > 0 || at_shards
     }
 
     /// A candidate found `limit` full: while places are in flight (one may come back) it waits
@@ -281,6 +291,26 @@ impl CampaignStage {
         self.announce_total_limit(ctx, campaign, state)
     }
 
+    /// The state the send gate's answer keyed `key` goes to: as any record's (see
+    /// `super::scope`), or a shard an edit took away that holds state (its places in flight
+    /// settle there: `campaign::shards::answer_key`).
+    pub(super) fn answer_scope(
+        ctx: &mut ProcessorContext<'_>,
+        key: Option<&[u8]>,
+        campaign: &Campaign,
+    ) -> Result<String, ProcessError> {
+        let scoped = super::scope(key, campaign);
+        let Some(former) = key.filter(|key| {
+            scoped.is_err() && crate::campaign::shards::named_shard(key, campaign).is_some()
+        }) else {
+            return scoped;
+        };
+        match ctx.store(super::STATE)?.get(former)? {
+            Some(_) => Ok(String::from_utf8_lossy(former).into_owned()),
+            None => scoped,
+        }
+    }
+
     /// The send gate let a notification leave: its place is final.
     pub(super) fn on_confirmed(
         &mut self,
@@ -291,7 +321,8 @@ impl CampaignStage {
         let Some(campaign) = self.known(ctx, &confirmed.campaign_id, key)? else {
             return Ok(());
         };
-        let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign)?)?;
+        let scope = Self::answer_scope(ctx, key, &campaign)?;
+        let mut state = self.load(ctx, &campaign, &scope)?;
         let (user, run) = (&confirmed.user_id, &confirmed.run_id);
         Self::settle_index(ctx, &mut state, user, run, false)?; // see `indices`
         if self.settle(ctx, &campaign, &mut state, user, run, false)? {
@@ -360,7 +391,10 @@ impl CampaignStage {
             self.settle_leased(ctx, campaign, state, &place.day, returned)?;
         }
         let mut run_settled = false;
-        if let Some(of_run) = state.run_mut(run).filter(|_| !is_triggered_run(run)) {
+        // A leased place of a scheduled run's user (an index leased alone, see `indices`) is
+        // not counted in the run.
+        if let Some(of_run) = state.run_mut(run).filter(|_| !is_triggered_run(run) && !place.leased)
+        {
             run_settled = of_run.settle(returned);
         }
         if state.in_flight == 0 && state.is_shard(campaign) {

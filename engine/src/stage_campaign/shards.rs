@@ -163,7 +163,11 @@ impl CampaignStage {
     pub(super) fn shard_of(campaign: &Campaign, state: &CampaignState) -> i32 {
         match campaign_shards::scope(state.key.as_bytes(), campaign) {
             campaign_shards::Scope::Shard(shard) => shard as i32,
-            campaign_shards::Scope::Home | campaign_shards::Scope::Foreign => 0,
+            campaign_shards::Scope::Home => 0,
+            // A shard an edit took away (see `places::answer_scope`).
+            campaign_shards::Scope::Foreign => {
+                campaign_shards::named_shard(state.key.as_bytes(), campaign).unwrap_or(0) as i32
+            }
         }
     }
 
@@ -176,11 +180,13 @@ impl CampaignStage {
         kind: ShardReportKind,
         fill: impl FnOnce(&mut ShardReport),
     ) -> Result<(), ProcessError> {
+        let shard = Self::shard_of(campaign, state);
         let mut report = ShardReport {
             campaign_id: campaign.id.clone(),
             app_id: campaign.app.clone(),
-            shard: Self::shard_of(campaign, state),
-            shards: campaign_shards::in_effect(campaign, &self.settings) as i32,
+            shard,
+            // A shard an edit took away still reports (its places in flight settle there).
+            shards: (campaign_shards::in_effect(campaign, &self.settings) as i32).max(shard + 1),
             kind,
             run_id: None,
             qualified: 0,
