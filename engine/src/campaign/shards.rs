@@ -3,7 +3,7 @@
 //! campaign goes to its home, keyed by the campaign id. A campaign with one shard in effect is
 //! keyed by its id alone, exactly as before sharding existed.
 
-use super::{sample, Assignment, Campaign, Trigger};
+use super::{sample, Assignment, Campaign, TestPopulation, Trigger};
 use crate::{
     model::{
         scheduled_run_time, Candidate, Engagement, RunTally, SendCommand, SendConfirmed, Skip,
@@ -52,7 +52,9 @@ pub fn in_effect(campaign: &Campaign, _settings: &Settings) -> u32 {
         // With them, the global assignment indices too; without them, places that carry the
         // indices alone, granted on demand (`stage_campaign::indices`).
         (_, Assignment::Alternate | Assignment::Split(_)) => true,
-        (_, _) => false,
+        // A triggered A/B test: its test users as global indices leased the same way, the
+        // winner decided at home from every shard's counters (`stage_campaign::ab`).
+        (_, Assignment::AbTest(test)) => matches!(test.test_audience, TestPopulation::Users(_)),
     };
     if supported {
         campaign.options.shards.max(1)

@@ -19,18 +19,20 @@
 //! division numbering the places its predecessor left unused, so the places, and the variants,
 //! stay exact. A candidate naming no partition (an older producer) has no share: it waits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    assignment_key, is_held, queue, timer_key, CampaignStage, CampaignState, ProcessError,
-    ASSIGNMENTS, RUN_BUFFER, RUN_TIMER,
+    assignment_key, indices, is_held, queue,
+    shards::{plan_to, EVALUATION_GRACE_MS},
+    timer_key, CampaignStage, CampaignState, ProcessError, AB_TIMER, ASSIGNMENTS, RUN_BUFFER,
+    RUN_TIMER, WAITING_TIMER,
 };
 pub use crate::campaign::TestPopulation;
 use crate::{
-    campaign::{sample, AbTest, Assignment, Campaign, CampaignStatus},
-    model::Candidate,
+    campaign::{sample, shards as campaign_shards, AbTest, Assignment, Campaign, CampaignStatus},
+    model::{Candidate, ShardPlan, ShardPlanKind},
     runtime::ProcessorContext,
 };
 
@@ -137,6 +139,13 @@ pub(super) struct TriggeredTest {
     /// Test users by partition of a test saved before divisions.
     #[serde(default, skip_serializing)]
     taken: BTreeMap<u32, u64>,
+    /// Over shards, at home: when it asked the shards for their counters to decide the winner
+    /// (see [`CampaignStage::awaits_test_evaluation`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    asked_at: Option<i64>,
+    /// The shards that answered the ask.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    answered: BTreeSet<i32>,
 }
 
 impl TriggeredTest {
@@ -590,6 +599,110 @@ impl CampaignStage {
         state.ab_test.pooling = full_step && state.ab_test.tested() < audience;
         if state.ab_test.pooling {
             ctx.schedule(ctx.now_ms(), &timer)?;
+        }
+        Ok(())
+    }
+}
+
+/// A triggered A/B test spread over shards (see `indices::ab_test_on` for its test users): the
+/// winner is decided once at home, as a scheduled run's is, on every shard's counters as of the
+/// decision, and told to every shard, where the users beyond the test wait for it.
+impl CampaignStage {
+    /// Home of a triggered test over shards: whether the winner must wait for the shards'
+    /// counters as of now. The first time it is due the home asks every shard in effect
+    /// (`EVALUATE`, run [`indices::TRIGGERED_TEST`]) and decides once all have answered
+    /// (`EVALUATED`), or after the grace on the counters they last reported. `None`: not such
+    /// a test (a scheduled run's is decided by `shards`).
+    pub(super) fn awaits_test_evaluation(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        now: i64,
+    ) -> Result<Option<bool>, ProcessError> {
+        let shards = campaign_shards::in_effect(campaign, &self.settings);
+        if state.is_shard(campaign) || !indices::triggered_test(campaign) || shards <= 1 {
+            return Ok(None);
+        }
+        let Some(asked_at) = state.ab_test.asked_at else {
+            state.ab_test.asked_at = Some(now);
+            for shard in 0..shards as i32 {
+                let ask =
+                    plan_to(campaign, indices::TRIGGERED_TEST, shard, ShardPlanKind::Evaluate, now);
+                self.send_plan(ctx, campaign, &ask)?;
+            }
+            ctx.schedule(now + EVALUATION_GRACE_MS, &timer_key(AB_TIMER, &state.key))?;
+            return Ok(Some(true));
+        };
+        let missing: Vec<i32> =
+            (0..shards as i32).filter(|s| !state.ab_test.answered.contains(s)).collect();
+        if missing.is_empty() || now < asked_at + EVALUATION_GRACE_MS {
+            return Ok(Some(!missing.is_empty()));
+        }
+        tracing::warn!(campaign = %campaign.id, ?missing, "shards did not answer the A/B evaluation: deciding on their last reported counters");
+        Ok(Some(false))
+    }
+
+    /// Home: `shard` answered the ask of a triggered test's evaluation (its counters are
+    /// stored): once all have, the winner is decided.
+    pub(super) fn on_test_evaluated(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        shard: i32,
+    ) -> Result<(), ProcessError> {
+        if state.ab_test.asked_at.is_none() || state.winner_id.is_some() {
+            return Ok(());
+        }
+        state.ab_test.answered.insert(shard);
+        self.winner_due(ctx, campaign, state, ctx.timestamp_ms())
+    }
+
+    /// Home: the triggered test's winner was chosen: every shard is told (`WINNER`, before any
+    /// place granted after it, on the same key), then the shards lease as without a test.
+    pub(super) fn announce_test_winner(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+    ) -> Result<(), ProcessError> {
+        if state.is_shard(campaign) || !indices::triggered_test(campaign) {
+            return Ok(());
+        }
+        if campaign_shards::in_effect(campaign, &self.settings) <= 1 {
+            return Ok(());
+        }
+        for shard in 0..campaign.options.shards as i32 {
+            let plan = ShardPlan {
+                winner_id: state.winner_id.clone(),
+                ..plan_to(
+                    campaign,
+                    indices::TRIGGERED_TEST,
+                    shard,
+                    ShardPlanKind::Winner,
+                    ctx.timestamp_ms(),
+                )
+            };
+            self.send_plan(ctx, campaign, &plan)?;
+        }
+        self.lease_after_winner(ctx, campaign, state)
+    }
+
+    /// Shard: the home's winner of the triggered test: its users waiting here get it, on the
+    /// places the home grants from now on.
+    pub(super) fn on_test_winner(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        state: &mut CampaignState,
+        plan: &ShardPlan,
+    ) -> Result<(), ProcessError> {
+        if plan.kind != ShardPlanKind::Winner || plan.winner_id.is_none() {
+            return Ok(());
+        }
+        state.winner_id.clone_from(&plan.winner_id);
+        if state.waiting > 0 {
+            ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
         }
         Ok(())
     }

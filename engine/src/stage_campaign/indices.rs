@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ab, assignment_key, CampaignStage, CampaignState, ASSIGNMENTS};
 use crate::{
-    campaign::{shards as campaign_shards, Campaign, Trigger},
+    campaign::{shards as campaign_shards, Assignment, Campaign, TestPopulation, Trigger},
     model::{is_triggered_run, Candidate, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind},
     runtime::{ProcessError, ProcessorContext},
 };
@@ -125,6 +125,9 @@ impl CampaignStage {
         candidate: &Candidate,
     ) -> Option<usize> {
         state.indices.given = None;
+        if let Some(variant) = Self::test_index_variant(campaign, state, candidate) {
+            return variant; // a triggered A/B test's (below)
+        }
         let leased = is_triggered_run(&candidate.run_id) || leased_alone(campaign);
         if !state.is_shard(campaign) || !leased || !indexed(campaign) {
             return None;
@@ -180,7 +183,7 @@ impl CampaignStage {
         shard: u32,
         places: u64,
     ) -> Result<(), ProcessError> {
-        if !indexed(campaign) || places == 0 {
+        if !(indexed(campaign) || ab_test_on(campaign, state).is_some()) || places == 0 {
             return Ok(());
         }
         let mut ranges = Vec::new();
@@ -249,6 +252,90 @@ impl CampaignStage {
     pub(super) fn on_index_report(state: &mut CampaignState, report: &ShardReport) {
         let from = report.qualified.max(0) as u64;
         insert(&mut state.index_pool.free, from, from + report.places.max(0) as u64);
+    }
+}
+
+/// Whether `campaign` is a triggered A/B test of a number of users: over shards its test
+/// users are leased global indices (see [`ab_test_on`]).
+pub(super) fn triggered_test(campaign: &Campaign) -> bool {
+    !matches!(campaign.when.trigger, Trigger::Scheduled(_))
+        && matches!(
+            &campaign.assignment,
+            Assignment::AbTest(test) if matches!(test.test_audience, TestPopulation::Users(_))
+        )
+}
+
+/// The audience of `campaign`'s triggered A/B test while it is on where `state` is kept (no
+/// winner known there; see "A/B test audience" in `docs/architecture.md`). Over shards its test
+/// users are the global indices `0 .. audience`, leased to the shards as alternation's are, and
+/// index g gets variant `g mod variants` (as one task's place g). While it is on, the home grants
+/// a place only with an index ([`CampaignStage::indices_left`]) and only on demand (no
+/// pre-lease), so no index lies unspent at a shard and the test completes with its
+/// `audience`-th user sent; users beyond it wait at their shard for the winner.
+pub(super) fn ab_test_on(campaign: &Campaign, state: &CampaignState) -> Option<u64> {
+    match &campaign.assignment {
+        Assignment::AbTest(test) if triggered_test(campaign) && state.winner_id.is_none() => {
+            match test.test_audience {
+                TestPopulation::Users(audience) => Some(audience),
+                TestPopulation::Percent(_) => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A triggered A/B test's evaluation and winner plans and reports name this in `run_id` (no
+/// scheduled run's id, nor a day).
+pub(super) const TRIGGERED_TEST: &str = "triggered-test";
+
+impl CampaignStage {
+    /// A shard's variant for a triggered `candidate` while the campaign's A/B test is on there:
+    /// that of its lowest index held (spent if the user is sent, as alternation's); `None`
+    /// elsewhere.
+    fn test_index_variant(
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        candidate: &Candidate,
+    ) -> Option<Option<usize>> {
+        if !state.is_shard(campaign) || !is_triggered_run(&candidate.run_id) {
+            return None;
+        }
+        ab_test_on(campaign, state)?;
+        let index = state.indices.held.first().map(|(from, _)| *from);
+        state.indices.given = index;
+        Some(index.map(|index| ab::alternate(index, campaign.what.len())))
+    }
+
+    /// Home: the places it may grant while a triggered A/B test is on, one per index it may
+    /// still grant (given back, then new ones up to the audience); `None` when none is on.
+    pub(super) fn indices_left(campaign: &Campaign, state: &CampaignState) -> Option<u64> {
+        let audience = ab_test_on(campaign, state)?;
+        let free: u64 = state.index_pool.free.iter().map(|(from, to)| to - from).sum();
+        Some(free + audience.saturating_sub(state.assigned))
+    }
+
+    /// Home: a triggered A/B test over shards is complete once every index of its audience was
+    /// granted and spent by a send the gate confirmed: none left to grant, no place held,
+    /// unreported or in flight at any shard (while the test is on a place goes only with an
+    /// index, and a shard's last place spent or settled is reported); the winner is due after
+    /// the wait, counted from now.
+    pub(super) fn complete_sharded_test(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+    ) -> Result<(), ProcessError> {
+        if state.is_shard(campaign) || state.test_full_at.is_some() {
+            return Ok(());
+        }
+        let Some(audience) = ab_test_on(campaign, state) else { return Ok(()) };
+        let complete = state.assigned >= audience
+            && state.index_pool.free.is_empty()
+            && state.held_at_shards() == 0;
+        if complete {
+            self.start_evaluation(ctx, campaign, state, ctx.timestamp_ms())?;
+        }
+        Ok(())
     }
 }
 

@@ -134,7 +134,7 @@ impl DayLease {
 /// or places that carry global assignment indices alone (a triggered campaign in alternation or
 /// with a split and no limit: see `indices`).
 fn limited(campaign: &Campaign) -> bool {
-    has_limit(campaign) || indices::leased_alone(campaign)
+    has_limit(campaign) || indices::leased_alone(campaign) || indices::triggered_test(campaign)
 }
 
 /// Whether `campaign` has a limit its shards' places are leased of (total or daily).
@@ -804,8 +804,21 @@ impl CampaignStage {
             ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
         }
         self.serve_leases(ctx, campaign, state)?;
+        self.complete_sharded_test(ctx, campaign, state)?; // see `indices`
         self.announce_daily_limit(ctx, campaign, state)?;
         self.announce_total_limit(ctx, campaign, state)
+    }
+
+    /// Home: the triggered A/B test's winner was told to the shards: they lease as without a
+    /// test from now on (pre-lease, then what waited at them for the winner).
+    pub(super) fn lease_after_winner(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+    ) -> Result<(), ProcessError> {
+        self.pre_lease(ctx, campaign, state)?;
+        self.serve_leases(ctx, campaign, state)
     }
 
     /// Whether the home applies the lease report (`DEMAND`, `RETURNED`, `COUNTED`) `report`:
@@ -925,7 +938,11 @@ impl CampaignStage {
         if state.is_shard(campaign) {
             let changed = state.lease.owed > 0 && limited(campaign);
             self.answer_recounts(ctx, campaign, state)?;
-            if state.waiting > 0 && Self::leases(campaign, state) {
+            // Those waiting for a triggered test's winner are woken by it (`ab`), not every
+            // second of the test's wait.
+            let for_winner =
+                indices::ab_test_on(campaign, state).is_some() && state.lease.usable(campaign) == 0;
+            if state.waiting > 0 && Self::leases(campaign, state) && !for_winner {
                 ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
             }
             return Ok(changed);
@@ -979,6 +996,7 @@ impl CampaignStage {
         if shards <= 1
             || !triggered
             || state.pre_leased
+            || indices::ab_test_on(campaign, state).is_some()
             || state.awaits_recount()
             || campaign.status != CampaignStatus::Active
         {
@@ -1020,7 +1038,11 @@ impl CampaignStage {
         let mut free = state.free_places(campaign);
         // A grant covers the demand and some more, so a busy shard does not ask per user; places
         // of indices alone (no limit) exactly the demand, so that none is left unspent.
-        let chunk = limit.map_or(1, |limit| (limit / (4 * shards)).max(1));
+        let mut chunk = limit.map_or(1, |limit| (limit / (4 * shards)).max(1));
+        if let Some(left) = Self::indices_left(campaign, state) {
+            // A triggered A/B test's: a place only with an index, on demand (`indices`).
+            (free, chunk) = (free.min(left), 1);
+        }
         let today = state.day.0.clone();
         let mut plans: Vec<(u32, ShardPlanKind, u64, &str)> = Vec::new();
         for (shard, lease) in state.leases.iter_mut().filter(|(_, l)| l.demand > 0) {

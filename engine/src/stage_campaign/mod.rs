@@ -845,6 +845,7 @@ impl CampaignStage {
         self.maybe_declare_winner(ctx, campaign, state, at)?;
         if !chosen && state.winner_id.is_some() {
             self.announce_winner_to_shards(ctx, campaign, state)?;
+            self.announce_test_winner(ctx, campaign, state)?; // a triggered test's (`ab`)
         }
         if !is_held(campaign) {
             self.release_run(ctx, campaign, state, at)?;

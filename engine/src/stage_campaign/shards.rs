@@ -561,6 +561,9 @@ impl CampaignStage {
         state: &mut CampaignState,
         now: i64,
     ) -> Result<bool, ProcessError> {
+        if let Some(waits) = self.awaits_test_evaluation(ctx, campaign, state, now)? {
+            return Ok(waits); // a triggered test's (`ab`)
+        }
         let timer = super::timer_key(super::AB_TIMER, &state.key);
         let Some(run) = state.run.as_mut().filter(|run| run.coordinates()) else {
             return Ok(false);
@@ -596,6 +599,9 @@ impl CampaignStage {
         run_id: &Option<String>,
         shard: i32,
     ) -> Result<(), ProcessError> {
+        if run_id.as_deref() == Some(super::indices::TRIGGERED_TEST) {
+            return self.on_test_evaluated(ctx, campaign, state, shard); // see `ab`
+        }
         let Some(run) = state.run.as_mut() else { return Ok(()) };
         if run.shards.asked_at.is_none() || run_id.as_deref() != Some(run.id.as_str()) {
             return Ok(()); // an answer to an ask of a run a newer one replaced
@@ -637,6 +643,10 @@ impl CampaignStage {
         if plan.kind == ShardPlanKind::Evaluate {
             let kind = ShardReportKind::Evaluated;
             self.report_counters(ctx, &campaign, &state, kind, Some(&plan.run_id))?;
+            return self.save(ctx, &campaign, &mut state);
+        }
+        if plan.run_id == super::indices::TRIGGERED_TEST {
+            self.on_test_winner(ctx, &mut state, &plan)?; // see `ab`
             return self.save(ctx, &campaign, &mut state);
         }
         // The winner is the campaign's, whatever run the plan is about (a newer run may have
