@@ -14,6 +14,7 @@ mod route;
 mod runs;
 mod segments;
 mod send_gate;
+mod user_read;
 
 use std::sync::Arc;
 
@@ -21,13 +22,14 @@ pub use gates::{dnd_window_end, in_sample, Capped, SendLog};
 pub use profile::{Profile, UserView};
 use route::Inbound;
 use serde::{Deserialize, Serialize};
+use user_read::UserRead;
 
 use crate::{
     campaign::{
         sample,
         shards::{self, FlowRecord},
-        Campaign, CampaignCache, CampaignStatus, DndAction, Filter, LocalSend, SegmentBook,
-        Trigger, UserLocal, CAMPAIGNS_TABLE, SEGMENTS_TABLE,
+        Campaign, CampaignCache, CampaignStatus, DndAction, LocalSend, Trigger, UserLocal,
+        CAMPAIGNS_TABLE, SEGMENTS_TABLE,
     },
     model::{
         is_triggered_run, scheduled_run_time, topics::TopicNames, triggered_run_id, AliasRecord,
@@ -399,6 +401,7 @@ impl UserStage {
         // Read once for the event: nothing on its way changes the profile.
         let profile = ctx.store(PROFILES)?.get(event.user_id.as_bytes())?;
         self.record_history(ctx, &event, profile.as_deref())?;
+        let user = UserRead::new(profile.as_deref());
         self.forward_notification_engagement(ctx, &event)?;
         self.attribute_conversions(ctx, &event)?;
         // A paused campaign starts nothing new, but its `unless` events still close windows.
@@ -413,7 +416,7 @@ impl UserStage {
         for campaign in campaigns {
             self.cancel_inaction(ctx, &campaign, &event)?;
             if campaign.status == CampaignStatus::Active {
-                self.trigger(ctx, &campaign, &event, &run_id, profile.as_deref())?;
+                self.trigger(ctx, &campaign, &event, &run_id, &user)?;
             }
         }
         Ok(())
@@ -608,14 +611,15 @@ impl UserStage {
     }
 
     /// Starts what `event` triggers in `campaign`: a candidate now, an inaction window or a
-    /// reminder; `run_id` names this trigger occurrence, `profile` is the user's stored one.
+    /// reminder; `run_id` names this trigger occurrence, `user` is what the event read of its
+    /// user.
     fn trigger(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Arc<Campaign>,
         event: &AppEvent,
         run_id: &str,
-        profile: Option<&[u8]>,
+        user: &UserRead<'_>,
     ) -> Result<(), ProcessError> {
         if !in_window(campaign, event.timestamp_ms) {
             return Ok(());
@@ -638,7 +642,7 @@ impl UserStage {
                             event_properties: &event.properties,
                             at_ms: leaves_at(ctx, event),
                             after_dnd: false,
-                            stored_profile: profile,
+                            read: user,
                         };
                         return self.qualify(ctx, campaign, &occasion).map(|_| ());
                     }
@@ -737,7 +741,7 @@ impl UserStage {
             event_properties: &pending.event_properties,
             at_ms,
             after_dnd: pending.waiting == Waiting::Dnd,
-            stored_profile: None,
+            read: &UserRead::default(),
         };
         if !self.qualify(ctx, campaign, &occasion)? && sample::reserves(campaign) {
             let who = (pending.user.as_str(), pending.run_id.as_str());
@@ -753,13 +757,8 @@ impl UserStage {
         occasion: &Occasion<'_>,
     ) -> Result<bool, ProcessError> {
         let Occasion { user, run_id, trigger_event, event_properties, at_ms, .. } = *occasion;
-        let (profile, history) = load_user(
-            ctx,
-            (user, occasion.stored_profile),
-            at_ms,
-            &campaign.who,
-            self.segments.book(),
-        )?;
+        let (profile, history) =
+            occasion.read.load(ctx, user, at_ms, &campaign.who, self.segments.book())?;
         let verdict = self.assess(ctx, campaign, occasion, &profile, &history)?;
         // A trigger occurrence judged (sent, or skipped for a reason) is remembered: a
         // producer's retry of it is a duplicate, never judged again days later.
@@ -887,31 +886,6 @@ fn leaves_at(ctx: &ProcessorContext<'_>, event: &AppEvent) -> i64 {
     event.timestamp_ms.max(ctx.effective_ms())
 }
 
-/// A user's profile (with `age` derived at `at_ms`) and, when matching `who` reads it (see
-/// [`Filter::reads_history`]), event history; else an empty history, which `who` never reads.
-/// A user's profile (decoded from `stored` when the caller already read it, else read from the
-/// store) and, when `who` looks at past behaviour, their history.
-fn load_user(
-    ctx: &mut ProcessorContext<'_>,
-    (user, stored): (&str, Option<&[u8]>),
-    at_ms: i64,
-    who: &Filter,
-    segments: &SegmentBook,
-) -> Result<(Profile, History), ProcessError> {
-    let profiles = ctx.store(PROFILES)?;
-    let mut profile = match stored {
-        Some(bytes) => profiles.decode_as::<Profile>(bytes)?,
-        None => profiles.get_as::<Profile>(user.as_bytes())?.unwrap_or_default(),
-    };
-    profile.derive_age(at_ms);
-    let history = if who.reads_history(&|id| segments.get(id).map(|segment| &segment.who)) {
-        history::load(&ctx.store(HISTORY)?, user)?
-    } else {
-        History::default()
-    };
-    Ok((profile, history))
-}
-
 /// A user's daily event counts per history key, as [`history::load`] reads them.
 type History = std::collections::HashMap<String, Vec<(i64, u32)>>;
 
@@ -939,9 +913,8 @@ struct Occasion<'a> {
     at_ms: i64,
     /// Do-not-disturb hours were already waited out.
     after_dnd: bool,
-    /// The user's stored profile as the caller already read it (a run's scan, an event's
-    /// handling), or `None`: read it from the store.
-    stored_profile: Option<&'a [u8]>,
+    /// What the occasion reads of the user, once for every campaign it checks.
+    read: &'a UserRead<'a>,
 }
 
 /// Longest event id used as it is to name an occurrence; longer ones are replaced by their

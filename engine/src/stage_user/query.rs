@@ -2,7 +2,7 @@
 //! the estimate scan, which checks each of the task's users as an immediate run of the campaign
 //! would (reading the stores only, emitting nothing) and counts them, in steps.
 
-use super::{load_user, Occasion, Profile, UserStage, UserView, Verdict, PROFILES};
+use super::{user_read::UserRead, Occasion, Profile, UserStage, UserView, Verdict, PROFILES};
 use crate::{
     campaign::{parse_campaign, Campaign, Filter},
     model::{scheduled_run_id, Platform, Properties},
@@ -132,7 +132,8 @@ impl UserStage {
         match target {
             Target::Segment { filter, at_ms } => {
                 let segments = self.segments.book();
-                let (profile, history) = load_user(ctx, (user, None), *at_ms, filter, segments)?;
+                let read = UserRead::default();
+                let (profile, history) = read.load(ctx, user, *at_ms, filter, segments)?;
                 let view = UserView { profile: &profile, history: &history, segments };
                 if filter.matches(&view, *at_ms) {
                     count_reach(counts, &profile, &[Platform::Ios, Platform::Android]);
@@ -140,8 +141,8 @@ impl UserStage {
             }
             Target::Campaign { campaign, at_ms } => {
                 let segments = self.segments.book();
-                let (profile, history) =
-                    load_user(ctx, (user, None), *at_ms, &campaign.who, segments)?;
+                let read = UserRead::default();
+                let (profile, history) = read.load(ctx, user, *at_ms, &campaign.who, segments)?;
                 let run = scheduled_run_id(*at_ms);
                 let no_properties = Properties::new();
                 let occasion = Occasion {
@@ -151,7 +152,7 @@ impl UserStage {
                     event_properties: &no_properties,
                     at_ms: *at_ms,
                     after_dnd: false,
-                    stored_profile: None,
+                    read: &read,
                 };
                 match self.assess(ctx, campaign, &occasion, &profile, &history)? {
                     Verdict::Outside => return Ok(()),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Occasion, UserStage, PROFILES, RUNS};
+use super::{user_read::UserRead, Occasion, UserStage, PROFILES, RUNS};
 use crate::{
     campaign::{shards, Campaign, CampaignStatus, Schedule, Trigger},
     model::{scheduled_run_id, Properties, RunTally},
@@ -111,6 +111,7 @@ impl UserStage {
         let shards = cursor.by_shard.len() as u32;
         let no_properties = Properties::new();
         for (user, profile) in &users {
+            let read = UserRead::new(Some(profile));
             let occasion = Occasion {
                 user,
                 run_id: &run,
@@ -118,7 +119,7 @@ impl UserStage {
                 event_properties: &no_properties,
                 at_ms: cursor.run_at,
                 after_dnd: false,
-                stored_profile: Some(profile),
+                read: &read,
             };
             if self.qualify(ctx, campaign, &occasion)? {
                 cursor.qualified += 1;
