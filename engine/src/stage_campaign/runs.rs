@@ -627,10 +627,9 @@ impl CampaignStage {
         let spent = run.indices.is_none_or(|(next, end)| next >= end);
         if chosen.is_none() && indexed.is_none() && spent && Self::leases_alone(campaign, state) {
             // At their local time, after the shard's block of the run: a leased index (see
-            // `indices`), at once or once the home grants one.
-            self.place_leased(ctx, campaign, state, candidate.clone())?;
-            run.sent += u64::from(state.sent > sent);
-            return Ok(());
+            // `indices`), at once or once the home grants one; not counted in the run (its
+            // place is the lease's, settled there).
+            return self.place_leased(ctx, campaign, state, candidate.clone());
         }
         self.deliver(ctx, campaign, state, candidate, indexed.or(chosen))?;
         if state.sent > sent {
