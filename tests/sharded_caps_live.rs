@@ -6,63 +6,19 @@
 //! queue" in `docs/architecture.md`).
 
 mod common;
+#[path = "common/sharded.rs"]
+mod sharded;
 
-use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
+use std::{collections::BTreeSet, time::Duration};
 
-use common::{wait_for_offsets, KillOnDrop};
+use common::wait_for_offsets;
 use herald_engine::model::{
-    AppEvent, CampaignLifecycleEvent, CampaignStats, Platform, SchemaRegistry, SendCommand,
+    CampaignLifecycleEvent, CampaignStats, Platform, SchemaRegistry, SendCommand,
 };
+use sharded::{apply, create_topics, events, spawn_instance_with};
 
 const USERS: usize = 4_000;
 const TOTAL: usize = 1_500;
-
-fn create_topics(topic: &dyn Fn(&str) -> String) {
-    common::create_topics(&[
-        (&topic("events"), 4),
-        (&topic("profiles"), 4),
-        (&topic("receipts"), 4),
-        (&topic("send-gate"), 4),
-        (&topic("campaigns"), 1),
-        (&topic("segments"), 1),
-        (&topic("campaign-flow"), 8),
-        (&topic("app-throttle"), 1),
-        (&topic("push"), 2),
-        (&topic("stats"), 1),
-        (&topic("campaign-events"), 1),
-        (&topic("dead-letter"), 1),
-    ]);
-}
-
-/// `herald campaign apply` of `yaml` (written to `dir/name`) to the topic `campaigns`.
-fn apply(dir: &Path, campaigns: &str, name: &str, yaml: &str) {
-    let file = dir.join(name);
-    std::fs::write(&file, yaml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["campaign", "apply", "--topic", campaigns, file.to_str().unwrap()])
-        .env("HERALD_BROKERS", common::kafka().brokers)
-        .output()
-        .unwrap();
-    let (stdout, stderr) =
-        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stdout}{stderr}");
-}
-
-/// Events `name` of `users`, one each, now.
-fn events(name: &str, users: &[usize]) -> Vec<(String, Vec<u8>)> {
-    let registry = SchemaRegistry::builtin();
-    let event = |user: String| AppEvent {
-        event_id: format!("{name}-{user}"),
-        app_id: "shop".into(),
-        user_id: user,
-        name: name.into(),
-        timestamp_ms: common::now_ms(),
-        properties: Default::default(),
-        sdk_version: None,
-    };
-    let user = |i: &usize| format!("u{i}");
-    users.iter().map(|i| (user(i), registry.encode(&event(user(i))).unwrap())).collect()
-}
 
 /// Each user of `users` sends `Pong` (even users only: `news` spends their cap of the day) and
 /// `Ping` (`coupons`), in that order on the user's partition: both candidates pass the user
@@ -71,9 +27,9 @@ fn pings(topic: &str, users: std::ops::Range<usize>) {
     let mut records = Vec::new();
     for i in users {
         if i % 2 == 0 {
-            records.extend(events("Pong", &[i]));
+            records.extend(events("Pong", std::iter::once(format!("u{i}"))));
         }
-        records.extend(events("Ping", &[i]));
+        records.extend(events("Ping", std::iter::once(format!("u{i}"))));
     }
     common::produce(topic, records);
 }
@@ -84,7 +40,7 @@ fn a_total_over_8_shards_on_an_app_with_caps_stays_exact_when_an_instance_is_kil
     let app_id = common::unique("it-caps-app");
     let dir = tempfile::tempdir().unwrap();
     let topic = |name: &str| format!("{prefix}herald.{name}");
-    create_topics(&topic);
+    create_topics(&topic, 8);
     let news =
         "id: news\napp: shop\nname: News\nwhen: { event: Pong }\nwhat: { title: n, body: n }\n";
     apply(dir.path(), &topic("campaigns"), "news.yaml", news);
@@ -101,11 +57,8 @@ fn a_total_over_8_shards_on_an_app_with_caps_stays_exact_when_an_instance_is_kil
     );
     let log = dir.path().join("engines.log");
     let spawn = |instance: &str| {
-        let state = dir.path().join(format!("state-{instance}"));
         let extra = ["--app-config", settings.to_str().unwrap()];
-        KillOnDrop::new(common::spawn_engine_instance(
-            &prefix, &app_id, instance, &state, &log, &extra,
-        ))
+        spawn_instance_with(&prefix, &app_id, dir.path(), &log, instance, &extra)
     };
     let mut a = spawn("a");
     let mut b = spawn("b");

@@ -3,17 +3,20 @@
 //! stay exact, read by user and by variant on the push topic (see `docs/architecture.md`).
 
 mod common;
+#[path = "common/sharded.rs"]
+mod sharded;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use common::{wait_for_offsets, KillOnDrop};
 use herald_engine::model::{
     AppEvent, CampaignLifecycleEvent, CampaignStats, Platform, SchemaRegistry, SendCommand,
+};
+use sharded::{
+    apply, commands, create_topics, events, herald, spawn_instance, spawn_one, try_apply,
 };
 
 const USERS: usize = 12_000;
@@ -26,29 +29,6 @@ fn campaign(at_ms: i64) -> String {
     format!(
         "id: sharded\napp: shop\nname: Sharded\nwhen: {{ schedule: {{ at: \"{at}\" }} }}\nwhat:\n  variants:\n    - {{ title: A, body: a }}\n    - {{ title: B, body: b }}\n    - {{ title: C, body: c }}\n  ab: {{ test_audience: \"15%\", evaluate_after: 5s }}\nlimits: {{ total: {TOTAL}, safety: 50000 }}\noptions: {{ ignore_global_caps: true, shards: 4 }}\n"
     )
-}
-
-fn apply(dir: &Path, campaigns: &str, name: &str, yaml: &str) {
-    let out = try_apply(dir, campaigns, name, yaml);
-    let (stdout, stderr) =
-        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stdout}{stderr}");
-}
-
-/// `herald campaign apply` of `yaml` (written to `dir/name`) to the topic `campaigns`.
-fn try_apply(dir: &Path, campaigns: &str, name: &str, yaml: &str) -> std::process::Output {
-    let file = dir.join(name);
-    std::fs::write(&file, yaml).unwrap();
-    herald(&["campaign", "apply", "--topic", campaigns, file.to_str().unwrap()])
-}
-
-/// Runs the `herald` binary against the test broker.
-fn herald(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(args)
-        .env("HERALD_BROKERS", common::kafka().brokers)
-        .output()
-        .unwrap()
 }
 
 /// `campaign apply` refuses a change of `options.shards` while the campaign is live (active or
@@ -77,24 +57,6 @@ fn apply_refuses_a_change_of_shards_on_a_live_campaign_and_takes_it_once_stopped
     );
     assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
     assert!(taken.status.success(), "{}", String::from_utf8_lossy(&taken.stdout));
-}
-
-/// The deployment's topics (4 user partitions, `flow` campaign-flow partitions).
-fn create_topics(topic: &dyn Fn(&str) -> String, flow: i32) {
-    common::create_topics(&[
-        (&topic("events"), 4),
-        (&topic("profiles"), 4),
-        (&topic("receipts"), 4),
-        (&topic("send-gate"), 4),
-        (&topic("campaigns"), 1),
-        (&topic("segments"), 1),
-        (&topic("campaign-flow"), flow),
-        (&topic("app-throttle"), 1),
-        (&topic("push"), 2),
-        (&topic("stats"), 1),
-        (&topic("campaign-events"), 1),
-        (&topic("dead-letter"), 1),
-    ]);
 }
 
 /// A triggered campaign's total limit leased by its home to 8 shards on 8 campaign-stage tasks;
@@ -402,52 +364,6 @@ fn a_4_shard_ab_broadcast_with_total_limit_5000_stays_exact_when_an_instance_is_
     assert_eq!(sent, BTreeMap::from([("A", 3_800), ("B", 600), ("C", 600)]));
 
     common::delete_topics_starting_with(&[&prefix, &app_id]);
-}
-
-/// One engine instance on the deployment's topics (killed on drop).
-fn spawn_one(prefix: &str, app_id: &str, dir: &Path, log: &Path) -> KillOnDrop {
-    spawn_instance(prefix, app_id, dir, log, "a")
-}
-
-/// Engine instance `instance` on the deployment's topics, on its own state under `dir` (killed
-/// on drop).
-fn spawn_instance(
-    prefix: &str,
-    app_id: &str,
-    dir: &Path,
-    log: &Path,
-    instance: &str,
-) -> KillOnDrop {
-    let state = dir.join(format!("state-{instance}"));
-    KillOnDrop::new(common::spawn_engine_instance(prefix, app_id, instance, &state, log, &[]))
-}
-
-/// `name` events of `users`, one each.
-fn events(name: &str, users: impl Iterator<Item = String>) -> Vec<(String, Vec<u8>)> {
-    let registry = SchemaRegistry::builtin();
-    users
-        .map(|user| {
-            let event = AppEvent {
-                event_id: format!("{name}-{user}"),
-                app_id: "shop".into(),
-                user_id: user.clone(),
-                name: name.into(),
-                timestamp_ms: common::now_ms(),
-                properties: Default::default(),
-                sdk_version: None,
-            };
-            (user, registry.encode(&event).unwrap())
-        })
-        .collect()
-}
-
-/// The send commands on `topic` so far, decoded.
-fn commands(topic: &str, at_least: usize) -> Vec<SendCommand> {
-    let registry = SchemaRegistry::builtin();
-    common::read_committed(topic, at_least, Duration::from_secs(2), Duration::from_secs(60))
-        .iter()
-        .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
-        .collect()
 }
 
 #[test]

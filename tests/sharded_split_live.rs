@@ -4,19 +4,20 @@
 //! `docs/architecture.md`), read by user and by variant on the push topic and in the stats.
 
 mod common;
+#[path = "common/sharded.rs"]
+mod sharded;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
-use common::{wait_for_offsets, KillOnDrop};
+use common::wait_for_offsets;
 use herald_engine::{
     model::{CampaignLifecycleEvent, CampaignStats, Platform, SchemaRegistry, SendCommand},
     stage_campaign::ab::SplitDelivery,
 };
+use sharded::{apply, create_topics, spawn_instance};
 
 const USERS: usize = 12_000;
 const TOTAL: usize = 9_999;
@@ -29,40 +30,13 @@ fn campaign(at_ms: i64) -> String {
     )
 }
 
-/// `herald campaign apply` of `yaml` (written to `dir/name`) to the topic `campaigns`.
-fn apply(dir: &Path, campaigns: &str, name: &str, yaml: &str) {
-    let file = dir.join(name);
-    std::fs::write(&file, yaml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["campaign", "apply", "--topic", campaigns, file.to_str().unwrap()])
-        .env("HERALD_BROKERS", common::kafka().brokers)
-        .output()
-        .unwrap();
-    let (stdout, stderr) =
-        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stdout}{stderr}");
-}
-
 #[test]
 fn a_split_70_30_over_8_shards_is_one_tasks_round_robin_when_an_instance_is_killed_mid_run() {
     let prefix = format!("{}-", common::unique("it-split"));
     let app_id = common::unique("it-split-app");
     let dir = tempfile::tempdir().unwrap();
     let topic = |name: &str| format!("{prefix}herald.{name}");
-    common::create_topics(&[
-        (&topic("events"), 4),
-        (&topic("profiles"), 4),
-        (&topic("receipts"), 4),
-        (&topic("send-gate"), 4),
-        (&topic("campaigns"), 1),
-        (&topic("segments"), 1),
-        (&topic("campaign-flow"), 8),
-        (&topic("app-throttle"), 1),
-        (&topic("push"), 2),
-        (&topic("stats"), 1),
-        (&topic("campaign-events"), 1),
-        (&topic("dead-letter"), 1),
-    ]);
+    create_topics(&topic, 8);
     // The run is set once the engines have read every profile: first a week out, then soon.
     let week = campaign(common::now_ms() + 7 * 86_400_000);
     apply(dir.path(), &topic("campaigns"), "week.yaml", &week);
@@ -72,17 +46,7 @@ fn a_split_70_30_over_8_shards_is_one_tasks_round_robin_when_an_instance_is_kill
         (0..USERS).map(|i| common::profile(&format!("u{i}"), Platform::Android, now)),
     );
     let log = dir.path().join("engines.log");
-    let spawn = |instance: &str| {
-        let state = dir.path().join(format!("state-{instance}"));
-        KillOnDrop::new(common::spawn_engine_instance(
-            &prefix,
-            &app_id,
-            instance,
-            &state,
-            &log,
-            &[],
-        ))
-    };
+    let spawn = |instance: &str| spawn_instance(&prefix, &app_id, dir.path(), &log, instance);
     let mut a = spawn("a");
     let mut b = spawn("b");
     wait_for_offsets(&format!("{app_id}-profiles-changelog"), USERS as i64, &log);
