@@ -205,3 +205,39 @@ fn a_triggered_test_with_a_total_over_8_shards_on_an_app_with_caps_keeps_the_tes
         out.kinds("tab").into_iter().filter(|(kind, _)| kind == "LimitReached").collect();
     assert_eq!(limits, [("LimitReached".to_string(), "500".to_string())]);
 }
+
+/// The test of 60 users with a daily limit of 100 over 8 shards, 300 users pinging on the first
+/// day and 300 others on the second: the first day 20 each tested, then the winner (A, no
+/// clicks) to 40 more, the others refused; the second day 100 more, all with the winner;
+/// `LIMIT_REACHED` (daily) once a day.
+#[test]
+fn a_triggered_test_with_a_daily_limit_over_8_shards_keeps_the_test_and_each_days_limit_exact() {
+    let campaign = test_campaign(60, "limits: { daily: 100 }\n");
+    assert_eq!(sharded::spread(&campaign), 8, "spread over its 8 shards");
+    let mut input: Vec<ReplayRecord> = sharded::profiles(0..600).collect();
+    input.push(sharded::define("tab", &campaign, T0));
+    input.extend(sharded::events("Ping", 0..300, T0 + 10_000));
+    input.push(sharded::other_event(0, T0 + 3 * HOUR)); // the first day's winner, then
+    input.extend(sharded::events("Ping", 300..600, sharded::MIDNIGHT + 60_000));
+    input.push(sharded::other_event(0, sharded::MIDNIGHT + 3 * HOUR));
+    let out = sharded::run(sharded::NO_CAPS, input, sharded::MIDNIGHT + 4 * HOUR);
+
+    let decided_at = the_winner(&out.events).timestamp_ms;
+    assert!(decided_at < sharded::MIDNIGHT, "decided on the first day");
+    let sends: Vec<SendCommand> = out.of("tab").into_iter().cloned().collect();
+    let (tested, after) = split_at(&sends, decided_at);
+    assert_eq!(per_variant(&tested), sharded::counted(&[("A", 20), ("B", 20), ("C", 20)]));
+    let day = |user: &String| user[1..].parse::<usize>().unwrap() < 300;
+    let first: BTreeMap<String, String> =
+        after.iter().filter(|(u, _)| day(u)).map(|(u, v)| (u.clone(), v.clone())).collect();
+    let second: BTreeMap<String, String> =
+        after.iter().filter(|(u, _)| !day(u)).map(|(u, v)| (u.clone(), v.clone())).collect();
+    assert!(tested.keys().all(day), "the test on the first day");
+
+    assert_eq!(per_variant(&first), sharded::counted(&[("A", 40)]), "the first day's 100");
+    assert_eq!(per_variant(&second), sharded::counted(&[("A", 100)]), "the second day's 100");
+    assert_eq!(shards_of(second.keys()).len(), 8, "every shard sending the second day");
+    let limits: Vec<(String, String)> =
+        out.kinds("tab").into_iter().filter(|(kind, _)| kind == "LimitReached").collect();
+    assert_eq!(limits.len(), 2, "once a day: {limits:?}");
+}
