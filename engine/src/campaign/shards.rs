@@ -25,7 +25,8 @@ pub const SEPARATOR: char = '\u{1f}';
 /// triggered campaign with one message or messages by property (its total and daily limits
 /// are leased to the shards by the home), or alternation or a split (global assignment indices
 /// leased with the places of a total or daily limit, or with places of their own without one:
-/// `stage_campaign::indices`).
+/// `stage_campaign::indices`), or an A/B test of a number of users (its test users are such
+/// indices, its winner decided at home: `stage_campaign::ab`).
 /// `settings` are no longer read (an app's caps used to keep a limited campaign at home).
 pub fn in_effect(campaign: &Campaign, _settings: &Settings) -> u32 {
     let supported = match (&campaign.when.trigger, &campaign.assignment) {
