@@ -224,9 +224,9 @@ fn a_triggered_test_whose_sends_the_gate_refuses_in_flight_tests_exactly_its_aud
 /// The same test put on its home alone while its indices are in flight at the shards, u80..u119
 /// qualifying at the home: 60 users tested, 20/20/20, as on one task.
 /// Finding 2 (MEDIUM, a count off). 80 users are tested (27/26/27), none twice, none of
-/// u0..u19: the home alone starts its own count of the test while the old shards' test sends
-/// in flight still go out and the gate's refusals settle at the old shards (cause not traced
-/// further), so the test overshoots its audience by a third. One task: 20/20/20.
+/// u0..u19: the home alone counts its test from zero, not counting what its old shards tested
+/// (see `a_triggered_test_moved_home_after_its_shards_tested_does_not_test_again`), so the
+/// test overshoots its audience. One task: 20/20/20.
 #[test]
 #[ignore = "review s27 finding 2: a triggered test moved home while its indices are in flight tests 80 users (27/26/27), one task 60 (20/20/20)"]
 fn a_triggered_test_moved_home_while_indices_are_in_flight_tests_exactly_its_audience() {
@@ -325,4 +325,44 @@ fn forged_indices_reports_adding_up_past_u64_do_not_stop_the_engine() {
     let out = run(NO_CAPS, input, T0 + 30 * MINUTE);
     out.users("ping");
     assert_eq!(per_variant(&out), counted(&[("A", 10), ("B", 10), ("C", 10)]));
+}
+
+/// Finding 2 without refusals (no `news`): the A/B test of 60 over 4 shards, u0..u79's
+/// candidates in flight at the shards (60 test indices granted there), put on its home alone a
+/// minute later, u80..u119 qualifying at the home. One task: 60 tested, 20/20/20. Got: 100
+/// tested (34/33/33), everyone: the home alone counts its test from zero, not counting the 60
+/// its shards tested.
+#[test]
+#[ignore = "review s27 finding 2: a triggered test moved home after its shards tested 60 tests 100 (34/33/33), one task 60 (20/20/20)"]
+fn a_triggered_test_moved_home_after_its_shards_tested_does_not_test_again() {
+    let mut input = vec![define("ping", &ab_test(60, OVER_4), T0)];
+    input.extend(profiles(0..120));
+    input.push(other_event(0, T0 + 3 * MINUTE));
+    input.extend(candidates("ping", 0..80, T0 + 4 * MINUTE));
+    input.push(define("ping", &ab_test(60, ""), T0 + 5 * MINUTE));
+    input.extend(candidates_at_home("ping", 80..120, T0 + 6 * MINUTE));
+    input.push(other_event(1, T0 + 60 * MINUTE));
+    let out = run(THROTTLED_CAPS, input, T0 + 90 * MINUTE);
+    out.users("ping"); // none twice
+    assert_eq!(per_variant(&out), counted(&[("A", 20), ("B", 20), ("C", 20)]));
+}
+
+/// Finding 1 under edits: the A/B test of 60 over 4 shards, u0..u19's sends refused in flight,
+/// narrowed to 2 shards (`narrow`) or paused and resumed a minute after the candidates came,
+/// u80..u119 qualifying after. One task: 60 tested, 20/20/20. Got: 40 (13/13/14) both ways.
+#[test]
+#[ignore = "review s27 finding 1: narrowed 4->2 or paused/resumed, the test tests 40 (13/13/14), one task 60 (20/20/20)"]
+fn a_triggered_test_narrowed_or_paused_while_indices_are_in_flight_tests_its_audience() {
+    let two = define("ping", &ab_test(60, "options: { shards: 2 }\n"), T0 + 5 * MINUTE);
+    let later = candidates_over(80..120, T0 + 6 * MINUTE, 2).collect();
+    let out = in_flight_then(&ab_test(60, OVER_4), vec![two], later);
+    assert_eq!(per_variant(&out), counted(&[("A", 20), ("B", 20), ("C", 20)]), "narrowed");
+    let yaml = ab_test(60, OVER_4);
+    let edits = vec![
+        command("ping", &yaml, CampaignCommand::Pause, T0 + 5 * MINUTE),
+        command("ping", &yaml, CampaignCommand::Resume, T0 + 6 * MINUTE),
+    ];
+    let later = candidates("ping", 80..120, T0 + 7 * MINUTE).collect();
+    let out = in_flight_then(&yaml, edits, later);
+    assert_eq!(per_variant(&out), counted(&[("A", 20), ("B", 20), ("C", 20)]), "paused");
 }
