@@ -366,3 +366,83 @@ fn a_triggered_test_narrowed_or_paused_while_indices_are_in_flight_tests_its_aud
     let out = in_flight_then(&yaml, edits, later);
     assert_eq!(per_variant(&out), counted(&[("A", 20), ("B", 20), ("C", 20)]), "paused");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Scheduled alternation and split with `timezone: user` over shards (backtest driver).
+
+/// Weekly on Fridays at 09:00 in each user's own timezone, sending `what`, with `options`.
+fn user_local(id: &str, what: &str, options: &str) -> String {
+    format!("id: {id}\napp: shop\nname: n\nwhen:\n  schedule: {{ repeat: weekly, days: [fri], time: \"09:00\", timezone: user }}\nwhat: {what}\noptions: {{ ignore_global_caps: true{options} }}\n")
+}
+/// RFC 3339 of epoch milliseconds.
+fn at(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339()
+}
+/// Epoch milliseconds of RFC 3339.
+fn ms_of(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp_millis()
+}
+/// `per_zone` users in each of UTC+14 (`a…`), UTC (`b…`) and UTC−10 (`c…`) at 18:00Z on
+/// Thursday 2026-11-19, then other users' events every 10 minutes until 22:00Z on Friday the
+/// 20th (as in `sharded_split_more.rs`).
+fn three_timezones(per_zone: usize) -> Vec<String> {
+    let start = ms_of("2026-11-19T18:00:00Z");
+    let zones = [("a", "Pacific/Kiritimati"), ("b", "UTC"), ("c", "Pacific/Honolulu")];
+    let mut lines: Vec<String> = zones
+        .iter()
+        .flat_map(|(zone, tz)| {
+            (0..per_zone).map(move |i| {
+                format!(
+                    r#"{{"type":"profile","user":"{zone}{i}","ts":"{}","set":{{"timezone":"{tz}"}},"devices":[{{"platform":"ios","token":"tok-{zone}{i}"}}]}}"#,
+                    at(start)
+                )
+            })
+        })
+        .collect();
+    for tick in (start..=ms_of("2026-11-20T22:00:00Z")).step_by(600_000) {
+        lines.extend((0..12).map(|z| {
+            format!(
+                r#"{{"type":"event","user":"z{z}","ts":"{}","name":"App Opened","props":{{}}}}"#,
+                at(tick)
+            )
+        }));
+    }
+    lines
+}
+
+/// Sound (guard): a user-local alternation of 3 and a split 70/30 over 8 shards, 40 users per
+/// timezone, with edits before the UTC users' 09:00: b0..b9 opt out, c0..c4 move to UTC (sent
+/// at 09:00Z instead of 19:00Z) and a5..a9 (already sent at the release) move to UTC−10. The
+/// same 110 users once each, and the same variant counts as one task (37/37/36; 77/33), the
+/// stats equal to the commands, `RUN_STARTED` and `RUN_FINISHED` once.
+#[test]
+fn a_user_local_alternation_or_split_with_users_leaving_and_moving_zones_keeps_one_tasks_counts() {
+    let alt = "\n  variants:\n    - { id: A, title: t, body: a }\n    - { id: B, title: t, body: b }\n    - { id: C, title: t, body: c }";
+    let split = "\n  variants:\n    - { id: A, title: t, body: a }\n    - { id: B, title: t, body: b }\n  split: [70, 30]";
+    for what in [alt, split] {
+        let mut lines = three_timezones(40);
+        // b0..b9 opt out and c0..c4 move to UTC (sent at 09:00Z instead of 19:00Z), before 09:00Z
+        let mut extra = Vec::new();
+        for i in 0..10 {
+            extra.push(format!(r#"{{"type":"profile","user":"b{i}","ts":"2026-11-20T05:00:00Z","set":{{"push_opt_out":true}}}}"#));
+        }
+        for i in 0..5 {
+            extra.push(format!(r#"{{"type":"profile","user":"c{i}","ts":"2026-11-20T05:00:00Z","set":{{"timezone":"UTC"}}}}"#));
+        }
+        for i in 5..10 {
+            extra.push(format!(r#"{{"type":"profile","user":"a{i}","ts":"2026-11-20T05:00:00Z","set":{{"timezone":"Pacific/Honolulu"}}}}"#));
+        }
+        let pos = lines.iter().position(|l| l.contains("2026-11-20T05:00:00")).unwrap();
+        for (k, e) in extra.into_iter().enumerate() {
+            lines.insert(pos + k, e);
+        }
+        let one = Outcome::replay(&user_local("t", what, ""), &lines);
+        let sharded = Outcome::replay(&user_local("t", what, ", shards: 8"), &lines);
+        let users = |o: &Outcome| o.variants().into_keys().collect::<BTreeSet<String>>();
+        assert_eq!(users(&one).len(), 110, "one task: every user but b0..b9, once");
+        assert_eq!(users(&sharded), users(&one), "the same users");
+        assert_eq!(sharded.counts(), one.counts(), "one task's counts");
+        assert_eq!(sharded.stats_sent("t"), sharded.counts(), "the stats count the commands");
+        assert_eq!(sharded.kinds(), ["RUN_STARTED", "RUN_FINISHED"]);
+    }
+}
