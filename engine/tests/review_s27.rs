@@ -487,3 +487,51 @@ fn a_user_local_alternation_or_split_with_users_leaving_and_moving_zones_keeps_o
         assert_eq!(sharded.kinds(), ["RUN_STARTED", "RUN_FINISHED"]);
     }
 }
+
+/// A triggered A/B test of 30 over 4 shards (the winner an hour after the test), 60 users
+/// qualifying at once (30 tested, 30 waiting at their shards for the winner), then `edit` five
+/// minutes later; the clock runs six hours. Who was sent, once each.
+fn waiting_for_the_winner_then(edit: Option<&str>) -> Out {
+    let yaml = ab_test(30, OVER_4).replace("12h", "1h");
+    let mut input = vec![define("ping", &yaml, T0)];
+    input.extend(profiles(0..60));
+    input.push(other_event(0, T0 + 5_000));
+    input.extend(candidates("ping", 0..60, T0 + 20_000));
+    input.extend(edit.map(|edited| define("ping", &edited.replace("12h", "1h"), T0 + 5 * MINUTE)));
+    for hour in 1..6 {
+        input.push(other_event(1, T0 + hour * 60 * MINUTE));
+    }
+    run(NO_CAPS, input, T0 + 6 * 60 * MINUTE)
+}
+
+/// Sound (guard): the test of 30 over 4 shards, nothing edited, or widened to 8 shards while
+/// 30 users wait for the winner: every one of the 60 users is sent once (10/10/10 tested, the
+/// winner to the other 30), as on one task.
+#[test]
+fn users_waiting_for_a_triggered_tests_winner_get_it_after_a_widening() {
+    for edit in [None, Some(ab_test(30, "options: { shards: 8 }\n"))] {
+        let out = waiting_for_the_winner_then(edit.as_deref());
+        assert_eq!(out.users("ping"), numbers(0, 60), "{edit:?}");
+        let counts = per_variant(&out);
+        assert_eq!(counts.values().sum::<usize>(), 60);
+        assert!(counts.values().all(|&n| n >= 10), "10 tested each: {counts:?}");
+    }
+}
+
+/// Finding 7 (HIGH, notifications lost). The same test narrowed to 2 shards, or put on its
+/// home alone, while 30 users wait at their shards for the winner: without the edit (as on one
+/// task) every one of the 60 users is sent once (the winner to the 30 after the test). Got: narrowed, 43 users (the
+/// `WINNER` plans to shards 2 and 3 are dead letters, "neither its home nor one of its
+/// shards", so their waiting users never get it); moved home, 30 users (the winner goes to no
+/// shard: none of the 30 waiting is ever sent).
+#[test]
+#[ignore = "review s27 finding 7: users waiting for a triggered test's winner at shards an edit took away are never sent: narrowed 4->2, 43 of 60; moved home, 30 of 60"]
+fn users_waiting_for_a_triggered_tests_winner_get_it_after_a_narrowing_or_a_move_home() {
+    let home = ab_test(30, "");
+    let one = waiting_for_the_winner_then(None);
+    assert_eq!(one.users("ping"), numbers(0, 60));
+    let narrowed = waiting_for_the_winner_then(Some(&ab_test(30, "options: { shards: 2 }\n")));
+    assert_eq!(narrowed.users("ping"), numbers(0, 60), "narrowed to 2 shards");
+    let moved = waiting_for_the_winner_then(Some(&home));
+    assert_eq!(moved.users("ping"), numbers(0, 60), "moved home");
+}
