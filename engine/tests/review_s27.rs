@@ -535,3 +535,57 @@ fn users_waiting_for_a_triggered_tests_winner_get_it_after_a_narrowing_or_a_move
     let moved = waiting_for_the_winner_then(Some(&home));
     assert_eq!(moved.users("ping"), numbers(0, 60), "moved home");
 }
+
+/// Sound (guard): the test of 30 over 4 shards while 30 users wait for the winner, paused and
+/// resumed a minute later, paused until after the winner was decided, or moved home and
+/// spread again a minute later: every one of the 60 users is sent once, 10 tested per variant.
+#[test]
+fn users_waiting_for_a_triggered_tests_winner_get_it_after_a_pause_or_a_move_home_and_back() {
+    let yaml = ab_test(30, OVER_4).replace("12h", "1h");
+    let home = yaml.replace("options: { shards: 4 }\n", "");
+    let pause = |resume: i64| {
+        vec![
+            command("ping", &yaml, CampaignCommand::Pause, T0 + 5 * MINUTE),
+            command("ping", &yaml, CampaignCommand::Resume, T0 + resume * MINUTE),
+        ]
+    };
+    let home_and_back =
+        vec![define("ping", &home, T0 + 5 * MINUTE), define("ping", &yaml, T0 + 6 * MINUTE)];
+    for (case, edits) in [("pause", pause(6)), ("long pause", pause(150)), ("home", home_and_back)]
+    {
+        let mut input = vec![define("ping", &yaml, T0)];
+        input.extend(profiles(0..60));
+        input.push(other_event(0, T0 + 5_000));
+        input.extend(candidates("ping", 0..60, T0 + 20_000));
+        input.extend(edits);
+        for hour in 1..6 {
+            input.push(other_event(1, T0 + hour * 60 * MINUTE));
+        }
+        let out = run(NO_CAPS, input, T0 + 6 * 60 * MINUTE);
+        assert_eq!(out.users("ping"), numbers(0, 60), "{case}");
+        let counts = per_variant(&out);
+        assert!(counts.values().all(|&n| n >= 10), "{case}: 10 tested each: {counts:?}");
+    }
+}
+
+/// Sound (guard): the alternation without a limit over 4 shards, u0..u49 sent, narrowed to 2
+/// shards or put on its home alone, then u50..u98 qualify: u0..u98 once, 33/33/33 as one task.
+#[test]
+fn an_alternation_narrowed_or_moved_home_between_bursts_keeps_one_tasks_counts() {
+    for next in ["options: { shards: 2 }\n", ""] {
+        let mut input = vec![define("ping", &alternation(OVER_4), T0)];
+        input.extend(profiles(0..99));
+        input.push(other_event(0, T0 + 5_000));
+        input.extend(candidates("ping", 0..50, T0 + 10_000));
+        input.push(define("ping", &alternation(next), T0 + MINUTE));
+        match next.is_empty() {
+            true => input.extend(candidates_at_home("ping", 50..99, T0 + 2 * MINUTE)),
+            false => input.extend(candidates_over(50..99, T0 + 2 * MINUTE, 2)),
+        }
+        input.push(other_event(0, T0 + 10 * MINUTE));
+        let out = run(NO_CAPS, input, T0 + 30 * MINUTE);
+        assert_eq!(out.users("ping"), numbers(0, 99), "{next:?}");
+        assert_eq!(per_variant(&out), counted(&[("A", 33), ("B", 33), ("C", 33)]), "{next:?}");
+        assert!(out.dead.is_empty(), "{:?}", out.dead);
+    }
+}
