@@ -251,7 +251,6 @@ fn a_triggered_test_moved_home_while_indices_are_in_flight_tests_exactly_its_aud
 /// unchecked against what the shard was granted and has not spent: index 0 is granted and
 /// spent twice, 34/33/32.
 #[test]
-#[ignore = "review s27 finding 3: a repeated INDICES report grants index 0 twice: 34/33/32, one task 33/33/33"]
 fn a_repeated_indices_report_does_not_grant_an_index_twice() {
     let mut input = vec![define("ping", &alternation(OVER_4), T0)];
     input.extend(profiles(0..99));
@@ -292,7 +291,6 @@ fn indices_plan(shard: u32, from: i64, count: i64, at: i64) -> ReplayRecord {
 /// Finding 6 (MEDIUM, a count off from a repeated record): `indices::on_index_plan` adds the
 /// range to what the shard holds unchecked, so index 0 is spent twice (34/33/32).
 #[test]
-#[ignore = "review s27 finding 6: a repeated INDICES plan makes a shard spend index 0 twice: 34/33/32, one task 33/33/33"]
 fn a_repeated_indices_plan_does_not_spend_an_index_twice() {
     let mut input = vec![define("ping", &alternation(OVER_4), T0)];
     input.extend(profiles(0..99));
@@ -313,7 +311,6 @@ fn a_repeated_indices_plan_does_not_spend_an_index_twice() {
 /// Finding 3 again, on the test: `indices_left` counts the repeated index, so 31 users are
 /// tested (11/10/10).
 #[test]
-#[ignore = "review s27 finding 3: a repeated INDICES report tests 31 users (11/10/10), one task 30 (10/10/10)"]
 fn a_repeated_indices_report_does_not_test_a_user_more() {
     let mut input = vec![define("ping", &ab_test(30, OVER_4), T0)];
     input.extend(profiles(0..60));
@@ -334,7 +331,6 @@ fn a_repeated_indices_report_does_not_test_a_user_more() {
 /// qualifies is a test user, 60 tested (20/20/20); by `complete_sharded_test` (the free pool
 /// must be empty) the test can then never complete.
 #[test]
-#[ignore = "review s27 finding 4: a forged INDICES report of 0..i64::MAX tests every user: 60 (20/20/20), one task 30 (10/10/10)"]
 fn a_forged_indices_report_of_a_huge_range_does_not_widen_the_test() {
     let mut input = vec![define("ping", &ab_test(30, OVER_4), T0)];
     input.extend(profiles(0..60));
@@ -354,7 +350,6 @@ fn a_forged_indices_report_of_a_huge_range_does_not_widen_the_test() {
 /// the audience left without a bound: "attempt to add with overflow" (indices.rs, a panic in
 /// the campaign stage on the home's next lease report; a release build wraps the sum instead).
 #[test]
-#[ignore = "review s27 finding 5: forged INDICES ranges adding up past u64 panic in indices_left (attempt to add with overflow)"]
 fn forged_indices_reports_adding_up_past_u64_do_not_stop_the_engine() {
     let mut input = vec![define("ping", &ab_test(30, OVER_4), T0)];
     input.extend(profiles(0..60));

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ab, assignment_key, CampaignStage, CampaignState, ASSIGNMENTS};
+use super::{
+    ab, assignment_key, leases::REPEATED_LEASE_REPORTS, CampaignStage, CampaignState, ASSIGNMENTS,
+};
 use crate::{
     campaign::{shards as campaign_shards, Assignment, Campaign, TestPopulation, Trigger},
     model::{is_triggered_run, Candidate, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind},
@@ -37,11 +39,15 @@ pub(super) struct ShardIndices {
     /// back to `held`, for the shard's next candidate.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     in_flight: BTreeMap<String, u64>,
+    /// The number of the latest `INDICES` plan applied (a plan's `places`): one not above it
+    /// is a repeat, dropped.
+    #[serde(default)]
+    plans: i64,
 }
 
 impl ShardIndices {
     fn count(&self) -> u64 {
-        self.held.iter().map(|(from, to)| to - from).sum()
+        total(&self.held)
     }
 
     /// Takes the highest indices held beyond the `keep` lowest.
@@ -69,6 +75,51 @@ impl ShardIndices {
 pub(super) struct IndexPool {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     free: Ranges,
+    /// Indices granted to each shard and not given back (spent or not): a shard's `INDICES`
+    /// report gives back only of these.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    out: BTreeMap<u32, Ranges>,
+    /// `INDICES` plans sent to each shard: each carries its number in `places`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    plans: BTreeMap<u32, i64>,
+    /// The pool was made before `out` was kept (restored from an older version's state): a
+    /// shard may give back indices granted then, within those granted and not free.
+    #[serde(default = "made_before_out")]
+    before_out: bool,
+}
+
+/// A pool restored without `before_out` was made by an older version.
+fn made_before_out() -> bool {
+    true
+}
+
+/// How many indices `ranges` hold (saturating: a forged range may be huge).
+fn total(ranges: &Ranges) -> u64 {
+    ranges.iter().fold(0, |sum: u64, (from, to)| sum.saturating_add(to - from))
+}
+
+/// Whether `ranges` hold all of `[from, to)` (they are merged: one range does).
+fn holds(ranges: &Ranges, from: u64, to: u64) -> bool {
+    ranges.iter().any(|(start, end)| *start <= from && to <= *end)
+}
+
+/// Whether `ranges` hold any of `[from, to)`.
+fn overlaps(ranges: &Ranges, from: u64, to: u64) -> bool {
+    ranges.iter().any(|(start, end)| *start < to && from < *end)
+}
+
+/// Takes `[from, to)` out of `ranges`.
+fn remove(ranges: &mut Ranges, from: u64, to: u64) {
+    let mut kept = Vec::with_capacity(ranges.len() + 1);
+    for (start, end) in ranges.drain(..) {
+        if start < from.min(end) {
+            kept.push((start, from.min(end)));
+        }
+        if to.max(start) < end {
+            kept.push((to.max(start), end));
+        }
+    }
+    *ranges = kept;
 }
 
 /// Adds `[from, to)` to `ranges`, merged with its neighbours.
@@ -203,7 +254,11 @@ impl CampaignStage {
             state.assigned += left;
         }
         for (from, to) in ranges {
+            insert(state.index_pool.out.entry(shard).or_default(), from, to);
+            let number = state.index_pool.plans.entry(shard).or_default();
+            *number += 1;
             let plan = ShardPlan {
+                places: *number, // the plan's number (an `INDICES` plan grants no place)
                 test_from: from as i64,
                 test_users: (to - from) as i64,
                 ..super::shards::plan_to(
@@ -220,10 +275,23 @@ impl CampaignStage {
         Ok(())
     }
 
-    /// Shard: indices granted by the home.
-    pub(super) fn on_index_plan(state: &mut CampaignState, plan: &ShardPlan) {
+    /// Shard: indices granted by the home, unless a repeat (its number, `places`, not above the
+    /// latest applied: dropped and counted; an older home's unnumbered plan applies only before
+    /// any numbered one).
+    pub(super) fn on_index_plan(
+        ctx: &mut ProcessorContext<'_>,
+        state: &mut CampaignState,
+        plan: &ShardPlan,
+    ) {
+        let unnumbered = plan.places == 0 && state.indices.plans == 0;
+        if !unnumbered && plan.places <= state.indices.plans {
+            ctx.count(&REPEATED_LEASE_REPORTS, "indices_plan");
+            return;
+        }
+        state.indices.plans = state.indices.plans.max(plan.places);
         let from = plan.test_from.max(0) as u64;
-        insert(&mut state.indices.held, from, from + plan.test_users.max(0) as u64);
+        let to = from.saturating_add(plan.test_users.max(0) as u64);
+        insert(&mut state.indices.held, from, to);
     }
 
     /// Shard: gives back the indices it holds beyond `keep` (its places held or in flight),
@@ -238,8 +306,10 @@ impl CampaignStage {
         if state.indices.count() <= keep {
             return Ok(());
         }
+        let seq = Self::next_report_seq(state); // that of the lease report it goes ahead of
         for (from, to) in state.indices.beyond(keep) {
             self.report(ctx, campaign, state, ShardReportKind::Indices, |r| {
+                r.seq = seq;
                 r.shards = campaign.options.shards.max(1) as i32;
                 r.qualified = from as i64;
                 r.places = (to - from) as i64;
@@ -248,10 +318,51 @@ impl CampaignStage {
         Ok(())
     }
 
-    /// Home: indices a shard gave back, granted again first.
-    pub(super) fn on_index_report(state: &mut CampaignState, report: &ShardReport) {
-        let from = report.qualified.max(0) as u64;
-        insert(&mut state.index_pool.free, from, from + report.places.max(0) as u64);
+    /// Home: indices a shard gave back, granted again first. Numbered as the lease report it
+    /// goes ahead of (`seq`): one whose lease report was applied is a repeat, dropped and
+    /// counted; a range not granted to the shard, or given back already, is rejected (a dead
+    /// letter). An unnumbered one (an older version's) applies only as an unnumbered lease
+    /// report would: to an account made before the upgrade, before any numbered report.
+    pub(super) fn on_index_report(
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        report: &ShardReport,
+    ) -> Result<(), ProcessError> {
+        let shard = report.shard as u32;
+        let reject = |why: &str| {
+            ProcessError::reject(format!(
+                "qualified, places: an INDICES report of {} from shard {} gives back {} indices \
+                 from {}: {why}",
+                campaign.id, report.shard, report.places, report.qualified
+            ))
+        };
+        let from = u64::try_from(report.qualified).map_err(|_| reject("a negative index"))?;
+        let count = u64::try_from(report.places).map_err(|_| reject("a negative count"))?;
+        let to = from.checked_add(count).ok_or_else(|| reject("past the last index"))?;
+        if count == 0 {
+            return Ok(());
+        }
+        let (applied, before_seq) = Self::reports_applied(state, shard);
+        if report.seq != 0 && report.seq <= applied {
+            ctx.count(&REPEATED_LEASE_REPORTS, "indices");
+            return Ok(());
+        }
+        let pool = &mut state.index_pool;
+        let out = pool.out.entry(shard).or_default();
+        let granted = holds(out, from, to);
+        // Before `out` was kept: at most indices granted and not given back.
+        let before = pool.before_out && to <= state.assigned && !overlaps(&pool.free, from, to);
+        if !granted && !before {
+            return Err(reject("not granted to the shard, or given back already"));
+        }
+        if report.seq == 0 && !(applied == 0 && before_seq) {
+            ctx.count(&REPEATED_LEASE_REPORTS, "indices");
+            return Ok(());
+        }
+        remove(out, from, to);
+        insert(&mut pool.free, from, to);
+        Ok(())
     }
 }
 
@@ -310,8 +421,8 @@ impl CampaignStage {
     /// still grant (given back, then new ones up to the audience); `None` when none is on.
     pub(super) fn indices_left(campaign: &Campaign, state: &CampaignState) -> Option<u64> {
         let audience = ab_test_on(campaign, state)?;
-        let free: u64 = state.index_pool.free.iter().map(|(from, to)| to - from).sum();
-        Some(free + audience.saturating_sub(state.assigned))
+        let free = total(&state.index_pool.free);
+        Some(free.saturating_add(audience.saturating_sub(state.assigned)))
     }
 
     /// Home: a triggered A/B test over shards is complete once every index of its audience was
@@ -357,5 +468,17 @@ mod tests {
         assert_eq!(held.held, [(0, 5)]);
         assert_eq!(held.beyond(0), [(0, 5)]);
         assert!(held.held.is_empty());
+    }
+
+    #[test]
+    fn a_range_given_back_leaves_what_was_granted() {
+        let mut out = vec![(0, 6), (10, 12)];
+        assert!(holds(&out, 2, 4) && !holds(&out, 5, 11) && overlaps(&out, 5, 11));
+        remove(&mut out, 2, 4);
+        assert_eq!(out, [(0, 2), (4, 6), (10, 12)]);
+        remove(&mut out, 10, 12);
+        assert_eq!(out, [(0, 2), (4, 6)]);
+        assert!(!overlaps(&out, 2, 4));
+        assert_eq!(total(&vec![(0, u64::MAX), (0, 5)]), u64::MAX);
     }
 }

@@ -35,7 +35,7 @@ use crate::{
 /// shard: a foreign or buggy producer's copy), by kind.
 pub(super) static REPEATED_LEASE_REPORTS: ProcessorCounter = ProcessorCounter {
     name: "campaign_lease_reports_repeated_total",
-    help: "Lease reports (DEMAND, RETURNED, COUNTED) a campaign's home dropped because it had applied their number (seq) from that shard already",
+    help: "Lease reports (DEMAND, RETURNED, COUNTED), index reports (indices) and index plans (indices_plan) a campaign's home or shard dropped because it had applied their number (seq) already",
     label: "kind",
 };
 
@@ -819,6 +819,18 @@ impl CampaignStage {
     ) -> Result<(), ProcessError> {
         self.pre_lease(ctx, campaign, state)?;
         self.serve_leases(ctx, campaign, state)
+    }
+
+    /// Shard: the `seq` its next lease report will carry (an `INDICES` report sent ahead of it
+    /// carries it too: see `indices`).
+    pub(super) fn next_report_seq(state: &CampaignState) -> i64 {
+        state.lease.reports + 1
+    }
+
+    /// Home: the `seq` of the latest lease report applied from `shard`, and whether its account
+    /// was made before lease reports were numbered (see `indices`).
+    pub(super) fn reports_applied(state: &CampaignState, shard: u32) -> (i64, bool) {
+        state.leases.get(&shard).map_or((0, false), |l| (l.applied, l.before_seq))
     }
 
     /// Whether the home applies the lease report (`DEMAND`, `RETURNED`, `COUNTED`) `report`:

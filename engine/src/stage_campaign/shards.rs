@@ -325,7 +325,7 @@ impl CampaignStage {
             return self.save(ctx, &campaign, &mut state);
         }
         if report.kind == ShardReportKind::Indices {
-            Self::on_index_report(&mut state, &report); // see `indices`
+            Self::on_index_report(ctx, &campaign, &mut state, &report)?; // see `indices`
             return self.save(ctx, &campaign, &mut state);
         }
         if matches!(
@@ -637,7 +637,7 @@ impl CampaignStage {
             return self.save(ctx, &campaign, &mut state);
         }
         if plan.kind == ShardPlanKind::Indices {
-            Self::on_index_plan(&mut state, &plan); // see `indices`
+            Self::on_index_plan(ctx, &mut state, &plan); // see `indices`
             return self.save(ctx, &campaign, &mut state);
         }
         if plan.kind == ShardPlanKind::Evaluate {
