@@ -341,6 +341,11 @@ fn a_forged_indices_report_of_a_huge_range_does_not_widen_the_test() {
     let out = run(NO_CAPS, input, T0 + 30 * MINUTE);
     out.users("ping");
     assert_eq!(per_variant(&out), counted(&[("A", 10), ("B", 10), ("C", 10)]));
+    assert!(
+        out.dead.len() == 1 && out.dead[0].contains("not granted to the shard"),
+        "the forged report is a dead letter saying why: {:?}",
+        out.dead
+    );
 }
 
 /// Two forged `INDICES` reports whose ranges add up to nearly 2^64 indices (`0 .. 2^63 - 2`
@@ -361,6 +366,11 @@ fn forged_indices_reports_adding_up_past_u64_do_not_stop_the_engine() {
     let out = run(NO_CAPS, input, T0 + 30 * MINUTE);
     out.users("ping");
     assert_eq!(per_variant(&out), counted(&[("A", 10), ("B", 10), ("C", 10)]));
+    assert!(
+        out.dead.len() == 2 && out.dead.iter().all(|d| d.contains("not granted to the shard")),
+        "both forged reports are dead letters saying why: {:?}",
+        out.dead
+    );
 }
 
 /// Finding 2 without refusals (no `news`): the A/B test of 60 over 4 shards, u0..u79's
