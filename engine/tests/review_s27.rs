@@ -212,7 +212,6 @@ fn an_alternation_paused_and_resumed_while_indices_are_in_flight_keeps_one_tasks
 /// B 13, C 14 against one task's winner A 60, B 20, C 20), so the winner is decided on a
 /// third fewer users than the test the campaign defines. One task: 20/20/20.
 #[test]
-#[ignore = "review s27 finding 1: a triggered test over shards whose sends the gate refuses tests 40 users (13/13/14), one task 60 (20/20/20)"]
 fn a_triggered_test_whose_sends_the_gate_refuses_in_flight_tests_exactly_its_audience() {
     let later = candidates("ping", 80..120, T0 + 6 * MINUTE).collect();
     let out = in_flight_then(&ab_test(60, OVER_4), vec![], later);

@@ -102,11 +102,14 @@ impl CampaignState {
 
 impl CampaignStage {
     /// Whether the notifications of `campaign` ask the send gate to confirm them: they leave
-    /// through the gate (the app has caps) and the campaign has limits to fill exactly.
+    /// through the gate (the app has caps) and the campaign has limits to fill exactly, or is a
+    /// triggered A/B test over shards (a refused test send's index goes back to be granted
+    /// again: the test counts only sends the gate let through, as one task's does).
     pub(super) fn confirms(&self, campaign: &Campaign) -> bool {
         let limits = &campaign.limits;
         let limited = limits.total.is_some() || limits.daily.is_some() || limits.per_run.is_some();
-        limited && self.settings.app(&campaign.app).has_caps()
+        let sharded_test = super::indices::triggered_test(campaign) && campaign.options.shards > 1;
+        (limited || sharded_test) && self.settings.app(&campaign.app).has_caps()
     }
 
     /// Whether the next candidate at `at` must wait because a limit is full while places are
