@@ -322,13 +322,14 @@ fn seq_of(key: &[u8]) -> Option<u64> {
 }
 
 /// The test of `campaign`'s triggered A/B test while it is on (active, no winner): its
-/// population and how long unused shares are kept.
+/// population and how long unused shares are kept. At a home its shards tested on (the
+/// campaign moved home), the test indices granted them and not given back count as tested.
 fn test_on<'c>(campaign: &'c Campaign, state: &CampaignState) -> Option<(u64, &'c AbTest)> {
     match &campaign.assignment {
         Assignment::AbTest(
             test @ AbTest { test_audience: TestPopulation::Users(audience), .. },
         ) if state.winner_id.is_none() && campaign.status == CampaignStatus::Active => {
-            Some((*audience, test))
+            Some((audience.saturating_sub(state.index_pool.out_at_shards()), test))
         }
         _ => None,
     }

@@ -88,6 +88,14 @@ pub(super) struct IndexPool {
     before_out: bool,
 }
 
+impl IndexPool {
+    /// Indices granted to the shards and not given back (spent there, or held): a triggered
+    /// A/B test moved home counts them as tested (see `ab::test_on`).
+    pub(super) fn out_at_shards(&self) -> u64 {
+        self.out.values().map(total).sum()
+    }
+}
+
 /// A pool restored without `before_out` was made by an older version.
 fn made_before_out() -> bool {
     true
