@@ -87,8 +87,11 @@ pub fn expire(store: &mut Store<'_>, user: &str, oldest_day: i64) -> Result<(), 
     let mut prefix = user.as_bytes().to_vec();
     prefix.push(0);
     let stored = store.prefix(&prefix, EXPIRY_SCAN)?;
-    // Past the scan's limit, days not looked at stay unknown: the next day scans again.
-    let mut oldest_kept = if stored.len() == EXPIRY_SCAN { oldest_day } else { i64::MAX };
+    // Past the scan's limit, days not looked at stay unknown: the next day scans again. So it
+    // does when nothing is kept (an entry written without the bound, e.g. of an event whose
+    // stamp has no calendar day, is not missed for long).
+    let complete = stored.len() < EXPIRY_SCAN;
+    let mut oldest_kept: Option<i64> = None;
     for (entry, _) in stored {
         // <key> 0x00 <8-byte day>; the activity entry is too short to hold a day.
         let Some(day) = entry.len().checked_sub(8).filter(|at| *at > prefix.len() + 1) else {
@@ -101,11 +104,11 @@ pub fn expire(store: &mut Store<'_>, user: &str, oldest_day: i64) -> Result<(), 
         if day < oldest_day {
             store.delete(&entry)?;
         } else {
-            oldest_kept = oldest_kept.min(day);
+            oldest_kept = Some(oldest_kept.map_or(day, |oldest| oldest.min(day)));
         }
     }
     if let Some(mut activity) = activity {
-        activity.oldest = oldest_kept;
+        activity.oldest = oldest_kept.filter(|_| complete).unwrap_or(oldest_day);
         activity.write(store, user)?;
     }
     Ok(())
