@@ -414,46 +414,6 @@ fn a_triggered_test_narrowed_or_paused_while_indices_are_in_flight_tests_its_aud
 // ---------------------------------------------------------------------------------------------
 // Scheduled alternation and split with `timezone: user` over shards (backtest driver).
 
-/// Weekly on Fridays at 09:00 in each user's own timezone, sending `what`, with `options`.
-fn user_local(id: &str, what: &str, options: &str) -> String {
-    format!("id: {id}\napp: shop\nname: n\nwhen:\n  schedule: {{ repeat: weekly, days: [fri], time: \"09:00\", timezone: user }}\nwhat: {what}\noptions: {{ ignore_global_caps: true{options} }}\n")
-}
-/// RFC 3339 of epoch milliseconds.
-fn at(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339()
-}
-/// Epoch milliseconds of RFC 3339.
-fn ms_of(rfc3339: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp_millis()
-}
-/// `per_zone` users in each of UTC+14 (`a…`), UTC (`b…`) and UTC−10 (`c…`) at 18:00Z on
-/// Thursday 2026-11-19, then other users' events every 10 minutes until 22:00Z on Friday the
-/// 20th (as in `sharded_split_more.rs`).
-fn three_timezones(per_zone: usize) -> Vec<String> {
-    let start = ms_of("2026-11-19T18:00:00Z");
-    let zones = [("a", "Pacific/Kiritimati"), ("b", "UTC"), ("c", "Pacific/Honolulu")];
-    let mut lines: Vec<String> = zones
-        .iter()
-        .flat_map(|(zone, tz)| {
-            (0..per_zone).map(move |i| {
-                format!(
-                    r#"{{"type":"profile","user":"{zone}{i}","ts":"{}","set":{{"timezone":"{tz}"}},"devices":[{{"platform":"ios","token":"tok-{zone}{i}"}}]}}"#,
-                    at(start)
-                )
-            })
-        })
-        .collect();
-    for tick in (start..=ms_of("2026-11-20T22:00:00Z")).step_by(600_000) {
-        lines.extend((0..12).map(|z| {
-            format!(
-                r#"{{"type":"event","user":"z{z}","ts":"{}","name":"App Opened","props":{{}}}}"#,
-                at(tick)
-            )
-        }));
-    }
-    lines
-}
-
 /// Sound (guard): a user-local alternation of 3 and a split 70/30 over 8 shards, 40 users per
 /// timezone, with edits before the UTC users' 09:00: b0..b9 opt out, c0..c4 move to UTC (sent
 /// at 09:00Z instead of 19:00Z) and a5..a9 (already sent at the release) move to UTC−10. The

@@ -135,50 +135,6 @@ fn an_index_whose_user_is_not_sent_is_spent_by_the_next_user_sent() {
     assert_eq!(outcome.stats_sent("named"), expected);
 }
 
-/// Weekly on Fridays at 09:00 in each user's own timezone, sending `what`, with `options` YAML.
-fn user_local(id: &str, what: &str, options: &str) -> String {
-    format!("id: {id}\napp: shop\nname: n\nwhen:\n  schedule: {{ repeat: weekly, days: [fri], time: \"09:00\", timezone: user }}\nwhat: {what}\noptions: {{ ignore_global_caps: true{options} }}\n")
-}
-
-/// RFC 3339 of epoch milliseconds.
-fn at(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339()
-}
-
-fn ms_of(rfc3339: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp_millis()
-}
-
-/// `per_zone` users in each of UTC+14 (`a0`, `a1`, …), UTC (`b…`) and UTC−10 (`c…`), with a
-/// device, at 18:00Z on Thursday 2026-11-19; then other users' events every 10 minutes until
-/// 22:00Z on Friday the 20th (time moves on, on every partition). The Friday 09:00 run starts at
-/// 09:00 in UTC+14 (19:00Z on the 19th): the `a` users are sent at its release, the `b` users at
-/// 09:00Z and the `c` users at 19:00Z on the 20th, after it.
-fn three_timezones(per_zone: usize) -> Vec<String> {
-    let start = ms_of("2026-11-19T18:00:00Z");
-    let zones = [("a", "Pacific/Kiritimati"), ("b", "UTC"), ("c", "Pacific/Honolulu")];
-    let mut lines: Vec<String> = zones
-        .iter()
-        .flat_map(|(zone, tz)| {
-            (0..per_zone).map(move |i| {
-                format!(
-                    r#"{{"type":"profile","user":"{zone}{i}","ts":"{}","set":{{"timezone":"{tz}"}},"devices":[{{"platform":"ios","token":"tok-{zone}{i}"}}]}}"#,
-                    at(start)
-                )
-            })
-        })
-        .collect();
-    for tick in (start..=ms_of("2026-11-20T22:00:00Z")).step_by(600_000) {
-        lines.extend((0..12).map(|z| {
-            format!(
-                r#"{{"type":"event","user":"z{z}","ts":"{}","name":"App Opened","props":{{}}}}"#,
-                at(tick)
-            )
-        }));
-    }
-    lines
-}
-
 /// Each user sent to with the hour of the send (`2026-11-20T09`) and the variant, one command
 /// each.
 fn sent_at(outcome: &Outcome) -> BTreeMap<String, (String, String)> {
