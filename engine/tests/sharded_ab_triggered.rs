@@ -13,10 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use herald_engine::{
     campaign::shards,
-    model::{
-        topics, AppEvent, CampaignLifecycleEvent, LifecycleKind, PropertyValue, SchemaRegistry,
-        SendCommand,
-    },
+    model::{CampaignLifecycleEvent, LifecycleKind, SendCommand},
     pipeline::LIVE_STATS_INTERVAL_MS,
     runtime::replay::ReplayRecord,
 };
@@ -28,31 +25,6 @@ const HOUR: i64 = 3_600_000;
 /// winner an hour after the last test send; `limits` YAML.
 fn test_campaign(audience: u64, limits: &str) -> String {
     format!("id: tab\napp: shop\nname: n\nwhen: {{ event: Ping }}\nwhat:\n  variants:\n    - {{ id: A, title: a, body: a }}\n    - {{ id: B, title: b, body: b }}\n    - {{ id: C, title: c, body: c }}\n  ab: {{ test_audience: {audience}, evaluate_after: 1h }}\n{limits}options: {{ shards: 8 }}\n")
-}
-
-/// `user` clicks a notification of `tab`'s variant `variant` at `at`.
-fn click(user: &str, variant: &str, at: i64) -> ReplayRecord {
-    let text = |s: &str| PropertyValue::String(s.into());
-    let event = AppEvent {
-        event_id: format!("click-{user}-{at}"),
-        app_id: "shop".into(),
-        user_id: user.into(),
-        name: "Notification Clicked".into(),
-        timestamp_ms: at,
-        properties: [("campaign_id".into(), text("tab")), ("variant_id".into(), text(variant))]
-            .into(),
-        sdk_version: None,
-    };
-    let value = Some(SchemaRegistry::builtin().encode(&event).unwrap());
-    let key = Some(user.as_bytes().to_vec());
-    ReplayRecord {
-        topic: topics::EVENTS.into(),
-        key,
-        value,
-        timestamp_ms: at,
-        partition: None,
-        offset: 0,
-    }
 }
 
 /// The one `WINNER_DECLARED` of `tab`.
@@ -134,9 +106,9 @@ fn a_triggered_test_of_300_users_3_variants_over_8_shards_tests_100_each_then_th
     }
     for (user, variant) in &clicking {
         let at = if variant == "A" { decided_at - 900 } else { decided_at - 100 };
-        input.push(click(user, variant, at));
+        input.push(sharded::click("tab", user, variant, at));
         if variant == "C" {
-            input.push(click(user, variant, at + 1));
+            input.push(sharded::click("tab", user, variant, at + 1));
         }
     }
     late(&mut input);

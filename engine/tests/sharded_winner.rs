@@ -4,17 +4,17 @@
 
 use herald_engine::{
     campaign::shards,
-    model::{
-        topics, AppEvent, CampaignLifecycleEvent, LifecycleKind, PropertyValue, SchemaRegistry,
-        SendCommand,
-    },
+    model::{CampaignLifecycleEvent, LifecycleKind, SendCommand},
     pipeline::LIVE_STATS_INTERVAL_MS,
     runtime::replay::ReplayRecord,
 };
 use records::{define, events, profiles, replay, T0};
+use sharded::click;
 
 #[path = "replay_support/records.rs"]
 mod records;
+#[path = "replay_support/sharded.rs"]
+mod sharded;
 
 /// When the run starts.
 const RUN_AT: i64 = T0 + 100_000;
@@ -25,31 +25,6 @@ fn campaign() -> String {
     format!(
         "id: sab\napp: shop\nname: n\nwhen: {{ schedule: {{ at: \"{at}\" }} }}\nwhat:\n  variants:\n    - {{ title: A, body: a }}\n    - {{ title: B, body: b }}\n  ab: {{ test_audience: \"50%\", evaluate_after: 1h }}\noptions: {{ shards: 4 }}\n"
     )
-}
-
-/// `user` clicks a notification of variant `variant` at `at`.
-fn click(user: &str, variant: &str, at: i64) -> ReplayRecord {
-    let text = |s: &str| PropertyValue::String(s.into());
-    let event = AppEvent {
-        event_id: format!("click-{user}-{at}"),
-        app_id: "shop".into(),
-        user_id: user.into(),
-        name: "Notification Clicked".into(),
-        timestamp_ms: at,
-        properties: [("campaign_id".into(), text("sab")), ("variant_id".into(), text(variant))]
-            .into(),
-        sdk_version: None,
-    };
-    let value = Some(SchemaRegistry::builtin().encode(&event).unwrap());
-    let key = Some(user.as_bytes().to_vec());
-    ReplayRecord {
-        topic: topics::EVENTS.into(),
-        key,
-        value,
-        timestamp_ms: at,
-        partition: None,
-        offset: 0,
-    }
 }
 
 /// Three users of one shard (their clicks are counted by that shard alone).
@@ -93,9 +68,9 @@ fn clicks_a_shard_has_not_reported_yet_still_decide_the_winner() {
     // Just before the decision the shard counts one click for A, which it reports home at
     // once, then two for B within the same stats interval: its next report would leave after
     // the decision.
-    input.push(click(&first, "A", decided_at - 900));
-    input.push(click(&second, "B", decided_at - 100));
-    input.push(click(&third, "B", decided_at - 100));
+    input.push(click("sab", &first, "A", decided_at - 900));
+    input.push(click("sab", &second, "B", decided_at - 100));
+    input.push(click("sab", &third, "B", decided_at - 100));
     let (sends, lifecycle) = announced(input, until);
 
     let declared = winner_declared(&lifecycle);

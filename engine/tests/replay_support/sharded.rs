@@ -22,8 +22,8 @@ use herald_engine::{
     model::{
         topics::{self, TopicNames},
         AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats,
-        Candidate, DeadLetter, Device, IngestDecoder, Platform, ProfileUpdate, Record,
-        SchemaRegistry, SendCommand,
+        Candidate, DeadLetter, Device, IngestDecoder, Platform, ProfileUpdate, PropertyValue,
+        Record, SchemaRegistry, SendCommand,
     },
     pipeline::engine_topology,
     runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
@@ -322,6 +322,22 @@ pub fn events(
 /// User `u<i>` sends `Other` at `at` (an event no campaign here waits for: it moves the clock).
 pub fn other_event(i: usize, at: i64) -> ReplayRecord {
     app_event(i, "Other", format!("other-{i}-{at}"), at)
+}
+
+/// `user` clicks a notification of `campaign`'s variant `variant` at `at`.
+pub fn click(campaign: &str, user: &str, variant: &str, at: i64) -> ReplayRecord {
+    let text = |s: &str| PropertyValue::String(s.into());
+    let event = AppEvent {
+        event_id: format!("click-{user}-{at}"),
+        app_id: "shop".into(),
+        user_id: user.into(),
+        name: "Notification Clicked".into(),
+        timestamp_ms: at,
+        properties: [("campaign_id".into(), text(campaign)), ("variant_id".into(), text(variant))]
+            .into(),
+        sdk_version: None,
+    };
+    keyed(topics::EVENTS, user, &event, at)
 }
 
 /// `users` send `Pong` (`news`) from `at` on, a millisecond apart.
