@@ -76,6 +76,10 @@ pub struct EngineArgs {
     /// a failover restores only the tail: as Kafka Streams' num.standby.replicas.
     #[arg(long, default_value_t = 0)]
     standby_replicas: usize,
+    /// Records a standby may trail its changelogs' ends by and still count as caught up (its
+    /// `standbys … caught_up=` log line): as Kafka Streams' acceptable.recovery.lag.
+    #[arg(long, default_value_t = 10_000)]
+    standby_acceptable_lag: u64,
 }
 
 pub fn run(kafka: &KafkaConfig, args: EngineArgs) -> anyhow::Result<ExitCode> {
@@ -107,6 +111,7 @@ pub fn run(kafka: &KafkaConfig, args: EngineArgs) -> anyhow::Result<ExitCode> {
     config.group_protocol = args.group_protocol;
     config.leave_group_on_shutdown = args.leave_group_on_shutdown;
     config.standby_replicas = args.standby_replicas;
+    config.standby_acceptable_lag = args.standby_acceptable_lag;
     let shutdown = ShutdownFlag::on_signals()?;
     LiveRuntime::new(topology, config).run(&shutdown).context("running the engine")?;
     Ok(ExitCode::SUCCESS)

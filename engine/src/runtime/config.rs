@@ -66,6 +66,10 @@ pub struct RuntimeConfig {
     /// instances (default 0, as Kafka Streams' `num.standby.replicas`): see the `standby`
     /// module.
     pub standby_replicas: usize,
+    /// Records a standby may trail its changelogs' ends by and still count as caught up
+    /// (default 10,000, as Kafka Streams' `acceptable.recovery.lag`): under steady traffic a
+    /// standby is always a few transactions behind, so "none" is seldom seen.
+    pub standby_acceptable_lag: u64,
     /// How long an input partition with records to read (behind its last stable offset) may
     /// go without progress before the instance joins its group again with a new consumer and
     /// producer (default 60 s; stalled 3 times within 5 minutes, it stops with
@@ -136,6 +140,7 @@ impl RuntimeConfig {
             group_protocol: GroupProtocol::Classic,
             leave_group_on_shutdown: false,
             standby_replicas: 0,
+            standby_acceptable_lag: 10_000,
             stall_after: Duration::from_secs(60),
         }
     }

@@ -61,6 +61,8 @@ struct Standby {
 /// The standbys of one instance.
 pub(crate) struct Standbys {
     replicas: usize,
+    /// Records behind the changelogs' ends still counted as caught up.
+    acceptable_lag: u64,
     /// This instance as the group lists it (its group consumer's `client.id`).
     me: String,
     group: String,
@@ -107,6 +109,7 @@ impl Standbys {
             .map_err(RuntimeError::kafka("creating the standby consumer"))?;
         Ok(Some(Self {
             replicas: config.standby_replicas,
+            acceptable_lag: config.standby_acceptable_lag,
             me: me.to_string(),
             group: topology.app_id.clone(),
             state_root: config.state_dir.join(&topology.app_id),
@@ -285,8 +288,8 @@ impl Standbys {
         Ok(())
     }
 
-    /// Logs the standbys' records behind their changelogs' ends when that changes from or to
-    /// none.
+    /// Logs the standbys' records behind their changelogs' ends when they come within the
+    /// acceptable lag or fall behind it.
     fn report_lag(&mut self) -> Result<(), RuntimeError> {
         let partitions: Vec<(String, i32)> = self.targets.keys().cloned().collect();
         let ends = watermarks(&self.consumer, &partitions, TIMEOUT)?;
@@ -298,7 +301,7 @@ impl Standbys {
                 (high - at).max(0)
             })
             .sum();
-        let caught_up = lag == 0 && !self.kept.is_empty();
+        let caught_up = lag as u64 <= self.acceptable_lag && !self.kept.is_empty();
         if caught_up != self.caught_up {
             self.caught_up = caught_up;
             tracing::info!(
