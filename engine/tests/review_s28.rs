@@ -1,0 +1,325 @@
+//! Review s28 (brief s28/RV3): the last session's unreviewed changes, read as a user of the
+//! product would check them (which users got which campaign, which ids), on the replay driver.
+//! Part 1, the user stage's performance changes: the property sets' budget entry (89d4426),
+//! the history's oldest-day bound (19a9313, 139e9cf) and the profile and history read once per
+//! event (872548f, d9af97e). Part 2, the sharded records of s27: numbered INDICES reports and
+//! plans (f2a2d09), refused test sends (a7624e5), a test moved home (bf33624).
+//! Tests marked `#[ignore = "review s28 finding N: ..."]` fail on the code as reviewed (their
+//! doc comment gives the severity and the cause); the others show an area sound and guard it.
+
+use std::{cell::RefCell, sync::Arc};
+
+use herald_engine::{
+    model::{
+        topics::{self, TopicNames},
+        AppEvent, CampaignCommand, CampaignEnvelope, Candidate, DeadLetter, Device, IngestDecoder,
+        Platform, ProfileUpdate, Properties, PropertyValue, Record, SchemaRegistry,
+    },
+    pipeline::engine_topology,
+    runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
+    settings::Settings,
+};
+
+const DAY: i64 = 86_400_000;
+const HOUR: i64 = 3_600_000;
+/// 2026-11-01T00:00:00Z.
+const NOV_1: i64 = 1_793_491_200_000;
+
+fn record<R: Record>(topic: &str, key: &str, at: i64, value: &R) -> ReplayRecord {
+    ReplayRecord {
+        topic: topic.into(),
+        partition: None,
+        offset: 0,
+        key: Some(key.as_bytes().to_vec()),
+        value: Some(SchemaRegistry::builtin().encode(value).unwrap()),
+        timestamp_ms: at,
+    }
+}
+
+/// `user` with one iOS device and the profile properties `set`, at `at`.
+fn profile(user: &str, at: i64, set: &[(&str, &str)]) -> ReplayRecord {
+    let device = Device {
+        device_id: format!("d-{user}"),
+        platform: Platform::Ios,
+        token: format!("tok-{user}"),
+        app_version: None,
+        os_version: None,
+        make: None,
+        model: None,
+        sdk_version: None,
+    };
+    let update = ProfileUpdate {
+        app_id: "shop".into(),
+        user_id: user.into(),
+        timestamp_ms: at,
+        set: set
+            .iter()
+            .map(|(k, v)| (k.to_string(), PropertyValue::String(v.to_string())))
+            .collect(),
+        unset: Vec::new(),
+        devices_added: vec![device],
+        tokens_removed: Vec::new(),
+    };
+    record(topics::PROFILES, user, at, &update)
+}
+
+/// Event `name` of `user` at `at` with string properties, its id `id`.
+fn event(id: &str, user: &str, at: i64, name: &str, properties: &[(&str, &str)]) -> ReplayRecord {
+    let properties: Properties = properties
+        .iter()
+        .map(|(k, v)| (k.to_string(), PropertyValue::String(v.to_string())))
+        .collect();
+    let event = AppEvent {
+        event_id: id.into(),
+        app_id: "shop".into(),
+        user_id: user.into(),
+        name: name.into(),
+        timestamp_ms: at,
+        properties,
+        sdk_version: None,
+    };
+    record(topics::EVENTS, user, at, &event)
+}
+
+/// Campaign `json` (its `id` inside) defined at `at`.
+fn define(json: &str, at: i64) -> ReplayRecord {
+    let definition: serde_json::Value = serde_json::from_str(json).unwrap();
+    let id = definition["id"].as_str().unwrap().to_string();
+    let envelope = CampaignEnvelope {
+        campaign_id: id.clone(),
+        app_id: "shop".into(),
+        command: CampaignCommand::Define,
+        definition: Some(definition.to_string()),
+        revision: at,
+        issued_at_ms: at,
+        issued_by: None,
+    };
+    record(topics::CAMPAIGNS, &id, at, &envelope)
+}
+
+/// A campaign `id` triggered by `on`, for `who` (JSON), caps ignored.
+fn triggered(id: &str, on: &str, who: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","app":"shop","name":"{id}","who":{who},"when":{{"event":"{on}"}},
+        "what":{{"title":"t","body":"b"}},"options":{{"ignore_global_caps":true}}}}"#
+    )
+}
+
+/// What a replay did: the candidates (campaign, user, run id) in order, the dead letters'
+/// reasons, and whether the replay ran to its end (`Err`: the runtime error that stopped it;
+/// live, the transaction aborts and the task retries the same record).
+struct Replayed {
+    candidates: Vec<(String, String, String)>,
+    dead: Vec<String>,
+    ended: Result<(), String>,
+}
+
+impl Replayed {
+    /// (campaign, user) of every candidate, in order.
+    fn who(&self) -> Vec<(&str, &str)> {
+        self.candidates.iter().map(|(c, u, _)| (c.as_str(), u.as_str())).collect()
+    }
+}
+
+/// Replays `input` with `settings` on `partitions` partitions, timers fired until `until`.
+fn run(settings: &str, input: Vec<ReplayRecord>, partitions: i32, until: i64) -> Replayed {
+    let settings = Arc::new(Settings::parse(settings, "settings").unwrap());
+    let topology =
+        engine_topology("it-rv28", TopicNames::default(), settings, IngestDecoder::default(), 0)
+            .unwrap();
+    let (candidates, dead) = (RefCell::new(Vec::new()), RefCell::new(Vec::new()));
+    let sink = ReplaySink::Callback(Box::new(|topic, _key, value, _at| {
+        let registry = SchemaRegistry::builtin();
+        if topic == topics::CAMPAIGN_FLOW
+            && registry.decode_value(value).map(|(name, _)| name == Candidate::FULL_NAME).unwrap()
+        {
+            let c: Candidate = registry.decode(value).unwrap();
+            candidates.borrow_mut().push((c.campaign_id, c.user_id, c.run_id));
+        } else if topic == topics::DEAD_LETTER {
+            let letter: DeadLetter = registry.decode(value).unwrap();
+            dead.borrow_mut().push(letter.reason);
+        }
+        Ok(())
+    }));
+    let options =
+        ReplayOptions { partitions, fire_timers_until: Some(until), ..ReplayOptions::default() };
+    let ended = replay::run(&topology, ReplayInput::Records(input), sink, &options)
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    Replayed { candidates: candidates.into_inner(), dead: dead.into_inner(), ended }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 1: the user stage's reads once per event, the budget entry, the oldest-day bound.
+// ---------------------------------------------------------------------------------------------
+
+/// The campaigns one `App Opened` triggers, some reading the profile only, some the history
+/// (which this very event is already in), defined before everything.
+fn open_campaigns() -> Vec<ReplayRecord> {
+    let gold = r#"{"property":"tier","equals":"gold"}"#;
+    [
+        triggered("a-gold", "App Opened", gold),
+        triggered("b-first-today", "App Opened", r#"{"did":"App Opened","at_most":1,"in_last_days":1}"#),
+        triggered("c-second", "App Opened", r#"{"did":"App Opened","at_least":2,"in_last_days":1}"#),
+        triggered(
+            "d-gold-tea",
+            "App Opened",
+            &format!(r#"{{"all":[{gold},{{"did":"Bought","where":[{{"property":"item","equals":"tea"}}],"in_last_days":3}}]}}"#),
+        ),
+        triggered("e-no-tea", "App Opened", r#"{"did_not":"Bought","where":[{"property":"item","equals":"tea"}],"in_last_days":3}"#),
+    ]
+    .iter()
+    .map(|json| define(json, NOV_1))
+    .collect()
+}
+
+/// Guard (872548f, d9af97e): an event triggering five campaigns reads its user's profile and
+/// history once for all of them; each campaign still judges the profile as stored when the
+/// event came (a profile update just before it included) and the history with this event and
+/// the ones before it counted, whichever campaign read them first.
+#[test]
+fn one_event_triggering_five_campaigns_each_judges_the_profile_and_history_as_of_the_event() {
+    let mut input = open_campaigns();
+    input.extend([
+        profile("ana", NOV_1 + HOUR, &[("tier", "gold")]),
+        profile("bob", NOV_1 + HOUR, &[("tier", "silver")]),
+        event("ana-tea", "ana", NOV_1 + 2 * HOUR, "Bought", &[("item", "tea")]),
+        event("ana-1", "ana", NOV_1 + 3 * HOUR, "App Opened", &[]),
+        event("bob-1", "bob", NOV_1 + 3 * HOUR + 1, "App Opened", &[]),
+        // Bob turns gold a millisecond before his second open: the open sees it.
+        profile("bob", NOV_1 + 4 * HOUR - 1, &[("tier", "gold")]),
+        event("bob-2", "bob", NOV_1 + 4 * HOUR, "App Opened", &[]),
+        event("ana-2", "ana", NOV_1 + 4 * HOUR + 1, "App Opened", &[]),
+    ]);
+    for partitions in [1, 3] {
+        let out = run("", input.clone(), partitions, NOV_1 + DAY);
+        assert_eq!(out.ended, Ok(()));
+        let mut got: Vec<(String, &str, &str)> =
+            out.candidates.iter().map(|(c, u, r)| (r.clone(), u.as_str(), c.as_str())).collect();
+        got.sort();
+        let run = |id: &str| format!("trigger:{id}");
+        let mut expected = vec![
+            (run("ana-1"), "ana", "a-gold"),
+            (run("ana-1"), "ana", "b-first-today"),
+            (run("ana-1"), "ana", "d-gold-tea"),
+            (run("ana-2"), "ana", "a-gold"),
+            (run("ana-2"), "ana", "c-second"),
+            (run("ana-2"), "ana", "d-gold-tea"),
+            (run("bob-1"), "bob", "b-first-today"),
+            (run("bob-1"), "bob", "e-no-tea"),
+            (run("bob-2"), "bob", "a-gold"),
+            (run("bob-2"), "bob", "c-second"),
+            (run("bob-2"), "bob", "e-no-tea"),
+        ];
+        expected.sort();
+        let expected: Vec<(String, &str, &str)> = expected;
+        assert_eq!(got, expected, "on {partitions} partition(s)");
+        assert!(out.dead.is_empty(), "{:?}", out.dead);
+    }
+}
+
+/// Triggered by `Bought`: everyone (no audience filter).
+fn thanks() -> ReplayRecord {
+    define(&triggered("thanks", "Bought", r#"{"all":[]}"#), NOV_1)
+}
+
+/// The name of an event forged to be `user`'s budget entry of `Bought` property sets on `day`
+/// (`<event> 0x1e <day, 16 hex digits, sign bit flipped> 0x1e #`, history.rs `BUDGET`): the
+/// door lets any text through as an event name.
+fn forged_budget_name(day: i64) -> String {
+    format!("Bought\u{1e}{:016x}\u{1e}#", (day as u64) ^ (1 << 63))
+}
+
+/// Finding 1 (HIGH: a partition stops; every later notification of its users is lost).
+/// An event whose name is forged to be the day's budget entry of a user's `Bought` property
+/// sets (89d4426) is counted there as a plain `u32` by `history::record` (history.rs:70); the user's next new
+/// `Bought` property set that day reads the entry as `SetsSpent` (history.rs:243
+/// `record_properties`: `store.get_as(&budget)?`) and fails with a state-value error, a
+/// `ProcessError::Runtime`, not a rejection: the legitimate `Bought` is not dead-lettered,
+/// the replay stops there, and live the worker's run ends (runtime/live/mod.rs `run_loop`:
+/// "other errors end the run"); restarted, the instance reads the same record and ends again,
+/// and so does every instance the partition moves to. In the other order (the set first, then the forged
+/// name), `history::record`'s `get_as::<u32>` fails on the `SetsSpent` JSON the same way.
+/// The budget key shares the event-name key space (store_key(user, name, day)); event names
+/// are not checked for the 0x1e separator at the door (door.rs `check`), nor the entry's type
+/// on read. Expected: both users thanked for their purchases, the forged name harmless or a
+/// dead letter with a reason, the replay to its end.
+#[test]
+#[ignore = "review s28 finding 1: a forged event name equal to a user's property-set budget key stops the replay (state store history: bad value: ... expected struct SetsSpent; live: the instance's run ends, again on restart and on every instance the partition moves to) vs every Bought thanked, the forgery harmless or dead-lettered"]
+fn an_event_name_forged_as_the_property_budget_entry_does_not_stop_the_partition() {
+    let day = (NOV_1 + 2 * HOUR).div_euclid(DAY);
+    let forged = forged_budget_name(day);
+    let replayed = |forged_first: bool| {
+        let mut input =
+            vec![thanks(), profile("ana", NOV_1 + HOUR, &[]), profile("bob", NOV_1 + HOUR, &[])];
+        let forgery = event("ana-forged", "ana", NOV_1 + 2 * HOUR, &forged, &[]);
+        let tea = event("ana-tea", "ana", NOV_1 + 2 * HOUR + 1, "Bought", &[("item", "tea")]);
+        if forged_first {
+            input.extend([forgery, tea]);
+        } else {
+            input.extend([tea, forgery]);
+        }
+        input.push(event("bob-cup", "bob", NOV_1 + 3 * HOUR, "Bought", &[("item", "cup")]));
+        input.push(event("ana-pot", "ana", NOV_1 + 4 * HOUR, "Bought", &[("item", "pot")]));
+        let out = run("", input, 1, NOV_1 + DAY);
+        assert!(out.dead.iter().all(|reason| !reason.is_empty()), "{:?}", out.dead);
+        let who: Vec<(String, String)> =
+            out.who().into_iter().map(|(c, u)| (c.to_string(), u.to_string())).collect();
+        (out.ended, who)
+    };
+    let thanked: Vec<(String, String)> = ["ana", "bob", "ana"]
+        .into_iter()
+        .map(|user| ("thanks".to_string(), user.to_string()))
+        .collect();
+    for forged_first in [true, false] {
+        assert_eq!(
+            replayed(forged_first),
+            (Ok(()), thanked.clone()),
+            "the forged name {}",
+            if forged_first { "first" } else { "after the set" }
+        );
+    }
+}
+
+/// Guard (89d4426): a user's property sets are kept within the day's budget by their own
+/// entry: a set repeated that day counts again past the budget, a new set past it is not kept
+/// (counted by name only), the next day has a budget of its own, and a campaign defined later
+/// sees exactly the sets kept.
+#[test]
+fn property_sets_repeated_in_a_day_count_and_a_new_one_past_the_budget_is_not_kept() {
+    let mut input = vec![profile("ana", NOV_1, &[]), profile("bob", NOV_1, &[])];
+    for (i, (user, at, item)) in [
+        ("ana", NOV_1 + HOUR, "tea"),
+        ("ana", NOV_1 + 2 * HOUR, "cup"),
+        ("ana", NOV_1 + 3 * HOUR, "tea"),   // repeated: counted
+        ("ana", NOV_1 + 4 * HOUR, "tea"),   // repeated: counted
+        ("ana", NOV_1 + 5 * HOUR, "pot"),   // a third set that day: not kept
+        ("bob", NOV_1 + 5 * HOUR, "pot"),   // bob's own budget
+        ("ana", NOV_1 + DAY + HOUR, "pot"), // the next day
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        input.push(event(&format!("b{i}"), user, at, "Bought", &[("item", item)]));
+    }
+    let who = |item: &str, at_least: u32| {
+        format!(
+            r#"{{"did":"Bought","at_least":{at_least},"where":[{{"property":"item","equals":"{item}"}}],"in_last_days":5}}"#
+        )
+    };
+    let later = NOV_1 + 2 * DAY;
+    for (id, who) in [("tea3", who("tea", 3)), ("pot1", who("pot", 1)), ("pot2", who("pot", 2))] {
+        input.push(define(&triggered(id, "App Opened", &who), later));
+    }
+    input.push(event("ana-open", "ana", later + HOUR, "App Opened", &[]));
+    input.push(event("bob-open", "bob", later + HOUR + 1, "App Opened", &[]));
+    let out = run("history: { properties: { max_sets: 2 } }", input, 1, later + DAY);
+    assert_eq!(out.ended, Ok(()));
+    let mut got = out.who();
+    got.sort();
+    assert_eq!(
+        got,
+        [("pot1", "ana"), ("pot1", "bob"), ("tea3", "ana")],
+        "ana's pot of the 1st not kept (pot2 unmet), her tea 3 times"
+    );
+}
