@@ -245,12 +245,11 @@ fn a_user_local_ab_test_over_8_shards_sends_what_one_task_sends_and_finishes_onc
 
 /// The same test, a test user (b1, sent variant A at 09:00Z by one task) opting out of push at
 /// 05:00Z: one task passes its place and variant to the next-ranked user still to come (c2, A
-/// at 19:00Z). Over shards, when that user is on another shard, the place goes there without
-/// its test variant: c2 is sent the winner at 20:00Z with the remainder, and the test has 11
-/// users (`WINNER_DECLARED` sent_A 5). Not built: an A/B test index travelling with its place
-/// (see "What is built" in `docs/architecture.md`).
+/// at 19:00Z). Over shards that user is on another shard: the place goes there with its test
+/// variant (through the home), so c2 is sent A at 19:00Z and the test keeps its 12 users, as
+/// one task. On the code before, the place went without its variant: c2 was sent the winner at
+/// 20:00Z with the remainder and the test had 11 users (`WINNER_DECLARED` sent_A 5).
 #[test]
-#[ignore = "SPLIT2: a user-local A/B test place passed to another shard loses its variant (11 test users; c2 gets the winner)"]
 fn a_user_local_ab_test_user_who_opts_out_over_8_shards() {
     let ab = "\n  variants:\n    - { id: A, title: t, body: a }\n    - { id: B, title: t, body: b }\n  ab: { test_audience: \"20%\", evaluate_after: 1h }";
     let mut lines = three_timezones(20);

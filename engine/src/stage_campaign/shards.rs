@@ -384,6 +384,14 @@ impl CampaignStage {
                     run.phase = RunPhase::AwaitingWinner;
                     let at = ctx.timestamp_ms().max(run.test_ends_at);
                     self.start_evaluation(ctx, &campaign, &mut state, at)?;
+                } else if run.phase == RunPhase::AwaitingWinner
+                    && state.winner_id.is_none()
+                    && run.shards.asked_at.is_none()
+                    && state.test_full_at.is_some_and(|full_at| full_at < report.reachable)
+                {
+                    // A test place passed on to a user who comes later (`standby`): the test
+                    // ends at their local time.
+                    self.start_evaluation(ctx, &campaign, &mut state, report.reachable)?;
                 }
             }
             ShardReportKind::RunSent => {

@@ -24,11 +24,12 @@
 //! campaign's earlier runs until its window closes, and finishes there.
 
 use super::{
+    ab,
     runs::{selection_key, RunPhase, RunState},
     shards, timer_key, CampaignStage, CampaignState, ProcessError, RUN_BUFFER,
 };
 use crate::{
-    campaign::{sample, Campaign},
+    campaign::{sample, Assignment, Campaign},
     model::{scheduled_run_time, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind, Skip},
     runtime::ProcessorContext,
 };
@@ -305,7 +306,14 @@ impl CampaignStage {
                     run.sent = run.sent.saturating_sub(1);
                     run.places = run.places.map(|places| places.saturating_sub(1));
                 }
-                self.place_left(ctx, campaign, state, run, 1)?;
+                match chosen {
+                    // A test place keeps its variant: to the next user still to come here,
+                    // else on to the next shard with it (see `pass_test_place`).
+                    Some(variant) if state.run_mut(run).is_some_and(|r| r.awaits_winner()) => {
+                        self.pass_test_place(ctx, campaign, state, run, variant)?
+                    }
+                    _ => self.place_left(ctx, campaign, state, run, 1)?,
+                }
             }
             None => {
                 // A test place while the rest waits for the winner: to the next user still to
@@ -345,6 +353,42 @@ impl CampaignStage {
         places: u64,
     ) -> Result<(), ProcessError> {
         self.places_left(ctx, campaign, state, run, places, None)
+    }
+
+    /// A shard: a place of `run`'s A/B test with its `variant` (a selected test user gave it up,
+    /// or another shard passed it on), while the run's remainder waits for the winner. As on
+    /// one task, the next user still to come in the run's order takes it with the variant: the
+    /// first in this shard's buffer, else the first of the next shards' (shard s's users
+    /// precede shard s+1's), through the home (`PlaceLeft` naming the variant as its index,
+    /// `alternate(variant) = variant`). The test then ends at that user's local time if it is
+    /// later: this shard reports its test sent again, and the home waits for it.
+    fn pass_test_place(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        run: &str,
+        variant: usize,
+    ) -> Result<(), ProcessError> {
+        let owner = state.key.clone();
+        let taker = match state.run_mut(run) {
+            Some(of_run) => self.next_to_come(ctx, &owner, of_run)?,
+            None => None,
+        };
+        let Some((user, local_ms)) = taker else {
+            return self.places_left(ctx, campaign, state, run, 1, Some(variant as u64));
+        };
+        ctx.store(RUN_BUFFER)?.put_as(&selection_key(&owner, run, &user), &Some(variant))?;
+        let Some(of_run) = state.run_mut(run) else { return Ok(()) };
+        of_run.awaited += 1;
+        of_run.sent += 1;
+        of_run.places = of_run.places.map(|places| places + 1);
+        if local_ms > of_run.test_ends_at {
+            of_run.test_ends_at = local_ms;
+            let of_run = of_run.clone();
+            self.report_test_sent(ctx, campaign, state, &of_run)?;
+        }
+        Ok(())
     }
 
     /// [`Self::place_left`], the places with the global assignment indices `from ..
@@ -450,6 +494,9 @@ impl CampaignStage {
         }
         let plan = ShardPlan {
             places,
+            // A test place's variant travels with it (see `pass_test_place`).
+            test_from: report.qualified.max(0),
+            test_users: report.reachable.max(0),
             ..shards::plan_to(campaign, run, next, ShardPlanKind::Place, ctx.timestamp_ms())
         };
         self.send_plan(ctx, campaign, &plan)
@@ -568,6 +615,12 @@ impl CampaignStage {
             let result = self.release_passed(ctx, campaign, state, &mut of_run, places, plan);
             state.run = Some(of_run);
             return result;
+        }
+        let test_place =
+            plan.test_users > 0 && matches!(campaign.assignment, Assignment::AbTest(_));
+        if test_place && state.run_mut(run).is_some_and(|r| r.awaits_winner()) {
+            let variant = ab::alternate(plan.test_from.max(0) as u64, campaign.what.len());
+            return self.pass_test_place(ctx, campaign, state, run, variant);
         }
         places = places.max(1); // an older version passed one place with no count
         let owner = state.key.clone();
