@@ -14,10 +14,11 @@ use std::{
 };
 
 use common::wait_for_offsets;
-use herald_engine::model::{
-    CampaignLifecycleEvent, LifecycleKind, Platform, SchemaRegistry, SendCommand,
+use herald_engine::model::{CampaignLifecycleEvent, LifecycleKind, SendCommand};
+use sharded::{
+    apply, create_topics, decoded, events, lifecycle, per_variant, profiles, spawn_instance,
+    spawn_two,
 };
-use sharded::{apply, create_topics, events, spawn_instance};
 
 const USERS: usize = 1_200;
 /// Users who ping before the kill.
@@ -34,16 +35,9 @@ fn a_triggered_test_of_300_over_8_shards_stays_exact_when_an_instance_is_killed_
     let topic = |name: &str| format!("{prefix}herald.{name}");
     create_topics(&topic, 8);
     apply(dir.path(), &topic("campaigns"), "tab.yaml", CAMPAIGN);
-    let now = common::now_ms();
-    common::produce(
-        &topic("profiles"),
-        (0..USERS).map(|i| common::profile(&format!("u{i}"), Platform::Android, now)),
-    );
+    profiles(&topic("profiles"), 0..USERS);
     let log = dir.path().join("engines.log");
-    let spawn = |instance: &str| spawn_instance(&prefix, &app_id, dir.path(), &log, instance);
-    let mut a = spawn("a");
-    let mut b = spawn("b");
-    wait_for_offsets(&format!("{app_id}-profiles-changelog"), USERS as i64, &log);
+    let (mut a, mut b) = spawn_two(&prefix, &app_id, dir.path(), &log, USERS);
     let users = |range: std::ops::Range<usize>| range.map(|i| format!("u{i}"));
     // Half ping; once the test's first sends leave, one instance is killed while the rest ping,
     // then restarted on its own state.
@@ -51,29 +45,14 @@ fn a_triggered_test_of_300_over_8_shards_stays_exact_when_an_instance_is_killed_
     wait_for_offsets(&topic("push"), 1, &log);
     common::kill_hard(b.take());
     common::produce(&topic("events"), events("Ping", users(FIRST..USERS)));
-    b = spawn("b");
-    let registry = SchemaRegistry::builtin();
-    let sends = common::read_committed(
-        &topic("push"),
-        USERS,
-        Duration::from_secs(10),
-        Duration::from_secs(180),
-    );
-    let lifecycle: Vec<CampaignLifecycleEvent> = common::read_committed(
-        &topic("campaign-events"),
-        1,
-        Duration::from_secs(2),
-        Duration::from_secs(30),
-    )
-    .iter()
-    .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
-    .collect();
+    b = spawn_instance(&prefix, &app_id, dir.path(), &log, "b");
+    let commands: Vec<SendCommand> =
+        decoded(&topic("push"), USERS, Duration::from_secs(10), Duration::from_secs(180));
+    let lifecycle = lifecycle(&topic("campaign-events"), 1, Duration::from_secs(30));
     common::stop_gracefully(a.take());
     common::stop_gracefully(b.take());
     common::delete_topics_starting_with(&[&prefix, &app_id]);
 
-    let commands: Vec<SendCommand> =
-        sends.iter().map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap()).collect();
     let sent: BTreeSet<&str> = commands.iter().map(|c| c.user_id.as_str()).collect();
     assert_eq!(commands.len(), USERS, "one command per user\n{}", common::tail(&log, 30));
     assert_eq!(sent, users(0..USERS).collect::<BTreeSet<_>>().iter().map(String::as_str).collect());
@@ -84,12 +63,8 @@ fn a_triggered_test_of_300_over_8_shards_stays_exact_when_an_instance_is_killed_
     assert_eq!(details["winner"], "A", "no clicks: the first variant");
     let tested = [&details["sent_A"], &details["sent_B"], &details["sent_C"]];
     assert_eq!(tested, ["100", "100", "100"], "the test alone, exactly");
-    let mut per_variant: BTreeMap<&str, usize> = BTreeMap::new();
-    for command in &commands {
-        *per_variant.entry(command.variant_id.as_str()).or_default() += 1;
-    }
     let expected = BTreeMap::from([("A", 1_000), ("B", 100), ("C", 100)]);
-    assert_eq!(per_variant, expected, "100 each tested, the other 900 the winner");
+    assert_eq!(per_variant(&commands), expected, "100 each tested, the other 900 the winner");
     // Which shards test depends on whose users ask first (a shard of the killed instance may
     // find the test full when it is back); every shard sends.
     let senders: BTreeSet<Option<&str>> = commands.iter().map(|c| c.place_key.as_deref()).collect();

@@ -12,10 +12,10 @@ mod sharded;
 use std::{collections::BTreeSet, time::Duration};
 
 use common::wait_for_offsets;
-use herald_engine::model::{
-    CampaignLifecycleEvent, CampaignStats, Platform, SchemaRegistry, SendCommand,
+use herald_engine::model::{CampaignStats, SendCommand};
+use sharded::{
+    apply, create_topics, decoded, events, lifecycle, profiles, spawn_instance_with, spawn_two_with,
 };
-use sharded::{apply, create_topics, events, spawn_instance_with};
 
 const USERS: usize = 4_000;
 const TOTAL: usize = 1_500;
@@ -50,50 +50,22 @@ fn a_total_over_8_shards_on_an_app_with_caps_stays_exact_when_an_instance_is_kil
     apply(dir.path(), &topic("campaigns"), "coupons.yaml", &coupons);
     let settings = dir.path().join("settings.yaml");
     std::fs::write(&settings, "apps:\n  shop:\n    caps: { per_day: 1 }\n").unwrap();
-    let now = common::now_ms();
-    common::produce(
-        &topic("profiles"),
-        (0..USERS).map(|i| common::profile(&format!("u{i}"), Platform::Android, now)),
-    );
+    profiles(&topic("profiles"), 0..USERS);
     let log = dir.path().join("engines.log");
-    let spawn = |instance: &str| {
-        let extra = ["--app-config", settings.to_str().unwrap()];
-        spawn_instance_with(&prefix, &app_id, dir.path(), &log, instance, &extra)
-    };
-    let mut a = spawn("a");
-    let mut b = spawn("b");
-    wait_for_offsets(&format!("{app_id}-profiles-changelog"), USERS as i64, &log);
+    let extra = ["--app-config", settings.to_str().unwrap()];
+    let (mut a, mut b) = spawn_two_with(&prefix, &app_id, dir.path(), &log, &extra, USERS);
     // A first part, the kill once sends leave (places in flight at the gate, candidates
     // waiting), the rest while the killed instance's tasks move, and its restart.
     pings(&topic("events"), 0..1_000);
     wait_for_offsets(&topic("push"), 1, &log);
     common::kill_hard(b.take());
     pings(&topic("events"), 1_000..USERS);
-    b = spawn("b");
-    let registry = SchemaRegistry::builtin();
-    let sends: Vec<SendCommand> = common::read_committed(
-        &topic("push"),
-        TOTAL + 1_000,
-        Duration::from_secs(10),
-        Duration::from_secs(120),
-    )
-    .iter()
-    .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
-    .collect();
-    let events: Vec<CampaignLifecycleEvent> = common::read_committed(
-        &topic("campaign-events"),
-        2,
-        Duration::from_secs(2),
-        Duration::from_secs(30),
-    )
-    .iter()
-    .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
-    .collect();
+    b = spawn_instance_with(&prefix, &app_id, dir.path(), &log, "b", &extra);
+    let sends: Vec<SendCommand> =
+        decoded(&topic("push"), TOTAL + 1_000, Duration::from_secs(10), Duration::from_secs(120));
+    let events = lifecycle(&topic("campaign-events"), 2, Duration::from_secs(30));
     let stats: Vec<CampaignStats> =
-        common::read_committed(&topic("stats"), 1, Duration::from_secs(2), Duration::from_secs(30))
-            .iter()
-            .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
-            .collect();
+        decoded(&topic("stats"), 1, Duration::from_secs(2), Duration::from_secs(30));
     common::stop_gracefully(a.take());
     common::stop_gracefully(b.take());
     common::delete_topics_starting_with(&[&prefix, &app_id]);

@@ -11,12 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{wait_for_offsets, KillOnDrop};
-use herald_engine::model::{
-    AppEvent, CampaignLifecycleEvent, CampaignStats, Platform, SchemaRegistry, SendCommand,
-};
+use common::wait_for_offsets;
+use herald_engine::model::{CampaignLifecycleEvent, CampaignStats, SchemaRegistry, SendCommand};
 use sharded::{
-    apply, commands, create_topics, events, herald, spawn_instance, spawn_one, try_apply,
+    apply, commands, create_topics, decoded, events, herald, lifecycle, per_variant, profiles,
+    spawn_instance, spawn_one, spawn_two, stats_once_sent, try_apply,
 };
 
 const USERS: usize = 12_000;
@@ -131,12 +130,8 @@ fn alternation_without_a_limit_over_8_shards_stays_one_tasks_when_an_instance_is
     let users: BTreeSet<&str> = killed.commands.iter().map(|c| c.user_id.as_str()).collect();
     assert_eq!(users.len(), 3_001, "every user\n{}", killed.log);
     assert_eq!(killed.commands.len(), 3_001, "one command per user");
-    let mut per_variant: BTreeMap<&str, usize> = BTreeMap::new();
-    for command in &killed.commands {
-        *per_variant.entry(command.variant_id.as_str()).or_default() += 1;
-    }
     let expected = BTreeMap::from([("A", 1_001), ("B", 1_000), ("C", 1_000)]);
-    assert_eq!(per_variant, expected, "one task's alternation over 3,001 sends");
+    assert_eq!(per_variant(&killed.commands), expected, "one task's alternation over 3,001 sends");
     let shards: BTreeSet<u32> = killed
         .commands
         .iter()
@@ -197,44 +192,11 @@ fn pinged_with_a_kill_sending(tag: &str, what: &str, rules: &str, run: Pings) ->
         "id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {what}\n{rules}"
     );
     apply(dir.path(), &topic("campaigns"), "coupons.yaml", &yaml);
-    let now = common::now_ms();
-    common::produce(
-        &topic("profiles"),
-        (0..users).map(|i| common::profile(&format!("u{i}"), Platform::Android, now)),
-    );
+    profiles(&topic("profiles"), 0..users);
     let log = dir.path().join("engines.log");
-    let spawn = |instance: &str| {
-        let state = dir.path().join(format!("state-{instance}"));
-        KillOnDrop::new(common::spawn_engine_instance(
-            &prefix,
-            &app_id,
-            instance,
-            &state,
-            &log,
-            &[],
-        ))
-    };
-    let mut a = spawn("a");
-    let mut b = spawn("b");
-    wait_for_offsets(&format!("{app_id}-profiles-changelog"), users as i64, &log);
-    let registry = SchemaRegistry::builtin();
+    let (mut a, mut b) = spawn_two(&prefix, &app_id, dir.path(), &log, users);
     let pings = |users: std::ops::Range<usize>| {
-        common::produce(
-            &topic("events"),
-            users.map(|i| {
-                let user = format!("u{i}");
-                let event = AppEvent {
-                    event_id: format!("ping-{user}"),
-                    app_id: "shop".into(),
-                    user_id: user.clone(),
-                    name: "Ping".into(),
-                    timestamp_ms: common::now_ms(),
-                    properties: Default::default(),
-                    sdk_version: None,
-                };
-                (user, registry.encode(&event).unwrap())
-            }),
-        )
+        common::produce(&topic("events"), sharded::events("Ping", users.map(|i| format!("u{i}"))))
     };
     // A first part, then the kill once sends leave, then the others while the killed
     // instance's tasks move, and its restart on its own state.
@@ -242,27 +204,13 @@ fn pinged_with_a_kill_sending(tag: &str, what: &str, rules: &str, run: Pings) ->
     wait_for_offsets(&topic("push"), 1, &log);
     common::kill_hard(b.take());
     pings(first..users);
-    b = spawn("b");
-    let sends = common::read_committed(
-        &topic("push"),
-        commands,
-        Duration::from_secs(10),
-        Duration::from_secs(90),
-    );
-    let events: Vec<CampaignLifecycleEvent> = common::read_committed(
-        &topic("campaign-events"),
-        events,
-        Duration::from_secs(2),
-        Duration::from_secs(30),
-    )
-    .iter()
-    .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
-    .collect();
+    b = spawn_instance(&prefix, &app_id, dir.path(), &log, "b");
+    let commands =
+        decoded(&topic("push"), commands, Duration::from_secs(10), Duration::from_secs(90));
+    let events = lifecycle(&topic("campaign-events"), events, Duration::from_secs(30));
     common::stop_gracefully(a.take());
     common::stop_gracefully(b.take());
     common::delete_topics_starting_with(&[&prefix, &app_id]);
-    let commands =
-        sends.iter().map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap()).collect();
     Killed { commands, events, log: common::tail(&log, 30) }
 }
 
@@ -280,79 +228,28 @@ fn a_4_shard_ab_broadcast_with_total_limit_5000_stays_exact_when_an_instance_is_
         "week.yaml",
         &campaign(common::now_ms() + 7 * 86_400_000),
     );
-    let now = common::now_ms();
-    common::produce(
-        &topic("profiles"),
-        (0..USERS).map(|i| common::profile(&format!("u{i}"), Platform::Android, now)),
-    );
+    profiles(&topic("profiles"), 0..USERS);
     let log = dir.path().join("engines.log");
-    let spawn = |instance: &str| {
-        let state = dir.path().join(format!("state-{instance}"));
-        KillOnDrop::new(common::spawn_engine_instance(
-            &prefix,
-            &app_id,
-            instance,
-            &state,
-            &log,
-            &[],
-        ))
-    };
-    let mut a = spawn("a");
-    let mut b = spawn("b");
-    wait_for_offsets(&format!("{app_id}-profiles-changelog"), USERS as i64, &log);
+    let (mut a, mut b) = spawn_two(&prefix, &app_id, dir.path(), &log, USERS);
     apply(dir.path(), &topic("campaigns"), "soon.yaml", &campaign(common::now_ms() + 3_000));
     // Killed once the run has started sending, then restarted on its own state.
     wait_for_offsets(&topic("push"), 1, &log);
     common::kill_hard(b.take());
-    b = spawn("b");
-    let sends = common::read_committed(
-        &topic("push"),
-        TOTAL,
-        Duration::from_secs(10),
-        Duration::from_secs(240),
-    );
-    let registry = SchemaRegistry::builtin();
-    let events: Vec<CampaignLifecycleEvent> = common::read_committed(
-        &topic("campaign-events"),
-        5,
-        Duration::from_secs(2),
-        Duration::from_secs(60),
-    )
-    .iter()
-    .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
-    .collect();
+    b = spawn_instance(&prefix, &app_id, dir.path(), &log, "b");
+    let commands: Vec<SendCommand> =
+        decoded(&topic("push"), TOTAL, Duration::from_secs(10), Duration::from_secs(240));
+    let events = lifecycle(&topic("campaign-events"), 5, Duration::from_secs(60));
     // The stats snapshot merged from the shards, once it counts every send.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let stats = loop {
-        let latest = common::read_committed(
-            &topic("stats"),
-            1,
-            Duration::from_millis(500),
-            Duration::from_secs(10),
-        )
-        .iter()
-        .rev()
-        .find_map(|r| registry.decode::<CampaignStats>(r.value.as_deref()?).ok());
-        let sent = latest.as_ref().map_or(0, |s| s.variants.iter().map(|v| v.sent).sum::<i64>());
-        if sent == TOTAL as i64 || Instant::now() > deadline {
-            break latest;
-        }
-    };
+    let stats = stats_once_sent(&topic("stats"), TOTAL);
     common::stop_gracefully(a.take());
     common::stop_gracefully(b.take());
 
-    let commands: Vec<SendCommand> =
-        sends.iter().map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap()).collect();
     let users: BTreeSet<&str> = commands.iter().map(|c| c.user_id.as_str()).collect();
     assert_eq!(commands.len(), TOTAL, "exactly the total limit\n{}", common::tail(&log, 30));
     assert_eq!(users.len(), TOTAL, "one command per user");
-    let mut per_variant: BTreeMap<&str, usize> = BTreeMap::new();
-    for command in &commands {
-        *per_variant.entry(command.variant_id.as_str()).or_default() += 1;
-    }
     // No clicks: the tie goes to A, which gets the 3,200 places left after the test.
     let expected = BTreeMap::from([("A", 600 + 3_200), ("B", 600), ("C", 600)]);
-    assert_eq!(per_variant, expected, "the test audience exact over the 4 shards");
+    assert_eq!(per_variant(&commands), expected, "the test audience exact over the 4 shards");
     let kinds: Vec<String> = events.iter().map(|e| format!("{:?}", e.kind)).collect();
     assert_eq!(kinds, ["RunStarted", "WinnerDeclared", "RunFinished", "LimitReached", "Completed"]);
     assert_eq!(events[0].details["qualified"], USERS.to_string(), "counted over every shard");
@@ -382,36 +279,19 @@ fn a_sharded_ab_run_whose_shards_hold_no_or_only_test_users_still_chooses_and_fi
         )
     };
     apply(dir.path(), &topic("campaigns"), "week.yaml", &yaml(common::now_ms() + 7 * 86_400_000));
-    let now = common::now_ms();
-    common::produce(
-        &topic("profiles"),
-        (0..3).map(|i| common::profile(&format!("u{i}"), Platform::Android, now)),
-    );
+    profiles(&topic("profiles"), 0..3);
     let log = dir.path().join("engine.log");
     let mut engine = spawn_one(&prefix, &app_id, dir.path(), &log);
     wait_for_offsets(&format!("{app_id}-profiles-changelog"), 3, &log);
     apply(dir.path(), &topic("campaigns"), "soon.yaml", &yaml(common::now_ms() + 2_000));
     let sent = commands(&topic("push"), 3);
-    let registry = SchemaRegistry::builtin();
-    let events: Vec<CampaignLifecycleEvent> = common::read_committed(
-        &topic("campaign-events"),
-        3,
-        Duration::from_secs(2),
-        Duration::from_secs(30),
-    )
-    .iter()
-    .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
-    .collect();
+    let events = lifecycle(&topic("campaign-events"), 3, Duration::from_secs(30));
     common::stop_gracefully(engine.take());
 
     let users: BTreeSet<&str> = sent.iter().map(|c| c.user_id.as_str()).collect();
     assert_eq!(users, BTreeSet::from(["u0", "u1", "u2"]), "{}", common::tail(&log, 30));
-    let mut per_variant: BTreeMap<&str, usize> = BTreeMap::new();
-    for command in &sent {
-        *per_variant.entry(command.variant_id.as_str()).or_default() += 1;
-    }
     // No clicks: the tie goes to A, which the user after the test gets.
-    assert_eq!(per_variant, BTreeMap::from([("A", 2), ("B", 1)]));
+    assert_eq!(per_variant(&sent), BTreeMap::from([("A", 2), ("B", 1)]));
     let kinds: Vec<String> = events.iter().map(|e| format!("{:?}", e.kind)).collect();
     assert_eq!(kinds, ["RunStarted", "WinnerDeclared", "RunFinished"]);
     assert_eq!(events[2].details["sent"], "3");
@@ -435,11 +315,7 @@ fn a_total_limit_added_to_a_sharded_triggered_campaign_counts_what_its_shards_se
     // A one-user instant campaign whose command shows the engine has read the table so far.
     let marker = "id: marker\napp: shop\nname: Marker\nwhen: { event: Mark }\nwhat: { title: t, body: b }\noptions: { ignore_global_caps: true }\n";
     apply(dir.path(), &topic("campaigns"), "coupons.yaml", &coupons(""));
-    let now = common::now_ms();
-    common::produce(
-        &topic("profiles"),
-        (0..SENT + 20).map(|i| common::profile(&format!("u{i}"), Platform::Android, now)),
-    );
+    profiles(&topic("profiles"), 0..SENT + 20);
     let log = dir.path().join("engine.log");
     let mut engine = spawn_one(&prefix, &app_id, dir.path(), &log);
     wait_for_offsets(&format!("{app_id}-profiles-changelog"), (SENT + 20) as i64, &log);
@@ -514,14 +390,10 @@ fn a_total_lowered_while_shards_hold_places_stays_exact_when_an_instance_is_kill
         format!("id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\nlimits: {{ total: {total} }}\noptions: {{ ignore_global_caps: true, shards: 8 }}\n")
     };
     apply(dir.path(), &topic("campaigns"), "coupons.yaml", &coupons(1_500));
-    let now = common::now_ms();
     let users = |range: std::ops::Range<usize>| range.map(|i| format!("u{i}"));
-    let profiles = users(0..USERS).map(|u| common::profile(&u, Platform::Android, now));
-    common::produce(&topic("profiles"), profiles);
+    profiles(&topic("profiles"), 0..USERS);
     let log = dir.path().join("engines.log");
-    let mut a = spawn_instance(&prefix, &app_id, dir.path(), &log, "a");
-    let mut b = spawn_instance(&prefix, &app_id, dir.path(), &log, "b");
-    wait_for_offsets(&format!("{app_id}-profiles-changelog"), USERS as i64, &log);
+    let (mut a, mut b) = spawn_two(&prefix, &app_id, dir.path(), &log, USERS);
     common::produce(&topic("events"), events("Ping", users(0..500)));
     assert_eq!(commands(&topic("push"), 500).len(), 500, "{}", common::tail(&log, 30));
     apply(dir.path(), &topic("campaigns"), "lowered.yaml", &coupons(600));
@@ -529,13 +401,7 @@ fn a_total_lowered_while_shards_hold_places_stays_exact_when_an_instance_is_kill
     common::produce(&topic("events"), events("Ping", users(500..USERS)));
     b = spawn_instance(&prefix, &app_id, dir.path(), &log, "b");
     let sent = commands(&topic("push"), 600);
-    let registry = SchemaRegistry::builtin();
-    let announced = common::read_committed(
-        &topic("campaign-events"),
-        2,
-        Duration::from_secs(2),
-        Duration::from_secs(30),
-    );
+    let announced = lifecycle(&topic("campaign-events"), 2, Duration::from_secs(30));
     common::stop_gracefully(a.take());
     common::stop_gracefully(b.take());
     common::delete_topics_starting_with(&[&prefix, &app_id]);
@@ -543,11 +409,8 @@ fn a_total_lowered_while_shards_hold_places_stays_exact_when_an_instance_is_kill
     let distinct: BTreeSet<&str> = sent.iter().map(|c| c.user_id.as_str()).collect();
     assert_eq!(sent.len(), 600, "exactly the lowered total\n{}", common::tail(&log, 30));
     assert_eq!(distinct.len(), 600, "one command per user");
-    let kinds: Vec<(String, String)> = announced
-        .iter()
-        .map(|r| registry.decode::<CampaignLifecycleEvent>(r.value.as_deref().unwrap()).unwrap())
-        .map(|e| (format!("{:?}", e.kind), e.details["sent"].clone()))
-        .collect();
+    let kinds: Vec<(String, String)> =
+        announced.iter().map(|e| (format!("{:?}", e.kind), e.details["sent"].clone())).collect();
     let once = |kind: &str| (kind.to_string(), "600".to_string());
     assert_eq!(kinds, [once("LimitReached"), once("Completed")], "announced once, by the home");
 }

@@ -9,15 +9,18 @@ mod sharded;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use common::wait_for_offsets;
 use herald_engine::{
-    model::{CampaignLifecycleEvent, CampaignStats, Platform, SchemaRegistry, SendCommand},
+    model::{CampaignLifecycleEvent, SendCommand},
     stage_campaign::ab::SplitDelivery,
 };
-use sharded::{apply, create_topics, spawn_instance};
+use sharded::{
+    apply, create_topics, decoded, lifecycle, per_variant, profiles, spawn_instance, spawn_two,
+    stats_once_sent,
+};
 
 const USERS: usize = 12_000;
 const TOTAL: usize = 9_999;
@@ -40,72 +43,32 @@ fn a_split_70_30_over_8_shards_is_one_tasks_round_robin_when_an_instance_is_kill
     // The run is set once the engines have read every profile: first a week out, then soon.
     let week = campaign(common::now_ms() + 7 * 86_400_000);
     apply(dir.path(), &topic("campaigns"), "week.yaml", &week);
-    let now = common::now_ms();
-    common::produce(
-        &topic("profiles"),
-        (0..USERS).map(|i| common::profile(&format!("u{i}"), Platform::Android, now)),
-    );
+    profiles(&topic("profiles"), 0..USERS);
     let log = dir.path().join("engines.log");
-    let spawn = |instance: &str| spawn_instance(&prefix, &app_id, dir.path(), &log, instance);
-    let mut a = spawn("a");
-    let mut b = spawn("b");
-    wait_for_offsets(&format!("{app_id}-profiles-changelog"), USERS as i64, &log);
+    let (mut a, mut b) = spawn_two(&prefix, &app_id, dir.path(), &log, USERS);
     apply(dir.path(), &topic("campaigns"), "soon.yaml", &campaign(common::now_ms() + 3_000));
     // Killed once the run has started sending, then restarted on its own state.
     wait_for_offsets(&topic("push"), 1, &log);
     common::kill_hard(b.take());
-    b = spawn("b");
-    let sends = common::read_committed(
-        &topic("push"),
-        TOTAL,
-        Duration::from_secs(10),
-        Duration::from_secs(240),
-    );
-    let registry = SchemaRegistry::builtin();
-    let events: Vec<CampaignLifecycleEvent> = common::read_committed(
-        &topic("campaign-events"),
-        4,
-        Duration::from_secs(2),
-        Duration::from_secs(60),
-    )
-    .iter()
-    .map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap())
-    .collect();
+    b = spawn_instance(&prefix, &app_id, dir.path(), &log, "b");
+    let commands: Vec<SendCommand> =
+        decoded(&topic("push"), TOTAL, Duration::from_secs(10), Duration::from_secs(240));
+    let events: Vec<CampaignLifecycleEvent> =
+        lifecycle(&topic("campaign-events"), 4, Duration::from_secs(60));
     // The stats snapshot merged from the shards, once it counts every send.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let stats = loop {
-        let latest = common::read_committed(
-            &topic("stats"),
-            1,
-            Duration::from_millis(500),
-            Duration::from_secs(10),
-        )
-        .iter()
-        .rev()
-        .find_map(|r| registry.decode::<CampaignStats>(r.value.as_deref()?).ok());
-        let sent = latest.as_ref().map_or(0, |s| s.variants.iter().map(|v| v.sent).sum::<i64>());
-        if sent == TOTAL as i64 || Instant::now() > deadline {
-            break latest;
-        }
-    };
+    let stats = stats_once_sent(&topic("stats"), TOTAL);
     common::stop_gracefully(a.take());
     common::stop_gracefully(b.take());
 
-    let commands: Vec<SendCommand> =
-        sends.iter().map(|r| registry.decode(r.value.as_deref().unwrap()).unwrap()).collect();
     let users: BTreeSet<&str> = commands.iter().map(|c| c.user_id.as_str()).collect();
     assert_eq!(commands.len(), TOTAL, "exactly the total limit\n{}", common::tail(&log, 30));
     assert_eq!(users.len(), TOTAL, "one command per user");
-    let mut per_variant: BTreeMap<&str, i64> = BTreeMap::new();
-    for command in &commands {
-        *per_variant.entry(command.variant_id.as_str()).or_default() += 1;
-    }
     let mut split = SplitDelivery::new(&[70, 30]);
-    let mut expected: BTreeMap<&str, i64> = BTreeMap::from([("A", 0), ("B", 0)]);
+    let mut expected: BTreeMap<&str, usize> = BTreeMap::from([("A", 0), ("B", 0)]);
     for _ in 0..TOTAL {
         *expected.get_mut(["A", "B"][split.next_variant()]).unwrap() += 1;
     }
-    assert_eq!(per_variant, expected, "one task's round robin over the 9,999 sent");
+    assert_eq!(per_variant(&commands), expected, "one task's round robin over the 9,999 sent");
     let shards: BTreeSet<u32> =
         commands.iter().map(|c| herald_engine::campaign::shards::of_user(&c.user_id, 8)).collect();
     assert_eq!(shards.len(), 8, "every shard sent its share");
@@ -114,8 +77,8 @@ fn a_split_70_30_over_8_shards_is_one_tasks_round_robin_when_an_instance_is_kill
     assert_eq!(events[0].details["shards"], "8");
     assert_eq!(events[1].details["sent"], TOTAL.to_string());
     let stats = stats.expect("a stats snapshot");
-    let sent: BTreeMap<&str, i64> =
-        stats.variants.iter().map(|v| (v.variant_id.as_str(), v.sent)).collect();
+    let sent: BTreeMap<&str, usize> =
+        stats.variants.iter().map(|v| (v.variant_id.as_str(), v.sent as usize)).collect();
     assert_eq!(sent, expected, "the stats merged from the shards equal the commands");
 
     common::delete_topics_starting_with(&[&prefix, &app_id]);
