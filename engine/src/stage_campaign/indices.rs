@@ -318,7 +318,10 @@ impl CampaignStage {
         for (from, to) in state.indices.beyond(keep) {
             self.report(ctx, campaign, state, ShardReportKind::Indices, |r| {
                 r.seq = seq;
-                r.shards = campaign.options.shards.max(1) as i32;
+                // All the campaign may have, and at least this shard's own number + 1: a shard an
+                // edit took away gives back its refused indices too (a report naming a shard not
+                // below `shards` does not decode: a dead letter, the indices lost).
+                r.shards = (campaign.options.shards.max(1) as i32).max(r.shard + 1);
                 r.qualified = from as i64;
                 r.places = (to - from) as i64;
             })?;
