@@ -9,10 +9,9 @@ mod sharded;
 use std::collections::{BTreeMap, BTreeSet};
 
 use herald_engine::{
-    campaign::{sample, shards},
+    campaign::sample,
     model::{
-        scheduled_run_id, topics, CampaignCommand, Candidate, SchemaRegistry, ShardReport,
-        ShardReportKind,
+        scheduled_run_id, CampaignCommand, Candidate, SchemaRegistry, ShardReport, ShardReportKind,
     },
     runtime::replay::ReplayRecord,
     stage_campaign::ab::SplitDelivery,
@@ -115,7 +114,7 @@ fn forged_report(at: i64) -> ReplayRecord {
         day_sent: 45,
         ..lease_report_of(ShardReportKind::Demand, 9, 0, None, at)
     };
-    keyed(topics::CAMPAIGN_FLOW, "ping", &report, at)
+    to_home(&report)
 }
 
 /// Finding 2. A triggered campaign with a total of 50 spread over 4 shards; before any user
@@ -234,7 +233,7 @@ fn lease_report(
     day: Option<&str>,
     at: i64,
 ) -> ReplayRecord {
-    keyed(topics::CAMPAIGN_FLOW, "ping", &lease_report_of(kind, shard, places, day, at), at)
+    to_home(&lease_report_of(kind, shard, places, day, at))
 }
 
 /// The record [`lease_report`] sends.
@@ -245,26 +244,7 @@ fn lease_report_of(
     day: Option<&str>,
     at: i64,
 ) -> ShardReport {
-    ShardReport {
-        campaign_id: "ping".into(),
-        app_id: "shop".into(),
-        shard,
-        shards: 4,
-        kind,
-        run_id: day.map(String::from),
-        qualified: 0,
-        reachable: 0,
-        sent: 0,
-        run_sent: 0,
-        waiting: 0,
-        places,
-        variants: vec![],
-        skipped: Default::default(),
-        failed: Default::default(),
-        day_sent: 0,
-        timestamp_ms: at,
-        seq: 0,
-    }
+    ShardReport { run_id: day.map(String::from), places, ..shard_report("ping", kind, shard, at) }
 }
 
 /// Finding 4. A triggered total of 50 over 4 shards; once the home gave every shard its first
@@ -276,13 +256,8 @@ fn lease_report_of(
 #[test]
 fn a_duplicated_returned_report_does_not_grant_the_places_twice() {
     let yaml = ping("limits: { total: 50 }\n");
-    let mut input = vec![define("ping", &yaml, T0)];
-    input.extend(profiles(0..80));
-    input.push(other_event(0, T0 + 5_000));
-    input.push(lease_report(ShardReportKind::Returned, 1, 5, None, T0 + 10_000));
-    input.extend(candidates("ping", 0..80, T0 + 20_000));
-    input.push(other_event(0, T0 + 10 * MINUTE));
-    let out = run(NO_CAPS, input, T0 + 30 * MINUTE);
+    let repeat = lease_report(ShardReportKind::Returned, 1, 5, None, T0 + 10_000);
+    let out = reports_then_candidates(&yaml, 80, vec![repeat]);
 
     assert_eq!(out.users("ping").len(), 50, "exactly the total");
     assert!(out.dead.is_empty(), "a repeat is dropped, not a dead letter: {:?}", out.dead);
@@ -360,21 +335,6 @@ fn a_campaign_moved_home_and_back_while_places_are_in_flight_fills_its_total_and
     assert_eq!(ends, [fifty("LimitReached"), fifty("Completed")]);
 }
 
-/// Input for the sound cases below: `news` to u0..u19, `ping` (as `yaml`) candidates for
-/// u0..u79 at their shards of 4 four minutes later (places in flight at every shard for
-/// minutes under the app's throttle), then `extra`, then `later`; the clock runs an hour.
-fn in_flight_then(yaml: &str, extra: Vec<ReplayRecord>, later: Vec<ReplayRecord>) -> Out {
-    let mut input = vec![define("news", NEWS, T0), define("ping", yaml, T0)];
-    input.extend(profiles(0..120));
-    input.extend(pong(0..20, T0 + 5_000));
-    input.push(other_event(0, T0 + 3 * MINUTE));
-    input.extend(candidates("ping", 0..80, T0 + 4 * MINUTE));
-    input.extend(extra);
-    input.extend(later);
-    input.push(other_event(1, T0 + 60 * MINUTE));
-    run(THROTTLED_CAPS, input, T0 + 90 * MINUTE)
-}
-
 fn ends(out: &Out) -> Vec<(String, String)> {
     let kinds = out.kinds("ping").into_iter();
     kinds.filter(|(k, _)| k == "LimitReached" || k == "Completed").collect()
@@ -406,17 +366,7 @@ fn a_total_raised_while_places_are_in_flight_at_the_shards_fills_the_new_total_e
 fn a_total_respread_over_8_shards_while_places_are_in_flight_fills_exactly() {
     let total = ping("limits: { total: 50 }\n");
     let eight = define("ping", &total.replace("shards: 4", "shards: 8"), T0 + 5 * MINUTE);
-    let later = candidates("ping", 80..120, T0 + 6 * MINUTE)
-        .map(|mut record| {
-            let user = {
-                let registry = SchemaRegistry::builtin();
-                let c: Candidate = registry.decode(record.value.as_ref().unwrap()).unwrap();
-                c.user_id
-            };
-            record.key = Some(shards::key("ping", shards::of_user(&user, 8)).into_bytes());
-            record
-        })
-        .collect();
+    let later = candidates_over(80..120, T0 + 6 * MINUTE, 8).collect();
     let out = in_flight_then(&total, vec![eight], later);
     let sent = out.users("ping");
     assert_eq!(sent.len(), 50, "{sent:?}");

@@ -34,24 +34,6 @@ fn ab_test(audience: u64, options: &str) -> String {
 
 const OVER_4: &str = "options: { shards: 4 }\n";
 
-/// The [`candidates`] keyed to their user's shard among `of`.
-fn candidates_over(
-    users: std::ops::Range<usize>,
-    at: i64,
-    of: u32,
-) -> impl Iterator<Item = ReplayRecord> {
-    candidates("ping", users, at).map(move |mut record| {
-        let user = {
-            let registry = herald_engine::model::SchemaRegistry::builtin();
-            let candidate: herald_engine::model::Candidate =
-                registry.decode(record.value.as_ref().unwrap()).unwrap();
-            candidate.user_id
-        };
-        record.key = Some(shards::key("ping", shards::of_user(&user, of)).into_bytes());
-        record
-    })
-}
-
 /// `ping`'s commands per variant.
 fn per_variant(out: &Out) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -68,47 +50,12 @@ fn numbers(from: usize, to: usize) -> BTreeSet<usize> {
 
 /// An `INDICES` report of `ping` from `shard` (of 4) giving back `from .. from + count`.
 fn indices_report(shard: i32, from: i64, count: i64, at: i64) -> ReplayRecord {
-    let report = ShardReport {
-        campaign_id: "ping".into(),
-        app_id: "shop".into(),
-        shard,
-        shards: 4,
-        kind: ShardReportKind::Indices,
-        run_id: None,
-        qualified: from,
-        reachable: 0,
-        sent: 0,
-        run_sent: 0,
-        waiting: 0,
-        places: count,
-        variants: vec![],
-        skipped: Default::default(),
-        failed: Default::default(),
-        day_sent: 0,
-        timestamp_ms: at,
-        seq: 0,
-    };
-    keyed(topics::CAMPAIGN_FLOW, "ping", &report, at)
+    let report = shard_report("ping", ShardReportKind::Indices, shard, at);
+    to_home(&ShardReport { qualified: from, places: count, ..report })
 }
 
 // ---------------------------------------------------------------------------------------------
 // Edits while indices are in flight at the shards.
-
-/// `news` to u0..u19 (their cap of the day spent), `ping` as `yaml` over 4 shards with
-/// u0..u79's candidates at their shards four minutes later (indices and places in flight at
-/// every shard for minutes under the app's throttle; the gate refuses u0..u19), then `edits`
-/// a minute later, then `later`; the clock runs an hour.
-fn in_flight_then(yaml: &str, edits: Vec<ReplayRecord>, later: Vec<ReplayRecord>) -> Out {
-    let mut input = vec![define("news", NEWS, T0), define("ping", yaml, T0)];
-    input.extend(profiles(0..120));
-    input.extend(pong(0..20, T0 + 5_000));
-    input.push(other_event(0, T0 + 3 * MINUTE));
-    input.extend(candidates("ping", 0..80, T0 + 4 * MINUTE));
-    input.extend(edits);
-    input.extend(later);
-    input.push(other_event(1, T0 + 60 * MINUTE));
-    run(THROTTLED_CAPS, input, T0 + 90 * MINUTE)
-}
 
 /// [`in_flight_then`] with `yaml` on its home alone from the start, every candidate keyed to
 /// the home: one task's figures.
@@ -313,13 +260,8 @@ fn a_repeated_indices_plan_does_not_spend_an_index_twice() {
 /// tested (11/10/10).
 #[test]
 fn a_repeated_indices_report_does_not_test_a_user_more() {
-    let mut input = vec![define("ping", &ab_test(30, OVER_4), T0)];
-    input.extend(profiles(0..60));
-    input.push(other_event(0, T0 + 5_000));
-    input.push(indices_report(1, 0, 1, T0 + 10_000));
-    input.extend(candidates("ping", 0..60, T0 + 20_000));
-    input.push(other_event(0, T0 + 10 * MINUTE));
-    let out = run(NO_CAPS, input, T0 + 30 * MINUTE);
+    let repeat = indices_report(1, 0, 1, T0 + 10_000);
+    let out = reports_then_candidates(&ab_test(30, OVER_4), 60, vec![repeat]);
     out.users("ping"); // none twice
     assert_eq!(per_variant(&out), counted(&[("A", 10), ("B", 10), ("C", 10)]));
 }
@@ -333,13 +275,8 @@ fn a_repeated_indices_report_does_not_test_a_user_more() {
 /// must be empty) the test can then never complete.
 #[test]
 fn a_forged_indices_report_of_a_huge_range_does_not_widen_the_test() {
-    let mut input = vec![define("ping", &ab_test(30, OVER_4), T0)];
-    input.extend(profiles(0..60));
-    input.push(other_event(0, T0 + 5_000));
-    input.push(indices_report(1, 0, i64::MAX, T0 + 10_000));
-    input.extend(candidates("ping", 0..60, T0 + 20_000));
-    input.push(other_event(0, T0 + 10 * MINUTE));
-    let out = run(NO_CAPS, input, T0 + 30 * MINUTE);
+    let forged = indices_report(1, 0, i64::MAX, T0 + 10_000);
+    let out = reports_then_candidates(&ab_test(30, OVER_4), 60, vec![forged]);
     out.users("ping");
     assert_eq!(per_variant(&out), counted(&[("A", 10), ("B", 10), ("C", 10)]));
     assert!(
@@ -357,14 +294,11 @@ fn a_forged_indices_report_of_a_huge_range_does_not_widen_the_test() {
 /// the campaign stage on the home's next lease report; a release build wraps the sum instead).
 #[test]
 fn forged_indices_reports_adding_up_past_u64_do_not_stop_the_engine() {
-    let mut input = vec![define("ping", &ab_test(30, OVER_4), T0)];
-    input.extend(profiles(0..60));
-    input.push(other_event(0, T0 + 5_000));
-    input.push(indices_report(1, 0, i64::MAX - 1, T0 + 10_000));
-    input.push(indices_report(2, i64::MAX, i64::MAX, T0 + 11_000));
-    input.extend(candidates("ping", 0..60, T0 + 20_000));
-    input.push(other_event(0, T0 + 10 * MINUTE));
-    let out = run(NO_CAPS, input, T0 + 30 * MINUTE);
+    let forged = vec![
+        indices_report(1, 0, i64::MAX - 1, T0 + 10_000),
+        indices_report(2, i64::MAX, i64::MAX, T0 + 11_000),
+    ];
+    let out = reports_then_candidates(&ab_test(30, OVER_4), 60, forged);
     out.users("ping");
     assert_eq!(per_variant(&out), counted(&[("A", 10), ("B", 10), ("C", 10)]));
     assert!(

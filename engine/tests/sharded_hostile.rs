@@ -7,33 +7,14 @@
 #[path = "replay_support/sharded.rs"]
 mod sharded;
 
-use herald_engine::model::{scheduled_run_id, topics, ShardReport, ShardReportKind};
+use herald_engine::model::{scheduled_run_id, ShardReport, ShardReportKind};
 use herald_engine::runtime::replay::ReplayRecord;
 use sharded::*;
 
 /// A `PLACE_LEFT` of `campaign`'s run `run` from shard `shard` of 4, giving back `places`.
 fn place_left(campaign: &str, run: &str, shard: i32, places: i64, at: i64) -> ReplayRecord {
-    let report = ShardReport {
-        campaign_id: campaign.into(),
-        app_id: "shop".into(),
-        shard,
-        shards: 4,
-        kind: ShardReportKind::PlaceLeft,
-        run_id: Some(run.into()),
-        qualified: 0,
-        reachable: 0,
-        sent: 0,
-        run_sent: 0,
-        waiting: 0,
-        places,
-        variants: vec![],
-        skipped: Default::default(),
-        failed: Default::default(),
-        day_sent: 0,
-        timestamp_ms: at,
-        seq: 0,
-    };
-    keyed(topics::CAMPAIGN_FLOW, campaign, &report, at)
+    let report = shard_report(campaign, ShardReportKind::PlaceLeft, shard, at);
+    to_home(&ShardReport { run_id: Some(run.into()), places, ..report })
 }
 
 /// A scheduled run with a per-run limit of 30 over 4 shards, throttled to 10 a minute on an app

@@ -23,7 +23,7 @@ use herald_engine::{
         topics::{self, TopicNames},
         AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats,
         Candidate, DeadLetter, Device, IngestDecoder, Platform, ProfileUpdate, PropertyValue,
-        Record, SchemaRegistry, SendCommand,
+        Record, SchemaRegistry, SendCommand, ShardReport, ShardReportKind,
     },
     pipeline::engine_topology,
     runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
@@ -386,6 +386,49 @@ pub fn candidates_at_home(
     })
 }
 
+/// `ping`'s [`candidates`] keyed to their user's shard among `of`.
+pub fn candidates_over(
+    users: std::ops::Range<usize>,
+    at: i64,
+    of: u32,
+) -> impl Iterator<Item = ReplayRecord> {
+    let keys = users.clone().map(move |i| shards::key("ping", shards::of_user(&user(i), of)));
+    candidates("ping", users, at).zip(keys).map(|(mut record, key)| {
+        record.key = Some(key.into_bytes());
+        record
+    })
+}
+
+/// A report of `campaign` (app shop) of `kind` from `shard` (of 4) at `at`, every count and
+/// the run 0 or none: `ShardReport { places, ..shard_report(..) }` sets what a test needs.
+pub fn shard_report(campaign: &str, kind: ShardReportKind, shard: i32, at: i64) -> ShardReport {
+    ShardReport {
+        campaign_id: campaign.into(),
+        app_id: "shop".into(),
+        shard,
+        shards: 4,
+        kind,
+        run_id: None,
+        qualified: 0,
+        reachable: 0,
+        sent: 0,
+        run_sent: 0,
+        waiting: 0,
+        places: 0,
+        variants: vec![],
+        skipped: Default::default(),
+        failed: Default::default(),
+        day_sent: 0,
+        timestamp_ms: at,
+        seq: 0,
+    }
+}
+
+/// `report` on the campaign flow to its campaign's home, at its time.
+pub fn to_home(report: &ShardReport) -> ReplayRecord {
+    keyed(topics::CAMPAIGN_FLOW, &report.campaign_id, report, report.timestamp_ms)
+}
+
 /// `ping`: a push to whoever sends `Ping`, with `limits` YAML, over 4 shards.
 pub fn ping(limits: &str) -> String {
     format!("id: ping\napp: shop\nname: Ping\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\n{limits}options: {{ shards: 4 }}\n")
@@ -455,6 +498,35 @@ impl Out {
         let last = self.stats.iter().rev().find(|s| s.campaign_id == campaign).unwrap();
         last.skipped.get(reason).copied().unwrap_or(0)
     }
+}
+
+/// `news` to u0..u19 (their cap of the day spent), `ping` as `yaml` with u0..u79's candidates
+/// at their shards of 4 four minutes later (places and indices in flight at every shard for
+/// minutes under the app's throttle; the gate refuses u0..u19), then `edits` (about a minute
+/// later), then `later`; the clock runs an hour, the replay 90 minutes, with [`THROTTLED_CAPS`].
+pub fn in_flight_then(yaml: &str, edits: Vec<ReplayRecord>, later: Vec<ReplayRecord>) -> Out {
+    let mut input = vec![define("news", NEWS, T0), define("ping", yaml, T0)];
+    input.extend(profiles(0..120));
+    input.extend(pong(0..20, T0 + 5_000));
+    input.push(other_event(0, T0 + 3 * MINUTE));
+    input.extend(candidates("ping", 0..80, T0 + 4 * MINUTE));
+    input.extend(edits);
+    input.extend(later);
+    input.push(other_event(1, T0 + 60 * MINUTE));
+    run(THROTTLED_CAPS, input, T0 + 90 * MINUTE)
+}
+
+/// `ping` as `yaml` for u0..u`users` (the clock moved at 5 s), `reports` (records on the
+/// campaign flow, at about 10 s) before anyone qualifies, then every user's candidate at their
+/// shard of 4 at 20 s; the clock moved at 10 minutes, the replay 30 minutes, without caps.
+pub fn reports_then_candidates(yaml: &str, users: usize, reports: Vec<ReplayRecord>) -> Out {
+    let mut input = vec![define("ping", yaml, T0)];
+    input.extend(profiles(0..users));
+    input.push(other_event(0, T0 + 5_000));
+    input.extend(reports);
+    input.extend(candidates("ping", 0..users, T0 + 20_000));
+    input.push(other_event(0, T0 + 10 * MINUTE));
+    run(NO_CAPS, input, T0 + 30 * MINUTE)
 }
 
 /// Replays `input` on 4 partitions under `settings` (YAML), timers fired until `until`.
