@@ -210,7 +210,7 @@ pub fn run(
     };
     let producer: FutureProducer = options
         .kafka
-        .client_config()
+        .producer_config()
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .create()

@@ -51,7 +51,7 @@ pub(super) fn producer(
     kafka: &KafkaConfig,
 ) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
     kafka
-        .client_config()
+        .producer_config()
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
         .create()

@@ -191,7 +191,7 @@ impl LiveRuntime {
         };
 
         let transactional_id = format!("{}-{}", self.topology.app_id, self.config.instance_id);
-        let kafka_config = self.config.kafka.client_config();
+        let kafka_config = self.config.kafka.producer_config();
         let delivered = Arc::new(Mutex::new(HashMap::new()));
         let producer = create_producer(
             &kafka_config,
