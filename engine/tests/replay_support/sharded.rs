@@ -22,8 +22,8 @@ use herald_engine::{
     model::{
         topics::{self, TopicNames},
         AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats,
-        Candidate, DeadLetter, Device, IngestDecoder, Platform, ProfileUpdate, PropertyValue,
-        Record, SchemaRegistry, SendCommand, ShardReport, ShardReportKind,
+        Candidate, DeadLetter, Device, IngestDecoder, Platform, ProfileUpdate, Properties,
+        PropertyValue, Record, SchemaRegistry, SendCommand, ShardReport, ShardReportKind,
     },
     pipeline::engine_topology,
     runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
@@ -297,16 +297,27 @@ pub fn profiles(users: std::ops::Range<usize>) -> impl Iterator<Item = ReplayRec
 
 /// User `u<i>` sends event `name` (id `event_id`) at `at`.
 pub fn app_event(i: usize, name: &str, event_id: String, at: i64) -> ReplayRecord {
+    user_event(&user(i), name, event_id, Default::default(), at)
+}
+
+/// `user` sends event `name` (id `event_id`) with `properties` at `at`.
+pub fn user_event(
+    user: &str,
+    name: &str,
+    event_id: String,
+    properties: Properties,
+    at: i64,
+) -> ReplayRecord {
     let event = AppEvent {
         event_id,
         app_id: "shop".into(),
-        user_id: user(i),
+        user_id: user.into(),
         name: name.into(),
         timestamp_ms: at,
-        properties: Default::default(),
+        properties,
         sdk_version: None,
     };
-    keyed(topics::EVENTS, &user(i), &event, at)
+    keyed(topics::EVENTS, user, &event, at)
 }
 
 /// `users` send event `name` from `at` on, a millisecond apart (ids `<name>-u<i>`).
@@ -327,17 +338,8 @@ pub fn other_event(i: usize, at: i64) -> ReplayRecord {
 /// `user` clicks a notification of `campaign`'s variant `variant` at `at`.
 pub fn click(campaign: &str, user: &str, variant: &str, at: i64) -> ReplayRecord {
     let text = |s: &str| PropertyValue::String(s.into());
-    let event = AppEvent {
-        event_id: format!("click-{user}-{at}"),
-        app_id: "shop".into(),
-        user_id: user.into(),
-        name: "Notification Clicked".into(),
-        timestamp_ms: at,
-        properties: [("campaign_id".into(), text(campaign)), ("variant_id".into(), text(variant))]
-            .into(),
-        sdk_version: None,
-    };
-    keyed(topics::EVENTS, user, &event, at)
+    let properties = [("campaign_id".into(), text(campaign)), ("variant_id".into(), text(variant))];
+    user_event(user, "Notification Clicked", format!("click-{user}-{at}"), properties.into(), at)
 }
 
 /// `users` send `Pong` (`news`) from `at` on, a millisecond apart.
