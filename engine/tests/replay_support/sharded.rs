@@ -17,7 +17,6 @@ use std::{
 };
 
 use herald_engine::{
-    backtest::Backtest,
     campaign::{parse_campaign, shards},
     model::{
         topics::{self, TopicNames},
@@ -30,6 +29,10 @@ use herald_engine::{
     settings::Settings,
 };
 use serde_json::Value;
+
+/// The backtest of one campaign over JSON lines (`replay_support/mod.rs`).
+#[path = "mod.rs"]
+mod backtest;
 
 // ---------------------------------------------------------------------------------------------
 // Backtest driver (JSON lines in, `sends.jsonl` / stats out).
@@ -155,22 +158,7 @@ pub struct Outcome {
 impl Outcome {
     /// Replays `lines` through `campaign` (YAML) on 4 partitions.
     pub fn replay(campaign: &str, lines: &[String]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("campaigns")).unwrap();
-        std::fs::write(dir.path().join("campaigns/c.yaml"), campaign).unwrap();
-        std::fs::write(dir.path().join("in.jsonl"), lines.join("\n")).unwrap();
-        Backtest {
-            campaigns: vec![dir.path().join("campaigns")],
-            input: dir.path().join("in.jsonl"),
-            out: dir.path().join("out"),
-            settings: Settings::default(),
-            app: None,
-            until_ms: None,
-            partitions: 4,
-        }
-        .run()
-        .unwrap();
-        Self { dir }
+        Self { dir: backtest::replay(campaign, lines, 4) }
     }
 
     /// The records of output `file`.
