@@ -512,4 +512,133 @@ mod over_shards {
         out.users("ping"); // none twice
         assert_eq!(per_variant(&out), counted(&[("A", 10), ("B", 10), ("C", 10)]));
     }
+
+    /// `ping`'s candidates of `users` (by number) at their shards among 4, from `at` on, a
+    /// second apart.
+    fn candidates_of(users: &[usize], at: i64) -> Vec<ReplayRecord> {
+        let mut input = Vec::new();
+        for (n, &i) in users.iter().enumerate() {
+            let mut one: Vec<ReplayRecord> = candidates("ping", i..i + 1, 0).collect();
+            let mut record = one.remove(0);
+            record.timestamp_ms = at + n as i64 * 1_000;
+            input.push(record);
+        }
+        input
+    }
+
+    /// a7624e5: a test send the gate refuses (u0, whose cap of the day `news` spent) at a shard
+    /// where no other candidate waits: its index and place go back to the shard, which has no
+    /// use for them. A test of 6 (evaluated an hour after) over 4 shards, u0 first, then 20
+    /// users of the other shards. One task: 6 tested (2/2/2), the winner an hour later to the
+    /// other 14; everyone but u0 sent once. A stranded index would leave the test at 5, never
+    /// complete, and the 15 others never sent.
+    #[test]
+    fn a_refused_test_send_at_a_shard_with_no_one_else_waiting_still_completes_the_test() {
+        let home_of_u0 = shards::of_user(&user(0), 4);
+        let others: Vec<usize> =
+            (1..200).filter(|&i| shards::of_user(&user(i), 4) != home_of_u0).take(20).collect();
+        for settings in [CAPS, THROTTLED_CAPS] {
+            let yaml = ab_test(6, OVER_4).replace("evaluate_after: 12h", "evaluate_after: 1h");
+            let mut input = vec![define("news", NEWS, T0), define("ping", &yaml, T0)];
+            input.extend(profiles(0..200));
+            input.extend(pong(0..1, T0 + 5_000));
+            input.push(other_event(0, T0 + 3 * MINUTE));
+            input.extend(candidates_of(&[0], T0 + 4 * MINUTE));
+            input.extend(candidates_of(&others, T0 + 5 * MINUTE));
+            for quarter in 1..24 {
+                input.push(other_event(1, T0 + quarter * 15 * MINUTE));
+            }
+            let out = run(settings, input, T0 + 6 * 60 * MINUTE);
+            let sent = out.users("ping");
+            let expected: BTreeSet<usize> = others.iter().copied().collect();
+            assert_eq!(sent, expected, "{settings}");
+            let counts = per_variant(&out);
+            assert!(counts.values().all(|&n| n >= 2), "{settings}: 2 tested each: {counts:?}");
+        }
+    }
+
+    /// The `INDICES` reports shards of `ping` sent home in a replay of `input` under
+    /// `settings` (as the records driver runs it), with when they were written.
+    fn indices_reports(settings: &str, input: Vec<ReplayRecord>, until: i64) -> Vec<ReplayRecord> {
+        use herald_engine::model::{
+            topics::TopicNames, IngestDecoder, Record, SchemaRegistry, ShardReport, ShardReportKind,
+        };
+        use herald_engine::runtime::replay::{self, ReplayInput, ReplayOptions, ReplaySink};
+        let settings =
+            std::sync::Arc::new(herald_engine::settings::Settings::parse(settings, "s").unwrap());
+        let topology = herald_engine::pipeline::engine_topology(
+            "sharded",
+            TopicNames::default(),
+            settings,
+            IngestDecoder::default(),
+            0,
+        )
+        .unwrap();
+        let reports = std::cell::RefCell::new(Vec::new());
+        let sink = ReplaySink::Callback(Box::new(|topic, key, value, at| {
+            let registry = SchemaRegistry::builtin();
+            let is_report =
+                registry.decode_value(value).is_ok_and(|(name, _)| name == ShardReport::FULL_NAME);
+            if topic == topics::CAMPAIGN_FLOW && is_report {
+                let report: ShardReport = registry.decode(value).unwrap();
+                if report.kind == ShardReportKind::Indices {
+                    let key = String::from_utf8(key.to_vec()).unwrap();
+                    reports.borrow_mut().push(keyed(topics::CAMPAIGN_FLOW, &key, &report, at));
+                }
+            }
+            Ok(())
+        }));
+        let options = ReplayOptions {
+            partitions: 4,
+            fire_timers_until: Some(until),
+            ..ReplayOptions::default()
+        };
+        replay::run(&topology, ReplayInput::Records(input), sink, &options).unwrap();
+        reports.into_inner()
+    }
+
+    /// The A/B test of 60 over 4 shards with test sends refused in flight (s27's scenario):
+    /// `news` spends u0..u19's cap, u0..u79 qualify at their shards four minutes later under
+    /// the app's throttle (their commands wait minutes in the outbox), u80..u119 at six;
+    /// `extra` records added. One task: 60 tested, 20/20/20, none of u0..u19.
+    fn refused_in_flight(extra: Vec<ReplayRecord>) -> Vec<ReplayRecord> {
+        let mut input = vec![define("news", NEWS, T0), define("ping", &ab_test(60, OVER_4), T0)];
+        input.extend(profiles(0..120));
+        input.extend(pong(0..20, T0 + 5_000));
+        input.push(other_event(0, T0 + 3 * MINUTE));
+        input.extend(candidates("ping", 0..80, T0 + 4 * MINUTE));
+        input.extend(candidates("ping", 80..120, T0 + 6 * MINUTE));
+        input.extend(extra);
+        input.sort_by_key(|r| r.timestamp_ms);
+        input.push(other_event(1, T0 + 60 * MINUTE));
+        input
+    }
+
+    /// Guard (f2a2d09): the genuine `INDICES` reports of that test, each delivered a second
+    /// time (a producer's repeat) a millisecond after and again half an hour after it was
+    /// written: every copy is dropped (counted) or refused, none gives an index back twice: 60
+    /// tested, 20/20/20, none of u0..u19, as without the copies.
+    #[test]
+    fn genuine_indices_reports_delivered_again_give_back_nothing_twice() {
+        let until = T0 + 90 * MINUTE;
+        let reports = indices_reports(THROTTLED_CAPS, refused_in_flight(Vec::new()), until);
+        assert!(!reports.is_empty(), "the shards gave indices back");
+        let plain = run(THROTTLED_CAPS, refused_in_flight(Vec::new()), until);
+        let mut copies = Vec::new();
+        for report in &reports {
+            for later in [1, 30 * MINUTE] {
+                let mut copy = report.clone();
+                copy.timestamp_ms += later;
+                copies.push(copy);
+            }
+        }
+        let repeated = run(THROTTLED_CAPS, refused_in_flight(copies), until);
+        for out in [&plain, &repeated] {
+            let users = out.users("ping");
+            assert_eq!(users.len(), 60, "{users:?}");
+            assert!(users.is_disjoint(&numbers(0, 20)), "{users:?}");
+            assert_eq!(per_variant(out), counted(&[("A", 20), ("B", 20), ("C", 20)]));
+        }
+        assert_eq!(repeated.users("ping"), plain.users("ping"));
+    }
 }
