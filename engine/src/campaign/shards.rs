@@ -41,11 +41,11 @@ pub fn in_effect(campaign: &Campaign, _settings: &Settings) -> u32 {
         }
         // Each shard's users take its range of the run's global assignment indices
         // (`stage_campaign::runs`); users sent at their local times after it take indices
-        // leased alone (`stage_campaign::indices`), without a total, daily or per-run limit.
+        // leased alone (`stage_campaign::indices`), without a total, daily or per-run limit, or
+        // with the total's leased places, with a total alone.
         (Trigger::Scheduled(schedule), Assignment::Alternate | Assignment::Split(_)) => {
             let limits = &campaign.limits;
-            schedule.user_local.is_none()
-                || (limits.total.is_none() && limits.daily.is_none() && limits.per_run.is_none())
+            schedule.user_local.is_none() || (limits.daily.is_none() && limits.per_run.is_none())
         }
         // Total and daily limits are leased to the shards by the home
         // (`stage_campaign::leases`).

@@ -168,7 +168,34 @@ pub(super) fn leased_alone(campaign: &Campaign) -> bool {
     kind && indexed(campaign) && limits.total.is_none() && limits.daily.is_none()
 }
 
+/// Whether `campaign` is scheduled, sent at each user's local time (`timezone: user`), with a
+/// total limit and neither a per-run nor a daily limit: its run's places are planned over the
+/// users buffered at the release, and a user who comes later, at their local time, is sent on a
+/// place of the total leased by the home, as a triggered candidate is (with a global index in
+/// alternation or a split: the home grants exactly what waits, and a shard gives back at once
+/// what no candidate of its waits for). The home grants nothing while a run of the campaign is
+/// open (planned and not finished), so a lease never counts on places a run may still send.
+pub(super) fn late_on_leases(campaign: &Campaign) -> bool {
+    let limits = &campaign.limits;
+    matches!(campaign.when.trigger, Trigger::Scheduled(_))
+        && campaign.user_local().is_some()
+        && limits.total.is_some()
+        && limits.per_run.is_none()
+        && limits.daily.is_none()
+}
+
+/// [`late_on_leases`] in alternation or with a split: its leased places carry indices.
+pub(super) fn late_indexed(campaign: &Campaign) -> bool {
+    late_on_leases(campaign) && indexed(campaign)
+}
+
 impl CampaignStage {
+    /// Whether this shard of `campaign` sends a user of a run who comes after its release on a
+    /// leased place (see [`leased_alone`], [`late_on_leases`]).
+    pub(super) fn late_leased(campaign: &Campaign, state: &CampaignState) -> bool {
+        state.is_shard(campaign) && (leased_alone(campaign) || late_on_leases(campaign))
+    }
+
     /// Whether this shard of `campaign` sends on places of indices alone (see [`leased_alone`]).
     pub(super) fn leases_alone(campaign: &Campaign, state: &CampaignState) -> bool {
         state.is_shard(campaign) && leased_alone(campaign)
@@ -187,7 +214,9 @@ impl CampaignStage {
         if let Some(variant) = Self::test_index_variant(campaign, state, candidate) {
             return variant; // a triggered A/B test's (below)
         }
-        let leased = is_triggered_run(&candidate.run_id) || leased_alone(campaign);
+        let leased = is_triggered_run(&candidate.run_id)
+            || leased_alone(campaign)
+            || late_on_leases(campaign);
         if !state.is_shard(campaign) || !leased || !indexed(campaign) {
             return None;
         }

@@ -23,7 +23,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    day_in, indices, queue, timer_key, CampaignStage, CampaignState, WAITING, WAITING_TIMER,
+    day_in, indices, queue,
+    runs::{RunPhase, RunState},
+    timer_key, CampaignStage, CampaignState, WAITING, WAITING_TIMER,
 };
 use crate::{
     campaign::{shards as campaign_shards, Campaign, CampaignStatus, Trigger},
@@ -294,7 +296,7 @@ impl CampaignState {
 
     /// The home's places of the total `limit` neither leased out nor spent outside the leases
     /// (by the home itself, or by shards before the campaign had a total limit).
-    fn free_total(&self, limit: u64) -> u64 {
+    pub(super) fn free_total(&self, limit: u64) -> u64 {
         let out: u64 = self.leases.values().map(|l| l.granted.saturating_sub(l.returned)).sum();
         let on_leases: u64 = self.leases.values().map(|l| l.spent).sum();
         let outside = self.sent.saturating_sub(on_leases);
@@ -323,6 +325,15 @@ impl CampaignState {
         let shards: u64 =
             self.leases.values().filter_map(|l| l.day_of(today)).map(|d| d.sent).sum();
         shards + self.day.1
+    }
+
+    /// Whether a run of the campaign is planned or being planned at the home and not finished
+    /// (its shards may still send on its places).
+    fn runs_open(&self) -> bool {
+        let open = |run: &RunState| {
+            run.coordinates() && !matches!(run.phase, RunPhase::Done | RunPhase::Tripped)
+        };
+        self.run.iter().chain(&self.earlier).any(open)
     }
 
     /// Whether the home awaits a shard's exact counts (a recount): it grants nothing and sends
@@ -566,7 +577,8 @@ impl CampaignStage {
         state: &mut CampaignState,
     ) -> Result<bool, ProcessError> {
         let lease = &state.lease;
-        if has_limit(campaign) || state.waiting > 0 || lease.places == 0 || lease.owed > 0 {
+        let keeps = has_limit(campaign) && !indices::late_indexed(campaign);
+        if keeps || state.waiting > 0 || lease.places == 0 || lease.owed > 0 {
             return Ok(false);
         }
         let back = std::mem::take(&mut state.lease.places);
@@ -1033,7 +1045,7 @@ impl CampaignStage {
 
     /// Grants free places to the shards that wait for some; recalls unused places when none
     /// are free; tells the waiting shards the limit is full once nothing is left anywhere.
-    fn serve_leases(
+    pub(super) fn serve_leases(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
@@ -1047,10 +1059,16 @@ impl CampaignStage {
         if !limited(campaign) || state.awaits_recount() || shards <= 1 {
             return Ok(());
         }
+        if indices::late_on_leases(campaign) && state.runs_open() {
+            return Ok(()); // served once the run finished (`shards::finish_home_run`)
+        }
         let mut free = state.free_places(campaign);
         // A grant covers the demand and some more, so a busy shard does not ask per user; places
         // of indices alone (no limit) exactly the demand, so that none is left unspent.
         let mut chunk = limit.map_or(1, |limit| (limit / (4 * shards)).max(1));
+        if indices::late_indexed(campaign) {
+            chunk = 1; // places with indices: exactly what waits (see `indices::late_on_leases`)
+        }
         if let Some(left) = Self::indices_left(campaign, state) {
             // A triggered A/B test's: a place only with an index, on demand (`indices`).
             (free, chunk) = (free.min(left), 1);

@@ -361,7 +361,7 @@ impl CampaignStage {
                 // A user's local time of a run can come after the next run started (a daily
                 // run's users span up to 26 hours): sent, outside the newer run's limit, unless
                 // the run took a sample, which was taken at its release.
-                Some(_) if !sampled && Self::leases_alone(campaign, state) => {
+                Some(_) if !sampled && Self::late_leased(campaign, state) => {
                     return self.place_leased(ctx, campaign, state, candidate); // see `indices`
                 }
                 Some(_) if !sampled => {
@@ -390,6 +390,14 @@ impl CampaignStage {
             // A reservation is counted when its user comes, not itself.
             RunPhase::Tripped | RunPhase::Done if reserved => {}
             RunPhase::Tripped => state.skip("safety_check"),
+            // At their local time, after the release, within a total limit: on a leased place
+            // of it (see `indices::late_on_leases`), not counted in the run.
+            RunPhase::Done
+                if super::indices::late_on_leases(campaign) && state.is_shard(campaign) =>
+            {
+                state.run = Some(run);
+                return self.place_leased(ctx, campaign, state, candidate);
+            }
             RunPhase::Done => {
                 let sent = run.sent;
                 self.deliver_in_run(ctx, campaign, state, &mut run, &candidate, None)?;

@@ -447,6 +447,11 @@ impl CampaignStage {
                 ("sent".to_string(), run.sent.to_string()),
             ]);
             self.lifecycle(ctx, campaign, LifecycleKind::RunFinished, details)?;
+            if super::indices::late_on_leases(campaign) {
+                // Users who came after the release wait for leased places (`indices`); the
+                // run is out of `state` here, so no longer open.
+                self.serve_leases(ctx, campaign, state)?;
+            }
         }
         // The limit is announced once the run it filled is finished.
         if run.phase == RunPhase::Done {
@@ -491,7 +496,8 @@ impl CampaignStage {
             return self.lifecycle(ctx, campaign, LifecycleKind::SafetyCheckTripped, details);
         }
         let reach = campaign.limits.per_run.map_or(buffered, |limit| limit.min(buffered));
-        let left = campaign.limits.total.map_or(u64::MAX, |t| t.saturating_sub(state.sent));
+        // Less the places of the total leased out to users who came after an earlier run.
+        let left = campaign.limits.total.map_or(u64::MAX, |t| state.free_total(t));
         let left = left.min(day_left);
         // A sampled run's shards hold ranges of its random order: its first users are shard 0's.
         let split = if sample::samples(campaign) { sample::first_in_order } else { apportion };
