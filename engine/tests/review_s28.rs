@@ -126,10 +126,19 @@ impl Replayed {
 
 /// Replays `input` with `settings` on `partitions` partitions, timers fired until `until`.
 fn run(settings: &str, input: Vec<ReplayRecord>, partitions: i32, until: i64) -> Replayed {
+    run_decoding(settings, IngestDecoder::default(), input, partitions, until)
+}
+
+/// [`run`] with the events and profiles read by `decoder`.
+fn run_decoding(
+    settings: &str,
+    decoder: IngestDecoder,
+    input: Vec<ReplayRecord>,
+    partitions: i32,
+    until: i64,
+) -> Replayed {
     let settings = Arc::new(Settings::parse(settings, "settings").unwrap());
-    let topology =
-        engine_topology("it-rv28", TopicNames::default(), settings, IngestDecoder::default(), 0)
-            .unwrap();
+    let topology = engine_topology("it-rv28", TopicNames::default(), settings, decoder, 0).unwrap();
     let (candidates, dead) = (RefCell::new(Vec::new()), RefCell::new(Vec::new()));
     let sink = ReplaySink::Callback(Box::new(|topic, _key, value, _at| {
         let registry = SchemaRegistry::builtin();
@@ -364,6 +373,67 @@ fn a_purchase_older_than_the_history_kept_is_forgotten_however_late_it_came() {
             "on {partitions} partition(s)"
         );
     }
+}
+
+/// A Segment `alias` on the events topic: `anonymous` identified as `user` at `at`.
+fn alias(anonymous: &str, user: &str, at: i64) -> ReplayRecord {
+    let stamp = chrono::DateTime::from_timestamp_millis(at).unwrap().to_rfc3339();
+    let value = format!(
+        r#"{{"type":"alias","previousId":"{anonymous}","userId":"{user}","timestamp":"{stamp}"}}"#
+    );
+    ReplayRecord {
+        topic: topics::EVENTS.into(),
+        key: Some(anonymous.as_bytes().to_vec()),
+        value: Some(value.into_bytes()),
+        timestamp_ms: at,
+        partition: None,
+        offset: 0,
+    }
+}
+
+/// Events in Segment format (for aliases; Avro records still read), profiles in Avro.
+fn segment_events() -> IngestDecoder {
+    use herald_engine::model::{IngestConfig, IngestFormat};
+    let mut config = IngestConfig::uniform(IngestFormat::Segment);
+    config.events.app = Some("shop".into());
+    config.profiles.format = IngestFormat::Avro;
+    IngestDecoder::from_config(&config).unwrap()
+}
+
+/// One property set of `Bought` a day (`max_sets: 1`): an anonymous id buys tea, identifies
+/// as ana the same day, then ana buys a cup; a campaign defined the next day looks for a cup
+/// bought in the last 3 days, triggered by `App Opened`. By the budget ana's day holds one set
+/// (before 89d4426 the day's sets, the merged tea among them, were counted by a scan: the cup
+/// was over budget, counted by name only), so ana is not a candidate; bob, who bought only a
+/// cup, is (control).
+/// Finding 3 (LOW: a bound on stored history exceeded, a campaign sees a set the budget says
+/// is not kept; no lost or doubled notification). `history::add` (history.rs:168, the merge
+/// of `alias::merge_into`) writes the merged sets without their budget entry, and
+/// `history::entries` leaves the anonymous id's budget entries out of the merge (and out of
+/// `alias::link`'s forgetting: they stay in the store, never expired, as its activity entry
+/// does), so the known user's day counts its sets from zero again: a day may keep up to twice
+/// its budget after a merge.
+#[test]
+#[ignore = "review s28 finding 3: after a merge brought the day's one Bought set, ana's cup is kept too (a second set past max_sets 1): the cup campaign takes ana and bob vs bob alone"]
+fn a_merged_users_property_sets_count_in_the_days_budget() {
+    let (day, later) = (NOV_1 + 10 * HOUR, NOV_1 + DAY + 10 * HOUR);
+    let cup = r#"{"did":"Bought","where":[{"property":"item","equals":"cup"}],"in_last_days":3}"#;
+    let input = vec![
+        profile("ana", NOV_1, &[]),
+        profile("bob", NOV_1, &[]),
+        event("anon-tea", "anon-1", day, "Bought", &[("item", "tea")]),
+        alias("anon-1", "ana", day + HOUR),
+        event("ana-cup", "ana", day + 2 * HOUR, "Bought", &[("item", "cup")]),
+        event("bob-cup", "bob", day + 2 * HOUR + 1, "Bought", &[("item", "cup")]),
+        define(&triggered("cup", "App Opened", cup), later),
+        event("ana-open", "ana", later + HOUR, "App Opened", &[]),
+        event("bob-open", "bob", later + HOUR + 1, "App Opened", &[]),
+    ];
+    let settings = "history: { properties: { max_sets: 1 } }";
+    let out = run_decoding(settings, segment_events(), input, 1, later + DAY);
+    assert_eq!(out.ended, Ok(()));
+    assert!(out.dead.is_empty(), "{:?}", out.dead);
+    assert_eq!(out.who(), [("cup", "bob")]);
 }
 
 // ---------------------------------------------------------------------------------------------
