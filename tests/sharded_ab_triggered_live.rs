@@ -16,8 +16,7 @@ use std::{
 use common::wait_for_offsets;
 use herald_engine::model::{CampaignLifecycleEvent, LifecycleKind, SendCommand};
 use sharded::{
-    apply, create_topics, decoded, events, lifecycle, per_variant, profiles, spawn_instance,
-    spawn_two,
+    apply, decoded, deployment, events, lifecycle, per_variant, profiles, spawn_instance, spawn_two,
 };
 
 const USERS: usize = 1_200;
@@ -29,11 +28,8 @@ const CAMPAIGN: &str = "id: tab\napp: shop\nname: Tab\nwhen: { event: Ping }\nwh
 
 #[test]
 fn a_triggered_test_of_300_over_8_shards_stays_exact_when_an_instance_is_killed_mid_test() {
-    let prefix = format!("{}-", common::unique("it-tab"));
-    let app_id = common::unique("it-tab-app");
-    let dir = tempfile::tempdir().unwrap();
+    let (prefix, app_id, dir) = deployment("it-tab", 8);
     let topic = |name: &str| format!("{prefix}herald.{name}");
-    create_topics(&topic, 8);
     apply(dir.path(), &topic("campaigns"), "tab.yaml", CAMPAIGN);
     profiles(&topic("profiles"), 0..USERS);
     let log = dir.path().join("engines.log");

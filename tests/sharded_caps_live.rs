@@ -14,7 +14,7 @@ use std::{collections::BTreeSet, time::Duration};
 use common::wait_for_offsets;
 use herald_engine::model::{CampaignStats, SendCommand};
 use sharded::{
-    apply, create_topics, decoded, events, lifecycle, profiles, spawn_instance_with, spawn_two_with,
+    apply, decoded, deployment, events, lifecycle, profiles, spawn_instance_with, spawn_two_with,
 };
 
 const USERS: usize = 4_000;
@@ -36,11 +36,8 @@ fn pings(topic: &str, users: std::ops::Range<usize>) {
 
 #[test]
 fn a_total_over_8_shards_on_an_app_with_caps_stays_exact_when_an_instance_is_killed() {
-    let prefix = format!("{}-", common::unique("it-caps"));
-    let app_id = common::unique("it-caps-app");
-    let dir = tempfile::tempdir().unwrap();
+    let (prefix, app_id, dir) = deployment("it-caps", 8);
     let topic = |name: &str| format!("{prefix}herald.{name}");
-    create_topics(&topic, 8);
     let news =
         "id: news\napp: shop\nname: News\nwhen: { event: Pong }\nwhat: { title: n, body: n }\n";
     apply(dir.path(), &topic("campaigns"), "news.yaml", news);

@@ -14,7 +14,7 @@ use std::{
 use common::wait_for_offsets;
 use herald_engine::model::{CampaignLifecycleEvent, CampaignStats, SchemaRegistry, SendCommand};
 use sharded::{
-    apply, commands, create_topics, decoded, events, herald, lifecycle, per_variant, profiles,
+    apply, commands, decoded, deployment, events, herald, lifecycle, per_variant, profiles,
     spawn_instance, spawn_one, spawn_two, stats_once_sent, try_apply,
 };
 
@@ -183,11 +183,8 @@ fn pinged_with_a_kill(tag: &str, rules: &str, run: Pings) -> Killed {
 /// [`pinged_with_a_kill`] of a campaign sending `what` (YAML).
 fn pinged_with_a_kill_sending(tag: &str, what: &str, rules: &str, run: Pings) -> Killed {
     let Pings { users, first, commands, events } = run;
-    let prefix = format!("{}-", common::unique(tag));
-    let app_id = common::unique(&format!("{tag}-app"));
-    let dir = tempfile::tempdir().unwrap();
+    let (prefix, app_id, dir) = deployment(tag, 8);
     let topic = |name: &str| format!("{prefix}herald.{name}");
-    create_topics(&topic, 8);
     let yaml = format!(
         "id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {what}\n{rules}"
     );
@@ -216,11 +213,8 @@ fn pinged_with_a_kill_sending(tag: &str, what: &str, rules: &str, run: Pings) ->
 
 #[test]
 fn a_4_shard_ab_broadcast_with_total_limit_5000_stays_exact_when_an_instance_is_killed_mid_run() {
-    let prefix = format!("{}-", common::unique("it-sharded"));
-    let app_id = common::unique("it-sharded-app");
-    let dir = tempfile::tempdir().unwrap();
+    let (prefix, app_id, dir) = deployment("it-sharded", 4);
     let topic = |name: &str| format!("{prefix}herald.{name}");
-    create_topics(&topic, 4);
     // The run is set once the engines have read every profile: first a week out, then soon.
     apply(
         dir.path(),
@@ -265,11 +259,8 @@ fn a_4_shard_ab_broadcast_with_total_limit_5000_stays_exact_when_an_instance_is_
 
 #[test]
 fn a_sharded_ab_run_whose_shards_hold_no_or_only_test_users_still_chooses_and_finishes() {
-    let prefix = format!("{}-", common::unique("it-shard-empty"));
-    let app_id = common::unique("it-shard-empty-app");
-    let dir = tempfile::tempdir().unwrap();
+    let (prefix, app_id, dir) = deployment("it-shard-empty", 4);
     let topic = |name: &str| format!("{prefix}herald.{name}");
-    create_topics(&topic, 4);
     // 3 users over 4 shards: one shard at least holds none; a test of 2 users (one per
     // variant) takes every user of the shards it falls on.
     let yaml = |at_ms: i64| {
@@ -302,11 +293,8 @@ fn a_sharded_ab_run_whose_shards_hold_no_or_only_test_users_still_chooses_and_fi
 #[test]
 fn a_total_limit_added_to_a_sharded_triggered_campaign_counts_what_its_shards_sent() {
     const SENT: usize = 40;
-    let prefix = format!("{}-", common::unique("it-shard-edit"));
-    let app_id = common::unique("it-shard-edit-app");
-    let dir = tempfile::tempdir().unwrap();
+    let (prefix, app_id, dir) = deployment("it-shard-edit", 4);
     let topic = |name: &str| format!("{prefix}herald.{name}");
-    create_topics(&topic, 4);
     let coupons = |limits: &str| {
         format!(
             "id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\n{limits}options: {{ ignore_global_caps: true, shards: 4 }}\n"
@@ -381,11 +369,8 @@ fn a_total_limit_added_to_a_sharded_triggered_campaign_counts_what_its_shards_se
 fn a_total_lowered_while_shards_hold_places_stays_exact_when_an_instance_is_killed_in_the_recount()
 {
     const USERS: usize = 3_000;
-    let prefix = format!("{}-", common::unique("it-recount"));
-    let app_id = common::unique("it-recount-app");
-    let dir = tempfile::tempdir().unwrap();
+    let (prefix, app_id, dir) = deployment("it-recount", 8);
     let topic = |name: &str| format!("{prefix}herald.{name}");
-    create_topics(&topic, 8);
     let coupons = |total: usize| {
         format!("id: coupons\napp: shop\nname: Coupons\nwhen: {{ event: Ping }}\nwhat: {{ title: t, body: b }}\nlimits: {{ total: {total} }}\noptions: {{ ignore_global_caps: true, shards: 8 }}\n")
     };

@@ -18,7 +18,7 @@ use herald_engine::{
     stage_campaign::ab::SplitDelivery,
 };
 use sharded::{
-    apply, create_topics, decoded, lifecycle, per_variant, profiles, spawn_instance, spawn_two,
+    apply, decoded, deployment, lifecycle, per_variant, profiles, spawn_instance, spawn_two,
     stats_once_sent,
 };
 
@@ -35,11 +35,8 @@ fn campaign(at_ms: i64) -> String {
 
 #[test]
 fn a_split_70_30_over_8_shards_is_one_tasks_round_robin_when_an_instance_is_killed_mid_run() {
-    let prefix = format!("{}-", common::unique("it-split"));
-    let app_id = common::unique("it-split-app");
-    let dir = tempfile::tempdir().unwrap();
+    let (prefix, app_id, dir) = deployment("it-split", 8);
     let topic = |name: &str| format!("{prefix}herald.{name}");
-    create_topics(&topic, 8);
     // The run is set once the engines have read every profile: first a week out, then soon.
     let week = campaign(common::now_ms() + 7 * 86_400_000);
     apply(dir.path(), &topic("campaigns"), "week.yaml", &week);

@@ -36,6 +36,16 @@ pub fn create_topics(topic: &dyn Fn(&str) -> String, flow: i32) {
     ]);
 }
 
+/// A deployment of its own: a unique topic prefix (`<tag>-…-`) and application id
+/// (`<tag>-app-…`), its topics created ([`create_topics`], `flow` campaign-flow partitions),
+/// and a working directory.
+pub fn deployment(tag: &str, flow: i32) -> (String, String, tempfile::TempDir) {
+    let prefix = format!("{}-", common::unique(tag));
+    let app_id = common::unique(&format!("{tag}-app"));
+    create_topics(&|name: &str| format!("{prefix}herald.{name}"), flow);
+    (prefix, app_id, tempfile::tempdir().unwrap())
+}
+
 /// `herald campaign apply` of `yaml` (written to `dir/name`) to the topic `campaigns`, which
 /// must succeed.
 pub fn apply(dir: &Path, campaigns: &str, name: &str, yaml: &str) {
