@@ -10,49 +10,8 @@ mod sharded;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use herald_engine::{
-    campaign::shards,
-    model::{topics, CampaignCommand, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind},
-    runtime::replay::ReplayRecord,
-};
+use herald_engine::{campaign::shards, model::CampaignCommand};
 use sharded::*;
-
-const ALTERNATE_3: &str = "\n  variants:\n    - { id: A, title: t, body: a }\n    - { id: B, title: t, body: b }\n    - { id: C, title: t, body: c }";
-
-/// `ping` in alternation of A, B, C on `Ping`, no limit, with `options` YAML.
-fn alternation(options: &str) -> String {
-    format!(
-        "id: ping\napp: shop\nname: Ping\nwhen: {{ event: Ping }}\nwhat:{ALTERNATE_3}\n{options}"
-    )
-}
-
-/// `ping`, a triggered A/B test of A, B, C on `audience` users (no winner within the replays
-/// here: evaluated 12 hours after the test), with `options` YAML.
-fn ab_test(audience: u64, options: &str) -> String {
-    format!("id: ping\napp: shop\nname: Ping\nwhen: {{ event: Ping }}\nwhat:{ALTERNATE_3}\n  ab: {{ test_audience: {audience}, evaluate_after: 12h }}\n{options}")
-}
-
-const OVER_4: &str = "options: { shards: 4 }\n";
-
-/// `ping`'s commands per variant.
-fn per_variant(out: &Out) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for send in out.of("ping") {
-        *counts.entry(send.variant_id.clone()).or_default() += 1;
-    }
-    counts
-}
-
-/// Users `from..to` by number.
-fn numbers(from: usize, to: usize) -> BTreeSet<usize> {
-    (from..to).collect()
-}
-
-/// An `INDICES` report of `ping` from `shard` (of 4) giving back `from .. from + count`.
-fn indices_report(shard: i32, from: i64, count: i64, at: i64) -> ReplayRecord {
-    let report = shard_report("ping", ShardReportKind::Indices, shard, at);
-    to_home(&ShardReport { qualified: from, places: count, ..report })
-}
 
 // ---------------------------------------------------------------------------------------------
 // Edits while indices are in flight at the shards.
@@ -213,26 +172,6 @@ fn a_repeated_indices_report_does_not_grant_an_index_twice() {
     assert_eq!(per_variant(&out), counted(&[("A", 33), ("B", 33), ("C", 33)]));
 }
 
-/// An `INDICES` plan of `ping` to `shard` (of 4) granting `from .. from + count`.
-fn indices_plan(shard: u32, from: i64, count: i64, at: i64) -> ReplayRecord {
-    let plan = ShardPlan {
-        campaign_id: "ping".into(),
-        app_id: "shop".into(),
-        run_id: String::new(),
-        shard: shard as i32,
-        kind: ShardPlanKind::Indices,
-        places: 0,
-        test_from: from,
-        test_users: count,
-        test_total: 0,
-        winner_id: None,
-        limit: None,
-        daily: None,
-        timestamp_ms: at,
-    };
-    keyed(topics::CAMPAIGN_FLOW, &shards::key("ping", shard), &plan, at)
-}
-
 /// The same alternation over 4 shards: u0..u29 sent (indices 0..29 spent), then a second copy
 /// of the home's `INDICES` plan granting index 0 reaches u30's shard (a repeat: plans carry no
 /// sequence), then u30..u98 qualify. One task: 99 users, 33/33/33.
@@ -245,7 +184,7 @@ fn a_repeated_indices_plan_does_not_spend_an_index_twice() {
     input.push(other_event(0, T0 + 5_000));
     input.extend(candidates("ping", 0..30, T0 + 10_000));
     input.push(other_event(0, T0 + MINUTE));
-    input.push(indices_plan(shards::of_user(&user(30), 4), 0, 1, T0 + 2 * MINUTE));
+    input.push(indices_plan(shards::of_user(&user(30), 4), 0, 0, 1, T0 + 2 * MINUTE));
     input.extend(candidates("ping", 30..99, T0 + 3 * MINUTE));
     input.push(other_event(0, T0 + 10 * MINUTE));
     let out = run(NO_CAPS, input, T0 + 30 * MINUTE);

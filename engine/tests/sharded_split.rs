@@ -14,8 +14,6 @@ use sharded::*;
 const SPLIT_70_30: &str =
     "\n  variants:\n    - { id: A, title: t, body: a }\n    - { id: B, title: t, body: b }\n  split: [70, 30]";
 
-const ALTERNATE_3: &str = "\n  variants:\n    - { id: A, title: t, body: a }\n    - { id: B, title: t, body: b }\n    - { id: C, title: t, body: c }";
-
 /// A scheduled split 70/30 run to 1,000 users over 4 shards: exactly 700 and 300 (the single
 /// task's round robin over global indices 0..1000), every shard sending, the stats equal to the
 /// commands, and which user got which variant the same on a re-run.

@@ -22,7 +22,8 @@ use herald_engine::{
         topics::{self, TopicNames},
         AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats,
         Candidate, DeadLetter, Device, IngestDecoder, Platform, ProfileUpdate, Properties,
-        PropertyValue, Record, SchemaRegistry, SendCommand, ShardReport, ShardReportKind,
+        PropertyValue, Record, SchemaRegistry, SendCommand, ShardPlan, ShardPlanKind, ShardReport,
+        ShardReportKind,
     },
     pipeline::engine_topology,
     runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
@@ -417,6 +418,67 @@ pub fn shard_report(campaign: &str, kind: ShardReportKind, shard: i32, at: i64) 
 /// `report` on the campaign flow to its campaign's home, at its time.
 pub fn to_home(report: &ShardReport) -> ReplayRecord {
     keyed(topics::CAMPAIGN_FLOW, &report.campaign_id, report, report.timestamp_ms)
+}
+
+/// An `INDICES` report of `ping` from `shard` (of 4) giving back `from .. from + count`.
+pub fn indices_report(shard: i32, from: i64, count: i64, at: i64) -> ReplayRecord {
+    let report = shard_report("ping", ShardReportKind::Indices, shard, at);
+    to_home(&ShardReport { qualified: from, places: count, ..report })
+}
+
+/// An `INDICES` plan of `ping` to `shard` (of 4) numbered `number` (0: unnumbered, as before
+/// plans were numbered), granting `from .. from + count`.
+pub fn indices_plan(shard: u32, number: i64, from: i64, count: i64, at: i64) -> ReplayRecord {
+    let plan = ShardPlan {
+        campaign_id: "ping".into(),
+        app_id: "shop".into(),
+        run_id: String::new(),
+        shard: shard as i32,
+        kind: ShardPlanKind::Indices,
+        places: number,
+        test_from: from,
+        test_users: count,
+        test_total: 0,
+        winner_id: None,
+        limit: None,
+        daily: None,
+        timestamp_ms: at,
+    };
+    keyed(topics::CAMPAIGN_FLOW, &shards::key("ping", shard), &plan, at)
+}
+
+/// Variants A, B and C (YAML after `what:`), in alternation unless a split or a test says
+/// otherwise.
+pub const ALTERNATE_3: &str = "\n  variants:\n    - { id: A, title: t, body: a }\n    - { id: B, title: t, body: b }\n    - { id: C, title: t, body: c }";
+
+/// A campaign's options spreading it over 4 shards.
+pub const OVER_4: &str = "options: { shards: 4 }\n";
+
+/// `ping` in alternation of A, B, C on `Ping`, no limit, with `options` YAML.
+pub fn alternation(options: &str) -> String {
+    format!(
+        "id: ping\napp: shop\nname: Ping\nwhen: {{ event: Ping }}\nwhat:{ALTERNATE_3}\n{options}"
+    )
+}
+
+/// `ping`, a triggered A/B test of A, B, C on `audience` users (no winner within most replays:
+/// evaluated 12 hours after the test), with `options` YAML.
+pub fn ab_test(audience: u64, options: &str) -> String {
+    format!("id: ping\napp: shop\nname: Ping\nwhen: {{ event: Ping }}\nwhat:{ALTERNATE_3}\n  ab: {{ test_audience: {audience}, evaluate_after: 12h }}\n{options}")
+}
+
+/// `ping`'s commands per variant.
+pub fn per_variant(out: &Out) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for send in out.of("ping") {
+        *counts.entry(send.variant_id.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// Users `from..to` by number.
+pub fn numbers(from: usize, to: usize) -> BTreeSet<usize> {
+    (from..to).collect()
 }
 
 /// `ping`: a push to whoever sends `Ping`, with `limits` YAML, over 4 shards.
