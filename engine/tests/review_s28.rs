@@ -566,21 +566,31 @@ mod over_shards {
         assert_eq!(per_variant(&out), counted(&[("A", 10), ("B", 10), ("C", 10)]));
     }
 
-    /// Guard: a forged `INDICES` plan to u0's shard granting indices `0 .. 1,000,000` (numbered
-    /// as the home's next would be) before anyone qualifies for a test of 30 over 4 shards, then
-    /// 60 users qualify. One task: 30 tested, 10/10/10; the shard cannot send past the places
-    /// the home grants, one per index of the audience.
-    #[test]
-    fn a_forged_indices_plan_of_a_huge_range_does_not_widen_the_test() {
+    /// A forged `INDICES` plan to u0's shard (numbered as the home's next would be) granting
+    /// indices `from .. 1,000,000`, before anyone qualifies for a test of 30 over 4 shards; then
+    /// 60 users qualify: `ping`'s sends.
+    fn forged_huge_range(from: i64) -> Out {
         let mut input = vec![define("ping", &ab_test(30, OVER_4), T0)];
         input.extend(profiles(0..60));
         input.push(other_event(0, T0 + 5_000));
-        input.push(indices_plan(shards::of_user(&user(0), 4), 1, 0, 1_000_000, T0 + 10_000));
+        let shard = shards::of_user(&user(0), 4);
+        input.push(indices_plan(shard, 1, from, 1_000_000 - from, T0 + 10_000));
         input.extend(candidates("ping", 0..60, T0 + 20_000));
         input.push(other_event(0, T0 + 10 * MINUTE));
-        let out = run(NO_CAPS, input, T0 + 30 * MINUTE);
-        out.users("ping"); // none twice
-        assert_eq!(per_variant(&out), counted(&[("A", 10), ("B", 10), ("C", 10)]));
+        run(NO_CAPS, input, T0 + 30 * MINUTE)
+    }
+
+    /// Guard: such a forged plan does not widen the test: the shard sends only on places the
+    /// home grants, one per index of the audience: 30 tested, none twice (and, here, 10/10/10:
+    /// its users take the forged plan's lowest indices in the place of those the home granted).
+    #[test]
+    fn a_forged_indices_plan_of_a_huge_range_does_not_widen_the_test() {
+        for from in [0, 1, 2] {
+            let out = forged_huge_range(from);
+            assert_eq!(out.users("ping").len(), 30, "forged from {from}");
+            let counts = per_variant(&out);
+            assert_eq!(counts, counted(&[("A", 10), ("B", 10), ("C", 10)]), "forged from {from}");
+        }
     }
 
     /// `ping`'s candidates of `users` (by number) at their shards among 4, from `at` on, a
@@ -710,5 +720,44 @@ mod over_shards {
             assert_eq!(per_variant(out), counted(&[("A", 20), ("B", 20), ("C", 20)]));
         }
         assert_eq!(repeated.users("ping"), plain.users("ping"));
+    }
+
+    /// a7624e5 with two devices a user: the gate decides once per notification, refuses or
+    /// confirms each device's command alike; the shard settles the user's index once. A test of
+    /// 6 (evaluated an hour after) over 4 shards, u0..u2 refused (`news` spent their cap), then
+    /// u3..u29 qualify. One task: 6 tested (2/2/2), then the winner: everyone but u0..u2 sent,
+    /// each on both devices (a command per device), none twice.
+    #[test]
+    fn a_triggered_test_over_shards_with_two_devices_a_user_settles_each_index_once() {
+        use herald_engine::model::{Candidate, SchemaRegistry};
+        let registry = SchemaRegistry::builtin();
+        let two_devices = |mut record: ReplayRecord| {
+            let mut candidate: Candidate = registry.decode(record.value.as_ref().unwrap()).unwrap();
+            let mut second = device(&candidate.user_id);
+            second.device_id.push_str("-2");
+            second.token.push_str("-2");
+            candidate.devices.push(second);
+            record.value = Some(registry.encode(&candidate).unwrap());
+            record
+        };
+        let yaml = ab_test(6, OVER_4).replace("evaluate_after: 12h", "evaluate_after: 1h");
+        let mut input = vec![define("news", NEWS, T0), define("ping", &yaml, T0)];
+        input.extend(profiles(0..30));
+        input.extend(pong(0..3, T0 + 5_000));
+        input.push(other_event(0, T0 + 3 * MINUTE));
+        input.extend(candidates("ping", 0..3, T0 + 4 * MINUTE).map(two_devices));
+        input.extend(candidates("ping", 3..30, T0 + 5 * MINUTE).map(two_devices));
+        for quarter in 1..24 {
+            input.push(other_event(1, T0 + quarter * 15 * MINUTE));
+        }
+        let out = run(CAPS, input, T0 + 6 * 60 * MINUTE);
+        let mut per_user: BTreeMap<String, usize> = BTreeMap::new();
+        for send in out.of("ping") {
+            *per_user.entry(send.user_id.clone()).or_default() += 1;
+        }
+        let expected: BTreeMap<String, usize> = (3..30).map(|i| (user(i), 2)).collect();
+        assert_eq!(per_user, expected);
+        let counts = per_variant(&out);
+        assert!(counts.values().all(|&n| n >= 4), "2 tested each, on 2 devices: {counts:?}");
     }
 }
