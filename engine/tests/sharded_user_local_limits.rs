@@ -120,3 +120,69 @@ fn a_user_local_message_with_a_total_over_8_shards_sends_up_to_the_total() {
     assert_eq!(zones(&sent(&sharded)), zoned, "the first 100 to come, each once");
     assert_eq!(kinds(&events(&sharded)), kinds(&events(&one)), "each once, as one task");
 }
+
+/// [`three_timezones`] with `users` opting out of push at 05:00Z on the 20th (before the UTC
+/// users' 09:00 and the UTC−10 users' 19:00).
+fn opting_out(per_zone: usize, users: &[String]) -> Vec<String> {
+    let mut lines = three_timezones(per_zone);
+    let at = 3 * per_zone; // after the profiles, before the events of the 20th
+    for user in users {
+        let out = format!(
+            r#"{{"type":"profile","user":"{user}","ts":"2026-11-20T05:00:00Z","set":{{"push_opt_out":true}}}}"#
+        );
+        lines.insert(at, out);
+    }
+    lines
+}
+
+/// Alternation of 3 with `timezone: user` and a per-run limit of 60 over 8 shards, 40 users in
+/// each of UTC+14, UTC and UTC−10 (60 of the 120 taken by rank, each sent at their local time):
+/// exactly the users one task sends, 20/20/20, `RUN_FINISHED` once with 60. With 10 UTC users
+/// (b0..b9) opting out before their 09:00 the places of the selected ones go to users standing
+/// by (through the home when on another shard) with their global indices: 60 sent, none of
+/// them, still 20/20/20 (which users stand by when a place passes depends on who came already
+/// at 09:00Z, an order one task and 8 shards see differently). On the code before, the campaign
+/// ran on its home alone.
+#[test]
+fn a_user_local_alternation_with_a_per_run_limit_over_8_shards_sends_one_tasks_20_20_20() {
+    let limits = "{ per_run: 60 }";
+    let sharded = limited("t", ALTERNATE_3, limits, ", shards: 8");
+    assert_eq!(spread(&sharded), 8, "spread over its 8 shards");
+    let expected = counted(&[("A", 20), ("B", 20), ("C", 20)]);
+    let lines = three_timezones(40);
+    let one = Outcome::replay(&limited("t", ALTERNATE_3, limits, ""), &lines);
+    assert_eq!(one.counts(), expected, "one task");
+    let outcome = Outcome::replay(&sharded, &lines);
+    let users = |sent: BTreeMap<String, String>| sent.into_keys().collect::<Vec<_>>();
+    assert_eq!(users(outcome.variants()), users(one.variants()), "the users one task sends");
+    assert_eq!(outcome.counts(), expected, "one task's alternation over 60 sends");
+    assert_eq!(kinds(&events(&outcome)), kinds(&events(&one)), "RUN_FINISHED once, 60");
+
+    let leaving: Vec<String> = (0..10).map(|i| format!("b{i}")).collect();
+    let lines = opting_out(40, &leaving);
+    let one = Outcome::replay(&limited("t", ALTERNATE_3, limits, ""), &lines);
+    assert_eq!(one.counts(), expected, "one task");
+    let outcome = Outcome::replay(&sharded, &lines);
+    let sent = users(outcome.variants());
+    assert!(sent.iter().all(|user| !leaving.contains(user)), "{sent:?}");
+    assert_eq!(outcome.counts(), expected, "one task's alternation over 60 sends");
+    assert_eq!(kinds(&events(&outcome)), kinds(&events(&one)), "RUN_FINISHED once, 60");
+}
+
+/// A split 70/30 with `timezone: user` and a per-run limit of 60 over 8 shards, 10 UTC users
+/// (b0..b9) opting out before their 09:00, 7 of them selected on shards 0 to 3 where no one
+/// stands by: their places and global indices go on to the shard whose users stand by, so the
+/// run's 60 sends take the indices of one task's 60: 42/18 (the places without their indices,
+/// assigned there on the shard's own count, sent 41/19).
+#[test]
+fn a_user_local_split_with_a_per_run_limit_passes_indices_with_places_over_8_shards() {
+    let limits = "{ per_run: 60 }";
+    let leaving: Vec<String> = (0..10).map(|i| format!("b{i}")).collect();
+    let lines = opting_out(40, &leaving);
+    let one = Outcome::replay(&limited("t", SPLIT_70_30, limits, ""), &lines);
+    let expected = counted(&[("A", 42), ("B", 18)]);
+    assert_eq!(one.counts(), expected, "one task");
+    let outcome = Outcome::replay(&limited("t", SPLIT_70_30, limits, ", shards: 8"), &lines);
+    assert_eq!(outcome.counts(), expected, "one task's split over 60 sends");
+    assert_eq!(kinds(&events(&outcome)), kinds(&events(&one)), "RUN_FINISHED once, 60");
+}

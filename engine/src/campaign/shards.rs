@@ -45,7 +45,7 @@ pub fn in_effect(campaign: &Campaign, _settings: &Settings) -> u32 {
         // with the total's leased places, with a total alone.
         (Trigger::Scheduled(schedule), Assignment::Alternate | Assignment::Split(_)) => {
             let limits = &campaign.limits;
-            schedule.user_local.is_none() || (limits.daily.is_none() && limits.per_run.is_none())
+            schedule.user_local.is_none() || limits.daily.is_none()
         }
         // Total and daily limits are leased to the shards by the home
         // (`stage_campaign::leases`).

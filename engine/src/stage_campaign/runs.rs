@@ -341,7 +341,24 @@ impl CampaignStage {
             if let Some(chosen) = selected {
                 ctx.store(RUN_BUFFER)?.delete(&key)?;
                 let (sent, in_flight) = (state.sent, state.in_flight);
-                self.deliver(ctx, campaign, state, &candidate, chosen)?;
+                // Over shards, in alternation or a split: the next global index of the run's
+                // (see `RunState::indices`), spent by the send only.
+                let of_run = state.run_mut(&candidate.run_id).cloned();
+                let indexed = match of_run {
+                    Some(run) => {
+                        self.global_index(ctx, campaign, state, &run, &candidate, chosen)?
+                    }
+                    None => None,
+                };
+                self.deliver(ctx, campaign, state, &candidate, indexed.or(chosen))?;
+                if indexed.is_some() && state.sent > sent {
+                    if let Some(run) = state.run_mut(&candidate.run_id) {
+                        if let Some((next, _)) = run.indices.as_mut() {
+                            *next += 1;
+                        }
+                        run.next_indices(); // see `standby`
+                    }
+                }
                 let came = standby::Came {
                     sent: state.sent > sent,
                     in_flight: state.in_flight > in_flight,

@@ -154,6 +154,21 @@ impl RunState {
         }
     }
 
+    /// One of the shard's global assignment indices left, the highest (those that came with
+    /// places first), taken: it goes with a place this shard passes on (see `not_coming`).
+    pub(super) fn give_one_index(&mut self) -> Option<u64> {
+        self.spare.retain(|(next, end)| next < end);
+        if let Some((_, end)) = self.spare.last_mut() {
+            *end -= 1;
+            let index = *end;
+            self.spare.retain(|(next, end)| next < end);
+            return Some(index);
+        }
+        let (_, end) = self.indices.as_mut().filter(|(next, end)| next < end)?;
+        *end -= 1;
+        Some(*end)
+    }
+
     /// Up to `n` of the shard's global assignment indices left (its block's, then those that
     /// came with places), as ranges (first, count), taken: the shard sends no more of the run.
     /// Indices beyond `n` (left by users who kept a sticky variant) stay unused.
@@ -312,7 +327,11 @@ impl CampaignStage {
                     Some(variant) if state.run_mut(run).is_some_and(|r| r.awaits_winner()) => {
                         self.pass_test_place(ctx, campaign, state, run, variant)?
                     }
-                    _ => self.place_left(ctx, campaign, state, run, 1)?,
+                    // Alternation or a split: with one of the shard's global indices.
+                    _ => {
+                        let index = state.run_mut(run).and_then(RunState::give_one_index);
+                        self.places_left(ctx, campaign, state, run, 1, index)?
+                    }
                 }
             }
             None => {
@@ -623,6 +642,15 @@ impl CampaignStage {
             return self.pass_test_place(ctx, campaign, state, run, variant);
         }
         places = places.max(1); // an older version passed one place with no count
+        if plan.test_users > 0 && !test_place {
+            // Alternation or a split: the places' global indices, taken once the shard's own
+            // are spent (see `RunState::spare`).
+            if let Some(of_run) = state.run_mut(run) {
+                let from = plan.test_from.max(0) as u64;
+                of_run.spare.push((from, from + plan.test_users as u64));
+                of_run.next_indices();
+            }
+        }
         let owner = state.key.clone();
         let prefix = standby_prefix(&owner, run);
         while places > 0 {
@@ -641,8 +669,10 @@ impl CampaignStage {
             }
             places -= 1;
         }
-        if places > 0 {
-            self.place_left(ctx, campaign, state, run, places)?;
+        for _ in 0..places {
+            // No one stands by here: on to the next shard, each with an index if any is left.
+            let index = state.run_mut(run).and_then(RunState::give_one_index);
+            self.places_left(ctx, campaign, state, run, 1, index)?;
         }
         Ok(())
     }
