@@ -442,40 +442,13 @@ fn a_merged_users_property_sets_count_in_the_days_budget() {
 
 mod over_shards {
     //! On the records driver of the sharded tests (4 partitions): campaign `ping` over 4 shards,
-    //! its candidates written straight onto the campaign flow, edits between them.
+    //! its candidates written straight onto the campaign flow, edits between them (`ping`'s
+    //! helpers, `ab_test`, `per_variant`, `indices_plan`, ..., from `replay_support/sharded.rs`).
 
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::sharded::*;
-    use herald_engine::{
-        campaign::shards,
-        model::{topics, ShardPlan, ShardPlanKind},
-        runtime::replay::ReplayRecord,
-    };
-
-    const ALTERNATE_3: &str = "\n  variants:\n    - { id: A, title: t, body: a }\n    - { id: B, title: t, body: b }\n    - { id: C, title: t, body: c }";
-
-    /// `ping`, a triggered A/B test of A, B, C on `audience` users (no winner within these
-    /// replays: evaluated 12 hours after the test), with `options` YAML.
-    fn ab_test(audience: u64, options: &str) -> String {
-        format!("id: ping\napp: shop\nname: Ping\nwhen: {{ event: Ping }}\nwhat:{ALTERNATE_3}\n  ab: {{ test_audience: {audience}, evaluate_after: 12h }}\n{options}")
-    }
-
-    const OVER_4: &str = "options: { shards: 4 }\n";
-
-    /// `ping`'s commands per variant.
-    fn per_variant(out: &Out) -> BTreeMap<String, usize> {
-        let mut counts = BTreeMap::new();
-        for send in out.of("ping") {
-            *counts.entry(send.variant_id.clone()).or_default() += 1;
-        }
-        counts
-    }
-
-    /// Users `from..to` by number.
-    fn numbers(from: usize, to: usize) -> BTreeSet<usize> {
-        (from..to).collect()
-    }
+    use herald_engine::{campaign::shards, model::topics, runtime::replay::ReplayRecord};
 
     /// Guard (bf33624), the reference's triggered A/B test: "After 500 total messages are sent
     /// ... we'll decide the Winner". A test of 60 over 4 shards: u0..u29 tested at the shards,
@@ -518,27 +491,6 @@ mod over_shards {
         assert_eq!(users.len(), 60, "{users:?}");
         assert!(users.is_superset(&numbers(0, 30)), "{users:?}");
         assert_eq!(per_variant(&out), counted(&[("A", 20), ("B", 20), ("C", 20)]));
-    }
-
-    /// An `INDICES` plan of `ping` to `shard` (of 4) numbered `number`, granting `from .. from +
-    /// count`.
-    fn indices_plan(shard: u32, number: i64, from: i64, count: i64, at: i64) -> ReplayRecord {
-        let plan = ShardPlan {
-            campaign_id: "ping".into(),
-            app_id: "shop".into(),
-            run_id: String::new(),
-            shard: shard as i32,
-            kind: ShardPlanKind::Indices,
-            places: number,
-            test_from: from,
-            test_users: count,
-            test_total: 0,
-            winner_id: None,
-            limit: None,
-            daily: None,
-            timestamp_ms: at,
-        };
-        keyed(topics::CAMPAIGN_FLOW, &shards::key("ping", shard), &plan, at)
     }
 
     /// A forged (or misrouted) `INDICES` plan to u0's shard, numbered far ahead of the home's
