@@ -186,3 +186,46 @@ fn a_user_local_split_with_a_per_run_limit_passes_indices_with_places_over_8_sha
     assert_eq!(outcome.counts(), expected, "one task's split over 60 sends");
     assert_eq!(kinds(&events(&outcome)), kinds(&events(&one)), "RUN_FINISHED once, 60");
 }
+
+const AB: &str = "\n  variants:\n    - { id: A, title: t, body: a }\n    - { id: B, title: t, body: b }\n  ab: { test_audience: \"20%\", evaluate_after: 1h }";
+
+/// Each send as (hour, user, variant), in order of hour and user.
+fn sends_by_hour(outcome: &Outcome) -> Vec<(String, String, String)> {
+    let field = |s: &Value, name: &str| s[name].as_str().unwrap().to_string();
+    let mut sends: Vec<(String, String, String)> = outcome
+        .lines("sends.jsonl")
+        .iter()
+        .map(|s| {
+            let hour = at(ms_of(&field(s, "send_time")))[..13].to_string();
+            (hour, field(s, "user_id"), field(s, "variant_id"))
+        })
+        .collect();
+    sends.sort();
+    sends
+}
+
+/// A scheduled A/B test (20%) with `timezone: user` and a total of 100 over 8 shards, 40 users
+/// in each of UTC+14, UTC and UTC−10: what one task sends (the 24 test users by rank at 09:00
+/// in their own timezone with the same variants, the winner an hour after the last of them to
+/// the next 76 by rank), `RUN_STARTED`, `WINNER_DECLARED`, `RUN_FINISHED`, `LIMIT_REACHED` and
+/// `COMPLETED` once each with one task's details. On the code before, the campaign ran on its
+/// home alone (and spread without more, it sends the same).
+#[test]
+fn a_user_local_ab_test_with_a_total_of_100_over_8_shards_sends_what_one_task_sends() {
+    let limits = "{ total: 100 }";
+    let sharded = limited("t", AB, limits, ", shards: 8");
+    assert_eq!(spread(&sharded), 8, "spread over its 8 shards");
+    let lines = three_timezones(40);
+    let one = Outcome::replay(&limited("t", AB, limits, ""), &lines);
+    let (one_sends, one_events) = (sends_by_hour(&one), events(&one));
+    assert_eq!(one_sends.len(), 100, "one task: the total");
+    let outcome = Outcome::replay(&sharded, &lines);
+    assert_eq!(sends_by_hour(&outcome), one_sends, "the same users, variants and hours");
+    // Over shards the home announces the limit once the run that filled it finished: after
+    // `RUN_FINISHED` (one task: before it).
+    let sorted = |mut events: Vec<(String, Value)>| {
+        events.sort_by_key(|(kind, _)| kind.clone());
+        events
+    };
+    assert_eq!(sorted(events(&outcome)), sorted(one_events), "the same events, once each");
+}

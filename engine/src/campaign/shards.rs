@@ -34,10 +34,10 @@ pub fn in_effect(campaign: &Campaign, _settings: &Settings) -> u32 {
         | (Trigger::Scheduled(_), Assignment::ByProperty(_)) => true,
         // A test whose users are sent at their local times ends at the last one's: each shard
         // reports its own with its test sent, the home waits for the latest
-        // (`stage_campaign::shards`); without a total or daily limit.
+        // (`stage_campaign::shards`); its places, those of a total too, reserved at the scan
+        // (`campaign::sample::reserves`); without a daily limit.
         (Trigger::Scheduled(schedule), Assignment::AbTest(_)) => {
-            let limits = &campaign.limits;
-            schedule.user_local.is_none() || (limits.total.is_none() && limits.daily.is_none())
+            schedule.user_local.is_none() || campaign.limits.daily.is_none()
         }
         // Each shard's users take its range of the run's global assignment indices
         // (`stage_campaign::runs`); users sent at their local times after it take indices
