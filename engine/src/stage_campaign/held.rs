@@ -6,7 +6,7 @@
 use super::{queue, timer_key, CampaignStage, CampaignState, HELD_CANDIDATES, HELD_TIMER};
 use crate::{
     campaign::Campaign,
-    model::Candidate,
+    model::{is_triggered_run, Candidate},
     runtime::{ProcessError, ProcessorContext},
 };
 
@@ -32,16 +32,27 @@ impl CampaignStage {
         campaign: &Campaign,
         state: &mut CampaignState,
     ) -> Result<(), ProcessError> {
-        if super::is_held(campaign) {
+        // A shard an edit took away sends triggered ones home, paused or not
+        // (`leases::recounted`).
+        let retiring = Self::retiring(campaign, state);
+        if super::is_held(campaign) && !retiring {
             return Ok(());
         }
         let step = queue::next_step(ctx, HELD_CANDIDATES, &state.key)?;
         for (key, candidate) in step.entries {
+            let home = retiring && is_triggered_run(&candidate.run_id);
+            if super::is_held(campaign) && !home {
+                return Ok(()); // a scheduled run's: kept until the resume
+            }
+            ctx.store(HELD_CANDIDATES)?.delete(&key)?;
+            if home {
+                self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &candidate)?;
+                continue;
+            }
             let leaving = Candidate {
                 qualified_at_ms: candidate.qualified_at_ms.max(ctx.effective_ms()),
                 ..candidate
             };
-            ctx.store(HELD_CANDIDATES)?.delete(&key)?;
             self.admit(ctx, campaign, state, leaving)?;
         }
         if step.more {

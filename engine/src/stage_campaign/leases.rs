@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     day_in, indices, queue,
     runs::{RunPhase, RunState},
-    timer_key, CampaignStage, CampaignState, WAITING, WAITING_TIMER,
+    timer_key, CampaignStage, CampaignState, HELD_TIMER, WAITING, WAITING_TIMER,
 };
 use crate::{
     campaign::{shards as campaign_shards, Campaign, CampaignStatus, Trigger},
@@ -71,6 +71,10 @@ pub(super) struct Lease {
     /// older version's state): its shard's unnumbered reports may still be on their way.
     #[serde(default = "made_before_seq")]
     before_seq: bool,
+    /// The shard is beyond `options.shards` (an edit took it away) and answered every recount
+    /// asked of it: it holds nothing, no recount asks it again, and it is granted nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    retired: bool,
 }
 
 /// An account restored without `before_seq` was made by an older version.
@@ -590,8 +594,9 @@ impl CampaignStage {
     /// Whether this shard takes triggered candidates under the campaign's rules now (an edit
     /// may have put the campaign on its home alone, or on fewer shards).
     fn in_effect_here(&self, campaign: &Campaign, state: &CampaignState) -> bool {
-        (Self::shard_of(campaign, state) as u32)
-            < campaign_shards::in_effect(campaign, &self.settings)
+        // (On its home alone no shard is: shard 0 is not the home.)
+        let shards = campaign_shards::in_effect(campaign, &self.settings);
+        shards > 1 && (Self::shard_of(campaign, state) as u32) < shards
     }
 
     /// Answers the recounts the shard owes, once the campaign has a total limit here (before,
@@ -625,6 +630,10 @@ impl CampaignStage {
         }
         if state.waiting > 0 && !self.in_effect_here(campaign, state) {
             ctx.schedule(ctx.now_ms(), &timer_key(WAITING_TIMER, &state.key))?;
+        }
+        if state.held_seq > 0 && Self::retiring(campaign, state) {
+            // Held by a pause: home too (no resume wakes a shard an edit took away).
+            ctx.schedule(ctx.now_ms(), &timer_key(HELD_TIMER, &state.key))?;
         }
         Ok(())
     }
@@ -780,6 +789,8 @@ impl CampaignStage {
         self.renew_leases(ctx, campaign, state)?;
         let awaited = state.awaits_recount();
         let today = state.day.0.clone();
+        let shards = campaign.options.shards;
+        let current = shards > 1 && (report.shard as u32) < shards;
         let lease = state.leases.entry(report.shard as u32).or_default();
         lease.spent = lease.spent.max(report.run_sent.max(0) as u64);
         lease.demand = report.waiting.max(0) as u64;
@@ -797,6 +808,8 @@ impl CampaignStage {
         }
         if report.kind == ShardReportKind::Counted {
             lease.counted += 1;
+            // A retiring shard answered: it holds nothing now (see `recounted`).
+            lease.retired = !current && lease.counted >= lease.recounts;
         }
         if awaited && !state.awaits_recount() {
             // Every shard's count is exact and no place is held anywhere: the day's places
@@ -984,10 +997,14 @@ impl CampaignStage {
         let known =
             state.lease_terms.is_some() || !state.leases.is_empty() || !state.shard_sent.is_empty();
         state.lease_terms = Some(terms);
-        if known && limited(campaign) && campaign.options.shards > 1 {
+        state.widest = state.widest.max(campaign.options.shards);
+        let recounted = Self::recounted(campaign, state);
+        if known && limited(campaign) && !recounted.is_empty() {
             state.pre_leased = false;
-            for shard in 0..campaign.options.shards {
-                state.leases.entry(shard).or_default().recounts += 1;
+            for shard in recounted {
+                let lease = state.leases.entry(shard).or_default();
+                lease.recounts += 1;
+                lease.retired = false; // it answers this recount (again, when retiring)
                 self.send_lease_plan(ctx, campaign, shard, ShardPlanKind::Recount, 0, "")?;
             }
         }
@@ -997,6 +1014,51 @@ impl CampaignStage {
         }
         self.pre_lease(ctx, campaign, state)?;
         Ok(true)
+    }
+
+    /// Home: the shards a recount asks: every shard of `options.shards`, and every shard an
+    /// edit took away (fewer `options.shards`, or none: its home alone) that reported (so it
+    /// has state) and has not answered a recount since: such a *retiring* shard gives back every
+    /// place and index it holds and sends its waiting candidates home (`answer_recounts`), after
+    /// which it holds nothing and the home forgets it (`Lease.retired`).
+    fn recounted(campaign: &Campaign, state: &CampaignState) -> Vec<u32> {
+        let shards = campaign.options.shards;
+        let current = |shard: u32| shards > 1 && shard < shards;
+        let retired = |shard: &u32| state.leases.get(shard).is_some_and(|lease| lease.retired);
+        let known = state.shard_sent.keys().copied();
+        let retiring = known.filter(|shard| !current(*shard) && !retired(shard));
+        (0..shards).filter(|shard| current(*shard)).chain(retiring).collect()
+    }
+
+    /// Home: a report came from `shard`, beyond `options.shards` (an edit took it away), that no
+    /// recount asked since (its first report came after the edit, or the edit changed no lease
+    /// terms): it is asked now, in this transaction, so that it gives back what it holds and
+    /// sends its waiting candidates home (see [`Self::recounted`]).
+    pub(super) fn retire_shard(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        shard: u32,
+    ) -> Result<(), ProcessError> {
+        let shards = campaign.options.shards;
+        if !limited(campaign) || (shards > 1 && shard < shards) {
+            return Ok(());
+        }
+        let lease = state.leases.entry(shard).or_default();
+        if lease.retired || lease.counted < lease.recounts {
+            return Ok(());
+        }
+        lease.recounts += 1;
+        self.send_lease_plan(ctx, campaign, shard, ShardPlanKind::Recount, 0, "")
+    }
+
+    /// Whether this state is a shard an edit took away (beyond `options.shards`, or any shard
+    /// of a campaign on its home alone): what it holds goes home (see [`Self::recounted`]).
+    pub(super) fn retiring(campaign: &Campaign, state: &CampaignState) -> bool {
+        let foreign = campaign_shards::scope(state.key.as_bytes(), campaign)
+            == campaign_shards::Scope::Foreign;
+        state.is_shard(campaign) && foreign
     }
 
     /// Whether the home holds its triggered candidates until a recount is over.
@@ -1075,7 +1137,10 @@ impl CampaignStage {
         }
         let today = state.day.0.clone();
         let mut plans: Vec<(u32, ShardPlanKind, u64, &str)> = Vec::new();
-        for (shard, lease) in state.leases.iter_mut().filter(|(_, l)| l.demand > 0) {
+        // Only shards in effect take candidates: one out of effect (or an edit took away) sends
+        // what waits there home, and a place granted there would lie unspent.
+        let waits = |shard: &u32, lease: &Lease| lease.demand > 0 && u64::from(*shard) < shards;
+        for (shard, lease) in state.leases.iter_mut().filter(|(s, l)| waits(s, l)) {
             if free == 0 {
                 break;
             }
@@ -1086,7 +1151,7 @@ impl CampaignStage {
             plans.push((*shard, ShardPlanKind::Grant, places, today.as_str()));
         }
         let waiting: Vec<u32> =
-            state.leases.iter().filter(|(_, l)| l.demand > 0).map(|(s, _)| *s).collect();
+            state.leases.iter().filter(|(s, l)| waits(s, l)).map(|(s, _)| *s).collect();
         // Nothing free, held or coming back anywhere: that limit is full (the total first).
         let recalled = state.leases.values().any(|l| l.recalled);
         let held = state.leases.values().any(|l| l.held() > 0);

@@ -135,6 +135,10 @@ struct CampaignState {
     /// Home: the total limit and shards in effect its leases are made under (see `leases`).
     #[serde(default)]
     lease_terms: Option<leases::Terms>,
+    /// Home: the widest `options.shards` it has seen; a shard below it that an edit took away
+    /// still reports (see `leases::recounted`).
+    #[serde(default)]
+    widest: u32,
     /// Users sent to over the campaign's life.
     sent: u64,
     /// (day in the campaign timezone, users sent to that day).
@@ -1075,7 +1079,7 @@ impl Processor for CampaignStage {
             HELD_TIMER => self.release_held(ctx, &campaign, &mut state)?,
             // A paused campaign's waiting users keep their turn (resuming or stopping it wakes
             // them): a place coming back meanwhile stays free for the first of them.
-            WAITING_TIMER if is_held(&campaign) => {}
+            WAITING_TIMER if is_held(&campaign) && !Self::retiring(&campaign, &state) => {}
             // The end of the recount wakes them.
             WAITING_TIMER if Self::holds_for_recount(&campaign, &state) => {}
             WAITING_TIMER if Self::leases(&campaign, &state) => {

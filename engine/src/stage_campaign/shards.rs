@@ -291,9 +291,11 @@ impl CampaignStage {
             )));
         }
         let mut state = self.load(ctx, &campaign, &campaign.id)?;
-        // A shard the campaign does not have (nor had: one an edit took away may still report)
-        // counts nothing.
-        let had = u32::try_from(report.shard).is_ok_and(|s| state.shard_sent.contains_key(&s));
+        // A shard the campaign does not have (nor had: one an edit took away may still report,
+        // below the widest `options.shards` the home has seen) counts nothing.
+        state.widest = state.widest.max(campaign.options.shards);
+        let had = u32::try_from(report.shard)
+            .is_ok_and(|s| state.shard_sent.contains_key(&s) || s < state.widest);
         if !had && !(0..campaign.options.shards.max(1) as i32).contains(&report.shard) {
             return Err(ProcessError::reject(format!(
                 "shard: a report of campaign {} from shard {} of {}, which has {} shards",
@@ -316,6 +318,7 @@ impl CampaignStage {
             *counted = report.sent;
             self.count_run_sends(ctx, &campaign, &mut state, more)?; // its run's day (`leases`)
         }
+        self.retire_shard(ctx, &campaign, &mut state, report.shard as u32)?; // see `leases`
         if report.kind == ShardReportKind::Tokens {
             self.on_token_report(ctx, &campaign, &mut state, &report)?;
             return self.save(ctx, &campaign, &mut state);
@@ -637,7 +640,10 @@ impl CampaignStage {
         let Some(campaign) = self.known(ctx, &plan.campaign_id, key)? else {
             return Ok(());
         };
-        let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign)?)?;
+        // A shard an edit took away still takes its home's plans while it holds state (its
+        // recount: `leases::recounted`); a key that names no such state is rejected.
+        let scope = Self::answer_scope(ctx, key, &campaign)?;
+        let mut state = self.load(ctx, &campaign, &scope)?;
         if plan.kind == ShardPlanKind::Tokens {
             self.on_tokens(ctx, &campaign, &mut state, &plan)?;
             return self.save(ctx, &campaign, &mut state);
