@@ -56,6 +56,12 @@ pub struct EngineArgs {
     /// with its input, a worker commits after a tenth of it).
     #[arg(long, default_value_t = 100)]
     commit_interval_ms: u64,
+    /// Broker-side transaction timeout in milliseconds: the longest a transaction may stay
+    /// open, and how long one left open by a killed instance blocks readers when no other
+    /// instance fences it on taking its partitions (KIP-848 groups); at most the broker's
+    /// transaction.max.timeout.ms.
+    #[arg(long, default_value_t = 10_000)]
+    transaction_timeout_ms: u64,
     /// Largest record (key and value) produced, the producer's `message.max.bytes`; keep it at
     /// or below the broker's. An input whose output or state would be larger is dead-lettered.
     #[arg(long, default_value_t = DEFAULT_MAX_RECORD_BYTES)]
@@ -106,6 +112,7 @@ pub fn run(kafka: &KafkaConfig, args: EngineArgs) -> anyhow::Result<ExitCode> {
     let mut config = RuntimeConfig::new(kafka.clone(), instance_id, args.state_dir);
     config.changelogs = file.changelogs;
     config.commit_interval = Duration::from_millis(args.commit_interval_ms);
+    config.transaction_timeout = Duration::from_millis(args.transaction_timeout_ms);
     config.max_record_bytes = args.max_record_bytes;
     config.metrics_addr = args.metrics_addr;
     config.group_protocol = args.group_protocol;

@@ -31,8 +31,9 @@ pub struct RuntimeConfig {
     pub commit_interval: Duration,
     /// Clock driving timers (default wall clock).
     pub clock: Clock,
-    /// Broker-side transaction timeout: how long a crashed instance's open transaction blocks
-    /// readers of its partitions (default 10 s).
+    /// Broker-side transaction timeout (default 10 s): how long a crashed instance's open
+    /// transaction blocks readers of its partitions, unless the instance taking them over
+    /// fences it first (classic protocol: `live::fence`).
     pub transaction_timeout: Duration,
     /// Work one transaction does at most before it commits and the rest continues in the next
     /// (default 20,000): each input record processed, timer fired and processor step counts

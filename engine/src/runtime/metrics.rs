@@ -43,6 +43,9 @@ pub struct RuntimeMetrics {
     pub recoveries: IntCounterVec,
     /// Waits for a time-ordered source that is behind which ran out (records went on without it).
     pub input_order_waits_expired: IntCounter,
+    /// Instances gone from the group whose transactional id this one initialised when their
+    /// partitions came here, ending the transaction they left open (`live::fence`).
+    pub departed_fenced: IntCounter,
     /// Changelog records restored, by store.
     pub restored_records: IntCounterVec,
     /// Duration of each task restore.
@@ -157,6 +160,10 @@ impl RuntimeMetrics {
             input_order_waits_expired: counter(
                 "input_order_waits_expired_total",
                 "Waits for a time-ordered source that is behind which ran out",
+            ),
+            departed_fenced: counter(
+                "departed_fenced_total",
+                "Instances gone from the group fenced here, ending the transaction they left open",
             ),
             restored_records: counter_vec(
                 "restored_records_total",

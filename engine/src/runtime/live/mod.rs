@@ -12,6 +12,7 @@
 //! `cooperative-sticky` does not guarantee that, and librdkafka has no pluggable assignor).
 
 mod checks;
+mod fence;
 mod global_reader;
 mod group;
 mod heartbeat;
@@ -20,6 +21,7 @@ mod progress;
 mod stall;
 mod txn;
 
+use fence::Departures;
 use global_reader::GlobalReader;
 use heartbeat::LoopGuard;
 use ordered::OrderedInputs;
@@ -52,7 +54,8 @@ use super::{
     store::{StoreMemory, TaskState},
     task::{Budget, Task, TaskEnv},
     watermarks::{bounds, watermarks},
-    Clock, RuntimeConfig, RuntimeError, RuntimeMetrics, SourceRecord, StreamTopology, TaskId,
+    Clock, GroupProtocol, RuntimeConfig, RuntimeError, RuntimeMetrics, SourceRecord,
+    StreamTopology, TaskId,
 };
 use crate::{
     kafka::{apply_topology, TopicOutcome, TopologyReport},
@@ -190,7 +193,8 @@ impl LiveRuntime {
             return Ok(());
         };
 
-        let transactional_id = format!("{}-{}", self.topology.app_id, self.config.instance_id);
+        // The member id: an instance that takes a dead one's partitions over fences it by it.
+        let transactional_id = self.member_id();
         let kafka_config = self.config.kafka.producer_config();
         let delivered = Arc::new(Mutex::new(HashMap::new()));
         let producer = create_producer(
@@ -240,6 +244,8 @@ impl LiveRuntime {
             rejoins: Vec::new(),
             stall: StallWatch::new(self.config.stall_after),
             stalls: Vec::new(),
+            departures: (self.config.group_protocol == GroupProtocol::Classic)
+                .then(|| Departures::new(&self.topology.app_id, &member)),
         };
         let guard = LoopGuard::start(Arc::clone(&self.metrics), self.config.stall_after);
         let result = worker.run_loop(shutdown);
@@ -424,6 +430,8 @@ struct Worker<'a> {
     stall: StallWatch,
     /// When a stall was recovered from, within [`REJOIN_WINDOW`].
     stalls: Vec<Instant>,
+    /// Members gone from the group, to fence (classic protocol only).
+    departures: Option<Departures>,
 }
 
 impl Worker<'_> {
@@ -651,6 +659,8 @@ impl Worker<'_> {
                         .into_iter()
                         .filter(|id| !self.tasks.contains_key(id))
                         .collect();
+                    // Before the restores: they read up to what a dead owner left open.
+                    self.fence_departed();
                     if let Some(standbys) = &mut self.standbys {
                         standbys.promote(&new)?;
                         standbys.refresh_soon();
@@ -668,6 +678,31 @@ impl Worker<'_> {
             tracing::warn!(%task, ?missing, "the assignment is not co-partitioned: this task's other sources are read elsewhere");
         }
         Ok(())
+    }
+
+    /// Ends the transactions that members gone from the group left open ([`fence`]); a
+    /// failure leaves them to the broker's transaction timeout.
+    fn fence_departed(&mut self) {
+        let Some(departures) = &mut self.departures else { return };
+        let departed = match departures.departed(&self.consumer) {
+            Ok(departed) => departed,
+            Err(error) => {
+                tracing::warn!(%error, "the group's members are unknown: no departed instance fenced");
+                return;
+            }
+        };
+        let config = self.txn.lock().expect("txn lock").kafka_config.clone();
+        for member in departed {
+            match fence::fence(&config, &member) {
+                Ok(()) => {
+                    self.runtime.metrics.departed_fenced.inc();
+                    tracing::info!(%member, "fenced an instance gone from the group: the transaction it left open is aborted");
+                }
+                Err(error) => {
+                    tracing::warn!(%member, %error, "could not fence an instance gone from the group; its open transaction ends at its timeout");
+                }
+            }
+        }
     }
 
     fn task_ids(&self, partitions: &[(String, i32)]) -> BTreeSet<TaskId> {
