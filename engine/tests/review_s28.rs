@@ -436,6 +436,36 @@ fn a_merged_users_property_sets_count_in_the_days_budget() {
     assert_eq!(out.who(), [("cup", "bob")]);
 }
 
+/// Guard (19a9313) for a merge: an anonymous id buys on the 2nd and identifies as dee on the
+/// 20th, the day of dee's first event; with 10 days of history kept, the purchase merged into
+/// dee's history (lowering her bound) is forgotten by her first event of the 21st, and a
+/// campaign looking back 30 days does not take her; eve, whose anonymous purchase of the 15th
+/// merged the same way, is taken (control).
+#[test]
+fn a_merged_purchase_older_than_the_history_kept_is_forgotten() {
+    let day = |n: i64| NOV_1 + n * DAY + 12 * HOUR;
+    let who = r#"{"did":"Bought","in_last_days":30}"#;
+    let input = vec![
+        define(&triggered("buyers", "App Opened", who), NOV_1),
+        profile("dee", NOV_1, &[]),
+        profile("eve", NOV_1, &[]),
+        event("anon-d-buy", "anon-d", day(2), "Bought", &[("item", "tea")]),
+        event("anon-e-buy", "anon-e", day(15), "Bought", &[("item", "tea")]),
+        event("dee-open-20", "dee", day(20), "Other", &[]),
+        event("eve-open-20", "eve", day(20) + 1, "Other", &[]),
+        alias("anon-d", "dee", day(20) + HOUR),
+        alias("anon-e", "eve", day(20) + HOUR + 1),
+        event("dee-open-21", "dee", day(21), "App Opened", &[]),
+        event("eve-open-21", "eve", day(21) + 1, "App Opened", &[]),
+    ];
+    for partitions in [1, 3] {
+        let settings = "history: { retention_days: 10 }";
+        let out = run_decoding(settings, segment_events(), input.clone(), partitions, day(22));
+        assert_eq!(out.ended, Ok(()));
+        assert_eq!(out.who(), [("buyers", "eve")], "on {partitions} partition(s)");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Part 2: the sharded records of s27 (INDICES numbered, refused test sends, a test moved home).
 // ---------------------------------------------------------------------------------------------
