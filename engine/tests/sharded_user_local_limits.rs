@@ -229,3 +229,24 @@ fn a_user_local_ab_test_with_a_total_of_100_over_8_shards_sends_what_one_task_se
     };
     assert_eq!(sorted(events(&outcome)), sorted(one_events), "the same events, once each");
 }
+
+/// One message with `timezone: user` and a daily limit of 50 (with or without a total), 40 users
+/// in each of UTC+14, UTC and UTC−10, `shards: 8`: as one task, the 40 at the release on the
+/// 19th, then 50 on the 20th (every UTC user, 10 of UTC−10), `LIMIT_REACHED` once. The day's
+/// places of users who come after the release are not leased over shards, so such a campaign
+/// runs on its home alone. On the code before it was spread and sent the 40 at the release
+/// only, refusing the others `run_limit`.
+#[test]
+fn a_user_local_message_with_a_daily_limit_and_shards_sends_what_one_task_sends() {
+    let what = "{ title: t, body: b }";
+    let lines = three_timezones(40);
+    for limits in ["{ daily: 50 }", "{ daily: 50, total: 200 }"] {
+        let one = Outcome::replay(&limited("t", what, limits, ""), &lines);
+        let zoned = counted(&[("a", 40), ("b", 40), ("c", 10)]);
+        assert_eq!(zones(&one.variants()), zoned, "one task");
+        let sharded = Outcome::replay(&limited("t", what, limits, ", shards: 8"), &lines);
+        let users = |sent: BTreeMap<String, String>| sent.into_keys().collect::<Vec<_>>();
+        assert_eq!(users(sharded.variants()), users(one.variants()), "{limits}: as one task");
+        assert_eq!(kinds(&events(&sharded)), kinds(&events(&one)), "{limits}: each once");
+    }
+}

@@ -30,8 +30,11 @@ pub const SEPARATOR: char = '\u{1f}';
 /// `settings` are no longer read (an app's caps used to keep a limited campaign at home).
 pub fn in_effect(campaign: &Campaign, _settings: &Settings) -> u32 {
     let supported = match (&campaign.when.trigger, &campaign.assignment) {
-        (Trigger::Scheduled(_), Assignment::Single)
-        | (Trigger::Scheduled(_), Assignment::ByProperty(_)) => true,
+        // With `timezone: user` and a daily limit: on its home (users who come after the
+        // release would need the day's places leased; not built).
+        (Trigger::Scheduled(schedule), Assignment::Single | Assignment::ByProperty(_)) => {
+            schedule.user_local.is_none() || campaign.limits.daily.is_none()
+        }
         // A test whose users are sent at their local times ends at the last one's: each shard
         // reports its own with its test sent, the home waits for the latest
         // (`stage_campaign::shards`); its places, those of a total too, reserved at the scan
