@@ -256,8 +256,8 @@ fn forged_budget_name(day: i64) -> String {
 /// are not checked for the 0x1e separator at the door (door.rs `check`), nor the entry's type
 /// on read. Expected: both users thanked for their purchases, the forged name harmless or a
 /// dead letter with a reason, the replay to its end.
+/// Fixed: the door refuses event names with a control character (`control_character`).
 #[test]
-#[ignore = "review s28 finding 1: a forged event name equal to a user's property-set budget key stops the replay (state store history: bad value: ... expected struct SetsSpent; live: the instance's run ends, again on restart and on every instance the partition moves to) vs every Bought thanked, the forgery harmless or dead-lettered"]
 fn an_event_name_forged_as_the_property_budget_entry_does_not_stop_the_partition() {
     let day = (NOV_1 + 2 * HOUR).div_euclid(DAY);
     let forged = forged_budget_name(day);

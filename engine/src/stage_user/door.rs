@@ -35,6 +35,8 @@ pub(super) enum Reason {
     StringTooLong,
     /// More devices than `max_devices`.
     TooManyDevices,
+    /// An event name with a control character (the history's keys use them as separators).
+    ControlCharacter,
 }
 
 impl Reason {
@@ -48,6 +50,7 @@ impl Reason {
             Self::TooManyProperties => "too_many_properties",
             Self::StringTooLong => "string_too_long",
             Self::TooManyDevices => "too_many_devices",
+            Self::ControlCharacter => "control_character",
         }
     }
 }
@@ -89,7 +92,7 @@ pub(super) fn check(
         Inbound::Event(event) => {
             door.string("event_id", &event.event_id)?;
             door.string("app_id", &event.app_id)?;
-            door.string("name", &event.name)?;
+            door.event_name("name", &event.name)?;
             door.properties("properties", &event.properties)
         }
         Inbound::Profile(update) => {
@@ -155,6 +158,19 @@ impl Door<'_> {
             self.limits.max_string_bytes
         );
         Err(refusal(Reason::StringTooLong, field, detail))
+    }
+
+    /// An event name: a string without control characters, which the history's keys use as
+    /// separators (an event named like another key would read and write that key).
+    fn event_name(&self, field: &str, name: &str) -> Result<(), Refusal> {
+        self.string(field, name)?;
+        match name.char_indices().find(|(_, c)| c.is_control()) {
+            None => Ok(()),
+            Some((at, c)) => {
+                let detail = format!("a control character (U+{:04X}) at byte {at}", c as u32);
+                Err(refusal(Reason::ControlCharacter, field, detail))
+            }
+        }
     }
 
     fn count(&self, field: &str, count: usize, limit: usize) -> Result<(), Refusal> {
@@ -266,6 +282,14 @@ mod tests {
         }
         let long = refused(&big, Clock::Wall);
         assert_eq!((long.reason, long.field.as_str()), (Reason::StringTooLong, "properties.url"));
+        // Named like the history's property-set budget key of `Bought` (review s28 finding 1).
+        if let Inbound::Event(e) = &mut big {
+            e.properties = Properties::new();
+            e.name = "Bought\u{1e}80000000000051c6\u{1e}#".into();
+        }
+        let forged = refused(&big, Clock::Wall);
+        assert_eq!((forged.reason, forged.field.as_str()), (Reason::ControlCharacter, "name"));
+        assert_eq!(forged.detail, "a control character (U+001E) at byte 6");
     }
 
     #[test]
