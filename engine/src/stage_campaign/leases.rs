@@ -250,6 +250,15 @@ impl ShardPlanKind {
 }
 
 impl CampaignState {
+    /// Home: remembers `campaign`'s `options.shards` when wider than any it has seen (see
+    /// `widest`; a campaign on one shard keeps none).
+    pub(super) fn widen(&mut self, campaign: &Campaign) {
+        let shards = campaign.options.shards;
+        if shards > 1 && self.widest.is_none_or(|widest| widest < shards) {
+            self.widest = Some(shards);
+        }
+    }
+
     /// Moves the day counted to `day` when it is later (days only move forward: a past day's
     /// count is closed). Returns whether it moved.
     pub(super) fn enter_day(&mut self, day: &str) -> bool {
@@ -997,7 +1006,7 @@ impl CampaignStage {
         let known =
             state.lease_terms.is_some() || !state.leases.is_empty() || !state.shard_sent.is_empty();
         state.lease_terms = Some(terms);
-        state.widest = state.widest.max(campaign.options.shards);
+        state.widen(campaign);
         let recounted = Self::recounted(campaign, state);
         if known && limited(campaign) && !recounted.is_empty() {
             state.pre_leased = false;

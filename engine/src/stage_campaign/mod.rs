@@ -135,10 +135,10 @@ struct CampaignState {
     /// Home: the total limit and shards in effect its leases are made under (see `leases`).
     #[serde(default)]
     lease_terms: Option<leases::Terms>,
-    /// Home: the widest `options.shards` it has seen; a shard below it that an edit took away
-    /// still reports (see `leases::recounted`).
-    #[serde(default)]
-    widest: u32,
+    /// Home: the widest `options.shards` above 1 it has seen; a shard below it that an edit took
+    /// away still reports (see `leases::recounted`). Not kept for a campaign on one shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    widest: Option<u32>,
     /// Users sent to over the campaign's life.
     sent: u64,
     /// (day in the campaign timezone, users sent to that day).

@@ -293,9 +293,10 @@ impl CampaignStage {
         let mut state = self.load(ctx, &campaign, &campaign.id)?;
         // A shard the campaign does not have (nor had: one an edit took away may still report,
         // below the widest `options.shards` the home has seen) counts nothing.
-        state.widest = state.widest.max(campaign.options.shards);
+        state.widen(&campaign);
+        let widest = state.widest.unwrap_or(0);
         let had = u32::try_from(report.shard)
-            .is_ok_and(|s| state.shard_sent.contains_key(&s) || s < state.widest);
+            .is_ok_and(|s| state.shard_sent.contains_key(&s) || s < widest);
         if !had && !(0..campaign.options.shards.max(1) as i32).contains(&report.shard) {
             return Err(ProcessError::reject(format!(
                 "shard: a report of campaign {} from shard {} of {}, which has {} shards",
