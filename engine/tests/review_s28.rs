@@ -414,7 +414,6 @@ fn segment_events() -> IngestDecoder {
 /// does), so the known user's day counts its sets from zero again: a day may keep up to twice
 /// its budget after a merge.
 #[test]
-#[ignore = "review s28 finding 3: after a merge brought the day's one Bought set, ana's cup is kept too (a second set past max_sets 1): the cup campaign takes ana and bob vs bob alone"]
 fn a_merged_users_property_sets_count_in_the_days_budget() {
     let (day, later) = (NOV_1 + 10 * HOUR, NOV_1 + DAY + 10 * HOUR);
     let cup = r#"{"did":"Bought","where":[{"property":"item","equals":"cup"}],"in_last_days":3}"#;

@@ -114,13 +114,14 @@ pub fn expire(store: &mut Store<'_>, user: &str, oldest_day: i64) -> Result<(), 
     Ok(())
 }
 
-/// Every history key of `user` with its (day, count) entries.
+/// Every history key of `user` with its (day, count) entries (not the property sets' budget
+/// entries).
 pub fn load(
     store: &Store<'_>,
     user: &str,
 ) -> Result<HashMap<String, Vec<(i64, u32)>>, RuntimeError> {
     let mut history: HashMap<String, Vec<(i64, u32)>> = HashMap::new();
-    for entry in entries(store, user)? {
+    for entry in entries(store, user)?.into_iter().filter(|entry| !is_budget(&entry.key)) {
         history.entry(entry.key).or_default().push((entry.day, entry.count));
     }
     Ok(history)
@@ -134,11 +135,19 @@ pub struct Entry {
     pub key: String,
     /// Day number since the Unix epoch.
     pub day: i64,
-    /// Occurrences that day.
+    /// Occurrences that day (of a property sets' budget entry: the sets it counts).
     pub count: u32,
 }
 
-/// Every entry of `user`'s history (not the property sets' budget entries).
+/// Whether `key` is that of a budget entry of an event's property sets on a day
+/// (`<event> 0x1e <day> 0x1e #`), not a history key.
+fn is_budget(key: &str) -> bool {
+    key.strip_suffix(BUDGET).is_some_and(|key| key.ends_with(SET))
+}
+
+/// Every entry of `user`'s history, the property sets' budget entries among them (so that
+/// forgetting a user forgets them too; [`add`] passes over them, a merged set charging the
+/// known user's budget itself).
 pub fn entries(store: &Store<'_>, user: &str) -> Result<Vec<Entry>, RuntimeError> {
     let mut prefix = user.as_bytes().to_vec();
     prefix.push(0);
@@ -152,10 +161,12 @@ pub fn entries(store: &Store<'_>, user: &str) -> Result<Vec<Entry>, RuntimeError
         else {
             continue;
         };
-        if key.strip_suffix(BUDGET).is_some_and(|key| key.ends_with(SET)) {
-            continue;
-        }
-        let count: u32 = serde_json::from_slice(&value).unwrap_or(0);
+        let count = if is_budget(key) {
+            serde_json::from_slice::<StoredSpent>(&value)
+                .map_or(0, |spent| SetsSpent::from(spent).sets)
+        } else {
+            serde_json::from_slice(&value).unwrap_or(0)
+        };
         let day = (u64::from_be_bytes(day) ^ (1 << 63)) as i64;
         let key = key.to_string();
         found.push(Entry { store_key: entry, key, day, count });
@@ -164,7 +175,9 @@ pub fn entries(store: &Store<'_>, user: &str) -> Result<Vec<Entry>, RuntimeError
 }
 
 /// Adds `count` occurrences under `key` on `day` to `user`'s history (e.g. merged from an
-/// anonymous id).
+/// anonymous id). A property set new to `user` that day counts in their budget of the day's
+/// sets, as if recorded there (not refused past it: a merge does not know the limits); a
+/// budget entry is passed over (the sets merged charge it).
 pub fn add(
     store: &mut Store<'_>,
     user: &str,
@@ -172,12 +185,35 @@ pub fn add(
     day: i64,
     count: u32,
 ) -> Result<(), RuntimeError> {
+    if is_budget(key) {
+        return Ok(());
+    }
     let entry = store_key(user, key, day);
-    let total = store.get_as::<u32>(&entry)?.unwrap_or(0).saturating_add(count);
+    let earlier = store.get_as::<u32>(&entry)?;
+    if let (None, Some((day_prefix, set))) = (earlier, property_set(key)) {
+        let budget = store_key(user, &format!("{day_prefix}{BUDGET}"), day);
+        let spent = SetsSpent::read(store, &budget)?;
+        let bytes = u32::try_from(set.len()).unwrap_or(u32::MAX);
+        let spent = SetsSpent {
+            sets: spent.sets.saturating_add(1),
+            bytes: spent.bytes.saturating_add(bytes),
+        };
+        store.put_as(&budget, &spent)?;
+    }
+    let total = earlier.unwrap_or(0).saturating_add(count);
     store.put_as(&entry, &total)?;
     let mut activity = Activity::read(store, user)?.unwrap_or(Activity::none_since(day));
     activity.oldest = activity.oldest.min(day);
     activity.write(store, user)
+}
+
+/// A property-set key's `<event> 0x1e <day> 0x1e` and its set as JSON (after the mark), if
+/// `key` is one.
+fn property_set(key: &str) -> Option<(&str, &str)> {
+    let (event, rest) = key.split_once(SET)?;
+    let (day, marked) = rest.split_once(SET)?;
+    let set = marked.strip_prefix(['*', '='])?;
+    Some((&key[..event.len() + day.len() + 2 * SET.len_utf8()], set))
 }
 
 /// A property-set key's day: fixed width, sign bit flipped, so text order is numeric order.
@@ -240,7 +276,7 @@ pub fn record_properties(
         return Ok(SetOutcome::Kept);
     }
     let budget = store_key(user, &format!("{day_prefix}{BUDGET}"), day);
-    let spent: SetsSpent = store.get_as(&budget)?.unwrap_or_default();
+    let spent = SetsSpent::read(store, &budget)?;
     let bytes = spent.bytes.saturating_add(u32::try_from(set.len()).unwrap_or(u32::MAX));
     if spent.sets >= limits.max_sets || bytes > limits.max_bytes {
         return Ok(SetOutcome::OverBudget);
@@ -265,6 +301,32 @@ struct SetsSpent {
     sets: u32,
     /// Bytes of the sets as JSON.
     bytes: u32,
+}
+
+/// A budget entry as stored: the entry, or a plain count of sets (its bytes not known), as
+/// an instance without the merge of budgets wrote one it was sent in a merge (its `add`
+/// counted the sets under the known user's budget key).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredSpent {
+    Spent(SetsSpent),
+    Sets(u32),
+}
+
+impl From<StoredSpent> for SetsSpent {
+    fn from(stored: StoredSpent) -> Self {
+        match stored {
+            StoredSpent::Spent(spent) => spent,
+            StoredSpent::Sets(sets) => Self { sets, bytes: 0 },
+        }
+    }
+}
+
+impl SetsSpent {
+    /// The budget entry at `budget`, none spent if there is none.
+    fn read(store: &Store<'_>, budget: &[u8]) -> Result<Self, RuntimeError> {
+        Ok(store.get_as::<StoredSpent>(budget)?.map(Self::from).unwrap_or_default())
+    }
 }
 
 /// Occurrences of `behaviour` per day from `first_day` on, as its property sets in `history`
@@ -433,7 +495,7 @@ mod tests {
 
     /// `user`'s (key, day) entries.
     fn days(store: &Store<'_>, user: &str) -> Vec<(String, i64)> {
-        let entries = entries(store, user).unwrap().into_iter();
+        let entries = entries(store, user).unwrap().into_iter().filter(|e| !is_budget(&e.key));
         entries.map(|entry| (entry.key.split(SET).next().unwrap().to_string(), entry.day)).collect()
     }
 
@@ -554,6 +616,56 @@ mod tests {
             let stored: Vec<_> = store.prefix(b"u1\0", 100).unwrap();
             assert_eq!(stored.len(), 2, "day 101's set and its budget entry: {stored:?}");
             assert_eq!(sets(store), [(pot, vec![(101, 1)])]);
+        });
+    }
+
+    #[test]
+    fn a_merged_property_set_counts_in_the_known_users_budget_and_the_anonymous_budget_goes_with_its_history(
+    ) {
+        with_scratch_store(|store| {
+            let limits = PropertyHistory { max_sets: 2, max_bytes: 1024, ..Default::default() };
+            let bought = |user: &str, item: &str| AppEvent {
+                event_id: format!("{user}-{item}"),
+                app_id: "shop".into(),
+                user_id: user.into(),
+                name: "Bought".into(),
+                timestamp_ms: 100 * DAY_MS + 1,
+                properties: [("item".to_string(), PropertyValue::String(item.into()))].into(),
+                sdk_version: None,
+            };
+            let offer = |store: &mut Store<'_>, user: &str, item: &str| {
+                record_properties(store, &bought(user, item), &limits).unwrap()
+            };
+            assert_eq!(offer(store, "anon", "tea"), SetOutcome::Kept);
+            assert_eq!(offer(store, "anon", "cup"), SetOutcome::Kept);
+            assert_eq!(offer(store, "ana", "cup"), SetOutcome::Kept);
+            // The merge: every entry of anon's, its budget entry among them, added to ana's.
+            let merged = entries(store, "anon").unwrap();
+            assert_eq!(merged.iter().filter(|e| is_budget(&e.key)).count(), 1, "anon's budget");
+            for entry in &merged {
+                add(store, "ana", &entry.key, entry.day, entry.count).unwrap();
+            }
+            for entry in merged {
+                store.delete(&entry.store_key).unwrap();
+            }
+            assert_eq!(store.prefix(b"anon\0", 100).unwrap(), [], "nothing of anon's is left");
+            let budget = store_key("ana", &format!("Bought{SET}{}{SET}#", day_text(100)), 100);
+            let spent: SetsSpent = store.get_as(&budget).unwrap().unwrap();
+            assert_eq!(spent.sets, 2, "ana's cup and anon's tea; the cup both had counts once");
+            assert_eq!(offer(store, "ana", "pot"), SetOutcome::OverBudget, "a third set that day");
+            assert_eq!(offer(store, "ana", "tea"), SetOutcome::Kept, "a set kept that day");
+            let mut kept: Vec<_> = load(store, "ana").unwrap().into_iter().collect();
+            kept.sort();
+            let kept: Vec<_> = kept
+                .into_iter()
+                .map(|(key, days)| (key.rsplit(SET).next().unwrap().to_string(), days))
+                .collect();
+            let (cup, tea) = (r#"*{"item":"cup"}"#.to_string(), r#"*{"item":"tea"}"#.to_string());
+            assert_eq!(kept, [(cup, vec![(100, 2)]), (tea, vec![(100, 2)])]);
+            // A budget entry an instance without the merge of budgets wrote as a plain count.
+            let budget = store_key("bea", &format!("Bought{SET}{}{SET}#", day_text(100)), 100);
+            store.put_as(&budget, &2u32).unwrap();
+            assert_eq!(offer(store, "bea", "pot"), SetOutcome::OverBudget, "two sets counted");
         });
     }
 }
