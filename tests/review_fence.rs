@@ -62,3 +62,124 @@ fn standbys_are_not_caught_up_before_they_apply_anything_of_their_changelogs() {
          applied ({tasks} tasks)\n{logs}"
     );
 }
+
+/// A profile update of app `shop` for `user` setting `a` to `length` x's, with a device.
+fn padded_profile(user: &str, length: usize, at: i64) -> (String, Vec<u8>) {
+    use herald_engine::model::{Device, Platform, ProfileUpdate, PropertyValue, SchemaRegistry};
+    let update = ProfileUpdate {
+        app_id: "shop".into(),
+        user_id: user.into(),
+        timestamp_ms: at,
+        set: [("a".to_string(), PropertyValue::String("x".repeat(length)))].into_iter().collect(),
+        unset: vec![],
+        devices_added: vec![Device {
+            device_id: format!("d-{user}"),
+            platform: Platform::Android,
+            token: format!("tok-{user}"),
+            app_version: None,
+            os_version: None,
+            make: None,
+            model: None,
+            sdk_version: None,
+        }],
+        tokens_removed: vec![],
+    };
+    (user.to_string(), SchemaRegistry::builtin().encode(&update).unwrap())
+}
+
+/// Finding (MEDIUM, older than this session; asked in question 3): `TxnState::check_size`
+/// lets a record through when its key and value are at most `--max-record-bytes`, which is
+/// also the producer's `message.max.bytes`; librdkafka refuses a message whose key, value and
+/// headers plus `RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD` (36 bytes) exceed `message.max.bytes`
+/// (`rd_kafka_msg_new0`, `MSG_SIZE_TOO_LARGE`), uncompressed, lz4 or not. A record within those
+/// 36 bytes of the limit is neither dead-lettered nor produced: the transaction fails, the
+/// input is rewound and read again, and its partition goes no further. With
+/// `--max-record-bytes 20000`: v0's and v1's updates (24,000- and 25,000-byte properties) are
+/// dead-lettered and their reasons tell the size of the record refused; v2's update is cut to
+/// make that record 19,990 bytes; u3, after it on the same partition, is pinged and must get a
+/// command.
+#[test]
+#[ignore = "review s28 RVF: a record within 36 bytes under --max-record-bytes passes the engine's check, librdkafka refuses it, the partition is stuck"]
+fn a_record_just_under_the_size_limit_does_not_stop_its_partition() {
+    use herald_engine::model::{DeadLetter, SchemaRegistry, SendCommand};
+    const LIMIT: usize = 20_000;
+    // Two updates over the limit tell the size of the record refused as a function of the
+    // property's length.
+    const CALIBRATION: [usize; 2] = [24_000, 25_000];
+    let prefix = format!("{}-", common::unique("rvf-size"));
+    let app_id = common::unique("rvf-size-app");
+    let dir = tempfile::tempdir().unwrap();
+    let topic = |name: &str| format!("{prefix}herald.{name}");
+    let topics: Vec<(String, i32)> =
+        common::ENGINE_TOPICS.iter().map(|name| (topic(name), 1)).collect();
+    common::create_topics(&topics.iter().map(|(t, n)| (t.as_str(), *n)).collect::<Vec<_>>());
+    let campaign = "id: ping\napp: shop\nname: Ping\nwhen: { event: Ping }\nwhat: { title: t, body: b }\noptions: { ignore_global_caps: true }\n";
+    apply(dir.path(), &topic("campaigns"), "ping.yaml", campaign);
+    let now = common::now_ms();
+    common::produce(
+        &topic("profiles"),
+        [padded_profile("v0", CALIBRATION[0], now), padded_profile("v1", CALIBRATION[1], now)],
+    );
+    let log = dir.path().join("engine.log");
+    // Strings this long are refused at the door by default (docs/ingest.md, "Validation").
+    let settings = dir.path().join("settings.yaml");
+    std::fs::write(&settings, "ingest: { max_string_length: 1000000 }\n").unwrap();
+    let limit = LIMIT.to_string();
+    let engine = common::KillOnDrop::new(common::spawn_engine_with(
+        &prefix,
+        &app_id,
+        &dir.path().join("state"),
+        &log,
+        &["--max-record-bytes", &limit, "--app-config", settings.to_str().unwrap()],
+    ));
+    let registry = SchemaRegistry::builtin();
+    let letters = common::read_committed(
+        &topic("dead-letter"),
+        2,
+        Duration::from_secs(2),
+        Duration::from_secs(90),
+    );
+    let refused: Vec<usize> = letters
+        .iter()
+        .filter_map(|record| registry.decode::<DeadLetter>(record.value.as_deref()?).ok())
+        .filter(|letter| letter.source_topic == topic("profiles"))
+        .filter_map(|letter| {
+            let (_, rest) = letter.reason.split_once(" is ")?;
+            rest.split_once(" bytes")?.0.parse().ok()
+        })
+        .collect();
+    let outcome = (refused.len() == 2 && refused[1] > refused[0]).then(|| {
+        // The same update with a shorter property: the record refused shrinks in proportion.
+        let per_byte = (refused[1] - refused[0]) / (CALIBRATION[1] - CALIBRATION[0]);
+        let length = CALIBRATION[1] - (refused[1] - (LIMIT - 10)) / per_byte.max(1);
+        common::produce(&topic("profiles"), [padded_profile("v2", length, now)]);
+        let u3 = common::profile("u3", herald_engine::model::Platform::Android, now);
+        common::produce(&topic("profiles"), [u3]);
+        common::produce(&topic("events"), events("Ping", ["u3".to_string()].into_iter()));
+        let sends = common::read_committed(
+            &topic("push"),
+            1,
+            Duration::from_secs(2),
+            Duration::from_secs(90),
+        );
+        let users: Vec<String> = sends
+            .iter()
+            .filter_map(|r| registry.decode::<SendCommand>(r.value.as_deref()?).ok())
+            .map(|c| c.user_id)
+            .collect();
+        (refused.clone(), length, users)
+    });
+    let tail = common::tail(&log, 20);
+    drop(engine);
+    common::delete_topics_starting_with(&[&prefix, &app_id]);
+
+    let (refused, length, users) = outcome
+        .unwrap_or_else(|| panic!("v0's and v1's updates not dead-lettered: {refused:?}\n{tail}"));
+    assert_eq!(
+        users,
+        ["u3"],
+        "v0's and v1's refused records were {refused:?} bytes; v2's ({length}-byte property) is \
+         {} bytes, under the limit of {LIMIT}: u3, after it, is served\n{tail}",
+        LIMIT - 10
+    );
+}
