@@ -182,3 +182,76 @@ fn a_record_just_under_the_size_limit_does_not_stop_its_partition() {
         LIMIT - 10
     );
 }
+
+/// A campaign sending one command per `Ping`.
+const PING: &str = "id: ping\napp: shop\nname: Ping\nwhen: { event: Ping }\nwhat: { title: t, body: b }\noptions: { ignore_global_caps: true }\n";
+
+/// Sends `signal` (`-STOP`, `-CONT`) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status();
+    assert!(status.is_ok_and(|s| s.success()), "kill {signal} {pid}");
+}
+
+/// Question 1 (guard): the fence can hit a LIVE instance, one out of the group while still
+/// running (here paused with SIGSTOP past the session timeout, as a long GC pause or a network
+/// partition would). b keeps a transaction open (5-minute commit interval, 15-minute
+/// transaction timeout) with its pings' candidates in it and is paused; a takes its partitions
+/// over and fences it, while b is alive. b then resumes: its aborted transaction and fenced
+/// producer must cost no user a command or give one two, and b must join again and keep
+/// running (a fenced producer does not count against `MAX_REJOINS`, which only counts a
+/// consumer's fatal error).
+#[test]
+fn a_paused_instance_fenced_by_the_one_taking_over_resumes_without_losses_or_doubles() {
+    const USERS: usize = 200;
+    let (prefix, app_id, dir) = deployment("rvf-zombie", 4);
+    let topic = |name: &str| format!("{prefix}herald.{name}");
+    let (log, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let logs = || format!("a:\n{}\nb:\n{}", common::tail(&log, 30), common::tail(&log_b, 30));
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+    let users = |range: std::ops::Range<usize>| range.map(|i| format!("u{i}"));
+    profiles(&topic("profiles"), 0..USERS);
+    apply(dir.path(), &topic("campaigns"), "ping.yaml", PING);
+    let a = spawn_instance(&prefix, &app_id, dir.path(), &log, "a");
+    let slow = ["--commit-interval-ms", "300000", "--transaction-timeout-ms", "900000"];
+    let mut b = spawn_instance_with(&prefix, &app_id, dir.path(), &log_b, "b", &slow);
+    let b_holds_tasks =
+        common::poll_until(Duration::from_secs(120), || read(&log_b).contains("tasks restored"));
+    common::wait_for_offsets(&format!("{app_id}-profiles-changelog"), USERS as i64, &log);
+    common::produce(&topic("events"), events("Ping", users(0..USERS / 2)));
+    common::wait_for_offsets(&topic("campaign-flow"), (USERS / 2) as i64, &log);
+
+    signal(b.id(), "-STOP");
+    let fenced = common::poll_until(Duration::from_secs(90), || {
+        read(&log).contains("fenced an instance gone from the group")
+    });
+    common::produce(&topic("events"), events("Ping", users(USERS / 2..USERS)));
+    let restored_before = read(&log_b).matches("tasks restored").count();
+    signal(b.id(), "-CONT");
+    let sent = commands(&topic("push"), USERS);
+    // b joins again and takes tasks back.
+    let b_back = common::poll_until(Duration::from_secs(90), || {
+        read(&log_b).matches("tasks restored").count() > restored_before
+    });
+    let b_running = b.running();
+    let logs = logs();
+    // What b went through after it resumed (shown with --nocapture).
+    let text = read(&log_b);
+    let after: Vec<&str> =
+        text.lines().filter(|l| l.contains("WARN") || l.contains("recovered")).collect();
+    println!("b after the fence:\n{}", after.join("\n"));
+    drop((a, b));
+    common::delete_topics_starting_with(&[&prefix, &app_id]);
+
+    assert!(b_holds_tasks, "b holds tasks\n{logs}");
+    assert!(fenced, "a fenced the paused b\n{logs}");
+    let mut per_user: std::collections::BTreeMap<&str, usize> = Default::default();
+    for command in &sent {
+        *per_user.entry(command.user_id.as_str()).or_default() += 1;
+    }
+    let missing: Vec<String> =
+        users(0..USERS).filter(|u| !per_user.contains_key(u.as_str())).collect();
+    assert!(missing.is_empty(), "no command for {missing:?}\n{logs}");
+    let doubled: Vec<_> = per_user.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "more than one command: {doubled:?}\n{logs}");
+    assert!(b_back && b_running, "b resumed, joined again and runs\n{logs}");
+}
