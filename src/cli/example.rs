@@ -52,8 +52,9 @@ pub struct CountArgs {
     /// Transaction timeout in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     transaction_timeout_ms: u64,
-    /// Largest record (key and value) produced, the producer's `message.max.bytes`; keep it at
-    /// or below the broker's. An input whose output or state would be larger is dead-lettered.
+    /// Largest record (key and value) produced (the producer's `message.max.bytes` is 64 bytes
+    /// more, for its framing); keep it at least 128 bytes below the broker's. An input whose
+    /// output or state would be larger is dead-lettered.
     #[arg(long, default_value_t = DEFAULT_MAX_RECORD_BYTES)]
     max_record_bytes: usize,
     /// Serve /metrics, /healthz and /readyz here.

@@ -48,9 +48,10 @@ pub struct RuntimeConfig {
     pub write_buffer_bytes: usize,
     /// Address of `/metrics`, `/healthz`, `/readyz`, if any.
     pub metrics_addr: Option<SocketAddr>,
-    /// Largest record (key and value) the producer sends, its `message.max.bytes` (default
-    /// [`DEFAULT_MAX_RECORD_BYTES`]; keep it at or below the broker's `message.max.bytes`).
-    /// A larger output or store value is refused: the input that caused it is dead-lettered.
+    /// Largest record (key and value) the producer sends (default [`DEFAULT_MAX_RECORD_BYTES`];
+    /// its `message.max.bytes` is 64 bytes more, for librdkafka's framing: keep this at least
+    /// 128 bytes below the broker's `message.max.bytes`). A larger output or store value is
+    /// refused: the input that caused it is dead-lettered.
     pub max_record_bytes: usize,
     /// How changelog topics are created (default: replication factor 1, no further configs;
     /// the engine takes them from its topology file).

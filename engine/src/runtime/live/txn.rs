@@ -114,8 +114,8 @@ impl TxnState {
         }
     }
 
-    /// Refuses a record whose key and value exceed the producer's `message.max.bytes`: it
-    /// would fail the transaction, and every retry of it.
+    /// Refuses a record whose key and value exceed `max_record_bytes`: the producer would
+    /// refuse it ([`RECORD_FRAMING`]) and fail the transaction, and every retry of it.
     fn check_size(&self, topic: &str, key: &[u8], value: &[u8]) -> Result<(), RuntimeError> {
         let bytes = key.len() + value.len();
         if bytes > self.max_record_bytes {
@@ -318,6 +318,12 @@ fn list(partitions: &TopicPartitionList) -> Vec<(String, i32)> {
     partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
 }
 
+/// Bytes librdkafka counts beyond a record's key and value against `message.max.bytes`
+/// (`RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`, 36, with room to spare; the engine sets no headers):
+/// the producer's limit is `max_record_bytes` plus this, so that a record the size check lets
+/// through is never refused by the producer.
+pub(super) const RECORD_FRAMING: usize = 64;
+
 /// A transactional producer whose delivered changelog records are noted in `delivered`.
 pub(super) fn create_producer(
     config: &rdkafka::ClientConfig,
@@ -333,7 +339,7 @@ pub(super) fn create_producer(
         .set("enable.idempotence", "true")
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
-        .set("message.max.bytes", max_record_bytes.to_string())
+        .set("message.max.bytes", (max_record_bytes + RECORD_FRAMING).to_string())
         .create_with_context(DeliveryTracker { delivered })
         .map_err(RuntimeError::kafka("creating the transactional producer"))?;
     producer
