@@ -72,11 +72,18 @@ fn gone(seen: &mut BTreeSet<String>, members: BTreeSet<String>, me: &str) -> Vec
 }
 
 /// Ends the open transaction of the producer with `transactional_id` and fences it, by
-/// initialising a producer with that id (`config`: the instance's producer settings).
-pub(super) fn fence(config: &ClientConfig, transactional_id: &str) -> Result<(), RuntimeError> {
+/// initialising a producer with that id (`config`: the instance's producer settings;
+/// `transaction_timeout` its own, which the broker accepts, unlike librdkafka's default of
+/// 60 s under a lower `transaction.max.timeout.ms`).
+pub(super) fn fence(
+    config: &ClientConfig,
+    transactional_id: &str,
+    transaction_timeout: Duration,
+) -> Result<(), RuntimeError> {
     let producer: BaseProducer = config
         .clone()
         .set("transactional.id", transactional_id)
+        .set("transaction.timeout.ms", transaction_timeout.as_millis().to_string())
         .create()
         .map_err(RuntimeError::kafka("creating a producer to fence a departed instance"))?;
     producer

@@ -693,7 +693,7 @@ impl Worker<'_> {
         };
         let config = self.txn.lock().expect("txn lock").kafka_config.clone();
         for member in departed {
-            match fence::fence(&config, &member) {
+            match fence::fence(&config, &member, self.runtime.config.transaction_timeout) {
                 Ok(()) => {
                     self.runtime.metrics.departed_fenced.inc();
                     tracing::info!(%member, "fenced an instance gone from the group: the transaction it left open is aborted");
