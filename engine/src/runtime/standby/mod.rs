@@ -296,15 +296,19 @@ impl Standbys {
         // A standby not yet read from (no checkpoint, nothing fetched from a changelog
         // partition that holds records) is not caught up, however short its changelogs:
         // "within the acceptable lag" is about following them.
-        let (mut lag, mut read_from) = (0i64, true);
+        // The acceptable lag applies to each task, as Kafka Streams' does; the log tells the
+        // total.
+        let (mut per_task, mut read_from) = (HashMap::<TaskId, i64>::new(), true);
         for ((topic, partition), (low, high)) in &ends {
             let (id, _) = &self.targets[&(topic.clone(), *partition)];
             let position = self.kept[id].positions.get(topic).copied();
             read_from &= position.is_some() || high <= low;
-            lag += (high - position.unwrap_or(*low).max(*low)).max(0);
+            *per_task.entry(*id).or_default() += (high - position.unwrap_or(*low).max(*low)).max(0);
         }
-        let caught_up =
-            !self.kept.is_empty() && (lag == 0 || (read_from && lag as u64 <= self.acceptable_lag));
+        let lag: i64 = per_task.values().sum();
+        let worst = per_task.values().copied().max().unwrap_or(0);
+        let caught_up = !self.kept.is_empty()
+            && (lag == 0 || (read_from && worst as u64 <= self.acceptable_lag));
         if caught_up != self.caught_up {
             self.caught_up = caught_up;
             tracing::info!(
