@@ -132,7 +132,7 @@ impl AppStage {
         reason: &str,
     ) -> Result<(), ProcessError> {
         let key = match self.campaigns.book().get(&command.campaign_id) {
-            Some(campaign) => shards::answer_key(campaign, &self.settings, command),
+            Some(campaign) => shards::answer_key(campaign, command),
             None => command.place_key.clone().unwrap_or_else(|| command.campaign_id.clone()),
         };
         let notification =

@@ -146,7 +146,7 @@ fn a_triggered_test_of_300_users_3_variants_over_8_shards_tests_100_each_then_th
 fn a_triggered_test_with_a_total_over_8_shards_on_an_app_with_caps_keeps_the_test_and_the_total_exact(
 ) {
     let campaign = test_campaign(300, "limits: { total: 500 }\n");
-    assert_eq!(sharded::in_effect(&campaign, sharded::CAPS), 8, "spread over its 8 shards");
+    assert_eq!(sharded::spread(&campaign), 8, "spread over its 8 shards");
     let mut input: Vec<ReplayRecord> = sharded::profiles(0..1_000).collect();
     input.push(sharded::define("news", sharded::NEWS, T0));
     input.push(sharded::define("tab", &campaign, T0));

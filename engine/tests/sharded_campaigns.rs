@@ -271,7 +271,7 @@ fn coupon_limit_10000_qualify_total_1000_over_4_shards_gives_exactly_1000_sends_
 
 /// The shards `campaign` is spread over.
 fn spread(campaign: &str) -> u32 {
-    shards::in_effect(&parse_campaign(campaign, "c.yaml").unwrap(), &Settings::default())
+    shards::in_effect(&parse_campaign(campaign, "c.yaml").unwrap())
 }
 
 /// Every shard's candidates wait for places at once, over and over: bursts of 500 users at one

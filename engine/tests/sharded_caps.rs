@@ -22,7 +22,7 @@ use sharded::*;
 #[test]
 fn a_total_of_50_over_4_shards_on_an_app_with_caps_sends_exactly_50_users_the_gate_lets_through() {
     let yaml = ping("limits: { total: 50 }\n");
-    assert_eq!(in_effect(&yaml, CAPS), 4, "spread over its 4 shards");
+    assert_eq!(spread(&yaml), 4, "spread over its 4 shards");
     let mut input = vec![define("news", NEWS, T0), define("ping", &yaml, T0)];
     input.extend(profiles(0..80));
     input.extend(events("Pong", 0..20, T0 + 5_000));
@@ -56,7 +56,7 @@ fn a_total_of_50_over_4_shards_on_an_app_with_caps_sends_exactly_50_users_the_ga
 fn a_daily_limit_of_30_over_4_shards_sends_30_then_0_the_same_day_then_30_the_next() {
     let runs = [T0 + 100_000, T0 + 3_600_000, MIDNIGHT + 3_600_000];
     let yaml = coupons(&runs, "limits: { daily: 30 }\n");
-    assert_eq!(in_effect(&yaml, NO_CAPS), 4, "spread over its 4 shards");
+    assert_eq!(spread(&yaml), 4, "spread over its 4 shards");
     let mut input = vec![define("coupons", &yaml, T0)];
     input.extend(profiles(0..100));
     for run in runs {
@@ -177,7 +177,7 @@ fn a_total_lowered_while_places_are_in_flight_at_the_shards_ends_exactly_at_the_
 #[test]
 fn a_daily_limit_over_4_shards_on_an_app_with_caps_sends_exactly_30_a_day() {
     let yaml = ping("limits: { daily: 30 }\n");
-    assert_eq!(in_effect(&yaml, CAPS), 4);
+    assert_eq!(spread(&yaml), 4);
     let mut input = vec![define("news", NEWS, T0), define("ping", &yaml, T0)];
     input.extend(profiles(0..80));
     input.extend(events("Pong", 0..20, T0 + 5_000));
@@ -222,7 +222,7 @@ fn a_scheduled_total_over_4_shards_on_an_app_with_caps_fills_exactly_with_users_
         "{}limits: {{ total: 50 }}\noptions: {{ shards: 4, throttle: {{ max: 10, per: 1m }} }}\n",
         coupons(&[T0 + 100_000], "").replace("options: { shards: 4 }\n", "")
     );
-    assert_eq!(in_effect(&yaml, CAPS), 4, "spread over its 4 shards");
+    assert_eq!(spread(&yaml), 4, "spread over its 4 shards");
     let mut input = vec![define("news", NEWS, T0), define("coupons", &yaml, T0)];
     input.extend(profiles(0..80));
     input.extend(events("Other", 79..80, T0 + 110_000)); // the run starts
@@ -283,7 +283,7 @@ fn a_run_is_planned_once_the_places_of_the_run_before_it_settled() {
     let settings = "apps:\n  shop:\n    caps: { per_day: 5 }\n    throttle: { max: 10, per: 1m }\n";
     let runs = [T0 + 100_000, T0 + 160_000];
     let yaml = coupons(&runs, "limits: { total: 20 }\n");
-    assert_eq!(in_effect(&yaml, settings), 4);
+    assert_eq!(spread(&yaml), 4);
     let mut input = vec![define("coupons", &yaml, T0)];
     input.extend(profiles(0..80));
     input.extend(events("Other", 79..80, runs[0] + 1_000));

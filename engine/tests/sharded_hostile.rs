@@ -32,7 +32,7 @@ fn a_place_left_report_with_a_huge_count_is_a_dead_letter_and_grants_nothing() {
         "{}limits: {{ per_run: 30 }}\noptions: {{ shards: 4, throttle: {{ max: 10, per: 1m }} }}\n",
         coupons(&[at], "").replace("options: { shards: 4 }\n", "")
     );
-    assert_eq!(in_effect(&yaml, CAPS), 4);
+    assert_eq!(spread(&yaml), 4);
     let mut input = vec![define("coupons", &yaml, T0)];
     input.extend(profiles(0..100));
     input.push(other_event(99, at + 10_000)); // the run starts

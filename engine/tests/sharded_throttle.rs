@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use herald_engine::{
     campaign::{parse_campaign, shards},
     model::{CampaignLifecycleEvent, SendCommand},
-    settings::Settings,
 };
 use records::{define, events, profiles, replay, T0};
 
@@ -29,8 +28,7 @@ fn drip(limits: &str) -> String {
 /// what they sent: without input, one task would fire all its timers up to the end before any
 /// other task saw what they asked for). Returns the sends and the lifecycle events.
 fn hundred_pings(campaign: &str) -> (Vec<SendCommand>, Vec<CampaignLifecycleEvent>) {
-    let spread =
-        shards::in_effect(&parse_campaign(campaign, "c.yaml").unwrap(), &Settings::default());
+    let spread = shards::in_effect(&parse_campaign(campaign, "c.yaml").unwrap());
     assert_eq!(spread, 8, "a throttled campaign is spread over its shards");
     let mut input: Vec<_> = profiles(0, 100, T0).collect();
     input.push(define("drip", campaign, T0));

@@ -9,7 +9,6 @@ use crate::{
         scheduled_run_time, Candidate, Engagement, RunTally, SendCommand, SendConfirmed, Skip,
     },
     runtime::partition_for,
-    settings::Settings,
 };
 
 /// Separates the campaign id from the shard number in a shard's key.
@@ -27,8 +26,7 @@ pub const SEPARATOR: char = '\u{1f}';
 /// leased with the places of a total or daily limit, or with places of their own without one:
 /// `stage_campaign::indices`), or an A/B test of a number of users (its test users are such
 /// indices, its winner decided at home: `stage_campaign::ab`).
-/// `settings` are no longer read (an app's caps used to keep a limited campaign at home).
-pub fn in_effect(campaign: &Campaign, _settings: &Settings) -> u32 {
+pub fn in_effect(campaign: &Campaign) -> u32 {
     let supported = match (&campaign.when.trigger, &campaign.assignment) {
         // With `timezone: user` and a daily limit: on its home (users who come after the
         // release would need the day's places leased; not built).
@@ -90,13 +88,8 @@ pub fn of_run_user(campaign: &Campaign, run: Option<&str>, user: &str, shards: u
 }
 
 /// The campaign-flow key of a record about `user` in `run` (`None`: about the whole campaign).
-pub fn flow_key(
-    campaign: &Campaign,
-    settings: &Settings,
-    user: Option<&str>,
-    run: Option<&str>,
-) -> String {
-    match (in_effect(campaign, settings), user) {
+pub fn flow_key(campaign: &Campaign, user: Option<&str>, run: Option<&str>) -> String {
+    match (in_effect(campaign), user) {
         (shards, Some(user)) if shards > 1 => {
             key(&campaign.id, of_run_user(campaign, run, user, shards))
         }
@@ -108,14 +101,14 @@ pub fn flow_key(
 /// counted it and holds its place, whatever the shards in effect now (an edit may have changed
 /// them while it waited); by [`flow_key`] when it names none (an older command, or a shard the
 /// campaign no longer has).
-pub fn answer_key(campaign: &Campaign, settings: &Settings, command: &SendCommand) -> String {
+pub fn answer_key(campaign: &Campaign, command: &SendCommand) -> String {
     let ours = |key: &str| {
         scope(key.as_bytes(), campaign) != Scope::Foreign
             || named_shard(key.as_bytes(), campaign).is_some()
     };
     match command.place_key.as_deref() {
         Some(key) if ours(key) => key.to_string(),
-        _ => flow_key(campaign, settings, Some(&command.user_id), Some(&command.run_id)),
+        _ => flow_key(campaign, Some(&command.user_id), Some(&command.run_id)),
     }
 }
 
@@ -166,8 +159,8 @@ pub trait FlowRecord {
     }
 
     /// The campaign-flow key of this record about `campaign` (see [`flow_key`]).
-    fn route(&self, campaign: &Campaign, settings: &Settings) -> String {
-        flow_key(campaign, settings, self.user(), self.run())
+    fn route(&self, campaign: &Campaign) -> String {
+        flow_key(campaign, self.user(), self.run())
     }
 }
 

@@ -621,7 +621,7 @@ impl CampaignStage {
         state: &mut CampaignState,
         now: i64,
     ) -> Result<Option<bool>, ProcessError> {
-        let shards = campaign_shards::in_effect(campaign, &self.settings);
+        let shards = campaign_shards::in_effect(campaign);
         if state.is_shard(campaign) || !indices::triggered_test(campaign) || shards <= 1 {
             return Ok(None);
         }
@@ -671,7 +671,7 @@ impl CampaignStage {
         if state.is_shard(campaign) || !indices::triggered_test(campaign) {
             return Ok(());
         }
-        if campaign_shards::in_effect(campaign, &self.settings) <= 1 {
+        if campaign_shards::in_effect(campaign) <= 1 {
             return Ok(());
         }
         for shard in 0..campaign.options.shards as i32 {

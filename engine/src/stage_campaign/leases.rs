@@ -604,7 +604,7 @@ impl CampaignStage {
     /// may have put the campaign on its home alone, or on fewer shards).
     fn in_effect_here(&self, campaign: &Campaign, state: &CampaignState) -> bool {
         // (On its home alone no shard is: shard 0 is not the home.)
-        let shards = campaign_shards::in_effect(campaign, &self.settings);
+        let shards = campaign_shards::in_effect(campaign);
         shards > 1 && (Self::shard_of(campaign, state) as u32) < shards
     }
 
@@ -997,7 +997,7 @@ impl CampaignStage {
         let terms = Terms {
             total: campaign.limits.total,
             daily: campaign.limits.daily,
-            shards: campaign_shards::in_effect(campaign, &self.settings),
+            shards: campaign_shards::in_effect(campaign),
         };
         if state.lease_terms == Some(terms) {
             return self.pre_lease(ctx, campaign, state);
@@ -1084,7 +1084,7 @@ impl CampaignStage {
         campaign: &Campaign,
         state: &mut CampaignState,
     ) -> Result<bool, ProcessError> {
-        let shards = campaign_shards::in_effect(campaign, &self.settings);
+        let shards = campaign_shards::in_effect(campaign);
         let triggered = !matches!(campaign.when.trigger, Trigger::Scheduled(_));
         let limits = [campaign.limits.total, campaign.limits.daily];
         let Some(limit) = limits.into_iter().flatten().min() else { return Ok(false) };
@@ -1126,7 +1126,7 @@ impl CampaignStage {
         let limit = limits.into_iter().flatten().min();
         // Nothing is granted on counts a recount is making exact, nor while the campaign runs
         // on its home alone (a shard out of effect sends its waiting candidates home).
-        let shards = u64::from(campaign_shards::in_effect(campaign, &self.settings));
+        let shards = u64::from(campaign_shards::in_effect(campaign));
         if !limited(campaign) || state.awaits_recount() || shards <= 1 {
             return Ok(());
         }

@@ -484,7 +484,7 @@ impl CampaignStage {
         is_triggered_run(&candidate.run_id)
             && match campaign_shards::scope(key, campaign) {
                 Scope::Shard(shard) => {
-                    let shards = campaign_shards::in_effect(campaign, &self.settings);
+                    let shards = campaign_shards::in_effect(campaign);
                     shards <= 1 || shard >= shards
                 }
                 Scope::Home | Scope::Foreign => true,
@@ -502,10 +502,10 @@ impl CampaignStage {
         candidate: &Candidate,
     ) -> Option<String> {
         let home = key == Some(campaign.id.as_bytes());
-        let sharded = campaign_shards::in_effect(campaign, &self.settings) > 1;
+        let sharded = campaign_shards::in_effect(campaign) > 1;
         (home && sharded && is_triggered_run(&candidate.run_id)).then(|| {
             let (user, run) = (Some(candidate.user_id.as_str()), Some(candidate.run_id.as_str()));
-            campaign_shards::flow_key(campaign, &self.settings, user, run)
+            campaign_shards::flow_key(campaign, user, run)
         })
     }
 

@@ -186,7 +186,7 @@ impl CampaignStage {
             app_id: campaign.app.clone(),
             shard,
             // A shard an edit took away still reports (its places in flight settle there).
-            shards: (campaign_shards::in_effect(campaign, &self.settings) as i32).max(shard + 1),
+            shards: (campaign_shards::in_effect(campaign) as i32).max(shard + 1),
             kind,
             run_id: None,
             qualified: 0,

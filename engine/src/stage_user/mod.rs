@@ -957,7 +957,7 @@ impl Flow<'_> {
         record: &R,
     ) -> Result<(), ProcessError> {
         let key = match self.stage.campaigns.book().get(campaign) {
-            Some(campaign) => record.route(campaign, &self.stage.settings),
+            Some(campaign) => record.route(campaign),
             None => campaign.to_string(),
         };
         Ok(ctx.send_record(self.topic, key.as_bytes(), record)?)
@@ -972,7 +972,7 @@ impl Flow<'_> {
         record: &R,
     ) -> Result<(), ProcessError> {
         let key = match self.stage.campaigns.book().get(&command.campaign_id) {
-            Some(campaign) => shards::answer_key(campaign, &self.stage.settings, command),
+            Some(campaign) => shards::answer_key(campaign, command),
             None => command.campaign_id.clone(),
         };
         Ok(ctx.send_record(self.topic, key.as_bytes(), record)?)

@@ -106,7 +106,7 @@ impl UserStage {
         // The run's shards are fixed when its scan starts: an edit meanwhile does not split its
         // tallies over two shard counts.
         if cursor.by_shard.is_empty() {
-            cursor.by_shard.resize(shards::in_effect(campaign, &self.settings) as usize, 0);
+            cursor.by_shard.resize(shards::in_effect(campaign) as usize, 0);
         }
         let shards = cursor.by_shard.len() as u32;
         let no_properties = Properties::new();

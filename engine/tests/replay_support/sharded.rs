@@ -88,9 +88,9 @@ pub fn audience(users: usize) -> Vec<String> {
     lines
 }
 
-/// The shards `campaign` is spread over (default settings).
+/// The shards `campaign` is spread over (an app's settings have no say in it).
 pub fn spread(campaign: &str) -> u32 {
-    shards::in_effect(&parse_campaign(campaign, "c.yaml").unwrap(), &Settings::default())
+    shards::in_effect(&parse_campaign(campaign, "c.yaml").unwrap())
 }
 
 /// `(variant, count)` pairs as a map.
@@ -499,12 +499,6 @@ pub fn coupons(runs: &[i64], limits: &str) -> String {
         "id: coupons\napp: shop\nname: Coupons\nwhen: {{ schedule: {{ at: [{}] }} }}\nwhat: {{ title: t, body: b }}\n{limits}options: {{ shards: 4 }}\n",
         at.join(", ")
     )
-}
-
-/// The shards campaign `yaml` is spread over under `settings` (YAML).
-pub fn in_effect(yaml: &str, settings: &str) -> u32 {
-    let settings = Settings::parse(settings, "settings").unwrap();
-    shards::in_effect(&parse_campaign(yaml, "c.yaml").unwrap(), &settings)
 }
 
 /// What a replay sent, announced, published and dead-lettered.
