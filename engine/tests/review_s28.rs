@@ -534,7 +534,7 @@ mod over_shards {
     /// ..)`): 9/11/10. The home numbers its plans to a shard one by one (`grant_indices`), so a
     /// plan numbered past the next could be refused as a dead letter instead.
     #[test]
-    #[ignore = "review s28 finding 2: a forged INDICES plan numbered 1,000,000 makes u0's shard drop every genuine plan: the test of 30 sends 9/11/10 vs 10/10/10"]
+    #[ignore = "review s28 finding 2, left open: the forged plan comes before the home's first; a gap after the first plan heard is refused now (a shard accepts any number as its first)"]
     fn a_forged_indices_plan_numbered_far_ahead_does_not_keep_the_homes_plans_out() {
         let mut input = vec![define("ping", &ab_test(30, OVER_4), T0)];
         input.extend(profiles(0..60));
@@ -762,7 +762,7 @@ mod over_shards {
     /// could be refused as a dead letter instead (f2a2d09 refuses forged ranges, not forged
     /// numbers).
     #[test]
-    #[ignore = "review s28 finding 4: a forged DEMAND numbered 1,000,000 starves u0's shard: 0 of its 40 users sent vs 40 (30 tested 10/10/10, then the winner)"]
+    #[ignore = "review s28 finding 4, left open: the forged report comes before the shard's first genuine one; a gap after the first report heard is refused now (a home accepts any number as a shard's first: a shard's state can outlive its home's)"]
     fn a_forged_lease_report_numbered_far_ahead_does_not_starve_the_shard() {
         let (users, out) = one_shards_test(true);
         assert_eq!(out.users("ping"), users);
@@ -838,7 +838,6 @@ mod over_shards {
     /// goes back to the free pool though spent, and is granted and spent again: 31 tested
     /// (11/10/10). (Numbered 0, the same reports are dropped: the guard below.)
     #[test]
-    #[ignore = "review s28 finding 5: a forged INDICES report (seq 1,000,000) giving back a spent index is taken: the test of 30 tests 31 (11/10/10) vs 30 (10/10/10)"]
     fn a_forged_numbered_indices_report_of_a_spent_index_is_refused() {
         let out = halfway_through_the_test(index_0_from_every_shard(1_000_000, T0 + 2 * MINUTE));
         out.users("ping"); // none twice

@@ -314,21 +314,30 @@ impl CampaignStage {
 
     /// Shard: indices granted by the home, unless a repeat (its number, `places`, not above the
     /// latest applied: dropped and counted; an older home's unnumbered plan applies only before
-    /// any numbered one).
+    /// any numbered one). The home numbers its plans to a shard one by one: past the first one
+    /// heard, a gap is a forgery, rejected.
     pub(super) fn on_index_plan(
         ctx: &mut ProcessorContext<'_>,
         state: &mut CampaignState,
         plan: &ShardPlan,
-    ) {
+    ) -> Result<(), ProcessError> {
         let unnumbered = plan.places == 0 && state.indices.plans == 0;
         if !unnumbered && plan.places <= state.indices.plans {
             ctx.count(&REPEATED_LEASE_REPORTS, "indices_plan");
-            return;
+            return Ok(());
+        }
+        if state.indices.plans > 0 && plan.places > state.indices.plans + 1 {
+            return Err(ProcessError::reject(format!(
+                "places: an INDICES plan numbered {}, the next is {}",
+                plan.places,
+                state.indices.plans + 1
+            )));
         }
         state.indices.plans = state.indices.plans.max(plan.places);
         let from = plan.test_from.max(0) as u64;
         let to = from.saturating_add(plan.test_users.max(0) as u64);
         insert(&mut state.indices.held, from, to);
+        Ok(())
     }
 
     /// Shard: gives back the indices it holds beyond `keep` (its places held or in flight),
@@ -387,6 +396,10 @@ impl CampaignStage {
         if report.seq != 0 && report.seq <= applied {
             ctx.count(&REPEATED_LEASE_REPORTS, "indices");
             return Ok(());
+        }
+        // It goes ahead of the shard's next lease report, numbered one past the last applied.
+        if applied > 0 && report.seq > applied + 1 {
+            return Err(reject("numbered past the shard's next lease report"));
         }
         let pool = &mut state.index_pool;
         let out = pool.out.entry(shard).or_default();

@@ -658,7 +658,7 @@ impl CampaignStage {
             return self.save(ctx, &campaign, &mut state);
         }
         if plan.kind == ShardPlanKind::Indices {
-            Self::on_index_plan(ctx, &mut state, &plan); // see `indices`
+            Self::on_index_plan(ctx, &mut state, &plan)?; // see `indices`
             return self.save(ctx, &campaign, &mut state);
         }
         if plan.kind == ShardPlanKind::Evaluate {
