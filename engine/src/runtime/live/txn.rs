@@ -322,7 +322,7 @@ fn list(partitions: &TopicPartitionList) -> Vec<(String, i32)> {
 /// (`RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`, 36, with room to spare; the engine sets no headers):
 /// the producer's limit is `max_record_bytes` plus this, so that a record the size check lets
 /// through is never refused by the producer.
-pub(super) const RECORD_FRAMING: usize = 64;
+const RECORD_FRAMING: usize = 64;
 
 /// A transactional producer whose delivered changelog records are noted in `delivered`.
 pub(super) fn create_producer(

@@ -293,11 +293,9 @@ impl Standbys {
     fn report_lag(&mut self) -> Result<(), RuntimeError> {
         let partitions: Vec<(String, i32)> = self.targets.keys().cloned().collect();
         let ends = watermarks(&self.consumer, &partitions, TIMEOUT)?;
-        // A standby not yet read from (no checkpoint, nothing fetched from a changelog
-        // partition that holds records) is not caught up, however short its changelogs:
-        // "within the acceptable lag" is about following them.
-        // The acceptable lag applies to each task, as Kafka Streams' does; the log tells the
-        // total.
+        // The acceptable lag applies to each task, as Kafka Streams' does (the log tells the
+        // total), and only to standbys read from: one with neither a checkpoint nor a fetch
+        // from a changelog partition holding records is not caught up, however short it is.
         let (mut per_task, mut read_from) = (HashMap::<TaskId, i64>::new(), true);
         for ((topic, partition), (low, high)) in &ends {
             let (id, _) = &self.targets[&(topic.clone(), *partition)];
