@@ -16,11 +16,11 @@ mkdir -p "$logs"
 echo "--- building every test binary"
 cargo test --workspace --no-run
 
-# Lanes of the root package's long test binaries (about 400, 350 and 190 s on their own).
+# Lanes of the root package's long test binaries (about 400, 350 and 190 + 270 s on their own).
 lanes=(
   "senders runtime_exactly_once"
   "engine_scale_out engine_live"
-  "chaos"
+  "chaos engine_fence review_fence"
 )
 named=" ${lanes[*]} "
 # Every cargo call below selects the whole workspace, as the build above did: selecting one package
