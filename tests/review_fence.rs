@@ -226,7 +226,11 @@ fn a_paused_instance_fenced_by_the_one_taking_over_resumes_without_losses_or_dou
     common::produce(&topic("events"), events("Ping", users(USERS / 2..USERS)));
     let restored_before = read(&log_b).matches("tasks restored").count();
     signal(b.id(), "-CONT");
-    let sent = commands(&topic("push"), USERS);
+    // b commits 30 s after its work at the earliest (a tenth of its commit interval), and the
+    // second half's pings may pass through it twice (user stage, campaign stage): wait longer
+    // than `commands`' minute.
+    let sent: Vec<herald_engine::model::SendCommand> =
+        decoded(&topic("push"), USERS, Duration::from_secs(2), Duration::from_secs(180));
     // b joins again and takes tasks back.
     let b_back = common::poll_until(Duration::from_secs(90), || {
         read(&log_b).matches("tasks restored").count() > restored_before
