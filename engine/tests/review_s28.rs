@@ -533,8 +533,9 @@ mod over_shards {
     /// places without indices, by its own count (mod.rs `assign`: `ab::alternate(state.assigned
     /// ..)`): 9/11/10. The home numbers its plans to a shard one by one (`grant_indices`), so a
     /// plan numbered past the next could be refused as a dead letter instead.
+    /// Fixed: the home numbers its plans to each shard from 1 and both counts live as long as
+    /// the campaign's states, so a shard's first plan is 1; the forged one is a dead letter.
     #[test]
-    #[ignore = "review s28 finding 2, left open: the forged plan comes before the home's first; a gap after the first plan heard is refused now (a shard accepts any number as its first)"]
     fn a_forged_indices_plan_numbered_far_ahead_does_not_keep_the_homes_plans_out() {
         let mut input = vec![define("ping", &ab_test(30, OVER_4), T0)];
         input.extend(profiles(0..60));
@@ -545,6 +546,12 @@ mod over_shards {
         let out = run(NO_CAPS, input, T0 + 30 * MINUTE);
         out.users("ping"); // none twice
         assert_eq!(per_variant(&out), counted(&[("A", 10), ("B", 10), ("C", 10)]));
+        let refused = "places: an INDICES plan of ping to shard";
+        assert!(
+            out.dead.len() == 1 && out.dead[0].contains(refused) && out.dead[0].contains("1000000"),
+            "the forged plan is a dead letter naming its number: {:?}",
+            out.dead
+        );
     }
 
     /// A forged `INDICES` plan to u0's shard (numbered as the home's next would be) granting

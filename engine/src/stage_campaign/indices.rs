@@ -43,6 +43,24 @@ pub(super) struct ShardIndices {
     /// is a repeat, dropped.
     #[serde(default)]
     plans: i64,
+    /// Restored from a state an earlier version saved (without this field): its home may have
+    /// numbered plans this shard applied without keeping their number, or did not number them,
+    /// so its first numbered plan is taken whatever its number. Else the first is 1 (see
+    /// [`CampaignStage::on_index_plan`]).
+    #[serde(default = "made_before_plans")]
+    before_plans: bool,
+}
+
+/// Indices restored without `before_plans` were saved by an earlier version.
+fn made_before_plans() -> bool {
+    true
+}
+
+impl ShardIndices {
+    /// A shard's indices restored from a state saved before it had any (see `before_plans`).
+    pub(super) fn restored() -> Self {
+        Self { before_plans: true, ..Self::default() }
+    }
 }
 
 impl ShardIndices {
@@ -314,8 +332,11 @@ impl CampaignStage {
 
     /// Shard: indices granted by the home, unless a repeat (its number, `places`, not above the
     /// latest applied: dropped and counted; an older home's unnumbered plan applies only before
-    /// any numbered one). The home numbers its plans to a shard one by one: past the first one
-    /// heard, a gap is a forgery, rejected.
+    /// any numbered one). The home numbers its plans to a shard one by one from 1 (its
+    /// `IndexPool.plans`, kept for the campaign's life as this shard's count is), so a plan
+    /// numbered past the next, the first included, is a forgery, rejected: taken, it would make
+    /// every genuine plan after it look like a repeat (review s28 finding 2). A shard restored
+    /// from a state an earlier version saved takes any number as its first (`before_plans`).
     pub(super) fn on_index_plan(
         ctx: &mut ProcessorContext<'_>,
         state: &mut CampaignState,
@@ -326,9 +347,13 @@ impl CampaignStage {
             ctx.count(&REPEATED_LEASE_REPORTS, "indices_plan");
             return Ok(());
         }
-        if state.indices.plans > 0 && plan.places > state.indices.plans + 1 {
+        let first_unknown = state.indices.plans == 0 && state.indices.before_plans;
+        if !first_unknown && plan.places > state.indices.plans + 1 {
             return Err(ProcessError::reject(format!(
-                "places: an INDICES plan numbered {}, the next is {}",
+                "places: an INDICES plan of {} to shard {} numbered {}, the next is {} (its home \
+                 numbers them one by one from 1)",
+                plan.campaign_id,
+                plan.shard,
                 plan.places,
                 state.indices.plans + 1
             )));
@@ -521,6 +546,15 @@ mod tests {
         assert_eq!(held.held, [(0, 5)]);
         assert_eq!(held.beyond(0), [(0, 5)]);
         assert!(held.held.is_empty());
+    }
+
+    #[test]
+    fn only_indices_restored_from_an_earlier_versions_state_take_any_first_plan() {
+        assert!(!ShardIndices::default().before_plans);
+        let saved = serde_json::to_string(&ShardIndices::default()).unwrap();
+        assert!(!serde_json::from_str::<ShardIndices>(&saved).unwrap().before_plans);
+        let earlier: ShardIndices = serde_json::from_str(r#"{"plans":0}"#).unwrap();
+        assert!(earlier.before_plans && ShardIndices::restored().before_plans);
     }
 
     #[test]

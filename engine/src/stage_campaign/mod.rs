@@ -124,7 +124,7 @@ struct CampaignState {
     #[serde(default)]
     token_pool: tokens::TokenPool,
     /// Shard: its global assignment indices (alternation, split; see `indices`).
-    #[serde(default)]
+    #[serde(default = "indices::ShardIndices::restored")]
     indices: indices::ShardIndices,
     /// Home: the assignment indices the shards gave back (see `indices`).
     #[serde(default)]
