@@ -30,7 +30,7 @@ use rocksdb::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{output::Output, RuntimeError};
+use super::{output::Output, KeyedMap, RuntimeError};
 
 /// Share of a memtable's size given to its Bloom filter (about 8 bits per key of 100 bytes).
 const MEMTABLE_BLOOM_RATIO: f64 = 0.01;
@@ -87,7 +87,7 @@ impl StoreMemory {
 /// A store's writes not yet applied to RocksDB: the latest value of each key (`None`: deleted).
 #[derive(Default)]
 struct Pending {
-    writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    writes: KeyedMap<Vec<u8>, Option<Vec<u8>>>,
     bytes: usize,
     /// While a processor call runs: each write of the call, in order, with what it replaced.
     undo: Vec<(Vec<u8>, Prior)>,

@@ -25,13 +25,13 @@ use rdkafka::{
 use super::KAFKA_TIMEOUT;
 use crate::{
     kafka::wait_delivered,
-    runtime::{metrics::LabelledCounter, output::Output, RuntimeError, RuntimeMetrics},
+    runtime::{metrics::LabelledCounter, output::Output, KeyedMap, RuntimeError, RuntimeMetrics},
 };
 
 pub(super) type Producer_ = ThreadedProducer<DeliveryTracker>;
 
 /// Latest value (or deletion) and timestamp per (partition, store key) of one changelog topic.
-type ChangelogWrites = HashMap<(i32, Vec<u8>), (Option<Vec<u8>>, i64)>;
+type ChangelogWrites = KeyedMap<(i32, Vec<u8>), (Option<Vec<u8>>, i64)>;
 
 /// Next offset after a record, per topic and partition.
 pub(super) type EndOffsets = HashMap<String, HashMap<i32, i64>>;
@@ -403,7 +403,8 @@ impl Output for TxnOutput<'_> {
                 writes.insert((partition, key.to_vec()), write);
             }
             None => {
-                let writes = HashMap::from([((partition, key.to_vec()), write)]);
+                let mut writes = ChangelogWrites::default();
+                writes.insert((partition, key.to_vec()), write);
                 self.txn.changelog.insert(topic.to_string(), writes);
             }
         }
