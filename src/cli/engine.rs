@@ -87,6 +87,12 @@ pub struct EngineArgs {
     /// `standbys … caught_up=` log line): as Kafka Streams' acceptable.recovery.lag.
     #[arg(long, default_value_t = 10_000)]
     standby_acceptable_lag: u64,
+    /// A librdkafka property for the engine's clients (security, `session.timeout.ms`,
+    /// `fetch.wait.max.ms`, `linger.ms`, `compression.type` …), over the engine's own defaults;
+    /// repeatable. Those the engine needs for exactly-once and co-partitioning (group, offsets,
+    /// isolation, transactions, partitioner) are refused.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = super::kafka_property)]
+    kafka_properties: Vec<(String, String)>,
 }
 
 pub fn run(kafka: &KafkaConfig, args: EngineArgs) -> anyhow::Result<ExitCode> {
@@ -110,7 +116,9 @@ pub fn run(kafka: &KafkaConfig, args: EngineArgs) -> anyhow::Result<ExitCode> {
         LIVE_STATS_INTERVAL_MS,
     )?;
     let instance_id = instance_id(args.instance_id.as_deref(), &args.state_dir)?;
-    let mut config = RuntimeConfig::new(kafka.clone(), instance_id, args.state_dir);
+    let mut kafka = kafka.clone();
+    kafka.properties.extend(args.kafka_properties);
+    let mut config = RuntimeConfig::new(kafka, instance_id, args.state_dir);
     config.changelogs = file.changelogs;
     config.commit_interval = Duration::from_millis(args.commit_interval_ms);
     config.transaction_timeout = Duration::from_millis(args.transaction_timeout_ms);

@@ -88,6 +88,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A `--kafka-property` argument: `KEY=VALUE`.
+fn kafka_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
 /// App settings from `path`, or the defaults (no caps, UTC) without one.
 fn load_settings(
     path: Option<&std::path::Path>,

@@ -38,18 +38,8 @@ pub struct SendArgs {
     metrics_addr: Option<SocketAddr>,
     /// A librdkafka property for the sender's clients (security, timeouts …), over the
     /// sender's own defaults (e.g. `max.poll.interval.ms=60000`); repeatable.
-    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = property)]
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = super::kafka_property)]
     kafka_properties: Vec<(String, String)>,
-}
-
-/// `KEY=VALUE`.
-fn property(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => {
-            Ok((key.trim().to_string(), value.to_string()))
-        }
-        _ => Err(format!("{text:?} is not KEY=VALUE")),
-    }
 }
 
 pub fn run(kafka: &KafkaConfig, args: SendArgs) -> anyhow::Result<ExitCode> {

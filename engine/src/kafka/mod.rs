@@ -67,6 +67,14 @@ impl KafkaConfig {
     }
 }
 
+/// Sets `key` to `value` in `config` unless it is set already (by the operator's properties,
+/// applied first by [`KafkaConfig::client_config`]): a default the operator may tune.
+pub fn set_default(config: &mut ClientConfig, key: &str, value: &str) {
+    if config.get(key).is_none() {
+        config.set(key, value);
+    }
+}
+
 /// Hands `record` to `producer`, waiting while its local queue is full (the producer's
 /// background thread drains it), so a burst never fails with `QueueFull`. A wait longer than
 /// [`QUEUE_FULL_WARN_EVERY`] is logged (and again at each further such span), so a producer that

@@ -15,6 +15,29 @@ const INSTANCE_ID_FILE: &str = "instance-id";
 /// librdkafka's default `message.max.bytes`, below the broker's default limit (1 MiB + 12 B).
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
 
+/// librdkafka properties the runtime sets itself, with why: exactly-once, group membership and
+/// co-partitioning depend on them, so the configuration's extra properties may not change them
+/// (see [`RuntimeConfig::check`]).
+const RESERVED_PROPERTIES: [(&str, &str); 17] = [
+    ("bootstrap.servers", "the brokers are given on their own (--brokers)"),
+    ("group.id", "the consumer group is the application id"),
+    ("group.instance.id", "static membership uses the instance id"),
+    ("client.id", "the other instances recognise this one by it (standbys, fencing)"),
+    ("group.protocol", "the group protocol is a setting of its own (--group-protocol)"),
+    ("partition.assignment.strategy", "co-partitioned tasks need the range assignor"),
+    ("group.remote.assignor", "co-partitioned tasks need the range assignor"),
+    ("enable.auto.commit", "offsets are committed in each transaction"),
+    ("enable.auto.offset.store", "offsets are committed in each transaction"),
+    ("auto.offset.reset", "a partition without a committed offset is read from its start"),
+    ("isolation.level", "only committed records may be read"),
+    ("statistics.interval.ms", "the runtime reads the consumer's statistics (lag)"),
+    ("transactional.id", "the transactional id is the instance's member id"),
+    ("transaction.timeout.ms", "it is a setting of its own (--transaction-timeout-ms)"),
+    ("enable.idempotence", "transactions need it"),
+    ("partitioner", "records are partitioned as Kafka's Java clients do (murmur2)"),
+    ("message.max.bytes", "it follows the largest record (--max-record-bytes)"),
+];
+
 /// How a live instance runs. [`RuntimeConfig::new`] gives production defaults.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -148,6 +171,21 @@ impl RuntimeConfig {
     }
 }
 
+impl RuntimeConfig {
+    /// Refuses extra Kafka properties the runtime sets itself ([`RESERVED_PROPERTIES`]), naming
+    /// the property and why.
+    pub fn check(&self) -> Result<(), RuntimeError> {
+        for key in self.kafka.properties.keys() {
+            if let Some((_, why)) = RESERVED_PROPERTIES.iter().find(|(name, _)| name == key) {
+                return Err(RuntimeError::Config(format!(
+                    "Kafka property {key:?} cannot be set: {why}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// This process's instance id: `given` (a flag or the environment) when set, otherwise the id
 /// kept in `<state_dir>/instance-id`, generated and saved there on first use, so a restart
 /// with the same state directory keeps it and instances with their own state directories never
@@ -186,6 +224,18 @@ fn valid_instance_id<'a>(id: &'a str, origin: &str) -> Result<&'a str, RuntimeEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_property_the_runtime_sets_itself_is_refused_with_its_reason() {
+        let mut kafka = KafkaConfig::default();
+        kafka.properties.insert("session.timeout.ms".into(), "6000".into());
+        kafka.properties.insert("linger.ms".into(), "0".into());
+        let tuned = RuntimeConfig::new(kafka.clone(), "a", "/tmp/x");
+        assert!(tuned.check().is_ok(), "tunables are the operator's");
+        kafka.properties.insert("isolation.level".into(), "read_uncommitted".into());
+        let err = RuntimeConfig::new(kafka, "a", "/tmp/x").check().unwrap_err().to_string();
+        assert!(err.contains("\"isolation.level\"") && err.contains("committed"), "{err}");
+    }
 
     #[test]
     fn a_generated_instance_id_is_kept_in_the_state_dir() {

@@ -21,6 +21,7 @@ use rdkafka::{
 };
 
 use super::super::{GroupProtocol, RuntimeError, StreamTopology, TaskId};
+use crate::kafka::set_default;
 
 /// How long a leaving instance waits for the group to take its partitions back.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,11 +50,14 @@ pub(super) fn consumer_config(
         .set("isolation.level", "read_committed")
         .set("statistics.interval.ms", "5000");
     match protocol {
-        GroupProtocol::Classic => config
-            .set("partition.assignment.strategy", "range")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000"),
-        GroupProtocol::Consumer => config.set("group.remote.assignor", "range"),
+        GroupProtocol::Classic => {
+            config.set("partition.assignment.strategy", "range");
+            set_default(&mut config, "session.timeout.ms", "10000");
+            set_default(&mut config, "heartbeat.interval.ms", "1000");
+        }
+        GroupProtocol::Consumer => {
+            config.set("group.remote.assignor", "range");
+        }
     };
     config
 }
@@ -118,4 +122,21 @@ pub(super) fn split_tasks<'a, C: ConsumerContext>(
             (!missing.is_empty()).then_some((*id, missing))
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::KafkaConfig;
+
+    #[test]
+    fn the_operators_session_timeout_is_kept_and_the_group_settings_are_the_runtimes() {
+        let mut kafka = KafkaConfig::default();
+        kafka.properties.insert("session.timeout.ms".into(), "6000".into());
+        let config = consumer_config(kafka.client_config(), "app", "app-a", GroupProtocol::Classic);
+        assert_eq!(config.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(config.get("heartbeat.interval.ms"), Some("1000"), "the default");
+        assert_eq!(config.get("isolation.level"), Some("read_committed"));
+        assert_eq!(config.get("group.instance.id"), Some("app-a"));
+    }
 }

@@ -162,6 +162,7 @@ impl LiveRuntime {
     /// Runs until `shutdown` is requested, then commits, checkpoints and leaves the group.
     /// Blocking: call it from a dedicated thread, not from an async executor.
     pub fn run(&self, shutdown: &ShutdownFlag) -> Result<(), RuntimeError> {
+        self.config.check()?;
         if let Some(addr) = self.config.metrics_addr {
             let bound = self.metrics.serve(addr)?;
             tracing::info!(%bound, "serving /metrics, /healthz, /readyz");

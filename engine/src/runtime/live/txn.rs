@@ -24,7 +24,7 @@ use rdkafka::{
 
 use super::KAFKA_TIMEOUT;
 use crate::{
-    kafka::wait_delivered,
+    kafka::{set_default, wait_delivered},
     runtime::{metrics::LabelledCounter, output::Output, KeyedMap, RuntimeError, RuntimeMetrics},
 };
 
@@ -332,13 +332,13 @@ pub(super) fn create_producer(
     max_record_bytes: usize,
     delivered: Arc<Mutex<EndOffsets>>,
 ) -> Result<Producer_, RuntimeError> {
+    let mut config = config.clone();
+    set_default(&mut config, "linger.ms", "5");
     let producer: Producer_ = config
-        .clone()
         .set("transactional.id", transactional_id)
         .set("transaction.timeout.ms", transaction_timeout.as_millis().to_string())
         .set("enable.idempotence", "true")
         .set("partitioner", "murmur2_random")
-        .set("linger.ms", "5")
         .set("message.max.bytes", (max_record_bytes + RECORD_FRAMING).to_string())
         .create_with_context(DeliveryTracker { delivered })
         .map_err(RuntimeError::kafka("creating the transactional producer"))?;
