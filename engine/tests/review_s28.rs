@@ -768,11 +768,21 @@ mod over_shards {
     /// completes and no winner is sent. Numbers run one by one per shard: one past the next
     /// could be refused as a dead letter instead (f2a2d09 refuses forged ranges, not forged
     /// numbers).
+    /// Fixed: a shard numbers its lease reports from 1 and the home takes the number of every
+    /// one it is given, applied or not (a day too far ahead, a shard it does not have, a
+    /// campaign it does not know), so a report numbered past the next, the first included, is
+    /// a dead letter; the guards below show the genuine reports those take the number of.
     #[test]
-    #[ignore = "review s28 finding 4, left open (a forged internal record only): a home takes a lease report numbered past the next as the latest; refusing gaps would turn one genuine report refused for another reason (its day) into every later one refused"]
     fn a_forged_lease_report_numbered_far_ahead_does_not_starve_the_shard() {
         let (users, out) = one_shards_test(true);
         assert_eq!(out.users("ping"), users);
+        assert!(
+            out.dead.len() == 1
+                && out.dead[0].contains("seq: a Demand report of ping from shard")
+                && out.dead[0].contains("numbered 1000000, the next is 1"),
+            "the forged report is a dead letter naming its number: {:?}",
+            out.dead
+        );
     }
 
     /// A triggered test of 30 over 4 shards (evaluated an hour after), 40 users of u0's shard
@@ -796,6 +806,61 @@ mod over_shards {
         }
         let out = run(NO_CAPS, input, T0 + 6 * 60 * MINUTE);
         (users.into_iter().collect(), out)
+    }
+
+    /// Guard of finding 4's fix: lease reports the home applies nothing of still take their
+    /// number, so their shard's next report is not refused as numbered past the next (every
+    /// later one would be: the shard's demands, returns and recount answers lost). `ping` over 4
+    /// shards, no limit (its shards report nothing of their own); reports 1 and 2 of one shard,
+    /// 1 naming a day more than a day after the home's (a shard whose clock is ahead), or from a
+    /// shard the campaign does not have yet (an edit to 8 shards the home had not read), or
+    /// before the home knows the campaign (defined after it); then u0's shard's 40 users
+    /// qualify. No dead letter (before the fix of the last two: "seq: ... numbered 2, the next
+    /// is 1"), and the 40 are sent.
+    #[test]
+    fn lease_reports_the_home_applies_nothing_of_still_take_their_number() {
+        use herald_engine::model::{ShardReport, ShardReportKind};
+        let yaml = ping("");
+        let users = at_u0s_shard(40);
+        let demand = |shard: i32, seq: i64, day: Option<&str>, at: i64| {
+            let report = shard_report("ping", ShardReportKind::Demand, shard, at);
+            let shards = report.shards.max(shard + 1);
+            to_home(&ShardReport { seq, shards, run_id: day.map(String::from), ..report })
+        };
+        let cases: [(&str, Vec<ReplayRecord>); 3] = [
+            ("a day too far ahead", {
+                let mut input = vec![define("ping", &yaml, T0)];
+                input.push(demand(1, 1, Some("2099-12-31"), T0 + 10_000));
+                input.push(demand(1, 2, None, T0 + 15_000));
+                input
+            }),
+            ("a shard not had yet", {
+                let mut input = vec![define("ping", &yaml, T0)];
+                input.push(demand(6, 1, None, T0 + 10_000));
+                let wider = yaml.replace("shards: 4", "shards: 8");
+                input.push(define("ping", &wider, T0 + 12_000));
+                input.push(demand(6, 2, None, T0 + 15_000));
+                input.push(define("ping", &yaml, T0 + 17_000));
+                input
+            }),
+            ("a campaign not known yet", {
+                let mut input = vec![demand(1, 1, None, T0 - 10_000)];
+                input.push(define("ping", &yaml, T0));
+                input.push(demand(1, 2, None, T0 + 15_000));
+                input
+            }),
+        ];
+        for (case, mut input) in cases {
+            input.extend(profiles(0..*users.last().unwrap() + 1));
+            input.push(other_event(0, T0 + 18_000));
+            input.extend(candidates_of(&users, T0 + 20_000));
+            input.push(other_event(1, T0 + 10 * MINUTE));
+            input.sort_by_key(|r| r.timestamp_ms);
+            let out = run(NO_CAPS, input, T0 + 30 * MINUTE);
+            assert!(out.dead.is_empty(), "{case}: {:?}", out.dead);
+            let expected: BTreeSet<usize> = users.iter().copied().collect();
+            assert_eq!(out.users("ping"), expected, "{case}");
+        }
     }
 
     /// Control of finding 4, a guard: without the forged report all 40 are sent once, 30 of

@@ -422,8 +422,9 @@ impl CampaignStage {
             ctx.count(&REPEATED_LEASE_REPORTS, "indices");
             return Ok(());
         }
-        // It goes ahead of the shard's next lease report, numbered one past the last applied.
-        if applied > 0 && report.seq > applied + 1 {
+        // It goes ahead of the shard's next lease report, numbered one past the last applied
+        // (from 1: see `leases::admit_lease_report`).
+        if !(applied == 0 && before_seq) && report.seq > applied + 1 {
             return Err(reject("numbered past the shard's next lease report"));
         }
         let pool = &mut state.index_pool;

@@ -25,10 +25,10 @@ use serde::{Deserialize, Serialize};
 use super::{
     day_in, indices, queue,
     runs::{RunPhase, RunState},
-    timer_key, CampaignStage, CampaignState, HELD_TIMER, WAITING, WAITING_TIMER,
+    timer_key, CampaignStage, CampaignState, HELD_TIMER, STATE, WAITING, WAITING_TIMER,
 };
 use crate::{
-    campaign::{shards as campaign_shards, Campaign, CampaignStatus, Trigger},
+    campaign::{shards as campaign_shards, Campaign, CampaignStatus, Trigger, MAX_SHARDS},
     model::{Candidate, LifecycleKind, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind},
     runtime::{ProcessError, ProcessorContext, ProcessorCounter},
 };
@@ -39,6 +39,14 @@ pub(super) static REPEATED_LEASE_REPORTS: ProcessorCounter = ProcessorCounter {
     name: "campaign_lease_reports_repeated_total",
     help: "Lease reports (DEMAND, RETURNED, COUNTED), index reports (indices) and index plans (indices_plan) a campaign's home or shard dropped because it had applied their number (seq) already",
     label: "kind",
+};
+
+/// Numbered lease reports the home took the number of and applied nothing of, by reason: see
+/// [`CampaignStage::void_lease_report`].
+static VOID_LEASE_REPORTS: ProcessorCounter = ProcessorCounter {
+    name: "campaign_lease_reports_void_total",
+    help: "Numbered lease reports (DEMAND, RETURNED, COUNTED) a campaign's home took the number (seq) of but applied nothing of: naming a day more than a day after its own (day), from a shard the campaign does not have (shard), of a campaign it does not know (unknown)",
+    label: "reason",
 };
 
 /// The home's account of one shard's places.
@@ -872,14 +880,24 @@ impl CampaignStage {
     /// an older version's unnumbered report applies only before any numbered one: a `DEMAND`,
     /// or one giving back places to an account made before the upgrade, within what the shard
     /// holds). A report naming a day after the next of the home's (its own, or its clock's) is
-    /// rejected: a shard is at most one day ahead of its home (near midnight); an earlier day
+    /// not applied: a shard is at most one day ahead of its home (near midnight); an earlier day
     /// is void, as ever.
+    ///
+    /// A shard numbers its lease reports one by one from 1 (`ShardLease.reports`, written in the
+    /// transaction that sends each), and the home takes the number of every numbered report it
+    /// is given, applied or not (a day too far ahead, a shard it does not have, a campaign it
+    /// does not know: [`Self::void_lease_report`]); both counts live as long as the campaign's
+    /// states. So a report numbered past the next, the first included, is a forgery: rejected
+    /// (review s28 finding 4: taken as the latest, it made every genuine report after it look
+    /// like a repeat, and the shard starved). An account made before reports were numbered
+    /// (`before_seq`) takes any number as its shard's first.
     pub(super) fn admit_lease_report(
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
         state: &mut CampaignState,
         report: &ShardReport,
     ) -> Result<bool, ProcessError> {
+        let mut too_far = None;
         if let Some(day) = report.run_id.as_deref().filter(|day| !day.is_empty()) {
             let reject = |why: String| {
                 ProcessError::reject(format!(
@@ -894,10 +912,15 @@ impl CampaignStage {
                 .ok()
                 .and_then(|home| home.succ_opt());
             if next.is_some_and(|next| named > next) {
-                return Err(reject(format!("more than a day after the home's {home}")));
+                too_far = Some(reject(format!("more than a day after the home's {home}")));
             }
         }
         let lease = state.leases.entry(report.shard as u32).or_default();
+        if report.seq == 0 {
+            if let Some(refused) = too_far {
+                return Err(refused); // unnumbered: no number to take
+            }
+        }
         if report.seq == 0 && lease.applied == 0 {
             // Unnumbered, before any numbered one: a `DEMAND` moves no place; a `RETURNED` or
             // `COUNTED` applies only to an account an older version made (the shard's reports
@@ -917,8 +940,101 @@ impl CampaignStage {
             ctx.count(&REPEATED_LEASE_REPORTS, &format!("{:?}", report.kind).to_lowercase());
             return Ok(false);
         }
+        let first_unknown = lease.applied == 0 && lease.before_seq;
+        if !first_unknown && report.seq > lease.applied + 1 {
+            return Err(ProcessError::reject(format!(
+                "seq: a {:?} report of {} from shard {} is numbered {}, the next is {} (a shard \
+                 numbers its lease reports one by one from 1)",
+                report.kind,
+                campaign.id,
+                report.shard,
+                report.seq,
+                lease.applied + 1
+            )));
+        }
         lease.applied = report.seq;
+        if let Some(ProcessError::Reject(why)) = too_far {
+            // Refused, its number would make the shard's next report look like a forgery.
+            Self::void_lease_report(ctx, "day", &why);
+            return Ok(false);
+        }
         Ok(true)
+    }
+
+    /// Home: the numbered lease report `report` of a shard `campaign` does not have (not below
+    /// its `options.shards` nor one it had, below [`MAX_SHARDS`]) takes its number, if it is the
+    /// shard's next, and applies nothing (as a dead letter would not): a shard an edit added
+    /// whose report came before the home's copy of the campaigns table had the edit reports on
+    /// (see [`Self::admit_lease_report`]). `false`: it is refused (not numbered, not the next).
+    pub(super) fn take_number_of_a_shard_not_had(
+        ctx: &mut ProcessorContext<'_>,
+        state: &mut CampaignState,
+        report: &ShardReport,
+    ) -> bool {
+        let Ok(shard) = u32::try_from(report.shard) else { return false };
+        let applied = state.leases.get(&shard).map_or(0, |lease| lease.applied);
+        if shard >= MAX_SHARDS || report.seq <= 0 || report.seq != applied + 1 {
+            return false;
+        }
+        state.leases.entry(shard).or_default().applied = report.seq;
+        let why = format!(
+            "a {:?} report of {} from shard {}, which it does not have",
+            report.kind, report.campaign_id, report.shard
+        );
+        Self::void_lease_report(ctx, "shard", &why);
+        true
+    }
+
+    /// Home: a numbered lease report of a campaign it does not know (deleted from its copy of
+    /// the campaigns table and its last definition forgotten, or not in its copy yet), keyed
+    /// `key`: nothing of it applies, as ever, but its number, the shard's next, is taken into
+    /// the campaign's state at home, so that the shard's next report is not taken for a forgery
+    /// once the campaign is known (defined again, or read). Anything else is ignored.
+    pub(super) fn take_number_of_an_unknown_campaign(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        key: Option<&[u8]>,
+        report: &ShardReport,
+    ) -> Result<(), ProcessError> {
+        let lease_report = matches!(
+            report.kind,
+            ShardReportKind::Demand | ShardReportKind::Returned | ShardReportKind::Counted
+        );
+        let id = &report.campaign_id;
+        let shard = u32::try_from(report.shard).ok().filter(|shard| *shard < MAX_SHARDS);
+        let (Some(shard), true) = (shard, lease_report && key == Some(id.as_bytes())) else {
+            return Ok(());
+        };
+        let cached = self.states.take(id);
+        let mut state = match cached.clone() {
+            Some(state) => state,
+            None => ctx.store(STATE)?.get_as::<CampaignState>(id.as_bytes())?.unwrap_or_default(),
+        };
+        state.key.clone_from(id);
+        let lease = state.leases.entry(shard).or_default();
+        let first_unknown = lease.applied == 0 && lease.before_seq;
+        if report.seq <= lease.applied || !(first_unknown || report.seq == lease.applied + 1) {
+            if let Some(cached) = cached {
+                self.states.keep(&cached);
+            }
+            return Ok(());
+        }
+        lease.applied = report.seq;
+        let why =
+            format!("a {:?} report of {id} from shard {shard}: campaign unknown", report.kind);
+        Self::void_lease_report(ctx, "unknown", &why);
+        ctx.store(STATE)?.put_as(id.as_bytes(), &state)?;
+        self.states.keep(&state);
+        Ok(())
+    }
+
+    /// A numbered lease report whose number the home took and of which it applied nothing:
+    /// counted by `reason`, and logged with `why`. A genuine one is lost as a dead letter would
+    /// be; one refused would leave a gap, and every later report of its shard would be refused
+    /// as numbered past the next.
+    fn void_lease_report(ctx: &ProcessorContext<'_>, reason: &str, why: &str) {
+        ctx.count(&VOID_LEASE_REPORTS, reason);
+        tracing::warn!(reason, "lease report not applied, its number taken: {why}");
     }
 
     /// Moves the home to `day` when it is later than its own: its accounts of the day start

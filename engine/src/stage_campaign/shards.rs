@@ -281,7 +281,8 @@ impl CampaignStage {
         report: ShardReport,
     ) -> Result<(), ProcessError> {
         let Some(campaign) = self.known(ctx, &report.campaign_id, key)? else {
-            return Ok(());
+            // Its number is taken all the same (see `leases`).
+            return self.take_number_of_an_unknown_campaign(ctx, key, &report);
         };
         if key != Some(campaign.id.as_bytes()) {
             return Err(ProcessError::reject(format!(
@@ -297,18 +298,21 @@ impl CampaignStage {
         let widest = state.widest.unwrap_or(0);
         let had = u32::try_from(report.shard)
             .is_ok_and(|s| state.shard_sent.contains_key(&s) || s < widest);
+        let lease_report = matches!(
+            report.kind,
+            ShardReportKind::Demand | ShardReportKind::Returned | ShardReportKind::Counted
+        );
         if !had && !(0..campaign.options.shards.max(1) as i32).contains(&report.shard) {
+            if lease_report && Self::take_number_of_a_shard_not_had(ctx, &mut state, &report) {
+                return self.save(ctx, &campaign, &mut state); // see `leases`
+            }
             return Err(ProcessError::reject(format!(
                 "shard: a report of campaign {} from shard {} of {}, which has {} shards",
                 campaign.id, report.shard, report.shards, campaign.options.shards
             )));
         }
-        let lease_report = matches!(
-            report.kind,
-            ShardReportKind::Demand | ShardReportKind::Returned | ShardReportKind::Counted
-        );
         if lease_report && !Self::admit_lease_report(ctx, &campaign, &mut state, &report)? {
-            return self.save(ctx, &campaign, &mut state); // a repeat (see `leases`)
+            return self.save(ctx, &campaign, &mut state); // a repeat, or void (see `leases`)
         }
         // Every report carries the shard's users sent to over the campaign's life: the total
         // counts each shard's highest, whatever run (or none) the sends belonged to.
