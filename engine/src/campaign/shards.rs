@@ -20,7 +20,9 @@ pub const SEPARATOR: char = '\u{1f}';
 /// one going to the shard's next user or home: `stage_campaign::leases`, `standby`); a
 /// campaign throttle's windows shared out as tokens by the home (`stage_campaign::tokens`); a
 /// scheduled campaign with one message, an A/B test, alternation, a split or messages by
-/// property (the home plans each run, within what is left of its day under a daily limit); a
+/// property (the home plans each run, within what is left of its day under a daily limit; with
+/// `timezone: user`, users who come after the release on places of their day leased by the
+/// home, as a triggered campaign's); a
 /// triggered campaign with one message or messages by property (its total and daily limits
 /// are leased to the shards by the home), or alternation or a split (global assignment indices
 /// leased with the places of a total or daily limit, or with places of their own without one:
@@ -28,10 +30,13 @@ pub const SEPARATOR: char = '\u{1f}';
 /// indices, its winner decided at home: `stage_campaign::ab`).
 pub fn in_effect(campaign: &Campaign) -> u32 {
     let supported = match (&campaign.when.trigger, &campaign.assignment) {
-        // With `timezone: user` and a daily limit: on its home (users who come after the
-        // release would need the day's places leased; not built).
+        // With `timezone: user` and a daily limit, users who come after the release are sent
+        // on places of their day leased by the home (`stage_campaign::indices::late_on_leases`);
+        // with a per-run limit too, on its home (the run reserves places at its scan, cut at
+        // the plan's day, for users who come on the next).
         (Trigger::Scheduled(schedule), Assignment::Single | Assignment::ByProperty(_)) => {
-            schedule.user_local.is_none() || campaign.limits.daily.is_none()
+            let limits = &campaign.limits;
+            schedule.user_local.is_none() || limits.daily.is_none() || limits.per_run.is_none()
         }
         // A test whose users are sent at their local times ends at the last one's: each shard
         // reports its own with its test sent, the home waits for the latest
@@ -43,10 +48,11 @@ pub fn in_effect(campaign: &Campaign) -> u32 {
         // Each shard's users take its range of the run's global assignment indices
         // (`stage_campaign::runs`); users sent at their local times after it take indices
         // leased alone (`stage_campaign::indices`), without a total, daily or per-run limit, or
-        // with the total's leased places, with a total alone.
+        // with the leased places of the total or of their day, without a per-run limit (with
+        // one and a daily limit: on its home, as one message).
         (Trigger::Scheduled(schedule), Assignment::Alternate | Assignment::Split(_)) => {
             let limits = &campaign.limits;
-            schedule.user_local.is_none() || limits.daily.is_none()
+            schedule.user_local.is_none() || limits.daily.is_none() || limits.per_run.is_none()
         }
         // Total and daily limits are leased to the shards by the home
         // (`stage_campaign::leases`).

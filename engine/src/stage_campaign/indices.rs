@@ -187,19 +187,35 @@ pub(super) fn leased_alone(campaign: &Campaign) -> bool {
 }
 
 /// Whether `campaign` is scheduled, sent at each user's local time (`timezone: user`), with a
-/// total limit and neither a per-run nor a daily limit: its run's places are planned over the
-/// users buffered at the release, and a user who comes later, at their local time, is sent on a
-/// place of the total leased by the home, as a triggered candidate is (with a global index in
-/// alternation or a split: the home grants exactly what waits, and a shard gives back at once
-/// what no candidate of its waits for). The home grants nothing while a run of the campaign is
-/// open (planned and not finished), so a lease never counts on places a run may still send.
+/// total or a daily limit and no per-run limit: its run's places are planned over the users
+/// buffered at the release, and a user who comes later, at their local time, is sent on a place
+/// of the total and of their day leased by the home, as a triggered candidate is (with a global
+/// index in alternation or a split: the home grants exactly what waits, and a shard gives back
+/// at once what no candidate of its waits for). The home grants nothing while a run of the
+/// campaign is open (planned and not finished), so a lease never counts on places a run may
+/// still send.
 pub(super) fn late_on_leases(campaign: &Campaign) -> bool {
     let limits = &campaign.limits;
     matches!(campaign.when.trigger, Trigger::Scheduled(_))
         && campaign.user_local().is_some()
-        && limits.total.is_some()
+        && (limits.total.is_some() || limits.daily.is_some())
         && limits.per_run.is_none()
-        && limits.daily.is_none()
+}
+
+/// [`late_on_leases`] with a daily limit: the day's account at the home holds the runs' sends
+/// (from their `RUN_SENT`, on the home's day) and, apart, the places of the day
+/// leased to users who came after a release; a shard's lease reports count its sends on
+/// leased places of the day only (`day_sent`), so no send is counted twice (see
+/// `leases::ShardLease::day_spent`).
+pub(super) fn late_daily(campaign: &Campaign) -> bool {
+    late_on_leases(campaign) && campaign.limits.daily.is_some()
+}
+
+/// Whether the home grants a late user's place exactly what waits and a shard gives back at
+/// once what no candidate of its waits for (see [`late_on_leases`]): places that carry indices,
+/// or of a day, so that none lies unspent at an idle shard when the next run is planned.
+pub(super) fn late_exact(campaign: &Campaign) -> bool {
+    late_indexed(campaign) || late_daily(campaign)
 }
 
 /// [`late_on_leases`] in alternation or with a split: its leased places carry indices.

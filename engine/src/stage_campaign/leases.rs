@@ -216,6 +216,11 @@ pub(super) struct ShardLease {
     /// transaction that sends it.
     #[serde(default)]
     reports: i64,
+    /// A scheduled campaign's users sent on leased places of a day (`indices::late_daily`), the
+    /// day and how many (places in flight too): its lease reports' `day_sent`, so the home,
+    /// which counts the runs' sends of the day apart, counts none twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    day_spent: Option<(String, u64)>,
 }
 
 impl ShardLease {
@@ -237,6 +242,23 @@ impl ShardLease {
     /// this lease, or home).
     fn in_flight(&self) -> u64 {
         self.in_flight.values().sum()
+    }
+
+    /// Users sent to on leased places of `day` (see `day_spent`), less those in flight.
+    fn spent_on(&self, day: &str) -> u64 {
+        let spent = self.day_spent.as_ref().filter(|(of, _)| of == day).map_or(0, |(_, n)| *n);
+        spent.saturating_sub(self.in_flight.get(day).copied().unwrap_or(0))
+    }
+
+    /// One more (`more`) or one fewer user sent to on a leased place of `day`.
+    fn count_spent(&mut self, day: &str, more: bool) {
+        match &mut self.day_spent {
+            Some((of, count)) if of == day => {
+                *count = if more { *count + 1 } else { count.saturating_sub(1) };
+            }
+            _ if more => self.day_spent = Some((day.to_string(), 1)),
+            _ => {} // a day this shard is past: its count is closed
+        }
     }
 
     /// The places that may be spent under `campaign`'s limits as they are now: none while an
@@ -308,11 +330,17 @@ impl CampaignState {
     /// The home of a scheduled campaign spread over shards: the users a run planned at `at` may
     /// still send to under the daily limit, on the run's day (the day only moves forward).
     /// The day's account holds the sends of the runs planned on it (see
-    /// [`CampaignStage::count_run_sends`]).
+    /// [`CampaignStage::count_run_sends`]) and, where users who come after a release take
+    /// leased places of their day (`indices::late_daily`), those places apart, held or spent.
+    /// (Elsewhere a scheduled campaign leases nothing; a recount's `outside` there is every send
+    /// of the shard's day, the runs' already in the day's account.)
     pub(super) fn run_day_left(&mut self, campaign: &Campaign, at: i64) -> u64 {
         let Some(daily) = campaign.limits.daily else { return u64::MAX };
         self.enter_day(&day_in(campaign, at));
-        daily.saturating_sub(self.day.1)
+        match indices::late_daily(campaign) {
+            true => self.free_today(daily),
+            false => daily.saturating_sub(self.day.1),
+        }
     }
 
     /// The home's places of the total `limit` neither leased out nor spent outside the leases
@@ -431,6 +459,9 @@ impl CampaignStage {
         self.deliver(ctx, campaign, state, candidate, None)?;
         if state.sent > sent {
             state.lease.places -= 1;
+            if indices::late_daily(campaign) {
+                state.lease.count_spent(&state.day.0, true); // its day's (`day_spent`)
+            }
             let (user, run) = (&candidate.user_id, &candidate.run_id);
             let day = match state.in_flight > in_flight {
                 true => self.mark_leased(ctx, state, user, run)?,
@@ -525,7 +556,10 @@ impl CampaignStage {
             variants: Vec::new(),
             skipped: BTreeMap::new(),
             failed: BTreeMap::new(),
-            day_sent: state.reported_day_sent(day) as i64,
+            day_sent: match indices::late_daily(campaign) {
+                true => state.lease.spent_on(day), // its runs' sends are counted apart
+                false => state.reported_day_sent(day),
+            } as i64,
             timestamp_ms: ctx.timestamp_ms(),
             seq: state.lease.reports,
         };
@@ -598,7 +632,7 @@ impl CampaignStage {
         state: &mut CampaignState,
     ) -> Result<bool, ProcessError> {
         let lease = &state.lease;
-        let keeps = has_limit(campaign) && !indices::late_indexed(campaign);
+        let keeps = has_limit(campaign) && !indices::late_exact(campaign);
         if keeps || state.waiting > 0 || lease.places == 0 || lease.owed > 0 {
             return Ok(false);
         }
@@ -758,6 +792,9 @@ impl CampaignStage {
             if *count == 0 {
                 lease.in_flight.remove(day);
             }
+        }
+        if returned && indices::late_daily(campaign) {
+            lease.count_spent(day, false);
         }
         if !returned {
             lease.spent += 1;
@@ -1060,6 +1097,30 @@ impl CampaignStage {
         if !matches!(campaign.when.trigger, Trigger::Scheduled(_)) {
             return Ok(()); // a triggered campaign's days are leased (above)
         }
+        if indices::late_daily(campaign) {
+            // Its runs' sends are counted from their `RUN_SENT` (`count_planned_sends`): the
+            // lifetime count grows by sends on leased places too, counted in the day's leases.
+            return Ok(());
+        }
+        state.day.1 += sent;
+        self.announce_daily_limit(ctx, campaign, state)
+    }
+
+    /// The home of a scheduled campaign whose late users are sent on leased places of their day
+    /// (`indices::late_daily`) learns that the shards sent `sent` more users of a run (their
+    /// `RUN_SENT`): they count on the home's day, as every run's sends do (`count_run_sends`):
+    /// that of their plan, or a later one the home moved to meanwhile (never an earlier day).
+    /// The day's leases count the sends on its places apart.
+    pub(super) fn count_planned_sends(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        sent: u64,
+    ) -> Result<(), ProcessError> {
+        if !indices::late_daily(campaign) {
+            return Ok(());
+        }
         state.day.1 += sent;
         self.announce_daily_limit(ctx, campaign, state)
     }
@@ -1253,8 +1314,9 @@ impl CampaignStage {
         // A grant covers the demand and some more, so a busy shard does not ask per user; places
         // of indices alone (no limit) exactly the demand, so that none is left unspent.
         let mut chunk = limit.map_or(1, |limit| (limit / (4 * shards)).max(1));
-        if indices::late_indexed(campaign) {
-            chunk = 1; // places with indices: exactly what waits (see `indices::late_on_leases`)
+        if indices::late_exact(campaign) {
+            // Places with indices, or of a day: exactly what waits (see `indices::late_exact`).
+            chunk = 1;
         }
         if let Some(left) = Self::indices_left(campaign, state) {
             // A triggered A/B test's: a place only with an index, on demand (`indices`).

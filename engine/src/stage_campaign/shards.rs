@@ -431,7 +431,10 @@ impl CampaignStage {
     ) -> Result<(), ProcessError> {
         let before = run.shards.sent.insert(report.shard, report.run_sent).unwrap_or(0);
         // Cumulative per shard: late (do-not-disturb) users add to what was counted.
-        run.sent += report.run_sent.saturating_sub(before).max(0) as u64;
+        let more = report.run_sent.saturating_sub(before).max(0) as u64;
+        run.sent += more;
+        // In the home's day, beside the day's leased places (`leases`).
+        self.count_planned_sends(ctx, campaign, state, more)?;
         // Places a shard gave back go to those with users standing by (see `standby`).
         self.standing_at(ctx, campaign, run, report)?;
         self.finish_home_run(ctx, campaign, state, run)
