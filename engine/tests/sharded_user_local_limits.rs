@@ -9,6 +9,8 @@ mod sharded;
 
 use std::collections::BTreeMap;
 
+use herald_engine::model::{topics, ProfileUpdate, PropertyValue};
+use herald_engine::runtime::replay::ReplayRecord;
 use serde_json::Value;
 use sharded::*;
 
@@ -455,4 +457,96 @@ fn a_user_local_ab_test_with_a_daily_limit_over_8_shards_sends_what_one_task_sen
     let (one, sharded) = both(AB, "{ daily: 50 }", 40);
     assert_eq!(sends_by_hour(&sharded), sends_by_hour(&one), "users, variants and hours");
     same_days(&one, &sharded, "A/B");
+}
+
+// ---------------------------------------------------------------------------------------------
+// With the send gate (an app with caps): places of the day in flight.
+
+/// `user`'s profile in `timezone` with an iOS device, at `at`.
+fn zoned_profile(user: &str, timezone: &str, at: i64) -> ReplayRecord {
+    let update = ProfileUpdate {
+        app_id: "shop".into(),
+        user_id: user.into(),
+        timestamp_ms: at,
+        set: [("timezone".to_string(), PropertyValue::String(timezone.into()))].into(),
+        unset: vec![],
+        devices_added: vec![device(user)],
+        tokens_removed: vec![],
+    };
+    keyed(topics::PROFILES, user, &update, at)
+}
+
+/// `t` (one message, weekly on Fridays at 09:00 in each user's timezone, `limits`, the app's
+/// caps applying) and `news` (whoever sends `Pong`) for 40 users in each of UTC+14, UTC and
+/// UTC−10; b0..b19 (UTC) send `Pong` half a second after their 09:00 on the 20th, so that their
+/// push of `t`, on its way to the send gate while `news`'s is, may find their cap of the day
+/// spent: refused, its place of the 20th comes back in flight; the clock runs to 22:00Z on the
+/// 20th. Under [`CAPS`] (one push a day).
+fn capped_three_zones(limits: &str, options: &str) -> Out {
+    let t = format!("id: t\napp: shop\nname: n\nwhen:\n  schedule: {{ repeat: weekly, days: [fri], time: \"09:00\", timezone: user }}\nwhat: {{ title: t, body: b }}\nlimits: {limits}\n{options}");
+    let start = ms_of("2026-11-19T18:00:00Z");
+    let mut input = vec![define("news", NEWS, start), define("t", &t, start)];
+    for (zone, tz) in [("a", "Pacific/Kiritimati"), ("b", "UTC"), ("c", "Pacific/Honolulu")] {
+        input.extend((0..40).map(|i| zoned_profile(&format!("{zone}{i}"), tz, start)));
+    }
+    let pong_at = ms_of("2026-11-20T09:00:00.500Z");
+    let mut pongs = (0..20).map(|i| {
+        let user = format!("b{i}");
+        user_event(&user, "Pong", format!("pong-{user}"), Default::default(), pong_at + i)
+    });
+    for tick in (start + MINUTE..=ms_of("2026-11-20T22:00:00Z")).step_by(600_000) {
+        if tick > pong_at {
+            input.extend(pongs.by_ref());
+        }
+        let clock = |z: usize| {
+            user_event(&format!("z{z}"), "Other", format!("o{z}-{tick}"), Default::default(), tick)
+        };
+        input.extend((0..4).map(clock));
+    }
+    run(CAPS, input, ms_of("2026-11-21T00:00:00Z"))
+}
+
+/// The users `campaign` sent to, by the day (UTC) of the command, each once.
+fn sent_by_day(out: &Out, campaign: &str) -> BTreeMap<String, Vec<String>> {
+    let mut days: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for send in out.of(campaign) {
+        days.entry(at(send.created_at_ms)[..10].to_string())
+            .or_default()
+            .push(send.user_id.clone());
+    }
+    let users: std::collections::BTreeSet<&String> = days.values().flatten().collect();
+    assert_eq!(users.len(), days.values().map(Vec::len).sum::<usize>(), "each user once");
+    days
+}
+
+/// One message with `timezone: user`, a daily limit of 50 and 8 shards on an app with a cap of
+/// one push a day: the 40 UTC+14 users at the release on the 19th, then exactly 50 users the
+/// send gate lets through on the 20th (sends of `t` it refuses, to users `news` reached first,
+/// give their place of the 20th back to the next user who comes), none of them also sent
+/// `news`, `LIMIT_REACHED` once for the 20th with 50, as one task.
+#[test]
+fn a_user_local_daily_limit_over_8_shards_on_an_app_with_caps_fills_each_day_exactly() {
+    let one = capped_three_zones("{ daily: 50 }", "");
+    let sharded = capped_three_zones("{ daily: 50 }", "options: { shards: 8 }\n");
+    for (what, out) in [("one task", &one), ("8 shards", &sharded)] {
+        let days = sent_by_day(out, "t");
+        let counts: Vec<(String, usize)> = days.iter().map(|(d, u)| (d.clone(), u.len())).collect();
+        let expected = [("2026-11-19".to_string(), 40), ("2026-11-20".to_string(), 50)];
+        assert_eq!(counts, expected, "{what}: 40 on the 19th, exactly 50 on the 20th");
+        let news: std::collections::BTreeSet<String> =
+            out.of("news").iter().map(|s| s.user_id.clone()).collect();
+        let both: Vec<&String> = days.values().flatten().filter(|u| news.contains(*u)).collect();
+        assert!(both.is_empty(), "{what}: one push a day: {both:?}");
+        let reached: Vec<_> = out
+            .events
+            .iter()
+            .filter(|e| e.campaign_id == "t" && format!("{:?}", e.kind) == "LimitReached")
+            .map(|e| (e.details.get("day").cloned(), e.details.get("sent").cloned()))
+            .collect();
+        assert_eq!(reached, [(Some("2026-11-20".to_string()), Some("50".to_string()))], "{what}");
+    }
+    let refused = sharded.skipped("t", "capped_daily");
+    assert!(refused > 0, "some sends of t refused at the gate, their places used again");
+    let senders = sharded.senders("t");
+    assert_eq!(senders.len(), 8, "every shard sending: {senders:?}");
 }
