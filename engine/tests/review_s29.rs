@@ -1,0 +1,350 @@
+//! Review s29 (brief RV4): a fresh look at this session's campaign-stage changes: a scheduled
+//! `timezone: user` campaign with a daily limit spread over its shards (be26909, 81ada7c: users
+//! who come after the release take leased places of their day) and the numbering of `INDICES`
+//! plans and lease reports (d23be71, bf8f223). Each test compares 8 shards with one task on the
+//! replay driver and asserts what a user checks: which users are sent on which day, each once,
+//! and the `LIMIT_REACHED` events.
+
+#[path = "replay_support/sharded.rs"]
+mod sharded;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use herald_engine::model::{topics, CampaignCommand, ProfileUpdate, PropertyValue};
+use herald_engine::runtime::replay::ReplayRecord;
+use sharded::*;
+
+/// One message, weekly on Fridays at 09:00 in each user's timezone, with `limits` and
+/// `options` (YAML inside `options: { ... }`, after `ignore_global_caps`).
+fn t_yaml(limits: &str, options: &str) -> String {
+    format!("{}limits: {limits}\n", user_local("t", "{ title: t, body: b }", options))
+}
+
+/// `user`'s profile in `timezone` with an iOS device, at `at`.
+fn zoned_profile(user: &str, timezone: &str, at: i64) -> ReplayRecord {
+    let update = ProfileUpdate {
+        app_id: "shop".into(),
+        user_id: user.into(),
+        timestamp_ms: at,
+        set: [("timezone".to_string(), PropertyValue::String(timezone.into()))].into(),
+        unset: vec![],
+        devices_added: vec![device(user)],
+        tokens_removed: vec![],
+    };
+    keyed(topics::PROFILES, user, &update, at)
+}
+
+/// Zones of the tests: `a` UTC+14 (sent at the release, 19:00Z on the 19th), `b` UTC (09:00Z on
+/// the 20th), `c` UTC−10 (19:00Z on the 20th).
+const ZONES: [(&str, &str); 3] =
+    [("a", "Pacific/Kiritimati"), ("b", "UTC"), ("c", "Pacific/Honolulu")];
+
+/// `t` defined as `yaml` at 18:00Z on the 19th, `per_zone` users in each of [`ZONES`], then the
+/// records `commands` (each at its own time, among the clock's ticks), the clock moving every 10
+/// minutes until 23:50Z on the 20th; replayed without caps until the 21st.
+fn zones_with(yaml: &str, per_zone: usize, commands: Vec<ReplayRecord>) -> Out {
+    zones_under(NO_CAPS, yaml, per_zone, commands)
+}
+
+/// [`zones_with`] under `settings` (YAML), with `news` defined too.
+fn zones_under(settings: &str, yaml: &str, per_zone: usize, commands: Vec<ReplayRecord>) -> Out {
+    let start = ms_of("2026-11-19T18:00:00Z");
+    let mut input = vec![define("news", NEWS, start), define("t", yaml, start)];
+    for (zone, tz) in ZONES {
+        input.extend((0..per_zone).map(|i| zoned_profile(&format!("{zone}{i}"), tz, start)));
+    }
+    let mut commands = commands.into_iter().peekable();
+    for tick in (start + MINUTE..=ms_of("2026-11-20T23:50:00Z")).step_by(600_000) {
+        while commands.peek().is_some_and(|c| c.timestamp_ms <= tick) {
+            input.push(commands.next().unwrap());
+        }
+        let clock = |z: usize| {
+            user_event(&format!("z{z}"), "Other", format!("o{z}-{tick}"), Default::default(), tick)
+        };
+        input.extend((0..4).map(clock));
+    }
+    input.extend(commands);
+    run(settings, input, ms_of("2026-11-21T00:00:00Z"))
+}
+
+/// The users `t` sent to, by the day (UTC) of the command; asserts each user is sent once.
+fn by_day(out: &Out) -> BTreeMap<String, BTreeSet<String>> {
+    let mut days: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let sends = out.of("t");
+    for send in &sends {
+        days.entry(at(send.created_at_ms)[..10].to_string())
+            .or_default()
+            .insert(send.user_id.clone());
+    }
+    let users: BTreeSet<&String> = sends.iter().map(|s| &s.user_id).collect();
+    assert_eq!(users.len(), sends.len(), "each user once");
+    days
+}
+
+/// Users per day and zone (the first letter of the user id).
+fn per_day_zone(out: &Out) -> BTreeMap<String, BTreeMap<String, usize>> {
+    let mut counts = BTreeMap::new();
+    for (day, users) in by_day(out) {
+        let zones: &mut BTreeMap<String, usize> = counts.entry(day).or_default();
+        for user in users {
+            *zones.entry(user[..1].to_string()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// `t`'s `LIMIT_REACHED` events as (limit, day, sent).
+fn limits_reached(out: &Out) -> Vec<(String, String, String)> {
+    let get = |d: &BTreeMap<String, String>, k: &str| d.get(k).cloned().unwrap_or_default();
+    out.events
+        .iter()
+        .filter(|e| e.campaign_id == "t" && format!("{:?}", e.kind) == "LimitReached")
+        .map(|e| (get(&e.details, "limit"), get(&e.details, "day"), get(&e.details, "sent")))
+        .collect()
+}
+
+/// A record of `command` on `t` with the definition `yaml`, at `when` (RFC 3339).
+fn on_t(yaml: &str, what: CampaignCommand, when: &str) -> ReplayRecord {
+    command("t", yaml, what, ms_of(when))
+}
+
+/// Counts per day as (day, users).
+fn totals(counts: &BTreeMap<String, BTreeMap<String, usize>>) -> Vec<(String, usize)> {
+    counts.iter().map(|(day, zones)| (day.clone(), zones.values().sum())).collect()
+}
+
+/// The day's figures as a vector of (day, users).
+fn days(pairs: &[(&str, usize)]) -> Vec<(String, usize)> {
+    pairs.iter().map(|(day, n)| (day.to_string(), *n)).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding candidates: each compares one task and 8 shards.
+
+/// A daily limit of 1: one user on the 19th (of the 40 at the release), one on the 20th.
+#[test]
+fn a_user_local_daily_limit_of_1_over_8_shards_sends_one_a_day() {
+    let one = zones_with(&t_yaml("{ daily: 1 }", ""), 10, vec![]);
+    let sharded = zones_with(&t_yaml("{ daily: 1 }", ", shards: 8"), 10, vec![]);
+    let expected = days(&[("2026-11-19", 1), ("2026-11-20", 1)]);
+    assert_eq!(totals(&per_day_zone(&one)), expected, "one task");
+    assert_eq!(totals(&per_day_zone(&sharded)), expected, "8 shards");
+    assert_eq!(limits_reached(&sharded), limits_reached(&one), "LIMIT_REACHED");
+}
+
+/// The campaign's own day in UTC+14 (`options.timezone`): the run's users (UTC+14, at 19:00Z
+/// on the 19th, the 20th there) and the UTC users (09:00Z on the 20th, 23:00 on the 20th there)
+/// share one campaign day, so the leased places of the day come after the run's sends on it;
+/// the UTC−10 users (19:00Z on the 20th) are on the 21st there. Daily limit 50, 40 per zone:
+/// 40 + 10 on the campaign's 20th, 40 on its 21st.
+#[test]
+fn a_user_local_daily_limit_whose_day_holds_the_run_and_late_users_over_8_shards() {
+    let options = ", timezone: Pacific/Kiritimati";
+    let one = zones_with(&t_yaml("{ daily: 50 }", options), 40, vec![]);
+    let sharded =
+        zones_with(&t_yaml("{ daily: 50 }", &format!("{options}, shards: 8")), 40, vec![]);
+    let one_counts = per_day_zone(&one);
+    assert_eq!(per_day_zone(&sharded), one_counts, "8 shards as one task");
+    assert_eq!(limits_reached(&sharded), limits_reached(&one), "LIMIT_REACHED");
+}
+
+/// A pause at 08:00Z on the 20th and a resume at 10:00Z (the UTC users' 09:00 in between):
+/// held, then sent on the day's places at the resume, as by one task.
+#[test]
+fn a_user_local_daily_limit_paused_and_resumed_mid_day_over_8_shards() {
+    let edits = |yaml: &str| {
+        vec![
+            on_t(yaml, CampaignCommand::Pause, "2026-11-20T08:00:00Z"),
+            on_t(yaml, CampaignCommand::Resume, "2026-11-20T10:00:00Z"),
+        ]
+    };
+    let (one_yaml, sharded_yaml) =
+        (t_yaml("{ daily: 50 }", ""), t_yaml("{ daily: 50 }", ", shards: 8"));
+    let one = zones_with(&one_yaml, 40, edits(&one_yaml));
+    let sharded = zones_with(&sharded_yaml, 40, edits(&sharded_yaml));
+    let expected = days(&[("2026-11-19", 40), ("2026-11-20", 50)]);
+    assert_eq!(totals(&per_day_zone(&one)), expected, "one task");
+    assert_eq!(per_day_zone(&sharded), per_day_zone(&one), "8 shards as one task");
+    assert_eq!(limits_reached(&sharded), limits_reached(&one), "LIMIT_REACHED");
+}
+
+/// The daily limit lowered from 50 to 45 at 12:00Z on the 20th (after the 40 UTC users, before
+/// the UTC−10 users): the 20th ends with 45 sends, as one task.
+#[test]
+fn a_user_local_daily_limit_lowered_mid_day_over_8_shards() {
+    for (options, what) in [("", "one task"), (", shards: 8", "8 shards")] {
+        let edited = t_yaml("{ daily: 45 }", options);
+        let out = zones_with(
+            &t_yaml("{ daily: 50 }", options),
+            40,
+            vec![on_t(&edited, CampaignCommand::Define, "2026-11-20T12:00:00Z")],
+        );
+        let expected = days(&[("2026-11-19", 40), ("2026-11-20", 45)]);
+        assert_eq!(totals(&per_day_zone(&out)), expected, "{what}");
+    }
+}
+
+/// The daily limit raised from 50 to 60 at 12:00Z on the 20th: 60 on the 20th.
+#[test]
+fn a_user_local_daily_limit_raised_mid_day_over_8_shards() {
+    for (options, what) in [("", "one task"), (", shards: 8", "8 shards")] {
+        let edited = t_yaml("{ daily: 60 }", options);
+        let out = zones_with(
+            &t_yaml("{ daily: 50 }", options),
+            40,
+            vec![on_t(&edited, CampaignCommand::Define, "2026-11-20T12:00:00Z")],
+        );
+        let expected = days(&[("2026-11-19", 40), ("2026-11-20", 60)]);
+        assert_eq!(totals(&per_day_zone(&out)), expected, "{what}");
+    }
+}
+
+/// The shard count edited mid-day, fewer shards or its home alone (8 to 4, 8 to 1 at 12:00Z on
+/// the 20th, after the UTC users): 50 on the 20th, as one task (the UTC−10 users come to
+/// shards that took part in the release, or to the home).
+#[test]
+fn a_user_local_daily_limit_with_fewer_shards_from_mid_day() {
+    for (from, to) in [(", shards: 8", ", shards: 4"), (", shards: 8", "")] {
+        let edited = t_yaml("{ daily: 50 }", to);
+        let out = zones_with(
+            &t_yaml("{ daily: 50 }", from),
+            40,
+            vec![on_t(&edited, CampaignCommand::Define, "2026-11-20T12:00:00Z")],
+        );
+        let expected = days(&[("2026-11-19", 40), ("2026-11-20", 50)]);
+        assert_eq!(totals(&per_day_zone(&out)), expected, "shards {from:?} to {to:?}");
+    }
+}
+
+/// Review s29 finding 1 (HIGH, loss): a `timezone: user` campaign whose shards grow mid-run (an
+/// edit of `options.shards` from 1 or 4 to 8, or a per-run limit taken away so that it spreads,
+/// at 12:00Z on the 20th) sends none of the users who come after the edit to a shard that took
+/// no part in the run's release: the shard has no state of the run, starts it anew in
+/// `Collecting` (`runs::current_run`), buffers the user and waits for a scan and a plan that
+/// never come. Neither sent nor counted skipped. One task: 40 on the 19th, then 50 (daily 50),
+/// 80 (daily 100) and 80 (no limit) on the 20th; 8 shards: 40 (every UTC−10 user lost), 59 (21
+/// of the 40 UTC−10 users, those on shards 4..7, lost) and 40. The root is older than this
+/// session (a total, or no limit, loses them the same: spread since s27/s28), be26909 extends
+/// it to a daily limit, which kept such a campaign on its home before.
+#[test]
+#[ignore = "review s29 finding 1: a shard that missed a timezone: user run's release (shards edited up mid-run) buffers its late users forever: daily 50 1->8 sends 40 of one task's 50 on the 20th, daily 100 4->8 59 of 80, no limit 1->8 40 of 80"]
+fn late_users_of_a_shard_added_mid_run_are_sent_as_by_one_task() {
+    let cases = [
+        ("{ daily: 50 }", "", ", shards: 8", 50),
+        ("{ daily: 100 }", ", shards: 4", ", shards: 8", 80),
+        ("{}", "", ", shards: 8", 80),
+        ("{ total: 100 }", "", ", shards: 8", 60),
+    ];
+    let mut wrong = Vec::new();
+    for (limits, from, to, on_20th) in cases {
+        let edited = t_yaml(limits, to);
+        let out = zones_with(
+            &t_yaml(limits, from),
+            40,
+            vec![on_t(&edited, CampaignCommand::Define, "2026-11-20T12:00:00Z")],
+        );
+        let expected = days(&[("2026-11-19", 40), ("2026-11-20", on_20th)]);
+        let got = totals(&per_day_zone(&out));
+        if got != expected {
+            wrong.push(format!(
+                "{limits} shards {from:?} -> {to:?}: {got:?}, one task {expected:?}"
+            ));
+        }
+    }
+    // A per-run limit taken away mid-day: from its home alone to 8 shards.
+    let edited = t_yaml("{ daily: 50 }", ", shards: 8");
+    let out = zones_with(
+        &t_yaml("{ daily: 50, per_run: 200 }", ", shards: 8"),
+        40,
+        vec![on_t(&edited, CampaignCommand::Define, "2026-11-20T12:00:00Z")],
+    );
+    let got = totals(&per_day_zone(&out));
+    if got != days(&[("2026-11-19", 40), ("2026-11-20", 50)]) {
+        wrong.push(format!("per_run taken away: {got:?}, one task 40 then 50"));
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// A per-run limit added mid-day (the campaign goes to its home alone: `late_daily` no longer
+/// holds): 50 on the 20th, as one task.
+#[test]
+fn a_user_local_daily_limit_with_a_per_run_limit_added_mid_day() {
+    let edited = t_yaml("{ daily: 50, per_run: 200 }", ", shards: 8");
+    let out = zones_with(
+        &t_yaml("{ daily: 50 }", ", shards: 8"),
+        40,
+        vec![on_t(&edited, CampaignCommand::Define, "2026-11-20T12:00:00Z")],
+    );
+    let expected = days(&[("2026-11-19", 40), ("2026-11-20", 50)]);
+    assert_eq!(totals(&per_day_zone(&out)), expected);
+}
+
+/// A daily limit of 1 on an app with a cap of one push a day, b0..b19 sending `Pong` (`news`)
+/// half a second after their 09:00 on the 20th: sends of `t` the gate refuses give the day's one
+/// place back in flight: one user on the 19th, exactly one on the 20th, none also sent `news`,
+/// `LIMIT_REACHED` as one task.
+#[test]
+fn a_user_local_daily_limit_of_1_over_8_shards_on_an_app_with_caps() {
+    let pongs = || {
+        let at = ms_of("2026-11-20T09:00:00.500Z");
+        (0..20)
+            .map(|i| {
+                let user = format!("b{i}");
+                user_event(&user, "Pong", format!("pong-{user}"), Default::default(), at + i)
+            })
+            .collect::<Vec<_>>()
+    };
+    // The app's caps apply to `t` (no `ignore_global_caps`).
+    let yaml = |options: &str| {
+        t_yaml("{ daily: 1 }", options)
+            .replace("ignore_global_caps: true", "ignore_global_caps: false")
+    };
+    let one = zones_under(CAPS, &yaml(""), 40, pongs());
+    let sharded = zones_under(CAPS, &yaml(", shards: 8"), 40, pongs());
+    for (what, out) in [("one task", &one), ("8 shards", &sharded)] {
+        let expected = days(&[("2026-11-19", 1), ("2026-11-20", 1)]);
+        assert_eq!(totals(&per_day_zone(out)), expected, "{what}");
+        let news: BTreeSet<String> = out.of("news").iter().map(|s| s.user_id.clone()).collect();
+        let t: BTreeSet<String> = by_day(out).into_values().flatten().collect();
+        assert!(t.is_disjoint(&news), "{what}: one push a day");
+    }
+    assert_eq!(limits_reached(&sharded), limits_reached(&one), "LIMIT_REACHED");
+    // Over shards the day's one place went out once to a user the gate refused, and came back.
+    assert!(sharded.skipped("t", "capped_daily") > 0, "a leased place refused at the gate");
+}
+
+/// Users in UTC+14 and UTC−12 (`Etc/GMT+12`: their 09:00 on Friday the 20th is 21:00Z, 26
+/// hours after the release) besides UTC: daily limit 50, 40 per zone, as one task.
+#[test]
+fn a_user_local_daily_limit_from_utc_plus_14_to_utc_minus_12_over_8_shards() {
+    let lines = |per_zone: usize| {
+        let mut lines = three_timezones(per_zone);
+        for line in &mut lines {
+            *line = line.replace("Pacific/Honolulu", "Etc/GMT+12");
+        }
+        let late = ms_of("2026-11-20T22:00:00Z");
+        lines.extend((1..=12).map(|k| {
+            format!(
+                r#"{{"type":"event","user":"z{k}","ts":"{}","name":"App Opened","props":{{}}}}"#,
+                at(late + k * 600_000)
+            )
+        }));
+        lines
+    };
+    let what = "{ title: t, body: b }";
+    let limited =
+        |options: &str| format!("{}limits: {{ daily: 50 }}\n", user_local("t", what, options));
+    let one = Outcome::replay(&limited(""), &lines(40));
+    let sharded = Outcome::replay(&limited(", shards: 8"), &lines(40));
+    let sends = |o: &Outcome| {
+        let mut days: BTreeMap<String, usize> = BTreeMap::new();
+        for s in o.lines("sends.jsonl") {
+            let t = s["send_time"].as_str().unwrap().to_string();
+            *days.entry(at(ms_of(&t))[..10].to_string()).or_default() += 1;
+        }
+        days
+    };
+    assert_eq!(sends(&one).values().sum::<usize>(), 90, "one task: 40, then 50");
+    assert_eq!(sends(&sharded), sends(&one), "8 shards as one task");
+    assert_eq!(one.variants().len(), sharded.variants().len());
+}
