@@ -64,26 +64,9 @@ fn standbys_are_not_caught_up_before_they_apply_anything_of_their_changelogs() {
 
 /// A profile update of app `shop` for `user` setting `a` to `length` x's, with a device.
 fn padded_profile(user: &str, length: usize, at: i64) -> (String, Vec<u8>) {
-    use herald_engine::model::{Device, Platform, ProfileUpdate, PropertyValue, SchemaRegistry};
-    let update = ProfileUpdate {
-        app_id: "shop".into(),
-        user_id: user.into(),
-        timestamp_ms: at,
-        set: [("a".to_string(), PropertyValue::String("x".repeat(length)))].into_iter().collect(),
-        unset: vec![],
-        devices_added: vec![Device {
-            device_id: format!("d-{user}"),
-            platform: Platform::Android,
-            token: format!("tok-{user}"),
-            app_version: None,
-            os_version: None,
-            make: None,
-            model: None,
-            sdk_version: None,
-        }],
-        tokens_removed: vec![],
-    };
-    (user.to_string(), SchemaRegistry::builtin().encode(&update).unwrap())
+    use herald_engine::model::{Platform, PropertyValue};
+    let set = [("a", PropertyValue::String("x".repeat(length)))];
+    common::profile_setting(user, Platform::Android, at, &set)
 }
 
 /// Finding (MEDIUM, older than this session; asked in question 3): `TxnState::check_size`

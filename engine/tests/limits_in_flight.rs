@@ -2,13 +2,16 @@
 //! a pause, an edit removing the throttle while places are in flight, a triggered A/B test's
 //! places (replay driver, event time). Every place taken must settle, and nobody waits forever.
 
+/// A profile with one device (`replay_support/profiles.rs`, shared by the tests).
+#[path = "replay_support/profiles.rs"]
+mod profiles;
+
 mod replay_support {
     use herald_engine::{
         model::{
             topics::{self, TopicNames},
             AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats,
-            Candidate, Device, IngestDecoder, Platform, ProfileUpdate, Record, SchemaRegistry,
-            SendCommand,
+            Candidate, IngestDecoder, Platform, Record, SchemaRegistry, SendCommand,
         },
         pipeline::engine_topology,
         runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
@@ -42,24 +45,7 @@ mod replay_support {
         on_key(topics::CAMPAIGNS, id, SchemaRegistry::builtin().encode(&envelope).unwrap(), at)
     }
     pub fn profile(user: &str, at: i64) -> ReplayRecord {
-        let update = ProfileUpdate {
-            app_id: "shop".into(),
-            user_id: user.into(),
-            timestamp_ms: at,
-            set: Default::default(),
-            unset: vec![],
-            devices_added: vec![Device {
-                device_id: format!("d-{user}"),
-                platform: Platform::Ios,
-                token: format!("tok-{user}"),
-                app_version: None,
-                os_version: None,
-                make: None,
-                model: None,
-                sdk_version: None,
-            }],
-            tokens_removed: vec![],
-        };
+        let update = crate::profiles::profile_update(user, Platform::Ios, at, &[]);
         on_key(topics::PROFILES, user, SchemaRegistry::builtin().encode(&update).unwrap(), at)
     }
     pub fn event(id: &str, user: &str, name: &str, at: i64) -> ReplayRecord {
@@ -114,16 +100,7 @@ mod replay_support {
             trigger_event: Some("Ping".into()),
             event_properties: Default::default(),
             profile: Default::default(),
-            devices: vec![Device {
-                device_id: format!("d-{user}"),
-                platform: Platform::Ios,
-                token: format!("tok-{user}"),
-                app_version: None,
-                os_version: None,
-                make: None,
-                model: None,
-                sdk_version: None,
-            }],
+            devices: vec![crate::profiles::device_on(user, Platform::Ios)],
             timezone: None,
             language: None,
             source: None,

@@ -3,13 +3,17 @@
 //! the configured budget of property sets per user, event and day. Run on the replay driver with
 //! the campaign defined part-way through the input, as `herald campaign apply` would.
 
+/// A profile with one device (`replay_support/profiles.rs`, shared by the tests).
+#[path = "replay_support/profiles.rs"]
+mod profiles;
+
 use std::{cell::RefCell, sync::Arc};
 
 use herald_engine::{
     model::{
         topics::{self, TopicNames},
-        AppEvent, CampaignCommand, CampaignEnvelope, Candidate, Device, IngestDecoder, Platform,
-        ProfileUpdate, Properties, PropertyValue, Record, SchemaRegistry,
+        AppEvent, CampaignCommand, CampaignEnvelope, Candidate, IngestDecoder, Platform,
+        PropertyValue, Record, SchemaRegistry,
     },
     pipeline::engine_topology,
     runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
@@ -37,26 +41,7 @@ fn record<R: Record>(topic: &str, key: &str, at: i64, value: &R) -> ReplayRecord
 }
 
 fn profile(user: &str, at: i64) -> ReplayRecord {
-    let device = Device {
-        device_id: format!("d-{user}"),
-        platform: Platform::Ios,
-        token: format!("tok-{user}"),
-        app_version: None,
-        os_version: None,
-        make: None,
-        model: None,
-        sdk_version: None,
-    };
-    let update = ProfileUpdate {
-        app_id: "shop".into(),
-        user_id: user.into(),
-        timestamp_ms: at,
-        set: Properties::new(),
-        unset: Vec::new(),
-        devices_added: vec![device],
-        tokens_removed: Vec::new(),
-    };
-    record(topics::PROFILES, user, at, &update)
+    record(topics::PROFILES, user, at, &profiles::profile_update(user, Platform::Ios, at, &[]))
 }
 
 fn event(user: &str, at: i64, name: &str, properties: &[(&str, PropertyValue)]) -> ReplayRecord {

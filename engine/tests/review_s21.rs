@@ -2,13 +2,17 @@
 //! stat (see `/work/briefs/s21/review.md`). Replay driver, event time; each failing test is
 //! ignored with the finding it shows, so the tree stays green.
 
+/// A profile with one device (`replay_support/profiles.rs`, shared by the tests).
+#[path = "replay_support/profiles.rs"]
+mod profiles;
+
 use std::{cell::RefCell, sync::Arc};
 
 use herald_engine::{
     model::{
         topics::{self, TopicNames},
-        AppEvent, CampaignCommand, CampaignEnvelope, CampaignStats, Device, IngestDecoder,
-        Platform, ProfileUpdate, SchemaRegistry, SendCommand,
+        AppEvent, CampaignCommand, CampaignEnvelope, CampaignStats, IngestDecoder, Platform,
+        SchemaRegistry, SendCommand,
     },
     pipeline::engine_topology,
     runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
@@ -46,25 +50,7 @@ fn define(id: &str, def: &str, at: i64) -> ReplayRecord {
 }
 
 fn profile(user: &str, at: i64) -> ReplayRecord {
-    let device = Device {
-        device_id: format!("d-{user}"),
-        platform: Platform::Ios,
-        token: format!("tok-{user}"),
-        app_version: None,
-        os_version: None,
-        make: None,
-        model: None,
-        sdk_version: None,
-    };
-    let update = ProfileUpdate {
-        app_id: "shop".into(),
-        user_id: user.into(),
-        timestamp_ms: at,
-        set: Default::default(),
-        unset: vec![],
-        devices_added: vec![device],
-        tokens_removed: vec![],
-    };
+    let update = profiles::profile_update(user, Platform::Ios, at, &[]);
     on_key(topics::PROFILES, user, SchemaRegistry::builtin().encode(&update).unwrap(), at)
 }
 

@@ -15,8 +15,8 @@ use std::{cell::RefCell, sync::Arc};
 use herald_engine::{
     model::{
         topics::{self, TopicNames},
-        AppEvent, CampaignCommand, CampaignEnvelope, Candidate, DeadLetter, Device, IngestDecoder,
-        Platform, ProfileUpdate, Properties, PropertyValue, Record, SchemaRegistry,
+        AppEvent, CampaignCommand, CampaignEnvelope, Candidate, DeadLetter, IngestDecoder,
+        Platform, Properties, PropertyValue, Record, SchemaRegistry,
     },
     pipeline::engine_topology,
     runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
@@ -41,29 +41,8 @@ fn record<R: Record>(topic: &str, key: &str, at: i64, value: &R) -> ReplayRecord
 
 /// `user` with one iOS device and the profile properties `set`, at `at`.
 fn profile(user: &str, at: i64, set: &[(&str, &str)]) -> ReplayRecord {
-    let device = Device {
-        device_id: format!("d-{user}"),
-        platform: Platform::Ios,
-        token: format!("tok-{user}"),
-        app_version: None,
-        os_version: None,
-        make: None,
-        model: None,
-        sdk_version: None,
-    };
-    let update = ProfileUpdate {
-        app_id: "shop".into(),
-        user_id: user.into(),
-        timestamp_ms: at,
-        set: set
-            .iter()
-            .map(|(k, v)| (k.to_string(), PropertyValue::String(v.to_string())))
-            .collect(),
-        unset: Vec::new(),
-        devices_added: vec![device],
-        tokens_removed: Vec::new(),
-    };
-    record(topics::PROFILES, user, at, &update)
+    let set: Vec<_> = set.iter().map(|(k, v)| (*k, PropertyValue::String(v.to_string()))).collect();
+    record(topics::PROFILES, user, at, &sharded::profile_update(user, Platform::Ios, at, &set))
 }
 
 /// Event `name` of `user` at `at` with string properties, its id `id`.
@@ -486,19 +465,8 @@ mod over_shards {
     /// shares per source partition's business, as one task's).
     #[test]
     fn a_triggered_test_moved_home_halfway_tests_its_audience_once() {
-        let mut input = vec![define("ping", &ab_test(60, OVER_4), T0)];
-        input.extend(profiles(0..100));
-        input.push(other_event(0, T0 + 3 * MINUTE));
-        input.extend(candidates("ping", 0..30, T0 + 4 * MINUTE));
-        input.push(define("ping", &ab_test(60, ""), T0 + 5 * MINUTE));
-        input.extend(candidates_at_home("ping", 30..60, T0 + 6 * MINUTE));
-        input.extend(candidates_at_home("ping", 60..100, T0 + 8 * MINUTE));
-        input.push(other_event(1, T0 + 60 * MINUTE));
-        let out = run(NO_CAPS, input, T0 + 90 * MINUTE);
-        let users = out.users("ping");
-        assert_eq!(users.len(), 60, "{users:?}");
-        assert!(users.is_superset(&numbers(0, 30)), "{users:?}");
-        assert_eq!(per_variant(&out), counted(&[("A", 20), ("B", 20), ("C", 20)]));
+        let rest = candidates_at_home("ping", 60..100, T0 + 8 * MINUTE);
+        tests_its_audience_once_after_a_move_home(rest.collect());
     }
 
     /// Guard, two edits in a row: the same test moved home after u0..u29 were tested at the
@@ -506,14 +474,22 @@ mod over_shards {
     /// come at their shards. 60 tested (20/20/20), u0..u29 among them, no user twice.
     #[test]
     fn a_triggered_test_moved_home_and_back_tests_its_audience_once() {
+        let mut rest = vec![define("ping", &ab_test(60, OVER_4), T0 + 7 * MINUTE)];
+        rest.extend(candidates("ping", 60..100, T0 + 8 * MINUTE));
+        tests_its_audience_once_after_a_move_home(rest);
+    }
+
+    /// A test of 60 over 4 shards: u0..u29 qualify at the shards, the test is moved home,
+    /// u30..u59 qualify at the home, then `rest` (u60..u99). 60 tested, 20/20/20, u0..u29
+    /// among them, no user twice.
+    fn tests_its_audience_once_after_a_move_home(rest: Vec<ReplayRecord>) {
         let mut input = vec![define("ping", &ab_test(60, OVER_4), T0)];
         input.extend(profiles(0..100));
         input.push(other_event(0, T0 + 3 * MINUTE));
         input.extend(candidates("ping", 0..30, T0 + 4 * MINUTE));
         input.push(define("ping", &ab_test(60, ""), T0 + 5 * MINUTE));
         input.extend(candidates_at_home("ping", 30..60, T0 + 6 * MINUTE));
-        input.push(define("ping", &ab_test(60, OVER_4), T0 + 7 * MINUTE));
-        input.extend(candidates("ping", 60..100, T0 + 8 * MINUTE));
+        input.extend(rest);
         input.push(other_event(1, T0 + 60 * MINUTE));
         let out = run(NO_CAPS, input, T0 + 90 * MINUTE);
         let users = out.users("ping");

@@ -2,6 +2,10 @@
 //! driver over 4 partitions: every campaign-wide rule stays exact, read from what a user checks
 //! (`sends.jsonl`, the campaign events, the stats).
 
+/// A profile with one device (`replay_support/profiles.rs`, shared by the tests).
+#[path = "replay_support/profiles.rs"]
+mod profiles;
+
 use std::{collections::BTreeSet, ops::Range};
 
 use herald_engine::{
@@ -671,7 +675,7 @@ fn an_occurrence_sent_from_the_home_is_not_sent_again_after_the_campaign_spread_
 /// the coupons campaign's home, as a user stage with a stale copy of the campaigns table (one
 /// shard in effect) keys it, at `at`.
 fn candidate_at_home(user: &str, at: i64) -> ReplayRecord {
-    use herald_engine::model::{topics, Candidate, Device, Platform, SchemaRegistry};
+    use herald_engine::model::{topics, Candidate, Platform, SchemaRegistry};
     let candidate = Candidate {
         campaign_id: "coupons".into(),
         app_id: "shop".into(),
@@ -681,16 +685,7 @@ fn candidate_at_home(user: &str, at: i64) -> ReplayRecord {
         trigger_event: Some("Ping".into()),
         event_properties: Default::default(),
         profile: Default::default(),
-        devices: vec![Device {
-            device_id: format!("d-{user}"),
-            platform: Platform::Ios,
-            token: format!("tok-{user}"),
-            app_version: None,
-            os_version: None,
-            make: None,
-            model: None,
-            sdk_version: None,
-        }],
+        devices: vec![crate::profiles::device_on(user, Platform::Ios)],
         timezone: None,
         language: None,
         source: None,

@@ -8,6 +8,10 @@
 //! candidates declare, a re-partitioned user stage divides the unused places again, and a
 //! candidate naming no partition has no share.
 
+/// A profile with one device (`replay_support/profiles.rs`, shared by the tests).
+#[path = "replay_support/profiles.rs"]
+mod profiles;
+
 mod replay_support;
 
 use std::collections::BTreeMap;
@@ -209,9 +213,8 @@ mod flow {
     use herald_engine::{
         model::{
             topics::{self, TopicNames},
-            CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, Candidate, Device,
-            IngestDecoder, LifecycleKind, Platform, SchemaRegistry, SendCommand, Skip,
-            SourcePartition,
+            CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, Candidate, IngestDecoder,
+            LifecycleKind, Platform, SchemaRegistry, SendCommand, Skip, SourcePartition,
         },
         pipeline::engine_topology,
         runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
@@ -261,16 +264,7 @@ mod flow {
             trigger_event: Some("Ping".into()),
             event_properties: Default::default(),
             profile: Default::default(),
-            devices: vec![Device {
-                device_id: format!("d-{user}"),
-                platform: Platform::Ios,
-                token: format!("tok-{user}"),
-                app_version: None,
-                os_version: None,
-                make: None,
-                model: None,
-                sdk_version: None,
-            }],
+            devices: vec![crate::profiles::device_on(user, Platform::Ios)],
             timezone: None,
             language: None,
             source: source.map(|(partition, partitions)| SourcePartition { partition, partitions }),

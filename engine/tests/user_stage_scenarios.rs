@@ -1,6 +1,10 @@
 //! Scenarios of the user stage, read like the product reference, run with `herald replay`'s
 //! backtest on event time (the same operator code as the live engine).
 
+/// A profile with one device (`replay_support/profiles.rs`, shared by the tests).
+#[path = "replay_support/profiles.rs"]
+mod profiles;
+
 use std::path::Path;
 
 use herald_engine::{
@@ -767,8 +771,8 @@ mod operated {
     use herald_engine::{
         model::{
             topics::{self, TopicNames},
-            AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, Candidate, Device,
-            IngestDecoder, LifecycleKind, Platform, ProfileUpdate, SchemaRegistry, Skip,
+            AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, Candidate,
+            IngestDecoder, LifecycleKind, Platform, SchemaRegistry, Skip,
         },
         pipeline::engine_topology,
         runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
@@ -822,24 +826,7 @@ mod operated {
         }
 
         pub fn profile(&self, user: &str, at: i64) -> ReplayRecord {
-            let update = ProfileUpdate {
-                app_id: "shop".into(),
-                user_id: user.into(),
-                timestamp_ms: at,
-                set: Default::default(),
-                unset: vec![],
-                devices_added: vec![Device {
-                    device_id: format!("d-{user}"),
-                    platform: Platform::Ios,
-                    token: format!("tok-{user}"),
-                    app_version: None,
-                    os_version: None,
-                    make: None,
-                    model: None,
-                    sdk_version: None,
-                }],
-                tokens_removed: vec![],
-            };
+            let update = crate::profiles::profile_update(user, Platform::Ios, at, &[]);
             on_key(topics::PROFILES, user, SchemaRegistry::builtin().encode(&update).unwrap(), at)
         }
 

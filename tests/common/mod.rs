@@ -234,29 +234,27 @@ pub fn spawn_engine_with(
         .unwrap()
 }
 
+/// A profile with one device (`engine/tests/replay_support/profiles.rs`, shared with the
+/// engine's replay tests).
+#[path = "../../engine/tests/replay_support/profiles.rs"]
+mod profiles;
+pub use profiles::profile_update;
+
 /// A profile update of app `shop` giving `user` one device on `platform` (device `d-<user>`,
 /// token `tok-<user>`), keyed by user.
 pub fn profile(user: &str, platform: herald_engine::model::Platform, at: i64) -> (String, Vec<u8>) {
-    use herald_engine::model::{Device, ProfileUpdate, SchemaRegistry};
-    let update = ProfileUpdate {
-        app_id: "shop".into(),
-        user_id: user.into(),
-        timestamp_ms: at,
-        set: Default::default(),
-        unset: vec![],
-        devices_added: vec![Device {
-            device_id: format!("d-{user}"),
-            platform,
-            token: format!("tok-{user}"),
-            app_version: None,
-            os_version: None,
-            make: None,
-            model: None,
-            sdk_version: None,
-        }],
-        tokens_removed: vec![],
-    };
-    (user.to_string(), SchemaRegistry::builtin().encode(&update).unwrap())
+    profile_setting(user, platform, at, &[])
+}
+
+/// [`profile`] setting the properties `set` too.
+pub fn profile_setting(
+    user: &str,
+    platform: herald_engine::model::Platform,
+    at: i64,
+    set: &[(&str, herald_engine::model::PropertyValue)],
+) -> (String, Vec<u8>) {
+    let update = profile_update(user, platform, at, set);
+    (user.to_string(), herald_engine::model::SchemaRegistry::builtin().encode(&update).unwrap())
 }
 
 /// Starts `herald engine` as instance `instance` of application `app_id` on the topics under

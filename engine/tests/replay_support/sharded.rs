@@ -21,9 +21,8 @@ use herald_engine::{
     model::{
         topics::{self, TopicNames},
         AppEvent, CampaignCommand, CampaignEnvelope, CampaignLifecycleEvent, CampaignStats,
-        Candidate, DeadLetter, Device, IngestDecoder, Platform, ProfileUpdate, Properties,
-        PropertyValue, Record, SchemaRegistry, SendCommand, ShardPlan, ShardPlanKind, ShardReport,
-        ShardReportKind,
+        Candidate, DeadLetter, Device, IngestDecoder, Platform, Properties, PropertyValue, Record,
+        SchemaRegistry, SendCommand, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind,
     },
     pipeline::engine_topology,
     runtime::replay::{self, ReplayInput, ReplayOptions, ReplayRecord, ReplaySink},
@@ -34,6 +33,11 @@ use serde_json::Value;
 /// The backtest of one campaign over JSON lines (`replay_support/mod.rs`).
 #[path = "mod.rs"]
 mod backtest;
+
+/// A profile with one device (`replay_support/profiles.rs`).
+#[path = "profiles.rs"]
+mod profiles;
+pub use profiles::{device_on, profile_update};
 
 // ---------------------------------------------------------------------------------------------
 // Backtest driver (JSON lines in, `sends.jsonl` / stats out).
@@ -251,16 +255,7 @@ pub fn define(id: &str, yaml: &str, at: i64) -> ReplayRecord {
 
 /// `user`'s iOS device.
 pub fn device(user: &str) -> Device {
-    Device {
-        device_id: format!("d-{user}"),
-        platform: Platform::Ios,
-        token: format!("tok-{user}"),
-        app_version: None,
-        os_version: None,
-        make: None,
-        model: None,
-        sdk_version: None,
-    }
+    device_on(user, Platform::Ios)
 }
 
 /// User `u<i>`.
@@ -271,15 +266,7 @@ pub fn user(i: usize) -> String {
 /// `users` with an iOS device each, at `T0`.
 pub fn profiles(users: std::ops::Range<usize>) -> impl Iterator<Item = ReplayRecord> {
     users.map(|i| {
-        let update = ProfileUpdate {
-            app_id: "shop".into(),
-            user_id: user(i),
-            timestamp_ms: T0,
-            set: Default::default(),
-            unset: vec![],
-            devices_added: vec![device(&user(i))],
-            tokens_removed: vec![],
-        };
+        let update = profile_update(&user(i), Platform::Ios, T0, &[]);
         keyed(topics::PROFILES, &user(i), &update, T0)
     })
 }
