@@ -61,9 +61,21 @@ pub struct ScaleArgs {
     /// Seconds of paced events for the user stage's latency at half its rate.
     #[arg(long, default_value_t = 20)]
     latency_seconds: u64,
+    /// App events per second of the user stage's latency run, instead of half the rate the
+    /// engine sustained (to see the latency at a lighter load).
+    #[arg(long, value_parser = events_per_second)]
+    latency_rate: Option<f64>,
     /// Partitions of every topic.
     #[arg(long, default_value_t = 8)]
     partitions: i32,
+}
+
+/// A `--latency-rate`: a positive, finite number of events per second.
+fn events_per_second(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("{text:?} is not a positive number of events per second")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -140,8 +152,9 @@ pub fn run(kafka: &KafkaConfig, args: ScaleArgs) -> anyhow::Result<ExitCode> {
     }
     if wanted(Phase::UserStage) {
         let (profiles, events) = (args.profiles, args.events);
-        let stage =
-            user_stage::run(kafka, profiles, events, args.latency_seconds, args.partitions)?;
+        let latency =
+            user_stage::LatencyRun { seconds: args.latency_seconds, rate: args.latency_rate };
+        let stage = user_stage::run(kafka, profiles, events, latency, args.partitions)?;
         stage.print(profiles);
         cpu.push(("user stage (engine part)".to_string(), stage.cpu));
         summary["user_stage"] = stage.json();

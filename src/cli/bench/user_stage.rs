@@ -42,31 +42,40 @@ pub(super) struct UserStage {
     pub latency_samples: usize,
     pub p50_ms: i64,
     pub p99_ms: i64,
-    /// During the latency run: the age of the records each stage read (see [`AgeQuantiles`]).
-    pub ages: Vec<AgeQuantiles>,
+    /// During the latency run: the age of the records each stage read (see [`WindowQuantiles`]).
+    pub ages: Vec<WindowQuantiles>,
+    /// During the latency run: how long each transaction's commit took.
+    pub commits: WindowQuantiles,
     pub cpu: CpuSplit,
 }
 
-/// Bucket bounds of the median and 99th percentile of `herald_runtime_record_age_seconds` on
-/// one topic over a window: how old records were when the stage reading it got them.
-pub(super) struct AgeQuantiles {
+/// Bucket bounds of the median and 99th percentile of one of the engine's histograms in seconds
+/// over a window: of `herald_runtime_record_age_seconds` on one topic, how old records were when
+/// the stage reading it got them.
+pub(super) struct WindowQuantiles {
     pub stage: &'static str,
     pub p50_ms: f64,
     pub p99_ms: f64,
 }
 
-impl AgeQuantiles {
+impl WindowQuantiles {
     /// Cumulative bucket counts (upper bound in seconds, count) of `topic`'s record ages.
     fn buckets(engine: &Instance, topic: &str) -> Vec<(f64, f64)> {
-        let topic = format!("topic=\"{topic}\"");
+        Self::histogram(engine, "record_age_seconds", Some(&format!("topic=\"{topic}\"")))
+    }
+
+    /// Cumulative bucket counts (upper bound in seconds, count) of histogram `name`, of its
+    /// series with `label` (`name=\"value\"`) if given.
+    fn histogram(engine: &Instance, name: &str, label: Option<&str>) -> Vec<(f64, f64)> {
+        let series = format!("{name}_bucket");
         let mut buckets: Vec<(f64, f64)> = engine
-            .series("record_age_seconds_bucket")
+            .series(&series)
             .into_iter()
-            .filter(|labels| labels.contains(&topic))
+            .filter(|labels| label.is_none_or(|label| labels.contains(label)))
             .filter_map(|labels| {
                 let bound = labels.split("le=\"").nth(1)?.split('"').next()?;
                 let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse().ok()? };
-                Some((bound, engine.metric("record_age_seconds_bucket", &labels)))
+                Some((bound, engine.metric(&series, &labels)))
             })
             .collect();
         buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -131,10 +140,10 @@ impl UserStage {
             self.latency_rate,
             format!("p50 {} ms, p99 {} ms", self.p50_ms, self.p99_ms)
         );
-        for age in &self.ages {
+        for age in self.ages.iter().chain([&self.commits]) {
             println!(
                 "{:<34} {:>10} {:>12} {:>8}",
-                format!("  record age read by {}", age.stage),
+                format!("  {}", age.stage),
                 "",
                 "",
                 format!("p50 <= {:.0} ms, p99 <= {:.0} ms", age.p50_ms, age.p99_ms)
@@ -156,6 +165,7 @@ impl UserStage {
             "record_age_ms": self.ages.iter().map(|age| json!({
                 "stage": age.stage, "p50_le": age.p50_ms, "p99_le": age.p99_ms,
             })).collect::<Vec<_>>(),
+            "commit_ms": {"p50_le": self.commits.p50_ms, "p99_le": self.commits.p99_ms},
         })
     }
 }
@@ -221,13 +231,21 @@ fn event(i: usize, users: usize, run: i64) -> (String, AppEvent) {
     (user, event)
 }
 
+/// How the latency is measured.
+pub(super) struct LatencyRun {
+    /// For how long events are paced.
+    pub seconds: u64,
+    /// Events per second; `None`: half the rate the engine sustained.
+    pub rate: Option<f64>,
+}
+
 /// Runs the phase: `events` app events over the first half of `profiles` users (the second
-/// half is pinged once each for the latency), latency for `latency_seconds`.
+/// half is pinged once each for the latency), then the latency run.
 pub(super) fn run(
     kafka: &KafkaConfig,
     profiles: usize,
     events: usize,
-    latency_seconds: u64,
+    latency_run: LatencyRun,
     partitions: i32,
 ) -> anyhow::Result<UserStage> {
     eprintln!("user stage: {profiles} profiles, {events} events");
@@ -282,14 +300,19 @@ pub(super) fn run(
     let cpu = window.close(&[&engine]);
 
     // Half the user stage's rate would outrun the stages after it: latency behind a backlog.
-    let latency_rate = throughput.done_rate / 2.0;
+    let latency_rate = latency_run.rate.unwrap_or(throughput.done_rate / 2.0);
+    let latency_seconds = latency_run.seconds;
     eprintln!("  latency at {latency_rate:.0} events/s for {latency_seconds} s");
     let stages = [
-        ("user stage (herald.events)", &deployment.topics.events),
-        ("campaign stage (herald.campaign-flow)", &deployment.topics.campaign_flow),
+        ("record age read by user stage (herald.events)", &deployment.topics.events),
+        (
+            "record age read by campaign stage (herald.campaign-flow)",
+            &deployment.topics.campaign_flow,
+        ),
     ];
     let before: Vec<_> =
-        stages.iter().map(|(_, topic)| AgeQuantiles::buckets(&engine, topic)).collect();
+        stages.iter().map(|(_, topic)| WindowQuantiles::buckets(&engine, topic)).collect();
+    let commits_before = WindowQuantiles::histogram(&engine, "commit_seconds", None);
     let (pings, mut latencies) =
         latency(kafka, &deployment, profiles, latency_rate, latency_seconds, &mut engine)?;
     latencies.sort_unstable();
@@ -297,9 +320,14 @@ pub(super) fn run(
         .iter()
         .zip(&before)
         .map(|((stage, topic), before)| {
-            AgeQuantiles::between(stage, before, &AgeQuantiles::buckets(&engine, topic))
+            WindowQuantiles::between(stage, before, &WindowQuantiles::buckets(&engine, topic))
         })
         .collect();
+    let commits = WindowQuantiles::between(
+        "commit of a transaction",
+        &commits_before,
+        &WindowQuantiles::histogram(&engine, "commit_seconds", None),
+    );
     engine.stop()?;
     Ok(UserStage {
         events,
@@ -311,6 +339,7 @@ pub(super) fn run(
         p50_ms: percentile(&latencies, 0.50),
         p99_ms: percentile(&latencies, 0.99),
         ages,
+        commits,
         cpu,
     })
 }
