@@ -37,6 +37,8 @@ pub(super) struct Deployment {
     pub app_id: String,
     pub topics: TopicNames,
     dir: tempfile::TempDir,
+    /// Arguments given to every engine started, before each start's own.
+    engine_args: Vec<String>,
 }
 
 impl Deployment {
@@ -52,7 +54,14 @@ impl Deployment {
             prefix,
             topics,
             dir: tempfile::tempdir()?,
+            engine_args: Vec::new(),
         })
+    }
+
+    /// This deployment with `args` given to every engine it starts.
+    pub fn with_engine_args(mut self, args: &[String]) -> Self {
+        self.engine_args = args.to_vec();
+        self
     }
 
     /// Defines campaign `id` of the app (`definition` as the JSON of its YAML).
@@ -124,6 +133,7 @@ impl Deployment {
             .args(["--instance-id", id, "--metrics-addr", &metrics.to_string()])
             .arg("--state-dir")
             .arg(self.dir.path().join(state))
+            .args(&self.engine_args)
             .args(extra)
             .env("HERALD_BROKERS", &self.kafka.brokers)
             .env("RUST_LOG", "info,librdkafka=warn")

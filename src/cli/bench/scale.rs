@@ -65,6 +65,10 @@ pub struct ScaleArgs {
     /// engine sustained (to see the latency at a lighter load).
     #[arg(long, value_parser = events_per_second)]
     latency_rate: Option<f64>,
+    /// An argument for every `herald engine` the phases start (repeatable, e.g.
+    /// `--engine-arg=--kafka-property=session.timeout.ms=3000`), before each phase's own.
+    #[arg(long = "engine-arg", value_name = "ARG", allow_hyphen_values = true)]
+    engine_args: Vec<String>,
     /// Partitions of every topic.
     #[arg(long, default_value_t = 8)]
     partitions: i32,
@@ -154,7 +158,13 @@ pub fn run(kafka: &KafkaConfig, args: ScaleArgs) -> anyhow::Result<ExitCode> {
         let (profiles, events) = (args.profiles, args.events);
         let latency =
             user_stage::LatencyRun { seconds: args.latency_seconds, rate: args.latency_rate };
-        let stage = user_stage::run(kafka, profiles, events, latency, args.partitions)?;
+        let stage = user_stage::run(
+            kafka,
+            (profiles, events),
+            latency,
+            args.partitions,
+            &args.engine_args,
+        )?;
         stage.print(profiles);
         cpu.push(("user stage (engine part)".to_string(), stage.cpu));
         summary["user_stage"] = stage.json();
@@ -204,7 +214,8 @@ impl Restore {
 /// empty state directory: it restores every task from the changelogs.
 fn restore(kafka: &KafkaConfig, args: &ScaleArgs) -> anyhow::Result<Restore> {
     eprintln!("restore: {} profiles", args.profiles);
-    let deployment = Deployment::create(kafka, "restore", args.partitions)?;
+    let deployment =
+        Deployment::create(kafka, "restore", args.partitions)?.with_engine_args(&args.engine_args);
     deployment.produce_profiles(args.profiles)?;
     let mut first = deployment.start("a", "state-1", &[])?;
     wait_loaded(&deployment, &mut [&mut first], args.profiles)?;
@@ -419,7 +430,8 @@ fn broadcast_run(
     mut keep: Option<&mut Commands>,
 ) -> anyhow::Result<BroadcastRun> {
     eprintln!("broadcast: {} users, {instances} instance(s)", args.users);
-    let deployment = Deployment::create(kafka, &format!("broadcast{instances}"), args.partitions)?;
+    let deployment = Deployment::create(kafka, &format!("broadcast{instances}"), args.partitions)?
+        .with_engine_args(&args.engine_args);
     deployment.produce_profiles(args.users)?;
     let mut engines: Vec<Instance> = (0..instances)
         .map(|i| deployment.start(&format!("i{i}"), &format!("state-{i}"), &[]))
@@ -498,7 +510,8 @@ struct Failover {
 /// the time of a ping it read just before, 2 of 4 runs measured 0.02–0.05 s).
 fn failover(kafka: &KafkaConfig, args: &ScaleArgs, standbys: usize) -> anyhow::Result<Failover> {
     eprintln!("failover: {} profiles, {standbys} standby replica(s)", args.failover_profiles);
-    let deployment = Deployment::create(kafka, &format!("failover{standbys}"), args.partitions)?;
+    let deployment = Deployment::create(kafka, &format!("failover{standbys}"), args.partitions)?
+        .with_engine_args(&args.engine_args);
     deployment.define(
         "pings",
         &json!({

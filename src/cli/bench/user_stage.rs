@@ -240,16 +240,17 @@ pub(super) struct LatencyRun {
 }
 
 /// Runs the phase: `events` app events over the first half of `profiles` users (the second
-/// half is pinged once each for the latency), then the latency run.
+/// half is pinged once each for the latency), then the latency run; `engine_args` go to the
+/// engine.
 pub(super) fn run(
     kafka: &KafkaConfig,
-    profiles: usize,
-    events: usize,
+    (profiles, events): (usize, usize),
     latency_run: LatencyRun,
     partitions: i32,
+    engine_args: &[String],
 ) -> anyhow::Result<UserStage> {
     eprintln!("user stage: {profiles} profiles, {events} events");
-    let deployment = Deployment::create(kafka, "users", partitions)?;
+    let deployment = Deployment::create(kafka, "users", partitions)?.with_engine_args(engine_args);
     deployment.produce_profiles(profiles)?;
     for (id, definition) in (0..20).map(campaign) {
         deployment.define(&id, &definition)?;
