@@ -287,20 +287,7 @@ fn a_user_local_daily_limit_with_a_per_run_limit_added_mid_day() {
 /// `LIMIT_REACHED` as one task.
 #[test]
 fn a_user_local_daily_limit_of_1_over_8_shards_on_an_app_with_caps() {
-    let pongs = || {
-        let at = ms_of("2026-11-20T09:00:00.500Z");
-        (0..20)
-            .map(|i| {
-                let user = format!("b{i}");
-                user_event(&user, "Pong", format!("pong-{user}"), Default::default(), at + i)
-            })
-            .collect::<Vec<_>>()
-    };
-    // The app's caps apply to `t` (no `ignore_global_caps`).
-    let yaml = |options: &str| {
-        t_yaml("{ daily: 1 }", options)
-            .replace("ignore_global_caps: true", "ignore_global_caps: false")
-    };
+    let yaml = |options: &str| capped("{ daily: 1 }", options);
     let one = zones_under(CAPS, &yaml(""), 40, pongs());
     let sharded = zones_under(CAPS, &yaml(", shards: 8"), 40, pongs());
     for (what, out) in [("one task", &one), ("8 shards", &sharded)] {
@@ -400,4 +387,55 @@ fn a_forged_run_sent_does_not_fill_the_day() {
     assert_eq!(totals(&per_day_zone(&out)), expected, "as without the forged report");
     let reached = [("daily".to_string(), "2026-11-20".to_string(), "50".to_string())];
     assert_eq!(limits_reached(&out), reached);
+}
+
+/// b0..b19 send `Pong` (`news`) half a second after their 09:00 on the 20th, so that the app's
+/// cap of one push a day refuses some of their pushes of `t` at the send gate.
+fn pongs() -> Vec<ReplayRecord> {
+    let at = ms_of("2026-11-20T09:00:00.500Z");
+    let pong = |i: i64| {
+        let user = format!("b{i}");
+        user_event(&user, "Pong", format!("pong-{user}"), Default::default(), at + i)
+    };
+    (0..20).map(pong).collect()
+}
+
+/// `t` with `limits` and `options`, the app's caps applying to it.
+fn capped(limits: &str, options: &str) -> String {
+    t_yaml(limits, options).replace("ignore_global_caps: true", "ignore_global_caps: false")
+}
+
+/// The daily limit lowered from 50 to 45 at 09:00:01Z on the 20th, while the UTC users' places
+/// are in flight at the send gate of an app with caps (b0..b19's `news` first): 45 on the 20th,
+/// none also sent `news`, `LIMIT_REACHED` once with 45, as one task.
+#[test]
+fn a_user_local_daily_limit_lowered_while_places_are_in_flight_over_8_shards() {
+    for options in ["", ", shards: 8"] {
+        let mut input = pongs();
+        let edit = capped("{ daily: 45 }", options);
+        input.push(on_t(&edit, CampaignCommand::Define, "2026-11-20T09:00:01Z"));
+        let out = zones_under(CAPS, &capped("{ daily: 50 }", options), 40, input);
+        let expected = days(&[("2026-11-19", 40), ("2026-11-20", 45)]);
+        assert_eq!(totals(&per_day_zone(&out)), expected, "{options:?}");
+        let news: BTreeSet<String> = out.of("news").iter().map(|s| s.user_id.clone()).collect();
+        let t: BTreeSet<String> = by_day(&out).into_values().flatten().collect();
+        assert!(t.is_disjoint(&news), "{options:?}: one push a day");
+        let reached = [("daily".to_string(), "2026-11-20".to_string(), "45".to_string())];
+        assert_eq!(limits_reached(&out), reached, "{options:?}");
+    }
+}
+
+/// a0..a9, sent at the release (UTC+14), move to UTC an hour later, before their new 09:00 of
+/// the same run: each user is sent once, 40 then 50 (the 40 UTC users, 10 of UTC−10), as one
+/// task.
+#[test]
+fn a_user_local_daily_limit_with_users_moving_timezone_after_the_release_over_8_shards() {
+    let moved = ms_of("2026-11-19T20:00:00Z");
+    let moves = || (0..10).map(|i| zoned_profile(&format!("a{i}"), "UTC", moved + i)).collect();
+    let one = zones_with(&t_yaml("{ daily: 50 }", ""), 40, moves());
+    let sharded = zones_with(&t_yaml("{ daily: 50 }", ", shards: 8"), 40, moves());
+    let expected = days(&[("2026-11-19", 40), ("2026-11-20", 50)]);
+    assert_eq!(totals(&per_day_zone(&one)), expected, "one task");
+    assert_eq!(per_day_zone(&sharded), per_day_zone(&one), "8 shards as one task");
+    assert_eq!(limits_reached(&sharded), limits_reached(&one));
 }
