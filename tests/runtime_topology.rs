@@ -252,3 +252,41 @@ fn the_runtime_refuses_to_start_and_names_a_missing_sink_topic() {
     );
     assert!(!error.contains(&input), "present topics are not reported: {error}");
 }
+
+#[test]
+fn a_session_timeout_the_broker_refuses_stops_the_runtime_with_an_error_that_says_so() {
+    // The broker's group.min.session.timeout.ms is 6 s by default: 3 s is refused at JoinGroup.
+    let input = common::unique("session-in");
+    let output = common::unique("session-out");
+    let dead_letters = common::unique("session-dlq");
+    common::create_topics(&[(&input, 1), (&output, 1), (&dead_letters, 1)]);
+    let topology = herald_engine::runtime::example::counting_topology(
+        &common::unique("session"),
+        &input,
+        &output,
+    )
+    .unwrap()
+    .with_dead_letter_topic(&dead_letters);
+    let state = tempfile::tempdir().unwrap();
+    let mut kafka = common::kafka();
+    kafka.properties.insert("session.timeout.ms".into(), "3000".into());
+    let config = RuntimeConfig::new(kafka, "a", state.path());
+    let shutdown = ShutdownFlag::default();
+    let (done, result) = std::sync::mpsc::channel();
+    {
+        let shutdown = shutdown.clone();
+        std::thread::spawn(move || {
+            done.send(LiveRuntime::new(topology, config).run(&shutdown).map_err(|e| e.to_string()))
+        });
+    }
+    let outcome = result.recv_timeout(Duration::from_secs(60));
+    shutdown.request();
+    let error = match outcome {
+        Ok(Err(error)) => error,
+        other => panic!("the runtime kept retrying a refused session timeout: {other:?}"),
+    };
+    assert!(
+        error.contains("session timeout") && error.contains("group.min.session.timeout.ms"),
+        "the error says what the broker refused: {error}"
+    );
+}

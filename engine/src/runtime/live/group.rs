@@ -17,6 +17,7 @@ use std::{
 
 use rdkafka::{
     consumer::{BaseConsumer, Consumer, ConsumerContext},
+    error::{KafkaError, RDKafkaErrorCode},
     ClientConfig,
 };
 
@@ -60,6 +61,25 @@ pub(super) fn consumer_config(
         }
     };
     config
+}
+
+/// The error that ends the run when the broker refuses this member of `group` for a reason no
+/// retry mends (a session timeout outside the broker's bounds, no right to join the group);
+/// `None` for any other consumer error (logged, and the consumer goes on).
+pub(super) fn refused(error: &KafkaError, group: &str) -> Option<RuntimeError> {
+    let reason = match error.rdkafka_error_code()? {
+        RDKafkaErrorCode::InvalidSessionTimeout => format!(
+            "the broker refused the session timeout of consumer group {group} \
+             (session.timeout.ms, 10000 unless set): it must lie within the broker's \
+             group.min.session.timeout.ms and group.max.session.timeout.ms (6000 and 1800000 \
+             by default)"
+        ),
+        RDKafkaErrorCode::GroupAuthorizationFailed => format!(
+            "not authorised to join consumer group {group}: it needs a Read ACL on the group"
+        ),
+        _ => return None,
+    };
+    Some(RuntimeError::Config(reason))
 }
 
 /// Gives this instance's partitions back to the group and waits (polling, so the revocation

@@ -493,6 +493,9 @@ impl Worker<'_> {
                 }
                 Some(Ok(message)) => batch.push(message),
                 Some(Err(error)) => {
+                    if let Some(refused) = group::refused(&error, &self.runtime.topology.app_id) {
+                        return Err(refused);
+                    }
                     tracing::warn!(%error, "consumer error");
                     break;
                 }
