@@ -360,7 +360,7 @@ fn a_user_local_daily_limit_with_do_not_disturb_hours_over_8_shards() {
     }
 }
 
-/// Review s29 finding 2 (MEDIUM, hostile input miscounts a day): one forged `RUN_SENT` on the
+/// Review s29 finding 2 (MEDIUM, hostile input miscounts a day; fixed): one forged `RUN_SENT` on the
 /// campaign flow, from shard 0 of 8 for the week's run (`run-1795114800000`, the 20th's 09:00 in
 /// UTC+14) saying it sent 1,000,000, at 12:00Z on the 20th. Since be26909 the home adds a
 /// `RUN_SENT` increase to its day's account (`count_planned_sends`) with no bound (the shard's
@@ -369,10 +369,10 @@ fn a_user_local_daily_limit_with_do_not_disturb_hours_over_8_shards() {
 /// forged million and the UTC users' leased sends the home had heard of). Elsewhere a
 /// `RUN_SENT` feeds only `RUN_FINISHED`'s `sent` (and before be26909 this campaign ran on its
 /// home alone); a forged lifetime `sent` already fills a scheduled campaign's day without
-/// leases, and the total (older than this session). Not fixed here: the home keeps no
-/// per-shard bound of a run's places (plan, places passed on and given), which the check needs.
+/// leases, and the total (older than this session). Fixed: the home counts a shard's
+/// `RUN_SENT` of such a run at most up to the places it gave it (`HomeRun.given`: its plan's
+/// and those passed to it), so a forgery adds at most the shard's unsent places of the run.
 #[test]
-#[ignore = "review s29 finding 2: a forged RUN_SENT of 1,000,000 fills the day of a timezone: user daily limit over shards: 40 sent on the 20th instead of 50, LIMIT_REACHED sent=1000034"]
 fn a_forged_run_sent_does_not_fill_the_day() {
     let yaml = t_yaml("{ daily: 50 }", ", shards: 8");
     let at12 = ms_of("2026-11-20T12:00:00Z");

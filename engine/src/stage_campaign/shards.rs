@@ -429,9 +429,15 @@ impl CampaignStage {
         run: &mut RunState,
         report: &ShardReport,
     ) -> Result<(), ProcessError> {
-        let before = run.shards.sent.insert(report.shard, report.run_sent).unwrap_or(0);
+        let mut run_sent = report.run_sent;
+        if super::indices::late_daily(campaign) && !run.shards.given.is_empty() {
+            // Its run's sends fill the home's day (`count_planned_sends`): a shard sends at
+            // most the places it was given (review s29 finding 2: a forged 1,000,000 filled it).
+            run_sent = run_sent.min(run.shards.given.get(&report.shard).copied().unwrap_or(0));
+        }
+        let before = run.shards.sent.insert(report.shard, run_sent).unwrap_or(0);
         // Cumulative per shard: late (do-not-disturb) users add to what was counted.
-        let more = report.run_sent.saturating_sub(before).max(0) as u64;
+        let more = run_sent.saturating_sub(before).max(0) as u64;
         run.sent += more;
         // In the home's day, beside the day's leased places (`leases`).
         self.count_planned_sends(ctx, campaign, state, more)?;
