@@ -439,3 +439,36 @@ fn a_user_local_daily_limit_with_users_moving_timezone_after_the_release_over_8_
     assert_eq!(per_day_zone(&sharded), per_day_zone(&one), "8 shards as one task");
     assert_eq!(limits_reached(&sharded), limits_reached(&one));
 }
+
+/// A daily run (09:00 in each user's timezone) with a daily limit of 50 paused and resumed: over
+/// the release of the 20th's run (18:30Z to 19:30Z on the 19th), over the 21st's (on the 20th),
+/// and from 08:30Z to 19:30Z on the 20th (the UTC users held, released with the UTC−10 users):
+/// each day's users per zone, `LIMIT_REACHED` and the lifecycle events as one task.
+#[test]
+fn a_daily_user_local_run_paused_over_a_release_over_8_shards() {
+    let daily = |options: &str| {
+        let yaml = t_yaml("{ daily: 50 }", options);
+        yaml.replace("repeat: weekly, days: [fri]", "repeat: daily")
+    };
+    let windows = [
+        ("2026-11-19T18:30:00Z", "2026-11-19T19:30:00Z"),
+        ("2026-11-20T18:30:00Z", "2026-11-20T19:30:00Z"),
+        ("2026-11-20T08:30:00Z", "2026-11-20T19:30:00Z"),
+    ];
+    for (pause, resume) in windows {
+        let replay = |options: &str| {
+            let yaml = daily(options);
+            let commands = vec![
+                on_t(&yaml, CampaignCommand::Pause, pause),
+                on_t(&yaml, CampaignCommand::Resume, resume),
+            ];
+            zones_with(&yaml, 40, commands)
+        };
+        let (one, sharded) = (replay(""), replay(", shards: 8"));
+        let days: usize = totals(&per_day_zone(&one)).iter().map(|(_, n)| n).sum();
+        assert_eq!(days, 90, "one task: 40, then 50");
+        assert_eq!(per_day_zone(&sharded), per_day_zone(&one), "paused at {pause}");
+        assert_eq!(limits_reached(&sharded), limits_reached(&one), "paused at {pause}");
+        assert_eq!(sharded.kinds("t"), one.kinds("t"), "paused at {pause}");
+    }
+}
