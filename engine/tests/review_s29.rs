@@ -472,3 +472,22 @@ fn a_daily_user_local_run_paused_over_a_release_over_8_shards() {
         assert_eq!(sharded.kinds("t"), one.kinds("t"), "paused at {pause}");
     }
 }
+
+/// The campaign's day in a timezone where the release (19:00Z on the 19th) falls at its midnight
+/// (Asia/Tashkent, UTC+5: the UTC+14 users and the first 10 UTC users on its 20th, the UTC−10
+/// users at its next midnight, on its 21st) or just before (Asia/Kathmandu 23:45, Asia/Kabul
+/// 23:30: the run on the 19th there): each UTC day's users per zone and `LIMIT_REACHED` as one
+/// task.
+#[test]
+fn a_user_local_daily_limit_released_at_the_campaigns_midnight_over_8_shards() {
+    for tz in ["Asia/Tashkent", "Asia/Kathmandu", "Asia/Kabul"] {
+        let options = format!(", timezone: {tz}");
+        let one = zones_with(&t_yaml("{ daily: 50 }", &options), 40, vec![]);
+        let sharded_yaml = t_yaml("{ daily: 50 }", &format!("{options}, shards: 8"));
+        let sharded = zones_with(&sharded_yaml, 40, vec![]);
+        let sent: usize = totals(&per_day_zone(&one)).iter().map(|(_, n)| n).sum();
+        assert_eq!(sent, 90, "{tz}: one task");
+        assert_eq!(per_day_zone(&sharded), per_day_zone(&one), "{tz}");
+        assert_eq!(limits_reached(&sharded), limits_reached(&one), "{tz}");
+    }
+}
