@@ -232,20 +232,7 @@ fn the_runtime_refuses_to_start_and_names_a_missing_sink_topic() {
     .with_dead_letter_topic(&dead_letters);
     let state = tempfile::tempdir().unwrap();
     let config = RuntimeConfig::new(common::kafka(), "a", state.path());
-    let shutdown = ShutdownFlag::default();
-    let (done, result) = std::sync::mpsc::channel();
-    {
-        let shutdown = shutdown.clone();
-        std::thread::spawn(move || {
-            done.send(LiveRuntime::new(topology, config).run(&shutdown).map_err(|e| e.to_string()))
-        });
-    }
-    let outcome = result.recv_timeout(Duration::from_secs(60));
-    shutdown.request();
-    let error = match outcome {
-        Ok(Err(error)) => error,
-        other => panic!("the runtime started without its sink topic {output}: {other:?}"),
-    };
+    let error = run_error(topology, config, &format!("started without its sink topic {output}"));
     assert!(
         error.contains(&format!("missing topics: {output} (written by count)")),
         "the error names the missing sink: {error}"
@@ -271,6 +258,16 @@ fn a_session_timeout_the_broker_refuses_stops_the_runtime_with_an_error_that_say
     let mut kafka = common::kafka();
     kafka.properties.insert("session.timeout.ms".into(), "3000".into());
     let config = RuntimeConfig::new(kafka, "a", state.path());
+    let error = run_error(topology, config, "kept retrying a refused session timeout");
+    assert!(
+        error.contains("session timeout") && error.contains("group.min.session.timeout.ms"),
+        "the error says what the broker refused: {error}"
+    );
+}
+
+/// The error `topology` run live with `config` stops with within a minute; panics saying the
+/// runtime `failed_to` do so otherwise.
+fn run_error(topology: StreamTopology, config: RuntimeConfig, failed_to: &str) -> String {
     let shutdown = ShutdownFlag::default();
     let (done, result) = std::sync::mpsc::channel();
     {
@@ -281,12 +278,8 @@ fn a_session_timeout_the_broker_refuses_stops_the_runtime_with_an_error_that_say
     }
     let outcome = result.recv_timeout(Duration::from_secs(60));
     shutdown.request();
-    let error = match outcome {
+    match outcome {
         Ok(Err(error)) => error,
-        other => panic!("the runtime kept retrying a refused session timeout: {other:?}"),
-    };
-    assert!(
-        error.contains("session timeout") && error.contains("group.min.session.timeout.ms"),
-        "the error says what the broker refused: {error}"
-    );
+        other => panic!("the runtime {failed_to}: {other:?}"),
+    }
 }
