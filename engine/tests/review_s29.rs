@@ -10,9 +10,7 @@ mod sharded;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use herald_engine::model::{
-    topics, CampaignCommand, ProfileUpdate, PropertyValue, ShardReport, ShardReportKind,
-};
+use herald_engine::model::{CampaignCommand, ShardReport, ShardReportKind};
 use herald_engine::runtime::replay::ReplayRecord;
 use sharded::*;
 
@@ -20,20 +18,6 @@ use sharded::*;
 /// `options` (YAML inside `options: { ... }`, after `ignore_global_caps`).
 fn t_yaml(limits: &str, options: &str) -> String {
     format!("{}limits: {limits}\n", user_local("t", "{ title: t, body: b }", options))
-}
-
-/// `user`'s profile in `timezone` with an iOS device, at `at`.
-fn zoned_profile(user: &str, timezone: &str, at: i64) -> ReplayRecord {
-    let update = ProfileUpdate {
-        app_id: "shop".into(),
-        user_id: user.into(),
-        timestamp_ms: at,
-        set: [("timezone".to_string(), PropertyValue::String(timezone.into()))].into(),
-        unset: vec![],
-        devices_added: vec![device(user)],
-        tokens_removed: vec![],
-    };
-    keyed(topics::PROFILES, user, &update, at)
 }
 
 /// Zones of the tests: `a` UTC+14 (sent at the release, 19:00Z on the 19th), `b` UTC (09:00Z on

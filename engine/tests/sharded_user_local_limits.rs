@@ -9,8 +9,6 @@ mod sharded;
 
 use std::collections::BTreeMap;
 
-use herald_engine::model::{topics, ProfileUpdate, PropertyValue};
-use herald_engine::runtime::replay::ReplayRecord;
 use serde_json::Value;
 use sharded::*;
 
@@ -461,20 +459,6 @@ fn a_user_local_ab_test_with_a_daily_limit_over_8_shards_sends_what_one_task_sen
 
 // ---------------------------------------------------------------------------------------------
 // With the send gate (an app with caps): places of the day in flight.
-
-/// `user`'s profile in `timezone` with an iOS device, at `at`.
-fn zoned_profile(user: &str, timezone: &str, at: i64) -> ReplayRecord {
-    let update = ProfileUpdate {
-        app_id: "shop".into(),
-        user_id: user.into(),
-        timestamp_ms: at,
-        set: [("timezone".to_string(), PropertyValue::String(timezone.into()))].into(),
-        unset: vec![],
-        devices_added: vec![device(user)],
-        tokens_removed: vec![],
-    };
-    keyed(topics::PROFILES, user, &update, at)
-}
 
 /// `t` (one message, weekly on Fridays at 09:00 in each user's timezone, `limits`, the app's
 /// caps applying) and `news` (whoever sends `Pong`) for 40 users in each of UTC+14, UTC and

@@ -271,6 +271,12 @@ pub fn profiles(users: std::ops::Range<usize>) -> impl Iterator<Item = ReplayRec
     })
 }
 
+/// `user`'s profile in `timezone` with an iOS device, at `at`.
+pub fn zoned_profile(user: &str, timezone: &str, at: i64) -> ReplayRecord {
+    let set = [("timezone", PropertyValue::String(timezone.into()))];
+    keyed(topics::PROFILES, user, &profile_update(user, Platform::Ios, at, &set), at)
+}
+
 /// User `u<i>` sends event `name` (id `event_id`) at `at`.
 pub fn app_event(i: usize, name: &str, event_id: String, at: i64) -> ReplayRecord {
     user_event(&user(i), name, event_id, Default::default(), at)
