@@ -213,7 +213,6 @@ fn a_user_local_daily_limit_with_fewer_shards_from_mid_day() {
 /// session (a total, or no limit, loses them the same: spread since s27/s28), be26909 extends
 /// it to a daily limit, which kept such a campaign on its home before.
 #[test]
-#[ignore = "review s29 finding 1: a shard that missed a timezone: user run's release (shards edited up mid-run) buffers its late users forever: daily 50 1->8 sends 40 of one task's 50 on the 20th, daily 100 4->8 59 of 80, no limit 1->8 40 of 80"]
 fn late_users_of_a_shard_added_mid_run_are_sent_as_by_one_task() {
     let cases = [
         ("{ daily: 50 }", "", ", shards: 8", 50),
@@ -473,5 +472,24 @@ fn a_user_local_daily_limit_released_at_the_campaigns_midnight_over_8_shards() {
         assert_eq!(sent, 90, "{tz}: one task");
         assert_eq!(per_day_zone(&sharded), per_day_zone(&one), "{tz}");
         assert_eq!(limits_reached(&sharded), limits_reached(&one), "{tz}");
+    }
+}
+
+/// Review s29 finding 1, a run that samples its users (a per-run limit of 100 of the 120): at
+/// the release it holds places for the users still to come, each on the shard of the release
+/// that buffered them. Shards raised mid-run (1 → 8, 4 → 8 at 12:00Z on the 20th): the UTC−10
+/// users who come after the edit find their places there, and the same users are sent on the
+/// same days as by one task under the same edit.
+#[test]
+fn late_users_of_a_sampled_run_keep_their_places_when_shards_grow_mid_run() {
+    let yaml = |options: &str| t_yaml("{ per_run: 100 }", options);
+    let edit =
+        |options: &str| vec![on_t(&yaml(options), CampaignCommand::Define, "2026-11-20T12:00:00Z")];
+    let one = by_day(&zones_with(&yaml(""), 40, edit("")));
+    let sent: usize = one.values().map(BTreeSet::len).sum();
+    assert_eq!(sent, 100, "one task sends the per-run limit");
+    for from in ["", ", shards: 4"] {
+        let out = zones_with(&yaml(from), 40, edit(", shards: 8"));
+        assert_eq!(by_day(&out), one, "shards {from:?} -> 8");
     }
 }

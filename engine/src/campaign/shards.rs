@@ -103,6 +103,19 @@ pub fn flow_key(campaign: &Campaign, user: Option<&str>, run: Option<&str>) -> S
     }
 }
 
+/// [`flow_key`] of a record about `user` in the scheduled run `run` whose release was planned
+/// over `released` shards (its scan's): the user's shard among the fewer of those and the
+/// shards in effect. A user who comes after the release (at their local time, or after
+/// do-not-disturb hours) and after an edit raised `options.shards` goes to a shard that took
+/// part in the release and holds the run, never to one added since, which knows nothing of it
+/// (review s29 finding 1); after an edit lowered them, to one still in effect.
+pub fn run_flow_key(campaign: &Campaign, user: &str, run: &str, released: u32) -> String {
+    match in_effect(campaign).min(released.max(1)) {
+        shards if shards > 1 => key(&campaign.id, of_run_user(campaign, Some(run), user, shards)),
+        _ => campaign.id.clone(),
+    }
+}
+
 /// The campaign-flow key of the answer (confirmation or skip) to `command`: the state that
 /// counted it and holds its place, whatever the shards in effect now (an edit may have changed
 /// them while it waited); by [`flow_key`] when it names none (an older command, or a shard the

@@ -90,7 +90,7 @@ impl UserStage {
             }
             ctx.store(HELD)?.delete(key)?;
             let Some(campaign) = campaign else { continue }; // deleted: nothing left to count
-            let who = (pending.user.as_str(), pending.run_id.as_str());
+            let who = pending.whom();
             if status == Some(CampaignStatus::Stopped) {
                 self.skip(ctx, &campaign, who, "stopped", now)?;
             } else if !in_window(&campaign, now) {

@@ -131,6 +131,10 @@ struct Pending {
     /// The run or trigger occurrence the user qualifies in (see [`triggered_run_id`]).
     #[serde(default = "triggered_run")]
     run_id: String,
+    /// A scheduled run's shards at its release (see [`Occasion::released`]); `None` for a
+    /// trigger occurrence, or a user put off by an older version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    released: Option<u32>,
 }
 
 fn triggered_run() -> String {
@@ -138,6 +142,11 @@ fn triggered_run() -> String {
 }
 
 impl Pending {
+    /// Whom records about this put-off occasion are about.
+    fn whom(&self) -> Whom<'_> {
+        Whom { user: &self.user, run: &self.run_id, released: self.released }
+    }
+
     /// One open inaction window per (user, campaign); reminders per due time; users waiting out
     /// do-not-disturb hours per occurrence (two triggers in one night are two notifications).
     fn key(&self) -> Vec<u8> {
@@ -148,6 +157,15 @@ impl Pending {
         };
         format!("{}\u{0}{}\u{0}{:?}{at}", self.user, self.campaign, self.waiting).into_bytes()
     }
+}
+
+/// The user and the run (or trigger occurrence) a record to the campaign stage is about.
+#[derive(Debug, Clone, Copy)]
+struct Whom<'a> {
+    user: &'a str,
+    run: &'a str,
+    /// A scheduled run's shards at its release (see [`Occasion::released`]).
+    released: Option<u32>,
 }
 
 /// A delivery kept for conversion attribution (`deliveries` store, keyed by user).
@@ -210,21 +228,21 @@ impl UserStage {
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
-        (user, run): (&str, &str),
+        whom: Whom<'_>,
         reason: &str,
         at_ms: i64,
     ) -> Result<(), ProcessError> {
         let skip = Skip {
             campaign_id: campaign.id.clone(),
             app_id: campaign.app.clone(),
-            user_id: user.to_string(),
+            user_id: whom.user.to_string(),
             reason: reason.to_string(),
             timestamp_ms: at_ms,
             variant_id: None,
             returns_place: false,
-            run_id: sample::reserves(campaign).then(|| run.to_string()),
+            run_id: sample::reserves(campaign).then(|| whom.run.to_string()),
         };
-        self.flow().emit(ctx, &campaign.id, &skip)
+        self.flow().emit_about(ctx, campaign, whom, &skip)
     }
 
     /// Decodes and checks the records of one ingest message (first read at `origin`), then
@@ -574,6 +592,7 @@ impl UserStage {
             trigger_event: String::new(),
             event_properties: Properties::new(),
             due_ms: 0,
+            released: None,
             run_id: triggered_run(),
         };
         let key = probe.key();
@@ -643,6 +662,7 @@ impl UserStage {
                             at_ms: leaves_at(ctx, event),
                             after_dnd: false,
                             read: user,
+                            released: None,
                         };
                         return self.qualify(ctx, campaign, &occasion).map(|_| ());
                     }
@@ -674,6 +694,7 @@ impl UserStage {
             event_properties: event.properties.clone(),
             due_ms: waiting.1,
             run_id: run_id.to_string(),
+            released: None,
         };
         let key = pending.key();
         if let Some(open) = ctx.store(PENDING)?.get_as::<Pending>(&key)? {
@@ -706,7 +727,7 @@ impl UserStage {
             // place in it (see `campaign::sample`).
             let (run, user) = (occasion.run_id, occasion.user);
             let reservation = sample::reservation(campaign, run, user, due_ms);
-            self.flow().emit(ctx, &campaign.id, &reservation)?;
+            self.flow().emit_about(ctx, campaign, occasion.whom(), &reservation)?;
         }
         let pending = Pending {
             campaign: campaign.id.clone(),
@@ -717,6 +738,7 @@ impl UserStage {
             event_properties: occasion.event_properties.clone(),
             due_ms,
             run_id: occasion.run_id.to_string(),
+            released: occasion.released,
         };
         let key = pending.key();
         ctx.store(PENDING)?.put_as(&key, &pending)?;
@@ -742,10 +764,10 @@ impl UserStage {
             at_ms,
             after_dnd: pending.waiting == Waiting::Dnd,
             read: &UserRead::default(),
+            released: pending.released,
         };
         if !self.qualify(ctx, campaign, &occasion)? && sample::reserves(campaign) {
-            let who = (pending.user.as_str(), pending.run_id.as_str());
-            self.skip(ctx, campaign, who, "not_eligible", at_ms)?;
+            self.skip(ctx, campaign, pending.whom(), "not_eligible", at_ms)?;
         }
         Ok(())
     }
@@ -757,6 +779,7 @@ impl UserStage {
         occasion: &Occasion<'_>,
     ) -> Result<bool, ProcessError> {
         let Occasion { user, run_id, trigger_event, event_properties, at_ms, .. } = *occasion;
+        let whom = occasion.whom();
         let (profile, history) =
             occasion.read.load(ctx, user, at_ms, &campaign.who, self.segments.book())?;
         let verdict = self.assess(ctx, campaign, occasion, &profile, &history)?;
@@ -764,7 +787,7 @@ impl UserStage {
         // producer's retry of it is a duplicate, never judged again days later.
         let judged = matches!(verdict, Verdict::Skip(_) | Verdict::Candidate { .. });
         if judged && is_triggered_run(run_id) && self.judged(ctx, &campaign.id, user, run_id)? {
-            return self.skip(ctx, campaign, (user, run_id), "duplicate", at_ms).map(|()| true);
+            return self.skip(ctx, campaign, whom, "duplicate", at_ms).map(|()| true);
         }
         let (devices, tz) = match verdict {
             Verdict::Outside => {
@@ -775,7 +798,7 @@ impl UserStage {
                 return Ok(false);
             }
             Verdict::Skip(reason) => {
-                return self.skip(ctx, campaign, (user, run_id), reason, at_ms).map(|()| true);
+                return self.skip(ctx, campaign, whom, reason, at_ms).map(|()| true);
             }
             Verdict::Wait(waiting, due_ms) => {
                 return self.wait(ctx, campaign, occasion, waiting, due_ms);
@@ -786,9 +809,10 @@ impl UserStage {
             Some(PropertyValue::String(s)) => Some(s.clone()),
             _ => None,
         };
-        self.flow().emit(
+        self.flow().emit_about(
             ctx,
-            &campaign.id,
+            campaign,
+            whom,
             &Candidate {
                 campaign_id: campaign.id.clone(),
                 app_id: campaign.app.clone(),
@@ -915,6 +939,17 @@ struct Occasion<'a> {
     after_dnd: bool,
     /// What the occasion reads of the user, once for every campaign it checks.
     read: &'a UserRead<'a>,
+    /// A scheduled run's shards at its release (its scan's): the user's records go to their
+    /// shard among those, however an edit changed them since (see
+    /// [`shards::run_flow_key`]); `None` for a trigger occurrence.
+    released: Option<u32>,
+}
+
+impl Occasion<'_> {
+    /// Whom records about this occasion are about.
+    fn whom(&self) -> Whom<'_> {
+        Whom { user: self.user, run: self.run_id, released: self.released }
+    }
 }
 
 /// Longest event id used as it is to name an occurrence; longer ones are replaced by their
@@ -959,6 +994,22 @@ impl Flow<'_> {
         let key = match self.stage.campaigns.book().get(campaign) {
             Some(campaign) => record.route(campaign),
             None => campaign.to_string(),
+        };
+        Ok(ctx.send_record(self.topic, key.as_bytes(), record)?)
+    }
+
+    /// Writes `record` about `whom` to their shard of `campaign`: of a scheduled run, among
+    /// the shards of its release (see [`shards::run_flow_key`]), else as [`Self::emit`].
+    fn emit_about<R: Record>(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        whom: Whom<'_>,
+        record: &R,
+    ) -> Result<(), ProcessError> {
+        let key = match whom.released {
+            Some(released) => shards::run_flow_key(campaign, whom.user, whom.run, released),
+            None => shards::flow_key(campaign, Some(whom.user), Some(whom.run)),
         };
         Ok(ctx.send_record(self.topic, key.as_bytes(), record)?)
     }
@@ -1024,7 +1075,7 @@ impl Processor for UserStage {
             ctx.count(&PENDING_DROPPED, "deleted");
             return Ok(());
         };
-        let who = (pending.user.as_str(), pending.run_id.as_str());
+        let who = pending.whom();
         match campaign.status {
             CampaignStatus::Stopped => {
                 return self.skip(ctx, &campaign, who, "stopped", timer.at_ms);

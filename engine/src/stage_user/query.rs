@@ -153,6 +153,7 @@ impl UserStage {
                     at_ms: *at_ms,
                     after_dnd: false,
                     read: &read,
+                    released: None,
                 };
                 match self.assess(ctx, campaign, &occasion, &profile, &history)? {
                     Verdict::Outside => return Ok(()),

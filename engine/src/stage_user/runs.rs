@@ -120,6 +120,7 @@ impl UserStage {
                 at_ms: cursor.run_at,
                 after_dnd: false,
                 read: &read,
+                released: Some(shards),
             };
             if self.qualify(ctx, campaign, &occasion)? {
                 cursor.qualified += 1;
