@@ -46,6 +46,8 @@ pub(super) struct UserStage {
     pub ages: Vec<WindowQuantiles>,
     /// During the latency run: how long each transaction's commit took.
     pub commits: WindowQuantiles,
+    /// During the latency run: commits per second, and the share of the time spent in them.
+    pub commit_load: CommitLoad,
     pub cpu: CpuSplit,
 }
 
@@ -56,6 +58,27 @@ pub(super) struct WindowQuantiles {
     pub stage: &'static str,
     pub p50_ms: f64,
     pub p99_ms: f64,
+}
+
+/// How much of a window an engine's single processing thread spent committing transactions:
+/// while it commits, it processes nothing.
+pub(super) struct CommitLoad {
+    pub per_second: f64,
+    pub share: f64,
+}
+
+impl CommitLoad {
+    /// The engine's commit count and time so far (`commit_seconds` `_count`, `_sum`).
+    fn read(engine: &Instance) -> (f64, f64) {
+        (engine.metric("commit_seconds_count", ""), engine.metric("commit_seconds_sum", ""))
+    }
+
+    /// The load between `before` (from [`Self::read`]) and now, over `seconds`.
+    fn since(engine: &Instance, before: (f64, f64), seconds: f64) -> Self {
+        let (count, sum) = Self::read(engine);
+        let seconds = seconds.max(1e-3);
+        Self { per_second: (count - before.0) / seconds, share: (sum - before.1) / seconds }
+    }
 }
 
 impl WindowQuantiles {
@@ -149,6 +172,17 @@ impl UserStage {
                 format!("p50 <= {:.0} ms, p99 <= {:.0} ms", age.p50_ms, age.p99_ms)
             );
         }
+        println!(
+            "{:<34} {:>10} {:>12} {:>8}",
+            "  commits",
+            "",
+            "",
+            format!(
+                "{:.1}/s, {:.0}% of the time",
+                self.commit_load.per_second,
+                self.commit_load.share * 100.0
+            )
+        );
     }
 
     pub fn json(&self) -> Value {
@@ -166,6 +200,8 @@ impl UserStage {
                 "stage": age.stage, "p50_le": age.p50_ms, "p99_le": age.p99_ms,
             })).collect::<Vec<_>>(),
             "commit_ms": {"p50_le": self.commits.p50_ms, "p99_le": self.commits.p99_ms},
+            "commits_per_s": (self.commit_load.per_second * 10.0).round() / 10.0,
+            "commit_time_share": (self.commit_load.share * 1000.0).round() / 1000.0,
         })
     }
 }
@@ -314,6 +350,7 @@ pub(super) fn run(
     let before: Vec<_> =
         stages.iter().map(|(_, topic)| WindowQuantiles::buckets(&engine, topic)).collect();
     let commits_before = WindowQuantiles::histogram(&engine, "commit_seconds", None);
+    let (load_before, latency_started) = (CommitLoad::read(&engine), Instant::now());
     let (pings, mut latencies) =
         latency(kafka, &deployment, profiles, latency_rate, latency_seconds, &mut engine)?;
     latencies.sort_unstable();
@@ -329,6 +366,8 @@ pub(super) fn run(
         &commits_before,
         &WindowQuantiles::histogram(&engine, "commit_seconds", None),
     );
+    let commit_load =
+        CommitLoad::since(&engine, load_before, latency_started.elapsed().as_secs_f64());
     engine.stop()?;
     Ok(UserStage {
         events,
@@ -341,6 +380,7 @@ pub(super) fn run(
         p99_ms: percentile(&latencies, 0.99),
         ages,
         commits,
+        commit_load,
         cpu,
     })
 }
