@@ -42,6 +42,10 @@ pub enum ReplayInput {
     /// Records made by the caller as the replay takes them, in order: a large input is never
     /// held in memory as a whole.
     Stream(Box<dyn Iterator<Item = Result<ReplayRecord, RuntimeError>>>),
+    /// Records in order, as [`Self::Records`], each a global table's record read by the tasks
+    /// of one partition only (`Some(p)`: as an instance running them reads the table at its own
+    /// pace, before or after the others) or by every task (`None`).
+    Staggered(Vec<(Option<i32>, ReplayRecord)>),
     /// Records of `topics` between two bounds, merged in timestamp order.
     Topics {
         /// The cluster to read.
@@ -137,12 +141,18 @@ pub fn run(
     sink: ReplaySink<'_>,
     options: &ReplayOptions,
 ) -> Result<ReplaySummary, RuntimeError> {
+    let mut staggered = VecDeque::new(); // the readers of each record of `Staggered`
     let records: Box<dyn Iterator<Item = Result<ReplayRecord, RuntimeError>>> = match input {
         ReplayInput::Jsonl(path) => Box::new(read_jsonl(&path)?.into_iter().map(Ok)),
         ReplayInput::Records(records) => Box::new(records.into_iter().map(Ok)),
         ReplayInput::Stream(records) => records,
         ReplayInput::Topics { kafka, topics, from_ms, until_ms } => {
             Box::new(read_topics(&kafka, &topics, from_ms, until_ms)?.into_iter().map(Ok))
+        }
+        ReplayInput::Staggered(records) => {
+            let (readers, records): (VecDeque<_>, Vec<_>) = records.into_iter().unzip();
+            staggered = readers;
+            Box::new(records.into_iter().map(Ok))
         }
     };
     let (_temporary, state_dir) = match &options.state_dir {
@@ -161,6 +171,7 @@ pub fn run(
         memory: StoreMemory::new(REPLAY_BLOCK_CACHE_BYTES, 8 << 20),
         tasks: BTreeMap::new(),
         globals: GlobalTables::default(),
+        views: BTreeMap::new(),
         metrics: RuntimeMetrics::new(),
         writer: SinkWriter::new(sink, topology)?,
         internal: VecDeque::new(),
@@ -178,7 +189,7 @@ pub fn run(
     }
     for record in records {
         replay.summary.records_in += 1;
-        replay.feed(record?)?;
+        replay.feed(record?, staggered.pop_front().flatten())?;
     }
     // The end of the input: timers due at the latest input time fire after its records.
     let until = options.fire_timers_until.map_or(replay.clock, |until| until.max(replay.clock));
@@ -197,6 +208,9 @@ struct Replay<'a, 's> {
     memory: StoreMemory,
     tasks: BTreeMap<TaskId, Task>,
     globals: GlobalTables,
+    /// The global tables as the tasks of a partition read them, once a record of
+    /// [`ReplayInput::Staggered`] was read by them alone (the others read `globals`).
+    views: BTreeMap<i32, GlobalTables>,
     metrics: std::sync::Arc<RuntimeMetrics>,
     writer: SinkWriter<'s>,
     internal: VecDeque<ReplayRecord>,
@@ -214,7 +228,8 @@ impl Replay<'_, '_> {
     /// the wall clock) by a tick, every task fires the timers due before it and ticks: timers
     /// due at the latest input time wait for the records of that time, whichever task they
     /// land in (like a live engine's, which fire once the wall clock has passed them).
-    fn feed(&mut self, record: ReplayRecord) -> Result<(), RuntimeError> {
+    /// A global table's record is read by the tasks of partition `only`, or by every task.
+    fn feed(&mut self, record: ReplayRecord, only: Option<i32>) -> Result<(), RuntimeError> {
         let time = record.timestamp_ms;
         // A global table's change (e.g. a campaign paused) has no task to fire timers first:
         // timers due before it fire before it, as on a live engine running at the time.
@@ -223,7 +238,7 @@ impl Replay<'_, '_> {
             self.ticked = time;
             self.fire_all(time.saturating_sub(1))?;
         }
-        self.process(record)?;
+        self.process(record, only)?;
         self.drain_internal()?;
         if time >= self.ticked.saturating_add(REPLAY_TICK_MS) {
             self.ticked = time;
@@ -274,17 +289,29 @@ impl Replay<'_, '_> {
 
     fn drain_internal(&mut self) -> Result<(), RuntimeError> {
         while let Some(next) = self.internal.pop_front() {
-            self.process(next)?;
+            self.process(next, None)?;
         }
         Ok(())
     }
 
-    fn process(&mut self, record: ReplayRecord) -> Result<(), RuntimeError> {
+    fn process(&mut self, record: ReplayRecord, only: Option<i32>) -> Result<(), RuntimeError> {
         if let Some(global) = self.topology.globals.iter().find(|g| g.topic == record.topic) {
             let key = record.key.as_deref().unwrap_or_default();
-            self.globals.table_mut(&global.name).apply(key, record.value.as_deref());
-            for task in self.tasks.values_mut() {
-                task.global_changed(&global.name, key, record.value.as_deref());
+            let value = record.value.as_deref();
+            let only = only.map(|p| p.rem_euclid(self.options.partitions));
+            if let Some(partition) = only {
+                let view = self.views.entry(partition).or_insert_with(|| self.globals.clone());
+                view.table_mut(&global.name).apply(key, value);
+            } else {
+                self.globals.table_mut(&global.name).apply(key, value);
+                for view in self.views.values_mut() {
+                    view.table_mut(&global.name).apply(key, value);
+                }
+            }
+            let readers =
+                self.tasks.iter_mut().filter(|(id, _)| only.is_none_or(|p| p == id.partition));
+            for (_, task) in readers {
+                task.global_changed(&global.name, key, value);
             }
             return Ok(());
         }
@@ -316,7 +343,7 @@ impl Replay<'_, '_> {
         let env = TaskEnv {
             clock: Clock::EventTime,
             wall_now_ms: 0,
-            globals: &self.globals,
+            globals: self.views.get(&partition).unwrap_or(&self.globals),
             dead_letter_topic: &self.topology.dead_letter_topic,
             metrics: &self.metrics,
         };
@@ -336,7 +363,7 @@ impl Replay<'_, '_> {
         let env = TaskEnv {
             clock: Clock::EventTime,
             wall_now_ms: 0,
-            globals: &self.globals,
+            globals: self.views.get(&id.partition).unwrap_or(&self.globals),
             dead_letter_topic: &self.topology.dead_letter_topic,
             metrics: &self.metrics,
         };

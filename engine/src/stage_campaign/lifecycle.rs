@@ -53,6 +53,10 @@ impl CampaignStage {
             self.keep_definitions(ctx, &owned)?;
         }
         for (campaign, key) in owned {
+            if edited && key != campaign.id {
+                // Plans that came before this task read the definition (see `shards`).
+                self.apply_held_plans(ctx, &campaign, &key)?;
+            }
             let mut state = self.load(ctx, &campaign, &key)?;
             let home = !state.is_shard(&campaign);
             let mut changed = false;

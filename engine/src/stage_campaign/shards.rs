@@ -16,7 +16,7 @@ use super::{
     CampaignStage, CampaignState,
 };
 use crate::{
-    campaign::{sample, shards as campaign_shards, Assignment, Campaign},
+    campaign::{sample, shards as campaign_shards, Assignment, Campaign, MAX_SHARDS},
     model::{LifecycleKind, ShardPlan, ShardPlanKind, ShardReport, ShardReportKind, VariantStats},
     runtime::{ProcessError, ProcessorContext},
 };
@@ -652,36 +652,112 @@ impl CampaignStage {
         plan: ShardPlan,
     ) -> Result<(), ProcessError> {
         let Some(campaign) = self.known(ctx, &plan.campaign_id, key)? else {
-            return Ok(());
+            return Self::hold_plan(ctx, key, plan, None);
         };
         // A shard an edit took away still takes its home's plans while it holds state (its
-        // recount: `leases::recounted`); a key that names no such state is rejected.
-        let scope = Self::answer_scope(ctx, key, &campaign)?;
-        let mut state = self.load(ctx, &campaign, &scope)?;
+        // recount: `leases::recounted`); a key that names no such state waits for the edit
+        // that gives the campaign that shard, if it is one (see `hold_plan`), else is rejected.
+        let scope = match Self::answer_scope(ctx, key, &campaign) {
+            Ok(scope) => scope,
+            Err(refused) => return Self::hold_plan(ctx, key, plan, Some(refused)),
+        };
+        self.apply_held_plans(ctx, &campaign, &scope)?; // those that came before it first
+        self.apply_plan(ctx, &campaign, &scope, plan)
+    }
+
+    /// Shard: a plan of its home for shard key `key` that came before this task's copy of the
+    /// campaigns table had the campaign, or the edit that gave it this shard (each instance
+    /// reads the table at its own pace; the home wrote the plan after reading it): kept, in
+    /// the transaction that consumes it, under [`held_plans_key`], in the order they came, and
+    /// applied once the definition is there (the table's change: `lifecycle`; or the shard's
+    /// next plan). Dropped, its number lost, an `INDICES` plan made every later one look
+    /// numbered past the next (refused: the shard never held indices again), and a `GRANT`
+    /// stranded places the home counts as held there. A key that is no shard's of the plan's
+    /// campaign and shard is ignored (campaign unknown) or rejected (`refused`), as before.
+    fn hold_plan(
+        ctx: &mut ProcessorContext<'_>,
+        key: Option<&[u8]>,
+        plan: ShardPlan,
+        refused: Option<ProcessError>,
+    ) -> Result<(), ProcessError> {
+        let shard = u32::try_from(plan.shard).ok().filter(|shard| *shard < MAX_SHARDS);
+        let shard_key = shard.map(|shard| campaign_shards::key(&plan.campaign_id, shard));
+        let Some(shard_key) = shard_key.filter(|shard_key| key == Some(shard_key.as_bytes()))
+        else {
+            return refused.map_or(Ok(()), Err);
+        };
+        let held_key = held_plans_key(&shard_key);
+        let mut store = ctx.store(super::STATE)?;
+        let mut held: Vec<ShardPlan> = store.get_as(held_key.as_bytes())?.unwrap_or_default();
+        if held.len() >= MAX_HELD_PLANS {
+            return Err(ProcessError::reject(format!(
+                "a {:?} plan of {} to shard {}: {MAX_HELD_PLANS} plans already wait for its \
+                 definition",
+                plan.kind, plan.campaign_id, plan.shard
+            )));
+        }
+        held.push(plan);
+        store.put_as(held_key.as_bytes(), &held)?;
+        Ok(())
+    }
+
+    /// Shard `scope` of `campaign`, known now: applies the plans that came before its
+    /// definition (see [`Self::hold_plan`]), in order; one refused is logged and dropped (a
+    /// dead letter would be), the others apply.
+    pub(super) fn apply_held_plans(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        scope: &str,
+    ) -> Result<(), ProcessError> {
+        let held_key = held_plans_key(scope);
+        let Some(held) = ctx.store(super::STATE)?.get_as::<Vec<ShardPlan>>(held_key.as_bytes())?
+        else {
+            return Ok(());
+        };
+        ctx.store(super::STATE)?.delete(held_key.as_bytes())?;
+        for plan in held {
+            let kind = plan.kind;
+            if let Err(ProcessError::Reject(why)) = self.apply_plan(ctx, campaign, scope, plan) {
+                tracing::warn!(place = %scope, ?kind, "a plan held for its definition refused: {why}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Shard: applies its home's `plan` to its state kept under `scope`.
+    fn apply_plan(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        scope: &str,
+        plan: ShardPlan,
+    ) -> Result<(), ProcessError> {
+        let mut state = self.load(ctx, campaign, scope)?;
         if plan.kind == ShardPlanKind::Tokens {
-            self.on_tokens(ctx, &campaign, &mut state, &plan)?;
-            return self.save(ctx, &campaign, &mut state);
+            self.on_tokens(ctx, campaign, &mut state, &plan)?;
+            return self.save(ctx, campaign, &mut state);
         }
         if plan.kind.is_lease() {
-            self.on_lease_plan(ctx, &campaign, &mut state, &plan)?;
-            return self.save(ctx, &campaign, &mut state);
+            self.on_lease_plan(ctx, campaign, &mut state, &plan)?;
+            return self.save(ctx, campaign, &mut state);
         }
         if plan.kind == ShardPlanKind::Place {
-            self.take_passed_place(ctx, &campaign, &mut state, &plan)?; // see `standby`
-            return self.save(ctx, &campaign, &mut state);
+            self.take_passed_place(ctx, campaign, &mut state, &plan)?; // see `standby`
+            return self.save(ctx, campaign, &mut state);
         }
         if plan.kind == ShardPlanKind::Indices {
             Self::on_index_plan(ctx, &mut state, &plan)?; // see `indices`
-            return self.save(ctx, &campaign, &mut state);
+            return self.save(ctx, campaign, &mut state);
         }
         if plan.kind == ShardPlanKind::Evaluate {
             let kind = ShardReportKind::Evaluated;
-            self.report_counters(ctx, &campaign, &state, kind, Some(&plan.run_id))?;
-            return self.save(ctx, &campaign, &mut state);
+            self.report_counters(ctx, campaign, &state, kind, Some(&plan.run_id))?;
+            return self.save(ctx, campaign, &mut state);
         }
         if plan.run_id == super::indices::TRIGGERED_TEST {
             self.on_test_winner(ctx, &mut state, &plan)?; // see `ab`
-            return self.save(ctx, &campaign, &mut state);
+            return self.save(ctx, campaign, &mut state);
         }
         // The winner is the campaign's, whatever run the plan is about (a newer run may have
         // replaced it here): a shard never falls back to alternating once it is chosen.
@@ -693,11 +769,11 @@ impl CampaignStage {
             if plan.kind == ShardPlanKind::Release && unknown {
                 // The next run replaced this one here before its plan came (its buffer is
                 // dropped): it sent none of it, so its home can finish it (see `standby`).
-                self.report(ctx, &campaign, &state, ShardReportKind::RunSent, |r| {
+                self.report(ctx, campaign, &state, ShardReportKind::RunSent, |r| {
                     r.run_id = Some(plan.run_id.clone());
                 })?;
             }
-            return self.save(ctx, &campaign, &mut state);
+            return self.save(ctx, campaign, &mut state);
         };
         let at = plan.timestamp_ms;
         match plan.kind {
@@ -719,8 +795,8 @@ impl CampaignStage {
                 run.indices = ab::variant_at(&campaign.assignment, campaign.what.len(), 0)
                     .map(|_| (run.test_from, run.test_from + places));
                 run.phase = RunPhase::Releasing;
-                if !super::is_held(&campaign) {
-                    self.release_step(ctx, &campaign, &mut state, &mut run, at)?;
+                if !super::is_held(campaign) {
+                    self.release_step(ctx, campaign, &mut state, &mut run, at)?;
                 }
             }
             ShardPlanKind::Grant
@@ -732,16 +808,25 @@ impl CampaignStage {
             | ShardPlanKind::Place
             | ShardPlanKind::Indices => {}
             ShardPlanKind::Winner => {
-                if run.phase == RunPhase::AwaitingWinner && !super::is_held(&campaign) {
+                if run.phase == RunPhase::AwaitingWinner && !super::is_held(campaign) {
                     run.phase = RunPhase::Releasing;
-                    self.release_step(ctx, &campaign, &mut state, &mut run, at)?;
+                    self.release_step(ctx, campaign, &mut state, &mut run, at)?;
                 }
             }
         }
         state.run = Some(run);
-        self.save(ctx, &campaign, &mut state)
+        self.save(ctx, campaign, &mut state)
     }
 }
+
+/// Key in the campaign states of the plans that came to shard key `key` before its definition
+/// (see [`CampaignStage::hold_plan`]).
+fn held_plans_key(key: &str) -> String {
+    format!("{key}\u{0}plans")
+}
+
+/// At most this many plans wait for one shard's definition: past it, one is rejected.
+const MAX_HELD_PLANS: usize = 10_000;
 
 /// A plan of `kind` about run `run_id` for `shard`, with nothing else set.
 pub(super) fn plan_to(

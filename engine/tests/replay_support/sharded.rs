@@ -570,6 +570,11 @@ pub fn reports_then_candidates(yaml: &str, users: usize, reports: Vec<ReplayReco
 
 /// Replays `input` on 4 partitions under `settings` (YAML), timers fired until `until`.
 pub fn run(settings: &str, input: Vec<ReplayRecord>, until: i64) -> Out {
+    run_input(settings, ReplayInput::Records(input), until)
+}
+
+/// [`run`] of any replay input (e.g. [`ReplayInput::Staggered`]).
+pub fn run_input(settings: &str, input: ReplayInput, until: i64) -> Out {
     let settings = Arc::new(Settings::parse(settings, "settings").unwrap());
     let topology =
         engine_topology("sharded", TopicNames::default(), settings, IngestDecoder::default(), 0)
@@ -581,7 +586,7 @@ pub fn run(settings: &str, input: Vec<ReplayRecord>, until: i64) -> Out {
     }));
     let options =
         ReplayOptions { partitions: 4, fire_timers_until: Some(until), ..ReplayOptions::default() };
-    replay::run(&topology, ReplayInput::Records(input), sink, &options).unwrap();
+    replay::run(&topology, input, sink, &options).unwrap();
     let registry = SchemaRegistry::builtin();
     let outputs = outputs.into_inner();
     let of = |topic: &'static str| {
