@@ -173,3 +173,23 @@ fn a_total_of_60_in_alternation_widened_from_4_to_8_shards_read_at_once_is_one_t
     assert_eq!(per_variant(&out), counted(&[("A", 20), ("B", 20), ("C", 20)]));
     assert!(out.dead.is_empty(), "{:?}", out.dead);
 }
+
+/// Guard: a plan held for its definition that is refused once it applies is dropped alone (as a
+/// dead letter would be): a forged `INDICES` plan numbered 1,000,000 to u0's shard before `ping`
+/// (a test of 30 over 4 shards) is defined; then 60 users qualify. 30 tested, 10/10/10, and the
+/// home's genuine plans to that shard apply (before the fix it was ignored, as the campaign was
+/// unknown: this passed too).
+#[test]
+fn a_held_plan_refused_when_it_applies_keeps_no_genuine_plan_out() {
+    let shard = shards::of_user(&user(0), 4);
+    let mut input = vec![indices_plan(shard, 1_000_000, 0, 0, T0 - 10_000)];
+    input.push(define("ping", &ab_test(30, OVER_4), T0));
+    input.extend(profiles(0..60));
+    input.push(other_event(0, T0 + 5_000));
+    input.extend(candidates("ping", 0..60, T0 + 20_000));
+    input.push(other_event(0, T0 + 10 * MINUTE));
+    let out = run(NO_CAPS, input, T0 + 30 * MINUTE);
+    out.users("ping"); // none twice
+    assert_eq!(per_variant(&out), counted(&[("A", 10), ("B", 10), ("C", 10)]));
+    assert!(out.dead.is_empty(), "{:?}", out.dead);
+}
