@@ -1,0 +1,479 @@
+//! Review s30 (brief RV5): a hostile look at f1d9f63, which routes every record about a user
+//! of a scheduled run (candidate, reservation, skip, and a user put off until their local time
+//! or past do-not-disturb hours) to the user's shard among the run's shards at its release
+//! (`campaign::shards::run_flow_key`). Each test compares 8 shards with one task on the replay
+//! driver under the same edits and asserts what a user checks: which users are sent on which
+//! day, each once, and the `LIMIT_REACHED` / `RUN_FINISHED` events where they matter.
+
+#[path = "replay_support/sharded.rs"]
+mod sharded;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use herald_engine::model::CampaignCommand;
+use herald_engine::runtime::replay::ReplayRecord;
+use sharded::*;
+
+/// One message (or `what`), weekly on Fridays at 09:00 in each user's timezone, with `limits`
+/// and `options` (YAML inside `options: { ... }`, after `ignore_global_caps`).
+fn t_yaml(limits: &str, options: &str) -> String {
+    t_what("{ title: t, body: b }", limits, options)
+}
+
+/// [`t_yaml`] sending `what`.
+fn t_what(what: &str, limits: &str, options: &str) -> String {
+    format!("{}limits: {limits}\n", user_local("t", what, options))
+}
+
+/// [`t_yaml`] at 09:00 in the campaign's timezone (UTC), not the user's: the run is at 09:00Z
+/// on the 20th.
+fn fixed_yaml(limits: &str, options: &str) -> String {
+    t_yaml(limits, options).replace(", timezone: user", "")
+}
+
+/// Zones: `a` UTC+14 (a user-local run's release, 19:00Z on the 19th), `b` UTC (09:00Z on the
+/// 20th), `c` UTC−10 (19:00Z on the 20th).
+const ZONES: [(&str, &str); 3] =
+    [("a", "Pacific/Kiritimati"), ("b", "UTC"), ("c", "Pacific/Honolulu")];
+
+/// `t` defined as `yaml` at 18:00Z on the 19th, `per_zone` users in each of [`ZONES`], then
+/// `commands` (each at its own time, among the clock's ticks every 10 minutes until 23:50Z on
+/// the 20th); replayed until the 21st.
+fn zones_with(yaml: &str, per_zone: usize, commands: Vec<ReplayRecord>) -> Out {
+    let start = ms_of("2026-11-19T18:00:00Z");
+    let mut input = vec![define("t", yaml, start)];
+    for (zone, tz) in ZONES {
+        input.extend((0..per_zone).map(|i| zoned_profile(&format!("{zone}{i}"), tz, start)));
+    }
+    let mut commands = commands.into_iter().peekable();
+    for tick in (start + MINUTE..=ms_of("2026-11-20T23:50:00Z")).step_by(600_000) {
+        while commands.peek().is_some_and(|c| c.timestamp_ms <= tick) {
+            input.push(commands.next().unwrap());
+        }
+        let clock = |z: usize| {
+            user_event(&format!("z{z}"), "Other", format!("o{z}-{tick}"), Default::default(), tick)
+        };
+        input.extend((0..4).map(clock));
+    }
+    input.extend(commands);
+    run(NO_CAPS, input, ms_of("2026-11-21T00:00:00Z"))
+}
+
+/// The users `t` sent to, by the day (UTC) of the command; asserts each user is sent once.
+fn by_day(out: &Out) -> BTreeMap<String, BTreeSet<String>> {
+    let mut days: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let sends = out.of("t");
+    for send in &sends {
+        let day = at(send.created_at_ms)[..10].to_string();
+        days.entry(day).or_default().insert(send.user_id.clone());
+    }
+    let users: BTreeSet<&String> = sends.iter().map(|s| &s.user_id).collect();
+    assert_eq!(users.len(), sends.len(), "each user once");
+    days
+}
+
+/// Users per day and zone (the first letter of the user id).
+fn per_day_zone(out: &Out) -> BTreeMap<String, BTreeMap<String, usize>> {
+    let mut counts = BTreeMap::new();
+    for (day, users) in by_day(out) {
+        let zones: &mut BTreeMap<String, usize> = counts.entry(day).or_default();
+        for user in users {
+            *zones.entry(user[..1].to_string()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Users per (day, run) and zone; asserts each user is sent once per run.
+fn per_run_zone(out: &Out) -> BTreeMap<(String, String), BTreeMap<String, usize>> {
+    let mut counts: BTreeMap<(String, String), BTreeMap<String, usize>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for send in out.of("t") {
+        assert!(seen.insert((&send.run_id, &send.user_id)), "{} twice in a run", send.user_id);
+        let day = at(send.created_at_ms)[..10].to_string();
+        let zones = counts.entry((day, send.run_id.clone())).or_default();
+        *zones.entry(send.user_id[..1].to_string()).or_default() += 1;
+    }
+    counts
+}
+
+/// Commands per variant.
+fn variants(out: &Out) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for send in out.of("t") {
+        *counts.entry(send.variant_id.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// `t`'s `LIMIT_REACHED` and `RUN_FINISHED` events as (kind, the limit or the run, sent).
+fn limit_and_run_events(out: &Out) -> Vec<(String, String, String)> {
+    let get = |d: &BTreeMap<String, String>, k: &str| d.get(k).cloned().unwrap_or_default();
+    out.events
+        .iter()
+        .filter(|e| e.campaign_id == "t")
+        .map(|e| (format!("{:?}", e.kind), &e.details))
+        .filter(|(kind, _)| kind == "LimitReached" || kind == "RunFinished")
+        .map(|(kind, d)| (kind, get(d, "limit") + &get(d, "run_id"), get(d, "sent")))
+        .collect()
+}
+
+/// Definitions of `t` as `yaml(options)` at each (options, time) of `edits`.
+fn edits(yaml: &dyn Fn(&str) -> String, steps: &[(&str, &str)]) -> Vec<ReplayRecord> {
+    let define = |(options, when): &(&str, &str)| {
+        command("t", &yaml(options), CampaignCommand::Define, ms_of(when))
+    };
+    steps.iter().map(define).collect()
+}
+
+/// `command` on `t` as `yaml` at `when`.
+fn on_t(yaml: &str, what: CampaignCommand, when: &str) -> ReplayRecord {
+    command("t", yaml, what, ms_of(when))
+}
+
+/// One task (the edits at the same times, `options.shards` left out) and the shards `from`
+/// edited to each of `to` at its time: asserts the same users on the same days per zone and the
+/// same `LIMIT_REACHED` / `RUN_FINISHED`; returns what differs, for the caller to report.
+fn differs(
+    yaml: &dyn Fn(&str) -> String,
+    from: &str,
+    to: &[(&str, &str)],
+    more: &dyn Fn(&str) -> Vec<ReplayRecord>,
+) -> Option<String> {
+    let one_steps: Vec<(&str, &str)> = to.iter().map(|(_, when)| ("", *when)).collect();
+    let mut one_input = edits(yaml, &one_steps);
+    one_input.extend(more(&yaml("")));
+    one_input.sort_by_key(|r| r.timestamp_ms);
+    let one = zones_with(&yaml(""), 40, one_input);
+    let mut input = edits(yaml, to);
+    input.extend(more(&yaml(from)));
+    input.sort_by_key(|r| r.timestamp_ms);
+    let sharded = zones_with(&yaml(from), 40, input);
+    let (want, got) = (per_run_zone(&one), per_run_zone(&sharded));
+    let (want_events, got_events) = (limit_and_run_events(&one), limit_and_run_events(&sharded));
+    (want != got || want_events != got_events).then(|| {
+        format!("{from:?} -> {to:?}: {got:?} {got_events:?}, one task {want:?} {want_events:?}")
+    })
+}
+
+/// No more records.
+fn nothing(_: &str) -> Vec<ReplayRecord> {
+    Vec::new()
+}
+
+/// Asserts every case compares equal (all reported at once).
+fn assert_all(wrong: Vec<String>) {
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Guards: users put off (local time, do-not-disturb hours, a pause) keep the run's shards.
+
+/// A run at 09:00Z (the campaign's time, not the user's), do-not-disturb 08:00 to 12:00 local
+/// with `action: delay`: the 40 UTC users wait until 12:00Z; the shards are raised at 10:00Z
+/// while they wait: 1 → 8 without a limit, with a daily, a total or a per-run limit of 100;
+/// 4 → 8 without a limit. As one task (with a limit over shards from the start, those users are
+/// refused `run_limit` unless their shard has a place left: documented, "What is built").
+#[test]
+fn dnd_delayed_users_of_a_run_whose_shards_grow_while_they_wait() {
+    let dnd = ", dnd: { start: \"08:00\", end: \"12:00\", action: delay }";
+    let to = [(", shards: 8", "2026-11-20T10:00:00Z")];
+    let mut wrong = Vec::new();
+    for (limits, from) in [
+        ("{}", ""),
+        ("{}", ", shards: 4"),
+        ("{ daily: 100 }", ""),
+        ("{ total: 100 }", ""),
+        ("{ per_run: 100 }", ""),
+    ] {
+        let yaml = |options: &str| fixed_yaml(limits, &format!("{dnd}{options}"));
+        wrong.extend(differs(&yaml, from, &to, &nothing).map(|d| format!("{limits} {d}")));
+    }
+    assert_all(wrong);
+}
+
+/// `timezone: user` with do-not-disturb 08:00 to 10:00 local: the UTC−10 users' 09:00 (19:00Z)
+/// puts them off again until 20:00Z; the shards are raised at 19:30Z, between the two (the
+/// second wait keeps the count of the first). Daily 50 and no limit from 1 and 4 shards, a
+/// per-run limit of 100 from 1: as one task.
+#[test]
+fn a_dnd_delay_after_the_local_time_keeps_the_runs_shards() {
+    let dnd = ", dnd: { start: \"08:00\", end: \"10:00\", action: delay }";
+    let to = [(", shards: 8", "2026-11-20T19:30:00Z")];
+    let mut wrong = Vec::new();
+    for (limits, from) in [
+        ("{ daily: 50 }", ""),
+        ("{ daily: 50 }", ", shards: 4"),
+        ("{}", ""),
+        ("{}", ", shards: 4"),
+        ("{ per_run: 100 }", ""),
+    ] {
+        let yaml = |options: &str| t_yaml(limits, &format!("{dnd}{options}"));
+        wrong.extend(differs(&yaml, from, &to, &nothing).map(|d| format!("{limits} {d}")));
+    }
+    assert_all(wrong);
+}
+
+/// Paused at 11:00Z on the 20th, shards raised at 12:00Z (1 → 8, 4 → 8), resumed at 20:00Z:
+/// the UTC−10 users' 09:00 (19:00Z) came during the pause, held with the run's count. Daily
+/// 50, no limit, per-run 100: as one task.
+#[test]
+fn users_held_by_a_pause_over_the_edit_go_to_the_runs_shards_at_the_resume() {
+    let pause = |yaml: &str| {
+        vec![
+            on_t(yaml, CampaignCommand::Pause, "2026-11-20T11:00:00Z"),
+            on_t(yaml, CampaignCommand::Resume, "2026-11-20T20:00:00Z"),
+        ]
+    };
+    let to = [(", shards: 8", "2026-11-20T12:00:00Z")];
+    let mut wrong = Vec::new();
+    for limits in ["{ daily: 50 }", "{}", "{ per_run: 100 }"] {
+        let yaml = |options: &str| t_yaml(limits, options);
+        for from in ["", ", shards: 4"] {
+            wrong.extend(differs(&yaml, from, &to, &pause).map(|d| format!("{limits} {d}")));
+        }
+    }
+    assert_all(wrong);
+}
+
+/// Several edits in one run, at 12:00Z and 15:00Z on the 20th: raised twice (1 → 4 → 8),
+/// raised then lowered (1 → 8 → 2; 4 → 8 → 2 and 8 → 2 with a daily limit or none): daily 50,
+/// none, per-run 100, as one task. (A sampled run lowered below its release's shards: finding
+/// 2.)
+#[test]
+fn shards_raised_twice_or_raised_then_lowered_within_one_run() {
+    let paths: [(&str, &[&str], &[&str]); 4] = [
+        ("", &[", shards: 4", ", shards: 8"], &["{ daily: 50 }", "{}", "{ per_run: 100 }"]),
+        ("", &[", shards: 8", ", shards: 2"], &["{ daily: 50 }", "{}", "{ per_run: 100 }"]),
+        (", shards: 4", &[", shards: 8", ", shards: 2"], &["{ daily: 50 }", "{}"]),
+        (", shards: 8", &[", shards: 2"], &["{ daily: 50 }", "{}"]),
+    ];
+    let times = ["2026-11-20T12:00:00Z", "2026-11-20T15:00:00Z"];
+    let mut wrong = Vec::new();
+    for (from, to, all_limits) in paths {
+        let to: Vec<(&str, &str)> = to.iter().copied().zip(times).collect();
+        for limits in all_limits {
+            let yaml = |options: &str| t_yaml(limits, options);
+            wrong.extend(differs(&yaml, from, &to, &nothing).map(|d| format!("{limits} {d}")));
+        }
+    }
+    assert_all(wrong);
+}
+
+/// A daily run (09:00 local): the 20th's run released at 19:00Z on the 19th over 1 or 4
+/// shards, the shards raised to 8 at 12:00Z on the 20th, the 21st's run released over 8 at
+/// 19:00Z on the 20th, when the 20th's UTC−10 users come: each run's users per day and zone,
+/// each once per run, as one task. Daily 50, none, per-run 100. (Over shards a run that holds
+/// places for users still to come announces `RUN_FINISHED` at its release, counting them:
+/// documented in `docs/campaigns.md`, so the events are not compared here.)
+#[test]
+fn a_daily_runs_late_users_come_when_the_next_run_is_released_over_more_shards() {
+    let mut wrong = Vec::new();
+    for limits in ["{ daily: 50 }", "{}", "{ per_run: 100 }"] {
+        let yaml = |options: &str| {
+            t_yaml(limits, options).replace("repeat: weekly, days: [fri]", "repeat: daily")
+        };
+        let edit = |options: &str| {
+            vec![on_t(&yaml(options), CampaignCommand::Define, "2026-11-20T12:00:00Z")]
+        };
+        let one = per_run_zone(&zones_with(&yaml(""), 40, edit("")));
+        for from in ["", ", shards: 4"] {
+            let sharded = per_run_zone(&zones_with(&yaml(from), 40, edit(", shards: 8")));
+            if sharded != one {
+                wrong.push(format!("{limits} {from:?} -> 8: {sharded:?}, one task {one:?}"));
+            }
+        }
+    }
+    assert_all(wrong);
+}
+
+/// Alternation of 3, a split 70/30 and an A/B test of 30 users with `timezone: user`, without
+/// a limit and with a total of 100, shards raised (1 → 8, 4 → 8) at 12:00Z on the 20th: the
+/// same users per day and zone and the same commands per variant as one task.
+#[test]
+fn variants_of_a_user_local_run_whose_shards_grow_mid_run_count_as_one_task() {
+    let split = "\n  variants:\n    - { id: A, title: t, body: a }\n    - { id: B, title: t, body: b }\n  split: [70, 30]";
+    let ab = format!("{ALTERNATE_3}\n  ab: {{ test_audience: 30, evaluate_after: 1h }}");
+    let mut wrong = Vec::new();
+    for what in [ALTERNATE_3, split, ab.as_str()] {
+        for limits in ["{}", "{ total: 100 }"] {
+            let yaml = |options: &str| t_what(what, limits, options);
+            let edit = |options: &str| {
+                vec![on_t(&yaml(options), CampaignCommand::Define, "2026-11-20T12:00:00Z")]
+            };
+            let one = zones_with(&yaml(""), 40, edit(""));
+            for from in ["", ", shards: 4"] {
+                let sharded = zones_with(&yaml(from), 40, edit(", shards: 8"));
+                let (want, got) = (per_day_zone(&one), per_day_zone(&sharded));
+                let (want_v, got_v) = (variants(&one), variants(&sharded));
+                if want != got || want_v != got_v {
+                    let name = what.lines().last().unwrap_or_default().trim();
+                    wrong.push(format!(
+                        "{name} {limits} {from:?} -> 8: {got:?} {got_v:?}, one task {want:?} {want_v:?}"
+                    ));
+                }
+            }
+        }
+    }
+    assert_all(wrong);
+}
+
+/// The UTC−10 users move to UTC+14 at 12:30Z on the 20th, after the shards were raised at
+/// 12:00Z (1 → 8, 4 → 8) and before their 09:00: each is sent once, as one task (daily 50,
+/// none, per-run 100).
+#[test]
+fn users_moving_timezone_while_put_off_after_the_edit() {
+    let moved = ms_of("2026-11-20T12:30:00Z");
+    let moves = |_: &str| {
+        let moved_user = |i: usize| zoned_profile(&format!("c{i}"), "Pacific/Kiritimati", moved);
+        (0..40).map(moved_user).collect::<Vec<_>>()
+    };
+    let to = [(", shards: 8", "2026-11-20T12:00:00Z")];
+    let mut wrong = Vec::new();
+    for limits in ["{ daily: 50 }", "{}", "{ per_run: 100 }"] {
+        let yaml = |options: &str| t_yaml(limits, options);
+        for from in ["", ", shards: 4"] {
+            wrong.extend(differs(&yaml, from, &to, &moves).map(|d| format!("{limits} {d}")));
+        }
+    }
+    assert_all(wrong);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Findings.
+
+/// Review s30 finding 1 (HIGH, loss): a rule edit that puts a sampled `timezone: user` run's
+/// campaign on its home mid-run (a daily limit added to a per-run limit, or to an A/B test,
+/// which `in_effect` keeps on the home; the admin API allows such an edit while live) sends the
+/// run's late users home (`run_flow_key`: the fewer of the release's 8 and the 1 in effect),
+/// which holds none of their places (those are at their rank's shard of the release): the
+/// UTC−10 users the run selected are all lost. Per-run 100 + daily 200 at 12:00Z on the 20th:
+/// 0 of one task's 31; A/B test of 30 + daily 200: 0 of 40, variants 69/6/5 (one task
+/// 100/10/10). Routing them to their shard of the release (tried) sends them, but that shard
+/// (not in effect) then ignores the daily limit just added: per-run 100 + daily 50 sends 65 on
+/// the 20th (one task 50), + total 80 sends 100 (one task 80); so not fixed here.
+#[test]
+#[ignore = "review s30 finding 1: a daily limit added mid-run to a user-local per-run or A/B run over 8 shards loses its selected late users: 0 of 31 (per_run 100), 0 of 40 and 69/6/5 of 100/10/10 (A/B 30)"]
+fn a_daily_limit_added_mid_run_keeps_a_sampled_runs_late_users() {
+    let ab = format!("{ALTERNATE_3}\n  ab: {{ test_audience: 30, evaluate_after: 1h }}");
+    let one_message = "{ title: t, body: b }";
+    let mut wrong = Vec::new();
+    for (what, before, after) in [
+        (one_message, "{ per_run: 100 }", "{ per_run: 100, daily: 200 }"),
+        (ab.as_str(), "{}", "{ daily: 200 }"),
+    ] {
+        let edit = |options: &str| {
+            let yaml = t_what(what, after, options);
+            vec![on_t(&yaml, CampaignCommand::Define, "2026-11-20T12:00:00Z")]
+        };
+        let one = zones_with(&t_what(what, before, ""), 40, edit(""));
+        let sharded = zones_with(&t_what(what, before, ", shards: 8"), 40, edit(", shards: 8"));
+        let (want, got) = (per_run_zone(&one), per_run_zone(&sharded));
+        let (want_v, got_v) = (variants(&one), variants(&sharded));
+        if want != got || want_v != got_v {
+            wrong.push(format!("{after}: {got:?} {got_v:?}, one task {want:?} {want_v:?}"));
+        }
+    }
+    assert_all(wrong);
+}
+
+/// Review s30 finding 2 (MEDIUM, loss; the admin API refuses the edit while live, a record
+/// written to the campaigns topic does not): `options.shards` lowered below a sampled run's
+/// release (8 → 2 at 12:00Z on the 20th; 4 → 8 → 2 at 12:00Z and 15:00Z): the UTC−10 users'
+/// places are at their rank's shard among 8 (or 4), beyond the 2 now: routed to one of the 2,
+/// which holds none, they are refused. Per-run 100: 3 and 10 of one task's 31.
+#[test]
+#[ignore = "review s30 finding 2: options.shards lowered below a sampled user-local run's release loses its late users: per_run 100, 8 -> 2 sends 3 of 31 UTC-10 users, 4 -> 8 -> 2 sends 10 of 31"]
+fn shards_lowered_below_a_sampled_runs_release_keep_its_late_users() {
+    let yaml = |options: &str| t_yaml("{ per_run: 100 }", options);
+    let times = ["2026-11-20T12:00:00Z", "2026-11-20T15:00:00Z"];
+    let mut wrong = Vec::new();
+    for (from, to) in
+        [(", shards: 8", &[", shards: 2"][..]), (", shards: 4", &[", shards: 8", ", shards: 2"])]
+    {
+        let to: Vec<(&str, &str)> = to.iter().copied().zip(times).collect();
+        wrong.extend(differs(&yaml, from, &to, &nothing));
+    }
+    assert_all(wrong);
+}
+
+/// Review s30 finding 3 (MEDIUM, loss and over the limit): a rule edit that changes whether a
+/// `timezone: user` run over 8 shards samples its users (a per-run limit taken away or added
+/// at 12:00Z on the 20th) changes how its late users are routed (`of_run_user`: by their rank
+/// in the run, or by the user, read from the rules in effect now, not the release's). Taken
+/// away: the UTC−10 users go to their user's shard, whose places the run's selections took:
+/// 0 of one task's 40 sent. Added: each shard, planned without places, applies the whole
+/// per-run limit to its own sends: 120 sent (every UTC−10 user), one task 100.
+#[test]
+#[ignore = "review s30 finding 3: a per-run limit taken away mid-run over 8 shards sends 0 of one task's 40 UTC-10 users; added mid-run, 120 sent against a per-run limit of 100 (one task 100)"]
+fn a_per_run_limit_taken_away_or_added_mid_run_over_8_shards() {
+    let mut wrong = Vec::new();
+    for (before, after) in [("{ per_run: 100 }", "{}"), ("{}", "{ per_run: 100 }")] {
+        let edit = |options: &str| {
+            vec![on_t(&t_yaml(after, options), CampaignCommand::Define, "2026-11-20T12:00:00Z")]
+        };
+        let one = zones_with(&t_yaml(before, ""), 40, edit(""));
+        let sharded = zones_with(&t_yaml(before, ", shards: 8"), 40, edit(", shards: 8"));
+        let (want, got) = (per_run_zone(&one), per_run_zone(&sharded));
+        if want != got {
+            wrong.push(format!("{before} -> {after}: {got:?}, one task {want:?}"));
+        }
+    }
+    assert_all(wrong);
+}
+
+/// Review s30 finding 4 (MEDIUM, loss; no edit): a `timezone: user` run with a per-run limit
+/// of 100 and do-not-disturb hours 08:00 to 10:00 local over 4 or 8 shards. At the release
+/// (09:00 in UTC+14) the UTC+14 users are in their do-not-disturb hours: put off without a
+/// reservation (only a wait for the local time makes one), they are not in any shard's buffer,
+/// so the places planned (never above a buffer) leave none for them when they come: 80 sent,
+/// none of them, where one task sends 100 (20 of them).
+#[test]
+#[ignore = "review s30 finding 4: a user-local per-run run whose first timezone is in do-not-disturb hours at its release sends 80 over 4 or 8 shards, one task 100 (0 of 20 UTC+14 users)"]
+fn users_in_dnd_hours_at_a_sampled_user_local_release_are_sent_as_by_one_task() {
+    let dnd = ", dnd: { start: \"08:00\", end: \"10:00\", action: delay }";
+    let yaml = |options: &str| t_yaml("{ per_run: 100 }", &format!("{dnd}{options}"));
+    let mut wrong = Vec::new();
+    for from in [", shards: 4", ", shards: 8"] {
+        wrong.extend(differs(&yaml, from, &[], &nothing));
+    }
+    assert_all(wrong);
+}
+
+/// Review s30 finding 5 (LOW, miscount of an event): two runs a day at 09:00Z and 15:00Z (the
+/// campaign's time) with a daily limit of 200 over 4 shards, 120 users: the sends are one
+/// task's (120, then 80), but after an edit at 10:00Z (shards 4 → 8, the daily limit raised to
+/// 210, or a total added) `LIMIT_REACHED` (daily) says 215 sent where 200 (210) were. Without
+/// the edit it says 200.
+#[test]
+#[ignore = "review s30 finding 5: after an edit at 10:00Z of a sharded 2-runs-a-day campaign with a daily limit, LIMIT_REACHED says sent 215 where 200 (or 210) were sent"]
+fn limit_reached_after_an_edit_counts_the_days_sends() {
+    let two = |limits: &str, options: &str| {
+        t_yaml(limits, options).replace(
+            "schedule: { repeat: weekly, days: [fri], time: \"09:00\", timezone: user }",
+            "schedule: { at: [\"2026-11-20T09:00:00Z\", \"2026-11-20T15:00:00Z\"] }",
+        )
+    };
+    let mut wrong = Vec::new();
+    for (to, limits) in [
+        (", shards: 8", "{ daily: 200 }"),
+        (", shards: 4", "{ daily: 210 }"),
+        (", shards: 4", "{ daily: 200, total: 1000 }"),
+    ] {
+        let edit = |options: &str| {
+            vec![on_t(&two(limits, options), CampaignCommand::Define, "2026-11-20T10:00:00Z")]
+        };
+        let one = zones_with(&two("{ daily: 200 }", ""), 40, edit(""));
+        let sharded = zones_with(&two("{ daily: 200 }", ", shards: 4"), 40, edit(to));
+        let per_run = |out: &Out| {
+            let runs = per_run_zone(out).into_iter();
+            runs.map(|(run, zones)| (run, zones.values().sum::<usize>())).collect::<Vec<_>>()
+        };
+        assert_eq!(per_run(&sharded), per_run(&one), "{to} {limits}: the sends are one task's");
+        let (want, got) = (limit_and_run_events(&one), limit_and_run_events(&sharded));
+        if want != got {
+            wrong.push(format!("{to} {limits}: {got:?}, one task {want:?}"));
+        }
+    }
+    assert_all(wrong);
+}
