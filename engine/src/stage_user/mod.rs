@@ -1148,4 +1148,21 @@ mod tests {
         assert_eq!(digested, occurrence(&event(&long), record), "deterministic");
         assert_ne!(digested, occurrence(&event(&"y".repeat(10_000)), record));
     }
+
+    /// Review s30: a user put off by a version before f1d9f63 (no `released` in the pending
+    /// timer) reads back without the release's shards, so its records route by the shards in
+    /// effect, as they did; a pending of a trigger writes no `released` (an older version reads
+    /// it); a scheduled run's keeps its count.
+    #[test]
+    fn a_pending_timer_without_the_releases_shards_routes_as_before() {
+        let old = r#"{"campaign":"t","user":"c1","app":"shop","waiting":"LocalTime","trigger_event":"","due_ms":5,"run_id":"run-1795114800000"}"#;
+        let pending: Pending = serde_json::from_str(old).unwrap();
+        assert_eq!(pending.whom().released, None);
+        assert_eq!(pending.whom().run, "run-1795114800000");
+        let trigger = Pending { run_id: triggered_run(), ..pending.clone() };
+        assert!(!serde_json::to_string(&trigger).unwrap().contains("released"));
+        let run = Pending { released: Some(8), ..pending };
+        let back: Pending = serde_json::from_str(&serde_json::to_string(&run).unwrap()).unwrap();
+        assert_eq!(back.whom().released, Some(8));
+    }
 }
