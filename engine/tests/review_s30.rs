@@ -11,7 +11,7 @@ mod sharded;
 use std::collections::{BTreeMap, BTreeSet};
 
 use herald_engine::model::CampaignCommand;
-use herald_engine::runtime::replay::ReplayRecord;
+use herald_engine::runtime::replay::{ReplayInput, ReplayRecord};
 use sharded::*;
 
 /// One message (or `what`), weekly on Fridays at 09:00 in each user's timezone, with `limits`
@@ -473,6 +473,100 @@ fn limit_reached_after_an_edit_counts_the_days_sends() {
         let (want, got) = (limit_and_run_events(&one), limit_and_run_events(&sharded));
         if want != got {
             wrong.push(format!("{to} {limits}: {got:?}, one task {want:?}"));
+        }
+    }
+    assert_all(wrong);
+}
+
+/// [`zones_with`] where each of `commands` is read by the tasks of one partition only
+/// (`Some(p)`) or by every task (`None`) ([`ReplayInput::Staggered`]).
+fn zones_staggered(yaml: &str, per_zone: usize, commands: Vec<(Option<i32>, ReplayRecord)>) -> Out {
+    let start = ms_of("2026-11-19T18:00:00Z");
+    let mut input = vec![(None, define("t", yaml, start))];
+    for (zone, tz) in ZONES {
+        input
+            .extend((0..per_zone).map(|i| (None, zoned_profile(&format!("{zone}{i}"), tz, start))));
+    }
+    let mut commands = commands.into_iter().peekable();
+    for tick in (start + MINUTE..=ms_of("2026-11-20T23:50:00Z")).step_by(600_000) {
+        while commands.peek().is_some_and(|(_, c)| c.timestamp_ms <= tick) {
+            input.push(commands.next().unwrap());
+        }
+        let clock = |z: usize| {
+            (
+                None,
+                user_event(
+                    &format!("z{z}"),
+                    "Other",
+                    format!("o{z}-{tick}"),
+                    Default::default(),
+                    tick,
+                ),
+            )
+        };
+        input.extend((0..4).map(clock));
+    }
+    input.extend(commands);
+    run_input(NO_CAPS, ReplayInput::Staggered(input), ms_of("2026-11-21T00:00:00Z"))
+}
+
+/// Review s30 finding 6 (HIGH, loss of a whole run, silent): each user-stage task fixes a run's
+/// shard count when its own scan starts (`RunCursor.by_shard`). A rule edit that changes the
+/// shards in effect (a per-run limit taken away from, or added to, a `timezone: user`
+/// campaign with a daily limit and `shards: 8`: home alone <-> 8 shards; allowed while live),
+/// read by the tasks of one partition before the run's release (18:55Z) and by the others
+/// after their scan (19:05Z, as instances read the campaigns table at their own pace), splits
+/// the run: some partitions' tallies and candidates go home, the others' to the 8 shards;
+/// neither the home nor any shard ever has every partition's tally, so the run never starts:
+/// no `RUN_STARTED`, no dead letter, none of one task's 90 users sent (40 on the 19th, 50 on
+/// the 20th), whichever partition read the edit first. (`options.shards` itself edited the
+/// same way, 1 <-> 8, also sends none; 4 -> 8 with a per-run limit sends none when partition
+/// 3 reads it first.)
+#[test]
+#[ignore = "review s30 finding 6: a rule edit changing the shards in effect read by one partition's tasks before a run's scan and by the others after loses the whole run: 0 of one task's 90, no RUN_STARTED, no dead letter"]
+fn a_run_scanned_with_two_shard_counts_still_sends_as_one_task() {
+    let mut wrong = Vec::new();
+    let per_run = ("{ daily: 50, per_run: 200 }", "{ daily: 50 }");
+    for (before, after) in [per_run, (per_run.1, per_run.0)] {
+        let edit = |options: &str, when: &str| {
+            on_t(&t_yaml(after, options), CampaignCommand::Define, when)
+        };
+        let one = zones_with(&t_yaml(before, ""), 40, vec![edit("", "2026-11-19T19:05:00Z")]);
+        let one = per_run_zone(&one);
+        for early in 0..4 {
+            let commands = vec![
+                (Some(early), edit(", shards: 8", "2026-11-19T18:55:00Z")),
+                (None, edit(", shards: 8", "2026-11-19T19:05:00Z")),
+            ];
+            let out = zones_staggered(&t_yaml(before, ", shards: 8"), 40, commands);
+            let got = per_run_zone(&out);
+            if got != one {
+                let kinds = out.kinds("t");
+                wrong.push(format!(
+                    "{before} -> {after} read first by partition {early}: {got:?} {kinds:?}, one task {one:?}"
+                ));
+            }
+        }
+    }
+    assert_all(wrong);
+}
+
+/// Control of finding 6: the same edits read by every task at once, before the release
+/// (18:55Z) or after it (19:05Z): as one task, 40 then 50.
+#[test]
+fn a_rule_edit_read_by_every_task_at_once_around_a_release_is_one_tasks() {
+    let mut wrong = Vec::new();
+    let per_run = ("{ daily: 50, per_run: 200 }", "{ daily: 50 }");
+    for (before, after) in [per_run, (per_run.1, per_run.0)] {
+        for when in ["2026-11-19T18:55:00Z", "2026-11-19T19:05:00Z"] {
+            let edit =
+                |options: &str| vec![on_t(&t_yaml(after, options), CampaignCommand::Define, when)];
+            let one = per_run_zone(&zones_with(&t_yaml(before, ""), 40, edit("")));
+            let sharded = zones_with(&t_yaml(before, ", shards: 8"), 40, edit(", shards: 8"));
+            let got = per_run_zone(&sharded);
+            if got != one {
+                wrong.push(format!("{before} -> {after} at {when}: {got:?}, one task {one:?}"));
+            }
         }
     }
     assert_all(wrong);
