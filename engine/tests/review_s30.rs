@@ -571,3 +571,21 @@ fn a_rule_edit_read_by_every_task_at_once_around_a_release_is_one_tasks() {
     }
     assert_all(wrong);
 }
+
+/// The sanctioned way to change `options.shards`: stopped at 11:00Z on the 20th, applied again
+/// with 8 shards at 11:30Z (1 → 8, 4 → 8; one task: stopped and applied again unchanged). The
+/// UTC−10 users of the run, put off until 19:00Z, come after: daily 50, none, per-run 100, as
+/// one task.
+#[test]
+fn a_campaign_stopped_and_applied_again_with_more_shards_mid_run() {
+    let stop = |yaml: &str| vec![on_t(yaml, CampaignCommand::Stop, "2026-11-20T11:00:00Z")];
+    let to = [(", shards: 8", "2026-11-20T11:30:00Z")];
+    let mut wrong = Vec::new();
+    for limits in ["{ daily: 50 }", "{}", "{ per_run: 100 }"] {
+        let yaml = |options: &str| t_yaml(limits, options);
+        for from in ["", ", shards: 4"] {
+            wrong.extend(differs(&yaml, from, &to, &stop).map(|d| format!("{limits} {d}")));
+        }
+    }
+    assert_all(wrong);
+}
