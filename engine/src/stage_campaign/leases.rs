@@ -556,9 +556,13 @@ impl CampaignStage {
             variants: Vec::new(),
             skipped: BTreeMap::new(),
             failed: BTreeMap::new(),
-            day_sent: match indices::late_daily(campaign) {
-                true => state.lease.spent_on(day), // its runs' sends are counted apart
-                false => state.reported_day_sent(day),
+            day_sent: match (indices::late_daily(campaign), &campaign.when.trigger) {
+                (true, _) => state.lease.spent_on(day), // its runs' sends are counted apart
+                // Every send of a scheduled campaign reaches the home's day from the shards'
+                // lifetime `sent` (`count_run_sends`): not again in the day's leases (review
+                // s30 finding 5: a recount counted them twice).
+                (false, Trigger::Scheduled(_)) => 0,
+                (false, _) => state.reported_day_sent(day),
             } as i64,
             timestamp_ms: ctx.timestamp_ms(),
             seq: state.lease.reports,
