@@ -53,7 +53,7 @@ pub struct EngineArgs {
     #[arg(long)]
     ingest_format: Option<IngestFormat>,
     /// Longest a transaction stays open while input keeps coming, in milliseconds (caught up
-    /// with its input, a worker commits after a tenth of it).
+    /// with its input, a worker commits after a tenth of it, and twice its last commit's time).
     #[arg(long, default_value_t = 100)]
     commit_interval_ms: u64,
     /// Broker-side transaction timeout in milliseconds: the longest a transaction may stay

@@ -46,7 +46,7 @@ pub struct CountArgs {
     #[arg(long, default_value = ".local/state")]
     state_dir: PathBuf,
     /// Longest a transaction stays open while input keeps coming, in milliseconds (caught up
-    /// with its input, a worker commits after a tenth of it).
+    /// with its input, a worker commits after a tenth of it, and twice its last commit's time).
     #[arg(long, default_value_t = 100)]
     commit_interval_ms: u64,
     /// Transaction timeout in milliseconds.

@@ -50,7 +50,8 @@ pub struct RuntimeConfig {
     /// Where task stores live (`<state_dir>/<app>/<task>/`).
     pub state_dir: PathBuf,
     /// How long a transaction stays open at most while input keeps coming (default 100 ms);
-    /// a worker that has caught up with its input commits after a tenth of it.
+    /// a worker that has caught up with its input commits after a tenth of it, and twice as
+    /// long as its last commit took.
     pub commit_interval: Duration,
     /// Clock driving timers (default wall clock).
     pub clock: Clock,
