@@ -14,69 +14,15 @@ use herald_engine::model::{CampaignCommand, ShardReport, ShardReportKind};
 use herald_engine::runtime::replay::ReplayRecord;
 use sharded::*;
 
-/// One message, weekly on Fridays at 09:00 in each user's timezone, with `limits` and
-/// `options` (YAML inside `options: { ... }`, after `ignore_global_caps`).
-fn t_yaml(limits: &str, options: &str) -> String {
-    format!("{}limits: {limits}\n", user_local("t", "{ title: t, body: b }", options))
-}
-
-/// Zones of the tests: `a` UTC+14 (sent at the release, 19:00Z on the 19th), `b` UTC (09:00Z on
-/// the 20th), `c` UTC−10 (19:00Z on the 20th).
-const ZONES: [(&str, &str); 3] =
-    [("a", "Pacific/Kiritimati"), ("b", "UTC"), ("c", "Pacific/Honolulu")];
-
 /// `t` defined as `yaml` at 18:00Z on the 19th, `per_zone` users in each of [`ZONES`], then the
-/// records `commands` (each at its own time, among the clock's ticks), the clock moving every 10
-/// minutes until 23:50Z on the 20th; replayed without caps until the 21st.
+/// records `commands`, replayed without caps (see [`zones_run`]).
 fn zones_with(yaml: &str, per_zone: usize, commands: Vec<ReplayRecord>) -> Out {
     zones_under(NO_CAPS, yaml, per_zone, commands)
 }
 
 /// [`zones_with`] under `settings` (YAML), with `news` defined too.
 fn zones_under(settings: &str, yaml: &str, per_zone: usize, commands: Vec<ReplayRecord>) -> Out {
-    let start = ms_of("2026-11-19T18:00:00Z");
-    let mut input = vec![define("news", NEWS, start), define("t", yaml, start)];
-    for (zone, tz) in ZONES {
-        input.extend((0..per_zone).map(|i| zoned_profile(&format!("{zone}{i}"), tz, start)));
-    }
-    let mut commands = commands.into_iter().peekable();
-    for tick in (start + MINUTE..=ms_of("2026-11-20T23:50:00Z")).step_by(600_000) {
-        while commands.peek().is_some_and(|c| c.timestamp_ms <= tick) {
-            input.push(commands.next().unwrap());
-        }
-        let clock = |z: usize| {
-            user_event(&format!("z{z}"), "Other", format!("o{z}-{tick}"), Default::default(), tick)
-        };
-        input.extend((0..4).map(clock));
-    }
-    input.extend(commands);
-    run(settings, input, ms_of("2026-11-21T00:00:00Z"))
-}
-
-/// The users `t` sent to, by the day (UTC) of the command; asserts each user is sent once.
-fn by_day(out: &Out) -> BTreeMap<String, BTreeSet<String>> {
-    let mut days: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let sends = out.of("t");
-    for send in &sends {
-        days.entry(at(send.created_at_ms)[..10].to_string())
-            .or_default()
-            .insert(send.user_id.clone());
-    }
-    let users: BTreeSet<&String> = sends.iter().map(|s| &s.user_id).collect();
-    assert_eq!(users.len(), sends.len(), "each user once");
-    days
-}
-
-/// Users per day and zone (the first letter of the user id).
-fn per_day_zone(out: &Out) -> BTreeMap<String, BTreeMap<String, usize>> {
-    let mut counts = BTreeMap::new();
-    for (day, users) in by_day(out) {
-        let zones: &mut BTreeMap<String, usize> = counts.entry(day).or_default();
-        for user in users {
-            *zones.entry(user[..1].to_string()).or_default() += 1;
-        }
-    }
-    counts
+    zones_run(settings, &[("news", NEWS), ("t", yaml)], per_zone, commands)
 }
 
 /// `t`'s `LIMIT_REACHED` events as (limit, day, sent).
@@ -87,11 +33,6 @@ fn limits_reached(out: &Out) -> Vec<(String, String, String)> {
         .filter(|e| e.campaign_id == "t" && format!("{:?}", e.kind) == "LimitReached")
         .map(|e| (get(&e.details, "limit"), get(&e.details, "day"), get(&e.details, "sent")))
         .collect()
-}
-
-/// A record of `command` on `t` with the definition `yaml`, at `when` (RFC 3339).
-fn on_t(yaml: &str, what: CampaignCommand, when: &str) -> ReplayRecord {
-    command("t", yaml, what, ms_of(when))
 }
 
 /// Counts per day as (day, users).

@@ -14,74 +14,16 @@ use herald_engine::model::CampaignCommand;
 use herald_engine::runtime::replay::{ReplayInput, ReplayRecord};
 use sharded::*;
 
-/// One message (or `what`), weekly on Fridays at 09:00 in each user's timezone, with `limits`
-/// and `options` (YAML inside `options: { ... }`, after `ignore_global_caps`).
-fn t_yaml(limits: &str, options: &str) -> String {
-    t_what("{ title: t, body: b }", limits, options)
-}
-
-/// [`t_yaml`] sending `what`.
-fn t_what(what: &str, limits: &str, options: &str) -> String {
-    format!("{}limits: {limits}\n", user_local("t", what, options))
-}
-
 /// [`t_yaml`] at 09:00 in the campaign's timezone (UTC), not the user's: the run is at 09:00Z
 /// on the 20th.
 fn fixed_yaml(limits: &str, options: &str) -> String {
     t_yaml(limits, options).replace(", timezone: user", "")
 }
 
-/// Zones: `a` UTC+14 (a user-local run's release, 19:00Z on the 19th), `b` UTC (09:00Z on the
-/// 20th), `c` UTC−10 (19:00Z on the 20th).
-const ZONES: [(&str, &str); 3] =
-    [("a", "Pacific/Kiritimati"), ("b", "UTC"), ("c", "Pacific/Honolulu")];
-
 /// `t` defined as `yaml` at 18:00Z on the 19th, `per_zone` users in each of [`ZONES`], then
-/// `commands` (each at its own time, among the clock's ticks every 10 minutes until 23:50Z on
-/// the 20th); replayed until the 21st.
+/// `commands`, replayed without caps (see [`zones_run`]).
 fn zones_with(yaml: &str, per_zone: usize, commands: Vec<ReplayRecord>) -> Out {
-    let start = ms_of("2026-11-19T18:00:00Z");
-    let mut input = vec![define("t", yaml, start)];
-    for (zone, tz) in ZONES {
-        input.extend((0..per_zone).map(|i| zoned_profile(&format!("{zone}{i}"), tz, start)));
-    }
-    let mut commands = commands.into_iter().peekable();
-    for tick in (start + MINUTE..=ms_of("2026-11-20T23:50:00Z")).step_by(600_000) {
-        while commands.peek().is_some_and(|c| c.timestamp_ms <= tick) {
-            input.push(commands.next().unwrap());
-        }
-        let clock = |z: usize| {
-            user_event(&format!("z{z}"), "Other", format!("o{z}-{tick}"), Default::default(), tick)
-        };
-        input.extend((0..4).map(clock));
-    }
-    input.extend(commands);
-    run(NO_CAPS, input, ms_of("2026-11-21T00:00:00Z"))
-}
-
-/// The users `t` sent to, by the day (UTC) of the command; asserts each user is sent once.
-fn by_day(out: &Out) -> BTreeMap<String, BTreeSet<String>> {
-    let mut days: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let sends = out.of("t");
-    for send in &sends {
-        let day = at(send.created_at_ms)[..10].to_string();
-        days.entry(day).or_default().insert(send.user_id.clone());
-    }
-    let users: BTreeSet<&String> = sends.iter().map(|s| &s.user_id).collect();
-    assert_eq!(users.len(), sends.len(), "each user once");
-    days
-}
-
-/// Users per day and zone (the first letter of the user id).
-fn per_day_zone(out: &Out) -> BTreeMap<String, BTreeMap<String, usize>> {
-    let mut counts = BTreeMap::new();
-    for (day, users) in by_day(out) {
-        let zones: &mut BTreeMap<String, usize> = counts.entry(day).or_default();
-        for user in users {
-            *zones.entry(user[..1].to_string()).or_default() += 1;
-        }
-    }
-    counts
+    zones_run(NO_CAPS, &[("t", yaml)], per_zone, commands)
 }
 
 /// Users per (day, run) and zone; asserts each user is sent once per run.
@@ -124,11 +66,6 @@ fn edits(yaml: &dyn Fn(&str) -> String, steps: &[(&str, &str)]) -> Vec<ReplayRec
         command("t", &yaml(options), CampaignCommand::Define, ms_of(when))
     };
     steps.iter().map(define).collect()
-}
-
-/// `command` on `t` as `yaml` at `when`.
-fn on_t(yaml: &str, what: CampaignCommand, when: &str) -> ReplayRecord {
-    command("t", yaml, what, ms_of(when))
 }
 
 /// One task (the edits at the same times, `options.shards` left out) and the shards `from`

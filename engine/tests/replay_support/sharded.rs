@@ -601,3 +601,82 @@ pub fn run_input(settings: &str, input: ReplayInput, until: i64) -> Out {
             .collect(),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `t`, weekly at 09:00 in each user's timezone, over users in three zones (review_s29.rs,
+// review_s30.rs).
+
+/// One message, weekly on Fridays at 09:00 in each user's timezone, with `limits` and
+/// `options` (YAML inside `options: { ... }`, after `ignore_global_caps`).
+pub fn t_yaml(limits: &str, options: &str) -> String {
+    t_what("{ title: t, body: b }", limits, options)
+}
+
+/// [`t_yaml`] sending `what`.
+pub fn t_what(what: &str, limits: &str, options: &str) -> String {
+    format!("{}limits: {limits}\n", user_local("t", what, options))
+}
+
+/// A record of `command` on `t` with the definition `yaml`, at `when` (RFC 3339).
+pub fn on_t(yaml: &str, what: CampaignCommand, when: &str) -> ReplayRecord {
+    command("t", yaml, what, ms_of(when))
+}
+
+/// Zones of the users: `a` UTC+14 (sent at the release, 19:00Z on the 19th), `b` UTC (09:00Z on
+/// the 20th), `c` UTC−10 (19:00Z on the 20th).
+pub const ZONES: [(&str, &str); 3] =
+    [("a", "Pacific/Kiritimati"), ("b", "UTC"), ("c", "Pacific/Honolulu")];
+
+/// The campaigns `definitions` (id, YAML) defined at 18:00Z on the 19th, `per_zone` users in
+/// each of [`ZONES`], then the records `commands` (each at its own time, among the clock's ticks
+/// every 10 minutes until 23:50Z on the 20th); replayed under `settings` until the 21st.
+pub fn zones_run(
+    settings: &str,
+    definitions: &[(&str, &str)],
+    per_zone: usize,
+    commands: Vec<ReplayRecord>,
+) -> Out {
+    let start = ms_of("2026-11-19T18:00:00Z");
+    let mut input: Vec<ReplayRecord> =
+        definitions.iter().map(|(id, yaml)| define(id, yaml, start)).collect();
+    for (zone, tz) in ZONES {
+        input.extend((0..per_zone).map(|i| zoned_profile(&format!("{zone}{i}"), tz, start)));
+    }
+    let mut commands = commands.into_iter().peekable();
+    for tick in (start + MINUTE..=ms_of("2026-11-20T23:50:00Z")).step_by(600_000) {
+        while commands.peek().is_some_and(|c| c.timestamp_ms <= tick) {
+            input.push(commands.next().unwrap());
+        }
+        let clock = |z: usize| {
+            user_event(&format!("z{z}"), "Other", format!("o{z}-{tick}"), Default::default(), tick)
+        };
+        input.extend((0..4).map(clock));
+    }
+    input.extend(commands);
+    run(settings, input, ms_of("2026-11-21T00:00:00Z"))
+}
+
+/// The users `t` sent to, by the day (UTC) of the command; asserts each user is sent once.
+pub fn by_day(out: &Out) -> BTreeMap<String, BTreeSet<String>> {
+    let mut days: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let sends = out.of("t");
+    for send in &sends {
+        let day = at(send.created_at_ms)[..10].to_string();
+        days.entry(day).or_default().insert(send.user_id.clone());
+    }
+    let users: BTreeSet<&String> = sends.iter().map(|s| &s.user_id).collect();
+    assert_eq!(users.len(), sends.len(), "each user once");
+    days
+}
+
+/// `t`'s users per day and zone (the first letter of the user id).
+pub fn per_day_zone(out: &Out) -> BTreeMap<String, BTreeMap<String, usize>> {
+    let mut counts = BTreeMap::new();
+    for (day, users) in by_day(out) {
+        let zones: &mut BTreeMap<String, usize> = counts.entry(day).or_default();
+        for user in users {
+            *zones.entry(user[..1].to_string()).or_default() += 1;
+        }
+    }
+    counts
+}
