@@ -663,6 +663,7 @@ impl UserStage {
                             after_dnd: false,
                             read: user,
                             released: None,
+                            came_back: false,
                         };
                         return self.qualify(ctx, campaign, &occasion).map(|_| ());
                     }
@@ -722,9 +723,13 @@ impl UserStage {
         waiting: Waiting,
         due_ms: i64,
     ) -> Result<bool, ProcessError> {
-        if waiting == Waiting::LocalTime && sample::samples(campaign) {
-            // A run taking part of its audience takes it now, over all its users: this user's
-            // place in it (see `campaign::sample`).
+        let put_off = matches!(waiting, Waiting::LocalTime | Waiting::Dnd);
+        if put_off && !occasion.came_back && sample::reserves(campaign) {
+            // A run taking part of its audience takes it now, over all its users: the place of
+            // a user it puts off, until their local time or past their do-not-disturb hours,
+            // is reserved now (see `campaign::sample`). Else a user in do-not-disturb hours at
+            // the release was left out of the sample, and of every shard's planned places
+            // (review s30 finding 4).
             let (run, user) = (occasion.run_id, occasion.user);
             let reservation = sample::reservation(campaign, run, user, due_ms);
             self.flow().emit_about(ctx, campaign, occasion.whom(), &reservation)?;
@@ -765,6 +770,7 @@ impl UserStage {
             after_dnd: pending.waiting == Waiting::Dnd,
             read: &UserRead::default(),
             released: pending.released,
+            came_back: true,
         };
         if !self.qualify(ctx, campaign, &occasion)? && sample::reserves(campaign) {
             self.skip(ctx, campaign, pending.whom(), "not_eligible", at_ms)?;
@@ -943,6 +949,9 @@ struct Occasion<'a> {
     /// shard among those, however an edit changed them since (see
     /// [`shards::run_flow_key`]); `None` for a trigger occurrence.
     released: Option<u32>,
+    /// A user put off before, back at the time they were put off until: a run that samples its
+    /// audience holds their reservation already.
+    came_back: bool,
 }
 
 impl Occasion<'_> {

@@ -121,6 +121,7 @@ impl UserStage {
                 after_dnd: false,
                 read: &read,
                 released: Some(shards),
+                came_back: false,
             };
             if self.qualify(ctx, campaign, &occasion)? {
                 cursor.qualified += 1;
