@@ -13,6 +13,9 @@ logs=.local/test-logs
 rm -rf "$logs"
 mkdir -p "$logs"
 
+echo "--- building every test binary"
+cargo test --workspace --no-run
+
 # Lanes of the root package's long test binaries (about 400, 350 and 190 + 270 s on their own).
 lanes=(
   "senders runtime_exactly_once"
@@ -27,16 +30,6 @@ rest=()
 for name in $(basename -s .rs tests/*.rs engine/tests/*.rs | sort -u); do
   [[ $named == *" $name "* ]] || rest+=("--test" "$name")
 done
-
-echo "--- building every test binary"
-# The same selection as the lanes below (lib, bins and every test by name): with no target
-# selected, cargo also builds the examples and benches, whose dependencies give every test binary
-# another hash, so each would be built and stored twice (about 400 MB each).
-all_tests=()
-for name in $(basename -s .rs tests/*.rs engine/tests/*.rs | sort -u); do
-  all_tests+=("--test" "$name")
-done
-cargo test --workspace --no-run --lib --bins "${all_tests[@]}"
 
 run_lane() {
   local log=$1
