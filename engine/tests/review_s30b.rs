@@ -318,3 +318,44 @@ fn dnd_reserved_users_keep_their_places_when_the_shards_grow_while_they_wait() {
     }
     assert_all(wrong);
 }
+
+/// More shapes of a reserving run with the `a` users in do-not-disturb hours at the release,
+/// each user sent once, on one task and over 4 and 8 shards:
+/// - a per-run limit above the audience (200): all 120 sent;
+/// - a per-run limit of 50 with a total limit of 60: the run's first 50 by rank;
+/// - paused from 18:30Z to 19:30Z on the 19th, over the release: the run's scan starts at the
+///   resume, late, and judges do-not-disturb hours as of the run's time: the `a` users are put
+///   off until 20:00Z with a reservation; the run's first 50 by rank.
+#[test]
+fn reserving_runs_with_dnd_users_at_the_release_of_other_shapes() {
+    let mut wrong = Vec::new();
+    for (limits, paused, n) in [
+        ("{ per_run: 200 }", false, 120),
+        ("{ per_run: 50, total: 60 }", false, 50),
+        ("{ per_run: 50 }", true, 50),
+    ] {
+        for options in SHARDS {
+            let yaml = t_yaml(limits, &format!("{DND}{options}"));
+            let commands = match paused {
+                false => vec![],
+                true => vec![
+                    on_t(&yaml, CampaignCommand::Pause, "2026-11-19T18:30:00Z"),
+                    on_t(&yaml, CampaignCommand::Resume, "2026-11-19T19:30:00Z"),
+                ],
+            };
+            let out = zones_with(&yaml, 40, commands);
+            let (got, run) = sent(&out);
+            let want = first_by_rank(&run, everyone(40), n);
+            if got != want {
+                let (zones, _) = zones_and_variants(&out);
+                wrong.push(format!(
+                    "{limits} paused {paused} {options:?}: {} sent {zones:?}, {} not of the first {n}, {} of them missing",
+                    got.len(),
+                    got.difference(&want).count(),
+                    want.difference(&got).count(),
+                ));
+            }
+        }
+    }
+    assert_all(wrong);
+}
