@@ -259,38 +259,42 @@ fn an_ab_test_with_dnd_users_at_the_release_counts_as_one_task() {
     assert_all(wrong);
 }
 
-/// Review s30b finding 1 (MEDIUM, A/B test audience not exact over shards; no notification lost
-/// or doubled): the test of 30 above, every `a` user (held in do-not-disturb hours at the
-/// release, reserved since 665e8fb, some of them selected for the test) gone at 19:30Z on the
-/// 19th: their test places pass on with their variants. One task sends A 60 / B 10 / C 10
-/// (the test exact); over 8 shards A 61 / B 9 / C 10: a B test place became a winner send (the
-/// same 80 users sent). With hours 08:00 to 15:00 (the `c` users expire), one task B 6 / C 4,
-/// over 4 and 8 shards B 5 / C 5 (the same 40 users, other variants). Likely (a reading, not
-/// measured): over shards a test place only moves on to later shards (`pass_test_place`,
-/// `pass_place`: given up after the last one), where one task gives it to the first user still
-/// to come in the whole run's order; the same happens without do-not-disturb hours (finding 2),
-/// so this is not 665e8fb's defect, which only lets the `a` users reach it.
+/// Review s30b finding 1 (MEDIUM, A/B test audience not exact; fixed): the test of 30 above
+/// with hours 08:00 to 10:00, every `a` user (in their hours at the release, reserved since
+/// 665e8fb, six of them selected for the test) gone at 19:30Z on the 19th: their test places
+/// pass on with their variants, to the next user still to come. A place passed to a shard
+/// (through the home) after that shard's own `a` users were reported not coming went to one of
+/// them: their reservation stayed in the run's buffer (`not_coming` only took them off the
+/// standby), and the place was lost. One task sent A 60 / B 10 / C 10, 8 shards A 61 / B 9 /
+/// C 10 (the same 80 users). Fixed: a user reported not coming leaves the buffer of a run
+/// waiting for its winner (`CampaignStage::not_to_come`).
 #[test]
-#[ignore = "review s30b finding 1: an A/B test of 30 whose DND-reserved UTC+14 users leave the audience: 8 shards send A 61/B 9/C 10, one task 60/10/10; DND 08-15: 4 and 8 shards B 5/C 5, one task B 6/C 4"]
 fn an_ab_test_whose_dnd_reserved_test_users_do_not_come_counts_as_one_task() {
-    let mut wrong = Vec::new();
-    for dnd in [DND, DND_LONG] {
-        wrong.extend(ab_differs(dnd, Some(("a", "2026-11-19T19:30:00Z"))));
-    }
-    assert_all(wrong);
+    assert_all(ab_differs(DND, Some(("a", "2026-11-19T19:30:00Z"))));
 }
 
-/// Review s30b finding 2 (MEDIUM, pre-existing, A/B test audience not exact over shards): the
-/// same without do-not-disturb hours: every `b` user (UTC, to come at 09:00Z on the 20th,
-/// reserved at the release) gone at 20:00Z on the 19th: one task A 62 / B 9 / C 9, 8 shards
-/// A 63 / B 9 / C 8 (4 shards as one task; the same 80 users). Every `c` user gone at 12:00Z on
-/// the 20th: as one task (A 69 / B 6 / C 5).
+/// Review s30b finding 2 (MEDIUM, pre-existing, the same cause as finding 1; fixed): without
+/// do-not-disturb hours, every `b` user (UTC, to come at 09:00Z on the 20th, reserved at the
+/// release) gone at 20:00Z on the 19th: one task sent A 62 / B 9 / C 9, 8 shards A 63 / B 9 /
+/// C 8 (the same 80 users). Every `c` user gone at 12:00Z on the 20th: as one task.
 #[test]
-#[ignore = "review s30b finding 2: an A/B test of 30 whose UTC users leave the audience before their local time: 8 shards send A 63/B 9/C 8, one task A 62/B 9/C 9"]
 fn an_ab_test_whose_test_users_do_not_come_at_their_local_time_counts_as_one_task() {
     let mut wrong = ab_differs("", Some(("b", "2026-11-19T20:00:00Z")));
     wrong.extend(ab_differs("", Some(("c", "2026-11-20T12:00:00Z"))));
     assert_all(wrong);
+}
+
+/// Review s30b finding 3 (LOW, A/B test variants differ from one task; no notification lost
+/// or doubled): as finding 1 with hours 08:00 to 15:00 ([`DND_LONG`]: the `c` users are put off
+/// past the run's window, and expire), every `a` user gone: the same 40 `b` users are sent,
+/// with other variants: one task A 31 / B 5 / C 4, 4 shards A 31 / B 4 / C 5, 8 shards A 30 /
+/// B 5 / C 5 (after the fix of finding 1; before, one task B 6 / C 4, 4 and 8 shards B 5 / C 5).
+/// Not root-caused: likely which user still to come takes a test place passed on differs
+/// (over shards a place only moves on to later shards, `pass_test_place`).
+#[test]
+#[ignore = "review s30b finding 3: an A/B test of 30 with DND 08-15 whose UTC+14 users leave the audience: one task A 31/B 5/C 4, 4 shards 31/4/5, 8 shards 30/5/5 (same 40 users)"]
+fn an_ab_test_whose_test_users_do_not_come_with_long_dnd_hours_counts_as_one_task() {
+    assert_all(ab_differs(DND_LONG, Some(("a", "2026-11-19T19:30:00Z"))));
 }
 
 /// 665e8fb with f1d9f63: the shards raised (1 → 8, 4 → 8) at 19:30Z on the 19th, while the `a`

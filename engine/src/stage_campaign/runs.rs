@@ -323,6 +323,34 @@ impl CampaignStage {
         Ok(None)
     }
 
+    /// `user` of `run`, still to come, is reported not coming (see `standby::not_coming`):
+    /// while the run's remainder waits for its A/B winner, their reservation leaves its buffer,
+    /// so a test place passed on later goes to the next user still to come, not to them (it was
+    /// lost: review s30b finding 1).
+    pub(super) fn not_to_come(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        owner: &str,
+        run: &mut RunState,
+        user: &str,
+    ) -> Result<(), ProcessError> {
+        if !run.awaits_winner() {
+            return Ok(());
+        }
+        let prefix = buffer_prefix(owner, &run.id);
+        let key = [prefix.as_slice(), &sample::rank(&run.id, user).to_be_bytes(), user.as_bytes()]
+            .concat();
+        let mut store = ctx.store(RUN_BUFFER)?;
+        let Some(value) = store.get(&key)? else { return Ok(()) };
+        let reserved = serde_json::from_slice::<Candidate>(&value)
+            .is_ok_and(|candidate| sample::is_reservation(&candidate));
+        if reserved {
+            store.delete(&key)?;
+            run.buffered = run.buffered.saturating_sub(1);
+        }
+        Ok(())
+    }
+
     /// A candidate of a scheduled run: buffered until the run is released; after it, sent
     /// within the per-run limit (users whose do-not-disturb hours delayed them).
     pub(super) fn on_run_candidate(

@@ -303,6 +303,9 @@ impl CampaignStage {
                 return Ok(true);
             }
             self.off_standby(ctx, state, run, &skip.user_id)?;
+            if let Some(of_run) = state.run_mut(run) {
+                self.not_to_come(ctx, &owner, of_run, &skip.user_id)?;
+            }
             return Ok(false);
         };
         store.delete(&key)?;
