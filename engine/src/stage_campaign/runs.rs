@@ -277,12 +277,17 @@ pub(super) fn selection_key(owner: &str, run: &str, user: &str) -> Vec<u8> {
 /// audience, whatever partition they came from or when, the same sample for the same run id.
 /// Else its arrival number (every user is sent, in arrival order).
 fn buffer_key(campaign: &Campaign, owner: &str, run: &RunState, user: &str) -> Vec<u8> {
-    let prefix = buffer_prefix(owner, &run.id);
     if sample::samples(campaign) {
-        [prefix.as_slice(), &sample::rank(&run.id, user).to_be_bytes(), user.as_bytes()].concat()
+        ranked_buffer_key(owner, &run.id, user)
     } else {
-        [prefix.as_slice(), &run.buffered.to_be_bytes()].concat()
+        [buffer_prefix(owner, &run.id).as_slice(), &run.buffered.to_be_bytes()].concat()
     }
+}
+
+/// The key of `user` in the buffer of a run `run_id` that samples its audience: by their rank.
+fn ranked_buffer_key(owner: &str, run_id: &str, user: &str) -> Vec<u8> {
+    let rank = sample::rank(run_id, user).to_be_bytes();
+    [buffer_prefix(owner, run_id).as_slice(), &rank, user.as_bytes()].concat()
 }
 
 impl CampaignStage {
@@ -337,9 +342,7 @@ impl CampaignStage {
         if !run.awaits_winner() {
             return Ok(());
         }
-        let prefix = buffer_prefix(owner, &run.id);
-        let key = [prefix.as_slice(), &sample::rank(&run.id, user).to_be_bytes(), user.as_bytes()]
-            .concat();
+        let key = ranked_buffer_key(owner, &run.id, user);
         let mut store = ctx.store(RUN_BUFFER)?;
         let Some(value) = store.get(&key)? else { return Ok(()) };
         let reserved = serde_json::from_slice::<Candidate>(&value)

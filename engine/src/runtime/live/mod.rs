@@ -418,7 +418,8 @@ impl LoopState {
         self.unavailable_retries = 0;
         let (started, committing) = (Instant::now(), txn.open && txn.touched);
         let committed = txn.commit(consumer);
-        if committing {
+        if committing && committed.is_ok() {
+            // A failed commit's time (up to the Kafka timeout) says nothing of the next one.
             self.last_commit = started.elapsed();
         }
         committed
