@@ -393,24 +393,11 @@ fn daily_user_local(what: &str, limits: &str, options: &str) -> String {
 /// after it, on the next campaign day (UTC).
 fn two_zones_three_days(early: usize, late: usize) -> Vec<String> {
     let start = ms_of("2026-11-19T18:00:00Z");
-    let profile = |user: String, tz: &str| {
-        format!(
-            r#"{{"type":"profile","user":"{user}","ts":"{}","set":{{"timezone":"{tz}"}},"devices":[{{"platform":"ios","token":"tok-{user}"}}]}}"#,
-            at(start)
-        )
-    };
     let mut lines: Vec<String> = (0..early)
-        .map(|i| profile(format!("a{i}"), "Pacific/Kiritimati"))
-        .chain((0..late).map(|i| profile(format!("b{i}"), "UTC")))
+        .map(|i| zoned_profile_line(&format!("a{i}"), "Pacific/Kiritimati", start))
+        .chain((0..late).map(|i| zoned_profile_line(&format!("b{i}"), "UTC", start)))
         .collect();
-    for tick in (start..=ms_of("2026-11-22T22:00:00Z")).step_by(600_000) {
-        lines.extend((0..12).map(|z| {
-            format!(
-                r#"{{"type":"event","user":"z{z}","ts":"{}","name":"App Opened","props":{{}}}}"#,
-                at(tick)
-            )
-        }));
-    }
+    lines.extend(clock_lines(start, ms_of("2026-11-22T22:00:00Z")));
     lines
 }
 

@@ -128,23 +128,35 @@ pub fn three_timezones(per_zone: usize) -> Vec<String> {
     let mut lines: Vec<String> = zones
         .iter()
         .flat_map(|(zone, tz)| {
-            (0..per_zone).map(move |i| {
+            (0..per_zone).map(move |i| zoned_profile_line(&format!("{zone}{i}"), tz, start))
+        })
+        .collect();
+    lines.extend(clock_lines(start, ms_of("2026-11-20T22:00:00Z")));
+    lines
+}
+
+/// A backtest line: `user`'s profile in `timezone`, with an iOS device, at `at` (epoch ms).
+pub fn zoned_profile_line(user: &str, timezone: &str, at_ms: i64) -> String {
+    format!(
+        r#"{{"type":"profile","user":"{user}","ts":"{}","set":{{"timezone":"{timezone}"}},"devices":[{{"platform":"ios","token":"tok-{user}"}}]}}"#,
+        at(at_ms)
+    )
+}
+
+/// Backtest lines: other users' (`z0` … `z11`) events every 10 minutes from `from` to `until`
+/// (epoch ms), so that time moves on on every partition.
+pub fn clock_lines(from: i64, until: i64) -> Vec<String> {
+    (from..=until)
+        .step_by(600_000)
+        .flat_map(|tick| {
+            (0..12).map(move |z| {
                 format!(
-                    r#"{{"type":"profile","user":"{zone}{i}","ts":"{}","set":{{"timezone":"{tz}"}},"devices":[{{"platform":"ios","token":"tok-{zone}{i}"}}]}}"#,
-                    at(start)
+                    r#"{{"type":"event","user":"z{z}","ts":"{}","name":"App Opened","props":{{}}}}"#,
+                    at(tick)
                 )
             })
         })
-        .collect();
-    for tick in (start..=ms_of("2026-11-20T22:00:00Z")).step_by(600_000) {
-        lines.extend((0..12).map(|z| {
-            format!(
-                r#"{{"type":"event","user":"z{z}","ts":"{}","name":"App Opened","props":{{}}}}"#,
-                at(tick)
-            )
-        }));
-    }
-    lines
+        .collect()
 }
 
 /// The shards that sent to the users of `variants` (`of`: a user's shard).
