@@ -244,6 +244,7 @@ fn run_tally_round_trips() {
         partitions: 4,
         qualified: 2_500,
         timestamp_ms: 17,
+        shards: 8,
     });
 }
 

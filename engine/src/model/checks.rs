@@ -93,6 +93,12 @@ impl Checked for RunTally {
                 ),
             });
         }
+        if !(0..=crate::campaign::MAX_SHARDS as i32).contains(&self.shards) {
+            return Err(InvalidField {
+                field: "shards",
+                reason: format!("{} shards is not a shard count", self.shards),
+            });
+        }
         Ok(())
     }
 }

@@ -612,6 +612,11 @@ pub struct RunTally {
     pub qualified: i64,
     /// When the scan ended, epoch milliseconds.
     pub timestamp_ms: i64,
+    /// The shards the scan sent the partition's candidates and tallies to (0 or 1: the home).
+    /// A tally with more keyed by the campaign id only tells the home where they went: a run
+    /// its tasks scanned with different shard counts is sent from the home (`stage_campaign`).
+    #[serde(default)]
+    pub shards: i32,
 }
 
 impl Record for RunTally {

@@ -41,6 +41,9 @@ pub enum ShardReportKind {
     /// a triggered campaign in alternation or with a split (sent before the lease report whose
     /// places they went with).
     Indices,
+    /// The shard's buffer of the run `run_id` went home before this report (its `Forward`
+    /// plan); `qualified`: the shard's users matching the run's audience.
+    Forwarded,
 }
 
 /// A shard tells its campaign's home where it is (keyed by campaign id).
@@ -137,6 +140,10 @@ pub enum ShardPlanKind {
     /// The global assignment indices `test_from .. test_from + test_users` of a triggered
     /// campaign in alternation or with a split, for the places of the `Grant` that follows.
     Indices,
+    /// The run's user-stage tasks scanned it with different shard counts: send the shard's
+    /// buffer of it home once `places` partitions reported it here (then `Forwarded`), and its
+    /// users who come later too.
+    Forward,
 }
 
 /// The home tells one shard what to do with a scheduled run (keyed by the shard's key).

@@ -406,6 +406,9 @@ impl CampaignStage {
             if let Some(mut of_run) = state.run.take_if(|run| run.collected()) {
                 self.report_buffered(ctx, campaign, state, &mut of_run)?;
                 state.run = Some(of_run);
+            } else if let Some(mut of_run) = state.run.take_if(|run| run.forwards()) {
+                self.forward_home(ctx, campaign, state, &mut of_run)?; // see `runs::gather`
+                state.run = Some(of_run);
             }
         }
         if returned || state.in_flight == 0 {

@@ -5,17 +5,20 @@
 //! between the variants) first and the remainder after the winner is chosen. Buffered users
 //! leave in steps on a timer, so no transaction holds a whole broadcast.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ab, assignment_key, standby, timer_key, CampaignStage, CampaignState, ProcessError, RUN_BUFFER,
-    RUN_TIMER,
+    ab, assignment_key, shards::plan_to, standby, timer_key, CampaignStage, CampaignState,
+    ProcessError, RUN_BUFFER, RUN_TIMER,
 };
 use crate::{
     campaign::{sample, Assignment, Campaign},
-    model::{scheduled_run_time, Candidate, LifecycleKind, RunTally},
+    model::{
+        scheduled_run_time, Candidate, LifecycleKind, RunTally, ShardPlan, ShardPlanKind,
+        ShardReport, ShardReportKind,
+    },
     runtime::{Entry, ProcessorContext},
 };
 
@@ -40,6 +43,9 @@ pub(super) enum RunPhase {
     Tripped,
     /// Everyone was released.
     Done,
+    /// A shard sent its buffer home (its tasks scanned the run with different shard counts):
+    /// users of the run who come later go home too.
+    Forwarded,
 }
 
 /// The latest scheduled run of a campaign.
@@ -121,6 +127,19 @@ pub(super) struct RunState {
     /// it, taken in order once `indices` is spent (see `standby`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) spare: Vec<(u64, u64)>,
+    /// The home: user-stage partitions whose scan went to shards, with their count (their
+    /// tallies that say so; see [`CampaignStage::gather`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    scanned: BTreeMap<i32, i32>,
+    /// The home of a run scanned with different shard counts: the shards asked to send their
+    /// buffer home (0: none asked), and the audience counts of those that did.
+    #[serde(default)]
+    gathers: i32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    forwarded: BTreeMap<i32, i64>,
+    /// A shard asked to send its buffer home: once this many partitions reported the run here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) forward_after: Option<u64>,
 }
 
 impl RunState {
@@ -150,7 +169,25 @@ impl RunState {
             received: 0,
             stood_down: false,
             spare: Vec::new(),
+            scanned: BTreeMap::new(),
+            gathers: 0,
+            forwarded: BTreeMap::new(),
+            forward_after: None,
         }
+    }
+
+    /// The run's audience: every partition's tally at this state, and at the home the counts
+    /// of the shards that sent their buffer home.
+    fn qualified(&self) -> i64 {
+        self.tallies.values().sum::<i64>() + self.forwarded.values().sum::<i64>()
+    }
+
+    /// A shard asked to send its buffer home has every partition's part of it it waits for.
+    pub(super) fn forwards(&self) -> bool {
+        self.phase == RunPhase::Collecting
+            && self
+                .forward_after
+                .is_some_and(|after| after > 0 && self.tallies.len() as u64 >= after)
     }
 
     /// Whether every user-stage partition reported the run, which has yet to be reported home
@@ -363,6 +400,12 @@ impl CampaignStage {
         state: &mut CampaignState,
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
+        let forwarded =
+            |run: &RunState| run.is(&candidate.run_id) && run.phase == RunPhase::Forwarded;
+        if state.run.as_ref().is_some_and(forwarded) {
+            // Its run went home (see `gather`).
+            return self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &candidate);
+        }
         let reserved = sample::is_reservation(&candidate);
         let sampled = sample::samples(campaign);
         if sampled && !reserved {
@@ -446,6 +489,10 @@ impl CampaignStage {
                 state.run = Some(run);
                 return self.place_leased(ctx, campaign, state, candidate);
             }
+            RunPhase::Forwarded => {
+                state.run = Some(run);
+                return self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &candidate);
+            }
             RunPhase::Done => {
                 let sent = run.sent;
                 self.deliver_in_run(ctx, campaign, state, &mut run, &candidate, None)?;
@@ -473,20 +520,115 @@ impl CampaignStage {
             return Ok(()); // the tally of a run a newer one replaced
         };
         run.partitions = tally.partitions;
-        run.tallies.insert(tally.partition, tally.qualified);
-        if run.phase == RunPhase::Collecting && run.tallies.len() >= run.partitions as usize {
-            if state.is_shard(&campaign) {
-                // Not while places of earlier runs are in flight: the home plans on the sends
-                // the gate confirmed, so it hears once they settled (`places`).
-                if state.in_flight == 0 {
-                    self.report_buffered(ctx, &campaign, &state, &mut run)?;
-                }
-            } else {
-                self.decide(ctx, &campaign, &mut state, &mut run, tally.timestamp_ms)?;
-            }
+        let shard = state.is_shard(&campaign);
+        if !shard && tally.shards > 1 {
+            run.scanned.insert(tally.partition, tally.shards); // its part is at the shards
+        } else {
+            run.tallies.insert(tally.partition, tally.qualified);
+        }
+        // Not while places of earlier runs are in flight: the home plans on the sends the gate
+        // confirmed, so it hears once they settled (`places`).
+        if shard && run.collected() && state.in_flight == 0 {
+            self.report_buffered(ctx, &campaign, &state, &mut run)?;
+        } else if shard && run.forwards() && state.in_flight == 0 {
+            self.forward_home(ctx, &campaign, &mut state, &mut run)?;
+        } else if !shard {
+            self.gather(ctx, &campaign, &mut state, &mut run, tally.timestamp_ms)?;
         }
         state.run = Some(run);
         self.save(ctx, &campaign, &mut state)
+    }
+
+    /// The home of a run decides it once every user-stage partition reported it here. Where
+    /// some partitions' scans went to the campaign's shards and the others' here (an edit that
+    /// changes the shards in effect, read by instances on both sides of the run's scan), it
+    /// asks those shards to send their buffer of the run home (`Forward`: each once it has the
+    /// tallies of the partitions that went to it), and decides once they all did
+    /// (`Forwarded`): the run sends from the home, as on one task. A run whose every partition
+    /// went to the shards is theirs (`shards`).
+    pub(super) fn gather(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        run: &mut RunState,
+        at: i64,
+    ) -> Result<(), ProcessError> {
+        let parts = run.tallies.keys().chain(run.scanned.keys()).collect::<BTreeSet<_>>().len();
+        if run.phase != RunPhase::Collecting
+            || run.tallies.is_empty()
+            || parts < run.partitions as usize
+        {
+            return Ok(());
+        }
+        if run.gathers == 0 && !run.scanned.is_empty() {
+            run.gathers = run.scanned.values().copied().max().unwrap_or(0);
+            for shard in 0..run.gathers {
+                let after = run.scanned.values().filter(|shards| **shards > shard).count();
+                let plan = ShardPlan {
+                    places: after as i64,
+                    ..plan_to(campaign, &run.id, shard, ShardPlanKind::Forward, at)
+                };
+                self.send_plan(ctx, campaign, &plan)?;
+            }
+        }
+        if run.forwarded.len() >= run.gathers.max(0) as usize {
+            self.decide(ctx, campaign, state, run, at)?;
+        }
+        Ok(())
+    }
+
+    /// The home: shard `report.shard` sent its buffer of the run home (see [`Self::gather`]).
+    pub(super) fn on_forwarded(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        report: &ShardReport,
+    ) -> Result<(), ProcessError> {
+        let run_id = report.run_id.as_deref().unwrap_or_default();
+        let Some(mut run) = state.run.take_if(|run| run.is(run_id)) else { return Ok(()) };
+        if (0..run.gathers).contains(&report.shard) {
+            run.forwarded.insert(report.shard, report.qualified);
+            self.gather(ctx, campaign, state, &mut run, report.timestamp_ms)?;
+        }
+        state.run = Some(run);
+        Ok(())
+    }
+
+    /// A shard asked to (see [`RunState::forwards`]) sends its buffer of the run home, a
+    /// step of [`RELEASE_STEP`] users per transaction (each moved in the one that deletes it;
+    /// the next step on the run's timer), then tells the home how many of its users matched;
+    /// users of the run who come meanwhile or later go home too (`on_run_candidate`).
+    pub(super) fn forward_home(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        run: &mut RunState,
+    ) -> Result<(), ProcessError> {
+        run.phase = RunPhase::Forwarded;
+        let prefix = buffer_prefix(&state.key, &run.id);
+        let step = run.read_buffer(ctx, &prefix)?;
+        let more = step.len() >= RELEASE_STEP as usize;
+        for (key, value) in step {
+            ctx.store(RUN_BUFFER)?.delete(&key)?;
+            run.deleted(&prefix, &key);
+            if let Ok(candidate) = serde_json::from_slice::<Candidate>(&value) {
+                self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &candidate)?;
+            }
+        }
+        if more {
+            return Ok(ctx.schedule(ctx.now_ms(), &timer_key(RUN_TIMER, &state.key))?);
+        }
+        run.forward_after = None; // all went home
+        run.next = run.buffered;
+        let qualified: i64 = run.tallies.values().sum();
+        self.report(ctx, campaign, state, ShardReportKind::Forwarded, |r| {
+            r.run_id = Some(run.id.clone());
+            r.qualified = qualified;
+            r.reachable = run.buffered as i64;
+        })
     }
 
     /// Schedules the next release step of a run that waits for places in flight or for its
@@ -515,8 +657,11 @@ impl CampaignStage {
         self.release_test_waiting(ctx, campaign, state)?;
         self.finish_earlier(ctx, campaign, state)?;
         let Some(mut run) = state.run.take() else { return Ok(()) };
-        if run.coordinates() {
-            state.run = Some(run); // its shards release it
+        if run.phase == RunPhase::Forwarded && run.forward_after.is_some() {
+            self.forward_home(ctx, campaign, state, &mut run)?; // its next step (`gather`)
+        }
+        if run.coordinates() || run.phase == RunPhase::Forwarded {
+            state.run = Some(run); // its shards release it, or its home
             return Ok(());
         }
         if run.phase == RunPhase::AwaitingWinner && state.winner_id.is_some() {
@@ -734,7 +879,7 @@ impl CampaignStage {
         run: &mut RunState,
         at: i64,
     ) -> Result<(), ProcessError> {
-        let qualified: i64 = run.tallies.values().sum();
+        let qualified = run.qualified();
         let mut details = BTreeMap::from([
             ("run_id".to_string(), run.id.clone()),
             ("qualified".to_string(), qualified.to_string()),

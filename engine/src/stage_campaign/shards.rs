@@ -336,6 +336,10 @@ impl CampaignStage {
             Self::on_index_report(ctx, &campaign, &mut state, &report)?; // see `indices`
             return self.save(ctx, &campaign, &mut state);
         }
+        if report.kind == ShardReportKind::Forwarded {
+            self.on_forwarded(ctx, &campaign, &mut state, &report)?; // see `runs::gather`
+            return self.save(ctx, &campaign, &mut state);
+        }
         if matches!(
             report.kind,
             ShardReportKind::Demand | ShardReportKind::Returned | ShardReportKind::Counted
@@ -412,7 +416,8 @@ impl CampaignStage {
             | ShardReportKind::Tokens
             | ShardReportKind::Evaluated
             | ShardReportKind::PlaceLeft
-            | ShardReportKind::Indices => {}
+            | ShardReportKind::Indices
+            | ShardReportKind::Forwarded => {}
         }
         state.run = Some(run);
         self.save(ctx, &campaign, &mut state)
@@ -807,6 +812,14 @@ impl CampaignStage {
             | ShardPlanKind::Evaluate
             | ShardPlanKind::Place
             | ShardPlanKind::Indices => {}
+            // Its tasks scanned the run with different shard counts: it goes home (`runs`).
+            ShardPlanKind::Forward if run.phase == RunPhase::Collecting => {
+                run.forward_after = Some(plan.places.max(0) as u64);
+                if run.forwards() && state.in_flight == 0 {
+                    self.forward_home(ctx, campaign, &mut state, &mut run)?;
+                }
+            }
+            ShardPlanKind::Forward => {} // a repeat
             ShardPlanKind::Winner => {
                 if run.phase == RunPhase::AwaitingWinner && !super::is_held(campaign) {
                     run.phase = RunPhase::Releasing;

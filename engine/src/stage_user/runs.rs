@@ -140,6 +140,7 @@ impl UserStage {
                 partitions: ctx.partitions(),
                 qualified: cursor.qualified,
                 timestamp_ms: cursor.run_at,
+                shards: shards as i32,
             };
             if shards == 1 {
                 self.flow().emit(ctx, &campaign.id, &tally)?;
@@ -151,6 +152,9 @@ impl UserStage {
                     let tally = RunTally { qualified: *qualified, ..tally.clone() };
                     ctx.send_record(&self.topics.campaign_flow, key.as_bytes(), &tally)?;
                 }
+                // And the home where they went: another task may have scanned the run with
+                // another count (an edit read at its own pace), the home then gathers the run.
+                self.flow().emit(ctx, &campaign.id, &tally)?;
             }
         }
         Ok(cursor)
