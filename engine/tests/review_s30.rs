@@ -289,8 +289,12 @@ fn users_moving_timezone_while_put_off_after_the_edit() {
 /// 100/10/10). Routing them to their shard of the release (tried) sends them, but that shard
 /// (not in effect) then ignores the daily limit just added: per-run 100 + daily 50 sends 65 on
 /// the 20th (one task 50), + total 80 sends 100 (one task 80); so not fixed here.
+/// Fixed (FX13): the late users go to their rank's shard of the release, which takes their place
+/// and sends them home (`stage_campaign::placed`) for the daily and total limits; the home counts
+/// the shards' sends on the day it hears of them. The cases with daily 50 and total 80 or 90
+/// guard the limits (and `LIMIT_REACHED`; `RUN_FINISHED`'s figure over shards is the run's
+/// planned places).
 #[test]
-#[ignore = "review s30 finding 1: a daily limit added mid-run to a user-local per-run or A/B run over 8 shards loses its selected late users: 0 of 31 (per_run 100), 0 of 40 and 69/6/5 of 100/10/10 (A/B 30)"]
 fn a_daily_limit_added_mid_run_keeps_a_sampled_runs_late_users() {
     let ab = format!("{ALTERNATE_3}\n  ab: {{ test_audience: 30, evaluate_after: 1h }}");
     let one_message = "{ title: t, body: b }";
@@ -298,6 +302,11 @@ fn a_daily_limit_added_mid_run_keeps_a_sampled_runs_late_users() {
     for (what, before, after) in [
         (one_message, "{ per_run: 100 }", "{ per_run: 100, daily: 200 }"),
         (ab.as_str(), "{}", "{ daily: 200 }"),
+        // The new limits hold exactly (RV5's routing to the release's shard broke them).
+        (one_message, "{ per_run: 100 }", "{ per_run: 100, daily: 50 }"),
+        (one_message, "{ per_run: 100 }", "{ per_run: 100, daily: 200, total: 80 }"),
+        (ab.as_str(), "{}", "{ daily: 50 }"),
+        (ab.as_str(), "{}", "{ daily: 200, total: 90 }"),
     ] {
         let edit = |options: &str| {
             let yaml = t_what(what, after, options);
@@ -307,8 +316,19 @@ fn a_daily_limit_added_mid_run_keeps_a_sampled_runs_late_users() {
         let sharded = zones_with(&t_what(what, before, ", shards: 8"), 40, edit(", shards: 8"));
         let (want, got) = (per_run_zone(&one), per_run_zone(&sharded));
         let (want_v, got_v) = (variants(&one), variants(&sharded));
-        if want != got || want_v != got_v {
-            wrong.push(format!("{after}: {got:?} {got_v:?}, one task {want:?} {want_v:?}"));
+        // `RUN_FINISHED`'s `sent` over shards counts the run's planned places (its users still
+        // to come among them: docs/architecture.md), one task's its sends: not compared.
+        let events = |out: &Out| {
+            let mut events = limit_and_run_events(out);
+            events.iter_mut().filter(|e| e.0 == "RunFinished").for_each(|e| e.2.clear());
+            events.sort();
+            events
+        };
+        let (want_e, got_e) = (events(&one), events(&sharded));
+        if want != got || want_v != got_v || want_e != got_e {
+            wrong.push(format!(
+                "{after}: {got:?} {got_v:?} {got_e:?}, one task {want:?} {want_v:?} {want_e:?}"
+            ));
         }
     }
     assert_all(wrong);
@@ -319,8 +339,9 @@ fn a_daily_limit_added_mid_run_keeps_a_sampled_runs_late_users() {
 /// release (8 → 2 at 12:00Z on the 20th; 4 → 8 → 2 at 12:00Z and 15:00Z): the UTC−10 users'
 /// places are at their rank's shard among 8 (or 4), beyond the 2 now: routed to one of the 2,
 /// which holds none, they are refused. Per-run 100: 3 and 10 of one task's 31.
+/// Fixed (FX13): they go to their rank's shard among the release's count, which an edit took
+/// away but still holds the run's state and takes them (`places::answer_scope`).
 #[test]
-#[ignore = "review s30 finding 2: options.shards lowered below a sampled user-local run's release loses its late users: per_run 100, 8 -> 2 sends 3 of 31 UTC-10 users, 4 -> 8 -> 2 sends 10 of 31"]
 fn shards_lowered_below_a_sampled_runs_release_keep_its_late_users() {
     let yaml = |options: &str| t_yaml("{ per_run: 100 }", options);
     let times = ["2026-11-20T12:00:00Z", "2026-11-20T15:00:00Z"];
@@ -341,8 +362,10 @@ fn shards_lowered_below_a_sampled_runs_release_keep_its_late_users() {
 /// away: the UTC−10 users go to their user's shard, whose places the run's selections took:
 /// 0 of one task's 40 sent. Added: each shard, planned without places, applies the whole
 /// per-run limit to its own sends: 120 sent (every UTC−10 user), one task 100.
+/// Fixed (FX13): a late user's timer keeps whether the run sampled at its release (`by_rank`):
+/// taken away, they go by rank to their place (the rest sent as on one task); added, home, which
+/// counts the run's sends over the shards.
 #[test]
-#[ignore = "review s30 finding 3: a per-run limit taken away mid-run over 8 shards sends 0 of one task's 40 UTC-10 users; added mid-run, 120 sent against a per-run limit of 100 (one task 100)"]
 fn a_per_run_limit_taken_away_or_added_mid_run_over_8_shards() {
     let mut wrong = Vec::new();
     for (before, after) in [("{ per_run: 100 }", "{}"), ("{}", "{ per_run: 100 }")] {

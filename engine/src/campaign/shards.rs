@@ -104,15 +104,46 @@ pub fn flow_key(campaign: &Campaign, user: Option<&str>, run: Option<&str>) -> S
 }
 
 /// [`flow_key`] of a record about `user` in the scheduled run `run` whose release was planned
-/// over `released` shards (its scan's): the user's shard among the fewer of those and the
-/// shards in effect. A user who comes after the release (at their local time, or after
-/// do-not-disturb hours) and after an edit raised `options.shards` goes to a shard that took
-/// part in the release and holds the run, never to one added since, which knows nothing of it
-/// (review s29 finding 1); after an edit lowered them, to one still in effect.
-pub fn run_flow_key(campaign: &Campaign, user: &str, run: &str, released: u32) -> String {
-    match in_effect(campaign).min(released.max(1)) {
-        shards if shards > 1 => key(&campaign.id, of_run_user(campaign, Some(run), user, shards)),
-        _ => campaign.id.clone(),
+/// over `released` shards (its scan's), `by_rank` where the run sampled its audience then (see
+/// [`of_run_user`]; `None`: a user put off by an older version, by the rules in effect now).
+///
+/// A run that sampled holds its users' places at their rank's shard among `released`, whatever
+/// an edit did since: a user who comes after the release goes there, on the shards in effect or
+/// not (a rule put the campaign on its home, or `options.shards` was lowered: review s30
+/// findings 1 and 2; a shard no longer in effect sends them on home, within the limits
+/// there: `stage_campaign::placed`), and stays routed by rank when the per-run limit is taken
+/// away (finding 3). A run that did not sample: home if the campaign samples now (a per-run
+/// limit added since: the home counts the run's sends, finding 3), else the user's shard among
+/// the fewer of `released` and the shards in effect, so a user who comes after an edit raised
+/// `options.shards` goes to a shard that took part in the release and holds the run, never to
+/// one added since, which knows nothing of it (review s29 finding 1); after an edit lowered
+/// them, to one still in effect.
+pub fn run_flow_key(
+    campaign: &Campaign,
+    user: &str,
+    run: &str,
+    released: u32,
+    by_rank: Option<bool>,
+) -> String {
+    match by_rank {
+        Some(true) if released > 1 => {
+            key(&campaign.id, sample::shard_of_rank(sample::rank(run, user), released))
+        }
+        Some(true) => campaign.id.clone(),
+        // A run that did not sample, of a campaign that does now (a per-run limit added
+        // mid-run): its home counts the run's sends over its shards (their `RUN_SENT`) and
+        // applies the limit to the users still to come, as one task does (finding 3).
+        Some(false) if sample::samples(campaign) => campaign.id.clone(),
+        Some(false) => match in_effect(campaign).min(released.max(1)) {
+            shards if shards > 1 => key(&campaign.id, of_user(user, shards)),
+            _ => campaign.id.clone(),
+        },
+        None => match in_effect(campaign).min(released.max(1)) {
+            shards if shards > 1 => {
+                key(&campaign.id, of_run_user(campaign, Some(run), user, shards))
+            }
+            _ => campaign.id.clone(),
+        },
     }
 }
 

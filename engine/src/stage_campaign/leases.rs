@@ -1101,10 +1101,17 @@ impl CampaignStage {
         if !matches!(campaign.when.trigger, Trigger::Scheduled(_)) {
             return Ok(()); // a triggered campaign's days are leased (above)
         }
-        if indices::late_daily(campaign) {
+        if indices::late_daily(campaign) && campaign_shards::in_effect(campaign) > 1 {
             // Its runs' sends are counted from their `RUN_SENT` (`count_planned_sends`): the
             // lifetime count grows by sends on leased places too, counted in the day's leases.
             return Ok(());
+        }
+        if campaign.user_local().is_some() {
+            // A `timezone: user` run sends over up to 26 hours, on two or three days: its sends
+            // count on the day the home hears of them (every shard report carries the count,
+            // its counters every stats interval), so a daily limit an edit adds mid-run counts
+            // that day's sends before it, as on one task (review s30 finding 1).
+            Self::enter_home_day(campaign, state, &day_in(campaign, ctx.effective_ms()));
         }
         state.day.1 += sent;
         self.announce_daily_limit(ctx, campaign, state)
@@ -1122,7 +1129,10 @@ impl CampaignStage {
         state: &mut CampaignState,
         sent: u64,
     ) -> Result<(), ProcessError> {
-        if !indices::late_daily(campaign) {
+        // On its home alone (an edit, mid-run: review s30 finding 1) its shards send no more
+        // (they send their users home, `placed`): a `RUN_SENT` then counts places of the run's
+        // plan, whose sends the shards' lifetime count gave (`count_run_sends`).
+        if !indices::late_daily(campaign) || campaign_shards::in_effect(campaign) <= 1 {
             return Ok(());
         }
         state.day.1 += sent;

@@ -10,6 +10,7 @@ mod held;
 mod indices;
 mod leases;
 mod lifecycle;
+mod placed;
 mod places;
 mod queue;
 mod runs;
@@ -440,7 +441,10 @@ impl CampaignStage {
             // Sent on a place its shard holds, never on the home's own count (see `leases`).
             return self.emit(ctx, &self.topics.campaign_flow, &shard, &candidate);
         }
-        let mut state = self.load(ctx, &campaign, &scope(key, &campaign)?)?;
+        // A scheduled run's user comes to the shard holding their place in it, even one an edit
+        // took away since (review s30 finding 2), as its answers do.
+        let scope = Self::answer_scope(ctx, key, &campaign)?;
+        let mut state = self.load(ctx, &campaign, &scope)?;
         let candidate = Self::leaving_now(ctx, candidate);
         self.admit(ctx, &campaign, &mut state, candidate)?;
         self.save(ctx, &campaign, &mut state)
@@ -517,6 +521,10 @@ impl CampaignStage {
         state: &mut CampaignState,
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
+        // A run's user its shard placed and sent home, to be sent within the limits here.
+        if let Some(variant) = placed::taken(&candidate).filter(|_| !state.is_shard(campaign)) {
+            return self.deliver_placed(ctx, campaign, state, &candidate, variant);
+        }
         // At home an edit may start a recount of the leases: its triggered candidates wait.
         if is_triggered_run(&candidate.run_id) && !state.is_shard(campaign) {
             self.renew_leases(ctx, campaign, state)?;
@@ -555,6 +563,10 @@ impl CampaignStage {
             CampaignStatus::Paused | CampaignStatus::Draft => {
                 return self.hold(ctx, state, candidate);
             }
+        }
+        // A run's user at a shard no longer in effect goes home, for its limits (`placed`).
+        if placed::sends_home(campaign, state, candidate) {
+            return self.send_home(ctx, campaign, candidate, variant);
         }
         // A shard sends within the places its home planned or leased (see `shards`, `leases`),
         // counting its day's sends for the daily limit.

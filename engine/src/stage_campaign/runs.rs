@@ -209,7 +209,14 @@ impl RunState {
 
     /// Users the run may send to: a shard's planned places, else the per-run limit.
     fn limit(&self, campaign: &Campaign) -> Option<u64> {
-        self.places.or(campaign.limits.per_run)
+        // Places planned under limits an edit took away since (the per-run limit, mid-run):
+        // the rest is sent, as on one task (review s30 finding 3).
+        let limits = &campaign.limits;
+        let test = matches!(campaign.assignment, Assignment::AbTest(_));
+        if limits.per_run.is_none() && limits.total.is_none() && limits.daily.is_none() && !test {
+            return None;
+        }
+        self.places.or(limits.per_run)
     }
 
     /// Whether every place of the run's limit is taken (or given up, see `standby`).
@@ -408,7 +415,10 @@ impl CampaignStage {
         }
         let reserved = sample::is_reservation(&candidate);
         let sampled = sample::samples(campaign);
-        if sampled && !reserved {
+        // A run that selected users at its release keeps them whatever an edit changed since
+        // (its per-run limit taken away: review s30 finding 3).
+        let selected_some = state.run_mut(&candidate.run_id).is_some_and(|run| run.awaited > 0);
+        if (sampled || selected_some) && !reserved {
             // At their local time, a user the run selected at its release (see `select`).
             let key = selection_key(&state.key, &candidate.run_id, &candidate.user_id);
             let selected = ctx.store(RUN_BUFFER)?.get_as::<Option<usize>>(&key)?;
@@ -424,8 +434,11 @@ impl CampaignStage {
                     }
                     None => None,
                 };
+                // Sent home (`placed`): the place is taken here, counted as the run's send.
+                let home = super::placed::goes_home(campaign, state, &candidate);
                 self.deliver(ctx, campaign, state, &candidate, indexed.or(chosen))?;
-                if indexed.is_some() && state.sent > sent {
+                let sent_here = state.sent > sent || home;
+                if indexed.is_some() && sent_here {
                     if let Some(run) = state.run_mut(&candidate.run_id) {
                         if let Some((next, _)) = run.indices.as_mut() {
                             *next += 1;
@@ -433,10 +446,8 @@ impl CampaignStage {
                         run.next_indices(); // see `standby`
                     }
                 }
-                let came = standby::Came {
-                    sent: state.sent > sent,
-                    in_flight: state.in_flight > in_flight,
-                };
+                let came =
+                    standby::Came { sent: sent_here, in_flight: state.in_flight > in_flight };
                 return self.came(ctx, state, &candidate.run_id, came);
             }
             if sample::reserves(campaign) {
@@ -484,7 +495,9 @@ impl CampaignStage {
             // At their local time, after the release, within a total limit: on a leased place
             // of it (see `indices::late_on_leases`), not counted in the run.
             RunPhase::Done
-                if super::indices::late_on_leases(campaign) && state.is_shard(campaign) =>
+                if super::indices::late_on_leases(campaign)
+                    && state.is_shard(campaign)
+                    && !super::placed::sends_home(campaign, state, &candidate) =>
             {
                 state.run = Some(run);
                 return self.place_leased(ctx, campaign, state, candidate);
@@ -832,8 +845,10 @@ impl CampaignStage {
             // place is the lease's, settled there).
             return self.place_leased(ctx, campaign, state, candidate.clone());
         }
+        // Sent home (`placed`): the place is taken here, counted as the run's send.
+        let home = super::placed::goes_home(campaign, state, candidate);
         self.deliver(ctx, campaign, state, candidate, indexed.or(chosen))?;
-        if state.sent > sent {
+        if state.sent > sent || home {
             run.sent += 1;
             if let (Some(_), Some((next, _))) = (indexed, run.indices.as_mut()) {
                 *next += 1; // spent by a send only: else the next user takes it

@@ -135,6 +135,10 @@ struct Pending {
     /// trigger occurrence, or a user put off by an older version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     released: Option<u32>,
+    /// Whether that run sampled its audience at its release (see [`Occasion::by_rank`]); `None`
+    /// for a trigger occurrence, or a user put off by an older version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    by_rank: Option<bool>,
 }
 
 fn triggered_run() -> String {
@@ -144,7 +148,7 @@ fn triggered_run() -> String {
 impl Pending {
     /// Whom records about this put-off occasion are about.
     fn whom(&self) -> Whom<'_> {
-        Whom { user: &self.user, run: &self.run_id, released: self.released }
+        Whom { user: &self.user, run: &self.run_id, released: self.released, by_rank: self.by_rank }
     }
 
     /// One open inaction window per (user, campaign); reminders per due time; users waiting out
@@ -166,6 +170,8 @@ struct Whom<'a> {
     run: &'a str,
     /// A scheduled run's shards at its release (see [`Occasion::released`]).
     released: Option<u32>,
+    /// Whether that run sampled its audience (see [`Occasion::by_rank`]).
+    by_rank: Option<bool>,
 }
 
 /// A delivery kept for conversion attribution (`deliveries` store, keyed by user).
@@ -223,7 +229,8 @@ impl UserStage {
 
     /// Reports to the campaign stage that `user` was not sent `campaign` in `run`, and why. The
     /// report names the run where the run may hold a place for the user until their local time
-    /// (see [`sample::reserves`]): the campaign stage then passes that place on.
+    /// (see [`sample::reserves`], as at the run's release): the campaign stage then passes that
+    /// place on.
     fn skip(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -240,7 +247,7 @@ impl UserStage {
             timestamp_ms: at_ms,
             variant_id: None,
             returns_place: false,
-            run_id: sample::reserves(campaign).then(|| whom.run.to_string()),
+            run_id: reserves(campaign, whom.by_rank).then(|| whom.run.to_string()),
         };
         self.flow().emit_about(ctx, campaign, whom, &skip)
     }
@@ -593,6 +600,7 @@ impl UserStage {
             event_properties: Properties::new(),
             due_ms: 0,
             released: None,
+            by_rank: None,
             run_id: triggered_run(),
         };
         let key = probe.key();
@@ -663,6 +671,7 @@ impl UserStage {
                             after_dnd: false,
                             read: user,
                             released: None,
+                            by_rank: None,
                             came_back: false,
                         };
                         return self.qualify(ctx, campaign, &occasion).map(|_| ());
@@ -696,6 +705,7 @@ impl UserStage {
             due_ms: waiting.1,
             run_id: run_id.to_string(),
             released: None,
+            by_rank: None,
         };
         let key = pending.key();
         if let Some(open) = ctx.store(PENDING)?.get_as::<Pending>(&key)? {
@@ -744,6 +754,7 @@ impl UserStage {
             due_ms,
             run_id: occasion.run_id.to_string(),
             released: occasion.released,
+            by_rank: occasion.by_rank,
         };
         let key = pending.key();
         ctx.store(PENDING)?.put_as(&key, &pending)?;
@@ -770,9 +781,10 @@ impl UserStage {
             after_dnd: pending.waiting == Waiting::Dnd,
             read: &UserRead::default(),
             released: pending.released,
+            by_rank: pending.by_rank,
             came_back: true,
         };
-        if !self.qualify(ctx, campaign, &occasion)? && sample::reserves(campaign) {
+        if !self.qualify(ctx, campaign, &occasion)? && reserves(campaign, pending.by_rank) {
             self.skip(ctx, campaign, pending.whom(), "not_eligible", at_ms)?;
         }
         Ok(())
@@ -949,6 +961,11 @@ struct Occasion<'a> {
     /// shard among those, however an edit changed them since (see
     /// [`shards::run_flow_key`]); `None` for a trigger occurrence.
     released: Option<u32>,
+    /// Whether that run sampled its audience at its release ([`sample::samples`] then, fixed
+    /// with `released`): its users' records go by their rank in the run, or by the user, as
+    /// then, whatever an edit changed since (review s30 finding 3); `None` for a trigger
+    /// occurrence, or a user put off by an older version (by the rules in effect now).
+    by_rank: Option<bool>,
     /// A user put off before, back at the time they were put off until: a run that samples its
     /// audience holds their reservation already.
     came_back: bool,
@@ -957,7 +974,7 @@ struct Occasion<'a> {
 impl Occasion<'_> {
     /// Whom records about this occasion are about.
     fn whom(&self) -> Whom<'_> {
-        Whom { user: self.user, run: self.run_id, released: self.released }
+        Whom { user: self.user, run: self.run_id, released: self.released, by_rank: self.by_rank }
     }
 }
 
@@ -978,6 +995,15 @@ fn occurrence(event: &AppEvent, origin: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
+}
+
+/// Whether a run of `campaign` holds a place for its users who come later ([`sample::reserves`]),
+/// by `by_rank`, whether it sampled its audience at its release (`None`: by the rules now).
+fn reserves(campaign: &Campaign, by_rank: Option<bool>) -> bool {
+    match by_rank {
+        Some(by_rank) => by_rank && campaign.user_local().is_some(),
+        None => sample::reserves(campaign),
+    }
 }
 
 fn in_window(campaign: &Campaign, at_ms: i64) -> bool {
@@ -1017,7 +1043,9 @@ impl Flow<'_> {
         record: &R,
     ) -> Result<(), ProcessError> {
         let key = match whom.released {
-            Some(released) => shards::run_flow_key(campaign, whom.user, whom.run, released),
+            Some(released) => {
+                shards::run_flow_key(campaign, whom.user, whom.run, released, whom.by_rank)
+            }
             None => shards::flow_key(campaign, Some(whom.user), Some(whom.run)),
         };
         Ok(ctx.send_record(self.topic, key.as_bytes(), record)?)
@@ -1173,5 +1201,11 @@ mod tests {
         let run = Pending { released: Some(8), ..pending };
         let back: Pending = serde_json::from_str(&serde_json::to_string(&run).unwrap()).unwrap();
         assert_eq!(back.whom().released, Some(8));
+        // Nor whether the run sampled (FX13): routed by the rules in effect, as before.
+        assert_eq!(back.whom().by_rank, None);
+        assert!(!serde_json::to_string(&trigger).unwrap().contains("by_rank"));
+        let ranked = Pending { by_rank: Some(true), ..back };
+        let back: Pending = serde_json::from_str(&serde_json::to_string(&ranked).unwrap()).unwrap();
+        assert_eq!(back.whom().by_rank, Some(true));
     }
 }

@@ -154,6 +154,7 @@ impl UserStage {
                     after_dnd: false,
                     read: &read,
                     released: None,
+                    by_rank: None,
                     came_back: false,
                 };
                 match self.assess(ctx, campaign, &occasion, &profile, &history)? {

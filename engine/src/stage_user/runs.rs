@@ -121,6 +121,7 @@ impl UserStage {
                 after_dnd: false,
                 read: &read,
                 released: Some(shards),
+                by_rank: Some(crate::campaign::sample::samples(campaign)),
                 came_back: false,
             };
             if self.qualify(ctx, campaign, &occasion)? {
