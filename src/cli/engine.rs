@@ -67,6 +67,13 @@ pub struct EngineArgs {
     /// output or state would be larger is dead-lettered.
     #[arg(long, default_value_t = DEFAULT_MAX_RECORD_BYTES)]
     max_record_bytes: usize,
+    /// RocksDB block cache shared by every task of the instance, in MiB: profiles, histories
+    /// and dedup windows read from it instead of the page cache (decompressed once).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    block_cache_mb: u16,
+    /// RocksDB memtable size of each store of each task, in MiB (two at most per store).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    write_buffer_mb: u16,
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
@@ -123,6 +130,8 @@ pub fn run(kafka: &KafkaConfig, args: EngineArgs) -> anyhow::Result<ExitCode> {
     config.commit_interval = Duration::from_millis(args.commit_interval_ms);
     config.transaction_timeout = Duration::from_millis(args.transaction_timeout_ms);
     config.max_record_bytes = args.max_record_bytes;
+    config.block_cache_bytes = usize::from(args.block_cache_mb) << 20;
+    config.write_buffer_bytes = usize::from(args.write_buffer_mb) << 20;
     config.metrics_addr = args.metrics_addr;
     config.group_protocol = args.group_protocol;
     config.leave_group_on_shutdown = args.leave_group_on_shutdown;

@@ -166,6 +166,7 @@ pub fn run(kafka: &KafkaConfig, args: ScaleArgs) -> anyhow::Result<ExitCode> {
             &args.engine_args,
         )?;
         stage.print(profiles);
+        cpu.push(("user stage (raw part)".to_string(), stage.raw_cpu));
         cpu.push(("user stage (engine part)".to_string(), stage.cpu));
         summary["user_stage"] = stage.json();
         summary["user_stage_ratio"] = json!(round(stage.ratio(), 3));

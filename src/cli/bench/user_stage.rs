@@ -48,7 +48,13 @@ pub(super) struct UserStage {
     pub commits: WindowQuantiles,
     /// During the latency run: commits per second, and the share of the time spent in them.
     pub commit_load: CommitLoad,
+    /// CPU while the engine went through the events.
     pub cpu: CpuSplit,
+    /// CPU while the raw passthrough went through them.
+    pub raw_cpu: CpuSplit,
+    /// Log offsets (records and transaction markers) the engine added to each of its topics,
+    /// output and changelogs, per event, while it went through the events; most first.
+    pub offsets_per_event: Vec<(String, f64)>,
 }
 
 /// Bucket bounds of the median and 99th percentile of one of the engine's histograms in seconds
@@ -183,9 +189,52 @@ impl UserStage {
                 self.commit_load.share * 100.0
             )
         );
+        let (broker_us, raw_broker_us) = self.broker_us_per_event();
+        println!(
+            "{:<34} {:>10} {:>12} {:>8}",
+            "  broker CPU per event",
+            "",
+            "",
+            format!(
+                "engine {broker_us:.1} us ({:.1} log offsets), raw {raw_broker_us:.1} us",
+                self.offsets_per_event()
+            )
+        );
+        for (topic, per_event) in &self.offsets_per_event {
+            println!("{:<34} {:>10} {:>12} {:>8.2}", format!("    {topic}"), "", "", per_event);
+        }
+        println!(
+            "{:<34} {:>10} {:>12.0} {:>8.3}",
+            "broker alone on every core (bound)",
+            "",
+            self.broker_bound(),
+            self.broker_bound() / self.raw_rate.max(1e-3)
+        );
+    }
+
+    /// Events per second the broker alone could take, at the broker CPU per event it spent on
+    /// the engine's records, with every core of the machine to itself: a bound on the user
+    /// stage's rate on this machine whatever the engine's own CPU.
+    pub fn broker_bound(&self) -> f64 {
+        let cores = thread::available_parallelism().map_or(1, usize::from) as f64;
+        cores * self.events as f64 / self.cpu.broker_s.max(1e-3)
+    }
+
+    /// The broker's CPU per event in microseconds: for the engine's records, for the raw
+    /// passthrough's.
+    fn broker_us_per_event(&self) -> (f64, f64) {
+        let per_event = |split: &CpuSplit| split.broker_s * 1e6 / self.events.max(1) as f64;
+        (per_event(&self.cpu), per_event(&self.raw_cpu))
+    }
+
+    /// Log offsets the engine wrote per event, over every topic.
+    fn offsets_per_event(&self) -> f64 {
+        self.offsets_per_event.iter().map(|(_, per_event)| per_event).sum()
     }
 
     pub fn json(&self) -> Value {
+        let (broker_us, raw_broker_us) = self.broker_us_per_event();
+        let round2 = |v: f64| (v * 100.0).round() / 100.0;
         json!({
             "events": self.events,
             "raw_events_per_s": self.raw_rate.round(),
@@ -202,6 +251,14 @@ impl UserStage {
             "commit_ms": {"p50_le": self.commits.p50_ms, "p99_le": self.commits.p99_ms},
             "commits_per_s": (self.commit_load.per_second * 10.0).round() / 10.0,
             "commit_time_share": (self.commit_load.share * 1000.0).round() / 1000.0,
+            "offsets_per_event": round2(self.offsets_per_event()),
+            "offsets_per_event_by_topic": self.offsets_per_event.iter()
+                .map(|(topic, per_event)| (topic.clone(), json!(round2(*per_event))))
+                .collect::<serde_json::Map<_, _>>(),
+            "broker_us_per_event": broker_us.round(),
+            "raw_broker_us_per_event": raw_broker_us.round(),
+            "broker_bound_events_per_s": self.broker_bound().round(),
+            "broker_bound_ratio": (self.broker_bound() / self.raw_rate.max(1e-3) * 1000.0).round() / 1000.0,
         })
     }
 }
@@ -316,6 +373,7 @@ pub(super) fn run(
     let raw_output = format!("{}raw-out", deployment.prefix);
     create_topics(kafka, std::slice::from_ref(&raw_output), partitions, |_| true)?;
     let stop = Arc::new(AtomicBool::new(false));
+    let raw_window = CpuWindow::open(kafka, &[]);
     let worker = {
         let (kafka, stop, input, output) = (
             kafka.clone(),
@@ -329,12 +387,24 @@ pub(super) fn run(
     stop.store(true, Ordering::SeqCst);
     worker.join().map_err(|_| anyhow::anyhow!("the raw passthrough panicked"))??;
     let raw_rate = raw_rate?;
+    let raw_cpu = raw_window.close(&[]);
 
     eprintln!("  engine");
+    let written_before = offsets_written(kafka, &deployment.prefix, &deployment.topics.events)?;
     let mut engine = deployment.start("a", "state-a", &[])?;
     let window = CpuWindow::open(kafka, &[&engine]);
     let throughput = watch(&mut engine, &deployment, events)?;
     let cpu = window.close(&[&engine]);
+    let written = offsets_written(kafka, &deployment.prefix, &deployment.topics.events)?;
+    let mut offsets_per_event: Vec<(String, f64)> = written
+        .into_iter()
+        .map(|(topic, now)| {
+            let before = written_before.get(&topic).copied().unwrap_or(0);
+            (topic, (now - before) as f64 / events.max(1) as f64)
+        })
+        .filter(|(_, per_event)| *per_event > 0.0)
+        .collect();
+    offsets_per_event.sort_by(|a, b| b.1.total_cmp(&a.1));
 
     // Half the user stage's rate would outrun the stages after it: latency behind a backlog.
     let latency_rate = latency_run.rate.unwrap_or(throughput.done_rate / 2.0);
@@ -382,6 +452,8 @@ pub(super) fn run(
         commits,
         commit_load,
         cpu,
+        raw_cpu,
+        offsets_per_event,
     })
 }
 
@@ -493,6 +565,30 @@ fn latency(
         read(&sent, &mut firsts, Duration::from_millis(100));
     }
     Ok((sent.len(), firsts.into_values().collect()))
+}
+
+/// Log offsets of every topic whose name starts with `prefix` (by the rest of its name), but
+/// `except`: the records (and transaction markers) written to them so far.
+fn offsets_written(
+    kafka: &KafkaConfig,
+    prefix: &str,
+    except: &str,
+) -> anyhow::Result<HashMap<String, i64>> {
+    let consumer: BaseConsumer = kafka.client_config().create()?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+    let mut written = HashMap::new();
+    for topic in metadata.topics() {
+        let Some(name) = topic.name().strip_prefix(prefix).filter(|_| topic.name() != except)
+        else {
+            continue;
+        };
+        for partition in topic.partitions() {
+            let (_, high) =
+                consumer.fetch_watermarks(topic.name(), partition.id(), Duration::from_secs(10))?;
+            *written.entry(name.to_string()).or_default() += high;
+        }
+    }
+    Ok(written)
 }
 
 /// A consumer of `topic` (committed records) positioned at its current end.
