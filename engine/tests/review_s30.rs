@@ -533,6 +533,69 @@ fn a_run_scanned_with_two_shard_counts_still_sends_as_one_task() {
     assert_all(wrong);
 }
 
+/// Guard of finding 6's fix over more shapes, each edit read by one partition's tasks before the
+/// release (18:55Z) and by the others after their scan (19:05Z): the run sent from the home as
+/// one task, the same users on the same days, the same variants, and the same limit and run
+/// events. A sampled run (per-run 50 of the 120: the first 50 in the run's random order, its
+/// reservations too, whatever side scanned them; also with 10 UTC−10 users losing their device
+/// at 12:00Z on the 20th, before their local time: their places go to the next users to come,
+/// their skips reaching the home from a shard that sent its buffer there), an A/B test of 30
+/// and alternation where a daily limit put on or taken off moves them between home and 8
+/// shards.
+#[test]
+fn a_run_scanned_with_two_shard_counts_sends_the_same_users_and_variants_as_one_task() {
+    let ab = format!("{ALTERNATE_3}\n  ab: {{ test_audience: 30, evaluate_after: 1h }}");
+    let one_message = "{ title: t, body: b }";
+    let unreachable = |user: String| {
+        let at = ms_of("2026-11-20T12:00:00Z");
+        let update = herald_engine::model::ProfileUpdate {
+            app_id: "shop".into(),
+            user_id: user.clone(),
+            timestamp_ms: at,
+            set: Default::default(),
+            unset: Vec::new(),
+            devices_added: Vec::new(),
+            tokens_removed: vec![format!("tok-{user}")],
+        };
+        keyed(herald_engine::model::topics::PROFILES, &user, &update, at)
+    };
+    let mut wrong = Vec::new();
+    for (what, home, shards, gone) in [
+        (one_message, "{ daily: 200, per_run: 50 }", "{ per_run: 50 }", 0),
+        (one_message, "{ daily: 200, per_run: 50 }", "{ per_run: 50 }", 10),
+        (ab.as_str(), "{ daily: 200 }", "{}", 0),
+        (ALTERNATE_3, "{ daily: 200, per_run: 100 }", "{ per_run: 100 }", 0),
+    ] {
+        for (before, after) in [(home, shards), (shards, home)] {
+            let edit = |options: &str, when: &str| {
+                on_t(&t_what(what, after, options), CampaignCommand::Define, when)
+            };
+            let lost = || (0..gone).map(|i| unreachable(format!("c{i}")));
+            let mut commands = vec![edit("", "2026-11-19T19:05:00Z")];
+            commands.extend(lost());
+            let one = zones_with(&t_what(what, before, ""), 40, commands);
+            let want = (by_day(&one), variants(&one), limit_and_run_events(&one));
+            for early in 0..4 {
+                let mut commands = vec![
+                    (Some(early), edit(", shards: 8", "2026-11-19T18:55:00Z")),
+                    (None, edit(", shards: 8", "2026-11-19T19:05:00Z")),
+                ];
+                commands.extend(lost().map(|record| (None, record)));
+                let out = zones_staggered(&t_what(what, before, ", shards: 8"), 40, commands);
+                let got = (by_day(&out), variants(&out), limit_and_run_events(&out));
+                if got != want || !out.dead.is_empty() {
+                    let name = what.lines().last().unwrap_or_default().trim();
+                    wrong.push(format!(
+                        "{name} {before} -> {after} ({gone} gone) read first by {early}: {:?} {:?} {:?} dead {:?}, one task {:?} {:?} {:?}",
+                        per_day_zone(&out), got.1, got.2, out.dead, per_day_zone(&one), want.1, want.2
+                    ));
+                }
+            }
+        }
+    }
+    assert_all(wrong);
+}
+
 /// Control of finding 6: the same edits read by every task at once, before the release
 /// (18:55Z) or after it (19:05Z): as one task, 40 then 50.
 #[test]

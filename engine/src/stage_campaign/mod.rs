@@ -927,6 +927,11 @@ impl CampaignStage {
         };
         let scope = Self::answer_scope(ctx, key, &campaign)?;
         let mut state = self.load(ctx, &campaign, &scope)?;
+        // About a user of a run this shard sent home (`runs::gather`): home too.
+        let went_home = skip.run_id.as_ref().is_some_and(|run| state.run_went_home(run));
+        if skip.variant_id.is_none() && went_home {
+            return self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &skip);
+        }
         // A user a run selected who does not come passes the place on (see `standby`).
         let counted = self.not_coming(ctx, &campaign, &mut state, &skip)?;
         // A command the send gate refused takes back its variant's sent count; the first of its

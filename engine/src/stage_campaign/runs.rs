@@ -309,6 +309,15 @@ fn buffer_prefix(owner: &str, run: &str) -> Vec<u8> {
     [owner.as_bytes(), &[0], run.as_bytes(), &[0]].concat()
 }
 
+impl CampaignState {
+    /// Whether this shard sent its buffer of run `run_id` home (see [`CampaignStage::gather`]):
+    /// the records about the run's users that come later go home too.
+    pub(super) fn run_went_home(&self, run_id: &str) -> bool {
+        let home = |run: &RunState| run.is(run_id) && run.phase == RunPhase::Forwarded;
+        self.run.as_ref().is_some_and(home)
+    }
+}
+
 /// Where the users of `run` selected before their local time are kept (beside its buffer, not
 /// in it), with the variant the run chose for them: until they come at their local time.
 pub(super) fn selection_key(owner: &str, run: &str, user: &str) -> Vec<u8> {
@@ -407,10 +416,7 @@ impl CampaignStage {
         state: &mut CampaignState,
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
-        let forwarded =
-            |run: &RunState| run.is(&candidate.run_id) && run.phase == RunPhase::Forwarded;
-        if state.run.as_ref().is_some_and(forwarded) {
-            // Its run went home (see `gather`).
+        if state.run_went_home(&candidate.run_id) {
             return self.emit(ctx, &self.topics.campaign_flow, &campaign.id, &candidate);
         }
         let reserved = sample::is_reservation(&candidate);
