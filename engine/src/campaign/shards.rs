@@ -281,6 +281,46 @@ mod tests {
         assert_eq!(scope(key("spring", 0).as_bytes(), &campaign("spring", 1)), Scope::Foreign);
     }
 
+    /// FX13: a late user of a run goes where the run's release put their place, whatever an
+    /// edit changed since; a timer without `by_rank` (an older version's) as before.
+    #[test]
+    fn a_late_user_of_a_run_goes_where_its_release_put_their_place() {
+        let local = |limits: &str, shards: u32| {
+            let yaml = format!(
+                "id: t\napp: shop\nname: n\nwhen:\n  schedule: {{ repeat: weekly, days: [fri], time: \"09:00\", timezone: user }}\nwhat: {{ title: t, body: b }}\nlimits: {limits}\noptions: {{ shards: {shards} }}\n"
+            );
+            crate::campaign::parse::parse_campaign(&yaml, "test").expect("a valid campaign")
+        };
+        let run = "run-1795114800000";
+        let users: Vec<String> = (0..200).map(|n| format!("u{n}")).collect();
+        let ranked: Vec<String> = users
+            .iter()
+            .map(|user| key("t", sample::shard_of_rank(sample::rank(run, user), 8)))
+            .collect();
+        // Sampled at the release over 8: at their rank's shard of the 8, on its home now (a
+        // daily limit added), over 2 (lowered), or without the per-run limit.
+        for now in
+            [local("{ per_run: 100, daily: 50 }", 8), local("{ per_run: 100 }", 2), local("{}", 8)]
+        {
+            for (user, ranked) in users.iter().zip(&ranked) {
+                assert_eq!(&run_flow_key(&now, user, run, 8, Some(true)), ranked);
+            }
+        }
+        // Not sampled at the release: home when it samples now (per-run limit added), else by
+        // the user among the fewer shards.
+        let (added, none) = (local("{ per_run: 100 }", 8), local("{}", 8));
+        assert!(users.iter().all(|u| run_flow_key(&added, u, run, 8, Some(false)) == "t"));
+        for user in &users {
+            assert_eq!(run_flow_key(&none, user, run, 4, Some(false)), key("t", of_user(user, 4)));
+            // An older version's timer: by the rules in effect now.
+            assert_eq!(
+                run_flow_key(&added, user, run, 4, None),
+                flow_key(&local("{ per_run: 100 }", 4), Some(user), Some(run))
+            );
+        }
+        assert_eq!(run_flow_key(&none, "u1", run, 1, Some(true)), "t", "released on its home");
+    }
+
     #[test]
     fn users_spread_over_every_shard() {
         let mut seen = [0u32; 4];
