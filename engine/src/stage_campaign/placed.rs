@@ -10,10 +10,14 @@
 //! shard takes the run's place for the user as before (the selection, its variant, the run's
 //! count), and instead of sending it passes the candidate home, marked with that variant, in
 //! the transaction that takes the place; the home sends it within the total and daily limits as
-//! its own candidate, never within the run's limit again (the shard spent that place, counted
-//! given up there: `forgone`, so the shard's `RUN_SENT` leaves it out and the home counts the
-//! send once, in its totals and in the run's `sent`). Exact under a crash: the place taken, the
-//! candidate sent home, each in one transaction with the record it consumes.
+//! its own send, never within the run's limit again. The shard counts the place as the run's
+//! send (in its `RUN_SENT`); the home takes one it refuses off the run's count. The total and
+//! the day count the send once, at the home: the shard's lifetime count does not grow, and a
+//! `RUN_SENT` adds nothing to the day of a campaign on its home alone
+//! (`leases::count_planned_sends`). Exact under a crash: the place taken with the candidate sent
+//! home, and the send at home, each in one transaction with the record it consumes. Not
+//! covered: a shard's sends just before the edit that the home has not heard of yet (its
+//! counters come every stats interval) are not in the day's count when such a candidate comes.
 //!
 //! The mark is a property of the candidate's event properties under a key no template can
 //! name, taken only on a scheduled run's candidate (no trigger event, so no event properties
