@@ -596,6 +596,45 @@ fn a_run_scanned_with_two_shard_counts_sends_the_same_users_and_variants_as_one_
     assert_all(wrong);
 }
 
+/// Guard of finding 6's fix with a daily run: the shards that sent the 19th's run home still
+/// send its users who come later home when the 20th's run, scanned over the shards, has
+/// replaced it there (its UTC−10 users come at 19:00Z on the 20th, with the next run's scan).
+/// A sampled run (per-run 50 of the 120) with a daily limit put on or taken off, read by one
+/// partition's tasks first: the same users of each run as one task. Before, the replaced run
+/// was unknown at the shard: 12 or 13 of its 17 UTC−10 users were sent.
+#[test]
+fn a_daily_run_sent_home_keeps_its_late_users_after_the_next_run_started() {
+    let daily = |yaml: String| yaml.replace("repeat: weekly, days: [fri]", "repeat: daily");
+    let sent = |out: &Out| -> BTreeSet<(String, String)> {
+        out.of("t").iter().map(|s| (s.run_id.clone(), s.user_id.clone())).collect()
+    };
+    let mut wrong = Vec::new();
+    let sampled = ("{ daily: 200, per_run: 50 }", "{ per_run: 50 }");
+    for (before, after) in [sampled, (sampled.1, sampled.0)] {
+        let edit = |options: &str, when: &str| {
+            on_t(&daily(t_yaml(after, options)), CampaignCommand::Define, when)
+        };
+        let one =
+            zones_with(&daily(t_yaml(before, "")), 40, vec![edit("", "2026-11-19T19:05:00Z")]);
+        for early in 0..4 {
+            let commands = vec![
+                (Some(early), edit(", shards: 8", "2026-11-19T18:55:00Z")),
+                (None, edit(", shards: 8", "2026-11-19T19:05:00Z")),
+            ];
+            let out = zones_staggered(&daily(t_yaml(before, ", shards: 8")), 40, commands);
+            if sent(&out) != sent(&one) || !out.dead.is_empty() {
+                wrong.push(format!(
+                    "{before} -> {after} read first by {early}: {:?} dead {:?}, one task {:?}",
+                    per_run_zone(&out),
+                    out.dead,
+                    per_run_zone(&one)
+                ));
+            }
+        }
+    }
+    assert_all(wrong);
+}
+
 /// Control of finding 6: the same edits read by every task at once, before the release
 /// (18:55Z) or after it (19:05Z): as one task, 40 then 50.
 #[test]

@@ -180,6 +180,9 @@ struct CampaignState {
     /// Runs whose windows closed, and when: their users who expired are remembered (`standby`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     expired: Vec<(String, i64)>,
+    /// A shard: the latest run it sent home, newer runs since or not (`runs::gather`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    went_home: Option<String>,
     /// The status last announced as a lifecycle event (see `lifecycle`).
     #[serde(default)]
     announced_status: Option<CampaignStatus>,

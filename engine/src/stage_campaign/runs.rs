@@ -314,7 +314,7 @@ impl CampaignState {
     /// the records about the run's users that come later go home too.
     pub(super) fn run_went_home(&self, run_id: &str) -> bool {
         let home = |run: &RunState| run.is(run_id) && run.phase == RunPhase::Forwarded;
-        self.run.as_ref().is_some_and(home)
+        self.went_home.as_deref() == Some(run_id) || self.run.as_ref().is_some_and(home)
     }
 }
 
@@ -627,6 +627,7 @@ impl CampaignStage {
         run: &mut RunState,
     ) -> Result<(), ProcessError> {
         run.phase = RunPhase::Forwarded;
+        state.went_home = Some(run.id.clone()); // after a newer run here too
         let prefix = buffer_prefix(&state.key, &run.id);
         let step = run.read_buffer(ctx, &prefix)?;
         let more = step.len() >= RELEASE_STEP as usize;
