@@ -665,6 +665,7 @@ impl Worker<'_> {
             let mut txn = self.txn.lock().expect("txn lock");
             (std::mem::take(&mut txn.events), txn.dirty)
         };
+        let changed = !events.is_empty();
         for event in events {
             match event {
                 RebalanceEvent::Revoked(partitions) => {
@@ -698,6 +699,11 @@ impl Worker<'_> {
                     self.runtime.metrics.set_ready(true);
                 }
             }
+        }
+        if !changed {
+            // The assignment changes only with such an event: asking the consumer for it is a
+            // round trip to librdkafka's main thread, which this thread waited on every step.
+            return Ok(());
         }
         let topology = &self.runtime.topology;
         for (task, missing) in group::split_tasks(&self.consumer, topology, self.tasks.keys())? {
