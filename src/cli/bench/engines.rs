@@ -255,6 +255,62 @@ impl Instance {
     }
 }
 
+/// The engine instances of one run, read as one: each metric summed over them.
+pub(super) struct Instances(Vec<Instance>);
+
+impl Instances {
+    /// Starts `count` instances of `deployment` (ids `a`, `b`, …, each with its own state
+    /// directory), or the same ones again on their checkpoints.
+    pub fn start(deployment: &Deployment, count: usize) -> anyhow::Result<Self> {
+        (0..count)
+            .map(|i| {
+                let id = char::from(b'a' + u8::try_from(i % 26).unwrap_or(0)).to_string();
+                deployment.start(&id, &format!("state-{id}"), &[])
+            })
+            .collect::<anyhow::Result<_>>()
+            .map(Self)
+    }
+
+    /// How many instances run.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Each instance.
+    pub fn each(&self) -> Vec<&Instance> {
+        self.0.iter().collect()
+    }
+
+    /// Each instance, to wait on or to stop.
+    pub fn each_mut(&mut self) -> Vec<&mut Instance> {
+        self.0.iter_mut().collect()
+    }
+
+    /// [`Instance::metric`] summed over the instances.
+    pub fn metric(&self, name: &str, label: &str) -> f64 {
+        self.0.iter().map(|instance| instance.metric(name, label)).sum()
+    }
+
+    /// The labels of metric `name`'s series over the instances, each once.
+    pub fn series(&self, name: &str) -> Vec<String> {
+        let mut series: Vec<String> =
+            self.0.iter().flat_map(|instance| instance.series(name)).collect();
+        series.sort();
+        series.dedup();
+        series
+    }
+
+    /// Fails with an exited instance's log tail.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.0.iter_mut().try_for_each(Instance::check_alive)
+    }
+
+    /// Stops every instance cleanly ([`Instance::stop`]).
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        self.0.iter_mut().try_for_each(Instance::stop)
+    }
+}
+
 impl Drop for Instance {
     fn drop(&mut self) {
         let _ = self.kill();

@@ -58,6 +58,10 @@ pub struct ScaleArgs {
     /// App events through the user stage (the raw passthrough of 3,000,000 runs about 20 s).
     #[arg(long, default_value_t = 3_000_000)]
     events: usize,
+    /// Engine instances of the user stage's runs (each its own processing thread: 2 use both
+    /// cores of a 2-core machine).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=26))]
+    user_stage_instances: u8,
     /// Seconds of paced events for the user stage's latency at half its rate.
     #[arg(long, default_value_t = 20)]
     latency_seconds: u64,
@@ -162,7 +166,7 @@ pub fn run(kafka: &KafkaConfig, args: ScaleArgs) -> anyhow::Result<ExitCode> {
             kafka,
             (profiles, events),
             latency,
-            args.partitions,
+            (usize::from(args.user_stage_instances), args.partitions),
             &args.engine_args,
         )?;
         stage.print(profiles);

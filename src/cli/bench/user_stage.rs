@@ -1,8 +1,9 @@
-//! The user-stage phase of `herald bench scale`: app events through the real user stage of one
-//! `herald engine` holding `--profiles` profiles and 20 active campaigns of mixed kinds
-//! (instant, inaction, reminder, property and past-behaviour filters, DND, limits), beside a raw
-//! consume → produce passthrough of the same events; then event → send command latency at half
-//! the rate the whole engine sustained (every stage done), for users pinged once each.
+//! The user-stage phase of `herald bench scale`: app events through the real user stage of
+//! `--user-stage-instances` `herald engine` instances (one by default) holding `--profiles`
+//! profiles and 20 active campaigns of mixed kinds (instant, inaction, reminder, property and
+//! past-behaviour filters, DND, limits), beside a raw consume → produce passthrough of the same
+//! events; then event → send command latency at half the rate the whole engine sustained (every
+//! stage done), for users pinged once each.
 
 use std::{
     collections::HashMap,
@@ -26,7 +27,7 @@ use rdkafka::{
 use serde_json::{json, Value};
 
 use super::{
-    engines::{user, CpuSplit, CpuWindow, Deployment, Instance, APP},
+    engines::{user, CpuSplit, CpuWindow, Deployment, Instances, APP},
     runtime::{percentile, raw_passthrough},
     support::{create_topics, measure_rate, now_ms, producer, send},
 };
@@ -34,6 +35,8 @@ use super::{
 /// What the phase measured.
 pub(super) struct UserStage {
     pub events: usize,
+    /// Engine instances that went through them.
+    pub instances: usize,
     pub raw_rate: f64,
     pub engine: Throughput,
     pub latency_rate: f64,
@@ -75,36 +78,41 @@ pub(super) struct CommitLoad {
 
 impl CommitLoad {
     /// The engine's commit count and time so far (`commit_seconds` `_count`, `_sum`).
-    fn read(engine: &Instance) -> (f64, f64) {
-        (engine.metric("commit_seconds_count", ""), engine.metric("commit_seconds_sum", ""))
+    fn read(engines: &Instances) -> (f64, f64) {
+        (engines.metric("commit_seconds_count", ""), engines.metric("commit_seconds_sum", ""))
     }
 
     /// The load between `before` (from [`Self::read`]) and now, over `seconds`.
-    fn since(engine: &Instance, before: (f64, f64), seconds: f64) -> Self {
-        let (count, sum) = Self::read(engine);
+    fn since(engines: &Instances, before: (f64, f64), seconds: f64) -> Self {
+        let (count, sum) = Self::read(engines);
         let seconds = seconds.max(1e-3);
-        Self { per_second: (count - before.0) / seconds, share: (sum - before.1) / seconds }
+        // Each instance has its own processing thread: the share is their average.
+        let threads = engines.len().max(1) as f64;
+        Self {
+            per_second: (count - before.0) / seconds,
+            share: (sum - before.1) / seconds / threads,
+        }
     }
 }
 
 impl WindowQuantiles {
     /// Cumulative bucket counts (upper bound in seconds, count) of `topic`'s record ages.
-    fn buckets(engine: &Instance, topic: &str) -> Vec<(f64, f64)> {
-        Self::histogram(engine, "record_age_seconds", Some(&format!("topic=\"{topic}\"")))
+    fn buckets(engines: &Instances, topic: &str) -> Vec<(f64, f64)> {
+        Self::histogram(engines, "record_age_seconds", Some(&format!("topic=\"{topic}\"")))
     }
 
     /// Cumulative bucket counts (upper bound in seconds, count) of histogram `name`, of its
     /// series with `label` (`name=\"value\"`) if given.
-    fn histogram(engine: &Instance, name: &str, label: Option<&str>) -> Vec<(f64, f64)> {
+    fn histogram(engines: &Instances, name: &str, label: Option<&str>) -> Vec<(f64, f64)> {
         let series = format!("{name}_bucket");
-        let mut buckets: Vec<(f64, f64)> = engine
+        let mut buckets: Vec<(f64, f64)> = engines
             .series(&series)
             .into_iter()
             .filter(|labels| label.is_none_or(|label| labels.contains(label)))
             .filter_map(|labels| {
                 let bound = labels.split("le=\"").nth(1)?.split('"').next()?;
                 let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse().ok()? };
-                Some((bound, engine.metric(&series, &labels)))
+                Some((bound, engines.metric(&series, &labels)))
             })
             .collect();
         buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -131,6 +139,14 @@ impl WindowQuantiles {
 }
 
 impl UserStage {
+    /// "1 instance", "2 instances".
+    fn instances_label(&self) -> String {
+        match self.instances {
+            1 => "1 instance".to_string(),
+            n => format!("{n} instances"),
+        }
+    }
+
     /// The user stage's rate over the raw passthrough's.
     pub fn ratio(&self) -> f64 {
         self.engine.read_rate / self.raw_rate.max(1e-3)
@@ -150,14 +166,14 @@ impl UserStage {
         );
         println!(
             "{:<34} {:>10} {:>12.0} {:>8.3}",
-            "engine, 1 instance: user stage",
+            format!("engine, {}: user stage", self.instances_label()),
             self.events,
             self.engine.read_rate,
             self.ratio()
         );
         println!(
             "{:<34} {:>10} {:>12.0} {:>8.3}",
-            "engine, 1 instance: every stage",
+            format!("engine, {}: every stage", self.instances_label()),
             self.events,
             self.engine.done_rate,
             self.engine.done_rate / self.raw_rate.max(1e-3)
@@ -237,6 +253,7 @@ impl UserStage {
         let round2 = |v: f64| (v * 100.0).round() / 100.0;
         json!({
             "events": self.events,
+            "instances": self.instances,
             "raw_events_per_s": self.raw_rate.round(),
             "engine_events_per_s": self.engine.read_rate.round(),
             "engine_done_events_per_s": self.engine.done_rate.round(),
@@ -333,25 +350,25 @@ pub(super) struct LatencyRun {
 }
 
 /// Runs the phase: `events` app events over the first half of `profiles` users (the second
-/// half is pinged once each for the latency), then the latency run; `engine_args` go to the
-/// engine.
+/// half is pinged once each for the latency), then the latency run, on `instances` engines;
+/// `engine_args` go to each.
 pub(super) fn run(
     kafka: &KafkaConfig,
     (profiles, events): (usize, usize),
     latency_run: LatencyRun,
-    partitions: i32,
+    (instances, partitions): (usize, i32),
     engine_args: &[String],
 ) -> anyhow::Result<UserStage> {
-    eprintln!("user stage: {profiles} profiles, {events} events");
+    eprintln!("user stage: {profiles} profiles, {events} events, {instances} instance(s)");
     let deployment = Deployment::create(kafka, "users", partitions)?.with_engine_args(engine_args);
     deployment.produce_profiles(profiles)?;
     for (id, definition) in (0..20).map(campaign) {
         deployment.define(&id, &definition)?;
     }
-    let mut engine = deployment.start("a", "state-a", &[])?;
-    super::scale::wait_loaded(&deployment, &mut [&mut engine], profiles)?;
+    let mut engines = Instances::start(&deployment, instances)?;
+    super::scale::wait_loaded(&deployment, &mut engines.each_mut(), profiles)?;
     // Stopped cleanly while the events are produced and read raw; restarted on its checkpoint.
-    engine.stop()?;
+    engines.stop()?;
     let started = Instant::now();
     let registry = SchemaRegistry::builtin();
     let producer = producer(kafka)?;
@@ -391,10 +408,10 @@ pub(super) fn run(
 
     eprintln!("  engine");
     let written_before = offsets_written(kafka, &deployment.prefix, &deployment.topics.events)?;
-    let mut engine = deployment.start("a", "state-a", &[])?;
-    let window = CpuWindow::open(kafka, &[&engine]);
-    let throughput = watch(&mut engine, &deployment, events)?;
-    let cpu = window.close(&[&engine]);
+    let mut engines = Instances::start(&deployment, instances)?;
+    let window = CpuWindow::open(kafka, &engines.each());
+    let throughput = watch(&mut engines, &deployment, events)?;
+    let cpu = window.close(&engines.each());
     let written = offsets_written(kafka, &deployment.prefix, &deployment.topics.events)?;
     let mut offsets_per_event: Vec<(String, f64)> = written
         .into_iter()
@@ -418,29 +435,30 @@ pub(super) fn run(
         ),
     ];
     let before: Vec<_> =
-        stages.iter().map(|(_, topic)| WindowQuantiles::buckets(&engine, topic)).collect();
-    let commits_before = WindowQuantiles::histogram(&engine, "commit_seconds", None);
-    let (load_before, latency_started) = (CommitLoad::read(&engine), Instant::now());
+        stages.iter().map(|(_, topic)| WindowQuantiles::buckets(&engines, topic)).collect();
+    let commits_before = WindowQuantiles::histogram(&engines, "commit_seconds", None);
+    let (load_before, latency_started) = (CommitLoad::read(&engines), Instant::now());
     let (pings, mut latencies) =
-        latency(kafka, &deployment, profiles, latency_rate, latency_seconds, &mut engine)?;
+        latency(kafka, &deployment, profiles, latency_rate, latency_seconds, &mut engines)?;
     latencies.sort_unstable();
     let ages = stages
         .iter()
         .zip(&before)
         .map(|((stage, topic), before)| {
-            WindowQuantiles::between(stage, before, &WindowQuantiles::buckets(&engine, topic))
+            WindowQuantiles::between(stage, before, &WindowQuantiles::buckets(&engines, topic))
         })
         .collect();
     let commits = WindowQuantiles::between(
         "commit of a transaction",
         &commits_before,
-        &WindowQuantiles::histogram(&engine, "commit_seconds", None),
+        &WindowQuantiles::histogram(&engines, "commit_seconds", None),
     );
     let commit_load =
-        CommitLoad::since(&engine, load_before, latency_started.elapsed().as_secs_f64());
-    engine.stop()?;
+        CommitLoad::since(&engines, load_before, latency_started.elapsed().as_secs_f64());
+    engines.stop()?;
     Ok(UserStage {
         events,
+        instances,
         raw_rate,
         engine: throughput,
         latency_rate,
@@ -465,11 +483,11 @@ pub(super) struct Throughput {
     pub done_rate: f64,
 }
 
-/// Watches `engine` until it has read `expected` events and every stage is done: the stages'
+/// Watches `engines` until they have read `expected` events and every stage is done: the stages'
 /// own topics (campaign flow, app throttle) read as far as it wrote them and nothing read for
 /// 2 s, or nothing read for 15 s (records of aborted transactions count as written).
 fn watch(
-    engine: &mut Instance,
+    engines: &mut Instances,
     deployment: &Deployment,
     expected: usize,
 ) -> anyhow::Result<Throughput> {
@@ -480,20 +498,20 @@ fn watch(
     let (mut first, mut all_read, mut last) = (None, None, (0.0, Instant::now()));
     loop {
         anyhow::ensure!(Instant::now() < deadline, "the engine did not process every event");
-        engine.check_alive()?;
-        let read = engine.metric("records_in_total", &label(&topics.events));
+        engines.check_alive()?;
+        let read = engines.metric("records_in_total", &label(&topics.events));
         if read > 0.0 && first.is_none() {
             first = Some((Instant::now(), read));
         }
         if read >= expected as f64 && all_read.is_none() {
             all_read = Some(Instant::now());
         }
-        let total = engine.metric("records_in_total", "");
+        let total = engines.metric("records_in_total", "");
         if total != last.0 {
             last = (total, Instant::now());
         }
         let caught_up = internal.iter().all(|topic| {
-            engine.metric("records_in_total", topic) >= engine.metric("records_out_total", topic)
+            engines.metric("records_in_total", topic) >= engines.metric("records_out_total", topic)
         });
         let quiet = last.1.elapsed();
         if let (Some(read_at), true) = (all_read, quiet > Duration::from_secs(2)) {
@@ -520,7 +538,7 @@ fn latency(
     profiles: usize,
     rate: f64,
     seconds: u64,
-    engine: &mut Instance,
+    engines: &mut Instances,
 ) -> anyhow::Result<(usize, Vec<i64>)> {
     let total = ((rate * seconds as f64) as usize).min(profiles / 2).max(EVENTS.len());
     let consumer = at_end(kafka, &deployment.topics.push)?;
@@ -561,7 +579,7 @@ fn latency(
     producer.flush(Duration::from_secs(30))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while firsts.len() < sent.len() && Instant::now() < deadline {
-        engine.check_alive()?;
+        engines.check_alive()?;
         read(&sent, &mut firsts, Duration::from_millis(100));
     }
     Ok((sent.len(), firsts.into_values().collect()))
