@@ -486,3 +486,37 @@ fn capped_users_of_an_ab_test_over_8_shards_get_the_variants_of_one_task() {
     assert_eq!(per_run_zone(&sharded), per_run_zone(&one));
     assert_eq!(variants(&sharded), variants(&one));
 }
+
+/// A daily `timezone: user` run (09:00 local) with per-run 50 of 120 over 8 shards, a daily
+/// limit (200, or 60) added at 12:00Z on the 20th: the 19th's run's UTC−10 users come at 19:00Z
+/// on the 20th, when the 20th's run (released on the home alone) has replaced it; their shards
+/// of the 19th's release send them home marked. The same (run, user) pairs as one task.
+#[test]
+fn a_replaced_daily_runs_late_users_sent_home_marked_as_one_task() {
+    let daily = |yaml: String| yaml.replace("repeat: weekly, days: [fri]", "repeat: daily");
+    let sent = |out: &Out| -> BTreeSet<(String, String)> {
+        out.of("t").iter().map(|s| (s.run_id.clone(), s.user_id.clone())).collect()
+    };
+    let mut wrong = Vec::new();
+    for after in ["{ per_run: 50, daily: 200 }", "{ per_run: 50, daily: 60 }"] {
+        let replay = |options: &str| {
+            let edit = on_t(
+                &daily(t_yaml(after, options)),
+                CampaignCommand::Define,
+                "2026-11-20T12:00:00Z",
+            );
+            zones_with(&daily(t_yaml("{ per_run: 50 }", options)), 40, vec![edit])
+        };
+        let (one, sharded) = (replay(""), replay(", shards: 8"));
+        let (want_e, got_e) = (limit_and_run_events(&one), limit_and_run_events(&sharded));
+        if sent(&sharded) != sent(&one) || want_e != got_e || !sharded.dead.is_empty() {
+            wrong.push(format!(
+                "{after}: {:?} {got_e:?} dead {:?}, one task {:?} {want_e:?}",
+                per_run_zone(&sharded),
+                sharded.dead,
+                per_run_zone(&one)
+            ));
+        }
+    }
+    assert_all(wrong);
+}
