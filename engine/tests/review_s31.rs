@@ -252,9 +252,10 @@ fn forged(user: &str, properties: Properties) -> ReplayRecord {
 /// takes it as a place a shard took and sends it within the daily and total limits alone,
 /// beyond the per-run limit and the A/B test's audience.
 /// Review s31 finding 2 (LOW: needs write access to the internal campaign-flow topic): 101 of
-/// 100 and 31 of 30 with the mark, null or 0; without it 100 and 30.
+/// 100 and 31 of 30 with the mark, null or 0; without it 100 and 30. Fixed: the home honours
+/// the mark on a run it released itself (`placed::of_shards_run`; a
+/// run it no longer holds keeps it).
 #[test]
-#[ignore = "review s31 finding 2: a forged candidate of a scheduled run marked placed, keyed to a never-sharded home, is sent past the per-run limit (101 of 100) and the A/B test audience (31 of 30); unmarked: refused"]
 fn a_forged_candidate_with_the_mark_passes_the_runs_limit_at_home() {
     let fixed = |what: &str, limits: &str| t_what(what, limits, "").replace(", timezone: user", "");
     let ab = format!("{ALTERNATE_3}\n  ab: {{ test_audience: 30, evaluate_after: 24h }}");

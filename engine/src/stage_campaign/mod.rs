@@ -525,7 +525,10 @@ impl CampaignStage {
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
         // A run's user its shard placed and sent home, to be sent within the limits here.
-        if let Some(variant) = placed::taken(&candidate).filter(|_| !state.is_shard(campaign)) {
+        let at_home = !state.is_shard(campaign);
+        let taken = placed::taken(&candidate)
+            .filter(|_| at_home && placed::of_shards_run(state, &candidate.run_id));
+        if let Some(variant) = taken {
             return self.deliver_placed(ctx, campaign, state, &candidate, variant);
         }
         // At home an edit may start a recount of the leases: its triggered candidates wait.

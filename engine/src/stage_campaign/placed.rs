@@ -69,6 +69,14 @@ pub(super) fn taken(candidate: &Candidate) -> Option<Option<usize>> {
     }
 }
 
+/// Whether a mark on a candidate of `run_id` may be honoured at the home: not when the home holds
+/// the run as one it released itself (its shards took no place in it: a forged record on the
+/// campaign flow), else the candidate is placed as any (review s31 finding 2). A run the home no
+/// longer holds (a newer one replaced it) keeps the mark.
+pub(super) fn of_shards_run(state: &mut CampaignState, run_id: &str) -> bool {
+    state.run_mut(run_id).is_none_or(|run| run.coordinates())
+}
+
 impl CampaignStage {
     /// A shard (see [`sends_home`]): `candidate`, placed with `variant`, goes home.
     pub(super) fn send_home(
