@@ -399,6 +399,11 @@ fn a_gathered_run_then_paused_stopped_or_edited_back_sends_as_one_task() {
 /// standing by, as on one task. Review s31 finding 1: over 8 shards one place fewer is passed
 /// on: 92 sent (c 23), one task 93 (c 24: c18 refused `run_limit` over shards), daily 200 or 60;
 /// without the edit, over 8 shards, 93 as one task (so it comes with the shards sending home).
+/// Not the caps alone: c0..c9 losing their device at 12:30Z or 18:00Z instead (no caps) gives
+/// the same 92 against 93 with daily 200 added; with total 1000 added instead of a daily limit
+/// (the shards send home too), or no edit, as one task. Where the place goes astray (a skip
+/// passing a selected user's place at a shard no longer in effect, with a daily limit at home)
+/// is not found yet.
 #[test]
 #[ignore = "review s31 finding 1: capped late users of a per-run 100 run whose shards send home after a daily limit is added: 92 sent over 8 shards (c18 refused run_limit), one task 93"]
 fn capped_late_users_of_a_run_sent_home_pass_their_places_on_as_one_task() {
