@@ -110,11 +110,17 @@ up() {
   write_config
   format
   log_info "starting broker on 127.0.0.1:$port; log: $log"
+  # Only this start's lines are searched (the log keeps every earlier run's).
+  local log_start
+  log_start=$(stat -c %s "$log" 2>/dev/null || echo 0)
   nohup java -Xms256m -Xmx1g -Dlog4j2.configurationFile="$home/log4j2.properties" \
     -cp "$lib/*" kafka.Kafka "$home/server.properties" >>"$log" 2>&1 &
   local pid=$!
   echo "$pid" >"$pidfile"
-  for _ in $(seq 1 120); do
+  # A broker holding many partitions (leftovers of earlier test runs: `herald topics delete
+  # --prefix it-`) loads them all before it answers, which can take minutes.
+  local timeout=${KAFKA_START_TIMEOUT:-300} waited=0
+  while [ "$waited" -lt $((timeout * 2)) ]; do
     # Liveness of the child itself: until nohup has exec'd java its cmdline is still this
     # shell's, so `running` (which matches the broker's cmdline) would call it dead.
     if ! kill -0 "$pid" 2>/dev/null; then
@@ -122,13 +128,17 @@ up() {
       tail -n 30 "$log" >&2
       exit 1
     fi
-    if answers && grep -q "Kafka Server started" "$log"; then
+    if answers && tail -c +"$((log_start + 1))" "$log" | grep -q "Kafka Server started"; then
       log_info "ready on 127.0.0.1:$port"
       return 0
     fi
     sleep 0.5
+    waited=$((waited + 1))
+    if [ $((waited % 60)) -eq 0 ]; then
+      log_info "still starting after $((waited / 2)) s ($(find "$data" -maxdepth 1 -mindepth 1 -type d 2>/dev/null | wc -l) partition directories)"
+    fi
   done
-  echo "kafka: broker did not answer within 60 s; see $log" >&2
+  echo "kafka: broker did not answer within $timeout s (KAFKA_START_TIMEOUT); see $log" >&2
   exit 1
 }
 
