@@ -502,9 +502,7 @@ fn zones_staggered(yaml: &str, per_zone: usize, commands: Vec<(Option<i32>, Repl
 /// the 20th), whichever partition read the edit first. Fixed: a scan that goes to the shards
 /// tells the home too; a home that hears of both sends of a run has the shards send their
 /// buffers home and decides the run there (`stage_campaign::runs::gather`): 40 then 50, as one
-/// task. (Not covered: `options.shards` itself edited the same way, 1 <-> 8 or 4 -> 8: the
-/// campaign-stage tasks that have not read the edit refuse records keyed to a shard they do
-/// not know, dead letters.)
+/// task. (`options.shards` itself edited the same way: the next test.)
 #[test]
 fn a_run_scanned_with_two_shard_counts_still_sends_as_one_task() {
     let mut wrong = Vec::new();
@@ -536,14 +534,16 @@ fn a_run_scanned_with_two_shard_counts_still_sends_as_one_task() {
 /// Finding 6 where its fix does not reach (FX6's report, 2026-11-29): `options.shards` itself
 /// edited (1 -> 8, 8 -> 1, 4 -> 8; a daily limit of 50 alone, so the campaign is on its shards
 /// whenever it has more than one), read by one partition's tasks before the run's release
-/// (18:55Z) and by the others after their scan (19:05Z). The campaign-stage tasks that have not
-/// read the edit refuse records keyed to a shard they do not know (dead letters), and scans over
-/// 4 and over 8 shards are not gathered at home. What would fix it: such a task holds a
-/// scheduled run's records for a shard it does not know yet (as shard plans are held until
-/// their definition arrives), and the home plans a sharded run only once every partition's
-/// notice agrees on the count, gathering it at home when they differ.
+/// (18:55Z) and by the others after their scan (19:05Z). The campaign-stage tasks that had not
+/// read the edit refused records keyed to a shard they did not know (dead letters), and scans
+/// over 4 and over 8 shards were not gathered at home: 1 -> 8 and 8 -> 1 sent 0 of one task's
+/// 40 then 50 (no `RUN_STARTED`), 4 -> 8 sent 81 or 86 with other users, or 0. Fixed: such a
+/// task holds a scheduled run's records for a shard it does not know yet until its definition
+/// arrives (`stage_campaign::ahead`), as shard plans are held, and a shard the edit took away
+/// that holds the run takes its tallies too; the home plans a sharded run only once every
+/// partition's notice agrees on the count (`shards::plan_buffered`), gathering it at home when
+/// they differ (`runs::gather`).
 #[test]
-#[ignore = "review s30 finding 6, its own options.shards edited and read at different times: daily 50 over 4 zones of 40, one task 40 then 50; 1 -> 8 and 8 -> 1 send 0 (no RUN_STARTED), 4 -> 8 sends 81 or 86 with other users (31 or 36 on the 19th), or 0"]
 fn a_run_scanned_before_and_after_its_shards_are_edited_sends_as_one_task() {
     let mut wrong = Vec::new();
     let daily = "{ daily: 50 }";

@@ -81,7 +81,8 @@ pub struct ShardReport {
     pub waiting: i64,
     /// `Returned`: places of the total limit given back; `Counted`: every place it held;
     /// `PlaceLeft`: places of the run given back (0: one, from an older version); `RunSent`:
-    /// places of the run passed to it (cumulative).
+    /// places of the run passed to it (cumulative); `Buffered`: 1 when every partition's tally
+    /// named its shard count (each told the home too), 0 when one did not (an older version).
     pub places: i64,
     /// `Counters`, `Evaluated`: cumulative per-variant counters.
     pub variants: Vec<VariantStats>,

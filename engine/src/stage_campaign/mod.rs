@@ -5,6 +5,7 @@
 //! Scheduled runs (safety check, per-run limit, A/B test population) are decided in `runs`.
 
 pub mod ab;
+mod ahead;
 mod deleted;
 mod held;
 mod indices;
@@ -430,10 +431,16 @@ impl CampaignStage {
         candidate: Candidate,
     ) -> Result<(), ProcessError> {
         let Some(campaign) = self.known(ctx, &candidate.campaign_id, key)? else {
-            return Err(ProcessError::reject(format!(
+            let refused = ProcessError::reject(format!(
                 "candidate for unknown campaign {}",
                 candidate.campaign_id
-            )));
+            ));
+            if is_triggered_run(&candidate.run_id) {
+                return Err(refused);
+            }
+            let id = candidate.campaign_id.clone();
+            let held = ahead::Ahead::Candidate(candidate);
+            return Self::hold_ahead(ctx, &id, key, held, Some(refused));
         };
         if self.misrouted(&campaign, key, &candidate) {
             // Its home applies every limit of the campaign (its rules keep it at home, a stale
@@ -445,8 +452,19 @@ impl CampaignStage {
             return self.emit(ctx, &self.topics.campaign_flow, &shard, &candidate);
         }
         // A scheduled run's user comes to the shard holding their place in it, even one an edit
-        // took away since (review s30 finding 2), as its answers do.
-        let scope = Self::answer_scope(ctx, key, &campaign)?;
+        // took away since (review s30 finding 2), as its answers do; to one this task does not
+        // know yet, it waits for the definition (`ahead`).
+        let scope = match Self::answer_scope(ctx, key, &campaign) {
+            Ok(scope) => scope,
+            Err(refused) if is_triggered_run(&candidate.run_id) => return Err(refused),
+            Err(refused) => {
+                let held = ahead::Ahead::Candidate(candidate);
+                return Self::hold_ahead(ctx, &campaign.id, key, held, Some(refused));
+            }
+        };
+        if !is_triggered_run(&candidate.run_id) {
+            self.apply_ahead(ctx, &campaign, &scope)?; // those that came before it first
+        }
         let mut state = self.load(ctx, &campaign, &scope)?;
         let candidate = Self::leaving_now(ctx, candidate);
         self.admit(ctx, &campaign, &mut state, candidate)?;
@@ -928,10 +946,27 @@ impl CampaignStage {
         key: Option<&[u8]>,
         skip: Skip,
     ) -> Result<(), ProcessError> {
+        let of_run = skip.run_id.as_deref().is_some_and(|run| !is_triggered_run(run));
         let Some(campaign) = self.known(ctx, &skip.campaign_id, key)? else {
-            return Ok(());
+            if !of_run {
+                return Ok(());
+            }
+            let id = skip.campaign_id.clone();
+            return Self::hold_ahead(ctx, &id, key, ahead::Ahead::Skip(skip), None);
         };
-        let scope = Self::answer_scope(ctx, key, &campaign)?;
+        // About a scheduled run's user, to a shard this task does not know yet: it waits for the
+        // definition (`ahead`).
+        let scope = match Self::answer_scope(ctx, key, &campaign) {
+            Ok(scope) => scope,
+            Err(refused) if of_run => {
+                let held = ahead::Ahead::Skip(skip);
+                return Self::hold_ahead(ctx, &campaign.id, key, held, Some(refused));
+            }
+            Err(refused) => return Err(refused),
+        };
+        if of_run {
+            self.apply_ahead(ctx, &campaign, &scope)?; // those that came before it first
+        }
         let mut state = self.load(ctx, &campaign, &scope)?;
         // About a user of a run this shard sent home (`runs::gather`): home too.
         let went_home = skip.run_id.as_ref().is_some_and(|run| state.run_went_home(run));

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ab, assignment_key, shards::plan_to, standby, timer_key, CampaignStage, CampaignState,
-    ProcessError, RUN_BUFFER, RUN_TIMER,
+    ab, ahead::Ahead, assignment_key, shards::plan_to, standby, timer_key, CampaignStage,
+    CampaignState, ProcessError, RUN_BUFFER, RUN_TIMER,
 };
 use crate::{
     campaign::{sample, Assignment, Campaign},
@@ -140,6 +140,10 @@ pub(super) struct RunState {
     /// A shard asked to send its buffer home: once this many partitions reported the run here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) forward_after: Option<u64>,
+    /// A shard: a partition's tally named no shard count (an older user stage, which tells the
+    /// home nothing: its home plans on the shards' reports alone, see `shards::plan_buffered`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) unnamed: bool,
 }
 
 impl RunState {
@@ -173,6 +177,7 @@ impl RunState {
             gathers: 0,
             forwarded: BTreeMap::new(),
             forward_after: None,
+            unnamed: false,
         }
     }
 
@@ -182,12 +187,33 @@ impl RunState {
         self.tallies.values().sum::<i64>() + self.forwarded.values().sum::<i64>()
     }
 
-    /// A shard asked to send its buffer home has every partition's part of it it waits for.
+    /// A shard asked to send its buffer home has every partition's part of it it waits for
+    /// (reported home already or not: its home plans no run it gathers).
     pub(super) fn forwards(&self) -> bool {
-        self.phase == RunPhase::Collecting
+        matches!(self.phase, RunPhase::Collecting | RunPhase::Reported)
             && self
                 .forward_after
                 .is_some_and(|after| after > 0 && self.tallies.len() as u64 >= after)
+    }
+
+    /// The home: whether it asked the run's shards to send it home (see
+    /// [`CampaignStage::gather`]).
+    pub(super) fn gathered(&self) -> bool {
+        self.gathers > 0
+    }
+
+    /// The home: whether it asked shard `shard` to send run `run_id` home.
+    pub(super) fn asked(&self, run_id: &str, shard: i32) -> bool {
+        self.is(run_id) && (0..self.gathers).contains(&shard)
+    }
+
+    /// The home: the shard count every user-stage partition's notice of the run named, once
+    /// all are in and agree (none went home): the run is its shards' (see `shards::plan`).
+    pub(super) fn agreed_shards(&self) -> Option<i32> {
+        let mut counts = self.scanned.values();
+        let first = *counts.next()?;
+        let all = self.scanned.len() >= self.partitions.max(0) as usize;
+        (all && self.tallies.is_empty() && counts.all(|shards| *shards == first)).then_some(first)
     }
 
     /// Whether every user-stage partition reported the run, which has yet to be reported home
@@ -532,14 +558,25 @@ impl CampaignStage {
         tally: RunTally,
     ) -> Result<(), ProcessError> {
         let Some(campaign) = self.known(ctx, &tally.campaign_id, key)? else {
-            return Ok(());
+            let id = tally.campaign_id.clone();
+            return Self::hold_ahead(ctx, &id, key, Ahead::Tally(tally), None); // see `ahead`
         };
-        let mut state = self.load(ctx, &campaign, &super::scope(key, &campaign)?)?;
+        // To a shard an edit took away that holds the run (`places::answer_scope`), or to one
+        // this task does not know yet: it waits for the definition (`ahead`).
+        let scope = match Self::answer_scope(ctx, key, &campaign) {
+            Ok(scope) => scope,
+            Err(refused) => {
+                return Self::hold_ahead(ctx, &campaign.id, key, Ahead::Tally(tally), Some(refused))
+            }
+        };
+        self.apply_ahead(ctx, &campaign, &scope)?; // those that came before it first
+        let mut state = self.load(ctx, &campaign, &scope)?;
         let Some(mut run) = self.current_run(ctx, &mut state, &tally.run_id)? else {
             return Ok(()); // the tally of a run a newer one replaced
         };
         run.partitions = tally.partitions;
         let shard = state.is_shard(&campaign);
+        run.unnamed |= shard && tally.shards == 0; // an older user stage's (`shards::plan_buffered`)
         if !shard && tally.shards > 1 {
             run.scanned.insert(tally.partition, tally.shards); // its part is at the shards
         } else {
@@ -560,11 +597,12 @@ impl CampaignStage {
 
     /// The home of a run decides it once every user-stage partition reported it here. Where
     /// some partitions' scans went to the campaign's shards and the others' here (an edit that
-    /// changes the shards in effect, read by instances on both sides of the run's scan), it
-    /// asks those shards to send their buffer of the run home (`Forward`: each once it has the
-    /// tallies of the partitions that went to it), and decides once they all did
-    /// (`Forwarded`): the run sends from the home, as on one task. A run whose every partition
-    /// went to the shards is theirs (`shards`).
+    /// changes the shards in effect, read by instances on both sides of the run's scan), or to
+    /// different shard counts (`options.shards` itself edited so: 4 -> 8), it asks those shards
+    /// to send their buffer of the run home (`Forward`: each once it has the tallies of the
+    /// partitions that went to it), and decides once they all did (`Forwarded`): the run sends
+    /// from the home, as on one task. A run whose every partition went to the same shards is
+    /// theirs (`shards::plan_buffered`).
     pub(super) fn gather(
         &self,
         ctx: &mut ProcessorContext<'_>,
@@ -574,13 +612,14 @@ impl CampaignStage {
         at: i64,
     ) -> Result<(), ProcessError> {
         let parts = run.tallies.keys().chain(run.scanned.keys()).collect::<BTreeSet<_>>().len();
-        if run.phase != RunPhase::Collecting
-            || run.tallies.is_empty()
-            || parts < run.partitions as usize
-        {
+        if run.phase != RunPhase::Collecting || parts < run.partitions as usize {
             return Ok(());
         }
+        if !run.gathered() && run.agreed_shards().is_some() {
+            return self.plan_buffered(ctx, campaign, state, run, at); // the shards' run
+        }
         if run.gathers == 0 && !run.scanned.is_empty() {
+            run.shards = Default::default(); // what shards reported of it: the home's run now
             run.gathers = run.scanned.values().copied().max().unwrap_or(0);
             for shard in 0..run.gathers {
                 let after = run.scanned.values().filter(|shards| **shards > shard).count();

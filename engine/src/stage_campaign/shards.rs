@@ -114,6 +114,12 @@ impl RunState {
     pub(super) fn coordinates(&self) -> bool {
         self.shards.shards > 0
     }
+
+    /// The home: the run's shards (those of its first report, see `on_shard_report`), 0 when
+    /// it coordinates none.
+    pub(super) fn release_shards(&self) -> i32 {
+        self.shards.shards
+    }
 }
 
 impl CampaignState {
