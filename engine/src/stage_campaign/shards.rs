@@ -103,6 +103,10 @@ pub(super) struct HomeRun {
     /// Places each shard gave back (`PLACE_LEFT`, cumulative).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(super) left: BTreeMap<i32, i64>,
+    /// A shard's `BUFFERED` said a partition's tally named no shard count (an older user stage,
+    /// which sends the home no notice): planned on the shards' reports alone, as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    unnamed: bool,
 }
 
 /// How long the home waits for every shard's answer to its A/B evaluation ask before deciding
@@ -244,6 +248,9 @@ impl CampaignStage {
             r.run_id = Some(run.id.clone());
             r.qualified = qualified;
             r.reachable = run.buffered as i64;
+            // 1: every partition's tally named its shard count, so each told the home too
+            // (`plan_buffered`); 0 (an older version's too): one did not.
+            r.places = i64::from(!run.unnamed);
         })
     }
 
@@ -309,6 +316,14 @@ impl CampaignStage {
             ShardReportKind::Demand | ShardReportKind::Returned | ShardReportKind::Counted
         );
         if !had && !(0..campaign.options.shards.max(1) as i32).contains(&report.shard) {
+            let run_id = report.run_id.as_deref().unwrap_or_default();
+            let asked = state.run.as_ref().is_some_and(|run| run.asked(run_id, report.shard));
+            if report.kind == ShardReportKind::Forwarded && asked {
+                // A shard of an edit this task has yet to read, asked to send a run home: its
+                // count was in a user-stage partition's notice (`runs::gather`).
+                self.on_forwarded(ctx, &campaign, &mut state, &report)?;
+                return self.save(ctx, &campaign, &mut state);
+            }
             if lease_report && Self::take_number_of_a_shard_not_had(ctx, &mut state, &report) {
                 return self.save(ctx, &campaign, &mut state); // see `leases`
             }
@@ -380,18 +395,20 @@ impl CampaignStage {
         let Some(mut run) = self.current_run(ctx, &mut state, run_id)? else {
             return self.save(ctx, &campaign, &mut state); // a run a newer one replaced
         };
-        // The run's shards are those of its first report: an edit meanwhile does not move it.
-        if run.shards.shards == 0 {
+        // The run's shards are those of its first report (or those every partition's notice
+        // named: `plan_buffered`): an edit meanwhile does not move it. A run gathered at home
+        // has none (`runs::gather`).
+        if run.shards.shards == 0 && !run.gathered() {
             run.shards.shards = report.shards;
         }
         let shards = run.shards.shards;
         let all = |done: usize| done >= shards.max(1) as usize;
         match report.kind {
+            ShardReportKind::Buffered if run.gathered() => {} // its shards send it home
             ShardReportKind::Buffered => {
                 run.shards.buffered.insert(report.shard, (report.qualified, report.reachable));
-                if run.phase == RunPhase::Collecting && all(run.shards.buffered.len()) {
-                    self.plan(ctx, &campaign, &mut state, &mut run, report.timestamp_ms)?;
-                }
+                run.shards.unnamed |= report.places == 0;
+                self.plan_buffered(ctx, &campaign, &mut state, &mut run, report.timestamp_ms)?;
             }
             ShardReportKind::TestSent => {
                 run.shards.tested.insert(report.shard);
@@ -484,6 +501,34 @@ impl CampaignStage {
         // The limit is announced once the run it filled is finished.
         if run.phase == RunPhase::Done {
             self.announce_total_limit(ctx, campaign, state)?;
+        }
+        Ok(())
+    }
+
+    /// The run is planned once every shard's buffer is complete and every user-stage
+    /// partition's notice named the same shard count (`runs::gather`: scans over different
+    /// counts, an edit of `options.shards` read at different times, are sent from the home;
+    /// the run's shards are those the notices named). Where a shard's partition told no count
+    /// (an older user stage, no notice), on the shards' reports alone, as before.
+    pub(super) fn plan_buffered(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+        run: &mut RunState,
+        at: i64,
+    ) -> Result<(), ProcessError> {
+        match run.agreed_shards() {
+            Some(shards) => run.shards.shards = shards,
+            None if run.shards.unnamed => {}
+            None => return Ok(()),
+        }
+        let shards = run.shards.shards;
+        if run.phase == RunPhase::Collecting
+            && shards > 0
+            && run.shards.buffered.len() >= shards as usize
+        {
+            self.plan(ctx, campaign, state, run, at)?;
         }
         Ok(())
     }
@@ -721,6 +766,7 @@ impl CampaignStage {
         campaign: &Campaign,
         scope: &str,
     ) -> Result<(), ProcessError> {
+        self.apply_ahead(ctx, campaign, scope)?; // the run records held with them first
         let held_key = held_plans_key(scope);
         let Some(held) = ctx.store(super::STATE)?.get_as::<Vec<ShardPlan>>(held_key.as_bytes())?
         else {
@@ -819,7 +865,9 @@ impl CampaignStage {
             | ShardPlanKind::Place
             | ShardPlanKind::Indices => {}
             // Its tasks scanned the run with different shard counts: it goes home (`runs`).
-            ShardPlanKind::Forward if run.phase == RunPhase::Collecting => {
+            ShardPlanKind::Forward
+                if matches!(run.phase, RunPhase::Collecting | RunPhase::Reported) =>
+            {
                 run.forward_after = Some(plan.places.max(0) as u64);
                 if run.forwards() && state.in_flight == 0 {
                     self.forward_home(ctx, campaign, &mut state, &mut run)?;
