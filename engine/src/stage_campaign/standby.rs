@@ -476,6 +476,12 @@ impl CampaignStage {
             return Ok(());
         };
         let places = report.places.max(1);
+        // The run's shards are those of its release, whatever an edit changed since: a shard no
+        // longer in effect reports the campaign's count now (on its home alone, its own number
+        // + 1), and the place was given up before the next shards' users standing by (review
+        // s31 finding 1).
+        let shards = state.run_mut(run).map_or(0, |of_run| of_run.release_shards());
+        let shards = if shards > 0 { shards } else { report.shards };
         if !sample::reserves(campaign) {
             if let Some(at) = state.earlier.iter().position(|r| r.is(run) && r.coordinates()) {
                 // A run a newer one replaced: its places are given up; a place passed to the
@@ -503,7 +509,7 @@ impl CampaignStage {
             }
             return self.pass_on(ctx, campaign, run);
         }
-        if next >= report.shards {
+        if next >= shards {
             tracing::debug!(campaign = %campaign.id, run, "a place no shard could take is given up");
             if let Some(of_run) = state.run_mut(run) {
                 of_run.shards.take_back(campaign, report, places)?;
