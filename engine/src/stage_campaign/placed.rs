@@ -23,9 +23,9 @@
 //! name, taken only on a scheduled run's candidate (no trigger event, so no event properties
 //! of its own): the variant's index, or null for the campaign's assignment at home.
 
-use super::{CampaignStage, CampaignState, ProcessError};
+use super::{runs::RunState, CampaignStage, CampaignState, ProcessError};
 use crate::{
-    campaign::{shards as campaign_shards, Campaign, CampaignStatus},
+    campaign::{sample, shards as campaign_shards, Assignment, Campaign, CampaignStatus},
     model::{is_triggered_run, scheduled_run_time, Candidate, PropertyValue},
     runtime::ProcessorContext,
 };
@@ -45,6 +45,27 @@ pub(super) fn sends_home(
         && !is_triggered_run(&candidate.run_id)
         && campaign_shards::in_effect(campaign) <= 1
         && (limits.daily.is_some() || limits.total.is_some())
+}
+
+/// Whether the home plans a sharded run of `campaign` over its per-run sample when its total
+/// leaves fewer places (review s31 finding 3): one message or messages by property, `timezone:
+/// user`, a per-run and a total limit, no daily limit. One task samples the per-run limit and
+/// its total refuses the last users to come; so the shards take the sample's places and send
+/// every user of the run home (a Release plan naming the total, `RunState::total_at_home`),
+/// where the total refuses them in the order they come and `LIMIT_REACHED` is announced. Not
+/// covered: alternation, a split or an A/B test (their places carry indices or variants).
+pub(super) fn total_cut_at_home(campaign: &Campaign) -> bool {
+    let limits = &campaign.limits;
+    let single = matches!(campaign.assignment, Assignment::Single | Assignment::ByProperty(_));
+    sample::reserves(campaign) && single && limits.total.is_some() && limits.daily.is_none()
+}
+
+/// A shard: whether `run`'s user goes home to be cut by the total (see [`total_cut_at_home`]),
+/// while the campaign is active and still has a total.
+pub(super) fn cut_at_home(campaign: &Campaign, run: &RunState) -> bool {
+    run.total_at_home
+        && campaign.status == CampaignStatus::Active
+        && campaign.limits.total.is_some()
 }
 
 /// [`sends_home`] while the campaign is active (else a pause holds the candidate, a stop drops

@@ -144,6 +144,11 @@ pub(super) struct RunState {
     /// home nothing: its home plans on the shards' reports alone, see `shards::plan_buffered`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(super) unnamed: bool,
+    /// A shard: its home planned the run over its per-run sample with a total that leaves
+    /// fewer places: its users go home, where the total refuses the last to come
+    /// (`placed::cut_at_home`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) total_at_home: bool,
 }
 
 impl RunState {
@@ -178,6 +183,7 @@ impl RunState {
             forwarded: BTreeMap::new(),
             forward_after: None,
             unnamed: false,
+            total_at_home: false,
         }
     }
 
@@ -467,8 +473,14 @@ impl CampaignStage {
                     None => None,
                 };
                 // Sent home (`placed`): the place is taken here, counted as the run's send.
-                let home = super::placed::goes_home(campaign, state, &candidate);
-                self.deliver(ctx, campaign, state, &candidate, indexed.or(chosen))?;
+                let of_run = state.run_mut(&candidate.run_id);
+                let cut = of_run.is_some_and(|run| super::placed::cut_at_home(campaign, run));
+                let home = cut || super::placed::goes_home(campaign, state, &candidate);
+                if cut {
+                    self.send_home(ctx, campaign, &candidate, indexed.or(chosen))?;
+                } else {
+                    self.deliver(ctx, campaign, state, &candidate, indexed.or(chosen))?;
+                }
                 let sent_here = state.sent > sent || home;
                 if indexed.is_some() && sent_here {
                     if let Some(run) = state.run_mut(&candidate.run_id) {
@@ -892,8 +904,13 @@ impl CampaignStage {
             return self.place_leased(ctx, campaign, state, candidate.clone());
         }
         // Sent home (`placed`): the place is taken here, counted as the run's send.
-        let home = super::placed::goes_home(campaign, state, candidate);
-        self.deliver(ctx, campaign, state, candidate, indexed.or(chosen))?;
+        let cut = super::placed::cut_at_home(campaign, run);
+        let home = cut || super::placed::goes_home(campaign, state, candidate);
+        if cut {
+            self.send_home(ctx, campaign, candidate, indexed.or(chosen))?;
+        } else {
+            self.deliver(ctx, campaign, state, candidate, indexed.or(chosen))?;
+        }
         if state.sent > sent || home {
             run.sent += 1;
             if let (Some(_), Some((next, _))) = (indexed, run.indices.as_mut()) {

@@ -572,9 +572,12 @@ impl CampaignStage {
         // Less the places of the total leased out to users who came after an earlier run.
         let left = campaign.limits.total.map_or(u64::MAX, |t| state.free_total(t));
         let left = left.min(day_left);
+        // A total below the per-run sample: the sample's places, the total cut at home
+        // (`placed::total_cut_at_home`).
+        let cut = super::placed::total_cut_at_home(campaign) && left > 0 && left < reach;
         // A sampled run's shards hold ranges of its random order: its first users are shard 0's.
         let split = if sample::samples(campaign) { sample::first_in_order } else { apportion };
-        let places = split(reach.min(left), &reachable);
+        let places = split(if cut { reach.min(day_left) } else { reach.min(left) }, &reachable);
         let mut test_total = 0;
         if let (Assignment::AbTest(test), None) = (&campaign.assignment, &state.winner_id) {
             let plan = ab::test_plan(reach, test.test_audience, campaign.what.len());
@@ -596,6 +599,7 @@ impl CampaignStage {
             release.test_from = test_from as i64;
             release.test_users = tests as i64;
             release.test_total = test_total as i64;
+            release.limit = cut.then(|| campaign.limits.total.unwrap_or_default() as i64);
             test_from += if indexed { places } else { tests };
             run.shards.given.insert(*shard, places as i64);
             self.send_plan(ctx, campaign, &release)?;
@@ -849,6 +853,7 @@ impl CampaignStage {
                 run.test_from = plan.test_from.max(0) as u64;
                 run.test_users = plan.test_users.max(0) as u64;
                 run.test_total = plan.test_total.max(0) as u64;
+                run.total_at_home = plan.limit.is_some(); // see `placed::cut_at_home`
                 run.indices = ab::variant_at(&campaign.assignment, campaign.what.len(), 0)
                     .map(|_| (run.test_from, run.test_from + places));
                 run.phase = RunPhase::Releasing;
