@@ -458,12 +458,55 @@ fn capped_late_users_of_a_run_sent_home_pass_their_places_on_as_one_task() {
 /// users (a 32, b 32, c 26 against a 35, b 34, c 21: the shards sampled 90 places by rank, one
 /// task samples 100 and its total refuses the last to come) and no `LIMIT_REACHED` (total) where
 /// one task announces it at 90. Fixed: the home plans the per-run sample and the shards send its
-/// users home, where the total refuses the last to come (`stage_campaign::placed`).
+/// users home, where the total refuses the last to come (`stage_campaign::placed`). Totals 50
+/// (a 35, b 15) and 20 (a 20, cut at the release) too.
 #[test]
 fn a_total_below_the_per_run_limit_over_8_shards_is_one_tasks() {
     let none = |_: &str| Vec::new();
-    let limits = "{ per_run: 100, total: 90 }";
-    assert_all(differs("no edit", ONE_MESSAGE, limits, &none).into_iter().collect());
+    let cases = [
+        "{ per_run: 100, total: 90 }",
+        "{ per_run: 100, total: 50 }",
+        "{ per_run: 100, total: 20 }",
+    ];
+    assert_all(
+        cases.iter().filter_map(|limits| differs(limits, ONE_MESSAGE, limits, &none)).collect(),
+    );
+}
+
+/// [`a_total_below_the_per_run_limit_over_8_shards_is_one_tasks`] on an app with one push a day
+/// (`t`'s caps not ignored), `news` spending the cap of c0..c9 at 18:00Z on the 20th, before
+/// their local time: their places go to users standing by, and the total (90, or 60) refuses the
+/// last to come, as on one task.
+#[test]
+fn a_total_below_the_per_run_limit_with_capped_users_over_8_shards_is_one_tasks() {
+    let mut wrong = Vec::new();
+    for limits in ["{ per_run: 100, total: 90 }", "{ per_run: 100, total: 60 }"] {
+        let replay = |options: &str| {
+            let yaml = t_what(ONE_MESSAGE, limits, options)
+                .replace("ignore_global_caps: true", "ignore_global_caps: false");
+            let at = ms_of("2026-11-20T18:00:00Z");
+            let pongs = (0..10).map(|i| {
+                user_event(
+                    &format!("c{i}"),
+                    "Pong",
+                    format!("pong-{i}"),
+                    Default::default(),
+                    at + i,
+                )
+            });
+            zones_run(CAPS, &[("t", &yaml), ("news", NEWS)], 40, pongs.collect())
+        };
+        let (one, sharded) = (replay(""), replay(", shards: 8"));
+        let (want, got) = (per_run_zone(&one), per_run_zone(&sharded));
+        let (want_e, got_e) = (limit_and_run_events(&one), limit_and_run_events(&sharded));
+        if want != got || want_e != got_e || !sharded.dead.is_empty() {
+            wrong.push(format!(
+                "{limits}: {got:?} {got_e:?} dead {:?}, one task {want:?} {want_e:?}",
+                sharded.dead
+            ));
+        }
+    }
+    assert_all(wrong);
 }
 
 /// An A/B test of 30 (`t`, caps not ignored) under one push a day, `news` spending the cap of
