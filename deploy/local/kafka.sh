@@ -128,7 +128,9 @@ up() {
       tail -n 30 "$log" >&2
       exit 1
     fi
-    if answers && tail -c +"$((log_start + 1))" "$log" | grep -q "Kafka Server started"; then
+    # `grep -c` reads to the end: `grep -q` would stop early, and under pipefail the SIGPIPE
+    # of `tail` would fail the test though the line is there.
+    if answers && [ "$(tail -c +"$((log_start + 1))" "$log" | grep -c "Kafka Server started" || true)" -gt 0 ]; then
       log_info "ready on 127.0.0.1:$port"
       return 0
     fi
