@@ -24,28 +24,6 @@ fn zones_with(yaml: &str, per_zone: usize, commands: Vec<ReplayRecord>) -> Out {
     zones_run(NO_CAPS, &[("t", yaml)], per_zone, commands)
 }
 
-/// Users per (day, run) and zone; asserts each user is sent once per run.
-fn per_run_zone(out: &Out) -> BTreeMap<(String, String), BTreeMap<String, usize>> {
-    let mut counts: BTreeMap<(String, String), BTreeMap<String, usize>> = BTreeMap::new();
-    let mut seen = BTreeSet::new();
-    for send in out.of("t") {
-        assert!(seen.insert((&send.run_id, &send.user_id)), "{} twice in a run", send.user_id);
-        let day = at(send.created_at_ms)[..10].to_string();
-        let zones = counts.entry((day, send.run_id.clone())).or_default();
-        *zones.entry(send.user_id[..1].to_string()).or_default() += 1;
-    }
-    counts
-}
-
-/// Commands of `t` per variant.
-fn variants(out: &Out) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for send in out.of("t") {
-        *counts.entry(send.variant_id.clone()).or_default() += 1;
-    }
-    counts
-}
-
 /// `t`'s `LIMIT_REACHED` and `RUN_STARTED` events as (kind, the limit or the run, sent), sorted
 /// (`RUN_FINISHED`'s figure over shards counts the run's planned places: not compared).
 fn limit_and_run_events(out: &Out) -> Vec<(String, String, String)> {

@@ -681,6 +681,28 @@ pub fn by_day(out: &Out) -> BTreeMap<String, BTreeSet<String>> {
     days
 }
 
+/// Users per (day, run) and zone; asserts each user is sent once per run.
+pub fn per_run_zone(out: &Out) -> BTreeMap<(String, String), BTreeMap<String, usize>> {
+    let mut counts: BTreeMap<(String, String), BTreeMap<String, usize>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for send in out.of("t") {
+        assert!(seen.insert((&send.run_id, &send.user_id)), "{} twice in a run", send.user_id);
+        let day = at(send.created_at_ms)[..10].to_string();
+        let zones = counts.entry((day, send.run_id.clone())).or_default();
+        *zones.entry(send.user_id[..1].to_string()).or_default() += 1;
+    }
+    counts
+}
+
+/// Commands of `t` per variant.
+pub fn variants(out: &Out) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for send in out.of("t") {
+        *counts.entry(send.variant_id.clone()).or_default() += 1;
+    }
+    counts
+}
+
 /// `t`'s users per day and zone (the first letter of the user id).
 pub fn per_day_zone(out: &Out) -> BTreeMap<String, BTreeMap<String, usize>> {
     let mut counts = BTreeMap::new();
