@@ -11,7 +11,7 @@ mod sharded;
 use std::collections::{BTreeMap, BTreeSet};
 
 use herald_engine::model::CampaignCommand;
-use herald_engine::runtime::replay::{ReplayInput, ReplayRecord};
+use herald_engine::runtime::replay::ReplayRecord;
 use sharded::*;
 
 /// [`t_yaml`] at 09:00 in the campaign's timezone (UTC), not the user's: the run is at 09:00Z
@@ -437,35 +437,9 @@ fn a_days_run_sends_count_once_after_an_edit() {
 }
 
 /// [`zones_with`] where each of `commands` is read by the tasks of one partition only
-/// (`Some(p)`) or by every task (`None`) ([`ReplayInput::Staggered`]).
+/// (`Some(p)`) or by every task (`None`) (`ReplayInput::Staggered`).
 fn zones_staggered(yaml: &str, per_zone: usize, commands: Vec<(Option<i32>, ReplayRecord)>) -> Out {
-    let start = ms_of("2026-11-19T18:00:00Z");
-    let mut input = vec![(None, define("t", yaml, start))];
-    for (zone, tz) in ZONES {
-        input
-            .extend((0..per_zone).map(|i| (None, zoned_profile(&format!("{zone}{i}"), tz, start))));
-    }
-    let mut commands = commands.into_iter().peekable();
-    for tick in (start + MINUTE..=ms_of("2026-11-20T23:50:00Z")).step_by(600_000) {
-        while commands.peek().is_some_and(|(_, c)| c.timestamp_ms <= tick) {
-            input.push(commands.next().unwrap());
-        }
-        let clock = |z: usize| {
-            (
-                None,
-                user_event(
-                    &format!("z{z}"),
-                    "Other",
-                    format!("o{z}-{tick}"),
-                    Default::default(),
-                    tick,
-                ),
-            )
-        };
-        input.extend((0..4).map(clock));
-    }
-    input.extend(commands);
-    run_input(NO_CAPS, ReplayInput::Staggered(input), ms_of("2026-11-21T00:00:00Z"))
+    zones_staggered_run(NO_CAPS, &[("t", yaml)], per_zone, commands)
 }
 
 /// Review s30 finding 6 (HIGH, loss of a whole run, silent): each user-stage task fixes a run's

@@ -9,7 +9,7 @@
 #[path = "replay_support/sharded.rs"]
 mod sharded;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use herald_engine::model::{topics, CampaignCommand, Candidate, Properties, PropertyValue};
 use herald_engine::runtime::replay::ReplayRecord;
@@ -22,22 +22,6 @@ const MARK: &str = "\u{1f}placed";
 /// `commands`, replayed without caps (see [`zones_run`]).
 fn zones_with(yaml: &str, per_zone: usize, commands: Vec<ReplayRecord>) -> Out {
     zones_run(NO_CAPS, &[("t", yaml)], per_zone, commands)
-}
-
-/// `t`'s `LIMIT_REACHED` and `RUN_STARTED` events as (kind, the limit or the run, sent), sorted
-/// (`RUN_FINISHED`'s figure over shards counts the run's planned places: not compared).
-fn limit_and_run_events(out: &Out) -> Vec<(String, String, String)> {
-    let get = |d: &BTreeMap<String, String>, k: &str| d.get(k).cloned().unwrap_or_default();
-    let mut events: Vec<(String, String, String)> = out
-        .events
-        .iter()
-        .filter(|e| e.campaign_id == "t")
-        .map(|e| (format!("{:?}", e.kind), &e.details))
-        .filter(|(kind, _)| kind == "LimitReached" || kind == "RunStarted")
-        .map(|(kind, d)| (kind, get(d, "limit") + &get(d, "run_id"), get(d, "sent")))
-        .collect();
-    events.sort();
-    events
 }
 
 /// One task and 8 shards under the same `records(options)` (options `""` and `", shards: 8"`)
@@ -263,24 +247,7 @@ fn a_forged_candidate_with_the_mark_passes_the_runs_limit_at_home() {
 /// [`zones_run`] where each of `commands` is read by the tasks of one partition only (`Some(p)`)
 /// or by every task (`None`) (`ReplayInput::Staggered`), as review_s30's `zones_staggered`.
 fn zones_staggered(yaml: &str, commands: Vec<(Option<i32>, ReplayRecord)>) -> Out {
-    let start = ms_of("2026-11-19T18:00:00Z");
-    let mut input = vec![(None, define("t", yaml, start))];
-    for (zone, tz) in ZONES {
-        input.extend((0..40).map(|i| (None, zoned_profile(&format!("{zone}{i}"), tz, start))));
-    }
-    let mut commands = commands.into_iter().peekable();
-    for tick in (start + MINUTE..=ms_of("2026-11-20T23:50:00Z")).step_by(600_000) {
-        while commands.peek().is_some_and(|(_, c)| c.timestamp_ms <= tick) {
-            input.push(commands.next().unwrap());
-        }
-        input.extend((0..4).map(|z| {
-            let id = format!("o{z}-{tick}");
-            (None, user_event(&format!("z{z}"), "Other", id, Default::default(), tick))
-        }));
-    }
-    input.extend(commands);
-    let input = herald_engine::runtime::replay::ReplayInput::Staggered(input);
-    run_input(NO_CAPS, input, ms_of("2026-11-21T00:00:00Z"))
+    zones_staggered_run(NO_CAPS, &[("t", yaml)], 40, commands)
 }
 
 /// A run gathered at the home (a daily limit put on or taken off, read by partition 0's or 2's

@@ -648,24 +648,54 @@ pub fn zones_run(
     per_zone: usize,
     commands: Vec<ReplayRecord>,
 ) -> Out {
+    let commands = commands.into_iter().map(|command| (None, command)).collect();
+    zones_staggered_run(settings, definitions, per_zone, commands)
+}
+
+/// [`zones_run`] where each of `commands` is read by the tasks of one partition only
+/// (`Some(p)`: an instance reading the campaigns table before or after the others) or by every
+/// task (`None`) ([`ReplayInput::Staggered`]).
+pub fn zones_staggered_run(
+    settings: &str,
+    definitions: &[(&str, &str)],
+    per_zone: usize,
+    commands: Vec<(Option<i32>, ReplayRecord)>,
+) -> Out {
     let start = ms_of("2026-11-19T18:00:00Z");
-    let mut input: Vec<ReplayRecord> =
-        definitions.iter().map(|(id, yaml)| define(id, yaml, start)).collect();
+    let mut input: Vec<(Option<i32>, ReplayRecord)> =
+        definitions.iter().map(|(id, yaml)| (None, define(id, yaml, start))).collect();
     for (zone, tz) in ZONES {
-        input.extend((0..per_zone).map(|i| zoned_profile(&format!("{zone}{i}"), tz, start)));
+        input
+            .extend((0..per_zone).map(|i| (None, zoned_profile(&format!("{zone}{i}"), tz, start))));
     }
     let mut commands = commands.into_iter().peekable();
     for tick in (start + MINUTE..=ms_of("2026-11-20T23:50:00Z")).step_by(600_000) {
-        while commands.peek().is_some_and(|c| c.timestamp_ms <= tick) {
+        while commands.peek().is_some_and(|(_, c)| c.timestamp_ms <= tick) {
             input.push(commands.next().unwrap());
         }
         let clock = |z: usize| {
             user_event(&format!("z{z}"), "Other", format!("o{z}-{tick}"), Default::default(), tick)
         };
-        input.extend((0..4).map(clock));
+        input.extend((0..4).map(|z| (None, clock(z))));
     }
     input.extend(commands);
-    run(settings, input, ms_of("2026-11-21T00:00:00Z"))
+    run_input(settings, ReplayInput::Staggered(input), ms_of("2026-11-21T00:00:00Z"))
+}
+
+/// `t`'s `LIMIT_REACHED` and `RUN_STARTED` events as (kind, the limit or the run, sent), sorted
+/// (`RUN_FINISHED`'s figure over shards counts the run's planned places: not compared).
+pub fn limit_and_run_events(out: &Out) -> Vec<(String, String, String)> {
+    let get = |d: &BTreeMap<String, String>, k: &str| d.get(k).cloned().unwrap_or_default();
+    let mut events: Vec<(String, String, String)> = out
+        .events
+        .iter()
+        .filter(|e| e.campaign_id == "t")
+        .map(|e| (format!("{:?}", e.kind), &e.details))
+        .filter(|(kind, _)| kind == "LimitReached" || kind == "RunStarted")
+        .map(|(kind, d)| (kind, get(d, "limit") + &get(d, "run_id"), get(d, "sent")))
+        .collect();
+    events.sort();
+    events
 }
 
 /// The users `t` sent to, by the day (UTC) of the command; asserts each user is sent once.
