@@ -91,6 +91,15 @@ impl RuntimeError {
         move |source| Self::Store { context, source }
     }
 
+    /// As [`RuntimeError::store`] for `doing` (e.g. "reading") on store `store`, the context
+    /// formatted only when there is an error: these wrap every store read and write.
+    pub(crate) fn on_store<'a>(
+        doing: &'static str,
+        store: &'a str,
+    ) -> impl FnOnce(rocksdb::Error) -> Self + 'a {
+        move |source| Self::Store { context: format!("{doing} {store}"), source }
+    }
+
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();
         move |source| Self::Io { context, source }

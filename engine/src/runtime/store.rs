@@ -206,7 +206,7 @@ impl TaskState {
         }
         self.db
             .write_opt(batch, &self.write_options)
-            .map_err(RuntimeError::store(format!("restoring {store}")))
+            .map_err(RuntimeError::on_store("restoring", store))
     }
 
     /// Number of keys in `store` (exact count by iteration; used after restore and for metrics).
@@ -215,7 +215,7 @@ impl TaskState {
         let cf = self.cf(store)?;
         let mut count = 0;
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            item.map_err(RuntimeError::store(format!("counting {store}")))?;
+            item.map_err(RuntimeError::on_store("counting", store))?;
             count += 1;
         }
         Ok(count)
@@ -235,9 +235,7 @@ impl TaskState {
     pub(crate) fn flush(&self) -> Result<(), RuntimeError> {
         for name in self.stores.keys() {
             self.apply_pending(name)?;
-            self.db
-                .flush_cf(self.cf(name)?)
-                .map_err(RuntimeError::store(format!("flushing {name}")))?;
+            self.db.flush_cf(self.cf(name)?).map_err(RuntimeError::on_store("flushing", name))?;
         }
         Ok(())
     }
@@ -293,10 +291,9 @@ impl TaskState {
             for key in keys {
                 let value = match pending.writes.get(&key) {
                     Some(value) => value.clone(),
-                    None => self
-                        .db
-                        .get_cf(cf, &key)
-                        .map_err(RuntimeError::store(format!("reading {name}")))?,
+                    None => {
+                        self.db.get_cf(cf, &key).map_err(RuntimeError::on_store("reading", name))?
+                    }
                 };
                 out.changelog(
                     &slot.changelog,
@@ -340,7 +337,7 @@ impl TaskState {
                 let value = self
                     .db
                     .get_cf(cf, key.as_slice())
-                    .map_err(RuntimeError::store(format!("reading {name}")))?;
+                    .map_err(RuntimeError::on_store("reading", name))?;
                 *prior = Prior::Pending(value);
             }
         }
@@ -354,7 +351,7 @@ impl TaskState {
         pending.bytes = 0;
         self.db
             .write_opt(batch, &self.write_options)
-            .map_err(RuntimeError::store(format!("writing {name}")))
+            .map_err(RuntimeError::on_store("writing", name))
     }
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily, RuntimeError> {
@@ -386,10 +383,7 @@ impl Store<'_> {
         if let Some(value) = self.slot.pending().writes.get(key) {
             return Ok(value.clone());
         }
-        self.state
-            .db
-            .get_cf(self.cf, key)
-            .map_err(RuntimeError::store(format!("reading {}", self.name)))
+        self.state.db.get_cf(self.cf, key).map_err(RuntimeError::on_store("reading", self.name))
     }
 
     /// Sets `key` to `value`. The changelog write comes first: a value the changelog refuses
@@ -435,8 +429,7 @@ impl Store<'_> {
         let mut iter = self.state.db.iterator_cf_opt(self.cf, options, mode);
         while entries.len() < limit {
             let Some(item) = iter.next() else { break };
-            let (key, value) =
-                item.map_err(RuntimeError::store(format!("scanning {}", self.name)))?;
+            let (key, value) = item.map_err(RuntimeError::on_store("scanning", self.name))?;
             entries.push((key.into_vec(), value.into_vec()));
         }
         Ok(entries)
