@@ -263,7 +263,6 @@ fn capped_late_users_pass_their_places_on_after_the_shards_are_edited_as_one_tas
 /// many per zone), days and `LIMIT_REACHED` as one task. Totals below the sample (90, 20),
 /// equal to it (100), above it (120), 0; a per-run above the audience (200, total 90).
 #[test]
-#[ignore = "review s32 finding 4 (LOW): per-run 100 + total 100 over 8 shards: the same 100 users, but no LIMIT_REACHED (total, 100), which one task announces; totals 90, 20, 120, 0 and per-run 200 + total 90 as one task"]
 fn a_total_and_a_per_run_sample_over_8_shards_send_one_tasks_users() {
     let mut wrong = Vec::new();
     for limits in [

@@ -48,7 +48,8 @@ pub(super) fn sends_home(
 }
 
 /// Whether the home plans a sharded run of `campaign` over its per-run sample when its total
-/// leaves fewer places (review s31 finding 3): one message or messages by property, `timezone:
+/// leaves no more places (review s31 finding 3; review s32 finding 4: as many, where one task
+/// announces the total reached): one message or messages by property, `timezone:
 /// user`, a per-run and a total limit, no daily limit. One task samples the per-run limit and
 /// its total refuses the last users to come; so the shards take the sample's places and send
 /// every user of the run home (a Release plan naming the total, `RunState::total_at_home`),

@@ -572,9 +572,9 @@ impl CampaignStage {
         // Less the places of the total leased out to users who came after an earlier run.
         let left = campaign.limits.total.map_or(u64::MAX, |t| state.free_total(t));
         let left = left.min(day_left);
-        // A total below the per-run sample: the sample's places, the total cut at home
-        // (`placed::total_cut_at_home`).
-        let cut = super::placed::total_cut_at_home(campaign) && left > 0 && left < reach;
+        // A total the per-run sample reaches: the sample's places, the total cut at home
+        // (`placed::total_cut_at_home`), which announces it reached as one task does.
+        let cut = super::placed::total_cut_at_home(campaign) && left > 0 && left <= reach;
         // A sampled run's shards hold ranges of its random order: its first users are shard 0's.
         let split = if sample::samples(campaign) { sample::first_in_order } else { apportion };
         let places = split(if cut { reach.min(day_left) } else { reach.min(left) }, &reachable);
