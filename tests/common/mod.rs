@@ -34,7 +34,10 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-/// Creates `topics` as (name, partitions), deleted-retention.
+/// Creates `topics` as (name, partitions), deleted-retention, keeping every record
+/// (`retention.ms` -1): tests stamp records with fixed past event times (2025-11-24 and the
+/// like), older than the broker's 7 days, which its retention check, every 5 minutes, would
+/// delete in the middle of a test (a replay of the topic then read nothing).
 pub fn create_topics(topics: &[(&str, i32)]) {
     let topology = Topology {
         replication_factor: 1,
@@ -44,7 +47,7 @@ pub fn create_topics(topics: &[(&str, i32)]) {
                 name: name.to_string(),
                 partitions: *partitions,
                 cleanup_policy: CleanupPolicy::Delete,
-                retention_ms: None,
+                retention_ms: Some(-1),
                 description: String::new(),
                 configs: Default::default(),
             })
