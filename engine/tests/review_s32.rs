@@ -134,11 +134,15 @@ fn a_sampled_run_scanned_before_and_after_its_shards_are_edited_sends_as_one_tas
     assert_all(wrong);
 }
 
+/// Finding 2's dead letters: a shard's report the home read before it heard of that shard.
+const REPORT_OF_A_SHARD_NOT_HEARD_OF: &str = "shard: a report of campaign t from shard";
+
 /// `options.shards` edited 4 -> 8 or 1 -> 8 and undone: one partition's tasks read the 8 at
 /// 18:55Z on the 19th and scan the run over 8 shards, the others read it at 19:05Z, and every
 /// task reads the undo at `undo` (19:05Z too: together with the 8). Daily 50 alone (FX7's
-/// shape) and a per-run 50, each partition first: what differs from one task.
-fn undone_edit_cases(undo: &str) -> Vec<String> {
+/// shape) and a per-run 50, each partition first: what differs from one task (finding 2's dead
+/// letters left out unless `reports_too`).
+fn undone_edit_cases(undo: &str, reports_too: bool) -> Vec<String> {
     let mut wrong = Vec::new();
     for limits in ["{ daily: 50 }", "{ per_run: 50 }"] {
         let edit = |options: &str, when: &str| define_t(ONE_MESSAGE, limits, options, when);
@@ -154,7 +158,10 @@ fn undone_edit_cases(undo: &str) -> Vec<String> {
                     (None, edit(after, "2026-11-19T19:05:00Z")),
                     (None, edit(before, undo)),
                 ];
-                let out = zones(NO_CAPS, &t_what(ONE_MESSAGE, limits, before), commands);
+                let mut out = zones(NO_CAPS, &t_what(ONE_MESSAGE, limits, before), commands);
+                if !reports_too {
+                    out.dead.retain(|why| !why.starts_with(REPORT_OF_A_SHARD_NOT_HEARD_OF));
+                }
                 let name = format!("{limits} {before} -> {after}, undone {undo}, first by {early}");
                 wrong.extend(differs(&name, &out, &one));
             }
@@ -166,19 +173,35 @@ fn undone_edit_cases(undo: &str) -> Vec<String> {
 /// The records held at a shard the task does not know wait for a definition that names it.
 /// Here the other instances read the 8 and its undo together at 19:05Z (an instance catching up
 /// on the campaigns table reads both in one poll: its lifecycle runs once, on the 4 or the 1),
-/// so their shards 4..7 (or 0..7) never get a definition (see [`undone_edit_cases`]).
+/// so their shards 4..7 (or 0..7) never get a definition (see [`undone_edit_cases`]). Finding 1
+/// (0 sent and no `RUN_STARTED` in all 16 cases; one task 90 with daily 50: a40, b40, c10, or
+/// 50 with per-run 50: a14, b19, c17): the home's `FORWARD` now starts such a shard, which
+/// sends what it held home.
 #[test]
-#[ignore = "review s32 finding 1 (MEDIUM trigger, whole run lost): 0 sent and no RUN_STARTED in all 16 cases, one task 90 (daily 50: a40, b40, c10) or 50 (per-run 50: a14, b19, c17)"]
 fn an_edit_of_its_shards_undone_before_the_others_read_it_sends_as_one_task() {
-    assert_all(undone_edit_cases("2026-11-19T19:05:00Z"));
+    assert_all(undone_edit_cases("2026-11-19T19:05:00Z", false));
+}
+
+/// [`undone_edit_cases`] with finding 2's dead letters: 4 of 16 cases (partition 2 or 3 first,
+/// 4 -> 8) have one, a report from shard 4 or 7 the home read before the notice that named it.
+#[test]
+#[ignore = "review s32 finding 2: the same users as one task, but 1 dead letter in 4 of 16 cases: shard: a report of campaign t from shard 4 of 8, which has 4 shards"]
+fn an_edit_of_its_shards_undone_before_the_others_read_it_leaves_no_dead_letter() {
+    assert_all(undone_edit_cases("2026-11-19T19:05:00Z", true));
 }
 
 /// [`undone_edit_cases`] with the undo read at 19:15Z, after the 8 (the held records apply on
 /// the 8, and the shards 4..7 then hold the run): as one task.
 #[test]
-#[ignore = "review s32 finding 2: the same users as one task in all 16 cases, but the dead letters of finding 2 where partition 1 (the home) read the 8 late"]
 fn an_edit_of_its_shards_undone_after_the_others_read_it_sends_as_one_task() {
-    assert_all(undone_edit_cases("2026-11-19T19:15:00Z"));
+    assert_all(undone_edit_cases("2026-11-19T19:15:00Z", false));
+}
+
+/// [`undone_edit_cases`] at 19:15Z with finding 2's dead letters.
+#[test]
+#[ignore = "review s32 finding 2: the same users as one task in all 16 cases, but the dead letters of finding 2 where partition 1 (the home) read the 8 late"]
+fn an_edit_of_its_shards_undone_after_the_others_read_it_leaves_no_dead_letter() {
+    assert_all(undone_edit_cases("2026-11-19T19:15:00Z", true));
 }
 
 /// A candidate of a scheduled run of `campaign` for `user`, keyed `key` on the campaign flow at
@@ -370,11 +393,10 @@ fn big(options: &str) -> String {
 /// A run of 30,000 users while `options.shards` goes 1 -> 2: partitions 0, 1 and 2 read the
 /// edit 30 s before the run and scan it over 2 shards, partition 3 (which owns the campaign-flow
 /// key of shard 1: `big\u{1f}1`) reads it 10 minutes later and scans at home. Shard 1's task
-/// holds about 3/8 of the users (≈ 11,250) for its definition, more than the 10,000 it keeps:
-/// the rest, and the tallies that follow them, are dead letters; the run is gathered at home,
-/// which waits for shard 1's buffer. One task sends all 30,000.
+/// was expected (by reading `ahead.rs`) to hold about 3/8 of the users (≈ 11,250) for its
+/// definition, more than the 10,000 it keeps, and lose the rest. Run in session 33: all 30,000
+/// sent over shards as on one task, no dead letter (so the bound was not reached here).
 #[test]
-#[ignore = "review s32: not run in this session (30,000 users; time): expected by reading ahead.rs to lose the records past 10,000 at shard 1 and the tallies after them (dead letters), so the gathered run waits for shard 1 for ever"]
 fn a_large_run_held_for_its_shards_definition_loses_no_user() {
     const USERS: usize = 30_000;
     let replay = |options: &str, edited: &str| {

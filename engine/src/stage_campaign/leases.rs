@@ -283,7 +283,14 @@ impl CampaignState {
     /// Home: remembers `campaign`'s `options.shards` when wider than any it has seen (see
     /// `widest`; a campaign on one shard keeps none).
     pub(super) fn widen(&mut self, campaign: &Campaign) {
-        let shards = campaign.options.shards;
+        self.widen_to(campaign.options.shards);
+    }
+
+    /// Home: remembers `shards` when wider than any it has seen, up to [`MAX_SHARDS`]: an
+    /// `options.shards` of its own copy of the table, or one a user-stage partition scanned a
+    /// run over (its notice; an edit this task read late, or never: undone before it read it).
+    pub(super) fn widen_to(&mut self, shards: u32) {
+        let shards = shards.min(MAX_SHARDS);
         if shards > 1 && self.widest.is_none_or(|widest| widest < shards) {
             self.widest = Some(shards);
         }

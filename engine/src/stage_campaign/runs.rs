@@ -591,6 +591,8 @@ impl CampaignStage {
         run.unnamed |= shard && tally.shards == 0; // an older user stage's (`shards::plan_buffered`)
         if !shard && tally.shards > 1 {
             run.scanned.insert(tally.partition, tally.shards); // its part is at the shards
+                                                               // Those shards report, even of an edit this task never reads (one undone first).
+            state.widen_to(u32::try_from(tally.shards).unwrap_or(0));
         } else {
             run.tallies.insert(tally.partition, tally.qualified);
         }

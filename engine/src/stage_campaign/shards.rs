@@ -719,6 +719,9 @@ impl CampaignStage {
         // that gives the campaign that shard, if it is one (see `hold_plan`), else is rejected.
         let scope = match Self::answer_scope(ctx, key, &campaign) {
             Ok(scope) => scope,
+            Err(_) if plan.kind == ShardPlanKind::Forward && plan_key(key, &plan).is_some() => {
+                self.start_asked_shard(ctx, &campaign, &plan)?
+            }
             Err(refused) => return Self::hold_plan(ctx, key, plan, Some(refused)),
         };
         self.apply_held_plans(ctx, &campaign, &scope)?; // those that came before it first
@@ -740,12 +743,7 @@ impl CampaignStage {
         plan: ShardPlan,
         refused: Option<ProcessError>,
     ) -> Result<(), ProcessError> {
-        let shard = u32::try_from(plan.shard).ok().filter(|shard| *shard < MAX_SHARDS);
-        let shard_key = shard.map(|shard| campaign_shards::key(&plan.campaign_id, shard));
-        let Some(shard_key) = shard_key.filter(|shard_key| key == Some(shard_key.as_bytes()))
-        else {
-            return refused.map_or(Ok(()), Err);
-        };
+        let Some(shard_key) = plan_key(key, &plan) else { return refused.map_or(Ok(()), Err) };
         let held_key = held_plans_key(&shard_key);
         let mut store = ctx.store(super::STATE)?;
         let mut held: Vec<ShardPlan> = store.get_as(held_key.as_bytes())?.unwrap_or_default();
@@ -759,6 +757,25 @@ impl CampaignStage {
         held.push(plan);
         store.put_as(held_key.as_bytes(), &held)?;
         Ok(())
+    }
+
+    /// Shard: its home asks it to send a run home (`Forward`: a user-stage partition's notice
+    /// named it), and this task's copy of the table does not name it and it holds no state: an
+    /// edit of `options.shards` this task has yet to read, or never will (one undone before it
+    /// read it: its held records and plans waited for ever, the whole run with them; review s32
+    /// finding 1). The home's word is enough: its state starts here, where what was held for it
+    /// applies and the plan sends it home, as a shard an edit took away (`leases::retiring`)
+    /// does. Returns its key.
+    fn start_asked_shard(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        plan: &ShardPlan,
+    ) -> Result<String, ProcessError> {
+        let shard = u32::try_from(plan.shard).unwrap_or_default();
+        let mut state = self.load(ctx, campaign, &campaign_shards::key(&campaign.id, shard))?;
+        self.save(ctx, campaign, &mut state)?;
+        Ok(state.key)
     }
 
     /// Shard `scope` of `campaign`, known now: applies the plans that came before its
@@ -889,6 +906,13 @@ impl CampaignStage {
         state.run = Some(run);
         self.save(ctx, campaign, &mut state)
     }
+}
+
+/// `key` when it is exactly the shard key `plan` is for, below [`MAX_SHARDS`].
+fn plan_key(key: Option<&[u8]>, plan: &ShardPlan) -> Option<String> {
+    let shard = u32::try_from(plan.shard).ok().filter(|shard| *shard < MAX_SHARDS)?;
+    let shard_key = campaign_shards::key(&plan.campaign_id, shard);
+    (key == Some(shard_key.as_bytes())).then_some(shard_key)
 }
 
 /// Key in the campaign states of the plans that came to shard key `key` before its definition
