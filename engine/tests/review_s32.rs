@@ -358,16 +358,22 @@ fn a_run_cut_at_home_then_edited_sends_as_one_task() {
 }
 
 /// What FX8 left out ("alternation, a split or an A/B test with such a total"): over 8 shards,
-/// no edit. Alternation of A, B, C with per-run 100 + total 90; an A/B test of 30 with a total
-/// of 20 (below its test audience) and of 90 (below the audience): the same users and variants
-/// as one task, and its `LIMIT_REACHED`.
+/// no edit. Alternation of A, B, C, and a 50/30/20 split, with per-run 100 + total 90; an A/B
+/// test of 30 with a total of 20 (below its test audience) and of 90 (below the audience): the
+/// same users and variants as one task, and its `LIMIT_REACHED`. Finding 3 (before: alternation
+/// a32 b32 c26 and no `LIMIT_REACHED`, one task a35 b34 c21 with it, 8 users differ; the A/B
+/// test with total 20 a3 b9 c8, variants A7 B7 C6, one task a6 b12 c2, A8 B7 C5).
 #[test]
-#[ignore = "review s32 finding 3 (MEDIUM, FX8 not covered): alternation per-run 100 + total 90: a32 b32 c26 and no LIMIT_REACHED, one task a35 b34 c21 with it (8 users differ); A/B test 30 + total 20: a3 b9 c8 (A7 B7 C6), one task a6 b12 c2 (A8 B7 C5); A/B + total 90 as one task"]
 fn a_total_below_the_sample_of_alternation_or_an_ab_test_sends_one_tasks_users() {
     let ab = ab();
+    let split = format!(
+        "{ALTERNATE_3}
+  split: [50, 30, 20]"
+    );
     let mut wrong = Vec::new();
     for (what, limits) in [
         (ALTERNATE_3, "{ per_run: 100, total: 90 }"),
+        (split.as_str(), "{ per_run: 100, total: 90 }"),
         (ab.as_str(), "{ total: 20 }"),
         (ab.as_str(), "{ total: 90 }"),
     ] {

@@ -25,7 +25,7 @@
 
 use super::{runs::RunState, CampaignStage, CampaignState, ProcessError};
 use crate::{
-    campaign::{sample, shards as campaign_shards, Assignment, Campaign, CampaignStatus},
+    campaign::{sample, shards as campaign_shards, Campaign, CampaignStatus},
     model::{is_triggered_run, scheduled_run_time, Candidate, PropertyValue},
     runtime::ProcessorContext,
 };
@@ -49,16 +49,16 @@ pub(super) fn sends_home(
 
 /// Whether the home plans a sharded run of `campaign` over its per-run sample when its total
 /// leaves no more places (review s31 finding 3; review s32 finding 4: as many, where one task
-/// announces the total reached): one message or messages by property, `timezone:
-/// user`, a per-run and a total limit, no daily limit. One task samples the per-run limit and
-/// its total refuses the last users to come; so the shards take the sample's places and send
-/// every user of the run home (a Release plan naming the total, `RunState::total_at_home`),
-/// where the total refuses them in the order they come and `LIMIT_REACHED` is announced. Not
-/// covered: alternation, a split or an A/B test (their places carry indices or variants).
+/// announces the total reached): `timezone: user`, a per-run limit or an A/B test, a total and
+/// no daily limit. One task samples the run and its total refuses the last users to come; so
+/// the shards take the sample's places and send every user of the run home (a Release plan
+/// naming the total, `RunState::total_at_home`), where the total refuses them in the order
+/// they come and `LIMIT_REACHED` is announced. A test user goes home marked with its variant;
+/// alternation's or a split's indices are assigned at home as users come (review s32 finding
+/// 3).
 pub(super) fn total_cut_at_home(campaign: &Campaign) -> bool {
     let limits = &campaign.limits;
-    let single = matches!(campaign.assignment, Assignment::Single | Assignment::ByProperty(_));
-    sample::reserves(campaign) && single && limits.total.is_some() && limits.daily.is_none()
+    sample::reserves(campaign) && limits.total.is_some() && limits.daily.is_none()
 }
 
 /// A shard: whether `run`'s user goes home to be cut by the total (see [`total_cut_at_home`]),

@@ -581,7 +581,8 @@ impl CampaignStage {
         let mut test_total = 0;
         if let (Assignment::AbTest(test), None) = (&campaign.assignment, &state.winner_id) {
             let plan = ab::test_plan(reach, test.test_audience, campaign.what.len());
-            test_total = (plan.per_variant * campaign.what.len() as u64).min(reach.min(left));
+            let sent = if cut { reach } else { reach.min(left) }; // a cut one: at home
+            test_total = (plan.per_variant * campaign.what.len() as u64).min(sent);
             details.insert("test_per_variant".into(), plan.per_variant.to_string());
             details.insert("after_winner".into(), plan.remainder.to_string());
         }
@@ -591,7 +592,9 @@ impl CampaignStage {
         self.lifecycle(ctx, campaign, LifecycleKind::RunStarted, details)?;
         // Alternation or a split: shard s's places take the global assignment indices after
         // shard s−1's, from the campaign's users assigned so far (in `test_from`; see `runs`).
-        let indexed = ab::variant_at(&campaign.assignment, campaign.what.len(), 0).is_some();
+        // Cut at home, the home assigns them in the order its users come, as one task does.
+        let indexed =
+            !cut && ab::variant_at(&campaign.assignment, campaign.what.len(), 0).is_some();
         let mut test_from = if indexed { state.assigned } else { 0 };
         for ((shard, places), tests) in shards.iter().zip(places).zip(tests) {
             let mut release = plan(*shard, ShardPlanKind::Release);
@@ -871,7 +874,9 @@ impl CampaignStage {
                 run.test_users = plan.test_users.max(0) as u64;
                 run.test_total = plan.test_total.max(0) as u64;
                 run.total_at_home = plan.limit.is_some(); // see `placed::cut_at_home`
-                run.indices = ab::variant_at(&campaign.assignment, campaign.what.len(), 0)
+                let indexed = ab::variant_at(&campaign.assignment, campaign.what.len(), 0);
+                run.indices = indexed
+                    .filter(|_| !run.total_at_home) // assigned at home
                     .map(|_| (run.test_from, run.test_from + places));
                 run.phase = RunPhase::Releasing;
                 if !super::is_held(campaign) {
