@@ -223,6 +223,17 @@ impl CampaignState {
         self.key != campaign.id
     }
 
+    /// Whether this state has counted nothing yet: no send, skip, failure or variant counter.
+    fn counts_nothing(&self) -> bool {
+        let zero = |v: &VariantStats| {
+            *v == VariantStats { variant_id: v.variant_id.clone(), ..Default::default() }
+        };
+        self.sent == 0
+            && self.skipped.is_empty()
+            && self.failed.is_empty()
+            && self.variants.iter().all(zero)
+    }
+
     /// Adds counters for variants the campaign gained since the state was saved.
     fn track_variants(&mut self, campaign: &Campaign) {
         for message in &campaign.what {
@@ -394,19 +405,26 @@ impl CampaignStage {
         Ok(state)
     }
 
-    /// Stores the campaign's state and publishes a stats snapshot at most once per stats
-    /// interval (a timer publishes the last changes of an interval).
-    fn save(
+    /// Publishes the state's counters at most once per stats interval (a timer publishes the
+    /// last changes of an interval): the home's stats snapshot, or a shard's report to its home.
+    /// A shard that has counted nothing has nothing to tell its home, which may not have heard
+    /// of it yet (an edit of `options.shards` this task read first: the report was a dead
+    /// letter, review s32 finding 2); its first counters go once it counts something.
+    fn publish_counters(
         &self,
         ctx: &mut ProcessorContext<'_>,
         campaign: &Campaign,
         state: &mut CampaignState,
     ) -> Result<(), ProcessError> {
+        let shard = state.is_shard(campaign);
+        if shard && state.counts_nothing() {
+            return Ok(());
+        }
         let now = ctx.timestamp_ms();
         if now - state.stats_published_at >= self.stats_interval_ms {
             state.stats_published_at = now;
             state.stats_due = None;
-            if state.is_shard(campaign) {
+            if shard {
                 self.report_counters(ctx, campaign, state, ShardReportKind::Counters, None)?;
             } else {
                 self.publish_stats(ctx, campaign, state)?;
@@ -416,6 +434,17 @@ impl CampaignStage {
             state.stats_due = Some(due);
             ctx.schedule(due, &timer_key(STATS_TIMER, &state.key))?;
         }
+        Ok(())
+    }
+
+    /// Stores the campaign's state and publishes its counters (see [`Self::publish_counters`]).
+    fn save(
+        &self,
+        ctx: &mut ProcessorContext<'_>,
+        campaign: &Campaign,
+        state: &mut CampaignState,
+    ) -> Result<(), ProcessError> {
+        self.publish_counters(ctx, campaign, state)?;
         ctx.store(STATE)?.put_as(state.key.as_bytes(), state)?;
         self.states.keep(state);
         if state.deleted {
