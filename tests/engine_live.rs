@@ -154,7 +154,8 @@ fn inaction_window_survives_a_restart_and_yields_exactly_one_candidate() {
     common::kill_hard(engine);
     assert!(common::now_ms() < now + 8_000, "killed before the window closed");
 
-    let engine = deployment.spawn_engine();
+    // Purging off: the test reads the campaign flow the engine consumes.
+    let engine = deployment.spawn_engine_with(&["--purge-interval-ms", "0"]);
     let flow = common::read_committed(
         &topic("campaign-flow"),
         1,

@@ -199,7 +199,8 @@ fn every_user_is_reached_whatever_the_producers_partitioner_duplicates_count_onc
     let topics = &deployment.topics;
     let now = common::now_ms();
     let users: Vec<String> = (0..USERS).map(|i| format!("user-{i}")).collect();
-    let engine = deployment.spawn_engine(&[]);
+    // Purging off: the test reads the campaign flow the engine consumes.
+    let engine = deployment.spawn_engine(&["--purge-interval-ms", "0"]);
     // Profiles from another team's producer: librdkafka's default partitioner.
     produce_default(
         &topics.profiles,

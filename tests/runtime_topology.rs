@@ -13,11 +13,16 @@ use std::{
     time::Duration,
 };
 
-use herald_engine::runtime::{
-    replay::{self, ReplayInput, ReplayOptions, ReplaySink},
-    LiveRuntime, ProcessError, Processor, ProcessorContext, RuntimeConfig, ShutdownFlag,
-    SourceRecord, StreamTopology,
+use herald_engine::{
+    kafka::{apply_topology, TopicOutcome},
+    runtime::{
+        replay::{self, ReplayInput, ReplayOptions, ReplaySink},
+        LiveRuntime, ProcessError, Processor, ProcessorContext, RuntimeConfig, ShutdownFlag,
+        SourceRecord, StreamTopology,
+    },
+    topology::{CleanupPolicy, TopicSpec, Topology},
 };
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
 /// `<currency>:<amount>` → amount × rate of the currency (global table), keyed by currency.
 struct Convert {
@@ -215,6 +220,113 @@ fn global_table_lookups_and_repartitioning_feed_a_second_stateful_stage() {
         Duration::from_secs(30),
     );
     assert_eq!(shadow_letters.len(), 1, "the replay rejects u4 like the live run");
+}
+
+/// Sends each input record through the repartition topic `internal`, and what it reads there to
+/// `output`.
+struct Forward {
+    internal: String,
+    output: String,
+}
+
+impl Processor for Forward {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_>,
+        record: &SourceRecord<'_>,
+    ) -> Result<(), ProcessError> {
+        let to = if record.topic == self.internal { &self.output } else { &self.internal };
+        ctx.send(to, record.key.unwrap_or_default(), record.value.unwrap_or_default())?;
+        Ok(())
+    }
+}
+
+#[test]
+fn a_repartition_topic_keeps_records_stamped_days_ago_until_its_tasks_committed_past_them() {
+    let input = common::unique("purge-in");
+    let internal = common::unique("purge-by-key");
+    let output = common::unique("purge-out");
+    let dead_letters = common::unique("purge-dlq");
+    common::create_topics(&[(&input, 2), (&output, 2), (&dead_letters, 1)]);
+    let topology = StreamTopology::builder(common::unique("purge"))
+        .dead_letter_topic(&dead_letters)
+        .sub_topology(
+            "forward",
+            {
+                let (internal, output) = (internal.clone(), output.clone());
+                move |_| Forward { internal: internal.clone(), output: output.clone() }
+            },
+            |s| s.source(&input).repartition(&internal).sink(&output),
+        )
+        .build()
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let shutdown = ShutdownFlag::default();
+    let runtime = {
+        let shutdown = shutdown.clone();
+        let mut config = RuntimeConfig::new(common::kafka(), "a", state.path());
+        config.purge_interval = Duration::from_millis(200);
+        std::thread::spawn(move || LiveRuntime::new(topology, config).run(&shutdown))
+    };
+    // Stamped two days ago (an SDK batch of a device offline that long): the repartition
+    // records carry that time, so a day's retention deletes them at the broker's next check.
+    let stamped = common::now_ms() - 2 * 86_400_000;
+    let keys: Vec<String> = (0..6).map(|i| format!("u{i}")).collect();
+    common::produce_at(
+        &input,
+        keys.iter().map(|k| (k.clone(), k.clone().into_bytes(), Some(stamped))),
+    );
+    let forwarded =
+        common::read_committed(&output, 6, Duration::from_secs(1), Duration::from_secs(60));
+    let mut got: Vec<String> =
+        forwarded.iter().map(|r| String::from_utf8(r.key.clone()).unwrap()).collect();
+    got.sort();
+    assert_eq!(got, keys, "every record went through the repartition topic");
+
+    let retention = retention_ms(&internal, 2);
+    assert_eq!(retention, "-1", "the instance created {internal} keeping records by time");
+    // Each partition's records go once the transaction that consumed them committed: its low
+    // watermark reaches the last commit marker (high watermark - 1).
+    let bounds = || {
+        let consumer: BaseConsumer = common::kafka().client_config().create().unwrap();
+        (0..2)
+            .map(|p| consumer.fetch_watermarks(&internal, p, Duration::from_secs(10)).unwrap())
+            .collect::<Vec<(i64, i64)>>()
+    };
+    let purged = common::poll_until(Duration::from_secs(30), || {
+        bounds().iter().all(|(low, high)| *high == 0 || *low == high - 1)
+    });
+    shutdown.request();
+    runtime.join().unwrap().unwrap();
+    assert!(purged, "consumed records of {internal} were not deleted: (low, high) {:?}", bounds());
+    let left = common::read_committed(&internal, 0, Duration::from_secs(1), Duration::from_secs(5));
+    assert!(left.is_empty(), "{} consumed records left in {internal}", left.len());
+}
+
+/// `topic`'s `retention.ms` (`partitions` partitions: the broker's value, described through
+/// the admin client).
+fn retention_ms(topic: &str, partitions: i32) -> String {
+    let spec = Topology {
+        replication_factor: 1,
+        topics: vec![TopicSpec {
+            name: topic.to_string(),
+            partitions,
+            cleanup_policy: CleanupPolicy::Delete,
+            retention_ms: Some(-1),
+            description: String::new(),
+            configs: Default::default(),
+        }],
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let report = runtime.block_on(apply_topology(&common::kafka(), &spec)).unwrap();
+    match &report.topics[0].1 {
+        TopicOutcome::Matches => "-1".to_string(),
+        TopicOutcome::Differs(drift) => drift
+            .iter()
+            .find(|d| d.setting == "retention.ms")
+            .map_or_else(|| "-1".to_string(), |d| d.actual.clone()),
+        TopicOutcome::Created => panic!("{topic} did not exist"),
+    }
 }
 
 #[test]

@@ -33,5 +33,35 @@ pub fn engine_topology(
         .optional_global_table(SEGMENTS_TABLE, &topics.segments);
     let builder = add_user_stage(builder, &topics, Arc::clone(&settings), ingest);
     let builder = add_campaign_stage(builder, &topics, Arc::clone(&settings), stats_interval_ms);
-    add_app_stage(builder, &topics, settings).build()
+    // Written and read by the stages only (ingest-repartition is a repartition of the user
+    // stage): the engine deletes what it consumed from them.
+    add_app_stage(builder, &topics, settings)
+        .internal_topic(&topics.campaign_flow)
+        .internal_topic(&topics.send_gate)
+        .internal_topic(&topics.app_throttle)
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_purges_the_topics_only_its_stages_write_and_read() {
+        let topics = TopicNames::with_prefix("p.");
+        let topology =
+            engine_topology("app", topics, Arc::default(), IngestDecoder::default(), 0).unwrap();
+        let mut purged = topology.purged_sources();
+        purged.sort_unstable();
+        assert_eq!(
+            purged,
+            [
+                "p.herald.app-throttle",
+                "p.herald.campaign-flow",
+                "p.herald.ingest-repartition",
+                "p.herald.send-gate"
+            ],
+            "not the inputs, receipts or herald.push: other applications read them"
+        );
+    }
 }

@@ -289,6 +289,30 @@ mod tests {
     }
 
     #[test]
+    fn internal_repartition_topics_of_the_default_topology_keep_records_until_consumed() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
+        let topology = Topology::load(&path).unwrap();
+        let internal: Vec<&TopicSpec> = topology
+            .topics
+            .iter()
+            .filter(|t| t.description.starts_with("internal repartition"))
+            .collect();
+        let names: Vec<&str> = internal.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "herald.app-throttle",
+                "herald.send-gate",
+                "herald.ingest-repartition",
+                "herald.campaign-flow"
+            ]
+        );
+        for topic in internal {
+            assert_eq!(topic.retention_ms, Some(-1), "{} deletes records by time", topic.name);
+        }
+    }
+
+    #[test]
     fn changelogs_take_the_replication_factor_and_configs_of_the_file() {
         let topic = "[[topic]]\nname = \"a\"\npartitions = 1\ncleanup_policy = \"delete\"\n";
         let inherited =

@@ -94,6 +94,12 @@ pub struct EngineArgs {
     /// `standbys … caught_up=` log line): as Kafka Streams' acceptable.recovery.lag.
     #[arg(long, default_value_t = 10_000)]
     standby_acceptable_lag: u64,
+    /// How often at most the engine deletes what its committed transactions consumed from the
+    /// internal topics (campaign-flow, send-gate, app-throttle, ingest-repartition), which keep
+    /// records until then, in milliseconds: as Kafka Streams' repartition.purge.interval.ms. 0
+    /// turns it off (those topics then keep every record).
+    #[arg(long, default_value_t = 30_000)]
+    purge_interval_ms: u64,
     /// A librdkafka property for the engine's clients (security, `session.timeout.ms`,
     /// `fetch.wait.max.ms`, `linger.ms`, `compression.type` …), over the engine's own defaults;
     /// repeatable. Those the engine needs for exactly-once and co-partitioning (group, offsets,
@@ -137,6 +143,7 @@ pub fn run(kafka: &KafkaConfig, args: EngineArgs) -> anyhow::Result<ExitCode> {
     config.leave_group_on_shutdown = args.leave_group_on_shutdown;
     config.standby_replicas = args.standby_replicas;
     config.standby_acceptable_lag = args.standby_acceptable_lag;
+    config.purge_interval = Duration::from_millis(args.purge_interval_ms);
     let shutdown = ShutdownFlag::on_signals()?;
     LiveRuntime::new(topology, config).run(&shutdown).context("running the engine")?;
     Ok(ExitCode::SUCCESS)

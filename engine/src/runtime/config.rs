@@ -102,6 +102,11 @@ pub struct RuntimeConfig {
     /// [`super::RuntimeError::Stalled`]). Keep it well above the longest a broker may take to
     /// come back, and above the session timeout (10 s).
     pub stall_after: Duration,
+    /// How often at most the instance deletes the records its committed transactions consumed
+    /// from the internal topics ([`super::StreamTopology::purged_sources`], which keep records
+    /// until then), as Kafka Streams' `repartition.purge.interval.ms` (default 30 s; zero
+    /// turns purging off, and those topics then grow without limit).
+    pub purge_interval: Duration,
 }
 
 /// How the instances of an application share partitions.
@@ -168,6 +173,7 @@ impl RuntimeConfig {
             standby_replicas: 0,
             standby_acceptable_lag: 10_000,
             stall_after: Duration::from_secs(60),
+            purge_interval: Duration::from_secs(30),
         }
     }
 }

@@ -69,6 +69,8 @@ pub struct StreamTopology {
     pub(crate) sub_topologies: Vec<SubTopology>,
     pub(crate) globals: Vec<GlobalTableSpec>,
     pub(crate) dead_letter_topic: String,
+    /// Sources marked [`TopologyBuilder::internal_topic`].
+    pub(crate) internal_topics: Vec<String>,
 }
 
 impl StreamTopology {
@@ -80,6 +82,7 @@ impl StreamTopology {
             sub_topologies: Vec::new(),
             globals: Vec::new(),
             dead_letter_topic: "herald.dead-letter".into(),
+            internal_topics: Vec::new(),
         }
     }
 
@@ -104,6 +107,18 @@ impl StreamTopology {
         self.sub_topologies.iter().flat_map(|s| s.sources.iter().map(String::as_str)).collect()
     }
 
+    /// The sources only this application writes and reads, whose records a live instance
+    /// deletes once its tasks committed past them: every [`SubTopologyBuilder::repartition`]
+    /// topic and every [`TopologyBuilder::internal_topic`], in declaration order.
+    pub fn purged_sources(&self) -> Vec<&str> {
+        self.sub_topologies
+            .iter()
+            .flat_map(|sub| sub.sources.iter().filter(move |t| sub.internal.contains(t)))
+            .chain(&self.internal_topics)
+            .map(String::as_str)
+            .collect()
+    }
+
     /// The sub-topology reading `topic`.
     pub(crate) fn sub_topology_of(&self, topic: &str) -> Option<usize> {
         self.sub_topologies.iter().position(|s| s.sources.iter().any(|t| t == topic))
@@ -116,12 +131,25 @@ pub struct TopologyBuilder {
     sub_topologies: Vec<SubTopology>,
     globals: Vec<GlobalTableSpec>,
     dead_letter_topic: String,
+    internal_topics: Vec<String>,
 }
 
 impl TopologyBuilder {
     /// Topic for rejected and undecodable input (default `herald.dead-letter`).
     pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
         self.dead_letter_topic = topic.into();
+        self
+    }
+
+    /// Marks `topic`, a source of one of the sub-topologies, as internal: only this
+    /// application's sub-topologies write it and only they read it (a repartition topic the
+    /// deployment creates itself, unlike [`SubTopologyBuilder::repartition`]). A live instance
+    /// deletes its records once its tasks committed past them (see
+    /// [`super::RuntimeConfig::purge_interval`]) and warns at start when the topic deletes
+    /// records by time: they carry their input's timestamp, which may be older than its
+    /// retention.
+    pub fn internal_topic(mut self, topic: impl Into<String>) -> Self {
+        self.internal_topics.push(topic.into());
         self
     }
 
@@ -198,11 +226,15 @@ impl TopologyBuilder {
                 }
             }
         }
+        if let Some(topic) = self.internal_topics.iter().find(|t| !sources.contains(t.as_str())) {
+            return invalid(format!("internal topic {topic} is no sub-topology's source"));
+        }
         Ok(StreamTopology {
             app_id: self.app_id,
             sub_topologies: self.sub_topologies,
             globals: self.globals,
             dead_letter_topic: self.dead_letter_topic,
+            internal_topics: self.internal_topics,
         })
     }
 }
@@ -250,7 +282,9 @@ impl SubTopologyBuilder {
     /// Reads and writes `topic`, an internal repartition topic through which the processor
     /// sends records to the task of their key (Kafka's murmur2 partitioning, as
     /// [`super::ProcessorContext::owns_key`]). A live instance creates it when missing, with
-    /// the partition count of the other sources.
+    /// the partition count of the other sources and no time retention (`retention.ms` -1: its
+    /// records carry their input's timestamp), and deletes the records its tasks committed
+    /// past (see [`super::RuntimeConfig::purge_interval`]).
     pub fn repartition(mut self, topic: impl Into<String>) -> Self {
         let topic = topic.into();
         self.sources.push(topic.clone());
@@ -260,7 +294,7 @@ impl SubTopologyBuilder {
     }
 
     /// May write to `topic`, which a live instance creates when missing like a
-    /// [`Self::repartition`] topic (same partition count, one day's retention): an output only
+    /// [`Self::repartition`] topic (same partition count, but one day's retention): an output only
     /// clients read, which a deployment need not create (e.g. answers to queries).
     pub fn created_sink(mut self, topic: impl Into<String>) -> Self {
         let topic = topic.into();

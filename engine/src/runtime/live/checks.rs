@@ -11,8 +11,9 @@ use crate::{
     topology::{CleanupPolicy, TopicSpec},
 };
 
-/// Retention of internal repartition topics created by an instance: a day.
-const REPARTITION_RETENTION_MS: i64 = 86_400_000;
+/// Retention of the created sinks an instance creates (outputs only clients read): a day.
+/// Repartition topics keep their records until purged (`retention.ms` -1; see [`super::purge`]).
+const CREATED_SINK_RETENTION_MS: i64 = 86_400_000;
 
 /// The partition count of each sub-topology (that of its sources). Fails naming every missing
 /// topic with what needs it, or the sources that are not co-partitioned.
@@ -84,12 +85,16 @@ pub(super) fn missing_internal_topics(
             .find_map(|topic| existing.get(topic.as_str()).copied());
         let Some(partitions) = partitions else { continue };
         for topic in sub.internal.iter().filter(|t| !existing.contains_key(t.as_str())) {
+            let (retention_ms, role) = match sub.sources.contains(topic) {
+                true => (-1, "internal repartition topic"),
+                false => (CREATED_SINK_RETENTION_MS, "output"),
+            };
             missing.push(TopicSpec {
                 name: topic.clone(),
                 partitions,
                 cleanup_policy: CleanupPolicy::Delete,
-                retention_ms: Some(REPARTITION_RETENTION_MS),
-                description: format!("internal repartition topic of {}", sub.name),
+                retention_ms: Some(retention_ms),
+                description: format!("{role} of {}", sub.name),
                 configs: Default::default(),
             });
         }

@@ -18,6 +18,7 @@ mod group;
 mod heartbeat;
 mod ordered;
 mod progress;
+mod purge;
 mod stall;
 mod txn;
 
@@ -26,6 +27,7 @@ use global_reader::GlobalReader;
 use heartbeat::LoopGuard;
 use ordered::OrderedInputs;
 use progress::ReadPositions;
+use purge::Purger;
 use stall::StallWatch;
 use txn::{create_producer, RebalanceEvent, RebalanceHook, TxnOutput, TxnState};
 
@@ -195,6 +197,7 @@ impl LiveRuntime {
         }
         let partitions = checks::check_topics(&self.topology, &probe)?;
         self.ensure_changelogs(&partitions)?;
+        self.warn_timed_internal_topics(&partitions);
 
         let mut globals = GlobalTables::default();
         let Some(global_reader) =
@@ -219,6 +222,7 @@ impl LiveRuntime {
             open: false,
             touched: false,
             positions: HashMap::new(),
+            committed: HashMap::new(),
             changelog: HashMap::new(),
             dirty: false,
             producer_broken: false,
@@ -256,6 +260,7 @@ impl LiveRuntime {
             stalls: Vec::new(),
             departures: (self.config.group_protocol == GroupProtocol::Classic)
                 .then(|| Departures::new(&self.topology.app_id, &member)),
+            purger: Purger::start(&self.topology, &self.config)?,
         };
         let guard = LoopGuard::start(Arc::clone(&self.metrics), self.config.stall_after);
         let result = worker.run_loop(shutdown);
@@ -308,6 +313,50 @@ impl LiveRuntime {
         runtime
             .block_on(apply_topology(&self.config.kafka, topics))
             .map_err(|e| RuntimeError::Topology(format!("{doing}: {e}")))
+    }
+
+    /// Warns about each internal topic ([`StreamTopology::purged_sources`]) that deletes
+    /// records by time: its records carry their input's timestamp, so one stamped longer ago
+    /// than its retention may be deleted before a task reads it. Such topics are left as they
+    /// are (`herald topics apply` does not alter them either); the warning says how to fix one.
+    fn warn_timed_internal_topics(&self, partitions: &[i32]) {
+        let topics = self
+            .topology
+            .purged_sources()
+            .into_iter()
+            .filter_map(|topic| {
+                let sub = self.topology.sub_topology_of(topic)?;
+                Some(TopicSpec {
+                    name: topic.to_string(),
+                    partitions: partitions[sub],
+                    cleanup_policy: CleanupPolicy::Delete,
+                    retention_ms: Some(-1),
+                    description: "internal topic".into(),
+                    configs: Default::default(),
+                })
+            })
+            .collect();
+        let internal = Topology { replication_factor: 1, topics };
+        let report = match self.apply(&internal, "describing the internal topics") {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::warn!(%error, "could not check the retention of the internal topics");
+                return;
+            }
+        };
+        for (topic, outcome) in report.topics {
+            let TopicOutcome::Differs(drift) = outcome else { continue };
+            for d in drift.iter().filter(|d| d.setting == "retention.ms") {
+                tracing::warn!(
+                    %topic, retention_ms = %d.actual,
+                    "internal topic deletes records by time: a record stamped (with its input's \
+                     time) longer ago than its retention may be deleted before it is read; keep \
+                     its records until the engine purges them (docs/operations.md, \"Internal topics\"): \
+                     kafka-configs.sh --bootstrap-server <brokers> --alter --entity-type topics \
+                     --entity-name {topic} --add-config retention.ms=-1"
+                );
+            }
+        }
     }
 
     /// Creates missing changelog topics (compacted, one partition per task, with the configured
@@ -452,6 +501,8 @@ struct Worker<'a> {
     stalls: Vec<Instant>,
     /// Members gone from the group, to fence (classic protocol only).
     departures: Option<Departures>,
+    /// Deletes what the tasks consumed from the internal topics, if the topology has any.
+    purger: Option<Purger>,
 }
 
 impl Worker<'_> {
@@ -467,6 +518,9 @@ impl Worker<'_> {
                 Ok(()) => {
                     self.tend_standbys();
                     self.recover_if_stalled()?;
+                    if let Some(purger) = &mut self.purger {
+                        purger.tick(&self.txn);
+                    }
                 }
                 Err(error @ (RuntimeError::Kafka { .. } | RuntimeError::NoGroupMetadata)) => {
                     tracing::warn!(%error, "aborting the transaction and rewinding to the last commit");

@@ -74,6 +74,8 @@ pub(super) struct TxnState {
     /// Next offset to consume of every owned input partition, as far as processed; every
     /// commit sends them all (see the module docs).
     pub(super) positions: HashMap<String, BTreeMap<i32, i64>>,
+    /// The positions the last committed transaction sent: what may be purged (see `purge`).
+    pub(super) committed: HashMap<String, BTreeMap<i32, i64>>,
     /// Latest store write per (changelog topic, partition, key) in the open transaction, sent
     /// when it commits: a key updated many times in one commit interval is logged once.
     pub(super) changelog: HashMap<String, ChangelogWrites>,
@@ -158,6 +160,7 @@ impl TxnState {
                 self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
                 self.open = false;
                 self.touched = false;
+                self.committed.clone_from(&self.positions);
                 let delivered = std::mem::take(&mut *self.delivered.lock().expect("delivery lock"));
                 for (topic, partitions) in delivered {
                     let ends = self.changelog_ends.entry(topic).or_default();
