@@ -18,7 +18,7 @@ use herald_engine::{
     runtime::{
         replay::{self, ReplayInput, ReplayOptions, ReplaySink},
         LiveRuntime, ProcessError, Processor, ProcessorContext, RuntimeConfig, ShutdownFlag,
-        SourceRecord, StreamTopology,
+        SourceRecord, StreamTopology, TaskId,
     },
     topology::{CleanupPolicy, TopicSpec, Topology},
 };
@@ -285,48 +285,141 @@ fn a_repartition_topic_keeps_records_stamped_days_ago_until_its_tasks_committed_
 
     let retention = retention_ms(&internal, 2);
     assert_eq!(retention, "-1", "the instance created {internal} keeping records by time");
-    // Each partition's records go once the transaction that consumed them committed: its low
-    // watermark reaches the last commit marker (high watermark - 1).
-    let bounds = || {
-        let consumer: BaseConsumer = common::kafka().client_config().create().unwrap();
-        (0..2)
-            .map(|p| consumer.fetch_watermarks(&internal, p, Duration::from_secs(10)).unwrap())
-            .collect::<Vec<(i64, i64)>>()
-    };
-    let purged = common::poll_until(Duration::from_secs(30), || {
-        bounds().iter().all(|(low, high)| *high == 0 || *low == high - 1)
-    });
+    let purged = purged_within(&internal, 2, Duration::from_secs(30));
     shutdown.request();
     runtime.join().unwrap().unwrap();
-    assert!(purged, "consumed records of {internal} were not deleted: (low, high) {:?}", bounds());
+    assert_eq!(purged, Ok(()), "consumed records of {internal} were not deleted");
     let left = common::read_committed(&internal, 0, Duration::from_secs(1), Duration::from_secs(5));
     assert!(left.is_empty(), "{} consumed records left in {internal}", left.len());
 }
 
-/// `topic`'s `retention.ms` (`partitions` partitions: the broker's value, described through
-/// the admin client).
+#[test]
+fn a_topic_marked_internal_is_purged_and_its_time_retention_is_warned_about_at_start() {
+    let input = common::unique("marked-in");
+    let flow = common::unique("marked-flow");
+    let output = common::unique("marked-out");
+    let dead_letters = common::unique("marked-dlq");
+    common::create_topics(&[(&input, 1), (&output, 1), (&dead_letters, 1)]);
+    // Created as deployments before retention -1 had it: a day.
+    assert_eq!(apply_one(&flow, 1, 86_400_000), TopicOutcome::Created);
+    let forward = {
+        let (flow, output) = (flow.clone(), output.clone());
+        move |_: TaskId| Forward { internal: flow.clone(), output: output.clone() }
+    };
+    let topology = StreamTopology::builder(common::unique("marked"))
+        .dead_letter_topic(&dead_letters)
+        .sub_topology("first", forward.clone(), |s| s.source(&input).sink(&flow))
+        .sub_topology("second", forward, |s| s.source(&flow).sink(&output))
+        .internal_topic(&flow)
+        .build()
+        .unwrap();
+    let logs = Captured::default();
+    let state = tempfile::tempdir().unwrap();
+    let shutdown = ShutdownFlag::default();
+    let runtime = {
+        let (shutdown, logs) = (shutdown.clone(), logs.clone());
+        let mut config = RuntimeConfig::new(common::kafka(), "a", state.path());
+        config.purge_interval = Duration::from_millis(200);
+        std::thread::spawn(move || {
+            let subscriber = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(move || logs.clone())
+                .finish();
+            let _logging = tracing::subscriber::set_default(subscriber);
+            LiveRuntime::new(topology, config).run(&shutdown)
+        })
+    };
+    common::produce(&input, ["a", "b", "c"].map(|k| (k.to_string(), k.as_bytes().to_vec())));
+    let forwarded =
+        common::read_committed(&output, 3, Duration::from_secs(1), Duration::from_secs(60));
+    assert_eq!(forwarded.len(), 3, "every record went through {flow}");
+    let purged = purged_within(&flow, 1, Duration::from_secs(30));
+    shutdown.request();
+    runtime.join().unwrap().unwrap();
+    assert_eq!(purged, Ok(()), "consumed records of {flow} were not deleted");
+    let logs = logs.text();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("internal topic deletes records by time"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning, about {flow}'s retention, in:\n{logs}");
+    assert!(
+        warnings[0].contains(&format!("topic={flow}"))
+            && warnings[0].contains("retention_ms=86400000")
+            && warnings[0].contains(&format!("--entity-name {flow} --add-config retention.ms=-1")),
+        "{}",
+        warnings[0]
+    );
+}
+
+/// Log output of a test's runtime thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Polls for up to `limit` until each of `topic`'s `partitions` with records has its records
+/// deleted (its low watermark at the last commit marker: high watermark - 1); the (low, high)
+/// watermarks of each partition otherwise.
+fn purged_within(topic: &str, partitions: i32, limit: Duration) -> Result<(), Vec<(i64, i64)>> {
+    let consumer: BaseConsumer = common::kafka().client_config().create().unwrap();
+    let bounds = || {
+        (0..partitions)
+            .map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap())
+            .collect::<Vec<(i64, i64)>>()
+    };
+    let purged =
+        |bounds: &[(i64, i64)]| bounds.iter().all(|(low, high)| *high == 0 || *low == high - 1);
+    match common::poll_until(limit, || purged(&bounds())) {
+        true => Ok(()),
+        false => Err(bounds()),
+    }
+}
+
+/// `topic`'s `retention.ms` (`partitions` partitions), as the broker describes it.
 fn retention_ms(topic: &str, partitions: i32) -> String {
+    match apply_one(topic, partitions, -1) {
+        TopicOutcome::Differs(drift) => drift
+            .iter()
+            .find(|d| d.setting == "retention.ms")
+            .map_or_else(|| "-1".to_string(), |d| d.actual.clone()),
+        TopicOutcome::Matches => "-1".to_string(),
+        TopicOutcome::Created => panic!("{topic} did not exist"),
+    }
+}
+
+/// Creates `topic` (`partitions` partitions, deleted after `retention_ms`) when missing;
+/// otherwise compares it with those settings (`herald topics apply`).
+fn apply_one(topic: &str, partitions: i32, retention_ms: i64) -> TopicOutcome {
     let spec = Topology {
         replication_factor: 1,
         topics: vec![TopicSpec {
             name: topic.to_string(),
             partitions,
             cleanup_policy: CleanupPolicy::Delete,
-            retention_ms: Some(-1),
+            retention_ms: Some(retention_ms),
             description: String::new(),
             configs: Default::default(),
         }],
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let report = runtime.block_on(apply_topology(&common::kafka(), &spec)).unwrap();
-    match &report.topics[0].1 {
-        TopicOutcome::Matches => "-1".to_string(),
-        TopicOutcome::Differs(drift) => drift
-            .iter()
-            .find(|d| d.setting == "retention.ms")
-            .map_or_else(|| "-1".to_string(), |d| d.actual.clone()),
-        TopicOutcome::Created => panic!("{topic} did not exist"),
-    }
+    report.topics.into_iter().next().unwrap().1
 }
 
 #[test]
