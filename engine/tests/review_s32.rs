@@ -302,15 +302,31 @@ fn a_daily_runs_sample_cut_by_what_the_total_leaves_sends_as_one_task() {
     assert_all(wrong);
 }
 
-/// Per-run 100 + total 90 over 8 shards (the run cut at the home), then at 12:00Z on the 20th,
-/// before the UTC−10 users come: the total taken away, lowered to 60, raised to 200; the
-/// per-run limit taken away; the campaign paused until 19:30Z. As one task.
-#[test]
-#[ignore = "review s32 finding 5 (MEDIUM, edit mid-run): per-run limit taken away at 12:00Z: 90 sent as one task but c12 c22 c27 c28 c29 c38 instead of c24 c25 c31 c34 c36 c39; total lowered to 60 after 69 sent: LIMIT_REACHED (total, 69) over shards, none on one task; total taken away, 200, pause as one task"]
-fn a_run_cut_at_home_then_edited_sends_as_one_task() {
+/// Per-run 100 + total 90 over 8 shards (the run cut at the home), then `edits` at 12:00Z on
+/// the 20th, before the UTC−10 users come: what differs from one task.
+fn cut_run_edited(edits: &[(&str, Records)]) -> Vec<String> {
     let limits = "{ per_run: 100, total: 90 }";
     let mut wrong = Vec::new();
-    let edits: [(&str, Records); 5] = [
+    for (name, records) in edits {
+        let one = zones(NO_CAPS, &t_what(ONE_MESSAGE, limits, ""), by_all(records("")));
+        let o = ", shards: 8";
+        let out = zones(NO_CAPS, &t_what(ONE_MESSAGE, limits, o), by_all(records(o)));
+        if *name == "total 60" {
+            // 69 sent by then: the edit reached the total (one task announced nothing before).
+            let reached = ("LimitReached".to_string(), "total".to_string(), "69".to_string());
+            assert!(limit_and_run_events(&one).contains(&reached), "{:?}", one.dead);
+        }
+        wrong.extend(differs(name, &out, &one));
+    }
+    wrong
+}
+
+/// [`cut_run_edited`]: the total taken away, lowered to 60 (after 69 sent: `LIMIT_REACHED`
+/// (total, 69), announced over shards and, since this review, on one task too: the edit
+/// reaches the total), raised to 200; the campaign paused until 19:30Z. As one task.
+#[test]
+fn a_run_cut_at_home_then_its_total_edited_sends_as_one_task() {
+    assert_all(cut_run_edited(&[
         ("total taken away", &|o| {
             vec![define_t(ONE_MESSAGE, "{ per_run: 100 }", o, "2026-11-20T12:00:00Z")]
         }),
@@ -320,24 +336,25 @@ fn a_run_cut_at_home_then_edited_sends_as_one_task() {
         ("total 200", &|o| {
             vec![define_t(ONE_MESSAGE, "{ per_run: 100, total: 200 }", o, "2026-11-20T12:00:00Z")]
         }),
-        ("per-run taken away", &|o| {
-            vec![define_t(ONE_MESSAGE, "{ total: 90 }", o, "2026-11-20T12:00:00Z")]
-        }),
         ("paused over 19:00Z", &|o| {
-            let yaml = t_what(ONE_MESSAGE, limits, o);
+            let yaml = t_what(ONE_MESSAGE, "{ per_run: 100, total: 90 }", o);
             vec![
                 on_t(&yaml, CampaignCommand::Pause, "2026-11-20T18:30:00Z"),
                 on_t(&yaml, CampaignCommand::Resume, "2026-11-20T19:30:00Z"),
             ]
         }),
-    ];
-    for (name, records) in edits {
-        let one = zones(NO_CAPS, &t_what(ONE_MESSAGE, limits, ""), by_all(records("")));
-        let o = ", shards: 8";
-        let out = zones(NO_CAPS, &t_what(ONE_MESSAGE, limits, o), by_all(records(o)));
-        wrong.extend(differs(name, &out, &one));
-    }
-    assert_all(wrong);
+    ]));
+}
+
+/// [`cut_run_edited`]: the per-run limit taken away. The UTC−10 users all come at 19:00Z; one
+/// task sends the first 21 its one queue reads, the home the first 21 its shards pass on, in
+/// another order (see "Random selection", *Not exact*, in docs/architecture.md).
+#[test]
+#[ignore = "review s32 finding 5 (MEDIUM, edit mid-run): per-run limit taken away at 12:00Z: 90 sent as one task but c12 c22 c27 c28 c29 c38 instead of c24 c25 c31 c34 c36 c39"]
+fn a_run_cut_at_home_then_its_per_run_limit_taken_away_sends_as_one_task() {
+    assert_all(cut_run_edited(&[("per-run taken away", &|o| {
+        vec![define_t(ONE_MESSAGE, "{ total: 90 }", o, "2026-11-20T12:00:00Z")]
+    })]));
 }
 
 /// What FX8 left out ("alternation, a split or an A/B test with such a total"): over 8 shards,

@@ -83,6 +83,12 @@ impl CampaignStage {
             if edited && home && state.waiting > 0 {
                 ctx.schedule(now, &timer_key(WAITING_TIMER, &key))?;
             }
+            // An edit that lowered the total to what was sent, or below: reached now.
+            if edited && home {
+                let announced = state.total_limit_announced;
+                self.announce_total_limit(ctx, &campaign, &mut state)?;
+                changed |= state.total_limit_announced != announced;
+            }
             let ended = campaign.when.end.is_some_and(|end| now > end.timestamp_millis());
             if home && ended && !state.completed {
                 state.completed = true;
