@@ -62,11 +62,12 @@ pub(super) fn total_cut_at_home(campaign: &Campaign) -> bool {
 }
 
 /// A shard: whether `run`'s user goes home to be cut by the total (see [`total_cut_at_home`]),
-/// while the campaign is active and still has a total.
+/// while the campaign is active. A run cut at home stays so for its life, its total taken away
+/// or not: its shards hold no block of alternation indices, which the home assigns as its users
+/// come (review s33 finding 1: with the total taken away mid-run, each shard assigned on its
+/// own count, A35 B34 C31 against one task's A34 B33 C33).
 pub(super) fn cut_at_home(campaign: &Campaign, run: &RunState) -> bool {
-    run.total_at_home
-        && campaign.status == CampaignStatus::Active
-        && campaign.limits.total.is_some()
+    run.total_at_home && campaign.status == CampaignStatus::Active
 }
 
 /// [`sends_home`] while the campaign is active (else a pause holds the candidate, a stop drops

@@ -590,8 +590,9 @@ impl CampaignStage {
         let shard = state.is_shard(&campaign);
         run.unnamed |= shard && tally.shards == 0; // an older user stage's (`shards::plan_buffered`)
         if !shard && tally.shards > 1 {
-            run.scanned.insert(tally.partition, tally.shards); // its part is at the shards
-                                                               // Those shards report, even of an edit this task never reads (one undone first).
+            // Its part is at the shards, which report here even of an edit this task never
+            // reads (one undone before it read it).
+            run.scanned.insert(tally.partition, tally.shards);
             state.widen_to(u32::try_from(tally.shards).unwrap_or(0));
         } else {
             run.tallies.insert(tally.partition, tally.qualified);
