@@ -127,9 +127,7 @@ impl QueryClient {
         let reply_partitions = partition_count(&consumer, &self.replies)?;
         partition_count(&consumer, &self.queries)?;
         let partition = partition_for(request.request_id.as_bytes(), reply_partitions);
-        let (_, end) = consumer
-            .fetch_watermarks(&self.replies, partition, KAFKA_TIMEOUT)
-            .map_err(kafka(format!("reading the end of {}", self.replies)))?;
+        let end = end_of(&consumer, &self.replies, partition)?;
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(&self.replies, partition, Offset::Offset(end))
@@ -253,6 +251,28 @@ pub fn round_trips() -> &'static HistogramVec {
 }
 
 /// Partitions of `topic`; an error when it does not exist.
+/// The end of `partition` of `topic`, asked again while the broker says its leader is being
+/// elected (a topic just created: an engine that started a moment ago), for up to
+/// [`KAFKA_TIMEOUT`].
+fn end_of(consumer: &BaseConsumer, topic: &str, partition: i32) -> Result<i64, QueryError> {
+    let started = Instant::now();
+    loop {
+        match consumer.fetch_watermarks(topic, partition, KAFKA_TIMEOUT) {
+            Ok((_, end)) => return Ok(end),
+            Err(e) if electing(&e) && started.elapsed() < KAFKA_TIMEOUT => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(kafka(format!("reading the end of {topic}"))(e)),
+        }
+    }
+}
+
+/// Whether `error` says a partition's leader is not known yet (it comes once elected).
+fn electing(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::{LeaderNotAvailable, NotLeaderForPartition};
+    matches!(error.rdkafka_error_code(), Some(NotLeaderForPartition | LeaderNotAvailable))
+}
+
 fn partition_count(consumer: &BaseConsumer, topic: &str) -> Result<i32, QueryError> {
     let metadata = consumer
         .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
